@@ -1,1 +1,16 @@
+//! cosystem-worker: a versioned, language-neutral protocol for sharing
+//! application state between a host and its clients, and its Rust reference
+//! implementation.
+//!
+//! - [`wire`]: the protobuf envelopes of `cosystem.worker.v1`.
+//! - [`app`]: modules, declared methods, typed and recording state.
+//! - [`host`]: the host state machine ([`host::HostCore`]) and its driver.
+//! - [`client`]: the client state machine ([`client::ClientCore`]) and its driver.
+//! - [`demo`]: the demo app every host serves for conformance.
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod client;
+pub mod demo;
+pub mod host;
 pub mod wire;

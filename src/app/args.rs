@@ -1,0 +1,93 @@
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::MethodError;
+
+/// Positional method arguments decoded from the call's JSON array.
+///
+/// Implemented for `()` and tuples of up to six `DeserializeOwned` types, so
+/// a method is written as `|state, (by,): (i64,)| …`. The arity must match
+/// exactly; a mismatch or a type error is an `invalid-argument` error naming
+/// the argument.
+pub trait FromArgs: Sized {
+    /// Decodes the arguments.
+    fn from_args(args: &[Value]) -> Result<Self, MethodError>;
+}
+
+fn arity(expected: usize, args: &[Value]) -> Result<(), MethodError> {
+    if args.len() == expected {
+        Ok(())
+    } else {
+        Err(MethodError::invalid_argument(format!(
+            "expected {expected} argument{}, got {}",
+            if expected == 1 { "" } else { "s" },
+            args.len()
+        )))
+    }
+}
+
+fn arg<T: DeserializeOwned>(args: &[Value], index: usize) -> Result<T, MethodError> {
+    let value = args.get(index).unwrap_or(&Value::Null);
+    T::deserialize(value)
+        .map_err(|e| MethodError::invalid_argument(format!("argument {}: {e}", index + 1)))
+}
+
+impl FromArgs for () {
+    fn from_args(args: &[Value]) -> Result<Self, MethodError> {
+        arity(0, args)
+    }
+}
+
+/// The raw argument list, for methods that decode arguments themselves.
+impl FromArgs for Vec<Value> {
+    fn from_args(args: &[Value]) -> Result<Self, MethodError> {
+        Ok(args.to_vec())
+    }
+}
+
+macro_rules! tuple_args {
+    ($n:expr; $($t:ident $i:tt),+) => {
+        impl<$($t: DeserializeOwned),+> FromArgs for ($($t,)+) {
+            fn from_args(args: &[Value]) -> Result<Self, MethodError> {
+                arity($n, args)?;
+                Ok(($(arg::<$t>(args, $i)?,)+))
+            }
+        }
+    };
+}
+
+tuple_args!(1; A 0);
+tuple_args!(2; A 0, B 1);
+tuple_args!(3; A 0, B 1, C 2);
+tuple_args!(4; A 0, B 1, C 2, D 3);
+tuple_args!(5; A 0, B 1, C 2, D 3, E 4);
+tuple_args!(6; A 0, B 1, C 2, D 3, E 4, F 5);
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::wire::ErrorCode;
+
+    #[test]
+    fn tuple_decodes_positional_arguments() {
+        let (a, b): (i64, String) = FromArgs::from_args(&[json!(3), json!("x")]).unwrap();
+        assert_eq!((a, b), (3, "x".to_owned()));
+    }
+
+    #[test]
+    fn wrong_arity_is_invalid_argument() {
+        let err = <(i64,)>::from_args(&[]).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidArgument);
+        assert!(err.message.contains("expected 1 argument, got 0"));
+        assert!(<()>::from_args(&[json!(1)]).is_err());
+    }
+
+    #[test]
+    fn wrong_type_names_the_argument() {
+        let err = <(i64, i64)>::from_args(&[json!(1), json!("two")]).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidArgument);
+        assert!(err.message.starts_with("argument 2:"), "{}", err.message);
+    }
+}

@@ -1,0 +1,90 @@
+use serde_json::Value;
+
+use crate::wire::{self, ErrorCode};
+
+/// A structured error a method returns, or the host reports for a call.
+///
+/// It travels as the `Error` message: a code from the fixed set, a message
+/// for humans and optional JSON details.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}: {message}", code.kebab_name())]
+pub struct MethodError {
+    /// The category.
+    pub code: ErrorCode,
+    /// What went wrong, for humans.
+    pub message: String,
+    /// Optional structured details.
+    pub details: Option<Value>,
+}
+
+impl MethodError {
+    /// An error with the given code and message and no details.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// The method ran and failed for a reason of its own.
+    pub fn failed(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Failed, message)
+    }
+
+    /// Something the call names does not exist.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, message)
+    }
+
+    /// The call's arguments do not fit the method.
+    pub fn invalid_argument(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidArgument, message)
+    }
+
+    /// The host broke while running the call; nothing was committed.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Internal, message)
+    }
+
+    /// Attaches structured details.
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    /// The wire form.
+    pub fn to_wire(&self) -> wire::Error {
+        wire::Error {
+            code: self.code as i32,
+            message: self.message.clone(),
+            details_json: self
+                .details
+                .as_ref()
+                .map(Value::to_string)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Reads the wire form. Unknown codes become `internal`; undecodable
+    /// details are kept as a JSON string rather than dropped.
+    pub fn from_wire(error: &wire::Error) -> Self {
+        let code = match ErrorCode::try_from(error.code) {
+            Ok(ErrorCode::Unspecified) | Err(_) => ErrorCode::Internal,
+            Ok(code) => code,
+        };
+        let details = if error.details_json.is_empty() {
+            None
+        } else {
+            Some(
+                serde_json::from_str(&error.details_json)
+                    .unwrap_or_else(|_| Value::String(error.details_json.clone())),
+            )
+        };
+        Self {
+            code,
+            message: error.message.clone(),
+            details,
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The application model: modules with state and declared methods.
+//!
+//! A [`Module`] owns one top-level section of the host's state. Only the
+//! methods it declares are callable remotely. Two ready-made kinds exist:
+//!
+//! - [`TypedModule`]: state is any serde type mutated through `&mut S`; the
+//!   host diffs the module's JSON before and after each call. Short to write,
+//!   costs O(module size) per call.
+//! - [`JsonModule`]: state is a JSON tree mutated through a [`Draft`] that
+//!   records RFC 6902 operations as it goes, so publishing costs O(change).
+
+mod args;
+mod draft;
+mod error;
+mod typed;
+
+use serde_json::Value;
+
+pub use args::FromArgs;
+pub use draft::{Draft, JsonModule};
+pub use error::MethodError;
+pub use json_patch::PatchOperation;
+pub use typed::TypedModule;
+
+/// What a successful method invocation produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invocation {
+    /// The method's return value.
+    pub value: Value,
+    /// RFC 6902 operations, with paths relative to the module's root, that
+    /// take the module's state before the call to its state after it. Empty
+    /// when the call changed nothing.
+    pub ops: Vec<PatchOperation>,
+}
+
+/// One hosted module.
+///
+/// Contract the host relies on:
+/// - [`Module::state`] is the state as of the last successful invocation.
+/// - [`Module::invoke`] either succeeds, and `ops` applied to the previous
+///   `state()` yields the new `state()`, or fails and leaves `state()` as it was.
+/// - After a panic escaped `invoke`, the host calls [`Module::rollback`], which
+///   restores the state as of the last successful invocation.
+pub trait Module: Send + 'static {
+    /// The module's name: its section key in the published view.
+    fn name(&self) -> &str;
+    /// Whether `method` is declared, and so callable remotely.
+    fn declares(&self, method: &str) -> bool;
+    /// The declared method names, sorted.
+    fn methods(&self) -> Vec<String>;
+    /// The committed state as JSON.
+    fn state(&self) -> &Value;
+    /// Runs a declared method with positional JSON arguments.
+    fn invoke(&mut self, method: &str, args: &[Value]) -> Result<Invocation, MethodError>;
+    /// Restores the committed state after a panic inside [`Module::invoke`].
+    fn rollback(&mut self);
+}
+
+/// The modules a host runs, in a fixed order.
+#[derive(Default)]
+pub struct App {
+    modules: Vec<Box<dyn Module>>,
+}
+
+impl App {
+    /// An app with no modules.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a module. A later module with the same name replaces the earlier one.
+    pub fn with(mut self, module: impl Module) -> Self {
+        self.add(Box::new(module));
+        self
+    }
+
+    /// Adds a boxed module, replacing any module of the same name.
+    pub fn add(&mut self, module: Box<dyn Module>) {
+        self.modules.retain(|m| m.name() != module.name());
+        self.modules.push(module);
+    }
+
+    /// The modules' names, in insertion order.
+    pub fn names(&self) -> Vec<String> {
+        self.modules.iter().map(|m| m.name().to_owned()).collect()
+    }
+
+    pub(crate) fn into_modules(self) -> Vec<Box<dyn Module>> {
+        self.modules
+    }
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("modules", &self.names())
+            .finish()
+    }
+}

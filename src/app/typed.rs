@@ -1,0 +1,123 @@
+use std::collections::BTreeMap;
+
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+
+use super::{FromArgs, Invocation, MethodError, Module};
+
+type Method<S> = Box<dyn FnMut(&mut S, &[Value]) -> Result<Value, MethodError> + Send>;
+
+/// A module whose state is a plain serde type, mutated through `&mut S`.
+///
+/// After each call the host serialises the module and diffs it against the
+/// previous JSON, so a call costs O(module size). A failed call whose method
+/// mutated the state anyway is rolled back to the committed JSON, which is
+/// why `S` must round-trip through serde.
+pub struct TypedModule<S> {
+    name: String,
+    state: S,
+    committed: Value,
+    methods: BTreeMap<String, Method<S>>,
+}
+
+impl<S> TypedModule<S>
+where
+    S: Serialize + DeserializeOwned + Send + 'static,
+{
+    /// A module named `name` with initial state `state`.
+    ///
+    /// # Panics
+    /// If `state` cannot be serialised to JSON (a programming error found at
+    /// start-up, never on an input path).
+    pub fn new(name: impl Into<String>, state: S) -> Self {
+        let committed = serde_json::to_value(&state).expect("module state must serialise to JSON");
+        Self {
+            name: name.into(),
+            state,
+            committed,
+            methods: BTreeMap::new(),
+        }
+    }
+
+    /// Declares a method. `A` decodes the positional arguments (see
+    /// [`FromArgs`]); the return value is serialised to JSON.
+    pub fn method<A, R, F>(mut self, name: impl Into<String>, mut f: F) -> Self
+    where
+        A: FromArgs,
+        R: Serialize,
+        F: FnMut(&mut S, A) -> Result<R, MethodError> + Send + 'static,
+    {
+        let method: Method<S> = Box::new(move |state, args| {
+            let args = A::from_args(args)?;
+            let value = f(state, args)?;
+            serde_json::to_value(value)
+                .map_err(|e| MethodError::internal(format!("result does not serialise: {e}")))
+        });
+        self.methods.insert(name.into(), method);
+        self
+    }
+
+    /// The typed state as of the last commit.
+    pub fn typed_state(&self) -> &S {
+        &self.state
+    }
+
+    fn restore(&mut self) {
+        if let Ok(state) = S::deserialize(&self.committed) {
+            self.state = state;
+        }
+    }
+}
+
+impl<S> Module for TypedModule<S>
+where
+    S: Serialize + DeserializeOwned + Send + 'static,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn declares(&self, method: &str) -> bool {
+        self.methods.contains_key(method)
+    }
+
+    fn methods(&self) -> Vec<String> {
+        self.methods.keys().cloned().collect()
+    }
+
+    fn state(&self) -> &Value {
+        &self.committed
+    }
+
+    fn invoke(&mut self, method: &str, args: &[Value]) -> Result<Invocation, MethodError> {
+        let f = self
+            .methods
+            .get_mut(method)
+            .ok_or_else(|| MethodError::not_found(format!("no method {method}")))?;
+        match f(&mut self.state, args) {
+            Ok(value) => match serde_json::to_value(&self.state) {
+                Ok(next) => {
+                    let ops = json_patch::diff(&self.committed, &next).0;
+                    self.committed = next;
+                    Ok(Invocation { value, ops })
+                }
+                Err(e) => {
+                    self.restore();
+                    Err(MethodError::internal(format!(
+                        "state does not serialise: {e}"
+                    )))
+                }
+            },
+            Err(err) => {
+                if serde_json::to_value(&self.state).ok().as_ref() != Some(&self.committed) {
+                    self.restore();
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn rollback(&mut self) {
+        self.restore();
+    }
+}

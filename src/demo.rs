@@ -1,0 +1,148 @@
+//! The demo app every host implementation serves for conformance
+//! (spec/PROTOCOL.md, "Demo app"): `counter`, `todos` and `secret`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::app::{App, Draft, JsonModule, MethodError, TypedModule};
+
+/// The state of the `counter` module.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counter {
+    /// The count.
+    pub count: i64,
+}
+
+/// The state of the `secret` module.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Secret {
+    /// A value that must never leave the host unless `secret` is published.
+    pub token: String,
+}
+
+/// The sections a demo host publishes unless configured otherwise.
+pub const DEFAULT_SECTIONS: [&str; 2] = ["counter", "todos"];
+
+/// `counter`: `{count}` with `increase(by)`, `decrease(by)` and `fail(message)`.
+pub fn counter() -> TypedModule<Counter> {
+    TypedModule::new("counter", Counter::default())
+        .method("increase", |s: &mut Counter, (by,): (i64,)| {
+            s.count = s
+                .count
+                .checked_add(by)
+                .ok_or_else(|| MethodError::invalid_argument("count would overflow"))?;
+            Ok(s.count)
+        })
+        .method("decrease", |s: &mut Counter, (by,): (i64,)| {
+            s.count = s
+                .count
+                .checked_sub(by)
+                .ok_or_else(|| MethodError::invalid_argument("count would overflow"))?;
+            Ok(s.count)
+        })
+        .method("fail", |_: &mut Counter, (message,): (String,)| {
+            Err::<(), _>(MethodError::failed(message))
+        })
+}
+
+fn find(draft: &Draft<'_>, id: u64) -> Result<usize, MethodError> {
+    draft
+        .get("/items")
+        .and_then(Value::as_array)
+        .and_then(|items| items.iter().position(|item| item["id"] == json!(id)))
+        .ok_or_else(|| MethodError::not_found(format!("no todo with id {id}")))
+}
+
+/// Hands out todo ids: from 1, increasing, never reused within a host's
+/// lifetime (a failed call may skip some).
+#[derive(Clone, Default)]
+struct Ids(Arc<AtomicU64>);
+
+impl Ids {
+    fn next(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+fn add_item(draft: &mut Draft<'_>, ids: &Ids, text: String) -> Result<u64, MethodError> {
+    let id = ids.next();
+    draft.push("/items", json!({"id": id, "text": text, "done": false}))?;
+    Ok(id)
+}
+
+/// `todos`: `{items: [{id, text, done}]}` with `add(text)`, `toggle(id)`,
+/// `remove(id)`, `clear()` and `add_many(texts)`.
+///
+/// Written as a recording [`JsonModule`], so publishing a change costs
+/// O(change) however many items there are.
+pub fn todos() -> JsonModule {
+    let ids = Ids::default();
+    let ids_many = ids.clone();
+    JsonModule::new("todos", json!({"items": []}))
+        .method("add", move |d: &mut Draft<'_>, (text,): (String,)| {
+            add_item(d, &ids, text)
+        })
+        .method("toggle", |d: &mut Draft<'_>, (id,): (u64,)| {
+            let at = find(d, id)?;
+            let path = format!("/items/{at}/done");
+            let done = !d.get(&path).and_then(Value::as_bool).unwrap_or(false);
+            d.replace(&path, done)?;
+            Ok(done)
+        })
+        .method("remove", |d: &mut Draft<'_>, (id,): (u64,)| {
+            let at = find(d, id)?;
+            d.remove(&format!("/items/{at}"))?;
+            Ok(true)
+        })
+        .method("clear", |d: &mut Draft<'_>, (): ()| {
+            let n = d
+                .get("/items")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            if n > 0 {
+                d.replace("/items", json!([]))?;
+            }
+            Ok(n)
+        })
+        .method(
+            "add_many",
+            move |d: &mut Draft<'_>, (texts,): (Vec<String>,)| {
+                texts
+                    .into_iter()
+                    .map(|text| add_item(d, &ids_many, text))
+                    .collect::<Result<Vec<_>, _>>()
+            },
+        )
+}
+
+/// `secret`: `{token}` with `rotate()`. Private unless configured otherwise.
+pub fn secret(initial_token: impl Into<String>) -> TypedModule<Secret> {
+    let mut rotations = 0u64;
+    TypedModule::new(
+        "secret",
+        Secret {
+            token: initial_token.into(),
+        },
+    )
+    .method("rotate", move |s: &mut Secret, (): ()| {
+        rotations += 1;
+        s.token = format!("{}-r{rotations}", s.token.split("-r").next().unwrap_or(""));
+        Ok(())
+    })
+}
+
+/// The whole demo app, with `secret` holding `secret_token`.
+pub fn app(secret_token: impl Into<String>) -> App {
+    App::new()
+        .with(counter())
+        .with(todos())
+        .with(secret(secret_token))
+}
+
+/// The default published sections as owned strings.
+pub fn default_sections() -> Vec<String> {
+    DEFAULT_SECTIONS.iter().map(|s| (*s).to_owned()).collect()
+}

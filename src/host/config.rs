@@ -1,0 +1,71 @@
+//! Host configuration and limits.
+
+/// How the host publishes commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// Every commit publishes a snapshot of the whole published view.
+    #[default]
+    Snapshot,
+    /// Every commit publishes an RFC 6902 patch from the previous version.
+    Patch,
+}
+
+impl std::str::FromStr for SyncMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "snapshot" => Ok(Self::Snapshot),
+            "patch" => Ok(Self::Patch),
+            other => Err(format!(
+                "unknown sync mode {other:?} (expected patch or snapshot)"
+            )),
+        }
+    }
+}
+
+/// Limits a host enforces. Every limit is per host unless it says otherwise;
+/// a limit reached by one client never affects another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostLimits {
+    /// Largest encoded client message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Results one client may have queued and unread before further calls
+    /// from it are answered `resource-exhausted` without running.
+    pub max_calls_in_flight: usize,
+    /// Sessions a host accepts at once; more are refused.
+    pub max_clients: usize,
+    /// Versions kept for resume and for clients that fall behind.
+    pub history_entries: usize,
+    /// Bytes of operations kept for resume and for clients that fall behind.
+    pub history_bytes: usize,
+}
+
+impl Default for HostLimits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 4 * 1024 * 1024,
+            max_calls_in_flight: 1024,
+            max_clients: 10_000,
+            history_entries: 1024,
+            history_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// Everything that shapes a host's behaviour apart from its modules.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HostConfig {
+    /// How commits are published.
+    pub sync: SyncMode,
+    /// The modules whose state is published, or `None` for all of them.
+    /// Calls reach every module either way.
+    pub sections: Option<Vec<String>>,
+    /// The host's peer id, written as `source` on everything it sends.
+    pub peer_id: String,
+    /// Capability token written on everything the host sends (shared
+    /// channels); empty for none.
+    pub capability: String,
+    /// Limits.
+    pub limits: HostLimits,
+}

@@ -1,0 +1,666 @@
+//! The host protocol state machine, with no I/O, no clock and no runtime.
+//!
+//! Drive it like this:
+//! 1. [`HostCore::connect`] when a client session opens; keep the [`PeerKey`].
+//! 2. [`HostCore::handle_message`] (or [`HostCore::handle_bytes`]) for every
+//!    envelope that session sends.
+//! 3. After each input, call [`HostCore::poll_transmit`] for that session until
+//!    it returns `None`, and drain [`HostCore::poll_event`]; on
+//!    [`HostEvent::Published`], every session may have output, so poll them all.
+//! 4. [`HostCore::disconnect`] when the session ends.
+//! 5. Optionally [`HostCore::bookmark`] on an idle interval.
+//!
+//! Output is pulled per session, at the session's own pace: publications sit
+//! once in a shared history and each session has a cursor into it, so a slow
+//! session costs nothing until it reads, and one that falls out of the window
+//! is sent a coalescing snapshot instead of an unbounded backlog.
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use json_patch::PatchOperation;
+use prost::Message;
+use serde_json::Value;
+
+use super::config::{HostConfig, SyncMode};
+use super::history::{Entry, History};
+use crate::app::{App, MethodError, Module};
+use crate::wire::{
+    self, CallResult, ClientMessage, ErrorCode, Header, HostFrame, HostMessage, PROTOCOL_VERSION,
+    Patch, Snapshot, SnapshotReason, SyncRequest, call_result, client_message, host_message,
+};
+
+/// Identifies one client session within a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerKey(u64);
+
+/// How a session receives publications.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerOptions {
+    /// The session's peer id: the `target` of results and sync answers.
+    pub peer_id: String,
+    /// Whether publications are delivered through this session. False for
+    /// sessions on a shared channel, where publications are broadcast once.
+    pub publications: bool,
+}
+
+/// Why an input was refused. The host stays consistent and keeps serving
+/// every other session whatever the input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InputError {
+    /// The session key is not (or no longer) connected.
+    #[error("unknown session")]
+    UnknownPeer,
+    /// The host already serves its maximum number of sessions.
+    #[error("too many clients: the limit is {limit}")]
+    TooManyClients {
+        /// The configured maximum.
+        limit: usize,
+    },
+    /// The encoded message is larger than the limit.
+    #[error("message of {size} bytes exceeds the limit of {limit}")]
+    MessageTooLarge {
+        /// The message's size.
+        size: usize,
+        /// The configured maximum.
+        limit: usize,
+    },
+    /// The bytes are not a `ClientMessage`.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// The envelope carries no message kind this host knows; ignored.
+    #[error("no known message kind")]
+    UnknownKind,
+    /// The envelope's protocol version is not 1; a call was answered
+    /// `failed-precondition`, anything else was ignored.
+    #[error("unsupported protocol version {0}")]
+    UnsupportedVersion(u32),
+    /// The session keeps calling without reading its results; the driver
+    /// SHOULD close it. Nothing was executed.
+    #[error("session floods the host: {queued} unread answers")]
+    Flooding {
+        /// Answers queued for the session and not yet taken.
+        queued: usize,
+    },
+}
+
+impl InputError {
+    /// Whether the driver should end the session.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::Flooding { .. } | Self::UnknownPeer)
+    }
+}
+
+/// Something a driver may want to log or react to.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum HostEvent {
+    /// The published view reached `version`; every session may have output.
+    Published {
+        /// The new version.
+        version: u64,
+    },
+    /// A method panicked; the call was answered `internal` and its module
+    /// rolled back.
+    MethodPanicked {
+        /// The module.
+        module: String,
+        /// The method.
+        method: String,
+        /// The panic payload, when it was a string.
+        message: String,
+    },
+}
+
+/// One session's protocol state.
+#[derive(Debug)]
+struct Peer {
+    options: PeerOptions,
+    /// Whether a sync request has been answered, so publications make sense.
+    attached: bool,
+    /// The last version whose publication this session has been handed.
+    cursor: u64,
+    /// Results and sync answers, each gated on the cursor reaching a version
+    /// so that a result never overtakes the publication it names.
+    direct: VecDeque<(u64, HostFrame, bool)>,
+    /// A bookmark was requested and this session is idle at the head.
+    bookmark_due: bool,
+}
+
+/// The host protocol state machine. See the module docs for the call order.
+pub struct HostCore {
+    config: HostConfig,
+    epoch: String,
+    version: u64,
+    modules: Vec<Box<dyn Module>>,
+    index: HashMap<String, usize>,
+    published: Vec<bool>,
+    peers: HashMap<PeerKey, Peer>,
+    next_peer: u64,
+    history: History,
+    /// The shared live snapshot of the current version (snapshot mode).
+    live_snapshot: Option<HostFrame>,
+    /// The published view's JSON at a version, computed once per version.
+    view_cache: Option<(u64, String)>,
+    bookmark: Option<(u64, HostFrame)>,
+    events: VecDeque<HostEvent>,
+}
+
+impl std::fmt::Debug for HostCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostCore")
+            .field("epoch", &self.epoch)
+            .field("version", &self.version)
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn encode_ops(ops: &[PatchOperation]) -> String {
+    let json = serde_json::to_string(ops).unwrap_or_else(|_| "[]".to_owned());
+    json[1..json.len() - 1].to_owned()
+}
+
+fn prefix(op: PatchOperation, section: &str) -> PatchOperation {
+    use json_patch::jsonptr::PointerBuf;
+    let pre = |p: &json_patch::jsonptr::Pointer| -> PointerBuf { p.with_leading_token(section) };
+    match op {
+        PatchOperation::Add(mut o) => {
+            o.path = pre(&o.path);
+            PatchOperation::Add(o)
+        }
+        PatchOperation::Remove(mut o) => {
+            o.path = pre(&o.path);
+            PatchOperation::Remove(o)
+        }
+        PatchOperation::Replace(mut o) => {
+            o.path = pre(&o.path);
+            PatchOperation::Replace(o)
+        }
+        PatchOperation::Move(mut o) => {
+            o.path = pre(&o.path);
+            o.from = pre(&o.from);
+            PatchOperation::Move(o)
+        }
+        PatchOperation::Copy(mut o) => {
+            o.path = pre(&o.path);
+            o.from = pre(&o.from);
+            PatchOperation::Copy(o)
+        }
+        PatchOperation::Test(mut o) => {
+            o.path = pre(&o.path);
+            PatchOperation::Test(o)
+        }
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".to_owned()
+    }
+}
+
+impl HostCore {
+    /// A host serving `app` under `epoch`, at version 1.
+    ///
+    /// `epoch` MUST be new for every host start; the caller supplies it so the
+    /// core stays deterministic (see [`crate::host::new_epoch`]).
+    pub fn new(config: HostConfig, app: App, epoch: impl Into<String>) -> Self {
+        let modules = app.into_modules();
+        let index = modules
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.name().to_owned(), i))
+            .collect();
+        let published = modules
+            .iter()
+            .map(|m| match &config.sections {
+                None => true,
+                Some(sections) => sections.iter().any(|s| s == m.name()),
+            })
+            .collect();
+        let history = History::new(
+            config.limits.history_entries.max(1),
+            config.limits.history_bytes,
+        );
+        Self {
+            config,
+            epoch: epoch.into(),
+            version: 1,
+            modules,
+            index,
+            published,
+            peers: HashMap::new(),
+            next_peer: 0,
+            history,
+            live_snapshot: None,
+            view_cache: None,
+            bookmark: None,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The host's epoch.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// The current version of the published view.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &HostConfig {
+        &self.config
+    }
+
+    /// How many sessions are connected.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// The published view as JSON text: an object with one member per
+    /// published module. Computed once per version.
+    pub fn view_json(&mut self) -> &str {
+        if self.view_cache.as_ref().map(|(v, _)| *v) != Some(self.version) {
+            let mut out = String::from("{");
+            let mut first = true;
+            for (module, published) in self.modules.iter().zip(&self.published) {
+                if !published {
+                    continue;
+                }
+                if !first {
+                    out.push(',');
+                }
+                first = false;
+                out.push_str(&Value::String(module.name().to_owned()).to_string());
+                out.push(':');
+                out.push_str(&module.state().to_string());
+            }
+            out.push('}');
+            self.view_cache = Some((self.version, out));
+        }
+        self.view_cache
+            .as_ref()
+            .map(|(_, s)| s.as_str())
+            .unwrap_or("{}")
+    }
+
+    /// The published view as a JSON value.
+    pub fn view(&self) -> Value {
+        let map = self
+            .modules
+            .iter()
+            .zip(&self.published)
+            .filter(|(_, p)| **p)
+            .map(|(m, _)| (m.name().to_owned(), m.state().clone()))
+            .collect();
+        Value::Object(map)
+    }
+
+    /// A module's committed state, published or not (host-side access).
+    pub fn module_state(&self, module: &str) -> Option<&Value> {
+        self.index.get(module).map(|&i| self.modules[i].state())
+    }
+
+    /// Opens a session.
+    pub fn connect(&mut self, options: PeerOptions) -> Result<PeerKey, InputError> {
+        if self.peers.len() >= self.config.limits.max_clients {
+            return Err(InputError::TooManyClients {
+                limit: self.config.limits.max_clients,
+            });
+        }
+        let key = PeerKey(self.next_peer);
+        self.next_peer += 1;
+        self.peers.insert(
+            key,
+            Peer {
+                options,
+                attached: false,
+                cursor: 0,
+                direct: VecDeque::new(),
+                bookmark_due: false,
+            },
+        );
+        Ok(key)
+    }
+
+    /// Ends a session and forgets everything queued for it.
+    pub fn disconnect(&mut self, peer: PeerKey) {
+        self.peers.remove(&peer);
+    }
+
+    /// Decodes and handles one encoded `ClientMessage`.
+    pub fn handle_bytes(&mut self, peer: PeerKey, bytes: &[u8]) -> Result<(), InputError> {
+        let limit = self.config.limits.max_message_bytes;
+        if bytes.len() > limit {
+            return Err(InputError::MessageTooLarge {
+                size: bytes.len(),
+                limit,
+            });
+        }
+        let message =
+            ClientMessage::decode(bytes).map_err(|e| InputError::Malformed(e.to_string()))?;
+        self.handle_message(peer, message)
+    }
+
+    /// Handles one envelope from a session.
+    pub fn handle_message(
+        &mut self,
+        peer: PeerKey,
+        message: ClientMessage,
+    ) -> Result<(), InputError> {
+        if !self.peers.contains_key(&peer) {
+            return Err(InputError::UnknownPeer);
+        }
+        let header = message.header.unwrap_or_default();
+        match message.kind {
+            None => Err(InputError::UnknownKind),
+            Some(client_message::Kind::Call(call)) => self.handle_call(peer, &header, call),
+            Some(client_message::Kind::SyncRequest(request)) => {
+                if header.protocol_version != PROTOCOL_VERSION {
+                    return Err(InputError::UnsupportedVersion(header.protocol_version));
+                }
+                self.handle_sync(peer, &header, &request);
+                Ok(())
+            }
+        }
+    }
+
+    fn header(&self, target: &str) -> Header {
+        Header {
+            protocol_version: PROTOCOL_VERSION,
+            epoch: self.epoch.clone(),
+            source: self.config.peer_id.clone(),
+            target: target.to_owned(),
+            capability: self.config.capability.clone(),
+        }
+    }
+
+    fn frame(&self, target: &str, kind: host_message::Kind) -> HostFrame {
+        HostFrame::new(HostMessage {
+            header: Some(self.header(target)),
+            kind: Some(kind),
+        })
+    }
+
+    fn snapshot_frame(&mut self, target: &str, sync_id: u64, reason: SnapshotReason) -> HostFrame {
+        let snapshot = Snapshot {
+            version: self.version,
+            state_json: self.view_json().to_owned(),
+            sync_id,
+            reason: reason as i32,
+        };
+        self.frame(target, host_message::Kind::Snapshot(snapshot))
+    }
+
+    fn handle_call(
+        &mut self,
+        peer: PeerKey,
+        header: &Header,
+        call: wire::Call,
+    ) -> Result<(), InputError> {
+        let limit = self.config.limits.max_calls_in_flight;
+        let queued = self.peers.get(&peer).map_or(0, |p| p.direct.len());
+        if queued >= limit.saturating_mul(2).max(1) {
+            return Err(InputError::Flooding { queued });
+        }
+        let outcome = if header.protocol_version != PROTOCOL_VERSION {
+            Err(MethodError::new(
+                ErrorCode::FailedPrecondition,
+                format!(
+                    "protocol version {} is not supported; this host speaks {PROTOCOL_VERSION}",
+                    header.protocol_version
+                ),
+            ))
+        } else if call.call_id == 0 {
+            Err(MethodError::invalid_argument("call_id must not be 0"))
+        } else if !header.epoch.is_empty() && header.epoch != self.epoch {
+            Err(MethodError::new(
+                ErrorCode::FailedPrecondition,
+                format!(
+                    "the call was made against epoch {:?}; this host's epoch is {:?}",
+                    header.epoch, self.epoch
+                ),
+            ))
+        } else if queued >= limit {
+            Err(MethodError::new(
+                ErrorCode::ResourceExhausted,
+                format!("more than {limit} calls in flight"),
+            ))
+        } else {
+            parse_args(&call.args_json)
+                .and_then(|args| self.invoke(&call.module, &call.method, &args))
+        };
+        let result = CallResult {
+            call_id: call.call_id,
+            state_version: self.version,
+            outcome: Some(match outcome {
+                Ok(value) => call_result::Outcome::ValueJson(value.to_string()),
+                Err(error) => call_result::Outcome::Error(error.to_wire()),
+            }),
+        };
+        let gate = result.state_version;
+        let target = match self.peers.get(&peer) {
+            Some(p) => p.options.peer_id.clone(),
+            None => return Err(InputError::UnknownPeer),
+        };
+        let frame = self.frame(&target, host_message::Kind::Result(result));
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.direct.push_back((gate, frame, false));
+        }
+        if header.protocol_version != PROTOCOL_VERSION {
+            return Err(InputError::UnsupportedVersion(header.protocol_version));
+        }
+        Ok(())
+    }
+
+    /// Runs a declared method as one atomic commit and returns its value.
+    ///
+    /// This is the path remote calls take; the host application may also use
+    /// it directly. A failed or panicking method commits nothing. A change
+    /// to a published module advances the version by exactly one and is
+    /// published; a change confined to private modules publishes nothing.
+    pub fn invoke(
+        &mut self,
+        module: &str,
+        method: &str,
+        args: &[Value],
+    ) -> Result<Value, MethodError> {
+        let Some(&i) = self.index.get(module) else {
+            return Err(MethodError::not_found(format!("no module {module:?}")));
+        };
+        if !self.modules[i].declares(method) {
+            return Err(MethodError::not_found(format!(
+                "module {module:?} declares no method {method:?}"
+            )));
+        }
+        let target = &mut self.modules[i];
+        let invocation = match catch_unwind(AssertUnwindSafe(|| target.invoke(method, args))) {
+            Ok(result) => result?,
+            Err(payload) => {
+                target.rollback();
+                let message = panic_message(payload.as_ref());
+                self.events.push_back(HostEvent::MethodPanicked {
+                    module: module.to_owned(),
+                    method: method.to_owned(),
+                    message: message.clone(),
+                });
+                return Err(MethodError::internal(format!(
+                    "method {module}.{method} panicked: {message}"
+                )));
+            }
+        };
+        if !invocation.ops.is_empty() && self.published[i] {
+            let ops: Vec<PatchOperation> = invocation
+                .ops
+                .into_iter()
+                .map(|op| prefix(op, module))
+                .collect();
+            self.commit(encode_ops(&ops));
+        }
+        Ok(invocation.value)
+    }
+
+    fn commit(&mut self, ops: String) {
+        self.version += 1;
+        let version = self.version;
+        let frame = match self.config.sync {
+            SyncMode::Patch => Some(self.frame(
+                "",
+                host_message::Kind::Patch(Patch {
+                    base_version: version - 1,
+                    version,
+                    patch_json: format!("[{ops}]"),
+                    sync_id: 0,
+                }),
+            )),
+            SyncMode::Snapshot => {
+                self.live_snapshot = None;
+                None
+            }
+        };
+        self.history.push(Entry {
+            version,
+            ops,
+            frame,
+        });
+        self.events.push_back(HostEvent::Published { version });
+    }
+
+    fn handle_sync(&mut self, peer: PeerKey, header: &Header, request: &SyncRequest) {
+        let Some(target) = self.peers.get(&peer).map(|p| p.options.peer_id.clone()) else {
+            return;
+        };
+        let resumable = header.epoch == self.epoch && request.have_version > 0;
+        let ops = if resumable {
+            self.history.ops_between(request.have_version, self.version)
+        } else {
+            None
+        };
+        let frame = match ops {
+            Some(ops) => {
+                let patch = Patch {
+                    base_version: request.have_version,
+                    version: self.version,
+                    patch_json: format!("[{ops}]"),
+                    sync_id: request.sync_id,
+                };
+                self.frame(&target, host_message::Kind::Patch(patch))
+            }
+            None => self.snapshot_frame(&target, request.sync_id, SnapshotReason::Sync),
+        };
+        let version = self.version;
+        if let Some(p) = self.peers.get_mut(&peer) {
+            // An unsent older sync answer is superseded by this one.
+            p.direct.retain(|(_, _, is_sync)| !is_sync);
+            p.direct.push_back((0, frame, true));
+            p.attached = true;
+            p.cursor = version;
+            p.bookmark_due = false;
+        }
+    }
+
+    /// Asks every session that is idle at the current version to be sent a
+    /// bookmark (an empty patch at the current version), so that a client
+    /// that lost the last publication finds out. Call on an idle interval.
+    pub fn bookmark(&mut self) {
+        for peer in self.peers.values_mut() {
+            if peer.attached && peer.options.publications {
+                peer.bookmark_due = true;
+            }
+        }
+        self.events.push_back(HostEvent::Published {
+            version: self.version,
+        });
+    }
+
+    fn bookmark_frame(&mut self) -> HostFrame {
+        if let Some((v, frame)) = &self.bookmark {
+            if *v == self.version {
+                return frame.clone();
+            }
+        }
+        let frame = self.frame(
+            "",
+            host_message::Kind::Patch(Patch {
+                base_version: self.version,
+                version: self.version,
+                patch_json: "[]".to_owned(),
+                sync_id: 0,
+            }),
+        );
+        self.bookmark = Some((self.version, frame.clone()));
+        frame
+    }
+
+    fn live_snapshot_frame(&mut self) -> HostFrame {
+        if let Some(frame) = &self.live_snapshot {
+            return frame.clone();
+        }
+        let frame = self.snapshot_frame("", 0, SnapshotReason::Commit);
+        self.live_snapshot = Some(frame.clone());
+        frame
+    }
+
+    /// The next envelope to send on a session, if any.
+    pub fn poll_transmit(&mut self, peer: PeerKey) -> Option<HostFrame> {
+        let version = self.version;
+        let mode = self.config.sync;
+        let p = self.peers.get_mut(&peer)?;
+        let live = p.attached && p.options.publications;
+        if let Some((gate, _, _)) = p.direct.front() {
+            if !live || *gate <= p.cursor {
+                return p.direct.pop_front().map(|(_, frame, _)| frame);
+            }
+        }
+        if live && p.cursor < version {
+            let next = p.cursor + 1;
+            p.bookmark_due = false;
+            if mode == SyncMode::Patch {
+                if let Some(frame) = self.history.get(next).and_then(|e| e.frame.clone()) {
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.cursor = next;
+                    }
+                    return Some(frame);
+                }
+                let target = p.options.peer_id.clone();
+                p.cursor = version;
+                return Some(self.snapshot_frame(&target, 0, SnapshotReason::Overflow));
+            }
+            p.cursor = version;
+            return Some(self.live_snapshot_frame());
+        }
+        if live && p.bookmark_due {
+            p.bookmark_due = false;
+            return Some(self.bookmark_frame());
+        }
+        None
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<HostEvent> {
+        self.events.pop_front()
+    }
+}
+
+fn parse_args(args_json: &str) -> Result<Vec<Value>, MethodError> {
+    if args_json.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    match serde_json::from_str::<Value>(args_json) {
+        Ok(Value::Array(args)) => Ok(args),
+        Ok(_) => Err(MethodError::invalid_argument(
+            "args_json must be a JSON array of positional arguments",
+        )),
+        Err(e) => Err(MethodError::invalid_argument(format!(
+            "args_json is not valid JSON: {e}"
+        ))),
+    }
+}

@@ -1,0 +1,148 @@
+//! The host's bounded log of recent publications.
+//!
+//! One entry per published version, shared by every client: live
+//! publications are read from it through per-client cursors (so a
+//! publication is stored and encoded once however many clients there are),
+//! and a reconnecting client resumes from it. A client whose cursor falls
+//! behind the oldest entry has missed publications for good and must be sent
+//! a snapshot instead.
+
+use std::collections::VecDeque;
+
+use crate::wire::HostFrame;
+
+/// One published version.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    /// The version this entry produced.
+    pub version: u64,
+    /// The version's RFC 6902 operations as JSON, without the enclosing
+    /// brackets, so that consecutive entries concatenate with a comma.
+    pub ops: String,
+    /// The live publication, addressed to every client (patch mode only;
+    /// snapshot mode publishes one shared latest snapshot instead).
+    pub frame: Option<HostFrame>,
+}
+
+impl Entry {
+    fn cost(&self) -> usize {
+        // The frame holds roughly the ops again once encoded.
+        self.ops.len() * if self.frame.is_some() { 2 } else { 1 } + 64
+    }
+}
+
+/// A window of the most recent entries, bounded in count and bytes.
+#[derive(Debug)]
+pub(crate) struct History {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+impl History {
+    pub fn new(max_entries: usize, max_bytes: usize) -> Self {
+        Self {
+            entries: VecDeque::new(),
+            bytes: 0,
+            max_entries,
+            max_bytes,
+        }
+    }
+
+    /// Appends the entry for the next version and evicts the oldest entries
+    /// beyond the bounds. The newest entry is always kept, so live
+    /// publication never needs a snapshot for a client that keeps up.
+    pub fn push(&mut self, entry: Entry) {
+        self.bytes += entry.cost();
+        self.entries.push_back(entry);
+        while self.entries.len() > 1
+            && (self.entries.len() > self.max_entries || self.bytes > self.max_bytes)
+        {
+            if let Some(old) = self.entries.pop_front() {
+                self.bytes -= old.cost();
+            }
+        }
+    }
+
+    /// The entry that produced `version`, if still held.
+    pub fn get(&self, version: u64) -> Option<&Entry> {
+        let first = self.entries.front()?.version;
+        let offset = usize::try_from(version.checked_sub(first)?).ok()?;
+        self.entries.get(offset)
+    }
+
+    /// The concatenated operations taking version `from` to `to`, if every
+    /// version in between is still held. `from == to` yields an empty list.
+    pub fn ops_between(&self, from: u64, to: u64) -> Option<String> {
+        if from > to {
+            return None;
+        }
+        if from == to {
+            return Some(String::new());
+        }
+        let mut out = String::new();
+        for version in from + 1..=to {
+            let entry = self.get(version)?;
+            if entry.ops.is_empty() {
+                continue;
+            }
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(&entry.ops);
+        }
+        Some(out)
+    }
+
+    /// How many entries are held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(version: u64, ops: &str) -> Entry {
+        Entry {
+            version,
+            ops: ops.to_owned(),
+            frame: None,
+        }
+    }
+
+    #[test]
+    fn window_evicts_oldest_beyond_count() {
+        let mut h = History::new(2, usize::MAX);
+        for v in 2..=5 {
+            h.push(entry(v, "{}"));
+        }
+        assert_eq!(h.len(), 2);
+        assert!(h.get(3).is_none());
+        assert_eq!(h.get(4).map(|e| e.version), Some(4));
+        assert_eq!(h.get(5).map(|e| e.version), Some(5));
+    }
+
+    #[test]
+    fn window_evicts_beyond_bytes_but_keeps_newest() {
+        let mut h = History::new(100, 10);
+        h.push(entry(2, &"x".repeat(50)));
+        h.push(entry(3, &"y".repeat(50)));
+        assert_eq!(h.len(), 1);
+        assert!(h.get(3).is_some());
+    }
+
+    #[test]
+    fn ops_between_concatenates_and_refuses_missing_versions() {
+        let mut h = History::new(10, usize::MAX);
+        h.push(entry(2, "{\"a\":1}"));
+        h.push(entry(3, ""));
+        h.push(entry(4, "{\"b\":2}"));
+        assert_eq!(h.ops_between(1, 4).as_deref(), Some("{\"a\":1},{\"b\":2}"));
+        assert_eq!(h.ops_between(4, 4).as_deref(), Some(""));
+        assert_eq!(h.ops_between(0, 4), None);
+        assert_eq!(h.ops_between(5, 4), None);
+    }
+}
