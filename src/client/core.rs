@@ -1,0 +1,800 @@
+//! The client protocol state machine, with no I/O, no clock and no runtime.
+//!
+//! Inputs: [`ClientCore::handle_message`], [`ClientCore::call`],
+//! [`ClientCore::cancel`], [`ClientCore::handle_timeout`],
+//! [`ClientCore::connection_lost`], [`ClientCore::reconnected`],
+//! [`ClientCore::dispose`]. After any input, drain
+//! [`ClientCore::poll_transmit`] (send each message to the host) and
+//! [`ClientCore::poll_event`], then arm a timer for
+//! [`ClientCore::poll_timeout`]. Time is whatever `Instant` the driver
+//! passes in; the core never reads a clock.
+//!
+//! The rules implemented here are the client table of spec/PROTOCOL.md.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::apply::apply_patch;
+use crate::app::MethodError;
+use crate::wire::{
+    self, Call, CallResult, ClientMessage, ErrorCode, Header, HostMessage, PROTOCOL_VERSION,
+    Snapshot, SnapshotReason, SyncReason, SyncRequest, call_result, client_message, host_message,
+};
+
+/// Client settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// This client's peer id (`source` of what it sends). On a shared channel
+    /// it must be unique among the channel's peers.
+    pub peer_id: String,
+    /// The host's peer id. When non-empty, envelopes from any other source
+    /// are ignored and calls are addressed to it.
+    pub host_id: String,
+    /// Capability token; when non-empty, envelopes carrying another are
+    /// ignored, and it is written on everything this client sends.
+    pub capability: String,
+    /// Calls that may be pending at once; more fail `resource-exhausted`
+    /// locally without being sent.
+    pub max_calls_in_flight: usize,
+    /// How long a sync request may go unanswered before it is sent again.
+    pub sync_retry: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            peer_id: "client".to_owned(),
+            host_id: String::new(),
+            capability: String::new(),
+            max_calls_in_flight: 1024,
+            sync_retry: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Identifies one call made through a [`ClientCore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallId(pub u64);
+
+/// The seed's four sync anomalies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConflictReason {
+    /// A message older than the mirror arrived; it was ignored.
+    StaleMessage,
+    /// A patch arrived with no snapshot of its epoch to apply it to.
+    MissingSnapshot,
+    /// A patch did not start at the mirror's version: something was lost.
+    VersionGap,
+    /// A patch could not be applied; the mirror kept its last good state.
+    PatchApplyFailed,
+}
+
+impl ConflictReason {
+    /// The kebab-case name used by the spec and the test vectors.
+    pub fn kebab_name(self) -> &'static str {
+        match self {
+            Self::StaleMessage => "stale-message",
+            Self::MissingSnapshot => "missing-snapshot",
+            Self::VersionGap => "version-gap",
+            Self::PatchApplyFailed => "patch-apply-failed",
+        }
+    }
+}
+
+/// A sync anomaly the client detected (and, except for stale messages,
+/// started healing with a sync request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// What happened.
+    pub reason: ConflictReason,
+    /// The mirror's version when it happened, if there was a mirror.
+    pub current_version: Option<u64>,
+    /// The version the incoming message carried.
+    pub incoming_version: u64,
+    /// Details, for logs.
+    pub detail: String,
+}
+
+/// Something noteworthy that is not a sync conflict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Notice {
+    /// A result named a call this client is not waiting for (unknown,
+    /// already settled, or a duplicate); it was ignored.
+    UnexpectedResult {
+        /// The result's call id.
+        call_id: u64,
+    },
+    /// An envelope could not be understood and was ignored.
+    Malformed {
+        /// Why.
+        reason: String,
+    },
+    /// The host coalesced publications this client was too slow to take
+    /// into one snapshot.
+    Overflow {
+        /// The snapshot's version.
+        version: u64,
+    },
+}
+
+/// Everything a [`ClientCore`] reports.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// The first snapshot arrived: the mirror exists.
+    Ready {
+        /// Its epoch.
+        epoch: String,
+        /// Its version.
+        version: u64,
+    },
+    /// The mirror changed (a snapshot or a non-empty patch was applied).
+    StateChanged {
+        /// The mirror's new version.
+        version: u64,
+    },
+    /// A snapshot of a new host epoch replaced the mirror.
+    EpochChanged {
+        /// The epoch before.
+        old: String,
+        /// The new epoch.
+        new: String,
+    },
+    /// A sync anomaly.
+    Conflict(Conflict),
+    /// Something ignored or noteworthy.
+    Notice(Notice),
+    /// A call reached its one outcome.
+    Settled {
+        /// The call.
+        call: CallId,
+        /// The value, or why there is none.
+        outcome: Result<Value, MethodError>,
+        /// The state version the result observed, when the host answered.
+        state_version: Option<u64>,
+    },
+}
+
+/// Why a client input was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The client was disposed.
+    #[error("the client is disposed")]
+    Disposed,
+    /// Too many calls pending.
+    #[error("more than {limit} calls in flight")]
+    TooManyCalls {
+        /// The configured maximum.
+        limit: usize,
+    },
+    /// The arguments could not be serialised as a JSON array.
+    #[error("invalid arguments: {0}")]
+    InvalidArguments(String),
+}
+
+impl From<ClientError> for MethodError {
+    fn from(e: ClientError) -> Self {
+        let code = match e {
+            ClientError::Disposed => ErrorCode::Disposed,
+            ClientError::TooManyCalls { .. } => ErrorCode::ResourceExhausted,
+            ClientError::InvalidArguments(_) => ErrorCode::InvalidArgument,
+        };
+        MethodError::new(code, e.to_string())
+    }
+}
+
+#[derive(Debug)]
+struct Mirror {
+    epoch: String,
+    version: u64,
+    state: Value,
+}
+
+#[derive(Debug)]
+struct Held {
+    state_version: u64,
+    outcome: Result<Value, MethodError>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    /// The epoch the call was made against; `None` until the client knows one.
+    epoch: Option<String>,
+    deadline: Option<Instant>,
+    /// The call has left through `poll_transmit`.
+    transmitted: bool,
+    /// The host's answer, waiting for the mirror to catch up.
+    held: Option<Held>,
+}
+
+#[derive(Debug)]
+struct OutstandingSync {
+    sync_id: u64,
+    have_version: u64,
+    deadline: Instant,
+}
+
+/// The client protocol state machine. See the module docs for the call order.
+#[derive(Debug)]
+pub struct ClientCore {
+    config: ClientConfig,
+    mirror: Option<Mirror>,
+    pending: BTreeMap<u64, Pending>,
+    next_call: u64,
+    next_sync: u64,
+    sync: Option<OutstandingSync>,
+    outbox: VecDeque<ClientMessage>,
+    events: VecDeque<ClientEvent>,
+    disposed: bool,
+}
+
+impl ClientCore {
+    /// A client with no mirror that has queued its initial sync request.
+    pub fn new(config: ClientConfig, now: Instant) -> Self {
+        let mut core = Self {
+            config,
+            mirror: None,
+            pending: BTreeMap::new(),
+            next_call: 1,
+            next_sync: 1,
+            sync: None,
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            disposed: false,
+        };
+        core.request_sync(now, 0, SyncReason::Initial);
+        core
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// The mirrored published view, once the first snapshot has arrived.
+    pub fn state(&self) -> Option<&Value> {
+        self.mirror.as_ref().map(|m| &m.state)
+    }
+
+    /// The mirror's version (`None` before the first snapshot).
+    pub fn version(&self) -> Option<u64> {
+        self.mirror.as_ref().map(|m| m.version)
+    }
+
+    /// The epoch of the host the mirror follows.
+    pub fn epoch(&self) -> Option<&str> {
+        self.mirror.as_ref().map(|m| m.epoch.as_str())
+    }
+
+    /// Whether the first snapshot has arrived.
+    pub fn is_ready(&self) -> bool {
+        self.mirror.is_some()
+    }
+
+    /// Whether a sync request is waiting for its answer.
+    pub fn is_syncing(&self) -> bool {
+        self.sync.is_some()
+    }
+
+    /// Whether [`ClientCore::dispose`] was called.
+    pub fn is_disposed(&self) -> bool {
+        self.disposed
+    }
+
+    /// How many calls have not settled.
+    pub fn pending_calls(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn header(&self) -> Header {
+        Header {
+            protocol_version: PROTOCOL_VERSION,
+            epoch: self
+                .mirror
+                .as_ref()
+                .map(|m| m.epoch.clone())
+                .unwrap_or_default(),
+            source: self.config.peer_id.clone(),
+            target: self.config.host_id.clone(),
+            capability: self.config.capability.clone(),
+        }
+    }
+
+    /// Starts a call of `module.method` with positional `args`.
+    ///
+    /// Every call whose id is returned settles exactly once, through a
+    /// [`ClientEvent::Settled`]. `deadline`, if any, is enforced by
+    /// [`ClientCore::handle_timeout`].
+    pub fn call(
+        &mut self,
+        module: &str,
+        method: &str,
+        args: &[Value],
+        deadline: Option<Instant>,
+    ) -> Result<CallId, ClientError> {
+        let args_json = serde_json::to_string(args)
+            .map_err(|e| ClientError::InvalidArguments(e.to_string()))?;
+        self.call_json(module, method, args_json, deadline)
+    }
+
+    /// Like [`ClientCore::call`], with the arguments already encoded as a
+    /// JSON array.
+    pub fn call_json(
+        &mut self,
+        module: &str,
+        method: &str,
+        args_json: String,
+        deadline: Option<Instant>,
+    ) -> Result<CallId, ClientError> {
+        if self.disposed {
+            return Err(ClientError::Disposed);
+        }
+        if self.pending.len() >= self.config.max_calls_in_flight {
+            return Err(ClientError::TooManyCalls {
+                limit: self.config.max_calls_in_flight,
+            });
+        }
+        let call_id = self.next_call;
+        self.next_call += 1;
+        self.pending.insert(
+            call_id,
+            Pending {
+                epoch: self.mirror.as_ref().map(|m| m.epoch.clone()),
+                deadline,
+                transmitted: false,
+                held: None,
+            },
+        );
+        self.outbox.push_back(ClientMessage {
+            header: Some(self.header()),
+            kind: Some(client_message::Kind::Call(Call {
+                call_id,
+                module: module.to_owned(),
+                method: method.to_owned(),
+                args_json,
+            })),
+        });
+        Ok(CallId(call_id))
+    }
+
+    /// Cancels a pending call: it settles `cancelled` now. The host may still
+    /// run it; its result will then be ignored. Returns whether it was pending.
+    pub fn cancel(&mut self, call: CallId) -> bool {
+        self.settle_local(call.0, ErrorCode::Cancelled, "the call was cancelled")
+    }
+
+    fn settle_local(&mut self, call_id: u64, code: ErrorCode, message: &str) -> bool {
+        let Some(pending) = self.pending.remove(&call_id) else {
+            return false;
+        };
+        if !pending.transmitted {
+            // Never sent, so never run: drop it rather than send it.
+            self.outbox.retain(|m| match &m.kind {
+                Some(client_message::Kind::Call(c)) => c.call_id != call_id,
+                _ => true,
+            });
+        }
+        self.events.push_back(ClientEvent::Settled {
+            call: CallId(call_id),
+            outcome: Err(MethodError::new(code, message)),
+            state_version: None,
+        });
+        true
+    }
+
+    /// Settles every pending call `disposed`, drops the outbox and ignores
+    /// every later input.
+    pub fn dispose(&mut self) {
+        if self.disposed {
+            return;
+        }
+        self.disposed = true;
+        let ids: Vec<u64> = self.pending.keys().copied().collect();
+        for id in ids {
+            self.settle_local(id, ErrorCode::Disposed, "the client was disposed");
+        }
+        self.outbox.clear();
+        self.sync = None;
+    }
+
+    /// The transport broke. Calls already transmitted and unanswered settle
+    /// `outcome-unknown` (they may or may not have run, and are never
+    /// retried); calls not yet transmitted stay queued; results already in
+    /// hand keep waiting for the mirror.
+    pub fn connection_lost(&mut self) {
+        let lost: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.transmitted && p.held.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lost {
+            self.settle_local(
+                id,
+                ErrorCode::OutcomeUnknown,
+                "the connection broke while the call was in flight",
+            );
+        }
+        self.outbox
+            .retain(|m| matches!(m.kind, Some(client_message::Kind::Call(_))));
+        self.sync = None;
+    }
+
+    /// The transport is back: ask to resume from the mirror's version.
+    pub fn reconnected(&mut self, now: Instant) {
+        if self.disposed {
+            return;
+        }
+        let have = self.version().unwrap_or(0);
+        self.sync = None;
+        self.request_sync(now, have, SyncReason::Reconnect);
+    }
+
+    fn request_sync(&mut self, now: Instant, have_version: u64, reason: SyncReason) {
+        let sync_id = self.next_sync;
+        self.next_sync += 1;
+        self.sync = Some(OutstandingSync {
+            sync_id,
+            have_version,
+            deadline: now + self.config.sync_retry,
+        });
+        // The request goes ahead of queued calls: it is what unblocks them.
+        self.outbox.push_front(ClientMessage {
+            header: Some(self.header()),
+            kind: Some(client_message::Kind::SyncRequest(SyncRequest {
+                sync_id,
+                have_version,
+                reason: reason as i32,
+            })),
+        });
+    }
+
+    /// Starts healing unless a sync request is already outstanding.
+    fn heal(&mut self, now: Instant, have_version: u64, reason: SyncReason) {
+        match &self.sync {
+            // A resume from a state that cannot take patches must be redone
+            // as a snapshot request.
+            Some(s) if have_version == 0 && s.have_version != 0 => {
+                self.request_sync(now, 0, reason)
+            }
+            Some(_) => {}
+            None => self.request_sync(now, have_version, reason),
+        }
+    }
+
+    fn conflict(&mut self, reason: ConflictReason, incoming_version: u64, detail: String) {
+        self.events.push_back(ClientEvent::Conflict(Conflict {
+            reason,
+            current_version: self.version(),
+            incoming_version,
+            detail,
+        }));
+    }
+
+    fn notice(&mut self, notice: Notice) {
+        self.events.push_back(ClientEvent::Notice(notice));
+    }
+
+    /// The sync request `sync_id` has been answered.
+    fn answered(&mut self, sync_id: u64) {
+        if sync_id != 0 && self.sync.as_ref().is_some_and(|s| s.sync_id == sync_id) {
+            self.sync = None;
+        }
+    }
+
+    /// Handles one envelope from the host.
+    pub fn handle_message(&mut self, now: Instant, message: HostMessage) {
+        if self.disposed {
+            return;
+        }
+        let header = message.header.unwrap_or_default();
+        if !header.target.is_empty() && header.target != self.config.peer_id {
+            return;
+        }
+        if !self.config.host_id.is_empty() && header.source != self.config.host_id {
+            return;
+        }
+        if !self.config.capability.is_empty() && header.capability != self.config.capability {
+            return;
+        }
+        if header.protocol_version != PROTOCOL_VERSION {
+            self.notice(Notice::Malformed {
+                reason: format!("unsupported protocol version {}", header.protocol_version),
+            });
+            return;
+        }
+        match message.kind {
+            None => self.notice(Notice::Malformed {
+                reason: "no known message kind".to_owned(),
+            }),
+            Some(host_message::Kind::Snapshot(s)) => self.on_snapshot(header.epoch, s),
+            Some(host_message::Kind::Patch(p)) => self.on_patch(now, header.epoch, p),
+            Some(host_message::Kind::Result(r)) => self.on_result(now, header.epoch, r),
+        }
+    }
+
+    fn on_snapshot(&mut self, epoch: String, snapshot: Snapshot) {
+        let state = match serde_json::from_str::<Value>(&snapshot.state_json) {
+            Ok(state @ Value::Object(_)) => state,
+            Ok(_) => {
+                return self.notice(Notice::Malformed {
+                    reason: "snapshot state is not a JSON object".to_owned(),
+                });
+            }
+            Err(e) => {
+                return self.notice(Notice::Malformed {
+                    reason: format!("snapshot state is not JSON: {e}"),
+                });
+            }
+        };
+        if snapshot.version == 0 {
+            return self.notice(Notice::Malformed {
+                reason: "snapshot version 0".to_owned(),
+            });
+        }
+        match &mut self.mirror {
+            Some(m) if m.epoch == epoch => {
+                if snapshot.version < m.version {
+                    let current = m.version;
+                    self.answered(snapshot.sync_id);
+                    return self.conflict(
+                        ConflictReason::StaleMessage,
+                        snapshot.version,
+                        format!(
+                            "snapshot {} is older than the mirror ({current})",
+                            snapshot.version
+                        ),
+                    );
+                }
+                m.state = state;
+                m.version = snapshot.version;
+            }
+            Some(m) => {
+                let old = std::mem::replace(&mut m.epoch, epoch.clone());
+                m.state = state;
+                m.version = snapshot.version;
+                self.events.push_back(ClientEvent::EpochChanged {
+                    old,
+                    new: epoch.clone(),
+                });
+                let orphaned: Vec<u64> = self
+                    .pending
+                    .iter()
+                    .filter(|(_, p)| p.epoch.as_deref().is_some_and(|e| e != epoch))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in orphaned {
+                    self.settle_local(
+                        id,
+                        ErrorCode::OutcomeUnknown,
+                        "the host restarted (new epoch) while the call was in flight",
+                    );
+                }
+            }
+            None => {
+                self.mirror = Some(Mirror {
+                    epoch: epoch.clone(),
+                    version: snapshot.version,
+                    state,
+                });
+                self.events.push_back(ClientEvent::Ready {
+                    epoch: epoch.clone(),
+                    version: snapshot.version,
+                });
+            }
+        }
+        for pending in self.pending.values_mut() {
+            pending.epoch.get_or_insert_with(|| epoch.clone());
+        }
+        if snapshot.reason == SnapshotReason::Overflow as i32 {
+            self.notice(Notice::Overflow {
+                version: snapshot.version,
+            });
+        }
+        self.answered(snapshot.sync_id);
+        self.events.push_back(ClientEvent::StateChanged {
+            version: snapshot.version,
+        });
+        self.settle_caught_up();
+    }
+
+    fn on_patch(&mut self, now: Instant, epoch: String, patch: wire::Patch) {
+        if patch.version < patch.base_version {
+            return self.notice(Notice::Malformed {
+                reason: format!(
+                    "patch version {} is below its base {}",
+                    patch.version, patch.base_version
+                ),
+            });
+        }
+        let outstanding = self.sync.is_some();
+        let Some(m) = self.mirror.as_mut().filter(|m| m.epoch == epoch) else {
+            if !outstanding {
+                let detail = if self.mirror.is_some() {
+                    format!("patch from epoch {epoch:?}, which the mirror has no snapshot of")
+                } else {
+                    "patch before any snapshot".to_owned()
+                };
+                self.conflict(ConflictReason::MissingSnapshot, patch.version, detail);
+            }
+            return self.heal(now, 0, SyncReason::MissingSnapshot);
+        };
+        let current = m.version;
+        if patch.base_version == current {
+            if let Err(e) = apply_patch(&mut m.state, &patch.patch_json) {
+                self.conflict(
+                    ConflictReason::PatchApplyFailed,
+                    patch.version,
+                    e.to_string(),
+                );
+                return self.heal(now, 0, SyncReason::PatchApplyFailed);
+            }
+            m.version = patch.version;
+            self.answered(patch.sync_id);
+            if patch.version != current {
+                self.events.push_back(ClientEvent::StateChanged {
+                    version: patch.version,
+                });
+            }
+            self.settle_caught_up();
+        } else if patch.base_version > current {
+            if !outstanding {
+                self.conflict(
+                    ConflictReason::VersionGap,
+                    patch.version,
+                    format!(
+                        "patch starts at {}, mirror is at {current}",
+                        patch.base_version
+                    ),
+                );
+            }
+            self.heal(now, current, SyncReason::VersionGap);
+        } else if self
+            .sync
+            .as_ref()
+            .is_some_and(|s| s.sync_id == patch.sync_id)
+        {
+            // Our own answer, overtaken by publications that already brought
+            // the mirror this far.
+            self.answered(patch.sync_id);
+        } else if !outstanding {
+            self.conflict(
+                ConflictReason::StaleMessage,
+                patch.version,
+                format!(
+                    "patch {}..{} is behind the mirror ({current})",
+                    patch.base_version, patch.version
+                ),
+            );
+        }
+    }
+
+    fn on_result(&mut self, now: Instant, epoch: String, result: CallResult) {
+        let call_id = result.call_id;
+        let Some(pending) = self.pending.get_mut(&call_id).filter(|p| p.held.is_none()) else {
+            return self.notice(Notice::UnexpectedResult { call_id });
+        };
+        if pending.epoch.as_deref().is_some_and(|e| e != epoch) {
+            self.settle_local(
+                call_id,
+                ErrorCode::OutcomeUnknown,
+                "the result came from another host epoch than the call was made against",
+            );
+            return;
+        }
+        pending.epoch = Some(epoch);
+        let outcome = match result.outcome {
+            Some(call_result::Outcome::ValueJson(json)) => {
+                serde_json::from_str(&json).map_err(|e| {
+                    MethodError::internal(format!("the host sent a malformed value: {e}"))
+                })
+            }
+            Some(call_result::Outcome::Error(error)) => Err(MethodError::from_wire(&error)),
+            None => Err(MethodError::internal(
+                "the host sent a result with no outcome",
+            )),
+        };
+        pending.held = Some(Held {
+            state_version: result.state_version,
+            outcome,
+        });
+        if !self.settle_caught_up() {
+            if let Some(current) = self.version() {
+                if current < result.state_version && self.pending.contains_key(&call_id) {
+                    self.heal(now, current, SyncReason::ResultAhead);
+                }
+            }
+        }
+    }
+
+    /// Settles every held result the mirror has caught up with. Returns
+    /// whether any settled.
+    fn settle_caught_up(&mut self) -> bool {
+        let Some(m) = &self.mirror else {
+            return false;
+        };
+        let ready: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| {
+                p.epoch.as_deref() == Some(m.epoch.as_str())
+                    && p.held
+                        .as_ref()
+                        .is_some_and(|h| h.state_version <= m.version)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ready {
+            if let Some(Pending {
+                held: Some(held), ..
+            }) = self.pending.remove(id)
+            {
+                self.events.push_back(ClientEvent::Settled {
+                    call: CallId(*id),
+                    outcome: held.outcome,
+                    state_version: Some(held.state_version),
+                });
+            }
+        }
+        !ready.is_empty()
+    }
+
+    /// Fires whatever is due at `now`: call deadlines (settled
+    /// `deadline-exceeded`) and unanswered sync requests (sent again).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.disposed {
+            return;
+        }
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline.is_some_and(|d| d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.settle_local(
+                id,
+                ErrorCode::DeadlineExceeded,
+                "the call's deadline passed before it settled",
+            );
+        }
+        if let Some(s) = &self.sync {
+            if s.deadline <= now {
+                let have = s.have_version;
+                let sync_id = s.sync_id;
+                self.outbox.retain(|m| match &m.kind {
+                    Some(client_message::Kind::SyncRequest(r)) => r.sync_id != sync_id,
+                    _ => true,
+                });
+                self.request_sync(now, have, SyncReason::Retry);
+            }
+        }
+    }
+
+    /// When [`ClientCore::handle_timeout`] next needs calling, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let calls = self.pending.values().filter_map(|p| p.deadline);
+        let sync = self.sync.as_ref().map(|s| s.deadline);
+        calls.chain(sync).min()
+    }
+
+    /// The next message to send to the host, if any.
+    pub fn poll_transmit(&mut self) -> Option<ClientMessage> {
+        let message = self.outbox.pop_front()?;
+        if let Some(client_message::Kind::Call(call)) = &message.kind {
+            if let Some(p) = self.pending.get_mut(&call.call_id) {
+                p.transmitted = true;
+            }
+        }
+        Some(message)
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+}
