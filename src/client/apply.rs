@@ -25,6 +25,17 @@ pub enum ApplyError {
     NotAnObject,
 }
 
+/// Whether `op` must be applied to a copy of the view rather than in place.
+///
+/// A root operation may leave a non-object, which must be refused. A `move`
+/// is not atomic in json-patch 5: when its removal succeeds and its insertion
+/// fails, the removed value is lost, and `json_patch::patch` then replays an
+/// undo log against the damaged document, which can panic. Hosts emit
+/// neither, so the copy costs nothing in practice.
+fn needs_copy(op: &PatchOperation) -> bool {
+    matches!(op, PatchOperation::Move(_)) || touches_root(op)
+}
+
 fn touches_root(op: &PatchOperation) -> bool {
     match op {
         PatchOperation::Add(o) => o.path.is_root(),
@@ -38,9 +49,11 @@ fn touches_root(op: &PatchOperation) -> bool {
 
 /// Parses `patch_json` and applies every operation to `view`, or none.
 ///
-/// Costs O(size of the patch) for patches that do not touch the root; a root
-/// operation (which hosts never emit) is applied to a copy so that a result
-/// that is not an object can be refused.
+/// Costs O(size of the patch) for patches of `add`, `remove`, `replace`,
+/// `copy` and `test` below the root; a patch with a root operation or a
+/// `move` (which hosts never emit) is applied to a copy of the view, which
+/// replaces the view only if every operation succeeded and the result is a
+/// JSON object.
 pub fn apply_patch(view: &mut Value, patch_json: &str) -> Result<(), ApplyError> {
     let patch: Patch =
         serde_json::from_str(patch_json).map_err(|e| ApplyError::Malformed(e.to_string()))?;
@@ -51,9 +64,10 @@ pub fn apply_patch(view: &mut Value, patch_json: &str) -> Result<(), ApplyError>
         index: e.operation,
         reason: e.kind.to_string(),
     };
-    if patch.0.iter().any(touches_root) {
+    if patch.0.iter().any(needs_copy) {
         let mut copy = view.clone();
-        json_patch::patch(&mut copy, &patch.0).map_err(to_err)?;
+        // The copy is dropped on failure, so nothing needs undoing.
+        json_patch::patch_unsafe(&mut copy, &patch.0).map_err(to_err)?;
         if !copy.is_object() {
             return Err(ApplyError::NotAnObject);
         }
@@ -61,4 +75,110 @@ pub fn apply_patch(view: &mut Value, patch_json: &str) -> Result<(), ApplyError>
         return Ok(());
     }
     json_patch::patch(view, &patch.0).map_err(to_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn view() -> Value {
+        json!({"s": {"arr": [1, 2, 3], "o": {"k": 1}, "x~y": 5, "x/y": 6}})
+    }
+
+    /// Applies `patch` to [`view`] and asserts it fails leaving the view as it was.
+    fn assert_refused(patch: Value) -> ApplyError {
+        let mut v = view();
+        let err = apply_patch(&mut v, &patch.to_string()).expect_err("patch must be refused");
+        assert_eq!(v, view(), "a refused patch changed the view");
+        err
+    }
+
+    #[test]
+    fn failed_move_after_other_ops_is_refused_without_panicking_or_losing_data() {
+        // json_patch::patch panics here: the move removes "/s/new", fails
+        // to insert it, and the undo of the first op finds nothing to remove.
+        assert_refused(json!([
+            {"op": "add", "path": "/s/new", "value": 1},
+            {"op": "move", "from": "/s/new", "path": "/missing/x"}
+        ]));
+    }
+
+    #[test]
+    fn failed_move_keeps_its_source_value() {
+        assert_refused(json!([{"op": "move", "from": "/s/o", "path": "/missing/x"}]));
+        assert_refused(json!([{"op": "move", "from": "/s/arr/0", "path": "/s/arr/3"}]));
+    }
+
+    #[test]
+    fn successful_move_is_applied() {
+        let mut v = view();
+        apply_patch(
+            &mut v,
+            r#"[{"op": "move", "from": "/s/arr/0", "path": "/s/arr/-"}]"#,
+        )
+        .unwrap();
+        assert_eq!(v["s"]["arr"], json!([2, 3, 1]));
+    }
+
+    #[test]
+    fn pointers_rfc_6901_forbids_are_refused() {
+        for path in [
+            "/s/arr/01",
+            "/s/arr/00",
+            "/s/arr/+1",
+            "/s/arr/1.0",
+            "/s/arr/4",
+        ] {
+            assert_refused(json!([{"op": "add", "path": path, "value": 0}]));
+            assert_refused(json!([{"op": "replace", "path": path, "value": 0}]));
+            assert_refused(json!([{"op": "remove", "path": path}]));
+        }
+        for path in ["/s/x~2y", "/s/x~", "s/arr"] {
+            let err = assert_refused(json!([{"op": "add", "path": path, "value": 0}]));
+            assert!(matches!(err, ApplyError::Malformed(_)), "{path}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn dash_is_refused_outside_add() {
+        assert_refused(json!([{"op": "remove", "path": "/s/arr/-"}]));
+        assert_refused(json!([{"op": "replace", "path": "/s/arr/-", "value": 0}]));
+        assert_refused(json!([{"op": "test", "path": "/s/arr/-", "value": 3}]));
+        assert_refused(json!([{"op": "move", "from": "/s/arr/-", "path": "/s/z"}]));
+        assert_refused(json!([{"op": "copy", "from": "/s/arr/-", "path": "/s/z"}]));
+    }
+
+    #[test]
+    fn escapes_address_the_decoded_member() {
+        let mut v = view();
+        apply_patch(
+            &mut v,
+            r#"[{"op": "replace", "path": "/s/x~0y", "value": 50},
+                {"op": "replace", "path": "/s/x~1y", "value": 60}]"#,
+        )
+        .unwrap();
+        assert_eq!((&v["s"]["x~y"], &v["s"]["x/y"]), (&json!(50), &json!(60)));
+    }
+
+    #[test]
+    fn move_into_own_child_is_refused() {
+        assert_refused(json!([{"op": "move", "from": "/s/o", "path": "/s/o/k2"}]));
+        assert_refused(json!([{"op": "move", "from": "", "path": "/q"}]));
+    }
+
+    #[test]
+    fn root_replacement_must_leave_an_object() {
+        let mut v = view();
+        apply_patch(
+            &mut v,
+            r#"[{"op": "replace", "path": "", "value": {"z": 1}}]"#,
+        )
+        .unwrap();
+        assert_eq!(v, json!({"z": 1}));
+        let err = assert_refused(json!([{"op": "replace", "path": "", "value": [1]}]));
+        assert_eq!(err, ApplyError::NotAnObject);
+        assert_refused(json!([{"op": "remove", "path": ""}]));
+    }
 }
