@@ -1,0 +1,1483 @@
+//! Behaviour of the sans-IO client core, row by row of the client state
+//! machine (spec/PROTOCOL.md §8–§12, /work/notes/design.md "Client state
+//! machine"). Every test drives a `ClientCore` directly with hand-built host
+//! envelopes and a fixed time base; no runtime, no clock.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use cosystem_worker::app::MethodError;
+use cosystem_worker::client::{
+    CallId, ClientConfig, ClientCore, ClientError, ClientEvent, Conflict, ConflictReason, Notice,
+};
+use cosystem_worker::wire::{
+    Call, CallResult, ClientMessage, Error, ErrorCode, Header, HostMessage, Patch, Snapshot,
+    SnapshotReason, SyncReason, SyncRequest, call_result, client_message, host_message,
+};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+const PEER: &str = "c1";
+const E1: &str = "epoch-one";
+const E2: &str = "epoch-two";
+const RETRY: Duration = Duration::from_secs(2);
+
+/// The fixed time base every test offsets from.
+fn at(ms: u64) -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now) + Duration::from_millis(ms)
+}
+
+fn config() -> ClientConfig {
+    ClientConfig {
+        peer_id: PEER.to_owned(),
+        sync_retry: RETRY,
+        ..Default::default()
+    }
+}
+
+fn new_client() -> ClientCore {
+    ClientCore::new(config(), at(0))
+}
+
+// ---- host envelopes ------------------------------------------------------
+
+fn envelope(epoch: &str, target: &str, kind: host_message::Kind) -> HostMessage {
+    HostMessage {
+        header: Some(Header::v1(epoch, "host", target)),
+        kind: Some(kind),
+    }
+}
+
+fn snapshot_reason(
+    epoch: &str,
+    version: u64,
+    state: Value,
+    sync_id: u64,
+    reason: SnapshotReason,
+) -> HostMessage {
+    let target = if sync_id == 0 { "" } else { PEER };
+    envelope(
+        epoch,
+        target,
+        host_message::Kind::Snapshot(Snapshot {
+            version,
+            state_json: state.to_string(),
+            sync_id,
+            reason: reason as i32,
+        }),
+    )
+}
+
+/// A sync reply when `sync_id` is non-zero, a commit publication otherwise.
+fn snapshot(epoch: &str, version: u64, state: Value, sync_id: u64) -> HostMessage {
+    let reason = if sync_id == 0 {
+        SnapshotReason::Commit
+    } else {
+        SnapshotReason::Sync
+    };
+    snapshot_reason(epoch, version, state, sync_id, reason)
+}
+
+fn patch_text(epoch: &str, base: u64, version: u64, patch_json: &str, sync_id: u64) -> HostMessage {
+    let target = if sync_id == 0 { "" } else { PEER };
+    envelope(
+        epoch,
+        target,
+        host_message::Kind::Patch(Patch {
+            base_version: base,
+            version,
+            patch_json: patch_json.to_owned(),
+            sync_id,
+        }),
+    )
+}
+
+fn patch(epoch: &str, base: u64, version: u64, ops: Value) -> HostMessage {
+    patch_text(epoch, base, version, &ops.to_string(), 0)
+}
+
+fn bookmark(epoch: &str, version: u64) -> HostMessage {
+    patch_text(epoch, version, version, "[]", 0)
+}
+
+fn result(
+    epoch: &str,
+    call: CallId,
+    state_version: u64,
+    outcome: call_result::Outcome,
+) -> HostMessage {
+    envelope(
+        epoch,
+        PEER,
+        host_message::Kind::Result(CallResult {
+            call_id: call.0,
+            state_version,
+            outcome: Some(outcome),
+        }),
+    )
+}
+
+fn ok_result(epoch: &str, call: CallId, state_version: u64, value: Value) -> HostMessage {
+    result(
+        epoch,
+        call,
+        state_version,
+        call_result::Outcome::ValueJson(value.to_string()),
+    )
+}
+
+fn err_result(
+    epoch: &str,
+    call: CallId,
+    state_version: u64,
+    code: ErrorCode,
+    message: &str,
+) -> HostMessage {
+    result(
+        epoch,
+        call,
+        state_version,
+        call_result::Outcome::Error(Error {
+            code: code as i32,
+            message: message.to_owned(),
+            details_json: String::new(),
+        }),
+    )
+}
+
+/// The published view used throughout: one counter section.
+fn view(count: i64) -> Value {
+    json!({"counter": {"count": count}})
+}
+
+/// The operations taking `view(_)` to `view(count)`.
+fn set_count(count: i64) -> Value {
+    json!([{"op": "replace", "path": "/counter/count", "value": count}])
+}
+
+// ---- client outputs ------------------------------------------------------
+
+fn events(c: &mut ClientCore) -> Vec<ClientEvent> {
+    std::iter::from_fn(|| c.poll_event()).collect()
+}
+
+fn sent(c: &mut ClientCore) -> Vec<ClientMessage> {
+    std::iter::from_fn(|| c.poll_transmit()).collect()
+}
+
+fn sync_requests(messages: &[ClientMessage]) -> Vec<SyncRequest> {
+    messages
+        .iter()
+        .filter_map(|m| match &m.kind {
+            Some(client_message::Kind::SyncRequest(r)) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sent_calls(messages: &[ClientMessage]) -> Vec<Call> {
+    messages
+        .iter()
+        .filter_map(|m| match &m.kind {
+            Some(client_message::Kind::Call(c)) => Some(c.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The single message sent, which must be a SyncRequest.
+fn only_sync(messages: &[ClientMessage]) -> SyncRequest {
+    assert_eq!(messages.len(), 1, "expected one message: {messages:#?}");
+    let requests = sync_requests(messages);
+    assert_eq!(requests.len(), 1, "expected a SyncRequest: {messages:#?}");
+    requests[0].clone()
+}
+
+fn reason(request: &SyncRequest) -> SyncReason {
+    SyncReason::try_from(request.reason).expect("a known sync reason")
+}
+
+fn conflicts(events: &[ClientEvent]) -> Vec<(ConflictReason, Option<u64>, u64)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Conflict(Conflict {
+                reason,
+                current_version,
+                incoming_version,
+                ..
+            }) => Some((*reason, *current_version, *incoming_version)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn notices(events: &[ClientEvent]) -> Vec<Notice> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Notice(n) => Some(n.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+type Settlement = (CallId, Result<Value, ErrorCode>, Option<u64>);
+
+fn settlements(events: &[ClientEvent]) -> Vec<Settlement> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Settled {
+                call,
+                outcome,
+                state_version,
+            } => Some((
+                *call,
+                outcome.clone().map_err(|e: MethodError| e.code),
+                *state_version,
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn settled_error(events: &[ClientEvent], call: CallId) -> MethodError {
+    events
+        .iter()
+        .find_map(|e| match e {
+            ClientEvent::Settled {
+                call: c,
+                outcome: Err(err),
+                ..
+            } if *c == call => Some(err.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{call:?} did not settle with an error: {events:#?}"))
+}
+
+/// A client whose initial sync was answered with `view(count)` at `version`
+/// in epoch E1, with every output drained.
+fn synced(version: u64, count: i64) -> ClientCore {
+    let mut c = new_client();
+    let initial = only_sync(&sent(&mut c));
+    c.handle_message(at(0), snapshot(E1, version, view(count), initial.sync_id));
+    events(&mut c);
+    assert!(!c.is_syncing());
+    c
+}
+
+/// Starts a call of `counter.increase(1)` and hands it to the transport.
+fn sent_call(c: &mut ClientCore) -> CallId {
+    let id = c.call("counter", "increase", &[json!(1)], None).unwrap();
+    let calls = sent_calls(&sent(c));
+    assert!(calls.iter().any(|call| call.call_id == id.0));
+    id
+}
+
+// ---- start and snapshots -------------------------------------------------
+
+#[test]
+fn new_client_sends_initial_sync_request_for_version_zero() {
+    let mut c = ClientCore::new(
+        ClientConfig {
+            host_id: "host".to_owned(),
+            capability: "cap".to_owned(),
+            ..config()
+        },
+        at(0),
+    );
+    let messages = sent(&mut c);
+    let request = only_sync(&messages);
+    assert_ne!(request.sync_id, 0);
+    assert_eq!(request.have_version, 0);
+    assert_eq!(reason(&request), SyncReason::Initial);
+    let header = messages[0].header.clone().unwrap();
+    assert_eq!(header.protocol_version, 1);
+    assert_eq!(header.epoch, "", "no mirror, so no epoch");
+    assert_eq!(header.source, PEER);
+    assert_eq!(header.target, "host");
+    assert_eq!(header.capability, "cap");
+    assert!(c.is_syncing());
+    assert!(!c.is_ready());
+    assert_eq!(c.state(), None);
+    assert_eq!(c.version(), None);
+    assert!(events(&mut c).is_empty());
+    assert_eq!(c.poll_timeout(), Some(at(0) + RETRY));
+}
+
+#[test]
+fn first_snapshot_makes_client_ready_with_its_state() {
+    let mut c = new_client();
+    let initial = only_sync(&sent(&mut c));
+    c.handle_message(at(5), snapshot(E1, 4, view(7), initial.sync_id));
+    let evs = events(&mut c);
+    assert!(evs.contains(&ClientEvent::Ready {
+        epoch: E1.to_owned(),
+        version: 4
+    }));
+    assert!(evs.contains(&ClientEvent::StateChanged { version: 4 }));
+    assert!(conflicts(&evs).is_empty());
+    assert!(c.is_ready());
+    assert_eq!(c.state(), Some(&view(7)));
+    assert_eq!(c.version(), Some(4));
+    assert_eq!(c.epoch(), Some(E1));
+    assert!(!c.is_syncing(), "the reply clears the outstanding request");
+    assert_eq!(c.poll_timeout(), None);
+    assert!(sent(&mut c).is_empty());
+}
+
+#[test]
+fn ready_is_reported_only_for_the_first_snapshot() {
+    let mut c = synced(1, 0);
+    c.handle_message(at(0), snapshot(E1, 2, view(1), 0));
+    c.handle_message(at(0), snapshot(E2, 1, view(0), 0));
+    let evs = events(&mut c);
+    assert!(
+        !evs.iter().any(|e| matches!(e, ClientEvent::Ready { .. })),
+        "{evs:#?}"
+    );
+}
+
+#[test]
+fn same_epoch_newer_snapshot_replaces_mirror_without_conflict() {
+    let mut c = synced(2, 2);
+    c.handle_message(at(0), snapshot(E1, 5, view(5), 0));
+    let evs = events(&mut c);
+    assert_eq!(evs, vec![ClientEvent::StateChanged { version: 5 }]);
+    assert_eq!(c.state(), Some(&view(5)));
+    assert_eq!(c.version(), Some(5));
+    assert!(sent(&mut c).is_empty());
+}
+
+#[test]
+fn same_epoch_snapshot_at_equal_version_replaces_mirror() {
+    let mut c = synced(2, 2);
+    c.handle_message(at(0), snapshot(E1, 2, json!({"other": true}), 0));
+    let evs = events(&mut c);
+    assert!(conflicts(&evs).is_empty());
+    assert_eq!(c.state(), Some(&json!({"other": true})));
+    assert_eq!(c.version(), Some(2));
+}
+
+#[test]
+fn older_snapshot_is_ignored_as_stale_message() {
+    let mut c = synced(5, 5);
+    c.handle_message(at(0), snapshot(E1, 3, view(3), 0));
+    let evs = events(&mut c);
+    assert_eq!(
+        conflicts(&evs),
+        vec![(ConflictReason::StaleMessage, Some(5), 3)]
+    );
+    assert_eq!(evs.len(), 1, "{evs:#?}");
+    assert_eq!(c.state(), Some(&view(5)));
+    assert_eq!(c.version(), Some(5));
+    assert!(sent(&mut c).is_empty(), "stale messages need no healing");
+}
+
+#[test]
+fn older_snapshot_is_reported_stale_even_while_a_sync_is_outstanding() {
+    let mut c = synced(5, 5);
+    c.handle_message(at(0), patch(E1, 7, 8, set_count(8)));
+    sent(&mut c);
+    events(&mut c);
+    assert!(c.is_syncing());
+    c.handle_message(at(0), snapshot(E1, 3, view(3), 0));
+    assert_eq!(
+        conflicts(&events(&mut c)),
+        vec![(ConflictReason::StaleMessage, Some(5), 3)]
+    );
+    assert!(
+        c.is_syncing(),
+        "a stale non-reply leaves the request outstanding"
+    );
+}
+
+#[test]
+fn new_epoch_snapshot_replaces_mirror_reports_epoch_change_and_settles_calls_outcome_unknown() {
+    let mut c = synced(3, 3);
+    let in_flight = sent_call(&mut c);
+    let held = sent_call(&mut c);
+    c.handle_message(at(0), ok_result(E1, held, 9, json!(4)));
+    let queued = c.call("counter", "increase", &[json!(1)], None).unwrap();
+    events(&mut c);
+
+    c.handle_message(at(1), snapshot(E2, 1, view(0), 0));
+    let evs = events(&mut c);
+    assert!(evs.contains(&ClientEvent::EpochChanged {
+        old: E1.to_owned(),
+        new: E2.to_owned()
+    }));
+    assert!(evs.contains(&ClientEvent::StateChanged { version: 1 }));
+    assert!(conflicts(&evs).is_empty());
+    let mut settled = settlements(&evs);
+    settled.sort_by_key(|s| s.0);
+    assert_eq!(
+        settled,
+        vec![
+            (in_flight, Err(ErrorCode::OutcomeUnknown), None),
+            (held, Err(ErrorCode::OutcomeUnknown), None),
+            (queued, Err(ErrorCode::OutcomeUnknown), None),
+        ]
+    );
+    assert_eq!(c.epoch(), Some(E2));
+    assert_eq!(c.version(), Some(1));
+    assert_eq!(c.state(), Some(&view(0)));
+    assert_eq!(c.pending_calls(), 0);
+    assert!(
+        sent_calls(&sent(&mut c)).is_empty(),
+        "a call of a vanished epoch is never sent"
+    );
+
+    // A call made now is bound to, and sent under, the new epoch.
+    let fresh = c.call("counter", "increase", &[json!(1)], None).unwrap();
+    let messages = sent(&mut c);
+    assert_eq!(messages[0].header.as_ref().unwrap().epoch, E2);
+    c.handle_message(at(2), ok_result(E2, fresh, 1, json!(1)));
+    assert_eq!(
+        settlements(&events(&mut c)),
+        vec![(fresh, Ok(json!(1)), Some(1))]
+    );
+}
+
+#[test]
+fn overflow_snapshot_is_accepted_with_an_overflow_notice() {
+    let mut c = synced(2, 2);
+    c.handle_message(
+        at(0),
+        snapshot_reason(E1, 40, view(40), 0, SnapshotReason::Overflow),
+    );
+    let evs = events(&mut c);
+    assert_eq!(notices(&evs), vec![Notice::Overflow { version: 40 }]);
+    assert!(conflicts(&evs).is_empty());
+    assert_eq!(c.version(), Some(40));
+}
+
+#[test]
+fn malformed_snapshots_are_ignored_with_a_notice() {
+    let mut c = synced(2, 2);
+    let not_json = envelope(
+        E1,
+        "",
+        host_message::Kind::Snapshot(Snapshot {
+            version: 3,
+            state_json: "{not json".to_owned(),
+            sync_id: 0,
+            reason: 1,
+        }),
+    );
+    for bad in [
+        not_json,
+        snapshot(E1, 3, json!([1, 2]), 0),
+        snapshot(E1, 0, view(0), 0),
+    ] {
+        c.handle_message(at(0), bad);
+        let evs = events(&mut c);
+        assert!(
+            matches!(notices(&evs).as_slice(), [Notice::Malformed { .. }]),
+            "{evs:#?}"
+        );
+        assert!(conflicts(&evs).is_empty());
+        assert_eq!(c.version(), Some(2));
+        assert_eq!(c.state(), Some(&view(2)));
+    }
+}
+
+// ---- patches -------------------------------------------------------------
+
+#[test]
+fn patch_before_any_snapshot_is_dropped_silently_while_the_initial_sync_is_outstanding() {
+    let mut c = new_client();
+    sent(&mut c);
+    c.handle_message(at(0), patch(E1, 1, 2, set_count(2)));
+    assert!(events(&mut c).is_empty());
+    assert!(sent(&mut c).is_empty());
+    assert!(!c.is_ready());
+}
+
+#[test]
+fn patch_before_any_snapshot_reports_missing_snapshot_and_requests_snapshot() {
+    // EMPTY with no request outstanding: the only way there is a connection
+    // loss before the initial sync was answered.
+    let mut c = new_client();
+    sent(&mut c);
+    c.connection_lost();
+    assert!(!c.is_syncing());
+    c.handle_message(at(0), patch(E1, 1, 2, set_count(2)));
+    let evs = events(&mut c);
+    assert_eq!(
+        conflicts(&evs),
+        vec![(ConflictReason::MissingSnapshot, None, 2)]
+    );
+    let request = only_sync(&sent(&mut c));
+    assert_eq!(request.have_version, 0);
+    assert_eq!(reason(&request), SyncReason::MissingSnapshot);
+    assert!(!c.is_ready());
+}
+
+#[test]
+fn patch_from_another_epoch_reports_missing_snapshot_and_requests_snapshot() {
+    let mut c = synced(3, 3);
+    c.handle_message(at(0), patch(E2, 3, 4, set_count(4)));
+    let evs = events(&mut c);
+    assert_eq!(
+        conflicts(&evs),
+        vec![(ConflictReason::MissingSnapshot, Some(3), 4)]
+    );
+    assert_eq!(c.state(), Some(&view(3)), "never applied across epochs");
+    assert_eq!(c.epoch(), Some(E1));
+    let messages = sent(&mut c);
+    let request = only_sync(&messages);
+    assert_eq!(request.have_version, 0);
+    assert_eq!(reason(&request), SyncReason::MissingSnapshot);
+    assert_eq!(messages[0].header.as_ref().unwrap().epoch, E1);
+}
+
+#[test]
+fn patch_from_another_epoch_while_resuming_replaces_the_request_with_a_snapshot_request() {
+    let mut c = synced(3, 3);
+    c.handle_message(at(0), patch(E1, 5, 6, set_count(6)));
+    let gap = only_sync(&sent(&mut c));
+    assert_eq!(gap.have_version, 3);
+    events(&mut c);
+    c.handle_message(at(0), patch(E2, 1, 2, set_count(2)));
+    assert!(
+        conflicts(&events(&mut c)).is_empty(),
+        "covered: not reported"
+    );
+    let replacement = only_sync(&sent(&mut c));
+    assert_eq!(replacement.have_version, 0);
+    assert_eq!(reason(&replacement), SyncReason::MissingSnapshot);
+    assert_ne!(replacement.sync_id, gap.sync_id);
+    // A further foreign patch is covered by the snapshot request.
+    c.handle_message(at(0), patch(E2, 2, 3, set_count(3)));
+    assert!(events(&mut c).is_empty());
+    assert!(sent(&mut c).is_empty());
+}
+
+#[test]
+fn patch_at_mirror_version_applies_and_advances_the_version() {
+    let mut c = synced(3, 3);
+    c.handle_message(at(0), patch(E1, 3, 4, set_count(4)));
+    assert_eq!(
+        events(&mut c),
+        vec![ClientEvent::StateChanged { version: 4 }]
+    );
+    assert_eq!(c.state(), Some(&view(4)));
+    assert_eq!(c.version(), Some(4));
+    assert!(sent(&mut c).is_empty());
+}
+
+#[test]
+fn patch_spanning_several_versions_applies_when_its_base_matches() {
+    let mut c = synced(3, 3);
+    let ops = json!([
+        {"op": "replace", "path": "/counter/count", "value": 4},
+        {"op": "add", "path": "/todos", "value": {"items": []}},
+        {"op": "add", "path": "/todos/items/-", "value": {"id": 1}}
+    ]);
+    c.handle_message(at(0), patch(E1, 3, 6, ops));
+    assert_eq!(
+        events(&mut c),
+        vec![ClientEvent::StateChanged { version: 6 }]
+    );
+    assert_eq!(
+        c.state(),
+        Some(&json!({"counter": {"count": 4}, "todos": {"items": [{"id": 1}]}}))
+    );
+}
+
+#[test]
+fn bookmark_at_current_version_changes_nothing() {
+    let mut c = synced(3, 3);
+    c.handle_message(at(0), bookmark(E1, 3));
+    assert!(events(&mut c).is_empty());
+    assert!(sent(&mut c).is_empty());
+    assert_eq!(c.version(), Some(3));
+    assert_eq!(c.state(), Some(&view(3)));
+}
+
+#[test]
+fn bookmark_ahead_of_mirror_is_a_version_gap() {
+    let mut c = synced(3, 3);
+    c.handle_message(at(0), bookmark(E1, 5));
+    assert_eq!(
+        conflicts(&events(&mut c)),
+        vec![(ConflictReason::VersionGap, Some(3), 5)]
+    );
+    let request = only_sync(&sent(&mut c));
+    assert_eq!(request.have_version, 3);
+    assert_eq!(reason(&request), SyncReason::VersionGap);
+}
+
+#[test]
+fn bookmark_behind_mirror_is_stale() {
+    let mut c = synced(3, 3);
+    c.handle_message(at(0), bookmark(E1, 2));
+    assert_eq!(
+        conflicts(&events(&mut c)),
+        vec![(ConflictReason::StaleMessage, Some(3), 2)]
+    );
+    assert!(sent(&mut c).is_empty());
+}
+
+fn assert_patch_apply_failed(patch_json: &str) {
+    let mut c = synced(3, 3);
+    c.handle_message(at(0), patch_text(E1, 3, 4, patch_json, 0));
+    let evs = events(&mut c);
+    assert_eq!(
+        conflicts(&evs),
+        vec![(ConflictReason::PatchApplyFailed, Some(3), 4)],
+        "{patch_json}"
+    );
+    assert!(
+        !evs.iter()
+            .any(|e| matches!(e, ClientEvent::StateChanged { .. })),
+        "{patch_json}"
+    );
+    assert_eq!(
+        c.state(),
+        Some(&view(3)),
+        "last good state kept: {patch_json}"
+    );
+    assert_eq!(c.version(), Some(3));
+    let request = only_sync(&sent(&mut c));
+    assert_eq!(
+        request.have_version, 0,
+        "the mirror is not trusted as a base"
+    );
+    assert_eq!(reason(&request), SyncReason::PatchApplyFailed);
+}
+
+#[test]
+fn failing_patch_reports_patch_apply_failed_keeps_state_and_requests_snapshot() {
+    // Missing target.
+    assert_patch_apply_failed(r#"[{"op":"remove","path":"/nothing"}]"#);
+    // A failed test.
+    assert_patch_apply_failed(r#"[{"op":"test","path":"/counter/count","value":99}]"#);
+    // Atomicity: the first operation is valid, the second fails; neither sticks.
+    assert_patch_apply_failed(
+        r#"[{"op":"replace","path":"/counter/count","value":4},{"op":"remove","path":"/missing"}]"#,
+    );
+}
+
+#[test]
+fn malformed_patch_json_is_patch_apply_failed() {
+    assert_patch_apply_failed("{not json");
+    assert_patch_apply_failed(r#"{"op":"add"}"#);
+    assert_patch_apply_failed(r#"[{"op":"frobnicate","path":"/counter"}]"#);
+}
+
+#[test]
+fn patch_whose_result_is_not_an_object_is_patch_apply_failed() {
+    assert_patch_apply_failed(r#"[{"op":"replace","path":"","value":[1,2]}]"#);
+    assert_patch_apply_failed(r#"[{"op":"remove","path":""}]"#);
+}
+
+#[test]
+fn root_operation_leaving_an_object_is_applied() {
+    let mut c = synced(3, 3);
+    c.handle_message(
+        at(0),
+        patch(
+            E1,
+            3,
+            4,
+            json!([{"op": "replace", "path": "", "value": {"fresh": 1}}]),
+        ),
+    );
+    assert!(conflicts(&events(&mut c)).is_empty());
+    assert_eq!(c.state(), Some(&json!({"fresh": 1})));
+    assert_eq!(c.version(), Some(4));
+}
+
+#[test]
+fn patch_apply_failure_is_reported_even_while_a_sync_is_outstanding() {
+    // Outstanding resume (have 3): a failure replaces it with a snapshot request.
+    let mut c = synced(3, 3);
+    c.handle_message(at(0), patch(E1, 5, 6, set_count(6)));
+    let gap = only_sync(&sent(&mut c));
+    events(&mut c);
+    c.handle_message(
+        at(0),
+        patch_text(E1, 3, 4, "[{\"op\":\"remove\",\"path\":\"/x\"}]", 0),
+    );
+    assert_eq!(
+        conflicts(&events(&mut c)),
+        vec![(ConflictReason::PatchApplyFailed, Some(3), 4)]
+    );
+    let replacement = only_sync(&sent(&mut c));
+    assert_eq!(replacement.have_version, 0);
+    assert_eq!(reason(&replacement), SyncReason::PatchApplyFailed);
+    assert_ne!(replacement.sync_id, gap.sync_id);
+
+    // Outstanding snapshot request (have 0): reported, but no second request.
+    c.handle_message(
+        at(0),
+        patch_text(E1, 3, 4, "[{\"op\":\"remove\",\"path\":\"/y\"}]", 0),
+    );
+    assert_eq!(
+        conflicts(&events(&mut c)),
+        vec![(ConflictReason::PatchApplyFailed, Some(3), 4)]
+    );
+    assert!(sent(&mut c).is_empty());
+}
+
+#[test]
+fn patch_starting_after_mirror_reports_version_gap_and_requests_resume() {
+    let mut c = synced(3, 3);
+    c.handle_message(at(0), patch(E1, 4, 5, set_count(5)));
+    let evs = events(&mut c);
+    assert_eq!(
+        conflicts(&evs),
+        vec![(ConflictReason::VersionGap, Some(3), 5)]
+    );
+    assert_eq!(c.state(), Some(&view(3)));
+    assert_eq!(c.version(), Some(3));
+    let messages = sent(&mut c);
+    let request = only_sync(&messages);
+    assert_eq!(request.have_version, 3);
+    assert_eq!(reason(&request), SyncReason::VersionGap);
+    assert_ne!(request.sync_id, 0);
+    assert_eq!(messages[0].header.as_ref().unwrap().epoch, E1);
+    assert!(c.is_syncing());
+}
+
+#[test]
+fn patch_older_than_mirror_is_stale_message() {
+    let mut c = synced(5, 5);
+    c.handle_message(at(0), patch(E1, 3, 4, set_count(4)));
+    c.handle_message(at(0), patch(E1, 4, 5, set_count(5)));
+    assert_eq!(
+        conflicts(&events(&mut c)),
+        vec![
+            (ConflictReason::StaleMessage, Some(5), 4),
+            (ConflictReason::StaleMessage, Some(5), 5)
+        ]
+    );
+    assert_eq!(c.version(), Some(5));
+    assert!(sent(&mut c).is_empty());
+}
+
+#[test]
+fn overlapping_patch_is_stale_message() {
+    let mut c = synced(5, 5);
+    c.handle_message(at(0), patch(E1, 4, 7, set_count(7)));
+    assert_eq!(
+        conflicts(&events(&mut c)),
+        vec![(ConflictReason::StaleMessage, Some(5), 7)]
+    );
+    assert_eq!(c.state(), Some(&view(5)));
+    assert!(sent(&mut c).is_empty());
+}
+
+#[test]
+fn patch_with_version_below_its_base_is_ignored_with_a_notice() {
+    let mut c = synced(5, 5);
+    c.handle_message(at(0), patch(E1, 5, 4, set_count(4)));
+    let evs = events(&mut c);
+    assert!(matches!(
+        notices(&evs).as_slice(),
+        [Notice::Malformed { .. }]
+    ));
+    assert!(conflicts(&evs).is_empty());
+    assert_eq!(c.version(), Some(5));
+    assert!(sent(&mut c).is_empty());
+}
+
+#[test]
+fn while_a_sync_is_outstanding_unapplicable_patches_are_dropped_without_report_or_request() {
+    let mut c = synced(3, 3);
+    c.handle_message(at(0), patch(E1, 4, 5, set_count(5)));
+    assert_eq!(conflicts(&events(&mut c)).len(), 1);
+    assert_eq!(sync_requests(&sent(&mut c)).len(), 1);
+
+    c.handle_message(at(0), patch(E1, 5, 6, set_count(6))); // another gap
+    c.handle_message(at(0), bookmark(E1, 9)); // gap by bookmark
+    c.handle_message(at(0), patch(E1, 1, 2, set_count(2))); // stale
+    c.handle_message(at(0), patch(E1, 2, 6, set_count(6))); // overlap
+    assert!(events(&mut c).is_empty());
+    assert!(sent(&mut c).is_empty());
+    assert!(c.is_syncing());
+
+    // An applicable patch is still applied, without clearing the request.
+    c.handle_message(at(0), patch(E1, 3, 4, set_count(4)));
+    assert_eq!(
+        events(&mut c),
+        vec![ClientEvent::StateChanged { version: 4 }]
+    );
+    assert!(c.is_syncing());
+}
+
+#[test]
+fn sync_reply_with_matching_sync_id_clears_the_request_so_the_next_gap_is_reported() {
+    let mut c = synced(3, 3);
+    c.handle_message(at(0), patch(E1, 4, 5, set_count(5)));
+    let gap = only_sync(&sent(&mut c));
+    events(&mut c);
+    // The resume reply.
+    c.handle_message(
+        at(1),
+        patch_text(E1, 3, 5, &set_count(5).to_string(), gap.sync_id),
+    );
+    assert_eq!(
+        events(&mut c),
+        vec![ClientEvent::StateChanged { version: 5 }]
+    );
+    assert!(!c.is_syncing());
+    assert_eq!(c.poll_timeout(), None);
+    // A new gap is reported and requested again.
+    c.handle_message(at(2), patch(E1, 7, 8, set_count(8)));
+    assert_eq!(
+        conflicts(&events(&mut c)),
+        vec![(ConflictReason::VersionGap, Some(5), 8)]
+    );
+    let again = only_sync(&sent(&mut c));
+    assert_eq!(again.have_version, 5);
+    assert_ne!(again.sync_id, gap.sync_id);
+}
+
+#[test]
+fn applied_patch_that_is_not_the_reply_leaves_the_request_outstanding() {
+    let mut c = synced(3, 3);
+    c.handle_message(at(0), patch(E1, 5, 6, set_count(6)));
+    let gap = only_sync(&sent(&mut c));
+    c.handle_message(at(0), patch_text(E1, 3, 4, "[]", gap.sync_id + 100));
+    assert!(c.is_syncing());
+}
+
+#[test]
+fn stale_reply_clears_the_request() {
+    // The mirror moved past the reply's base meanwhile: the reply is dropped
+    // silently and the request is answered.
+    let mut c = synced(3, 3);
+    c.handle_message(at(0), patch(E1, 5, 6, set_count(6)));
+    let gap = only_sync(&sent(&mut c));
+    events(&mut c);
+    c.handle_message(at(0), patch(E1, 3, 4, set_count(4)));
+    events(&mut c);
+    c.handle_message(
+        at(0),
+        patch_text(E1, 3, 6, &set_count(6).to_string(), gap.sync_id),
+    );
+    assert!(conflicts(&events(&mut c)).is_empty());
+    assert!(!c.is_syncing());
+    assert_eq!(c.version(), Some(4));
+}
+
+// ---- retry ---------------------------------------------------------------
+
+#[test]
+fn unanswered_sync_request_is_retried_with_a_new_sync_id_after_the_retry_interval() {
+    let mut c = new_client();
+    let initial = only_sync(&sent(&mut c));
+    assert_eq!(c.poll_timeout(), Some(at(0) + RETRY));
+    c.handle_timeout(at(1_999));
+    assert!(sent(&mut c).is_empty(), "not before the interval");
+    c.handle_timeout(at(2_000));
+    let retry = only_sync(&sent(&mut c));
+    assert_ne!(retry.sync_id, initial.sync_id);
+    assert_ne!(retry.sync_id, 0);
+    assert_eq!(retry.have_version, 0);
+    assert_eq!(reason(&retry), SyncReason::Retry);
+    assert_eq!(c.poll_timeout(), Some(at(2_000) + RETRY));
+    assert!(events(&mut c).is_empty());
+    c.handle_timeout(at(4_000));
+    let second = only_sync(&sent(&mut c));
+    assert_ne!(second.sync_id, retry.sync_id);
+}
+
+#[test]
+fn reply_to_a_replaced_request_does_not_clear_the_new_one() {
+    let mut c = synced(1, 1);
+    c.handle_message(at(0), patch(E1, 3, 4, set_count(4)));
+    let first = only_sync(&sent(&mut c));
+    c.handle_timeout(at(2_000));
+    let retry = only_sync(&sent(&mut c));
+    c.handle_message(
+        at(2_001),
+        patch_text(E1, 1, 4, &set_count(4).to_string(), first.sync_id),
+    );
+    assert_eq!(c.version(), Some(4), "an applicable patch is applied");
+    assert!(
+        c.is_syncing(),
+        "but it answers a request no longer outstanding"
+    );
+    c.handle_message(at(2_002), patch_text(E1, 4, 4, "[]", retry.sync_id));
+    assert!(!c.is_syncing());
+}
+
+#[test]
+fn retry_of_a_snapshot_request_keeps_asking_for_version_zero() {
+    let mut c = synced(3, 3);
+    c.handle_message(at(0), patch(E2, 1, 2, set_count(2)));
+    assert_eq!(only_sync(&sent(&mut c)).have_version, 0);
+    c.handle_timeout(at(2_000));
+    let retry = only_sync(&sent(&mut c));
+    assert_eq!(retry.have_version, 0);
+    assert_eq!(reason(&retry), SyncReason::Retry);
+}
+
+#[test]
+fn retry_withdraws_the_request_it_replaces_when_still_unsent() {
+    let mut c = new_client();
+    c.handle_timeout(at(2_000));
+    let request = only_sync(&sent(&mut c));
+    assert_eq!(reason(&request), SyncReason::Retry);
+}
+
+// ---- results and read-your-writes ----------------------------------------
+
+#[test]
+fn result_at_or_below_the_mirror_version_settles_at_once() {
+    let mut c = synced(3, 3);
+    let a = sent_call(&mut c);
+    let b = sent_call(&mut c);
+    c.handle_message(at(0), ok_result(E1, a, 3, json!("done")));
+    c.handle_message(at(0), ok_result(E1, b, 2, json!(null)));
+    assert_eq!(
+        settlements(&events(&mut c)),
+        vec![
+            (a, Ok(json!("done")), Some(3)),
+            (b, Ok(json!(null)), Some(2))
+        ]
+    );
+    assert!(sent(&mut c).is_empty());
+    assert_eq!(c.pending_calls(), 0);
+}
+
+#[test]
+fn result_ahead_of_the_mirror_is_held_requests_sync_and_settles_when_mirror_reaches_it() {
+    let mut c = synced(3, 3);
+    let id = sent_call(&mut c);
+    c.handle_message(at(0), ok_result(E1, id, 5, json!(5)));
+    assert!(settlements(&events(&mut c)).is_empty());
+    let request = only_sync(&sent(&mut c));
+    assert_eq!(request.have_version, 3);
+    assert_eq!(reason(&request), SyncReason::ResultAhead);
+
+    c.handle_message(at(1), patch(E1, 3, 4, set_count(4)));
+    assert_eq!(
+        events(&mut c),
+        vec![ClientEvent::StateChanged { version: 4 }],
+        "not yet at 5"
+    );
+    c.handle_message(at(2), patch(E1, 4, 5, set_count(5)));
+    assert_eq!(
+        events(&mut c),
+        vec![
+            ClientEvent::StateChanged { version: 5 },
+            ClientEvent::Settled {
+                call: id,
+                outcome: Ok(json!(5)),
+                state_version: Some(5)
+            }
+        ],
+        "the state change is visible before the call settles"
+    );
+    assert_eq!(c.state(), Some(&view(5)));
+}
+
+#[test]
+fn error_result_ahead_of_the_mirror_is_held_like_a_value() {
+    let mut c = synced(3, 3);
+    let id = sent_call(&mut c);
+    c.handle_message(at(0), err_result(E1, id, 4, ErrorCode::Failed, "no luck"));
+    assert!(settlements(&events(&mut c)).is_empty());
+    assert_eq!(reason(&only_sync(&sent(&mut c))), SyncReason::ResultAhead);
+    c.handle_message(at(1), snapshot(E1, 4, view(4), 0));
+    let evs = events(&mut c);
+    let error = settled_error(&evs, id);
+    assert_eq!(error.code, ErrorCode::Failed);
+    assert_eq!(error.message, "no luck");
+    assert_eq!(
+        settlements(&evs),
+        vec![(id, Err(ErrorCode::Failed), Some(4))]
+    );
+}
+
+#[test]
+fn result_ahead_while_a_sync_is_outstanding_sends_no_second_request() {
+    let mut c = synced(3, 3);
+    let id = sent_call(&mut c);
+    c.handle_message(at(0), patch(E1, 5, 6, set_count(6)));
+    sent(&mut c);
+    c.handle_message(at(0), ok_result(E1, id, 6, json!(6)));
+    assert!(sent(&mut c).is_empty());
+}
+
+#[test]
+fn result_never_settles_while_the_mirror_is_empty_and_settles_after_the_snapshot() {
+    let mut c = new_client();
+    let initial = only_sync(&sent(&mut c));
+    let a = sent_call(&mut c);
+    let b = sent_call(&mut c);
+    // Whatever state_version it names, even 0.
+    c.handle_message(at(0), ok_result(E1, a, 0, json!("a")));
+    c.handle_message(at(0), ok_result(E1, b, 1, json!("b")));
+    assert!(settlements(&events(&mut c)).is_empty());
+    assert_eq!(c.pending_calls(), 2);
+    c.handle_message(at(1), snapshot(E1, 1, view(0), initial.sync_id));
+    assert_eq!(
+        settlements(&events(&mut c)),
+        vec![(a, Ok(json!("a")), Some(0)), (b, Ok(json!("b")), Some(1))]
+    );
+}
+
+#[test]
+fn call_made_without_a_mirror_binds_to_the_first_snapshot_epoch() {
+    let mut c = new_client();
+    let initial = only_sync(&sent(&mut c));
+    let id = sent_call(&mut c);
+    c.handle_message(at(0), snapshot(E1, 1, view(0), initial.sync_id));
+    events(&mut c);
+    c.handle_message(at(1), ok_result(E2, id, 1, json!(1)));
+    assert_eq!(
+        settlements(&events(&mut c)),
+        vec![(id, Err(ErrorCode::OutcomeUnknown), None)]
+    );
+}
+
+#[test]
+fn result_for_an_unknown_call_is_an_unexpected_result_notice_and_changes_nothing() {
+    let mut c = synced(3, 3);
+    let id = sent_call(&mut c);
+    c.handle_message(at(0), ok_result(E1, CallId(999), 9, json!(1)));
+    let evs = events(&mut c);
+    assert_eq!(
+        evs,
+        vec![ClientEvent::Notice(Notice::UnexpectedResult {
+            call_id: 999
+        })]
+    );
+    assert!(
+        sent(&mut c).is_empty(),
+        "no result-ahead sync for a stranger"
+    );
+    assert_eq!(c.pending_calls(), 1);
+    assert_eq!(c.version(), Some(3));
+    c.handle_message(at(0), ok_result(E1, id, 3, json!(4)));
+    assert_eq!(
+        settlements(&events(&mut c)),
+        vec![(id, Ok(json!(4)), Some(3))]
+    );
+}
+
+#[test]
+fn duplicate_result_is_an_unexpected_result_notice() {
+    let mut c = synced(3, 3);
+    let held = sent_call(&mut c);
+    c.handle_message(at(0), ok_result(E1, held, 5, json!("first")));
+    sent(&mut c);
+    events(&mut c);
+    // A second result while the first is held.
+    c.handle_message(at(0), ok_result(E1, held, 4, json!("second")));
+    assert_eq!(
+        events(&mut c),
+        vec![ClientEvent::Notice(Notice::UnexpectedResult {
+            call_id: held.0
+        })]
+    );
+    c.handle_message(at(0), snapshot(E1, 5, view(5), 0));
+    assert_eq!(
+        settlements(&events(&mut c)),
+        vec![(held, Ok(json!("first")), Some(5))],
+        "the first result stands"
+    );
+    // And after settling.
+    c.handle_message(at(0), ok_result(E1, held, 5, json!("third")));
+    assert_eq!(
+        events(&mut c),
+        vec![ClientEvent::Notice(Notice::UnexpectedResult {
+            call_id: held.0
+        })]
+    );
+    assert!(sent(&mut c).is_empty());
+}
+
+#[test]
+fn result_from_another_epoch_than_the_call_is_bound_to_settles_outcome_unknown() {
+    let mut c = synced(3, 3);
+    let id = sent_call(&mut c);
+    c.handle_message(at(0), ok_result(E2, id, 1, json!(1)));
+    let evs = events(&mut c);
+    assert_eq!(
+        settlements(&evs),
+        vec![(id, Err(ErrorCode::OutcomeUnknown), None)]
+    );
+    assert_eq!(c.epoch(), Some(E1), "a result never moves the mirror");
+    assert!(sent(&mut c).is_empty());
+}
+
+#[test]
+fn result_with_malformed_value_settles_internal() {
+    let mut c = synced(3, 3);
+    let id = sent_call(&mut c);
+    c.handle_message(
+        at(0),
+        result(
+            E1,
+            id,
+            3,
+            call_result::Outcome::ValueJson("{oops".to_owned()),
+        ),
+    );
+    assert_eq!(
+        settlements(&events(&mut c)),
+        vec![(id, Err(ErrorCode::Internal), Some(3))]
+    );
+}
+
+// ---- deadlines, cancel, dispose ------------------------------------------
+
+#[test]
+fn deadline_settles_deadline_exceeded_exactly_once_and_a_later_result_is_ignored() {
+    let mut c = synced(3, 3);
+    let id = c
+        .call("counter", "increase", &[json!(1)], Some(at(500)))
+        .unwrap();
+    sent(&mut c);
+    assert_eq!(c.poll_timeout(), Some(at(500)));
+    c.handle_timeout(at(499));
+    assert!(events(&mut c).is_empty());
+    c.handle_timeout(at(500));
+    assert_eq!(
+        settlements(&events(&mut c)),
+        vec![(id, Err(ErrorCode::DeadlineExceeded), None)]
+    );
+    assert_eq!(c.poll_timeout(), None);
+    c.handle_timeout(at(10_000));
+    assert!(events(&mut c).is_empty());
+    c.handle_message(at(600), ok_result(E1, id, 3, json!(4)));
+    assert_eq!(
+        events(&mut c),
+        vec![ClientEvent::Notice(Notice::UnexpectedResult {
+            call_id: id.0
+        })]
+    );
+}
+
+#[test]
+fn deadline_of_an_unsent_call_withdraws_it() {
+    let mut c = synced(3, 3);
+    let id = c
+        .call("counter", "increase", &[json!(1)], Some(at(100)))
+        .unwrap();
+    c.handle_timeout(at(100));
+    assert_eq!(
+        settlements(&events(&mut c)),
+        vec![(id, Err(ErrorCode::DeadlineExceeded), None)]
+    );
+    assert!(sent(&mut c).is_empty());
+}
+
+#[test]
+fn deadline_applies_to_a_held_result() {
+    let mut c = synced(3, 3);
+    let id = c
+        .call("counter", "increase", &[json!(1)], Some(at(100)))
+        .unwrap();
+    sent(&mut c);
+    c.handle_message(at(0), ok_result(E1, id, 9, json!(9)));
+    events(&mut c);
+    c.handle_timeout(at(100));
+    assert_eq!(
+        settlements(&events(&mut c)),
+        vec![(id, Err(ErrorCode::DeadlineExceeded), None)]
+    );
+    c.handle_message(at(200), snapshot(E1, 9, view(9), 0));
+    assert!(settlements(&events(&mut c)).is_empty());
+}
+
+#[test]
+fn poll_timeout_is_the_earliest_of_deadlines_and_sync_retry() {
+    let mut c = new_client();
+    sent(&mut c);
+    c.call("counter", "increase", &[json!(1)], Some(at(3_000)))
+        .unwrap();
+    assert_eq!(c.poll_timeout(), Some(at(2_000)));
+    c.call("counter", "increase", &[json!(1)], Some(at(700)))
+        .unwrap();
+    assert_eq!(c.poll_timeout(), Some(at(700)));
+}
+
+#[test]
+fn cancel_settles_cancelled_and_an_unsent_call_is_never_sent() {
+    let mut c = synced(3, 3);
+    let id = c.call("counter", "increase", &[json!(1)], None).unwrap();
+    assert!(c.cancel(id));
+    assert_eq!(
+        settlements(&events(&mut c)),
+        vec![(id, Err(ErrorCode::Cancelled), None)]
+    );
+    assert!(sent(&mut c).is_empty());
+    assert!(!c.cancel(id), "already settled");
+    assert!(events(&mut c).is_empty());
+}
+
+#[test]
+fn cancelled_sent_call_ignores_its_later_result() {
+    let mut c = synced(3, 3);
+    let id = sent_call(&mut c);
+    assert!(c.cancel(id));
+    assert_eq!(
+        settlements(&events(&mut c)),
+        vec![(id, Err(ErrorCode::Cancelled), None)]
+    );
+    c.handle_message(at(0), ok_result(E1, id, 3, json!(4)));
+    assert_eq!(
+        events(&mut c),
+        vec![ClientEvent::Notice(Notice::UnexpectedResult {
+            call_id: id.0
+        })]
+    );
+}
+
+#[test]
+fn dispose_settles_every_pending_call_disposed_and_refuses_later_calls() {
+    let mut c = synced(3, 3);
+    let queued = c.call("counter", "increase", &[json!(1)], None).unwrap();
+    let mut calls = vec![queued];
+    let in_flight = sent_call(&mut c);
+    calls.push(in_flight);
+    let held = sent_call(&mut c);
+    calls.push(held);
+    c.handle_message(at(0), ok_result(E1, held, 7, json!(7)));
+    events(&mut c);
+    c.dispose();
+    assert!(c.is_disposed());
+    let mut settled = settlements(&events(&mut c));
+    settled.sort_by_key(|s| s.0);
+    assert_eq!(
+        settled,
+        calls
+            .iter()
+            .map(|id| (*id, Err(ErrorCode::Disposed), None))
+            .collect::<Vec<_>>()
+    );
+    assert!(sent(&mut c).is_empty(), "nothing is sent after disposal");
+    assert_eq!(c.poll_timeout(), None);
+    let refused = c.call("counter", "increase", &[json!(1)], None);
+    assert_eq!(refused, Err(ClientError::Disposed));
+    assert_eq!(
+        MethodError::from(refused.unwrap_err()).code,
+        ErrorCode::Disposed
+    );
+    c.handle_message(at(0), snapshot(E1, 7, view(7), 0));
+    c.handle_timeout(at(60_000));
+    c.reconnected(at(60_000));
+    c.dispose();
+    assert!(events(&mut c).is_empty());
+    assert!(sent(&mut c).is_empty());
+    assert_eq!(c.version(), Some(3));
+}
+
+// ---- connection loss and reconnect ---------------------------------------
+
+#[test]
+fn connection_lost_settles_sent_calls_outcome_unknown_and_keeps_queued_calls_and_held_results() {
+    let mut c = synced(3, 3);
+    let in_flight = sent_call(&mut c);
+    let held = sent_call(&mut c);
+    c.handle_message(at(0), ok_result(E1, held, 5, json!("held")));
+    sent(&mut c);
+    let queued = c.call("counter", "increase", &[json!(2)], None).unwrap();
+    events(&mut c);
+
+    c.connection_lost();
+    assert_eq!(
+        settlements(&events(&mut c)),
+        vec![(in_flight, Err(ErrorCode::OutcomeUnknown), None)]
+    );
+    assert!(!c.is_syncing());
+    assert_eq!(c.pending_calls(), 2);
+
+    c.reconnected(at(100));
+    let messages = sent(&mut c);
+    assert_eq!(messages.len(), 2, "{messages:#?}");
+    let Some(client_message::Kind::SyncRequest(request)) = &messages[0].kind else {
+        panic!("the sync request goes first: {messages:#?}");
+    };
+    assert_eq!(request.have_version, 3);
+    assert_eq!(reason(request), SyncReason::Reconnect);
+    assert_eq!(sent_calls(&messages[1..])[0].call_id, queued.0);
+
+    c.handle_message(at(200), snapshot(E1, 5, view(5), request.sync_id));
+    assert_eq!(
+        settlements(&events(&mut c)),
+        vec![(held, Ok(json!("held")), Some(5))]
+    );
+    assert_eq!(c.pending_calls(), 1);
+}
+
+#[test]
+fn reconnect_without_a_mirror_asks_for_a_snapshot() {
+    let mut c = new_client();
+    sent(&mut c);
+    c.connection_lost();
+    c.reconnected(at(10));
+    let request = only_sync(&sent(&mut c));
+    assert_eq!(request.have_version, 0);
+    assert_eq!(reason(&request), SyncReason::Reconnect);
+    assert!(c.is_syncing());
+    assert_eq!(c.poll_timeout(), Some(at(10) + RETRY));
+}
+
+#[test]
+fn connection_lost_drops_an_unsent_sync_request_and_stops_retrying() {
+    let mut c = synced(3, 3);
+    c.handle_message(at(0), patch(E1, 5, 6, set_count(6)));
+    c.connection_lost();
+    assert!(sent(&mut c).is_empty());
+    assert_eq!(c.poll_timeout(), None);
+    c.handle_timeout(at(10_000));
+    assert!(sent(&mut c).is_empty());
+}
+
+// ---- envelope pre-checks -------------------------------------------------
+
+#[test]
+fn messages_for_another_peer_from_another_host_or_with_a_wrong_capability_are_ignored() {
+    let mut c = ClientCore::new(
+        ClientConfig {
+            host_id: "host".to_owned(),
+            capability: "cap".to_owned(),
+            ..config()
+        },
+        at(0),
+    );
+    let initial = only_sync(&sent(&mut c));
+    let with = |mut m: HostMessage, f: &dyn Fn(&mut Header)| {
+        let header = m.header.as_mut().unwrap();
+        header.capability = "cap".to_owned();
+        f(header);
+        m
+    };
+    let reply = snapshot(E1, 3, view(3), initial.sync_id);
+    let foreign = [
+        with(reply.clone(), &|h| h.target = "someone-else".to_owned()),
+        with(reply.clone(), &|h| h.source = "impostor".to_owned()),
+        with(reply.clone(), &|h| h.capability = "wrong".to_owned()),
+        with(reply.clone(), &|h| h.capability = String::new()),
+    ];
+    for m in foreign {
+        c.handle_message(at(0), m);
+        assert!(events(&mut c).is_empty(), "silently ignored");
+        assert!(!c.is_ready());
+        assert!(c.is_syncing());
+    }
+    // The same envelope, properly addressed, is accepted.
+    c.handle_message(at(0), with(reply, &|_| {}));
+    assert!(c.is_ready());
+    assert_eq!(c.version(), Some(3));
+}
+
+#[test]
+fn publication_with_empty_target_reaches_every_client() {
+    let mut c = synced(3, 3);
+    let mut m = patch(E1, 3, 4, set_count(4));
+    m.header.as_mut().unwrap().target = String::new();
+    c.handle_message(at(0), m);
+    assert_eq!(c.version(), Some(4));
+}
+
+#[test]
+fn message_of_another_protocol_version_is_ignored_with_a_notice() {
+    let mut c = synced(3, 3);
+    let id = sent_call(&mut c);
+    for kind in [
+        patch(E1, 3, 4, set_count(4)),
+        snapshot(E1, 9, view(9), 0),
+        ok_result(E1, id, 3, json!(1)),
+    ] {
+        let mut m = kind;
+        m.header.as_mut().unwrap().protocol_version = 2;
+        c.handle_message(at(0), m);
+        let evs = events(&mut c);
+        assert!(
+            matches!(notices(&evs).as_slice(), [Notice::Malformed { .. }]),
+            "{evs:#?}"
+        );
+        assert_eq!(evs.len(), 1);
+    }
+    assert_eq!(c.version(), Some(3));
+    assert_eq!(c.pending_calls(), 1);
+    assert!(sent(&mut c).is_empty());
+}
+
+#[test]
+fn message_without_header_or_kind_is_ignored_with_a_notice() {
+    let mut c = synced(3, 3);
+    c.handle_message(
+        at(0),
+        HostMessage {
+            header: Some(Header::v1(E1, "host", "")),
+            kind: None,
+        },
+    );
+    c.handle_message(
+        at(0),
+        HostMessage {
+            header: None,
+            kind: patch(E1, 3, 4, set_count(4)).kind,
+        },
+    );
+    let evs = events(&mut c);
+    assert_eq!(notices(&evs).len(), 2, "{evs:#?}");
+    assert!(
+        notices(&evs)
+            .iter()
+            .all(|n| matches!(n, Notice::Malformed { .. }))
+    );
+    assert_eq!(c.version(), Some(3));
+}
+
+// ---- local limits --------------------------------------------------------
+
+#[test]
+fn max_calls_in_flight_is_enforced_locally() {
+    let mut c = ClientCore::new(
+        ClientConfig {
+            max_calls_in_flight: 2,
+            ..config()
+        },
+        at(0),
+    );
+    sent(&mut c);
+    let a = c.call("counter", "increase", &[json!(1)], None).unwrap();
+    c.call("counter", "increase", &[json!(1)], None).unwrap();
+    let refused = c.call("counter", "increase", &[json!(1)], None);
+    assert_eq!(refused, Err(ClientError::TooManyCalls { limit: 2 }));
+    assert_eq!(
+        MethodError::from(refused.unwrap_err()).code,
+        ErrorCode::ResourceExhausted
+    );
+    assert_eq!(
+        sent_calls(&sent(&mut c)).len(),
+        2,
+        "the refused call is not sent"
+    );
+    assert!(c.cancel(a));
+    assert!(c.call("counter", "increase", &[json!(1)], None).is_ok());
+}
+
+#[test]
+fn calls_carry_their_module_method_and_arguments() {
+    let mut c = synced(3, 3);
+    let id = c.call("todos", "add", &[json!("milk")], None).unwrap();
+    let calls = sent_calls(&sent(&mut c));
+    assert_eq!(
+        calls,
+        vec![Call {
+            call_id: id.0,
+            module: "todos".to_owned(),
+            method: "add".to_owned(),
+            args_json: "[\"milk\"]".to_owned(),
+        }]
+    );
+    assert_ne!(id.0, 0);
+    let next = c.call("todos", "clear", &[], None).unwrap();
+    assert!(next.0 > id.0, "call ids are new for every call");
+}
