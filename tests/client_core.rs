@@ -1027,6 +1027,23 @@ fn result_never_settles_while_the_mirror_is_empty_and_settles_after_the_snapshot
 }
 
 #[test]
+fn call_made_without_a_mirror_binds_to_the_epoch_of_its_result() {
+    // The result binds the call to E1; a first snapshot of another epoch then
+    // means the call's epoch vanished: outcome-unknown, not a hang.
+    let mut c = new_client();
+    let initial = only_sync(&sent(&mut c));
+    let id = sent_call(&mut c);
+    c.handle_message(at(0), ok_result(E1, id, 2, json!(1)));
+    c.handle_message(at(1), snapshot(E2, 7, view(0), initial.sync_id));
+    let evs = events(&mut c);
+    assert_eq!(
+        settlements(&evs),
+        vec![(id, Err(ErrorCode::OutcomeUnknown), None)]
+    );
+    assert_eq!(c.pending_calls(), 0);
+}
+
+#[test]
 fn call_made_without_a_mirror_binds_to_the_first_snapshot_epoch() {
     let mut c = new_client();
     let initial = only_sync(&sent(&mut c));

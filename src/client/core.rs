@@ -561,19 +561,6 @@ impl ClientCore {
                     old,
                     new: epoch.clone(),
                 });
-                let orphaned: Vec<u64> = self
-                    .pending
-                    .iter()
-                    .filter(|(_, p)| p.epoch.as_deref().is_some_and(|e| e != epoch))
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in orphaned {
-                    self.settle_local(
-                        id,
-                        ErrorCode::OutcomeUnknown,
-                        "the host restarted (new epoch) while the call was in flight",
-                    );
-                }
             }
             None => {
                 self.mirror = Some(Mirror {
@@ -586,6 +573,21 @@ impl ClientCore {
                     version: snapshot.version,
                 });
             }
+        }
+        // Also on the first snapshot: a call made with no mirror may already
+        // be bound, by its result, to an epoch this mirror is not of.
+        let orphaned: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.epoch.as_deref().is_some_and(|e| e != epoch))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in orphaned {
+            self.settle_local(
+                id,
+                ErrorCode::OutcomeUnknown,
+                "the host restarted (new epoch) while the call was in flight",
+            );
         }
         for pending in self.pending.values_mut() {
             pending.epoch.get_or_insert_with(|| epoch.clone());
