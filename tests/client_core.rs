@@ -342,6 +342,29 @@ fn ready_is_reported_only_for_the_first_snapshot() {
 }
 
 #[test]
+fn any_accepted_snapshot_clears_the_outstanding_sync_request() {
+    // A commit snapshot (sync_id 0) brings the mirror up to date just as well
+    // as the reply would (spec §8.3 K6).
+    let mut c = new_client();
+    sent(&mut c);
+    assert!(c.is_syncing());
+    c.handle_message(at(0), snapshot(E1, 3, view(3), 0));
+    assert!(!c.is_syncing());
+    assert_eq!(c.poll_timeout(), None);
+    events(&mut c);
+    // So the next anomaly is reported and healed rather than dropped.
+    c.handle_message(at(0), patch(E1, 5, 6, set_count(6)));
+    let evs = events(&mut c);
+    assert_eq!(
+        conflicts(&evs),
+        vec![(ConflictReason::VersionGap, Some(3), 6)]
+    );
+    let request = only_sync(&sent(&mut c));
+    assert_eq!(request.have_version, 3);
+    assert_eq!(reason(&request), SyncReason::VersionGap);
+}
+
+#[test]
 fn same_epoch_newer_snapshot_replaces_mirror_without_conflict() {
     let mut c = synced(2, 2);
     c.handle_message(at(0), snapshot(E1, 5, view(5), 0));

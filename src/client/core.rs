@@ -597,7 +597,8 @@ impl ClientCore {
                 version: snapshot.version,
             });
         }
-        self.answered(snapshot.sync_id);
+        // Whatever was asked, a snapshot answers it: the mirror is whole.
+        self.sync = None;
         self.events.push_back(ClientEvent::StateChanged {
             version: snapshot.version,
         });
