@@ -933,6 +933,19 @@ fn reply_to_a_replaced_request_does_not_clear_the_new_one() {
 }
 
 #[test]
+fn retry_of_a_resume_asks_from_the_mirror_current_version() {
+    let mut c = synced(1, 1);
+    c.handle_message(at(0), patch(E1, 3, 4, set_count(4)));
+    assert_eq!(only_sync(&sent(&mut c)).have_version, 1);
+    // Applicable patches move the mirror on while the request is unanswered.
+    c.handle_message(at(10), patch(E1, 1, 2, set_count(2)));
+    c.handle_timeout(at(2_000));
+    let retry = only_sync(&sent(&mut c));
+    assert_eq!(reason(&retry), SyncReason::Retry);
+    assert_eq!(retry.have_version, 2);
+}
+
+#[test]
 fn retry_of_a_snapshot_request_keeps_asking_for_version_zero() {
     let mut c = synced(3, 3);
     c.handle_message(at(0), patch(E2, 1, 2, set_count(2)));

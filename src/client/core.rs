@@ -767,8 +767,14 @@ impl ClientCore {
         }
         if let Some(s) = &self.sync {
             if s.deadline <= now {
-                let have = s.have_version;
                 let sync_id = s.sync_id;
+                // Resume from where the mirror is now: applicable patches may
+                // have moved it on since the request was made.
+                let have = if s.have_version == 0 {
+                    0
+                } else {
+                    self.version().unwrap_or(0)
+                };
                 self.outbox.retain(|m| match &m.kind {
                     Some(client_message::Kind::SyncRequest(r)) => r.sync_id != sync_id,
                     _ => true,
