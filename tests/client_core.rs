@@ -581,6 +581,17 @@ fn patch_from_another_epoch_while_resuming_replaces_the_request_with_a_snapshot_
 }
 
 #[test]
+fn replaced_sync_request_not_yet_sent_is_withdrawn() {
+    let mut c = synced(3, 3);
+    c.handle_message(at(0), patch(E1, 5, 6, set_count(6)));
+    // The gap request is still queued when a foreign patch replaces it.
+    c.handle_message(at(0), patch(E2, 1, 2, set_count(2)));
+    let request = only_sync(&sent(&mut c));
+    assert_eq!(request.have_version, 0);
+    assert_eq!(reason(&request), SyncReason::MissingSnapshot);
+}
+
+#[test]
 fn patch_at_mirror_version_applies_and_advances_the_version() {
     let mut c = synced(3, 3);
     c.handle_message(at(0), patch(E1, 3, 4, set_count(4)));

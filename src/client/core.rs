@@ -437,6 +437,10 @@ impl ClientCore {
     fn request_sync(&mut self, now: Instant, have_version: u64, reason: SyncReason) {
         let sync_id = self.next_sync;
         self.next_sync += 1;
+        // At most one request is outstanding: one still queued is superseded
+        // by this one and must not be sent as well.
+        self.outbox
+            .retain(|m| !matches!(m.kind, Some(client_message::Kind::SyncRequest(_))));
         self.sync = Some(OutstandingSync {
             sync_id,
             have_version,
@@ -767,7 +771,6 @@ impl ClientCore {
         }
         if let Some(s) = &self.sync {
             if s.deadline <= now {
-                let sync_id = s.sync_id;
                 // Resume from where the mirror is now: applicable patches may
                 // have moved it on since the request was made.
                 let have = if s.have_version == 0 {
@@ -775,10 +778,6 @@ impl ClientCore {
                 } else {
                     self.version().unwrap_or(0)
                 };
-                self.outbox.retain(|m| match &m.kind {
-                    Some(client_message::Kind::SyncRequest(r)) => r.sync_id != sync_id,
-                    _ => true,
-                });
                 self.request_sync(now, have, SyncReason::Retry);
             }
         }
