@@ -1105,6 +1105,26 @@ fn call_made_without_a_mirror_binds_to_the_first_snapshot_epoch() {
 }
 
 #[test]
+fn results_made_eligible_by_one_update_settle_in_arrival_order() {
+    let mut c = synced(1, 1);
+    let first = sent_call(&mut c);
+    let second = sent_call(&mut c);
+    c.handle_message(at(0), ok_result(E1, second, 3, json!("second")));
+    c.handle_message(at(0), ok_result(E1, first, 2, json!("first")));
+    sent(&mut c);
+    c.handle_message(at(1), snapshot(E1, 3, view(3), 0));
+    let evs = events(&mut c);
+    assert_eq!(evs[0], ClientEvent::StateChanged { version: 3 });
+    assert_eq!(
+        settlements(&evs),
+        vec![
+            (second, Ok(json!("second")), Some(3)),
+            (first, Ok(json!("first")), Some(2))
+        ]
+    );
+}
+
+#[test]
 fn result_for_an_unknown_call_is_an_unexpected_result_notice_and_changes_nothing() {
     let mut c = synced(3, 3);
     let id = sent_call(&mut c);

@@ -196,6 +196,8 @@ struct Mirror {
 
 #[derive(Debug)]
 struct Held {
+    /// Arrival order among results: held results settle in this order.
+    arrival: u64,
     state_version: u64,
     outcome: Result<Value, MethodError>,
 }
@@ -226,6 +228,7 @@ pub struct ClientCore {
     pending: BTreeMap<u64, Pending>,
     next_call: u64,
     next_sync: u64,
+    results_held: u64,
     sync: Option<OutstandingSync>,
     outbox: VecDeque<ClientMessage>,
     events: VecDeque<ClientEvent>,
@@ -241,6 +244,7 @@ impl ClientCore {
             pending: BTreeMap::new(),
             next_call: 1,
             next_sync: 1,
+            results_held: 0,
             sync: None,
             outbox: VecDeque::new(),
             events: VecDeque::new(),
@@ -705,7 +709,9 @@ impl ClientCore {
                 "the host sent a result with no outcome",
             )),
         };
+        self.results_held += 1;
         pending.held = Some(Held {
+            arrival: self.results_held,
             state_version: result.state_version,
             outcome,
         });
@@ -724,18 +730,18 @@ impl ClientCore {
         let Some(m) = &self.mirror else {
             return false;
         };
-        let ready: Vec<u64> = self
+        let mut ready: Vec<(u64, u64)> = self
             .pending
             .iter()
-            .filter(|(_, p)| {
-                p.epoch.as_deref() == Some(m.epoch.as_str())
-                    && p.held
-                        .as_ref()
-                        .is_some_and(|h| h.state_version <= m.version)
+            .filter_map(|(id, p)| {
+                let held = p.held.as_ref()?;
+                let eligible = p.epoch.as_deref() == Some(m.epoch.as_str())
+                    && held.state_version <= m.version;
+                eligible.then_some((held.arrival, *id))
             })
-            .map(|(id, _)| *id)
             .collect();
-        for id in &ready {
+        ready.sort_unstable();
+        for (_, id) in &ready {
             if let Some(Pending {
                 held: Some(held), ..
             }) = self.pending.remove(id)
