@@ -1182,6 +1182,20 @@ fn duplicate_result_is_an_unexpected_result_notice() {
 }
 
 #[test]
+fn call_settled_by_a_result_before_it_was_sent_is_never_sent() {
+    // No host can answer a call it never received, but whatever settles a
+    // call, a settled call must not be sent afterwards.
+    let mut c = synced(3, 3);
+    let id = c.call("counter", "increase", &[json!(1)], None).unwrap();
+    c.handle_message(at(0), ok_result(E1, id, 3, json!(4)));
+    assert_eq!(
+        settlements(&events(&mut c)),
+        vec![(id, Ok(json!(4)), Some(3))]
+    );
+    assert!(sent_calls(&sent(&mut c)).is_empty());
+}
+
+#[test]
 fn result_from_another_epoch_than_the_call_is_bound_to_settles_outcome_unknown() {
     let mut c = synced(3, 3);
     let id = sent_call(&mut c);
@@ -1564,4 +1578,148 @@ fn calls_carry_their_module_method_and_arguments() {
     assert_ne!(id.0, 0);
     let next = c.call("todos", "clear", &[], None).unwrap();
     assert!(next.0 > id.0, "call ids are new for every call");
+}
+
+// ---- every call settles exactly once -------------------------------------
+
+#[derive(Debug, Clone)]
+enum Op {
+    Call {
+        deadline_ms: Option<u64>,
+    },
+    Transmit,
+    Result {
+        pick: usize,
+        other_epoch: bool,
+        ahead: u64,
+        error: bool,
+    },
+    Snapshot {
+        other_epoch: bool,
+        ahead: u64,
+    },
+    Patch {
+        ahead: u64,
+    },
+    Advance {
+        ms: u64,
+    },
+    Cancel {
+        pick: usize,
+    },
+    ConnectionLost,
+    Reconnected,
+    Dispose,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        20 => proptest::option::of(0u64..3_000).prop_map(|deadline_ms| Op::Call { deadline_ms }),
+        15 => Just(Op::Transmit),
+        20 => (any::<usize>(), proptest::bool::weighted(0.15), 0u64..3, any::<bool>())
+            .prop_map(|(pick, other_epoch, ahead, error)| Op::Result { pick, other_epoch, ahead, error }),
+        10 => (proptest::bool::weighted(0.2), 0u64..3)
+            .prop_map(|(other_epoch, ahead)| Op::Snapshot { other_epoch, ahead }),
+        10 => (0u64..2).prop_map(|ahead| Op::Patch { ahead }),
+        10 => (0u64..1_500).prop_map(|ms| Op::Advance { ms }),
+        5 => any::<usize>().prop_map(|pick| Op::Cancel { pick }),
+        4 => Just(Op::ConnectionLost),
+        4 => Just(Op::Reconnected),
+        1 => Just(Op::Dispose),
+    ]
+}
+
+/// Counts every settlement reported since the last drain.
+fn record(c: &mut ClientCore, settled: &mut BTreeMap<CallId, usize>) {
+    for e in events(c) {
+        if let ClientEvent::Settled { call, .. } = e {
+            *settled.entry(call).or_default() += 1;
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn every_call_settles_exactly_once(ops in proptest::collection::vec(op(), 0..60)) {
+        let mut c = new_client();
+        let mut now = 0u64;
+        let mut epoch = E1;
+        let mut calls: Vec<CallId> = Vec::new();
+        let mut settled: BTreeMap<CallId, usize> = BTreeMap::new();
+        for op in ops {
+            match op {
+                Op::Call { deadline_ms } => {
+                    if let Ok(id) = c.call("m", "f", &[], deadline_ms.map(|d| at(now + d))) {
+                        prop_assert!(!calls.contains(&id));
+                        calls.push(id);
+                    } else {
+                        prop_assert!(c.is_disposed());
+                    }
+                }
+                Op::Transmit => {
+                    for m in sent(&mut c) {
+                        if let Some(client_message::Kind::Call(call)) = m.kind {
+                            prop_assert!(
+                                !settled.contains_key(&CallId(call.call_id)),
+                                "a settled call was sent"
+                            );
+                        }
+                    }
+                }
+                Op::Result { pick, other_epoch, ahead, error } => {
+                    if !calls.is_empty() {
+                        let id = calls[pick % calls.len()];
+                        let e = if other_epoch { if epoch == E1 { E2 } else { E1 } } else { epoch };
+                        let sv = c.version().unwrap_or(1) + ahead;
+                        let m = if error {
+                            err_result(e, id, sv, ErrorCode::Failed, "no")
+                        } else {
+                            ok_result(e, id, sv, json!(sv))
+                        };
+                        c.handle_message(at(now), m);
+                    }
+                }
+                Op::Snapshot { other_epoch, ahead } => {
+                    if other_epoch {
+                        epoch = if epoch == E1 { E2 } else { E1 };
+                    }
+                    let v = c.version().filter(|_| !other_epoch).unwrap_or(1) + ahead;
+                    c.handle_message(at(now), snapshot(epoch, v, view(v as i64), 0));
+                }
+                Op::Patch { ahead } => {
+                    if let Some(v) = c.version() {
+                        let base = v + ahead;
+                        c.handle_message(at(now), patch(epoch, base, base + 1, set_count(0)));
+                    }
+                }
+                Op::Advance { ms } => {
+                    now += ms;
+                    c.handle_timeout(at(now));
+                }
+                Op::Cancel { pick } => {
+                    if !calls.is_empty() {
+                        c.cancel(calls[pick % calls.len()]);
+                    }
+                }
+                Op::ConnectionLost => c.connection_lost(),
+                Op::Reconnected => c.reconnected(at(now)),
+                Op::Dispose => c.dispose(),
+            }
+            record(&mut c, &mut settled);
+            prop_assert!(settled.values().all(|n| *n == 1), "settled twice: {settled:?}");
+            prop_assert!(settled.keys().all(|id| calls.contains(id)));
+            prop_assert_eq!(c.pending_calls(), calls.len() - settled.len());
+        }
+        c.dispose();
+        record(&mut c, &mut settled);
+        for id in &calls {
+            prop_assert_eq!(settled.get(id), Some(&1), "{:?} settled {:?} times", id, settled.get(id));
+        }
+        prop_assert_eq!(settled.len(), calls.len());
+    }
 }

@@ -377,10 +377,7 @@ impl ClientCore {
         };
         if !pending.transmitted {
             // Never sent, so never run: drop it rather than send it.
-            self.outbox.retain(|m| match &m.kind {
-                Some(client_message::Kind::Call(c)) => c.call_id != call_id,
-                _ => true,
-            });
+            self.withdraw(call_id);
         }
         self.events.push_back(ClientEvent::Settled {
             call: CallId(call_id),
@@ -388,6 +385,15 @@ impl ClientCore {
             state_version: None,
         });
         true
+    }
+
+    /// Removes a settled call that was never sent from the outbox: a settled
+    /// call must not be sent afterwards.
+    fn withdraw(&mut self, call_id: u64) {
+        self.outbox.retain(|m| match &m.kind {
+            Some(client_message::Kind::Call(c)) => c.call_id != call_id,
+            _ => true,
+        });
     }
 
     /// Settles every pending call `disposed`, drops the outbox and ignores
@@ -743,9 +749,14 @@ impl ClientCore {
         ready.sort_unstable();
         for (_, id) in &ready {
             if let Some(Pending {
-                held: Some(held), ..
+                held: Some(held),
+                transmitted,
+                ..
             }) = self.pending.remove(id)
             {
+                if !transmitted {
+                    self.withdraw(*id);
+                }
                 self.events.push_back(ClientEvent::Settled {
                     call: CallId(*id),
                     outcome: held.outcome,
