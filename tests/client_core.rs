@@ -171,7 +171,7 @@ fn sync_requests(messages: &[ClientMessage]) -> Vec<SyncRequest> {
     messages
         .iter()
         .filter_map(|m| match &m.kind {
-            Some(client_message::Kind::SyncRequest(r)) => Some(r.clone()),
+            Some(client_message::Kind::SyncRequest(r)) => Some(*r),
             _ => None,
         })
         .collect()
@@ -192,7 +192,7 @@ fn only_sync(messages: &[ClientMessage]) -> SyncRequest {
     assert_eq!(messages.len(), 1, "expected one message: {messages:#?}");
     let requests = sync_requests(messages);
     assert_eq!(requests.len(), 1, "expected a SyncRequest: {messages:#?}");
-    requests[0].clone()
+    requests[0]
 }
 
 fn reason(request: &SyncRequest) -> SyncReason {

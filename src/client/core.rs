@@ -741,8 +741,8 @@ impl ClientCore {
             .iter()
             .filter_map(|(id, p)| {
                 let held = p.held.as_ref()?;
-                let eligible = p.epoch.as_deref() == Some(m.epoch.as_str())
-                    && held.state_version <= m.version;
+                let eligible =
+                    p.epoch.as_deref() == Some(m.epoch.as_str()) && held.state_version <= m.version;
                 eligible.then_some((held.arrival, *id))
             })
             .collect();
