@@ -1,0 +1,1395 @@
+//! Behaviour of the sans-IO host core, one test per host duty
+//! (spec/PROTOCOL.md §10, /work/notes/design.md "Host duties"), plus the
+//! demo app's methods. Every test drives a `HostCore` directly with
+//! hand-built client envelopes; no runtime, no clock.
+
+use std::collections::BTreeMap;
+
+use cosystem_worker::app::{App, Draft, JsonModule, MethodError, TypedModule};
+use cosystem_worker::client::apply_patch;
+use cosystem_worker::demo;
+use cosystem_worker::host::{
+    HostConfig, HostCore, HostEvent, HostLimits, InputError, PeerKey, PeerOptions, SyncMode,
+};
+use cosystem_worker::wire::{
+    Call, CallResult, ClientMessage, ErrorCode, Header, HostFrame, Patch, Snapshot, SnapshotReason,
+    SyncReason, SyncRequest, call_result, client_message, host_message,
+};
+use proptest::prelude::*;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+const EPOCH: &str = "host-epoch-1";
+const HOST: &str = "h";
+/// The demo secret's token: a string that must never be found in any frame.
+const MARKER: &str = "MARKER-5ecr3t-q9z";
+const MODES: [SyncMode; 2] = [SyncMode::Patch, SyncMode::Snapshot];
+
+fn config(mode: SyncMode) -> HostConfig {
+    HostConfig {
+        sync: mode,
+        sections: Some(demo::default_sections()),
+        peer_id: HOST.to_owned(),
+        ..Default::default()
+    }
+}
+
+fn config_with(mode: SyncMode, limits: HostLimits) -> HostConfig {
+    HostConfig {
+        limits,
+        ..config(mode)
+    }
+}
+
+fn demo_host(mode: SyncMode) -> HostCore {
+    HostCore::new(config(mode), demo::app(MARKER), EPOCH)
+}
+
+fn history(entries: usize) -> HostLimits {
+    HostLimits {
+        history_entries: entries,
+        ..Default::default()
+    }
+}
+
+// ---- client envelopes ----------------------------------------------------
+
+fn envelope(epoch: &str, kind: client_message::Kind) -> ClientMessage {
+    ClientMessage {
+        header: Some(Header::v1(epoch, "client", HOST)),
+        kind: Some(kind),
+    }
+}
+
+fn sync_msg(epoch: &str, have_version: u64, sync_id: u64) -> ClientMessage {
+    envelope(
+        epoch,
+        client_message::Kind::SyncRequest(SyncRequest {
+            sync_id,
+            have_version,
+            reason: if have_version == 0 {
+                SyncReason::Initial
+            } else {
+                SyncReason::VersionGap
+            } as i32,
+        }),
+    )
+}
+
+fn call_msg(epoch: &str, call_id: u64, module: &str, method: &str, args: &str) -> ClientMessage {
+    envelope(
+        epoch,
+        client_message::Kind::Call(Call {
+            call_id,
+            module: module.to_owned(),
+            method: method.to_owned(),
+            args_json: args.to_owned(),
+        }),
+    )
+}
+
+fn connect(h: &mut HostCore, peer_id: &str) -> PeerKey {
+    h.connect(PeerOptions {
+        peer_id: peer_id.to_owned(),
+        publications: true,
+    })
+    .unwrap()
+}
+
+fn sync(h: &mut HostCore, peer: PeerKey, epoch: &str, have: u64, sync_id: u64) {
+    h.handle_message(peer, sync_msg(epoch, have, sync_id))
+        .unwrap();
+}
+
+/// Sends a call in the host's epoch; the call must be accepted as input.
+fn call(h: &mut HostCore, peer: PeerKey, call_id: u64, module: &str, method: &str, args: &str) {
+    h.handle_message(peer, call_msg(EPOCH, call_id, module, method, args))
+        .unwrap();
+}
+
+fn frames(h: &mut HostCore, peer: PeerKey) -> Vec<HostFrame> {
+    std::iter::from_fn(|| h.poll_transmit(peer)).collect()
+}
+
+/// Connects a session, answers its initial sync and drains the reply.
+fn attach(h: &mut HostCore, peer_id: &str) -> PeerKey {
+    let peer = connect(h, peer_id);
+    sync(h, peer, "", 0, 1);
+    let reply = frames(h, peer);
+    assert_eq!(reply.len(), 1);
+    assert!(snapshot_of(&reply[0]).is_some());
+    peer
+}
+
+fn kind(frame: &HostFrame) -> &host_message::Kind {
+    frame
+        .message()
+        .kind
+        .as_ref()
+        .expect("every host frame has a kind")
+}
+
+fn snapshot_of(frame: &HostFrame) -> Option<&Snapshot> {
+    match kind(frame) {
+        host_message::Kind::Snapshot(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn patch_of(frame: &HostFrame) -> Option<&Patch> {
+    match kind(frame) {
+        host_message::Kind::Patch(p) => Some(p),
+        _ => None,
+    }
+}
+
+fn result_of(frame: &HostFrame) -> Option<&CallResult> {
+    match kind(frame) {
+        host_message::Kind::Result(r) => Some(r),
+        _ => None,
+    }
+}
+
+fn results(frames: &[HostFrame]) -> Vec<CallResult> {
+    frames.iter().filter_map(result_of).cloned().collect()
+}
+
+fn target(frame: &HostFrame) -> &str {
+    &frame.message().header.as_ref().unwrap().target
+}
+
+/// The single result in `frames`.
+fn only_result(frames: &[HostFrame]) -> CallResult {
+    let all = results(frames);
+    assert_eq!(all.len(), 1, "expected one result: {frames:#?}");
+    all[0].clone()
+}
+
+fn value(result: &CallResult) -> Value {
+    match &result.outcome {
+        Some(call_result::Outcome::ValueJson(json)) => serde_json::from_str(json).unwrap(),
+        other => panic!("expected a value, got {other:?}"),
+    }
+}
+
+fn error(result: &CallResult) -> (ErrorCode, String) {
+    match &result.outcome {
+        Some(call_result::Outcome::Error(e)) => {
+            (ErrorCode::try_from(e.code).unwrap(), e.message.clone())
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+fn code(result: &CallResult) -> ErrorCode {
+    error(result).0
+}
+
+fn state(snapshot: &Snapshot) -> Value {
+    serde_json::from_str(&snapshot.state_json).unwrap()
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+fn events(h: &mut HostCore) -> Vec<HostEvent> {
+    std::iter::from_fn(|| h.poll_event()).collect()
+}
+
+/// Runs `counter.increase(1)` directly: one published commit.
+fn commit(h: &mut HostCore) {
+    h.invoke("counter", "increase", &[json!(1)]).unwrap();
+}
+
+// ---- H1/H2: sync replies -------------------------------------------------
+
+#[test]
+fn sync_with_have_zero_is_answered_with_a_snapshot_to_the_requester_only() {
+    let mut h = demo_host(SyncMode::Patch);
+    let a = connect(&mut h, "a");
+    let b = connect(&mut h, "b");
+    sync(&mut h, a, "", 0, 7);
+    let reply = frames(&mut h, a);
+    assert_eq!(reply.len(), 1);
+    let header = reply[0].message().header.clone().unwrap();
+    assert_eq!(header.protocol_version, 1);
+    assert_eq!(header.epoch, EPOCH);
+    assert_eq!(header.source, HOST);
+    assert_eq!(header.target, "a");
+    let snapshot = snapshot_of(&reply[0]).unwrap();
+    assert_eq!(snapshot.version, 1);
+    assert_eq!(snapshot.sync_id, 7);
+    assert_eq!(snapshot.reason, SnapshotReason::Sync as i32);
+    assert_eq!(
+        state(snapshot),
+        json!({"counter": {"count": 0}, "todos": {"items": []}})
+    );
+    assert!(
+        frames(&mut h, b).is_empty(),
+        "only the requester is answered"
+    );
+}
+
+#[test]
+fn sync_from_another_epoch_is_answered_with_a_snapshot() {
+    let mut h = demo_host(SyncMode::Patch);
+    commit(&mut h);
+    commit(&mut h);
+    let a = connect(&mut h, "a");
+    sync(&mut h, a, "an-older-epoch", 2, 4);
+    let reply = frames(&mut h, a);
+    let snapshot = snapshot_of(&reply[0]).expect("a snapshot");
+    assert_eq!(snapshot.version, 3);
+    assert_eq!(snapshot.sync_id, 4);
+    assert_eq!(snapshot.reason, SnapshotReason::Sync as i32);
+    assert_eq!(state(snapshot), h.view());
+}
+
+#[test]
+fn sync_with_have_ahead_of_the_host_is_answered_with_a_snapshot() {
+    let mut h = demo_host(SyncMode::Patch);
+    commit(&mut h);
+    let a = connect(&mut h, "a");
+    sync(&mut h, a, EPOCH, 9, 2);
+    let reply = frames(&mut h, a);
+    let snapshot = snapshot_of(&reply[0]).expect("a snapshot");
+    assert_eq!((snapshot.version, snapshot.sync_id), (2, 2));
+}
+
+#[test]
+fn sync_with_have_outside_the_history_window_is_answered_with_a_snapshot() {
+    let mut h = HostCore::new(
+        config_with(SyncMode::Patch, history(2)),
+        demo::app(MARKER),
+        EPOCH,
+    );
+    for _ in 0..5 {
+        commit(&mut h);
+    }
+    assert_eq!(h.version(), 6);
+    let a = connect(&mut h, "a");
+    // The window holds versions 5 and 6: from 4 it can resume, from 3 not.
+    sync(&mut h, a, EPOCH, 3, 1);
+    let reply = frames(&mut h, a);
+    let snapshot = snapshot_of(&reply[0]).expect("a snapshot");
+    assert_eq!((snapshot.version, snapshot.sync_id), (6, 1));
+    sync(&mut h, a, EPOCH, 4, 2);
+    let reply = frames(&mut h, a);
+    let patch = patch_of(&reply[0]).expect("a resume patch");
+    assert_eq!(
+        (patch.base_version, patch.version, patch.sync_id),
+        (4, 6, 2)
+    );
+}
+
+#[test]
+fn sync_inside_the_window_resumes_with_one_patch_concatenating_every_version() {
+    for mode in MODES {
+        let mut h = demo_host(mode);
+        let mut views = BTreeMap::from([(1, h.view())]);
+        let mut ops_per_version = BTreeMap::new();
+        let steps: [(&str, &str, Value); 5] = [
+            ("counter", "increase", json!([3])),
+            ("todos", "add", json!(["milk"])),
+            ("todos", "add_many", json!([["eggs", "flour"]])),
+            ("todos", "toggle", json!([1])),
+            ("counter", "decrease", json!([1])),
+        ];
+        let watcher = attach(&mut h, "watcher");
+        for (module, method, args) in steps {
+            h.invoke(module, method, args.as_array().unwrap()).unwrap();
+            views.insert(h.version(), h.view());
+            if mode == SyncMode::Patch {
+                let live = frames(&mut h, watcher);
+                let patch = patch_of(&live[0]).unwrap();
+                let ops: Vec<Value> = serde_json::from_str(&patch.patch_json).unwrap();
+                ops_per_version.insert(h.version(), ops.len());
+            }
+        }
+        let current = h.version();
+        assert_eq!(current, 6);
+        for have in 1..current {
+            let a = connect(&mut h, "a");
+            sync(&mut h, a, EPOCH, have, 100 + have);
+            let reply = frames(&mut h, a);
+            assert_eq!(reply.len(), 1, "{mode:?}");
+            assert_eq!(target(&reply[0]), "a");
+            let patch = patch_of(&reply[0]).expect("a resume patch");
+            assert_eq!(patch.base_version, have);
+            assert_eq!(patch.version, current);
+            assert_eq!(patch.sync_id, 100 + have);
+            let mut mirror = views[&have].clone();
+            apply_patch(&mut mirror, &patch.patch_json).unwrap();
+            assert_eq!(mirror, h.view(), "{mode:?} resume from {have}");
+            if mode == SyncMode::Patch {
+                let ops: Vec<Value> = serde_json::from_str(&patch.patch_json).unwrap();
+                let expected: usize = ops_per_version.range(have + 1..).map(|(_, n)| n).sum();
+                assert_eq!(
+                    ops.len(),
+                    expected,
+                    "the concatenation of {have}+1..={current}"
+                );
+            }
+            h.disconnect(a);
+        }
+    }
+}
+
+#[test]
+fn sync_at_the_current_version_is_answered_with_a_bookmark() {
+    for mode in MODES {
+        let mut h = demo_host(mode);
+        commit(&mut h);
+        let a = connect(&mut h, "a");
+        sync(&mut h, a, EPOCH, 2, 5);
+        let reply = frames(&mut h, a);
+        assert_eq!(reply.len(), 1);
+        assert_eq!(target(&reply[0]), "a");
+        assert_eq!(
+            patch_of(&reply[0]),
+            Some(&Patch {
+                base_version: 2,
+                version: 2,
+                patch_json: "[]".to_owned(),
+                sync_id: 5
+            }),
+            "{mode:?}"
+        );
+    }
+}
+
+#[test]
+fn an_unsent_sync_reply_is_superseded_by_a_later_one() {
+    let mut h = demo_host(SyncMode::Patch);
+    let a = connect(&mut h, "a");
+    sync(&mut h, a, "", 0, 1);
+    commit(&mut h);
+    sync(&mut h, a, "", 0, 2);
+    let reply = frames(&mut h, a);
+    assert_eq!(reply.len(), 1, "{reply:#?}");
+    let snapshot = snapshot_of(&reply[0]).unwrap();
+    assert_eq!((snapshot.version, snapshot.sync_id), (2, 2));
+}
+
+// ---- H3: attach ----------------------------------------------------------
+
+#[test]
+fn no_publications_reach_a_session_before_its_first_sync_is_answered() {
+    for mode in MODES {
+        let mut h = demo_host(mode);
+        let a = connect(&mut h, "a");
+        commit(&mut h);
+        commit(&mut h);
+        h.bookmark();
+        assert!(frames(&mut h, a).is_empty(), "{mode:?}");
+        sync(&mut h, a, "", 0, 1);
+        let reply = frames(&mut h, a);
+        assert_eq!(reply.len(), 1, "only the reply, no older publications");
+        assert_eq!(snapshot_of(&reply[0]).unwrap().version, 3);
+        commit(&mut h);
+        let live = frames(&mut h, a);
+        assert_eq!(live.len(), 1, "{mode:?}");
+        let version = match kind(&live[0]) {
+            host_message::Kind::Patch(p) => p.version,
+            host_message::Kind::Snapshot(s) => s.version,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(version, 4, "publications after the reply's version only");
+    }
+}
+
+// ---- H5/H6: publications -------------------------------------------------
+
+#[test]
+fn patch_mode_publishes_a_patch_from_the_previous_version_to_every_attached_session() {
+    let mut h = demo_host(SyncMode::Patch);
+    let a = attach(&mut h, "a");
+    let b = attach(&mut h, "b");
+    let before = h.view();
+    h.invoke("todos", "add", &[json!("milk")]).unwrap();
+    for peer in [a, b] {
+        let live = frames(&mut h, peer);
+        assert_eq!(live.len(), 1);
+        assert_eq!(
+            target(&live[0]),
+            "",
+            "publications are addressed to everyone"
+        );
+        let patch = patch_of(&live[0]).expect("a patch");
+        assert_eq!(
+            (patch.base_version, patch.version, patch.sync_id),
+            (1, 2, 0)
+        );
+        let mut mirror = before.clone();
+        apply_patch(&mut mirror, &patch.patch_json).unwrap();
+        assert_eq!(mirror, h.view());
+    }
+    assert!(events(&mut h).contains(&HostEvent::Published { version: 2 }));
+}
+
+#[test]
+fn snapshot_mode_publishes_a_commit_snapshot_to_every_attached_session() {
+    let mut h = demo_host(SyncMode::Snapshot);
+    let a = attach(&mut h, "a");
+    let b = attach(&mut h, "b");
+    commit(&mut h);
+    for peer in [a, b] {
+        let live = frames(&mut h, peer);
+        assert_eq!(live.len(), 1);
+        assert_eq!(target(&live[0]), "");
+        let snapshot = snapshot_of(&live[0]).expect("a snapshot");
+        assert_eq!(snapshot.version, 2);
+        assert_eq!(snapshot.sync_id, 0);
+        assert_eq!(snapshot.reason, SnapshotReason::Commit as i32);
+        assert_eq!(state(snapshot), h.view());
+    }
+}
+
+#[test]
+fn snapshot_mode_sends_a_session_that_is_behind_only_the_newest_snapshot() {
+    let mut h = demo_host(SyncMode::Snapshot);
+    let a = attach(&mut h, "a");
+    for _ in 0..3 {
+        commit(&mut h);
+    }
+    let live = frames(&mut h, a);
+    assert_eq!(live.len(), 1);
+    let snapshot = snapshot_of(&live[0]).unwrap();
+    assert_eq!(snapshot.version, 4);
+    assert_eq!(snapshot.reason, SnapshotReason::Commit as i32);
+}
+
+#[test]
+fn a_publication_is_one_shared_frame_with_shared_encoded_bytes() {
+    for mode in MODES {
+        let mut h = demo_host(mode);
+        let peers: Vec<PeerKey> = ["a", "b", "c"].iter().map(|p| attach(&mut h, p)).collect();
+        commit(&mut h);
+        let got: Vec<HostFrame> = peers
+            .iter()
+            .map(|p| {
+                let live = frames(&mut h, *p);
+                assert_eq!(live.len(), 1);
+                live[0].clone()
+            })
+            .collect();
+        for frame in &got[1..] {
+            assert!(HostFrame::ptr_eq(&got[0], frame), "{mode:?}");
+            assert_eq!(
+                got[0].encoded().as_ptr(),
+                frame.encoded().as_ptr(),
+                "encoded once, bytes shared"
+            );
+        }
+        assert_eq!(
+            got[0].encoded().as_ref(),
+            got[0].message().encode_to_vec().as_slice()
+        );
+    }
+}
+
+// ---- H8: results ---------------------------------------------------------
+
+#[test]
+fn a_result_is_never_transmitted_before_the_publication_of_its_version() {
+    for mode in MODES {
+        let mut h = demo_host(mode);
+        let a = attach(&mut h, "a");
+        call(&mut h, a, 1, "counter", "increase", "[5]");
+        commit(&mut h); // another commit before the session polls
+        let out = frames(&mut h, a);
+        assert_eq!(
+            out.len(),
+            if mode == SyncMode::Patch { 3 } else { 2 },
+            "{out:#?}"
+        );
+        let result_at = out.iter().position(|f| result_of(f).is_some()).unwrap();
+        let result = result_of(&out[result_at]).unwrap();
+        assert_eq!((result.call_id, result.state_version), (1, 2));
+        assert_eq!(value(result), json!(5));
+        assert_eq!(target(&out[result_at]), "a");
+        let published_before: Vec<u64> = out[..result_at]
+            .iter()
+            .filter_map(|f| match kind(f) {
+                host_message::Kind::Patch(p) => Some(p.version),
+                host_message::Kind::Snapshot(s) => Some(s.version),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            published_before.iter().any(|v| *v >= 2),
+            "{mode:?}: {out:#?}"
+        );
+    }
+}
+
+#[test]
+fn results_go_only_to_the_caller() {
+    let mut h = demo_host(SyncMode::Patch);
+    let a = attach(&mut h, "a");
+    let b = attach(&mut h, "b");
+    call(&mut h, a, 1, "counter", "increase", "[1]");
+    assert_eq!(results(&frames(&mut h, a)).len(), 1);
+    assert!(results(&frames(&mut h, b)).is_empty());
+}
+
+#[test]
+fn state_version_is_the_version_after_the_call_and_the_current_version_otherwise() {
+    let mut h = demo_host(SyncMode::Patch);
+    let a = attach(&mut h, "a");
+    call(&mut h, a, 1, "counter", "increase", "[1]");
+    call(&mut h, a, 2, "counter", "fail", "[\"no\"]");
+    call(&mut h, a, 3, "nope", "nope", "[]");
+    call(&mut h, a, 4, "secret", "rotate", "[]");
+    call(&mut h, a, 5, "todos", "add", "[\"x\"]");
+    call(&mut h, a, 6, "counter", "increase", "[0]");
+    let got: Vec<(u64, u64)> = results(&frames(&mut h, a))
+        .iter()
+        .map(|r| (r.call_id, r.state_version))
+        .collect();
+    assert_eq!(got, vec![(1, 2), (2, 2), (3, 2), (4, 2), (5, 3), (6, 3)]);
+}
+
+// ---- versions ------------------------------------------------------------
+
+#[test]
+fn version_grows_by_one_per_published_commit_and_not_for_private_or_failed_calls() {
+    let mut h = demo_host(SyncMode::Patch);
+    let a = attach(&mut h, "a");
+    let expect = |h: &mut HostCore, module: &str, method: &str, args: Value, delta: u64| {
+        let before = h.version();
+        let outcome = h.invoke(module, method, args.as_array().unwrap());
+        assert_eq!(
+            h.version(),
+            before + delta,
+            "{module}.{method}({args}) -> {outcome:?}"
+        );
+        let published = frames(h, a);
+        assert_eq!(
+            published.len() as u64,
+            delta,
+            "{module}.{method}: {published:#?}"
+        );
+    };
+    expect(&mut h, "counter", "increase", json!([1]), 1);
+    expect(&mut h, "secret", "rotate", json!([]), 0);
+    expect(&mut h, "counter", "fail", json!(["no"]), 0);
+    expect(&mut h, "counter", "increase", json!([0]), 0);
+    expect(&mut h, "todos", "clear", json!([]), 0);
+    expect(&mut h, "todos", "add_many", json!([["a", "b", "c"]]), 1);
+    expect(&mut h, "todos", "add_many", json!([[]]), 0);
+    expect(&mut h, "todos", "toggle", json!([99]), 0);
+    expect(&mut h, "todos", "clear", json!([]), 1);
+    assert_ne!(
+        h.module_state("secret"),
+        Some(&json!({"token": MARKER})),
+        "the private change did happen"
+    );
+}
+
+// ---- H7: calls and errors ------------------------------------------------
+
+#[test]
+fn unknown_module_or_method_is_not_found() {
+    let mut h = demo_host(SyncMode::Patch);
+    let a = attach(&mut h, "a");
+    call(&mut h, a, 1, "nope", "increase", "[1]");
+    call(&mut h, a, 2, "counter", "nope", "[1]");
+    call(&mut h, a, 3, "secret", "reveal", "[]");
+    let got = results(&frames(&mut h, a));
+    assert_eq!(got.len(), 3);
+    for r in &got {
+        assert_eq!(code(r), ErrorCode::NotFound, "{r:?}");
+        assert_eq!(r.state_version, 1);
+    }
+}
+
+#[test]
+fn calls_reach_private_modules() {
+    let mut h = demo_host(SyncMode::Patch);
+    let a = attach(&mut h, "a");
+    call(&mut h, a, 1, "secret", "rotate", "[]");
+    assert_eq!(value(&only_result(&frames(&mut h, a))), Value::Null);
+}
+
+#[test]
+fn malformed_or_mismatched_arguments_are_invalid_argument_and_change_nothing() {
+    let mut h = demo_host(SyncMode::Patch);
+    let a = attach(&mut h, "a");
+    let cases = [
+        ("counter", "increase", "{\"by\": 1}"), // not an array
+        ("counter", "increase", "7"),           // not an array
+        ("counter", "increase", "[1,"),         // not JSON
+        ("counter", "increase", "[]"),          // too few
+        ("counter", "increase", "[1, 2]"),      // too many
+        ("counter", "increase", "[\"1\"]"),     // wrong type
+        ("counter", "increase", "[1.5]"),       // not an integer
+        ("counter", "increase", "[1.0]"),       // not an integer either
+        ("todos", "add", "[null]"),
+        ("todos", "toggle", "[-1]"),
+        ("todos", "add_many", "[[\"a\", 1]]"),
+        ("todos", "clear", "[1]"),
+    ];
+    for (i, (module, method, args)) in cases.iter().enumerate() {
+        call(&mut h, a, i as u64 + 1, module, method, args);
+    }
+    let got = results(&frames(&mut h, a));
+    assert_eq!(got.len(), cases.len());
+    for (r, case) in got.iter().zip(cases) {
+        assert_eq!(code(r), ErrorCode::InvalidArgument, "{case:?}: {r:?}");
+        assert_eq!(r.state_version, 1);
+    }
+    assert_eq!(h.version(), 1);
+    assert_eq!(
+        h.view(),
+        json!({"counter": {"count": 0}, "todos": {"items": []}})
+    );
+}
+
+#[test]
+fn empty_arguments_mean_no_arguments() {
+    let mut h = demo_host(SyncMode::Patch);
+    let a = attach(&mut h, "a");
+    call(&mut h, a, 1, "todos", "clear", "");
+    assert_eq!(value(&only_result(&frames(&mut h, a))), json!(0));
+}
+
+#[test]
+fn method_failure_is_failed_with_its_message_and_changes_nothing() {
+    let mut h = demo_host(SyncMode::Patch);
+    let a = attach(&mut h, "a");
+    call(&mut h, a, 1, "counter", "increase", "[2]");
+    frames(&mut h, a);
+    call(&mut h, a, 2, "counter", "fail", "[\"it broke\"]");
+    let out = frames(&mut h, a);
+    assert_eq!(out.len(), 1, "no publication: {out:#?}");
+    let result = only_result(&out);
+    assert_eq!(error(&result), (ErrorCode::Failed, "it broke".to_owned()));
+    let Some(call_result::Outcome::Error(e)) = &result.outcome else {
+        unreachable!()
+    };
+    assert_eq!(e.details_json, "");
+    assert_eq!(result.state_version, 2);
+    assert_eq!(h.version(), 2);
+    assert_eq!(h.view()["counter"], json!({"count": 2}));
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Tally {
+    n: i64,
+    log: Vec<String>,
+}
+
+/// A typed and a recording module whose `boom` methods change their state
+/// and then panic, and whose `refuse` methods change it and then fail.
+fn fragile_app() -> App {
+    let typed = TypedModule::new("typed", Tally::default())
+        .method("bump", |s: &mut Tally, (): ()| {
+            s.n += 1;
+            Ok(s.n)
+        })
+        .method("boom", |s: &mut Tally, (): ()| -> Result<(), MethodError> {
+            s.n += 100;
+            s.log.push("half-done".to_owned());
+            panic!("typed boom")
+        })
+        .method(
+            "refuse",
+            |s: &mut Tally, (): ()| -> Result<(), MethodError> {
+                s.n += 100;
+                Err(MethodError::failed("refused"))
+            },
+        );
+    let recording = JsonModule::new("json", json!({"items": [1], "meta": {"k": 1}}))
+        .method("add", |d: &mut Draft<'_>, (x,): (i64,)| {
+            d.push("/items", x)?;
+            Ok(())
+        })
+        .method(
+            "boom",
+            |d: &mut Draft<'_>, (): ()| -> Result<(), MethodError> {
+                d.push("/items", 2)?;
+                d.replace("/meta/k", 2)?;
+                d.add("/meta/new", true)?;
+                d.remove("/items/0")?;
+                panic!("json boom")
+            },
+        )
+        .method(
+            "refuse",
+            |d: &mut Draft<'_>, (): ()| -> Result<(), MethodError> {
+                d.push("/items", 2)?;
+                d.remove("/meta")?;
+                Err(MethodError::new(ErrorCode::NotFound, "refused"))
+            },
+        );
+    App::new().with(typed).with(recording)
+}
+
+#[test]
+fn panicking_method_is_internal_rolls_its_module_back_and_the_host_keeps_serving() {
+    for mode in MODES {
+        let mut h = HostCore::new(
+            HostConfig {
+                sync: mode,
+                peer_id: HOST.to_owned(),
+                ..Default::default()
+            },
+            fragile_app(),
+            EPOCH,
+        );
+        let a = attach(&mut h, "a");
+        let b = attach(&mut h, "b");
+        let before = h.view();
+        call(&mut h, a, 1, "typed", "boom", "[]");
+        call(&mut h, a, 2, "json", "boom", "[]");
+        let out = frames(&mut h, a);
+        assert_eq!(out.len(), 2, "no publication: {out:#?}");
+        for r in results(&out) {
+            assert_eq!(code(&r), ErrorCode::Internal, "{r:?}");
+            assert_eq!(r.state_version, 1);
+        }
+        assert_eq!(h.version(), 1);
+        assert_eq!(h.view(), before, "{mode:?}: rolled back");
+        let evs = events(&mut h);
+        assert!(evs.iter().any(|e| matches!(e,
+            HostEvent::MethodPanicked { module, method, message }
+                if module == "typed" && method == "boom" && message == "typed boom")));
+        assert!(evs.iter().any(|e| matches!(e,
+            HostEvent::MethodPanicked { module, message, .. }
+                if module == "json" && message == "json boom")));
+
+        // The host keeps serving, from the rolled-back state.
+        call(&mut h, b, 1, "typed", "bump", "[]");
+        call(&mut h, b, 2, "json", "add", "[5]");
+        let got = results(&frames(&mut h, b));
+        assert_eq!(value(&got[0]), json!(1));
+        assert_eq!(got[1].state_version, 3);
+        assert_eq!(
+            h.view(),
+            json!({"typed": {"n": 1, "log": []}, "json": {"items": [1, 5], "meta": {"k": 1}}})
+        );
+        // And the other session saw exactly the two good commits.
+        let seen = frames(&mut h, a);
+        assert_eq!(seen.len(), if mode == SyncMode::Patch { 2 } else { 1 });
+    }
+}
+
+#[test]
+fn failing_method_that_changed_its_state_is_rolled_back() {
+    let mut h = HostCore::new(HostConfig::default(), fragile_app(), EPOCH);
+    let before = h.view();
+    let typed = h.invoke("typed", "refuse", &[]).unwrap_err();
+    assert_eq!(typed.code, ErrorCode::Failed);
+    let recording = h.invoke("json", "refuse", &[]).unwrap_err();
+    assert_eq!(recording.code, ErrorCode::NotFound, "the method's own code");
+    assert_eq!(h.version(), 1);
+    assert_eq!(h.view(), before);
+    assert_eq!(h.invoke("typed", "bump", &[]).unwrap(), json!(1));
+}
+
+#[test]
+fn call_id_zero_is_invalid_argument_answered_with_call_id_zero_and_not_executed() {
+    let mut h = demo_host(SyncMode::Patch);
+    let a = attach(&mut h, "a");
+    call(&mut h, a, 0, "counter", "increase", "[1]");
+    let result = only_result(&frames(&mut h, a));
+    assert_eq!(result.call_id, 0);
+    assert_eq!(code(&result), ErrorCode::InvalidArgument);
+    assert_eq!(h.version(), 1);
+}
+
+#[test]
+fn call_of_another_protocol_version_is_failed_precondition_and_not_executed() {
+    let mut h = demo_host(SyncMode::Patch);
+    let a = attach(&mut h, "a");
+    let mut m = call_msg(EPOCH, 1, "counter", "increase", "[1]");
+    m.header.as_mut().unwrap().protocol_version = 2;
+    assert_eq!(
+        h.handle_message(a, m),
+        Err(InputError::UnsupportedVersion(2))
+    );
+    let out = frames(&mut h, a);
+    let result = only_result(&out);
+    assert_eq!(code(&result), ErrorCode::FailedPrecondition);
+    assert_eq!(result.state_version, 1);
+    assert_eq!(
+        out[0].message().header.as_ref().unwrap().protocol_version,
+        1,
+        "answered in a version-1 envelope"
+    );
+    assert_eq!(h.version(), 1);
+}
+
+#[test]
+fn call_made_against_another_epoch_is_failed_precondition_and_not_executed() {
+    let mut h = demo_host(SyncMode::Patch);
+    let a = attach(&mut h, "a");
+    h.handle_message(
+        a,
+        call_msg("an-older-epoch", 1, "counter", "increase", "[1]"),
+    )
+    .unwrap();
+    let result = only_result(&frames(&mut h, a));
+    assert_eq!(code(&result), ErrorCode::FailedPrecondition);
+    assert_eq!(result.state_version, 1);
+    assert_eq!(h.version(), 1);
+    assert_eq!(h.view()["counter"], json!({"count": 0}));
+}
+
+#[test]
+fn call_with_empty_epoch_is_not_fenced() {
+    let mut h = demo_host(SyncMode::Patch);
+    let a = attach(&mut h, "a");
+    h.handle_message(a, call_msg("", 1, "counter", "increase", "[1]"))
+        .unwrap();
+    let result = only_result(&frames(&mut h, a));
+    assert_eq!(value(&result), json!(1));
+}
+
+#[test]
+fn call_checks_apply_in_the_specified_order() {
+    let mut h = demo_host(SyncMode::Patch);
+    let a = attach(&mut h, "a");
+    // Protocol version before call id 0.
+    let mut m = call_msg("elsewhere", 0, "nope", "nope", "{");
+    m.header.as_mut().unwrap().protocol_version = 7;
+    let _ = h.handle_message(a, m);
+    // Call id 0 before the epoch fence.
+    h.handle_message(a, call_msg("elsewhere", 0, "nope", "nope", "{"))
+        .unwrap();
+    // The epoch fence before arguments and names.
+    h.handle_message(a, call_msg("elsewhere", 3, "nope", "nope", "{"))
+        .unwrap();
+    // Arguments before names.
+    call(&mut h, a, 4, "nope", "nope", "{");
+    let codes: Vec<ErrorCode> = results(&frames(&mut h, a)).iter().map(code).collect();
+    assert_eq!(
+        codes,
+        vec![
+            ErrorCode::FailedPrecondition,
+            ErrorCode::InvalidArgument,
+            ErrorCode::FailedPrecondition,
+            ErrorCode::InvalidArgument
+        ]
+    );
+}
+
+// ---- H13/H14 and limits --------------------------------------------------
+
+#[test]
+fn sync_request_of_another_protocol_version_is_ignored() {
+    let mut h = demo_host(SyncMode::Patch);
+    let a = connect(&mut h, "a");
+    let mut m = sync_msg("", 0, 1);
+    m.header.as_mut().unwrap().protocol_version = 2;
+    assert_eq!(
+        h.handle_message(a, m),
+        Err(InputError::UnsupportedVersion(2))
+    );
+    assert!(frames(&mut h, a).is_empty());
+    commit(&mut h);
+    assert!(frames(&mut h, a).is_empty(), "the session did not attach");
+}
+
+#[test]
+fn envelope_without_a_kind_is_ignored() {
+    let mut h = demo_host(SyncMode::Patch);
+    let a = attach(&mut h, "a");
+    let m = ClientMessage {
+        header: Some(Header::v1(EPOCH, "a", HOST)),
+        kind: None,
+    };
+    assert_eq!(h.handle_message(a, m), Err(InputError::UnknownKind));
+    assert!(!InputError::UnknownKind.is_fatal());
+    assert!(frames(&mut h, a).is_empty());
+    assert_eq!(h.version(), 1);
+}
+
+#[test]
+fn too_many_unanswered_calls_are_resource_exhausted_for_that_session_only_then_flooding() {
+    let mut h = HostCore::new(
+        config_with(
+            SyncMode::Patch,
+            HostLimits {
+                max_calls_in_flight: 2,
+                ..Default::default()
+            },
+        ),
+        demo::app(MARKER),
+        EPOCH,
+    );
+    let flooder = attach(&mut h, "flooder");
+    let polite = attach(&mut h, "polite");
+    for id in 1..=4 {
+        call(&mut h, flooder, id, "counter", "increase", "[1]");
+    }
+    assert_eq!(h.version(), 3, "calls 3 and 4 were not executed");
+    let refused = h.handle_message(flooder, call_msg(EPOCH, 5, "counter", "increase", "[1]"));
+    assert_eq!(refused, Err(InputError::Flooding { queued: 4 }));
+    assert!(refused.unwrap_err().is_fatal());
+    assert_eq!(h.version(), 3);
+
+    // Another session is unaffected.
+    call(&mut h, polite, 1, "counter", "increase", "[1]");
+    let polite_results = results(&frames(&mut h, polite));
+    assert_eq!(polite_results.len(), 1);
+    assert_eq!(value(&polite_results[0]), json!(3));
+
+    let got = results(&frames(&mut h, flooder));
+    let codes: Vec<(u64, Option<ErrorCode>)> = got
+        .iter()
+        .map(|r| {
+            (
+                r.call_id,
+                matches!(r.outcome, Some(call_result::Outcome::Error(_))).then(|| code(r)),
+            )
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            (1, None),
+            (2, None),
+            (3, Some(ErrorCode::ResourceExhausted)),
+            (4, Some(ErrorCode::ResourceExhausted))
+        ]
+    );
+    // Once it has read its results it may call again.
+    call(&mut h, flooder, 6, "counter", "increase", "[1]");
+    assert_eq!(value(&only_result(&frames(&mut h, flooder))), json!(4));
+}
+
+#[test]
+fn sessions_beyond_max_clients_are_refused_until_one_disconnects() {
+    let mut h = HostCore::new(
+        config_with(
+            SyncMode::Patch,
+            HostLimits {
+                max_clients: 2,
+                ..Default::default()
+            },
+        ),
+        demo::app(MARKER),
+        EPOCH,
+    );
+    let a = connect(&mut h, "a");
+    connect(&mut h, "b");
+    let refused = h.connect(PeerOptions {
+        peer_id: "c".to_owned(),
+        publications: true,
+    });
+    assert_eq!(refused, Err(InputError::TooManyClients { limit: 2 }));
+    assert_eq!(h.peer_count(), 2);
+    h.disconnect(a);
+    assert_eq!(
+        h.handle_message(a, sync_msg("", 0, 1)),
+        Err(InputError::UnknownPeer)
+    );
+    assert!(h.poll_transmit(a).is_none());
+    let c = connect(&mut h, "c");
+    sync(&mut h, c, "", 0, 1);
+    assert_eq!(frames(&mut h, c).len(), 1);
+}
+
+#[test]
+fn message_over_the_size_limit_is_refused_unprocessed() {
+    let mut h = HostCore::new(
+        config_with(
+            SyncMode::Patch,
+            HostLimits {
+                max_message_bytes: 64,
+                ..Default::default()
+            },
+        ),
+        demo::app(MARKER),
+        EPOCH,
+    );
+    let a = attach(&mut h, "a");
+    let big = call_msg(
+        EPOCH,
+        1,
+        "todos",
+        "add",
+        &json!(["x".repeat(64)]).to_string(),
+    );
+    let bytes = big.encode_to_vec();
+    assert_eq!(
+        h.handle_bytes(a, &bytes),
+        Err(InputError::MessageTooLarge {
+            size: bytes.len(),
+            limit: 64
+        })
+    );
+    assert!(frames(&mut h, a).is_empty());
+    assert_eq!(h.version(), 1);
+    let small = call_msg(EPOCH, 2, "counter", "increase", "[1]").encode_to_vec();
+    assert!(small.len() <= 64);
+    h.handle_bytes(a, &small).unwrap();
+    assert_eq!(value(&only_result(&frames(&mut h, a))), json!(1));
+}
+
+#[test]
+fn undecodable_bytes_are_malformed_and_other_sessions_are_unaffected() {
+    let mut h = demo_host(SyncMode::Patch);
+    let bad = attach(&mut h, "bad");
+    let good = attach(&mut h, "good");
+    for garbage in [
+        &[0xff_u8, 0xff, 0xff, 0xff][..],
+        &[0x0a, 0x05, 0x01],
+        &[0x12],
+    ] {
+        assert!(matches!(
+            h.handle_bytes(bad, garbage),
+            Err(InputError::Malformed(_))
+        ));
+    }
+    assert!(frames(&mut h, bad).is_empty());
+    let call = call_msg(EPOCH, 1, "counter", "increase", "[1]").encode_to_vec();
+    h.handle_bytes(good, &call).unwrap();
+    let out = frames(&mut h, good);
+    assert_eq!(out.len(), 2);
+    assert_eq!(value(&only_result(&out)), json!(1));
+    // The misbehaving session still receives publications like anyone.
+    let seen = frames(&mut h, bad);
+    assert_eq!(patch_of(&seen[0]).map(|p| p.version), Some(2));
+}
+
+#[test]
+fn disconnected_session_is_forgotten_but_its_received_calls_still_commit() {
+    let mut h = demo_host(SyncMode::Patch);
+    let a = attach(&mut h, "a");
+    let b = attach(&mut h, "b");
+    call(&mut h, a, 1, "counter", "increase", "[1]");
+    h.disconnect(a);
+    assert_eq!(h.peer_count(), 1);
+    assert_eq!(h.version(), 2);
+    assert_eq!(patch_of(&frames(&mut h, b)[0]).map(|p| p.version), Some(2));
+}
+
+// ---- H12: slow consumers -------------------------------------------------
+
+#[test]
+fn slow_session_gets_one_overflow_snapshot_then_live_patches_while_others_get_every_patch() {
+    let mut h = HostCore::new(
+        config_with(SyncMode::Patch, history(3)),
+        demo::app(MARKER),
+        EPOCH,
+    );
+    let keeper = attach(&mut h, "keeper");
+    let slow = attach(&mut h, "slow");
+    // The slow session's own call, whose result must not be dropped.
+    call(&mut h, slow, 1, "counter", "increase", "[1]");
+    let mut kept = Vec::new();
+    for i in 0..10 {
+        call(&mut h, keeper, i + 1, "todos", "add", "[\"t\"]");
+        kept.extend(frames(&mut h, keeper));
+    }
+    assert_eq!(h.version(), 12);
+
+    let out = frames(&mut h, slow);
+    assert_eq!(out.len(), 2, "{out:#?}");
+    let overflow = snapshot_of(&out[0]).expect("an overflow snapshot first");
+    assert_eq!(overflow.version, 12);
+    assert_eq!(overflow.reason, SnapshotReason::Overflow as i32);
+    assert_eq!(overflow.sync_id, 0);
+    assert_eq!(target(&out[0]), "slow");
+    assert_eq!(state(overflow), h.view());
+    let result = result_of(&out[1]).expect("then its result");
+    assert_eq!((result.call_id, result.state_version), (1, 2));
+
+    // Live again.
+    commit(&mut h);
+    let live = frames(&mut h, slow);
+    assert_eq!(
+        live.iter()
+            .map(patch_of)
+            .map(|p| p.map(|p| (p.base_version, p.version)))
+            .collect::<Vec<_>>(),
+        vec![Some((12, 13))]
+    );
+
+    // The session that kept up got every patch, in order, and its results.
+    let versions: Vec<u64> = kept
+        .iter()
+        .filter_map(patch_of)
+        .map(|p| p.version)
+        .collect();
+    assert_eq!(versions, (2..=12).collect::<Vec<_>>());
+    assert!(kept.iter().filter_map(snapshot_of).next().is_none());
+    assert_eq!(results(&kept).len(), 10);
+}
+
+// ---- H10: bookmarks ------------------------------------------------------
+
+#[test]
+fn bookmarks_go_only_to_idle_attached_sessions() {
+    for mode in MODES {
+        let mut h = demo_host(mode);
+        let idle = attach(&mut h, "idle");
+        let idle_too = attach(&mut h, "idle-too");
+        let behind = attach(&mut h, "behind");
+        let unattached = connect(&mut h, "unattached");
+        let shared = h
+            .connect(PeerOptions {
+                peer_id: "shared".to_owned(),
+                publications: false,
+            })
+            .unwrap();
+        sync(&mut h, shared, "", 0, 1);
+        frames(&mut h, shared);
+        commit(&mut h);
+        frames(&mut h, idle);
+        frames(&mut h, idle_too);
+
+        h.bookmark();
+        let one = frames(&mut h, idle);
+        let two = frames(&mut h, idle_too);
+        assert_eq!(one.len(), 1, "{mode:?}");
+        assert_eq!(
+            patch_of(&one[0]),
+            Some(&Patch {
+                base_version: 2,
+                version: 2,
+                patch_json: "[]".to_owned(),
+                sync_id: 0
+            })
+        );
+        assert_eq!(target(&one[0]), "");
+        assert!(HostFrame::ptr_eq(&one[0], &two[0]), "one shared bookmark");
+
+        let caught_up = frames(&mut h, behind);
+        assert_eq!(caught_up.len(), 1, "the publication, not a bookmark");
+        assert!(patch_of(&caught_up[0]).is_none_or(|p| p.version != p.base_version));
+        assert!(frames(&mut h, unattached).is_empty());
+        assert!(frames(&mut h, shared).is_empty());
+        assert!(frames(&mut h, idle).is_empty(), "one bookmark per request");
+    }
+}
+
+// ---- H15: section isolation ----------------------------------------------
+
+/// Drives every kind of frame a host sends through several sessions and
+/// returns all of them.
+fn every_kind_of_frame(h: &mut HostCore) -> Vec<HostFrame> {
+    let mut all = Vec::new();
+    let keeper = attach(h, "keeper");
+    let slow = attach(h, "slow");
+    let shared = h
+        .connect(PeerOptions {
+            peer_id: "shared".to_owned(),
+            publications: false,
+        })
+        .unwrap();
+    sync(h, shared, "", 0, 1);
+    for i in 0..6 {
+        call(h, keeper, 2 * i + 1, "secret", "rotate", "[]");
+        call(h, keeper, 2 * i + 2, "counter", "increase", "[1]");
+        call(h, shared, i + 1, "secret", "rotate", "[]");
+        all.extend(frames(h, keeper));
+        all.extend(frames(h, shared));
+    }
+    all.extend(frames(h, slow));
+    let late = connect(h, "late");
+    sync(h, late, "", 0, 1);
+    let resumer = connect(h, "resumer");
+    let version = h.version();
+    sync(h, resumer, EPOCH, version - 2, 1);
+    h.bookmark();
+    for peer in [keeper, slow, shared, late, resumer] {
+        all.extend(frames(h, peer));
+    }
+    all
+}
+
+#[test]
+fn a_private_section_never_appears_in_any_frame() {
+    for mode in MODES {
+        let mut h = HostCore::new(config_with(mode, history(2)), demo::app(MARKER), EPOCH);
+        let all = every_kind_of_frame(&mut h);
+        let token = h.module_state("secret").unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(token.contains(MARKER), "the secret is live: {token}");
+        assert_ne!(token, MARKER, "and was rotated");
+
+        let snapshot_reasons: Vec<i32> = all
+            .iter()
+            .filter_map(snapshot_of)
+            .map(|s| s.reason)
+            .collect();
+        assert!(snapshot_reasons.contains(&(SnapshotReason::Sync as i32)));
+        if mode == SyncMode::Patch {
+            assert!(snapshot_reasons.contains(&(SnapshotReason::Overflow as i32)));
+            assert!(
+                all.iter()
+                    .filter_map(patch_of)
+                    .any(|p| p.version > p.base_version && p.sync_id == 0)
+            );
+        } else {
+            assert!(snapshot_reasons.contains(&(SnapshotReason::Commit as i32)));
+        }
+        assert!(
+            all.iter()
+                .filter_map(patch_of)
+                .any(|p| p.sync_id != 0 && p.version > p.base_version)
+        );
+        assert!(
+            all.iter()
+                .filter_map(patch_of)
+                .any(|p| p.sync_id == 0 && p.version == p.base_version)
+        );
+        assert!(!results(&all).is_empty());
+
+        for frame in &all {
+            assert!(
+                !contains(&frame.encoded(), MARKER),
+                "{mode:?}: the secret leaked in {:#?}",
+                frame.message()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_published_secret_is_found_by_the_same_search() {
+    // Control for the test above: the search does find the marker when the
+    // section is published.
+    let mut h = HostCore::new(
+        HostConfig {
+            sections: None,
+            ..config_with(SyncMode::Patch, history(2))
+        },
+        demo::app(MARKER),
+        EPOCH,
+    );
+    let all = every_kind_of_frame(&mut h);
+    assert!(all.iter().any(|f| contains(&f.encoded(), MARKER)));
+}
+
+// ---- demo app ------------------------------------------------------------
+
+fn ok(h: &mut HostCore, module: &str, method: &str, args: Value) -> Value {
+    h.invoke(module, method, args.as_array().unwrap())
+        .unwrap_or_else(|e| panic!("{module}.{method}({args}): {e}"))
+}
+
+fn err(h: &mut HostCore, module: &str, method: &str, args: Value) -> MethodError {
+    let version = h.version();
+    let view = h.view();
+    let e = h
+        .invoke(module, method, args.as_array().unwrap())
+        .expect_err("an error");
+    assert_eq!(h.version(), version, "an error commits nothing");
+    assert_eq!(h.view(), view);
+    e
+}
+
+#[test]
+fn demo_counter_returns_the_new_count_and_refuses_overflow() {
+    let mut h = demo_host(SyncMode::Patch);
+    assert_eq!(ok(&mut h, "counter", "increase", json!([2])), json!(2));
+    assert_eq!(ok(&mut h, "counter", "decrease", json!([5])), json!(-3));
+    assert_eq!(h.view()["counter"], json!({"count": -3}));
+    // -3 - MAX is below the signed 64-bit range.
+    let e = err(&mut h, "counter", "decrease", json!([i64::MAX]));
+    assert_eq!(e.code, ErrorCode::InvalidArgument);
+    assert_eq!(
+        ok(&mut h, "counter", "increase", json!([i64::MAX])),
+        json!(i64::MAX - 3)
+    );
+    let e = err(&mut h, "counter", "increase", json!([4]));
+    assert_eq!(e.code, ErrorCode::InvalidArgument);
+    let e = err(&mut h, "counter", "fail", json!(["exactly this"]));
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (ErrorCode::Failed, "exactly this")
+    );
+    assert_eq!(e.details, None);
+}
+
+#[test]
+fn demo_todos_ids_start_at_one_increase_and_are_never_reused() {
+    let mut h = demo_host(SyncMode::Patch);
+    assert_eq!(ok(&mut h, "todos", "add", json!(["a"])), json!(1));
+    assert_eq!(ok(&mut h, "todos", "add", json!(["b"])), json!(2));
+    assert_eq!(ok(&mut h, "todos", "remove", json!([2])), json!(true));
+    assert_eq!(ok(&mut h, "todos", "add", json!(["c"])), json!(3));
+    assert_eq!(ok(&mut h, "todos", "clear", json!([])), json!(2));
+    assert_eq!(ok(&mut h, "todos", "add", json!(["d"])), json!(4));
+    assert_eq!(
+        h.view()["todos"],
+        json!({"items": [{"id": 4, "text": "d", "done": false}]})
+    );
+}
+
+#[test]
+fn demo_todos_toggle_returns_the_new_done() {
+    let mut h = demo_host(SyncMode::Patch);
+    ok(&mut h, "todos", "add", json!(["a"]));
+    assert_eq!(ok(&mut h, "todos", "toggle", json!([1])), json!(true));
+    assert_eq!(h.view()["todos"]["items"][0]["done"], json!(true));
+    assert_eq!(ok(&mut h, "todos", "toggle", json!([1])), json!(false));
+    assert_eq!(h.view()["todos"]["items"][0]["done"], json!(false));
+}
+
+#[test]
+fn demo_todos_toggle_or_remove_of_an_unknown_id_is_not_found() {
+    let mut h = demo_host(SyncMode::Patch);
+    ok(&mut h, "todos", "add", json!(["a"]));
+    assert_eq!(
+        err(&mut h, "todos", "toggle", json!([2])).code,
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        err(&mut h, "todos", "remove", json!([2])).code,
+        ErrorCode::NotFound
+    );
+    ok(&mut h, "todos", "remove", json!([1]));
+    assert_eq!(
+        err(&mut h, "todos", "remove", json!([1])).code,
+        ErrorCode::NotFound
+    );
+}
+
+#[test]
+fn demo_todos_clear_returns_the_count_and_commits_nothing_when_empty() {
+    let mut h = demo_host(SyncMode::Patch);
+    assert_eq!(ok(&mut h, "todos", "clear", json!([])), json!(0));
+    assert_eq!(h.version(), 1);
+    ok(&mut h, "todos", "add_many", json!([["a", "b", "c"]]));
+    assert_eq!(ok(&mut h, "todos", "clear", json!([])), json!(3));
+    assert_eq!(h.view()["todos"], json!({"items": []}));
+}
+
+#[test]
+fn demo_todos_add_many_is_one_version_and_returns_the_ids_in_order() {
+    let mut h = demo_host(SyncMode::Patch);
+    let a = attach(&mut h, "a");
+    ok(&mut h, "todos", "add", json!(["first"]));
+    frames(&mut h, a);
+    assert_eq!(
+        ok(&mut h, "todos", "add_many", json!([["x", "y", "z"]])),
+        json!([2, 3, 4])
+    );
+    assert_eq!(h.version(), 3);
+    let live = frames(&mut h, a);
+    assert_eq!(live.len(), 1, "one publication for the whole call");
+    let patch = patch_of(&live[0]).unwrap();
+    assert_eq!((patch.base_version, patch.version), (2, 3));
+    let view = h.view();
+    let texts: Vec<&str> = view["todos"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, vec!["first", "x", "y", "z"]);
+    assert_eq!(ok(&mut h, "todos", "add_many", json!([[]])), json!([]));
+    assert_eq!(h.version(), 3);
+}
