@@ -528,6 +528,25 @@ fn a_result_is_never_transmitted_before_the_publication_of_its_version() {
 }
 
 #[test]
+fn a_result_is_not_transmitted_before_the_sync_reply_that_covers_its_version() {
+    // The session calls, then asks to sync before reading anything: the
+    // reply brings it to the result's version, so it must come first.
+    let mut h = demo_host(SyncMode::Patch);
+    let a = attach(&mut h, "a");
+    call(&mut h, a, 1, "counter", "increase", "[5]");
+    sync(&mut h, a, EPOCH, 1, 9);
+    let out = frames(&mut h, a);
+    assert_eq!(out.len(), 2, "{out:#?}");
+    let reply = patch_of(&out[0]).expect("the sync reply first");
+    assert_eq!(
+        (reply.base_version, reply.version, reply.sync_id),
+        (1, 2, 9)
+    );
+    let result = result_of(&out[1]).expect("then the result");
+    assert_eq!(result.state_version, 2);
+}
+
+#[test]
 fn results_go_only_to_the_caller() {
     let mut h = demo_host(SyncMode::Patch);
     let a = attach(&mut h, "a");
@@ -1392,4 +1411,171 @@ fn demo_todos_add_many_is_one_version_and_returns_the_ids_in_order() {
     assert_eq!(texts, vec!["first", "x", "y", "z"]);
     assert_eq!(ok(&mut h, "todos", "add_many", json!([[]])), json!([]));
     assert_eq!(h.version(), 3);
+}
+
+// ---- every session converges, whatever the interleaving ------------------
+
+#[derive(Debug, Clone)]
+enum Op {
+    Call {
+        session: usize,
+        method: usize,
+        arg: u8,
+    },
+    Poll {
+        session: usize,
+        max: usize,
+    },
+    Sync {
+        session: usize,
+        from_scratch: bool,
+    },
+    Bookmark,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => (0..3usize, 0..8usize, 0..4u8).prop_map(|(session, method, arg)| Op::Call { session, method, arg }),
+        4 => (0..3usize, 0..4usize).prop_map(|(session, max)| Op::Poll { session, max }),
+        1 => (0..3usize, any::<bool>()).prop_map(|(session, from_scratch)| Op::Sync { session, from_scratch }),
+        1 => Just(Op::Bookmark),
+    ]
+}
+
+fn demo_call(method: usize, arg: u8) -> (&'static str, &'static str, String) {
+    let n = u64::from(arg);
+    match method {
+        0 => ("counter", "increase", format!("[{}]", i64::from(arg) - 1)),
+        1 => ("todos", "add", "[\"t\"]".to_owned()),
+        2 => ("todos", "toggle", format!("[{n}]")),
+        3 => ("todos", "remove", format!("[{n}]")),
+        4 => ("todos", "clear", "[]".to_owned()),
+        5 => (
+            "todos",
+            "add_many",
+            json!([vec!["m"; arg as usize]]).to_string(),
+        ),
+        6 => ("secret", "rotate", "[]".to_owned()),
+        _ => ("counter", "fail", "[\"no\"]".to_owned()),
+    }
+}
+
+/// One session's view of what it has been sent.
+#[derive(Debug, Default)]
+struct Session {
+    version: u64,
+    view: Value,
+    calls: Vec<u64>,
+    results: Vec<u64>,
+    next_sync: u64,
+}
+
+/// Applies one frame, checking the ordering duties on the way.
+fn receive(session: &mut Session, frame: &HostFrame) -> Result<(), TestCaseError> {
+    match kind(frame) {
+        host_message::Kind::Snapshot(s) => {
+            prop_assert!(s.version >= session.version, "a snapshot went back in time");
+            session.version = s.version;
+            session.view = state(s);
+        }
+        host_message::Kind::Patch(p) => {
+            prop_assert_eq!(
+                p.base_version,
+                session.version,
+                "an ordered session never sees a gap"
+            );
+            apply_patch(&mut session.view, &p.patch_json)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            session.version = p.version;
+        }
+        host_message::Kind::Result(r) => {
+            prop_assert!(
+                r.state_version <= session.version,
+                "result for {} names {} before the session reached it ({})",
+                r.call_id,
+                r.state_version,
+                session.version
+            );
+            session.results.push(r.call_id);
+        }
+    }
+    Ok(())
+}
+
+fn converge(mode: SyncMode, window: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let mut h = HostCore::new(config_with(mode, history(window)), demo::app(MARKER), EPOCH);
+    let mut keys = Vec::new();
+    let mut sessions: Vec<Session> = Vec::new();
+    for name in ["s0", "s1", "s2"] {
+        let key = connect(&mut h, name);
+        sync(&mut h, key, "", 0, 1);
+        keys.push(key);
+        sessions.push(Session {
+            next_sync: 2,
+            ..Default::default()
+        });
+    }
+    for op in ops {
+        match op {
+            Op::Call {
+                session,
+                method,
+                arg,
+            } => {
+                let (module, name, args) = demo_call(method, arg);
+                let id = sessions[session].calls.len() as u64 + 1;
+                call(&mut h, keys[session], id, module, name, &args);
+                sessions[session].calls.push(id);
+            }
+            Op::Poll { session, max } => {
+                for _ in 0..max {
+                    let Some(frame) = h.poll_transmit(keys[session]) else {
+                        break;
+                    };
+                    receive(&mut sessions[session], &frame)?;
+                }
+            }
+            Op::Sync {
+                session,
+                from_scratch,
+            } => {
+                let s = &mut sessions[session];
+                let have = if from_scratch { 0 } else { s.version };
+                let sync_id = s.next_sync;
+                s.next_sync += 1;
+                sync(&mut h, keys[session], EPOCH, have, sync_id);
+            }
+            Op::Bookmark => h.bookmark(),
+        }
+    }
+    for (key, session) in keys.iter().zip(&mut sessions) {
+        while let Some(frame) = h.poll_transmit(*key) {
+            receive(session, &frame)?;
+        }
+        prop_assert_eq!(session.version, h.version());
+        prop_assert_eq!(&session.view, &h.view());
+        prop_assert_eq!(
+            &session.results,
+            &session.calls,
+            "one result per call, in order"
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn every_session_converges_on_the_view_and_gets_one_result_per_call(
+        patch_mode in any::<bool>(),
+        window in 1..4usize,
+        ops in proptest::collection::vec(op(), 0..60),
+    ) {
+        let mode = if patch_mode { SyncMode::Patch } else { SyncMode::Snapshot };
+        converge(mode, window, ops)?;
+    }
 }

@@ -558,9 +558,18 @@ impl HostCore {
         };
         let version = self.version;
         if let Some(p) = self.peers.get_mut(&peer) {
-            // An unsent older sync answer is superseded by this one.
+            // The answer covers every version up to `version`, so it must go
+            // ahead of any queued result naming a version the session has not
+            // been sent (H8), and no later than an unsent older answer, which
+            // it supersedes and whose place it takes.
+            let sent = p.cursor;
+            let at = p
+                .direct
+                .iter()
+                .position(|(gate, _, is_sync)| *is_sync || *gate > sent)
+                .unwrap_or(p.direct.len());
             p.direct.retain(|(_, _, is_sync)| !is_sync);
-            p.direct.push_back((0, frame, true));
+            p.direct.insert(at, (0, frame, true));
             p.attached = true;
             p.cursor = version;
             p.bookmark_due = false;
