@@ -120,18 +120,20 @@ pub fn todos() -> JsonModule {
 
 /// `secret`: `{token}` with `rotate()`. Private unless configured otherwise.
 pub fn secret(initial_token: impl Into<String>) -> TypedModule<Secret> {
+    let initial = initial_token.into();
+    // Derived from the initial token, never parsed back out of the current
+    // one: `<initial>-r<n>` differs from the initial token and from every
+    // earlier rotation whatever the initial token looks like.
+    let base = initial.clone();
     let mut rotations = 0u64;
-    TypedModule::new(
-        "secret",
-        Secret {
-            token: initial_token.into(),
+    TypedModule::new("secret", Secret { token: initial }).method(
+        "rotate",
+        move |s: &mut Secret, (): ()| {
+            rotations += 1;
+            s.token = format!("{base}-r{rotations}");
+            Ok(())
         },
     )
-    .method("rotate", move |s: &mut Secret, (): ()| {
-        rotations += 1;
-        s.token = format!("{}-r{rotations}", s.token.split("-r").next().unwrap_or(""));
-        Ok(())
-    })
 }
 
 /// The whole demo app, with `secret` holding `secret_token`.

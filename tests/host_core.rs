@@ -1413,6 +1413,35 @@ fn demo_todos_add_many_is_one_version_and_returns_the_ids_in_order() {
     assert_eq!(h.version(), 3);
 }
 
+#[test]
+fn demo_secret_rotate_returns_null_and_always_changes_the_token() {
+    // Whatever the initial token looks like, including one that resembles a
+    // rotated token.
+    for initial in [MARKER, "tok-r1", "a-r-b"] {
+        let mut h = HostCore::new(
+            HostConfig {
+                sections: None,
+                ..config(SyncMode::Patch)
+            },
+            demo::app(initial),
+            EPOCH,
+        );
+        let mut previous = initial.to_owned();
+        for round in 0..3 {
+            let version = h.version();
+            assert_eq!(ok(&mut h, "secret", "rotate", json!([])), Value::Null);
+            let token = h.view()["secret"]["token"].as_str().unwrap().to_owned();
+            assert_ne!(token, previous, "{initial:?}, round {round}");
+            assert_eq!(
+                h.version(),
+                version + 1,
+                "published: one version per rotation"
+            );
+            previous = token;
+        }
+    }
+}
+
 // ---- every session converges, whatever the interleaving ------------------
 
 #[derive(Debug, Clone)]
