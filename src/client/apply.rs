@@ -181,4 +181,36 @@ mod tests {
         assert_eq!(err, ApplyError::NotAnObject);
         assert_refused(json!([{"op": "remove", "path": ""}]));
     }
+
+    /// A `move` from a member to one of its ancestors followed by a failing
+    /// operation used to reach the `unreachable!` in json-patch's undo (the
+    /// undo moves the ancestor into its own child) and abort the client.
+    #[test]
+    fn failed_patch_after_move_to_ancestor_is_refused_unchanged() {
+        let err = assert_refused(json!([
+            {"op": "move", "from": "/s/o", "path": "/s"},
+            {"op": "test", "path": "/nowhere", "value": 0}
+        ]));
+        assert!(
+            matches!(err, ApplyError::Operation { index: 1, .. }),
+            "{err:?}"
+        );
+    }
+
+    /// The same through the root: a member moved onto the root, then a failure.
+    #[test]
+    fn failed_patch_after_move_to_root_is_refused_unchanged() {
+        assert_refused(json!([
+            {"op": "move", "from": "/s", "path": ""},
+            {"op": "remove", "path": "/nowhere"}
+        ]));
+    }
+
+    /// A valid move to an ancestor replaces it, as RFC 6902 says.
+    #[test]
+    fn move_to_an_ancestor_replaces_it() {
+        let mut v = view();
+        apply_patch(&mut v, r#"[{"op": "move", "from": "/s/o", "path": "/s"}]"#).unwrap();
+        assert_eq!(v, json!({"s": {"k": 1}}));
+    }
 }
