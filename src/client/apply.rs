@@ -1,5 +1,6 @@
 //! Atomic application of RFC 6902 patches to a client's mirror.
 
+use json_patch::jsonptr::Pointer;
 use json_patch::{Patch, PatchOperation};
 use serde_json::Value;
 
@@ -23,17 +24,125 @@ pub enum ApplyError {
     /// The patch would leave a root that is not a JSON object.
     #[error("the patched view is not a JSON object")]
     NotAnObject,
+    /// An operation would nest the mirror deeper than [`MAX_MIRROR_DEPTH`].
+    #[error(
+        "operation {index} would nest the view {depth} levels deep (the limit is {MAX_MIRROR_DEPTH})"
+    )]
+    TooDeep {
+        /// Zero-based index of the operation.
+        index: usize,
+        /// The nesting the operation would reach.
+        depth: usize,
+    },
+    /// The patch's `copy` operations would add more JSON values than
+    /// [`copy_budget`] allows.
+    #[error(
+        "operation {index} would make the patch's copies add {copied} values (the limit is {budget})"
+    )]
+    CopiesTooLarge {
+        /// Zero-based index of the operation that went over.
+        index: usize,
+        /// Values copied so far, including this operation's.
+        copied: usize,
+        /// The limit, from [`copy_budget`].
+        budget: usize,
+    },
 }
 
-/// Whether `op` must be applied to a copy of the view rather than in place.
+/// The deepest nesting of arrays and objects a patch may give the mirror.
 ///
-/// A root operation may leave a non-object, which must be refused. A `move`
-/// is not atomic in json-patch 5: when its removal succeeds and its insertion
-/// fails, the removed value is lost, and `json_patch::patch` then replays an
-/// undo log against the damaged document, which can panic. Hosts emit
-/// neither, so the copy costs nothing in practice.
-fn needs_copy(op: &PatchOperation) -> bool {
-    matches!(op, PatchOperation::Move(_)) || touches_root(op)
+/// It is the deepest serde_json parses, so a mirror built by patches is never
+/// deeper than a snapshot of it could be, and the recursive code that walks
+/// it (drop, clone, comparison, serialisation) stays far from the end of any
+/// thread's stack. Without it a host could nest the mirror by ~100 levels
+/// per `add`, or double its depth per `copy`, until the client overflows its
+/// stack and aborts.
+pub const MAX_MIRROR_DEPTH: usize = 127;
+
+/// How many JSON values the `copy` operations of a patch of `patch_len`
+/// bytes may add in all: the patch's length, but at least 4096.
+///
+/// Spelling values out costs at least a byte each, so this keeps what a patch
+/// adds proportional to its size, as with a snapshot; without it a few
+/// hundred bytes of copies, each doubling a subtree, grow the mirror by
+/// gigabytes. The floor leaves room for small legitimate copies.
+pub fn copy_budget(patch_len: usize) -> usize {
+    patch_len.max(4096)
+}
+
+/// The nesting depth of `value` (0 for a scalar) and how many JSON values it
+/// holds, itself included. Iterative, so a deep value cannot exhaust the stack.
+fn measure(value: &Value) -> (usize, usize) {
+    let mut deepest = 0;
+    let mut values = 0;
+    let mut stack = vec![(value, 0usize)];
+    while let Some((v, depth)) = stack.pop() {
+        values += 1;
+        deepest = deepest.max(depth);
+        match v {
+            Value::Array(items) => stack.extend(items.iter().map(|c| (c, depth + 1))),
+            Value::Object(map) => stack.extend(map.values().map(|c| (c, depth + 1))),
+            _ => {}
+        }
+        if v.is_array() || v.is_object() {
+            deepest = deepest.max(depth + 1);
+        }
+    }
+    (deepest, values)
+}
+
+fn check_depth(index: usize, path: &Pointer, value: &Value) -> Result<(), ApplyError> {
+    let depth = path.count() + measure(value).0;
+    if depth > MAX_MIRROR_DEPTH {
+        return Err(ApplyError::TooDeep { index, depth });
+    }
+    Ok(())
+}
+
+/// Checks what an operation adds without looking at the document: the
+/// nesting of an `add` or `replace` value at its path.
+fn check_static(index: usize, op: &PatchOperation) -> Result<(), ApplyError> {
+    match op {
+        PatchOperation::Add(o) => check_depth(index, &o.path, &o.value),
+        PatchOperation::Replace(o) => check_depth(index, &o.path, &o.value),
+        _ => Ok(()),
+    }
+}
+
+/// Checks what a `move` or `copy` would add, by measuring its source in the
+/// document it is about to change. A source that does not exist is left for
+/// the operation itself to report.
+fn check_source(
+    index: usize,
+    op: &PatchOperation,
+    doc: &Value,
+    copied: &mut usize,
+    budget: usize,
+) -> Result<(), ApplyError> {
+    let (from, path, is_copy) = match op {
+        PatchOperation::Move(o) => (&o.from, &o.path, false),
+        PatchOperation::Copy(o) => (&o.from, &o.path, true),
+        _ => return Ok(()),
+    };
+    let Some(source) = doc.pointer(from.as_str()) else {
+        return Ok(());
+    };
+    let (depth, values) = measure(source);
+    let depth = path.count() + depth;
+    if depth > MAX_MIRROR_DEPTH {
+        return Err(ApplyError::TooDeep { index, depth });
+    }
+    if is_copy {
+        *copied = copied.saturating_add(values);
+        if *copied > budget {
+            return Err(ApplyError::CopiesTooLarge {
+                index,
+                copied: *copied,
+                budget,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn touches_root(op: &PatchOperation) -> bool {
@@ -47,27 +156,56 @@ fn touches_root(op: &PatchOperation) -> bool {
     }
 }
 
+/// Whether json-patch's in-place, undo-on-failure application cannot be
+/// trusted with `op`: a root operation may leave a non-object; a `move` is
+/// neither atomic there (when its add fails the source is already gone,
+/// with no undo recorded) nor always undoable (the undo of a move to an
+/// ancestor is a move into its own child, which json-patch answers with
+/// `unreachable!`); and what a `move` or `copy` adds can only be measured
+/// one operation at a time, against the document as it then is.
+fn needs_working_copy(op: &PatchOperation) -> bool {
+    matches!(op, PatchOperation::Move(_) | PatchOperation::Copy(_)) || touches_root(op)
+}
+
 /// Parses `patch_json` and applies every operation to `view`, or none.
 ///
-/// Costs O(size of the patch) for patches of `add`, `remove`, `replace`,
-/// `copy` and `test` below the root; a patch with a root operation or a
-/// `move` (which hosts never emit) is applied to a copy of the view, which
-/// replaces the view only if every operation succeeded and the result is a
-/// JSON object.
+/// Costs O(size of the patch) for patches of `add`, `remove`, `replace` and
+/// `test` below the root, which json-patch applies in place and undoes on
+/// failure (their undo cannot fail). A patch with a root operation, a `move`
+/// or a `copy` (none of which hosts emit) is applied to a copy, one
+/// operation at a time without json-patch's undo, and the copy replaces
+/// `view` only if every operation succeeded and the result is an object.
+///
+/// Besides RFC 6902's own failures, a patch is refused if it would nest the
+/// mirror deeper than [`MAX_MIRROR_DEPTH`], or if its copies would add more values
+/// than [`copy_budget`] allows (so that, as with a snapshot, what a patch
+/// adds is bounded by its size).
 pub fn apply_patch(view: &mut Value, patch_json: &str) -> Result<(), ApplyError> {
     let patch: Patch =
         serde_json::from_str(patch_json).map_err(|e| ApplyError::Malformed(e.to_string()))?;
     if patch.0.is_empty() {
         return Ok(());
     }
+    for (index, op) in patch.0.iter().enumerate() {
+        check_static(index, op)?;
+    }
     let to_err = |e: json_patch::PatchError| ApplyError::Operation {
         index: e.operation,
         reason: e.kind.to_string(),
     };
-    if patch.0.iter().any(needs_copy) {
+    if patch.0.iter().any(needs_working_copy) {
+        let budget = copy_budget(patch_json.len());
+        let mut copied = 0;
         let mut copy = view.clone();
-        // The copy is dropped on failure, so nothing needs undoing.
-        json_patch::patch_unsafe(&mut copy, &patch.0).map_err(to_err)?;
+        for (index, op) in patch.0.iter().enumerate() {
+            check_source(index, op, &copy, &mut copied, budget)?;
+            json_patch::patch_unsafe(&mut copy, std::slice::from_ref(op)).map_err(|e| {
+                ApplyError::Operation {
+                    index,
+                    reason: e.kind.to_string(),
+                }
+            })?;
+        }
         if !copy.is_object() {
             return Err(ApplyError::NotAnObject);
         }
@@ -212,5 +350,96 @@ mod tests {
         let mut v = view();
         apply_patch(&mut v, r#"[{"op": "move", "from": "/s/o", "path": "/s"}]"#).unwrap();
         assert_eq!(v, json!({"s": {"k": 1}}));
+    }
+
+    fn refused_unchanged(doc: Value, patch: &str) -> ApplyError {
+        let mut patched = doc.clone();
+        let error = apply_patch(&mut patched, patch).expect_err("the patch must fail");
+        assert_eq!(patched, doc, "a failed patch changed the mirror");
+        error
+    }
+
+    fn nested(levels: usize) -> Value {
+        let mut v = json!(1);
+        for _ in 0..levels {
+            v = json!([v]);
+        }
+        v
+    }
+
+    /// MAX_MIRROR_DEPTH is exactly the nesting serde_json parses, so every mirror a
+    /// patch may build can be sent and read back as a snapshot.
+    #[test]
+    fn max_depth_is_the_deepest_snapshot_serde_json_parses() {
+        let deepest = json!({ "a": nested(MAX_MIRROR_DEPTH - 1) }).to_string();
+        assert!(serde_json::from_str::<Value>(&deepest).is_ok());
+        let deeper = json!({ "a": nested(MAX_MIRROR_DEPTH) }).to_string();
+        assert!(serde_json::from_str::<Value>(&deeper).is_err());
+    }
+
+    /// Repeated adds, each nesting a parseable value below the last, used to
+    /// build a mirror deep enough to overflow the stack of whatever walked it.
+    #[test]
+    fn adds_may_nest_up_to_max_depth_and_no_further() {
+        // A value in patch text sits two levels down, so depth comes from
+        // paths: `/a` holds 100 nested arrays, and the next add goes inside.
+        let inner = format!("/a{}", "/0".repeat(100));
+        let at_limit = json!([
+            {"op": "add", "path": "/a", "value": nested(100)},
+            {"op": "add", "path": inner, "value": nested(MAX_MIRROR_DEPTH - 101)},
+        ]);
+        let mut doc = json!({});
+        apply_patch(&mut doc, &at_limit.to_string()).expect("the limit itself is allowed");
+        let text = doc.to_string();
+        assert_eq!(serde_json::from_str::<Value>(&text).ok(), Some(doc.clone()));
+        let deeper = json!([
+            {"op": "add", "path": "/b", "value": nested(100)},
+            {"op": "add", "path": format!("/b{}", "/0".repeat(100)), "value": nested(MAX_MIRROR_DEPTH - 100)},
+        ]);
+        let error = refused_unchanged(doc, &deeper.to_string());
+        assert_eq!(
+            error,
+            ApplyError::TooDeep {
+                index: 1,
+                depth: MAX_MIRROR_DEPTH + 1
+            }
+        );
+    }
+
+    /// A copy of a subtree into its own leaf doubles its depth per
+    /// operation; it is stopped at the limit too.
+    #[test]
+    fn copies_into_their_own_leaves_stop_at_max_depth() {
+        let mut doc = json!({"a": nested(64)});
+        let leaf = format!("/a{}", "/0".repeat(64));
+        let patch = json!([{"op": "copy", "from": "/a", "path": leaf}]);
+        let error = refused_unchanged(doc.clone(), &patch.to_string());
+        assert!(
+            matches!(error, ApplyError::TooDeep { index: 0, .. }),
+            "{error:?}"
+        );
+        let shallow = json!([{"op": "copy", "from": "/a", "path": "/b"}]);
+        apply_patch(&mut doc, &shallow.to_string()).expect("a shallow copy applies");
+        assert_eq!(doc["a"], doc["b"]);
+    }
+
+    /// Copies that double a subtree used to let a patch of a few hundred
+    /// bytes grow the mirror by gigabytes.
+    #[test]
+    fn copies_may_add_no_more_values_than_the_budget() {
+        let doc = json!({"a": [1, 2, 3, 4, 5, 6, 7, 8]});
+        let ops: Vec<Value> = (0..30)
+            .map(|_| json!({"op": "copy", "from": "/a", "path": "/a/0"}))
+            .collect();
+        let text = Value::Array(ops).to_string();
+        let error = refused_unchanged(doc.clone(), &text);
+        assert!(
+            matches!(error, ApplyError::CopiesTooLarge { budget: 4096, copied, .. } if copied > 4096),
+            "{error:?}"
+        );
+        let mut small = doc;
+        apply_patch(&mut small, r#"[{"op":"copy","from":"/a","path":"/b"}]"#)
+            .expect("a copy within the budget applies");
+        assert_eq!(small["b"], small["a"]);
     }
 }

@@ -6,7 +6,7 @@
 mod apply;
 mod core;
 
-pub use apply::{ApplyError, apply_patch};
+pub use apply::{ApplyError, MAX_MIRROR_DEPTH, apply_patch, copy_budget};
 pub use core::{
     CallId, ClientConfig, ClientCore, ClientError, ClientEvent, Conflict, ConflictReason, Notice,
 };
