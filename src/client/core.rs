@@ -642,12 +642,15 @@ impl ClientCore {
         };
         let current = m.version;
         if patch.base_version == current {
-            if let Err(e) = apply_patch(&mut m.state, &patch.patch_json) {
-                self.conflict(
-                    ConflictReason::PatchApplyFailed,
-                    patch.version,
-                    e.to_string(),
-                );
+            let applied =
+                if patch.version == patch.base_version && !is_empty_array(&patch.patch_json) {
+                    // PC4: a patch that claims to change nothing must not change anything.
+                    Err("a patch whose version equals its base must have no operations".to_owned())
+                } else {
+                    apply_patch(&mut m.state, &patch.patch_json).map_err(|e| e.to_string())
+                };
+            if let Err(detail) = applied {
+                self.conflict(ConflictReason::PatchApplyFailed, patch.version, detail);
                 return self.heal(now, 0, SyncReason::PatchApplyFailed);
             }
             m.version = patch.version;
@@ -822,4 +825,9 @@ impl ClientCore {
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
         self.events.pop_front()
     }
+}
+
+/// Whether `json` is a JSON array with no elements.
+fn is_empty_array(json: &str) -> bool {
+    serde_json::from_str::<Vec<serde::de::IgnoredAny>>(json).is_ok_and(|ops| ops.is_empty())
 }
