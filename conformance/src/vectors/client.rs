@@ -427,10 +427,10 @@ fn check_settled(
         match (&e.ok, &e.error, outcome) {
             (Some(want), None, Ok(got)) if json_eq(want, got) => {}
             (None, Some(code), Err(err)) if err.code.kebab_name() == code => {
-                if let Some(m) = &e.message {
-                    if m != &err.message {
-                        return Err(ctx(format!("message {:?}, expected {m:?}", err.message)));
-                    }
+                if let Some(m) = &e.message
+                    && m != &err.message
+                {
+                    return Err(ctx(format!("message {:?}, expected {m:?}", err.message)));
                 }
             }
             _ => {
@@ -512,18 +512,18 @@ fn check(
             ));
         }
     }
-    if let Some(want) = &expect.epoch {
-        if core.epoch() != Some(want.as_str()) {
-            return Err(format!("epoch is {:?}, expected {want:?}", core.epoch()));
-        }
+    if let Some(want) = &expect.epoch
+        && core.epoch() != Some(want.as_str())
+    {
+        return Err(format!("epoch is {:?}, expected {want:?}", core.epoch()));
     }
-    if let Some(want) = expect.pending {
-        if core.pending_calls() != want {
-            return Err(format!(
-                "{} calls pending, expected {want}",
-                core.pending_calls()
-            ));
-        }
+    if let Some(want) = expect.pending
+        && core.pending_calls() != want
+    {
+        return Err(format!(
+            "{} calls pending, expected {want}",
+            core.pending_calls()
+        ));
     }
     if let Some(want) = &expect.timer_ms {
         let got = core

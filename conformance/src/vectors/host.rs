@@ -4,9 +4,14 @@
 //!
 //! Besides the listed envelopes, the runner keeps a mirror per session built
 //! only from what that session received, so a case can check the content of
-//! patches by their effect (hosts may choose different operations), and it
-//! checks in every step of every case that the private `secret` section's
-//! token never appears in any byte sent.
+//! patches by their effect (hosts may choose different operations). A
+//! session that asks to resume from a version some session was shown starts
+//! its mirror from that view, so resume patches are checked the same way.
+//! In every step of every case the runner also checks that the private
+//! `secret` section's token never appears in any byte sent.
+//!
+//! After each step every session that is not paused is read until the host
+//! has nothing more for it; a paused session models a slow consumer.
 
 use std::collections::BTreeMap;
 

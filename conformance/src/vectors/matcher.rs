@@ -158,17 +158,17 @@ fn match_at(
             Err(format!("{at}: missing, expected {pattern}"))
         };
     };
-    if let (Some(k), Value::String(p), Value::String(a)) = (key, pattern, actual) {
-        if k.ends_with("Json") {
-            return match (
-                serde_json::from_str::<Value>(p),
-                serde_json::from_str::<Value>(a),
-            ) {
-                (Ok(pv), Ok(av)) if json_eq(&pv, &av) => Ok(()),
-                (Err(_), _) if p == a => Ok(()),
-                _ => Err(format!("{at}: expected JSON {p}, got {a}")),
-            };
-        }
+    if let (Some(k), Value::String(p), Value::String(a)) = (key, pattern, actual)
+        && k.ends_with("Json")
+    {
+        return match (
+            serde_json::from_str::<Value>(p),
+            serde_json::from_str::<Value>(a),
+        ) {
+            (Ok(pv), Ok(av)) if json_eq(&pv, &av) => Ok(()),
+            (Err(_), _) if p == a => Ok(()),
+            _ => Err(format!("{at}: expected JSON {p}, got {a}")),
+        };
     }
     match (pattern, actual) {
         (Value::Object(p), Value::Object(a)) => {
