@@ -36,7 +36,11 @@ enum Command {
     /// List every case: role, tier, name, description.
     List,
     /// Print the case catalogue of spec/CONFORMANCE.md, generated from the vectors.
-    Doc,
+    Doc {
+        /// Rewrite the catalogue inside this file instead of printing it.
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
     /// Test a host implementation over gRPC (not yet implemented).
     Host {
         /// The host's address.
@@ -97,9 +101,23 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Doc => {
-            print!("{}", cosystem_conformance::doc::catalogue(&cases));
-            ExitCode::SUCCESS
+        Command::Doc { write } => {
+            let catalogue = cosystem_conformance::doc::catalogue(&cases);
+            let Some(path) = write else {
+                print!("{catalogue}");
+                return ExitCode::SUCCESS;
+            };
+            let spliced = std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|doc| cosystem_conformance::doc::splice(&doc, &catalogue))
+                .and_then(|doc| std::fs::write(&path, doc).map_err(|e| e.to_string()));
+            match spliced {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{}: {e}", path.display());
+                    ExitCode::from(2)
+                }
+            }
         }
         Command::Host { .. } | Command::Client { .. } => ExitCode::from(2),
     }

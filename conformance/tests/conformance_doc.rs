@@ -1,0 +1,40 @@
+//! spec/CONFORMANCE.md must describe exactly the shipped vectors.
+
+use cosystem_conformance::doc;
+use cosystem_conformance::vectors::{self, Case};
+
+fn document() -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../spec/CONFORMANCE.md");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn cases() -> Vec<Case> {
+    vectors::load_dir(&vectors::default_dir()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn every_vector_name_has_an_entry_in_conformance_md() {
+    let doc = document();
+    let missing: Vec<String> = cases()
+        .iter()
+        .map(|c| c.info().name.clone())
+        .filter(|name| !doc.contains(&format!("#### `{name}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "spec/CONFORMANCE.md has no entry for: {}",
+        missing.join(", ")
+    );
+}
+
+#[test]
+fn generated_catalogue_in_conformance_md_matches_the_vectors() {
+    let doc = document();
+    let current = doc::current(&doc).expect("CONFORMANCE.md has the catalogue markers");
+    let expected = doc::catalogue(&cases());
+    assert!(
+        current == expected.trim(),
+        "spec/CONFORMANCE.md's case catalogue is out of date: run \
+         `cargo run -p cosystem-conformance -- doc --write spec/CONFORMANCE.md`"
+    );
+}
