@@ -344,6 +344,11 @@ fn arb_op() -> impl Strategy<Value = Value> {
 fn arb_patch_text() -> impl Strategy<Value = String> {
     prop_oneof![
         8 => prop::collection::vec(arb_op(), 0..6).prop_map(|ops| Value::Array(ops).to_string()),
+        // An add of a member always applies to an object.
+        3 => (arb_key(), arb_json()).prop_map(|(key, value)| {
+            let path = format!("/{}", key.replace('~', "~0").replace('/', "~1"));
+            json!([{"op": "add", "path": path, "value": value}]).to_string()
+        }),
         1 => arb_json().prop_map(|v| v.to_string()),
         1 => "\\PC{0,40}",
     ]
@@ -471,7 +476,7 @@ fn arb_client_bytes() -> impl Strategy<Value = Vec<u8>> {
 /// A structured host message: snapshots, patches and results with arbitrary
 /// versions, epochs and JSON.
 fn arb_host_message() -> impl Strategy<Value = HostMessage> {
-    let version = || prop_oneof![4 => 0u64..6, 1 => any::<u64>()];
+    let version = || prop_oneof![6 => 1u64..4, 1 => Just(0u64), 1 => any::<u64>()];
     let state_json = prop_oneof![
         4 => arb_object().prop_map(|v| v.to_string()),
         1 => arb_json().prop_map(|v| v.to_string()),
@@ -518,9 +523,9 @@ fn arb_host_message() -> impl Strategy<Value = HostMessage> {
     });
     let kind = prop_oneof![3 => snapshot.prop_map(Some), 4 => patch.prop_map(Some), 3 => result.prop_map(Some), 1 => Just(None)];
     let epoch = prop_oneof![
-        Just("e1".to_owned()),
-        Just("e2".to_owned()),
-        Just(String::new())
+        6 => Just("e1".to_owned()),
+        1 => Just("e2".to_owned()),
+        1 => Just(String::new())
     ];
     let header = prop_oneof![
         10 => epoch.prop_map(|epoch| Some(Header::v1(epoch, "", ""))),
@@ -711,7 +716,7 @@ proptest! {
 // ---------------------------------------------------------------------------
 
 proptest! {
-    #![proptest_config(config(64))]
+    #![proptest_config(config(256))]
 
     /// Whatever the host sends (structured or raw bytes), the client never
     /// panics, its mirror is `None` or an object whose version never goes
@@ -726,7 +731,15 @@ proptest! {
         let mut watch = ClientWatch::default();
         for input in inputs {
             match input {
-                HostInput::Message(message) => client.handle_message(now, message),
+                HostInput::Message(message) => {
+                    let is_patch = matches!(message.kind, Some(host_message::Kind::Patch(_)));
+                    let before = (client.epoch().map(str::to_owned), client.version(), client.state().cloned());
+                    client.handle_message(now, message);
+                    // A patch changes the mirror only together with its version.
+                    if is_patch && (client.epoch().map(str::to_owned), client.version()) == (before.0, before.1) {
+                        prop_assert_eq!(client.state(), before.2.as_ref());
+                    }
+                }
                 HostInput::Bytes(bytes) => {
                     if let Ok(message) = HostMessage::decode(bytes.as_slice()) {
                         client.handle_message(now, message);
@@ -874,6 +887,64 @@ fn unundoable_patch_from_host_is_a_conflict_not_a_panic() {
     );
     assert_eq!(client.state(), Some(&json!({"a": {"b": {"c": 1}}})));
     assert_eq!(client.version(), Some(1));
+    let events: Vec<_> = std::iter::from_fn(|| client.poll_event()).collect();
+    assert!(
+        events.iter().any(|e| matches!(e, ClientEvent::Conflict(c) if c.reason == ConflictReason::PatchApplyFailed)),
+        "{events:?}"
+    );
+    let resync = client.poll_transmit().expect("the client asks to resync");
+    assert!(matches!(
+        resync.kind,
+        Some(client_message::Kind::SyncRequest(SyncRequest {
+            have_version: 0,
+            ..
+        }))
+    ));
+}
+
+/// PC4: a patch from a version to itself that carries operations is a
+/// failed patch (the mirror and version stay, the client asks for a
+/// snapshot); it used to be applied, changing the mirror without changing
+/// its version. An empty one is a bookmark and changes nothing.
+#[test]
+fn bookmark_with_operations_is_refused() {
+    use cosystem_worker::client::ConflictReason;
+    let now = Instant::now();
+    let mut client = ClientCore::new(ClientConfig::default(), now);
+    while client.poll_transmit().is_some() {}
+    let header = Some(Header::v1("e1", "", ""));
+    let patch = |patch_json: &str| HostMessage {
+        header: header.clone(),
+        kind: Some(host_message::Kind::Patch(Patch {
+            base_version: 3,
+            version: 3,
+            patch_json: patch_json.into(),
+            sync_id: 0,
+        })),
+    };
+    client.handle_message(
+        now,
+        HostMessage {
+            header: header.clone(),
+            kind: Some(host_message::Kind::Snapshot(Snapshot {
+                version: 3,
+                state_json: r#"{"a":1}"#.into(),
+                sync_id: 1,
+                reason: 2,
+            })),
+        },
+    );
+    while client.poll_event().is_some() {}
+    client.handle_message(now, patch("[]"));
+    assert_eq!(
+        client.poll_event(),
+        None,
+        "a bookmark at the mirror's version is silent"
+    );
+    assert!(client.poll_transmit().is_none());
+    client.handle_message(now, patch(r#"[{"op":"replace","path":"/a","value":2}]"#));
+    assert_eq!(client.state(), Some(&json!({"a": 1})));
+    assert_eq!(client.version(), Some(3));
     let events: Vec<_> = std::iter::from_fn(|| client.poll_event()).collect();
     assert!(
         events.iter().any(|e| matches!(e, ClientEvent::Conflict(c) if c.reason == ConflictReason::PatchApplyFailed)),
