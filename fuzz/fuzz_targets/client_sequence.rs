@@ -138,7 +138,20 @@ fuzz_target!(|steps: Vec<Step>| {
                     patch_json: patch.render(),
                     sync_id: u64::from(sync_id),
                 });
+                let before = (
+                    core.epoch().map(str::to_owned),
+                    core.version(),
+                    core.state().cloned(),
+                );
                 core.handle_message(now, message(epoch, kind));
+                // A patch changes the mirror only together with its version.
+                if (core.epoch().map(str::to_owned), core.version()) == (before.0, before.1) {
+                    assert_eq!(
+                        core.state(),
+                        before.2.as_ref(),
+                        "a patch changed the mirror but not its version"
+                    );
+                }
             }
             Step::Result {
                 epoch,

@@ -221,13 +221,6 @@ impl ClientWatch {
         self.made.insert(id);
     }
 
-    /// Calls made so far, in order.
-    pub fn made(&self) -> Vec<CallId> {
-        let mut made: Vec<CallId> = self.made.iter().copied().collect();
-        made.sort();
-        made
-    }
-
     /// Disposes the client and checks that every call settled exactly once.
     pub fn finish(&mut self, client: &mut ClientCore) {
         client.dispose();
