@@ -13,4 +13,5 @@ pub mod app;
 pub mod client;
 pub mod demo;
 pub mod host;
+pub mod transport;
 pub mod wire;

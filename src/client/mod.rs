@@ -1,12 +1,18 @@
 //! The client: mirrors a host's published view and delegates calls to it.
 //!
-//! [`ClientCore`] is the sans-IO state machine; the async driver that runs it
-//! over a transport lives beside it.
+//! [`ClientCore`] is the sans-IO state machine; [`Client`] drives it over a
+//! transport on tokio.
 
 mod apply;
+mod call;
 mod core;
+mod driver;
+mod watch;
 
 pub use apply::{ApplyError, MAX_MIRROR_DEPTH, apply_patch, copy_budget};
+pub use call::{CallFuture, CallOptions, ModuleHandle};
 pub use core::{
     CallId, ClientConfig, ClientCore, ClientError, ClientEvent, Conflict, ConflictReason, Notice,
 };
+pub use driver::{CallOutcome, Client, Reconnect};
+pub use watch::{Watch, WatchHandle, WatchOptions};

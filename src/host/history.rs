@@ -96,6 +96,7 @@ impl History {
     }
 
     /// How many entries are held.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }

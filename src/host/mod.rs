@@ -5,10 +5,12 @@
 
 mod config;
 mod core;
+mod driver;
 mod history;
 
 pub use config::{HostConfig, HostLimits, SyncMode};
 pub use core::{HostCore, HostEvent, InputError, PeerKey, PeerOptions};
+pub use driver::{DEFAULT_BOOKMARK_INTERVAL, Host, HostBuilder, Session};
 
 /// A new epoch: 128 bits, hex, different for every call in practice.
 ///

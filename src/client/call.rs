@@ -1,0 +1,143 @@
+//! Call futures and module handles.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::CallId;
+use super::driver::{CallOutcome, Client};
+use crate::app::MethodError;
+use crate::wire::ErrorCode;
+
+/// Per-call options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallOptions {
+    /// Settle `deadline-exceeded` if the call has not settled this long after
+    /// it started (waiting for the mirror to catch up included).
+    pub timeout: Option<Duration>,
+}
+
+/// A pending call. Resolves to the method's value or error once the mirror
+/// has reached the state the call produced. Dropping it before it resolves
+/// cancels the call (it settles `cancelled`; if it was already sent, the host
+/// may still run it).
+pub struct CallFuture {
+    client: Client,
+    id: Option<CallId>,
+    receiver: Option<oneshot::Receiver<CallOutcome>>,
+    immediate: Option<MethodError>,
+}
+
+impl CallFuture {
+    pub(super) fn start(
+        client: Client,
+        module: &str,
+        method: &str,
+        args: Vec<Value>,
+        options: CallOptions,
+    ) -> Self {
+        let deadline = options.timeout.map(|t| (Instant::now() + t).into_std());
+        let shared = client.shared().clone();
+        let (sender, receiver) = oneshot::channel();
+        let started = {
+            let mut core = shared.core();
+            let started = core.call(module, method, &args, deadline);
+            // Registered while the core is locked, so the outcome cannot be
+            // dispatched before its receiver exists.
+            if let Ok(id) = started {
+                shared.register_call(id, sender);
+            }
+            started
+        };
+        shared.wake();
+        match started {
+            Ok(id) => Self {
+                client,
+                id: Some(id),
+                receiver: Some(receiver),
+                immediate: None,
+            },
+            Err(error) => Self {
+                client,
+                id: None,
+                receiver: None,
+                immediate: Some(error.into()),
+            },
+        }
+    }
+
+    /// The call's id, unless it was refused before being made.
+    pub fn id(&self) -> Option<CallId> {
+        self.id
+    }
+}
+
+impl Future for CallFuture {
+    type Output = CallOutcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(error) = self.immediate.take() {
+            return Poll::Ready(Err(error));
+        }
+        let Some(receiver) = self.receiver.as_mut() else {
+            return Poll::Ready(Err(MethodError::internal("call future polled after completion")));
+        };
+        match Pin::new(receiver).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(result) => {
+                self.receiver = None;
+                self.id = None;
+                Poll::Ready(result.unwrap_or_else(|_| {
+                    Err(MethodError::new(ErrorCode::Disposed, "the client was disposed"))
+                }))
+            }
+        }
+    }
+}
+
+impl Drop for CallFuture {
+    fn drop(&mut self) {
+        if let (Some(id), Some(_)) = (self.id, self.receiver.as_ref()) {
+            let shared = self.client.shared();
+            if shared.core().cancel(id) {
+                shared.dispatch();
+            }
+        }
+    }
+}
+
+/// Calls the methods of one module by name.
+#[derive(Clone)]
+pub struct ModuleHandle {
+    client: Client,
+    name: String,
+}
+
+impl ModuleHandle {
+    pub(super) fn new(client: Client, name: &str) -> Self {
+        Self {
+            client,
+            name: name.to_owned(),
+        }
+    }
+
+    /// The module's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Calls `method` with positional `args`; see [`Client::call`].
+    pub fn call(&self, method: &str, args: Vec<Value>) -> CallFuture {
+        self.client.call(&self.name, method, args)
+    }
+
+    /// Calls `method` with options; see [`Client::call_with`].
+    pub fn call_with(&self, method: &str, args: Vec<Value>, options: CallOptions) -> CallFuture {
+        self.client.call_with(&self.name, method, args, options)
+    }
+}

@@ -1,0 +1,410 @@
+//! The async client: a [`ClientCore`] driven by a tokio task over a
+//! transport, with reconnection.
+//!
+//! The driver task owns the link; API calls lock the core briefly, queue
+//! their input and wake the driver. Events are dispatched by whoever drained
+//! them: call outcomes to their futures, state changes to watchers,
+//! conflicts and everything else to broadcast subscribers.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::sync::{Notify, broadcast, oneshot, watch};
+use tokio::time::Instant;
+
+use super::call::{CallFuture, CallOptions, ModuleHandle};
+use super::watch::{Watch, WatchHandle, WatchOptions};
+use super::{CallId, ClientConfig, ClientCore, ClientEvent, Conflict};
+use crate::app::MethodError;
+use crate::transport::{ClientLink, Connector, TransportError};
+use crate::wire::ErrorCode;
+
+/// What a call settles with.
+pub type CallOutcome = Result<Value, MethodError>;
+
+/// How the client reconnects after its link fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reconnect {
+    /// First wait after a failure.
+    pub initial: Duration,
+    /// Longest wait between attempts; the wait doubles up to it.
+    pub max: Duration,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(5),
+        }
+    }
+}
+
+pub(super) struct Shared {
+    core: Mutex<ClientCore>,
+    wake: Notify,
+    calls: Mutex<HashMap<CallId, oneshot::Sender<CallOutcome>>>,
+    changes: watch::Sender<u64>,
+    ready: watch::Sender<bool>,
+    connected: watch::Sender<bool>,
+    events: broadcast::Sender<ClientEvent>,
+    conflicts: broadcast::Sender<Conflict>,
+    stopped: AtomicBool,
+}
+
+impl Shared {
+    pub(super) fn core(&self) -> MutexGuard<'_, ClientCore> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drains the core's events and hands each to whoever waits for it.
+    pub(super) fn dispatch(&self) {
+        let events: Vec<ClientEvent> = {
+            let mut core = self.core();
+            std::iter::from_fn(|| core.poll_event()).collect()
+        };
+        for event in events {
+            match &event {
+                ClientEvent::Settled { call, outcome, .. } => {
+                    let sender = self
+                        .calls
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(call);
+                    if let Some(sender) = sender {
+                        let _ = sender.send(outcome.clone());
+                    }
+                }
+                ClientEvent::Ready { .. } => {
+                    self.ready.send_replace(true);
+                }
+                ClientEvent::StateChanged { .. } => {
+                    self.changes.send_modify(|n| *n += 1);
+                }
+                ClientEvent::Conflict(conflict) => {
+                    tracing::debug!(?conflict, "sync conflict");
+                    let _ = self.conflicts.send(conflict.clone());
+                }
+                _ => {}
+            }
+            let _ = self.events.send(event);
+        }
+    }
+
+    pub(super) fn register_call(&self, id: CallId, sender: oneshot::Sender<CallOutcome>) {
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, sender);
+    }
+
+    pub(super) fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// The handles' shared part: when the last [`Client`] handle is dropped, the
+/// client is disposed and its driver stops.
+struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        dispose(&self.shared);
+    }
+}
+
+fn dispose(shared: &Shared) {
+    shared.core().dispose();
+    shared.dispatch();
+    stop(shared);
+}
+
+/// A client: a mirror of a host's published view and a proxy for calls.
+///
+/// Cloning gives another handle to the same client. The client is disposed
+/// when [`Client::dispose`] is called or the last handle is dropped.
+#[derive(Clone)]
+pub struct Client {
+    handle: Arc<Handle>,
+}
+
+impl Client {
+    /// Starts a client over `connector` and spawns its driver on the current
+    /// tokio runtime. It asks for a snapshot as soon as it connects.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn new(connector: impl Connector, config: ClientConfig) -> Self {
+        Self::with_reconnect(connector, config, Reconnect::default())
+    }
+
+    /// Like [`Client::new`], with a reconnection policy.
+    pub fn with_reconnect(connector: impl Connector, config: ClientConfig, reconnect: Reconnect) -> Self {
+        let core = ClientCore::new(config, Instant::now().into_std());
+        let shared = Arc::new(Shared {
+            core: Mutex::new(core),
+            wake: Notify::new(),
+            calls: Mutex::new(HashMap::new()),
+            changes: watch::channel(0).0,
+            ready: watch::channel(false).0,
+            connected: watch::channel(false).0,
+            events: broadcast::channel(1024).0,
+            conflicts: broadcast::channel(256).0,
+            stopped: AtomicBool::new(false),
+        });
+        tokio::spawn(drive(shared.clone(), Box::new(connector), reconnect));
+        Self {
+            handle: Arc::new(Handle { shared }),
+        }
+    }
+
+    pub(super) fn shared(&self) -> &Arc<Shared> {
+        &self.handle.shared
+    }
+
+    /// Resolves once the first snapshot has arrived. Fails with `disposed`
+    /// if the client is disposed first, or `unavailable` if its transport
+    /// closed for good first.
+    pub async fn ready(&self) -> Result<(), MethodError> {
+        let mut ready = self.shared().ready.subscribe();
+        loop {
+            if *ready.borrow_and_update() {
+                return Ok(());
+            }
+            if self.shared().stopped.load(Ordering::Acquire) {
+                return Err(if self.shared().core().is_disposed() {
+                    MethodError::new(ErrorCode::Disposed, "the client was disposed")
+                } else {
+                    MethodError::new(ErrorCode::Unavailable, "the transport closed")
+                });
+            }
+            if ready.changed().await.is_err() {
+                return Err(MethodError::new(ErrorCode::Unavailable, "the client stopped"));
+            }
+        }
+    }
+
+    /// Whether the first snapshot has arrived.
+    pub fn is_ready(&self) -> bool {
+        *self.shared().ready.borrow()
+    }
+
+    /// Whether the transport is currently connected.
+    pub fn is_connected(&self) -> bool {
+        *self.shared().connected.borrow()
+    }
+
+    /// The mirror's version (`None` before the first snapshot).
+    pub fn version(&self) -> Option<u64> {
+        self.shared().core().version()
+    }
+
+    /// The epoch of the host the mirror follows.
+    pub fn epoch(&self) -> Option<String> {
+        self.shared().core().epoch().map(str::to_owned)
+    }
+
+    /// A copy of the mirrored view (`None` before the first snapshot).
+    pub fn state(&self) -> Option<Value> {
+        self.shared().core().state().cloned()
+    }
+
+    /// Reads derived state synchronously, without copying the view.
+    pub fn select<T>(&self, selector: impl FnOnce(&Value) -> T) -> Option<T> {
+        self.shared().core().state().map(selector)
+    }
+
+    /// Watches `selector`: yields its value each time the mirror changes and
+    /// the value differs from the last one yielded. Dropping the watch
+    /// unsubscribes.
+    pub fn watch<T, F>(&self, selector: F) -> Watch<T, F>
+    where
+        T: PartialEq + Clone,
+        F: Fn(&Value) -> T,
+    {
+        Watch::new(self.clone(), selector, WatchOptions::default())
+    }
+
+    /// Like [`Client::watch`], with custom equality and an "immediate" option.
+    pub fn watch_with<T, F>(&self, selector: F, options: WatchOptions<T>) -> Watch<T, F>
+    where
+        T: Clone,
+        F: Fn(&Value) -> T,
+    {
+        Watch::new(self.clone(), selector, options)
+    }
+
+    /// Calls `listener` with each new value of `selector` on a task of its
+    /// own, until the returned handle is dropped or unsubscribed.
+    pub fn watch_fn<T, F, L>(&self, selector: F, options: WatchOptions<T>, listener: L) -> WatchHandle
+    where
+        T: Clone + Send + 'static,
+        F: Fn(&Value) -> T + Send + 'static,
+        L: FnMut(T) + Send + 'static,
+    {
+        WatchHandle::spawn(Watch::new(self.clone(), selector, options), listener)
+    }
+
+    pub(super) fn shared_stopped(&self) -> bool {
+        self.shared().stopped.load(Ordering::Acquire)
+    }
+
+    /// Subscribes to change notifications (the counter increases on every
+    /// change of the mirror).
+    pub(super) fn changes(&self) -> watch::Receiver<u64> {
+        self.shared().changes.subscribe()
+    }
+
+    /// Calls `module.method` with positional `args` and settles after the
+    /// mirror has caught up with the state the call produced.
+    ///
+    /// Dropping the future cancels the call.
+    pub fn call(&self, module: &str, method: &str, args: Vec<Value>) -> CallFuture {
+        self.call_with(module, method, args, CallOptions::default())
+    }
+
+    /// Like [`Client::call`], with options such as a timeout.
+    pub fn call_with(
+        &self,
+        module: &str,
+        method: &str,
+        args: Vec<Value>,
+        options: CallOptions,
+    ) -> CallFuture {
+        CallFuture::start(self.clone(), module, method, args, options)
+    }
+
+    /// A handle on one module, for calling its methods by name.
+    pub fn module(&self, name: &str) -> ModuleHandle {
+        ModuleHandle::new(self.clone(), name)
+    }
+
+    /// Sync conflicts as they are detected (each also starts healing).
+    pub fn conflicts(&self) -> broadcast::Receiver<Conflict> {
+        self.shared().conflicts.subscribe()
+    }
+
+    /// Every event of the protocol core (low-level subscription).
+    pub fn events(&self) -> broadcast::Receiver<ClientEvent> {
+        self.shared().events.subscribe()
+    }
+
+    /// Rejects every pending call with `disposed`, stops the driver and
+    /// closes the transport. Idempotent.
+    pub fn dispose(&self) {
+        dispose(self.shared());
+    }
+}
+
+async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Reconnect) {
+    let mut backoff = policy.initial;
+    let mut first = true;
+    while !shared.stopped.load(Ordering::Acquire) {
+        // Only a stop may interrupt a connect: a connector may already have
+        // handed over a link that a dropped future would lose.
+        let link = tokio::select! {
+            link = connector.connect() => link,
+            _ = wait_stopped(&shared) => break,
+        };
+        match link {
+            Ok(link) => {
+                backoff = policy.initial;
+                if !first {
+                    shared.core().reconnected(Instant::now().into_std());
+                }
+                first = false;
+                shared.connected.send_replace(true);
+                let result = run_link(&shared, link).await;
+                shared.connected.send_replace(false);
+                if shared.stopped.load(Ordering::Acquire) {
+                    break;
+                }
+                tracing::debug!(?result, "link ended");
+                shared.core().connection_lost();
+                shared.dispatch();
+            }
+            Err(TransportError::Closed) => {
+                tracing::debug!("transport closed for good");
+                break;
+            }
+            Err(error) => {
+                tracing::debug!(%error, ?backoff, "connect failed; retrying");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = wait_stopped(&shared) => {}
+        }
+        backoff = (backoff * 2).min(policy.max);
+    }
+    // No link will come back: whatever is still pending cannot complete.
+    shared.core().connection_lost();
+    shared.dispatch();
+    stop(&shared);
+}
+
+/// Marks the client stopped and wakes everything that waits on it.
+fn stop(shared: &Shared) {
+    shared.stopped.store(true, Ordering::Release);
+    shared.connected.send_replace(false);
+    shared.ready.send_modify(|_| {});
+    shared.changes.send_modify(|n| *n += 1);
+    shared.wake();
+}
+
+async fn wait_stopped(shared: &Shared) {
+    while !shared.stopped.load(Ordering::Acquire) {
+        shared.wake.notified().await;
+    }
+}
+
+/// Runs one link until it fails or the client stops.
+async fn run_link(shared: &Shared, link: ClientLink) -> Result<(), TransportError> {
+    let ClientLink {
+        mut sink,
+        mut stream,
+    } = link;
+    loop {
+        // Flush everything the core wants to send.
+        loop {
+            let next = shared.core().poll_transmit();
+            let Some(message) = next else { break };
+            sink.feed(message).await?;
+        }
+        sink.flush().await?;
+        shared.dispatch();
+        if shared.stopped.load(Ordering::Acquire) {
+            let _ = sink.close().await;
+            return Ok(());
+        }
+        let deadline = shared.core().poll_timeout();
+        let timer = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            item = stream.next() => match item {
+                Some(Ok(message)) => {
+                    shared.core().handle_message(Instant::now().into_std(), message);
+                    // Drain whatever else is already buffered before flushing.
+                    while let Some(Some(item)) = futures::FutureExt::now_or_never(stream.next()) {
+                        let message = item?;
+                        shared.core().handle_message(Instant::now().into_std(), message);
+                    }
+                }
+                Some(Err(error)) => return Err(error),
+                None => return Ok(()),
+            },
+            _ = shared.wake.notified() => {}
+            _ = timer => shared.core().handle_timeout(Instant::now().into_std()),
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! The async host: a [`HostCore`] shared by every session, driven by tokio.
+//!
+//! Each session pulls its output at its own pace ([`Session::next_frame`]);
+//! a publication only wakes sessions, it never copies state into them. A
+//! session that stops reading therefore costs the host nothing until it falls
+//! out of the history window, after which it is sent one coalescing snapshot.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use super::{
+    HostConfig, HostCore, HostEvent, HostLimits, InputError, PeerKey, PeerOptions, SyncMode,
+    new_epoch,
+};
+use crate::app::{App, MethodError};
+use crate::transport::HostLink;
+use crate::wire::{ClientMessage, HostFrame};
+
+/// How often an idle host tells its clients its version, by default.
+pub const DEFAULT_BOOKMARK_INTERVAL: Duration = Duration::from_secs(5);
+
+struct Shared {
+    core: Mutex<HostCore>,
+    wakers: Mutex<HashMap<PeerKey, Arc<Notify>>>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    fn core(&self) -> MutexGuard<'_, HostCore> {
+        // A panic while holding the lock can only come from a bug in the
+        // core itself (module panics are caught inside it); the core's state
+        // is still consistent, so keep serving.
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake_all(&self) {
+        let wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        for waker in wakers.values() {
+            waker.notify_one();
+        }
+    }
+
+    /// Drains the core's events: logs them and wakes sessions that may have
+    /// output.
+    fn drain_events(&self, core: &mut HostCore) -> bool {
+        let mut published = false;
+        while let Some(event) = core.poll_event() {
+            match event {
+                HostEvent::Published { .. } => published = true,
+                HostEvent::MethodPanicked {
+                    module,
+                    method,
+                    message,
+                } => tracing::warn!(%module, %method, %message, "method panicked; call answered internal"),
+            }
+        }
+        published
+    }
+}
+
+/// A running host. Cloning gives another handle to the same host.
+#[derive(Clone)]
+pub struct Host {
+    shared: Arc<Shared>,
+}
+
+/// Builds a [`Host`].
+pub struct HostBuilder {
+    app: App,
+    config: HostConfig,
+    epoch: Option<String>,
+    bookmark_interval: Option<Duration>,
+}
+
+impl HostBuilder {
+    /// Publish with this sync mode (default: snapshot).
+    pub fn sync(mut self, sync: SyncMode) -> Self {
+        self.config.sync = sync;
+        self
+    }
+
+    /// Publish only these modules' state; calls still reach every module.
+    pub fn sections<I, S>(mut self, sections: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.sections = Some(sections.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The host's peer id (default `host`).
+    pub fn peer_id(mut self, peer_id: impl Into<String>) -> Self {
+        self.config.peer_id = peer_id.into();
+        self
+    }
+
+    /// The capability token written on everything the host sends.
+    pub fn capability(mut self, token: impl Into<String>) -> Self {
+        self.config.capability = token.into();
+        self
+    }
+
+    /// Limits (see [`HostLimits`] for defaults).
+    pub fn limits(mut self, limits: HostLimits) -> Self {
+        self.config.limits = limits;
+        self
+    }
+
+    /// A fixed epoch instead of a fresh random one (tests, replays).
+    pub fn epoch(mut self, epoch: impl Into<String>) -> Self {
+        self.epoch = Some(epoch.into());
+        self
+    }
+
+    /// Send bookmarks on this interval (default 5 s); `None` disables them.
+    pub fn bookmark_interval(mut self, interval: Option<Duration>) -> Self {
+        self.bookmark_interval = interval;
+        self
+    }
+
+    /// Starts the host. Bookmarks need a tokio runtime; outside one they are
+    /// not sent.
+    pub fn build(self) -> Host {
+        let epoch = self.epoch.unwrap_or_else(new_epoch);
+        let core = HostCore::new(self.config, self.app, epoch);
+        let host = Host {
+            shared: Arc::new(Shared {
+                core: Mutex::new(core),
+                wakers: Mutex::new(HashMap::new()),
+                closed: std::sync::atomic::AtomicBool::new(false),
+            }),
+        };
+        if let (Some(interval), Ok(runtime)) =
+            (self.bookmark_interval, tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(bookmarks(Arc::downgrade(&host.shared), interval));
+        }
+        host
+    }
+}
+
+async fn bookmarks(shared: Weak<Shared>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let mut core = shared.core();
+        core.bookmark();
+        shared.drain_events(&mut core);
+        drop(core);
+        shared.wake_all();
+    }
+}
+
+impl Host {
+    /// A builder for a host running `app`.
+    pub fn builder(app: App) -> HostBuilder {
+        HostBuilder {
+            app,
+            config: HostConfig {
+                peer_id: "host".to_owned(),
+                ..HostConfig::default()
+            },
+            epoch: None,
+            bookmark_interval: Some(DEFAULT_BOOKMARK_INTERVAL),
+        }
+    }
+
+    /// The host's epoch.
+    pub fn epoch(&self) -> String {
+        self.shared.core().epoch().to_owned()
+    }
+
+    /// The current version of the published view.
+    pub fn version(&self) -> u64 {
+        self.shared.core().version()
+    }
+
+    /// The published view.
+    pub fn view(&self) -> Value {
+        self.shared.core().view()
+    }
+
+    /// A module's committed state, published or not.
+    pub fn module_state(&self, module: &str) -> Option<Value> {
+        self.shared.core().module_state(module).cloned()
+    }
+
+    /// How many sessions are open.
+    pub fn session_count(&self) -> usize {
+        self.shared.core().peer_count()
+    }
+
+    /// Runs a method on the host itself, as one commit, and publishes it.
+    pub fn invoke(&self, module: &str, method: &str, args: &[Value]) -> Result<Value, MethodError> {
+        let mut core = self.shared.core();
+        let result = core.invoke(module, method, args);
+        let published = self.shared.drain_events(&mut core);
+        drop(core);
+        if published {
+            self.shared.wake_all();
+        }
+        result
+    }
+
+    /// Opens a session; the caller moves envelopes between it and a channel.
+    /// Most callers want [`Host::serve`] instead.
+    pub fn open_session(&self, options: PeerOptions) -> Result<Session, InputError> {
+        if self.shared.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(InputError::UnknownPeer);
+        }
+        let key = self.shared.core().connect(options)?;
+        let notify = Arc::new(Notify::new());
+        self.shared
+            .wakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, notify.clone());
+        Ok(Session {
+            shared: self.shared.clone(),
+            key,
+            notify,
+        })
+    }
+
+    /// Serves one session over `link` until either side closes it, the
+    /// session misbehaves beyond recovery, or the host shuts down.
+    pub async fn serve(&self, link: HostLink) -> Result<(), InputError> {
+        let HostLink {
+            peer_id,
+            mut sink,
+            mut stream,
+        } = link;
+        let session = self.open_session(PeerOptions {
+            peer_id: peer_id.clone(),
+            publications: true,
+        })?;
+        let reader = async {
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(message) => {
+                        if let Err(error) = session.handle(message) {
+                            if error.is_fatal() {
+                                tracing::warn!(peer = %peer_id, %error, "closing session");
+                                return Err(error);
+                            }
+                            tracing::debug!(peer = %peer_id, %error, "ignored input");
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(peer = %peer_id, %error, "session read failed");
+                        return Ok(());
+                    }
+                }
+            }
+            Ok(())
+        };
+        let writer = async {
+            while let Some(frame) = session.next_frame().await {
+                if sink.send(frame).await.is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        };
+        tokio::select! {
+            result = reader => result,
+            result = writer => result,
+        }
+    }
+
+    /// Stops serving: every session ends and new ones are refused.
+    pub fn shutdown(&self) {
+        self.shared
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.shared.wake_all();
+    }
+}
+
+/// One client session of a [`Host`]. Dropping it disconnects the session.
+pub struct Session {
+    shared: Arc<Shared>,
+    key: PeerKey,
+    notify: Arc<Notify>,
+}
+
+impl Session {
+    /// Handles one envelope from the client.
+    pub fn handle(&self, message: ClientMessage) -> Result<(), InputError> {
+        self.with_core(|core| core.handle_message(self.key, message))
+    }
+
+    /// Decodes and handles one encoded envelope from the client.
+    pub fn handle_bytes(&self, bytes: &[u8]) -> Result<(), InputError> {
+        self.with_core(|core| core.handle_bytes(self.key, bytes))
+    }
+
+    fn with_core<T>(&self, f: impl FnOnce(&mut HostCore) -> T) -> T {
+        let mut core = self.shared.core();
+        let result = f(&mut core);
+        let published = self.shared.drain_events(&mut core);
+        drop(core);
+        if published {
+            self.shared.wake_all();
+        } else {
+            self.notify.notify_one();
+        }
+        result
+    }
+
+    /// The next envelope for this client, waiting until there is one.
+    /// `None` once the host has shut down.
+    pub async fn next_frame(&self) -> Option<HostFrame> {
+        loop {
+            if self.shared.closed.load(std::sync::atomic::Ordering::Acquire) {
+                return None;
+            }
+            if let Some(frame) = self.shared.core().poll_transmit(self.key) {
+                return Some(frame);
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    /// The next envelope for this client if one is ready now.
+    pub fn try_next_frame(&self) -> Option<HostFrame> {
+        self.shared.core().poll_transmit(self.key)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.shared.core().disconnect(self.key);
+        self.shared
+            .wakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
+}
