@@ -219,7 +219,7 @@ fn sync_with_have_zero_is_answered_with_a_snapshot_to_the_requester_only() {
     assert_eq!(header.protocol_version, 1);
     assert_eq!(header.epoch, EPOCH);
     assert_eq!(header.source, HOST);
-    assert_eq!(header.target, "a");
+    assert_eq!(header.target, "client");
     let snapshot = snapshot_of(&reply[0]).unwrap();
     assert_eq!(snapshot.version, 1);
     assert_eq!(snapshot.sync_id, 7);
@@ -317,7 +317,7 @@ fn sync_inside_the_window_resumes_with_one_patch_concatenating_every_version() {
             sync(&mut h, a, EPOCH, have, 100 + have);
             let reply = frames(&mut h, a);
             assert_eq!(reply.len(), 1, "{mode:?}");
-            assert_eq!(target(&reply[0]), "a");
+            assert_eq!(target(&reply[0]), "client");
             let patch = patch_of(&reply[0]).expect("a resume patch");
             assert_eq!(patch.base_version, have);
             assert_eq!(patch.version, current);
@@ -348,7 +348,7 @@ fn sync_at_the_current_version_is_answered_with_a_bookmark() {
         sync(&mut h, a, EPOCH, 2, 5);
         let reply = frames(&mut h, a);
         assert_eq!(reply.len(), 1);
-        assert_eq!(target(&reply[0]), "a");
+        assert_eq!(target(&reply[0]), "client");
         assert_eq!(
             patch_of(&reply[0]),
             Some(&Patch {
@@ -511,7 +511,7 @@ fn a_result_is_never_transmitted_before_the_publication_of_its_version() {
         let result = result_of(&out[result_at]).unwrap();
         assert_eq!((result.call_id, result.state_version), (1, 2));
         assert_eq!(value(result), json!(5));
-        assert_eq!(target(&out[result_at]), "a");
+        assert_eq!(target(&out[result_at]), "client");
         let published_before: Vec<u64> = out[..result_at]
             .iter()
             .filter_map(|f| match kind(f) {
@@ -1116,7 +1116,7 @@ fn slow_session_gets_one_overflow_snapshot_then_live_patches_while_others_get_ev
     assert_eq!(overflow.version, 12);
     assert_eq!(overflow.reason, SnapshotReason::Overflow as i32);
     assert_eq!(overflow.sync_id, 0);
-    assert_eq!(target(&out[0]), "slow");
+    assert_eq!(target(&out[0]), "client");
     assert_eq!(state(overflow), h.view());
     let result = result_of(&out[1]).expect("then its result");
     assert_eq!((result.call_id, result.state_version), (1, 2));
@@ -1607,4 +1607,19 @@ proptest! {
         let mode = if patch_mode { SyncMode::Patch } else { SyncMode::Snapshot };
         converge(mode, window, ops)?;
     }
+}
+
+#[test]
+fn results_and_sync_answers_are_addressed_to_the_requesters_source() {
+    let mut h = demo_host(SyncMode::Patch);
+    let peer = connect(&mut h, "transport-label");
+    let mut sync = sync_msg("", 0, 1);
+    sync.header.as_mut().unwrap().source = "tab-7".to_owned();
+    h.handle_message(peer, sync).unwrap();
+    let mut call = call_msg(EPOCH, 1, "counter", "increase", "[1]");
+    call.header.as_mut().unwrap().source = "tab-8".to_owned();
+    h.handle_message(peer, call).unwrap();
+    let out = frames(&mut h, peer);
+    let targets: Vec<&str> = out.iter().map(target).collect();
+    assert_eq!(targets, vec!["tab-7", "", "tab-8"]);
 }

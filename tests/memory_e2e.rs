@@ -43,19 +43,32 @@ async fn seed_counter_example_call_select_watch_unsubscribe_dispose() {
     });
     let mut watch = client.watch(count);
 
-    let value = client.module("counter").call("increase", vec![json!(1)]).await.unwrap();
+    let value = client
+        .module("counter")
+        .call("increase", vec![json!(1)])
+        .await
+        .unwrap();
     assert_eq!(value, json!(1));
     // Read-your-writes: the mirror already shows the call's effect.
     assert_eq!(client.select(count), Some(1));
     assert_eq!(watch.changed().await, Some(1));
 
     handle.unsubscribe();
-    client.call("counter", "increase", vec![json!(2)]).await.unwrap();
+    client
+        .call("counter", "increase", vec![json!(2)])
+        .await
+        .unwrap();
     assert_eq!(watch.changed().await, Some(3));
-    assert!(seen.lock().unwrap().iter().all(|v| *v == 1), "listener ran after unsubscribe");
+    assert!(
+        seen.lock().unwrap().iter().all(|v| *v == 1),
+        "listener ran after unsubscribe"
+    );
 
     client.dispose();
-    let err = client.call("counter", "increase", vec![json!(1)]).await.unwrap_err();
+    let err = client
+        .call("counter", "increase", vec![json!(1)])
+        .await
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::Disposed);
     assert_eq!(watch.changed().await, None);
 }
@@ -65,10 +78,19 @@ async fn snapshot_mode_mirrors_every_commit() {
     let host = demo_host(SyncMode::Snapshot);
     let client = connect(&host);
     client.ready().await.unwrap();
-    let id = client.call("todos", "add", vec![json!("milk")]).await.unwrap();
-    client.call("todos", "toggle", vec![id.clone()]).await.unwrap();
+    let id = client
+        .call("todos", "add", vec![json!("milk")])
+        .await
+        .unwrap();
+    client
+        .call("todos", "toggle", vec![id.clone()])
+        .await
+        .unwrap();
     assert_eq!(client.state(), Some(host.view()));
-    assert_eq!(client.select(|s| s["todos"]["items"][0]["done"].clone()), Some(json!(true)));
+    assert_eq!(
+        client.select(|s| s["todos"]["items"][0]["done"].clone()),
+        Some(json!(true))
+    );
     assert_eq!(client.version(), Some(host.version()));
 }
 
@@ -76,7 +98,8 @@ async fn snapshot_mode_mirrors_every_commit() {
 async fn client_created_after_host_commits_becomes_ready_with_current_state() {
     let host = demo_host(SyncMode::Patch);
     host.invoke("counter", "increase", &[json!(5)]).unwrap();
-    host.invoke("todos", "add_many", &[json!(["a", "b", "c"])]).unwrap();
+    host.invoke("todos", "add_many", &[json!(["a", "b", "c"])])
+        .unwrap();
     let late = connect(&host);
     late.ready().await.unwrap();
     assert_eq!(late.version(), Some(3));
@@ -100,7 +123,10 @@ async fn every_client_sees_calls_made_by_another() {
 async fn unknown_module_and_method_are_not_found() {
     let host = demo_host(SyncMode::Patch);
     let client = connect(&host);
-    let err = client.call("nope", "increase", vec![json!(1)]).await.unwrap_err();
+    let err = client
+        .call("nope", "increase", vec![json!(1)])
+        .await
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::NotFound);
     let err = client.call("counter", "explode", vec![]).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::NotFound);
@@ -110,8 +136,16 @@ async fn unknown_module_and_method_are_not_found() {
 async fn invalid_arguments_are_rejected_without_changing_state() {
     let host = demo_host(SyncMode::Patch);
     let client = connect(&host);
-    for args in [vec![], vec![json!("one")], vec![json!(1), json!(2)], vec![json!(1.5)]] {
-        let err = client.call("counter", "increase", args.clone()).await.unwrap_err();
+    for args in [
+        vec![],
+        vec![json!("one")],
+        vec![json!(1), json!(2)],
+        vec![json!(1.5)],
+    ] {
+        let err = client
+            .call("counter", "increase", args.clone())
+            .await
+            .unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidArgument, "args {args:?}");
     }
     assert_eq!(host.version(), 1);
@@ -127,7 +161,10 @@ async fn method_error_is_delivered_after_the_mirror_caught_up() {
     // error names the current version, so the client must have caught up
     // with the host-side commit before the error is delivered.
     host.invoke("counter", "increase", &[json!(4)]).unwrap();
-    let err = client.call("counter", "fail", vec![json!("nope")]).await.unwrap_err();
+    let err = client
+        .call("counter", "fail", vec![json!("nope")])
+        .await
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::Failed);
     assert_eq!(err.message, "nope");
     assert_eq!(client.select(count), Some(4));
@@ -139,21 +176,31 @@ async fn panicking_method_is_internal_error_and_host_keeps_serving() {
     struct Boom {
         n: i64,
     }
-    let app = App::new().with(demo::counter()).with(
-        TypedModule::new("boom", Boom::default()).method("explode", |s: &mut Boom, (): ()| {
-            s.n = 99;
-            if s.n == 99 {
-                panic!("kaboom");
-            }
-            Ok::<_, MethodError>(())
-        }),
-    );
+    let app =
+        App::new()
+            .with(demo::counter())
+            .with(TypedModule::new("boom", Boom::default()).method(
+                "explode",
+                |s: &mut Boom, (): ()| {
+                    s.n = 99;
+                    if s.n == 99 {
+                        panic!("kaboom");
+                    }
+                    Ok::<_, MethodError>(())
+                },
+            ));
     let host = Host::builder(app).sync(SyncMode::Patch).build();
     let client = connect(&host);
     let err = client.call("boom", "explode", vec![]).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::Internal);
     assert_eq!(host.module_state("boom"), Some(json!({"n": 0})));
-    assert_eq!(client.call("counter", "increase", vec![json!(1)]).await.unwrap(), json!(1));
+    assert_eq!(
+        client
+            .call("counter", "increase", vec![json!(1)])
+            .await
+            .unwrap(),
+        json!(1)
+    );
 }
 
 /// A client whose host never answers, so calls stay pending.
@@ -170,7 +217,9 @@ async fn pending_call_times_out_with_deadline_exceeded() {
             "counter",
             "increase",
             vec![json!(1)],
-            CallOptions { timeout: Some(Duration::from_secs(3)) },
+            CallOptions {
+                timeout: Some(Duration::from_secs(3)),
+            },
         )
         .await
         .unwrap_err();

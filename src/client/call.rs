@@ -85,7 +85,9 @@ impl Future for CallFuture {
             return Poll::Ready(Err(error));
         }
         let Some(receiver) = self.receiver.as_mut() else {
-            return Poll::Ready(Err(MethodError::internal("call future polled after completion")));
+            return Poll::Ready(Err(MethodError::internal(
+                "call future polled after completion",
+            )));
         };
         match Pin::new(receiver).poll(cx) {
             Poll::Pending => Poll::Pending,
@@ -93,7 +95,10 @@ impl Future for CallFuture {
                 self.receiver = None;
                 self.id = None;
                 Poll::Ready(result.unwrap_or_else(|_| {
-                    Err(MethodError::new(ErrorCode::Disposed, "the client was disposed"))
+                    Err(MethodError::new(
+                        ErrorCode::Disposed,
+                        "the client was disposed",
+                    ))
                 }))
             }
         }

@@ -724,12 +724,12 @@ impl ClientCore {
             state_version: result.state_version,
             outcome,
         });
-        if !self.settle_caught_up() {
-            if let Some(current) = self.version() {
-                if current < result.state_version && self.pending.contains_key(&call_id) {
-                    self.heal(now, current, SyncReason::ResultAhead);
-                }
-            }
+        if !self.settle_caught_up()
+            && let Some(current) = self.version()
+            && current < result.state_version
+            && self.pending.contains_key(&call_id)
+        {
+            self.heal(now, current, SyncReason::ResultAhead);
         }
     }
 
@@ -789,17 +789,17 @@ impl ClientCore {
                 "the call's deadline passed before it settled",
             );
         }
-        if let Some(s) = &self.sync {
-            if s.deadline <= now {
-                // Resume from where the mirror is now: applicable patches may
-                // have moved it on since the request was made.
-                let have = if s.have_version == 0 {
-                    0
-                } else {
-                    self.version().unwrap_or(0)
-                };
-                self.request_sync(now, have, SyncReason::Retry);
-            }
+        if let Some(s) = &self.sync
+            && s.deadline <= now
+        {
+            // Resume from where the mirror is now: applicable patches may
+            // have moved it on since the request was made.
+            let have = if s.have_version == 0 {
+                0
+            } else {
+                self.version().unwrap_or(0)
+            };
+            self.request_sync(now, have, SyncReason::Retry);
         }
     }
 
@@ -813,10 +813,10 @@ impl ClientCore {
     /// The next message to send to the host, if any.
     pub fn poll_transmit(&mut self) -> Option<ClientMessage> {
         let message = self.outbox.pop_front()?;
-        if let Some(client_message::Kind::Call(call)) = &message.kind {
-            if let Some(p) = self.pending.get_mut(&call.call_id) {
-                p.transmitted = true;
-            }
+        if let Some(client_message::Kind::Call(call)) = &message.kind
+            && let Some(p) = self.pending.get_mut(&call.call_id)
+        {
+            p.transmitted = true;
         }
         Some(message)
     }

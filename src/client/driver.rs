@@ -145,7 +145,11 @@ impl Client {
     }
 
     /// Like [`Client::new`], with a reconnection policy.
-    pub fn with_reconnect(connector: impl Connector, config: ClientConfig, reconnect: Reconnect) -> Self {
+    pub fn with_reconnect(
+        connector: impl Connector,
+        config: ClientConfig,
+        reconnect: Reconnect,
+    ) -> Self {
         let core = ClientCore::new(config, Instant::now().into_std());
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
@@ -185,7 +189,10 @@ impl Client {
                 });
             }
             if ready.changed().await.is_err() {
-                return Err(MethodError::new(ErrorCode::Unavailable, "the client stopped"));
+                return Err(MethodError::new(
+                    ErrorCode::Unavailable,
+                    "the client stopped",
+                ));
             }
         }
     }
@@ -242,7 +249,12 @@ impl Client {
 
     /// Calls `listener` with each new value of `selector` on a task of its
     /// own, until the returned handle is dropped or unsubscribed.
-    pub fn watch_fn<T, F, L>(&self, selector: F, options: WatchOptions<T>, listener: L) -> WatchHandle
+    pub fn watch_fn<T, F, L>(
+        &self,
+        selector: F,
+        options: WatchOptions<T>,
+        listener: L,
+    ) -> WatchHandle
     where
         T: Clone + Send + 'static,
         F: Fn(&Value) -> T + Send + 'static,

@@ -15,4 +15,4 @@ pub use core::{
     CallId, ClientConfig, ClientCore, ClientError, ClientEvent, Conflict, ConflictReason, Notice,
 };
 pub use driver::{CallOutcome, Client, Reconnect};
-pub use watch::{Watch, WatchHandle, WatchOptions};
+pub use watch::{Equals, Watch, WatchHandle, WatchOptions};

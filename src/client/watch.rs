@@ -8,6 +8,9 @@ use tokio::sync::watch;
 
 use super::driver::Client;
 
+/// A shared equality for watched values.
+pub type Equals<T> = Arc<dyn Fn(&T, &T) -> bool + Send + Sync>;
+
 /// How a watch compares and starts.
 pub struct WatchOptions<T> {
     /// Yield the current value first, before any change (if the client is
@@ -16,7 +19,7 @@ pub struct WatchOptions<T> {
     /// Whether two values are equal, so no notification is due. Defaults to
     /// `PartialEq` via [`WatchOptions::default`]; a custom one lets callers
     /// compare by id, by rounding, and so on.
-    pub equals: Arc<dyn Fn(&T, &T) -> bool + Send + Sync>,
+    pub equals: Equals<T>,
 }
 
 impl<T: PartialEq> Default for WatchOptions<T> {
@@ -96,10 +99,10 @@ impl<T: Clone, F: Fn(&Value) -> T> Watch<T, F> {
     pub async fn changed(&mut self) -> Option<T> {
         if !self.started {
             self.started = true;
-            if self.options.immediate {
-                if let Some(value) = self.last.clone() {
-                    return Some(value);
-                }
+            if self.options.immediate
+                && let Some(value) = self.last.clone()
+            {
+                return Some(value);
             }
         }
         loop {

@@ -37,7 +37,8 @@ pub struct PeerKey(u64);
 /// How a session receives publications.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerOptions {
-    /// The session's peer id: the `target` of results and sync answers.
+    /// A label for the session in logs (an address, a transport name).
+    /// Replies are addressed to each request's own `source`, not to this.
     pub peer_id: String,
     /// Whether publications are delivered through this session. False for
     /// sessions on a shared channel, where publications are broadcast once.
@@ -126,6 +127,9 @@ struct Peer {
     direct: VecDeque<(u64, HostFrame, bool)>,
     /// A bookmark was requested and this session is idle at the head.
     bookmark_due: bool,
+    /// Where overflow snapshots are addressed: the `source` of the session's
+    /// latest envelope (results and sync answers use their request's own).
+    reply_to: String,
 }
 
 /// The host protocol state machine. See the module docs for the call order.
@@ -321,6 +325,7 @@ impl HostCore {
         self.peers.insert(
             key,
             Peer {
+                reply_to: String::new(),
                 options,
                 attached: false,
                 cursor: 0,
@@ -360,6 +365,12 @@ impl HostCore {
             return Err(InputError::UnknownPeer);
         }
         let header = message.header.unwrap_or_default();
+        if !header.source.is_empty()
+            && let Some(p) = self.peers.get_mut(&peer)
+            && p.reply_to != header.source
+        {
+            p.reply_to.clone_from(&header.source);
+        }
         match message.kind {
             None => Err(InputError::UnknownKind),
             Some(client_message::Kind::Call(call)) => self.handle_call(peer, &header, call),
@@ -447,10 +458,10 @@ impl HostCore {
             }),
         };
         let gate = result.state_version;
-        let target = match self.peers.get(&peer) {
-            Some(p) => p.options.peer_id.clone(),
-            None => return Err(InputError::UnknownPeer),
-        };
+        if !self.peers.contains_key(&peer) {
+            return Err(InputError::UnknownPeer);
+        }
+        let target = header.source.clone();
         let frame = self.frame(&target, host_message::Kind::Result(result));
         if let Some(p) = self.peers.get_mut(&peer) {
             p.direct.push_back((gate, frame, false));
@@ -535,9 +546,10 @@ impl HostCore {
     }
 
     fn handle_sync(&mut self, peer: PeerKey, header: &Header, request: &SyncRequest) {
-        let Some(target) = self.peers.get(&peer).map(|p| p.options.peer_id.clone()) else {
+        if !self.peers.contains_key(&peer) {
             return;
-        };
+        }
+        let target = header.source.clone();
         let resumable = header.epoch == self.epoch && request.have_version > 0;
         let ops = if resumable {
             self.history.ops_between(request.have_version, self.version)
@@ -591,10 +603,10 @@ impl HostCore {
     }
 
     fn bookmark_frame(&mut self) -> HostFrame {
-        if let Some((v, frame)) = &self.bookmark {
-            if *v == self.version {
-                return frame.clone();
-            }
+        if let Some((v, frame)) = &self.bookmark
+            && *v == self.version
+        {
+            return frame.clone();
         }
         let frame = self.frame(
             "",
@@ -624,10 +636,10 @@ impl HostCore {
         let mode = self.config.sync;
         let p = self.peers.get_mut(&peer)?;
         let live = p.attached && p.options.publications;
-        if let Some((gate, _, _)) = p.direct.front() {
-            if !live || *gate <= p.cursor {
-                return p.direct.pop_front().map(|(_, frame, _)| frame);
-            }
+        if let Some((gate, _, _)) = p.direct.front()
+            && (!live || *gate <= p.cursor)
+        {
+            return p.direct.pop_front().map(|(_, frame, _)| frame);
         }
         if live && p.cursor < version {
             let next = p.cursor + 1;
@@ -639,7 +651,7 @@ impl HostCore {
                     }
                     return Some(frame);
                 }
-                let target = p.options.peer_id.clone();
+                let target = p.reply_to.clone();
                 p.cursor = version;
                 return Some(self.snapshot_frame(&target, 0, SnapshotReason::Overflow));
             }

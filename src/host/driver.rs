@@ -56,7 +56,9 @@ impl Shared {
                     module,
                     method,
                     message,
-                } => tracing::warn!(%module, %method, %message, "method panicked; call answered internal"),
+                } => {
+                    tracing::warn!(%module, %method, %message, "method panicked; call answered internal")
+                }
             }
         }
         published
@@ -136,9 +138,10 @@ impl HostBuilder {
                 closed: std::sync::atomic::AtomicBool::new(false),
             }),
         };
-        if let (Some(interval), Ok(runtime)) =
-            (self.bookmark_interval, tokio::runtime::Handle::try_current())
-        {
+        if let (Some(interval), Ok(runtime)) = (
+            self.bookmark_interval,
+            tokio::runtime::Handle::try_current(),
+        ) {
             runtime.spawn(bookmarks(Arc::downgrade(&host.shared), interval));
         }
         host
@@ -218,7 +221,11 @@ impl Host {
     /// Opens a session; the caller moves envelopes between it and a channel.
     /// Most callers want [`Host::serve`] instead.
     pub fn open_session(&self, options: PeerOptions) -> Result<Session, InputError> {
-        if self.shared.closed.load(std::sync::atomic::Ordering::Acquire) {
+        if self
+            .shared
+            .closed
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
             return Err(InputError::UnknownPeer);
         }
         let key = self.shared.core().connect(options)?;
@@ -325,7 +332,11 @@ impl Session {
     /// `None` once the host has shut down.
     pub async fn next_frame(&self) -> Option<HostFrame> {
         loop {
-            if self.shared.closed.load(std::sync::atomic::Ordering::Acquire) {
+            if self
+                .shared
+                .closed
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
                 return None;
             }
             if let Some(frame) = self.shared.core().poll_transmit(self.key) {

@@ -41,9 +41,7 @@ pub fn pair() -> (HostLink, MemoryConnector) {
     };
     let client = ClientLink {
         sink: Box::pin(PollSender::new(to_host).sink_map_err(|_| TransportError::Closed)),
-        stream: Box::pin(
-            ReceiverStream::new(from_host).map(|frame| Ok(frame.message().clone())),
-        ),
+        stream: Box::pin(ReceiverStream::new(from_host).map(|frame| Ok(frame.message().clone()))),
     };
     (host, MemoryConnector(Mutex::new(Some(client))))
 }
