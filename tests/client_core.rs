@@ -1723,3 +1723,30 @@ proptest! {
         prop_assert_eq!(settled.len(), calls.len());
     }
 }
+
+#[test]
+fn held_result_still_ahead_after_a_sync_reply_re_requests_result_ahead() {
+    // Q1: the sync reply was produced before the call committed, so it stops
+    // short of the held result's version; the client asks again at once.
+    let mut c = synced(1, 0);
+    let id = sent_call(&mut c);
+    c.handle_message(at(0), ok_result(E1, id, 3, json!(1)));
+    let first = only_sync(&sent(&mut c));
+    assert_eq!(reason(&first), SyncReason::ResultAhead);
+    c.handle_message(at(0), patch_text(E1, 1, 2, "[]", first.sync_id));
+    let again = only_sync(&sent(&mut c));
+    assert_eq!(reason(&again), SyncReason::ResultAhead);
+    assert_eq!(again.have_version, 2);
+    assert!(settlements(&events(&mut c)).is_empty());
+}
+
+#[test]
+fn no_result_ahead_request_is_made_while_disconnected() {
+    let mut c = synced(1, 0);
+    let id = sent_call(&mut c);
+    c.handle_message(at(0), ok_result(E1, id, 3, json!(1)));
+    let first = only_sync(&sent(&mut c));
+    c.connection_lost();
+    c.handle_message(at(0), patch_text(E1, 1, 2, "[]", first.sync_id));
+    assert!(sync_requests(&sent(&mut c)).is_empty());
+}

@@ -1623,3 +1623,47 @@ fn results_and_sync_answers_are_addressed_to_the_requesters_source() {
     let targets: Vec<&str> = out.iter().map(target).collect();
     assert_eq!(targets, vec!["tab-7", "", "tab-8"]);
 }
+
+#[test]
+fn a_draft_writing_an_equal_value_publishes_no_version() {
+    let app = App::new().with(
+        JsonModule::new("flags", json!({"on": true}))
+            .method("set", |d: &mut Draft<'_>, (on,): (bool,)| {
+                d.replace("/on", on)
+            }),
+    );
+    let mut h = HostCore::new(
+        HostConfig {
+            sync: SyncMode::Patch,
+            ..Default::default()
+        },
+        app,
+        EPOCH,
+    );
+    h.invoke("flags", "set", &[json!(true)]).unwrap();
+    assert_eq!(h.version(), 1);
+    h.invoke("flags", "set", &[json!(false)]).unwrap();
+    assert_eq!(h.version(), 2);
+}
+
+#[test]
+fn a_queued_sync_answer_does_not_count_as_a_call_in_flight() {
+    let config = HostConfig {
+        sync: SyncMode::Patch,
+        limits: HostLimits {
+            max_calls_in_flight: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut h = HostCore::new(config, demo::app("m"), EPOCH);
+    let peer = connect(&mut h, "a");
+    sync(&mut h, peer, "", 0, 1);
+    call(&mut h, peer, 1, "counter", "increase", "[1]");
+    let out = frames(&mut h, peer);
+    let result = out.iter().find_map(result_of).expect("a result");
+    assert!(
+        matches!(result.outcome, Some(call_result::Outcome::ValueJson(_))),
+        "{result:?}"
+    );
+}

@@ -90,6 +90,7 @@ impl<'a> Draft<'a> {
     }
 
     /// Replaces the value at `path`, which must exist. Returns the old value.
+    /// Writing an equal value records nothing.
     pub fn replace(&mut self, path: &str, value: impl Serialize) -> Result<Value, MethodError> {
         let value = to_json(value)?;
         let ptr = pointer(path)?;
@@ -97,6 +98,11 @@ impl<'a> Draft<'a> {
             .root
             .pointer_mut(path)
             .ok_or_else(|| bad_path(path, "no value"))?;
+        if *target == value {
+            // Writing what is already there changes nothing, so it records
+            // nothing: a call that changes nothing publishes no version.
+            return Ok(value);
+        }
         let old = std::mem::replace(target, value.clone());
         self.undo
             .push(Undo::Overwrite(path.to_owned(), old.clone()));

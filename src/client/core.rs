@@ -233,6 +233,8 @@ pub struct ClientCore {
     outbox: VecDeque<ClientMessage>,
     events: VecDeque<ClientEvent>,
     disposed: bool,
+    /// Between `connection_lost` and `reconnected` nothing may be sent.
+    connected: bool,
 }
 
 impl ClientCore {
@@ -249,6 +251,7 @@ impl ClientCore {
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             disposed: false,
+            connected: true,
         };
         core.request_sync(now, 0, SyncReason::Initial);
         core
@@ -416,6 +419,7 @@ impl ClientCore {
     /// retried); calls not yet transmitted stay queued; results already in
     /// hand keep waiting for the mirror.
     pub fn connection_lost(&mut self) {
+        self.connected = false;
         let lost: Vec<u64> = self
             .pending
             .iter()
@@ -436,6 +440,7 @@ impl ClientCore {
 
     /// The transport is back: ask to resume from the mirror's version.
     pub fn reconnected(&mut self, now: Instant) {
+        self.connected = true;
         if self.disposed {
             return;
         }
@@ -528,6 +533,27 @@ impl ClientCore {
             Some(host_message::Kind::Snapshot(s)) => self.on_snapshot(header.epoch, s),
             Some(host_message::Kind::Patch(p)) => self.on_patch(now, header.epoch, p),
             Some(host_message::Kind::Result(r)) => self.on_result(now, header.epoch, r),
+        }
+        self.rearm_result_ahead(now);
+    }
+
+    /// Q1: a held result still names a version the mirror has not reached and
+    /// nothing is asking for it (a sync reply was sent before the result, so
+    /// it stopped short). Ask again rather than wait for a bookmark.
+    fn rearm_result_ahead(&mut self, now: Instant) {
+        if self.sync.is_some() || !self.connected {
+            return;
+        }
+        let Some(m) = &self.mirror else {
+            return;
+        };
+        let behind = self.pending.values().any(|p| {
+            p.epoch.as_deref() == Some(m.epoch.as_str())
+                && p.held.as_ref().is_some_and(|h| h.state_version > m.version)
+        });
+        if behind {
+            let have = m.version;
+            self.request_sync(now, have, SyncReason::ResultAhead);
         }
     }
 

@@ -418,7 +418,10 @@ impl HostCore {
         call: wire::Call,
     ) -> Result<(), InputError> {
         let limit = self.config.limits.max_calls_in_flight;
-        let queued = self.peers.get(&peer).map_or(0, |p| p.direct.len());
+        // Only results count: a queued sync answer is not a call in flight.
+        let queued = self.peers.get(&peer).map_or(0, |p| {
+            p.direct.iter().filter(|(_, _, is_sync)| !is_sync).count()
+        });
         if queued >= limit.saturating_mul(2).max(1) {
             return Err(InputError::Flooding { queued });
         }
