@@ -254,3 +254,16 @@ async fn dispose_rejects_every_pending_call() {
     assert_eq!(b.await.unwrap_err().code, ErrorCode::Disposed);
     assert_eq!(client.ready().await.unwrap_err().code, ErrorCode::Disposed);
 }
+
+#[tokio::test]
+async fn typed_module_calls_serialise_tuples_and_deserialise_results() {
+    let host = demo_host(SyncMode::Patch);
+    let client = connect(&host);
+    let todos = client.module("todos");
+    let ids: Vec<u64> = todos.call_as("add_many", (vec!["a", "b"],)).await.unwrap();
+    assert_eq!(ids, vec![1, 2]);
+    let cleared: usize = todos.call_as("clear", ()).await.unwrap();
+    assert_eq!(cleared, 2);
+    let wrong = todos.call_as::<_, String>("add", ("c",)).await.unwrap_err();
+    assert_eq!(wrong.code, ErrorCode::InvalidArgument);
+}

@@ -141,6 +141,36 @@ impl ModuleHandle {
         self.client.call(&self.name, method, args)
     }
 
+    /// Calls `method` with typed arguments and a typed result: `args` is a
+    /// tuple (serialised as the positional JSON array, `()` for none) and the
+    /// value is deserialised as `R`. A value that does not fit `R` is an
+    /// `invalid-argument` error naming the method.
+    ///
+    /// ```no_run
+    /// # async fn f(client: cosystem_worker::client::Client) -> Result<(), cosystem_worker::app::MethodError> {
+    /// let count: i64 = client.module("counter").call_as("increase", (1,)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn call_as<A, R>(&self, method: &str, args: A) -> Result<R, MethodError>
+    where
+        A: serde::Serialize,
+        R: serde::de::DeserializeOwned,
+    {
+        let args = match serde_json::to_value(args) {
+            Ok(Value::Array(args)) => args,
+            Ok(Value::Null) => Vec::new(),
+            Ok(other) => vec![other],
+            Err(e) => return Err(MethodError::invalid_argument(format!("arguments: {e}"))),
+        };
+        let value = self.call(method, args).await?;
+        serde_json::from_value(value).map_err(|e| {
+            MethodError::invalid_argument(format!(
+                "{}.{method} returned an unexpected value: {e}",
+                self.name
+            ))
+        })
+    }
+
     /// Calls `method` with options; see [`Client::call_with`].
     pub fn call_with(&self, method: &str, args: Vec<Value>, options: CallOptions) -> CallFuture {
         self.client.call_with(&self.name, method, args, options)
