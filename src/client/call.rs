@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::CallId;
-use super::driver::{CallOutcome, Client};
+use super::driver::{CallOutcome, Client, Settlement};
 use crate::app::MethodError;
 use crate::wire::ErrorCode;
 
@@ -29,7 +29,7 @@ pub struct CallOptions {
 pub struct CallFuture {
     client: Client,
     id: Option<CallId>,
-    receiver: Option<oneshot::Receiver<CallOutcome>>,
+    receiver: Option<oneshot::Receiver<Settlement>>,
     immediate: Option<MethodError>,
 }
 
@@ -54,6 +54,8 @@ impl CallFuture {
             }
             started
         };
+        // A driver that stopped for good (not disposed) will never send it.
+        shared.fail_stranded_calls();
         shared.wake();
         match started {
             Ok(id) => Self {
@@ -75,33 +77,61 @@ impl CallFuture {
     pub fn id(&self) -> Option<CallId> {
         self.id
     }
-}
 
-impl Future for CallFuture {
-    type Output = CallOutcome;
+    /// Resolves to the [`Settlement`] instead of the bare outcome: the same
+    /// outcome plus the state version the host's result observed.
+    /// Dropping it before it resolves cancels the call, as with `CallFuture`.
+    pub fn with_version(self) -> VersionedCall {
+        VersionedCall(self)
+    }
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll_settled(&mut self, cx: &mut Context<'_>) -> Poll<Settlement> {
         if let Some(error) = self.immediate.take() {
-            return Poll::Ready(Err(error));
+            return Poll::Ready(Settlement {
+                outcome: Err(error),
+                state_version: None,
+            });
         }
         let Some(receiver) = self.receiver.as_mut() else {
-            return Poll::Ready(Err(MethodError::internal(
-                "call future polled after completion",
-            )));
+            return Poll::Ready(Settlement {
+                outcome: Err(MethodError::internal("call future polled after completion")),
+                state_version: None,
+            });
         };
         match Pin::new(receiver).poll(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(result) => {
                 self.receiver = None;
                 self.id = None;
-                Poll::Ready(result.unwrap_or_else(|_| {
-                    Err(MethodError::new(
+                Poll::Ready(result.unwrap_or_else(|_| Settlement {
+                    outcome: Err(MethodError::new(
                         ErrorCode::Disposed,
                         "the client was disposed",
-                    ))
+                    )),
+                    state_version: None,
                 }))
             }
         }
+    }
+}
+
+impl Future for CallFuture {
+    type Output = CallOutcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.poll_settled(cx).map(|settled| settled.outcome)
+    }
+}
+
+/// A pending call that resolves to its [`Settlement`]; see
+/// [`CallFuture::with_version`].
+pub struct VersionedCall(CallFuture);
+
+impl Future for VersionedCall {
+    type Output = Settlement;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.poll_settled(cx)
     }
 }
 

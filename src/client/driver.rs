@@ -26,6 +26,29 @@ use crate::wire::ErrorCode;
 /// What a call settles with.
 pub type CallOutcome = Result<Value, MethodError>;
 
+/// A settled call: its outcome and, when the host answered, the state
+/// version its result observed (the mirror had reached at least that version
+/// when the call settled).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settlement {
+    /// The value, or why there is none.
+    pub outcome: CallOutcome,
+    /// The state version the host's result named; `None` when the call
+    /// settled without an answer (cancelled, timed out, connection lost…).
+    pub state_version: Option<u64>,
+}
+
+/// Atomically read parts of the mirror: its epoch, version and view.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MirrorSnapshot {
+    /// The epoch of the host the mirror follows.
+    pub epoch: String,
+    /// The mirror's version.
+    pub version: u64,
+    /// The mirrored view at that version.
+    pub state: Value,
+}
+
 /// How the client reconnects after its link fails.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reconnect {
@@ -47,13 +70,16 @@ impl Default for Reconnect {
 pub(super) struct Shared {
     core: Mutex<ClientCore>,
     wake: Notify,
-    calls: Mutex<HashMap<CallId, oneshot::Sender<CallOutcome>>>,
+    calls: Mutex<HashMap<CallId, oneshot::Sender<Settlement>>>,
     changes: watch::Sender<u64>,
     ready: watch::Sender<bool>,
     connected: watch::Sender<bool>,
     events: broadcast::Sender<ClientEvent>,
     conflicts: broadcast::Sender<Conflict>,
     stopped: AtomicBool,
+    /// Why the driver stopped when it was not disposed: what every waiter
+    /// and every later call gets.
+    terminal: Mutex<Option<MethodError>>,
 }
 
 impl Shared {
@@ -69,14 +95,21 @@ impl Shared {
         };
         for event in events {
             match &event {
-                ClientEvent::Settled { call, outcome, .. } => {
+                ClientEvent::Settled {
+                    call,
+                    outcome,
+                    state_version,
+                } => {
                     let sender = self
                         .calls
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(call);
                     if let Some(sender) = sender {
-                        let _ = sender.send(outcome.clone());
+                        let _ = sender.send(Settlement {
+                            outcome: outcome.clone(),
+                            state_version: *state_version,
+                        });
                     }
                 }
                 ClientEvent::Ready { .. } => {
@@ -95,11 +128,48 @@ impl Shared {
         }
     }
 
-    pub(super) fn register_call(&self, id: CallId, sender: oneshot::Sender<CallOutcome>) {
+    pub(super) fn register_call(&self, id: CallId, sender: oneshot::Sender<Settlement>) {
         self.calls
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, sender);
+    }
+
+    /// The error a stopped, undisposed client gives: why its transport
+    /// ended for good.
+    pub(super) fn terminal_error(&self) -> MethodError {
+        self.terminal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| MethodError::new(ErrorCode::Unavailable, "the transport closed"))
+    }
+
+    /// Once the driver has stopped without being disposed, no call can be
+    /// sent or answered any more: settles every registered call with the
+    /// terminal error. Idempotent; a call registered concurrently is caught
+    /// either here or by its own check of `stopped` (see `CallFuture`).
+    pub(super) fn fail_stranded_calls(&self) {
+        if !self.stopped.load(Ordering::Acquire) || self.core().is_disposed() {
+            return;
+        }
+        let error = self.terminal_error();
+        let stranded: Vec<(CallId, oneshot::Sender<Settlement>)> = self
+            .calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        for (id, sender) in stranded {
+            let _ = sender.send(Settlement {
+                outcome: Err(error.clone()),
+                state_version: None,
+            });
+            // Removes it from the core too; its own settlement event finds
+            // no receiver any more and is only broadcast.
+            self.core().cancel(id);
+        }
+        self.dispatch();
     }
 
     pub(super) fn wake(&self) {
@@ -161,6 +231,7 @@ impl Client {
             events: broadcast::channel(1024).0,
             conflicts: broadcast::channel(256).0,
             stopped: AtomicBool::new(false),
+            terminal: Mutex::new(None),
         });
         tokio::spawn(drive(shared.clone(), Box::new(connector), reconnect));
         Self {
@@ -173,8 +244,10 @@ impl Client {
     }
 
     /// Resolves once the first snapshot has arrived. Fails with `disposed`
-    /// if the client is disposed first, or `unavailable` if its transport
-    /// closed for good first.
+    /// if the client is disposed first, `permission-denied` if the host
+    /// refused its credentials, or `unavailable` if its transport closed for
+    /// good first. A host that cannot be reached is retried forever: bound
+    /// the wait with a timeout.
     pub async fn ready(&self) -> Result<(), MethodError> {
         let mut ready = self.shared().ready.subscribe();
         loop {
@@ -185,7 +258,7 @@ impl Client {
                 return Err(if self.shared().core().is_disposed() {
                     MethodError::new(ErrorCode::Disposed, "the client was disposed")
                 } else {
-                    MethodError::new(ErrorCode::Unavailable, "the transport closed")
+                    self.shared().terminal_error()
                 });
             }
             if ready.changed().await.is_err() {
@@ -220,6 +293,17 @@ impl Client {
     /// A copy of the mirrored view (`None` before the first snapshot).
     pub fn state(&self) -> Option<Value> {
         self.shared().core().state().cloned()
+    }
+
+    /// The mirror's epoch, version and view read together, so the three
+    /// belong to the same moment (`None` before the first snapshot).
+    pub fn mirror(&self) -> Option<MirrorSnapshot> {
+        let core = self.shared().core();
+        Some(MirrorSnapshot {
+            epoch: core.epoch()?.to_owned(),
+            version: core.version()?,
+            state: core.state()?.clone(),
+        })
     }
 
     /// Reads derived state synchronously, without copying the view.
@@ -340,9 +424,15 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
                 tracing::debug!(?result, "link ended");
                 shared.core().connection_lost();
                 shared.dispatch();
+                if let Err(error) = result
+                    && !error.is_retryable()
+                {
+                    give_up(&shared, &error);
+                    break;
+                }
             }
-            Err(TransportError::Closed) => {
-                tracing::debug!("transport closed for good");
+            Err(error) if !error.is_retryable() => {
+                give_up(&shared, &error);
                 break;
             }
             Err(error) => {
@@ -359,6 +449,19 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
     shared.core().connection_lost();
     shared.dispatch();
     stop(&shared);
+    shared.fail_stranded_calls();
+}
+
+/// Records why the transport ended for good, for `ready()`, pending calls
+/// and later calls.
+fn give_up(shared: &Shared, error: &TransportError) {
+    tracing::debug!(%error, "transport failed for good; not reconnecting");
+    let code = match error {
+        TransportError::Unauthenticated(_) => ErrorCode::PermissionDenied,
+        _ => ErrorCode::Unavailable,
+    };
+    *shared.terminal.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some(MethodError::new(code, error.to_string()));
 }
 
 /// Marks the client stopped and wakes everything that waits on it.

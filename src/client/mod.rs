@@ -10,9 +10,9 @@ mod driver;
 mod watch;
 
 pub use apply::{ApplyError, MAX_MIRROR_DEPTH, apply_patch, copy_budget};
-pub use call::{CallFuture, CallOptions, ModuleHandle};
+pub use call::{CallFuture, CallOptions, ModuleHandle, VersionedCall};
 pub use core::{
     CallId, ClientConfig, ClientCore, ClientError, ClientEvent, Conflict, ConflictReason, Notice,
 };
-pub use driver::{CallOutcome, Client, Reconnect};
+pub use driver::{CallOutcome, Client, MirrorSnapshot, Reconnect, Settlement};
 pub use watch::{Equals, Watch, WatchHandle, WatchOptions};
