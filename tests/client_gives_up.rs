@@ -34,7 +34,10 @@ async fn a_call_made_after_the_transport_closed_for_good_fails_unavailable() {
     let (host_end, connector) = memory::pair();
     drop(host_end);
     let client = Client::new(connector, ClientConfig::default());
-    assert_eq!(client.ready().await.unwrap_err().code, ErrorCode::Unavailable);
+    assert_eq!(
+        client.ready().await.unwrap_err().code,
+        ErrorCode::Unavailable
+    );
     let error = client
         .call("counter", "increase", vec![json!(1)])
         .await

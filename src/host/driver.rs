@@ -201,6 +201,12 @@ impl Host {
         self.shared.core().module_state(module).cloned()
     }
 
+    /// The limits this host enforces (transports apply the message size
+    /// limit before decoding).
+    pub fn limits(&self) -> HostLimits {
+        self.shared.core().config().limits.clone()
+    }
+
     /// How many sessions are open.
     pub fn session_count(&self) -> usize {
         self.shared.core().peer_count()

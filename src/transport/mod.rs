@@ -12,6 +12,7 @@
 //! Writing a new transport means producing these two links from your channel;
 //! [`memory`] is the shortest example.
 
+pub mod grpc;
 pub mod memory;
 
 use std::pin::Pin;

@@ -1,0 +1,91 @@
+//! Bearer-token checks for the `authorization` request metadata.
+
+use tonic::Status;
+use tonic::metadata::MetadataMap;
+
+/// The metadata key carrying the token.
+pub const AUTHORIZATION: &str = "authorization";
+
+/// Whether `a` and `b` are equal, taking the same time for every pair of
+/// equal-length inputs: a wrong token's first differing byte is not revealed
+/// by how long the comparison took. (The length itself is not secret.)
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// Checks that `metadata` carries `authorization: Bearer <expected>`.
+/// Every failure is `UNAUTHENTICATED`, with a message that never echoes the
+/// presented token.
+pub fn check_bearer(metadata: &MetadataMap, expected: &[u8]) -> Result<(), Status> {
+    let Some(value) = metadata.get(AUTHORIZATION) else {
+        return Err(Status::unauthenticated(
+            "missing authorization metadata (expected \"Bearer <token>\")",
+        ));
+    };
+    let bytes = value.as_bytes();
+    let Some(token) = strip_bearer(bytes) else {
+        return Err(Status::unauthenticated(
+            "authorization metadata is not \"Bearer <token>\"",
+        ));
+    };
+    if constant_time_eq(token, expected) {
+        Ok(())
+    } else {
+        Err(Status::unauthenticated("invalid token"))
+    }
+}
+
+/// The token of a `Bearer <token>` value; the scheme is case-insensitive
+/// (RFC 6750 §2.1 via RFC 7235).
+fn strip_bearer(value: &[u8]) -> Option<&[u8]> {
+    const SCHEME: &[u8] = b"bearer ";
+    if value.len() < SCHEME.len() || !value[..SCHEME.len()].eq_ignore_ascii_case(SCHEME) {
+        return None;
+    }
+    Some(&value[SCHEME.len()..])
+}
+
+/// Whether `token` can be sent as a metadata value (visible ASCII, no
+/// spaces, non-empty).
+pub fn is_valid_token(token: &str) -> bool {
+    !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_matches_slice_equality() {
+        let cases: [(&[u8], &[u8]); 5] = [
+            (b"", b""),
+            (b"abc", b"abc"),
+            (b"abc", b"abd"),
+            (b"abc", b"ab"),
+            (b"xbc", b"abc"),
+        ];
+        for (a, b) in cases {
+            assert_eq!(constant_time_eq(a, b), a == b, "{a:?} vs {b:?}");
+        }
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_required() {
+        assert_eq!(strip_bearer(b"Bearer t0k"), Some(&b"t0k"[..]));
+        assert_eq!(strip_bearer(b"bearer t0k"), Some(&b"t0k"[..]));
+        assert_eq!(strip_bearer(b"Basic t0k"), None);
+        assert_eq!(strip_bearer(b"t0k"), None);
+    }
+
+    #[test]
+    fn tokens_must_be_visible_ascii() {
+        assert!(is_valid_token("abc-123_XYZ"));
+        assert!(!is_valid_token(""));
+        assert!(!is_valid_token("has space"));
+        assert!(!is_valid_token("new\nline"));
+    }
+}

@@ -1,0 +1,229 @@
+//! The client's gRPC connector: each connect opens a new connection and
+//! one `Session` stream on it.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::PollSender;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tonic::{Code, Request, Status};
+
+use super::GrpcError;
+use super::auth::{AUTHORIZATION, is_valid_token};
+use crate::transport::{ClientLink, Connector, TransportError};
+use crate::wire::host_service_client::HostServiceClient;
+
+/// Client envelopes buffered before the client's driver waits.
+const CAPACITY: usize = 1024;
+
+/// Connects a [`Client`](crate::client::Client) to a host over gRPC.
+///
+/// Stream failures are retryable ([`TransportError::Connection`]) except a
+/// refusal of the credentials (`UNAUTHENTICATED` or `PERMISSION_DENIED`),
+/// which is [`TransportError::Unauthenticated`]: the client then stops and
+/// its `ready()` and calls fail `permission-denied`.
+#[derive(Debug, Clone)]
+pub struct GrpcConnector {
+    url: String,
+    token: Option<String>,
+    ca_cert: Option<Vec<u8>>,
+    domain: Option<String>,
+    connect_timeout: Duration,
+    max_message_bytes: usize,
+}
+
+impl GrpcConnector {
+    /// A connector for `url`: `http://HOST:PORT`, `https://HOST:PORT`, or a
+    /// bare `HOST:PORT` (plaintext).
+    pub fn new(url: impl Into<String>) -> Result<Self, GrpcError> {
+        let url = normalize_url(&url.into())?;
+        Ok(Self {
+            url,
+            token: None,
+            ca_cert: None,
+            domain: None,
+            connect_timeout: Duration::from_secs(5),
+            max_message_bytes: crate::host::HostLimits::default().max_message_bytes,
+        })
+    }
+
+    /// The URL connected to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Sends `authorization: Bearer <token>` on every stream.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Trusts this PEM certificate (a CA, or the host's self-signed one) for
+    /// `https://` URLs. Without one, this build trusts no certificate.
+    pub fn ca_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_cert = Some(pem.into());
+        self
+    }
+
+    /// Verifies the host's certificate for this name instead of the URL's
+    /// host.
+    pub fn domain_name(mut self, domain: impl Into<String>) -> Self {
+        self.domain = Some(domain.into());
+        self
+    }
+
+    /// How long one connection attempt may take (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Largest host message accepted (default: the protocol's 4 MiB).
+    pub fn max_message_bytes(mut self, limit: usize) -> Self {
+        self.max_message_bytes = limit;
+        self
+    }
+
+    /// Checks the token and TLS settings and builds the endpoint; `connect`
+    /// does this on every attempt, so calling it first reports a bad
+    /// configuration once instead of as a retried connection failure.
+    pub fn endpoint(&self) -> Result<Endpoint, GrpcError> {
+        if let Some(token) = &self.token
+            && !is_valid_token(token)
+        {
+            return Err(GrpcError::InvalidToken);
+        }
+        let mut endpoint = Endpoint::from_shared(self.url.clone())
+            .map_err(|e| GrpcError::InvalidUrl(format!("{}: {e}", self.url)))?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(30));
+        if self.url.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new();
+            if let Some(pem) = &self.ca_cert {
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            if let Some(domain) = &self.domain {
+                tls = tls.domain_name(domain.clone());
+            }
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| GrpcError::Tls(super::error_chain(&e)))?;
+        }
+        Ok(endpoint)
+    }
+}
+
+impl Connector for GrpcConnector {
+    fn connect(&self) -> BoxFuture<'static, Result<ClientLink, TransportError>> {
+        let endpoint = self.endpoint();
+        let token = self.token.clone();
+        let max = self.max_message_bytes;
+        async move {
+            let endpoint = endpoint.map_err(|e| TransportError::Connection(e.to_string()))?;
+            let channel = endpoint
+                .connect()
+                .await
+                .map_err(|e| TransportError::Connection(super::error_chain(&e)))?;
+            let mut client = HostServiceClient::new(channel)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max);
+            let (to_host, outbound) = mpsc::channel(CAPACITY);
+            let mut request = Request::new(ReceiverStream::new(outbound));
+            if let Some(token) = token {
+                let value = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
+                    TransportError::Unauthenticated("the token is not a valid header value".into())
+                })?;
+                request.metadata_mut().insert(AUTHORIZATION, value);
+            }
+            // Resolves once the host accepted the stream (response headers),
+            // or with the status it refused it with.
+            let response = client.session(request).await.map_err(status_error)?;
+            let stream = response.into_inner().map(|item| item.map_err(status_error));
+            Ok(ClientLink {
+                sink: Box::pin(PollSender::new(to_host).sink_map_err(|_| {
+                    TransportError::Connection("the request stream closed".into())
+                })),
+                stream: Box::pin(stream),
+            })
+        }
+        .boxed()
+    }
+}
+
+/// `HOST:PORT` means plaintext gRPC; URLs must be `http://` or `https://`.
+fn normalize_url(url: &str) -> Result<String, GrpcError> {
+    let url = url.trim();
+    let full = if url.contains("://") {
+        url.to_owned()
+    } else {
+        format!("http://{url}")
+    };
+    if !(full.starts_with("http://") || full.starts_with("https://")) {
+        return Err(GrpcError::InvalidUrl(format!(
+            "{url}: a gRPC URL starts with http:// or https://"
+        )));
+    }
+    let authority = full.split_once("://").map_or("", |(_, rest)| rest);
+    if authority.trim_end_matches('/').is_empty() {
+        return Err(GrpcError::InvalidUrl(format!("{url}: no host")));
+    }
+    // Parsed here so that a bad URL is refused at once, not retried.
+    Endpoint::from_shared(full.clone())
+        .map_err(|e| GrpcError::InvalidUrl(format!("{url}: {e}")))?;
+    Ok(full)
+}
+
+/// Credentials refused: not retryable. Anything else: the stream broke.
+fn status_error(status: Status) -> TransportError {
+    match status.code() {
+        Code::Unauthenticated | Code::PermissionDenied => {
+            TransportError::Unauthenticated(status.message().to_owned())
+        }
+        code => {
+            let mut message = format!("{code:?}: {}", status.message());
+            if let Some(source) = std::error::Error::source(&status) {
+                message.push_str(": ");
+                message.push_str(&super::error_chain(source));
+            }
+            TransportError::Connection(message)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_host_port_means_plaintext() {
+        assert_eq!(
+            normalize_url("127.0.0.1:50051").unwrap(),
+            "http://127.0.0.1:50051"
+        );
+        assert_eq!(
+            normalize_url("https://localhost:1").unwrap(),
+            "https://localhost:1"
+        );
+    }
+
+    #[test]
+    fn other_schemes_and_empty_hosts_are_refused() {
+        assert!(normalize_url("tcp://127.0.0.1:1").is_err());
+        assert!(normalize_url("http://").is_err());
+        assert!(normalize_url("http://exa mple:1").is_err());
+    }
+
+    #[test]
+    fn refused_credentials_are_not_retryable() {
+        assert!(!status_error(Status::unauthenticated("x")).is_retryable());
+        assert!(!status_error(Status::permission_denied("x")).is_retryable());
+        assert!(status_error(Status::unavailable("x")).is_retryable());
+        assert!(status_error(Status::resource_exhausted("x")).is_retryable());
+    }
+}

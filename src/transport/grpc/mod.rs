@@ -1,0 +1,84 @@
+//! gRPC transport (spec §17.2): the host serves
+//! `cosystem.worker.v1.HostService/Session`, one bidirectional stream per
+//! client session; clients connect with [`GrpcConnector`].
+//!
+//! The server writes each publication's encoding once and hands the same
+//! bytes to every stream ([`codec::SharedFrameCodec`]). It also serves
+//! `grpc.health.v1.Health` and server reflection (v1 and v1alpha), so
+//! standard tools (`grpcurl`, `grpc_health_probe`) work against it.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use cosystem_worker::client::{Client, ClientConfig};
+//! use cosystem_worker::host::Host;
+//! use cosystem_worker::transport::grpc::{GrpcConnector, GrpcServer};
+//!
+//! let host = Host::builder(cosystem_worker::demo::app("s3cr3t")).build();
+//! let server = GrpcServer::builder(host)
+//!     .token("t0ken")
+//!     .bind("127.0.0.1:0".parse()?)
+//!     .await?;
+//! let url = format!("http://{}", server.local_addr());
+//! tokio::spawn(server.serve(std::future::pending()));
+//!
+//! let client = Client::new(GrpcConnector::new(url)?.token("t0ken"), ClientConfig::default());
+//! client.ready().await?;
+//! # Ok(()) }
+//! ```
+
+mod auth;
+mod client;
+pub mod codec;
+mod server;
+
+pub use auth::constant_time_eq;
+pub use client::GrpcConnector;
+pub use server::{GrpcServer, GrpcServerBuilder, SERVICE_NAME};
+
+/// Why a gRPC server or connector could not be set up or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GrpcError {
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Another socket error.
+    #[error("socket error: {0}")]
+    Io(std::io::Error),
+    /// The certificate, key or CA certificate is unusable.
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    /// The token is empty or not sendable as a metadata value.
+    #[error("the token must be non-empty visible ASCII without spaces")]
+    InvalidToken,
+    /// The URL is not a gRPC URL.
+    #[error("invalid URL {0}")]
+    InvalidUrl(String),
+    /// The reflection service could not be built.
+    #[error("reflection service: {0}")]
+    Reflection(String),
+    /// The server failed while serving.
+    #[error("server failed: {0}")]
+    Serve(String),
+}
+
+/// An error and its sources on one line (tonic's errors say little on their
+/// own: "transport error").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        let next = inner.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = inner.source();
+    }
+    text
+}

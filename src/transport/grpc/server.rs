@@ -1,0 +1,361 @@
+//! The host's gRPC server: one `Session` stream per client session, plus
+//! the standard health and reflection services.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::{Code, Request, Response, Status, Streaming};
+use tonic_health::ServingStatus;
+
+use super::GrpcError;
+use super::auth::{check_bearer, is_valid_token};
+use crate::host::{Host, InputError, PeerOptions, Session};
+use crate::wire::{ClientMessage, FILE_DESCRIPTOR_SET, HostFrame};
+
+#[allow(missing_docs, clippy::all)]
+mod generated {
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/cosystem.worker.v1.HostService.rs"
+    ));
+}
+use generated::host_service_server::{HostService, HostServiceServer};
+
+/// The full gRPC name of the host's service.
+pub const SERVICE_NAME: &str = generated::host_service_server::SERVICE_NAME;
+
+/// How often an idle HTTP/2 connection is pinged, so that a vanished client
+/// (no FIN, no RST) is noticed and its session closed.
+const KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// Configures a [`GrpcServer`] for a host.
+pub struct GrpcServerBuilder {
+    host: Host,
+    token: Option<String>,
+    tls: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl GrpcServerBuilder {
+    /// Requires every `Session` stream to carry
+    /// `authorization: Bearer <token>`; others end `UNAUTHENTICATED` before
+    /// any state is sent. Health and reflection stay open: they reveal
+    /// nothing beyond the public schema and whether the host is up.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Serves TLS with this PEM certificate chain and PEM private key.
+    pub fn tls(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+        self.tls = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// Binds `addr` (port 0 picks a free port) and checks the configuration;
+    /// nothing is served until [`GrpcServer::serve`].
+    pub async fn bind(self, addr: SocketAddr) -> Result<GrpcServer, GrpcError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| GrpcError::Bind { addr, source })?;
+        self.listen(listener)
+    }
+
+    /// Like [`GrpcServerBuilder::bind`], on a listener the caller bound.
+    pub fn listen(self, listener: TcpListener) -> Result<GrpcServer, GrpcError> {
+        if let Some(token) = &self.token
+            && !is_valid_token(token)
+        {
+            return Err(GrpcError::InvalidToken);
+        }
+        let tls = match self.tls {
+            Some((cert, key)) => {
+                let config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+                // Building a throwaway server parses the certificate and key
+                // now, so a bad file fails at startup rather than per stream.
+                Server::builder()
+                    .tls_config(config.clone())
+                    .map_err(|e| GrpcError::Tls(super::error_chain(&e)))?;
+                Some(config)
+            }
+            None => None,
+        };
+        let local_addr = listener.local_addr().map_err(GrpcError::Io)?;
+        Ok(GrpcServer {
+            host: self.host,
+            token: self.token.map(|t| Arc::from(t.into_bytes())),
+            tls,
+            listener,
+            local_addr,
+        })
+    }
+}
+
+/// A host bound to a TCP address, ready to serve gRPC.
+pub struct GrpcServer {
+    host: Host,
+    token: Option<Arc<[u8]>>,
+    tls: Option<ServerTlsConfig>,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl GrpcServer {
+    /// A builder serving `host`.
+    pub fn builder(host: Host) -> GrpcServerBuilder {
+        GrpcServerBuilder {
+            host,
+            token: None,
+            tls: None,
+        }
+    }
+
+    /// The address actually bound (with the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Whether streams must present a token.
+    pub fn requires_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// Serves until `shutdown` resolves. Then health reports `NOT_SERVING`,
+    /// the host shuts down (every session's stream ends `UNAVAILABLE`, new
+    /// ones are refused) and the server waits for connections to close.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), GrpcError> {
+        let limits = self.host.limits();
+        let service = HostServiceServer::new(SessionService {
+            host: self.host.clone(),
+            token: self.token,
+        })
+        .max_decoding_message_size(limits.max_message_bytes);
+
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+            .await;
+        reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|e| GrpcError::Reflection(e.to_string()))?;
+        let reflection = reflection
+            .build_v1()
+            .map_err(|e| GrpcError::Reflection(e.to_string()))?;
+
+        let mut server = Server::builder()
+            .http2_keepalive_interval(Some(KEEPALIVE))
+            .http2_keepalive_timeout(Some(KEEPALIVE));
+        if let Some(tls) = self.tls {
+            server = server
+                .tls_config(tls)
+                .map_err(|e| GrpcError::Tls(super::error_chain(&e)))?;
+        }
+        let host = self.host.clone();
+        let shutdown = async move {
+            shutdown.await;
+            reporter
+                .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+                .await;
+            reporter
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            host.shutdown();
+        };
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        server
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(reflection_v1alpha)
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+            .map_err(|e| GrpcError::Serve(super::error_chain(&e)))
+    }
+}
+
+/// The `HostService` implementation: each stream is one host session.
+struct SessionService {
+    host: Host,
+    token: Option<Arc<[u8]>>,
+}
+
+type FrameStream = Pin<Box<dyn Stream<Item = Result<HostFrame, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl HostService for SessionService {
+    type SessionStream = FrameStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<ClientMessage>>,
+    ) -> Result<Response<FrameStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        if let Some(token) = &self.token
+            && let Err(status) = check_bearer(request.metadata(), token)
+        {
+            tracing::warn!(%peer, reason = status.message(), "client refused: unauthenticated");
+            return Err(status);
+        }
+        let session = self
+            .host
+            .open_session(PeerOptions {
+                peer_id: peer.clone(),
+                publications: true,
+            })
+            .map_err(|error| {
+                tracing::warn!(%peer, %error, "client refused");
+                refusal_status(&error)
+            })?;
+        tracing::info!(%peer, sessions = self.host.session_count(), "client connected");
+        let session = Arc::new(session);
+        let (end_tx, end_rx) = oneshot::channel();
+        let reader = tokio::spawn(read_session(
+            session.clone(),
+            request.into_inner(),
+            peer.clone(),
+            end_tx,
+        ));
+        let connection = Connection { peer, reader };
+        Ok(Response::new(Box::pin(outbound(
+            session, end_rx, connection,
+        ))))
+    }
+}
+
+/// The status a refused new session ends with.
+fn refusal_status(error: &InputError) -> Status {
+    match error {
+        InputError::TooManyClients { limit } => {
+            Status::resource_exhausted(format!("too many clients: the limit is {limit}"))
+        }
+        InputError::UnknownPeer => Status::unavailable("the host is shutting down"),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+/// The status a session ends with after a fatal input.
+fn fatal_status(error: &InputError) -> Status {
+    match error {
+        InputError::Flooding { .. } | InputError::MessageTooLarge { .. } => {
+            Status::resource_exhausted(error.to_string())
+        }
+        InputError::UnknownPeer => Status::unavailable("the host is shutting down"),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+/// The status a session ends with after its request stream failed. tonic
+/// reports an oversize message as `OUT_OF_RANGE`; the protocol says
+/// `RESOURCE_EXHAUSTED` (spec §15), as other gRPC stacks do.
+fn inbound_status(status: Status) -> Status {
+    match status.code() {
+        Code::OutOfRange => Status::resource_exhausted(status.message().to_owned()),
+        _ => status,
+    }
+}
+
+/// Feeds the client's envelopes to its session until the client closes its
+/// side, breaks the stream, or sends something fatal. Reports how the
+/// response stream must end: `None` for a plain end, or a status.
+async fn read_session(
+    session: Arc<Session>,
+    mut inbound: Streaming<ClientMessage>,
+    peer: String,
+    end: oneshot::Sender<Option<Status>>,
+) {
+    let outcome = loop {
+        match inbound.message().await {
+            Ok(Some(message)) => match session.handle(message) {
+                Ok(()) => {}
+                Err(error) if error.is_fatal() => {
+                    tracing::warn!(%peer, %error, "closing session");
+                    break Some(fatal_status(&error));
+                }
+                Err(error) => tracing::debug!(%peer, %error, "ignored input"),
+            },
+            Ok(None) => break None,
+            Err(status) => {
+                tracing::debug!(%peer, %status, "request stream failed");
+                break Some(inbound_status(status));
+            }
+        }
+    };
+    let _ = end.send(outcome);
+}
+
+/// Lives as long as the response stream: logs the disconnect and stops the
+/// reader, so the session is closed however the stream ends.
+struct Connection {
+    peer: String,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.reader.abort();
+        tracing::info!(peer = %self.peer, "client disconnected");
+    }
+}
+
+struct Outbound {
+    session: Arc<Session>,
+    end: oneshot::Receiver<Option<Status>>,
+    _connection: Connection,
+}
+
+enum Step {
+    Frame(Option<HostFrame>),
+    End(Option<Status>),
+}
+
+/// The response stream: the session's frames, pulled at the stream's pace,
+/// until the reader reports an end or the host shuts down.
+fn outbound(
+    session: Arc<Session>,
+    end: oneshot::Receiver<Option<Status>>,
+    connection: Connection,
+) -> impl Stream<Item = Result<HostFrame, Status>> + Send {
+    let state = Outbound {
+        session,
+        end,
+        _connection: connection,
+    };
+    futures::stream::unfold(Some(state), |state| async move {
+        let mut state = state?;
+        let step = tokio::select! {
+            // An end decided by the reader wins over frames still queued.
+            biased;
+            ended = &mut state.end => Step::End(ended.ok().flatten()),
+            frame = state.session.next_frame() => Step::Frame(frame),
+        };
+        match step {
+            Step::Frame(Some(frame)) => Some((Ok(frame), Some(state))),
+            Step::Frame(None) => {
+                Some((Err(Status::unavailable("the host is shutting down")), None))
+            }
+            Step::End(Some(status)) => Some((Err(status), None)),
+            Step::End(None) => None,
+        }
+    })
+}

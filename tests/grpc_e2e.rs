@@ -1,0 +1,287 @@
+//! The host over real gRPC on 127.0.0.1: many clients, calls reflected
+//! everywhere, clients that vanish mid-call, TLS.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cosystem_worker::client::{Client, ClientConfig, ClientEvent, Reconnect};
+use cosystem_worker::demo;
+use cosystem_worker::host::{Host, SyncMode};
+use cosystem_worker::transport::grpc::{GrpcConnector, GrpcServer};
+use cosystem_worker::transport::{Connector, TransportError};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+fn demo_host(sync: SyncMode) -> Host {
+    Host::builder(demo::app("grpc-secret"))
+        .sync(sync)
+        .sections(demo::DEFAULT_SECTIONS)
+        .build()
+}
+
+struct Running {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.expect("server task");
+    }
+}
+
+async fn until(stop: oneshot::Receiver<()>) {
+    let _ = stop.await;
+}
+
+async fn serve(server: GrpcServer) -> Running {
+    let addr = server.local_addr();
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        server.serve(until(stopped)).await.expect("serve");
+    });
+    Running {
+        addr,
+        stop: Some(stop),
+        task,
+    }
+}
+
+async fn start(host: &Host) -> Running {
+    let server = GrpcServer::builder(host.clone())
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("bind");
+    serve(server).await
+}
+
+fn fast_reconnect() -> Reconnect {
+    Reconnect {
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(100),
+    }
+}
+
+fn client(url: &str) -> Client {
+    Client::with_reconnect(
+        GrpcConnector::new(url).expect("url"),
+        ClientConfig::default(),
+        fast_reconnect(),
+    )
+}
+
+fn count(state: &Value) -> i64 {
+    state["counter"]["count"].as_i64().unwrap_or(-1)
+}
+
+/// The versions a client's mirror took, in order, from its event stream,
+/// up to and including `last`.
+async fn versions_until(
+    events: &mut tokio::sync::broadcast::Receiver<ClientEvent>,
+    last: u64,
+) -> Vec<u64> {
+    let mut versions = Vec::new();
+    loop {
+        match events.recv().await.expect("event stream") {
+            ClientEvent::StateChanged { version } => {
+                versions.push(version);
+                if version == last {
+                    return versions;
+                }
+            }
+            _ => continue,
+        }
+    }
+}
+
+/// Waits until `client`'s mirror is at `version`.
+async fn reach(client: &Client, version: u64) {
+    let mut watch = client.watch_with(
+        |_| (),
+        cosystem_worker::client::WatchOptions::with_equals(|_, _| false),
+    );
+    while client.version() != Some(version) {
+        watch.changed().await.expect("client stopped");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_clients_see_identical_version_sequences_and_final_state() {
+    let host = demo_host(SyncMode::Patch);
+    let server = start(&host).await;
+    let clients: Vec<Client> = (0..8).map(|_| client(&server.url())).collect();
+    // Subscribed before the first snapshot, so nothing is missed.
+    let mut records: Vec<_> = clients.iter().map(Client::events).collect();
+    for c in &clients {
+        c.ready().await.unwrap();
+    }
+    let start_version = host.version();
+
+    // Three clients call concurrently, interleaving their commits.
+    let mut calls = Vec::new();
+    for c in &clients[..3] {
+        let c = c.clone();
+        calls.push(tokio::spawn(async move {
+            for i in 0..10 {
+                c.call("counter", "increase", vec![json!(1)]).await.unwrap();
+                c.call("todos", "add", vec![json!(format!("item {i}"))])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for call in calls {
+        call.await.unwrap();
+    }
+    let end_version = host.version();
+    assert_eq!(end_version, start_version + 60);
+    for c in &clients {
+        reach(c, end_version).await;
+        assert_eq!(c.state(), Some(host.view()));
+    }
+    // Patch mode over an ordered stream: every client applied every version,
+    // in order, with no gap and no repeat.
+    let expected: Vec<u64> = (start_version + 1..=end_version).collect();
+    for record in &mut records {
+        let seen: Vec<u64> = versions_until(record, end_version)
+            .await
+            .into_iter()
+            .filter(|v| *v > start_version)
+            .collect();
+        assert_eq!(seen, expected);
+    }
+    assert_eq!(count(&host.view()), 30);
+    for c in &clients {
+        c.dispose();
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_from_one_client_is_reflected_in_every_client() {
+    let host = demo_host(SyncMode::Snapshot);
+    let server = start(&host).await;
+    let clients: Vec<Client> = (0..4).map(|_| client(&server.url())).collect();
+    for c in &clients {
+        c.ready().await.unwrap();
+    }
+    let settled = clients[0]
+        .call("counter", "increase", vec![json!(5)])
+        .with_version()
+        .await;
+    assert_eq!(settled.outcome, Ok(json!(5)));
+    let version = settled.state_version.expect("the host answered");
+    assert_eq!(version, host.version());
+    for c in &clients {
+        reach(c, version).await;
+        assert_eq!(c.select(count), Some(5));
+    }
+    // The secret module is private: never mirrored, still callable.
+    assert_eq!(clients[1].select(|s| s.get("secret").cloned()), Some(None));
+    clients[1].call("secret", "rotate", vec![]).await.unwrap();
+    assert_eq!(
+        host.module_state("secret").unwrap()["token"],
+        "grpc-secret-r1"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_dropped_mid_call_leaves_the_others_unaffected() {
+    let host = demo_host(SyncMode::Patch);
+    let server = start(&host).await;
+    let stays = client(&server.url());
+    stays.ready().await.unwrap();
+
+    for _ in 0..3 {
+        let leaves = client(&server.url());
+        leaves.ready().await.unwrap();
+        // Start a call, let it go out, then drop everything about the client.
+        let pending = tokio::spawn({
+            let leaves = leaves.clone();
+            async move { leaves.call("todos", "add", vec![json!("orphan")]).await }
+        });
+        tokio::task::yield_now().await;
+        pending.abort();
+        leaves.dispose();
+        drop(leaves);
+
+        let before = stays.select(count).unwrap();
+        let value = stays
+            .call("counter", "increase", vec![json!(1)])
+            .await
+            .unwrap();
+        assert_eq!(value, json!(before + 1));
+    }
+    // The host may or may not have run each orphan call; either way the
+    // survivor's mirror is exactly the host's view.
+    reach(&stays, host.version()).await;
+    assert_eq!(stays.state(), Some(host.view()));
+    assert_eq!(count(&host.view()), 3);
+    stays.dispose();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_certificate_made_at_test_time() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_pem = cert.cert.pem();
+    let key_pem = cert.signing_key.serialize_pem();
+    let host = demo_host(SyncMode::Patch);
+    let server = GrpcServer::builder(host.clone())
+        .tls(cert_pem.clone(), key_pem)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("bind with TLS");
+    let server = serve(server).await;
+    let url = format!("https://localhost:{}", server.addr.port());
+
+    let trusted = Client::with_reconnect(
+        GrpcConnector::new(&url).unwrap().ca_cert(cert_pem.clone()),
+        ClientConfig::default(),
+        fast_reconnect(),
+    );
+    trusted.ready().await.unwrap();
+    assert_eq!(
+        trusted
+            .call("counter", "increase", vec![json!(2)])
+            .await
+            .unwrap(),
+        json!(2)
+    );
+
+    // Without trusting the certificate, the handshake fails (retryably:
+    // the certificate may be fixed on the host side).
+    let untrusting = GrpcConnector::new(&url).unwrap();
+    match untrusting.connect().await {
+        Err(TransportError::Connection(message)) => {
+            assert!(message.to_lowercase().contains("certificate"), "{message}")
+        }
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("connected without trusting the certificate"),
+    }
+    // Plaintext against a TLS port does not get a session either.
+    let plaintext = GrpcConnector::new(format!("http://127.0.0.1:{}", server.addr.port())).unwrap();
+    assert!(plaintext.connect().await.is_err());
+    trusted.dispose();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_tls_key_is_refused_at_bind() {
+    let host = demo_host(SyncMode::Patch);
+    let result = GrpcServer::builder(host)
+        .tls("not a certificate", "not a key")
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await;
+    assert!(result.is_err());
+}

@@ -1,0 +1,425 @@
+//! What the gRPC host refuses and the standard services it answers, seen
+//! from real clients on 127.0.0.1: bearer tokens, client and message
+//! limits, flooding, a vanished raw client, health and reflection.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cosystem_worker::client::{Client, ClientConfig, Reconnect};
+use cosystem_worker::demo;
+use cosystem_worker::host::{Host, HostLimits, SyncMode};
+use cosystem_worker::transport::grpc::{GrpcConnector, GrpcServer, SERVICE_NAME};
+use cosystem_worker::transport::{Connector, TransportError};
+use cosystem_worker::wire::host_service_client::HostServiceClient;
+use cosystem_worker::wire::{
+    Call, ClientMessage, ErrorCode, Header, HostMessage, SyncReason, SyncRequest, client_message,
+    host_message,
+};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Streaming};
+
+const TOKEN: &str = "s3cr3t-t0ken";
+
+fn host_with(limits: HostLimits) -> Host {
+    Host::builder(demo::app("svc-secret"))
+        .sync(SyncMode::Patch)
+        .sections(demo::DEFAULT_SECTIONS)
+        .limits(limits)
+        .bookmark_interval(None)
+        .build()
+}
+
+async fn until(stop: oneshot::Receiver<()>) {
+    let _ = stop.await;
+}
+
+/// Serves `host` on a free port; the server stops when the sender drops.
+async fn start(host: &Host, token: Option<&str>) -> (SocketAddr, oneshot::Sender<()>) {
+    let mut builder = GrpcServer::builder(host.clone());
+    if let Some(token) = token {
+        builder = builder.token(token);
+    }
+    let server = builder.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = server.local_addr();
+    let (stop, stopped) = oneshot::channel();
+    tokio::spawn(server.serve(until(stopped)));
+    (addr, stop)
+}
+
+async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn header() -> Option<Header> {
+    Some(Header::v1("", "raw", ""))
+}
+
+fn sync_request() -> ClientMessage {
+    ClientMessage {
+        header: header(),
+        kind: Some(client_message::Kind::SyncRequest(SyncRequest {
+            sync_id: 1,
+            have_version: 0,
+            reason: SyncReason::Initial as i32,
+        })),
+    }
+}
+
+fn call(id: u64, module: &str, method: &str, args_json: &str) -> ClientMessage {
+    ClientMessage {
+        header: header(),
+        kind: Some(client_message::Kind::Call(Call {
+            call_id: id,
+            module: module.to_owned(),
+            method: method.to_owned(),
+            args_json: args_json.to_owned(),
+        })),
+    }
+}
+
+/// Opens a raw `Session` stream, optionally with an authorization value.
+async fn raw_session(
+    addr: SocketAddr,
+    authorization: Option<&str>,
+) -> (
+    mpsc::Sender<ClientMessage>,
+    Result<Streaming<HostMessage>, tonic::Status>,
+) {
+    let (tx, rx) = mpsc::channel(4096);
+    let mut request = Request::new(ReceiverStream::new(rx));
+    if let Some(value) = authorization {
+        request
+            .metadata_mut()
+            .insert("authorization", value.parse().unwrap());
+    }
+    let result = HostServiceClient::new(channel(addr).await)
+        .session(request)
+        .await
+        .map(|r| r.into_inner());
+    (tx, result)
+}
+
+/// Reads the stream to its end and returns the status it ended with.
+async fn end_status(mut stream: Streaming<HostMessage>) -> tonic::Status {
+    loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => return tonic::Status::ok(""),
+            Err(status) => return status,
+        }
+    }
+}
+
+fn no_retry_delay() -> Reconnect {
+    Reconnect {
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(50),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_without_the_right_token_is_refused_unauthenticated_before_any_state() {
+    let host = host_with(HostLimits::default());
+    let (addr, _stop) = start(&host, Some(TOKEN)).await;
+    for authorization in [
+        None,
+        Some("Bearer wrong-token"),
+        Some("Bearer s3cr3t-t0kenX"),
+        Some(TOKEN),
+        Some("Basic czNjcjN0LXQwa2Vu"),
+    ] {
+        let (_tx, result) = raw_session(addr, authorization).await;
+        // The call itself fails: the response headers already carry the
+        // status, so no HostMessage can have been sent.
+        let status = result.expect_err("refused");
+        assert_eq!(status.code(), Code::Unauthenticated, "{authorization:?}");
+        assert!(!status.message().contains("wrong-token"));
+    }
+    assert_eq!(host.session_count(), 0);
+
+    let (tx, result) = raw_session(addr, Some(&format!("Bearer {TOKEN}"))).await;
+    let mut stream = result.expect("accepted");
+    tx.send(sync_request()).await.unwrap();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(matches!(first.kind, Some(host_message::Kind::Snapshot(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_a_missing_or_wrong_token_fails_permission_denied_instead_of_retrying() {
+    let host = host_with(HostLimits::default());
+    let (addr, _stop) = start(&host, Some(TOKEN)).await;
+    let url = format!("http://{addr}");
+
+    for connector in [
+        GrpcConnector::new(&url).unwrap(),
+        GrpcConnector::new(&url).unwrap().token("wrong"),
+    ] {
+        assert!(matches!(
+            connector.connect().await.err(),
+            Some(TransportError::Unauthenticated(_))
+        ));
+        let client = Client::with_reconnect(connector, ClientConfig::default(), no_retry_delay());
+        let error = client.ready().await.unwrap_err();
+        assert_eq!(error.code, ErrorCode::PermissionDenied, "{error}");
+        // Calls made afterwards fail the same way instead of waiting forever.
+        let error = client
+            .call("counter", "increase", vec![json!(1)])
+            .await
+            .unwrap_err();
+        assert_eq!(error.code, ErrorCode::PermissionDenied);
+    }
+
+    let client = Client::new(
+        GrpcConnector::new(&url).unwrap().token(TOKEN),
+        ClientConfig::default(),
+    );
+    client.ready().await.unwrap();
+    assert_eq!(
+        client
+            .call("counter", "increase", vec![json!(1)])
+            .await
+            .unwrap(),
+        json!(1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_queued_before_the_token_is_refused_fails_rather_than_hangs() {
+    let host = host_with(HostLimits::default());
+    let (addr, _stop) = start(&host, Some(TOKEN)).await;
+    let client = Client::new(
+        GrpcConnector::new(format!("http://{addr}"))
+            .unwrap()
+            .token("nope"),
+        ClientConfig::default(),
+    );
+    // Made before the connection attempt has even started.
+    let error = client
+        .call("counter", "increase", vec![json!(1)])
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, ErrorCode::PermissionDenied, "{error}");
+    assert_eq!(host.version(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_at_its_client_limit_refuses_new_streams_resource_exhausted() {
+    let host = host_with(HostLimits {
+        max_clients: 2,
+        ..HostLimits::default()
+    });
+    let (addr, _stop) = start(&host, None).await;
+    let (_a_tx, a) = raw_session(addr, None).await;
+    let (_b_tx, b) = raw_session(addr, None).await;
+    let (_a, _b) = (a.unwrap(), b.unwrap());
+    let (_c_tx, c) = raw_session(addr, None).await;
+    assert_eq!(c.unwrap_err().code(), Code::ResourceExhausted);
+    assert_eq!(host.session_count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_message_ends_that_stream_resource_exhausted_and_no_other() {
+    let host = host_with(HostLimits {
+        max_message_bytes: 1024,
+        ..HostLimits::default()
+    });
+    let (addr, _stop) = start(&host, None).await;
+    let bystander = Client::new(
+        GrpcConnector::new(format!("http://{addr}")).unwrap(),
+        ClientConfig::default(),
+    );
+    bystander.ready().await.unwrap();
+
+    let (tx, stream) = raw_session(addr, None).await;
+    let stream = stream.unwrap();
+    let big = format!("[{:?}]", "x".repeat(2000));
+    tx.send(call(1, "todos", "add", &big)).await.unwrap();
+    let status = end_status(stream).await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(host.view()["todos"]["items"].as_array().unwrap().is_empty());
+
+    assert_eq!(
+        bystander
+            .call("counter", "increase", vec![json!(3)])
+            .await
+            .unwrap(),
+        json!(3)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_calls_without_reading_is_ended_resource_exhausted() {
+    let host = host_with(HostLimits {
+        max_calls_in_flight: 4,
+        ..HostLimits::default()
+    });
+    let (addr, _stop) = start(&host, None).await;
+    let bystander = Client::new(
+        GrpcConnector::new(format!("http://{addr}")).unwrap(),
+        ClientConfig::default(),
+    );
+    bystander.ready().await.unwrap();
+
+    let (tx, stream) = raw_session(addr, None).await;
+    let stream = stream.unwrap();
+    // Large results fill the HTTP/2 window quickly; once it is full the
+    // host's answers queue up and the flood is detected.
+    let text = format!("[{:?}]", "y".repeat(800));
+    let mut sent = 0u64;
+    for id in 1..=2000 {
+        if tx.send(call(id, "todos", "add", &text)).await.is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    assert!(sent > 0);
+    let status = end_status(stream).await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("flood"), "{status:?}");
+
+    let before = bystander
+        .select(|s| s["counter"]["count"].as_i64())
+        .flatten();
+    assert_eq!(before, Some(0));
+    assert_eq!(
+        bystander
+            .call("counter", "increase", vec![json!(1)])
+            .await
+            .unwrap(),
+        json!(1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_client_that_vanishes_mid_call_is_disconnected_and_others_continue() {
+    let host = host_with(HostLimits::default());
+    let (addr, _stop) = start(&host, None).await;
+    let stays = Client::new(
+        GrpcConnector::new(format!("http://{addr}")).unwrap(),
+        ClientConfig::default(),
+    );
+    stays.ready().await.unwrap();
+    for round in 1..=5 {
+        let (tx, stream) = raw_session(addr, None).await;
+        let stream = stream.unwrap();
+        tx.send(call(1, "counter", "increase", "[10]"))
+            .await
+            .unwrap();
+        // Gone before reading its result: stream, sender and connection.
+        drop(stream);
+        drop(tx);
+        let value = stays
+            .call("todos", "add", vec![json!(format!("round {round}"))])
+            .await
+            .unwrap();
+        assert!(value.is_u64());
+    }
+    // Every vanished session is closed on the host.
+    for _ in 0..500 {
+        if host.session_count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(host.session_count(), 1);
+    assert_eq!(stays.state(), Some(host.view()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_serving_for_the_service_and_the_server() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let host = host_with(HostLimits::default());
+    // Health stays open even when sessions need a token.
+    let (addr, _stop) = start(&host, Some(TOKEN)).await;
+    let mut health = HealthClient::new(channel(addr).await);
+    for service in ["", SERVICE_NAME] {
+        let response = health
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(response.status(), ServingStatus::Serving, "{service:?}");
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_v1_and_v1alpha_list_the_host_service() {
+    let host = host_with(HostLimits::default());
+    let (addr, _stop) = start(&host, None).await;
+
+    {
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+        let mut client = ServerReflectionClient::new(channel(addr).await);
+        let requests = [
+            MessageRequest::ListServices(String::new()),
+            MessageRequest::FileContainingSymbol(SERVICE_NAME.to_owned()),
+        ]
+        .map(|m| ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(m),
+        });
+        let mut responses = client
+            .server_reflection_info(tokio_stream::iter(requests))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(MessageResponse::ListServicesResponse(list)) =
+            responses.message().await.unwrap().unwrap().message_response
+        else {
+            panic!("expected a service list");
+        };
+        let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+        assert!(names.contains(&SERVICE_NAME), "{names:?}");
+        assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+        let Some(MessageResponse::FileDescriptorResponse(files)) =
+            responses.message().await.unwrap().unwrap().message_response
+        else {
+            panic!("expected the file declaring the service");
+        };
+        assert!(!files.file_descriptor_proto.is_empty());
+    }
+    {
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+        let mut client = ServerReflectionClient::new(channel(addr).await);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = client
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(MessageResponse::ListServicesResponse(list)) =
+            responses.message().await.unwrap().unwrap().message_response
+        else {
+            panic!("expected a service list");
+        };
+        assert!(list.service.iter().any(|s| s.name == SERVICE_NAME));
+    }
+}
