@@ -1,6 +1,7 @@
-//! Renders the case catalogue of spec/CONFORMANCE.md from the vectors, so
-//! the document cannot drift from them: a test compares the generated text
-//! with the file, and `cosystem-conformance doc --write` rewrites it.
+//! Renders the case catalogues of spec/CONFORMANCE.md from the vectors and
+//! from the host interop cases' table, so the document cannot drift from
+//! them: a test compares the generated text with the file, and
+//! `cosystem-conformance doc --write` rewrites it.
 
 use std::fmt::Write as _;
 
@@ -15,32 +16,80 @@ pub const BEGIN: &str = "<!-- BEGIN GENERATED CATALOGUE: edit the vectors, then 
 /// The line after it.
 pub const END: &str = "<!-- END GENERATED CATALOGUE -->";
 
+/// The line before the generated host interop catalogue.
+pub const BEGIN_GRPC: &str = "<!-- BEGIN GENERATED HOST INTEROP CASES: edit conformance/src/grpc/cases.rs, then run `cargo run -p cosystem-conformance -- doc --write spec/CONFORMANCE.md` -->";
+/// The line after it.
+pub const END_GRPC: &str = "<!-- END GENERATED HOST INTEROP CASES -->";
+
 /// Replaces the text between [`BEGIN`] and [`END`] in `document` with
 /// `catalogue`.
 pub fn splice(document: &str, catalogue: &str) -> Result<String, String> {
+    splice_between(document, BEGIN, END, catalogue)
+}
+
+/// Replaces both generated catalogues of `document`: the vectors' and the
+/// host interop cases'.
+pub fn splice_all(document: &str, cases: &[Case]) -> Result<String, String> {
+    let document = splice(document, &catalogue(cases))?;
+    splice_between(&document, BEGIN_GRPC, END_GRPC, &grpc_catalogue())
+}
+
+fn splice_between(document: &str, begin: &str, end: &str, text: &str) -> Result<String, String> {
     let start = document
-        .find(BEGIN)
-        .ok_or("the document has no BEGIN GENERATED CATALOGUE line")?
-        + BEGIN.len();
-    let end = document
-        .find(END)
-        .ok_or("the document has no END GENERATED CATALOGUE line")?;
-    if end < start {
-        return Err("END comes before BEGIN".into());
+        .find(begin)
+        .ok_or_else(|| format!("the document has no line {begin}"))?
+        + begin.len();
+    let stop = document
+        .find(end)
+        .ok_or_else(|| format!("the document has no line {end}"))?;
+    if stop < start {
+        return Err(format!("{end} comes before {begin}"));
     }
     Ok(format!(
         "{}\n\n{}\n{}",
         &document[..start],
-        catalogue.trim_end(),
-        &document[end..]
+        text.trim_end(),
+        &document[stop..]
     ))
 }
 
-/// The generated text currently between the markers of `document`.
+fn between<'a>(document: &'a str, begin: &str, end: &str) -> Option<&'a str> {
+    let start = document.find(begin)? + begin.len();
+    let stop = document.find(end)?;
+    document.get(start..stop).map(str::trim)
+}
+
+/// The generated vector catalogue currently between the markers of
+/// `document`.
 pub fn current(document: &str) -> Option<&str> {
-    let start = document.find(BEGIN)? + BEGIN.len();
-    let end = document.find(END)?;
-    document.get(start..end).map(str::trim)
+    between(document, BEGIN, END)
+}
+
+/// The generated host interop catalogue currently in `document`.
+pub fn current_grpc(document: &str) -> Option<&str> {
+    between(document, BEGIN_GRPC, END_GRPC)
+}
+
+/// The host interop catalogue: one entry per case of
+/// [`crate::grpc::cases::CASES`], in the order they run, in the style of
+/// the gRPC interop test descriptions (procedure, then what the host must
+/// have done).
+pub fn grpc_catalogue() -> String {
+    let mut out = String::new();
+    for case in crate::grpc::cases::CASES {
+        let _ = writeln!(out, "#### `{}`\n", case.name);
+        let _ = writeln!(out, "{} · spec: {}\n", case.tier, case.spec.join(", "));
+        let _ = writeln!(out, "{}\n\nProcedure:\n", case.description);
+        for (i, step) in case.procedure.iter().enumerate() {
+            let _ = writeln!(out, "{}. {step}", i + 1);
+        }
+        let _ = writeln!(out, "\nHost asserts:\n");
+        for a in case.asserts {
+            let _ = writeln!(out, "- {a}");
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// The catalogue: one entry per case, client cases first, in file order.

@@ -1,8 +1,12 @@
 //! Conformance kit for the cosystem-worker protocol.
 //!
+//! - [`adapter`]: the adapter protocol through which client cases drive a
+//!   client in any language, and the reference adapter.
 //! - [`vectors`]: language-neutral test vectors (JSON files under
 //!   `conformance/vectors/`) and a runner that plays them against the
 //!   reference sans-IO cores.
+//! - [`grpc`]: the host interop runner, which tests a host in any language
+//!   over gRPC.
 //! - [`sim`]: a deterministic simulation of one host and several clients over
 //!   faulty channels, with a simulated clock.
 //! - [`report`]: per-case results and their printing.
@@ -14,7 +18,9 @@
 //! matchers and report.
 #![warn(missing_docs)]
 
+pub mod adapter;
 pub mod doc;
+pub mod grpc;
 pub mod report;
 pub mod sim;
 pub mod vectors;

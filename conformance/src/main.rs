@@ -1,28 +1,65 @@
-//! `cosystem-conformance`: runs the protocol's test vectors.
+//! `cosystem-conformance`: the protocol's conformance suite.
 //!
-//! `vectors` plays every case against the reference cores in this
-//! workspace; `list` prints the catalogue; `doc` prints spec/CONFORMANCE.md's
-//! generated case catalogue. `host` and `client`, which will drive an
-//! implementation under test over gRPC, are not written yet.
+//! - `vectors` plays every vector against the reference cores in this
+//!   workspace; `list` prints the catalogue; `doc` prints spec/CONFORMANCE.md's
+//!   generated catalogues.
+//! - `client -- CMD ARGS…` tests a client implementation in any language
+//!   through its adapter program (spec/CONFORMANCE.md §6).
+//! - `host --connect URL` tests a running host implementation in any language
+//!   over gRPC (spec/CONFORMANCE.md §7).
+//! - `adapter` is the reference adapter: the reference client behind the
+//!   adapter protocol on stdin/stdout.
+//!
+//! Exit status: 0 when every required case passed, 1 when one failed, 2 when
+//! the run could not be made (bad arguments, unreadable files).
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use cosystem_conformance::report::Report;
+use clap::{Args, Parser, Subcommand};
+use cosystem_conformance::adapter::process::serve;
+use cosystem_conformance::adapter::reference::{Breakage, ReferenceClient};
+use cosystem_conformance::adapter::runner::{self, ClientRun};
+use cosystem_conformance::grpc::{self, HostRun};
+use cosystem_conformance::report::{Format, Report, parse_known_failures};
 use cosystem_conformance::vectors::{self, Case};
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "Conformance vectors for the cosystem-worker protocol"
-)]
+#[command(version, about = "Conformance suite for the cosystem-worker protocol")]
 struct Cli {
     /// Directory of vector files (default: the vectors shipped with this crate).
     #[arg(long, global = true)]
     vectors: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Options every run mode shares.
+#[derive(Args)]
+struct RunArgs {
+    /// Run only the case with this name.
+    #[arg(long, value_name = "NAME")]
+    case: Option<String>,
+    /// How to print the report: text, json or junit.
+    #[arg(long, default_value = "text", value_name = "FORMAT")]
+    format: Format,
+    /// A file of case names (one per line, `#` comments) to skip as known
+    /// failures; the report lists them as skipped.
+    #[arg(long, value_name = "FILE")]
+    known_failures: Option<PathBuf>,
+}
+
+impl RunArgs {
+    fn known(&self) -> Result<BTreeSet<String>, ExitCode> {
+        let Some(path) = &self.known_failures else {
+            return Ok(BTreeSet::new());
+        };
+        std::fs::read_to_string(path)
+            .map(|text| parse_known_failures(&text))
+            .map_err(|e| usage(format!("{}: {e}", path.display())))
+    }
 }
 
 #[derive(Subcommand)]
@@ -32,64 +69,106 @@ enum Command {
         /// Only cases whose name contains this.
         #[arg(long)]
         filter: Option<String>,
+        /// How to print the report: text, json or junit.
+        #[arg(long, default_value = "text", value_name = "FORMAT")]
+        format: Format,
     },
     /// List every case: role, tier, name, description.
     List,
-    /// Print the case catalogue of spec/CONFORMANCE.md, generated from the vectors.
+    /// Print the case catalogues of spec/CONFORMANCE.md, generated from the
+    /// vectors and the host interop cases.
     Doc {
-        /// Rewrite the catalogue inside this file instead of printing it.
+        /// Rewrite the catalogues inside this file instead of printing them.
         #[arg(long)]
         write: Option<PathBuf>,
     },
-    /// Test a host implementation over gRPC (not yet implemented).
+    /// Test a host implementation over gRPC. The host must serve the demo
+    /// app (spec §19) and have no other client during the run.
     Host {
-        /// The host's address.
-        #[arg(long)]
-        target: Option<String>,
+        /// The host's URL, e.g. http://127.0.0.1:50051.
+        #[arg(long, value_name = "URL")]
+        connect: String,
+        /// A file holding the bearer token the host requires.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// A string contained in every token the host's secret module ever
+        /// holds (the reference host: its --secret-token); no byte the host
+        /// sends may contain it.
+        #[arg(long, value_name = "MARKER")]
+        secret_marker: Option<String>,
+        /// The host's history window in versions (H11), for the case that
+        /// outruns it.
+        #[arg(long, default_value_t = 1024, value_name = "N")]
+        history_window: u64,
+        /// The longest any single wait may last, in ms.
+        #[arg(long, default_value_t = 5000, value_name = "MS")]
+        step_timeout_ms: u64,
+        /// The longest a whole case may last, in ms.
+        #[arg(long, default_value_t = 60000, value_name = "MS")]
+        case_timeout_ms: u64,
+        #[command(flatten)]
+        run: RunArgs,
     },
-    /// Test a client implementation through its adapter (not yet implemented).
+    /// Test a client implementation through its adapter program, started once
+    /// per case as `CMD ARGS…` (spec/CONFORMANCE.md §6).
     Client {
-        /// The adapter command.
-        #[arg(long)]
-        adapter: Option<String>,
+        /// The longest the adapter may take to answer one command, in ms.
+        #[arg(long, default_value_t = 5000, value_name = "MS")]
+        reply_timeout_ms: u64,
+        #[command(flatten)]
+        run: RunArgs,
+        /// The adapter command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        adapter: Vec<String>,
     },
+    /// Serve the adapter protocol on stdin/stdout for the reference client.
+    Adapter {
+        /// Break the client on purpose (apply-across-gap,
+        /// settle-before-catch-up, ignore-epoch, skip-resync), to show the
+        /// suite catches it. Also read from COSYSTEM_ADAPTER_BREAK.
+        #[arg(long = "break", value_name = "MODE", env = "COSYSTEM_ADAPTER_BREAK")]
+        breakage: Option<Breakage>,
+    },
+}
+
+fn usage(message: String) -> ExitCode {
+    eprintln!("cosystem-conformance: {message}");
+    ExitCode::from(2)
 }
 
 fn load(dir: Option<PathBuf>) -> Result<Vec<Case>, ExitCode> {
     let dir = dir.unwrap_or_else(vectors::default_dir);
-    vectors::load_dir(&dir).map_err(|e| {
-        eprintln!("cannot load vectors: {e}");
-        ExitCode::from(2)
-    })
+    vectors::load_dir(&dir).map_err(|e| usage(format!("cannot load vectors: {e}")))
+}
+
+fn finish(report: &Report, format: Format, mode: &str) -> ExitCode {
+    print!("{}", report.render(format, mode));
+    if report.required_passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let cases = match &cli.command {
-        Command::Host { .. } | Command::Client { .. } => {
-            eprintln!("not yet implemented");
-            return ExitCode::from(2);
-        }
-        _ => match load(cli.vectors) {
-            Ok(cases) => cases,
-            Err(code) => return code,
-        },
-    };
-    match cli.command {
-        Command::Vectors { filter } => {
+    match run(cli) {
+        Ok(code) | Err(code) => code,
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
+    Ok(match cli.command {
+        Command::Vectors { filter, format } => {
+            let cases = load(cli.vectors)?;
             let selected = cases
                 .iter()
                 .filter(|c| filter.as_ref().is_none_or(|f| c.info().name.contains(f)));
             let report = Report::run(selected, Case::run_reference);
-            print!("{}", report.to_text());
-            if report.failures().next().is_none() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
+            finish(&report, format, "vectors")
         }
         Command::List => {
-            for c in &cases {
+            for c in &load(cli.vectors)? {
                 let i = c.info();
                 println!(
                     "{:6} {:11} {:40} {}",
@@ -99,26 +178,87 @@ fn main() -> ExitCode {
                     i.description
                 );
             }
+            for c in grpc::cases::CASES {
+                println!("{:6} {:11} {:40} {}", "grpc", c.tier, c.name, c.description);
+            }
             ExitCode::SUCCESS
         }
         Command::Doc { write } => {
-            let catalogue = cosystem_conformance::doc::catalogue(&cases);
+            let cases = load(cli.vectors)?;
             let Some(path) = write else {
-                print!("{catalogue}");
-                return ExitCode::SUCCESS;
+                print!("{}", cosystem_conformance::doc::catalogue(&cases));
+                print!("{}", cosystem_conformance::doc::grpc_catalogue());
+                return Ok(ExitCode::SUCCESS);
             };
-            let spliced = std::fs::read_to_string(&path)
+            std::fs::read_to_string(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|doc| cosystem_conformance::doc::splice(&doc, &catalogue))
-                .and_then(|doc| std::fs::write(&path, doc).map_err(|e| e.to_string()));
-            match spliced {
+                .and_then(|doc| cosystem_conformance::doc::splice_all(&doc, &cases))
+                .and_then(|doc| std::fs::write(&path, doc).map_err(|e| e.to_string()))
+                .map_err(|e| usage(format!("{}: {e}", path.display())))?;
+            ExitCode::SUCCESS
+        }
+        Command::Client {
+            reply_timeout_ms,
+            run,
+            adapter,
+        } => {
+            let cases = load(cli.vectors)?;
+            let (program, args) = adapter
+                .split_first()
+                .ok_or_else(|| usage("client needs an adapter command after --".into()))?;
+            let config = ClientRun {
+                program: program.clone(),
+                args: args.to_vec(),
+                case: run.case.clone(),
+                known_failures: run.known()?,
+                reply_timeout: Duration::from_millis(reply_timeout_ms),
+            };
+            let report = runner::run(&cases, &config).map_err(usage)?;
+            finish(&report, run.format, "client")
+        }
+        Command::Host {
+            connect,
+            token_file,
+            secret_marker,
+            history_window,
+            step_timeout_ms,
+            case_timeout_ms,
+            run,
+        } => {
+            let token = token_file
+                .map(|path| {
+                    std::fs::read_to_string(&path)
+                        .map(|t| t.trim().to_owned())
+                        .map_err(|e| usage(format!("{}: {e}", path.display())))
+                })
+                .transpose()?;
+            let mut config = HostRun::new(connect);
+            config.token = token;
+            config.secret_marker = secret_marker;
+            config.case = run.case.clone();
+            config.known_failures = run.known()?;
+            config.step_timeout = Duration::from_millis(step_timeout_ms);
+            config.case_timeout = Duration::from_millis(case_timeout_ms);
+            config.options.history_window = history_window;
+            grpc::check_names(&config).map_err(usage)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| usage(format!("cannot start the runtime: {e}")))?;
+            let report = runtime.block_on(grpc::run(&config)).map_err(usage)?;
+            finish(&report, run.format, "host")
+        }
+        Command::Adapter { breakage } => {
+            let mut client = ReferenceClient::new(breakage);
+            let stdin = std::io::stdin();
+            let stdout = std::io::stdout();
+            match serve(&mut client, stdin.lock(), stdout.lock()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("{}: {e}", path.display());
-                    ExitCode::from(2)
+                    eprintln!("adapter: {e}");
+                    ExitCode::FAILURE
                 }
             }
         }
-        Command::Host { .. } | Command::Client { .. } => ExitCode::from(2),
-    }
+    })
 }

@@ -1,8 +1,37 @@
-//! Results of running vectors, and their printing.
+//! Results of a run, and their printing as text, JSON or JUnit XML.
+//!
+//! Every mode of `cosystem-conformance` (vectors against the reference
+//! cores, `client` against an adapter, `host` against a gRPC host) reports
+//! through [`Report`], so they share one output format:
+//!
+//! ```text
+//! PASS client-live-patch-applies
+//! FAIL client-gap-reports-version-gap-and-resumes: step 2: expected 1 conflicts, got 0: []
+//! SKIP client-overflow-snapshot-is-noticed (known failure)
+//! 90 passed, 1 failed, 1 skipped
+//! ```
+//!
+//! A run succeeds when no *required* case failed; recommended failures are
+//! reported and counted but do not fail it.
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
+use serde_json::{Value, json};
+
 use crate::vectors::{Case, Failure, Role, Tier};
+
+/// What became of one case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// It passed.
+    Pass,
+    /// It failed, for this reason.
+    Fail(String),
+    /// It was not run, for this reason (listed as a known failure, or not
+    /// applicable to the configuration given).
+    Skip(String),
+}
 
 /// The result of one case.
 #[derive(Debug, Clone)]
@@ -11,76 +40,338 @@ pub struct CaseResult {
     pub name: String,
     /// Its tier.
     pub tier: Tier,
-    /// Its role.
+    /// The side it tests.
     pub role: Role,
-    /// `Ok` if it passed.
-    pub outcome: Result<(), Failure>,
+    /// What became of it.
+    pub outcome: Outcome,
 }
 
 /// The results of a run, in the order the cases were run.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
-    /// One entry per case run.
+    /// One entry per case.
     pub results: Vec<CaseResult>,
+}
+
+/// The reason printed for a case skipped because it is a known failure.
+pub const KNOWN_FAILURE: &str = "known failure";
+
+/// Runs `run` and turns a panic into a failure, so one broken case cannot
+/// hide the others.
+pub fn catch(run: impl FnOnce() -> Result<(), Failure>) -> Outcome {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        Ok(Ok(())) => Outcome::Pass,
+        Ok(Err(f)) => Outcome::Fail(f.to_string()),
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
+            Outcome::Fail(format!("panicked: {what}"))
+        }
+    }
 }
 
 impl Report {
     /// Runs `cases` with `run` and collects the results. A panic in `run`
-    /// is recorded as that case's failure, so one broken case cannot hide
-    /// the others.
+    /// is recorded as that case's failure.
     pub fn run<'a>(
         cases: impl IntoIterator<Item = &'a Case>,
         run: impl Fn(&Case) -> Result<(), Failure>,
     ) -> Self {
-        let results = cases
-            .into_iter()
-            .map(|case| {
-                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(case)))
-                    .unwrap_or_else(|payload| {
-                        let what = payload
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                            .unwrap_or_default();
-                        Err(Failure::case(format!("panicked: {what}")))
-                    });
-                CaseResult {
-                    name: case.info().name.clone(),
-                    tier: case.info().tier,
-                    role: case.role(),
-                    outcome,
-                }
-            })
-            .collect();
-        Self { results }
+        let mut report = Self::default();
+        for case in cases {
+            report.push(
+                &case.info().name,
+                case.info().tier,
+                case.role(),
+                catch(|| run(case)),
+            );
+        }
+        report
     }
 
-    /// The failed cases.
+    /// Records one result.
+    pub fn push(&mut self, name: &str, tier: Tier, role: Role, outcome: Outcome) {
+        self.results.push(CaseResult {
+            name: name.to_owned(),
+            tier,
+            role,
+            outcome,
+        });
+    }
+
+    /// The failed cases, of either tier.
     pub fn failures(&self) -> impl Iterator<Item = &CaseResult> {
-        self.results.iter().filter(|r| r.outcome.is_err())
+        self.results
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Fail(_)))
     }
 
-    /// Whether every required case passed.
+    /// How many cases passed, failed and were skipped.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let mut counts = (0, 0, 0);
+        for r in &self.results {
+            match r.outcome {
+                Outcome::Pass => counts.0 += 1,
+                Outcome::Fail(_) => counts.1 += 1,
+                Outcome::Skip(_) => counts.2 += 1,
+            }
+        }
+        counts
+    }
+
+    /// Whether every required case that ran passed.
     pub fn required_passed(&self) -> bool {
         self.failures().all(|r| r.tier != Tier::Required)
     }
 
-    /// One line per case (`ok`/`FAIL`, role, tier, name, and why it
-    /// failed), then `N passed, M failed`.
+    /// One line per case (`PASS name`, `FAIL name: reason`,
+    /// `SKIP name (reason)`), then `N passed, N failed`, with `, N skipped`
+    /// appended when some were skipped.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         for r in &self.results {
             let _ = match &r.outcome {
-                Ok(()) => writeln!(out, "ok    {:6} {:11} {}", r.role, r.tier, r.name),
-                Err(f) => writeln!(out, "FAIL  {:6} {:11} {}: {f}", r.role, r.tier, r.name),
+                Outcome::Pass => writeln!(out, "PASS {}", r.name),
+                Outcome::Fail(why) => writeln!(out, "FAIL {}: {}", r.name, one_line(why)),
+                Outcome::Skip(why) => writeln!(out, "SKIP {} ({why})", r.name),
             };
         }
-        let failed = self.failures().count();
+        let _ = writeln!(out, "{}", self.summary());
+        out
+    }
+
+    /// The closing line of [`Report::to_text`].
+    pub fn summary(&self) -> String {
+        let (passed, failed, skipped) = self.counts();
+        if skipped == 0 {
+            format!("{passed} passed, {failed} failed")
+        } else {
+            format!("{passed} passed, {failed} failed, {skipped} skipped")
+        }
+    }
+
+    /// The report as one JSON object: counts, whether the run succeeded,
+    /// and one entry per case with its tier, outcome and reason.
+    pub fn to_json(&self, mode: &str) -> Value {
+        let (passed, failed, skipped) = self.counts();
+        let cases: Vec<Value> = self
+            .results
+            .iter()
+            .map(|r| {
+                let (outcome, reason) = match &r.outcome {
+                    Outcome::Pass => ("pass", None),
+                    Outcome::Fail(why) => ("fail", Some(why)),
+                    Outcome::Skip(why) => ("skip", Some(why)),
+                };
+                let mut entry = json!({
+                    "name": r.name,
+                    "role": r.role.to_string(),
+                    "tier": r.tier.to_string(),
+                    "outcome": outcome,
+                });
+                if let Some(reason) = reason {
+                    entry["reason"] = json!(reason);
+                }
+                entry
+            })
+            .collect();
+        json!({
+            "mode": mode,
+            "passed": passed,
+            "failed": failed,
+            "skipped": skipped,
+            "success": self.required_passed(),
+            "cases": cases,
+        })
+    }
+
+    /// The report as JUnit XML: one `<testsuite>` named after the mode, one
+    /// `<testcase>` per case, classname `<role>.<tier>`. A failure is a
+    /// `<failure>` whose `type` is the tier (so a recommended failure is
+    /// visible but distinguishable); a skipped case has `<skipped>`.
+    pub fn to_junit(&self, mode: &str) -> String {
+        let (passed, failed, skipped) = self.counts();
+        let total = passed + failed + skipped;
+        let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
         let _ = writeln!(
             out,
-            "{} passed, {failed} failed",
-            self.results.len() - failed
+            "<testsuites name=\"cosystem-conformance\" tests=\"{total}\" failures=\"{failed}\" skipped=\"{skipped}\">"
         );
+        let _ = writeln!(
+            out,
+            "  <testsuite name=\"{}\" tests=\"{total}\" failures=\"{failed}\" skipped=\"{skipped}\">",
+            xml_escape(mode)
+        );
+        for r in &self.results {
+            let open = format!(
+                "    <testcase classname=\"{}.{}\" name=\"{}\"",
+                r.role,
+                r.tier,
+                xml_escape(&r.name)
+            );
+            let _ = match &r.outcome {
+                Outcome::Pass => writeln!(out, "{open}/>"),
+                Outcome::Fail(why) => writeln!(
+                    out,
+                    "{open}>\n      <failure type=\"{}\" message=\"{}\">{}</failure>\n    </testcase>",
+                    r.tier,
+                    xml_escape(&one_line(why)),
+                    xml_escape(why)
+                ),
+                Outcome::Skip(why) => writeln!(
+                    out,
+                    "{open}>\n      <skipped message=\"{}\"/>\n    </testcase>",
+                    xml_escape(why)
+                ),
+            };
+        }
+        out.push_str("  </testsuite>\n</testsuites>\n");
         out
+    }
+
+    /// Renders the report in `format`.
+    pub fn render(&self, format: Format, mode: &str) -> String {
+        match format {
+            Format::Text => self.to_text(),
+            Format::Json => {
+                let mut text = serde_json::to_string_pretty(&self.to_json(mode))
+                    .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+                text.push('\n');
+                text
+            }
+            Format::Junit => self.to_junit(mode),
+        }
+    }
+}
+
+/// How a report is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// One line per case and a summary line.
+    #[default]
+    Text,
+    /// One JSON object ([`Report::to_json`]).
+    Json,
+    /// JUnit XML ([`Report::to_junit`]).
+    Junit,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            "junit" => Ok(Self::Junit),
+            other => Err(format!("unknown format {other:?} (text, json or junit)")),
+        }
+    }
+}
+
+/// Reads a known-failures file: one case name per line; blank lines and
+/// everything after a `#` are ignored.
+pub fn parse_known_failures(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .map(|line| line.split('#').next().unwrap_or("").trim())
+        .filter(|name| !name.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn one_line(text: &str) -> String {
+    text.replace('\n', " / ")
+}
+
+fn xml_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            // XML 1.0 cannot carry most control characters at all.
+            c if (c as u32) < 0x20 && !matches!(c, '\n' | '\t' | '\r') => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Report {
+        let mut r = Report::default();
+        r.push("a", Tier::Required, Role::Client, Outcome::Pass);
+        r.push(
+            "b",
+            Tier::Recommended,
+            Role::Client,
+            Outcome::Fail("x < y".into()),
+        );
+        r.push(
+            "c",
+            Tier::Required,
+            Role::Client,
+            Outcome::Skip(KNOWN_FAILURE.into()),
+        );
+        r
+    }
+
+    #[test]
+    fn text_has_one_line_per_case_and_the_summary_counts_skips() {
+        assert_eq!(
+            sample().to_text(),
+            "PASS a\nFAIL b: x < y\nSKIP c (known failure)\n1 passed, 1 failed, 1 skipped\n"
+        );
+        let mut only = Report::default();
+        only.push("a", Tier::Required, Role::Host, Outcome::Pass);
+        assert_eq!(only.summary(), "1 passed, 0 failed");
+    }
+
+    #[test]
+    fn recommended_failures_do_not_fail_the_run_but_required_ones_do() {
+        assert!(sample().required_passed());
+        let mut r = sample();
+        r.push(
+            "d",
+            Tier::Required,
+            Role::Client,
+            Outcome::Fail("no".into()),
+        );
+        assert!(!r.required_passed());
+    }
+
+    #[test]
+    fn junit_escapes_reasons_and_marks_failures_and_skips() {
+        let xml = sample().to_junit("client");
+        assert!(xml.contains("tests=\"3\" failures=\"1\" skipped=\"1\""));
+        assert!(xml.contains("<failure type=\"recommended\" message=\"x &lt; y\">"));
+        assert!(xml.contains("<skipped message=\"known failure\"/>"));
+    }
+
+    #[test]
+    fn json_lists_every_case_with_its_outcome() {
+        let v = sample().to_json("client");
+        assert_eq!(v["passed"], 1);
+        assert_eq!(v["success"], true);
+        assert_eq!(v["cases"][1]["outcome"], "fail");
+        assert_eq!(v["cases"][1]["reason"], "x < y");
+        assert_eq!(v["cases"][2]["outcome"], "skip");
+    }
+
+    #[test]
+    fn known_failures_ignore_comments_and_blank_lines() {
+        let set = parse_known_failures("# header\n\na  # why\n  b\n#c\n");
+        assert_eq!(set.into_iter().collect::<Vec<_>>(), ["a", "b"]);
     }
 }

@@ -1,0 +1,193 @@
+//! Driving an adapter program over its stdin and stdout, and an in-process
+//! stand-in that goes through the same JSON.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, ChildStdin, Command as Process, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{ClientUnderTest, Command, Reply};
+
+/// How many lines of the adapter's stderr a failure quotes.
+const STDERR_TAIL: usize = 8;
+
+/// A running adapter program. Dropping it closes its stdin and, if it does
+/// not exit promptly, kills it.
+pub struct AdapterProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<std::io::Result<String>>,
+    stderr: Arc<Mutex<VecDeque<String>>>,
+    reply_timeout: Duration,
+}
+
+impl AdapterProcess {
+    /// Starts `program` with `args`. Each command must be answered within
+    /// `reply_timeout`, or the adapter is killed and the case fails.
+    pub fn spawn(program: &str, args: &[String], reply_timeout: Duration) -> Result<Self, String> {
+        let mut child = Process::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start adapter {program:?}: {e}"))?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().ok_or("adapter has no stdout")?;
+        let stderr_pipe = child.stderr.take().ok_or("adapter has no stderr")?;
+        let (tx, lines) = mpsc::channel();
+        // Threads, not async: the runner is synchronous, and a reader thread
+        // is what lets a blocked adapter be timed out.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(VecDeque::new()));
+        let tail = stderr.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stderr_pipe);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+                if tail.len() == STDERR_TAIL {
+                    tail.pop_front();
+                }
+                tail.push_back(line.trim_end().to_owned());
+                line.clear();
+            }
+            // Drain anything left that is not valid UTF-8 lines.
+            let _ = reader.read_to_end(&mut Vec::new());
+        });
+        Ok(Self {
+            child,
+            stdin,
+            lines,
+            stderr,
+            reply_timeout,
+        })
+    }
+
+    fn stderr_tail(&self) -> String {
+        let tail = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; adapter stderr: {}",
+                tail.iter().cloned().collect::<Vec<_>>().join(" | ")
+            )
+        }
+    }
+
+    fn gone(&mut self, what: &str) -> String {
+        // The adapter is exiting or has exited: give it, and the thread
+        // collecting its stderr, a moment so the failure can quote its last
+        // words and exit status.
+        let mut status = None;
+        for _ in 0..25 {
+            status = self.child.try_wait().ok().flatten();
+            if status.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let status = status.map_or_else(String::new, |s| format!(" ({s})"));
+        format!("{what}{status}{}", self.stderr_tail())
+    }
+}
+
+impl ClientUnderTest for AdapterProcess {
+    fn command(&mut self, command: &Command) -> Result<Reply, String> {
+        let op = command.to_json()["op"].as_str().unwrap_or("?").to_owned();
+        let mut line = command.to_json().to_string();
+        line.push('\n');
+        let written = match self.stdin.as_mut() {
+            Some(stdin) => stdin
+                .write_all(line.as_bytes())
+                .and_then(|()| stdin.flush()),
+            None => Err(std::io::ErrorKind::BrokenPipe.into()),
+        };
+        if let Err(e) = written {
+            return Err(self.gone(&format!("cannot write {op} to the adapter: {e}")));
+        }
+        match self.lines.recv_timeout(self.reply_timeout) {
+            Ok(Ok(text)) => {
+                let value: Value = serde_json::from_str(&text)
+                    .map_err(|e| format!("the reply to {op} is not JSON ({e}): {text}"))?;
+                Reply::from_json(&value).map_err(|e| format!("the reply to {op}: {e}"))
+            }
+            Ok(Err(e)) => Err(self.gone(&format!("reading the reply to {op}: {e}"))),
+            Err(RecvTimeoutError::Timeout) => {
+                let _ = self.child.kill();
+                Err(format!(
+                    "no reply to {op} within {} ms; adapter killed{}",
+                    self.reply_timeout.as_millis(),
+                    self.stderr_tail()
+                ))
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(self.gone(&format!("the adapter exited before replying to {op}")))
+            }
+        }
+    }
+}
+
+impl Drop for AdapterProcess {
+    fn drop(&mut self) {
+        // End of input is the adapter's signal to exit.
+        drop(self.stdin.take());
+        for _ in 0..50 {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client in this process, driven through the JSON form of every command
+/// and reply, so the in-process path checks what an adapter would be sent
+/// and what it would answer.
+pub struct ThroughJson<C>(pub C);
+
+impl<C: ClientUnderTest> ClientUnderTest for ThroughJson<C> {
+    fn command(&mut self, command: &Command) -> Result<Reply, String> {
+        let command = Command::from_json(&command.to_json())?;
+        let reply = self.0.command(&command)?;
+        Reply::from_json(&reply.to_json())
+    }
+}
+
+/// Serves the adapter protocol for `client` on `input`/`output` until the
+/// input ends: the loop an adapter program runs. A command that cannot be
+/// read or performed is answered `{"error": "..."}`.
+pub fn serve(
+    client: &mut impl ClientUnderTest,
+    input: impl BufRead,
+    mut output: impl Write,
+) -> std::io::Result<()> {
+    for line in input.lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let reply = serde_json::from_str::<Value>(&line)
+            .map_err(|e| format!("not JSON: {e}"))
+            .and_then(|v| Command::from_json(&v))
+            .and_then(|c| client.command(&c))
+            .map_or_else(|e| serde_json::json!({ "error": e }), |r| r.to_json());
+        writeln!(output, "{reply}")?;
+        output.flush()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! The client interop run: every client vector, each against a fresh
+//! adapter process.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use super::ClientUnderTest;
+use super::process::AdapterProcess;
+use crate::report::{KNOWN_FAILURE, Outcome, Report, catch};
+use crate::vectors::{Case, Failure, client};
+
+/// How to start the adapter and which cases to run.
+#[derive(Debug, Clone)]
+pub struct ClientRun {
+    /// The adapter program.
+    pub program: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Only this case (by name).
+    pub case: Option<String>,
+    /// Cases to skip as known failures.
+    pub known_failures: BTreeSet<String>,
+    /// The longest the adapter may take to answer one command.
+    pub reply_timeout: Duration,
+}
+
+impl ClientRun {
+    /// A run of `program args…` with a 5 s reply timeout and every case.
+    pub fn new(program: impl Into<String>, args: Vec<String>) -> Self {
+        Self {
+            program: program.into(),
+            args,
+            case: None,
+            known_failures: BTreeSet::new(),
+            reply_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Plays every client case of `cases` (or the one selected) against a new
+/// adapter process per case, so a crash or a hang costs one case. `Err`
+/// only when a name given does not refer to a client case.
+pub fn run(cases: &[Case], config: &ClientRun) -> Result<Report, String> {
+    let clients: Vec<&client::ClientCase> = cases
+        .iter()
+        .filter_map(|c| match c {
+            Case::Client(c) => Some(c),
+            Case::Host(_) => None,
+        })
+        .collect();
+    let unknown: Vec<&str> = config
+        .case
+        .iter()
+        .chain(&config.known_failures)
+        .filter(|n| !clients.iter().any(|c| &c.info.name == *n))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(format!("unknown client case(s): {}", unknown.join(", ")));
+    }
+    let mut report = Report::default();
+    for case in clients {
+        let name = &case.info.name;
+        if config.case.as_ref().is_some_and(|c| c != name) {
+            continue;
+        }
+        let outcome = if config.known_failures.contains(name) {
+            Outcome::Skip(KNOWN_FAILURE.into())
+        } else {
+            catch(|| {
+                let mut adapter =
+                    AdapterProcess::spawn(&config.program, &config.args, config.reply_timeout)
+                        .map_err(Failure::case)?;
+                client::run_with(case, &mut adapter as &mut dyn ClientUnderTest)
+            })
+        };
+        report.push(name, case.info.tier, crate::vectors::Role::Client, outcome);
+    }
+    Ok(report)
+}

@@ -1,0 +1,1145 @@
+//! The host interop cases: what each checks (the table that
+//! spec/CONFORMANCE.md's host interop catalogue is generated from) and how.
+//!
+//! The host under test keeps one state for the whole run, and every case
+//! changes it, so each case reads the state it starts from and asserts
+//! relative to it. The runner must be the host's only client during a run:
+//! a case counts on the versions it alone produces.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cosystem_worker::wire::{CallResult, ErrorCode, HostMessage, call_result, host_message};
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+use tonic::Code;
+
+use super::peer::{Peer, Shared, describe, is_bookmark};
+use crate::vectors::Tier;
+use crate::vectors::matcher::json_eq;
+
+/// What a host interop case checks, for the report and the catalogue.
+#[derive(Debug, Clone, Copy)]
+pub struct HostCaseDef {
+    /// Stable kebab-case name.
+    pub name: &'static str,
+    /// Required or recommended.
+    pub tier: Tier,
+    /// Requirement ids of spec/PROTOCOL.md.
+    pub spec: &'static [&'static str],
+    /// One line saying what the case checks.
+    pub description: &'static str,
+    /// What the runner does, step by step.
+    pub procedure: &'static [&'static str],
+    /// What the host must have done.
+    pub asserts: &'static [&'static str],
+}
+
+/// An epoch no host uses: the runner's stand-in for "another host's".
+pub const OTHER_EPOCH: &str = "conformance-other-epoch";
+
+/// Bytes that do not decode as a `ClientMessage` (an unterminated varint).
+pub const UNDECODABLE: &[u8] = &[0xff, 0xff, 0xff, 0xff, 0xff, 0x0f];
+
+/// Why a case stopped early.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// The host did something wrong (or nothing at all).
+    Fail(String),
+    /// The case does not apply to the run's configuration.
+    Skip(String),
+}
+
+impl From<String> for Stop {
+    fn from(reason: String) -> Self {
+        Stop::Fail(reason)
+    }
+}
+
+impl From<&str> for Stop {
+    fn from(reason: &str) -> Self {
+        Stop::Fail(reason.to_owned())
+    }
+}
+
+/// Settings some cases depend on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaseOptions {
+    /// The host's history window in versions (H11), for the case that
+    /// outruns it.
+    pub history_window: u64,
+}
+
+impl Default for CaseOptions {
+    fn default() -> Self {
+        Self {
+            history_window: 1024,
+        }
+    }
+}
+
+use Tier::{Recommended, Required};
+
+/// Every host interop case, in the order they run.
+pub const CASES: &[HostCaseDef] = &[
+    HostCaseDef {
+        name: "grpc-initial-sync-gets-snapshot",
+        tier: Required,
+        spec: &["H1", "H2", "V1", "SI1", "§19"],
+        description: "A first SyncRequest (have_version 0) is answered with a SYNC snapshot whose view has exactly the published sections.",
+        procedure: &[
+            "Open stream A and send SyncRequest{have_version=0, INITIAL} with an empty header epoch.",
+        ],
+        asserts: &[
+            "A's first envelope is Snapshot{reason=SYNC} echoing the sync_id, version ≥ 1, protocol_version 1, a non-empty epoch.",
+            "state_json is a JSON object with exactly the members `counter` and `todos`: `counter` is `{\"count\": <integer>}`, `todos` is `{\"items\": [...]}` whose items have an integer `id`, a string `text` and a boolean `done`.",
+        ],
+    },
+    HostCaseDef {
+        name: "grpc-no-publications-before-first-sync",
+        tier: Required,
+        spec: &["H3"],
+        description: "A stream that has not asked to sync receives no publication; its first envelope is its sync reply.",
+        procedure: &[
+            "Attach stream A; open stream C without sending anything.",
+            "A calls `counter.increase(1)` and reads its result (version S).",
+            "C sends SyncRequest{have_version=0}.",
+        ],
+        asserts: &["C's first envelope is its sync reply, at version ≥ S."],
+    },
+    HostCaseDef {
+        name: "grpc-versions-are-contiguous",
+        tier: Required,
+        spec: &["V2", "H4", "H5", "H6", "H8"],
+        description: "A burst of pipelined commits produces one new version each, published in order with base = version − 1.",
+        procedure: &[
+            "Attach stream A (version v, count c).",
+            "A sends 20 `counter.increase(1)` calls without waiting, then reads every result.",
+        ],
+        asserts: &[
+            "The results' state_versions are exactly v+1 … v+20.",
+            "A's publications are contiguous: each live patch has base = the version last shown and version = base + 1; in snapshot mode each snapshot is newer than the last.",
+            "A reaches version v+20 and its view shows count c+20.",
+        ],
+    },
+    HostCaseDef {
+        name: "grpc-results-follow-their-publication",
+        tier: Required,
+        spec: &["H8", "RW1", "§3.8"],
+        description: "Every result carries a state_version and reaches the caller only, never before the publication of that version.",
+        procedure: &[
+            "Attach streams A and B.",
+            "A sends ten calls without waiting: increases, adds, `counter.fail`, `counter.increase(0)` and an unknown method; then reads every result.",
+            "B reads until it is shown A's highest state_version.",
+        ],
+        asserts: &[
+            "A receives exactly one result per call, each with exactly one of value and error, and a state_version ≥ 1 that A had already been shown when the result arrived.",
+            "B receives no result.",
+        ],
+    },
+    HostCaseDef {
+        name: "grpc-sync-reply-only-to-requester",
+        tier: Required,
+        spec: &["H1"],
+        description: "A sync request is answered on the requesting stream only.",
+        procedure: &[
+            "Attach streams A and B at the same version v.",
+            "A sends SyncRequest{have_version=v} and reads its reply.",
+            "A calls `counter.increase(1)` (version S); B reads until it is shown S.",
+        ],
+        asserts: &[
+            "A receives one reply carrying its sync_id.",
+            "Between the two, B receives only the publication of S (and possibly bookmarks): no sync reply, no result.",
+        ],
+    },
+    HostCaseDef {
+        name: "grpc-resume-at-current-version-is-bookmark",
+        tier: Required,
+        spec: &["H2", "PA6"],
+        description: "A SyncRequest of the host's epoch whose have_version is the current version is answered with an empty patch at that version.",
+        procedure: &[
+            "Attach stream A (version v); A sends SyncRequest{epoch=the host's, have_version=v}.",
+        ],
+        asserts: &["The reply is Patch{base_version=v, version=v, patch_json=[], sync_id echoed}."],
+    },
+    HostCaseDef {
+        name: "grpc-resume-reaches-current-view",
+        tier: Required,
+        spec: &["H2", "PA5"],
+        description: "A resume request within the epoch is answered with a patch that rebuilds the current view from have_version, or with a snapshot of it.",
+        procedure: &[
+            "Attach stream A (version v, view W).",
+            "A makes three commits: `counter.increase(1)`, `todos.add`, `todos.toggle` of the new item (version v+3).",
+            "Stream C sends SyncRequest{epoch=the host's, have_version=v}.",
+        ],
+        asserts: &[
+            "The reply is Patch{base_version=v, version=v+3} whose operations turn W into A's view, or Snapshot{reason=SYNC, version=v+3} of that view.",
+        ],
+    },
+    HostCaseDef {
+        name: "grpc-resume-inside-window-is-patch",
+        tier: Recommended,
+        spec: &["H2", "H11"],
+        description: "A resume from a version a few commits back is answered with a patch (it depends on the host keeping a history window).",
+        procedure: &[
+            "As grpc-resume-reaches-current-view: A at v makes three commits; C resumes from v.",
+        ],
+        asserts: &["The reply is a Patch from v to v+3 (not a snapshot)."],
+    },
+    HostCaseDef {
+        name: "grpc-sync-from-other-epoch-gets-snapshot",
+        tier: Required,
+        spec: &["E8", "H2"],
+        description: "A SyncRequest naming another epoch is not fenced: it is answered with a snapshot of the host's epoch.",
+        procedure: &[
+            "Attach stream A (version v).",
+            "Stream C sends SyncRequest{epoch=\"conformance-other-epoch\", have_version=1}.",
+        ],
+        asserts: &[
+            "The reply is Snapshot{reason=SYNC, version=v} in the host's epoch, with A's view.",
+        ],
+    },
+    HostCaseDef {
+        name: "grpc-sync-ahead-of-host-gets-snapshot",
+        tier: Required,
+        spec: &["H2"],
+        description: "A SyncRequest whose have_version is above the host's version is answered with a snapshot.",
+        procedure: &[
+            "Attach stream A (version v).",
+            "Stream C sends SyncRequest{epoch=the host's, have_version=v+1000}.",
+        ],
+        asserts: &["The reply is Snapshot{reason=SYNC, version=v} with A's view."],
+    },
+    HostCaseDef {
+        name: "grpc-sync-outside-history-gets-snapshot",
+        tier: Recommended,
+        spec: &["H2", "H11"],
+        description: "A resume from a version whose successors have left the history window is answered with a snapshot.",
+        procedure: &[
+            "Attach stream A (version v, view W).",
+            "A makes window + 1 commits (`counter.increase(1)`, 64 in flight at a time; the window is --history-window, default 1024).",
+            "Stream C sends SyncRequest{epoch=the host's, have_version=v}.",
+        ],
+        asserts: &["The reply is Snapshot{reason=SYNC} at A's version, with A's view."],
+    },
+    HostCaseDef {
+        name: "grpc-unknown-module-or-method-is-not-found",
+        tier: Required,
+        spec: &["H7", "§19.4"],
+        description: "Calls to a module that does not exist, or to a method a module does not declare, are answered NOT_FOUND and commit nothing.",
+        procedure: &[
+            "Attach streams A and B (version v).",
+            "A calls `nosuch.increase(1)`, `counter.nosuch(1)` and `secret.increase(1)`.",
+            "A calls `counter.increase(1)`.",
+        ],
+        asserts: &[
+            "Each of the first three is answered NOT_FOUND with state_version v.",
+            "The last is answered with state_version v+1, which B is shown: nothing else was committed.",
+        ],
+    },
+    HostCaseDef {
+        name: "grpc-invalid-arguments-are-invalid",
+        tier: Required,
+        spec: &["J4", "H7", "§19"],
+        description: "Arguments that are not a JSON array, or of the wrong arity or type, are answered INVALID_ARGUMENT and commit nothing.",
+        procedure: &[
+            "Attach stream A (version v, view W).",
+            "A calls `counter.increase` with args_json `not json`, `{}`, `[]`, `[1,2]`, `[\"1\"]`, `[1.5]`, `[true]`; `todos.add` with `[]`; `todos.add_many` with `[[\"a\",1]]`.",
+            "A calls `counter.increase(1)`.",
+        ],
+        asserts: &[
+            "Each of the nine is answered INVALID_ARGUMENT with state_version v.",
+            "The last is answered with state_version v+1 and the view is W with the count one higher.",
+        ],
+    },
+    HostCaseDef {
+        name: "grpc-method-failure-is-failed",
+        tier: Required,
+        spec: &["V4", "H7", "§19.1"],
+        description: "counter.fail answers FAILED with exactly the given message and leaves the state unchanged.",
+        procedure: &[
+            "Attach stream A (version v, view W).",
+            "A calls `counter.fail(\"conformance failure 7\")`, then `counter.increase(1)`.",
+        ],
+        asserts: &[
+            "The first is answered FAILED, message exactly `conformance failure 7`, no details, state_version v.",
+            "The second is answered with state_version v+1 and the view is W with the count one higher.",
+        ],
+    },
+    HostCaseDef {
+        name: "grpc-call-from-other-epoch-is-fenced",
+        tier: Required,
+        spec: &["E7", "H7"],
+        description: "A call whose header names another epoch is answered FAILED_PRECONDITION and never executed.",
+        procedure: &[
+            "Attach stream A (version v, count c).",
+            "A sends `counter.increase(1)` with header epoch `conformance-other-epoch`, then `counter.increase(1)` with the host's epoch.",
+        ],
+        asserts: &[
+            "The first is answered FAILED_PRECONDITION with state_version v.",
+            "The second is answered with state_version v+1 and the count is c+1: the fenced call never ran.",
+        ],
+    },
+    HostCaseDef {
+        name: "grpc-call-id-zero-is-invalid",
+        tier: Required,
+        spec: &["H7"],
+        description: "A call with call_id 0 is answered INVALID_ARGUMENT with call_id 0 and is not executed.",
+        procedure: &[
+            "Attach stream A (version v).",
+            "A sends `counter.increase(1)` with call_id 0, then `counter.increase(1)` with a fresh id.",
+        ],
+        asserts: &[
+            "The first is answered INVALID_ARGUMENT with call_id 0 and state_version v.",
+            "The second is answered with state_version v+1.",
+        ],
+    },
+    HostCaseDef {
+        name: "grpc-no-version-without-published-change",
+        tier: Required,
+        spec: &["V6", "§19"],
+        description: "Calls that leave the published view unchanged commit no version; their results carry the current version.",
+        procedure: &[
+            "Attach stream A (version v).",
+            "A calls `counter.increase(0)` and `todos.add_many([])`, then `counter.increase(1)`.",
+        ],
+        asserts: &[
+            "The first two succeed (the count, `[]`) with state_version v.",
+            "The last is answered with state_version v+1.",
+        ],
+    },
+    HostCaseDef {
+        name: "grpc-add-many-is-one-version",
+        tier: Required,
+        spec: &["V3", "§19.2"],
+        description: "todos.add_many commits all its items as one version, returning their ids in order.",
+        procedure: &[
+            "Attach streams A and B at version v; B has n items.",
+            "A calls `todos.add_many([\"x\", \"y\", \"z\"])`.",
+        ],
+        asserts: &[
+            "The result is an array of three strictly increasing integer ids, state_version v+1.",
+            "B receives exactly one publication for it, at v+1, after which its view has n+3 items ending with `{id, text: x|y|z, done: false}` in order.",
+        ],
+    },
+    HostCaseDef {
+        name: "grpc-private-section-never-sent",
+        tier: Required,
+        spec: &["SI2", "SI4", "V5", "§19.3"],
+        description: "The private secret section never reaches a client, and rotating it commits no version (needs --secret-marker).",
+        procedure: &[
+            "Attach streams A and B (version v).",
+            "A calls `secret.rotate()` twice, then `counter.increase(1)`; B reads until it is shown that version.",
+        ],
+        asserts: &[
+            "Both rotations succeed with value null and state_version v; the increase gets v+1.",
+            "No view ever has a `secret` member, and no byte received on any stream of the whole run (this case's and every earlier one's) contains the secret marker.",
+        ],
+    },
+    HostCaseDef {
+        name: "grpc-malformed-message-disturbs-no-one",
+        tier: Required,
+        spec: &["H14"],
+        description: "Undecodable bytes on one stream do not disturb other clients: their calls keep working and they keep receiving publications.",
+        procedure: &[
+            "Attach streams A, B and M (version v).",
+            "M sends the bytes `ff ff ff ff ff 0f`, which are not a ClientMessage.",
+            "A calls `counter.increase(1)`; B reads until it is shown that version; B calls `todos.add`; A reads until it is shown that version.",
+        ],
+        asserts: &[
+            "A's call is answered with state_version v+1 and B's with v+2; each stream is shown both versions.",
+            "M receives nothing but (at most) the end of its stream: the host may close it.",
+        ],
+    },
+    HostCaseDef {
+        name: "grpc-concurrent-clients-converge",
+        tier: Required,
+        spec: &["V2", "H4", "H5", "H6", "H8"],
+        description: "Several streams calling concurrently all end with the same view and version as the host's latest publication.",
+        procedure: &[
+            "Attach four streams (the latest version v).",
+            "Concurrently, each sends 15 calls without waiting (alternately `counter.increase(1)` and `todos.add`) and reads its results.",
+            "Each stream reads until it is shown the highest state_version of all; then stream F attaches.",
+        ],
+        asserts: &[
+            "The 60 results carry 60 distinct state_versions, exactly v+1 … v+60.",
+            "All four streams are shown version v+60 with the same view, which is also the view F's snapshot shows at v+60.",
+        ],
+    },
+    HostCaseDef {
+        name: "grpc-unauthenticated-without-token",
+        tier: Required,
+        spec: &["§17.2"],
+        description: "A host configured with a token ends streams without it, or with another, with UNAUTHENTICATED before sending anything (needs --token-file).",
+        procedure: &[
+            "Open a stream without authorization metadata and send SyncRequest{have_version=0}.",
+            "Open a stream with `authorization: Bearer conformance-wrong-token` and do the same.",
+        ],
+        asserts: &["Each stream ends with status UNAUTHENTICATED and receives no envelope."],
+    },
+];
+
+/// The definition of the case named `name`.
+pub fn find(name: &str) -> Option<&'static HostCaseDef> {
+    CASES.iter().find(|c| c.name == name)
+}
+
+/// Runs the case named `name` against the host behind `run`.
+pub async fn run_case(name: &str, run: &Arc<Shared>, options: CaseOptions) -> Result<(), Stop> {
+    match name {
+        "grpc-initial-sync-gets-snapshot" => initial_sync(run).await,
+        "grpc-no-publications-before-first-sync" => no_publications_before_sync(run).await,
+        "grpc-versions-are-contiguous" => contiguous(run).await,
+        "grpc-results-follow-their-publication" => results_follow(run).await,
+        "grpc-sync-reply-only-to-requester" => sync_only_to_requester(run).await,
+        "grpc-resume-at-current-version-is-bookmark" => resume_bookmark(run).await,
+        "grpc-resume-reaches-current-view" => resume(run, false).await,
+        "grpc-resume-inside-window-is-patch" => resume(run, true).await,
+        "grpc-sync-from-other-epoch-gets-snapshot" => snapshot_reply(run, true).await,
+        "grpc-sync-ahead-of-host-gets-snapshot" => snapshot_reply(run, false).await,
+        "grpc-sync-outside-history-gets-snapshot" => outside_window(run, options).await,
+        "grpc-unknown-module-or-method-is-not-found" => not_found(run).await,
+        "grpc-invalid-arguments-are-invalid" => invalid_arguments(run).await,
+        "grpc-method-failure-is-failed" => method_failure(run).await,
+        "grpc-call-from-other-epoch-is-fenced" => fencing(run).await,
+        "grpc-call-id-zero-is-invalid" => call_id_zero(run).await,
+        "grpc-no-version-without-published-change" => no_version(run).await,
+        "grpc-add-many-is-one-version" => add_many(run).await,
+        "grpc-private-section-never-sent" => private_section(run).await,
+        "grpc-malformed-message-disturbs-no-one" => malformed(run).await,
+        "grpc-concurrent-clients-converge" => converge(run).await,
+        "grpc-unauthenticated-without-token" => unauthenticated(run).await,
+        other => Err(Stop::Fail(format!("no implementation for case {other}"))),
+    }
+}
+
+// ------------------------------------------------------------- helpers
+
+async fn attached(run: &Arc<Shared>, name: &str) -> Result<Peer, String> {
+    let mut peer = Peer::open(run, name).await?;
+    peer.attach().await?;
+    Ok(peer)
+}
+
+fn view_of(peer: &Peer) -> Result<Value, String> {
+    peer.view()
+        .cloned()
+        .ok_or_else(|| format!("stream {} has no view", peer.name))
+}
+
+fn version_of(peer: &Peer) -> Result<u64, String> {
+    peer.version()
+        .ok_or_else(|| format!("stream {} has no version", peer.name))
+}
+
+fn count_of(view: &Value) -> Result<i64, String> {
+    view.pointer("/counter/count")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| format!("the view has no integer /counter/count: {view}"))
+}
+
+fn items_of(view: &Value) -> Result<&Vec<Value>, String> {
+    view.pointer("/todos/items")
+        .and_then(Value::as_array)
+        .ok_or_else(|| format!("the view has no array /todos/items: {view}"))
+}
+
+fn what(r: &CallResult) -> String {
+    describe(&HostMessage {
+        header: None,
+        kind: Some(host_message::Kind::Result(r.clone())),
+    })
+}
+
+fn ok_value(r: &CallResult, call: &str) -> Result<Value, String> {
+    match &r.outcome {
+        Some(call_result::Outcome::ValueJson(v)) => {
+            serde_json::from_str(v).map_err(|e| format!("{call}: value_json is not JSON: {e}"))
+        }
+        _ => Err(format!("{call}: expected a value, got {}", what(r))),
+    }
+}
+
+fn expect_error(
+    r: &CallResult,
+    call: &str,
+    code: ErrorCode,
+    state_version: u64,
+) -> Result<(), String> {
+    match &r.outcome {
+        Some(call_result::Outcome::Error(e)) if e.code == code as i32 => {}
+        _ => {
+            return Err(format!(
+                "{call}: expected error {}, got {}",
+                code.kebab_name(),
+                what(r)
+            ));
+        }
+    }
+    expect_version(r, call, state_version)
+}
+
+fn expect_version(r: &CallResult, call: &str, state_version: u64) -> Result<(), String> {
+    if r.state_version == state_version {
+        Ok(())
+    } else {
+        Err(format!(
+            "{call}: state_version {}, expected {state_version}",
+            r.state_version
+        ))
+    }
+}
+
+/// `counter.increase(1)` from `caller`, which must commit exactly version
+/// `expected`; every peer in `others` then reads until it is shown it.
+async fn commit_one(
+    caller: &mut Peer,
+    others: &mut [&mut Peer],
+    expected: u64,
+) -> Result<(), String> {
+    let r = caller.invoke("counter", "increase", json!([1])).await?;
+    ok_value(&r, "counter.increase(1)")?;
+    expect_version(
+        &r,
+        "counter.increase(1) (the check that nothing else committed)",
+        expected,
+    )?;
+    caller.reach(expected).await?;
+    for peer in others.iter_mut() {
+        peer.reach(expected).await?;
+    }
+    Ok(())
+}
+
+/// The non-bookmark envelopes `peer` received since `mark`.
+fn significant(peer: &Peer, mark: usize) -> Vec<&HostMessage> {
+    peer.since(mark)
+        .iter()
+        .filter(|m| !is_bookmark(m))
+        .collect()
+}
+
+/// The sync reply with `sync_id` in `peer`'s log.
+fn reply_to(peer: &Peer, sync_id: u64) -> Result<HostMessage, String> {
+    peer.log
+        .iter()
+        .find(|m| match &m.kind {
+            Some(host_message::Kind::Snapshot(s)) => s.sync_id == sync_id,
+            Some(host_message::Kind::Patch(p)) => p.sync_id == sync_id,
+            _ => false,
+        })
+        .cloned()
+        .ok_or_else(|| format!("stream {} has no reply to sync {sync_id}", peer.name))
+}
+
+fn same_view(a: &Peer, b: &Peer) -> Result<(), String> {
+    let (va, vb) = (view_of(a)?, view_of(b)?);
+    if a.version() != b.version() || !json_eq(&va, &vb) {
+        return Err(format!(
+            "stream {} has {va} at {:?}, stream {} has {vb} at {:?}",
+            a.name,
+            a.version(),
+            b.name,
+            b.version()
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- cases
+
+async fn initial_sync(run: &Arc<Shared>) -> Result<(), Stop> {
+    let mut a = Peer::open(run, "A").await?;
+    let sync_id = a.sync(0, "", None)?;
+    let first = a.next().await?;
+    let Some(host_message::Kind::Snapshot(s)) = &first.kind else {
+        return Err(format!("A's first envelope is {}, not a snapshot", describe(&first)).into());
+    };
+    if s.sync_id != sync_id {
+        return Err(format!(
+            "the snapshot's sync_id is {}, expected {sync_id}",
+            s.sync_id
+        )
+        .into());
+    }
+    let view = view_of(&a)?;
+    let members: Vec<&String> = view
+        .as_object()
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
+    if members.len() != 2 || view.get("counter").is_none() || view.get("todos").is_none() {
+        return Err(format!(
+            "the view's members are {members:?}, expected exactly counter and todos (SI1)"
+        )
+        .into());
+    }
+    let counter = &view["counter"];
+    if counter.as_object().map(|m| m.len()) != Some(1) || count_of(&view).is_err() {
+        return Err(format!("counter is {counter}, expected {{\"count\": <integer>}}").into());
+    }
+    let todos = &view["todos"];
+    if todos.as_object().map(|m| m.len()) != Some(1) {
+        return Err(format!("todos is {todos}, expected {{\"items\": [...]}}").into());
+    }
+    for item in items_of(&view)? {
+        let ok = item.as_object().is_some_and(|m| m.len() == 3)
+            && item["id"].is_u64()
+            && item["text"].is_string()
+            && item["done"].is_boolean();
+        if !ok {
+            return Err(format!("a todo item {item} is not {{id, text, done}}").into());
+        }
+    }
+    Ok(())
+}
+
+async fn no_publications_before_sync(run: &Arc<Shared>) -> Result<(), Stop> {
+    let mut a = attached(run, "A").await?;
+    let mut c = Peer::open(run, "C").await?;
+    let r = a.invoke("counter", "increase", json!([1])).await?;
+    ok_value(&r, "counter.increase(1)")?;
+    let sync_id = c.sync(0, "", None)?;
+    // The stream's own checks refuse a publication before the reply (H3).
+    let first = c.next().await?;
+    let answered = match &first.kind {
+        Some(host_message::Kind::Snapshot(s)) => s.sync_id == sync_id,
+        _ => false,
+    };
+    if !answered {
+        return Err(format!(
+            "C's first envelope is {}, not its sync reply",
+            describe(&first)
+        )
+        .into());
+    }
+    if version_of(&c)? < r.state_version {
+        return Err(format!(
+            "C's sync reply is at {}, before the commit at {} it followed",
+            version_of(&c)?,
+            r.state_version
+        )
+        .into());
+    }
+    Ok(())
+}
+
+async fn contiguous(run: &Arc<Shared>) -> Result<(), Stop> {
+    let mut a = attached(run, "A").await?;
+    let (v, c) = (version_of(&a)?, count_of(&view_of(&a)?)?);
+    let ids = (0..20)
+        .map(|_| a.call("counter", "increase", json!([1])))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut versions = Vec::new();
+    for id in ids {
+        let r = a.result(id).await?;
+        ok_value(&r, "counter.increase(1)")?;
+        versions.push(r.state_version);
+    }
+    versions.sort_unstable();
+    let expected: Vec<u64> = (v + 1..=v + 20).collect();
+    if versions != expected {
+        return Err(format!("the state_versions are {versions:?}, expected {v}+1 … {v}+20").into());
+    }
+    a.reach(v + 20).await?;
+    let count = count_of(&view_of(&a)?)?;
+    if version_of(&a)? != v + 20 || count != c + 20 {
+        return Err(format!(
+            "A is at {} with count {count}, expected {} with count {}",
+            version_of(&a)?,
+            v + 20,
+            c + 20
+        )
+        .into());
+    }
+    Ok(())
+}
+
+async fn results_follow(run: &Arc<Shared>) -> Result<(), Stop> {
+    let mut a = attached(run, "A").await?;
+    let mut b = attached(run, "B").await?;
+    let calls: [(&str, &str, Value); 10] = [
+        ("counter", "increase", json!([1])),
+        ("todos", "add", json!(["results-follow 1"])),
+        ("counter", "fail", json!(["no"])),
+        ("counter", "increase", json!([0])),
+        ("counter", "nosuch", json!([])),
+        ("counter", "increase", json!([2])),
+        ("todos", "add", json!(["results-follow 2"])),
+        ("counter", "decrease", json!([1])),
+        ("counter", "fail", json!(["again"])),
+        ("todos", "add_many", json!([["results-follow 3"]])),
+    ];
+    let mut ids = Vec::new();
+    for (module, method, args) in calls {
+        ids.push(a.call(module, method, args)?);
+    }
+    let mut highest = 0;
+    // The stream's own checks refuse a result that names a version A has not
+    // been shown, a second result, and a result with no outcome (H8).
+    for id in ids {
+        highest = highest.max(a.result(id).await?.state_version);
+    }
+    b.reach(highest).await?;
+    Ok(())
+}
+
+async fn sync_only_to_requester(run: &Arc<Shared>) -> Result<(), Stop> {
+    let mut a = attached(run, "A").await?;
+    let mut b = attached(run, "B").await?;
+    let v = version_of(&a)?.max(version_of(&b)?);
+    a.reach(v).await?;
+    b.reach(v).await?;
+    let mark = b.mark();
+    let epoch = a.host_epoch();
+    let sync_id = a.sync(v, &epoch, None)?;
+    a.await_sync().await?;
+    reply_to(&a, sync_id)?;
+    commit_one(&mut a, &mut [&mut b], v + 1).await?;
+    let got = significant(&b, mark);
+    let only_publication = got.len() == 1
+        && match &got[0].kind {
+            Some(host_message::Kind::Patch(p)) => p.sync_id == 0 && p.version == v + 1,
+            Some(host_message::Kind::Snapshot(s)) => s.sync_id == 0 && s.version == v + 1,
+            _ => false,
+        };
+    if !only_publication {
+        let seen: Vec<String> = got.iter().map(|m| describe(m)).collect();
+        return Err(format!(
+            "B received [{}], expected only the publication of version {}",
+            seen.join(", "),
+            v + 1
+        )
+        .into());
+    }
+    Ok(())
+}
+
+async fn resume_bookmark(run: &Arc<Shared>) -> Result<(), Stop> {
+    let mut a = attached(run, "A").await?;
+    let v = version_of(&a)?;
+    let epoch = a.host_epoch();
+    let sync_id = a.sync(v, &epoch, None)?;
+    a.await_sync().await?;
+    let reply = reply_to(&a, sync_id)?;
+    match &reply.kind {
+        Some(host_message::Kind::Patch(p)) if p.base_version == v && p.version == v => Ok(()),
+        _ => Err(format!(
+            "the reply is {}, expected Patch{{base={v}, version={v}, ops=[]}}",
+            describe(&reply)
+        )
+        .into()),
+    }
+}
+
+async fn resume(run: &Arc<Shared>, require_patch: bool) -> Result<(), Stop> {
+    let mut a = attached(run, "A").await?;
+    let (v, base) = (version_of(&a)?, view_of(&a)?);
+    ok_value(
+        &a.invoke("counter", "increase", json!([1])).await?,
+        "counter.increase(1)",
+    )?;
+    let id = ok_value(
+        &a.invoke("todos", "add", json!(["resume"])).await?,
+        "todos.add",
+    )?;
+    ok_value(
+        &a.invoke("todos", "toggle", json!([id])).await?,
+        "todos.toggle",
+    )?;
+    a.reach(v + 3).await?;
+    let mut c = Peer::open(run, "C").await?;
+    let epoch = a.host_epoch();
+    let sync_id = c.sync(v, &epoch, Some(base))?;
+    c.await_sync().await?;
+    let reply = reply_to(&c, sync_id)?;
+    let shape_ok = match &reply.kind {
+        Some(host_message::Kind::Patch(p)) => p.base_version == v && p.version == v + 3,
+        Some(host_message::Kind::Snapshot(s)) => !require_patch && s.version == v + 3,
+        _ => false,
+    };
+    if !shape_ok {
+        let wanted = if require_patch {
+            format!("Patch{{base={v}, version={}}}", v + 3)
+        } else {
+            format!(
+                "Patch{{base={v}, version={}}} or Snapshot{{version={}}}",
+                v + 3,
+                v + 3
+            )
+        };
+        return Err(format!("the reply is {}, expected {wanted}", describe(&reply)).into());
+    }
+    same_view(&a, &c)?;
+    Ok(())
+}
+
+async fn snapshot_reply(run: &Arc<Shared>, other_epoch: bool) -> Result<(), Stop> {
+    let a = attached(run, "A").await?;
+    let v = version_of(&a)?;
+    let mut c = Peer::open(run, "C").await?;
+    let sync_id = if other_epoch {
+        c.sync(1, OTHER_EPOCH, None)?
+    } else {
+        let epoch = a.host_epoch();
+        c.sync(v + 1000, &epoch, None)?
+    };
+    c.await_sync().await?;
+    let reply = reply_to(&c, sync_id)?;
+    if !matches!(&reply.kind, Some(host_message::Kind::Snapshot(s)) if s.version == v) {
+        return Err(format!(
+            "the reply is {}, expected Snapshot{{version={v}}}",
+            describe(&reply)
+        )
+        .into());
+    }
+    same_view(&a, &c)?;
+    Ok(())
+}
+
+async fn outside_window(run: &Arc<Shared>, options: CaseOptions) -> Result<(), Stop> {
+    let mut a = attached(run, "A").await?;
+    let (v, base) = (version_of(&a)?, view_of(&a)?);
+    let total = options.history_window + 1;
+    let mut done = 0;
+    while done < total {
+        let batch = (total - done).min(64);
+        let ids = (0..batch)
+            .map(|_| a.call("counter", "increase", json!([1])))
+            .collect::<Result<Vec<_>, _>>()?;
+        for id in ids {
+            ok_value(&a.result(id).await?, "counter.increase(1)")?;
+        }
+        done += batch;
+    }
+    a.reach(v + total).await?;
+    let mut c = Peer::open(run, "C").await?;
+    let epoch = a.host_epoch();
+    let sync_id = c.sync(v, &epoch, Some(base))?;
+    c.await_sync().await?;
+    let reply = reply_to(&c, sync_id)?;
+    if !matches!(&reply.kind, Some(host_message::Kind::Snapshot(_))) {
+        return Err(format!(
+            "the reply to a resume from {total} versions back is {}, expected a snapshot",
+            describe(&reply)
+        )
+        .into());
+    }
+    same_view(&a, &c)?;
+    Ok(())
+}
+
+async fn not_found(run: &Arc<Shared>) -> Result<(), Stop> {
+    let mut a = attached(run, "A").await?;
+    let mut b = attached(run, "B").await?;
+    let v = version_of(&a)?;
+    for (module, method) in [
+        ("nosuch", "increase"),
+        ("counter", "nosuch"),
+        ("secret", "increase"),
+    ] {
+        let r = a.invoke(module, method, json!([1])).await?;
+        expect_error(&r, &format!("{module}.{method}(1)"), ErrorCode::NotFound, v)?;
+    }
+    commit_one(&mut a, &mut [&mut b], v + 1).await?;
+    Ok(())
+}
+
+async fn invalid_arguments(run: &Arc<Shared>) -> Result<(), Stop> {
+    let mut a = attached(run, "A").await?;
+    let (v, before) = (version_of(&a)?, view_of(&a)?);
+    let calls = [
+        ("counter", "increase", "not json"),
+        ("counter", "increase", "{}"),
+        ("counter", "increase", "[]"),
+        ("counter", "increase", "[1,2]"),
+        ("counter", "increase", "[\"1\"]"),
+        ("counter", "increase", "[1.5]"),
+        ("counter", "increase", "[true]"),
+        ("todos", "add", "[]"),
+        ("todos", "add_many", "[[\"a\",1]]"),
+    ];
+    for (module, method, args) in calls {
+        let id = a.call_text(module, method, args)?;
+        let r = a.result(id).await?;
+        expect_error(
+            &r,
+            &format!("{module}.{method} with {args}"),
+            ErrorCode::InvalidArgument,
+            v,
+        )?;
+    }
+    commit_one(&mut a, &mut [], v + 1).await?;
+    let mut expected = before;
+    expected["counter"]["count"] = json!(count_of(&expected)? + 1);
+    if !json_eq(&expected, &view_of(&a)?) {
+        return Err(format!("the view is {}, expected {expected}", view_of(&a)?).into());
+    }
+    Ok(())
+}
+
+async fn method_failure(run: &Arc<Shared>) -> Result<(), Stop> {
+    let mut a = attached(run, "A").await?;
+    let (v, before) = (version_of(&a)?, view_of(&a)?);
+    let message = "conformance failure 7";
+    let r = a.invoke("counter", "fail", json!([message])).await?;
+    expect_error(&r, "counter.fail", ErrorCode::Failed, v)?;
+    if let Some(call_result::Outcome::Error(e)) = &r.outcome
+        && (e.message != message || !e.details_json.is_empty())
+    {
+        return Err(format!(
+            "counter.fail: message {:?} and details {:?}, expected {message:?} and none",
+            e.message, e.details_json
+        )
+        .into());
+    }
+    commit_one(&mut a, &mut [], v + 1).await?;
+    let mut expected = before;
+    expected["counter"]["count"] = json!(count_of(&expected)? + 1);
+    if !json_eq(&expected, &view_of(&a)?) {
+        return Err(format!("the view is {}, expected {expected}", view_of(&a)?).into());
+    }
+    Ok(())
+}
+
+async fn fencing(run: &Arc<Shared>) -> Result<(), Stop> {
+    let mut a = attached(run, "A").await?;
+    let (v, c) = (version_of(&a)?, count_of(&view_of(&a)?)?);
+    let id = a.fresh_id();
+    a.send_call(OTHER_EPOCH, id, "counter", "increase", "[1]")?;
+    let r = a.result(id).await?;
+    expect_error(
+        &r,
+        "counter.increase(1) from another epoch",
+        ErrorCode::FailedPrecondition,
+        v,
+    )?;
+    commit_one(&mut a, &mut [], v + 1).await?;
+    let count = count_of(&view_of(&a)?)?;
+    if count != c + 1 {
+        return Err(format!(
+            "the count is {count}, expected {}: the fenced call ran",
+            c + 1
+        )
+        .into());
+    }
+    Ok(())
+}
+
+async fn call_id_zero(run: &Arc<Shared>) -> Result<(), Stop> {
+    let mut a = attached(run, "A").await?;
+    let v = version_of(&a)?;
+    let epoch = a.host_epoch();
+    a.send_call(&epoch, 0, "counter", "increase", "[1]")?;
+    let r = a.result(0).await?;
+    expect_error(&r, "a call with call_id 0", ErrorCode::InvalidArgument, v)?;
+    commit_one(&mut a, &mut [], v + 1).await?;
+    Ok(())
+}
+
+async fn no_version(run: &Arc<Shared>) -> Result<(), Stop> {
+    let mut a = attached(run, "A").await?;
+    let (v, c) = (version_of(&a)?, count_of(&view_of(&a)?)?);
+    let r = a.invoke("counter", "increase", json!([0])).await?;
+    let value = ok_value(&r, "counter.increase(0)")?;
+    if !json_eq(&value, &json!(c)) {
+        return Err(format!("counter.increase(0) returned {value}, expected {c}").into());
+    }
+    expect_version(&r, "counter.increase(0)", v)?;
+    let r = a.invoke("todos", "add_many", json!([[]])).await?;
+    let value = ok_value(&r, "todos.add_many([])")?;
+    if value != json!([]) {
+        return Err(format!("todos.add_many([]) returned {value}, expected []").into());
+    }
+    expect_version(&r, "todos.add_many([])", v)?;
+    commit_one(&mut a, &mut [], v + 1).await?;
+    Ok(())
+}
+
+async fn add_many(run: &Arc<Shared>) -> Result<(), Stop> {
+    let mut a = attached(run, "A").await?;
+    let mut b = attached(run, "B").await?;
+    let v = version_of(&a)?.max(version_of(&b)?);
+    a.reach(v).await?;
+    b.reach(v).await?;
+    let n = items_of(&view_of(&b)?)?.len();
+    let mark = b.mark();
+    let r = a
+        .invoke("todos", "add_many", json!([["x", "y", "z"]]))
+        .await?;
+    let ids = ok_value(&r, "todos.add_many")?;
+    expect_version(&r, "todos.add_many", v + 1)?;
+    let ids: Vec<u64> = ids
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    if ids.len() != 3 || !ids.windows(2).all(|w| w[0] < w[1]) {
+        return Err(
+            format!("todos.add_many returned {ids:?}, expected three increasing ids").into(),
+        );
+    }
+    b.reach(v + 1).await?;
+    let got = significant(&b, mark);
+    if got.len() != 1 {
+        let seen: Vec<String> = got.iter().map(|m| describe(m)).collect();
+        return Err(format!("B received [{}], expected one publication", seen.join(", ")).into());
+    }
+    let view = view_of(&b)?;
+    let items = items_of(&view)?;
+    let tail: Vec<Value> = ["x", "y", "z"]
+        .iter()
+        .zip(&ids)
+        .map(|(text, id)| json!({"id": id, "text": text, "done": false}))
+        .collect();
+    if items.len() != n + 3
+        || !json_eq(
+            &Value::Array(items[n..].to_vec()),
+            &Value::Array(tail.clone()),
+        )
+    {
+        return Err(format!("B's items are {items:?}, expected {n} items then {tail:?}").into());
+    }
+    Ok(())
+}
+
+async fn private_section(run: &Arc<Shared>) -> Result<(), Stop> {
+    if !run.has_marker() {
+        return Err(Stop::Fail(
+            "run with --secret-marker M, where M is contained in every token of the host's secret module (spec/CONFORMANCE.md §7.1)".into(),
+        ));
+    }
+    let mut a = attached(run, "A").await?;
+    let mut b = attached(run, "B").await?;
+    let v = version_of(&a)?.max(version_of(&b)?);
+    a.reach(v).await?;
+    b.reach(v).await?;
+    for _ in 0..2 {
+        let r = a.invoke("secret", "rotate", json!([])).await?;
+        let value = ok_value(&r, "secret.rotate()")?;
+        if !value.is_null() {
+            return Err(format!("secret.rotate() returned {value}, expected null").into());
+        }
+        expect_version(&r, "secret.rotate()", v)?;
+    }
+    commit_one(&mut a, &mut [&mut b], v + 1).await?;
+    for peer in [&a, &b] {
+        if view_of(peer)?.get("secret").is_some() {
+            return Err(format!("stream {}'s view has a secret member", peer.name).into());
+        }
+    }
+    match run.leak() {
+        Some(leak) => Err(leak.into()),
+        None => Ok(()),
+    }
+}
+
+async fn malformed(run: &Arc<Shared>) -> Result<(), Stop> {
+    let mut a = attached(run, "A").await?;
+    let mut b = attached(run, "B").await?;
+    let mut m = attached(run, "M").await?;
+    let v = version_of(&a)?.max(version_of(&b)?).max(version_of(&m)?);
+    a.reach(v).await?;
+    b.reach(v).await?;
+    let mark = m.mark();
+    m.send_bytes(Bytes::from_static(UNDECODABLE))?;
+    commit_one(&mut a, &mut [&mut b], v + 1).await?;
+    let r = b
+        .invoke("todos", "add", json!(["after malformed bytes"]))
+        .await?;
+    ok_value(&r, "todos.add from B")?;
+    expect_version(&r, "todos.add from B", v + 2)?;
+    b.reach(v + 2).await?;
+    a.reach(v + 2).await?;
+    // M may have been closed, or may still be served: either way it must
+    // not have been sent anything but publications.
+    m.close();
+    while m.next_or_end().await?.is_some() {}
+    if m.since(mark)
+        .iter()
+        .any(|e| matches!(e.kind, Some(host_message::Kind::Result(_))))
+    {
+        return Err("M received a result for bytes that were not a call".into());
+    }
+    Ok(())
+}
+
+async fn converge(run: &Arc<Shared>) -> Result<(), Stop> {
+    const STREAMS: usize = 4;
+    const CALLS: usize = 15;
+    let mut peers = Vec::new();
+    for i in 0..STREAMS {
+        peers.push(attached(run, &format!("P{i}")).await?);
+    }
+    let v = peers.iter().filter_map(Peer::version).max().unwrap_or(0);
+    let mut tasks = JoinSet::new();
+    for (i, mut peer) in peers.into_iter().enumerate() {
+        tasks.spawn(async move {
+            let mut ids = Vec::new();
+            for k in 0..CALLS {
+                let id = if k % 2 == 0 {
+                    peer.call("counter", "increase", json!([1]))
+                } else {
+                    peer.call("todos", "add", json!([format!("converge {i}-{k}")]))
+                };
+                match id {
+                    Ok(id) => ids.push(id),
+                    Err(e) => return (peer, Err(e)),
+                }
+            }
+            let mut versions = Vec::new();
+            for id in ids {
+                match peer.result(id).await {
+                    Ok(r) => versions.push(r.state_version),
+                    Err(e) => return (peer, Err(e)),
+                }
+            }
+            (peer, Ok(versions))
+        });
+    }
+    let mut peers = Vec::new();
+    let mut versions = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (peer, result) = joined.map_err(|e| format!("a stream's task failed: {e}"))?;
+        versions.extend(result?);
+        peers.push(peer);
+    }
+    versions.sort_unstable();
+    let total = (STREAMS * CALLS) as u64;
+    let expected: Vec<u64> = (v + 1..=v + total).collect();
+    if versions != expected {
+        return Err(format!(
+            "the {total} results carry state_versions {versions:?}, expected {} … {}",
+            v + 1,
+            v + total
+        )
+        .into());
+    }
+    for peer in &mut peers {
+        peer.reach(v + total).await?;
+    }
+    let mut fresh = attached(run, "F").await?;
+    fresh.reach(v + total).await?;
+    for peer in &peers {
+        same_view(peer, &fresh)?;
+    }
+    Ok(())
+}
+
+async fn unauthenticated(run: &Arc<Shared>) -> Result<(), Stop> {
+    if !run.has_token() {
+        return Err(Stop::Skip("needs --token-file".into()));
+    }
+    for (name, token) in [
+        ("anonymous", None),
+        ("wrong-token", Some("conformance-wrong-token")),
+    ] {
+        let mut peer = Peer::open_with(run, name, token).await?;
+        peer.sync(0, "", None)?;
+        let code = peer.end_code().await?;
+        if code != Code::Unauthenticated {
+            return Err(
+                format!("stream {name} ended with {code:?}, expected Unauthenticated").into(),
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! The host interop runner: tests a host implementation, in any language,
+//! over gRPC, as one or more raw clients of its `Session` method.
+//!
+//! The host under test serves the demo app (spec/PROTOCOL.md §19) and is
+//! started by whoever runs the suite; [`run`] connects to it, plays every
+//! case of [`cases::CASES`] (or one), each within a time limit, and reports.
+
+pub mod cases;
+pub mod codec;
+pub mod peer;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::transport::Endpoint;
+
+use self::cases::{CaseOptions, Stop};
+use self::peer::Shared;
+use crate::report::{KNOWN_FAILURE, Outcome, Report};
+use crate::vectors::Role;
+
+/// How to reach and test a host.
+#[derive(Debug, Clone)]
+pub struct HostRun {
+    /// The host's URL, e.g. `http://127.0.0.1:50051`.
+    pub url: String,
+    /// A bearer token to present, if the host requires one.
+    pub token: Option<String>,
+    /// A string every token of the host's `secret` module contains; no
+    /// byte the host sends may contain it.
+    pub secret_marker: Option<String>,
+    /// Only this case (by name).
+    pub case: Option<String>,
+    /// Cases to skip as known failures.
+    pub known_failures: BTreeSet<String>,
+    /// The longest any single wait may last.
+    pub step_timeout: Duration,
+    /// The longest a whole case may last.
+    pub case_timeout: Duration,
+    /// Settings some cases depend on.
+    pub options: CaseOptions,
+}
+
+impl HostRun {
+    /// A run against `url` with the default limits (5 s per wait, 60 s per
+    /// case) and nothing else configured.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            token: None,
+            secret_marker: None,
+            case: None,
+            known_failures: BTreeSet::new(),
+            step_timeout: Duration::from_secs(5),
+            case_timeout: Duration::from_secs(60),
+            options: CaseOptions::default(),
+        }
+    }
+}
+
+/// Checks that every name given refers to a host interop case.
+pub fn check_names(run: &HostRun) -> Result<(), String> {
+    let unknown: Vec<&String> = run
+        .case
+        .iter()
+        .chain(&run.known_failures)
+        .filter(|n| cases::find(n).is_none())
+        .collect();
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "unknown host case(s): {}",
+            unknown
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
+}
+
+/// Runs the selected cases against the host, one after the other (they
+/// share the host's state), and reports. `Err` only when the run cannot
+/// start (an unknown case name, a malformed URL).
+pub async fn run(config: &HostRun) -> Result<Report, String> {
+    check_names(config)?;
+    let endpoint = Endpoint::from_shared(config.url.clone())
+        .map_err(|e| format!("{}: {e}", config.url))?
+        .connect_timeout(config.step_timeout)
+        .tcp_nodelay(true);
+    let shared = Arc::new(Shared::new(
+        endpoint,
+        config.token.clone(),
+        config.secret_marker.clone(),
+        config.step_timeout,
+    ));
+    let mut report = Report::default();
+    for case in cases::CASES {
+        if config.case.as_deref().is_some_and(|c| c != case.name) {
+            continue;
+        }
+        let outcome = if config.known_failures.contains(case.name) {
+            Outcome::Skip(KNOWN_FAILURE.into())
+        } else {
+            // Each case in a task of its own, so that a panic is one case's
+            // failure and an abandoned case cannot keep running.
+            let task = tokio::spawn({
+                let shared = shared.clone();
+                let options = config.options;
+                async move { cases::run_case(case.name, &shared, options).await }
+            });
+            let abort = task.abort_handle();
+            match tokio::time::timeout(config.case_timeout, task).await {
+                Ok(Ok(Ok(()))) => Outcome::Pass,
+                Ok(Ok(Err(Stop::Fail(why)))) => Outcome::Fail(why),
+                Ok(Ok(Err(Stop::Skip(why)))) => Outcome::Skip(why),
+                Ok(Err(e)) => Outcome::Fail(format!("the case panicked: {e}")),
+                Err(_) => {
+                    abort.abort();
+                    Outcome::Fail(format!(
+                        "the case did not finish within {} ms",
+                        config.case_timeout.as_millis()
+                    ))
+                }
+            }
+        };
+        report.push(case.name, case.tier, Role::Host, outcome);
+    }
+    Ok(report)
+}

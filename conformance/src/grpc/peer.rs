@@ -1,0 +1,736 @@
+//! One raw gRPC client of the host under test: a `Session` stream that the
+//! runner writes envelopes (or arbitrary bytes) to and reads host envelopes
+//! from, checking every envelope it reads against the rules that hold for
+//! all of them.
+//!
+//! Every envelope read is checked before a case sees it:
+//! - it is a protobuf `HostMessage` of protocol version 1 with a non-empty
+//!   epoch that never changes during the run (E3, C5);
+//! - it does not contain the private section's marker (SI2);
+//! - a sync reply answers the request this stream has outstanding (H1);
+//! - no publication arrives before the stream's first sync reply (H3);
+//! - a live patch starts at the version this stream was last shown and its
+//!   operations apply to the view it was shown (H5, PA4); a commit
+//!   snapshot is newer than anything shown before (H6); a bookmark names the
+//!   version last shown (H10);
+//! - a result answers a call this stream sent and that has no answer yet,
+//!   carries exactly one outcome, a non-zero `state_version`, no local-only
+//!   error code, and names a version this stream has already been shown
+//!   (H8, H9).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cosystem_worker::client::apply_patch;
+use cosystem_worker::wire::{
+    Call, CallResult, ClientMessage, ErrorCode, Header, HostMessage, SnapshotReason, SyncReason,
+    SyncRequest, call_result, client_message, host_message,
+};
+use prost::Message;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::codec::Streaming;
+use tonic::transport::Endpoint;
+use tonic::{Code, Status};
+
+use super::codec::RawCodec;
+
+/// The gRPC method every stream calls (spec/PROTOCOL.md §17.2).
+pub const SESSION_PATH: &str = "/cosystem.worker.v1.HostService/Session";
+
+/// What every stream of one run shares.
+pub struct Shared {
+    endpoint: Endpoint,
+    token: Option<String>,
+    marker: Option<Vec<u8>>,
+    step_timeout: Duration,
+    next_id: AtomicU64,
+    epoch: Mutex<Option<String>>,
+    leak: Mutex<Option<String>>,
+}
+
+impl Shared {
+    /// A run against `endpoint`, authenticating with `token`, that fails any
+    /// stream receiving `marker`, and waits at most `step_timeout` for any
+    /// single thing.
+    pub fn new(
+        endpoint: Endpoint,
+        token: Option<String>,
+        marker: Option<String>,
+        step_timeout: Duration,
+    ) -> Self {
+        Self {
+            endpoint,
+            token,
+            marker: marker.filter(|m| !m.is_empty()).map(String::into_bytes),
+            step_timeout,
+            next_id: AtomicU64::new(1),
+            epoch: Mutex::new(None),
+            leak: Mutex::new(None),
+        }
+    }
+
+    /// Whether a secret marker was given.
+    pub fn has_marker(&self) -> bool {
+        self.marker.is_some()
+    }
+
+    /// Whether a bearer token was given.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// The first leak of the marker seen on any stream of the run, if any.
+    pub fn leak(&self) -> Option<String> {
+        self.leak.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The host's epoch, once any stream has seen it.
+    pub fn epoch(&self) -> Option<String> {
+        self.epoch.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// How long one wait may last.
+    pub fn step_timeout(&self) -> Duration {
+        self.step_timeout
+    }
+
+    /// A call or sync id no other stream of the run uses, so that a reply or
+    /// result delivered to the wrong stream cannot pass for its own.
+    fn fresh_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// How the stream's response side stands.
+enum Response {
+    /// The call is being set up; some servers send response headers only
+    /// with their first message, so the runner never waits for them before
+    /// writing.
+    Pending(JoinHandle<Result<Streaming<Bytes>, Status>>),
+    /// Messages can be read.
+    Open(Box<Streaming<Bytes>>),
+    /// The host ended the stream, with this status (`None`: OK).
+    Ended(Option<Status>),
+}
+
+/// The request outstanding on a stream and the view a resume patch applies to.
+struct Outstanding {
+    sync_id: u64,
+    have: u64,
+    base: Option<Value>,
+}
+
+/// One `Session` stream.
+pub struct Peer {
+    /// The stream's name in reports (`A`, `B`, …) and its `header.source`.
+    pub name: String,
+    shared: Arc<Shared>,
+    tx: Option<mpsc::UnboundedSender<Bytes>>,
+    response: Response,
+    attached: bool,
+    version: Option<u64>,
+    view: Option<Value>,
+    outstanding: Option<Outstanding>,
+    open_calls: BTreeSet<u64>,
+    results: BTreeMap<u64, CallResult>,
+    /// Every envelope received, in order.
+    pub log: Vec<HostMessage>,
+}
+
+impl Peer {
+    /// Opens a stream on a connection of its own (clients under test are
+    /// separate programs: a host may not couple them through one
+    /// connection), with the run's token.
+    pub async fn open(shared: &Arc<Shared>, name: &str) -> Result<Self, String> {
+        let token = shared.token.clone();
+        Self::open_with(shared, name, token.as_deref()).await
+    }
+
+    /// Opens a stream presenting `token` (or none).
+    pub async fn open_with(
+        shared: &Arc<Shared>,
+        name: &str,
+        token: Option<&str>,
+    ) -> Result<Self, String> {
+        let channel = tokio::time::timeout(shared.step_timeout, shared.endpoint.connect())
+            .await
+            .map_err(|_| format!("stream {name}: connecting timed out"))?
+            .map_err(|e| format!("stream {name}: cannot connect: {e}"))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut request = tonic::Request::new(UnboundedReceiverStream::new(rx));
+        if let Some(token) = token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|e| format!("the token cannot be sent as metadata: {e}"))?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        let task = tokio::spawn(async move {
+            let mut grpc = tonic::client::Grpc::new(channel);
+            grpc.ready()
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            let path = tonic::codegen::http::uri::PathAndQuery::from_static(SESSION_PATH);
+            grpc.streaming(request, path, RawCodec)
+                .await
+                .map(tonic::Response::into_inner)
+        });
+        Ok(Self {
+            name: name.to_owned(),
+            shared: shared.clone(),
+            tx: Some(tx),
+            response: Response::Pending(task),
+            attached: false,
+            version: None,
+            view: None,
+            outstanding: None,
+            open_calls: BTreeSet::new(),
+            results: BTreeMap::new(),
+            log: Vec::new(),
+        })
+    }
+
+    /// The version of the last state this stream was shown.
+    pub fn version(&self) -> Option<u64> {
+        self.version
+    }
+
+    /// The view rebuilt from what this stream received (`None` before its
+    /// first sync reply).
+    pub fn view(&self) -> Option<&Value> {
+        self.view.as_ref()
+    }
+
+    /// How many envelopes this stream has received so far (a mark for
+    /// [`Peer::since`]).
+    pub fn mark(&self) -> usize {
+        self.log.len()
+    }
+
+    /// The envelopes received since `mark`.
+    pub fn since(&self, mark: usize) -> &[HostMessage] {
+        self.log.get(mark..).unwrap_or(&[])
+    }
+
+    fn epoch_header(&self) -> String {
+        self.shared.epoch().unwrap_or_default()
+    }
+
+    /// Writes raw bytes as one gRPC message.
+    pub fn send_bytes(&mut self, bytes: Bytes) -> Result<(), String> {
+        self.tx
+            .as_ref()
+            .and_then(|tx| tx.send(bytes).ok())
+            .ok_or_else(|| format!("stream {}: the request stream is closed", self.name))
+    }
+
+    /// Writes one envelope.
+    pub fn send(&mut self, message: &ClientMessage) -> Result<(), String> {
+        self.send_bytes(Bytes::from(message.encode_to_vec()))
+    }
+
+    /// Sends SyncRequest{have} with `header.epoch = epoch`. A resume reply
+    /// is checked against `base`, or against this stream's own view when it
+    /// is at `have`. Returns the sync id.
+    pub fn sync(&mut self, have: u64, epoch: &str, base: Option<Value>) -> Result<u64, String> {
+        let sync_id = self.shared.fresh_id();
+        let base = base.or_else(|| {
+            (self.version == Some(have))
+                .then(|| self.view.clone())
+                .flatten()
+        });
+        let reason = if have == 0 {
+            SyncReason::Initial
+        } else {
+            SyncReason::Reconnect
+        };
+        self.send(&ClientMessage {
+            header: Some(Header::v1(epoch, self.name.clone(), "")),
+            kind: Some(client_message::Kind::SyncRequest(SyncRequest {
+                sync_id,
+                have_version: have,
+                reason: reason as i32,
+            })),
+        })?;
+        self.outstanding = Some(Outstanding {
+            sync_id,
+            have,
+            base,
+        });
+        Ok(sync_id)
+    }
+
+    /// Sends a Call exactly as given; returns nothing (the caller chose the
+    /// id).
+    pub fn send_call(
+        &mut self,
+        epoch: &str,
+        call_id: u64,
+        module: &str,
+        method: &str,
+        args_json: &str,
+    ) -> Result<(), String> {
+        self.send(&ClientMessage {
+            header: Some(Header::v1(epoch, self.name.clone(), "")),
+            kind: Some(client_message::Kind::Call(Call {
+                call_id,
+                module: module.to_owned(),
+                method: method.to_owned(),
+                args_json: args_json.to_owned(),
+            })),
+        })?;
+        self.open_calls.insert(call_id);
+        Ok(())
+    }
+
+    /// A call id no stream of the run has used.
+    pub fn fresh_id(&self) -> u64 {
+        self.shared.fresh_id()
+    }
+
+    /// The host's epoch as seen so far (`""` before any envelope arrived).
+    pub fn host_epoch(&self) -> String {
+        self.epoch_header()
+    }
+
+    /// Sends a call of the host's epoch with `args_json` as given; returns
+    /// its call id.
+    pub fn call_text(
+        &mut self,
+        module: &str,
+        method: &str,
+        args_json: &str,
+    ) -> Result<u64, String> {
+        let id = self.shared.fresh_id();
+        let epoch = self.epoch_header();
+        self.send_call(&epoch, id, module, method, args_json)?;
+        Ok(id)
+    }
+
+    /// Sends a call of the host's epoch; returns its call id.
+    pub fn call(&mut self, module: &str, method: &str, args: Value) -> Result<u64, String> {
+        self.call_text(module, method, &args.to_string())
+    }
+
+    /// Calls and waits for the result.
+    pub async fn invoke(
+        &mut self,
+        module: &str,
+        method: &str,
+        args: Value,
+    ) -> Result<CallResult, String> {
+        let id = self.call(module, method, args)?;
+        self.result(id).await
+    }
+
+    /// Sends SyncRequest{have 0} and waits for the reply; returns the version.
+    pub async fn attach(&mut self) -> Result<u64, String> {
+        self.sync(0, "", None)?;
+        self.await_sync().await
+    }
+
+    /// Reads until the outstanding sync request is answered; returns the
+    /// version the stream was shown.
+    pub async fn await_sync(&mut self) -> Result<u64, String> {
+        while self.outstanding.is_some() {
+            self.next().await?;
+        }
+        self.version
+            .ok_or_else(|| format!("stream {}: no version after the sync reply", self.name))
+    }
+
+    /// Reads until the result of `call_id` arrives.
+    pub async fn result(&mut self, call_id: u64) -> Result<CallResult, String> {
+        loop {
+            if let Some(r) = self.results.remove(&call_id) {
+                return Ok(r);
+            }
+            if !self.open_calls.contains(&call_id) {
+                return Err(format!(
+                    "stream {}: call {call_id} was never sent",
+                    self.name
+                ));
+            }
+            self.next()
+                .await
+                .map_err(|e| format!("{e} (waiting for the result of call {call_id})"))?;
+        }
+    }
+
+    /// Reads until this stream has been shown `version` (or later).
+    pub async fn reach(&mut self, version: u64) -> Result<(), String> {
+        while self.version.is_none_or(|v| v < version) {
+            self.next()
+                .await
+                .map_err(|e| format!("{e} (waiting to be shown version {version})"))?;
+        }
+        Ok(())
+    }
+
+    /// Closes the request side: the host should end the session.
+    pub fn close(&mut self) {
+        self.tx = None;
+    }
+
+    /// Waits for the response stream to open and returns how it ended if it
+    /// did, without reading any message.
+    async fn response(&mut self) -> Result<Option<&mut Streaming<Bytes>>, String> {
+        if let Response::Pending(task) = &mut self.response {
+            let opened = tokio::time::timeout(self.shared.step_timeout, task)
+                .await
+                .map_err(|_| {
+                    format!(
+                        "stream {}: the host did not answer the Session call within {} ms",
+                        self.name,
+                        self.shared.step_timeout.as_millis()
+                    )
+                })?
+                .map_err(|e| format!("stream {}: {e}", self.name))?;
+            self.response = match opened {
+                Ok(streaming) => Response::Open(Box::new(streaming)),
+                Err(status) => Response::Ended(Some(status)),
+            };
+        }
+        Ok(match &mut self.response {
+            Response::Open(s) => Some(s.as_mut()),
+            _ => None,
+        })
+    }
+
+    /// Reads the next envelope, or how the stream ended: `Ok(None)` with the
+    /// final status in [`Peer::ended`].
+    pub async fn next_or_end(&mut self) -> Result<Option<HostMessage>, String> {
+        let timeout = self.shared.step_timeout;
+        let name = self.name.clone();
+        let Some(streaming) = self.response().await? else {
+            return Ok(None);
+        };
+        let item = tokio::time::timeout(timeout, streaming.message())
+            .await
+            .map_err(|_| {
+                format!(
+                    "stream {name}: nothing received within {} ms",
+                    timeout.as_millis()
+                )
+            })?;
+        let bytes = match item {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                self.response = Response::Ended(None);
+                return Ok(None);
+            }
+            Err(status) => {
+                self.response = Response::Ended(Some(status));
+                return Ok(None);
+            }
+        };
+        if let Some(marker) = &self.shared.marker
+            && contains(&bytes, marker)
+        {
+            let leak = format!(
+                "stream {name} received the private section's marker (SI2) in {} bytes",
+                bytes.len()
+            );
+            self.shared
+                .leak
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_with(|| leak.clone());
+            return Err(leak);
+        }
+        let message = HostMessage::decode(bytes.as_ref()).map_err(|e| {
+            format!("stream {name}: the host sent bytes that are not a HostMessage: {e}")
+        })?;
+        self.track(&message)
+            .map_err(|e| format!("stream {name}: {e}; in {}", describe(&message)))?;
+        self.log.push(message.clone());
+        Ok(Some(message))
+    }
+
+    /// Reads the next envelope; the stream ending is an error.
+    pub async fn next(&mut self) -> Result<HostMessage, String> {
+        match self.next_or_end().await? {
+            Some(m) => Ok(m),
+            None => Err(format!(
+                "stream {}: the host ended the stream ({})",
+                self.name,
+                self.ended_status()
+            )),
+        }
+    }
+
+    /// How the host ended the stream, if it did.
+    pub fn ended(&self) -> Option<Option<&Status>> {
+        match &self.response {
+            Response::Ended(status) => Some(status.as_ref()),
+            _ => None,
+        }
+    }
+
+    fn ended_status(&self) -> String {
+        match self.ended() {
+            Some(Some(s)) => format!("status {:?}: {}", s.code(), s.message()),
+            Some(None) => "status OK".to_owned(),
+            None => "still open".to_owned(),
+        }
+    }
+
+    /// Waits for the stream to end and returns its status code (`Ok` for a
+    /// clean end), failing if a message arrives first.
+    pub async fn end_code(&mut self) -> Result<Code, String> {
+        match self.next_or_end().await? {
+            Some(m) => Err(format!(
+                "stream {}: received {} where the stream should have ended",
+                self.name,
+                describe(&m)
+            )),
+            None => Ok(self
+                .ended()
+                .and_then(|s| s.map(Status::code))
+                .unwrap_or(Code::Ok)),
+        }
+    }
+
+    fn track(&mut self, m: &HostMessage) -> Result<(), String> {
+        let header = m.header.as_ref().ok_or("an envelope without a header")?;
+        if header.protocol_version != 1 {
+            return Err(format!(
+                "protocol_version {} (expected 1, C5)",
+                header.protocol_version
+            ));
+        }
+        if header.epoch.is_empty() {
+            return Err("an empty epoch (E2)".into());
+        }
+        {
+            let mut epoch = self.shared.epoch.lock().unwrap_or_else(|e| e.into_inner());
+            match epoch.as_deref() {
+                None => *epoch = Some(header.epoch.clone()),
+                Some(e) if e == header.epoch => {}
+                Some(e) => {
+                    return Err(format!(
+                        "epoch {:?}, but the host's epoch was {e:?} (E3; did the host restart?)",
+                        header.epoch
+                    ));
+                }
+            }
+        }
+        match &m.kind {
+            Some(host_message::Kind::Snapshot(s)) => {
+                if s.version == 0 {
+                    return Err("a snapshot of version 0 (§3.5)".into());
+                }
+                let view: Value = serde_json::from_str(&s.state_json)
+                    .map_err(|e| format!("state_json is not JSON: {e}"))?;
+                if !view.is_object() {
+                    return Err("state_json is not a JSON object (§3.5)".into());
+                }
+                let reason = SnapshotReason::try_from(s.reason).ok();
+                if s.sync_id != 0 {
+                    self.answer(s.sync_id, s.version)?;
+                    if reason != Some(SnapshotReason::Sync) {
+                        return Err("a sync reply whose reason is not SYNC (§3.5)".into());
+                    }
+                } else {
+                    if !self.attached {
+                        return Err("a publication before the first sync reply (H3)".into());
+                    }
+                    if !matches!(
+                        reason,
+                        Some(SnapshotReason::Commit | SnapshotReason::Overflow)
+                    ) {
+                        return Err(format!(
+                            "a snapshot publication with reason {} (§3.5)",
+                            s.reason
+                        ));
+                    }
+                    if self.version.is_some_and(|v| s.version <= v) {
+                        return Err(format!(
+                            "a publication of version {} after version {} was shown (H3, H6)",
+                            s.version,
+                            self.version.unwrap_or(0)
+                        ));
+                    }
+                }
+                self.version = Some(s.version);
+                self.view = Some(view);
+            }
+            Some(host_message::Kind::Patch(p)) => {
+                if p.base_version == 0 || p.version < p.base_version {
+                    return Err("a malformed patch (§3.6)".into());
+                }
+                let bookmark = p.version == p.base_version;
+                if bookmark && !is_empty_array(&p.patch_json) {
+                    return Err("a patch with base = version that carries operations (PA6)".into());
+                }
+                let base = if p.sync_id != 0 {
+                    let have = self.outstanding.as_ref().map(|o| o.have);
+                    let base = self.outstanding.as_mut().and_then(|o| o.base.take());
+                    self.answer(p.sync_id, p.version)?;
+                    if have != Some(p.base_version) {
+                        return Err(format!(
+                            "a resume patch from {} to a request with have_version {} (H2)",
+                            p.base_version,
+                            have.unwrap_or(0)
+                        ));
+                    }
+                    base
+                } else {
+                    if !self.attached {
+                        return Err("a publication before the first sync reply (H3)".into());
+                    }
+                    let shown = self.version.unwrap_or(0);
+                    if bookmark && p.version != shown {
+                        return Err(format!(
+                            "a bookmark at {} when version {shown} was the last shown (H10)",
+                            p.version
+                        ));
+                    }
+                    if !bookmark && (p.base_version != shown || p.version != shown + 1) {
+                        return Err(format!(
+                            "a live patch {}→{} when version {shown} was the last shown (H3, H5)",
+                            p.base_version, p.version
+                        ));
+                    }
+                    self.view.take()
+                };
+                self.view = match base {
+                    Some(mut view) => {
+                        apply_patch(&mut view, &p.patch_json).map_err(|e| {
+                            format!(
+                                "its operations do not apply to the view at {} (PA4): {e}",
+                                p.base_version
+                            )
+                        })?;
+                        Some(view)
+                    }
+                    None => None,
+                };
+                self.version = Some(p.version);
+            }
+            Some(host_message::Kind::Result(r)) => {
+                if !self.open_calls.remove(&r.call_id) {
+                    return Err(format!(
+                        "a result for call {}, which this stream did not send or was already answered (H8)",
+                        r.call_id
+                    ));
+                }
+                if r.state_version == 0 {
+                    return Err("a result with state_version 0 (§3.8)".into());
+                }
+                match &r.outcome {
+                    None => return Err("a result with neither value nor error (§3.8)".into()),
+                    Some(call_result::Outcome::ValueJson(v)) => {
+                        serde_json::from_str::<Value>(v)
+                            .map_err(|e| format!("value_json is not JSON: {e}"))?;
+                    }
+                    Some(call_result::Outcome::Error(e)) => {
+                        let local = matches!(
+                            ErrorCode::try_from(e.code),
+                            Ok(ErrorCode::Unspecified
+                                | ErrorCode::DeadlineExceeded
+                                | ErrorCode::Cancelled
+                                | ErrorCode::Disposed
+                                | ErrorCode::OutcomeUnknown)
+                        );
+                        if local {
+                            return Err(format!(
+                                "a result with the local-only code {} (H9)",
+                                e.code
+                            ));
+                        }
+                    }
+                }
+                if self.attached && self.version.is_none_or(|v| r.state_version > v) {
+                    return Err(format!(
+                        "a result naming version {} before that version was sent (H8; last shown {})",
+                        r.state_version,
+                        self.version.unwrap_or(0)
+                    ));
+                }
+                self.results.insert(r.call_id, r.clone());
+            }
+            // A later revision may add kinds (C4); there is nothing to check.
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn answer(&mut self, sync_id: u64, version: u64) -> Result<(), String> {
+        match &self.outstanding {
+            Some(o) if o.sync_id == sync_id => {}
+            _ => {
+                return Err(format!(
+                    "a sync reply with sync_id {sync_id}, which this stream has not asked for (H1)"
+                ));
+            }
+        }
+        if self.version.is_some_and(|v| version < v) {
+            return Err(format!(
+                "a sync reply at version {version} after version {} was shown (H3)",
+                self.version.unwrap_or(0)
+            ));
+        }
+        self.outstanding = None;
+        self.attached = true;
+        Ok(())
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if let Response::Pending(task) = &self.response {
+            task.abort();
+        }
+    }
+}
+
+fn is_empty_array(text: &str) -> bool {
+    matches!(serde_json::from_str::<Value>(text), Ok(Value::Array(a)) if a.is_empty())
+}
+
+/// Whether a message is a bookmark publication (H10), which a host may send
+/// at any time and which cases therefore skip over.
+pub fn is_bookmark(m: &HostMessage) -> bool {
+    matches!(&m.kind, Some(host_message::Kind::Patch(p))
+        if p.sync_id == 0 && p.base_version == p.version)
+}
+
+/// A short description of an envelope for failure messages.
+pub fn describe(m: &HostMessage) -> String {
+    match &m.kind {
+        Some(host_message::Kind::Snapshot(s)) => format!(
+            "Snapshot{{version={}, reason={}, sync_id={}}}",
+            s.version, s.reason, s.sync_id
+        ),
+        Some(host_message::Kind::Patch(p)) => format!(
+            "Patch{{base={}, version={}, sync_id={}, ops={}}}",
+            p.base_version, p.version, p.sync_id, p.patch_json
+        ),
+        Some(host_message::Kind::Result(r)) => {
+            let outcome = match &r.outcome {
+                Some(call_result::Outcome::ValueJson(v)) => format!("value={v}"),
+                Some(call_result::Outcome::Error(e)) => {
+                    let code = ErrorCode::try_from(e.code)
+                        .map_or_else(|_| e.code.to_string(), |c| c.kebab_name().to_owned());
+                    format!("error={code} {:?}", e.message)
+                }
+                None => "no outcome".to_owned(),
+            };
+            format!(
+                "CallResult{{call_id={}, state_version={}, {outcome}}}",
+                r.call_id, r.state_version
+            )
+        }
+        None => "an envelope with no known kind".to_owned(),
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}

@@ -1,0 +1,273 @@
+//! The client interop runner (`cosystem-conformance client -- CMD…`) run as
+//! a program against the reference adapter (`cosystem-conformance
+//! adapter`): the unbroken adapter passes every case, each deliberate
+//! breakage fails exactly the cases that check what it breaks, and adapters
+//! that crash or hang fail cases instead of stalling the run.
+
+use std::collections::BTreeSet;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cosystem-conformance");
+
+fn conformance(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("the conformance binary runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs every client case against the reference adapter with `adapter_args`
+/// and returns the names of the failed cases and the exit code.
+fn failing_cases(adapter_args: &[&str]) -> (BTreeSet<String>, Option<i32>) {
+    let mut args = vec!["client", "--format", "json", "--", BIN, "adapter"];
+    args.extend_from_slice(adapter_args);
+    let output = conformance(&args);
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not a JSON report ({e}): {}\n{}",
+            stdout(&output),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    let failed = report["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .filter(|c| c["outcome"] == "fail")
+        .map(|c| c["name"].as_str().expect("a name").to_owned())
+        .collect();
+    (failed, output.status.code())
+}
+
+fn names(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[test]
+fn reference_adapter_passes_every_client_case() {
+    let output = conformance(&["client", "--", BIN, "adapter"]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    let last = text.lines().last().unwrap_or_default();
+    assert!(last.ends_with(" passed, 0 failed"), "{last}");
+    assert!(text.lines().filter(|l| l.starts_with("PASS ")).count() > 50);
+    assert!(!text.contains("FAIL "));
+}
+
+// The sets below are exactly the vectors whose scripts reach the broken
+// behaviour; a new vector exercising it belongs in its set.
+
+#[test]
+fn applying_across_a_gap_fails_exactly_the_gap_cases() {
+    let (failed, code) = failing_cases(&["--break", "apply-across-gap"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        failed,
+        names(&[
+            "client-applicable-patches-apply-while-syncing",
+            "client-bookmark-ahead-reveals-gap",
+            "client-failed-patch-reported-while-syncing",
+            "client-gap-reports-version-gap-and-resumes",
+            "client-gap-while-syncing-is-dropped",
+            "client-huge-versions",
+            "client-old-patch-while-syncing-is-dropped",
+            "client-patch-from-other-epoch-while-resuming-asks-for-snapshot",
+            "client-reply-that-cannot-apply-keeps-request-outstanding",
+            "client-result-ahead-while-syncing-sends-nothing-more",
+            "client-retry-resumes-from-mirror-version",
+            "client-stale-snapshot-reported-while-covered",
+            "client-sync-reply-clears-request",
+        ])
+    );
+}
+
+#[test]
+fn settling_before_catching_up_fails_exactly_the_read_your_writes_cases() {
+    let (failed, code) = failing_cases(&["--break", "settle-before-catch-up"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        failed,
+        names(&[
+            "client-connection-loss-settles-sent-calls",
+            "client-deadline-applies-to-held-result",
+            "client-dispose-settles-every-call",
+            "client-duplicate-result-while-held-is-noticed",
+            "client-error-result-waits-for-its-version",
+            "client-held-results-settle-in-arrival-order",
+            "client-result-ahead-is-held-until-mirror-catches-up",
+            "client-result-ahead-while-syncing-sends-nothing-more",
+        ])
+    );
+}
+
+#[test]
+fn ignoring_the_epoch_fails_exactly_the_epoch_cases() {
+    let (failed, code) = failing_cases(&["--break", "ignore-epoch"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        failed,
+        names(&[
+            "client-new-epoch-settles-calls-outcome-unknown",
+            "client-new-epoch-snapshot-replaces-mirror",
+            "client-patch-from-other-epoch-reports-missing-snapshot",
+            "client-patch-from-other-epoch-while-resuming-asks-for-snapshot",
+            "client-result-from-other-epoch-is-outcome-unknown",
+        ])
+    );
+}
+
+#[test]
+fn never_resyncing_fails_every_healing_case() {
+    let (failed, code) = failing_cases(&["--break", "skip-resync"]);
+    assert_eq!(code, Some(1));
+    for healing in [
+        "client-gap-reports-version-gap-and-resumes",
+        "client-patch-before-snapshot-reports-missing-snapshot",
+        "client-failed-patch-keeps-mirror-and-asks-for-snapshot",
+        "client-result-ahead-is-held-until-mirror-catches-up",
+        "client-unanswered-sync-is-retried",
+        "client-reconnect-sends-sync-before-queued-calls",
+    ] {
+        assert!(failed.contains(healing), "{healing} passed: {failed:?}");
+    }
+    assert!(!failed.contains("client-start-sends-initial-sync"));
+}
+
+#[test]
+fn the_breakage_is_also_read_from_the_environment() {
+    let output = Command::new(BIN)
+        .args([
+            "client",
+            "--case",
+            "client-gap-reports-version-gap-and-resumes",
+            "--",
+            BIN,
+            "adapter",
+        ])
+        .env("COSYSTEM_ADAPTER_BREAK", "apply-across-gap")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stdout(&output).starts_with("FAIL client-gap-reports-version-gap-and-resumes: "));
+}
+
+#[test]
+fn known_failures_are_skipped_and_reported() {
+    let dir = std::env::temp_dir().join(format!("cosystem-known-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("known-failures.txt");
+    std::fs::write(
+        &file,
+        "# the broken adapter cannot heal gaps\nclient-gap-reports-version-gap-and-resumes  # gap\n",
+    )
+    .unwrap();
+    let output = conformance(&[
+        "client",
+        "--case",
+        "client-gap-reports-version-gap-and-resumes",
+        "--known-failures",
+        file.to_str().unwrap(),
+        "--",
+        BIN,
+        "adapter",
+        "--break",
+        "apply-across-gap",
+    ]);
+    assert_eq!(
+        stdout(&output),
+        "SKIP client-gap-reports-version-gap-and-resumes (known failure)\n0 passed, 0 failed, 1 skipped\n"
+    );
+    assert_eq!(output.status.code(), Some(0));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn one_case_can_be_run_and_reported_as_junit() {
+    let output = conformance(&[
+        "client",
+        "--case",
+        "client-live-patch-applies",
+        "--format",
+        "junit",
+        "--",
+        BIN,
+        "adapter",
+    ]);
+    let xml = stdout(&output);
+    assert_eq!(output.status.code(), Some(0));
+    assert!(xml.starts_with("<?xml"));
+    assert!(xml.contains("tests=\"1\" failures=\"0\" skipped=\"0\""));
+    assert!(xml.contains("name=\"client-live-patch-applies\""));
+}
+
+#[test]
+fn unknown_case_names_are_usage_errors() {
+    let output = conformance(&[
+        "client",
+        "--case",
+        "client-no-such-case",
+        "--",
+        BIN,
+        "adapter",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn an_adapter_that_exits_fails_the_case_with_its_stderr() {
+    let output = conformance(&[
+        "client",
+        "--case",
+        "client-live-patch-applies",
+        "--",
+        "sh",
+        "-c",
+        "echo adapter gave up >&2; exit 3",
+    ]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.starts_with("FAIL client-live-patch-applies: "),
+        "{text}"
+    );
+    assert!(text.contains("adapter gave up"), "{text}");
+}
+
+#[test]
+fn an_adapter_that_never_answers_is_timed_out() {
+    let output = conformance(&[
+        "client",
+        "--case",
+        "client-live-patch-applies",
+        "--reply-timeout-ms",
+        "200",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("no reply to start"), "{text}");
+}
+
+#[test]
+fn an_adapter_that_answers_garbage_fails_the_case() {
+    let output = conformance(&[
+        "client",
+        "--case",
+        "client-live-patch-applies",
+        "--",
+        "sh",
+        "-c",
+        "while read line; do echo '{\"sent\": 5}'; done",
+    ]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("sent must be an array"), "{text}");
+}

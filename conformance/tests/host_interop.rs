@@ -1,0 +1,155 @@
+//! The host interop runner (`cosystem-conformance host`) against the
+//! reference host served over gRPC in process: the reference passes every
+//! case in both sync modes, and deliberately broken hosts fail exactly the
+//! cases that check what they break.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use cosystem_conformance::grpc::{self, HostRun};
+use cosystem_conformance::report::{Outcome, Report};
+use cosystem_worker::demo;
+use cosystem_worker::host::{Host, SyncMode};
+use support::{HostBreakage, serve};
+
+const MARKER: &str = "host-interop-secret-marker-41c7";
+
+fn demo_host(sync: SyncMode) -> Host {
+    Host::builder(demo::app(MARKER))
+        .sync(sync)
+        .sections(demo::default_sections())
+        .build()
+}
+
+fn config(url: &str) -> HostRun {
+    let mut run = HostRun::new(url);
+    run.secret_marker = Some(MARKER.to_owned());
+    run
+}
+
+fn failed(report: &Report) -> BTreeSet<String> {
+    report.failures().map(|r| r.name.clone()).collect()
+}
+
+fn assert_all_pass(report: &Report) {
+    let failures: Vec<String> = report
+        .results
+        .iter()
+        .filter(|r| r.outcome != Outcome::Pass)
+        .map(|r| format!("{}: {:?}", r.name, r.outcome))
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(report.results.len(), grpc::cases::CASES.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_host_passes_every_case_in_patch_mode() {
+    let served = serve(demo_host(SyncMode::Patch), None, None).await;
+    let mut run = config(&served.url);
+    // Without a token configured, the authentication case does not apply.
+    run.known_failures
+        .insert("grpc-unauthenticated-without-token".into());
+    let report = grpc::run(&run).await.unwrap();
+    print!("{}", report.to_text());
+    let not_skipped = Report {
+        results: report
+            .results
+            .iter()
+            .filter(|r| r.name != "grpc-unauthenticated-without-token")
+            .cloned()
+            .collect(),
+    };
+    assert!(failed(&not_skipped).is_empty(), "{}", report.to_text());
+    assert_eq!(report.counts().2, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_host_passes_every_case_in_snapshot_mode_with_a_token() {
+    let token = "host-interop-token";
+    let served = serve(demo_host(SyncMode::Snapshot), Some(token.into()), None).await;
+    let mut run = config(&served.url);
+    run.token = Some(token.into());
+    let report = grpc::run(&run).await.unwrap();
+    print!("{}", report.to_text());
+    assert_all_pass(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_case_is_skipped_without_a_token() {
+    let served = serve(demo_host(SyncMode::Patch), None, None).await;
+    let mut run = config(&served.url);
+    run.case = Some("grpc-unauthenticated-without-token".into());
+    let report = grpc::run(&run).await.unwrap();
+    assert_eq!(
+        report.results[0].outcome,
+        Outcome::Skip("needs --token-file".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_ignores_call_epochs_fails_exactly_the_fencing_case() {
+    let served = serve(
+        demo_host(SyncMode::Patch),
+        None,
+        Some(HostBreakage::IgnoreCallEpoch),
+    )
+    .await;
+    let report = grpc::run(&config(&served.url)).await.unwrap();
+    print!("{}", report.to_text());
+    assert_eq!(
+        failed(&report),
+        BTreeSet::from(["grpc-call-from-other-epoch-is-fenced".to_owned()])
+    );
+    assert!(!report.required_passed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_publishes_the_secret_fails_the_isolation_cases() {
+    let leaky = Host::builder(demo::app(MARKER))
+        .sections(["counter", "todos", "secret"])
+        .build();
+    let served = serve(leaky, None, None).await;
+    for name in [
+        "grpc-initial-sync-gets-snapshot",
+        "grpc-private-section-never-sent",
+    ] {
+        let mut run = HostRun::new(&served.url);
+        run.case = Some(name.into());
+        // The initial-snapshot case must fail on the view's members alone;
+        // the isolation case needs the marker.
+        if name == "grpc-private-section-never-sent" {
+            run.secret_marker = Some(MARKER.into());
+        }
+        let report = grpc::run(&run).await.unwrap();
+        assert!(
+            matches!(&report.results[0].outcome, Outcome::Fail(_)),
+            "{name}: {:?}",
+            report.results[0].outcome
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_case_fails_rather_than_hangs_when_no_host_answers() {
+    // Bind a port and never accept on it: connections are queued by the
+    // kernel but no gRPC ever answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut run = config(&format!("http://{}", listener.local_addr().unwrap()));
+    run.step_timeout = Duration::from_millis(200);
+    run.case_timeout = Duration::from_secs(2);
+    run.case = Some("grpc-versions-are-contiguous".into());
+    let report = grpc::run(&run).await.unwrap();
+    assert!(matches!(&report.results[0].outcome, Outcome::Fail(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_case_names_are_refused_before_running() {
+    let mut run = HostRun::new("http://127.0.0.1:1");
+    run.case = Some("grpc-no-such-case".into());
+    assert!(grpc::run(&run).await.is_err());
+    let mut run = HostRun::new("http://127.0.0.1:1");
+    run.known_failures.insert("grpc-no-such-case".into());
+    assert!(grpc::run(&run).await.is_err());
+}

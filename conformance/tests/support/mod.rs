@@ -1,0 +1,123 @@
+//! Test support: the reference host served over gRPC in process, through a
+//! small adapter from the generated `HostService` server to
+//! `Host::open_session`, optionally broken on purpose so tests can show the
+//! host runner catching a broken host.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use cosystem_worker::host::{Host, PeerOptions};
+use cosystem_worker::wire::host_service_server::{HostService, HostServiceServer};
+use cosystem_worker::wire::{ClientMessage, HostMessage, client_message};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+/// A deliberate defect of the served host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostBreakage {
+    /// Calls are run whatever epoch their header names (no fencing).
+    IgnoreCallEpoch,
+}
+
+struct Adapter {
+    host: Host,
+    token: Option<String>,
+    breakage: Option<HostBreakage>,
+}
+
+#[tonic::async_trait]
+impl HostService for Adapter {
+    type SessionStream = ReceiverStream<Result<HostMessage, Status>>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<ClientMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        if let Some(token) = &self.token {
+            let presented = request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            if presented != Some(format!("Bearer {token}").as_str()) {
+                return Err(Status::unauthenticated("a valid bearer token is required"));
+            }
+        }
+        let session = self
+            .host
+            .open_session(PeerOptions {
+                peer_id: "grpc".into(),
+                publications: true,
+            })
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        let session = Arc::new(session);
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let writer = tokio::spawn({
+            let session = session.clone();
+            async move {
+                while let Some(frame) = session.next_frame().await {
+                    if tx.send(Ok(frame.message().clone())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let breakage = self.breakage;
+        tokio::spawn(async move {
+            // Undecodable input ends the stream with an error: the host may
+            // close a session that sends it (H14).
+            while let Ok(Some(mut message)) = inbound.message().await {
+                if breakage == Some(HostBreakage::IgnoreCallEpoch)
+                    && let (Some(h), Some(client_message::Kind::Call(_))) =
+                        (message.header.as_mut(), &message.kind)
+                {
+                    h.epoch.clear();
+                }
+                if session.handle(message).is_err_and(|e| e.is_fatal()) {
+                    break;
+                }
+            }
+            // The session ends with the request stream.
+            writer.abort();
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// A host being served on a loopback port until dropped.
+pub struct Served {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The host itself.
+    pub host: Host,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.server.abort();
+        self.host.shutdown();
+    }
+}
+
+/// Serves `host` on a free loopback port.
+pub async fn serve(host: Host, token: Option<String>, breakage: Option<HostBreakage>) -> Served {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let url = format!("http://{}", listener.local_addr().expect("a local address"));
+    let service = HostServiceServer::new(Adapter {
+        host: host.clone(),
+        token,
+        breakage,
+    });
+    let server = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await;
+    });
+    Served { url, host, server }
+}
