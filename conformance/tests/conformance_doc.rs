@@ -38,3 +38,33 @@ fn generated_catalogue_in_conformance_md_matches_the_vectors() {
          `cargo run -p cosystem-conformance -- doc --write spec/CONFORMANCE.md`"
     );
 }
+
+#[test]
+fn generated_host_interop_catalogue_in_conformance_md_matches_the_case_table() {
+    let doc = document();
+    let current = doc::current_grpc(&doc).expect("CONFORMANCE.md has the host interop markers");
+    assert!(
+        current == doc::grpc_catalogue().trim(),
+        "spec/CONFORMANCE.md's host interop catalogue is out of date: run \
+         `cargo run -p cosystem-conformance -- doc --write spec/CONFORMANCE.md`"
+    );
+}
+
+#[test]
+fn every_host_interop_case_is_implemented_and_named_uniquely() {
+    let names: std::collections::BTreeSet<&str> = cosystem_conformance::grpc::cases::CASES
+        .iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names.len(), cosystem_conformance::grpc::cases::CASES.len());
+    for case in cosystem_conformance::grpc::cases::CASES {
+        assert!(case.name.starts_with("grpc-"), "{}", case.name);
+        assert!(
+            !case.procedure.is_empty() && !case.asserts.is_empty(),
+            "{}",
+            case.name
+        );
+    }
+    let vector_names: Vec<String> = cases().iter().map(|c| c.info().name.clone()).collect();
+    assert!(names.iter().all(|n| !vector_names.iter().any(|v| v == n)));
+}
