@@ -1,13 +1,15 @@
-//! Test support: the reference host served over gRPC in process, through a
-//! small adapter from the generated `HostService` server to
-//! `Host::open_session`, optionally broken on purpose so tests can show the
-//! host runner catching a broken host.
+//! Test support: the reference host served over gRPC in process, either by
+//! the reference gRPC transport ([`serve_reference`]) or, broken on purpose
+//! so tests can show the host runner catching a broken host, through a small
+//! adapter from the generated `HostService` server to `Host::open_session`
+//! ([`serve_broken`]).
 
 #![allow(dead_code)]
 
 use std::sync::Arc;
 
 use cosystem_worker::host::{Host, PeerOptions};
+use cosystem_worker::transport::grpc::GrpcServer;
 use cosystem_worker::wire::host_service_server::{HostService, HostServiceServer};
 use cosystem_worker::wire::{ClientMessage, HostMessage, client_message};
 use tokio::sync::mpsc;
@@ -19,6 +21,9 @@ use tonic::{Request, Response, Status, Streaming};
 pub enum HostBreakage {
     /// Calls are run whatever epoch their header names (no fencing).
     IgnoreCallEpoch,
+    /// A result queued right behind a publication is sent ahead of it
+    /// (read-your-writes ordering broken).
+    ResultsFirst,
 }
 
 struct Adapter {
@@ -54,17 +59,25 @@ impl HostService for Adapter {
         let session = Arc::new(session);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
+        let breakage = self.breakage;
         let writer = tokio::spawn({
             let session = session.clone();
             async move {
                 while let Some(frame) = session.next_frame().await {
-                    if tx.send(Ok(frame.message().clone())).await.is_err() {
-                        return;
+                    let mut out = vec![frame.message().clone()];
+                    if breakage == Some(HostBreakage::ResultsFirst)
+                        && let Some(next) = session.try_next_frame()
+                    {
+                        out.insert(0, next.message().clone());
+                    }
+                    for message in out {
+                        if tx.send(Ok(message)).await.is_err() {
+                            return;
+                        }
                     }
                 }
             }
         });
-        let breakage = self.breakage;
         tokio::spawn(async move {
             // Undecodable input ends the stream with an error: the host may
             // close a session that sends it (H14).
@@ -102,8 +115,29 @@ impl Drop for Served {
     }
 }
 
-/// Serves `host` on a free loopback port.
-pub async fn serve(host: Host, token: Option<String>, breakage: Option<HostBreakage>) -> Served {
+/// Serves `host` with the reference gRPC transport on a free loopback port.
+pub async fn serve_reference(host: Host, token: Option<String>) -> Served {
+    let mut builder = GrpcServer::builder(host.clone());
+    if let Some(token) = token {
+        builder = builder.token(token);
+    }
+    let server = builder
+        .bind("127.0.0.1:0".parse().expect("an address"))
+        .await
+        .expect("a loopback port");
+    let url = format!("http://{}", server.local_addr());
+    let server = tokio::spawn(async move {
+        let _ = server.serve(std::future::pending()).await;
+    });
+    Served { url, host, server }
+}
+
+/// Serves `host`, broken as `breakage` says, on a free loopback port.
+pub async fn serve_broken(host: Host, breakage: HostBreakage) -> Served {
+    serve(host, None, Some(breakage)).await
+}
+
+async fn serve(host: Host, token: Option<String>, breakage: Option<HostBreakage>) -> Served {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a loopback port");
