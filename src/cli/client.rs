@@ -1,0 +1,308 @@
+//! `cosystem-worker client`: `state`, `watch` and `call` against a host.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use cosystem_worker::client::{CallOptions, Client, ClientConfig, ClientEvent};
+use cosystem_worker::transport::grpc::GrpcConnector;
+use cosystem_worker::transport::{ClientLink, Connector, TransportError};
+use cosystem_worker::wire::ErrorCode;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::endpoint::{Endpoint, GrpcAddr};
+use super::{CliError, read_file, read_token};
+
+/// `client` options.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The host: HOST:PORT or http(s)://HOST:PORT (gRPC).
+    #[arg(
+        long,
+        value_name = "ENDPOINT",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    connect: Endpoint,
+    /// Start this host command and talk to it over its stdin/stdout.
+    #[arg(
+        long,
+        value_name = "COMMAND",
+        conflicts_with = "connect",
+        global = true
+    )]
+    spawn: Option<String>,
+    /// Send `authorization: Bearer <token>` with the token read from this
+    /// file (surrounding whitespace ignored).
+    #[arg(long, value_name = "FILE", global = true)]
+    token_file: Option<PathBuf>,
+    /// Trust this PEM certificate (a CA or the host's own) for https://.
+    #[arg(long, value_name = "FILE", global = true)]
+    ca_cert: Option<PathBuf>,
+    /// Give up if the host is not reached, or a call not settled, within
+    /// this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, global = true)]
+    timeout: f64,
+    #[command(subcommand)]
+    command: ClientCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientCommand {
+    /// Print the published state once: {"version":N,"epoch":"…","state":{…}}.
+    State,
+    /// Print {"version":N,"value":…} for every version, until interrupted.
+    Watch {
+        /// RFC 6901 JSON Pointer into the state ("" for all of it).
+        #[arg(default_value = "")]
+        pointer: String,
+    },
+    /// Call MODULE.METHOD with JSON arguments; print {"value":…,"version":N}.
+    Call {
+        /// The module.
+        module: String,
+        /// The method.
+        method: String,
+        /// Positional arguments, each one JSON value (a string is "\"text\"").
+        #[arg(allow_negative_numbers = true, value_name = "ARG_JSON")]
+        args: Vec<String>,
+    },
+}
+
+/// Runs a client command.
+pub async fn run(args: ClientArgs) -> Result<(), CliError> {
+    let timeout = timeout(args.timeout)?;
+    // Checked before connecting: bad input never waits for the network.
+    let call_args = match &args.command {
+        ClientCommand::Call { args, .. } => parse_args(args)?,
+        _ => Vec::new(),
+    };
+    if let ClientCommand::Watch { pointer } = &args.command
+        && !(pointer.is_empty() || pointer.starts_with('/'))
+    {
+        return Err(CliError::Usage(format!(
+            "{pointer:?} is not a JSON Pointer (it starts with \"/\", or is \"\" for the whole state)"
+        )));
+    }
+    let endpoint = Endpoint::for_client(args.connect.clone(), args.spawn.as_deref())?;
+    let Endpoint::Grpc(addr) = &endpoint else {
+        return Err(endpoint.not_supported());
+    };
+    let connector = grpc_connector(addr, &args, timeout)?;
+    let url = connector.url().to_owned();
+    let last_error = Arc::new(Mutex::new(None));
+    let client = Client::new(
+        Recording {
+            inner: connector,
+            last_error: last_error.clone(),
+        },
+        ClientConfig::default(),
+    );
+    let mut events = client.events();
+    match tokio::time::timeout(timeout, client.ready()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) if error.code == ErrorCode::PermissionDenied => {
+            return Err(CliError::Refused(error));
+        }
+        Ok(Err(error)) => return Err(CliError::Call(error)),
+        Err(_) => {
+            return Err(CliError::Unreachable {
+                url,
+                seconds: timeout.as_secs_f64(),
+                last: last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            });
+        }
+    }
+    let result = match args.command {
+        ClientCommand::State => state(&client),
+        ClientCommand::Watch { pointer } => watch(&client, &mut events, &pointer).await,
+        ClientCommand::Call { module, method, .. } => {
+            call(&client, &module, &method, call_args, timeout).await
+        }
+    };
+    client.dispose();
+    match result {
+        // The reader went away (`| head -1`): nothing left to do.
+        Err(CliError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+fn timeout(seconds: f64) -> Result<Duration, CliError> {
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "--timeout {seconds}: give a positive number of seconds"
+            ))
+        })
+}
+
+fn parse_args(args: &[String]) -> Result<Vec<Value>, CliError> {
+    args.iter()
+        .enumerate()
+        .map(|(i, text)| {
+            serde_json::from_str(text).map_err(|e| {
+                CliError::Usage(format!(
+                    "argument {} is not JSON ({e}): {text:?} (quote strings: '\"text\"')",
+                    i + 1
+                ))
+            })
+        })
+        .collect()
+}
+
+fn grpc_connector(
+    addr: &GrpcAddr,
+    args: &ClientArgs,
+    timeout: Duration,
+) -> Result<GrpcConnector, CliError> {
+    let mut connector = GrpcConnector::new(addr.url())?.connect_timeout(timeout);
+    if let Some(path) = &args.token_file {
+        connector = connector.token(read_token(path)?);
+    }
+    if let Some(path) = &args.ca_cert {
+        if addr.tls != Some(true) {
+            return Err(CliError::Usage("--ca-cert needs an https:// host".into()));
+        }
+        connector = connector.ca_cert(read_file(path)?);
+    }
+    // Reports a bad token or certificate now rather than as retried
+    // connection failures.
+    connector.endpoint()?;
+    Ok(connector)
+}
+
+/// Remembers the last connection error, to say why a host was unreachable.
+struct Recording {
+    inner: GrpcConnector,
+    last_error: Arc<Mutex<Option<String>>>,
+}
+
+impl Connector for Recording {
+    fn connect(&self) -> BoxFuture<'static, Result<ClientLink, TransportError>> {
+        let last_error = self.last_error.clone();
+        self.inner
+            .connect()
+            .map(move |result| {
+                if let Err(error) = &result {
+                    *last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
+                }
+                result
+            })
+            .boxed()
+    }
+}
+
+fn emit(line: &impl Serialize) -> Result<(), CliError> {
+    let text = serde_json::to_string(line).map_err(|e| CliError::Io(e.into()))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")?;
+    out.flush()?;
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct StateLine<'a> {
+    version: u64,
+    epoch: &'a str,
+    state: &'a Value,
+}
+
+fn state(client: &Client) -> Result<(), CliError> {
+    let mirror = client
+        .mirror()
+        .ok_or_else(|| CliError::Usage("the client has no state".into()))?;
+    emit(&StateLine {
+        version: mirror.version,
+        epoch: &mirror.epoch,
+        state: &mirror.state,
+    })
+}
+
+#[derive(Serialize)]
+struct WatchLine<'a> {
+    version: u64,
+    value: &'a Value,
+}
+
+/// Prints the value at `pointer` for each version the mirror reaches (a
+/// version skipped by a coalescing snapshot is not printed), until Ctrl-C.
+async fn watch(
+    client: &Client,
+    events: &mut tokio::sync::broadcast::Receiver<ClientEvent>,
+    pointer: &str,
+) -> Result<(), CliError> {
+    let mut last: Option<(String, u64)> = None;
+    let print_current = |last: &mut Option<(String, u64)>| -> Result<(), CliError> {
+        let Some(mirror) = client.mirror() else {
+            return Ok(());
+        };
+        let key = (mirror.epoch, mirror.version);
+        if last.as_ref() == Some(&key) {
+            return Ok(());
+        }
+        let value = mirror.state.pointer(pointer).unwrap_or(&Value::Null);
+        emit(&WatchLine {
+            version: key.1,
+            value,
+        })?;
+        *last = Some(key);
+        Ok(())
+    };
+    print_current(&mut last)?;
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        tokio::select! {
+            _ = &mut interrupted => return Ok(()),
+            event = events.recv() => match event {
+                Ok(ClientEvent::StateChanged { .. } | ClientEvent::Ready { .. })
+                | Err(RecvError::Lagged(_)) => print_current(&mut last)?,
+                Ok(_) => {}
+                Err(RecvError::Closed) => return Ok(()),
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct CallLine<'a> {
+    value: &'a Value,
+    version: Option<u64>,
+}
+
+async fn call(
+    client: &Client,
+    module: &str,
+    method: &str,
+    args: Vec<Value>,
+    timeout: Duration,
+) -> Result<(), CliError> {
+    let settled = client
+        .call_with(
+            module,
+            method,
+            args,
+            CallOptions {
+                timeout: Some(timeout),
+            },
+        )
+        .with_version()
+        .await;
+    match settled.outcome {
+        Ok(value) => emit(&CallLine {
+            value: &value,
+            version: settled.state_version,
+        }),
+        Err(error) if error.code == ErrorCode::PermissionDenied => Err(CliError::Refused(error)),
+        Err(error) => Err(CliError::Call(error)),
+    }
+}

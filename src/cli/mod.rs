@@ -1,0 +1,146 @@
+//! The `cosystem-worker` command line: `host` serves the demo app, `client`
+//! reads and calls a host.
+//!
+//! Exit codes: 0 success; 1 the host answered a call with an error; 2
+//! invalid usage or input (bad flags, bad JSON, unsupported transport,
+//! unreadable files); 3 the host could not be reached or refused the
+//! credentials.
+
+mod client;
+mod endpoint;
+mod host;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use cosystem_worker::app::MethodError;
+use cosystem_worker::transport::grpc::GrpcError;
+
+/// Shares application state between a host and its clients.
+#[derive(Debug, Parser)]
+#[command(name = "cosystem-worker", version, about, propagate_version = true)]
+pub struct Cli {
+    /// More log output on stderr (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the demo app (counter, todos, secret) until Ctrl-C or SIGTERM.
+    Host(host::HostArgs),
+    /// Read or call a running host.
+    Client(client::ClientArgs),
+}
+
+/// Why a command failed; each maps to one line on stderr and an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Invalid usage or input.
+    #[error("{0}")]
+    Usage(String),
+    /// A transport the command line parses but this build does not serve.
+    #[error("{0} is not supported yet (only gRPC: http://, https:// or HOST:PORT)")]
+    NotSupported(String),
+    /// A file named on the command line could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Setting up or running the gRPC transport failed.
+    #[error("{0}")]
+    Grpc(#[from] GrpcError),
+    /// The host was not reached in time.
+    #[error("unavailable: no connection to {url} within {seconds}s{}", last.as_deref().map(|l| format!(" ({l})")).unwrap_or_default())]
+    Unreachable {
+        /// Where.
+        url: String,
+        /// The bound.
+        seconds: f64,
+        /// The last connection error, if any.
+        last: Option<String>,
+    },
+    /// The host refused the connection for good (credentials).
+    #[error("{}: {}", .0.code.kebab_name(), .0.message)]
+    Refused(MethodError),
+    /// The host answered a call with an error.
+    #[error("{}: {}", .0.code.kebab_name(), .0.message)]
+    Call(MethodError),
+    /// Writing output or another local I/O step failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl CliError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Call(_) => ExitCode::from(1),
+            CliError::Usage(_) | CliError::NotSupported(_) | CliError::ReadFile { .. } => {
+                ExitCode::from(2)
+            }
+            CliError::Grpc(
+                GrpcError::InvalidToken | GrpcError::InvalidUrl(_) | GrpcError::Tls(_),
+            ) => ExitCode::from(2),
+            CliError::Grpc(_) | CliError::Io(_) => ExitCode::from(1),
+            CliError::Unreachable { .. } | CliError::Refused(_) => ExitCode::from(3),
+        }
+    }
+}
+
+/// Installs the stderr logger: RUST_LOG if set, else info (debug with -v,
+/// trace with -vv) for this crate and warnings for dependencies.
+pub fn init_tracing(cli: &Cli) {
+    let level = match cli.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("warn,cosystem_worker={level}"))
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Host(args) => host::run(args).await,
+        Command::Client(args) => client::run(args).await,
+    }
+}
+
+/// Reads a file named by a flag.
+fn read_file(path: &Path) -> Result<Vec<u8>, CliError> {
+    std::fs::read(path).map_err(|source| CliError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Reads a token file: its content with surrounding whitespace removed.
+fn read_token(path: &Path) -> Result<String, CliError> {
+    let bytes = read_file(path)?;
+    let token = String::from_utf8(bytes)
+        .map_err(|_| CliError::Usage(format!("{}: the token is not UTF-8", path.display())))?
+        .trim()
+        .to_owned();
+    if token.is_empty() {
+        return Err(CliError::Usage(format!(
+            "{}: the token file is empty",
+            path.display()
+        )));
+    }
+    Ok(token)
+}

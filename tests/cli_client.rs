@@ -1,0 +1,353 @@
+//! `cosystem-worker client …` end to end: the built binary against a host
+//! served in this process over gRPC, checking stdout, stderr and exit codes.
+
+use std::net::SocketAddr;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use cosystem_worker::demo;
+use cosystem_worker::host::{Host, SyncMode};
+use cosystem_worker::transport::grpc::GrpcServer;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::oneshot;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cosystem-worker");
+
+fn demo_host() -> Host {
+    Host::builder(demo::app("cli-secret"))
+        .sync(SyncMode::Patch)
+        .sections(demo::DEFAULT_SECTIONS)
+        .build()
+}
+
+async fn start(
+    builder: cosystem_worker::transport::grpc::GrpcServerBuilder,
+) -> (SocketAddr, oneshot::Sender<()>) {
+    let server = builder.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = server.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
+
+/// Runs the client binary with `args` and returns its output; a hang guard
+/// (not a speed check) keeps a broken build from stalling the suite.
+async fn client(args: &[&str]) -> Output {
+    let run = Command::new(BIN)
+        .arg("client")
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the client command hung")
+        .expect("spawn")
+}
+
+fn stdout_json(output: &Output) -> Value {
+    let text = String::from_utf8(output.stdout.clone()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON line expected, got {text:?}");
+    serde_json::from_str(lines[0]).unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The one error line: starts with `error:` and is the only line.
+fn error_line(output: &Output) -> String {
+    let text = stderr(output);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "one error line expected, got {text:?}");
+    assert!(lines[0].starts_with("error: "), "{text:?}");
+    assert!(!text.contains("panicked"), "{text:?}");
+    lines[0].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_prints_version_epoch_and_published_state_as_one_json_line() {
+    let host = demo_host();
+    host.invoke("counter", "increase", &[json!(4)]).unwrap();
+    let (addr, _stop) = start(GrpcServer::builder(host.clone())).await;
+    let url = format!("http://{addr}");
+
+    let output = client(&["--connect", &url, "state"]).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let line = stdout_json(&output);
+    assert_eq!(
+        line,
+        json!({"version": host.version(), "epoch": host.epoch(), "state": host.view()})
+    );
+    // Key order as documented: version, epoch, state.
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.starts_with("{\"version\":"), "{text}");
+    assert!(line["state"].get("secret").is_none(), "secret is private");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_prints_the_value_and_the_version_it_observed() {
+    let host = demo_host();
+    let (addr, _stop) = start(GrpcServer::builder(host.clone())).await;
+    let addr = addr.to_string(); // bare HOST:PORT means plaintext gRPC
+
+    let output = client(&["--connect", &addr, "call", "counter", "increase", "1"]).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        stdout_json(&output),
+        json!({"value": 1, "version": host.version()})
+    );
+
+    let output = client(&["--connect", &addr, "call", "counter", "decrease", "-2"]).await;
+    assert_eq!(stdout_json(&output)["value"], json!(3));
+
+    let output = client(&["--connect", &addr, "call", "todos", "add", "\"milk\""]).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(host.view()["todos"]["items"][0]["text"], "milk");
+
+    // Private modules are callable though never published.
+    let output = client(&["--connect", &addr, "call", "secret", "rotate"]).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout_json(&output)["value"], Value::Null);
+    assert_eq!(
+        host.module_state("secret").unwrap()["token"],
+        "cli-secret-r1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_errors_print_the_code_and_message_and_exit_non_zero() {
+    let host = demo_host();
+    let (addr, _stop) = start(GrpcServer::builder(host.clone())).await;
+    let url = format!("http://{addr}");
+    let cases: [(&[&str], i32, &str); 5] = [
+        (&["call", "nope", "x"], 1, "error: not-found:"),
+        (&["call", "counter", "nope"], 1, "error: not-found:"),
+        (
+            &["call", "counter", "fail", "\"boom\""],
+            1,
+            "error: failed: boom",
+        ),
+        (
+            &["call", "counter", "increase"],
+            1,
+            "error: invalid-argument:",
+        ),
+        (
+            &["call", "counter", "increase", "\"one\""],
+            1,
+            "error: invalid-argument:",
+        ),
+    ];
+    for (args, code, prefix) in cases {
+        let mut full = vec!["--connect", url.as_str()];
+        full.extend_from_slice(args);
+        let output = client(&full).await;
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(output.stdout.is_empty());
+        let line = error_line(&output);
+        assert!(line.starts_with(prefix), "{args:?}: {line}");
+    }
+    assert_eq!(host.view()["counter"]["count"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_input_gets_one_line_and_exit_2_without_contacting_anyone() {
+    // Nothing listens here: every case must fail on its input alone.
+    let url = "http://127.0.0.1:9";
+    let cases: [&[&str]; 9] = [
+        &["--connect", url, "call", "todos", "add", "milk"],
+        &["--connect", url, "call", "counter", "increase", "{"],
+        &["--connect", url, "watch", "counter"],
+        &["--connect", url, "--timeout", "0", "state"],
+        &["--connect", url, "--timeout", "soon", "state"],
+        &["--connect", "ftp://x:1", "state"],
+        &[
+            "--connect",
+            url,
+            "--token-file",
+            "/nonexistent/token",
+            "state",
+        ],
+        &["--connect", url, "--ca-cert", "/dev/null", "state"],
+        &["--connect", url],
+    ];
+    for args in cases {
+        let output = client(args).await;
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        let text = stderr(&output);
+        assert!(text.starts_with("error"), "{args:?}: {text}");
+        assert!(!text.contains("panicked"), "{args:?}: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transports_not_built_yet_are_refused_clearly() {
+    for args in [
+        &["--connect", "tcp://127.0.0.1:9", "state"][..],
+        &["--connect", "unix:/tmp/cosystem.sock", "state"][..],
+        &["--spawn", "cosystem-worker host --stdio", "state"][..],
+    ] {
+        let output = client(args).await;
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let line = error_line(&output);
+        assert!(line.contains("not supported yet"), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_host_fails_after_the_timeout_with_exit_3() {
+    // A port that was just bound and released: nothing listens on it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    for command in [
+        &["state"][..],
+        &["call", "counter", "increase", "1"],
+        &["watch"],
+    ] {
+        let mut args = vec!["--connect", url.as_str(), "--timeout", "1"];
+        args.extend_from_slice(command);
+        let output = client(&args).await;
+        assert_eq!(output.status.code(), Some(3), "{command:?}");
+        let line = error_line(&output);
+        assert!(line.starts_with("error: unavailable:"), "{line}");
+        assert!(line.contains(&url), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_missing_wrong_and_right() {
+    let host = demo_host();
+    let (addr, _stop) = start(GrpcServer::builder(host.clone()).token("r1ght")).await;
+    let url = format!("http://{addr}");
+    let dir = std::env::temp_dir().join(format!("cosystem-cli-tokens-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let right = dir.join("right");
+    let wrong = dir.join("wrong");
+    std::fs::write(&right, "r1ght\n").unwrap();
+    std::fs::write(&wrong, "wr0ng\n").unwrap();
+
+    let output = client(&["--connect", &url, "state"]).await;
+    assert_eq!(output.status.code(), Some(3));
+    assert!(error_line(&output).starts_with("error: permission-denied:"));
+
+    let output = client(&[
+        "--connect",
+        &url,
+        "--token-file",
+        wrong.to_str().unwrap(),
+        "call",
+        "counter",
+        "increase",
+        "1",
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(3));
+    let line = error_line(&output);
+    assert!(line.starts_with("error: permission-denied:"), "{line}");
+    assert!(!line.contains("wr0ng"), "the token is never echoed: {line}");
+
+    let output = client(&[
+        "--connect",
+        &url,
+        "--token-file",
+        right.to_str().unwrap(),
+        "call",
+        "counter",
+        "increase",
+        "1",
+    ])
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout_json(&output)["value"], json!(1));
+    assert_eq!(host.view()["counter"]["count"], 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_needs_the_ca_certificate() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("cosystem-cli-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("cert.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let host = demo_host();
+    let (addr, _stop) = start(
+        GrpcServer::builder(host.clone()).tls(cert.cert.pem(), cert.signing_key.serialize_pem()),
+    )
+    .await;
+    let url = format!("https://localhost:{}", addr.port());
+
+    let output = client(&[
+        "--connect",
+        &url,
+        "--ca-cert",
+        ca.to_str().unwrap(),
+        "call",
+        "counter",
+        "increase",
+        "7",
+    ])
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout_json(&output)["value"], json!(7));
+
+    let output = client(&["--connect", &url, "--timeout", "1", "state"]).await;
+    assert_eq!(output.status.code(), Some(3));
+    let line = error_line(&output);
+    assert!(line.to_lowercase().contains("certificate"), "{line}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_prints_one_line_per_version_with_the_pointed_value() {
+    let host = demo_host();
+    let (addr, _stop) = start(GrpcServer::builder(host.clone())).await;
+    let url = format!("http://{addr}");
+    let mut child = Command::new(BIN)
+        .args(["client", "--connect", &url, "watch", "/counter/count"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("watch printed nothing")
+            .unwrap()
+            .expect("watch ended");
+        serde_json::from_str(&line).unwrap()
+    };
+    let start = host.version();
+    assert_eq!(next().await, json!({"version": start, "value": 0}));
+    // Every version is printed, even one that leaves the value unchanged.
+    host.invoke("counter", "increase", &[json!(2)]).unwrap();
+    assert_eq!(next().await, json!({"version": start + 1, "value": 2}));
+    host.invoke("todos", "add", &[json!("x")]).unwrap();
+    assert_eq!(next().await, json!({"version": start + 2, "value": 2}));
+    host.invoke("counter", "decrease", &[json!(5)]).unwrap();
+    assert_eq!(next().await, json!({"version": start + 3, "value": -3}));
+    child.kill().await.unwrap();
+}
