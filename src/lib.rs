@@ -15,3 +15,8 @@ pub mod demo;
 pub mod host;
 pub mod transport;
 pub mod wire;
+
+/// The README's Rust examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme_doctests {}
