@@ -186,6 +186,12 @@ impl Host {
         self.shared.core().epoch().to_owned()
     }
 
+    /// The host's configuration: its peer id, capability token and limits
+    /// (what a transport adapter needs to route and bound its traffic).
+    pub fn config(&self) -> HostConfig {
+        self.shared.core().config().clone()
+    }
+
     /// The current version of the published view.
     pub fn version(&self) -> u64 {
         self.shared.core().version()
