@@ -9,11 +9,56 @@
 //!   [`ClientMessage`]s and sends shared [`HostFrame`]s, so byte transports
 //!   write a publication's encoding once for all sessions.
 //!
-//! Writing a new transport means producing these two links from your channel;
-//! [`memory`] is the shortest example.
+//! The transports here: [`memory`] (an in-process pair), [`grpc`] (one
+//! bidirectional stream per session), [`framed`] (length-prefixed frames over
+//! TCP, Unix sockets, pipes and stdio), [`bus`] (a shared broadcast channel
+//! many peers listen to) and [`worker`] (a host on its own thread, reached
+//! through memory pairs).
+//!
+//! # Writing a transport
+//!
+//! A new point-to-point transport is one short file that turns a channel into
+//! the two links; [`memory`] is the shortest example. Each half must
+//! guarantee:
+//!
+//! - **Order, no duplicates.** Envelopes of one direction arrive in the order
+//!   they were sent, each at most once. The protocol tolerates loss (the
+//!   client detects and heals it), but results settle promptly only where
+//!   order holds.
+//! - **One link is one session.** The host serves each [`HostLink`] as one
+//!   session with [`crate::host::Host::serve`]; a client that reconnects gets
+//!   a fresh link from its [`Connector`] and a fresh session, never an old one
+//!   resumed underneath it.
+//! - **Ending the stream means the connection is gone.** A stream returns
+//!   `None` when the other side closed cleanly and `Some(Err(_))` when the
+//!   connection broke; either way the link is finished: the host ends the
+//!   session, and the client settles in-flight calls `outcome-unknown` and,
+//!   unless the error says retrying is pointless, asks the connector again.
+//!   A stream must not end for any other reason: a message that is merely
+//!   lost is skipped, not reported as an end.
+//! - **The sink fails only when the link is dead.** A sink error ends the
+//!   link like a stream error does.
+//! - **Errors map to [`TransportError`] by what the client should do next.**
+//!   Only [`TransportError::Connection`] is retried (refused, reset, timed
+//!   out, a peer that went away). Every other error, from the link or from
+//!   [`Connector::connect`], stops the client for good and fails its pending
+//!   and later calls: [`TransportError::Closed`] when nothing will ever answer
+//!   again; [`TransportError::FrameTooLarge`] and
+//!   [`TransportError::Malformed`] for input that breaks the transport's own
+//!   framing (the same input would come again); and
+//!   [`TransportError::Unauthenticated`] when the host refuses credentials.
+//! - **Byte transports write [`HostFrame::encoded`].** It is the message's
+//!   encoding computed once and shared by every session it goes to.
+//!
+//! Shared channels, where every peer sees every envelope, are different:
+//! one host pseudo-session broadcasts publications once and each client gets
+//! its own reply-only session; see [`bus`].
 
+pub mod bus;
+pub mod framed;
 pub mod grpc;
 pub mod memory;
+pub mod worker;
 
 use std::pin::Pin;
 

@@ -1,0 +1,421 @@
+//! A shared broadcast bus: every peer on it sees every envelope, like a
+//! browser's `BroadcastChannel` shared by several tabs.
+//!
+//! Many clients and possibly several hosts share one [`Bus`]. Routing is
+//! done with the envelope header (spec §17.4):
+//!
+//! - **Publications are broadcast once.** A host on the bus ([`serve_host`])
+//!   keeps one pseudo-session that receives publications; each of its frames
+//!   goes on the bus once, with `target` `""`, for every client at once.
+//! - **Replies go to their requester.** Each client peer that sends something
+//!   gets a reply-only session of its own (publications off), keyed by its
+//!   `source`; its results and sync answers carry `target` = that id, and
+//!   every other client's link drops them unread.
+//! - **Capability token.** A host with a capability ignores client envelopes
+//!   that do not carry it, and a client with one ignores host envelopes that
+//!   do not.
+//! - **Late joiners.** A client asks for a snapshot when it starts and the
+//!   host answers it alone; a host announces its view (`ANNOUNCE`) when it
+//!   starts, so a client that joined first becomes ready too. Neither
+//!   depends on who subscribed first.
+//! - **Loss.** A receiver that falls more than the bus capacity behind loses
+//!   the oldest envelopes. That is loss, not a broken link: the client's next
+//!   publication or bookmark shows a version gap and it resyncs.
+//!
+//! The host-side capability and target checks live here, not in the host
+//! core: on point-to-point channels the spec requires `capability` and
+//! `target` to be ignored (§3.2), so only the shared-channel adapter knows
+//! they mean anything.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+use super::{ClientLink, Connector, TransportError};
+use crate::client::ClientConfig;
+use crate::host::{Host, HostConfig, InputError, PeerOptions, Session};
+use crate::wire::{
+    ClientMessage, Header, HostFrame, HostMessage, PROTOCOL_VERSION, SnapshotReason, SyncReason,
+    SyncRequest, client_message, host_message,
+};
+
+/// Envelopes a bus buffers for its slowest receiver, by default.
+pub const DEFAULT_CAPACITY: usize = 1024;
+
+/// How long a host keeps the session of a client it has not heard from, by
+/// default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How many client sessions a host keeps on one bus at most, by default.
+pub const DEFAULT_MAX_SESSIONS: usize = 1024;
+
+/// One envelope on a bus, as every subscriber receives it.
+#[derive(Clone, Debug)]
+pub enum BusMessage {
+    /// Sent by a host; shared, never copied per receiver until read.
+    Host(HostFrame),
+    /// Sent by a client.
+    Client(Arc<ClientMessage>),
+}
+
+/// Why a bus peer could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BusError {
+    /// Peers on a shared channel need an id: replies are addressed by it.
+    #[error("a peer on a bus needs a non-empty peer id")]
+    MissingPeerId,
+    /// The host refused the publication session (shut down, or full).
+    #[error("the host refused the bus: {0}")]
+    Host(#[from] InputError),
+}
+
+/// An in-process broadcast channel shared by hosts and clients. Cloning
+/// gives another handle to the same bus.
+#[derive(Clone, Debug)]
+pub struct Bus {
+    sender: broadcast::Sender<BusMessage>,
+}
+
+impl Default for Bus {
+    fn default() -> Self {
+        Self::new(DEFAULT_CAPACITY)
+    }
+}
+
+impl Bus {
+    /// A bus whose receivers may fall `capacity` envelopes behind before
+    /// they lose the oldest ones.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            sender: broadcast::channel(capacity.max(1)).0,
+        }
+    }
+
+    /// Puts an envelope on the bus for every current subscriber. Nobody
+    /// listening is not an error: like a broadcast channel, the envelope is
+    /// simply gone.
+    pub fn send(&self, message: BusMessage) {
+        let _ = self.sender.send(message);
+    }
+
+    /// Receives every envelope put on the bus from now on (bridges, taps).
+    pub fn subscribe(&self) -> broadcast::Receiver<BusMessage> {
+        self.sender.subscribe()
+    }
+
+    /// A connector for a client configured with `config`: its links deliver
+    /// only host envelopes addressed to everyone or to `config.peer_id`, from
+    /// `config.host_id` if set, carrying `config.capability` if set.
+    pub fn connector(&self, config: &ClientConfig) -> Result<BusConnector, BusError> {
+        if config.peer_id.is_empty() {
+            return Err(BusError::MissingPeerId);
+        }
+        Ok(BusConnector {
+            bus: self.clone(),
+            filter: Arc::new(ClientFilter {
+                peer_id: config.peer_id.clone(),
+                host_id: config.host_id.clone(),
+                capability: config.capability.clone(),
+            }),
+        })
+    }
+}
+
+/// What a client's link lets through: the same rules as the client core's
+/// first pre-check (K1), applied before the envelope is copied.
+#[derive(Debug)]
+struct ClientFilter {
+    peer_id: String,
+    host_id: String,
+    capability: String,
+}
+
+impl ClientFilter {
+    fn accepts(&self, message: &HostMessage) -> bool {
+        let Some(header) = &message.header else {
+            // Let the core report it as malformed.
+            return true;
+        };
+        (header.target.is_empty() || header.target == self.peer_id)
+            && (self.host_id.is_empty() || header.source == self.host_id)
+            && (self.capability.is_empty() || header.capability == self.capability)
+    }
+}
+
+/// A client's connector to a [`Bus`]. Every connect subscribes afresh; the
+/// bus never closes while a connector holds it.
+pub struct BusConnector {
+    bus: Bus,
+    filter: Arc<ClientFilter>,
+}
+
+impl Connector for BusConnector {
+    fn connect(&self) -> BoxFuture<'static, Result<ClientLink, TransportError>> {
+        // Subscribe before anything is sent, so the answer to the client's
+        // first sync request cannot slip past it.
+        let receiver = self.bus.subscribe();
+        let filter = self.filter.clone();
+        let stream = BroadcastStream::new(receiver).filter_map(move |item| {
+            let delivered = match item {
+                Ok(BusMessage::Host(frame)) if filter.accepts(frame.message()) => {
+                    Some(Ok(frame.message().clone()))
+                }
+                Ok(_) => None,
+                Err(BroadcastStreamRecvError::Lagged(lost)) => {
+                    // Loss, not a broken link: the client sees a version gap
+                    // on its next publication or bookmark and resyncs.
+                    tracing::debug!(peer = %filter.peer_id, lost, "bus receiver lagged");
+                    None
+                }
+            };
+            futures::future::ready(delivered)
+        });
+        let sink = futures::sink::unfold(self.bus.clone(), |bus, message: ClientMessage| {
+            bus.send(BusMessage::Client(Arc::new(message)));
+            futures::future::ready(Ok::<_, TransportError>(bus))
+        });
+        let link = ClientLink {
+            sink: Box::pin(sink),
+            stream: Box::pin(stream),
+        };
+        async move { Ok(link) }.boxed()
+    }
+}
+
+/// How a host bounds the client sessions it keeps on a bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusHostOptions {
+    /// A client session not heard from for this long is dropped; the next
+    /// envelope from that client opens a new one.
+    pub idle_timeout: Duration,
+    /// At most this many client sessions are kept; opening one more drops
+    /// the one heard from least recently.
+    pub max_sessions: usize,
+}
+
+impl Default for BusHostOptions {
+    fn default() -> Self {
+        Self {
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+        }
+    }
+}
+
+/// A client's reply-only session and when it was last heard from.
+struct ClientSession {
+    session: Session,
+    heard: Instant,
+}
+
+/// The host's end of a bus: one publication session, and reply-only
+/// sessions keyed by client peer id.
+struct BusHost {
+    host: Host,
+    bus: Bus,
+    config: HostConfig,
+    options: BusHostOptions,
+    publications: Session,
+    sessions: HashMap<String, ClientSession>,
+}
+
+/// Serves `host` on `bus` until the host shuts down.
+///
+/// The host needs a non-empty peer id (its [`crate::host::HostBuilder::peer_id`]);
+/// clients on a bus with more than one host must set
+/// [`ClientConfig::host_id`] to the one they follow. On start the host
+/// announces its current view to the whole bus.
+///
+/// Client sessions are created on demand and dropped after
+/// [`BusHostOptions::idle_timeout`] without a word from their client, or to
+/// make room beyond [`BusHostOptions::max_sessions`]. Dropping one loses
+/// nothing: a reply-only session's output is put on the bus as soon as it is
+/// produced, so there is never anything queued in it.
+pub async fn serve_host(host: Host, bus: Bus, options: BusHostOptions) -> Result<(), BusError> {
+    let config = host.config();
+    if config.peer_id.is_empty() {
+        return Err(BusError::MissingPeerId);
+    }
+    // Subscribe before announcing: a client that hears the announcement and
+    // then asks for something must find the host listening.
+    let mut receiver = bus.subscribe();
+    let publications = host.open_session(PeerOptions {
+        peer_id: format!("bus:{}", config.peer_id),
+        publications: true,
+    })?;
+    let mut this = BusHost {
+        host,
+        bus,
+        config,
+        options,
+        publications,
+        sessions: HashMap::new(),
+    };
+    this.announce()?;
+    let sweep_every = (this.options.idle_timeout / 2).max(Duration::from_millis(1));
+    let mut sweep = tokio::time::interval(sweep_every);
+    loop {
+        tokio::select! {
+            // A frame is taken from the core in the same poll that returns
+            // it, so losing this race to another branch loses nothing.
+            frame = this.publications.next_frame() => match frame {
+                Some(frame) => this.bus.send(BusMessage::Host(frame)),
+                None => return Ok(()),
+            },
+            received = receiver.recv() => match received {
+                Ok(BusMessage::Client(message)) => this.on_client(message),
+                // Other hosts' envelopes, and our own.
+                Ok(BusMessage::Host(_)) => {}
+                Err(broadcast::error::RecvError::Lagged(lost)) => {
+                    // Lost sync requests are retried by their clients; lost
+                    // calls are unanswered, as on any lossy channel.
+                    tracing::warn!(host = %this.config.peer_id, lost, "bus host lagged; client envelopes lost");
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+            _ = sweep.tick() => this.drop_idle(),
+        }
+    }
+}
+
+impl BusHost {
+    /// Attaches the publication session and broadcasts its sync answer as
+    /// the host's announcement.
+    fn announce(&mut self) -> Result<(), BusError> {
+        self.publications.handle(ClientMessage {
+            header: Some(Header {
+                protocol_version: PROTOCOL_VERSION,
+                epoch: self.host.epoch(),
+                // No source: overflow snapshots of this session go to all.
+                source: String::new(),
+                target: self.config.peer_id.clone(),
+                capability: self.config.capability.clone(),
+            }),
+            kind: Some(client_message::Kind::SyncRequest(SyncRequest {
+                sync_id: 0,
+                have_version: 0,
+                reason: SyncReason::Initial as i32,
+            })),
+        })?;
+        while let Some(frame) = self.publications.try_next_frame() {
+            self.bus.send(BusMessage::Host(as_announcement(frame)));
+        }
+        Ok(())
+    }
+
+    fn on_client(&mut self, message: Arc<ClientMessage>) {
+        let Some(header) = &message.header else {
+            return;
+        };
+        if !self.config.capability.is_empty() && header.capability != self.config.capability {
+            return;
+        }
+        if !header.target.is_empty() && header.target != self.config.peer_id {
+            return;
+        }
+        if header.source.is_empty() {
+            // A reply could only be addressed to everyone.
+            tracing::debug!("ignored a client envelope without a source on the bus");
+            return;
+        }
+        let source = header.source.clone();
+        let now = Instant::now();
+        if !self.sessions.contains_key(&source) && !self.open(&source, now) {
+            return;
+        }
+        let Some(entry) = self.sessions.get_mut(&source) else {
+            return;
+        };
+        entry.heard = now;
+        let outcome = entry.session.handle(Arc::unwrap_or_clone(message.clone()));
+        // Publications first: a result or sync answer names a version whose
+        // publication must be on the bus ahead of it (H8).
+        while let Some(frame) = self.publications.try_next_frame() {
+            self.bus.send(BusMessage::Host(frame));
+        }
+        while let Some(frame) = entry.session.try_next_frame() {
+            self.bus.send(BusMessage::Host(frame));
+        }
+        if let Err(error) = outcome {
+            tracing::debug!(peer = %source, %error, "ignored bus input");
+            if error.is_fatal() {
+                self.sessions.remove(&source);
+            }
+        }
+    }
+
+    /// Opens a session for `source`, making room if needed. Returns whether
+    /// it is open.
+    fn open(&mut self, source: &str, now: Instant) -> bool {
+        if self.sessions.len() >= self.options.max_sessions.max(1) {
+            self.drop_least_recent();
+        }
+        let options = PeerOptions {
+            peer_id: source.to_owned(),
+            publications: false,
+        };
+        let session = match self.host.open_session(options.clone()) {
+            Err(InputError::TooManyClients { .. }) if !self.sessions.is_empty() => {
+                // Other transports fill the host; give up our oldest session.
+                self.drop_least_recent();
+                self.host.open_session(options)
+            }
+            other => other,
+        };
+        match session {
+            Ok(session) => {
+                self.sessions.insert(
+                    source.to_owned(),
+                    ClientSession {
+                        session,
+                        heard: now,
+                    },
+                );
+                true
+            }
+            Err(error) => {
+                tracing::warn!(peer = %source, %error, "no session for bus client");
+                false
+            }
+        }
+    }
+
+    fn drop_least_recent(&mut self) {
+        let oldest = self
+            .sessions
+            .iter()
+            .min_by_key(|(_, entry)| entry.heard)
+            .map(|(id, _)| id.clone());
+        if let Some(id) = oldest {
+            self.sessions.remove(&id);
+        }
+    }
+
+    fn drop_idle(&mut self) {
+        let timeout = self.options.idle_timeout;
+        self.sessions
+            .retain(|_, entry| entry.heard.elapsed() < timeout);
+    }
+}
+
+/// The publication session's sync answer, recast as the host's
+/// announcement to the whole bus.
+fn as_announcement(frame: HostFrame) -> HostFrame {
+    let mut message = frame.message().clone();
+    if let Some(host_message::Kind::Snapshot(snapshot)) = &mut message.kind {
+        snapshot.reason = SnapshotReason::Announce as i32;
+        snapshot.sync_id = 0;
+    }
+    if let Some(header) = &mut message.header {
+        header.target.clear();
+    }
+    HostFrame::new(message)
+}

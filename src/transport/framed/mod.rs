@@ -1,0 +1,112 @@
+//! Framed byte streams: envelopes as length-prefixed protobuf frames over any
+//! ordered byte stream — TCP, Unix domain sockets, a child process's
+//! stdin/stdout, or the process's own (spec §17.3).
+//!
+//! Each frame is a 4-byte big-endian length followed by that many bytes: the
+//! protobuf encoding of one envelope (`ClientMessage` towards the host,
+//! `HostMessage` towards the client). A frame longer than the receiver's
+//! limit ([`FramedConfig::max_frame_bytes`], by default the host's max
+//! message size, 4 MiB) is refused with [`TransportError::FrameTooLarge`] and
+//! that connection is closed; the host keeps serving every other one. One
+//! connection is one session.
+//!
+//! Hosts: [`serve_tcp`], [`serve_unix`], [`serve_stdio`], or [`serve_stream`]
+//! for any other stream. Clients: [`TcpConnector`], [`UnixConnector`],
+//! [`SpawnConnector`], or [`client_link`] for any other stream.
+
+mod codec;
+mod connect;
+mod serve;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use prost::Message;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+pub use connect::{PipeConnector, SpawnConnector, TcpConnector, UnixConnector, pipe};
+pub use serve::{serve_stdio, serve_stream, serve_tcp, serve_unix, serve_unix_listener};
+
+use self::codec::FrameCodec;
+use super::{ClientLink, HostLink, TransportError};
+use crate::host::{Host, HostLimits};
+use crate::wire::{ClientMessage, HostFrame, HostMessage};
+
+/// Framing settings for one end of a byte stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FramedConfig {
+    /// The largest frame (encoded envelope, length prefix excluded) read or
+    /// written; a larger one fails with [`TransportError::FrameTooLarge`].
+    /// At most `u32::MAX`, the largest length the prefix can express.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for FramedConfig {
+    /// The default host's max message size (4 MiB).
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: HostLimits::default().max_message_bytes,
+        }
+    }
+}
+
+impl FramedConfig {
+    /// Frames up to `host`'s own max message size.
+    pub fn for_host(host: &Host) -> Self {
+        Self {
+            max_frame_bytes: host.config().limits.max_message_bytes,
+        }
+    }
+}
+
+/// The host's end of a session over a byte stream split into its halves.
+///
+/// Frames are written from [`HostFrame::encoded`], so a publication shared
+/// by many sessions is encoded once.
+pub fn host_link<R, W>(
+    reader: R,
+    writer: W,
+    peer_id: impl Into<String>,
+    config: FramedConfig,
+) -> HostLink
+where
+    R: AsyncRead + Send + 'static,
+    W: AsyncWrite + Send + 'static,
+{
+    let limit = config.max_frame_bytes;
+    let sink = FramedWrite::new(writer, FrameCodec::new(limit))
+        .sink_map_err(TransportError::from)
+        .with(|frame: HostFrame| futures::future::ok::<_, TransportError>(frame.encoded()));
+    let stream = FramedRead::new(reader, FrameCodec::new(limit)).map(|item| {
+        let bytes = item?;
+        ClientMessage::decode(bytes.freeze()).map_err(|e| TransportError::Malformed(e.to_string()))
+    });
+    HostLink {
+        peer_id: peer_id.into(),
+        sink: Box::pin(sink),
+        stream: Box::pin(stream),
+    }
+}
+
+/// The client's end of a connection over a byte stream split into its
+/// halves.
+pub fn client_link<R, W>(reader: R, writer: W, config: FramedConfig) -> ClientLink
+where
+    R: AsyncRead + Send + 'static,
+    W: AsyncWrite + Send + 'static,
+{
+    let limit = config.max_frame_bytes;
+    let sink = FramedWrite::new(writer, FrameCodec::new(limit))
+        .sink_map_err(TransportError::from)
+        .with(|message: ClientMessage| {
+            futures::future::ok::<_, TransportError>(Bytes::from(message.encode_to_vec()))
+        });
+    let stream = FramedRead::new(reader, FrameCodec::new(limit)).map(|item| {
+        let bytes = item?;
+        HostMessage::decode(bytes.freeze()).map_err(|e| TransportError::Malformed(e.to_string()))
+    });
+    ClientLink {
+        sink: Box::pin(sink),
+        stream: Box::pin(stream),
+    }
+}

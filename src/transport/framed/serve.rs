@@ -1,0 +1,120 @@
+//! Serving a host over byte streams: one session per connection.
+
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+
+use super::{FramedConfig, host_link};
+use crate::host::{Host, InputError};
+
+/// How long the accept loop pauses after a failed accept (for instance when
+/// the process is out of file descriptors), so it does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Serves one session over `io` until the connection closes, breaks, sends
+/// something that is not a frame of at most `config.max_frame_bytes`, or the
+/// host shuts down.
+pub async fn serve_stream<S>(
+    host: Host,
+    io: S,
+    peer_id: impl Into<String>,
+    config: FramedConfig,
+) -> Result<(), InputError>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (reader, writer) = tokio::io::split(io);
+    host.serve(host_link(reader, writer, peer_id, config)).await
+}
+
+/// Accepts TCP connections and serves each as its own session, with frames
+/// up to the host's max message size. Runs until the task is dropped; a
+/// failed accept is logged and retried, and a failed session ends only
+/// itself.
+pub async fn serve_tcp(host: Host, listener: TcpListener) -> io::Result<()> {
+    let config = FramedConfig::for_host(&host);
+    loop {
+        match listener.accept().await {
+            Ok((stream, address)) => {
+                // Envelopes are small and latency-sensitive.
+                let _ = stream.set_nodelay(true);
+                spawn_session(&host, stream, address.to_string(), config);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "tcp accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Binds a Unix domain socket at `path` and serves it like [`serve_tcp`].
+///
+/// A socket file left behind by a host that is gone is replaced; one that a
+/// live host still listens on is an `AddrInUse` error.
+pub async fn serve_unix(host: Host, path: impl AsRef<Path>) -> io::Result<()> {
+    serve_unix_listener(host, bind_unix(path.as_ref()).await?).await
+}
+
+/// Serves connections accepted on an already bound Unix listener.
+pub async fn serve_unix_listener(host: Host, listener: UnixListener) -> io::Result<()> {
+    let config = FramedConfig::for_host(&host);
+    let label = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
+        .unwrap_or_else(|| "unix".to_owned());
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => spawn_session(&host, stream, label.clone(), config),
+            Err(error) => {
+                tracing::warn!(%error, "unix accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Serves one session over the process's own stdin and stdout, until stdin
+/// closes. Nothing else may write to stdout meanwhile: it carries frames.
+pub async fn serve_stdio(host: Host) -> Result<(), InputError> {
+    let config = FramedConfig::for_host(&host);
+    let link = host_link(tokio::io::stdin(), tokio::io::stdout(), "stdio", config);
+    host.serve(link).await
+}
+
+fn spawn_session<S>(host: &Host, stream: S, peer: String, config: FramedConfig)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let host = host.clone();
+    tokio::spawn(async move {
+        if let Err(error) = serve_stream(host, stream, peer.clone(), config).await {
+            tracing::debug!(%peer, %error, "session ended");
+        }
+    });
+}
+
+async fn bind_unix(path: &Path) -> io::Result<UnixListener> {
+    match UnixListener::bind(path) {
+        Err(error) if error.kind() == io::ErrorKind::AddrInUse => {
+            // Only a socket nobody answers on is stale.
+            if UnixStream::connect(path).await.is_ok() {
+                return Err(error);
+            }
+            let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| {
+                use std::os::unix::fs::FileTypeExt;
+                m.file_type().is_socket()
+            });
+            if !is_socket {
+                return Err(error);
+            }
+            std::fs::remove_file(path)?;
+            UnixListener::bind(path)
+        }
+        other => other,
+    }
+}

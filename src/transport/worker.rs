@@ -1,0 +1,175 @@
+//! A host on its own OS thread with its own tokio runtime: the in-process
+//! analogue of starting a worker.
+//!
+//! [`spawn`] starts the thread, builds the host there (so its bookmark timer
+//! runs on the worker's runtime, not the caller's) and hands back a
+//! connected [`Client`] and a [`Worker`] handle. Clients reach the host
+//! through memory pairs; envelopes cross threads as shared frames, nothing
+//! is encoded.
+
+use std::thread::JoinHandle;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{ClientLink, Connector, HostLink, TransportError, memory};
+use crate::client::{Client, ClientConfig};
+use crate::host::Host;
+
+/// Why a worker could not start or did not end cleanly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// The OS refused the thread, or the runtime could not be built.
+    #[error("cannot start the worker: {0}")]
+    Start(#[from] std::io::Error),
+    /// Building the host panicked on the worker thread.
+    #[error("building the host panicked")]
+    BuildPanicked,
+    /// The worker thread panicked.
+    #[error("the worker thread panicked")]
+    Panicked,
+}
+
+/// A running worker thread. Dropping it stops the host without waiting for
+/// the thread; [`Worker::join`] stops it and waits.
+pub struct Worker {
+    host: Host,
+    links: mpsc::UnboundedSender<HostLink>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Starts a host built by `make_host` on a new thread with its own
+/// runtime, and a client connected to it (on the caller's runtime).
+///
+/// # Panics
+/// Outside a tokio runtime (the client's driver needs one).
+pub fn spawn<F>(make_host: F, config: ClientConfig) -> Result<(Client, Worker), WorkerError>
+where
+    F: FnOnce() -> Host + Send + 'static,
+{
+    let worker = Worker::start(make_host)?;
+    let client = Client::new(worker.connector(), config);
+    Ok((client, worker))
+}
+
+impl Worker {
+    /// Starts a host built by `make_host` on a new thread, with no client.
+    ///
+    /// Blocks the calling thread until the host is built.
+    pub fn start<F>(make_host: F) -> Result<Self, WorkerError>
+    where
+        F: FnOnce() -> Host + Send + 'static,
+    {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (links, mut incoming) = mpsc::unbounded_channel::<HostLink>();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (built, host) = std::sync::mpsc::sync_channel::<Host>(1);
+        let thread = std::thread::Builder::new()
+            .name("cosystem-worker-host".to_owned())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let host = make_host();
+                    if built.send(host.clone()).is_err() {
+                        return;
+                    }
+                    let mut stopped = stopped;
+                    loop {
+                        tokio::select! {
+                            link = incoming.recv() => match link {
+                                Some(link) => {
+                                    let host = host.clone();
+                                    tokio::spawn(async move { host.serve(link).await });
+                                }
+                                None => break,
+                            },
+                            _ = &mut stopped => break,
+                        }
+                    }
+                    host.shutdown();
+                });
+            })?;
+        let Ok(host) = host.recv() else {
+            // The sender was dropped without sending: make_host panicked.
+            let _ = thread.join();
+            return Err(WorkerError::BuildPanicked);
+        };
+        Ok(Self {
+            host,
+            links,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// A connector to this worker's host: each connect opens a new session.
+    /// After the worker stops, connecting fails with
+    /// [`TransportError::Closed`].
+    pub fn connector(&self) -> WorkerConnector {
+        WorkerConnector {
+            links: self.links.clone(),
+        }
+    }
+
+    /// Another client of this worker's host.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn client(&self, config: ClientConfig) -> Client {
+        Client::new(self.connector(), config)
+    }
+
+    /// The host, for host-side calls ([`Host::invoke`]) and inspection. Its
+    /// sessions run on the worker thread.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// Asks the worker to stop: the host shuts down, every session ends and
+    /// new connects fail. Does not wait; idempotent.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // Sessions end even if the thread is busy.
+        self.host.shutdown();
+    }
+
+    /// Stops the worker and waits for its thread to finish. Blocks the
+    /// calling thread.
+    pub fn join(mut self) -> Result<(), WorkerError> {
+        self.stop();
+        match self.thread.take() {
+            Some(thread) => thread.join().map_err(|_| WorkerError::Panicked),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Connects clients to a [`Worker`]'s host.
+#[derive(Clone)]
+pub struct WorkerConnector {
+    links: mpsc::UnboundedSender<HostLink>,
+}
+
+impl Connector for WorkerConnector {
+    fn connect(&self) -> BoxFuture<'static, Result<ClientLink, TransportError>> {
+        let (host_end, connector) = memory::pair();
+        let sent = self.links.send(host_end);
+        async move {
+            sent.map_err(|_| TransportError::Closed)?;
+            connector.connect().await
+        }
+        .boxed()
+    }
+}
