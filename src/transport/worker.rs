@@ -173,3 +173,76 @@ impl Connector for WorkerConnector {
         .boxed()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::app::{App, MethodError, TypedModule};
+    use crate::demo;
+    use crate::wire::ErrorCode;
+
+    /// The demo app plus a module that reports which thread runs it.
+    fn probed_host() -> Host {
+        let probe = TypedModule::new("probe", json!({})).method(
+            "thread",
+            |_: &mut serde_json::Value, (): ()| {
+                Ok::<_, MethodError>(std::thread::current().name().map(str::to_owned))
+            },
+        );
+        Host::builder(App::new().with(demo::counter()).with(probe)).build()
+    }
+
+    #[tokio::test]
+    async fn the_host_runs_on_the_worker_thread_and_the_client_is_connected() {
+        let (client, worker) = spawn(probed_host, ClientConfig::default()).unwrap();
+        client.ready().await.unwrap();
+        let thread = client.call("probe", "thread", vec![]).await.unwrap();
+        assert_eq!(thread, json!("cosystem-worker-host"));
+        let value = client
+            .call("counter", "increase", vec![json!(3)])
+            .await
+            .unwrap();
+        assert_eq!(value, json!(3));
+        assert_eq!(worker.host().version(), 2);
+        drop(client);
+        worker.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn more_clients_share_the_worker_host() {
+        let (first, worker) = spawn(probed_host, ClientConfig::default()).unwrap();
+        let second = worker.client(ClientConfig::default());
+        second.ready().await.unwrap();
+        let mut watch = second.watch(|s| s["counter"]["count"].clone());
+        first
+            .call("counter", "increase", vec![json!(2)])
+            .await
+            .unwrap();
+        assert_eq!(watch.changed().await, Some(json!(2)));
+    }
+
+    #[tokio::test]
+    async fn after_join_no_client_can_connect() {
+        let (client, worker) = spawn(probed_host, ClientConfig::default()).unwrap();
+        client.ready().await.unwrap();
+        let connector = worker.connector();
+        tokio::task::spawn_blocking(move || worker.join())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            connector.connect().await.err(),
+            Some(TransportError::Closed)
+        ));
+        let late = Client::new(connector, ClientConfig::default());
+        assert_eq!(late.ready().await.unwrap_err().code, ErrorCode::Unavailable);
+    }
+
+    #[test]
+    fn a_host_builder_that_panics_is_an_error_not_a_hang() {
+        let result = Worker::start(|| panic!("no host today"));
+        assert!(matches!(result.err(), Some(WorkerError::BuildPanicked)));
+    }
+}

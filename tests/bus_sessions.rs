@@ -1,0 +1,177 @@
+//! The lifetime of a bus host's sessions, late and early joiners, and lag.
+
+use std::time::Duration;
+
+use cosystem_worker::client::{Client, ClientConfig, ClientEvent, ConflictReason};
+use cosystem_worker::demo;
+use cosystem_worker::host::{Host, SyncMode};
+use cosystem_worker::transport::bus::{self, Bus, BusHostOptions, BusMessage};
+use cosystem_worker::wire::{SnapshotReason, client_message, host_message};
+use serde_json::json;
+
+fn host() -> Host {
+    Host::builder(demo::app("bus-secret"))
+        .sync(SyncMode::Patch)
+        .sections(demo::DEFAULT_SECTIONS)
+        .peer_id("host")
+        .build()
+}
+
+fn client(bus: &Bus, peer: &str) -> Client {
+    client_with(bus, peer, ClientConfig::default())
+}
+
+fn client_with(bus: &Bus, peer: &str, base: ClientConfig) -> Client {
+    let config = ClientConfig {
+        peer_id: peer.to_owned(),
+        host_id: "host".to_owned(),
+        ..base
+    };
+    Client::new(bus.connector(&config).unwrap(), config)
+}
+
+async fn within_a_minute(test: impl Future<Output = ()>) {
+    tokio::time::timeout(Duration::from_secs(60), test)
+        .await
+        .expect("the test hung");
+}
+
+#[tokio::test]
+async fn client_sessions_are_capped_and_dropping_one_loses_nothing() {
+    within_a_minute(async {
+        let bus = Bus::default();
+        let host = host();
+        let options = BusHostOptions {
+            max_sessions: 2,
+            ..BusHostOptions::default()
+        };
+        tokio::spawn(bus::serve_host(host.clone(), bus.clone(), options));
+        let clients: Vec<Client> = (0..5).map(|i| client(&bus, &format!("c{i}"))).collect();
+        // Round after round, every client is answered although only two of
+        // them have a session at any time.
+        for round in 1..=2 {
+            for client in &clients {
+                client
+                    .call("counter", "increase", vec![json!(1)])
+                    .await
+                    .unwrap();
+                // The publication session plus at most two client sessions.
+                assert!(host.session_count() <= 3, "round {round}");
+            }
+        }
+        assert_eq!(host.module_state("counter"), Some(json!({"count": 10})));
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_client_session_is_dropped_after_the_idle_timeout() {
+    let bus = Bus::default();
+    let host = host();
+    let options = BusHostOptions {
+        idle_timeout: Duration::from_secs(30),
+        ..BusHostOptions::default()
+    };
+    tokio::spawn(bus::serve_host(host.clone(), bus.clone(), options));
+    let alice = client(&bus, "alice");
+    alice.ready().await.unwrap();
+    assert_eq!(host.session_count(), 2);
+    tokio::time::sleep(Duration::from_secs(90)).await;
+    assert_eq!(host.session_count(), 1, "the idle session was kept");
+    // Speaking again opens a new session.
+    alice
+        .call("counter", "increase", vec![json!(2)])
+        .await
+        .unwrap();
+    assert_eq!(host.session_count(), 2);
+    assert_eq!(
+        alice.select(|s| s["counter"]["count"].clone()),
+        Some(json!(2))
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_joins_before_the_host_is_made_ready_by_its_announcement() {
+    within_a_minute(async {
+        let bus = Bus::default();
+        let mut tap = bus.subscribe();
+        // No retry within the test: only the announcement can make it ready.
+        let early = client_with(
+            &bus,
+            "early",
+            ClientConfig {
+                sync_retry: Duration::from_secs(3600),
+                ..ClientConfig::default()
+            },
+        );
+        // Its first sync request goes out to a bus nobody serves yet.
+        loop {
+            if let BusMessage::Client(message) = tap.recv().await.unwrap()
+                && matches!(message.kind, Some(client_message::Kind::SyncRequest(_)))
+            {
+                break;
+            }
+        }
+        let host = host();
+        host.invoke("counter", "increase", &[json!(4)]).unwrap();
+        tokio::spawn(bus::serve_host(
+            host.clone(),
+            bus.clone(),
+            BusHostOptions::default(),
+        ));
+        early.ready().await.unwrap();
+        assert_eq!(early.state(), Some(host.view()));
+        let announced = loop {
+            if let BusMessage::Host(frame) = tap.recv().await.unwrap()
+                && let Some(host_message::Kind::Snapshot(s)) = &frame.message().kind
+            {
+                break s.clone();
+            }
+        };
+        assert_eq!(announced.reason, SnapshotReason::Announce as i32);
+        assert_eq!(announced.sync_id, 0);
+        assert_eq!(announced.version, 2);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_lagging_client_sees_a_version_gap_and_resyncs() {
+    within_a_minute(async {
+        // A bus that holds only four envelopes per receiver.
+        let bus = Bus::new(4);
+        let host = host();
+        tokio::spawn(bus::serve_host(
+            host.clone(),
+            bus.clone(),
+            BusHostOptions::default(),
+        ));
+        let alice = client(&bus, "alice");
+        alice.ready().await.unwrap();
+        let mut events = alice.events();
+
+        // Thirty commits at once: the host puts all thirty publications on
+        // the bus before the client reads, so it loses all but the last four.
+        for _ in 0..30 {
+            host.invoke("counter", "increase", &[json!(1)]).unwrap();
+        }
+        let target = host.version();
+        let mut gap = false;
+        while alice.version() < Some(target) {
+            match events.recv().await.unwrap() {
+                ClientEvent::Conflict(c) if c.reason == ConflictReason::VersionGap => gap = true,
+                _ => {}
+            }
+        }
+        assert!(gap, "the loss was not reported as a version gap");
+        assert_eq!(alice.state(), Some(host.view()));
+        assert!(alice.is_connected(), "lag was treated as a broken link");
+        // And it keeps working.
+        let value = alice
+            .call("counter", "increase", vec![json!(1)])
+            .await
+            .unwrap();
+        assert_eq!(value, json!(31));
+    })
+    .await
+}

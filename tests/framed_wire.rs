@@ -1,0 +1,127 @@
+//! The framed transport's bytes, Unix socket files, and spawning hosts.
+
+use std::time::Duration;
+
+use cosystem_worker::client::{Client, ClientConfig};
+use cosystem_worker::demo;
+use cosystem_worker::host::{Host, SyncMode};
+use cosystem_worker::transport::framed::{self, SpawnConnector, UnixConnector};
+use cosystem_worker::wire::{
+    ClientMessage, Header, HostMessage, SnapshotReason, SyncRequest, client_message, host_message,
+};
+use prost::Message;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+fn host() -> Host {
+    Host::builder(demo::app("wire-secret"))
+        .sync(SyncMode::Patch)
+        .sections(demo::DEFAULT_SECTIONS)
+        .build()
+}
+
+fn socket_path(name: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "cosystem-framed-{}-{name}.sock",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+async fn within_a_minute(test: impl Future<Output = ()>) {
+    tokio::time::timeout(Duration::from_secs(60), test)
+        .await
+        .expect("the test hung");
+}
+
+#[tokio::test]
+async fn a_frame_is_a_big_endian_length_then_one_protobuf_envelope() {
+    within_a_minute(async {
+        let path = socket_path("bytes");
+        let host = host();
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(framed::serve_unix_listener(host.clone(), listener));
+
+        // A peer written from the spec alone, with no codec library.
+        let mut raw = UnixStream::connect(&path).await.unwrap();
+        let request = ClientMessage {
+            header: Some(Header::v1("", "hand-rolled", "")),
+            kind: Some(client_message::Kind::SyncRequest(SyncRequest {
+                sync_id: 42,
+                have_version: 0,
+                reason: 1,
+            })),
+        }
+        .encode_to_vec();
+        let mut frame = (request.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&request);
+        raw.write_all(&frame).await.unwrap();
+
+        let mut prefix = [0u8; 4];
+        raw.read_exact(&mut prefix).await.unwrap();
+        let length = u32::from_be_bytes(prefix) as usize;
+        let mut body = vec![0u8; length];
+        raw.read_exact(&mut body).await.unwrap();
+        let reply = HostMessage::decode(&body[..]).unwrap();
+        assert_eq!(reply.header.as_ref().unwrap().target, "hand-rolled");
+        match reply.kind {
+            Some(host_message::Kind::Snapshot(s)) => {
+                assert_eq!(s.sync_id, 42);
+                assert_eq!(s.version, 1);
+                assert_eq!(s.reason, SnapshotReason::Sync as i32);
+                let state: serde_json::Value = serde_json::from_str(&s.state_json).unwrap();
+                assert_eq!(state, host.view());
+            }
+            other => panic!("expected a snapshot, got {other:?}"),
+        }
+        let _ = std::fs::remove_file(&path);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_stale_socket_file_is_replaced_and_a_live_one_is_kept() {
+    within_a_minute(async {
+        let path = socket_path("stale");
+        // A host that bound the path and went away leaves the file behind.
+        drop(tokio::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+
+        let host = host();
+        tokio::spawn(framed::serve_unix(host.clone(), path.clone()));
+        let client = Client::new(UnixConnector::new(path.clone()), ClientConfig::default());
+        client.ready().await.unwrap();
+        client
+            .call("counter", "increase", vec![json!(1)])
+            .await
+            .unwrap();
+
+        // A second host on the same live path is refused, not swapped in.
+        let error = framed::serve_unix(self::host(), path.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
+        assert_eq!(
+            client
+                .call("counter", "increase", vec![json!(1)])
+                .await
+                .unwrap(),
+            json!(2)
+        );
+        let _ = std::fs::remove_file(&path);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_program_that_cannot_be_spawned_stops_the_client() {
+    within_a_minute(async {
+        let connector = SpawnConnector::new("/nonexistent/cosystem-worker-missing", ["host"]);
+        let client = Client::new(connector, ClientConfig::default());
+        let error = client.ready().await.unwrap_err();
+        assert_eq!(error.code, cosystem_worker::wire::ErrorCode::Unavailable);
+    })
+    .await
+}
