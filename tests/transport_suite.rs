@@ -16,6 +16,7 @@ use cosystem_worker::demo;
 use cosystem_worker::host::{Host, SyncMode};
 use cosystem_worker::transport::bus::{self, Bus, BusHostOptions};
 use cosystem_worker::transport::framed::{self, FramedConfig, TcpConnector, UnixConnector};
+use cosystem_worker::transport::grpc::{GrpcConnector, GrpcServer};
 use cosystem_worker::transport::worker::Worker;
 use cosystem_worker::transport::{ClientLink, Connector, TransportError, memory};
 use cosystem_worker::wire::{ErrorCode, HostMessage, host_message};
@@ -194,6 +195,30 @@ impl Rig for PipeRig {
             tokio::spawn(async move { host.serve(host_end).await });
             connector.connect()
         }))
+    }
+}
+
+/// One gRPC stream per session, on the loopback interface.
+struct GrpcRig {
+    url: String,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Rig for GrpcRig {
+    async fn start(spec: HostSpec) -> Self {
+        let server = GrpcServer::builder(build_host(spec, ""))
+            .bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let url = format!("http://{}", server.local_addr());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(server.serve(async move {
+            let _ = stopped.await;
+        }));
+        Self { url, _stop: stop }
+    }
+    fn connector(&self, _peer: &str) -> Box<dyn Connector> {
+        Box::new(GrpcConnector::new(self.url.clone()).unwrap())
     }
 }
 
@@ -573,3 +598,4 @@ suite!(tcp_frames: TcpRig);
 suite!(unix_frames: UnixRig);
 suite!(pipe_frames: PipeRig);
 suite!(worker_thread: WorkerRig);
+suite!(grpc: GrpcRig);

@@ -54,7 +54,7 @@ impl FramedConfig {
     /// Frames up to `host`'s own max message size.
     pub fn for_host(host: &Host) -> Self {
         Self {
-            max_frame_bytes: host.config().limits.max_message_bytes,
+            max_frame_bytes: host.limits().max_message_bytes,
         }
     }
 }
