@@ -13,9 +13,9 @@
 //! - [`wirejson`]: canonical JSON ⇄ wire types.
 //! - [`doc`]: renders spec/CONFORMANCE.md's case catalogue from the vectors.
 //!
-//! Runner modes that drive implementations in other languages over gRPC plug
-//! in beside [`vectors::Case::run_reference`], reusing the same cases,
-//! matchers and report.
+//! The client vectors run through [`adapter::ClientUnderTest`], so the same
+//! runner checks the reference client in process and any client behind an
+//! adapter program; every mode reports through [`report::Report`].
 #![warn(missing_docs)]
 
 pub mod adapter;

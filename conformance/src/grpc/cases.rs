@@ -141,15 +141,15 @@ pub const CASES: &[HostCaseDef] = &[
         name: "grpc-sync-reply-only-to-requester",
         tier: Required,
         spec: &["H1"],
-        description: "A sync request is answered on the requesting stream only.",
+        description: "A sync request is answered with a snapshot on the requesting stream only.",
         procedure: &[
             "Attach streams A and B at the same version v.",
-            "A sends SyncRequest{have_version=v} and reads its reply.",
-            "A calls `counter.increase(1)` (version S); B reads until it is shown S.",
+            "A sends SyncRequest{have_version=0} again and reads its reply.",
+            "A calls `counter.increase(1)` (version v+1); B reads until it is shown v+1.",
         ],
         asserts: &[
-            "A receives one reply carrying its sync_id.",
-            "Between the two, B receives only the publication of S (and possibly bookmarks): no sync reply, no result.",
+            "A receives one reply: Snapshot{reason=SYNC, version=v} carrying its sync_id.",
+            "Meanwhile B receives only the publication of v+1 (and possibly bookmarks): no sync reply, no result.",
         ],
     },
     HostCaseDef {
@@ -691,9 +691,16 @@ async fn sync_only_to_requester(run: &Arc<Shared>) -> Result<(), Stop> {
     b.reach(v).await?;
     let mark = b.mark();
     let epoch = a.host_epoch();
-    let sync_id = a.sync(v, &epoch, None)?;
+    let sync_id = a.sync(0, &epoch, None)?;
     a.await_sync().await?;
-    reply_to(&a, sync_id)?;
+    let reply = reply_to(&a, sync_id)?;
+    if !matches!(&reply.kind, Some(host_message::Kind::Snapshot(s)) if s.version == v) {
+        return Err(format!(
+            "A's reply is {}, expected Snapshot{{version={v}}}",
+            describe(&reply)
+        )
+        .into());
+    }
     commit_one(&mut a, &mut [&mut b], v + 1).await?;
     let got = significant(&b, mark);
     let only_publication = got.len() == 1
