@@ -197,16 +197,34 @@ async fn invalid_input_gets_one_line_and_exit_2_without_contacting_anyone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transports_not_built_yet_are_refused_clearly() {
+async fn framed_transports_refuse_grpc_only_options() {
     for args in [
-        &["--connect", "tcp://127.0.0.1:9", "state"][..],
-        &["--connect", "unix:/tmp/cosystem.sock", "state"][..],
-        &["--spawn", "cosystem-worker host --stdio", "state"][..],
+        &[
+            "--connect",
+            "tcp://127.0.0.1:9",
+            "--token-file",
+            "/dev/null",
+            "state",
+        ][..],
+        &[
+            "--connect",
+            "unix:/tmp/cosystem.sock",
+            "--ca-cert",
+            "/dev/null",
+            "state",
+        ][..],
+        &[
+            "--spawn",
+            "cosystem-worker host --stdio",
+            "--token-file",
+            "/dev/null",
+            "state",
+        ][..],
     ] {
         let output = client(args).await;
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         let line = error_line(&output);
-        assert!(line.contains("not supported yet"), "{line}");
+        assert!(line.contains("gRPC only"), "{line}");
     }
 }
 

@@ -172,9 +172,16 @@ async fn the_host_binary_refuses_bad_options_with_one_line_and_exit_2() {
         &["--tls-cert", "/nonexistent.pem"],
         &["--tls-cert", "/dev/null", "--tls-key", "/dev/null"],
         &["--token-file", "/dev/null"],
-        &["--listen", "tcp://127.0.0.1:0"],
-        &["--listen", "unix:/tmp/cosystem-test.sock"],
-        &["--stdio"],
+        &["--listen", "tcp://127.0.0.1:0", "--token-file", "/dev/null"],
+        &[
+            "--listen",
+            "unix:/tmp/cosystem-test.sock",
+            "--tls-cert",
+            "/dev/null",
+            "--tls-key",
+            "/dev/null",
+        ],
+        &["--stdio", "--token-file", "/dev/null"],
         &["--max-clients", "0"],
     ];
     for args in cases {

@@ -4,8 +4,9 @@
 //! Each transport is a [`Rig`]: it starts a demo host reachable over that
 //! transport and makes connectors to it. The tests see the host only through
 //! clients, so the same bodies run against an in-process host and a child
-//! process. Rigs whose host can take more than one client also run the
-//! multi-client tests.
+//! process (the built binary serving `host --stdio`). Rigs whose host can
+//! take more than one client also run the multi-client tests; a stdio child
+//! serves exactly one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +16,9 @@ use cosystem_worker::client::{Client, ClientConfig, ConflictReason};
 use cosystem_worker::demo;
 use cosystem_worker::host::{Host, SyncMode};
 use cosystem_worker::transport::bus::{self, Bus, BusHostOptions};
-use cosystem_worker::transport::framed::{self, FramedConfig, TcpConnector, UnixConnector};
+use cosystem_worker::transport::framed::{
+    self, FramedConfig, SpawnConnector, TcpConnector, UnixConnector,
+};
 use cosystem_worker::transport::grpc::{GrpcConnector, GrpcServer};
 use cosystem_worker::transport::worker::Worker;
 use cosystem_worker::transport::{ClientLink, Connector, TransportError, memory};
@@ -195,6 +198,29 @@ impl Rig for PipeRig {
             tokio::spawn(async move { host.serve(host_end).await });
             connector.connect()
         }))
+    }
+}
+
+/// The built binary as a child process, `host --stdio`, spoken to over its
+/// stdin and stdout: a new host process per connect.
+struct ChildStdioRig(HostSpec);
+
+impl Rig for ChildStdioRig {
+    async fn start(spec: HostSpec) -> Self {
+        Self(spec)
+    }
+    fn connector(&self, _peer: &str) -> Box<dyn Connector> {
+        let sync = match self.0.sync {
+            SyncMode::Patch => "patch",
+            SyncMode::Snapshot => "snapshot",
+        };
+        Box::new(
+            SpawnConnector::new(
+                env!("CARGO_BIN_EXE_cosystem-worker"),
+                ["host", "--stdio", "--sync", sync],
+            )
+            .env("RUST_LOG", "off"),
+        )
     }
 }
 
@@ -597,5 +623,6 @@ suite!(broadcast_bus: BusRig);
 suite!(tcp_frames: TcpRig);
 suite!(unix_frames: UnixRig);
 suite!(pipe_frames: PipeRig);
+suite!(child_stdio: ChildStdioRig, one_client_per_host);
 suite!(worker_thread: WorkerRig);
 suite!(grpc: GrpcRig);

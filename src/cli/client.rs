@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use cosystem_worker::client::{CallOptions, Client, ClientConfig, ClientEvent};
+use cosystem_worker::transport::framed::{SpawnConnector, TcpConnector, UnixConnector};
 use cosystem_worker::transport::grpc::GrpcConnector;
 use cosystem_worker::transport::{ClientLink, Connector, TransportError};
 use cosystem_worker::wire::ErrorCode;
@@ -22,7 +23,8 @@ use super::{CliError, read_file, read_token};
 /// `client` options.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// The host: HOST:PORT or http(s)://HOST:PORT (gRPC).
+    /// The host: HOST:PORT or http(s)://HOST:PORT (gRPC); tcp://HOST:PORT or
+    /// unix:PATH (length-prefixed frames).
     #[arg(
         long,
         value_name = "ENDPOINT",
@@ -30,7 +32,8 @@ pub struct ClientArgs {
         global = true
     )]
     connect: Endpoint,
-    /// Start this host command and talk to it over its stdin/stdout.
+    /// Start this host command (e.g. 'cosystem-worker host --stdio') and talk
+    /// to it over its stdin/stdout; it is stopped when the client exits.
     #[arg(
         long,
         value_name = "COMMAND",
@@ -91,11 +94,38 @@ pub async fn run(args: ClientArgs) -> Result<(), CliError> {
         )));
     }
     let endpoint = Endpoint::for_client(args.connect.clone(), args.spawn.as_deref())?;
-    let Endpoint::Grpc(addr) = &endpoint else {
-        return Err(endpoint.not_supported());
+    let (connector, url): (Box<dyn Connector>, String) = match &endpoint {
+        Endpoint::Grpc(addr) => {
+            let connector = grpc_connector(addr, &args, timeout)?;
+            let url = connector.url().to_owned();
+            (Box::new(connector), url)
+        }
+        Endpoint::Tcp(authority) => {
+            grpc_only(&args)?;
+            (
+                Box::new(TcpConnector::new(authority.clone())),
+                endpoint.to_string(),
+            )
+        }
+        Endpoint::Unix(path) => {
+            grpc_only(&args)?;
+            (
+                Box::new(UnixConnector::new(path.clone())),
+                endpoint.to_string(),
+            )
+        }
+        Endpoint::Spawn(words) => {
+            grpc_only(&args)?;
+            let (program, rest) = words
+                .split_first()
+                .ok_or_else(|| CliError::Usage("--spawn needs a command".into()))?;
+            (
+                Box::new(SpawnConnector::new(program, rest)),
+                endpoint.to_string(),
+            )
+        }
+        Endpoint::Stdio => return Err(endpoint.not_supported()),
     };
-    let connector = grpc_connector(addr, &args, timeout)?;
-    let url = connector.url().to_owned();
     let last_error = Arc::new(Mutex::new(None));
     let client = Client::new(
         Recording {
@@ -107,7 +137,12 @@ pub async fn run(args: ClientArgs) -> Result<(), CliError> {
     let mut events = client.events();
     match tokio::time::timeout(timeout, client.ready()).await {
         Ok(Ok(())) => {}
-        Ok(Err(error)) if error.code == ErrorCode::PermissionDenied => {
+        Ok(Err(error))
+            if matches!(
+                error.code,
+                ErrorCode::PermissionDenied | ErrorCode::Unavailable
+            ) =>
+        {
             return Err(CliError::Refused(error));
         }
         Ok(Err(error)) => return Err(CliError::Call(error)),
@@ -180,9 +215,19 @@ fn grpc_connector(
     Ok(connector)
 }
 
+/// Refuses the gRPC-only options on framed transports.
+fn grpc_only(args: &ClientArgs) -> Result<(), CliError> {
+    if args.token_file.is_some() || args.ca_cert.is_some() {
+        return Err(CliError::Usage(
+            "--token-file and --ca-cert apply to gRPC only".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Remembers the last connection error, to say why a host was unreachable.
 struct Recording {
-    inner: GrpcConnector,
+    inner: Box<dyn Connector>,
     last_error: Arc<Mutex<Option<String>>>,
 }
 

@@ -1,9 +1,8 @@
 //! Where a host listens and a client connects: the values of `--listen` and
 //! `--connect`, and the `--stdio` / `--spawn` flags.
 //!
-//! Parsing knows every transport the command line will offer; dispatch
-//! (in `host.rs` and `client.rs`) serves the ones implemented so far and
-//! answers the others with [`CliError::NotSupported`].
+//! Dispatch is in `host.rs` and `client.rs`; an endpoint that does not apply
+//! to a command (`--stdio` for a client) is [`CliError::NotSupported`].
 
 use std::fmt;
 use std::path::PathBuf;
@@ -40,15 +39,14 @@ impl GrpcAddr {
 pub enum Endpoint {
     /// gRPC over HTTP/2 (spec §17.2).
     Grpc(GrpcAddr),
-    /// Framed envelopes over TCP: `tcp://HOST:PORT` (not supported yet).
+    /// Framed envelopes over TCP: `tcp://HOST:PORT` (spec §17.3).
     Tcp(String),
-    /// Framed envelopes over a Unix socket: `unix:PATH` (not supported yet).
+    /// Framed envelopes over a Unix socket: `unix:PATH` (spec §17.3).
     Unix(PathBuf),
-    /// Framed envelopes over this process's stdin/stdout: `--stdio` (host;
-    /// not supported yet).
+    /// Framed envelopes over this process's stdin/stdout: `--stdio` (host).
     Stdio,
     /// Spawn a host command and talk to it over its stdin/stdout:
-    /// `--spawn COMMAND` (client; not supported yet).
+    /// `--spawn COMMAND` (client).
     Spawn(Vec<String>),
 }
 

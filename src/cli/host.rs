@@ -1,12 +1,14 @@
 //! `cosystem-worker host`: serves the demo app.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use cosystem_worker::demo;
 use cosystem_worker::host::{Host, HostLimits, SyncMode, new_epoch};
+use cosystem_worker::transport::framed;
 use cosystem_worker::transport::grpc::GrpcServer;
+use tokio::net::TcpListener;
 
 use super::endpoint::{Endpoint, GrpcAddr};
 use super::{CliError, read_file, read_token};
@@ -14,10 +16,12 @@ use super::{CliError, read_file, read_token};
 /// `host` options.
 #[derive(Debug, Args)]
 pub struct HostArgs {
-    /// Where to listen: HOST:PORT or http(s)://HOST:PORT (gRPC).
+    /// Where to listen: HOST:PORT or http(s)://HOST:PORT (gRPC);
+    /// tcp://HOST:PORT or unix:PATH (length-prefixed frames).
     #[arg(long, value_name = "ENDPOINT", default_value = "127.0.0.1:50051")]
     listen: Endpoint,
-    /// Serve one client on stdin/stdout instead of listening.
+    /// Serve one client on stdin/stdout (length-prefixed frames) instead of
+    /// listening; exits when stdin closes.
     #[arg(long, conflicts_with = "listen")]
     stdio: bool,
     /// How commits are published: patch or snapshot.
@@ -51,14 +55,88 @@ pub struct HostArgs {
     max_clients: Option<usize>,
 }
 
-/// Runs the host until Ctrl-C or SIGTERM.
+/// Runs the host until Ctrl-C or SIGTERM (with `--stdio`, also until stdin
+/// closes).
 pub async fn run(args: HostArgs) -> Result<(), CliError> {
     let endpoint = Endpoint::for_host(args.listen.clone(), args.stdio);
-    let Endpoint::Grpc(addr) = &endpoint else {
-        return Err(endpoint.not_supported());
-    };
+    if !matches!(endpoint, Endpoint::Grpc(_)) {
+        framed_only(&args)?;
+    }
     let host = build_host(&args)?;
-    serve_grpc(host, addr, &args).await
+    match &endpoint {
+        Endpoint::Grpc(addr) => serve_grpc(host, addr, &args).await,
+        Endpoint::Tcp(authority) => serve_tcp(host, authority).await,
+        Endpoint::Unix(path) => serve_unix(host, path).await,
+        Endpoint::Stdio => serve_stdio(host).await,
+        Endpoint::Spawn(_) => Err(endpoint.not_supported()),
+    }
+}
+
+/// Refuses the gRPC-only options on framed transports, which have no
+/// metadata to carry a token and leave encryption to the socket.
+fn framed_only(args: &HostArgs) -> Result<(), CliError> {
+    if args.token_file.is_some() || args.tls_cert.is_some() || args.tls_key.is_some() {
+        return Err(CliError::Usage(
+            "--token-file, --tls-cert and --tls-key apply to gRPC only; framed transports \
+             rely on the socket's own access control"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn serve_tcp(host: Host, authority: &str) -> Result<(), CliError> {
+    let socket = resolve(authority).await?;
+    let listener = TcpListener::bind(socket).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot listen on tcp://{socket}: {e}"))
+    })?;
+    let local = listener.local_addr()?;
+    tracing::info!(epoch = %host.epoch(), "listening on tcp://{local}");
+    serve_until_signal(&host, framed::serve_tcp(host.clone(), listener)).await
+}
+
+async fn serve_unix(host: Host, path: &Path) -> Result<(), CliError> {
+    let listener = framed::bind_unix(path).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on unix:{}: {e}", path.display()),
+        )
+    })?;
+    tracing::info!(epoch = %host.epoch(), "listening on unix:{}", path.display());
+    let result =
+        serve_until_signal(&host, framed::serve_unix_listener(host.clone(), listener)).await;
+    // The socket file is ours: leave no stale one behind.
+    let _ = std::fs::remove_file(path);
+    result
+}
+
+async fn serve_stdio(host: Host) -> Result<(), CliError> {
+    tracing::info!(epoch = %host.epoch(), "serving one client on stdin/stdout");
+    tokio::select! {
+        result = framed::serve_stdio(host.clone()) => {
+            if let Err(error) = result {
+                tracing::info!(%error, "session ended");
+            }
+            tracing::info!("stdin closed; stopping");
+        }
+        _ = shutdown_signal() => {}
+    }
+    host.shutdown();
+    Ok(())
+}
+
+/// Serves until a signal, then shuts the host down (ending every session).
+async fn serve_until_signal(
+    host: &Host,
+    serving: impl Future<Output = std::io::Result<()>>,
+) -> Result<(), CliError> {
+    tokio::select! {
+        result = serving => result?,
+        _ = shutdown_signal() => {}
+    }
+    host.shutdown();
+    tracing::info!("stopped");
+    Ok(())
 }
 
 fn build_host(args: &HostArgs) -> Result<Host, CliError> {

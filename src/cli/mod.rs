@@ -43,8 +43,9 @@ pub enum CliError {
     /// Invalid usage or input.
     #[error("{0}")]
     Usage(String),
-    /// A transport the command line parses but this build does not serve.
-    #[error("{0} is not supported yet (only gRPC: http://, https:// or HOST:PORT)")]
+    /// An endpoint that does not apply to this command (e.g. `--stdio` for
+    /// a client).
+    #[error("{0} is not supported here")]
     NotSupported(String),
     /// A file named on the command line could not be read.
     #[error("cannot read {}: {source}", path.display())]
@@ -67,7 +68,8 @@ pub enum CliError {
         /// The last connection error, if any.
         last: Option<String>,
     },
-    /// The host refused the connection for good (credentials).
+    /// The host refused the connection for good (credentials), or could not
+    /// be reached for good (a `--spawn` command that cannot be started).
     #[error("{}: {}", .0.code.kebab_name(), .0.message)]
     Refused(MethodError),
     /// The host answered a call with an error.

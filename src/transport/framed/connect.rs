@@ -112,6 +112,7 @@ impl Connector for UnixConnector {
 pub struct SpawnConnector {
     program: OsString,
     args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
     config: FramedConfig,
 }
 
@@ -125,8 +126,15 @@ impl SpawnConnector {
         Self {
             program: program.into(),
             args: args.into_iter().map(Into::into).collect(),
+            envs: Vec::new(),
             config: FramedConfig::default(),
         }
+    }
+
+    /// Sets an environment variable for the child (e.g. its log level).
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.envs.push((key.into(), value.into()));
+        self
     }
 
     /// With other framing settings.
@@ -140,6 +148,7 @@ impl Connector for SpawnConnector {
     fn connect(&self) -> BoxFuture<'static, Result<ClientLink, TransportError>> {
         let spawned = Command::new(&self.program)
             .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -149,7 +158,11 @@ impl Connector for SpawnConnector {
         let program = self.program.to_string_lossy().into_owned();
         async move {
             let mut child = spawned.map_err(|e| match e.kind() {
-                io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied => TransportError::Closed,
+                io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied => {
+                    // The error variant cannot say why; the log can.
+                    tracing::warn!(%program, error = %e, "cannot start the host program");
+                    TransportError::Closed
+                }
                 _ => connection_error(&format!("spawn {program}"), &e),
             })?;
             let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {

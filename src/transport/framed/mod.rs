@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 pub use connect::{PipeConnector, SpawnConnector, TcpConnector, UnixConnector, pipe};
-pub use serve::{serve_stdio, serve_stream, serve_tcp, serve_unix, serve_unix_listener};
+pub use serve::{bind_unix, serve_stdio, serve_stream, serve_tcp, serve_unix, serve_unix_listener};
 
 use self::codec::FrameCodec;
 use super::{ClientLink, HostLink, TransportError};

@@ -51,10 +51,8 @@ pub async fn serve_tcp(host: Host, listener: TcpListener) -> io::Result<()> {
     }
 }
 
-/// Binds a Unix domain socket at `path` and serves it like [`serve_tcp`].
-///
-/// A socket file left behind by a host that is gone is replaced; one that a
-/// live host still listens on is an `AddrInUse` error.
+/// Binds a Unix domain socket at `path` (see [`bind_unix`]) and serves it
+/// like [`serve_tcp`].
 pub async fn serve_unix(host: Host, path: impl AsRef<Path>) -> io::Result<()> {
     serve_unix_listener(host, bind_unix(path.as_ref()).await?).await
 }
@@ -92,13 +90,18 @@ where
 {
     let host = host.clone();
     tokio::spawn(async move {
-        if let Err(error) = serve_stream(host, stream, peer.clone(), config).await {
-            tracing::debug!(%peer, %error, "session ended");
+        tracing::info!(%peer, sessions = host.session_count() + 1, "client connected");
+        match serve_stream(host, stream, peer.clone(), config).await {
+            Ok(()) => tracing::info!(%peer, "client disconnected"),
+            Err(error) => tracing::info!(%peer, %error, "client disconnected"),
         }
     });
 }
 
-async fn bind_unix(path: &Path) -> io::Result<UnixListener> {
+/// Binds a Unix domain socket listener at `path`. A socket file left behind
+/// by a host that is gone is replaced; one that a live host still listens
+/// on is an `AddrInUse` error, and any other file is left alone.
+pub async fn bind_unix(path: &Path) -> io::Result<UnixListener> {
     match UnixListener::bind(path) {
         Err(error) if error.kind() == io::ErrorKind::AddrInUse => {
             // Only a socket nobody answers on is stale.

@@ -1,0 +1,230 @@
+//! The built binary over framed byte streams: `host --stdio` as a child of
+//! the Rust client, `host --listen unix:…` and `tcp://…` answering the
+//! client binary, and `client --spawn`.
+
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use cosystem_worker::client::{Client, ClientConfig};
+use cosystem_worker::transport::framed::SpawnConnector;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cosystem-worker");
+/// A hang guard, not a speed check.
+const GUARD: Duration = Duration::from_secs(60);
+
+struct RunningHost {
+    child: Child,
+    log: mpsc::UnboundedReceiver<String>,
+}
+
+impl RunningHost {
+    async fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .arg("host")
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let (tx, log) = mpsc::unbounded_channel();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+        Self { child, log }
+    }
+
+    /// Reads log lines until one contains `needle`; returns it.
+    async fn log_until(&mut self, needle: &str) -> String {
+        tokio::time::timeout(GUARD, async {
+            loop {
+                let line = self.log.recv().await.expect("host log ended");
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no log line containing {needle:?}"))
+    }
+
+    /// The endpoint from the "listening on …" line.
+    async fn endpoint(&mut self) -> String {
+        let line = self.log_until("listening on ").await;
+        line.split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("endpoint in the listening line")
+            .to_owned()
+    }
+
+    async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running").to_string();
+        let killed = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(killed.success());
+        tokio::time::timeout(GUARD, self.child.wait())
+            .await
+            .expect("host did not stop on SIGTERM")
+            .unwrap()
+    }
+}
+
+async fn client(args: &[&str]) -> Output {
+    let run = Command::new(BIN)
+        .arg("client")
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(GUARD, run)
+        .await
+        .expect("client hung")
+        .expect("spawn")
+}
+
+fn json_line(output: &Output) -> Value {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn socket_path(name: &str) -> std::path::PathBuf {
+    let path =
+        std::env::temp_dir().join(format!("cosystem-cli-{}-{name}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+#[tokio::test]
+async fn the_rust_client_drives_a_stdio_host_it_spawned() {
+    tokio::time::timeout(GUARD, async {
+        let connector = SpawnConnector::new(BIN, ["host", "--stdio", "--sync", "snapshot"])
+            .env("RUST_LOG", "off");
+        let client = Client::new(connector, ClientConfig::default());
+        client.ready().await.unwrap();
+        assert_eq!(
+            client.state(),
+            Some(json!({"counter": {"count": 0}, "todos": {"items": []}}))
+        );
+        let mut watch = client.watch(|s| s["todos"]["items"].as_array().map_or(0, Vec::len));
+        client
+            .call("todos", "add_many", vec![json!(["a", "b"])])
+            .await
+            .unwrap();
+        assert_eq!(watch.changed().await, Some(2));
+        let error = client.call("secret", "rotate", vec![json!(1)]).await;
+        assert_eq!(
+            error.unwrap_err().code,
+            cosystem_worker::wire::ErrorCode::InvalidArgument
+        );
+        client.dispose();
+    })
+    .await
+    .expect("hung");
+}
+
+#[tokio::test]
+async fn a_stdio_host_exits_cleanly_when_its_stdin_closes() {
+    let mut child = Command::new(BIN)
+        .args(["host", "--stdio"])
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.shutdown().await.unwrap();
+    drop(stdin);
+    let status = tokio::time::timeout(GUARD, child.wait())
+        .await
+        .expect("the host kept running after stdin closed")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_binary_serves_a_unix_socket_and_removes_it_on_sigterm() {
+    let path = socket_path("listen");
+    let endpoint = format!("unix:{}", path.display());
+    let mut host = RunningHost::spawn(&["--listen", &endpoint]).await;
+    assert_eq!(host.endpoint().await, endpoint);
+
+    let first =
+        json_line(&client(&["--connect", &endpoint, "call", "counter", "increase", "2"]).await);
+    assert_eq!(first, json!({"value": 2, "version": 2}));
+    host.log_until("client connected").await;
+    host.log_until("client disconnected").await;
+    let state = json_line(&client(&["--connect", &endpoint, "state"]).await);
+    assert_eq!(state["version"], json!(2));
+    assert_eq!(state["state"]["counter"], json!({"count": 2}));
+
+    assert!(host.terminate().await.success());
+    assert!(!path.exists(), "the socket file was left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_binary_serves_tcp_frames() {
+    let mut host =
+        RunningHost::spawn(&["--listen", "tcp://127.0.0.1:0", "--sync", "snapshot"]).await;
+    let endpoint = host.endpoint().await;
+    assert!(endpoint.starts_with("tcp://127.0.0.1:"), "{endpoint}");
+    assert!(!endpoint.ends_with(":0"), "{endpoint}");
+
+    let added =
+        json_line(&client(&["--connect", &endpoint, "call", "todos", "add", "\"milk\""]).await);
+    assert_eq!(added["version"], json!(2));
+    let state = json_line(&client(&["--connect", &endpoint, "state"]).await);
+    assert_eq!(state["state"]["todos"]["items"][0]["text"], json!("milk"));
+    let failed = client(&["--connect", &endpoint, "call", "counter", "fail", "\"no\""]).await;
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(host.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_binary_spawns_its_own_stdio_host() {
+    let command = format!("{BIN} host --stdio --sync patch");
+    let output = client(&["--spawn", &command, "call", "counter", "increase", "5"]).await;
+    assert_eq!(json_line(&output), json!({"value": 5, "version": 2}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawn_command_that_cannot_start_exits_3() {
+    let output = client(&[
+        "--spawn",
+        "/nonexistent/cosystem-worker host --stdio",
+        "state",
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("cannot start the host program"), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_framed_host_fails_after_the_timeout_with_exit_3() {
+    let path = socket_path("nobody");
+    let endpoint = format!("unix:{}", path.display());
+    let output = client(&["--connect", &endpoint, "--timeout", "0.5", "state"]).await;
+    assert_eq!(output.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains(&endpoint), "{text}");
+}
