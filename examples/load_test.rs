@@ -178,7 +178,8 @@ async fn main() {
     let versions_at_start: u64 = clients.iter().filter_map(Client::version).sum();
     let started = Instant::now();
     let mut workers = Vec::new();
-    for client in clients.iter().take(callers).cloned() {
+    for client in clients.iter().take(callers) {
+        let client = client.clone();
         let stop = stop.clone();
         let tally = tally.clone();
         workers.push(tokio::spawn(async move {
