@@ -1750,3 +1750,27 @@ fn no_result_ahead_request_is_made_while_disconnected() {
     c.handle_message(at(0), patch_text(E1, 1, 2, "[]", first.sync_id));
     assert!(sync_requests(&sent(&mut c)).is_empty());
 }
+
+#[test]
+fn a_call_too_large_to_send_is_refused_locally_and_nothing_is_sent() {
+    let mut c = ClientCore::new(
+        ClientConfig {
+            max_message_bytes: 1024,
+            ..config()
+        },
+        at(0),
+    );
+    sent(&mut c);
+    let big = "x".repeat(2000);
+    let err = c.call("todos", "add", &[json!(big)], None).unwrap_err();
+    assert!(
+        matches!(err, ClientError::CallTooLarge { limit: 1024, .. }),
+        "{err:?}"
+    );
+    assert_eq!(MethodError::from(err).code, ErrorCode::ResourceExhausted);
+    assert!(sent(&mut c).is_empty());
+    assert_eq!(c.pending_calls(), 0);
+    // A call that fits still goes out.
+    c.call("todos", "add", &[json!("small")], None).unwrap();
+    assert_eq!(sent_calls(&sent(&mut c)).len(), 1);
+}

@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use prost::Message;
 use serde_json::Value;
 
 use super::apply::apply_patch;
@@ -40,6 +41,9 @@ pub struct ClientConfig {
     pub max_calls_in_flight: usize,
     /// How long a sync request may go unanswered before it is sent again.
     pub sync_retry: Duration,
+    /// Largest encoded call envelope sent; a larger call fails
+    /// `resource-exhausted` locally instead of breaking the transport.
+    pub max_message_bytes: usize,
 }
 
 impl Default for ClientConfig {
@@ -50,6 +54,7 @@ impl Default for ClientConfig {
             capability: String::new(),
             max_calls_in_flight: 1024,
             sync_retry: Duration::from_secs(2),
+            max_message_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -174,6 +179,15 @@ pub enum ClientError {
     /// The arguments could not be serialised as a JSON array.
     #[error("invalid arguments: {0}")]
     InvalidArguments(String),
+    /// The call's envelope would exceed the largest message a peer must
+    /// accept; it was not sent (a transport would have had to drop it).
+    #[error("the call's envelope is {size} bytes; the limit is {limit}")]
+    CallTooLarge {
+        /// The encoded size.
+        size: usize,
+        /// The configured maximum.
+        limit: usize,
+    },
 }
 
 impl From<ClientError> for MethodError {
@@ -182,6 +196,7 @@ impl From<ClientError> for MethodError {
             ClientError::Disposed => ErrorCode::Disposed,
             ClientError::TooManyCalls { .. } => ErrorCode::ResourceExhausted,
             ClientError::InvalidArguments(_) => ErrorCode::InvalidArgument,
+            ClientError::CallTooLarge { .. } => ErrorCode::ResourceExhausted,
         };
         MethodError::new(code, e.to_string())
     }
@@ -346,6 +361,22 @@ impl ClientCore {
             });
         }
         let call_id = self.next_call;
+        let message = ClientMessage {
+            header: Some(self.header()),
+            kind: Some(client_message::Kind::Call(Call {
+                call_id,
+                module: module.to_owned(),
+                method: method.to_owned(),
+                args_json,
+            })),
+        };
+        let size = message.encoded_len();
+        if size > self.config.max_message_bytes {
+            return Err(ClientError::CallTooLarge {
+                size,
+                limit: self.config.max_message_bytes,
+            });
+        }
         self.next_call += 1;
         self.pending.insert(
             call_id,
@@ -356,15 +387,7 @@ impl ClientCore {
                 held: None,
             },
         );
-        self.outbox.push_back(ClientMessage {
-            header: Some(self.header()),
-            kind: Some(client_message::Kind::Call(Call {
-                call_id,
-                module: module.to_owned(),
-                method: method.to_owned(),
-                args_json,
-            })),
-        });
+        self.outbox.push_back(message);
         Ok(CallId(call_id))
     }
 

@@ -256,6 +256,7 @@ fn client_config(c: &AdapterConfig) -> ClientConfig {
         capability: c.capability.clone(),
         max_calls_in_flight: usize::try_from(c.max_calls_in_flight).unwrap_or(usize::MAX),
         sync_retry: Duration::from_millis(c.sync_retry_ms),
+        ..ClientConfig::default()
     }
 }
 
