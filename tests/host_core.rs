@@ -643,6 +643,7 @@ fn malformed_or_mismatched_arguments_are_invalid_argument_and_change_nothing() {
         ("counter", "increase", "{\"by\": 1}"), // not an array
         ("counter", "increase", "7"),           // not an array
         ("counter", "increase", "[1,"),         // not JSON
+        ("todos", "clear", " "),                // whitespace alone is not JSON (J4)
         ("counter", "increase", "[]"),          // too few
         ("counter", "increase", "[1, 2]"),      // too many
         ("counter", "increase", "[\"1\"]"),     // wrong type

@@ -675,7 +675,9 @@ impl HostCore {
 }
 
 fn parse_args(args_json: &str) -> Result<Vec<Value>, MethodError> {
-    if args_json.trim().is_empty() {
+    // Only the proto3 default `""` means `[]` (J4); whitespace alone is not
+    // JSON text, so it is refused like any other non-array.
+    if args_json.is_empty() {
         return Ok(Vec::new());
     }
     match serde_json::from_str::<Value>(args_json) {
