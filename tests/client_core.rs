@@ -592,6 +592,17 @@ fn replaced_sync_request_not_yet_sent_is_withdrawn() {
 }
 
 #[test]
+fn sync_request_still_queued_when_a_snapshot_is_accepted_is_withdrawn() {
+    // The accepted snapshot clears SYNC-OUTSTANDING (K6): the queued request
+    // answers nothing any more and must not be sent (RS6).
+    let mut c = synced(3, 3);
+    c.handle_message(at(0), patch(E1, 5, 6, set_count(6)));
+    c.handle_message(at(0), snapshot(E1, 6, view(6), 0));
+    assert!(!c.is_syncing());
+    assert!(sync_requests(&sent(&mut c)).is_empty());
+}
+
+#[test]
 fn patch_at_mirror_version_applies_and_advances_the_version() {
     let mut c = synced(3, 3);
     c.handle_message(at(0), patch(E1, 3, 4, set_count(4)));

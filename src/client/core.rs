@@ -477,8 +477,7 @@ impl ClientCore {
         self.next_sync += 1;
         // At most one request is outstanding: one still queued is superseded
         // by this one and must not be sent as well.
-        self.outbox
-            .retain(|m| !matches!(m.kind, Some(client_message::Kind::SyncRequest(_))));
+        self.withdraw_sync_requests();
         self.sync = Some(OutstandingSync {
             sync_id,
             have_version,
@@ -493,6 +492,12 @@ impl ClientCore {
                 reason: reason as i32,
             })),
         });
+    }
+
+    /// Removes every sync request still queued for sending.
+    fn withdraw_sync_requests(&mut self) {
+        self.outbox
+            .retain(|m| !matches!(m.kind, Some(client_message::Kind::SyncRequest(_))));
     }
 
     /// Starts healing unless a sync request is already outstanding.
@@ -660,8 +665,10 @@ impl ClientCore {
                 version: snapshot.version,
             });
         }
-        // Whatever was asked, a snapshot answers it: the mirror is whole.
+        // Whatever was asked, a snapshot answers it: the mirror is whole. A
+        // request still queued answers nothing any more, so it is not sent.
         self.sync = None;
+        self.withdraw_sync_requests();
         self.events.push_back(ClientEvent::StateChanged {
             version: snapshot.version,
         });
