@@ -603,6 +603,22 @@ fn sync_request_still_queued_when_a_snapshot_is_accepted_is_withdrawn() {
 }
 
 #[test]
+fn call_made_without_a_mirror_is_sent_under_the_epoch_it_was_bound_to() {
+    // E6: a Call carries the mirror's epoch when it is sent, not when it was
+    // made, so a call bound to E1 by the first snapshot is fenced by any
+    // other host rather than sent unfenced with an empty epoch.
+    let mut c = new_client();
+    let id = c.call("counter", "increase", &[json!(1)], None).unwrap();
+    c.handle_message(at(0), snapshot(E1, 1, view(0), 0));
+    let messages = sent(&mut c);
+    let call = messages
+        .iter()
+        .find(|m| matches!(&m.kind, Some(client_message::Kind::Call(call)) if call.call_id == id.0))
+        .expect("the call is sent");
+    assert_eq!(call.header.as_ref().map(|h| h.epoch.as_str()), Some(E1));
+}
+
+#[test]
 fn patch_at_mirror_version_applies_and_advances_the_version() {
     let mut c = synced(3, 3);
     c.handle_message(at(0), patch(E1, 3, 4, set_count(4)));

@@ -868,11 +868,18 @@ impl ClientCore {
 
     /// The next message to send to the host, if any.
     pub fn poll_transmit(&mut self) -> Option<ClientMessage> {
-        let message = self.outbox.pop_front()?;
+        let mut message = self.outbox.pop_front()?;
         if let Some(client_message::Kind::Call(call)) = &message.kind
             && let Some(p) = self.pending.get_mut(&call.call_id)
         {
             p.transmitted = true;
+            // E6: a call carries the mirror's epoch when it is sent. A call
+            // queued before the first snapshot is bound to that snapshot's
+            // epoch by now, and must be fenced by any other host.
+            let epoch = self.mirror.as_ref().map(|m| m.epoch.clone());
+            if let (Some(header), Some(epoch)) = (message.header.as_mut(), epoch) {
+                header.epoch = epoch;
+            }
         }
         Some(message)
     }
