@@ -145,6 +145,55 @@ fn check_source(
     Ok(())
 }
 
+/// JSON equality as the protocol defines it (spec §6.5), which RFC 6902's
+/// `test` uses: numbers are equal when numerically equal, whatever their
+/// written form (`1` = `1.0`, `0` = `-0`), compared exactly (no rounding of
+/// large integers through binary64). serde_json's own `==` tells integers
+/// from floats, so it cannot be used.
+fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => number_eq(x, y),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_eq(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+fn number_eq(x: &serde_json::Number, y: &serde_json::Number) -> bool {
+    let int = |n: &serde_json::Number| {
+        n.as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from))
+    };
+    // An integral binary64 as an exact integer, when it is one.
+    let integral = |f: f64| {
+        // 2^127: every integral f64 below it converts to i128 exactly.
+        const LIMIT: f64 = 170_141_183_460_469_231_731_687_303_715_884_105_728.0;
+        (f.is_finite() && f.fract() == 0.0 && f.abs() < LIMIT).then_some(f as i128)
+    };
+    match (int(x), int(y)) {
+        (Some(i), Some(j)) => i == j,
+        (Some(i), None) => y.as_f64().and_then(integral) == Some(i),
+        (None, Some(j)) => x.as_f64().and_then(integral) == Some(j),
+        (None, None) => x.as_f64() == y.as_f64(),
+    }
+}
+
+/// RFC 6902 `test` with the protocol's equality.
+fn test_op(doc: &Value, path: &Pointer, expected: &Value) -> Result<(), String> {
+    match doc.pointer(path.as_str()) {
+        None => Err("path does not exist".to_owned()),
+        Some(target) if json_eq(target, expected) => Ok(()),
+        Some(_) => Err("value is not equal to the tested value".to_owned()),
+    }
+}
+
 fn touches_root(op: &PatchOperation) -> bool {
     match op {
         PatchOperation::Add(o) => o.path.is_root(),
@@ -162,17 +211,21 @@ fn touches_root(op: &PatchOperation) -> bool {
 /// with no undo recorded) nor always undoable (the undo of a move to an
 /// ancestor is a move into its own child, which json-patch answers with
 /// `unreachable!`); and what a `move` or `copy` adds can only be measured
-/// one operation at a time, against the document as it then is.
+/// one operation at a time, against the document as it then is; and a
+/// `test` compares with serde_json's `==`, not the protocol's equality.
 fn needs_working_copy(op: &PatchOperation) -> bool {
-    matches!(op, PatchOperation::Move(_) | PatchOperation::Copy(_)) || touches_root(op)
+    matches!(
+        op,
+        PatchOperation::Move(_) | PatchOperation::Copy(_) | PatchOperation::Test(_)
+    ) || touches_root(op)
 }
 
 /// Parses `patch_json` and applies every operation to `view`, or none.
 ///
-/// Costs O(size of the patch) for patches of `add`, `remove`, `replace` and
-/// `test` below the root, which json-patch applies in place and undoes on
-/// failure (their undo cannot fail). A patch with a root operation, a `move`
-/// or a `copy` (none of which hosts emit) is applied to a copy, one
+/// Costs O(size of the patch) for patches of `add`, `remove` and `replace`
+/// below the root, which json-patch applies in place and undoes on failure
+/// (their undo cannot fail). A patch with a root operation, a `move`, a
+/// `copy` or a `test` (none of which hosts emit) is applied to a copy, one
 /// operation at a time without json-patch's undo, and the copy replaces
 /// `view` only if every operation succeeded and the result is an object.
 ///
@@ -199,6 +252,11 @@ pub fn apply_patch(view: &mut Value, patch_json: &str) -> Result<(), ApplyError>
         let mut copy = view.clone();
         for (index, op) in patch.0.iter().enumerate() {
             check_source(index, op, &copy, &mut copied, budget)?;
+            if let PatchOperation::Test(t) = op {
+                test_op(&copy, &t.path, &t.value)
+                    .map_err(|reason| ApplyError::Operation { index, reason })?;
+                continue;
+            }
             json_patch::patch_unsafe(&mut copy, std::slice::from_ref(op)).map_err(|e| {
                 ApplyError::Operation {
                     index,
@@ -350,6 +408,40 @@ mod tests {
         let mut v = view();
         apply_patch(&mut v, r#"[{"op": "move", "from": "/s/o", "path": "/s"}]"#).unwrap();
         assert_eq!(v, json!({"s": {"k": 1}}));
+    }
+
+    /// `test` compares by the protocol's equality (spec §6.5, §7.4):
+    /// numbers numerically, whatever their written form.
+    #[test]
+    fn test_compares_numbers_numerically() {
+        let doc = json!({"s": {"i": 1, "f": 1.0, "z": 0, "big": u64::MAX, "a": [2, {"k": -0.0}]}});
+        for (path, value) in [
+            ("/s/i", "1.0"),
+            ("/s/f", "1"),
+            ("/s/z", "-0"),
+            ("/s/z", "0.0"),
+            ("/s/a", "[2.0,{\"k\":0}]"),
+            ("/s/big", "18446744073709551615"),
+        ] {
+            let mut v = doc.clone();
+            let patch = format!(r#"[{{"op":"test","path":"{path}","value":{value}}}]"#);
+            apply_patch(&mut v, &patch).unwrap_or_else(|e| panic!("{patch}: {e}"));
+            assert_eq!(v, doc);
+        }
+        for (path, value) in [
+            ("/s/i", "1.5"),
+            ("/s/i", "\"1\""),
+            ("/s/big", "1.8446744073709552e19"),
+            ("/s/a", "[2]"),
+        ] {
+            let patch = format!(r#"[{{"op":"test","path":"{path}","value":{value}}}]"#);
+            refused_unchanged(doc.clone(), &patch);
+        }
+        // A failed test after a change undoes the change.
+        refused_unchanged(
+            doc.clone(),
+            r#"[{"op":"replace","path":"/s/i","value":5},{"op":"test","path":"/s/i","value":1}]"#,
+        );
     }
 
     fn refused_unchanged(doc: Value, patch: &str) -> ApplyError {
