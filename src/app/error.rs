@@ -66,12 +66,17 @@ impl MethodError {
         }
     }
 
-    /// Reads the wire form. Unknown codes become `internal`; undecodable
-    /// details are kept as a JSON string rather than dropped.
+    /// Reads the wire form. Unknown codes (and 0) become `internal`, with
+    /// the number received kept at the start of the message for diagnostics
+    /// (spec C3); undecodable details are kept as a JSON string rather than
+    /// dropped.
     pub fn from_wire(error: &wire::Error) -> Self {
-        let code = match ErrorCode::try_from(error.code) {
-            Ok(ErrorCode::Unspecified) | Err(_) => ErrorCode::Internal,
-            Ok(code) => code,
+        let (code, message) = match ErrorCode::try_from(error.code) {
+            Ok(ErrorCode::Unspecified) | Err(_) => (
+                ErrorCode::Internal,
+                format!("error code {}: {}", error.code, error.message),
+            ),
+            Ok(code) => (code, error.message.clone()),
         };
         let details = if error.details_json.is_empty() {
             None
@@ -83,8 +88,37 @@ impl MethodError {
         };
         Self {
             code,
-            message: error.message.clone(),
+            message,
             details,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(code: i32, message: &str) -> wire::Error {
+        wire::Error {
+            code,
+            message: message.to_owned(),
+            details_json: String::new(),
+        }
+    }
+
+    #[test]
+    fn unknown_and_unspecified_codes_read_as_internal_keeping_the_number() {
+        for code in [0, 99, -1] {
+            let error = MethodError::from_wire(&wire(code, "from the future"));
+            assert_eq!(error.code, ErrorCode::Internal);
+            assert_eq!(error.message, format!("error code {code}: from the future"));
+        }
+    }
+
+    #[test]
+    fn known_codes_keep_their_message_unchanged() {
+        let error = MethodError::from_wire(&wire(ErrorCode::NotFound as i32, "no todo"));
+        assert_eq!(error.code, ErrorCode::NotFound);
+        assert_eq!(error.message, "no todo");
     }
 }
