@@ -800,6 +800,55 @@ fn panicking_method_is_internal_rolls_its_module_back_and_the_host_keeps_serving
 }
 
 #[test]
+fn a_method_error_with_a_code_hosts_must_not_send_is_answered_internal() {
+    // H9: the local codes and UNSPECIFIED never travel from a host, whatever
+    // code a method chose; a method may choose only 1-8 (§14).
+    let local = [
+        ErrorCode::Unspecified,
+        ErrorCode::DeadlineExceeded,
+        ErrorCode::Cancelled,
+        ErrorCode::Disposed,
+        ErrorCode::OutcomeUnknown,
+    ];
+    let module = TypedModule::new("m", Tally::default()).method(
+        "fail_with",
+        |_: &mut Tally, (code,): (i32,)| -> Result<(), MethodError> {
+            let code = ErrorCode::try_from(code).unwrap_or(ErrorCode::Unspecified);
+            Err(MethodError::new(code, "chosen"))
+        },
+    );
+    let mut h = HostCore::new(config(SyncMode::Patch), App::new().with(module), EPOCH);
+    let a = attach(&mut h, "a");
+    for (i, code) in local.iter().enumerate() {
+        call(
+            &mut h,
+            a,
+            i as u64 + 1,
+            "m",
+            "fail_with",
+            &format!("[{}]", *code as i32),
+        );
+    }
+    call(
+        &mut h,
+        a,
+        99,
+        "m",
+        "fail_with",
+        &format!("[{}]", ErrorCode::Unavailable as i32),
+    );
+    let got = results(&frames(&mut h, a));
+    assert_eq!(got.len(), local.len() + 1);
+    for r in &got[..local.len()] {
+        assert_eq!(code(r), ErrorCode::Internal, "{r:?}");
+    }
+    assert_eq!(
+        error(&got[local.len()]),
+        (ErrorCode::Unavailable, "chosen".to_owned())
+    );
+}
+
+#[test]
 fn failing_method_that_changed_its_state_is_rolled_back() {
     let mut h = HostCore::new(HostConfig::default(), fragile_app(), EPOCH);
     let before = h.view();

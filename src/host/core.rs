@@ -457,7 +457,7 @@ impl HostCore {
             state_version: self.version,
             outcome: Some(match outcome {
                 Ok(value) => call_result::Outcome::ValueJson(value.to_string()),
-                Err(error) => call_result::Outcome::Error(error.to_wire()),
+                Err(error) => call_result::Outcome::Error(sendable(error).to_wire()),
             }),
         };
         let gate = result.state_version;
@@ -671,6 +671,27 @@ impl HostCore {
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<HostEvent> {
         self.events.pop_front()
+    }
+}
+
+/// The error as a host may send it: a method may choose only the host codes
+/// 1-8 (spec §14); `unspecified` and the codes clients produce about their
+/// own calls never travel from a host (H9), so they become `internal`.
+fn sendable(error: MethodError) -> MethodError {
+    use ErrorCode::*;
+    match error.code {
+        NotFound | InvalidArgument | Failed | Unavailable | PermissionDenied
+        | ResourceExhausted | Internal | FailedPrecondition => error,
+        Unspecified | DeadlineExceeded | Cancelled | Disposed | OutcomeUnknown => {
+            let details = error.details.clone();
+            let mut internal = MethodError::internal(format!(
+                "the method failed with {}, a code hosts do not send: {}",
+                error.code.kebab_name(),
+                error.message
+            ));
+            internal.details = details;
+            internal
+        }
     }
 }
 
