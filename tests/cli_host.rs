@@ -165,7 +165,7 @@ async fn the_host_binary_publishes_the_sections_and_secret_it_is_given() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_binary_refuses_bad_options_with_one_line_and_exit_2() {
-    let cases: [&[&str]; 10] = [
+    let cases: [&[&str]; 11] = [
         &["--sections", "counter,nope"],
         &["--sync", "sometimes"],
         &["--listen", "https://127.0.0.1:0"],
@@ -183,6 +183,7 @@ async fn the_host_binary_refuses_bad_options_with_one_line_and_exit_2() {
         ],
         &["--stdio", "--token-file", "/dev/null"],
         &["--max-clients", "0"],
+        &["--secret-token", ""],
     ];
     for args in cases {
         let run = Command::new(BIN)

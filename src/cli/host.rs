@@ -140,6 +140,10 @@ async fn serve_until_signal(
 }
 
 fn build_host(args: &HostArgs) -> Result<Host, CliError> {
+    if args.secret_token.as_deref() == Some("") {
+        // An empty marker would make "the secret never appears" vacuous.
+        return Err(CliError::Usage("--secret-token must not be empty".into()));
+    }
     let app = demo::app(args.secret_token.clone().unwrap_or_else(new_epoch));
     let names = app.names();
     let sections: Vec<String> = args
