@@ -59,6 +59,16 @@ impl HostFrame {
             .clone()
     }
 
+    /// The message itself, by value: moved out when this is the frame's only
+    /// handle (a result or a sync answer, sent to one session), cloned when
+    /// other handles share it (a publication, also held by the history).
+    pub fn into_message(self) -> HostMessage {
+        match Arc::try_unwrap(self.0) {
+            Ok(inner) => inner.message,
+            Err(shared) => shared.message.clone(),
+        }
+    }
+
     /// Whether two frames are the same shared frame (not merely equal).
     pub fn ptr_eq(a: &Self, b: &Self) -> bool {
         Arc::ptr_eq(&a.0, &b.0)
@@ -106,5 +116,34 @@ impl ErrorCode {
             ErrorCode::Disposed => "disposed",
             ErrorCode::OutcomeUnknown => "outcome-unknown",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(patch_json: &str) -> HostMessage {
+        HostMessage {
+            header: Some(Header::v1("e", "host", "")),
+            kind: Some(host_message::Kind::Patch(Patch {
+                base_version: 1,
+                version: 2,
+                patch_json: patch_json.to_owned(),
+                sync_id: 0,
+            })),
+        }
+    }
+
+    #[test]
+    fn into_message_gives_the_message_whether_or_not_the_frame_is_shared() {
+        let only = HostFrame::new(message("[1]"));
+        assert_eq!(only.into_message(), message("[1]"));
+
+        let shared = HostFrame::new(message("[2]"));
+        let other = shared.clone();
+        assert_eq!(shared.into_message(), message("[2]"));
+        // The other handle still holds the same message.
+        assert_eq!(other.message(), &message("[2]"));
     }
 }
