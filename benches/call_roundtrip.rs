@@ -23,7 +23,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Summary, interleaved_ratio};
+use common::{Summary, interleaved_ratio_of};
 use cosystem_worker::client::{Client, ClientConfig};
 use cosystem_worker::demo;
 use cosystem_worker::host::{Host, SyncMode};
@@ -58,7 +58,8 @@ fn timed<F>(rt: &Runtime, f: F) -> Duration
 where
     F: Future<Output = Duration> + Send + 'static,
 {
-    rt.block_on(rt.spawn(f)).expect("the measuring task completes")
+    rt.block_on(rt.spawn(f))
+        .expect("the measuring task completes")
 }
 
 // ---------------------------------------------------------------------------
@@ -180,9 +181,10 @@ fn measure(c: &mut Criterion, summary: &mut Summary, flavour: &str) {
         group.bench_function(BenchmarkId::new("memory_call", shape), |b| {
             b.iter_custom(subject)
         });
-        let interleaved = (!common::test_mode()).then(|| interleaved_ratio(base, subject));
+        let name = format!("{flavour}/memory_call/{shape}");
+        let interleaved = interleaved_ratio_of(&name, base, subject);
         summary.time(
-            &format!("{flavour}/memory_call/{shape}"),
+            &name,
             Some(&format!("{flavour}/mpsc_pingpong/{shape}")),
             interleaved,
             (depth == 1).then_some(CALL_LIMIT),

@@ -79,6 +79,67 @@ pub fn test_mode() -> bool {
     !has("--bench") || has("--test")
 }
 
+/// Criterion's options that take a value, so that [`selected`] can tell a
+/// filter from an option's value.
+const VALUED_OPTIONS: [&str; 16] = [
+    "--color",
+    "--save-baseline",
+    "--baseline",
+    "--baseline-lenient",
+    "--format",
+    "--profile-time",
+    "--load-baseline",
+    "--sample-size",
+    "--warm-up-time",
+    "--measurement-time",
+    "--nresamples",
+    "--noise-threshold",
+    "--confidence-level",
+    "--significance-level",
+    "--plotting-backend",
+    "--output-format",
+];
+
+/// Whether criterion will measure the benchmark `name` in this run: it is
+/// not in test or `--profile-time` mode, and the command line's filter (if
+/// any) matches. A filter is matched as a substring (criterion reads it as a
+/// regex; plain names and name prefixes behave the same), or exactly with
+/// `--exact`. Work done outside criterion's timing, such as an
+/// [`interleaved_ratio`], is skipped for benchmarks that are not selected.
+pub fn selected(name: &str) -> bool {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let has = |flag: &str| args.iter().any(|a| a == flag);
+    if test_mode() || args.iter().any(|a| a.starts_with("--profile-time")) {
+        return false;
+    }
+    let mut filter = None;
+    let mut skip_value = false;
+    for arg in &args {
+        if skip_value {
+            skip_value = false;
+        } else if arg.starts_with("--") {
+            skip_value = VALUED_OPTIONS.contains(&arg.as_str());
+        } else if filter.is_none() {
+            filter = Some(arg.as_str());
+        }
+    }
+    match filter {
+        None => true,
+        Some(f) if has("--exact") => name == f,
+        Some(f) => name.contains(f),
+    }
+}
+
+/// [`interleaved_ratio`] of `subject` (the benchmark `name`) against
+/// `base`, or `None` when `name` is not [`selected`] in this run.
+pub fn interleaved_ratio_of(
+    name: &str,
+    base: impl FnMut(u64) -> Duration,
+    subject: impl FnMut(u64) -> Duration,
+) -> Option<f64> {
+    selected(name).then(|| interleaved_ratio(base, subject))
+}
+
 /// The sizes to run: all of [`SIZES`], or in test mode the two smallest, so
 /// that a debug build checks the bench without building 10 MiB states.
 pub fn sizes() -> &'static [(&'static str, usize)] {
