@@ -12,6 +12,7 @@
 pub mod app;
 pub mod client;
 pub mod demo;
+mod fast_hash;
 pub mod host;
 pub mod transport;
 pub mod wire;

@@ -6,7 +6,6 @@
 //! them: call outcomes to their futures, state changes to watchers,
 //! conflicts and everything else to broadcast subscribers.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -20,6 +19,7 @@ use super::call::{CallFuture, CallOptions, ModuleHandle};
 use super::watch::{Watch, WatchHandle, WatchOptions};
 use super::{CallId, ClientConfig, ClientCore, ClientEvent, Conflict};
 use crate::app::MethodError;
+use crate::fast_hash::FastMap;
 use crate::transport::{ClientLink, Connector, TransportError};
 use crate::wire::ErrorCode;
 
@@ -70,7 +70,7 @@ impl Default for Reconnect {
 pub(super) struct Shared {
     core: Mutex<ClientCore>,
     wake: Notify,
-    calls: Mutex<HashMap<CallId, oneshot::Sender<Settlement>>>,
+    calls: Mutex<FastMap<CallId, oneshot::Sender<Settlement>>>,
     changes: watch::Sender<u64>,
     ready: watch::Sender<bool>,
     connected: watch::Sender<bool>,
@@ -224,7 +224,7 @@ impl Client {
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
             wake: Notify::new(),
-            calls: Mutex::new(HashMap::new()),
+            calls: Mutex::new(FastMap::default()),
             changes: watch::channel(0).0,
             ready: watch::channel(false).0,
             connected: watch::channel(false).0,

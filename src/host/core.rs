@@ -15,7 +15,7 @@
 //! session costs nothing until it reads, and one that falls out of the window
 //! is sent a coalescing snapshot instead of an unbounded backlog.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use json_patch::PatchOperation;
@@ -25,6 +25,7 @@ use serde_json::Value;
 use super::config::{HostConfig, SyncMode};
 use super::history::{Entry, History};
 use crate::app::{App, MethodError, Module};
+use crate::fast_hash::FastMap;
 use crate::wire::{
     self, CallResult, ClientMessage, ErrorCode, Header, HostFrame, HostMessage, PROTOCOL_VERSION,
     Patch, Snapshot, SnapshotReason, SyncRequest, call_result, client_message, host_message,
@@ -138,9 +139,9 @@ pub struct HostCore {
     epoch: String,
     version: u64,
     modules: Vec<Box<dyn Module>>,
-    index: HashMap<String, usize>,
+    index: FastMap<String, usize>,
     published: Vec<bool>,
-    peers: HashMap<PeerKey, Peer>,
+    peers: FastMap<PeerKey, Peer>,
     next_peer: u64,
     history: History,
     /// The shared live snapshot of the current version (snapshot mode).
@@ -239,7 +240,7 @@ impl HostCore {
             modules,
             index,
             published,
-            peers: HashMap::new(),
+            peers: FastMap::default(),
             next_peer: 0,
             history,
             live_snapshot: None,

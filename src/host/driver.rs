@@ -5,7 +5,6 @@
 //! session that stops reading therefore costs the host nothing until it falls
 //! out of the history window, after which it is sent one coalescing snapshot.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use super::{
     new_epoch,
 };
 use crate::app::{App, MethodError};
+use crate::fast_hash::FastMap;
 use crate::transport::HostLink;
 use crate::wire::{ClientMessage, HostFrame};
 
@@ -26,7 +26,7 @@ pub const DEFAULT_BOOKMARK_INTERVAL: Duration = Duration::from_secs(5);
 
 struct Shared {
     core: Mutex<HostCore>,
-    wakers: Mutex<HashMap<PeerKey, Arc<Notify>>>,
+    wakers: Mutex<FastMap<PeerKey, Arc<Notify>>>,
     closed: std::sync::atomic::AtomicBool,
 }
 
@@ -134,7 +134,7 @@ impl HostBuilder {
         let host = Host {
             shared: Arc::new(Shared {
                 core: Mutex::new(core),
-                wakers: Mutex::new(HashMap::new()),
+                wakers: Mutex::new(FastMap::default()),
                 closed: std::sync::atomic::AtomicBool::new(false),
             }),
         };
