@@ -18,11 +18,11 @@
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use json_patch::PatchOperation;
 use prost::Message;
 use serde_json::Value;
 
 use super::config::{HostConfig, SyncMode};
+use super::encode::{ops_json, section_prefix};
 use super::history::{Entry, History};
 use crate::app::{App, MethodError, Module};
 use crate::fast_hash::FastMap;
@@ -140,6 +140,8 @@ pub struct HostCore {
     version: u64,
     modules: Vec<Box<dyn Module>>,
     index: FastMap<String, usize>,
+    /// Each module's section as a pointer prefix, escaped once.
+    prefixes: Vec<String>,
     published: Vec<bool>,
     peers: FastMap<PeerKey, Peer>,
     next_peer: u64,
@@ -159,44 +161,6 @@ impl std::fmt::Debug for HostCore {
             .field("version", &self.version)
             .field("peers", &self.peers.len())
             .finish_non_exhaustive()
-    }
-}
-
-fn encode_ops(ops: &[PatchOperation]) -> String {
-    let json = serde_json::to_string(ops).unwrap_or_else(|_| "[]".to_owned());
-    json[1..json.len() - 1].to_owned()
-}
-
-fn prefix(op: PatchOperation, section: &str) -> PatchOperation {
-    use json_patch::jsonptr::PointerBuf;
-    let pre = |p: &json_patch::jsonptr::Pointer| -> PointerBuf { p.with_leading_token(section) };
-    match op {
-        PatchOperation::Add(mut o) => {
-            o.path = pre(&o.path);
-            PatchOperation::Add(o)
-        }
-        PatchOperation::Remove(mut o) => {
-            o.path = pre(&o.path);
-            PatchOperation::Remove(o)
-        }
-        PatchOperation::Replace(mut o) => {
-            o.path = pre(&o.path);
-            PatchOperation::Replace(o)
-        }
-        PatchOperation::Move(mut o) => {
-            o.path = pre(&o.path);
-            o.from = pre(&o.from);
-            PatchOperation::Move(o)
-        }
-        PatchOperation::Copy(mut o) => {
-            o.path = pre(&o.path);
-            o.from = pre(&o.from);
-            PatchOperation::Copy(o)
-        }
-        PatchOperation::Test(mut o) => {
-            o.path = pre(&o.path);
-            PatchOperation::Test(o)
-        }
     }
 }
 
@@ -222,6 +186,7 @@ impl HostCore {
             .enumerate()
             .map(|(i, m)| (m.name().to_owned(), i))
             .collect();
+        let prefixes = modules.iter().map(|m| section_prefix(m.name())).collect();
         let published = modules
             .iter()
             .map(|m| match &config.sections {
@@ -239,6 +204,7 @@ impl HostCore {
             version: 1,
             modules,
             index,
+            prefixes,
             published,
             peers: FastMap::default(),
             next_peer: 0,
@@ -513,12 +479,8 @@ impl HostCore {
             }
         };
         if !invocation.ops.is_empty() && self.published[i] {
-            let ops: Vec<PatchOperation> = invocation
-                .ops
-                .into_iter()
-                .map(|op| prefix(op, module))
-                .collect();
-            self.commit(encode_ops(&ops));
+            let ops = ops_json(&self.prefixes[i], &invocation.ops);
+            self.commit(ops);
         }
         Ok(invocation.value)
     }
@@ -532,7 +494,7 @@ impl HostCore {
                 host_message::Kind::Patch(Patch {
                     base_version: version - 1,
                     version,
-                    patch_json: format!("[{ops}]"),
+                    patch_json: bracketed(&ops),
                     sync_id: 0,
                 }),
             )),
@@ -694,6 +656,15 @@ fn sendable(error: MethodError) -> MethodError {
             internal
         }
     }
+}
+
+/// `[ops]`, without the formatting machinery of `format!`.
+fn bracketed(ops: &str) -> String {
+    let mut json = String::with_capacity(ops.len() + 2);
+    json.push('[');
+    json.push_str(ops);
+    json.push(']');
+    json
 }
 
 fn parse_args(args_json: &str) -> Result<Vec<Value>, MethodError> {

@@ -6,6 +6,7 @@
 mod config;
 mod core;
 mod driver;
+mod encode;
 mod history;
 
 pub use config::{HostConfig, HostLimits, SyncMode};
