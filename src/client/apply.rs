@@ -1,8 +1,10 @@
 //! Atomic application of RFC 6902 patches to a client's mirror.
 
+use json_patch::PatchOperation;
 use json_patch::jsonptr::Pointer;
-use json_patch::{Patch, PatchOperation};
 use serde_json::Value;
+
+use super::ops::{apply_in_place, parse_ops};
 
 /// Why a patch could not be applied. The mirror is unchanged in every case.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -205,7 +207,8 @@ fn touches_root(op: &PatchOperation) -> bool {
     }
 }
 
-/// Whether json-patch's in-place, undo-on-failure application cannot be
+/// Whether in-place, undo-on-failure application (json-patch's, which
+/// [`apply_in_place`] reproduces for the operations it takes) cannot be
 /// trusted with `op`: a root operation may leave a non-object; a `move` is
 /// neither atomic there (when its add fails the source is already gone,
 /// with no undo recorded) nor always undoable (the undo of a move to an
@@ -223,9 +226,9 @@ fn needs_working_copy(op: &PatchOperation) -> bool {
 /// Parses `patch_json` and applies every operation to `view`, or none.
 ///
 /// Costs O(size of the patch) for patches of `add`, `remove` and `replace`
-/// below the root, which json-patch applies in place and undoes on failure
-/// (their undo cannot fail). A patch with a root operation, a `move`, a
-/// `copy` or a `test` (none of which hosts emit) is applied to a copy, one
+/// below the root, which are applied in place and undone on failure (their
+/// undo cannot fail). A patch with a root operation, a `move`, a `copy` or a
+/// `test` (none of which hosts emit) is applied to a copy, one
 /// operation at a time without json-patch's undo, and the copy replaces
 /// `view` only if every operation succeeded and the result is an object.
 ///
@@ -234,23 +237,18 @@ fn needs_working_copy(op: &PatchOperation) -> bool {
 /// than [`copy_budget`] allows (so that, as with a snapshot, what a patch
 /// adds is bounded by its size).
 pub fn apply_patch(view: &mut Value, patch_json: &str) -> Result<(), ApplyError> {
-    let patch: Patch =
-        serde_json::from_str(patch_json).map_err(|e| ApplyError::Malformed(e.to_string()))?;
-    if patch.0.is_empty() {
+    let ops = parse_ops(patch_json).map_err(|e| ApplyError::Malformed(e.to_string()))?;
+    if ops.is_empty() {
         return Ok(());
     }
-    for (index, op) in patch.0.iter().enumerate() {
+    for (index, op) in ops.iter().enumerate() {
         check_static(index, op)?;
     }
-    let to_err = |e: json_patch::PatchError| ApplyError::Operation {
-        index: e.operation,
-        reason: e.kind.to_string(),
-    };
-    if patch.0.iter().any(needs_working_copy) {
+    if ops.iter().any(needs_working_copy) {
         let budget = copy_budget(patch_json.len());
         let mut copied = 0;
         let mut copy = view.clone();
-        for (index, op) in patch.0.iter().enumerate() {
+        for (index, op) in ops.iter().enumerate() {
             check_source(index, op, &copy, &mut copied, budget)?;
             if let PatchOperation::Test(t) = op {
                 test_op(&copy, &t.path, &t.value)
@@ -270,7 +268,10 @@ pub fn apply_patch(view: &mut Value, patch_json: &str) -> Result<(), ApplyError>
         *view = copy;
         return Ok(());
     }
-    json_patch::patch(view, &patch.0).map_err(to_err)
+    apply_in_place(view, &ops).map_err(|(index, kind)| ApplyError::Operation {
+        index,
+        reason: kind.to_string(),
+    })
 }
 
 #[cfg(test)]

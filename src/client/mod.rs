@@ -7,6 +7,7 @@ mod apply;
 mod call;
 mod core;
 mod driver;
+mod ops;
 mod watch;
 
 pub use apply::{ApplyError, MAX_MIRROR_DEPTH, apply_patch, copy_budget};
