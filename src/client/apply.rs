@@ -75,6 +75,10 @@ pub fn copy_budget(patch_len: usize) -> usize {
 /// The nesting depth of `value` (0 for a scalar) and how many JSON values it
 /// holds, itself included. Iterative, so a deep value cannot exhaust the stack.
 fn measure(value: &Value) -> (usize, usize) {
+    if !value.is_array() && !value.is_object() {
+        // The common case, without the walk's allocation.
+        return (0, 1);
+    }
     let mut deepest = 0;
     let mut values = 0;
     let mut stack = vec![(value, 0usize)];
@@ -93,8 +97,14 @@ fn measure(value: &Value) -> (usize, usize) {
     (deepest, values)
 }
 
+/// How many tokens `path` has: one per `/`, since a `/` inside a token is
+/// escaped as `~1`.
+fn token_count(path: &Pointer) -> usize {
+    path.as_str().bytes().filter(|&b| b == b'/').count()
+}
+
 fn check_depth(index: usize, path: &Pointer, value: &Value) -> Result<(), ApplyError> {
-    let depth = path.count() + measure(value).0;
+    let depth = token_count(path) + measure(value).0;
     if depth > MAX_MIRROR_DEPTH {
         return Err(ApplyError::TooDeep { index, depth });
     }
@@ -130,7 +140,7 @@ fn check_source(
         return Ok(());
     };
     let (depth, values) = measure(source);
-    let depth = path.count() + depth;
+    let depth = token_count(path) + depth;
     if depth > MAX_MIRROR_DEPTH {
         return Err(ApplyError::TooDeep { index, depth });
     }
