@@ -93,8 +93,12 @@ impl Shared {
             let mut core = self.core();
             std::iter::from_fn(|| core.poll_event()).collect()
         };
+        // Without subscribers an event is dropped, so its parts can be moved
+        // out instead of cloned; checked once, as a subscriber arriving in
+        // the middle of a dispatch may as well start with the next one.
+        let observed = self.events.receiver_count() > 0;
         for event in events {
-            match &event {
+            let event = match event {
                 ClientEvent::Settled {
                     call,
                     outcome,
@@ -104,27 +108,51 @@ impl Shared {
                         .calls
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .remove(call);
-                    if let Some(sender) = sender {
-                        let _ = sender.send(Settlement {
-                            outcome: outcome.clone(),
-                            state_version: *state_version,
-                        });
+                        .remove(&call);
+                    let settlement = |outcome| Settlement {
+                        outcome,
+                        state_version,
+                    };
+                    let outcome = match sender {
+                        Some(sender) if !observed => {
+                            let _ = sender.send(settlement(outcome));
+                            continue;
+                        }
+                        Some(sender) => {
+                            let _ = sender.send(settlement(outcome.clone()));
+                            outcome
+                        }
+                        None => outcome,
+                    };
+                    ClientEvent::Settled {
+                        call,
+                        outcome,
+                        state_version,
                     }
                 }
-                ClientEvent::Ready { .. } => {
-                    self.ready.send_replace(true);
+                other => {
+                    match &other {
+                        ClientEvent::Ready { .. } => {
+                            self.ready.send_replace(true);
+                        }
+                        // Watches subscribe, then read the mirror: with no
+                        // subscriber there is nobody to tell, and the next
+                        // one reads a mirror that already has this change.
+                        ClientEvent::StateChanged { .. } if self.changes.receiver_count() > 0 => {
+                            self.changes.send_modify(|n| *n += 1);
+                        }
+                        ClientEvent::Conflict(conflict) => {
+                            tracing::debug!(?conflict, "sync conflict");
+                            let _ = self.conflicts.send(conflict.clone());
+                        }
+                        _ => {}
+                    }
+                    other
                 }
-                ClientEvent::StateChanged { .. } => {
-                    self.changes.send_modify(|n| *n += 1);
-                }
-                ClientEvent::Conflict(conflict) => {
-                    tracing::debug!(?conflict, "sync conflict");
-                    let _ = self.conflicts.send(conflict.clone());
-                }
-                _ => {}
+            };
+            if observed {
+                let _ = self.events.send(event);
             }
-            let _ = self.events.send(event);
         }
     }
 
@@ -505,7 +533,11 @@ async fn run_link(shared: &Shared, link: ClientLink) -> Result<(), TransportErro
                 None => std::future::pending().await,
             }
         };
+        // Biased: no random branch order to draw on every wake-up. The timer
+        // goes first so that a steady flow of input cannot starve deadlines.
         tokio::select! {
+            biased;
+            _ = timer => shared.core().handle_timeout(Instant::now().into_std()),
             item = stream.next() => match item {
                 Some(Ok(message)) => {
                     shared.core().handle_message(Instant::now().into_std(), message);
@@ -519,7 +551,6 @@ async fn run_link(shared: &Shared, link: ClientLink) -> Result<(), TransportErro
                 None => return Ok(()),
             },
             _ = shared.wake.notified() => {}
-            _ = timer => shared.core().handle_timeout(Instant::now().into_std()),
         }
     }
 }
