@@ -56,7 +56,7 @@ impl CallFuture {
         };
         // A driver that stopped for good (not disposed) will never send it.
         shared.fail_stranded_calls();
-        shared.wake();
+        shared.transmit();
         match started {
             Ok(id) => Self {
                 client,

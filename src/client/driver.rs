@@ -16,12 +16,13 @@ use tokio::sync::{Notify, broadcast, oneshot, watch};
 use tokio::time::Instant;
 
 use super::call::{CallFuture, CallOptions, ModuleHandle};
+use super::outbound::Outbound;
 use super::watch::{Watch, WatchHandle, WatchOptions};
 use super::{CallId, ClientConfig, ClientCore, ClientEvent, Conflict};
 use crate::app::MethodError;
 use crate::fast_hash::FastMap;
-use crate::transport::{ClientLink, Connector, TransportError};
-use crate::wire::ErrorCode;
+use crate::transport::{BoxStream, ClientLink, Connector, TransportError};
+use crate::wire::{ErrorCode, HostMessage};
 
 /// What a call settles with.
 pub type CallOutcome = Result<Value, MethodError>;
@@ -71,6 +72,7 @@ pub(super) struct Shared {
     core: Mutex<ClientCore>,
     wake: Notify,
     calls: Mutex<FastMap<CallId, oneshot::Sender<Settlement>>>,
+    outbound: Outbound,
     changes: watch::Sender<u64>,
     ready: watch::Sender<bool>,
     connected: watch::Sender<bool>,
@@ -203,6 +205,14 @@ impl Shared {
     pub(super) fn wake(&self) {
         self.wake.notify_one();
     }
+
+    /// Sends what the core has queued if the link takes it without waiting;
+    /// otherwise wakes the driver to send it.
+    pub(super) fn transmit(&self) {
+        if !self.outbound.send_now(|| self.core().poll_transmit()) {
+            self.wake();
+        }
+    }
 }
 
 /// The handles' shared part: when the last [`Client`] handle is dropped, the
@@ -253,6 +263,7 @@ impl Client {
             core: Mutex::new(core),
             wake: Notify::new(),
             calls: Mutex::new(FastMap::default()),
+            outbound: Outbound::default(),
             changes: watch::channel(0).0,
             ready: watch::channel(false).0,
             connected: watch::channel(false).0,
@@ -509,21 +520,34 @@ async fn wait_stopped(shared: &Shared) {
 
 /// Runs one link until it fails or the client stops.
 async fn run_link(shared: &Shared, link: ClientLink) -> Result<(), TransportError> {
-    let ClientLink {
-        mut sink,
-        mut stream,
-    } = link;
+    let ClientLink { sink, mut stream } = link;
+    shared.outbound.attach(sink);
+    let result = serve_link(shared, &mut stream).await;
+    // Closed only when the client stops; a failed link's sink is dropped.
+    if let Some(mut sink) = shared.outbound.detach()
+        && result.is_ok()
+        && shared.stopped.load(Ordering::Acquire)
+    {
+        let _ = sink.close().await;
+    }
+    result
+}
+
+async fn serve_link(
+    shared: &Shared,
+    stream: &mut BoxStream<HostMessage>,
+) -> Result<(), TransportError> {
     loop {
-        // Flush everything the core wants to send.
-        loop {
-            let next = shared.core().poll_transmit();
-            let Some(message) = next else { break };
-            sink.feed(message).await?;
-        }
-        sink.flush().await?;
+        // Send everything the core has queued (callers send their own calls
+        // while the link has room; see `Outbound`).
+        std::future::poll_fn(|cx| {
+            shared
+                .outbound
+                .poll_send(cx, || shared.core().poll_transmit())
+        })
+        .await?;
         shared.dispatch();
         if shared.stopped.load(Ordering::Acquire) {
-            let _ = sink.close().await;
             return Ok(());
         }
         let deadline = shared.core().poll_timeout();

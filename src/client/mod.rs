@@ -8,6 +8,7 @@ mod call;
 mod core;
 mod driver;
 mod ops;
+mod outbound;
 mod watch;
 
 pub use apply::{ApplyError, MAX_MIRROR_DEPTH, apply_patch, copy_budget};
