@@ -8,7 +8,10 @@
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use std::future::Future;
+use std::task::{Context, Poll};
+
+use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::Notify;
 
@@ -18,7 +21,7 @@ use super::{
 };
 use crate::app::{App, MethodError};
 use crate::fast_hash::FastMap;
-use crate::transport::HostLink;
+use crate::transport::{BoxSink, HostLink, TransportError};
 use crate::wire::{ClientMessage, HostFrame};
 
 /// How often an idle host tells its clients its version, by default.
@@ -38,10 +41,13 @@ impl Shared {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn wake_all(&self) {
+    /// Wakes every session, but `except`.
+    fn wake_all(&self, except: Option<PeerKey>) {
         let wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
-        for waker in wakers.values() {
-            waker.notify_one();
+        for (key, waker) in wakers.iter() {
+            if Some(*key) != except {
+                waker.notify_one();
+            }
         }
     }
 
@@ -163,7 +169,7 @@ async fn bookmarks(shared: Weak<Shared>, interval: Duration) {
         core.bookmark();
         shared.drain_events(&mut core);
         drop(core);
-        shared.wake_all();
+        shared.wake_all(None);
     }
 }
 
@@ -225,7 +231,7 @@ impl Host {
         let published = self.shared.drain_events(&mut core);
         drop(core);
         if published {
-            self.shared.wake_all();
+            self.shared.wake_all(None);
         }
         result
     }
@@ -256,6 +262,12 @@ impl Host {
 
     /// Serves one session over `link` until either side closes it, the
     /// session misbehaves beyond recovery, or the host shuts down.
+    ///
+    /// One task does both directions, in one pass per wake-up: it reads all
+    /// the input there is, then writes all the output the link takes. Input
+    /// is read even while the link cannot take output, so a client that
+    /// keeps sending without reading is still heard (and closed once it
+    /// floods the host), and the two peers never wait on each other.
     pub async fn serve(&self, link: HostLink) -> Result<(), InputError> {
         let HostLink {
             peer_id,
@@ -266,38 +278,44 @@ impl Host {
             peer_id: peer_id.clone(),
             publications: true,
         })?;
-        let reader = async {
-            while let Some(item) = stream.next().await {
-                match item {
-                    Ok(message) => {
-                        if let Err(error) = session.handle(message) {
-                            if error.is_fatal() {
-                                tracing::warn!(peer = %peer_id, %error, "closing session");
-                                return Err(error);
+        // Woken by publications, bookmarks and shutdown; this task's own
+        // input is followed by its own output pass, not by a notification.
+        let mut woken = std::pin::pin!(session.notify.notified());
+        std::future::poll_fn(|cx| {
+            loop {
+                loop {
+                    match stream.poll_next_unpin(cx) {
+                        Poll::Ready(Some(Ok(message))) => {
+                            if let Err(error) = session.handle_quietly(message) {
+                                if error.is_fatal() {
+                                    tracing::warn!(peer = %peer_id, %error, "closing session");
+                                    return Poll::Ready(Err(error));
+                                }
+                                tracing::debug!(peer = %peer_id, %error, "ignored input");
                             }
-                            tracing::debug!(peer = %peer_id, %error, "ignored input");
                         }
-                    }
-                    Err(error) => {
-                        tracing::debug!(peer = %peer_id, %error, "session read failed");
-                        return Ok(());
+                        Poll::Ready(Some(Err(error))) => {
+                            tracing::debug!(peer = %peer_id, %error, "session read failed");
+                            return Poll::Ready(Ok(()));
+                        }
+                        Poll::Ready(None) => return Poll::Ready(Ok(())),
+                        Poll::Pending => break,
                     }
                 }
-            }
-            Ok(())
-        };
-        let writer = async {
-            while let Some(frame) = session.next_frame().await {
-                if sink.send(frame).await.is_err() {
-                    break;
+                if session.is_closed() {
+                    return Poll::Ready(Ok(()));
+                }
+                if write_ready(&session, &mut sink, cx).is_err() {
+                    return Poll::Ready(Ok(()));
+                }
+                match woken.as_mut().poll(cx) {
+                    // Something may be due: go round again with a fresh waiter.
+                    Poll::Ready(()) => woken.set(session.notify.notified()),
+                    Poll::Pending => return Poll::Pending,
                 }
             }
-            Ok(())
-        };
-        tokio::select! {
-            result = reader => result,
-            result = writer => result,
-        }
+        })
+        .await
     }
 
     /// Stops serving: every session ends and new ones are refused.
@@ -305,7 +323,7 @@ impl Host {
         self.shared
             .closed
             .store(true, std::sync::atomic::Ordering::Release);
-        self.shared.wake_all();
+        self.shared.wake_all(None);
     }
 }
 
@@ -319,22 +337,35 @@ pub struct Session {
 impl Session {
     /// Handles one envelope from the client.
     pub fn handle(&self, message: ClientMessage) -> Result<(), InputError> {
-        self.with_core(|core| core.handle_message(self.key, message))
+        self.with_core(true, |core| core.handle_message(self.key, message))
+    }
+
+    /// Handles one envelope without waking this session's own
+    /// [`Session::next_frame`]: for a caller that writes right after.
+    fn handle_quietly(&self, message: ClientMessage) -> Result<(), InputError> {
+        self.with_core(false, |core| core.handle_message(self.key, message))
+    }
+
+    fn is_closed(&self) -> bool {
+        self.shared
+            .closed
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Decodes and handles one encoded envelope from the client.
     pub fn handle_bytes(&self, bytes: &[u8]) -> Result<(), InputError> {
-        self.with_core(|core| core.handle_bytes(self.key, bytes))
+        self.with_core(true, |core| core.handle_bytes(self.key, bytes))
     }
 
-    fn with_core<T>(&self, f: impl FnOnce(&mut HostCore) -> T) -> T {
+    fn with_core<T>(&self, wake_self: bool, f: impl FnOnce(&mut HostCore) -> T) -> T {
         let mut core = self.shared.core();
         let result = f(&mut core);
         let published = self.shared.drain_events(&mut core);
         drop(core);
         if published {
-            self.shared.wake_all();
-        } else {
+            self.shared
+                .wake_all(if wake_self { None } else { Some(self.key) });
+        } else if wake_self {
             self.notify.notify_one();
         }
         result
@@ -361,6 +392,30 @@ impl Session {
     /// The next envelope for this client if one is ready now.
     pub fn try_next_frame(&self) -> Option<HostFrame> {
         self.shared.core().poll_transmit(self.key)
+    }
+}
+
+/// Writes every frame the session has ready while the sink takes them, then
+/// flushes. Waits for nothing: a sink that is not ready wakes the task later.
+fn write_ready(
+    session: &Session,
+    sink: &mut BoxSink<HostFrame>,
+    cx: &mut Context<'_>,
+) -> Result<(), TransportError> {
+    loop {
+        match sink.as_mut().poll_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(error)) => return Err(error),
+            Poll::Pending => return Ok(()),
+        }
+        let Some(frame) = session.try_next_frame() else {
+            break;
+        };
+        sink.as_mut().start_send(frame)?;
+    }
+    match sink.as_mut().poll_flush(cx) {
+        Poll::Ready(Err(error)) => Err(error),
+        _ => Ok(()),
     }
 }
 
