@@ -241,6 +241,9 @@ pub struct ClientCore {
     config: ClientConfig,
     mirror: Option<Mirror>,
     pending: BTreeMap<u64, Pending>,
+    /// The calls whose result is held, by arrival: what a mirror update
+    /// may settle, without walking every pending call.
+    held: BTreeMap<u64, u64>,
     next_call: u64,
     next_sync: u64,
     results_held: u64,
@@ -259,6 +262,7 @@ impl ClientCore {
             config,
             mirror: None,
             pending: BTreeMap::new(),
+            held: BTreeMap::new(),
             next_call: 1,
             next_sync: 1,
             results_held: 0,
@@ -401,6 +405,9 @@ impl ClientCore {
         let Some(pending) = self.pending.remove(&call_id) else {
             return false;
         };
+        if let Some(held) = &pending.held {
+            self.held.remove(&held.arrival);
+        }
         if !pending.transmitted {
             // Never sent, so never run: drop it rather than send it.
             self.withdraw(call_id);
@@ -416,10 +423,7 @@ impl ClientCore {
     /// Removes a settled call that was never sent from the outbox: a settled
     /// call must not be sent afterwards.
     fn withdraw(&mut self, call_id: u64) {
-        self.outbox.retain(|m| match &m.kind {
-            Some(client_message::Kind::Call(c)) => c.call_id != call_id,
-            _ => true,
-        });
+        withdraw(&mut self.outbox, call_id);
     }
 
     /// Settles every pending call `disposed`, drops the outbox and ignores
@@ -775,6 +779,7 @@ impl ClientCore {
             )),
         };
         self.results_held += 1;
+        self.held.insert(self.results_held, call_id);
         pending.held = Some(Held {
             arrival: self.results_held,
             state_version: result.state_version,
@@ -792,38 +797,48 @@ impl ClientCore {
     /// Settles every held result the mirror has caught up with. Returns
     /// whether any settled.
     fn settle_caught_up(&mut self) -> bool {
-        let Some(m) = &self.mirror else {
+        let Self {
+            mirror: Some(m),
+            pending,
+            held,
+            outbox,
+            events,
+            ..
+        } = self
+        else {
             return false;
         };
-        let mut ready: Vec<(u64, u64)> = self
-            .pending
-            .iter()
-            .filter_map(|(id, p)| {
-                let held = p.held.as_ref()?;
-                let eligible =
-                    p.epoch.as_deref() == Some(m.epoch.as_str()) && held.state_version <= m.version;
-                eligible.then_some((held.arrival, *id))
-            })
-            .collect();
-        ready.sort_unstable();
-        for (_, id) in &ready {
+        let mut settled = false;
+        // In arrival order, as `held` is keyed by it.
+        held.retain(|_, id| {
+            let eligible = pending.get(id).is_some_and(|p| {
+                p.held.as_ref().is_some_and(|h| {
+                    p.epoch.as_deref() == Some(m.epoch.as_str()) && h.state_version <= m.version
+                })
+            });
+            if !eligible {
+                // Still waiting (or, were it ever stale, nothing to keep).
+                return pending.contains_key(id);
+            }
             if let Some(Pending {
-                held: Some(held),
+                held: Some(h),
                 transmitted,
                 ..
-            }) = self.pending.remove(id)
+            }) = pending.remove(id)
             {
                 if !transmitted {
-                    self.withdraw(*id);
+                    withdraw(outbox, *id);
                 }
-                self.events.push_back(ClientEvent::Settled {
+                events.push_back(ClientEvent::Settled {
                     call: CallId(*id),
-                    outcome: held.outcome,
-                    state_version: Some(held.state_version),
+                    outcome: h.outcome,
+                    state_version: Some(h.state_version),
                 });
+                settled = true;
             }
-        }
-        !ready.is_empty()
+            false
+        });
+        settled
     }
 
     /// Fires whatever is due at `now`: call deadlines (settled
@@ -888,6 +903,14 @@ impl ClientCore {
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
         self.events.pop_front()
     }
+}
+
+/// Removes the call `call_id` from `outbox`.
+fn withdraw(outbox: &mut VecDeque<ClientMessage>, call_id: u64) {
+    outbox.retain(|m| match &m.kind {
+        Some(client_message::Kind::Call(c)) => c.call_id != call_id,
+        _ => true,
+    });
 }
 
 /// Whether `json` is a JSON array with no elements.
