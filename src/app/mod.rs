@@ -10,6 +10,7 @@
 //!   records RFC 6902 operations as it goes, so publishing costs O(change).
 
 mod args;
+mod diff;
 mod draft;
 mod error;
 mod typed;

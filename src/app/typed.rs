@@ -97,7 +97,7 @@ where
         match f(&mut self.state, args) {
             Ok(value) => match serde_json::to_value(&self.state) {
                 Ok(next) => {
-                    let ops = json_patch::diff(&self.committed, &next).0;
+                    let ops = super::diff::diff(&self.committed, &next);
                     self.committed = next;
                     Ok(Invocation { value, ops })
                 }
