@@ -413,6 +413,15 @@ mod tests {
         }
     }
 
+    /// json-patch's tag must be a name: a variant index is refused (a case
+    /// the proptest once found).
+    #[test]
+    fn parse_refuses_a_numeric_operation_tag() {
+        let text = r#"[{"op":0,"path":"/a/0","value":"add"}]"#;
+        assert!(serde_json::from_str::<json_patch::Patch>(text).is_err());
+        assert!(parse_ops(text).is_err());
+    }
+
     #[test]
     fn parse_handles_escaped_keys_and_any_member_order() {
         let text = r#"[{"value": null, "p\u0061th": "/a", "op": "add"}]"#;
