@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 /// gives them.
 pub(crate) fn diff(left: &Value, right: &Value) -> Vec<PatchOperation> {
     let mut walk = Walk {
-        path: String::new(),
+        path: String::with_capacity(64),
         ops: Vec::new(),
         valid: true,
     };

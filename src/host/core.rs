@@ -423,7 +423,7 @@ impl HostCore {
             call_id: call.call_id,
             state_version: self.version,
             outcome: Some(match outcome {
-                Ok(value) => call_result::Outcome::ValueJson(value.to_string()),
+                Ok(value) => call_result::Outcome::ValueJson(value_json(&value)),
                 Err(error) => call_result::Outcome::Error(sendable(error).to_wire()),
             }),
         };
@@ -431,8 +431,7 @@ impl HostCore {
         if !self.peers.contains_key(&peer) {
             return Err(InputError::UnknownPeer);
         }
-        let target = header.source.clone();
-        let frame = self.frame(&target, host_message::Kind::Result(result));
+        let frame = self.frame(&header.source, host_message::Kind::Result(result));
         if let Some(p) = self.peers.get_mut(&peer) {
             p.direct.push_back((gate, frame, false));
         }
@@ -656,6 +655,12 @@ fn sendable(error: MethodError) -> MethodError {
             internal
         }
     }
+}
+
+/// A value as JSON text: serialised straight into a buffer rather than
+/// through `Display`'s formatter.
+fn value_json(value: &Value) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| value.to_string())
 }
 
 /// `[ops]`, without the formatting machinery of `format!`.

@@ -22,7 +22,7 @@ pub(crate) fn section_prefix(module: &str) -> String {
 /// prefixed `PatchOperation`s gives.
 pub(crate) fn ops_json(prefix: &str, ops: &[PatchOperation]) -> String {
     let mut out = Vec::with_capacity(64 * ops.len());
-    let mut path = String::new();
+    let mut path = String::with_capacity(prefix.len() + 32);
     for (i, op) in ops.iter().enumerate() {
         if i > 0 {
             out.push(b',');
