@@ -241,9 +241,10 @@ pub struct ClientCore {
     config: ClientConfig,
     mirror: Option<Mirror>,
     pending: BTreeMap<u64, Pending>,
-    /// The calls whose result is held, by arrival: what a mirror update
-    /// may settle, without walking every pending call.
-    held: BTreeMap<u64, u64>,
+    /// The calls whose result is held, as (arrival, call id) in arrival
+    /// order: what a mirror update may settle, without walking every pending
+    /// call. A deque, not a map: it keeps its buffer while empty.
+    held: VecDeque<(u64, u64)>,
     next_call: u64,
     next_sync: u64,
     results_held: u64,
@@ -262,7 +263,7 @@ impl ClientCore {
             config,
             mirror: None,
             pending: BTreeMap::new(),
-            held: BTreeMap::new(),
+            held: VecDeque::new(),
             next_call: 1,
             next_sync: 1,
             results_held: 0,
@@ -405,8 +406,10 @@ impl ClientCore {
         let Some(pending) = self.pending.remove(&call_id) else {
             return false;
         };
-        if let Some(held) = &pending.held {
-            self.held.remove(&held.arrival);
+        if let Some(held) = &pending.held
+            && let Some(at) = self.held.iter().position(|(a, _)| *a == held.arrival)
+        {
+            self.held.remove(at);
         }
         if !pending.transmitted {
             // Never sent, so never run: drop it rather than send it.
@@ -779,7 +782,7 @@ impl ClientCore {
             )),
         };
         self.results_held += 1;
-        self.held.insert(self.results_held, call_id);
+        self.held.push_back((self.results_held, call_id));
         pending.held = Some(Held {
             arrival: self.results_held,
             state_version: result.state_version,
@@ -809,8 +812,8 @@ impl ClientCore {
             return false;
         };
         let mut settled = false;
-        // In arrival order, as `held` is keyed by it.
-        held.retain(|_, id| {
+        // In arrival order, as `held` is kept.
+        held.retain(|(_, id)| {
             let eligible = pending.get(id).is_some_and(|p| {
                 p.held.as_ref().is_some_and(|h| {
                     p.epoch.as_deref() == Some(m.epoch.as_str()) && h.state_version <= m.version
