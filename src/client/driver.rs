@@ -73,6 +73,10 @@ pub(super) struct Shared {
     wake: Notify,
     calls: Mutex<FastMap<CallId, oneshot::Sender<Settlement>>>,
     outbound: Outbound,
+    /// The batch being dispatched; kept to reuse its buffer, and held
+    /// while dispatching so concurrent dispatchers deliver whole batches
+    /// in the order they drained them.
+    dispatching: Mutex<Vec<ClientEvent>>,
     changes: watch::Sender<u64>,
     ready: watch::Sender<bool>,
     connected: watch::Sender<bool>,
@@ -91,15 +95,19 @@ impl Shared {
 
     /// Drains the core's events and hands each to whoever waits for it.
     pub(super) fn dispatch(&self) {
-        let events: Vec<ClientEvent> = {
+        let mut events = self.dispatching.lock().unwrap_or_else(|e| e.into_inner());
+        {
             let mut core = self.core();
-            std::iter::from_fn(|| core.poll_event()).collect()
-        };
+            events.extend(std::iter::from_fn(|| core.poll_event()));
+        }
+        if events.is_empty() {
+            return;
+        }
         // Without subscribers an event is dropped, so its parts can be moved
         // out instead of cloned; checked once, as a subscriber arriving in
         // the middle of a dispatch may as well start with the next one.
         let observed = self.events.receiver_count() > 0;
-        for event in events {
+        for event in events.drain(..) {
             let event = match event {
                 ClientEvent::Settled {
                     call,
@@ -264,6 +272,7 @@ impl Client {
             wake: Notify::new(),
             calls: Mutex::new(FastMap::default()),
             outbound: Outbound::default(),
+            dispatching: Mutex::new(Vec::new()),
             changes: watch::channel(0).0,
             ready: watch::channel(false).0,
             connected: watch::channel(false).0,
