@@ -484,29 +484,30 @@ impl HostCore {
         Ok(invocation.value)
     }
 
+    /// Publishes a new version made by `ops`, a JSON array of operations.
     fn commit(&mut self, ops: String) {
         self.version += 1;
         let version = self.version;
-        let frame = match self.config.sync {
-            SyncMode::Patch => Some(self.frame(
-                "",
-                host_message::Kind::Patch(Patch {
-                    base_version: version - 1,
-                    version,
-                    patch_json: bracketed(&ops),
-                    sync_id: 0,
-                }),
-            )),
+        let entry = match self.config.sync {
+            // The frame's patch is the entry's operations: stored once.
+            SyncMode::Patch => Entry::published(
+                version,
+                self.frame(
+                    "",
+                    host_message::Kind::Patch(Patch {
+                        base_version: version - 1,
+                        version,
+                        patch_json: ops,
+                        sync_id: 0,
+                    }),
+                ),
+            ),
             SyncMode::Snapshot => {
                 self.live_snapshot = None;
-                None
+                Entry::ops_only(version, ops)
             }
         };
-        self.history.push(Entry {
-            version,
-            ops,
-            frame,
-        });
+        self.history.push(entry);
         self.events.push_back(HostEvent::Published { version });
     }
 
@@ -661,15 +662,6 @@ fn sendable(error: MethodError) -> MethodError {
 /// through `Display`'s formatter.
 fn value_json(value: &Value) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| value.to_string())
-}
-
-/// `[ops]`, without the formatting machinery of `format!`.
-fn bracketed(ops: &str) -> String {
-    let mut json = String::with_capacity(ops.len() + 2);
-    json.push('[');
-    json.push_str(ops);
-    json.push(']');
-    json
 }
 
 fn parse_args(args_json: &str) -> Result<Vec<Value>, MethodError> {

@@ -10,19 +10,21 @@ use json_patch::PatchOperation;
 use json_patch::jsonptr::Token;
 use serde::Serialize;
 
-/// The pointer prefix of a module's section: `/` and the module's name as an
-/// escaped RFC 6901 token.
+/// The pointer prefix of a module's section, as the start of a JSON
+/// string: a quote, `/` and the module's name as an escaped RFC 6901 token
+/// (itself escaped for JSON), with no closing quote.
 pub(crate) fn section_prefix(module: &str) -> String {
-    format!("/{}", Token::new(module).encoded())
+    let pointer = format!("/{}", Token::new(module).encoded());
+    let json = serde_json::to_string(&pointer).unwrap_or_else(|_| "\"".to_owned());
+    json[..json.len() - 1].to_owned()
 }
 
-/// The operations, each path (and `from`) under `prefix`, as JSON objects
-/// separated by commas, without the enclosing brackets (so that the entries
-/// of consecutive versions concatenate). Byte for byte what serialising the
+/// The operations, each path (and `from`) under `prefix` (from
+/// [`section_prefix`]), as a JSON array. Byte for byte what serialising the
 /// prefixed `PatchOperation`s gives.
 pub(crate) fn ops_json(prefix: &str, ops: &[PatchOperation]) -> String {
-    let mut out = Vec::with_capacity(64 * ops.len());
-    let mut path = String::with_capacity(prefix.len() + 32);
+    let mut out = Vec::with_capacity(2 + 64 * ops.len());
+    out.push(b'[');
     for (i, op) in ops.iter().enumerate() {
         if i > 0 {
             out.push(b',');
@@ -38,14 +40,16 @@ pub(crate) fn ops_json(prefix: &str, ops: &[PatchOperation]) -> String {
         out.extend_from_slice(b"{\"op\":\"");
         out.extend_from_slice(name.as_bytes());
         out.push(b'"');
-        let mut pointer = |field: &str, pointer: &str, out: &mut Vec<u8>| {
+        let pointer = |field: &str, pointer: &str, out: &mut Vec<u8>| {
             out.extend_from_slice(b",\"");
             out.extend_from_slice(field.as_bytes());
             out.extend_from_slice(b"\":");
-            path.clear();
-            path.push_str(prefix);
-            path.push_str(pointer);
-            write_json(&path.as_str(), out);
+            out.extend_from_slice(prefix.as_bytes());
+            // The pointer's own JSON string, minus its opening quote, which
+            // the prefix already wrote: escaping works per character.
+            let at = out.len();
+            write_json(&pointer, out);
+            out.remove(at);
         };
         if let Some(from) = from {
             pointer("from", from.as_str(), &mut out);
@@ -57,8 +61,9 @@ pub(crate) fn ops_json(prefix: &str, ops: &[PatchOperation]) -> String {
         }
         out.push(b'}');
     }
+    out.push(b']');
     // serde_json writes UTF-8 and so does the rest; an error is impossible.
-    String::from_utf8(out).unwrap_or_default()
+    String::from_utf8(out).unwrap_or_else(|_| "[]".to_owned())
 }
 
 fn write_json(value: &impl Serialize, out: &mut Vec<u8>) {
@@ -75,7 +80,7 @@ mod tests {
     use super::*;
 
     /// What the host published before: prefix every pointer, serialise the
-    /// list, strip the brackets.
+    /// list.
     fn reference(module: &str, ops: &[PatchOperation]) -> String {
         let pre = |p: &PointerBuf| p.with_leading_token(module);
         let prefixed: Vec<PatchOperation> = ops
@@ -110,8 +115,7 @@ mod tests {
                 }
             })
             .collect();
-        let json = serde_json::to_string(&prefixed).unwrap();
-        json[1..json.len() - 1].to_owned()
+        serde_json::to_string(&prefixed).unwrap()
     }
 
     fn token() -> impl Strategy<Value = String> {
@@ -184,8 +188,9 @@ mod tests {
                 .unwrap();
         assert_eq!(
             ops_json(&section_prefix("counter"), &ops),
-            r#"{"op":"replace","path":"/counter/count","value":1}"#
+            r#"[{"op":"replace","path":"/counter/count","value":1}]"#
         );
-        assert_eq!(section_prefix("a/b~c"), "/a~1b~0c");
+        assert_eq!(section_prefix("a/b~c"), r#""/a~1b~0c"#);
+        assert_eq!(section_prefix("q\"x"), r#""/q\"x"#);
     }
 }

@@ -9,25 +9,58 @@
 
 use std::collections::VecDeque;
 
-use crate::wire::HostFrame;
+use crate::wire::{HostFrame, host_message};
 
 /// One published version.
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
     /// The version this entry produced.
     pub version: u64,
-    /// The version's RFC 6902 operations as JSON, without the enclosing
-    /// brackets, so that consecutive entries concatenate with a comma.
-    pub ops: String,
+    /// The version's RFC 6902 operations as a JSON array, unless `frame`
+    /// carries them (patch mode), so that they are held once.
+    ops: String,
     /// The live publication, addressed to every client (patch mode only;
     /// snapshot mode publishes one shared latest snapshot instead).
     pub frame: Option<HostFrame>,
 }
 
 impl Entry {
+    /// A version published as `frame`, a patch whose `patch_json` holds the
+    /// version's operations.
+    pub fn published(version: u64, frame: HostFrame) -> Self {
+        Self {
+            version,
+            ops: String::new(),
+            frame: Some(frame),
+        }
+    }
+
+    /// A version whose operations `ops` (a JSON array) are only kept for
+    /// resuming clients (snapshot mode).
+    pub fn ops_only(version: u64, ops: String) -> Self {
+        Self {
+            version,
+            ops,
+            frame: None,
+        }
+    }
+
+    /// The operations without the enclosing brackets, so that consecutive
+    /// entries concatenate with a comma.
+    pub fn ops(&self) -> &str {
+        let array = match self.frame.as_ref().map(|f| &f.message().kind) {
+            Some(Some(host_message::Kind::Patch(patch))) => patch.patch_json.as_str(),
+            _ => self.ops.as_str(),
+        };
+        array
+            .strip_prefix('[')
+            .and_then(|a| a.strip_suffix(']'))
+            .unwrap_or("")
+    }
+
     fn cost(&self) -> usize {
         // The frame holds roughly the ops again once encoded.
-        self.ops.len() * if self.frame.is_some() { 2 } else { 1 } + 64
+        self.ops().len() * if self.frame.is_some() { 2 } else { 1 } + 64
     }
 }
 
@@ -84,13 +117,14 @@ impl History {
         let mut out = String::new();
         for version in from + 1..=to {
             let entry = self.get(version)?;
-            if entry.ops.is_empty() {
+            let ops = entry.ops();
+            if ops.is_empty() {
                 continue;
             }
             if !out.is_empty() {
                 out.push(',');
             }
-            out.push_str(&entry.ops);
+            out.push_str(ops);
         }
         Some(out)
     }
@@ -107,11 +141,7 @@ mod tests {
     use super::*;
 
     fn entry(version: u64, ops: &str) -> Entry {
-        Entry {
-            version,
-            ops: ops.to_owned(),
-            frame: None,
-        }
+        Entry::ops_only(version, format!("[{ops}]"))
     }
 
     #[test]
@@ -131,8 +161,26 @@ mod tests {
         let mut h = History::new(100, 10);
         h.push(entry(2, &"x".repeat(50)));
         h.push(entry(3, &"y".repeat(50)));
+        assert_eq!(h.get(3).map(Entry::ops), Some("y".repeat(50).as_str()));
         assert_eq!(h.len(), 1);
         assert!(h.get(3).is_some());
+    }
+
+    #[test]
+    fn a_published_entry_reads_its_operations_from_its_frame() {
+        let frame = HostFrame::new(crate::wire::HostMessage {
+            header: None,
+            kind: Some(host_message::Kind::Patch(crate::wire::Patch {
+                base_version: 1,
+                version: 2,
+                patch_json: "[{\"a\":1}]".to_owned(),
+                sync_id: 0,
+            })),
+        });
+        let mut h = History::new(10, usize::MAX);
+        h.push(Entry::published(2, frame));
+        h.push(entry(3, "{\"b\":2}"));
+        assert_eq!(h.ops_between(1, 3).as_deref(), Some("{\"a\":1},{\"b\":2}"));
     }
 
     #[test]
