@@ -582,9 +582,12 @@ impl ClientCore {
         let Some(m) = &self.mirror else {
             return;
         };
-        let behind = self.pending.values().any(|p| {
-            p.epoch.as_deref() == Some(m.epoch.as_str())
-                && p.held.as_ref().is_some_and(|h| h.state_version > m.version)
+        // Only held results can be ahead: look at those, not every call.
+        let behind = self.held.iter().any(|(_, id)| {
+            self.pending.get(id).is_some_and(|p| {
+                p.epoch.as_deref() == Some(m.epoch.as_str())
+                    && p.held.as_ref().is_some_and(|h| h.state_version > m.version)
+            })
         });
         if behind {
             let have = m.version;
