@@ -22,6 +22,8 @@ pub struct AdapterProcess {
     stdin: Option<ChildStdin>,
     lines: Receiver<std::io::Result<String>>,
     stderr: Arc<Mutex<VecDeque<String>>>,
+    /// Signalled (by disconnecting) when the stderr reader reaches the end.
+    stderr_done: Receiver<()>,
     reply_timeout: Duration,
 }
 
@@ -51,7 +53,10 @@ impl AdapterProcess {
         });
         let stderr = Arc::new(Mutex::new(VecDeque::new()));
         let tail = stderr.clone();
+        let (stderr_eof, stderr_done) = mpsc::channel::<()>();
         std::thread::spawn(move || {
+            // Dropped at the end of this thread: that is the signal.
+            let _eof = stderr_eof;
             let mut reader = BufReader::new(stderr_pipe);
             let mut line = String::new();
             while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
@@ -70,6 +75,7 @@ impl AdapterProcess {
             stdin,
             lines,
             stderr,
+            stderr_done,
             reply_timeout,
         })
     }
@@ -98,7 +104,11 @@ impl AdapterProcess {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        // Once it has exited, its stderr ends too: wait (bounded) for the
+        // reader to have taken every line, rather than guessing how long.
+        if status.is_some() {
+            let _ = self.stderr_done.recv_timeout(Duration::from_secs(2));
+        }
         let status = status.map_or_else(String::new, |s| format!(" ({s})"));
         format!("{what}{status}{}", self.stderr_tail())
     }
