@@ -1,11 +1,10 @@
-use std::collections::BTreeMap;
-
 use json_patch::{
     AddOperation, PatchOperation, RemoveOperation, ReplaceOperation, jsonptr::PointerBuf,
 };
 use serde::Serialize;
 use serde_json::Value;
 
+use super::methods::Methods;
 use super::{FromArgs, Invocation, MethodError, Module};
 
 /// A mutable view of a module's JSON state that records every change as an
@@ -254,18 +253,16 @@ type DraftMethod = Box<dyn FnMut(&mut Draft<'_>, &[Value]) -> Result<Value, Meth
 /// Publishing a call costs O(size of the change): the draft's recorded
 /// operations are the patch, and nothing is diffed.
 pub struct JsonModule {
-    name: String,
     state: Value,
-    methods: BTreeMap<String, DraftMethod>,
+    methods: Methods<DraftMethod>,
 }
 
 impl JsonModule {
     /// A module named `name` with initial JSON state `state`.
     pub fn new(name: impl Into<String>, state: Value) -> Self {
         Self {
-            name: name.into(),
             state,
-            methods: BTreeMap::new(),
+            methods: Methods::new(name),
         }
     }
 
@@ -281,22 +278,22 @@ impl JsonModule {
             let args = A::from_args(args)?;
             to_json(f(draft, args)?)
         });
-        self.methods.insert(name.into(), method);
+        self.methods.declare(name, method);
         self
     }
 }
 
 impl Module for JsonModule {
     fn name(&self) -> &str {
-        &self.name
+        self.methods.module_name()
     }
 
     fn declares(&self, method: &str) -> bool {
-        self.methods.contains_key(method)
+        self.methods.declares(method)
     }
 
     fn methods(&self) -> Vec<String> {
-        self.methods.keys().cloned().collect()
+        self.methods.names()
     }
 
     fn state(&self) -> &Value {
@@ -304,10 +301,7 @@ impl Module for JsonModule {
     }
 
     fn invoke(&mut self, method: &str, args: &[Value]) -> Result<Invocation, MethodError> {
-        let f = self
-            .methods
-            .get_mut(method)
-            .ok_or_else(|| MethodError::not_found(format!("no method {method}")))?;
+        let f = self.methods.get_mut(method)?;
         let mut draft = Draft::new(&mut self.state);
         let value = f(&mut draft, args)?;
         Ok(Invocation {

@@ -13,6 +13,7 @@ mod args;
 mod diff;
 mod draft;
 mod error;
+mod methods;
 mod typed;
 
 use serde_json::Value;

@@ -1,8 +1,7 @@
-use std::collections::BTreeMap;
-
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
+use super::methods::Methods;
 use super::{FromArgs, Invocation, MethodError, Module};
 
 type Method<S> = Box<dyn FnMut(&mut S, &[Value]) -> Result<Value, MethodError> + Send>;
@@ -14,10 +13,9 @@ type Method<S> = Box<dyn FnMut(&mut S, &[Value]) -> Result<Value, MethodError> +
 /// mutated the state anyway is rolled back to the committed JSON, which is
 /// why `S` must round-trip through serde.
 pub struct TypedModule<S> {
-    name: String,
     state: S,
     committed: Value,
-    methods: BTreeMap<String, Method<S>>,
+    methods: Methods<Method<S>>,
 }
 
 impl<S> TypedModule<S>
@@ -32,10 +30,9 @@ where
     pub fn new(name: impl Into<String>, state: S) -> Self {
         let committed = serde_json::to_value(&state).expect("module state must serialise to JSON");
         Self {
-            name: name.into(),
             state,
             committed,
-            methods: BTreeMap::new(),
+            methods: Methods::new(name),
         }
     }
 
@@ -53,7 +50,7 @@ where
             serde_json::to_value(value)
                 .map_err(|e| MethodError::internal(format!("result does not serialise: {e}")))
         });
-        self.methods.insert(name.into(), method);
+        self.methods.declare(name, method);
         self
     }
 
@@ -74,15 +71,15 @@ where
     S: Serialize + DeserializeOwned + Send + 'static,
 {
     fn name(&self) -> &str {
-        &self.name
+        self.methods.module_name()
     }
 
     fn declares(&self, method: &str) -> bool {
-        self.methods.contains_key(method)
+        self.methods.declares(method)
     }
 
     fn methods(&self) -> Vec<String> {
-        self.methods.keys().cloned().collect()
+        self.methods.names()
     }
 
     fn state(&self) -> &Value {
@@ -90,10 +87,7 @@ where
     }
 
     fn invoke(&mut self, method: &str, args: &[Value]) -> Result<Invocation, MethodError> {
-        let f = self
-            .methods
-            .get_mut(method)
-            .ok_or_else(|| MethodError::not_found(format!("no method {method}")))?;
+        let f = self.methods.get_mut(method)?;
         match f(&mut self.state, args) {
             Ok(value) => match serde_json::to_value(&self.state) {
                 Ok(next) => {
