@@ -267,3 +267,41 @@ async fn typed_module_calls_serialise_tuples_and_deserialise_results() {
     let wrong = todos.call_as::<_, String>("add", ("c",)).await.unwrap_err();
     assert_eq!(wrong.code, ErrorCode::InvalidArgument);
 }
+
+/// A call sent at once on a link that has room (not by the driver) must
+/// still have its deadline enforced.
+#[tokio::test(start_paused = true)]
+async fn a_call_sent_on_a_ready_link_still_times_out() {
+    use cosystem_worker::host::{HostConfig, HostCore, PeerOptions};
+    use futures::{SinkExt, StreamExt};
+
+    let (mut host_end, connector) = memory::pair();
+    let client = Client::new(connector, ClientConfig::default());
+    // A host that answers the sync request and nothing else.
+    let mut core = HostCore::new(HostConfig::default(), demo::app("s"), "epoch");
+    let peer = core
+        .connect(PeerOptions {
+            peer_id: "client".into(),
+            publications: true,
+        })
+        .unwrap();
+    let sync = host_end.stream.next().await.unwrap().unwrap();
+    core.handle_message(peer, sync).unwrap();
+    while let Some(frame) = core.poll_transmit(peer) {
+        host_end.sink.send(frame).await.unwrap();
+    }
+    client.ready().await.unwrap();
+
+    let call = client.call_with(
+        "counter",
+        "increase",
+        vec![json!(1)],
+        CallOptions {
+            timeout: Some(Duration::from_secs(3)),
+        },
+    );
+    let outcome = tokio::time::timeout(Duration::from_secs(60), call)
+        .await
+        .expect("the call's own deadline fires first");
+    assert_eq!(outcome.unwrap_err().code, ErrorCode::DeadlineExceeded);
+}

@@ -73,6 +73,8 @@ pub(super) struct Shared {
     wake: Notify,
     calls: Mutex<FastMap<CallId, oneshot::Sender<Settlement>>>,
     outbound: Outbound,
+    /// The deadline the driver's timer is set for, if any.
+    armed: Mutex<Option<std::time::Instant>>,
     /// The batch being dispatched; kept to reuse its buffer, and held
     /// while dispatching so concurrent dispatchers deliver whole batches
     /// in the order they drained them.
@@ -215,10 +217,25 @@ impl Shared {
     }
 
     /// Sends what the core has queued if the link takes it without waiting;
-    /// otherwise wakes the driver to send it.
+    /// otherwise wakes the driver to send it. Also wakes the driver when the
+    /// core now needs a timer earlier than the one the driver set: it is the
+    /// driver that fires deadlines.
     pub(super) fn transmit(&self) {
-        if !self.outbound.send_now(|| self.core().poll_transmit()) {
+        let sent = self.outbound.send_now(|| self.core().poll_transmit());
+        if !sent || self.timer_due_earlier() {
             self.wake();
+        }
+    }
+
+    /// Whether the core's next deadline comes before the one the driver
+    /// is waiting for.
+    fn timer_due_earlier(&self) -> bool {
+        let due = self.core().poll_timeout();
+        let armed = *self.armed.lock().unwrap_or_else(|e| e.into_inner());
+        match (due, armed) {
+            (Some(due), Some(armed)) => due < armed,
+            (Some(_), None) => true,
+            (None, _) => false,
         }
     }
 }
@@ -272,6 +289,7 @@ impl Client {
             wake: Notify::new(),
             calls: Mutex::new(FastMap::default()),
             outbound: Outbound::default(),
+            armed: Mutex::new(None),
             dispatching: Mutex::new(Vec::new()),
             changes: watch::channel(0).0,
             ready: watch::channel(false).0,
@@ -560,6 +578,7 @@ async fn serve_link(
             return Ok(());
         }
         let deadline = shared.core().poll_timeout();
+        *shared.armed.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
         let timer = async {
             match deadline {
                 Some(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
