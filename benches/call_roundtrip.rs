@@ -29,9 +29,6 @@ use cosystem_worker::demo;
 use cosystem_worker::host::{Host, SyncMode};
 use cosystem_worker::transport::memory;
 use criterion::{BenchmarkId, Criterion};
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
-use serde_json::json;
 use tokio::runtime::Runtime;
 use tokio::sync::{Mutex, mpsc};
 
@@ -138,35 +135,6 @@ impl Calls {
             }
         })
     }
-
-    /// `n` calls with at most `depth` in flight.
-    async fn run(self, n: u64, depth: u64) -> Duration {
-        let counter = self.client.module("counter");
-        let call = || counter.call("increase", vec![json!(1)]);
-        let started = Instant::now();
-        if depth == 1 {
-            // One in flight is how a caller awaits a call: no pipeline
-            // bookkeeping in the measure.
-            for _ in 0..n {
-                call().await.expect("counter.increase succeeds");
-            }
-            return started.elapsed();
-        }
-        let mut in_flight = FuturesUnordered::new();
-        let mut sent = 0;
-        while sent < depth.min(n) {
-            in_flight.push(call());
-            sent += 1;
-        }
-        while let Some(outcome) = in_flight.next().await {
-            outcome.expect("counter.increase succeeds");
-            if sent < n {
-                in_flight.push(call());
-                sent += 1;
-            }
-        }
-        started.elapsed()
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -182,7 +150,7 @@ fn measure(c: &mut Criterion, summary: &mut Summary, flavour: &str) {
     let mut group = common::group(c, flavour);
     for (shape, depth) in [("one", 1), ("in_flight_64", DEPTH)] {
         let base = move |n| timed(rt, pingpong.clone().run(n, depth));
-        let subject = move |n| timed(rt, calls.clone().run(n, depth));
+        let subject = move |n| timed(rt, common::run_calls(calls.client.clone(), n, depth));
         group.bench_function(BenchmarkId::new("mpsc_pingpong", shape), |b| {
             b.iter_custom(base)
         });

@@ -22,7 +22,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use cosystem_worker::client::Client;
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, measurement::WallTime};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use serde_json::{Value, json};
 
 /// Whether `COSYSTEM_BENCH_QUICK` asks for a short run.
@@ -138,6 +141,35 @@ pub fn interleaved_ratio_of(
     subject: impl FnMut(u64) -> Duration,
 ) -> Option<f64> {
     selected(name).then(|| interleaved_ratio(base, subject))
+}
+
+/// `n` calls of the demo's `counter.increase(1)` through `client`, with at
+/// most `depth` in flight; how long they took. One in flight is a plain
+/// await per call, as a caller writes it.
+pub async fn run_calls(client: Client, n: u64, depth: u64) -> Duration {
+    let counter = client.module("counter");
+    let call = || counter.call("increase", vec![json!(1)]);
+    let started = Instant::now();
+    if depth <= 1 {
+        for _ in 0..n {
+            call().await.expect("counter.increase succeeds");
+        }
+        return started.elapsed();
+    }
+    let mut in_flight = FuturesUnordered::new();
+    let mut sent = 0;
+    while sent < depth.min(n) {
+        in_flight.push(call());
+        sent += 1;
+    }
+    while let Some(outcome) = in_flight.next().await {
+        outcome.expect("counter.increase succeeds");
+        if sent < n {
+            in_flight.push(call());
+            sent += 1;
+        }
+    }
+    started.elapsed()
 }
 
 /// The sizes to run: all of [`SIZES`], or in test mode the two smallest, so
