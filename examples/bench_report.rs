@@ -72,7 +72,7 @@ fn time_table(rows: &[&Value]) {
 
 fn bytes_table(rows: &[&Value]) {
     println!(
-        "| publication | state | bytes | of which payload | baseline | baseline bytes | ratio | target | verdict |"
+        "| measure | state | bytes | of which payload | baseline | baseline bytes | ratio | target | verdict |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
