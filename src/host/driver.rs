@@ -5,7 +5,7 @@
 //! session that stops reading therefore costs the host nothing until it falls
 //! out of the history window, after which it is sent one coalescing snapshot.
 
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
 use std::time::Duration;
 
 use std::future::Future;
@@ -34,11 +34,39 @@ struct Shared {
 }
 
 impl Shared {
+    /// The core, if it is free now.
+    fn try_core(&self) -> Option<MutexGuard<'_, HostCore>> {
+        match self.core.try_lock() {
+            Ok(core) => Some(core),
+            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// The core, locked. A wait for the lock (another session's method
+    /// still running) happens outside the runtime's scheduling: on a
+    /// multi-threaded tokio runtime the waiting worker first hands its other
+    /// tasks to a new worker (`block_in_place`), so a slow method holds up
+    /// this host's sessions only, never unrelated tasks that happened to be
+    /// queued on the waiting thread.
     fn core(&self) -> MutexGuard<'_, HostCore> {
         // A panic while holding the lock can only come from a bug in the
         // core itself (module panics are caught inside it); the core's state
         // is still consistent, so keep serving.
-        self.core.lock().unwrap_or_else(|e| e.into_inner())
+        match self.try_core() {
+            Some(core) => core,
+            None => {
+                let wait = || self.core.lock().unwrap_or_else(|e| e.into_inner());
+                let multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|h| {
+                    h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+                });
+                if multi_thread {
+                    tokio::task::block_in_place(wait)
+                } else {
+                    wait()
+                }
+            }
+        }
     }
 
     /// Wakes every session, but `except`.
@@ -382,10 +410,56 @@ impl Session {
             {
                 return None;
             }
-            if let Some(frame) = self.shared.core().poll_transmit(self.key) {
-                return Some(frame);
+            let frame = {
+                let mut core = self.core_for_output().await?;
+                core.poll_transmit(self.key)
+            };
+            if frame.is_some() {
+                return frame;
             }
             self.notify.notified().await;
+        }
+    }
+
+    /// The core, locked, for taking output; `None` once the host has shut
+    /// down. A wait that outlasts a short spin (another session's method is
+    /// running) is spent asleep, not blocking a thread, and ends early on
+    /// this session's wake-ups, so that a shutdown ends the session's output
+    /// even while a method that never returns holds the core.
+    async fn core_for_output(&self) -> Option<MutexGuard<'_, HostCore>> {
+        const SPINS: u32 = 64;
+        const FIRST_NAP: Duration = Duration::from_millis(1);
+        const LONGEST_NAP: Duration = Duration::from_millis(50);
+        let closed = || {
+            self.shared
+                .closed
+                .load(std::sync::atomic::Ordering::Acquire)
+        };
+        for spin in 0..SPINS {
+            if let Some(core) = self.shared.try_core() {
+                return Some(core);
+            }
+            if spin < SPINS / 2 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        let mut nap = FIRST_NAP;
+        loop {
+            if closed() {
+                return None;
+            }
+            if let Some(core) = self.shared.try_core() {
+                return Some(core);
+            }
+            // A wake-up consumed here is not lost: the caller looks for
+            // output once it has the core.
+            tokio::select! {
+                () = tokio::time::sleep(nap) => {}
+                () = self.notify.notified() => {}
+            }
+            nap = (nap * 2).min(LONGEST_NAP);
         }
     }
 

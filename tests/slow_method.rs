@@ -1,0 +1,125 @@
+//! A method that takes long holds up its own host's sessions (commits are
+//! serialised), but not the other tasks of the runtime the host shares.
+
+use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::time::Duration;
+
+use cosystem_worker::app::{App, MethodError, TypedModule};
+use cosystem_worker::client::{Client, ClientConfig};
+use cosystem_worker::demo;
+use cosystem_worker::host::Host;
+use cosystem_worker::transport::memory;
+use serde_json::json;
+
+/// A gate the `slow.hold` method waits at until the test opens it.
+#[derive(Clone, Default)]
+struct Gate(Arc<(Mutex<(bool, bool)>, Condvar)>);
+
+impl Gate {
+    fn pass(&self) {
+        let (lock, cvar) = &*self.0;
+        let mut state = lock.lock().unwrap();
+        state.0 = true;
+        cvar.notify_all();
+        while !state.1 {
+            state = cvar.wait(state).unwrap();
+        }
+    }
+
+    fn wait_entered(&self) {
+        let (lock, cvar) = &*self.0;
+        let mut state = lock.lock().unwrap();
+        while !state.0 {
+            state = cvar.wait(state).unwrap();
+        }
+    }
+
+    fn open(&self) {
+        let (lock, cvar) = &*self.0;
+        lock.lock().unwrap().1 = true;
+        cvar.notify_all();
+    }
+}
+
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Slow {
+    runs: u64,
+}
+
+fn slow_app(gate: Gate) -> App {
+    demo::app("s").with(TypedModule::new("slow", Slow::default()).method(
+        "hold",
+        move |s: &mut Slow, (): ()| {
+            gate.pass();
+            s.runs += 1;
+            Ok::<_, MethodError>(s.runs)
+        },
+    ))
+}
+
+/// A client of `host` over the in-memory transport, served on `rt`.
+fn client_of(rt: &tokio::runtime::Runtime, host: &Host) -> Client {
+    let (link, connector) = memory::pair();
+    let host = host.clone();
+    rt.spawn(async move { host.serve(link).await });
+    let _enter = rt.enter();
+    Client::new(connector, ClientConfig::default())
+}
+
+/// Fails the test instead of hanging it: without the guarantee under test
+/// every worker ends up blocked and nothing can time out.
+fn watchdog(limit: Duration) -> mpsc::Sender<()> {
+    let (done, finished) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(limit) {
+            eprintln!("the runtime stopped making progress while a method was held");
+            std::process::exit(101);
+        }
+    });
+    done
+}
+
+#[test]
+fn a_slow_method_holds_up_its_own_host_but_not_other_tasks_on_the_runtime() {
+    let done = watchdog(Duration::from_secs(60));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let gate = Gate::default();
+    let slow_host = Host::builder(slow_app(gate.clone())).build();
+    let other_host = Host::builder(demo::app("s")).build();
+    let holder = client_of(&rt, &slow_host);
+    let waiter = client_of(&rt, &slow_host);
+    let bystander = client_of(&rt, &other_host);
+    rt.block_on(async {
+        for c in [&holder, &waiter, &bystander] {
+            c.ready().await.unwrap();
+        }
+    });
+
+    // One worker runs the held method (holding the host's core)...
+    let held = rt.spawn({
+        let c = holder.clone();
+        async move { c.call("slow", "hold", vec![]).await }
+    });
+    gate.wait_entered();
+    // ...and the session of a second call to that host waits for the core on
+    // the other worker.
+    let waiting = rt.spawn({
+        let c = waiter.clone();
+        async move { c.call("counter", "increase", vec![json!(1)]).await }
+    });
+    std::thread::sleep(Duration::from_millis(100));
+
+    // Another host on the same runtime is still served.
+    let answered = rt.block_on(bystander.call("counter", "increase", vec![json!(5)]));
+    assert_eq!(answered, Ok(json!(5)));
+    assert!(!held.is_finished() && !waiting.is_finished());
+
+    gate.open();
+    assert_eq!(rt.block_on(held).unwrap(), Ok(json!(1)));
+    assert_eq!(rt.block_on(waiting).unwrap(), Ok(json!(1)));
+    let _ = done.send(());
+}
