@@ -1,15 +1,16 @@
 //! What a call costs over gRPC, against a bare tonic echo of the same
-//! messages.
+//! messages, and where the difference goes.
 //!
+//! - `echo` (the baseline): a bare tonic server of the same generated
+//!   `HostService` (nothing but that service: no token check, health or
+//!   reflection) that answers each `ClientMessage` with one `HostMessage`,
+//!   and a bare tonic client awaiting each answer. The request is a call
+//!   envelope as the client sends it, the answer a result envelope as the
+//!   host sends it.
 //! - `call`: `client.call("counter", "increase", [1])` through a `Client`
 //!   over `GrpcConnector` to a `GrpcServer` serving the demo host (patch
 //!   mode), on 127.0.0.1: call up, patch and result down, settled once the
 //!   mirror applied the patch.
-//! - `echo`: a bare tonic server of the same generated `HostService`
-//!   (nothing but that service: no token check, health or reflection) that
-//!   answers each `ClientMessage` with one `HostMessage`, and a bare tonic
-//!   client awaiting each answer. The request is a call envelope as the
-//!   client sends it, the answer a result envelope as the host sends it.
 //!
 //! `one`: one at a time, each awaited (latency; target ≤ 1.2× the echo).
 //! `in_flight_64`: 64 kept in flight, time per call or echo (the inverse of
@@ -17,8 +18,23 @@
 //! "≥ 0.5× the echo's messages per second" is a time per call of at most
 //! 3× the echo's.
 //!
-//! Server and client share one process and one runtime (two workers, the
-//! machine's cores), both for the echo and for the call.
+//! Between the two, one in flight, three rows split a call's cost:
+//!
+//! - `echo_patch`: the bare server answering each call envelope with a
+//!   patch-sized and a result-sized message (a call's three messages, no
+//!   work): what the third message costs.
+//! - `echo_patch_busy`: the same, the server first spinning for as long as
+//!   the sans-IO `HostCore` takes to handle that call (decode, run
+//!   `counter.increase`, commit, encode patch and result), measured hot in
+//!   this run: what that much work costs once it sits between a request
+//!   and its answer (in the real server it costs more: cold caches, the
+//!   session's lock and wake-ups).
+//! - `host_raw`: the bare client against a real `GrpcServer` serving the
+//!   demo host, synced once, then calling and reading up to each result
+//!   (patch, then result): the whole server side, without the `Client`.
+//!
+//! Servers and clients share one process and one runtime (two workers, the
+//! machine's cores).
 
 mod common;
 
@@ -29,15 +45,17 @@ use std::time::{Duration, Instant};
 use common::{Summary, interleaved_ratio_of};
 use cosystem_worker::client::{Client, ClientConfig};
 use cosystem_worker::demo;
-use cosystem_worker::host::{Host, SyncMode};
+use cosystem_worker::host::{Host, HostConfig, HostCore, PeerOptions, SyncMode};
 use cosystem_worker::transport::grpc::{GrpcConnector, GrpcServer};
 use cosystem_worker::wire::host_service_client::HostServiceClient;
 use cosystem_worker::wire::host_service_server::{HostService, HostServiceServer};
 use cosystem_worker::wire::{
-    Call, CallResult, ClientMessage, Header, HostMessage, call_result, client_message, host_message,
+    Call, CallResult, ClientMessage, Header, HostMessage, Patch, SyncReason, SyncRequest,
+    call_result, client_message, host_message,
 };
 use criterion::{BenchmarkId, Criterion};
 use futures::{Stream, StreamExt};
+use prost::Message;
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::{Mutex, mpsc};
@@ -78,10 +96,10 @@ where
 // The baseline: a bare tonic echo.
 // ---------------------------------------------------------------------------
 
-/// A call envelope as the client sends one.
-fn call_envelope(call_id: u64) -> ClientMessage {
+/// A call envelope as the client sends one, made against `epoch`.
+fn call_envelope(epoch: &str, call_id: u64) -> ClientMessage {
     ClientMessage {
-        header: Some(Header::v1(EPOCH, "client", "")),
+        header: Some(Header::v1(epoch, "client", "")),
         kind: Some(client_message::Kind::Call(Call {
             call_id,
             module: "counter".to_owned(),
@@ -103,64 +121,142 @@ fn result_envelope(call_id: u64) -> HostMessage {
     }
 }
 
-struct Echo;
+/// A patch envelope as the host publishes `counter.increase(1)`.
+fn patch_envelope(version: u64) -> HostMessage {
+    HostMessage {
+        header: Some(Header::v1(EPOCH, "host", "")),
+        kind: Some(host_message::Kind::Patch(Patch {
+            base_version: version - 1,
+            version,
+            patch_json: format!(
+                r#"[{{"op":"replace","path":"/counter/count","value":{version}}}]"#
+            ),
+            sync_id: 0,
+        })),
+    }
+}
+
+/// How a bare server answers each call envelope.
+#[derive(Clone, Copy)]
+enum Reply {
+    /// With a result: the echo.
+    Result,
+    /// With a patch and a result, after spinning for `busy`.
+    PatchAndResult { busy: Duration },
+}
+
+struct Bare {
+    reply: Reply,
+}
 
 type Replies = Pin<Box<dyn Stream<Item = Result<HostMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl HostService for Echo {
+impl HostService for Bare {
     type SessionStream = Replies;
 
     async fn session(
         &self,
         request: Request<Streaming<ClientMessage>>,
     ) -> Result<Response<Replies>, Status> {
-        let replies = request.into_inner().map(|message| {
-            message.map(|m| match m.kind {
-                Some(client_message::Kind::Call(call)) => result_envelope(call.call_id),
-                _ => result_envelope(0),
-            })
+        let reply = self.reply;
+        let replies = request.into_inner().flat_map(move |message| {
+            let id = match message {
+                Ok(ClientMessage {
+                    kind: Some(client_message::Kind::Call(call)),
+                    ..
+                }) => call.call_id,
+                _ => 0,
+            };
+            let answers = match reply {
+                Reply::Result => vec![Ok(result_envelope(id))],
+                Reply::PatchAndResult { busy } => {
+                    let started = Instant::now();
+                    while started.elapsed() < busy {
+                        std::hint::spin_loop();
+                    }
+                    vec![Ok(patch_envelope(id + 1)), Ok(result_envelope(id))]
+                }
+            };
+            futures::stream::iter(answers)
         });
         Ok(Response::new(Box::pin(replies)))
     }
 }
 
-/// A bare tonic client on one echo stream.
+/// Starts a bare server answering with `reply`; its URL.
+fn bare_server(rt: &Runtime, reply: Reply) -> String {
+    rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("bound address");
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        tokio::spawn(
+            Server::builder()
+                .add_service(HostServiceServer::new(Bare { reply }))
+                .serve_with_incoming(incoming),
+        );
+        format!("http://{addr}")
+    })
+}
+
+/// A bare tonic client on one stream, sending call envelopes.
 #[derive(Clone)]
-struct EchoClient {
+struct RawClient {
+    epoch: Arc<str>,
     requests: mpsc::Sender<ClientMessage>,
     replies: Arc<Mutex<Streaming<HostMessage>>>,
 }
 
-impl EchoClient {
-    fn new(rt: &Runtime) -> Self {
+impl RawClient {
+    /// A client of the server at `url`, calling against [`EPOCH`].
+    fn connect(rt: &Runtime, url: &str) -> Self {
         rt.block_on(async {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let addr = listener.local_addr().expect("bound address");
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            tokio::spawn(
-                Server::builder()
-                    .add_service(HostServiceServer::new(Echo))
-                    .serve_with_incoming(incoming),
-            );
             // The same channel settings as GrpcConnector.
-            let channel = Endpoint::from_shared(format!("http://{addr}"))
+            let channel = Endpoint::from_shared(url.to_owned())
                 .expect("url")
                 .tcp_nodelay(true)
                 .connect()
                 .await
-                .expect("connect to the echo server");
+                .expect("connect to the server");
             let (requests, outbound) = mpsc::channel(1024);
             let replies = HostServiceClient::new(channel)
                 .session(ReceiverStream::new(outbound))
                 .await
-                .expect("open the echo stream")
+                .expect("open the stream")
                 .into_inner();
             Self {
+                epoch: Arc::from(EPOCH),
                 requests,
                 replies: Arc::new(Mutex::new(replies)),
             }
         })
+    }
+
+    /// Asks a host for a snapshot, so that its calls bring patches too, and
+    /// calls against the epoch the snapshot carries.
+    fn sync(mut self, rt: &Runtime) -> Self {
+        rt.block_on(async {
+            let request = ClientMessage {
+                header: Some(Header::v1("", "client", "")),
+                kind: Some(client_message::Kind::SyncRequest(SyncRequest {
+                    sync_id: 1,
+                    have_version: 0,
+                    reason: SyncReason::Initial as i32,
+                })),
+            };
+            self.requests.send(request).await.expect("sync");
+            let snapshot = self
+                .replies
+                .lock()
+                .await
+                .message()
+                .await
+                .expect("sync")
+                .expect("a snapshot");
+            let epoch = snapshot.header.map(|h| h.epoch).unwrap_or_default();
+            self.epoch = Arc::from(epoch.as_str());
+        });
+        self
     }
 
     /// `n` echoes with at most `depth` in flight.
@@ -170,24 +266,88 @@ impl EchoClient {
         let mut sent = 0;
         while sent < depth.min(n) {
             sent += 1;
-            self.requests.send(call_envelope(sent)).await.expect("echo");
+            let request = call_envelope(&self.epoch, sent);
+            self.requests.send(request).await.expect("echo");
         }
         for _ in 0..n {
             replies.message().await.expect("echo").expect("a reply");
             if sent < n {
                 sent += 1;
-                self.requests.send(call_envelope(sent)).await.expect("echo");
+                let request = call_envelope(&self.epoch, sent);
+                self.requests.send(request).await.expect("echo");
+            }
+        }
+        started.elapsed()
+    }
+
+    /// `n` calls one at a time, each read up to its result.
+    async fn run_to_results(self, n: u64) -> Duration {
+        let mut replies = self.replies.lock().await;
+        let started = Instant::now();
+        for id in 1..=n {
+            let request = call_envelope(&self.epoch, id);
+            self.requests.send(request).await.expect("call");
+            loop {
+                let answer = replies.message().await.expect("read").expect("an answer");
+                if let Some(host_message::Kind::Result(result)) = answer.kind {
+                    assert!(
+                        matches!(result.outcome, Some(call_result::Outcome::ValueJson(_))),
+                        "the call succeeds: {result:?}"
+                    );
+                    break;
+                }
             }
         }
         started.elapsed()
     }
 }
 
+/// What the sans-IO host takes to handle one `counter.increase(1)` from a
+/// session that receives publications: decode the call, run it, commit,
+/// and encode the patch and the result. The median of 15 batches of 2000.
+fn host_core_call_time() -> Duration {
+    let config = HostConfig {
+        sync: SyncMode::Patch,
+        sections: Some(
+            demo::DEFAULT_SECTIONS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        ),
+        ..HostConfig::default()
+    };
+    let mut host = HostCore::new(config, demo::app("bench"), EPOCH);
+    let peer = host
+        .connect(PeerOptions {
+            peer_id: "client".into(),
+            publications: true,
+        })
+        .expect("one session");
+    let mut batches: Vec<Duration> = (0..15)
+        .map(|batch| {
+            let calls: Vec<Vec<u8>> = (0..2000)
+                .map(|i| call_envelope(EPOCH, batch * 2000 + i + 1).encode_to_vec())
+                .collect();
+            let started = Instant::now();
+            for call in &calls {
+                host.handle_bytes(peer, call).expect("a valid call");
+                while let Some(frame) = host.poll_transmit(peer) {
+                    std::hint::black_box(frame.encoded());
+                }
+            }
+            started.elapsed() / 2000
+        })
+        .collect();
+    batches.sort();
+    batches[batches.len() / 2]
+}
+
 // ---------------------------------------------------------------------------
 // The subject: counter.increase(1) through a Client over gRPC.
 // ---------------------------------------------------------------------------
 
-fn grpc_client(rt: &Runtime) -> Client {
+/// Starts a `GrpcServer` serving the demo host (patch mode); its URL.
+fn host_server(rt: &Runtime) -> String {
     rt.block_on(async {
         let host = Host::builder(demo::app("bench"))
             .sync(SyncMode::Patch)
@@ -199,6 +359,14 @@ fn grpc_client(rt: &Runtime) -> Client {
             .expect("bind");
         let url = format!("http://{}", server.local_addr());
         tokio::spawn(server.serve(std::future::pending()));
+        url
+    })
+}
+
+/// A `Client` of a host server of its own.
+fn grpc_client(rt: &Runtime) -> Client {
+    let url = host_server(rt);
+    rt.block_on(async {
         let connector = GrpcConnector::new(url).expect("url");
         let client = Client::new(connector, ClientConfig::default());
         client.ready().await.expect("the client syncs");
@@ -220,10 +388,55 @@ fn main() {
 
 fn measure(c: &mut Criterion, summary: &mut Summary) {
     let rt = runtime();
-    let echo = EchoClient::new(&rt);
+    let busy = host_core_call_time();
+    let echo = RawClient::connect(&rt, &bare_server(&rt, Reply::Result));
+    let echo_patch = RawClient::connect(
+        &rt,
+        &bare_server(
+            &rt,
+            Reply::PatchAndResult {
+                busy: Duration::ZERO,
+            },
+        ),
+    );
+    let echo_patch_busy =
+        RawClient::connect(&rt, &bare_server(&rt, Reply::PatchAndResult { busy }));
+    let host_raw = RawClient::connect(&rt, &host_server(&rt)).sync(&rt);
     let client = grpc_client(&rt);
     let (rt, echo, client) = (&rt, &echo, &client);
     let mut group = common::group(c, SUITE);
+    let busy_note = format!(
+        "the bare server answering with a patch and a result after spinning {} ns, the sans-IO HostCore's time for that call measured hot in this run: what that much work between request and answer costs",
+        busy.as_nanos()
+    );
+    for (row, raw, note) in [
+        (
+            "echo_patch",
+            echo_patch,
+            "the bare server answering each call envelope with a patch and a result (a call's three messages, no work)",
+        ),
+        ("echo_patch_busy", echo_patch_busy, busy_note.as_str()),
+        (
+            "host_raw",
+            host_raw,
+            "the bare client against a real GrpcServer serving the demo host, reading each call's patch and result: the whole server side, without the Client",
+        ),
+    ] {
+        let raw = &raw;
+        let base = move |n| timed(rt, echo.clone().run(n, 1));
+        let subject = move |n| timed(rt, raw.clone().run_to_results(n));
+        group.bench_function(BenchmarkId::new(row, "one"), |b| b.iter_custom(subject));
+        let name = format!("{SUITE}/{row}/one");
+        let interleaved = interleaved_ratio_of(&name, base, subject);
+        summary.time(
+            &name,
+            Some(&format!("{SUITE}/echo/one")),
+            interleaved,
+            None,
+            None,
+            note,
+        );
+    }
     for (shape, depth, limit, note) in [
         (
             "one",
