@@ -31,30 +31,26 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::pin::Pin;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{BytesRow, Summary, interleaved_ratio_of};
+use common::{BytesRow, HostMessages, Summary, interleaved_ratio_of};
 use cosystem_worker::app::{App, Draft, JsonModule};
 use cosystem_worker::host::{Host, SyncMode};
 use cosystem_worker::transport::grpc::GrpcServer;
 use cosystem_worker::wire::host_service_client::HostServiceClient;
 use cosystem_worker::wire::host_service_server::{HostService, HostServiceServer};
-use cosystem_worker::wire::{
-    ClientMessage, Header, HostMessage, Patch, SyncReason, SyncRequest, client_message,
-    host_message,
-};
+use cosystem_worker::wire::{ClientMessage, Header, HostMessage, Patch, host_message};
 use criterion::BenchmarkId;
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use serde_json::json;
 use tokio::runtime::Runtime;
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
+use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Endpoint, Server};
 use tonic::{Request, Response, Status, Streaming};
 
 const SUITE: &str = "fanout";
@@ -122,16 +118,14 @@ struct Bare {
     tx: broadcast::Sender<HostMessage>,
 }
 
-type Messages = Pin<Box<dyn Stream<Item = Result<HostMessage, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl HostService for Bare {
-    type SessionStream = Messages;
+    type SessionStream = HostMessages;
 
     async fn session(
         &self,
         request: Request<Streaming<ClientMessage>>,
-    ) -> Result<Response<Messages>, Status> {
+    ) -> Result<Response<HostMessages>, Status> {
         // The request side stays open (and unread) as long as the stream.
         let inbound = request.into_inner();
         let hello = futures::stream::once(async { Ok(bare_message(0)) });
@@ -276,24 +270,12 @@ impl Fleet {
     fn grow(&mut self, rt: &Runtime, n: u64) {
         rt.block_on(async {
             while self.streams < n {
-                let channel = Endpoint::from_shared(self.url.clone())
-                    .expect("url")
-                    .tcp_nodelay(true)
-                    .connect()
-                    .await
-                    .expect("connect");
+                let channel = common::bare_channel(&self.url).await;
                 let (tx, rx) = mpsc::channel(4);
                 if self.host {
-                    tx.send(ClientMessage {
-                        header: Some(Header::v1("", "fanout", "")),
-                        kind: Some(client_message::Kind::SyncRequest(SyncRequest {
-                            sync_id: 1,
-                            have_version: 0,
-                            reason: SyncReason::Initial as i32,
-                        })),
-                    })
-                    .await
-                    .expect("queue the sync request");
+                    tx.send(common::initial_sync("fanout"))
+                        .await
+                        .expect("queue the sync request");
                 }
                 let mut replies = HostServiceClient::new(channel)
                     .session(ReceiverStream::new(rx))

@@ -38,11 +38,10 @@
 
 mod common;
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Summary, interleaved_ratio_of};
+use common::{HostMessages, Summary, interleaved_ratio_of};
 use cosystem_worker::client::{Client, ClientConfig};
 use cosystem_worker::demo;
 use cosystem_worker::host::{Host, HostConfig, HostCore, PeerOptions, SyncMode};
@@ -50,18 +49,18 @@ use cosystem_worker::transport::grpc::{GrpcConnector, GrpcServer};
 use cosystem_worker::wire::host_service_client::HostServiceClient;
 use cosystem_worker::wire::host_service_server::{HostService, HostServiceServer};
 use cosystem_worker::wire::{
-    Call, CallResult, ClientMessage, Header, HostMessage, Patch, SyncReason, SyncRequest,
-    call_result, client_message, host_message,
+    Call, CallResult, ClientMessage, Header, HostMessage, Patch, call_result, client_message,
+    host_message,
 };
 use criterion::{BenchmarkId, Criterion};
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::{Mutex, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Endpoint, Server};
 use tonic::{Request, Response, Status, Streaming};
 
 const SUITE: &str = "grpc";
@@ -149,16 +148,14 @@ struct Bare {
     reply: Reply,
 }
 
-type Replies = Pin<Box<dyn Stream<Item = Result<HostMessage, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl HostService for Bare {
-    type SessionStream = Replies;
+    type SessionStream = HostMessages;
 
     async fn session(
         &self,
         request: Request<Streaming<ClientMessage>>,
-    ) -> Result<Response<Replies>, Status> {
+    ) -> Result<Response<HostMessages>, Status> {
         let reply = self.reply;
         let replies = request.into_inner().flat_map(move |message| {
             let id = match message {
@@ -211,13 +208,7 @@ impl RawClient {
     /// A client of the server at `url`, calling against [`EPOCH`].
     fn connect(rt: &Runtime, url: &str) -> Self {
         rt.block_on(async {
-            // The same channel settings as GrpcConnector.
-            let channel = Endpoint::from_shared(url.to_owned())
-                .expect("url")
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .expect("connect to the server");
+            let channel = common::bare_channel(url).await;
             let (requests, outbound) = mpsc::channel(1024);
             let replies = HostServiceClient::new(channel)
                 .session(ReceiverStream::new(outbound))
@@ -236,14 +227,7 @@ impl RawClient {
     /// calls against the epoch the snapshot carries.
     fn sync(mut self, rt: &Runtime) -> Self {
         rt.block_on(async {
-            let request = ClientMessage {
-                header: Some(Header::v1("", "client", "")),
-                kind: Some(client_message::Kind::SyncRequest(SyncRequest {
-                    sync_id: 1,
-                    have_version: 0,
-                    reason: SyncReason::Initial as i32,
-                })),
-            };
+            let request = common::initial_sync("client");
             self.requests.send(request).await.expect("sync");
             let snapshot = self
                 .replies

@@ -2,66 +2,19 @@
 //! the new epoch, converge on the new host's state, and a call in flight
 //! when the old host went away ends `outcome-unknown`.
 
+mod common;
+
+use common::{Gate, app_with_gate};
+
 use std::net::SocketAddr;
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use cosystem_worker::app::{App, MethodError, TypedModule};
 use cosystem_worker::client::{Client, ClientConfig, ClientEvent, Reconnect};
-use cosystem_worker::demo;
 use cosystem_worker::host::{Host, SyncMode};
 use cosystem_worker::transport::grpc::{GrpcConnector, GrpcServer};
 use cosystem_worker::wire::ErrorCode;
 use serde_json::json;
 use tokio::sync::{broadcast, oneshot};
-
-/// A gate a method waits at until the test opens it, so a call can be
-/// caught in flight.
-#[derive(Clone, Default)]
-struct Gate(Arc<(Mutex<(bool, bool)>, Condvar)>);
-
-impl Gate {
-    /// Called by the method: marks it entered, waits until opened.
-    fn pass(&self) {
-        let (lock, cvar) = &*self.0;
-        let mut state = lock.lock().unwrap();
-        state.0 = true;
-        cvar.notify_all();
-        while !state.1 {
-            state = cvar.wait(state).unwrap();
-        }
-    }
-
-    fn wait_entered(&self) {
-        let (lock, cvar) = &*self.0;
-        let mut state = lock.lock().unwrap();
-        while !state.0 {
-            state = cvar.wait(state).unwrap();
-        }
-    }
-
-    fn open(&self) {
-        let (lock, cvar) = &*self.0;
-        lock.lock().unwrap().1 = true;
-        cvar.notify_all();
-    }
-}
-
-#[derive(Default, serde::Serialize, serde::Deserialize)]
-struct Slow {
-    runs: u64,
-}
-
-fn app(gate: Gate) -> App {
-    demo::app("restart-secret").with(TypedModule::new("slow", Slow::default()).method(
-        "hold",
-        move |s: &mut Slow, (): ()| {
-            gate.pass();
-            s.runs += 1;
-            Ok::<_, MethodError>(s.runs)
-        },
-    ))
-}
 
 async fn serve(
     host: &Host,
@@ -97,7 +50,7 @@ async fn epoch_changed_to(events: &mut broadcast::Receiver<ClientEvent>, epoch: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 6)]
 async fn clients_follow_a_host_restarted_on_the_same_port() {
     let gate = Gate::default();
-    let first = Host::builder(app(gate.clone()))
+    let first = Host::builder(app_with_gate("restart-secret", gate.clone()))
         .sync(SyncMode::Patch)
         .sections(["counter", "todos"])
         .bookmark_interval(None)
@@ -142,7 +95,7 @@ async fn clients_follow_a_host_restarted_on_the_same_port() {
     gate.open();
     task.await.unwrap();
 
-    let second = Host::builder(app(Gate::default()))
+    let second = Host::builder(app_with_gate("restart-secret", Gate::default()))
         .sync(SyncMode::Patch)
         .sections(["counter", "todos"])
         .bookmark_interval(None)

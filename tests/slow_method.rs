@@ -1,61 +1,18 @@
 //! A method that takes long holds up its own host's sessions (commits are
 //! serialised), but not the other tasks of the runtime the host shares.
 
-use std::sync::{Arc, Condvar, Mutex, mpsc};
+mod common;
+
+use common::{Gate, app_with_gate};
+
+use std::sync::mpsc;
 use std::time::Duration;
 
-use cosystem_worker::app::{App, MethodError, TypedModule};
 use cosystem_worker::client::{Client, ClientConfig};
 use cosystem_worker::demo;
 use cosystem_worker::host::Host;
 use cosystem_worker::transport::memory;
 use serde_json::json;
-
-/// A gate the `slow.hold` method waits at until the test opens it.
-#[derive(Clone, Default)]
-struct Gate(Arc<(Mutex<(bool, bool)>, Condvar)>);
-
-impl Gate {
-    fn pass(&self) {
-        let (lock, cvar) = &*self.0;
-        let mut state = lock.lock().unwrap();
-        state.0 = true;
-        cvar.notify_all();
-        while !state.1 {
-            state = cvar.wait(state).unwrap();
-        }
-    }
-
-    fn wait_entered(&self) {
-        let (lock, cvar) = &*self.0;
-        let mut state = lock.lock().unwrap();
-        while !state.0 {
-            state = cvar.wait(state).unwrap();
-        }
-    }
-
-    fn open(&self) {
-        let (lock, cvar) = &*self.0;
-        lock.lock().unwrap().1 = true;
-        cvar.notify_all();
-    }
-}
-
-#[derive(Default, serde::Serialize, serde::Deserialize)]
-struct Slow {
-    runs: u64,
-}
-
-fn slow_app(gate: Gate) -> App {
-    demo::app("s").with(TypedModule::new("slow", Slow::default()).method(
-        "hold",
-        move |s: &mut Slow, (): ()| {
-            gate.pass();
-            s.runs += 1;
-            Ok::<_, MethodError>(s.runs)
-        },
-    ))
-}
 
 /// A client of `host` over the in-memory transport, served on `rt`.
 fn client_of(rt: &tokio::runtime::Runtime, host: &Host) -> Client {
@@ -88,7 +45,7 @@ fn a_slow_method_holds_up_its_own_host_but_not_other_tasks_on_the_runtime() {
         .build()
         .unwrap();
     let gate = Gate::default();
-    let slow_host = Host::builder(slow_app(gate.clone())).build();
+    let slow_host = Host::builder(app_with_gate("s", gate.clone())).build();
     let other_host = Host::builder(demo::app("s")).build();
     let holder = client_of(&rt, &slow_host);
     let waiter = client_of(&rt, &slow_host);

@@ -22,11 +22,45 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use std::pin::Pin;
+
 use cosystem_worker::client::Client;
+use cosystem_worker::wire::{
+    ClientMessage, Header, HostMessage, SyncReason, SyncRequest, client_message,
+};
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, measurement::WallTime};
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{Stream, StreamExt};
 use serde_json::{Value, json};
+use tonic::Status;
+use tonic::transport::{Channel, Endpoint};
+
+/// What a bare tonic server of `HostService` answers a session with.
+pub type HostMessages = Pin<Box<dyn Stream<Item = Result<HostMessage, Status>> + Send>>;
+
+/// A channel to the gRPC server at `url` with `GrpcConnector`'s settings
+/// (TCP_NODELAY), for the bare tonic clients the benches compare against.
+pub async fn bare_channel(url: &str) -> Channel {
+    Endpoint::from_shared(url.to_owned())
+        .expect("a valid url")
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .expect("connect to the server")
+}
+
+/// The first message of a bare client of a host: a request for a snapshot,
+/// from `source`.
+pub fn initial_sync(source: &str) -> ClientMessage {
+    ClientMessage {
+        header: Some(Header::v1("", source, "")),
+        kind: Some(client_message::Kind::SyncRequest(SyncRequest {
+            sync_id: 1,
+            have_version: 0,
+            reason: SyncReason::Initial as i32,
+        })),
+    }
+}
 
 /// Whether `COSYSTEM_BENCH_QUICK` asks for a short run.
 pub fn quick() -> bool {
