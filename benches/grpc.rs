@@ -33,8 +33,10 @@
 //!   demo host, synced once, then calling and reading up to each result
 //!   (patch, then result): the whole server side, without the `Client`.
 //!
-//! Servers and clients share one process and one runtime (two workers, the
-//! machine's cores).
+//! Servers and clients share one process and one runtime: two workers (the
+//! machine's cores) for the rows above, and again every row on one
+//! current-thread runtime (`…_current_thread`), where no hand-off between
+//! tasks crosses threads. Targets apply in both.
 
 mod common;
 
@@ -74,12 +76,46 @@ const DEPTH: u64 = 64;
 /// A host epoch's length on the wire (32 hex digits).
 const EPOCH: &str = "00112233445566778899aabbccddeeff";
 
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
+/// The runtime flavours measured: two workers (the machine's cores), the
+/// verdict rows' setting; and one current thread, where no hand-off between
+/// tasks crosses threads.
+#[derive(Clone, Copy)]
+enum Flavour {
+    MultiThread,
+    CurrentThread,
+}
+
+impl Flavour {
+    fn runtime(self) -> Runtime {
+        match self {
+            Flavour::MultiThread => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build(),
+            Flavour::CurrentThread => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+        }
         .expect("a tokio runtime")
+    }
+
+    /// A row's note, saying the runtime when it is not the default.
+    fn note(self, note: &str) -> String {
+        match self {
+            Flavour::MultiThread => note.to_owned(),
+            Flavour::CurrentThread => {
+                format!("{note}; servers and clients on one current-thread runtime")
+            }
+        }
+    }
+
+    /// The benchmark parameter for `shape` in this flavour.
+    fn shape(self, shape: &str) -> String {
+        match self {
+            Flavour::MultiThread => shape.to_owned(),
+            Flavour::CurrentThread => format!("{shape}_current_thread"),
+        }
+    }
 }
 
 /// Runs `f` as a spawned task on `rt` and returns what it measured.
@@ -365,14 +401,16 @@ fn grpc_client(rt: &Runtime) -> Client {
 fn main() {
     let mut c = common::criterion();
     let mut summary = Summary::new(SUITE);
-    measure(&mut c, &mut summary);
+    let busy = host_core_call_time();
+    for flavour in [Flavour::MultiThread, Flavour::CurrentThread] {
+        measure(&mut c, &mut summary, flavour, busy);
+    }
     c.final_summary();
     summary.write();
 }
 
-fn measure(c: &mut Criterion, summary: &mut Summary) {
-    let rt = runtime();
-    let busy = host_core_call_time();
+fn measure(c: &mut Criterion, summary: &mut Summary, flavour: Flavour, busy: Duration) {
+    let rt = flavour.runtime();
     let echo = RawClient::connect(&rt, &bare_server(&rt, Reply::Result));
     let echo_patch = RawClient::connect(
         &rt,
@@ -409,16 +447,17 @@ fn measure(c: &mut Criterion, summary: &mut Summary) {
         let raw = &raw;
         let base = move |n| timed(rt, echo.clone().run(n, 1));
         let subject = move |n| timed(rt, raw.clone().run_to_results(n));
-        group.bench_function(BenchmarkId::new(row, "one"), |b| b.iter_custom(subject));
-        let name = format!("{SUITE}/{row}/one");
+        let one = flavour.shape("one");
+        group.bench_function(BenchmarkId::new(row, &one), |b| b.iter_custom(subject));
+        let name = format!("{SUITE}/{row}/{one}");
         let interleaved = interleaved_ratio_of(&name, base, subject);
         summary.time(
             &name,
-            Some(&format!("{SUITE}/echo/one")),
+            Some(&format!("{SUITE}/echo/{one}")),
             interleaved,
             None,
             None,
-            note,
+            &flavour.note(note),
         );
     }
     for (shape, depth, limit, note) in [
@@ -437,8 +476,9 @@ fn measure(c: &mut Criterion, summary: &mut Summary) {
     ] {
         let base = move |n| timed(rt, echo.clone().run(n, depth));
         let subject = move |n| timed(rt, common::run_calls(client.clone(), n, depth));
-        group.bench_function(BenchmarkId::new("echo", shape), |b| b.iter_custom(base));
-        group.bench_function(BenchmarkId::new("call", shape), |b| b.iter_custom(subject));
+        let shape = flavour.shape(shape);
+        group.bench_function(BenchmarkId::new("echo", &shape), |b| b.iter_custom(base));
+        group.bench_function(BenchmarkId::new("call", &shape), |b| b.iter_custom(subject));
         let name = format!("{SUITE}/call/{shape}");
         let interleaved = interleaved_ratio_of(&name, base, subject);
         summary.time(
@@ -447,7 +487,7 @@ fn measure(c: &mut Criterion, summary: &mut Summary) {
             interleaved,
             Some(limit),
             None,
-            note,
+            &flavour.note(note),
         );
     }
     group.finish();

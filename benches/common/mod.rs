@@ -240,9 +240,12 @@ pub fn interleaved_ratio(
     } else {
         (200, Duration::from_secs(3))
     };
+    // A batch takes at least 1 ms even at its fastest: one hiccup during
+    // calibration must not leave a batch too small to amortise its start
+    // (with 64 in flight, a batch of a few calls is all pipeline fill).
     let batch = |f: &mut dyn FnMut(u64) -> Duration| {
         let mut n = 1;
-        while f(n) < Duration::from_millis(1) && n < 1 << 20 {
+        while f(n).min(f(n)) < Duration::from_millis(1) && n < 1 << 20 {
             n *= 2;
         }
         n
