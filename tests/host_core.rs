@@ -1717,3 +1717,78 @@ fn a_queued_sync_answer_does_not_count_as_a_call_in_flight() {
         "{result:?}"
     );
 }
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Gauge {
+    level: f64,
+}
+
+/// Modules whose methods produce a non-finite number: in the state, in the
+/// result, and through a draft.
+fn non_finite_app() -> App {
+    let typed = TypedModule::new("gauge", Gauge::default())
+        .method("set", |s: &mut Gauge, (v,): (f64,)| {
+            s.level = v;
+            Ok(s.level)
+        })
+        .method("divide", |s: &mut Gauge, (by,): (f64,)| Ok(s.level / by))
+        .method("overflow", |s: &mut Gauge, (): ()| {
+            s.level = f64::MAX * 2.0;
+            Ok(())
+        });
+    let recording = JsonModule::new("meter", json!({"level": 0}))
+        .method("set", |d: &mut Draft<'_>, (v,): (f64,)| {
+            d.replace("/level", v)?;
+            Ok(())
+        })
+        .method("nan", |d: &mut Draft<'_>, (): ()| {
+            d.replace("/level", 1)?;
+            d.replace("/level", f64::NAN)?;
+            Ok(())
+        })
+        .method("ratio", |_d: &mut Draft<'_>, (): ()| Ok(f64::NAN));
+    App::new().with(typed).with(recording)
+}
+
+#[test]
+fn a_state_or_result_that_is_not_json_is_internal_commits_nothing_and_the_host_keeps_serving() {
+    for mode in MODES {
+        let mut h = HostCore::new(
+            HostConfig {
+                sync: mode,
+                peer_id: HOST.to_owned(),
+                ..Default::default()
+            },
+            non_finite_app(),
+            EPOCH,
+        );
+        let a = attach(&mut h, "a");
+        call(&mut h, a, 1, "gauge", "set", "[2.5]");
+        call(&mut h, a, 2, "meter", "set", "[2.5]");
+        let _ = frames(&mut h, a);
+        let before = h.view();
+        let version = h.version();
+        // 0 / 0 is NaN (a result); the state overflowing to infinity; a
+        // draft writing NaN after a good write; a result of NaN from a draft.
+        call(&mut h, a, 3, "gauge", "divide", "[0]");
+        call(&mut h, a, 4, "gauge", "overflow", "[]");
+        call(&mut h, a, 5, "meter", "nan", "[]");
+        call(&mut h, a, 6, "meter", "ratio", "[]");
+        let out = frames(&mut h, a);
+        assert_eq!(out.len(), 4, "results only, no publication: {out:#?}");
+        for r in results(&out) {
+            assert_eq!(code(&r), ErrorCode::Internal, "{mode:?}: {r:?}");
+            assert_eq!(r.state_version, version);
+        }
+        assert_eq!(h.version(), version);
+        assert_eq!(h.view(), before, "{mode:?}: nothing committed");
+
+        // The modules were rolled back and keep serving.
+        call(&mut h, a, 7, "gauge", "divide", "[2]");
+        call(&mut h, a, 8, "meter", "set", "[4]");
+        let got = results(&frames(&mut h, a));
+        assert_eq!(value(&got[0]), json!(1.25));
+        assert_eq!(h.view()["meter"], json!({"level": 4.0}));
+        assert_eq!(h.view()["gauge"], json!({"level": 2.5}));
+    }
+}

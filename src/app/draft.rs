@@ -4,6 +4,7 @@ use json_patch::{
 use serde::Serialize;
 use serde_json::Value;
 
+use super::json::to_json;
 use super::methods::Methods;
 use super::{FromArgs, Invocation, MethodError, Module};
 
@@ -91,7 +92,7 @@ impl<'a> Draft<'a> {
     /// Replaces the value at `path`, which must exist. Returns the old value.
     /// Writing an equal value records nothing.
     pub fn replace(&mut self, path: &str, value: impl Serialize) -> Result<Value, MethodError> {
-        let value = to_json(value)?;
+        let value = to_json(&value, "the value")?;
         let ptr = pointer(path)?;
         let target = self
             .root
@@ -116,7 +117,7 @@ impl<'a> Draft<'a> {
     /// member (replacing any old value) or inserts into an array at an index
     /// (`-` appends).
     pub fn add(&mut self, path: &str, value: impl Serialize) -> Result<(), MethodError> {
-        let value = to_json(value)?;
+        let value = to_json(&value, "the value")?;
         let (parent, last) = self.parent_mut(path)?;
         let (recorded, undo) = match parent {
             Value::Object(map) => {
@@ -241,11 +242,6 @@ fn remove_at(root: &mut Value, path: &str) {
     }
 }
 
-fn to_json(value: impl Serialize) -> Result<Value, MethodError> {
-    serde_json::to_value(value)
-        .map_err(|e| MethodError::internal(format!("value does not serialise: {e}")))
-}
-
 type DraftMethod = Box<dyn FnMut(&mut Draft<'_>, &[Value]) -> Result<Value, MethodError> + Send>;
 
 /// A module whose state is a JSON tree changed through a recording [`Draft`].
@@ -276,7 +272,7 @@ impl JsonModule {
     {
         let method: DraftMethod = Box::new(move |draft, args| {
             let args = A::from_args(args)?;
-            to_json(f(draft, args)?)
+            to_json(&f(draft, args)?, "the result")
         });
         self.methods.declare(name, method);
         self

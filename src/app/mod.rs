@@ -13,6 +13,7 @@ mod args;
 mod diff;
 mod draft;
 mod error;
+mod json;
 mod methods;
 mod typed;
 

@@ -1,6 +1,7 @@
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
+use super::json::to_json;
 use super::methods::Methods;
 use super::{FromArgs, Invocation, MethodError, Module};
 
@@ -25,10 +26,12 @@ where
     /// A module named `name` with initial state `state`.
     ///
     /// # Panics
-    /// If `state` cannot be serialised to JSON (a programming error found at
-    /// start-up, never on an input path).
+    /// If `state` cannot be represented as JSON, a non-finite number
+    /// included (a programming error found at start-up, never on an input
+    /// path).
     pub fn new(name: impl Into<String>, state: S) -> Self {
-        let committed = serde_json::to_value(&state).expect("module state must serialise to JSON");
+        let committed = to_json(&state, "the initial state")
+            .expect("a module's initial state must be representable as JSON");
         Self {
             state,
             committed,
@@ -47,8 +50,7 @@ where
         let method: Method<S> = Box::new(move |state, args| {
             let args = A::from_args(args)?;
             let value = f(state, args)?;
-            serde_json::to_value(value)
-                .map_err(|e| MethodError::internal(format!("result does not serialise: {e}")))
+            to_json(&value, "the result")
         });
         self.methods.declare(name, method);
         self
@@ -89,21 +91,19 @@ where
     fn invoke(&mut self, method: &str, args: &[Value]) -> Result<Invocation, MethodError> {
         let f = self.methods.get_mut(method)?;
         match f(&mut self.state, args) {
-            Ok(value) => match serde_json::to_value(&self.state) {
+            Ok(value) => match to_json(&self.state, "the state") {
                 Ok(next) => {
                     let ops = super::diff::diff(&self.committed, &next);
                     self.committed = next;
                     Ok(Invocation { value, ops })
                 }
-                Err(e) => {
+                Err(error) => {
                     self.restore();
-                    Err(MethodError::internal(format!(
-                        "state does not serialise: {e}"
-                    )))
+                    Err(error)
                 }
             },
             Err(err) => {
-                if serde_json::to_value(&self.state).ok().as_ref() != Some(&self.committed) {
+                if to_json(&self.state, "the state").ok().as_ref() != Some(&self.committed) {
                     self.restore();
                 }
                 Err(err)
