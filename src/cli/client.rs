@@ -33,7 +33,9 @@ pub struct ClientArgs {
     )]
     connect: Endpoint,
     /// Start this host command (e.g. 'cosystem-worker host --stdio') and talk
-    /// to it over its stdin/stdout; it is stopped when the client exits.
+    /// to it over its stdin/stdout; it is stopped when the client exits. The
+    /// command is split into words as a shell would (quotes, backslashes),
+    /// with nothing expanded.
     #[arg(
         long,
         value_name = "COMMAND",

@@ -63,7 +63,11 @@ impl Endpoint {
         match spawn {
             None => Ok(connect),
             Some(command) => {
-                let words: Vec<String> = command.split_whitespace().map(str::to_owned).collect();
+                // Split as a POSIX shell would (quotes and backslashes), so
+                // an argument may hold spaces; nothing is expanded.
+                let words = shlex::split(command).ok_or_else(|| {
+                    CliError::Usage(format!("--spawn {command:?}: unbalanced quotes"))
+                })?;
                 if words.is_empty() {
                     return Err(CliError::Usage("--spawn needs a command".into()));
                 }
@@ -89,7 +93,11 @@ impl fmt::Display for Endpoint {
             Endpoint::Tcp(authority) => write!(f, "tcp://{authority}"),
             Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
             Endpoint::Stdio => write!(f, "--stdio"),
-            Endpoint::Spawn(words) => write!(f, "--spawn {}", words.join(" ")),
+            Endpoint::Spawn(words) => {
+                let quoted = shlex::try_join(words.iter().map(String::as_str))
+                    .unwrap_or_else(|_| words.join(" "));
+                write!(f, "--spawn {quoted}")
+            }
         }
     }
 }
@@ -212,7 +220,36 @@ mod tests {
             Endpoint::for_client(listen.clone(), Some("worker host --stdio")).unwrap(),
             Endpoint::Spawn(vec!["worker".into(), "host".into(), "--stdio".into()])
         );
-        assert!(Endpoint::for_client(listen, Some("  ")).is_err());
+        assert!(Endpoint::for_client(listen.clone(), Some("  ")).is_err());
+    }
+
+    #[test]
+    fn spawn_splits_like_a_shell_so_arguments_may_hold_spaces() {
+        let listen = grpc("127.0.0.1:1", None);
+        let spawn = Endpoint::for_client(
+            listen.clone(),
+            Some(r#"cosystem-worker host --stdio --secret-token 'two words' "a \"q\"" b\ c"#),
+        )
+        .unwrap();
+        let words = [
+            "cosystem-worker",
+            "host",
+            "--stdio",
+            "--secret-token",
+            "two words",
+            "a \"q\"",
+            "b c",
+        ];
+        assert_eq!(
+            spawn,
+            Endpoint::Spawn(words.iter().map(|w| (*w).to_owned()).collect())
+        );
+        assert_eq!(
+            spawn.to_string(),
+            r#"--spawn cosystem-worker host --stdio --secret-token 'two words' 'a "q"' 'b c'"#
+        );
+        let error = Endpoint::for_client(listen, Some("host 'unclosed")).unwrap_err();
+        assert!(error.to_string().contains("unbalanced quotes"), "{error}");
     }
 
     #[test]
