@@ -217,39 +217,29 @@ impl ser::SerializeMap for &mut Finite {
     }
 }
 
-impl ser::SerializeStruct for &mut Finite {
-    type Ok = ();
-    type Error = NotJson;
+/// The struct parts: every field's value is walked.
+macro_rules! walk_fields {
+    ($($trait:ident),* $(,)?) => {
+        $(impl ser::$trait for &mut Finite {
+            type Ok = ();
+            type Error = NotJson;
 
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        _: &'static str,
-        value: &T,
-    ) -> Result<(), NotJson> {
-        value.serialize(&mut **self)
-    }
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                _: &'static str,
+                value: &T,
+            ) -> Result<(), NotJson> {
+                value.serialize(&mut **self)
+            }
 
-    fn end(self) -> Result<(), NotJson> {
-        Ok(())
-    }
+            fn end(self) -> Result<(), NotJson> {
+                Ok(())
+            }
+        })*
+    };
 }
 
-impl ser::SerializeStructVariant for &mut Finite {
-    type Ok = ();
-    type Error = NotJson;
-
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        _: &'static str,
-        value: &T,
-    ) -> Result<(), NotJson> {
-        value.serialize(&mut **self)
-    }
-
-    fn end(self) -> Result<(), NotJson> {
-        Ok(())
-    }
-}
+walk_fields!(SerializeStruct, SerializeStructVariant);
 
 #[cfg(test)]
 mod tests {
