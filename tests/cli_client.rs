@@ -1,6 +1,10 @@
 //! `cosystem-worker client …` end to end: the built binary against a host
 //! served in this process over gRPC, checking stdout, stderr and exit codes.
 
+mod common;
+
+use common::{BIN, cli_client};
+
 use std::net::SocketAddr;
 use std::process::{Output, Stdio};
 use std::time::Duration;
@@ -12,8 +16,6 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::oneshot;
-
-const BIN: &str = env!("CARGO_BIN_EXE_cosystem-worker");
 
 fn demo_host() -> Host {
     Host::builder(demo::app("cli-secret"))
@@ -32,21 +34,6 @@ async fn start(
         let _ = stopped.await;
     }));
     (addr, stop)
-}
-
-/// Runs the client binary with `args` and returns its output; a hang guard
-/// (not a speed check) keeps a broken build from stalling the suite.
-async fn client(args: &[&str]) -> Output {
-    let run = Command::new(BIN)
-        .arg("client")
-        .args(args)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .expect("the client command hung")
-        .expect("spawn")
 }
 
 fn stdout_json(output: &Output) -> Value {
@@ -77,7 +64,7 @@ async fn state_prints_version_epoch_and_published_state_as_one_json_line() {
     let (addr, _stop) = start(GrpcServer::builder(host.clone())).await;
     let url = format!("http://{addr}");
 
-    let output = client(&["--connect", &url, "state"]).await;
+    let output = cli_client(&["--connect", &url, "state"]).await;
     assert!(output.status.success(), "{}", stderr(&output));
     let line = stdout_json(&output);
     assert_eq!(
@@ -96,22 +83,22 @@ async fn call_prints_the_value_and_the_version_it_observed() {
     let (addr, _stop) = start(GrpcServer::builder(host.clone())).await;
     let addr = addr.to_string(); // bare HOST:PORT means plaintext gRPC
 
-    let output = client(&["--connect", &addr, "call", "counter", "increase", "1"]).await;
+    let output = cli_client(&["--connect", &addr, "call", "counter", "increase", "1"]).await;
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(
         stdout_json(&output),
         json!({"value": 1, "version": host.version()})
     );
 
-    let output = client(&["--connect", &addr, "call", "counter", "decrease", "-2"]).await;
+    let output = cli_client(&["--connect", &addr, "call", "counter", "decrease", "-2"]).await;
     assert_eq!(stdout_json(&output)["value"], json!(3));
 
-    let output = client(&["--connect", &addr, "call", "todos", "add", "\"milk\""]).await;
+    let output = cli_client(&["--connect", &addr, "call", "todos", "add", "\"milk\""]).await;
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(host.view()["todos"]["items"][0]["text"], "milk");
 
     // Private modules are callable though never published.
-    let output = client(&["--connect", &addr, "call", "secret", "rotate"]).await;
+    let output = cli_client(&["--connect", &addr, "call", "secret", "rotate"]).await;
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(stdout_json(&output)["value"], Value::Null);
     assert_eq!(
@@ -147,7 +134,7 @@ async fn call_errors_print_the_code_and_message_and_exit_non_zero() {
     for (args, code, prefix) in cases {
         let mut full = vec!["--connect", url.as_str()];
         full.extend_from_slice(args);
-        let output = client(&full).await;
+        let output = cli_client(&full).await;
         assert_eq!(
             output.status.code(),
             Some(code),
@@ -183,7 +170,7 @@ async fn invalid_input_gets_one_line_and_exit_2_without_contacting_anyone() {
         &["--connect", url],
     ];
     for args in cases {
-        let output = client(args).await;
+        let output = cli_client(args).await;
         assert_eq!(
             output.status.code(),
             Some(2),
@@ -221,7 +208,7 @@ async fn framed_transports_refuse_grpc_only_options() {
             "state",
         ][..],
     ] {
-        let output = client(args).await;
+        let output = cli_client(args).await;
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         let line = error_line(&output);
         assert!(line.contains("gRPC only"), "{line}");
@@ -244,7 +231,7 @@ async fn an_unreachable_host_fails_after_the_timeout_with_exit_3() {
     ] {
         let mut args = vec!["--connect", url.as_str(), "--timeout", "1"];
         args.extend_from_slice(command);
-        let output = client(&args).await;
+        let output = cli_client(&args).await;
         assert_eq!(output.status.code(), Some(3), "{command:?}");
         let line = error_line(&output);
         assert!(line.starts_with("error: unavailable:"), "{line}");
@@ -264,11 +251,11 @@ async fn tokens_missing_wrong_and_right() {
     std::fs::write(&right, "r1ght\n").unwrap();
     std::fs::write(&wrong, "wr0ng\n").unwrap();
 
-    let output = client(&["--connect", &url, "state"]).await;
+    let output = cli_client(&["--connect", &url, "state"]).await;
     assert_eq!(output.status.code(), Some(3));
     assert!(error_line(&output).starts_with("error: permission-denied:"));
 
-    let output = client(&[
+    let output = cli_client(&[
         "--connect",
         &url,
         "--token-file",
@@ -284,7 +271,7 @@ async fn tokens_missing_wrong_and_right() {
     assert!(line.starts_with("error: permission-denied:"), "{line}");
     assert!(!line.contains("wr0ng"), "the token is never echoed: {line}");
 
-    let output = client(&[
+    let output = cli_client(&[
         "--connect",
         &url,
         "--token-file",
@@ -315,7 +302,7 @@ async fn tls_needs_the_ca_certificate() {
     .await;
     let url = format!("https://localhost:{}", addr.port());
 
-    let output = client(&[
+    let output = cli_client(&[
         "--connect",
         &url,
         "--ca-cert",
@@ -329,7 +316,7 @@ async fn tls_needs_the_ca_certificate() {
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(stdout_json(&output)["value"], json!(7));
 
-    let output = client(&["--connect", &url, "--timeout", "1", "state"]).await;
+    let output = cli_client(&["--connect", &url, "--timeout", "1", "state"]).await;
     assert_eq!(output.status.code(), Some(3));
     let line = error_line(&output);
     assert!(line.to_lowercase().contains("certificate"), "{line}");

@@ -2,15 +2,18 @@
 //! each connect and disconnect, answering the client binary, and stopping
 //! cleanly on SIGTERM; and its refusals of bad options.
 
-use std::process::{Output, Stdio};
+mod common;
+
+use common::{BIN, cli_client, json_line};
+
+use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-const BIN: &str = env!("CARGO_BIN_EXE_cosystem-worker");
 /// A hang guard, not a speed check.
 const GUARD: Duration = Duration::from_secs(60);
 
@@ -70,28 +73,6 @@ async fn spawn_host(args: &[&str]) -> RunningHost {
     host
 }
 
-async fn client(args: &[&str]) -> Output {
-    let run = Command::new(BIN)
-        .arg("client")
-        .args(args)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(GUARD, run)
-        .await
-        .expect("client hung")
-        .expect("spawn")
-}
-
-fn json_line(output: &Output) -> Value {
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
 async fn terminate(mut host: RunningHost) -> (std::process::ExitStatus, RunningHost) {
     let pid = host.child.id().expect("running").to_string();
     let killed = Command::new("kill")
@@ -113,12 +94,13 @@ async fn the_host_binary_serves_clients_logs_each_session_and_stops_on_sigterm()
     let url = host.url.clone();
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
 
-    let first = json_line(&client(&["--connect", &url, "call", "counter", "increase", "1"]).await);
+    let first =
+        json_line(&cli_client(&["--connect", &url, "call", "counter", "increase", "1"]).await);
     assert_eq!(first["value"], json!(1));
     host.log_until("client connected").await;
     host.log_until("client disconnected").await;
 
-    let state = json_line(&client(&["--connect", &url, "state"]).await);
+    let state = json_line(&cli_client(&["--connect", &url, "state"]).await);
     assert_eq!(state["version"], first["version"]);
     // Defaults: counter and todos published, secret private, patch mode.
     assert_eq!(
@@ -150,10 +132,10 @@ async fn the_host_binary_publishes_the_sections_and_secret_it_is_given() {
     ])
     .await;
     let url = host.url.clone();
-    let refused = client(&["--connect", &url, "state"]).await;
+    let refused = cli_client(&["--connect", &url, "state"]).await;
     assert_eq!(refused.status.code(), Some(3));
 
-    let state = json_line(&client(&["--connect", &url, "--token-file", token, "state"]).await);
+    let state = json_line(&cli_client(&["--connect", &url, "--token-file", token, "state"]).await);
     assert_eq!(
         state["state"],
         json!({"counter": {"count": 0}, "secret": {"token": "abc"}})

@@ -2,17 +2,20 @@
 //! the Rust client, `host --listen unix:…` and `tcp://…` answering the
 //! client binary, and `client --spawn`.
 
-use std::process::{Output, Stdio};
+mod common;
+
+use common::{BIN, cli_client, json_line};
+
+use std::process::Stdio;
 use std::time::Duration;
 
 use cosystem_worker::client::{Client, ClientConfig};
 use cosystem_worker::transport::framed::SpawnConnector;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-const BIN: &str = env!("CARGO_BIN_EXE_cosystem-worker");
 /// A hang guard, not a speed check.
 const GUARD: Duration = Duration::from_secs(60);
 
@@ -82,28 +85,6 @@ impl RunningHost {
     }
 }
 
-async fn client(args: &[&str]) -> Output {
-    let run = Command::new(BIN)
-        .arg("client")
-        .args(args)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(GUARD, run)
-        .await
-        .expect("client hung")
-        .expect("spawn")
-}
-
-fn json_line(output: &Output) -> Value {
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
 fn socket_path(name: &str) -> std::path::PathBuf {
     let path =
         std::env::temp_dir().join(format!("cosystem-cli-{}-{name}.sock", std::process::id()));
@@ -168,11 +149,11 @@ async fn the_host_binary_serves_a_unix_socket_and_removes_it_on_sigterm() {
     assert_eq!(host.endpoint().await, endpoint);
 
     let first =
-        json_line(&client(&["--connect", &endpoint, "call", "counter", "increase", "2"]).await);
+        json_line(&cli_client(&["--connect", &endpoint, "call", "counter", "increase", "2"]).await);
     assert_eq!(first, json!({"value": 2, "version": 2}));
     host.log_until("client connected").await;
     host.log_until("client disconnected").await;
-    let state = json_line(&client(&["--connect", &endpoint, "state"]).await);
+    let state = json_line(&cli_client(&["--connect", &endpoint, "state"]).await);
     assert_eq!(state["version"], json!(2));
     assert_eq!(state["state"]["counter"], json!({"count": 2}));
 
@@ -189,11 +170,11 @@ async fn the_host_binary_serves_tcp_frames() {
     assert!(!endpoint.ends_with(":0"), "{endpoint}");
 
     let added =
-        json_line(&client(&["--connect", &endpoint, "call", "todos", "add", "\"milk\""]).await);
+        json_line(&cli_client(&["--connect", &endpoint, "call", "todos", "add", "\"milk\""]).await);
     assert_eq!(added["version"], json!(2));
-    let state = json_line(&client(&["--connect", &endpoint, "state"]).await);
+    let state = json_line(&cli_client(&["--connect", &endpoint, "state"]).await);
     assert_eq!(state["state"]["todos"]["items"][0]["text"], json!("milk"));
-    let failed = client(&["--connect", &endpoint, "call", "counter", "fail", "\"no\""]).await;
+    let failed = cli_client(&["--connect", &endpoint, "call", "counter", "fail", "\"no\""]).await;
     assert_eq!(failed.status.code(), Some(1));
     assert!(host.terminate().await.success());
 }
@@ -201,13 +182,13 @@ async fn the_host_binary_serves_tcp_frames() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_binary_spawns_its_own_stdio_host() {
     let command = format!("{BIN} host --stdio --sync patch");
-    let output = client(&["--spawn", &command, "call", "counter", "increase", "5"]).await;
+    let output = cli_client(&["--spawn", &command, "call", "counter", "increase", "5"]).await;
     assert_eq!(json_line(&output), json!({"value": 5, "version": 2}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spawn_command_that_cannot_start_exits_3() {
-    let output = client(&[
+    let output = cli_client(&[
         "--spawn",
         "/nonexistent/cosystem-worker host --stdio",
         "state",
@@ -223,7 +204,7 @@ async fn a_spawn_command_that_cannot_start_exits_3() {
 async fn an_unreachable_framed_host_fails_after_the_timeout_with_exit_3() {
     let path = socket_path("nobody");
     let endpoint = format!("unix:{}", path.display());
-    let output = client(&["--connect", &endpoint, "--timeout", "0.5", "state"]).await;
+    let output = cli_client(&["--connect", &endpoint, "--timeout", "0.5", "state"]).await;
     assert_eq!(output.status.code(), Some(3));
     let text = String::from_utf8_lossy(&output.stderr);
     assert!(text.contains(&endpoint), "{text}");

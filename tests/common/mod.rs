@@ -1,6 +1,15 @@
-//! Helpers shared by integration tests that need a method caught in flight.
+//! Helpers shared by integration tests: a method caught in flight, and the
+//! built binary run as a client.
 
+// Each test crate compiles this module on its own and uses part of it.
+#![allow(dead_code)]
+
+use std::process::{Output, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::process::Command;
 
 use cosystem_worker::app::{App, MethodError, TypedModule};
 use cosystem_worker::demo;
@@ -55,4 +64,32 @@ pub fn app_with_gate(secret: &str, gate: Gate) -> App {
             Ok::<_, MethodError>(s.runs)
         },
     ))
+}
+
+/// The built `cosystem-worker` binary.
+pub const BIN: &str = env!("CARGO_BIN_EXE_cosystem-worker");
+
+/// Runs `cosystem-worker client ARGS` and returns its output; a hang guard
+/// (not a speed check) keeps a broken build from stalling the suite.
+pub async fn cli_client(args: &[&str]) -> Output {
+    let run = Command::new(BIN)
+        .arg("client")
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the client command hung")
+        .expect("spawn the client command")
+}
+
+/// The JSON a command that succeeded printed.
+pub fn json_line(output: &Output) -> Value {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("one JSON value on stdout")
 }
