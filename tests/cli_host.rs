@@ -4,94 +4,29 @@
 
 mod common;
 
-use common::{BIN, cli_client, json_line};
+use common::{BIN, HostProcess, cli_client, json_line};
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use tokio::process::Command;
 
 /// A hang guard, not a speed check.
 const GUARD: Duration = Duration::from_secs(60);
 
-struct RunningHost {
-    child: Child,
-    log: mpsc::UnboundedReceiver<String>,
-    url: String,
-}
-
-impl RunningHost {
-    /// Reads log lines until one contains `needle`; returns it.
-    async fn log_until(&mut self, needle: &str) -> String {
-        tokio::time::timeout(GUARD, async {
-            loop {
-                let line = self.log.recv().await.expect("host log ended");
-                if line.contains(needle) {
-                    return line;
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no log line containing {needle:?}"))
-    }
-}
-
-async fn spawn_host(args: &[&str]) -> RunningHost {
-    let mut child = Command::new(BIN)
-        .arg("host")
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let (tx, log) = mpsc::unbounded_channel();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let _ = tx.send(line);
-        }
-    });
-    let mut host = RunningHost {
-        child,
-        log,
-        url: String::new(),
-    };
-    let line = host.log_until("listening on ").await;
-    let url = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("address in the listening line");
-    host.url = url.to_owned();
-    host
-}
-
-async fn terminate(mut host: RunningHost) -> (std::process::ExitStatus, RunningHost) {
-    let pid = host.child.id().expect("running").to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::time::timeout(GUARD, host.child.wait())
-        .await
-        .expect("host did not stop on SIGTERM")
-        .unwrap();
-    (status, host)
+/// A host on a free loopback port, and its URL.
+async fn spawn_host(args: &[&str]) -> (HostProcess, String) {
+    let mut full = vec!["--listen", "127.0.0.1:0"];
+    full.extend_from_slice(args);
+    let mut host = HostProcess::spawn(&full).await;
+    let url = host.endpoint().await;
+    (host, url)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_binary_serves_clients_logs_each_session_and_stops_on_sigterm() {
-    let mut host = spawn_host(&[]).await;
-    let url = host.url.clone();
+    let (mut host, url) = spawn_host(&[]).await;
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
 
     let first =
@@ -108,7 +43,7 @@ async fn the_host_binary_serves_clients_logs_each_session_and_stops_on_sigterm()
         json!({"counter": {"count": 1}, "todos": {"items": []}})
     );
 
-    let (status, mut host) = terminate(host).await;
+    let status = host.terminate().await;
     assert!(status.success(), "{status:?}");
     host.log_until("stopped").await;
 }
@@ -120,7 +55,7 @@ async fn the_host_binary_publishes_the_sections_and_secret_it_is_given() {
     let token = dir.join("token");
     std::fs::write(&token, "  hunter2-token \n").unwrap();
     let token = token.to_str().unwrap();
-    let host = spawn_host(&[
+    let (mut host, url) = spawn_host(&[
         "--sync",
         "snapshot",
         "--sections",
@@ -131,7 +66,6 @@ async fn the_host_binary_publishes_the_sections_and_secret_it_is_given() {
         token,
     ])
     .await;
-    let url = host.url.clone();
     let refused = cli_client(&["--connect", &url, "state"]).await;
     assert_eq!(refused.status.code(), Some(3));
 
@@ -140,7 +74,7 @@ async fn the_host_binary_publishes_the_sections_and_secret_it_is_given() {
         state["state"],
         json!({"counter": {"count": 0}, "secret": {"token": "abc"}})
     );
-    let (status, _) = terminate(host).await;
+    let status = host.terminate().await;
     assert!(status.success());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{BIN, cli_client, json_line};
+use common::{BIN, HostProcess, cli_client, json_line};
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -12,78 +12,11 @@ use std::time::Duration;
 use cosystem_worker::client::{Client, ClientConfig};
 use cosystem_worker::transport::framed::SpawnConnector;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
 
 /// A hang guard, not a speed check.
 const GUARD: Duration = Duration::from_secs(60);
-
-struct RunningHost {
-    child: Child,
-    log: mpsc::UnboundedReceiver<String>,
-}
-
-impl RunningHost {
-    async fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .arg("host")
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let (tx, log) = mpsc::unbounded_channel();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let _ = tx.send(line);
-            }
-        });
-        Self { child, log }
-    }
-
-    /// Reads log lines until one contains `needle`; returns it.
-    async fn log_until(&mut self, needle: &str) -> String {
-        tokio::time::timeout(GUARD, async {
-            loop {
-                let line = self.log.recv().await.expect("host log ended");
-                if line.contains(needle) {
-                    return line;
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no log line containing {needle:?}"))
-    }
-
-    /// The endpoint from the "listening on …" line.
-    async fn endpoint(&mut self) -> String {
-        let line = self.log_until("listening on ").await;
-        line.split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .expect("endpoint in the listening line")
-            .to_owned()
-    }
-
-    async fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().expect("running").to_string();
-        let killed = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .unwrap();
-        assert!(killed.success());
-        tokio::time::timeout(GUARD, self.child.wait())
-            .await
-            .expect("host did not stop on SIGTERM")
-            .unwrap()
-    }
-}
 
 fn socket_path(name: &str) -> std::path::PathBuf {
     let path =
@@ -145,7 +78,7 @@ async fn a_stdio_host_exits_cleanly_when_its_stdin_closes() {
 async fn the_host_binary_serves_a_unix_socket_and_removes_it_on_sigterm() {
     let path = socket_path("listen");
     let endpoint = format!("unix:{}", path.display());
-    let mut host = RunningHost::spawn(&["--listen", &endpoint]).await;
+    let mut host = HostProcess::spawn(&["--listen", &endpoint]).await;
     assert_eq!(host.endpoint().await, endpoint);
 
     let first =
@@ -164,7 +97,7 @@ async fn the_host_binary_serves_a_unix_socket_and_removes_it_on_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_binary_serves_tcp_frames() {
     let mut host =
-        RunningHost::spawn(&["--listen", "tcp://127.0.0.1:0", "--sync", "snapshot"]).await;
+        HostProcess::spawn(&["--listen", "tcp://127.0.0.1:0", "--sync", "snapshot"]).await;
     let endpoint = host.endpoint().await;
     assert!(endpoint.starts_with("tcp://127.0.0.1:"), "{endpoint}");
     assert!(!endpoint.ends_with(":0"), "{endpoint}");

@@ -1,5 +1,5 @@
 //! Helpers shared by integration tests: a method caught in flight, and the
-//! built binary run as a client.
+//! built binary run as a client or as a host.
 
 // Each test crate compiles this module on its own and uses part of it.
 #![allow(dead_code)]
@@ -9,7 +9,12 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::process::Command;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// A hang guard for child processes, not a speed check.
+const GUARD: Duration = Duration::from_secs(60);
 
 use cosystem_worker::app::{App, MethodError, TypedModule};
 use cosystem_worker::demo;
@@ -78,7 +83,7 @@ pub async fn cli_client(args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
-    tokio::time::timeout(Duration::from_secs(60), run)
+    tokio::time::timeout(GUARD, run)
         .await
         .expect("the client command hung")
         .expect("spawn the client command")
@@ -92,4 +97,74 @@ pub fn json_line(output: &Output) -> Value {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).expect("one JSON value on stdout")
+}
+
+/// A `cosystem-worker host` child process and its log lines (stderr,
+/// at `info`).
+pub struct HostProcess {
+    child: Child,
+    log: mpsc::UnboundedReceiver<String>,
+}
+
+impl HostProcess {
+    /// Starts `cosystem-worker host ARGS`; it is killed when dropped.
+    pub async fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .arg("host")
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let (tx, log) = mpsc::unbounded_channel();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+        Self { child, log }
+    }
+
+    /// Reads log lines until one contains `needle`; returns it.
+    pub async fn log_until(&mut self, needle: &str) -> String {
+        tokio::time::timeout(GUARD, async {
+            loop {
+                let line = self.log.recv().await.expect("host log ended");
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no log line containing {needle:?}"))
+    }
+
+    /// The endpoint from the "listening on …" line.
+    pub async fn endpoint(&mut self) -> String {
+        let line = self.log_until("listening on ").await;
+        line.split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("endpoint in the listening line")
+            .to_owned()
+    }
+
+    /// Sends SIGTERM and waits for the exit; the log stays readable.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running").to_string();
+        let killed = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(killed.success());
+        tokio::time::timeout(GUARD, self.child.wait())
+            .await
+            .expect("host did not stop on SIGTERM")
+            .unwrap()
+    }
 }
