@@ -46,6 +46,19 @@ fn demo_host(mode: SyncMode) -> HostCore {
     HostCore::new(config(mode), demo::app(MARKER), EPOCH)
 }
 
+/// A host of `app` publishing every module, in `mode`.
+fn publishing_all(app: App, mode: SyncMode) -> HostCore {
+    HostCore::new(
+        HostConfig {
+            sync: mode,
+            peer_id: HOST.to_owned(),
+            ..Default::default()
+        },
+        app,
+        EPOCH,
+    )
+}
+
 fn history(entries: usize) -> HostLimits {
     HostLimits {
         history_entries: entries,
@@ -753,15 +766,7 @@ fn fragile_app() -> App {
 #[test]
 fn panicking_method_is_internal_rolls_its_module_back_and_the_host_keeps_serving() {
     for mode in MODES {
-        let mut h = HostCore::new(
-            HostConfig {
-                sync: mode,
-                peer_id: HOST.to_owned(),
-                ..Default::default()
-            },
-            fragile_app(),
-            EPOCH,
-        );
+        let mut h = publishing_all(fragile_app(), mode);
         let a = attach(&mut h, "a");
         let b = attach(&mut h, "b");
         let before = h.view();
@@ -1753,15 +1758,7 @@ fn non_finite_app() -> App {
 #[test]
 fn a_state_or_result_that_is_not_json_is_internal_commits_nothing_and_the_host_keeps_serving() {
     for mode in MODES {
-        let mut h = HostCore::new(
-            HostConfig {
-                sync: mode,
-                peer_id: HOST.to_owned(),
-                ..Default::default()
-            },
-            non_finite_app(),
-            EPOCH,
-        );
+        let mut h = publishing_all(non_finite_app(), mode);
         let a = attach(&mut h, "a");
         call(&mut h, a, 1, "gauge", "set", "[2.5]");
         call(&mut h, a, 2, "meter", "set", "[2.5]");
