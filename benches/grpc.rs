@@ -18,7 +18,7 @@
 //! "≥ 0.5× the echo's messages per second" is a time per call of at most
 //! 3× the echo's.
 //!
-//! Between the two, one in flight, three rows split a call's cost:
+//! Between the two, one in flight, four rows split a call's cost:
 //!
 //! - `echo_patch`: the bare server answering each call envelope with a
 //!   patch-sized and a result-sized message (a call's three messages, no
@@ -29,6 +29,11 @@
 //!   this run: what that much work costs once it sits between a request
 //!   and its answer (in the real server it costs more: cold caches, the
 //!   session's lock and wake-ups).
+//! - `cores_floor`: the same, the bare client also spinning after each
+//!   result for as long as the sans-IO `ClientCore` takes for that call
+//!   (make and encode it, decode and apply the patch, decode the result,
+//!   settle), measured hot in this run: the protocol's own work on both
+//!   sides and no other cost, a floor for any driver built on these cores.
 //! - `host_raw`: the bare client against a real `GrpcServer` serving the
 //!   demo host, synced once, then calling and reading up to each result
 //!   (patch, then result): the whole server side, without the `Client`.
@@ -44,7 +49,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{HostMessages, Summary, interleaved_ratio_of};
-use cosystem_worker::client::{Client, ClientConfig};
+use cosystem_worker::client::{Client, ClientConfig, ClientCore, ClientEvent};
 use cosystem_worker::demo;
 use cosystem_worker::host::{Host, HostConfig, HostCore, PeerOptions, SyncMode};
 use cosystem_worker::transport::grpc::{GrpcConnector, GrpcServer};
@@ -204,16 +209,21 @@ impl HostService for Bare {
             let answers = match reply {
                 Reply::Result => vec![Ok(result_envelope(id))],
                 Reply::PatchAndResult { busy } => {
-                    let started = Instant::now();
-                    while started.elapsed() < busy {
-                        std::hint::spin_loop();
-                    }
+                    spin(busy);
                     vec![Ok(patch_envelope(id + 1)), Ok(result_envelope(id))]
                 }
             };
             futures::stream::iter(answers)
         });
         Ok(Response::new(Box::pin(replies)))
+    }
+}
+
+/// Keeps this thread busy for `time`.
+fn spin(time: Duration) {
+    let started = Instant::now();
+    while started.elapsed() < time {
+        std::hint::spin_loop();
     }
 }
 
@@ -236,6 +246,8 @@ fn bare_server(rt: &Runtime, reply: Reply) -> String {
 #[derive(Clone)]
 struct RawClient {
     epoch: Arc<str>,
+    /// Spun after each result by [`RawClient::run_to_results`].
+    busy: Duration,
     requests: mpsc::Sender<ClientMessage>,
     replies: Arc<Mutex<Streaming<HostMessage>>>,
 }
@@ -253,6 +265,7 @@ impl RawClient {
                 .into_inner();
             Self {
                 epoch: Arc::from(EPOCH),
+                busy: Duration::ZERO,
                 requests,
                 replies: Arc::new(Mutex::new(replies)),
             }
@@ -300,6 +313,12 @@ impl RawClient {
         started.elapsed()
     }
 
+    /// Spins for `busy` after each result in [`RawClient::run_to_results`].
+    fn busy(mut self, busy: Duration) -> Self {
+        self.busy = busy;
+        self
+    }
+
     /// `n` calls one at a time, each read up to its result.
     async fn run_to_results(self, n: u64) -> Duration {
         let mut replies = self.replies.lock().await;
@@ -317,15 +336,25 @@ impl RawClient {
                     break;
                 }
             }
+            spin(self.busy);
         }
         started.elapsed()
     }
 }
 
-/// What the sans-IO host takes to handle one `counter.increase(1)` from a
-/// session that receives publications: decode the call, run it, commit,
-/// and encode the patch and the result. The median of 15 batches of 2000.
-fn host_core_call_time() -> Duration {
+/// The protocol's own work for one `counter.increase(1)`, measured hot in
+/// the sans-IO cores: what the host takes (decode the call, run it, commit,
+/// encode the patch and the result) and what the client takes (make and
+/// encode the call, then decode the patch and the result, apply the patch
+/// and settle the call). Each the median of 15 batches of 2000.
+struct CoreTimes {
+    host: Duration,
+    client: Duration,
+}
+
+fn core_call_times() -> CoreTimes {
+    const BATCH: u64 = 2000;
+    const BATCHES: u64 = 15;
     let config = HostConfig {
         sync: SyncMode::Patch,
         sections: Some(
@@ -343,23 +372,77 @@ fn host_core_call_time() -> Duration {
             publications: true,
         })
         .expect("one session");
-    let mut batches: Vec<Duration> = (0..15)
-        .map(|batch| {
-            let calls: Vec<Vec<u8>> = (0..2000)
-                .map(|i| call_envelope(EPOCH, batch * 2000 + i + 1).encode_to_vec())
-                .collect();
-            let started = Instant::now();
-            for call in &calls {
-                host.handle_bytes(peer, call).expect("a valid call");
-                while let Some(frame) = host.poll_transmit(peer) {
-                    std::hint::black_box(frame.encoded());
+    let median = |mut batches: Vec<Duration>| {
+        batches.sort();
+        batches[batches.len() / 2]
+    };
+    let now = Instant::now();
+    let mut client = ClientCore::new(ClientConfig::default(), now);
+    // The host's side, timed; its answers are kept for the client's side.
+    let mut answers: Vec<Vec<bytes::Bytes>> = Vec::new();
+    let exchange = |host: &mut HostCore, call: &[u8], keep: &mut Vec<Vec<bytes::Bytes>>| {
+        host.handle_bytes(peer, call).expect("a valid message");
+        let mut frames = Vec::new();
+        while let Some(frame) = host.poll_transmit(peer) {
+            frames.push(frame.encoded().clone());
+        }
+        keep.push(frames);
+    };
+    let sync = client
+        .poll_transmit()
+        .expect("the initial sync")
+        .encode_to_vec();
+    exchange(&mut host, &sync, &mut answers);
+    let host_time = median(
+        (0..BATCHES)
+            .map(|batch| {
+                let calls: Vec<Vec<u8>> = (0..BATCH)
+                    .map(|i| call_envelope(EPOCH, batch * BATCH + i + 1).encode_to_vec())
+                    .collect();
+                let started = Instant::now();
+                for call in &calls {
+                    exchange(&mut host, call, &mut answers);
                 }
-            }
-            started.elapsed() / 2000
-        })
-        .collect();
-    batches.sort();
-    batches[batches.len() / 2]
+                started.elapsed() / BATCH as u32
+            })
+            .collect(),
+    );
+    // The client's side: the same calls, answered with the host's frames.
+    let mut answers = answers.into_iter();
+    for frame in answers.next().expect("the snapshot") {
+        client.handle_message(now, HostMessage::decode(frame).expect("a snapshot"));
+    }
+    while client.poll_event().is_some() {}
+    let args = [serde_json::json!(1)];
+    let client_time = median(
+        (0..BATCHES)
+            .map(|_| {
+                let batch: Vec<Vec<bytes::Bytes>> = answers.by_ref().take(BATCH as usize).collect();
+                let started = Instant::now();
+                for frames in batch {
+                    client
+                        .call("counter", "increase", &args, None)
+                        .expect("a call");
+                    let call = client.poll_transmit().expect("the call");
+                    std::hint::black_box(call.encode_to_vec());
+                    for frame in frames {
+                        let message = HostMessage::decode(frame).expect("an answer");
+                        client.handle_message(now, message);
+                    }
+                    let mut settled = false;
+                    while let Some(event) = client.poll_event() {
+                        settled |= matches!(event, ClientEvent::Settled { outcome: Ok(_), .. });
+                    }
+                    assert!(settled, "the replayed call settles");
+                }
+                started.elapsed() / BATCH as u32
+            })
+            .collect(),
+    );
+    CoreTimes {
+        host: host_time,
+        client: client_time,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -401,15 +484,15 @@ fn grpc_client(rt: &Runtime) -> Client {
 fn main() {
     let mut c = common::criterion();
     let mut summary = Summary::new(SUITE);
-    let busy = host_core_call_time();
+    let cores = core_call_times();
     for flavour in [Flavour::MultiThread, Flavour::CurrentThread] {
-        measure(&mut c, &mut summary, flavour, busy);
+        measure(&mut c, &mut summary, flavour, &cores);
     }
     c.final_summary();
     summary.write();
 }
 
-fn measure(c: &mut Criterion, summary: &mut Summary, flavour: Flavour, busy: Duration) {
+fn measure(c: &mut Criterion, summary: &mut Summary, flavour: Flavour, cores: &CoreTimes) {
     let rt = flavour.runtime();
     let echo = RawClient::connect(&rt, &bare_server(&rt, Reply::Result));
     let echo_patch = RawClient::connect(
@@ -421,15 +504,21 @@ fn measure(c: &mut Criterion, summary: &mut Summary, flavour: Flavour, busy: Dur
             },
         ),
     );
-    let echo_patch_busy =
-        RawClient::connect(&rt, &bare_server(&rt, Reply::PatchAndResult { busy }));
+    let busy = Reply::PatchAndResult { busy: cores.host };
+    let echo_patch_busy = RawClient::connect(&rt, &bare_server(&rt, busy));
+    let cores_floor = RawClient::connect(&rt, &bare_server(&rt, busy)).busy(cores.client);
     let host_raw = RawClient::connect(&rt, &host_server(&rt)).sync(&rt);
     let client = grpc_client(&rt);
     let (rt, echo, client) = (&rt, &echo, &client);
     let mut group = common::group(c, SUITE);
     let busy_note = format!(
         "the bare server answering with a patch and a result after spinning {} ns, the sans-IO HostCore's time for that call measured hot in this run: what that much work between request and answer costs",
-        busy.as_nanos()
+        cores.host.as_nanos()
+    );
+    let floor_note = format!(
+        "the bare server spinning {} ns (the HostCore's time) before answering with a patch and a result, and the bare client spinning {} ns (the ClientCore's time for the same call, measured hot in this run) after each result: a call with the protocol's own work and no other cost",
+        cores.host.as_nanos(),
+        cores.client.as_nanos()
     );
     for (row, raw, note) in [
         (
@@ -438,6 +527,7 @@ fn measure(c: &mut Criterion, summary: &mut Summary, flavour: Flavour, busy: Dur
             "the bare server answering each call envelope with a patch and a result (a call's three messages, no work)",
         ),
         ("echo_patch_busy", echo_patch_busy, busy_note.as_str()),
+        ("cores_floor", cores_floor, floor_note.as_str()),
         (
             "host_raw",
             host_raw,
