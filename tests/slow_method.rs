@@ -1,5 +1,6 @@
 //! A method that takes long holds up its own host's sessions (commits are
-//! serialised), but not the other tasks of the runtime the host shares.
+//! serialised), but not the other tasks of the runtime the host shares, and
+//! not the host's shutdown.
 
 mod common;
 
@@ -12,15 +13,31 @@ use cosystem_worker::client::{Client, ClientConfig};
 use cosystem_worker::demo;
 use cosystem_worker::host::Host;
 use cosystem_worker::transport::memory;
+use cosystem_worker::wire::ErrorCode;
 use serde_json::json;
 
 /// A client of `host` over the in-memory transport, served on `rt`.
 fn client_of(rt: &tokio::runtime::Runtime, host: &Host) -> Client {
+    served_client_of(rt, host).0
+}
+
+/// [`client_of`], with the task serving its session.
+fn served_client_of(rt: &tokio::runtime::Runtime, host: &Host) -> (Client, Served) {
     let (link, connector) = memory::pair();
     let host = host.clone();
-    rt.spawn(async move { host.serve(link).await });
+    let served = rt.spawn(async move { host.serve(link).await });
     let _enter = rt.enter();
-    Client::new(connector, ClientConfig::default())
+    (Client::new(connector, ClientConfig::default()), served)
+}
+
+type Served = tokio::task::JoinHandle<Result<(), cosystem_worker::host::InputError>>;
+
+fn two_workers() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// Fails the test instead of hanging it: without the guarantee under test
@@ -39,11 +56,7 @@ fn watchdog(limit: Duration) -> mpsc::Sender<()> {
 #[test]
 fn a_slow_method_holds_up_its_own_host_but_not_other_tasks_on_the_runtime() {
     let done = watchdog(Duration::from_secs(60));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = two_workers();
     let gate = Gate::default();
     let slow_host = Host::builder(app_with_gate("s", gate.clone())).build();
     let other_host = Host::builder(demo::app("s")).build();
@@ -78,5 +91,51 @@ fn a_slow_method_holds_up_its_own_host_but_not_other_tasks_on_the_runtime() {
     gate.open();
     assert_eq!(rt.block_on(held).unwrap(), Ok(json!(1)));
     assert_eq!(rt.block_on(waiting).unwrap(), Ok(json!(1)));
+    let _ = done.send(());
+}
+
+#[test]
+fn a_shutdown_ends_the_other_in_memory_sessions_while_a_method_still_runs() {
+    let done = watchdog(Duration::from_secs(60));
+    let rt = two_workers();
+    let gate = Gate::default();
+    let host = Host::builder(app_with_gate("s", gate.clone())).build();
+    let (holder, holder_served) = served_client_of(&rt, &host);
+    let (waiter, waiter_served) = served_client_of(&rt, &host);
+    let (idle, idle_served) = served_client_of(&rt, &host);
+    rt.block_on(async {
+        for c in [&holder, &waiter, &idle] {
+            c.ready().await.unwrap();
+        }
+    });
+    let held = rt.spawn({
+        let c = holder.clone();
+        async move { c.call("slow", "hold", vec![]).await }
+    });
+    gate.wait_entered();
+    // This session has input it cannot hand to the held core.
+    let waiting = rt.spawn({
+        let c = waiter.clone();
+        async move { c.call("counter", "increase", vec![json!(1)]).await }
+    });
+    std::thread::sleep(Duration::from_millis(50));
+
+    host.shutdown();
+    // Both end while the method is still inside the gate: without the
+    // guarantee these awaits never return and the watchdog fails the test.
+    assert_eq!(rt.block_on(waiter_served).unwrap(), Ok(()));
+    assert_eq!(rt.block_on(idle_served).unwrap(), Ok(()));
+    assert!(!held.is_finished(), "the method is still held");
+    let outcome = rt.block_on(waiting).unwrap();
+    assert_eq!(outcome.unwrap_err().code, ErrorCode::OutcomeUnknown);
+
+    // The session running the method ends once it returns, after writing
+    // the output it then has: the call's own patch and result.
+    gate.open();
+    assert_eq!(rt.block_on(holder_served).unwrap(), Ok(()));
+    assert_eq!(rt.block_on(held).unwrap(), Ok(json!(1)));
+    assert_eq!(host.module_state("slow"), Some(json!({"runs": 1})));
+    assert_eq!(host.module_state("counter"), Some(json!({"count": 0})));
+    assert_eq!(host.session_count(), 0, "every session was disconnected");
     let _ = done.send(());
 }

@@ -5,7 +5,7 @@
 //! session that stops reading therefore costs the host nothing until it falls
 //! out of the history window, after which it is sent one coalescing snapshot.
 
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use std::future::Future;
@@ -15,6 +15,7 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::Notify;
 
+use super::core_lock::{CoreLock, Nap};
 use super::{
     HostConfig, HostCore, HostEvent, HostLimits, InputError, PeerKey, PeerOptions, SyncMode,
     new_epoch,
@@ -28,45 +29,15 @@ use crate::wire::{ClientMessage, HostFrame};
 pub const DEFAULT_BOOKMARK_INTERVAL: Duration = Duration::from_secs(5);
 
 struct Shared {
-    core: Mutex<HostCore>,
+    core: CoreLock,
     wakers: Mutex<FastMap<PeerKey, Arc<Notify>>>,
     closed: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
-    /// The core, if it is free now.
-    fn try_core(&self) -> Option<MutexGuard<'_, HostCore>> {
-        match self.core.try_lock() {
-            Ok(core) => Some(core),
-            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
-            Err(TryLockError::WouldBlock) => None,
-        }
-    }
-
-    /// The core, locked. A wait for the lock (another session's method
-    /// still running) happens outside the runtime's scheduling: on a
-    /// multi-threaded tokio runtime the waiting worker first hands its other
-    /// tasks to a new worker (`block_in_place`), so a slow method holds up
-    /// this host's sessions only, never unrelated tasks that happened to be
-    /// queued on the waiting thread.
+    /// The core, locked, waiting as long as it takes (see [`CoreLock::lock`]).
     fn core(&self) -> MutexGuard<'_, HostCore> {
-        // A panic while holding the lock can only come from a bug in the
-        // core itself (module panics are caught inside it); the core's state
-        // is still consistent, so keep serving.
-        match self.try_core() {
-            Some(core) => core,
-            None => {
-                let wait = || self.core.lock().unwrap_or_else(|e| e.into_inner());
-                let multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|h| {
-                    h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-                });
-                if multi_thread {
-                    tokio::task::block_in_place(wait)
-                } else {
-                    wait()
-                }
-            }
-        }
+        self.core.lock()
     }
 
     /// Wakes every session, but `except`.
@@ -167,7 +138,7 @@ impl HostBuilder {
         let core = HostCore::new(self.config, self.app, epoch);
         let host = Host {
             shared: Arc::new(Shared {
-                core: Mutex::new(core),
+                core: CoreLock::new(core),
                 wakers: Mutex::new(FastMap::default()),
                 closed: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -309,32 +280,56 @@ impl Host {
         // Woken by publications, bookmarks and shutdown; this task's own
         // input is followed by its own output pass, not by a notification.
         let mut woken = std::pin::pin!(session.notify.notified());
+        // Input read while another session's method held the core, and the
+        // wait before trying the core again: the task never blocks on the
+        // core, so a shutdown ends it even while a method runs.
+        let mut held: Option<ClientMessage> = None;
+        let mut nap = Nap::default();
         std::future::poll_fn(|cx| {
             loop {
-                loop {
-                    match stream.poll_next_unpin(cx) {
-                        Poll::Ready(Some(Ok(message))) => {
-                            if let Err(error) = session.handle_quietly(message) {
-                                if error.is_fatal() {
-                                    tracing::warn!(peer = %peer_id, %error, "closing session");
-                                    return Poll::Ready(Err(error));
-                                }
-                                tracing::debug!(peer = %peer_id, %error, "ignored input");
-                            }
-                        }
-                        Poll::Ready(Some(Err(error))) => {
-                            tracing::debug!(peer = %peer_id, %error, "session read failed");
-                            return Poll::Ready(Ok(()));
-                        }
-                        Poll::Ready(None) => return Poll::Ready(Ok(())),
-                        Poll::Pending => break,
-                    }
-                }
                 if session.is_closed() {
                     return Poll::Ready(Ok(()));
                 }
-                if write_ready(&session, &mut sink, cx).is_err() {
-                    return Poll::Ready(Ok(()));
+                let mut busy = false;
+                loop {
+                    if held.is_none() {
+                        match stream.poll_next_unpin(cx) {
+                            Poll::Ready(Some(Ok(message))) => held = Some(message),
+                            Poll::Ready(Some(Err(error))) => {
+                                tracing::debug!(peer = %peer_id, %error, "session read failed");
+                                return Poll::Ready(Ok(()));
+                            }
+                            Poll::Ready(None) => return Poll::Ready(Ok(())),
+                            Poll::Pending => break,
+                        }
+                    }
+                    match session.try_handle_quietly(&mut held) {
+                        None => {
+                            busy = true;
+                            break;
+                        }
+                        Some(Err(error)) if error.is_fatal() => {
+                            tracing::warn!(peer = %peer_id, %error, "closing session");
+                            return Poll::Ready(Err(error));
+                        }
+                        Some(Err(error)) => {
+                            tracing::debug!(peer = %peer_id, %error, "ignored input");
+                        }
+                        Some(Ok(())) => {}
+                    }
+                }
+                if !busy {
+                    match write_ready(&session, &mut sink, cx) {
+                        Ok(core_busy) => busy = core_busy,
+                        Err(_) => return Poll::Ready(Ok(())),
+                    }
+                }
+                if busy {
+                    if nap.poll(cx).is_ready() {
+                        continue;
+                    }
+                } else {
+                    nap.reset();
                 }
                 match woken.as_mut().poll(cx) {
                     // Something may be due: go round again with a fresh waiter.
@@ -368,10 +363,17 @@ impl Session {
         self.with_core(true, |core| core.handle_message(self.key, message))
     }
 
-    /// Handles one envelope without waking this session's own
-    /// [`Session::next_frame`]: for a caller that writes right after.
-    fn handle_quietly(&self, message: ClientMessage) -> Result<(), InputError> {
-        self.with_core(false, |core| core.handle_message(self.key, message))
+    /// Handles the envelope in `input` without waking this session's own
+    /// [`Session::next_frame`] (for a caller that writes right after), if
+    /// the core comes free within a short spin; `None`, leaving it there,
+    /// if not.
+    fn try_handle_quietly(
+        &self,
+        input: &mut Option<ClientMessage>,
+    ) -> Option<Result<(), InputError>> {
+        let core = self.shared.core.now()?;
+        let message = input.take()?;
+        Some(self.with_locked(core, false, |core| core.handle_message(self.key, message)))
     }
 
     fn is_closed(&self) -> bool {
@@ -386,7 +388,17 @@ impl Session {
     }
 
     fn with_core<T>(&self, wake_self: bool, f: impl FnOnce(&mut HostCore) -> T) -> T {
-        let mut core = self.shared.core();
+        self.with_locked(self.shared.core(), wake_self, f)
+    }
+
+    /// Runs `f` on the locked core, then wakes the sessions that may have
+    /// output: every other one after a publication, and this one if asked.
+    fn with_locked<T>(
+        &self,
+        mut core: MutexGuard<'_, HostCore>,
+        wake_self: bool,
+        f: impl FnOnce(&mut HostCore) -> T,
+    ) -> T {
         let result = f(&mut core);
         let published = self.shared.drain_events(&mut core);
         drop(core);
@@ -427,39 +439,20 @@ impl Session {
     /// this session's wake-ups, so that a shutdown ends the session's output
     /// even while a method that never returns holds the core.
     async fn core_for_output(&self) -> Option<MutexGuard<'_, HostCore>> {
-        const SPINS: u32 = 64;
-        const FIRST_NAP: Duration = Duration::from_millis(1);
-        const LONGEST_NAP: Duration = Duration::from_millis(50);
-        let closed = || {
-            self.shared
-                .closed
-                .load(std::sync::atomic::Ordering::Acquire)
-        };
-        for spin in 0..SPINS {
-            if let Some(core) = self.shared.try_core() {
-                return Some(core);
-            }
-            if spin < SPINS / 2 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
-        }
-        let mut nap = FIRST_NAP;
+        let mut nap = Nap::default();
         loop {
-            if closed() {
+            if self.is_closed() {
                 return None;
             }
-            if let Some(core) = self.shared.try_core() {
+            if let Some(core) = self.shared.core.now() {
                 return Some(core);
             }
             // A wake-up consumed here is not lost: the caller looks for
             // output once it has the core.
             tokio::select! {
-                () = tokio::time::sleep(nap) => {}
+                () = std::future::poll_fn(|cx| nap.poll(cx)) => {}
                 () = self.notify.notified() => {}
             }
-            nap = (nap * 2).min(LONGEST_NAP);
         }
     }
 
@@ -470,32 +463,40 @@ impl Session {
 }
 
 /// Writes every frame the session has ready while the sink takes them, then
-/// flushes. Waits for nothing: a sink that is not ready wakes the task later.
+/// flushes. Waits for nothing: a sink that is not ready wakes the task
+/// later. Returns whether it stopped because another session's method held
+/// the core.
 fn write_ready(
     session: &Session,
     sink: &mut BoxSink<HostFrame>,
     cx: &mut Context<'_>,
-) -> Result<(), TransportError> {
+) -> Result<bool, TransportError> {
+    let mut core_busy = false;
     loop {
         match sink.as_mut().poll_ready(cx) {
             Poll::Ready(Ok(())) => {}
             Poll::Ready(Err(error)) => return Err(error),
-            Poll::Pending => return Ok(()),
+            Poll::Pending => break,
         }
-        let Some(frame) = session.try_next_frame() else {
+        let Some(mut core) = session.shared.core.now() else {
+            core_busy = true;
             break;
         };
+        let Some(frame) = core.poll_transmit(session.key) else {
+            break;
+        };
+        drop(core);
         sink.as_mut().start_send(frame)?;
     }
     match sink.as_mut().poll_flush(cx) {
         Poll::Ready(Err(error)) => Err(error),
-        _ => Ok(()),
+        _ => Ok(core_busy),
     }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.shared.core().disconnect(self.key);
+        self.shared.core.disconnect(self.key);
         self.shared
             .wakers
             .lock()

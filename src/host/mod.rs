@@ -5,6 +5,7 @@
 
 mod config;
 mod core;
+mod core_lock;
 mod driver;
 mod encode;
 mod history;
