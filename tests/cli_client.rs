@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{BIN, cli_client};
+use common::{BIN, cli_client, cli_client_with_env};
 
 use std::net::SocketAddr;
 use std::process::{Output, Stdio};
@@ -316,10 +316,43 @@ async fn tls_needs_the_ca_certificate() {
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(stdout_json(&output)["value"], json!(7));
 
-    let output = cli_client(&["--connect", &url, "--timeout", "1", "state"]).await;
+    // Without --ca-cert the system's trust store decides, which here is
+    // pointed at another certificate.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let other_ca = dir.join("other.pem");
+    std::fs::write(&other_ca, other.cert.pem()).unwrap();
+    let output = cli_client_with_env(
+        &[("SSL_CERT_FILE", other_ca.to_str().unwrap())],
+        &["--connect", &url, "--timeout", "1", "state"],
+    )
+    .await;
     assert_eq!(output.status.code(), Some(3));
     let line = error_line(&output);
     assert!(line.to_lowercase().contains("certificate"), "{line}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_without_a_ca_certificate_trusts_the_system_store() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("cosystem-cli-roots-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = dir.join("store.pem");
+    std::fs::write(&store, cert.cert.pem()).unwrap();
+    let host = demo_host();
+    let (addr, _stop) = start(
+        GrpcServer::builder(host.clone()).tls(cert.cert.pem(), cert.signing_key.serialize_pem()),
+    )
+    .await;
+    let url = format!("https://localhost:{}", addr.port());
+
+    let output = cli_client_with_env(
+        &[("SSL_CERT_FILE", store.to_str().unwrap())],
+        &["--connect", &url, "call", "counter", "increase", "3"],
+    )
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout_json(&output)["value"], json!(3));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -47,7 +47,8 @@ pub struct ClientArgs {
     /// file (surrounding whitespace ignored).
     #[arg(long, value_name = "FILE", global = true)]
     token_file: Option<PathBuf>,
-    /// Trust this PEM certificate (a CA or the host's own) for https://.
+    /// Trust only this PEM certificate (a CA or the host's own) for
+    /// https://; without it, the system's trust store.
     #[arg(long, value_name = "FILE", global = true)]
     ca_cert: Option<PathBuf>,
     /// Give up if the host is not reached, or a call not settled, within

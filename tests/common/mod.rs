@@ -77,9 +77,15 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_cosystem-worker");
 /// Runs `cosystem-worker client ARGS` and returns its output; a hang guard
 /// (not a speed check) keeps a broken build from stalling the suite.
 pub async fn cli_client(args: &[&str]) -> Output {
+    cli_client_with_env(&[], args).await
+}
+
+/// [`cli_client`] with these environment variables set for it.
+pub async fn cli_client_with_env(env: &[(&str, &str)], args: &[&str]) -> Output {
     let run = Command::new(BIN)
         .arg("client")
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();

@@ -62,8 +62,10 @@ impl GrpcConnector {
         self
     }
 
-    /// Trusts this PEM certificate (a CA, or the host's self-signed one) for
-    /// `https://` URLs. Without one, this build trusts no certificate.
+    /// Trusts this PEM certificate (a CA, or the host's self-signed one), and
+    /// only it, for `https://` URLs. Without one, the system's trust store
+    /// is used (as `SSL_CERT_FILE` or `SSL_CERT_DIR` name it, else the
+    /// platform's own); connecting fails if it holds no certificate.
     pub fn ca_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.ca_cert = Some(pem.into());
         self
@@ -105,9 +107,10 @@ impl GrpcConnector {
             .keep_alive_timeout(Duration::from_secs(30));
         if self.url.starts_with("https://") {
             let mut tls = ClientTlsConfig::new();
-            if let Some(pem) = &self.ca_cert {
-                tls = tls.ca_certificate(Certificate::from_pem(pem));
-            }
+            tls = match &self.ca_cert {
+                Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
+                None => tls.with_native_roots(),
+            };
             if let Some(domain) = &self.domain {
                 tls = tls.domain_name(domain.clone());
             }
