@@ -2,12 +2,16 @@
 
 use std::time::Duration;
 
-use cosystem_worker::client::{Client, ClientConfig, ClientEvent, ConflictReason};
+use cosystem_worker::client::{Client, ClientConfig, ClientEvent, Notice};
 use cosystem_worker::demo;
 use cosystem_worker::host::{Host, SyncMode};
 use cosystem_worker::transport::bus::{self, Bus, BusHostOptions, BusMessage};
-use cosystem_worker::wire::{SnapshotReason, client_message, host_message};
+use cosystem_worker::wire::{
+    CallResult, ClientMessage, ErrorCode, Header, HostFrame, HostMessage, Patch, Snapshot,
+    SnapshotReason, SyncReason, call_result, client_message, host_message,
+};
 use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
 
 fn host() -> Host {
     Host::builder(demo::app("bus-secret"))
@@ -136,7 +140,7 @@ async fn a_client_that_joins_before_the_host_is_made_ready_by_its_announcement()
 }
 
 #[tokio::test]
-async fn a_lagging_client_sees_a_version_gap_and_resyncs() {
+async fn a_lagging_client_reports_the_loss_and_resyncs_while_staying_connected() {
     within_a_minute(async {
         // A bus that holds only four envelopes per receiver.
         let bus = Bus::new(4);
@@ -156,14 +160,16 @@ async fn a_lagging_client_sees_a_version_gap_and_resyncs() {
             host.invoke("counter", "increase", &[json!(1)]).unwrap();
         }
         let target = host.version();
-        let mut gap = false;
+        let mut lost = false;
         while alice.version() < Some(target) {
-            match events.recv().await.unwrap() {
-                ClientEvent::Conflict(c) if c.reason == ConflictReason::VersionGap => gap = true,
-                _ => {}
+            if let ClientEvent::Notice(Notice::EnvelopesLost { count }) =
+                events.recv().await.unwrap()
+            {
+                assert!(count > 0);
+                lost = true;
             }
         }
-        assert!(gap, "the loss was not reported as a version gap");
+        assert!(lost, "the loss was not reported");
         assert_eq!(alice.state(), Some(host.view()));
         assert!(alice.is_connected(), "lag was treated as a broken link");
         // And it keeps working.
@@ -172,6 +178,101 @@ async fn a_lagging_client_sees_a_version_gap_and_resyncs() {
             .await
             .unwrap();
         assert_eq!(value, json!(31));
+    })
+    .await
+}
+
+/// The next envelope a client put on the bus, skipping host envelopes and
+/// this receiver's own lag.
+async fn next_from_a_client(
+    receiver: &mut tokio::sync::broadcast::Receiver<BusMessage>,
+) -> ClientMessage {
+    loop {
+        match receiver.recv().await {
+            Ok(BusMessage::Client(message)) => return (*message).clone(),
+            Ok(BusMessage::Host(_)) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => panic!("the bus closed"),
+        }
+    }
+}
+
+/// An envelope from the scripted host "host" of epoch "e1" to `target`.
+fn scripted(target: &str, kind: host_message::Kind) -> BusMessage {
+    BusMessage::Host(HostFrame::new(HostMessage {
+        header: Some(Header::v1("e1", "host", target)),
+        kind: Some(kind),
+    }))
+}
+
+#[tokio::test]
+async fn a_lagging_client_settles_its_unanswered_call_outcome_unknown_instead_of_waiting() {
+    within_a_minute(async {
+        let bus = Bus::new(4);
+        let mut from_clients = bus.subscribe();
+        let alice = client(&bus, "alice");
+        // The test is the host: it answers alice's first sync request.
+        let Some(client_message::Kind::SyncRequest(first)) =
+            next_from_a_client(&mut from_clients).await.kind
+        else {
+            panic!("alice starts with a sync request");
+        };
+        bus.send(scripted(
+            "alice",
+            host_message::Kind::Snapshot(Snapshot {
+                version: 1,
+                state_json: json!({"counter": {"count": 0}}).to_string(),
+                sync_id: first.sync_id,
+                reason: SnapshotReason::Sync as i32,
+            }),
+        ));
+        alice.ready().await.unwrap();
+
+        // A call with no deadline, whose result alice's receiver loses: it
+        // is followed by more publications than the bus holds for alice,
+        // all put on the bus before alice's driver runs again.
+        let call = tokio::spawn({
+            let alice = alice.clone();
+            async move { alice.call("counter", "increase", vec![json!(1)]).await }
+        });
+        let Some(client_message::Kind::Call(sent)) =
+            next_from_a_client(&mut from_clients).await.kind
+        else {
+            panic!("alice sends the call");
+        };
+        bus.send(scripted(
+            "alice",
+            host_message::Kind::Result(CallResult {
+                call_id: sent.call_id,
+                state_version: 2,
+                outcome: Some(call_result::Outcome::ValueJson("1".to_owned())),
+            }),
+        ));
+        for version in 2..=10 {
+            bus.send(scripted(
+                "",
+                host_message::Kind::Patch(Patch {
+                    base_version: version - 1,
+                    version,
+                    patch_json: format!(
+                        r#"[{{"op":"replace","path":"/counter/count","value":{}}}]"#,
+                        version - 1
+                    ),
+                    sync_id: 0,
+                }),
+            ));
+        }
+
+        let outcome = call.await.unwrap();
+        assert_eq!(outcome.unwrap_err().code, ErrorCode::OutcomeUnknown);
+        assert!(alice.is_connected(), "lag was treated as a broken link");
+        // Alice asks to resume from the version it had when the loss hit.
+        let Some(client_message::Kind::SyncRequest(resume)) =
+            next_from_a_client(&mut from_clients).await.kind
+        else {
+            panic!("alice asks to resume");
+        };
+        assert_eq!(resume.have_version, 1);
+        assert_eq!(resume.reason, SyncReason::VersionGap as i32);
     })
     .await
 }

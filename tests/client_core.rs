@@ -1438,6 +1438,85 @@ fn connection_lost_settles_sent_calls_outcome_unknown_and_keeps_queued_calls_and
 }
 
 #[test]
+fn envelopes_lost_settles_unanswered_calls_outcome_unknown_and_asks_to_resume_at_once() {
+    let mut c = synced(3, 3);
+    let in_flight = sent_call(&mut c);
+    let queued = c.call("counter", "increase", &[json!(2)], None).unwrap();
+    events(&mut c);
+
+    c.envelopes_lost(at(10), 4);
+    let evs = events(&mut c);
+    assert_eq!(notices(&evs), vec![Notice::EnvelopesLost { count: 4 }]);
+    assert_eq!(
+        settlements(&evs),
+        vec![(in_flight, Err(ErrorCode::OutcomeUnknown), None)]
+    );
+    assert_eq!(c.pending_calls(), 1, "the queued call was never sent");
+
+    // The link is still up: the resume request goes first, then the call.
+    let messages = sent(&mut c);
+    assert_eq!(messages.len(), 2, "{messages:#?}");
+    let Some(client_message::Kind::SyncRequest(request)) = &messages[0].kind else {
+        panic!("the sync request goes first: {messages:#?}");
+    };
+    assert_eq!(request.have_version, 3);
+    assert_eq!(reason(request), SyncReason::VersionGap);
+    assert_eq!(sent_calls(&messages[1..])[0].call_id, queued.0);
+
+    c.handle_message(
+        at(20),
+        patch_text(E1, 3, 5, &set_count(5).to_string(), request.sync_id),
+    );
+    assert_eq!(c.version(), Some(5));
+    assert!(!c.is_syncing());
+}
+
+#[test]
+fn envelopes_lost_keeps_held_results_and_an_outstanding_sync_request() {
+    let mut c = synced(3, 3);
+    let held = sent_call(&mut c);
+    c.handle_message(at(0), ok_result(E1, held, 5, json!("held")));
+    let request = only_sync(&sent(&mut c));
+    assert_eq!(reason(&request), SyncReason::ResultAhead);
+    events(&mut c);
+
+    c.envelopes_lost(at(10), 1);
+    assert!(settlements(&events(&mut c)).is_empty());
+    assert!(sent(&mut c).is_empty(), "the outstanding request stands");
+    assert_eq!(
+        c.poll_timeout(),
+        Some(at(0) + RETRY),
+        "and is retried as before"
+    );
+
+    c.handle_message(at(20), snapshot(E1, 5, view(5), request.sync_id));
+    assert_eq!(
+        settlements(&events(&mut c)),
+        vec![(held, Ok(json!("held")), Some(5))]
+    );
+}
+
+#[test]
+fn envelopes_lost_after_disposal_or_before_the_first_snapshot_sends_nothing_new() {
+    let mut c = new_client();
+    let initial = only_sync(&sent(&mut c));
+    c.envelopes_lost(at(10), 2);
+    assert_eq!(
+        notices(&events(&mut c)),
+        vec![Notice::EnvelopesLost { count: 2 }]
+    );
+    assert!(sent(&mut c).is_empty(), "the initial request stands");
+    c.handle_message(at(20), snapshot(E1, 1, view(1), initial.sync_id));
+    assert_eq!(c.version(), Some(1));
+
+    c.dispose();
+    events(&mut c);
+    c.envelopes_lost(at(30), 2);
+    assert!(events(&mut c).is_empty());
+    assert!(sent(&mut c).is_empty());
+}
+
+#[test]
 fn reconnect_without_a_mirror_asks_for_a_snapshot() {
     let mut c = new_client();
     sent(&mut c);

@@ -123,6 +123,12 @@ pub enum Notice {
         /// The snapshot's version.
         version: u64,
     },
+    /// The channel dropped envelopes meant for this client (a shared
+    /// channel's receiver fell behind, spec SC11).
+    EnvelopesLost {
+        /// How many, as the channel counted them.
+        count: u64,
+    },
 }
 
 /// Everything a [`ClientCore`] reports.
@@ -466,6 +472,40 @@ impl ClientCore {
         self.outbox
             .retain(|m| matches!(m.kind, Some(client_message::Kind::Call(_))));
         self.sync = None;
+    }
+
+    /// The channel reports that it dropped `count` envelopes meant for this
+    /// client, the link itself still being up (shared channels, spec SC11).
+    ///
+    /// Calls transmitted and still without a result settle `outcome-unknown`
+    /// at once, since their results may have been among the lost (they are
+    /// never retried); results already in hand keep waiting for the mirror.
+    /// The mirror asks to resume from its version now rather than at the
+    /// next publication or bookmark, unless a sync request is outstanding
+    /// (if its answer was lost, L5 repeats it).
+    pub fn envelopes_lost(&mut self, now: Instant, count: u64) {
+        if self.disposed {
+            return;
+        }
+        self.notice(Notice::EnvelopesLost { count });
+        let unanswered: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.transmitted && p.held.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in unanswered {
+            self.settle_local(
+                id,
+                ErrorCode::OutcomeUnknown,
+                "the channel lost envelopes while the call was in flight; its result may have been among them",
+            );
+        }
+        if self.connected
+            && let Some(have) = self.version()
+        {
+            self.heal(now, have, SyncReason::VersionGap);
+        }
     }
 
     /// The transport is back: ask to resume from the mirror's version.

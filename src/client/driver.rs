@@ -560,6 +560,21 @@ async fn run_link(shared: &Shared, link: ClientLink) -> Result<(), TransportErro
     result
 }
 
+/// Hands one item of the link's input to the core. Lost envelopes are
+/// input too (the link is still up); any other error ends the link.
+fn take_input(
+    shared: &Shared,
+    item: Result<HostMessage, TransportError>,
+) -> Result<(), TransportError> {
+    let now = Instant::now().into_std();
+    match item {
+        Ok(message) => shared.core().handle_message(now, message),
+        Err(TransportError::Lost { count }) => shared.core().envelopes_lost(now, count),
+        Err(error) => return Err(error),
+    }
+    Ok(())
+}
+
 async fn serve_link(
     shared: &Shared,
     stream: &mut BoxStream<HostMessage>,
@@ -591,15 +606,13 @@ async fn serve_link(
             biased;
             _ = timer => shared.core().handle_timeout(Instant::now().into_std()),
             item = stream.next() => match item {
-                Some(Ok(message)) => {
-                    shared.core().handle_message(Instant::now().into_std(), message);
+                Some(item) => {
+                    take_input(shared, item)?;
                     // Drain whatever else is already buffered before flushing.
                     while let Some(Some(item)) = futures::FutureExt::now_or_never(stream.next()) {
-                        let message = item?;
-                        shared.core().handle_message(Instant::now().into_std(), message);
+                        take_input(shared, item)?;
                     }
                 }
-                Some(Err(error)) => return Err(error),
                 None => return Ok(()),
             },
             _ = shared.wake.notified() => {}

@@ -19,8 +19,9 @@
 //!   starts, so a client that joined first becomes ready too. Neither
 //!   depends on who subscribed first.
 //! - **Loss.** A receiver that falls more than the bus capacity behind loses
-//!   the oldest envelopes. That is loss, not a broken link: the client's next
-//!   publication or bookmark shows a version gap and it resyncs.
+//!   the oldest envelopes. That is loss, not a broken link: the client's
+//!   link reports it ([`TransportError::Lost`]), and the client settles its
+//!   unanswered calls `outcome-unknown` and resyncs at once.
 //!
 //! The host-side capability and target checks live here, not in the host
 //! core: on point-to-point channels the spec requires `capability` and
@@ -170,10 +171,10 @@ impl Connector for BusConnector {
                 }
                 Ok(_) => None,
                 Err(BroadcastStreamRecvError::Lagged(lost)) => {
-                    // Loss, not a broken link: the client sees a version gap
-                    // on its next publication or bookmark and resyncs.
+                    // Loss, not a broken link (SC11): the client settles the
+                    // calls whose results may be lost and resyncs.
                     tracing::debug!(peer = %filter.peer_id, lost, "bus receiver lagged");
-                    None
+                    Some(Err(TransportError::Lost { count: lost }))
                 }
             };
             futures::future::ready(delivered)

@@ -91,6 +91,14 @@ pub enum TransportError {
     /// The peer refused this client's credentials.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
+    /// The channel dropped envelopes for this receiver but is still up:
+    /// a shared channel's receiver that fell behind (spec SC11). A link
+    /// stream yields it in place of the lost envelopes and carries on.
+    #[error("{count} envelopes lost on the channel")]
+    Lost {
+        /// How many.
+        count: u64,
+    },
 }
 
 impl TransportError {
