@@ -210,6 +210,22 @@ async fn a_call_queued_before_the_token_is_refused_fails_rather_than_hangs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_that_cannot_be_built_stops_the_client_instead_of_retrying() {
+    let connector = GrpcConnector::new("http://127.0.0.1:1")
+        .unwrap()
+        .token("not a token");
+    assert!(connector.endpoint().is_err());
+    let client = Client::new(connector, ClientConfig::default());
+    // Without the guarantee the client retries forever and this times out.
+    let error = tokio::time::timeout(Duration::from_secs(60), client.ready())
+        .await
+        .expect("the client gave up")
+        .unwrap_err();
+    assert_eq!(error.code, ErrorCode::Unavailable, "{error}");
+    assert!(error.message.contains("as configured"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_at_its_client_limit_refuses_new_streams_resource_exhausted() {
     let host = host_with(HostLimits {
         max_clients: 2,

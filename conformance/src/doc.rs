@@ -204,6 +204,9 @@ fn client_action(action: &ClientAction) -> String {
         ClientAction::Cancel(label) => format!("Cancel call `{label}`."),
         ClientAction::Timeout => "Report the time to the client's timers.".into(),
         ClientAction::ConnectionLost => "The connection is lost.".into(),
+        ClientAction::EnvelopesLost(count) => {
+            format!("The shared channel reports {count} envelopes lost.")
+        }
         ClientAction::Reconnected => "The connection is re-established.".into(),
         ClientAction::Dispose => "Dispose of the client.".into(),
     }

@@ -100,6 +100,7 @@ fn settling_before_catching_up_fails_exactly_the_read_your_writes_cases() {
             "client-duplicate-result-while-held-is-noticed",
             "client-error-result-waits-for-its-version",
             "client-held-results-settle-in-arrival-order",
+            "client-reported-loss-keeps-held-results-and-an-outstanding-sync",
             "client-result-ahead-is-held-until-mirror-catches-up",
             "client-result-ahead-while-syncing-sends-nothing-more",
         ])

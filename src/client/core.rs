@@ -123,8 +123,8 @@ pub enum Notice {
         /// The snapshot's version.
         version: u64,
     },
-    /// The channel dropped envelopes meant for this client (a shared
-    /// channel's receiver fell behind, spec SC11).
+    /// The channel dropped envelopes that may have been meant for this
+    /// client (a shared channel's receiver fell behind, spec SC12).
     EnvelopesLost {
         /// How many, as the channel counted them.
         count: u64,
@@ -474,8 +474,9 @@ impl ClientCore {
         self.sync = None;
     }
 
-    /// The channel reports that it dropped `count` envelopes meant for this
-    /// client, the link itself still being up (shared channels, spec SC11).
+    /// The channel reports that it dropped `count` envelopes that may have
+    /// been meant for this client, the link itself still being up (shared
+    /// channels, spec SC12 and row L9).
     ///
     /// Calls transmitted and still without a result settle `outcome-unknown`
     /// at once, since their results may have been among the lost (they are

@@ -323,6 +323,9 @@ impl Host {
                         Ok(core_busy) => busy = core_busy,
                         Err(_) => return Poll::Ready(Ok(())),
                     }
+                } else if let Poll::Ready(Err(_)) = sink.as_mut().poll_flush(cx) {
+                    // What the sink already holds needs no core to go out.
+                    return Poll::Ready(Ok(()));
                 }
                 if busy {
                     if nap.poll(cx).is_ready() {

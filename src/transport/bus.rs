@@ -171,7 +171,7 @@ impl Connector for BusConnector {
                 }
                 Ok(_) => None,
                 Err(BroadcastStreamRecvError::Lagged(lost)) => {
-                    // Loss, not a broken link (SC11): the client settles the
+                    // Loss, not a broken link (SC12): the client settles the
                     // calls whose results may be lost and resyncs.
                     tracing::debug!(peer = %filter.peer_id, lost, "bus receiver lagged");
                     Some(Err(TransportError::Lost { count: lost }))

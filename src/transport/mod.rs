@@ -34,8 +34,11 @@
 //!   connection broke; either way the link is finished: the host ends the
 //!   session, and the client settles in-flight calls `outcome-unknown` and,
 //!   unless the error says retrying is pointless, asks the connector again.
-//!   A stream must not end for any other reason: a message that is merely
-//!   lost is skipped, not reported as an end.
+//!   A stream must not end for any other reason. The one error item that
+//!   does not end the link is [`TransportError::Lost`]: a shared channel
+//!   yields it where it dropped envelopes, and the client handles it as
+//!   input (spec SC12) and keeps reading. A point-to-point transport that
+//!   cannot lose messages never yields it.
 //! - **The sink fails only when the link is dead.** A sink error ends the
 //!   link like a stream error does.
 //! - **Errors map to [`TransportError`] by what the client should do next.**
@@ -45,8 +48,10 @@
 //!   and later calls: [`TransportError::Closed`] when nothing will ever answer
 //!   again; [`TransportError::FrameTooLarge`] and
 //!   [`TransportError::Malformed`] for input that breaks the transport's own
-//!   framing (the same input would come again); and
-//!   [`TransportError::Unauthenticated`] when the host refuses credentials.
+//!   framing (the same input would come again);
+//!   [`TransportError::Unauthenticated`] when the host refuses credentials;
+//!   and [`TransportError::Setup`] when the connector's own configuration
+//!   cannot work.
 //! - **Byte transports write [`HostFrame::encoded`].** It is the message's
 //!   encoding computed once and shared by every session it goes to.
 //!
@@ -91,9 +96,15 @@ pub enum TransportError {
     /// The peer refused this client's credentials.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
+    /// The connector cannot connect as configured (a bad URL, token or TLS
+    /// setting, or a system trust store without certificates); retrying
+    /// cannot help.
+    #[error("cannot connect as configured: {0}")]
+    Setup(String),
     /// The channel dropped envelopes for this receiver but is still up:
-    /// a shared channel's receiver that fell behind (spec SC11). A link
-    /// stream yields it in place of the lost envelopes and carries on.
+    /// a shared channel's receiver that fell behind (spec SC12). A link
+    /// stream yields it in place of the lost envelopes and carries on; it
+    /// never ends a link, so it is not "retryable" either.
     #[error("{count} envelopes lost on the channel")]
     Lost {
         /// How many.

@@ -98,6 +98,8 @@ pub enum Command {
     Advance(u64),
     /// The transport broke.
     ConnectionLost,
+    /// The shared channel reports this many envelopes lost (SC12, L9).
+    EnvelopesLost(u64),
     /// The transport is back.
     Reconnected,
     /// The application disposes of the client.
@@ -156,7 +158,8 @@ pub enum Event {
     },
     /// A notice: `{"kind": "epoch-changed", "old", "new"}`,
     /// `{"kind": "unexpected-result", "call_id"}`,
-    /// `{"kind": "malformed-message"}`, `{"kind": "overflow", "version"}`;
+    /// `{"kind": "malformed-message"}`, `{"kind": "overflow", "version"}`,
+    /// `{"kind": "envelopes-lost", "count"}`;
     /// members other than these are dropped when read.
     Notice(Value),
     /// A call settled.
@@ -246,6 +249,7 @@ impl Command {
             Command::Cancel(call) => json!({"op": "cancel", "call": call}),
             Command::Advance(ms) => json!({"op": "advance", "ms": ms}),
             Command::ConnectionLost => json!({"op": "connection_lost"}),
+            Command::EnvelopesLost(count) => json!({"op": "envelopes_lost", "count": count}),
             Command::Reconnected => json!({"op": "reconnected"}),
             Command::Dispose => json!({"op": "dispose"}),
             Command::Report => json!({"op": "report"}),
@@ -309,6 +313,9 @@ impl Command {
             "cancel" => Command::Cancel(string_member(map, "call")?.to_owned()),
             "advance" => Command::Advance(opt_u64(map, "ms")?.ok_or("advance needs ms")?),
             "connection_lost" => Command::ConnectionLost,
+            "envelopes_lost" => {
+                Command::EnvelopesLost(opt_u64(map, "count")?.ok_or("envelopes_lost needs count")?)
+            }
             "reconnected" => Command::Reconnected,
             "dispose" => Command::Dispose,
             "report" => Command::Report,
@@ -379,6 +386,7 @@ impl Event {
                     "epoch-changed" => &["old", "new"],
                     "unexpected-result" => &["call_id"],
                     "overflow" => &["version"],
+                    "envelopes-lost" => &["count"],
                     _ => &[],
                 };
                 let mut notice = Map::new();
@@ -542,6 +550,7 @@ mod tests {
             Command::Cancel("a".into()),
             Command::Advance(0),
             Command::ConnectionLost,
+            Command::EnvelopesLost(3),
             Command::Reconnected,
             Command::Dispose,
             Command::Report,

@@ -190,6 +190,10 @@ impl ReferenceClient {
                 self.connected = false;
                 Ok(())
             }
+            Command::EnvelopesLost(count) => {
+                core.envelopes_lost(now, *count);
+                Ok(())
+            }
             Command::Reconnected => {
                 core.reconnected(now);
                 self.connected = true;
@@ -295,6 +299,9 @@ fn translate(event: ClientEvent, labels: &BTreeMap<u64, String>) -> Result<Event
         }
         ClientEvent::Notice(Notice::Overflow { version }) => {
             Event::Notice(json!({"kind": "overflow", "version": version.to_string()}))
+        }
+        ClientEvent::Notice(Notice::EnvelopesLost { count }) => {
+            Event::Notice(json!({"kind": "envelopes-lost", "count": count.to_string()}))
         }
         ClientEvent::Settled {
             call,

@@ -84,6 +84,8 @@ pub enum ClientAction {
     Timeout,
     /// The transport broke.
     ConnectionLost,
+    /// The shared channel reports this many envelopes lost (SC12, L9).
+    EnvelopesLost(u64),
     /// The transport is back.
     Reconnected,
     /// The application disposes of the client.
@@ -176,13 +178,14 @@ pub struct ClientCase {
     pub steps: Vec<ClientStep>,
 }
 
-const ACTIONS: [&str; 8] = [
+const ACTIONS: [&str; 9] = [
     "start",
     "deliver",
     "call",
     "cancel",
     "timeout",
     "connection_lost",
+    "envelopes_lost",
     "reconnected",
     "dispose",
 ];
@@ -229,6 +232,12 @@ fn parse_step(step: &Value) -> Result<ClientStep, String> {
         }
         "timeout" => ClientAction::Timeout,
         "connection_lost" => ClientAction::ConnectionLost,
+        "envelopes_lost" => ClientAction::EnvelopesLost(
+            body.get("count")
+                .map(u64_of)
+                .transpose()?
+                .ok_or("envelopes_lost needs a count")?,
+        ),
         "reconnected" => ClientAction::Reconnected,
         _ => ClientAction::Dispose,
     };
@@ -373,6 +382,7 @@ pub fn run_with(case: &ClientCase, client: &mut dyn ClientUnderTest) -> Result<(
             ClientAction::Cancel(label) => Some(Command::Cancel(label.clone())),
             ClientAction::Timeout => None,
             ClientAction::ConnectionLost => Some(Command::ConnectionLost),
+            ClientAction::EnvelopesLost(count) => Some(Command::EnvelopesLost(*count)),
             ClientAction::Reconnected => Some(Command::Reconnected),
             ClientAction::Dispose => Some(Command::Dispose),
         };

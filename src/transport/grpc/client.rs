@@ -1,6 +1,7 @@
 //! The client's gRPC connector: each connect opens a new connection and
 //! one `Session` stream on it.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -34,6 +35,9 @@ pub struct GrpcConnector {
     domain: Option<String>,
     connect_timeout: Duration,
     max_message_bytes: usize,
+    /// The endpoint, built at the first connect and reused by every later
+    /// one: building it reads and parses the system trust store.
+    built: Arc<OnceLock<Result<Endpoint, String>>>,
 }
 
 impl GrpcConnector {
@@ -48,6 +52,7 @@ impl GrpcConnector {
             domain: None,
             connect_timeout: Duration::from_secs(5),
             max_message_bytes: crate::host::HostLimits::default().max_message_bytes,
+            built: Arc::default(),
         })
     }
 
@@ -59,6 +64,7 @@ impl GrpcConnector {
     /// Sends `authorization: Bearer <token>` on every stream.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self.built = Arc::default();
         self
     }
 
@@ -68,6 +74,7 @@ impl GrpcConnector {
     /// platform's own); connecting fails if it holds no certificate.
     pub fn ca_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.ca_cert = Some(pem.into());
+        self.built = Arc::default();
         self
     }
 
@@ -75,24 +82,28 @@ impl GrpcConnector {
     /// host.
     pub fn domain_name(mut self, domain: impl Into<String>) -> Self {
         self.domain = Some(domain.into());
+        self.built = Arc::default();
         self
     }
 
     /// How long one connection attempt may take (default 5 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self.built = Arc::default();
         self
     }
 
     /// Largest host message accepted (default: the protocol's 4 MiB).
     pub fn max_message_bytes(mut self, limit: usize) -> Self {
         self.max_message_bytes = limit;
+        self.built = Arc::default();
         self
     }
 
-    /// Checks the token and TLS settings and builds the endpoint; `connect`
-    /// does this on every attempt, so calling it first reports a bad
-    /// configuration once instead of as a retried connection failure.
+    /// Checks the token and TLS settings and builds the endpoint. `connect`
+    /// does this once and keeps the result; a configuration it cannot build
+    /// stops the client ([`TransportError::Setup`]) rather than being
+    /// retried. Calling it first reports such a configuration up front.
     pub fn endpoint(&self) -> Result<Endpoint, GrpcError> {
         if let Some(token) = &self.token
             && !is_valid_token(token)
@@ -124,11 +135,14 @@ impl GrpcConnector {
 
 impl Connector for GrpcConnector {
     fn connect(&self) -> BoxFuture<'static, Result<ClientLink, TransportError>> {
-        let endpoint = self.endpoint();
+        let endpoint = self
+            .built
+            .get_or_init(|| self.endpoint().map_err(|e| e.to_string()))
+            .clone();
         let token = self.token.clone();
         let max = self.max_message_bytes;
         async move {
-            let endpoint = endpoint.map_err(|e| TransportError::Connection(e.to_string()))?;
+            let endpoint = endpoint.map_err(TransportError::Setup)?;
             let channel = endpoint
                 .connect()
                 .await
