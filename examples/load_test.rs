@@ -37,6 +37,11 @@ struct Args {
     /// only watch). Default: all of them.
     #[arg(long)]
     callers: Option<usize>,
+    /// Worker threads of the host process's runtime; 0 runs it on one
+    /// current-thread runtime (`cosystem-worker host --threads`). Default:
+    /// one per core.
+    #[arg(long)]
+    host_threads: Option<usize>,
     /// Internal: serve a demo host on 127.0.0.1 and print its port.
     #[arg(long, hide = true)]
     serve_host: bool,
@@ -73,9 +78,13 @@ async fn serve_host() {
     server.serve(shutdown).await.expect("serve");
 }
 
-fn spawn_host() -> (Child, u16) {
-    let mut child = Command::new(std::env::current_exe().expect("own path"))
-        .arg("--serve-host")
+fn spawn_host(threads: Option<usize>) -> (Child, u16) {
+    let mut command = Command::new(std::env::current_exe().expect("own path"));
+    command.arg("--serve-host");
+    if let Some(threads) = threads {
+        command.arg(format!("--host-threads={threads}"));
+    }
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -109,16 +118,39 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
-#[tokio::main]
-async fn main() {
-    let args = Args::parse();
-    if args.serve_host {
-        serve_host().await;
-        return;
+/// The host process's runtime: `threads` workers, one current thread for
+/// 0, one per core by default.
+fn host_runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    use tokio::runtime::Builder;
+    match threads {
+        Some(0) => Builder::new_current_thread().enable_all().build(),
+        Some(n) => Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => Builder::new_multi_thread().enable_all().build(),
     }
+}
+
+fn main() {
+    let args = Args::parse();
+    let runtime = if args.serve_host {
+        host_runtime(args.host_threads)
+    } else {
+        tokio::runtime::Runtime::new()
+    }
+    .expect("a tokio runtime");
+    if args.serve_host {
+        runtime.block_on(serve_host());
+    } else {
+        runtime.block_on(run_clients(args));
+    }
+}
+
+async fn run_clients(args: Args) {
     let seconds = args.seconds.clamp(1, 300);
     let callers = args.callers.unwrap_or(args.clients).min(args.clients);
-    let (mut host, port) = spawn_host();
+    let (mut host, port) = spawn_host(args.host_threads);
     let url = format!("http://127.0.0.1:{port}");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_idle = rss_bytes(host.id());

@@ -12,10 +12,7 @@ fn main() -> ExitCode {
     // clap prints usage errors itself and exits 2 (0 for --help/--version).
     let cli = cli::Cli::parse();
     cli::init_tracing(&cli);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match cli.runtime() {
         Ok(runtime) => runtime,
         Err(error) => {
             let _ = writeln!(

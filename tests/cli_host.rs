@@ -49,6 +49,24 @@ async fn the_host_binary_serves_clients_logs_each_session_and_stops_on_sigterm()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_binary_serves_on_one_thread_or_a_given_number_of_workers() {
+    for threads in ["0", "1"] {
+        let (mut host, url) = spawn_host(&["--threads", threads]).await;
+        let called =
+            json_line(&cli_client(&["--connect", &url, "call", "counter", "increase", "2"]).await);
+        assert_eq!(called["value"], json!(2), "--threads {threads}");
+        let state = json_line(&cli_client(&["--connect", &url, "state"]).await);
+        assert_eq!(
+            state["state"]["counter"],
+            json!({"count": 2}),
+            "--threads {threads}"
+        );
+        let status = host.terminate().await;
+        assert!(status.success(), "--threads {threads}: {status:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_binary_publishes_the_sections_and_secret_it_is_given() {
     let dir = std::env::temp_dir().join(format!("cosystem-cli-host-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -53,6 +53,10 @@ pub struct HostArgs {
     /// Sessions served at once; more are refused RESOURCE_EXHAUSTED.
     #[arg(long, value_name = "N")]
     max_clients: Option<usize>,
+    /// Runtime worker threads; 0 serves everything on one thread. Default:
+    /// one per core.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
 }
 
 /// Runs the host until Ctrl-C or SIGTERM (with `--stdio`, also until stdin

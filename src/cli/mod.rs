@@ -37,6 +37,26 @@ enum Command {
     Client(client::ClientArgs),
 }
 
+impl Cli {
+    /// The tokio runtime the command runs on: the host's `--threads`
+    /// workers (one current thread for 0), else one worker per core.
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        use tokio::runtime::Builder;
+        let threads = match &self.command {
+            Command::Host(args) => args.threads,
+            Command::Client(_) => None,
+        };
+        match threads {
+            Some(0) => Builder::new_current_thread().enable_all().build(),
+            Some(n) => Builder::new_multi_thread()
+                .worker_threads(n)
+                .enable_all()
+                .build(),
+            None => Builder::new_multi_thread().enable_all().build(),
+        }
+    }
+}
+
 /// Why a command failed; each maps to one line on stderr and an exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
