@@ -30,7 +30,9 @@ use std::time::{Duration, Instant};
 use common::{BASE_SIZE, BytesRow, Summary, interleaved_ratio};
 use cosystem_worker::app::{App, Draft, JsonModule, MethodError, Module, TypedModule};
 use cosystem_worker::client::{ClientConfig, ClientCore};
-use cosystem_worker::host::{HostConfig, HostCore, PeerKey, PeerOptions, SyncMode, new_epoch};
+use cosystem_worker::host::{
+    HostConfig, HostCore, HostLimits, PeerKey, PeerOptions, SyncMode, new_epoch,
+};
 use cosystem_worker::wire::{HostFrame, HostMessage, host_message};
 use criterion::{BatchSize, BenchmarkId, Criterion};
 use serde::{Deserialize, Serialize};
@@ -158,6 +160,12 @@ impl Fixture {
         let config = HostConfig {
             sync: mode,
             peer_id: "host".into(),
+            // A 10 MiB view needs snapshots over the default 4 MiB message
+            // limit; under it the host would refuse to grow such a view.
+            limits: HostLimits {
+                max_message_bytes: 64 * 1024 * 1024,
+                ..HostLimits::default()
+            },
             ..Default::default()
         };
         // A real epoch (32 hex digits), so the wire sizes are the real ones.

@@ -1076,7 +1076,7 @@ fn message_over_the_size_limit_is_refused_unprocessed() {
         config_with(
             SyncMode::Patch,
             HostLimits {
-                max_message_bytes: 64,
+                max_message_bytes: 512,
                 ..Default::default()
             },
         ),
@@ -1089,20 +1089,20 @@ fn message_over_the_size_limit_is_refused_unprocessed() {
         1,
         "todos",
         "add",
-        &json!(["x".repeat(64)]).to_string(),
+        &json!(["x".repeat(512)]).to_string(),
     );
     let bytes = big.encode_to_vec();
     assert_eq!(
         h.handle_bytes(a, &bytes),
         Err(InputError::MessageTooLarge {
             size: bytes.len(),
-            limit: 64
+            limit: 512
         })
     );
     assert!(frames(&mut h, a).is_empty());
     assert_eq!(h.version(), 1);
     let small = call_msg(EPOCH, 2, "counter", "increase", "[1]").encode_to_vec();
-    assert!(small.len() <= 64);
+    assert!(small.len() <= 512);
     h.handle_bytes(a, &small).unwrap();
     assert_eq!(value(&only_result(&frames(&mut h, a))), json!(1));
 }
@@ -1787,5 +1787,194 @@ fn a_state_or_result_that_is_not_json_is_internal_commits_nothing_and_the_host_k
         assert_eq!(value(&got[0]), json!(1.25));
         assert_eq!(h.view()["meter"], json!({"level": 4.0}));
         assert_eq!(h.view()["gauge"], json!({"level": 2.5}));
+    }
+}
+
+// ---- views too large for one snapshot (spec §15) -------------------------
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Log {
+    items: Vec<String>,
+}
+
+/// A recording module `log` and a typed module `tlog`, each a list of
+/// strings with `append(text)`, `pop()` and `set_first(text)`.
+fn logs_app() -> App {
+    let recording = JsonModule::new("log", json!({"items": []}))
+        .method("append", |d: &mut Draft<'_>, (text,): (String,)| {
+            d.push("/items", text)
+        })
+        .method("pop", |d: &mut Draft<'_>, (): ()| {
+            let n = d.get("/items").and_then(Value::as_array).map_or(0, Vec::len);
+            if n > 0 {
+                d.remove(&format!("/items/{}", n - 1))?;
+            }
+            Ok(n)
+        })
+        .method("set_first", |d: &mut Draft<'_>, (text,): (String,)| {
+            let n = d.get("/items").and_then(Value::as_array).map_or(0, Vec::len);
+            if n > 0 {
+                d.replace("/items/0", text)?;
+            }
+            Ok(n)
+        });
+    let typed = TypedModule::new("tlog", Log::default())
+        .method("append", |s: &mut Log, (text,): (String,)| {
+            s.items.push(text);
+            Ok(s.items.len())
+        })
+        .method("pop", |s: &mut Log, (): ()| Ok(s.items.pop().is_some()))
+        .method("set_first", |s: &mut Log, (text,): (String,)| {
+            if let Some(first) = s.items.first_mut() {
+                *first = text;
+            }
+            Ok(s.items.len())
+        });
+    App::new().with(recording).with(typed)
+}
+
+const SMALL_LIMIT: usize = 2048;
+
+fn small_host(mode: SyncMode) -> HostCore {
+    HostCore::new(
+        HostConfig {
+            sync: mode,
+            peer_id: HOST.to_owned(),
+            limits: HostLimits {
+                max_message_bytes: SMALL_LIMIT,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        logs_app(),
+        EPOCH,
+    )
+}
+
+/// The encoded size of the snapshot a new client with a 64-byte peer id is
+/// sent.
+fn snapshot_size(h: &mut HostCore) -> usize {
+    let peer = connect(h, &"p".repeat(64));
+    sync(h, peer, "", 0, 1);
+    let reply = frames(h, peer);
+    h.disconnect(peer);
+    assert!(snapshot_of(&reply[0]).is_some(), "a snapshot");
+    reply[0].encoded().len()
+}
+
+#[test]
+fn a_call_that_would_make_the_view_too_large_for_one_snapshot_is_refused_and_commits_nothing() {
+    for mode in MODES {
+        for module in ["log", "tlog"] {
+            let mut h = small_host(mode);
+            let mut accepted = 0;
+            let refusal = loop {
+                match h.invoke(module, "append", &[json!("x".repeat(300))]) {
+                    Ok(_) => accepted += 1,
+                    Err(error) => break error,
+                }
+                assert!(accepted < 10, "{module}: never refused");
+            };
+            assert_eq!(refusal.code, ErrorCode::ResourceExhausted, "{refusal}");
+            assert!(accepted >= 4, "{module} in {mode:?}: refused too early ({accepted})");
+            while h.poll_event().is_some() {}
+            let (version, state) = (h.version(), h.module_state(module).cloned());
+
+            // The refused call left no trace, and what was accepted fits.
+            assert_eq!(h.version(), version);
+            assert_eq!(h.module_state(module).cloned(), state);
+            assert!(h.poll_event().is_none(), "nothing was published");
+            assert!(snapshot_size(&mut h) <= SMALL_LIMIT);
+
+            // A call that fits still commits, and one that shrinks the view
+            // always does.
+            h.invoke(module, "append", &[json!("y")]).unwrap();
+            assert_eq!(h.version(), version + 1);
+            h.invoke(module, "pop", &[]).unwrap();
+            assert_eq!(h.version(), version + 2);
+            assert_eq!(h.module_state(module).cloned(), state);
+            assert!(snapshot_size(&mut h) <= SMALL_LIMIT);
+        }
+    }
+}
+
+#[test]
+fn a_refused_call_answers_its_client_resource_exhausted() {
+    let mut h = small_host(SyncMode::Patch);
+    let peer = attach(&mut h, "c");
+    let big = serde_json::to_string(&[json!("z".repeat(SMALL_LIMIT))]).unwrap();
+    call(&mut h, peer, 1, "log", "append", &big);
+    let result = only_result(&frames(&mut h, peer));
+    assert_eq!(code(&result), ErrorCode::ResourceExhausted);
+    assert_eq!(result.state_version, 1);
+    assert_eq!(h.module_state("log"), Some(&json!({"items": []})));
+}
+
+#[derive(Debug, Clone)]
+enum LogOp {
+    Append(usize),
+    Pop,
+    SetFirst(usize),
+}
+
+fn log_op() -> impl Strategy<Value = LogOp> {
+    prop_oneof![
+        3 => (0usize..700).prop_map(LogOp::Append),
+        1 => Just(LogOp::Pop),
+        1 => (0usize..700).prop_map(LogOp::SetFirst),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever the calls, every snapshot fits the message limit, a refused
+    /// call changes nothing, and only a call that would have grown the view
+    /// past the limit is refused.
+    #[test]
+    fn every_snapshot_fits_the_message_limit_and_refused_calls_change_nothing(
+        ops in proptest::collection::vec(log_op(), 1..40),
+        typed in any::<bool>(),
+        snapshot_mode in any::<bool>(),
+    ) {
+        let module = if typed { "tlog" } else { "log" };
+        let mode = if snapshot_mode { SyncMode::Snapshot } else { SyncMode::Patch };
+        let mut h = small_host(mode);
+        let mut model: Vec<String> = Vec::new();
+        for op in ops {
+            let mut next = model.clone();
+            let (method, args) = match &op {
+                LogOp::Append(n) => {
+                    next.push("a".repeat(*n));
+                    ("append", vec![json!("a".repeat(*n))])
+                }
+                LogOp::Pop => {
+                    next.pop();
+                    ("pop", vec![])
+                }
+                LogOp::SetFirst(n) => {
+                    if let Some(first) = next.first_mut() {
+                        *first = "s".repeat(*n);
+                    }
+                    ("set_first", vec![json!("s".repeat(*n))])
+                }
+            };
+            let version = h.version();
+            match h.invoke(module, method, &args) {
+                Ok(_) => model = next,
+                Err(error) => {
+                    prop_assert_eq!(error.code, ErrorCode::ResourceExhausted);
+                    prop_assert_eq!(h.version(), version);
+                    // Refused only when the view would not have fitted: its
+                    // JSON alone would have left under 300 bytes for the
+                    // envelope.
+                    let other = if typed { "log" } else { "tlog" };
+                    let view = json!({module: {"items": next}, other: {"items": []}});
+                    prop_assert!(view.to_string().len() > SMALL_LIMIT - 300, "{op:?}");
+                }
+            }
+            prop_assert_eq!(h.module_state(module), Some(&json!({"items": model})));
+            prop_assert!(snapshot_size(&mut h) <= SMALL_LIMIT);
+        }
     }
 }

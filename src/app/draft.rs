@@ -180,10 +180,14 @@ impl<'a> Draft<'a> {
         Ok(old)
     }
 
-    /// Keeps every change: the recorded operations become the call's patch.
-    fn commit(mut self) -> Vec<PatchOperation> {
-        self.undo.clear();
-        std::mem::take(&mut self.ops)
+    /// Keeps every change: the recorded operations become the call's
+    /// patch, and the undo log is handed over in case the host refuses the
+    /// commit after all.
+    fn commit(mut self) -> (Vec<PatchOperation>, Vec<Undo>) {
+        (
+            std::mem::take(&mut self.ops),
+            std::mem::take(&mut self.undo),
+        )
     }
 }
 
@@ -192,16 +196,21 @@ impl<'a> Draft<'a> {
 /// module's state is exactly what it was before the call.
 impl Drop for Draft<'_> {
     fn drop(&mut self) {
-        while let Some(undo) = self.undo.pop() {
-            match undo {
-                Undo::Overwrite(path, old) => {
-                    if let Some(target) = self.root.pointer_mut(&path) {
-                        *target = old;
-                    }
+        revert(self.root, &mut self.undo);
+    }
+}
+
+/// Undoes the changes `undo` records, newest first, leaving it empty.
+fn revert(root: &mut Value, undo: &mut Vec<Undo>) {
+    while let Some(step) = undo.pop() {
+        match step {
+            Undo::Overwrite(path, old) => {
+                if let Some(target) = root.pointer_mut(&path) {
+                    *target = old;
                 }
-                Undo::Reinsert(path, old) => reinsert_at(self.root, &path, old),
-                Undo::Remove(path) => remove_at(self.root, &path),
             }
+            Undo::Reinsert(path, old) => reinsert_at(root, &path, old),
+            Undo::Remove(path) => remove_at(root, &path),
         }
     }
 }
@@ -251,6 +260,9 @@ type DraftMethod = Box<dyn FnMut(&mut Draft<'_>, &[Value]) -> Result<Value, Meth
 pub struct JsonModule {
     state: Value,
     methods: Methods<DraftMethod>,
+    /// How to undo the last call until the host has settled it: O(size of
+    /// the change), like the call itself.
+    last_undo: Vec<Undo>,
 }
 
 impl JsonModule {
@@ -259,6 +271,7 @@ impl JsonModule {
         Self {
             state,
             methods: Methods::new(name),
+            last_undo: Vec::new(),
         }
     }
 
@@ -297,13 +310,22 @@ impl Module for JsonModule {
     }
 
     fn invoke(&mut self, method: &str, args: &[Value]) -> Result<Invocation, MethodError> {
+        self.last_undo.clear();
         let f = self.methods.get_mut(method)?;
         let mut draft = Draft::new(&mut self.state);
         let value = f(&mut draft, args)?;
-        Ok(Invocation {
-            value,
-            ops: draft.commit(),
-        })
+        let (ops, undo) = draft.commit();
+        self.last_undo = undo;
+        Ok(Invocation { value, ops })
+    }
+
+    fn settle(&mut self, keep: bool) -> bool {
+        if keep {
+            self.last_undo.clear();
+        } else {
+            revert(&mut self.state, &mut self.last_undo);
+        }
+        true
     }
 
     fn rollback(&mut self) {

@@ -57,6 +57,16 @@ pub trait Module: Send + 'static {
     fn invoke(&mut self, method: &str, args: &[Value]) -> Result<Invocation, MethodError>;
     /// Restores the committed state after a panic inside [`Module::invoke`].
     fn rollback(&mut self);
+    /// The host's verdict on the last successful [`Module::invoke`], given
+    /// once, right after it: `keep` the call's changes, or revert them (the
+    /// host refuses a commit that would make the published view too large
+    /// to send as one snapshot, spec §15). Returns whether the state now
+    /// matches the verdict. The default keeps everything and cannot revert:
+    /// it returns `false` for `keep == false`, and the host then lets the
+    /// commit stand.
+    fn settle(&mut self, keep: bool) -> bool {
+        keep
+    }
 }
 
 /// The modules a host runs, in a fixed order.

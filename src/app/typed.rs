@@ -17,6 +17,8 @@ pub struct TypedModule<S> {
     state: S,
     committed: Value,
     methods: Methods<Method<S>>,
+    /// The committed JSON before the last call, until the host settles it.
+    previous: Option<Value>,
 }
 
 impl<S> TypedModule<S>
@@ -36,6 +38,7 @@ where
             state,
             committed,
             methods: Methods::new(name),
+            previous: None,
         }
     }
 
@@ -89,12 +92,13 @@ where
     }
 
     fn invoke(&mut self, method: &str, args: &[Value]) -> Result<Invocation, MethodError> {
+        self.previous = None;
         let f = self.methods.get_mut(method)?;
         match f(&mut self.state, args) {
             Ok(value) => match to_json(&self.state, "the state") {
                 Ok(next) => {
                     let ops = super::diff::diff(&self.committed, &next);
-                    self.committed = next;
+                    self.previous = Some(std::mem::replace(&mut self.committed, next));
                     Ok(Invocation { value, ops })
                 }
                 Err(error) => {
@@ -113,5 +117,16 @@ where
 
     fn rollback(&mut self) {
         self.restore();
+    }
+
+    fn settle(&mut self, keep: bool) -> bool {
+        match self.previous.take() {
+            Some(previous) if !keep => {
+                self.committed = previous;
+                self.restore();
+            }
+            _ => {}
+        }
+        true
     }
 }

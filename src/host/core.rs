@@ -24,6 +24,7 @@ use serde_json::Value;
 use super::config::{HostConfig, SyncMode};
 use super::encode::{ops_json, section_prefix};
 use super::history::{Entry, History};
+use super::view_size::{growth_bound, snapshot_overhead, view_len};
 use crate::app::{App, MethodError, Module};
 use crate::fast_hash::FastMap;
 use crate::wire::{
@@ -152,6 +153,8 @@ pub struct HostCore {
     view_cache: Option<(u64, String)>,
     bookmark: Option<(u64, HostFrame)>,
     events: VecDeque<HostEvent>,
+    /// An upper bound on the published view's JSON length, once measured.
+    view_bound: Option<usize>,
 }
 
 impl std::fmt::Debug for HostCore {
@@ -213,6 +216,7 @@ impl HostCore {
             view_cache: None,
             bookmark: None,
             events: VecDeque::new(),
+            view_bound: None,
         }
     }
 
@@ -477,11 +481,57 @@ impl HostCore {
                 )));
             }
         };
-        if !invocation.ops.is_empty() && self.published[i] {
-            let ops = ops_json(&self.prefixes[i], &invocation.ops);
+        let ops = (!invocation.ops.is_empty() && self.published[i])
+            .then(|| ops_json(&self.prefixes[i], &invocation.ops));
+        if let Some(text) = &ops {
+            self.admit(i, growth_bound(&invocation.ops, text.len()))?;
+        }
+        self.modules[i].settle(true);
+        if let Some(ops) = ops {
             self.commit(ops);
         }
         Ok(invocation.value)
+    }
+
+    /// Whether the call just run on module `i`, which may grow the view by
+    /// `growth` bytes (`None`: unknown), leaves the view small enough to
+    /// send as one snapshot. If not, the module reverts the call and it is
+    /// refused (spec §15); a module that cannot revert keeps it. The view is
+    /// measured (O(state)) only when the bound kept on it reaches the limit.
+    fn admit(&mut self, i: usize, growth: Option<usize>) -> Result<(), MethodError> {
+        let max = self.config.limits.max_message_bytes;
+        let limit = max.saturating_sub(snapshot_overhead(
+            &self.epoch,
+            &self.config.peer_id,
+            &self.config.capability,
+        ));
+        if let (Some(bound), Some(growth)) = (self.view_bound, growth) {
+            let bound = bound.saturating_add(growth);
+            // A call that can only shrink the view is never refused, even
+            // when the view is already over the limit.
+            if bound <= limit || growth == 0 {
+                self.view_bound = Some(bound);
+                return Ok(());
+            }
+        }
+        let exact = view_len(
+            self.modules
+                .iter()
+                .zip(&self.published)
+                .filter(|(_, published)| **published)
+                .map(|(m, _)| (m.name(), m.state())),
+        );
+        if exact <= limit || growth == Some(0) || !self.modules[i].settle(false) {
+            self.view_bound = Some(exact);
+            return Ok(());
+        }
+        // Reverted: the bound on the view before the call still holds.
+        Err(MethodError::new(
+            ErrorCode::ResourceExhausted,
+            format!(
+                "the call would make the published view {exact} bytes of JSON, too large to send as one snapshot within the {max}-byte message limit; nothing was committed"
+            ),
+        ))
     }
 
     /// Publishes a new version made by `ops`, a JSON array of operations.
