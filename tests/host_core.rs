@@ -1805,14 +1805,20 @@ fn logs_app() -> App {
             d.push("/items", text)
         })
         .method("pop", |d: &mut Draft<'_>, (): ()| {
-            let n = d.get("/items").and_then(Value::as_array).map_or(0, Vec::len);
+            let n = d
+                .get("/items")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
             if n > 0 {
                 d.remove(&format!("/items/{}", n - 1))?;
             }
             Ok(n)
         })
         .method("set_first", |d: &mut Draft<'_>, (text,): (String,)| {
-            let n = d.get("/items").and_then(Value::as_array).map_or(0, Vec::len);
+            let n = d
+                .get("/items")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
             if n > 0 {
                 d.replace("/items/0", text)?;
             }
@@ -1876,7 +1882,10 @@ fn a_call_that_would_make_the_view_too_large_for_one_snapshot_is_refused_and_com
                 assert!(accepted < 10, "{module}: never refused");
             };
             assert_eq!(refusal.code, ErrorCode::ResourceExhausted, "{refusal}");
-            assert!(accepted >= 4, "{module} in {mode:?}: refused too early ({accepted})");
+            assert!(
+                accepted >= 4,
+                "{module} in {mode:?}: refused too early ({accepted})"
+            );
             while h.poll_event().is_some() {}
             let (version, state) = (h.version(), h.module_state(module).cloned());
 
