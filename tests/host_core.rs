@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use cosystem_worker::app::{App, Draft, JsonModule, MethodError, TypedModule};
+use cosystem_worker::app::{App, Draft, Invocation, JsonModule, MethodError, Module, TypedModule};
 use cosystem_worker::client::apply_patch;
 use cosystem_worker::demo;
 use cosystem_worker::host::{
@@ -1984,6 +1984,135 @@ proptest! {
             }
             prop_assert_eq!(h.module_state(module), Some(&json!({"items": model})));
             prop_assert!(snapshot_size(&mut h) <= SMALL_LIMIT);
+        }
+    }
+}
+
+#[test]
+fn a_view_already_too_large_still_takes_calls_that_do_not_make_it_larger() {
+    // Over the limit from the start (a big initial state).
+    let app = App::new()
+        .with(
+            JsonModule::new("blob", json!({"s": "x".repeat(3000)}))
+                .method("set", |d: &mut Draft<'_>, (s,): (String,)| {
+                    d.replace("/s", s).map(|_| ())
+                }),
+        )
+        .with(
+            JsonModule::new("count", json!({"n": 10}))
+                .method("set", |d: &mut Draft<'_>, (n,): (u64,)| {
+                    d.replace("/n", n).map(|_| ())
+                }),
+        );
+    let mut h = HostCore::new(
+        HostConfig {
+            limits: HostLimits {
+                max_message_bytes: SMALL_LIMIT,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        app,
+        EPOCH,
+    );
+    h.invoke("count", "set", &[json!(9)]).unwrap();
+    h.invoke("blob", "set", &[json!("y".repeat(2900))]).unwrap();
+    assert_eq!(h.version(), 3);
+    // Growing it further is refused, and changes nothing.
+    let error = h.invoke("count", "set", &[json!(123_456_789)]).unwrap_err();
+    assert_eq!(error.code, ErrorCode::ResourceExhausted);
+    assert_eq!(h.module_state("count"), Some(&json!({"n": 9})));
+    assert_eq!(h.version(), 3);
+    // Shrinking it under the limit makes room again.
+    h.invoke("blob", "set", &[json!("z")]).unwrap();
+    h.invoke("count", "set", &[json!(123_456_789)]).unwrap();
+    assert_eq!(h.version(), 5);
+}
+
+#[test]
+fn a_draft_add_at_an_invalid_path_changes_nothing_even_if_the_method_ignores_the_error() {
+    let app = App::new().with(JsonModule::new("m", json!({"a": 1})).method(
+        "sneak",
+        |d: &mut Draft<'_>, (): ()| {
+            let refused = d.add("/b~2", "y".repeat(100));
+            Ok(refused.is_err())
+        },
+    ));
+    let mut h = HostCore::new(HostConfig::default(), app, EPOCH);
+    assert_eq!(h.invoke("m", "sneak", &[]), Ok(json!(true)));
+    assert_eq!(h.module_state("m"), Some(&json!({"a": 1})));
+    assert_eq!(h.version(), 1);
+}
+
+/// A module that counts the host's verdicts and may be unable to revert.
+struct Verdicts {
+    inner: JsonModule,
+    can_revert: bool,
+    log: std::sync::Arc<std::sync::Mutex<Vec<bool>>>,
+}
+
+impl Module for Verdicts {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn declares(&self, method: &str) -> bool {
+        self.inner.declares(method)
+    }
+    fn methods(&self) -> Vec<String> {
+        self.inner.methods()
+    }
+    fn state(&self) -> &Value {
+        self.inner.state()
+    }
+    fn invoke(&mut self, method: &str, args: &[Value]) -> Result<Invocation, MethodError> {
+        self.inner.invoke(method, args)
+    }
+    fn rollback(&mut self) {
+        self.inner.rollback();
+    }
+    fn settle(&mut self, keep: bool) -> bool {
+        self.log.lock().unwrap().push(keep);
+        if keep || self.can_revert {
+            self.inner.settle(keep)
+        } else {
+            false
+        }
+    }
+}
+
+#[test]
+fn every_successful_call_is_settled_once_and_a_module_that_cannot_revert_keeps_its_commit() {
+    for can_revert in [true, false] {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let module = Verdicts {
+            inner: JsonModule::new("v", json!({"s": ""}))
+                .method("set", |d: &mut Draft<'_>, (s,): (String,)| {
+                    d.replace("/s", s).map(|_| ())
+                }),
+            can_revert,
+            log: log.clone(),
+        };
+        let mut h = HostCore::new(
+            HostConfig {
+                limits: HostLimits {
+                    max_message_bytes: SMALL_LIMIT,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            App::new().with(module),
+            EPOCH,
+        );
+        h.invoke("v", "set", &[json!("a")]).unwrap();
+        h.invoke("v", "set", &[json!("a")]).unwrap(); // no change, still settled
+        let big = h.invoke("v", "set", &[json!("b".repeat(SMALL_LIMIT))]);
+        assert_eq!(*log.lock().unwrap(), vec![true, true, false]);
+        if can_revert {
+            assert_eq!(big.unwrap_err().code, ErrorCode::ResourceExhausted);
+            assert_eq!(h.version(), 2);
+        } else {
+            assert_eq!(big, Ok(json!(null)));
+            assert_eq!(h.version(), 3, "the commit it could not revert stands");
         }
     }
 }

@@ -118,6 +118,8 @@ impl<'a> Draft<'a> {
     /// (`-` appends).
     pub fn add(&mut self, path: &str, value: impl Serialize) -> Result<(), MethodError> {
         let value = to_json(&value, "the value")?;
+        // Checked before anything changes: a failed add must change nothing.
+        pointer(path)?;
         let (parent, last) = self.parent_mut(path)?;
         let (recorded, undo) = match parent {
             Value::Object(map) => {

@@ -134,6 +134,14 @@ struct Peer {
     reply_to: String,
 }
 
+/// An upper bound on the published view's JSON length, and whether it is
+/// the length itself.
+#[derive(Debug, Clone, Copy, Default)]
+struct ViewBound {
+    size: usize,
+    exact: bool,
+}
+
 /// The host protocol state machine. See the module docs for the call order.
 pub struct HostCore {
     config: HostConfig,
@@ -153,8 +161,8 @@ pub struct HostCore {
     view_cache: Option<(u64, String)>,
     bookmark: Option<(u64, HostFrame)>,
     events: VecDeque<HostEvent>,
-    /// An upper bound on the published view's JSON length, once measured.
-    view_bound: Option<usize>,
+    /// An upper bound on the published view's JSON length.
+    view_bound: ViewBound,
 }
 
 impl std::fmt::Debug for HostCore {
@@ -201,7 +209,7 @@ impl HostCore {
             config.limits.history_entries.max(1),
             config.limits.history_bytes,
         );
-        Self {
+        let mut host = Self {
             config,
             epoch: epoch.into(),
             version: 1,
@@ -216,8 +224,13 @@ impl HostCore {
             view_cache: None,
             bookmark: None,
             events: VecDeque::new(),
-            view_bound: None,
-        }
+            view_bound: ViewBound::default(),
+        };
+        host.view_bound = ViewBound {
+            size: host.published_view_len(),
+            exact: true,
+        };
+        host
     }
 
     /// The host's epoch.
@@ -483,21 +496,24 @@ impl HostCore {
         };
         let ops = (!invocation.ops.is_empty() && self.published[i])
             .then(|| ops_json(&self.prefixes[i], &invocation.ops));
-        if let Some(text) = &ops {
-            self.admit(i, growth_bound(&invocation.ops, text.len()))?;
+        match &ops {
+            Some(text) => self.admit(i, growth_bound(&invocation.ops, text.len()))?,
+            None => {
+                self.modules[i].settle(true);
+            }
         }
-        self.modules[i].settle(true);
         if let Some(ops) = ops {
             self.commit(ops);
         }
         Ok(invocation.value)
     }
 
-    /// Whether the call just run on module `i`, which may grow the view by
-    /// `growth` bytes (`None`: unknown), leaves the view small enough to
-    /// send as one snapshot. If not, the module reverts the call and it is
-    /// refused (spec §15); a module that cannot revert keeps it. The view is
-    /// measured (O(state)) only when the bound kept on it reaches the limit.
+    /// Settles the call just run on module `i`, which may grow the view by
+    /// `growth` bytes (`None`: unknown): kept if the view stays small enough
+    /// to send as one snapshot or the call does not make it larger;
+    /// otherwise reverted and refused (spec §15), unless the module cannot
+    /// revert, when it is kept. The view is measured (O(state)) only when
+    /// the bound kept on it reaches the limit.
     fn admit(&mut self, i: usize, growth: Option<usize>) -> Result<(), MethodError> {
         let max = self.config.limits.max_message_bytes;
         let limit = max.saturating_sub(snapshot_overhead(
@@ -505,33 +521,51 @@ impl HostCore {
             &self.config.peer_id,
             &self.config.capability,
         ));
-        if let (Some(bound), Some(growth)) = (self.view_bound, growth) {
-            let bound = bound.saturating_add(growth);
-            // A call that can only shrink the view is never refused, even
-            // when the view is already over the limit.
-            if bound <= limit || growth == 0 {
-                self.view_bound = Some(bound);
+        let before = self.view_bound;
+        if let Some(growth) = growth {
+            let bound = before.size.saturating_add(growth);
+            if bound <= limit {
+                self.view_bound = ViewBound {
+                    size: bound,
+                    exact: false,
+                };
+                self.modules[i].settle(true);
                 return Ok(());
             }
         }
-        let exact = view_len(
+        let after = self.published_view_len();
+        // An inexact bound is only ever kept within the limit, so the view
+        // before this call fitted; an exact one (the view is over the limit
+        // already) says whether this call makes it larger. A call that does
+        // not make the view larger is never refused.
+        let grows_past = after > limit && (!before.exact || after > before.size);
+        if grows_past && self.modules[i].settle(false) {
+            return Err(MethodError::new(
+                ErrorCode::ResourceExhausted,
+                format!(
+                    "the call would make the published view {after} bytes of JSON, too large to send as one snapshot within the {max}-byte message limit; nothing was committed"
+                ),
+            ));
+        }
+        if !grows_past {
+            self.modules[i].settle(true);
+        }
+        self.view_bound = ViewBound {
+            size: after,
+            exact: true,
+        };
+        Ok(())
+    }
+
+    /// The published view's JSON length, measured: O(state).
+    fn published_view_len(&self) -> usize {
+        view_len(
             self.modules
                 .iter()
                 .zip(&self.published)
                 .filter(|(_, published)| **published)
                 .map(|(m, _)| (m.name(), m.state())),
-        );
-        if exact <= limit || growth == Some(0) || !self.modules[i].settle(false) {
-            self.view_bound = Some(exact);
-            return Ok(());
-        }
-        // Reverted: the bound on the view before the call still holds.
-        Err(MethodError::new(
-            ErrorCode::ResourceExhausted,
-            format!(
-                "the call would make the published view {exact} bytes of JSON, too large to send as one snapshot within the {max}-byte message limit; nothing was committed"
-            ),
-        ))
+        )
     }
 
     /// Publishes a new version made by `ops`, a JSON array of operations.
