@@ -288,19 +288,25 @@ async fn tokens_missing_wrong_and_right() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_needs_the_ca_certificate() {
+/// A TLS host with a self-signed certificate for `localhost`, its URL, a
+/// scratch directory holding that certificate as `cert.pem`, and the stop
+/// handle.
+async fn tls_host(tag: &str) -> (String, std::path::PathBuf, oneshot::Sender<()>) {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let dir = std::env::temp_dir().join(format!("cosystem-cli-tls-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("cosystem-cli-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let ca = dir.join("cert.pem");
-    std::fs::write(&ca, cert.cert.pem()).unwrap();
-    let host = demo_host();
-    let (addr, _stop) = start(
-        GrpcServer::builder(host.clone()).tls(cert.cert.pem(), cert.signing_key.serialize_pem()),
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
+    let (addr, stop) = start(
+        GrpcServer::builder(demo_host()).tls(cert.cert.pem(), cert.signing_key.serialize_pem()),
     )
     .await;
-    let url = format!("https://localhost:{}", addr.port());
+    (format!("https://localhost:{}", addr.port()), dir, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_needs_the_ca_certificate() {
+    let (url, dir, _stop) = tls_host("tls").await;
+    let ca = dir.join("cert.pem");
 
     let output = cli_client(&[
         "--connect",
@@ -334,18 +340,8 @@ async fn tls_needs_the_ca_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_without_a_ca_certificate_trusts_the_system_store() {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let dir = std::env::temp_dir().join(format!("cosystem-cli-roots-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = dir.join("store.pem");
-    std::fs::write(&store, cert.cert.pem()).unwrap();
-    let host = demo_host();
-    let (addr, _stop) = start(
-        GrpcServer::builder(host.clone()).tls(cert.cert.pem(), cert.signing_key.serialize_pem()),
-    )
-    .await;
-    let url = format!("https://localhost:{}", addr.port());
-
+    let (url, dir, _stop) = tls_host("roots").await;
+    let store = dir.join("cert.pem");
     let output = cli_client_with_env(
         &[("SSL_CERT_FILE", store.to_str().unwrap())],
         &["--connect", &url, "call", "counter", "increase", "3"],

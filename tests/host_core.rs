@@ -1841,20 +1841,21 @@ fn logs_app() -> App {
 
 const SMALL_LIMIT: usize = 2048;
 
-fn small_host(mode: SyncMode) -> HostCore {
-    HostCore::new(
-        HostConfig {
-            sync: mode,
-            peer_id: HOST.to_owned(),
-            limits: HostLimits {
-                max_message_bytes: SMALL_LIMIT,
-                ..Default::default()
-            },
+/// A host configuration with messages of at most [`SMALL_LIMIT`] bytes.
+fn small_limit(mode: SyncMode) -> HostConfig {
+    HostConfig {
+        sync: mode,
+        peer_id: HOST.to_owned(),
+        limits: HostLimits {
+            max_message_bytes: SMALL_LIMIT,
             ..Default::default()
         },
-        logs_app(),
-        EPOCH,
-    )
+        ..Default::default()
+    }
+}
+
+fn small_host(mode: SyncMode) -> HostCore {
+    HostCore::new(small_limit(mode), logs_app(), EPOCH)
 }
 
 /// The encoded size of the snapshot a new client with a 64-byte peer id is
@@ -2004,17 +2005,7 @@ fn a_view_already_too_large_still_takes_calls_that_do_not_make_it_larger() {
                     d.replace("/n", n).map(|_| ())
                 }),
         );
-    let mut h = HostCore::new(
-        HostConfig {
-            limits: HostLimits {
-                max_message_bytes: SMALL_LIMIT,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-        app,
-        EPOCH,
-    );
+    let mut h = HostCore::new(small_limit(SyncMode::Snapshot), app, EPOCH);
     h.invoke("count", "set", &[json!(9)]).unwrap();
     h.invoke("blob", "set", &[json!("y".repeat(2900))]).unwrap();
     assert_eq!(h.version(), 3);
@@ -2093,13 +2084,7 @@ fn every_successful_call_is_settled_once_and_a_module_that_cannot_revert_keeps_i
             log: log.clone(),
         };
         let mut h = HostCore::new(
-            HostConfig {
-                limits: HostLimits {
-                    max_message_bytes: SMALL_LIMIT,
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
+            small_limit(SyncMode::Snapshot),
             App::new().with(module),
             EPOCH,
         );

@@ -30,6 +30,39 @@ fn served_client_of(rt: &tokio::runtime::Runtime, host: &Host) -> (Client, Serve
     (Client::new(connector, ClientConfig::default()), served)
 }
 
+/// Starts `holder`'s call of the gated method and waits until it is inside
+/// the gate (holding the host's core); then starts `waiter`'s call, which
+/// needs that core too. Both calls' tasks.
+fn hold_and_wait(
+    rt: &tokio::runtime::Runtime,
+    gate: &Gate,
+    holder: &Client,
+    waiter: &Client,
+) -> (Call, Call) {
+    let held = rt.spawn({
+        let c = holder.clone();
+        async move { c.call("slow", "hold", vec![]).await }
+    });
+    gate.wait_entered();
+    let waiting = rt.spawn({
+        let c = waiter.clone();
+        async move { c.call("counter", "increase", vec![json!(1)]).await }
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    (held, waiting)
+}
+
+type Call = tokio::task::JoinHandle<Result<serde_json::Value, cosystem_worker::app::MethodError>>;
+
+/// Readies every client.
+fn ready(rt: &tokio::runtime::Runtime, clients: &[&Client]) {
+    rt.block_on(async {
+        for c in clients {
+            c.ready().await.unwrap();
+        }
+    });
+}
+
 type Served = tokio::task::JoinHandle<Result<(), cosystem_worker::host::InputError>>;
 
 fn two_workers() -> tokio::runtime::Runtime {
@@ -63,25 +96,10 @@ fn a_slow_method_holds_up_its_own_host_but_not_other_tasks_on_the_runtime() {
     let holder = client_of(&rt, &slow_host);
     let waiter = client_of(&rt, &slow_host);
     let bystander = client_of(&rt, &other_host);
-    rt.block_on(async {
-        for c in [&holder, &waiter, &bystander] {
-            c.ready().await.unwrap();
-        }
-    });
-
-    // One worker runs the held method (holding the host's core)...
-    let held = rt.spawn({
-        let c = holder.clone();
-        async move { c.call("slow", "hold", vec![]).await }
-    });
-    gate.wait_entered();
-    // ...and the session of a second call to that host waits for the core on
-    // the other worker.
-    let waiting = rt.spawn({
-        let c = waiter.clone();
-        async move { c.call("counter", "increase", vec![json!(1)]).await }
-    });
-    std::thread::sleep(Duration::from_millis(100));
+    ready(&rt, &[&holder, &waiter, &bystander]);
+    // One worker runs the held method (holding the host's core), and the
+    // session of a second call to that host waits for the core on the other.
+    let (held, waiting) = hold_and_wait(&rt, &gate, &holder, &waiter);
 
     // Another host on the same runtime is still served.
     let answered = rt.block_on(bystander.call("counter", "increase", vec![json!(5)]));
@@ -103,22 +121,9 @@ fn a_shutdown_ends_the_other_in_memory_sessions_while_a_method_still_runs() {
     let (holder, holder_served) = served_client_of(&rt, &host);
     let (waiter, waiter_served) = served_client_of(&rt, &host);
     let (idle, idle_served) = served_client_of(&rt, &host);
-    rt.block_on(async {
-        for c in [&holder, &waiter, &idle] {
-            c.ready().await.unwrap();
-        }
-    });
-    let held = rt.spawn({
-        let c = holder.clone();
-        async move { c.call("slow", "hold", vec![]).await }
-    });
-    gate.wait_entered();
-    // This session has input it cannot hand to the held core.
-    let waiting = rt.spawn({
-        let c = waiter.clone();
-        async move { c.call("counter", "increase", vec![json!(1)]).await }
-    });
-    std::thread::sleep(Duration::from_millis(50));
+    ready(&rt, &[&holder, &waiter, &idle]);
+    // The waiter's session has input it cannot hand to the held core.
+    let (held, waiting) = hold_and_wait(&rt, &gate, &holder, &waiter);
 
     host.shutdown();
     // Both end while the method is still inside the gate: without the

@@ -456,19 +456,7 @@ impl ClientCore {
     /// hand keep waiting for the mirror.
     pub fn connection_lost(&mut self) {
         self.connected = false;
-        let lost: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.transmitted && p.held.is_none())
-            .map(|(id, _)| *id)
-            .collect();
-        for id in lost {
-            self.settle_local(
-                id,
-                ErrorCode::OutcomeUnknown,
-                "the connection broke while the call was in flight",
-            );
-        }
+        self.settle_unanswered("the connection broke while the call was in flight");
         self.outbox
             .retain(|m| matches!(m.kind, Some(client_message::Kind::Call(_))));
         self.sync = None;
@@ -489,6 +477,19 @@ impl ClientCore {
             return;
         }
         self.notice(Notice::EnvelopesLost { count });
+        self.settle_unanswered(
+            "the channel lost envelopes while the call was in flight; its result may have been among them",
+        );
+        if self.connected
+            && let Some(have) = self.version()
+        {
+            self.heal(now, have, SyncReason::VersionGap);
+        }
+    }
+
+    /// Settles `outcome-unknown` every call transmitted and still without a
+    /// result: it may or may not have run, and is never retried (CL2).
+    fn settle_unanswered(&mut self, why: &str) {
         let unanswered: Vec<u64> = self
             .pending
             .iter()
@@ -496,16 +497,7 @@ impl ClientCore {
             .map(|(id, _)| *id)
             .collect();
         for id in unanswered {
-            self.settle_local(
-                id,
-                ErrorCode::OutcomeUnknown,
-                "the channel lost envelopes while the call was in flight; its result may have been among them",
-            );
-        }
-        if self.connected
-            && let Some(have) = self.version()
-        {
-            self.heal(now, have, SyncReason::VersionGap);
+            self.settle_local(id, ErrorCode::OutcomeUnknown, why);
         }
     }
 
