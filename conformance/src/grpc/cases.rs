@@ -377,6 +377,22 @@ pub const CASES: &[HostCaseDef] = &[
         ],
         asserts: &["Each stream ends with status UNAUTHENTICATED and receives no envelope."],
     },
+    HostCaseDef {
+        name: "grpc-view-too-large-for-a-snapshot-is-refused",
+        tier: Recommended,
+        spec: &["§15"],
+        description: "A call whose commit would make the published view too large to send as one Snapshot is answered RESOURCE_EXHAUSTED and commits nothing (skipped when the host's message limit is over 6 MiB).",
+        procedure: &[
+            "Attach stream A (version v).",
+            "A calls `todos.add(t)` with a 512 KiB text t, again and again, until a call is refused or 12 have succeeded.",
+            "Stream B attaches; then A calls `todos.clear()` and B reads until it is shown that version.",
+        ],
+        asserts: &[
+            "Each accepted call is answered with the next version; the refused one RESOURCE_EXHAUSTED with the version of the last accepted call, and no publication follows it.",
+            "B's snapshot, sent after the refusal, shows the same view as A at that version.",
+            "`todos.clear()` succeeds with the next version, shown to both streams.",
+        ],
+    },
 ];
 
 /// The definition of the case named `name`.
@@ -409,6 +425,7 @@ pub async fn run_case(name: &str, run: &Arc<Shared>, options: CaseOptions) -> Re
         "grpc-malformed-message-disturbs-no-one" => malformed(run).await,
         "grpc-concurrent-clients-converge" => converge(run).await,
         "grpc-unauthenticated-without-token" => unauthenticated(run).await,
+        "grpc-view-too-large-for-a-snapshot-is-refused" => view_too_large(run).await,
         other => Err(Stop::Fail(format!("no implementation for case {other}"))),
     }
 }
@@ -1147,6 +1164,66 @@ async fn unauthenticated(run: &Arc<Shared>) -> Result<(), Stop> {
                 format!("stream {name} ended with {code:?}, expected Unauthenticated").into(),
             );
         }
+    }
+    Ok(())
+}
+
+async fn view_too_large(run: &Arc<Shared>) -> Result<(), Stop> {
+    const TEXT_BYTES: usize = 512 * 1024;
+    const MAX_CALLS: u64 = 12;
+    let mut a = attached(run, "A").await?;
+    let text = "t".repeat(TEXT_BYTES);
+    let mut v = version_of(&a)?;
+    let mut refused = None;
+    for _ in 0..MAX_CALLS {
+        let r = a.invoke("todos", "add", json!([text])).await?;
+        if let Some(call_result::Outcome::Error(_)) = &r.outcome {
+            refused = Some(r);
+            break;
+        }
+        ok_value(&r, "todos.add")?;
+        expect_version(&r, "todos.add", v + 1)?;
+        v += 1;
+        a.reach(v).await?;
+    }
+    let Some(r) = refused else {
+        // Clean up: later cases' snapshots must stay small.
+        let _ = a.invoke("todos", "clear", json!([])).await;
+        return Err(Stop::Skip(format!(
+            "the host took {MAX_CALLS} texts of {TEXT_BYTES} bytes: its message limit is over what this case reaches"
+        )));
+    };
+    expect_error(
+        &r,
+        "the todos.add that would not fit",
+        ErrorCode::ResourceExhausted,
+        v,
+    )?;
+    let mark = a.mark();
+    let mut b = attached(run, "B").await?;
+    if version_of(&b)? != v || !json_eq(&view_of(&b)?, &view_of(&a)?) {
+        return Err(format!(
+            "after the refusal B's snapshot is at version {:?}, A at {v}, or their views differ",
+            b.version()
+        )
+        .into());
+    }
+    let r = a.invoke("todos", "clear", json!([])).await?;
+    ok_value(&r, "todos.clear")?;
+    expect_version(&r, "todos.clear", v + 1)?;
+    a.reach(v + 1).await?;
+    b.reach(v + 1).await?;
+    let after: Vec<String> = significant(&a, mark)
+        .iter()
+        .filter(|m| match &m.kind {
+            Some(host_message::Kind::Patch(p)) => p.version <= v,
+            Some(host_message::Kind::Snapshot(s)) => s.version <= v,
+            _ => false,
+        })
+        .map(|m| describe(m))
+        .collect();
+    if !after.is_empty() {
+        return Err(format!("A received [{}] for the refused call", after.join(", ")).into());
     }
     Ok(())
 }
