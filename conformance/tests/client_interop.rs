@@ -114,6 +114,7 @@ fn ignoring_the_epoch_fails_exactly_the_epoch_cases() {
     assert_eq!(
         failed,
         names(&[
+            "client-envelope-with-empty-epoch-is-malformed",
             "client-new-epoch-settles-calls-outcome-unknown",
             "client-new-epoch-snapshot-replaces-mirror",
             "client-patch-from-other-epoch-reports-missing-snapshot",

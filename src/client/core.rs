@@ -594,6 +594,14 @@ impl ClientCore {
             });
             return;
         }
+        // K2: an empty epoch would make the mirror's epoch "", which every
+        // later call and sync request reads as "unfenced" (E7, RS2).
+        if header.epoch.is_empty() {
+            self.notice(Notice::Malformed {
+                reason: "host envelope with an empty epoch".to_owned(),
+            });
+            return;
+        }
         match message.kind {
             None => self.notice(Notice::Malformed {
                 reason: "no known message kind".to_owned(),
