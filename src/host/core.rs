@@ -32,6 +32,14 @@ use crate::wire::{
     Patch, Snapshot, SnapshotReason, SyncRequest, call_result, client_message, host_message,
 };
 
+/// A session's unread results may add up to this many maximum-size
+/// messages before the session is closed as not reading them.
+const BACKLOG_MESSAGES: usize = 8;
+
+/// The longest error message a host sends: a method's or a check's message
+/// may quote what the peer sent, and must not let it amplify its input.
+const MAX_ERROR_MESSAGE: usize = 1024;
+
 /// Identifies one client session within a host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerKey(u64);
@@ -86,12 +94,25 @@ pub enum InputError {
         /// Answers queued for the session and not yet taken.
         queued: usize,
     },
+    /// The session's unread results add up to more bytes than the host
+    /// keeps for one session; the driver SHOULD close it. Nothing was
+    /// executed.
+    #[error("session does not read its results: {bytes} bytes unread, the limit is {limit}")]
+    Backlog {
+        /// Encoded bytes of the results queued for the session.
+        bytes: usize,
+        /// The most the host keeps queued for one session.
+        limit: usize,
+    },
 }
 
 impl InputError {
     /// Whether the driver should end the session.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, Self::Flooding { .. } | Self::UnknownPeer)
+        matches!(
+            self,
+            Self::Flooding { .. } | Self::Backlog { .. } | Self::UnknownPeer
+        )
     }
 }
 
@@ -127,6 +148,8 @@ struct Peer {
     /// Results and sync answers, each gated on the cursor reaching a version
     /// so that a result never overtakes the publication it names.
     direct: VecDeque<(u64, HostFrame, bool)>,
+    /// Encoded bytes of the results in `direct`.
+    direct_bytes: usize,
     /// A bookmark was requested and this session is idle at the head.
     bookmark_due: bool,
     /// Where overflow snapshots are addressed: the `source` of the session's
@@ -314,6 +337,7 @@ impl HostCore {
                 attached: false,
                 cursor: 0,
                 direct: VecDeque::new(),
+                direct_bytes: 0,
                 bookmark_due: false,
             },
         );
@@ -409,6 +433,14 @@ impl HostCore {
         if queued >= limit.saturating_mul(2).max(1) {
             return Err(InputError::Flooding { queued });
         }
+        let backlog = self.peers.get(&peer).map_or(0, |p| p.direct_bytes);
+        let backlog_limit = self.backlog_limit();
+        if backlog > backlog_limit {
+            return Err(InputError::Backlog {
+                bytes: backlog,
+                limit: backlog_limit,
+            });
+        }
         let outcome = if header.protocol_version != PROTOCOL_VERSION {
             Err(MethodError::new(
                 ErrorCode::FailedPrecondition,
@@ -433,14 +465,36 @@ impl HostCore {
                 format!("more than {limit} calls in flight"),
             ))
         } else {
+            // A value too large for one result envelope is refused before
+            // the call commits, as a view too large for a snapshot is.
+            let room = self.message_room(header.source.len());
+            let max = self.config.limits.max_message_bytes;
+            let mut json = None;
             parse_args(&call.args_json)
-                .and_then(|args| self.invoke(&call.module, &call.method, &args))
+                .and_then(|args| {
+                    self.run(&call.module, &call.method, &args, |value| {
+                        let text = value_json(value);
+                        if text.len() > room {
+                            return Err(MethodError::new(
+                                ErrorCode::ResourceExhausted,
+                                format!(
+                                    "the method's value is {} bytes of JSON, too large for one result within the {}-byte message limit",
+                                    text.len(),
+                                    max
+                                ),
+                            ));
+                        }
+                        json = Some(text);
+                        Ok(())
+                    })
+                })
+                .map(|value| json.unwrap_or_else(|| value_json(&value)))
         };
         let result = CallResult {
             call_id: call.call_id,
             state_version: self.version,
             outcome: Some(match outcome {
-                Ok(value) => call_result::Outcome::ValueJson(value_json(&value)),
+                Ok(json) => call_result::Outcome::ValueJson(json),
                 Err(error) => call_result::Outcome::Error(sendable(error).to_wire()),
             }),
         };
@@ -449,8 +503,10 @@ impl HostCore {
             return Err(InputError::UnknownPeer);
         }
         let frame = self.frame(&header.source, host_message::Kind::Result(result));
+        let bytes = frame.message().encoded_len();
         if let Some(p) = self.peers.get_mut(&peer) {
             p.direct.push_back((gate, frame, false));
+            p.direct_bytes += bytes;
         }
         if header.protocol_version != PROTOCOL_VERSION {
             return Err(InputError::UnsupportedVersion(header.protocol_version));
@@ -469,6 +525,19 @@ impl HostCore {
         module: &str,
         method: &str,
         args: &[Value],
+    ) -> Result<Value, MethodError> {
+        self.run(module, method, args, |_| Ok(()))
+    }
+
+    /// [`HostCore::invoke`], with `accept` judging the method's value before
+    /// anything commits: an error from it reverts the call (a module that
+    /// cannot revert keeps its change, and the error says so).
+    fn run(
+        &mut self,
+        module: &str,
+        method: &str,
+        args: &[Value],
+        accept: impl FnOnce(&Value) -> Result<(), MethodError>,
     ) -> Result<Value, MethodError> {
         let Some(&i) = self.index.get(module) else {
             return Err(MethodError::not_found(format!("no module {module:?}")));
@@ -494,14 +563,33 @@ impl HostCore {
                 )));
             }
         };
+        let refused = accept(&invocation.value).err();
         let ops = (!invocation.ops.is_empty() && self.published[i])
             .then(|| ops_json(&self.prefixes[i], &invocation.ops));
+        if let Some(mut error) = refused {
+            if self.modules[i].settle(false) {
+                return Err(error);
+            }
+            error
+                .message
+                .push_str("; the module could not revert the call, so its change was committed");
+            if let Some(ops) = ops {
+                self.view_bound = ViewBound {
+                    size: self.published_view_len(),
+                    exact: true,
+                };
+                let ops = self.publishable(i, ops);
+                self.commit(ops);
+            }
+            return Err(error);
+        }
         match &ops {
             Some(text) => self.admit(i, growth_bound(&invocation.ops, text.len()))?,
             None => {
                 self.modules[i].settle(true);
             }
         }
+        let ops = ops.map(|ops| self.publishable(i, ops));
         if let Some(ops) = ops {
             self.commit(ops);
         }
@@ -557,6 +645,48 @@ impl HostCore {
         Ok(())
     }
 
+    /// The patch text to publish for module `i`'s change `ops`: as recorded,
+    /// unless it is large and one `replace` of the whole section is shorter.
+    /// A diff can be far larger than the value it produces (removing an
+    /// array's first element rewrites every later index), and a patch must
+    /// fit one message like the snapshot it stands for.
+    fn publishable(&self, i: usize, ops: String) -> String {
+        const LARGE: usize = 64 * 1024;
+        if ops.len() <= LARGE {
+            return ops;
+        }
+        let Ok(section) = serde_json::to_string(self.modules[i].state()) else {
+            return ops;
+        };
+        let whole = format!(
+            "[{{\"op\":\"replace\",\"path\":{}\",\"value\":{section}}}]",
+            self.prefixes[i]
+        );
+        if whole.len() < ops.len() { whole } else { ops }
+    }
+
+    /// The most bytes of JSON one envelope to a peer whose id is
+    /// `target_len` bytes long can carry within the message limit.
+    fn message_room(&self, target_len: usize) -> usize {
+        self.config
+            .limits
+            .max_message_bytes
+            .saturating_sub(snapshot_overhead(
+                &self.epoch,
+                &self.config.peer_id,
+                &self.config.capability,
+            ))
+            .saturating_sub(target_len)
+    }
+
+    /// The most encoded bytes of unread results kept for one session.
+    fn backlog_limit(&self) -> usize {
+        self.config
+            .limits
+            .max_message_bytes
+            .saturating_mul(BACKLOG_MESSAGES)
+    }
+
     /// The published view's JSON length, measured: O(state).
     fn published_view_len(&self) -> usize {
         view_len(
@@ -601,8 +731,12 @@ impl HostCore {
         }
         let target = header.source.clone();
         let resumable = header.epoch == self.epoch && request.have_version > 0;
+        // A resume Patch larger than one message would end the session it
+        // is for, and the next resume would too: a Snapshot always fits (§15).
         let ops = if resumable {
-            self.history.ops_between(request.have_version, self.version)
+            let room = self.message_room(target.len());
+            self.history
+                .ops_between(request.have_version, self.version, room)
         } else {
             None
         };
@@ -689,7 +823,11 @@ impl HostCore {
         if let Some((gate, _, _)) = p.direct.front()
             && (!live || *gate <= p.cursor)
         {
-            return p.direct.pop_front().map(|(_, frame, _)| frame);
+            let (_, frame, is_sync) = p.direct.pop_front()?;
+            if !is_sync {
+                p.direct_bytes = p.direct_bytes.saturating_sub(frame.message().encoded_len());
+            }
+            return Some(frame);
         }
         if live && p.cursor < version {
             let next = p.cursor + 1;
@@ -724,8 +862,16 @@ impl HostCore {
 /// The error as a host may send it: a method may choose only the host codes
 /// 1-8 (spec §14); `unspecified` and the codes clients produce about their
 /// own calls never travel from a host (H9), so they become `internal`.
-fn sendable(error: MethodError) -> MethodError {
+fn sendable(mut error: MethodError) -> MethodError {
     use ErrorCode::*;
+    if error.message.len() > MAX_ERROR_MESSAGE {
+        let mut end = MAX_ERROR_MESSAGE;
+        while !error.message.is_char_boundary(end) {
+            end -= 1;
+        }
+        error.message.truncate(end);
+        error.message.push_str("… (truncated)");
+    }
     match error.code {
         NotFound | InvalidArgument | Failed | Unavailable | PermissionDenied
         | ResourceExhausted | Internal | FailedPrecondition => error,

@@ -106,8 +106,9 @@ impl History {
     }
 
     /// The concatenated operations taking version `from` to `to`, if every
-    /// version in between is still held. `from == to` yields an empty list.
-    pub fn ops_between(&self, from: u64, to: u64) -> Option<String> {
+    /// version in between is still held and they take at most `max_len`
+    /// bytes. `from == to` yields an empty list.
+    pub fn ops_between(&self, from: u64, to: u64, max_len: usize) -> Option<String> {
         if from > to {
             return None;
         }
@@ -125,6 +126,9 @@ impl History {
                 out.push(',');
             }
             out.push_str(ops);
+            if out.len() > max_len {
+                return None;
+            }
         }
         Some(out)
     }
@@ -180,18 +184,30 @@ mod tests {
         let mut h = History::new(10, usize::MAX);
         h.push(Entry::published(2, frame));
         h.push(entry(3, "{\"b\":2}"));
-        assert_eq!(h.ops_between(1, 3).as_deref(), Some("{\"a\":1},{\"b\":2}"));
+        assert_eq!(
+            h.ops_between(1, 3, usize::MAX).as_deref(),
+            Some("{\"a\":1},{\"b\":2}")
+        );
     }
 
     #[test]
-    fn ops_between_concatenates_and_refuses_missing_versions() {
+    fn ops_between_concatenates_and_refuses_missing_versions_and_too_long_results() {
         let mut h = History::new(10, usize::MAX);
         h.push(entry(2, "{\"a\":1}"));
         h.push(entry(3, ""));
         h.push(entry(4, "{\"b\":2}"));
-        assert_eq!(h.ops_between(1, 4).as_deref(), Some("{\"a\":1},{\"b\":2}"));
-        assert_eq!(h.ops_between(4, 4).as_deref(), Some(""));
-        assert_eq!(h.ops_between(0, 4), None);
-        assert_eq!(h.ops_between(5, 4), None);
+        assert_eq!(
+            h.ops_between(1, 4, usize::MAX).as_deref(),
+            Some("{\"a\":1},{\"b\":2}")
+        );
+        assert_eq!(h.ops_between(4, 4, usize::MAX).as_deref(), Some(""));
+        assert_eq!(h.ops_between(0, 4, usize::MAX), None);
+        assert_eq!(h.ops_between(5, 4, usize::MAX), None);
+        // A resume that would take more than the given room is refused.
+        assert_eq!(
+            h.ops_between(1, 4, 15).as_deref(),
+            Some("{\"a\":1},{\"b\":2}")
+        );
+        assert_eq!(h.ops_between(1, 4, 14), None);
     }
 }

@@ -257,9 +257,9 @@ fn refusal_status(error: &InputError) -> Status {
 /// The status a session ends with after a fatal input.
 fn fatal_status(error: &InputError) -> Status {
     match error {
-        InputError::Flooding { .. } | InputError::MessageTooLarge { .. } => {
-            Status::resource_exhausted(error.to_string())
-        }
+        InputError::Flooding { .. }
+        | InputError::Backlog { .. }
+        | InputError::MessageTooLarge { .. } => Status::resource_exhausted(error.to_string()),
         InputError::UnknownPeer => Status::unavailable("the host is shutting down"),
         other => Status::internal(other.to_string()),
     }
