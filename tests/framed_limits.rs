@@ -253,3 +253,58 @@ async fn the_default_limit_is_the_host_max_message_size() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_session_ended_by_bad_input_reports_what_was_wrong() {
+    use cosystem_worker::host::InputError;
+    within_a_minute(async {
+        let host = host(1 << 20);
+        // A length prefix far over the limit.
+        let (mut peer, io) = tokio::io::duplex(64);
+        let served = tokio::spawn(framed::serve_stream(
+            host.clone(),
+            io,
+            "big",
+            FramedConfig::default(),
+        ));
+        peer.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
+        assert!(matches!(
+            served.await.unwrap(),
+            Err(InputError::MessageTooLarge {
+                size: 0xffff_ffff,
+                ..
+            })
+        ));
+        // A frame that is not a ClientMessage.
+        let (mut peer, io) = tokio::io::duplex(64);
+        let served = tokio::spawn(framed::serve_stream(
+            host.clone(),
+            io,
+            "garbage",
+            FramedConfig::default(),
+        ));
+        peer.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff])
+            .await
+            .unwrap();
+        assert!(matches!(
+            served.await.unwrap(),
+            Err(InputError::Malformed(_))
+        ));
+        // A peer that just goes away ends its session plainly.
+        let (peer, io) = tokio::io::duplex(64);
+        let served = tokio::spawn(framed::serve_stream(
+            host.clone(),
+            io,
+            "gone",
+            FramedConfig::default(),
+        ));
+        drop(peer);
+        assert_eq!(served.await.unwrap(), Ok(()));
+        // After shutdown no session opens, and the error says why.
+        host.shutdown();
+        let (_peer, io) = tokio::io::duplex(64);
+        let served = framed::serve_stream(host.clone(), io, "late", FramedConfig::default());
+        assert_eq!(served.await, Err(InputError::ShuttingDown));
+    })
+    .await;
+}

@@ -476,14 +476,19 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
         };
         match link {
             Ok(link) => {
-                backoff = policy.initial;
                 if !first {
                     shared.core().reconnected(Instant::now().into_std());
                 }
                 first = false;
                 shared.connected.send_replace(true);
-                let result = run_link(&shared, link).await;
+                let (result, heard) = run_link(&shared, link).await;
                 shared.connected.send_replace(false);
+                // Only a link the host spoke on resets the backoff: one that
+                // ends at once (a host refusing the session by closing it)
+                // is retried as patiently as a failed connect.
+                if heard {
+                    backoff = policy.initial;
+                }
                 if shared.stopped.load(Ordering::Acquire) {
                     break;
                 }
@@ -545,11 +550,13 @@ async fn wait_stopped(shared: &Shared) {
     }
 }
 
-/// Runs one link until it fails or the client stops.
-async fn run_link(shared: &Shared, link: ClientLink) -> Result<(), TransportError> {
+/// Runs one link until it fails or the client stops; also says whether the
+/// host sent anything on it.
+async fn run_link(shared: &Shared, link: ClientLink) -> (Result<(), TransportError>, bool) {
     let ClientLink { sink, mut stream } = link;
     shared.outbound.attach(sink);
-    let result = serve_link(shared, &mut stream).await;
+    let mut heard = false;
+    let result = serve_link(shared, &mut stream, &mut heard).await;
     // Closed only when the client stops; a failed link's sink is dropped.
     if let Some(mut sink) = shared.outbound.detach()
         && result.is_ok()
@@ -557,7 +564,7 @@ async fn run_link(shared: &Shared, link: ClientLink) -> Result<(), TransportErro
     {
         let _ = sink.close().await;
     }
-    result
+    (result, heard)
 }
 
 /// Hands one item of the link's input to the core. Lost envelopes are
@@ -565,10 +572,14 @@ async fn run_link(shared: &Shared, link: ClientLink) -> Result<(), TransportErro
 fn take_input(
     shared: &Shared,
     item: Result<HostMessage, TransportError>,
+    heard: &mut bool,
 ) -> Result<(), TransportError> {
     let now = Instant::now().into_std();
     match item {
-        Ok(message) => shared.core().handle_message(now, message),
+        Ok(message) => {
+            *heard = true;
+            shared.core().handle_message(now, message);
+        }
         Err(TransportError::Lost { count }) => shared.core().envelopes_lost(now, count),
         Err(error) => return Err(error),
     }
@@ -578,6 +589,7 @@ fn take_input(
 async fn serve_link(
     shared: &Shared,
     stream: &mut BoxStream<HostMessage>,
+    heard: &mut bool,
 ) -> Result<(), TransportError> {
     loop {
         // Send everything the core has queued (callers send their own calls
@@ -607,10 +619,10 @@ async fn serve_link(
             _ = timer => shared.core().handle_timeout(Instant::now().into_std()),
             item = stream.next() => match item {
                 Some(item) => {
-                    take_input(shared, item)?;
+                    take_input(shared, item, heard)?;
                     // Drain whatever else is already buffered before flushing.
                     while let Some(Some(item)) = futures::FutureExt::now_or_never(stream.next()) {
-                        take_input(shared, item)?;
+                        take_input(shared, item, heard)?;
                     }
                 }
                 None => return Ok(()),

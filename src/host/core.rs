@@ -63,6 +63,9 @@ pub enum InputError {
     /// The session key is not (or no longer) connected.
     #[error("unknown session")]
     UnknownPeer,
+    /// The host is shutting down and opens no new sessions.
+    #[error("the host is shutting down")]
+    ShuttingDown,
     /// The host already serves its maximum number of sessions.
     #[error("too many clients: the limit is {limit}")]
     TooManyClients {

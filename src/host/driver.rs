@@ -243,7 +243,7 @@ impl Host {
             .closed
             .load(std::sync::atomic::Ordering::Acquire)
         {
-            return Err(InputError::UnknownPeer);
+            return Err(InputError::ShuttingDown);
         }
         let key = self.shared.core().connect(options)?;
         let notify = Arc::new(Notify::new());
@@ -296,8 +296,7 @@ impl Host {
                         match stream.poll_next_unpin(cx) {
                             Poll::Ready(Some(Ok(message))) => held = Some(message),
                             Poll::Ready(Some(Err(error))) => {
-                                tracing::debug!(peer = %peer_id, %error, "session read failed");
-                                return Poll::Ready(Ok(()));
+                                return Poll::Ready(read_failed(&peer_id, error));
                             }
                             Poll::Ready(None) => return Poll::Ready(Ok(())),
                             Poll::Pending => break,
@@ -506,4 +505,22 @@ impl Drop for Session {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.key);
     }
+}
+
+/// How a session ends when its link fails: what the peer sent wrong is the
+/// session's error (and a warning); a link that just went away is a plain
+/// end.
+fn read_failed(peer_id: &str, error: TransportError) -> Result<(), InputError> {
+    let refused = match error {
+        TransportError::FrameTooLarge { size, limit } => {
+            InputError::MessageTooLarge { size, limit }
+        }
+        TransportError::Malformed(reason) => InputError::Malformed(reason),
+        error => {
+            tracing::debug!(peer = %peer_id, %error, "session read failed");
+            return Ok(());
+        }
+    };
+    tracing::warn!(peer = %peer_id, error = %refused, "closing session");
+    Err(refused)
 }

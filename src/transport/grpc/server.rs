@@ -249,7 +249,9 @@ fn refusal_status(error: &InputError) -> Status {
         InputError::TooManyClients { limit } => {
             Status::resource_exhausted(format!("too many clients: the limit is {limit}"))
         }
-        InputError::UnknownPeer => Status::unavailable("the host is shutting down"),
+        InputError::UnknownPeer | InputError::ShuttingDown => {
+            Status::unavailable("the host is shutting down")
+        }
         other => Status::internal(other.to_string()),
     }
 }
@@ -260,7 +262,9 @@ fn fatal_status(error: &InputError) -> Status {
         InputError::Flooding { .. }
         | InputError::Backlog { .. }
         | InputError::MessageTooLarge { .. } => Status::resource_exhausted(error.to_string()),
-        InputError::UnknownPeer => Status::unavailable("the host is shutting down"),
+        InputError::UnknownPeer | InputError::ShuttingDown => {
+            Status::unavailable("the host is shutting down")
+        }
         other => Status::internal(other.to_string()),
     }
 }

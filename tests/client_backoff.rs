@@ -1,0 +1,73 @@
+//! How often a client reconnects: a link the host closes without a word (a
+//! host refusing the session) is retried with the same growing backoff as a
+//! failed connect; a link the host spoke on resets it. Time is tokio's
+//! paused clock, so the counts are exact and the tests take no real time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use cosystem_worker::client::{Client, ClientConfig, Reconnect};
+use cosystem_worker::transport::{ClientLink, Connector, TransportError};
+use cosystem_worker::wire::{Header, HostMessage, Patch, host_message};
+use futures::future::BoxFuture;
+use futures::{FutureExt, SinkExt};
+
+/// Hands out links that end at once, after `says` host envelopes each.
+struct Ending {
+    says: usize,
+    connects: Arc<AtomicUsize>,
+}
+
+impl Connector for Ending {
+    fn connect(&self) -> BoxFuture<'static, Result<ClientLink, TransportError>> {
+        self.connects.fetch_add(1, Ordering::SeqCst);
+        let bookmark = HostMessage {
+            header: Some(Header::v1("e", "h", "")),
+            kind: Some(host_message::Kind::Patch(Patch {
+                base_version: 1,
+                version: 1,
+                patch_json: "[]".into(),
+                sync_id: 0,
+            })),
+        };
+        let stream = futures::stream::iter(vec![Ok(bookmark); self.says]);
+        let link = ClientLink {
+            sink: Box::pin(futures::sink::drain().sink_map_err(|never| match never {})),
+            stream: Box::pin(stream),
+        };
+        async move { Ok(link) }.boxed()
+    }
+}
+
+/// Connects made in ten seconds by a client whose links each carry `says`
+/// host envelopes before ending.
+async fn connects_in_ten_seconds(says: usize) -> usize {
+    let connects = Arc::new(AtomicUsize::new(0));
+    let connector = Ending {
+        says,
+        connects: connects.clone(),
+    };
+    let policy = Reconnect {
+        initial: Duration::from_millis(50),
+        max: Duration::from_secs(5),
+    };
+    let client = Client::with_reconnect(connector, ClientConfig::default(), policy);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    client.dispose();
+    connects.load(Ordering::SeqCst)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_link_closed_before_the_host_says_anything_backs_off_like_a_failed_connect() {
+    // Waits of 50 ms doubling to 5 s: connects at 0, 0.05, 0.15, 0.35, 0.75,
+    // 1.55, 3.15 and 6.35 s.
+    assert_eq!(connects_in_ten_seconds(0).await, 8);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_link_the_host_spoke_on_resets_the_backoff() {
+    // Every wait is the initial 50 ms: about 200 connects.
+    let connects = connects_in_ten_seconds(1).await;
+    assert!(connects > 150, "{connects} connects");
+}
