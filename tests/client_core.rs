@@ -1831,19 +1831,48 @@ proptest! {
 }
 
 #[test]
-fn held_result_still_ahead_after_a_sync_reply_re_requests_result_ahead() {
-    // Q1: the sync reply was produced before the call committed, so it stops
-    // short of the held result's version; the client asks again at once.
+fn held_result_still_ahead_after_an_earlier_sync_reply_re_requests_result_ahead() {
+    // Q1: the sync request was made before the result arrived, so its reply
+    // may stop short of the result's version; the client asks again at once.
     let mut c = synced(1, 0);
     let id = sent_call(&mut c);
+    c.handle_message(at(0), patch_text(E1, 5, 6, "[]", 0));
+    let gap = only_sync(&sent(&mut c));
+    assert_eq!(reason(&gap), SyncReason::VersionGap);
     c.handle_message(at(0), ok_result(E1, id, 3, json!(1)));
-    let first = only_sync(&sent(&mut c));
-    assert_eq!(reason(&first), SyncReason::ResultAhead);
-    c.handle_message(at(0), patch_text(E1, 1, 2, "[]", first.sync_id));
+    assert!(
+        sync_requests(&sent(&mut c)).is_empty(),
+        "RS4: one outstanding"
+    );
+    c.handle_message(at(0), patch_text(E1, 1, 2, "[]", gap.sync_id));
     let again = only_sync(&sent(&mut c));
     assert_eq!(reason(&again), SyncReason::ResultAhead);
     assert_eq!(again.have_version, 2);
     assert!(settlements(&events(&mut c)).is_empty());
+}
+
+#[test]
+fn a_result_beyond_the_reply_to_a_later_sync_request_settles_internal_without_asking_again() {
+    // Q2: the request went out after the result arrived, so a conforming
+    // host's reply reaches the result's version; this one does not.
+    let mut c = synced(1, 0);
+    let id = sent_call(&mut c);
+    c.handle_message(at(0), ok_result(E1, id, 100, json!(1)));
+    let first = only_sync(&sent(&mut c));
+    assert_eq!(reason(&first), SyncReason::ResultAhead);
+    c.handle_message(at(0), patch_text(E1, 1, 2, "[]", first.sync_id));
+    assert!(sync_requests(&sent(&mut c)).is_empty());
+    let message = events(&mut c).into_iter().find_map(|e| match e {
+        ClientEvent::Settled {
+            outcome: Err(error),
+            ..
+        } => Some(error),
+        _ => None,
+    });
+    let error = message.expect("the call settled with an error");
+    assert_eq!(error.code, ErrorCode::Internal);
+    assert!(error.message.contains("version 100"), "{error}");
+    assert_eq!(c.pending_calls(), 0);
 }
 
 #[test]

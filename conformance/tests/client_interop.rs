@@ -103,6 +103,7 @@ fn settling_before_catching_up_fails_exactly_the_read_your_writes_cases() {
             "client-reported-loss-keeps-held-results-and-an-outstanding-sync",
             "client-result-ahead-is-held-until-mirror-catches-up",
             "client-result-ahead-while-syncing-sends-nothing-more",
+            "client-result-beyond-a-later-sync-reply-is-internal",
         ])
     );
 }

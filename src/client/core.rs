@@ -219,6 +219,9 @@ struct Mirror {
 struct Held {
     /// Arrival order among results: held results settle in this order.
     arrival: u64,
+    /// The first sync id requested after the result arrived: a reply to it
+    /// or a later request must reach `state_version` (Q2).
+    sync_after: u64,
     state_version: u64,
     outcome: Result<Value, MethodError>,
 }
@@ -616,6 +619,44 @@ impl ClientCore {
     /// Q1: a held result still names a version the mirror has not reached and
     /// nothing is asking for it (a sync reply was sent before the result, so
     /// it stopped short). Ask again rather than wait for a bookmark.
+    /// Q2: after the reply to sync request `sync_id` was accepted or
+    /// applied, settles `internal` every held result of the mirror's epoch
+    /// that arrived before that request was made and names a version the
+    /// mirror still has not reached. A host sends a result only after the
+    /// publication of its version (H8), so its answer to a later request
+    /// covers that version; a result that names a version beyond it is
+    /// forged or corrupt, and asking again would never end.
+    fn refute_unreachable(&mut self, sync_id: u64) {
+        if sync_id == 0 || sync_id >= self.next_sync {
+            return;
+        }
+        let Some(m) = &self.mirror else {
+            return;
+        };
+        let unreachable: Vec<(u64, u64)> = self
+            .held
+            .iter()
+            .filter_map(|(_, id)| {
+                let p = self.pending.get(id)?;
+                let h = p.held.as_ref()?;
+                (p.epoch.as_deref() == Some(m.epoch.as_str())
+                    && h.sync_after <= sync_id
+                    && h.state_version > m.version)
+                    .then_some((*id, h.state_version))
+            })
+            .collect();
+        let reached = m.version;
+        for (id, named) in unreachable {
+            self.settle_local(
+                id,
+                ErrorCode::Internal,
+                &format!(
+                    "the result names version {named}, but the host's answer to a later sync request is at version {reached}: the result cannot be trusted"
+                ),
+            );
+        }
+    }
+
     fn rearm_result_ahead(&mut self, now: Instant) {
         if self.sync.is_some() || !self.connected {
             return;
@@ -724,6 +765,7 @@ impl ClientCore {
             version: snapshot.version,
         });
         self.settle_caught_up();
+        self.refute_unreachable(snapshot.sync_id);
     }
 
     fn on_patch(&mut self, now: Instant, epoch: String, patch: wire::Patch) {
@@ -768,6 +810,7 @@ impl ClientCore {
                 });
             }
             self.settle_caught_up();
+            self.refute_unreachable(patch.sync_id);
         } else if patch.base_version > current {
             if !outstanding {
                 self.conflict(
@@ -828,6 +871,7 @@ impl ClientCore {
         self.results_held += 1;
         self.held.push_back((self.results_held, call_id));
         pending.held = Some(Held {
+            sync_after: self.next_sync,
             arrival: self.results_held,
             state_version: result.state_version,
             outcome,
