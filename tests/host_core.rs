@@ -1676,7 +1676,31 @@ fn results_and_sync_answers_are_addressed_to_the_requesters_source() {
     h.handle_message(peer, call).unwrap();
     let out = frames(&mut h, peer);
     let targets: Vec<&str> = out.iter().map(target).collect();
-    assert_eq!(targets, vec!["tab-7", "", "tab-8"]);
+    // The sync reply is built when it is sent, after the call committed, so
+    // it covers version 2 and no publication of it follows.
+    assert_eq!(targets, vec!["tab-7", "tab-8"]);
+    assert_eq!(snapshot_of(&out[0]).map(|s| s.version), Some(2));
+}
+
+#[test]
+fn only_the_last_of_many_unsent_sync_requests_is_answered_at_the_version_it_is_sent() {
+    // H1's exception: each request replaces the unsent reply to the last.
+    let mut h = demo_host(SyncMode::Patch);
+    let peer = attach(&mut h, "client");
+    call(&mut h, peer, 1, "counter", "increase", "[1]");
+    frames(&mut h, peer);
+    for sync_id in 2..1000 {
+        sync(&mut h, peer, "", 0, sync_id);
+    }
+    // Sync requests arriving with another's reply still unsent replace it.
+    sync(&mut h, peer, EPOCH, 1, 1000);
+    let out = frames(&mut h, peer);
+    assert_eq!(out.len(), 1);
+    let patch = patch_of(&out[0]).expect("a resume patch");
+    assert_eq!(
+        (patch.base_version, patch.version, patch.sync_id),
+        (1, 2, 1000)
+    );
 }
 
 #[test]

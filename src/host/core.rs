@@ -140,6 +140,26 @@ pub enum HostEvent {
     },
 }
 
+/// An envelope queued for one session alone.
+#[derive(Debug)]
+enum Direct {
+    /// A result, sendable once the session has been sent the publication of
+    /// version `gate`; `bytes` is its encoded size.
+    Result {
+        gate: u64,
+        frame: HostFrame,
+        bytes: usize,
+    },
+    /// A sync reply, built when it is sent, at the version current then: a
+    /// reply superseded before it is sent costs nothing, however large the
+    /// view (H1). `have_version` is 0 when only a Snapshot can answer.
+    Sync {
+        target: String,
+        sync_id: u64,
+        have_version: u64,
+    },
+}
+
 /// One session's protocol state.
 #[derive(Debug)]
 struct Peer {
@@ -150,7 +170,7 @@ struct Peer {
     cursor: u64,
     /// Results and sync answers, each gated on the cursor reaching a version
     /// so that a result never overtakes the publication it names.
-    direct: VecDeque<(u64, HostFrame, bool)>,
+    direct: VecDeque<Direct>,
     /// Encoded bytes of the results in `direct`.
     direct_bytes: usize,
     /// A bookmark was requested and this session is idle at the head.
@@ -431,7 +451,10 @@ impl HostCore {
         let limit = self.config.limits.max_calls_in_flight;
         // Only results count: a queued sync answer is not a call in flight.
         let queued = self.peers.get(&peer).map_or(0, |p| {
-            p.direct.iter().filter(|(_, _, is_sync)| !is_sync).count()
+            p.direct
+                .iter()
+                .filter(|d| matches!(d, Direct::Result { .. }))
+                .count()
         });
         if queued >= limit.saturating_mul(2).max(1) {
             return Err(InputError::Flooding { queued });
@@ -508,7 +531,7 @@ impl HostCore {
         let frame = self.frame(&header.source, host_message::Kind::Result(result));
         let bytes = frame.message().encoded_len();
         if let Some(p) = self.peers.get_mut(&peer) {
-            p.direct.push_back((gate, frame, false));
+            p.direct.push_back(Direct::Result { gate, frame, bytes });
             p.direct_bytes += bytes;
         }
         if header.protocol_version != PROTOCOL_VERSION {
@@ -732,46 +755,62 @@ impl HostCore {
         if !self.peers.contains_key(&peer) {
             return;
         }
-        let target = header.source.clone();
-        let resumable = header.epoch == self.epoch && request.have_version > 0;
-        // A resume Patch larger than one message would end the session it
-        // is for, and the next resume would too: a Snapshot always fits (§15).
-        let ops = if resumable {
-            let room = self.message_room(target.len());
-            self.history
-                .ops_between(request.have_version, self.version, room)
-        } else {
-            None
-        };
-        let frame = match ops {
-            Some(ops) => {
-                let patch = Patch {
-                    base_version: request.have_version,
-                    version: self.version,
-                    patch_json: format!("[{ops}]"),
-                    sync_id: request.sync_id,
-                };
-                self.frame(&target, host_message::Kind::Patch(patch))
-            }
-            None => self.snapshot_frame(&target, request.sync_id, SnapshotReason::Sync),
+        // Judged now, as H2 says: a version above the current one asks for a
+        // Snapshot even if the host reaches it before the reply is sent.
+        let resumable = header.epoch == self.epoch
+            && request.have_version > 0
+            && request.have_version <= self.version;
+        let reply = Direct::Sync {
+            target: header.source.clone(),
+            sync_id: request.sync_id,
+            have_version: if resumable { request.have_version } else { 0 },
         };
         let version = self.version;
         if let Some(p) = self.peers.get_mut(&peer) {
-            // The answer covers every version up to `version`, so it must go
-            // ahead of any queued result naming a version the session has not
-            // been sent (H8), and no later than an unsent older answer, which
-            // it supersedes and whose place it takes.
+            // The answer covers every version up to the one it is sent at, so
+            // it must go ahead of any queued result naming a version the
+            // session has not been sent (H8), and no later than an unsent
+            // older answer, which it supersedes and whose place it takes.
             let sent = p.cursor;
             let at = p
                 .direct
                 .iter()
-                .position(|(gate, _, is_sync)| *is_sync || *gate > sent)
+                .position(|d| match d {
+                    Direct::Sync { .. } => true,
+                    Direct::Result { gate, .. } => *gate > sent,
+                })
                 .unwrap_or(p.direct.len());
-            p.direct.retain(|(_, _, is_sync)| !is_sync);
-            p.direct.insert(at, (0, frame, true));
+            p.direct.retain(|d| matches!(d, Direct::Result { .. }));
+            p.direct.insert(at, reply);
             p.attached = true;
             p.cursor = version;
             p.bookmark_due = false;
+        }
+    }
+
+    /// The answer to a SyncRequest, at the current version (H2): a resume
+    /// Patch from `have_version` if it is not 0, every version since is in
+    /// the history window and the Patch fits one message; else a Snapshot.
+    fn sync_reply(&mut self, target: &str, sync_id: u64, have_version: u64) -> HostFrame {
+        // A resume Patch larger than one message would end the session it
+        // is for, and the next resume would too: a Snapshot always fits (§15).
+        let ops = (have_version > 0)
+            .then(|| {
+                let room = self.message_room(target.len());
+                self.history.ops_between(have_version, self.version, room)
+            })
+            .flatten();
+        match ops {
+            Some(ops) => {
+                let patch = Patch {
+                    base_version: have_version,
+                    version: self.version,
+                    patch_json: format!("[{ops}]"),
+                    sync_id,
+                };
+                self.frame(target, host_message::Kind::Patch(patch))
+            }
+            None => self.snapshot_frame(target, sync_id, SnapshotReason::Sync),
         }
     }
 
@@ -823,14 +862,29 @@ impl HostCore {
         let mode = self.config.sync;
         let p = self.peers.get_mut(&peer)?;
         let live = p.attached && p.options.publications;
-        if let Some((gate, _, _)) = p.direct.front()
-            && (!live || *gate <= p.cursor)
-        {
-            let (_, frame, is_sync) = p.direct.pop_front()?;
-            if !is_sync {
-                p.direct_bytes = p.direct_bytes.saturating_sub(frame.message().encoded_len());
+        let ready = match p.direct.front() {
+            Some(Direct::Sync { .. }) => true,
+            Some(Direct::Result { gate, .. }) => !live || *gate <= p.cursor,
+            None => false,
+        };
+        if ready {
+            match p.direct.pop_front()? {
+                Direct::Result { frame, bytes, .. } => {
+                    p.direct_bytes = p.direct_bytes.saturating_sub(bytes);
+                    return Some(frame);
+                }
+                Direct::Sync {
+                    target,
+                    sync_id,
+                    have_version,
+                } => {
+                    // Nothing was sent to the session since the request was
+                    // handled (this reply was ahead of every publication), so
+                    // it may cover the versions committed meanwhile too.
+                    p.cursor = version;
+                    return Some(self.sync_reply(&target, sync_id, have_version));
+                }
             }
-            return Some(frame);
         }
         if live && p.cursor < version {
             let next = p.cursor + 1;
