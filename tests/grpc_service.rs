@@ -439,3 +439,38 @@ async fn reflection_v1_and_v1alpha_list_the_host_service() {
         assert!(list.service.iter().any(|s| s.name == SERVICE_NAME));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_half_closes_still_gets_every_answer_then_a_clean_end() {
+    let host = host_with(HostLimits::default());
+    let (addr, _stop) = start(&host, None).await;
+    let (tx, stream) = raw_session(addr, None).await;
+    let mut stream = stream.unwrap();
+    tx.send(sync_request()).await.unwrap();
+    for id in 1..=20 {
+        tx.send(call(id, "counter", "increase", "[1]"))
+            .await
+            .unwrap();
+    }
+    // Nothing more will be sent: the request stream ends here.
+    drop(tx);
+    let mut results = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(message)) => {
+                    if let Some(host_message::Kind::Result(r)) = message.kind {
+                        results.push(r.call_id);
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(status) => return Err(status),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends once everything is answered");
+    assert!(ended.is_ok(), "{ended:?}");
+    assert_eq!(results, (1..=20).collect::<Vec<_>>());
+    assert_eq!(host.version(), 21);
+}

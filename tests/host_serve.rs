@@ -154,3 +154,31 @@ async fn an_idle_session_ends_when_the_host_shuts_down() {
         .unwrap();
     assert_eq!(ended, Ok(()));
 }
+
+#[tokio::test]
+async fn a_client_that_stops_sending_is_still_answered_then_the_session_ends() {
+    let host = host(64);
+    // Room for one frame: the answers go out only as the test reads them.
+    let (link, to_host, mut from_host) = link(1);
+    let serving = tokio::spawn({
+        let host = host.clone();
+        async move { host.serve(link).await }
+    });
+    to_host.send(sync_request()).await.unwrap();
+    for id in 1..=10 {
+        to_host.send(call(id)).await.unwrap();
+    }
+    drop(to_host);
+    let mut results = Vec::new();
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), from_host.recv())
+        .await
+        .expect("output arrives or the session ends")
+    {
+        if let Some(host_message::Kind::Result(r)) = &frame.message().kind {
+            results.push(r.call_id);
+        }
+    }
+    assert_eq!(results, (1..=10).collect::<Vec<_>>());
+    assert_eq!(serving.await.unwrap(), Ok(()));
+    assert_eq!(host.session_count(), 0);
+}

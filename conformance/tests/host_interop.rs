@@ -96,6 +96,18 @@ async fn a_host_that_ignores_call_epochs_fails_exactly_the_fencing_case() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_ends_the_session_at_a_half_close_fails_exactly_the_half_close_case() {
+    let served = serve_broken(demo_host(SyncMode::Patch), HostBreakage::EndOnHalfClose).await;
+    let report = grpc::run(&config(&served.url)).await.unwrap();
+    print!("{}", report.to_text());
+    assert_eq!(
+        failed(&report),
+        BTreeSet::from(["grpc-half-closed-stream-is-answered".to_owned()])
+    );
+    assert!(!report.required_passed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_that_sends_results_ahead_of_their_publication_fails() {
     let served = serve_broken(demo_host(SyncMode::Patch), HostBreakage::ResultsFirst).await;
     let report = grpc::run(&config(&served.url)).await.unwrap();

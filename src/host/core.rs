@@ -856,6 +856,12 @@ impl HostCore {
         frame
     }
 
+    /// Whether results or a sync reply are queued for the session: what it
+    /// is still owed once its client has stopped sending (H8).
+    pub fn has_answers(&self, peer: PeerKey) -> bool {
+        self.peers.get(&peer).is_some_and(|p| !p.direct.is_empty())
+    }
+
     /// The next envelope to send on a session, if any.
     pub fn poll_transmit(&mut self, peer: PeerKey) -> Option<HostFrame> {
         let version = self.version;

@@ -285,6 +285,9 @@ impl Host {
         // core, so a shutdown ends it even while a method runs.
         let mut held: Option<ClientMessage> = None;
         let mut nap = Nap::default();
+        // The client closed its side: what it sent is still answered (H8),
+        // then the session ends.
+        let mut input_ended = false;
         std::future::poll_fn(|cx| {
             loop {
                 if session.is_closed() {
@@ -293,12 +296,18 @@ impl Host {
                 let mut busy = false;
                 loop {
                     if held.is_none() {
+                        if input_ended {
+                            break;
+                        }
                         match stream.poll_next_unpin(cx) {
                             Poll::Ready(Some(Ok(message))) => held = Some(message),
                             Poll::Ready(Some(Err(error))) => {
                                 return Poll::Ready(read_failed(&peer_id, error));
                             }
-                            Poll::Ready(None) => return Poll::Ready(Ok(())),
+                            Poll::Ready(None) => {
+                                input_ended = true;
+                                break;
+                            }
                             Poll::Pending => break,
                         }
                     }
@@ -321,6 +330,17 @@ impl Host {
                     match write_ready(&session, &mut sink, cx) {
                         Ok(core_busy) => busy = core_busy,
                         Err(_) => return Poll::Ready(Ok(())),
+                    }
+                    if input_ended
+                        && !busy
+                        && session
+                            .shared
+                            .core
+                            .now()
+                            .is_some_and(|core| !core.has_answers(session.key))
+                    {
+                        // Everything owed is in the sink: end once it is out.
+                        return sink.as_mut().poll_flush(cx).map(|_| Ok(()));
                     }
                 } else if let Poll::Ready(Err(_)) = sink.as_mut().poll_flush(cx) {
                     // What the sink already holds needs no core to go out.
@@ -455,6 +475,25 @@ impl Session {
                 () = std::future::poll_fn(|cx| nap.poll(cx)) => {}
                 () = self.notify.notified() => {}
             }
+        }
+    }
+
+    /// The next envelope for this client while it is still owed an answer
+    /// (a result or sync reply; publications due before it come first);
+    /// `None` once it is owed none, or the host has shut down. For a client
+    /// that has stopped sending: every call it sent is answered (H8).
+    pub async fn next_answer(&self) -> Option<HostFrame> {
+        loop {
+            {
+                let mut core = self.core_for_output().await?;
+                if !core.has_answers(self.key) {
+                    return None;
+                }
+                if let Some(frame) = core.poll_transmit(self.key) {
+                    return Some(frame);
+                }
+            }
+            self.notify.notified().await;
         }
     }
 

@@ -367,6 +367,21 @@ pub const CASES: &[HostCaseDef] = &[
         ],
     },
     HostCaseDef {
+        name: "grpc-half-closed-stream-is-answered",
+        tier: Required,
+        spec: &["H8", "H16", "§17.2"],
+        description: "A client that closes its request stream right after sending calls is still sent every result, then the stream ends OK.",
+        procedure: &[
+            "Attach stream A.",
+            "A sends 200 `counter.increase(1)` calls without waiting, then closes its request stream (half-close).",
+            "A reads until its stream ends.",
+        ],
+        asserts: &[
+            "A receives exactly one result per call, each after the publication of its version.",
+            "A's stream then ends with status OK.",
+        ],
+    },
+    HostCaseDef {
         name: "grpc-unauthenticated-without-token",
         tier: Required,
         spec: &["§17.2"],
@@ -424,6 +439,7 @@ pub async fn run_case(name: &str, run: &Arc<Shared>, options: CaseOptions) -> Re
         "grpc-private-section-never-sent" => private_section(run).await,
         "grpc-malformed-message-disturbs-no-one" => malformed(run).await,
         "grpc-concurrent-clients-converge" => converge(run).await,
+        "grpc-half-closed-stream-is-answered" => half_closed(run).await,
         "grpc-unauthenticated-without-token" => unauthenticated(run).await,
         "grpc-view-too-large-for-a-snapshot-is-refused" => view_too_large(run).await,
         other => Err(Stop::Fail(format!("no implementation for case {other}"))),
@@ -669,6 +685,30 @@ async fn contiguous(run: &Arc<Shared>) -> Result<(), Stop> {
         .into());
     }
     Ok(())
+}
+
+async fn half_closed(run: &Arc<Shared>) -> Result<(), Stop> {
+    let mut a = attached(run, "A").await?;
+    // Enough calls that a host ending the session at the half-close is
+    // very unlikely to have sent every answer by then.
+    let mut ids = Vec::new();
+    for _ in 0..200 {
+        ids.push(a.call("counter", "increase", json!([1]))?);
+    }
+    a.close();
+    // The stream's own checks refuse a result before its publication.
+    for id in ids {
+        a.result(id).await?;
+    }
+    // Publications or bookmarks may still come; then the end.
+    while a.next_or_end().await?.is_some() {}
+    match a.ended().and_then(|s| s.map(|s| s.code())) {
+        None => Ok(()),
+        Some(code) => Err(format!(
+            "A's stream ended with status {code:?} after its results, expected OK"
+        )
+        .into()),
+    }
 }
 
 async fn results_follow(run: &Arc<Shared>) -> Result<(), Stop> {

@@ -24,6 +24,9 @@ pub enum HostBreakage {
     /// A result queued right behind a publication is sent ahead of it
     /// (read-your-writes ordering broken).
     ResultsFirst,
+    /// The session ends as soon as the client half-closes, whatever it is
+    /// still owed.
+    EndOnHalfClose,
 }
 
 struct Adapter {
@@ -60,10 +63,28 @@ impl HostService for Adapter {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let breakage = self.breakage;
+        // Sent by the reader when the client half-closes: it is still owed
+        // the answers to what it sent (H16).
+        let (ended, mut end) = tokio::sync::oneshot::channel::<()>();
         let writer = tokio::spawn({
             let session = session.clone();
             async move {
-                while let Some(frame) = session.next_frame().await {
+                loop {
+                    let frame = tokio::select! {
+                        biased;
+                        frame = session.next_frame() => frame,
+                        drain = &mut end => {
+                            if drain.is_ok() {
+                                while let Some(frame) = session.next_answer().await {
+                                    if tx.send(Ok(frame.message().clone())).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                            return;
+                        }
+                    };
+                    let Some(frame) = frame else { return };
                     let mut out = vec![frame.message().clone()];
                     if breakage == Some(HostBreakage::ResultsFirst)
                         && let Some(next) = session.try_next_frame()
@@ -81,7 +102,16 @@ impl HostService for Adapter {
         tokio::spawn(async move {
             // Undecodable input ends the stream with an error: the host may
             // close a session that sends it (H14).
-            while let Ok(Some(mut message)) = inbound.message().await {
+            let mut clean = false;
+            loop {
+                let mut message = match inbound.message().await {
+                    Ok(Some(message)) => message,
+                    Ok(None) => {
+                        clean = true;
+                        break;
+                    }
+                    Err(_) => break,
+                };
                 if breakage == Some(HostBreakage::IgnoreCallEpoch)
                     && let (Some(h), Some(client_message::Kind::Call(_))) =
                         (message.header.as_mut(), &message.kind)
@@ -92,8 +122,13 @@ impl HostService for Adapter {
                     break;
                 }
             }
-            // The session ends with the request stream.
-            writer.abort();
+            // A half-close is answered first (H16), unless broken not to be.
+            if clean && breakage != Some(HostBreakage::EndOnHalfClose) {
+                let _ = ended.send(());
+                let _ = writer.await;
+            } else {
+                writer.abort();
+            }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

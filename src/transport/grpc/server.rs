@@ -325,6 +325,8 @@ impl Drop for Connection {
 struct Outbound {
     session: Arc<Session>,
     end: oneshot::Receiver<Option<Status>>,
+    /// The client closed its side: answer what it sent, then end.
+    draining: bool,
     _connection: Connection,
 }
 
@@ -343,23 +345,35 @@ fn outbound(
     let state = Outbound {
         session,
         end,
+        draining: false,
         _connection: connection,
     };
     futures::stream::unfold(Some(state), |state| async move {
         let mut state = state?;
-        let step = tokio::select! {
-            // An end decided by the reader wins over frames still queued.
-            biased;
-            ended = &mut state.end => Step::End(ended.ok().flatten()),
-            frame = state.session.next_frame() => Step::Frame(frame),
-        };
-        match step {
-            Step::Frame(Some(frame)) => Some((Ok(frame), Some(state))),
-            Step::Frame(None) => {
-                Some((Err(Status::unavailable("the host is shutting down")), None))
+        loop {
+            if state.draining {
+                let frame = state.session.next_answer().await?;
+                return Some((Ok(frame), Some(state)));
             }
-            Step::End(Some(status)) => Some((Err(status), None)),
-            Step::End(None) => None,
+            let step = tokio::select! {
+                // An end decided by the reader wins over frames still queued.
+                biased;
+                ended = &mut state.end => Step::End(ended.ok().flatten()),
+                frame = state.session.next_frame() => Step::Frame(frame),
+            };
+            return match step {
+                Step::Frame(Some(frame)) => Some((Ok(frame), Some(state))),
+                Step::Frame(None) => {
+                    Some((Err(Status::unavailable("the host is shutting down")), None))
+                }
+                Step::End(Some(status)) => Some((Err(status), None)),
+                // A half-close: the calls already sent are still answered
+                // (H8), then the stream ends.
+                Step::End(None) => {
+                    state.draining = true;
+                    continue;
+                }
+            };
         }
     })
 }
