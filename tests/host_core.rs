@@ -2125,3 +2125,23 @@ fn every_successful_call_is_settled_once_and_a_module_that_cannot_revert_keeps_i
         }
     }
 }
+
+#[test]
+fn a_reply_only_session_is_answered_at_the_version_of_its_request() {
+    // On a shared channel the publications travel in another session; a
+    // reply built later could name a version whose publication is not on the
+    // channel yet (SC5), so a session without publications is answered as
+    // of its request.
+    let mut h = demo_host(SyncMode::Patch);
+    let peer = h
+        .connect(PeerOptions {
+            peer_id: "reply-only".to_owned(),
+            publications: false,
+        })
+        .unwrap();
+    sync(&mut h, peer, "", 0, 1);
+    h.invoke("counter", "increase", &[json!(1)]).unwrap();
+    let out = frames(&mut h, peer);
+    assert_eq!(out.len(), 1);
+    assert_eq!(snapshot_of(&out[0]).map(|s| s.version), Some(1));
+}

@@ -223,27 +223,98 @@ fn an_error_quoting_a_huge_name_is_cut_short() {
 }
 
 #[test]
-fn a_session_that_never_reads_its_results_is_refused_at_the_backlog_limit() {
+fn a_session_that_does_not_read_its_results_is_refused_calls_then_closed() {
     let mut h = host(texts(), LIMIT);
     let (peer, _) = attach(&mut h);
-    // Every result is addressed to its call's 30 KB source.
-    let source = "s".repeat(30_000);
-    let mut refused = None;
-    for id in 1..=100 {
-        let message = call_envelope(&source, id, "texts", "nothing", json!([]));
+    // Every result is addressed to its call's 1 KB source, so each unread
+    // result holds about 1 KB.
+    let source = "s".repeat(1000);
+    let mut closed = None;
+    for id in 1..=5000 {
+        let message = call_envelope(&source, id, "texts", "add", json!(["x"]));
         if let Err(e) = h.handle_message(peer, message) {
-            refused = Some((id, e));
+            closed = Some((id, e));
             break;
         }
     }
-    let (id, error) = refused.expect("the backlog is bounded");
+    let (id, error) = closed.expect("the backlog is bounded");
     assert!(matches!(error, InputError::Backlog { .. }), "{error:?}");
     assert!(error.is_fatal());
-    // 8 messages of 64 KiB hold 17 results of 30 KB; the 19th call finds
-    // more than that queued.
-    assert!((17..=19).contains(&id), "refused at call {id}");
-    // Reading the backlog makes room again.
-    frames(&mut h, peer);
-    call(&mut h, peer, 1000, "texts", "add", json!(["after"]));
-    assert_eq!(result(&frames(&mut h, peer)).state_version, 2);
+    // 8 messages of 64 KiB is the budget: past it calls are refused unrun,
+    // past twice it the session is closed.
+    assert!((900..=1050).contains(&id), "closed at call {id}");
+    let out = frames(&mut h, peer);
+    let results: Vec<&CallResult> = out
+        .iter()
+        .filter_map(|f| match f.message().kind.as_ref() {
+            Some(host_message::Kind::Result(r)) => Some(r),
+            _ => None,
+        })
+        .collect();
+    let ran = results
+        .iter()
+        .filter(|r| {
+            r.outcome
+                .as_ref()
+                .is_some_and(|o| matches!(o, call_result::Outcome::ValueJson(_)))
+        })
+        .count();
+    assert!((450..=525).contains(&ran), "{ran} calls ran");
+    let refused = &results[ran..];
+    assert!(!refused.is_empty());
+    for r in refused {
+        let (code, message) = error_of(r);
+        assert_eq!(code, ErrorCode::ResourceExhausted);
+        assert!(message.contains("waiting to be sent"), "{message}");
+    }
+    assert_eq!(h.version(), 1 + ran as u64);
+}
+
+#[test]
+fn error_details_too_large_are_dropped_and_the_message_says_so() {
+    let app = App::new().with(JsonModule::new("d", json!({})).method(
+        "fail",
+        |_: &mut Draft<'_>, (text,): (String,)| -> Result<(), _> {
+            Err(cosystem_worker::app::MethodError::failed("no").with_details(json!({"got": text})))
+        },
+    ));
+    let mut h = host(app, 4 * 1024 * 1024);
+    let (peer, _) = attach(&mut h);
+    call(&mut h, peer, 1, "d", "fail", json!(["z".repeat(100_000)]));
+    let out = frames(&mut h, peer);
+    let r = result(&out);
+    let (code, message) = error_of(r);
+    assert_eq!(code, ErrorCode::Failed);
+    assert!(message.contains("details of 100"), "{message}");
+    match r.outcome.as_ref() {
+        Some(call_result::Outcome::Error(e)) => assert!(e.details_json.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    // Small details are kept.
+    call(&mut h, peer, 2, "d", "fail", json!(["small"]));
+    match result(&frames(&mut h, peer)).outcome.as_ref() {
+        Some(call_result::Outcome::Error(e)) => assert!(e.details_json.contains("small")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_envelope_whose_source_is_too_long_to_answer_is_not_processed() {
+    let mut h = host(texts(), LIMIT);
+    let (peer, _) = attach(&mut h);
+    let message = call_envelope(&"s".repeat(2000), 1, "texts", "add", json!(["x"]));
+    let refused = h.handle_message(peer, message);
+    assert!(
+        matches!(
+            refused,
+            Err(InputError::PeerIdTooLong {
+                len: 2000,
+                limit: 1024
+            })
+        ),
+        "{refused:?}"
+    );
+    assert!(!refused.unwrap_err().is_fatal());
+    assert!(frames(&mut h, peer).is_empty());
+    assert_eq!(h.version(), 1);
 }

@@ -104,7 +104,8 @@ async fn a_host_that_ends_the_session_at_a_half_close_fails_exactly_the_half_clo
         failed(&report),
         BTreeSet::from(["grpc-half-closed-stream-is-answered".to_owned()])
     );
-    assert!(!report.required_passed());
+    // A recommended case (H16 is a SHOULD): the run still passes.
+    assert!(report.required_passed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

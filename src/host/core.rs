@@ -40,6 +40,14 @@ const BACKLOG_MESSAGES: usize = 8;
 /// may quote what the peer sent, and must not let it amplify its input.
 const MAX_ERROR_MESSAGE: usize = 1024;
 
+/// The most bytes of JSON an error's details may take: with the message and
+/// a peer id, a result stays far inside the smallest message limit (§15).
+const MAX_ERROR_DETAILS: usize = 64 * 1024;
+
+/// The longest `source` a host processes a client envelope with: its
+/// replies repeat it as their `target` (spec §3.2).
+const MAX_PEER_ID: usize = 1024;
+
 /// Identifies one client session within a host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerKey(u64);
@@ -78,6 +86,15 @@ pub enum InputError {
         /// The message's size.
         size: usize,
         /// The configured maximum.
+        limit: usize,
+    },
+    /// The envelope's `source` is longer than any peer id a host answers;
+    /// ignored.
+    #[error("source peer id of {len} bytes exceeds the limit of {limit}")]
+    PeerIdTooLong {
+        /// The `source`'s length in bytes.
+        len: usize,
+        /// The longest peer id processed.
         limit: usize,
     },
     /// The bytes are not a `ClientMessage`.
@@ -158,6 +175,11 @@ enum Direct {
         sync_id: u64,
         have_version: u64,
     },
+    /// A sync reply built when the request arrived: for a session that
+    /// receives no publications (a shared channel's reply-only session,
+    /// SC9), whose reply must not name a version whose publication another
+    /// session has not put on the channel yet (SC5).
+    Built(HostFrame),
 }
 
 /// One session's protocol state.
@@ -396,6 +418,12 @@ impl HostCore {
             return Err(InputError::UnknownPeer);
         }
         let header = message.header.unwrap_or_default();
+        if header.source.len() > MAX_PEER_ID {
+            return Err(InputError::PeerIdTooLong {
+                len: header.source.len(),
+                limit: MAX_PEER_ID,
+            });
+        }
         if !header.source.is_empty()
             && let Some(p) = self.peers.get_mut(&peer)
             && p.reply_to != header.source
@@ -459,12 +487,14 @@ impl HostCore {
         if queued >= limit.saturating_mul(2).max(1) {
             return Err(InputError::Flooding { queued });
         }
+        // Like the in-flight limit: past the budget a call is refused
+        // unrun; only a session that keeps calling past twice it is closed.
         let backlog = self.peers.get(&peer).map_or(0, |p| p.direct_bytes);
         let backlog_limit = self.backlog_limit();
-        if backlog > backlog_limit {
+        if backlog > backlog_limit.saturating_mul(2) {
             return Err(InputError::Backlog {
                 bytes: backlog,
-                limit: backlog_limit,
+                limit: backlog_limit.saturating_mul(2),
             });
         }
         let outcome = if header.protocol_version != PROTOCOL_VERSION {
@@ -489,6 +519,13 @@ impl HostCore {
             Err(MethodError::new(
                 ErrorCode::ResourceExhausted,
                 format!("more than {limit} calls in flight"),
+            ))
+        } else if backlog > backlog_limit {
+            Err(MethodError::new(
+                ErrorCode::ResourceExhausted,
+                format!(
+                    "{backlog} bytes of results are waiting to be sent to this client, more than {backlog_limit}"
+                ),
             ))
         } else {
             // A value too large for one result envelope is refused before
@@ -760,10 +797,19 @@ impl HostCore {
         let resumable = header.epoch == self.epoch
             && request.have_version > 0
             && request.have_version <= self.version;
-        let reply = Direct::Sync {
-            target: header.source.clone(),
-            sync_id: request.sync_id,
-            have_version: if resumable { request.have_version } else { 0 },
+        let have_version = if resumable { request.have_version } else { 0 };
+        let reply_only = self
+            .peers
+            .get(&peer)
+            .is_some_and(|p| !p.options.publications);
+        let reply = if reply_only {
+            Direct::Built(self.sync_reply(&header.source, request.sync_id, have_version))
+        } else {
+            Direct::Sync {
+                target: header.source.clone(),
+                sync_id: request.sync_id,
+                have_version,
+            }
         };
         let version = self.version;
         if let Some(p) = self.peers.get_mut(&peer) {
@@ -776,7 +822,7 @@ impl HostCore {
                 .direct
                 .iter()
                 .position(|d| match d {
-                    Direct::Sync { .. } => true,
+                    Direct::Sync { .. } | Direct::Built(_) => true,
                     Direct::Result { gate, .. } => *gate > sent,
                 })
                 .unwrap_or(p.direct.len());
@@ -869,7 +915,7 @@ impl HostCore {
         let p = self.peers.get_mut(&peer)?;
         let live = p.attached && p.options.publications;
         let ready = match p.direct.front() {
-            Some(Direct::Sync { .. }) => true,
+            Some(Direct::Sync { .. } | Direct::Built(_)) => true,
             Some(Direct::Result { gate, .. }) => !live || *gate <= p.cursor,
             None => false,
         };
@@ -879,6 +925,7 @@ impl HostCore {
                     p.direct_bytes = p.direct_bytes.saturating_sub(bytes);
                     return Some(frame);
                 }
+                Direct::Built(frame) => return Some(frame),
                 Direct::Sync {
                     target,
                     sync_id,
@@ -934,6 +981,15 @@ fn sendable(mut error: MethodError) -> MethodError {
         }
         error.message.truncate(end);
         error.message.push_str("… (truncated)");
+    }
+    if let Some(details) = &error.details {
+        let len = serde_json::to_string(details).map_or(usize::MAX, |t| t.len());
+        if len > MAX_ERROR_DETAILS {
+            error.details = None;
+            error
+                .message
+                .push_str(&format!(" (details of {len} bytes dropped)"));
+        }
     }
     match error.code {
         NotFound | InvalidArgument | Failed | Unavailable | PermissionDenied

@@ -331,16 +331,19 @@ impl Host {
                         Ok(core_busy) => busy = core_busy,
                         Err(_) => return Poll::Ready(Ok(())),
                     }
-                    if input_ended
-                        && !busy
-                        && session
-                            .shared
-                            .core
-                            .now()
-                            .is_some_and(|core| !core.has_answers(session.key))
-                    {
-                        // Everything owed is in the sink: end once it is out.
-                        return sink.as_mut().poll_flush(cx).map(|_| Ok(()));
+                    if input_ended && !busy {
+                        match session.shared.core.now() {
+                            // Another session's method holds the core: look
+                            // again after a nap, not at the next wake-up.
+                            None => busy = true,
+                            Some(core) if !core.has_answers(session.key) => {
+                                drop(core);
+                                // Everything owed is in the sink: end once
+                                // it is out.
+                                return sink.as_mut().poll_flush(cx).map(|_| Ok(()));
+                            }
+                            Some(_) => {}
+                        }
                     }
                 } else if let Poll::Ready(Err(_)) = sink.as_mut().poll_flush(cx) {
                     // What the sink already holds needs no core to go out.
@@ -398,7 +401,9 @@ impl Session {
         Some(self.with_locked(core, false, |core| core.handle_message(self.key, message)))
     }
 
-    fn is_closed(&self) -> bool {
+    /// Whether the host has shut down: the session will produce nothing
+    /// more.
+    pub fn is_closed(&self) -> bool {
         self.shared
             .closed
             .load(std::sync::atomic::Ordering::Acquire)

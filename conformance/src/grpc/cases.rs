@@ -368,7 +368,7 @@ pub const CASES: &[HostCaseDef] = &[
     },
     HostCaseDef {
         name: "grpc-half-closed-stream-is-answered",
-        tier: Required,
+        tier: Recommended,
         spec: &["H8", "H16", "§17.2"],
         description: "A client that closes its request stream right after sending calls is still sent every result, then the stream ends OK.",
         procedure: &[

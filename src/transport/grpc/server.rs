@@ -352,8 +352,13 @@ fn outbound(
         let mut state = state?;
         loop {
             if state.draining {
-                let frame = state.session.next_answer().await?;
-                return Some((Ok(frame), Some(state)));
+                return match state.session.next_answer().await {
+                    Some(frame) => Some((Ok(frame), Some(state))),
+                    None if state.session.is_closed() => {
+                        Some((Err(Status::unavailable("the host is shutting down")), None))
+                    }
+                    None => None,
+                };
             }
             let step = tokio::select! {
                 // An end decided by the reader wins over frames still queued.
