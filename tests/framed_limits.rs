@@ -254,19 +254,32 @@ async fn the_default_limit_is_the_host_max_message_size() {
     );
 }
 
+/// Serves one framed session over an in-memory pipe; the test's end of it
+/// and the session's outcome.
+fn serve_pipe(
+    host: &Host,
+    peer_id: &str,
+) -> (
+    tokio::io::DuplexStream,
+    tokio::task::JoinHandle<Result<(), cosystem_worker::host::InputError>>,
+) {
+    let (peer, io) = tokio::io::duplex(64);
+    let served = tokio::spawn(framed::serve_stream(
+        host.clone(),
+        io,
+        peer_id.to_owned(),
+        FramedConfig::default(),
+    ));
+    (peer, served)
+}
+
 #[tokio::test]
 async fn a_session_ended_by_bad_input_reports_what_was_wrong() {
     use cosystem_worker::host::InputError;
     within_a_minute(async {
         let host = host(1 << 20);
         // A length prefix far over the limit.
-        let (mut peer, io) = tokio::io::duplex(64);
-        let served = tokio::spawn(framed::serve_stream(
-            host.clone(),
-            io,
-            "big",
-            FramedConfig::default(),
-        ));
+        let (mut peer, served) = serve_pipe(&host, "big");
         peer.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
         assert!(matches!(
             served.await.unwrap(),
@@ -276,13 +289,7 @@ async fn a_session_ended_by_bad_input_reports_what_was_wrong() {
             })
         ));
         // A frame that is not a ClientMessage.
-        let (mut peer, io) = tokio::io::duplex(64);
-        let served = tokio::spawn(framed::serve_stream(
-            host.clone(),
-            io,
-            "garbage",
-            FramedConfig::default(),
-        ));
+        let (mut peer, served) = serve_pipe(&host, "garbage");
         peer.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff])
             .await
             .unwrap();
@@ -291,13 +298,7 @@ async fn a_session_ended_by_bad_input_reports_what_was_wrong() {
             Err(InputError::Malformed(_))
         ));
         // A peer that just goes away ends its session plainly.
-        let (peer, io) = tokio::io::duplex(64);
-        let served = tokio::spawn(framed::serve_stream(
-            host.clone(),
-            io,
-            "gone",
-            FramedConfig::default(),
-        ));
+        let (peer, served) = serve_pipe(&host, "gone");
         drop(peer);
         assert_eq!(served.await.unwrap(), Ok(()));
         // After shutdown no session opens, and the error says why.
