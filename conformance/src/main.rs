@@ -124,8 +124,9 @@ enum Command {
     /// Serve the adapter protocol on stdin/stdout for the reference client.
     Adapter {
         /// Break the client on purpose (apply-across-gap,
-        /// settle-before-catch-up, ignore-epoch, skip-resync), to show the
-        /// suite catches it. Also read from COSYSTEM_ADAPTER_BREAK.
+        /// settle-before-catch-up, ignore-epoch, skip-resync, settled-first),
+        /// to show the suite catches it. Also read from
+        /// COSYSTEM_ADAPTER_BREAK.
         #[arg(long = "break", value_name = "MODE", env = "COSYSTEM_ADAPTER_BREAK")]
         breakage: Option<Breakage>,
     },

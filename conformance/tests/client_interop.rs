@@ -109,6 +109,25 @@ fn settling_before_catching_up_fails_exactly_the_read_your_writes_cases() {
 }
 
 #[test]
+fn reporting_settlements_before_state_changed_fails_exactly_the_held_result_cases() {
+    let (failed, code) = failing_cases(&["--break", "settled-first"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        failed,
+        names(&[
+            "client-connection-loss-settles-sent-calls",
+            "client-duplicate-result-while-held-is-noticed",
+            "client-error-result-waits-for-its-version",
+            "client-held-results-settle-in-arrival-order",
+            "client-reported-loss-keeps-held-results-and-an-outstanding-sync",
+            "client-result-ahead-is-held-until-mirror-catches-up",
+            "client-result-ahead-while-syncing-sends-nothing-more",
+            "client-result-waits-while-empty",
+        ])
+    );
+}
+
+#[test]
 fn ignoring_the_epoch_fails_exactly_the_epoch_cases() {
     let (failed, code) = failing_cases(&["--break", "ignore-epoch"]);
     assert_eq!(code, Some(1));

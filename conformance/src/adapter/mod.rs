@@ -405,7 +405,10 @@ impl Event {
                 Event::Notice(Value::Object(notice))
             }
             "settled" => {
-                let outcome = match (map.get("ok"), map.get("error")) {
+                // A member set to null is absent (what a struct without
+                // `omitempty` writes); `ok` may itself be the value null.
+                let error = map.get("error").filter(|e| !e.is_null());
+                let outcome = match (map.get("ok"), error) {
                     (Some(v), None) => Settlement::Ok(v.clone()),
                     (None, Some(Value::String(code))) => Settlement::Error {
                         code: code.clone(),
@@ -483,9 +486,12 @@ impl Reply {
 
     /// Reads a reply. An `{"error": "..."}` reply becomes `Err`. Each sent
     /// envelope may be canonical JSON or a string of base64 protobuf bytes.
+    /// `sent` and `events` are required; an optional member set to null is
+    /// absent; any other member is refused, so that a stray line on the
+    /// adapter's stdout is not taken for a reply.
     pub fn from_json(value: &Value) -> Result<Self, String> {
         let map = value.as_object().ok_or("a reply must be a JSON object")?;
-        if let Some(error) = map.get("error") {
+        if let Some(error) = map.get("error").filter(|e| !e.is_null()) {
             return Err(format!(
                 "the adapter refused the command: {}",
                 error
@@ -493,8 +499,18 @@ impl Reply {
                     .map_or_else(|| error.to_string(), str::to_owned)
             ));
         }
+        if let Some(other) = map
+            .keys()
+            .find(|k| !["sent", "events", "call_id", "state", "error"].contains(&k.as_str()))
+        {
+            return Err(format!(
+                "a reply has no member {other:?} (is something else printing to stdout?): {value}"
+            ));
+        }
         let list = |k: &str| match map.get(k) {
-            None => Ok(&[][..]),
+            None => Err(format!(
+                "a reply must have {k:?} (an array, maybe empty): {value}"
+            )),
             Some(Value::Array(items)) => Ok(items.as_slice()),
             Some(_) => Err(format!("{k} must be an array")),
         };
@@ -517,8 +533,15 @@ impl Reply {
         Ok(Self {
             sent,
             events,
-            call_id: opt_u64(map, "call_id")?,
-            state: map.get("state").map(ClientState::from_json).transpose()?,
+            call_id: match map.get("call_id") {
+                Some(Value::Null) => None,
+                _ => opt_u64(map, "call_id")?,
+            },
+            state: map
+                .get("state")
+                .filter(|s| !s.is_null())
+                .map(ClientState::from_json)
+                .transpose()?,
         })
     }
 }
@@ -611,5 +634,33 @@ mod tests {
     #[test]
     fn an_error_reply_is_an_error() {
         assert!(Reply::from_json(&json!({"error": "unsupported"})).is_err());
+    }
+
+    #[test]
+    fn optional_members_set_to_null_are_absent() {
+        let reply = Reply::from_json(&json!({
+            "sent": [], "events": [
+                {"type": "settled", "call": "a", "ok": null, "error": null}
+            ],
+            "error": null, "call_id": null, "state": null
+        }))
+        .unwrap();
+        assert_eq!(reply.call_id, None);
+        assert!(reply.state.is_none());
+        assert!(matches!(
+            &reply.events[0],
+            Event::Settled {
+                outcome: Settlement::Ok(Value::Null),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_reply_without_its_arrays_or_with_other_members_is_refused() {
+        let missing = Reply::from_json(&json!({"events": []})).unwrap_err();
+        assert!(missing.contains("\"sent\""), "{missing}");
+        let stray = Reply::from_json(&json!({"level": "info", "msg": "connected"})).unwrap_err();
+        assert!(stray.contains("stdout"), "{stray}");
     }
 }

@@ -36,15 +36,18 @@ pub enum Breakage {
     IgnoreEpoch,
     /// Only the first SyncRequest is sent; the client never heals.
     SkipResync,
+    /// Each input's settlements are reported ahead of its other events.
+    SettledFirst,
 }
 
 impl Breakage {
     /// Every breakage, by its command-line name.
-    pub const ALL: [(&'static str, Breakage); 4] = [
+    pub const ALL: [(&'static str, Breakage); 5] = [
         ("apply-across-gap", Breakage::ApplyAcrossGap),
         ("settle-before-catch-up", Breakage::SettleBeforeCatchUp),
         ("ignore-epoch", Breakage::IgnoreEpoch),
         ("skip-resync", Breakage::SkipResync),
+        ("settled-first", Breakage::SettledFirst),
     ];
 }
 
@@ -239,6 +242,12 @@ impl ReferenceClient {
         }
         while let Some(event) = core.poll_event() {
             reply.events.push(translate(event, &self.labels)?);
+        }
+        if self.breakage == Some(Breakage::SettledFirst) {
+            // A stable sort: settlements first, each group in its order.
+            reply
+                .events
+                .sort_by_key(|e| !matches!(e, Event::Settled { .. }));
         }
         Ok(())
     }

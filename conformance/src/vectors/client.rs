@@ -262,16 +262,39 @@ struct Observed {
     notices: Vec<Value>,
     settled: Vec<(String, Settlement, Option<u64>)>,
     state_changed: Vec<u64>,
+    /// The first report out of the order one input must produce them in.
+    misordered: Option<String>,
 }
 
 impl Observed {
     fn take(&mut self, reply: Reply) {
         self.outbound
             .extend(reply.sent.iter().map(client_message_to_json));
+        // Within one input's reports (PROTOCOL.md §8.2, §8.4, P5, RW5):
+        // `ready` comes before `state-changed`, and a call settled with the
+        // host's outcome (it carries a state_version) after it.
+        let mut changed = false;
+        let start = self.settled.len();
         for event in reply.events {
+            let out_of_order = match &event {
+                Event::Ready if changed => Some("ready after state-changed".to_owned()),
+                Event::StateChanged(_) if !changed => self.settled[start..]
+                    .iter()
+                    .find(|(_, _, version)| version.is_some())
+                    .map(|(call, _, _)| {
+                        format!("call {call} settled with the host's outcome before state-changed")
+                    }),
+                _ => None,
+            };
+            if self.misordered.is_none() {
+                self.misordered = out_of_order;
+            }
             match event {
                 Event::Ready => self.ready = true,
-                Event::StateChanged(v) => self.state_changed.push(v),
+                Event::StateChanged(v) => {
+                    changed = true;
+                    self.state_changed.push(v);
+                }
                 Event::Conflict {
                     reason,
                     current_version,
@@ -389,7 +412,8 @@ pub fn run_with(case: &ClientCase, client: &mut dyn ClientUnderTest) -> Result<(
         if let Some(command) = command {
             let reply = client.command(&command).map_err(&fail)?;
             if let (ClientAction::Call(spec), Some(id)) = (&step.action, reply.call_id) {
-                vars.bind(&spec.id, id.to_string());
+                vars.bind_new(&spec.id, "callId", &id.to_string())
+                    .map_err(|e| fail(format!("the reply to call {}: {e}", spec.id)))?;
             }
             seen.take(reply);
         }
@@ -499,6 +523,9 @@ fn check(
     match_list("conflicts", &expect.conflicts, &seen.conflicts, vars)?;
     match_list("notices", &expect.notices, &seen.notices, vars)?;
     check_settled(&expect.settled, &seen.settled)?;
+    if let Some(misordered) = &seen.misordered {
+        return Err(format!("reports out of order: {misordered}"));
+    }
     if expect.ready != seen.ready {
         return Err(format!(
             "ready was {}reported",

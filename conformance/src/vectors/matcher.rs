@@ -19,14 +19,31 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-/// Values bound by `"$name"` patterns and call labels, as decimal strings.
+/// Values bound by `"$name"` patterns and call labels, as decimal strings,
+/// with the field each was first bound at.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Bindings(BTreeMap<String, String>);
+pub struct Bindings(BTreeMap<String, String>, BTreeMap<String, String>);
 
 impl Bindings {
     /// Binds `name` to `value`, replacing any earlier binding.
     pub fn bind(&mut self, name: &str, value: impl Into<String>) {
         self.0.insert(name.to_owned(), value.into());
+    }
+
+    /// Binds `name` to `value` found at member `field`, refusing a value
+    /// another name already holds at that member: ids the protocol says are
+    /// new for every request (`syncId`, `callId`) must differ.
+    pub fn bind_new(&mut self, name: &str, field: &str, value: &str) -> Result<(), String> {
+        if let Some((other, _)) = self.1.iter().find(|(other, f)| {
+            f.as_str() == field && self.0.get(*other).is_some_and(|v| v == value)
+        }) {
+            return Err(format!(
+                "${name} is {value}, the same as ${other}: each {field} must be new"
+            ));
+        }
+        self.0.insert(name.to_owned(), value.to_owned());
+        self.1.insert(name.to_owned(), field.to_owned());
+        Ok(())
     }
 
     /// The value bound to `name`.
@@ -144,10 +161,15 @@ fn match_at(
             return match vars.get(name) {
                 Some(bound) if bound == text => Ok(()),
                 Some(bound) => Err(format!("{at}: ${name} is {bound}, got {text}")),
-                None => {
-                    vars.bind(name, text);
-                    Ok(())
-                }
+                None => match key {
+                    Some(field) => vars
+                        .bind_new(name, field, &text)
+                        .map_err(|e| format!("{at}: {e}")),
+                    None => {
+                        vars.bind(name, text);
+                        Ok(())
+                    }
+                },
             };
         }
     }
@@ -230,6 +252,25 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn two_names_cannot_bind_the_same_id_at_the_same_member() {
+        let mut vars = Bindings::default();
+        match_value(
+            &json!({"syncId": "$s1"}),
+            &json!({"syncId": "7"}),
+            &mut vars,
+        )
+        .unwrap();
+        let reused = match_value(
+            &json!({"syncId": "$s2"}),
+            &json!({"syncId": "7"}),
+            &mut vars,
+        );
+        assert!(reused.unwrap_err().contains("must be new"));
+        // The same value at another member is another id.
+        match_value(&json!({"callId": "$a"}), &json!({"callId": "7"}), &mut vars).unwrap();
+    }
 
     #[test]
     fn variables_bind_once_and_then_must_agree() {
