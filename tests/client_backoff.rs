@@ -1,15 +1,16 @@
-//! How often a client reconnects: a link the host closes without a word (a
-//! host refusing the session) is retried with the same growing backoff as a
-//! failed connect; a link the host spoke on resets it. Time is tokio's
-//! paused clock, so the counts are exact and the tests take no real time.
+//! A client without a host: a link the host closes without a word (a host
+//! refusing the session) is retried with the same growing backoff as a
+//! failed connect, a link the host spoke on resets it, and call deadlines
+//! run out while no link is up. Time is tokio's paused clock, so the counts
+//! are exact and the tests take no real time.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use cosystem_worker::client::{Client, ClientConfig, Reconnect};
+use cosystem_worker::client::{CallOptions, Client, ClientConfig, Reconnect};
 use cosystem_worker::transport::{ClientLink, Connector, TransportError};
-use cosystem_worker::wire::{Header, HostMessage, Patch, host_message};
+use cosystem_worker::wire::{ErrorCode, Header, HostMessage, Patch, host_message};
 use futures::future::BoxFuture;
 use futures::{FutureExt, SinkExt};
 
@@ -70,4 +71,28 @@ async fn a_link_the_host_spoke_on_resets_the_backoff() {
     // Every wait is the initial 50 ms: about 200 connects.
     let connects = connects_in_ten_seconds(1).await;
     assert!(connects > 150, "{connects} connects");
+}
+
+/// A host that never answers: every connect is refused, and retried.
+struct Unreachable;
+
+impl Connector for Unreachable {
+    fn connect(&self) -> BoxFuture<'static, Result<ClientLink, TransportError>> {
+        async { Err(TransportError::Connection("connection refused".into())) }.boxed()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_times_out_while_the_host_is_unreachable() {
+    let client = Client::new(Unreachable, ClientConfig::default());
+    let started = tokio::time::Instant::now();
+    let options = CallOptions {
+        timeout: Some(Duration::from_secs(1)),
+    };
+    let outcome = client
+        .call_with("counter", "increase", vec![serde_json::json!(1)], options)
+        .await;
+    assert_eq!(outcome.unwrap_err().code, ErrorCode::DeadlineExceeded);
+    // Settled by its own deadline, not by a later connect attempt.
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
 }

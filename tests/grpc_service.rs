@@ -474,3 +474,59 @@ async fn a_client_that_half_closes_still_gets_every_answer_then_a_clean_end() {
     assert_eq!(results, (1..=20).collect::<Vec<_>>());
     assert_eq!(host.version(), 21);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_message_over_the_clients_limit_stops_the_client_instead_of_refetching_it() {
+    let host = host_with(HostLimits {
+        max_message_bytes: 16 << 20,
+        ..HostLimits::default()
+    });
+    let texts: Vec<serde_json::Value> = (0..6).map(|_| json!("x".repeat(1 << 20))).collect();
+    host.invoke("todos", "add_many", &[serde_json::Value::Array(texts)])
+        .unwrap();
+    let (addr, _stop) = start(&host, None).await;
+    // The client keeps its default 4 MiB limit; the snapshot is over 6 MiB.
+    let client = Client::with_reconnect(
+        GrpcConnector::new(format!("http://{addr}")).unwrap(),
+        ClientConfig::default(),
+        no_retry_delay(),
+    );
+    let error = tokio::time::timeout(Duration::from_secs(30), client.ready())
+        .await
+        .expect("ready() ends")
+        .unwrap_err();
+    assert_eq!(error.code, ErrorCode::Unavailable);
+    assert!(error.message.contains("exceeds the limit"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_watch_left_open_does_not_keep_the_server_from_stopping() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let host = host_with(HostLimits::default());
+    let server = GrpcServer::builder(host.clone())
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(until(stopped)));
+    let mut health = HealthClient::new(channel(addr).await);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(watch.message().await.unwrap().is_some());
+    drop(stop);
+    // The watch never ends by itself; serve returns after its grace period.
+    let ended = tokio::time::timeout(Duration::from_secs(60), serving)
+        .await
+        .expect("serve returns although the watch is still open")
+        .unwrap();
+    assert!(ended.is_ok(), "{ended:?}");
+    drop(watch);
+}

@@ -472,7 +472,7 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
         // handed over a link that a dropped future would lose.
         let link = tokio::select! {
             link = connector.connect() => link,
-            _ = wait_stopped(&shared) => break,
+            _ = keep_time_until_stopped(&shared) => break,
         };
         match link {
             Ok(link) => {
@@ -512,7 +512,7 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
-            _ = wait_stopped(&shared) => {}
+            _ = keep_time_until_stopped(&shared) => {}
         }
         backoff = (backoff * 2).min(policy.max);
     }
@@ -544,9 +544,26 @@ fn stop(shared: &Shared) {
     shared.wake();
 }
 
-async fn wait_stopped(shared: &Shared) {
+/// Returns once the client stops. Until then, with no link, it fires the
+/// core's deadlines: a call's timeout runs out while the host is
+/// unreachable as much as while it is connected.
+async fn keep_time_until_stopped(shared: &Shared) {
     while !shared.stopped.load(Ordering::Acquire) {
-        shared.wake.notified().await;
+        let deadline = shared.core().poll_timeout();
+        *shared.armed.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
+        let timer = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = timer => {
+                shared.core().handle_timeout(Instant::now().into_std());
+                shared.dispatch();
+            }
+            _ = shared.wake.notified() => {}
+        }
     }
 }
 

@@ -231,6 +231,8 @@ pub struct HostCore {
     events: VecDeque<HostEvent>,
     /// An upper bound on the published view's JSON length.
     view_bound: ViewBound,
+    /// Unique among the cores of this process (see [`in_method_of`]).
+    id: u64,
 }
 
 impl std::fmt::Debug for HostCore {
@@ -293,6 +295,7 @@ impl HostCore {
             bookmark: None,
             events: VecDeque::new(),
             view_bound: ViewBound::default(),
+            id: NEXT_CORE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         host.view_bound = ViewBound {
             size: host.published_view_len(),
@@ -304,6 +307,12 @@ impl HostCore {
     /// The host's epoch.
     pub fn epoch(&self) -> &str {
         &self.epoch
+    }
+
+    /// This core's id, unique in the process; a driver compares it with
+    /// the core whose method the current thread runs.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     /// The current version of the published view.
@@ -611,7 +620,10 @@ impl HostCore {
             )));
         }
         let target = &mut self.modules[i];
-        let invocation = match catch_unwind(AssertUnwindSafe(|| target.invoke(method, args))) {
+        let invocation = match catch_unwind(AssertUnwindSafe(|| {
+            let _running = InMethod::enter(self.id);
+            target.invoke(method, args)
+        })) {
             Ok(result) => result?,
             Err(payload) => {
                 target.rollback();
@@ -967,6 +979,36 @@ impl HostCore {
     pub fn poll_event(&mut self) -> Option<HostEvent> {
         self.events.pop_front()
     }
+}
+
+thread_local! {
+    /// The id of the core whose method this thread is running, or 0.
+    static IN_METHOD: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Hands every core an id of its own, never 0.
+static NEXT_CORE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Marks the current thread as running a method of core `id` until dropped.
+struct InMethod(u64);
+
+impl InMethod {
+    fn enter(id: u64) -> Self {
+        InMethod(IN_METHOD.with(|m| m.replace(id)))
+    }
+}
+
+impl Drop for InMethod {
+    fn drop(&mut self) {
+        IN_METHOD.with(|m| m.set(self.0));
+    }
+}
+
+/// Whether the current thread is running a method of the core with this
+/// [`HostCore::id`], and so holds that core: a driver that would lock it
+/// again must refuse instead of deadlocking.
+pub(crate) fn in_method_of(id: u64) -> bool {
+    IN_METHOD.with(std::cell::Cell::get) == id
 }
 
 /// The error as a host may send it: a method may choose only the host codes

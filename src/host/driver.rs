@@ -15,6 +15,7 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::Notify;
 
+use super::core::in_method_of;
 use super::core_lock::{CoreLock, Nap};
 use super::{
     HostConfig, HostCore, HostEvent, HostLimits, InputError, PeerKey, PeerOptions, SyncMode,
@@ -23,6 +24,7 @@ use super::{
 use crate::app::{App, MethodError};
 use crate::fast_hash::FastMap;
 use crate::transport::{BoxSink, HostLink, TransportError};
+use crate::wire::ErrorCode;
 use crate::wire::{ClientMessage, HostFrame};
 
 /// How often an idle host tells its clients its version, by default.
@@ -30,13 +32,25 @@ pub const DEFAULT_BOOKMARK_INTERVAL: Duration = Duration::from_secs(5);
 
 struct Shared {
     core: CoreLock,
+    /// The core's [`HostCore::id`], read once: checking it must not lock.
+    core_id: u64,
     wakers: Mutex<FastMap<PeerKey, Arc<Notify>>>,
     closed: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
     /// The core, locked, waiting as long as it takes (see [`CoreLock::lock`]).
+    ///
+    /// # Panics
+    /// When called from inside one of this host's methods, which already
+    /// holds the core: that would deadlock the host. The method's panic is
+    /// caught and its call answered `internal` (a programming error,
+    /// reported loudly).
     fn core(&self) -> MutexGuard<'_, HostCore> {
+        assert!(
+            !in_method_of(self.core_id),
+            "a method called back into its own host (Host::view, version, …), which would deadlock; use its Draft or state instead"
+        );
         self.core.lock()
     }
 
@@ -92,6 +106,9 @@ impl HostBuilder {
     }
 
     /// Publish only these modules' state; calls still reach every module.
+    /// A name that is not a module of the app publishes nothing; `build`
+    /// logs a warning for it (a typo would otherwise make a module private
+    /// without a word).
     pub fn sections<I, S>(mut self, sections: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -135,9 +152,20 @@ impl HostBuilder {
     /// not sent.
     pub fn build(self) -> Host {
         let epoch = self.epoch.unwrap_or_else(new_epoch);
+        if let Some(sections) = &self.config.sections {
+            let names = self.app.names();
+            for unknown in sections.iter().filter(|s| !names.contains(s)) {
+                tracing::warn!(
+                    section = %unknown,
+                    modules = ?names,
+                    "a published section names no module of the app; it publishes nothing"
+                );
+            }
+        }
         let core = HostCore::new(self.config, self.app, epoch);
         let host = Host {
             shared: Arc::new(Shared {
+                core_id: core.id(),
                 core: CoreLock::new(core),
                 wakers: Mutex::new(FastMap::default()),
                 closed: std::sync::atomic::AtomicBool::new(false),
@@ -224,7 +252,19 @@ impl Host {
     }
 
     /// Runs a method on the host itself, as one commit, and publishes it.
+    ///
+    /// Called from inside one of this host's own methods, it returns
+    /// `failed-precondition` instead of deadlocking: one call is one
+    /// commit, so a method cannot start another.
     pub fn invoke(&self, module: &str, method: &str, args: &[Value]) -> Result<Value, MethodError> {
+        if in_method_of(self.shared.core_id) {
+            return Err(MethodError::new(
+                ErrorCode::FailedPrecondition,
+                format!(
+                    "Host::invoke of {module}.{method} from inside a method: a call cannot start another commit"
+                ),
+            ));
+        }
         let mut core = self.shared.core();
         let result = core.invoke(module, method, args);
         let published = self.shared.drain_events(&mut core);

@@ -160,8 +160,13 @@ impl Connector for GrpcConnector {
             }
             // Resolves once the host accepted the stream (response headers),
             // or with the status it refused it with.
-            let response = client.session(request).await.map_err(status_error)?;
-            let stream = response.into_inner().map(|item| item.map_err(status_error));
+            let response = client
+                .session(request)
+                .await
+                .map_err(|status| status_error(status, max))?;
+            let stream = response
+                .into_inner()
+                .map(move |item| item.map_err(|status| status_error(status, max)));
             Ok(ClientLink {
                 sink: Box::pin(PollSender::new(to_host).sink_map_err(|_| {
                     TransportError::Connection("the request stream closed".into())
@@ -196,12 +201,19 @@ fn normalize_url(url: &str) -> Result<String, GrpcError> {
     Ok(full)
 }
 
-/// Credentials refused: not retryable. Anything else: the stream broke.
-fn status_error(status: Status) -> TransportError {
+/// Credentials refused, or a host message over this client's `limit`
+/// (tonic's decoder says OUT_OF_RANGE; a host never sends that code, §17.2):
+/// not retryable, since every reconnect would fetch the same message again.
+/// Anything else: the stream broke.
+fn status_error(status: Status, limit: usize) -> TransportError {
     match status.code() {
         Code::Unauthenticated | Code::PermissionDenied => {
             TransportError::Unauthenticated(status.message().to_owned())
         }
+        Code::OutOfRange => TransportError::FrameTooLarge {
+            size: found_bytes(status.message()).unwrap_or(0),
+            limit,
+        },
         code => {
             let mut message = format!("{code:?}: {}", status.message());
             if let Some(source) = std::error::Error::source(&status) {
@@ -211,6 +223,15 @@ fn status_error(status: Status) -> TransportError {
             TransportError::Connection(message)
         }
     }
+}
+
+/// The size in tonic's "found N bytes" message, if it says.
+fn found_bytes(message: &str) -> Option<usize> {
+    let rest = &message[message.find("found ")? + "found ".len()..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -238,9 +259,19 @@ mod tests {
 
     #[test]
     fn refused_credentials_are_not_retryable() {
-        assert!(!status_error(Status::unauthenticated("x")).is_retryable());
-        assert!(!status_error(Status::permission_denied("x")).is_retryable());
-        assert!(status_error(Status::unavailable("x")).is_retryable());
-        assert!(status_error(Status::resource_exhausted("x")).is_retryable());
+        assert!(!status_error(Status::unauthenticated("x"), 1).is_retryable());
+        assert!(!status_error(Status::permission_denied("x"), 1).is_retryable());
+        assert!(status_error(Status::unavailable("x"), 1).is_retryable());
+        assert!(status_error(Status::resource_exhausted("x"), 1).is_retryable());
+        let too_large = Status::out_of_range(
+            "Error, decoded message length too large: found 6291521 bytes, the limit is: 4194304 bytes",
+        );
+        assert_eq!(
+            status_error(too_large, 4_194_304),
+            TransportError::FrameTooLarge {
+                size: 6_291_521,
+                limit: 4_194_304
+            }
+        );
     }
 }

@@ -34,6 +34,9 @@ pub const SERVICE_NAME: &str = generated::host_service_server::SERVICE_NAME;
 
 /// How often an idle HTTP/2 connection is pinged, so that a vanished client
 /// (no FIN, no RST) is noticed and its session closed.
+/// How long a stopping server waits for its connections to close.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 const KEEPALIVE: Duration = Duration::from_secs(30);
 
 /// Configures a [`GrpcServer`] for a host.
@@ -129,7 +132,9 @@ impl GrpcServer {
 
     /// Serves until `shutdown` resolves. Then health reports `NOT_SERVING`,
     /// the host shuts down (every session's stream ends `UNAVAILABLE`, new
-    /// ones are refused) and the server waits for connections to close.
+    /// ones are refused) and the server waits for connections to close, at
+    /// most [`SHUTDOWN_GRACE`]: a stream that never ends (a health `Watch`)
+    /// does not keep `serve` from returning.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -170,8 +175,10 @@ impl GrpcServer {
                 .map_err(|e| GrpcError::Tls(super::error_chain(&e)))?;
         }
         let host = self.host.clone();
+        let (stopping, stopped) = oneshot::channel::<()>();
         let shutdown = async move {
             shutdown.await;
+            let _ = stopping.send(());
             reporter
                 .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
                 .await;
@@ -181,14 +188,33 @@ impl GrpcServer {
             host.shutdown();
         };
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
-        server
+        let serving = server
             .add_service(health)
             .add_service(reflection)
             .add_service(reflection_v1alpha)
             .add_service(service)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await
-            .map_err(|e| GrpcError::Serve(super::error_chain(&e)))
+            .serve_with_incoming_shutdown(incoming, shutdown);
+        let mut serving = std::pin::pin!(serving);
+        let ended = tokio::select! {
+            // A server that has ended is never polled again.
+            biased;
+            ended = &mut serving => Some(ended),
+            _ = stopped => None,
+        };
+        let ended = match ended {
+            Some(ended) => ended,
+            None => match tokio::time::timeout(SHUTDOWN_GRACE, &mut serving).await {
+                Ok(ended) => ended,
+                Err(_) => {
+                    tracing::warn!(
+                        grace = ?SHUTDOWN_GRACE,
+                        "streams still open after the shutdown grace period; not waiting for them"
+                    );
+                    Ok(())
+                }
+            },
+        };
+        ended.map_err(|e| GrpcError::Serve(super::error_chain(&e)))
     }
 }
 
