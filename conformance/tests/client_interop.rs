@@ -293,3 +293,43 @@ fn an_adapter_that_answers_garbage_fails_the_case() {
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(text.contains("sent must be an array"), "{text}");
 }
+
+#[cfg(unix)]
+#[test]
+fn a_hung_adapter_is_killed_with_everything_its_wrapper_started() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("cosystem-hung-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("adapter.sh");
+    // A wrapper whose child never answers (and holds the pipes open).
+    let marker = format!("{}", 900_000 + std::process::id() % 99_999);
+    std::fs::write(&script, format!("#!/bin/sh\nsleep {marker}\n")).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let output = conformance(&[
+        "client",
+        "--case",
+        "client-live-patch-applies",
+        "--reply-timeout-ms",
+        "300",
+        "--",
+        script.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    let left = Command::new("pgrep")
+        .args(["-f", &format!("sleep {marker}")])
+        .output()
+        .expect("pgrep runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        left.stdout.is_empty(),
+        "the wrapper's child outlived the run: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+}
+
+#[test]
+fn a_missing_adapter_is_a_run_that_could_not_be_made() {
+    let output = conformance(&["client", "--", "/no/such/adapter"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot start adapter"));
+}

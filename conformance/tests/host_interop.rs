@@ -177,3 +177,17 @@ async fn unknown_case_names_are_refused_before_running() {
     run.known_failures.insert("grpc-no-such-case".into());
     assert!(grpc::run(&run).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_where_nothing_listens_is_a_run_that_cannot_be_made() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let error = grpc::run(&config(&format!("http://127.0.0.1:{port}")))
+        .await
+        .unwrap_err();
+    assert!(error.contains("cannot connect"), "{error}");
+    assert!(error.to_lowercase().contains("refused"), "{error}");
+}

@@ -31,11 +31,17 @@ impl AdapterProcess {
     /// Starts `program` with `args`. Each command must be answered within
     /// `reply_timeout`, or the adapter is killed and the case fails.
     pub fn spawn(program: &str, args: &[String], reply_timeout: Duration) -> Result<Self, String> {
-        let mut child = Process::new(program)
+        let mut command = Process::new(program);
+        command
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::piped());
+        // A group of its own, so that killing it also kills what a wrapper
+        // (`go run`, `poetry run`, a shell script) started.
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let mut child = command
             .spawn()
             .map_err(|e| format!("cannot start adapter {program:?}: {e}"))?;
         let stdin = child.stdin.take();
@@ -136,7 +142,7 @@ impl ClientUnderTest for AdapterProcess {
             }
             Ok(Err(e)) => Err(self.gone(&format!("reading the reply to {op}: {e}"))),
             Err(RecvTimeoutError::Timeout) => {
-                let _ = self.child.kill();
+                self.kill();
                 Err(format!(
                     "no reply to {op} within {} ms; adapter killed{}",
                     self.reply_timeout.as_millis(),
@@ -160,8 +166,23 @@ impl Drop for AdapterProcess {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let _ = self.child.kill();
+        self.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl AdapterProcess {
+    /// Kills the adapter and every process of its group.
+    fn kill(&mut self) {
+        #[cfg(unix)]
+        {
+            let _ = Process::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.child.id())])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = self.child.kill();
     }
 }
 

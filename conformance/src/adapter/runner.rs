@@ -58,6 +58,13 @@ pub fn run(cases: &[Case], config: &ClientRun) -> Result<Report, String> {
     if !unknown.is_empty() {
         return Err(format!("unknown client case(s): {}", unknown.join(", ")));
     }
+    // An adapter that cannot be started at all is a run that cannot be
+    // made (exit 2), not every case failing alike.
+    drop(AdapterProcess::spawn(
+        &config.program,
+        &config.args,
+        config.reply_timeout,
+    )?);
     let mut report = Report::default();
     for case in clients {
         let name = &case.info.name;

@@ -83,13 +83,26 @@ pub fn check_names(run: &HostRun) -> Result<(), String> {
 
 /// Runs the selected cases against the host, one after the other (they
 /// share the host's state), and reports. `Err` only when the run cannot
-/// start (an unknown case name, a malformed URL).
+/// start (an unknown case name, a malformed URL, nothing accepting
+/// connections at the URL).
 pub async fn run(config: &HostRun) -> Result<Report, String> {
     check_names(config)?;
     let endpoint = Endpoint::from_shared(config.url.clone())
         .map_err(|e| format!("{}: {e}", config.url))?
         .connect_timeout(config.step_timeout)
         .tcp_nodelay(true);
+    // One connection first, so that a host that is not there is one clear
+    // error (exit 2) with its cause, not every case failing alike.
+    endpoint.connect().await.map_err(|e| {
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            why.push_str(": ");
+            why.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        format!("cannot connect to {}: {why}", config.url)
+    })?;
     let shared = Arc::new(Shared::new(
         endpoint,
         config.token.clone(),
