@@ -532,8 +532,16 @@ fn check(
             if seen.ready { "" } else { "not " }
         ));
     }
-    if let Some(want) = &expect.state_changed {
-        let want = want.iter().map(u64_of).collect::<Result<Vec<_>, _>>()?;
+    // Like conflicts and notices: none expected unless listed (§8.2: "never
+    // otherwise").
+    {
+        let want = expect
+            .state_changed
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(u64_of)
+            .collect::<Result<Vec<_>, _>>()?;
         if want != seen.state_changed {
             return Err(format!(
                 "state-changed reported {:?}, expected {want:?}",
