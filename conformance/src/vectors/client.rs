@@ -141,7 +141,7 @@ pub struct ClientExpect {
     /// Calls settled, in order.
     #[serde(default)]
     pub settled: Vec<SettledExpect>,
-    /// Versions of the `state-changed` reports, when checked.
+    /// Versions of the `state-changed` reports; none when absent.
     #[serde(default)]
     pub state_changed: Option<Vec<Value>>,
     /// Number of unsettled calls, when checked.
