@@ -53,7 +53,7 @@ impl Connector for TcpConnector {
             let stream = TcpStream::connect(&address)
                 .await
                 .map_err(|e| connection_error(&format!("tcp {address}"), &e))?;
-            let _ = stream.set_nodelay(true);
+            super::serve::tune(&stream);
             let (reader, writer) = stream.into_split();
             Ok(client_link(reader, writer, config))
         }

@@ -39,8 +39,7 @@ pub async fn serve_tcp(host: Host, listener: TcpListener) -> io::Result<()> {
     loop {
         match listener.accept().await {
             Ok((stream, address)) => {
-                // Envelopes are small and latency-sensitive.
-                let _ = stream.set_nodelay(true);
+                tune(&stream);
                 spawn_session(&host, stream, address.to_string(), config);
             }
             Err(error) => {
@@ -48,6 +47,25 @@ pub async fn serve_tcp(host: Host, listener: TcpListener) -> io::Result<()> {
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
+    }
+}
+
+/// How long a TCP session may be silent before the kernel probes it, and
+/// then how often: a peer that vanished without closing (power loss, a
+/// dropped route) is found and its session ended, instead of holding one
+/// of the host's client slots, or a client's link, for good.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Socket options for a TCP session, on either end.
+pub(super) fn tune(stream: &tokio::net::TcpStream) {
+    // Envelopes are small and latency-sensitive.
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL);
+    if let Err(error) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(%error, "cannot set TCP keepalive");
     }
 }
 
@@ -119,5 +137,24 @@ pub async fn bind_unix(path: &Path) -> io::Result<UnixListener> {
             UnixListener::bind(path)
         }
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_accepted_session_is_probed_when_idle_and_sends_without_delay() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        tune(&stream);
+        let socket = socket2::SockRef::from(&stream);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+        assert_eq!(socket.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+        assert!(stream.nodelay().unwrap());
     }
 }
