@@ -574,6 +574,20 @@ impl HostCore {
         if !self.peers.contains_key(&peer) {
             return Err(InputError::UnknownPeer);
         }
+        // One line per call at debug level (off by default: a level check).
+        tracing::debug!(
+            peer = %header.source,
+            call_id = call.call_id,
+            module = %call.module,
+            method = %call.method,
+            outcome = match &result.outcome {
+                Some(call_result::Outcome::Error(e)) => ErrorCode::try_from(e.code)
+                    .map_or("unknown", ErrorCode::kebab_name),
+                _ => "ok",
+            },
+            version = gate,
+            "call answered"
+        );
         let frame = self.frame(&header.source, host_message::Kind::Result(result));
         let bytes = frame.message().encoded_len();
         if let Some(p) = self.peers.get_mut(&peer) {
