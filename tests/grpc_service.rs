@@ -530,27 +530,3 @@ async fn a_health_watch_left_open_does_not_keep_the_server_from_stopping() {
     assert!(ended.is_ok(), "{ended:?}");
     drop(watch);
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_certificate_the_client_does_not_trust_stops_it_instead_of_retrying() {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let server = GrpcServer::builder(host_with(HostLimits::default()))
-        .tls(cert.cert.pem(), cert.signing_key.serialize_pem())
-        .bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let port = server.local_addr().port();
-    let (_stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(server.serve(until(stopped)));
-    let connector = GrpcConnector::new(format!("https://localhost:{port}"))
-        .unwrap()
-        .ca_cert(other.cert.pem());
-    let client = Client::with_reconnect(connector, ClientConfig::default(), no_retry_delay());
-    let error = tokio::time::timeout(Duration::from_secs(30), client.ready())
-        .await
-        .expect("ready() ends")
-        .unwrap_err();
-    assert_eq!(error.code, ErrorCode::Unavailable);
-    assert!(error.message.contains("certificate"), "{error}");
-}

@@ -143,16 +143,10 @@ impl Connector for GrpcConnector {
         let max = self.max_message_bytes;
         async move {
             let endpoint = endpoint.map_err(TransportError::Setup)?;
-            let channel = endpoint.connect().await.map_err(|e| {
-                let why = super::error_chain(&e);
-                // A certificate the configured trust refuses is refused on
-                // every retry too: configuration, not a broken connection.
-                if why.contains("invalid peer certificate") {
-                    TransportError::Setup(why)
-                } else {
-                    TransportError::Connection(why)
-                }
-            })?;
+            let channel = endpoint
+                .connect()
+                .await
+                .map_err(|e| TransportError::Connection(super::error_chain(&e)))?;
             let mut client = HostServiceClient::new(channel)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max);
