@@ -227,6 +227,19 @@ impl Shared {
         }
     }
 
+    /// Sleeps until the core's next deadline (for ever if it has none),
+    /// recording it as the one the driver waits for.
+    fn next_deadline(&self) -> impl Future<Output = ()> + use<> {
+        let deadline = self.core().poll_timeout();
+        *self.armed.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
+        async move {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
     /// Whether the core's next deadline comes before the one the driver
     /// is waiting for.
     fn timer_due_earlier(&self) -> bool {
@@ -549,14 +562,7 @@ fn stop(shared: &Shared) {
 /// unreachable as much as while it is connected.
 async fn keep_time_until_stopped(shared: &Shared) {
     while !shared.stopped.load(Ordering::Acquire) {
-        let deadline = shared.core().poll_timeout();
-        *shared.armed.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
-        let timer = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
-                None => std::future::pending().await,
-            }
-        };
+        let timer = shared.next_deadline();
         tokio::select! {
             _ = timer => {
                 shared.core().handle_timeout(Instant::now().into_std());
@@ -621,14 +627,7 @@ async fn serve_link(
         if shared.stopped.load(Ordering::Acquire) {
             return Ok(());
         }
-        let deadline = shared.core().poll_timeout();
-        *shared.armed.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
-        let timer = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
-                None => std::future::pending().await,
-            }
-        };
+        let timer = shared.next_deadline();
         // Biased: no random branch order to draw on every wake-up. The timer
         // goes first so that a steady flow of input cannot starve deadlines.
         tokio::select! {
