@@ -63,13 +63,19 @@ fn reference_adapter_passes_every_client_case() {
 // The sets below are exactly the vectors whose scripts reach the broken
 // behaviour; a new vector exercising it belongs in its set.
 
+/// Asserts that the reference adapter broken as `mode` fails exactly
+/// `cases`, and that the run fails.
+fn fails_exactly(mode: &str, cases: &[&str]) {
+    let (failed, code) = failing_cases(&["--break", mode]);
+    assert_eq!(code, Some(1));
+    assert_eq!(failed, names(cases));
+}
+
 #[test]
 fn applying_across_a_gap_fails_exactly_the_gap_cases() {
-    let (failed, code) = failing_cases(&["--break", "apply-across-gap"]);
-    assert_eq!(code, Some(1));
-    assert_eq!(
-        failed,
-        names(&[
+    fails_exactly(
+        "apply-across-gap",
+        &[
             "client-applicable-patches-apply-while-syncing",
             "client-bookmark-ahead-reveals-gap",
             "client-failed-patch-reported-while-syncing",
@@ -83,17 +89,15 @@ fn applying_across_a_gap_fails_exactly_the_gap_cases() {
             "client-retry-resumes-from-mirror-version",
             "client-stale-snapshot-reported-while-covered",
             "client-sync-reply-clears-request",
-        ])
+        ],
     );
 }
 
 #[test]
 fn settling_before_catching_up_fails_exactly_the_read_your_writes_cases() {
-    let (failed, code) = failing_cases(&["--break", "settle-before-catch-up"]);
-    assert_eq!(code, Some(1));
-    assert_eq!(
-        failed,
-        names(&[
+    fails_exactly(
+        "settle-before-catch-up",
+        &[
             "client-connection-loss-settles-sent-calls",
             "client-deadline-applies-to-held-result",
             "client-dispose-settles-every-call",
@@ -104,17 +108,15 @@ fn settling_before_catching_up_fails_exactly_the_read_your_writes_cases() {
             "client-result-ahead-is-held-until-mirror-catches-up",
             "client-result-ahead-while-syncing-sends-nothing-more",
             "client-result-beyond-a-later-sync-reply-is-internal",
-        ])
+        ],
     );
 }
 
 #[test]
 fn reporting_settlements_before_state_changed_fails_exactly_the_held_result_cases() {
-    let (failed, code) = failing_cases(&["--break", "settled-first"]);
-    assert_eq!(code, Some(1));
-    assert_eq!(
-        failed,
-        names(&[
+    fails_exactly(
+        "settled-first",
+        &[
             "client-connection-loss-settles-sent-calls",
             "client-duplicate-result-while-held-is-noticed",
             "client-error-result-waits-for-its-version",
@@ -123,24 +125,22 @@ fn reporting_settlements_before_state_changed_fails_exactly_the_held_result_case
             "client-result-ahead-is-held-until-mirror-catches-up",
             "client-result-ahead-while-syncing-sends-nothing-more",
             "client-result-waits-while-empty",
-        ])
+        ],
     );
 }
 
 #[test]
 fn ignoring_the_epoch_fails_exactly_the_epoch_cases() {
-    let (failed, code) = failing_cases(&["--break", "ignore-epoch"]);
-    assert_eq!(code, Some(1));
-    assert_eq!(
-        failed,
-        names(&[
+    fails_exactly(
+        "ignore-epoch",
+        &[
             "client-envelope-with-empty-epoch-is-malformed",
             "client-new-epoch-settles-calls-outcome-unknown",
             "client-new-epoch-snapshot-replaces-mirror",
             "client-patch-from-other-epoch-reports-missing-snapshot",
             "client-patch-from-other-epoch-while-resuming-asks-for-snapshot",
             "client-result-from-other-epoch-is-outcome-unknown",
-        ])
+        ],
     );
 }
 
