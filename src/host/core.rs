@@ -24,6 +24,7 @@ use serde_json::Value;
 use super::config::{HostConfig, SyncMode};
 use super::encode::{ops_json, section_prefix};
 use super::history::{Entry, History};
+use super::in_method::{InMethod, new_core_id};
 use super::view_size::{growth_bound, snapshot_overhead, view_len};
 use crate::app::{App, MethodError, Module};
 use crate::fast_hash::FastMap;
@@ -231,7 +232,7 @@ pub struct HostCore {
     events: VecDeque<HostEvent>,
     /// An upper bound on the published view's JSON length.
     view_bound: ViewBound,
-    /// Unique among the cores of this process (see [`in_method_of`]).
+    /// Unique among the cores of this process (see `in_method`).
     id: u64,
 }
 
@@ -295,7 +296,7 @@ impl HostCore {
             bookmark: None,
             events: VecDeque::new(),
             view_bound: ViewBound::default(),
-            id: NEXT_CORE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            id: new_core_id(),
         };
         host.view_bound = ViewBound {
             size: host.published_view_len(),
@@ -993,36 +994,6 @@ impl HostCore {
     pub fn poll_event(&mut self) -> Option<HostEvent> {
         self.events.pop_front()
     }
-}
-
-thread_local! {
-    /// The id of the core whose method this thread is running, or 0.
-    static IN_METHOD: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
-/// Hands every core an id of its own, never 0.
-static NEXT_CORE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
-/// Marks the current thread as running a method of core `id` until dropped.
-struct InMethod(u64);
-
-impl InMethod {
-    fn enter(id: u64) -> Self {
-        InMethod(IN_METHOD.with(|m| m.replace(id)))
-    }
-}
-
-impl Drop for InMethod {
-    fn drop(&mut self) {
-        IN_METHOD.with(|m| m.set(self.0));
-    }
-}
-
-/// Whether the current thread is running a method of the core with this
-/// [`HostCore::id`], and so holds that core: a driver that would lock it
-/// again must refuse instead of deadlocking.
-pub(crate) fn in_method_of(id: u64) -> bool {
-    IN_METHOD.with(std::cell::Cell::get) == id
 }
 
 /// The error as a host may send it: a method may choose only the host codes

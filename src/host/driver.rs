@@ -15,8 +15,8 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::Notify;
 
-use super::core::in_method_of;
 use super::core_lock::{CoreLock, Nap};
+use super::in_method::in_method_of;
 use super::{
     HostConfig, HostCore, HostEvent, HostLimits, InputError, PeerKey, PeerOptions, SyncMode,
     new_epoch,

@@ -9,6 +9,7 @@ mod core_lock;
 mod driver;
 mod encode;
 mod history;
+mod in_method;
 mod view_size;
 
 pub use config::{HostConfig, HostLimits, SyncMode};

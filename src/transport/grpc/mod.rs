@@ -33,7 +33,7 @@ mod server;
 
 pub use auth::constant_time_eq;
 pub use client::GrpcConnector;
-pub use server::{GrpcServer, GrpcServerBuilder, SERVICE_NAME};
+pub use server::{GrpcServer, GrpcServerBuilder, SERVICE_NAME, SHUTDOWN_GRACE};
 
 /// Why a gRPC server or connector could not be set up or run.
 #[derive(Debug, thiserror::Error)]

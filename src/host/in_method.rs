@@ -1,0 +1,41 @@
+//! Which host's method the current thread is running.
+//!
+//! A method runs with its host's core locked. A driver that is asked to
+//! lock that core again from inside the method (the method calling back
+//! into its own `Host`) must refuse rather than deadlock; this is how it
+//! knows.
+
+thread_local! {
+    /// The id of the core whose method this thread is running, or 0.
+    static IN_METHOD: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Hands every core an id of its own, never 0.
+static NEXT_CORE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Marks the current thread as running a method of core `id` until dropped.
+pub(super) struct InMethod(u64);
+
+impl InMethod {
+    pub(super) fn enter(id: u64) -> Self {
+        InMethod(IN_METHOD.with(|m| m.replace(id)))
+    }
+}
+
+impl Drop for InMethod {
+    fn drop(&mut self) {
+        IN_METHOD.with(|m| m.set(self.0));
+    }
+}
+
+/// Whether the current thread is running a method of the core with this
+/// `HostCore::id`, and so holds that core: a driver that would lock it
+/// again must refuse instead of deadlocking.
+pub(crate) fn in_method_of(id: u64) -> bool {
+    IN_METHOD.with(std::cell::Cell::get) == id
+}
+
+/// A new core id, never 0 and never handed out twice in the process.
+pub(super) fn new_core_id() -> u64 {
+    NEXT_CORE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
