@@ -16,6 +16,7 @@ use tokio::sync::{Notify, broadcast, oneshot, watch};
 use tokio::time::Instant;
 
 use super::call::{CallFuture, CallOptions, ModuleHandle};
+use super::connection::Connection;
 use super::outbound::Outbound;
 use super::watch::{Watch, WatchHandle, WatchOptions};
 use super::{CallId, ClientConfig, ClientCore, ClientEvent, Conflict};
@@ -81,7 +82,7 @@ pub(super) struct Shared {
     dispatching: Mutex<Vec<ClientEvent>>,
     changes: watch::Sender<u64>,
     ready: watch::Sender<bool>,
-    connected: watch::Sender<bool>,
+    connection: watch::Sender<Connection>,
     events: broadcast::Sender<ClientEvent>,
     conflicts: broadcast::Sender<Conflict>,
     stopped: AtomicBool,
@@ -212,6 +213,17 @@ impl Shared {
         self.dispatch();
     }
 
+    /// Publishes a transition of the link; nothing follows `Stopped`.
+    fn set_connection(&self, next: Connection) {
+        self.connection.send_if_modified(|state| {
+            let moves = !state.is_stopped() && *state != next;
+            if moves {
+                *state = next;
+            }
+            moves
+        });
+    }
+
     pub(super) fn wake(&self) {
         self.wake.notify_one();
     }
@@ -306,7 +318,7 @@ impl Client {
             dispatching: Mutex::new(Vec::new()),
             changes: watch::channel(0).0,
             ready: watch::channel(false).0,
-            connected: watch::channel(false).0,
+            connection: watch::channel(Connection::Connecting { attempt: 1 }).0,
             events: broadcast::channel(1024).0,
             conflicts: broadcast::channel(256).0,
             stopped: AtomicBool::new(false),
@@ -356,7 +368,20 @@ impl Client {
 
     /// Whether the transport is currently connected.
     pub fn is_connected(&self) -> bool {
-        *self.shared().connected.borrow()
+        self.shared().connection.borrow().is_connected()
+    }
+
+    /// Where the link to the host stands now, with why it last failed.
+    pub fn connection(&self) -> Connection {
+        self.shared().connection.borrow().clone()
+    }
+
+    /// Follows [`Client::connection`]: the receiver is marked changed on
+    /// every transition and always reads the latest state (transitions
+    /// closer together than the reader reads may be coalesced). It ends
+    /// with [`Connection::Stopped`].
+    pub fn connection_changes(&self) -> watch::Receiver<Connection> {
+        self.shared().connection.subscribe()
     }
 
     /// The mirror's version (`None` before the first snapshot).
@@ -480,27 +505,30 @@ impl Client {
 async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Reconnect) {
     let mut backoff = policy.initial;
     let mut first = true;
+    // Attempts since the host last spoke on a link.
+    let mut attempt = 1;
     while !shared.stopped.load(Ordering::Acquire) {
+        shared.set_connection(Connection::Connecting { attempt });
         // Only a stop may interrupt a connect: a connector may already have
         // handed over a link that a dropped future would lose.
         let link = tokio::select! {
             link = connector.connect() => link,
             _ = keep_time_until_stopped(&shared) => break,
         };
-        match link {
+        let error = match link {
             Ok(link) => {
                 if !first {
                     shared.core().reconnected(Instant::now().into_std());
                 }
                 first = false;
-                shared.connected.send_replace(true);
+                shared.set_connection(Connection::Connected);
                 let (result, heard) = run_link(&shared, link).await;
-                shared.connected.send_replace(false);
                 // Only a link the host spoke on resets the backoff: one that
                 // ends at once (a host refusing the session by closing it)
                 // is retried as patiently as a failed connect.
                 if heard {
                     backoff = policy.initial;
+                    attempt = 1;
                 }
                 if shared.stopped.load(Ordering::Acquire) {
                     break;
@@ -508,11 +536,12 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
                 tracing::debug!(?result, "link ended");
                 shared.core().connection_lost();
                 shared.dispatch();
-                if let Err(error) = result
-                    && !error.is_retryable()
-                {
-                    give_up(&shared, &error);
-                    break;
+                match result {
+                    Err(error) if !error.is_retryable() => {
+                        give_up(&shared, &error);
+                        break;
+                    }
+                    result => result.err(),
                 }
             }
             Err(error) if !error.is_retryable() => {
@@ -521,13 +550,20 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
             }
             Err(error) => {
                 tracing::debug!(%error, ?backoff, "connect failed; retrying");
+                Some(error)
             }
-        }
+        };
+        shared.set_connection(Connection::Retrying {
+            error,
+            retry_in: backoff,
+            attempt,
+        });
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = keep_time_until_stopped(&shared) => {}
         }
         backoff = (backoff * 2).min(policy.max);
+        attempt = attempt.saturating_add(1);
     }
     // No link will come back: whatever is still pending cannot complete.
     shared.core().connection_lost();
@@ -546,12 +582,22 @@ fn give_up(shared: &Shared, error: &TransportError) {
     };
     *shared.terminal.lock().unwrap_or_else(|e| e.into_inner()) =
         Some(MethodError::new(code, error.to_string()));
+    shared.set_connection(Connection::Stopped {
+        error: Some(error.clone()),
+    });
 }
 
 /// Marks the client stopped and wakes everything that waits on it.
 fn stop(shared: &Shared) {
     shared.stopped.store(true, Ordering::Release);
-    shared.connected.send_replace(false);
+    // A stop after `give_up` keeps the error it recorded.
+    shared.connection.send_if_modified(|state| {
+        let stopping = !state.is_stopped();
+        if stopping {
+            *state = Connection::Stopped { error: None };
+        }
+        stopping
+    });
     shared.ready.send_modify(|_| {});
     shared.changes.send_modify(|n| *n += 1);
     shared.wake();

@@ -5,6 +5,7 @@
 
 mod apply;
 mod call;
+mod connection;
 mod core;
 mod driver;
 mod ops;
@@ -13,6 +14,7 @@ mod watch;
 
 pub use apply::{ApplyError, MAX_MIRROR_DEPTH, apply_patch, copy_budget};
 pub use call::{CallFuture, CallOptions, ModuleHandle, VersionedCall};
+pub use connection::Connection;
 pub use core::{
     CallId, ClientConfig, ClientCore, ClientError, ClientEvent, Conflict, ConflictReason, Notice,
 };

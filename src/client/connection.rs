@@ -1,0 +1,58 @@
+//! Where a [`Client`](super::Client)'s link to its host stands, for
+//! applications that show it ("reconnecting…") or act on why it failed.
+
+use std::time::Duration;
+
+use crate::transport::TransportError;
+
+/// The state of a client's link to its host, as its driver last set it.
+///
+/// It moves `Connecting` → `Connected` → `Retrying` → `Connecting` … until
+/// `Stopped`, which is final. A watcher sees the latest state: states that
+/// follow each other faster than it reads may be coalesced, as with gRPC's
+/// connectivity-state watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Connection {
+    /// A connect is under way.
+    Connecting {
+        /// 1 for the first connect and for the first one after the host
+        /// last spoke; one more for each later attempt.
+        attempt: u32,
+    },
+    /// A link is up. Calls are sent at once; the mirror follows the host.
+    Connected,
+    /// The last connect failed or the link ended; the next connect is made
+    /// after `retry_in`. Pending calls and the mirror are kept (spec §10).
+    Retrying {
+        /// Why: the connect's or the link's error, or `None` when the host
+        /// ended the link without one (a closed stream).
+        error: Option<TransportError>,
+        /// The wait before the next connect; it doubles up to
+        /// [`Reconnect::max`](super::Reconnect::max) while attempts fail, and
+        /// starts again from [`Reconnect::initial`](super::Reconnect::initial)
+        /// once the host speaks on a link.
+        retry_in: Duration,
+        /// The attempt that failed.
+        attempt: u32,
+    },
+    /// The client stopped for good: it was disposed (`error` is `None`), or
+    /// its transport failed in a way reconnecting cannot help (refused
+    /// credentials, a closed in-process pair, a bad configuration).
+    Stopped {
+        /// The transport error that stopped the client, if one did.
+        error: Option<TransportError>,
+    },
+}
+
+impl Connection {
+    /// Whether a link is up.
+    pub fn is_connected(&self) -> bool {
+        matches!(self, Self::Connected)
+    }
+
+    /// Whether the client has stopped for good.
+    pub fn is_stopped(&self) -> bool {
+        matches!(self, Self::Stopped { .. })
+    }
+}

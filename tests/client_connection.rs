@@ -1,0 +1,177 @@
+//! `Client::connection`: where the link to the host stands and why it last
+//! failed, so that an application can show "reconnecting" with a cause.
+//! Time is tokio's paused clock, so waits and attempt counts are exact.
+
+use std::time::Duration;
+
+use cosystem_worker::client::{Client, ClientConfig, Connection, Reconnect};
+use cosystem_worker::demo;
+use cosystem_worker::host::Host;
+use cosystem_worker::transport::{ClientLink, Connector, TransportError, memory};
+use cosystem_worker::wire::{Header, HostMessage, Patch, host_message};
+use futures::future::BoxFuture;
+use futures::{FutureExt, SinkExt};
+
+fn policy() -> Reconnect {
+    Reconnect {
+        initial: Duration::from_millis(50),
+        max: Duration::from_secs(5),
+    }
+}
+
+/// Every connect is refused, as by a host that is down.
+struct Refused;
+
+impl Connector for Refused {
+    fn connect(&self) -> BoxFuture<'static, Result<ClientLink, TransportError>> {
+        async { Err(TransportError::Connection("connection refused".into())) }.boxed()
+    }
+}
+
+/// Every connect hangs.
+struct Hanging;
+
+impl Connector for Hanging {
+    fn connect(&self) -> BoxFuture<'static, Result<ClientLink, TransportError>> {
+        futures::future::pending().boxed()
+    }
+}
+
+/// Links on which the host sends one bookmark and then ends the stream.
+struct SpeaksThenEnds;
+
+impl Connector for SpeaksThenEnds {
+    fn connect(&self) -> BoxFuture<'static, Result<ClientLink, TransportError>> {
+        let bookmark = HostMessage {
+            header: Some(Header::v1("e", "h", "")),
+            kind: Some(host_message::Kind::Patch(Patch {
+                base_version: 1,
+                version: 1,
+                patch_json: "[]".into(),
+                sync_id: 0,
+            })),
+        };
+        let link = ClientLink {
+            sink: Box::pin(futures::sink::drain().sink_map_err(|never| match never {})),
+            stream: Box::pin(futures::stream::iter([Ok(bookmark)])),
+        };
+        async move { Ok(link) }.boxed()
+    }
+}
+
+/// Credentials the host refuses.
+struct Unauthenticated;
+
+impl Connector for Unauthenticated {
+    fn connect(&self) -> BoxFuture<'static, Result<ClientLink, TransportError>> {
+        async { Err(TransportError::Unauthenticated("bad token".into())) }.boxed()
+    }
+}
+
+async fn after(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connect_under_way_is_connecting_attempt_one() {
+    let client = Client::with_reconnect(Hanging, ClientConfig::default(), policy());
+    after(1).await;
+    assert_eq!(client.connection(), Connection::Connecting { attempt: 1 });
+    assert!(!client.is_connected());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_connect_is_retrying_with_its_error_and_a_doubling_wait() {
+    let client = Client::with_reconnect(Refused, ClientConfig::default(), policy());
+    let refused = Some(TransportError::Connection("connection refused".into()));
+    after(1).await;
+    assert_eq!(
+        client.connection(),
+        Connection::Retrying {
+            error: refused.clone(),
+            retry_in: Duration::from_millis(50),
+            attempt: 1,
+        }
+    );
+    // The second attempt, at 50 ms, fails too and waits twice as long.
+    after(59).await;
+    assert_eq!(
+        client.connection(),
+        Connection::Retrying {
+            error: refused,
+            retry_in: Duration::from_millis(100),
+            attempt: 2,
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_link_the_host_ends_after_speaking_is_retrying_without_an_error_from_attempt_one() {
+    let client = Client::with_reconnect(SpeaksThenEnds, ClientConfig::default(), policy());
+    // Several links in: each one the host spoke on starts the count again.
+    after(120).await;
+    assert_eq!(
+        client.connection(),
+        Connection::Retrying {
+            error: None,
+            retry_in: Duration::from_millis(50),
+            attempt: 1,
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_served_client_is_connected_and_disposing_it_stops_without_an_error() {
+    let host = Host::builder(demo::app("s")).build();
+    let (host_end, connector) = memory::pair();
+    tokio::spawn({
+        let host = host.clone();
+        async move { host.serve(host_end).await }
+    });
+    let client = Client::new(connector, ClientConfig::default());
+    let mut changes = client.connection_changes();
+    client.ready().await.expect("the client syncs");
+    assert_eq!(client.connection(), Connection::Connected);
+    assert!(client.is_connected());
+
+    client.dispose();
+    changes.changed().await.expect("the stop is published");
+    assert_eq!(
+        *changes.borrow_and_update(),
+        Connection::Stopped { error: None }
+    );
+    assert!(!client.is_connected());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_host_gone_for_good_stops_the_client_with_the_transports_error() {
+    let host = Host::builder(demo::app("s")).build();
+    let (host_end, connector) = memory::pair();
+    tokio::spawn({
+        let host = host.clone();
+        async move { host.serve(host_end).await }
+    });
+    let client = Client::new(connector, ClientConfig::default());
+    client.ready().await.expect("the client syncs");
+    // The in-process pair cannot be reconnected once its host end is gone.
+    host.shutdown();
+    after(1000).await;
+    assert_eq!(
+        client.connection(),
+        Connection::Stopped {
+            error: Some(TransportError::Closed)
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_credentials_stop_the_client_and_a_later_dispose_keeps_the_cause() {
+    let client = Client::with_reconnect(Unauthenticated, ClientConfig::default(), policy());
+    let stopped = Connection::Stopped {
+        error: Some(TransportError::Unauthenticated("bad token".into())),
+    };
+    after(1).await;
+    assert_eq!(client.connection(), stopped);
+    client.dispose();
+    assert_eq!(client.connection(), stopped);
+}
