@@ -27,7 +27,8 @@ mod generated {
         "/cosystem.worker.v1.HostService.rs"
     ));
 }
-use generated::host_service_server::{HostService, HostServiceServer};
+use generated::host_service_server::HostService;
+pub use generated::host_service_server::HostServiceServer;
 
 /// The full gRPC name of the host's service.
 pub const SERVICE_NAME: &str = generated::host_service_server::SERVICE_NAME;
@@ -62,6 +63,31 @@ impl GrpcServerBuilder {
         self
     }
 
+    /// The host's `HostService` alone, for a tonic server the application
+    /// builds and runs itself: next to its own services, behind its own
+    /// layers (mutual TLS, interceptors that authenticate callers) and with
+    /// its own health and reflection services ([`FILE_DESCRIPTOR_SET`]).
+    /// Sessions, the token check, the message-size limit and encode-once
+    /// publication work as under [`GrpcServer::serve`].
+    ///
+    /// What `serve` does at shutdown is then the application's to do: call
+    /// [`Host::shutdown`] when its server stops, so that every session's
+    /// stream ends (`UNAVAILABLE`) and the server's graceful shutdown does
+    /// not wait on them.
+    ///
+    /// Fails with [`GrpcError::InvalidToken`] for an unusable token, and
+    /// with [`GrpcError::Tls`] if [`GrpcServerBuilder::tls`] was set: TLS
+    /// belongs to the application's server.
+    pub fn into_service(self) -> Result<HostServiceServer<SessionService>, GrpcError> {
+        if self.tls.is_some() {
+            return Err(GrpcError::Tls(
+                "into_service serves no TLS of its own: configure TLS on the tonic server".into(),
+            ));
+        }
+        let token = checked_token(self.token)?;
+        Ok(session_service(self.host, token))
+    }
+
     /// Binds `addr` (port 0 picks a free port) and checks the configuration;
     /// nothing is served until [`GrpcServer::serve`].
     pub async fn bind(self, addr: SocketAddr) -> Result<GrpcServer, GrpcError> {
@@ -73,11 +99,7 @@ impl GrpcServerBuilder {
 
     /// Like [`GrpcServerBuilder::bind`], on a listener the caller bound.
     pub fn listen(self, listener: TcpListener) -> Result<GrpcServer, GrpcError> {
-        if let Some(token) = &self.token
-            && !is_valid_token(token)
-        {
-            return Err(GrpcError::InvalidToken);
-        }
+        let token = checked_token(self.token)?;
         let tls = match self.tls {
             Some((cert, key)) => {
                 let config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
@@ -93,7 +115,7 @@ impl GrpcServerBuilder {
         let local_addr = listener.local_addr().map_err(GrpcError::Io)?;
         Ok(GrpcServer {
             host: self.host,
-            token: self.token.map(|t| Arc::from(t.into_bytes())),
+            token,
             tls,
             listener,
             local_addr,
@@ -139,12 +161,7 @@ impl GrpcServer {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), GrpcError> {
-        let limits = self.host.limits();
-        let service = HostServiceServer::new(SessionService {
-            host: self.host.clone(),
-            token: self.token,
-        })
-        .max_decoding_message_size(limits.max_message_bytes);
+        let service = session_service(self.host.clone(), self.token);
 
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter
@@ -218,8 +235,23 @@ impl GrpcServer {
     }
 }
 
-/// The `HostService` implementation: each stream is one host session.
-struct SessionService {
+/// A token fit to be sent as metadata, as the server compares it.
+fn checked_token(token: Option<String>) -> Result<Option<Arc<[u8]>>, GrpcError> {
+    match token {
+        Some(token) if !is_valid_token(&token) => Err(GrpcError::InvalidToken),
+        token => Ok(token.map(|t| Arc::from(t.into_bytes()))),
+    }
+}
+
+/// The tonic service for `host`, refusing messages over the host's limit.
+fn session_service(host: Host, token: Option<Arc<[u8]>>) -> HostServiceServer<SessionService> {
+    let limit = host.limits().max_message_bytes;
+    HostServiceServer::new(SessionService { host, token }).max_decoding_message_size(limit)
+}
+
+/// The `HostService` implementation: each `Session` stream is one host
+/// session. Obtained from [`GrpcServerBuilder::into_service`].
+pub struct SessionService {
     host: Host,
     token: Option<Arc<[u8]>>,
 }

@@ -1,0 +1,114 @@
+//! A host serving a team's own modules over gRPC: the complete `main` that
+//! `cargo run -- host` is for the demo app.
+//!
+//! ```sh
+//! cargo run --example own_modules                         # its own gRPC server
+//! cargo run --example own_modules -- --embedded           # on the app's tonic server
+//! APP_TOKEN=s3cr3t cargo run --example own_modules        # clients must send the token
+//! cargo run -- client --connect 127.0.0.1:50061 call tasks add '"write the spec"'
+//! ```
+//!
+//! Stops on Ctrl-C; logs through `RUST_LOG` (e.g. `RUST_LOG=cosystem_worker=debug`
+//! for one line per call answered).
+
+use std::net::SocketAddr;
+
+use cosystem_worker::app::{App, JsonModule, MethodError, TypedModule};
+use cosystem_worker::host::{Host, SyncMode};
+use cosystem_worker::transport::grpc::GrpcServer;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+#[derive(Default, Serialize, Deserialize)]
+struct Tasks {
+    items: Vec<Task>,
+    next_id: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Task {
+    id: u64,
+    title: String,
+    done: bool,
+}
+
+/// The application: typed task state, and an append-only JSON log that
+/// publishes at the cost of each change.
+fn app() -> App {
+    let tasks = TypedModule::new("tasks", Tasks::default())
+        .method("add", |s: &mut Tasks, (title,): (String,)| {
+            if title.trim().is_empty() {
+                return Err(MethodError::invalid_argument("a task needs a title"));
+            }
+            s.next_id += 1;
+            s.items.push(Task {
+                id: s.next_id,
+                title,
+                done: false,
+            });
+            Ok(s.next_id)
+        })
+        .method("finish", |s: &mut Tasks, (id,): (u64,)| {
+            let task = s.items.iter_mut().find(|t| t.id == id);
+            let task = task.ok_or_else(|| MethodError::not_found(format!("no task {id}")))?;
+            task.done = true;
+            Ok(())
+        });
+    let log = JsonModule::new("log", json!({ "lines": [] }))
+        .method("append", |d, (line,): (String,)| d.push("/lines", line));
+    App::new().with(tasks).with(log)
+}
+
+/// Resolves on Ctrl-C.
+async fn interrupted() {
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("interrupted; shutting down");
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let addr: SocketAddr = "127.0.0.1:50061".parse()?;
+    let host = Host::builder(app()).sync(SyncMode::Patch).build();
+    let mut server = GrpcServer::builder(host.clone());
+    if let Ok(token) = std::env::var("APP_TOKEN") {
+        server = server.token(token);
+    }
+
+    if !std::env::args().any(|a| a == "--embedded") {
+        // The host's own server, with health and reflection; it shuts the
+        // host down when it stops.
+        let server = server.bind(addr).await?;
+        tracing::info!("listening on http://{}", server.local_addr());
+        server.serve(interrupted()).await?;
+        return Ok(());
+    }
+
+    // Beside the application's own services, on its own server: the host
+    // must then be shut down when that server stops.
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!("listening on http://{} (embedded)", listener.local_addr()?);
+    let stopping = {
+        let host = host.clone();
+        async move {
+            interrupted().await;
+            host.shutdown();
+        }
+    };
+    Server::builder()
+        .add_service(health)
+        .add_service(server.into_service()?)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), stopping)
+        .await?;
+    Ok(())
+}

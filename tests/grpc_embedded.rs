@@ -1,0 +1,158 @@
+//! The host's `HostService` mounted on a tonic server the application runs
+//! itself, next to a service of its own (`GrpcServerBuilder::into_service`).
+
+use std::net::SocketAddr;
+
+use cosystem_worker::client::{Client, ClientConfig, Connection, Reconnect};
+use cosystem_worker::demo;
+use cosystem_worker::host::Host;
+use cosystem_worker::transport::TransportError;
+use cosystem_worker::transport::grpc::{GrpcConnector, GrpcError, GrpcServer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+const TOKEN: &str = "app-t0ken";
+/// A service of the application's own, served beside the host's.
+const APP_SERVICE: &str = "example.Inventory";
+
+struct AppServer {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+/// The application's server: its own health service and the host's
+/// service, stopped by `stop`, shutting the host down as it stops.
+async fn app_server(host: &Host, token: Option<&str>) -> AppServer {
+    let mut builder = GrpcServer::builder(host.clone());
+    if let Some(token) = token {
+        builder = builder.token(token);
+    }
+    let service = builder.into_service().expect("a valid configuration");
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(APP_SERVICE, tonic_health::ServingStatus::Serving)
+        .await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let stopping = {
+        let host = host.clone();
+        async move {
+            let _ = stopped.await;
+            host.shutdown();
+        }
+    };
+    let served = tokio::spawn(
+        Server::builder()
+            .add_service(health)
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), stopping),
+    );
+    AppServer { addr, stop, served }
+}
+
+fn client(addr: SocketAddr, token: Option<&str>) -> Client {
+    let mut connector = GrpcConnector::new(format!("http://{addr}")).unwrap();
+    if let Some(token) = token {
+        connector = connector.token(token);
+    }
+    Client::with_reconnect(connector, ClientConfig::default(), Reconnect::default())
+}
+
+#[tokio::test]
+async fn the_host_serves_sessions_beside_the_application_s_own_service() {
+    let host = Host::builder(demo::app("s")).build();
+    let server = app_server(&host, None).await;
+
+    let client = client(server.addr, None);
+    client.ready().await.expect("the client syncs");
+    let value = client
+        .module("counter")
+        .call("increase", vec![json!(2)])
+        .await
+        .expect("the call succeeds");
+    assert_eq!(value, json!(2));
+    assert_eq!(
+        client.select(|s| s["counter"]["count"].clone()),
+        Some(json!(2))
+    );
+
+    // The application's own service answers on the same server.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let status = health
+        .check(HealthCheckRequest {
+            service: APP_SERVICE.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+    client.dispose();
+}
+
+#[tokio::test]
+async fn the_embedded_service_refuses_a_client_without_the_token() {
+    let host = Host::builder(demo::app("s")).build();
+    let server = app_server(&host, Some(TOKEN)).await;
+
+    let stranger = client(server.addr, None);
+    assert!(stranger.ready().await.is_err());
+    assert!(matches!(
+        stranger.connection(),
+        Connection::Stopped {
+            error: Some(TransportError::Unauthenticated(_))
+        }
+    ));
+
+    let member = client(server.addr, Some(TOKEN));
+    member.ready().await.expect("the token is accepted");
+    member.dispose();
+}
+
+#[tokio::test]
+async fn shutting_the_host_down_with_the_server_lets_the_server_stop_under_open_sessions() {
+    let host = Host::builder(demo::app("s")).build();
+    let server = app_server(&host, None).await;
+    let client = client(server.addr, None);
+    client.ready().await.expect("the client syncs");
+
+    // Without the host's shutdown the open session would hold the graceful
+    // shutdown for ever.
+    server.stop.send(()).unwrap();
+    server
+        .served
+        .await
+        .unwrap()
+        .expect("the server stops cleanly");
+    assert_eq!(host.session_count(), 0);
+    client.dispose();
+}
+
+#[test]
+fn into_service_refuses_tls_and_an_unusable_token() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
+    let host = Host::builder(demo::app("s")).build();
+    let tls = GrpcServer::builder(host.clone())
+        .tls("cert", "key")
+        .into_service();
+    assert!(matches!(tls, Err(GrpcError::Tls(_))));
+    let token = GrpcServer::builder(host).token("has space").into_service();
+    assert!(matches!(token, Err(GrpcError::InvalidToken)));
+}
