@@ -142,6 +142,8 @@ impl InputError {
 #[non_exhaustive]
 pub enum HostEvent {
     /// The published view reached `version`; every session may have output.
+    /// A bookmark ([`HostCore::bookmark`]) emits it too, at the current
+    /// version, since every session then has a bookmark to send.
     Published {
         /// The new version.
         version: u64,
@@ -156,6 +158,30 @@ pub enum HostEvent {
         /// The panic payload, when it was a string.
         message: String,
     },
+    /// A client's call was answered. Emitted only while
+    /// [`HostCore::record_calls`] is on: each costs a few small copies.
+    CallAnswered(CallRecord),
+}
+
+/// One client call as the host answered it: what a metrics or audit hook
+/// needs, without the arguments or the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    /// The calling peer's id (the envelope's `source`).
+    pub peer: String,
+    /// The call's id, unique per client.
+    pub call_id: u64,
+    /// The module called.
+    pub module: String,
+    /// The method called.
+    pub method: String,
+    /// `None` for a value, else the error code it was answered with
+    /// (including refusals made before running it, such as
+    /// `resource-exhausted` for too many calls in flight).
+    pub error: Option<ErrorCode>,
+    /// The result's `state_version`: the version the call's change (if any)
+    /// is published at.
+    pub version: u64,
 }
 
 /// An envelope queued for one session alone.
@@ -230,6 +256,8 @@ pub struct HostCore {
     view_cache: Option<(u64, String)>,
     bookmark: Option<(u64, HostFrame)>,
     events: VecDeque<HostEvent>,
+    /// Whether answered calls are reported as events.
+    record_calls: bool,
     /// An upper bound on the published view's JSON length.
     view_bound: ViewBound,
     /// Unique among the cores of this process (see `in_method`).
@@ -295,6 +323,7 @@ impl HostCore {
             view_cache: None,
             bookmark: None,
             events: VecDeque::new(),
+            record_calls: false,
             view_bound: ViewBound::default(),
             id: new_core_id(),
         };
@@ -575,20 +604,32 @@ impl HostCore {
         if !self.peers.contains_key(&peer) {
             return Err(InputError::UnknownPeer);
         }
+        let error = match &result.outcome {
+            Some(call_result::Outcome::Error(e)) => {
+                Some(ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Internal))
+            }
+            _ => None,
+        };
         // One line per call at debug level (off by default: a level check).
         tracing::debug!(
             peer = %header.source,
             call_id = call.call_id,
             module = %call.module,
             method = %call.method,
-            outcome = match &result.outcome {
-                Some(call_result::Outcome::Error(e)) => ErrorCode::try_from(e.code)
-                    .map_or("unknown", ErrorCode::kebab_name),
-                _ => "ok",
-            },
+            outcome = error.map_or("ok", ErrorCode::kebab_name),
             version = gate,
             "call answered"
         );
+        if self.record_calls {
+            self.events.push_back(HostEvent::CallAnswered(CallRecord {
+                peer: header.source.clone(),
+                call_id: call.call_id,
+                module: call.module,
+                method: call.method,
+                error,
+                version: gate,
+            }));
+        }
         let frame = self.frame(&header.source, host_message::Kind::Result(result));
         let bytes = frame.message().encoded_len();
         if let Some(p) = self.peers.get_mut(&peer) {
@@ -988,6 +1029,11 @@ impl HostCore {
             return Some(self.bookmark_frame());
         }
         None
+    }
+
+    /// Turns [`HostEvent::CallAnswered`] on or off (off when created).
+    pub fn record_calls(&mut self, on: bool) {
+        self.record_calls = on;
     }
 
     /// The next event, if any.

@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 
 use futures::StreamExt;
 use serde_json::Value;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 
 use super::core_lock::{CoreLock, Nap};
 use super::in_method::in_method_of;
@@ -27,6 +27,9 @@ use crate::transport::{BoxSink, HostLink, TransportError};
 use crate::wire::ErrorCode;
 use crate::wire::{ClientMessage, HostFrame};
 
+/// How many events a [`Host::events`] receiver may fall behind by.
+pub const EVENT_BUFFER: usize = 4096;
+
 /// How often an idle host tells its clients its version, by default.
 pub const DEFAULT_BOOKMARK_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -36,6 +39,8 @@ struct Shared {
     core_id: u64,
     wakers: Mutex<FastMap<PeerKey, Arc<Notify>>>,
     closed: std::sync::atomic::AtomicBool,
+    /// The core's events, for [`Host::events`] subscribers.
+    events: broadcast::Sender<HostEvent>,
 }
 
 impl Shared {
@@ -64,12 +69,17 @@ impl Shared {
         }
     }
 
-    /// Drains the core's events: logs them and wakes sessions that may have
-    /// output.
+    /// Drains the core's events: logs them, hands them to subscribers and
+    /// wakes sessions that may have output. Calls stop being recorded once
+    /// the last subscriber is gone.
     fn drain_events(&self, core: &mut HostCore) -> bool {
+        let observed = self.events.receiver_count() > 0;
+        if !observed {
+            core.record_calls(false);
+        }
         let mut published = false;
         while let Some(event) = core.poll_event() {
-            match event {
+            match &event {
                 HostEvent::Published { .. } => published = true,
                 HostEvent::MethodPanicked {
                     module,
@@ -78,6 +88,10 @@ impl Shared {
                 } => {
                     tracing::warn!(%module, %method, %message, "method panicked; call answered internal")
                 }
+                _ => {}
+            }
+            if observed {
+                let _ = self.events.send(event);
             }
         }
         published
@@ -169,6 +183,7 @@ impl HostBuilder {
                 core: CoreLock::new(core),
                 wakers: Mutex::new(FastMap::default()),
                 closed: std::sync::atomic::AtomicBool::new(false),
+                events: broadcast::channel(EVENT_BUFFER).0,
             }),
         };
         if let (Some(interval), Ok(runtime)) = (
@@ -244,6 +259,19 @@ impl Host {
     /// limit before decoding).
     pub fn limits(&self) -> HostLimits {
         self.shared.core().config().limits.clone()
+    }
+
+    /// The host's events from now on: every publication, every method
+    /// panic, and every client call answered ([`HostEvent::CallAnswered`],
+    /// recorded only while someone subscribes), in the order they happened.
+    /// A receiver that falls more than [`EVENT_BUFFER`] events behind gets
+    /// `RecvError::Lagged` and carries on from the oldest kept; the host
+    /// never waits for it.
+    pub fn events(&self) -> broadcast::Receiver<HostEvent> {
+        let mut core = self.shared.core();
+        core.record_calls(true);
+        // Subscribed under the core's lock: no event is drained in between.
+        self.shared.events.subscribe()
     }
 
     /// How many sessions are open.

@@ -13,8 +13,8 @@ mod in_method;
 mod view_size;
 
 pub use config::{HostConfig, HostLimits, SyncMode};
-pub use core::{HostCore, HostEvent, InputError, PeerKey, PeerOptions};
-pub use driver::{DEFAULT_BOOKMARK_INTERVAL, Host, HostBuilder, Session};
+pub use core::{CallRecord, HostCore, HostEvent, InputError, PeerKey, PeerOptions};
+pub use driver::{DEFAULT_BOOKMARK_INTERVAL, EVENT_BUFFER, Host, HostBuilder, Session};
 
 /// A new epoch: 128 bits, hex, different for every call in practice.
 ///
