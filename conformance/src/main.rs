@@ -144,7 +144,7 @@ fn load(dir: Option<PathBuf>) -> Result<Vec<Case>, ExitCode> {
 
 fn finish(report: &Report, format: Format, mode: &str) -> ExitCode {
     print!("{}", report.render(format, mode));
-    if report.required_passed() {
+    if report.succeeded() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -7,12 +7,13 @@
 //! ```text
 //! PASS client-live-patch-applies
 //! FAIL client-gap-reports-version-gap-and-resumes: step 2: expected 1 conflicts, got 0: []
-//! SKIP client-overflow-snapshot-is-noticed (known failure)
-//! 90 passed, 1 failed, 1 skipped
+//! XFAIL client-overflow-snapshot-is-noticed: step 1: expected 1 notices, got 0: []
+//! 90 passed, 1 failed, 1 known failure
 //! ```
 //!
-//! A run succeeds when no *required* case failed; recommended failures are
-//! reported and counted but do not fail it.
+//! A run succeeds when no *required* case failed and no case listed as a
+//! known failure passed; recommended failures are reported and counted but
+//! do not fail it.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -28,9 +29,41 @@ pub enum Outcome {
     Pass,
     /// It failed, for this reason.
     Fail(String),
-    /// It was not run, for this reason (listed as a known failure, or not
-    /// applicable to the configuration given).
+    /// It was not run, for this reason (not applicable to the
+    /// configuration given).
     Skip(String),
+    /// It was listed as a known failure and failed, for this reason.
+    KnownFailure(String),
+    /// It was listed as a known failure but passed: the list is out of
+    /// date, and the run fails until the case is taken off it.
+    UnexpectedPass,
+}
+
+impl Outcome {
+    /// The outcome of a case listed as a known failure: a failure is
+    /// expected, a pass is not; a skip stays a skip.
+    pub fn expected_to_fail(self) -> Self {
+        match self {
+            Self::Pass => Self::UnexpectedPass,
+            Self::Fail(why) => Self::KnownFailure(why),
+            skip => skip,
+        }
+    }
+}
+
+/// How many cases ended each way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    /// Passed.
+    pub passed: usize,
+    /// Failed, of either tier.
+    pub failed: usize,
+    /// Not run.
+    pub skipped: usize,
+    /// Listed as known failures, and failed.
+    pub known_failures: usize,
+    /// Listed as known failures, and passed.
+    pub unexpected_passes: usize,
 }
 
 /// The result of one case.
@@ -52,9 +85,6 @@ pub struct Report {
     /// One entry per case.
     pub results: Vec<CaseResult>,
 }
-
-/// The reason printed for a case skipped because it is a known failure.
-pub const KNOWN_FAILURE: &str = "known failure";
 
 /// Runs `run` and turns a panic into a failure, so one broken case cannot
 /// hide the others.
@@ -109,27 +139,37 @@ impl Report {
             .filter(|r| matches!(r.outcome, Outcome::Fail(_)))
     }
 
-    /// How many cases passed, failed and were skipped.
-    pub fn counts(&self) -> (usize, usize, usize) {
-        let mut counts = (0, 0, 0);
+    /// How many cases ended each way.
+    pub fn counts(&self) -> Counts {
+        let mut counts = Counts::default();
         for r in &self.results {
             match r.outcome {
-                Outcome::Pass => counts.0 += 1,
-                Outcome::Fail(_) => counts.1 += 1,
-                Outcome::Skip(_) => counts.2 += 1,
+                Outcome::Pass => counts.passed += 1,
+                Outcome::Fail(_) => counts.failed += 1,
+                Outcome::Skip(_) => counts.skipped += 1,
+                Outcome::KnownFailure(_) => counts.known_failures += 1,
+                Outcome::UnexpectedPass => counts.unexpected_passes += 1,
             }
         }
         counts
     }
 
-    /// Whether every required case that ran passed.
+    /// Whether every required case that ran passed (a known failure is
+    /// not counted as a failure).
     pub fn required_passed(&self) -> bool {
         self.failures().all(|r| r.tier != Tier::Required)
     }
 
+    /// Whether the run succeeded: no required case failed, and no case
+    /// listed as a known failure passed.
+    pub fn succeeded(&self) -> bool {
+        self.required_passed() && self.counts().unexpected_passes == 0
+    }
+
     /// One line per case (`PASS name`, `FAIL name: reason`,
-    /// `SKIP name (reason)`), then `N passed, N failed`, with `, N skipped`
-    /// appended when some were skipped.
+    /// `XFAIL name: reason`, `XPASS name (…)`, `SKIP name (reason)`), then
+    /// `N passed, N failed`, with the known failures, unexpected passes and
+    /// skips appended when there are some.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         for r in &self.results {
@@ -137,6 +177,10 @@ impl Report {
                 Outcome::Pass => writeln!(out, "PASS {}", r.name),
                 Outcome::Fail(why) => writeln!(out, "FAIL {}: {}", r.name, one_line(why)),
                 Outcome::Skip(why) => writeln!(out, "SKIP {} ({why})", r.name),
+                Outcome::KnownFailure(why) => {
+                    writeln!(out, "XFAIL {}: {}", r.name, one_line(why))
+                }
+                Outcome::UnexpectedPass => writeln!(out, "XPASS {} ({UNEXPECTED_PASS})", r.name),
             };
         }
         let _ = writeln!(out, "{}", self.summary());
@@ -145,18 +189,28 @@ impl Report {
 
     /// The closing line of [`Report::to_text`].
     pub fn summary(&self) -> String {
-        let (passed, failed, skipped) = self.counts();
-        if skipped == 0 {
-            format!("{passed} passed, {failed} failed")
-        } else {
-            format!("{passed} passed, {failed} failed, {skipped} skipped")
+        let counts = self.counts();
+        let mut line = format!("{} passed, {} failed", counts.passed, counts.failed);
+        for (n, one, many) in [
+            (counts.known_failures, "known failure", "known failures"),
+            (
+                counts.unexpected_passes,
+                "unexpected pass",
+                "unexpected passes",
+            ),
+            (counts.skipped, "skipped", "skipped"),
+        ] {
+            if n > 0 {
+                let _ = write!(line, ", {n} {}", if n == 1 { one } else { many });
+            }
         }
+        line
     }
 
     /// The report as one JSON object: counts, whether the run succeeded,
     /// and one entry per case with its tier, outcome and reason.
     pub fn to_json(&self, mode: &str) -> Value {
-        let (passed, failed, skipped) = self.counts();
+        let counts = self.counts();
         let cases: Vec<Value> = self
             .results
             .iter()
@@ -165,6 +219,8 @@ impl Report {
                     Outcome::Pass => ("pass", None),
                     Outcome::Fail(why) => ("fail", Some(why)),
                     Outcome::Skip(why) => ("skip", Some(why)),
+                    Outcome::KnownFailure(why) => ("known-failure", Some(why)),
+                    Outcome::UnexpectedPass => ("unexpected-pass", None),
                 };
                 let mut entry = json!({
                     "name": r.name,
@@ -180,10 +236,12 @@ impl Report {
             .collect();
         json!({
             "mode": mode,
-            "passed": passed,
-            "failed": failed,
-            "skipped": skipped,
-            "success": self.required_passed(),
+            "passed": counts.passed,
+            "failed": counts.failed,
+            "skipped": counts.skipped,
+            "known_failures": counts.known_failures,
+            "unexpected_passes": counts.unexpected_passes,
+            "success": self.succeeded(),
             "cases": cases,
         })
     }
@@ -191,10 +249,18 @@ impl Report {
     /// The report as JUnit XML: one `<testsuite>` named after the mode, one
     /// `<testcase>` per case, classname `<role>.<tier>`. A failure is a
     /// `<failure>` whose `type` is the tier (so a recommended failure is
-    /// visible but distinguishable); a skipped case has `<skipped>`.
+    /// visible but distinguishable); a skipped case and a known failure
+    /// have `<skipped>`; an unexpected pass is a `<failure>` of type
+    /// `unexpected-pass`.
     pub fn to_junit(&self, mode: &str) -> String {
-        let (passed, failed, skipped) = self.counts();
-        let total = passed + failed + skipped;
+        let counts = self.counts();
+        let total = counts.passed
+            + counts.failed
+            + counts.skipped
+            + counts.known_failures
+            + counts.unexpected_passes;
+        let failed = counts.failed + counts.unexpected_passes;
+        let skipped = counts.skipped + counts.known_failures;
         let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
         let _ = writeln!(
             out,
@@ -226,6 +292,15 @@ impl Report {
                     "{open}>\n      <skipped message=\"{}\"/>\n    </testcase>",
                     xml_escape(why)
                 ),
+                Outcome::KnownFailure(why) => writeln!(
+                    out,
+                    "{open}>\n      <skipped message=\"known failure: {}\"/>\n    </testcase>",
+                    xml_escape(&one_line(why))
+                ),
+                Outcome::UnexpectedPass => writeln!(
+                    out,
+                    "{open}>\n      <failure type=\"unexpected-pass\" message=\"{UNEXPECTED_PASS}\"/>\n    </testcase>"
+                ),
             };
         }
         out.push_str("  </testsuite>\n</testsuites>\n");
@@ -246,6 +321,9 @@ impl Report {
         }
     }
 }
+
+/// Why an unexpected pass fails the run.
+const UNEXPECTED_PASS: &str = "listed as a known failure, but passed: take it off the list";
 
 /// How a report is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -320,18 +398,25 @@ mod tests {
         );
         r.push(
             "c",
-            Tier::Required,
+            Tier::Recommended,
             Role::Client,
-            Outcome::Skip(KNOWN_FAILURE.into()),
+            Outcome::KnownFailure("no notice".into()),
+        );
+        r.push(
+            "d",
+            Tier::Recommended,
+            Role::Host,
+            Outcome::Skip("no token given".into()),
         );
         r
     }
 
     #[test]
-    fn text_has_one_line_per_case_and_the_summary_counts_skips() {
+    fn text_has_one_line_per_case_and_the_summary_counts_known_failures_and_skips() {
         assert_eq!(
             sample().to_text(),
-            "PASS a\nFAIL b: x < y\nSKIP c (known failure)\n1 passed, 1 failed, 1 skipped\n"
+            "PASS a\nFAIL b: x < y\nXFAIL c: no notice\nSKIP d (no token given)\n\
+             1 passed, 1 failed, 1 known failure, 1 skipped\n"
         );
         let mut only = Report::default();
         only.push("a", Tier::Required, Role::Host, Outcome::Pass);
@@ -354,9 +439,43 @@ mod tests {
     #[test]
     fn junit_escapes_reasons_and_marks_failures_and_skips() {
         let xml = sample().to_junit("client");
-        assert!(xml.contains("tests=\"3\" failures=\"1\" skipped=\"1\""));
+        assert!(xml.contains("tests=\"4\" failures=\"1\" skipped=\"2\""));
         assert!(xml.contains("<failure type=\"recommended\" message=\"x &lt; y\">"));
-        assert!(xml.contains("<skipped message=\"known failure\"/>"));
+        assert!(xml.contains("<skipped message=\"known failure: no notice\"/>"));
+    }
+
+    #[test]
+    fn a_listed_case_that_passes_fails_the_run_whatever_its_tier() {
+        let outcome = Outcome::Pass.expected_to_fail();
+        assert_eq!(outcome, Outcome::UnexpectedPass);
+        let mut r = sample();
+        assert!(r.succeeded());
+        r.push("e", Tier::Recommended, Role::Client, outcome);
+        assert!(r.required_passed());
+        assert!(!r.succeeded());
+        assert!(
+            r.to_text().contains(
+                "XPASS e (listed as a known failure, but passed: take it off the list)\n"
+            )
+        );
+        assert!(r.summary().ends_with(", 1 unexpected pass, 1 skipped"));
+        assert_eq!(r.to_json("client")["success"], false);
+        assert!(
+            r.to_junit("client")
+                .contains("<failure type=\"unexpected-pass\"")
+        );
+    }
+
+    #[test]
+    fn a_listed_case_that_fails_is_a_known_failure_and_a_skip_stays_a_skip() {
+        assert_eq!(
+            Outcome::Fail("why".into()).expected_to_fail(),
+            Outcome::KnownFailure("why".into())
+        );
+        assert_eq!(
+            Outcome::Skip("n/a".into()).expected_to_fail(),
+            Outcome::Skip("n/a".into())
+        );
     }
 
     #[test]
@@ -366,7 +485,10 @@ mod tests {
         assert_eq!(v["success"], true);
         assert_eq!(v["cases"][1]["outcome"], "fail");
         assert_eq!(v["cases"][1]["reason"], "x < y");
-        assert_eq!(v["cases"][2]["outcome"], "skip");
+        assert_eq!(v["cases"][2]["outcome"], "known-failure");
+        assert_eq!(v["cases"][2]["reason"], "no notice");
+        assert_eq!(v["known_failures"], 1);
+        assert_eq!(v["cases"][3]["outcome"], "skip");
     }
 
     #[test]
