@@ -8,44 +8,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+mod common;
+
+use common::EndingLinks;
 use cosystem_worker::client::{CallOptions, Client, ClientConfig, Reconnect};
 use cosystem_worker::transport::{ClientLink, Connector, TransportError};
-use cosystem_worker::wire::{ErrorCode, Header, HostMessage, Patch, host_message};
+use cosystem_worker::wire::ErrorCode;
+use futures::FutureExt;
 use futures::future::BoxFuture;
-use futures::{FutureExt, SinkExt};
-
-/// Hands out links that end at once, after `says` host envelopes each.
-struct Ending {
-    says: usize,
-    connects: Arc<AtomicUsize>,
-}
-
-impl Connector for Ending {
-    fn connect(&self) -> BoxFuture<'static, Result<ClientLink, TransportError>> {
-        self.connects.fetch_add(1, Ordering::SeqCst);
-        let bookmark = HostMessage {
-            header: Some(Header::v1("e", "h", "")),
-            kind: Some(host_message::Kind::Patch(Patch {
-                base_version: 1,
-                version: 1,
-                patch_json: "[]".into(),
-                sync_id: 0,
-            })),
-        };
-        let stream = futures::stream::iter(vec![Ok(bookmark); self.says]);
-        let link = ClientLink {
-            sink: Box::pin(futures::sink::drain().sink_map_err(|never| match never {})),
-            stream: Box::pin(stream),
-        };
-        async move { Ok(link) }.boxed()
-    }
-}
 
 /// Connects made in ten seconds by a client whose links each carry `says`
 /// host envelopes before ending.
 async fn connects_in_ten_seconds(says: usize) -> usize {
     let connects = Arc::new(AtomicUsize::new(0));
-    let connector = Ending {
+    let connector = EndingLinks {
         says,
         connects: connects.clone(),
     };

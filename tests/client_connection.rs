@@ -2,15 +2,17 @@
 //! failed, so that an application can show "reconnecting" with a cause.
 //! Time is tokio's paused clock, so waits and attempt counts are exact.
 
+mod common;
+
 use std::time::Duration;
 
+use common::{EndingLinks, memory_client};
 use cosystem_worker::client::{Client, ClientConfig, Connection, Reconnect};
 use cosystem_worker::demo;
 use cosystem_worker::host::Host;
-use cosystem_worker::transport::{ClientLink, Connector, TransportError, memory};
-use cosystem_worker::wire::{Header, HostMessage, Patch, host_message};
+use cosystem_worker::transport::{ClientLink, Connector, TransportError};
+use futures::FutureExt;
 use futures::future::BoxFuture;
-use futures::{FutureExt, SinkExt};
 
 fn policy() -> Reconnect {
     Reconnect {
@@ -34,28 +36,6 @@ struct Hanging;
 impl Connector for Hanging {
     fn connect(&self) -> BoxFuture<'static, Result<ClientLink, TransportError>> {
         futures::future::pending().boxed()
-    }
-}
-
-/// Links on which the host sends one bookmark and then ends the stream.
-struct SpeaksThenEnds;
-
-impl Connector for SpeaksThenEnds {
-    fn connect(&self) -> BoxFuture<'static, Result<ClientLink, TransportError>> {
-        let bookmark = HostMessage {
-            header: Some(Header::v1("e", "h", "")),
-            kind: Some(host_message::Kind::Patch(Patch {
-                base_version: 1,
-                version: 1,
-                patch_json: "[]".into(),
-                sync_id: 0,
-            })),
-        };
-        let link = ClientLink {
-            sink: Box::pin(futures::sink::drain().sink_map_err(|never| match never {})),
-            stream: Box::pin(futures::stream::iter([Ok(bookmark)])),
-        };
-        async move { Ok(link) }.boxed()
     }
 }
 
@@ -107,7 +87,11 @@ async fn a_refused_connect_is_retrying_with_its_error_and_a_doubling_wait() {
 
 #[tokio::test(start_paused = true)]
 async fn a_link_the_host_ends_after_speaking_is_retrying_without_an_error_from_attempt_one() {
-    let client = Client::with_reconnect(SpeaksThenEnds, ClientConfig::default(), policy());
+    let links = EndingLinks {
+        says: 1,
+        connects: Default::default(),
+    };
+    let client = Client::with_reconnect(links, ClientConfig::default(), policy());
     // Several links in: each one the host spoke on starts the count again.
     after(120).await;
     assert_eq!(
@@ -123,12 +107,7 @@ async fn a_link_the_host_ends_after_speaking_is_retrying_without_an_error_from_a
 #[tokio::test(start_paused = true)]
 async fn a_served_client_is_connected_and_disposing_it_stops_without_an_error() {
     let host = Host::builder(demo::app("s")).build();
-    let (host_end, connector) = memory::pair();
-    tokio::spawn({
-        let host = host.clone();
-        async move { host.serve(host_end).await }
-    });
-    let client = Client::new(connector, ClientConfig::default());
+    let client = memory_client(&host);
     let mut changes = client.connection_changes();
     client.ready().await.expect("the client syncs");
     assert_eq!(client.connection(), Connection::Connected);
@@ -146,12 +125,7 @@ async fn a_served_client_is_connected_and_disposing_it_stops_without_an_error() 
 #[tokio::test(start_paused = true)]
 async fn a_host_gone_for_good_stops_the_client_with_the_transports_error() {
     let host = Host::builder(demo::app("s")).build();
-    let (host_end, connector) = memory::pair();
-    tokio::spawn({
-        let host = host.clone();
-        async move { host.serve(host_end).await }
-    });
-    let client = Client::new(connector, ClientConfig::default());
+    let client = memory_client(&host);
     client.ready().await.expect("the client syncs");
     // The in-process pair cannot be reconnected once its host end is gone.
     host.shutdown();

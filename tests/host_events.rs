@@ -1,22 +1,14 @@
 //! `Host::events`: what an application sees of its host at work, for
 //! metrics and audit: publications and every client call answered.
 
-use cosystem_worker::client::{Client, ClientConfig};
+mod common;
+
+use common::memory_client;
 use cosystem_worker::demo;
 use cosystem_worker::host::{CallRecord, Host, HostConfig, HostCore, HostEvent, PeerOptions};
-use cosystem_worker::transport::memory;
 use cosystem_worker::wire::{Call, ClientMessage, ErrorCode, Header, client_message};
 use serde_json::json;
 use tokio::sync::broadcast::Receiver;
-
-fn served_client(host: &Host) -> Client {
-    let (host_end, connector) = memory::pair();
-    tokio::spawn({
-        let host = host.clone();
-        async move { host.serve(host_end).await }
-    });
-    Client::new(connector, ClientConfig::default())
-}
 
 /// The next `CallAnswered`, skipping other events.
 async fn next_call(events: &mut Receiver<HostEvent>) -> CallRecord {
@@ -30,7 +22,7 @@ async fn next_call(events: &mut Receiver<HostEvent>) -> CallRecord {
 #[tokio::test]
 async fn a_subscriber_sees_each_call_answered_with_its_outcome_and_version() {
     let host = Host::builder(demo::app("s")).build();
-    let client = served_client(&host);
+    let client = memory_client(&host);
     client.ready().await.unwrap();
     let mut events = host.events();
 

@@ -1,5 +1,6 @@
-//! Helpers shared by integration tests: a method caught in flight, and the
-//! built binary run as a client or as a host.
+//! Helpers shared by integration tests: a method caught in flight, clients
+//! over in-process links, and the built binary run as a client or as a
+//! host.
 
 // Each test crate compiles this module on its own and uses part of it.
 #![allow(dead_code)]
@@ -172,5 +173,56 @@ impl HostProcess {
             .await
             .expect("host did not stop on SIGTERM")
             .unwrap()
+    }
+}
+
+/// A client of `host` over an in-process pair, whose host end is served
+/// on a task of its own.
+pub fn memory_client(host: &cosystem_worker::host::Host) -> cosystem_worker::client::Client {
+    let (host_end, connector) = cosystem_worker::transport::memory::pair();
+    tokio::spawn({
+        let host = host.clone();
+        async move { host.serve(host_end).await }
+    });
+    cosystem_worker::client::Client::new(
+        connector,
+        cosystem_worker::client::ClientConfig::default(),
+    )
+}
+
+/// Hands out links on which the host sends `says` bookmarks and then ends
+/// the stream; counts the connects.
+pub struct EndingLinks {
+    /// Bookmarks sent on each link before it ends.
+    pub says: usize,
+    /// Connects made so far.
+    pub connects: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl cosystem_worker::transport::Connector for EndingLinks {
+    fn connect(
+        &self,
+    ) -> futures::future::BoxFuture<
+        'static,
+        Result<cosystem_worker::transport::ClientLink, cosystem_worker::transport::TransportError>,
+    > {
+        use cosystem_worker::wire::{Header, HostMessage, Patch, host_message};
+        use futures::{FutureExt, SinkExt};
+        self.connects
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let bookmark = HostMessage {
+            header: Some(Header::v1("e", "h", "")),
+            kind: Some(host_message::Kind::Patch(Patch {
+                base_version: 1,
+                version: 1,
+                patch_json: "[]".into(),
+                sync_id: 0,
+            })),
+        };
+        let link = cosystem_worker::transport::ClientLink {
+            sink: Box::pin(futures::sink::drain().sink_map_err(|never| match never {})),
+            stream: Box::pin(futures::stream::iter(vec![Ok(bookmark); self.says])),
+        };
+        async move { Ok(link) }.boxed()
     }
 }
