@@ -41,6 +41,9 @@ struct Shared {
     closed: std::sync::atomic::AtomicBool,
     /// The core's events, for [`Host::events`] subscribers.
     events: broadcast::Sender<HostEvent>,
+    /// Whether [`Host::events`] has a receiver that may still be alive;
+    /// spares unobserved hosts the broadcast channel's lock per drain.
+    observed: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -73,8 +76,11 @@ impl Shared {
     /// wakes sessions that may have output. Calls stop being recorded once
     /// the last subscriber is gone.
     fn drain_events(&self, core: &mut HostCore) -> bool {
-        let observed = self.events.receiver_count() > 0;
-        if !observed {
+        let mut observed = self.observed.load(std::sync::atomic::Ordering::Acquire);
+        if observed && self.events.receiver_count() == 0 {
+            observed = false;
+            self.observed
+                .store(false, std::sync::atomic::Ordering::Release);
             core.record_calls(false);
         }
         let mut published = false;
@@ -184,6 +190,7 @@ impl HostBuilder {
                 wakers: Mutex::new(FastMap::default()),
                 closed: std::sync::atomic::AtomicBool::new(false),
                 events: broadcast::channel(EVENT_BUFFER).0,
+                observed: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         if let (Some(interval), Ok(runtime)) = (
@@ -270,6 +277,9 @@ impl Host {
     pub fn events(&self) -> broadcast::Receiver<HostEvent> {
         let mut core = self.shared.core();
         core.record_calls(true);
+        self.shared
+            .observed
+            .store(true, std::sync::atomic::Ordering::Release);
         // Subscribed under the core's lock: no event is drained in between.
         self.shared.events.subscribe()
     }
