@@ -156,3 +156,75 @@ fn into_service_refuses_tls_and_an_unusable_token() {
     let token = GrpcServer::builder(host).token("has space").into_service();
     assert!(matches!(token, Err(GrpcError::InvalidToken)));
 }
+
+/// A module whose one method answers who called it.
+fn whoami_app() -> cosystem_worker::app::App {
+    use cosystem_worker::app::{App, MethodError, TypedModule};
+    use cosystem_worker::host::caller;
+    #[derive(Default, serde::Serialize, serde::Deserialize)]
+    struct Nothing {}
+    let whoami =
+        TypedModule::new("who", Nothing::default()).method("ami", |_: &mut Nothing, (): ()| {
+            let caller = caller().ok_or_else(|| MethodError::internal("no caller"))?;
+            Ok::<_, MethodError>(json!({
+                "peer": &*caller.peer_id,
+                "principal": caller.principal.as_deref(),
+            }))
+        });
+    App::new().with(whoami)
+}
+
+#[tokio::test]
+async fn a_principal_set_by_the_application_s_interceptor_reaches_the_method() {
+    use cosystem_worker::host::Principal;
+    use tonic::service::interceptor::InterceptedService;
+
+    let host = Host::builder(whoami_app()).build();
+    let service = GrpcServer::builder(host.clone()).into_service().unwrap();
+    // The application's own authentication: here, a bearer token that is
+    // the user's name.
+    let authenticated = InterceptedService::new(service, |mut request: tonic::Request<()>| {
+        let user = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned);
+        if let Some(user) = user {
+            request.extensions_mut().insert(Principal::new(user));
+        }
+        Ok(request)
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        Server::builder()
+            .add_service(authenticated)
+            .serve_with_incoming(TcpIncoming::from(listener)),
+    );
+
+    let connector = GrpcConnector::new(format!("http://{addr}"))
+        .unwrap()
+        .token("ada");
+    let config = ClientConfig {
+        peer_id: "laptop-1".into(),
+        ..ClientConfig::default()
+    };
+    let named = Client::new(connector, config);
+    let answer = named.module("who").call("ami", vec![]).await.unwrap();
+    assert_eq!(answer, json!({"peer": "laptop-1", "principal": "ada"}));
+
+    let anonymous = client(addr, None);
+    let answer = anonymous.module("who").call("ami", vec![]).await.unwrap();
+    assert_eq!(answer["principal"], json!(null));
+    named.dispose();
+    anonymous.dispose();
+}
+
+#[test]
+fn a_method_run_by_the_host_itself_has_no_caller() {
+    let host = Host::builder(whoami_app()).build();
+    let refused = host.invoke("who", "ami", &[]).unwrap_err();
+    assert_eq!(refused.message, "no caller");
+    assert_eq!(cosystem_worker::host::caller(), None);
+}

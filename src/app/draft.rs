@@ -193,7 +193,7 @@ impl<'a> Draft<'a> {
     }
 }
 
-/// A draft that is dropped without [`Draft::commit`] (the method failed, or
+/// A draft that is dropped without being committed (the method failed, or
 /// panicked and unwound through it) undoes its changes, newest first, so the
 /// module's state is exactly what it was before the call.
 impl Drop for Draft<'_> {

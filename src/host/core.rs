@@ -17,10 +17,12 @@
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 
 use prost::Message;
 use serde_json::Value;
 
+use super::caller::{Caller, CallerScope};
 use super::config::{HostConfig, SyncMode};
 use super::encode::{ops_json, section_prefix};
 use super::history::{Entry, History};
@@ -226,7 +228,10 @@ struct Peer {
     bookmark_due: bool,
     /// Where overflow snapshots are addressed: the `source` of the session's
     /// latest envelope (results and sync answers use their request's own).
-    reply_to: String,
+    /// Shared, as every call's [`Caller::peer_id`] is this.
+    reply_to: Arc<str>,
+    /// Who the session's transport authenticated, if anyone said.
+    principal: Option<Arc<str>>,
 }
 
 /// An upper bound on the published view's JSON length, and whether it is
@@ -416,7 +421,8 @@ impl HostCore {
         self.peers.insert(
             key,
             Peer {
-                reply_to: String::new(),
+                reply_to: Arc::from(""),
+                principal: None,
                 options,
                 attached: false,
                 cursor: 0,
@@ -426,6 +432,18 @@ impl HostCore {
             },
         );
         Ok(key)
+    }
+
+    /// Records who the session's transport authenticated: every later call
+    /// on it runs with this as [`Caller::principal`].
+    pub fn set_principal(
+        &mut self,
+        peer: PeerKey,
+        principal: Option<Arc<str>>,
+    ) -> Result<(), InputError> {
+        let p = self.peers.get_mut(&peer).ok_or(InputError::UnknownPeer)?;
+        p.principal = principal;
+        Ok(())
     }
 
     /// Ends a session and forgets everything queued for it.
@@ -465,9 +483,9 @@ impl HostCore {
         }
         if !header.source.is_empty()
             && let Some(p) = self.peers.get_mut(&peer)
-            && p.reply_to != header.source
+            && *p.reply_to != *header.source
         {
-            p.reply_to.clone_from(&header.source);
+            p.reply_to = Arc::from(header.source.as_str());
         }
         match message.kind {
             None => Err(InputError::UnknownKind),
@@ -572,6 +590,12 @@ impl HostCore {
             let room = self.message_room(header.source.len());
             let max = self.config.limits.max_message_bytes;
             let mut json = None;
+            let _caller = self.peers.get(&peer).map(|p| {
+                CallerScope::enter(Caller {
+                    peer_id: p.reply_to.clone(),
+                    principal: p.principal.clone(),
+                })
+            });
             parse_args(&call.args_json)
                 .and_then(|args| {
                     self.run(&call.module, &call.method, &args, |value| {

@@ -461,6 +461,12 @@ pub struct Session {
 }
 
 impl Session {
+    /// Records who this session's transport authenticated: every later call
+    /// on it runs with this as [`Caller::principal`](super::Caller::principal).
+    pub fn set_principal(&self, principal: Option<Arc<str>>) -> Result<(), InputError> {
+        self.shared.core().set_principal(self.key, principal)
+    }
+
     /// Handles one envelope from the client.
     pub fn handle(&self, message: ClientMessage) -> Result<(), InputError> {
         self.with_core(true, |core| core.handle_message(self.key, message))

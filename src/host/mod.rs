@@ -3,6 +3,7 @@
 //! [`HostCore`] is the sans-IO state machine; the async driver that runs it
 //! over a transport lives beside it.
 
+mod caller;
 mod config;
 mod core;
 mod core_lock;
@@ -12,6 +13,7 @@ mod history;
 mod in_method;
 mod view_size;
 
+pub use caller::{Caller, Principal, caller};
 pub use config::{HostConfig, HostLimits, SyncMode};
 pub use core::{CallRecord, HostCore, HostEvent, InputError, PeerKey, PeerOptions};
 pub use driver::{DEFAULT_BOOKMARK_INTERVAL, EVENT_BUFFER, Host, HostBuilder, Session};

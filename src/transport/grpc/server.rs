@@ -17,7 +17,7 @@ use tonic_health::ServingStatus;
 
 use super::GrpcError;
 use super::auth::{check_bearer, is_valid_token};
-use crate::host::{Host, InputError, PeerOptions, Session};
+use crate::host::{Host, InputError, PeerOptions, Principal, Session};
 use crate::wire::{ClientMessage, FILE_DESCRIPTOR_SET, HostFrame};
 
 #[allow(missing_docs, clippy::all)]
@@ -68,7 +68,10 @@ impl GrpcServerBuilder {
     /// layers (mutual TLS, interceptors that authenticate callers) and with
     /// its own health and reflection services ([`FILE_DESCRIPTOR_SET`]).
     /// Sessions, the token check, the message-size limit and encode-once
-    /// publication work as under [`GrpcServer::serve`].
+    /// publication work as under [`GrpcServer::serve`]. A layer that
+    /// authenticates the caller can name it with a
+    /// [`Principal`](crate::host::Principal) in the request's extensions;
+    /// methods then read it with [`caller`](crate::host::caller).
     ///
     /// What `serve` does at shutdown is then the application's to do: call
     /// [`Host::shutdown`] when its server stops, so that every session's
@@ -269,6 +272,7 @@ impl HostService for SessionService {
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let principal = request.extensions().get::<Principal>().cloned();
         if let Some(token) = &self.token
             && let Err(status) = check_bearer(request.metadata(), token)
         {
@@ -285,6 +289,10 @@ impl HostService for SessionService {
                 tracing::warn!(%peer, %error, "client refused");
                 refusal_status(&error)
             })?;
+        if let Some(Principal(principal)) = principal {
+            // Only a session the host has already closed refuses it.
+            let _ = session.set_principal(Some(principal));
+        }
         tracing::info!(%peer, sessions = self.host.session_count(), "client connected");
         let session = Arc::new(session);
         let (end_tx, end_rx) = oneshot::channel();
