@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 
 use cosystem_worker::app::{App, JsonModule, MethodError, TypedModule};
 use cosystem_worker::host::{Host, SyncMode};
-use cosystem_worker::transport::grpc::GrpcServer;
+use cosystem_worker::transport::grpc::{GrpcServer, KEEPALIVE, SERVICE_NAME, SHUTDOWN_GRACE};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tonic::transport::Server;
@@ -90,25 +90,49 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
 
-    // Beside the application's own services, on its own server: the host
-    // must then be shut down when that server stops.
+    // Beside the application's own services, on its own server, which then
+    // does what `serve` does: keepalive pings, TCP_NODELAY, health for the
+    // host's service, and at the stop NOT_SERVING, the host's shutdown and
+    // a bounded wait for streams that never end (health watches).
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
+    for service in ["", SERVICE_NAME] {
+        reporter
+            .set_service_status(service, tonic_health::ServingStatus::Serving)
+            .await;
+    }
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!("listening on http://{} (embedded)", listener.local_addr()?);
+    let (stopped_tx, stopped) = tokio::sync::oneshot::channel::<()>();
     let stopping = {
         let host = host.clone();
         async move {
             interrupted().await;
+            for service in ["", SERVICE_NAME] {
+                reporter
+                    .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
             host.shutdown();
+            let _ = stopped_tx.send(());
         }
     };
-    Server::builder()
+    let serving = Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE))
         .add_service(health)
         .add_service(server.into_service()?)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), stopping)
-        .await?;
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stopping,
+        );
+    let mut serving = std::pin::pin!(serving);
+    tokio::select! {
+        ended = &mut serving => ended?,
+        _ = stopped => {
+            if let Ok(ended) = tokio::time::timeout(SHUTDOWN_GRACE, serving).await {
+                ended?;
+            }
+        }
+    }
     Ok(())
 }

@@ -8,20 +8,42 @@ use cosystem_worker::demo;
 use cosystem_worker::host::{CallRecord, Host, HostConfig, HostCore, HostEvent, PeerOptions};
 use cosystem_worker::wire::{Call, ClientMessage, ErrorCode, Header, client_message};
 use serde_json::json;
+use std::time::Duration;
+
 use tokio::sync::broadcast::Receiver;
+use tokio::sync::broadcast::error::RecvError;
+
+/// A hang guard, not a speed check.
+const GUARD: Duration = Duration::from_secs(30);
+
+/// The next event, or a failure if none comes.
+async fn next_event(events: &mut Receiver<HostEvent>) -> HostEvent {
+    tokio::time::timeout(GUARD, events.recv())
+        .await
+        .expect("an event comes")
+        .expect("the host is up")
+}
 
 /// The next `CallAnswered`, skipping other events.
 async fn next_call(events: &mut Receiver<HostEvent>) -> CallRecord {
     loop {
-        if let HostEvent::CallAnswered(record) = events.recv().await.expect("the host is up") {
+        if let HostEvent::CallAnswered(record) = next_event(events).await {
             return record;
         }
     }
 }
 
+/// A host of the demo app without idle bookmarks, so that the only events
+/// are the tests' own.
+fn quiet_host() -> Host {
+    Host::builder(demo::app("s"))
+        .bookmark_interval(None)
+        .build()
+}
+
 #[tokio::test]
 async fn a_subscriber_sees_each_call_answered_with_its_outcome_and_version() {
-    let host = Host::builder(demo::app("s")).build();
+    let host = quiet_host();
     let client = memory_client(&host);
     client.ready().await.unwrap();
     let mut events = host.events();
@@ -33,10 +55,12 @@ async fn a_subscriber_sees_each_call_answered_with_its_outcome_and_version() {
         .unwrap();
     // The commit's publication comes first, then its answer.
     assert_eq!(
-        events.recv().await.unwrap(),
+        next_event(&mut events).await,
         HostEvent::Published { version: 2 }
     );
     let answered = next_call(&mut events).await;
+    assert_eq!(answered.session, "memory");
+    assert_eq!(answered.principal, None);
     assert_eq!(answered.module, "counter");
     assert_eq!(answered.method, "increase");
     assert_eq!(answered.error, None);
@@ -78,7 +102,7 @@ fn the_core_records_calls_only_while_asked_to() {
     let mut core = HostCore::new(HostConfig::default(), demo::app("s"), "e");
     let peer = core
         .connect(PeerOptions {
-            peer_id: "c1".into(),
+            peer_id: "label".into(),
             publications: true,
         })
         .unwrap();
@@ -90,6 +114,8 @@ fn the_core_records_calls_only_while_asked_to() {
     assert_eq!(
         calls_answered(&mut core),
         [CallRecord {
+            session: "label".into(),
+            principal: None,
             peer: "c1".into(),
             call_id: 2,
             module: "counter".into(),
@@ -102,4 +128,47 @@ fn the_core_records_calls_only_while_asked_to() {
     core.record_calls(false);
     core.handle_message(peer, call_envelope(3)).unwrap();
     assert_eq!(calls_answered(&mut core), []);
+}
+
+#[tokio::test]
+async fn a_call_made_while_nobody_subscribes_is_not_delivered_to_a_later_subscriber() {
+    let host = quiet_host();
+    let client = memory_client(&host);
+    client.ready().await.unwrap();
+    drop(host.events());
+    let counter = client.module("counter");
+    counter.call("increase", vec![json!(1)]).await.unwrap();
+
+    let mut events = host.events();
+    counter.call("increase", vec![json!(1)]).await.unwrap();
+    assert_eq!(
+        next_event(&mut events).await,
+        HostEvent::Published { version: 3 }
+    );
+    // The call made while nobody listened left no record behind.
+    assert_eq!(next_call(&mut events).await.version, 3);
+    client.dispose();
+}
+
+#[tokio::test]
+async fn a_bookmark_is_its_own_event_not_a_publication() {
+    let host = Host::builder(demo::app("s"))
+        .bookmark_interval(Some(Duration::from_millis(10)))
+        .build();
+    let mut events = host.events();
+    assert_eq!(
+        next_event(&mut events).await,
+        HostEvent::Bookmarked { version: 1 }
+    );
+}
+
+#[tokio::test]
+async fn receivers_end_when_the_host_shuts_down() {
+    let host = quiet_host();
+    let mut before = host.events();
+    host.shutdown();
+    let ended = tokio::time::timeout(GUARD, before.recv()).await;
+    assert_eq!(ended.expect("the receiver ends"), Err(RecvError::Closed));
+    let mut after = host.events();
+    assert_eq!(after.recv().await, Err(RecvError::Closed));
 }

@@ -6,7 +6,8 @@
 //!    envelope that session sends.
 //! 3. After each input, call [`HostCore::poll_transmit`] for that session until
 //!    it returns `None`, and drain [`HostCore::poll_event`]; on
-//!    [`HostEvent::Published`], every session may have output, so poll them all.
+//!    [`HostEvent::Published`] or [`HostEvent::Bookmarked`], every session
+//!    may have output, so poll them all.
 //! 4. [`HostCore::disconnect`] when the session ends.
 //! 5. Optionally [`HostCore::bookmark`] on an idle interval.
 //!
@@ -143,9 +144,8 @@ impl InputError {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum HostEvent {
-    /// The published view reached `version`; every session may have output.
-    /// A bookmark ([`HostCore::bookmark`]) emits it too, at the current
-    /// version, since every session then has a bookmark to send.
+    /// The published view reached `version` (one commit); every session
+    /// may have output.
     Published {
         /// The new version.
         version: u64,
@@ -160,6 +160,12 @@ pub enum HostEvent {
         /// The panic payload, when it was a string.
         message: String,
     },
+    /// [`HostCore::bookmark`] was called at `version`: every idle session
+    /// now has a bookmark to send. Not a commit.
+    Bookmarked {
+        /// The current version.
+        version: u64,
+    },
     /// A client's call was answered. Emitted only while
     /// [`HostCore::record_calls`] is on: each costs a few small copies.
     CallAnswered(CallRecord),
@@ -167,9 +173,21 @@ pub enum HostEvent {
 
 /// One client call as the host answered it: what a metrics or audit hook
 /// needs, without the arguments or the value.
+///
+/// "Answered" means decided: the result is queued for the session, and is
+/// lost if the session ends before it is sent. A call that makes the host
+/// close its session (flooding, an unread backlog: [`InputError::is_fatal`])
+/// is not recorded; the driver logs the closure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallRecord {
-    /// The calling peer's id (the envelope's `source`).
+    /// The session's label ([`PeerOptions::peer_id`]: the remote address
+    /// on gRPC and framed TCP), which tells two clients apart.
+    pub session: String,
+    /// The principal the session was authenticated as, if the transport
+    /// said ([`HostCore::set_principal`]).
+    pub principal: Option<Arc<str>>,
+    /// The calling peer's id (the envelope's `source`). The client chooses
+    /// it: do not authorise on it.
     pub peer: String,
     /// The call's id, unique per client.
     pub call_id: u64,
@@ -645,7 +663,13 @@ impl HostCore {
             "call answered"
         );
         if self.record_calls {
+            let (session, principal) = self.peers.get(&peer).map_or_else(
+                || (String::new(), None),
+                |p| (p.options.peer_id.clone(), p.principal.clone()),
+            );
             self.events.push_back(HostEvent::CallAnswered(CallRecord {
+                session,
+                principal,
                 peer: header.source.clone(),
                 call_id: call.call_id,
                 module: call.module,
@@ -961,7 +985,7 @@ impl HostCore {
                 peer.bookmark_due = true;
             }
         }
-        self.events.push_back(HostEvent::Published {
+        self.events.push_back(HostEvent::Bookmarked {
             version: self.version,
         });
     }

@@ -39,8 +39,9 @@ struct Shared {
     core_id: u64,
     wakers: Mutex<FastMap<PeerKey, Arc<Notify>>>,
     closed: std::sync::atomic::AtomicBool,
-    /// The core's events, for [`Host::events`] subscribers.
-    events: broadcast::Sender<HostEvent>,
+    /// The core's events, for [`Host::events`] subscribers; dropped at
+    /// shutdown, which ends every receiver.
+    events: Mutex<Option<broadcast::Sender<HostEvent>>>,
     /// Whether [`Host::events`] has a receiver that may still be alive;
     /// spares unobserved hosts the broadcast channel's lock per drain.
     observed: std::sync::atomic::AtomicBool,
@@ -76,17 +77,24 @@ impl Shared {
     /// wakes sessions that may have output. Calls stop being recorded once
     /// the last subscriber is gone.
     fn drain_events(&self, core: &mut HostCore) -> bool {
-        let mut observed = self.observed.load(std::sync::atomic::Ordering::Acquire);
-        if observed && self.events.receiver_count() == 0 {
-            observed = false;
-            self.observed
-                .store(false, std::sync::atomic::Ordering::Release);
-            core.record_calls(false);
+        let mut sender = None;
+        if self.observed.load(std::sync::atomic::Ordering::Acquire) {
+            sender = self
+                .events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .filter(|s| s.receiver_count() > 0);
+            if sender.is_none() {
+                self.observed
+                    .store(false, std::sync::atomic::Ordering::Release);
+                core.record_calls(false);
+            }
         }
         let mut published = false;
         while let Some(event) = core.poll_event() {
             match &event {
-                HostEvent::Published { .. } => published = true,
+                HostEvent::Published { .. } | HostEvent::Bookmarked { .. } => published = true,
                 HostEvent::MethodPanicked {
                     module,
                     method,
@@ -96,8 +104,8 @@ impl Shared {
                 }
                 _ => {}
             }
-            if observed {
-                let _ = self.events.send(event);
+            if let Some(sender) = &sender {
+                let _ = sender.send(event);
             }
         }
         published
@@ -189,7 +197,7 @@ impl HostBuilder {
                 core: CoreLock::new(core),
                 wakers: Mutex::new(FastMap::default()),
                 closed: std::sync::atomic::AtomicBool::new(false),
-                events: broadcast::channel(EVENT_BUFFER).0,
+                events: Mutex::new(Some(broadcast::channel(EVENT_BUFFER).0)),
                 observed: std::sync::atomic::AtomicBool::new(false),
             }),
         };
@@ -268,20 +276,25 @@ impl Host {
         self.shared.core().config().limits.clone()
     }
 
-    /// The host's events from now on: every publication, every method
-    /// panic, and every client call answered ([`HostEvent::CallAnswered`],
-    /// recorded only while someone subscribes), in the order they happened.
-    /// A receiver that falls more than [`EVENT_BUFFER`] events behind gets
-    /// `RecvError::Lagged` and carries on from the oldest kept; the host
-    /// never waits for it.
+    /// The host's events from now on, in the order they happened: every
+    /// publication, bookmark and method panic, and every client call
+    /// answered ([`HostEvent::CallAnswered`], recorded only while someone
+    /// subscribes). A receiver that falls more than [`EVENT_BUFFER`] events
+    /// behind gets `RecvError::Lagged` and carries on from the oldest kept;
+    /// the host never waits for it. Receivers end (`RecvError::Closed`)
+    /// when the host shuts down; one asked for after that is already ended.
     pub fn events(&self) -> broadcast::Receiver<HostEvent> {
         let mut core = self.shared.core();
+        let events = self.shared.events.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(sender) = events.as_ref() else {
+            return broadcast::channel(1).1;
+        };
         core.record_calls(true);
         self.shared
             .observed
             .store(true, std::sync::atomic::Ordering::Release);
         // Subscribed under the core's lock: no event is drained in between.
-        self.shared.events.subscribe()
+        sender.subscribe()
     }
 
     /// How many sessions are open.
@@ -444,11 +457,19 @@ impl Host {
         .await
     }
 
-    /// Stops serving: every session ends and new ones are refused.
+    /// Stops serving: every session ends, new ones are refused, and every
+    /// [`Host::events`] receiver ends.
     pub fn shutdown(&self) {
         self.shared
             .closed
             .store(true, std::sync::atomic::Ordering::Release);
+        // Ends every events receiver. The core is not locked: a shutdown
+        // must not wait for a method that is running.
+        self.shared
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         self.shared.wake_all(None);
     }
 }

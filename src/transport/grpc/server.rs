@@ -33,12 +33,13 @@ pub use generated::host_service_server::HostServiceServer;
 /// The full gRPC name of the host's service.
 pub const SERVICE_NAME: &str = generated::host_service_server::SERVICE_NAME;
 
-/// How often an idle HTTP/2 connection is pinged, so that a vanished client
-/// (no FIN, no RST) is noticed and its session closed.
 /// How long a stopping server waits for its connections to close.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-const KEEPALIVE: Duration = Duration::from_secs(30);
+/// How often an idle HTTP/2 connection is pinged, and how long a ping may
+/// go unanswered, so that a vanished client (no FIN, no RST) is noticed and
+/// its session closed (spec §17.2).
+pub const KEEPALIVE: Duration = Duration::from_secs(30);
 
 /// Configures a [`GrpcServer`] for a host.
 pub struct GrpcServerBuilder {
@@ -73,10 +74,19 @@ impl GrpcServerBuilder {
     /// [`Principal`](crate::host::Principal) in the request's extensions;
     /// methods then read it with [`caller`](crate::host::caller).
     ///
-    /// What `serve` does at shutdown is then the application's to do: call
-    /// [`Host::shutdown`] when its server stops, so that every session's
-    /// stream ends (`UNAVAILABLE`) and the server's graceful shutdown does
-    /// not wait on them.
+    /// What `serve` does around the service is then the application's to
+    /// do (`examples/own_modules.rs --embedded` does all of it):
+    /// - ping idle connections (`http2_keepalive_interval` and
+    ///   `http2_keepalive_timeout` of [`KEEPALIVE`]), or a client that
+    ///   vanishes without a FIN holds its session and a client slot for ever;
+    /// - set `TCP_NODELAY` on accepted sockets, or small answers may wait
+    ///   for a delayed ACK;
+    /// - report health for `""` and [`SERVICE_NAME`], and `NOT_SERVING`
+    ///   when stopping;
+    /// - call [`Host::shutdown`] when its server stops, so that every
+    ///   session's stream ends (`UNAVAILABLE`) and the server's graceful
+    ///   shutdown does not wait on them, and bound that shutdown (a health
+    ///   `Watch` never ends by itself; `serve` waits [`SHUTDOWN_GRACE`]).
     ///
     /// Fails with [`GrpcError::InvalidToken`] for an unusable token, and
     /// with [`GrpcError::Tls`] if [`GrpcServerBuilder::tls`] was set: TLS
