@@ -11,6 +11,9 @@ use cosystem_worker::client::{Client, ClientConfig, Connection, Reconnect};
 use cosystem_worker::demo;
 use cosystem_worker::host::Host;
 use cosystem_worker::transport::{ClientLink, Connector, TransportError};
+use cosystem_worker::wire::{
+    ErrorCode, Header, HostMessage, Snapshot, SnapshotReason, client_message, host_message,
+};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
@@ -148,4 +151,119 @@ async fn refused_credentials_stop_the_client_and_a_later_dispose_keeps_the_cause
     assert_eq!(client.connection(), stopped);
     client.dispose();
     assert_eq!(client.connection(), stopped);
+}
+
+/// One link whose two ends the test holds; later connects wait for ever.
+struct Scripted(std::sync::Mutex<Option<ClientLink>>);
+
+/// The test's ends of a scripted link: what the client sends, and where
+/// the host's envelopes go in (dropping it ends the link).
+struct HostSide {
+    sent: tokio::sync::mpsc::UnboundedReceiver<cosystem_worker::wire::ClientMessage>,
+    send: tokio::sync::mpsc::UnboundedSender<Result<HostMessage, TransportError>>,
+}
+
+fn scripted() -> (Scripted, HostSide) {
+    let (to_host, sent) = tokio::sync::mpsc::unbounded_channel();
+    let (send, from_host) = tokio::sync::mpsc::unbounded_channel();
+    let sink = futures::sink::unfold(to_host, |to_host, message| async move {
+        to_host.send(message).map_err(|_| TransportError::Closed)?;
+        Ok::<_, TransportError>(to_host)
+    });
+    let link = ClientLink {
+        sink: Box::pin(sink),
+        stream: Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(
+            from_host,
+        )),
+    };
+    (
+        Scripted(std::sync::Mutex::new(Some(link))),
+        HostSide { sent, send },
+    )
+}
+
+impl Connector for Scripted {
+    fn connect(&self) -> BoxFuture<'static, Result<ClientLink, TransportError>> {
+        match self.0.lock().unwrap().take() {
+            Some(link) => async move { Ok(link) }.boxed(),
+            None => futures::future::pending().boxed(),
+        }
+    }
+}
+
+fn host_says(kind: host_message::Kind) -> Result<HostMessage, TransportError> {
+    Ok(HostMessage {
+        header: Some(Header::v1("e", "h", "")),
+        kind: Some(kind),
+    })
+}
+
+#[tokio::test]
+async fn a_link_up_before_the_host_speaks_is_still_connecting() {
+    let (connector, mut host) = scripted();
+    let client = Client::new(connector, ClientConfig::default());
+    // The client has sent its sync request: the transport is connected.
+    host.sent.recv().await.expect("a sync request");
+    assert_eq!(client.connection(), Connection::Connecting { attempt: 1 });
+    drop(host.send);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_the_lost_link_took_down_settles_after_the_state_left_connected() {
+    let (connector, mut host) = scripted();
+    let client = Client::new(connector, ClientConfig::default());
+    let Some(client_message::Kind::SyncRequest(sync)) =
+        host.sent.recv().await.expect("a sync request").kind
+    else {
+        panic!("the client starts with a sync request");
+    };
+    host.send
+        .send(host_says(host_message::Kind::Snapshot(Snapshot {
+            version: 1,
+            state_json: "{}".into(),
+            sync_id: sync.sync_id,
+            reason: SnapshotReason::Commit as i32,
+        })))
+        .unwrap();
+    client.ready().await.unwrap();
+    assert_eq!(client.connection(), Connection::Connected);
+
+    // Awaited on a thread of its own, which wakes the moment the call
+    // settles, whatever the runtime's workers are doing.
+    let call = client.call("m", "f", vec![]);
+    let caller = std::thread::spawn({
+        let client = client.clone();
+        move || {
+            let outcome = futures::executor::block_on(call);
+            (outcome, client.connection())
+        }
+    });
+    host.sent.recv().await.expect("the call is sent");
+    drop(host.send);
+    let (outcome, seen) = tokio::task::spawn_blocking(move || caller.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(outcome.unwrap_err().code, ErrorCode::OutcomeUnknown);
+    assert_eq!(
+        seen,
+        Connection::Retrying {
+            error: None,
+            retry_in: Duration::from_millis(50),
+            attempt: 1,
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_host_program_that_cannot_be_started_stops_the_client_with_why() {
+    use cosystem_worker::transport::framed::SpawnConnector;
+    let connector = SpawnConnector::new("/nonexistent/cosystem-host", Vec::<String>::new());
+    let client = Client::new(connector, ClientConfig::default());
+    assert!(client.ready().await.is_err());
+    match client.connection() {
+        Connection::Stopped {
+            error: Some(TransportError::Setup(why)),
+        } => assert!(why.contains("/nonexistent/cosystem-host"), "{why}"),
+        other => panic!("expected a setup error, got {other:?}"),
+    }
 }

@@ -129,7 +129,10 @@ async fn a_spawn_command_that_cannot_start_exits_3() {
     .await;
     assert_eq!(output.status.code(), Some(3));
     let text = String::from_utf8_lossy(&output.stderr);
-    assert!(text.contains("cannot start the host program"), "{text}");
+    assert!(
+        text.contains("cannot start /nonexistent/cosystem-worker: "),
+        "{text}"
+    );
     assert!(!text.contains("panicked"), "{text}");
 }
 

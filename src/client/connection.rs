@@ -10,20 +10,28 @@ use crate::transport::TransportError;
 /// It moves `Connecting` → `Connected` → `Retrying` → `Connecting` … until
 /// `Stopped`, which is final. A watcher sees the latest state: states that
 /// follow each other faster than it reads may be coalesced, as with gRPC's
-/// connectivity-state watch.
+/// connectivity-state watch. The state leaves `Connected` before the calls
+/// a lost link took down settle, so a caller whose call failed that way
+/// already sees why.
+///
+/// On the broadcast bus, which always connects and never ends, a client is
+/// `Connecting` until a host speaks and then stays `Connected`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Connection {
-    /// A connect is under way.
+    /// A connect is under way, or the transport has connected and the host
+    /// has not spoken yet (it may still refuse the session).
     Connecting {
-        /// 1 for the first connect and for the first one after the host
-        /// last spoke; one more for each later attempt.
+        /// 1 for the first connect and for the first one after a link the
+        /// host spoke on; one more for each later attempt.
         attempt: u32,
     },
-    /// A link is up. Calls are sent at once; the mirror follows the host.
+    /// The host has spoken on the current link: it accepted the session,
+    /// and the mirror follows it.
     Connected,
     /// The last connect failed or the link ended; the next connect is made
-    /// after `retry_in`. Pending calls and the mirror are kept (spec §10).
+    /// after `retry_in`. The mirror and the calls not sent yet are kept;
+    /// calls sent without a result settle `outcome-unknown` (spec §10).
     Retrying {
         /// Why: the connect's or the link's error, or `None` when the host
         /// ended the link without one (a closed stream).
@@ -33,7 +41,7 @@ pub enum Connection {
         /// starts again from [`Reconnect::initial`](super::Reconnect::initial)
         /// once the host speaks on a link.
         retry_in: Duration,
-        /// The attempt that failed.
+        /// The number of the attempt that ended, as its `Connecting` gave.
         attempt: u32,
     },
     /// The client stopped for good: it was disposed (`error` is `None`), or

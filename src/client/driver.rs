@@ -366,7 +366,8 @@ impl Client {
         *self.shared().ready.borrow()
     }
 
-    /// Whether the transport is currently connected.
+    /// Whether the host has spoken on the current link
+    /// ([`Connection::Connected`]).
     pub fn is_connected(&self) -> bool {
         self.shared().connection.borrow().is_connected()
     }
@@ -378,8 +379,10 @@ impl Client {
 
     /// Follows [`Client::connection`]: the receiver is marked changed on
     /// every transition and always reads the latest state (transitions
-    /// closer together than the reader reads may be coalesced). It ends
-    /// with [`Connection::Stopped`].
+    /// closer together than the reader reads may be coalesced). The last
+    /// state is [`Connection::Stopped`]; the receiver itself does not end
+    /// while a `Client` handle lives, so a loop stops on
+    /// [`Connection::is_stopped`].
     pub fn connection_changes(&self) -> watch::Receiver<Connection> {
         self.shared().connection.subscribe()
     }
@@ -505,7 +508,7 @@ impl Client {
 async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Reconnect) {
     let mut backoff = policy.initial;
     let mut first = true;
-    // Attempts since the host last spoke on a link.
+    // This connect's number: 1 at first and after a link the host spoke on.
     let mut attempt = 1;
     while !shared.stopped.load(Ordering::Acquire) {
         shared.set_connection(Connection::Connecting { attempt });
@@ -515,33 +518,43 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
             link = connector.connect() => link,
             _ = keep_time_until_stopped(&shared) => break,
         };
-        let error = match link {
+        let mut heard = false;
+        match link {
             Ok(link) => {
                 if !first {
                     shared.core().reconnected(Instant::now().into_std());
                 }
                 first = false;
-                shared.set_connection(Connection::Connected);
-                let (result, heard) = run_link(&shared, link).await;
+                let result;
+                (result, heard) = run_link(&shared, link).await;
                 // Only a link the host spoke on resets the backoff: one that
                 // ends at once (a host refusing the session by closing it)
                 // is retried as patiently as a failed connect.
                 if heard {
                     backoff = policy.initial;
-                    attempt = 1;
                 }
                 if shared.stopped.load(Ordering::Acquire) {
                     break;
                 }
                 tracing::debug!(?result, "link ended");
+                // The new state is published before the calls the link took
+                // down settle, so that their callers already see it.
+                let give_up_with = match result {
+                    Err(error) if !error.is_retryable() => Err(error),
+                    result => Ok(result.err()),
+                };
+                match &give_up_with {
+                    Err(error) => give_up(&shared, error),
+                    Ok(error) => shared.set_connection(Connection::Retrying {
+                        error: error.clone(),
+                        retry_in: backoff,
+                        attempt,
+                    }),
+                }
                 shared.core().connection_lost();
                 shared.dispatch();
-                match result {
-                    Err(error) if !error.is_retryable() => {
-                        give_up(&shared, &error);
-                        break;
-                    }
-                    result => result.err(),
+                if give_up_with.is_err() {
+                    break;
                 }
             }
             Err(error) if !error.is_retryable() => {
@@ -550,20 +563,19 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
             }
             Err(error) => {
                 tracing::debug!(%error, ?backoff, "connect failed; retrying");
-                Some(error)
+                shared.set_connection(Connection::Retrying {
+                    error: Some(error),
+                    retry_in: backoff,
+                    attempt,
+                });
             }
-        };
-        shared.set_connection(Connection::Retrying {
-            error,
-            retry_in: backoff,
-            attempt,
-        });
+        }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = keep_time_until_stopped(&shared) => {}
         }
         backoff = (backoff * 2).min(policy.max);
-        attempt = attempt.saturating_add(1);
+        attempt = if heard { 1 } else { attempt.saturating_add(1) };
     }
     // No link will come back: whatever is still pending cannot complete.
     shared.core().connection_lost();
@@ -646,7 +658,11 @@ fn take_input(
     let now = Instant::now().into_std();
     match item {
         Ok(message) => {
-            *heard = true;
+            if !*heard {
+                // The host has accepted the session: only now is the link up.
+                *heard = true;
+                shared.set_connection(Connection::Connected);
+            }
             shared.core().handle_message(now, message);
         }
         Err(TransportError::Lost { count }) => shared.core().envelopes_lost(now, count),

@@ -158,10 +158,9 @@ impl Connector for SpawnConnector {
         let program = self.program.to_string_lossy().into_owned();
         async move {
             let mut child = spawned.map_err(|e| match e.kind() {
+                // Retrying cannot help, and the application is told why.
                 io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied => {
-                    // The error variant cannot say why; the log can.
-                    tracing::warn!(%program, error = %e, "cannot start the host program");
-                    TransportError::Closed
+                    TransportError::Setup(format!("cannot start {program}: {e}"))
                 }
                 _ => connection_error(&format!("spawn {program}"), &e),
             })?;
