@@ -10,8 +10,9 @@
 //! - `adapter` is the reference adapter: the reference client behind the
 //!   adapter protocol on stdin/stdout.
 //!
-//! Exit status: 0 when every required case passed, 1 when one failed, 2 when
-//! the run could not be made (bad arguments, unreadable files).
+//! Exit status: 0 when every required case passed and no case listed as a
+//! known failure passed, 1 otherwise, 2 when the run could not be made (bad
+//! arguments, unreadable files, an adapter or host that cannot be reached).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -45,21 +46,35 @@ struct RunArgs {
     /// How to print the report: text, json or junit.
     #[arg(long, default_value = "text", value_name = "FORMAT")]
     format: Format,
-    /// A file of case names (one per line, `#` comments) to skip as known
-    /// failures; the report lists them as skipped.
+    /// A file of case names (one per line, `#` comments) expected to fail.
+    /// They still run: a failure is reported XFAIL and does not fail the
+    /// run; a pass is reported XPASS and fails it.
     #[arg(long, value_name = "FILE")]
     known_failures: Option<PathBuf>,
+    /// A file of case names (same format) not to run at all, for a case
+    /// that crashes or wedges the implementation; reported SKIP.
+    #[arg(long, value_name = "FILE")]
+    skip: Option<PathBuf>,
 }
 
 impl RunArgs {
     fn known(&self) -> Result<BTreeSet<String>, ExitCode> {
-        let Some(path) = &self.known_failures else {
-            return Ok(BTreeSet::new());
-        };
-        std::fs::read_to_string(path)
-            .map(|text| parse_known_failures(&text))
-            .map_err(|e| usage(format!("{}: {e}", path.display())))
+        read_names(self.known_failures.as_ref())
     }
+
+    fn skipped(&self) -> Result<BTreeSet<String>, ExitCode> {
+        read_names(self.skip.as_ref())
+    }
+}
+
+/// The case names a list file holds; none without a file.
+fn read_names(path: Option<&PathBuf>) -> Result<BTreeSet<String>, ExitCode> {
+    let Some(path) = path else {
+        return Ok(BTreeSet::new());
+    };
+    std::fs::read_to_string(path)
+        .map(|text| parse_known_failures(&text))
+        .map_err(|e| usage(format!("{}: {e}", path.display())))
 }
 
 #[derive(Subcommand)]
@@ -212,6 +227,7 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
                 args: args.to_vec(),
                 case: run.case.clone(),
                 known_failures: run.known()?,
+                skip: run.skipped()?,
                 reply_timeout: Duration::from_millis(reply_timeout_ms),
             };
             let report = runner::run(&cases, &config).map_err(usage)?;
@@ -238,6 +254,7 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
             config.secret_marker = secret_marker;
             config.case = run.case.clone();
             config.known_failures = run.known()?;
+            config.skip = run.skipped()?;
             config.step_timeout = Duration::from_millis(step_timeout_ms);
             config.case_timeout = Duration::from_millis(case_timeout_ms);
             config.options.history_window = history_window;

@@ -322,6 +322,9 @@ impl Report {
     }
 }
 
+/// The reason printed for a case not run because `--skip` lists it.
+pub const SKIPPED: &str = "listed in --skip";
+
 /// Why an unexpected pass fails the run.
 const UNEXPECTED_PASS: &str = "listed as a known failure, but passed: take it off the list";
 

@@ -358,3 +358,34 @@ fn a_missing_adapter_is_a_run_that_could_not_be_made() {
     assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot start adapter"));
 }
+
+#[test]
+fn a_case_listed_to_skip_is_not_run_and_reported_skipped() {
+    let dir = std::env::temp_dir().join(format!("cosystem-skip-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("skip.txt");
+    std::fs::write(
+        &file,
+        "client-gap-reports-version-gap-and-resumes # wedges\n",
+    )
+    .unwrap();
+    // The adapter would fail the case; skipped, it is not run at all.
+    let output = conformance(&[
+        "client",
+        "--case",
+        "client-gap-reports-version-gap-and-resumes",
+        "--skip",
+        file.to_str().unwrap(),
+        "--",
+        BIN,
+        "adapter",
+        "--break",
+        "apply-across-gap",
+    ]);
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(
+        stdout(&output),
+        "SKIP client-gap-reports-version-gap-and-resumes (listed in --skip)\n0 passed, 0 failed, 1 skipped\n"
+    );
+    assert_eq!(output.status.code(), Some(0));
+}

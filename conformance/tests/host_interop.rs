@@ -191,3 +191,32 @@ async fn a_url_where_nothing_listens_is_a_run_that_cannot_be_made() {
     assert!(error.contains("cannot connect"), "{error}");
     assert!(error.to_lowercase().contains("refused"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listed_known_failures_run_and_cases_to_skip_do_not() {
+    const FENCING: &str = "grpc-call-from-other-epoch-is-fenced";
+    const HALF_CLOSE: &str = "grpc-half-closed-stream-is-answered";
+    let served = serve_broken(demo_host(SyncMode::Patch), HostBreakage::IgnoreCallEpoch).await;
+    let mut run = config(&served.url);
+    // Fails on this host: expected. Passes on it: not expected.
+    run.known_failures.insert(FENCING.to_owned());
+    run.known_failures.insert(HALF_CLOSE.to_owned());
+    let skipped = grpc::cases::CASES[0].name;
+    run.skip.insert(skipped.to_owned());
+    let report = grpc::run(&run).await.unwrap();
+    let outcome = |name: &str| {
+        report
+            .results
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| r.outcome.clone())
+    };
+    assert!(matches!(outcome(FENCING), Some(Outcome::KnownFailure(_))));
+    assert_eq!(outcome(HALF_CLOSE), Some(Outcome::UnexpectedPass));
+    assert_eq!(
+        outcome(skipped),
+        Some(Outcome::Skip(cosystem_conformance::report::SKIPPED.into()))
+    );
+    assert!(report.required_passed());
+    assert!(!report.succeeded(), "an unexpected pass fails the run");
+}

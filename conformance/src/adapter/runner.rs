@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::ClientUnderTest;
 use super::process::AdapterProcess;
-use crate::report::{Report, catch};
+use crate::report::{Outcome, Report, SKIPPED, catch};
 use crate::vectors::{Case, Failure, client};
 
 /// How to start the adapter and which cases to run.
@@ -18,8 +18,10 @@ pub struct ClientRun {
     pub args: Vec<String>,
     /// Only this case (by name).
     pub case: Option<String>,
-    /// Cases to skip as known failures.
+    /// Cases expected to fail: run, and reported XFAIL or XPASS.
     pub known_failures: BTreeSet<String>,
+    /// Cases not to run at all, reported SKIP.
+    pub skip: BTreeSet<String>,
     /// The longest the adapter may take to answer one command.
     pub reply_timeout: Duration,
 }
@@ -32,6 +34,7 @@ impl ClientRun {
             args,
             case: None,
             known_failures: BTreeSet::new(),
+            skip: BTreeSet::new(),
             reply_timeout: Duration::from_secs(5),
         }
     }
@@ -52,6 +55,7 @@ pub fn run(cases: &[Case], config: &ClientRun) -> Result<Report, String> {
         .case
         .iter()
         .chain(&config.known_failures)
+        .chain(&config.skip)
         .filter(|n| !clients.iter().any(|c| &c.info.name == *n))
         .map(String::as_str)
         .collect();
@@ -69,6 +73,15 @@ pub fn run(cases: &[Case], config: &ClientRun) -> Result<Report, String> {
     for case in clients {
         let name = &case.info.name;
         if config.case.as_ref().is_some_and(|c| c != name) {
+            continue;
+        }
+        if config.skip.contains(name) {
+            report.push(
+                name,
+                case.info.tier,
+                crate::vectors::Role::Client,
+                Outcome::Skip(SKIPPED.into()),
+            );
             continue;
         }
         let outcome = catch(|| {
