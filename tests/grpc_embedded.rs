@@ -1,6 +1,8 @@
 //! The host's `HostService` mounted on a tonic server the application runs
 //! itself, next to a service of its own (`GrpcServerBuilder::into_service`).
 
+mod common;
+
 use std::net::SocketAddr;
 
 use cosystem_worker::client::{Client, ClientConfig, Connection, Reconnect};
@@ -223,6 +225,27 @@ async fn a_principal_set_by_the_application_s_interceptor_reaches_the_method() {
     assert_eq!(answer["principal"], json!(null));
     named.dispose();
     anonymous.dispose();
+}
+
+#[tokio::test]
+async fn a_method_another_host_s_method_invokes_does_not_see_that_caller() {
+    use cosystem_worker::app::{App, TypedModule};
+    #[derive(Default, serde::Serialize, serde::Deserialize)]
+    struct Nothing {}
+    let inner = Host::builder(whoami_app()).build();
+    let forwarding = TypedModule::new("fwd", Nothing::default())
+        .method("inner_whoami", move |_: &mut Nothing, (): ()| {
+            inner.invoke("who", "ami", &[])
+        });
+    let outer = Host::builder(App::new().with(forwarding)).build();
+    let client = common::memory_client(&outer);
+    let error = client
+        .module("fwd")
+        .call("inner_whoami", vec![])
+        .await
+        .unwrap_err();
+    assert!(error.message.contains("no caller"), "{error}");
+    client.dispose();
 }
 
 #[test]

@@ -48,12 +48,13 @@ impl Principal {
 }
 
 /// Makes `caller` the current thread's caller until dropped, then restores
-/// the previous one (a method may run another host's method).
+/// the previous one (a method may run another host's method, which must
+/// not see its own caller's).
 pub(super) struct CallerScope(Option<Caller>);
 
 impl CallerScope {
-    pub(super) fn enter(caller: Caller) -> Self {
-        Self(CALLER.with(|c| c.replace(Some(caller))))
+    pub(super) fn enter(caller: Option<Caller>) -> Self {
+        Self(CALLER.with(|c| c.replace(caller)))
     }
 }
 

@@ -608,12 +608,10 @@ impl HostCore {
             let room = self.message_room(header.source.len());
             let max = self.config.limits.max_message_bytes;
             let mut json = None;
-            let _caller = self.peers.get(&peer).map(|p| {
-                CallerScope::enter(Caller {
-                    peer_id: p.reply_to.clone(),
-                    principal: p.principal.clone(),
-                })
-            });
+            let _caller = CallerScope::enter(self.peers.get(&peer).map(|p| Caller {
+                peer_id: p.reply_to.clone(),
+                principal: p.principal.clone(),
+            }));
             parse_args(&call.args_json)
                 .and_then(|args| {
                     self.run(&call.module, &call.method, &args, |value| {
@@ -702,6 +700,8 @@ impl HostCore {
         method: &str,
         args: &[Value],
     ) -> Result<Value, MethodError> {
+        // Run by the host itself, even from inside another host's method.
+        let _caller = CallerScope::enter(None);
         self.run(module, method, args, |_| Ok(()))
     }
 
