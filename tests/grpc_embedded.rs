@@ -187,8 +187,9 @@ async fn a_principal_set_by_the_application_s_interceptor_reaches_the_method() {
 
     let host = Host::builder(whoami_app()).build();
     let service = GrpcServer::builder(host.clone()).into_service().unwrap();
-    // The application's own authentication: here, a bearer token that is
-    // the user's name.
+    // Stands in for the application's own authentication, and is none: it
+    // takes a bearer token as the user's name unchecked. A real layer
+    // verifies the token (or reads `request.peer_certs()`) first.
     let authenticated = InterceptedService::new(service, |mut request: tonic::Request<()>| {
         let user = request
             .metadata()
@@ -245,6 +246,24 @@ async fn a_method_another_host_s_method_invokes_does_not_see_that_caller() {
         .await
         .unwrap_err();
     assert!(error.message.contains("no caller"), "{error}");
+    client.dispose();
+}
+
+#[tokio::test]
+async fn a_link_served_as_a_principal_runs_its_calls_as_that_principal() {
+    let host = Host::builder(whoami_app()).build();
+    let (host_end, connector) = cosystem_worker::transport::memory::pair();
+    tokio::spawn({
+        let host = host.clone();
+        async move { host.serve_as(host_end, Some("uid:1000".into())).await }
+    });
+    let config = ClientConfig {
+        peer_id: "local".into(),
+        ..ClientConfig::default()
+    };
+    let client = Client::new(connector, config);
+    let answer = client.module("who").call("ami", vec![]).await.unwrap();
+    assert_eq!(answer, json!({"peer": "local", "principal": "uid:1000"}));
     client.dispose();
 }
 

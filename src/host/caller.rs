@@ -15,20 +15,35 @@ thread_local! {
 /// The client a method is running for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    /// The calling peer's id: the `source` of its envelopes (a client's
-    /// `ClientConfig::peer_id`). Any client may claim any id; authorise on
-    /// [`Caller::principal`], not on this.
+    /// The calling peer's id: the `source` of the call's envelope (a
+    /// client's `ClientConfig::peer_id`). Any client may claim any id;
+    /// authorise on [`Caller::principal`], not on this.
     pub peer_id: Arc<str>,
     /// Who the session's transport authenticated, if the application told
-    /// the host ([`Principal`] on a gRPC request,
-    /// [`Session::set_principal`](super::Session::set_principal) otherwise).
+    /// the host: a [`Principal`] in a gRPC `Session` request's extensions
+    /// (put there by the application's layer on its own server:
+    /// `GrpcServer::serve` and its shared token name nobody), or
+    /// [`Host::serve_as`](super::Host::serve_as) /
+    /// [`Host::open_session_as`](super::Host::open_session_as) on other
+    /// transports. It is fixed when the session opens and lasts as long as
+    /// the session (a gRPC stream, until the client reconnects);
+    /// [`Session::set_principal`](super::Session::set_principal) changes it.
     pub principal: Option<Arc<str>>,
 }
 
 /// The client whose call the current thread is running a method for.
 ///
-/// `Some` only inside a method run for a client's call; `None` elsewhere,
-/// including inside a method run by [`Host::invoke`](super::Host::invoke).
+/// `Some` only on the thread running a method for a client's call. `None`
+/// means no client is known here, not that the code is trusted: it is what
+/// a method run by [`Host::invoke`](super::Host::invoke) sees (even when
+/// another host's method, run for a client, invoked it), and what threads
+/// or tasks a method starts see. Read it once at the start of the method
+/// and pass it on explicitly.
+///
+/// A method's change may still be reverted after it returns (a value or a
+/// view too large to send); the authoritative audit record of a call is
+/// its [`HostEvent::CallAnswered`](super::HostEvent::CallAnswered), which
+/// carries the principal and the outcome.
 pub fn caller() -> Option<Caller> {
     CALLER.with(|c| c.borrow().clone())
 }

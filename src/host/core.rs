@@ -609,7 +609,13 @@ impl HostCore {
             let max = self.config.limits.max_message_bytes;
             let mut json = None;
             let _caller = CallerScope::enter(self.peers.get(&peer).map(|p| Caller {
-                peer_id: p.reply_to.clone(),
+                // The session's shared copy, unless this envelope has no
+                // source (then `reply_to` still names an earlier one).
+                peer_id: if *p.reply_to == *header.source {
+                    p.reply_to.clone()
+                } else {
+                    Arc::from(header.source.as_str())
+                },
                 principal: p.principal.clone(),
             }));
             parse_args(&call.args_json)

@@ -329,6 +329,18 @@ impl Host {
     /// Opens a session; the caller moves envelopes between it and a channel.
     /// Most callers want [`Host::serve`] instead.
     pub fn open_session(&self, options: PeerOptions) -> Result<Session, InputError> {
+        self.open_session_as(options, None)
+    }
+
+    /// Like [`Host::open_session`], for a session whose transport
+    /// authenticated its peer as `principal`: every call on it runs with
+    /// that as [`Caller::principal`](super::Caller::principal). Set in the
+    /// same step as the session opens, so no call runs without it.
+    pub fn open_session_as(
+        &self,
+        options: PeerOptions,
+        principal: Option<Arc<str>>,
+    ) -> Result<Session, InputError> {
         if self
             .shared
             .closed
@@ -336,7 +348,12 @@ impl Host {
         {
             return Err(InputError::ShuttingDown);
         }
-        let key = self.shared.core().connect(options)?;
+        let key = {
+            let mut core = self.shared.core();
+            let key = core.connect(options)?;
+            core.set_principal(key, principal)?;
+            key
+        };
         let notify = Arc::new(Notify::new());
         self.shared
             .wakers
@@ -359,15 +376,30 @@ impl Host {
     /// keeps sending without reading is still heard (and closed once it
     /// floods the host), and the two peers never wait on each other.
     pub async fn serve(&self, link: HostLink) -> Result<(), InputError> {
+        self.serve_as(link, None).await
+    }
+
+    /// Like [`Host::serve`], for a link whose peer the application
+    /// authenticated as `principal` (a Unix socket's peer credentials, a
+    /// client certificate): every call on it runs with that as
+    /// [`Caller::principal`](super::Caller::principal).
+    pub async fn serve_as(
+        &self,
+        link: HostLink,
+        principal: Option<Arc<str>>,
+    ) -> Result<(), InputError> {
         let HostLink {
             peer_id,
             mut sink,
             mut stream,
         } = link;
-        let session = self.open_session(PeerOptions {
-            peer_id: peer_id.clone(),
-            publications: true,
-        })?;
+        let session = self.open_session_as(
+            PeerOptions {
+                peer_id: peer_id.clone(),
+                publications: true,
+            },
+            principal,
+        )?;
         // Woken by publications, bookmarks and shutdown; this task's own
         // input is followed by its own output pass, not by a notification.
         let mut woken = std::pin::pin!(session.notify.notified());

@@ -291,18 +291,17 @@ impl HostService for SessionService {
         }
         let session = self
             .host
-            .open_session(PeerOptions {
-                peer_id: peer.clone(),
-                publications: true,
-            })
+            .open_session_as(
+                PeerOptions {
+                    peer_id: peer.clone(),
+                    publications: true,
+                },
+                principal.map(|Principal(p)| p),
+            )
             .map_err(|error| {
                 tracing::warn!(%peer, %error, "client refused");
                 refusal_status(&error)
             })?;
-        if let Some(Principal(principal)) = principal {
-            // Only a session the host has already closed refuses it.
-            let _ = session.set_principal(Some(principal));
-        }
         tracing::info!(%peer, sessions = self.host.session_count(), "client connected");
         let session = Arc::new(session);
         let (end_tx, end_rx) = oneshot::channel();
