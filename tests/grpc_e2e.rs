@@ -285,3 +285,80 @@ async fn a_bad_tls_key_is_refused_at_bind() {
         .await;
     assert!(result.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_client_ca() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
+        KeyPair,
+    };
+    let host_cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let host_pem = host_cert.cert.pem();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let issue = |issuer: &CertifiedIssuer<'_, KeyPair>| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["a-client".to_owned()]).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (client_pem, client_key) = issue(&ca);
+    let mut other_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    other_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let other_ca =
+        CertifiedIssuer::self_signed(other_params, KeyPair::generate().unwrap()).unwrap();
+    let (stranger_pem, stranger_key) = issue(&other_ca);
+
+    let server = GrpcServer::builder(demo_host(SyncMode::Patch))
+        .tls(host_pem.clone(), host_cert.signing_key.serialize_pem())
+        .client_ca(ca.pem())
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("bind with mutual TLS");
+    let server = serve(server).await;
+    let url = format!("https://localhost:{}", server.addr.port());
+    let connector = || GrpcConnector::new(&url).unwrap().ca_cert(host_pem.clone());
+
+    let member = Client::with_reconnect(
+        connector().identity(client_pem, client_key),
+        ClientConfig::default(),
+        fast_reconnect(),
+    );
+    member.ready().await.unwrap();
+    let value = member.call("counter", "increase", vec![json!(1)]).await;
+    assert_eq!(value.unwrap(), json!(1));
+
+    for (who, refused) in [
+        ("no certificate", connector()),
+        (
+            "a certificate from another CA",
+            connector().identity(stranger_pem, stranger_key),
+        ),
+    ] {
+        // Refused in the handshake ("CertificateRequired"), or by the
+        // connection closing once the host rejects the certificate.
+        assert!(refused.connect().await.is_err(), "{who} was admitted");
+    }
+    member.dispose();
+    server.stop().await;
+}
+
+#[test]
+fn a_client_ca_without_tls_is_refused() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let result = runtime.block_on(async {
+        GrpcServer::builder(demo_host(SyncMode::Patch))
+            .client_ca("a CA")
+            .bind("127.0.0.1:0".parse().unwrap())
+            .await
+    });
+    assert!(matches!(
+        result,
+        Err(cosystem_worker::transport::grpc::GrpcError::Tls(_))
+    ));
+}

@@ -51,6 +51,13 @@ pub struct ClientArgs {
     /// https://; without it, the system's trust store.
     #[arg(long, value_name = "FILE", global = true)]
     ca_cert: Option<PathBuf>,
+    /// Present this PEM client certificate to a host that requires mutual
+    /// TLS (needs --tls-client-key).
+    #[arg(long, value_name = "FILE", global = true, requires = "tls_client_key")]
+    tls_client_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-client-cert.
+    #[arg(long, value_name = "FILE", global = true, requires = "tls_client_cert")]
+    tls_client_key: Option<PathBuf>,
     /// Give up if the host is not reached, or a call not settled, within
     /// this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 10.0, global = true)]
@@ -212,6 +219,14 @@ fn grpc_connector(
         }
         connector = connector.ca_cert(read_file(path)?);
     }
+    if let (Some(cert), Some(key)) = (&args.tls_client_cert, &args.tls_client_key) {
+        if addr.tls != Some(true) {
+            return Err(CliError::Usage(
+                "--tls-client-cert needs an https:// host".into(),
+            ));
+        }
+        connector = connector.identity(read_file(cert)?, read_file(key)?);
+    }
     // Reports a bad token or certificate now rather than as retried
     // connection failures.
     connector.endpoint()?;
@@ -220,9 +235,9 @@ fn grpc_connector(
 
 /// Refuses the gRPC-only options on framed transports.
 fn grpc_only(args: &ClientArgs) -> Result<(), CliError> {
-    if args.token_file.is_some() || args.ca_cert.is_some() {
+    if args.token_file.is_some() || args.ca_cert.is_some() || args.tls_client_cert.is_some() {
         return Err(CliError::Usage(
-            "--token-file and --ca-cert apply to gRPC only".into(),
+            "--token-file, --ca-cert and --tls-client-cert apply to gRPC only".into(),
         ));
     }
     Ok(())

@@ -46,6 +46,10 @@ pub struct HostArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Require mutual TLS: every client must present a certificate issued
+    /// by this PEM CA certificate (needs --tls-cert).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// The initial value of the demo's private `secret` module (default:
     /// random).
     #[arg(long, value_name = "S")]
@@ -79,10 +83,14 @@ pub async fn run(args: HostArgs) -> Result<(), CliError> {
 /// Refuses the gRPC-only options on framed transports, which have no
 /// metadata to carry a token and leave encryption to the socket.
 fn framed_only(args: &HostArgs) -> Result<(), CliError> {
-    if args.token_file.is_some() || args.tls_cert.is_some() || args.tls_key.is_some() {
+    if args.token_file.is_some()
+        || args.tls_cert.is_some()
+        || args.tls_key.is_some()
+        || args.tls_client_ca.is_some()
+    {
         return Err(CliError::Usage(
-            "--token-file, --tls-cert and --tls-key apply to gRPC only; framed transports \
-             rely on the socket's own access control"
+            "--token-file, --tls-cert, --tls-key and --tls-client-ca apply to gRPC only; \
+             framed transports rely on the socket's own access control"
                 .into(),
         ));
     }
@@ -198,6 +206,9 @@ async fn serve_grpc(host: Host, addr: &GrpcAddr, args: &HostArgs) -> Result<(), 
     let mut builder = GrpcServer::builder(host.clone());
     if let Some(path) = &args.token_file {
         builder = builder.token(read_token(path)?);
+    }
+    if let Some(path) = &args.tls_client_ca {
+        builder = builder.client_ca(read_file(path)?);
     }
     let scheme = if let Some((cert, key)) = tls {
         builder = builder.tls(cert, key);

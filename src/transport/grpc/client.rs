@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::PollSender;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status};
 
 use super::GrpcError;
@@ -32,6 +32,7 @@ pub struct GrpcConnector {
     url: String,
     token: Option<String>,
     ca_cert: Option<Vec<u8>>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
     domain: Option<String>,
     connect_timeout: Duration,
     max_message_bytes: usize,
@@ -49,6 +50,7 @@ impl GrpcConnector {
             url,
             token: None,
             ca_cert: None,
+            identity: None,
             domain: None,
             connect_timeout: Duration::from_secs(5),
             max_message_bytes: crate::host::HostLimits::default().max_message_bytes,
@@ -74,6 +76,15 @@ impl GrpcConnector {
     /// platform's own); connecting fails if it holds no certificate.
     pub fn ca_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.ca_cert = Some(pem.into());
+        self.built = Arc::default();
+        self
+    }
+
+    /// Presents this PEM certificate chain and PEM private key to an
+    /// `https://` host that asks for a client certificate (mutual TLS,
+    /// [`GrpcServerBuilder::client_ca`](super::GrpcServerBuilder::client_ca)).
+    pub fn identity(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+        self.identity = Some((cert_pem.into(), key_pem.into()));
         self.built = Arc::default();
         self
     }
@@ -124,6 +135,9 @@ impl GrpcConnector {
             };
             if let Some(domain) = &self.domain {
                 tls = tls.domain_name(domain.clone());
+            }
+            if let Some((cert, key)) = &self.identity {
+                tls = tls.identity(Identity::from_pem(cert, key));
             }
             endpoint = endpoint
                 .tls_config(tls)

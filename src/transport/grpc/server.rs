@@ -11,7 +11,7 @@ use futures::Stream;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_health::ServingStatus;
 
@@ -46,6 +46,7 @@ pub struct GrpcServerBuilder {
     host: Host,
     token: Option<String>,
     tls: Option<(Vec<u8>, Vec<u8>)>,
+    client_ca: Option<Vec<u8>>,
 }
 
 impl GrpcServerBuilder {
@@ -92,13 +93,25 @@ impl GrpcServerBuilder {
     /// with [`GrpcError::Tls`] if [`GrpcServerBuilder::tls`] was set: TLS
     /// belongs to the application's server.
     pub fn into_service(self) -> Result<HostServiceServer<SessionService>, GrpcError> {
-        if self.tls.is_some() {
+        if self.tls.is_some() || self.client_ca.is_some() {
             return Err(GrpcError::Tls(
                 "into_service serves no TLS of its own: configure TLS on the tonic server".into(),
             ));
         }
         let token = checked_token(self.token)?;
         Ok(session_service(self.host, token))
+    }
+
+    /// Requires every connection to present a client certificate issued by
+    /// this PEM CA certificate (mutual TLS); a client without one cannot
+    /// complete the handshake. Needs [`GrpcServerBuilder::tls`]. It says
+    /// who may connect, not who each client is: sessions get no
+    /// [`Principal`](crate::host::Principal) from it (a layer reading
+    /// `request.peer_certs()` on a server of the application's own, see
+    /// [`GrpcServerBuilder::into_service`], can name one).
+    pub fn client_ca(mut self, ca_pem: impl Into<Vec<u8>>) -> Self {
+        self.client_ca = Some(ca_pem.into());
+        self
     }
 
     /// Binds `addr` (port 0 picks a free port) and checks the configuration;
@@ -115,13 +128,21 @@ impl GrpcServerBuilder {
         let token = checked_token(self.token)?;
         let tls = match self.tls {
             Some((cert, key)) => {
-                let config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+                let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+                if let Some(ca) = self.client_ca {
+                    config = config.client_ca_root(Certificate::from_pem(ca));
+                }
                 // Building a throwaway server parses the certificate and key
                 // now, so a bad file fails at startup rather than per stream.
                 Server::builder()
                     .tls_config(config.clone())
                     .map_err(|e| GrpcError::Tls(super::error_chain(&e)))?;
                 Some(config)
+            }
+            None if self.client_ca.is_some() => {
+                return Err(GrpcError::Tls(
+                    "a client CA needs TLS: set the host's certificate and key too".into(),
+                ));
             }
             None => None,
         };
@@ -152,6 +173,7 @@ impl GrpcServer {
             host,
             token: None,
             tls: None,
+            client_ca: None,
         }
     }
 
