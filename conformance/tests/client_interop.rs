@@ -179,12 +179,16 @@ fn the_breakage_is_also_read_from_the_environment() {
     assert!(stdout(&output).starts_with("FAIL client-gap-reports-version-gap-and-resumes: "));
 }
 
-/// Runs the gap case against an adapter broken (or not) with
-/// `apply-across-gap`, listing the case as a known failure.
-fn run_listed_gap_case(broken: bool) -> std::process::Output {
-    let dir = std::env::temp_dir().join(format!("cosystem-known-{}-{broken}", std::process::id()));
+/// Runs the gap case with the case listed in a file passed as `flag`
+/// (`--known-failures` or `--skip`), against an adapter broken (or not)
+/// with `apply-across-gap`.
+fn run_gap_case_listed(flag: &str, broken: bool) -> std::process::Output {
+    let dir = std::env::temp_dir().join(format!(
+        "cosystem-list-{}{flag}-{broken}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("known-failures.txt");
+    let file = dir.join("cases.txt");
     std::fs::write(
         &file,
         "# the broken adapter cannot heal gaps\nclient-gap-reports-version-gap-and-resumes  # gap\n",
@@ -194,7 +198,7 @@ fn run_listed_gap_case(broken: bool) -> std::process::Output {
         "client",
         "--case",
         "client-gap-reports-version-gap-and-resumes",
-        "--known-failures",
+        flag,
         file.to_str().unwrap(),
         "--",
         BIN,
@@ -206,6 +210,10 @@ fn run_listed_gap_case(broken: bool) -> std::process::Output {
     let output = conformance(&args);
     std::fs::remove_dir_all(&dir).ok();
     output
+}
+
+fn run_listed_gap_case(broken: bool) -> std::process::Output {
+    run_gap_case_listed("--known-failures", broken)
 }
 
 #[test]
@@ -361,28 +369,8 @@ fn a_missing_adapter_is_a_run_that_could_not_be_made() {
 
 #[test]
 fn a_case_listed_to_skip_is_not_run_and_reported_skipped() {
-    let dir = std::env::temp_dir().join(format!("cosystem-skip-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("skip.txt");
-    std::fs::write(
-        &file,
-        "client-gap-reports-version-gap-and-resumes # wedges\n",
-    )
-    .unwrap();
     // The adapter would fail the case; skipped, it is not run at all.
-    let output = conformance(&[
-        "client",
-        "--case",
-        "client-gap-reports-version-gap-and-resumes",
-        "--skip",
-        file.to_str().unwrap(),
-        "--",
-        BIN,
-        "adapter",
-        "--break",
-        "apply-across-gap",
-    ]);
-    std::fs::remove_dir_all(&dir).ok();
+    let output = run_gap_case_listed("--skip", true);
     assert_eq!(
         stdout(&output),
         "SKIP client-gap-reports-version-gap-and-resumes (listed in --skip)\n0 passed, 0 failed, 1 skipped\n"
