@@ -6,6 +6,8 @@
 //! cargo run --example own_modules -- --embedded           # on the app's tonic server
 //! APP_TOKEN=s3cr3t cargo run --example own_modules        # clients must send the token
 //! cargo run -- client --connect 127.0.0.1:50061 call tasks add '"write the spec"'
+//! printf s3cr3t > token.txt                                # with APP_TOKEN set:
+//! cargo run -- client --connect 127.0.0.1:50061 --token-file token.txt state
 //! ```
 //!
 //! Stops on Ctrl-C; logs through `RUST_LOG` (e.g. `RUST_LOG=cosystem_worker=debug`
