@@ -602,14 +602,9 @@ fn give_up(shared: &Shared, error: &TransportError) {
 /// Marks the client stopped and wakes everything that waits on it.
 fn stop(shared: &Shared) {
     shared.stopped.store(true, Ordering::Release);
-    // A stop after `give_up` keeps the error it recorded.
-    shared.connection.send_if_modified(|state| {
-        let stopping = !state.is_stopped();
-        if stopping {
-            *state = Connection::Stopped { error: None };
-        }
-        stopping
-    });
+    // A stop after `give_up` keeps the error it recorded: nothing follows
+    // `Stopped`.
+    shared.set_connection(Connection::Stopped { error: None });
     shared.ready.send_modify(|_| {});
     shared.changes.send_modify(|n| *n += 1);
     shared.wake();
