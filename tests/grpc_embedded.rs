@@ -163,29 +163,12 @@ fn into_service_refuses_tls_and_an_unusable_token() {
     assert!(matches!(token, Err(GrpcError::InvalidToken)));
 }
 
-/// A module whose one method answers who called it.
-fn whoami_app() -> cosystem_worker::app::App {
-    use cosystem_worker::app::{App, MethodError, TypedModule};
-    use cosystem_worker::host::caller;
-    #[derive(Default, serde::Serialize, serde::Deserialize)]
-    struct Nothing {}
-    let whoami =
-        TypedModule::new("who", Nothing::default()).method("ami", |_: &mut Nothing, (): ()| {
-            let caller = caller().ok_or_else(|| MethodError::internal("no caller"))?;
-            Ok::<_, MethodError>(json!({
-                "peer": &*caller.peer_id,
-                "principal": caller.principal.as_deref(),
-            }))
-        });
-    App::new().with(whoami)
-}
-
 #[tokio::test]
 async fn a_principal_set_by_the_application_s_interceptor_reaches_the_method() {
     use cosystem_worker::host::Principal;
     use tonic::service::interceptor::InterceptedService;
 
-    let host = Host::builder(whoami_app()).build();
+    let host = Host::builder(common::whoami_app()).build();
     let service = GrpcServer::builder(host.clone()).into_service().unwrap();
     // Stands in for the application's own authentication, and is none: it
     // takes a bearer token as the user's name unchecked. A real layer
@@ -233,7 +216,7 @@ async fn a_method_another_host_s_method_invokes_does_not_see_that_caller() {
     use cosystem_worker::app::{App, TypedModule};
     #[derive(Default, serde::Serialize, serde::Deserialize)]
     struct Nothing {}
-    let inner = Host::builder(whoami_app()).build();
+    let inner = Host::builder(common::whoami_app()).build();
     let forwarding = TypedModule::new("fwd", Nothing::default())
         .method("inner_whoami", move |_: &mut Nothing, (): ()| {
             inner.invoke("who", "ami", &[])
@@ -251,7 +234,7 @@ async fn a_method_another_host_s_method_invokes_does_not_see_that_caller() {
 
 #[tokio::test]
 async fn a_link_served_as_a_principal_runs_its_calls_as_that_principal() {
-    let host = Host::builder(whoami_app()).build();
+    let host = Host::builder(common::whoami_app()).build();
     let (host_end, connector) = cosystem_worker::transport::memory::pair();
     tokio::spawn({
         let host = host.clone();
@@ -269,7 +252,7 @@ async fn a_link_served_as_a_principal_runs_its_calls_as_that_principal() {
 
 #[test]
 fn a_method_run_by_the_host_itself_has_no_caller() {
-    let host = Host::builder(whoami_app()).build();
+    let host = Host::builder(common::whoami_app()).build();
     let refused = host.invoke("who", "ami", &[]).unwrap_err();
     assert_eq!(refused.message, "no caller");
     assert_eq!(cosystem_worker::host::caller(), None);

@@ -49,9 +49,11 @@ pub fn caller() -> Option<Caller> {
 }
 
 /// Names the authenticated caller of a gRPC session. Insert it into the
-/// `Session` request's extensions from an interceptor or a tower layer
-/// (after checking a token, a JWT or a client certificate); every call on
-/// that session then runs with it as [`Caller::principal`].
+/// `Session` request's extensions from the server's interceptor
+/// ([`GrpcServerBuilder::interceptor`](crate::transport::grpc::GrpcServerBuilder::interceptor))
+/// or a tower layer of the application's own server, after checking a
+/// token, a JWT or a client certificate; every call on that session then
+/// runs with it as [`Caller::principal`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal(pub Arc<str>);
 

@@ -226,3 +226,19 @@ impl cosystem_worker::transport::Connector for EndingLinks {
         async move { Ok(link) }.boxed()
     }
 }
+
+/// A module whose one method answers who called it.
+pub fn whoami_app() -> cosystem_worker::app::App {
+    use cosystem_worker::host::caller;
+    #[derive(Default, serde::Serialize, serde::Deserialize)]
+    struct Nothing {}
+    let whoami =
+        TypedModule::new("who", Nothing::default()).method("ami", |_: &mut Nothing, (): ()| {
+            let caller = caller().ok_or_else(|| MethodError::internal("no caller"))?;
+            Ok::<_, MethodError>(serde_json::json!({
+                "peer": &*caller.peer_id,
+                "principal": caller.principal.as_deref(),
+            }))
+        });
+    App::new().with(whoami)
+}

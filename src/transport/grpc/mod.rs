@@ -59,6 +59,12 @@ pub enum GrpcError {
     /// The token is empty or not sendable as a metadata value.
     #[error("the token must be non-empty visible ASCII without spaces")]
     InvalidToken,
+    /// [`GrpcServerBuilder::into_service`] was asked for with an
+    /// interceptor set, which only [`GrpcServer::serve`] applies.
+    #[error(
+        "into_service applies no interceptor: wrap the service in the application's own (InterceptedService)"
+    )]
+    InterceptorNotApplied,
     /// The URL is not a gRPC URL.
     #[error("invalid URL {0}")]
     InvalidUrl(String),

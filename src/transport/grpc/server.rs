@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::Stream;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -41,12 +42,17 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// its session closed (spec §17.2).
 pub const KEEPALIVE: Duration = Duration::from_secs(30);
 
+/// An application's check of each `Session` stream as it opens; see
+/// [`GrpcServerBuilder::interceptor`].
+type SessionInterceptor = Arc<dyn Fn(Request<()>) -> Result<Request<()>, Status> + Send + Sync>;
+
 /// Configures a [`GrpcServer`] for a host.
 pub struct GrpcServerBuilder {
     host: Host,
     token: Option<String>,
     tls: Option<(Vec<u8>, Vec<u8>)>,
     client_ca: Option<Vec<u8>>,
+    interceptor: Option<SessionInterceptor>,
 }
 
 impl GrpcServerBuilder {
@@ -56,6 +62,29 @@ impl GrpcServerBuilder {
     /// nothing beyond the public schema and whether the host is up.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Runs `check` on every `Session` stream's request as it opens, before
+    /// the session and before the [`token`](GrpcServerBuilder::token)
+    /// check: the application's own authentication, under everything else
+    /// [`GrpcServer::serve`] does. An `Err` refuses the stream with that
+    /// status before any state is sent (the reference client stops on
+    /// `UNAUTHENTICATED` and `PERMISSION_DENIED`, and retries others); the
+    /// host goes on serving everyone else. A
+    /// [`Principal`](crate::host::Principal) that `check` inserts into the
+    /// request's extensions becomes the session's, which methods read with
+    /// [`caller`](crate::host::caller). The request carries the client's
+    /// metadata, its address and, under mutual TLS
+    /// ([`GrpcServerBuilder::client_ca`]), its certificate chain
+    /// (`request.peer_certs()`), so `check` can name a principal from a
+    /// verified certificate. It runs once per stream, not per message; health
+    /// and reflection are not checked.
+    pub fn interceptor<F>(mut self, check: F) -> Self
+    where
+        F: Fn(Request<()>) -> Result<Request<()>, Status> + Send + Sync + 'static,
+    {
+        self.interceptor = Some(Arc::new(check));
         self
     }
 
@@ -89,14 +118,21 @@ impl GrpcServerBuilder {
     ///   shutdown does not wait on them, and bound that shutdown (a health
     ///   `Watch` never ends by itself; `serve` waits [`SHUTDOWN_GRACE`]).
     ///
-    /// Fails with [`GrpcError::InvalidToken`] for an unusable token, and
-    /// with [`GrpcError::Tls`] if [`GrpcServerBuilder::tls`] was set: TLS
-    /// belongs to the application's server.
+    /// Fails with [`GrpcError::InvalidToken`] for an unusable token, with
+    /// [`GrpcError::Tls`] if [`GrpcServerBuilder::tls`] was set (TLS
+    /// belongs to the application's server), and with
+    /// [`GrpcError::InterceptorNotApplied`] if
+    /// [`GrpcServerBuilder::interceptor`] was set: the application wraps
+    /// the service in its own (`InterceptedService`), and a check that
+    /// silently did not run would admit everyone.
     pub fn into_service(self) -> Result<HostServiceServer<SessionService>, GrpcError> {
         if self.tls.is_some() || self.client_ca.is_some() {
             return Err(GrpcError::Tls(
                 "into_service serves no TLS of its own: configure TLS on the tonic server".into(),
             ));
+        }
+        if self.interceptor.is_some() {
+            return Err(GrpcError::InterceptorNotApplied);
         }
         let token = checked_token(self.token)?;
         Ok(session_service(self.host, token))
@@ -106,9 +142,9 @@ impl GrpcServerBuilder {
     /// this PEM CA certificate (mutual TLS); a client without one cannot
     /// complete the handshake. Needs [`GrpcServerBuilder::tls`]. It says
     /// who may connect, not who each client is: sessions get no
-    /// [`Principal`](crate::host::Principal) from it (a layer reading
-    /// `request.peer_certs()` on a server of the application's own, see
-    /// [`GrpcServerBuilder::into_service`], can name one).
+    /// [`Principal`](crate::host::Principal) from it unless an
+    /// [`interceptor`](GrpcServerBuilder::interceptor) reads
+    /// `request.peer_certs()` and names one.
     pub fn client_ca(mut self, ca_pem: impl Into<Vec<u8>>) -> Self {
         self.client_ca = Some(ca_pem.into());
         self
@@ -151,6 +187,7 @@ impl GrpcServerBuilder {
             host: self.host,
             token,
             tls,
+            interceptor: self.interceptor,
             listener,
             local_addr,
         })
@@ -162,6 +199,7 @@ pub struct GrpcServer {
     host: Host,
     token: Option<Arc<[u8]>>,
     tls: Option<ServerTlsConfig>,
+    interceptor: Option<SessionInterceptor>,
     listener: TcpListener,
     local_addr: SocketAddr,
 }
@@ -174,6 +212,7 @@ impl GrpcServer {
             token: None,
             tls: None,
             client_ca: None,
+            interceptor: None,
         }
     }
 
@@ -196,7 +235,14 @@ impl GrpcServer {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), GrpcError> {
-        let service = session_service(self.host.clone(), self.token);
+        let interceptor = self.interceptor;
+        let service = InterceptedService::new(
+            session_service(self.host.clone(), self.token),
+            move |request: Request<()>| match &interceptor {
+                Some(check) => refused_logged(check(request)),
+                None => Ok(request),
+            },
+        );
 
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter
@@ -268,6 +314,14 @@ impl GrpcServer {
         };
         ended.map_err(|e| GrpcError::Serve(super::error_chain(&e)))
     }
+}
+
+/// Logs a stream the application's interceptor refused, as a refused token
+/// is logged.
+fn refused_logged(checked: Result<Request<()>, Status>) -> Result<Request<()>, Status> {
+    checked.inspect_err(|status| {
+        tracing::warn!(code = ?status.code(), reason = status.message(), "client refused by the interceptor");
+    })
 }
 
 /// A token fit to be sent as metadata, as the server compares it.
