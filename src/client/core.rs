@@ -746,7 +746,7 @@ impl ClientCore {
             self.settle_local(
                 id,
                 ErrorCode::OutcomeUnknown,
-                "the host restarted (new epoch) while the call was in flight",
+                "the host restarted (new epoch) after the call was made; whether it ran is unknown",
             );
         }
         for pending in self.pending.values_mut() {
