@@ -521,9 +521,9 @@ fn patch_before_any_snapshot_is_dropped_silently_while_the_initial_sync_is_outst
 }
 
 #[test]
-fn patch_before_any_snapshot_reports_missing_snapshot_and_requests_snapshot() {
+fn patch_before_any_snapshot_reports_missing_snapshot_and_asks_for_a_snapshot_on_reconnect() {
     // EMPTY with no request outstanding: the only way there is a connection
-    // loss before the initial sync was answered.
+    // loss before the initial sync was answered (P1).
     let mut c = new_client();
     sent(&mut c);
     c.connection_lost();
@@ -534,9 +534,17 @@ fn patch_before_any_snapshot_reports_missing_snapshot_and_requests_snapshot() {
         conflicts(&evs),
         vec![(ConflictReason::MissingSnapshot, None, 2)]
     );
+    assert!(
+        sent(&mut c).is_empty(),
+        "nothing is sent while disconnected"
+    );
+    assert!(c.is_syncing(), "the queued request covers later patches");
+    c.reconnected(at(0));
     let request = only_sync(&sent(&mut c));
-    assert_eq!(request.have_version, 0);
-    assert_eq!(reason(&request), SyncReason::MissingSnapshot);
+    assert_eq!(
+        (reason(&request), request.have_version),
+        (SyncReason::Reconnect, 0)
+    );
     assert!(!c.is_ready());
 }
 
@@ -1209,17 +1217,24 @@ fn duplicate_result_is_an_unexpected_result_notice() {
 }
 
 #[test]
-fn call_settled_by_a_result_before_it_was_sent_is_never_sent() {
-    // No host can answer a call it never received, but whatever settles a
-    // call, a settled call must not be sent afterwards.
+fn a_result_for_a_call_not_yet_sent_is_unexpected_and_the_call_is_still_sent() {
+    // No host can answer a call it never received (R1): such a result is
+    // forged, and must neither settle the call nor keep it from being sent.
     let mut c = synced(3, 3);
     let id = c.call("counter", "increase", &[json!(1)], None).unwrap();
+    c.handle_message(at(0), ok_result(E1, id, 3, json!("forged")));
+    assert_eq!(
+        events(&mut c),
+        vec![ClientEvent::Notice(Notice::UnexpectedResult {
+            call_id: id.0
+        })]
+    );
+    assert_eq!(sent_calls(&sent(&mut c)).len(), 1, "the call is still sent");
     c.handle_message(at(0), ok_result(E1, id, 3, json!(4)));
     assert_eq!(
         settlements(&events(&mut c)),
         vec![(id, Ok(json!(4)), Some(3))]
     );
-    assert!(sent_calls(&sent(&mut c)).is_empty());
 }
 
 #[test]
@@ -1538,6 +1553,33 @@ fn connection_lost_drops_an_unsent_sync_request_and_stops_retrying() {
     assert_eq!(c.poll_timeout(), None);
     c.handle_timeout(at(10_000));
     assert!(sent(&mut c).is_empty());
+}
+
+#[test]
+fn a_gap_seen_while_disconnected_runs_no_retry_timer_and_reconnecting_asks_once() {
+    // A buffered envelope can arrive after the link broke (L5: the retry
+    // runs only while connected; L7 asks afresh).
+    let mut c = synced(3, 3);
+    c.connection_lost();
+    c.handle_message(at(0), patch(E1, 5, 6, set_count(6)));
+    assert_eq!(
+        conflicts(&events(&mut c)),
+        vec![(ConflictReason::VersionGap, Some(3), 6)]
+    );
+    assert_eq!(c.poll_timeout(), None, "no retry is due while disconnected");
+    c.handle_timeout(at(10_000));
+    assert!(sent(&mut c).is_empty());
+    c.reconnected(at(10_000));
+    let request = only_sync(&sent(&mut c));
+    assert_eq!(
+        (reason(&request), request.have_version),
+        (SyncReason::Reconnect, 3)
+    );
+    assert_eq!(
+        c.poll_timeout(),
+        Some(at(12_000)),
+        "retried from the reconnect on"
+    );
 }
 
 // ---- envelope pre-checks -------------------------------------------------

@@ -80,6 +80,7 @@ fn applying_across_a_gap_fails_exactly_the_gap_cases() {
             "client-bookmark-ahead-reveals-gap",
             "client-failed-patch-reported-while-syncing",
             "client-gap-reports-version-gap-and-resumes",
+            "client-gap-while-disconnected-waits-for-reconnect",
             "client-gap-while-syncing-is-dropped",
             "client-huge-versions",
             "client-old-patch-while-syncing-is-dropped",

@@ -845,7 +845,14 @@ impl ClientCore {
 
     fn on_result(&mut self, now: Instant, epoch: String, result: CallResult) {
         let call_id = result.call_id;
-        let Some(pending) = self.pending.get_mut(&call_id).filter(|p| p.held.is_none()) else {
+        // R1: a call not sent yet cannot have been answered by a conforming
+        // host; on a shared channel such a result is forged, and taking it
+        // would settle the call and withdraw it unsent.
+        let Some(pending) = self
+            .pending
+            .get_mut(&call_id)
+            .filter(|p| p.transmitted && p.held.is_none())
+        else {
             return self.notice(Notice::UnexpectedResult { call_id });
         };
         if pending.epoch.as_deref().is_some_and(|e| e != epoch) {
@@ -933,25 +940,31 @@ impl ClientCore {
     }
 
     /// Fires whatever is due at `now`: call deadlines (settled
-    /// `deadline-exceeded`) and unanswered sync requests (sent again).
+    /// `deadline-exceeded`, earliest deadline first) and, while
+    /// connected, an unanswered sync request (sent again).
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.disposed {
             return;
         }
-        let expired: Vec<u64> = self
+        // L4: in deadline order, as timers of their own would fire; equal
+        // deadlines in call order (the map's order, kept by a stable sort).
+        let mut expired: Vec<(Instant, u64)> = self
             .pending
             .iter()
-            .filter(|(_, p)| p.deadline.is_some_and(|d| d <= now))
-            .map(|(id, _)| *id)
+            .filter_map(|(id, p)| p.deadline.filter(|d| *d <= now).map(|d| (d, *id)))
             .collect();
-        for id in expired {
+        expired.sort_by_key(|(deadline, _)| *deadline);
+        for (_, id) in expired {
             self.settle_local(
                 id,
                 ErrorCode::DeadlineExceeded,
                 "the call's deadline passed before it settled",
             );
         }
-        if let Some(s) = &self.sync
+        // L5 retries only while connected: a request made while the link is
+        // down is never sent, and L7 asks afresh on reconnecting.
+        if self.connected
+            && let Some(s) = &self.sync
             && s.deadline <= now
         {
             // Resume from where the mirror is now: applicable patches may
@@ -968,12 +981,21 @@ impl ClientCore {
     /// When [`ClientCore::handle_timeout`] next needs calling, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let calls = self.pending.values().filter_map(|p| p.deadline);
-        let sync = self.sync.as_ref().map(|s| s.deadline);
+        let sync = self
+            .sync
+            .as_ref()
+            .filter(|_| self.connected)
+            .map(|s| s.deadline);
         calls.chain(sync).min()
     }
 
-    /// The next message to send to the host, if any.
+    /// The next message to send to the host, if any: none between
+    /// [`ClientCore::connection_lost`] and [`ClientCore::reconnected`]
+    /// (L6), whatever is queued meanwhile.
     pub fn poll_transmit(&mut self) -> Option<ClientMessage> {
+        if !self.connected {
+            return None;
+        }
         let mut message = self.outbox.pop_front()?;
         if let Some(client_message::Kind::Call(call)) = &message.kind
             && let Some(p) = self.pending.get_mut(&call.call_id)

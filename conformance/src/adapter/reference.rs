@@ -10,7 +10,7 @@
 //! given or what it sends, so the core itself stays correct and each
 //! breakage models exactly one wrong behaviour.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use cosystem_worker::app::MethodError;
@@ -75,6 +75,9 @@ pub struct ReferenceClient {
     connected: bool,
     labels: BTreeMap<u64, String>,
     ids: BTreeMap<String, CallId>,
+    /// Labels of calls the client refused at once: cancelling one does
+    /// nothing, as cancelling any settled call (§6.2).
+    refused: BTreeSet<String>,
     syncs_sent: usize,
 }
 
@@ -96,6 +99,7 @@ impl ReferenceClient {
             connected: true,
             labels: BTreeMap::new(),
             ids: BTreeMap::new(),
+            refused: BTreeSet::new(),
             syncs_sent: 0,
         }
     }
@@ -170,9 +174,12 @@ impl ReferenceClient {
                         self.ids.insert(call.clone(), id);
                         reply.call_id = Some(id.0);
                     }
-                    Err(e) => reply
-                        .events
-                        .push(settled(call.clone(), Err(e.into()), None)),
+                    Err(e) => {
+                        self.refused.insert(call.clone());
+                        reply
+                            .events
+                            .push(settled(call.clone(), Err(e.into()), None));
+                    }
                 }
                 Ok(())
             }
@@ -181,6 +188,7 @@ impl ReferenceClient {
                     core.cancel(*id);
                     Ok(())
                 }
+                None if self.refused.contains(call) => Ok(()),
                 None => Err(format!("no call labelled {call:?}")),
             },
             Command::Advance(ms) => {
