@@ -239,7 +239,7 @@ impl GrpcServer {
         let service = InterceptedService::new(
             session_service(self.host.clone(), self.token),
             move |request: Request<()>| match &interceptor {
-                Some(check) => refused_logged(check(request)),
+                Some(check) => checked_logged(check, request),
                 None => Ok(request),
             },
         );
@@ -316,11 +316,14 @@ impl GrpcServer {
     }
 }
 
-/// Logs a stream the application's interceptor refused, as a refused token
-/// is logged.
-fn refused_logged(checked: Result<Request<()>, Status>) -> Result<Request<()>, Status> {
-    checked.inspect_err(|status| {
-        tracing::warn!(code = ?status.code(), reason = status.message(), "client refused by the interceptor");
+/// Runs the application's check, logging a refusal as a refused token is
+/// logged: with the peer's address and the status.
+fn checked_logged(check: &SessionInterceptor, request: Request<()>) -> Result<Request<()>, Status> {
+    let peer = request
+        .remote_addr()
+        .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+    check(request).inspect_err(|status| {
+        tracing::warn!(%peer, code = ?status.code(), reason = status.message(), "client refused by the interceptor");
     })
 }
 
