@@ -3,6 +3,7 @@
 //!
 //! ```sh
 //! cargo run --example own_modules                         # its own gRPC server
+//! cargo run --example own_modules -- --listen 0.0.0.0:7000 # another address
 //! cargo run --example own_modules -- --embedded           # on the app's tonic server
 //! APP_TOKEN=s3cr3t cargo run --example own_modules        # clients must send the token
 //! cargo run -- client --connect 127.0.0.1:50061 call tasks add '"write the spec"'
@@ -10,14 +11,19 @@
 //! cargo run -- client --connect 127.0.0.1:50061 --token-file token.txt state
 //! ```
 //!
-//! Stops on Ctrl-C; logs through `RUST_LOG` (e.g. `RUST_LOG=cosystem_worker=debug`
-//! for one line per call answered).
+//! Stops on Ctrl-C or SIGTERM; logs to stderr through `RUST_LOG` (e.g.
+//! `RUST_LOG=cosystem_worker=debug` for one line per call answered).
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
+
+use clap::Parser;
 
 use cosystem_worker::app::{App, JsonModule, MethodError, TypedModule};
 use cosystem_worker::host::{Host, SyncMode};
-use cosystem_worker::transport::grpc::{GrpcServer, KEEPALIVE, SERVICE_NAME, SHUTDOWN_GRACE};
+use cosystem_worker::transport::grpc::{
+    GrpcServer, KEEPALIVE, MAX_STREAMS_PER_CONNECTION, SERVICE_NAME, SHUTDOWN_GRACE,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tonic::transport::Server;
@@ -64,26 +70,54 @@ fn app() -> App {
 }
 
 /// Resolves on Ctrl-C.
+/// Resolves on Ctrl-C or, on Unix, SIGTERM (what service managers send).
 async fn interrupted() {
-    let _ = tokio::signal::ctrl_c().await;
-    tracing::info!("interrupted; shutting down");
+    #[cfg(unix)]
+    let terminated = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => term.recv().await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminated = std::future::pending::<Option<()>>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminated => {}
+    }
+    tracing::info!("stopping");
+}
+
+/// A host of the application's own modules over gRPC.
+#[derive(Parser)]
+struct Args {
+    /// The address to serve on.
+    #[arg(long, default_value = "127.0.0.1:50061")]
+    listen: SocketAddr,
+    /// Serve the host's service on the application's own tonic server.
+    #[arg(long)]
+    embedded: bool,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let addr: SocketAddr = "127.0.0.1:50061".parse()?;
+    let addr = args.listen;
     let host = Host::builder(app()).sync(SyncMode::Patch).build();
     let mut server = GrpcServer::builder(host.clone());
     if let Ok(token) = std::env::var("APP_TOKEN") {
         server = server.token(token);
     }
 
-    if !std::env::args().any(|a| a == "--embedded") {
+    if !args.embedded {
         // The host's own server, with health and reflection; it shuts the
         // host down when it stops.
         let server = server.bind(addr).await?;
@@ -93,7 +127,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // Beside the application's own services, on its own server, which then
-    // does what `serve` does: keepalive pings, TCP_NODELAY, health for the
+    // does what `serve` does: keepalive pings, a bound on streams per
+    // connection, TCP_NODELAY, health for the
     // host's service, and at the stop NOT_SERVING, the host's shutdown and
     // a bounded wait for streams that never end (health watches).
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -121,6 +156,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let serving = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE))
         .http2_keepalive_timeout(Some(KEEPALIVE))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(health)
         .add_service(server.into_service()?)
         .serve_with_incoming_shutdown(

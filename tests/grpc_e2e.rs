@@ -362,3 +362,34 @@ fn a_client_ca_without_tls_is_refused() {
         Err(cosystem_worker::transport::grpc::GrpcError::Tls(_))
     ));
 }
+
+#[tokio::test]
+async fn one_connection_may_hold_only_a_bounded_number_of_streams() {
+    use cosystem_worker::transport::grpc::MAX_STREAMS_PER_CONNECTION;
+    // Without a bound, a client needing no token (health is open) could
+    // open streams on one connection without end.
+    let server = start(&demo_host(SyncMode::Patch)).await;
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let check = http::Request::builder()
+        .method("POST")
+        .uri(format!("{}/grpc.health.v1.Health/Check", server.url()))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut body) = client.send_request(check, false).unwrap();
+    // One empty HealthCheckRequest: uncompressed, zero bytes long.
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .unwrap();
+    // The server's SETTINGS come before any response on the connection.
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        client.current_max_send_streams(),
+        MAX_STREAMS_PER_CONNECTION as usize
+    );
+    server.stop().await;
+}

@@ -34,8 +34,8 @@ mod server;
 pub use auth::constant_time_eq;
 pub use client::GrpcConnector;
 pub use server::{
-    GrpcServer, GrpcServerBuilder, HostServiceServer, KEEPALIVE, SERVICE_NAME, SHUTDOWN_GRACE,
-    SessionService,
+    GrpcServer, GrpcServerBuilder, HostServiceServer, KEEPALIVE, MAX_STREAMS_PER_CONNECTION,
+    SERVICE_NAME, SHUTDOWN_GRACE, SessionService,
 };
 
 /// Why a gRPC server or connector could not be set up or run.

@@ -37,6 +37,12 @@ pub const SERVICE_NAME: &str = generated::host_service_server::SERVICE_NAME;
 /// How long a stopping server waits for its connections to close.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// How many streams one HTTP/2 connection may hold open at once. A client
+/// needs one `Session` stream per connection; without a limit, anyone who
+/// can connect (no token is needed for health) could open streams without
+/// end and grow the host's memory with each.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 200;
+
 /// How often an idle HTTP/2 connection is pinged, and how long a ping may
 /// go unanswered, so that a vanished client (no FIN, no RST) is noticed and
 /// its session closed (spec §17.2).
@@ -109,6 +115,8 @@ impl GrpcServerBuilder {
     /// - ping idle connections (`http2_keepalive_interval` and
     ///   `http2_keepalive_timeout` of [`KEEPALIVE`]), or a client that
     ///   vanishes without a FIN holds its session and a client slot for ever;
+    /// - bound the streams of one connection (`max_concurrent_streams` of
+    ///   [`MAX_STREAMS_PER_CONNECTION`]): tonic sets no limit by default;
     /// - set `TCP_NODELAY` on accepted sockets, or small answers may wait
     ///   for a delayed ACK;
     /// - report health for `""` and [`SERVICE_NAME`], and `NOT_SERVING`
@@ -266,7 +274,8 @@ impl GrpcServer {
 
         let mut server = Server::builder()
             .http2_keepalive_interval(Some(KEEPALIVE))
-            .http2_keepalive_timeout(Some(KEEPALIVE));
+            .http2_keepalive_timeout(Some(KEEPALIVE))
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION));
         if let Some(tls) = self.tls {
             server = server
                 .tls_config(tls)
