@@ -657,11 +657,15 @@ impl HostCore {
             _ => None,
         };
         // One line per call at debug level (off by default: a level check).
+        // What the client wrote is logged escaped (`?`): a newline in it must
+        // not forge a line of its own. `session` is the transport's name for
+        // the session (a gRPC client's address), `peer` the id it claims.
         tracing::debug!(
-            peer = %header.source,
+            session = %self.peers.get(&peer).map_or("", |p| p.options.peer_id.as_str()),
+            peer = ?header.source,
             call_id = call.call_id,
-            module = %call.module,
-            method = %call.method,
+            module = ?call.module,
+            method = ?call.method,
             outcome = error.map_or("ok", ErrorCode::kebab_name),
             version = gate,
             "call answered"

@@ -100,7 +100,7 @@ impl Shared {
                     method,
                     message,
                 } => {
-                    tracing::warn!(%module, %method, %message, "method panicked; call answered internal")
+                    tracing::warn!(%module, %method, message = ?message, "method panicked; call answered internal")
                 }
                 _ => {}
             }

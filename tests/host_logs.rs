@@ -1,0 +1,90 @@
+//! What the host logs: `HostBuilder::build`'s warning about a published
+//! section that names no module of the app (a typo that would otherwise
+//! publish nothing, silently), and the per-call line, which quotes what a
+//! client wrote without letting it forge lines.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use cosystem_worker::demo;
+use cosystem_worker::host::{Host, HostConfig, HostCore, PeerOptions};
+use cosystem_worker::wire::{Call, ClientMessage, Header, client_message};
+
+/// Collects everything the subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What `run` logs at debug level and above.
+fn log_of(run: impl FnOnce()) -> String {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .finish();
+    tracing::subscriber::with_default(subscriber, run);
+    let bytes = captured.0.lock().unwrap().clone();
+    String::from_utf8(bytes).unwrap()
+}
+
+/// The log lines written while `sections` are given to a demo host.
+fn log_of_build(sections: &[&str]) -> String {
+    log_of(|| {
+        drop(
+            Host::builder(demo::app("s"))
+                .sections(sections.to_vec())
+                .build(),
+        );
+    })
+}
+
+#[test]
+fn a_section_that_names_no_module_is_warned_about() {
+    let log = log_of_build(&["counter", "countr"]);
+    assert!(log.contains("WARN"), "{log}");
+    assert!(log.contains("names no module"), "{log}");
+    assert!(log.contains("countr"), "{log}");
+    assert_eq!(log.lines().count(), 1, "{log}");
+}
+
+#[test]
+fn sections_that_all_name_modules_are_not_warned_about() {
+    assert_eq!(log_of_build(&["counter", "todos"]), "");
+}
+
+#[test]
+fn a_call_s_log_line_escapes_what_the_client_wrote() {
+    let mut host = HostCore::new(HostConfig::default(), demo::app("s"), "e1");
+    let session = host
+        .connect(PeerOptions {
+            peer_id: "10.0.0.7:5000".into(),
+            publications: true,
+        })
+        .unwrap();
+    let forged = "\nWARN client refused: unauthenticated peer=10.0.0.1:1";
+    let call = ClientMessage {
+        header: Some(Header::v1("", &format!("c1{forged}"), "")),
+        kind: Some(client_message::Kind::Call(Call {
+            call_id: 1,
+            module: format!("counter{forged}"),
+            method: "increase".into(),
+            args_json: "[1]".into(),
+        })),
+    };
+    let log = log_of(|| host.handle_message(session, call).unwrap());
+    assert_eq!(log.lines().count(), 1, "one line per call: {log}");
+    assert!(log.contains("call answered"), "{log}");
+    assert!(log.contains(r"\nWARN client refused"), "escaped: {log}");
+    assert!(log.contains("session=10.0.0.7:5000"), "{log}");
+}
