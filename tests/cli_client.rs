@@ -385,3 +385,57 @@ async fn watch_prints_one_line_per_version_with_the_pointed_value() {
     assert_eq!(next().await, json!({"version": start + 3, "value": -3}));
     child.kill().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_exits_refused_when_a_restarted_host_no_longer_accepts_its_token() {
+    let dir = std::env::temp_dir().join(format!("cosystem-watch-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "first-token").unwrap();
+    let (addr, stop) = start(GrpcServer::builder(demo_host()).token("first-token")).await;
+    let url = format!("http://{addr}");
+    let mut child = Command::new(BIN)
+        .args(["client", "--connect", &url, "--token-file"])
+        .arg(&token_file)
+        .args(["watch", "/counter/count"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await;
+    assert!(matches!(first, Ok(Ok(Some(_)))), "watch printed nothing");
+
+    // The same address, now with another token (its credentials rotated).
+    let _ = stop.send(());
+    let restarted = loop {
+        match GrpcServer::builder(demo_host())
+            .token("second-token")
+            .bind(addr)
+            .await
+        {
+            Ok(server) => break server,
+            // The stopped server may not have released the port yet.
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let (_stop_restarted, stopped) = oneshot::channel::<()>();
+    tokio::spawn(restarted.serve(async move {
+        let _ = stopped.await;
+    }));
+
+    // A hang guard, not a speed check.
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("watch kept running after its token was refused")
+        .unwrap();
+    assert_eq!(status.code(), Some(3));
+    let mut stderr_text = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr_text)
+        .await
+        .unwrap();
+    assert!(stderr_text.contains("permission-denied"), "{stderr_text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

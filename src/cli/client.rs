@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use cosystem_worker::client::{CallOptions, Client, ClientConfig, ClientEvent};
+use cosystem_worker::app::MethodError;
+use cosystem_worker::client::{CallOptions, Client, ClientConfig, ClientEvent, Connection};
 use cosystem_worker::transport::framed::{SpawnConnector, TcpConnector, UnixConnector};
 use cosystem_worker::transport::grpc::GrpcConnector;
 use cosystem_worker::transport::{ClientLink, Connector, TransportError};
@@ -323,9 +324,20 @@ async fn watch(
     print_current(&mut last)?;
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
+    // A client that stops for good (the host now refuses its token) sends
+    // no more events; without watching for it, `watch` would wait for ever.
+    let mut connection = client.connection_changes();
     loop {
         tokio::select! {
             _ = &mut interrupted => return Ok(()),
+            _ = connection.changed() => {
+                if let Connection::Stopped { error: Some(error) } = &*connection.borrow() {
+                    return Err(CliError::Refused(MethodError::new(
+                        error.stop_code(),
+                        error.to_string(),
+                    )));
+                }
+            }
             event = events.recv() => match event {
                 Ok(ClientEvent::StateChanged { .. } | ClientEvent::Ready { .. })
                 | Err(RecvError::Lagged(_)) => print_current(&mut last)?,

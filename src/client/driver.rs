@@ -588,12 +588,8 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
 /// and later calls.
 fn give_up(shared: &Shared, error: &TransportError) {
     tracing::debug!(%error, "transport failed for good; not reconnecting");
-    let code = match error {
-        TransportError::Unauthenticated(_) => ErrorCode::PermissionDenied,
-        _ => ErrorCode::Unavailable,
-    };
     *shared.terminal.lock().unwrap_or_else(|e| e.into_inner()) =
-        Some(MethodError::new(code, error.to_string()));
+        Some(MethodError::new(error.stop_code(), error.to_string()));
     shared.set_connection(Connection::Stopped {
         error: Some(error.clone()),
     });

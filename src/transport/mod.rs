@@ -117,6 +117,16 @@ impl TransportError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Connection(_))
     }
+
+    /// The code a client's calls settle with when this error stops it for
+    /// good: `permission-denied` for refused credentials, `unavailable`
+    /// otherwise.
+    pub fn stop_code(&self) -> crate::wire::ErrorCode {
+        match self {
+            Self::Unauthenticated(_) => crate::wire::ErrorCode::PermissionDenied,
+            _ => crate::wire::ErrorCode::Unavailable,
+        }
+    }
 }
 
 /// A boxed sink of `T`.
