@@ -74,7 +74,7 @@ fn a_call_s_log_line_escapes_what_the_client_wrote() {
         .unwrap();
     let forged = "\nWARN client refused: unauthenticated peer=10.0.0.1:1";
     let call = ClientMessage {
-        header: Some(Header::v1("", &format!("c1{forged}"), "")),
+        header: Some(Header::v1("", format!("c1{forged}"), "")),
         kind: Some(client_message::Kind::Call(Call {
             call_id: 1,
             module: format!("counter{forged}"),
