@@ -396,7 +396,7 @@ pub const CASES: &[HostCaseDef] = &[
         name: "grpc-view-too-large-for-a-snapshot-is-refused",
         tier: Recommended,
         spec: &["§15"],
-        description: "A call whose commit would make the published view too large to send as one Snapshot is answered RESOURCE_EXHAUSTED and commits nothing (skipped when the host's message limit is over 6 MiB).",
+        description: "A call whose commit would make the published view too large to send as one Snapshot is answered RESOURCE_EXHAUSTED and commits nothing (the runner adds 512 KiB texts until one is refused, and skips the case when twelve are taken: a host whose message limit is over about 6 MiB).",
         procedure: &[
             "Attach stream A (version v).",
             "A calls `todos.add(t)` with a 512 KiB text t, again and again, until a call is refused or 12 have succeeded.",

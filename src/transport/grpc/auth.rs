@@ -21,11 +21,17 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Every failure is `UNAUTHENTICATED`, with a message that never echoes the
 /// presented token.
 pub fn check_bearer(metadata: &MetadataMap, expected: &[u8]) -> Result<(), Status> {
-    let Some(value) = metadata.get(AUTHORIZATION) else {
+    let mut values = metadata.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
         return Err(Status::unauthenticated(
             "missing authorization metadata (expected \"Bearer <token>\")",
         ));
     };
+    // Two credentials are ambiguous: which one a proxy or a later check
+    // reads is not this check's to guess (spec §17.2).
+    if values.next().is_some() {
+        return Err(Status::unauthenticated("more than one authorization entry"));
+    }
     let bytes = value.as_bytes();
     let Some(token) = strip_bearer(bytes) else {
         return Err(Status::unauthenticated(
@@ -79,6 +85,17 @@ mod tests {
         assert_eq!(strip_bearer(b"bearer t0k"), Some(&b"t0k"[..]));
         assert_eq!(strip_bearer(b"Basic t0k"), None);
         assert_eq!(strip_bearer(b"t0k"), None);
+    }
+
+    #[test]
+    fn a_request_with_two_authorization_entries_is_refused_even_if_one_is_right() {
+        let mut metadata = MetadataMap::new();
+        metadata.append(AUTHORIZATION, "Bearer right".parse().unwrap());
+        assert!(check_bearer(&metadata, b"right").is_ok());
+        metadata.append(AUTHORIZATION, "Bearer wrong".parse().unwrap());
+        let refused = check_bearer(&metadata, b"right").unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        assert!(refused.message().contains("more than one"));
     }
 
     #[test]
