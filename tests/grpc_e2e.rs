@@ -393,3 +393,31 @@ async fn one_connection_may_hold_only_a_bounded_number_of_streams() {
     );
     server.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_never_starts_its_handshake_is_closed() {
+    use cosystem_worker::transport::grpc::HANDSHAKE_TIMEOUT;
+    use tokio::io::AsyncReadExt;
+    // HTTP/2 pings start only after the handshake: without a deadline, a
+    // silent connection would hold a descriptor for ever.
+    let server = start(&demo_host(SyncMode::Patch)).await;
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    // The clock is paused: the guard is virtual time, three deadlines long.
+    let read = tokio::time::timeout(HANDSHAKE_TIMEOUT * 3, async {
+        loop {
+            match silent.read(&mut buf).await {
+                // The server may write its own preface first.
+                Ok(n) if n > 0 => continue,
+                ended => return ended,
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the silent connection was still open");
+    // A client that does speak is served as ever.
+    let client = client(&server.url());
+    client.ready().await.unwrap();
+    client.dispose();
+    server.stop().await;
+}

@@ -29,10 +29,12 @@
 mod auth;
 mod client;
 pub mod codec;
+mod incoming;
 mod server;
 
 pub use auth::constant_time_eq;
 pub use client::GrpcConnector;
+pub use incoming::{ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN, HANDSHAKE_TIMEOUT};
 pub use server::{
     GrpcServer, GrpcServerBuilder, HostServiceServer, KEEPALIVE, MAX_STREAMS_PER_CONNECTION,
     SERVICE_NAME, SHUTDOWN_GRACE, SessionService,

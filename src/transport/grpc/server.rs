@@ -11,13 +11,13 @@ use futures::Stream;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_health::ServingStatus;
 
 use super::GrpcError;
 use super::auth::{check_bearer, is_valid_token};
+use super::incoming::Incoming;
 use crate::host::{Host, InputError, PeerOptions, Principal, Session};
 use crate::wire::{ClientMessage, FILE_DESCRIPTOR_SET, HostFrame};
 
@@ -119,6 +119,10 @@ impl GrpcServerBuilder {
     ///   [`MAX_STREAMS_PER_CONNECTION`]): tonic sets no limit by default;
     /// - set `TCP_NODELAY` on accepted sockets, or small answers may wait
     ///   for a delayed ACK;
+    /// - back off when accepting fails (out of file descriptors) and close
+    ///   connections that send nothing ([`HANDSHAKE_TIMEOUT`](super::HANDSHAKE_TIMEOUT)): tonic's
+    ///   `TcpIncoming` retries a failed accept at once and waits for a
+    ///   silent connection for ever;
     /// - report health for `""` and [`SERVICE_NAME`], and `NOT_SERVING`
     ///   when stopping;
     /// - call [`Host::shutdown`] when its server stops, so that every
@@ -294,7 +298,7 @@ impl GrpcServer {
                 .await;
             host.shutdown();
         };
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let incoming = Incoming::new(self.listener);
         let serving = server
             .add_service(health)
             .add_service(reflection)

@@ -1,0 +1,177 @@
+//! The gRPC server's accepted connections: what tonic's own `TcpIncoming`
+//! does (TCP_NODELAY), plus two defences it lacks.
+//!
+//! - **Accept errors back off.** When the process runs out of file
+//!   descriptors, `accept` fails at once every time it is retried; tonic
+//!   retries immediately and logs at trace, so the host would spin a core
+//!   silently. Here a failure is logged as a warning and the next accept
+//!   waits, from [`ACCEPT_BACKOFF_MIN`] doubling to [`ACCEPT_BACKOFF_MAX`].
+//! - **A connection must start talking.** HTTP/2 keepalive pings only begin
+//!   once the connection's handshake is done, so a peer that connects and
+//!   sends nothing would hold a descriptor for ever, and enough of them
+//!   starve the server. A connection that has not sent the HTTP/2 preface's
+//!   24 bytes (or, under TLS, as many bytes of its handshake) within
+//!   [`HANDSHAKE_TIMEOUT`] is closed.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Sleep, sleep};
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// How long a new connection may take to send its first 24 bytes.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The first wait after a failed accept.
+pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+
+/// The longest wait between failed accepts.
+pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The length of the HTTP/2 client connection preface (RFC 9113 §3.4).
+const PREFACE_BYTES: usize = 24;
+
+/// Connections accepted from a listener, for `serve_with_incoming`.
+pub(super) struct Incoming {
+    listener: TcpListener,
+    backoff: Option<Pin<Box<Sleep>>>,
+    next_delay: Duration,
+}
+
+impl Incoming {
+    pub(super) fn new(listener: TcpListener) -> Self {
+        Self {
+            listener,
+            backoff: None,
+            next_delay: ACCEPT_BACKOFF_MIN,
+        }
+    }
+}
+
+impl Stream for Incoming {
+    type Item = Result<Deadlined, io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(wait) = self.backoff.as_mut() {
+                ready!(wait.as_mut().poll(cx));
+                self.backoff = None;
+            }
+            match ready!(self.listener.poll_accept(cx)) {
+                Ok((stream, _)) => {
+                    self.next_delay = ACCEPT_BACKOFF_MIN;
+                    // Small answers must not wait for a delayed ACK.
+                    let _ = stream.set_nodelay(true);
+                    return Poll::Ready(Some(Ok(Deadlined::new(stream))));
+                }
+                // Never yielded to tonic, which would retry at once.
+                Err(error) => {
+                    let delay = self.next_delay;
+                    tracing::warn!(%error, retry_in = ?delay, "accepting a connection failed");
+                    self.backoff = Some(Box::pin(sleep(delay)));
+                    self.next_delay = (delay * 2).min(ACCEPT_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+}
+
+/// An accepted connection that fails its reads if its first
+/// [`PREFACE_BYTES`] do not arrive within [`HANDSHAKE_TIMEOUT`].
+pub(super) struct Deadlined {
+    stream: TcpStream,
+    /// Until the preface's length has been read.
+    deadline: Option<Pin<Box<Sleep>>>,
+    read: usize,
+}
+
+impl Deadlined {
+    fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            deadline: Some(Box::pin(sleep(HANDSHAKE_TIMEOUT))),
+            read: 0,
+        }
+    }
+}
+
+impl AsyncRead for Deadlined {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                this.read += buf.filled().len() - before;
+                if this.read >= PREFACE_BYTES {
+                    this.deadline = None;
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                let expired = this
+                    .deadline
+                    .as_mut()
+                    .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+                if !expired {
+                    return Poll::Pending;
+                }
+                tracing::debug!(
+                    peer = ?this.stream.peer_addr().ok(),
+                    "closing a connection that did not start its handshake in time"
+                );
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the connection did not start its handshake in time",
+                )))
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Deadlined {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl Connected for Deadlined {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
