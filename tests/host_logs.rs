@@ -88,3 +88,67 @@ fn a_call_s_log_line_escapes_what_the_client_wrote() {
     assert!(log.contains(r"\nWARN client refused"), "escaped: {log}");
     assert!(log.contains("session=10.0.0.7:5000"), "{log}");
 }
+
+#[tokio::test]
+async fn a_grpc_session_ended_by_the_host_is_logged_with_its_reason() {
+    use cosystem_worker::transport::grpc::GrpcServer;
+    use cosystem_worker::wire::host_service_client::HostServiceClient;
+    use cosystem_worker::wire::{SyncRequest, client_message::Kind};
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    // A current-thread test: the server's tasks log on this thread.
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let host = Host::builder(demo::app("s")).build();
+    let server = GrpcServer::builder(host.clone())
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let url = format!("http://{}", server.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+
+    // One envelope over the host's 4 MiB limit ends the session.
+    let mut raw = HostServiceClient::connect(url)
+        .await
+        .unwrap()
+        .max_encoding_message_size(usize::MAX);
+    let oversized = ClientMessage {
+        header: Some(Header::v1("", "x".repeat(5 << 20), "")),
+        kind: Some(Kind::SyncRequest(SyncRequest::default())),
+    };
+    let mut answers = raw
+        .session(futures::stream::iter([oversized]))
+        .await
+        .unwrap()
+        .into_inner();
+    let ended = loop {
+        match answers.message().await {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    assert!(ended.is_err(), "the session ended without a status");
+    drop(answers);
+    while host.session_count() > 0 {
+        tokio::task::yield_now().await;
+    }
+    let _ = stop.send(());
+    serving.await.unwrap().unwrap();
+
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let disconnect = log
+        .lines()
+        .find(|l| l.contains("client disconnected"))
+        .unwrap_or_else(|| panic!("no disconnect line: {log}"));
+    assert!(
+        disconnect.contains("reason=\"ResourceExhausted"),
+        "{disconnect}"
+    );
+}

@@ -31,6 +31,7 @@ mod client;
 pub mod codec;
 mod incoming;
 mod server;
+mod throttle;
 
 pub use auth::constant_time_eq;
 pub use client::GrpcConnector;

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::Stream;
@@ -18,6 +18,7 @@ use tonic_health::ServingStatus;
 use super::GrpcError;
 use super::auth::{check_bearer, is_valid_token};
 use super::incoming::Incoming;
+use super::throttle::Throttle;
 use crate::host::{Host, InputError, PeerOptions, Principal, Session};
 use crate::wire::{ClientMessage, FILE_DESCRIPTOR_SET, HostFrame};
 
@@ -147,7 +148,7 @@ impl GrpcServerBuilder {
             return Err(GrpcError::InterceptorNotApplied);
         }
         let token = checked_token(self.token)?;
-        Ok(session_service(self.host, token))
+        Ok(session_service(self.host, token, Arc::default()))
     }
 
     /// Requires every connection to present a client certificate issued by
@@ -248,13 +249,13 @@ impl GrpcServer {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), GrpcError> {
         let interceptor = self.interceptor;
-        let service = InterceptedService::new(
-            session_service(self.host.clone(), self.token),
-            move |request: Request<()>| match &interceptor {
-                Some(check) => checked_logged(check, request),
+        let refusals = Arc::new(Throttle::default());
+        let sessions = session_service(self.host.clone(), self.token, refusals.clone());
+        let service =
+            InterceptedService::new(sessions, move |request: Request<()>| match &interceptor {
+                Some(check) => checked_logged(check, &refusals, request),
                 None => Ok(request),
-            },
-        );
+            });
 
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter
@@ -331,12 +332,22 @@ impl GrpcServer {
 
 /// Runs the application's check, logging a refusal as a refused token is
 /// logged: with the peer's address and the status.
-fn checked_logged(check: &SessionInterceptor, request: Request<()>) -> Result<Request<()>, Status> {
+fn checked_logged(
+    check: &SessionInterceptor,
+    refusals: &Throttle,
+    request: Request<()>,
+) -> Result<Request<()>, Status> {
     let peer = request
         .remote_addr()
         .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
     check(request).inspect_err(|status| {
-        tracing::warn!(%peer, code = ?status.code(), reason = status.message(), "client refused by the interceptor");
+        let (code, reason) = (status.code(), status.message());
+        match refusals.admit(std::time::Instant::now()) {
+            Some(held_back) => {
+                tracing::warn!(%peer, ?code, reason, held_back, "client refused by the interceptor")
+            }
+            None => tracing::debug!(%peer, ?code, reason, "client refused by the interceptor"),
+        }
     })
 }
 
@@ -349,9 +360,18 @@ fn checked_token(token: Option<String>) -> Result<Option<Arc<[u8]>>, GrpcError> 
 }
 
 /// The tonic service for `host`, refusing messages over the host's limit.
-fn session_service(host: Host, token: Option<Arc<[u8]>>) -> HostServiceServer<SessionService> {
+fn session_service(
+    host: Host,
+    token: Option<Arc<[u8]>>,
+    refusals: Arc<Throttle>,
+) -> HostServiceServer<SessionService> {
     let limit = host.limits().max_message_bytes;
-    HostServiceServer::new(SessionService { host, token }).max_decoding_message_size(limit)
+    HostServiceServer::new(SessionService {
+        host,
+        token,
+        refusals,
+    })
+    .max_decoding_message_size(limit)
 }
 
 /// The `HostService` implementation: each `Session` stream is one host
@@ -359,6 +379,10 @@ fn session_service(host: Host, token: Option<Arc<[u8]>>) -> HostServiceServer<Se
 pub struct SessionService {
     host: Host,
     token: Option<Arc<[u8]>>,
+    /// Refused streams are logged at most once a second (`held_back`
+    /// counts the others): a client looping on a wrong token is cheap to
+    /// run and would otherwise write thousands of lines a second.
+    refusals: Arc<Throttle>,
 }
 
 type FrameStream = Pin<Box<dyn Stream<Item = Result<HostFrame, Status>> + Send>>;
@@ -378,7 +402,13 @@ impl HostService for SessionService {
         if let Some(token) = &self.token
             && let Err(status) = check_bearer(request.metadata(), token)
         {
-            tracing::warn!(%peer, reason = status.message(), "client refused: unauthenticated");
+            let reason = status.message();
+            match self.refusals.admit(std::time::Instant::now()) {
+                Some(held_back) => {
+                    tracing::warn!(%peer, reason, held_back, "client refused: unauthenticated")
+                }
+                None => tracing::debug!(%peer, reason, "client refused: unauthenticated"),
+            }
             return Err(status);
         }
         let session = self
@@ -397,13 +427,19 @@ impl HostService for SessionService {
         tracing::info!(%peer, sessions = self.host.session_count(), "client connected");
         let session = Arc::new(session);
         let (end_tx, end_rx) = oneshot::channel();
+        let ended = Arc::new(OnceLock::new());
         let reader = tokio::spawn(read_session(
             session.clone(),
             request.into_inner(),
             peer.clone(),
             end_tx,
+            ended.clone(),
         ));
-        let connection = Connection { peer, reader };
+        let connection = Connection {
+            peer,
+            reader,
+            ended,
+        };
         Ok(Response::new(Box::pin(outbound(
             session, end_rx, connection,
         ))))
@@ -454,6 +490,7 @@ async fn read_session(
     mut inbound: Streaming<ClientMessage>,
     peer: String,
     end: oneshot::Sender<Option<Status>>,
+    ended: Arc<OnceLock<String>>,
 ) {
     let outcome = loop {
         match inbound.message().await {
@@ -472,20 +509,32 @@ async fn read_session(
             }
         }
     };
+    let _ = ended.set(match &outcome {
+        None => "the client closed its stream".to_owned(),
+        Some(status) => format!("{:?}: {}", status.code(), status.message()),
+    });
     let _ = end.send(outcome);
 }
 
-/// Lives as long as the response stream: logs the disconnect and stops the
-/// reader, so the session is closed however the stream ends.
+/// Lives as long as the response stream: logs the disconnect with its
+/// reason and stops the reader, so the session is closed however the
+/// stream ends.
 struct Connection {
     peer: String,
     reader: tokio::task::JoinHandle<()>,
+    /// Why the session ended, once known: set by the reader (the client's
+    /// side ended or failed) or by the response stream (host shutdown).
+    ended: Arc<OnceLock<String>>,
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
         self.reader.abort();
-        tracing::info!(peer = %self.peer, "client disconnected");
+        let reason = self.ended.get().map_or(
+            "the client reset its stream or the connection was lost",
+            String::as_str,
+        );
+        tracing::info!(peer = %self.peer, reason, "client disconnected");
     }
 }
 
@@ -536,6 +585,10 @@ fn outbound(
             return match step {
                 Step::Frame(Some(frame)) => Some((Ok(frame), Some(state))),
                 Step::Frame(None) => {
+                    let _ = state
+                        ._connection
+                        .ended
+                        .set("the host is shutting down".to_owned());
                     Some((Err(Status::unavailable("the host is shutting down")), None))
                 }
                 Step::End(Some(status)) => Some((Err(status), None)),
