@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Runs the conformance suite against the Python host.
+#
+#   conformance/peers/python-host/run_conformance.sh RUNNER [WORK_DIR]
+#
+# RUNNER is the cosystem-conformance binary. WORK_DIR (default:
+# target/python-host under the repository root) receives the venv, the
+# generated stubs, the logs and the bytecode cache; nothing is written to the
+# source tree. Steps: install pinned grpcio into a venv, generate the stubs
+# from proto/, replay the host vectors in process (check_vectors.py), then
+# for each sync mode start server.py on a free loopback port and run
+# `RUNNER host` against it. Exits non-zero if any step or any case failed,
+# recommended cases included: 2 for a usage error, 3 when the Python packages
+# cannot be installed, 1 otherwise. The server's port is drawn at random from
+# PYTHON_HOST_PORT_MIN..PYTHON_HOST_PORT_MAX (default 20000..60000).
+set -euo pipefail
+
+GRPCIO_VERSION=1.85.3
+GRPCIO_TOOLS_VERSION=1.85.1
+PROTOBUF_VERSION=7.36.2
+
+if [[ $# -lt 1 || $# -gt 2 ]]; then
+    echo "usage: $0 RUNNER [WORK_DIR]" >&2
+    exit 2
+fi
+RUNNER=$1
+if [[ ! -x $RUNNER ]]; then
+    echo "error: runner '$RUNNER' is not an executable file" >&2
+    exit 2
+fi
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../../.." && pwd)
+WORK=${2:-$ROOT/target/python-host}
+PYTHON=${PYTHON:-python3}
+PORT_MIN=${PYTHON_HOST_PORT_MIN:-20000}
+PORT_MAX=${PYTHON_HOST_PORT_MAX:-60000}
+mkdir -p "$WORK"
+WORK=$(cd "$WORK" && pwd)
+VENV=$WORK/venv
+GEN=$WORK/gen
+
+SERVER_PID=
+stop_server() {
+    if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        for _ in $(seq 50); do
+            kill -0 "$SERVER_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    SERVER_PID=
+}
+trap stop_server EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+section() {
+    printf '\n==== %s ====\n' "$*"
+}
+
+FAILURES=()
+START=$SECONDS
+
+section "Python environment ($WORK)"
+"$PYTHON" -c 'import sys; assert sys.version_info >= (3, 9), "Python 3.9 or later is needed"'
+if [[ ! -x $VENV/bin/python ]]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+# Exit status 3 says the packages could not be installed (no package index
+# reachable), which a CI run may report as skipped rather than failed.
+if ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_TOOLS_VERSION" "protobuf==$PROTOBUF_VERSION"; then
+    echo "error: could not install grpcio $GRPCIO_VERSION, grpcio-tools $GRPCIO_TOOLS_VERSION, protobuf $PROTOBUF_VERSION" >&2
+    exit 3
+fi
+"$VENV/bin/python" --version
+"$VENV/bin/python" -m pip list --disable-pip-version-check 2>/dev/null | grep -E '^(grpcio|grpcio-tools|protobuf) '
+
+section "Generating stubs from proto/ into $GEN"
+rm -rf "$GEN"
+mkdir -p "$GEN"
+"$VENV/bin/python" -m grpc_tools.protoc -I "$ROOT/proto" --python_out="$GEN" \
+    "$ROOT/proto/cosystem/worker/v1/worker.proto"
+export PYTHONPATH=$GEN
+export PYTHONPYCACHEPREFIX=$WORK/pycache
+
+section "Host vectors, replayed in process (check_vectors.py)"
+if ! "$VENV/bin/python" "$HERE/check_vectors.py" "$ROOT/conformance/vectors/host"; then
+    FAILURES+=("host vectors")
+fi
+
+# Bearer token (§17.2) and secret marker (CONFORMANCE.md §7.1) for the run.
+TOKEN_FILE=$WORK/token
+"$VENV/bin/python" -c 'import secrets; print(secrets.token_hex(16))' >"$TOKEN_FILE"
+MARKER=python-host-secret-$("$VENV/bin/python" -c 'import secrets; print(secrets.token_hex(8))')
+
+port_open() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# Starts server.py on a random free loopback port; sets SERVER_PID and PORT.
+start_server() {
+    local mode=$1 log=$2 attempt
+    for attempt in $(seq 20); do
+        PORT=$(( ((RANDOM << 15) | RANDOM) % (PORT_MAX - PORT_MIN + 1) + PORT_MIN ))
+        port_open "$PORT" && continue
+        "$VENV/bin/python" "$HERE/server.py" --listen "127.0.0.1:$PORT" --sync "$mode" \
+            --token-file "$TOKEN_FILE" --secret-token "$MARKER" >"$log" 2>&1 &
+        SERVER_PID=$!
+        for _ in $(seq 150); do
+            if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+                break  # it exited: most likely the port was taken meanwhile
+            fi
+            if port_open "$PORT"; then
+                echo "server (pid $SERVER_PID) listening on 127.0.0.1:$PORT after attempt $attempt"
+                return 0
+            fi
+            sleep 0.1
+        done
+        stop_server
+        echo "server did not come up on port $PORT (attempt $attempt):" >&2
+        tail -n 20 "$log" >&2 || true
+    done
+    return 1
+}
+
+for mode in patch snapshot; do
+    section "gRPC interop cases, $mode sync mode"
+    log=$WORK/server-$mode.log
+    report=$WORK/runner-$mode.txt
+    if ! start_server "$mode" "$log"; then
+        FAILURES+=("$mode: server did not start")
+        continue
+    fi
+    status=0
+    "$RUNNER" host --connect "http://127.0.0.1:$PORT" --token-file "$TOKEN_FILE" \
+        --secret-marker "$MARKER" | tee "$report" || status=$?
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+        FAILURES+=("$mode: server exited during the run")
+    fi
+    stop_server
+    if [[ $status -ne 0 ]]; then
+        FAILURES+=("$mode: runner exit status $status")
+    elif grep -qE '^(FAIL|XPASS) ' "$report"; then
+        FAILURES+=("$mode: recommended case failed")
+    fi
+    if [[ $status -ne 0 ]] || grep -qE '^(FAIL|XPASS) ' "$report"; then
+        echo "---- server log ($log, last 40 lines) ----"
+        tail -n 40 "$log" || true
+    fi
+done
+
+section "Summary ($(( SECONDS - START )) s)"
+if [[ ${#FAILURES[@]} -gt 0 ]]; then
+    printf 'FAILED: %s\n' "${FAILURES[@]}"
+    exit 1
+fi
+echo "python-host: all host vectors and all gRPC interop cases passed in both sync modes"
