@@ -54,7 +54,8 @@ pub struct HostArgs {
     /// random).
     #[arg(long, value_name = "S")]
     secret_token: Option<String>,
-    /// Sessions served at once; more are refused RESOURCE_EXHAUSTED.
+    /// Sessions served at once; more are refused RESOURCE_EXHAUSTED
+    /// (default: 10000).
     #[arg(long, value_name = "N")]
     max_clients: Option<usize>,
     /// Runtime worker threads; 0 serves everything on one thread. Default:
