@@ -421,3 +421,34 @@ async fn a_connection_that_never_starts_its_handshake_is_closed() {
     client.dispose();
     server.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_tls_handshake_that_stalls_is_closed() {
+    use cosystem_worker::transport::grpc::HANDSHAKE_TIMEOUT;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let server = GrpcServer::builder(demo_host(SyncMode::Patch))
+        .tls(cert.cert.pem(), cert.signing_key.serialize_pem())
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let server = serve(server).await;
+    let mut stalled = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // The start of a ClientHello record announcing 512 bytes, then nothing:
+    // more than the raw preface deadline needs, so only TLS's own bounds it.
+    let mut start = vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc];
+    start.resize(40, 0);
+    stalled.write_all(&start).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(HANDSHAKE_TIMEOUT * 3, async {
+        loop {
+            match stalled.read(&mut buf).await {
+                Ok(n) if n > 0 => continue,
+                ended => return ended,
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the stalled TLS connection was still open");
+    server.stop().await;
+}

@@ -86,7 +86,7 @@ fn a_call_s_log_line_escapes_what_the_client_wrote() {
     assert_eq!(log.lines().count(), 1, "one line per call: {log}");
     assert!(log.contains("call answered"), "{log}");
     assert!(log.contains(r"\nWARN client refused"), "escaped: {log}");
-    assert!(log.contains("session=10.0.0.7:5000"), "{log}");
+    assert!(log.contains("session=\"10.0.0.7:5000\""), "{log}");
 }
 
 #[tokio::test]

@@ -327,6 +327,9 @@ async fn watch(
     // A client that stops for good (the host now refuses its token) sends
     // no more events; without watching for it, `watch` would wait for ever.
     let mut connection = client.connection_changes();
+    // The client may have stopped before this subscription, which sees only
+    // later changes: mark the current state as news once.
+    connection.mark_changed();
     loop {
         tokio::select! {
             _ = &mut interrupted => return Ok(()),

@@ -659,9 +659,10 @@ impl HostCore {
         // One line per call at debug level (off by default: a level check).
         // What the client wrote is logged escaped (`?`): a newline in it must
         // not forge a line of its own. `session` is the transport's name for
-        // the session (a gRPC client's address), `peer` the id it claims.
+        // the session (a gRPC client's address; on the bus, the id the client
+        // claims, so it is escaped too), `peer` the id it claims.
         tracing::debug!(
-            session = %self.peers.get(&peer).map_or("", |p| p.options.peer_id.as_str()),
+            session = ?self.peers.get(&peer).map_or("", |p| p.options.peer_id.as_str()),
             peer = ?header.source,
             call_id = call.call_id,
             module = ?call.module,

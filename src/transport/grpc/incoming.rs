@@ -10,8 +10,12 @@
 //!   once the connection's handshake is done, so a peer that connects and
 //!   sends nothing would hold a descriptor for ever, and enough of them
 //!   starve the server. A connection that has not sent the HTTP/2 preface's
-//!   24 bytes (or, under TLS, as many bytes of its handshake) within
-//!   [`HANDSHAKE_TIMEOUT`] is closed.
+//!   24 bytes within [`HANDSHAKE_TIMEOUT`] is closed. Under TLS those bytes
+//!   are the start of its handshake, which the server's TLS configuration
+//!   then bounds by the same timeout; a peer that completes TLS and then
+//!   sends no HTTP/2 preface is not caught here (the TLS layer hides the
+//!   bytes), which needs a valid handshake and, with a client CA, a
+//!   certificate.
 
 use std::future::Future;
 use std::io;
@@ -111,9 +115,11 @@ impl AsyncRead for Deadlined {
         let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(result) => {
-                this.read += buf.filled().len() - before;
-                if this.read >= PREFACE_BYTES {
-                    this.deadline = None;
+                if this.deadline.is_some() {
+                    this.read += buf.filled().len() - before;
+                    if this.read >= PREFACE_BYTES {
+                        this.deadline = None;
+                    }
                 }
                 Poll::Ready(result)
             }

@@ -177,7 +177,12 @@ impl GrpcServerBuilder {
         let token = checked_token(self.token)?;
         let tls = match self.tls {
             Some((cert, key)) => {
-                let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+                // The TLS handshake gets the same deadline as a plaintext
+                // preface: tonic sets none, and the raw-byte deadline of
+                // `incoming` ends with the ClientHello.
+                let mut config = ServerTlsConfig::new()
+                    .identity(Identity::from_pem(cert, key))
+                    .timeout(super::HANDSHAKE_TIMEOUT);
                 if let Some(ca) = self.client_ca {
                     config = config.client_ca_root(Certificate::from_pem(ca));
                 }
@@ -571,6 +576,10 @@ fn outbound(
                 return match state.session.next_answer().await {
                     Some(frame) => Some((Ok(frame), Some(state))),
                     None if state.session.is_closed() => {
+                        let _ = state
+                            ._connection
+                            .ended
+                            .set("the host is shutting down".to_owned());
                         Some((Err(Status::unavailable("the host is shutting down")), None))
                     }
                     None => None,
