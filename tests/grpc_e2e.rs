@@ -1,6 +1,8 @@
 //! The host over real gRPC on 127.0.0.1: many clients, calls reflected
 //! everywhere, clients that vanish mid-call, TLS.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -288,28 +290,11 @@ async fn a_bad_tls_key_is_refused_at_bind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_client_ca() {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
-        KeyPair,
-    };
     let host_cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let host_pem = host_cert.cert.pem();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let issue = |issuer: &CertifiedIssuer<'_, KeyPair>| {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec!["a-client".to_owned()]).unwrap();
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = params.signed_by(&key, issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    let (client_pem, client_key) = issue(&ca);
-    let mut other_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    other_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let other_ca =
-        CertifiedIssuer::self_signed(other_params, KeyPair::generate().unwrap()).unwrap();
-    let (stranger_pem, stranger_key) = issue(&other_ca);
+    let ca = common::TestCa::new();
+    let member_cert = ca.issue("a-client");
+    let stranger_cert = common::TestCa::new().issue("a-client");
 
     let server = GrpcServer::builder(demo_host(SyncMode::Patch))
         .tls(host_pem.clone(), host_cert.signing_key.serialize_pem())
@@ -322,7 +307,7 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_client_ca() 
     let connector = || GrpcConnector::new(&url).unwrap().ca_cert(host_pem.clone());
 
     let member = Client::with_reconnect(
-        connector().identity(client_pem, client_key),
+        connector().identity(member_cert.pem, member_cert.key_pem),
         ClientConfig::default(),
         fast_reconnect(),
     );
@@ -334,7 +319,7 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_client_ca() 
         ("no certificate", connector()),
         (
             "a certificate from another CA",
-            connector().identity(stranger_pem, stranger_key),
+            connector().identity(stranger_cert.pem, stranger_cert.key_pem),
         ),
     ] {
         // Refused in the handshake ("CertificateRequired"), or by the
@@ -397,24 +382,15 @@ async fn one_connection_may_hold_only_a_bounded_number_of_streams() {
 #[tokio::test(start_paused = true)]
 async fn a_connection_that_never_starts_its_handshake_is_closed() {
     use cosystem_worker::transport::grpc::HANDSHAKE_TIMEOUT;
-    use tokio::io::AsyncReadExt;
     // HTTP/2 pings start only after the handshake: without a deadline, a
     // silent connection would hold a descriptor for ever.
     let server = start(&demo_host(SyncMode::Patch)).await;
     let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let mut buf = [0u8; 64];
     // The clock is paused: the guard is virtual time, three deadlines long.
-    let read = tokio::time::timeout(HANDSHAKE_TIMEOUT * 3, async {
-        loop {
-            match silent.read(&mut buf).await {
-                // The server may write its own preface first.
-                Ok(n) if n > 0 => continue,
-                ended => return ended,
-            }
-        }
-    })
-    .await;
-    assert!(read.is_ok(), "the silent connection was still open");
+    assert!(
+        closed_within(&mut silent, HANDSHAKE_TIMEOUT * 3).await,
+        "the silent connection was still open"
+    );
     // A client that does speak is served as ever.
     let client = client(&server.url());
     client.ready().await.unwrap();
@@ -425,7 +401,7 @@ async fn a_connection_that_never_starts_its_handshake_is_closed() {
 #[tokio::test(start_paused = true)]
 async fn a_tls_handshake_that_stalls_is_closed() {
     use cosystem_worker::transport::grpc::HANDSHAKE_TIMEOUT;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let server = GrpcServer::builder(demo_host(SyncMode::Patch))
         .tls(cert.cert.pem(), cert.signing_key.serialize_pem())
@@ -439,16 +415,24 @@ async fn a_tls_handshake_that_stalls_is_closed() {
     let mut start = vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc];
     start.resize(40, 0);
     stalled.write_all(&start).await.unwrap();
+    assert!(
+        closed_within(&mut stalled, HANDSHAKE_TIMEOUT * 3).await,
+        "the stalled TLS connection was still open"
+    );
+    server.stop().await;
+}
+
+/// Whether the server closes `stream` within `limit`, reading and dropping
+/// whatever it writes first (its HTTP/2 preface, say).
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
     let mut buf = [0u8; 64];
-    let read = tokio::time::timeout(HANDSHAKE_TIMEOUT * 3, async {
-        loop {
-            match stalled.read(&mut buf).await {
-                Ok(n) if n > 0 => continue,
-                ended => return ended,
+    let read_to_end = async {
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
             }
         }
-    })
-    .await;
-    assert!(read.is_ok(), "the stalled TLS connection was still open");
-    server.stop().await;
+    };
+    tokio::time::timeout(limit, read_to_end).await.is_ok()
 }

@@ -142,24 +142,12 @@ fn into_service_refuses_an_interceptor_it_would_not_apply() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_mutual_tls_the_interceptor_names_the_principal_from_the_client_certificate() {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
-        KeyPair,
-    };
     let host_cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let host_pem = host_cert.cert.pem();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let issue = |name: &str| {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = params.signed_by(&key, &ca).unwrap();
-        (cert.der().to_vec(), cert.pem(), key.serialize_pem())
-    };
-    let (ada_der, ada_pem, ada_key) = issue("ada");
-    let (_, anon_pem, anon_key) = issue("someone-else");
+    let ca = common::TestCa::new();
+    let ada = ca.issue("ada");
+    let someone = ca.issue("someone-else");
+    let ada_der = ada.der.clone();
 
     // The application's directory of certificates: a real one would read
     // the verified certificate's subject; the DER bytes stand in here.
@@ -190,10 +178,10 @@ async fn under_mutual_tls_the_interceptor_names_the_principal_from_the_client_ce
         Client::with_reconnect(connector, ClientConfig::default(), Reconnect::default())
     };
 
-    let ada = connect(ada_pem, ada_key);
+    let ada = connect(ada.pem, ada.key_pem);
     let answer = ada.module("who").call("ami", vec![]).await.unwrap();
     assert_eq!(answer["principal"], json!("ada"));
-    let other = connect(anon_pem, anon_key);
+    let other = connect(someone.pem, someone.key_pem);
     let answer = other.module("who").call("ami", vec![]).await.unwrap();
     assert_eq!(answer["principal"], json!(null));
     ada.dispose();

@@ -242,3 +242,45 @@ pub fn whoami_app() -> cosystem_worker::app::App {
         });
     App::new().with(whoami)
 }
+
+/// A certificate authority made at test time, for mutual TLS.
+pub struct TestCa(rcgen::CertifiedIssuer<'static, rcgen::KeyPair>);
+
+/// A client certificate a [`TestCa`] issued.
+pub struct ClientCert {
+    /// The certificate, DER (what `peer_certs()` shows the server).
+    pub der: Vec<u8>,
+    /// The certificate, PEM.
+    pub pem: String,
+    /// Its private key, PEM.
+    pub key_pem: String,
+}
+
+impl TestCa {
+    /// A new self-signed CA.
+    pub fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        Self(CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap())
+    }
+
+    /// The CA's certificate, PEM (what the server trusts).
+    pub fn pem(&self) -> String {
+        self.0.pem()
+    }
+
+    /// A client-authentication certificate for `name`, signed by this CA.
+    pub fn issue(&self, name: &str) -> ClientCert {
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.0).unwrap();
+        ClientCert {
+            der: cert.der().to_vec(),
+            pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
