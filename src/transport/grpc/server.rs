@@ -346,14 +346,23 @@ fn checked_logged(
         .remote_addr()
         .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
     check(request).inspect_err(|status| {
-        let (code, reason) = (status.code(), status.message());
-        match refusals.admit(std::time::Instant::now()) {
-            Some(held_back) => {
-                tracing::warn!(%peer, ?code, reason, held_back, "client refused by the interceptor")
-            }
-            None => tracing::debug!(%peer, ?code, reason, "client refused by the interceptor"),
-        }
+        let reason = format!("{:?}: {}", status.code(), status.message());
+        log_refusal(
+            refusals,
+            &peer,
+            "client refused by the interceptor",
+            &reason,
+        );
     })
+}
+
+/// Logs a refused stream: as a warning at most once per throttle interval,
+/// saying how many were held back since; the others at debug.
+fn log_refusal(refusals: &Throttle, peer: &str, what: &str, reason: &str) {
+    match refusals.admit(std::time::Instant::now()) {
+        Some(held_back) => tracing::warn!(%peer, reason, held_back, "{what}"),
+        None => tracing::debug!(%peer, reason, "{what}"),
+    }
 }
 
 /// A token fit to be sent as metadata, as the server compares it.
@@ -407,13 +416,8 @@ impl HostService for SessionService {
         if let Some(token) = &self.token
             && let Err(status) = check_bearer(request.metadata(), token)
         {
-            let reason = status.message();
-            match self.refusals.admit(std::time::Instant::now()) {
-                Some(held_back) => {
-                    tracing::warn!(%peer, reason, held_back, "client refused: unauthenticated")
-                }
-                None => tracing::debug!(%peer, reason, "client refused: unauthenticated"),
-            }
+            let what = "client refused: unauthenticated";
+            log_refusal(&self.refusals, &peer, what, status.message());
             return Err(status);
         }
         let session = self
@@ -548,7 +552,18 @@ struct Outbound {
     end: oneshot::Receiver<Option<Status>>,
     /// The client closed its side: answer what it sent, then end.
     draining: bool,
-    _connection: Connection,
+    connection: Connection,
+}
+
+impl Outbound {
+    /// Ends the response stream because the host is shutting down.
+    fn shut_down(self) -> Option<(Result<HostFrame, Status>, Option<Outbound>)> {
+        let _ = self
+            .connection
+            .ended
+            .set("the host is shutting down".to_owned());
+        Some((Err(Status::unavailable("the host is shutting down")), None))
+    }
 }
 
 enum Step {
@@ -567,7 +582,7 @@ fn outbound(
         session,
         end,
         draining: false,
-        _connection: connection,
+        connection,
     };
     futures::stream::unfold(Some(state), |state| async move {
         let mut state = state?;
@@ -575,13 +590,7 @@ fn outbound(
             if state.draining {
                 return match state.session.next_answer().await {
                     Some(frame) => Some((Ok(frame), Some(state))),
-                    None if state.session.is_closed() => {
-                        let _ = state
-                            ._connection
-                            .ended
-                            .set("the host is shutting down".to_owned());
-                        Some((Err(Status::unavailable("the host is shutting down")), None))
-                    }
+                    None if state.session.is_closed() => state.shut_down(),
                     None => None,
                 };
             }
@@ -593,13 +602,7 @@ fn outbound(
             };
             return match step {
                 Step::Frame(Some(frame)) => Some((Ok(frame), Some(state))),
-                Step::Frame(None) => {
-                    let _ = state
-                        ._connection
-                        .ended
-                        .set("the host is shutting down".to_owned());
-                    Some((Err(Status::unavailable("the host is shutting down")), None))
-                }
+                Step::Frame(None) => state.shut_down(),
                 Step::End(Some(status)) => Some((Err(status), None)),
                 // A half-close: the calls already sent are still answered
                 // (H8), then the stream ends.
