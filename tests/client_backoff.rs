@@ -28,6 +28,8 @@ async fn connects_in_ten_seconds(says: usize) -> usize {
     let policy = Reconnect {
         initial: Duration::from_millis(50),
         max: Duration::from_secs(5),
+        // The waits are checked exactly.
+        jitter: false,
     };
     let client = Client::with_reconnect(connector, ClientConfig::default(), policy);
     tokio::time::sleep(Duration::from_secs(10)).await;

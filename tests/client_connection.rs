@@ -21,6 +21,8 @@ fn policy() -> Reconnect {
     Reconnect {
         initial: Duration::from_millis(50),
         max: Duration::from_secs(5),
+        // The waits are checked exactly.
+        jitter: false,
     }
 }
 
@@ -211,7 +213,7 @@ async fn a_link_up_before_the_host_speaks_is_still_connecting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_the_lost_link_took_down_settles_after_the_state_left_connected() {
     let (connector, mut host) = scripted();
-    let client = Client::new(connector, ClientConfig::default());
+    let client = Client::with_reconnect(connector, ClientConfig::default(), policy());
     let Some(client_message::Kind::SyncRequest(sync)) =
         host.sent.recv().await.expect("a sync request").kind
     else {

@@ -70,6 +70,7 @@ fn fast_reconnect() -> Reconnect {
     Reconnect {
         initial: Duration::from_millis(10),
         max: Duration::from_millis(100),
+        ..Reconnect::default()
     }
 }
 

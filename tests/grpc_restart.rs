@@ -60,6 +60,7 @@ async fn clients_follow_a_host_restarted_on_the_same_port() {
     let reconnect = Reconnect {
         initial: Duration::from_millis(10),
         max: Duration::from_millis(100),
+        ..Reconnect::default()
     };
     let clients: Vec<Client> = (0..3)
         .map(|_| {

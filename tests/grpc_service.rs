@@ -121,6 +121,7 @@ fn no_retry_delay() -> Reconnect {
     Reconnect {
         initial: Duration::from_millis(10),
         max: Duration::from_millis(50),
+        ..Reconnect::default()
     }
 }
 

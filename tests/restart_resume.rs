@@ -154,6 +154,7 @@ fn client(switch: &Switch) -> Client {
         Reconnect {
             initial: Duration::from_millis(5),
             max: Duration::from_millis(20),
+            ..Reconnect::default()
         },
     )
 }

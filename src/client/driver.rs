@@ -8,7 +8,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -18,6 +17,7 @@ use tokio::time::Instant;
 use super::call::{CallFuture, CallOptions, ModuleHandle};
 use super::connection::Connection;
 use super::outbound::Outbound;
+use super::reconnect::Reconnect;
 use super::watch::{Watch, WatchHandle, WatchOptions};
 use super::{CallId, ClientConfig, ClientCore, ClientEvent, Conflict};
 use crate::app::MethodError;
@@ -49,24 +49,6 @@ pub struct MirrorSnapshot {
     pub version: u64,
     /// The mirrored view at that version.
     pub state: Value,
-}
-
-/// How the client reconnects after its link fails.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reconnect {
-    /// First wait after a failure.
-    pub initial: Duration,
-    /// Longest wait between attempts; the wait doubles up to it.
-    pub max: Duration,
-}
-
-impl Default for Reconnect {
-    fn default() -> Self {
-        Self {
-            initial: Duration::from_millis(50),
-            max: Duration::from_secs(5),
-        }
-    }
 }
 
 pub(super) struct Shared {
@@ -519,6 +501,7 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
             _ = keep_time_until_stopped(&shared) => break,
         };
         let mut heard = false;
+        let mut wait = backoff;
         match link {
             Ok(link) => {
                 if !first {
@@ -545,11 +528,14 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
                 };
                 match &give_up_with {
                     Err(error) => give_up(&shared, error),
-                    Ok(error) => shared.set_connection(Connection::Retrying {
-                        error: error.clone(),
-                        retry_in: backoff,
-                        attempt,
-                    }),
+                    Ok(error) => {
+                        wait = policy.wait(backoff);
+                        shared.set_connection(Connection::Retrying {
+                            error: error.clone(),
+                            retry_in: wait,
+                            attempt,
+                        })
+                    }
                 }
                 shared.core().connection_lost();
                 shared.dispatch();
@@ -562,16 +548,17 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
                 break;
             }
             Err(error) => {
-                tracing::debug!(%error, ?backoff, "connect failed; retrying");
+                wait = policy.wait(backoff);
+                tracing::debug!(%error, ?wait, "connect failed; retrying");
                 shared.set_connection(Connection::Retrying {
                     error: Some(error),
-                    retry_in: backoff,
+                    retry_in: wait,
                     attempt,
                 });
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = keep_time_until_stopped(&shared) => {}
         }
         backoff = (backoff * 2).min(policy.max);

@@ -10,6 +10,7 @@ mod core;
 mod driver;
 mod ops;
 mod outbound;
+mod reconnect;
 mod watch;
 
 pub use apply::{ApplyError, MAX_MIRROR_DEPTH, apply_patch, copy_budget};
@@ -18,5 +19,6 @@ pub use connection::Connection;
 pub use core::{
     CallId, ClientConfig, ClientCore, ClientError, ClientEvent, Conflict, ConflictReason, Notice,
 };
-pub use driver::{CallOutcome, Client, MirrorSnapshot, Reconnect, Settlement};
+pub use driver::{CallOutcome, Client, MirrorSnapshot, Settlement};
+pub use reconnect::{JITTER, Reconnect};
 pub use watch::{Equals, Watch, WatchHandle, WatchOptions};
