@@ -154,3 +154,24 @@ async fn a_port_in_use_is_a_clear_error() {
     let text = String::from_utf8_lossy(&output.stderr);
     assert!(text.contains(&format!("cannot listen on {addr}")), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_warns_when_anyone_beyond_this_machine_may_call_it() {
+    // Beyond loopback with no token or client certificates: warned, after
+    // a listening line that gives the effective settings.
+    let mut open = HostProcess::spawn(&["--listen", "0.0.0.0:0"]).await;
+    let listening = open.log_until("listening on").await;
+    for setting in ["sync=Patch", "sections=counter,todos", "max_clients=10000"] {
+        assert!(listening.contains(setting), "{setting}: {listening}");
+    }
+    let next = open.next_line().await;
+    assert!(next.contains("beyond this machine"), "{next}");
+    open.terminate().await;
+
+    // On loopback nothing is warned: the next line is the first client's.
+    let (mut local, url) = spawn_host(&[]).await;
+    json_line(&cli_client(&["--connect", &url, "state"]).await);
+    let next = local.next_line().await;
+    assert!(next.contains("client connected"), "{next}");
+    local.terminate().await;
+}

@@ -218,12 +218,23 @@ async fn serve_grpc(host: Host, addr: &GrpcAddr, args: &HostArgs) -> Result<(), 
         "http"
     };
     let server = builder.bind(socket).await?;
+    let local = server.local_addr();
     tracing::info!(
         epoch = %host.epoch(),
+        sync = ?args.sync,
+        sections = %args.sections.join(","),
+        max_clients = host.limits().max_clients,
         token = server.requires_token(),
-        "listening on {scheme}://{}",
-        server.local_addr()
+        client_certificates = args.tls_client_ca.is_some(),
+        "listening on {scheme}://{local}",
     );
+    // Reachable from other machines with nothing asked of clients: say so,
+    // as anyone who can reach the port can call every method.
+    if !local.ip().is_loopback() && !server.requires_token() && args.tls_client_ca.is_none() {
+        tracing::warn!(
+            "listening on {local} beyond this machine with no token or client certificates: anyone who reaches it can call every method"
+        );
+    }
     server.serve(shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())

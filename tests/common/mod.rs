@@ -150,6 +150,14 @@ impl HostProcess {
         .unwrap_or_else(|_| panic!("no log line containing {needle:?}"))
     }
 
+    /// The next line the host logs.
+    pub async fn next_line(&mut self) -> String {
+        tokio::time::timeout(GUARD, self.log.recv())
+            .await
+            .expect("the host logged nothing more")
+            .expect("host log ended")
+    }
+
     /// The endpoint from the "listening on …" line.
     pub async fn endpoint(&mut self) -> String {
         let line = self.log_until("listening on ").await;
