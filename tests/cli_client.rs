@@ -357,15 +357,7 @@ async fn watch_prints_one_line_per_version_with_the_pointed_value() {
     let host = demo_host();
     let (addr, _stop) = start(GrpcServer::builder(host.clone())).await;
     let url = format!("http://{addr}");
-    let mut child = Command::new(BIN)
-        .args(["client", "--connect", &url, "watch", "/counter/count"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = spawn_watch(&["--connect", &url]);
     let mut next = async || -> Value {
         let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
             .await
@@ -394,17 +386,8 @@ async fn watch_exits_refused_when_a_restarted_host_no_longer_accepts_its_token()
     std::fs::write(&token_file, "first-token").unwrap();
     let (addr, stop) = start(GrpcServer::builder(demo_host()).token("first-token")).await;
     let url = format!("http://{addr}");
-    let mut child = Command::new(BIN)
-        .args(["client", "--connect", &url, "--token-file"])
-        .arg(&token_file)
-        .args(["watch", "/counter/count"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let token_arg = token_file.to_str().unwrap();
+    let (mut child, mut lines) = spawn_watch(&["--connect", &url, "--token-file", token_arg]);
     let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await;
     assert!(matches!(first, Ok(Ok(Some(_)))), "watch printed nothing");
 
@@ -438,4 +421,25 @@ async fn watch_exits_refused_when_a_restarted_host_no_longer_accepts_its_token()
         .unwrap();
     assert!(stderr_text.contains("permission-denied"), "{stderr_text}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `client ARGS watch /counter/count`, with its stdout as lines.
+fn spawn_watch(
+    args: &[&str],
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+) {
+    let mut child = Command::new(BIN)
+        .arg("client")
+        .args(args)
+        .args(["watch", "/counter/count"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
 }
