@@ -24,18 +24,28 @@ impl Write for Captured {
     }
 }
 
+impl Captured {
+    /// A subscriber writing lines at `level` and above into this capture.
+    fn subscriber(&self, level: tracing::Level) -> impl tracing::Subscriber + Send + Sync {
+        let writer = self.clone();
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(level)
+            .finish()
+    }
+
+    /// Everything written so far.
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
 /// What `run` logs at debug level and above.
 fn log_of(run: impl FnOnce()) -> String {
     let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::DEBUG)
-        .finish();
-    tracing::subscriber::with_default(subscriber, run);
-    let bytes = captured.0.lock().unwrap().clone();
-    String::from_utf8(bytes).unwrap()
+    tracing::subscriber::with_default(captured.subscriber(tracing::Level::DEBUG), run);
+    captured.text()
 }
 
 /// The log lines written while `sections` are given to a demo host.
@@ -95,14 +105,8 @@ async fn a_grpc_session_ended_by_the_host_is_logged_with_its_reason() {
     use cosystem_worker::wire::host_service_client::HostServiceClient;
     use cosystem_worker::wire::{SyncRequest, client_message::Kind};
     let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
     // A current-thread test: the server's tasks log on this thread.
-    let _logging = tracing::subscriber::set_default(subscriber);
+    let _logging = tracing::subscriber::set_default(captured.subscriber(tracing::Level::INFO));
     let host = Host::builder(demo::app("s")).build();
     let server = GrpcServer::builder(host.clone())
         .bind("127.0.0.1:0".parse().unwrap())
@@ -142,7 +146,7 @@ async fn a_grpc_session_ended_by_the_host_is_logged_with_its_reason() {
     let _ = stop.send(());
     serving.await.unwrap().unwrap();
 
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let log = captured.text();
     let disconnect = log
         .lines()
         .find(|l| l.contains("client disconnected"))
