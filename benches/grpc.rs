@@ -42,9 +42,18 @@
 //! machine's cores) for the rows above, and again every row on one
 //! current-thread runtime (`…_current_thread`), where no hand-off between
 //! tasks crosses threads. Targets apply in both.
+//!
+//! The deployment shape (`…_process`): `echo` and `call`, one in flight and
+//! 64, with both servers in one child process of their own on the runtime
+//! `cosystem-worker host` uses (one worker per core), and the clients in
+//! this process on two workers: host and client are separate processes, as
+//! deployed, and the bare echo server shares the host's process, runtime and
+//! placement, so the ratio compares the two servers alike. Targets apply.
 
 mod common;
 
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -78,6 +87,9 @@ const CALL_LIMIT: f64 = 1.2;
 const PIPELINE_LIMIT: f64 = 3.0;
 /// Messages kept in flight by the pipelined shape.
 const DEPTH: u64 = 64;
+/// Set in the environment of the child process that serves the
+/// `…_process` rows.
+const CHILD_ENV: &str = "COSYSTEM_BENCH_GRPC_SERVERS";
 /// A host epoch's length on the wire (32 hex digits).
 const EPOCH: &str = "00112233445566778899aabbccddeeff";
 
@@ -451,19 +463,72 @@ fn core_call_times() -> CoreTimes {
 
 /// Starts a `GrpcServer` serving the demo host (patch mode); its URL.
 fn host_server(rt: &Runtime) -> String {
-    rt.block_on(async {
-        let host = Host::builder(demo::app("bench"))
-            .sync(SyncMode::Patch)
-            .sections(demo::DEFAULT_SECTIONS)
-            .build();
-        let server = GrpcServer::builder(host)
-            .bind("127.0.0.1:0".parse().expect("address"))
-            .await
-            .expect("bind");
-        let url = format!("http://{}", server.local_addr());
-        tokio::spawn(server.serve(std::future::pending()));
-        url
-    })
+    rt.block_on(serve_host())
+}
+
+/// [`host_server`] on the current runtime.
+async fn serve_host() -> String {
+    let host = Host::builder(demo::app("bench"))
+        .sync(SyncMode::Patch)
+        .sections(demo::DEFAULT_SECTIONS)
+        .build();
+    let server = GrpcServer::builder(host)
+        .bind("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("bind");
+    let url = format!("http://{}", server.local_addr());
+    tokio::spawn(server.serve(std::future::pending()));
+    url
+}
+
+/// The servers of the `…_process` rows, in a child process.
+struct ServerProcess {
+    child: Child,
+    echo_url: String,
+    host_url: String,
+}
+
+impl ServerProcess {
+    /// Starts this bench binary as [`run_servers`] and reads its two URLs.
+    fn spawn() -> Self {
+        let mut child = Command::new(std::env::current_exe().expect("own path"))
+            .env(CHILD_ENV, "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn the server process");
+        let mut lines = BufReader::new(child.stdout.take().expect("child stdout")).lines();
+        let mut url = || {
+            lines
+                .next()
+                .and_then(Result::ok)
+                .expect("a URL from the server process")
+        };
+        let (echo_url, host_url) = (url(), url());
+        Self {
+            child,
+            echo_url,
+            host_url,
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The child process: a bare echo server and a host server on one runtime
+/// built as `cosystem-worker host` builds its own (one worker per core),
+/// serving until stdin closes.
+fn run_servers() {
+    let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let echo = bare_server(&rt, Reply::Result);
+    let host = host_server(&rt);
+    println!("{echo}\n{host}");
+    let _ = std::io::stdin().lock().lines().count();
 }
 
 /// A `Client` of a host server of its own.
@@ -482,12 +547,17 @@ fn grpc_client(rt: &Runtime) -> Client {
 // ---------------------------------------------------------------------------
 
 fn main() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        run_servers();
+        return;
+    }
     let mut c = common::criterion();
     let mut summary = Summary::new(SUITE);
     let cores = core_call_times();
     for flavour in [Flavour::MultiThread, Flavour::CurrentThread] {
         measure(&mut c, &mut summary, flavour, &cores);
     }
+    measure_across_processes(&mut c, &mut summary);
     c.final_summary();
     summary.write();
 }
@@ -550,6 +620,47 @@ fn measure(c: &mut Criterion, summary: &mut Summary, flavour: Flavour, cores: &C
             &flavour.note(note),
         );
     }
+    call_rows(&mut group, summary, rt, echo, client, |shape, note| {
+        (flavour.shape(shape), flavour.note(note))
+    });
+    group.finish();
+}
+
+/// The `…_process` rows: both servers in a child process, the clients here
+/// on two workers.
+fn measure_across_processes(c: &mut Criterion, summary: &mut Summary) {
+    let servers = ServerProcess::spawn();
+    let rt = Flavour::MultiThread.runtime();
+    let echo = RawClient::connect(&rt, &servers.echo_url);
+    let client = rt.block_on(async {
+        let connector = GrpcConnector::new(servers.host_url.clone()).expect("url");
+        let client = Client::new(connector, ClientConfig::default());
+        client.ready().await.expect("the client syncs");
+        client
+    });
+    let mut group = common::group(c, SUITE);
+    call_rows(&mut group, summary, &rt, &echo, &client, |shape, note| {
+        (
+            format!("{shape}_process"),
+            format!(
+                "{note}; the host and the bare echo server in a process of their own on the host's runtime (a worker per core), the clients in this one"
+            ),
+        )
+    });
+    group.finish();
+}
+
+/// The `call` rows against the `echo` on `rt`, one in flight and
+/// [`DEPTH`]; `label` turns a shape and a note into the rows' parameter and
+/// note.
+fn call_rows(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    summary: &mut Summary,
+    rt: &Runtime,
+    echo: &RawClient,
+    client: &Client,
+    label: impl Fn(&str, &str) -> (String, String),
+) {
     for (shape, depth, limit, note) in [
         (
             "one",
@@ -566,7 +677,7 @@ fn measure(c: &mut Criterion, summary: &mut Summary, flavour: Flavour, cores: &C
     ] {
         let base = move |n| timed(rt, echo.clone().run(n, depth));
         let subject = move |n| timed(rt, common::run_calls(client.clone(), n, depth));
-        let shape = flavour.shape(shape);
+        let (shape, note) = label(shape, note);
         group.bench_function(BenchmarkId::new("echo", &shape), |b| b.iter_custom(base));
         group.bench_function(BenchmarkId::new("call", &shape), |b| b.iter_custom(subject));
         let name = format!("{SUITE}/call/{shape}");
@@ -577,8 +688,7 @@ fn measure(c: &mut Criterion, summary: &mut Summary, flavour: Flavour, cores: &C
             interleaved,
             Some(limit),
             None,
-            &flavour.note(note),
+            &note,
         );
     }
-    group.finish();
 }
