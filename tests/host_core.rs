@@ -1107,6 +1107,73 @@ fn message_over_the_size_limit_is_refused_unprocessed() {
     assert_eq!(value(&only_result(&frames(&mut h, a))), json!(1));
 }
 
+/// In-process and shared channels hand envelopes over undecoded; the limit
+/// holds there too, measured as the envelope would be encoded (spec §15).
+#[test]
+fn envelope_over_the_size_limit_handed_over_undecoded_is_not_processed() {
+    let mut h = HostCore::new(
+        config_with(
+            SyncMode::Patch,
+            HostLimits {
+                max_message_bytes: 512,
+                ..Default::default()
+            },
+        ),
+        demo::app(MARKER),
+        EPOCH,
+    );
+    let a = attach(&mut h, "a");
+    // A Call is answered, unrun: its call_id can be read. (Run, this one
+    // would fail with its own message.)
+    let big = call_msg(
+        EPOCH,
+        1,
+        "counter",
+        "fail",
+        &json!(["x".repeat(512)]).to_string(),
+    );
+    let size = big.encoded_len();
+    h.handle_message(a, big).unwrap();
+    let (code, message) = error(&only_result(&frames(&mut h, a)));
+    assert_eq!(code, ErrorCode::ResourceExhausted);
+    assert!(message.contains(&format!("{size} bytes")), "{message}");
+    assert_eq!(h.version(), 1, "the call did not run");
+    // Anything else is refused.
+    let mut sync = sync_msg(EPOCH, 0, 5);
+    if let Some(header) = sync.header.as_mut() {
+        header.capability = "c".repeat(600);
+    }
+    let size = sync.encoded_len();
+    assert_eq!(
+        h.handle_message(a, sync),
+        Err(InputError::MessageTooLarge { size, limit: 512 })
+    );
+    assert!(frames(&mut h, a).is_empty());
+    // At the limit an envelope is processed (the method runs and fails as
+    // asked), and the session carries on.
+    let failing = |len| {
+        call_msg(
+            EPOCH,
+            2,
+            "counter",
+            "fail",
+            &json!(["x".repeat(len)]).to_string(),
+        )
+    };
+    // Longer text can lengthen the varints too: the longest that fits.
+    let len = (0..512)
+        .rev()
+        .find(|&len| failing(len).encoded_len() <= 512)
+        .unwrap();
+    let fits = failing(len);
+    assert_eq!(fits.encoded_len(), 512);
+    h.handle_message(a, fits).unwrap();
+    assert_eq!(error(&only_result(&frames(&mut h, a))).0, ErrorCode::Failed);
+    h.handle_message(a, call_msg(EPOCH, 3, "counter", "increase", "[1]"))
+        .unwrap();
+    assert_eq!(value(&only_result(&frames(&mut h, a))), json!(1));
+}
+
 #[test]
 fn undecodable_bytes_are_malformed_and_other_sessions_are_unaffected() {
     let mut h = demo_host(SyncMode::Patch);

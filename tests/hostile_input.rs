@@ -657,6 +657,51 @@ proptest! {
         bystander_gets_service(&mut host, peer, &mut client, &mut watch, now);
     }
 
+    /// The same limit holds for envelopes handed over undecoded, as
+    /// in-process and shared channels do: over it nothing runs, a Call is
+    /// at most answered with an error, anything else is refused, and the
+    /// session and its neighbours carry on.
+    #[test]
+    fn oversize_envelopes_handed_over_undecoded_run_nothing(
+        limit in 400usize..464,
+        extra in 1usize..64,
+        message in arb_client_message(),
+    ) {
+        let now = Instant::now();
+        let limits = HostLimits { max_message_bytes: limit, ..HostLimits::default() };
+        let mut host = demo_host(SyncMode::Patch, limits);
+        let (attacker, _) = connect(&mut host, "attacker", now);
+        let (peer, mut client) = connect(&mut host, "bystander", now);
+        let mut watch = ClientWatch::default();
+        let mut message = message;
+        let pad = (limit + extra).saturating_sub(message.encoded_len());
+        let header = message.header.get_or_insert_with(Default::default);
+        header.capability.push_str(&"c".repeat(pad));
+        let size = message.encoded_len();
+        prop_assert!(size > limit);
+        let is_call = matches!(message.kind, Some(client_message::Kind::Call(_)));
+        match host.handle_message(attacker, message) {
+            Ok(()) => prop_assert!(is_call, "only a Call is answered"),
+            Err(InputError::MessageTooLarge { size: refused, limit: of }) => {
+                prop_assert!(!is_call, "a Call is answered, not refused");
+                prop_assert_eq!((refused, of), (size, limit));
+            }
+            Err(error) => assert_typed_input_error(&error),
+        }
+        while let Some(frame) = host.poll_transmit(attacker) {
+            let answered = match &frame.message().kind {
+                Some(host_message::Kind::Result(result)) => {
+                    matches!(result.outcome, Some(call_result::Outcome::Error(_)))
+                }
+                _ => false,
+            };
+            prop_assert!(answered, "only an error answers it: {:?}", frame.message());
+        }
+        prop_assert_eq!(host.version(), 1);
+        prop_assert_eq!(host.peer_count(), 2);
+        bystander_gets_service(&mut host, peer, &mut client, &mut watch, now);
+    }
+
     /// Arbitrary JSON arguments (and non-arguments) to every demo method, and
     /// to names that are not methods, end in a typed result: the state stays
     /// consistent, the version counts the commits, the secret stays private,

@@ -149,10 +149,14 @@ fn texts() -> App {
                 d.replace("/items", json!([]))?;
                 Ok(())
             })
-            .method("echo", |d: &mut Draft<'_>, (text,): (String,)| {
-                d.push("/items", "echoed")?;
-                Ok(text)
-            }),
+            // Its value can be larger than its call: `text` `times` times.
+            .method(
+                "echo",
+                |d: &mut Draft<'_>, (text, times): (String, usize)| {
+                    d.push("/items", "echoed")?;
+                    Ok(text.repeat(times))
+                },
+            ),
     )
 }
 
@@ -194,7 +198,14 @@ fn a_resume_longer_than_one_message_is_answered_with_a_snapshot() {
 fn a_value_too_large_for_one_result_is_refused_and_commits_nothing() {
     let mut h = host(texts(), LIMIT);
     let (peer, _) = attach(&mut h);
-    call(&mut h, peer, 1, "texts", "echo", json!(["y".repeat(LIMIT)]));
+    call(
+        &mut h,
+        peer,
+        1,
+        "texts",
+        "echo",
+        json!(["y".repeat(LIMIT / 2), 2]),
+    );
     let out = frames(&mut h, peer);
     assert_eq!(out.len(), 1, "no publication: {out:?}");
     let r = result(&out);
@@ -204,7 +215,7 @@ fn a_value_too_large_for_one_result_is_refused_and_commits_nothing() {
     assert!(message.contains("too large for one result"), "{message}");
     assert!(out[0].message().encoded_len() <= LIMIT);
     // A value that fits is answered and committed.
-    call(&mut h, peer, 2, "texts", "echo", json!(["short"]));
+    call(&mut h, peer, 2, "texts", "echo", json!(["short", 1]));
     let out = frames(&mut h, peer);
     assert_eq!(result(&out).state_version, 2);
 }

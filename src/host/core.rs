@@ -480,14 +480,32 @@ impl HostCore {
         }
         let message =
             ClientMessage::decode(bytes).map_err(|e| InputError::Malformed(e.to_string()))?;
-        self.handle_message(peer, message)
+        self.handle_sized(peer, message, bytes.len())
     }
 
     /// Handles one envelope from a session.
+    ///
+    /// The envelope is held to the max message size as it would be encoded
+    /// (spec §15), as bytes are in [`HostCore::handle_bytes`]: in-process and
+    /// shared channels hand envelopes over undecoded, and a peer on them
+    /// must not get past the limit either. Over it, a Call is answered
+    /// `resource-exhausted` and not run; anything else is refused with
+    /// [`InputError::MessageTooLarge`].
     pub fn handle_message(
         &mut self,
         peer: PeerKey,
         message: ClientMessage,
+    ) -> Result<(), InputError> {
+        let size = message.encoded_len();
+        self.handle_sized(peer, message, size)
+    }
+
+    /// [`HostCore::handle_message`] of an envelope of `size` encoded bytes.
+    fn handle_sized(
+        &mut self,
+        peer: PeerKey,
+        message: ClientMessage,
+        size: usize,
     ) -> Result<(), InputError> {
         if !self.peers.contains_key(&peer) {
             return Err(InputError::UnknownPeer);
@@ -505,9 +523,11 @@ impl HostCore {
         {
             p.reply_to = Arc::from(header.source.as_str());
         }
+        let limit = self.config.limits.max_message_bytes;
         match message.kind {
+            Some(client_message::Kind::Call(call)) => self.handle_call(peer, &header, call, size),
+            _ if size > limit => Err(InputError::MessageTooLarge { size, limit }),
             None => Err(InputError::UnknownKind),
-            Some(client_message::Kind::Call(call)) => self.handle_call(peer, &header, call),
             Some(client_message::Kind::SyncRequest(request)) => {
                 if header.protocol_version != PROTOCOL_VERSION {
                     return Err(InputError::UnsupportedVersion(header.protocol_version));
@@ -545,11 +565,13 @@ impl HostCore {
         self.frame(target, host_message::Kind::Snapshot(snapshot))
     }
 
+    /// Answers a Call of `size` encoded bytes (its envelope's).
     fn handle_call(
         &mut self,
         peer: PeerKey,
         header: &Header,
         call: wire::Call,
+        size: usize,
     ) -> Result<(), InputError> {
         let limit = self.config.limits.max_calls_in_flight;
         // Only results count: a queued sync answer is not a call in flight.
@@ -582,6 +604,14 @@ impl HostCore {
             ))
         } else if call.call_id == 0 {
             Err(MethodError::invalid_argument("call_id must not be 0"))
+        } else if size > self.config.limits.max_message_bytes {
+            Err(MethodError::new(
+                ErrorCode::ResourceExhausted,
+                format!(
+                    "the call's envelope is {size} bytes, over the {}-byte message limit; it was not run",
+                    self.config.limits.max_message_bytes
+                ),
+            ))
         } else if !header.epoch.is_empty() && header.epoch != self.epoch {
             Err(MethodError::new(
                 ErrorCode::FailedPrecondition,
