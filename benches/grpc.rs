@@ -463,22 +463,19 @@ fn core_call_times() -> CoreTimes {
 
 /// Starts a `GrpcServer` serving the demo host (patch mode); its URL.
 fn host_server(rt: &Runtime) -> String {
-    rt.block_on(serve_host())
-}
-
-/// [`host_server`] on the current runtime.
-async fn serve_host() -> String {
-    let host = Host::builder(demo::app("bench"))
-        .sync(SyncMode::Patch)
-        .sections(demo::DEFAULT_SECTIONS)
-        .build();
-    let server = GrpcServer::builder(host)
-        .bind("127.0.0.1:0".parse().expect("address"))
-        .await
-        .expect("bind");
-    let url = format!("http://{}", server.local_addr());
-    tokio::spawn(server.serve(std::future::pending()));
-    url
+    rt.block_on(async {
+        let host = Host::builder(demo::app("bench"))
+            .sync(SyncMode::Patch)
+            .sections(demo::DEFAULT_SECTIONS)
+            .build();
+        let server = GrpcServer::builder(host)
+            .bind("127.0.0.1:0".parse().expect("address"))
+            .await
+            .expect("bind");
+        let url = format!("http://{}", server.local_addr());
+        tokio::spawn(server.serve(std::future::pending()));
+        url
+    })
 }
 
 /// The servers of the `…_process` rows, in a child process.
@@ -531,9 +528,8 @@ fn run_servers() {
     let _ = std::io::stdin().lock().lines().count();
 }
 
-/// A `Client` of a host server of its own.
-fn grpc_client(rt: &Runtime) -> Client {
-    let url = host_server(rt);
+/// A synced `Client` of the host server at `url`.
+fn grpc_client(rt: &Runtime, url: String) -> Client {
     rt.block_on(async {
         let connector = GrpcConnector::new(url).expect("url");
         let client = Client::new(connector, ClientConfig::default());
@@ -578,7 +574,7 @@ fn measure(c: &mut Criterion, summary: &mut Summary, flavour: Flavour, cores: &C
     let echo_patch_busy = RawClient::connect(&rt, &bare_server(&rt, busy));
     let cores_floor = RawClient::connect(&rt, &bare_server(&rt, busy)).busy(cores.client);
     let host_raw = RawClient::connect(&rt, &host_server(&rt)).sync(&rt);
-    let client = grpc_client(&rt);
+    let client = grpc_client(&rt, host_server(&rt));
     let (rt, echo, client) = (&rt, &echo, &client);
     let mut group = common::group(c, SUITE);
     let busy_note = format!(
@@ -632,12 +628,7 @@ fn measure_across_processes(c: &mut Criterion, summary: &mut Summary) {
     let servers = ServerProcess::spawn();
     let rt = Flavour::MultiThread.runtime();
     let echo = RawClient::connect(&rt, &servers.echo_url);
-    let client = rt.block_on(async {
-        let connector = GrpcConnector::new(servers.host_url.clone()).expect("url");
-        let client = Client::new(connector, ClientConfig::default());
-        client.ready().await.expect("the client syncs");
-        client
-    });
+    let client = grpc_client(&rt, servers.host_url.clone());
     let mut group = common::group(c, SUITE);
     call_rows(&mut group, summary, &rt, &echo, &client, |shape, note| {
         (
