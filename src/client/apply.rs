@@ -265,6 +265,20 @@ pub fn apply_patch(view: &mut Value, patch_json: &str) -> Result<(), ApplyError>
                     .map_err(|reason| ApplyError::Operation { index, reason })?;
                 continue;
             }
+            // §7.4: `from` = `path` is a no-op (once `from` is known to
+            // exist). json-patch would remove and re-add, which fails at the
+            // root, where nothing can be removed.
+            if let PatchOperation::Move(m) = op
+                && m.from == m.path
+            {
+                if copy.pointer(m.from.as_str()).is_none() {
+                    return Err(ApplyError::Operation {
+                        index,
+                        reason: "\"from\" path is invalid".to_owned(),
+                    });
+                }
+                continue;
+            }
             json_patch::patch_unsafe(&mut copy, std::slice::from_ref(op)).map_err(|e| {
                 ApplyError::Operation {
                     index,
@@ -367,6 +381,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!((&v["s"]["x~y"], &v["s"]["x/y"]), (&json!(50), &json!(60)));
+    }
+
+    #[test]
+    fn move_onto_itself_is_a_no_op_even_at_the_root() {
+        for pointer in ["", "/s", "/s/arr/1"] {
+            let mut v = view();
+            let patch = json!([{"op": "move", "from": pointer, "path": pointer}]);
+            apply_patch(&mut v, &patch.to_string()).unwrap();
+            assert_eq!(v, view(), "{pointer:?}");
+        }
+        assert_refused(json!([{"op": "move", "from": "/missing", "path": "/missing"}]));
     }
 
     #[test]
