@@ -144,3 +144,80 @@ fn a_shutdown_ends_the_other_in_memory_sessions_while_a_method_still_runs() {
     assert_eq!(host.session_count(), 0, "every session was disconnected");
     let _ = done.send(());
 }
+
+/// A session whose client stops sending while another session's method
+/// holds the core is still answered once the core is free, and then ends.
+/// The method is on a private module, so its commit wakes no session: the
+/// session must look again by itself, not wait for a wake-up.
+#[test]
+fn a_session_whose_input_ends_while_the_core_is_held_is_answered_then_ends() {
+    use cosystem_worker::transport::{ClientLink, Connector};
+    use cosystem_worker::wire::{
+        Call, ClientMessage, Header, SyncReason, SyncRequest, client_message, host_message,
+    };
+    use futures::{SinkExt, StreamExt};
+
+    let done = watchdog(Duration::from_secs(60));
+    let rt = two_workers();
+    let gate = Gate::default();
+    let host = Host::builder(app_with_gate("s", gate.clone()))
+        .sections(demo::DEFAULT_SECTIONS)
+        .build();
+    let holder = client_of(&rt, &host);
+    ready(&rt, &[&holder]);
+    let held = rt.spawn({
+        let c = holder.clone();
+        async move { c.call("slow", "hold", vec![]).await }
+    });
+    gate.wait_entered();
+
+    let (link, connector) = memory::pair();
+    let served = rt.spawn({
+        let host = host.clone();
+        async move { host.serve(link).await }
+    });
+    let ClientLink { mut sink, stream } = rt.block_on(connector.connect()).unwrap();
+    let envelope = |kind| ClientMessage {
+        header: Some(Header::v1("", "raw", "")),
+        kind: Some(kind),
+    };
+    rt.block_on(async {
+        let sync = SyncRequest {
+            sync_id: 1,
+            have_version: 0,
+            reason: SyncReason::Initial as i32,
+        };
+        sink.send(envelope(client_message::Kind::SyncRequest(sync)))
+            .await
+            .unwrap();
+        let call = Call {
+            call_id: 1,
+            module: "counter".into(),
+            method: "increase".into(),
+            args_json: "[2]".into(),
+        };
+        sink.send(envelope(client_message::Kind::Call(call)))
+            .await
+            .unwrap();
+    });
+    // The input ends while the core is still held.
+    drop(sink);
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!served.is_finished(), "the session still owes its answers");
+
+    gate.open();
+    let answers: Vec<_> = rt.block_on(stream.map(|m| m.unwrap().kind).collect());
+    assert!(
+        matches!(answers.first(), Some(Some(host_message::Kind::Snapshot(_)))),
+        "{answers:?}"
+    );
+    let result = answers.iter().find_map(|kind| match kind {
+        Some(host_message::Kind::Result(r)) => Some(r.clone()),
+        _ => None,
+    });
+    assert_eq!(result.map(|r| r.call_id), Some(1), "{answers:?}");
+    assert_eq!(rt.block_on(served).unwrap(), Ok(()));
+    assert_eq!(rt.block_on(held).unwrap(), Ok(json!(1)));
+    assert_eq!(host.module_state("counter"), Some(json!({"count": 2})));
+    let _ = done.send(());
+}
