@@ -367,14 +367,27 @@ async fn watch_prints_one_line_per_version_with_the_pointed_value() {
         serde_json::from_str(&line).unwrap()
     };
     let start = host.version();
-    assert_eq!(next().await, json!({"version": start, "value": 0}));
+    let epoch = host.epoch();
+    assert_eq!(
+        next().await,
+        json!({"version": start, "epoch": epoch, "value": 0})
+    );
     // Every version is printed, even one that leaves the value unchanged.
     host.invoke("counter", "increase", &[json!(2)]).unwrap();
-    assert_eq!(next().await, json!({"version": start + 1, "value": 2}));
+    assert_eq!(
+        next().await,
+        json!({"version": start + 1, "epoch": epoch, "value": 2})
+    );
     host.invoke("todos", "add", &[json!("x")]).unwrap();
-    assert_eq!(next().await, json!({"version": start + 2, "value": 2}));
+    assert_eq!(
+        next().await,
+        json!({"version": start + 2, "epoch": epoch, "value": 2})
+    );
     host.invoke("counter", "decrease", &[json!(5)]).unwrap();
-    assert_eq!(next().await, json!({"version": start + 3, "value": -3}));
+    assert_eq!(
+        next().await,
+        json!({"version": start + 3, "epoch": epoch, "value": -3})
+    );
     child.kill().await.unwrap();
 }
 

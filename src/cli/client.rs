@@ -71,7 +71,9 @@ pub struct ClientArgs {
 enum ClientCommand {
     /// Print the published state once: {"version":N,"epoch":"…","state":{…}}.
     State,
-    /// Print {"version":N,"value":…} for every version, until interrupted.
+    /// Print {"version":N,"epoch":"…","value":…} for every version, until
+    /// interrupted. A new epoch means the host restarted: versions start
+    /// again.
     Watch {
         /// RFC 6901 JSON Pointer into the state ("" for all of it).
         #[arg(default_value = "")]
@@ -294,6 +296,7 @@ fn state(client: &Client) -> Result<(), CliError> {
 #[derive(Serialize)]
 struct WatchLine<'a> {
     version: u64,
+    epoch: &'a str,
     value: &'a Value,
 }
 
@@ -316,6 +319,7 @@ async fn watch(
         let value = mirror.state.pointer(pointer).unwrap_or(&Value::Null);
         emit(&WatchLine {
             version: key.1,
+            epoch: &key.0,
             value,
         })?;
         *last = Some(key);
