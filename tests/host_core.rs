@@ -2003,12 +2003,20 @@ fn a_call_that_would_make_the_view_too_large_for_one_snapshot_is_refused_and_com
 fn a_refused_call_answers_its_client_resource_exhausted() {
     let mut h = small_host(SyncMode::Patch);
     let peer = attach(&mut h, "c");
-    let big = serde_json::to_string(&[json!("z".repeat(SMALL_LIMIT))]).unwrap();
-    call(&mut h, peer, 1, "log", "append", &big);
+    // Each call fits one message; the second would take the view past it.
+    let half = serde_json::to_string(&[json!("z".repeat(SMALL_LIMIT * 3 / 5))]).unwrap();
+    call(&mut h, peer, 1, "log", "append", &half);
+    assert_eq!(only_result(&frames(&mut h, peer)).state_version, 2);
+    call(&mut h, peer, 2, "log", "append", &half);
     let result = only_result(&frames(&mut h, peer));
-    assert_eq!(code(&result), ErrorCode::ResourceExhausted);
-    assert_eq!(result.state_version, 1);
-    assert_eq!(h.module_state("log"), Some(&json!({"items": []})));
+    let (code, message) = error(&result);
+    assert_eq!(code, ErrorCode::ResourceExhausted);
+    assert!(message.contains("as one snapshot"), "{message}");
+    assert_eq!(result.state_version, 2);
+    assert_eq!(
+        h.module_state("log"),
+        Some(&json!({"items": ["z".repeat(SMALL_LIMIT * 3 / 5)]}))
+    );
 }
 
 #[derive(Debug, Clone)]

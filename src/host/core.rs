@@ -297,6 +297,28 @@ impl std::fmt::Debug for HostCore {
     }
 }
 
+/// A name a peer chose, for a log line: escaped, and cut after
+/// [`Clipped::KEEP`] bytes (a peer can send names up to the message limit,
+/// which the log must not repeat).
+struct Clipped<'a>(&'a str);
+
+impl Clipped<'_> {
+    const KEEP: usize = 128;
+}
+
+impl std::fmt::Debug for Clipped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.len() <= Self::KEEP {
+            return std::fmt::Debug::fmt(self.0, f);
+        }
+        let mut end = Self::KEEP;
+        while !self.0.is_char_boundary(end) {
+            end -= 1;
+        }
+        write!(f, "{:?}… ({} bytes)", &self.0[..end], self.0.len())
+    }
+}
+
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
@@ -480,32 +502,36 @@ impl HostCore {
         }
         let message =
             ClientMessage::decode(bytes).map_err(|e| InputError::Malformed(e.to_string()))?;
-        self.handle_sized(peer, message, bytes.len())
+        self.handle_sized(peer, message, Some(bytes.len()))
     }
 
     /// Handles one envelope from a session.
     ///
     /// The envelope is held to the max message size as it would be encoded
     /// (spec §15), as bytes are in [`HostCore::handle_bytes`]: in-process and
-    /// shared channels hand envelopes over undecoded, and a peer on them
-    /// must not get past the limit either. Over it, a Call is answered
-    /// `resource-exhausted` and not run; anything else is refused with
-    /// [`InputError::MessageTooLarge`].
+    /// shared channels hand over envelopes that were never encoded, and a
+    /// peer on them must not get past the limit either. Over it, a Call is
+    /// answered `resource-exhausted` and not run (H7); anything else is
+    /// refused with [`InputError::MessageTooLarge`], changing nothing.
     pub fn handle_message(
         &mut self,
         peer: PeerKey,
         message: ClientMessage,
     ) -> Result<(), InputError> {
         let size = message.encoded_len();
-        self.handle_sized(peer, message, size)
+        self.handle_sized(peer, message, Some(size))
     }
 
-    /// [`HostCore::handle_message`] of an envelope of `size` encoded bytes.
-    fn handle_sized(
+    /// Handles an envelope of `size` encoded bytes; `None` when its
+    /// transport already held its bytes to the limit (gRPC's decoder does),
+    /// where measuring it again could only disagree with the wire (prost
+    /// re-encodes a negative enum in 10 bytes that the wire may have sent
+    /// in 5).
+    pub(crate) fn handle_sized(
         &mut self,
         peer: PeerKey,
         message: ClientMessage,
-        size: usize,
+        size: Option<usize>,
     ) -> Result<(), InputError> {
         if !self.peers.contains_key(&peer) {
             return Err(InputError::UnknownPeer);
@@ -517,18 +543,24 @@ impl HostCore {
                 limit: MAX_PEER_ID,
             });
         }
-        if !header.source.is_empty()
+        let limit = self.config.limits.max_message_bytes;
+        // Not processed (§15): the over-long envelope changes nothing, not
+        // even the target of a later OVERFLOW snapshot (H12).
+        let oversize = size.filter(|&size| size > limit);
+        if oversize.is_none()
+            && !header.source.is_empty()
             && let Some(p) = self.peers.get_mut(&peer)
             && *p.reply_to != *header.source
         {
             p.reply_to = Arc::from(header.source.as_str());
         }
-        let limit = self.config.limits.max_message_bytes;
-        match message.kind {
-            Some(client_message::Kind::Call(call)) => self.handle_call(peer, &header, call, size),
-            _ if size > limit => Err(InputError::MessageTooLarge { size, limit }),
-            None => Err(InputError::UnknownKind),
-            Some(client_message::Kind::SyncRequest(request)) => {
+        match (message.kind, oversize) {
+            (Some(client_message::Kind::Call(call)), _) => {
+                self.handle_call(peer, &header, call, oversize)
+            }
+            (_, Some(size)) => Err(InputError::MessageTooLarge { size, limit }),
+            (None, None) => Err(InputError::UnknownKind),
+            (Some(client_message::Kind::SyncRequest(request)), None) => {
                 if header.protocol_version != PROTOCOL_VERSION {
                     return Err(InputError::UnsupportedVersion(header.protocol_version));
                 }
@@ -565,13 +597,14 @@ impl HostCore {
         self.frame(target, host_message::Kind::Snapshot(snapshot))
     }
 
-    /// Answers a Call of `size` encoded bytes (its envelope's).
+    /// Answers a Call; `oversize` is its envelope's size when that is over
+    /// the max message size.
     fn handle_call(
         &mut self,
         peer: PeerKey,
         header: &Header,
         call: wire::Call,
-        size: usize,
+        oversize: Option<usize>,
     ) -> Result<(), InputError> {
         let limit = self.config.limits.max_calls_in_flight;
         // Only results count: a queued sync answer is not a call in flight.
@@ -594,7 +627,17 @@ impl HostCore {
                 limit: backlog_limit.saturating_mul(2),
             });
         }
-        let outcome = if header.protocol_version != PROTOCOL_VERSION {
+        let outcome = if let Some(size) = oversize {
+            // Before the other checks (H7): the envelope is not processed,
+            // only answered, as §15 allows where the bytes arrive anyway.
+            Err(MethodError::new(
+                ErrorCode::ResourceExhausted,
+                format!(
+                    "the call's envelope is {size} bytes, over the {}-byte message limit; it was not run",
+                    self.config.limits.max_message_bytes
+                ),
+            ))
+        } else if header.protocol_version != PROTOCOL_VERSION {
             Err(MethodError::new(
                 ErrorCode::FailedPrecondition,
                 format!(
@@ -604,14 +647,6 @@ impl HostCore {
             ))
         } else if call.call_id == 0 {
             Err(MethodError::invalid_argument("call_id must not be 0"))
-        } else if size > self.config.limits.max_message_bytes {
-            Err(MethodError::new(
-                ErrorCode::ResourceExhausted,
-                format!(
-                    "the call's envelope is {size} bytes, over the {}-byte message limit; it was not run",
-                    self.config.limits.max_message_bytes
-                ),
-            ))
         } else if !header.epoch.is_empty() && header.epoch != self.epoch {
             Err(MethodError::new(
                 ErrorCode::FailedPrecondition,
@@ -695,8 +730,8 @@ impl HostCore {
             session = ?self.peers.get(&peer).map_or("", |p| p.options.peer_id.as_str()),
             peer = ?header.source,
             call_id = call.call_id,
-            module = ?call.module,
-            method = ?call.method,
+            module = ?Clipped(&call.module),
+            method = ?Clipped(&call.method),
             outcome = error.map_or("ok", ErrorCode::kebab_name),
             version = gate,
             "call answered"
@@ -1189,5 +1224,19 @@ fn parse_args(args_json: &str) -> Result<Vec<Value>, MethodError> {
         Err(e) => Err(MethodError::invalid_argument(format!(
             "args_json is not valid JSON: {e}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Clipped;
+
+    #[test]
+    fn clipped_names_are_escaped_and_cut_at_a_character_boundary() {
+        assert_eq!(format!("{:?}", Clipped("a\nb")), "\"a\\nb\"");
+        // 127 bytes, then a two-byte character across the cut.
+        let long = format!("{}é", "x".repeat(127));
+        let shown = format!("{:?}", Clipped(&long));
+        assert_eq!(shown, format!("\"{}\"… (129 bytes)", "x".repeat(127)));
     }
 }

@@ -12,6 +12,7 @@ use std::future::Future;
 use std::task::{Context, Poll};
 
 use futures::StreamExt;
+use prost::Message;
 use serde_json::Value;
 use tokio::sync::{Notify, broadcast};
 
@@ -520,9 +521,20 @@ impl Session {
         self.shared.core().set_principal(self.key, principal)
     }
 
-    /// Handles one envelope from the client.
+    /// Handles one envelope from the client, held to the max message size
+    /// as it would be encoded ([`HostCore::handle_message`]).
     pub fn handle(&self, message: ClientMessage) -> Result<(), InputError> {
-        self.with_core(true, |core| core.handle_message(self.key, message))
+        // Measured before the core is taken: nobody waits for it.
+        let size = message.encoded_len();
+        self.with_core(true, |core| {
+            core.handle_sized(self.key, message, Some(size))
+        })
+    }
+
+    /// [`Session::handle`] for a transport that decoded the envelope from
+    /// bytes it already held to the max message size (gRPC's decoder).
+    pub(crate) fn handle_decoded(&self, message: ClientMessage) -> Result<(), InputError> {
+        self.with_core(true, |core| core.handle_sized(self.key, message, None))
     }
 
     /// Handles the envelope in `input` without waking this session's own

@@ -503,7 +503,8 @@ async fn read_session(
 ) {
     let outcome = loop {
         match inbound.message().await {
-            Ok(Some(message)) => match session.handle(message) {
+            // tonic held the bytes to the max message size already.
+            Ok(Some(message)) => match session.handle_decoded(message) {
                 Ok(()) => {}
                 Err(error) if error.is_fatal() => {
                     tracing::warn!(%peer, %error, "closing session");
