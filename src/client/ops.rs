@@ -15,7 +15,7 @@ use json_patch::{
     AddOperation, CopyOperation, MoveOperation, PatchErrorKind, PatchOperation, RemoveOperation,
     ReplaceOperation, TestOperation,
 };
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, de::Error as _};
 use serde_json::Value;
 
@@ -175,7 +175,11 @@ impl<'de> Deserialize<'de> for Op {
                         Field::From => from.set(map.next_value()?),
                         Field::Value => value.set(map.next_value()?),
                         Field::Other => {
-                            map.next_value::<IgnoredAny>()?;
+                            // Read, not skipped: skipping would let through
+                            // what is not JSON (`1e400`, a lone surrogate,
+                            // spec J2, J9), which json-patch's buffered
+                            // read refuses too.
+                            map.next_value::<Value>()?;
                         }
                     }
                 }
@@ -372,6 +376,9 @@ mod tests {
             Just("true".to_owned()),
             Just("[1,{}]".to_owned()),
             Just(r#"{"op":"add","a":[null]}"#.to_owned()),
+            // Not JSON (spec J2, J9), wherever it stands.
+            Just("1e400".to_owned()),
+            Just(r#""\ud800""#.to_owned()),
         ]
     }
 
@@ -411,6 +418,17 @@ mod tests {
             let theirs = serde_json::from_str::<json_patch::Patch>(&text).ok().map(|p| p.0);
             prop_assert_eq!(ours, theirs, "{}", text);
         }
+    }
+
+    /// A member no operation uses is still read: what is not JSON there
+    /// refuses the patch (spec J2, J9), as it does in any other member.
+    #[test]
+    fn parse_refuses_what_is_not_json_in_members_it_does_not_use() {
+        for junk in ["1e400", r#""\ud800""#, r#"[1e400]"#] {
+            let text = format!(r#"[{{"op":"remove","path":"/a","junk":{junk}}}]"#);
+            assert!(parse_ops(&text).is_err(), "{text}");
+        }
+        assert!(parse_ops(r#"[{"op":"remove","path":"/a","junk":[1e300]}]"#).is_ok());
     }
 
     /// json-patch's tag must be a name: a variant index is refused (a case

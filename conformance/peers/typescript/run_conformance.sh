@@ -19,7 +19,10 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 if ! npm ci --no-audit --no-fund >"$log" 2>&1; then
   cat "$log" >&2
-  if grep -qiE 'ENOTFOUND|ECONNREFUSED|ECONNRESET|ETIMEDOUT|EAI_AGAIN|network|socket hang up|proxy' "$log"; then
+  # Only npm's own network failures count as "unreachable": a word like
+  # "proxy" also appears in warnings about settings, and a real failure
+  # (a lockfile mismatch) must fail the run, not skip it.
+  if grep -qE 'code (ENOTFOUND|ECONNREFUSED|ECONNRESET|ETIMEDOUT|EAI_AGAIN)|network request to .* failed' "$log"; then
     echo "npm registry unreachable" >&2
     exit 3
   fi
