@@ -1070,19 +1070,22 @@ fn sessions_beyond_max_clients_are_refused_until_one_disconnects() {
     assert_eq!(frames(&mut h, c).len(), 1);
 }
 
-#[test]
-fn message_over_the_size_limit_is_refused_unprocessed() {
-    let mut h = HostCore::new(
-        config_with(
-            SyncMode::Patch,
-            HostLimits {
-                max_message_bytes: 512,
-                ..Default::default()
-            },
-        ),
+/// A demo host whose messages are limited to `limit` bytes.
+fn demo_host_limited_to(limit: usize) -> HostCore {
+    let limits = HostLimits {
+        max_message_bytes: limit,
+        ..Default::default()
+    };
+    HostCore::new(
+        config_with(SyncMode::Patch, limits),
         demo::app(MARKER),
         EPOCH,
-    );
+    )
+}
+
+#[test]
+fn message_over_the_size_limit_is_refused_unprocessed() {
+    let mut h = demo_host_limited_to(512);
     let a = attach(&mut h, "a");
     let big = call_msg(
         EPOCH,
@@ -1111,17 +1114,7 @@ fn message_over_the_size_limit_is_refused_unprocessed() {
 /// holds there too, measured as the envelope would be encoded (spec §15).
 #[test]
 fn envelope_over_the_size_limit_handed_over_undecoded_is_not_processed() {
-    let mut h = HostCore::new(
-        config_with(
-            SyncMode::Patch,
-            HostLimits {
-                max_message_bytes: 512,
-                ..Default::default()
-            },
-        ),
-        demo::app(MARKER),
-        EPOCH,
-    );
+    let mut h = demo_host_limited_to(512);
     let a = attach(&mut h, "a");
     // A Call is answered, unrun: its call_id can be read. (Run, this one
     // would fail with its own message.)

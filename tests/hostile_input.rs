@@ -152,6 +152,33 @@ fn demo_host(sync: SyncMode, limits: HostLimits) -> HostCore {
     HostCore::new(config, demo::app(SECRET), "epoch-1")
 }
 
+/// A demo host whose messages are limited to `limit` bytes, with an
+/// attacker's session and a bystander's (with its client).
+struct Limited {
+    host: HostCore,
+    attacker: PeerKey,
+    peer: PeerKey,
+    client: ClientCore,
+    watch: ClientWatch,
+}
+
+fn limited(limit: usize, now: Instant) -> Limited {
+    let limits = HostLimits {
+        max_message_bytes: limit,
+        ..HostLimits::default()
+    };
+    let mut host = demo_host(SyncMode::Patch, limits);
+    let (attacker, _) = connect(&mut host, "attacker", now);
+    let (peer, client) = connect(&mut host, "bystander", now);
+    Limited {
+        host,
+        attacker,
+        peer,
+        client,
+        watch: ClientWatch::default(),
+    }
+}
+
 fn connect(host: &mut HostCore, peer_id: &str, now: Instant) -> (PeerKey, ClientCore) {
     let key = host
         .connect(PeerOptions {
@@ -634,11 +661,7 @@ proptest! {
         message in arb_client_message(),
     ) {
         let now = Instant::now();
-        let limits = HostLimits { max_message_bytes: limit, ..HostLimits::default() };
-        let mut host = demo_host(SyncMode::Patch, limits);
-        let (attacker, _) = connect(&mut host, "attacker", now);
-        let (peer, mut client) = connect(&mut host, "bystander", now);
-        let mut watch = ClientWatch::default();
+        let Limited { mut host, attacker, peer, mut client, mut watch } = limited(limit, now);
         let mut bytes = message.encode_to_vec();
         bytes.resize(limit + extra, 0);
         let size = bytes.len();
@@ -669,11 +692,7 @@ proptest! {
         version in prop_oneof![3 => Just(1u32), 1 => 0u32..4],
     ) {
         let now = Instant::now();
-        let limits = HostLimits { max_message_bytes: limit, ..HostLimits::default() };
-        let mut host = demo_host(SyncMode::Patch, limits);
-        let (attacker, _) = connect(&mut host, "attacker", now);
-        let (peer, mut client) = connect(&mut host, "bystander", now);
-        let mut watch = ClientWatch::default();
+        let Limited { mut host, attacker, peer, mut client, mut watch } = limited(limit, now);
         let mut message = message;
         let header = message.header.get_or_insert_with(Default::default);
         header.protocol_version = version;
