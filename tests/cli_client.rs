@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::{ServedGrpc, serve_grpc_on_loopback};
+
 use common::{BIN, cli_client, cli_client_with_env};
 
 use std::net::SocketAddr;
@@ -24,16 +26,12 @@ fn demo_host() -> Host {
         .build()
 }
 
+/// Serves `builder` on a free port until the second value is dropped.
 async fn start(
     builder: cosystem_worker::transport::grpc::GrpcServerBuilder,
-) -> (SocketAddr, oneshot::Sender<()>) {
-    let server = builder.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let addr = server.local_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(server.serve(async move {
-        let _ = stopped.await;
-    }));
-    (addr, stop)
+) -> (SocketAddr, ServedGrpc) {
+    let served = serve_grpc_on_loopback(builder).await;
+    (served.addr, served)
 }
 
 fn stdout_json(output: &Output) -> Value {
@@ -291,7 +289,7 @@ async fn tokens_missing_wrong_and_right() {
 /// A TLS host with a self-signed certificate for `localhost`, its URL, a
 /// scratch directory holding that certificate as `cert.pem`, and the stop
 /// handle.
-async fn tls_host(tag: &str) -> (String, std::path::PathBuf, oneshot::Sender<()>) {
+async fn tls_host(tag: &str) -> (String, std::path::PathBuf, ServedGrpc) {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let dir = std::env::temp_dir().join(format!("cosystem-cli-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -397,7 +395,7 @@ async fn watch_exits_refused_when_a_restarted_host_no_longer_accepts_its_token()
     std::fs::create_dir_all(&dir).unwrap();
     let token_file = dir.join("token");
     std::fs::write(&token_file, "first-token").unwrap();
-    let (addr, stop) = start(GrpcServer::builder(demo_host()).token("first-token")).await;
+    let (addr, mut stop) = start(GrpcServer::builder(demo_host()).token("first-token")).await;
     let url = format!("http://{addr}");
     let token_arg = token_file.to_str().unwrap();
     let (mut child, mut lines) = spawn_watch(&["--connect", &url, "--token-file", token_arg]);
@@ -405,7 +403,7 @@ async fn watch_exits_refused_when_a_restarted_host_no_longer_accepts_its_token()
     assert!(matches!(first, Ok(Ok(Some(_)))), "watch printed nothing");
 
     // The same address, now with another token (its credentials rotated).
-    let _ = stop.send(());
+    stop.begin_stop();
     let restarted = loop {
         match GrpcServer::builder(demo_host())
             .token("second-token")

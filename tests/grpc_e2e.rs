@@ -3,7 +3,8 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use common::{ServedGrpc, serve_grpc};
+
 use std::time::Duration;
 
 use cosystem_worker::client::{Client, ClientConfig, ClientEvent, Reconnect};
@@ -12,8 +13,6 @@ use cosystem_worker::host::{Host, SyncMode};
 use cosystem_worker::transport::grpc::{GrpcConnector, GrpcServer};
 use cosystem_worker::transport::{Connector, TransportError};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 fn demo_host(sync: SyncMode) -> Host {
     Host::builder(demo::app("grpc-secret"))
@@ -22,48 +21,12 @@ fn demo_host(sync: SyncMode) -> Host {
         .build()
 }
 
-struct Running {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
-
-impl Running {
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        (&mut self.task).await.expect("server task");
-    }
-}
-
-async fn until(stop: oneshot::Receiver<()>) {
-    let _ = stop.await;
-}
-
-async fn serve(server: GrpcServer) -> Running {
-    let addr = server.local_addr();
-    let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(async move {
-        server.serve(until(stopped)).await.expect("serve");
-    });
-    Running {
-        addr,
-        stop: Some(stop),
-        task,
-    }
-}
-
-async fn start(host: &Host) -> Running {
+async fn start(host: &Host) -> ServedGrpc {
     let server = GrpcServer::builder(host.clone())
         .bind("127.0.0.1:0".parse().unwrap())
         .await
         .expect("bind");
-    serve(server).await
+    serve_grpc(server)
 }
 
 fn fast_reconnect() -> Reconnect {
@@ -245,7 +208,7 @@ async fn tls_with_a_certificate_made_at_test_time() {
         .bind("127.0.0.1:0".parse().unwrap())
         .await
         .expect("bind with TLS");
-    let server = serve(server).await;
+    let server = serve_grpc(server);
     let url = format!("https://localhost:{}", server.addr.port());
 
     let trusted = Client::with_reconnect(
@@ -303,7 +266,7 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_client_ca() 
         .bind("127.0.0.1:0".parse().unwrap())
         .await
         .expect("bind with mutual TLS");
-    let server = serve(server).await;
+    let server = serve_grpc(server);
     let url = format!("https://localhost:{}", server.addr.port());
     let connector = || GrpcConnector::new(&url).unwrap().ca_cert(host_pem.clone());
 
@@ -409,7 +372,7 @@ async fn a_tls_handshake_that_stalls_is_closed() {
         .bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let server = serve(server).await;
+    let server = serve_grpc(server);
     let mut stalled = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     // The start of a ClientHello record announcing 512 bytes, then nothing:
     // more than the raw preface deadline needs, so only TLS's own bounds it.

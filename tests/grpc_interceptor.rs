@@ -4,46 +4,16 @@
 
 mod common;
 
+use common::serve_grpc_on_loopback;
+
 use std::net::SocketAddr;
 
 use cosystem_worker::client::{Client, ClientConfig, Connection, Reconnect};
 use cosystem_worker::host::{Host, Principal};
 use cosystem_worker::transport::TransportError;
-use cosystem_worker::transport::grpc::{GrpcConnector, GrpcError, GrpcServer, GrpcServerBuilder};
+use cosystem_worker::transport::grpc::{GrpcConnector, GrpcError, GrpcServer};
 use serde_json::json;
-use tokio::sync::oneshot;
 use tonic::{Request, Status};
-
-struct Running {
-    addr: SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.expect("server task");
-    }
-}
-
-async fn serve(builder: GrpcServerBuilder) -> Running {
-    let server = builder
-        .bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("bind");
-    let addr = server.local_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .serve(async move {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("serve");
-    });
-    Running { addr, stop, task }
-}
 
 /// Stands in for the application's authentication: a bearer value from a
 /// fixed list of API keys names the user; anything else is refused.
@@ -74,7 +44,7 @@ fn client(addr: SocketAddr, key: Option<&str>) -> Client {
 #[tokio::test]
 async fn each_session_runs_as_the_principal_the_interceptor_names() {
     let host = Host::builder(common::whoami_app()).build();
-    let server = serve(GrpcServer::builder(host).interceptor(api_keys)).await;
+    let server = serve_grpc_on_loopback(GrpcServer::builder(host).interceptor(api_keys)).await;
 
     let ada = client(server.addr, Some("key-of-ada"));
     let grace = client(server.addr, Some("key-of-grace"));
@@ -90,7 +60,8 @@ async fn each_session_runs_as_the_principal_the_interceptor_names() {
 #[tokio::test]
 async fn a_stream_the_interceptor_refuses_stops_its_client_and_spares_the_others() {
     let host = Host::builder(common::whoami_app()).build();
-    let server = serve(GrpcServer::builder(host.clone()).interceptor(api_keys)).await;
+    let server =
+        serve_grpc_on_loopback(GrpcServer::builder(host.clone()).interceptor(api_keys)).await;
     let member = client(server.addr, Some("key-of-ada"));
     member.ready().await.unwrap();
 
@@ -114,7 +85,7 @@ async fn a_stream_the_interceptor_refuses_stops_its_client_and_spares_the_others
 async fn the_interceptor_runs_before_the_token_check() {
     let host = Host::builder(common::whoami_app()).build();
     let refuse_all = |_: Request<()>| Err(Status::permission_denied("closed today"));
-    let server = serve(
+    let server = serve_grpc_on_loopback(
         GrpcServer::builder(host)
             .token("the-shared-token")
             .interceptor(refuse_all),
@@ -162,7 +133,7 @@ async fn under_mutual_tls_the_interceptor_names_the_principal_from_the_client_ce
         }
         Ok(request)
     };
-    let server = serve(
+    let server = serve_grpc_on_loopback(
         GrpcServer::builder(Host::builder(common::whoami_app()).build())
             .tls(host_pem.clone(), host_cert.signing_key.serialize_pem())
             .client_ca(ca.pem())

@@ -4,9 +4,8 @@
 
 mod common;
 
-use common::{Gate, app_with_gate};
+use common::{Gate, app_with_gate, serve_grpc, serve_grpc_on_loopback};
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use cosystem_worker::client::{Client, ClientConfig, ClientEvent, Reconnect};
@@ -14,28 +13,7 @@ use cosystem_worker::host::{Host, SyncMode};
 use cosystem_worker::transport::grpc::{GrpcConnector, GrpcServer};
 use cosystem_worker::wire::ErrorCode;
 use serde_json::json;
-use tokio::sync::{broadcast, oneshot};
-
-async fn serve(
-    host: &Host,
-    addr: SocketAddr,
-) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let server = GrpcServer::builder(host.clone())
-        .bind(addr)
-        .await
-        .expect("bind");
-    let addr = server.local_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .serve(async move {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("serve");
-    });
-    (addr, stop, task)
-}
+use tokio::sync::broadcast;
 
 async fn epoch_changed_to(events: &mut broadcast::Receiver<ClientEvent>, epoch: &str) {
     loop {
@@ -55,7 +33,8 @@ async fn clients_follow_a_host_restarted_on_the_same_port() {
         .sections(["counter", "todos"])
         .bookmark_interval(None)
         .build();
-    let (addr, stop, task) = serve(&first, "127.0.0.1:0".parse().unwrap()).await;
+    let mut server = serve_grpc_on_loopback(GrpcServer::builder(first.clone())).await;
+    let addr = server.addr;
     let url = format!("http://{addr}");
     let reconnect = Reconnect {
         initial: Duration::from_millis(10),
@@ -90,11 +69,11 @@ async fn clients_follow_a_host_restarted_on_the_same_port() {
     tokio::task::spawn_blocking(move || entered.wait_entered())
         .await
         .unwrap();
-    let _ = stop.send(());
+    server.begin_stop();
     let outcome = in_flight.await.unwrap();
     assert_eq!(outcome.unwrap_err().code, ErrorCode::OutcomeUnknown);
     gate.open();
-    task.await.unwrap();
+    server.stop().await;
 
     let second = Host::builder(app_with_gate("restart-secret", Gate::default()))
         .sync(SyncMode::Patch)
@@ -106,8 +85,11 @@ async fn clients_follow_a_host_restarted_on_the_same_port() {
         .unwrap();
     let new_epoch = second.epoch();
     assert_ne!(new_epoch, old_epoch);
-    let (same_addr, _stop2, _task2) = serve(&second, addr).await;
-    assert_eq!(same_addr, addr);
+    let bound = GrpcServer::builder(second.clone())
+        .bind(addr)
+        .await
+        .expect("bind");
+    let _restarted = serve_grpc(bound);
 
     for (c, events) in clients.iter().zip(&mut events) {
         epoch_changed_to(events, &new_epoch).await;

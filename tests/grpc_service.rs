@@ -2,6 +2,10 @@
 //! from real clients on 127.0.0.1: bearer tokens, client and message
 //! limits, flooding, a vanished raw client, health and reflection.
 
+mod common;
+
+use common::{ServedGrpc, serve_grpc_on_loopback};
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -36,17 +40,15 @@ async fn until(stop: oneshot::Receiver<()>) {
     let _ = stop.await;
 }
 
-/// Serves `host` on a free port; the server stops when the sender drops.
-async fn start(host: &Host, token: Option<&str>) -> (SocketAddr, oneshot::Sender<()>) {
+/// Serves `host` on a free port; the server stops when the second value
+/// is dropped.
+async fn start(host: &Host, token: Option<&str>) -> (SocketAddr, ServedGrpc) {
     let mut builder = GrpcServer::builder(host.clone());
     if let Some(token) = token {
         builder = builder.token(token);
     }
-    let server = builder.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let addr = server.local_addr();
-    let (stop, stopped) = oneshot::channel();
-    tokio::spawn(server.serve(until(stopped)));
-    (addr, stop)
+    let served = serve_grpc_on_loopback(builder).await;
+    (served.addr, served)
 }
 
 async fn channel(addr: SocketAddr) -> Channel {

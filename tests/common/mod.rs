@@ -292,3 +292,61 @@ impl TestCa {
         }
     }
 }
+
+/// A `GrpcServer` serving on a task of its own until stopped (or until this
+/// is dropped, which stops it without waiting).
+pub struct ServedGrpc {
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ServedGrpc {
+    /// The server's `http://` URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Tells the server to stop, without waiting for it.
+    pub fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Stops the server and waits until it has stopped.
+    pub async fn stop(mut self) {
+        self.begin_stop();
+        (&mut self.task).await.expect("server task");
+    }
+}
+
+/// Serves `server` on a task of its own.
+pub fn serve_grpc(server: cosystem_worker::transport::grpc::GrpcServer) -> ServedGrpc {
+    let addr = server.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .serve(async move {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("serve");
+    });
+    ServedGrpc {
+        addr,
+        stop: Some(stop),
+        task,
+    }
+}
+
+/// Binds `builder` to a free loopback port and serves it ([`serve_grpc`]).
+pub async fn serve_grpc_on_loopback(
+    builder: cosystem_worker::transport::grpc::GrpcServerBuilder,
+) -> ServedGrpc {
+    let server = builder
+        .bind("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("bind");
+    serve_grpc(server)
+}
