@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Runs the host interop cases (spec/CONFORMANCE.md §7) against this host,
+# once per sync mode.
+#
+#   run_conformance.sh RUNNER [EXTRA RUNNER ARGS...]
+#
+# RUNNER is the cosystem-conformance binary. Exit status: 0 when every run
+# passed; 1 when a run failed; 2 on a usage or setup error; 3 when `npm ci`
+# failed because npm could not reach its registry.
+set -uo pipefail
+
+if [ $# -lt 1 ]; then
+  echo "usage: $0 RUNNER [EXTRA RUNNER ARGS...]" >&2
+  exit 2
+fi
+RUNNER=$1
+shift
+case "$RUNNER" in
+  */*) RUNNER=$(cd "$(dirname "$RUNNER")" && pwd)/$(basename "$RUNNER") ;;
+  *) RUNNER=$(command -v "$RUNNER" || echo "$RUNNER") ;;
+esac
+if [ ! -x "$RUNNER" ]; then
+  echo "runner not executable: $RUNNER" >&2
+  exit 2
+fi
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$HERE" || exit 2
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/ts-host-conformance.XXXXXX")
+HOST_PID=""
+RUNNER_PID=""
+
+stop_host() {
+  if [ -n "$HOST_PID" ]; then
+    kill -TERM "$HOST_PID" 2>/dev/null
+    for _ in $(seq 1 50); do
+      kill -0 "$HOST_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$HOST_PID" 2>/dev/null
+    wait "$HOST_PID" 2>/dev/null
+    HOST_PID=""
+  fi
+}
+cleanup() {
+  if [ -n "$RUNNER_PID" ]; then
+    kill -TERM "$RUNNER_PID" 2>/dev/null
+    wait "$RUNNER_PID" 2>/dev/null
+  fi
+  stop_host
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---- install and build ----
+if ! npm ci --no-audit --no-fund --loglevel=error >"$WORK/npm.log" 2>&1; then
+  cat "$WORK/npm.log" >&2
+  if grep -Eq 'code (ENOTFOUND|ECONNREFUSED|ECONNRESET|ETIMEDOUT|EAI_AGAIN)|network request to .* failed' "$WORK/npm.log"; then
+    echo "npm ci failed: the npm registry is unreachable" >&2
+    exit 3
+  fi
+  echo "npm ci failed" >&2
+  exit 1
+fi
+if ! ./node_modules/.bin/tsc -p . >"$WORK/tsc.log" 2>&1; then
+  cat "$WORK/tsc.log" >&2
+  echo "tsc failed" >&2
+  exit 1
+fi
+
+# ---- the host vectors, replayed against this host's own core (in process) ----
+status=0
+echo "== host vectors: node dist/vectors.js"
+node dist/vectors.js >"$WORK/vectors.out" 2>&1
+vrc=$?
+grep -v '^PASS ' "$WORK/vectors.out"
+if [ $vrc -ne 0 ]; then
+  echo "host vectors failed" >&2
+  status=1
+fi
+
+# ---- one run per sync mode ----
+MARKER="ts-host-secret-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+for MODE in patch snapshot; do
+  TOKEN_FILE="$WORK/token-$MODE"
+  od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$TOKEN_FILE"
+  OUT="$WORK/host-$MODE.out"
+  : >"$OUT"
+  node dist/main.js --listen 127.0.0.1:0 --sync "$MODE" --token-file "$TOKEN_FILE" \
+    --secret-token "$MARKER-initial" >"$OUT" 2>"$WORK/host-$MODE.err" &
+  HOST_PID=$!
+  URL=""
+  for _ in $(seq 1 200); do
+    URL=$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$OUT" 2>/dev/null | head -n1)
+    [ -n "$URL" ] && break
+    kill -0 "$HOST_PID" 2>/dev/null || break
+    sleep 0.05
+  done
+  if [ -z "$URL" ]; then
+    echo "[$MODE] the host did not start:" >&2
+    cat "$WORK/host-$MODE.err" >&2
+    stop_host
+    status=1
+    continue
+  fi
+  echo "== sync $MODE: $RUNNER host --connect $URL --token-file $TOKEN_FILE --secret-marker $MARKER $*"
+  # In the background, so that a signal to this script is handled at once.
+  "$RUNNER" host --connect "$URL" --token-file "$TOKEN_FILE" --secret-marker "$MARKER" "$@" &
+  RUNNER_PID=$!
+  wait "$RUNNER_PID"
+  rc=$?
+  RUNNER_PID=""
+  if [ $rc -ne 0 ]; then
+    echo "[$MODE] runner exited $rc; host stderr:" >&2
+    tail -n 50 "$WORK/host-$MODE.err" >&2
+    status=1
+  fi
+  stop_host
+done
+exit $status
