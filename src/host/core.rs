@@ -297,6 +297,29 @@ impl std::fmt::Debug for HostCore {
     }
 }
 
+/// Bytes an envelope's encoding can take beyond its strings' own lengths:
+/// every tag, length prefix and integer at its longest (a Call's envelope
+/// needs at most 71, a SyncRequest's at most 75, with 5-byte length prefixes).
+const ENVELOPE_OVERHEAD: usize = 128;
+
+/// The envelope's encoded size if it may be over `limit`; `None` when the
+/// lengths of its strings alone show it is within. Exact measuring walks
+/// every field, which the per-call path of in-process transports would pay
+/// for nothing: almost every envelope is far below the limit.
+fn size_near_limit(message: &ClientMessage, limit: usize) -> Option<usize> {
+    let header = message.header.as_ref().map_or(0, |h| {
+        h.epoch.len() + h.source.len() + h.target.len() + h.capability.len()
+    });
+    let kind = match &message.kind {
+        Some(client_message::Kind::Call(c)) => c.module.len() + c.method.len() + c.args_json.len(),
+        Some(client_message::Kind::SyncRequest(_)) | None => 0,
+    };
+    let bound = header
+        .saturating_add(kind)
+        .saturating_add(ENVELOPE_OVERHEAD);
+    (bound > limit).then(|| message.encoded_len())
+}
+
 /// A name a peer chose, for a log line: escaped, and cut after
 /// [`Clipped::KEEP`] bytes (a peer can send names up to the message limit,
 /// which the log must not repeat).
@@ -518,15 +541,15 @@ impl HostCore {
         peer: PeerKey,
         message: ClientMessage,
     ) -> Result<(), InputError> {
-        let size = message.encoded_len();
-        self.handle_sized(peer, message, Some(size))
+        let size = size_near_limit(&message, self.config.limits.max_message_bytes);
+        self.handle_sized(peer, message, size)
     }
 
-    /// Handles an envelope of `size` encoded bytes; `None` when its
-    /// transport already held its bytes to the limit (gRPC's decoder does),
-    /// where measuring it again could only disagree with the wire (prost
-    /// re-encodes a negative enum in 10 bytes that the wire may have sent
-    /// in 5).
+    /// Handles an envelope of `size` encoded bytes; `None` when it is known
+    /// to be within the limit: its transport held its bytes to it (gRPC's
+    /// decoder does, and measuring again could only disagree with the wire:
+    /// prost re-encodes a negative enum in 10 bytes that the wire may have
+    /// sent in 5), or [`size_near_limit`] found it far enough below.
     pub(crate) fn handle_sized(
         &mut self,
         peer: PeerKey,
@@ -1229,7 +1252,95 @@ fn parse_args(args_json: &str) -> Result<Vec<Value>, MethodError> {
 
 #[cfg(test)]
 mod tests {
-    use super::Clipped;
+    use super::{Clipped, ENVELOPE_OVERHEAD, size_near_limit};
+    use crate::wire::{Call, ClientMessage, Header, SyncRequest, client_message};
+    use proptest::prelude::*;
+    use prost::Message;
+
+    fn arb_envelope() -> impl Strategy<Value = ClientMessage> {
+        let text = || ".{0,40}";
+        let header = proptest::option::of((any::<u32>(), text(), text(), text(), text()).prop_map(
+            |(protocol_version, epoch, source, target, capability)| Header {
+                protocol_version,
+                epoch,
+                source,
+                target,
+                capability,
+            },
+        ));
+        let call = (any::<u64>(), text(), text(), text()).prop_map(
+            |(call_id, module, method, args_json)| {
+                client_message::Kind::Call(Call {
+                    call_id,
+                    module,
+                    method,
+                    args_json,
+                })
+            },
+        );
+        let sync = (any::<u64>(), any::<u64>(), any::<i32>()).prop_map(
+            |(sync_id, have_version, reason)| {
+                client_message::Kind::SyncRequest(SyncRequest {
+                    sync_id,
+                    have_version,
+                    reason,
+                })
+            },
+        );
+        let kind = proptest::option::of(prop_oneof![call, sync]);
+        (header, kind).prop_map(|(header, kind)| ClientMessage { header, kind })
+    }
+
+    proptest! {
+        /// The cheap bound never lets an envelope over the limit through,
+        /// and is exact whenever it measures.
+        #[test]
+        fn size_near_limit_never_misses_an_envelope_over_the_limit(
+            message in arb_envelope(),
+            limit in 0usize..400,
+        ) {
+            let exact = message.encoded_len();
+            match size_near_limit(&message, limit) {
+                Some(size) => prop_assert_eq!(size, exact),
+                None => prop_assert!(exact <= limit, "{} > {}", exact, limit),
+            }
+        }
+    }
+
+    #[test]
+    fn the_overhead_covers_the_largest_fixed_fields() {
+        let max = ClientMessage {
+            header: Some(Header {
+                protocol_version: u32::MAX,
+                ..Header::default()
+            }),
+            kind: Some(client_message::Kind::SyncRequest(SyncRequest {
+                sync_id: u64::MAX,
+                have_version: u64::MAX,
+                reason: -1,
+            })),
+        };
+        assert!(
+            max.encoded_len() <= ENVELOPE_OVERHEAD,
+            "{}",
+            max.encoded_len()
+        );
+        let call = ClientMessage {
+            header: Some(Header {
+                protocol_version: u32::MAX,
+                ..Header::default()
+            }),
+            kind: Some(client_message::Kind::Call(Call {
+                call_id: u64::MAX,
+                ..Call::default()
+            })),
+        };
+        assert!(
+            call.encoded_len() <= ENVELOPE_OVERHEAD,
+            "{}",
+            call.encoded_len()
+        );
+    }
 
     #[test]
     fn clipped_names_are_escaped_and_cut_at_a_character_boundary() {

@@ -12,7 +12,6 @@ use std::future::Future;
 use std::task::{Context, Poll};
 
 use futures::StreamExt;
-use prost::Message;
 use serde_json::Value;
 use tokio::sync::{Notify, broadcast};
 
@@ -524,11 +523,7 @@ impl Session {
     /// Handles one envelope from the client, held to the max message size
     /// as it would be encoded ([`HostCore::handle_message`]).
     pub fn handle(&self, message: ClientMessage) -> Result<(), InputError> {
-        // Measured before the core is taken: nobody waits for it.
-        let size = message.encoded_len();
-        self.with_core(true, |core| {
-            core.handle_sized(self.key, message, Some(size))
-        })
+        self.with_core(true, |core| core.handle_message(self.key, message))
     }
 
     /// [`Session::handle`] for a transport that decoded the envelope from
