@@ -494,12 +494,18 @@ impl ServerProcess {
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn the server process");
-        let mut lines = BufReader::new(child.stdout.take().expect("child stdout")).lines();
-        let mut url = || {
-            lines
-                .next()
-                .and_then(Result::ok)
-                .expect("a URL from the server process")
+        // Read on a thread of its own, so that a child that never prints
+        // fails the bench instead of hanging it (and CI's test mode).
+        let stdout = child.stdout.take().expect("child stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let url = || {
+            rx.recv_timeout(Duration::from_secs(60))
+                .expect("a URL from the server process within a minute")
         };
         let (echo_url, host_url) = (url(), url());
         Self {
