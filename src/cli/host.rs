@@ -65,7 +65,7 @@ pub struct HostArgs {
 }
 
 /// Runs the host until Ctrl-C or SIGTERM (with `--stdio`, also until stdin
-/// closes).
+/// closes). Over gRPC a second signal ends the graceful shutdown's wait.
 pub async fn run(args: HostArgs) -> Result<(), CliError> {
     let endpoint = Endpoint::for_host(args.listen.clone(), args.stdio);
     if !matches!(endpoint, Endpoint::Grpc(_)) {
@@ -235,8 +235,27 @@ async fn serve_grpc(host: Host, addr: &GrpcAddr, args: &HostArgs) -> Result<(), 
             "listening on {local} beyond this machine with no token or client certificates: anyone who reaches it can call every method"
         );
     }
-    server.serve(shutdown_signal()).await?;
-    tracing::info!("stopped");
+    // The first signal stops the server gracefully: it waits up to
+    // SHUTDOWN_GRACE for its connections to close. A second one stops now,
+    // as an operator who asks twice expects.
+    let (stop, stopping) = tokio::sync::oneshot::channel::<()>();
+    let serving = server.serve(async move {
+        let _ = stopping.await;
+    });
+    let signals = async move {
+        shutdown_signal().await;
+        let _ = stop.send(());
+        shutdown_signal().await;
+    };
+    tokio::select! {
+        result = serving => {
+            result?;
+            tracing::info!("stopped");
+        }
+        () = signals => {
+            tracing::warn!("a second signal: stopping now, without waiting for connections to close");
+        }
+    }
     Ok(())
 }
 

@@ -168,8 +168,8 @@ impl HostProcess {
             .to_owned()
     }
 
-    /// Sends SIGTERM and waits for the exit; the log stays readable.
-    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+    /// Sends SIGTERM, without waiting for anything.
+    pub async fn signal_term(&mut self) {
         let pid = self.child.id().expect("running").to_string();
         let killed = Command::new("kill")
             .args(["-TERM", &pid])
@@ -177,6 +177,11 @@ impl HostProcess {
             .await
             .unwrap();
         assert!(killed.success());
+    }
+
+    /// Sends SIGTERM and waits for the exit; the log stays readable.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal_term().await;
         tokio::time::timeout(GUARD, self.child.wait())
             .await
             .expect("host did not stop on SIGTERM")
