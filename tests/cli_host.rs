@@ -180,23 +180,13 @@ async fn the_host_warns_when_anyone_beyond_this_machine_may_call_it() {
 /// grace period for it; a second SIGTERM stops the host at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_sigterm_stops_the_host_without_waiting_for_connections() {
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_client::HealthClient;
-
     let (mut host, url) = spawn_host(&[]).await;
     let channel = tonic::transport::Endpoint::from_shared(url)
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let mut watch = HealthClient::new(channel)
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(watch.message().await.unwrap().is_some());
+    let _watch = common::open_health_watch(channel).await;
 
     host.signal_term().await;
     host.log_until("shutting down").await;

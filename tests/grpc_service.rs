@@ -504,9 +504,6 @@ async fn a_host_message_over_the_clients_limit_stops_the_client_instead_of_refet
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_health_watch_left_open_does_not_keep_the_server_from_stopping() {
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_client::HealthClient;
-
     let host = host_with(HostLimits::default());
     let server = GrpcServer::builder(host.clone())
         .bind("127.0.0.1:0".parse().unwrap())
@@ -515,15 +512,7 @@ async fn a_health_watch_left_open_does_not_keep_the_server_from_stopping() {
     let addr = server.local_addr();
     let (stop, stopped) = oneshot::channel::<()>();
     let serving = tokio::spawn(server.serve(until(stopped)));
-    let mut health = HealthClient::new(channel(addr).await);
-    let mut watch = health
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(watch.message().await.unwrap().is_some());
+    let watch = common::open_health_watch(channel(addr).await).await;
     drop(stop);
     // The watch never ends by itself; serve returns after its grace period.
     let ended = tokio::time::timeout(Duration::from_secs(60), serving)

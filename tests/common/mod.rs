@@ -355,3 +355,23 @@ pub async fn serve_grpc_on_loopback(
         .expect("bind");
     serve_grpc(server)
 }
+
+/// Opens a health `Watch` of the whole server on `channel` and reads its
+/// first status. The stream never ends by itself, so it holds a stopping
+/// server in its grace period for as long as it is kept.
+pub async fn open_health_watch(
+    channel: tonic::transport::Channel,
+) -> tonic::Streaming<tonic_health::pb::HealthCheckResponse> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("a health watch")
+        .into_inner();
+    assert!(watch.message().await.expect("a status").is_some());
+    watch
+}
