@@ -99,7 +99,7 @@ async fn the_host_binary_publishes_the_sections_and_secret_it_is_given() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_binary_refuses_bad_options_with_one_line_and_exit_2() {
-    let cases: [&[&str]; 11] = [
+    let cases: [&[&str]; 14] = [
         &["--sections", "counter,nope"],
         &["--sync", "sometimes"],
         &["--listen", "https://127.0.0.1:0"],
@@ -117,6 +117,9 @@ async fn the_host_binary_refuses_bad_options_with_one_line_and_exit_2() {
         ],
         &["--stdio", "--token-file", "/dev/null"],
         &["--max-clients", "0"],
+        &["--max-connections", "0"],
+        &["--max-connections-per-address", "0"],
+        &["--listen", "tcp://127.0.0.1:0", "--max-connections", "5"],
         &["--secret-token", ""],
     ];
     for args in cases {
@@ -193,4 +196,27 @@ async fn a_second_sigterm_stops_the_host_without_waiting_for_connections() {
     let status = host.terminate().await;
     assert!(status.success(), "{status:?}");
     host.log_until("a second signal: stopping now").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_closes_a_connection_over_it_and_says_why() {
+    use tokio::io::AsyncReadExt;
+    let (mut host, url) = spawn_host(&["--max-connections", "1"]).await;
+    let addr = url.trim_start_matches("http://").to_owned();
+    // A health watch holds the one connection.
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let _watch = common::open_health_watch(channel).await;
+
+    let mut refused = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(GUARD, refused.read(&mut buf))
+        .await
+        .expect("the connection over the limit was left open");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let line = host.log_until("closing a new connection").await;
+    assert!(line.contains("limit of 1 connections"), "{line}");
 }

@@ -9,7 +9,9 @@ use cosystem_worker::client::{Client, ClientConfig, Connection, Reconnect};
 use cosystem_worker::demo;
 use cosystem_worker::host::Host;
 use cosystem_worker::transport::TransportError;
-use cosystem_worker::transport::grpc::{GrpcConnector, GrpcError, GrpcServer};
+use cosystem_worker::transport::grpc::{
+    ConnectionLimits, GrpcConnector, GrpcError, GrpcServer, Incoming,
+};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -56,7 +58,7 @@ async fn app_server(host: &Host, token: Option<&str>) -> AppServer {
             .add_service(health)
             .add_service(service)
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                Incoming::new(listener, ConnectionLimits::default()),
                 stopping,
             ),
     );

@@ -7,7 +7,7 @@ use clap::Args;
 use cosystem_worker::demo;
 use cosystem_worker::host::{Host, HostLimits, SyncMode, new_epoch};
 use cosystem_worker::transport::framed;
-use cosystem_worker::transport::grpc::GrpcServer;
+use cosystem_worker::transport::grpc::{ConnectionLimits, DEFAULT_MAX_CONNECTIONS, GrpcServer};
 use tokio::net::TcpListener;
 
 use super::endpoint::{Endpoint, GrpcAddr};
@@ -58,6 +58,15 @@ pub struct HostArgs {
     /// (default: 10000).
     #[arg(long, value_name = "N")]
     max_clients: Option<usize>,
+    /// TCP connections held at once; more are closed as soon as they are
+    /// accepted (gRPC only; default: 16384).
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// TCP connections held at once from one client address, IPv6 counted
+    /// by /64 (gRPC only; default: no limit, as clients behind a proxy or
+    /// NAT share one).
+    #[arg(long, value_name = "N")]
+    max_connections_per_address: Option<usize>,
     /// Runtime worker threads; 0 serves everything on one thread. Default:
     /// one per core.
     #[arg(long, value_name = "N")]
@@ -88,10 +97,13 @@ fn framed_only(args: &HostArgs) -> Result<(), CliError> {
         || args.tls_cert.is_some()
         || args.tls_key.is_some()
         || args.tls_client_ca.is_some()
+        || args.max_connections.is_some()
+        || args.max_connections_per_address.is_some()
     {
         return Err(CliError::Usage(
-            "--token-file, --tls-cert, --tls-key and --tls-client-ca apply to gRPC only; \
-             framed transports rely on the socket's own access control"
+            "--token-file, --tls-cert, --tls-key, --tls-client-ca and --max-connections(-per-address) \
+             apply to gRPC only; framed transports rely on the socket's own access control \
+             and hold one session per connection (--max-clients)"
                 .into(),
         ));
     }
@@ -204,7 +216,7 @@ async fn serve_grpc(host: Host, addr: &GrpcAddr, args: &HostArgs) -> Result<(), 
         _ => {}
     }
     let socket = resolve(&addr.authority).await?;
-    let mut builder = GrpcServer::builder(host.clone());
+    let mut builder = GrpcServer::builder(host.clone()).connection_limits(connection_limits(args)?);
     if let Some(path) = &args.token_file {
         builder = builder.token(read_token(path)?);
     }
@@ -224,6 +236,7 @@ async fn serve_grpc(host: Host, addr: &GrpcAddr, args: &HostArgs) -> Result<(), 
         sync = ?args.sync,
         sections = %args.sections.join(","),
         max_clients = host.limits().max_clients,
+        max_connections = args.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
         token = server.requires_token(),
         client_certificates = args.tls_client_ca.is_some(),
         "listening on {scheme}://{local}",
@@ -257,6 +270,23 @@ async fn serve_grpc(host: Host, addr: &GrpcAddr, args: &HostArgs) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// `--max-connections` and `--max-connections-per-address` over the defaults.
+fn connection_limits(args: &HostArgs) -> Result<ConnectionLimits, CliError> {
+    let at_least_one = |value: Option<usize>, flag: &str| match value {
+        Some(0) => Err(CliError::Usage(format!("{flag} must be at least 1"))),
+        value => Ok(value),
+    };
+    let mut limits = ConnectionLimits::default();
+    if let Some(max) = at_least_one(args.max_connections, "--max-connections")? {
+        limits.max = max;
+    }
+    limits.per_address = at_least_one(
+        args.max_connections_per_address,
+        "--max-connections-per-address",
+    )?;
+    Ok(limits)
 }
 
 /// The first address `HOST:PORT` resolves to (`[::1]:5` forms included).

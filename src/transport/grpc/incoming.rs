@@ -1,5 +1,5 @@
 //! The gRPC server's accepted connections: what tonic's own `TcpIncoming`
-//! does (TCP_NODELAY), plus two defences it lacks.
+//! does (TCP_NODELAY), plus three defences it lacks.
 //!
 //! - **Accept errors back off.** When the process runs out of file
 //!   descriptors, `accept` fails at once every time it is retried; tonic
@@ -15,11 +15,15 @@
 //!   then bounds by the same timeout; a peer that completes TLS and then
 //!   sends no HTTP/2 preface is not caught here (the TLS layer hides the
 //!   bytes), which needs a valid handshake and, with a client CA, a
-//!   certificate.
+//!   certificate. The connection limits bound those.
+//! - **Connections are counted.** One over the server's
+//!   [`ConnectionLimits`](super::ConnectionLimits) is closed as soon as it
+//!   is accepted (see `admission`).
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -28,6 +32,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Sleep, sleep};
 use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use super::admission::{Admission, ConnectionLimits, Slot};
+use super::throttle::Throttle;
 
 /// How long a new connection may take to send its first 24 bytes.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,25 +48,35 @@ pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// The length of the HTTP/2 client connection preface (RFC 9113 §3.4).
 const PREFACE_BYTES: usize = 24;
 
-/// Connections accepted from a listener, for `serve_with_incoming`.
-pub(super) struct Incoming {
+/// Connections accepted from a listener, for tonic's
+/// `Server::serve_with_incoming(_shutdown)`, with the defences above:
+/// what [`GrpcServer::serve`](super::GrpcServer::serve) uses, for an
+/// application serving [`GrpcServerBuilder::into_service`](super::GrpcServerBuilder::into_service)
+/// on its own tonic server.
+pub struct Incoming {
     listener: TcpListener,
     backoff: Option<Pin<Box<Sleep>>>,
     next_delay: Duration,
+    admission: Arc<Admission>,
+    /// A flood over the limits would otherwise log a line per connection.
+    refusals: Throttle,
 }
 
 impl Incoming {
-    pub(super) fn new(listener: TcpListener) -> Self {
+    /// Accepts from `listener`, holding connections to `limits`.
+    pub fn new(listener: TcpListener, limits: ConnectionLimits) -> Self {
         Self {
             listener,
             backoff: None,
             next_delay: ACCEPT_BACKOFF_MIN,
+            admission: Admission::new(limits),
+            refusals: Throttle::default(),
         }
     }
 }
 
 impl Stream for Incoming {
-    type Item = Result<Deadlined, io::Error>;
+    type Item = Result<Accepted, io::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
@@ -68,11 +85,26 @@ impl Stream for Incoming {
                 self.backoff = None;
             }
             match ready!(self.listener.poll_accept(cx)) {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     self.next_delay = ACCEPT_BACKOFF_MIN;
+                    let slot = match self.admission.admit(peer.ip()) {
+                        Ok(slot) => slot,
+                        Err(refusal) => {
+                            // Dropping the stream closes it.
+                            match self.refusals.admit(std::time::Instant::now()) {
+                                Some(held_back) => tracing::warn!(
+                                    %peer, %refusal, held_back, "closing a new connection"
+                                ),
+                                None => {
+                                    tracing::debug!(%peer, %refusal, "closing a new connection")
+                                }
+                            }
+                            continue;
+                        }
+                    };
                     // Small answers must not wait for a delayed ACK.
                     let _ = stream.set_nodelay(true);
-                    return Poll::Ready(Some(Ok(Deadlined::new(stream))));
+                    return Poll::Ready(Some(Ok(Accepted::new(stream, slot))));
                 }
                 // Never yielded to tonic, which would retry at once.
                 Err(error) => {
@@ -86,26 +118,29 @@ impl Stream for Incoming {
     }
 }
 
-/// An accepted connection that fails its reads if its first
-/// [`PREFACE_BYTES`] do not arrive within [`HANDSHAKE_TIMEOUT`].
-pub(super) struct Deadlined {
+/// A connection from [`Incoming`]: it fails its reads if its first 24
+/// bytes do not arrive within [`HANDSHAKE_TIMEOUT`], and holds its place
+/// under the connection limits until dropped.
+pub struct Accepted {
     stream: TcpStream,
     /// Until the preface's length has been read.
     deadline: Option<Pin<Box<Sleep>>>,
     read: usize,
+    _slot: Slot,
 }
 
-impl Deadlined {
-    fn new(stream: TcpStream) -> Self {
+impl Accepted {
+    fn new(stream: TcpStream, slot: Slot) -> Self {
         Self {
             stream,
             deadline: Some(Box::pin(sleep(HANDSHAKE_TIMEOUT))),
             read: 0,
+            _slot: slot,
         }
     }
 }
 
-impl AsyncRead for Deadlined {
+impl AsyncRead for Accepted {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -144,7 +179,7 @@ impl AsyncRead for Deadlined {
     }
 }
 
-impl AsyncWrite for Deadlined {
+impl AsyncWrite for Accepted {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -174,7 +209,7 @@ impl AsyncWrite for Deadlined {
     }
 }
 
-impl Connected for Deadlined {
+impl Connected for Accepted {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {

@@ -26,6 +26,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admission;
 mod auth;
 mod client;
 pub mod codec;
@@ -33,9 +34,10 @@ mod incoming;
 mod server;
 mod throttle;
 
+pub use admission::{ConnectionLimits, DEFAULT_MAX_CONNECTIONS};
 pub use auth::constant_time_eq;
 pub use client::GrpcConnector;
-pub use incoming::{ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN, HANDSHAKE_TIMEOUT};
+pub use incoming::{ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN, Accepted, HANDSHAKE_TIMEOUT, Incoming};
 pub use server::{
     GrpcServer, GrpcServerBuilder, HostServiceServer, KEEPALIVE, MAX_STREAMS_PER_CONNECTION,
     SERVICE_NAME, SHUTDOWN_GRACE, SessionService,
@@ -68,6 +70,12 @@ pub enum GrpcError {
         "into_service applies no interceptor: wrap the service in the application's own (InterceptedService)"
     )]
     InterceptorNotApplied,
+    /// [`GrpcServerBuilder::into_service`] was asked for with connection
+    /// limits set, which only [`GrpcServer::serve`] enforces.
+    #[error(
+        "into_service counts no connections: bound them in the application's own server or listener"
+    )]
+    ConnectionLimitsNotApplied,
     /// The URL is not a gRPC URL.
     #[error("invalid URL {0}")]
     InvalidUrl(String),

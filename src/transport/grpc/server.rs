@@ -16,6 +16,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_health::ServingStatus;
 
 use super::GrpcError;
+use super::admission::ConnectionLimits;
 use super::auth::{check_bearer, is_valid_token};
 use super::incoming::Incoming;
 use super::throttle::Throttle;
@@ -60,9 +61,22 @@ pub struct GrpcServerBuilder {
     tls: Option<(Vec<u8>, Vec<u8>)>,
     client_ca: Option<Vec<u8>>,
     interceptor: Option<SessionInterceptor>,
+    connections: ConnectionLimits,
 }
 
 impl GrpcServerBuilder {
+    /// Bounds the TCP connections [`GrpcServer::serve`] holds at once, in
+    /// all and per client address (default: [`ConnectionLimits::default`],
+    /// [`DEFAULT_MAX_CONNECTIONS`](super::DEFAULT_MAX_CONNECTIONS) in all
+    /// and no per-address limit). A connection over a limit is closed as
+    /// soon as it is accepted, before TLS and HTTP/2, with a warning logged
+    /// at most once a second; connections already held are unaffected.
+    /// Sessions are bounded separately, by the host's `max_clients`.
+    pub fn connection_limits(mut self, limits: ConnectionLimits) -> Self {
+        self.connections = limits;
+        self
+    }
+
     /// Requires every `Session` stream to carry
     /// `authorization: Bearer <token>`; others end `UNAUTHENTICATED` before
     /// any state is sent. Health and reflection stay open: they reveal
@@ -118,12 +132,14 @@ impl GrpcServerBuilder {
     ///   vanishes without a FIN holds its session and a client slot for ever;
     /// - bound the streams of one connection (`max_concurrent_streams` of
     ///   [`MAX_STREAMS_PER_CONNECTION`]): tonic sets no limit by default;
-    /// - set `TCP_NODELAY` on accepted sockets, or small answers may wait
-    ///   for a delayed ACK;
-    /// - back off when accepting fails (out of file descriptors) and close
-    ///   connections that send nothing ([`HANDSHAKE_TIMEOUT`](super::HANDSHAKE_TIMEOUT)): tonic's
-    ///   `TcpIncoming` retries a failed accept at once and waits for a
-    ///   silent connection for ever;
+    /// - accept connections through [`Incoming`](super::Incoming)
+    ///   (`serve_with_incoming`), which sets `TCP_NODELAY` (or small
+    ///   answers may wait for a delayed ACK), backs off when accepting fails
+    ///   (out of file descriptors), closes connections that send nothing
+    ///   within [`HANDSHAKE_TIMEOUT`](super::HANDSHAKE_TIMEOUT) and bounds
+    ///   the connections held at once ([`ConnectionLimits`]): tonic's
+    ///   `TcpIncoming` retries a failed accept at once, waits for a silent
+    ///   connection for ever and counts none;
     /// - report health for `""` and [`SERVICE_NAME`], and `NOT_SERVING`
     ///   when stopping;
     /// - call [`Host::shutdown`] when its server stops, so that every
@@ -137,7 +153,10 @@ impl GrpcServerBuilder {
     /// [`GrpcError::InterceptorNotApplied`] if
     /// [`GrpcServerBuilder::interceptor`] was set: the application wraps
     /// the service in its own (`InterceptedService`), and a check that
-    /// silently did not run would admit everyone.
+    /// silently did not run would admit everyone. Likewise
+    /// [`GrpcError::ConnectionLimitsNotApplied`] if
+    /// [`GrpcServerBuilder::connection_limits`] was set: connections are
+    /// the application's server's to count.
     pub fn into_service(self) -> Result<HostServiceServer<SessionService>, GrpcError> {
         if self.tls.is_some() || self.client_ca.is_some() {
             return Err(GrpcError::Tls(
@@ -146,6 +165,9 @@ impl GrpcServerBuilder {
         }
         if self.interceptor.is_some() {
             return Err(GrpcError::InterceptorNotApplied);
+        }
+        if self.connections != ConnectionLimits::default() {
+            return Err(GrpcError::ConnectionLimitsNotApplied);
         }
         let token = checked_token(self.token)?;
         Ok(session_service(self.host, token, Arc::default()))
@@ -206,6 +228,7 @@ impl GrpcServerBuilder {
             token,
             tls,
             interceptor: self.interceptor,
+            connections: self.connections,
             listener,
             local_addr,
         })
@@ -218,6 +241,7 @@ pub struct GrpcServer {
     token: Option<Arc<[u8]>>,
     tls: Option<ServerTlsConfig>,
     interceptor: Option<SessionInterceptor>,
+    connections: ConnectionLimits,
     listener: TcpListener,
     local_addr: SocketAddr,
 }
@@ -231,6 +255,7 @@ impl GrpcServer {
             tls: None,
             client_ca: None,
             interceptor: None,
+            connections: ConnectionLimits::default(),
         }
     }
 
@@ -304,7 +329,7 @@ impl GrpcServer {
                 .await;
             host.shutdown();
         };
-        let incoming = Incoming::new(self.listener);
+        let incoming = Incoming::new(self.listener, self.connections);
         let serving = server
             .add_service(health)
             .add_service(reflection)

@@ -1,0 +1,268 @@
+//! How many TCP connections the gRPC server holds at once, in all and per
+//! client address.
+//!
+//! A session is capped by the host (`max_clients`), but a connection costs
+//! the server a descriptor and HTTP/2 buffers before any session exists:
+//! health needs no token, and a connection may hold no stream at all. The
+//! handshake deadline closes connections that never start, yet one that
+//! completes TLS, or speaks HTTP/2 and then idles, answers keepalive pings
+//! and is held like any legitimate client. Only a count bounds those.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Connections a [`GrpcServer`](super::GrpcServer) holds at once unless
+/// configured otherwise: above the host's default of 10,000 sessions, with
+/// room for health checks.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+
+/// Limits on the connections a gRPC server holds at once. A connection over
+/// a limit is closed as soon as it is accepted, before TLS or HTTP/2: the
+/// client sees the connection end and retries like after any failed
+/// connect. Connections already held are never affected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections held at once, from every address together.
+    pub max: usize,
+    /// Connections held at once from one client address; `None` for no
+    /// per-address limit. IPv6 addresses count by their /64 prefix, the
+    /// block one subscriber is usually given, and IPv4-mapped IPv6
+    /// addresses as the IPv4 address. Clients behind one proxy or NAT share
+    /// an address, so this is off by default.
+    pub per_address: Option<usize>,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max: DEFAULT_MAX_CONNECTIONS,
+            per_address: None,
+        }
+    }
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(super) enum Refusal {
+    /// The server holds `max` connections.
+    #[error("the server holds its limit of {0} connections")]
+    Total(usize),
+    /// The client's address holds its limit.
+    #[error("the client's address holds its limit of {0} connections")]
+    PerAddress(usize),
+}
+
+/// The counts behind [`ConnectionLimits`], shared by every accepted
+/// connection's [`Slot`].
+#[derive(Debug)]
+pub(super) struct Admission {
+    limits: ConnectionLimits,
+    counts: Mutex<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: usize,
+    /// Only addresses holding connections; empty without a per-address
+    /// limit.
+    by_address: HashMap<IpAddr, usize>,
+}
+
+impl Admission {
+    pub(super) fn new(limits: ConnectionLimits) -> Arc<Self> {
+        Arc::new(Self {
+            limits,
+            counts: Mutex::default(),
+        })
+    }
+
+    fn counts(&self) -> MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a slot for a connection from `peer`, or says which limit it
+    /// would exceed. The slot is given back when dropped.
+    pub(super) fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Slot, Refusal> {
+        let mut counts = self.counts();
+        if counts.total >= self.limits.max {
+            return Err(Refusal::Total(self.limits.max));
+        }
+        let key = match self.limits.per_address {
+            Some(limit) => {
+                let key = address_key(peer);
+                let held = counts.by_address.entry(key).or_default();
+                if *held >= limit {
+                    if *held == 0 {
+                        counts.by_address.remove(&key);
+                    }
+                    return Err(Refusal::PerAddress(limit));
+                }
+                *held += 1;
+                Some(key)
+            }
+            None => None,
+        };
+        counts.total += 1;
+        Ok(Slot {
+            admission: self.clone(),
+            key,
+        })
+    }
+
+    /// Connections held now.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.counts().total
+    }
+}
+
+/// One admitted connection's place in the counts, held for as long as the
+/// connection lives.
+#[derive(Debug)]
+pub(super) struct Slot {
+    admission: Arc<Admission>,
+    key: Option<IpAddr>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.admission.counts();
+        counts.total = counts.total.saturating_sub(1);
+        if let Some(key) = self.key
+            && let Some(held) = counts.by_address.get_mut(&key)
+        {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                counts.by_address.remove(&key);
+            }
+        }
+    }
+}
+
+/// The address a per-address limit counts `peer` under.
+fn address_key(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V4(_) => peer,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(Ipv6Addr::from(prefix))
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("a test address")
+    }
+
+    #[test]
+    fn the_total_limit_refuses_the_connection_over_it_until_one_closes() {
+        let admission = Admission::new(ConnectionLimits {
+            max: 2,
+            per_address: None,
+        });
+        let first = admission.admit(ip("10.0.0.1")).expect("first");
+        let _second = admission.admit(ip("10.0.0.2")).expect("second");
+        assert_eq!(
+            admission.admit(ip("10.0.0.3")).map(drop),
+            Err(Refusal::Total(2))
+        );
+        drop(first);
+        assert!(admission.admit(ip("10.0.0.3")).is_ok());
+    }
+
+    #[test]
+    fn the_per_address_limit_refuses_only_that_address() {
+        let admission = Admission::new(ConnectionLimits {
+            max: 10,
+            per_address: Some(1),
+        });
+        let held = admission.admit(ip("10.0.0.1")).expect("first");
+        assert_eq!(
+            admission.admit(ip("10.0.0.1")).map(drop),
+            Err(Refusal::PerAddress(1))
+        );
+        let _other = admission.admit(ip("10.0.0.2")).expect("another address");
+        drop(held);
+        assert!(admission.admit(ip("10.0.0.1")).is_ok());
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_bit_prefix_and_mapped_ipv4_as_ipv4() {
+        assert_eq!(
+            address_key(ip("2001:db8:1:2:aaaa::1")),
+            address_key(ip("2001:db8:1:2:bbbb::2"))
+        );
+        assert_ne!(
+            address_key(ip("2001:db8:1:2::1")),
+            address_key(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(address_key(ip("::ffff:10.0.0.1")), ip("10.0.0.1"));
+        let admission = Admission::new(ConnectionLimits {
+            max: 10,
+            per_address: Some(1),
+        });
+        let _v4 = admission.admit(ip("10.0.0.1")).expect("first");
+        assert_eq!(
+            admission.admit(ip("::ffff:10.0.0.1")).map(drop),
+            Err(Refusal::PerAddress(1))
+        );
+    }
+
+    #[test]
+    fn a_zero_per_address_limit_refuses_everyone_and_remembers_no_address() {
+        let admission = Admission::new(ConnectionLimits {
+            max: 10,
+            per_address: Some(0),
+        });
+        assert_eq!(
+            admission.admit(ip("10.0.0.1")).map(drop),
+            Err(Refusal::PerAddress(0))
+        );
+        assert!(admission.counts().by_address.is_empty());
+    }
+
+    proptest! {
+        /// Whatever connections open and close, the counts never exceed a
+        /// limit, and once every slot is dropped nothing is held or
+        /// remembered.
+        #[test]
+        fn counts_stay_within_the_limits_and_return_to_zero(
+            max in 0usize..6,
+            per_address in proptest::option::of(0usize..4),
+            steps in proptest::collection::vec((any::<bool>(), 0u8..4), 0..64),
+        ) {
+            let admission = Admission::new(ConnectionLimits { max, per_address });
+            let mut slots: Vec<(u8, Slot)> = Vec::new();
+            for (open, who) in steps {
+                if open {
+                    let peer = IpAddr::from([10, 0, 0, who]);
+                    let from_peer = slots.iter().filter(|(w, _)| *w == who).count();
+                    let expected_ok = slots.len() < max
+                        && per_address.is_none_or(|limit| from_peer < limit);
+                    match admission.admit(peer) {
+                        Ok(slot) => {
+                            prop_assert!(expected_ok);
+                            slots.push((who, slot));
+                        }
+                        Err(_) => prop_assert!(!expected_ok),
+                    }
+                } else if let Some(i) = slots.iter().position(|(w, _)| *w == who) {
+                    slots.swap_remove(i);
+                }
+                prop_assert_eq!(admission.held(), slots.len());
+            }
+            slots.clear();
+            prop_assert_eq!(admission.held(), 0);
+            prop_assert!(admission.counts().by_address.is_empty());
+        }
+    }
+}

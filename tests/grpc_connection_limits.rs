@@ -1,0 +1,177 @@
+//! The gRPC server's connection limits: a connection over a limit is closed
+//! as soon as it is accepted, and held connections and their clients are
+//! served as before.
+
+mod common;
+
+use common::serve_grpc_on_loopback;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use cosystem_worker::client::{Client, ClientConfig};
+use cosystem_worker::demo;
+use cosystem_worker::host::Host;
+use cosystem_worker::transport::grpc::{
+    ConnectionLimits, GrpcConnector, GrpcError, GrpcServer, GrpcServerBuilder,
+};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Bounds every wait, so that a regression fails instead of hanging.
+const GUARD: Duration = Duration::from_secs(20);
+
+/// The HTTP/2 client preface and an empty SETTINGS frame.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+fn builder(limits: ConnectionLimits) -> GrpcServerBuilder {
+    let host = Host::builder(demo::app("limits-secret"))
+        .sections(demo::DEFAULT_SECTIONS)
+        .build();
+    GrpcServer::builder(host).connection_limits(limits)
+}
+
+/// Opens a connection from `source` (any loopback address), starts HTTP/2
+/// on it and returns it if the server answers with bytes of its own (its
+/// SETTINGS), or `None` if the server closes it without a byte.
+async fn open_from(server: SocketAddr, source: IpAddr) -> Option<TcpStream> {
+    let attempt = async {
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .expect("bind source");
+        let mut stream = socket.connect(server).await.expect("connect");
+        // A write to a connection the server has already closed may fail.
+        stream.write_all(PREFACE).await.ok()?;
+        let mut buf = [0u8; 64];
+        match stream.read(&mut buf).await {
+            Ok(n) if n > 0 => Some(stream),
+            _ => None,
+        }
+    };
+    tokio::time::timeout(GUARD, attempt).await.expect("hung")
+}
+
+/// Whether the server still answers an HTTP/2 PING on `stream`: reads
+/// frames until the acknowledgement of this one, or the end.
+async fn answers_ping(stream: &mut TcpStream) -> bool {
+    const PAYLOAD: &[u8; 8] = b"limits!!";
+    let exchange = async {
+        let mut ping = vec![0, 0, 8, 6, 0, 0, 0, 0, 0];
+        ping.extend_from_slice(PAYLOAD);
+        if stream.write_all(&ping).await.is_err() {
+            return false;
+        }
+        loop {
+            let mut header = [0u8; 9];
+            if stream.read_exact(&mut header).await.is_err() {
+                return false;
+            }
+            let len =
+                usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+            let mut payload = vec![0u8; len];
+            if stream.read_exact(&mut payload).await.is_err() {
+                return false;
+            }
+            // PING (type 6) with ACK (flag 1) and this payload.
+            if header[3] == 6 && header[4] & 1 == 1 && payload == PAYLOAD {
+                return true;
+            }
+        }
+    };
+    tokio::time::timeout(GUARD, exchange).await.expect("hung")
+}
+
+fn loopback(last: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, last])
+}
+
+/// Opens connections from `source` until one is admitted: the server
+/// gives a slot back when it has seen a closed connection end, which it
+/// does on its own time.
+async fn admitted_eventually(server: SocketAddr, source: IpAddr) -> TcpStream {
+    let attempts = async {
+        loop {
+            if let Some(stream) = open_from(server, source).await {
+                return stream;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(GUARD, attempts)
+        .await
+        .expect("never admitted")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_over_the_total_limit_is_closed_until_a_held_one_ends() {
+    let server = serve_grpc_on_loopback(builder(ConnectionLimits {
+        max: 2,
+        per_address: None,
+    }))
+    .await;
+    let first = open_from(server.addr, loopback(1)).await.expect("first");
+    let second = open_from(server.addr, loopback(2)).await.expect("second");
+    assert!(
+        open_from(server.addr, loopback(3)).await.is_none(),
+        "a third connection was served over a limit of two"
+    );
+    drop(first);
+    let third = admitted_eventually(server.addr, loopback(3)).await;
+    let mut second = second;
+    assert!(
+        answers_ping(&mut second).await,
+        "refusing a connection ended one already held"
+    );
+    // Raw connections would hold the server's graceful stop.
+    drop((second, third));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_address_limit_closes_only_that_address_and_its_clients_stay_served() {
+    let server = serve_grpc_on_loopback(builder(ConnectionLimits {
+        max: 100,
+        per_address: Some(1),
+    }))
+    .await;
+    // The reference client connects from 127.0.0.1 and holds its slot.
+    let client = Client::new(
+        GrpcConnector::new(server.url()).expect("url"),
+        ClientConfig::default(),
+    );
+    tokio::time::timeout(GUARD, client.ready())
+        .await
+        .expect("hung")
+        .expect("ready");
+    assert!(
+        open_from(server.addr, loopback(1)).await.is_none(),
+        "a second connection from 127.0.0.1 was served over a limit of one"
+    );
+    let other = open_from(server.addr, loopback(2))
+        .await
+        .expect("another address is served");
+    let value = tokio::time::timeout(GUARD, client.call("counter", "increase", vec![json!(1)]))
+        .await
+        .expect("hung")
+        .expect("the held client's call");
+    assert_eq!(value, json!(1));
+    client.dispose();
+    drop(other);
+    server.stop().await;
+}
+
+#[test]
+fn into_service_refuses_connection_limits_it_would_not_enforce() {
+    let service = builder(ConnectionLimits {
+        max: 5,
+        per_address: None,
+    })
+    .into_service();
+    assert!(matches!(
+        service,
+        Err(GrpcError::ConnectionLimitsNotApplied)
+    ));
+    assert!(builder(ConnectionLimits::default()).into_service().is_ok());
+}
