@@ -220,3 +220,55 @@ async fn max_connections_closes_a_connection_over_it_and_says_why() {
     let line = host.log_until("closing a new connection").await;
     assert!(line.contains("limit of 1 connections"), "{line}");
 }
+
+/// `cosystem-worker host ARGS` run by `sh` after `limits` (`ulimit …`).
+#[cfg(target_os = "linux")]
+async fn spawn_host_under(limits: &str, args: &[&str]) -> HostProcess {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("{limits} && exec \"$0\" host \"$@\""))
+        .arg(BIN)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args);
+    HostProcess::spawn_command(command)
+}
+
+/// The soft and hard "Max open files" of a running process.
+#[cfg(target_os = "linux")]
+fn open_files_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    (
+        fields.next().unwrap().to_owned(),
+        fields.next().unwrap().to_owned(),
+    )
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_raises_its_open_file_limit_to_the_hard_limit() {
+    let mut host = spawn_host_under("ulimit -Sn 256", &[]).await;
+    host.endpoint().await;
+    let (soft, hard) = open_files_limits(host.pid());
+    assert_ne!(soft, "256");
+    assert_eq!(soft, hard);
+    host.terminate().await;
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_warns_when_its_open_file_limit_cannot_hold_max_connections() {
+    let mut host = spawn_host_under("ulimit -n 512", &["--max-connections", "1000"]).await;
+    let line = host
+        .log_until("the open-file limit is below --max-connections")
+        .await;
+    assert!(line.contains("open_files=512"), "{line}");
+    // Still served: the warning is advice.
+    host.endpoint().await;
+    host.terminate().await;
+}

@@ -11,6 +11,7 @@ use cosystem_worker::transport::grpc::{ConnectionLimits, DEFAULT_MAX_CONNECTIONS
 use tokio::net::TcpListener;
 
 use super::endpoint::{Endpoint, GrpcAddr};
+use super::open_files;
 use super::{CliError, read_file, read_token};
 
 /// `host` options.
@@ -81,10 +82,18 @@ pub async fn run(args: HostArgs) -> Result<(), CliError> {
         framed_only(&args)?;
     }
     let host = build_host(&args)?;
+    let open_files = open_files::raise();
+    let max_clients = host.limits().max_clients;
     match &endpoint {
-        Endpoint::Grpc(addr) => serve_grpc(host, addr, &args).await,
-        Endpoint::Tcp(authority) => serve_tcp(host, authority).await,
-        Endpoint::Unix(path) => serve_unix(host, path).await,
+        Endpoint::Grpc(addr) => serve_grpc(host, addr, &args, open_files).await,
+        Endpoint::Tcp(authority) => {
+            open_files::warn_if_short(open_files, max_clients, "--max-clients");
+            serve_tcp(host, authority).await
+        }
+        Endpoint::Unix(path) => {
+            open_files::warn_if_short(open_files, max_clients, "--max-clients");
+            serve_unix(host, path).await
+        }
         Endpoint::Stdio => serve_stdio(host).await,
         Endpoint::Spawn(_) => Err(endpoint.not_supported()),
     }
@@ -197,7 +206,12 @@ fn build_host(args: &HostArgs) -> Result<Host, CliError> {
         .build())
 }
 
-async fn serve_grpc(host: Host, addr: &GrpcAddr, args: &HostArgs) -> Result<(), CliError> {
+async fn serve_grpc(
+    host: Host,
+    addr: &GrpcAddr,
+    args: &HostArgs,
+    open_files: Option<u64>,
+) -> Result<(), CliError> {
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some((read_file(cert)?, read_file(key)?)),
         _ => None,
@@ -216,7 +230,9 @@ async fn serve_grpc(host: Host, addr: &GrpcAddr, args: &HostArgs) -> Result<(), 
         _ => {}
     }
     let socket = resolve(&addr.authority).await?;
-    let mut builder = GrpcServer::builder(host.clone()).connection_limits(connection_limits(args)?);
+    let limits = connection_limits(args)?;
+    open_files::warn_if_short(open_files, limits.max, "--max-connections");
+    let mut builder = GrpcServer::builder(host.clone()).connection_limits(limits);
     if let Some(path) = &args.token_file {
         builder = builder.token(read_token(path)?);
     }

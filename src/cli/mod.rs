@@ -9,6 +9,7 @@
 mod client;
 mod endpoint;
 mod host;
+mod open_files;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

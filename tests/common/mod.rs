@@ -116,9 +116,15 @@ pub struct HostProcess {
 impl HostProcess {
     /// Starts `cosystem-worker host ARGS`; it is killed when dropped.
     pub async fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .arg("host")
-            .args(args)
+        let mut command = Command::new(BIN);
+        command.arg("host").args(args);
+        Self::spawn_command(command)
+    }
+
+    /// Starts `command`, which runs the host (through a shell, say); it is
+    /// killed when dropped.
+    pub fn spawn_command(mut command: Command) -> Self {
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -166,6 +172,11 @@ impl HostProcess {
             .and_then(|rest| rest.split_whitespace().next())
             .expect("endpoint in the listening line")
             .to_owned()
+    }
+
+    /// The host's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
     }
 
     /// Sends SIGTERM, without waiting for anything.
