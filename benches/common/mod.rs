@@ -138,17 +138,20 @@ const VALUED_OPTIONS: [&str; 16] = [
 ];
 
 /// Whether criterion will measure the benchmark `name` in this run: it is
-/// not in test or `--profile-time` mode, and the command line's filter (if
-/// any) matches. A filter is matched as a substring (criterion reads it as a
-/// regex; plain names and name prefixes behave the same), or exactly with
-/// `--exact`. Work done outside criterion's timing, such as an
-/// [`interleaved_ratio`], is skipped for benchmarks that are not selected.
+/// not in test or `--profile-time` mode, and [`filtered_in`]. Work done
+/// outside criterion's timing, such as an [`interleaved_ratio`], is skipped
+/// for benchmarks that are not selected.
 pub fn selected(name: &str) -> bool {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let has = |flag: &str| args.iter().any(|a| a == flag);
-    if test_mode() || args.iter().any(|a| a.starts_with("--profile-time")) {
-        return false;
-    }
+    !test_mode() && !args.iter().any(|a| a.starts_with("--profile-time")) && filtered_in(name)
+}
+
+/// Whether criterion will run the benchmark `name` at all (measured, or
+/// once in test mode): the command line's filter, if any, matches it. A
+/// filter is matched as a substring (criterion reads it as a regex; plain
+/// names and name prefixes behave the same), or exactly with `--exact`.
+pub fn filtered_in(name: &str) -> bool {
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let mut filter = None;
     let mut skip_value = false;
     for arg in &args {
@@ -162,7 +165,7 @@ pub fn selected(name: &str) -> bool {
     }
     match filter {
         None => true,
-        Some(f) if has("--exact") => name == f,
+        Some(f) if args.iter().any(|a| a == "--exact") => name == f,
         Some(f) => name.contains(f),
     }
 }
