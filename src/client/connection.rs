@@ -1,7 +1,7 @@
 //! Where a [`Client`](super::Client)'s link to its host stands, for
 //! applications that show it ("reconnecting…") or act on why it failed.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::transport::TransportError;
 
@@ -30,7 +30,7 @@ pub enum Connection {
     /// and the mirror follows it.
     Connected,
     /// The last connect failed or the link ended; the next connect is made
-    /// after `retry_in`. The mirror and the calls not sent yet are kept;
+    /// after `retry_in`, at `retry_at`. The mirror and the calls not sent yet are kept;
     /// calls sent without a result settle `outcome-unknown` (spec §10).
     Retrying {
         /// Why: the connect's or the link's error, or `None` when the host
@@ -41,6 +41,11 @@ pub enum Connection {
         /// starts again from [`Reconnect::initial`](super::Reconnect::initial)
         /// once the host speaks on a link.
         retry_in: Duration,
+        /// When the next connect is made: `retry_in` after this state was
+        /// set, so that a watcher reading the state later can still tell
+        /// how long remains (on the runtime's clock, which tokio's paused
+        /// test clock moves too).
+        retry_at: Instant,
         /// The number of the attempt that ended, as its `Connecting` gave.
         attempt: u32,
     },

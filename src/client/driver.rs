@@ -502,6 +502,7 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
         };
         let mut heard = false;
         let mut wait = backoff;
+        let mut retry_at = Instant::now() + wait;
         match link {
             Ok(link) => {
                 if !first {
@@ -530,11 +531,7 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
                     Err(error) => give_up(&shared, error),
                     Ok(error) => {
                         wait = policy.wait(backoff);
-                        shared.set_connection(Connection::Retrying {
-                            error: error.clone(),
-                            retry_in: wait,
-                            attempt,
-                        })
+                        retry_at = retrying(&shared, error.clone(), wait, attempt);
                     }
                 }
                 shared.core().connection_lost();
@@ -550,15 +547,11 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
             Err(error) => {
                 wait = policy.wait(backoff);
                 tracing::debug!(%error, ?wait, "connect failed; retrying");
-                shared.set_connection(Connection::Retrying {
-                    error: Some(error),
-                    retry_in: wait,
-                    attempt,
-                });
+                retry_at = retrying(&shared, Some(error), wait, attempt);
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep_until(retry_at) => {}
             _ = keep_time_until_stopped(&shared) => {}
         }
         backoff = (backoff * 2).min(policy.max);
@@ -569,6 +562,24 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
     shared.dispatch();
     stop(&shared);
     shared.fail_stranded_calls();
+}
+
+/// Publishes `Retrying` with the instant the next connect is due, and
+/// returns that instant for the driver to sleep until.
+fn retrying(
+    shared: &Shared,
+    error: Option<TransportError>,
+    wait: std::time::Duration,
+    attempt: u32,
+) -> Instant {
+    let at = Instant::now() + wait;
+    shared.set_connection(Connection::Retrying {
+        error,
+        retry_in: wait,
+        retry_at: at.into_std(),
+        attempt,
+    });
+    at
 }
 
 /// Records why the transport ended for good, for `ready()`, pending calls
