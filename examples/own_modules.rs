@@ -22,8 +22,8 @@ use clap::Parser;
 use cosystem_worker::app::{App, JsonModule, MethodError, TypedModule};
 use cosystem_worker::host::{Host, SyncMode};
 use cosystem_worker::transport::grpc::{
-    ConnectionLimits, GrpcServer, Incoming, KEEPALIVE, MAX_STREAMS_PER_CONNECTION, SERVICE_NAME,
-    SHUTDOWN_GRACE,
+    ConnectionLimits, GrpcServer, GuardedIncoming, KEEPALIVE, MAX_STREAMS_PER_CONNECTION,
+    SERVICE_NAME, SHUTDOWN_GRACE,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -128,7 +128,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Beside the application's own services, on its own server, which then
     // does what `serve` does: keepalive pings, a bound on streams per
-    // connection, guarded accepts (`Incoming`), health for the
+    // connection, guarded accepts (`GuardedIncoming`), health for the
     // host's service, and at the stop NOT_SERVING, the host's shutdown and
     // a bounded wait for streams that never end (health watches).
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -160,7 +160,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .add_service(health)
         .add_service(server.into_service()?)
         .serve_with_incoming_shutdown(
-            Incoming::new(listener, ConnectionLimits::default()),
+            GuardedIncoming::new(listener, ConnectionLimits::default()),
             stopping,
         );
     let mut serving = std::pin::pin!(serving);

@@ -200,7 +200,7 @@ async fn a_second_sigterm_stops_the_host_without_waiting_for_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_closes_a_connection_over_it_and_says_why() {
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut host, url) = spawn_host(&["--max-connections", "1"]).await;
     let addr = url.trim_start_matches("http://").to_owned();
     // A health watch holds the one connection.
@@ -211,14 +211,17 @@ async fn max_connections_closes_a_connection_over_it_and_says_why() {
         .unwrap();
     let _watch = common::open_health_watch(channel).await;
 
+    // A served connection answers the HTTP/2 preface with the server's
+    // SETTINGS; the one over the limit ends without a byte.
     let mut refused = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let _ = refused.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
     let mut buf = [0u8; 16];
     let read = tokio::time::timeout(GUARD, refused.read(&mut buf))
         .await
         .expect("the connection over the limit was left open");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     let line = host.log_until("closing a new connection").await;
-    assert!(line.contains("limit of 1 connections"), "{line}");
+    assert!(line.contains("at its limit of connections (1)"), "{line}");
 }
 
 /// `cosystem-worker host ARGS` run by `sh` after `limits` (`ulimit …`).
@@ -265,10 +268,35 @@ async fn the_host_raises_its_open_file_limit_to_the_hard_limit() {
 async fn the_host_warns_when_its_open_file_limit_cannot_hold_max_connections() {
     let mut host = spawn_host_under("ulimit -n 512", &["--max-connections", "1000"]).await;
     let line = host
-        .log_until("the open-file limit is below --max-connections")
+        .log_until("the open-file limit leaves too little room for --max-connections (1000)")
         .await;
     assert!(line.contains("open_files=512"), "{line}");
     // Still served: the warning is advice.
     host.endpoint().await;
     host.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_limit_leaves_room_for_max_clients_unless_set_lower_with_a_warning() {
+    // Each session takes a connection: the default grows with --max-clients.
+    let mut roomy =
+        HostProcess::spawn(&["--listen", "127.0.0.1:0", "--max-clients", "20000"]).await;
+    let listening = roomy.log_until("listening on").await;
+    assert!(listening.contains("max_connections=21024"), "{listening}");
+
+    let mut tight = HostProcess::spawn(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--max-clients",
+        "10",
+        "--max-connections",
+        "5",
+    ])
+    .await;
+    let warning = tight
+        .log_until("--max-connections is below --max-clients")
+        .await;
+    assert!(warning.contains("max_connections=5"), "{warning}");
+    let listening = tight.log_until("listening on").await;
+    assert!(listening.contains("max_connections=5"), "{listening}");
 }

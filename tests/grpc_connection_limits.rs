@@ -7,6 +7,7 @@ mod common;
 use common::serve_grpc_on_loopback;
 
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use cosystem_worker::client::{Client, ClientConfig};
@@ -30,6 +31,10 @@ fn builder(limits: ConnectionLimits) -> GrpcServerBuilder {
         .sections(demo::DEFAULT_SECTIONS)
         .build();
     GrpcServer::builder(host).connection_limits(limits)
+}
+
+fn non_zero(n: usize) -> NonZeroUsize {
+    NonZeroUsize::new(n).expect("a non-zero limit")
 }
 
 /// Opens a connection from `source` (any loopback address), starts HTTP/2
@@ -104,13 +109,11 @@ async fn admitted_eventually(server: SocketAddr, source: IpAddr) -> TcpStream {
         .expect("never admitted")
 }
 
+// Other loopback addresses than 127.0.0.1 exist by default on Linux only.
+#[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_over_the_total_limit_is_closed_until_a_held_one_ends() {
-    let server = serve_grpc_on_loopback(builder(ConnectionLimits {
-        max: 2,
-        per_address: None,
-    }))
-    .await;
+    let server = serve_grpc_on_loopback(builder(ConnectionLimits::new(non_zero(2)))).await;
     let first = open_from(server.addr, loopback(1)).await.expect("first");
     let second = open_from(server.addr, loopback(2)).await.expect("second");
     assert!(
@@ -129,13 +132,11 @@ async fn a_connection_over_the_total_limit_is_closed_until_a_held_one_ends() {
     server.stop().await;
 }
 
+#[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_per_address_limit_closes_only_that_address_and_its_clients_stay_served() {
-    let server = serve_grpc_on_loopback(builder(ConnectionLimits {
-        max: 100,
-        per_address: Some(1),
-    }))
-    .await;
+    let limits = ConnectionLimits::new(non_zero(100)).per_address(non_zero(1));
+    let server = serve_grpc_on_loopback(builder(limits)).await;
     // The reference client connects from 127.0.0.1 and holds its slot.
     let client = Client::new(
         GrpcConnector::new(server.url()).expect("url"),
@@ -164,14 +165,63 @@ async fn the_per_address_limit_closes_only_that_address_and_its_clients_stay_ser
 
 #[test]
 fn into_service_refuses_connection_limits_it_would_not_enforce() {
-    let service = builder(ConnectionLimits {
-        max: 5,
-        per_address: None,
-    })
-    .into_service();
-    assert!(matches!(
-        service,
-        Err(GrpcError::ConnectionLimitsNotApplied)
-    ));
-    assert!(builder(ConnectionLimits::default()).into_service().is_ok());
+    // Even the defaults, set explicitly, would silently not apply.
+    for limits in [
+        ConnectionLimits::new(non_zero(5)),
+        ConnectionLimits::default(),
+    ] {
+        let service = builder(limits).into_service();
+        assert!(matches!(
+            service,
+            Err(GrpcError::ConnectionLimitsNotApplied)
+        ));
+    }
+    let host = Host::builder(demo::app("limits-secret")).build();
+    assert!(GrpcServer::builder(host).into_service().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_tls_failed_handshakes_give_their_slot_back_and_the_limit_still_binds() {
+    use cosystem_worker::transport::Connector;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let server = serve_grpc_on_loopback(
+        builder(ConnectionLimits::new(non_zero(1)))
+            .tls(cert.cert.pem(), cert.signing_key.serialize_pem()),
+    )
+    .await;
+    // Handshakes that fail, one after another: each must give its slot back.
+    for _ in 0..3 {
+        let mut garbage = TcpStream::connect(server.addr).await.unwrap();
+        let _ = garbage.write_all(PREFACE).await;
+        let mut buf = [0u8; 64];
+        let closed = async { while let Ok(1..) = garbage.read(&mut buf).await {} };
+        tokio::time::timeout(GUARD, closed).await.expect("hung");
+    }
+    let url = format!("https://localhost:{}", server.addr.port());
+    let connector = GrpcConnector::new(&url).unwrap().ca_cert(cert.cert.pem());
+    let link = async {
+        loop {
+            if let Ok(link) = connector.connect().await {
+                return link;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let held = tokio::time::timeout(GUARD, link)
+        .await
+        .expect("the one slot never came back");
+    assert!(
+        connector.connect().await.is_err(),
+        "a second TLS connection was served over a limit of one"
+    );
+    drop(held);
+    let again = async {
+        while connector.connect().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(GUARD, again)
+        .await
+        .expect("the slot of a closed TLS connection never came back");
+    server.stop().await;
 }

@@ -10,7 +10,7 @@ use cosystem_worker::demo;
 use cosystem_worker::host::Host;
 use cosystem_worker::transport::TransportError;
 use cosystem_worker::transport::grpc::{
-    ConnectionLimits, GrpcConnector, GrpcError, GrpcServer, Incoming,
+    ConnectionLimits, GrpcConnector, GrpcError, GrpcServer, GuardedIncoming,
 };
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -58,7 +58,7 @@ async fn app_server(host: &Host, token: Option<&str>) -> AppServer {
             .add_service(health)
             .add_service(service)
             .serve_with_incoming_shutdown(
-                Incoming::new(listener, ConnectionLimits::default()),
+                GuardedIncoming::new(listener, ConnectionLimits::default()),
                 stopping,
             ),
     );

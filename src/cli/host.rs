@@ -1,6 +1,7 @@
 //! `cosystem-worker host`: serves the demo app.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -60,14 +61,15 @@ pub struct HostArgs {
     #[arg(long, value_name = "N")]
     max_clients: Option<usize>,
     /// TCP connections held at once; more are closed as soon as they are
-    /// accepted (gRPC only; default: 16384).
+    /// accepted (gRPC only; default: 16384, or --max-clients + 1024 if
+    /// that is more).
     #[arg(long, value_name = "N")]
-    max_connections: Option<usize>,
+    max_connections: Option<NonZeroUsize>,
     /// TCP connections held at once from one client address, IPv6 counted
     /// by /64 (gRPC only; default: no limit, as clients behind a proxy or
     /// NAT share one).
     #[arg(long, value_name = "N")]
-    max_connections_per_address: Option<usize>,
+    max_connections_per_address: Option<NonZeroUsize>,
     /// Runtime worker threads; 0 serves everything on one thread. Default:
     /// one per core.
     #[arg(long, value_name = "N")]
@@ -230,8 +232,8 @@ async fn serve_grpc(
         _ => {}
     }
     let socket = resolve(&addr.authority).await?;
-    let limits = connection_limits(args)?;
-    open_files::warn_if_short(open_files, limits.max, "--max-connections");
+    let limits = connection_limits(args, host.limits().max_clients);
+    open_files::warn_if_short(open_files, limits.max().get(), "--max-connections");
     let mut builder = GrpcServer::builder(host.clone()).connection_limits(limits);
     if let Some(path) = &args.token_file {
         builder = builder.token(read_token(path)?);
@@ -252,7 +254,8 @@ async fn serve_grpc(
         sync = ?args.sync,
         sections = %args.sections.join(","),
         max_clients = host.limits().max_clients,
-        max_connections = args.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        max_connections = limits.max().get(),
+        max_connections_per_address = limits.max_per_address().map(NonZeroUsize::get),
         token = server.requires_token(),
         client_certificates = args.tls_client_ca.is_some(),
         "listening on {scheme}://{local}",
@@ -288,21 +291,33 @@ async fn serve_grpc(
     Ok(())
 }
 
-/// `--max-connections` and `--max-connections-per-address` over the defaults.
-fn connection_limits(args: &HostArgs) -> Result<ConnectionLimits, CliError> {
-    let at_least_one = |value: Option<usize>, flag: &str| match value {
-        Some(0) => Err(CliError::Usage(format!("{flag} must be at least 1"))),
-        value => Ok(value),
+/// `--max-connections` and `--max-connections-per-address` over the
+/// defaults. Each session takes a connection, so the default leaves room for
+/// `max_clients` sessions and some health checks; a smaller limit given on
+/// purpose is kept, with a warning.
+fn connection_limits(args: &HostArgs, max_clients: usize) -> ConnectionLimits {
+    /// Connections beyond the sessions: health checks, reflection.
+    const SPARE: usize = 1024;
+    let max = match args.max_connections {
+        Some(max) => {
+            if max.get() < max_clients {
+                tracing::warn!(
+                    max_connections = max.get(),
+                    max_clients,
+                    "--max-connections is below --max-clients: sessions past it cannot connect"
+                );
+            }
+            max
+        }
+        None => DEFAULT_MAX_CONNECTIONS.max(
+            NonZeroUsize::new(max_clients.saturating_add(SPARE)).unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        ),
     };
-    let mut limits = ConnectionLimits::default();
-    if let Some(max) = at_least_one(args.max_connections, "--max-connections")? {
-        limits.max = max;
+    let limits = ConnectionLimits::new(max);
+    match args.max_connections_per_address {
+        Some(limit) => limits.per_address(limit),
+        None => limits,
     }
-    limits.per_address = at_least_one(
-        args.max_connections_per_address,
-        "--max-connections-per-address",
-    )?;
-    Ok(limits)
 }
 
 /// The first address `HOST:PORT` resolves to (`[::1]:5` forms included).

@@ -10,35 +10,69 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Connections a [`GrpcServer`](super::GrpcServer) holds at once unless
 /// configured otherwise: above the host's default of 10,000 sessions, with
 /// room for health checks.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+pub const DEFAULT_MAX_CONNECTIONS: NonZeroUsize = NonZeroUsize::new(16_384).expect("non-zero");
 
 /// Limits on the connections a gRPC server holds at once. A connection over
 /// a limit is closed as soon as it is accepted, before TLS or HTTP/2: the
 /// client sees the connection end and retries like after any failed
 /// connect. Connections already held are never affected.
+///
+/// Each connection takes a file descriptor: a process whose open-file limit
+/// is lower (the common default soft limit is 1024) fails accepts with "too
+/// many open files" before these limits bind. The `cosystem-worker host`
+/// command raises its soft limit to the hard one at start; an application
+/// embedding the server does that itself (as Go's runtime does), or sets
+/// limits below its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConnectionLimits {
+    max: NonZeroUsize,
+    per_address: Option<NonZeroUsize>,
+}
+
+impl ConnectionLimits {
+    /// At most `max` connections at once, from every address together, and
+    /// no per-address limit.
+    pub fn new(max: NonZeroUsize) -> Self {
+        Self {
+            max,
+            per_address: None,
+        }
+    }
+
+    /// Also at most `limit` connections at once from one client address.
+    /// IPv6 addresses count by their /64 prefix, the block one subscriber
+    /// is usually given, and IPv4-mapped IPv6 addresses as the IPv4
+    /// address. Clients behind one proxy or NAT share an address, so there
+    /// is no such limit by default.
+    pub fn per_address(self, limit: NonZeroUsize) -> Self {
+        Self {
+            per_address: Some(limit),
+            ..self
+        }
+    }
+
     /// Connections held at once, from every address together.
-    pub max: usize,
-    /// Connections held at once from one client address; `None` for no
-    /// per-address limit. IPv6 addresses count by their /64 prefix, the
-    /// block one subscriber is usually given, and IPv4-mapped IPv6
-    /// addresses as the IPv4 address. Clients behind one proxy or NAT share
-    /// an address, so this is off by default.
-    pub per_address: Option<usize>,
+    pub fn max(&self) -> NonZeroUsize {
+        self.max
+    }
+
+    /// Connections held at once from one client address, if limited.
+    pub fn max_per_address(&self) -> Option<NonZeroUsize> {
+        self.per_address
+    }
 }
 
 impl Default for ConnectionLimits {
+    /// [`DEFAULT_MAX_CONNECTIONS`] in all, none per address.
     fn default() -> Self {
-        Self {
-            max: DEFAULT_MAX_CONNECTIONS,
-            per_address: None,
-        }
+        Self::new(DEFAULT_MAX_CONNECTIONS)
     }
 }
 
@@ -46,10 +80,10 @@ impl Default for ConnectionLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(super) enum Refusal {
     /// The server holds `max` connections.
-    #[error("the server holds its limit of {0} connections")]
+    #[error("the server is at its limit of connections ({0})")]
     Total(usize),
     /// The client's address holds its limit.
-    #[error("the client's address holds its limit of {0} connections")]
+    #[error("the client's address is at its per-address limit of connections ({0})")]
     PerAddress(usize),
 }
 
@@ -85,17 +119,17 @@ impl Admission {
     /// would exceed. The slot is given back when dropped.
     pub(super) fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Slot, Refusal> {
         let mut counts = self.counts();
-        if counts.total >= self.limits.max {
-            return Err(Refusal::Total(self.limits.max));
+        let max = self.limits.max.get();
+        if counts.total >= max {
+            return Err(Refusal::Total(max));
         }
-        let key = match self.limits.per_address {
+        let key = match self.limits.per_address.map(NonZeroUsize::get) {
             Some(limit) => {
                 let key = address_key(peer);
                 let held = counts.by_address.entry(key).or_default();
+                // A limit of at least 1 means a refused address already
+                // holds a connection, so no empty entry is left behind.
                 if *held >= limit {
-                    if *held == 0 {
-                        counts.by_address.remove(&key);
-                    }
                     return Err(Refusal::PerAddress(limit));
                 }
                 *held += 1;
@@ -163,12 +197,18 @@ mod tests {
         text.parse().expect("a test address")
     }
 
+    fn limits(max: usize, per_address: Option<usize>) -> ConnectionLimits {
+        let non_zero = |n| NonZeroUsize::new(n).expect("a non-zero test limit");
+        let limits = ConnectionLimits::new(non_zero(max));
+        match per_address {
+            Some(n) => limits.per_address(non_zero(n)),
+            None => limits,
+        }
+    }
+
     #[test]
     fn the_total_limit_refuses_the_connection_over_it_until_one_closes() {
-        let admission = Admission::new(ConnectionLimits {
-            max: 2,
-            per_address: None,
-        });
+        let admission = Admission::new(limits(2, None));
         let first = admission.admit(ip("10.0.0.1")).expect("first");
         let _second = admission.admit(ip("10.0.0.2")).expect("second");
         assert_eq!(
@@ -181,10 +221,7 @@ mod tests {
 
     #[test]
     fn the_per_address_limit_refuses_only_that_address() {
-        let admission = Admission::new(ConnectionLimits {
-            max: 10,
-            per_address: Some(1),
-        });
+        let admission = Admission::new(limits(10, Some(1)));
         let held = admission.admit(ip("10.0.0.1")).expect("first");
         assert_eq!(
             admission.admit(ip("10.0.0.1")).map(drop),
@@ -206,28 +243,12 @@ mod tests {
             address_key(ip("2001:db8:1:3::1"))
         );
         assert_eq!(address_key(ip("::ffff:10.0.0.1")), ip("10.0.0.1"));
-        let admission = Admission::new(ConnectionLimits {
-            max: 10,
-            per_address: Some(1),
-        });
+        let admission = Admission::new(limits(10, Some(1)));
         let _v4 = admission.admit(ip("10.0.0.1")).expect("first");
         assert_eq!(
             admission.admit(ip("::ffff:10.0.0.1")).map(drop),
             Err(Refusal::PerAddress(1))
         );
-    }
-
-    #[test]
-    fn a_zero_per_address_limit_refuses_everyone_and_remembers_no_address() {
-        let admission = Admission::new(ConnectionLimits {
-            max: 10,
-            per_address: Some(0),
-        });
-        assert_eq!(
-            admission.admit(ip("10.0.0.1")).map(drop),
-            Err(Refusal::PerAddress(0))
-        );
-        assert!(admission.counts().by_address.is_empty());
     }
 
     proptest! {
@@ -236,11 +257,11 @@ mod tests {
         /// remembered.
         #[test]
         fn counts_stay_within_the_limits_and_return_to_zero(
-            max in 0usize..6,
-            per_address in proptest::option::of(0usize..4),
+            max in 1usize..6,
+            per_address in proptest::option::of(1usize..4),
             steps in proptest::collection::vec((any::<bool>(), 0u8..4), 0..64),
         ) {
-            let admission = Admission::new(ConnectionLimits { max, per_address });
+            let admission = Admission::new(limits(max, per_address));
             let mut slots: Vec<(u8, Slot)> = Vec::new();
             for (open, who) in steps {
                 if open {

@@ -53,7 +53,7 @@ const PREFACE_BYTES: usize = 24;
 /// what [`GrpcServer::serve`](super::GrpcServer::serve) uses, for an
 /// application serving [`GrpcServerBuilder::into_service`](super::GrpcServerBuilder::into_service)
 /// on its own tonic server.
-pub struct Incoming {
+pub struct GuardedIncoming {
     listener: TcpListener,
     backoff: Option<Pin<Box<Sleep>>>,
     next_delay: Duration,
@@ -62,7 +62,7 @@ pub struct Incoming {
     refusals: Throttle,
 }
 
-impl Incoming {
+impl GuardedIncoming {
     /// Accepts from `listener`, holding connections to `limits`.
     pub fn new(listener: TcpListener, limits: ConnectionLimits) -> Self {
         Self {
@@ -75,7 +75,7 @@ impl Incoming {
     }
 }
 
-impl Stream for Incoming {
+impl Stream for GuardedIncoming {
     type Item = Result<Accepted, io::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -118,7 +118,7 @@ impl Stream for Incoming {
     }
 }
 
-/// A connection from [`Incoming`]: it fails its reads if its first 24
+/// A connection from [`GuardedIncoming`]: it fails its reads if its first 24
 /// bytes do not arrive within [`HANDSHAKE_TIMEOUT`], and holds its place
 /// under the connection limits until dropped.
 pub struct Accepted {

@@ -37,7 +37,9 @@ mod throttle;
 pub use admission::{ConnectionLimits, DEFAULT_MAX_CONNECTIONS};
 pub use auth::constant_time_eq;
 pub use client::GrpcConnector;
-pub use incoming::{ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN, Accepted, HANDSHAKE_TIMEOUT, Incoming};
+pub use incoming::{
+    ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN, Accepted, GuardedIncoming, HANDSHAKE_TIMEOUT,
+};
 pub use server::{
     GrpcServer, GrpcServerBuilder, HostServiceServer, KEEPALIVE, MAX_STREAMS_PER_CONNECTION,
     SERVICE_NAME, SHUTDOWN_GRACE, SessionService,

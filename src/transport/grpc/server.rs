@@ -18,7 +18,7 @@ use tonic_health::ServingStatus;
 use super::GrpcError;
 use super::admission::ConnectionLimits;
 use super::auth::{check_bearer, is_valid_token};
-use super::incoming::Incoming;
+use super::incoming::GuardedIncoming;
 use super::throttle::Throttle;
 use crate::host::{Host, InputError, PeerOptions, Principal, Session};
 use crate::wire::{ClientMessage, FILE_DESCRIPTOR_SET, HostFrame};
@@ -61,7 +61,7 @@ pub struct GrpcServerBuilder {
     tls: Option<(Vec<u8>, Vec<u8>)>,
     client_ca: Option<Vec<u8>>,
     interceptor: Option<SessionInterceptor>,
-    connections: ConnectionLimits,
+    connections: Option<ConnectionLimits>,
 }
 
 impl GrpcServerBuilder {
@@ -73,7 +73,7 @@ impl GrpcServerBuilder {
     /// at most once a second; connections already held are unaffected.
     /// Sessions are bounded separately, by the host's `max_clients`.
     pub fn connection_limits(mut self, limits: ConnectionLimits) -> Self {
-        self.connections = limits;
+        self.connections = Some(limits);
         self
     }
 
@@ -132,7 +132,7 @@ impl GrpcServerBuilder {
     ///   vanishes without a FIN holds its session and a client slot for ever;
     /// - bound the streams of one connection (`max_concurrent_streams` of
     ///   [`MAX_STREAMS_PER_CONNECTION`]): tonic sets no limit by default;
-    /// - accept connections through [`Incoming`](super::Incoming)
+    /// - accept connections through [`GuardedIncoming`](super::GuardedIncoming)
     ///   (`serve_with_incoming`), which sets `TCP_NODELAY` (or small
     ///   answers may wait for a delayed ACK), backs off when accepting fails
     ///   (out of file descriptors), closes connections that send nothing
@@ -166,7 +166,7 @@ impl GrpcServerBuilder {
         if self.interceptor.is_some() {
             return Err(GrpcError::InterceptorNotApplied);
         }
-        if self.connections != ConnectionLimits::default() {
+        if self.connections.is_some() {
             return Err(GrpcError::ConnectionLimitsNotApplied);
         }
         let token = checked_token(self.token)?;
@@ -228,7 +228,7 @@ impl GrpcServerBuilder {
             token,
             tls,
             interceptor: self.interceptor,
-            connections: self.connections,
+            connections: self.connections.unwrap_or_default(),
             listener,
             local_addr,
         })
@@ -255,7 +255,7 @@ impl GrpcServer {
             tls: None,
             client_ca: None,
             interceptor: None,
-            connections: ConnectionLimits::default(),
+            connections: None,
         }
     }
 
@@ -329,7 +329,7 @@ impl GrpcServer {
                 .await;
             host.shutdown();
         };
-        let incoming = Incoming::new(self.listener, self.connections);
+        let incoming = GuardedIncoming::new(self.listener, self.connections);
         let serving = server
             .add_service(health)
             .add_service(reflection)
