@@ -99,7 +99,7 @@ async fn the_host_binary_publishes_the_sections_and_secret_it_is_given() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_binary_refuses_bad_options_with_one_line_and_exit_2() {
-    let cases: [&[&str]; 14] = [
+    let cases: [&[&str]; 15] = [
         &["--sections", "counter,nope"],
         &["--sync", "sometimes"],
         &["--listen", "https://127.0.0.1:0"],
@@ -118,6 +118,7 @@ async fn the_host_binary_refuses_bad_options_with_one_line_and_exit_2() {
         &["--stdio", "--token-file", "/dev/null"],
         &["--max-clients", "0"],
         &["--max-connections", "0"],
+        &["--metrics-listen", "not an address"],
         &["--max-connections-per-address", "0"],
         &["--listen", "tcp://127.0.0.1:0", "--max-connections", "5"],
         &["--secret-token", ""],
@@ -299,4 +300,62 @@ async fn the_connection_limit_leaves_room_for_max_clients_unless_set_lower_with_
     assert!(warning.contains("max_connections=5"), "{warning}");
     let listening = tight.log_until("listening on").await;
     assert!(listening.contains("max_connections=5"), "{listening}");
+}
+
+/// Sends one HTTP/1.1 request (`METHOD PATH`) to `addr` and reads the whole
+/// response.
+async fn http(addr: &str, method_and_path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request =
+            format!("{method_and_path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    };
+    tokio::time::timeout(GUARD, exchange).await.expect("hung")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_listen_serves_the_hosts_counters_in_the_prometheus_format() {
+    let mut host =
+        HostProcess::spawn(&["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]).await;
+    let line = host.log_until("metrics on http://").await;
+    let metrics = line
+        .split("metrics on http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("an address")
+        .to_owned();
+    let url = host.endpoint().await;
+    let answered =
+        json_line(&cli_client(&["--connect", &url, "call", "counter", "increase", "1"]).await);
+    assert_eq!(answered["value"], json!(1));
+
+    let response = http(&metrics, "GET /metrics").await;
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(
+        response.contains("content-type: text/plain; version=0.0.4; charset=utf-8\r\n"),
+        "{response}"
+    );
+    assert!(
+        response.contains("cosystem_worker_calls_answered_total{outcome=\"ok\"} 1\n"),
+        "{response}"
+    );
+    let version = answered["version"].as_u64().expect("a version");
+    assert!(
+        response.contains(&format!("cosystem_worker_state_version {version}\n")),
+        "{response}"
+    );
+    assert!(
+        http(&metrics, "GET /other")
+            .await
+            .starts_with("HTTP/1.1 404 ")
+    );
+    let post = http(&metrics, "POST /metrics").await;
+    assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
+    assert!(post.contains("allow: GET, HEAD\r\n"), "{post}");
+    host.terminate().await;
 }

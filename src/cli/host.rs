@@ -12,8 +12,8 @@ use cosystem_worker::transport::grpc::{ConnectionLimits, DEFAULT_MAX_CONNECTIONS
 use tokio::net::TcpListener;
 
 use super::endpoint::{Endpoint, GrpcAddr};
-use super::open_files;
 use super::{CliError, read_file, read_token};
+use super::{metrics, open_files};
 
 /// `host` options.
 #[derive(Debug, Args)]
@@ -70,6 +70,10 @@ pub struct HostArgs {
     /// NAT share one).
     #[arg(long, value_name = "N")]
     max_connections_per_address: Option<NonZeroUsize>,
+    /// Serve the host's metrics in the Prometheus text format at
+    /// http://HOST:PORT/metrics (plain HTTP/1.1; default: not served).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
     /// Runtime worker threads; 0 serves everything on one thread. Default:
     /// one per core.
     #[arg(long, value_name = "N")]
@@ -85,6 +89,11 @@ pub async fn run(args: HostArgs) -> Result<(), CliError> {
     }
     let host = build_host(&args)?;
     let open_files = open_files::raise();
+    if let Some(authority) = &args.metrics_listen {
+        let listener = metrics::bind(resolve(authority).await?).await?;
+        tracing::info!("metrics on http://{}/metrics", listener.local_addr()?);
+        tokio::spawn(metrics::serve(listener, host.clone()));
+    }
     let max_clients = host.limits().max_clients;
     match &endpoint {
         Endpoint::Grpc(addr) => serve_grpc(host, addr, &args, open_files).await,

@@ -9,6 +9,7 @@
 mod client;
 mod endpoint;
 mod host;
+mod metrics;
 mod open_files;
 
 use std::io::IsTerminal;

@@ -28,6 +28,7 @@ use super::config::{HostConfig, SyncMode};
 use super::encode::{ops_json, section_prefix};
 use super::history::{Entry, History};
 use super::in_method::{InMethod, new_core_id};
+use super::stats::{Counters, HostStats};
 use super::view_size::{growth_bound, snapshot_overhead, view_len};
 use crate::app::{App, MethodError, Module};
 use crate::fast_hash::FastMap;
@@ -285,6 +286,7 @@ pub struct HostCore {
     view_bound: ViewBound,
     /// Unique among the cores of this process (see `in_method`).
     id: u64,
+    stats: Counters,
 }
 
 impl std::fmt::Debug for HostCore {
@@ -392,6 +394,7 @@ impl HostCore {
             bookmark: None,
             events: VecDeque::new(),
             record_calls: false,
+            stats: Counters::default(),
             view_bound: ViewBound::default(),
             id: new_core_id(),
         };
@@ -475,6 +478,7 @@ impl HostCore {
     /// Opens a session.
     pub fn connect(&mut self, options: PeerOptions) -> Result<PeerKey, InputError> {
         if self.peers.len() >= self.config.limits.max_clients {
+            self.stats.sessions_refused += 1;
             return Err(InputError::TooManyClients {
                 limit: self.config.limits.max_clients,
             });
@@ -759,6 +763,7 @@ impl HostCore {
             version = gate,
             "call answered"
         );
+        self.stats.call_answered(error);
         if self.record_calls {
             let (session, principal) = self.peers.get(&peer).map_or_else(
                 || (String::new(), None),
@@ -831,6 +836,7 @@ impl HostCore {
             Err(payload) => {
                 target.rollback();
                 let message = panic_message(payload.as_ref());
+                self.stats.method_panics += 1;
                 self.events.push_back(HostEvent::MethodPanicked {
                     module: module.to_owned(),
                     method: method.to_owned(),
@@ -1004,6 +1010,7 @@ impl HostCore {
     }
 
     fn handle_sync(&mut self, peer: PeerKey, header: &Header, request: &SyncRequest) {
+        self.stats.sync_requests += 1;
         if !self.peers.contains_key(&peer) {
             return;
         }
@@ -1125,6 +1132,13 @@ impl HostCore {
 
     /// The next envelope to send on a session, if any.
     pub fn poll_transmit(&mut self, peer: PeerKey) -> Option<HostFrame> {
+        let frame = self.next_frame(peer)?;
+        self.stats.sent(frame.message());
+        Some(frame)
+    }
+
+    /// What [`HostCore::poll_transmit`] hands out next, uncounted.
+    fn next_frame(&mut self, peer: PeerKey) -> Option<HostFrame> {
         let version = self.version;
         let mode = self.config.sync;
         let p = self.peers.get_mut(&peer)?;
@@ -1176,6 +1190,14 @@ impl HostCore {
             return Some(self.bookmark_frame());
         }
         None
+    }
+
+    /// What the core has done since it was created (calls answered by
+    /// outcome, envelopes handed out by kind…) and its version and session
+    /// count now.
+    pub fn stats(&self) -> HostStats {
+        self.stats
+            .snapshot(&self.epoch, self.version, self.peers.len())
     }
 
     /// Turns [`HostEvent::CallAnswered`] on or off (off when created).

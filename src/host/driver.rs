@@ -18,8 +18,8 @@ use tokio::sync::{Notify, broadcast};
 use super::core_lock::{CoreLock, Nap};
 use super::in_method::in_method_of;
 use super::{
-    HostConfig, HostCore, HostEvent, HostLimits, InputError, PeerKey, PeerOptions, SyncMode,
-    new_epoch,
+    HostConfig, HostCore, HostEvent, HostLimits, HostStats, InputError, PeerKey, PeerOptions,
+    SyncMode, new_epoch,
 };
 use crate::app::{App, MethodError};
 use crate::fast_hash::FastMap;
@@ -300,6 +300,13 @@ impl Host {
     /// How many sessions are open.
     pub fn session_count(&self) -> usize {
         self.shared.core().peer_count()
+    }
+
+    /// Counters of the host's work since it started, with its version and
+    /// session count now: for metrics ([`HostStats::to_prometheus`]). A
+    /// brief lock of the core, like [`Host::version`].
+    pub fn stats(&self) -> HostStats {
+        self.shared.core().stats()
     }
 
     /// Runs a method on the host itself, as one commit, and publishes it.

@@ -11,12 +11,14 @@ mod driver;
 mod encode;
 mod history;
 mod in_method;
+mod stats;
 mod view_size;
 
 pub use caller::{Caller, Principal, caller};
 pub use config::{HostConfig, HostLimits, SyncMode};
 pub use core::{CallRecord, HostCore, HostEvent, InputError, PeerKey, PeerOptions};
 pub use driver::{DEFAULT_BOOKMARK_INTERVAL, EVENT_BUFFER, Host, HostBuilder, Session};
+pub use stats::HostStats;
 
 /// A new epoch: 128 bits, hex, different for every call in practice.
 ///

@@ -1,0 +1,107 @@
+//! `--metrics-listen`: the host's counters ([`Host::stats`]) in the
+//! Prometheus text format, over plain HTTP/1.1 at `GET /metrics`, for a
+//! scraper. Separate from the protocol's port, so that it can be exposed to
+//! a monitoring network alone.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cosystem_worker::host::Host;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Scrapes served at once; more connections are closed on accept. A
+/// scraper makes one request at a time, so this only bounds a peer that
+/// opens connections without end.
+const MAX_CONNECTIONS: usize = 16;
+
+/// How long a connection may take to send its request headers, so that a
+/// silent one does not hold a slot.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The Prometheus text exposition format's content type.
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Serves `host`'s metrics on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, host: Host) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accepting a metrics connection failed");
+                // Out of descriptors, say: wait rather than spin.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "closing a metrics connection: too many open");
+            continue;
+        };
+        let host = host.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let response = respond(&host, &request);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(error) = served {
+                tracing::debug!(%peer, %error, "metrics connection ended");
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// The answer to one request: the metrics at `GET /metrics` (or `HEAD`),
+/// 404 elsewhere, 405 for other methods there.
+fn respond(host: &Host, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let status = match (request.method(), request.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/metrics") => StatusCode::OK,
+        (_, "/metrics") => StatusCode::METHOD_NOT_ALLOWED,
+        _ => StatusCode::NOT_FOUND,
+    };
+    let body = if status == StatusCode::OK {
+        Bytes::from(host.stats().to_prometheus())
+    } else {
+        Bytes::from_static(b"try GET /metrics\n")
+    };
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    if status == StatusCode::OK
+        && let Ok(value) = hyper::header::HeaderValue::from_str(CONTENT_TYPE)
+    {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        response.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("GET, HEAD"),
+        );
+    }
+    response
+}
+
+/// Binds `addr` for [`serve`], with a usage error that names the flag.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr} (--metrics-listen): {e}"),
+        )
+    })
+}

@@ -1,0 +1,327 @@
+//! Counters of a host's work, for the operator's metrics: kept by the
+//! sans-IO core as it works (a few array increments per envelope), read as a
+//! [`HostStats`] snapshot, rendered in the Prometheus text format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use crate::wire::{ErrorCode, HostMessage, SnapshotReason, host_message};
+
+/// What a host has done since it started, and where it stands now.
+///
+/// Counters only grow during a host's lifetime; a restarted host (a new
+/// `epoch`) starts them again, as Prometheus counters expect of a restarted
+/// process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HostStats {
+    /// The host's epoch.
+    pub epoch: String,
+    /// The current state version.
+    pub version: u64,
+    /// Sessions open now.
+    pub sessions: usize,
+    /// New sessions refused because `max_clients` were open.
+    pub sessions_refused: u64,
+    /// Calls answered, by outcome: `"ok"` or the error code's kebab-case
+    /// name (spec §14), refusals made without running the method included.
+    /// Only outcomes that occurred are present.
+    pub calls_answered: BTreeMap<&'static str, u64>,
+    /// Methods that panicked (each also answered `internal`).
+    pub method_panics: u64,
+    /// SyncRequests handled.
+    pub sync_requests: u64,
+    /// Snapshots handed to sessions, by reason (`commit`, `sync`,
+    /// `overflow`, `announce`). Only reasons that occurred are present.
+    pub snapshots_sent: BTreeMap<&'static str, u64>,
+    /// Patches that change the view handed to sessions: publications and
+    /// resume patches.
+    pub patches_sent: u64,
+    /// Bookmarks (empty patches that only carry the version) handed to
+    /// sessions.
+    pub bookmarks_sent: u64,
+    /// Call results handed to sessions.
+    pub results_sent: u64,
+}
+
+/// Every error code, at the index of its wire value.
+const CODES: [ErrorCode; 13] = [
+    ErrorCode::Unspecified,
+    ErrorCode::NotFound,
+    ErrorCode::InvalidArgument,
+    ErrorCode::Failed,
+    ErrorCode::Unavailable,
+    ErrorCode::PermissionDenied,
+    ErrorCode::ResourceExhausted,
+    ErrorCode::Internal,
+    ErrorCode::FailedPrecondition,
+    ErrorCode::DeadlineExceeded,
+    ErrorCode::Cancelled,
+    ErrorCode::Disposed,
+    ErrorCode::OutcomeUnknown,
+];
+
+/// Every snapshot reason, at the index of its wire value.
+const REASONS: [SnapshotReason; 5] = [
+    SnapshotReason::Unspecified,
+    SnapshotReason::Commit,
+    SnapshotReason::Sync,
+    SnapshotReason::Overflow,
+    SnapshotReason::Announce,
+];
+
+/// The core's running counts: fixed arrays, so that counting costs no
+/// lookup on the per-call path.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Counters {
+    calls_ok: u64,
+    calls_failed: [u64; CODES.len()],
+    snapshots: [u64; REASONS.len()],
+    patches: u64,
+    bookmarks: u64,
+    results: u64,
+    pub(super) sessions_refused: u64,
+    pub(super) method_panics: u64,
+    pub(super) sync_requests: u64,
+}
+
+impl Counters {
+    /// Counts a call answered with `error` (`None`: a value).
+    pub(super) fn call_answered(&mut self, error: Option<ErrorCode>) {
+        match error {
+            None => self.calls_ok += 1,
+            Some(code) => {
+                if let Some(n) = self.calls_failed.get_mut(index(code as i32)) {
+                    *n += 1;
+                }
+            }
+        }
+    }
+
+    /// Counts an envelope handed to a session.
+    pub(super) fn sent(&mut self, message: &HostMessage) {
+        match &message.kind {
+            Some(host_message::Kind::Snapshot(s)) => {
+                if let Some(n) = self.snapshots.get_mut(index(s.reason)) {
+                    *n += 1;
+                }
+            }
+            Some(host_message::Kind::Patch(p)) if p.base_version == p.version => {
+                self.bookmarks += 1
+            }
+            Some(host_message::Kind::Patch(_)) => self.patches += 1,
+            Some(host_message::Kind::Result(_)) => self.results += 1,
+            None => {}
+        }
+    }
+
+    /// The counts as a [`HostStats`], with the gauges the core knows.
+    pub(super) fn snapshot(&self, epoch: &str, version: u64, sessions: usize) -> HostStats {
+        let mut calls_answered = BTreeMap::new();
+        if self.calls_ok > 0 {
+            calls_answered.insert("ok", self.calls_ok);
+        }
+        for (code, n) in CODES.iter().zip(self.calls_failed) {
+            if n > 0 {
+                calls_answered.insert(code.kebab_name(), n);
+            }
+        }
+        let snapshots_sent = REASONS
+            .iter()
+            .zip(self.snapshots)
+            .filter(|(_, n)| *n > 0)
+            .map(|(reason, n)| (reason_name(*reason), n))
+            .collect();
+        HostStats {
+            epoch: epoch.to_owned(),
+            version,
+            sessions,
+            sessions_refused: self.sessions_refused,
+            calls_answered,
+            method_panics: self.method_panics,
+            sync_requests: self.sync_requests,
+            snapshots_sent,
+            patches_sent: self.patches,
+            bookmarks_sent: self.bookmarks,
+            results_sent: self.results,
+        }
+    }
+}
+
+/// The counter index of a wire enum value: the value itself, or 0
+/// (unspecified) for one this build does not know.
+fn index(value: i32) -> usize {
+    usize::try_from(value).unwrap_or(0)
+}
+
+fn reason_name(reason: SnapshotReason) -> &'static str {
+    match reason {
+        SnapshotReason::Unspecified => "unspecified",
+        SnapshotReason::Commit => "commit",
+        SnapshotReason::Sync => "sync",
+        SnapshotReason::Overflow => "overflow",
+        SnapshotReason::Announce => "announce",
+    }
+}
+
+impl HostStats {
+    /// The stats in the Prometheus text exposition format (version 0.0.4),
+    /// every metric named `cosystem_worker_…` with its `HELP` and `TYPE`.
+    /// The epoch is a label of `cosystem_worker_host_info`, so a restart
+    /// (counters starting again) can be told from a counter reset.
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+            let _ = writeln!(out, "# HELP cosystem_worker_{name} {help}");
+            let _ = writeln!(out, "# TYPE cosystem_worker_{name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "cosystem_worker_{name}{labels} {value}");
+            }
+        };
+        let plain = |value: u64| vec![(String::new(), value)];
+        let labelled = |label: &str, map: &BTreeMap<&'static str, u64>| -> Vec<(String, u64)> {
+            map.iter()
+                .map(|(k, v)| (format!("{{{label}=\"{k}\"}}"), *v))
+                .collect()
+        };
+        // The epoch is hex from the reference, but any host's epoch is
+        // escaped as the format requires.
+        let epoch = self
+            .epoch
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        metric(
+            "host_info",
+            "gauge",
+            "Always 1; the host's epoch, which changes when the host restarts.",
+            &[(format!("{{epoch=\"{epoch}\"}}"), 1)],
+        );
+        metric(
+            "state_version",
+            "gauge",
+            "The current state version.",
+            &plain(self.version),
+        );
+        metric(
+            "sessions",
+            "gauge",
+            "Sessions open now.",
+            &plain(u64::try_from(self.sessions).unwrap_or(u64::MAX)),
+        );
+        metric(
+            "sessions_refused_total",
+            "counter",
+            "New sessions refused because max clients were open.",
+            &plain(self.sessions_refused),
+        );
+        metric(
+            "calls_answered_total",
+            "counter",
+            "Calls answered, by outcome: ok or the error code.",
+            &labelled("outcome", &self.calls_answered),
+        );
+        metric(
+            "method_panics_total",
+            "counter",
+            "Methods that panicked (answered internal).",
+            &plain(self.method_panics),
+        );
+        metric(
+            "sync_requests_total",
+            "counter",
+            "Sync requests handled.",
+            &plain(self.sync_requests),
+        );
+        metric(
+            "snapshots_sent_total",
+            "counter",
+            "Snapshots handed to sessions, by reason.",
+            &labelled("reason", &self.snapshots_sent),
+        );
+        metric(
+            "patches_sent_total",
+            "counter",
+            "Patches that change the view handed to sessions (publications and resumes).",
+            &plain(self.patches_sent),
+        );
+        metric(
+            "bookmarks_sent_total",
+            "counter",
+            "Bookmarks handed to sessions.",
+            &plain(self.bookmarks_sent),
+        );
+        metric(
+            "results_sent_total",
+            "counter",
+            "Call results handed to sessions.",
+            &plain(self.results_sent),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tables_list_each_wire_value_at_its_own_index() {
+        for (i, code) in CODES.iter().enumerate() {
+            assert_eq!(*code as i32 as usize, i);
+        }
+        for (i, reason) in REASONS.iter().enumerate() {
+            assert_eq!(*reason as i32 as usize, i);
+        }
+    }
+
+    #[test]
+    fn every_error_code_and_reason_has_a_counter_of_its_own() {
+        let mut counters = Counters::default();
+        for code in CODES {
+            counters.call_answered(Some(code));
+        }
+        counters.call_answered(None);
+        for reason in REASONS {
+            counters.sent(&HostMessage {
+                header: None,
+                kind: Some(host_message::Kind::Snapshot(crate::wire::Snapshot {
+                    reason: reason as i32,
+                    ..Default::default()
+                })),
+            });
+        }
+        let stats = counters.snapshot("e", 1, 0);
+        assert_eq!(stats.calls_answered.len(), CODES.len() + 1);
+        assert!(stats.calls_answered.values().all(|n| *n == 1));
+        assert_eq!(stats.snapshots_sent.len(), REASONS.len());
+        assert!(stats.snapshots_sent.values().all(|n| *n == 1));
+    }
+
+    #[test]
+    fn the_prometheus_text_has_help_and_type_for_every_metric_and_escapes_the_epoch() {
+        let mut stats = Counters::default().snapshot("a\"b\\c\nd", 7, 2);
+        stats.calls_answered.insert("ok", 3);
+        stats.calls_answered.insert("not-found", 1);
+        let text = stats.to_prometheus();
+        let mut typed = std::collections::HashSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                typed.insert(rest.split(' ').next().unwrap_or_default().to_owned());
+                continue;
+            }
+            if line.starts_with("# HELP ") {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').expect("name and value");
+            assert!(value.parse::<u64>().is_ok(), "{line}");
+            let name = series.split('{').next().unwrap_or_default();
+            assert!(typed.contains(name), "{name} has no TYPE before it");
+        }
+        assert!(text.contains("cosystem_worker_calls_answered_total{outcome=\"ok\"} 3\n"));
+        assert!(text.contains("cosystem_worker_calls_answered_total{outcome=\"not-found\"} 1\n"));
+        assert!(text.contains("cosystem_worker_state_version 7\n"));
+        assert!(text.contains("cosystem_worker_sessions 2\n"));
+        assert!(text.contains("cosystem_worker_host_info{epoch=\"a\\\"b\\\\c\\nd\"} 1\n"));
+    }
+}

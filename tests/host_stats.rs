@@ -1,0 +1,144 @@
+//! The host's counters (`HostCore::stats`, `Host::stats`): each kind of
+//! work is counted once, as it happens, on the sans-IO core.
+
+use cosystem_worker::app::{App, MethodError, TypedModule};
+use cosystem_worker::demo;
+use cosystem_worker::host::{HostConfig, HostCore, HostLimits, PeerKey, PeerOptions, SyncMode};
+use cosystem_worker::wire::{Call, ClientMessage, Header, SyncReason, SyncRequest, client_message};
+
+const EPOCH: &str = "stats-epoch";
+
+fn host(mode: SyncMode, max_clients: usize) -> HostCore {
+    let app: App = demo::app("s").with(
+        TypedModule::new("boom", 0u8)
+            .method("go", |_: &mut u8, (): ()| -> Result<(), MethodError> {
+                panic!("boom")
+            }),
+    );
+    let config = HostConfig {
+        sync: mode,
+        sections: Some(demo::default_sections()),
+        limits: HostLimits {
+            max_clients,
+            ..HostLimits::default()
+        },
+        ..HostConfig::default()
+    };
+    HostCore::new(config, app, EPOCH)
+}
+
+fn send(h: &mut HostCore, peer: PeerKey, kind: client_message::Kind) {
+    let message = ClientMessage {
+        header: Some(Header::v1(EPOCH, "c", "")),
+        kind: Some(kind),
+    };
+    h.handle_message(peer, message).expect("handled");
+}
+
+fn call(h: &mut HostCore, peer: PeerKey, call_id: u64, module: &str, method: &str, args: &str) {
+    let call = Call {
+        call_id,
+        module: module.into(),
+        method: method.into(),
+        args_json: args.into(),
+    };
+    send(h, peer, client_message::Kind::Call(call));
+}
+
+fn sync(h: &mut HostCore, peer: PeerKey, sync_id: u64, have_version: u64) {
+    let request = SyncRequest {
+        sync_id,
+        have_version,
+        reason: if have_version == 0 {
+            SyncReason::Initial
+        } else {
+            SyncReason::VersionGap
+        } as i32,
+    };
+    send(h, peer, client_message::Kind::SyncRequest(request));
+}
+
+fn drain(h: &mut HostCore, peer: PeerKey) {
+    while h.poll_transmit(peer).is_some() {}
+}
+
+fn connect(h: &mut HostCore) -> PeerKey {
+    h.connect(PeerOptions {
+        peer_id: "c".into(),
+        publications: true,
+    })
+    .expect("a client slot")
+}
+
+#[test]
+fn calls_are_counted_by_outcome_and_what_is_sent_by_kind() {
+    let mut h = host(SyncMode::Patch, 10);
+    let peer = connect(&mut h);
+    sync(&mut h, peer, 1, 0);
+    drain(&mut h, peer);
+    call(&mut h, peer, 1, "counter", "increase", "[1]");
+    call(&mut h, peer, 2, "counter", "increase", "[2]");
+    call(&mut h, peer, 3, "counter", "nope", "[]");
+    call(&mut h, peer, 4, "counter", "fail", "[\"no\"]");
+    call(&mut h, peer, 5, "boom", "go", "[]");
+    drain(&mut h, peer);
+    // At the current version: a bookmark.
+    let version = h.version();
+    sync(&mut h, peer, 2, version);
+    drain(&mut h, peer);
+
+    let stats = h.stats();
+    assert_eq!(stats.epoch, EPOCH);
+    assert_eq!(stats.version, h.version());
+    assert_eq!(stats.sessions, 1);
+    let answered: Vec<(&str, u64)> = stats.calls_answered.into_iter().collect();
+    assert_eq!(
+        answered,
+        [("failed", 1), ("internal", 1), ("not-found", 1), ("ok", 2)]
+    );
+    assert_eq!(stats.method_panics, 1);
+    assert_eq!(stats.sync_requests, 2);
+    assert_eq!(stats.snapshots_sent.get("sync"), Some(&1));
+    assert_eq!(stats.snapshots_sent.len(), 1);
+    assert_eq!(stats.patches_sent, 2);
+    assert_eq!(stats.bookmarks_sent, 1);
+    assert_eq!(stats.results_sent, 5);
+}
+
+#[test]
+fn a_publication_is_counted_once_per_session_it_reaches() {
+    let mut h = host(SyncMode::Snapshot, 10);
+    let peers = [connect(&mut h), connect(&mut h), connect(&mut h)];
+    for (i, peer) in peers.iter().enumerate() {
+        sync(&mut h, *peer, i as u64 + 1, 0);
+        drain(&mut h, *peer);
+    }
+    call(&mut h, peers[0], 1, "counter", "increase", "[1]");
+    for peer in peers {
+        drain(&mut h, peer);
+    }
+    let stats = h.stats();
+    assert_eq!(stats.snapshots_sent.get("sync"), Some(&3));
+    assert_eq!(stats.snapshots_sent.get("commit"), Some(&3));
+    assert_eq!(stats.results_sent, 1);
+}
+
+#[test]
+fn refused_sessions_are_counted_and_the_session_gauge_follows_disconnects() {
+    let mut h = host(SyncMode::Patch, 1);
+    let first = connect(&mut h);
+    for _ in 0..2 {
+        assert!(
+            h.connect(PeerOptions {
+                peer_id: "late".into(),
+                publications: true,
+            })
+            .is_err()
+        );
+    }
+    assert_eq!(h.stats().sessions_refused, 2);
+    assert_eq!(h.stats().sessions, 1);
+    h.disconnect(first);
+    assert_eq!(h.stats().sessions, 0);
+    assert_eq!(h.stats().sessions_refused, 2);
+}
