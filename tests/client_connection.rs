@@ -74,25 +74,29 @@ async fn a_refused_connect_is_retrying_with_its_error_a_doubling_wait_and_when_i
     after(1).await;
     // The clock is paused: the first connect fails at `start`.
     assert_eq!(
-        client.connection(),
-        Connection::Retrying {
-            error: refused.clone(),
-            retry_in: Duration::from_millis(50),
-            retry_at: at(50),
-            attempt: 1,
-        }
+        retrying(client.connection()),
+        (refused.clone(), Duration::from_millis(50), at(50), 1)
     );
     // The second attempt, at 50 ms, fails too and waits twice as long.
     after(59).await;
     assert_eq!(
-        client.connection(),
-        Connection::Retrying {
-            error: refused,
-            retry_in: Duration::from_millis(100),
-            retry_at: at(150),
-            attempt: 2,
-        }
+        retrying(client.connection()),
+        (refused, Duration::from_millis(100), at(150), 2)
     );
+}
+
+/// A `Retrying` state's error, wait, due instant and attempt.
+fn retrying(state: Connection) -> (Option<TransportError>, Duration, std::time::Instant, u32) {
+    match state {
+        Connection::Retrying {
+            error,
+            retry_in,
+            retry_at,
+            attempt,
+            ..
+        } => (error, retry_in, retry_at, attempt),
+        other => panic!("not retrying: {other:?}"),
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -104,18 +108,12 @@ async fn a_link_the_host_ends_after_speaking_is_retrying_without_an_error_from_a
     let client = Client::with_reconnect(links, ClientConfig::default(), policy());
     // Several links in: each one the host spoke on starts the count again.
     after(120).await;
-    match client.connection() {
-        Connection::Retrying {
-            error: None,
-            retry_in,
-            retry_at,
-            attempt: 1,
-        } => {
-            assert_eq!(retry_in, Duration::from_millis(50));
-            assert!(retry_at > tokio::time::Instant::now().into_std());
-        }
-        other => panic!("{other:?}"),
-    }
+    let (error, retry_in, retry_at, attempt) = retrying(client.connection());
+    assert_eq!(
+        (error, retry_in, attempt),
+        (None, Duration::from_millis(50), 1)
+    );
+    assert!(retry_at > tokio::time::Instant::now().into_std());
 }
 
 #[tokio::test(start_paused = true)]

@@ -9,6 +9,16 @@ use cosystem_worker::wire::{Call, ClientMessage, Header, SyncReason, SyncRequest
 const EPOCH: &str = "stats-epoch";
 
 fn host(mode: SyncMode, max_clients: usize) -> HostCore {
+    host_with(
+        mode,
+        HostLimits {
+            max_clients,
+            ..HostLimits::default()
+        },
+    )
+}
+
+fn host_with(mode: SyncMode, limits: HostLimits) -> HostCore {
     let app: App = demo::app("s").with(
         TypedModule::new("boom", 0u8)
             .method("go", |_: &mut u8, (): ()| -> Result<(), MethodError> {
@@ -18,10 +28,7 @@ fn host(mode: SyncMode, max_clients: usize) -> HostCore {
     let config = HostConfig {
         sync: mode,
         sections: Some(demo::default_sections()),
-        limits: HostLimits {
-            max_clients,
-            ..HostLimits::default()
-        },
+        limits,
         ..HostConfig::default()
     };
     HostCore::new(config, app, EPOCH)
@@ -82,10 +89,6 @@ fn calls_are_counted_by_outcome_and_what_is_sent_by_kind() {
     call(&mut h, peer, 4, "counter", "fail", "[\"no\"]");
     call(&mut h, peer, 5, "boom", "go", "[]");
     drain(&mut h, peer);
-    // At the current version: a bookmark.
-    let version = h.version();
-    sync(&mut h, peer, 2, version);
-    drain(&mut h, peer);
 
     let stats = h.stats();
     assert_eq!(stats.epoch, EPOCH);
@@ -97,11 +100,11 @@ fn calls_are_counted_by_outcome_and_what_is_sent_by_kind() {
         [("failed", 1), ("internal", 1), ("not-found", 1), ("ok", 2)]
     );
     assert_eq!(stats.method_panics, 1);
-    assert_eq!(stats.sync_requests, 2);
+    assert_eq!(stats.sync_requests, 1);
     assert_eq!(stats.snapshots_sent.get("sync"), Some(&1));
     assert_eq!(stats.snapshots_sent.len(), 1);
     assert_eq!(stats.patches_sent, 2);
-    assert_eq!(stats.bookmarks_sent, 1);
+    assert_eq!(stats.bookmarks_sent, 0);
     assert_eq!(stats.results_sent, 5);
 }
 
@@ -141,4 +144,57 @@ fn refused_sessions_are_counted_and_the_session_gauge_follows_disconnects() {
     h.disconnect(first);
     assert_eq!(h.stats().sessions, 0);
     assert_eq!(h.stats().sessions_refused, 2);
+}
+
+#[test]
+fn bookmarks_are_told_from_sync_replies_though_both_can_be_empty_patches() {
+    let mut h = host(SyncMode::Patch, 10);
+    let peer = connect(&mut h);
+    sync(&mut h, peer, 1, 0);
+    drain(&mut h, peer);
+    call(&mut h, peer, 1, "counter", "increase", "[1]");
+    call(&mut h, peer, 2, "counter", "increase", "[1]");
+    drain(&mut h, peer);
+    assert_eq!(h.stats().patches_sent, 2);
+    // A sync at the current version is answered with an empty patch.
+    let version = h.version();
+    sync(&mut h, peer, 2, version);
+    drain(&mut h, peer);
+    // A resume from an older version, with both versions' operations.
+    sync(&mut h, peer, 3, version - 2);
+    drain(&mut h, peer);
+    assert_eq!(h.stats().patches_sent, 4);
+    assert_eq!(h.stats().bookmarks_sent, 0);
+    h.bookmark();
+    drain(&mut h, peer);
+    let stats = h.stats();
+    assert_eq!(stats.bookmarks_sent, 1);
+    assert_eq!(stats.patches_sent, 4);
+    assert_eq!(stats.sync_requests, 3);
+}
+
+#[test]
+fn a_session_that_falls_out_of_the_window_is_counted_as_sent_an_overflow_snapshot() {
+    let mut h = host_with(
+        SyncMode::Patch,
+        HostLimits {
+            history_entries: 1,
+            ..HostLimits::default()
+        },
+    );
+    let (slow, busy) = (connect(&mut h), connect(&mut h));
+    sync(&mut h, slow, 1, 0);
+    sync(&mut h, busy, 1, 0);
+    drain(&mut h, busy);
+    // Only the sync reply leaves for the slow session: it reads nothing more.
+    assert!(h.poll_transmit(slow).is_some());
+    for id in 1..=3 {
+        call(&mut h, busy, id, "counter", "increase", "[1]");
+        drain(&mut h, busy);
+    }
+    drain(&mut h, slow);
+    let stats = h.stats();
+    assert_eq!(stats.snapshots_sent.get("overflow"), Some(&1));
+    assert_eq!(stats.snapshots_sent.get("sync"), Some(&2));
+    assert_eq!(stats.patches_sent, 3);
 }

@@ -23,8 +23,12 @@ use tokio::sync::Semaphore;
 const MAX_CONNECTIONS: usize = 16;
 
 /// How long a connection may take to send its request headers, so that a
-/// silent one does not hold a slot.
+/// silent one does not hold a slot. Each connection serves one request
+/// (no keep-alive), so none idles between scrapes either.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one connection may take in all, reading the answer included.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The Prometheus text exposition format's content type.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -52,13 +56,17 @@ pub async fn serve(listener: TcpListener, host: Host) {
                 let response = respond(&host, &request);
                 async move { Ok::<_, Infallible>(response) }
             });
-            let served = hyper::server::conn::http1::Builder::new()
+            let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(error) = served {
-                tracing::debug!(%peer, %error, "metrics connection ended");
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            // A peer that never reads its answer is not bounded by the
+            // header timeout: the whole exchange is.
+            match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%peer, %error, "metrics connection failed"),
+                Err(_) => tracing::debug!(%peer, "metrics connection timed out"),
             }
             drop(slot);
         });

@@ -30,8 +30,10 @@ pub enum Connection {
     /// and the mirror follows it.
     Connected,
     /// The last connect failed or the link ended; the next connect is made
-    /// after `retry_in`, at `retry_at`. The mirror and the calls not sent yet are kept;
+    /// after `retry_in`, at `retry_at`. Match it with `..`: fields may be
+    /// added. The mirror and the calls not sent yet are kept;
     /// calls sent without a result settle `outcome-unknown` (spec §10).
+    #[non_exhaustive]
     Retrying {
         /// Why: the connect's or the link's error, or `None` when the host
         /// ended the link without one (a closed stream).
@@ -43,8 +45,9 @@ pub enum Connection {
         retry_in: Duration,
         /// When the next connect is made: `retry_in` after this state was
         /// set, so that a watcher reading the state later can still tell
-        /// how long remains (on the runtime's clock, which tokio's paused
-        /// test clock moves too).
+        /// how long remains. It is read from tokio's clock: under a paused
+        /// test clock, compare it with `tokio::time::Instant::now().into_std()`,
+        /// not `std::time::Instant::now()`.
         retry_at: Instant,
         /// The number of the attempt that ended, as its `Connecting` gave.
         attempt: u32,

@@ -501,9 +501,7 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
             _ = keep_time_until_stopped(&shared) => break,
         };
         let mut heard = false;
-        let mut wait = backoff;
-        let mut retry_at = Instant::now() + wait;
-        match link {
+        let retry_at = match link {
             Ok(link) => {
                 if !first {
                     shared.core().reconnected(Instant::now().into_std());
@@ -523,21 +521,23 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
                 tracing::debug!(?result, "link ended");
                 // The new state is published before the calls the link took
                 // down settle, so that their callers already see it.
-                let give_up_with = match result {
-                    Err(error) if !error.is_retryable() => Err(error),
-                    result => Ok(result.err()),
-                };
-                match &give_up_with {
-                    Err(error) => give_up(&shared, error),
-                    Ok(error) => {
-                        wait = policy.wait(backoff);
-                        retry_at = retrying(&shared, error.clone(), wait, attempt);
+                let retry_at = match result {
+                    Err(error) if !error.is_retryable() => {
+                        give_up(&shared, &error);
+                        None
                     }
-                }
+                    result => Some(retrying(
+                        &shared,
+                        result.err(),
+                        policy.wait(backoff),
+                        attempt,
+                    )),
+                };
                 shared.core().connection_lost();
                 shared.dispatch();
-                if give_up_with.is_err() {
-                    break;
+                match retry_at {
+                    Some(at) => at,
+                    None => break,
                 }
             }
             Err(error) if !error.is_retryable() => {
@@ -545,11 +545,11 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
                 break;
             }
             Err(error) => {
-                wait = policy.wait(backoff);
+                let wait = policy.wait(backoff);
                 tracing::debug!(%error, ?wait, "connect failed; retrying");
-                retry_at = retrying(&shared, Some(error), wait, attempt);
+                retrying(&shared, Some(error), wait, attempt)
             }
-        }
+        };
         tokio::select! {
             _ = tokio::time::sleep_until(retry_at) => {}
             _ = keep_time_until_stopped(&shared) => {}

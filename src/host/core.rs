@@ -1133,7 +1133,13 @@ impl HostCore {
     /// The next envelope to send on a session, if any.
     pub fn poll_transmit(&mut self, peer: PeerKey) -> Option<HostFrame> {
         let frame = self.next_frame(peer)?;
-        self.stats.sent(frame.message());
+        // Periodic bookmarks are the one cached frame; a sync reply at the
+        // current version looks the same on the wire but is a reply.
+        let bookmark = self
+            .bookmark
+            .as_ref()
+            .is_some_and(|(_, b)| HostFrame::ptr_eq(b, &frame));
+        self.stats.sent(frame.message(), bookmark);
         Some(frame)
     }
 

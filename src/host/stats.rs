@@ -19,26 +19,33 @@ pub struct HostStats {
     pub epoch: String,
     /// The current state version.
     pub version: u64,
-    /// Sessions open now.
+    /// Sessions open now. On the shared bus this includes the host's own
+    /// publishing session and the reply-only sessions it keeps for peers
+    /// that spoke recently.
     pub sessions: usize,
-    /// New sessions refused because `max_clients` were open.
+    /// New sessions refused because `max_clients` were open (on the bus,
+    /// also those it then admitted by closing its least recently used
+    /// session).
     pub sessions_refused: u64,
     /// Calls answered, by outcome: `"ok"` or the error code's kebab-case
     /// name (spec §14), refusals made without running the method included.
     /// Only outcomes that occurred are present.
     pub calls_answered: BTreeMap<&'static str, u64>,
-    /// Methods that panicked (each also answered `internal`).
+    /// Methods that panicked, in client calls (answered `internal`) and in
+    /// the host's own [`invoke`](crate::host::Host::invoke) alike.
     pub method_panics: u64,
-    /// SyncRequests handled.
+    /// SyncRequests handled (on the bus, the host's announcement of a new
+    /// epoch counts as one).
     pub sync_requests: u64,
-    /// Snapshots handed to sessions, by reason (`commit`, `sync`,
-    /// `overflow`, `announce`). Only reasons that occurred are present.
+    /// Snapshots handed to sessions, by reason: `commit`, `sync`,
+    /// `overflow` (the bus's announcement is a `sync` reply relabelled
+    /// after it is counted). Only reasons that occurred are present.
     pub snapshots_sent: BTreeMap<&'static str, u64>,
-    /// Patches that change the view handed to sessions: publications and
-    /// resume patches.
+    /// Patches handed to sessions: publications, and replies to sync
+    /// requests (a resume, or an empty patch when the client is current).
     pub patches_sent: u64,
-    /// Bookmarks (empty patches that only carry the version) handed to
-    /// sessions.
+    /// Periodic bookmarks (empty patches that only carry the version)
+    /// handed to sessions.
     pub bookmarks_sent: u64,
     /// Call results handed to sessions.
     pub results_sent: u64,
@@ -98,17 +105,16 @@ impl Counters {
         }
     }
 
-    /// Counts an envelope handed to a session.
-    pub(super) fn sent(&mut self, message: &HostMessage) {
+    /// Counts an envelope handed to a session; `bookmark` says a Patch is
+    /// a periodic bookmark rather than a publication or a sync reply.
+    pub(super) fn sent(&mut self, message: &HostMessage, bookmark: bool) {
         match &message.kind {
             Some(host_message::Kind::Snapshot(s)) => {
                 if let Some(n) = self.snapshots.get_mut(index(s.reason)) {
                     *n += 1;
                 }
             }
-            Some(host_message::Kind::Patch(p)) if p.base_version == p.version => {
-                self.bookmarks += 1
-            }
+            Some(host_message::Kind::Patch(_)) if bookmark => self.bookmarks += 1,
             Some(host_message::Kind::Patch(_)) => self.patches += 1,
             Some(host_message::Kind::Result(_)) => self.results += 1,
             None => {}
@@ -148,8 +154,9 @@ impl Counters {
     }
 }
 
-/// The counter index of a wire enum value: the value itself, or 0
-/// (unspecified) for one this build does not know.
+/// The counter index of a wire enum value: the value itself (0, the
+/// unspecified value, for a negative one); a value past the table has no
+/// counter and is not counted. The core only builds values it knows.
 fn index(value: i32) -> usize {
     usize::try_from(value).unwrap_or(0)
 }
@@ -162,6 +169,15 @@ fn reason_name(reason: SnapshotReason) -> &'static str {
         SnapshotReason::Overflow => "overflow",
         SnapshotReason::Announce => "announce",
     }
+}
+
+/// A label value as the text format requires: backslash, double quote and
+/// line feed escaped.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 impl HostStats {
@@ -179,18 +195,21 @@ impl HostStats {
             }
         };
         let plain = |value: u64| vec![(String::new(), value)];
-        let labelled = |label: &str, map: &BTreeMap<&'static str, u64>| -> Vec<(String, u64)> {
-            map.iter()
-                .map(|(k, v)| (format!("{{{label}=\"{k}\"}}"), *v))
+        // Series a scraper will see sooner or later are there from the
+        // start at 0, so that `rate()` sees their first increase.
+        let labelled = |label: &str,
+                        map: &BTreeMap<&'static str, u64>,
+                        always: &[&'static str]|
+         -> Vec<(String, u64)> {
+            let mut all = map.clone();
+            for key in always {
+                all.entry(key).or_insert(0);
+            }
+            all.iter()
+                .map(|(k, v)| (format!("{{{label}=\"{}\"}}", escape(k)), *v))
                 .collect()
         };
-        // The epoch is hex from the reference, but any host's epoch is
-        // escaped as the format requires.
-        let epoch = self
-            .epoch
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n");
+        let epoch = escape(&self.epoch);
         metric(
             "host_info",
             "gauge",
@@ -219,7 +238,7 @@ impl HostStats {
             "calls_answered_total",
             "counter",
             "Calls answered, by outcome: ok or the error code.",
-            &labelled("outcome", &self.calls_answered),
+            &labelled("outcome", &self.calls_answered, &["ok"]),
         );
         metric(
             "method_panics_total",
@@ -237,7 +256,11 @@ impl HostStats {
             "snapshots_sent_total",
             "counter",
             "Snapshots handed to sessions, by reason.",
-            &labelled("reason", &self.snapshots_sent),
+            &labelled(
+                "reason",
+                &self.snapshots_sent,
+                &["commit", "sync", "overflow"],
+            ),
         );
         metric(
             "patches_sent_total",
@@ -283,13 +306,16 @@ mod tests {
         }
         counters.call_answered(None);
         for reason in REASONS {
-            counters.sent(&HostMessage {
-                header: None,
-                kind: Some(host_message::Kind::Snapshot(crate::wire::Snapshot {
-                    reason: reason as i32,
-                    ..Default::default()
-                })),
-            });
+            counters.sent(
+                &HostMessage {
+                    header: None,
+                    kind: Some(host_message::Kind::Snapshot(crate::wire::Snapshot {
+                        reason: reason as i32,
+                        ..Default::default()
+                    })),
+                },
+                false,
+            );
         }
         let stats = counters.snapshot("e", 1, 0);
         assert_eq!(stats.calls_answered.len(), CODES.len() + 1);
@@ -321,6 +347,10 @@ mod tests {
         assert!(text.contains("cosystem_worker_calls_answered_total{outcome=\"ok\"} 3\n"));
         assert!(text.contains("cosystem_worker_calls_answered_total{outcome=\"not-found\"} 1\n"));
         assert!(text.contains("cosystem_worker_state_version 7\n"));
+        // Series that will occur are there from the start.
+        assert!(text.contains("cosystem_worker_snapshots_sent_total{reason=\"overflow\"} 0\n"));
+        let empty = Counters::default().snapshot("e", 1, 0).to_prometheus();
+        assert!(empty.contains("cosystem_worker_calls_answered_total{outcome=\"ok\"} 0\n"));
         assert!(text.contains("cosystem_worker_sessions 2\n"));
         assert!(text.contains("cosystem_worker_host_info{epoch=\"a\\\"b\\\\c\\nd\"} 1\n"));
     }
