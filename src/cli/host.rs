@@ -12,6 +12,7 @@ use cosystem_worker::transport::grpc::{ConnectionLimits, DEFAULT_MAX_CONNECTIONS
 use tokio::net::TcpListener;
 
 use super::endpoint::{Endpoint, GrpcAddr};
+use super::signals::ShutdownSignals;
 use super::{CliError, read_file, read_token};
 use super::{metrics, open_files};
 
@@ -83,6 +84,7 @@ pub struct HostArgs {
 /// Runs the host until Ctrl-C or SIGTERM (with `--stdio`, also until stdin
 /// closes). Over gRPC a second signal ends the graceful shutdown's wait.
 pub async fn run(args: HostArgs) -> Result<(), CliError> {
+    let mut signals = ShutdownSignals::new();
     let endpoint = Endpoint::for_host(args.listen.clone(), args.stdio);
     if !matches!(endpoint, Endpoint::Grpc(_)) {
         framed_only(&args)?;
@@ -96,16 +98,16 @@ pub async fn run(args: HostArgs) -> Result<(), CliError> {
     }
     let max_clients = host.limits().max_clients;
     match &endpoint {
-        Endpoint::Grpc(addr) => serve_grpc(host, addr, &args, open_files).await,
+        Endpoint::Grpc(addr) => serve_grpc(host, addr, &args, open_files, signals).await,
         Endpoint::Tcp(authority) => {
             open_files::warn_if_short(open_files, max_clients, "--max-clients");
-            serve_tcp(host, authority).await
+            serve_tcp(host, authority, &mut signals).await
         }
         Endpoint::Unix(path) => {
             open_files::warn_if_short(open_files, max_clients, "--max-clients");
-            serve_unix(host, path).await
+            serve_unix(host, path, &mut signals).await
         }
-        Endpoint::Stdio => serve_stdio(host).await,
+        Endpoint::Stdio => serve_stdio(host, &mut signals).await,
         Endpoint::Spawn(_) => Err(endpoint.not_supported()),
     }
 }
@@ -130,17 +132,25 @@ fn framed_only(args: &HostArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn serve_tcp(host: Host, authority: &str) -> Result<(), CliError> {
+async fn serve_tcp(
+    host: Host,
+    authority: &str,
+    signals: &mut ShutdownSignals,
+) -> Result<(), CliError> {
     let socket = resolve(authority).await?;
     let listener = TcpListener::bind(socket).await.map_err(|e| {
         std::io::Error::new(e.kind(), format!("cannot listen on tcp://{socket}: {e}"))
     })?;
     let local = listener.local_addr()?;
     tracing::info!(epoch = %host.epoch(), "listening on tcp://{local}");
-    serve_until_signal(&host, framed::serve_tcp(host.clone(), listener)).await
+    serve_until_signal(&host, framed::serve_tcp(host.clone(), listener), signals).await
 }
 
-async fn serve_unix(host: Host, path: &Path) -> Result<(), CliError> {
+async fn serve_unix(
+    host: Host,
+    path: &Path,
+    signals: &mut ShutdownSignals,
+) -> Result<(), CliError> {
     let listener = framed::bind_unix(path).await.map_err(|e| {
         std::io::Error::new(
             e.kind(),
@@ -148,14 +158,14 @@ async fn serve_unix(host: Host, path: &Path) -> Result<(), CliError> {
         )
     })?;
     tracing::info!(epoch = %host.epoch(), "listening on unix:{}", path.display());
-    let result =
-        serve_until_signal(&host, framed::serve_unix_listener(host.clone(), listener)).await;
+    let serving = framed::serve_unix_listener(host.clone(), listener);
+    let result = serve_until_signal(&host, serving, signals).await;
     // The socket file is ours: leave no stale one behind.
     let _ = std::fs::remove_file(path);
     result
 }
 
-async fn serve_stdio(host: Host) -> Result<(), CliError> {
+async fn serve_stdio(host: Host, signals: &mut ShutdownSignals) -> Result<(), CliError> {
     tracing::info!(epoch = %host.epoch(), "serving one client on stdin/stdout");
     tokio::select! {
         result = framed::serve_stdio(host.clone()) => {
@@ -164,7 +174,7 @@ async fn serve_stdio(host: Host) -> Result<(), CliError> {
             }
             tracing::info!("stdin closed; stopping");
         }
-        _ = shutdown_signal() => {}
+        () = signals.next() => {}
     }
     host.shutdown();
     Ok(())
@@ -174,10 +184,11 @@ async fn serve_stdio(host: Host) -> Result<(), CliError> {
 async fn serve_until_signal(
     host: &Host,
     serving: impl Future<Output = std::io::Result<()>>,
+    signals: &mut ShutdownSignals,
 ) -> Result<(), CliError> {
     tokio::select! {
         result = serving => result?,
-        _ = shutdown_signal() => {}
+        () = signals.next() => {}
     }
     host.shutdown();
     tracing::info!("stopped");
@@ -222,6 +233,7 @@ async fn serve_grpc(
     addr: &GrpcAddr,
     args: &HostArgs,
     open_files: Option<u64>,
+    mut signals: ShutdownSignals,
 ) -> Result<(), CliError> {
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some((read_file(cert)?, read_file(key)?)),
@@ -284,9 +296,9 @@ async fn serve_grpc(
         let _ = stopping.await;
     });
     let signals = async move {
-        shutdown_signal().await;
+        signals.next().await;
         let _ = stop.send(());
-        shutdown_signal().await;
+        signals.next().await;
     };
     tokio::select! {
         result = serving => {
@@ -336,28 +348,4 @@ async fn resolve(authority: &str) -> Result<SocketAddr, CliError> {
         .map_err(|e| CliError::Usage(format!("cannot resolve {authority}: {e}")))?
         .next()
         .ok_or_else(|| CliError::Usage(format!("{authority} resolves to no address")))
-}
-
-/// Resolves on Ctrl-C or (on Unix) SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("interrupted; shutting down"),
-        _ = term => tracing::info!("terminated; shutting down"),
-    }
 }

@@ -11,6 +11,7 @@ mod endpoint;
 mod host;
 mod metrics;
 mod open_files;
+mod signals;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
