@@ -349,6 +349,15 @@ async fn metrics_listen_serves_the_hosts_counters_in_the_prometheus_format() {
         response.contains(&format!("cosystem_worker_state_version {version}\n")),
         "{response}"
     );
+    // The gRPC server's connections: the client's came and went.
+    assert!(
+        response.contains("cosystem_worker_grpc_connections_refused_total{limit=\"max\"} 0\n"),
+        "{response}"
+    );
+    assert!(
+        response.contains("# TYPE cosystem_worker_grpc_connections gauge\n"),
+        "{response}"
+    );
     assert!(
         http(&metrics, "GET /other")
             .await

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::serve_grpc_on_loopback;
+use common::{serve_grpc, serve_grpc_on_loopback};
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
@@ -113,12 +113,26 @@ async fn admitted_eventually(server: SocketAddr, source: IpAddr) -> TcpStream {
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_over_the_total_limit_is_closed_until_a_held_one_ends() {
-    let server = serve_grpc_on_loopback(builder(ConnectionLimits::new(non_zero(2)))).await;
+    let bound = builder(ConnectionLimits::new(non_zero(2)))
+        .bind("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("bind");
+    let gauge = bound.connections();
+    let server = serve_grpc(bound);
     let first = open_from(server.addr, loopback(1)).await.expect("first");
     let second = open_from(server.addr, loopback(2)).await.expect("second");
     assert!(
         open_from(server.addr, loopback(3)).await.is_none(),
         "a third connection was served over a limit of two"
+    );
+    let counts = gauge.counts();
+    assert_eq!(
+        (
+            counts.open,
+            counts.refused_over_max,
+            counts.refused_over_per_address
+        ),
+        (2, 1, 0)
     );
     drop(first);
     let third = admitted_eventually(server.addr, loopback(3)).await;

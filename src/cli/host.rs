@@ -8,7 +8,9 @@ use clap::Args;
 use cosystem_worker::demo;
 use cosystem_worker::host::{Host, HostLimits, SyncMode, new_epoch};
 use cosystem_worker::transport::framed;
-use cosystem_worker::transport::grpc::{ConnectionLimits, DEFAULT_MAX_CONNECTIONS, GrpcServer};
+use cosystem_worker::transport::grpc::{
+    ConnectionGauge, ConnectionLimits, DEFAULT_MAX_CONNECTIONS, GrpcServer,
+};
 use tokio::net::TcpListener;
 
 use super::endpoint::{Endpoint, GrpcAddr};
@@ -91,24 +93,41 @@ pub async fn run(args: HostArgs) -> Result<(), CliError> {
     }
     let host = build_host(&args)?;
     let open_files = open_files::raise();
-    if let Some(authority) = &args.metrics_listen {
-        let listener = metrics::bind(resolve(authority).await?).await?;
-        tracing::info!("metrics on http://{}/metrics", listener.local_addr()?);
-        tokio::spawn(metrics::serve(listener, host.clone()));
-    }
+    let metrics = match &args.metrics_listen {
+        Some(authority) => {
+            let listener = metrics::bind(resolve(authority).await?).await?;
+            tracing::info!("metrics on http://{}/metrics", listener.local_addr()?);
+            Some(listener)
+        }
+        None => None,
+    };
     let max_clients = host.limits().max_clients;
     match &endpoint {
-        Endpoint::Grpc(addr) => serve_grpc(host, addr, &args, open_files, signals).await,
+        Endpoint::Grpc(addr) => serve_grpc(host, addr, &args, open_files, metrics, signals).await,
         Endpoint::Tcp(authority) => {
             open_files::warn_if_short(open_files, max_clients, "--max-clients");
+            spawn_metrics(metrics, &host, None);
             serve_tcp(host, authority, &mut signals).await
         }
         Endpoint::Unix(path) => {
             open_files::warn_if_short(open_files, max_clients, "--max-clients");
+            spawn_metrics(metrics, &host, None);
             serve_unix(host, path, &mut signals).await
         }
-        Endpoint::Stdio => serve_stdio(host, &mut signals).await,
+        Endpoint::Stdio => {
+            spawn_metrics(metrics, &host, None);
+            serve_stdio(host, &mut signals).await
+        }
         Endpoint::Spawn(_) => Err(endpoint.not_supported()),
+    }
+}
+
+/// Serves metrics on `listener`, if `--metrics-listen` gave one: the host's
+/// counters, and a gRPC server's connection counts. Framed transports hold
+/// one session per connection, so sessions are their connections.
+fn spawn_metrics(listener: Option<TcpListener>, host: &Host, connections: Option<ConnectionGauge>) {
+    if let Some(listener) = listener {
+        tokio::spawn(metrics::serve(listener, host.clone(), connections));
     }
 }
 
@@ -233,6 +252,7 @@ async fn serve_grpc(
     addr: &GrpcAddr,
     args: &HostArgs,
     open_files: Option<u64>,
+    metrics: Option<TcpListener>,
     mut signals: ShutdownSignals,
 ) -> Result<(), CliError> {
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -269,6 +289,7 @@ async fn serve_grpc(
         "http"
     };
     let server = builder.bind(socket).await?;
+    spawn_metrics(metrics, &host, Some(server.connections()));
     let local = server.local_addr();
     tracing::info!(
         epoch = %host.epoch(),

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cosystem_worker::host::Host;
+use cosystem_worker::prometheus::CONTENT_TYPE;
+use cosystem_worker::transport::grpc::ConnectionGauge;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -30,11 +32,9 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one connection may take in all, reading the answer included.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The Prometheus text exposition format's content type.
-const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// Serves `host`'s metrics on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, host: Host) {
+/// Serves `host`'s metrics, and its gRPC server's connection counts if
+/// given, on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, host: Host, connections: Option<ConnectionGauge>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -51,9 +51,10 @@ pub async fn serve(listener: TcpListener, host: Host) {
             continue;
         };
         let host = host.clone();
+        let connections = connections.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
-                let response = respond(&host, &request);
+                let response = respond(&host, connections.as_ref(), &request);
                 async move { Ok::<_, Infallible>(response) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
@@ -75,14 +76,22 @@ pub async fn serve(listener: TcpListener, host: Host) {
 
 /// The answer to one request: the metrics at `GET /metrics` (or `HEAD`),
 /// 404 elsewhere, 405 for other methods there.
-fn respond(host: &Host, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn respond(
+    host: &Host,
+    connections: Option<&ConnectionGauge>,
+    request: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let status = match (request.method(), request.uri().path()) {
         (&Method::GET | &Method::HEAD, "/metrics") => StatusCode::OK,
         (_, "/metrics") => StatusCode::METHOD_NOT_ALLOWED,
         _ => StatusCode::NOT_FOUND,
     };
     let body = if status == StatusCode::OK {
-        Bytes::from(host.stats().to_prometheus())
+        let mut text = host.stats().to_prometheus();
+        if let Some(connections) = connections {
+            text.push_str(&connections.counts().to_prometheus());
+        }
+        Bytes::from(text)
     } else {
         Bytes::from_static(b"try GET /metrics\n")
     };

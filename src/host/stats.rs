@@ -3,8 +3,8 @@
 //! [`HostStats`] snapshot, rendered in the Prometheus text format.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 
+use crate::prometheus::{family, label, plain};
 use crate::wire::{ErrorCode, HostMessage, SnapshotReason, host_message};
 
 /// What a host has done since it started, and where it stands now.
@@ -171,33 +171,15 @@ fn reason_name(reason: SnapshotReason) -> &'static str {
     }
 }
 
-/// A label value as the text format requires: backslash, double quote and
-/// line feed escaped.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 impl HostStats {
     /// The stats in the Prometheus text exposition format (version 0.0.4),
     /// every metric named `cosystem_worker_…` with its `HELP` and `TYPE`.
     /// The epoch is a label of `cosystem_worker_host_info`, so a restart
     /// (counters starting again) can be told from a counter reset.
     pub fn to_prometheus(&self) -> String {
-        let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
-            let _ = writeln!(out, "# HELP cosystem_worker_{name} {help}");
-            let _ = writeln!(out, "# TYPE cosystem_worker_{name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "cosystem_worker_{name}{labels} {value}");
-            }
-        };
-        let plain = |value: u64| vec![(String::new(), value)];
         // Series a scraper will see sooner or later are there from the
         // start at 0, so that `rate()` sees their first increase.
-        let labelled = |label: &str,
+        let labelled = |name: &str,
                         map: &BTreeMap<&'static str, u64>,
                         always: &[&'static str]|
          -> Vec<(String, u64)> {
@@ -205,54 +187,60 @@ impl HostStats {
             for key in always {
                 all.entry(key).or_insert(0);
             }
-            all.iter()
-                .map(|(k, v)| (format!("{{{label}=\"{}\"}}", escape(k)), *v))
-                .collect()
+            all.iter().map(|(k, v)| (label(name, k), *v)).collect()
         };
-        let epoch = escape(&self.epoch);
-        metric(
+        let mut out = String::new();
+        family(
+            &mut out,
             "host_info",
             "gauge",
             "Always 1; the host's epoch, which changes when the host restarts.",
-            &[(format!("{{epoch=\"{epoch}\"}}"), 1)],
+            &[(label("epoch", &self.epoch), 1)],
         );
-        metric(
+        family(
+            &mut out,
             "state_version",
             "gauge",
             "The current state version.",
             &plain(self.version),
         );
-        metric(
+        family(
+            &mut out,
             "sessions",
             "gauge",
             "Sessions open now.",
             &plain(u64::try_from(self.sessions).unwrap_or(u64::MAX)),
         );
-        metric(
+        family(
+            &mut out,
             "sessions_refused_total",
             "counter",
             "New sessions refused because max clients were open.",
             &plain(self.sessions_refused),
         );
-        metric(
+        family(
+            &mut out,
             "calls_answered_total",
             "counter",
             "Calls answered, by outcome: ok or the error code.",
             &labelled("outcome", &self.calls_answered, &["ok"]),
         );
-        metric(
+        family(
+            &mut out,
             "method_panics_total",
             "counter",
-            "Methods that panicked (answered internal).",
+            "Methods that panicked.",
             &plain(self.method_panics),
         );
-        metric(
+        family(
+            &mut out,
             "sync_requests_total",
             "counter",
             "Sync requests handled.",
             &plain(self.sync_requests),
         );
-        metric(
+        family(
+            &mut out,
             "snapshots_sent_total",
             "counter",
             "Snapshots handed to sessions, by reason.",
@@ -262,19 +250,22 @@ impl HostStats {
                 &["commit", "sync", "overflow"],
             ),
         );
-        metric(
+        family(
+            &mut out,
             "patches_sent_total",
             "counter",
-            "Patches that change the view handed to sessions (publications and resumes).",
+            "Patches handed to sessions: publications and sync replies.",
             &plain(self.patches_sent),
         );
-        metric(
+        family(
+            &mut out,
             "bookmarks_sent_total",
             "counter",
-            "Bookmarks handed to sessions.",
+            "Periodic bookmarks handed to sessions.",
             &plain(self.bookmarks_sent),
         );
-        metric(
+        family(
+            &mut out,
             "results_sent_total",
             "counter",
             "Call results handed to sessions.",

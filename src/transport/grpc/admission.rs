@@ -13,6 +13,8 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::prometheus::{family, label, plain};
+
 /// Connections a [`GrpcServer`](super::GrpcServer) holds at once unless
 /// configured otherwise: above the host's default of 10,000 sessions, with
 /// room for health checks.
@@ -98,6 +100,8 @@ pub(super) struct Admission {
 #[derive(Debug, Default)]
 struct Counts {
     total: usize,
+    refused_total: u64,
+    refused_per_address: u64,
     /// Only addresses holding connections; empty without a per-address
     /// limit.
     by_address: HashMap<IpAddr, usize>,
@@ -121,6 +125,7 @@ impl Admission {
         let mut counts = self.counts();
         let max = self.limits.max.get();
         if counts.total >= max {
+            counts.refused_total += 1;
             return Err(Refusal::Total(max));
         }
         let key = match self.limits.per_address.map(NonZeroUsize::get) {
@@ -130,6 +135,7 @@ impl Admission {
                 // A limit of at least 1 means a refused address already
                 // holds a connection, so no empty entry is left behind.
                 if *held >= limit {
+                    counts.refused_per_address += 1;
                     return Err(Refusal::PerAddress(limit));
                 }
                 *held += 1;
@@ -148,6 +154,67 @@ impl Admission {
     #[cfg(test)]
     fn held(&self) -> usize {
         self.counts().total
+    }
+}
+
+/// A live handle on a server's connection counts, for metrics: from
+/// [`GrpcServer::connections`](super::GrpcServer::connections) or
+/// [`GuardedIncoming::connections`](super::GuardedIncoming::connections).
+#[derive(Debug, Clone)]
+pub struct ConnectionGauge(pub(super) Arc<Admission>);
+
+impl ConnectionGauge {
+    /// The counts now.
+    pub fn counts(&self) -> ConnectionCounts {
+        let counts = self.0.counts();
+        ConnectionCounts {
+            open: counts.total,
+            refused_over_max: counts.refused_total,
+            refused_over_per_address: counts.refused_per_address,
+        }
+    }
+}
+
+/// A server's connections at one moment, and those it has refused since it
+/// started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionCounts {
+    /// Connections held now.
+    pub open: usize,
+    /// Connections closed on accept because the server held its maximum.
+    pub refused_over_max: u64,
+    /// Connections closed on accept because their address held its
+    /// per-address maximum.
+    pub refused_over_per_address: u64,
+}
+
+impl ConnectionCounts {
+    /// The counts in the Prometheus text format, named
+    /// `cosystem_worker_grpc_connections` and
+    /// `cosystem_worker_grpc_connections_refused_total{limit}`; they
+    /// follow [`HostStats::to_prometheus`](crate::host::HostStats::to_prometheus)
+    /// in one exposition.
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::new();
+        family(
+            &mut out,
+            "grpc_connections",
+            "gauge",
+            "TCP connections the gRPC server holds now.",
+            &plain(u64::try_from(self.open).unwrap_or(u64::MAX)),
+        );
+        family(
+            &mut out,
+            "grpc_connections_refused_total",
+            "counter",
+            "Connections closed on accept, by the limit they would have exceeded.",
+            &[
+                (label("limit", "max"), self.refused_over_max),
+                (label("limit", "per_address"), self.refused_over_per_address),
+            ],
+        );
+        out
     }
 }
 
@@ -215,6 +282,15 @@ mod tests {
             admission.admit(ip("10.0.0.3")).map(drop),
             Err(Refusal::Total(2))
         );
+        let gauge = ConnectionGauge(admission.clone());
+        assert_eq!(
+            gauge.counts(),
+            ConnectionCounts {
+                open: 2,
+                refused_over_max: 1,
+                refused_over_per_address: 0,
+            }
+        );
         drop(first);
         assert!(admission.admit(ip("10.0.0.3")).is_ok());
     }
@@ -228,6 +304,26 @@ mod tests {
             Err(Refusal::PerAddress(1))
         );
         let _other = admission.admit(ip("10.0.0.2")).expect("another address");
+        let counts = ConnectionGauge(admission.clone()).counts();
+        assert_eq!(
+            (
+                counts.open,
+                counts.refused_over_max,
+                counts.refused_over_per_address
+            ),
+            (2, 0, 1)
+        );
+        let text = counts.to_prometheus();
+        assert!(
+            text.contains("cosystem_worker_grpc_connections 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "cosystem_worker_grpc_connections_refused_total{limit=\"per_address\"} 1\n"
+            ),
+            "{text}"
+        );
         drop(held);
         assert!(admission.admit(ip("10.0.0.1")).is_ok());
     }

@@ -33,7 +33,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Sleep, sleep};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use super::admission::{Admission, ConnectionLimits, Slot};
+use super::admission::{Admission, ConnectionGauge, ConnectionLimits, Slot};
 use super::throttle::Throttle;
 
 /// How long a new connection may take to send its first 24 bytes.
@@ -65,13 +65,25 @@ pub struct GuardedIncoming {
 impl GuardedIncoming {
     /// Accepts from `listener`, holding connections to `limits`.
     pub fn new(listener: TcpListener, limits: ConnectionLimits) -> Self {
+        Self::counted(listener, Admission::new(limits))
+    }
+
+    /// Accepts from `listener`, counting in `admission`.
+    pub(super) fn counted(listener: TcpListener, admission: Arc<Admission>) -> Self {
         Self {
             listener,
             backoff: None,
             next_delay: ACCEPT_BACKOFF_MIN,
-            admission: Admission::new(limits),
+            admission,
             refusals: Throttle::default(),
         }
+    }
+}
+
+impl GuardedIncoming {
+    /// A live view of the connections held and refused, for metrics.
+    pub fn connections(&self) -> ConnectionGauge {
+        ConnectionGauge(self.admission.clone())
     }
 }
 

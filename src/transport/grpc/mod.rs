@@ -34,7 +34,7 @@ mod incoming;
 mod server;
 mod throttle;
 
-pub use admission::{ConnectionLimits, DEFAULT_MAX_CONNECTIONS};
+pub use admission::{ConnectionCounts, ConnectionGauge, ConnectionLimits, DEFAULT_MAX_CONNECTIONS};
 pub use auth::constant_time_eq;
 pub use client::GrpcConnector;
 pub use incoming::{

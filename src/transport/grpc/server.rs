@@ -16,7 +16,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_health::ServingStatus;
 
 use super::GrpcError;
-use super::admission::ConnectionLimits;
+use super::admission::{Admission, ConnectionGauge, ConnectionLimits};
 use super::auth::{check_bearer, is_valid_token};
 use super::incoming::GuardedIncoming;
 use super::throttle::Throttle;
@@ -228,7 +228,7 @@ impl GrpcServerBuilder {
             token,
             tls,
             interceptor: self.interceptor,
-            connections: self.connections.unwrap_or_default(),
+            admission: Admission::new(self.connections.unwrap_or_default()),
             listener,
             local_addr,
         })
@@ -241,7 +241,7 @@ pub struct GrpcServer {
     token: Option<Arc<[u8]>>,
     tls: Option<ServerTlsConfig>,
     interceptor: Option<SessionInterceptor>,
-    connections: ConnectionLimits,
+    admission: Arc<Admission>,
     listener: TcpListener,
     local_addr: SocketAddr,
 }
@@ -262,6 +262,13 @@ impl GrpcServer {
     /// The address actually bound (with the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// A live view of the connections [`GrpcServer::serve`] holds and has
+    /// refused under its [`ConnectionLimits`], for metrics; it stays valid
+    /// while and after the server serves.
+    pub fn connections(&self) -> ConnectionGauge {
+        ConnectionGauge(self.admission.clone())
     }
 
     /// Whether streams must present a token.
@@ -329,7 +336,7 @@ impl GrpcServer {
                 .await;
             host.shutdown();
         };
-        let incoming = GuardedIncoming::new(self.listener, self.connections);
+        let incoming = GuardedIncoming::counted(self.listener, self.admission);
         let serving = server
             .add_service(health)
             .add_service(reflection)
