@@ -185,12 +185,7 @@ async fn the_host_warns_when_anyone_beyond_this_machine_may_call_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_sigterm_stops_the_host_without_waiting_for_connections() {
     let (mut host, url) = spawn_host(&[]).await;
-    let channel = tonic::transport::Endpoint::from_shared(url)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let _watch = common::open_health_watch(channel).await;
+    let _watch = common::open_health_watch(url).await;
 
     host.signal_term().await;
     host.log_until("shutting down").await;
@@ -205,12 +200,7 @@ async fn max_connections_closes_a_connection_over_it_and_says_why() {
     let (mut host, url) = spawn_host(&["--max-connections", "1"]).await;
     let addr = url.trim_start_matches("http://").to_owned();
     // A health watch holds the one connection.
-    let channel = tonic::transport::Endpoint::from_shared(url)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let _watch = common::open_health_watch(channel).await;
+    let _watch = common::open_health_watch(url).await;
 
     // A served connection answers the HTTP/2 preface with the server's
     // SETTINGS; the one over the limit ends without a byte.

@@ -512,7 +512,7 @@ async fn a_health_watch_left_open_does_not_keep_the_server_from_stopping() {
     let addr = server.local_addr();
     let (stop, stopped) = oneshot::channel::<()>();
     let serving = tokio::spawn(server.serve(until(stopped)));
-    let watch = common::open_health_watch(channel(addr).await).await;
+    let watch = common::open_health_watch(format!("http://{addr}")).await;
     drop(stop);
     // The watch never ends by itself; serve returns after its grace period.
     let ended = tokio::time::timeout(Duration::from_secs(60), serving)

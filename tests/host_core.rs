@@ -3,6 +3,8 @@
 //! demo app's methods. Every test drives a `HostCore` directly with
 //! hand-built client envelopes; no runtime, no clock.
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use cosystem_worker::app::{App, Draft, Invocation, JsonModule, MethodError, Module, TypedModule};
@@ -13,7 +15,7 @@ use cosystem_worker::host::{
 };
 use cosystem_worker::wire::{
     Call, CallResult, ClientMessage, ErrorCode, Header, HostFrame, Patch, Snapshot, SnapshotReason,
-    SyncReason, SyncRequest, call_result, client_message, host_message,
+    call_result, client_message, host_message,
 };
 use proptest::prelude::*;
 use prost::Message;
@@ -78,15 +80,7 @@ fn envelope(epoch: &str, kind: client_message::Kind) -> ClientMessage {
 fn sync_msg(epoch: &str, have_version: u64, sync_id: u64) -> ClientMessage {
     envelope(
         epoch,
-        client_message::Kind::SyncRequest(SyncRequest {
-            sync_id,
-            have_version,
-            reason: if have_version == 0 {
-                SyncReason::Initial
-            } else {
-                SyncReason::VersionGap
-            } as i32,
-        }),
+        client_message::Kind::SyncRequest(common::sync_request(sync_id, have_version)),
     )
 }
 

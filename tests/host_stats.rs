@@ -1,10 +1,12 @@
 //! The host's counters (`HostCore::stats`, `Host::stats`): each kind of
 //! work is counted once, as it happens, on the sans-IO core.
 
+mod common;
+
 use cosystem_worker::app::{App, MethodError, TypedModule};
 use cosystem_worker::demo;
 use cosystem_worker::host::{HostConfig, HostCore, HostLimits, PeerKey, PeerOptions, SyncMode};
-use cosystem_worker::wire::{Call, ClientMessage, Header, SyncReason, SyncRequest, client_message};
+use cosystem_worker::wire::{Call, ClientMessage, Header, client_message};
 
 const EPOCH: &str = "stats-epoch";
 
@@ -53,15 +55,7 @@ fn call(h: &mut HostCore, peer: PeerKey, call_id: u64, module: &str, method: &st
 }
 
 fn sync(h: &mut HostCore, peer: PeerKey, sync_id: u64, have_version: u64) {
-    let request = SyncRequest {
-        sync_id,
-        have_version,
-        reason: if have_version == 0 {
-            SyncReason::Initial
-        } else {
-            SyncReason::VersionGap
-        } as i32,
-    };
+    let request = common::sync_request(sync_id, have_version);
     send(h, peer, client_message::Kind::SyncRequest(request));
 }
 

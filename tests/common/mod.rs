@@ -367,15 +367,21 @@ pub async fn serve_grpc_on_loopback(
     serve_grpc(server)
 }
 
-/// Opens a health `Watch` of the whole server on `channel` and reads its
-/// first status. The stream never ends by itself, so it holds a stopping
-/// server in its grace period for as long as it is kept.
+/// Connects to the gRPC server at `url`, opens a health `Watch` of the
+/// whole server and reads its first status. The stream never ends by
+/// itself, so it holds a stopping server in its grace period, and one of
+/// its connections, for as long as it is kept.
 pub async fn open_health_watch(
-    channel: tonic::transport::Channel,
+    url: String,
 ) -> tonic::Streaming<tonic_health::pb::HealthCheckResponse> {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
 
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .expect("a URL")
+        .connect()
+        .await
+        .expect("a connection");
     let mut watch = HealthClient::new(channel)
         .watch(HealthCheckRequest {
             service: String::new(),
@@ -385,4 +391,19 @@ pub async fn open_health_watch(
         .into_inner();
     assert!(watch.message().await.expect("a status").is_some());
     watch
+}
+
+/// A SyncRequest from a client that has `have_version` (0 for nothing
+/// yet), with the reason such a client gives.
+pub fn sync_request(sync_id: u64, have_version: u64) -> cosystem_worker::wire::SyncRequest {
+    use cosystem_worker::wire::SyncReason;
+    cosystem_worker::wire::SyncRequest {
+        sync_id,
+        have_version,
+        reason: if have_version == 0 {
+            SyncReason::Initial
+        } else {
+            SyncReason::VersionGap
+        } as i32,
+    }
 }
