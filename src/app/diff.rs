@@ -7,19 +7,32 @@
 //! every push and searched for on every pop. A typed module diffs its whole
 //! state on every call, so this is on every call's path.
 
+use std::fmt::Write as _;
+
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
 use serde_json::{Map, Value};
 
 /// The operations taking `left` to `right`, exactly as `json_patch::diff`
 /// gives them.
+#[cfg(test)]
 pub(crate) fn diff(left: &Value, right: &Value) -> Vec<PatchOperation> {
+    diff_in(&mut String::new(), left, right)
+}
+
+/// [`diff`], building pointers in `scratch`, a buffer the caller keeps
+/// between diffs: a typed module diffs on every call, and reusing the buffer
+/// saves an allocation each time. Its contents on entry do not matter.
+pub(crate) fn diff_in(scratch: &mut String, left: &Value, right: &Value) -> Vec<PatchOperation> {
+    scratch.clear();
     let mut walk = Walk {
-        path: String::with_capacity(64),
+        path: std::mem::take(scratch),
         ops: Vec::new(),
         valid: true,
     };
     walk.value(left, right);
+    // Hand the (possibly grown) buffer back for the next diff.
+    *scratch = std::mem::take(&mut walk.path);
     if walk.valid {
         walk.ops
     } else {
@@ -46,6 +59,12 @@ impl Walk {
 
     fn push_token(&mut self, token: &str) {
         self.path.push('/');
+        // Most keys need no escaping: copy them whole rather than a
+        // character at a time.
+        if !token.bytes().any(|b| b == b'~' || b == b'/') {
+            self.path.push_str(token);
+            return;
+        }
         for c in token.chars() {
             match c {
                 '~' => self.path.push_str("~0"),
@@ -75,7 +94,9 @@ impl Walk {
         for idx in 0..left.len().max(right.len()) {
             let mark = self.path.len();
             self.path.push('/');
-            self.path.push_str(&(idx - shift).to_string());
+            // Formatted in place: `to_string` would allocate per element.
+            // Writing into a String cannot fail.
+            let _ = write!(self.path, "{}", idx - shift);
             match (left.get(idx), right.get(idx)) {
                 (Some(l), Some(r)) => self.value(l, r),
                 (Some(_), None) => {

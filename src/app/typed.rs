@@ -19,6 +19,9 @@ pub struct TypedModule<S> {
     methods: Methods<Method<S>>,
     /// The committed JSON before the last call, until the host settles it.
     previous: Option<Value>,
+    /// The diff's pointer buffer, kept between calls so that diffing the
+    /// state after each call does not allocate one anew.
+    scratch: String,
 }
 
 impl<S> TypedModule<S>
@@ -39,6 +42,7 @@ where
             committed,
             methods: Methods::new(name),
             previous: None,
+            scratch: String::new(),
         }
     }
 
@@ -97,7 +101,7 @@ where
         match f(&mut self.state, args) {
             Ok(value) => match to_json(&self.state, "the state") {
                 Ok(next) => {
-                    let ops = super::diff::diff(&self.committed, &next);
+                    let ops = super::diff::diff_in(&mut self.scratch, &self.committed, &next);
                     self.previous = Some(std::mem::replace(&mut self.committed, next));
                     Ok(Invocation { value, ops })
                 }
