@@ -15,7 +15,9 @@ use crate::transport::TransportError;
 /// already sees why.
 ///
 /// On the broadcast bus, which always connects and never ends, a client is
-/// `Connecting` until a host speaks and then stays `Connected`.
+/// `Connecting` until a host speaks and then stays `Connected`, unless a
+/// configured host silence takes the link down
+/// ([`crate::client::ClientConfig::host_silence`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Connection {

@@ -44,6 +44,15 @@ pub struct ClientConfig {
     /// Largest encoded call envelope sent; a larger call fails
     /// `resource-exhausted` locally instead of breaking the transport.
     pub max_message_bytes: usize,
+    /// How long a link may carry nothing from the host before the client
+    /// takes it as lost (spec L10); `None`, the default, never. Set it only
+    /// for a host that sends bookmarks (H10), to a few times its bookmark
+    /// interval: a host that keeps its clients current hears from nothing
+    /// and is otherwise free to stay silent. With the reference host's 5 s
+    /// interval, 15 s suits. Point-to-point transports notice a vanished
+    /// host themselves (gRPC keepalive, TCP keepalive, a closed channel);
+    /// a shared channel cannot, so this is how a bus client does.
+    pub host_silence: Option<Duration>,
 }
 
 impl Default for ClientConfig {
@@ -55,6 +64,7 @@ impl Default for ClientConfig {
             max_calls_in_flight: 1024,
             sync_retry: Duration::from_secs(2),
             max_message_bytes: 4 * 1024 * 1024,
+            host_silence: None,
         }
     }
 }
@@ -128,6 +138,12 @@ pub enum Notice {
     EnvelopesLost {
         /// How many, as the channel counted them.
         count: u64,
+    },
+    /// The current link carried nothing from the host for the configured
+    /// [`ClientConfig::host_silence`] (spec L10); the client took it as lost.
+    HostSilent {
+        /// The configured silence.
+        silence: Duration,
     },
 }
 
@@ -263,6 +279,13 @@ pub struct ClientCore {
     disposed: bool,
     /// Between `connection_lost` and `reconnected` nothing may be sent.
     connected: bool,
+    /// When the current link last delivered an envelope from the host;
+    /// `None` until its first one. L10 counts silence from here, so a link
+    /// the host never spoke on (no host yet on a bus) is never called silent:
+    /// L5 keeps asking on it instead.
+    heard_at: Option<Instant>,
+    /// L10 fired on the current link; cleared by `reconnected`.
+    host_silent: bool,
 }
 
 impl ClientCore {
@@ -281,6 +304,8 @@ impl ClientCore {
             events: VecDeque::new(),
             disposed: false,
             connected: true,
+            heard_at: None,
+            host_silent: false,
         };
         core.request_sync(now, 0, SyncReason::Initial);
         core
@@ -457,9 +482,20 @@ impl ClientCore {
     /// `outcome-unknown` (they may or may not have run, and are never
     /// retried); calls not yet transmitted stay queued; results already in
     /// hand keep waiting for the mirror.
+    ///
+    /// A loss reported while already disconnected (again, or after host
+    /// silence took the link down) changes nothing.
     pub fn connection_lost(&mut self) {
+        if self.connected {
+            self.lose_link("the connection broke while the call was in flight");
+        }
+    }
+
+    /// L6, settling the calls the link took down with `why`.
+    fn lose_link(&mut self, why: &str) {
         self.connected = false;
-        self.settle_unanswered("the connection broke while the call was in flight");
+        self.heard_at = None;
+        self.settle_unanswered(why);
         self.outbox
             .retain(|m| matches!(m.kind, Some(client_message::Kind::Call(_))));
         self.sync = None;
@@ -507,6 +543,8 @@ impl ClientCore {
     /// The transport is back: ask to resume from the mirror's version.
     pub fn reconnected(&mut self, now: Instant) {
         self.connected = true;
+        self.heard_at = None;
+        self.host_silent = false;
         if self.disposed {
             return;
         }
@@ -590,6 +628,10 @@ impl ClientCore {
         }
         if !self.config.capability.is_empty() && header.capability != self.config.capability {
             return;
+        }
+        // Whatever it says, it came from the host this client follows.
+        if self.connected {
+            self.heard_at = Some(now);
         }
         if header.protocol_version != PROTOCOL_VERSION {
             self.notice(Notice::Malformed {
@@ -940,8 +982,10 @@ impl ClientCore {
     }
 
     /// Fires whatever is due at `now`: call deadlines (settled
-    /// `deadline-exceeded`, earliest deadline first) and, while
-    /// connected, an unanswered sync request (sent again).
+    /// `deadline-exceeded`, earliest deadline first); while connected, an
+    /// unanswered sync request (sent again); and host silence (L10): the
+    /// link is then taken as lost, as by [`ClientCore::connection_lost`],
+    /// and [`ClientCore::is_host_silent`] tells the driver to close it.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.disposed {
             return;
@@ -976,6 +1020,33 @@ impl ClientCore {
             };
             self.request_sync(now, have, SyncReason::Retry);
         }
+        if let Some(due) = self.silence_due()
+            && due <= now
+            && let Some(silence) = self.config.host_silence
+        {
+            self.notice(Notice::HostSilent { silence });
+            self.lose_link(
+                "the host went silent while the call was in flight, so the link was taken as lost",
+            );
+            self.host_silent = true;
+        }
+    }
+
+    /// When the current link is to be taken as lost for host silence (L10),
+    /// if it is armed.
+    fn silence_due(&self) -> Option<Instant> {
+        let silence = self.config.host_silence?;
+        let heard = self.heard_at.filter(|_| self.connected && !self.disposed)?;
+        heard.checked_add(silence)
+    }
+
+    /// Whether host silence (L10) has taken the current link down: the
+    /// driver should close the link and reconnect. True from the
+    /// [`ClientCore::handle_timeout`] that found the host silent until
+    /// [`ClientCore::reconnected`]; the core has already acted as for
+    /// [`ClientCore::connection_lost`].
+    pub fn is_host_silent(&self) -> bool {
+        self.host_silent
     }
 
     /// When [`ClientCore::handle_timeout`] next needs calling, if ever.
@@ -986,7 +1057,7 @@ impl ClientCore {
             .as_ref()
             .filter(|_| self.connected)
             .map(|s| s.deadline);
-        calls.chain(sync).min()
+        calls.chain(sync).chain(self.silence_due()).min()
     }
 
     /// The next message to send to the host, if any: none between

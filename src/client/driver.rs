@@ -683,7 +683,16 @@ async fn serve_link(
         // goes first so that a steady flow of input cannot starve deadlines.
         tokio::select! {
             biased;
-            _ = timer => shared.core().handle_timeout(Instant::now().into_std()),
+            _ = timer => {
+                let mut core = shared.core();
+                core.handle_timeout(Instant::now().into_std());
+                // L10: returned before anything settles, so that the calls
+                // the silence took down settle after `Retrying` is out.
+                if core.is_host_silent() {
+                    let silence = core.config().host_silence.unwrap_or_default();
+                    return Err(TransportError::HostSilent { silence });
+                }
+            }
             item = stream.next() => match item {
                 Some(item) => {
                     take_input(shared, item, heard)?;

@@ -43,7 +43,8 @@
 //!   link like a stream error does.
 //! - **Errors map to [`TransportError`] by what the client should do next.**
 //!   Only [`TransportError::Connection`] is retried (refused, reset, timed
-//!   out, a peer that went away). Every other error, from the link or from
+//!   out, a peer that went away), and [`TransportError::HostSilent`], which
+//!   the client raises itself (spec L10), never a transport. Every other error, from the link or from
 //!   [`Connector::connect`], stops the client for good and fails its pending
 //!   and later calls: [`TransportError::Closed`] when nothing will ever answer
 //!   again; [`TransportError::FrameTooLarge`] and
@@ -110,12 +111,20 @@ pub enum TransportError {
         /// How many.
         count: u64,
     },
+    /// The link carried nothing from the host for the client's configured
+    /// host silence (spec L10), so the client took it as lost; a reconnect
+    /// may find the host again, or another one.
+    #[error("the host sent nothing for {silence:?}; the link is taken as lost")]
+    HostSilent {
+        /// The configured silence.
+        silence: std::time::Duration,
+    },
 }
 
 impl TransportError {
     /// Whether reconnecting may help.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Connection(_))
+        matches!(self, Self::Connection(_) | Self::HostSilent { .. })
     }
 
     /// The code a client's calls settle with when this error stops it for

@@ -59,6 +59,8 @@ class Adapter:
             capability=config.get("capability") or "",
             max_pending=int(config.get("max_calls_in_flight", 1024)),
             sync_retry_ms=int(config.get("sync_retry_ms", 2000)),
+            host_silence_ms=None if config.get("host_silence_ms") is None
+            else int(config["host_silence_ms"]),
         )
         self.core.start(self.now)
 

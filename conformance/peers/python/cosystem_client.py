@@ -7,7 +7,7 @@ milliseconds:
     start(now)                        L1
     handle_message(envelope, now)     a HostMessage in proto3 canonical JSON (§8.3-§8.6)
     call(...), cancel(call)           application inputs (L2, L3)
-    advance(now)                      the passing of time (L4, L5)
+    advance(now)                      the passing of time (L4, L5, L10)
     connection_lost(), reconnected(now), envelopes_lost(count, now), dispose()
                                       transport and lifecycle inputs (L6-L9)
 
@@ -163,6 +163,7 @@ class ClientCore:
                  max_pending: int = DEFAULT_MAX_PENDING,
                  max_call_bytes: int = DEFAULT_MAX_CALL_BYTES,
                  sync_retry_ms: int = DEFAULT_SYNC_RETRY_MS,
+                 host_silence_ms: int | None = None,
                  max_depth: int = MAX_DEPTH):
         self.peer_id = peer_id
         self.host_id = host_id
@@ -171,6 +172,10 @@ class ClientCore:
         self.max_call_bytes = max_call_bytes
         self.sync_retry_ms = max(sync_retry_ms, MIN_SYNC_RETRY_MS)
         self.max_depth = max_depth
+        # L10: off unless configured; counted from heard_at, the time of the
+        # host's latest envelope on this link that K1 kept (None: not yet).
+        self.host_silence_ms = host_silence_ms
+        self.heard_at: int | None = None
 
         # The mirror (§8.1): EMPTY while epoch is None.
         self.mirror: dict | None = None
@@ -221,7 +226,15 @@ class ClientCore:
         times = [c.deadline for c in self.calls.values() if c.deadline is not None]
         if self.sync is not None and self.connected:
             times.append(self.sync.since + self.sync_retry_ms)
+        silence = self._silence_due()
+        if silence is not None:
+            times.append(silence)
         return min(times, default=None)
+
+    def _silence_due(self) -> int | None:
+        if self.host_silence_ms is None or not self.connected or self.heard_at is None:
+            return None
+        return self.heard_at + self.host_silence_ms
 
     @property
     def pending(self) -> int:
@@ -272,12 +285,18 @@ class ClientCore:
         # is replaced by L7 instead (L6).
         if s is not None and self.connected and now >= s.since + self.sync_retry_ms:
             self._request(0 if s.have == 0 else self.version, "RETRY", now)
+        silence = self._silence_due()
+        if silence is not None and now >= silence:
+            # L10: the link is taken as lost; the driver closes it.
+            self._notice("host-silent", silence_ms=str(self.host_silence_ms))
+            self.connection_lost()
 
     def connection_lost(self):
         """L6."""
         if self.disposed or not self.connected:
             return
         self.connected = False
+        self.heard_at = None
         self._settle_sent_outcome_unknown("the connection was lost")
         self.sync = None  # clears the flag and withdraws an unsent request
 
@@ -286,6 +305,7 @@ class ClientCore:
         if self.disposed:
             return
         self.connected = True
+        self.heard_at = None
         self._request(self.version, "RECONNECT", now)
 
     def envelopes_lost(self, count: int, now: int):
@@ -323,6 +343,8 @@ class ClientCore:
             return
         if self.capability and (h.get("capability") or "") != self.capability:
             return
+        if self.connected:
+            self.heard_at = now  # L10: whatever it says, the host spoke
         try:
             version = _u64(_field(h, "protocolVersion", "protocol_version"))
         except MalformedField:

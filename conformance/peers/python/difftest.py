@@ -354,7 +354,8 @@ class Session:
         r = self.rnd
         self.config = {"peer_id": r.choice(["c1", "c1", ""]), "host_id": r.choice(["", "", "h"]),
                        "capability": r.choice(["", "", "tok"]),
-                       "max_calls_in_flight": r.choice([1024, 1024, 2]), "sync_retry_ms": 2000}
+                       "max_calls_in_flight": r.choice([1024, 1024, 2]), "sync_retry_ms": 2000,
+                       "host_silence_ms": r.choice([None, None, None, 2500, 5000])}
         self.version = 0      # the mirror's version, as the reference reports it
         self.syncs = 0        # sync ids the reference has sent
         self.calls = 0        # call ids the reference has revealed

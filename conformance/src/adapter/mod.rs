@@ -46,6 +46,8 @@ pub struct AdapterConfig {
     pub max_calls_in_flight: u64,
     /// Sync retry interval in milliseconds.
     pub sync_retry_ms: u64,
+    /// Host silence in milliseconds (L10); `None` for off.
+    pub host_silence_ms: Option<u64>,
 }
 
 impl Default for AdapterConfig {
@@ -56,6 +58,7 @@ impl Default for AdapterConfig {
             capability: String::new(),
             max_calls_in_flight: 1024,
             sync_retry_ms: 2000,
+            host_silence_ms: None,
         }
     }
 }
@@ -159,8 +162,8 @@ pub enum Event {
     /// A notice: `{"kind": "epoch-changed", "old", "new"}`,
     /// `{"kind": "unexpected-result", "call_id"}`,
     /// `{"kind": "malformed-message"}`, `{"kind": "overflow", "version"}`,
-    /// `{"kind": "envelopes-lost", "count"}`;
-    /// members other than these are dropped when read.
+    /// `{"kind": "envelopes-lost", "count"}`,
+    /// `{"kind": "host-silent", "silence_ms"}`; members other than these are dropped when read.
     Notice(Value),
     /// A call settled.
     Settled {
@@ -223,6 +226,7 @@ impl Command {
                 "capability": c.capability,
                 "max_calls_in_flight": c.max_calls_in_flight,
                 "sync_retry_ms": c.sync_retry_ms,
+                "host_silence_ms": c.host_silence_ms,
             }}),
             Command::Deliver(m) => json!({
                 "op": "deliver",
@@ -280,6 +284,7 @@ impl Command {
                     max_calls_in_flight: opt_u64(c, "max_calls_in_flight")?
                         .unwrap_or(d.max_calls_in_flight),
                     sync_retry_ms: opt_u64(c, "sync_retry_ms")?.unwrap_or(d.sync_retry_ms),
+                    host_silence_ms: opt_u64(c, "host_silence_ms")?,
                 })
             }
             "deliver" => {
@@ -387,6 +392,7 @@ impl Event {
                     "unexpected-result" => &["call_id"],
                     "overflow" => &["version"],
                     "envelopes-lost" => &["count"],
+                    "host-silent" => &["silence_ms"],
                     _ => &[],
                 };
                 let mut notice = Map::new();

@@ -277,6 +277,7 @@ fn client_config(c: &AdapterConfig) -> ClientConfig {
         capability: c.capability.clone(),
         max_calls_in_flight: usize::try_from(c.max_calls_in_flight).unwrap_or(usize::MAX),
         sync_retry: Duration::from_millis(c.sync_retry_ms),
+        host_silence: c.host_silence_ms.map(Duration::from_millis),
         ..ClientConfig::default()
     }
 }
@@ -320,6 +321,9 @@ fn translate(event: ClientEvent, labels: &BTreeMap<u64, String>) -> Result<Event
         ClientEvent::Notice(Notice::EnvelopesLost { count }) => {
             Event::Notice(json!({"kind": "envelopes-lost", "count": count.to_string()}))
         }
+        ClientEvent::Notice(Notice::HostSilent { silence }) => Event::Notice(
+            json!({"kind": "host-silent", "silence_ms": silence.as_millis().to_string()}),
+        ),
         ClientEvent::Settled {
             call,
             outcome,

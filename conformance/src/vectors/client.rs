@@ -42,6 +42,9 @@ pub struct ClientSetup {
     /// Sync retry interval in milliseconds (default 2000).
     #[serde(default)]
     pub sync_retry_ms: Option<u64>,
+    /// Host silence in milliseconds (L10); absent for off.
+    #[serde(default)]
+    pub host_silence_ms: Option<u64>,
 }
 
 fn default_peer() -> String {
@@ -337,6 +340,7 @@ pub fn adapter_config(setup: &ClientSetup) -> AdapterConfig {
             .max_calls_in_flight
             .map_or(defaults.max_calls_in_flight, |n| n as u64),
         sync_retry_ms: setup.sync_retry_ms.unwrap_or(defaults.sync_retry_ms),
+        host_silence_ms: setup.host_silence_ms,
     }
 }
 

@@ -60,6 +60,7 @@ class Adapter {
         capability: str(c.get('capability'), ''),
         maxPendingCalls: num(c.get('max_calls_in_flight'), 1024),
         syncRetryMs: num(c.get('sync_retry_ms'), 2000),
+        hostSilenceMs: c.get('host_silence_ms') == null ? null : num(c.get('host_silence_ms'), 0),
       }, this.now);
       return this.collect({});
     }
@@ -156,6 +157,7 @@ class Adapter {
           case 'malformed-message': return { type: 'notice', kind: e.kind, detail: e.detail };
           case 'overflow': return { type: 'notice', kind: e.kind, version: e.version.toString() };
           case 'envelopes-lost': return { type: 'notice', kind: e.kind, count: String(e.count) };
+          case 'host-silent': return { type: 'notice', kind: e.kind, silence_ms: String(e.silenceMs) };
         }
         return { type: 'notice' };
       case 'settled':

@@ -25,6 +25,8 @@ export interface ClientConfig {
   syncRetryMs: number;
   /** Max encoded Call envelope size in bytes (§15, L2). */
   maxCallSize: number;
+  /** Host silence in ms (L10), or null for off. */
+  hostSilenceMs: number | null;
   /** Patch limits (§15). */
   patchLimits: PatchLimits;
 }
@@ -36,6 +38,7 @@ export const DEFAULT_CONFIG: ClientConfig = {
   maxPendingCalls: 1024,
   syncRetryMs: 2000,
   maxCallSize: 4 * 1024 * 1024,
+  hostSilenceMs: null,
   patchLimits: DEFAULT_PATCH_LIMITS,
 };
 
@@ -55,6 +58,7 @@ export type ClientEvent =
   | { type: 'notice'; kind: 'malformed-message'; detail: string }
   | { type: 'notice'; kind: 'overflow'; version: bigint }
   | { type: 'notice'; kind: 'envelopes-lost'; count: number }
+  | { type: 'notice'; kind: 'host-silent'; silenceMs: number }
   | { type: 'settled'; handle: number; callId?: bigint; outcome: Outcome };
 
 type Phase = 'queued' | 'sent' | 'held';
@@ -83,6 +87,8 @@ export class ClientCore {
   readonly config: ClientConfig;
   private disposed = false;
   private connected = true;
+  /** L10: when the host last spoke on this link (an envelope K1 kept), or null. */
+  private heardAt: number | null = null;
   private mirror: JsonObject | null = null;
   private epoch = '';
   private version = 0n;
@@ -126,7 +132,14 @@ export class ClientCore {
       const r = this.outstanding.since + this.config.syncRetryMs;
       if (t === null || r < t) t = r;
     }
+    const s = this.silenceDue();
+    if (s !== null && (t === null || s < t)) t = s;
     return t;
+  }
+
+  private silenceDue(): number | null {
+    if (this.config.hostSilenceMs === null || !this.connected || this.heardAt === null) return null;
+    return this.heardAt + this.config.hostSilenceMs;
   }
 
   pollEvent(): ClientEvent | undefined {
@@ -229,12 +242,19 @@ export class ClientCore {
       const have = o.have === 0n ? 0n : (this.mirror ? this.version : 0n);
       this.requestSync(have, SyncReason.RETRY, now);
     }
+    const s = this.silenceDue();
+    if (s !== null && now >= s) {
+      // L10: the link is taken as lost; the driver closes it.
+      this.events.push({ type: 'notice', kind: 'host-silent', silenceMs: this.config.hostSilenceMs as number });
+      this.connectionLost();
+    }
   }
 
   /** L6. */
   connectionLost(): void {
-    if (this.disposed) return;
+    if (this.disposed || !this.connected) return; // a repeated report changes nothing
     this.connected = false;
+    this.heardAt = null;
     for (const c of [...this.calls.values()]) {
       if (c.phase === 'sent') this.settle(c, local(ErrorCode.OUTCOME_UNKNOWN, 'the connection broke while the call was in flight'));
     }
@@ -245,6 +265,7 @@ export class ClientCore {
   reconnected(now: number): void {
     if (this.disposed) return;
     this.connected = true;
+    this.heardAt = null;
     this.requestSync(this.mirror ? this.version : 0n, SyncReason.RECONNECT, now);
   }
 
@@ -281,6 +302,7 @@ export class ClientCore {
     if (h.target !== '' && h.target !== this.config.peerId) return;
     if (this.config.hostId !== '' && h.source !== this.config.hostId) return;
     if (this.config.capability !== '' && h.capability !== this.config.capability) return;
+    if (this.connected) this.heardAt = now; // L10: whatever it says, the host spoke
     // K2
     if (!m.header || h.protocolVersion !== 1) {
       this.malformed(m.header ? `protocol version ${h.protocolVersion}` : 'no header');
