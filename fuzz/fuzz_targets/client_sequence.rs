@@ -3,18 +3,23 @@
 //! application's calls, cancellations, timeouts and reconnections, fed to a
 //! `ClientCore`.
 //!
+//! The input also chooses the client's host silence (L10), in seconds, or
+//! none.
+//!
 //! Invariants: no panic; the mirror is `None` or a JSON object; its version
 //! never goes back within an epoch; every call settles at most once, and
-//! exactly once by the time the client is disposed.
+//! exactly once by the time the client is disposed; after a timeout nothing
+//! is due at or before its time; a link host silence took down sends
+//! nothing until reconnected.
 #![no_main]
 
 use std::time::{Duration, Instant};
 
-use cosystem_worker::client::CallId;
+use cosystem_worker::client::{CallId, ClientConfig, ClientCore};
 use cosystem_worker::wire::{
     self, CallResult, Header, HostMessage, Patch, Snapshot, call_result, host_message,
 };
-use fuzz_support::{ClientWatch, Json, JsonObject, PatchText, Version, client};
+use fuzz_support::{ClientWatch, Json, JsonObject, PatchText, Version};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 
@@ -98,10 +103,16 @@ fn message(epoch: Epoch, kind: host_message::Kind) -> HostMessage {
     }
 }
 
-fuzz_target!(|steps: Vec<Step>| {
+fuzz_target!(|input: (Option<u8>, Vec<Step>)| {
+    let (silence_s, steps) = input;
     let start = Instant::now();
     let mut now = start;
-    let mut core = client("client", now);
+    let config = ClientConfig {
+        peer_id: "client".into(),
+        host_silence: silence_s.map(|s| Duration::from_secs(u64::from(s) + 1)),
+        ..Default::default()
+    };
+    let mut core = ClientCore::new(config, now);
     let mut watch = ClientWatch::default();
     for step in steps {
         match step {
@@ -216,6 +227,16 @@ fuzz_target!(|steps: Vec<Step>| {
             Step::Advance(ms) => {
                 now += Duration::from_millis(u64::from(ms) * 16);
                 core.handle_timeout(now);
+                assert!(
+                    core.poll_timeout().is_none_or(|due| due > now),
+                    "a timeout left something due"
+                );
+                if core.is_host_silent() {
+                    assert!(
+                        core.poll_transmit().is_none(),
+                        "sent on a link host silence took down"
+                    );
+                }
             }
             Step::ConnectionLost => core.connection_lost(),
             Step::Reconnected => core.reconnected(now),
