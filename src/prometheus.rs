@@ -17,11 +17,16 @@ pub(crate) fn family(
     help: &str,
     samples: &[(String, u64)],
 ) {
-    let _ = writeln!(out, "# HELP cosystem_worker_{name} {help}");
-    let _ = writeln!(out, "# TYPE cosystem_worker_{name} {kind}");
+    heading(out, name, kind, help);
     for (labels, value) in samples {
         let _ = writeln!(out, "cosystem_worker_{name}{labels} {value}");
     }
+}
+
+/// Appends the `HELP` and `TYPE` lines of metric family `name`.
+pub(crate) fn heading(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP cosystem_worker_{name} {help}");
+    let _ = writeln!(out, "# TYPE cosystem_worker_{name} {kind}");
 }
 
 /// One sample without labels.
@@ -32,9 +37,23 @@ pub(crate) fn plain(value: u64) -> Vec<(String, u64)> {
 /// The label set `{name="value"}`, with the value escaped as the format
 /// requires (backslash, double quote, line feed).
 pub(crate) fn label(name: &str, value: &str) -> String {
-    let value = value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n");
-    format!("{{{name}=\"{value}\"}}")
+    labels(&[(name, value)])
+}
+
+/// The label set `{a="x",b="y"}` of `pairs`, in order, values escaped as
+/// in [`label`].
+pub(crate) fn labels(pairs: &[(&str, &str)]) -> String {
+    let mut out = String::from("{");
+    for (i, (name, value)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let value = value
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        let _ = write!(out, "{name}=\"{value}\"");
+    }
+    out.push('}');
+    out
 }

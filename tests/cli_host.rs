@@ -334,6 +334,12 @@ async fn metrics_listen_serves_the_hosts_counters_in_the_prometheus_format() {
         response.contains("cosystem_worker_calls_answered_total{outcome=\"ok\"} 1\n"),
         "{response}"
     );
+    assert!(
+        response.contains(
+            "cosystem_worker_method_duration_seconds_count{module=\"counter\",method=\"increase\"} 1\n"
+        ),
+        "{response}"
+    );
     let version = answered["version"].as_u64().expect("a version");
     assert!(
         response.contains(&format!("cosystem_worker_state_version {version}\n")),

@@ -19,6 +19,7 @@
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::time::Duration;
 
 use prost::Message;
 use serde_json::Value;
@@ -29,6 +30,7 @@ use super::encode::{ops_json, section_prefix};
 use super::history::{Entry, History};
 use super::in_method::{InMethod, new_core_id};
 use super::stats::{Counters, HostStats};
+use super::timing::{MethodRun, MethodTimes};
 use super::view_size::{growth_bound, snapshot_overhead, view_len};
 use crate::app::{App, MethodError, Module};
 use crate::fast_hash::FastMap;
@@ -287,6 +289,9 @@ pub struct HostCore {
     /// Unique among the cores of this process (see `in_method`).
     id: u64,
     stats: Counters,
+    method_times: MethodTimes,
+    /// The declared method the latest input ran, until the driver takes it.
+    last_run: Option<MethodRun>,
 }
 
 impl std::fmt::Debug for HostCore {
@@ -378,6 +383,7 @@ impl HostCore {
             config.limits.history_entries.max(1),
             config.limits.history_bytes,
         );
+        let method_times = MethodTimes::new(&modules);
         let mut host = Self {
             config,
             epoch: epoch.into(),
@@ -395,6 +401,8 @@ impl HostCore {
             events: VecDeque::new(),
             record_calls: false,
             stats: Counters::default(),
+            method_times,
+            last_run: None,
             view_bound: ViewBound::default(),
             id: new_core_id(),
         };
@@ -827,6 +835,7 @@ impl HostCore {
                 "module {module:?} declares no method {method:?}"
             )));
         }
+        self.last_run = self.method_times.find(i, method);
         let target = &mut self.modules[i];
         let invocation = match catch_unwind(AssertUnwindSafe(|| {
             let _running = InMethod::enter(self.id);
@@ -1202,8 +1211,26 @@ impl HostCore {
     /// outcome, envelopes handed out by kind…) and its version and session
     /// count now.
     pub fn stats(&self) -> HostStats {
-        self.stats
-            .snapshot(&self.epoch, self.version, self.peers.len())
+        let mut stats = self
+            .stats
+            .snapshot(&self.epoch, self.version, self.peers.len());
+        stats.method_seconds = self.method_times.snapshot();
+        stats
+    }
+
+    /// The declared method the latest input ran, if it ran one (a Call, or
+    /// [`HostCore::invoke`]), taken so that it is reported once. The core
+    /// has no clock: a driver reads one around each input it hands the
+    /// core and reports the time with [`HostCore::record_method_time`].
+    /// Methods declared after the core was made are not timed.
+    pub fn take_method_run(&mut self) -> Option<MethodRun> {
+        self.last_run.take()
+    }
+
+    /// Adds `elapsed`, the time the driver measured for the input that ran
+    /// `run`, to that method's histogram in [`HostStats::method_seconds`].
+    pub fn record_method_time(&mut self, run: MethodRun, elapsed: Duration) {
+        self.method_times.record(run, elapsed);
     }
 
     /// Turns [`HostEvent::CallAnswered`] on or off (off when created).

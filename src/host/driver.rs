@@ -211,6 +211,14 @@ impl HostBuilder {
     }
 }
 
+/// Reports the time since `started` for the method the core just ran, if it
+/// ran one (the core has no clock of its own).
+fn time_method(core: &mut HostCore, started: std::time::Instant) {
+    if let Some(run) = core.take_method_run() {
+        core.record_method_time(run, started.elapsed());
+    }
+}
+
 async fn bookmarks(shared: Weak<Shared>, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.tick().await;
@@ -324,7 +332,9 @@ impl Host {
             ));
         }
         let mut core = self.shared.core();
+        let started = std::time::Instant::now();
         let result = core.invoke(module, method, args);
+        time_method(&mut core, started);
         let published = self.shared.drain_events(&mut core);
         drop(core);
         if published {
@@ -577,7 +587,9 @@ impl Session {
         wake_self: bool,
         f: impl FnOnce(&mut HostCore) -> T,
     ) -> T {
+        let started = std::time::Instant::now();
         let result = f(&mut core);
+        time_method(&mut core, started);
         let published = self.shared.drain_events(&mut core);
         drop(core);
         if published {

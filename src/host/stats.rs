@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::prometheus::{family, label, plain};
+use crate::prometheus::{family, heading, label, labels, plain};
+
+use super::timing::MethodTiming;
 use crate::wire::{ErrorCode, HostMessage, SnapshotReason, host_message};
 
 /// What a host has done since it started, and where it stands now.
@@ -49,6 +51,11 @@ pub struct HostStats {
     pub bookmarks_sent: u64,
     /// Call results handed to sessions.
     pub results_sent: u64,
+    /// How long each declared method took per call, as the driver measured
+    /// the input that ran it (the core held for the envelope: arguments,
+    /// method and commit); every method the modules declared is present,
+    /// in module order and then by name.
+    pub method_seconds: Vec<MethodTiming>,
 }
 
 /// Every error code, at the index of its wire value.
@@ -150,6 +157,7 @@ impl Counters {
             patches_sent: self.patches,
             bookmarks_sent: self.bookmarks,
             results_sent: self.results,
+            method_seconds: Vec::new(),
         }
     }
 }
@@ -271,7 +279,43 @@ impl HostStats {
             "Call results handed to sessions.",
             &plain(self.results_sent),
         );
+        self.method_histograms(&mut out);
         out
+    }
+
+    /// `method_duration_seconds`, a histogram per declared method.
+    fn method_histograms(&self, out: &mut String) {
+        use std::fmt::Write;
+        let name = "cosystem_worker_method_duration_seconds";
+        heading(
+            out,
+            "method_duration_seconds",
+            "histogram",
+            "Time the host's core was held for one call of the method: arguments, method and commit.",
+        );
+        for timing in &self.method_seconds {
+            let series = [
+                ("module", timing.module.as_str()),
+                ("method", timing.method.as_str()),
+            ];
+            for (bound, n) in timing.histogram.cumulative() {
+                let le = if bound.is_infinite() {
+                    "+Inf".to_owned()
+                } else {
+                    bound.to_string()
+                };
+                let mut with_le = series.to_vec();
+                with_le.push(("le", &le));
+                let _ = writeln!(out, "{name}_bucket{} {n}", labels(&with_le));
+            }
+            let series = labels(&series);
+            let _ = writeln!(
+                out,
+                "{name}_sum{series} {}",
+                timing.histogram.sum().as_secs_f64()
+            );
+            let _ = writeln!(out, "{name}_count{series} {}", timing.histogram.count());
+        }
     }
 }
 
