@@ -272,18 +272,8 @@ async fn a_bus_client_notices_its_host_vanish_and_follows_the_next_one() {
         .await
         .unwrap_err();
     assert_eq!(error.code, ErrorCode::OutcomeUnknown);
-    let retrying = changes
-        .wait_for(|c| matches!(c, Connection::Retrying { .. }))
-        .await
-        .unwrap()
-        .clone();
-    match retrying {
-        Connection::Retrying {
-            error: Some(TransportError::HostSilent { silence }),
-            ..
-        } => assert_eq!(silence, SILENCE),
-        other => panic!("expected a retry for host silence, got {other:?}"),
-    }
+    // Published before the call settled, as for any link that ends.
+    assert_retrying_for_silence(&client.connection());
 
     tokio::spawn(bus::serve_host(
         bus_host("second"),
@@ -302,4 +292,102 @@ async fn a_bus_client_notices_its_host_vanish_and_follows_the_next_one() {
         .unwrap();
     assert_eq!(value, json!(5));
     assert_ne!(client.epoch(), first_epoch);
+}
+
+fn assert_retrying_for_silence(connection: &Connection) {
+    match connection {
+        Connection::Retrying {
+            error: Some(TransportError::HostSilent { silence }),
+            ..
+        } => assert_eq!(*silence, SILENCE),
+        other => panic!("expected a retry for host silence, got {other:?}"),
+    }
+}
+
+/// Each new link is watched afresh: hosts that come and go one after the
+/// other are each noticed gone.
+#[tokio::test(start_paused = true)]
+async fn silence_is_noticed_again_on_every_new_link() {
+    let bus = Bus::default();
+    let config = ClientConfig {
+        peer_id: "alice".to_owned(),
+        host_id: "host".to_owned(),
+        host_silence: Some(SILENCE),
+        ..ClientConfig::default()
+    };
+    let client = Client::new(bus.connector(&config).unwrap(), config);
+    let mut changes = client.connection_changes();
+    for round in 1..=3 {
+        let host = tokio::spawn(bus::serve_host(
+            bus_host(&format!("round-{round}")),
+            bus.clone(),
+            BusHostOptions::default(),
+        ));
+        changes
+            .wait_for(|c| *c == Connection::Connected)
+            .await
+            .unwrap();
+        let value = client
+            .call("counter", "increase", vec![json!(1)])
+            .await
+            .unwrap();
+        assert_eq!(value, json!(1), "round {round}: a new host starts at 0");
+        host.abort();
+        let _ = host.await;
+        let retrying = changes
+            .wait_for(|c| matches!(c, Connection::Retrying { .. }))
+            .await
+            .unwrap()
+            .clone();
+        assert_retrying_for_silence(&retrying);
+    }
+}
+
+#[test]
+fn envelopes_handled_while_disconnected_do_not_start_the_count() {
+    let mut core = synced(Some(SILENCE));
+    core.connection_lost();
+    // A transport may hand over what it had buffered after the loss.
+    core.handle_message(at(1_000), bookmark());
+    core.reconnected(at(2_000));
+    while core.poll_transmit().is_some() {}
+    // Only the sync retry is due: the link the host has not spoken on is
+    // not watched.
+    assert_eq!(core.poll_timeout(), Some(at(4_000)));
+    core.handle_timeout(at(60_000));
+    assert!(!core.is_host_silent());
+}
+
+#[test]
+fn a_loss_reported_again_changes_nothing() {
+    let mut core = synced(Some(SILENCE));
+    core.connection_lost();
+    // While disconnected, a gap queues a sync request (L6)...
+    core.handle_message(
+        at(1_000),
+        host_envelope(
+            "",
+            host_message::Kind::Patch(Patch {
+                base_version: 3,
+                version: 4,
+                patch_json: "[]".to_owned(),
+                sync_id: 0,
+            }),
+        ),
+    );
+    assert!(core.is_syncing());
+    // ...which a second report of the loss leaves alone.
+    core.connection_lost();
+    assert!(core.is_syncing());
+    assert!(core.poll_transmit().is_none());
+    // L7 replaces it with the reconnect request.
+    core.reconnected(at(2_000));
+    let sent: Vec<_> = std::iter::from_fn(|| core.poll_transmit()).collect();
+    assert_eq!(sent.len(), 1);
+    match &sent[0].kind {
+        Some(client_message::Kind::SyncRequest(request)) => {
+            assert_eq!(request.reason, SyncReason::Reconnect as i32)
+        }
+        other => panic!("expected the reconnect request, got {other:?}"),
+    }
 }

@@ -47,9 +47,9 @@ pub struct ClientConfig {
     /// How long a link may carry nothing from the host before the client
     /// takes it as lost (spec L10); `None`, the default, never. Set it only
     /// for a host that sends bookmarks (H10), to a few times its bookmark
-    /// interval: a host that keeps its clients current hears from nothing
-    /// and is otherwise free to stay silent. With the reference host's 5 s
-    /// interval, 15 s suits. Point-to-point transports notice a vanished
+    /// interval: a host without bookmarks may stay silent for as long as
+    /// nothing changes. With the reference host's 5 s interval, 15 s
+    /// suits. Point-to-point transports notice a vanished
     /// host themselves (gRPC keepalive, TCP keepalive, a closed channel);
     /// a shared channel cannot, so this is how a bus client does.
     pub host_silence: Option<Duration>,
@@ -1032,8 +1032,16 @@ impl ClientCore {
         }
     }
 
-    /// When the current link is to be taken as lost for host silence (L10),
-    /// if it is armed.
+    /// When host silence (L10) takes the current link down unless the host
+    /// speaks first: `None` while it is not armed (no silence configured,
+    /// disconnected, or the host has not spoken on this link). A driver
+    /// that finds it passed can end the link before reporting the time, so
+    /// that the link's end is published before the calls it takes down
+    /// settle; [`ClientCore::handle_timeout`] then fires it.
+    pub fn host_silent_at(&self) -> Option<Instant> {
+        self.silence_due()
+    }
+
     fn silence_due(&self) -> Option<Instant> {
         let silence = self.config.host_silence?;
         let heard = self.heard_at.filter(|_| self.connected && !self.disposed)?;

@@ -521,6 +521,7 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
                 tracing::debug!(?result, "link ended");
                 // The new state is published before the calls the link took
                 // down settle, so that their callers already see it.
+                let silent = matches!(result, Err(TransportError::HostSilent { .. }));
                 let retry_at = match result {
                     Err(error) if !error.is_retryable() => {
                         give_up(&shared, &error);
@@ -533,7 +534,14 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
                         attempt,
                     )),
                 };
-                shared.core().connection_lost();
+                {
+                    let mut core = shared.core();
+                    if silent {
+                        // L10, with the deadlines and retries due with it.
+                        core.handle_timeout(Instant::now().into_std());
+                    }
+                    core.connection_lost();
+                }
                 shared.dispatch();
                 match retry_at {
                     Some(at) => at,
@@ -620,6 +628,11 @@ async fn keep_time_until_stopped(shared: &Shared) {
     }
 }
 
+/// Whether host silence (L10) has run out on the current link by `now`.
+fn host_silent(shared: &Shared, now: std::time::Instant) -> bool {
+    shared.core().host_silent_at().is_some_and(|at| at <= now)
+}
+
 /// Runs one link until it fails or the client stops; also says whether the
 /// host sent anything on it.
 async fn run_link(shared: &Shared, link: ClientLink) -> (Result<(), TransportError>, bool) {
@@ -684,14 +697,26 @@ async fn serve_link(
         tokio::select! {
             biased;
             _ = timer => {
-                let mut core = shared.core();
-                core.handle_timeout(Instant::now().into_std());
-                // L10: returned before anything settles, so that the calls
-                // the silence took down settle after `Retrying` is out.
-                if core.is_host_silent() {
-                    let silence = core.config().host_silence.unwrap_or_default();
-                    return Err(TransportError::HostSilent { silence });
+                let now = Instant::now().into_std();
+                if host_silent(shared, now) {
+                    // Input that arrived while this task was not running is
+                    // the host speaking before the silence ran out.
+                    loop {
+                        match futures::FutureExt::now_or_never(stream.next()) {
+                            Some(Some(item)) => take_input(shared, item, heard)?,
+                            Some(None) => return Ok(()),
+                            None => break,
+                        }
+                    }
+                    // L10 fires in `drive`, after the link's end is
+                    // published, so that the calls it takes down settle
+                    // after `Retrying` is out, as for any other link loss.
+                    if host_silent(shared, now) {
+                        let silence = shared.core().config().host_silence.unwrap_or_default();
+                        return Err(TransportError::HostSilent { silence });
+                    }
                 }
+                shared.core().handle_timeout(now);
             }
             item = stream.next() => match item {
                 Some(item) => {

@@ -273,7 +273,7 @@ class ClientCore:
             self._settle_local(c, "CANCELLED", "the call was cancelled")
 
     def advance(self, now: int):
-        """L4, then L5: handle everything due at or before `now`."""
+        """L4, then L5, then L10: handle everything due at or before `now`."""
         if self.disposed:
             return
         due = [c for c in self.calls.values() if c.deadline is not None and now >= c.deadline]

@@ -226,7 +226,7 @@ export class ClientCore {
     }
   }
 
-  /** The driver reports the time: L4 (deadlines, earliest first), then L5. */
+  /** The driver reports the time: L4 (deadlines, earliest first), then L5, then L10. */
   tick(now: number): void {
     if (this.disposed) return;
     const due = [...this.calls.values()]
