@@ -364,3 +364,36 @@ async fn metrics_listen_serves_the_hosts_counters_in_the_prometheus_format() {
     assert!(post.contains("allow: GET, HEAD\r\n"), "{post}");
     host.terminate().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_come_from_the_environment_and_a_flag_wins_over_its_variable() {
+    let mut command = Command::new(BIN);
+    command
+        .arg("host")
+        .env("COSYSTEM_WORKER_LISTEN", "127.0.0.1:0")
+        .env("COSYSTEM_WORKER_SECTIONS", "counter")
+        // Not a number, but the flag below is what counts.
+        .env("COSYSTEM_WORKER_MAX_CLIENTS", "many")
+        .args(["--max-clients", "5"]);
+    let mut host = HostProcess::spawn_command(command);
+    let url = host.endpoint().await;
+    let state = json_line(&cli_client(&["--connect", &url, "state"]).await);
+    assert_eq!(state["state"], json!({"counter": {"count": 0}}));
+    host.terminate().await;
+
+    // A bad value from the environment is refused like a bad flag.
+    let output = Command::new(BIN)
+        .arg("host")
+        .env("COSYSTEM_WORKER_MAX_CLIENTS", "many")
+        .args(["--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(GUARD, output).await.unwrap().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("invalid value 'many'"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -18,19 +18,32 @@ use super::signals::ShutdownSignals;
 use super::{CliError, read_file, read_token};
 use super::{metrics, open_files};
 
-/// `host` options.
+/// `host` options. Each option but `--stdio` may also come from the
+/// environment variable named in its help (`COSYSTEM_WORKER_` and the
+/// option's name), for deployments configured that way; a flag on the
+/// command line wins over the variable.
 #[derive(Debug, Args)]
 pub struct HostArgs {
     /// Where to listen: HOST:PORT or http(s)://HOST:PORT (gRPC);
     /// tcp://HOST:PORT or unix:PATH (length-prefixed frames).
-    #[arg(long, value_name = "ENDPOINT", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        value_name = "ENDPOINT",
+        default_value = "127.0.0.1:50051",
+        env = "COSYSTEM_WORKER_LISTEN"
+    )]
     listen: Endpoint,
     /// Serve one client on stdin/stdout (length-prefixed frames) instead of
     /// listening; exits when stdin closes.
     #[arg(long, conflicts_with = "listen")]
     stdio: bool,
     /// How commits are published: patch or snapshot.
-    #[arg(long, value_name = "MODE", default_value = "patch")]
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "patch",
+        env = "COSYSTEM_WORKER_SYNC"
+    )]
     sync: SyncMode,
     /// Modules whose state is published, comma-separated; the others stay
     /// private to the host (calls still reach them).
@@ -38,48 +51,73 @@ pub struct HostArgs {
         long,
         value_name = "MODULES",
         value_delimiter = ',',
-        default_value = "counter,todos"
+        default_value = "counter,todos",
+        env = "COSYSTEM_WORKER_SECTIONS"
     )]
     sections: Vec<String>,
     /// Require `authorization: Bearer <token>`, with the token read from
     /// this file (surrounding whitespace ignored).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "COSYSTEM_WORKER_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// Serve TLS with this PEM certificate chain (needs --tls-key).
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        env = "COSYSTEM_WORKER_TLS_CERT"
+    )]
     tls_cert: Option<PathBuf>,
     /// The PEM private key of --tls-cert.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        env = "COSYSTEM_WORKER_TLS_KEY"
+    )]
     tls_key: Option<PathBuf>,
     /// Require mutual TLS: every client must present a certificate issued
     /// by this PEM CA certificate (needs --tls-cert).
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        env = "COSYSTEM_WORKER_TLS_CLIENT_CA"
+    )]
     tls_client_ca: Option<PathBuf>,
     /// The initial value of the demo's private `secret` module (default:
     /// random).
-    #[arg(long, value_name = "S")]
+    #[arg(
+        long,
+        value_name = "S",
+        env = "COSYSTEM_WORKER_SECRET_TOKEN",
+        hide_env_values = true
+    )]
     secret_token: Option<String>,
     /// Sessions served at once; more are refused RESOURCE_EXHAUSTED
     /// (default: 10000).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", env = "COSYSTEM_WORKER_MAX_CLIENTS")]
     max_clients: Option<usize>,
     /// TCP connections held at once; more are closed as soon as they are
     /// accepted (gRPC only; default: 16384, or --max-clients + 1024 if
     /// that is more).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", env = "COSYSTEM_WORKER_MAX_CONNECTIONS")]
     max_connections: Option<NonZeroUsize>,
     /// TCP connections held at once from one client address, IPv6 counted
     /// by /64 (gRPC only; default: no limit, as clients behind a proxy or
     /// NAT share one).
-    #[arg(long, value_name = "N")]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "COSYSTEM_WORKER_MAX_CONNECTIONS_PER_ADDRESS"
+    )]
     max_connections_per_address: Option<NonZeroUsize>,
     /// Serve the host's metrics in the Prometheus text format at
     /// http://HOST:PORT/metrics (plain HTTP/1.1; default: not served).
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", env = "COSYSTEM_WORKER_METRICS_LISTEN")]
     metrics_listen: Option<String>,
     /// Runtime worker threads; 0 serves everything on one thread. Default:
     /// one per core.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", env = "COSYSTEM_WORKER_THREADS")]
     pub threads: Option<usize>,
 }
 
