@@ -7,7 +7,7 @@ use std::time::Duration;
 use cosystem_worker::app::{App, MethodError, TypedModule};
 use cosystem_worker::demo;
 use cosystem_worker::host::{
-    BUCKETS, Host, HostConfig, HostCore, MethodTiming, PeerKey, PeerOptions,
+    Host, HostConfig, HostCore, LatencyHistogram, MethodTiming, PeerKey, PeerOptions,
 };
 use cosystem_worker::wire::{Call, ClientMessage, Header, client_message};
 use serde_json::json;
@@ -198,5 +198,80 @@ fn method_histograms_render_as_prometheus_histograms() {
             ))
         })
         .count();
-    assert_eq!(buckets, BUCKETS.len() + 1);
+    assert_eq!(buckets, LatencyHistogram::bounds().len() + 1);
+
+    // With no methods at all the family is still described, once.
+    let empty = HostCore::new(HostConfig::default(), App::new(), EPOCH)
+        .stats()
+        .to_prometheus();
+    assert_eq!(
+        empty
+            .matches("# TYPE cosystem_worker_method_duration_seconds histogram\n")
+            .count(),
+        1
+    );
+    assert!(!empty.contains("cosystem_worker_method_duration_seconds_bucket"));
+}
+
+#[test]
+fn a_run_left_untaken_is_not_reported_for_a_later_input() {
+    let mut h = core();
+    let peer = connect(&mut h);
+    h.invoke("counter", "increase", &[json!(1)]).unwrap();
+    // Not taken; the next input runs no method.
+    h.handle_message(
+        peer,
+        ClientMessage {
+            header: Some(Header::v1(EPOCH, "c", "")),
+            kind: Some(client_message::Kind::SyncRequest(Default::default())),
+        },
+    )
+    .unwrap();
+    assert_eq!(h.take_method_run(), None);
+}
+
+#[test]
+fn methods_that_fail_or_panic_are_timed_too() {
+    let app: App = demo::app("t").with(
+        TypedModule::new("boom", 0u8)
+            .method("go", |_: &mut u8, (): ()| -> Result<(), MethodError> {
+                panic!("boom")
+            }),
+    );
+    let mut h = HostCore::new(HostConfig::default(), app, EPOCH);
+    let peer = connect(&mut h);
+    h.handle_message(peer, call_envelope(1, "counter", "fail", "[\"no\"]"))
+        .unwrap();
+    let failed = h.take_method_run().expect("counter.fail ran");
+    h.record_method_time(failed, Duration::from_millis(1));
+    h.handle_message(peer, call_envelope(2, "boom", "go", "[]"))
+        .unwrap();
+    let panicked = h.take_method_run().expect("boom.go ran");
+    h.record_method_time(panicked, Duration::from_millis(1));
+    let stats = h.stats();
+    assert_eq!(stats.calls_answered.get("failed"), Some(&1));
+    assert_eq!(stats.method_panics, 1);
+    for (module, method) in [("counter", "fail"), ("boom", "go")] {
+        assert_eq!(
+            timing(&stats.method_seconds, module, method)
+                .histogram
+                .count(),
+            1,
+            "{module}.{method}"
+        );
+    }
+}
+
+#[test]
+fn a_run_from_another_core_is_ignored() {
+    let (mut a, mut b) = (core(), core());
+    a.invoke("counter", "increase", &[json!(1)]).unwrap();
+    let run = a.take_method_run().unwrap();
+    b.record_method_time(run, Duration::from_millis(1));
+    assert!(
+        b.stats()
+            .method_seconds
+            .iter()
+            .all(|t| t.histogram.count() == 0)
+    );
 }

@@ -568,6 +568,8 @@ impl HostCore {
         message: ClientMessage,
         size: Option<usize>,
     ) -> Result<(), InputError> {
+        // A run not taken after an earlier input is not this input's.
+        self.last_run = None;
         if !self.peers.contains_key(&peer) {
             return Err(InputError::UnknownPeer);
         }
@@ -812,6 +814,7 @@ impl HostCore {
         method: &str,
         args: &[Value],
     ) -> Result<Value, MethodError> {
+        self.last_run = None;
         // Run by the host itself, even from inside another host's method.
         let _caller = CallerScope::enter(None);
         self.run(module, method, args, |_| Ok(()))
@@ -835,7 +838,7 @@ impl HostCore {
                 "module {module:?} declares no method {method:?}"
             )));
         }
-        self.last_run = self.method_times.find(i, method);
+        self.last_run = self.method_times.find(self.id, i, method);
         let target = &mut self.modules[i];
         let invocation = match catch_unwind(AssertUnwindSafe(|| {
             let _running = InMethod::enter(self.id);
@@ -1229,8 +1232,9 @@ impl HostCore {
 
     /// Adds `elapsed`, the time the driver measured for the input that ran
     /// `run`, to that method's histogram in [`HostStats::method_seconds`].
+    /// A run taken from another core is ignored.
     pub fn record_method_time(&mut self, run: MethodRun, elapsed: Duration) {
-        self.method_times.record(run, elapsed);
+        self.method_times.record(self.id, run, elapsed);
     }
 
     /// Turns [`HostEvent::CallAnswered`] on or off (off when created).

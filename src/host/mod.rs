@@ -20,7 +20,7 @@ pub use config::{HostConfig, HostLimits, SyncMode};
 pub use core::{CallRecord, HostCore, HostEvent, InputError, PeerKey, PeerOptions};
 pub use driver::{DEFAULT_BOOKMARK_INTERVAL, EVENT_BUFFER, Host, HostBuilder, Session};
 pub use stats::HostStats;
-pub use timing::{BUCKETS, Histogram, MethodRun, MethodTiming};
+pub use timing::{LatencyHistogram, MethodRun, MethodTiming};
 
 /// A new epoch: 128 bits, hex, different for every call in practice.
 ///

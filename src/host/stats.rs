@@ -51,10 +51,11 @@ pub struct HostStats {
     pub bookmarks_sent: u64,
     /// Call results handed to sessions.
     pub results_sent: u64,
-    /// How long each declared method took per call, as the driver measured
-    /// the input that ran it (the core held for the envelope: arguments,
-    /// method and commit); every method the modules declared is present,
-    /// in module order and then by name.
+    /// How long each declared method took per call: the time the driver
+    /// measured the core held for the input that ran it (decoding,
+    /// arguments, method and commit). Every method the modules declared
+    /// when the core was made is present, in module order and then by
+    /// name.
     pub method_seconds: Vec<MethodTiming>,
 }
 
@@ -291,7 +292,7 @@ impl HostStats {
             out,
             "method_duration_seconds",
             "histogram",
-            "Time the host's core was held for one call of the method: arguments, method and commit.",
+            "Time the host's core was held for the input that ran the method (one call).",
         );
         for timing in &self.method_seconds {
             let series = [

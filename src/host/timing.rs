@@ -14,23 +14,30 @@ use crate::app::Module;
 
 /// Upper bounds of the histogram buckets, in seconds: from 10 µs (a counter
 /// call takes a few) to 10 s, about three per decade.
-pub const BUCKETS: [f64; 13] = [
+const BUCKETS: [f64; 13] = [
     0.000_01, 0.000_025, 0.000_1, 0.000_25, 0.001, 0.002_5, 0.01, 0.025, 0.1, 0.25, 1.0, 2.5, 10.0,
 ];
 
-/// A latency histogram with the bounds of [`BUCKETS`].
+/// A latency histogram with fixed bounds ([`LatencyHistogram::bounds`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Histogram {
+pub struct LatencyHistogram {
     /// Observations per bucket, not cumulative; the last is above every
     /// bound.
     counts: [u64; BUCKETS.len() + 1],
     sum: Duration,
 }
 
-impl Histogram {
+impl LatencyHistogram {
+    /// The buckets' upper bounds in seconds, ascending: 10 µs (a counter
+    /// call takes a few) to 10 s, about three per decade. An observation
+    /// above the last falls in the `+Inf` bucket only.
+    pub fn bounds() -> &'static [f64] {
+        &BUCKETS
+    }
+
     /// Adds one observation. A time equal to a bound falls in that bound's
     /// bucket (Prometheus buckets are "less than or equal").
-    pub fn record(&mut self, elapsed: Duration) {
+    pub(crate) fn record(&mut self, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
         let bucket = BUCKETS.partition_point(|bound| *bound < seconds);
         if let Some(n) = self.counts.get_mut(bucket) {
@@ -49,9 +56,9 @@ impl Histogram {
         self.sum
     }
 
-    /// Each bound of [`BUCKETS`] with the observations at or below it,
-    /// then `f64::INFINITY` with [`Histogram::count`]: cumulative, as
-    /// Prometheus buckets are.
+    /// Each of [`LatencyHistogram::bounds`] with the observations at or
+    /// below it, then `f64::INFINITY` with [`LatencyHistogram::count`]:
+    /// cumulative, as Prometheus buckets are.
     pub fn cumulative(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
         BUCKETS
             .iter()
@@ -74,14 +81,16 @@ pub struct MethodTiming {
     pub method: String,
     /// How long its calls took, each as the driver measured the input that
     /// ran it.
-    pub histogram: Histogram,
+    pub histogram: LatencyHistogram,
 }
 
 /// Which declared method an input ran, for
 /// [`crate::host::HostCore::record_method_time`]. Only a core hands these
-/// out, and only for methods its modules declared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// out, once per run, and only for methods its modules declared; it is
+/// consumed when recorded, and another core ignores it.
+#[derive(Debug, PartialEq, Eq)]
 pub struct MethodRun {
+    core: u64,
     module: usize,
     method: usize,
 }
@@ -93,7 +102,7 @@ pub struct MethodRun {
 pub(super) struct MethodTimes {
     /// Per module: its name, and its method names sorted.
     names: Vec<(String, Vec<String>)>,
-    histograms: Vec<Vec<Histogram>>,
+    histograms: Vec<Vec<LatencyHistogram>>,
 }
 
 impl MethodTimes {
@@ -109,25 +118,30 @@ impl MethodTimes {
             .collect();
         let histograms = names
             .iter()
-            .map(|(_, methods)| vec![Histogram::default(); methods.len()])
+            .map(|(_, methods)| vec![LatencyHistogram::default(); methods.len()])
             .collect();
         Self { names, histograms }
     }
 
-    /// Method `method` of module `module` (an index into the core's
-    /// modules), if it was declared when the core was made.
-    pub(super) fn find(&self, module: usize, method: &str) -> Option<MethodRun> {
+    /// Method `method` of module `module` (an index into the modules of the
+    /// core `core`), if it was declared when the core was made.
+    pub(super) fn find(&self, core: u64, module: usize, method: &str) -> Option<MethodRun> {
         let (_, methods) = self.names.get(module)?;
         let index = methods
             .binary_search_by(|name| name.as_str().cmp(method))
             .ok()?;
         Some(MethodRun {
+            core,
             module,
             method: index,
         })
     }
 
-    pub(super) fn record(&mut self, run: MethodRun, elapsed: Duration) {
+    /// Records `elapsed` for `run` if it came from the core `core`.
+    pub(super) fn record(&mut self, core: u64, run: MethodRun, elapsed: Duration) {
+        if run.core != core {
+            return;
+        }
         if let Some(histogram) = self
             .histograms
             .get_mut(run.module)
@@ -162,7 +176,7 @@ mod tests {
 
     #[test]
     fn a_time_on_a_bound_falls_in_that_bounds_bucket() {
-        let mut h = Histogram::default();
+        let mut h = LatencyHistogram::default();
         h.record(Duration::from_micros(10));
         h.record(Duration::from_nanos(10_001));
         h.record(Duration::from_secs(11));
@@ -178,7 +192,7 @@ mod tests {
         fn buckets_are_cumulative_and_end_at_the_count_and_sum(
             micros in prop::collection::vec(0u64..20_000_000, 0..50),
         ) {
-            let mut h = Histogram::default();
+            let mut h = LatencyHistogram::default();
             for m in &micros {
                 h.record(Duration::from_micros(*m));
             }
