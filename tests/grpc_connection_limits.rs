@@ -14,8 +14,9 @@ use cosystem_worker::client::{Client, ClientConfig};
 use cosystem_worker::demo;
 use cosystem_worker::host::Host;
 use cosystem_worker::transport::grpc::{
-    ConnectionLimits, GrpcConnector, GrpcError, GrpcServer, GrpcServerBuilder,
+    ConnectionLimits, GrpcConnector, GrpcError, GrpcServer, GrpcServerBuilder, GuardedIncoming,
 };
+use futures::StreamExt;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -238,4 +239,50 @@ async fn under_tls_failed_handshakes_give_their_slot_back_and_the_limit_still_bi
         .await
         .expect("the slot of a closed TLS connection never came back");
     server.stop().await;
+}
+
+/// Two listeners sharing one budget: a connection held on one counts
+/// against the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_sharing_a_gauge_share_one_budget() {
+    let first = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let second = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (first_addr, second_addr) = (first.local_addr().unwrap(), second.local_addr().unwrap());
+    let mut first = GuardedIncoming::new(first, ConnectionLimits::new(non_zero(1)));
+    let gauge = first.connections();
+    let second = GuardedIncoming::sharing(second, &gauge);
+
+    let _client = TcpStream::connect(first_addr).await.unwrap();
+    let held = tokio::time::timeout(GUARD, first.next())
+        .await
+        .expect("hung")
+        .expect("a connection")
+        .expect("accepted");
+    assert_eq!(gauge.counts().open, 1);
+
+    // The second listener refuses: the budget is taken on the first.
+    let accepting = tokio::spawn(async move {
+        let mut second = second;
+        second.next().await
+    });
+    let mut refused = TcpStream::connect(second_addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(GUARD, refused.read(&mut buf))
+        .await
+        .expect("hung");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the refused connection was served"
+    );
+    assert_eq!(gauge.counts().refused_over_max, 1);
+
+    // Once the first listener's connection is gone, the second admits.
+    drop(held);
+    let _admitted = TcpStream::connect(second_addr).await.unwrap();
+    let accepted = tokio::time::timeout(GUARD, accepting)
+        .await
+        .expect("hung")
+        .unwrap();
+    assert!(matches!(accepted, Some(Ok(_))));
+    assert_eq!(gauge.counts().open, 1);
 }

@@ -68,6 +68,14 @@ impl GuardedIncoming {
         Self::counted(listener, Admission::new(limits))
     }
 
+    /// Accepts from `listener` within the limits and counts of another
+    /// `GuardedIncoming`, whose [`GuardedIncoming::connections`] is
+    /// `gauge`: one budget for a server listening on several sockets
+    /// (IPv4 and IPv6, say), where each would otherwise get its own.
+    pub fn sharing(listener: TcpListener, gauge: &ConnectionGauge) -> Self {
+        Self::counted(listener, gauge.0.clone())
+    }
+
     /// Accepts from `listener`, counting in `admission`.
     pub(super) fn counted(listener: TcpListener, admission: Arc<Admission>) -> Self {
         Self {
