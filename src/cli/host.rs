@@ -282,6 +282,8 @@ fn build_host(args: &HostArgs) -> Result<Host, CliError> {
         .sync(args.sync)
         .sections(sections)
         .limits(limits)
+        // Timing costs two clock reads per input: only where it is read.
+        .method_timing(args.metrics_listen.is_some())
         .build())
 }
 

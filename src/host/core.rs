@@ -290,6 +290,8 @@ pub struct HostCore {
     id: u64,
     stats: Counters,
     method_times: MethodTimes,
+    /// Whether runs are recorded for timing (off when created).
+    method_timing: bool,
     /// The declared method the latest input ran, until the driver takes it.
     last_run: Option<MethodRun>,
 }
@@ -402,6 +404,7 @@ impl HostCore {
             record_calls: false,
             stats: Counters::default(),
             method_times,
+            method_timing: false,
             last_run: None,
             view_bound: ViewBound::default(),
             id: new_core_id(),
@@ -838,7 +841,9 @@ impl HostCore {
                 "module {module:?} declares no method {method:?}"
             )));
         }
-        self.last_run = self.method_times.find(self.id, i, method);
+        if self.method_timing {
+            self.last_run = self.method_times.find(self.id, i, method);
+        }
         let target = &mut self.modules[i];
         let invocation = match catch_unwind(AssertUnwindSafe(|| {
             let _running = InMethod::enter(self.id);
@@ -1217,8 +1222,27 @@ impl HostCore {
         let mut stats = self
             .stats
             .snapshot(&self.epoch, self.version, self.peers.len());
-        stats.method_seconds = self.method_times.snapshot();
+        if self.method_timing {
+            stats.method_seconds = self.method_times.snapshot();
+        }
         stats
+    }
+
+    /// Turns method timing on or off (off when created). While it is on,
+    /// [`HostCore::take_method_run`] reports the method each input ran and
+    /// [`HostStats::method_seconds`] lists every declared method; while it
+    /// is off neither costs anything, and the list is empty.
+    pub fn set_method_timing(&mut self, on: bool) {
+        self.method_timing = on;
+        if !on {
+            self.last_run = None;
+        }
+    }
+
+    /// Whether method timing is on: whether a driver should read the clock
+    /// around the inputs it hands the core.
+    pub fn method_timing(&self) -> bool {
+        self.method_timing
     }
 
     /// The declared method the latest input ran, if it ran one (a Call, or

@@ -53,9 +53,9 @@ pub struct HostStats {
     pub results_sent: u64,
     /// How long each declared method took per call: the time the driver
     /// measured the core held for the input that ran it (decoding,
-    /// arguments, method and commit). Every method the modules declared
-    /// when the core was made is present, in module order and then by
-    /// name.
+    /// arguments, method and commit). With method timing on, every method
+    /// the modules declared when the core was made is present, in module
+    /// order and then by name; with it off (the default), none is.
     pub method_seconds: Vec<MethodTiming>,
 }
 
@@ -284,9 +284,13 @@ impl HostStats {
         out
     }
 
-    /// `method_duration_seconds`, a histogram per declared method.
+    /// `method_duration_seconds`, a histogram per declared method; nothing
+    /// while method timing is off.
     fn method_histograms(&self, out: &mut String) {
         use std::fmt::Write;
+        if self.method_seconds.is_empty() {
+            return;
+        }
         let name = "cosystem_worker_method_duration_seconds";
         heading(
             out,
