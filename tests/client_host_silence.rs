@@ -10,13 +10,14 @@ use cosystem_worker::client::{Client, ClientConfig, ClientCore, ClientEvent, Con
 use cosystem_worker::demo;
 use cosystem_worker::host::{Host, SyncMode};
 use cosystem_worker::transport::TransportError;
-use cosystem_worker::transport::bus::{self, Bus, BusHostOptions};
+use cosystem_worker::transport::bus::{self, Bus, BusError, BusHostOptions};
 use cosystem_worker::wire::{
     ErrorCode, Header, HostMessage, Patch, Snapshot, SnapshotReason, SyncReason, client_message,
     host_message,
 };
 use proptest::prelude::*;
 use serde_json::json;
+use tokio::task::JoinHandle;
 
 const SILENCE: Duration = Duration::from_secs(15);
 const EPOCH: &str = "e1";
@@ -227,12 +228,30 @@ proptest! {
     }
 }
 
-fn bus_host(name: &str) -> Host {
-    Host::builder(demo::app(name))
+/// Serves a host named `name` on `bus` until the handle is aborted: then it
+/// vanishes without a word, as a closed browser tab's host would.
+fn spawn_bus_host(bus: &Bus, name: &str) -> JoinHandle<Result<(), BusError>> {
+    let host = Host::builder(demo::app(name))
         .sync(SyncMode::Patch)
         .sections(demo::DEFAULT_SECTIONS)
         .peer_id("host")
-        .build()
+        .build();
+    tokio::spawn(bus::serve_host(
+        host,
+        bus.clone(),
+        BusHostOptions::default(),
+    ))
+}
+
+/// A client on `bus` that allows its host [`SILENCE`].
+fn watchful_client(bus: &Bus) -> Client {
+    let config = ClientConfig {
+        peer_id: "alice".to_owned(),
+        host_id: "host".to_owned(),
+        host_silence: Some(SILENCE),
+        ..ClientConfig::default()
+    };
+    Client::new(bus.connector(&config).unwrap(), config)
 }
 
 /// A bus client whose host vanishes finds out from the silence, settles the
@@ -241,18 +260,8 @@ fn bus_host(name: &str) -> Host {
 #[tokio::test(start_paused = true)]
 async fn a_bus_client_notices_its_host_vanish_and_follows_the_next_one() {
     let bus = Bus::default();
-    let first = tokio::spawn(bus::serve_host(
-        bus_host("first"),
-        bus.clone(),
-        BusHostOptions::default(),
-    ));
-    let config = ClientConfig {
-        peer_id: "alice".to_owned(),
-        host_id: "host".to_owned(),
-        host_silence: Some(SILENCE),
-        ..ClientConfig::default()
-    };
-    let client = Client::new(bus.connector(&config).unwrap(), config);
+    let first = spawn_bus_host(&bus, "first");
+    let client = watchful_client(&bus);
     client.ready().await.unwrap();
     let first_epoch = client.epoch();
     client
@@ -275,11 +284,7 @@ async fn a_bus_client_notices_its_host_vanish_and_follows_the_next_one() {
     // Published before the call settled, as for any link that ends.
     assert_retrying_for_silence(&client.connection());
 
-    tokio::spawn(bus::serve_host(
-        bus_host("second"),
-        bus.clone(),
-        BusHostOptions::default(),
-    ));
+    spawn_bus_host(&bus, "second");
     // Connected again once the new host speaks (its announcement), which
     // also replaced the mirror, so the next call is bound to its epoch.
     changes
@@ -309,20 +314,10 @@ fn assert_retrying_for_silence(connection: &Connection) {
 #[tokio::test(start_paused = true)]
 async fn silence_is_noticed_again_on_every_new_link() {
     let bus = Bus::default();
-    let config = ClientConfig {
-        peer_id: "alice".to_owned(),
-        host_id: "host".to_owned(),
-        host_silence: Some(SILENCE),
-        ..ClientConfig::default()
-    };
-    let client = Client::new(bus.connector(&config).unwrap(), config);
+    let client = watchful_client(&bus);
     let mut changes = client.connection_changes();
     for round in 1..=3 {
-        let host = tokio::spawn(bus::serve_host(
-            bus_host(&format!("round-{round}")),
-            bus.clone(),
-            BusHostOptions::default(),
-        ));
+        let host = spawn_bus_host(&bus, &format!("round-{round}"));
         changes
             .wait_for(|c| *c == Connection::Connected)
             .await
