@@ -49,9 +49,9 @@ pub struct ClientConfig {
     /// for a host that sends bookmarks (H10), to a few times its bookmark
     /// interval: a host without bookmarks may stay silent for as long as
     /// nothing changes. With the reference host's 5 s interval, 15 s
-    /// suits. Point-to-point transports notice a vanished
-    /// host themselves (gRPC keepalive, TCP keepalive, a closed channel);
-    /// a shared channel cannot, so this is how a bus client does.
+    /// suits. Point-to-point transports notice a vanished host themselves
+    /// (gRPC keepalive, TCP keepalive, a closed channel); a shared channel
+    /// cannot, so this is how a bus client does.
     pub host_silence: Option<Duration>,
 }
 
