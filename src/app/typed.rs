@@ -11,8 +11,13 @@ type Method<S> = Box<dyn FnMut(&mut S, &[Value]) -> Result<Value, MethodError> +
 ///
 /// After each call the host serialises the module and diffs it against the
 /// previous JSON, so a call costs O(module size). A failed call whose method
-/// mutated the state anyway is rolled back to the committed JSON, which is
-/// why `S` must round-trip through serde.
+/// mutated the state anyway is rolled back by deserialising the committed
+/// JSON, which is why `S` must round-trip through serde: everything in `S`
+/// must be in its JSON. A field skipped when serialising is neither
+/// published nor restored (keep such data in a module of its own, in a
+/// section clients are not sent). [`TypedModule::new`] checks the initial
+/// state; should a later rollback still fail, the module refuses every
+/// later call with `internal` rather than publish a state no call committed.
 pub struct TypedModule<S> {
     state: S,
     committed: Value,
@@ -22,6 +27,9 @@ pub struct TypedModule<S> {
     /// The diff's pointer buffer, kept between calls so that diffing the
     /// state after each call does not allocate one anew.
     scratch: String,
+    /// Why a rollback failed, once one has: `state` then no longer matches
+    /// `committed`, and no call may run on it.
+    broken: Option<String>,
 }
 
 impl<S> TypedModule<S>
@@ -32,17 +40,35 @@ where
     ///
     /// # Panics
     /// If `state` cannot be represented as JSON, a non-finite number
-    /// included (a programming error found at start-up, never on an input
-    /// path).
+    /// included, or its JSON cannot be read back as an `S` that writes the
+    /// same JSON (a field skipped when serialising but required when
+    /// deserialising, say): programming errors found at start-up, never on
+    /// an input path.
     pub fn new(name: impl Into<String>, state: S) -> Self {
+        let name = name.into();
         let committed = to_json(&state, "the initial state")
             .expect("a module's initial state must be representable as JSON");
+        let round_trip = S::deserialize(&committed)
+            .map_err(|e| e.to_string())
+            .and_then(|back| to_json(&back, "the state").map_err(|e| e.message));
+        match round_trip {
+            Ok(json) if json == committed => {}
+            Ok(json) => panic!(
+                "module {name}: its state does not round-trip through serde \
+                 ({committed} reads back as {json}), so a failed call could not be rolled back"
+            ),
+            Err(why) => panic!(
+                "module {name}: its state's JSON does not read back as its type ({why}), \
+                 so a failed call could not be rolled back"
+            ),
+        }
         Self {
             state,
             committed,
             methods: Methods::new(name),
             previous: None,
             scratch: String::new(),
+            broken: None,
         }
     }
 
@@ -68,9 +94,21 @@ where
         &self.state
     }
 
+    /// Puts `state` back to `committed`. A state type that reads back only
+    /// some of what it writes can fail here even after `new`'s check; the
+    /// module is then broken for good rather than left diverged.
     fn restore(&mut self) {
-        if let Ok(state) = S::deserialize(&self.committed) {
-            self.state = state;
+        match S::deserialize(&self.committed) {
+            Ok(state) => self.state = state,
+            Err(e) => {
+                let why = format!(
+                    "module {} is out of service: its committed state did not read back \
+                     as its type after a failed call ({e})",
+                    self.methods.module_name()
+                );
+                tracing::error!("{why}");
+                self.broken = Some(why);
+            }
         }
     }
 }
@@ -98,6 +136,9 @@ where
     fn invoke(&mut self, method: &str, args: &[Value]) -> Result<Invocation, MethodError> {
         self.previous = None;
         let f = self.methods.get_mut(method)?;
+        if let Some(why) = &self.broken {
+            return Err(MethodError::internal(why.clone()));
+        }
         match f(&mut self.state, args) {
             Ok(value) => match to_json(&self.state, "the state") {
                 Ok(next) => {
