@@ -9,7 +9,8 @@
 # source tree. Steps: install pinned grpcio into a venv, generate the stubs
 # from proto/, replay the host vectors in process (check_vectors.py), then
 # for each sync mode start server.py on a free loopback port and run
-# `RUNNER host` against it. Exits non-zero if any step or any case failed,
+# `RUNNER host` against it, then the reference client against it
+# (../reference_client_check.sh). Exits non-zero if any step or any case failed,
 # recommended cases included: 2 for a usage error, 3 when the Python packages
 # cannot be installed, 1 otherwise. The server's port is drawn at random from
 # PYTHON_HOST_PORT_MIN..PYTHON_HOST_PORT_MAX (default 20000..60000).
@@ -28,6 +29,10 @@ if [[ ! -x $RUNNER ]]; then
     echo "error: runner '$RUNNER' is not an executable file" >&2
     exit 2
 fi
+
+# The reference client, checked against the server after the runner: the
+# `cosystem-worker` binary beside RUNNER unless COSYSTEM_WORKER names one.
+CLIENT=${COSYSTEM_WORKER:-$(dirname "$RUNNER")/cosystem-worker}
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../../.." && pwd)
@@ -140,6 +145,8 @@ for mode in patch snapshot; do
         --secret-marker "$MARKER" | tee "$report" || status=$?
     if ! kill -0 "$SERVER_PID" 2>/dev/null; then
         FAILURES+=("$mode: server exited during the run")
+    elif ! "$HERE/../reference_client_check.sh" "$CLIENT" "http://127.0.0.1:$PORT" "$TOKEN_FILE"; then
+        FAILURES+=("$mode: the reference client failed against this host")
     fi
     stop_server
     if [[ $status -ne 0 ]]; then

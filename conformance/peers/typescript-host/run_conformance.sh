@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the host interop cases (spec/CONFORMANCE.md §7) against this host,
-# once per sync mode.
+# once per sync mode, then the reference client against it
+# (../reference_client_check.sh).
 #
 #   run_conformance.sh RUNNER [EXTRA RUNNER ARGS...]
 #
@@ -23,6 +24,10 @@ if [ ! -x "$RUNNER" ]; then
   echo "runner not executable: $RUNNER" >&2
   exit 2
 fi
+
+# The reference client checked against this host after the runner: the
+# `cosystem-worker` binary beside RUNNER unless COSYSTEM_WORKER names one.
+CLIENT=${COSYSTEM_WORKER:-$(dirname "$RUNNER")/cosystem-worker}
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$HERE" || exit 2
@@ -116,6 +121,10 @@ for MODE in patch snapshot; do
   if [ $rc -ne 0 ]; then
     echo "[$MODE] runner exited $rc; host stderr:" >&2
     tail -n 50 "$WORK/host-$MODE.err" >&2
+    status=1
+  fi
+  if ! "$HERE/../reference_client_check.sh" "$CLIENT" "$URL" "$TOKEN_FILE"; then
+    echo "[$MODE] the reference client failed against this host" >&2
     status=1
   fi
   stop_host
