@@ -491,6 +491,24 @@ impl ClientCore {
         }
     }
 
+    /// The host refused the link as a whole before sending anything on it
+    /// (over gRPC: `UNAUTHENTICATED`, `PERMISSION_DENIED` or
+    /// `UNIMPLEMENTED`, spec §17.2). A host runs nothing on a stream it
+    /// refuses, so unlike [`connection_lost`](Self::connection_lost) the
+    /// calls transmitted on it are not settled `outcome-unknown`: they stay
+    /// pending for the caller to fail with the refusal (the reference driver
+    /// does, as it stops), or for their deadlines. Everything else is as in
+    /// `connection_lost`.
+    pub fn connection_refused(&mut self) {
+        if self.connected {
+            self.connected = false;
+            self.heard_at = None;
+            self.outbox
+                .retain(|m| matches!(m.kind, Some(client_message::Kind::Call(_))));
+            self.sync = None;
+        }
+    }
+
     /// L6, settling the calls the link took down with `why`.
     fn lose_link(&mut self, why: &str) {
         self.connected = false;

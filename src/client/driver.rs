@@ -522,6 +522,10 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
                 // The new state is published before the calls the link took
                 // down settle, so that their callers already see it.
                 let silent = matches!(result, Err(TransportError::HostSilent { .. }));
+                // A link refused before the host said anything ran none of
+                // the calls sent on it: they fail with the refusal below
+                // rather than settle outcome-unknown.
+                let refused = !heard && matches!(&result, Err(error) if error.is_refusal());
                 let retry_at = match result {
                     Err(error) if !error.is_retryable() => {
                         give_up(&shared, &error);
@@ -540,7 +544,11 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
                         // L10, with the deadlines and retries due with it.
                         core.handle_timeout(Instant::now().into_std());
                     }
-                    core.connection_lost();
+                    if refused {
+                        core.connection_refused();
+                    } else {
+                        core.connection_lost();
+                    }
                 }
                 shared.dispatch();
                 match retry_at {

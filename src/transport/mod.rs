@@ -52,6 +52,7 @@
 //!   [`TransportError::Malformed`] for input that breaks the transport's own
 //!   framing (the same input would come again);
 //!   [`TransportError::Unauthenticated`] when the host refuses credentials;
+//!   [`TransportError::Unsupported`] when it does not serve the protocol;
 //!   and [`TransportError::Setup`] when the connector's own configuration
 //!   cannot work.
 //! - **Byte transports write [`HostFrame::encoded`].** It is the message's
@@ -98,6 +99,12 @@ pub enum TransportError {
     /// The peer refused this client's credentials.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
+    /// The host does not serve the protocol as this client speaks it: over
+    /// gRPC, status `UNIMPLEMENTED` (no such service or method, such as a
+    /// host serving only another protocol version, or an encoding it
+    /// refuses). Every reconnect would be refused the same way.
+    #[error("the host does not serve this protocol: {0}")]
+    Unsupported(String),
     /// The connector cannot connect as configured (a bad URL, token or TLS
     /// setting, or a system trust store without certificates); retrying
     /// cannot help.
@@ -126,6 +133,13 @@ impl TransportError {
     /// Whether reconnecting may help.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Connection(_) | Self::HostSilent { .. })
+    }
+
+    /// Whether the host refused the link as a whole, which it does before
+    /// running anything sent on it (spec §17.2): credentials refused, or the
+    /// protocol not served.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Unauthenticated(_) | Self::Unsupported(_))
     }
 
     /// The code a client's calls settle with when this error stops it for

@@ -5,13 +5,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::{FutureExt, SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, TryStreamExt, stream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::PollSender;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-use tonic::{Code, Request, Status};
+use tonic::{Code, Request, Response, Status};
 
 use super::GrpcError;
 use super::auth::{AUTHORIZATION, is_valid_token};
@@ -172,15 +172,15 @@ impl Connector for GrpcConnector {
                 })?;
                 request.metadata_mut().insert(AUTHORIZATION, value);
             }
-            // Resolves once the host accepted the stream (response headers),
-            // or with the status it refused it with.
-            let response = client
-                .session(request)
-                .await
-                .map_err(|status| status_error(status, max))?;
-            let stream = response
-                .into_inner()
-                .map(move |item| item.map_err(|status| status_error(status, max)));
+            // The link is handed over before the host's response headers
+            // arrive: many gRPC servers send them only with their first
+            // message, which a host sends only after this client's
+            // SyncRequest (§17.2). A refusal arrives as the stream's first
+            // item instead.
+            let stream = stream::once(async move { client.session(request).await })
+                .map_ok(Response::into_inner)
+                .try_flatten()
+                .map_err(move |status| status_error(status, max));
             Ok(ClientLink {
                 sink: Box::pin(PollSender::new(to_host).sink_map_err(|_| {
                     TransportError::Connection("the request stream closed".into())
@@ -215,15 +215,17 @@ fn normalize_url(url: &str) -> Result<String, GrpcError> {
     Ok(full)
 }
 
-/// Credentials refused, or a host message over this client's `limit`
-/// (tonic's decoder says OUT_OF_RANGE; a host never sends that code, §17.2):
-/// not retryable, since every reconnect would fetch the same message again.
+/// Not retryable: credentials refused; a host that does not serve this
+/// protocol (UNIMPLEMENTED); a host message over this client's `limit`
+/// (tonic's decoder says OUT_OF_RANGE; a host never sends that code,
+/// §17.2), since every reconnect would fetch the same message again.
 /// Anything else: the stream broke.
 fn status_error(status: Status, limit: usize) -> TransportError {
     match status.code() {
         Code::Unauthenticated | Code::PermissionDenied => {
             TransportError::Unauthenticated(status.message().to_owned())
         }
+        Code::Unimplemented => TransportError::Unsupported(status.message().to_owned()),
         Code::OutOfRange => TransportError::FrameTooLarge {
             size: found_bytes(status.message()).unwrap_or(0),
             limit,
@@ -272,11 +274,15 @@ mod tests {
     }
 
     #[test]
-    fn refused_credentials_are_not_retryable() {
+    fn refused_credentials_and_unserved_methods_are_not_retryable() {
         assert!(!status_error(Status::unauthenticated("x"), 1).is_retryable());
         assert!(!status_error(Status::permission_denied("x"), 1).is_retryable());
         assert!(status_error(Status::unavailable("x"), 1).is_retryable());
         assert!(status_error(Status::resource_exhausted("x"), 1).is_retryable());
+        assert_eq!(
+            status_error(Status::unimplemented("no such method"), 1),
+            TransportError::Unsupported("no such method".into())
+        );
         let too_large = Status::out_of_range(
             "Error, decoded message length too large: found 6291521 bytes, the limit is: 4194304 bytes",
         );
