@@ -31,6 +31,7 @@ use super::history::{Entry, History};
 use super::in_method::{InMethod, new_core_id};
 use super::stats::{Counters, HostStats};
 use super::timing::{MethodRun, MethodTimes};
+use super::view_depth::{MAX_VIEW_DEPTH, too_deep};
 use super::view_size::{growth_bound, snapshot_overhead, view_len};
 use crate::app::{App, MethodError, Module};
 use crate::fast_hash::FastMap;
@@ -885,7 +886,22 @@ impl HostCore {
             return Err(error);
         }
         match &ops {
-            Some(text) => self.admit(i, growth_bound(&invocation.ops, text.len()))?,
+            Some(text) => {
+                if let Some(depth) = too_deep(&invocation.ops, self.modules[i].state()) {
+                    let error = MethodError::new(
+                        ErrorCode::ResourceExhausted,
+                        format!(
+                            "the call would nest the published view {depth} levels deep, deeper than the {MAX_VIEW_DEPTH} every client can mirror; nothing was committed"
+                        ),
+                    );
+                    if self.modules[i].settle(false) {
+                        return Err(error);
+                    }
+                    // A module that cannot revert has changed: what it
+                    // holds is published as for any other call.
+                }
+                self.admit(i, growth_bound(&invocation.ops, text.len()))?
+            }
             None => {
                 self.modules[i].settle(true);
             }

@@ -13,6 +13,7 @@ mod history;
 mod in_method;
 mod stats;
 mod timing;
+mod view_depth;
 mod view_size;
 
 pub use caller::{Caller, Principal, caller};
@@ -21,6 +22,7 @@ pub use core::{CallRecord, HostCore, HostEvent, InputError, PeerKey, PeerOptions
 pub use driver::{DEFAULT_BOOKMARK_INTERVAL, EVENT_BUFFER, Host, HostBuilder, Session};
 pub use stats::HostStats;
 pub use timing::{LatencyHistogram, MethodRun, MethodTiming};
+pub use view_depth::MAX_VIEW_DEPTH;
 
 /// A new epoch: 128 bits, hex, different for every call in practice.
 ///

@@ -1,0 +1,141 @@
+//! How deep the published view may nest: no deeper than every conforming
+//! client can mirror (spec §15, "Mirror depth": 64 levels).
+//!
+//! A method may store a value a client sent, and arguments may nest as
+//! deep as the JSON parser allows, at a path of any length. A view nested
+//! deeper than clients accept is one no client can ever sync to again, and
+//! the host's own recursive serialisation of it eventually overflows the
+//! stack. Only what a commit places can make the view deeper, so checking
+//! each operation's target costs O(change), like publishing it.
+
+use json_patch::PatchOperation;
+use serde_json::Value;
+
+/// The deepest a host lets its published view nest, the view's own object
+/// being level 1: the normative minimum every client accepts.
+pub const MAX_VIEW_DEPTH: usize = 64;
+
+/// The first level over [`MAX_VIEW_DEPTH`] that `ops`, applied to a section
+/// whose state is now `state`, place a value at; `None` when all fit.
+///
+/// An `add` or `replace` places its own value. A `move` or `copy` places a
+/// subtree the operation does not spell out, so the value now at its target
+/// in `state` is measured instead.
+pub(super) fn too_deep(ops: &[PatchOperation], state: &Value) -> Option<usize> {
+    for op in ops {
+        let (path, placed) = match op {
+            PatchOperation::Add(o) => (o.path.as_str(), Some(&o.value)),
+            PatchOperation::Replace(o) => (o.path.as_str(), Some(&o.value)),
+            PatchOperation::Move(o) => (o.path.as_str(), at(state, o.path.as_str())),
+            PatchOperation::Copy(o) => (o.path.as_str(), at(state, o.path.as_str())),
+            PatchOperation::Remove(_) | PatchOperation::Test(_) => continue,
+        };
+        // The containers around the target: the view's object, then one
+        // per token of `path`, the section's own state being the first.
+        let containers = 1 + path.bytes().filter(|&b| b == b'/').count();
+        let Some(value) = placed else {
+            continue;
+        };
+        let Some(room) = MAX_VIEW_DEPTH.checked_sub(containers) else {
+            return Some(containers);
+        };
+        if let Some(depth) = deeper_than(value, room) {
+            return Some(containers + depth);
+        }
+    }
+    None
+}
+
+/// The value at `path` in `state`, reading a final `-` as an array's last
+/// element (where an `add` or `move` to `-` put it).
+fn at<'a>(state: &'a Value, path: &str) -> Option<&'a Value> {
+    match path.strip_suffix("/-") {
+        Some(parent) => state.pointer(parent)?.as_array()?.last(),
+        None => state.pointer(path),
+    }
+}
+
+/// `value`'s nesting depth (0 for a scalar, 1 for an array or object of
+/// scalars) if it is more than `room`; `None` if it fits. Iterative, and
+/// stops at the first level past `room`, so no value is too deep to judge.
+fn deeper_than(value: &Value, room: usize) -> Option<usize> {
+    if !(value.is_array() || value.is_object()) {
+        return None;
+    }
+    let mut stack = vec![(value, 0usize)];
+    while let Some((value, level)) = stack.pop() {
+        let inner = level + 1;
+        match value {
+            Value::Array(_) if inner > room => return Some(inner),
+            Value::Object(_) if inner > room => return Some(inner),
+            Value::Array(items) => stack.extend(items.iter().map(|child| (child, inner))),
+            Value::Object(members) => stack.extend(members.values().map(|child| (child, inner))),
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use json_patch::jsonptr::PointerBuf;
+    use json_patch::{AddOperation, CopyOperation, RemoveOperation};
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn nested(levels: usize) -> Value {
+        (0..levels).fold(json!(1), |inner, _| json!([inner]))
+    }
+
+    fn add(path: &str, value: Value) -> PatchOperation {
+        PatchOperation::Add(AddOperation {
+            path: PointerBuf::parse(path).expect("pointer"),
+            value,
+        })
+    }
+
+    proptest! {
+        /// A value of depth `d` added `k` tokens below a section sits at
+        /// level 1 + k + d of the view: refused exactly when that passes
+        /// the limit.
+        #[test]
+        fn an_add_is_refused_exactly_when_it_nests_the_view_past_the_limit(
+            tokens in 0usize..80,
+            depth in 0usize..80,
+        ) {
+            let path: String = (0..tokens).map(|_| "/a").collect();
+            let level = 1 + tokens + depth;
+            let verdict = too_deep(&[add(&path, nested(depth))], &json!({}));
+            if level > MAX_VIEW_DEPTH {
+                prop_assert!(verdict.is_some());
+                prop_assert!(verdict.unwrap_or(0) > MAX_VIEW_DEPTH);
+            } else {
+                prop_assert_eq!(verdict, None);
+            }
+        }
+    }
+
+    #[test]
+    fn a_copy_is_judged_by_the_subtree_it_placed() {
+        let state = json!({"deep": nested(70), "copy": nested(70)});
+        let op = PatchOperation::Copy(CopyOperation {
+            from: PointerBuf::parse("/deep").expect("pointer"),
+            path: PointerBuf::parse("/copy").expect("pointer"),
+        });
+        assert!(too_deep(&[op], &state).is_some());
+    }
+
+    #[test]
+    fn removals_never_make_the_view_deeper() {
+        let op = PatchOperation::Remove(RemoveOperation {
+            path: PointerBuf::parse("/a".repeat(200)).expect("pointer"),
+        });
+        assert_eq!(too_deep(&[op], &json!({})), None);
+    }
+
+    #[test]
+    fn a_value_far_deeper_than_the_limit_is_judged_at_the_first_level_past_it() {
+        assert_eq!(too_deep(&[add("/x", nested(500))], &json!({})), Some(65));
+    }
+}

@@ -1,0 +1,160 @@
+//! A method that stores what a client sent cannot nest the published view
+//! deeper than clients can mirror: such a call is refused and reverted, so
+//! every client can still sync, and no chain of calls can make the host's
+//! own serialisation of the view recurse without bound.
+
+use std::time::Instant;
+
+use cosystem_worker::app::{App, Draft, JsonModule, MethodError};
+use cosystem_worker::client::{ClientConfig, ClientCore};
+use cosystem_worker::host::{HostConfig, HostCore, MAX_VIEW_DEPTH, PeerKey, PeerOptions, SyncMode};
+use cosystem_worker::wire::{
+    Call, ClientMessage, ErrorCode, Header, HostMessage, call_result, client_message, host_message,
+};
+use prost::Message;
+use serde_json::{Value, json};
+
+/// `kv.set(path, value)` adds `value` at `path` below the section.
+fn kv_host() -> HostCore {
+    let app = App::new().with(JsonModule::new("kv", json!({})).method(
+        "set",
+        |d: &mut Draft<'_>, (path, value): (String, Value)| -> Result<(), MethodError> {
+            d.add(&path, value)
+        },
+    ));
+    let config = HostConfig {
+        sync: SyncMode::Patch,
+        ..HostConfig::default()
+    };
+    HostCore::new(config, app, "e1")
+}
+
+fn nested(levels: usize) -> Value {
+    (0..levels).fold(json!(1), |inner, _| json!([inner]))
+}
+
+/// Sends `kv.set(path, value)` on `peer`; the result's error code, if any.
+fn set(
+    host: &mut HostCore,
+    peer: PeerKey,
+    id: u64,
+    path: &str,
+    value: &Value,
+) -> Option<ErrorCode> {
+    let call = ClientMessage {
+        header: Some(Header::v1("", "caller", "")),
+        kind: Some(client_message::Kind::Call(Call {
+            call_id: id,
+            module: "kv".into(),
+            method: "set".into(),
+            args_json: json!([path, value]).to_string(),
+        })),
+    };
+    host.handle_message(peer, call).expect("accepted");
+    let mut code = None;
+    while let Some(frame) = host.poll_transmit(peer) {
+        if let Some(host_message::Kind::Result(result)) = frame.into_message().kind
+            && let Some(call_result::Outcome::Error(error)) = result.outcome
+        {
+            code = Some(error.code());
+        }
+    }
+    code
+}
+
+fn session(host: &mut HostCore, peer_id: &str) -> PeerKey {
+    host.connect(PeerOptions {
+        peer_id: peer_id.into(),
+        publications: true,
+    })
+    .expect("session")
+}
+
+/// A new client syncs to `host` through encoded bytes; whether it got ready.
+fn a_new_client_syncs(host: &mut HostCore) -> bool {
+    let now = Instant::now();
+    let peer = session(host, "newcomer");
+    let mut client = ClientCore::new(
+        ClientConfig {
+            peer_id: "newcomer".into(),
+            ..ClientConfig::default()
+        },
+        now,
+    );
+    for _ in 0..3 {
+        while let Some(message) = client.poll_transmit() {
+            host.handle_bytes(peer, &message.encode_to_vec())
+                .expect("accepted");
+        }
+        while let Some(frame) = host.poll_transmit(peer) {
+            let message = HostMessage::decode(frame.encoded()).expect("decodes");
+            client.handle_message(now, message);
+        }
+    }
+    host.disconnect(peer);
+    client.is_ready()
+}
+
+#[test]
+fn a_value_that_would_nest_the_view_too_deep_is_refused_and_nothing_commits() {
+    let mut host = kv_host();
+    let peer = session(&mut host, "caller");
+    // The view's object, the section, then `/k`'s array levels: a value of
+    // depth d at `/k` reaches level 2 + d.
+    let fits = MAX_VIEW_DEPTH - 2;
+    assert_eq!(set(&mut host, peer, 1, "/k", &nested(fits)), None);
+    assert_eq!(host.version(), 2);
+    assert_eq!(
+        set(&mut host, peer, 2, "/j", &nested(fits + 1)),
+        Some(ErrorCode::ResourceExhausted)
+    );
+    assert_eq!(host.version(), 2, "a refused call commits nothing");
+    assert!(host.module_state("kv").expect("kv").get("j").is_none());
+    assert!(a_new_client_syncs(&mut host));
+}
+
+#[test]
+fn a_long_path_counts_toward_the_depth_like_a_deep_value() {
+    let mut host = kv_host();
+    let peer = session(&mut host, "caller");
+    // Build a chain of single-member objects, one level per call, until the
+    // host refuses to go deeper.
+    let mut path = String::new();
+    let mut refused_at = None;
+    for id in 1..200 {
+        let next = format!("{path}/a");
+        match set(&mut host, peer, id, &next, &json!({})) {
+            None => path = next,
+            Some(code) => {
+                assert_eq!(code, ErrorCode::ResourceExhausted);
+                refused_at = Some(id);
+                break;
+            }
+        }
+    }
+    // `{}` at n tokens sits at level 1 + n + 1.
+    assert_eq!(refused_at, Some(MAX_VIEW_DEPTH as u64 - 1));
+    assert!(a_new_client_syncs(&mut host));
+}
+
+#[test]
+fn deep_values_at_ever_deeper_paths_never_take_the_host_down() {
+    // Each call tries to hang a deeply nested value below the last one's
+    // innermost level; every one past the limit is refused, so the view
+    // never grows deep enough to overflow the host's serialisation.
+    let mut host = kv_host();
+    let peer = session(&mut host, "caller");
+    let chain = |levels: usize| (0..levels).fold(json!({}), |inner, _| json!({ "a": inner }));
+    let mut path = String::new();
+    let mut refused = 0;
+    for id in 1..300 {
+        path.push_str("/x");
+        if set(&mut host, peer, id, &path, &chain(120)).is_some() {
+            refused += 1;
+        }
+        // The innermost object of the value just sent, if it was kept.
+        path.push_str(&"/a".repeat(120));
+    }
+    assert_eq!(refused, 299);
+    assert!(a_new_client_syncs(&mut host));
+}
