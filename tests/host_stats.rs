@@ -192,3 +192,72 @@ fn a_session_that_falls_out_of_the_window_is_counted_as_sent_an_overflow_snapsho
     assert_eq!(stats.snapshots_sent.get("sync"), Some(&2));
     assert_eq!(stats.patches_sent, 3);
 }
+
+/// A host whose `slow.wait()` tells `started` it runs, then holds the core
+/// until `release` says go.
+fn host_with_a_method_that_waits(
+    timing: bool,
+) -> (
+    cosystem_worker::host::Host,
+    std::sync::mpsc::Receiver<()>,
+    std::sync::mpsc::SyncSender<()>,
+) {
+    let (started_tx, started) = std::sync::mpsc::sync_channel(1);
+    let (release, release_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let app = demo::app("s").with(TypedModule::new("slow", 0u8).method(
+        "wait",
+        move |_: &mut u8, (): ()| -> Result<(), MethodError> {
+            let _ = started_tx.send(());
+            let _ = release_rx.recv();
+            Ok(())
+        },
+    ));
+    let host = cosystem_worker::host::Host::builder(app)
+        .method_timing(timing)
+        .build();
+    (host, started, release)
+}
+
+#[test]
+fn stats_asked_for_while_a_method_holds_the_core_are_the_last_taken_and_say_so() {
+    for timing in [false, true] {
+        let (host, started, release) = host_with_a_method_that_waits(timing);
+        host.invoke("counter", "increase", &[serde_json::json!(1)])
+            .expect("increase");
+        let before = host.stats();
+        assert_eq!(before.core_held_for, None);
+        let caller = {
+            let host = host.clone();
+            std::thread::spawn(move || host.invoke("slow", "wait", &[]))
+        };
+        started.recv().expect("the method started");
+        // On another thread, so that a stats() that waited for the method
+        // shows as no answer (the method is only released afterwards).
+        let (answer_tx, answer) = std::sync::mpsc::channel();
+        let asker = {
+            let host = host.clone();
+            std::thread::spawn(move || answer_tx.send(host.stats()).is_ok())
+        };
+        let during = answer
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("stats() waited for the method");
+        assert!(during.core_held_for.is_some(), "timing {timing}");
+        assert_eq!(during.version, before.version);
+        assert_eq!(during.calls_answered, before.calls_answered);
+        assert!(
+            during
+                .to_prometheus()
+                .contains("\ncosystem_worker_core_held_seconds "),
+        );
+        release.send(()).expect("release");
+        caller.join().expect("caller").expect("wait");
+        assert!(asker.join().expect("asker"), "sent");
+        let after = host.stats();
+        assert_eq!(after.core_held_for, None);
+        assert!(
+            after
+                .to_prometheus()
+                .contains("\ncosystem_worker_core_held_seconds 0\n")
+        );
+    }
+}

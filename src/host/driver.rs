@@ -15,6 +15,7 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::{Notify, broadcast};
 
+use super::busy::Busy;
 use super::core_lock::{CoreLock, Nap};
 use super::in_method::in_method_of;
 use super::{
@@ -45,6 +46,8 @@ struct Shared {
     /// Whether [`Host::events`] has a receiver that may still be alive;
     /// spares unobserved hosts the broadcast channel's lock per drain.
     observed: std::sync::atomic::AtomicBool,
+    /// The stats [`Host::stats`] answers while the core is held.
+    busy: Busy,
 }
 
 impl Shared {
@@ -204,8 +207,10 @@ impl HostBuilder {
         }
         let mut core = HostCore::new(self.config, self.app, epoch);
         core.set_method_timing(self.method_timing);
+        let busy = Busy::new(core.stats());
         let host = Host {
             shared: Arc::new(Shared {
+                busy,
                 core_id: core.id(),
                 core: CoreLock::new(core),
                 wakers: Mutex::new(FastMap::default()),
@@ -327,10 +332,22 @@ impl Host {
     }
 
     /// Counters of the host's work since it started, with its version and
-    /// session count now: for metrics ([`HostStats::to_prometheus`]). A
-    /// brief lock of the core, like [`Host::version`].
+    /// session count now: for metrics ([`HostStats::to_prometheus`]).
+    ///
+    /// Never waits for a method: if an input holds the core past a short
+    /// spin, these are the latest stats taken before it, with
+    /// [`HostStats::core_held_for`] saying so (and, with method timing on,
+    /// for how long it has held the core).
     pub fn stats(&self) -> HostStats {
-        self.shared.core().stats()
+        match self.shared.core.now() {
+            Some(core) => {
+                let stats = core.stats();
+                drop(core);
+                self.shared.busy.remember(&stats);
+                stats
+            }
+            None => self.shared.busy.last(),
+        }
     }
 
     /// Runs a method on the host itself, as one commit, and publishes it.
@@ -348,9 +365,10 @@ impl Host {
             ));
         }
         let mut core = self.shared.core();
-        let started = core.method_timing().then(std::time::Instant::now);
+        let started = self.shared.busy.enter(core.method_timing());
         let result = core.invoke(module, method, args);
         time_method(&mut core, started);
+        self.shared.busy.leave(started);
         let published = self.shared.drain_events(&mut core);
         drop(core);
         if published {
@@ -603,9 +621,10 @@ impl Session {
         wake_self: bool,
         f: impl FnOnce(&mut HostCore) -> T,
     ) -> T {
-        let started = core.method_timing().then(std::time::Instant::now);
+        let started = self.shared.busy.enter(core.method_timing());
         let result = f(&mut core);
         time_method(&mut core, started);
+        self.shared.busy.leave(started);
         let published = self.shared.drain_events(&mut core);
         drop(core);
         if published {

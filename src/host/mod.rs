@@ -3,6 +3,7 @@
 //! [`HostCore`] is the sans-IO state machine; the async driver that runs it
 //! over a transport lives beside it.
 
+mod busy;
 mod caller;
 mod config;
 mod core;

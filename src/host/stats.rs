@@ -57,6 +57,13 @@ pub struct HostStats {
     /// the modules declared when the core was made is present, in module
     /// order and then by name; with it off (the default), none is.
     pub method_seconds: Vec<MethodTiming>,
+    /// Set only by [`Host::stats`](crate::host::Host::stats) when an input
+    /// held the core past a short wait (a slow or stuck method): the other
+    /// fields are then the latest stats taken before it, and this is how
+    /// long that input has held the core so far (zero when method timing is
+    /// off, which is what reads the clock). `None` when the stats are
+    /// current.
+    pub core_held_for: Option<std::time::Duration>,
 }
 
 /// Every error code, at the index of its wire value.
@@ -159,6 +166,7 @@ impl Counters {
             bookmarks_sent: self.bookmarks,
             results_sent: self.results,
             method_seconds: Vec::new(),
+            core_held_for: None,
         }
     }
 }
@@ -280,8 +288,23 @@ impl HostStats {
             "Call results handed to sessions.",
             &plain(self.results_sent),
         );
+        self.core_held(&mut out);
         self.method_histograms(&mut out);
         out
+    }
+
+    /// `core_held_seconds`: a stuck method shows as a gauge that keeps
+    /// growing from one scrape to the next, the counters standing still.
+    fn core_held(&self, out: &mut String) {
+        use std::fmt::Write;
+        heading(
+            out,
+            "core_held_seconds",
+            "gauge",
+            "How long one input (a method) had held the host's core when these metrics were read, if past a short wait; the other metrics are then from before it. 0 when the core was free.",
+        );
+        let seconds = self.core_held_for.unwrap_or_default().as_secs_f64();
+        let _ = writeln!(out, "cosystem_worker_core_held_seconds {seconds}");
     }
 
     /// `method_duration_seconds`, a histogram per declared method; nothing
