@@ -156,3 +156,71 @@ async fn a_grpc_session_ended_by_the_host_is_logged_with_its_reason() {
         "{disconnect}"
     );
 }
+
+#[tokio::test]
+async fn a_grpc_client_that_goes_away_without_closing_its_stream_is_logged_as_such() {
+    use cosystem_worker::transport::grpc::GrpcServer;
+    use cosystem_worker::wire::host_service_client::HostServiceClient;
+    use cosystem_worker::wire::{SyncRequest, client_message::Kind};
+    use futures::StreamExt;
+    let captured = Captured::default();
+    let _logging = tracing::subscriber::set_default(captured.subscriber(tracing::Level::INFO));
+    let host = Host::builder(demo::app("s")).build();
+    let server = GrpcServer::builder(host.clone())
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let url = format!("http://{}", server.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+
+    // A client on a runtime of its own, with a request stream that never
+    // ends: the runtime is dropped once the snapshot came, which closes the
+    // socket mid-stream, as when a client process exits.
+    let client = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let sync = ClientMessage {
+                header: Some(Header::v1("", "leaver", "")),
+                kind: Some(Kind::SyncRequest(SyncRequest {
+                    sync_id: 1,
+                    ..SyncRequest::default()
+                })),
+            };
+            let mut raw = HostServiceClient::connect(url).await.unwrap();
+            let mut answers = raw
+                .session(futures::stream::iter([sync]).chain(futures::stream::pending()))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(answers.message().await.unwrap().is_some(), "no snapshot");
+            // Kept alive until the runtime goes: nothing closes the stream.
+            std::mem::forget(answers);
+            std::mem::forget(raw);
+        });
+    });
+    while !client.is_finished() {
+        tokio::task::yield_now().await;
+    }
+    client.join().unwrap();
+    while host.session_count() > 0 {
+        tokio::task::yield_now().await;
+    }
+    let _ = stop.send(());
+    serving.await.unwrap().unwrap();
+
+    let log = captured.text();
+    let disconnect = log
+        .lines()
+        .find(|l| l.contains("client disconnected"))
+        .unwrap_or_else(|| panic!("no disconnect line: {log}"));
+    assert!(
+        disconnect.contains("went away without closing its stream"),
+        "{disconnect}"
+    );
+}

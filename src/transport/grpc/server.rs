@@ -553,6 +553,15 @@ async fn read_session(
     };
     let _ = ended.set(match &outcome {
         None => "the client closed its stream".to_owned(),
+        // What hyper reports when a client process exits or drops its
+        // connection without closing the stream: an everyday end, not a
+        // protocol error, so the log says so rather than quote h2.
+        Some(status) if matches!(status.code(), Code::Unknown | Code::Cancelled) => {
+            format!(
+                "the client went away without closing its stream ({})",
+                status.message()
+            )
+        }
         Some(status) => format!("{:?}: {}", status.code(), status.message()),
     });
     let _ = end.send(outcome);
@@ -573,7 +582,7 @@ impl Drop for Connection {
     fn drop(&mut self) {
         self.reader.abort();
         let reason = self.ended.get().map_or(
-            "the client reset its stream or the connection was lost",
+            "the client went away without closing its stream (stream reset or connection lost)",
             String::as_str,
         );
         tracing::info!(peer = %self.peer, reason, "client disconnected");
