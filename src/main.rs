@@ -6,11 +6,9 @@ mod cli;
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     // clap prints usage errors itself and exits 2 (0 for --help/--version).
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::parse_args();
     cli::init_tracing(&cli);
     let runtime = match cli.runtime() {
         Ok(runtime) => runtime,

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{BIN, HostProcess, cli_client, json_line};
+use common::{BIN, HostProcess, cli_client, cli_client_with_env, json_line};
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -144,4 +144,35 @@ async fn an_unreachable_framed_host_fails_after_the_timeout_with_exit_3() {
     assert_eq!(output.status.code(), Some(3));
     let text = String::from_utf8_lossy(&output.stderr);
     assert!(text.contains(&endpoint), "{text}");
+}
+
+/// A shell that exports `COSYSTEM_WORKER_LISTEN` for its gRPC hosts passes
+/// it on to a spawned `host --stdio`, which must serve stdio regardless: a
+/// flag wins over a variable. A `--listen` flag beside `--stdio` still asks
+/// for two endpoints and is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_wins_over_the_listen_variable_but_not_over_the_listen_flag() {
+    let command = format!("{BIN} host --stdio");
+    let output = cli_client_with_env(
+        &[("COSYSTEM_WORKER_LISTEN", "127.0.0.1:1")],
+        &["--spawn", &command, "call", "counter", "increase", "1"],
+    )
+    .await;
+    assert_eq!(json_line(&output), json!({"value": 1, "version": 2}));
+
+    let run = Command::new(BIN)
+        .args(["host", "--stdio", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(GUARD, run)
+        .await
+        .expect("hung")
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        text.contains("'--stdio' cannot be used with '--listen"),
+        "{text}"
+    );
 }

@@ -51,8 +51,9 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// The endpoint a host serves: `--stdio` wins over `--listen` (clap makes
-    /// them exclusive).
+    /// The endpoint a host serves: `--stdio` wins over `--listen`, which
+    /// then comes from its variable or default (a `--listen` flag beside
+    /// `--stdio` is refused while parsing).
     pub fn for_host(listen: Endpoint, stdio: bool) -> Self {
         if stdio { Endpoint::Stdio } else { listen }
     }

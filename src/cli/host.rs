@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
-use clap::Args;
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args};
 use cosystem_worker::demo;
 use cosystem_worker::host::{Host, HostLimits, SyncMode, new_epoch};
 use cosystem_worker::transport::framed;
@@ -21,7 +23,8 @@ use super::{metrics, open_files};
 /// `host` options. Each option but `--stdio` may also come from the
 /// environment variable named in its help (`COSYSTEM_WORKER_` and the
 /// option's name), for deployments configured that way; a flag on the
-/// command line wins over the variable.
+/// command line wins over the variable, and `--stdio` over
+/// `COSYSTEM_WORKER_LISTEN` ([`check_stdio`]).
 #[derive(Debug, Args)]
 pub struct HostArgs {
     /// Where to listen: HOST:PORT or http(s)://HOST:PORT (gRPC);
@@ -34,8 +37,13 @@ pub struct HostArgs {
     )]
     listen: Endpoint,
     /// Serve one client on stdin/stdout (length-prefixed frames) instead of
-    /// listening; exits when stdin closes.
-    #[arg(long, conflicts_with = "listen")]
+    /// listening; exits when stdin closes. It cannot be combined with
+    /// --listen, but overrides COSYSTEM_WORKER_LISTEN.
+    // Not `conflicts_with = "listen"`: clap would count the variable too,
+    // and a shell that exports it for its gRPC hosts could then start no
+    // `host --stdio`, nor could `client --spawn`, whose child inherits it.
+    // `check_stdio` refuses only a `--listen` on the command line.
+    #[arg(long)]
     stdio: bool,
     /// How commits are published: patch or snapshot.
     #[arg(
@@ -119,6 +127,21 @@ pub struct HostArgs {
     /// one per core.
     #[arg(long, value_name = "N", env = "COSYSTEM_WORKER_THREADS")]
     pub threads: Option<usize>,
+}
+
+/// Refuses `--stdio` beside a `--listen` given on the command line, which
+/// asks for two endpoints at once. `--listen`'s variable is not counted: a
+/// flag wins over a variable, so `--stdio` then simply serves stdio.
+/// `command` is `host`'s own, for the usage line of the error.
+pub fn check_stdio(matches: &ArgMatches, command: &mut clap::Command) -> Result<(), clap::Error> {
+    if matches.get_flag("stdio") && matches.value_source("listen") == Some(ValueSource::CommandLine)
+    {
+        return Err(command.error(
+            ErrorKind::ArgumentConflict,
+            "the argument '--stdio' cannot be used with '--listen <ENDPOINT>'",
+        ));
+    }
+    Ok(())
 }
 
 /// Runs the host until Ctrl-C or SIGTERM (with `--stdio`, also until stdin

@@ -17,7 +17,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use cosystem_worker::app::MethodError;
 use cosystem_worker::transport::grpc::GrpcError;
 
@@ -41,6 +41,24 @@ enum Command {
 }
 
 impl Cli {
+    /// Parses the process's arguments as `Parser::parse` does (printing
+    /// usage errors and exiting 2), with the checks clap's attributes cannot
+    /// express: [`host::check_stdio`].
+    pub fn parse_args() -> Self {
+        let mut command = Self::command();
+        let matches = command.get_matches_mut();
+        if let Some(("host", host)) = matches.subcommand() {
+            // Built by `get_matches_mut`: the usage line names the binary.
+            let host_command = command
+                .find_subcommand_mut("host")
+                .expect("`host` is a subcommand");
+            if let Err(error) = host::check_stdio(host, host_command) {
+                error.exit();
+            }
+        }
+        Self::from_arg_matches(&matches).unwrap_or_else(|error| error.format(&mut command).exit())
+    }
+
     /// The tokio runtime the command runs on: the host's `--threads`
     /// workers (one current thread for 0), else one worker per core.
     pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
