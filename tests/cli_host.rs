@@ -180,6 +180,26 @@ async fn the_host_warns_when_anyone_beyond_this_machine_may_call_it() {
     local.terminate().await;
 }
 
+/// Framed TCP carries no token and no TLS, so a bind beyond loopback is
+/// warned whatever the options; on loopback it is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framed_tcp_beyond_loopback_is_warned_as_unauthenticated() {
+    let mut open = HostProcess::spawn(&["--listen", "tcp://0.0.0.0:0"]).await;
+    open.log_until("listening on tcp://").await;
+    let next = open.next_line().await;
+    assert!(next.contains("WARN"), "{next}");
+    assert!(next.contains("beyond this machine"), "{next}");
+    assert!(next.contains("no authentication"), "{next}");
+    open.terminate().await;
+
+    let mut local = HostProcess::spawn(&["--listen", "tcp://127.0.0.1:0"]).await;
+    let endpoint = local.endpoint().await;
+    json_line(&cli_client(&["--connect", &endpoint, "state"]).await);
+    let next = local.next_line().await;
+    assert!(next.contains("client connected"), "{next}");
+    local.terminate().await;
+}
+
 /// A health `Watch` never ends by itself, so a stopping gRPC host waits its
 /// grace period for it; a second SIGTERM stops the host at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -223,6 +223,13 @@ async fn serve_tcp(
     })?;
     let local = listener.local_addr()?;
     tracing::info!(epoch = %host.epoch(), "listening on tcp://{local}");
+    // As for gRPC without a token, but framed TCP has no token or TLS to
+    // ask for: beyond loopback, reaching the port is all it takes.
+    if !local.ip().is_loopback() {
+        tracing::warn!(
+            "listening on tcp://{local} beyond this machine: framed TCP has no authentication or encryption, so anyone who reaches it can call every method (keep it on loopback, or use unix: or gRPC with --token-file)"
+        );
+    }
     serve_until_signal(&host, framed::serve_tcp(host.clone(), listener), signals).await
 }
 
