@@ -74,6 +74,36 @@ async fn a_stdio_host_exits_cleanly_when_its_stdin_closes() {
     assert!(status.success(), "{status}");
 }
 
+/// A session the host ends for an error is the stdio host's failure: its
+/// parent sees a non-zero status and the reason, not a clean stop.
+#[tokio::test]
+async fn a_stdio_host_whose_session_ends_with_an_error_exits_1() {
+    let mut child = Command::new(BIN)
+        .args(["host", "--stdio"])
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // A length prefix of 4 GiB - 1: over the 4 MiB frame limit.
+    stdin.write_all(&[0xff; 4]).await.unwrap();
+    stdin.shutdown().await.unwrap();
+    drop(stdin);
+    let output = tokio::time::timeout(GUARD, child.wait_with_output())
+        .await
+        .expect("the host kept running")
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        text.contains("error: the stdio session ended with an error: message of 4294967295 bytes exceeds the limit"),
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_binary_serves_a_unix_socket_and_removes_it_on_sigterm() {
     let path = socket_path("listen");

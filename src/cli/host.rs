@@ -252,19 +252,24 @@ async fn serve_unix(
     result
 }
 
+/// Serves the one stdio session. A session the host ended with an error
+/// (bytes that are not frames, a frame over the size limit, a client that
+/// floods it) is the process's failure: the parent learns it from the exit
+/// status ([`CliError::Session`]), not only from the log.
 async fn serve_stdio(host: Host, signals: &mut ShutdownSignals) -> Result<(), CliError> {
     tracing::info!(epoch = %host.epoch(), "serving one client on stdin/stdout");
-    tokio::select! {
-        result = framed::serve_stdio(host.clone()) => {
-            if let Err(error) = result {
-                tracing::info!(%error, "session ended");
+    let result = tokio::select! {
+        result = framed::serve_stdio(host.clone()) => match result {
+            Ok(()) => {
+                tracing::info!("stdin closed; stopping");
+                Ok(())
             }
-            tracing::info!("stdin closed; stopping");
-        }
-        () = signals.next() => {}
-    }
+            Err(error) => Err(CliError::Session(error)),
+        },
+        () = signals.next() => Ok(()),
+    };
     host.shutdown();
-    Ok(())
+    result
 }
 
 /// Serves until a signal, then shuts the host down (ending every session).

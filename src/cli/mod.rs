@@ -1,10 +1,11 @@
 //! The `cosystem-worker` command line: `host` serves the demo app, `client`
 //! reads and calls a host.
 //!
-//! Exit codes: 0 success; 1 the host answered a call with an error; 2
-//! invalid usage or input (bad flags, bad JSON, unsupported transport,
-//! unreadable files); 3 the host could not be reached or refused the
-//! credentials.
+//! Exit codes: 0 success; 1 the host answered a call with an error, or
+//! the host could not serve (an address in use, a `--stdio` session that
+//! ended with an error); 2 invalid usage or input (bad flags, bad JSON,
+//! unsupported transport, unreadable files); 3 the host could not be
+//! reached or refused the credentials.
 
 mod client;
 mod endpoint;
@@ -19,6 +20,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use cosystem_worker::app::MethodError;
+use cosystem_worker::host::InputError;
 use cosystem_worker::transport::grpc::GrpcError;
 
 /// Shares application state between a host and its clients.
@@ -116,6 +118,9 @@ pub enum CliError {
     /// The host answered a call with an error.
     #[error("{}: {}", .0.code.kebab_name(), .0.message)]
     Call(MethodError),
+    /// The host's one `--stdio` session ended with an error.
+    #[error("the stdio session ended with an error: {0}")]
+    Session(InputError),
     /// Writing output or another local I/O step failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -132,7 +137,7 @@ impl CliError {
             CliError::Grpc(
                 GrpcError::InvalidToken | GrpcError::InvalidUrl(_) | GrpcError::Tls(_),
             ) => ExitCode::from(2),
-            CliError::Grpc(_) | CliError::Io(_) => ExitCode::from(1),
+            CliError::Grpc(_) | CliError::Session(_) | CliError::Io(_) => ExitCode::from(1),
             CliError::Unreachable { .. } | CliError::Refused(_) => ExitCode::from(3),
         }
     }
