@@ -146,6 +146,47 @@ async fn call_errors_print_the_code_and_message_and_exit_non_zero() {
     assert_eq!(host.view()["counter"]["count"], 0);
 }
 
+/// A method that answers `permission-denied` has been reached with
+/// accepted credentials: that is the call's failure (exit 1), not a host
+/// that refused the client (exit 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_methods_own_permission_denied_is_a_call_error_not_a_refusal() {
+    use cosystem_worker::app::{App, MethodError, TypedModule};
+    use cosystem_worker::wire::ErrorCode;
+    #[derive(Default, serde::Serialize, serde::Deserialize)]
+    struct Vault {}
+    let vault =
+        TypedModule::new("vault", Vault::default()).method("open", |_: &mut Vault, (): ()| {
+            Err::<(), _>(MethodError::new(
+                ErrorCode::PermissionDenied,
+                "only the owner opens the vault",
+            ))
+        });
+    let host = Host::builder(App::new().with(vault)).build();
+    let (addr, _stop) = start(GrpcServer::builder(host).token("r1ght")).await;
+    let dir = std::env::temp_dir().join(format!("cosystem-cli-vault-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "r1ght\n").unwrap();
+
+    let output = cli_client(&[
+        "--connect",
+        &format!("http://{addr}"),
+        "--token-file",
+        token.to_str().unwrap(),
+        "call",
+        "vault",
+        "open",
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert_eq!(
+        error_line(&output),
+        "error: permission-denied: only the owner opens the vault"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_input_gets_one_line_and_exit_2_without_contacting_anyone() {
     // Nothing listens here: every case must fail on its input alone.

@@ -384,7 +384,21 @@ async fn call(
             value: &value,
             version: settled.state_version,
         }),
-        Err(error) if error.code == ErrorCode::PermissionDenied => Err(CliError::Refused(error)),
+        Err(error) if stopped_by_link(client, &error) => Err(CliError::Refused(error)),
+        // A method's own `permission-denied` (or `unavailable`) is its
+        // answer, like any other error code: the host was reached and
+        // accepted the credentials.
         Err(error) => Err(CliError::Call(error)),
     }
+}
+
+/// Whether `error` is the client's link stopping for good (the host now
+/// refusing the token, a `--spawn` command that fails at once) rather than
+/// the method's answer: the client is `Stopped` by a transport error whose
+/// code the call settled with.
+fn stopped_by_link(client: &Client, error: &MethodError) -> bool {
+    matches!(
+        client.connection(),
+        Connection::Stopped { error: Some(stop) } if stop.stop_code() == error.code
+    )
 }
