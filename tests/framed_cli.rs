@@ -166,6 +166,43 @@ async fn a_spawn_command_that_cannot_start_exits_3() {
     assert!(!text.contains("panicked"), "{text}");
 }
 
+/// A spawned host that refuses its options exits 2 before speaking; the
+/// client does not respawn it until the timeout but stops at once, naming
+/// the exit status, with the exit code for a host it cannot reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawned_host_that_exits_at_once_is_reported_with_its_exit_status() {
+    let command = format!("{BIN} host --stdio --sync bogus");
+    let output = cli_client(&["--timeout", "30", "--spawn", &command, "state"]).await;
+    assert_eq!(output.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&output.stderr);
+    let last = text.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: unavailable: cannot connect as configured: host command "),
+        "{text}"
+    );
+    assert!(
+        last.ends_with("exited with status 2 before speaking the protocol"),
+        "{text}"
+    );
+    // The child's own complaint reaches the terminal too (stderr is
+    // inherited), once: it was not respawned.
+    assert_eq!(text.matches("invalid value 'bogus'").count(), 1, "{text}");
+}
+
+/// A spawned host killed by a signal is respawned until the timeout; the
+/// final error then says how the last one ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawned_host_that_keeps_dying_is_named_in_the_timeout_error() {
+    let output = cli_client(&["--timeout", "3", "--spawn", "sh -c 'kill -9 $$'", "state"]).await;
+    assert_eq!(output.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("no connection to --spawn sh -c"), "{text}");
+    assert!(
+        text.contains("(connection failed: host command sh was killed by signal 9)"),
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_framed_host_fails_after_the_timeout_with_exit_3() {
     let path = socket_path("nobody");

@@ -115,6 +115,63 @@ async fn a_stale_socket_file_is_replaced_and_a_live_one_is_kept() {
     .await
 }
 
+/// A host command that fails before it says a word (a bad option, a
+/// program that is not a host) would fail the same way again: the client
+/// stops, and says how the command exited.
+#[tokio::test]
+async fn a_host_command_that_fails_before_speaking_stops_the_client_with_its_status() {
+    use cosystem_worker::client::Connection;
+    use cosystem_worker::transport::TransportError;
+    within_a_minute(async {
+        let connector = SpawnConnector::new("sh", ["-c", "exit 7"]);
+        let client = Client::new(connector, ClientConfig::default());
+        let error = client.ready().await.unwrap_err();
+        assert_eq!(error.code, cosystem_worker::wire::ErrorCode::Unavailable);
+        assert!(error.message.contains("exited with status 7"), "{error}");
+        match client.connection() {
+            Connection::Stopped {
+                error: Some(TransportError::Setup(why)),
+            } => assert!(
+                why.contains("host command sh exited with status 7 before speaking"),
+                "{why}"
+            ),
+            other => panic!("expected a setup error, got {other:?}"),
+        }
+    })
+    .await
+}
+
+/// A host command killed by a signal may be back when respawned: the
+/// client retries, and its connection state says how the child ended.
+#[tokio::test]
+async fn a_host_command_killed_by_a_signal_is_respawned_and_the_link_says_why() {
+    use cosystem_worker::client::Connection;
+    use cosystem_worker::transport::TransportError;
+    within_a_minute(async {
+        let connector = SpawnConnector::new("sh", ["-c", "kill -9 $$"]);
+        let client = Client::new(connector, ClientConfig::default());
+        let mut changes = client.connection_changes();
+        let why = loop {
+            changes.changed().await.unwrap();
+            let state = changes.borrow_and_update().clone();
+            match state {
+                Connection::Retrying {
+                    error: Some(TransportError::Connection(why)),
+                    ..
+                } => break why,
+                Connection::Stopped { .. } => panic!("stopped: {state:?}"),
+                _ => {}
+            }
+        };
+        assert!(
+            why.contains("host command sh was killed by signal 9"),
+            "{why}"
+        );
+        client.dispose();
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_program_that_cannot_be_spawned_stops_the_client() {
     within_a_minute(async {

@@ -12,8 +12,8 @@ use cosystem_worker::transport::framed::{SpawnConnector, TcpConnector, UnixConne
 use cosystem_worker::transport::grpc::GrpcConnector;
 use cosystem_worker::transport::{ClientLink, Connector, TransportError};
 use cosystem_worker::wire::ErrorCode;
-use futures::FutureExt;
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
@@ -36,7 +36,9 @@ pub struct ClientArgs {
     /// Start this host command (e.g. 'cosystem-worker host --stdio') and talk
     /// to it over its stdin/stdout; it is stopped when the client exits. The
     /// command is split into words as a shell would (quotes, backslashes),
-    /// with nothing expanded.
+    /// with nothing expanded. A command that exits with a non-zero status
+    /// before speaking is an error at once (exit 3); one that dies
+    /// otherwise is started again.
     #[arg(
         long,
         value_name = "COMMAND",
@@ -246,7 +248,10 @@ fn grpc_only(args: &ClientArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Remembers the last connection error, to say why a host was unreachable.
+/// Remembers the last connection error, to say why a host was unreachable:
+/// a failed connect's, or the error a link ended with before the host was
+/// ready (a `--spawn` child that exits at once connects fine, and only its
+/// link's end says how it exited).
 struct Recording {
     inner: Box<dyn Connector>,
     last_error: Arc<Mutex<Option<String>>>,
@@ -258,10 +263,26 @@ impl Connector for Recording {
         self.inner
             .connect()
             .map(move |result| {
-                if let Err(error) = &result {
+                let record = move |error: &TransportError| {
                     *last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
+                };
+                match result {
+                    Ok(ClientLink { sink, stream }) => Ok(ClientLink {
+                        sink,
+                        stream: Box::pin(stream.inspect(move |item| {
+                            // Lost envelopes do not end a link.
+                            if let Err(error) = item
+                                && !matches!(error, TransportError::Lost { .. })
+                            {
+                                record(error);
+                            }
+                        })),
+                    }),
+                    Err(error) => {
+                        record(&error);
+                        Err(error)
+                    }
                 }
-                result
             })
             .boxed()
     }

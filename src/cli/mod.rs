@@ -112,7 +112,8 @@ pub enum CliError {
         last: Option<String>,
     },
     /// The host refused the connection for good (credentials), or could not
-    /// be reached for good (a `--spawn` command that cannot be started).
+    /// be reached for good (a `--spawn` command that cannot be started, or
+    /// that exits with a non-zero status before speaking).
     #[error("{}: {}", .0.code.kebab_name(), .0.message)]
     Refused(MethodError),
     /// The host answered a call with an error.

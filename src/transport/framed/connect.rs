@@ -4,18 +4,20 @@ use std::ffi::OsString;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::process::Stdio;
-use std::sync::Mutex;
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use futures::FutureExt;
 use futures::future::BoxFuture;
-use tokio::io::{AsyncRead, ReadBuf};
+use futures::{FutureExt, Sink, StreamExt};
 use tokio::net::{TcpStream, UnixStream};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, Command};
 
 use super::{FramedConfig, client_link, host_link};
-use crate::transport::{ClientLink, Connector, HostLink, TransportError};
+use crate::transport::{BoxSink, BoxStream, ClientLink, Connector, HostLink, TransportError};
+use crate::wire::{ClientMessage, HostMessage};
 
 fn connection_error(what: &str, error: &io::Error) -> TransportError {
     TransportError::Connection(format!("{what}: {error}"))
@@ -105,9 +107,23 @@ impl Connector for UnixConnector {
 ///
 /// Each connect spawns a new child; the child is killed when its link is
 /// dropped (when the client is disposed or the link fails). A child that
-/// exits ends the link, so the client reconnects to a fresh child, under a
-/// new epoch. A program that cannot be started at all (missing, not
-/// executable) is [`TransportError::Closed`]: retrying would not help.
+/// exits ends the link, and the link's error says how it exited (`host
+/// command … exited with status 2`, `… was killed by signal 9`), so that a
+/// client that gives up can say why. What happens next depends on when:
+///
+/// - A child that exits with a non-zero status before sending a single
+///   frame is [`TransportError::Setup`], and the client stops: it failed
+///   before speaking the protocol (a bad argument or configuration, a
+///   program that is not a host), and a fresh child would fail the same
+///   way, so respawning it would only repeat the failure.
+/// - Any other exit (a child killed by a signal, one that exits after it
+///   has spoken, or exits 0 without a word) is
+///   [`TransportError::Connection`], and the client reconnects to a fresh
+///   child, under a new epoch. A child that exits 0 after it has spoken
+///   ended the link cleanly (the stream just ends).
+///
+/// A program that cannot be started at all (missing, not executable) is
+/// [`TransportError::Setup`] too.
 #[derive(Debug, Clone)]
 pub struct SpawnConnector {
     program: OsString,
@@ -169,29 +185,188 @@ impl Connector for SpawnConnector {
                     "spawn {program}: no stdio pipes"
                 )));
             };
-            let reader = ChildReader {
-                stdout,
-                _child: child,
-            };
-            Ok(client_link(reader, stdin, config))
+            let child = Arc::new(SpawnedChild {
+                child: tokio::sync::Mutex::new(child),
+                program,
+                spoke: AtomicBool::new(false),
+            });
+            let ClientLink { sink, stream } = client_link(stdout, stdin, config);
+            Ok(ClientLink {
+                sink: Box::pin(ChildSink {
+                    inner: sink,
+                    child: child.clone(),
+                    failing: None,
+                }),
+                stream: child_stream(stream, child),
+            })
         }
         .boxed()
     }
 }
 
-/// A child's stdout that owns the child, so dropping the link kills it.
-struct ChildReader {
-    stdout: ChildStdout,
-    _child: Child,
+/// How long a link whose child closed its stdout (or stdin) waits for the
+/// child to exit, to say how it did. A child still running after it, with
+/// its stdout closed, ends the link as before and is killed with it.
+const EXIT_WAIT: Duration = Duration::from_secs(2);
+
+/// A spawned host, shared by its link's two halves: whichever sees the link
+/// fail first asks it how it ended. It is killed when both halves are
+/// dropped (`kill_on_drop`).
+struct SpawnedChild {
+    child: tokio::sync::Mutex<Child>,
+    program: String,
+    /// Whether a frame has come from the child.
+    spoke: AtomicBool,
 }
 
-impl AsyncRead for ChildReader {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
+impl SpawnedChild {
+    /// The error the link ends with, now that the child's stdout closed
+    /// (`error` is `None`) or a pipe to it broke (`error`): the child's exit
+    /// status if it exits within [`EXIT_WAIT`], else `error` unchanged. See
+    /// [`SpawnConnector`] for which exits are retried.
+    async fn ended(&self, error: Option<TransportError>) -> Option<TransportError> {
+        let status = {
+            let mut child = self.child.lock().await;
+            tokio::time::timeout(EXIT_WAIT, child.wait())
+                .await
+                .ok()
+                .and_then(Result::ok)
+        };
+        let Some(status) = status else {
+            return error;
+        };
+        let spoke = self.spoke.load(Ordering::Acquire);
+        if spoke && status.success() {
+            return error;
+        }
+        let what = format!("host command {} {}", self.program, exited(status));
+        Some(match status.code() {
+            Some(code) if code != 0 && !spoke => {
+                TransportError::Setup(format!("{what} before speaking the protocol"))
+            }
+            _ => TransportError::Connection(what),
+        })
+    }
+}
+
+/// How a child ended, for an error message.
+fn exited(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exited with status {code}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return format!("was killed by signal {signal}");
+        }
+    }
+    format!("ended ({status})")
+}
+
+/// The link's stream from `child`: its frames, then, when its stdout closes
+/// or breaks, the error [`SpawnedChild::ended`] makes of the exit.
+fn child_stream(inner: BoxStream<HostMessage>, child: Arc<SpawnedChild>) -> BoxStream<HostMessage> {
+    Box::pin(futures::stream::unfold(Some(inner), move |inner| {
+        let child = child.clone();
+        async move {
+            let mut inner = inner?;
+            match inner.next().await {
+                Some(Ok(message)) => {
+                    child.spoke.store(true, Ordering::Release);
+                    Some((Ok(message), Some(inner)))
+                }
+                // A broken pipe: the child is likely gone.
+                Some(Err(error @ TransportError::Connection(_))) => {
+                    let error = child.ended(Some(error)).await?;
+                    Some((Err(error), None))
+                }
+                // Frames the child sent that are not ours: its exit is not
+                // the story (and it may not exit at all).
+                Some(Err(error)) => Some((Err(error), Some(inner))),
+                None => {
+                    let error = child.ended(None).await?;
+                    Some((Err(error), None))
+                }
+            }
+        }
+    }))
+}
+
+/// The link's sink to `child`'s stdin: a write that fails because the
+/// child is gone fails with how it ended, as the stream would.
+struct ChildSink {
+    inner: BoxSink<ClientMessage>,
+    child: Arc<SpawnedChild>,
+    failing: Option<Failing>,
+}
+
+enum Failing {
+    /// Waiting for the child's exit status.
+    Asking(BoxFuture<'static, TransportError>),
+    /// The error the sink fails with from now on.
+    Failed(TransportError),
+}
+
+impl ChildSink {
+    /// Runs `step` on the inner sink; a broken pipe turns into the child's
+    /// exit, once it is known.
+    fn poll_step(
+        &mut self,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stdout).poll_read(cx, buf)
+        step: impl FnOnce(
+            Pin<&mut (dyn Sink<ClientMessage, Error = TransportError> + Send)>,
+            &mut Context<'_>,
+        ) -> Poll<Result<(), TransportError>>,
+    ) -> Poll<Result<(), TransportError>> {
+        if self.failing.is_none() {
+            match step(self.inner.as_mut(), cx) {
+                Poll::Ready(Err(error @ TransportError::Connection(_))) => {
+                    let child = self.child.clone();
+                    self.failing = Some(Failing::Asking(
+                        async move {
+                            let fallback = error.clone();
+                            child.ended(Some(error)).await.unwrap_or(fallback)
+                        }
+                        .boxed(),
+                    ));
+                }
+                other => return other,
+            }
+        }
+        match &mut self.failing {
+            Some(Failing::Asking(asking)) => {
+                let error = std::task::ready!(asking.poll_unpin(cx));
+                self.failing = Some(Failing::Failed(error.clone()));
+                Poll::Ready(Err(error))
+            }
+            Some(Failing::Failed(error)) => Poll::Ready(Err(error.clone())),
+            None => unreachable!("set above"),
+        }
+    }
+}
+
+impl Sink<ClientMessage> for ChildSink {
+    type Error = TransportError;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.get_mut().poll_step(cx, |sink, cx| sink.poll_ready(cx))
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: ClientMessage) -> Result<(), Self::Error> {
+        let this = self.get_mut();
+        match &this.failing {
+            Some(Failing::Failed(error)) => Err(error.clone()),
+            _ => this.inner.as_mut().start_send(item),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.get_mut().poll_step(cx, |sink, cx| sink.poll_flush(cx))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.get_mut().poll_step(cx, |sink, cx| sink.poll_close(cx))
     }
 }
 
