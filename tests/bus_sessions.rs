@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use cosystem_worker::client::{Client, ClientConfig, ClientEvent, Notice};
 use cosystem_worker::demo;
-use cosystem_worker::host::{Host, SyncMode};
+use cosystem_worker::host::{Host, MAX_PEER_ID, SyncMode};
 use cosystem_worker::transport::bus::{self, Bus, BusHostOptions, BusMessage};
 use cosystem_worker::wire::{
     CallResult, ClientMessage, ErrorCode, Header, HostFrame, HostMessage, Patch, Snapshot,
-    SnapshotReason, SyncReason, call_result, client_message, host_message,
+    SnapshotReason, SyncReason, SyncRequest, call_result, client_message, host_message,
 };
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
@@ -273,6 +273,74 @@ async fn a_lagging_client_settles_its_unanswered_call_outcome_unknown_instead_of
         };
         assert_eq!(resume.have_version, 1);
         assert_eq!(resume.reason, SyncReason::VersionGap as i32);
+    })
+    .await
+}
+
+/// A SyncRequest from `source`, as a client would put it on the bus.
+fn sync_request_from(source: &str) -> BusMessage {
+    BusMessage::Client(std::sync::Arc::new(ClientMessage {
+        header: Some(Header::v1("", source, "host")),
+        kind: Some(client_message::Kind::SyncRequest(SyncRequest {
+            sync_id: 1,
+            have_version: 0,
+            reason: SyncReason::Initial as i32,
+        })),
+    }))
+}
+
+#[tokio::test]
+async fn envelopes_whose_source_is_too_long_to_answer_open_no_session() {
+    within_a_minute(async {
+        let bus = Bus::default();
+        let host = host();
+        tokio::spawn(bus::serve_host(
+            host.clone(),
+            bus.clone(),
+            BusHostOptions::default(),
+        ));
+        let alice = client(&bus, "alice");
+        alice.ready().await.unwrap();
+        // The publication session and alice's.
+        assert_eq!(host.session_count(), 2);
+        let mut replies = bus.subscribe();
+        // Eight 1 MiB sources: each would have been a session holding its
+        // copy until the idle timeout, and, with the sessions at their
+        // limit, evicted an honest client's to make room.
+        for i in 0..8 {
+            bus.send(sync_request_from(&format!("{i}{}", "x".repeat(1 << 20))));
+        }
+        // A source exactly at the limit is still answered. The host handles
+        // the bus in order, so its reply means the others were handled too.
+        let longest = "y".repeat(MAX_PEER_ID);
+        bus.send(sync_request_from(&longest));
+        loop {
+            match replies.recv().await {
+                Ok(BusMessage::Host(frame))
+                    if frame.message().header.as_ref().map(|h| h.target.as_str())
+                        == Some(longest.as_str()) =>
+                {
+                    break;
+                }
+                Ok(BusMessage::Host(frame)) => {
+                    let target = frame
+                        .message()
+                        .header
+                        .as_ref()
+                        .map_or(0, |h| h.target.len());
+                    assert!(target <= MAX_PEER_ID, "a reply to an oversized source");
+                }
+                Ok(BusMessage::Client(_)) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => panic!("the bus closed"),
+            }
+        }
+        // Publications, alice's and the longest's: nothing for the others.
+        assert_eq!(host.session_count(), 3);
+        let value = alice
+            .call("counter", "increase", vec![json!(1)])
+            .await
+            .unwrap();
+        assert_eq!(value, json!(1));
     })
     .await
 }

@@ -52,9 +52,14 @@ const MAX_ERROR_MESSAGE: usize = 1024;
 /// a peer id, a result stays far inside the smallest message limit (§15).
 const MAX_ERROR_DETAILS: usize = 64 * 1024;
 
-/// The longest `source` a host processes a client envelope with: its
-/// replies repeat it as their `target` (spec §3.2).
-const MAX_PEER_ID: usize = 1024;
+/// The longest `source`, in bytes, a host processes a client envelope with:
+/// its replies repeat it as their `target` (spec §2, §3.2), so a longer one
+/// would let a peer make the host copy and send back whatever it sent.
+/// Longer envelopes are refused with [`InputError::PeerIdTooLong`]; a
+/// shared-channel adapter, which keys its reply-only sessions by `source`,
+/// drops them before opening a session for one (see
+/// [`crate::transport::bus`]).
+pub const MAX_PEER_ID: usize = 1024;
 
 /// Identifies one client session within a host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

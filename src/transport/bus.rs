@@ -11,6 +11,10 @@
 //!   gets a reply-only session of its own (publications off), keyed by its
 //!   `source`; its results and sync answers carry `target` = that id, and
 //!   every other client's link drops them unread.
+//! - **Sources are bounded.** A client envelope whose `source` is longer than
+//!   [`MAX_PEER_ID`] is dropped before any session is opened for it: the
+//!   host would never answer it (spec §2), and a session keyed by it would
+//!   hold the oversized id and take a place among the bounded sessions.
 //! - **Capability token.** A host with a capability ignores client envelopes
 //!   that do not carry it, and a client with one ignores host envelopes that
 //!   do not.
@@ -41,7 +45,7 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use super::{ClientLink, Connector, TransportError};
 use crate::client::ClientConfig;
-use crate::host::{Host, HostConfig, InputError, PeerOptions, Session};
+use crate::host::{Host, HostConfig, InputError, MAX_PEER_ID, PeerOptions, Session};
 use crate::wire::{
     ClientMessage, Header, HostFrame, HostMessage, PROTOCOL_VERSION, SnapshotReason, SyncReason,
     SyncRequest, client_message, host_message,
@@ -325,6 +329,18 @@ impl BusHost {
         if header.source.is_empty() {
             // A reply could only be addressed to everyone.
             tracing::debug!("ignored a client envelope without a source on the bus");
+            return;
+        }
+        if header.source.len() > MAX_PEER_ID {
+            // The core would refuse it unprocessed anyway (spec §2), but only
+            // after a session keyed by the whole `source` had been opened for
+            // it: each such envelope would hold its copy until the idle
+            // timeout and could evict an honest client's session (SC10).
+            tracing::debug!(
+                len = header.source.len(),
+                limit = MAX_PEER_ID,
+                "ignored a client envelope whose source is too long to answer"
+            );
             return;
         }
         let source = header.source.clone();
