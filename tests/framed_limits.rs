@@ -1,5 +1,7 @@
-//! Frame size limits and broken input on framed byte streams: a typed error
-//! for the offending connection, and the host keeps serving the others.
+//! Frame size limits, broken input and connections that never start on
+//! framed byte streams: a typed error for the offending connection, or its
+//! closing after the first-frame deadline, and the host keeps serving the
+//! others.
 
 use std::time::Duration;
 
@@ -9,7 +11,8 @@ use cosystem_worker::host::{Host, HostLimits, SyncMode};
 use cosystem_worker::transport::framed::{self, FramedConfig, TcpConnector};
 use cosystem_worker::transport::{Connector, TransportError};
 use cosystem_worker::wire::{
-    Call, CallResult, ClientMessage, Header, SyncRequest, call_result, client_message, host_message,
+    Call, CallResult, ClientMessage, Header, HostMessage, SyncRequest, call_result, client_message,
+    host_message,
 };
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
@@ -308,4 +311,189 @@ async fn a_session_ended_by_bad_input_reports_what_was_wrong() {
         assert_eq!(served.await, Err(InputError::ShuttingDown));
     })
     .await;
+}
+
+/// A host that serves at most `max_clients` sessions, on TCP.
+fn host_for(max_clients: usize) -> Host {
+    Host::builder(demo::app("framed-secret"))
+        .sync(SyncMode::Patch)
+        .sections(demo::DEFAULT_SECTIONS)
+        .limits(HostLimits {
+            max_clients,
+            ..HostLimits::default()
+        })
+        .build()
+}
+
+/// `message` as one frame: its length, then its encoding.
+fn frame(message: &ClientMessage) -> Vec<u8> {
+    let body = prost::Message::encode_to_vec(message);
+    let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+/// The next host envelope on `stream` that is not a bookmark or other
+/// publication: a sync reply or a result.
+async fn next_reply(stream: &mut TcpStream) -> HostMessage {
+    loop {
+        let mut prefix = [0u8; 4];
+        stream.read_exact(&mut prefix).await.unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
+        stream.read_exact(&mut body).await.unwrap();
+        let message: HostMessage = prost::Message::decode(&body[..]).unwrap();
+        match &message.kind {
+            Some(host_message::Kind::Snapshot(s)) if s.sync_id != 0 => return message,
+            Some(host_message::Kind::Result(_)) => return message,
+            _ => {}
+        }
+    }
+}
+
+/// Whether the host has closed `stream`, without waiting: no bytes and no
+/// end of stream waiting means it is still open.
+fn is_open(stream: &TcpStream) -> bool {
+    let mut buf = [0u8; 1];
+    matches!(stream.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// Whether the host closes `stream` within `limit`, reading and dropping
+/// whatever it writes first.
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, limit: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    let read_to_end = async {
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(limit, read_to_end).await.is_ok()
+}
+
+#[tokio::test(start_paused = true)]
+async fn connections_that_send_no_frame_do_not_lock_out_a_real_client() {
+    within_a_minute(async {
+        // Each of these would have held one of the two slots for ever.
+        let host = host_for(2);
+        let address = serve(&host).await;
+        let silent = TcpStream::connect(&address).await.unwrap();
+        let mut half_prefix = TcpStream::connect(&address).await.unwrap();
+        half_prefix.write_all(&[0, 0]).await.unwrap();
+        let mut half_frame = TcpStream::connect(&address).await.unwrap();
+        half_frame
+            .write_all(&[0, 0, 0, 100, 1, 2, 3])
+            .await
+            .unwrap();
+
+        let client = Client::new(TcpConnector::new(address), ClientConfig::default());
+        client.ready().await.unwrap();
+        // Only the client holds a session, while the others are still open.
+        assert_eq!(host.session_count(), 1);
+        for stream in [&silent, &half_prefix, &half_frame] {
+            assert!(is_open(stream), "a waiting connection was closed early");
+        }
+        let value = client
+            .call("counter", "increase", vec![json!(1)])
+            .await
+            .unwrap();
+        assert_eq!(value, json!(1));
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_without_a_complete_first_frame_is_closed_after_the_deadline() {
+    use framed::FIRST_FRAME_TIMEOUT;
+    let host = host_for(10);
+    let address = serve(&host).await;
+    let mut silent = TcpStream::connect(&address).await.unwrap();
+    let mut half_prefix = TcpStream::connect(&address).await.unwrap();
+    half_prefix.write_all(&[0, 0, 0]).await.unwrap();
+    // A body trickled in, but never finished before the deadline.
+    let mut trickle = TcpStream::connect(&address).await.unwrap();
+    trickle.write_all(&[0, 0, 0, 100]).await.unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(FIRST_FRAME_TIMEOUT / 4).await;
+        trickle.write_all(&[0]).await.unwrap();
+    }
+    // The clock is paused: the guard is virtual time, three deadlines long.
+    for (name, stream) in [
+        ("silent", &mut silent),
+        ("half a prefix", &mut half_prefix),
+        ("trickled", &mut trickle),
+    ] {
+        assert!(
+            closed_within(stream, FIRST_FRAME_TIMEOUT * 3).await,
+            "the {name} connection was still open"
+        );
+    }
+    assert_eq!(host.session_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_unix_connection_is_closed_after_the_deadline() {
+    use framed::FIRST_FRAME_TIMEOUT;
+    let path = std::env::temp_dir().join(format!(
+        "cosystem-framed-limits-{}-silent.sock",
+        std::process::id()
+    ));
+    let host = host_for(10);
+    let listener = framed::bind_unix(&path).await.unwrap();
+    tokio::spawn(framed::serve_unix_listener(host.clone(), listener));
+    let mut silent = tokio::net::UnixStream::connect(&path).await.unwrap();
+    assert!(
+        closed_within(&mut silent, FIRST_FRAME_TIMEOUT * 3).await,
+        "the silent connection was still open"
+    );
+    assert_eq!(host.session_count(), 0);
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_whose_first_frame_arrives_in_time_is_served_with_no_later_deadline() {
+    use framed::FIRST_FRAME_TIMEOUT;
+    let host = host_for(10);
+    let address = serve(&host).await;
+    let mut raw = TcpStream::connect(&address).await.unwrap();
+    // Just inside the deadline.
+    tokio::time::sleep(FIRST_FRAME_TIMEOUT - Duration::from_secs(1)).await;
+    assert!(is_open(&raw), "closed before the deadline");
+    raw.write_all(&frame(&sync_request())).await.unwrap();
+    let reply = next_reply(&mut raw).await;
+    assert!(
+        matches!(reply.kind, Some(host_message::Kind::Snapshot(_))),
+        "{reply:?}"
+    );
+    assert_eq!(host.session_count(), 1);
+
+    // The deadline was for the first frame only: the session may then be
+    // idle, or take its time over a frame, as long as it likes.
+    tokio::time::sleep(FIRST_FRAME_TIMEOUT * 3).await;
+    let call = frame(&ClientMessage {
+        header: Some(Header::v1("", "raw", "")),
+        kind: Some(client_message::Kind::Call(Call {
+            call_id: 1,
+            module: "counter".to_owned(),
+            method: "increase".to_owned(),
+            args_json: "[5]".to_owned(),
+        })),
+    });
+    let (start, rest) = call.split_at(6);
+    raw.write_all(start).await.unwrap();
+    tokio::time::sleep(FIRST_FRAME_TIMEOUT * 3).await;
+    raw.write_all(rest).await.unwrap();
+    let reply = next_reply(&mut raw).await;
+    assert!(
+        matches!(
+            &reply.kind,
+            Some(host_message::Kind::Result(CallResult {
+                call_id: 1,
+                outcome: Some(call_result::Outcome::ValueJson(v)),
+                ..
+            })) if v == "5"
+        ),
+        "{reply:?}"
+    );
+    assert_eq!(host.session_count(), 1);
 }

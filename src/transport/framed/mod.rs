@@ -8,7 +8,10 @@
 //! limit ([`FramedConfig::max_frame_bytes`], by default the host's max
 //! message size, 4 MiB) is refused with [`TransportError::FrameTooLarge`] and
 //! that connection is closed; the host keeps serving every other one. One
-//! connection is one session.
+//! connection is one session. A connection accepted by [`serve_tcp`] or
+//! [`serve_unix`] becomes a session only once its first frame has arrived,
+//! and is closed if that takes longer than [`FIRST_FRAME_TIMEOUT`] (spec
+//! FB6).
 //!
 //! Hosts: [`serve_tcp`], [`serve_unix`], [`serve_stdio`], or [`serve_stream`]
 //! for any other stream. Clients: [`TcpConnector`], [`UnixConnector`],
@@ -18,16 +21,19 @@ mod codec;
 mod connect;
 mod serve;
 
-use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use bytes::{Bytes, BytesMut};
+use futures::{SinkExt, Stream, StreamExt};
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 pub use connect::{PipeConnector, SpawnConnector, TcpConnector, UnixConnector, pipe};
-pub use serve::{bind_unix, serve_stdio, serve_stream, serve_tcp, serve_unix, serve_unix_listener};
+pub use serve::{
+    FIRST_FRAME_TIMEOUT, bind_unix, serve_stdio, serve_stream, serve_tcp, serve_unix,
+    serve_unix_listener,
+};
 
-use self::codec::FrameCodec;
+use self::codec::{CodecError, FrameCodec};
 use super::{ClientLink, HostLink, TransportError};
 use crate::host::{Host, HostLimits};
 use crate::wire::{ClientMessage, HostFrame, HostMessage};
@@ -73,11 +79,27 @@ where
     R: AsyncRead + Send + 'static,
     W: AsyncWrite + Send + 'static,
 {
-    let limit = config.max_frame_bytes;
-    let sink = FramedWrite::new(writer, FrameCodec::new(limit))
+    let frames = FramedRead::new(reader, FrameCodec::new(config.max_frame_bytes));
+    host_link_over(frames, writer, peer_id, config)
+}
+
+/// [`host_link`] for a stream whose incoming frames are already being read:
+/// serving an accepted connection reads its first frame before the session
+/// opens (see `serve`).
+fn host_link_over<F, W>(
+    frames: F,
+    writer: W,
+    peer_id: impl Into<String>,
+    config: FramedConfig,
+) -> HostLink
+where
+    F: Stream<Item = Result<BytesMut, CodecError>> + Send + 'static,
+    W: AsyncWrite + Send + 'static,
+{
+    let sink = FramedWrite::new(writer, FrameCodec::new(config.max_frame_bytes))
         .sink_map_err(TransportError::from)
         .with(|frame: HostFrame| futures::future::ok::<_, TransportError>(frame.encoded()));
-    let stream = FramedRead::new(reader, FrameCodec::new(limit)).map(|item| {
+    let stream = frames.map(|item| {
         let bytes = item?;
         ClientMessage::decode(bytes.freeze()).map_err(|e| TransportError::Malformed(e.to_string()))
     });

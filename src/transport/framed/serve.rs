@@ -4,19 +4,53 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio_util::codec::FramedRead;
 
-use super::{FramedConfig, host_link};
+use super::codec::FrameCodec;
+use super::{FramedConfig, host_link, host_link_over};
 use crate::host::{Host, InputError};
+use crate::transport::TransportError;
 
 /// How long the accept loop pauses after a failed accept (for instance when
 /// the process is out of file descriptors), so it does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// How long a connection accepted by [`serve_tcp`] or [`serve_unix`] may
+/// take, from being accepted, to deliver its first complete frame; it is
+/// closed if it has not by then (spec FB6).
+///
+/// Its session opens only once that frame has arrived, so a connection that
+/// stays silent, or sends part of a length prefix or of a frame and then
+/// nothing, never takes one of the host's client slots
+/// ([`HostLimits::max_clients`](crate::host::HostLimits::max_clients)),
+/// and is gone after this long: without it, `max_clients` such sockets
+/// would lock every real client out for as long as they stayed open (TCP
+/// keepalive probes are answered by the peer's kernel, so they never
+/// end it). A client sends its SyncRequest as soon as it connects (spec
+/// L7), so the wait costs it nothing. The same 10 s as gRPC's
+/// [`HANDSHAKE_TIMEOUT`](crate::transport::grpc::HANDSHAKE_TIMEOUT).
+///
+/// Later frames have no deadline. Once a session is open, a peer that
+/// starts a frame and never finishes it holds no more than a client that
+/// connects, syncs and then sends nothing, which the protocol allows for
+/// as long as it likes: its one slot and, at most, one frame's buffer
+/// (`max_frame_bytes`). A deadline would bound nothing an idle client does
+/// not already hold, and would cut off an honest client sending a large
+/// frame over a slow link.
+pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves one session over `io` until the connection closes, breaks, sends
 /// something that is not a frame of at most `config.max_frame_bytes`, or the
 /// host shuts down.
+///
+/// The session opens at once and waits for the peer for as long as it
+/// takes, as suits a stream from a trusted peer (a pipe to a parent or
+/// child process). A connection accepted from a listener is served by
+/// [`serve_tcp`] and [`serve_unix`] instead, which open its session only
+/// once its first frame arrives within [`FIRST_FRAME_TIMEOUT`].
 pub async fn serve_stream<S>(
     host: Host,
     io: S,
@@ -31,9 +65,10 @@ where
 }
 
 /// Accepts TCP connections and serves each as its own session, with frames
-/// up to the host's max message size. Runs until the task is dropped; a
-/// failed accept is logged and retried, and a failed session ends only
-/// itself.
+/// up to the host's max message size. A connection's session opens when its
+/// first frame arrives; one that sends none within [`FIRST_FRAME_TIMEOUT`]
+/// is closed. Runs until the task is dropped; a failed accept is logged and
+/// retried, and a failed session ends only itself.
 pub async fn serve_tcp(host: Host, listener: TcpListener) -> io::Result<()> {
     let config = FramedConfig::for_host(&host);
     loop {
@@ -102,18 +137,55 @@ pub async fn serve_stdio(host: Host) -> Result<(), InputError> {
     host.serve(link).await
 }
 
+/// Serves an accepted connection on its own task (see [`serve_accepted`]).
 fn spawn_session<S>(host: &Host, stream: S, peer: String, config: FramedConfig)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let host = host.clone();
-    tokio::spawn(async move {
-        tracing::info!(%peer, sessions = host.session_count() + 1, "client connected");
-        match serve_stream(host, stream, peer.clone(), config).await {
-            Ok(()) => tracing::info!(%peer, "client disconnected"),
-            Err(error) => tracing::info!(%peer, %error, "client disconnected"),
+    tokio::spawn(serve_accepted(host.clone(), stream, peer, config));
+}
+
+/// Serves a connection accepted from a listener as one session, which opens
+/// only once the peer's first complete frame has arrived within
+/// [`FIRST_FRAME_TIMEOUT`]. A connection that closes, fails or runs out of
+/// time before then is dropped (closed) without ever having had a session.
+async fn serve_accepted<S>(host: Host, stream: S, peer: String, config: FramedConfig)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (reader, writer) = tokio::io::split(stream);
+    let mut frames = FramedRead::new(reader, FrameCodec::new(config.max_frame_bytes));
+    // Connections that never become sessions log at debug: anyone who can
+    // connect can make as many as they like.
+    let first = match tokio::time::timeout(FIRST_FRAME_TIMEOUT, frames.next()).await {
+        Ok(Some(Ok(frame))) => frame,
+        Ok(Some(Err(error))) => {
+            let error = TransportError::from(error);
+            tracing::debug!(%peer, %error, "closing a connection before its first frame");
+            return;
         }
-    });
+        Ok(None) => {
+            tracing::debug!(%peer, "connection closed before its first frame");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(
+                %peer,
+                timeout = ?FIRST_FRAME_TIMEOUT,
+                "closing a connection that sent no complete frame in time"
+            );
+            return;
+        }
+    };
+    // The frame read goes first, then the rest of the same reader: bytes
+    // after it that arrived with it are still in `frames`' buffer.
+    let frames = futures::stream::iter([Ok(first)]).chain(frames);
+    let link = host_link_over(frames, writer, peer.clone(), config);
+    tracing::info!(%peer, sessions = host.session_count() + 1, "client connected");
+    match host.serve(link).await {
+        Ok(()) => tracing::info!(%peer, "client disconnected"),
+        Err(error) => tracing::info!(%peer, %error, "client disconnected"),
+    }
 }
 
 /// Binds a Unix domain socket listener at `path`. A socket file left behind
