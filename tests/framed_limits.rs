@@ -3,7 +3,11 @@
 //! closing after the first-frame deadline, and the host keeps serving the
 //! others.
 
+mod common;
+
 use std::time::Duration;
+
+use common::closed_within;
 
 use cosystem_worker::client::{Client, ClientConfig};
 use cosystem_worker::demo;
@@ -355,20 +359,6 @@ async fn next_reply(stream: &mut TcpStream) -> HostMessage {
 fn is_open(stream: &TcpStream) -> bool {
     let mut buf = [0u8; 1];
     matches!(stream.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-}
-
-/// Whether the host closes `stream` within `limit`, reading and dropping
-/// whatever it writes first.
-async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, limit: Duration) -> bool {
-    let mut buf = [0u8; 64];
-    let read_to_end = async {
-        while let Ok(n) = stream.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-        }
-    };
-    tokio::time::timeout(limit, read_to_end).await.is_ok()
 }
 
 #[tokio::test(start_paused = true)]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{ServedGrpc, serve_grpc};
+use common::{ServedGrpc, closed_within, serve_grpc};
 
 use std::time::Duration;
 
@@ -401,19 +401,4 @@ async fn a_tls_handshake_that_stalls_is_closed() {
         "the stalled TLS connection was still open"
     );
     server.stop().await;
-}
-
-/// Whether the server closes `stream` within `limit`, reading and dropping
-/// whatever it writes first (its HTTP/2 preface, say).
-async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
-    use tokio::io::AsyncReadExt;
-    let mut buf = [0u8; 64];
-    let read_to_end = async {
-        while let Ok(n) = stream.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-        }
-    };
-    tokio::time::timeout(limit, read_to_end).await.is_ok()
 }

@@ -99,14 +99,15 @@ fn a_call_s_log_line_escapes_what_the_client_wrote() {
     assert!(log.contains("session=\"10.0.0.7:5000\""), "{log}");
 }
 
-#[tokio::test]
-async fn a_grpc_session_ended_by_the_host_is_logged_with_its_reason() {
+/// A demo host served over gRPC on loopback: the host, its URL, the sender
+/// that stops the server and the server's task.
+async fn serve_demo_over_grpc() -> (
+    Host,
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), cosystem_worker::transport::grpc::GrpcError>>,
+) {
     use cosystem_worker::transport::grpc::GrpcServer;
-    use cosystem_worker::wire::host_service_client::HostServiceClient;
-    use cosystem_worker::wire::{SyncRequest, client_message::Kind};
-    let captured = Captured::default();
-    // A current-thread test: the server's tasks log on this thread.
-    let _logging = tracing::subscriber::set_default(captured.subscriber(tracing::Level::INFO));
     let host = Host::builder(demo::app("s")).build();
     let server = GrpcServer::builder(host.clone())
         .bind("127.0.0.1:0".parse().unwrap())
@@ -117,6 +118,17 @@ async fn a_grpc_session_ended_by_the_host_is_logged_with_its_reason() {
     let serving = tokio::spawn(server.serve(async move {
         let _ = stopped.await;
     }));
+    (host, url, stop, serving)
+}
+
+#[tokio::test]
+async fn a_grpc_session_ended_by_the_host_is_logged_with_its_reason() {
+    use cosystem_worker::wire::host_service_client::HostServiceClient;
+    use cosystem_worker::wire::{SyncRequest, client_message::Kind};
+    let captured = Captured::default();
+    // A current-thread test: the server's tasks log on this thread.
+    let _logging = tracing::subscriber::set_default(captured.subscriber(tracing::Level::INFO));
+    let (host, url, stop, serving) = serve_demo_over_grpc().await;
 
     // One envelope over the host's 4 MiB limit ends the session.
     let mut raw = HostServiceClient::connect(url)
@@ -159,22 +171,12 @@ async fn a_grpc_session_ended_by_the_host_is_logged_with_its_reason() {
 
 #[tokio::test]
 async fn a_grpc_client_that_goes_away_without_closing_its_stream_is_logged_as_such() {
-    use cosystem_worker::transport::grpc::GrpcServer;
     use cosystem_worker::wire::host_service_client::HostServiceClient;
     use cosystem_worker::wire::{SyncRequest, client_message::Kind};
     use futures::StreamExt;
     let captured = Captured::default();
     let _logging = tracing::subscriber::set_default(captured.subscriber(tracing::Level::INFO));
-    let host = Host::builder(demo::app("s")).build();
-    let server = GrpcServer::builder(host.clone())
-        .bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let url = format!("http://{}", server.local_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.serve(async move {
-        let _ = stopped.await;
-    }));
+    let (host, url, stop, serving) = serve_demo_over_grpc().await;
 
     // A client on a runtime of its own, with a request stream that never
     // ends: the runtime is dropped once the snapshot came, which closes the

@@ -407,3 +407,21 @@ pub fn sync_request(sync_id: u64, have_version: u64) -> cosystem_worker::wire::S
         } as i32,
     }
 }
+
+/// Whether the peer closes `stream` within `limit` (a liveness bound),
+/// reading and dropping whatever it writes first (an HTTP/2 preface, say).
+pub async fn closed_within<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    limit: Duration,
+) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    let read_to_end = async {
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(limit, read_to_end).await.is_ok()
+}
