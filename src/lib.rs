@@ -14,6 +14,7 @@ pub mod client;
 pub mod demo;
 mod fast_hash;
 pub mod host;
+pub mod metrics_server;
 pub mod prometheus;
 pub mod transport;
 pub mod wire;

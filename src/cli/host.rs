@@ -16,9 +16,9 @@ use cosystem_worker::transport::grpc::{
 use tokio::net::TcpListener;
 
 use super::endpoint::{Endpoint, GrpcAddr};
+use super::open_files;
 use super::signals::ShutdownSignals;
 use super::{CliError, read_file, read_token};
-use super::{metrics, open_files};
 
 /// `host` options. Each option but `--stdio` may also come from the
 /// environment variable named in its help (`COSYSTEM_WORKER_` and the
@@ -156,7 +156,7 @@ pub async fn run(args: HostArgs) -> Result<(), CliError> {
     let open_files = open_files::raise();
     let metrics = match &args.metrics_listen {
         Some(authority) => {
-            let listener = metrics::bind(resolve(authority).await?).await?;
+            let listener = bind_metrics(resolve(authority).await?).await?;
             tracing::info!("metrics on http://{}/metrics", listener.local_addr()?);
             Some(listener)
         }
@@ -188,7 +188,11 @@ pub async fn run(args: HostArgs) -> Result<(), CliError> {
 /// one session per connection, so sessions are their connections.
 fn spawn_metrics(listener: Option<TcpListener>, host: &Host, connections: Option<ConnectionGauge>) {
     if let Some(listener) = listener {
-        tokio::spawn(metrics::serve(listener, host.clone(), connections));
+        tokio::spawn(cosystem_worker::metrics_server::serve(
+            listener,
+            host.clone(),
+            connections,
+        ));
     }
 }
 
@@ -444,4 +448,15 @@ async fn resolve(authority: &str) -> Result<SocketAddr, CliError> {
         .map_err(|e| CliError::Usage(format!("cannot resolve {authority}: {e}")))?
         .next()
         .ok_or_else(|| CliError::Usage(format!("{authority} resolves to no address")))
+}
+
+/// Binds `addr` for the metrics server, with a usage error that names the
+/// flag.
+async fn bind_metrics(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr} (--metrics-listen): {e}"),
+        )
+    })
 }

@@ -10,7 +10,6 @@
 mod client;
 mod endpoint;
 mod host;
-mod metrics;
 mod open_files;
 mod signals;
 

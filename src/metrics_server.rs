@@ -1,17 +1,20 @@
-//! `--metrics-listen`: the host's counters ([`Host::stats`]) in the
-//! Prometheus text format, over plain HTTP/1.1 at `GET /metrics`, for a
-//! scraper. Separate from the protocol's port, so that it can be exposed to
-//! a monitoring network alone.
+//! A host's counters ([`Host::stats`]) in the Prometheus text format, over
+//! plain HTTP/1.1 at `GET /metrics`, for a scraper: what `cosystem-worker
+//! host --metrics-listen` serves, for an application serving its own
+//! modules to serve alike. On a port of its own, apart from the protocol's,
+//! so that it can be exposed to a monitoring network alone; hardened like
+//! any listener open to a network (a bounded number of connections, header
+//! and connection deadlines, one request per connection). A scrape never
+//! waits for a method that holds the core (see [`Host::stats`]).
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::host::Host;
+use crate::prometheus::CONTENT_TYPE;
+use crate::transport::grpc::ConnectionGauge;
 use bytes::Bytes;
-use cosystem_worker::host::Host;
-use cosystem_worker::prometheus::CONTENT_TYPE;
-use cosystem_worker::transport::grpc::ConnectionGauge;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -32,8 +35,10 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one connection may take in all, reading the answer included.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves `host`'s metrics, and its gRPC server's connection counts if
-/// given, on `listener` until the process ends.
+/// Serves `host`'s metrics, and a gRPC server's connection counts if given
+/// ([`GrpcServer::connections`](crate::transport::grpc::GrpcServer::connections)),
+/// on `listener` until the future is dropped. Another path answers 404,
+/// another method 405.
 pub async fn serve(listener: TcpListener, host: Host, connections: Option<ConnectionGauge>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -111,14 +116,4 @@ fn respond(
         );
     }
     response
-}
-
-/// Binds `addr` for [`serve`], with a usage error that names the flag.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot listen on {addr} (--metrics-listen): {e}"),
-        )
-    })
 }
