@@ -4,7 +4,7 @@ use json_patch::PatchOperation;
 use json_patch::jsonptr::Pointer;
 use serde_json::Value;
 
-use super::ops::{apply_in_place, parse_ops};
+use super::ops::{Failure, Shifts, apply_in_place, apply_step, parse_ops};
 
 /// Why a patch could not be applied. The mirror is unchanged in every case.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +49,34 @@ pub enum ApplyError {
         /// The limit, from [`copy_budget`].
         budget: usize,
     },
+    /// The patch's `move` operations to deeper paths would move more JSON
+    /// values than [`copy_budget`] allows (a budget of their own, apart
+    /// from that of copies).
+    #[error(
+        "operation {index} would make the patch's moves to deeper paths move {moved} values (the limit is {budget})"
+    )]
+    MovesTooLarge {
+        /// Zero-based index of the operation that went over.
+        index: usize,
+        /// Values moved deeper so far, including this operation's (counted
+        /// no further than needed to go over).
+        moved: usize,
+        /// The limit, from [`copy_budget`].
+        budget: usize,
+    },
+    /// The patch's insertions into and removals from arrays would shift
+    /// more elements than [`shift_budget`] allows.
+    #[error(
+        "operation {index} would make the patch shift {shifted} array elements (the limit is {budget})"
+    )]
+    ShiftsTooLarge {
+        /// Zero-based index of the operation that went over.
+        index: usize,
+        /// Elements shifted so far, including this operation's.
+        shifted: usize,
+        /// The limit, from [`shift_budget`].
+        budget: usize,
+    },
 }
 
 /// The deepest nesting of arrays and objects a patch may give the mirror.
@@ -72,9 +100,31 @@ pub fn copy_budget(patch_len: usize) -> usize {
     patch_len.max(4096)
 }
 
+/// How many array elements the insertions and removals of a patch of
+/// `patch_len` bytes may shift in all: four times the patch's length, but
+/// at least 2^24 (16 777 216).
+///
+/// Inserting into or removing from an array moves every element after the
+/// index, so a patch of adds or removes at the front of an array costs the
+/// client its length per operation: a few megabytes of them, seconds. The
+/// budget keeps that work within a constant factor of a snapshot's. An
+/// operation at index `i` of an array of length `n` is charged `n - i`, and
+/// a run of `add`s, or of `remove`s, with one path is charged once (it is
+/// applied as one splice or drain), which is what a host's diff emits to
+/// truncate an array. The floor, what a patch of the default 4 MiB message
+/// limit may shift, is over eight times the longest array a view within
+/// that limit can hold, so a host's own diffs, and modules that edit
+/// arrays a few elements at a time, never reach it.
+pub fn shift_budget(patch_len: usize) -> usize {
+    patch_len.saturating_mul(4).max(1 << 24)
+}
+
 /// The nesting depth of `value` (0 for a scalar) and how many JSON values it
-/// holds, itself included. Iterative, so a deep value cannot exhaust the stack.
-fn measure(value: &Value) -> (usize, usize) {
+/// holds, itself included. Iterative, so a deep value cannot exhaust the
+/// stack. Stops once it has counted more than `cap` values, so that
+/// measuring against a budget costs no more than the budget: the count is
+/// then `cap + 1` and the depth that of the part counted.
+fn measure(value: &Value, cap: usize) -> (usize, usize) {
     if !value.is_array() && !value.is_object() {
         // The common case, without the walk's allocation.
         return (0, 1);
@@ -84,6 +134,9 @@ fn measure(value: &Value) -> (usize, usize) {
     let mut stack = vec![(value, 0usize)];
     while let Some((v, depth)) = stack.pop() {
         values += 1;
+        if values > cap {
+            break;
+        }
         deepest = deepest.max(depth);
         match v {
             Value::Array(items) => stack.extend(items.iter().map(|c| (c, depth + 1))),
@@ -104,7 +157,7 @@ fn token_count(path: &Pointer) -> usize {
 }
 
 fn check_depth(index: usize, path: &Pointer, value: &Value) -> Result<(), ApplyError> {
-    let depth = token_count(path) + measure(value).0;
+    let depth = token_count(path) + measure(value, usize::MAX).0;
     if depth > MAX_MIRROR_DEPTH {
         return Err(ApplyError::TooDeep { index, depth });
     }
@@ -112,7 +165,8 @@ fn check_depth(index: usize, path: &Pointer, value: &Value) -> Result<(), ApplyE
 }
 
 /// Checks what an operation adds without looking at the document: the
-/// nesting of an `add` or `replace` value at its path.
+/// nesting of an `add` or `replace` value at its path. Costs what the
+/// value's text did.
 fn check_static(index: usize, op: &PatchOperation) -> Result<(), ApplyError> {
     match op {
         PatchOperation::Add(o) => check_depth(index, &o.path, &o.value),
@@ -121,38 +175,72 @@ fn check_static(index: usize, op: &PatchOperation) -> Result<(), ApplyError> {
     }
 }
 
+/// What a patch's `copy` and `move` operations have measured so far, each
+/// against a budget of [`copy_budget`] values.
+///
+/// Moves have a budget of their own rather than a share of the copies':
+/// what copies add is the mirror's growth, which the "Copy amplification"
+/// limit promises hosts up to its size whatever else the patch does, while
+/// what moves measure is only work; apart, neither takes from the other,
+/// and the two together still cost at most twice the budget.
+struct Measured {
+    budget: usize,
+    copied: usize,
+    moved: usize,
+}
+
 /// Checks what a `move` or `copy` would add, by measuring its source in the
-/// document it is about to change. A source that does not exist is left for
-/// the operation itself to report.
+/// document it is about to change, within the patch's budgets. A source
+/// that does not exist is left for the operation itself to report, as is a
+/// move into its own child.
+///
+/// A `move` is measured only if its `path` has more tokens than its `from`:
+/// the only way it can nest the mirror deeper (§15, mirror depth). Every
+/// value in the mirror already sits within [`MAX_MIRROR_DEPTH`] (snapshots
+/// are parsed to it, patches checked against it), so one moved to the same
+/// depth or higher stays within it, and a `move` onto itself (a no-op,
+/// §7.4) moves nothing. A host moving, say, list items around never
+/// measures them.
 fn check_source(
     index: usize,
     op: &PatchOperation,
     doc: &Value,
-    copied: &mut usize,
-    budget: usize,
+    measured: &mut Measured,
 ) -> Result<(), ApplyError> {
-    let (from, path, is_copy) = match op {
-        PatchOperation::Move(o) => (&o.from, &o.path, false),
-        PatchOperation::Copy(o) => (&o.from, &o.path, true),
+    let (from, path, tally) = match op {
+        PatchOperation::Move(o) => {
+            let into_itself = o.path.starts_with(&o.from) && o.path.len() != o.from.len();
+            if o.from == o.path || into_itself || token_count(&o.path) <= token_count(&o.from) {
+                return Ok(());
+            }
+            (&o.from, &o.path, &mut measured.moved)
+        }
+        PatchOperation::Copy(o) => (&o.from, &o.path, &mut measured.copied),
         _ => return Ok(()),
     };
     let Some(source) = doc.pointer(from.as_str()) else {
         return Ok(());
     };
-    let (depth, values) = measure(source);
+    let budget = measured.budget;
+    let (depth, values) = measure(source, budget.saturating_sub(*tally));
+    *tally = tally.saturating_add(values);
+    if *tally > budget {
+        return Err(match op {
+            PatchOperation::Move(_) => ApplyError::MovesTooLarge {
+                index,
+                moved: *tally,
+                budget,
+            },
+            _ => ApplyError::CopiesTooLarge {
+                index,
+                copied: *tally,
+                budget,
+            },
+        });
+    }
     let depth = token_count(path) + depth;
     if depth > MAX_MIRROR_DEPTH {
         return Err(ApplyError::TooDeep { index, depth });
-    }
-    if is_copy {
-        *copied = copied.saturating_add(values);
-        if *copied > budget {
-            return Err(ApplyError::CopiesTooLarge {
-                index,
-                copied: *copied,
-                budget,
-            });
-        }
     }
     Ok(())
 }
@@ -237,69 +325,127 @@ fn needs_working_copy(op: &PatchOperation) -> bool {
 ///
 /// Costs O(size of the patch) for patches of `add`, `remove` and `replace`
 /// below the root, which are applied in place and undone on failure (their
-/// undo cannot fail). A patch with a root operation, a `move`, a `copy` or a
-/// `test` (none of which hosts emit) is applied to a copy, one
-/// operation at a time without json-patch's undo, and the copy replaces
-/// `view` only if every operation succeeded and the result is an object.
+/// undo cannot fail), plus the array elements they shift. A patch with a
+/// root operation, a `move`, a `copy` or a `test` (none of which hosts emit)
+/// is applied to a copy, one operation at a time without json-patch's undo,
+/// and the copy replaces `view` only if every operation succeeded and the
+/// result is an object.
 ///
 /// Besides RFC 6902's own failures, a patch is refused if it would nest the
-/// mirror deeper than [`MAX_MIRROR_DEPTH`], or if its copies would add more values
-/// than [`copy_budget`] allows (so that, as with a snapshot, what a patch
-/// adds is bounded by its size).
+/// mirror deeper than [`MAX_MIRROR_DEPTH`]; if its copies would add more
+/// values than [`copy_budget`] allows (so that, as with a snapshot, what a
+/// patch adds is bounded by its size), or its moves to deeper paths would
+/// move more than that (so is the work of checking their depth); or if it
+/// would shift more array elements than [`shift_budget`] allows.
 pub fn apply_patch(view: &mut Value, patch_json: &str) -> Result<(), ApplyError> {
+    let len = patch_json.len();
+    apply_within(view, patch_json, copy_budget(len), shift_budget(len)).map(drop)
+}
+
+/// [`apply_patch`] with the budgets given: `copies` for the values copied
+/// and, apart, for those moved deeper; `shifts` for array elements shifted.
+/// Returns the elements the patch shifted.
+fn apply_within(
+    view: &mut Value,
+    patch_json: &str,
+    copies: usize,
+    shifts: usize,
+) -> Result<usize, ApplyError> {
     let ops = parse_ops(patch_json).map_err(|e| ApplyError::Malformed(e.to_string()))?;
     if ops.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     for (index, op) in ops.iter().enumerate() {
         check_static(index, op)?;
     }
-    if ops.iter().any(needs_working_copy) {
-        let budget = copy_budget(patch_json.len());
-        let mut copied = 0;
-        let mut copy = view.clone();
-        for (index, op) in ops.iter().enumerate() {
-            check_source(index, op, &copy, &mut copied, budget)?;
-            if let PatchOperation::Test(t) = op {
+    let mut shifts = Shifts::new(shifts);
+    let failed = |index: usize, failure: Failure, shifts: &Shifts| match failure {
+        Failure::Patch(kind) => ApplyError::Operation {
+            index,
+            reason: kind.to_string(),
+        },
+        Failure::Shifts => ApplyError::ShiftsTooLarge {
+            index,
+            shifted: shifts.shifted,
+            budget: shifts.budget,
+        },
+    };
+    if !ops.iter().any(needs_working_copy) {
+        return apply_in_place(view, &ops, &mut shifts)
+            .map(|()| shifts.shifted)
+            .map_err(|(index, failure)| failed(index, failure, &shifts));
+    }
+    let mut measured = Measured {
+        budget: copies,
+        copied: 0,
+        moved: 0,
+    };
+    let mut copy = view.clone();
+    let mut index = 0;
+    while index < ops.len() {
+        let op = &ops[index];
+        check_source(index, op, &copy, &mut measured)?;
+        match op {
+            PatchOperation::Test(t) => {
                 test_op(&copy, &t.path, &t.value)
                     .map_err(|reason| ApplyError::Operation { index, reason })?;
-                continue;
             }
             // §7.4: `from` = `path` is a no-op (once `from` is known to
             // exist). json-patch would remove and re-add, which fails at the
             // root, where nothing can be removed.
-            if let PatchOperation::Move(m) = op
-                && m.from == m.path
-            {
+            PatchOperation::Move(m) if m.from == m.path => {
                 if copy.pointer(m.from.as_str()).is_none() {
                     return Err(ApplyError::Operation {
                         index,
                         reason: "\"from\" path is invalid".to_owned(),
                     });
                 }
+            }
+            PatchOperation::Move(_) | PatchOperation::Copy(_) => {
+                match op {
+                    PatchOperation::Move(m) => shifts.charge_move(&copy, &m.from, &m.path),
+                    PatchOperation::Copy(c) => shifts.charge_copy(&copy, &c.path),
+                    _ => Ok(()),
+                }
+                .map_err(|failure| failed(index, failure, &shifts))?;
+                json_patch::patch_unsafe(&mut copy, std::slice::from_ref(op)).map_err(|e| {
+                    ApplyError::Operation {
+                        index,
+                        reason: e.kind.to_string(),
+                    }
+                })?;
+            }
+            // At the root, where no array shifts.
+            _ if touches_root(op) => {
+                json_patch::patch_unsafe(&mut copy, std::slice::from_ref(op)).map_err(|e| {
+                    ApplyError::Operation {
+                        index,
+                        reason: e.kind.to_string(),
+                    }
+                })?;
+            }
+            // `add`, `remove` and `replace` below the root, as in place
+            // (with runs), their undo not needed.
+            _ => {
+                let (taken, _undo) = apply_step(&mut copy, &ops[index..], &mut shifts)
+                    .map_err(|failure| failed(index, failure, &shifts))?;
+                index += taken;
                 continue;
             }
-            json_patch::patch_unsafe(&mut copy, std::slice::from_ref(op)).map_err(|e| {
-                ApplyError::Operation {
-                    index,
-                    reason: e.kind.to_string(),
-                }
-            })?;
         }
-        if !copy.is_object() {
-            return Err(ApplyError::NotAnObject);
-        }
-        *view = copy;
-        return Ok(());
+        index += 1;
     }
-    apply_in_place(view, &ops).map_err(|(index, kind)| ApplyError::Operation {
-        index,
-        reason: kind.to_string(),
-    })
+    if !copy.is_object() {
+        return Err(ApplyError::NotAnObject);
+    }
+    *view = copy;
+    Ok(shifts.shifted)
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::{Just, Strategy, TestCaseError, prop_oneof};
+    use proptest::{prop_assert, prop_assert_eq};
     use serde_json::json;
 
     use super::*;
@@ -569,5 +715,358 @@ mod tests {
         apply_patch(&mut small, r#"[{"op":"copy","from":"/a","path":"/b"}]"#)
             .expect("a copy within the budget applies");
         assert_eq!(small["b"], small["a"]);
+    }
+
+    /// `n` values in all: an array of `n - 1` scalars.
+    fn values(n: usize) -> Value {
+        Value::Array(vec![json!(0); n - 1])
+    }
+
+    /// A move onto itself is a no-op (§7.4), and used to be measured
+    /// anyway, once per operation: thousands of them against a large array
+    /// cost the client O(array) each. Now they are not measured at all, so
+    /// even with no budget they apply.
+    #[test]
+    fn moves_onto_themselves_measure_nothing() {
+        let doc = json!({"s": {"a": values(10_000)}});
+        let ops: Vec<Value> = (0..100)
+            .map(|_| json!({"op": "move", "from": "/s/a", "path": "/s/a"}))
+            .collect();
+        let mut v = doc.clone();
+        apply_within(&mut v, &Value::Array(ops).to_string(), 0, 0).expect("no-ops apply");
+        assert_eq!(v, doc);
+    }
+
+    /// A move to the same depth or higher cannot nest the mirror deeper,
+    /// so it is not measured either: a host moving large values around
+    /// (renaming a member, reordering a list) never meets the move budget.
+    #[test]
+    fn moves_to_no_deeper_paths_measure_nothing() {
+        let mut v = json!({"s": {"a": values(10_000), "l": [[1], [2]]}});
+        let patch = json!([
+            {"op": "move", "from": "/s/a", "path": "/s/b"},
+            {"op": "move", "from": "/s/b", "path": "/t"},
+            {"op": "move", "from": "/s/l/1", "path": "/s/l/0"},
+        ]);
+        apply_within(&mut v, &patch.to_string(), 0, usize::MAX).expect("unmeasured moves apply");
+        assert_eq!(v, json!({"s": {"l": [[2], [1]]}, "t": values(10_000)}));
+    }
+
+    /// Moves to deeper paths are measured (for mirror depth), and what they
+    /// measure is bounded like what copies add: at most [`copy_budget`]
+    /// values per patch, 4096 for a small one, counted over all its moves.
+    #[test]
+    fn moves_to_deeper_paths_may_move_no_more_values_than_the_budget() {
+        let doc = |b: usize| json!({"s": {"a": values(4000), "b": values(b), "c": {}}});
+        let patch = json!([
+            {"op": "move", "from": "/s/a", "path": "/s/c/a"},
+            {"op": "move", "from": "/s/b", "path": "/s/c/b"},
+        ])
+        .to_string();
+        let mut v = doc(96);
+        apply_patch(&mut v, &patch).expect("4096 values moved deeper apply");
+        assert_eq!(v["s"]["c"]["b"], values(96));
+        let error = refused_unchanged(doc(97), &patch);
+        assert_eq!(
+            error,
+            ApplyError::MovesTooLarge {
+                index: 1,
+                moved: 4097,
+                budget: 4096
+            }
+        );
+    }
+
+    /// Moves have a budget of their own: a patch may copy the full copy
+    /// budget and move as much deeper.
+    #[test]
+    fn moves_and_copies_have_budgets_of_their_own() {
+        let mut v = json!({"s": {"a": values(4096), "b": values(4096), "c": {}}});
+        let patch = json!([
+            {"op": "copy", "from": "/s/a", "path": "/s/d"},
+            {"op": "move", "from": "/s/b", "path": "/s/c/b"},
+        ]);
+        apply_patch(&mut v, &patch.to_string()).expect("each within its own budget");
+        assert_eq!(v["s"]["d"], v["s"]["a"]);
+        assert_eq!(v["s"]["c"]["b"], values(4096));
+    }
+
+    #[test]
+    fn shift_budget_is_four_elements_per_patch_byte_over_its_floor() {
+        assert_eq!(shift_budget(0), 1 << 24);
+        assert_eq!(shift_budget(1 << 22), 1 << 24);
+        assert_eq!(shift_budget((1 << 22) + 1), (1 << 24) + 4);
+        assert_eq!(shift_budget(usize::MAX), usize::MAX);
+    }
+
+    /// Inserting at or removing from the front of an array shifts the rest
+    /// of it: thousands of such operations used to cost the client seconds.
+    /// A patch may shift [`shift_budget`] elements (2^24 for a small one)
+    /// and not one more.
+    #[test]
+    fn array_shifts_up_to_the_budget_apply_and_one_more_is_refused() {
+        const LEN: usize = 1 << 20;
+        let doc = json!({"s": {"a": vec![Value::Null; LEN]}});
+        // Each pair shifts LEN (the remove) + LEN - 1 (the add, one shorter):
+        // eight pairs, 2^24 - 8. Runs are charged once, so the pairs
+        // alternate rather than repeat.
+        let mut ops = Vec::new();
+        for _ in 0..8 {
+            ops.push(json!({"op": "remove", "path": "/s/a/0"}));
+            ops.push(json!({"op": "add", "path": "/s/a/0", "value": 1}));
+        }
+        let with_last = |index: usize| {
+            let mut ops = ops.clone();
+            ops.push(json!({"op": "remove", "path": format!("/s/a/{index}")}));
+            Value::Array(ops).to_string()
+        };
+        let mut v = doc.clone();
+        apply_patch(&mut v, &with_last(LEN - 8)).expect("2^24 shifted elements apply");
+        assert_eq!(v["s"]["a"].as_array().map(Vec::len), Some(LEN - 1));
+        let error = refused_unchanged(doc, &with_last(LEN - 9));
+        assert_eq!(
+            error,
+            ApplyError::ShiftsTooLarge {
+                index: 16,
+                shifted: (1 << 24) + 1,
+                budget: 1 << 24
+            }
+        );
+    }
+
+    /// The budget binds on the working copy too (a patch with a `test`),
+    /// where `move` and `copy` are charged as the insertions and removals
+    /// they are.
+    #[test]
+    fn moves_and_copies_shift_arrays_against_the_same_budget() {
+        let doc = json!({"s": {"a": [0, 1, 2, 3], "n": 9}});
+        // A move onto itself shifts nothing; then remove at 1 of 4 (3) and
+        // insert at 0 of 3 (3); then insert at 0 of 4 (4).
+        let patch = r#"[{"op":"test","path":"/s/n","value":9},
+            {"op":"move","from":"/s/a/0","path":"/s/a/0"},
+            {"op":"move","from":"/s/a/1","path":"/s/a/0"},
+            {"op":"copy","from":"/s/n","path":"/s/a/0"}]"#;
+        let mut v = doc.clone();
+        apply_within(&mut v, patch, usize::MAX, 10).expect("10 shifts within 10");
+        assert_eq!(v["s"]["a"], json!([9, 1, 0, 2, 3]));
+        let error = refused_unchanged_within(doc, patch, 9);
+        assert!(
+            matches!(
+                error,
+                ApplyError::ShiftsTooLarge {
+                    index: 3,
+                    shifted: 10,
+                    budget: 9
+                }
+            ),
+            "{error:?}"
+        );
+    }
+
+    /// What a host's diff emits to truncate an array, removes at the new
+    /// end one by one, is one run, charged once: the elements it removes.
+    /// Applied one at a time, it used to be quadratic in them.
+    #[test]
+    fn a_run_of_removes_at_one_index_is_charged_once() {
+        let doc = json!({"s": {"a": (0..100).collect::<Vec<_>>()}});
+        let ops: Vec<Value> = (0..60)
+            .map(|_| json!({"op": "remove", "path": "/s/a/40"}))
+            .collect();
+        let patch = Value::Array(ops).to_string();
+        let mut v = doc.clone();
+        apply_within(&mut v, &patch, 0, 60).expect("a run of 60 at 40 of 100 shifts 60");
+        assert_eq!(v["s"]["a"], json!((0..40).collect::<Vec<_>>()));
+        let error = refused_unchanged_within(doc, &patch, 59);
+        assert!(
+            matches!(error, ApplyError::ShiftsTooLarge { index: 0, .. }),
+            "{error:?}"
+        );
+    }
+
+    fn refused_unchanged_within(doc: Value, patch: &str, shifts: usize) -> ApplyError {
+        let mut patched = doc.clone();
+        let error =
+            apply_within(&mut patched, patch, usize::MAX, shifts).expect_err("the patch must fail");
+        assert_eq!(patched, doc, "a failed patch changed the mirror");
+        error
+    }
+
+    /// (length - index) of inserting at (`insert`) or removing the element
+    /// at `path` in `doc`, or 0 where that is not a place in an array.
+    fn model_shift(doc: &Value, path: &str, insert: bool) -> usize {
+        let Some((parent, last)) = path.rsplit_once('/') else {
+            return 0;
+        };
+        let Some(Value::Array(arr)) = doc.pointer(parent) else {
+            return 0;
+        };
+        let index = if last == "-" {
+            Some(arr.len())
+        } else if last == "0"
+            || (!last.starts_with('0') && last.bytes().all(|b| b.is_ascii_digit()))
+        {
+            last.parse::<usize>().ok()
+        } else {
+            None
+        };
+        match index {
+            Some(i) if i < arr.len() || (insert && i == arr.len()) => arr.len() - i,
+            _ => 0,
+        }
+    }
+
+    /// Where a patch must stop, by the spec's rules applied one operation
+    /// at a time with json-patch: the result and the elements shifted, or
+    /// the index of the first operation that fails or takes the charge over
+    /// `budget`, and whether it failed.
+    fn model(doc: &Value, ops: &[Value], budget: usize) -> Result<(Value, usize), (usize, bool)> {
+        let mut d = doc.clone();
+        let mut charged = 0usize;
+        for (j, op) in ops.iter().enumerate() {
+            let kind = op["op"].as_str().unwrap();
+            let path = op["path"].as_str().unwrap();
+            let continues = j > 0
+                && matches!(kind, "add" | "remove")
+                && ops[j - 1]["op"] == op["op"]
+                && ops[j - 1]["path"] == op["path"];
+            let mut next = d.clone();
+            let patch: json_patch::Patch = serde_json::from_value(json!([op])).unwrap();
+            let failed = match kind {
+                "test" => d.pointer(path) != Some(&op["value"]),
+                "move" if op["from"] == op["path"] => d.pointer(path).is_none(),
+                _ => json_patch::patch(&mut next, &patch).is_err(),
+            };
+            let charge = match kind {
+                _ if continues || failed => 0,
+                "add" => model_shift(&d, path, true),
+                "remove" => model_shift(&d, path, false),
+                "copy" => model_shift(&d, path, true),
+                "move" if op["from"] == op["path"] => 0,
+                "move" => {
+                    let from = op["from"].as_str().unwrap();
+                    let mut removed = d.clone();
+                    let remove: json_patch::Patch =
+                        serde_json::from_value(json!([{"op": "remove", "path": from}])).unwrap();
+                    json_patch::patch(&mut removed, &remove).unwrap();
+                    model_shift(&d, from, false) + model_shift(&removed, path, true)
+                }
+                _ => 0,
+            };
+            charged += charge;
+            if failed {
+                return Err((j, true));
+            }
+            if charged > budget {
+                return Err((j, false));
+            }
+            if kind != "test" && !(kind == "move" && op["from"] == op["path"]) {
+                d = next;
+            }
+        }
+        Ok((d, charged))
+    }
+
+    fn shifting_op() -> impl Strategy<Value = Value> {
+        let index = prop_oneof![
+            Just("0"),
+            Just("1"),
+            Just("2"),
+            Just("5"),
+            Just("-"),
+            Just("01")
+        ];
+        let path = (prop_oneof![Just("/a"), Just("/b"), Just("/a/0")], index)
+            .prop_map(|(array, index)| format!("{array}/{index}"));
+        prop_oneof![
+            4 => path.clone().prop_map(|path| json!({"op": "add", "path": path, "value": 7})),
+            4 => path.clone().prop_map(|path| json!({"op": "remove", "path": path})),
+            1 => path.clone().prop_map(|path| json!({"op": "replace", "path": path, "value": 8})),
+            2 => (path.clone(), path.clone())
+                .prop_map(|(from, path)| json!({"op": "move", "from": from, "path": path})),
+            1 => (path.clone(), path)
+                .prop_map(|(from, path)| json!({"op": "copy", "from": from, "path": path})),
+            1 => Just(json!({"op": "test", "path": "/b", "value": [4, 5]})),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+        /// For every patch of insertions, removals, moves and copies (runs
+        /// of one path likely among them), in place or on the working copy,
+        /// and every budget: the patch applies exactly when every
+        /// operation does and the elements it shifts, counted as §15 counts
+        /// them, are within the budget, with json-patch's result; otherwise
+        /// it is refused, unchanged, at the operation where either first
+        /// failed, and for the budget when only the budget did.
+        #[test]
+        fn shift_budget_refuses_exactly_the_patches_over_it(
+            len in 0usize..5,
+            ops in proptest::collection::vec(
+                proptest::prop_oneof![
+                    3 => shifting_op().prop_map(|op| vec![op]),
+                    1 => (shifting_op(), 2usize..5).prop_map(|(op, n)| vec![op; n]),
+                ],
+                1..6,
+            ),
+            budget in 0usize..16,
+        ) {
+            let ops: Vec<Value> = ops.into_iter().flatten().collect();
+            let doc = json!({"a": (0..len).map(|i| json!([i])).collect::<Vec<_>>(), "b": [4, 5]});
+            let patch = Value::Array(ops.clone()).to_string();
+            let mut ours = doc.clone();
+            let result = apply_within(&mut ours, &patch, usize::MAX, budget);
+            match (model(&doc, &ops, budget), result) {
+                (Ok((expected, charged)), Ok(shifted)) => {
+                    prop_assert_eq!(ours, expected);
+                    prop_assert_eq!(shifted, charged, "{}", patch);
+                }
+                (Err((j, failed)), Err(error)) => {
+                    prop_assert_eq!(&ours, &doc);
+                    match error {
+                        ApplyError::ShiftsTooLarge { index, .. } => prop_assert_eq!(index, j),
+                        ApplyError::Operation { index, .. } => {
+                            prop_assert!(failed, "{:?}", (j, index));
+                            prop_assert_eq!(index, j);
+                        }
+                        other => prop_assert!(false, "{other:?}"),
+                    }
+                }
+                (expected, result) => prop_assert!(false, "{patch}: {expected:?} vs {result:?}"),
+            }
+        }
+
+        /// A host's own patches, its diffs (json-patch's, which the host's
+        /// `app::diff` reproduces exactly), concatenated as a resume patch
+        /// concatenates them (PA5), shift at most one element per operation:
+        /// every one shifts nothing but the runs that truncate arrays, each
+        /// charged the elements it removes. So the floor of the budget is
+        /// never approached by what a host publishes.
+        #[test]
+        fn host_diffs_shift_at_most_one_element_per_operation(
+            states in proptest::collection::vec(diff_state(), 2..5),
+        ) {
+            let mut ops = Vec::new();
+            for pair in states.windows(2) {
+                ops.extend(json_patch::diff(&pair[0], &pair[1]).0);
+            }
+            let patch = serde_json::to_string(&ops).unwrap();
+            let mut v = states[0].clone();
+            apply_within(&mut v, &patch, 0, ops.len()).map_err(|e| TestCaseError::fail(format!("{patch}: {e}")))?;
+            prop_assert_eq!(&v, states.last().unwrap());
+        }
+    }
+
+    fn diff_state() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![Just(Value::Null), (0i64..3).prop_map(Value::from)];
+        let value = leaf.prop_recursive(3, 40, 12, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..12).prop_map(Value::Array),
+                proptest::collection::btree_map(prop_oneof![Just("a"), Just("b")], inner, 0..3)
+                    .prop_map(|m| Value::Object(
+                        m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+                    )),
+            ]
+        });
+        (value.clone(), value).prop_map(|(a, b)| json!({"s": {"a": a, "b": b}}))
     }
 }

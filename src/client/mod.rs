@@ -13,7 +13,7 @@ mod outbound;
 mod reconnect;
 mod watch;
 
-pub use apply::{ApplyError, MAX_MIRROR_DEPTH, apply_patch, copy_budget};
+pub use apply::{ApplyError, MAX_MIRROR_DEPTH, apply_patch, copy_budget, shift_budget};
 pub use call::{CallFuture, CallOptions, ModuleHandle, VersionedCall};
 pub use connection::Connection;
 pub use core::{

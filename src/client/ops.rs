@@ -10,6 +10,7 @@
 
 use std::fmt;
 
+use json_patch::jsonptr::index::Index;
 use json_patch::jsonptr::{Pointer, PointerBuf};
 use json_patch::{
     AddOperation, CopyOperation, MoveOperation, PatchErrorKind, PatchOperation, RemoveOperation,
@@ -282,47 +283,247 @@ fn replace(doc: &mut Value, path: &Pointer, value: Value) -> Result<Value, Patch
     Ok(std::mem::replace(target, value))
 }
 
-/// How to take back one applied operation.
-enum Undo<'p> {
+/// A per-patch budget of array elements shifted (spec §15, "Array
+/// shifting"): what inserting into or removing from an array costs, beyond
+/// the operation itself, since every later element moves.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shifts {
+    /// Elements charged so far.
+    pub(crate) shifted: usize,
+    /// The most the patch may shift.
+    pub(crate) budget: usize,
+}
+
+impl Shifts {
+    pub(crate) fn new(budget: usize) -> Self {
+        Shifts { shifted: 0, budget }
+    }
+
+    /// Charges `elements`, or says the patch went over the budget (having
+    /// charged them, so that the error reports the total).
+    fn charge(&mut self, elements: usize) -> Result<(), Failure> {
+        self.shifted = self.shifted.saturating_add(elements);
+        if self.shifted > self.budget {
+            return Err(Failure::Shifts);
+        }
+        Ok(())
+    }
+
+    /// Charges a `move`, before it is applied to `doc`: its removal at
+    /// `from`, then its insertion at `path` into an array that removal may
+    /// have shortened.
+    pub(crate) fn charge_move(
+        &mut self,
+        doc: &Value,
+        from: &Pointer,
+        path: &Pointer,
+    ) -> Result<(), Failure> {
+        if path.starts_with(from) && path.len() != from.len() {
+            // Into its own child: the move fails, shifting nothing.
+            return Ok(());
+        }
+        let removed = array_shift(doc, from, false);
+        let mut added = array_shift(doc, path, true);
+        if removed > 0 && from.split_back().map(|(p, _)| p) == path.split_back().map(|(p, _)| p) {
+            // The same array: the insertion happens one element shorter.
+            added = added.saturating_sub(1);
+        }
+        self.charge(removed.saturating_add(added))
+    }
+
+    /// Charges a `copy` to `path`, before it is applied to `doc`.
+    pub(crate) fn charge_copy(&mut self, doc: &Value, path: &Pointer) -> Result<(), Failure> {
+        self.charge(array_shift(doc, path, true))
+    }
+}
+
+/// Why [`apply_in_place`] or [`apply_step`] stopped.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The operation failed as json-patch's would.
+    Patch(PatchErrorKind),
+    /// The operation would take the patch over its [`Shifts`] budget.
+    Shifts,
+}
+
+impl From<PatchErrorKind> for Failure {
+    fn from(kind: PatchErrorKind) -> Self {
+        Failure::Patch(kind)
+    }
+}
+
+/// How many elements inserting at `path` (`insert`) or removing the element
+/// at `path` would shift: the array's length minus the index, or 0 where
+/// `path` is not a valid place in an array (the operation then fails, or
+/// does not touch an array).
+fn array_shift(doc: &Value, path: &Pointer, insert: bool) -> usize {
+    let Some((parent, last)) = path.split_back() else {
+        return 0;
+    };
+    let Some(Value::Array(arr)) = doc.pointer(parent.as_str()) else {
+        return 0;
+    };
+    let index = match last.to_index() {
+        Ok(index) if insert => index.for_len_incl(arr.len()),
+        Ok(index) => index.for_len(arr.len()),
+        Err(_) => return 0,
+    };
+    index.map_or(0, |i| arr.len() - i)
+}
+
+/// How many operations from the start of `ops` make a run: `add`s with the
+/// same path, or `remove`s with the same path (at least the first).
+fn run_len(ops: &[PatchOperation]) -> usize {
+    let same = |next: &PatchOperation| match (&ops[0], next) {
+        (PatchOperation::Add(a), PatchOperation::Add(b)) => a.path == b.path,
+        (PatchOperation::Remove(a), PatchOperation::Remove(b)) => a.path == b.path,
+        _ => false,
+    };
+    1 + ops[1..].iter().take_while(|op| same(op)).count()
+}
+
+/// How to take back one applied step.
+pub(crate) enum Undo<'p> {
     Remove(&'p Pointer),
     Add(&'p Pointer, Value),
     Replace(&'p Pointer, Value),
+    /// Remove the elements a run of `add`s inserted into the array holding
+    /// the path: how many, from which index.
+    Unsplice(&'p Pointer, usize, usize),
+    /// Put back the elements a run of `remove`s took from the array holding
+    /// the path, at that index.
+    Unremove(&'p Pointer, usize, Vec<Value>),
+}
+
+/// The array holding `path`'s last token.
+fn parent_array<'v>(doc: &'v mut Value, path: &Pointer) -> Option<&'v mut Vec<Value>> {
+    match resolve_mut(doc, path.split_back()?.0)? {
+        Value::Array(arr) => Some(arr),
+        _ => None,
+    }
+}
+
+/// Applies the first step of `ops` to `doc` and returns how many operations
+/// it took, with its undo; or the failure of the operation at that offset,
+/// having changed nothing for it.
+///
+/// A step is one operation, or a run of `add`s into an array with the same
+/// path, or of `remove`s from an array with the same path (see
+/// [`run_len`]): a run is one splice or one drain, so it costs the elements
+/// after its index once, not once per operation, and is charged so to
+/// `shifts`. A host truncating an array emits exactly such a run (its diff
+/// removes every element past the new end at the new end's index), and a
+/// module that pushes or pops at the front of a list one element at a time
+/// emits another; applied one by one they shift the rest of the array per
+/// operation, quadratic in the run. The result is what applying the run's
+/// operations one by one gives: inserting at one index puts each value
+/// before the last, appending (`-`) after it, and a run of removes that
+/// outlasts the array stops where the array ends, leaving the next
+/// operation to fail with nothing left to remove.
+///
+/// Only `add`, `remove` and `replace` are taken; any other operation fails
+/// as `InvalidPointer`.
+pub(crate) fn apply_step<'p>(
+    doc: &mut Value,
+    ops: &'p [PatchOperation],
+    shifts: &mut Shifts,
+) -> Result<(usize, Undo<'p>), Failure> {
+    match &ops[0] {
+        PatchOperation::Add(o) => {
+            if let Some(arr) = parent_array(doc, &o.path) {
+                let last = o
+                    .path
+                    .split_back()
+                    .map(|(_, l)| l)
+                    .expect("it has a parent");
+                // Checked first, as `add` checks it: a bad index fails the
+                // operation whatever the budget.
+                let index = last.to_index().map_err(PatchErrorKind::from)?;
+                let at = index
+                    .for_len_incl(arr.len())
+                    .map_err(PatchErrorKind::from)?;
+                shifts.charge(arr.len() - at)?;
+                // Runs are only looked for here, where they are applied
+                // whole, so each operation is looked at once.
+                let run = run_len(ops);
+                if run == 1 {
+                    arr.insert(at, o.value.clone());
+                    return Ok((1, Undo::Remove(&o.path)));
+                }
+                let value = |op: &PatchOperation| match op {
+                    PatchOperation::Add(a) => a.value.clone(),
+                    _ => unreachable!("a run holds only adds"),
+                };
+                if matches!(index, Index::Next) {
+                    arr.extend(ops[..run].iter().map(value));
+                } else {
+                    arr.splice(at..at, ops[..run].iter().rev().map(value));
+                }
+                return Ok((run, Undo::Unsplice(&o.path, at, run)));
+            }
+            let undo = match add(doc, &o.path, o.value.clone())? {
+                None => Undo::Remove(&o.path),
+                Some(prev) => Undo::Add(&o.path, prev),
+            };
+            Ok((1, undo))
+        }
+        PatchOperation::Remove(o) => {
+            if let Some(arr) = parent_array(doc, &o.path) {
+                let last = o
+                    .path
+                    .split_back()
+                    .map(|(_, l)| l)
+                    .expect("it has a parent");
+                let at = last
+                    .to_index()
+                    .map_err(PatchErrorKind::from)?
+                    .for_len(arr.len())
+                    .map_err(PatchErrorKind::from)?;
+                shifts.charge(arr.len() - at)?;
+                // Those past the end are left to fail on their own.
+                let taken = run_len(ops).min(arr.len() - at);
+                let removed: Vec<Value> = arr.drain(at..at + taken).collect();
+                return Ok((taken, Undo::Unremove(&o.path, at, removed)));
+            }
+            let prev = remove(doc, &o.path, false)?;
+            Ok((1, Undo::Add(&o.path, prev)))
+        }
+        PatchOperation::Replace(o) => {
+            let prev = replace(doc, &o.path, o.value.clone())?;
+            Ok((1, Undo::Replace(&o.path, prev)))
+        }
+        PatchOperation::Test(_) | PatchOperation::Move(_) | PatchOperation::Copy(_) => {
+            Err(Failure::Patch(PatchErrorKind::InvalidPointer))
+        }
+    }
 }
 
 /// Applies `add`, `remove` and `replace` operations to `doc` in place, all
 /// or none: on the first failure, everything applied so far is taken back
 /// and the failing operation's index and error returned. Other operations
 /// are refused as `InvalidPointer` (the caller applies those to a copy).
+/// Insertions and removals in arrays are charged to `shifts` (see
+/// [`apply_step`]); going over it fails the operation that would.
 ///
-/// Equivalent to `json_patch::patch` for these operations, whose undo
-/// cannot fail: each reverses an operation that just succeeded, on the
-/// document exactly as that operation left it.
+/// Equivalent to `json_patch::patch` for these operations, within the
+/// budget, whose undo cannot fail: each reverses a step that just
+/// succeeded, on the document exactly as that step left it.
 pub(crate) fn apply_in_place(
     doc: &mut Value,
     ops: &[PatchOperation],
-) -> Result<(), (usize, PatchErrorKind)> {
+    shifts: &mut Shifts,
+) -> Result<(), (usize, Failure)> {
     let mut undo = Vec::with_capacity(ops.len());
     let mut failed = None;
-    for (index, op) in ops.iter().enumerate() {
-        let step = match op {
-            PatchOperation::Add(o) => add(doc, &o.path, o.value.clone()).map(|prev| match prev {
-                None => Some(Undo::Remove(&o.path)),
-                Some(prev) => Some(Undo::Add(&o.path, prev)),
-            }),
-            PatchOperation::Remove(o) => {
-                remove(doc, &o.path, false).map(|prev| Some(Undo::Add(&o.path, prev)))
+    let mut index = 0;
+    while index < ops.len() {
+        match apply_step(doc, &ops[index..], shifts) {
+            Ok((taken, u)) => {
+                undo.push(u);
+                index += taken;
             }
-            PatchOperation::Replace(o) => replace(doc, &o.path, o.value.clone())
-                .map(|prev| Some(Undo::Replace(&o.path, prev))),
-            PatchOperation::Test(_) | PatchOperation::Move(_) | PatchOperation::Copy(_) => {
-                Err(PatchErrorKind::InvalidPointer)
-            }
-        };
-        match step {
-            Ok(Some(u)) => undo.push(u),
-            Ok(None) => {}
-            Err(kind) => {
-                failed = Some((index, kind));
+            Err(failure) => {
+                failed = Some((index, failure));
                 break;
             }
         }
@@ -337,6 +538,19 @@ pub(crate) fn apply_in_place(
             Undo::Remove(path) => remove(doc, path, true).map(drop),
             Undo::Add(path, value) => add(doc, path, value).map(drop),
             Undo::Replace(path, value) => replace(doc, path, value).map(drop),
+            Undo::Unsplice(path, at, count) => {
+                if let Some(arr) = parent_array(doc, path) {
+                    arr.drain(at.min(arr.len())..(at + count).min(arr.len()));
+                }
+                Ok(())
+            }
+            Undo::Unremove(path, at, values) => {
+                if let Some(arr) = parent_array(doc, path) {
+                    let at = at.min(arr.len());
+                    arr.splice(at..at, values);
+                }
+                Ok(())
+            }
         };
     }
     Err(failure)
@@ -512,14 +726,56 @@ mod tests {
         ) {
             let mut ours = doc.clone();
             let mut theirs = doc.clone();
-            let our_result = apply_in_place(&mut ours, &ops);
+            let our_result = apply_in_place(&mut ours, &ops, &mut Shifts::new(usize::MAX));
             let their_result = json_patch::patch(&mut theirs, &ops)
                 .map_err(|e| (e.operation, e.kind.to_string()));
-            prop_assert_eq!(
-                our_result.map_err(|(i, kind)| (i, kind.to_string())),
-                their_result
-            );
+            prop_assert_eq!(our_result.map_err(describe), their_result);
             prop_assert_eq!(&ours, &theirs);
+        }
+
+        /// Runs of `add`s or `remove`s with one path, applied as one splice
+        /// or drain, give what json-patch gives applying them one by one,
+        /// including a run of removes that outlasts its array, appends, and
+        /// repeated operations on an object member.
+        #[test]
+        fn runs_apply_as_json_patch_applies_them_one_by_one(
+            len in 0usize..6,
+            runs in prop::collection::vec((any::<bool>(), 0usize..8, 1usize..5), 1..5),
+        ) {
+            let doc = json!({"a": (0..len).collect::<Vec<_>>(), "o": {}});
+            let mut ops = Vec::new();
+            let mut n = 100;
+            for (add, at, count) in runs {
+                // Indices in and past the array, appends, and an object
+                // member, where a run is no run.
+                let path = match at {
+                    6 => PointerBuf::from_tokens(["a", "-"]),
+                    7 => PointerBuf::from_tokens(["o", "k"]),
+                    at => PointerBuf::from_tokens(["a", at.to_string().as_str()]),
+                };
+                for _ in 0..count {
+                    n += 1;
+                    ops.push(if add {
+                        PatchOperation::Add(AddOperation { path: path.clone(), value: json!(n) })
+                    } else {
+                        PatchOperation::Remove(RemoveOperation { path: path.clone() })
+                    });
+                }
+            }
+            let mut ours = doc.clone();
+            let mut theirs = doc.clone();
+            let our_result = apply_in_place(&mut ours, &ops, &mut Shifts::new(usize::MAX));
+            let their_result = json_patch::patch(&mut theirs, &ops)
+                .map_err(|e| (e.operation, e.kind.to_string()));
+            prop_assert_eq!(our_result.map_err(describe), their_result);
+            prop_assert_eq!(&ours, &theirs);
+        }
+    }
+
+    fn describe((index, failure): (usize, Failure)) -> (usize, String) {
+        match failure {
+            Failure::Patch(kind) => (index, kind.to_string()),
+            Failure::Shifts => (index, "over the shift budget".to_owned()),
         }
     }
 }
