@@ -1951,30 +1951,3 @@ fn a_call_too_large_to_send_is_refused_locally_and_nothing_is_sent() {
     c.call("todos", "add", &[json!("small")], None).unwrap();
     assert_eq!(sent_calls(&sent(&mut c)).len(), 1);
 }
-
-#[test]
-fn a_refused_link_leaves_its_sent_calls_pending_where_a_lost_one_settles_them_outcome_unknown() {
-    for refused in [false, true] {
-        let mut c = new_client();
-        let _initial = only_sync(&sent(&mut c));
-        let id = sent_call(&mut c);
-        events(&mut c);
-        if refused {
-            c.connection_refused();
-        } else {
-            c.connection_lost();
-        }
-        let settled = settlements(&events(&mut c));
-        if refused {
-            // The host ran nothing on a refused link: nothing is settled, and
-            // the call waits for its caller to fail it with the refusal.
-            assert_eq!(settled, vec![]);
-            assert_eq!(c.pending_calls(), 1);
-        } else {
-            assert_eq!(settled, vec![(id, Err(ErrorCode::OutcomeUnknown), None)]);
-            assert_eq!(c.pending_calls(), 0);
-        }
-        // Either way the link is down: nothing more is sent on it.
-        assert!(sent(&mut c).is_empty());
-    }
-}

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cosystem_worker::client::{Client, ClientConfig, Reconnect};
+use cosystem_worker::client::{Client, ClientConfig, Connection, Reconnect};
 use cosystem_worker::demo;
 use cosystem_worker::host::{Host, HostLimits, SyncMode};
 use cosystem_worker::transport::grpc::{GrpcConnector, GrpcServer, SERVICE_NAME};
@@ -525,4 +525,71 @@ async fn a_health_watch_left_open_does_not_keep_the_server_from_stopping() {
         .unwrap();
     assert!(ended.is_ok(), "{ended:?}");
     drop(watch);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_made_while_the_host_is_full_wait_and_run_once_a_slot_frees() {
+    // One client slot: a second client's streams are refused with
+    // RESOURCE_EXHAUSTED after its SyncRequest went out. Its call must not
+    // go out on such a stream (it would settle outcome-unknown though the
+    // host ran nothing): it stays queued and runs once the slot frees.
+    let host = host_with(HostLimits {
+        max_clients: 1,
+        ..HostLimits::default()
+    });
+    let (addr, _stop) = start(&host, None).await;
+    let url = format!("http://{addr}");
+    let first = Client::new(GrpcConnector::new(&url).unwrap(), ClientConfig::default());
+    first.ready().await.unwrap();
+    let second = Client::with_reconnect(
+        GrpcConnector::new(&url).unwrap(),
+        ClientConfig::default(),
+        no_retry_delay(),
+    );
+    let call = tokio::spawn({
+        let second = second.clone();
+        async move { second.call("counter", "increase", vec![json!(5)]).await }
+    });
+    // Refused at least once while the first client holds the slot.
+    let mut connection = second.connection_changes();
+    loop {
+        if let Connection::Retrying { attempt, .. } = &*connection.borrow_and_update()
+            && *attempt >= 2
+        {
+            break;
+        }
+        connection.changed().await.unwrap();
+    }
+    assert_eq!(host.version(), 1, "the call ran while refused");
+    first.dispose();
+    assert_eq!(call.await.unwrap().expect("the call ran once"), json!(5));
+    assert_eq!(host.version(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_calls_than_the_link_buffers_queued_before_connecting_all_settle() {
+    // Queued before the first link is up: more envelopes than the gRPC
+    // link's buffer holds, so sending must not wait on the stream being
+    // read (it used to, for ever).
+    const CALLS: usize = 1500;
+    let host = host_with(HostLimits {
+        max_calls_in_flight: 4096,
+        ..HostLimits::default()
+    });
+    let (addr, _stop) = start(&host, None).await;
+    let client = Client::new(
+        GrpcConnector::new(format!("http://{addr}")).unwrap(),
+        ClientConfig {
+            max_calls_in_flight: 4096,
+            ..ClientConfig::default()
+        },
+    );
+    let calls: Vec<_> = (0..CALLS)
+        .map(|_| client.call("counter", "increase", vec![json!(1)]))
+        .collect();
+    let settled = tokio::time::timeout(Duration::from_secs(120), futures::future::join_all(calls))
+        .await
+        .expect("the calls never settled");
+    assert!(settled.iter().all(Result::is_ok));
+    assert_eq!(host.version(), 1 + CALLS as u64);
 }

@@ -491,24 +491,6 @@ impl ClientCore {
         }
     }
 
-    /// The host refused the link as a whole before sending anything on it
-    /// (over gRPC: `UNAUTHENTICATED`, `PERMISSION_DENIED` or
-    /// `UNIMPLEMENTED`, spec §17.2). A host runs nothing on a stream it
-    /// refuses, so unlike [`connection_lost`](Self::connection_lost) the
-    /// calls transmitted on it are not settled `outcome-unknown`: they stay
-    /// pending for the caller to fail with the refusal (the reference driver
-    /// does, as it stops), or for their deadlines. Everything else is as in
-    /// `connection_lost`.
-    pub fn connection_refused(&mut self) {
-        if self.connected {
-            self.connected = false;
-            self.heard_at = None;
-            self.outbox
-                .retain(|m| matches!(m.kind, Some(client_message::Kind::Call(_))));
-            self.sync = None;
-        }
-    }
-
     /// L6, settling the calls the link took down with `why`.
     fn lose_link(&mut self, why: &str) {
         self.connected = false;
@@ -1084,6 +1066,19 @@ impl ClientCore {
             .filter(|_| self.connected)
             .map(|s| s.deadline);
         calls.chain(sync).chain(self.silence_due()).min()
+    }
+
+    /// [`ClientCore::poll_transmit`], taking the message only if there is
+    /// one and `room` (asked only then) says the link can take it now. A
+    /// driver whose link may make it wait sends this way, so that a call the
+    /// link has no room for stays queued rather than counting as sent: if
+    /// the link then ends, the call goes out on the next one instead of
+    /// settling `outcome-unknown` (L6).
+    pub fn poll_transmit_when(&mut self, room: impl FnOnce() -> bool) -> Option<ClientMessage> {
+        if !self.connected || self.outbox.is_empty() || !room() {
+            return None;
+        }
+        self.poll_transmit()
     }
 
     /// The next message to send to the host, if any: none between

@@ -215,7 +215,9 @@ impl Shared {
     /// core now needs a timer earlier than the one the driver set: it is the
     /// driver that fires deadlines.
     pub(super) fn transmit(&self) {
-        let sent = self.outbound.send_now(|| self.core().poll_transmit());
+        let sent = self
+            .outbound
+            .send_now(|room| self.core().poll_transmit_when(room));
         if !sent || self.timer_due_earlier() {
             self.wake();
         }
@@ -522,10 +524,6 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
                 // The new state is published before the calls the link took
                 // down settle, so that their callers already see it.
                 let silent = matches!(result, Err(TransportError::HostSilent { .. }));
-                // A link refused before the host said anything ran none of
-                // the calls sent on it: they fail with the refusal below
-                // rather than settle outcome-unknown.
-                let refused = !heard && matches!(&result, Err(error) if error.is_refusal());
                 let retry_at = match result {
                     Err(error) if !error.is_retryable() => {
                         give_up(&shared, &error);
@@ -544,11 +542,7 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
                         // L10, with the deadlines and retries due with it.
                         core.handle_timeout(Instant::now().into_std());
                     }
-                    if refused {
-                        core.connection_refused();
-                    } else {
-                        core.connection_lost();
-                    }
+                    core.connection_lost();
                 }
                 shared.dispatch();
                 match retry_at {
@@ -692,7 +686,7 @@ async fn serve_link(
         std::future::poll_fn(|cx| {
             shared
                 .outbound
-                .poll_send(cx, || shared.core().poll_transmit())
+                .poll_send(cx, |room| shared.core().poll_transmit_when(room))
         })
         .await?;
         shared.dispatch();

@@ -13,6 +13,10 @@ use std::task::{Context, Poll, Waker};
 use crate::transport::{BoxSink, TransportError};
 use crate::wire::ClientMessage;
 
+/// Takes the core's next message if it has one and the check it is handed
+/// (whether the link has room) passes: [`ClientCore::poll_transmit_when`](super::ClientCore::poll_transmit_when).
+pub(super) type Next<'a> = dyn FnMut(&mut dyn FnMut() -> bool) -> Option<ClientMessage> + 'a;
+
 /// The link's sink while a link is up.
 #[derive(Default)]
 pub(super) struct Outbound {
@@ -24,21 +28,21 @@ struct State {
     sink: Option<BoxSink<ClientMessage>>,
     /// The sink failed; the link is finished and the driver will see why.
     failed: Option<TransportError>,
-    /// A message taken from the core that the sink had no room for yet.
-    held: Option<ClientMessage>,
     /// The last attempt left the sink waiting for room: only the driver,
     /// whose waker the sink must hold, sends until it is ready again.
     waiting: bool,
 }
 
 impl State {
-    /// Sends what `next` yields while the sink takes it, then flushes. A
-    /// message taken from the core while the sink is not ready waits here
-    /// and goes first next time (as it would in a pending `feed`).
+    /// Sends what `next` yields while the sink takes it, then flushes.
+    /// `next` is handed a check of the sink's room and takes a message from
+    /// the core only if there is one and the check passes, so a message the
+    /// link cannot take yet stays queued in the core, untouched: not counted
+    /// as sent, and sent on the next link if this one ends.
     fn poll_send(
         &mut self,
         cx: &mut Context<'_>,
-        next: &mut dyn FnMut() -> Option<ClientMessage>,
+        next: &mut Next<'_>,
     ) -> Poll<Result<(), TransportError>> {
         if let Some(error) = &self.failed {
             return Poll::Ready(Err(error.clone()));
@@ -46,16 +50,22 @@ impl State {
         let Some(sink) = self.sink.as_mut() else {
             return Poll::Ready(Ok(()));
         };
-        let held = &mut self.held;
         let result = (|| {
-            while let Some(message) = held.take().or_else(&mut *next) {
-                match sink.as_mut().poll_ready(cx) {
-                    Poll::Ready(Ok(())) => sink.as_mut().start_send(message)?,
-                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
-                    Poll::Pending => {
-                        *held = Some(message);
-                        return Poll::Pending;
-                    }
+            loop {
+                let mut readiness = None;
+                let message = next(&mut || {
+                    let ready = sink.as_mut().poll_ready(cx);
+                    let room = matches!(ready, Poll::Ready(Ok(())));
+                    readiness = Some(ready);
+                    room
+                });
+                match (message, readiness) {
+                    (Some(message), _) => sink.as_mut().start_send(message)?,
+                    (None, Some(Poll::Ready(Err(error)))) => return Poll::Ready(Err(error)),
+                    (None, Some(Poll::Pending)) => return Poll::Pending,
+                    // Nothing queued (or a core that took nothing though
+                    // there was room): done.
+                    (None, _) => break,
                 }
             }
             sink.as_mut().poll_flush(cx)
@@ -91,7 +101,7 @@ impl Outbound {
     pub(super) fn poll_send(
         &self,
         cx: &mut Context<'_>,
-        mut next: impl FnMut() -> Option<ClientMessage>,
+        mut next: impl FnMut(&mut dyn FnMut() -> bool) -> Option<ClientMessage>,
     ) -> Poll<Result<(), TransportError>> {
         self.state().poll_send(cx, &mut next)
     }
@@ -99,7 +109,10 @@ impl Outbound {
     /// A caller's send: everything `next` yields if the sink takes it
     /// without waiting. Returns whether all of it went out; if not (no link,
     /// the sink is waiting or failed) the driver must be woken to finish.
-    pub(super) fn send_now(&self, mut next: impl FnMut() -> Option<ClientMessage>) -> bool {
+    pub(super) fn send_now(
+        &self,
+        mut next: impl FnMut(&mut dyn FnMut() -> bool) -> Option<ClientMessage>,
+    ) -> bool {
         let mut state = self.state();
         if state.waiting || state.sink.is_none() {
             return false;
@@ -140,6 +153,17 @@ mod tests {
         }
     }
 
+    /// What the core's `poll_transmit_when` does, over a plain queue.
+    fn take_if(
+        queue: &mut VecDeque<ClientMessage>,
+        room: &mut dyn FnMut() -> bool,
+    ) -> Option<ClientMessage> {
+        if queue.is_empty() || !room() {
+            return None;
+        }
+        queue.pop_front()
+    }
+
     fn link(capacity: usize) -> (Outbound, mpsc::Receiver<ClientMessage>) {
         let (tx, rx) = mpsc::channel(capacity);
         let outbound = Outbound::default();
@@ -156,7 +180,7 @@ mod tests {
         let queue = Arc::new(std::sync::Mutex::new(VecDeque::new()));
         let next = {
             let queue = queue.clone();
-            move || queue.lock().unwrap().pop_front()
+            move |room: &mut dyn FnMut() -> bool| take_if(&mut queue.lock().unwrap(), room)
         };
         queue.lock().unwrap().push_back(call(1));
         assert!(
@@ -187,8 +211,8 @@ mod tests {
         let (outbound, rx) = link(4);
         drop(rx);
         let mut queue = VecDeque::from([call(1)]);
-        assert!(!outbound.send_now(|| queue.pop_front()));
-        let result = std::future::poll_fn(|cx| outbound.poll_send(cx, || None)).await;
+        assert!(!outbound.send_now(|room| take_if(&mut queue, room)));
+        let result = std::future::poll_fn(|cx| outbound.poll_send(cx, |_| None)).await;
         assert_eq!(result, Err(TransportError::Closed));
     }
 
@@ -196,7 +220,7 @@ mod tests {
     fn without_a_link_nothing_is_sent_and_the_driver_is_asked_to() {
         let outbound = Outbound::default();
         let mut queue = VecDeque::from([call(1)]);
-        assert!(!outbound.send_now(|| queue.pop_front()));
+        assert!(!outbound.send_now(|room| take_if(&mut queue, room)));
         assert_eq!(queue.len(), 1);
     }
 }

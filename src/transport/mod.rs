@@ -135,13 +135,6 @@ impl TransportError {
         matches!(self, Self::Connection(_) | Self::HostSilent { .. })
     }
 
-    /// Whether the host refused the link as a whole, which it does before
-    /// running anything sent on it (spec §17.2): credentials refused, or the
-    /// protocol not served.
-    pub fn is_refusal(&self) -> bool {
-        matches!(self, Self::Unauthenticated(_) | Self::Unsupported(_))
-    }
-
     /// The code a client's calls settle with when this error stops it for
     /// good: `permission-denied` for refused credentials, `unavailable`
     /// otherwise.

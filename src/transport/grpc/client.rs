@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::{FutureExt, SinkExt, TryStreamExt, stream};
+use futures::{FutureExt, SinkExt, StreamExt, TryStreamExt, stream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::PollSender;
@@ -15,6 +15,7 @@ use tonic::{Code, Request, Response, Status};
 
 use super::GrpcError;
 use super::auth::{AUTHORIZATION, is_valid_token};
+use super::opening::{AbortOnDrop, HeldSink, Opening};
 use crate::transport::{ClientLink, Connector, TransportError};
 use crate::wire::host_service_client::HostServiceClient;
 
@@ -172,19 +173,28 @@ impl Connector for GrpcConnector {
                 })?;
                 request.metadata_mut().insert(AUTHORIZATION, value);
             }
-            // The link is handed over before the host's response headers
-            // arrive: many gRPC servers send them only with their first
-            // message, which a host sends only after this client's
-            // SyncRequest (§17.2). A refusal arrives as the stream's first
-            // item instead.
-            let stream = stream::once(async move { client.session(request).await })
-                .map_ok(Response::into_inner)
-                .try_flatten()
-                .map_err(move |status| status_error(status, max));
+            // Handed over at once, the first envelope sent before the host
+            // answers, the rest held until it accepts (see `opening`).
+            let opening = Arc::new(Opening::default());
+            let task = tokio::spawn({
+                let opening = opening.clone();
+                async move {
+                    let answer = client
+                        .session(request)
+                        .await
+                        .map_err(|status| status_error(status, max));
+                    opening.settle(answer.as_ref().map(|_| ()).map_err(Clone::clone));
+                    answer.map(Response::into_inner)
+                }
+            });
+            let stream = stream::once(AbortOnDrop(task))
+                .map(|joined| joined.and_then(|answer| answer))
+                .map_ok(move |answers| answers.map_err(move |status| status_error(status, max)))
+                .try_flatten();
+            let sink = PollSender::new(to_host)
+                .sink_map_err(|_| TransportError::Connection("the request stream closed".into()));
             Ok(ClientLink {
-                sink: Box::pin(PollSender::new(to_host).sink_map_err(|_| {
-                    TransportError::Connection("the request stream closed".into())
-                })),
+                sink: Box::pin(HeldSink::new(Box::pin(sink), opening)),
                 stream: Box::pin(stream),
             })
         }

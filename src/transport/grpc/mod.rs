@@ -31,6 +31,7 @@ mod auth;
 mod client;
 pub mod codec;
 mod incoming;
+mod opening;
 mod server;
 mod throttle;
 
