@@ -158,3 +158,23 @@ fn deep_values_at_ever_deeper_paths_never_take_the_host_down() {
     assert_eq!(refused, 299);
     assert!(a_new_client_syncs(&mut host));
 }
+
+#[test]
+#[should_panic(expected = "its initial state nests the published view")]
+fn a_published_module_that_starts_too_deep_is_refused_at_start() {
+    let app = App::new().with(JsonModule::new("deep", nested(MAX_VIEW_DEPTH)));
+    let _ = HostCore::new(HostConfig::default(), app, "e1");
+}
+
+#[test]
+fn a_private_module_may_start_as_deep_as_it_likes() {
+    let app = App::new()
+        .with(JsonModule::new("deep", nested(MAX_VIEW_DEPTH)))
+        .with(JsonModule::new("open", json!({})));
+    let config = HostConfig {
+        sections: Some(vec!["open".to_owned()]),
+        ..HostConfig::default()
+    };
+    let host = HostCore::new(config, app, "e1");
+    assert_eq!(host.version(), 1);
+}

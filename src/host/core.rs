@@ -31,7 +31,7 @@ use super::history::{Entry, History};
 use super::in_method::{InMethod, new_core_id};
 use super::stats::{Counters, HostStats};
 use super::timing::{MethodRun, MethodTimes};
-use super::view_depth::{MAX_VIEW_DEPTH, too_deep};
+use super::view_depth::{MAX_VIEW_DEPTH, section_too_deep, too_deep};
 use super::view_size::{growth_bound, snapshot_overhead, view_len};
 use crate::app::{App, MethodError, Module};
 use crate::fast_hash::FastMap;
@@ -372,6 +372,11 @@ impl HostCore {
     ///
     /// `epoch` MUST be new for every host start; the caller supplies it so the
     /// core stays deterministic (see [`crate::host::new_epoch`]).
+    ///
+    /// # Panics
+    /// If a published module's initial state nests the view deeper than
+    /// [`MAX_VIEW_DEPTH`] (a programming error found at start-up): no client
+    /// could mirror it.
     pub fn new(config: HostConfig, app: App, epoch: impl Into<String>) -> Self {
         let modules = app.into_modules();
         let index = modules
@@ -415,6 +420,16 @@ impl HostCore {
             view_bound: ViewBound::default(),
             id: new_core_id(),
         };
+        for (i, module) in host.modules.iter().enumerate() {
+            if host.published[i]
+                && let Some(depth) = section_too_deep(module.state())
+            {
+                panic!(
+                    "module {}: its initial state nests the published view {depth} levels deep, deeper than the {MAX_VIEW_DEPTH} every client can mirror",
+                    module.name()
+                );
+            }
+        }
         host.view_bound = ViewBound {
             size: host.published_view_len(),
             exact: true,
@@ -870,7 +885,19 @@ impl HostCore {
                 )));
             }
         };
-        let refused = accept(&invocation.value).err();
+        // A view nested deeper than clients mirror is one no client could
+        // sync to, so such a call is refused like one `accept` refuses.
+        let refused = accept(&invocation.value).err().or_else(|| {
+            let deep = self.published[i]
+                .then(|| too_deep(&invocation.ops, self.modules[i].state()))
+                .flatten()?;
+            Some(MethodError::new(
+                ErrorCode::ResourceExhausted,
+                format!(
+                    "the call would nest the published view {deep} levels deep, deeper than the {MAX_VIEW_DEPTH} every client can mirror; nothing was committed"
+                ),
+            ))
+        });
         let ops = (!invocation.ops.is_empty() && self.published[i])
             .then(|| ops_json(&self.prefixes[i], &invocation.ops));
         if let Some(mut error) = refused {
@@ -891,22 +918,7 @@ impl HostCore {
             return Err(error);
         }
         match &ops {
-            Some(text) => {
-                if let Some(depth) = too_deep(&invocation.ops, self.modules[i].state()) {
-                    let error = MethodError::new(
-                        ErrorCode::ResourceExhausted,
-                        format!(
-                            "the call would nest the published view {depth} levels deep, deeper than the {MAX_VIEW_DEPTH} every client can mirror; nothing was committed"
-                        ),
-                    );
-                    if self.modules[i].settle(false) {
-                        return Err(error);
-                    }
-                    // A module that cannot revert has changed: what it
-                    // holds is published as for any other call.
-                }
-                self.admit(i, growth_bound(&invocation.ops, text.len()))?
-            }
+            Some(text) => self.admit(i, growth_bound(&invocation.ops, text.len()))?,
             None => {
                 self.modules[i].settle(true);
             }

@@ -19,23 +19,25 @@ pub const MAX_VIEW_DEPTH: usize = 64;
 /// whose state is now `state`, place a value at; `None` when all fit.
 ///
 /// An `add` or `replace` places its own value. A `move` or `copy` places a
-/// subtree the operation does not spell out, so the value now at its target
-/// in `state` is measured instead.
+/// subtree the operation does not spell out, and a later operation may
+/// shift it elsewhere, so with either the whole section is measured
+/// instead: O(state), but neither built-in module kind emits them.
 pub(super) fn too_deep(ops: &[PatchOperation], state: &Value) -> Option<usize> {
+    if ops
+        .iter()
+        .any(|op| matches!(op, PatchOperation::Move(_) | PatchOperation::Copy(_)))
+    {
+        return section_too_deep(state);
+    }
     for op in ops {
-        let (path, placed) = match op {
-            PatchOperation::Add(o) => (o.path.as_str(), Some(&o.value)),
-            PatchOperation::Replace(o) => (o.path.as_str(), Some(&o.value)),
-            PatchOperation::Move(o) => (o.path.as_str(), at(state, o.path.as_str())),
-            PatchOperation::Copy(o) => (o.path.as_str(), at(state, o.path.as_str())),
-            PatchOperation::Remove(_) | PatchOperation::Test(_) => continue,
+        let (path, value) = match op {
+            PatchOperation::Add(o) => (o.path.as_str(), &o.value),
+            PatchOperation::Replace(o) => (o.path.as_str(), &o.value),
+            _ => continue,
         };
         // The containers around the target: the view's object, then one
         // per token of `path`, the section's own state being the first.
         let containers = 1 + path.bytes().filter(|&b| b == b'/').count();
-        let Some(value) = placed else {
-            continue;
-        };
         let Some(room) = MAX_VIEW_DEPTH.checked_sub(containers) else {
             return Some(containers);
         };
@@ -46,13 +48,10 @@ pub(super) fn too_deep(ops: &[PatchOperation], state: &Value) -> Option<usize> {
     None
 }
 
-/// The value at `path` in `state`, reading a final `-` as an array's last
-/// element (where an `add` or `move` to `-` put it).
-fn at<'a>(state: &'a Value, path: &str) -> Option<&'a Value> {
-    match path.strip_suffix("/-") {
-        Some(parent) => state.pointer(parent)?.as_array()?.last(),
-        None => state.pointer(path),
-    }
+/// The first level over [`MAX_VIEW_DEPTH`] a section whose state is
+/// `state` reaches in the view, whose object holds it at level 1.
+pub(super) fn section_too_deep(state: &Value) -> Option<usize> {
+    deeper_than(state, MAX_VIEW_DEPTH - 1).map(|depth| 1 + depth)
 }
 
 /// `value`'s nesting depth (0 for a scalar, 1 for an array or object of
@@ -117,13 +116,25 @@ mod tests {
     }
 
     #[test]
-    fn a_copy_is_judged_by_the_subtree_it_placed() {
-        let state = json!({"deep": nested(70), "copy": nested(70)});
+    fn a_copy_is_judged_by_the_whole_section_it_left() {
+        // The copy's target was shifted on by a later insert: only the
+        // whole section still shows the too-deep subtree.
+        let state = json!({"deep": nested(70), "l": [1, nested(70)]});
         let op = PatchOperation::Copy(CopyOperation {
             from: PointerBuf::parse("/deep").expect("pointer"),
-            path: PointerBuf::parse("/copy").expect("pointer"),
+            path: PointerBuf::parse("/l/0").expect("pointer"),
         });
-        assert!(too_deep(&[op], &state).is_some());
+        let shift = add("/l/0", json!(1));
+        assert!(too_deep(&[op, shift], &state).is_some());
+    }
+
+    #[test]
+    fn a_section_is_measured_from_the_level_below_the_view() {
+        assert_eq!(section_too_deep(&nested(MAX_VIEW_DEPTH - 1)), None);
+        assert_eq!(
+            section_too_deep(&nested(MAX_VIEW_DEPTH)),
+            Some(MAX_VIEW_DEPTH + 1)
+        );
     }
 
     #[test]
