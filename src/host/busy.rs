@@ -15,6 +15,9 @@ pub(super) struct Busy {
     /// One more than the nanoseconds after `base` at which the timed input
     /// now holding the core began; 0 when none is.
     since: AtomicU64,
+    /// Inputs that have taken the core: one that moves while a scrape
+    /// waits shows the core busy with many short inputs, not stuck on one.
+    inputs: AtomicU64,
     last: Mutex<HostStats>,
 }
 
@@ -23,6 +26,7 @@ impl Busy {
         Self {
             base: Instant::now(),
             since: AtomicU64::new(0),
+            inputs: AtomicU64::new(0),
             last: Mutex::new(first),
         }
     }
@@ -31,6 +35,7 @@ impl Busy {
     /// is on: the clock is read only then, since each read costs the call
     /// path a few percent. The instant the input began, if read.
     pub(super) fn enter(&self, timing: bool) -> Option<Instant> {
+        self.inputs.fetch_add(1, Ordering::Relaxed);
         timing.then(|| {
             let now = Instant::now();
             let nanos = u64::try_from(now.duration_since(self.base).as_nanos()).unwrap_or(u64::MAX);
@@ -57,6 +62,11 @@ impl Busy {
                     .saturating_sub(Duration::from_nanos(since - 1)),
             ),
         }
+    }
+
+    /// How many inputs have taken the core so far.
+    pub(super) fn inputs(&self) -> u64 {
+        self.inputs.load(Ordering::Relaxed)
     }
 
     /// Keeps `stats` as the latest taken.

@@ -334,20 +334,25 @@ impl Host {
     /// Counters of the host's work since it started, with its version and
     /// session count now: for metrics ([`HostStats::to_prometheus`]).
     ///
-    /// Never waits for a method: if an input holds the core past a short
-    /// spin, these are the latest stats taken before it, with
+    /// Never waits for a method: if one input holds the core throughout a
+    /// short spin, these are the latest stats taken before it, with
     /// [`HostStats::core_held_for`] saying so (and, with method timing on,
-    /// for how long it has held the core).
+    /// for how long it has held the core). A core merely busy with many
+    /// short inputs is waited for.
     pub fn stats(&self) -> HostStats {
-        match self.shared.core.now() {
-            Some(core) => {
-                let stats = core.stats();
-                drop(core);
-                self.shared.busy.remember(&stats);
-                stats
-            }
-            None => self.shared.busy.last(),
-        }
+        let busy = &self.shared.busy;
+        let inputs = busy.inputs();
+        let core = match self.shared.core.now() {
+            Some(core) => core,
+            // Other inputs took the core meanwhile: it is busy, not stuck,
+            // and waiting for it is short.
+            None if busy.inputs() != inputs => self.shared.core(),
+            None => return busy.last(),
+        };
+        let stats = core.stats();
+        drop(core);
+        busy.remember(&stats);
+        stats
     }
 
     /// Runs a method on the host itself, as one commit, and publishes it.
