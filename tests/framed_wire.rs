@@ -141,6 +141,52 @@ async fn a_host_command_that_fails_before_speaking_stops_the_client_with_its_sta
     .await
 }
 
+/// Once a child of the connector has spoken, the command is known to work:
+/// a later child that fails before speaking is respawned, not a reason to
+/// stop.
+#[tokio::test]
+async fn a_command_that_once_worked_is_respawned_when_a_later_child_fails_early() {
+    use cosystem_worker::client::Connection;
+    use cosystem_worker::transport::TransportError;
+    within_a_minute(async {
+        let marker = std::env::temp_dir().join(format!(
+            "cosystem-worker-spoke-{}-{}",
+            std::process::id(),
+            line!()
+        ));
+        let _ = std::fs::remove_file(&marker);
+        // The first child is a real host that stops after a moment; every
+        // later one exits 3 at once.
+        let script = format!(
+            "if [ -e '{m}' ]; then exit 3; fi; touch '{m}'; exec timeout 1 '{bin}' host --stdio",
+            m = marker.display(),
+            bin = env!("CARGO_BIN_EXE_cosystem-worker"),
+        );
+        let client = Client::new(
+            SpawnConnector::new("sh", ["-c", script.as_str()]),
+            ClientConfig::default(),
+        );
+        client.ready().await.expect("the first child is a host");
+        let mut changes = client.connection_changes();
+        let why = loop {
+            changes.changed().await.unwrap();
+            let state = changes.borrow_and_update().clone();
+            match state {
+                Connection::Retrying {
+                    error: Some(TransportError::Connection(why)),
+                    ..
+                } if why.contains("exited with status 3") => break why,
+                Connection::Stopped { .. } => panic!("stopped: {state:?}"),
+                _ => continue,
+            }
+        };
+        assert!(why.contains("host command sh"), "{why}");
+        client.dispose();
+        let _ = std::fs::remove_file(&marker);
+    })
+    .await
+}
+
 /// A host command killed by a signal may be back when respawned: the
 /// client retries, and its connection state says how the child ended.
 #[tokio::test]

@@ -112,10 +112,13 @@ impl Connector for UnixConnector {
 /// client that gives up can say why. What happens next depends on when:
 ///
 /// - A child that exits with a non-zero status before sending a single
-///   frame is [`TransportError::Setup`], and the client stops: it failed
-///   before speaking the protocol (a bad argument or configuration, a
-///   program that is not a host), and a fresh child would fail the same
-///   way, so respawning it would only repeat the failure.
+///   frame, when no child of this connector has ever sent one, is
+///   [`TransportError::Setup`], and the client stops: it failed before
+///   speaking the protocol (a bad argument or configuration, a program that
+///   is not a host), and a fresh child would fail the same way, so
+///   respawning it would only repeat the failure. Once a child has spoken,
+///   the command is known to work, and a later child's early failure is
+///   taken as passing.
 /// - Any other exit (a child killed by a signal, one that exits after it
 ///   has spoken, or exits 0 without a word) is
 ///   [`TransportError::Connection`], and the client reconnects to a fresh
@@ -130,6 +133,9 @@ pub struct SpawnConnector {
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
     config: FramedConfig,
+    /// Whether any child this connector (or a clone) started has sent a
+    /// frame.
+    ever_spoke: Arc<AtomicBool>,
 }
 
 impl SpawnConnector {
@@ -144,6 +150,7 @@ impl SpawnConnector {
             args: args.into_iter().map(Into::into).collect(),
             envs: Vec::new(),
             config: FramedConfig::default(),
+            ever_spoke: Arc::default(),
         }
     }
 
@@ -172,6 +179,7 @@ impl Connector for SpawnConnector {
             .spawn();
         let config = self.config;
         let program = self.program.to_string_lossy().into_owned();
+        let ever_spoke = self.ever_spoke.clone();
         async move {
             let mut child = spawned.map_err(|e| match e.kind() {
                 // Retrying cannot help, and the application is told why.
@@ -189,6 +197,7 @@ impl Connector for SpawnConnector {
                 child: tokio::sync::Mutex::new(child),
                 program,
                 spoke: AtomicBool::new(false),
+                ever_spoke,
             });
             let ClientLink { sink, stream } = client_link(stdout, stdin, config);
             Ok(ClientLink {
@@ -217,6 +226,8 @@ struct SpawnedChild {
     program: String,
     /// Whether a frame has come from the child.
     spoke: AtomicBool,
+    /// Whether a frame has come from any child of the same connector.
+    ever_spoke: Arc<AtomicBool>,
 }
 
 impl SpawnedChild {
@@ -241,7 +252,7 @@ impl SpawnedChild {
         }
         let what = format!("host command {} {}", self.program, exited(status));
         Some(match status.code() {
-            Some(code) if code != 0 && !spoke => {
+            Some(code) if code != 0 && !spoke && !self.ever_spoke.load(Ordering::Acquire) => {
                 TransportError::Setup(format!("{what} before speaking the protocol"))
             }
             _ => TransportError::Connection(what),
@@ -274,6 +285,7 @@ fn child_stream(inner: BoxStream<HostMessage>, child: Arc<SpawnedChild>) -> BoxS
             match inner.next().await {
                 Some(Ok(message)) => {
                     child.spoke.store(true, Ordering::Release);
+                    child.ever_spoke.store(true, Ordering::Release);
                     Some((Ok(message), Some(inner)))
                 }
                 // A broken pipe: the child is likely gone.
@@ -321,6 +333,13 @@ impl ChildSink {
     ) -> Poll<Result<(), TransportError>> {
         if self.failing.is_none() {
             match step(self.inner.as_mut(), cx) {
+                // Waiting for the exit needs a runtime's timer; a caller
+                // sending from a thread without one gets the pipe's error.
+                Poll::Ready(Err(error @ TransportError::Connection(_)))
+                    if tokio::runtime::Handle::try_current().is_err() =>
+                {
+                    return Poll::Ready(Err(error));
+                }
                 Poll::Ready(Err(error @ TransportError::Connection(_))) => {
                     let child = self.child.clone();
                     self.failing = Some(Failing::Asking(
@@ -341,7 +360,8 @@ impl ChildSink {
                 Poll::Ready(Err(error))
             }
             Some(Failing::Failed(error)) => Poll::Ready(Err(error.clone())),
-            None => unreachable!("set above"),
+            // Set above; a sink with nothing recorded has nothing to say.
+            None => Poll::Ready(Err(TransportError::Closed)),
         }
     }
 }
