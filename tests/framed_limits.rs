@@ -487,3 +487,27 @@ async fn a_connection_whose_first_frame_arrives_in_time_is_served_with_no_later_
     );
     assert_eq!(host.session_count(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn connections_past_the_waiting_bound_are_closed_at_once_and_served_again_after() {
+    use framed::{FIRST_FRAME_TIMEOUT, MAX_WAITING};
+    let host = host_for(10);
+    let address = serve(&host).await;
+    let mut silent = Vec::new();
+    for _ in 0..MAX_WAITING {
+        silent.push(TcpStream::connect(&address).await.unwrap());
+    }
+    // Every slot is taken by a connection that never sends a frame: the
+    // next is closed long before any deadline.
+    let mut extra = TcpStream::connect(&address).await.unwrap();
+    assert!(
+        closed_within(&mut extra, FIRST_FRAME_TIMEOUT / 10).await,
+        "a connection past the bound was kept waiting"
+    );
+    // Once the silent ones are closed at their deadline, clients are
+    // served again.
+    tokio::time::sleep(FIRST_FRAME_TIMEOUT * 2).await;
+    let client = Client::new(TcpConnector::new(address), ClientConfig::default());
+    within_a_minute(async { client.ready().await.expect("served") }).await;
+    drop(silent);
+}

@@ -29,7 +29,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 pub use connect::{PipeConnector, SpawnConnector, TcpConnector, UnixConnector, pipe};
 pub use serve::{
-    FIRST_FRAME_TIMEOUT, bind_unix, serve_stdio, serve_stream, serve_tcp, serve_unix,
+    FIRST_FRAME_TIMEOUT, MAX_WAITING, bind_unix, serve_stdio, serve_stream, serve_tcp, serve_unix,
     serve_unix_listener,
 };
 

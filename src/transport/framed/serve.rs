@@ -2,11 +2,13 @@
 
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::FramedRead;
 
 use super::codec::FrameCodec;
@@ -42,6 +44,15 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// frame over a slow link.
 pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How many connections accepted by one [`serve_tcp`] or [`serve_unix`]
+/// listener may wait for their first frame at once; more are closed as
+/// they are accepted. Without a bound, connections that never finish a
+/// frame would take memory (each may buffer up to a frame's length) and
+/// file descriptors without end for [`FIRST_FRAME_TIMEOUT`] each. A client
+/// sends its first frame as it connects, so an honest one waits here for
+/// a round trip at most.
+pub const MAX_WAITING: usize = 256;
+
 /// Serves one session over `io` until the connection closes, breaks, sends
 /// something that is not a frame of at most `config.max_frame_bytes`, or the
 /// host shuts down.
@@ -71,11 +82,12 @@ where
 /// retried, and a failed session ends only itself.
 pub async fn serve_tcp(host: Host, listener: TcpListener) -> io::Result<()> {
     let config = FramedConfig::for_host(&host);
+    let waiting = Arc::new(Semaphore::new(MAX_WAITING));
     loop {
         match listener.accept().await {
             Ok((stream, address)) => {
                 tune(&stream);
-                spawn_session(&host, stream, address.to_string(), config);
+                spawn_session(&host, stream, address.to_string(), config, &waiting);
             }
             Err(error) => {
                 tracing::warn!(%error, "tcp accept failed");
@@ -118,9 +130,10 @@ pub async fn serve_unix_listener(host: Host, listener: UnixListener) -> io::Resu
         .ok()
         .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
         .unwrap_or_else(|| "unix".to_owned());
+    let waiting = Arc::new(Semaphore::new(MAX_WAITING));
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => spawn_session(&host, stream, label.clone(), config),
+            Ok((stream, _)) => spawn_session(&host, stream, label.clone(), config, &waiting),
             Err(error) => {
                 tracing::warn!(%error, "unix accept failed");
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -137,20 +150,36 @@ pub async fn serve_stdio(host: Host) -> Result<(), InputError> {
     host.serve(link).await
 }
 
-/// Serves an accepted connection on its own task (see [`serve_accepted`]).
-fn spawn_session<S>(host: &Host, stream: S, peer: String, config: FramedConfig)
-where
+/// Serves an accepted connection on its own task (see [`serve_accepted`]),
+/// or closes it if [`MAX_WAITING`] connections are already waiting for
+/// their first frame.
+fn spawn_session<S>(
+    host: &Host,
+    stream: S,
+    peer: String,
+    config: FramedConfig,
+    waiting: &Arc<Semaphore>,
+) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    tokio::spawn(serve_accepted(host.clone(), stream, peer, config));
+    let Ok(slot) = waiting.clone().try_acquire_owned() else {
+        tracing::debug!(%peer, "closing a connection: too many are waiting for a first frame");
+        return;
+    };
+    tokio::spawn(serve_accepted(host.clone(), stream, peer, config, slot));
 }
 
 /// Serves a connection accepted from a listener as one session, which opens
 /// only once the peer's first complete frame has arrived within
 /// [`FIRST_FRAME_TIMEOUT`]. A connection that closes, fails or runs out of
 /// time before then is dropped (closed) without ever having had a session.
-async fn serve_accepted<S>(host: Host, stream: S, peer: String, config: FramedConfig)
-where
+async fn serve_accepted<S>(
+    host: Host,
+    stream: S,
+    peer: String,
+    config: FramedConfig,
+    waiting: OwnedSemaphorePermit,
+) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (reader, writer) = tokio::io::split(stream);
@@ -177,6 +206,7 @@ where
             return;
         }
     };
+    drop(waiting);
     // The frame read goes first, then the rest of the same reader: bytes
     // after it that arrived with it are still in `frames`' buffer.
     let frames = futures::stream::iter([Ok(first)]).chain(frames);
