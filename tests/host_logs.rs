@@ -121,6 +121,26 @@ async fn serve_demo_over_grpc() -> (
     (host, url, stop, serving)
 }
 
+/// Once every session has ended, stops the server and returns the log's
+/// "client disconnected" line.
+async fn disconnect_line(
+    host: &Host,
+    stop: tokio::sync::oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<Result<(), cosystem_worker::transport::grpc::GrpcError>>,
+    captured: &Captured,
+) -> String {
+    while host.session_count() > 0 {
+        tokio::task::yield_now().await;
+    }
+    let _ = stop.send(());
+    serving.await.unwrap().unwrap();
+    let log = captured.text();
+    log.lines()
+        .find(|l| l.contains("client disconnected"))
+        .unwrap_or_else(|| panic!("no disconnect line: {log}"))
+        .to_owned()
+}
+
 #[tokio::test]
 async fn a_grpc_session_ended_by_the_host_is_logged_with_its_reason() {
     use cosystem_worker::wire::host_service_client::HostServiceClient;
@@ -152,17 +172,7 @@ async fn a_grpc_session_ended_by_the_host_is_logged_with_its_reason() {
     };
     assert!(ended.is_err(), "the session ended without a status");
     drop(answers);
-    while host.session_count() > 0 {
-        tokio::task::yield_now().await;
-    }
-    let _ = stop.send(());
-    serving.await.unwrap().unwrap();
-
-    let log = captured.text();
-    let disconnect = log
-        .lines()
-        .find(|l| l.contains("client disconnected"))
-        .unwrap_or_else(|| panic!("no disconnect line: {log}"));
+    let disconnect = disconnect_line(&host, stop, serving, &captured).await;
     assert!(
         disconnect.contains("reason=\"ResourceExhausted"),
         "{disconnect}"
@@ -210,17 +220,7 @@ async fn a_grpc_client_that_goes_away_without_closing_its_stream_is_logged_as_su
         tokio::task::yield_now().await;
     }
     client.join().unwrap();
-    while host.session_count() > 0 {
-        tokio::task::yield_now().await;
-    }
-    let _ = stop.send(());
-    serving.await.unwrap().unwrap();
-
-    let log = captured.text();
-    let disconnect = log
-        .lines()
-        .find(|l| l.contains("client disconnected"))
-        .unwrap_or_else(|| panic!("no disconnect line: {log}"));
+    let disconnect = disconnect_line(&host, stop, serving, &captured).await;
     assert!(
         disconnect.contains("went away without closing its stream"),
         "{disconnect}"

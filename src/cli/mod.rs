@@ -48,14 +48,12 @@ impl Cli {
     pub fn parse_args() -> Self {
         let mut command = Self::command();
         let matches = command.get_matches_mut();
-        if let Some(("host", host)) = matches.subcommand() {
+        if let Some(("host", host)) = matches.subcommand()
             // Built by `get_matches_mut`: the usage line names the binary.
-            let host_command = command
-                .find_subcommand_mut("host")
-                .expect("`host` is a subcommand");
-            if let Err(error) = host::check_stdio(host, host_command) {
-                error.exit();
-            }
+            && let Some(host_command) = command.find_subcommand_mut("host")
+            && let Err(error) = host::check_stdio(host, host_command)
+        {
+            error.exit();
         }
         Self::from_arg_matches(&matches).unwrap_or_else(|error| error.format(&mut command).exit())
     }

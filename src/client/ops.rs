@@ -374,12 +374,15 @@ fn array_shift(doc: &Value, path: &Pointer, insert: bool) -> usize {
 /// How many operations from the start of `ops` make a run: `add`s with the
 /// same path, or `remove`s with the same path (at least the first).
 fn run_len(ops: &[PatchOperation]) -> usize {
-    let same = |next: &PatchOperation| match (&ops[0], next) {
+    let Some((first, rest)) = ops.split_first() else {
+        return 0;
+    };
+    let same = |next: &PatchOperation| match (first, next) {
         (PatchOperation::Add(a), PatchOperation::Add(b)) => a.path == b.path,
         (PatchOperation::Remove(a), PatchOperation::Remove(b)) => a.path == b.path,
         _ => false,
     };
-    1 + ops[1..].iter().take_while(|op| same(op)).count()
+    1 + rest.iter().take_while(|op| same(op)).count()
 }
 
 /// How to take back one applied step.
@@ -428,21 +431,23 @@ pub(crate) fn apply_step<'p>(
     ops: &'p [PatchOperation],
     shifts: &mut Shifts,
 ) -> Result<(usize, Undo<'p>), Failure> {
-    match &ops[0] {
+    // Neither can happen (the caller passes what is left of a patch, and a
+    // path with a parent array has a last token), but this is input.
+    let unusable = || Failure::Patch(PatchErrorKind::InvalidPointer);
+    let Some(first) = ops.first() else {
+        return Err(unusable());
+    };
+    match first {
         PatchOperation::Add(o) => {
             if let Some(arr) = parent_array(doc, &o.path) {
-                let last = o
-                    .path
-                    .split_back()
-                    .map(|(_, l)| l)
-                    .expect("it has a parent");
+                let (_, last) = o.path.split_back().ok_or_else(unusable)?;
                 // Checked first, as `add` checks it: a bad index fails the
                 // operation whatever the budget.
                 let index = last.to_index().map_err(PatchErrorKind::from)?;
                 let at = index
                     .for_len_incl(arr.len())
                     .map_err(PatchErrorKind::from)?;
-                shifts.charge(arr.len() - at)?;
+                shifts.charge(arr.len().saturating_sub(at))?;
                 // Runs are only looked for here, where they are applied
                 // whole, so each operation is looked at once.
                 let run = run_len(ops);
@@ -450,14 +455,15 @@ pub(crate) fn apply_step<'p>(
                     arr.insert(at, o.value.clone());
                     return Ok((1, Undo::Remove(&o.path)));
                 }
+                // A run holds only adds.
                 let value = |op: &PatchOperation| match op {
-                    PatchOperation::Add(a) => a.value.clone(),
-                    _ => unreachable!("a run holds only adds"),
+                    PatchOperation::Add(a) => Some(a.value.clone()),
+                    _ => None,
                 };
                 if matches!(index, Index::Next) {
-                    arr.extend(ops[..run].iter().map(value));
+                    arr.extend(ops[..run].iter().filter_map(value));
                 } else {
-                    arr.splice(at..at, ops[..run].iter().rev().map(value));
+                    arr.splice(at..at, ops[..run].iter().rev().filter_map(value));
                 }
                 return Ok((run, Undo::Unsplice(&o.path, at, run)));
             }
@@ -469,19 +475,15 @@ pub(crate) fn apply_step<'p>(
         }
         PatchOperation::Remove(o) => {
             if let Some(arr) = parent_array(doc, &o.path) {
-                let last = o
-                    .path
-                    .split_back()
-                    .map(|(_, l)| l)
-                    .expect("it has a parent");
+                let (_, last) = o.path.split_back().ok_or_else(unusable)?;
                 let at = last
                     .to_index()
                     .map_err(PatchErrorKind::from)?
                     .for_len(arr.len())
                     .map_err(PatchErrorKind::from)?;
-                shifts.charge(arr.len() - at)?;
+                shifts.charge(arr.len().saturating_sub(at))?;
                 // Those past the end are left to fail on their own.
-                let taken = run_len(ops).min(arr.len() - at);
+                let taken = run_len(ops).min(arr.len().saturating_sub(at));
                 let removed: Vec<Value> = arr.drain(at..at + taken).collect();
                 return Ok((taken, Undo::Unremove(&o.path, at, removed)));
             }
