@@ -15,7 +15,7 @@ use tonic::{Code, Request, Response, Status};
 
 use super::GrpcError;
 use super::auth::{AUTHORIZATION, is_valid_token};
-use super::opening::{AbortOnDrop, HeldSink, Opening};
+use super::opening::{AbortOnDrop, HeldSink, Opening, SettleOnDrop};
 use crate::transport::{ClientLink, Connector, TransportError};
 use crate::wire::host_service_client::HostServiceClient;
 
@@ -179,11 +179,13 @@ impl Connector for GrpcConnector {
             let task = tokio::spawn({
                 let opening = opening.clone();
                 async move {
+                    let settle = SettleOnDrop(opening.clone());
                     let answer = client
                         .session(request)
                         .await
                         .map_err(|status| status_error(status, max));
                     opening.settle(answer.as_ref().map(|_| ()).map_err(Clone::clone));
+                    drop(settle);
                     answer.map(Response::into_inner)
                 }
             });

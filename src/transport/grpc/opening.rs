@@ -37,10 +37,24 @@ pub(super) struct Opening {
 }
 
 impl Opening {
-    /// Records the host's answer and wakes a sink waiting for it.
+    /// Records the host's answer, unless one is recorded already, and wakes
+    /// a sink waiting for it.
     pub(super) fn settle(&self, outcome: Result<(), TransportError>) {
         let _ = self.outcome.set(outcome);
         self.waker.wake();
+    }
+}
+
+/// Settles an [`Opening`] as failed when dropped unsettled: a task that
+/// ends without the host's answer (aborted, or panicking) must not leave
+/// the sink waiting for it, and its driver with it.
+pub(super) struct SettleOnDrop(pub(super) Arc<Opening>);
+
+impl Drop for SettleOnDrop {
+    fn drop(&mut self) {
+        self.0.settle(Err(TransportError::Connection(
+            "opening the stream ended without the host's answer".into(),
+        )));
     }
 }
 
@@ -118,5 +132,70 @@ impl<T> Future for AbortOnDrop<T> {
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::SinkExt;
+    use tokio::sync::mpsc;
+    use tokio_util::sync::PollSender;
+
+    use super::*;
+
+    fn held() -> (HeldSink, Arc<Opening>, mpsc::Receiver<ClientMessage>) {
+        let (tx, rx) = mpsc::channel(8);
+        let inner: BoxSink<ClientMessage> =
+            Box::pin(PollSender::new(tx).sink_map_err(|_| TransportError::Closed));
+        let opening = Arc::new(Opening::default());
+        (HeldSink::new(inner, opening.clone()), opening, rx)
+    }
+
+    fn send_first(sink: &mut HeldSink) {
+        assert!(matches!(ready(sink), Poll::Ready(Ok(()))));
+        Pin::new(sink).start_send(ClientMessage::default()).unwrap();
+    }
+
+    fn ready(sink: &mut HeldSink) -> Poll<Result<(), TransportError>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        Pin::new(sink).poll_ready(&mut cx)
+    }
+
+    #[tokio::test]
+    async fn the_first_envelope_goes_at_once_and_the_rest_wait_for_acceptance() {
+        let (mut sink, opening, mut rx) = held();
+        send_first(&mut sink);
+        assert!(rx.try_recv().is_ok(), "the first envelope went out");
+        assert!(ready(&mut sink).is_pending(), "held until the host answers");
+        opening.settle(Ok(()));
+        assert!(matches!(ready(&mut sink), Poll::Ready(Ok(()))));
+    }
+
+    #[tokio::test]
+    async fn after_a_refusal_the_sink_fails_with_it() {
+        let (mut sink, opening, _rx) = held();
+        send_first(&mut sink);
+        opening.settle(Err(TransportError::Unauthenticated("no".into())));
+        assert_eq!(
+            ready(&mut sink),
+            Poll::Ready(Err(TransportError::Unauthenticated("no".into())))
+        );
+    }
+
+    #[tokio::test]
+    async fn an_opening_dropped_unanswered_fails_the_sink_rather_than_hold_it() {
+        let (mut sink, opening, _rx) = held();
+        send_first(&mut sink);
+        drop(SettleOnDrop(opening.clone()));
+        assert!(matches!(
+            ready(&mut sink),
+            Poll::Ready(Err(TransportError::Connection(_)))
+        ));
+        // An answer already recorded is kept.
+        let (mut sink, opening, _rx) = held();
+        send_first(&mut sink);
+        opening.settle(Ok(()));
+        drop(SettleOnDrop(opening));
+        assert!(matches!(ready(&mut sink), Poll::Ready(Ok(()))));
     }
 }
