@@ -72,6 +72,11 @@ class HostService(grpc.GenericRpcHandler):
         closing: list[Close] = []
         reader = asyncio.ensure_future(self.read(sid, requests, closing, wake))
         try:
+            # §17.2 (opening): response headers as soon as the stream is
+            # accepted; grpcio otherwise sends them with the first message,
+            # which a client that waits for them before its SyncRequest would
+            # never see.
+            await context.send_initial_metadata(())
             while True:
                 if closing:
                     close = closing[0]

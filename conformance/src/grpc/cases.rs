@@ -393,6 +393,20 @@ pub const CASES: &[HostCaseDef] = &[
         asserts: &["Each stream ends with status UNAUTHENTICATED and receives no envelope."],
     },
     HostCaseDef {
+        name: "grpc-response-headers-before-the-first-message",
+        tier: Recommended,
+        spec: &["§17.2"],
+        description: "A host sends its response headers as soon as it accepts a stream, before the client's first envelope, so that a client that waits for them before sending is not left waiting for ever (many gRPC stacks send them only with the first message unless told otherwise).",
+        procedure: &[
+            "Open stream A and send nothing.",
+            "Once its headers have arrived, A sends SyncRequest{have_version=0}.",
+        ],
+        asserts: &[
+            "A's response headers arrive within the runner's step timeout, before A has sent anything.",
+            "A is then answered with a SYNC snapshot, as usual.",
+        ],
+    },
+    HostCaseDef {
         name: "grpc-view-too-large-for-a-snapshot-is-refused",
         tier: Recommended,
         spec: &["§15"],
@@ -441,6 +455,7 @@ pub async fn run_case(name: &str, run: &Arc<Shared>, options: CaseOptions) -> Re
         "grpc-concurrent-clients-converge" => converge(run).await,
         "grpc-half-closed-stream-is-answered" => half_closed(run).await,
         "grpc-unauthenticated-without-token" => unauthenticated(run).await,
+        "grpc-response-headers-before-the-first-message" => headers_first(run).await,
         "grpc-view-too-large-for-a-snapshot-is-refused" => view_too_large(run).await,
         other => Err(Stop::Fail(format!("no implementation for case {other}"))),
     }
@@ -1205,6 +1220,13 @@ async fn unauthenticated(run: &Arc<Shared>) -> Result<(), Stop> {
             );
         }
     }
+    Ok(())
+}
+
+async fn headers_first(run: &Arc<Shared>) -> Result<(), Stop> {
+    let mut a = Peer::open(run, "A").await?;
+    a.answered_before_sending().await?;
+    a.attach().await?;
     Ok(())
 }
 

@@ -377,6 +377,13 @@ impl Peer {
         self.tx = None;
     }
 
+    /// Waits, having sent nothing, for the host to answer the Session call
+    /// with its response headers (spec §17.2, opening), or to end it; an
+    /// error if it has done neither within the step timeout.
+    pub async fn answered_before_sending(&mut self) -> Result<(), String> {
+        self.response().await.map(drop)
+    }
+
     /// Waits for the response stream to open and returns how it ended if it
     /// did, without reading any message.
     async fn response(&mut self) -> Result<Option<&mut Streaming<Bytes>>, String> {

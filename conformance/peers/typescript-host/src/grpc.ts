@@ -302,6 +302,10 @@ export class HostServer {
     }
     const l: Live = { id: core.openSession(), call, closed: false, blocked: false, halfClosed: false };
     this.live.set(l.id, l);
+    // §17.2 (opening): response headers as soon as the stream is accepted.
+    // grpc-js otherwise sends them with the first message, which a client
+    // that waits for them before its SyncRequest would never see.
+    call.sendMetadata(new grpc.Metadata());
     call.on("data", (buf: Buffer) => {
       if (l.closed) return;
       let msg: ClientMessage;
