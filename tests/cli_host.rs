@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{BIN, HostProcess, cli_client, json_line};
+use common::{BIN, HostProcess, cli, cli_client, json_line};
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -124,16 +124,10 @@ async fn the_host_binary_refuses_bad_options_with_one_line_and_exit_2() {
         &["--secret-token", ""],
     ];
     for args in cases {
-        let run = Command::new(BIN)
-            .arg("host")
-            .args(args)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output();
-        let output = tokio::time::timeout(GUARD, run)
-            .await
-            .expect("hung")
-            .unwrap();
+        let args: Vec<&str> = std::iter::once("host")
+            .chain(args.iter().copied())
+            .collect();
+        let output = cli(&args).await;
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         let text = String::from_utf8_lossy(&output.stderr);
         assert!(text.contains("error"), "{args:?}: {text}");
@@ -145,15 +139,7 @@ async fn the_host_binary_refuses_bad_options_with_one_line_and_exit_2() {
 async fn a_port_in_use_is_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let run = Command::new(BIN)
-        .args(["host", "--listen", &addr])
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(GUARD, run)
-        .await
-        .expect("hung")
-        .unwrap();
+    let output = cli(&["host", "--listen", &addr]).await;
     assert_eq!(output.status.code(), Some(1));
     let text = String::from_utf8_lossy(&output.stderr);
     assert!(text.contains(&format!("cannot listen on {addr}")), "{text}");

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{BIN, HostProcess, cli_client, cli_client_with_env, json_line};
+use common::{BIN, HostProcess, cli, cli_client, cli_client_with_env, json_line};
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -227,15 +227,7 @@ async fn stdio_wins_over_the_listen_variable_but_not_over_the_listen_flag() {
     .await;
     assert_eq!(json_line(&output), json!({"value": 1, "version": 2}));
 
-    let run = Command::new(BIN)
-        .args(["host", "--stdio", "--listen", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(GUARD, run)
-        .await
-        .expect("hung")
-        .unwrap();
+    let output = cli(&["host", "--stdio", "--listen", "127.0.0.1:0"]).await;
     assert_eq!(output.status.code(), Some(2));
     let text = String::from_utf8_lossy(&output.stderr);
     assert!(

@@ -115,6 +115,26 @@ async fn a_stale_socket_file_is_replaced_and_a_live_one_is_kept() {
     .await
 }
 
+/// The reason of the first `Retrying` whose connection error mentions
+/// `what`; a client that stops instead fails the test.
+async fn retried_because(client: &Client, what: &str) -> String {
+    use cosystem_worker::client::Connection;
+    use cosystem_worker::transport::TransportError;
+    let mut changes = client.connection_changes();
+    loop {
+        changes.changed().await.unwrap();
+        let state = changes.borrow_and_update().clone();
+        match state {
+            Connection::Retrying {
+                error: Some(TransportError::Connection(why)),
+                ..
+            } if why.contains(what) => return why,
+            Connection::Stopped { .. } => panic!("stopped: {state:?}"),
+            _ => {}
+        }
+    }
+}
+
 /// A host command that fails before it says a word (a bad option, a
 /// program that is not a host) would fail the same way again: the client
 /// stops, and says how the command exited.
@@ -146,8 +166,6 @@ async fn a_host_command_that_fails_before_speaking_stops_the_client_with_its_sta
 /// stop.
 #[tokio::test]
 async fn a_command_that_once_worked_is_respawned_when_a_later_child_fails_early() {
-    use cosystem_worker::client::Connection;
-    use cosystem_worker::transport::TransportError;
     within_a_minute(async {
         let marker = std::env::temp_dir().join(format!(
             "cosystem-worker-spoke-{}-{}",
@@ -167,19 +185,7 @@ async fn a_command_that_once_worked_is_respawned_when_a_later_child_fails_early(
             ClientConfig::default(),
         );
         client.ready().await.expect("the first child is a host");
-        let mut changes = client.connection_changes();
-        let why = loop {
-            changes.changed().await.unwrap();
-            let state = changes.borrow_and_update().clone();
-            match state {
-                Connection::Retrying {
-                    error: Some(TransportError::Connection(why)),
-                    ..
-                } if why.contains("exited with status 3") => break why,
-                Connection::Stopped { .. } => panic!("stopped: {state:?}"),
-                _ => continue,
-            }
-        };
+        let why = retried_because(&client, "exited with status 3").await;
         assert!(why.contains("host command sh"), "{why}");
         client.dispose();
         let _ = std::fs::remove_file(&marker);
@@ -191,24 +197,10 @@ async fn a_command_that_once_worked_is_respawned_when_a_later_child_fails_early(
 /// client retries, and its connection state says how the child ended.
 #[tokio::test]
 async fn a_host_command_killed_by_a_signal_is_respawned_and_the_link_says_why() {
-    use cosystem_worker::client::Connection;
-    use cosystem_worker::transport::TransportError;
     within_a_minute(async {
         let connector = SpawnConnector::new("sh", ["-c", "kill -9 $$"]);
         let client = Client::new(connector, ClientConfig::default());
-        let mut changes = client.connection_changes();
-        let why = loop {
-            changes.changed().await.unwrap();
-            let state = changes.borrow_and_update().clone();
-            match state {
-                Connection::Retrying {
-                    error: Some(TransportError::Connection(why)),
-                    ..
-                } => break why,
-                Connection::Stopped { .. } => panic!("stopped: {state:?}"),
-                _ => {}
-            }
-        };
+        let why = retried_because(&client, "").await;
         assert!(
             why.contains("host command sh was killed by signal 9"),
             "{why}"

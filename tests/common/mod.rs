@@ -83,8 +83,20 @@ pub async fn cli_client(args: &[&str]) -> Output {
 
 /// [`cli_client`] with these environment variables set for it.
 pub async fn cli_client_with_env(env: &[(&str, &str)], args: &[&str]) -> Output {
+    let args: Vec<&str> = std::iter::once("client")
+        .chain(args.iter().copied())
+        .collect();
+    cli_with_env(env, &args).await
+}
+
+/// The built binary run to completion with `args` (its first the
+/// subcommand), stdin empty, within a guard that fails a hung command.
+pub async fn cli(args: &[&str]) -> Output {
+    cli_with_env(&[], args).await
+}
+
+async fn cli_with_env(env: &[(&str, &str)], args: &[&str]) -> Output {
     let run = Command::new(BIN)
-        .arg("client")
         .args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
@@ -92,8 +104,8 @@ pub async fn cli_client_with_env(env: &[(&str, &str)], args: &[&str]) -> Output 
         .output();
     tokio::time::timeout(GUARD, run)
         .await
-        .expect("the client command hung")
-        .expect("spawn the client command")
+        .expect("the command hung")
+        .expect("spawn the command")
 }
 
 /// The JSON a command that succeeded printed.
