@@ -13,32 +13,46 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
 use serde_json::{Map, Value};
 
+use super::json_len::{change, commas, json_len, member_len, signed};
+
 /// The operations taking `left` to `right`, exactly as `json_patch::diff`
 /// gives them.
 #[cfg(test)]
 pub(crate) fn diff(left: &Value, right: &Value) -> Vec<PatchOperation> {
-    diff_in(&mut String::new(), left, right)
+    diff_in(&mut String::new(), left, right).0
 }
 
 /// [`diff`], building pointers in `scratch`, a buffer the caller keeps
 /// between diffs: a typed module diffs on every call, and reusing the buffer
 /// saves an allocation each time. Its contents on entry do not matter.
-pub(crate) fn diff_in(scratch: &mut String, left: &Value, right: &Value) -> Vec<PatchOperation> {
+///
+/// Also returns how much longer `right`'s compact JSON text is than
+/// `left`'s, added up from the differences the walk finds: O(change), not
+/// O(state).
+pub(crate) fn diff_in(
+    scratch: &mut String,
+    left: &Value,
+    right: &Value,
+) -> (Vec<PatchOperation>, i64) {
     scratch.clear();
     let mut walk = Walk {
         path: std::mem::take(scratch),
         ops: Vec::new(),
         valid: true,
+        size_change: 0,
     };
     walk.value(left, right);
     // Hand the (possibly grown) buffer back for the next diff.
     *scratch = std::mem::take(&mut walk.path);
     if walk.valid {
-        walk.ops
+        (walk.ops, walk.size_change)
     } else {
         // Unreachable (every path is built from encoded tokens); kept so
         // that a mistake here costs speed, not correctness.
-        json_patch::diff(left, right).0
+        (
+            json_patch::diff(left, right).0,
+            change(json_len(left), json_len(right)),
+        )
     }
 }
 
@@ -47,6 +61,8 @@ struct Walk {
     path: String,
     ops: Vec<PatchOperation>,
     valid: bool,
+    /// How much longer the right side's text is, over what was walked.
+    size_change: i64,
 }
 
 impl Walk {
@@ -80,6 +96,7 @@ impl Walk {
             (Value::Array(l), Value::Array(r)) => self.array(l, r),
             _ if left == right => {}
             _ => {
+                self.size_change += change(json_len(left), json_len(right));
                 let path = self.pointer();
                 self.ops.push(PatchOperation::Replace(ReplaceOperation {
                     path,
@@ -90,6 +107,7 @@ impl Walk {
     }
 
     fn array(&mut self, left: &[Value], right: &[Value]) {
+        self.size_change += commas(left.len(), right.len());
         let mut shift = 0;
         for idx in 0..left.len().max(right.len()) {
             let mark = self.path.len();
@@ -99,13 +117,15 @@ impl Walk {
             let _ = write!(self.path, "{}", idx - shift);
             match (left.get(idx), right.get(idx)) {
                 (Some(l), Some(r)) => self.value(l, r),
-                (Some(_), None) => {
+                (Some(l), None) => {
+                    self.size_change -= signed(json_len(l));
                     shift += 1;
                     let path = self.pointer();
                     self.ops
                         .push(PatchOperation::Remove(RemoveOperation { path }));
                 }
                 (None, Some(r)) => {
+                    self.size_change += signed(json_len(r));
                     let path = self.pointer();
                     self.ops.push(PatchOperation::Add(AddOperation {
                         path,
@@ -119,12 +139,14 @@ impl Walk {
     }
 
     fn object(&mut self, left: &Map<String, Value>, right: &Map<String, Value>) {
+        self.size_change += commas(left.len(), right.len());
         for (key, r) in right {
             let mark = self.path.len();
             self.push_token(key);
             match left.get(key) {
                 Some(l) => self.value(l, r),
                 None => {
+                    self.size_change += signed(member_len(key, json_len(r)));
                     let path = self.pointer();
                     self.ops.push(PatchOperation::Add(AddOperation {
                         path,
@@ -134,8 +156,9 @@ impl Walk {
             }
             self.path.truncate(mark);
         }
-        for key in left.keys() {
+        for (key, l) in left {
             if !right.contains_key(key) {
+                self.size_change -= signed(member_len(key, json_len(l)));
                 let mark = self.path.len();
                 self.push_token(key);
                 let path = self.pointer();
@@ -189,6 +212,16 @@ mod tests {
         #[test]
         fn diff_gives_exactly_json_patch_s_operations(left in value(), right in value()) {
             prop_assert_eq!(diff(&left, &right), json_patch::diff(&left, &right).0);
+        }
+
+        #[test]
+        fn the_size_change_is_exactly_how_much_longer_the_right_text_is(
+            left in value(),
+            right in value(),
+        ) {
+            let (_, size_change) = diff_in(&mut String::new(), &left, &right);
+            let longer = right.to_string().len() as i64 - left.to_string().len() as i64;
+            prop_assert_eq!(size_change, longer);
         }
     }
 

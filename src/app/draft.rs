@@ -5,6 +5,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::json::to_json;
+use super::json_len::{change, joined, json_len, left, member_len};
 use super::methods::Methods;
 use super::{FromArgs, Invocation, MethodError, Module};
 
@@ -21,6 +22,8 @@ pub struct Draft<'a> {
     root: &'a mut Value,
     ops: Vec<PatchOperation>,
     undo: Vec<Undo>,
+    /// How much the operations so far changed the root's JSON text length.
+    size_change: i64,
 }
 
 enum Undo {
@@ -65,6 +68,7 @@ impl<'a> Draft<'a> {
             root,
             ops: Vec::new(),
             undo: Vec::new(),
+            size_change: 0,
         }
     }
 
@@ -104,6 +108,7 @@ impl<'a> Draft<'a> {
             return Ok(value);
         }
         let old = std::mem::replace(target, value.clone());
+        self.size_change += change(json_len(&old), json_len(&value));
         self.undo
             .push(Undo::Overwrite(path.to_owned(), old.clone()));
         self.ops.push(PatchOperation::Replace(ReplaceOperation {
@@ -121,14 +126,20 @@ impl<'a> Draft<'a> {
         // Checked before anything changes: a failed add must change nothing.
         pointer(path)?;
         let (parent, last) = self.parent_mut(path)?;
-        let (recorded, undo) = match parent {
+        let value_len = json_len(&value);
+        let (recorded, undo, grew) = match parent {
             Value::Object(map) => {
+                let others = map.len();
+                let grew_as_new = joined(member_len(&last, value_len), others);
                 let old = map.insert(last, value.clone());
-                let undo = match old {
-                    Some(old) => Undo::Overwrite(path.to_owned(), old),
-                    None => Undo::Remove(path.to_owned()),
+                let (undo, grew) = match old {
+                    Some(old) => {
+                        let grew = change(json_len(&old), value_len);
+                        (Undo::Overwrite(path.to_owned(), old), grew)
+                    }
+                    None => (Undo::Remove(path.to_owned()), grew_as_new),
                 };
-                (path.to_owned(), undo)
+                (path.to_owned(), undo, grew)
             }
             Value::Array(items) => {
                 let at = if last == "-" {
@@ -138,13 +149,15 @@ impl<'a> Draft<'a> {
                         .filter(|&i| i <= items.len())
                         .ok_or_else(|| bad_path(path, "array index out of range"))?
                 };
+                let grew = joined(value_len, items.len());
                 items.insert(at, value.clone());
                 let prefix = &path[..path.len() - escape(&last).len()];
                 let concrete = format!("{prefix}{at}");
-                (concrete.clone(), Undo::Remove(concrete))
+                (concrete.clone(), Undo::Remove(concrete), grew)
             }
             _ => return Err(bad_path(path, "parent is not a container")),
         };
+        self.size_change += grew;
         self.undo.push(undo);
         self.ops.push(PatchOperation::Add(AddOperation {
             path: pointer(&recorded)?,
@@ -167,15 +180,23 @@ impl<'a> Draft<'a> {
     pub fn remove(&mut self, path: &str) -> Result<Value, MethodError> {
         let ptr = pointer(path)?;
         let (parent, last) = self.parent_mut(path)?;
-        let old = match parent {
-            Value::Object(map) => map.remove(&last),
+        let (old, shrank) = match parent {
+            Value::Object(map) => map.remove(&last).map(|old| {
+                let shrank = left(member_len(&last, json_len(&old)), map.len());
+                (old, shrank)
+            }),
             Value::Array(items) => match index(&last) {
-                Some(i) if i < items.len() => Some(items.remove(i)),
+                Some(i) if i < items.len() => {
+                    let old = items.remove(i);
+                    let shrank = left(json_len(&old), items.len());
+                    Some((old, shrank))
+                }
                 _ => None,
             },
             _ => None,
         }
         .ok_or_else(|| bad_path(path, "no value"))?;
+        self.size_change += shrank;
         self.undo.push(Undo::Reinsert(path.to_owned(), old.clone()));
         self.ops
             .push(PatchOperation::Remove(RemoveOperation { path: ptr }));
@@ -184,11 +205,12 @@ impl<'a> Draft<'a> {
 
     /// Keeps every change: the recorded operations become the call's
     /// patch, and the undo log is handed over in case the host refuses the
-    /// commit after all.
-    fn commit(mut self) -> (Vec<PatchOperation>, Vec<Undo>) {
+    /// commit after all, with how much the changes grew the root's text.
+    fn commit(mut self) -> (Vec<PatchOperation>, Vec<Undo>, i64) {
         (
             std::mem::take(&mut self.ops),
             std::mem::take(&mut self.undo),
+            self.size_change,
         )
     }
 }
@@ -265,6 +287,8 @@ pub struct JsonModule {
     /// How to undo the last call until the host has settled it: O(size of
     /// the change), like the call itself.
     last_undo: Vec<Undo>,
+    /// How much the last call changed the state's text, until it is settled.
+    last_size_change: Option<i64>,
 }
 
 impl JsonModule {
@@ -274,6 +298,7 @@ impl JsonModule {
             state,
             methods: Methods::new(name),
             last_undo: Vec::new(),
+            last_size_change: None,
         }
     }
 
@@ -313,15 +338,22 @@ impl Module for JsonModule {
 
     fn invoke(&mut self, method: &str, args: &[Value]) -> Result<Invocation, MethodError> {
         self.last_undo.clear();
+        self.last_size_change = None;
         let f = self.methods.get_mut(method)?;
         let mut draft = Draft::new(&mut self.state);
         let value = f(&mut draft, args)?;
-        let (ops, undo) = draft.commit();
+        let (ops, undo, size_change) = draft.commit();
         self.last_undo = undo;
+        self.last_size_change = Some(size_change);
         Ok(Invocation { value, ops })
     }
 
+    fn size_change(&self) -> Option<i64> {
+        self.last_size_change
+    }
+
     fn settle(&mut self, keep: bool) -> bool {
+        self.last_size_change = None;
         if keep {
             self.last_undo.clear();
         } else {
@@ -333,5 +365,90 @@ impl Module for JsonModule {
     fn rollback(&mut self) {
         // Nothing to do: the draft of a panicking call undid itself when the
         // unwind dropped it.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            (-5i64..500).prop_map(Value::from),
+            "[a-z\"é/~]{0,4}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-c~/]{0,2}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Every pointer in `value`, the root's included, and each container's
+    /// pointer with one more token: a new key, an index one past the end, `-`.
+    fn pointers(value: &Value, at: &str, out: &mut Vec<String>) {
+        out.push(at.to_owned());
+        match value {
+            Value::Object(map) => {
+                out.push(format!("{at}/new"));
+                for (key, member) in map {
+                    pointers(member, &format!("{at}/{}", escape(key)), out);
+                }
+            }
+            Value::Array(items) => {
+                out.push(format!("{at}/-"));
+                out.push(format!("{at}/{}", items.len()));
+                for (i, item) in items.iter().enumerate() {
+                    pointers(item, &format!("{at}/{i}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// What the draft adds up is the change in the root's text length,
+        /// whichever operations succeed or fail along the way.
+        #[test]
+        fn the_size_change_is_exactly_how_much_the_text_grew(
+            start in value(),
+            steps in prop::collection::vec((0u8..3, any::<prop::sample::Index>(), value()), 1..12),
+        ) {
+            let mut root = start.clone();
+            let mut draft = Draft::new(&mut root);
+            for (kind, at, value) in steps {
+                let mut paths = Vec::new();
+                pointers(draft.root(), "", &mut paths);
+                let path = at.get(&paths).clone();
+                let _ = match kind {
+                    0 => draft.add(&path, value).map(|_| ()),
+                    1 => draft.replace(&path, value).map(|_| ()),
+                    _ => draft.remove(&path).map(|_| ()),
+                };
+                let grew = draft.root().to_string().len() as i64 - start.to_string().len() as i64;
+                prop_assert_eq!(draft.size_change, grew);
+            }
+            let (_, _, size_change) = draft.commit();
+            let grew = root.to_string().len() as i64 - start.to_string().len() as i64;
+            prop_assert_eq!(size_change, grew);
+        }
+    }
+
+    #[test]
+    fn a_new_member_counts_its_key_and_a_comma() {
+        let mut root = json!({"a": 1});
+        let mut draft = Draft::new(&mut root);
+        draft.add("/b", "x").unwrap();
+        // ,"b":"x"
+        assert_eq!(draft.size_change, 8);
     }
 }

@@ -14,6 +14,7 @@ mod diff;
 mod draft;
 mod error;
 mod json;
+pub(crate) mod json_len;
 mod methods;
 mod typed;
 
@@ -66,6 +67,22 @@ pub trait Module: Send + 'static {
     /// commit stand.
     fn settle(&mut self, keep: bool) -> bool {
         keep
+    }
+    /// While the last successful [`Module::invoke`] is unsettled: exactly how
+    /// many bytes it changed the length of [`Module::state`]'s compact JSON
+    /// text by (negative when it shrank). `None`, the default, when the
+    /// module does not track it.
+    ///
+    /// The host asks after every call that changed the state, so it must be
+    /// cheap: both built-in kinds add it up as the call runs, in time
+    /// proportional to the change. With it, the host keeps the published
+    /// view's length exact and refuses a call that would make the view too
+    /// large to send (spec §15) in time proportional to the change; without
+    /// it, the host bounds the growth by the patch's text and measures the
+    /// whole view, O(state), whenever that bound reaches the limit. A wrong
+    /// answer makes the host misjudge the view's size.
+    fn size_change(&self) -> Option<i64> {
+        None
     }
 }
 

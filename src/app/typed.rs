@@ -22,8 +22,9 @@ pub struct TypedModule<S> {
     state: S,
     committed: Value,
     methods: Methods<Method<S>>,
-    /// The committed JSON before the last call, until the host settles it.
-    previous: Option<Value>,
+    /// The committed JSON before the last call, and how much longer the
+    /// call made its text, until the host settles it.
+    previous: Option<(Value, i64)>,
     /// The diff's pointer buffer, kept between calls so that diffing the
     /// state after each call does not allocate one anew.
     scratch: String,
@@ -142,8 +143,10 @@ where
         match f(&mut self.state, args) {
             Ok(value) => match to_json(&self.state, "the state") {
                 Ok(next) => {
-                    let ops = super::diff::diff_in(&mut self.scratch, &self.committed, &next);
-                    self.previous = Some(std::mem::replace(&mut self.committed, next));
+                    let (ops, size_change) =
+                        super::diff::diff_in(&mut self.scratch, &self.committed, &next);
+                    let previous = std::mem::replace(&mut self.committed, next);
+                    self.previous = Some((previous, size_change));
                     Ok(Invocation { value, ops })
                 }
                 Err(error) => {
@@ -164,9 +167,13 @@ where
         self.restore();
     }
 
+    fn size_change(&self) -> Option<i64> {
+        self.previous.as_ref().map(|(_, size_change)| *size_change)
+    }
+
     fn settle(&mut self, keep: bool) -> bool {
         match self.previous.take() {
-            Some(previous) if !keep => {
+            Some((previous, _)) if !keep => {
                 self.committed = previous;
                 self.restore();
             }

@@ -269,6 +269,12 @@ struct ViewBound {
     exact: bool,
 }
 
+/// A module's reported size change as an `isize`; no real change is
+/// anywhere near either end.
+fn clamp(change: i64) -> isize {
+    isize::try_from(change).unwrap_or(if change < 0 { isize::MIN } else { isize::MAX })
+}
+
 /// The host protocol state machine. See the module docs for the call order.
 pub struct HostCore {
     config: HostConfig,
@@ -934,8 +940,14 @@ impl HostCore {
     /// `growth` bytes (`None`: unknown): kept if the view stays small enough
     /// to send as one snapshot or the call does not make it larger;
     /// otherwise reverted and refused (spec §15), unless the module cannot
-    /// revert, when it is kept. The view is measured (O(state)) only when
-    /// the bound kept on it reaches the limit.
+    /// revert, when it is kept.
+    ///
+    /// While the view's length is known exactly and the module reports its
+    /// call's exact size change (both built-in kinds do), the length stays
+    /// exact at O(1) per call, so refusing a call never measures the view.
+    /// Otherwise the host keeps an upper bound and measures the view
+    /// (O(state)) only when that bound reaches the limit, after which the
+    /// length is exact again.
     fn admit(&mut self, i: usize, growth: Option<usize>) -> Result<(), MethodError> {
         let max = self.config.limits.max_message_bytes;
         let limit = max.saturating_sub(snapshot_overhead(
@@ -944,6 +956,11 @@ impl HostCore {
             &self.config.capability,
         ));
         let before = self.view_bound;
+        let change = self.modules[i].size_change().map(clamp);
+        if let (true, Some(change)) = (before.exact, change) {
+            let after = before.size.saturating_add_signed(change);
+            return self.settle_sized(i, before, after, limit, max);
+        }
         if let Some(growth) = growth {
             let bound = before.size.saturating_add(growth);
             if bound <= limit {
@@ -956,12 +973,37 @@ impl HostCore {
             }
         }
         let after = self.published_view_len();
+        // With the call's change known, the measurement also gives the
+        // length before it exactly, which a refusal leaves the view at: the
+        // next call then needs no measurement.
+        let before = match change {
+            Some(change) => ViewBound {
+                size: after.saturating_add_signed(change.saturating_neg()),
+                exact: true,
+            },
+            None => before,
+        };
+        self.settle_sized(i, before, after, limit, max)
+    }
+
+    /// Settles the call just run on module `i`, which takes the view's
+    /// length from `before` to exactly `after`: refused (and reverted, if
+    /// the module can) when that is over `limit` and larger than before.
+    fn settle_sized(
+        &mut self,
+        i: usize,
+        before: ViewBound,
+        after: usize,
+        limit: usize,
+        max: usize,
+    ) -> Result<(), MethodError> {
         // An inexact bound is only ever kept within the limit, so the view
         // before this call fitted; an exact one (the view is over the limit
         // already) says whether this call makes it larger. A call that does
         // not make the view larger is never refused.
         let grows_past = after > limit && (!before.exact || after > before.size);
         if grows_past && self.modules[i].settle(false) {
+            self.view_bound = before;
             return Err(MethodError::new(
                 ErrorCode::ResourceExhausted,
                 format!(

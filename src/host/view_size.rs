@@ -1,15 +1,18 @@
 //! How large the published view may grow: a commit must leave it small
 //! enough to send as one snapshot (spec §15).
 //!
-//! Measuring the view is O(state), so the host keeps an upper bound instead
-//! and measures only when the bound reaches the limit. A commit's patch text
-//! bounds its growth: an `add` or `replace` puts into the view at most the
-//! value (and key) its operation spells out, and a `remove` only shrinks it.
-
-use std::io;
+//! Measuring the view is O(state), so the host measures it once at start
+//! and then adds up each call's exact change, which both built-in module
+//! kinds report (`Module::size_change`). For a module that reports none, a
+//! commit's patch text bounds its growth: an `add` or `replace` puts into
+//! the view at most the value (and key) its operation spells out, and a
+//! `remove` only shrinks it; the host measures only when that bound reaches
+//! the limit.
 
 use json_patch::PatchOperation;
 use serde_json::Value;
+
+use crate::app::json_len::{json_len, member_len};
 
 /// The bytes of a snapshot envelope other than the view's JSON, for a host
 /// whose header carries `epoch`, `source` and `capability`, sent to a client
@@ -41,28 +44,11 @@ pub(super) fn growth_bound(ops: &[PatchOperation], ops_text_len: usize) -> Optio
 /// The length of the view's JSON text, as `HostCore::view_json` writes it,
 /// for these `(name, state)` sections, without building the text.
 pub(super) fn view_len<'a>(sections: impl Iterator<Item = (&'a str, &'a Value)>) -> usize {
-    let mut count = Count(2);
+    let mut len = 2;
     for (n, (name, state)) in sections.enumerate() {
-        count.0 += usize::from(n > 0) + 1;
-        // Writing into a counter cannot fail, and both are plain JSON.
-        let _ = serde_json::to_writer(&mut count, name);
-        let _ = serde_json::to_writer(&mut count, state);
+        len += usize::from(n > 0) + member_len(name, json_len(state));
     }
-    count.0
-}
-
-/// Counts the bytes written to it.
-struct Count(usize);
-
-impl io::Write for Count {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.0 += bytes.len();
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
+    len
 }
 
 #[cfg(test)]

@@ -1,0 +1,109 @@
+//! The length of a value's compact JSON text, and how one change to a
+//! container alters it. The built-in modules add these up as a call runs, so
+//! the host knows exactly how much a call grew the published view without
+//! measuring the view (spec §15).
+//!
+//! A container of `n` members is `2 + Σ member + max(n − 1, 0)` bytes: its
+//! brackets, its members, and the commas between them. An object member is
+//! its key as a JSON string, a colon and its value.
+
+use std::io;
+
+use serde_json::Value;
+
+/// The length of `value`'s compact JSON text, as `serde_json::to_writer`
+/// writes it, without building the text.
+pub(crate) fn json_len(value: &Value) -> usize {
+    let mut count = Count(0);
+    // Writing into a counter cannot fail, and a `Value` is always JSON.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// The length of `key` written as a JSON string.
+pub(crate) fn key_len(key: &str) -> usize {
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, key);
+    count.0
+}
+
+/// The length of an object member: `"key":value`.
+pub(crate) fn member_len(key: &str, value_len: usize) -> usize {
+    key_len(key) + 1 + value_len
+}
+
+/// How a container's text grows when a member of `member` bytes joins the
+/// `others` it already has: the member, and a comma unless it is the first.
+pub(crate) fn joined(member: usize, others: usize) -> i64 {
+    signed(member) + i64::from(others > 0)
+}
+
+/// How a container's text shrinks when a member of `member` bytes leaves
+/// the `others` that stay: the member, and a comma unless none stay.
+pub(crate) fn left(member: usize, others: usize) -> i64 {
+    -joined(member, others)
+}
+
+/// How the commas of a container change when its member count goes from
+/// `before` to `after`.
+pub(crate) fn commas(before: usize, after: usize) -> i64 {
+    signed(after.saturating_sub(1)) - signed(before.saturating_sub(1))
+}
+
+/// `after − before`, for two text lengths.
+pub(crate) fn change(before: usize, after: usize) -> i64 {
+    signed(after) - signed(before)
+}
+
+/// A text length as a signed count: no text reaches `i64::MAX` bytes.
+pub(crate) fn signed(len: usize) -> i64 {
+    i64::try_from(len).unwrap_or(i64::MAX)
+}
+
+/// Counts the bytes written to it.
+pub(crate) struct Count(pub(crate) usize);
+
+impl io::Write for Count {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn lengths_are_those_of_the_compact_text() {
+        for value in [
+            json!(null),
+            json!(-12.5),
+            json!("a\"b\u{e9}\n"),
+            json!([1, [], {}]),
+            json!({"k": {"é": [true]}}),
+        ] {
+            assert_eq!(json_len(&value), value.to_string().len(), "{value}");
+        }
+        assert_eq!(key_len("a/b\"c"), json!("a/b\"c").to_string().len());
+        assert_eq!(member_len("k", 4), r#""k":true"#.len());
+    }
+
+    #[test]
+    fn a_member_joining_or_leaving_moves_a_comma_unless_it_is_alone() {
+        // [] -> [7] -> [7,8], and back.
+        assert_eq!(joined(1, 0), 1);
+        assert_eq!(joined(1, 1), 2);
+        assert_eq!(left(1, 1), -2);
+        assert_eq!(left(1, 0), -1);
+        assert_eq!(commas(0, 3), 2);
+        assert_eq!(commas(3, 1), -2);
+        assert_eq!(commas(1, 0), 0);
+    }
+}

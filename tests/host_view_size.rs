@@ -1,0 +1,207 @@
+//! The host keeps the published view's length exact from each call's
+//! reported change, so a call refused for making the view too large to send
+//! as one snapshot costs what the call costs, not a measurement of the whole
+//! view: a client calling again and again near the limit cannot make every
+//! call walk the state. A module that does not report its change still has
+//! its calls judged correctly, by measuring.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use cosystem_worker::app::{App, Draft, Invocation, JsonModule, MethodError, Module, TypedModule};
+use cosystem_worker::host::{HostConfig, HostCore, HostLimits, SyncMode};
+use cosystem_worker::wire::ErrorCode;
+use serde_json::{Value, json};
+
+const LIMIT: usize = 4096;
+
+/// A published section that counts how often its state is read: the host
+/// reads every section only when it measures the whole view.
+struct Counted {
+    state: Value,
+    reads: Arc<AtomicUsize>,
+}
+
+impl Module for Counted {
+    fn name(&self) -> &str {
+        "counted"
+    }
+    fn declares(&self, _: &str) -> bool {
+        false
+    }
+    fn methods(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn state(&self) -> &Value {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        &self.state
+    }
+    fn invoke(&mut self, method: &str, _: &[Value]) -> Result<Invocation, MethodError> {
+        Err(MethodError::not_found(method))
+    }
+    fn rollback(&mut self) {}
+}
+
+/// A module that forwards to a [`JsonModule`] but does not report its
+/// calls' size change, as a custom module need not.
+struct Unreported(JsonModule);
+
+impl Module for Unreported {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn declares(&self, method: &str) -> bool {
+        self.0.declares(method)
+    }
+    fn methods(&self) -> Vec<String> {
+        self.0.methods()
+    }
+    fn state(&self) -> &Value {
+        self.0.state()
+    }
+    fn invoke(&mut self, method: &str, args: &[Value]) -> Result<Invocation, MethodError> {
+        self.0.invoke(method, args)
+    }
+    fn rollback(&mut self) {
+        self.0.rollback();
+    }
+    fn settle(&mut self, keep: bool) -> bool {
+        self.0.settle(keep)
+    }
+}
+
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Text {
+    text: String,
+}
+
+/// `json.set(s)`, `typed.set(s)` and `unreported.set(s)` each set their
+/// section's one string; `counted` is read only.
+fn host(reads: &Arc<AtomicUsize>) -> HostCore {
+    let set = |d: &mut Draft<'_>, (s,): (String,)| d.replace("/text", s).map(|_| ());
+    let app = App::new()
+        .with(JsonModule::new("json", json!({"text": ""})).method("set", set))
+        .with(TypedModule::new("typed", Text::default()).method(
+            "set",
+            |t: &mut Text, (s,): (String,)| {
+                t.text = s;
+                Ok(())
+            },
+        ))
+        .with(Unreported(
+            JsonModule::new("unreported", json!({"text": ""})).method("set", set),
+        ))
+        .with(Counted {
+            state: json!({"filler": "f".repeat(LIMIT / 2)}),
+            reads: reads.clone(),
+        });
+    let config = HostConfig {
+        sync: SyncMode::Patch,
+        limits: HostLimits {
+            max_message_bytes: LIMIT,
+            ..HostLimits::default()
+        },
+        ..HostConfig::default()
+    };
+    HostCore::new(config, app, "e1")
+}
+
+fn view_len(h: &HostCore) -> usize {
+    let view: serde_json::Map<String, Value> = ["json", "typed", "unreported", "counted"]
+        .into_iter()
+        .map(|m| (m.to_owned(), h.module_state(m).cloned().unwrap_or_default()))
+        .collect();
+    Value::Object(view).to_string().len()
+}
+
+#[test]
+fn calls_refused_near_the_limit_do_not_measure_the_whole_view() {
+    for module in ["json", "typed"] {
+        let reads = Arc::new(AtomicUsize::new(0));
+        let mut h = host(&reads);
+        // Fill the view to just under the limit, then keep asking for more.
+        h.invoke(module, "set", &[json!("x".repeat(LIMIT / 3))])
+            .expect("fits");
+        let before = reads.load(Ordering::Relaxed);
+        for _ in 0..50 {
+            let error = h
+                .invoke(module, "set", &[json!("y".repeat(LIMIT))])
+                .expect_err("too large");
+            assert_eq!(
+                error.code,
+                ErrorCode::ResourceExhausted,
+                "{module}: {error}"
+            );
+        }
+        let measured = reads.load(Ordering::Relaxed) - before;
+        assert!(
+            measured <= 1,
+            "{module}: 50 refused calls read the untouched section {measured} times"
+        );
+        assert_eq!(h.version(), 2, "{module}: nothing more committed");
+    }
+}
+
+#[test]
+fn a_module_that_does_not_report_its_change_is_still_judged_by_measuring() {
+    let reads = Arc::new(AtomicUsize::new(0));
+    let mut h = host(&reads);
+    h.invoke("unreported", "set", &[json!("x".repeat(LIMIT / 3))])
+        .expect("fits");
+    let error = h
+        .invoke("unreported", "set", &[json!("y".repeat(LIMIT))])
+        .expect_err("too large");
+    assert_eq!(error.code, ErrorCode::ResourceExhausted);
+    assert!(reads.load(Ordering::Relaxed) > 0, "the view was measured");
+    assert_eq!(
+        h.module_state("unreported"),
+        Some(&json!({"text": "x".repeat(LIMIT / 3)}))
+    );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Across any mix of calls on modules that report their change and one
+    /// that does not, a call is refused exactly when it would grow the view
+    /// to the same length as the largest view a call was refused at or
+    /// beyond: the host's idea of the view's length never drifts from the
+    /// view, so the line between committed and refused stays where it was.
+    #[test]
+    fn the_host_s_view_length_never_drifts_from_the_view(
+        calls in proptest::collection::vec((0usize..3, 0usize..2200), 1..60),
+    ) {
+        let reads = Arc::new(AtomicUsize::new(0));
+        let mut h = host(&reads);
+        // The smallest length refused and the largest committed so far.
+        let (mut refused_at, mut committed_at) = (usize::MAX, 0);
+        for (module, len) in calls {
+            let module = ["json", "typed", "unreported"][module];
+            let old = h.module_state(module).cloned();
+            let before = view_len(&h);
+            let mut next = old.clone().unwrap_or_default();
+            next["text"] = json!("z".repeat(len));
+            let grown = before - old.map_or(0, |o| o.to_string().len()) + next.to_string().len();
+            match h.invoke(module, "set", &[json!("z".repeat(len))]) {
+                Ok(_) => {
+                    proptest::prop_assert_eq!(view_len(&h), grown);
+                    if grown > before {
+                        committed_at = committed_at.max(grown);
+                    }
+                }
+                Err(error) => {
+                    proptest::prop_assert_eq!(error.code, ErrorCode::ResourceExhausted);
+                    proptest::prop_assert_eq!(view_len(&h), before);
+                    proptest::prop_assert!(grown > before);
+                    refused_at = refused_at.min(grown);
+                }
+            }
+            proptest::prop_assert!(
+                committed_at < refused_at,
+                "a view of {} bytes was committed and one of {} refused",
+                committed_at,
+                refused_at
+            );
+        }
+    }
+}
