@@ -36,15 +36,16 @@ pub enum ApplyError {
         /// The nesting the operation would reach.
         depth: usize,
     },
-    /// The patch's `copy` operations would add more JSON values than
-    /// [`copy_budget`] allows.
+    /// The patch's `copy` operations would add more than [`copy_budget`]
+    /// allows.
     #[error(
-        "operation {index} would make the patch's copies add {copied} values (the limit is {budget})"
+        "operation {index} would make the patch's copies add a weight of {copied} (values plus string bytes; the limit is {budget})"
     )]
     CopiesTooLarge {
         /// Zero-based index of the operation that went over.
         index: usize,
-        /// Values copied so far, including this operation's.
+        /// The weight copied so far, including this operation's: values
+        /// plus the length of their strings (see [`copy_budget`]).
         copied: usize,
         /// The limit, from [`copy_budget`].
         budget: usize,
@@ -89,13 +90,18 @@ pub enum ApplyError {
 /// stack and aborts.
 pub const MAX_MIRROR_DEPTH: usize = 127;
 
-/// How many JSON values the `copy` operations of a patch of `patch_len`
-/// bytes may add in all: the patch's length, but at least 4096.
+/// How much the `copy` operations of a patch of `patch_len` bytes may add
+/// in all: the patch's length, but at least 4096. What a copy adds is
+/// weighed as 1 per JSON value plus the UTF-8 length of every string in it,
+/// member names included, so the weight is within a small factor of the
+/// copy's JSON text.
 ///
 /// Spelling values out costs at least a byte each, so this keeps what a patch
 /// adds proportional to its size, as with a snapshot; without it a few
 /// hundred bytes of copies, each doubling a subtree, grow the mirror by
-/// gigabytes. The floor leaves room for small legitimate copies.
+/// gigabytes, and with values counted but strings not weighed, 4000 copies
+/// of a 1 MiB string (a 190 KB patch) added 4 GiB. The floor leaves room
+/// for small legitimate copies.
 pub fn copy_budget(patch_len: usize) -> usize {
     patch_len.max(4096)
 }
@@ -119,28 +125,45 @@ pub fn shift_budget(patch_len: usize) -> usize {
     patch_len.saturating_mul(4).max(1 << 24)
 }
 
-/// The nesting depth of `value` (0 for a scalar) and how many JSON values it
-/// holds, itself included. Iterative, so a deep value cannot exhaust the
-/// stack. Stops once it has counted more than `cap` values, so that
-/// measuring against a budget costs no more than the budget: the count is
-/// then `cap + 1` and the depth that of the part counted.
-fn measure(value: &Value, cap: usize) -> (usize, usize) {
+/// How [`measure`] weighs what it counts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Weigh {
+    /// 1 per value: the work of walking it (what a `move` is charged).
+    Values,
+    /// 1 per value plus the length of every string, member names included:
+    /// about its size (what a `copy` is charged, since it adds that much).
+    Size,
+}
+
+/// The nesting depth of `value` (0 for a scalar) and its weight (see
+/// [`Weigh`]): how many JSON values it holds, itself included, plus with
+/// [`Weigh::Size`] the length of its strings. Iterative, so a deep value
+/// cannot exhaust the stack. Stops once the weight is over `cap`, so that
+/// measuring against a budget costs no more than the budget: the weight is
+/// then over `cap` and the depth that of the part counted.
+fn measure(value: &Value, cap: usize, weigh: Weigh) -> (usize, usize) {
+    let size = |s: &str| if weigh == Weigh::Size { s.len() } else { 0 };
     if !value.is_array() && !value.is_object() {
         // The common case, without the walk's allocation.
-        return (0, 1);
+        return (0, 1 + value.as_str().map_or(0, size));
     }
     let mut deepest = 0;
-    let mut values = 0;
+    let mut values: usize = 0;
     let mut stack = vec![(value, 0usize)];
     while let Some((v, depth)) = stack.pop() {
-        values += 1;
+        values = values.saturating_add(1 + v.as_str().map_or(0, size));
         if values > cap {
             break;
         }
         deepest = deepest.max(depth);
         match v {
             Value::Array(items) => stack.extend(items.iter().map(|c| (c, depth + 1))),
-            Value::Object(map) => stack.extend(map.values().map(|c| (c, depth + 1))),
+            Value::Object(map) => {
+                for (key, c) in map {
+                    values = values.saturating_add(size(key));
+                    stack.push((c, depth + 1));
+                }
+            }
             _ => {}
         }
         if v.is_array() || v.is_object() {
@@ -157,7 +180,7 @@ fn token_count(path: &Pointer) -> usize {
 }
 
 fn check_depth(index: usize, path: &Pointer, value: &Value) -> Result<(), ApplyError> {
-    let depth = token_count(path) + measure(value, usize::MAX).0;
+    let depth = token_count(path) + measure(value, usize::MAX, Weigh::Values).0;
     if depth > MAX_MIRROR_DEPTH {
         return Err(ApplyError::TooDeep { index, depth });
     }
@@ -207,22 +230,22 @@ fn check_source(
     doc: &Value,
     measured: &mut Measured,
 ) -> Result<(), ApplyError> {
-    let (from, path, tally) = match op {
+    let (from, path, tally, weigh) = match op {
         PatchOperation::Move(o) => {
             let into_itself = o.path.starts_with(&o.from) && o.path.len() != o.from.len();
             if o.from == o.path || into_itself || token_count(&o.path) <= token_count(&o.from) {
                 return Ok(());
             }
-            (&o.from, &o.path, &mut measured.moved)
+            (&o.from, &o.path, &mut measured.moved, Weigh::Values)
         }
-        PatchOperation::Copy(o) => (&o.from, &o.path, &mut measured.copied),
+        PatchOperation::Copy(o) => (&o.from, &o.path, &mut measured.copied, Weigh::Size),
         _ => return Ok(()),
     };
     let Some(source) = doc.pointer(from.as_str()) else {
         return Ok(());
     };
     let budget = measured.budget;
-    let (depth, values) = measure(source, budget.saturating_sub(*tally));
+    let (depth, values) = measure(source, budget.saturating_sub(*tally), weigh);
     *tally = tally.saturating_add(values);
     if *tally > budget {
         return Err(match op {
@@ -714,6 +737,27 @@ mod tests {
         let mut small = doc;
         apply_patch(&mut small, r#"[{"op":"copy","from":"/a","path":"/b"}]"#)
             .expect("a copy within the budget applies");
+        assert_eq!(small["b"], small["a"]);
+    }
+
+    /// Counting values alone let copies of one long string add far more
+    /// than the patch: 4000 copies of a 1 MiB string, a 190 KB patch, grew
+    /// the mirror by 4 GiB. Strings, member names included, now weigh their
+    /// length.
+    #[test]
+    fn copies_weigh_the_strings_they_add() {
+        let big = "x".repeat(64 * 1024);
+        let doc = json!({"a": {"s": big.clone(), big.clone(): 1}});
+        let copy_of = |from: &str| json!([{"op": "copy", "from": from, "path": "/b"}]).to_string();
+        for from in ["/a/s", "/a"] {
+            let error = refused_unchanged(doc.clone(), &copy_of(from));
+            assert!(
+                matches!(error, ApplyError::CopiesTooLarge { index: 0, copied, .. } if copied > big.len()),
+                "{from}: {error:?}"
+            );
+        }
+        let mut small = json!({"a": {"s": "x".repeat(4000)}});
+        apply_patch(&mut small, &copy_of("/a")).expect("a copy within the budget applies");
         assert_eq!(small["b"], small["a"]);
     }
 

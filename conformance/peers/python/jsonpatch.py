@@ -112,15 +112,23 @@ def depth(value) -> int:
     return best
 
 
+def _utf8_len(s: str) -> int:
+    return len(s.encode("utf-8", "surrogatepass"))
+
+
 def count_values(value) -> int:
-    """Number of JSON values in a tree, the tree itself included: how §15
-    counts what a copy adds (a copied container is 1 plus its contents)."""
+    """How §15 weighs what a copy adds: 1 per JSON value in the tree, the
+    tree itself included (a copied container is 1 plus its contents), plus
+    the UTF-8 length of every string in it, member names included."""
     n = 0
     stack = [value]
     while stack:
         v = stack.pop()
         n += 1
-        if isinstance(v, dict):
+        if isinstance(v, str):
+            n += _utf8_len(v)
+        elif isinstance(v, dict):
+            n += sum(_utf8_len(k) for k in v)
             stack.extend(v.values())
         elif isinstance(v, list):
             stack.extend(v)
@@ -263,7 +271,8 @@ def _replace(doc, tokens, value):
 def _apply_ops(work, ops: list, patch_bytes: int):
     """Apply the operations in order to work (a private copy); returns the
     new document, which may be any JSON value until the caller checks it."""
-    # §15 copy amplification: values added by copy <= max(4096, patch bytes).
+    # §15 copy amplification: what copies add (values plus string bytes)
+    # <= max(4096, patch bytes).
     copy_budget = max(MIN_COPY_BUDGET, patch_bytes)
     copied = 0
     for op in ops:

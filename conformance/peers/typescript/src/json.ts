@@ -343,7 +343,11 @@ export function depthOf(v: JsonValue): number {
   return 0;
 }
 
-/** Values counted for copy amplification (§15): 1 per value, containers including their contents. */
+/**
+ * The weight counted for copy amplification (§15): 1 per value, containers
+ * including their contents, plus the UTF-8 length of every string, member
+ * names included.
+ */
 export function countValues(v: JsonValue): number {
   if (Array.isArray(v)) {
     let n = 1;
@@ -352,9 +356,10 @@ export function countValues(v: JsonValue): number {
   }
   if (v instanceof Map) {
     let n = 1;
-    for (const e of v.values()) n += countValues(e);
+    for (const [k, e] of v) n += utf8Length(k) + countValues(e);
     return n;
   }
+  if (typeof v === 'string') return 1 + utf8Length(v);
   return 1;
 }
 
