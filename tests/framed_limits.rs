@@ -489,7 +489,7 @@ async fn a_connection_whose_first_frame_arrives_in_time_is_served_with_no_later_
 }
 
 #[tokio::test(start_paused = true)]
-async fn connections_past_the_waiting_bound_are_closed_at_once_and_served_again_after() {
+async fn a_new_connection_past_the_waiting_bound_closes_the_one_that_waited_longest() {
     use framed::{FIRST_FRAME_TIMEOUT, MAX_WAITING};
     let host = host_for(10);
     let address = serve(&host).await;
@@ -497,17 +497,21 @@ async fn connections_past_the_waiting_bound_are_closed_at_once_and_served_again_
     for _ in 0..MAX_WAITING {
         silent.push(TcpStream::connect(&address).await.unwrap());
     }
-    // Every slot is taken by a connection that never sends a frame: the
-    // next is closed long before any deadline.
-    let mut extra = TcpStream::connect(&address).await.unwrap();
-    assert!(
-        closed_within(&mut extra, FIRST_FRAME_TIMEOUT / 10).await,
-        "a connection past the bound was kept waiting"
-    );
-    // Once the silent ones are closed at their deadline, clients are
-    // served again.
-    tokio::time::sleep(FIRST_FRAME_TIMEOUT * 2).await;
+    // Every place is taken by a connection that never sends a frame; a
+    // client arriving now is still served at once, long before any of them
+    // reaches its deadline, and the oldest of them is closed to make room.
     let client = Client::new(TcpConnector::new(address), ClientConfig::default());
-    within_a_minute(async { client.ready().await.expect("served") }).await;
+    tokio::time::timeout(FIRST_FRAME_TIMEOUT / 10, client.ready())
+        .await
+        .expect("served without waiting for the silent connections' deadline")
+        .expect("served");
+    assert!(
+        closed_within(&mut silent[0], FIRST_FRAME_TIMEOUT / 10).await,
+        "the connection that waited longest was kept"
+    );
+    assert!(
+        !closed_within(&mut silent[MAX_WAITING - 1], FIRST_FRAME_TIMEOUT / 10).await,
+        "a newer waiting connection was closed"
+    );
     drop(silent);
 }

@@ -5,7 +5,9 @@ mod common;
 
 use common::memory_client;
 use cosystem_worker::demo;
-use cosystem_worker::host::{CallRecord, Host, HostConfig, HostCore, HostEvent, PeerOptions};
+use cosystem_worker::host::{
+    CallRecord, Host, HostConfig, HostCore, HostEvent, PeerOptions, RECORDED_NAME,
+};
 use cosystem_worker::wire::{Call, ClientMessage, ErrorCode, Header, client_message};
 use serde_json::json;
 use std::time::Duration;
@@ -128,6 +130,30 @@ fn the_core_records_calls_only_while_asked_to() {
     core.record_calls(false);
     core.handle_message(peer, call_envelope(3)).unwrap();
     assert_eq!(calls_answered(&mut core), []);
+}
+
+#[test]
+fn a_record_keeps_only_the_start_of_a_name_the_host_does_not_know() {
+    let mut core = HostCore::new(HostConfig::default(), demo::app("s"), "e");
+    let peer = core
+        .connect(PeerOptions {
+            peer_id: "label".into(),
+            publications: true,
+        })
+        .unwrap();
+    core.record_calls(true);
+    let mut call = call_envelope(1);
+    let long = "é".repeat(RECORDED_NAME);
+    if let Some(client_message::Kind::Call(c)) = &mut call.kind {
+        c.module = long.clone();
+        c.method = long.clone();
+    }
+    core.handle_message(peer, call).unwrap();
+    let record = calls_answered(&mut core).pop().expect("recorded");
+    assert_eq!(record.error, Some(ErrorCode::NotFound));
+    // 512 two-byte characters: cut at a character boundary.
+    assert_eq!(record.module, "é".repeat(RECORDED_NAME / 2));
+    assert_eq!(record.method, record.module);
 }
 
 #[tokio::test]

@@ -159,6 +159,49 @@ fn a_module_that_does_not_report_its_change_is_still_judged_by_measuring() {
     );
 }
 
+#[test]
+fn a_call_s_work_stops_once_its_changes_outgrow_the_room_the_view_has_left() {
+    // A method that adds items one at a time until the draft refuses one,
+    // counting those it added: what a hostile `add_many` would do.
+    let added = Arc::new(AtomicUsize::new(0));
+    let counter = added.clone();
+    let app = App::new().with(JsonModule::new("list", json!({"items": []})).method(
+        "fill",
+        move |d: &mut Draft<'_>, (n, text): (usize, String)| {
+            for _ in 0..n {
+                d.push("/items", &text)?;
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(n)
+        },
+    ));
+    let config = HostConfig {
+        limits: HostLimits {
+            max_message_bytes: LIMIT,
+            ..HostLimits::default()
+        },
+        ..HostConfig::default()
+    };
+    let mut h = HostCore::new(config, app, "e1");
+    let error = h
+        .invoke("list", "fill", &[json!(1_000_000), json!("x".repeat(100))])
+        .expect_err("far too large");
+    assert_eq!(error.code, ErrorCode::ResourceExhausted, "{error}");
+    assert_eq!(h.module_state("list"), Some(&json!({"items": []})));
+    assert_eq!(h.version(), 1);
+    // Each item is 103 bytes of text: the room (under 4 KiB) and the slack
+    // (64 KiB) hold under 700 of them, not a million.
+    let done = added.load(Ordering::Relaxed);
+    assert!(
+        done < 700,
+        "{done} items were added before the call stopped"
+    );
+    // A call that fits is still taken whole.
+    h.invoke("list", "fill", &[json!(10), json!("y")])
+        .expect("fits");
+    assert_eq!(h.version(), 2);
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
 

@@ -229,8 +229,10 @@ fn an_error_quoting_a_huge_name_is_cut_short() {
     let out = frames(&mut h, peer);
     let (code, message) = error_of(result(&out));
     assert_eq!(code, ErrorCode::NotFound);
+    // Cut before it is escaped (escaping all of it cost ~80 ms at 4 MiB),
+    // saying how long it was.
     assert!(message.len() < 1100, "{} bytes", message.len());
-    assert!(message.ends_with("(truncated)"), "{message}");
+    assert!(message.ends_with("(1000000 bytes)"), "{message}");
 }
 
 #[test]

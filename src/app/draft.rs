@@ -5,9 +5,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::json::to_json;
-use super::json_len::{change, joined, json_len, left, member_len};
+use super::json_len::{change, joined, json_len, left, member_len, signed};
 use super::methods::Methods;
 use super::{FromArgs, Invocation, MethodError, Module};
+use crate::wire::ErrorCode;
 
 /// A mutable view of a module's JSON state that records every change as an
 /// RFC 6902 operation.
@@ -24,6 +25,11 @@ pub struct Draft<'a> {
     undo: Vec<Undo>,
     /// How much the operations so far changed the root's JSON text length.
     size_change: i64,
+    /// How far the operations may grow the root's text, if anything limits it.
+    budget: Option<i64>,
+    /// Why an operation was refused for going past `budget`: the call then
+    /// fails whatever the method makes of that operation's error.
+    over_budget: Option<MethodError>,
 }
 
 enum Undo {
@@ -51,6 +57,17 @@ fn pointer(path: &str) -> Result<PointerBuf, MethodError> {
     PointerBuf::parse(path.to_owned()).map_err(|e| bad_path(path, &e.to_string()))
 }
 
+/// The parent of `path` in `root`, and the last token of `path` unescaped.
+fn parent_mut<'v>(root: &'v mut Value, path: &str) -> Result<(&'v mut Value, String), MethodError> {
+    let (parent, last) = path
+        .rsplit_once('/')
+        .ok_or_else(|| bad_path(path, "the root cannot be changed by member operations"))?;
+    let parent = root
+        .pointer_mut(parent)
+        .ok_or_else(|| bad_path(path, "no parent"))?;
+    Ok((parent, unescape(last)))
+}
+
 /// Parses an array index: decimal, no leading zeros (RFC 6901).
 fn index(token: &str) -> Option<usize> {
     if token.is_empty() || (token.len() > 1 && token.starts_with('0')) {
@@ -63,12 +80,14 @@ fn index(token: &str) -> Option<usize> {
 }
 
 impl<'a> Draft<'a> {
-    fn new(root: &'a mut Value) -> Self {
+    fn new(root: &'a mut Value, budget: Option<usize>) -> Self {
         Self {
             root,
             ops: Vec::new(),
             undo: Vec::new(),
             size_change: 0,
+            budget: budget.map(signed),
+            over_budget: None,
         }
     }
 
@@ -80,17 +99,6 @@ impl<'a> Draft<'a> {
     /// The value at `path`, if any.
     pub fn get(&self, path: &str) -> Option<&Value> {
         self.root.pointer(path)
-    }
-
-    fn parent_mut(&mut self, path: &str) -> Result<(&mut Value, String), MethodError> {
-        let (parent, last) = path
-            .rsplit_once('/')
-            .ok_or_else(|| bad_path(path, "the root cannot be changed by member operations"))?;
-        let parent = self
-            .root
-            .pointer_mut(parent)
-            .ok_or_else(|| bad_path(path, "no parent"))?;
-        Ok((parent, unescape(last)))
     }
 
     /// Replaces the value at `path`, which must exist. Returns the old value.
@@ -107,8 +115,14 @@ impl<'a> Draft<'a> {
             // nothing: a call that changes nothing publishes no version.
             return Ok(value);
         }
+        let grew = change(json_len(target), json_len(&value));
+        charge(
+            &mut self.size_change,
+            self.budget,
+            &mut self.over_budget,
+            grew,
+        )?;
         let old = std::mem::replace(target, value.clone());
-        self.size_change += change(json_len(&old), json_len(&value));
         self.undo
             .push(Undo::Overwrite(path.to_owned(), old.clone()));
         self.ops.push(PatchOperation::Replace(ReplaceOperation {
@@ -125,21 +139,22 @@ impl<'a> Draft<'a> {
         let value = to_json(&value, "the value")?;
         // Checked before anything changes: a failed add must change nothing.
         pointer(path)?;
-        let (parent, last) = self.parent_mut(path)?;
+        let (parent, last) = parent_mut(self.root, path)?;
         let value_len = json_len(&value);
-        let (recorded, undo, grew) = match parent {
+        let (size_change, budget, over) =
+            (&mut self.size_change, self.budget, &mut self.over_budget);
+        let (recorded, undo) = match parent {
             Value::Object(map) => {
-                let others = map.len();
-                let grew_as_new = joined(member_len(&last, value_len), others);
-                let old = map.insert(last, value.clone());
-                let (undo, grew) = match old {
-                    Some(old) => {
-                        let grew = change(json_len(&old), value_len);
-                        (Undo::Overwrite(path.to_owned(), old), grew)
-                    }
-                    None => (Undo::Remove(path.to_owned()), grew_as_new),
+                let grew = match map.get(&last) {
+                    Some(old) => change(json_len(old), value_len),
+                    None => joined(member_len(&last, value_len), map.len()),
                 };
-                (path.to_owned(), undo, grew)
+                charge(size_change, budget, over, grew)?;
+                let undo = match map.insert(last, value.clone()) {
+                    Some(old) => Undo::Overwrite(path.to_owned(), old),
+                    None => Undo::Remove(path.to_owned()),
+                };
+                (path.to_owned(), undo)
             }
             Value::Array(items) => {
                 let at = if last == "-" {
@@ -149,15 +164,14 @@ impl<'a> Draft<'a> {
                         .filter(|&i| i <= items.len())
                         .ok_or_else(|| bad_path(path, "array index out of range"))?
                 };
-                let grew = joined(value_len, items.len());
+                charge(size_change, budget, over, joined(value_len, items.len()))?;
                 items.insert(at, value.clone());
                 let prefix = &path[..path.len() - escape(&last).len()];
                 let concrete = format!("{prefix}{at}");
-                (concrete.clone(), Undo::Remove(concrete), grew)
+                (concrete.clone(), Undo::Remove(concrete))
             }
             _ => return Err(bad_path(path, "parent is not a container")),
         };
-        self.size_change += grew;
         self.undo.push(undo);
         self.ops.push(PatchOperation::Add(AddOperation {
             path: pointer(&recorded)?,
@@ -179,7 +193,7 @@ impl<'a> Draft<'a> {
     /// Removes the value at `path`, which must exist. Returns it.
     pub fn remove(&mut self, path: &str) -> Result<Value, MethodError> {
         let ptr = pointer(path)?;
-        let (parent, last) = self.parent_mut(path)?;
+        let (parent, last) = parent_mut(self.root, path)?;
         let (old, shrank) = match parent {
             Value::Object(map) => map.remove(&last).map(|old| {
                 let shrank = left(member_len(&last, json_len(&old)), map.len());
@@ -213,6 +227,33 @@ impl<'a> Draft<'a> {
             self.size_change,
         )
     }
+}
+
+/// Adds `grew` to a draft's `size_change`, unless that takes it past
+/// `budget`: the operation is then refused, before it changes anything, and
+/// `over` keeps the refusal so that the whole call fails.
+fn charge(
+    size_change: &mut i64,
+    budget: Option<i64>,
+    over: &mut Option<MethodError>,
+    grew: i64,
+) -> Result<(), MethodError> {
+    let total = size_change.saturating_add(grew);
+    if let Some(budget) = budget
+        && grew > 0
+        && total > budget
+    {
+        let error = MethodError::new(
+            ErrorCode::ResourceExhausted,
+            format!(
+                "the call's changes would grow the published view by more than the {budget} bytes it has room for, too large to send as one snapshot; nothing was committed"
+            ),
+        );
+        *over = Some(error.clone());
+        return Err(error);
+    }
+    *size_change = total;
+    Ok(())
 }
 
 /// A draft that is dropped without being committed (the method failed, or
@@ -289,6 +330,8 @@ pub struct JsonModule {
     last_undo: Vec<Undo>,
     /// How much the last call changed the state's text, until it is settled.
     last_size_change: Option<i64>,
+    /// How far the next call may grow the state's text (`Module::limit_growth`).
+    growth_limit: Option<usize>,
 }
 
 impl JsonModule {
@@ -299,6 +342,7 @@ impl JsonModule {
             methods: Methods::new(name),
             last_undo: Vec::new(),
             last_size_change: None,
+            growth_limit: None,
         }
     }
 
@@ -339,9 +383,15 @@ impl Module for JsonModule {
     fn invoke(&mut self, method: &str, args: &[Value]) -> Result<Invocation, MethodError> {
         self.last_undo.clear();
         self.last_size_change = None;
+        let budget = self.growth_limit.take();
         let f = self.methods.get_mut(method)?;
-        let mut draft = Draft::new(&mut self.state);
+        let mut draft = Draft::new(&mut self.state, budget);
         let value = f(&mut draft, args)?;
+        if let Some(error) = draft.over_budget.take() {
+            // The method went on past a refused operation; dropping the
+            // draft undoes what it did.
+            return Err(error);
+        }
         let (ops, undo, size_change) = draft.commit();
         self.last_undo = undo;
         self.last_size_change = Some(size_change);
@@ -350,6 +400,10 @@ impl Module for JsonModule {
 
     fn size_change(&self) -> Option<i64> {
         self.last_size_change
+    }
+
+    fn limit_growth(&mut self, limit: Option<usize>) {
+        self.growth_limit = limit;
     }
 
     fn settle(&mut self, keep: bool) -> bool {
@@ -424,7 +478,7 @@ mod tests {
             steps in prop::collection::vec((0u8..3, any::<prop::sample::Index>(), value()), 1..12),
         ) {
             let mut root = start.clone();
-            let mut draft = Draft::new(&mut root);
+            let mut draft = Draft::new(&mut root, None);
             for (kind, at, value) in steps {
                 let mut paths = Vec::new();
                 pointers(draft.root(), "", &mut paths);
@@ -444,9 +498,48 @@ mod tests {
     }
 
     #[test]
+    fn an_operation_past_the_budget_is_refused_and_changes_nothing() {
+        let mut root = json!({"a": [1]});
+        let mut draft = Draft::new(&mut root, Some(5));
+        draft.push("/a", 2).unwrap(); // ,2
+        draft.replace("/a/0", 100).unwrap(); // 1 -> 100
+        let error = draft.push("/a", 3).unwrap_err();
+        assert_eq!(error.code, ErrorCode::ResourceExhausted);
+        assert_eq!(draft.root(), &json!({"a": [100, 2]}));
+        // Shrinking is never refused, and growth within the budget is not
+        // either; the refusal stays on record for the call.
+        draft.remove("/a/0").unwrap();
+        draft.push("/a", 3).unwrap();
+        assert_eq!(draft.root(), &json!({"a": [2, 3]}));
+        assert_eq!(draft.size_change, 2);
+        assert!(draft.over_budget.is_some());
+    }
+
+    #[test]
+    fn a_call_that_went_past_its_budget_fails_even_if_the_method_ignores_it() {
+        let mut module = JsonModule::new("m", json!({"items": []})).method(
+            "fill",
+            |d: &mut Draft<'_>, (n,): (usize,)| {
+                let added = (0..n).take_while(|_| d.push("/items", "x").is_ok()).count();
+                Ok(added)
+            },
+        );
+        module.limit_growth(Some(40));
+        let error = module.invoke("fill", &[json!(1000)]).unwrap_err();
+        assert_eq!(error.code, ErrorCode::ResourceExhausted);
+        assert_eq!(module.state(), &json!({"items": []}));
+        assert_eq!(module.size_change(), None);
+        // The limit was for that call only.
+        assert_eq!(
+            module.invoke("fill", &[json!(100)]).unwrap().value,
+            json!(100)
+        );
+    }
+
+    #[test]
     fn a_new_member_counts_its_key_and_a_comma() {
         let mut root = json!({"a": 1});
-        let mut draft = Draft::new(&mut root);
+        let mut draft = Draft::new(&mut root, None);
         draft.add("/b", "x").unwrap();
         // ,"b":"x"
         assert_eq!(draft.size_change, 8);

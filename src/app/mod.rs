@@ -84,6 +84,21 @@ pub trait Module: Send + 'static {
     fn size_change(&self) -> Option<i64> {
         None
     }
+    /// How many bytes the next [`Module::invoke`] may grow
+    /// [`Module::state`]'s compact JSON text by before its commit is sure
+    /// to be refused as too large to send (spec §15); `None`: no limit. The
+    /// host sets it before each call on a published section, from the room
+    /// the view has left.
+    ///
+    /// A module that can stop a call's work once its changes pass the limit
+    /// should fail the call with `resource-exhausted` and change nothing, so
+    /// that what a call costs is bounded by that room rather than by its
+    /// arguments: [`JsonModule`] refuses the draft operation that would
+    /// pass it, and then the whole call. The default ignores it; the host
+    /// still refuses such a commit once the method returns.
+    fn limit_growth(&mut self, limit: Option<usize>) {
+        let _ = limit;
+    }
 }
 
 /// The modules a host runs, in a fixed order.

@@ -200,9 +200,11 @@ pub struct CallRecord {
     pub peer: String,
     /// The call's id, unique per client.
     pub call_id: u64,
-    /// The module called.
+    /// The module called, cut to its first [`RECORDED_NAME`] bytes: a
+    /// name the host does not know may be as long as a message, and a
+    /// record can outlive the session.
     pub module: String,
-    /// The method called.
+    /// The method called, cut like `module`.
     pub method: String,
     /// `None` for a value, else the error code it was answered with
     /// (including refusals made before running it, such as
@@ -211,6 +213,21 @@ pub struct CallRecord {
     /// The result's `state_version`: the version the call's change (if any)
     /// is published at.
     pub version: u64,
+}
+
+/// The most bytes of a module or method name a [`CallRecord`] keeps.
+pub const RECORDED_NAME: usize = 1024;
+
+/// `text` cut to at most `keep` bytes, at a character boundary.
+fn cut(mut text: String, keep: usize) -> String {
+    if text.len() > keep {
+        let mut end = keep;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 /// An envelope queued for one session alone.
@@ -341,9 +358,10 @@ fn size_near_limit(message: &ClientMessage, limit: usize) -> Option<usize> {
     (bound > limit).then(|| message.encoded_len())
 }
 
-/// A name a peer chose, for a log line: escaped, and cut after
-/// [`Clipped::KEEP`] bytes (a peer can send names up to the message limit,
-/// which the log must not repeat).
+/// A name a peer chose, for a log line or an error message: escaped, and
+/// cut after [`Clipped::KEEP`] bytes (a peer can send names up to the
+/// message limit, which neither may repeat: escaping 4 MiB of control
+/// characters took ~80 ms under the core's lock).
 struct Clipped<'a>(&'a str);
 
 impl Clipped<'_> {
@@ -719,7 +737,8 @@ impl HostCore {
                 ErrorCode::FailedPrecondition,
                 format!(
                     "the call was made against epoch {:?}; this host's epoch is {:?}",
-                    header.epoch, self.epoch
+                    Clipped(&header.epoch),
+                    self.epoch
                 ),
             ))
         } else if queued >= limit {
@@ -814,8 +833,8 @@ impl HostCore {
                 principal,
                 peer: header.source.clone(),
                 call_id: call.call_id,
-                module: call.module,
-                method: call.method,
+                module: cut(call.module, RECORDED_NAME),
+                method: cut(call.method, RECORDED_NAME),
                 error,
                 version: gate,
             }));
@@ -861,17 +880,24 @@ impl HostCore {
         accept: impl FnOnce(&Value) -> Result<(), MethodError>,
     ) -> Result<Value, MethodError> {
         let Some(&i) = self.index.get(module) else {
-            return Err(MethodError::not_found(format!("no module {module:?}")));
+            return Err(MethodError::not_found(format!(
+                "no module {:?}",
+                Clipped(module)
+            )));
         };
         if !self.modules[i].declares(method) {
             return Err(MethodError::not_found(format!(
-                "module {module:?} declares no method {method:?}"
+                "module {:?} declares no method {:?}",
+                Clipped(module),
+                Clipped(method)
             )));
         }
         if self.method_timing {
             self.last_run = self.method_times.find(self.id, i, method);
         }
+        let room = self.growth_room(i);
         let target = &mut self.modules[i];
+        target.limit_growth(room);
         let invocation = match catch_unwind(AssertUnwindSafe(|| {
             let _running = InMethod::enter(self.id);
             target.invoke(method, args)
@@ -950,11 +976,7 @@ impl HostCore {
     /// length is exact again.
     fn admit(&mut self, i: usize, growth: Option<usize>) -> Result<(), MethodError> {
         let max = self.config.limits.max_message_bytes;
-        let limit = max.saturating_sub(snapshot_overhead(
-            &self.epoch,
-            &self.config.peer_id,
-            &self.config.capability,
-        ));
+        let limit = self.view_limit();
         let before = self.view_bound;
         let change = self.modules[i].size_change().map(clamp);
         if let (true, Some(change)) = (before.exact, change) {
@@ -1021,6 +1043,33 @@ impl HostCore {
         Ok(())
     }
 
+    /// The longest view JSON that still fits one snapshot (spec §15).
+    fn view_limit(&self) -> usize {
+        self.config
+            .limits
+            .max_message_bytes
+            .saturating_sub(snapshot_overhead(
+                &self.epoch,
+                &self.config.peer_id,
+                &self.config.capability,
+            ))
+    }
+
+    /// How far a call on module `i` may grow the view's text before its
+    /// work is cut short (`Module::limit_growth`): the room the view has
+    /// left, plus some slack so that a call may pass through a larger view
+    /// on its way to one that fits, or that is no larger than before (a
+    /// call that does not grow the view is never refused). `None` for a
+    /// private section, or while the view's length is only bounded.
+    fn growth_room(&self, i: usize) -> Option<usize> {
+        const SLACK: usize = 64 * 1024;
+        (self.published[i] && self.view_bound.exact).then(|| {
+            self.view_limit()
+                .saturating_sub(self.view_bound.size)
+                .saturating_add(SLACK)
+        })
+    }
+
     /// The patch text to publish for module `i`'s change `ops`: as recorded,
     /// unless it is large and one `replace` of the whole section is shorter.
     /// A diff can be far larger than the value it produces (removing an
@@ -1044,15 +1093,7 @@ impl HostCore {
     /// The most bytes of JSON one envelope to a peer whose id is
     /// `target_len` bytes long can carry within the message limit.
     fn message_room(&self, target_len: usize) -> usize {
-        self.config
-            .limits
-            .max_message_bytes
-            .saturating_sub(snapshot_overhead(
-                &self.epoch,
-                &self.config.peer_id,
-                &self.config.capability,
-            ))
-            .saturating_sub(target_len)
+        self.view_limit().saturating_sub(target_len)
     }
 
     /// The most encoded bytes of unread results kept for one session.

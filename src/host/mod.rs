@@ -19,7 +19,9 @@ mod view_size;
 
 pub use caller::{Caller, Principal, caller};
 pub use config::{HostConfig, HostLimits, SyncMode};
-pub use core::{CallRecord, HostCore, HostEvent, InputError, MAX_PEER_ID, PeerKey, PeerOptions};
+pub use core::{
+    CallRecord, HostCore, HostEvent, InputError, MAX_PEER_ID, PeerKey, PeerOptions, RECORDED_NAME,
+};
 pub use driver::{DEFAULT_BOOKMARK_INTERVAL, EVENT_BUFFER, Host, HostBuilder, Session};
 pub use stats::HostStats;
 pub use timing::{LatencyHistogram, MethodRun, MethodTiming};

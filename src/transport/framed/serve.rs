@@ -1,14 +1,15 @@
 //! Serving a host over byte streams: one session per connection.
 
+use std::collections::VecDeque;
 use std::io;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::AbortHandle;
 use tokio_util::codec::FramedRead;
 
 use super::codec::FrameCodec;
@@ -45,12 +46,17 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How many connections accepted by one [`serve_tcp`] or [`serve_unix`]
-/// listener may wait for their first frame at once; more are closed as
-/// they are accepted. Without a bound, connections that never finish a
-/// frame would take memory (each may buffer up to a frame's length) and
-/// file descriptors without end for [`FIRST_FRAME_TIMEOUT`] each. A client
-/// sends its first frame as it connects, so an honest one waits here for
-/// a round trip at most.
+/// listener may wait for their first frame at once. Without a bound,
+/// connections that never finish a frame would take memory (each may
+/// buffer up to a frame's length) and file descriptors without end for
+/// [`FIRST_FRAME_TIMEOUT`] each.
+///
+/// When one more arrives, the one that has waited longest is closed, not
+/// the newcomer: a client sends its first frame as it connects, so an
+/// honest one waits here for a round trip at most, and is closed only if
+/// this many connections arrive within that round trip. Closing newcomers
+/// instead let anyone who kept this many silent connections open (a few
+/// dozen new ones a second) lock every client out.
 pub const MAX_WAITING: usize = 256;
 
 /// Serves one session over `io` until the connection closes, breaks, sends
@@ -82,7 +88,7 @@ where
 /// retried, and a failed session ends only itself.
 pub async fn serve_tcp(host: Host, listener: TcpListener) -> io::Result<()> {
     let config = FramedConfig::for_host(&host);
-    let waiting = Arc::new(Semaphore::new(MAX_WAITING));
+    let waiting = WaitingList::default();
     loop {
         match listener.accept().await {
             Ok((stream, address)) => {
@@ -130,7 +136,7 @@ pub async fn serve_unix_listener(host: Host, listener: UnixListener) -> io::Resu
         .ok()
         .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
         .unwrap_or_else(|| "unix".to_owned());
-    let waiting = Arc::new(Semaphore::new(MAX_WAITING));
+    let waiting = WaitingList::default();
     loop {
         match listener.accept().await {
             Ok((stream, _)) => spawn_session(&host, stream, label.clone(), config, &waiting),
@@ -150,23 +156,69 @@ pub async fn serve_stdio(host: Host) -> Result<(), InputError> {
     host.serve(link).await
 }
 
+/// The connections of one listener that wait for their first frame,
+/// oldest first, each with the handle that closes it (by ending its task).
+#[derive(Clone, Default)]
+struct WaitingList(Arc<Mutex<Waiting>>);
+
+#[derive(Default)]
+struct Waiting {
+    next: u64,
+    tasks: VecDeque<(u64, AbortHandle)>,
+}
+
+impl WaitingList {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        // The list stays consistent whatever a panicking holder did.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A connection's place on its listener's [`WaitingList`], given up when
+/// its first frame arrives or its task ends, however it ends.
+struct WaitingSlot {
+    id: u64,
+    list: WaitingList,
+}
+
+impl Drop for WaitingSlot {
+    fn drop(&mut self) {
+        let mut waiting = self.list.lock();
+        if let Some(at) = waiting.tasks.iter().position(|(id, _)| *id == self.id) {
+            waiting.tasks.remove(at);
+        }
+    }
+}
+
 /// Serves an accepted connection on its own task (see [`serve_accepted`]),
-/// or closes it if [`MAX_WAITING`] connections are already waiting for
-/// their first frame.
+/// first closing the connection that has waited longest for its first
+/// frame if [`MAX_WAITING`] already wait.
 fn spawn_session<S>(
     host: &Host,
     stream: S,
     peer: String,
     config: FramedConfig,
-    waiting: &Arc<Semaphore>,
+    waiting: &WaitingList,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let Ok(slot) = waiting.clone().try_acquire_owned() else {
-        tracing::debug!(%peer, "closing a connection: too many are waiting for a first frame");
-        return;
+    // Held while spawning, so that the task cannot give up its place
+    // before it has one.
+    let mut list = waiting.lock();
+    if list.tasks.len() >= MAX_WAITING
+        && let Some((_, oldest)) = list.tasks.pop_front()
+    {
+        tracing::debug!(%peer, "closing the connection that has waited longest for a first frame");
+        oldest.abort();
+    }
+    let id = list.next;
+    list.next += 1;
+    let slot = WaitingSlot {
+        id,
+        list: waiting.clone(),
     };
-    tokio::spawn(serve_accepted(host.clone(), stream, peer, config, slot));
+    let task = tokio::spawn(serve_accepted(host.clone(), stream, peer, config, slot));
+    list.tasks.push_back((id, task.abort_handle()));
 }
 
 /// Serves a connection accepted from a listener as one session, which opens
@@ -178,7 +230,7 @@ async fn serve_accepted<S>(
     stream: S,
     peer: String,
     config: FramedConfig,
-    waiting: OwnedSemaphorePermit,
+    waiting: WaitingSlot,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
