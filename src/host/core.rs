@@ -308,7 +308,8 @@ pub struct HostCore {
     /// The shared live snapshot of the current version (snapshot mode).
     live_snapshot: Option<HostFrame>,
     /// The published view's JSON at a version, computed once per version.
-    view_cache: Option<(u64, String)>,
+    /// Shared by every Snapshot of that version (`HostFrame::snapshot`).
+    view_cache: Option<(u64, Arc<str>)>,
     bookmark: Option<(u64, HostFrame)>,
     events: VecDeque<HostEvent>,
     /// Whether answered calls are reported as events.
@@ -490,6 +491,12 @@ impl HostCore {
     /// The published view as JSON text: an object with one member per
     /// published module. Computed once per version.
     pub fn view_json(&mut self) -> &str {
+        self.shared_view();
+        self.view_cache.as_ref().map(|(_, s)| &**s).unwrap_or("{}")
+    }
+
+    /// [`HostCore::view_json`], shared rather than borrowed.
+    fn shared_view(&mut self) -> Arc<str> {
         if self.view_cache.as_ref().map(|(v, _)| *v) != Some(self.version) {
             let mut out = String::from("{");
             let mut first = true;
@@ -506,12 +513,11 @@ impl HostCore {
                 out.push_str(&module.state().to_string());
             }
             out.push('}');
-            self.view_cache = Some((self.version, out));
+            self.view_cache = Some((self.version, Arc::from(out)));
         }
         self.view_cache
             .as_ref()
-            .map(|(_, s)| s.as_str())
-            .unwrap_or("{}")
+            .map_or_else(|| Arc::from("{}"), |(_, s)| s.clone())
     }
 
     /// The published view as a JSON value.
@@ -672,14 +678,17 @@ impl HostCore {
         })
     }
 
+    /// A Snapshot of the current version, sharing the view's text with
+    /// every other Snapshot of that version.
     fn snapshot_frame(&mut self, target: &str, sync_id: u64, reason: SnapshotReason) -> HostFrame {
         let snapshot = Snapshot {
             version: self.version,
-            state_json: self.view_json().to_owned(),
+            state_json: String::new(),
             sync_id,
             reason: reason as i32,
         };
-        self.frame(target, host_message::Kind::Snapshot(snapshot))
+        let view = self.shared_view();
+        HostFrame::snapshot(self.header(target), snapshot, view)
     }
 
     /// Answers a Call; `oversize` is its envelope's size when that is over
@@ -1272,7 +1281,7 @@ impl HostCore {
             .bookmark
             .as_ref()
             .is_some_and(|(_, b)| HostFrame::ptr_eq(b, &frame));
-        self.stats.sent(frame.message(), bookmark);
+        self.stats.sent(frame.kind_without_state(), bookmark);
         Some(frame)
     }
 

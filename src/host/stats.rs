@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use crate::prometheus::{family, heading, label, labels, plain};
 
 use super::timing::MethodTiming;
-use crate::wire::{ErrorCode, HostMessage, SnapshotReason, host_message};
+use crate::wire::{ErrorCode, SnapshotReason, host_message};
 
 /// What a host has done since it started, and where it stands now.
 ///
@@ -122,8 +122,8 @@ impl Counters {
 
     /// Counts an envelope handed to a session; `bookmark` says a Patch is
     /// a periodic bookmark rather than a publication or a sync reply.
-    pub(super) fn sent(&mut self, message: &HostMessage, bookmark: bool) {
-        match &message.kind {
+    pub(super) fn sent(&mut self, kind: Option<&host_message::Kind>, bookmark: bool) {
+        match kind {
             Some(host_message::Kind::Snapshot(s)) => {
                 if let Some(n) = self.snapshots.get_mut(index(s.reason)) {
                     *n += 1;
@@ -370,13 +370,10 @@ mod tests {
         counters.call_answered(None);
         for reason in REASONS {
             counters.sent(
-                &HostMessage {
-                    header: None,
-                    kind: Some(host_message::Kind::Snapshot(crate::wire::Snapshot {
-                        reason: reason as i32,
-                        ..Default::default()
-                    })),
-                },
+                Some(&host_message::Kind::Snapshot(crate::wire::Snapshot {
+                    reason: reason as i32,
+                    ..Default::default()
+                })),
                 false,
             );
         }

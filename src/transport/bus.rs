@@ -47,8 +47,8 @@ use super::{ClientLink, Connector, TransportError};
 use crate::client::ClientConfig;
 use crate::host::{Host, HostConfig, InputError, MAX_PEER_ID, PeerOptions, Session};
 use crate::wire::{
-    ClientMessage, Header, HostFrame, HostMessage, PROTOCOL_VERSION, SnapshotReason, SyncReason,
-    SyncRequest, client_message, host_message,
+    ClientMessage, Header, HostFrame, PROTOCOL_VERSION, SnapshotReason, SyncReason, SyncRequest,
+    client_message, host_message,
 };
 
 /// Envelopes a bus buffers for its slowest receiver, by default.
@@ -144,8 +144,8 @@ struct ClientFilter {
 }
 
 impl ClientFilter {
-    fn accepts(&self, message: &HostMessage) -> bool {
-        let Some(header) = &message.header else {
+    fn accepts(&self, header: Option<&Header>) -> bool {
+        let Some(header) = header else {
             // Let the core report it as malformed.
             return true;
         };
@@ -170,8 +170,10 @@ impl Connector for BusConnector {
         let filter = self.filter.clone();
         let stream = BroadcastStream::new(receiver).filter_map(move |item| {
             let delivered = match item {
-                Ok(BusMessage::Host(frame)) if filter.accepts(frame.message()) => {
-                    Some(Ok(frame.message().clone()))
+                // Judged by the header alone: a Snapshot for another peer
+                // is never copied out of its shared frame.
+                Ok(BusMessage::Host(frame)) if filter.accepts(frame.header()) => {
+                    Some(Ok(frame.into_message()))
                 }
                 Ok(_) => None,
                 Err(BroadcastStreamRecvError::Lagged(lost)) => {
@@ -426,7 +428,7 @@ impl BusHost {
 /// The publication session's sync answer, recast as the host's
 /// announcement to the whole bus.
 fn as_announcement(frame: HostFrame) -> HostFrame {
-    let mut message = frame.message().clone();
+    let mut message = frame.into_message();
     if let Some(host_message::Kind::Snapshot(snapshot)) = &mut message.kind {
         snapshot.reason = SnapshotReason::Announce as i32;
         snapshot.sync_id = 0;

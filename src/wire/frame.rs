@@ -1,0 +1,280 @@
+//! [`HostFrame`]: one host envelope shared by every receiver of it, encoded
+//! at most once, and for a Snapshot, holding the view's text by reference.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::{BufMut, Bytes};
+use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+
+use super::{Header, HostMessage, Snapshot, host_message};
+
+/// A host message shared by every receiver of it.
+///
+/// Cloning is a reference-count increment. In-memory transports hand the
+/// decoded message over as it is; byte transports call [`HostFrame::encoded`],
+/// which serialises the message at most once however many streams write it.
+///
+/// A Snapshot made with [`HostFrame::snapshot`] shares the view's text with
+/// every other Snapshot of the same version: answering many sync requests
+/// copies the view once, not once per answer, and however many answers are
+/// queued (on a shared bus, for its slowest receiver) they hold one copy.
+/// Its text is copied out only when the frame is taken apart
+/// ([`HostFrame::into_message`], [`HostFrame::message`]) or encoded.
+#[derive(Clone, Debug)]
+pub struct HostFrame(Arc<FrameInner>);
+
+#[derive(Debug)]
+struct FrameInner {
+    /// The message; for a shared Snapshot, with an empty `state_json`.
+    message: HostMessage,
+    /// A shared Snapshot's `state_json`.
+    state: Option<Arc<str>>,
+    /// A shared Snapshot's whole message, once someone asked for it.
+    whole: OnceLock<HostMessage>,
+    encoded: OnceLock<Bytes>,
+}
+
+impl HostFrame {
+    /// Wraps a message; nothing is encoded yet.
+    pub fn new(message: HostMessage) -> Self {
+        Self(Arc::new(FrameInner {
+            message,
+            state: None,
+            whole: OnceLock::new(),
+            encoded: OnceLock::new(),
+        }))
+    }
+
+    /// A Snapshot envelope whose `state_json` is `state`, shared rather than
+    /// copied; `snapshot`'s own `state_json` is ignored.
+    pub fn snapshot(header: Header, mut snapshot: Snapshot, state: Arc<str>) -> Self {
+        snapshot.state_json.clear();
+        Self(Arc::new(FrameInner {
+            message: HostMessage {
+                header: Some(header),
+                kind: Some(host_message::Kind::Snapshot(snapshot)),
+            },
+            state: Some(state),
+            whole: OnceLock::new(),
+            encoded: OnceLock::new(),
+        }))
+    }
+
+    /// The envelope's header, without copying anything.
+    pub fn header(&self) -> Option<&Header> {
+        self.0.message.header.as_ref()
+    }
+
+    /// The message itself. A shared Snapshot's frame builds it on first use
+    /// and keeps it, a copy of the view for as long as the frame lives, so
+    /// transports use [`HostFrame::header`], [`HostFrame::encoded`] or
+    /// [`HostFrame::into_message`] instead.
+    pub fn message(&self) -> &HostMessage {
+        match &self.0.state {
+            None => &self.0.message,
+            Some(state) => self.0.whole.get_or_init(|| whole(&self.0.message, state)),
+        }
+    }
+
+    /// The message's kind without copying anything, except that a shared
+    /// Snapshot's `state_json` is empty here: for telling what a frame is.
+    pub(crate) fn kind_without_state(&self) -> Option<&host_message::Kind> {
+        self.0.message.kind.as_ref()
+    }
+
+    /// The protobuf encoding of the message, computed on first use and then
+    /// shared (the returned `Bytes` points at the same allocation every time).
+    pub fn encoded(&self) -> Bytes {
+        self.0
+            .encoded
+            .get_or_init(|| {
+                Bytes::from(match &self.0.state {
+                    None => self.0.message.encode_to_vec(),
+                    Some(state) => encode_snapshot(&self.0.message, state),
+                })
+            })
+            .clone()
+    }
+
+    /// The message itself, by value: moved out when this is the frame's only
+    /// handle (a result or a sync answer, sent to one session), cloned when
+    /// other handles share it (a publication, also held by the history). A
+    /// shared Snapshot's text is copied in.
+    pub fn into_message(self) -> HostMessage {
+        match Arc::try_unwrap(self.0) {
+            Ok(FrameInner {
+                message,
+                state: None,
+                ..
+            }) => message,
+            Ok(FrameInner {
+                message,
+                state: Some(state),
+                ..
+            }) => whole(&message, &state),
+            Err(shared) => match &shared.state {
+                None => shared.message.clone(),
+                Some(state) => whole(&shared.message, state),
+            },
+        }
+    }
+
+    /// Whether two frames are the same shared frame (not merely equal).
+    pub fn ptr_eq(a: &Self, b: &Self) -> bool {
+        Arc::ptr_eq(&a.0, &b.0)
+    }
+}
+
+impl From<HostMessage> for HostFrame {
+    fn from(message: HostMessage) -> Self {
+        Self::new(message)
+    }
+}
+
+/// A shared Snapshot's message with its text filled in.
+fn whole(message: &HostMessage, state: &str) -> HostMessage {
+    let mut whole = message.clone();
+    if let Some(host_message::Kind::Snapshot(snapshot)) = &mut whole.kind {
+        snapshot.state_json = state.to_owned();
+    }
+    whole
+}
+
+/// The encoding of `message`, a Snapshot envelope whose `state_json` is
+/// `state`, written without building the message: byte for byte what prost
+/// writes for the whole message (fields in number order, defaults left out).
+fn encode_snapshot(message: &HostMessage, state: &str) -> Vec<u8> {
+    let Some(host_message::Kind::Snapshot(snapshot)) = &message.kind else {
+        return message.encode_to_vec();
+    };
+    // Snapshot: version = 1, state_json = 2, sync_id = 3, reason = 4.
+    let varint = |tag: u32, value: u64| {
+        if value == 0 {
+            0
+        } else {
+            key_len(tag) + encoded_len_varint(value)
+        }
+    };
+    // An int32 is written as its sign-extended 64-bit value.
+    let reason = snapshot.reason as i64 as u64;
+    let text = if state.is_empty() {
+        0
+    } else {
+        key_len(2) + encoded_len_varint(state.len() as u64) + state.len()
+    };
+    let body = varint(1, snapshot.version) + text + varint(3, snapshot.sync_id) + varint(4, reason);
+    let header = message.header.as_ref();
+    let header_len = header.map_or(0, |h| {
+        key_len(1) + encoded_len_varint(h.encoded_len() as u64) + h.encoded_len()
+    });
+    let mut out =
+        Vec::with_capacity(header_len + key_len(2) + encoded_len_varint(body as u64) + body);
+    if let Some(header) = header {
+        prost::encoding::message::encode(1, header, &mut out);
+    }
+    encode_key(2, WireType::LengthDelimited, &mut out);
+    encode_varint(body as u64, &mut out);
+    let field = |tag: u32, value: u64, out: &mut Vec<u8>| {
+        if value != 0 {
+            encode_key(tag, WireType::Varint, out);
+            encode_varint(value, out);
+        }
+    };
+    field(1, snapshot.version, &mut out);
+    if !state.is_empty() {
+        encode_key(2, WireType::LengthDelimited, &mut out);
+        encode_varint(state.len() as u64, &mut out);
+        out.put_slice(state.as_bytes());
+    }
+    field(3, snapshot.sync_id, &mut out);
+    field(4, reason, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::super::Patch;
+    use super::*;
+
+    fn message(patch_json: &str) -> HostMessage {
+        HostMessage {
+            header: Some(Header::v1("e", "host", "")),
+            kind: Some(host_message::Kind::Patch(Patch {
+                base_version: 1,
+                version: 2,
+                patch_json: patch_json.to_owned(),
+                sync_id: 0,
+            })),
+        }
+    }
+
+    #[test]
+    fn into_message_gives_the_message_whether_or_not_the_frame_is_shared() {
+        let only = HostFrame::new(message("[1]"));
+        assert_eq!(only.into_message(), message("[1]"));
+
+        let shared = HostFrame::new(message("[2]"));
+        let other = shared.clone();
+        assert_eq!(shared.into_message(), message("[2]"));
+        // The other handle still holds the same message.
+        assert_eq!(other.message(), &message("[2]"));
+    }
+
+    fn snapshot(version: u64, state: &str, sync_id: u64, reason: i32) -> Snapshot {
+        Snapshot {
+            version,
+            state_json: state.to_owned(),
+            sync_id,
+            reason,
+        }
+    }
+
+    proptest! {
+        /// A shared Snapshot reads, takes apart and encodes exactly as the
+        /// same Snapshot built whole, byte for byte.
+        #[test]
+        fn a_shared_snapshot_is_the_snapshot_it_stands_for(
+            version in prop_oneof![Just(0u64), any::<u64>()],
+            state in prop_oneof![Just(String::new()), ".{0,300}"],
+            sync_id in prop_oneof![Just(0u64), any::<u64>()],
+            reason in prop_oneof![Just(0i32), any::<i32>()],
+            epoch in ".{0,40}",
+            target in prop_oneof![Just(String::new()), "[a-z]{1,8}"],
+            headless in any::<bool>(),
+        ) {
+            let header = Header::v1(epoch, "host", target);
+            let whole = HostMessage {
+                header: (!headless).then(|| header.clone()),
+                kind: Some(host_message::Kind::Snapshot(snapshot(version, &state, sync_id, reason))),
+            };
+            let mut frame = HostFrame::snapshot(
+                header,
+                snapshot(version, "ignored", sync_id, reason),
+                Arc::from(state.as_str()),
+            );
+            if headless {
+                let inner = Arc::get_mut(&mut frame.0).expect("one handle");
+                inner.message.header = None;
+            }
+            prop_assert_eq!(&frame.encoded()[..], &whole.encode_to_vec()[..]);
+            prop_assert_eq!(frame.message(), &whole);
+            prop_assert_eq!(frame.clone().into_message(), whole.clone());
+            prop_assert_eq!(frame.into_message(), whole);
+        }
+    }
+
+    #[test]
+    fn snapshots_of_one_view_share_its_text() {
+        let view: Arc<str> = Arc::from("{\"a\":1}");
+        let header = || Header::v1("e", "host", "c");
+        let frames: Vec<HostFrame> = (1..=3)
+            .map(|sync_id| HostFrame::snapshot(header(), snapshot(7, "", sync_id, 2), view.clone()))
+            .collect();
+        // Three answers, one text: the view and each frame's reference.
+        assert_eq!(Arc::strong_count(&view), 4);
+        assert!(frames.iter().all(|f| f.header() == Some(&header())));
+    }
+}
