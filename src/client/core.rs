@@ -24,6 +24,11 @@ use crate::wire::{
     Snapshot, SnapshotReason, SyncReason, SyncRequest, call_result, client_message, host_message,
 };
 
+/// The longest host epoch a client takes, in bytes (spec E2, K2a): a
+/// client copies the epoch into every call and sync request it sends, so an
+/// envelope with a longer one is ignored as malformed.
+pub const MAX_EPOCH: usize = 1024;
+
 /// Client settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
@@ -639,11 +644,15 @@ impl ClientCore {
             });
             return;
         }
-        // K2: an empty epoch would make the mirror's epoch "", which every
-        // later call and sync request reads as "unfenced" (E7, RS2).
-        if header.epoch.is_empty() {
+        // K2a: an empty epoch would make the mirror's epoch "", which every
+        // later call and sync request reads as "unfenced" (E7, RS2); a
+        // long one would be copied into every call and sync request.
+        if header.epoch.is_empty() || header.epoch.len() > MAX_EPOCH {
             self.notice(Notice::Malformed {
-                reason: "host envelope with an empty epoch".to_owned(),
+                reason: format!(
+                    "host envelope with an epoch of {} bytes (1 to {MAX_EPOCH} are allowed)",
+                    header.epoch.len()
+                ),
             });
             return;
         }

@@ -675,6 +675,10 @@ fn take_input(
     Ok(())
 }
 
+/// The most envelopes taken from a link in one turn of [`serve_link`]
+/// before it dispatches, sends and looks at its deadlines again.
+const DRAIN_BATCH: usize = 64;
+
 async fn serve_link(
     shared: &Shared,
     stream: &mut BoxStream<HostMessage>,
@@ -723,9 +727,26 @@ async fn serve_link(
             item = stream.next() => match item {
                 Some(item) => {
                     take_input(shared, item, heard)?;
-                    // Drain whatever else is already buffered before flushing.
-                    while let Some(Some(item)) = futures::FutureExt::now_or_never(stream.next()) {
-                        take_input(shared, item, heard)?;
+                    // Drain what else is already buffered before flushing,
+                    // but only so much: a host that keeps the link full
+                    // (HTTP/2 streams take no part in tokio's cooperative
+                    // budget) must not keep this loop from dispatching
+                    // events, which would pile up without bound, from
+                    // sending, or from firing deadlines.
+                    let mut drained = 1;
+                    while drained < DRAIN_BATCH {
+                        match futures::FutureExt::now_or_never(stream.next()) {
+                            Some(Some(item)) => take_input(shared, item, heard)?,
+                            Some(None) => return Ok(()),
+                            None => break,
+                        }
+                        drained += 1;
+                    }
+                    if drained == DRAIN_BATCH {
+                        // Let the tasks waiting on what was just dispatched
+                        // run, even on a single-threaded runtime.
+                        shared.dispatch();
+                        tokio::task::yield_now().await;
                     }
                 }
                 None => return Ok(()),

@@ -17,7 +17,8 @@ pub use apply::{ApplyError, MAX_MIRROR_DEPTH, apply_patch, copy_budget, shift_bu
 pub use call::{CallFuture, CallOptions, ModuleHandle, VersionedCall};
 pub use connection::Connection;
 pub use core::{
-    CallId, ClientConfig, ClientCore, ClientError, ClientEvent, Conflict, ConflictReason, Notice,
+    CallId, ClientConfig, ClientCore, ClientError, ClientEvent, Conflict, ConflictReason,
+    MAX_EPOCH, Notice,
 };
 pub use driver::{CallOutcome, Client, MirrorSnapshot, Settlement};
 pub use reconnect::{JITTER, Reconnect};

@@ -359,8 +359,8 @@ class ClientCore:
             self._rearm_result_ahead(now)
 
     def _dispatch(self, msg: dict, epoch: str, now: int):
-        if epoch == "":
-            self._notice("malformed-message", detail="empty epoch")  # K2a
+        if epoch == "" or len(epoch.encode("utf-8", "surrogatepass")) > 1024:
+            self._notice("malformed-message", detail="empty or over-long epoch")  # K2a
             return
         try:
             if isinstance(msg.get("snapshot"), dict):

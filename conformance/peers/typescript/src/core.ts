@@ -5,7 +5,7 @@
 // (pollTransmit) and events (pollEvent). No timers, no I/O: time is always an argument
 // (milliseconds on any monotonic scale the driver chooses).
 
-import { JsonValue, JsonObject, parseJson, isObject, JsonError } from './json';
+import { JsonValue, JsonObject, parseJson, isObject, JsonError, utf8Length } from './json';
 import { applyPatch, PatchError, DEFAULT_PATCH_LIMITS, PatchLimits } from './patch';
 import {
   Header, HostMessage, ClientMessage, Snapshot, Patch, CallResult, SyncReason, SnapshotReason,
@@ -309,8 +309,8 @@ export class ClientCore {
       return;
     }
     // K2a
-    if (h.epoch === '') {
-      this.malformed('empty epoch');
+    if (h.epoch === '' || utf8Length(h.epoch) > 1024) {
+      this.malformed('empty or over-long epoch');
       return;
     }
     this.dispatch(m, h, now);
