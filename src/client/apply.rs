@@ -4,6 +4,7 @@ use json_patch::PatchOperation;
 use json_patch::jsonptr::Pointer;
 use serde_json::Value;
 
+use super::equality::json_eq;
 use super::ops::{Failure, Shifts, apply_in_place, apply_step, parse_ops};
 
 /// Why a patch could not be applied. The mirror is unchanged in every case.
@@ -268,46 +269,6 @@ fn check_source(
     Ok(())
 }
 
-/// JSON equality as the protocol defines it (spec §6.5), which RFC 6902's
-/// `test` uses: numbers are equal when numerically equal, whatever their
-/// written form (`1` = `1.0`, `0` = `-0`), compared exactly (no rounding of
-/// large integers through binary64). serde_json's own `==` tells integers
-/// from floats, so it cannot be used.
-fn json_eq(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => number_eq(x, y),
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_eq(a, b))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
-        }
-        _ => a == b,
-    }
-}
-
-fn number_eq(x: &serde_json::Number, y: &serde_json::Number) -> bool {
-    let int = |n: &serde_json::Number| {
-        n.as_i64()
-            .map(i128::from)
-            .or_else(|| n.as_u64().map(i128::from))
-    };
-    // An integral binary64 as an exact integer, when it is one.
-    let integral = |f: f64| {
-        // 2^127: every integral f64 below it converts to i128 exactly.
-        const LIMIT: f64 = 170_141_183_460_469_231_731_687_303_715_884_105_728.0;
-        (f.is_finite() && f.fract() == 0.0 && f.abs() < LIMIT).then_some(f as i128)
-    };
-    match (int(x), int(y)) {
-        (Some(i), Some(j)) => i == j,
-        (Some(i), None) => y.as_f64().and_then(integral) == Some(i),
-        (None, Some(j)) => x.as_f64().and_then(integral) == Some(j),
-        (None, None) => x.as_f64() == y.as_f64(),
-    }
-}
-
 /// RFC 6902 `test` with the protocol's equality.
 fn test_op(doc: &Value, path: &Pointer, expected: &Value) -> Result<(), String> {
     match doc.pointer(path.as_str()) {
@@ -328,31 +289,18 @@ fn touches_root(op: &PatchOperation) -> bool {
     }
 }
 
-/// Whether in-place, undo-on-failure application (json-patch's, which
-/// [`apply_in_place`] reproduces for the operations it takes) cannot be
-/// trusted with `op`: a root operation may leave a non-object; a `move` is
-/// neither atomic there (when its add fails the source is already gone,
-/// with no undo recorded) nor always undoable (the undo of a move to an
-/// ancestor is a move into its own child, which json-patch answers with
-/// `unreachable!`); and what a `move` or `copy` adds can only be measured
-/// one operation at a time, against the document as it then is; and a
-/// `test` compares with serde_json's `==`, not the protocol's equality.
-fn needs_working_copy(op: &PatchOperation) -> bool {
-    matches!(
-        op,
-        PatchOperation::Move(_) | PatchOperation::Copy(_) | PatchOperation::Test(_)
-    ) || touches_root(op)
-}
-
 /// Parses `patch_json` and applies every operation to `view`, or none.
 ///
-/// Costs O(size of the patch) for patches of `add`, `remove` and `replace`
-/// below the root, which are applied in place and undone on failure (their
-/// undo cannot fail), plus the array elements they shift. A patch with a
-/// root operation, a `move`, a `copy` or a `test` (none of which hosts emit)
-/// is applied to a copy, one operation at a time without json-patch's undo,
-/// and the copy replaces `view` only if every operation succeeded and the
-/// result is an object.
+/// Costs O(size of the patch) plus the array elements its operations shift
+/// and what its copies and deeper moves measure (each within a budget
+/// below) for patches of operations below the root, which are applied in
+/// place and undone on failure (their undo cannot fail). None of them
+/// copies the mirror: a `test`, a `move` or a `copy` used to, so a host
+/// could make every 40-byte patch cost a copy of a mirror of megabytes. A
+/// patch with a root operation (which may leave a non-object, and whose
+/// value is then about as large as the mirror it replaces) is applied to a
+/// copy, one operation at a time, and the copy replaces `view` only if
+/// every operation succeeded and the result is an object.
 ///
 /// Besides RFC 6902's own failures, a patch is refused if it would nest the
 /// mirror deeper than [`MAX_MIRROR_DEPTH`]; if its copies would add more
@@ -392,17 +340,20 @@ fn apply_within(
             shifted: shifts.shifted,
             budget: shifts.budget,
         },
+        Failure::Refused(error) => error,
     };
-    if !ops.iter().any(needs_working_copy) {
-        return apply_in_place(view, &ops, &mut shifts)
-            .map(|()| shifts.shifted)
-            .map_err(|(index, failure)| failed(index, failure, &shifts));
-    }
     let mut measured = Measured {
         budget: copies,
         copied: 0,
         moved: 0,
     };
+    if !ops.iter().any(touches_root) {
+        return apply_in_place(view, &ops, &mut shifts, |index, op, doc| {
+            check_source(index, op, doc, &mut measured)
+        })
+        .map(|()| shifts.shifted)
+        .map_err(|(index, failure)| failed(index, failure, &shifts));
+    }
     let mut copy = view.clone();
     let mut index = 0;
     while index < ops.len() {

@@ -8,6 +8,7 @@ mod call;
 mod connection;
 mod core;
 mod driver;
+mod equality;
 mod ops;
 mod outbound;
 mod reconnect;
