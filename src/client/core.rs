@@ -244,7 +244,10 @@ struct Held {
     /// or a later request must reach `state_version` (Q2).
     sync_after: u64,
     state_version: u64,
-    outcome: Result<Value, MethodError>,
+    /// The value as the host wrote it, parsed only when the call settles:
+    /// a parsed value takes up to ~100× its text, and a host can keep a
+    /// result held for as long as it keeps the mirror behind it.
+    outcome: Result<String, MethodError>,
 }
 
 #[derive(Debug)]
@@ -916,11 +919,7 @@ impl ClientCore {
         }
         pending.epoch = Some(epoch);
         let outcome = match result.outcome {
-            Some(call_result::Outcome::ValueJson(json)) => {
-                serde_json::from_str(&json).map_err(|e| {
-                    MethodError::internal(format!("the host sent a malformed value: {e}"))
-                })
-            }
+            Some(call_result::Outcome::ValueJson(json)) => Ok(json),
             Some(call_result::Outcome::Error(error)) => Err(MethodError::from_wire(&error)),
             None => Err(MethodError::internal(
                 "the host sent a result with no outcome",
@@ -941,6 +940,12 @@ impl ClientCore {
         {
             self.heal(now, current, SyncReason::ResultAhead);
         }
+    }
+
+    /// A result's `value_json`, parsed; a malformed one settles `internal`.
+    fn parse_value(json: &str) -> Result<Value, MethodError> {
+        serde_json::from_str(json)
+            .map_err(|e| MethodError::internal(format!("the host sent a malformed value: {e}")))
     }
 
     /// Settles every held result the mirror has caught up with. Returns
@@ -980,7 +985,7 @@ impl ClientCore {
                 }
                 events.push_back(ClientEvent::Settled {
                     call: CallId(*id),
-                    outcome: h.outcome,
+                    outcome: h.outcome.and_then(|json| Self::parse_value(&json)),
                     state_version: Some(h.state_version),
                 });
                 settled = true;
