@@ -1951,3 +1951,37 @@ fn a_call_too_large_to_send_is_refused_locally_and_nothing_is_sent() {
     c.call("todos", "add", &[json!("small")], None).unwrap();
     assert_eq!(sent_calls(&sent(&mut c)).len(), 1);
 }
+
+/// Every patch may shift 2^24 array elements on its own (§15), about 20 ms
+/// of work whatever its size; a client keeps a credit across patches so
+/// that a stream of small ones cannot each spend all of it. What the
+/// credit refuses at one instant, it allows a second later.
+#[test]
+fn small_patches_cannot_each_shift_the_whole_per_patch_floor() {
+    let mut c = new_client();
+    c.handle_message(at(1), snapshot(E1, 1, json!({"a": vec![0; 1 << 18]}), 0));
+    while c.poll_event().is_some() {}
+    // 60 removals and insertions at the front: 60 × 2^18 ≈ 15.7 M shifts,
+    // within one patch's 2^24.
+    let churn: Vec<Value> = (0..30)
+        .flat_map(|_| {
+            [
+                json!({"op": "remove", "path": "/a/0"}),
+                json!({"op": "add", "path": "/a/0", "value": 0}),
+            ]
+        })
+        .collect();
+    let conflicts = |c: &mut ClientCore| {
+        std::iter::from_fn(|| c.poll_event())
+            .filter(|e| matches!(e, ClientEvent::Conflict(_)))
+            .count()
+    };
+    c.handle_message(at(1_000), patch(E1, 1, 2, Value::Array(churn.clone())));
+    assert_eq!(conflicts(&mut c), 0, "the first patch is within the credit");
+    c.handle_message(at(1_000), patch(E1, 2, 3, Value::Array(churn.clone())));
+    assert_eq!(conflicts(&mut c), 1, "the second, at once, is not");
+    assert_eq!(c.version(), Some(2));
+    c.handle_message(at(3_000), patch(E1, 2, 3, Value::Array(churn)));
+    assert_eq!(conflicts(&mut c), 0, "two seconds later it is again");
+    assert_eq!(c.version(), Some(3));
+}

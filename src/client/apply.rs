@@ -313,6 +313,18 @@ pub fn apply_patch(view: &mut Value, patch_json: &str) -> Result<(), ApplyError>
     apply_within(view, patch_json, copy_budget(len), shift_budget(len)).map(drop)
 }
 
+/// [`apply_patch`] allowed to shift `shifts` array elements, and no more,
+/// whatever [`shift_budget`] allows; returns the elements it shifted. The
+/// client core passes what its shift credit allows (`client/shift_credit.rs`),
+/// so that many small patches cannot each spend the whole per-patch floor.
+pub(crate) fn apply_patch_shifting(
+    view: &mut Value,
+    patch_json: &str,
+    shifts: usize,
+) -> Result<usize, ApplyError> {
+    apply_within(view, patch_json, copy_budget(patch_json.len()), shifts)
+}
+
 /// [`apply_patch`] with the budgets given: `copies` for the values copied
 /// and, apart, for those moved deeper; `shifts` for array elements shifted.
 /// Returns the elements the patch shifted.

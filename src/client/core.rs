@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use serde_json::Value;
 
-use super::apply::apply_patch;
+use super::apply::{ApplyError, apply_patch_shifting};
+use super::shift_credit::ShiftCredit;
 use crate::app::MethodError;
 use crate::wire::{
     self, Call, CallResult, ClientMessage, ErrorCode, Header, HostMessage, PROTOCOL_VERSION,
@@ -294,6 +295,8 @@ pub struct ClientCore {
     heard_at: Option<Instant>,
     /// L10 fired on the current link; cleared by `reconnected`.
     host_silent: bool,
+    /// How many array elements patches may still shift (spec §15).
+    shift_credit: ShiftCredit,
 }
 
 impl ClientCore {
@@ -314,6 +317,7 @@ impl ClientCore {
             connected: true,
             heard_at: None,
             host_silent: false,
+            shift_credit: ShiftCredit::new(),
         };
         core.request_sync(now, 0, SyncReason::Initial);
         core
@@ -850,7 +854,20 @@ impl ClientCore {
                     // PC4: a patch that claims to change nothing must not change anything.
                     Err("a patch whose version equals its base must have no operations".to_owned())
                 } else {
-                    apply_patch(&mut m.state, &patch.patch_json).map_err(|e| e.to_string())
+                    let len = patch.patch_json.len();
+                    let allowance = self.shift_credit.allowance(now, len);
+                    match apply_patch_shifting(&mut m.state, &patch.patch_json, allowance) {
+                        Ok(shifted) => {
+                            self.shift_credit.spend(len, shifted);
+                            Ok(())
+                        }
+                        Err(error) => {
+                            if matches!(error, ApplyError::ShiftsTooLarge { .. }) {
+                                self.shift_credit.exhaust();
+                            }
+                            Err(error.to_string())
+                        }
+                    }
                 };
             if let Err(detail) = applied {
                 self.conflict(ConflictReason::PatchApplyFailed, patch.version, detail);

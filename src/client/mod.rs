@@ -12,6 +12,7 @@ mod equality;
 mod ops;
 mod outbound;
 mod reconnect;
+mod shift_credit;
 mod watch;
 
 pub use apply::{ApplyError, MAX_MIRROR_DEPTH, apply_patch, copy_budget, shift_budget};
