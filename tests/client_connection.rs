@@ -101,13 +101,16 @@ fn retrying(state: Connection) -> (Option<TransportError>, Duration, std::time::
 
 #[tokio::test(start_paused = true)]
 async fn a_link_the_host_ends_after_speaking_is_retrying_without_an_error_from_attempt_one() {
+    // Links that stay up for the longest wait, so each resets the backoff.
     let links = EndingLinks {
         says: 1,
+        lasts: policy().max,
         connects: Default::default(),
     };
     let client = Client::with_reconnect(links, ClientConfig::default(), policy());
-    // Several links in: each one the host spoke on starts the count again.
-    after(120).await;
+    // Two links in (0-5 s, 5.05-10.05 s): each one the host spoke on starts
+    // the count again.
+    after(10_070).await;
     let (error, retry_in, retry_at, attempt) = retrying(client.connection());
     assert_eq!(
         (error, retry_in, attempt),

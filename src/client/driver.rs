@@ -509,12 +509,15 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
                     shared.core().reconnected(Instant::now().into_std());
                 }
                 first = false;
+                let started = Instant::now();
                 let result;
                 (result, heard) = run_link(&shared, link).await;
-                // Only a link the host spoke on resets the backoff: one that
-                // ends at once (a host refusing the session by closing it)
-                // is retried as patiently as a failed connect.
-                if heard {
+                // Only a link the host spoke on, and that stayed up for the
+                // longest wait, resets the backoff: one that ends at once (a
+                // host refusing the session by closing it, or saying one
+                // thing and then closing it) is retried as patiently as a
+                // failed connect, not every 50 ms.
+                if heard && started.elapsed() >= policy.max {
                     backoff = policy.initial;
                 }
                 if shared.stopped.load(Ordering::Acquire) {

@@ -227,10 +227,12 @@ pub fn memory_client(host: &cosystem_worker::host::Host) -> cosystem_worker::cli
 }
 
 /// Hands out links on which the host sends `says` bookmarks and then ends
-/// the stream; counts the connects.
+/// the stream, `lasts` after it opened; counts the connects.
 pub struct EndingLinks {
     /// Bookmarks sent on each link before it ends.
     pub says: usize,
+    /// How long each link stays open after its bookmarks.
+    pub lasts: std::time::Duration,
     /// Connects made so far.
     pub connects: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -243,7 +245,7 @@ impl cosystem_worker::transport::Connector for EndingLinks {
         Result<cosystem_worker::transport::ClientLink, cosystem_worker::transport::TransportError>,
     > {
         use cosystem_worker::wire::{Header, HostMessage, Patch, host_message};
-        use futures::{FutureExt, SinkExt};
+        use futures::{FutureExt, SinkExt, StreamExt};
         self.connects
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let bookmark = HostMessage {
@@ -257,7 +259,12 @@ impl cosystem_worker::transport::Connector for EndingLinks {
         };
         let link = cosystem_worker::transport::ClientLink {
             sink: Box::pin(futures::sink::drain().sink_map_err(|never| match never {})),
-            stream: Box::pin(futures::stream::iter(vec![Ok(bookmark); self.says])),
+            stream: Box::pin(
+                futures::stream::iter(vec![Ok(bookmark); self.says]).chain(
+                    futures::stream::once(tokio::time::sleep(self.lasts))
+                        .filter_map(|()| async { None }),
+                ),
+            ),
         };
         async move { Ok(link) }.boxed()
     }
