@@ -1985,3 +1985,44 @@ fn small_patches_cannot_each_shift_the_whole_per_patch_floor() {
     assert_eq!(conflicts(&mut c), 0, "two seconds later it is again");
     assert_eq!(c.version(), Some(3));
 }
+
+/// A patch that fails after shifting has done that work, and undone it: it
+/// spends the credit as much as one that applies, or a host could stream
+/// failing patches that each shift the whole floor.
+#[test]
+fn a_patch_that_fails_after_shifting_spends_the_credit_too() {
+    let mut c = new_client();
+    c.handle_message(at(1), snapshot(E1, 1, json!({"a": vec![0; 1 << 18]}), 0));
+    while c.poll_event().is_some() {}
+    let churn = |fail: bool| {
+        let mut ops: Vec<Value> = (0..30)
+            .flat_map(|_| {
+                [
+                    json!({"op": "remove", "path": "/a/0"}),
+                    json!({"op": "add", "path": "/a/0", "value": 0}),
+                ]
+            })
+            .collect();
+        if fail {
+            ops.push(json!({"op": "test", "path": "/a/0", "value": 1}));
+        }
+        Value::Array(ops)
+    };
+    c.handle_message(at(1_000), patch(E1, 1, 2, churn(true)));
+    c.handle_message(at(1_000), patch(E1, 1, 2, churn(false)));
+    let conflicts: Vec<ConflictReason> = std::iter::from_fn(|| c.poll_event())
+        .filter_map(|e| match e {
+            ClientEvent::Conflict(conflict) => Some(conflict.reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        conflicts,
+        [
+            ConflictReason::PatchApplyFailed,
+            ConflictReason::PatchApplyFailed
+        ],
+        "the failed patch spent the credit the second needed"
+    );
+    assert_eq!(c.version(), Some(1));
+}

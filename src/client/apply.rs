@@ -4,8 +4,7 @@ use json_patch::PatchOperation;
 use json_patch::jsonptr::Pointer;
 use serde_json::Value;
 
-use super::equality::json_eq;
-use super::ops::{Failure, Shifts, apply_in_place, apply_step, parse_ops};
+use super::ops::{Failure, Shifts, apply_in_place, parse_ops};
 
 /// Why a patch could not be applied. The mirror is unchanged in every case.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -269,38 +268,16 @@ fn check_source(
     Ok(())
 }
 
-/// RFC 6902 `test` with the protocol's equality.
-fn test_op(doc: &Value, path: &Pointer, expected: &Value) -> Result<(), String> {
-    match doc.pointer(path.as_str()) {
-        None => Err("path does not exist".to_owned()),
-        Some(target) if json_eq(target, expected) => Ok(()),
-        Some(_) => Err("value is not equal to the tested value".to_owned()),
-    }
-}
-
-fn touches_root(op: &PatchOperation) -> bool {
-    match op {
-        PatchOperation::Add(o) => o.path.is_root(),
-        PatchOperation::Remove(o) => o.path.is_root(),
-        PatchOperation::Replace(o) => o.path.is_root(),
-        PatchOperation::Move(o) => o.path.is_root() || o.from.is_root(),
-        PatchOperation::Copy(o) => o.path.is_root(),
-        PatchOperation::Test(_) => false,
-    }
-}
-
 /// Parses `patch_json` and applies every operation to `view`, or none.
 ///
 /// Costs O(size of the patch) plus the array elements its operations shift
 /// and what its copies and deeper moves measure (each within a budget
-/// below) for patches of operations below the root, which are applied in
-/// place and undone on failure (their undo cannot fail). None of them
-/// copies the mirror: a `test`, a `move` or a `copy` used to, so a host
-/// could make every 40-byte patch cost a copy of a mirror of megabytes. A
-/// patch with a root operation (which may leave a non-object, and whose
-/// value is then about as large as the mirror it replaces) is applied to a
-/// copy, one operation at a time, and the copy replaces `view` only if
-/// every operation succeeded and the result is an object.
+/// below). Every operation, at the root too, is applied in place and
+/// undone on failure (the undo cannot fail), and a result that is not an
+/// object is undone like a failed operation. Nothing copies the mirror: a
+/// patch with a `test`, `move`, `copy` or root operation used to be applied
+/// to a copy, so a host could make every 40-byte patch cost a copy of a
+/// mirror of megabytes.
 ///
 /// Besides RFC 6902's own failures, a patch is refused if it would nest the
 /// mirror deeper than [`MAX_MIRROR_DEPTH`]; if its copies would add more
@@ -310,39 +287,69 @@ fn touches_root(op: &PatchOperation) -> bool {
 /// would shift more array elements than [`shift_budget`] allows.
 pub fn apply_patch(view: &mut Value, patch_json: &str) -> Result<(), ApplyError> {
     let len = patch_json.len();
-    apply_within(view, patch_json, copy_budget(len), shift_budget(len)).map(drop)
+    apply_within(view, patch_json, copy_budget(len), shift_budget(len)).0
 }
 
-/// [`apply_patch`] allowed to shift `shifts` array elements, and no more,
-/// whatever [`shift_budget`] allows; returns the elements it shifted. The
-/// client core passes what its shift credit allows (`client/shift_credit.rs`),
-/// so that many small patches cannot each spend the whole per-patch floor.
+/// [`apply_patch`] allowed to shift at most `shifts` array elements (and
+/// never more than [`shift_budget`] allows). Also returns the elements it
+/// shifted, whether it applied or not: a patch that fails has done that
+/// work, and undone it. The client core passes what its shift credit
+/// allows (`client/shift_credit.rs`), so that many small patches cannot
+/// each spend the whole per-patch floor.
 pub(crate) fn apply_patch_shifting(
     view: &mut Value,
     patch_json: &str,
     shifts: usize,
-) -> Result<usize, ApplyError> {
-    apply_within(view, patch_json, copy_budget(patch_json.len()), shifts)
+) -> (Result<(), ApplyError>, usize) {
+    let len = patch_json.len();
+    apply_within(
+        view,
+        patch_json,
+        copy_budget(len),
+        shifts.min(shift_budget(len)),
+    )
 }
 
 /// [`apply_patch`] with the budgets given: `copies` for the values copied
 /// and, apart, for those moved deeper; `shifts` for array elements shifted.
-/// Returns the elements the patch shifted.
+/// Also returns the elements the patch shifted, applied or not.
 fn apply_within(
     view: &mut Value,
     patch_json: &str,
     copies: usize,
     shifts: usize,
-) -> Result<usize, ApplyError> {
-    let ops = parse_ops(patch_json).map_err(|e| ApplyError::Malformed(e.to_string()))?;
-    if ops.is_empty() {
-        return Ok(0);
-    }
-    for (index, op) in ops.iter().enumerate() {
-        check_static(index, op)?;
+) -> (Result<(), ApplyError>, usize) {
+    let ops = match parse_ops(patch_json) {
+        Ok(ops) => ops,
+        Err(e) => return (Err(ApplyError::Malformed(e.to_string())), 0),
+    };
+    if let Some(error) = ops
+        .iter()
+        .enumerate()
+        .find_map(|(index, op)| check_static(index, op).err())
+    {
+        return (Err(error), 0);
     }
     let mut shifts = Shifts::new(shifts);
-    let failed = |index: usize, failure: Failure, shifts: &Shifts| match failure {
+    let mut measured = Measured {
+        budget: copies,
+        copied: 0,
+        moved: 0,
+    };
+    let applied = apply_in_place(
+        view,
+        &ops,
+        &mut shifts,
+        |index, op, doc| check_source(index, op, doc, &mut measured),
+        |doc| {
+            if doc.is_object() {
+                Ok(())
+            } else {
+                Err(ApplyError::NotAnObject)
+            }
+        },
+    );
+    let result = applied.map_err(|(index, failure)| match failure {
         Failure::Patch(kind) => ApplyError::Operation {
             index,
             reason: kind.to_string(),
@@ -353,79 +360,8 @@ fn apply_within(
             budget: shifts.budget,
         },
         Failure::Refused(error) => error,
-    };
-    let mut measured = Measured {
-        budget: copies,
-        copied: 0,
-        moved: 0,
-    };
-    if !ops.iter().any(touches_root) {
-        return apply_in_place(view, &ops, &mut shifts, |index, op, doc| {
-            check_source(index, op, doc, &mut measured)
-        })
-        .map(|()| shifts.shifted)
-        .map_err(|(index, failure)| failed(index, failure, &shifts));
-    }
-    let mut copy = view.clone();
-    let mut index = 0;
-    while index < ops.len() {
-        let op = &ops[index];
-        check_source(index, op, &copy, &mut measured)?;
-        match op {
-            PatchOperation::Test(t) => {
-                test_op(&copy, &t.path, &t.value)
-                    .map_err(|reason| ApplyError::Operation { index, reason })?;
-            }
-            // §7.4: `from` = `path` is a no-op (once `from` is known to
-            // exist). json-patch would remove and re-add, which fails at the
-            // root, where nothing can be removed.
-            PatchOperation::Move(m) if m.from == m.path => {
-                if copy.pointer(m.from.as_str()).is_none() {
-                    return Err(ApplyError::Operation {
-                        index,
-                        reason: "\"from\" path is invalid".to_owned(),
-                    });
-                }
-            }
-            PatchOperation::Move(_) | PatchOperation::Copy(_) => {
-                match op {
-                    PatchOperation::Move(m) => shifts.charge_move(&copy, &m.from, &m.path),
-                    PatchOperation::Copy(c) => shifts.charge_copy(&copy, &c.path),
-                    _ => Ok(()),
-                }
-                .map_err(|failure| failed(index, failure, &shifts))?;
-                json_patch::patch_unsafe(&mut copy, std::slice::from_ref(op)).map_err(|e| {
-                    ApplyError::Operation {
-                        index,
-                        reason: e.kind.to_string(),
-                    }
-                })?;
-            }
-            // At the root, where no array shifts.
-            _ if touches_root(op) => {
-                json_patch::patch_unsafe(&mut copy, std::slice::from_ref(op)).map_err(|e| {
-                    ApplyError::Operation {
-                        index,
-                        reason: e.kind.to_string(),
-                    }
-                })?;
-            }
-            // `add`, `remove` and `replace` below the root, as in place
-            // (with runs), their undo not needed.
-            _ => {
-                let (taken, _undo) = apply_step(&mut copy, &ops[index..], &mut shifts)
-                    .map_err(|failure| failed(index, failure, &shifts))?;
-                index += taken;
-                continue;
-            }
-        }
-        index += 1;
-    }
-    if !copy.is_object() {
-        return Err(ApplyError::NotAnObject);
-    }
-    *view = copy;
-    Ok(shifts.shifted)
+    });
+    (result, shifts.shifted)
 }
 
 #[cfg(test)]
@@ -435,6 +371,17 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// [`apply_within`], as the elements it shifted when it applied.
+    fn within(
+        view: &mut Value,
+        patch_json: &str,
+        copies: usize,
+        shifts: usize,
+    ) -> Result<usize, ApplyError> {
+        let (applied, shifted) = apply_within(view, patch_json, copies, shifts);
+        applied.map(|()| shifted)
+    }
 
     fn view() -> Value {
         json!({"s": {"arr": [1, 2, 3], "o": {"k": 1}, "x~y": 5, "x/y": 6}})
@@ -740,7 +687,7 @@ mod tests {
             .map(|_| json!({"op": "move", "from": "/s/a", "path": "/s/a"}))
             .collect();
         let mut v = doc.clone();
-        apply_within(&mut v, &Value::Array(ops).to_string(), 0, 0).expect("no-ops apply");
+        within(&mut v, &Value::Array(ops).to_string(), 0, 0).expect("no-ops apply");
         assert_eq!(v, doc);
     }
 
@@ -755,7 +702,7 @@ mod tests {
             {"op": "move", "from": "/s/b", "path": "/t"},
             {"op": "move", "from": "/s/l/1", "path": "/s/l/0"},
         ]);
-        apply_within(&mut v, &patch.to_string(), 0, usize::MAX).expect("unmeasured moves apply");
+        within(&mut v, &patch.to_string(), 0, usize::MAX).expect("unmeasured moves apply");
         assert_eq!(v, json!({"s": {"l": [[2], [1]]}, "t": values(10_000)}));
     }
 
@@ -841,9 +788,8 @@ mod tests {
         );
     }
 
-    /// The budget binds on the working copy too (a patch with a `test`),
-    /// where `move` and `copy` are charged as the insertions and removals
-    /// they are.
+    /// `move` and `copy` are charged as the insertions and removals they
+    /// are, with a `test` among them.
     #[test]
     fn moves_and_copies_shift_arrays_against_the_same_budget() {
         let doc = json!({"s": {"a": [0, 1, 2, 3], "n": 9}});
@@ -854,7 +800,7 @@ mod tests {
             {"op":"move","from":"/s/a/1","path":"/s/a/0"},
             {"op":"copy","from":"/s/n","path":"/s/a/0"}]"#;
         let mut v = doc.clone();
-        apply_within(&mut v, patch, usize::MAX, 10).expect("10 shifts within 10");
+        within(&mut v, patch, usize::MAX, 10).expect("10 shifts within 10");
         assert_eq!(v["s"]["a"], json!([9, 1, 0, 2, 3]));
         let error = refused_unchanged_within(doc, patch, 9);
         assert!(
@@ -881,7 +827,7 @@ mod tests {
             .collect();
         let patch = Value::Array(ops).to_string();
         let mut v = doc.clone();
-        apply_within(&mut v, &patch, 0, 60).expect("a run of 60 at 40 of 100 shifts 60");
+        within(&mut v, &patch, 0, 60).expect("a run of 60 at 40 of 100 shifts 60");
         assert_eq!(v["s"]["a"], json!((0..40).collect::<Vec<_>>()));
         let error = refused_unchanged_within(doc, &patch, 59);
         assert!(
@@ -893,7 +839,7 @@ mod tests {
     fn refused_unchanged_within(doc: Value, patch: &str, shifts: usize) -> ApplyError {
         let mut patched = doc.clone();
         let error =
-            apply_within(&mut patched, patch, usize::MAX, shifts).expect_err("the patch must fail");
+            within(&mut patched, patch, usize::MAX, shifts).expect_err("the patch must fail");
         assert_eq!(patched, doc, "a failed patch changed the mirror");
         error
     }
@@ -999,8 +945,7 @@ mod tests {
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
         /// For every patch of insertions, removals, moves and copies (runs
-        /// of one path likely among them), in place or on the working copy,
-        /// and every budget: the patch applies exactly when every
+        /// of one path likely among them), and every budget: the patch applies exactly when every
         /// operation does and the elements it shifts, counted as §15 counts
         /// them, are within the budget, with json-patch's result; otherwise
         /// it is refused, unchanged, at the operation where either first
@@ -1021,7 +966,7 @@ mod tests {
             let doc = json!({"a": (0..len).map(|i| json!([i])).collect::<Vec<_>>(), "b": [4, 5]});
             let patch = Value::Array(ops.clone()).to_string();
             let mut ours = doc.clone();
-            let result = apply_within(&mut ours, &patch, usize::MAX, budget);
+            let result = within(&mut ours, &patch, usize::MAX, budget);
             match (model(&doc, &ops, budget), result) {
                 (Ok((expected, charged)), Ok(shifted)) => {
                     prop_assert_eq!(ours, expected);
@@ -1058,7 +1003,7 @@ mod tests {
             }
             let patch = serde_json::to_string(&ops).unwrap();
             let mut v = states[0].clone();
-            apply_within(&mut v, &patch, 0, ops.len()).map_err(|e| TestCaseError::fail(format!("{patch}: {e}")))?;
+            within(&mut v, &patch, 0, ops.len()).map_err(|e| TestCaseError::fail(format!("{patch}: {e}")))?;
             prop_assert_eq!(&v, states.last().unwrap());
         }
     }

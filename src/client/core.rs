@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use serde_json::Value;
 
-use super::apply::{ApplyError, apply_patch_shifting};
+use super::apply::apply_patch_shifting;
 use super::shift_credit::ShiftCredit;
 use crate::app::MethodError;
 use crate::wire::{
@@ -856,18 +856,11 @@ impl ClientCore {
                 } else {
                     let len = patch.patch_json.len();
                     let allowance = self.shift_credit.allowance(now, len);
-                    match apply_patch_shifting(&mut m.state, &patch.patch_json, allowance) {
-                        Ok(shifted) => {
-                            self.shift_credit.spend(len, shifted);
-                            Ok(())
-                        }
-                        Err(error) => {
-                            if matches!(error, ApplyError::ShiftsTooLarge { .. }) {
-                                self.shift_credit.exhaust();
-                            }
-                            Err(error.to_string())
-                        }
-                    }
+                    let (applied, shifted) =
+                        apply_patch_shifting(&mut m.state, &patch.patch_json, allowance);
+                    // A patch that failed shifted as much, and undid it.
+                    self.shift_credit.spend(len, shifted);
+                    applied.map_err(|error| error.to_string())
                 };
             if let Err(detail) = applied {
                 self.conflict(ConflictReason::PatchApplyFailed, patch.version, detail);

@@ -3,7 +3,9 @@
 //!
 //! Each patch may shift 4 elements per byte of its own, plus a credit kept
 //! across patches: at most [`CREDIT`] elements, refilled at [`CREDIT`] a
-//! second, and spent by whatever a patch shifts beyond its own allowance.
+//! second, and spent by whatever a patch shifts beyond its own allowance,
+//! whether it then applies or fails (and is undone, shifting as much
+//! again). Never more, in one patch, than `shift_budget` allows.
 //! The per-patch floor of `shift_budget` alone let every small patch shift
 //! 2^24 elements: ~20 ms of work for 600 bytes, so a host sending 30 KB a
 //! second kept a client core busy. With the credit, a burst can still shift
@@ -52,11 +54,6 @@ impl ShiftCredit {
         let beyond = shifted.saturating_sub(own(patch_len));
         self.credit = self.credit.saturating_sub(beyond);
     }
-
-    /// A patch went over its allowance, having shifted up to it first.
-    pub(crate) fn exhaust(&mut self) {
-        self.credit = 0;
-    }
 }
 
 /// What a patch of `patch_len` bytes may shift of its own.
@@ -80,7 +77,8 @@ mod tests {
         // A quarter of a second regains a quarter of the credit.
         let later = start + Duration::from_millis(250);
         assert_eq!(credit.allowance(later, 0), CREDIT / 2 + CREDIT / 4);
-        credit.exhaust();
+        // A patch that went over its allowance spent all of it.
+        credit.spend(10, usize::MAX);
         assert_eq!(credit.allowance(later, 10), 40);
         // Never more than full, however long the wait.
         let much_later = later + Duration::from_secs(3600);

@@ -401,8 +401,17 @@ impl HostCore {
     /// # Panics
     /// If a published module's initial state nests the view deeper than
     /// [`MAX_VIEW_DEPTH`] (a programming error found at start-up): no client
-    /// could mirror it.
+    /// could mirror it. Likewise if `epoch` is empty or longer than
+    /// [`MAX_EPOCH`](crate::client::MAX_EPOCH) bytes (spec E2): every
+    /// client would ignore the host.
     pub fn new(config: HostConfig, app: App, epoch: impl Into<String>) -> Self {
+        let epoch = epoch.into();
+        assert!(
+            !epoch.is_empty() && epoch.len() <= crate::client::MAX_EPOCH,
+            "a host's epoch must be 1 to {} bytes (spec E2), not {}",
+            crate::client::MAX_EPOCH,
+            epoch.len()
+        );
         let modules = app.into_modules();
         let index = modules
             .iter()
@@ -424,7 +433,7 @@ impl HostCore {
         let method_times = MethodTimes::new(&modules);
         let mut host = Self {
             config,
-            epoch: epoch.into(),
+            epoch,
             version: 1,
             modules,
             index,
@@ -961,6 +970,15 @@ impl HostCore {
         match &ops {
             Some(text) => self.admit(i, growth_bound(&invocation.ops, text.len()))?,
             None => {
+                // No operation, yet the text may have changed: equal values
+                // written apart (0.0 and -0.0) give a typed module's diff
+                // nothing to publish. Counted, or the exact length drifts.
+                if self.published[i]
+                    && let Some(change) = self.modules[i].size_change()
+                {
+                    self.view_bound.size =
+                        self.view_bound.size.saturating_add_signed(clamp(change));
+                }
                 self.modules[i].settle(true);
             }
         }

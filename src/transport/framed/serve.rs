@@ -175,18 +175,32 @@ impl WaitingList {
 }
 
 /// A connection's place on its listener's [`WaitingList`], given up when
-/// its first frame arrives or its task ends, however it ends.
+/// its first frame arrives ([`WaitingSlot::promote`]) or its task ends,
+/// however it ends.
 struct WaitingSlot {
     id: u64,
     list: WaitingList,
 }
 
+impl WaitingSlot {
+    /// Leaves the list because the first frame arrived: true, unless the
+    /// connection was already closed to make room (its task is then being
+    /// ended, and must not open a session). Under the list's lock, so a
+    /// connection is either promoted or closed, never both.
+    fn promote(self) -> bool {
+        self.leave()
+    }
+
+    fn leave(&self) -> bool {
+        let mut waiting = self.list.lock();
+        let at = waiting.tasks.iter().position(|(id, _)| *id == self.id);
+        at.and_then(|at| waiting.tasks.remove(at)).is_some()
+    }
+}
+
 impl Drop for WaitingSlot {
     fn drop(&mut self) {
-        let mut waiting = self.list.lock();
-        if let Some(at) = waiting.tasks.iter().position(|(id, _)| *id == self.id) {
-            waiting.tasks.remove(at);
-        }
+        self.leave();
     }
 }
 
@@ -258,7 +272,10 @@ async fn serve_accepted<S>(
             return;
         }
     };
-    drop(waiting);
+    if !waiting.promote() {
+        tracing::debug!(%peer, "closing a connection closed to make room as its first frame arrived");
+        return;
+    }
     // The frame read goes first, then the rest of the same reader: bytes
     // after it that arrived with it are still in `frames`' buffer.
     let frames = futures::stream::iter([Ok(first)]).chain(frames);
