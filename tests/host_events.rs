@@ -6,7 +6,7 @@ mod common;
 use common::memory_client;
 use cosystem_worker::demo;
 use cosystem_worker::host::{
-    CallRecord, Host, HostConfig, HostCore, HostEvent, PeerOptions, RECORDED_NAME,
+    CallRecord, Host, HostConfig, HostCore, HostEvent, PeerKey, PeerOptions, RECORDED_NAME,
 };
 use cosystem_worker::wire::{Call, ClientMessage, ErrorCode, Header, client_message};
 use serde_json::json;
@@ -99,8 +99,8 @@ fn calls_answered(core: &mut HostCore) -> Vec<CallRecord> {
         .collect()
 }
 
-#[test]
-fn the_core_records_calls_only_while_asked_to() {
+/// A demo host core with one session, labelled `label`.
+fn core_with_a_session() -> (HostCore, PeerKey) {
     let mut core = HostCore::new(HostConfig::default(), demo::app("s"), "e");
     let peer = core
         .connect(PeerOptions {
@@ -108,6 +108,12 @@ fn the_core_records_calls_only_while_asked_to() {
             publications: true,
         })
         .unwrap();
+    (core, peer)
+}
+
+#[test]
+fn the_core_records_calls_only_while_asked_to() {
+    let (mut core, peer) = core_with_a_session();
     core.handle_message(peer, call_envelope(1)).unwrap();
     assert_eq!(calls_answered(&mut core), []);
 
@@ -134,13 +140,7 @@ fn the_core_records_calls_only_while_asked_to() {
 
 #[test]
 fn a_record_keeps_only_the_start_of_a_name_the_host_does_not_know() {
-    let mut core = HostCore::new(HostConfig::default(), demo::app("s"), "e");
-    let peer = core
-        .connect(PeerOptions {
-            peer_id: "label".into(),
-            publications: true,
-        })
-        .unwrap();
+    let (mut core, peer) = core_with_a_session();
     core.record_calls(true);
     let mut call = call_envelope(1);
     let long = "é".repeat(RECORDED_NAME);

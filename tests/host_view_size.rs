@@ -95,6 +95,11 @@ fn host(reads: &Arc<AtomicUsize>) -> HostCore {
             state: json!({"filler": "f".repeat(LIMIT / 2)}),
             reads: reads.clone(),
         });
+    limited(app)
+}
+
+/// A patch-mode host of `app` whose messages are at most [`LIMIT`] bytes.
+fn limited(app: App) -> HostCore {
     let config = HostConfig {
         sync: SyncMode::Patch,
         limits: HostLimits {
@@ -177,14 +182,7 @@ fn a_call_s_work_stops_once_its_changes_outgrow_the_room_the_view_has_left() {
             Ok(n)
         },
     ));
-    let config = HostConfig {
-        limits: HostLimits {
-            max_message_bytes: LIMIT,
-            ..HostLimits::default()
-        },
-        ..HostConfig::default()
-    };
-    let mut h = HostCore::new(config, app, "e1");
+    let mut h = limited(app);
     let error = h
         .invoke("list", "fill", &[json!(1_000_000), json!("x".repeat(100))])
         .expect_err("far too large");
@@ -225,14 +223,7 @@ fn floats_that_are_equal_but_written_apart_keep_the_length_exact() {
                     d.replace("/text", s).map(|_| ())
                 }),
         );
-    let config = HostConfig {
-        limits: HostLimits {
-            max_message_bytes: LIMIT,
-            ..HostLimits::default()
-        },
-        ..HostConfig::default()
-    };
-    let mut h = HostCore::new(config, app, "e1");
+    let mut h = limited(app);
     for _ in 0..20 {
         for x in [-0.0, 1.0, 0.0] {
             h.invoke("floats", "fill", &[json!(x)]).expect("fits");
