@@ -23,7 +23,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let connect = tonic_build::manual::Method::builder()
         .name("session")
         .route_name("Session")
-        .input_type("crate::wire::ClientMessage")
+        .input_type("crate::transport::grpc::codec::ClientEnvelope")
         .output_type("crate::wire::HostFrame")
         .codec_path("crate::transport::grpc::codec::SharedFrameCodec")
         .client_streaming()

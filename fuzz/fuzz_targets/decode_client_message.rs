@@ -4,17 +4,21 @@
 //! errors, answers only with well-formed frames, keeps its view an object
 //! whose version counts its commits, and a third, well-behaved session
 //! still gets correct service (its call answered right, its mirror equal
-//! to the host's view).
+//! to the host's view). The in-place decoder the host reads bytes with
+//! (`ClientView`) agrees with prost on every input.
 #![no_main]
 
 use std::time::Instant;
 
+use cosystem_worker::wire::ClientMessage;
+use cosystem_worker::wire::view::ClientView;
 use fuzz_support::{
     ClientWatch, PublishedWatch, assert_typed_input_error, bystander_gets_service, client, connect,
     demo_host, drain_session, small_limits,
 };
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
+use prost::Message;
 
 #[derive(Debug, Arbitrary)]
 struct Input {
@@ -41,6 +45,16 @@ fuzz_target!(|input: Input| {
     let mut follower = client("bystander", now);
     let mut watch = ClientWatch::default();
     for step in &input.steps {
+        let decoded = ClientMessage::decode(step.bytes.as_slice());
+        let view = ClientView::decode(&step.bytes);
+        assert_eq!(
+            decoded.is_ok(),
+            view.is_ok(),
+            "{decoded:?} against {view:?}"
+        );
+        if let (Ok(message), Ok(view)) = (&decoded, view) {
+            assert_eq!(ClientView::from(message), view);
+        }
         let session = sessions[usize::from(step.second)];
         if let Err(error) = host.handle_bytes(session, &step.bytes) {
             assert_typed_input_error(&error);

@@ -3,12 +3,14 @@
 //!
 //! Whatever the bytes, the client never panics, its mirror is `None` or a
 //! JSON object whose version never goes back within an epoch, and every
-//! call settles exactly once by the time the client is disposed.
+//! call settles exactly once by the time the client is disposed. The
+//! in-place decoder (`HostView`) agrees with prost on every input.
 #![no_main]
 
 use std::time::Instant;
 
 use cosystem_worker::wire::HostMessage;
+use cosystem_worker::wire::view::HostView;
 use fuzz_support::{ClientWatch, client};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
@@ -29,7 +31,17 @@ fuzz_target!(|steps: Vec<Step>| {
     for step in steps {
         match step {
             Step::Bytes(bytes) => {
-                if let Ok(message) = HostMessage::decode(bytes.as_slice()) {
+                let decoded = HostMessage::decode(bytes.as_slice());
+                let view = HostView::decode(&bytes);
+                assert_eq!(
+                    decoded.is_ok(),
+                    view.is_ok(),
+                    "{decoded:?} against {view:?}"
+                );
+                if let (Ok(message), Ok(view)) = (&decoded, view) {
+                    assert_eq!(HostView::from(message), view);
+                }
+                if let Ok(message) = decoded {
                     core.handle_message(now, message);
                 }
             }

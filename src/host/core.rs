@@ -35,9 +35,10 @@ use super::view_depth::{MAX_VIEW_DEPTH, section_too_deep, too_deep};
 use super::view_size::{growth_bound, snapshot_overhead, view_len};
 use crate::app::{App, MethodError, Module};
 use crate::fast_hash::FastMap;
+use crate::wire::view::{CallView, ClientKindView, ClientView, HeaderView};
 use crate::wire::{
-    self, CallResult, ClientMessage, ErrorCode, Header, HostFrame, HostMessage, PROTOCOL_VERSION,
-    Patch, Snapshot, SnapshotReason, SyncRequest, call_result, client_message, host_message,
+    CallResult, ClientMessage, ErrorCode, Header, HostFrame, HostMessage, PROTOCOL_VERSION, Patch,
+    Snapshot, SnapshotReason, SyncRequest, call_result, client_message, host_message,
 };
 
 /// A session's unread results may add up to this many maximum-size
@@ -219,15 +220,12 @@ pub struct CallRecord {
 pub const RECORDED_NAME: usize = 1024;
 
 /// `text` cut to at most `keep` bytes, at a character boundary.
-fn cut(mut text: String, keep: usize) -> String {
-    if text.len() > keep {
-        let mut end = keep;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
+fn cut(text: &str, keep: usize) -> String {
+    let mut end = text.len().min(keep);
+    while !text.is_char_boundary(end) {
+        end -= 1;
     }
-    text
+    text[..end].to_owned()
 }
 
 /// An envelope queued for one session alone.
@@ -599,7 +597,7 @@ impl HostCore {
             });
         }
         let message =
-            ClientMessage::decode(bytes).map_err(|e| InputError::Malformed(e.to_string()))?;
+            ClientView::decode(bytes).map_err(|e| InputError::Malformed(e.to_string()))?;
         self.handle_sized(peer, message, Some(bytes.len()))
     }
 
@@ -617,7 +615,7 @@ impl HostCore {
         message: ClientMessage,
     ) -> Result<(), InputError> {
         let size = size_near_limit(&message, self.config.limits.max_message_bytes);
-        self.handle_sized(peer, message, size)
+        self.handle_sized(peer, ClientView::from(&message), size)
     }
 
     /// Handles an envelope of `size` encoded bytes; `None` when it is known
@@ -628,7 +626,7 @@ impl HostCore {
     pub(crate) fn handle_sized(
         &mut self,
         peer: PeerKey,
-        message: ClientMessage,
+        message: ClientView<'_>,
         size: Option<usize>,
     ) -> Result<(), InputError> {
         // A run not taken after an earlier input is not this input's.
@@ -652,15 +650,15 @@ impl HostCore {
             && let Some(p) = self.peers.get_mut(&peer)
             && *p.reply_to != *header.source
         {
-            p.reply_to = Arc::from(header.source.as_str());
+            p.reply_to = Arc::from(header.source);
         }
         match (message.kind, oversize) {
-            (Some(client_message::Kind::Call(call)), _) => {
+            (Some(ClientKindView::Call(call)), _) => {
                 self.handle_call(peer, &header, call, oversize)
             }
             (_, Some(size)) => Err(InputError::MessageTooLarge { size, limit }),
             (None, None) => Err(InputError::UnknownKind),
-            (Some(client_message::Kind::SyncRequest(request)), None) => {
+            (Some(ClientKindView::SyncRequest(request)), None) => {
                 if header.protocol_version != PROTOCOL_VERSION {
                     return Err(InputError::UnsupportedVersion(header.protocol_version));
                 }
@@ -705,8 +703,8 @@ impl HostCore {
     fn handle_call(
         &mut self,
         peer: PeerKey,
-        header: &Header,
-        call: wire::Call,
+        header: &HeaderView<'_>,
+        call: CallView<'_>,
         oversize: Option<usize>,
     ) -> Result<(), InputError> {
         let limit = self.config.limits.max_calls_in_flight;
@@ -755,7 +753,7 @@ impl HostCore {
                 ErrorCode::FailedPrecondition,
                 format!(
                     "the call was made against epoch {:?}; this host's epoch is {:?}",
-                    Clipped(&header.epoch),
+                    Clipped(header.epoch),
                     self.epoch
                 ),
             ))
@@ -783,13 +781,13 @@ impl HostCore {
                 peer_id: if *p.reply_to == *header.source {
                     p.reply_to.clone()
                 } else {
-                    Arc::from(header.source.as_str())
+                    Arc::from(header.source)
                 },
                 principal: p.principal.clone(),
             }));
-            parse_args(&call.args_json)
+            parse_args(call.args_json)
                 .and_then(|args| {
-                    self.run(&call.module, &call.method, &args, |value| {
+                    self.run(call.module, call.method, &args, |value| {
                         let text = value_json(value);
                         if text.len() > room {
                             return Err(MethodError::new(
@@ -834,8 +832,8 @@ impl HostCore {
             session = ?self.peers.get(&peer).map_or("", |p| p.options.peer_id.as_str()),
             peer = ?header.source,
             call_id = call.call_id,
-            module = ?Clipped(&call.module),
-            method = ?Clipped(&call.method),
+            module = ?Clipped(call.module),
+            method = ?Clipped(call.method),
             outcome = error.map_or("ok", ErrorCode::kebab_name),
             version = gate,
             "call answered"
@@ -849,7 +847,7 @@ impl HostCore {
             self.events.push_back(HostEvent::CallAnswered(CallRecord {
                 session,
                 principal,
-                peer: header.source.clone(),
+                peer: header.source.to_owned(),
                 call_id: call.call_id,
                 module: cut(call.module, RECORDED_NAME),
                 method: cut(call.method, RECORDED_NAME),
@@ -857,7 +855,7 @@ impl HostCore {
                 version: gate,
             }));
         }
-        let frame = self.frame(&header.source, host_message::Kind::Result(result));
+        let frame = self.frame(header.source, host_message::Kind::Result(result));
         let bytes = frame.message().encoded_len();
         if let Some(p) = self.peers.get_mut(&peer) {
             p.direct.push_back(Direct::Result { gate, frame, bytes });
@@ -1169,7 +1167,7 @@ impl HostCore {
         self.events.push_back(HostEvent::Published { version });
     }
 
-    fn handle_sync(&mut self, peer: PeerKey, header: &Header, request: &SyncRequest) {
+    fn handle_sync(&mut self, peer: PeerKey, header: &HeaderView<'_>, request: &SyncRequest) {
         self.stats.sync_requests += 1;
         if !self.peers.contains_key(&peer) {
             return;
@@ -1185,10 +1183,10 @@ impl HostCore {
             .get(&peer)
             .is_some_and(|p| !p.options.publications);
         let reply = if reply_only {
-            Direct::Built(self.sync_reply(&header.source, request.sync_id, have_version))
+            Direct::Built(self.sync_reply(header.source, request.sync_id, have_version))
         } else {
             Direct::Sync {
-                target: header.source.clone(),
+                target: header.source.to_owned(),
                 sync_id: request.sync_id,
                 have_version,
             }

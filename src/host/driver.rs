@@ -582,10 +582,11 @@ impl Session {
         self.with_core(true, |core| core.handle_message(self.key, message))
     }
 
-    /// [`Session::handle`] for a transport that decoded the envelope from
-    /// bytes it already held to the max message size (gRPC's decoder).
-    pub(crate) fn handle_decoded(&self, message: ClientMessage) -> Result<(), InputError> {
-        self.with_core(true, |core| core.handle_sized(self.key, message, None))
+    /// [`Session::handle_bytes`] for a transport that already checked that
+    /// the bytes decode and are within the max message size (gRPC's
+    /// decoder): read in place, as by [`HostCore::handle_bytes`].
+    pub(crate) fn handle_checked(&self, bytes: &[u8]) -> Result<(), InputError> {
+        self.with_core(true, |core| core.handle_bytes(self.key, bytes))
     }
 
     /// Handles the envelope in `input` without waking this session's own

@@ -11,6 +11,7 @@ mod generated {
 pub use generated::*;
 
 mod frame;
+pub mod view;
 pub use frame::HostFrame;
 
 /// The protocol major version this crate implements.

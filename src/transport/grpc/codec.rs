@@ -1,34 +1,37 @@
-//! The server codec: decodes client envelopes with prost and writes each
-//! host frame's shared encoding as it is.
+//! The server codec: checks each client envelope and hands over its bytes,
+//! and writes each host frame's shared encoding as it is.
 //!
 //! The standard prost codec would re-encode a publication once per stream;
 //! this one writes [`HostFrame::encoded`], which is computed once per frame
-//! however many streams carry it.
+//! however many streams carry it. Inbound, it hands the session the
+//! envelope's own bytes ([`ClientEnvelope`]), which the host core reads in
+//! place ([`ClientView`]): a prost decode would copy every string of it
+//! into an allocation of its own.
 
-use bytes::BufMut;
-use prost::Message;
+use bytes::{Buf, BufMut, Bytes};
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
-use crate::wire::{ClientMessage, HostFrame};
+use crate::wire::HostFrame;
+use crate::wire::view::ClientView;
 
-/// Codec of the host's `Session` method: [`ClientMessage`] in, shared
-/// [`HostFrame`] bytes out.
+/// Codec of the host's `Session` method: checked [`ClientEnvelope`]s in,
+/// shared [`HostFrame`] bytes out.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SharedFrameCodec;
 
 impl Codec for SharedFrameCodec {
     type Encode = HostFrame;
-    type Decode = ClientMessage;
+    type Decode = ClientEnvelope;
     type Encoder = SharedFrameEncoder;
-    type Decoder = ClientMessageDecoder;
+    type Decoder = ClientEnvelopeDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
         SharedFrameEncoder
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ClientMessageDecoder
+        ClientEnvelopeDecoder
     }
 }
 
@@ -47,18 +50,31 @@ impl Encoder for SharedFrameEncoder {
     }
 }
 
-/// Decodes one [`ClientMessage`]; bytes that are not one end the stream with
-/// `INVALID_ARGUMENT`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ClientMessageDecoder;
+/// The bytes of one gRPC message that decode as a `ClientMessage`.
+#[derive(Debug, Clone)]
+pub struct ClientEnvelope(Bytes);
 
-impl Decoder for ClientMessageDecoder {
-    type Item = ClientMessage;
+impl ClientEnvelope {
+    /// The envelope's encoding, as it arrived.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Checks that a message decodes as a `ClientMessage` and hands over its
+/// bytes; bytes that are not one end the stream with `INVALID_ARGUMENT`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientEnvelopeDecoder;
+
+impl Decoder for ClientEnvelopeDecoder {
+    type Item = ClientEnvelope;
     type Error = Status;
 
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<ClientMessage>, Status> {
-        ClientMessage::decode(src)
-            .map(Some)
-            .map_err(|e| Status::invalid_argument(format!("malformed ClientMessage: {e}")))
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<ClientEnvelope>, Status> {
+        // The message's bytes are split off tonic's buffer, not copied.
+        let bytes = src.copy_to_bytes(src.remaining());
+        ClientView::decode(&bytes)
+            .map_err(|e| Status::invalid_argument(format!("malformed ClientMessage: {e}")))?;
+        Ok(Some(ClientEnvelope(bytes)))
     }
 }

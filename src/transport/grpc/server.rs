@@ -18,10 +18,11 @@ use tonic_health::ServingStatus;
 use super::GrpcError;
 use super::admission::{Admission, ConnectionGauge, ConnectionLimits};
 use super::auth::{check_bearer, is_valid_token};
+use super::codec::ClientEnvelope;
 use super::incoming::GuardedIncoming;
 use super::throttle::Throttle;
 use crate::host::{Host, InputError, PeerOptions, Principal, Session};
-use crate::wire::{ClientMessage, FILE_DESCRIPTOR_SET, HostFrame};
+use crate::wire::{FILE_DESCRIPTOR_SET, HostFrame};
 
 #[allow(missing_docs, clippy::all)]
 mod generated {
@@ -439,7 +440,7 @@ impl HostService for SessionService {
 
     async fn session(
         &self,
-        request: Request<Streaming<ClientMessage>>,
+        request: Request<Streaming<ClientEnvelope>>,
     ) -> Result<Response<FrameStream>, Status> {
         let peer = request
             .remote_addr()
@@ -528,7 +529,7 @@ fn inbound_status(status: Status) -> Status {
 /// response stream must end: `None` for a plain end, or a status.
 async fn read_session(
     session: Arc<Session>,
-    mut inbound: Streaming<ClientMessage>,
+    mut inbound: Streaming<ClientEnvelope>,
     peer: String,
     end: oneshot::Sender<Option<Status>>,
     ended: Arc<OnceLock<String>>,
@@ -536,7 +537,7 @@ async fn read_session(
     let outcome = loop {
         match inbound.message().await {
             // tonic held the bytes to the max message size already.
-            Ok(Some(message)) => match session.handle_decoded(message) {
+            Ok(Some(envelope)) => match session.handle_checked(envelope.bytes()) {
                 Ok(()) => {}
                 Err(error) if error.is_fatal() => {
                     tracing::warn!(%peer, %error, "closing session");
