@@ -2026,3 +2026,241 @@ fn a_patch_that_fails_after_shifting_spends_the_credit_too() {
     );
     assert_eq!(c.version(), Some(1));
 }
+
+// ---- many held results ---------------------------------------------------
+
+/// Which sync id a mirror update carries.
+#[derive(Debug, Clone)]
+enum Tag {
+    /// None: a publication.
+    Publication,
+    /// The outstanding request's, if any: its reply.
+    Outstanding,
+    /// One of the requests made so far, picked by index.
+    Earlier(usize),
+}
+
+#[derive(Debug, Clone)]
+enum HeldOp {
+    /// A call whose result names the mirror's version plus `ahead`.
+    Result { ahead: u64 },
+    /// A patch moving the mirror on by `by` (0: a bookmark).
+    Patch { by: u64, tag: Tag },
+    /// A snapshot of the mirror's epoch, `by` versions on.
+    Snapshot { by: u64, tag: Tag },
+    /// Cancels a held result's call.
+    Cancel { pick: usize },
+}
+
+fn tag() -> impl Strategy<Value = Tag> {
+    prop_oneof![
+        3 => Just(Tag::Publication),
+        2 => Just(Tag::Outstanding),
+        1 => any::<usize>().prop_map(Tag::Earlier),
+    ]
+}
+
+fn held_op() -> impl Strategy<Value = HeldOp> {
+    prop_oneof![
+        8 => (0u64..12).prop_map(|ahead| HeldOp::Result { ahead }),
+        4 => (0u64..4, tag()).prop_map(|(by, tag)| HeldOp::Patch { by, tag }),
+        1 => (0u64..6, tag()).prop_map(|(by, tag)| HeldOp::Snapshot { by, tag }),
+        1 => any::<usize>().prop_map(|pick| HeldOp::Cancel { pick }),
+    ]
+}
+
+/// What the client table says held results do (RW5, Q1, Q2), written as
+/// plainly as possible: every held result in arrival order, walked whole.
+struct HeldModel {
+    version: u64,
+    /// (call, the version its result names, the first sync request made
+    /// after it arrived), in arrival order.
+    held: Vec<(CallId, u64, Option<u64>)>,
+    outstanding: Option<u64>,
+    /// Every sync id requested so far.
+    requests: Vec<u64>,
+}
+
+impl HeldModel {
+    /// RW5: the held results the mirror has reached settle, in arrival order.
+    fn settle_caught_up(&mut self, out: &mut Vec<Settlement>) {
+        let version = self.version;
+        self.held.retain(|(id, named, _)| {
+            let reached = *named <= version;
+            if reached {
+                out.push((*id, Ok(json!(id.0)), Some(*named)));
+            }
+            !reached
+        });
+    }
+
+    /// Q2: after the reply to request `sync_id`, a result that arrived
+    /// before it and is still ahead settles `internal`.
+    fn refute(&mut self, sync_id: u64, out: &mut Vec<Settlement>) {
+        if sync_id == 0 {
+            return;
+        }
+        let version = self.version;
+        self.held.retain(|(id, named, after)| {
+            let refuted = *named > version && after.is_some_and(|r| r <= sync_id);
+            if refuted {
+                out.push((*id, Err(ErrorCode::Internal), None));
+            }
+            !refuted
+        });
+    }
+
+    /// Q1: with nothing asked, a held result ahead of the mirror asks.
+    fn result_ahead(&self) -> Vec<(SyncReason, u64)> {
+        let ahead = self.held.iter().any(|(_, named, _)| *named > self.version);
+        if self.outstanding.is_none() && ahead {
+            vec![(SyncReason::ResultAhead, self.version)]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn sync_id(&self, tag: &Tag) -> u64 {
+        match tag {
+            Tag::Publication => 0,
+            Tag::Outstanding => self.outstanding.unwrap_or(0),
+            Tag::Earlier(pick) => self.requests[pick % self.requests.len()],
+        }
+    }
+
+    /// A mirror update to `self.version` tagged with `sync_id`.
+    fn updated(&mut self, sync_id: u64, out: &mut Vec<Settlement>) {
+        self.settle_caught_up(out);
+        self.refute(sync_id, out);
+    }
+
+    fn requested(&mut self, sync_id: u64) {
+        self.outstanding = Some(sync_id);
+        self.requests.push(sync_id);
+        for (_, _, after) in &mut self.held {
+            after.get_or_insert(sync_id);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// However many results are held, each settles when and as the model
+    /// says: caught up in arrival order, refuted by a later reply, and a
+    /// result-ahead request made exactly when nothing else is asking.
+    #[test]
+    fn held_results_settle_and_ask_as_the_reference_model_does(
+        ops in proptest::collection::vec(held_op(), 0..200),
+    ) {
+        let mut c = new_client();
+        let initial = only_sync(&sent(&mut c));
+        c.handle_message(at(0), snapshot(E1, 1, view(0), initial.sync_id));
+        events(&mut c);
+        let mut model = HeldModel {
+            version: 1,
+            held: Vec::new(),
+            outstanding: None,
+            requests: vec![initial.sync_id],
+        };
+        for op in ops {
+            let mut expected = Vec::new();
+            let mut asks = Vec::new();
+            match op {
+                HeldOp::Result { ahead } => {
+                    let id = sent_call(&mut c);
+                    let named = model.version + ahead;
+                    c.handle_message(at(0), ok_result(E1, id, named, json!(id.0)));
+                    model.held.push((id, named, None));
+                    model.settle_caught_up(&mut expected);
+                    asks = model.result_ahead();
+                }
+                HeldOp::Patch { by, ref tag } | HeldOp::Snapshot { by, ref tag } => {
+                    let sync_id = model.sync_id(tag);
+                    let (base, version) = (model.version, model.version + by);
+                    let message = if matches!(op, HeldOp::Patch { .. }) {
+                        if model.outstanding == Some(sync_id) {
+                            model.outstanding = None;
+                        }
+                        patch_text(E1, base, version, "[]", sync_id)
+                    } else {
+                        model.outstanding = None;
+                        snapshot(E1, version, view(0), sync_id)
+                    };
+                    c.handle_message(at(0), message);
+                    model.version = version;
+                    model.updated(sync_id, &mut expected);
+                    asks = model.result_ahead();
+                }
+                HeldOp::Cancel { pick } => {
+                    if !model.held.is_empty() {
+                        let (id, _, _) = model.held.remove(pick % model.held.len());
+                        prop_assert!(c.cancel(id));
+                        expected.push((id, Err(ErrorCode::Cancelled), None));
+                    }
+                }
+            }
+            prop_assert_eq!(settlements(&events(&mut c)), expected);
+            let requests = sync_requests(&sent(&mut c));
+            let made: Vec<(SyncReason, u64)> =
+                requests.iter().map(|r| (reason(r), r.have_version)).collect();
+            prop_assert_eq!(made, asks);
+            for r in requests {
+                model.requested(r.sync_id);
+            }
+            prop_assert_eq!(c.version(), Some(model.version));
+            prop_assert_eq!(c.pending_calls(), model.held.len());
+            prop_assert_eq!(c.is_syncing(), model.outstanding.is_some());
+        }
+    }
+}
+
+#[test]
+fn results_held_before_the_first_snapshot_settle_by_its_epoch_and_version() {
+    // Before there is a mirror, results of any epoch are held; the first
+    // snapshot ends those of other epochs (in call order), settles those it
+    // reaches (in arrival order) and asks for the rest.
+    let mut c = new_client();
+    let initial = only_sync(&sent(&mut c));
+    let calls: Vec<CallId> = (0..6).map(|_| sent_call(&mut c)).collect();
+    // Arrival order: 5, 2(E2), 3, 0, 4(E2), 1.
+    for (i, epoch, named) in [
+        (5, E1, 4),
+        (2, E2, 1),
+        (3, E1, 9),
+        (0, E1, 2),
+        (4, E2, 3),
+        (1, E1, 5),
+    ] {
+        c.handle_message(at(0), ok_result(epoch, calls[i], named, json!(i)));
+    }
+    assert!(settlements(&events(&mut c)).is_empty());
+    assert!(
+        sent(&mut c).is_empty(),
+        "the initial request is outstanding"
+    );
+    c.handle_message(at(1), snapshot(E1, 5, view(0), initial.sync_id));
+    assert_eq!(
+        settlements(&events(&mut c)),
+        vec![
+            (calls[2], Err(ErrorCode::OutcomeUnknown), None),
+            (calls[4], Err(ErrorCode::OutcomeUnknown), None),
+            (calls[5], Ok(json!(5)), Some(4)),
+            (calls[0], Ok(json!(0)), Some(2)),
+            (calls[1], Ok(json!(1)), Some(5)),
+        ]
+    );
+    let ahead = only_sync(&sent(&mut c));
+    assert_eq!(reason(&ahead), SyncReason::ResultAhead);
+    assert_eq!(ahead.have_version, 5);
+    c.handle_message(at(2), patch_text(E1, 5, 9, "[]", ahead.sync_id));
+    assert_eq!(
+        settlements(&events(&mut c)),
+        vec![(calls[3], Ok(json!(3)), Some(9))]
+    );
+    assert!(sent(&mut c).is_empty());
+    assert_eq!(c.pending_calls(), 0);
+}

@@ -11,7 +11,7 @@
 //!
 //! The rules implemented here are the client table of spec/PROTOCOL.md.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use prost::Message;
@@ -251,6 +251,41 @@ struct Held {
     outcome: Result<String, MethodError>,
 }
 
+/// The calls whose result is held (an entry for each pending call with a
+/// held result, and no other), ordered two ways so that no message
+/// walks them all (a host can keep `max_calls_in_flight` of them held):
+/// by the version they name, so that what a mirror update reaches is a range
+/// and whether any is still ahead is the last entry; and by arrival, so that
+/// what a sync reply refutes is a prefix (see `refute_unreachable`).
+///
+/// With a mirror, every held result is of its epoch: a result of another
+/// epoch settles at once (`on_result`), and a snapshot of a new epoch settles
+/// the calls of the old one before anything looks here (`on_snapshot`).
+/// Results of several epochs are held together only while there is no
+/// mirror, when nothing here runs. The epoch checks on these entries
+/// therefore never skip one, and no walk goes past what it settles.
+#[derive(Debug, Default)]
+struct HeldIndex {
+    /// (named state version, arrival, call id).
+    by_version: BTreeSet<(u64, u64, u64)>,
+    /// Arrival to call id.
+    by_arrival: BTreeMap<u64, u64>,
+}
+
+impl HeldIndex {
+    fn insert(&mut self, call_id: u64, held: &Held) {
+        self.by_version
+            .insert((held.state_version, held.arrival, call_id));
+        self.by_arrival.insert(held.arrival, call_id);
+    }
+
+    fn remove(&mut self, call_id: u64, held: &Held) {
+        self.by_version
+            .remove(&(held.state_version, held.arrival, call_id));
+        self.by_arrival.remove(&held.arrival);
+    }
+}
+
 #[derive(Debug)]
 struct Pending {
     /// The epoch the call was made against; `None` until the client knows one.
@@ -275,10 +310,9 @@ pub struct ClientCore {
     config: ClientConfig,
     mirror: Option<Mirror>,
     pending: BTreeMap<u64, Pending>,
-    /// The calls whose result is held, as (arrival, call id) in arrival
-    /// order: what a mirror update may settle, without walking every pending
-    /// call. A deque, not a map: it keeps its buffer while empty.
-    held: VecDeque<(u64, u64)>,
+    /// The calls whose result is held: what a mirror update may settle,
+    /// without walking every pending call.
+    held: HeldIndex,
     next_call: u64,
     next_sync: u64,
     results_held: u64,
@@ -306,7 +340,7 @@ impl ClientCore {
             config,
             mirror: None,
             pending: BTreeMap::new(),
-            held: VecDeque::new(),
+            held: HeldIndex::default(),
             next_call: 1,
             next_sync: 1,
             results_held: 0,
@@ -452,10 +486,8 @@ impl ClientCore {
         let Some(pending) = self.pending.remove(&call_id) else {
             return false;
         };
-        if let Some(held) = &pending.held
-            && let Some(at) = self.held.iter().position(|(a, _)| *a == held.arrival)
-        {
-            self.held.remove(at);
+        if let Some(held) = &pending.held {
+            self.held.remove(call_id, held);
         }
         if !pending.transmitted {
             // Never sent, so never run: drop it rather than send it.
@@ -691,17 +723,24 @@ impl ClientCore {
         let Some(m) = &self.mirror else {
             return;
         };
+        // A result's `sync_after` is the next sync id when it arrived, and
+        // both only grow, so the results that arrived before request
+        // `sync_id` was made are a prefix in arrival order. This runs
+        // right after `settle_caught_up`, so each of them is still ahead and
+        // settles here: the walk costs what it settles.
         let unreachable: Vec<(u64, u64)> = self
             .held
-            .iter()
-            .filter_map(|(_, id)| {
+            .by_arrival
+            .values()
+            .map_while(|id| {
                 let p = self.pending.get(id)?;
                 let h = p.held.as_ref()?;
-                (p.epoch.as_deref() == Some(m.epoch.as_str())
-                    && h.sync_after <= sync_id
-                    && h.state_version > m.version)
-                    .then_some((*id, h.state_version))
+                (h.sync_after <= sync_id).then_some((id, p, h))
             })
+            .filter(|(_, p, h)| {
+                p.epoch.as_deref() == Some(m.epoch.as_str()) && h.state_version > m.version
+            })
+            .map(|(id, _, h)| (*id, h.state_version))
             .collect();
         let reached = m.version;
         for (id, named) in unreachable {
@@ -722,13 +761,15 @@ impl ClientCore {
         let Some(m) = &self.mirror else {
             return;
         };
-        // Only held results can be ahead: look at those, not every call.
-        let behind = self.held.iter().any(|(_, id)| {
-            self.pending.get(id).is_some_and(|p| {
-                p.epoch.as_deref() == Some(m.epoch.as_str())
-                    && p.held.as_ref().is_some_and(|h| h.state_version > m.version)
-            })
-        });
+        // Only held results can be ahead, and the ones that are come last
+        // in version order: this looks at one entry.
+        let behind = self
+            .held
+            .by_version
+            .iter()
+            .rev()
+            .take_while(|(named, _, _)| *named > m.version)
+            .any(|(_, _, id)| of_epoch(&self.pending, *id, &m.epoch));
         if behind {
             let have = m.version;
             self.request_sync(now, have, SyncReason::ResultAhead);
@@ -936,13 +977,14 @@ impl ClientCore {
             )),
         };
         self.results_held += 1;
-        self.held.push_back((self.results_held, call_id));
-        pending.held = Some(Held {
+        let held = Held {
             sync_after: self.next_sync,
             arrival: self.results_held,
             state_version: result.state_version,
             outcome,
-        });
+        };
+        self.held.insert(call_id, &held);
+        pending.held = Some(held);
         if !self.settle_caught_up()
             && let Some(current) = self.version()
             && current < result.state_version
@@ -961,48 +1003,39 @@ impl ClientCore {
     /// Settles every held result the mirror has caught up with. Returns
     /// whether any settled.
     fn settle_caught_up(&mut self) -> bool {
-        let Self {
-            mirror: Some(m),
-            pending,
-            held,
-            outbox,
-            events,
-            ..
-        } = self
-        else {
+        let Some(m) = &self.mirror else {
             return false;
         };
-        let mut settled = false;
-        // In arrival order, as `held` is kept.
-        held.retain(|(_, id)| {
-            let eligible = pending.get(id).is_some_and(|p| {
-                p.held.as_ref().is_some_and(|h| {
-                    p.epoch.as_deref() == Some(m.epoch.as_str()) && h.state_version <= m.version
-                })
-            });
-            if !eligible {
-                // Still waiting (or, were it ever stale, nothing to keep).
-                return pending.contains_key(id);
-            }
-            if let Some(Pending {
+        // What the mirror has reached is a range of the version order; RW5
+        // settles it in arrival order, so the batch is sorted by arrival.
+        let mut caught_up: Vec<(u64, u64)> = self
+            .held
+            .by_version
+            .range(..=(m.version, u64::MAX, u64::MAX))
+            .filter(|(_, _, id)| of_epoch(&self.pending, *id, &m.epoch))
+            .map(|&(_, arrival, id)| (arrival, id))
+            .collect();
+        caught_up.sort_unstable();
+        for &(_, id) in &caught_up {
+            let Some(Pending {
                 held: Some(h),
                 transmitted,
                 ..
-            }) = pending.remove(id)
-            {
-                if !transmitted {
-                    withdraw(outbox, *id);
-                }
-                events.push_back(ClientEvent::Settled {
-                    call: CallId(*id),
-                    outcome: h.outcome.and_then(|json| Self::parse_value(&json)),
-                    state_version: Some(h.state_version),
-                });
-                settled = true;
+            }) = self.pending.remove(&id)
+            else {
+                continue;
+            };
+            self.held.remove(id, &h);
+            if !transmitted {
+                self.withdraw(id);
             }
-            false
-        });
-        settled
+            self.events.push_back(ClientEvent::Settled {
+                call: CallId(id),
+                outcome: h.outcome.and_then(|json| Self::parse_value(&json)),
+                state_version: Some(h.state_version),
+            });
+        }
+        !caught_up.is_empty()
     }
 
     /// Fires whatever is due at `now`: call deadlines (settled
@@ -1132,6 +1165,13 @@ impl ClientCore {
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
         self.events.pop_front()
     }
+}
+
+/// Whether the pending call `call_id` was made against `epoch`.
+fn of_epoch(pending: &BTreeMap<u64, Pending>, call_id: u64, epoch: &str) -> bool {
+    pending
+        .get(&call_id)
+        .is_some_and(|p| p.epoch.as_deref() == Some(epoch))
 }
 
 /// Removes the call `call_id` from `outbox`.
