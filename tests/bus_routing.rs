@@ -12,7 +12,7 @@ use cosystem_worker::host::{Host, SyncMode};
 use cosystem_worker::transport::bus::{
     self, Bus, BusConnector, BusError, BusHostOptions, BusMessage,
 };
-use cosystem_worker::transport::{ClientLink, Connector, TransportError};
+use cosystem_worker::transport::{ClientLink, Connector, HostInput, TransportError};
 use cosystem_worker::wire::{
     Call, ClientMessage, Header, HostMessage, Snapshot, SnapshotReason, SyncRequest,
     client_message, host_message,
@@ -67,7 +67,9 @@ impl Connector for Counting {
         async move {
             let link = connecting.await?;
             let stream = link.stream.inspect(move |item| {
-                let Ok(message) = item else { return };
+                let Ok(HostInput::Message(message)) = item else {
+                    return;
+                };
                 let counter = match &message.kind {
                     Some(host_message::Kind::Result(_)) => &seen.results,
                     Some(host_message::Kind::Snapshot(s)) if s.sync_id != 0 => &seen.sync_replies,

@@ -10,12 +10,12 @@ use common::{EndingLinks, memory_client};
 use cosystem_worker::client::{Client, ClientConfig, Connection, Reconnect};
 use cosystem_worker::demo;
 use cosystem_worker::host::Host;
-use cosystem_worker::transport::{ClientLink, Connector, TransportError};
+use cosystem_worker::transport::{ClientLink, Connector, HostInput, TransportError};
 use cosystem_worker::wire::{
     ErrorCode, Header, HostMessage, Snapshot, SnapshotReason, client_message, host_message,
 };
-use futures::FutureExt;
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 
 fn policy() -> Reconnect {
     Reconnect {
@@ -184,9 +184,10 @@ fn scripted() -> (Scripted, HostSide) {
     });
     let link = ClientLink {
         sink: Box::pin(sink),
-        stream: Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(
-            from_host,
-        )),
+        stream: Box::pin(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(from_host)
+                .map(|item: Result<HostMessage, TransportError>| item.map(HostInput::from)),
+        ),
     };
     (
         Scripted(std::sync::Mutex::new(Some(link))),

@@ -16,6 +16,7 @@ use cosystem_worker::wire::{
     SnapshotReason, SyncReason, SyncRequest, call_result, client_message, host_message,
 };
 use proptest::prelude::*;
+use prost::Message;
 use serde_json::{Value, json};
 
 const PEER: &str = "c1";
@@ -2263,4 +2264,53 @@ fn results_held_before_the_first_snapshot_settle_by_its_epoch_and_version() {
     );
     assert!(sent(&mut c).is_empty());
     assert_eq!(c.pending_calls(), 0);
+}
+
+// ---- envelopes read in place ----------------------------------------------
+
+#[test]
+fn encoded_envelopes_change_the_client_as_decoded_ones_do() {
+    let mut decoded = synced(1, 0);
+    let mut encoded = synced(1, 0);
+    let first = [sent_call(&mut decoded), sent_call(&mut encoded)];
+    let second = [sent_call(&mut decoded), sent_call(&mut encoded)];
+    assert_eq!((first[0], second[0]), (first[1], second[1]));
+    let answers = [
+        patch(E1, 1, 2, set_count(1)),
+        // At the mirror's version: settles at once.
+        ok_result(E1, first[0], 2, json!(1)),
+        // Ahead of it: held, then settled by the snapshot.
+        ok_result(E1, second[0], 3, json!(2)),
+        patch(E1, 2, 2, json!([])),
+        snapshot(E1, 3, view(5), 0),
+    ];
+    for answer in answers {
+        decoded.handle_message(at(1), answer.clone());
+        encoded
+            .handle_bytes(at(1), &answer.encode_to_vec())
+            .expect("a valid envelope");
+        assert_eq!(events(&mut decoded), events(&mut encoded));
+        assert_eq!(decoded.state(), encoded.state());
+        assert_eq!(decoded.version(), encoded.version());
+        assert_eq!(sent(&mut decoded), sent(&mut encoded));
+    }
+}
+
+#[test]
+fn bytes_that_are_no_host_message_are_refused_and_change_nothing() {
+    let mut c = synced(1, 0);
+    let call = sent_call(&mut c);
+    let mut bytes = ok_result(E1, call, 1, json!(1)).encode_to_vec();
+    // A length past the end of the envelope.
+    bytes.truncate(bytes.len() - 1);
+    assert!(c.handle_bytes(at(1), &bytes).is_err());
+    assert!(c.handle_bytes(at(1), &[0xff; 3]).is_err());
+    assert!(events(&mut c).is_empty());
+    assert_eq!(c.version(), Some(1));
+    // The call is still waiting for its answer.
+    c.handle_message(at(1), ok_result(E1, call, 1, json!(1)));
+    assert_eq!(
+        settlements(&events(&mut c)),
+        [(call, Ok(json!(1)), Some(1))]
+    );
 }

@@ -36,9 +36,10 @@ impl Connector for Flood {
             Ok(HostMessage {
                 header: header(),
                 kind: None,
-            })
+            }
+            .into())
         });
-        let stream = futures::stream::once(async move { Ok(snapshot) }).chain(flood);
+        let stream = futures::stream::once(async move { Ok(snapshot.into()) }).chain(flood);
         let sink = futures::sink::drain::<ClientMessage>().sink_map_err(|never| match never {});
         async move {
             Ok(ClientLink {

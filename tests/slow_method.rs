@@ -206,7 +206,11 @@ fn a_session_whose_input_ends_while_the_core_is_held_is_answered_then_ends() {
     assert!(!served.is_finished(), "the session still owes its answers");
 
     gate.open();
-    let answers: Vec<_> = rt.block_on(stream.map(|m| m.unwrap().kind).collect());
+    let answers: Vec<_> = rt.block_on(
+        stream
+            .map(|m| m.unwrap().into_message().unwrap().kind)
+            .collect(),
+    );
     assert!(
         matches!(answers.first(), Some(Some(host_message::Kind::Snapshot(_)))),
         "{answers:?}"

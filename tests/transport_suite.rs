@@ -21,8 +21,8 @@ use cosystem_worker::transport::framed::{
 };
 use cosystem_worker::transport::grpc::{GrpcConnector, GrpcServer};
 use cosystem_worker::transport::worker::Worker;
-use cosystem_worker::transport::{ClientLink, Connector, TransportError, memory};
-use cosystem_worker::wire::{ErrorCode, HostMessage, host_message};
+use cosystem_worker::transport::{ClientLink, Connector, HostInput, TransportError, memory};
+use cosystem_worker::wire::{ErrorCode, host_message};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use serde_json::{Value, json};
@@ -274,7 +274,10 @@ struct Tap {
     closed: watch::Sender<bool>,
 }
 
-fn is_commit_patch(message: &HostMessage) -> bool {
+fn is_commit_patch(input: &HostInput) -> bool {
+    let Ok(message) = input.clone().into_message() else {
+        return false;
+    };
     matches!(
         &message.kind,
         Some(host_message::Kind::Patch(p)) if p.sync_id == 0 && p.version > p.base_version

@@ -1,5 +1,6 @@
 use serde_json::Value;
 
+use crate::wire::view::ErrorView;
 use crate::wire::{self, ErrorCode};
 
 /// A structured error a method returns, or the host reports for a call.
@@ -71,19 +72,28 @@ impl MethodError {
     /// (spec C3); undecodable details are kept as a JSON string rather than
     /// dropped.
     pub fn from_wire(error: &wire::Error) -> Self {
+        Self::from_view(ErrorView {
+            code: error.code,
+            message: &error.message,
+            details_json: &error.details_json,
+        })
+    }
+
+    /// [`MethodError::from_wire`] of an error read in place.
+    pub fn from_view(error: ErrorView<'_>) -> Self {
         let (code, message) = match ErrorCode::try_from(error.code) {
             Ok(ErrorCode::Unspecified) | Err(_) => (
                 ErrorCode::Internal,
                 format!("error code {}: {}", error.code, error.message),
             ),
-            Ok(code) => (code, error.message.clone()),
+            Ok(code) => (code, error.message.to_owned()),
         };
         let details = if error.details_json.is_empty() {
             None
         } else {
             Some(
-                serde_json::from_str(&error.details_json)
-                    .unwrap_or_else(|_| Value::String(error.details_json.clone())),
+                serde_json::from_str(error.details_json)
+                    .unwrap_or_else(|_| Value::String(error.details_json.to_owned())),
             )
         };
         Self {

@@ -20,9 +20,12 @@ use serde_json::Value;
 use super::apply::apply_patch_shifting;
 use super::shift_credit::ShiftCredit;
 use crate::app::MethodError;
+use crate::wire::view::{
+    HostKindView, HostView, OutcomeView, PatchView, ResultView, SnapshotView, ViewError,
+};
 use crate::wire::{
-    self, Call, CallResult, ClientMessage, ErrorCode, Header, HostMessage, PROTOCOL_VERSION,
-    Snapshot, SnapshotReason, SyncReason, SyncRequest, call_result, client_message, host_message,
+    Call, ClientMessage, ErrorCode, Header, HostMessage, PROTOCOL_VERSION, SnapshotReason,
+    SyncReason, SyncRequest, client_message,
 };
 
 /// The longest host epoch a client takes, in bytes (spec E2, K2a): a
@@ -273,6 +276,10 @@ struct HeldIndex {
 }
 
 impl HeldIndex {
+    fn is_empty(&self) -> bool {
+        self.by_arrival.is_empty()
+    }
+
     fn insert(&mut self, call_id: u64, held: &Held) {
         self.by_version
             .insert((held.state_version, held.arrival, call_id));
@@ -660,6 +667,19 @@ impl ClientCore {
 
     /// Handles one envelope from the host.
     pub fn handle_message(&mut self, now: Instant, message: HostMessage) {
+        self.handle_view(now, HostView::from(&message));
+    }
+
+    /// Decodes and handles one encoded `HostMessage`, reading its strings
+    /// in place; bytes that are not one change nothing and are refused.
+    pub fn handle_bytes(&mut self, now: Instant, bytes: &[u8]) -> Result<(), ViewError> {
+        let view = HostView::decode(bytes)?;
+        self.handle_view(now, view);
+        Ok(())
+    }
+
+    /// [`ClientCore::handle_message`] of a message read in place.
+    pub(crate) fn handle_view(&mut self, now: Instant, message: HostView<'_>) {
         if self.disposed {
             return;
         }
@@ -699,9 +719,9 @@ impl ClientCore {
             None => self.notice(Notice::Malformed {
                 reason: "no known message kind".to_owned(),
             }),
-            Some(host_message::Kind::Snapshot(s)) => self.on_snapshot(header.epoch, s),
-            Some(host_message::Kind::Patch(p)) => self.on_patch(now, header.epoch, p),
-            Some(host_message::Kind::Result(r)) => self.on_result(now, header.epoch, r),
+            Some(HostKindView::Snapshot(s)) => self.on_snapshot(header.epoch, s),
+            Some(HostKindView::Patch(p)) => self.on_patch(now, header.epoch, p),
+            Some(HostKindView::Result(r)) => self.on_result(now, header.epoch, r),
         }
         self.rearm_result_ahead(now);
     }
@@ -776,8 +796,8 @@ impl ClientCore {
         }
     }
 
-    fn on_snapshot(&mut self, epoch: String, snapshot: Snapshot) {
-        let state = match serde_json::from_str::<Value>(&snapshot.state_json) {
+    fn on_snapshot(&mut self, epoch: &str, snapshot: SnapshotView<'_>) {
+        let state = match serde_json::from_str::<Value>(snapshot.state_json) {
             Ok(state @ Value::Object(_)) => state,
             Ok(_) => {
                 return self.notice(Notice::Malformed {
@@ -813,22 +833,22 @@ impl ClientCore {
                 m.version = snapshot.version;
             }
             Some(m) => {
-                let old = std::mem::replace(&mut m.epoch, epoch.clone());
+                let old = std::mem::replace(&mut m.epoch, epoch.to_owned());
                 m.state = state;
                 m.version = snapshot.version;
                 self.events.push_back(ClientEvent::EpochChanged {
                     old,
-                    new: epoch.clone(),
+                    new: epoch.to_owned(),
                 });
             }
             None => {
                 self.mirror = Some(Mirror {
-                    epoch: epoch.clone(),
+                    epoch: epoch.to_owned(),
                     version: snapshot.version,
                     state,
                 });
                 self.events.push_back(ClientEvent::Ready {
-                    epoch: epoch.clone(),
+                    epoch: epoch.to_owned(),
                     version: snapshot.version,
                 });
             }
@@ -849,7 +869,7 @@ impl ClientCore {
             );
         }
         for pending in self.pending.values_mut() {
-            pending.epoch.get_or_insert_with(|| epoch.clone());
+            pending.epoch.get_or_insert_with(|| epoch.to_owned());
         }
         if snapshot.reason == SnapshotReason::Overflow as i32 {
             self.notice(Notice::Overflow {
@@ -867,7 +887,7 @@ impl ClientCore {
         self.refute_unreachable(snapshot.sync_id);
     }
 
-    fn on_patch(&mut self, now: Instant, epoch: String, patch: wire::Patch) {
+    fn on_patch(&mut self, now: Instant, epoch: &str, patch: PatchView<'_>) {
         if patch.version < patch.base_version {
             return self.notice(Notice::Malformed {
                 reason: format!(
@@ -891,14 +911,14 @@ impl ClientCore {
         let current = m.version;
         if patch.base_version == current {
             let applied =
-                if patch.version == patch.base_version && !is_empty_array(&patch.patch_json) {
+                if patch.version == patch.base_version && !is_empty_array(patch.patch_json) {
                     // PC4: a patch that claims to change nothing must not change anything.
                     Err("a patch whose version equals its base must have no operations".to_owned())
                 } else {
                     let len = patch.patch_json.len();
                     let allowance = self.shift_credit.allowance(now, len);
                     let (applied, shifted) =
-                        apply_patch_shifting(&mut m.state, &patch.patch_json, allowance);
+                        apply_patch_shifting(&mut m.state, patch.patch_json, allowance);
                     // A patch that failed shifted as much, and undid it.
                     self.shift_credit.spend(len, shifted);
                     applied.map_err(|error| error.to_string())
@@ -948,7 +968,7 @@ impl ClientCore {
         }
     }
 
-    fn on_result(&mut self, now: Instant, epoch: String, result: CallResult) {
+    fn on_result(&mut self, now: Instant, epoch: &str, result: ResultView<'_>) {
         let call_id = result.call_id;
         // R1: a call not sent yet cannot have been answered by a conforming
         // host; on a shared channel such a result is forged, and taking it
@@ -968,20 +988,40 @@ impl ClientCore {
             );
             return;
         }
-        pending.epoch = Some(epoch);
+        if pending.epoch.is_none() {
+            pending.epoch = Some(epoch.to_owned());
+        }
         let outcome = match result.outcome {
-            Some(call_result::Outcome::ValueJson(json)) => Ok(json),
-            Some(call_result::Outcome::Error(error)) => Err(MethodError::from_wire(&error)),
+            Some(OutcomeView::ValueJson(json)) => Ok(json),
+            Some(OutcomeView::Error(error)) => Err(MethodError::from_view(error)),
             None => Err(MethodError::internal(
                 "the host sent a result with no outcome",
             )),
         };
+        // The usual case: the mirror already has the result's version and
+        // nothing else is held, so the call settles at once (RW5's arrival
+        // order cannot be broken by a result that is alone), its value
+        // parsed straight from the envelope and the index left untouched.
+        if self.held.is_empty()
+            && self
+                .mirror
+                .as_ref()
+                .is_some_and(|m| m.epoch == epoch && result.state_version <= m.version)
+        {
+            self.pending.remove(&call_id);
+            self.events.push_back(ClientEvent::Settled {
+                call: CallId(call_id),
+                outcome: outcome.and_then(Self::parse_value),
+                state_version: Some(result.state_version),
+            });
+            return;
+        }
         self.results_held += 1;
         let held = Held {
             sync_after: self.next_sync,
             arrival: self.results_held,
             state_version: result.state_version,
-            outcome,
+            outcome: outcome.map(str::to_owned),
         };
         self.held.insert(call_id, &held);
         pending.held = Some(held);

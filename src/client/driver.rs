@@ -22,8 +22,9 @@ use super::watch::{Watch, WatchHandle, WatchOptions};
 use super::{CallId, ClientConfig, ClientCore, ClientEvent, Conflict};
 use crate::app::MethodError;
 use crate::fast_hash::FastMap;
-use crate::transport::{BoxStream, ClientLink, Connector, TransportError};
-use crate::wire::{ErrorCode, HostMessage};
+use crate::transport::{BoxStream, ClientLink, Connector, HostInput, TransportError};
+use crate::wire::ErrorCode;
+use crate::wire::view::HostView;
 
 /// What a call settles with.
 pub type CallOutcome = Result<Value, MethodError>;
@@ -659,22 +660,28 @@ async fn run_link(shared: &Shared, link: ClientLink) -> (Result<(), TransportErr
 /// input too (the link is still up); any other error ends the link.
 fn take_input(
     shared: &Shared,
-    item: Result<HostMessage, TransportError>,
+    item: Result<HostInput, TransportError>,
     heard: &mut bool,
 ) -> Result<(), TransportError> {
     let now = Instant::now().into_std();
-    match item {
-        Ok(message) => {
-            if !*heard {
-                // The host has accepted the session: only now is the link up.
-                *heard = true;
-                shared.set_connection(Connection::Connected);
-            }
-            shared.core().handle_message(now, message);
+    let message = match &item {
+        Ok(HostInput::Message(message)) => HostView::from(message),
+        // Bytes that are no envelope are not the host speaking either.
+        Ok(HostInput::Encoded(bytes)) => {
+            HostView::decode(bytes).map_err(|e| TransportError::Malformed(e.to_string()))?
         }
-        Err(TransportError::Lost { count }) => shared.core().envelopes_lost(now, count),
-        Err(error) => return Err(error),
+        Err(TransportError::Lost { count }) => {
+            shared.core().envelopes_lost(now, *count);
+            return Ok(());
+        }
+        Err(error) => return Err(error.clone()),
+    };
+    if !*heard {
+        // The host has accepted the session: only now is the link up.
+        *heard = true;
+        shared.set_connection(Connection::Connected);
     }
+    shared.core().handle_view(now, message);
     Ok(())
 }
 
@@ -684,7 +691,7 @@ const DRAIN_BATCH: usize = 64;
 
 async fn serve_link(
     shared: &Shared,
-    stream: &mut BoxStream<HostMessage>,
+    stream: &mut BoxStream<HostInput>,
     heard: &mut bool,
 ) -> Result<(), TransportError> {
     loop {

@@ -43,7 +43,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
-use super::{ClientLink, Connector, TransportError};
+use super::{ClientLink, Connector, HostInput, TransportError};
 use crate::client::ClientConfig;
 use crate::host::{Host, HostConfig, InputError, MAX_PEER_ID, PeerOptions, Session};
 use crate::wire::{
@@ -173,7 +173,7 @@ impl Connector for BusConnector {
                 // Judged by the header alone: a Snapshot for another peer
                 // is never copied out of its shared frame.
                 Ok(BusMessage::Host(frame)) if filter.accepts(frame.header()) => {
-                    Some(Ok(frame.into_message()))
+                    Some(Ok(HostInput::Message(frame.into_message())))
                 }
                 Ok(_) => None,
                 Err(BroadcastStreamRecvError::Lagged(lost)) => {

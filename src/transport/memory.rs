@@ -15,7 +15,7 @@ use futures::{FutureExt, Sink, StreamExt};
 use tokio::sync::mpsc::{self, OwnedPermit, error::SendError, error::TrySendError};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{ClientLink, Connector, HostLink, TransportError};
+use super::{ClientLink, Connector, HostInput, HostLink, TransportError};
 use crate::wire::{ClientMessage, HostFrame};
 
 /// Envelopes buffered per direction before the sender waits.
@@ -45,7 +45,10 @@ pub fn pair() -> (HostLink, MemoryConnector) {
     };
     let client = ClientLink {
         sink: Box::pin(ChannelSink::new(to_host)),
-        stream: Box::pin(ReceiverStream::new(from_host).map(|frame| Ok(frame.into_message()))),
+        stream: Box::pin(
+            ReceiverStream::new(from_host)
+                .map(|frame| Ok(HostInput::Message(frame.into_message()))),
+        ),
     };
     (host, MemoryConnector(Mutex::new(Some(client))))
 }

@@ -156,7 +156,37 @@ pub struct ClientLink {
     /// Where the client's envelopes go.
     pub sink: BoxSink<ClientMessage>,
     /// Where the host's envelopes come from.
-    pub stream: BoxStream<HostMessage>,
+    pub stream: BoxStream<HostInput>,
+}
+
+/// One envelope from the host, as a client link hands it over.
+#[derive(Debug, Clone)]
+pub enum HostInput {
+    /// A decoded message, as in-process links pass them.
+    Message(HostMessage),
+    /// The encoding of one `HostMessage`, which the client reads in place
+    /// ([`ClientCore::handle_bytes`](crate::client::ClientCore::handle_bytes)):
+    /// a byte transport that hands these over saves a copy of every string
+    /// in the envelope. Bytes that do not decode end the link with
+    /// [`TransportError::Malformed`], so a transport that treats them
+    /// otherwise checks them first.
+    Encoded(bytes::Bytes),
+}
+
+impl From<HostMessage> for HostInput {
+    fn from(message: HostMessage) -> Self {
+        Self::Message(message)
+    }
+}
+
+impl HostInput {
+    /// The message, decoded if it came encoded.
+    pub fn into_message(self) -> Result<HostMessage, prost::DecodeError> {
+        match self {
+            Self::Message(message) => Ok(message),
+            Self::Encoded(bytes) => prost::Message::decode(bytes),
+        }
+    }
 }
 
 /// A host's end of one client session.

@@ -260,7 +260,7 @@ impl cosystem_worker::transport::Connector for EndingLinks {
         let link = cosystem_worker::transport::ClientLink {
             sink: Box::pin(futures::sink::drain().sink_map_err(|never| match never {})),
             stream: Box::pin(
-                futures::stream::iter(vec![Ok(bookmark); self.says]).chain(
+                futures::stream::iter(vec![Ok(bookmark.into()); self.says]).chain(
                     futures::stream::once(tokio::time::sleep(self.lasts))
                         .filter_map(|()| async { None }),
                 ),

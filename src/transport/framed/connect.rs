@@ -16,8 +16,10 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::process::{Child, Command};
 
 use super::{FramedConfig, client_link, host_link};
-use crate::transport::{BoxSink, BoxStream, ClientLink, Connector, HostLink, TransportError};
-use crate::wire::{ClientMessage, HostMessage};
+use crate::transport::{
+    BoxSink, BoxStream, ClientLink, Connector, HostInput, HostLink, TransportError,
+};
+use crate::wire::ClientMessage;
 
 fn connection_error(what: &str, error: &io::Error) -> TransportError {
     TransportError::Connection(format!("{what}: {error}"))
@@ -277,7 +279,7 @@ fn exited(status: ExitStatus) -> String {
 
 /// The link's stream from `child`: its frames, then, when its stdout closes
 /// or breaks, the error [`SpawnedChild::ended`] makes of the exit.
-fn child_stream(inner: BoxStream<HostMessage>, child: Arc<SpawnedChild>) -> BoxStream<HostMessage> {
+fn child_stream(inner: BoxStream<HostInput>, child: Arc<SpawnedChild>) -> BoxStream<HostInput> {
     Box::pin(futures::stream::unfold(Some(inner), move |inner| {
         let child = child.clone();
         async move {

@@ -34,9 +34,10 @@ pub use serve::{
 };
 
 use self::codec::{CodecError, FrameCodec};
-use super::{ClientLink, HostLink, TransportError};
+use super::{ClientLink, HostInput, HostLink, TransportError};
 use crate::host::{Host, HostLimits};
-use crate::wire::{ClientMessage, HostFrame, HostMessage};
+use crate::wire::view::HostView;
+use crate::wire::{ClientMessage, HostFrame};
 
 /// Framing settings for one end of a byte stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,9 +124,12 @@ where
         .with(|message: ClientMessage| {
             futures::future::ok::<_, TransportError>(Bytes::from(message.encode_to_vec()))
         });
+    // Checked here, so a frame that is not an envelope fails as it always
+    // did; the client then reads the checked bytes in place.
     let stream = FramedRead::new(reader, FrameCodec::new(limit)).map(|item| {
-        let bytes = item?;
-        HostMessage::decode(bytes.freeze()).map_err(|e| TransportError::Malformed(e.to_string()))
+        let bytes = item?.freeze();
+        HostView::decode(&bytes).map_err(|e| TransportError::Malformed(e.to_string()))?;
+        Ok(HostInput::Encoded(bytes))
     });
     ClientLink {
         sink: Box::pin(sink),

@@ -4,20 +4,25 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, SinkExt, StreamExt, TryStreamExt, stream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::PollSender;
+use tonic::codec::Streaming;
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, GrpcMethod, IntoStreamingRequest, Request, Response, Status};
 
 use super::GrpcError;
 use super::auth::{AUTHORIZATION, is_valid_token};
+use super::client_codec::HostBytesCodec;
 use super::opening::{AbortOnDrop, HeldSink, Opening, SettleOnDrop};
-use crate::transport::{ClientLink, Connector, TransportError};
-use crate::wire::host_service_client::HostServiceClient;
+use crate::transport::{ClientLink, Connector, HostInput, TransportError};
+use crate::wire::ClientMessage;
 
 /// Client envelopes buffered before the client's driver waits.
 const CAPACITY: usize = 1024;
@@ -162,7 +167,7 @@ impl Connector for GrpcConnector {
                 .connect()
                 .await
                 .map_err(|e| TransportError::Connection(super::error_chain(&e)))?;
-            let mut client = HostServiceClient::new(channel)
+            let mut client = tonic::client::Grpc::new(channel)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max);
             let (to_host, outbound) = mpsc::channel(CAPACITY);
@@ -180,8 +185,7 @@ impl Connector for GrpcConnector {
                 let opening = opening.clone();
                 async move {
                     let settle = SettleOnDrop(opening.clone());
-                    let answer = client
-                        .session(request)
+                    let answer = session(&mut client, request)
                         .await
                         .map_err(|status| status_error(status, max));
                     opening.settle(answer.as_ref().map(|_| ()).map_err(Clone::clone));
@@ -191,7 +195,11 @@ impl Connector for GrpcConnector {
             });
             let stream = stream::once(AbortOnDrop(task))
                 .map(|joined| joined.and_then(|answer| answer))
-                .map_ok(move |answers| answers.map_err(move |status| status_error(status, max)))
+                .map_ok(move |answers| {
+                    answers
+                        .map_ok(HostInput::Encoded)
+                        .map_err(move |status| status_error(status, max))
+                })
                 .try_flatten();
             let sink = PollSender::new(to_host)
                 .sink_map_err(|_| TransportError::Connection("the request stream closed".into()));
@@ -202,6 +210,29 @@ impl Connector for GrpcConnector {
         }
         .boxed()
     }
+}
+
+/// Opens `HostService/Session`, as the generated client does, with a codec
+/// that hands over each host message's checked bytes.
+async fn session(
+    client: &mut tonic::client::Grpc<Channel>,
+    request: Request<ReceiverStream<ClientMessage>>,
+) -> Result<Response<Streaming<Bytes>>, Status> {
+    client
+        .ready()
+        .await
+        .map_err(|e| Status::unknown(format!("Service was not ready: {e}")))?;
+    let mut request = request.into_streaming_request();
+    request
+        .extensions_mut()
+        .insert(GrpcMethod::new("cosystem.worker.v1.HostService", "Session"));
+    client
+        .streaming(
+            request,
+            PathAndQuery::from_static("/cosystem.worker.v1.HostService/Session"),
+            HostBytesCodec,
+        )
+        .await
 }
 
 /// `HOST:PORT` means plaintext gRPC; URLs must be `http://` or `https://`.

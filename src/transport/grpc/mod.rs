@@ -29,6 +29,7 @@
 mod admission;
 mod auth;
 mod client;
+pub mod client_codec;
 pub mod codec;
 mod incoming;
 mod opening;
