@@ -331,6 +331,21 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Merges an embedded oneof member, by prost's rule: into the member
+/// already there if it is this one, otherwise into a fresh one that
+/// replaces whatever member was there.
+macro_rules! member {
+    ($r:expr, $wire:expr, $depth:expr, $kind:expr, $variant:path, $field:expr) => {{
+        let mut value = match *$kind {
+            Some($variant(value)) => value,
+            _ => Default::default(),
+        };
+        $r.message($wire, $depth, &mut value, $field)?;
+        *$kind = Some($variant(value));
+        Ok(())
+    }};
+}
+
 fn header_field<'a>(
     h: &mut HeaderView<'a>,
     r: &mut Reader<'a>,
@@ -445,14 +460,14 @@ fn result_field<'a>(
         1 => c.call_id = r.uint(wire)?,
         2 => c.state_version = r.uint(wire)?,
         3 => c.outcome = Some(OutcomeView::ValueJson(r.str(wire)?)),
-        4 => {
-            let mut error = match c.outcome {
-                Some(OutcomeView::Error(error)) => error,
-                _ => ErrorView::default(),
-            };
-            r.message(wire, depth, &mut error, error_field)?;
-            c.outcome = Some(OutcomeView::Error(error));
-        }
+        4 => member!(
+            r,
+            wire,
+            depth,
+            &mut c.outcome,
+            OutcomeView::Error,
+            error_field
+        )?,
         _ => r.skip(tag, wire, depth)?,
     }
     Ok(())
@@ -461,32 +476,21 @@ fn result_field<'a>(
 impl<'a> ClientView<'a> {
     /// Decodes a `ClientMessage` without copying its strings.
     pub fn decode(bytes: &'a [u8]) -> Result<Self, ViewError> {
+        use ClientKindView::{Call, SyncRequest};
         let mut view = ClientView::default();
         Reader { rest: bytes }.fields(RECURSION_LIMIT, |r, tag, wire, depth| {
+            let kind = &mut view.kind;
             match tag {
-                1 => {
-                    let header = view.header.get_or_insert_default();
-                    r.message(wire, depth, header, header_field)?;
-                }
-                2 => {
-                    let mut call = match view.kind {
-                        Some(ClientKindView::Call(call)) => call,
-                        _ => CallView::default(),
-                    };
-                    r.message(wire, depth, &mut call, call_field)?;
-                    view.kind = Some(ClientKindView::Call(call));
-                }
-                3 => {
-                    let mut sync = match view.kind {
-                        Some(ClientKindView::SyncRequest(sync)) => sync,
-                        _ => SyncRequest::default(),
-                    };
-                    r.message(wire, depth, &mut sync, sync_field)?;
-                    view.kind = Some(ClientKindView::SyncRequest(sync));
-                }
-                _ => r.skip(tag, wire, depth)?,
+                1 => r.message(
+                    wire,
+                    depth,
+                    view.header.get_or_insert_default(),
+                    header_field,
+                ),
+                2 => member!(r, wire, depth, kind, Call, call_field),
+                3 => member!(r, wire, depth, kind, SyncRequest, sync_field),
+                _ => r.skip(tag, wire, depth),
             }
-            Ok(())
         })?;
         Ok(view)
     }
@@ -495,40 +499,22 @@ impl<'a> ClientView<'a> {
 impl<'a> HostView<'a> {
     /// Decodes a `HostMessage` without copying its strings.
     pub fn decode(bytes: &'a [u8]) -> Result<Self, ViewError> {
+        use HostKindView::{Patch, Result as CallResult, Snapshot};
         let mut view = HostView::default();
         Reader { rest: bytes }.fields(RECURSION_LIMIT, |r, tag, wire, depth| {
+            let kind = &mut view.kind;
             match tag {
-                1 => {
-                    let header = view.header.get_or_insert_default();
-                    r.message(wire, depth, header, header_field)?;
-                }
-                2 => {
-                    let mut snapshot = match view.kind {
-                        Some(HostKindView::Snapshot(snapshot)) => snapshot,
-                        _ => SnapshotView::default(),
-                    };
-                    r.message(wire, depth, &mut snapshot, snapshot_field)?;
-                    view.kind = Some(HostKindView::Snapshot(snapshot));
-                }
-                3 => {
-                    let mut patch = match view.kind {
-                        Some(HostKindView::Patch(patch)) => patch,
-                        _ => PatchView::default(),
-                    };
-                    r.message(wire, depth, &mut patch, patch_field)?;
-                    view.kind = Some(HostKindView::Patch(patch));
-                }
-                4 => {
-                    let mut result = match view.kind {
-                        Some(HostKindView::Result(result)) => result,
-                        _ => ResultView::default(),
-                    };
-                    r.message(wire, depth, &mut result, result_field)?;
-                    view.kind = Some(HostKindView::Result(result));
-                }
-                _ => r.skip(tag, wire, depth)?,
+                1 => r.message(
+                    wire,
+                    depth,
+                    view.header.get_or_insert_default(),
+                    header_field,
+                ),
+                2 => member!(r, wire, depth, kind, Snapshot, snapshot_field),
+                3 => member!(r, wire, depth, kind, Patch, patch_field),
+                4 => member!(r, wire, depth, kind, CallResult, result_field),
+                _ => r.skip(tag, wire, depth),
             }
-            Ok(())
         })?;
         Ok(view)
     }
