@@ -15,7 +15,7 @@ use cosystem_worker::wire::{
     ErrorCode, Header, HostMessage, Snapshot, SnapshotReason, client_message, host_message,
 };
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 
 fn policy() -> Reconnect {
     Reconnect {
@@ -172,7 +172,7 @@ struct Scripted(std::sync::Mutex<Option<ClientLink>>);
 /// the host's envelopes go in (dropping it ends the link).
 struct HostSide {
     sent: tokio::sync::mpsc::UnboundedReceiver<cosystem_worker::wire::ClientMessage>,
-    send: tokio::sync::mpsc::UnboundedSender<Result<HostMessage, TransportError>>,
+    send: tokio::sync::mpsc::UnboundedSender<Result<HostInput, TransportError>>,
 }
 
 fn scripted() -> (Scripted, HostSide) {
@@ -184,10 +184,9 @@ fn scripted() -> (Scripted, HostSide) {
     });
     let link = ClientLink {
         sink: Box::pin(sink),
-        stream: Box::pin(
-            tokio_stream::wrappers::UnboundedReceiverStream::new(from_host)
-                .map(|item: Result<HostMessage, TransportError>| item.map(HostInput::from)),
-        ),
+        stream: Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(
+            from_host,
+        )),
     };
     (
         Scripted(std::sync::Mutex::new(Some(link))),
@@ -204,11 +203,36 @@ impl Connector for Scripted {
     }
 }
 
-fn host_says(kind: host_message::Kind) -> Result<HostMessage, TransportError> {
+fn host_says(kind: host_message::Kind) -> Result<HostInput, TransportError> {
     Ok(HostMessage {
         header: Some(Header::v1("e", "h", "")),
         kind: Some(kind),
-    })
+    }
+    .into())
+}
+
+#[tokio::test]
+async fn bytes_from_the_host_that_are_no_envelope_stop_the_client() {
+    let (connector, mut host) = scripted();
+    let client = Client::with_reconnect(connector, ClientConfig::default(), policy());
+    host.sent.recv().await.expect("a sync request");
+    host.send
+        .send(Ok(HostInput::Encoded(bytes::Bytes::from_static(
+            &[0xff; 11],
+        ))))
+        .unwrap();
+    let error = client.ready().await.unwrap_err();
+    assert_eq!(error.code, ErrorCode::Unavailable, "{error}");
+    assert!(
+        matches!(
+            client.connection(),
+            Connection::Stopped {
+                error: Some(TransportError::Malformed(_))
+            }
+        ),
+        "{:?}",
+        client.connection()
+    );
 }
 
 #[tokio::test]

@@ -277,6 +277,102 @@ async fn an_oversize_message_ends_that_stream_resource_exhausted_and_no_other() 
     );
 }
 
+/// Sends each item as the bytes of one gRPC message, as they are, and
+/// decodes the host's answers with prost.
+#[derive(Clone, Copy, Default)]
+struct RawBytes;
+
+impl tonic::codec::Codec for RawBytes {
+    type Encode = bytes::Bytes;
+    type Decode = HostMessage;
+    type Encoder = RawBytes;
+    type Decoder = RawBytes;
+
+    fn encoder(&mut self) -> Self {
+        *self
+    }
+
+    fn decoder(&mut self) -> Self {
+        *self
+    }
+}
+
+impl tonic::codec::Encoder for RawBytes {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put(dst, item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawBytes {
+    type Item = HostMessage;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<HostMessage>, tonic::Status> {
+        prost::Message::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_that_are_no_client_message_end_that_stream_invalid_argument_and_no_other() {
+    let host = host_with(HostLimits::default());
+    let (addr, _stop) = start(&host, None).await;
+    let bystander = Client::new(
+        GrpcConnector::new(format!("http://{addr}")).unwrap(),
+        ClientConfig::default(),
+    );
+    bystander.ready().await.unwrap();
+
+    let mut grpc = tonic::client::Grpc::new(channel(addr).await);
+    grpc.ready().await.unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    let stream = grpc
+        .streaming(
+            Request::new(ReceiverStream::new(rx)),
+            tonic::codegen::http::uri::PathAndQuery::from_static(
+                "/cosystem.worker.v1.HostService/Session",
+            ),
+            RawBytes,
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    // A varint that runs past ten bytes: no protobuf message at all.
+    tx.send(bytes::Bytes::from_static(&[0xff; 11]))
+        .await
+        .unwrap();
+    // Bounded so that a host that ignored the bytes fails the test rather
+    // than hanging it.
+    let status = tokio::time::timeout(Duration::from_secs(30), end_status(stream))
+        .await
+        .expect("the stream ends");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("malformed ClientMessage"),
+        "{status:?}"
+    );
+
+    assert_eq!(
+        bystander
+            .call("counter", "increase", vec![json!(3)])
+            .await
+            .unwrap(),
+        json!(3)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_that_calls_without_reading_is_ended_resource_exhausted() {
     let host = host_with(HostLimits {

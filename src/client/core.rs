@@ -276,10 +276,6 @@ struct HeldIndex {
 }
 
 impl HeldIndex {
-    fn is_empty(&self) -> bool {
-        self.by_arrival.is_empty()
-    }
-
     fn insert(&mut self, call_id: u64, held: &Held) {
         self.by_version
             .insert((held.state_version, held.arrival, call_id));
@@ -998,15 +994,15 @@ impl ClientCore {
                 "the host sent a result with no outcome",
             )),
         };
-        // The usual case: the mirror already has the result's version and
-        // nothing else is held, so the call settles at once (RW5's arrival
-        // order cannot be broken by a result that is alone), its value
-        // parsed straight from the envelope and the index left untouched.
-        if self.held.is_empty()
-            && self
-                .mirror
-                .as_ref()
-                .is_some_and(|m| m.epoch == epoch && result.state_version <= m.version)
+        // The usual case: the mirror already has the result's version, so
+        // the call settles at once, its value parsed straight from the
+        // envelope and the index left untouched. RW5's arrival order holds:
+        // with a mirror, every result still held names a version beyond it,
+        // so none of them could settle now.
+        if self
+            .mirror
+            .as_ref()
+            .is_some_and(|m| m.epoch == epoch && result.state_version <= m.version)
         {
             self.pending.remove(&call_id);
             self.events.push_back(ClientEvent::Settled {

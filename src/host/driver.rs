@@ -582,13 +582,6 @@ impl Session {
         self.with_core(true, |core| core.handle_message(self.key, message))
     }
 
-    /// [`Session::handle_bytes`] for a transport that already checked that
-    /// the bytes decode and are within the max message size (gRPC's
-    /// decoder): read in place, as by [`HostCore::handle_bytes`].
-    pub(crate) fn handle_checked(&self, bytes: &[u8]) -> Result<(), InputError> {
-        self.with_core(true, |core| core.handle_bytes(self.key, bytes))
-    }
-
     /// Handles the envelope in `input` without waking this session's own
     /// [`Session::next_frame`] (for a caller that writes right after), if
     /// the core comes free within a short spin; `None`, leaving it there,

@@ -161,6 +161,7 @@ pub struct ClientLink {
 
 /// One envelope from the host, as a client link hands it over.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum HostInput {
     /// A decoded message, as in-process links pass them.
     Message(HostMessage),
@@ -168,8 +169,8 @@ pub enum HostInput {
     /// ([`ClientCore::handle_bytes`](crate::client::ClientCore::handle_bytes)):
     /// a byte transport that hands these over saves a copy of every string
     /// in the envelope. Bytes that do not decode end the link with
-    /// [`TransportError::Malformed`], so a transport that treats them
-    /// otherwise checks them first.
+    /// [`TransportError::Malformed`], after which the client stops (the
+    /// host would send them again).
     Encoded(bytes::Bytes),
 }
 

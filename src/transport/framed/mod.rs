@@ -124,8 +124,9 @@ where
         .with(|message: ClientMessage| {
             futures::future::ok::<_, TransportError>(Bytes::from(message.encode_to_vec()))
         });
-    // Checked here, so a frame that is not an envelope fails as it always
-    // did; the client then reads the checked bytes in place.
+    // Checked here as well as where the client reads them: a spawned
+    // child's link must know a frame is an envelope before it counts the
+    // child as having spoken (`connect::child_stream`).
     let stream = FramedRead::new(reader, FrameCodec::new(limit)).map(|item| {
         let bytes = item?.freeze();
         HostView::decode(&bytes).map_err(|e| TransportError::Malformed(e.to_string()))?;

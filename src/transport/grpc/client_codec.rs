@@ -1,10 +1,12 @@
-//! The client codec: encodes the client's envelopes with prost, checks each
-//! host message and hands over its bytes.
+//! The client codec: encodes the client's envelopes with prost and hands
+//! over each host message's bytes as they are.
 //!
-//! The client core reads the bytes in place
+//! The client reads the bytes in place, once
 //! ([`ClientCore::handle_bytes`](crate::client::ClientCore::handle_bytes)):
 //! prost's codec would copy every string of every patch and result into an
-//! allocation of its own first.
+//! allocation of its own first. Bytes that are not a `HostMessage` end the
+//! link with [`TransportError::Malformed`](crate::transport::TransportError),
+//! as on framed streams (spec §17.2, FB5).
 
 use bytes::{Buf, Bytes};
 use prost::Message;
@@ -12,10 +14,9 @@ use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 use crate::wire::ClientMessage;
-use crate::wire::view::HostView;
 
 /// Codec of the client's side of `Session`: [`ClientMessage`]s out, the
-/// checked bytes of each `HostMessage` in.
+/// bytes of each `HostMessage` in.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HostBytesCodec;
 
@@ -49,9 +50,7 @@ impl Encoder for ClientMessageEncoder {
     }
 }
 
-/// Checks that a message decodes as a `HostMessage` and hands over its
-/// bytes; bytes that are not one fail the stream with `INTERNAL`, as
-/// tonic's prost decoder does.
+/// Hands over each message's bytes as they are.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HostBytesDecoder;
 
@@ -61,9 +60,6 @@ impl Decoder for HostBytesDecoder {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
         // The message's bytes are split off tonic's buffer, not copied.
-        let bytes = src.copy_to_bytes(src.remaining());
-        HostView::decode(&bytes)
-            .map_err(|e| Status::internal(format!("malformed HostMessage: {e}")))?;
-        Ok(Some(bytes))
+        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }

@@ -5,18 +5,17 @@
 //! this one writes [`HostFrame::encoded`], which is computed once per frame
 //! however many streams carry it. Inbound, it hands the session the
 //! envelope's own bytes ([`ClientEnvelope`]), which the host core reads in
-//! place ([`ClientView`]): a prost decode would copy every string of it
-//! into an allocation of its own.
+//! place ([`ClientView`](crate::wire::view::ClientView)), once: a prost
+//! decode would copy every string of it into an allocation of its own.
 
 use bytes::{Buf, BufMut, Bytes};
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 use crate::wire::HostFrame;
-use crate::wire::view::ClientView;
 
-/// Codec of the host's `Session` method: checked [`ClientEnvelope`]s in,
-/// shared [`HostFrame`] bytes out.
+/// Codec of the host's `Session` method: [`ClientEnvelope`]s in, shared
+/// [`HostFrame`] bytes out.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SharedFrameCodec;
 
@@ -50,7 +49,9 @@ impl Encoder for SharedFrameEncoder {
     }
 }
 
-/// The bytes of one gRPC message that decode as a `ClientMessage`.
+/// The bytes of one gRPC message, not yet decoded: the session decodes
+/// them, and ends the stream with `INVALID_ARGUMENT` if they are not a
+/// `ClientMessage` (spec §17.2).
 #[derive(Debug, Clone)]
 pub struct ClientEnvelope(Bytes);
 
@@ -61,8 +62,7 @@ impl ClientEnvelope {
     }
 }
 
-/// Checks that a message decodes as a `ClientMessage` and hands over its
-/// bytes; bytes that are not one end the stream with `INVALID_ARGUMENT`.
+/// Hands over each message's bytes as they are.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ClientEnvelopeDecoder;
 
@@ -72,9 +72,6 @@ impl Decoder for ClientEnvelopeDecoder {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<ClientEnvelope>, Status> {
         // The message's bytes are split off tonic's buffer, not copied.
-        let bytes = src.copy_to_bytes(src.remaining());
-        ClientView::decode(&bytes)
-            .map_err(|e| Status::invalid_argument(format!("malformed ClientMessage: {e}")))?;
-        Ok(Some(ClientEnvelope(bytes)))
+        Ok(Some(ClientEnvelope(src.copy_to_bytes(src.remaining()))))
     }
 }

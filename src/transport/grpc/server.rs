@@ -537,8 +537,16 @@ async fn read_session(
     let outcome = loop {
         match inbound.message().await {
             // tonic held the bytes to the max message size already.
-            Ok(Some(envelope)) => match session.handle_checked(envelope.bytes()) {
+            Ok(Some(envelope)) => match session.handle_bytes(envelope.bytes()) {
                 Ok(()) => {}
+                // Decoded here rather than in the codec, so once; the
+                // status is the one §17.2 gives bytes that are no envelope.
+                Err(InputError::Malformed(reason)) => {
+                    tracing::warn!(%peer, %reason, "closing session");
+                    break Some(Status::invalid_argument(format!(
+                        "malformed ClientMessage: {reason}"
+                    )));
+                }
                 Err(error) if error.is_fatal() => {
                     tracing::warn!(%peer, %error, "closing session");
                     break Some(fatal_status(&error));
