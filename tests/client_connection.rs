@@ -14,8 +14,8 @@ use cosystem_worker::transport::{ClientLink, Connector, HostInput, TransportErro
 use cosystem_worker::wire::{
     ErrorCode, Header, HostMessage, Snapshot, SnapshotReason, client_message, host_message,
 };
-use futures::future::BoxFuture;
 use futures::FutureExt;
+use futures::future::BoxFuture;
 
 fn policy() -> Reconnect {
     Reconnect {

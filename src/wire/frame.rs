@@ -86,15 +86,23 @@ impl HostFrame {
     /// The protobuf encoding of the message, computed on first use and then
     /// shared (the returned `Bytes` points at the same allocation every time).
     pub fn encoded(&self) -> Bytes {
-        self.0
-            .encoded
-            .get_or_init(|| {
-                Bytes::from(match &self.0.state {
-                    None => self.0.message.encode_to_vec(),
-                    Some(state) => encode_snapshot(&self.0.message, state),
-                })
+        self.encoding().clone()
+    }
+
+    /// [`HostFrame::encoded`], borrowed: for a writer that copies the bytes
+    /// anyway, with no reference count taken (the first one made of a
+    /// frame's `Bytes` allocates).
+    pub fn encoded_slice(&self) -> &[u8] {
+        self.encoding()
+    }
+
+    fn encoding(&self) -> &Bytes {
+        self.0.encoded.get_or_init(|| {
+            Bytes::from(match &self.0.state {
+                None => self.0.message.encode_to_vec(),
+                Some(state) => encode_snapshot(&self.0.message, state),
             })
-            .clone()
+        })
     }
 
     /// The message itself, by value: moved out when this is the frame's only
