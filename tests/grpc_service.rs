@@ -120,6 +120,24 @@ async fn end_status(mut stream: Streaming<HostMessage>) -> tonic::Status {
     }
 }
 
+/// The counter's value after `client` increases it by `by`.
+async fn increase(client: &Client, by: i64) -> serde_json::Value {
+    client
+        .call("counter", "increase", vec![json!(by)])
+        .await
+        .unwrap()
+}
+
+/// A `Client` of the host at `addr`, synced.
+async fn ready_client(addr: SocketAddr) -> Client {
+    let client = Client::new(
+        GrpcConnector::new(format!("http://{addr}")).unwrap(),
+        ClientConfig::default(),
+    );
+    client.ready().await.unwrap();
+    client
+}
+
 fn no_retry_delay() -> Reconnect {
     Reconnect {
         initial: Duration::from_millis(10),
@@ -188,13 +206,7 @@ async fn a_client_with_a_missing_or_wrong_token_fails_permission_denied_instead_
         ClientConfig::default(),
     );
     client.ready().await.unwrap();
-    assert_eq!(
-        client
-            .call("counter", "increase", vec![json!(1)])
-            .await
-            .unwrap(),
-        json!(1)
-    );
+    assert_eq!(increase(&client, 1).await, json!(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,11 +266,7 @@ async fn an_oversize_message_ends_that_stream_resource_exhausted_and_no_other() 
         ..HostLimits::default()
     });
     let (addr, _stop) = start(&host, None).await;
-    let bystander = Client::new(
-        GrpcConnector::new(format!("http://{addr}")).unwrap(),
-        ClientConfig::default(),
-    );
-    bystander.ready().await.unwrap();
+    let bystander = ready_client(addr).await;
 
     let (tx, stream) = raw_session(addr, None).await;
     let stream = stream.unwrap();
@@ -268,13 +276,7 @@ async fn an_oversize_message_ends_that_stream_resource_exhausted_and_no_other() 
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(host.view()["todos"]["items"].as_array().unwrap().is_empty());
 
-    assert_eq!(
-        bystander
-            .call("counter", "increase", vec![json!(3)])
-            .await
-            .unwrap(),
-        json!(3)
-    );
+    assert_eq!(increase(&bystander, 3).await, json!(3));
 }
 
 /// Sends each item as the bytes of one gRPC message, as they are, and
@@ -329,11 +331,7 @@ impl tonic::codec::Decoder for RawBytes {
 async fn bytes_that_are_no_client_message_end_that_stream_invalid_argument_and_no_other() {
     let host = host_with(HostLimits::default());
     let (addr, _stop) = start(&host, None).await;
-    let bystander = Client::new(
-        GrpcConnector::new(format!("http://{addr}")).unwrap(),
-        ClientConfig::default(),
-    );
-    bystander.ready().await.unwrap();
+    let bystander = ready_client(addr).await;
 
     let mut grpc = tonic::client::Grpc::new(channel(addr).await);
     grpc.ready().await.unwrap();
@@ -364,13 +362,7 @@ async fn bytes_that_are_no_client_message_end_that_stream_invalid_argument_and_n
         "{status:?}"
     );
 
-    assert_eq!(
-        bystander
-            .call("counter", "increase", vec![json!(3)])
-            .await
-            .unwrap(),
-        json!(3)
-    );
+    assert_eq!(increase(&bystander, 3).await, json!(3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -380,11 +372,7 @@ async fn a_session_that_calls_without_reading_is_ended_resource_exhausted() {
         ..HostLimits::default()
     });
     let (addr, _stop) = start(&host, None).await;
-    let bystander = Client::new(
-        GrpcConnector::new(format!("http://{addr}")).unwrap(),
-        ClientConfig::default(),
-    );
-    bystander.ready().await.unwrap();
+    let bystander = ready_client(addr).await;
 
     let (tx, stream) = raw_session(addr, None).await;
     let stream = stream.unwrap();
@@ -407,24 +395,14 @@ async fn a_session_that_calls_without_reading_is_ended_resource_exhausted() {
         .select(|s| s["counter"]["count"].as_i64())
         .flatten();
     assert_eq!(before, Some(0));
-    assert_eq!(
-        bystander
-            .call("counter", "increase", vec![json!(1)])
-            .await
-            .unwrap(),
-        json!(1)
-    );
+    assert_eq!(increase(&bystander, 1).await, json!(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raw_client_that_vanishes_mid_call_is_disconnected_and_others_continue() {
     let host = host_with(HostLimits::default());
     let (addr, _stop) = start(&host, None).await;
-    let stays = Client::new(
-        GrpcConnector::new(format!("http://{addr}")).unwrap(),
-        ClientConfig::default(),
-    );
-    stays.ready().await.unwrap();
+    let stays = ready_client(addr).await;
     for round in 1..=5 {
         let (tx, stream) = raw_session(addr, None).await;
         let stream = stream.unwrap();
