@@ -17,10 +17,10 @@ use tonic::transport::Channel;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, GrpcMethod, IntoStreamingRequest, Request, Response, Status};
 
-use super::GrpcError;
 use super::auth::{AUTHORIZATION, is_valid_token};
 use super::client_codec::HostBytesCodec;
 use super::opening::{AbortOnDrop, HeldSink, Opening, SettleOnDrop};
+use super::{GrpcError, SERVICE_NAME};
 use crate::transport::{ClientLink, Connector, HostInput, TransportError};
 use crate::wire::ClientMessage;
 
@@ -213,7 +213,8 @@ impl Connector for GrpcConnector {
 }
 
 /// Opens `HostService/Session`, as the generated client does, with a codec
-/// that hands over each host message's checked bytes.
+/// that hands over each host message's bytes for the client to read in
+/// place.
 async fn session(
     client: &mut tonic::client::Grpc<Channel>,
     request: Request<ReceiverStream<ClientMessage>>,
@@ -225,7 +226,7 @@ async fn session(
     let mut request = request.into_streaming_request();
     request
         .extensions_mut()
-        .insert(GrpcMethod::new("cosystem.worker.v1.HostService", "Session"));
+        .insert(GrpcMethod::new(SERVICE_NAME, "Session"));
     client
         .streaming(
             request,
