@@ -266,6 +266,9 @@ struct Peer {
     direct: VecDeque<Direct>,
     /// Encoded bytes of the results in `direct`.
     direct_bytes: usize,
+    /// How many of `direct` are results: the calls in flight, counted as
+    /// they queue and leave rather than by walking `direct` on every call.
+    direct_results: usize,
     /// A bookmark was requested and this session is idle at the head.
     bookmark_due: bool,
     /// Where overflow snapshots are addressed: the `source` of the session's
@@ -564,6 +567,7 @@ impl HostCore {
                 cursor: 0,
                 direct: VecDeque::new(),
                 direct_bytes: 0,
+                direct_results: 0,
                 bookmark_due: false,
             },
         );
@@ -709,12 +713,7 @@ impl HostCore {
     ) -> Result<(), InputError> {
         let limit = self.config.limits.max_calls_in_flight;
         // Only results count: a queued sync answer is not a call in flight.
-        let queued = self.peers.get(&peer).map_or(0, |p| {
-            p.direct
-                .iter()
-                .filter(|d| matches!(d, Direct::Result { .. }))
-                .count()
-        });
+        let queued = self.peers.get(&peer).map_or(0, |p| p.direct_results);
         if queued >= limit.saturating_mul(2).max(1) {
             return Err(InputError::Flooding { queued });
         }
@@ -860,6 +859,7 @@ impl HostCore {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.direct.push_back(Direct::Result { gate, frame, bytes });
             p.direct_bytes += bytes;
+            p.direct_results += 1;
         }
         if header.protocol_version != PROTOCOL_VERSION {
             return Err(InputError::UnsupportedVersion(header.protocol_version));
@@ -1316,6 +1316,7 @@ impl HostCore {
             match p.direct.pop_front()? {
                 Direct::Result { frame, bytes, .. } => {
                     p.direct_bytes = p.direct_bytes.saturating_sub(bytes);
+                    p.direct_results = p.direct_results.saturating_sub(1);
                     return Some(frame);
                 }
                 Direct::Built(frame) => return Some(frame),
