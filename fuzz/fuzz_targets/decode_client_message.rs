@@ -10,11 +10,11 @@
 
 use std::time::Instant;
 
-use cosystem_worker::wire::ClientMessage;
 use cosystem_worker::wire::view::ClientView;
+use cosystem_worker::wire::{ClientMessage, client_message};
 use fuzz_support::{
     ClientWatch, PublishedWatch, assert_typed_input_error, bystander_gets_service, client, connect,
-    demo_host, drain_session, small_limits,
+    demo_host, drain_session, small_limits, spells_secret,
 };
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
@@ -54,6 +54,16 @@ fuzz_target!(|input: Input| {
         );
         if let (Ok(message), Ok(view)) = (&decoded, view) {
             assert_eq!(ClientView::from(message), view);
+        }
+        // A call that sends the marker itself would have it published as
+        // its own data, which the checks cannot tell from a leak.
+        if let Ok(ClientMessage {
+            kind: Some(client_message::Kind::Call(call)),
+            ..
+        }) = &decoded
+            && spells_secret(&call.args_json)
+        {
+            continue;
         }
         let session = sessions[usize::from(step.second)];
         if let Err(error) = host.handle_bytes(session, &step.bytes) {

@@ -14,13 +14,21 @@ use prost::Message;
 fuzz_target!(|data: &[u8]| {
     let decoded = HostMessage::decode(data);
     let view = HostView::decode(data);
-    assert_eq!(decoded.is_ok(), view.is_ok(), "host {decoded:?} vs {view:?}");
+    assert_eq!(
+        decoded.is_ok(),
+        view.is_ok(),
+        "host {decoded:?} vs {view:?}"
+    );
     if let (Ok(message), Ok(view)) = (&decoded, view) {
         assert_eq!(HostView::from(message), view);
     }
     let decoded = ClientMessage::decode(data);
     let view = ClientView::decode(data);
-    assert_eq!(decoded.is_ok(), view.is_ok(), "client {decoded:?} vs {view:?}");
+    assert_eq!(
+        decoded.is_ok(),
+        view.is_ok(),
+        "client {decoded:?} vs {view:?}"
+    );
     if let (Ok(message), Ok(view)) = (&decoded, view) {
         assert_eq!(ClientView::from(message), view);
     }
