@@ -9,12 +9,9 @@
 
 use std::time::Instant;
 
-use cosystem_worker::wire::HostMessage;
-use cosystem_worker::wire::view::HostView;
-use fuzz_support::{ClientWatch, client};
+use fuzz_support::{ClientWatch, client, decode_host_both_ways};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use prost::Message;
 
 #[derive(Debug, Arbitrary)]
 enum Step {
@@ -31,17 +28,7 @@ fuzz_target!(|steps: Vec<Step>| {
     for step in steps {
         match step {
             Step::Bytes(bytes) => {
-                let decoded = HostMessage::decode(bytes.as_slice());
-                let view = HostView::decode(&bytes);
-                assert_eq!(
-                    decoded.is_ok(),
-                    view.is_ok(),
-                    "{decoded:?} against {view:?}"
-                );
-                if let (Ok(message), Ok(view)) = (&decoded, view) {
-                    assert_eq!(HostView::from(message), view);
-                }
-                if let Ok(message) = decoded {
+                if let Ok(message) = decode_host_both_ways(&bytes) {
                     core.handle_message(now, message);
                 }
             }

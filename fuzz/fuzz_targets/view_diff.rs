@@ -6,30 +6,10 @@
 //! core per input; this one explores the decoders alone, much faster.
 #![no_main]
 
-use cosystem_worker::wire::view::{ClientView, HostView};
-use cosystem_worker::wire::{ClientMessage, HostMessage};
+use fuzz_support::{decode_client_both_ways, decode_host_both_ways};
 use libfuzzer_sys::fuzz_target;
-use prost::Message;
 
 fuzz_target!(|data: &[u8]| {
-    let decoded = HostMessage::decode(data);
-    let view = HostView::decode(data);
-    assert_eq!(
-        decoded.is_ok(),
-        view.is_ok(),
-        "host {decoded:?} vs {view:?}"
-    );
-    if let (Ok(message), Ok(view)) = (&decoded, view) {
-        assert_eq!(HostView::from(message), view);
-    }
-    let decoded = ClientMessage::decode(data);
-    let view = ClientView::decode(data);
-    assert_eq!(
-        decoded.is_ok(),
-        view.is_ok(),
-        "client {decoded:?} vs {view:?}"
-    );
-    if let (Ok(message), Ok(view)) = (&decoded, view) {
-        assert_eq!(ClientView::from(message), view);
-    }
+    let _ = decode_host_both_ways(data);
+    let _ = decode_client_both_ways(data);
 });

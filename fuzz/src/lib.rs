@@ -11,10 +11,43 @@ use cosystem_worker::demo;
 use cosystem_worker::host::{
     HostConfig, HostCore, HostEvent, HostLimits, InputError, PeerKey, PeerOptions, SyncMode,
 };
-use cosystem_worker::wire::{self, HostMessage, call_result, host_message};
+use cosystem_worker::wire::view::{ClientView, HostView};
+use cosystem_worker::wire::{self, ClientMessage, HostMessage, call_result, host_message};
 use libfuzzer_sys::arbitrary::{self, Arbitrary, Unstructured};
 use prost::Message;
 use serde_json::{Map, Value, json};
+
+/// Decodes `bytes` with prost and with the in-place view the host reads
+/// them with, asserts that the two agree (both refuse, or both accept and
+/// read the same), and returns prost's result.
+pub fn decode_client_both_ways(bytes: &[u8]) -> Result<ClientMessage, prost::DecodeError> {
+    let decoded = ClientMessage::decode(bytes);
+    let view = ClientView::decode(bytes);
+    assert_eq!(
+        decoded.is_ok(),
+        view.is_ok(),
+        "client: {decoded:?} against {view:?}"
+    );
+    if let (Ok(message), Ok(view)) = (&decoded, view) {
+        assert_eq!(ClientView::from(message), view);
+    }
+    decoded
+}
+
+/// [`decode_client_both_ways`] for a `HostMessage`, as the client reads it.
+pub fn decode_host_both_ways(bytes: &[u8]) -> Result<HostMessage, prost::DecodeError> {
+    let decoded = HostMessage::decode(bytes);
+    let view = HostView::decode(bytes);
+    assert_eq!(
+        decoded.is_ok(),
+        view.is_ok(),
+        "host: {decoded:?} against {view:?}"
+    );
+    if let (Ok(message), Ok(view)) = (&decoded, view) {
+        assert_eq!(HostView::from(message), view);
+    }
+    decoded
+}
 
 /// The private section's token: it must never appear in anything published.
 pub const SECRET: &str = "fuzz-secret-token";
