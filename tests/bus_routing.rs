@@ -67,7 +67,11 @@ impl Connector for Counting {
         async move {
             let link = connecting.await?;
             let stream = link.stream.inspect(move |item| {
-                let Ok(HostInput::Message(message)) = item else {
+                let Some(message) = item
+                    .as_ref()
+                    .ok()
+                    .and_then(|input| input.clone().into_message().ok())
+                else {
                     return;
                 };
                 let counter = match &message.kind {

@@ -48,8 +48,8 @@ impl Entry {
     /// The operations without the enclosing brackets, so that consecutive
     /// entries concatenate with a comma.
     pub fn ops(&self) -> &str {
-        let array = match self.frame.as_ref().map(|f| &f.message().kind) {
-            Some(Some(host_message::Kind::Patch(patch))) => patch.patch_json.as_str(),
+        let array = match self.frame.as_ref().and_then(HostFrame::kind_without_state) {
+            Some(host_message::Kind::Patch(patch)) => patch.patch_json.as_str(),
             _ => self.ops.as_str(),
         };
         array

@@ -173,7 +173,7 @@ impl Connector for BusConnector {
                 // Judged by the header alone: a Snapshot for another peer
                 // is never copied out of its shared frame.
                 Ok(BusMessage::Host(frame)) if filter.accepts(frame.header()) => {
-                    Some(Ok(HostInput::Message(frame.into_message())))
+                    Some(Ok(HostInput::from(frame)))
                 }
                 Ok(_) => None,
                 Err(BroadcastStreamRecvError::Lagged(lost)) => {

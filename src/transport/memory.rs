@@ -45,10 +45,7 @@ pub fn pair() -> (HostLink, MemoryConnector) {
     };
     let client = ClientLink {
         sink: Box::pin(ChannelSink::new(to_host)),
-        stream: Box::pin(
-            ReceiverStream::new(from_host)
-                .map(|frame| Ok(HostInput::Message(frame.into_message()))),
-        ),
+        stream: Box::pin(ReceiverStream::new(from_host).map(|frame| Ok(HostInput::from(frame)))),
     };
     (host, MemoryConnector(Mutex::new(Some(client))))
 }

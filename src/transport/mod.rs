@@ -181,6 +181,19 @@ impl From<HostMessage> for HostInput {
     }
 }
 
+impl From<HostFrame> for HostInput {
+    /// The frame as one receiver can take it most cheaply: the bytes of a
+    /// frame made encoded (no header to decode), else the message (moved
+    /// out when nobody else holds the frame).
+    fn from(frame: HostFrame) -> Self {
+        if frame.is_born_encoded() {
+            Self::Encoded(frame.encoded())
+        } else {
+            Self::Message(frame.into_message())
+        }
+    }
+}
+
 impl HostInput {
     /// The message, decoded if it came encoded.
     pub fn into_message(self) -> Result<HostMessage, prost::DecodeError> {

@@ -11,9 +11,10 @@ use super::{Header, HostMessage, Snapshot, host_message};
 
 /// A host message shared by every receiver of it.
 ///
-/// Cloning is a reference-count increment. In-memory transports hand the
-/// decoded message over as it is; byte transports call [`HostFrame::encoded`],
-/// which serialises the message at most once however many streams write it.
+/// Cloning is a reference-count increment. Byte transports call
+/// [`HostFrame::encoded`], which serialises the message at most once however
+/// many streams write it; in-memory transports hand over the message, or the
+/// encoding of a frame made by [`HostFrame::encode`].
 ///
 /// A Snapshot made with [`HostFrame::snapshot`] shares the view's text with
 /// every other Snapshot of the same version: answering many sync requests
@@ -26,13 +27,78 @@ pub struct HostFrame(Arc<FrameInner>);
 
 #[derive(Debug)]
 struct FrameInner {
-    /// The message; for a shared Snapshot, with an empty `state_json`.
+    /// The message, whole unless `rest` says what it lacks.
     message: HostMessage,
-    /// A shared Snapshot's `state_json`.
-    state: Option<Arc<str>>,
-    /// A shared Snapshot's whole message, once someone asked for it.
+    rest: Rest,
+    /// The whole message, once someone asked for it, when `message` is not.
     whole: OnceLock<HostMessage>,
     encoded: OnceLock<Bytes>,
+}
+
+/// What a frame's `message` lacks.
+#[derive(Debug)]
+enum Rest {
+    /// Nothing.
+    Nothing,
+    /// A shared Snapshot's `state_json`.
+    State(Arc<str>),
+    /// The header, which only the encoding holds ([`HostFrame::encode`]).
+    Header,
+}
+
+/// A header's fields, borrowed: what [`HostFrame::encode`] writes without
+/// building a [`Header`] of copied strings.
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderFields<'a> {
+    /// [`Header::protocol_version`].
+    pub protocol_version: u32,
+    /// [`Header::epoch`].
+    pub epoch: &'a str,
+    /// [`Header::source`].
+    pub source: &'a str,
+    /// [`Header::target`].
+    pub target: &'a str,
+    /// [`Header::capability`].
+    pub capability: &'a str,
+}
+
+impl HeaderFields<'_> {
+    const STRINGS: [u32; 4] = [2, 3, 4, 5];
+
+    fn strings(&self) -> [&str; 4] {
+        [self.epoch, self.source, self.target, self.capability]
+    }
+
+    /// The length of the Header message's own fields, as prost encodes them.
+    fn body_len(&self) -> usize {
+        let version = match self.protocol_version {
+            0 => 0,
+            v => key_len(1) + encoded_len_varint(u64::from(v)),
+        };
+        let strings: usize = Self::STRINGS
+            .iter()
+            .zip(self.strings())
+            .filter(|(_, text)| !text.is_empty())
+            .map(|(tag, text)| key_len(*tag) + encoded_len_varint(text.len() as u64) + text.len())
+            .sum();
+        version + strings
+    }
+
+    /// Writes the Header message's fields (prost's order and rules: fields
+    /// by number, proto3 defaults left out).
+    fn write(&self, out: &mut Vec<u8>) {
+        if self.protocol_version != 0 {
+            encode_key(1, WireType::Varint, out);
+            encode_varint(u64::from(self.protocol_version), out);
+        }
+        for (tag, text) in Self::STRINGS.iter().zip(self.strings()) {
+            if !text.is_empty() {
+                encode_key(*tag, WireType::LengthDelimited, out);
+                encode_varint(text.len() as u64, out);
+                out.put_slice(text.as_bytes());
+            }
+        }
+    }
 }
 
 impl HostFrame {
@@ -40,9 +106,34 @@ impl HostFrame {
     pub fn new(message: HostMessage) -> Self {
         Self(Arc::new(FrameInner {
             message,
-            state: None,
+            rest: Rest::Nothing,
             whole: OnceLock::new(),
             encoded: OnceLock::new(),
+        }))
+    }
+
+    /// A message of `header` and `kind`, encoded at once, byte for byte as
+    /// prost encodes the same [`HostMessage`], without copying the header's
+    /// strings: the host's patches and results, which every transport but
+    /// an in-process one writes as bytes anyway. The header is decoded
+    /// again only if someone asks for the message itself.
+    pub fn encode(header: HeaderFields<'_>, kind: host_message::Kind) -> Self {
+        let body = header.body_len();
+        let mut out = Vec::with_capacity(
+            key_len(1) + encoded_len_varint(body as u64) + body + kind.encoded_len(),
+        );
+        encode_key(1, WireType::LengthDelimited, &mut out);
+        encode_varint(body as u64, &mut out);
+        header.write(&mut out);
+        kind.encode(&mut out);
+        Self(Arc::new(FrameInner {
+            message: HostMessage {
+                header: None,
+                kind: Some(kind),
+            },
+            rest: Rest::Header,
+            whole: OnceLock::new(),
+            encoded: OnceLock::from(Bytes::from(out)),
         }))
     }
 
@@ -55,25 +146,30 @@ impl HostFrame {
                 header: Some(header),
                 kind: Some(host_message::Kind::Snapshot(snapshot)),
             },
-            state: Some(state),
+            rest: Rest::State(state),
             whole: OnceLock::new(),
             encoded: OnceLock::new(),
         }))
     }
 
-    /// The envelope's header, without copying anything.
+    /// The envelope's header; copies nothing, except that a frame made by
+    /// [`HostFrame::encode`] decodes it on first use.
     pub fn header(&self) -> Option<&Header> {
-        self.0.message.header.as_ref()
+        match self.0.rest {
+            Rest::Header => self.message().header.as_ref(),
+            _ => self.0.message.header.as_ref(),
+        }
     }
 
     /// The message itself. A shared Snapshot's frame builds it on first use
-    /// and keeps it, a copy of the view for as long as the frame lives, so
+    /// and keeps it, a copy of the view for as long as the frame lives, and
+    /// a frame made by [`HostFrame::encode`] decodes its header, so
     /// transports use [`HostFrame::header`], [`HostFrame::encoded`] or
     /// [`HostFrame::into_message`] instead.
     pub fn message(&self) -> &HostMessage {
-        match &self.0.state {
-            None => &self.0.message,
-            Some(state) => self.0.whole.get_or_init(|| whole(&self.0.message, state)),
+        match &self.0.rest {
+            Rest::Nothing => &self.0.message,
+            rest => self.0.whole.get_or_init(|| self.0.whole_message(rest)),
         }
     }
 
@@ -96,11 +192,27 @@ impl HostFrame {
         self.encoding()
     }
 
+    /// The length of [`HostFrame::encoded`], without encoding anything.
+    pub fn encoded_len(&self) -> usize {
+        match (self.0.encoded.get(), &self.0.rest) {
+            (Some(bytes), _) => bytes.len(),
+            (None, Rest::State(_)) => self.encoding().len(),
+            (None, _) => self.0.message.encoded_len(),
+        }
+    }
+
+    /// Whether the frame was made encoded ([`HostFrame::encode`]): handing
+    /// a receiver its bytes then copies nothing, where its message would
+    /// be decoded.
+    pub fn is_born_encoded(&self) -> bool {
+        matches!(self.0.rest, Rest::Header)
+    }
+
     fn encoding(&self) -> &Bytes {
         self.0.encoded.get_or_init(|| {
-            Bytes::from(match &self.0.state {
-                None => self.0.message.encode_to_vec(),
-                Some(state) => encode_snapshot(&self.0.message, state),
+            Bytes::from(match &self.0.rest {
+                Rest::State(state) => encode_snapshot(&self.0.message, state),
+                _ => self.0.message.encode_to_vec(),
             })
         })
     }
@@ -108,22 +220,28 @@ impl HostFrame {
     /// The message itself, by value: moved out when this is the frame's only
     /// handle (a result or a sync answer, sent to one session), cloned when
     /// other handles share it (a publication, also held by the history). A
-    /// shared Snapshot's text is copied in.
+    /// shared Snapshot's text is copied in; a frame made by
+    /// [`HostFrame::encode`] decodes its header.
     pub fn into_message(self) -> HostMessage {
         match Arc::try_unwrap(self.0) {
             Ok(FrameInner {
-                message,
-                state: None,
-                ..
-            }) => message,
-            Ok(FrameInner {
-                message,
-                state: Some(state),
-                ..
-            }) => whole(&message, &state),
-            Err(shared) => match &shared.state {
-                None => shared.message.clone(),
-                Some(state) => whole(&shared.message, state),
+                mut message,
+                rest,
+                whole,
+                encoded,
+            }) => match (rest, whole.into_inner()) {
+                (Rest::Nothing, _) => message,
+                (_, Some(whole)) => whole,
+                (Rest::State(state), None) => self::whole(&message, &state),
+                (Rest::Header, None) => {
+                    message.header = encoded.get().and_then(|bytes| decode_header(bytes));
+                    message
+                }
+            },
+            Err(shared) => match (&shared.rest, shared.whole.get()) {
+                (Rest::Nothing, _) => shared.message.clone(),
+                (_, Some(whole)) => whole.clone(),
+                (rest, None) => shared.whole_message(rest),
             },
         }
     }
@@ -132,6 +250,32 @@ impl HostFrame {
     pub fn ptr_eq(a: &Self, b: &Self) -> bool {
         Arc::ptr_eq(&a.0, &b.0)
     }
+}
+
+impl FrameInner {
+    /// `message` with what `rest` says it lacks.
+    fn whole_message(&self, rest: &Rest) -> HostMessage {
+        match rest {
+            Rest::Nothing => self.message.clone(),
+            Rest::State(state) => whole(&self.message, state),
+            Rest::Header => HostMessage {
+                header: self.encoded.get().and_then(|bytes| decode_header(bytes)),
+                kind: self.message.kind.clone(),
+            },
+        }
+    }
+}
+
+/// The header that [`HostFrame::encode`] wrote first in `encoded`. Our own
+/// encoding, so it always decodes; if it did not, the frame would read as
+/// headerless rather than fail.
+fn decode_header(mut encoded: &[u8]) -> Option<Header> {
+    let (tag, wire_type) = prost::encoding::decode_key(&mut encoded).ok()?;
+    if tag != 1 || wire_type != WireType::LengthDelimited {
+        return None;
+    }
+    let len = usize::try_from(prost::encoding::decode_varint(&mut encoded).ok()?).ok()?;
+    Header::decode(encoded.get(..len)?).ok()
 }
 
 impl From<HostMessage> for HostFrame {
@@ -269,6 +413,91 @@ mod tests {
             }
             prop_assert_eq!(&frame.encoded()[..], &whole.encode_to_vec()[..]);
             prop_assert_eq!(frame.message(), &whole);
+            prop_assert_eq!(frame.clone().into_message(), whole.clone());
+            prop_assert_eq!(frame.into_message(), whole);
+        }
+    }
+
+    fn kind_strategy() -> impl Strategy<Value = host_message::Kind> {
+        use super::super::{CallResult, call_result};
+        let small = || prop_oneof![Just(0u64), any::<u64>()];
+        let text = || prop_oneof![Just(String::new()), ".{0,40}"];
+        prop_oneof![
+            (small(), small(), text(), small()).prop_map(
+                |(base_version, version, patch_json, sync_id)| {
+                    host_message::Kind::Patch(Patch {
+                        base_version,
+                        version,
+                        patch_json,
+                        sync_id,
+                    })
+                }
+            ),
+            (
+                small(),
+                small(),
+                proptest::option::of(text()),
+                any::<i32>(),
+                text()
+            )
+                .prop_map(|(call_id, state_version, value, code, message)| {
+                    let outcome = match value {
+                        Some(value) => call_result::Outcome::ValueJson(value),
+                        None => call_result::Outcome::Error(super::super::Error {
+                            code,
+                            message,
+                            details_json: String::new(),
+                        }),
+                    };
+                    host_message::Kind::Result(CallResult {
+                        call_id,
+                        state_version,
+                        outcome: Some(outcome),
+                    })
+                }),
+        ]
+    }
+
+    proptest! {
+        /// A frame made encoded encodes byte for byte as prost encodes the
+        /// same message, and reads, measures and takes apart as that
+        /// message, whether or not its handle is shared.
+        #[test]
+        fn a_frame_made_encoded_is_the_message_it_stands_for(
+            protocol_version in prop_oneof![Just(0u32), Just(1u32), any::<u32>()],
+            epoch in prop_oneof![Just(String::new()), ".{0,40}"],
+            source in prop_oneof![Just(String::new()), "[a-z]{1,8}"],
+            target in prop_oneof![Just(String::new()), ".{1,200}"],
+            capability in prop_oneof![Just(String::new()), "[a-z0-9]{1,16}"],
+            kind in kind_strategy(),
+            ask_first in any::<bool>(),
+        ) {
+            let fields = HeaderFields {
+                protocol_version,
+                epoch: &epoch,
+                source: &source,
+                target: &target,
+                capability: &capability,
+            };
+            let whole = HostMessage {
+                header: Some(Header {
+                    protocol_version,
+                    epoch: epoch.clone(),
+                    source: source.clone(),
+                    target: target.clone(),
+                    capability: capability.clone(),
+                }),
+                kind: Some(kind.clone()),
+            };
+            let frame = HostFrame::encode(fields, kind);
+            prop_assert!(frame.is_born_encoded());
+            prop_assert_eq!(&frame.encoded()[..], &whole.encode_to_vec()[..]);
+            prop_assert_eq!(frame.encoded_len(), whole.encoded_len());
+            prop_assert_eq!(frame.kind_without_state(), whole.kind.as_ref());
+            if ask_first {
+                prop_assert_eq!(frame.header(), whole.header.as_ref());
+                prop_assert_eq!(frame.message(), &whole);
+            }
             prop_assert_eq!(frame.clone().into_message(), whole.clone());
             prop_assert_eq!(frame.into_message(), whole);
         }
