@@ -12,7 +12,7 @@ use cosystem_worker::host::{Host, SyncMode};
 use cosystem_worker::transport::bus::{
     self, Bus, BusConnector, BusError, BusHostOptions, BusMessage,
 };
-use cosystem_worker::transport::{ClientLink, Connector, HostInput, TransportError};
+use cosystem_worker::transport::{ClientLink, Connector, TransportError};
 use cosystem_worker::wire::{
     Call, ClientMessage, Header, HostMessage, Snapshot, SnapshotReason, SyncRequest,
     client_message, host_message,

@@ -666,6 +666,7 @@ fn take_input(
     let now = Instant::now().into_std();
     let message = match &item {
         Ok(HostInput::Message(message)) => HostView::from(message),
+        Ok(HostInput::Frame(frame)) => frame.view(),
         // Bytes that are no envelope are not the host speaking either.
         Ok(HostInput::Encoded(bytes)) => {
             HostView::decode(bytes).map_err(|e| TransportError::Malformed(e.to_string()))?

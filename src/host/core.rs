@@ -37,8 +37,8 @@ use crate::app::{App, MethodError, Module};
 use crate::fast_hash::FastMap;
 use crate::wire::view::{CallView, ClientKindView, ClientView, HeaderView};
 use crate::wire::{
-    CallResult, ClientMessage, ErrorCode, Header, HeaderFields, HostFrame, PROTOCOL_VERSION, Patch,
-    Snapshot, SnapshotReason, SyncRequest, call_result, client_message, host_message,
+    CallResult, ClientMessage, ErrorCode, Header, HostFrame, PROTOCOL_VERSION, Patch, Snapshot,
+    SnapshotReason, SyncRequest, call_result, client_message, host_message,
 };
 
 /// A session's unread results may add up to this many maximum-size
@@ -312,6 +312,7 @@ pub struct HostCore {
     /// Shared by every Snapshot of that version (`HostFrame::snapshot`).
     view_cache: Option<(u64, Arc<str>)>,
     bookmark: Option<(u64, HostFrame)>,
+    headers: Headers,
     events: VecDeque<HostEvent>,
     /// Whether answered calls are reported as events.
     record_calls: bool,
@@ -325,6 +326,25 @@ pub struct HostCore {
     method_timing: bool,
     /// The declared method the latest input ran, until the driver takes it.
     last_run: Option<MethodRun>,
+}
+
+/// The headers of the frames a host sends, made once and shared.
+#[derive(Debug)]
+struct Headers {
+    /// For publications, which have no target.
+    broadcast: Arc<Header>,
+    /// The last one made for a target: a session's results go to its peer,
+    /// call after call.
+    addressed: Option<Arc<Header>>,
+}
+
+impl Headers {
+    fn new(broadcast: &Header) -> Self {
+        Self {
+            broadcast: Arc::new(broadcast.clone()),
+            addressed: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for HostCore {
@@ -432,6 +452,13 @@ impl HostCore {
             config.limits.history_bytes,
         );
         let method_times = MethodTimes::new(&modules);
+        let epoch_header = Header {
+            protocol_version: PROTOCOL_VERSION,
+            epoch: epoch.clone(),
+            source: config.peer_id.clone(),
+            target: String::new(),
+            capability: config.capability.clone(),
+        };
         let mut host = Self {
             config,
             epoch,
@@ -446,6 +473,7 @@ impl HostCore {
             live_snapshot: None,
             view_cache: None,
             bookmark: None,
+            headers: Headers::new(&epoch_header),
             events: VecDeque::new(),
             record_calls: false,
             stats: Counters::default(),
@@ -672,29 +700,28 @@ impl HostCore {
         }
     }
 
-    fn header(&self, target: &str) -> Header {
-        Header {
-            protocol_version: PROTOCOL_VERSION,
-            epoch: self.epoch.clone(),
-            source: self.config.peer_id.clone(),
-            target: target.to_owned(),
-            capability: self.config.capability.clone(),
+    /// The header of a frame to `target` (none: every client), shared
+    /// with the other frames to it: every call makes two frames, so copying
+    /// the epoch and peer ids into each was a measurable share of its cost.
+    fn header(&mut self, target: &str) -> Arc<Header> {
+        if target.is_empty() {
+            return self.headers.broadcast.clone();
+        }
+        match &self.headers.addressed {
+            Some(header) if header.target == target => header.clone(),
+            _ => {
+                let header = Arc::new(Header {
+                    target: target.to_owned(),
+                    ..Header::clone(&self.headers.broadcast)
+                });
+                self.headers.addressed = Some(header.clone());
+                header
+            }
         }
     }
 
-    /// Patches and results are encoded as they are made, their headers
-    /// written from the host's own strings rather than copied into a
-    /// `Header` first: every call makes two, so those copies were a
-    /// measurable share of a call's cost.
-    fn frame(&self, target: &str, kind: host_message::Kind) -> HostFrame {
-        let header = HeaderFields {
-            protocol_version: PROTOCOL_VERSION,
-            epoch: &self.epoch,
-            source: &self.config.peer_id,
-            target,
-            capability: &self.config.capability,
-        };
-        HostFrame::encode(header, kind)
+    fn frame(&mut self, target: &str, kind: host_message::Kind) -> HostFrame {
+        HostFrame::with_header(self.header(target), kind)
     }
 
     /// A Snapshot of the current version, sharing the view's text with

@@ -173,6 +173,10 @@ pub enum HostInput {
     /// [`TransportError::Malformed`], after which the client stops (the
     /// host would send them again).
     Encoded(bytes::Bytes),
+    /// A frame of a host in this process, which the client reads in place
+    /// ([`HostFrame::view`]): shared with the frame's other receivers and
+    /// the host's history, never copied.
+    Frame(HostFrame),
 }
 
 impl From<HostMessage> for HostInput {
@@ -182,15 +186,8 @@ impl From<HostMessage> for HostInput {
 }
 
 impl From<HostFrame> for HostInput {
-    /// The frame as one receiver can take it most cheaply: the bytes of a
-    /// frame made encoded (no header to decode), else the message (moved
-    /// out when nobody else holds the frame).
     fn from(frame: HostFrame) -> Self {
-        if frame.is_born_encoded() {
-            Self::Encoded(frame.encoded())
-        } else {
-            Self::Message(frame.into_message())
-        }
+        Self::Frame(frame)
     }
 }
 
@@ -200,6 +197,7 @@ impl HostInput {
         match self {
             Self::Message(message) => Ok(message),
             Self::Encoded(bytes) => prost::Message::decode(bytes),
+            Self::Frame(frame) => Ok(frame.into_message()),
         }
     }
 }

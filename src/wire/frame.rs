@@ -1,20 +1,25 @@
 //! [`HostFrame`]: one host envelope shared by every receiver of it, encoded
-//! at most once, and for a Snapshot, holding the view's text by reference.
+//! at most once, with its header shared by every frame of the same sender
+//! and target, and for a Snapshot, holding the view's text by reference.
 
 use std::sync::{Arc, OnceLock};
 
 use bytes::{BufMut, Bytes};
-use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
+use super::view::{HostKindView, HostView, SnapshotView};
 use super::{Header, HostMessage, Snapshot, host_message};
 
 /// A host message shared by every receiver of it.
 ///
 /// Cloning is a reference-count increment. Byte transports call
 /// [`HostFrame::encoded`], which serialises the message at most once however
-/// many streams write it; in-memory transports hand over the message, or the
-/// encoding of a frame made by [`HostFrame::encode`].
+/// many streams write it; in-process transports hand the frame itself over,
+/// which a client reads in place ([`HostFrame::view`]).
+///
+/// The header is an `Arc` that a sender shares between all the frames it
+/// addresses alike ([`HostFrame::with_header`]), so making a frame copies
+/// no string of it.
 ///
 /// A Snapshot made with [`HostFrame::snapshot`] shares the view's text with
 /// every other Snapshot of the same version: answering many sync requests
@@ -27,156 +32,85 @@ pub struct HostFrame(Arc<FrameInner>);
 
 #[derive(Debug)]
 struct FrameInner {
-    /// The message, whole unless `rest` says what it lacks.
-    message: HostMessage,
-    rest: Rest,
-    /// The whole message, once someone asked for it, when `message` is not.
+    header: Option<Arc<Header>>,
+    /// For a shared Snapshot, with an empty `state_json`.
+    kind: Option<host_message::Kind>,
+    /// A shared Snapshot's `state_json`.
+    state: Option<Arc<str>>,
+    /// The message, once someone asked for it whole.
     whole: OnceLock<HostMessage>,
     encoded: OnceLock<Bytes>,
-}
-
-/// What a frame's `message` lacks.
-#[derive(Debug)]
-enum Rest {
-    /// Nothing.
-    Nothing,
-    /// A shared Snapshot's `state_json`.
-    State(Arc<str>),
-    /// The header, which only the encoding holds ([`HostFrame::encode`]).
-    Header,
-}
-
-/// A header's fields, borrowed: what [`HostFrame::encode`] writes without
-/// building a [`Header`] of copied strings.
-#[derive(Debug, Clone, Copy)]
-pub struct HeaderFields<'a> {
-    /// [`Header::protocol_version`].
-    pub protocol_version: u32,
-    /// [`Header::epoch`].
-    pub epoch: &'a str,
-    /// [`Header::source`].
-    pub source: &'a str,
-    /// [`Header::target`].
-    pub target: &'a str,
-    /// [`Header::capability`].
-    pub capability: &'a str,
-}
-
-impl HeaderFields<'_> {
-    const STRINGS: [u32; 4] = [2, 3, 4, 5];
-
-    fn strings(&self) -> [&str; 4] {
-        [self.epoch, self.source, self.target, self.capability]
-    }
-
-    /// The length of the Header message's own fields, as prost encodes them.
-    fn body_len(&self) -> usize {
-        let version = match self.protocol_version {
-            0 => 0,
-            v => key_len(1) + encoded_len_varint(u64::from(v)),
-        };
-        let strings: usize = Self::STRINGS
-            .iter()
-            .zip(self.strings())
-            .filter(|(_, text)| !text.is_empty())
-            .map(|(tag, text)| key_len(*tag) + encoded_len_varint(text.len() as u64) + text.len())
-            .sum();
-        version + strings
-    }
-
-    /// Writes the Header message's fields (prost's order and rules: fields
-    /// by number, proto3 defaults left out).
-    fn write(&self, out: &mut Vec<u8>) {
-        if self.protocol_version != 0 {
-            encode_key(1, WireType::Varint, out);
-            encode_varint(u64::from(self.protocol_version), out);
-        }
-        for (tag, text) in Self::STRINGS.iter().zip(self.strings()) {
-            if !text.is_empty() {
-                encode_key(*tag, WireType::LengthDelimited, out);
-                encode_varint(text.len() as u64, out);
-                out.put_slice(text.as_bytes());
-            }
-        }
-    }
 }
 
 impl HostFrame {
     /// Wraps a message; nothing is encoded yet.
     pub fn new(message: HostMessage) -> Self {
-        Self(Arc::new(FrameInner {
-            message,
-            rest: Rest::Nothing,
-            whole: OnceLock::new(),
-            encoded: OnceLock::new(),
-        }))
+        Self::from_parts(message.header.map(Arc::new), message.kind, None)
     }
 
-    /// A message of `header` and `kind`, encoded at once, byte for byte as
-    /// prost encodes the same [`HostMessage`], without copying the header's
-    /// strings: the host's patches and results, which every transport but
-    /// an in-process one writes as bytes anyway. The header is decoded
-    /// again only if someone asks for the message itself.
-    pub fn encode(header: HeaderFields<'_>, kind: host_message::Kind) -> Self {
-        let body = header.body_len();
-        let mut out = Vec::with_capacity(
-            key_len(1) + encoded_len_varint(body as u64) + body + kind.encoded_len(),
-        );
-        encode_key(1, WireType::LengthDelimited, &mut out);
-        encode_varint(body as u64, &mut out);
-        header.write(&mut out);
-        kind.encode(&mut out);
-        Self(Arc::new(FrameInner {
-            message: HostMessage {
-                header: None,
-                kind: Some(kind),
-            },
-            rest: Rest::Header,
-            whole: OnceLock::new(),
-            encoded: OnceLock::from(Bytes::from(out)),
-        }))
+    /// A message of `header`, shared with the sender's other frames to the
+    /// same target, and `kind`; nothing is encoded yet.
+    pub fn with_header(header: Arc<Header>, kind: host_message::Kind) -> Self {
+        Self::from_parts(Some(header), Some(kind), None)
     }
 
     /// A Snapshot envelope whose `state_json` is `state`, shared rather than
     /// copied; `snapshot`'s own `state_json` is ignored.
-    pub fn snapshot(header: Header, mut snapshot: Snapshot, state: Arc<str>) -> Self {
+    pub fn snapshot(header: Arc<Header>, mut snapshot: Snapshot, state: Arc<str>) -> Self {
         snapshot.state_json.clear();
+        Self::from_parts(
+            Some(header),
+            Some(host_message::Kind::Snapshot(snapshot)),
+            Some(state),
+        )
+    }
+
+    fn from_parts(
+        header: Option<Arc<Header>>,
+        kind: Option<host_message::Kind>,
+        state: Option<Arc<str>>,
+    ) -> Self {
         Self(Arc::new(FrameInner {
-            message: HostMessage {
-                header: Some(header),
-                kind: Some(host_message::Kind::Snapshot(snapshot)),
-            },
-            rest: Rest::State(state),
+            header,
+            kind,
+            state,
             whole: OnceLock::new(),
             encoded: OnceLock::new(),
         }))
     }
 
-    /// The envelope's header; copies nothing, except that a frame made by
-    /// [`HostFrame::encode`] decodes it on first use.
+    /// The envelope's header, without copying anything.
     pub fn header(&self) -> Option<&Header> {
-        match self.0.rest {
-            Rest::Header => self.message().header.as_ref(),
-            _ => self.0.message.header.as_ref(),
-        }
+        self.0.header.as_deref()
     }
 
-    /// The message itself. A shared Snapshot's frame builds it on first use
-    /// and keeps it, a copy of the view for as long as the frame lives, and
-    /// a frame made by [`HostFrame::encode`] decodes its header, so
-    /// transports use [`HostFrame::header`], [`HostFrame::encoded`] or
-    /// [`HostFrame::into_message`] instead.
-    pub fn message(&self) -> &HostMessage {
-        match &self.0.rest {
-            Rest::Nothing => &self.0.message,
-            rest => self.0.whole.get_or_init(|| self.0.whole_message(rest)),
+    /// The message, read in place: what an in-process client takes,
+    /// copying nothing, a shared Snapshot's text included.
+    pub fn view(&self) -> HostView<'_> {
+        let mut view = HostView::from_parts(self.header(), self.0.kind.as_ref());
+        if let (Some(state), Some(HostKindView::Snapshot(snapshot))) =
+            (&self.0.state, &mut view.kind)
+        {
+            *snapshot = SnapshotView {
+                state_json: state,
+                ..*snapshot
+            };
         }
+        view
+    }
+
+    /// The message itself, built on first use and kept (for a shared
+    /// Snapshot, a copy of the view for as long as the frame lives), so
+    /// transports use [`HostFrame::view`], [`HostFrame::header`],
+    /// [`HostFrame::encoded`] or [`HostFrame::into_message`] instead.
+    pub fn message(&self) -> &HostMessage {
+        self.0.whole.get_or_init(|| self.0.whole_message())
     }
 
     /// The message's kind without copying anything, except that a shared
     /// Snapshot's `state_json` is empty here: for telling what a frame is.
     pub(crate) fn kind_without_state(&self) -> Option<&host_message::Kind> {
-        self.0.message.kind.as_ref()
+        self.0.kind.as_ref()
     }
 
     /// The protobuf encoding of the message, computed on first use and then
@@ -194,54 +128,46 @@ impl HostFrame {
 
     /// The length of [`HostFrame::encoded`], without encoding anything.
     pub fn encoded_len(&self) -> usize {
-        match (self.0.encoded.get(), &self.0.rest) {
-            (Some(bytes), _) => bytes.len(),
-            (None, Rest::State(_)) => self.encoding().len(),
-            (None, _) => self.0.message.encoded_len(),
+        match self.0.encoded.get() {
+            Some(bytes) => bytes.len(),
+            None => self.0.parts_len(),
         }
     }
 
-    /// Whether the frame was made encoded ([`HostFrame::encode`]): handing
-    /// a receiver its bytes then copies nothing, where its message would
-    /// be decoded.
-    pub fn is_born_encoded(&self) -> bool {
-        matches!(self.0.rest, Rest::Header)
-    }
-
     fn encoding(&self) -> &Bytes {
-        self.0.encoded.get_or_init(|| {
-            Bytes::from(match &self.0.rest {
-                Rest::State(state) => encode_snapshot(&self.0.message, state),
-                _ => self.0.message.encode_to_vec(),
-            })
-        })
+        self.0.encoded.get_or_init(|| Bytes::from(self.0.encode()))
     }
 
     /// The message itself, by value: moved out when this is the frame's only
     /// handle (a result or a sync answer, sent to one session), cloned when
     /// other handles share it (a publication, also held by the history). A
-    /// shared Snapshot's text is copied in; a frame made by
-    /// [`HostFrame::encode`] decodes its header.
+    /// shared Snapshot's text is copied in, and a header other frames share
+    /// is copied.
     pub fn into_message(self) -> HostMessage {
         match Arc::try_unwrap(self.0) {
             Ok(FrameInner {
-                mut message,
-                rest,
-                whole,
-                encoded,
-            }) => match (rest, whole.into_inner()) {
-                (Rest::Nothing, _) => message,
-                (_, Some(whole)) => whole,
-                (Rest::State(state), None) => self::whole(&message, &state),
-                (Rest::Header, None) => {
-                    message.header = encoded.get().and_then(|bytes| decode_header(bytes));
-                    message
+                whole: whole_message,
+                header,
+                mut kind,
+                state,
+                ..
+            }) => match whole_message.into_inner() {
+                Some(message) => message,
+                None => {
+                    if let (Some(state), Some(host_message::Kind::Snapshot(snapshot))) =
+                        (state, &mut kind)
+                    {
+                        snapshot.state_json = state.to_string();
+                    }
+                    HostMessage {
+                        header: header.map(|h| Arc::try_unwrap(h).unwrap_or_else(|h| (*h).clone())),
+                        kind,
+                    }
                 }
             },
-            Err(shared) => match (&shared.rest, shared.whole.get()) {
-                (Rest::Nothing, _) => shared.message.clone(),
-                (_, Some(whole)) => whole.clone(),
-                (rest, None) => shared.whole_message(rest),
+            Err(shared) => match shared.whole.get() {
+                Some(message) => message.clone(),
+                None => shared.whole_message(),
             },
         }
     }
@@ -252,103 +178,104 @@ impl HostFrame {
     }
 }
 
-impl FrameInner {
-    /// `message` with what `rest` says it lacks.
-    fn whole_message(&self, rest: &Rest) -> HostMessage {
-        match rest {
-            Rest::Nothing => self.message.clone(),
-            Rest::State(state) => whole(&self.message, state),
-            Rest::Header => HostMessage {
-                header: self.encoded.get().and_then(|bytes| decode_header(bytes)),
-                kind: self.message.kind.clone(),
-            },
-        }
-    }
-}
-
-/// The header that [`HostFrame::encode`] wrote first in `encoded`. Our own
-/// encoding, so it always decodes; if it did not, the frame would read as
-/// headerless rather than fail.
-fn decode_header(mut encoded: &[u8]) -> Option<Header> {
-    let (tag, wire_type) = prost::encoding::decode_key(&mut encoded).ok()?;
-    if tag != 1 || wire_type != WireType::LengthDelimited {
-        return None;
-    }
-    let len = usize::try_from(prost::encoding::decode_varint(&mut encoded).ok()?).ok()?;
-    Header::decode(encoded.get(..len)?).ok()
-}
-
 impl From<HostMessage> for HostFrame {
     fn from(message: HostMessage) -> Self {
         Self::new(message)
     }
 }
 
-/// A shared Snapshot's message with its text filled in.
-fn whole(message: &HostMessage, state: &str) -> HostMessage {
-    let mut whole = message.clone();
-    if let Some(host_message::Kind::Snapshot(snapshot)) = &mut whole.kind {
-        snapshot.state_json = state.to_owned();
+impl FrameInner {
+    fn whole_message(&self) -> HostMessage {
+        let mut kind = self.kind.clone();
+        if let (Some(state), Some(host_message::Kind::Snapshot(snapshot))) =
+            (&self.state, &mut kind)
+        {
+            snapshot.state_json = state.to_string();
+        }
+        HostMessage {
+            header: self.header.as_deref().cloned(),
+            kind,
+        }
     }
-    whole
-}
 
-/// The encoding of `message`, a Snapshot envelope whose `state_json` is
-/// `state`, written without building the message: byte for byte what prost
-/// writes for the whole message (fields in number order, defaults left out).
-fn encode_snapshot(message: &HostMessage, state: &str) -> Vec<u8> {
-    let Some(host_message::Kind::Snapshot(snapshot)) = &message.kind else {
-        return message.encode_to_vec();
-    };
-    // Snapshot: version = 1, state_json = 2, sync_id = 3, reason = 4.
-    let varint = |tag: u32, value: u64| {
-        if value == 0 {
+    fn header_len(&self) -> usize {
+        self.header
+            .as_deref()
+            .map_or(0, |h| prost::encoding::message::encoded_len(1, h))
+    }
+
+    /// The length of a shared Snapshot's `snapshot` field, its text in.
+    fn snapshot_body_len(snapshot: &Snapshot, state: &str) -> usize {
+        let varint = |tag: u32, value: u64| {
+            if value == 0 {
+                0
+            } else {
+                key_len(tag) + encoded_len_varint(value)
+            }
+        };
+        let text = if state.is_empty() {
             0
         } else {
-            key_len(tag) + encoded_len_varint(value)
-        }
-    };
-    // An int32 is written as its sign-extended 64-bit value.
-    let reason = snapshot.reason as i64 as u64;
-    let text = if state.is_empty() {
-        0
-    } else {
-        key_len(2) + encoded_len_varint(state.len() as u64) + state.len()
-    };
-    let body = varint(1, snapshot.version) + text + varint(3, snapshot.sync_id) + varint(4, reason);
-    let header = message.header.as_ref();
-    let header_len = header.map_or(0, |h| {
-        key_len(1) + encoded_len_varint(h.encoded_len() as u64) + h.encoded_len()
-    });
-    let mut out =
-        Vec::with_capacity(header_len + key_len(2) + encoded_len_varint(body as u64) + body);
-    if let Some(header) = header {
-        prost::encoding::message::encode(1, header, &mut out);
+            key_len(2) + encoded_len_varint(state.len() as u64) + state.len()
+        };
+        varint(1, snapshot.version)
+            + text
+            + varint(3, snapshot.sync_id)
+            + varint(4, snapshot.reason as i64 as u64)
     }
-    encode_key(2, WireType::LengthDelimited, &mut out);
-    encode_varint(body as u64, &mut out);
-    let field = |tag: u32, value: u64, out: &mut Vec<u8>| {
-        if value != 0 {
-            encode_key(tag, WireType::Varint, out);
-            encode_varint(value, out);
-        }
-    };
-    field(1, snapshot.version, &mut out);
-    if !state.is_empty() {
-        encode_key(2, WireType::LengthDelimited, &mut out);
-        encode_varint(state.len() as u64, &mut out);
-        out.put_slice(state.as_bytes());
+
+    fn parts_len(&self) -> usize {
+        self.header_len()
+            + match (&self.kind, &self.state) {
+                (Some(host_message::Kind::Snapshot(snapshot)), Some(state)) => {
+                    let body = Self::snapshot_body_len(snapshot, state);
+                    key_len(2) + encoded_len_varint(body as u64) + body
+                }
+                (kind, _) => kind.as_ref().map_or(0, host_message::Kind::encoded_len),
+            }
     }
-    field(3, snapshot.sync_id, &mut out);
-    field(4, reason, &mut out);
-    out
+
+    /// Encodes the parts as prost encodes the whole message, byte for byte,
+    /// without building it: the header from its `Arc`, a shared Snapshot's
+    /// text from its `Arc` (so never copied twice).
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.parts_len());
+        if let Some(header) = self.header.as_deref() {
+            prost::encoding::message::encode(1, header, &mut out);
+        }
+        match (&self.kind, &self.state) {
+            (Some(host_message::Kind::Snapshot(snapshot)), Some(state)) => {
+                let body = Self::snapshot_body_len(snapshot, state);
+                encode_key(2, WireType::LengthDelimited, &mut out);
+                encode_varint(body as u64, &mut out);
+                let field = |tag: u32, value: u64, out: &mut Vec<u8>| {
+                    if value != 0 {
+                        encode_key(tag, WireType::Varint, out);
+                        encode_varint(value, out);
+                    }
+                };
+                field(1, snapshot.version, &mut out);
+                if !state.is_empty() {
+                    encode_key(2, WireType::LengthDelimited, &mut out);
+                    encode_varint(state.len() as u64, &mut out);
+                    out.put_slice(state.as_bytes());
+                }
+                field(3, snapshot.sync_id, &mut out);
+                field(4, snapshot.reason as i64 as u64, &mut out);
+            }
+            (Some(kind), _) => kind.encode(&mut out),
+            (None, _) => {}
+        }
+        out
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+    use prost::Message;
 
-    use super::super::Patch;
+    use super::super::{CallResult, Error, Patch, call_result};
     use super::*;
 
     fn message(patch_json: &str) -> HostMessage {
@@ -375,55 +302,49 @@ mod tests {
         assert_eq!(other.message(), &message("[2]"));
     }
 
-    fn snapshot(version: u64, state: &str, sync_id: u64, reason: i32) -> Snapshot {
-        Snapshot {
-            version,
-            state_json: state.to_owned(),
-            sync_id,
-            reason,
-        }
+    fn number() -> impl Strategy<Value = u64> {
+        prop_oneof![Just(0u64), any::<u64>()]
     }
 
-    proptest! {
-        /// A shared Snapshot reads, takes apart and encodes exactly as the
-        /// same Snapshot built whole, byte for byte.
-        #[test]
-        fn a_shared_snapshot_is_the_snapshot_it_stands_for(
-            version in prop_oneof![Just(0u64), any::<u64>()],
-            state in prop_oneof![Just(String::new()), ".{0,300}"],
-            sync_id in prop_oneof![Just(0u64), any::<u64>()],
-            reason in prop_oneof![Just(0i32), any::<i32>()],
-            epoch in ".{0,40}",
-            target in prop_oneof![Just(String::new()), "[a-z]{1,8}"],
-            headless in any::<bool>(),
-        ) {
-            let header = Header::v1(epoch, "host", target);
-            let whole = HostMessage {
-                header: (!headless).then(|| header.clone()),
-                kind: Some(host_message::Kind::Snapshot(snapshot(version, &state, sync_id, reason))),
-            };
-            let mut frame = HostFrame::snapshot(
-                header,
-                snapshot(version, "ignored", sync_id, reason),
-                Arc::from(state.as_str()),
-            );
-            if headless {
-                let inner = Arc::get_mut(&mut frame.0).expect("one handle");
-                inner.message.header = None;
-            }
-            prop_assert_eq!(&frame.encoded()[..], &whole.encode_to_vec()[..]);
-            prop_assert_eq!(frame.message(), &whole);
-            prop_assert_eq!(frame.clone().into_message(), whole.clone());
-            prop_assert_eq!(frame.into_message(), whole);
-        }
-    }
-
-    fn kind_strategy() -> impl Strategy<Value = host_message::Kind> {
-        use super::super::{CallResult, call_result};
-        let small = || prop_oneof![Just(0u64), any::<u64>()];
-        let text = || prop_oneof![Just(String::new()), ".{0,40}"];
+    fn text(max: usize) -> impl Strategy<Value = String> {
         prop_oneof![
-            (small(), small(), text(), small()).prop_map(
+            Just(String::new()),
+            proptest::string::string_regex(&format!(".{{1,{max}}}")).expect("a regex")
+        ]
+    }
+
+    fn header() -> impl Strategy<Value = Header> {
+        (
+            prop_oneof![Just(0u32), Just(1u32), any::<u32>()],
+            text(40),
+            text(8),
+            text(200),
+            text(16),
+        )
+            .prop_map(
+                |(protocol_version, epoch, source, target, capability)| Header {
+                    protocol_version,
+                    epoch,
+                    source,
+                    target,
+                    capability,
+                },
+            )
+    }
+
+    fn kind() -> impl Strategy<Value = host_message::Kind> {
+        prop_oneof![
+            (number(), number(), text(300), any::<i32>()).prop_map(
+                |(version, sync_id, state_json, reason)| {
+                    host_message::Kind::Snapshot(Snapshot {
+                        version,
+                        state_json,
+                        sync_id,
+                        reason,
+                    })
+                }
+            ),
+            (number(), number(), text(40), number()).prop_map(
                 |(base_version, version, patch_json, sync_id)| {
                     host_message::Kind::Patch(Patch {
                         base_version,
@@ -434,16 +355,16 @@ mod tests {
                 }
             ),
             (
-                small(),
-                small(),
-                proptest::option::of(text()),
+                number(),
+                number(),
+                proptest::option::of(text(40)),
                 any::<i32>(),
-                text()
+                text(40)
             )
                 .prop_map(|(call_id, state_version, value, code, message)| {
                     let outcome = match value {
                         Some(value) => call_result::Outcome::ValueJson(value),
-                        None => call_result::Outcome::Error(super::super::Error {
+                        None => call_result::Outcome::Error(Error {
                             code,
                             message,
                             details_json: String::new(),
@@ -459,45 +380,37 @@ mod tests {
     }
 
     proptest! {
-        /// A frame made encoded encodes byte for byte as prost encodes the
-        /// same message, and reads, measures and takes apart as that
-        /// message, whether or not its handle is shared.
+        /// However a frame was made (from a message, from a shared header,
+        /// as a shared Snapshot), it encodes byte for byte as prost encodes
+        /// the message it stands for, and reads, measures and takes apart as
+        /// that message, whether or not its handle is shared and whatever
+        /// was asked of it first.
         #[test]
-        fn a_frame_made_encoded_is_the_message_it_stands_for(
-            protocol_version in prop_oneof![Just(0u32), Just(1u32), any::<u32>()],
-            epoch in prop_oneof![Just(String::new()), ".{0,40}"],
-            source in prop_oneof![Just(String::new()), "[a-z]{1,8}"],
-            target in prop_oneof![Just(String::new()), ".{1,200}"],
-            capability in prop_oneof![Just(String::new()), "[a-z0-9]{1,16}"],
-            kind in kind_strategy(),
-            ask_first in any::<bool>(),
+        fn a_frame_is_the_message_it_stands_for(
+            header in proptest::option::of(header()),
+            kind in proptest::option::of(kind()),
+            made in 0..3u8,
+            ask_first in 0..3u8,
         ) {
-            let fields = HeaderFields {
-                protocol_version,
-                epoch: &epoch,
-                source: &source,
-                target: &target,
-                capability: &capability,
+            let whole = HostMessage { header: header.clone(), kind: kind.clone() };
+            let frame = match (made, header, kind) {
+                (1, Some(header), Some(kind)) => HostFrame::with_header(Arc::new(header), kind),
+                (2, Some(header), Some(host_message::Kind::Snapshot(mut snapshot))) => {
+                    let state = Arc::from(std::mem::take(&mut snapshot.state_json));
+                    snapshot.state_json = "ignored".to_owned();
+                    HostFrame::snapshot(Arc::new(header), snapshot, state)
+                }
+                (_, header, kind) => HostFrame::new(HostMessage { header, kind }),
             };
-            let whole = HostMessage {
-                header: Some(Header {
-                    protocol_version,
-                    epoch: epoch.clone(),
-                    source: source.clone(),
-                    target: target.clone(),
-                    capability: capability.clone(),
-                }),
-                kind: Some(kind.clone()),
-            };
-            let frame = HostFrame::encode(fields, kind);
-            prop_assert!(frame.is_born_encoded());
+            prop_assert_eq!(frame.view(), HostView::from(&whole));
+            prop_assert_eq!(frame.header(), whole.header.as_ref());
+            match ask_first {
+                0 => prop_assert_eq!(frame.message(), &whole),
+                1 => prop_assert_eq!(frame.encoded_len(), whole.encoded_len()),
+                _ => {}
+            }
             prop_assert_eq!(&frame.encoded()[..], &whole.encode_to_vec()[..]);
             prop_assert_eq!(frame.encoded_len(), whole.encoded_len());
-            prop_assert_eq!(frame.kind_without_state(), whole.kind.as_ref());
-            if ask_first {
-                prop_assert_eq!(frame.header(), whole.header.as_ref());
-                prop_assert_eq!(frame.message(), &whole);
-            }
             prop_assert_eq!(frame.clone().into_message(), whole.clone());
             prop_assert_eq!(frame.into_message(), whole);
         }
@@ -506,12 +419,23 @@ mod tests {
     #[test]
     fn snapshots_of_one_view_share_its_text() {
         let view: Arc<str> = Arc::from("{\"a\":1}");
-        let header = || Header::v1("e", "host", "c");
+        let header = Arc::new(Header::v1("e", "host", "c"));
+        let snapshot = |sync_id| Snapshot {
+            version: 7,
+            state_json: String::new(),
+            sync_id,
+            reason: 2,
+        };
         let frames: Vec<HostFrame> = (1..=3)
-            .map(|sync_id| HostFrame::snapshot(header(), snapshot(7, "", sync_id, 2), view.clone()))
+            .map(|sync_id| HostFrame::snapshot(header.clone(), snapshot(sync_id), view.clone()))
             .collect();
-        // Three answers, one text: the view and each frame's reference.
+        // Three answers, one text and one header: each frame holds a reference.
         assert_eq!(Arc::strong_count(&view), 4);
-        assert!(frames.iter().all(|f| f.header() == Some(&header())));
+        assert_eq!(Arc::strong_count(&header), 4);
+        // Read in place, every answer is the view itself, not a copy.
+        assert!(frames.iter().all(|f| matches!(
+            f.view().kind,
+            Some(HostKindView::Snapshot(s)) if std::ptr::eq(s.state_json, &*view)
+        )));
     }
 }

@@ -12,7 +12,7 @@ pub use generated::*;
 
 mod frame;
 pub mod view;
-pub use frame::{HeaderFields, HostFrame};
+pub use frame::HostFrame;
 
 /// The protocol major version this crate implements.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -568,9 +568,16 @@ impl<'a> From<&'a CallResult> for ResultView<'a> {
 
 impl<'a> From<&'a HostMessage> for HostView<'a> {
     fn from(m: &'a HostMessage) -> Self {
+        Self::from_parts(m.header.as_ref(), m.kind.as_ref())
+    }
+}
+
+impl<'a> HostView<'a> {
+    /// The view of a message with this header and kind, borrowed.
+    pub fn from_parts(header: Option<&'a Header>, kind: Option<&'a host_message::Kind>) -> Self {
         Self {
-            header: m.header.as_ref().map(HeaderView::from),
-            kind: m.kind.as_ref().map(|kind| match kind {
+            header: header.map(HeaderView::from),
+            kind: kind.map(|kind| match kind {
                 host_message::Kind::Snapshot(s) => HostKindView::Snapshot(SnapshotView {
                     version: s.version,
                     state_json: &s.state_json,
