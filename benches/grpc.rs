@@ -18,7 +18,7 @@
 //! "≥ 0.5× the echo's messages per second" is a time per call of at most
 //! 3× the echo's.
 //!
-//! Between the two, one in flight, four rows split a call's cost:
+//! Between the two, one in flight, five rows split a call's cost:
 //!
 //! - `echo_patch`: the bare server answering each call envelope with a
 //!   patch-sized and a result-sized message (a call's three messages, no
@@ -37,6 +37,10 @@
 //! - `host_raw`: the bare client against a real `GrpcServer` serving the
 //!   demo host, synced once, then calling and reading up to each result
 //!   (patch, then result): the whole server side, without the `Client`.
+//! - `client_inline`: a `ClientCore` driven by the measuring task itself
+//!   over the link a `Client` uses (`GrpcConnector`) to the same server:
+//!   the protocol's client side with no driver task, channel or lock of its
+//!   own. What the `Client` adds is the gap between this row and `call`.
 //!
 //! Servers and clients share one process and one runtime: two workers (the
 //! machine's cores) for the rows above, and again every row on one
@@ -62,6 +66,7 @@ use cosystem_worker::client::{Client, ClientConfig, ClientCore, ClientEvent};
 use cosystem_worker::demo;
 use cosystem_worker::host::{Host, HostConfig, HostCore, PeerOptions, SyncMode};
 use cosystem_worker::transport::grpc::{GrpcConnector, GrpcServer};
+use cosystem_worker::transport::{ClientLink, Connector, HostInput};
 use cosystem_worker::wire::host_service_client::HostServiceClient;
 use cosystem_worker::wire::host_service_server::{HostService, HostServiceServer};
 use cosystem_worker::wire::{
@@ -69,7 +74,7 @@ use cosystem_worker::wire::{
     host_message,
 };
 use criterion::{BenchmarkId, Criterion};
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
@@ -534,6 +539,70 @@ fn run_servers() {
     let _ = std::io::stdin().lock().lines().count();
 }
 
+/// A `ClientCore` driven by the measuring task itself over the link a
+/// `Client` would use (`GrpcConnector`): a client with no driver task, no
+/// channels and no locks of its own, to show what the `Client` adds beyond
+/// its core.
+#[derive(Clone)]
+struct InlineClient(Arc<Mutex<(ClientCore, ClientLink)>>);
+
+impl InlineClient {
+    /// A synced inline client of the host server at `url`.
+    fn connect(rt: &Runtime, url: &str) -> Self {
+        rt.block_on(async {
+            let connector = GrpcConnector::new(url.to_owned()).expect("url");
+            let mut link = connector.connect().await.expect("a link");
+            let mut core = ClientCore::new(ClientConfig::default(), Instant::now());
+            let sync = core.poll_transmit().expect("the initial sync");
+            link.sink.send(sync).await.expect("the sync is sent");
+            while !Self::take(&mut core, &mut link)
+                .await
+                .iter()
+                .any(|e| matches!(e, ClientEvent::Ready { .. }))
+            {}
+            Self(Arc::new(Mutex::new((core, link))))
+        })
+    }
+
+    /// Hands the core the link's next envelope; the events that follow.
+    async fn take(core: &mut ClientCore, link: &mut ClientLink) -> Vec<ClientEvent> {
+        let input = link
+            .stream
+            .next()
+            .await
+            .expect("open")
+            .expect("an envelope");
+        // As the Client takes it: bytes read in place.
+        match input {
+            HostInput::Encoded(bytes) => core
+                .handle_bytes(Instant::now(), &bytes)
+                .expect("a HostMessage"),
+            other => core.handle_message(Instant::now(), other.into_message().expect("decoded")),
+        }
+        std::iter::from_fn(|| core.poll_event()).collect()
+    }
+
+    /// `n` calls one at a time, each until it settles.
+    async fn run(self, n: u64) -> Duration {
+        let mut guard = self.0.lock().await;
+        let (core, link) = &mut *guard;
+        let args = [serde_json::json!(1)];
+        let started = Instant::now();
+        for _ in 0..n {
+            core.call("counter", "increase", &args, None)
+                .expect("a call");
+            let call = core.poll_transmit().expect("the call");
+            link.sink.send(call).await.expect("the call is sent");
+            while !Self::take(core, link)
+                .await
+                .iter()
+                .any(|e| matches!(e, ClientEvent::Settled { outcome: Ok(_), .. }))
+            {}
+        }
+        started.elapsed()
+    }
+}
+
 /// A synced `Client` of the host server at `url`.
 fn grpc_client(rt: &Runtime, url: String) -> Client {
     rt.block_on(async {
@@ -622,6 +691,25 @@ fn measure(c: &mut Criterion, summary: &mut Summary, flavour: Flavour, cores: &C
             &flavour.note(note),
         );
     }
+    let inline = &InlineClient::connect(rt, &host_server(rt));
+    let one = flavour.shape("one");
+    let name = format!("{SUITE}/client_inline/{one}");
+    let base = move |n| timed(rt, echo.clone().run(n, 1));
+    let subject = move |n| timed(rt, inline.clone().run(n));
+    group.bench_function(BenchmarkId::new("client_inline", &one), |b| {
+        b.iter_custom(subject)
+    });
+    let interleaved = interleaved_ratio_of(&name, base, subject);
+    summary.time(
+        &name,
+        Some(&format!("{SUITE}/echo/{one}")),
+        interleaved,
+        None,
+        None,
+        &flavour.note(
+            "counter.increase(1) from a ClientCore driven by the measuring task itself over the link a Client uses (GrpcConnector), with no driver task: what the Client adds is the gap between this row and `call`",
+        ),
+    );
     call_rows(&mut group, summary, rt, echo, client, |shape, note| {
         (flavour.shape(shape), flavour.note(note))
     });
