@@ -310,7 +310,7 @@ impl Sim {
                 let c = &self.clients[client].core;
                 self.trace.losses.push(Loss {
                     client,
-                    message: frame.message().clone(),
+                    message: frame.into_message(),
                     version_at_loss: c.version(),
                     syncing_at_loss: c.is_syncing(),
                     next_delivery: self.trace.deliveries.len(),
@@ -342,12 +342,15 @@ impl Sim {
             let version_before = c.core.version();
             let syncing_before = c.core.is_syncing();
             let now = self.t0 + self.elapsed;
-            c.core.handle_message(now, frame.message().clone());
+            // Taken apart rather than read with `message()`, which would
+            // keep a whole copy in a frame the host's history still holds.
+            let message = frame.into_message();
+            c.core.handle_message(now, message.clone());
             let version_after = c.core.version();
             let events = self.drain_events(client);
             self.trace.deliveries.push(Delivery {
                 client,
-                message: frame.message().clone(),
+                message,
                 version_before,
                 syncing_before,
                 events,

@@ -3,8 +3,8 @@
 //! A transport is a pair of halves in the shape of a sink and a stream:
 //!
 //! - a client holds a [`ClientLink`]: it sends [`ClientMessage`]s and receives
-//!   [`HostMessage`]s, decoded or as their bytes ([`HostInput`]), which the
-//!   client reads in place; a [`Connector`] makes (and remakes) links, so the
+//!   [`HostMessage`]s as their bytes or as the host's own frames
+//!   ([`HostInput`]), which the client reads in place, or decoded; a [`Connector`] makes (and remakes) links, so the
 //!   client can reconnect after a failure;
 //! - a host serves one [`HostLink`] per client session: it receives
 //!   [`ClientMessage`]s and sends shared [`HostFrame`]s, so byte transports
@@ -164,7 +164,8 @@ pub struct ClientLink {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum HostInput {
-    /// A decoded message, as in-process links pass them.
+    /// A decoded message, as a custom link may pass them (the built-in
+    /// in-process links pass [`HostInput::Frame`]).
     Message(HostMessage),
     /// The encoding of one `HostMessage`, which the client reads in place
     /// ([`ClientCore::handle_bytes`](crate::client::ClientCore::handle_bytes)):

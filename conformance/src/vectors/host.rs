@@ -421,11 +421,12 @@ pub fn run(case: &HostCase) -> Result<(), Failure> {
                         "the private secret token was sent to session {label}"
                     )));
                 }
-                session.receive(frame.message());
+                let message = frame.into_message();
+                session.receive(&message);
                 if let Some((v, view)) = &session.mirror {
                     views.entry(*v).or_insert_with(|| view.clone());
                 }
-                got.push(host_message_to_json(frame.message()));
+                got.push(host_message_to_json(&message));
             }
             let want = step.expect.sent.get(label).map_or(&[][..], Vec::as_slice);
             match_list("envelopes", want, &got, &mut vars)
