@@ -173,6 +173,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_client_gets_the_hosts_frame_itself_not_a_copy() {
+        use futures::StreamExt;
+
+        use crate::wire::{Header, HostMessage, Patch, host_message};
+
+        let (mut host, connector) = pair();
+        let mut client = connector.connect().await.unwrap();
+        let frame = HostFrame::new(HostMessage {
+            header: Some(Header::v1("e", "host", "")),
+            kind: Some(host_message::Kind::Patch(Patch {
+                base_version: 1,
+                version: 2,
+                patch_json: "[]".to_owned(),
+                sync_id: 0,
+            })),
+        });
+        host.sink.send(frame.clone()).await.unwrap();
+        match client.stream.next().await {
+            Some(Ok(HostInput::Frame(got))) => assert!(HostFrame::ptr_eq(&got, &frame)),
+            other => panic!("expected the frame itself, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
     async fn a_sink_waiting_on_a_full_channel_fails_closed_when_the_receiver_goes() {
         let (tx, rx) = mpsc::channel::<u32>(1);
         let mut sink = ChannelSink::new(tx);
