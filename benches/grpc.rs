@@ -676,29 +676,45 @@ fn measure(c: &mut Criterion, summary: &mut Summary, flavour: Flavour, cores: &C
         ),
     ] {
         let raw = &raw;
-        let base = move |n| timed(rt, echo.clone().run(n, 1));
         let subject = move |n| timed(rt, raw.clone().run_to_results(n));
-        let one = flavour.shape("one");
-        group.bench_function(BenchmarkId::new(row, &one), |b| b.iter_custom(subject));
-        let name = format!("{SUITE}/{row}/{one}");
-        let interleaved = interleaved_ratio_of(&name, base, subject);
-        summary.time(
-            &name,
-            Some(&format!("{SUITE}/echo/{one}")),
-            interleaved,
-            None,
-            None,
-            &flavour.note(note),
-        );
+        one_in_flight_row(&mut group, summary, rt, echo, flavour, row, note, subject);
     }
     let inline = &InlineClient::connect(rt, &host_server(rt));
-    let one = flavour.shape("one");
-    let name = format!("{SUITE}/client_inline/{one}");
-    let base = move |n| timed(rt, echo.clone().run(n, 1));
     let subject = move |n| timed(rt, inline.clone().run(n));
-    group.bench_function(BenchmarkId::new("client_inline", &one), |b| {
-        b.iter_custom(subject)
+    let note = "counter.increase(1) from a ClientCore driven by the measuring task itself over the link a Client uses (GrpcConnector), with no driver task: what the Client adds is the gap between this row and `call`";
+    one_in_flight_row(
+        &mut group,
+        summary,
+        rt,
+        echo,
+        flavour,
+        "client_inline",
+        note,
+        subject,
+    );
+    call_rows(&mut group, summary, rt, echo, client, |shape, note| {
+        (flavour.shape(shape), flavour.note(note))
     });
+    group.finish();
+}
+
+/// One row of `subject`, one in flight, against the echo one at a time,
+/// with its interleaved ratio recorded.
+#[allow(clippy::too_many_arguments)]
+fn one_in_flight_row(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    summary: &mut Summary,
+    rt: &Runtime,
+    echo: &RawClient,
+    flavour: Flavour,
+    row: &str,
+    note: &str,
+    subject: impl Fn(u64) -> Duration + Copy,
+) {
+    let base = move |n| timed(rt, echo.clone().run(n, 1));
+    let one = flavour.shape("one");
+    group.bench_function(BenchmarkId::new(row, &one), |b| b.iter_custom(subject));
+    let name = format!("{SUITE}/{row}/{one}");
     let interleaved = interleaved_ratio_of(&name, base, subject);
     summary.time(
         &name,
@@ -706,14 +722,8 @@ fn measure(c: &mut Criterion, summary: &mut Summary, flavour: Flavour, cores: &C
         interleaved,
         None,
         None,
-        &flavour.note(
-            "counter.increase(1) from a ClientCore driven by the measuring task itself over the link a Client uses (GrpcConnector), with no driver task: what the Client adds is the gap between this row and `call`",
-        ),
+        &flavour.note(note),
     );
-    call_rows(&mut group, summary, rt, echo, client, |shape, note| {
-        (flavour.shape(shape), flavour.note(note))
-    });
-    group.finish();
 }
 
 /// The `…_process` rows: both servers in a child process, the clients here

@@ -275,7 +275,7 @@ mod tests {
     use proptest::prelude::*;
     use prost::Message;
 
-    use super::super::{CallResult, Error, Patch, call_result};
+    use super::super::Patch;
     use super::*;
 
     fn message(patch_json: &str) -> HostMessage {
@@ -302,83 +302,6 @@ mod tests {
         assert_eq!(other.message(), &message("[2]"));
     }
 
-    fn number() -> impl Strategy<Value = u64> {
-        prop_oneof![Just(0u64), any::<u64>()]
-    }
-
-    fn text(max: usize) -> impl Strategy<Value = String> {
-        prop_oneof![
-            Just(String::new()),
-            proptest::string::string_regex(&format!(".{{1,{max}}}")).expect("a regex")
-        ]
-    }
-
-    fn header() -> impl Strategy<Value = Header> {
-        (
-            prop_oneof![Just(0u32), Just(1u32), any::<u32>()],
-            text(40),
-            text(8),
-            text(200),
-            text(16),
-        )
-            .prop_map(
-                |(protocol_version, epoch, source, target, capability)| Header {
-                    protocol_version,
-                    epoch,
-                    source,
-                    target,
-                    capability,
-                },
-            )
-    }
-
-    fn kind() -> impl Strategy<Value = host_message::Kind> {
-        prop_oneof![
-            (number(), number(), text(300), any::<i32>()).prop_map(
-                |(version, sync_id, state_json, reason)| {
-                    host_message::Kind::Snapshot(Snapshot {
-                        version,
-                        state_json,
-                        sync_id,
-                        reason,
-                    })
-                }
-            ),
-            (number(), number(), text(40), number()).prop_map(
-                |(base_version, version, patch_json, sync_id)| {
-                    host_message::Kind::Patch(Patch {
-                        base_version,
-                        version,
-                        patch_json,
-                        sync_id,
-                    })
-                }
-            ),
-            (
-                number(),
-                number(),
-                proptest::option::of(text(40)),
-                any::<i32>(),
-                text(40)
-            )
-                .prop_map(|(call_id, state_version, value, code, message)| {
-                    let outcome = match value {
-                        Some(value) => call_result::Outcome::ValueJson(value),
-                        None => call_result::Outcome::Error(Error {
-                            code,
-                            message,
-                            details_json: String::new(),
-                        }),
-                    };
-                    host_message::Kind::Result(CallResult {
-                        call_id,
-                        state_version,
-                        outcome: Some(outcome),
-                    })
-                }),
-        ]
-    }
-
     proptest! {
         /// However a frame was made (from a message, from a shared header,
         /// as a shared Snapshot), it encodes byte for byte as prost encodes
@@ -387,12 +310,11 @@ mod tests {
         /// was asked of it first.
         #[test]
         fn a_frame_is_the_message_it_stands_for(
-            header in proptest::option::of(header()),
-            kind in proptest::option::of(kind()),
+            whole in super::super::view::tests::host_message(),
             made in 0..3u8,
             ask_first in 0..3u8,
         ) {
-            let whole = HostMessage { header: header.clone(), kind: kind.clone() };
+            let (header, kind) = (whole.header.clone(), whole.kind.clone());
             let frame = match (made, header, kind) {
                 (1, Some(header), Some(kind)) => HostFrame::with_header(Arc::new(header), kind),
                 (2, Some(header), Some(host_message::Kind::Snapshot(mut snapshot))) => {

@@ -597,4 +597,4 @@ impl<'a> HostView<'a> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;
