@@ -339,9 +339,9 @@ struct Headers {
 }
 
 impl Headers {
-    fn new(broadcast: &Header) -> Self {
+    fn new(broadcast: Header) -> Self {
         Self {
-            broadcast: Arc::new(broadcast.clone()),
+            broadcast: Arc::new(broadcast),
             addressed: None,
         }
     }
@@ -452,13 +452,13 @@ impl HostCore {
             config.limits.history_bytes,
         );
         let method_times = MethodTimes::new(&modules);
-        let epoch_header = Header {
+        let headers = Headers::new(Header {
             protocol_version: PROTOCOL_VERSION,
             epoch: epoch.clone(),
             source: config.peer_id.clone(),
             target: String::new(),
             capability: config.capability.clone(),
-        };
+        });
         let mut host = Self {
             config,
             epoch,
@@ -473,7 +473,7 @@ impl HostCore {
             live_snapshot: None,
             view_cache: None,
             bookmark: None,
-            headers: Headers::new(&epoch_header),
+            headers,
             events: VecDeque::new(),
             record_calls: false,
             stats: Counters::default(),

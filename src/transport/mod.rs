@@ -3,9 +3,9 @@
 //! A transport is a pair of halves in the shape of a sink and a stream:
 //!
 //! - a client holds a [`ClientLink`]: it sends [`ClientMessage`]s and receives
-//!   [`HostMessage`]s as their bytes or as the host's own frames
-//!   ([`HostInput`]), which the client reads in place, or decoded; a [`Connector`] makes (and remakes) links, so the
-//!   client can reconnect after a failure;
+//!   [`HostMessage`]s as their bytes or as the host's own frames, which the
+//!   client reads in place, or decoded ([`HostInput`]); a [`Connector`] makes
+//!   (and remakes) links, so the client can reconnect after a failure;
 //! - a host serves one [`HostLink`] per client session: it receives
 //!   [`ClientMessage`]s and sends shared [`HostFrame`]s, so byte transports
 //!   write a publication's encoding once for all sessions.

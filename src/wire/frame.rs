@@ -154,11 +154,7 @@ impl HostFrame {
             }) => match whole_message.into_inner() {
                 Some(message) => message,
                 None => {
-                    if let (Some(state), Some(host_message::Kind::Snapshot(snapshot))) =
-                        (state, &mut kind)
-                    {
-                        snapshot.state_json = state.to_string();
-                    }
+                    fill_state(&mut kind, state.as_deref());
                     HostMessage {
                         header: header.map(|h| Arc::try_unwrap(h).unwrap_or_else(|h| (*h).clone())),
                         kind,
@@ -184,14 +180,17 @@ impl From<HostMessage> for HostFrame {
     }
 }
 
+/// Puts a shared Snapshot's text back into its kind.
+fn fill_state(kind: &mut Option<host_message::Kind>, state: Option<&str>) {
+    if let (Some(state), Some(host_message::Kind::Snapshot(snapshot))) = (state, kind) {
+        snapshot.state_json = state.to_owned();
+    }
+}
+
 impl FrameInner {
     fn whole_message(&self) -> HostMessage {
         let mut kind = self.kind.clone();
-        if let (Some(state), Some(host_message::Kind::Snapshot(snapshot))) =
-            (&self.state, &mut kind)
-        {
-            snapshot.state_json = state.to_string();
-        }
+        fill_state(&mut kind, self.state.as_deref());
         HostMessage {
             header: self.header.as_deref().cloned(),
             kind,
