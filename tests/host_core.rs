@@ -2207,3 +2207,57 @@ fn a_reply_only_session_is_answered_at_the_version_of_its_request() {
     assert_eq!(out.len(), 1);
     assert_eq!(snapshot_of(&out[0]).map(|s| s.version), Some(1));
 }
+
+fn from_source(source: &str, kind: client_message::Kind) -> ClientMessage {
+    ClientMessage {
+        header: Some(Header::v1(EPOCH, source, HOST)),
+        kind: Some(kind),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The host shares the headers of its frames between frames, per target
+    /// and per session. Whatever sources two sessions use, in whatever
+    /// order, each answer is addressed to the source of its request and
+    /// each publication to nobody, always from the host in its epoch.
+    #[test]
+    fn every_frame_is_addressed_to_its_requests_source_however_sessions_interleave(
+        mode in prop_oneof![Just(SyncMode::Patch), Just(SyncMode::Snapshot)],
+        steps in prop::collection::vec((0..2usize, 0..3usize, any::<bool>(), 0..4u64), 1..40),
+    ) {
+        let sources = ["alice", "bob", ""];
+        let mut h = demo_host(mode);
+        let peers = [attach(&mut h, "one"), attach(&mut h, "two")];
+        let mut call_id = 0;
+        for (session, source, is_call, have) in steps {
+            let (peer, source) = (peers[session], sources[source]);
+            let kind = if is_call {
+                call_id += 1;
+                client_message::Kind::Call(Call {
+                    call_id,
+                    module: "counter".to_owned(),
+                    method: "increase".to_owned(),
+                    args_json: "[1]".to_owned(),
+                })
+            } else {
+                client_message::Kind::SyncRequest(common::sync_request(call_id + 100, have))
+            };
+            h.handle_message(peer, from_source(source, kind)).unwrap();
+            for (i, &other) in peers.iter().enumerate() {
+                for frame in frames(&mut h, other) {
+                    let header = frame.message().header.clone().unwrap();
+                    prop_assert_eq!(&header.epoch, EPOCH);
+                    prop_assert_eq!(&header.source, HOST);
+                    let answer = result_of(&frame).is_some()
+                        || snapshot_of(&frame).is_some_and(|s| s.sync_id != 0)
+                        || patch_of(&frame).is_some_and(|p| p.sync_id != 0);
+                    let want = if answer && i == session { source } else { "" };
+                    prop_assert_eq!(&header.target, want, "{:?}", frame.message());
+                    prop_assert_eq!(frame.header(), Some(&header));
+                }
+            }
+        }
+    }
+}

@@ -275,6 +275,9 @@ struct Peer {
     /// latest envelope (results and sync answers use their request's own).
     /// Shared, as every call's [`Caller::peer_id`] is this.
     reply_to: Arc<str>,
+    /// The header of the frames last addressed to this session
+    /// ([`HostCore::addressed`]).
+    header: Option<Arc<Header>>,
     /// Who the session's transport authenticated, if anyone said.
     principal: Option<Arc<str>>,
 }
@@ -312,7 +315,10 @@ pub struct HostCore {
     /// Shared by every Snapshot of that version (`HostFrame::snapshot`).
     view_cache: Option<(u64, Arc<str>)>,
     bookmark: Option<(u64, HostFrame)>,
-    headers: Headers,
+    /// The header of publications (no target), made once and shared by
+    /// every frame that has it: every call makes two frames, so copying the
+    /// epoch and peer ids into each was a measurable share of its cost.
+    broadcast_header: Arc<Header>,
     events: VecDeque<HostEvent>,
     /// Whether answered calls are reported as events.
     record_calls: bool,
@@ -326,25 +332,6 @@ pub struct HostCore {
     method_timing: bool,
     /// The declared method the latest input ran, until the driver takes it.
     last_run: Option<MethodRun>,
-}
-
-/// The headers of the frames a host sends, made once and shared.
-#[derive(Debug)]
-struct Headers {
-    /// For publications, which have no target.
-    broadcast: Arc<Header>,
-    /// The last one made for a target: a session's results go to its peer,
-    /// call after call.
-    addressed: Option<Arc<Header>>,
-}
-
-impl Headers {
-    fn new(broadcast: Header) -> Self {
-        Self {
-            broadcast: Arc::new(broadcast),
-            addressed: None,
-        }
-    }
 }
 
 impl std::fmt::Debug for HostCore {
@@ -452,7 +439,7 @@ impl HostCore {
             config.limits.history_bytes,
         );
         let method_times = MethodTimes::new(&modules);
-        let headers = Headers::new(Header {
+        let broadcast_header = Arc::new(Header {
             protocol_version: PROTOCOL_VERSION,
             epoch: epoch.clone(),
             source: config.peer_id.clone(),
@@ -473,7 +460,7 @@ impl HostCore {
             live_snapshot: None,
             view_cache: None,
             bookmark: None,
-            headers,
+            broadcast_header,
             events: VecDeque::new(),
             record_calls: false,
             stats: Counters::default(),
@@ -589,6 +576,7 @@ impl HostCore {
             key,
             Peer {
                 reply_to: Arc::from(""),
+                header: None,
                 principal: None,
                 options,
                 attached: false,
@@ -700,33 +688,35 @@ impl HostCore {
         }
     }
 
-    /// The header of a frame to `target` (none: every client), shared
-    /// with the other frames to it: every call makes two frames, so copying
-    /// the epoch and peer ids into each was a measurable share of its cost.
-    fn header(&mut self, target: &str) -> Arc<Header> {
+    /// The header of a frame for `peer`'s session addressed to `target`
+    /// (none: the publications' header), kept with the session while its
+    /// peer keeps that source, as it does call after call.
+    fn addressed(&mut self, peer: PeerKey, target: &str) -> Arc<Header> {
         if target.is_empty() {
-            return self.headers.broadcast.clone();
+            return self.broadcast_header.clone();
         }
-        match &self.headers.addressed {
-            Some(header) if header.target == target => header.clone(),
-            _ => {
-                let header = Arc::new(Header {
-                    target: target.to_owned(),
-                    ..Header::clone(&self.headers.broadcast)
-                });
-                self.headers.addressed = Some(header.clone());
-                header
-            }
+        let cached = self.peers.get(&peer).and_then(|p| p.header.as_ref());
+        if let Some(header) = cached.filter(|h| h.target == target) {
+            return header.clone();
         }
-    }
-
-    fn frame(&mut self, target: &str, kind: host_message::Kind) -> HostFrame {
-        HostFrame::with_header(self.header(target), kind)
+        let header = Arc::new(Header {
+            target: target.to_owned(),
+            ..Header::clone(&self.broadcast_header)
+        });
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.header = Some(header.clone());
+        }
+        header
     }
 
     /// A Snapshot of the current version, sharing the view's text with
     /// every other Snapshot of that version.
-    fn snapshot_frame(&mut self, target: &str, sync_id: u64, reason: SnapshotReason) -> HostFrame {
+    fn snapshot_frame(
+        &mut self,
+        header: Arc<Header>,
+        sync_id: u64,
+        reason: SnapshotReason,
+    ) -> HostFrame {
         let snapshot = Snapshot {
             version: self.version,
             state_json: String::new(),
@@ -734,7 +724,7 @@ impl HostCore {
             reason: reason as i32,
         };
         let view = self.shared_view();
-        HostFrame::snapshot(self.header(target), snapshot, view)
+        HostFrame::snapshot(header, snapshot, view)
     }
 
     /// Answers a Call; `oversize` is its envelope's size when that is over
@@ -889,7 +879,10 @@ impl HostCore {
                 version: gate,
             }));
         }
-        let frame = self.frame(header.source, host_message::Kind::Result(result));
+        let frame = HostFrame::with_header(
+            self.addressed(peer, header.source),
+            host_message::Kind::Result(result),
+        );
         let bytes = frame.encoded_len();
         if let Some(p) = self.peers.get_mut(&peer) {
             p.direct.push_back(Direct::Result { gate, frame, bytes });
@@ -1183,8 +1176,8 @@ impl HostCore {
             // The frame's patch is the entry's operations: stored once.
             SyncMode::Patch => Entry::published(
                 version,
-                self.frame(
-                    "",
+                HostFrame::with_header(
+                    self.broadcast_header.clone(),
                     host_message::Kind::Patch(Patch {
                         base_version: version - 1,
                         version,
@@ -1218,7 +1211,7 @@ impl HostCore {
             .get(&peer)
             .is_some_and(|p| !p.options.publications);
         let reply = if reply_only {
-            Direct::Built(self.sync_reply(header.source, request.sync_id, have_version))
+            Direct::Built(self.sync_reply(peer, header.source, request.sync_id, have_version))
         } else {
             Direct::Sync {
                 target: header.source.to_owned(),
@@ -1252,7 +1245,13 @@ impl HostCore {
     /// The answer to a SyncRequest, at the current version (H2): a resume
     /// Patch from `have_version` if it is not 0, every version since is in
     /// the history window and the Patch fits one message; else a Snapshot.
-    fn sync_reply(&mut self, target: &str, sync_id: u64, have_version: u64) -> HostFrame {
+    fn sync_reply(
+        &mut self,
+        peer: PeerKey,
+        target: &str,
+        sync_id: u64,
+        have_version: u64,
+    ) -> HostFrame {
         // A resume Patch larger than one message would end the session it
         // is for, and the next resume would too: a Snapshot always fits (§15).
         let ops = (have_version > 0)
@@ -1269,9 +1268,15 @@ impl HostCore {
                     patch_json: format!("[{ops}]"),
                     sync_id,
                 };
-                self.frame(target, host_message::Kind::Patch(patch))
+                HostFrame::with_header(
+                    self.addressed(peer, target),
+                    host_message::Kind::Patch(patch),
+                )
             }
-            None => self.snapshot_frame(target, sync_id, SnapshotReason::Sync),
+            None => {
+                let header = self.addressed(peer, target);
+                self.snapshot_frame(header, sync_id, SnapshotReason::Sync)
+            }
         }
     }
 
@@ -1295,8 +1300,8 @@ impl HostCore {
         {
             return frame.clone();
         }
-        let frame = self.frame(
-            "",
+        let frame = HostFrame::with_header(
+            self.broadcast_header.clone(),
             host_message::Kind::Patch(Patch {
                 base_version: self.version,
                 version: self.version,
@@ -1312,7 +1317,7 @@ impl HostCore {
         if let Some(frame) = &self.live_snapshot {
             return frame.clone();
         }
-        let frame = self.snapshot_frame("", 0, SnapshotReason::Commit);
+        let frame = self.snapshot_frame(self.broadcast_header.clone(), 0, SnapshotReason::Commit);
         self.live_snapshot = Some(frame.clone());
         frame
     }
@@ -1364,7 +1369,7 @@ impl HostCore {
                     // handled (this reply was ahead of every publication), so
                     // it may cover the versions committed meanwhile too.
                     p.cursor = version;
-                    return Some(self.sync_reply(&target, sync_id, have_version));
+                    return Some(self.sync_reply(peer, &target, sync_id, have_version));
                 }
             }
         }
@@ -1380,7 +1385,8 @@ impl HostCore {
                 }
                 let target = p.reply_to.clone();
                 p.cursor = version;
-                return Some(self.snapshot_frame(&target, 0, SnapshotReason::Overflow));
+                let header = self.addressed(peer, &target);
+                return Some(self.snapshot_frame(header, 0, SnapshotReason::Overflow));
             }
             p.cursor = version;
             return Some(self.live_snapshot_frame());
