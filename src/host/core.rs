@@ -1523,46 +1523,12 @@ mod tests {
     use proptest::prelude::*;
     use prost::Message;
 
-    fn arb_envelope() -> impl Strategy<Value = ClientMessage> {
-        let text = || ".{0,40}";
-        let header = proptest::option::of((any::<u32>(), text(), text(), text(), text()).prop_map(
-            |(protocol_version, epoch, source, target, capability)| Header {
-                protocol_version,
-                epoch,
-                source,
-                target,
-                capability,
-            },
-        ));
-        let call = (any::<u64>(), text(), text(), text()).prop_map(
-            |(call_id, module, method, args_json)| {
-                client_message::Kind::Call(Call {
-                    call_id,
-                    module,
-                    method,
-                    args_json,
-                })
-            },
-        );
-        let sync = (any::<u64>(), any::<u64>(), any::<i32>()).prop_map(
-            |(sync_id, have_version, reason)| {
-                client_message::Kind::SyncRequest(SyncRequest {
-                    sync_id,
-                    have_version,
-                    reason,
-                })
-            },
-        );
-        let kind = proptest::option::of(prop_oneof![call, sync]);
-        (header, kind).prop_map(|(header, kind)| ClientMessage { header, kind })
-    }
-
     proptest! {
         /// The cheap bound never lets an envelope over the limit through,
         /// and is exact whenever it measures.
         #[test]
         fn size_near_limit_never_misses_an_envelope_over_the_limit(
-            message in arb_envelope(),
+            message in crate::wire::view::tests::client_message(),
             limit in 0usize..400,
         ) {
             let exact = message.encoded_len();

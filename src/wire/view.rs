@@ -597,4 +597,4 @@ impl<'a> HostView<'a> {
 }
 
 #[cfg(test)]
-pub(super) mod tests;
+pub(crate) mod tests;

@@ -23,7 +23,8 @@ fn header() -> impl Strategy<Value = Option<Header>> {
     ))
 }
 
-fn client_message() -> impl Strategy<Value = ClientMessage> {
+/// Any client envelope: also what the host's size bound is held to.
+pub(crate) fn client_message() -> impl Strategy<Value = ClientMessage> {
     let call =
         (any::<u64>(), text(), text(), text()).prop_map(|(call_id, module, method, args_json)| {
             client_message::Kind::Call(Call {
@@ -51,7 +52,7 @@ fn number() -> impl Strategy<Value = u64> {
 }
 
 /// Any host envelope: also what the frame tests hold frames to.
-pub(in crate::wire) fn host_message() -> impl Strategy<Value = HostMessage> {
+pub(crate) fn host_message() -> impl Strategy<Value = HostMessage> {
     let snapshot = (number(), text(), number(), any::<i32>()).prop_map(
         |(version, state_json, sync_id, reason)| {
             host_message::Kind::Snapshot(Snapshot {
