@@ -5,6 +5,7 @@
 
 mod apply;
 mod call;
+mod canonical;
 mod connection;
 mod core;
 mod driver;

@@ -26,6 +26,14 @@ use super::equality::json_eq;
 /// Parses a JSON array of operations. Accepts exactly what deserialising a
 /// `json_patch::Patch` accepts and gives the same operations.
 pub(crate) fn parse_ops(patch_json: &str) -> Result<Vec<PatchOperation>, serde_json::Error> {
+    match super::canonical::parse(patch_json) {
+        Some(ops) => Ok(ops),
+        None => parse_general(patch_json),
+    }
+}
+
+/// [`parse_ops`] for any text, through serde.
+pub(crate) fn parse_general(patch_json: &str) -> Result<Vec<PatchOperation>, serde_json::Error> {
     let ops: Vec<Op> = serde_json::from_str(patch_json)?;
     Ok(ops.into_iter().map(|op| op.0).collect())
 }
@@ -679,7 +687,7 @@ pub(crate) fn apply_in_place(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -737,7 +745,7 @@ mod tests {
         })
     }
 
-    fn patch_text() -> impl Strategy<Value = String> {
+    pub(crate) fn patch_text() -> impl Strategy<Value = String> {
         prop_oneof![
             8 => prop::collection::vec(op_text(), 0..3).prop_map(|ops| format!("[{}]", ops.join(","))),
             1 => Just("{}".to_owned()),
@@ -828,7 +836,7 @@ mod tests {
         prop::collection::vec(token, 0..4).prop_map(PointerBuf::from_tokens)
     }
 
-    fn in_place_op() -> impl Strategy<Value = PatchOperation> {
+    pub(crate) fn in_place_op() -> impl Strategy<Value = PatchOperation> {
         let value = prop_oneof![(0i64..3).prop_map(Value::from), Just(json!({"a": 1}))];
         prop_oneof![
             (path(), value.clone())
