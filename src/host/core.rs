@@ -37,8 +37,8 @@ use crate::app::{App, MethodError, Module};
 use crate::fast_hash::FastMap;
 use crate::wire::view::{CallView, ClientKindView, ClientView, HeaderView};
 use crate::wire::{
-    CallResult, ClientMessage, ErrorCode, Header, HostFrame, PROTOCOL_VERSION, Patch, Snapshot,
-    SnapshotReason, SyncRequest, call_result, client_message, host_message,
+    CallResult, ClientMessage, ErrorCode, Header, HostFrame, PROTOCOL_VERSION, Patch, SharedHeader,
+    Snapshot, SnapshotReason, SyncRequest, call_result, client_message, host_message,
 };
 
 /// A session's unread results may add up to this many maximum-size
@@ -277,7 +277,7 @@ struct Peer {
     reply_to: Arc<str>,
     /// The header of the frames last addressed to this session
     /// ([`HostCore::addressed`]).
-    header: Option<Arc<Header>>,
+    header: Option<Arc<SharedHeader>>,
     /// Who the session's transport authenticated, if anyone said.
     principal: Option<Arc<str>>,
 }
@@ -318,7 +318,7 @@ pub struct HostCore {
     /// The header of publications (no target), made once and shared by
     /// every frame that has it: every call makes two frames, so copying the
     /// epoch and peer ids into each was a measurable share of its cost.
-    broadcast_header: Arc<Header>,
+    broadcast_header: Arc<SharedHeader>,
     events: VecDeque<HostEvent>,
     /// Whether answered calls are reported as events.
     record_calls: bool,
@@ -439,7 +439,7 @@ impl HostCore {
             config.limits.history_bytes,
         );
         let method_times = MethodTimes::new(&modules);
-        let broadcast_header = Arc::new(Header {
+        let broadcast_header = SharedHeader::new(Header {
             protocol_version: PROTOCOL_VERSION,
             epoch: epoch.clone(),
             source: config.peer_id.clone(),
@@ -691,17 +691,17 @@ impl HostCore {
     /// The header of a frame for `peer`'s session addressed to `target`
     /// (none: the publications' header), kept with the session while its
     /// peer keeps that source, as it does call after call.
-    fn addressed(&mut self, peer: PeerKey, target: &str) -> Arc<Header> {
+    fn addressed(&mut self, peer: PeerKey, target: &str) -> Arc<SharedHeader> {
         if target.is_empty() {
             return self.broadcast_header.clone();
         }
         let cached = self.peers.get(&peer).and_then(|p| p.header.as_ref());
-        if let Some(header) = cached.filter(|h| h.target == target) {
+        if let Some(header) = cached.filter(|h| h.header().target == target) {
             return header.clone();
         }
-        let header = Arc::new(Header {
+        let header = SharedHeader::new(Header {
             target: target.to_owned(),
-            ..Header::clone(&self.broadcast_header)
+            ..self.broadcast_header.header().clone()
         });
         if let Some(p) = self.peers.get_mut(&peer) {
             p.header = Some(header.clone());
@@ -713,7 +713,7 @@ impl HostCore {
     /// every other Snapshot of that version.
     fn snapshot_frame(
         &mut self,
-        header: Arc<Header>,
+        header: Arc<SharedHeader>,
         sync_id: u64,
         reason: SnapshotReason,
     ) -> HostFrame {

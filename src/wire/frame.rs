@@ -17,9 +17,10 @@ use super::{Header, HostMessage, Snapshot, host_message};
 /// many streams write it; in-process transports hand the frame itself over,
 /// which a client reads in place ([`HostFrame::view`]).
 ///
-/// The header is an `Arc` that a sender shares between all the frames it
-/// addresses alike ([`HostFrame::with_header`]), so making a frame copies
-/// no string of it.
+/// The header is a [`SharedHeader`] that a sender shares between all the
+/// frames it addresses alike ([`HostFrame::with_header`]), so making a frame
+/// copies no string of it and encoding one writes the header's bytes as they
+/// were encoded once.
 ///
 /// A Snapshot made with [`HostFrame::snapshot`] shares the view's text with
 /// every other Snapshot of the same version: answering many sync requests
@@ -30,9 +31,35 @@ use super::{Header, HostMessage, Snapshot, host_message};
 #[derive(Clone, Debug)]
 pub struct HostFrame(Arc<FrameInner>);
 
+/// A header that many frames share, encoded once when it is made: a frame
+/// writes these bytes rather than encoding its header again.
+#[derive(Debug)]
+pub struct SharedHeader {
+    header: Header,
+    /// Field 1 of a `HostMessage`: key, length and the header's encoding.
+    field: Box<[u8]>,
+}
+
+impl SharedHeader {
+    /// Shares `header`, encoding it now.
+    pub fn new(header: Header) -> Arc<Self> {
+        let mut field = Vec::new();
+        prost::encoding::message::encode(1, &header, &mut field);
+        Arc::new(Self {
+            header,
+            field: field.into_boxed_slice(),
+        })
+    }
+
+    /// The header itself.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+}
+
 #[derive(Debug)]
 struct FrameInner {
-    header: Option<Arc<Header>>,
+    header: Option<Arc<SharedHeader>>,
     /// For a shared Snapshot, with an empty `state_json`.
     kind: Option<host_message::Kind>,
     /// A shared Snapshot's `state_json`.
@@ -45,18 +72,18 @@ struct FrameInner {
 impl HostFrame {
     /// Wraps a message; nothing is encoded yet.
     pub fn new(message: HostMessage) -> Self {
-        Self::from_parts(message.header.map(Arc::new), message.kind, None)
+        Self::from_parts(message.header.map(SharedHeader::new), message.kind, None)
     }
 
     /// A message of `header`, shared with the sender's other frames to the
     /// same target, and `kind`; nothing is encoded yet.
-    pub fn with_header(header: Arc<Header>, kind: host_message::Kind) -> Self {
+    pub fn with_header(header: Arc<SharedHeader>, kind: host_message::Kind) -> Self {
         Self::from_parts(Some(header), Some(kind), None)
     }
 
     /// A Snapshot envelope whose `state_json` is `state`, shared rather than
     /// copied; `snapshot`'s own `state_json` is ignored.
-    pub fn snapshot(header: Arc<Header>, mut snapshot: Snapshot, state: Arc<str>) -> Self {
+    pub fn snapshot(header: Arc<SharedHeader>, mut snapshot: Snapshot, state: Arc<str>) -> Self {
         snapshot.state_json.clear();
         Self::from_parts(
             Some(header),
@@ -66,7 +93,7 @@ impl HostFrame {
     }
 
     fn from_parts(
-        header: Option<Arc<Header>>,
+        header: Option<Arc<SharedHeader>>,
         kind: Option<host_message::Kind>,
         state: Option<Arc<str>>,
     ) -> Self {
@@ -81,7 +108,7 @@ impl HostFrame {
 
     /// The envelope's header, without copying anything.
     pub fn header(&self) -> Option<&Header> {
-        self.0.header.as_deref()
+        self.0.header.as_deref().map(SharedHeader::header)
     }
 
     /// The message, read in place: what an in-process client takes,
@@ -156,7 +183,9 @@ impl HostFrame {
                 None => {
                     fill_state(&mut kind, state.as_deref());
                     HostMessage {
-                        header: header.map(|h| Arc::try_unwrap(h).unwrap_or_else(|h| (*h).clone())),
+                        header: header.map(|h| {
+                            Arc::try_unwrap(h).map_or_else(|h| h.header.clone(), |h| h.header)
+                        }),
                         kind,
                     }
                 }
@@ -192,15 +221,13 @@ impl FrameInner {
         let mut kind = self.kind.clone();
         fill_state(&mut kind, self.state.as_deref());
         HostMessage {
-            header: self.header.as_deref().cloned(),
+            header: self.header.as_ref().map(|h| h.header.clone()),
             kind,
         }
     }
 
     fn header_len(&self) -> usize {
-        self.header
-            .as_deref()
-            .map_or(0, |h| prost::encoding::message::encoded_len(1, h))
+        self.header.as_ref().map_or(0, |h| h.field.len())
     }
 
     /// The length of a shared Snapshot's `snapshot` field, its text in.
@@ -239,8 +266,8 @@ impl FrameInner {
     /// text from its `Arc` (so never copied twice).
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.parts_len());
-        if let Some(header) = self.header.as_deref() {
-            prost::encoding::message::encode(1, header, &mut out);
+        if let Some(header) = &self.header {
+            out.extend_from_slice(&header.field);
         }
         match (&self.kind, &self.state) {
             (Some(host_message::Kind::Snapshot(snapshot)), Some(state)) => {
@@ -315,11 +342,11 @@ mod tests {
         ) {
             let (header, kind) = (whole.header.clone(), whole.kind.clone());
             let frame = match (made, header, kind) {
-                (1, Some(header), Some(kind)) => HostFrame::with_header(Arc::new(header), kind),
+                (1, Some(header), Some(kind)) => HostFrame::with_header(SharedHeader::new(header), kind),
                 (2, Some(header), Some(host_message::Kind::Snapshot(mut snapshot))) => {
                     let state = Arc::from(std::mem::take(&mut snapshot.state_json));
                     snapshot.state_json = "ignored".to_owned();
-                    HostFrame::snapshot(Arc::new(header), snapshot, state)
+                    HostFrame::snapshot(SharedHeader::new(header), snapshot, state)
                 }
                 (_, header, kind) => HostFrame::new(HostMessage { header, kind }),
             };
@@ -340,7 +367,7 @@ mod tests {
     #[test]
     fn snapshots_of_one_view_share_its_text() {
         let view: Arc<str> = Arc::from("{\"a\":1}");
-        let header = Arc::new(Header::v1("e", "host", "c"));
+        let header = SharedHeader::new(Header::v1("e", "host", "c"));
         let snapshot = |sync_id| Snapshot {
             version: 7,
             state_json: String::new(),

@@ -12,7 +12,7 @@ pub use generated::*;
 
 mod frame;
 pub mod view;
-pub use frame::HostFrame;
+pub use frame::{HostFrame, SharedHeader};
 
 /// The protocol major version this crate implements.
 pub const PROTOCOL_VERSION: u32 = 1;
