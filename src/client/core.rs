@@ -12,6 +12,7 @@
 //! The rules implemented here are the client table of spec/PROTOCOL.md.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prost::Message;
@@ -235,7 +236,8 @@ impl From<ClientError> for MethodError {
 
 #[derive(Debug)]
 struct Mirror {
-    epoch: String,
+    /// Shared with the calls made against it, which keep their epoch.
+    epoch: Arc<str>,
     version: u64,
     state: Value,
 }
@@ -292,7 +294,7 @@ impl HeldIndex {
 #[derive(Debug)]
 struct Pending {
     /// The epoch the call was made against; `None` until the client knows one.
-    epoch: Option<String>,
+    epoch: Option<Arc<str>>,
     deadline: Option<Instant>,
     /// The call has left through `poll_transmit`.
     transmitted: bool,
@@ -377,7 +379,7 @@ impl ClientCore {
 
     /// The epoch of the host the mirror follows.
     pub fn epoch(&self) -> Option<&str> {
-        self.mirror.as_ref().map(|m| m.epoch.as_str())
+        self.mirror.as_ref().map(|m| &*m.epoch)
     }
 
     /// Whether the first snapshot has arrived.
@@ -406,7 +408,7 @@ impl ClientCore {
             epoch: self
                 .mirror
                 .as_ref()
-                .map(|m| m.epoch.clone())
+                .map(|m| m.epoch.to_string())
                 .unwrap_or_default(),
             source: self.config.peer_id.clone(),
             target: self.config.host_id.clone(),
@@ -754,7 +756,7 @@ impl ClientCore {
                 (h.sync_after <= sync_id).then_some((id, p, h))
             })
             .filter(|(_, p, h)| {
-                p.epoch.as_deref() == Some(m.epoch.as_str()) && h.state_version > m.version
+                p.epoch.as_deref() == Some(&*m.epoch) && h.state_version > m.version
             })
             .map(|(id, _, h)| (*id, h.state_version))
             .collect();
@@ -812,7 +814,7 @@ impl ClientCore {
             });
         }
         match &mut self.mirror {
-            Some(m) if m.epoch == epoch => {
+            Some(m) if *m.epoch == *epoch => {
                 if snapshot.version < m.version {
                     let current = m.version;
                     self.answered(snapshot.sync_id);
@@ -829,7 +831,7 @@ impl ClientCore {
                 m.version = snapshot.version;
             }
             Some(m) => {
-                let old = std::mem::replace(&mut m.epoch, epoch.to_owned());
+                let old = std::mem::replace(&mut m.epoch, Arc::from(epoch)).to_string();
                 m.state = state;
                 m.version = snapshot.version;
                 self.events.push_back(ClientEvent::EpochChanged {
@@ -839,7 +841,7 @@ impl ClientCore {
             }
             None => {
                 self.mirror = Some(Mirror {
-                    epoch: epoch.to_owned(),
+                    epoch: Arc::from(epoch),
                     version: snapshot.version,
                     state,
                 });
@@ -864,8 +866,10 @@ impl ClientCore {
                 "the host restarted (new epoch) after the call was made; whether it ran is unknown",
             );
         }
-        for pending in self.pending.values_mut() {
-            pending.epoch.get_or_insert_with(|| epoch.to_owned());
+        if let Some(m) = &self.mirror {
+            for pending in self.pending.values_mut() {
+                pending.epoch.get_or_insert_with(|| m.epoch.clone());
+            }
         }
         if snapshot.reason == SnapshotReason::Overflow as i32 {
             self.notice(Notice::Overflow {
@@ -893,7 +897,7 @@ impl ClientCore {
             });
         }
         let outstanding = self.sync.is_some();
-        let Some(m) = self.mirror.as_mut().filter(|m| m.epoch == epoch) else {
+        let Some(m) = self.mirror.as_mut().filter(|m| *m.epoch == *epoch) else {
             if !outstanding {
                 let detail = if self.mirror.is_some() {
                     format!("patch from epoch {epoch:?}, which the mirror has no snapshot of")
@@ -985,7 +989,7 @@ impl ClientCore {
             return;
         }
         if pending.epoch.is_none() {
-            pending.epoch = Some(epoch.to_owned());
+            pending.epoch = Some(Arc::from(epoch));
         }
         let outcome = match result.outcome {
             Some(OutcomeView::ValueJson(json)) => Ok(json),
@@ -1002,7 +1006,7 @@ impl ClientCore {
         if self
             .mirror
             .as_ref()
-            .is_some_and(|m| m.epoch == epoch && result.state_version <= m.version)
+            .is_some_and(|m| *m.epoch == *epoch && result.state_version <= m.version)
         {
             self.pending.remove(&call_id);
             self.events.push_back(ClientEvent::Settled {
@@ -1189,9 +1193,12 @@ impl ClientCore {
             // E6: a call carries the mirror's epoch when it is sent. A call
             // queued before the first snapshot is bound to that snapshot's
             // epoch by now, and must be fenced by any other host.
-            let epoch = self.mirror.as_ref().map(|m| m.epoch.clone());
-            if let (Some(header), Some(epoch)) = (message.header.as_mut(), epoch) {
-                header.epoch = epoch;
+            // Usually the epoch it was made with: then nothing is copied.
+            if let (Some(header), Some(m)) = (message.header.as_mut(), &self.mirror)
+                && *header.epoch != *m.epoch
+            {
+                header.epoch.clear();
+                header.epoch.push_str(&m.epoch);
             }
         }
         Some(message)
