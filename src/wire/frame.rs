@@ -146,13 +146,6 @@ impl HostFrame {
         self.encoding().clone()
     }
 
-    /// [`HostFrame::encoded`], borrowed: for a writer that copies the bytes
-    /// anyway, with no reference count taken (the first one made of a
-    /// frame's `Bytes` allocates).
-    pub fn encoded_slice(&self) -> &[u8] {
-        self.encoding()
-    }
-
     /// The length of [`HostFrame::encoded`], without encoding anything.
     pub fn encoded_len(&self) -> usize {
         match self.0.encoded.get() {
@@ -162,7 +155,26 @@ impl HostFrame {
     }
 
     fn encoding(&self) -> &Bytes {
-        self.0.encoded.get_or_init(|| Bytes::from(self.0.encode()))
+        self.0.encoded.get_or_init(|| {
+            let mut out = Vec::with_capacity(self.0.parts_len());
+            self.0.encode(&mut out);
+            Bytes::from(out)
+        })
+    }
+
+    /// Writes [`HostFrame::encoded`]'s bytes into `dst`, consuming this
+    /// handle: for a writer that copies the bytes anyway. A frame no other
+    /// handle shares (a result, a sync answer) is encoded straight into
+    /// `dst`, since nobody else will write it; a shared one is encoded once
+    /// and its bytes copied.
+    pub fn write_to(self, dst: &mut impl BufMut) {
+        match Arc::try_unwrap(self.0) {
+            Ok(only) => match only.encoded.get() {
+                Some(bytes) => dst.put_slice(bytes),
+                None => only.encode(dst),
+            },
+            Err(shared) => dst.put_slice(HostFrame(shared).encoding()),
+        }
     }
 
     /// The message itself, by value: moved out when this is the frame's only
@@ -264,35 +276,35 @@ impl FrameInner {
     /// Encodes the parts as prost encodes the whole message, byte for byte,
     /// without building it: the header from its `Arc`, a shared Snapshot's
     /// text from its `Arc` (so never copied twice).
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.parts_len());
+    fn encode(&self, out: &mut impl BufMut) {
         if let Some(header) = &self.header {
-            out.extend_from_slice(&header.field);
+            out.put_slice(&header.field);
         }
         match (&self.kind, &self.state) {
             (Some(host_message::Kind::Snapshot(snapshot)), Some(state)) => {
                 let body = Self::snapshot_body_len(snapshot, state);
-                encode_key(2, WireType::LengthDelimited, &mut out);
-                encode_varint(body as u64, &mut out);
-                let field = |tag: u32, value: u64, out: &mut Vec<u8>| {
-                    if value != 0 {
-                        encode_key(tag, WireType::Varint, out);
-                        encode_varint(value, out);
-                    }
-                };
-                field(1, snapshot.version, &mut out);
+                encode_key(2, WireType::LengthDelimited, out);
+                encode_varint(body as u64, out);
+                varint_field(1, snapshot.version, out);
                 if !state.is_empty() {
-                    encode_key(2, WireType::LengthDelimited, &mut out);
-                    encode_varint(state.len() as u64, &mut out);
+                    encode_key(2, WireType::LengthDelimited, out);
+                    encode_varint(state.len() as u64, out);
                     out.put_slice(state.as_bytes());
                 }
-                field(3, snapshot.sync_id, &mut out);
-                field(4, snapshot.reason as i64 as u64, &mut out);
+                varint_field(3, snapshot.sync_id, out);
+                varint_field(4, snapshot.reason as i64 as u64, out);
             }
-            (Some(kind), _) => kind.encode(&mut out),
+            (Some(kind), _) => kind.encode(out),
             (None, _) => {}
         }
-        out
+    }
+}
+
+/// A varint field as prost writes one: not at all when it is zero.
+fn varint_field(tag: u32, value: u64, out: &mut impl BufMut) {
+    if value != 0 {
+        encode_key(tag, WireType::Varint, out);
+        encode_varint(value, out);
     }
 }
 
@@ -340,8 +352,7 @@ mod tests {
             made in 0..3u8,
             ask_first in 0..3u8,
         ) {
-            let (header, kind) = (whole.header.clone(), whole.kind.clone());
-            let frame = match (made, header, kind) {
+            let make = || match (made, whole.header.clone(), whole.kind.clone()) {
                 (1, Some(header), Some(kind)) => HostFrame::with_header(SharedHeader::new(header), kind),
                 (2, Some(header), Some(host_message::Kind::Snapshot(mut snapshot))) => {
                     let state = Arc::from(std::mem::take(&mut snapshot.state_json));
@@ -350,6 +361,15 @@ mod tests {
                 }
                 (_, header, kind) => HostFrame::new(HostMessage { header, kind }),
             };
+            let encoding = whole.encode_to_vec();
+            // Written by a handle of its own, then by one of two.
+            let mut written = Vec::new();
+            make().write_to(&mut written);
+            prop_assert_eq!(&written[..], &encoding[..]);
+            let frame = make();
+            written.clear();
+            frame.clone().write_to(&mut written);
+            prop_assert_eq!(&written[..], &encoding[..]);
             prop_assert_eq!(frame.view(), HostView::from(&whole));
             prop_assert_eq!(frame.header(), whole.header.as_ref());
             match ask_first {
@@ -357,7 +377,7 @@ mod tests {
                 1 => prop_assert_eq!(frame.encoded_len(), whole.encoded_len()),
                 _ => {}
             }
-            prop_assert_eq!(&frame.encoded()[..], &whole.encode_to_vec()[..]);
+            prop_assert_eq!(&frame.encoded()[..], &encoding[..]);
             prop_assert_eq!(frame.encoded_len(), whole.encoded_len());
             prop_assert_eq!(frame.clone().into_message(), whole.clone());
             prop_assert_eq!(frame.into_message(), whole);

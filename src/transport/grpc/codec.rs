@@ -3,12 +3,12 @@
 //!
 //! The standard prost codec would re-encode a publication once per stream;
 //! this one writes [`HostFrame::encoded`], which is computed once per frame
-//! however many streams carry it. Inbound, it hands the session the
+//! however many streams carry it ([`HostFrame::write_to`]). Inbound, it hands the session the
 //! envelope's own bytes ([`ClientEnvelope`]), which the host core reads in
 //! place ([`ClientView`](crate::wire::view::ClientView)), once: a prost
 //! decode would copy every string of it into an allocation of its own.
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::{Buf, Bytes};
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
@@ -43,9 +43,9 @@ impl Encoder for SharedFrameEncoder {
     type Error = Status;
 
     fn encode(&mut self, item: HostFrame, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        // The buffer grows as needed, so this cannot fail. Copied from a
-        // borrow: tonic copies the bytes into its buffer either way.
-        dst.put_slice(item.encoded_slice());
+        // The buffer grows as needed, so this cannot fail. A frame only
+        // this stream holds (a result) is encoded straight into it.
+        item.write_to(dst);
         Ok(())
     }
 }
