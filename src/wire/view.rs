@@ -336,13 +336,15 @@ impl<'a> Reader<'a> {
 /// replaces whatever member was there.
 macro_rules! member {
     ($r:expr, $wire:expr, $depth:expr, $kind:expr, $variant:path, $field:expr) => {{
-        let mut value = match *$kind {
-            Some($variant(value)) => value,
-            _ => Default::default(),
-        };
-        $r.message($wire, $depth, &mut value, $field)?;
-        *$kind = Some($variant(value));
-        Ok(())
+        // Merged in place: copying the member out and back for every field
+        // cost more than decoding it.
+        if !matches!(*$kind, Some($variant(_))) {
+            *$kind = Some($variant(Default::default()));
+        }
+        match $kind {
+            Some($variant(value)) => $r.message($wire, $depth, value, $field),
+            _ => Ok(()),
+        }
     }};
 }
 
