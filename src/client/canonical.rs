@@ -20,6 +20,8 @@ use json_patch::{
 };
 use serde_json::Value;
 
+use super::ops::Kind;
+
 /// The containers a value may nest and still be read by the general parser,
 /// which reads it inside the patch's array and its operation's object:
 /// the 127 serde_json reads, less those two.
@@ -41,16 +43,6 @@ pub(crate) fn parse(text: &str) -> Option<Vec<PatchOperation>> {
         }
     }
     (at.at == text.len()).then_some(ops)
-}
-
-#[derive(Clone, Copy)]
-enum Kind {
-    Add,
-    Remove,
-    Replace,
-    Move,
-    Copy,
-    Test,
 }
 
 struct Cursor<'t> {

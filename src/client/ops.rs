@@ -44,8 +44,9 @@ pub(crate) fn parse_general(patch_json: &str) -> Result<Vec<PatchOperation>, ser
 /// whatever its type and however often it repeats.
 struct Op(PatchOperation);
 
+/// An operation's name, read.
 #[derive(Clone, Copy)]
-enum Kind {
+pub(super) enum Kind {
     Add,
     Remove,
     Replace,
