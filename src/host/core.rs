@@ -29,6 +29,7 @@ use super::config::{HostConfig, SyncMode};
 use super::encode::{ops_json, section_prefix};
 use super::history::{Entry, History};
 use super::in_method::{InMethod, new_core_id};
+use super::input::{PreparedInput, Source, parse_args};
 use super::stats::{Counters, HostStats};
 use super::timing::{MethodRun, MethodTimes};
 use super::view_depth::{MAX_VIEW_DEPTH, section_too_deep, too_deep};
@@ -353,7 +354,7 @@ const ENVELOPE_OVERHEAD: usize = 128;
 /// lengths of its strings alone show it is within. Exact measuring walks
 /// every field, which the per-call path of in-process transports would pay
 /// for nothing: almost every envelope is far below the limit.
-fn size_near_limit(message: &ClientMessage, limit: usize) -> Option<usize> {
+pub(super) fn size_near_limit(message: &ClientMessage, limit: usize) -> Option<usize> {
     let header = message.header.as_ref().map_or(0, |h| {
         h.epoch.len() + h.source.len() + h.target.len() + h.capability.len()
     });
@@ -607,18 +608,11 @@ impl HostCore {
         self.peers.remove(&peer);
     }
 
-    /// Decodes and handles one encoded `ClientMessage`.
+    /// Decodes and handles one encoded `ClientMessage`:
+    /// [`PreparedInput::decode`] then [`HostCore::handle_input`].
     pub fn handle_bytes(&mut self, peer: PeerKey, bytes: &[u8]) -> Result<(), InputError> {
-        let limit = self.config.limits.max_message_bytes;
-        if bytes.len() > limit {
-            return Err(InputError::MessageTooLarge {
-                size: bytes.len(),
-                limit,
-            });
-        }
-        let message =
-            ClientView::decode(bytes).map_err(|e| InputError::Malformed(e.to_string()))?;
-        self.handle_sized(peer, message, Some(bytes.len()))
+        let input = PreparedInput::decode(bytes, self.config.limits.max_message_bytes)?;
+        self.handle_input(peer, input)
     }
 
     /// Handles one envelope from a session.
@@ -634,20 +628,55 @@ impl HostCore {
         peer: PeerKey,
         message: ClientMessage,
     ) -> Result<(), InputError> {
-        let size = size_near_limit(&message, self.config.limits.max_message_bytes);
-        self.handle_sized(peer, ClientView::from(&message), size)
+        let input = PreparedInput::message(message, self.config.limits.max_message_bytes);
+        self.handle_input(peer, input)
+    }
+
+    /// Handles an envelope a driver prepared before locking the core, with
+    /// the effect [`HostCore::handle_bytes`] or [`HostCore::handle_message`]
+    /// has on the same envelope. The envelope is held to this core's
+    /// message size limit whatever limit it was prepared against.
+    pub fn handle_input(
+        &mut self,
+        peer: PeerKey,
+        input: PreparedInput<'_>,
+    ) -> Result<(), InputError> {
+        let limit = self.config.limits.max_message_bytes;
+        let PreparedInput {
+            source,
+            limit: prepared_for,
+            size,
+            args,
+        } = input;
+        match source {
+            Source::View(view) => match size {
+                // Bytes over the limit are not processed at all, not even
+                // answered (they were never decoded where the limits agree).
+                Some(size) if size > limit => Err(InputError::MessageTooLarge { size, limit }),
+                _ => self.handle_sized(peer, view, size, args),
+            },
+            Source::Message(message) => {
+                let size = if prepared_for == limit {
+                    size
+                } else {
+                    size_near_limit(&message, limit)
+                };
+                self.handle_sized(peer, ClientView::from(&message), size, args)
+            }
+        }
     }
 
     /// Handles an envelope of `size` encoded bytes; `None` when it is known
-    /// to be within the limit: its transport held its bytes to it (gRPC's
-    /// decoder does, and measuring again could only disagree with the wire:
-    /// prost re-encodes a negative enum in 10 bytes that the wire may have
-    /// sent in 5), or [`size_near_limit`] found it far enough below.
-    pub(crate) fn handle_sized(
+    /// to be within the limit ([`size_near_limit`] found it far enough
+    /// below). `args` are a call's arguments if they were parsed before the
+    /// core was locked (they depend on `args_json` alone); otherwise they
+    /// are parsed here.
+    fn handle_sized(
         &mut self,
         peer: PeerKey,
         message: ClientView<'_>,
         size: Option<usize>,
+        args: Option<Result<Vec<Value>, MethodError>>,
     ) -> Result<(), InputError> {
         // A run not taken after an earlier input is not this input's.
         self.last_run = None;
@@ -674,7 +703,7 @@ impl HostCore {
         }
         match (message.kind, oversize) {
             (Some(ClientKindView::Call(call)), _) => {
-                self.handle_call(peer, &header, call, oversize)
+                self.handle_call(peer, &header, call, oversize, args)
             }
             (_, Some(size)) => Err(InputError::MessageTooLarge { size, limit }),
             (None, None) => Err(InputError::UnknownKind),
@@ -735,6 +764,7 @@ impl HostCore {
         header: &HeaderView<'_>,
         call: CallView<'_>,
         oversize: Option<usize>,
+        args: Option<Result<Vec<Value>, MethodError>>,
     ) -> Result<(), InputError> {
         let limit = self.config.limits.max_calls_in_flight;
         // Only results count: a queued sync answer is not a call in flight.
@@ -809,7 +839,7 @@ impl HostCore {
                 },
                 principal: p.principal.clone(),
             }));
-            parse_args(call.args_json)
+            args.unwrap_or_else(|| parse_args(call.args_json))
                 .and_then(|args| {
                     self.run(call.module, call.method, &args, |value| {
                         let text = value_json(value);
@@ -1497,23 +1527,6 @@ fn sendable(mut error: MethodError) -> MethodError {
 /// through `Display`'s formatter.
 fn value_json(value: &Value) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| value.to_string())
-}
-
-fn parse_args(args_json: &str) -> Result<Vec<Value>, MethodError> {
-    // Only the proto3 default `""` means `[]` (J4); whitespace alone is not
-    // JSON text, so it is refused like any other non-array.
-    if args_json.is_empty() {
-        return Ok(Vec::new());
-    }
-    match serde_json::from_str::<Value>(args_json) {
-        Ok(Value::Array(args)) => Ok(args),
-        Ok(_) => Err(MethodError::invalid_argument(
-            "args_json must be a JSON array of positional arguments",
-        )),
-        Err(e) => Err(MethodError::invalid_argument(format!(
-            "args_json is not valid JSON: {e}"
-        ))),
-    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use tokio::sync::{Notify, broadcast};
 use super::busy::Busy;
 use super::core_lock::{CoreLock, Nap};
 use super::in_method::in_method_of;
+use super::input::PreparedInput;
 use super::{
     HostConfig, HostCore, HostEvent, HostLimits, HostStats, InputError, PeerKey, PeerOptions,
     SyncMode, new_epoch,
@@ -38,6 +39,9 @@ struct Shared {
     core: CoreLock,
     /// The core's [`HostCore::id`], read once: checking it must not lock.
     core_id: u64,
+    /// The core's message size limit, read once: sessions prepare their
+    /// input against it before they lock the core.
+    max_message_bytes: usize,
     wakers: Mutex<FastMap<PeerKey, Arc<Notify>>>,
     closed: std::sync::atomic::AtomicBool,
     /// The core's events, for [`Host::events`] subscribers; dropped at
@@ -212,6 +216,7 @@ impl HostBuilder {
             shared: Arc::new(Shared {
                 busy,
                 core_id: core.id(),
+                max_message_bytes: core.config().limits.max_message_bytes,
                 core: CoreLock::new(core),
                 wakers: Mutex::new(FastMap::default()),
                 closed: std::sync::atomic::AtomicBool::new(false),
@@ -462,7 +467,7 @@ impl Host {
         // Input read while another session's method held the core, and the
         // wait before trying the core again: the task never blocks on the
         // core, so a shutdown ends it even while a method runs.
-        let mut held: Option<ClientMessage> = None;
+        let mut held: Option<PreparedInput<'static>> = None;
         let mut nap = Nap::default();
         // The client closed its side: what it sent is still answered (H8),
         // then the session ends.
@@ -479,7 +484,9 @@ impl Host {
                             break;
                         }
                         match stream.poll_next_unpin(cx) {
-                            Poll::Ready(Some(Ok(message))) => held = Some(message),
+                            Poll::Ready(Some(Ok(message))) => {
+                                held = Some(session.prepare(message));
+                            }
                             Poll::Ready(Some(Err(error))) => {
                                 return Poll::Ready(read_failed(&peer_id, error));
                             }
@@ -577,9 +584,16 @@ impl Session {
     }
 
     /// Handles one envelope from the client, held to the max message size
-    /// as it would be encoded ([`HostCore::handle_message`]).
+    /// as it would be encoded ([`HostCore::handle_message`]). It is sized,
+    /// and a call's arguments parsed, before the core is locked.
     pub fn handle(&self, message: ClientMessage) -> Result<(), InputError> {
-        self.with_core(true, |core| core.handle_message(self.key, message))
+        let input = self.prepare(message);
+        self.with_core(true, |core| core.handle_input(self.key, input))
+    }
+
+    /// `message` made ready for the core without it ([`PreparedInput`]).
+    fn prepare(&self, message: ClientMessage) -> PreparedInput<'static> {
+        PreparedInput::message(message, self.shared.max_message_bytes)
     }
 
     /// Handles the envelope in `input` without waking this session's own
@@ -588,11 +602,11 @@ impl Session {
     /// if not.
     fn try_handle_quietly(
         &self,
-        input: &mut Option<ClientMessage>,
+        input: &mut Option<PreparedInput<'static>>,
     ) -> Option<Result<(), InputError>> {
         let core = self.shared.core.now()?;
-        let message = input.take()?;
-        Some(self.with_locked(core, false, |core| core.handle_message(self.key, message)))
+        let input = input.take()?;
+        Some(self.with_locked(core, false, |core| core.handle_input(self.key, input)))
     }
 
     /// Whether the host has shut down: the session will produce nothing
@@ -603,9 +617,16 @@ impl Session {
             .load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Decodes and handles one encoded envelope from the client.
+    /// Decodes and handles one encoded envelope from the client
+    /// ([`HostCore::handle_bytes`]). It is decoded, and a call's arguments
+    /// parsed, before the core is locked: a session sending megabytes of
+    /// arguments keeps only itself waiting while they are read.
+    ///
+    /// # Errors
+    /// As [`HostCore::handle_bytes`].
     pub fn handle_bytes(&self, bytes: &[u8]) -> Result<(), InputError> {
-        self.with_core(true, |core| core.handle_bytes(self.key, bytes))
+        let input = PreparedInput::decode(bytes, self.shared.max_message_bytes)?;
+        self.with_core(true, |core| core.handle_input(self.key, input))
     }
 
     fn with_core<T>(&self, wake_self: bool, f: impl FnOnce(&mut HostCore) -> T) -> T {

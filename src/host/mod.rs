@@ -12,6 +12,7 @@ mod driver;
 mod encode;
 mod history;
 mod in_method;
+mod input;
 mod stats;
 mod timing;
 mod view_depth;
@@ -23,6 +24,7 @@ pub use core::{
     CallRecord, HostCore, HostEvent, InputError, MAX_PEER_ID, PeerKey, PeerOptions, RECORDED_NAME,
 };
 pub use driver::{DEFAULT_BOOKMARK_INTERVAL, EVENT_BUFFER, Host, HostBuilder, Session};
+pub use input::PreparedInput;
 pub use stats::HostStats;
 pub use timing::{LatencyHistogram, MethodRun, MethodTiming};
 pub use view_depth::MAX_VIEW_DEPTH;
