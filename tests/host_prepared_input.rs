@@ -113,10 +113,10 @@ fn prepared_limit() -> impl Strategy<Value = usize> {
 type Effect = (Result<(), InputError>, Vec<Vec<u8>>);
 
 /// `message` handled with nothing worked out ahead: prepared against a
-/// limit no envelope fits, the core sizes it and parses its arguments
-/// itself, as it did before input was prepared outside it.
+/// limit of 0, which no call fits, the core sizes it and parses a call's
+/// arguments itself, as it did before input was prepared outside it.
 fn unprepared(core: &mut HostCore, peer: PeerKey, message: ClientMessage) -> Effect {
-    let answer = core.handle_input(peer, PreparedInput::message(message, 0));
+    let answer = core.handle_input(peer, &PreparedInput::message(message, 0));
     (answer, output(core, peer))
 }
 
@@ -134,7 +134,7 @@ proptest! {
         for (message, limit) in inputs {
             let bytes = message.encode_to_vec();
             let answer = PreparedInput::decode(&bytes, limit)
-                .and_then(|input| prepared.handle_input(b, input));
+                .and_then(|input| prepared.handle_input(b, &input));
             let got: Effect = (answer, output(&mut prepared, b));
             if bytes.len() > LIMIT.min(limit) {
                 // Refused unread, however far it got: bytes over the limit
@@ -161,7 +161,7 @@ proptest! {
         let (mut prepared, b) = core();
         for (message, limit) in inputs {
             let input = PreparedInput::message(message.clone(), limit);
-            let got: Effect = (prepared.handle_input(b, input), output(&mut prepared, b));
+            let got: Effect = (prepared.handle_input(b, &input), output(&mut prepared, b));
             prop_assert_eq!(&got, &unprepared(&mut reference, a, message));
         }
         prop_assert_eq!(reference.view(), prepared.view());
@@ -182,7 +182,7 @@ fn a_call_over_the_limit_is_answered_unrun_when_prepared_as_a_message() {
         })),
     };
     let input = PreparedInput::message(message, LIMIT);
-    core.handle_input(peer, input).expect("answered");
+    core.handle_input(peer, &input).expect("answered");
     let frames: Vec<_> = std::iter::from_fn(|| core.poll_transmit(peer)).collect();
     let text = format!("{:?}", frames.last().map(|f| f.message()));
     assert!(

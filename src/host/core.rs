@@ -3,7 +3,10 @@
 //! Drive it like this:
 //! 1. [`HostCore::connect`] when a client session opens; keep the [`PeerKey`].
 //! 2. [`HostCore::handle_message`] (or [`HostCore::handle_bytes`]) for every
-//!    envelope that session sends.
+//!    envelope that session sends. A driver that shares the core between
+//!    tasks makes a [`PreparedInput`] first and hands it to
+//!    [`HostCore::handle_input`] once it holds the core: decoding and
+//!    parsing a call's arguments then keep no other session waiting.
 //! 3. After each input, call [`HostCore::poll_transmit`] for that session until
 //!    it returns `None`, and drain [`HostCore::poll_event`]; on
 //!    [`HostEvent::Published`] or [`HostEvent::Bookmarked`], every session
@@ -612,7 +615,7 @@ impl HostCore {
     /// [`PreparedInput::decode`] then [`HostCore::handle_input`].
     pub fn handle_bytes(&mut self, peer: PeerKey, bytes: &[u8]) -> Result<(), InputError> {
         let input = PreparedInput::decode(bytes, self.config.limits.max_message_bytes)?;
-        self.handle_input(peer, input)
+        self.handle_input(peer, &input)
     }
 
     /// Handles one envelope from a session.
@@ -629,17 +632,19 @@ impl HostCore {
         message: ClientMessage,
     ) -> Result<(), InputError> {
         let input = PreparedInput::message(message, self.config.limits.max_message_bytes);
-        self.handle_input(peer, input)
+        self.handle_input(peer, &input)
     }
 
     /// Handles an envelope a driver prepared before locking the core, with
     /// the effect [`HostCore::handle_bytes`] or [`HostCore::handle_message`]
     /// has on the same envelope. The envelope is held to this core's
-    /// message size limit whatever limit it was prepared against.
+    /// message size limit whatever limit it was prepared against. It is
+    /// borrowed so that the caller frees it, arguments and all, after it
+    /// lets the core go.
     pub fn handle_input(
         &mut self,
         peer: PeerKey,
-        input: PreparedInput<'_>,
+        input: &PreparedInput<'_>,
     ) -> Result<(), InputError> {
         let limit = self.config.limits.max_message_bytes;
         let PreparedInput {
@@ -649,19 +654,19 @@ impl HostCore {
             args,
         } = input;
         match source {
-            Source::View(view) => match size {
+            Source::View(view) => match *size {
                 // Bytes over the limit are not processed at all, not even
                 // answered (they were never decoded where the limits agree).
                 Some(size) if size > limit => Err(InputError::MessageTooLarge { size, limit }),
-                _ => self.handle_sized(peer, view, size, args),
+                size => self.handle_sized(peer, *view, size, args.as_ref()),
             },
             Source::Message(message) => {
-                let size = if prepared_for == limit {
-                    size
+                let size = if *prepared_for == limit {
+                    *size
                 } else {
-                    size_near_limit(&message, limit)
+                    size_near_limit(message, limit)
                 };
-                self.handle_sized(peer, ClientView::from(&message), size, args)
+                self.handle_sized(peer, ClientView::from(message), size, args.as_ref())
             }
         }
     }
@@ -676,7 +681,7 @@ impl HostCore {
         peer: PeerKey,
         message: ClientView<'_>,
         size: Option<usize>,
-        args: Option<Result<Vec<Value>, MethodError>>,
+        args: Option<&Result<Vec<Value>, MethodError>>,
     ) -> Result<(), InputError> {
         // A run not taken after an earlier input is not this input's.
         self.last_run = None;
@@ -764,7 +769,7 @@ impl HostCore {
         header: &HeaderView<'_>,
         call: CallView<'_>,
         oversize: Option<usize>,
-        args: Option<Result<Vec<Value>, MethodError>>,
+        args: Option<&Result<Vec<Value>, MethodError>>,
     ) -> Result<(), InputError> {
         let limit = self.config.limits.max_calls_in_flight;
         // Only results count: a queued sync answer is not a call in flight.
@@ -839,9 +844,18 @@ impl HostCore {
                 },
                 principal: p.principal.clone(),
             }));
-            args.unwrap_or_else(|| parse_args(call.args_json))
+            let parsed;
+            let args = match args {
+                Some(args) => args,
+                None => {
+                    parsed = parse_args(call.args_json);
+                    &parsed
+                }
+            };
+            args.as_ref()
+                .map_err(Clone::clone)
                 .and_then(|args| {
-                    self.run(call.module, call.method, &args, |value| {
+                    self.run(call.module, call.method, args, |value| {
                         let text = value_json(value);
                         if text.len() > room {
                             return Err(MethodError::new(

@@ -587,8 +587,10 @@ impl Session {
     /// as it would be encoded ([`HostCore::handle_message`]). It is sized,
     /// and a call's arguments parsed, before the core is locked.
     pub fn handle(&self, message: ClientMessage) -> Result<(), InputError> {
+        // Dropped after the core is let go: freeing large arguments is work
+        // too.
         let input = self.prepare(message);
-        self.with_core(true, |core| core.handle_input(self.key, input))
+        self.with_core(true, |core| core.handle_input(self.key, &input))
     }
 
     /// `message` made ready for the core without it ([`PreparedInput`]).
@@ -606,7 +608,7 @@ impl Session {
     ) -> Option<Result<(), InputError>> {
         let core = self.shared.core.now()?;
         let input = input.take()?;
-        Some(self.with_locked(core, false, |core| core.handle_input(self.key, input)))
+        Some(self.with_locked(core, false, |core| core.handle_input(self.key, &input)))
     }
 
     /// Whether the host has shut down: the session will produce nothing
@@ -626,7 +628,7 @@ impl Session {
     /// As [`HostCore::handle_bytes`].
     pub fn handle_bytes(&self, bytes: &[u8]) -> Result<(), InputError> {
         let input = PreparedInput::decode(bytes, self.shared.max_message_bytes)?;
-        self.with_core(true, |core| core.handle_input(self.key, input))
+        self.with_core(true, |core| core.handle_input(self.key, &input))
     }
 
     fn with_core<T>(&self, wake_self: bool, f: impl FnOnce(&mut HostCore) -> T) -> T {

@@ -29,8 +29,9 @@ pub struct PreparedInput<'a> {
     pub(super) source: Source<'a>,
     /// The message size limit `size` and `args` were worked out against.
     pub(super) limit: usize,
-    /// The envelope's encoded size if it may be over `limit`; `None` when
-    /// it is known to be within.
+    /// The envelope's encoded size: always for bytes; for a message, when
+    /// it may be over `limit` (`None` when its strings alone show it is
+    /// within).
     pub(super) size: Option<usize>,
     /// A call's arguments as `args_json` parses (J4), when the envelope is
     /// a call within `limit`.
@@ -52,7 +53,9 @@ impl<'a> PreparedInput<'a> {
     /// # Errors
     /// [`InputError::MessageTooLarge`] for more bytes than the limit (they
     /// are not decoded) and [`InputError::Malformed`] for bytes that are not
-    /// a `ClientMessage`: the errors `handle_bytes` returns for them.
+    /// a `ClientMessage`. Prepared against the core's own limit, these are
+    /// the errors `handle_bytes` returns for the same bytes; against a
+    /// smaller one, bytes the core would take are refused here.
     pub fn decode(bytes: &'a [u8], max_message_bytes: usize) -> Result<Self, InputError> {
         if bytes.len() > max_message_bytes {
             return Err(InputError::MessageTooLarge {
