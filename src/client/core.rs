@@ -22,7 +22,7 @@ use super::apply::apply_patch_shifting;
 use super::shift_credit::ShiftCredit;
 use crate::app::MethodError;
 use crate::wire::view::{
-    HostKindView, HostView, OutcomeView, PatchView, ResultView, SnapshotView, ViewError,
+    HeaderView, HostKindView, HostView, OutcomeView, PatchView, ResultView, SnapshotView, ViewError,
 };
 use crate::wire::{
     Call, ClientMessage, ErrorCode, Header, HostMessage, PROTOCOL_VERSION, SnapshotReason,
@@ -678,18 +678,47 @@ impl ClientCore {
 
     /// [`ClientCore::handle_message`] of a message read in place.
     pub(crate) fn handle_view(&mut self, now: Instant, message: HostView<'_>) {
+        self.handle_view_parsed(now, message, None);
+    }
+
+    /// Whether `message` is a snapshot this core would read the state of:
+    /// addressed to this client, from its host, of this protocol version,
+    /// with an epoch. A driver parses such a state
+    /// ([`parse_snapshot_state`]) before it locks the core, and hands it
+    /// to [`ClientCore::handle_view_parsed`].
+    pub(crate) fn reads_snapshot(&self, message: &HostView<'_>) -> bool {
+        let header = message.header.unwrap_or_default();
+        matches!(message.kind, Some(HostKindView::Snapshot(_)))
+            && !self.disposed
+            && self.addressed_here(&header)
+            && header.protocol_version == PROTOCOL_VERSION
+            && !header.epoch.is_empty()
+            && header.epoch.len() <= MAX_EPOCH
+    }
+
+    /// Whether an envelope with `header` is for this client from its host.
+    fn addressed_here(&self, header: &HeaderView<'_>) -> bool {
+        (header.target.is_empty() || header.target == self.config.peer_id)
+            && (self.config.host_id.is_empty() || header.source == self.config.host_id)
+            && (self.config.capability.is_empty() || header.capability == self.config.capability)
+    }
+
+    /// [`ClientCore::handle_view`] with a snapshot's state already parsed
+    /// by [`parse_snapshot_state`] (`None`: parsed here, if the message is
+    /// a snapshot the core reads). Returns the mirror's state a snapshot
+    /// replaced, for the caller to free after it lets the core go.
+    pub(crate) fn handle_view_parsed(
+        &mut self,
+        now: Instant,
+        message: HostView<'_>,
+        state: Option<Result<Value, String>>,
+    ) -> Option<Value> {
         if self.disposed {
-            return;
+            return None;
         }
         let header = message.header.unwrap_or_default();
-        if !header.target.is_empty() && header.target != self.config.peer_id {
-            return;
-        }
-        if !self.config.host_id.is_empty() && header.source != self.config.host_id {
-            return;
-        }
-        if !self.config.capability.is_empty() && header.capability != self.config.capability {
-            return;
+        if !self.addressed_here(&header) {
+            return None;
         }
         // Whatever it says, it came from the host this client follows.
         if self.connected {
@@ -699,7 +728,7 @@ impl ClientCore {
             self.notice(Notice::Malformed {
                 reason: format!("unsupported protocol version {}", header.protocol_version),
             });
-            return;
+            return None;
         }
         // K2a: an empty epoch would make the mirror's epoch "", which every
         // later call and sync request reads as "unfenced" (E7, RS2); a
@@ -711,17 +740,22 @@ impl ClientCore {
                     header.epoch.len()
                 ),
             });
-            return;
+            return None;
         }
+        let mut replaced = None;
         match message.kind {
             None => self.notice(Notice::Malformed {
                 reason: "no known message kind".to_owned(),
             }),
-            Some(HostKindView::Snapshot(s)) => self.on_snapshot(header.epoch, s),
+            Some(HostKindView::Snapshot(s)) => {
+                let state = state.unwrap_or_else(|| parse_snapshot_state(s.state_json));
+                replaced = self.on_snapshot(header.epoch, s, state);
+            }
             Some(HostKindView::Patch(p)) => self.on_patch(now, header.epoch, p),
             Some(HostKindView::Result(r)) => self.on_result(now, header.epoch, r),
         }
         self.rearm_result_ahead(now);
+        replaced
     }
 
     /// Q1: a held result still names a version the mirror has not reached and
@@ -794,31 +828,34 @@ impl ClientCore {
         }
     }
 
-    fn on_snapshot(&mut self, epoch: &str, snapshot: SnapshotView<'_>) {
-        let state = match serde_json::from_str::<Value>(snapshot.state_json) {
-            Ok(state @ Value::Object(_)) => state,
-            Ok(_) => {
-                return self.notice(Notice::Malformed {
-                    reason: "snapshot state is not a JSON object".to_owned(),
-                });
-            }
-            Err(e) => {
-                return self.notice(Notice::Malformed {
-                    reason: format!("snapshot state is not JSON: {e}"),
-                });
+    /// Takes a snapshot whose state parsed as `state`; the mirror's state
+    /// it replaced, if any.
+    fn on_snapshot(
+        &mut self,
+        epoch: &str,
+        snapshot: SnapshotView<'_>,
+        state: Result<Value, String>,
+    ) -> Option<Value> {
+        let state = match state {
+            Ok(state) => state,
+            Err(reason) => {
+                self.notice(Notice::Malformed { reason });
+                return None;
             }
         };
         if snapshot.version == 0 {
-            return self.notice(Notice::Malformed {
+            self.notice(Notice::Malformed {
                 reason: "snapshot version 0".to_owned(),
             });
+            return None;
         }
+        let replaced;
         match &mut self.mirror {
             Some(m) if *m.epoch == *epoch => {
                 if snapshot.version < m.version {
                     let current = m.version;
                     self.answered(snapshot.sync_id);
-                    return self.conflict(
+                    self.conflict(
                         ConflictReason::StaleMessage,
                         snapshot.version,
                         format!(
@@ -826,13 +863,14 @@ impl ClientCore {
                             snapshot.version
                         ),
                     );
+                    return Some(state);
                 }
-                m.state = state;
+                replaced = Some(std::mem::replace(&mut m.state, state));
                 m.version = snapshot.version;
             }
             Some(m) => {
                 let old = std::mem::replace(&mut m.epoch, Arc::from(epoch)).to_string();
-                m.state = state;
+                replaced = Some(std::mem::replace(&mut m.state, state));
                 m.version = snapshot.version;
                 self.events.push_back(ClientEvent::EpochChanged {
                     old,
@@ -840,6 +878,7 @@ impl ClientCore {
                 });
             }
             None => {
+                replaced = None;
                 self.mirror = Some(Mirror {
                     epoch: Arc::from(epoch),
                     version: snapshot.version,
@@ -885,6 +924,7 @@ impl ClientCore {
         });
         self.settle_caught_up();
         self.refute_unreachable(snapshot.sync_id);
+        replaced
     }
 
     fn on_patch(&mut self, now: Instant, epoch: &str, patch: PatchView<'_>) {
@@ -1223,6 +1263,17 @@ fn withdraw(outbox: &mut VecDeque<ClientMessage>, call_id: u64) {
         Some(client_message::Kind::Call(c)) => c.call_id != call_id,
         _ => true,
     });
+}
+
+/// A snapshot's `state_json` as the mirror's new state: a JSON object, or
+/// why it is not one (reported as a malformed envelope). It depends on the
+/// text alone, so a driver parses it before locking the core.
+pub(crate) fn parse_snapshot_state(state_json: &str) -> Result<Value, String> {
+    match serde_json::from_str::<Value>(state_json) {
+        Ok(state @ Value::Object(_)) => Ok(state),
+        Ok(_) => Err("snapshot state is not a JSON object".to_owned()),
+        Err(e) => Err(format!("snapshot state is not JSON: {e}")),
+    }
 }
 
 /// Whether `json` is a JSON array with no elements.

@@ -12,6 +12,8 @@ mod driver;
 mod equality;
 mod ops;
 mod outbound;
+#[cfg(test)]
+mod prepared_snapshot_tests;
 mod reconnect;
 mod shift_credit;
 mod watch;

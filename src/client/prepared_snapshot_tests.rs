@@ -1,0 +1,179 @@
+//! A snapshot's state parsed before the core is locked
+//! (`reads_snapshot`, `parse_snapshot_state`, `handle_view_parsed`) has
+//! exactly the effect of the core parsing it itself, and what the core
+//! hands back to be freed is a state it no longer holds.
+
+use std::time::Instant;
+
+use proptest::prelude::*;
+use serde_json::Value;
+
+use super::core::parse_snapshot_state;
+use super::{ClientConfig, ClientCore, ClientEvent};
+use crate::wire::view::{HostKindView, HostView};
+use crate::wire::{Header, HostMessage, Patch, Snapshot, host_message};
+
+fn config(capability: &str) -> ClientConfig {
+    ClientConfig {
+        peer_id: "c1".into(),
+        host_id: "h".into(),
+        capability: capability.into(),
+        ..ClientConfig::default()
+    }
+}
+
+fn snapshot(header: Header, version: u64, sync_id: u64, state_json: &str) -> HostMessage {
+    HostMessage {
+        header: Some(header),
+        kind: Some(host_message::Kind::Snapshot(Snapshot {
+            version,
+            state_json: state_json.to_owned(),
+            sync_id,
+            reason: 0,
+        })),
+    }
+}
+
+fn header() -> impl Strategy<Value = Header> {
+    (
+        prop_oneof![
+            4 => Just("e1".to_owned()),
+            2 => Just("e2".to_owned()),
+            1 => Just(String::new()),
+            1 => Just("e".repeat(1100)),
+        ],
+        prop_oneof![4 => Just("h"), 1 => Just("x")],
+        prop_oneof![3 => Just(""), 2 => Just("c1"), 1 => Just("c2")],
+        prop_oneof![4 => Just(1u32), 1 => Just(2u32)],
+    )
+        .prop_map(|(epoch, source, target, version)| {
+            let mut header = Header::v1(&epoch, source, target);
+            header.protocol_version = version;
+            header
+        })
+}
+
+fn envelope() -> impl Strategy<Value = HostMessage> {
+    let state = prop_oneof![
+        Just(r#"{"a":1}"#.to_owned()),
+        Just(r#"{"a":{"b":[1,2]}}"#.to_owned()),
+        Just("[1]".to_owned()),
+        Just("{".to_owned()),
+        Just(String::new()),
+        (0..50u32).prop_map(|n| format!(r#"{{"a":{n}}}"#)),
+    ];
+    prop_oneof![
+        3 => (header(), 0..5u64, 0..3u64, state).prop_map(|(h, v, s, state)| snapshot(h, v, s, &state)),
+        1 => (header(), 1..5u64, 0..50u32).prop_map(|(h, v, n)| HostMessage {
+            header: Some(h),
+            kind: Some(host_message::Kind::Patch(Patch {
+                base_version: v - 1,
+                version: v,
+                patch_json: format!(r#"[{{"op":"replace","path":"/a","value":{n}}}]"#),
+                sync_id: 0,
+            })),
+        }),
+    ]
+}
+
+/// Everything `core` has to say, and its mirror.
+fn observe(core: &mut ClientCore) -> (Vec<ClientEvent>, Option<Value>) {
+    let events = std::iter::from_fn(|| core.poll_event()).collect();
+    (events, core.state().cloned())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Parsed before the core is locked or by the core itself, a snapshot's
+    /// state makes no difference, and a state the core hands back is one
+    /// it let go of: the mirror the snapshot replaced, or the snapshot's
+    /// own when it was refused as stale.
+    #[test]
+    fn a_state_parsed_ahead_acts_as_one_parsed_by_the_core(
+        capability in prop_oneof![Just(""), Just("cap")],
+        inputs in prop::collection::vec(envelope(), 1..16),
+    ) {
+        let now = Instant::now();
+        let mut reference = ClientCore::new(config(capability), now);
+        let mut prepared = ClientCore::new(config(capability), now);
+        observe(&mut reference);
+        observe(&mut prepared);
+        for message in &inputs {
+            let view = HostView::from(message);
+            let before = reference.state().cloned();
+            reference.handle_view(now, view);
+            let state = match view.kind {
+                Some(HostKindView::Snapshot(s)) if prepared.reads_snapshot(&view) => {
+                    Some(parse_snapshot_state(s.state_json))
+                }
+                _ => None,
+            };
+            let offered = state.clone().and_then(Result::ok);
+            let replaced = prepared.handle_view_parsed(now, view, state);
+            prop_assert_eq!(observe(&mut prepared), observe(&mut reference));
+            if let Some(replaced) = replaced {
+                // Adopted, the offered state replaced the old mirror; refused
+                // as stale, it is handed back itself.
+                let adopted = offered.is_some() && prepared.state() == offered.as_ref();
+                let expected = if adopted { before.as_ref() } else { offered.as_ref() };
+                prop_assert_eq!(Some(&replaced), expected);
+            }
+        }
+    }
+
+    /// Where the core says it will not read a snapshot's state, it does
+    /// not: a state offered for it changes nothing.
+    #[test]
+    fn a_snapshot_the_core_will_not_read_ignores_the_state_offered(
+        capability in prop_oneof![Just(""), Just("cap")],
+        inputs in prop::collection::vec(envelope(), 1..16),
+    ) {
+        let now = Instant::now();
+        let mut reference = ClientCore::new(config(capability), now);
+        let mut offered = ClientCore::new(config(capability), now);
+        for message in &inputs {
+            let view = HostView::from(message);
+            let bogus = (!offered.reads_snapshot(&view))
+                .then(|| Ok(serde_json::json!({"offered": true})));
+            reference.handle_view(now, view);
+            offered.handle_view_parsed(now, view, bogus);
+            prop_assert_eq!(observe(&mut offered), observe(&mut reference));
+        }
+    }
+}
+
+#[test]
+fn only_snapshots_for_this_client_from_its_host_are_read() {
+    let now = Instant::now();
+    let core = ClientCore::new(config(""), now);
+    let reads =
+        |header: Header| core.reads_snapshot(&HostView::from(&snapshot(header, 1, 0, "{}")));
+    assert!(reads(Header::v1("e1", "h", "")));
+    assert!(reads(Header::v1("e1", "h", "c1")));
+    assert!(
+        !reads(Header::v1("e1", "h", "c2")),
+        "addressed to another client"
+    );
+    assert!(!reads(Header::v1("e1", "x", "")), "from another host");
+    assert!(!reads(Header::v1("", "h", "")), "no epoch");
+    let mut old = Header::v1("e1", "h", "");
+    old.protocol_version = 2;
+    assert!(!reads(old), "another protocol version");
+    let patch = HostMessage {
+        header: Some(Header::v1("e1", "h", "")),
+        kind: Some(host_message::Kind::Patch(Patch::default())),
+    };
+    assert!(
+        !core.reads_snapshot(&HostView::from(&patch)),
+        "not a snapshot"
+    );
+    let mut disposed = ClientCore::new(config(""), now);
+    disposed.dispose();
+    assert!(!disposed.reads_snapshot(&HostView::from(&snapshot(
+        Header::v1("e1", "h", ""),
+        1,
+        0,
+        "{}"
+    ))));
+}
