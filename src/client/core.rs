@@ -705,20 +705,24 @@ impl ClientCore {
 
     /// [`ClientCore::handle_view`] with a snapshot's state already parsed
     /// by [`parse_snapshot_state`] (`None`: parsed here, if the message is
-    /// a snapshot the core reads). Returns the mirror's state a snapshot
-    /// replaced, for the caller to free after it lets the core go.
+    /// a snapshot the core reads). Returns the state the core let go of,
+    /// for the caller to free after it lets the core go: the mirror's that
+    /// a snapshot replaced, or the state offered when it was not adopted.
     pub(crate) fn handle_view_parsed(
         &mut self,
         now: Instant,
         message: HostView<'_>,
         state: Option<Result<Value, String>>,
     ) -> Option<Value> {
+        // A state offered for an envelope this core does not read is handed
+        // back as it is, to be freed without the core too.
+        let unread = |state: Option<Result<Value, String>>| state.and_then(Result::ok);
         if self.disposed {
-            return None;
+            return unread(state);
         }
         let header = message.header.unwrap_or_default();
         if !self.addressed_here(&header) {
-            return None;
+            return unread(state);
         }
         // Whatever it says, it came from the host this client follows.
         if self.connected {
@@ -728,7 +732,7 @@ impl ClientCore {
             self.notice(Notice::Malformed {
                 reason: format!("unsupported protocol version {}", header.protocol_version),
             });
-            return None;
+            return unread(state);
         }
         // K2a: an empty epoch would make the mirror's epoch "", which every
         // later call and sync request reads as "unfenced" (E7, RS2); a
@@ -740,7 +744,7 @@ impl ClientCore {
                     header.epoch.len()
                 ),
             });
-            return None;
+            return unread(state);
         }
         let mut replaced = None;
         match message.kind {
@@ -828,8 +832,8 @@ impl ClientCore {
         }
     }
 
-    /// Takes a snapshot whose state parsed as `state`; the mirror's state
-    /// it replaced, if any.
+    /// Takes a snapshot whose state parsed as `state`; the state it let go
+    /// of, if any: the mirror's it replaced, or `state` itself if refused.
     fn on_snapshot(
         &mut self,
         epoch: &str,
@@ -847,7 +851,7 @@ impl ClientCore {
             self.notice(Notice::Malformed {
                 reason: "snapshot version 0".to_owned(),
             });
-            return None;
+            return Some(state);
         }
         let replaced;
         match &mut self.mirror {

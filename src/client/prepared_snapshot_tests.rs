@@ -45,10 +45,12 @@ fn header() -> impl Strategy<Value = Header> {
         prop_oneof![4 => Just("h"), 1 => Just("x")],
         prop_oneof![3 => Just(""), 2 => Just("c1"), 1 => Just("c2")],
         prop_oneof![4 => Just(1u32), 1 => Just(2u32)],
+        prop_oneof![Just(""), Just("cap"), Just("other")],
     )
-        .prop_map(|(epoch, source, target, version)| {
+        .prop_map(|(epoch, source, target, version, capability)| {
             let mut header = Header::v1(&epoch, source, target);
             header.protocol_version = version;
+            header.capability = capability.to_owned();
             header
         })
 }
@@ -76,10 +78,15 @@ fn envelope() -> impl Strategy<Value = HostMessage> {
     ]
 }
 
-/// Everything `core` has to say, and its mirror.
-fn observe(core: &mut ClientCore) -> (Vec<ClientEvent>, Option<Value>) {
+/// Everything `core` has to say and send, its mirror, and the rest of its
+/// state as `Debug` prints it (pending calls, sync requests, when the host
+/// was last heard).
+fn observe(core: &mut ClientCore) -> (Vec<ClientEvent>, Option<Value>, Vec<String>, String) {
     let events = std::iter::from_fn(|| core.poll_event()).collect();
-    (events, core.state().cloned())
+    let sent = std::iter::from_fn(|| core.poll_transmit())
+        .map(|m| format!("{m:?}"))
+        .collect();
+    (events, core.state().cloned(), sent, format!("{core:?}"))
 }
 
 proptest! {
@@ -112,13 +119,11 @@ proptest! {
             let offered = state.clone().and_then(Result::ok);
             let replaced = prepared.handle_view_parsed(now, view, state);
             prop_assert_eq!(observe(&mut prepared), observe(&mut reference));
-            if let Some(replaced) = replaced {
-                // Adopted, the offered state replaced the old mirror; refused
-                // as stale, it is handed back itself.
-                let adopted = offered.is_some() && prepared.state() == offered.as_ref();
-                let expected = if adopted { before.as_ref() } else { offered.as_ref() };
-                prop_assert_eq!(Some(&replaced), expected);
-            }
+            // Adopted, the offered state replaced the old mirror, which is
+            // handed back; otherwise the offered state is handed back itself.
+            let adopted = offered.is_some() && prepared.state() == offered.as_ref();
+            let expected = if adopted { before } else { offered };
+            prop_assert_eq!(replaced, expected);
         }
     }
 
@@ -157,6 +162,11 @@ fn only_snapshots_for_this_client_from_its_host_are_read() {
     );
     assert!(!reads(Header::v1("e1", "x", "")), "from another host");
     assert!(!reads(Header::v1("", "h", "")), "no epoch");
+    assert!(
+        !reads(Header::v1("e".repeat(1025), "h", "")),
+        "an epoch over the limit"
+    );
+    assert!(reads(Header::v1("e".repeat(1024), "h", "")));
     let mut old = Header::v1("e1", "h", "");
     old.protocol_version = 2;
     assert!(!reads(old), "another protocol version");
@@ -168,6 +178,15 @@ fn only_snapshots_for_this_client_from_its_host_are_read() {
         !core.reads_snapshot(&HostView::from(&patch)),
         "not a snapshot"
     );
+    let fenced = ClientCore::new(config("cap"), now);
+    let with_capability = |capability: &str| {
+        let mut header = Header::v1("e1", "h", "");
+        header.capability = capability.to_owned();
+        fenced.reads_snapshot(&HostView::from(&snapshot(header, 1, 0, "{}")))
+    };
+    assert!(with_capability("cap"));
+    assert!(!with_capability(""), "without the capability");
+    assert!(!with_capability("other"), "with another capability");
     let mut disposed = ClientCore::new(config(""), now);
     disposed.dispose();
     assert!(!disposed.reads_snapshot(&HostView::from(&snapshot(
