@@ -290,23 +290,64 @@ pub fn apply_patch(view: &mut Value, patch_json: &str) -> Result<(), ApplyError>
     apply_within(view, patch_json, copy_budget(len), shift_budget(len)).0
 }
 
-/// [`apply_patch`] allowed to shift at most `shifts` array elements (and
-/// never more than [`shift_budget`] allows). Also returns the elements it
-/// shifted, whether it applied or not: a patch that fails has done that
-/// work, and undone it. The client core passes what its shift credit
-/// allows (`client/shift_credit.rs`), so that many small patches cannot
-/// each spend the whole per-patch floor.
-pub(crate) fn apply_patch_shifting(
+/// A patch's operations, read from its text and checked for everything
+/// that needs no document: what [`apply_read_shifting`] applies, once.
+/// Reading needs neither the mirror nor the client core, so a driver reads
+/// a patch before it locks the core, and frees it after, with the values
+/// applying it took out of the mirror.
+#[derive(Debug)]
+pub(crate) struct ReadPatch {
+    /// The length of the text read: the budgets are proportional to it.
+    len: usize,
+    /// The operations, or why the text is no patch this client applies.
+    /// Applying moves their values into the document.
+    ops: Result<Vec<PatchOperation>, ApplyError>,
+    /// Whether it was applied: its values are then gone.
+    spent: bool,
+    /// Once applied: what it replaced or removed, to be freed with it.
+    released: Vec<Value>,
+}
+
+impl ReadPatch {
+    /// Reads `patch_json`, refusing it as applying it would.
+    pub(crate) fn read(patch_json: &str) -> Self {
+        let ops = parse_ops(patch_json)
+            .map_err(|e| ApplyError::Malformed(e.to_string()))
+            .and_then(|ops| {
+                match ops
+                    .iter()
+                    .enumerate()
+                    .find_map(|(index, op)| check_static(index, op).err())
+                {
+                    Some(error) => Err(error),
+                    None => Ok(ops),
+                }
+            });
+        Self {
+            len: patch_json.len(),
+            ops,
+            spent: false,
+            released: Vec::new(),
+        }
+    }
+}
+
+/// [`apply_patch`] of a patch already read, allowed to shift at most
+/// `shifts` array elements (and never more than [`shift_budget`] allows).
+/// Also returns the elements it shifted, whether it applied or not: a
+/// patch that fails has done that work, and undone it. The client core
+/// passes what its shift credit allows (`client/shift_credit.rs`), so that
+/// many small patches cannot each spend the whole per-patch floor.
+pub(crate) fn apply_read_shifting(
     view: &mut Value,
-    patch_json: &str,
+    patch: &mut ReadPatch,
     shifts: usize,
 ) -> (Result<(), ApplyError>, usize) {
-    let len = patch_json.len();
-    apply_within(
+    apply_read(
         view,
-        patch_json,
-        copy_budget(len),
-        shifts.min(shift_budget(len)),
+        patch,
+        copy_budget(patch.len),
+        shifts.min(shift_budget(patch.len)),
     )
 }
 
@@ -319,17 +360,25 @@ fn apply_within(
     copies: usize,
     shifts: usize,
 ) -> (Result<(), ApplyError>, usize) {
-    let ops = match parse_ops(patch_json) {
-        Ok(ops) => ops,
-        Err(e) => return (Err(ApplyError::Malformed(e.to_string())), 0),
-    };
-    if let Some(error) = ops
-        .iter()
-        .enumerate()
-        .find_map(|(index, op)| check_static(index, op).err())
-    {
-        return (Err(error), 0);
+    apply_read(view, &mut ReadPatch::read(patch_json), copies, shifts)
+}
+
+/// [`apply_within`] of a patch already read.
+fn apply_read(
+    view: &mut Value,
+    patch: &mut ReadPatch,
+    copies: usize,
+    shifts: usize,
+) -> (Result<(), ApplyError>, usize) {
+    if std::mem::replace(&mut patch.spent, true) {
+        // Its values were moved into a document already.
+        let spent = ApplyError::Malformed("a patch read is applied once".to_owned());
+        return (Err(spent), 0);
     }
+    let ops = match &mut patch.ops {
+        Ok(ops) => ops,
+        Err(error) => return (Err(error.clone()), 0),
+    };
     let mut shifts = Shifts::new(shifts);
     let mut measured = Measured {
         budget: copies,
@@ -338,7 +387,7 @@ fn apply_within(
     };
     let applied = apply_in_place(
         view,
-        &ops,
+        ops,
         &mut shifts,
         |index, op, doc| check_source(index, op, doc, &mut measured),
         |doc| {
@@ -348,6 +397,7 @@ fn apply_within(
                 Err(ApplyError::NotAnObject)
             }
         },
+        &mut patch.released,
     );
     let result = applied.map_err(|(index, failure)| match failure {
         Failure::Patch(kind) => ApplyError::Operation {
@@ -409,6 +459,62 @@ mod tests {
     fn failed_move_keeps_its_source_value() {
         assert_refused(json!([{"op": "move", "from": "/s/o", "path": "/missing/x"}]));
         assert_refused(json!([{"op": "move", "from": "/s/arr/0", "path": "/s/arr/3"}]));
+    }
+
+    /// Applying moves values into the mirror and hands back, with the
+    /// patch, exactly what it replaced or removed, to be freed later.
+    #[test]
+    fn an_applied_patch_holds_what_it_replaced_or_removed() {
+        let mut v = view();
+        let mut patch = ReadPatch::read(
+            r#"[{"op":"replace","path":"/s/o","value":{"k":2}},
+                {"op":"remove","path":"/s/arr/0"},
+                {"op":"remove","path":"/s/arr/0"},
+                {"op":"add","path":"/s/x~1y","value":7},
+                {"op":"add","path":"/s/new","value":[1]},
+                {"op":"move","from":"/s/new","path":"/s/x~0y"}]"#,
+        );
+        let (applied, _) = apply_read_shifting(&mut v, &mut patch, usize::MAX);
+        assert_eq!(applied, Ok(()));
+        assert_eq!(
+            v,
+            json!({"s": {"arr": [3], "o": {"k": 2}, "x~y": [1], "x/y": 7}})
+        );
+        assert_eq!(
+            patch.released,
+            vec![json!({"k": 1}), json!(1), json!(2), json!(6), json!(5)]
+        );
+    }
+
+    /// A refused patch changes nothing and holds nothing of the mirror's.
+    #[test]
+    fn a_refused_patch_holds_nothing_of_the_mirror() {
+        let mut v = view();
+        let mut patch = ReadPatch::read(
+            r#"[{"op":"replace","path":"/s/o","value":1},{"op":"remove","path":"/nope"}]"#,
+        );
+        let (applied, _) = apply_read_shifting(&mut v, &mut patch, usize::MAX);
+        assert!(matches!(
+            applied,
+            Err(ApplyError::Operation { index: 1, .. })
+        ));
+        assert_eq!(v, view());
+        assert!(patch.released.is_empty());
+    }
+
+    /// Its values are in the mirror once applied, so a patch read is
+    /// refused a second time rather than applying nulls.
+    #[test]
+    fn a_patch_read_applies_once() {
+        let mut v = view();
+        let mut patch = ReadPatch::read(r#"[{"op":"replace","path":"/s/o","value":3}]"#);
+        assert_eq!(
+            apply_read_shifting(&mut v, &mut patch, usize::MAX).0,
+            Ok(())
+        );
+        let again = apply_read_shifting(&mut v, &mut patch, usize::MAX).0;
+        assert!(matches!(again, Err(ApplyError::Malformed(_))));
+        assert_eq!(v["s"]["o"], json!(3));
     }
 
     #[test]

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use serde_json::Value;
 
-use super::apply::apply_patch_shifting;
+use super::apply::{ReadPatch, apply_read_shifting};
+use super::read_ahead::{ReadAhead, Released};
 use super::shift_credit::ShiftCredit;
 use crate::app::MethodError;
 use crate::wire::view::{
@@ -678,7 +679,7 @@ impl ClientCore {
 
     /// [`ClientCore::handle_message`] of a message read in place.
     pub(crate) fn handle_view(&mut self, now: Instant, message: HostView<'_>) {
-        self.handle_view_parsed(now, message, None);
+        self.handle_view_parsed(now, message, ReadAhead::Nothing);
     }
 
     /// Whether `message` is a snapshot this core would read the state of:
@@ -703,26 +704,35 @@ impl ClientCore {
             && (self.config.capability.is_empty() || header.capability == self.config.capability)
     }
 
-    /// [`ClientCore::handle_view`] with a snapshot's state already parsed
-    /// by [`parse_snapshot_state`] (`None`: parsed here, if the message is
-    /// a snapshot the core reads). Returns the state the core let go of,
-    /// for the caller to free after it lets the core go: the mirror's that
-    /// a snapshot replaced, or the state offered when it was not adopted.
+    /// [`ClientCore::handle_view`] with the envelope's payload already read
+    /// by [`ReadAhead::read`] from this same `message` (`Nothing`: read
+    /// here, if the core reads it). Returns what the core let go of, for
+    /// the caller to free after it lets the core go: the mirror's state a
+    /// snapshot replaced, the state offered when it was not adopted, and
+    /// the patch read ahead.
     pub(crate) fn handle_view_parsed(
         &mut self,
         now: Instant,
         message: HostView<'_>,
-        state: Option<Result<Value, String>>,
-    ) -> Option<Value> {
-        // A state offered for an envelope this core does not read is handed
-        // back as it is, to be freed without the core too.
-        let unread = |state: Option<Result<Value, String>>| state.and_then(Result::ok);
+        ahead: ReadAhead,
+    ) -> Released {
+        let (state, patch) = match ahead {
+            ReadAhead::Nothing => (None, None),
+            ReadAhead::Snapshot(state) => (Some(state), None),
+            ReadAhead::Patch(patch) => (None, Some(patch)),
+        };
+        // What was read ahead for an envelope this core does not read is
+        // handed back as it is, to be freed without the core too.
+        let unread = |state: Option<Result<Value, String>>, patch| Released {
+            state: state.and_then(Result::ok),
+            patch,
+        };
         if self.disposed {
-            return unread(state);
+            return unread(state, patch);
         }
         let header = message.header.unwrap_or_default();
         if !self.addressed_here(&header) {
-            return unread(state);
+            return unread(state, patch);
         }
         // Whatever it says, it came from the host this client follows.
         if self.connected {
@@ -732,7 +742,7 @@ impl ClientCore {
             self.notice(Notice::Malformed {
                 reason: format!("unsupported protocol version {}", header.protocol_version),
             });
-            return unread(state);
+            return unread(state, patch);
         }
         // K2a: an empty epoch would make the mirror's epoch "", which every
         // later call and sync request reads as "unfenced" (E7, RS2); a
@@ -744,22 +754,26 @@ impl ClientCore {
                     header.epoch.len()
                 ),
             });
-            return unread(state);
+            return unread(state, patch);
         }
-        let mut replaced = None;
+        let mut released = Released::default();
         match message.kind {
             None => self.notice(Notice::Malformed {
                 reason: "no known message kind".to_owned(),
             }),
             Some(HostKindView::Snapshot(s)) => {
                 let state = state.unwrap_or_else(|| parse_snapshot_state(s.state_json));
-                replaced = self.on_snapshot(header.epoch, s, state);
+                released.state = self.on_snapshot(header.epoch, s, state);
             }
-            Some(HostKindView::Patch(p)) => self.on_patch(now, header.epoch, p),
+            Some(HostKindView::Patch(p)) => {
+                let mut patch = patch;
+                self.on_patch(now, header.epoch, p, &mut patch);
+                released.patch = patch;
+            }
             Some(HostKindView::Result(r)) => self.on_result(now, header.epoch, r),
         }
         self.rearm_result_ahead(now);
-        replaced
+        released
     }
 
     /// Q1: a held result still names a version the mirror has not reached and
@@ -931,7 +945,16 @@ impl ClientCore {
         replaced
     }
 
-    fn on_patch(&mut self, now: Instant, epoch: &str, patch: PatchView<'_>) {
+    /// Applies `patch` if it follows the mirror. `read` is its operations
+    /// if read ahead; the core reads them there if it applies the patch and
+    /// they were not, so that the caller frees them either way.
+    fn on_patch(
+        &mut self,
+        now: Instant,
+        epoch: &str,
+        patch: PatchView<'_>,
+        read: &mut Option<ReadPatch>,
+    ) {
         if patch.version < patch.base_version {
             return self.notice(Notice::Malformed {
                 reason: format!(
@@ -961,8 +984,8 @@ impl ClientCore {
                 } else {
                     let len = patch.patch_json.len();
                     let allowance = self.shift_credit.allowance(now, len);
-                    let (applied, shifted) =
-                        apply_patch_shifting(&mut m.state, patch.patch_json, allowance);
+                    let read = read.get_or_insert_with(|| ReadPatch::read(patch.patch_json));
+                    let (applied, shifted) = apply_read_shifting(&mut m.state, read, allowance);
                     // A patch that failed shifted as much, and undid it.
                     self.shift_credit.spend(len, shifted);
                     applied.map_err(|error| error.to_string())

@@ -16,8 +16,8 @@ use tokio::time::Instant;
 
 use super::call::{CallFuture, CallOptions, ModuleHandle};
 use super::connection::Connection;
-use super::core::parse_snapshot_state;
 use super::outbound::Outbound;
+use super::read_ahead::ReadAhead;
 use super::reconnect::Reconnect;
 use super::watch::{Watch, WatchHandle, WatchOptions};
 use super::{CallId, ClientConfig, ClientCore, ClientEvent, Conflict};
@@ -25,7 +25,7 @@ use crate::app::MethodError;
 use crate::fast_hash::FastMap;
 use crate::transport::{BoxStream, ClientLink, Connector, HostInput, TransportError};
 use crate::wire::ErrorCode;
-use crate::wire::view::{HostKindView, HostView};
+use crate::wire::view::HostView;
 
 /// What a call settles with.
 pub type CallOutcome = Result<Value, MethodError>;
@@ -683,17 +683,13 @@ fn take_input(
         *heard = true;
         shared.set_connection(Connection::Connected);
     }
-    // A snapshot's state is parsed, and the state it replaces freed,
-    // without the core: callers reading the mirror or making calls wait
-    // only for the mirror to be swapped, not for megabytes of JSON.
-    let state = match message.kind {
-        Some(HostKindView::Snapshot(snapshot)) if shared.core().reads_snapshot(&message) => {
-            Some(parse_snapshot_state(snapshot.state_json))
-        }
-        _ => None,
-    };
-    let replaced = shared.core().handle_view_parsed(now, message, state);
-    drop(replaced);
+    // A snapshot's state or a patch's operations are parsed, and what they
+    // replace freed, without the core: callers reading the mirror or making
+    // calls wait only for the mirror to be swapped or patched, not for
+    // megabytes of JSON (see `read_ahead`).
+    let ahead = ReadAhead::read(&message, || shared.core().reads_snapshot(&message));
+    let released = shared.core().handle_view_parsed(now, message, ahead);
+    drop(released);
     Ok(())
 }
 

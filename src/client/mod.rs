@@ -12,8 +12,9 @@ mod driver;
 mod equality;
 mod ops;
 mod outbound;
+mod read_ahead;
 #[cfg(test)]
-mod prepared_snapshot_tests;
+mod read_ahead_tests;
 mod reconnect;
 mod shift_credit;
 mod watch;

@@ -413,26 +413,67 @@ fn run_len(ops: &[PatchOperation]) -> usize {
     1 + rest.iter().take_while(|op| same(op)).count()
 }
 
-/// How to take back one applied step.
-pub(crate) enum Undo<'p> {
+/// How to take back one applied step. The paths are those of the step's
+/// first operation, which the caller keeps.
+pub(crate) enum Undo {
     /// Nothing changed (a `test`, a `move` onto itself).
     Nothing,
-    /// Take the value a `move` put at `path` back to `from`, restoring what
-    /// it replaced at `path`, if anything.
-    MoveBack {
-        from: &'p Pointer,
-        path: &'p Pointer,
-        replaced: Option<Value>,
-    },
-    Remove(&'p Pointer),
-    Add(&'p Pointer, Value),
-    Replace(&'p Pointer, Value),
+    /// Take the value a `move` put at its `path` back to its `from`,
+    /// restoring what it replaced at `path`, if anything.
+    MoveBack { replaced: Option<Value> },
+    /// Remove what the step added at its path.
+    Remove,
+    /// Put this value back at the step's path.
+    Add(Value),
+    /// Put this value back in place of what the step's path now holds.
+    Replace(Value),
     /// Remove the elements a run of `add`s inserted into the array holding
     /// the path: how many, from which index.
-    Unsplice(&'p Pointer, usize, usize),
+    Unsplice(usize, usize),
     /// Put back the elements a run of `remove`s took from the array holding
     /// the path, at that index.
-    Unremove(&'p Pointer, usize, Vec<Value>),
+    Unremove(usize, Vec<Value>),
+}
+
+impl Undo {
+    /// The values the step took out of the document, if any: what the
+    /// caller frees once the patch holds.
+    fn into_values(self, out: &mut Vec<Value>) {
+        match self {
+            Undo::MoveBack {
+                replaced: Some(value),
+            }
+            | Undo::Add(value)
+            | Undo::Replace(value) => out.push(value),
+            Undo::Unremove(_, values) => out.extend(values),
+            Undo::Nothing
+            | Undo::MoveBack { replaced: None }
+            | Undo::Remove
+            | Undo::Unsplice(..) => {}
+        }
+    }
+}
+
+/// The value an `add` or `replace` carries, taken out of it: applying moves
+/// it into the document rather than copying it.
+fn take_value(op: &mut PatchOperation) -> Option<Value> {
+    match op {
+        PatchOperation::Add(o) => Some(std::mem::take(&mut o.value)),
+        PatchOperation::Replace(o) => Some(std::mem::take(&mut o.value)),
+        _ => None,
+    }
+}
+
+/// The path an operation changes.
+fn path_of(op: &PatchOperation) -> &Pointer {
+    match op {
+        PatchOperation::Add(o) => &o.path,
+        PatchOperation::Remove(o) => &o.path,
+        PatchOperation::Replace(o) => &o.path,
+        PatchOperation::Move(o) => &o.path,
+        PatchOperation::Copy(o) => &o.path,
+        PatchOperation::Test(o) => &o.path,
+    }
 }
 
 /// The array holding `path`'s last token.
@@ -465,15 +506,15 @@ fn parent_array<'v>(doc: &'v mut Value, path: &Pointer) -> Option<&'v mut Vec<Va
 /// `copy` are charged to `shifts` like the insertion and removal they make.
 /// None of them copies the document: a `move` is taken back by moving the
 /// value again, a `copy` by removing what it added.
-pub(crate) fn apply_step<'p>(
+pub(crate) fn apply_step(
     doc: &mut Value,
-    ops: &'p [PatchOperation],
+    ops: &mut [PatchOperation],
     shifts: &mut Shifts,
-) -> Result<(usize, Undo<'p>), Failure> {
+) -> Result<(usize, Undo), Failure> {
     // Neither can happen (the caller passes what is left of a patch, and a
     // path with a parent array has a last token), but this is input.
     let unusable = || Failure::Patch(PatchErrorKind::InvalidPointer);
-    let Some(first) = ops.first() else {
+    let Some(first) = ops.first_mut() else {
         return Err(unusable());
     };
     match first {
@@ -491,24 +532,21 @@ pub(crate) fn apply_step<'p>(
                 // whole, so each operation is looked at once.
                 let run = run_len(ops);
                 if run == 1 {
-                    arr.insert(at, o.value.clone());
-                    return Ok((1, Undo::Remove(&o.path)));
+                    arr.insert(at, take_value(&mut ops[0]).unwrap_or_default());
+                    return Ok((1, Undo::Remove));
                 }
                 // A run holds only adds.
-                let value = |op: &PatchOperation| match op {
-                    PatchOperation::Add(a) => Some(a.value.clone()),
-                    _ => None,
-                };
+                let values = ops[..run].iter_mut().filter_map(take_value);
                 if matches!(index, Index::Next) {
-                    arr.extend(ops[..run].iter().filter_map(value));
+                    arr.extend(values);
                 } else {
-                    arr.splice(at..at, ops[..run].iter().rev().filter_map(value));
+                    arr.splice(at..at, values.rev());
                 }
-                return Ok((run, Undo::Unsplice(&o.path, at, run)));
+                return Ok((run, Undo::Unsplice(at, run)));
             }
-            let undo = match add(doc, &o.path, o.value.clone())? {
-                None => Undo::Remove(&o.path),
-                Some(prev) => Undo::Add(&o.path, prev),
+            let undo = match add(doc, &o.path, std::mem::take(&mut o.value))? {
+                None => Undo::Remove,
+                Some(prev) => Undo::Add(prev),
             };
             Ok((1, undo))
         }
@@ -524,14 +562,14 @@ pub(crate) fn apply_step<'p>(
                 // Those past the end are left to fail on their own.
                 let taken = run_len(ops).min(arr.len().saturating_sub(at));
                 let removed: Vec<Value> = arr.drain(at..at + taken).collect();
-                return Ok((taken, Undo::Unremove(&o.path, at, removed)));
+                return Ok((taken, Undo::Unremove(at, removed)));
             }
             let prev = remove(doc, &o.path, false)?;
-            Ok((1, Undo::Add(&o.path, prev)))
+            Ok((1, Undo::Add(prev)))
         }
         PatchOperation::Replace(o) => {
-            let prev = replace(doc, &o.path, o.value.clone())?;
-            Ok((1, Undo::Replace(&o.path, prev)))
+            let prev = replace(doc, &o.path, std::mem::take(&mut o.value))?;
+            Ok((1, Undo::Replace(prev)))
         }
         PatchOperation::Test(o) => {
             let target = doc
@@ -565,14 +603,7 @@ pub(crate) fn apply_step<'p>(
                 return Err(kind.into());
             }
             let replaced = add(doc, &o.path, value)?;
-            Ok((
-                1,
-                Undo::MoveBack {
-                    from: &o.from,
-                    path: &o.path,
-                    replaced,
-                },
-            ))
+            Ok((1, Undo::MoveBack { replaced }))
         }
         PatchOperation::Copy(o) => {
             let value = doc
@@ -581,8 +612,8 @@ pub(crate) fn apply_step<'p>(
                 .clone();
             shifts.charge_copy(doc, &o.path)?;
             let undo = match add(doc, &o.path, value)? {
-                None => Undo::Remove(&o.path),
-                Some(prev) => Undo::Add(&o.path, prev),
+                None => Undo::Remove,
+                Some(prev) => Undo::Add(prev),
             };
             Ok((1, undo))
         }
@@ -615,6 +646,12 @@ fn addable(doc: &mut Value, path: &Pointer) -> Result<(), PatchErrorKind> {
 /// are charged to `shifts` (see [`apply_step`]); going over it fails the
 /// operation that would.
 ///
+/// The values of `add` and `replace` operations are moved into the
+/// document, not copied: whatever the outcome, `ops` is spent and only
+/// good for freeing. Applied, the values the patch took out of the
+/// document (replaced, removed) are appended to `released`, for the caller
+/// to free when it likes.
+///
 /// Equivalent to `json_patch::patch` within the budget, except that a
 /// `test` uses the protocol's equality and a failed `move` changes nothing
 /// (json-patch can lose its source), and whose undo cannot fail: each
@@ -623,11 +660,13 @@ fn addable(doc: &mut Value, path: &Pointer) -> Result<(), PatchErrorKind> {
 /// keeps the root it replaced.
 pub(crate) fn apply_in_place(
     doc: &mut Value,
-    ops: &[PatchOperation],
+    ops: &mut [PatchOperation],
     shifts: &mut Shifts,
     mut check: impl FnMut(usize, &PatchOperation, &Value) -> Result<(), ApplyError>,
     finish: impl FnOnce(&Value) -> Result<(), ApplyError>,
+    released: &mut Vec<Value>,
 ) -> Result<(), (usize, Failure)> {
+    // Each step's undo, with the index of the operation whose paths it names.
     let mut undo = Vec::with_capacity(ops.len());
     let mut failed = None;
     let mut index = 0;
@@ -636,9 +675,9 @@ pub(crate) fn apply_in_place(
             failed = Some((index, Failure::Refused(refused)));
             break;
         }
-        match apply_step(doc, &ops[index..], shifts) {
+        match apply_step(doc, &mut ops[index..], shifts) {
             Ok((taken, u)) => {
-                undo.push(u);
+                undo.push((index, u));
                 index += taken;
             }
             Err(failure) => {
@@ -653,43 +692,48 @@ pub(crate) fn apply_in_place(
         failed = Some((ops.len(), Failure::Refused(refused)));
     }
     let Some(failure) = failed else {
+        for (_, u) in undo {
+            u.into_values(released);
+        }
         return Ok(());
     };
-    for u in undo.into_iter().rev() {
+    for (at, u) in undo.into_iter().rev() {
+        let op = &ops[at];
+        let path = path_of(op);
         // Cannot fail (see above); were it to, the caller reports the patch
         // as failed either way and the client heals with a snapshot.
-        let _ = match u {
-            Undo::Nothing => Ok(()),
+        let _ = match (u, op) {
+            (Undo::Nothing, _) => Ok(()),
             // A move to the root replaced the whole document: put back the
             // root it replaced, then the value where it came from.
-            Undo::MoveBack {
-                from,
-                path,
-                replaced: Some(root),
-            } if path.is_root() => {
+            (
+                Undo::MoveBack {
+                    replaced: Some(root),
+                },
+                PatchOperation::Move(o),
+            ) if path.is_root() => {
                 let value = std::mem::replace(doc, root);
-                add(doc, from, value).map(drop)
+                add(doc, &o.from, value).map(drop)
             }
-            Undo::MoveBack {
-                from,
-                path,
-                replaced,
-            } => remove(doc, path, true).and_then(|value| {
-                if let Some(replaced) = replaced {
-                    add(doc, path, replaced)?;
-                }
-                add(doc, from, value).map(drop)
-            }),
-            Undo::Remove(path) => remove(doc, path, true).map(drop),
-            Undo::Add(path, value) => add(doc, path, value).map(drop),
-            Undo::Replace(path, value) => replace(doc, path, value).map(drop),
-            Undo::Unsplice(path, at, count) => {
+            (Undo::MoveBack { replaced }, PatchOperation::Move(o)) => remove(doc, path, true)
+                .and_then(|value| {
+                    if let Some(replaced) = replaced {
+                        add(doc, path, replaced)?;
+                    }
+                    add(doc, &o.from, value).map(drop)
+                }),
+            // Only a `move` step leaves this undo.
+            (Undo::MoveBack { .. }, _) => Ok(()),
+            (Undo::Remove, _) => remove(doc, path, true).map(drop),
+            (Undo::Add(value), _) => add(doc, path, value).map(drop),
+            (Undo::Replace(value), _) => replace(doc, path, value).map(drop),
+            (Undo::Unsplice(at, count), _) => {
                 if let Some(arr) = parent_array(doc, path) {
                     arr.drain(at.min(arr.len())..(at + count).min(arr.len()));
                 }
                 Ok(())
             }
-            Undo::Unremove(path, at, values) => {
+            (Undo::Unremove(at, values), _) => {
                 if let Some(arr) = parent_array(doc, path) {
                     let at = at.min(arr.len());
                     arr.splice(at..at, values);
@@ -898,7 +942,7 @@ pub(crate) mod tests {
             let mut ours = doc.clone();
             let mut theirs = doc.clone();
             let our_result =
-                apply_in_place(&mut ours, &ops, &mut Shifts::new(usize::MAX), no_check, no_finish);
+                apply_in_place(&mut ours, &mut ops.clone(), &mut Shifts::new(usize::MAX), no_check, no_finish, &mut Vec::new());
             // Without json-patch's undo, which cannot always undo a move
             // (it panics); on failure its document is not compared.
             let their_result = json_patch::patch_unsafe(&mut theirs, &ops)
@@ -940,7 +984,7 @@ pub(crate) mod tests {
             let mut ours = doc.clone();
             let mut theirs = doc.clone();
             let our_result =
-                apply_in_place(&mut ours, &ops, &mut Shifts::new(usize::MAX), no_check, no_finish);
+                apply_in_place(&mut ours, &mut ops.clone(), &mut Shifts::new(usize::MAX), no_check, no_finish, &mut Vec::new());
             let their_result = json_patch::patch(&mut theirs, &ops)
                 .map_err(|e| (e.operation, e.kind.to_string()));
             prop_assert_eq!(our_result.map_err(describe), their_result);

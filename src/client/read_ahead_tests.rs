@@ -1,14 +1,14 @@
-//! A snapshot's state parsed before the core is locked
-//! (`reads_snapshot`, `parse_snapshot_state`, `handle_view_parsed`) has
-//! exactly the effect of the core parsing it itself, and what the core
-//! hands back to be freed is a state it no longer holds.
+//! A snapshot's state or a patch's operations read before the core is
+//! locked (`ReadAhead::read`, `reads_snapshot`, `handle_view_parsed`) have
+//! exactly the effect of the core reading them itself, and what the core
+//! hands back to be freed is something it no longer holds.
 
 use std::time::Instant;
 
 use proptest::prelude::*;
 use serde_json::Value;
 
-use super::core::parse_snapshot_state;
+use super::read_ahead::ReadAhead;
 use super::{ClientConfig, ClientCore, ClientEvent};
 use crate::wire::view::{HostKindView, HostView};
 use crate::wire::{Header, HostMessage, Patch, Snapshot, host_message};
@@ -66,15 +66,39 @@ fn envelope() -> impl Strategy<Value = HostMessage> {
     ];
     prop_oneof![
         3 => (header(), 0..5u64, 0..3u64, state).prop_map(|(h, v, s, state)| snapshot(h, v, s, &state)),
-        1 => (header(), 1..5u64, 0..50u32).prop_map(|(h, v, n)| HostMessage {
-            header: Some(h),
-            kind: Some(host_message::Kind::Patch(Patch {
-                base_version: v - 1,
-                version: v,
-                patch_json: format!(r#"[{{"op":"replace","path":"/a","value":{n}}}]"#),
-                sync_id: 0,
-            })),
+        3 => (header(), 0..5u64, 0..2u64, patch_text()).prop_map(|(h, base, step, text)| {
+            HostMessage {
+                header: Some(h),
+                kind: Some(host_message::Kind::Patch(Patch {
+                    // A version below its base now and then (malformed).
+                    version: if step == 0 && base % 3 == 2 { base - 1 } else { base + step },
+                    base_version: base,
+                    patch_json: text,
+                    sync_id: 0,
+                })),
+            }
         }),
+    ]
+}
+
+/// Patch texts that apply, fail to apply, fail a check that needs no
+/// document, are no patch, or are empty.
+fn patch_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (0..50u32).prop_map(|n| format!(r#"[{{"op":"replace","path":"/a","value":{n}}}]"#)),
+        Just(r#"[{"op":"add","path":"/a/b/-","value":{"c":[3]}}]"#.to_owned()),
+        Just(r#"[{"op":"remove","path":"/a/b/0"}]"#.to_owned()),
+        Just(r#"[{"op":"remove","path":"/missing"}]"#.to_owned()),
+        Just(r#"[{"op":"move","from":"/a","path":"/a/b"}]"#.to_owned()),
+        Just(
+            r#"[{"op":"test","path":"/a","value":1},{"op":"add","path":"/t","value":1}]"#
+                .to_owned()
+        ),
+        Just(r#"[{"op":"replace","path":"","value":[1]}]"#.to_owned()),
+        Just(r#"[{"op":"nope","path":"/a"}]"#.to_owned()),
+        Just("[".to_owned()),
+        Just("[]".to_owned()),
+        Just(String::new()),
     ]
 }
 
@@ -92,12 +116,12 @@ fn observe(core: &mut ClientCore) -> (Vec<ClientEvent>, Option<Value>, Vec<Strin
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
-    /// Parsed before the core is locked or by the core itself, a snapshot's
-    /// state makes no difference, and a state the core hands back is one
-    /// it let go of: the mirror the snapshot replaced, or the snapshot's
-    /// own when it was refused as stale.
+    /// Read before the core is locked or by the core itself, a snapshot's
+    /// state or a patch's operations make no difference, and a state the
+    /// core hands back is one it let go of: the mirror the snapshot
+    /// replaced, or the snapshot's own when it was refused as stale.
     #[test]
-    fn a_state_parsed_ahead_acts_as_one_parsed_by_the_core(
+    fn a_payload_read_ahead_acts_as_one_read_by_the_core(
         capability in prop_oneof![Just(""), Just("cap")],
         inputs in prop::collection::vec(envelope(), 1..16),
     ) {
@@ -110,19 +134,21 @@ proptest! {
             let view = HostView::from(message);
             let before = reference.state().cloned();
             reference.handle_view(now, view);
-            let state = match view.kind {
-                Some(HostKindView::Snapshot(s)) if prepared.reads_snapshot(&view) => {
-                    Some(parse_snapshot_state(s.state_json))
-                }
+            let ahead = ReadAhead::read(&view, || prepared.reads_snapshot(&view));
+            let offered = match &ahead {
+                ReadAhead::Snapshot(state) => state.clone().ok(),
                 _ => None,
             };
-            let offered = state.clone().and_then(Result::ok);
-            let replaced = prepared.handle_view_parsed(now, view, state);
+            let released = prepared.handle_view_parsed(now, view, ahead);
             prop_assert_eq!(observe(&mut prepared), observe(&mut reference));
             // Adopted, the offered state replaced the old mirror, which is
             // handed back; otherwise the offered state is handed back itself.
             let adopted = offered.is_some() && prepared.state() == offered.as_ref();
             let expected = if adopted { before } else { offered };
+            let replaced = released.state;
+            // A patch read ahead is handed back, applied or not.
+            let is_patch = matches!(view.kind, Some(HostKindView::Patch(_)));
+            prop_assert_eq!(released.patch.is_some(), is_patch);
             prop_assert_eq!(replaced, expected);
         }
     }
@@ -139,8 +165,12 @@ proptest! {
         let mut offered = ClientCore::new(config(capability), now);
         for message in &inputs {
             let view = HostView::from(message);
-            let bogus = (!offered.reads_snapshot(&view))
-                .then(|| Ok(serde_json::json!({"offered": true})));
+            let bogus = match view.kind {
+                Some(HostKindView::Snapshot(_)) if !offered.reads_snapshot(&view) => {
+                    ReadAhead::Snapshot(Ok(serde_json::json!({"offered": true})))
+                }
+                _ => ReadAhead::Nothing,
+            };
             reference.handle_view(now, view);
             offered.handle_view_parsed(now, view, bogus);
             prop_assert_eq!(observe(&mut offered), observe(&mut reference));
