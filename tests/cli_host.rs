@@ -99,7 +99,7 @@ async fn the_host_binary_publishes_the_sections_and_secret_it_is_given() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_binary_refuses_bad_options_with_one_line_and_exit_2() {
-    let cases: [&[&str]; 15] = [
+    let cases: [&[&str]; 17] = [
         &["--sections", "counter,nope"],
         &["--sync", "sometimes"],
         &["--listen", "https://127.0.0.1:0"],
@@ -122,6 +122,8 @@ async fn the_host_binary_refuses_bad_options_with_one_line_and_exit_2() {
         &["--max-connections-per-address", "0"],
         &["--listen", "tcp://127.0.0.1:0", "--max-connections", "5"],
         &["--secret-token", ""],
+        &["--threads", "1025"],
+        &["--threads", "18446744073709551615"],
     ];
     for args in cases {
         let args: Vec<&str> = std::iter::once("host")

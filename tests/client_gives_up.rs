@@ -1,8 +1,13 @@
 //! A client whose transport fails for good (refused credentials, or a
 //! transport that cannot reconnect) stops, and its `ready()`, pending calls
-//! and later calls fail with a clear error instead of waiting forever.
+//! and later calls fail with a clear error instead of waiting forever; so
+//! does one whose driver dies.
 
-use cosystem_worker::client::{Client, ClientConfig};
+use std::time::Duration;
+
+use cosystem_worker::client::{CallOptions, Client, ClientConfig, Connection, Reconnect};
+use cosystem_worker::demo;
+use cosystem_worker::host::Host;
 use cosystem_worker::transport::{ClientLink, Connector, TransportError, memory};
 use cosystem_worker::wire::ErrorCode;
 use futures::FutureExt;
@@ -43,4 +48,80 @@ async fn a_call_made_after_the_transport_closed_for_good_fails_unavailable() {
         .await
         .unwrap_err();
     assert_eq!(error.code, ErrorCode::Unavailable);
+}
+
+struct Panicking;
+
+impl Connector for Panicking {
+    fn connect(&self) -> BoxFuture<'static, Result<ClientLink, TransportError>> {
+        async { panic!("a connector with a bug") }.boxed()
+    }
+}
+
+/// A driver that dies (here, a connector that panics) stops the client:
+/// `ready()`, a queued call and a later call all fail `internal` rather
+/// than waiting on a driver that is gone.
+#[tokio::test]
+async fn a_driver_that_panics_stops_the_client_with_an_internal_error() {
+    // A watchdog, not a timing assertion: without the stop this would hang.
+    tokio::time::timeout(Duration::from_secs(60), driver_panics())
+        .await
+        .expect("the client stopped");
+}
+
+async fn driver_panics() {
+    let client = Client::new(Panicking, ClientConfig::default());
+    let queued = client.call("counter", "increase", vec![json!(1)]);
+    let error = client.ready().await.unwrap_err();
+    assert_eq!(error.code, ErrorCode::Internal, "{error}");
+    assert_eq!(queued.await.unwrap_err().code, ErrorCode::Internal);
+    let later = client.call("counter", "increase", vec![json!(1)]).await;
+    assert_eq!(later.unwrap_err().code, ErrorCode::Internal);
+    assert!(matches!(client.connection(), Connection::Stopped { .. }));
+}
+
+/// Waits too long for the clock to express, as a reconnect wait or a call
+/// timeout, mean "for ever", not a crash: the client retries at no
+/// foreseeable time, and a call with such a timeout is answered.
+#[tokio::test]
+async fn waits_past_what_the_clock_can_express_wait_for_ever() {
+    for jitter in [false, true] {
+        let policy = Reconnect {
+            initial: Duration::MAX,
+            max: Duration::MAX,
+            jitter,
+        };
+        let client = Client::with_reconnect(Refused, ClientConfig::default(), policy);
+        let mut changes = client.connection_changes();
+        let retrying = changes
+            .wait_for(|c| !matches!(c, Connection::Connecting { .. }))
+            .await
+            .expect("the driver runs")
+            .clone();
+        assert!(
+            matches!(retrying, Connection::Retrying { attempt: 1, .. }),
+            "{retrying:?}"
+        );
+        client.dispose();
+    }
+
+    let (host_end, connector) = memory::pair();
+    let host = Host::builder(demo::app("token")).build();
+    tokio::spawn(async move { host.serve(host_end).await });
+    let client = Client::new(connector, ClientConfig::default());
+    let options = CallOptions {
+        timeout: Some(Duration::MAX),
+    };
+    let value = client
+        .call_with("counter", "increase", vec![json!(1)], options)
+        .await;
+    assert_eq!(value, Ok(json!(1)));
+}
+
+struct Refused;
+
+impl Connector for Refused {
+    fn connect(&self) -> BoxFuture<'static, Result<ClientLink, TransportError>> {
+        async { Err(TransportError::Connection("refused".into())) }.boxed()
+    }
 }

@@ -123,11 +123,22 @@ pub struct HostArgs {
     /// http://HOST:PORT/metrics (plain HTTP/1.1; default: not served).
     #[arg(long, value_name = "HOST:PORT", env = "COSYSTEM_WORKER_METRICS_LISTEN")]
     metrics_listen: Option<String>,
-    /// Runtime worker threads; 0 serves everything on one thread. Default:
-    /// one per core.
-    #[arg(long, value_name = "N", env = "COSYSTEM_WORKER_THREADS")]
+    /// Runtime worker threads, at most 1024; 0 serves everything on one
+    /// thread. Default: one per core.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "COSYSTEM_WORKER_THREADS",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=MAX_THREADS)
+    )]
     pub threads: Option<usize>,
 }
+
+/// The most runtime worker threads `--threads` takes: far past any
+/// machine's cores, and below what makes the runtime fail to start (tokio
+/// panics on absurd counts, and spawning tens of thousands of threads
+/// exhausts memory).
+const MAX_THREADS: u64 = 1024;
 
 /// Refuses `--stdio` beside a `--listen` given on the command line, which
 /// asks for two endpoints at once. `--listen`'s variable is not counted: a

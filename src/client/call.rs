@@ -41,7 +41,10 @@ impl CallFuture {
         args: Vec<Value>,
         options: CallOptions,
     ) -> Self {
-        let deadline = options.timeout.map(|t| (Instant::now() + t).into_std());
+        // A timeout past what the clock can express is no deadline at all.
+        let deadline = options
+            .timeout
+            .and_then(|t| Instant::now().into_std().checked_add(t));
         let shared = client.shared().clone();
         let (sender, receiver) = oneshot::channel();
         let started = {

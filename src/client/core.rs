@@ -612,7 +612,7 @@ impl ClientCore {
         self.sync = Some(OutstandingSync {
             sync_id,
             have_version,
-            deadline: now + self.config.sync_retry,
+            deadline: later(now, self.config.sync_retry),
         });
         // The request goes ahead of queued calls: it is what unblocks them.
         self.outbox.push_front(ClientMessage {
@@ -1301,6 +1301,15 @@ pub(crate) fn parse_snapshot_state(state_json: &str) -> Result<Value, String> {
         Ok(_) => Err("snapshot state is not a JSON object".to_owned()),
         Err(e) => Err(format!("snapshot state is not JSON: {e}")),
     }
+}
+
+/// The instant `wait` after `now`, or about thirty years after it where
+/// that overflows the clock: a wait configured as "for ever" is not a crash.
+pub(crate) fn later(now: Instant, wait: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+    now.checked_add(wait)
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or(now)
 }
 
 /// Whether `json` is a JSON array with no elements.

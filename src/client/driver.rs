@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::call::{CallFuture, CallOptions, ModuleHandle};
 use super::connection::Connection;
+use super::core::later;
 use super::outbound::Outbound;
 use super::read_ahead::ReadAhead;
 use super::reconnect::Reconnect;
@@ -310,7 +311,13 @@ impl Client {
             stopped: AtomicBool::new(false),
             terminal: Mutex::new(None),
         });
-        tokio::spawn(drive(shared.clone(), Box::new(connector), reconnect));
+        let guard = StopIfAbandoned {
+            shared: shared.clone(),
+        };
+        tokio::spawn(async move {
+            drive(guard.shared.clone(), Box::new(connector), reconnect).await;
+            drop(guard);
+        });
         Self {
             handle: Arc::new(Handle { shared }),
         }
@@ -569,7 +576,7 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
             _ = tokio::time::sleep_until(retry_at) => {}
             _ = keep_time_until_stopped(&shared) => {}
         }
-        backoff = (backoff * 2).min(policy.max);
+        backoff = backoff.saturating_mul(2).min(policy.max);
         attempt = if heard { 1 } else { attempt.saturating_add(1) };
     }
     // No link will come back: whatever is still pending cannot complete.
@@ -587,7 +594,7 @@ fn retrying(
     wait: std::time::Duration,
     attempt: u32,
 ) -> Instant {
-    let at = Instant::now() + wait;
+    let at = instant_after(wait);
     shared.set_connection(Connection::Retrying {
         error,
         retry_in: wait,
@@ -595,6 +602,11 @@ fn retrying(
         attempt,
     });
     at
+}
+
+/// The instant `wait` from now; see `later`.
+fn instant_after(wait: std::time::Duration) -> Instant {
+    Instant::from_std(later(Instant::now().into_std(), wait))
 }
 
 /// Records why the transport ended for good, for `ready()`, pending calls
@@ -606,6 +618,31 @@ fn give_up(shared: &Shared, error: &TransportError) {
     shared.set_connection(Connection::Stopped {
         error: Some(error.clone()),
     });
+}
+
+/// Stops the client if its driver ends without finishing: a panic in a
+/// connector or a link (the task is then dropped after unwinding), or the
+/// runtime shutting down under it. Without it, `ready()` and every call
+/// without a timeout would wait for ever on a driver that is gone.
+struct StopIfAbandoned {
+    shared: Arc<Shared>,
+}
+
+impl Drop for StopIfAbandoned {
+    fn drop(&mut self) {
+        let shared = &self.shared;
+        if shared.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        tracing::error!("the client's driver ended without stopping; stopping the client");
+        let error = MethodError::new(
+            ErrorCode::Internal,
+            "the client's driver stopped unexpectedly",
+        );
+        *shared.terminal.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+        stop(shared);
+        shared.fail_stranded_calls();
+    }
 }
 
 /// Marks the client stopped and wakes everything that waits on it.

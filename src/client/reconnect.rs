@@ -33,12 +33,14 @@ impl Default for Reconnect {
 
 impl Reconnect {
     /// The wait for a given backoff: the backoff itself, or with
-    /// [`Reconnect::jitter`] a random duration within ±[`JITTER`] of it.
+    /// [`Reconnect::jitter`] a random duration within ±[`JITTER`] of it,
+    /// never more than [`Duration::MAX`].
     pub fn wait(&self, backoff: Duration) -> Duration {
         if !self.jitter {
             return backoff;
         }
-        backoff.mul_f64(1.0 + JITTER * (2.0 * unit_random() - 1.0))
+        let factor = 1.0 + JITTER * (2.0 * unit_random() - 1.0);
+        Duration::try_from_secs_f64(backoff.as_secs_f64() * factor).unwrap_or(Duration::MAX)
     }
 }
 
