@@ -30,12 +30,25 @@ class PatchError(ValueError):
 # JSON text (§6.1, §6.3)
 # ---------------------------------------------------------------------------
 
+_EXACT_MIN = -(2 ** 63)
+_EXACT_MAX = 2 ** 64 - 1
+
+
 def _parse_int(text: str):
     # J7: "-0" is the binary64 negative zero, a non-integer; keep it as such
     # rather than letting Python turn it into the integer 0 (J10).
     if text == "-0":
         return -0.0
-    return int(text)  # J8/J10: Python ints are exact at any size.
+    # J8: integers in [-2^63, 2^64-1] are exact. Beyond, an integer is its
+    # nearest binary64 value, as the reference reads it, so that `test`
+    # compares it as every other client does (§6.6), though Python could
+    # keep it exact. The length check keeps int() off texts Python refuses
+    # to convert (over 4300 digits).
+    if len(text.lstrip("-")) <= 20:
+        n = int(text)
+        if _EXACT_MIN <= n <= _EXACT_MAX:
+            return n
+    return _parse_float(text)
 
 
 def _parse_float(text: str) -> float:

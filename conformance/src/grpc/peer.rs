@@ -527,6 +527,25 @@ impl Peer {
                 }
             }
         }
+        // Every request of this stream carries its name as `source`, so a
+        // reply, and an OVERFLOW snapshot, is addressed to it; a commit
+        // publication or a bookmark to every session ("").
+        let addressed = match &m.kind {
+            Some(host_message::Kind::Snapshot(s)) => {
+                s.sync_id != 0 || s.reason == SnapshotReason::Overflow as i32
+            }
+            Some(host_message::Kind::Patch(p)) => p.sync_id != 0,
+            Some(host_message::Kind::Result(_)) => true,
+            None => false,
+        };
+        let expected = if addressed { self.name.as_str() } else { "" };
+        if header.target != expected {
+            return Err(format!(
+                "target {:?} on a {}, expected {expected:?} (§3.2)",
+                header.target,
+                if addressed { "reply" } else { "publication" }
+            ));
+        }
         match &m.kind {
             Some(host_message::Kind::Snapshot(s)) => {
                 if s.version == 0 {
