@@ -125,3 +125,28 @@ impl Connector for Refused {
         async { Err(TransportError::Connection("refused".into())) }.boxed()
     }
 }
+
+struct Never;
+
+impl Connector for Never {
+    fn connect(&self) -> BoxFuture<'static, Result<ClientLink, TransportError>> {
+        futures::future::pending().boxed()
+    }
+}
+
+/// A client whose runtime shut down under it has no driver any more: it
+/// stops, `unavailable`, rather than leave its waiters hanging.
+#[test]
+fn a_client_whose_runtime_shut_down_is_stopped_unavailable() {
+    let first = tokio::runtime::Runtime::new().expect("a runtime");
+    let client = first.block_on(async { Client::new(Never, ClientConfig::default()) });
+    drop(first);
+    let second = tokio::runtime::Runtime::new().expect("a runtime");
+    let ready = second.block_on(async {
+        // A watchdog, not a timing assertion: without the stop this hangs.
+        tokio::time::timeout(Duration::from_secs(60), client.ready()).await
+    });
+    let error = ready.expect("ready() answered").unwrap_err();
+    assert_eq!(error.code, ErrorCode::Unavailable, "{error}");
+    assert!(matches!(client.connection(), Connection::Stopped { .. }));
+}

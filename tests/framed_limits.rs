@@ -515,3 +515,19 @@ async fn a_new_connection_past_the_waiting_bound_closes_the_one_that_waited_long
     );
     drop(silent);
 }
+
+/// Shutting the host down ends the framed listeners serving it.
+#[tokio::test]
+async fn a_host_shut_down_by_the_application_stops_its_framed_listener() {
+    let host = Host::builder(demo::app("s")).build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let serving = tokio::spawn(framed::serve_tcp(host.clone(), listener));
+    host.shutdown();
+    // A watchdog, not a timing assertion: before, the listener ran on.
+    let served = tokio::time::timeout(std::time::Duration::from_secs(60), serving)
+        .await
+        .expect("serve_tcp returned once the host shut down");
+    served
+        .expect("the listener task")
+        .expect("serve_tcp ended cleanly");
+}

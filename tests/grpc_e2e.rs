@@ -402,3 +402,29 @@ async fn a_tls_handshake_that_stalls_is_closed() {
     );
     server.stop().await;
 }
+
+/// Shutting the host down from the application ends the gRPC server serving
+/// it, as the server's own shutdown would: it does not go on accepting
+/// connections only to refuse every session while its clients retry.
+#[tokio::test]
+async fn a_host_shut_down_by_the_application_stops_its_grpc_server() {
+    let host = Host::builder(demo::app("s")).build();
+    let server = GrpcServer::builder(host.clone())
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("bind");
+    let url = format!("http://{}", server.local_addr());
+    let serving = tokio::spawn(server.serve(std::future::pending()));
+    let client = Client::new(GrpcConnector::new(&url).unwrap(), ClientConfig::default());
+    client.ready().await.expect("ready");
+    host.shutdown();
+    // A watchdog, not a timing assertion: before, `serve` never returned.
+    let served = tokio::time::timeout(Duration::from_secs(60), serving)
+        .await
+        .expect("serve returned once the host shut down");
+    served
+        .expect("the server task")
+        .expect("serve ended cleanly");
+    let refused = GrpcConnector::new(&url).unwrap().connect().await;
+    assert!(refused.is_err(), "the listener is closed");
+}

@@ -621,8 +621,8 @@ fn give_up(shared: &Shared, error: &TransportError) {
 }
 
 /// Stops the client if its driver ends without finishing: a panic in a
-/// connector or a link (the task is then dropped after unwinding), or the
-/// runtime shutting down under it. Without it, `ready()` and every call
+/// connector or a link, or the runtime shutting down under it (tokio drops
+/// a task's future either way). Without it, `ready()` and every call
 /// without a timeout would wait for ever on a driver that is gone.
 struct StopIfAbandoned {
     shared: Arc<Shared>,
@@ -634,11 +634,15 @@ impl Drop for StopIfAbandoned {
         if shared.stopped.load(Ordering::Acquire) {
             return;
         }
-        tracing::error!("the client's driver ended without stopping; stopping the client");
-        let error = MethodError::new(
-            ErrorCode::Internal,
-            "the client's driver stopped unexpectedly",
-        );
+        // Tokio drops a task that panicked while the panic unwinds; one it
+        // drops because its runtime is shutting down is an orderly end.
+        let error = if std::thread::panicking() {
+            tracing::error!("the client's driver panicked; stopping the client");
+            MethodError::new(ErrorCode::Internal, "the client's driver panicked")
+        } else {
+            tracing::debug!("the client's runtime shut down; stopping the client");
+            MethodError::new(ErrorCode::Unavailable, "the client's runtime shut down")
+        };
         *shared.terminal.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
         stop(shared);
         shared.fail_stranded_calls();

@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 
 use futures::StreamExt;
 use serde_json::Value;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, watch};
 
 use super::busy::Busy;
 use super::core_lock::{CoreLock, Nap};
@@ -44,6 +44,8 @@ struct Shared {
     max_message_bytes: usize,
     wakers: Mutex<FastMap<PeerKey, Arc<Notify>>>,
     closed: std::sync::atomic::AtomicBool,
+    /// `closed`, for [`Host::closed`] to wait on.
+    shut: watch::Sender<bool>,
     /// The core's events, for [`Host::events`] subscribers; dropped at
     /// shutdown, which ends every receiver.
     events: Mutex<Option<broadcast::Sender<HostEvent>>>,
@@ -135,13 +137,24 @@ pub struct HostBuilder {
 }
 
 impl HostBuilder {
-    /// Publish with this sync mode (default: snapshot).
+    /// Publish with this sync mode (default: [`SyncMode::Patch`], as the
+    /// `cosystem-worker host` command: each commit sends its change, so
+    /// publishing costs what the change does; [`SyncMode::Snapshot`] sends
+    /// the whole published view on every commit).
     pub fn sync(mut self, sync: SyncMode) -> Self {
         self.config.sync = sync;
         self
     }
 
-    /// Publish only these modules' state; calls still reach every module.
+    /// Publish only these modules' state; the others are private: their
+    /// state is never sent to any client (spec SI2).
+    ///
+    /// Private is about state, not calls: calls still reach every module
+    /// (SI3), and a method's return value goes to its caller as returned
+    /// (SI5). So a private module's methods must not return what clients
+    /// may not see, and must authorise their callers
+    /// ([`Caller`](super::Caller)) if not every client may call them.
+    ///
     /// A name that is not a module of the app publishes nothing; `build`
     /// logs a warning for it (a typo would otherwise make a module private
     /// without a word).
@@ -220,6 +233,7 @@ impl HostBuilder {
                 core: CoreLock::new(core),
                 wakers: Mutex::new(FastMap::default()),
                 closed: std::sync::atomic::AtomicBool::new(false),
+                shut: watch::Sender::new(false),
                 events: Mutex::new(Some(broadcast::channel(EVENT_BUFFER).0)),
                 observed: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -552,12 +566,17 @@ impl Host {
         .await
     }
 
-    /// Stops serving: every session ends, new ones are refused, and every
-    /// [`Host::events`] receiver ends.
+    /// Stops serving: every session ends, new ones are refused, every
+    /// [`Host::events`] receiver ends, and so does every server serving
+    /// this host ([`GrpcServer::serve`], the framed listeners), as if its
+    /// own shutdown had been asked for.
+    ///
+    /// [`GrpcServer::serve`]: crate::transport::grpc::GrpcServer::serve
     pub fn shutdown(&self) {
         self.shared
             .closed
             .store(true, std::sync::atomic::Ordering::Release);
+        self.shared.shut.send_replace(true);
         // Ends every events receiver. The core is not locked: a shutdown
         // must not wait for a method that is running.
         self.shared
@@ -566,6 +585,15 @@ impl Host {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         self.shared.wake_all(None);
+    }
+
+    /// Resolves once the host has shut down ([`Host::shutdown`]), at once
+    /// if it already has: what a server or task serving it selects on to
+    /// stop with it.
+    pub async fn closed(&self) {
+        let mut shut = self.shared.shut.subscribe();
+        // The sender lives as long as the host, which `self` keeps alive.
+        let _ = shut.wait_for(|shut| *shut).await;
     }
 }
 

@@ -84,13 +84,18 @@ where
 /// Accepts TCP connections and serves each as its own session, with frames
 /// up to the host's max message size. A connection's session opens when its
 /// first frame arrives; one that sends none within [`FIRST_FRAME_TIMEOUT`]
-/// is closed. Runs until the task is dropped; a failed accept is logged and
-/// retried, and a failed session ends only itself.
+/// is closed. Runs until the host shuts down ([`Host::shutdown`]) or the
+/// task is dropped; a failed accept is logged and retried, and a failed
+/// session ends only itself.
 pub async fn serve_tcp(host: Host, listener: TcpListener) -> io::Result<()> {
     let config = FramedConfig::for_host(&host);
     let waiting = WaitingList::default();
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = host.closed() => return Ok(()),
+        };
+        match accepted {
             Ok((stream, address)) => {
                 tune(&stream);
                 spawn_session(&host, stream, address.to_string(), config, &waiting);
@@ -138,7 +143,11 @@ pub async fn serve_unix_listener(host: Host, listener: UnixListener) -> io::Resu
         .unwrap_or_else(|| "unix".to_owned());
     let waiting = WaitingList::default();
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = host.closed() => return Ok(()),
+        };
+        match accepted {
             Ok((stream, _)) => spawn_session(&host, stream, label.clone(), config, &waiting),
             Err(error) => {
                 tracing::warn!(%error, "unix accept failed");

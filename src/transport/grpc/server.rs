@@ -277,7 +277,8 @@ impl GrpcServer {
         self.token.is_some()
     }
 
-    /// Serves until `shutdown` resolves. Then health reports `NOT_SERVING`,
+    /// Serves until `shutdown` resolves or the host is shut down
+    /// ([`Host::shutdown`]). Then health reports `NOT_SERVING`,
     /// the host shuts down (every session's stream ends `UNAVAILABLE`, new
     /// ones are refused) and the server waits for connections to close, at
     /// most [`SHUTDOWN_GRACE`]: a stream that never ends (a health `Watch`)
@@ -327,7 +328,13 @@ impl GrpcServer {
         let host = self.host.clone();
         let (stopping, stopped) = oneshot::channel::<()>();
         let shutdown = async move {
-            shutdown.await;
+            // A host shut down by the application stops its server too:
+            // otherwise the server would accept connections only to refuse
+            // each session, report SERVING, and keep its clients retrying.
+            tokio::select! {
+                () = shutdown => {}
+                () = host.closed() => {}
+            }
             let _ = stopping.send(());
             reporter
                 .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
@@ -463,7 +470,10 @@ impl HostService for SessionService {
                 principal.map(|Principal(p)| p),
             )
             .map_err(|error| {
-                tracing::warn!(%peer, %error, "client refused");
+                // Throttled as refused tokens are: clients retry a refusal
+                // (the host is full, or shutting down), so there may be
+                // thousands a second.
+                log_refusal(&self.refusals, &peer, "client refused", &error.to_string());
                 refusal_status(&error)
             })?;
         tracing::info!(%peer, sessions = self.host.session_count(), "client connected");
