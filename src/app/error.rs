@@ -43,6 +43,23 @@ impl MethodError {
         Self::new(ErrorCode::InvalidArgument, message)
     }
 
+    /// The caller may not do this: a method authorising by
+    /// [`Caller`](crate::host::Caller) refuses with it.
+    pub fn permission_denied(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::PermissionDenied, message)
+    }
+
+    /// The call does not fit the state it finds (an order already shipped,
+    /// a stock too low); the same call may succeed later.
+    pub fn failed_precondition(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::FailedPrecondition, message)
+    }
+
+    /// The call would take more than the method allows (a quota, a size).
+    pub fn resource_exhausted(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::ResourceExhausted, message)
+    }
+
     /// The host broke while running the call; nothing was committed.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Internal, message)

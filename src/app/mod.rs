@@ -20,6 +20,11 @@ mod typed;
 
 use serde_json::Value;
 
+/// The codes a [`MethodError`] carries (the wire's `ErrorCode`). A method
+/// may choose any but the client-only ones (`DEADLINE_EXCEEDED`,
+/// `CANCELLED`, `DISPOSED`, `OUTCOME_UNKNOWN`, `UNSPECIFIED`), which the host
+/// answers as `INTERNAL` (spec H9).
+pub use crate::wire::ErrorCode;
 pub use args::FromArgs;
 pub use draft::{Draft, JsonModule};
 pub use error::MethodError;

@@ -4,9 +4,9 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncMode {
     /// Every commit publishes a snapshot of the whole published view.
-    #[default]
     Snapshot,
     /// Every commit publishes an RFC 6902 patch from the previous version.
+    #[default]
     Patch,
 }
 
