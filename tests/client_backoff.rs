@@ -83,3 +83,36 @@ async fn a_call_times_out_while_the_host_is_unreachable() {
     // Settled by its own deadline, not by a later connect attempt.
     assert_eq!(started.elapsed(), Duration::from_secs(1));
 }
+
+/// The client's `call_timeout` is the deadline of every call made without
+/// one of its own, typed calls included; a call's own timeout wins.
+#[tokio::test(start_paused = true)]
+async fn the_configured_call_timeout_bounds_calls_without_their_own() {
+    let config = ClientConfig {
+        call_timeout: Some(Duration::from_secs(3)),
+        ..ClientConfig::default()
+    };
+    let client = Client::new(Unreachable, config);
+    let started = tokio::time::Instant::now();
+    let outcome = client
+        .call("counter", "increase", vec![serde_json::json!(1)])
+        .await;
+    assert_eq!(outcome.unwrap_err().code, ErrorCode::DeadlineExceeded);
+    assert_eq!(started.elapsed(), Duration::from_secs(3));
+
+    let started = tokio::time::Instant::now();
+    let typed: Result<i64, _> = client.module("counter").call_as("increase", (1,)).await;
+    assert_eq!(typed.unwrap_err().code, ErrorCode::DeadlineExceeded);
+    assert_eq!(started.elapsed(), Duration::from_secs(3));
+
+    let started = tokio::time::Instant::now();
+    let own = CallOptions {
+        timeout: Some(Duration::from_secs(1)),
+    };
+    let typed: Result<i64, _> = client
+        .module("counter")
+        .call_as_with("increase", (1,), own)
+        .await;
+    assert_eq!(typed.unwrap_err().code, ErrorCode::DeadlineExceeded);
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+}

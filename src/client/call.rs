@@ -18,7 +18,8 @@ use crate::wire::ErrorCode;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CallOptions {
     /// Settle `deadline-exceeded` if the call has not settled this long after
-    /// it started (waiting for the mirror to catch up included).
+    /// it started (waiting for the mirror to catch up included). `None`: the
+    /// client's [`ClientConfig::call_timeout`](super::ClientConfig::call_timeout).
     pub timeout: Option<Duration>,
 }
 
@@ -41,14 +42,16 @@ impl CallFuture {
         args: Vec<Value>,
         options: CallOptions,
     ) -> Self {
-        // A timeout past what the clock can express is no deadline at all.
-        let deadline = options
-            .timeout
-            .and_then(|t| Instant::now().into_std().checked_add(t));
+        let now = Instant::now().into_std();
         let shared = client.shared().clone();
         let (sender, receiver) = oneshot::channel();
         let started = {
             let mut core = shared.core();
+            // A timeout past what the clock can express is no deadline at all.
+            let deadline = options
+                .timeout
+                .or(core.config().call_timeout)
+                .and_then(|t| now.checked_add(t));
             let started = core.call(module, method, &args, deadline);
             // Registered while the core is locked, so the outcome cannot be
             // dispatched before its receiver exists.
@@ -189,13 +192,28 @@ impl ModuleHandle {
         A: serde::Serialize,
         R: serde::de::DeserializeOwned,
     {
+        self.call_as_with(method, args, CallOptions::default())
+            .await
+    }
+
+    /// [`ModuleHandle::call_as`] with options (a timeout).
+    pub async fn call_as_with<A, R>(
+        &self,
+        method: &str,
+        args: A,
+        options: CallOptions,
+    ) -> Result<R, MethodError>
+    where
+        A: serde::Serialize,
+        R: serde::de::DeserializeOwned,
+    {
         let args = match serde_json::to_value(args) {
             Ok(Value::Array(args)) => args,
             Ok(Value::Null) => Vec::new(),
             Ok(other) => vec![other],
             Err(e) => return Err(MethodError::invalid_argument(format!("arguments: {e}"))),
         };
-        let value = self.call(method, args).await?;
+        let value = self.call_with(method, args, options).await?;
         serde_json::from_value(value).map_err(|e| {
             MethodError::invalid_argument(format!(
                 "{}.{method} returned an unexpected value: {e}",

@@ -64,6 +64,12 @@ pub struct ClientConfig {
     /// (gRPC keepalive, TCP keepalive, a closed channel); a shared channel
     /// cannot, so this is how a bus client does.
     pub host_silence: Option<Duration>,
+    /// The timeout of a call made without one of its own
+    /// ([`CallOptions::timeout`](super::CallOptions::timeout)): it settles
+    /// `deadline-exceeded` this long after it started if it has not
+    /// settled. `None`, the default: such a call waits as long as it takes,
+    /// across reconnects.
+    pub call_timeout: Option<Duration>,
 }
 
 impl Default for ClientConfig {
@@ -76,6 +82,7 @@ impl Default for ClientConfig {
             sync_retry: Duration::from_secs(2),
             max_message_bytes: 4 * 1024 * 1024,
             host_silence: None,
+            call_timeout: None,
         }
     }
 }
