@@ -22,6 +22,7 @@ pub mod adapter;
 pub mod doc;
 pub mod grpc;
 pub mod report;
+pub mod select;
 pub mod sim;
 pub mod vectors;
 pub mod wirejson;

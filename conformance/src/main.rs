@@ -25,12 +25,14 @@ use cosystem_conformance::adapter::reference::{Breakage, ReferenceClient};
 use cosystem_conformance::adapter::runner::{self, ClientRun};
 use cosystem_conformance::grpc::{self, HostRun};
 use cosystem_conformance::report::{Format, Report, parse_known_failures};
-use cosystem_conformance::vectors::{self, Case};
+use cosystem_conformance::select::Selection;
+use cosystem_conformance::vectors::{self, Case, Tier};
 
 #[derive(Parser)]
 #[command(version, about = "Conformance suite for the cosystem-worker protocol")]
 struct Cli {
-    /// Directory of vector files (default: the vectors shipped with this crate).
+    /// Directory of vector files to use instead of those built into this
+    /// binary (which are conformance/vectors as it was built).
     #[arg(long, global = true)]
     vectors: Option<PathBuf>,
     #[command(subcommand)]
@@ -40,9 +42,15 @@ struct Cli {
 /// Options every run mode shares.
 #[derive(Args)]
 struct RunArgs {
-    /// Run only the case with this name.
+    /// Run only the case with this name; repeat for several.
     #[arg(long, value_name = "NAME")]
-    case: Option<String>,
+    case: Vec<String>,
+    /// Run only cases whose name contains this.
+    #[arg(long, value_name = "TEXT")]
+    filter: Option<String>,
+    /// Run only cases of this tier: required or recommended.
+    #[arg(long, value_name = "TIER")]
+    tier: Option<Tier>,
     /// How to print the report: text, json or junit.
     #[arg(long, default_value = "text", value_name = "FORMAT")]
     format: Format,
@@ -58,6 +66,14 @@ struct RunArgs {
 }
 
 impl RunArgs {
+    fn select(&self) -> Selection {
+        Selection {
+            names: self.case.iter().cloned().collect(),
+            filter: self.filter.clone(),
+            tier: self.tier,
+        }
+    }
+
     fn known(&self) -> Result<BTreeSet<String>, ExitCode> {
         read_names(self.known_failures.as_ref())
     }
@@ -100,9 +116,14 @@ enum Command {
     /// Test a host implementation over gRPC. The host must serve the demo
     /// app (spec §19) and have no other client during the run.
     Host {
-        /// The host's URL, e.g. http://127.0.0.1:50051.
+        /// The host's URL, e.g. http://127.0.0.1:50051, or HOST:PORT for
+        /// plain http.
         #[arg(long, value_name = "URL")]
         connect: String,
+        /// Keep trying the first connection for this long, in ms, for a
+        /// host started just before the run (default: try once).
+        #[arg(long, default_value_t = 0, value_name = "MS")]
+        wait_ms: u64,
         /// A file holding the bearer token the host requires.
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
@@ -153,8 +174,11 @@ fn usage(message: String) -> ExitCode {
 }
 
 fn load(dir: Option<PathBuf>) -> Result<Vec<Case>, ExitCode> {
-    let dir = dir.unwrap_or_else(vectors::default_dir);
-    vectors::load_dir(&dir).map_err(|e| usage(format!("cannot load vectors: {e}")))
+    match dir {
+        Some(dir) => vectors::load_dir(&dir),
+        None => vectors::load_embedded(),
+    }
+    .map_err(|e| usage(format!("cannot load vectors: {e}")))
 }
 
 fn finish(report: &Report, format: Format, mode: &str) -> ExitCode {
@@ -184,18 +208,29 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
             finish(&report, format, "vectors")
         }
         Command::List => {
-            for c in &load(cli.vectors)? {
-                let i = c.info();
-                println!(
-                    "{:6} {:11} {:40} {}",
-                    c.role(),
-                    i.tier,
-                    i.name,
-                    i.description
+            use std::io::Write;
+            let cases = load(cli.vectors)?;
+            let mut out = std::io::stdout().lock();
+            let lines = cases
+                .iter()
+                .map(|c| {
+                    (
+                        c.role().to_string(),
+                        c.info().tier,
+                        c.info().name.as_str(),
+                        c.info().description.as_str(),
+                    )
+                })
+                .chain(
+                    grpc::cases::CASES
+                        .iter()
+                        .map(|c| ("grpc".to_owned(), c.tier, c.name, c.description)),
                 );
-            }
-            for c in grpc::cases::CASES {
-                println!("{:6} {:11} {:40} {}", "grpc", c.tier, c.name, c.description);
+            for (role, tier, name, description) in lines {
+                // A reader that stops early (`| head`) is not an error.
+                if writeln!(out, "{role:6} {tier:11} {name:40} {description}").is_err() {
+                    break;
+                }
             }
             ExitCode::SUCCESS
         }
@@ -225,7 +260,7 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
             let config = ClientRun {
                 program: program.clone(),
                 args: args.to_vec(),
-                case: run.case.clone(),
+                select: run.select(),
                 known_failures: run.known()?,
                 skip: run.skipped()?,
                 reply_timeout: Duration::from_millis(reply_timeout_ms),
@@ -235,6 +270,7 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
         }
         Command::Host {
             connect,
+            wait_ms,
             token_file,
             secret_marker,
             history_window,
@@ -249,10 +285,11 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
                         .map_err(|e| usage(format!("{}: {e}", path.display())))
                 })
                 .transpose()?;
-            let mut config = HostRun::new(connect);
+            let mut config = HostRun::new(grpc::host_url(&connect));
             config.token = token;
             config.secret_marker = secret_marker;
-            config.case = run.case.clone();
+            config.select = run.select();
+            config.wait = Duration::from_millis(wait_ms);
             config.known_failures = run.known()?;
             config.skip = run.skipped()?;
             config.step_timeout = Duration::from_millis(step_timeout_ms);

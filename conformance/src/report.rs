@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
-use crate::vectors::{Case, Failure, Role, Tier};
+use crate::vectors::{Case, CaseInfo, Failure, Role, Tier};
 
 /// What became of one case.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +75,10 @@ pub struct CaseResult {
     pub tier: Tier,
     /// The side it tests.
     pub role: Role,
+    /// The requirement ids of spec/PROTOCOL.md it checks (may be empty).
+    pub spec: Vec<String>,
+    /// What it checks, in one line (may be empty).
+    pub description: String,
     /// What became of it.
     pub outcome: Outcome,
 }
@@ -112,22 +116,45 @@ impl Report {
     ) -> Self {
         let mut report = Self::default();
         for case in cases {
-            report.push(
-                &case.info().name,
-                case.info().tier,
-                case.role(),
-                catch(|| run(case)),
-            );
+            report.push_case(case.info(), case.role(), catch(|| run(case)));
         }
         report
     }
 
-    /// Records one result.
+    /// Records one result, with nothing said about what the case checks.
     pub fn push(&mut self, name: &str, tier: Tier, role: Role, outcome: Outcome) {
+        self.push_described(name, tier, role, &[] as &[&str], "", outcome);
+    }
+
+    /// Records the result of the vector case `info`.
+    pub fn push_case(&mut self, info: &CaseInfo, role: Role, outcome: Outcome) {
+        self.push_described(
+            &info.name,
+            info.tier,
+            role,
+            &info.spec,
+            &info.description,
+            outcome,
+        );
+    }
+
+    /// Records one result with the requirements the case checks and what
+    /// it checks, which a failure is reported with.
+    pub fn push_described(
+        &mut self,
+        name: &str,
+        tier: Tier,
+        role: Role,
+        spec: &[impl AsRef<str>],
+        description: &str,
+        outcome: Outcome,
+    ) {
         self.results.push(CaseResult {
             name: name.to_owned(),
             tier,
             role,
+            spec: spec.iter().map(|s| s.as_ref().to_owned()).collect(),
+            description: description.to_owned(),
             outcome,
         });
     }
@@ -182,6 +209,13 @@ impl Report {
                 }
                 Outcome::UnexpectedPass => writeln!(out, "XPASS {} ({UNEXPECTED_PASS})", r.name),
             };
+            // A failure says what the case checks and where the spec says
+            // it, on a line of its own under it.
+            if matches!(r.outcome, Outcome::Fail(_))
+                && let Some(about) = r.about()
+            {
+                let _ = writeln!(out, "     {about}");
+            }
         }
         let _ = writeln!(out, "{}", self.summary());
         out
@@ -230,6 +264,12 @@ impl Report {
                 });
                 if let Some(reason) = reason {
                     entry["reason"] = json!(reason);
+                }
+                if !r.spec.is_empty() {
+                    entry["spec"] = json!(r.spec);
+                }
+                if !r.description.is_empty() {
+                    entry["description"] = json!(r.description);
                 }
                 entry
             })
@@ -282,10 +322,13 @@ impl Report {
                 Outcome::Pass => writeln!(out, "{open}/>"),
                 Outcome::Fail(why) => writeln!(
                     out,
-                    "{open}>\n      <failure type=\"{}\" message=\"{}\">{}</failure>\n    </testcase>",
+                    "{open}>\n      <failure type=\"{}\" message=\"{}\">{}{}</failure>\n    </testcase>",
                     r.tier,
                     xml_escape(&one_line(why)),
-                    xml_escape(why)
+                    xml_escape(why),
+                    r.about()
+                        .map(|about| format!("\n{}", xml_escape(&about)))
+                        .unwrap_or_default()
                 ),
                 Outcome::Skip(why) => writeln!(
                     out,
@@ -318,6 +361,23 @@ impl Report {
                 text
             }
             Format::Junit => self.to_junit(mode),
+        }
+    }
+}
+
+impl CaseResult {
+    /// What the case checks and the requirements it cites
+    /// (`J11, PC2: -0 equals 0 …`), if anything is known of them.
+    fn about(&self) -> Option<String> {
+        match (self.spec.is_empty(), self.description.is_empty()) {
+            (true, true) => None,
+            (false, true) => Some(format!("spec {}", self.spec.join(", "))),
+            (true, false) => Some(self.description.clone()),
+            (false, false) => Some(format!(
+                "spec {}: {}",
+                self.spec.join(", "),
+                self.description
+            )),
         }
     }
 }

@@ -75,7 +75,7 @@ async fn reference_host_passes_every_case_in_snapshot_mode_with_a_token() {
 async fn authentication_case_is_skipped_without_a_token() {
     let served = serve_reference(demo_host(SyncMode::Patch), None).await;
     let mut run = config(&served.url);
-    run.case = Some("grpc-unauthenticated-without-token".into());
+    run.select.names = ["grpc-unauthenticated-without-token".to_owned()].into();
     let report = grpc::run(&run).await.unwrap();
     assert_eq!(
         report.results[0].outcome,
@@ -140,7 +140,7 @@ async fn a_host_that_publishes_the_secret_fails_the_isolation_cases() {
         "grpc-private-section-never-sent",
     ] {
         let mut run = HostRun::new(&served.url);
-        run.case = Some(name.into());
+        run.select.names = [name.to_owned()].into();
         // The initial-snapshot case must fail on the view's members alone;
         // the isolation case needs the marker.
         if name == "grpc-private-section-never-sent" {
@@ -163,7 +163,7 @@ async fn every_case_fails_rather_than_hangs_when_no_host_answers() {
     let mut run = config(&format!("http://{}", listener.local_addr().unwrap()));
     run.step_timeout = Duration::from_millis(200);
     run.case_timeout = Duration::from_secs(2);
-    run.case = Some("grpc-versions-are-contiguous".into());
+    run.select.names = ["grpc-versions-are-contiguous".to_owned()].into();
     let report = grpc::run(&run).await.unwrap();
     assert!(matches!(&report.results[0].outcome, Outcome::Fail(_)));
 }
@@ -171,7 +171,7 @@ async fn every_case_fails_rather_than_hangs_when_no_host_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_case_names_are_refused_before_running() {
     let mut run = HostRun::new("http://127.0.0.1:1");
-    run.case = Some("grpc-no-such-case".into());
+    run.select.names = ["grpc-no-such-case".to_owned()].into();
     assert!(grpc::run(&run).await.is_err());
     let mut run = HostRun::new("http://127.0.0.1:1");
     run.known_failures.insert("grpc-no-such-case".into());

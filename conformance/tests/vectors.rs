@@ -42,3 +42,43 @@ fn vectors_cover_both_roles_and_both_tiers() {
         );
     }
 }
+
+/// The vectors built into the binary are exactly the files of
+/// `conformance/vectors/`, byte for byte: a file added, removed or edited
+/// without updating `vectors::EMBEDDED` fails here.
+#[test]
+fn the_embedded_vectors_are_the_vector_files() {
+    let dir = vectors::default_dir();
+    let mut on_disk = Vec::new();
+    for role in ["client", "host"] {
+        for entry in std::fs::read_dir(dir.join(role)).expect("the vectors directory") {
+            let path = entry.expect("an entry").path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let rel = format!("{role}/{}", path.file_name().unwrap().to_string_lossy());
+                on_disk.push((rel, std::fs::read_to_string(&path).expect("a vector file")));
+            }
+        }
+    }
+    on_disk.sort();
+    let embedded: Vec<(String, String)> = vectors::EMBEDDED
+        .iter()
+        .map(|(rel, text)| ((*rel).to_owned(), (*text).to_owned()))
+        .collect();
+    let names =
+        |files: &[(String, String)]| files.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&embedded),
+        names(&on_disk),
+        "vectors::EMBEDDED lists other files"
+    );
+    assert!(
+        embedded == on_disk,
+        "an embedded vector file differs from its source"
+    );
+    assert_eq!(
+        vectors::load_embedded()
+            .expect("the embedded vectors load")
+            .len(),
+        cases().len()
+    );
+}

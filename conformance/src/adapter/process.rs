@@ -86,7 +86,7 @@ impl AdapterProcess {
         })
     }
 
-    fn stderr_tail(&self) -> String {
+    pub(crate) fn stderr_tail(&self) -> String {
         let tail = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
         if tail.is_empty() {
             String::new()

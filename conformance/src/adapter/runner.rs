@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::ClientUnderTest;
 use super::process::AdapterProcess;
 use crate::report::{Outcome, Report, SKIPPED, catch};
+use crate::select::Selection;
 use crate::vectors::{Case, Failure, client};
 
 /// How to start the adapter and which cases to run.
@@ -16,8 +17,8 @@ pub struct ClientRun {
     pub program: String,
     /// Its arguments.
     pub args: Vec<String>,
-    /// Only this case (by name).
-    pub case: Option<String>,
+    /// The cases to play.
+    pub select: Selection,
     /// Cases expected to fail: run, and reported XFAIL or XPASS.
     pub known_failures: BTreeSet<String>,
     /// Cases not to run at all, reported SKIP.
@@ -32,7 +33,7 @@ impl ClientRun {
         Self {
             program: program.into(),
             args,
-            case: None,
+            select: Selection::default(),
             known_failures: BTreeSet::new(),
             skip: BTreeSet::new(),
             reply_timeout: Duration::from_secs(5),
@@ -52,7 +53,8 @@ pub fn run(cases: &[Case], config: &ClientRun) -> Result<Report, String> {
         })
         .collect();
     let unknown: Vec<&str> = config
-        .case
+        .select
+        .names
         .iter()
         .chain(&config.known_failures)
         .chain(&config.skip)
@@ -60,7 +62,23 @@ pub fn run(cases: &[Case], config: &ClientRun) -> Result<Report, String> {
         .map(String::as_str)
         .collect();
     if !unknown.is_empty() {
-        return Err(format!("unknown client case(s): {}", unknown.join(", ")));
+        let hosts: Vec<&str> = unknown
+            .iter()
+            .copied()
+            .filter(|n| cases.iter().any(|c| &c.info().name == n))
+            .collect();
+        let hint = if hosts.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({} a host vector, played in process by `vectors` only)",
+                if hosts.len() == 1 { "is" } else { "are" }
+            )
+        };
+        return Err(format!(
+            "unknown client case(s): {}{hint}",
+            unknown.join(", ")
+        ));
     }
     // An adapter that cannot be started at all is a run that cannot be
     // made (exit 2), not every case failing alike.
@@ -72,13 +90,12 @@ pub fn run(cases: &[Case], config: &ClientRun) -> Result<Report, String> {
     let mut report = Report::default();
     for case in clients {
         let name = &case.info.name;
-        if config.case.as_ref().is_some_and(|c| c != name) {
+        if !config.select.includes(name, case.info.tier) {
             continue;
         }
         if config.skip.contains(name) {
-            report.push(
-                name,
-                case.info.tier,
+            report.push_case(
+                &case.info,
                 crate::vectors::Role::Client,
                 Outcome::Skip(SKIPPED.into()),
             );
@@ -88,7 +105,12 @@ pub fn run(cases: &[Case], config: &ClientRun) -> Result<Report, String> {
             let mut adapter =
                 AdapterProcess::spawn(&config.program, &config.args, config.reply_timeout)
                     .map_err(Failure::case)?;
-            client::run_with(case, &mut adapter as &mut dyn ClientUnderTest)
+            // What the adapter logged is quoted with any failure: it is
+            // often the quickest way to what the client did.
+            client::run_with(case, &mut adapter as &mut dyn ClientUnderTest).map_err(|mut f| {
+                f.message.push_str(&adapter.stderr_tail());
+                f
+            })
         });
         // A listed case is still run: a pass means the list is out of date.
         let outcome = if config.known_failures.contains(name) {
@@ -96,7 +118,7 @@ pub fn run(cases: &[Case], config: &ClientRun) -> Result<Report, String> {
         } else {
             outcome
         };
-        report.push(name, case.info.tier, crate::vectors::Role::Client, outcome);
+        report.push_case(&case.info, crate::vectors::Role::Client, outcome);
     }
     Ok(report)
 }

@@ -18,20 +18,21 @@ use tonic::transport::Endpoint;
 use self::cases::{CaseOptions, Stop};
 use self::peer::Shared;
 use crate::report::{Outcome, Report, SKIPPED};
+use crate::select::Selection;
 use crate::vectors::Role;
 
 /// How to reach and test a host.
 #[derive(Debug, Clone)]
 pub struct HostRun {
-    /// The host's URL, e.g. `http://127.0.0.1:50051`.
+    /// The host's URL, e.g. `http://127.0.0.1:50051` (see [`host_url`]).
     pub url: String,
     /// A bearer token to present, if the host requires one.
     pub token: Option<String>,
     /// A string every token of the host's `secret` module contains; no
     /// byte the host sends may contain it.
     pub secret_marker: Option<String>,
-    /// Only this case (by name).
-    pub case: Option<String>,
+    /// The cases to play.
+    pub select: Selection,
     /// Cases expected to fail: run, and reported XFAIL or XPASS.
     pub known_failures: BTreeSet<String>,
     /// Cases not to run at all, reported SKIP.
@@ -40,6 +41,9 @@ pub struct HostRun {
     pub step_timeout: Duration,
     /// The longest a whole case may last.
     pub case_timeout: Duration,
+    /// How long to keep trying the first connection before giving up (a
+    /// host started just before the run may not accept yet); zero, once.
+    pub wait: Duration,
     /// Settings some cases depend on.
     pub options: CaseOptions,
 }
@@ -52,11 +56,12 @@ impl HostRun {
             url: url.into(),
             token: None,
             secret_marker: None,
-            case: None,
+            select: Selection::default(),
             known_failures: BTreeSet::new(),
             skip: BTreeSet::new(),
             step_timeout: Duration::from_secs(5),
             case_timeout: Duration::from_secs(60),
+            wait: Duration::ZERO,
             options: CaseOptions::default(),
         }
     }
@@ -65,7 +70,8 @@ impl HostRun {
 /// Checks that every name given refers to a host interop case.
 pub fn check_names(run: &HostRun) -> Result<(), String> {
     let unknown: Vec<&String> = run
-        .case
+        .select
+        .names
         .iter()
         .chain(&run.known_failures)
         .chain(&run.skip)
@@ -85,6 +91,16 @@ pub fn check_names(run: &HostRun) -> Result<(), String> {
     }
 }
 
+/// The URL of a host given as a URL or as `HOST:PORT` (read as
+/// `http://HOST:PORT`, as `cosystem-worker client --connect` reads it).
+pub fn host_url(given: &str) -> String {
+    if given.contains("://") {
+        given.to_owned()
+    } else {
+        format!("http://{given}")
+    }
+}
+
 /// Runs the selected cases against the host, one after the other (they
 /// share the host's state), and reports. `Err` only when the run cannot
 /// start (an unknown case name, a malformed URL, nothing accepting
@@ -96,17 +112,27 @@ pub async fn run(config: &HostRun) -> Result<Report, String> {
         .connect_timeout(config.step_timeout)
         .tcp_nodelay(true);
     // One connection first, so that a host that is not there is one clear
-    // error (exit 2) with its cause, not every case failing alike.
-    endpoint.connect().await.map_err(|e| {
-        let mut why = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(cause) = source {
-            why.push_str(": ");
-            why.push_str(&cause.to_string());
-            source = cause.source();
+    // error (exit 2) with its cause, not every case failing alike. A host
+    // started just before the run gets `wait` to start accepting.
+    let give_up = tokio::time::Instant::now() + config.wait;
+    loop {
+        match endpoint.connect().await {
+            Ok(_) => break,
+            Err(_) if tokio::time::Instant::now() < give_up => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                let mut why = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    why.push_str(": ");
+                    why.push_str(&cause.to_string());
+                    source = cause.source();
+                }
+                return Err(format!("cannot connect to {}: {why}", config.url));
+            }
         }
-        format!("cannot connect to {}: {why}", config.url)
-    })?;
+    }
     let shared = Arc::new(Shared::new(
         endpoint,
         config.token.clone(),
@@ -115,14 +141,16 @@ pub async fn run(config: &HostRun) -> Result<Report, String> {
     ));
     let mut report = Report::default();
     for case in cases::CASES {
-        if config.case.as_deref().is_some_and(|c| c != case.name) {
+        if !config.select.includes(case.name, case.tier) {
             continue;
         }
         if config.skip.contains(case.name) {
-            report.push(
+            report.push_described(
                 case.name,
                 case.tier,
                 Role::Host,
+                case.spec,
+                case.description,
                 Outcome::Skip(SKIPPED.into()),
             );
             continue;
@@ -156,7 +184,14 @@ pub async fn run(config: &HostRun) -> Result<Report, String> {
         } else {
             outcome
         };
-        report.push(case.name, case.tier, Role::Host, outcome);
+        report.push_described(
+            case.name,
+            case.tier,
+            Role::Host,
+            case.spec,
+            case.description,
+            outcome,
+        );
     }
     Ok(report)
 }

@@ -523,10 +523,43 @@ fn check(
     state: Option<&ClientState>,
     vars: &mut Bindings,
 ) -> Result<(), String> {
-    match_list("outbound envelopes", &expect.outbound, &seen.outbound, vars)?;
-    match_list("conflicts", &expect.conflicts, &seen.conflicts, vars)?;
-    match_list("notices", &expect.notices, &seen.notices, vars)?;
-    check_settled(&expect.settled, &seen.settled)?;
+    // Every difference of the step is reported, not just the first: the
+    // first is often a symptom (nothing sent) of what a later one shows
+    // (the patch was applied).
+    let mut problems = Vec::new();
+    let mut note = |checked: Result<(), String>| {
+        if let Err(problem) = checked {
+            problems.push(problem);
+        }
+    };
+    note(match_list(
+        "outbound envelopes",
+        &expect.outbound,
+        &seen.outbound,
+        vars,
+    ));
+    note(match_list(
+        "conflicts",
+        &expect.conflicts,
+        &seen.conflicts,
+        vars,
+    ));
+    note(match_list("notices", &expect.notices, &seen.notices, vars));
+    note(check_settled(&expect.settled, &seen.settled));
+    note(check_reports(expect, seen));
+    if let Some(state) = state {
+        note(check_state(expect, state));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// The step's reports other than lists: their order, readiness and the
+/// versions reported changed.
+fn check_reports(expect: &ClientExpect, seen: &Observed) -> Result<(), String> {
     if let Some(misordered) = &seen.misordered {
         return Err(format!("reports out of order: {misordered}"));
     }
@@ -538,24 +571,25 @@ fn check(
     }
     // Like conflicts and notices: none expected unless listed (§8.2: "never
     // otherwise").
-    {
-        let want = expect
-            .state_changed
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .map(u64_of)
-            .collect::<Result<Vec<_>, _>>()?;
-        if want != seen.state_changed {
-            return Err(format!(
-                "state-changed reported {:?}, expected {want:?}",
-                seen.state_changed
-            ));
-        }
+    let want = expect
+        .state_changed
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(u64_of)
+        .collect::<Result<Vec<_>, _>>()?;
+    if want != seen.state_changed {
+        return Err(format!(
+            "state-changed reported {:?}, expected {want:?}",
+            seen.state_changed
+        ));
     }
-    let Some(state) = state else {
-        return Ok(());
-    };
+    Ok(())
+}
+
+/// The client's state after the step, as the adapter reports it.
+fn check_state(expect: &ClientExpect, state: &ClientState) -> Result<(), String> {
+    let mut problems = Vec::new();
     if let Some(want) = &expect.mirror {
         let ok = match (want, &state.mirror) {
             (Value::Null, None) => true,
@@ -563,7 +597,7 @@ fn check(
             _ => false,
         };
         if !ok {
-            return Err(format!(
+            problems.push(format!(
                 "mirror is {}, expected {want}",
                 state
                     .mirror
@@ -575,13 +609,13 @@ fn check(
     if let Some(want) = &expect.version {
         let want = optional_u64(want)?;
         if want != state.version {
-            return Err(format!("version is {:?}, expected {want:?}", state.version));
+            problems.push(format!("version is {:?}, expected {want:?}", state.version));
         }
     }
     if let Some(want) = &expect.epoch
         && state.epoch.as_deref() != Some(want.as_str())
     {
-        return Err(format!("epoch is {:?}, expected {want:?}", state.epoch));
+        problems.push(format!("epoch is {:?}, expected {want:?}", state.epoch));
     }
     // An adapter whose library cannot tell its pending calls or its next
     // timer leaves them out; those checks are then skipped (what the client
@@ -589,13 +623,17 @@ fn check(
     if let (Some(want), Some(got)) = (expect.pending, state.pending)
         && got != want as u64
     {
-        return Err(format!("{got} calls pending, expected {want}"));
+        problems.push(format!("{got} calls pending, expected {want}"));
     }
     if let (Some(want), Some(got)) = (&expect.timer_ms, state.timer_ms) {
         let want = optional_u64(want)?;
         if got != want {
-            return Err(format!("timer at {got:?} ms, expected {want:?}"));
+            problems.push(format!("timer at {got:?} ms, expected {want:?}"));
         }
     }
-    Ok(())
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
 }

@@ -27,6 +27,18 @@ pub enum Tier {
     Recommended,
 }
 
+impl std::str::FromStr for Tier {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "required" => Ok(Tier::Required),
+            "recommended" => Ok(Tier::Recommended),
+            other => Err(format!("{other:?} is not a tier (required, recommended)")),
+        }
+    }
+}
+
 impl fmt::Display for Tier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -181,7 +193,8 @@ struct RawInfo {
     spec: Vec<String>,
 }
 
-/// The vectors shipped with this crate.
+/// The vectors directory of this crate's source (see [`EMBEDDED`] for the
+/// copies built into the binary).
 pub fn default_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("vectors")
 }
@@ -223,23 +236,95 @@ fn json_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
 pub fn load_dir(dir: &Path) -> Result<Vec<Case>, LoadError> {
     let mut files = Vec::new();
     json_files(dir, &mut files)?;
-    let mut cases = Vec::new();
-    let mut names = std::collections::BTreeMap::new();
+    let mut texts = Vec::new();
     for path in files {
         let rel = path
             .strip_prefix(dir)
             .unwrap_or(&path)
             .to_string_lossy()
             .replace('\\', "/");
-        let format_err = |message: String| LoadError::Format {
-            path: path.clone(),
-            message,
-        };
         let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Io {
             path: path.clone(),
             source,
         })?;
-        let raw: RawFile = serde_json::from_str(&text).map_err(|e| format_err(e.to_string()))?;
+        texts.push((rel, text));
+    }
+    load_texts(
+        texts
+            .iter()
+            .map(|(rel, text)| (rel.as_str(), text.as_str())),
+    )
+}
+
+/// The vector files built into this binary, by path relative to the
+/// vectors directory: what a run uses unless `--vectors` names a directory,
+/// so that the binary works wherever it is copied.
+/// `tests/vectors.rs` checks this list against the directory.
+pub const EMBEDDED: &[(&str, &str)] = &[
+    (
+        "client/calls.json",
+        include_str!("../../vectors/client/calls.json"),
+    ),
+    (
+        "client/hostile-patches.json",
+        include_str!("../../vectors/client/hostile-patches.json"),
+    ),
+    (
+        "client/patches.json",
+        include_str!("../../vectors/client/patches.json"),
+    ),
+    (
+        "client/prechecks.json",
+        include_str!("../../vectors/client/prechecks.json"),
+    ),
+    (
+        "client/results.json",
+        include_str!("../../vectors/client/results.json"),
+    ),
+    (
+        "client/silence.json",
+        include_str!("../../vectors/client/silence.json"),
+    ),
+    (
+        "client/snapshots.json",
+        include_str!("../../vectors/client/snapshots.json"),
+    ),
+    (
+        "host/calls.json",
+        include_str!("../../vectors/host/calls.json"),
+    ),
+    (
+        "host/hostile.json",
+        include_str!("../../vectors/host/hostile.json"),
+    ),
+    (
+        "host/publications.json",
+        include_str!("../../vectors/host/publications.json"),
+    ),
+    (
+        "host/sync.json",
+        include_str!("../../vectors/host/sync.json"),
+    ),
+];
+
+/// The vectors built into this binary ([`EMBEDDED`]).
+pub fn load_embedded() -> Result<Vec<Case>, LoadError> {
+    load_texts(EMBEDDED.iter().copied())
+}
+
+/// Loads vector files given as (path relative to the vectors directory,
+/// text), in the order given, with the checks of [`load_dir`].
+pub fn load_texts<'a>(
+    files: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<Vec<Case>, LoadError> {
+    let mut cases = Vec::new();
+    let mut names = std::collections::BTreeMap::new();
+    for (rel, text) in files {
+        let format_err = |message: String| LoadError::Format {
+            path: PathBuf::from(rel),
+            message,
+        };
+        let raw: RawFile = serde_json::from_str(text).map_err(|e| format_err(e.to_string()))?;
         if raw.format != 1 {
             return Err(format_err(format!("unknown format {}", raw.format)));
         }
@@ -253,7 +338,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Case>, LoadError> {
             if info.description.trim().is_empty() || info.description.contains('\n') {
                 return Err(format_err(format!("{name}: description must be one line")));
             }
-            if let Some(other) = names.insert(name.clone(), rel.clone()) {
+            if let Some(other) = names.insert(name.clone(), rel.to_owned()) {
                 return Err(format_err(format!("{name}: name also used in {other}")));
             }
             let info = CaseInfo {
@@ -261,7 +346,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Case>, LoadError> {
                 tier: info.tier,
                 description: info.description,
                 spec: info.spec,
-                file: rel.clone(),
+                file: rel.to_owned(),
             };
             let case = match raw.role {
                 Role::Client => client::ClientCase::parse(info, value).map(Case::Client),
