@@ -1000,8 +1000,11 @@ impl HostCore {
                     method: method.to_owned(),
                     message: message.clone(),
                 });
+                // The panic's own message may quote what the method held
+                // (a token, a user's data): the caller learns only that it
+                // panicked; the message goes to the events and the log.
                 return Err(MethodError::internal(format!(
-                    "method {module}.{method} panicked: {message}"
+                    "method {module}.{method} panicked; the host's log says why"
                 )));
             }
         };
