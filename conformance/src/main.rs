@@ -54,6 +54,13 @@ struct RunArgs {
     /// How to print the report: text, json or junit.
     #[arg(long, default_value = "text", value_name = "FORMAT")]
     format: Format,
+    /// Also write the report as JUnit XML to this file (for a CI's test
+    /// view, beside the printed report).
+    #[arg(long, value_name = "FILE")]
+    junit_file: Option<PathBuf>,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json_file: Option<PathBuf>,
     /// A file of case names (one per line, `#` comments) expected to fail.
     /// They still run: a failure is reported XFAIL and does not fail the
     /// run; a pass is reported XPASS and fails it.
@@ -183,6 +190,26 @@ fn load(dir: Option<PathBuf>) -> Result<Vec<Case>, ExitCode> {
 
 fn finish(report: &Report, format: Format, mode: &str) -> ExitCode {
     print!("{}", report.render(format, mode));
+    verdict(report)
+}
+
+/// [`finish`] for a `client` or `host` run, also writing the files asked
+/// for; one that cannot be written makes the run fail to be made (2).
+fn finish_run(report: &Report, run: &RunArgs, mode: &str) -> Result<ExitCode, ExitCode> {
+    for (path, format) in [
+        (&run.junit_file, Format::Junit),
+        (&run.json_file, Format::Json),
+    ] {
+        if let Some(path) = path {
+            std::fs::write(path, report.render(format, mode))
+                .map_err(|e| usage(format!("{}: {e}", path.display())))?;
+        }
+    }
+    Ok(finish(report, run.format, mode))
+}
+
+/// The exit status of a run: 0 when it succeeded, 1 otherwise.
+fn verdict(report: &Report) -> ExitCode {
     if report.succeeded() {
         ExitCode::SUCCESS
     } else {
@@ -266,7 +293,7 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
                 reply_timeout: Duration::from_millis(reply_timeout_ms),
             };
             let report = runner::run(&cases, &config).map_err(usage)?;
-            finish(&report, run.format, "client")
+            finish_run(&report, &run, "client")?
         }
         Command::Host {
             connect,
@@ -301,7 +328,7 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
                 .build()
                 .map_err(|e| usage(format!("cannot start the runtime: {e}")))?;
             let report = runtime.block_on(grpc::run(&config)).map_err(usage)?;
-            finish(&report, run.format, "host")
+            finish_run(&report, &run, "host")?
         }
         Command::Adapter { breakage } => {
             let mut client = ReferenceClient::new(breakage);

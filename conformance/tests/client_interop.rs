@@ -378,3 +378,83 @@ fn a_case_listed_to_skip_is_not_run_and_reported_skipped() {
     );
     assert_eq!(output.status.code(), Some(0));
 }
+
+/// Selection and report files, as a CI uses them: several `--case`s, a
+/// `--filter` and a `--tier` each narrow the run; `--junit-file` and
+/// `--json-file` hold the same run as the printed report; a failure is
+/// printed with its requirements and what the case checks.
+#[test]
+fn a_ci_run_selects_cases_and_writes_its_reports_to_files() {
+    let dir = std::env::temp_dir().join(format!("conformance-ci-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let junit = dir.join("report.xml");
+    let json = dir.join("report.json");
+    let output = conformance(&[
+        "client",
+        "--case",
+        "client-live-patch-applies",
+        "--case",
+        "client-gap-reports-version-gap-and-resumes",
+        "--junit-file",
+        junit.to_str().unwrap(),
+        "--json-file",
+        json.to_str().unwrap(),
+        "--",
+        BIN,
+        "adapter",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    assert!(
+        stdout(&output).ends_with("2 passed, 0 failed\n"),
+        "{}",
+        stdout(&output)
+    );
+    let xml = std::fs::read_to_string(&junit).expect("the JUnit file");
+    assert!(xml.contains("name=\"client-live-patch-applies\""), "{xml}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON file")).unwrap();
+    assert_eq!(report["passed"], 2);
+
+    let output = conformance(&[
+        "client",
+        "--filter",
+        "silence",
+        "--tier",
+        "recommended",
+        "--",
+        BIN,
+        "adapter",
+    ]);
+    let text = stdout(&output);
+    let played: Vec<&str> = text.lines().filter(|l| l.starts_with("PASS ")).collect();
+    assert!(!played.is_empty(), "{text}");
+    assert!(played.iter().all(|l| l.contains("silence")), "{text}");
+    let recommended = conformance(&["list"]);
+    for line in &played {
+        let name = line.trim_start_matches("PASS ");
+        assert!(
+            stdout(&recommended)
+                .lines()
+                .any(|l| l.contains(" recommended ") && l.contains(name)),
+            "{name} is not recommended"
+        );
+    }
+
+    let broken = conformance(&[
+        "client",
+        "--case",
+        "client-gap-reports-version-gap-and-resumes",
+        "--",
+        BIN,
+        "adapter",
+        "--break",
+        "apply-across-gap",
+    ]);
+    let text = stdout(&broken);
+    assert_eq!(broken.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("\n     spec "),
+        "the failure names its requirements: {text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
