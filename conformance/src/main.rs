@@ -51,6 +51,11 @@ struct RunArgs {
     /// Run only cases of this tier: required or recommended.
     #[arg(long, value_name = "TIER")]
     tier: Option<Tier>,
+    /// Stop once a required case has failed: the cases after it are
+    /// reported SKIP (an adapter that hangs on every case otherwise costs
+    /// a reply timeout per case).
+    #[arg(long)]
+    fail_fast: bool,
     /// How to print the report: text, json or junit.
     #[arg(long, default_value = "text", value_name = "FORMAT")]
     format: Format,
@@ -288,6 +293,7 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
                 program: program.clone(),
                 args: args.to_vec(),
                 select: run.select(),
+                fail_fast: run.fail_fast,
                 known_failures: run.known()?,
                 skip: run.skipped()?,
                 reply_timeout: Duration::from_millis(reply_timeout_ms),
@@ -316,6 +322,7 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
             config.token = token;
             config.secret_marker = secret_marker;
             config.select = run.select();
+            config.fail_fast = run.fail_fast;
             config.wait = Duration::from_millis(wait_ms);
             config.known_failures = run.known()?;
             config.skip = run.skipped()?;

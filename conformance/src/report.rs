@@ -382,6 +382,10 @@ impl CaseResult {
     }
 }
 
+/// The reason printed for a case not run because an earlier required case
+/// failed under `--fail-fast`.
+pub const FAILED_FAST: &str = "not run: a required case failed before it (--fail-fast)";
+
 /// The reason printed for a case not run because `--skip` lists it.
 pub const SKIPPED: &str = "listed in --skip";
 

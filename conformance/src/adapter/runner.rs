@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::ClientUnderTest;
 use super::process::AdapterProcess;
-use crate::report::{Outcome, Report, SKIPPED, catch};
+use crate::report::{FAILED_FAST, Outcome, Report, SKIPPED, catch};
 use crate::select::Selection;
 use crate::vectors::{Case, Failure, client};
 
@@ -25,6 +25,9 @@ pub struct ClientRun {
     pub skip: BTreeSet<String>,
     /// The longest the adapter may take to answer one command.
     pub reply_timeout: Duration,
+    /// Stop playing cases once a required one has failed; the rest are
+    /// reported SKIP.
+    pub fail_fast: bool,
 }
 
 impl ClientRun {
@@ -37,6 +40,7 @@ impl ClientRun {
             known_failures: BTreeSet::new(),
             skip: BTreeSet::new(),
             reply_timeout: Duration::from_secs(5),
+            fail_fast: false,
         }
     }
 }
@@ -93,11 +97,18 @@ pub fn run(cases: &[Case], config: &ClientRun) -> Result<Report, String> {
         if !config.select.includes(name, case.info.tier) {
             continue;
         }
-        if config.skip.contains(name) {
+        let skipped = if config.skip.contains(name) {
+            Some(SKIPPED)
+        } else if config.fail_fast && !report.required_passed() {
+            Some(FAILED_FAST)
+        } else {
+            None
+        };
+        if let Some(why) = skipped {
             report.push_case(
                 &case.info,
                 crate::vectors::Role::Client,
-                Outcome::Skip(SKIPPED.into()),
+                Outcome::Skip(why.into()),
             );
             continue;
         }

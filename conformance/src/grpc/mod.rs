@@ -17,7 +17,7 @@ use tonic::transport::Endpoint;
 
 use self::cases::{CaseOptions, Stop};
 use self::peer::Shared;
-use crate::report::{Outcome, Report, SKIPPED};
+use crate::report::{FAILED_FAST, Outcome, Report, SKIPPED};
 use crate::select::Selection;
 use crate::vectors::Role;
 
@@ -41,6 +41,9 @@ pub struct HostRun {
     pub step_timeout: Duration,
     /// The longest a whole case may last.
     pub case_timeout: Duration,
+    /// Stop playing cases once a required one has failed; the rest are
+    /// reported SKIP.
+    pub fail_fast: bool,
     /// How long to keep trying the first connection before giving up (a
     /// host started just before the run may not accept yet); zero, once.
     pub wait: Duration,
@@ -62,6 +65,7 @@ impl HostRun {
             step_timeout: Duration::from_secs(5),
             case_timeout: Duration::from_secs(60),
             wait: Duration::ZERO,
+            fail_fast: false,
             options: CaseOptions::default(),
         }
     }
@@ -144,14 +148,21 @@ pub async fn run(config: &HostRun) -> Result<Report, String> {
         if !config.select.includes(case.name, case.tier) {
             continue;
         }
-        if config.skip.contains(case.name) {
+        let skipped = if config.skip.contains(case.name) {
+            Some(SKIPPED)
+        } else if config.fail_fast && !report.required_passed() {
+            Some(FAILED_FAST)
+        } else {
+            None
+        };
+        if let Some(why) = skipped {
             report.push_described(
                 case.name,
                 case.tier,
                 Role::Host,
                 case.spec,
                 case.description,
-                Outcome::Skip(SKIPPED.into()),
+                Outcome::Skip(why.into()),
             );
             continue;
         }
