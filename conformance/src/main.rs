@@ -86,6 +86,15 @@ impl RunArgs {
         }
     }
 
+    /// Creates the report files asked for, before any case runs: a run
+    /// is not lost to a path that cannot be written at its end.
+    fn create_report_files(&self) -> Result<(), ExitCode> {
+        for path in [&self.junit_file, &self.json_file].into_iter().flatten() {
+            std::fs::File::create(path).map_err(|e| usage(format!("{}: {e}", path.display())))?;
+        }
+        Ok(())
+    }
+
     fn known(&self) -> Result<BTreeSet<String>, ExitCode> {
         read_names(self.known_failures.as_ref())
     }
@@ -201,6 +210,9 @@ fn finish(report: &Report, format: Format, mode: &str) -> ExitCode {
 /// [`finish`] for a `client` or `host` run, also writing the files asked
 /// for; one that cannot be written makes the run fail to be made (2).
 fn finish_run(report: &Report, run: &RunArgs, mode: &str) -> Result<ExitCode, ExitCode> {
+    // The report is printed first: a file that cannot be written now (it
+    // was created before the run) still leaves the run's verdict printed.
+    let verdict = finish(report, run.format, mode);
     for (path, format) in [
         (&run.junit_file, Format::Junit),
         (&run.json_file, Format::Json),
@@ -210,7 +222,7 @@ fn finish_run(report: &Report, run: &RunArgs, mode: &str) -> Result<ExitCode, Ex
                 .map_err(|e| usage(format!("{}: {e}", path.display())))?;
         }
     }
-    Ok(finish(report, run.format, mode))
+    Ok(verdict)
 }
 
 /// The exit status of a run: 0 when it succeeded, 1 otherwise.
@@ -289,6 +301,7 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
             let (program, args) = adapter
                 .split_first()
                 .ok_or_else(|| usage("client needs an adapter command after --".into()))?;
+            run.create_report_files()?;
             let config = ClientRun {
                 program: program.clone(),
                 args: args.to_vec(),
@@ -329,7 +342,16 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
             config.step_timeout = Duration::from_millis(step_timeout_ms);
             config.case_timeout = Duration::from_millis(case_timeout_ms);
             config.options.history_window = history_window;
-            grpc::check_names(&config).map_err(usage)?;
+            grpc::check_names(&config).map_err(|e| {
+                // Names the host runner does not know may be host vectors.
+                let cases = load(cli.vectors.clone()).unwrap_or_default();
+                let names: Vec<&str> = config.select.names.iter().map(String::as_str).collect();
+                usage(format!(
+                    "{e}{}",
+                    cosystem_conformance::select::host_vector_hint(&cases, &names)
+                ))
+            })?;
+            run.create_report_files()?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

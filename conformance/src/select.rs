@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::vectors::Tier;
+use crate::vectors::{Case, Tier};
 
 /// The cases a `client` or `host` run plays. Empty, every case; otherwise a
 /// case must pass every criterion given.
@@ -26,6 +26,34 @@ impl Selection {
                 .is_none_or(|f| name.contains(f.as_str()))
             && self.tier.is_none_or(|t| t == tier)
     }
+}
+
+/// For names a `client` or `host` run does not know: which of them are
+/// host vectors, which only `vectors` plays (in process), as a note to
+/// append to the error; empty when none is.
+pub fn host_vector_hint(cases: &[Case], unknown: &[&str]) -> String {
+    let hosts: Vec<&str> = unknown
+        .iter()
+        .copied()
+        .filter(|n| {
+            cases
+                .iter()
+                .any(|c| matches!(c, Case::Host(_)) && c.info().name == *n)
+        })
+        .collect();
+    if hosts.is_empty() {
+        return String::new();
+    }
+    format!(
+        " ({} {} host {}: host vectors are played in process, by `vectors` only)",
+        hosts.join(", "),
+        if hosts.len() == 1 { "is a" } else { "are" },
+        if hosts.len() == 1 {
+            "vector"
+        } else {
+            "vectors"
+        }
+    )
 }
 
 #[cfg(test)]

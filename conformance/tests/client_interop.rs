@@ -458,3 +458,83 @@ fn a_ci_run_selects_cases_and_writes_its_reports_to_files() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs a CI could not trust are refused before any case runs (status 2):
+/// a selection that matches nothing, a report file that cannot be created,
+/// a host vector named to the client runner. An adapter that dies is
+/// reported with its stderr once.
+#[test]
+fn runs_that_cannot_be_trusted_are_refused_and_a_dead_adapter_is_quoted_once() {
+    let nothing = conformance(&["client", "--filter", "no-such-case", "--", BIN, "adapter"]);
+    assert_eq!(nothing.status.code(), Some(2), "{}", stdout(&nothing));
+    let mismatch = conformance(&[
+        "client",
+        "--case",
+        "client-local-call-limit",
+        "--tier",
+        "recommended",
+        "--",
+        BIN,
+        "adapter",
+    ]);
+    assert_eq!(mismatch.status.code(), Some(2));
+
+    let unwritable = conformance(&[
+        "client",
+        "--json-file",
+        "/nonexistent-dir/report.json",
+        "--",
+        BIN,
+        "adapter",
+    ]);
+    assert_eq!(unwritable.status.code(), Some(2));
+    assert!(
+        stdout(&unwritable).is_empty(),
+        "nothing ran: {}",
+        stdout(&unwritable)
+    );
+
+    let host_vector = conformance(&[
+        "client",
+        "--case",
+        "host-todos-methods",
+        "--",
+        BIN,
+        "adapter",
+    ]);
+    assert_eq!(host_vector.status.code(), Some(2));
+    let why = String::from_utf8_lossy(&host_vector.stderr);
+    assert!(why.contains("host-todos-methods is a host vector"), "{why}");
+    let to_host = conformance(&[
+        "host",
+        "--connect",
+        "127.0.0.1:1",
+        "--case",
+        "host-todos-methods",
+    ]);
+    assert_eq!(to_host.status.code(), Some(2));
+    let why = String::from_utf8_lossy(&to_host.stderr);
+    assert!(why.contains("host-todos-methods is a host vector"), "{why}");
+    let no_host_case = conformance(&[
+        "host",
+        "--connect",
+        "127.0.0.1:1",
+        "--filter",
+        "nothing-like-it",
+    ]);
+    assert_eq!(no_host_case.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&no_host_case.stderr).contains("no host case matches"));
+
+    let dead = conformance(&[
+        "client",
+        "--case",
+        "client-local-call-limit",
+        "--",
+        "sh",
+        "-c",
+        "echo 'adapter failed to start' >&2; exit 3",
+    ]);
+    let text = stdout(&dead);
+    assert_eq!(dead.status.code(), Some(1), "{text}");
+    assert_eq!(text.matches("adapter failed to start").count(), 1, "{text}");
+}

@@ -60,6 +60,12 @@ impl MethodError {
         Self::new(ErrorCode::ResourceExhausted, message)
     }
 
+    /// The method cannot serve the call now (a service it depends on is
+    /// down); the same call may succeed later.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unavailable, message)
+    }
+
     /// The host broke while running the call; nothing was committed.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Internal, message)

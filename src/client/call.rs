@@ -20,6 +20,8 @@ pub struct CallOptions {
     /// Settle `deadline-exceeded` if the call has not settled this long after
     /// it started (waiting for the mirror to catch up included). `None`: the
     /// client's [`ClientConfig::call_timeout`](super::ClientConfig::call_timeout).
+    /// `Some(Duration::MAX)` (or any timeout past what the clock can
+    /// express): no deadline, whatever the client's default.
     pub timeout: Option<Duration>,
 }
 

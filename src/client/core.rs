@@ -64,11 +64,13 @@ pub struct ClientConfig {
     /// (gRPC keepalive, TCP keepalive, a closed channel); a shared channel
     /// cannot, so this is how a bus client does.
     pub host_silence: Option<Duration>,
-    /// The timeout of a call made without one of its own
+    /// The timeout of a call made through a [`Client`](super::Client)
+    /// without one of its own
     /// ([`CallOptions::timeout`](super::CallOptions::timeout)): it settles
     /// `deadline-exceeded` this long after it started if it has not
     /// settled. `None`, the default: such a call waits as long as it takes,
-    /// across reconnects.
+    /// across reconnects. The sans-IO core does not read it: its caller
+    /// passes each call's deadline to [`ClientCore::call`].
     pub call_timeout: Option<Duration>,
 }
 

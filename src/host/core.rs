@@ -31,7 +31,7 @@ use super::caller::{Caller, CallerScope};
 use super::config::{HostConfig, SyncMode};
 use super::encode::{ops_json, section_prefix};
 use super::history::{Entry, History};
-use super::in_method::{InMethod, new_core_id};
+use super::in_method::{CALLED_BACK, CalledBack, InMethod, new_core_id};
 use super::input::{PreparedInput, Source, parse_args};
 use super::stats::{Counters, HostStats};
 use super::timing::{MethodRun, MethodTimes};
@@ -395,7 +395,9 @@ impl std::fmt::Debug for Clipped<'_> {
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
+    if payload.is::<CalledBack>() {
+        CALLED_BACK.to_owned()
+    } else if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {
         s.clone()
@@ -1002,10 +1004,16 @@ impl HostCore {
                 });
                 // The panic's own message may quote what the method held
                 // (a token, a user's data): the caller learns only that it
-                // panicked; the message goes to the events and the log.
-                return Err(MethodError::internal(format!(
-                    "method {module}.{method} panicked; the host's log says why"
-                )));
+                // panicked; the message goes to the events and the log. A
+                // method calling back into its host is the library's own
+                // message, and says what to fix.
+                return Err(MethodError::internal(if payload.is::<CalledBack>() {
+                    format!("method {module}.{method} panicked: {message}")
+                } else {
+                    format!(
+                        "method {module}.{method} panicked (its message is in the host's events)"
+                    )
+                }));
             }
         };
         // A view nested deeper than clients mirror is one no client could

@@ -39,3 +39,17 @@ pub(crate) fn in_method_of(id: u64) -> bool {
 pub(super) fn new_core_id() -> u64 {
     NEXT_CORE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
+
+/// What a driver panics with when a method calls back into its own host:
+/// the method's bug, which the host reports to the caller as it is (a
+/// method's other panics are not, since their messages may quote data).
+pub(crate) const CALLED_BACK: &str = "a method called back into its own host (Host::view, version, …), which would deadlock; use its Draft or state instead";
+
+/// Panics with [`CALLED_BACK`].
+pub(crate) fn called_back() -> ! {
+    std::panic::panic_any(CalledBack)
+}
+
+/// The panic payload of [`called_back`].
+#[derive(Debug)]
+pub(crate) struct CalledBack;

@@ -12,6 +12,9 @@ use serde_json::Value;
 
 use super::{ClientUnderTest, Command, Reply};
 
+/// What precedes the adapter's stderr where a failure quotes it.
+pub(crate) const STDERR_QUOTED: &str = "; adapter stderr: ";
+
 /// How many lines of the adapter's stderr a failure quotes.
 const STDERR_TAIL: usize = 8;
 
@@ -92,7 +95,7 @@ impl AdapterProcess {
             String::new()
         } else {
             format!(
-                "; adapter stderr: {}",
+                "{STDERR_QUOTED}{}",
                 tail.iter().cloned().collect::<Vec<_>>().join(" | ")
             )
         }

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::ClientUnderTest;
-use super::process::AdapterProcess;
+use super::process::{AdapterProcess, STDERR_QUOTED};
 use crate::report::{FAILED_FAST, Outcome, Report, SKIPPED, catch};
 use crate::select::Selection;
 use crate::vectors::{Case, Failure, client};
@@ -66,19 +66,7 @@ pub fn run(cases: &[Case], config: &ClientRun) -> Result<Report, String> {
         .map(String::as_str)
         .collect();
     if !unknown.is_empty() {
-        let hosts: Vec<&str> = unknown
-            .iter()
-            .copied()
-            .filter(|n| cases.iter().any(|c| &c.info().name == n))
-            .collect();
-        let hint = if hosts.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " ({} a host vector, played in process by `vectors` only)",
-                if hosts.len() == 1 { "is" } else { "are" }
-            )
-        };
+        let hint = crate::select::host_vector_hint(cases, &unknown);
         return Err(format!(
             "unknown client case(s): {}{hint}",
             unknown.join(", ")
@@ -91,6 +79,12 @@ pub fn run(cases: &[Case], config: &ClientRun) -> Result<Report, String> {
         &config.args,
         config.reply_timeout,
     )?);
+    if !clients
+        .iter()
+        .any(|c| config.select.includes(&c.info.name, c.info.tier))
+    {
+        return Err("no client case matches the selection".to_owned());
+    }
     let mut report = Report::default();
     for case in clients {
         let name = &case.info.name;
@@ -119,7 +113,11 @@ pub fn run(cases: &[Case], config: &ClientRun) -> Result<Report, String> {
             // What the adapter logged is quoted with any failure: it is
             // often the quickest way to what the client did.
             client::run_with(case, &mut adapter as &mut dyn ClientUnderTest).map_err(|mut f| {
-                f.message.push_str(&adapter.stderr_tail());
+                // An adapter that died or stopped answering is already
+                // reported with its stderr.
+                if !f.message.contains(STDERR_QUOTED) {
+                    f.message.push_str(&adapter.stderr_tail());
+                }
                 f
             })
         });

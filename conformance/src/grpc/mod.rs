@@ -82,7 +82,14 @@ pub fn check_names(run: &HostRun) -> Result<(), String> {
         .filter(|n| cases::find(n).is_none())
         .collect();
     if unknown.is_empty() {
-        Ok(())
+        if cases::CASES
+            .iter()
+            .any(|c| run.select.includes(c.name, c.tier))
+        {
+            Ok(())
+        } else {
+            Err("no host case matches the selection".to_owned())
+        }
     } else {
         Err(format!(
             "unknown host case(s): {}",
