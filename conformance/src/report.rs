@@ -159,6 +159,23 @@ impl Report {
         });
     }
 
+    /// Why the case `name` is not to be run, if it is not: `skip` lists it,
+    /// or `fail_fast` is set and a required case has failed already.
+    pub fn not_to_run(
+        &self,
+        name: &str,
+        skip: &BTreeSet<String>,
+        fail_fast: bool,
+    ) -> Option<&'static str> {
+        if skip.contains(name) {
+            Some(SKIPPED)
+        } else if fail_fast && !self.required_passed() {
+            Some(FAILED_FAST)
+        } else {
+            None
+        }
+    }
+
     /// The failed cases, of either tier.
     pub fn failures(&self) -> impl Iterator<Item = &CaseResult> {
         self.results

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::ClientUnderTest;
 use super::process::{AdapterProcess, STDERR_QUOTED};
-use crate::report::{FAILED_FAST, Outcome, Report, SKIPPED, catch};
+use crate::report::{Outcome, Report, catch};
 use crate::select::Selection;
 use crate::vectors::{Case, Failure, client};
 
@@ -91,41 +91,32 @@ pub fn run(cases: &[Case], config: &ClientRun) -> Result<Report, String> {
         if !config.select.includes(name, case.info.tier) {
             continue;
         }
-        let skipped = if config.skip.contains(name) {
-            Some(SKIPPED)
-        } else if config.fail_fast && !report.required_passed() {
-            Some(FAILED_FAST)
-        } else {
-            None
-        };
-        if let Some(why) = skipped {
-            report.push_case(
-                &case.info,
-                crate::vectors::Role::Client,
-                Outcome::Skip(why.into()),
-            );
-            continue;
-        }
-        let outcome = catch(|| {
-            let mut adapter =
-                AdapterProcess::spawn(&config.program, &config.args, config.reply_timeout)
-                    .map_err(Failure::case)?;
-            // What the adapter logged is quoted with any failure: it is
-            // often the quickest way to what the client did.
-            client::run_with(case, &mut adapter as &mut dyn ClientUnderTest).map_err(|mut f| {
-                // An adapter that died or stopped answering is already
-                // reported with its stderr.
-                if !f.message.contains(STDERR_QUOTED) {
-                    f.message.push_str(&adapter.stderr_tail());
+        let outcome = match report.not_to_run(name, &config.skip, config.fail_fast) {
+            Some(why) => Outcome::Skip(why.into()),
+            None => {
+                let outcome = catch(|| {
+                    let mut adapter =
+                        AdapterProcess::spawn(&config.program, &config.args, config.reply_timeout)
+                            .map_err(Failure::case)?;
+                    client::run_with(case, &mut adapter as &mut dyn ClientUnderTest).map_err(
+                        |mut f| {
+                            // An adapter that died or stopped answering is
+                            // already reported with its stderr.
+                            if !f.message.contains(STDERR_QUOTED) {
+                                f.message.push_str(&adapter.stderr_tail());
+                            }
+                            f
+                        },
+                    )
+                });
+                // A listed case is still run: a pass means the list is out
+                // of date.
+                if config.known_failures.contains(name) {
+                    outcome.expected_to_fail()
+                } else {
+                    outcome
                 }
-                f
-            })
-        });
-        // A listed case is still run: a pass means the list is out of date.
-        let outcome = if config.known_failures.contains(name) {
-            outcome.expected_to_fail()
-        } else {
-            outcome
+            }
         };
         report.push_case(&case.info, crate::vectors::Role::Client, outcome);
     }

@@ -17,7 +17,7 @@ use tonic::transport::Endpoint;
 
 use self::cases::{CaseOptions, Stop};
 use self::peer::Shared;
-use crate::report::{FAILED_FAST, Outcome, Report, SKIPPED};
+use crate::report::{Outcome, Report};
 use crate::select::Selection;
 use crate::vectors::Role;
 
@@ -102,6 +102,34 @@ pub fn check_names(run: &HostRun) -> Result<(), String> {
     }
 }
 
+/// Plays one case in a task of its own, so that a panic is one case's
+/// failure and an abandoned case cannot keep running.
+async fn run_one(
+    config: &HostRun,
+    shared: &Arc<Shared>,
+    case: &'static cases::HostCaseDef,
+) -> Outcome {
+    let task = tokio::spawn({
+        let shared = shared.clone();
+        let options = config.options;
+        async move { cases::run_case(case.name, &shared, options).await }
+    });
+    let abort = task.abort_handle();
+    match tokio::time::timeout(config.case_timeout, task).await {
+        Ok(Ok(Ok(()))) => Outcome::Pass,
+        Ok(Ok(Err(Stop::Fail(why)))) => Outcome::Fail(why),
+        Ok(Ok(Err(Stop::Skip(why)))) => Outcome::Skip(why),
+        Ok(Err(e)) => Outcome::Fail(format!("the case panicked: {e}")),
+        Err(_) => {
+            abort.abort();
+            Outcome::Fail(format!(
+                "the case did not finish within {} ms",
+                config.case_timeout.as_millis()
+            ))
+        }
+    }
+}
+
 /// The URL of a host given as a URL or as `HOST:PORT` (read as
 /// `http://HOST:PORT`, as `cosystem-worker client --connect` reads it).
 pub fn host_url(given: &str) -> String {
@@ -125,11 +153,12 @@ pub async fn run(config: &HostRun) -> Result<Report, String> {
     // One connection first, so that a host that is not there is one clear
     // error (exit 2) with its cause, not every case failing alike. A host
     // started just before the run gets `wait` to start accepting.
-    let give_up = tokio::time::Instant::now() + config.wait;
+    // A wait past what the clock can express is "until it answers".
+    let give_up = tokio::time::Instant::now().checked_add(config.wait);
     loop {
         match endpoint.connect().await {
             Ok(_) => break,
-            Err(_) if tokio::time::Instant::now() < give_up => {
+            Err(_) if give_up.is_none_or(|at| tokio::time::Instant::now() < at) => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => {
@@ -155,52 +184,18 @@ pub async fn run(config: &HostRun) -> Result<Report, String> {
         if !config.select.includes(case.name, case.tier) {
             continue;
         }
-        let skipped = if config.skip.contains(case.name) {
-            Some(SKIPPED)
-        } else if config.fail_fast && !report.required_passed() {
-            Some(FAILED_FAST)
-        } else {
-            None
-        };
-        if let Some(why) = skipped {
-            report.push_described(
-                case.name,
-                case.tier,
-                Role::Host,
-                case.spec,
-                case.description,
-                Outcome::Skip(why.into()),
-            );
-            continue;
-        }
-        let outcome = {
-            // Each case in a task of its own, so that a panic is one case's
-            // failure and an abandoned case cannot keep running.
-            let task = tokio::spawn({
-                let shared = shared.clone();
-                let options = config.options;
-                async move { cases::run_case(case.name, &shared, options).await }
-            });
-            let abort = task.abort_handle();
-            match tokio::time::timeout(config.case_timeout, task).await {
-                Ok(Ok(Ok(()))) => Outcome::Pass,
-                Ok(Ok(Err(Stop::Fail(why)))) => Outcome::Fail(why),
-                Ok(Ok(Err(Stop::Skip(why)))) => Outcome::Skip(why),
-                Ok(Err(e)) => Outcome::Fail(format!("the case panicked: {e}")),
-                Err(_) => {
-                    abort.abort();
-                    Outcome::Fail(format!(
-                        "the case did not finish within {} ms",
-                        config.case_timeout.as_millis()
-                    ))
+        let outcome = match report.not_to_run(case.name, &config.skip, config.fail_fast) {
+            Some(why) => Outcome::Skip(why.into()),
+            None => {
+                let outcome = run_one(config, &shared, case).await;
+                // A listed case is still run: a pass means the list is out
+                // of date.
+                if config.known_failures.contains(case.name) {
+                    outcome.expected_to_fail()
+                } else {
+                    outcome
                 }
             }
-        };
-        // A listed case is still run: a pass means the list is out of date.
-        let outcome = if config.known_failures.contains(case.name) {
-            outcome.expected_to_fail()
-        } else {
-            outcome
         };
         report.push_described(
             case.name,
