@@ -465,65 +465,51 @@ fn a_ci_run_selects_cases_and_writes_its_reports_to_files() {
 /// reported with its stderr once.
 #[test]
 fn runs_that_cannot_be_trusted_are_refused_and_a_dead_adapter_is_quoted_once() {
-    let nothing = conformance(&["client", "--filter", "no-such-case", "--", BIN, "adapter"]);
-    assert_eq!(nothing.status.code(), Some(2), "{}", stdout(&nothing));
-    let mismatch = conformance(&[
-        "client",
-        "--case",
-        "client-local-call-limit",
-        "--tier",
-        "recommended",
-        "--",
-        BIN,
-        "adapter",
-    ]);
-    assert_eq!(mismatch.status.code(), Some(2));
-
-    let unwritable = conformance(&[
-        "client",
-        "--json-file",
-        "/nonexistent-dir/report.json",
-        "--",
-        BIN,
-        "adapter",
-    ]);
-    assert_eq!(unwritable.status.code(), Some(2));
-    assert!(
-        stdout(&unwritable).is_empty(),
-        "nothing ran: {}",
-        stdout(&unwritable)
+    // Each is refused with status 2 before any case runs (nothing printed
+    // on stdout), saying why on stderr.
+    let refused = |args: &[&str], why: &str| {
+        let output = conformance(args);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stdout(&output)
+        );
+        assert!(
+            stdout(&output).is_empty(),
+            "{args:?} ran: {}",
+            stdout(&output)
+        );
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(said.contains(why), "{args:?}: {said}");
+    };
+    let adapter = ["--", BIN, "adapter"];
+    let client = |args: &[&'static str]| [&["client"], args, &adapter[..]].concat();
+    refused(
+        &client(&["--filter", "no-such-case"]),
+        "no client case matches",
     );
-
-    let host_vector = conformance(&[
-        "client",
-        "--case",
-        "host-todos-methods",
-        "--",
-        BIN,
-        "adapter",
-    ]);
-    assert_eq!(host_vector.status.code(), Some(2));
-    let why = String::from_utf8_lossy(&host_vector.stderr);
-    assert!(why.contains("host-todos-methods is a host vector"), "{why}");
-    let to_host = conformance(&[
-        "host",
-        "--connect",
-        "127.0.0.1:1",
-        "--case",
-        "host-todos-methods",
-    ]);
-    assert_eq!(to_host.status.code(), Some(2));
-    let why = String::from_utf8_lossy(&to_host.stderr);
-    assert!(why.contains("host-todos-methods is a host vector"), "{why}");
-    let no_host_case = conformance(&[
-        "host",
-        "--connect",
-        "127.0.0.1:1",
-        "--filter",
-        "nothing-like-it",
-    ]);
-    assert_eq!(no_host_case.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&no_host_case.stderr).contains("no host case matches"));
+    refused(
+        &client(&["--case", "client-local-call-limit", "--tier", "recommended"]),
+        "no client case matches",
+    );
+    refused(
+        &client(&["--json-file", "/nonexistent-dir/report.json"]),
+        "/nonexistent-dir/report.json",
+    );
+    refused(
+        &client(&["--case", "host-todos-methods"]),
+        "host-todos-methods is a host vector",
+    );
+    let host = |args: &[&'static str]| [&["host", "--connect", "127.0.0.1:1"], args].concat();
+    refused(
+        &host(&["--case", "host-todos-methods"]),
+        "host-todos-methods is a host vector",
+    );
+    refused(
+        &host(&["--filter", "nothing-like-it"]),
+        "no host case matches",
+    );
 
     let dead = conformance(&[
         "client",
