@@ -6,10 +6,12 @@
 mod apply;
 mod call;
 mod canonical;
+mod config;
 mod connection;
 mod core;
 mod driver;
 mod equality;
+mod event;
 mod ops;
 mod outbound;
 mod read_ahead;
@@ -21,11 +23,10 @@ mod watch;
 
 pub use apply::{ApplyError, MAX_MIRROR_DEPTH, apply_patch, copy_budget, shift_budget};
 pub use call::{CallFuture, CallOptions, ModuleHandle, VersionedCall};
+pub use config::ClientConfig;
 pub use connection::Connection;
-pub use core::{
-    CallId, ClientConfig, ClientCore, ClientError, ClientEvent, Conflict, ConflictReason,
-    MAX_EPOCH, Notice,
-};
+pub use core::{ClientCore, MAX_EPOCH};
 pub use driver::{CallOutcome, Client, MirrorSnapshot, Settlement};
+pub use event::{CallId, ClientError, ClientEvent, Conflict, ConflictReason, Notice};
 pub use reconnect::{JITTER, Reconnect};
 pub use watch::{Equals, Watch, WatchHandle, WatchOptions};

@@ -10,10 +10,11 @@
 
 use serde_json::Value;
 
-use super::core::{InputError, size_near_limit};
+use super::error::InputError;
 use crate::app::MethodError;
-use crate::wire::ClientMessage;
 use crate::wire::view::{ClientKindView, ClientView};
+use crate::wire::{ClientMessage, client_message};
+use prost::Message;
 
 /// One envelope from a client, decoded and sized, with a call's arguments
 /// already parsed.
@@ -114,5 +115,87 @@ pub(super) fn parse_args(args_json: &str) -> Result<Vec<Value>, MethodError> {
         Err(e) => Err(MethodError::invalid_argument(format!(
             "args_json is not valid JSON: {e}"
         ))),
+    }
+}
+
+/// Bytes an envelope's encoding can take beyond its strings' own lengths:
+/// every tag, length prefix and integer at its longest (a Call's envelope
+/// needs at most 71, a SyncRequest's at most 75, with 5-byte length prefixes).
+const ENVELOPE_OVERHEAD: usize = 128;
+
+/// The envelope's encoded size if it may be over `limit`; `None` when the
+/// lengths of its strings alone show it is within. Exact measuring walks
+/// every field, which the per-call path of in-process transports would pay
+/// for nothing: almost every envelope is far below the limit.
+pub(super) fn size_near_limit(message: &ClientMessage, limit: usize) -> Option<usize> {
+    let header = message.header.as_ref().map_or(0, |h| {
+        h.epoch.len() + h.source.len() + h.target.len() + h.capability.len()
+    });
+    let kind = match &message.kind {
+        Some(client_message::Kind::Call(c)) => c.module.len() + c.method.len() + c.args_json.len(),
+        Some(client_message::Kind::SyncRequest(_)) | None => 0,
+    };
+    let bound = header
+        .saturating_add(kind)
+        .saturating_add(ENVELOPE_OVERHEAD);
+    (bound > limit).then(|| message.encoded_len())
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::{ENVELOPE_OVERHEAD, size_near_limit};
+    use crate::wire::{Call, ClientMessage, Header, SyncRequest, client_message};
+    use proptest::prelude::*;
+    use prost::Message;
+
+    proptest! {
+        /// The cheap bound never lets an envelope over the limit through,
+        /// and is exact whenever it measures.
+        #[test]
+        fn size_near_limit_never_misses_an_envelope_over_the_limit(
+            message in crate::wire::view::tests::client_message(),
+            limit in 0usize..400,
+        ) {
+            let exact = message.encoded_len();
+            match size_near_limit(&message, limit) {
+                Some(size) => prop_assert_eq!(size, exact),
+                None => prop_assert!(exact <= limit, "{} > {}", exact, limit),
+            }
+        }
+    }
+
+    #[test]
+    fn the_overhead_covers_the_largest_fixed_fields() {
+        let max = ClientMessage {
+            header: Some(Header {
+                protocol_version: u32::MAX,
+                ..Header::default()
+            }),
+            kind: Some(client_message::Kind::SyncRequest(SyncRequest {
+                sync_id: u64::MAX,
+                have_version: u64::MAX,
+                reason: -1,
+            })),
+        };
+        assert!(
+            max.encoded_len() <= ENVELOPE_OVERHEAD,
+            "{}",
+            max.encoded_len()
+        );
+        let call = ClientMessage {
+            header: Some(Header {
+                protocol_version: u32::MAX,
+                ..Header::default()
+            }),
+            kind: Some(client_message::Kind::Call(Call {
+                call_id: u64::MAX,
+                ..Call::default()
+            })),
+        };
+        assert!(
+            call.encoded_len() <= ENVELOPE_OVERHEAD,
+            "{}",
+            call.encoded_len()
+        );
     }
 }

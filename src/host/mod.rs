@@ -10,6 +10,8 @@ mod core;
 mod core_lock;
 mod driver;
 mod encode;
+mod error;
+mod event;
 mod history;
 mod in_method;
 mod input;
@@ -20,10 +22,10 @@ mod view_size;
 
 pub use caller::{Caller, Principal, caller};
 pub use config::{HostConfig, HostLimits, SyncMode};
-pub use core::{
-    CallRecord, HostCore, HostEvent, InputError, MAX_PEER_ID, PeerKey, PeerOptions, RECORDED_NAME,
-};
+pub use core::{HostCore, MAX_PEER_ID, PeerKey, PeerOptions};
 pub use driver::{DEFAULT_BOOKMARK_INTERVAL, EVENT_BUFFER, Host, HostBuilder, Session};
+pub use error::InputError;
+pub use event::{CallRecord, HostEvent, RECORDED_NAME};
 pub use input::PreparedInput;
 pub use stats::HostStats;
 pub use timing::{LatencyHistogram, MethodRun, MethodTiming};
