@@ -3,10 +3,10 @@
 //! answers, the same errors, the same state, whatever limit it was prepared
 //! against.
 
+mod common;
+
 use cosystem_worker::demo;
-use cosystem_worker::host::{
-    HostConfig, HostCore, HostLimits, InputError, PeerKey, PeerOptions, PreparedInput, SyncMode,
-};
+use cosystem_worker::host::{HostCore, InputError, PeerKey, PeerOptions, PreparedInput};
 use cosystem_worker::wire::{Call, ClientMessage, Header, SyncRequest, client_message};
 use proptest::prelude::*;
 use prost::Message;
@@ -16,15 +16,7 @@ const LIMIT: usize = 600;
 const EPOCH: &str = "e1";
 
 fn core() -> (HostCore, PeerKey) {
-    let config = HostConfig {
-        sync: SyncMode::Patch,
-        limits: HostLimits {
-            max_message_bytes: LIMIT,
-            ..HostLimits::default()
-        },
-        ..HostConfig::default()
-    };
-    let mut core = HostCore::new(config, demo::app("secret"), EPOCH);
+    let mut core = HostCore::new(common::patch_config(LIMIT), demo::app("secret"), EPOCH);
     let peer = core
         .connect(PeerOptions {
             peer_id: "c1".into(),

@@ -5,11 +5,13 @@
 //! call walk the state. A module that does not report its change still has
 //! its calls judged correctly, by measuring.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cosystem_worker::app::{App, Draft, Invocation, JsonModule, MethodError, Module, TypedModule};
-use cosystem_worker::host::{HostConfig, HostCore, HostLimits, SyncMode};
+use cosystem_worker::host::HostCore;
 use cosystem_worker::wire::ErrorCode;
 use serde_json::{Value, json};
 
@@ -100,15 +102,7 @@ fn host(reads: &Arc<AtomicUsize>) -> HostCore {
 
 /// A patch-mode host of `app` whose messages are at most [`LIMIT`] bytes.
 fn limited(app: App) -> HostCore {
-    let config = HostConfig {
-        sync: SyncMode::Patch,
-        limits: HostLimits {
-            max_message_bytes: LIMIT,
-            ..HostLimits::default()
-        },
-        ..HostConfig::default()
-    };
-    HostCore::new(config, app, "e1")
+    HostCore::new(common::patch_config(LIMIT), app, "e1")
 }
 
 fn view_len(h: &HostCore) -> usize {

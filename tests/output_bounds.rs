@@ -3,11 +3,11 @@
 //! dwarfs the value, resumes spanning large changes, oversized values,
 //! error messages quoting huge input, and sessions that never read.
 
+mod common;
+
 use cosystem_worker::app::{App, Draft, JsonModule, TypedModule};
 use cosystem_worker::client::apply_patch;
-use cosystem_worker::host::{
-    HostConfig, HostCore, HostLimits, InputError, PeerKey, PeerOptions, SyncMode,
-};
+use cosystem_worker::host::{HostCore, InputError, PeerKey, PeerOptions};
 use cosystem_worker::wire::{
     Call, CallResult, ClientMessage, ErrorCode, Header, HostFrame, SyncReason, SyncRequest,
     call_result, client_message, host_message,
@@ -19,15 +19,7 @@ const EPOCH: &str = "e-bounds";
 const LIMIT: usize = 64 * 1024;
 
 fn host(app: App, max_message_bytes: usize) -> HostCore {
-    let config = HostConfig {
-        sync: SyncMode::Patch,
-        limits: HostLimits {
-            max_message_bytes,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    HostCore::new(config, app, EPOCH)
+    HostCore::new(common::patch_config(max_message_bytes), app, EPOCH)
 }
 
 fn envelope(source: &str, kind: client_message::Kind) -> ClientMessage {

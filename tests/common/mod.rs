@@ -444,3 +444,18 @@ pub async fn closed_within<S: tokio::io::AsyncRead + Unpin>(
     };
     tokio::time::timeout(limit, read_to_end).await.is_ok()
 }
+
+/// A patch-mode host configuration whose max message size is
+/// `max_message_bytes`, everything else default: what tests of the size
+/// limits (spec §15) start from.
+pub fn patch_config(max_message_bytes: usize) -> cosystem_worker::host::HostConfig {
+    use cosystem_worker::host::{HostConfig, HostLimits, SyncMode};
+    HostConfig {
+        sync: SyncMode::Patch,
+        limits: HostLimits {
+            max_message_bytes,
+            ..HostLimits::default()
+        },
+        ..HostConfig::default()
+    }
+}

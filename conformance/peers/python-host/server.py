@@ -169,6 +169,9 @@ async def serve(args: argparse.Namespace) -> None:
         ("grpc.max_send_message_length", config.max_message_size),
         # Fail to start, rather than share, when another process holds the port.
         ("grpc.so_reuseport", 0),
+        # §17.2 keepalive: accept client PINGs every 30 s (grpcio allows one
+        # per 5 minutes by default).
+        ("grpc.http2.min_ping_interval_without_data_ms", 30000),
     ])
     server.add_generic_rpc_handlers((service,))
     if server.add_insecure_port(args.listen) == 0:

@@ -339,7 +339,7 @@ pub const CASES: &[HostCaseDef] = &[
     HostCaseDef {
         name: "grpc-malformed-message-disturbs-no-one",
         tier: Required,
-        spec: &["H14"],
+        spec: &["H14", "§17.2"],
         description: "Undecodable bytes on one stream do not disturb other clients: their calls keep working and they keep receiving publications.",
         procedure: &[
             "Attach streams A, B and M (version v).",
@@ -349,6 +349,7 @@ pub const CASES: &[HostCaseDef] = &[
         asserts: &[
             "A's call is answered with state_version v+1 and B's with v+2; each stream is shown both versions.",
             "M receives nothing but (at most) the end of its stream: the host may close it.",
+            "M's stream ends INVALID_ARGUMENT if the host closed it for the bytes, else OK after M's half-close (§17.2).",
         ],
     },
     HostCaseDef {
@@ -1138,7 +1139,20 @@ async fn malformed(run: &Arc<Shared>) -> Result<(), Stop> {
     {
         return Err("M received a result for bytes that were not a call".into());
     }
-    Ok(())
+    // A host that closed M for the bytes ends it INVALID_ARGUMENT (§17.2);
+    // one that kept serving it ends it OK after the half-close. gRPC
+    // stacks that decode for the host end it INTERNAL.
+    match m.ended() {
+        Some(None) => Ok(()),
+        Some(Some(status)) if status.code() == Code::InvalidArgument => Ok(()),
+        Some(Some(status)) => Err(format!(
+            "M's stream ended with status {:?} ({}); a host that closes a stream for bytes that are not a ClientMessage ends it INVALID_ARGUMENT (spec §17.2), and one that keeps serving it ends it OK after the half-close",
+            status.code(),
+            status.message()
+        )
+        .into()),
+        None => Err("M's stream did not end after its half-close".into()),
+    }
 }
 
 async fn converge(run: &Arc<Shared>) -> Result<(), Stop> {
