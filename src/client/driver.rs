@@ -6,27 +6,28 @@
 //! them: call outcomes to their futures, state changes to watchers,
 //! conflicts and everything else to broadcast subscribers.
 
+// The driver task itself (connect, serve a link, reconnect) is `task`.
+mod task;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::sync::{Notify, broadcast, oneshot, watch};
 use tokio::time::Instant;
 
 use super::call::{CallFuture, CallOptions, ModuleHandle};
 use super::connection::Connection;
-use super::core::later;
 use super::outbound::Outbound;
-use super::read_ahead::ReadAhead;
 use super::reconnect::Reconnect;
 use super::watch::{Watch, WatchHandle, WatchOptions};
 use super::{CallId, ClientConfig, ClientCore, ClientEvent, Conflict};
 use crate::app::MethodError;
 use crate::fast_hash::FastMap;
-use crate::transport::{BoxStream, ClientLink, Connector, HostInput, TransportError};
+use crate::transport::Connector;
 use crate::wire::ErrorCode;
-use crate::wire::view::HostView;
+
+use task::stop;
 
 /// What a call settles with.
 pub type CallOutcome = Result<Value, MethodError>;
@@ -311,13 +312,7 @@ impl Client {
             stopped: AtomicBool::new(false),
             terminal: Mutex::new(None),
         });
-        let guard = StopIfAbandoned {
-            shared: shared.clone(),
-        };
-        tokio::spawn(async move {
-            drive(guard.shared.clone(), Box::new(connector), reconnect).await;
-            drop(guard);
-        });
+        tokio::spawn(task::run(shared.clone(), Box::new(connector), reconnect));
         Self {
             handle: Arc::new(Handle { shared }),
         }
@@ -495,322 +490,5 @@ impl Client {
     /// closes the transport. Idempotent.
     pub fn dispose(&self) {
         dispose(self.shared());
-    }
-}
-
-async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Reconnect) {
-    let mut backoff = policy.initial;
-    let mut first = true;
-    // This connect's number: 1 at first and after a link the host spoke on.
-    let mut attempt = 1;
-    while !shared.stopped.load(Ordering::Acquire) {
-        shared.set_connection(Connection::Connecting { attempt });
-        // Only a stop may interrupt a connect: a connector may already have
-        // handed over a link that a dropped future would lose.
-        let link = tokio::select! {
-            link = connector.connect() => link,
-            _ = keep_time_until_stopped(&shared) => break,
-        };
-        let mut heard = false;
-        let retry_at = match link {
-            Ok(link) => {
-                if !first {
-                    shared.core().reconnected(Instant::now().into_std());
-                }
-                first = false;
-                let started = Instant::now();
-                let result;
-                (result, heard) = run_link(&shared, link).await;
-                // Only a link the host spoke on, and that stayed up for the
-                // longest wait, resets the backoff: one that ends at once (a
-                // host refusing the session by closing it, or saying one
-                // thing and then closing it) is retried as patiently as a
-                // failed connect, not every 50 ms.
-                if heard && started.elapsed() >= policy.max {
-                    backoff = policy.initial;
-                }
-                if shared.stopped.load(Ordering::Acquire) {
-                    break;
-                }
-                tracing::debug!(?result, "link ended");
-                // The new state is published before the calls the link took
-                // down settle, so that their callers already see it.
-                let silent = matches!(result, Err(TransportError::HostSilent { .. }));
-                let retry_at = match result {
-                    Err(error) if !error.is_retryable() => {
-                        give_up(&shared, &error);
-                        None
-                    }
-                    result => Some(retrying(
-                        &shared,
-                        result.err(),
-                        policy.wait(backoff),
-                        attempt,
-                    )),
-                };
-                {
-                    let mut core = shared.core();
-                    if silent {
-                        // L10, with the deadlines and retries due with it.
-                        core.handle_timeout(Instant::now().into_std());
-                    }
-                    core.connection_lost();
-                }
-                shared.dispatch();
-                match retry_at {
-                    Some(at) => at,
-                    None => break,
-                }
-            }
-            Err(error) if !error.is_retryable() => {
-                give_up(&shared, &error);
-                break;
-            }
-            Err(error) => {
-                let wait = policy.wait(backoff);
-                tracing::debug!(%error, ?wait, "connect failed; retrying");
-                retrying(&shared, Some(error), wait, attempt)
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep_until(retry_at) => {}
-            _ = keep_time_until_stopped(&shared) => {}
-        }
-        backoff = backoff.saturating_mul(2).min(policy.max);
-        attempt = if heard { 1 } else { attempt.saturating_add(1) };
-    }
-    // No link will come back: whatever is still pending cannot complete.
-    shared.core().connection_lost();
-    shared.dispatch();
-    stop(&shared);
-    shared.fail_stranded_calls();
-}
-
-/// Publishes `Retrying` with the instant the next connect is due, and
-/// returns that instant for the driver to sleep until.
-fn retrying(
-    shared: &Shared,
-    error: Option<TransportError>,
-    wait: std::time::Duration,
-    attempt: u32,
-) -> Instant {
-    let at = instant_after(wait);
-    shared.set_connection(Connection::Retrying {
-        error,
-        retry_in: wait,
-        retry_at: at.into_std(),
-        attempt,
-    });
-    at
-}
-
-/// The instant `wait` from now; see `later`.
-fn instant_after(wait: std::time::Duration) -> Instant {
-    Instant::from_std(later(Instant::now().into_std(), wait))
-}
-
-/// Records why the transport ended for good, for `ready()`, pending calls
-/// and later calls.
-fn give_up(shared: &Shared, error: &TransportError) {
-    tracing::debug!(%error, "transport failed for good; not reconnecting");
-    *shared.terminal.lock().unwrap_or_else(|e| e.into_inner()) =
-        Some(MethodError::new(error.stop_code(), error.to_string()));
-    shared.set_connection(Connection::Stopped {
-        error: Some(error.clone()),
-    });
-}
-
-/// Stops the client if its driver ends without finishing: a panic in a
-/// connector or a link, or the runtime shutting down under it (tokio drops
-/// a task's future either way). Without it, `ready()` and every call
-/// without a timeout would wait for ever on a driver that is gone.
-struct StopIfAbandoned {
-    shared: Arc<Shared>,
-}
-
-impl Drop for StopIfAbandoned {
-    fn drop(&mut self) {
-        let shared = &self.shared;
-        if shared.stopped.load(Ordering::Acquire) {
-            return;
-        }
-        // Tokio drops a task that panicked while the panic unwinds; one it
-        // drops because its runtime is shutting down is an orderly end.
-        let error = if std::thread::panicking() {
-            tracing::error!("the client's driver panicked; stopping the client");
-            MethodError::new(ErrorCode::Internal, "the client's driver panicked")
-        } else {
-            tracing::debug!("the client's runtime shut down; stopping the client");
-            MethodError::new(ErrorCode::Unavailable, "the client's runtime shut down")
-        };
-        *shared.terminal.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
-        stop(shared);
-        shared.fail_stranded_calls();
-    }
-}
-
-/// Marks the client stopped and wakes everything that waits on it.
-fn stop(shared: &Shared) {
-    shared.stopped.store(true, Ordering::Release);
-    // A stop after `give_up` keeps the error it recorded: nothing follows
-    // `Stopped`.
-    shared.set_connection(Connection::Stopped { error: None });
-    shared.ready.send_modify(|_| {});
-    shared.changes.send_modify(|n| *n += 1);
-    shared.wake();
-}
-
-/// Returns once the client stops. Until then, with no link, it fires the
-/// core's deadlines: a call's timeout runs out while the host is
-/// unreachable as much as while it is connected.
-async fn keep_time_until_stopped(shared: &Shared) {
-    while !shared.stopped.load(Ordering::Acquire) {
-        let timer = shared.next_deadline();
-        tokio::select! {
-            _ = timer => {
-                shared.core().handle_timeout(Instant::now().into_std());
-                shared.dispatch();
-            }
-            _ = shared.wake.notified() => {}
-        }
-    }
-}
-
-/// Whether host silence (L10) has run out on the current link by `now`.
-fn host_silent(shared: &Shared, now: std::time::Instant) -> bool {
-    shared.core().host_silent_at().is_some_and(|at| at <= now)
-}
-
-/// Runs one link until it fails or the client stops; also says whether the
-/// host sent anything on it.
-async fn run_link(shared: &Shared, link: ClientLink) -> (Result<(), TransportError>, bool) {
-    let ClientLink { sink, mut stream } = link;
-    shared.outbound.attach(sink);
-    let mut heard = false;
-    let result = serve_link(shared, &mut stream, &mut heard).await;
-    // Closed only when the client stops; a failed link's sink is dropped.
-    if let Some(mut sink) = shared.outbound.detach()
-        && result.is_ok()
-        && shared.stopped.load(Ordering::Acquire)
-    {
-        let _ = sink.close().await;
-    }
-    (result, heard)
-}
-
-/// Hands one item of the link's input to the core. Lost envelopes are
-/// input too (the link is still up); any other error ends the link.
-fn take_input(
-    shared: &Shared,
-    item: Result<HostInput, TransportError>,
-    heard: &mut bool,
-) -> Result<(), TransportError> {
-    let now = Instant::now().into_std();
-    let message = match &item {
-        Ok(HostInput::Message(message)) => HostView::from(message),
-        Ok(HostInput::Frame(frame)) => frame.view(),
-        // Bytes that are no envelope are not the host speaking either.
-        Ok(HostInput::Encoded(bytes)) => {
-            HostView::decode(bytes).map_err(|e| TransportError::Malformed(e.to_string()))?
-        }
-        Err(TransportError::Lost { count }) => {
-            shared.core().envelopes_lost(now, *count);
-            return Ok(());
-        }
-        Err(error) => return Err(error.clone()),
-    };
-    if !*heard {
-        // The host has accepted the session: only now is the link up.
-        *heard = true;
-        shared.set_connection(Connection::Connected);
-    }
-    // A snapshot's state or a patch's operations are parsed, and what they
-    // replace freed, without the core: callers reading the mirror or making
-    // calls wait only for the mirror to be swapped or patched, not for
-    // megabytes of JSON (see `read_ahead`).
-    let ahead = ReadAhead::read(&message, || shared.core().reads_snapshot(&message));
-    let released = shared.core().handle_view_parsed(now, message, ahead);
-    drop(released);
-    Ok(())
-}
-
-/// The most envelopes taken from a link in one turn of [`serve_link`]
-/// before it dispatches, sends and looks at its deadlines again.
-const DRAIN_BATCH: usize = 64;
-
-async fn serve_link(
-    shared: &Shared,
-    stream: &mut BoxStream<HostInput>,
-    heard: &mut bool,
-) -> Result<(), TransportError> {
-    loop {
-        // Send everything the core has queued (callers send their own calls
-        // while the link has room; see `Outbound`).
-        std::future::poll_fn(|cx| {
-            shared
-                .outbound
-                .poll_send(cx, |room| shared.core().poll_transmit_when(room))
-        })
-        .await?;
-        shared.dispatch();
-        if shared.stopped.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let timer = shared.next_deadline();
-        // Biased: no random branch order to draw on every wake-up. The timer
-        // goes first so that a steady flow of input cannot starve deadlines.
-        tokio::select! {
-            biased;
-            _ = timer => {
-                let now = Instant::now().into_std();
-                if host_silent(shared, now) {
-                    // Input that arrived while this task was not running is
-                    // the host speaking before the silence ran out.
-                    loop {
-                        match futures::FutureExt::now_or_never(stream.next()) {
-                            Some(Some(item)) => take_input(shared, item, heard)?,
-                            Some(None) => return Ok(()),
-                            None => break,
-                        }
-                    }
-                    // L10 fires in `drive`, after the link's end is
-                    // published, so that the calls it takes down settle
-                    // after `Retrying` is out, as for any other link loss.
-                    if host_silent(shared, now) {
-                        let silence = shared.core().config().host_silence.unwrap_or_default();
-                        return Err(TransportError::HostSilent { silence });
-                    }
-                }
-                shared.core().handle_timeout(now);
-            }
-            item = stream.next() => match item {
-                Some(item) => {
-                    take_input(shared, item, heard)?;
-                    // Drain what else is already buffered before flushing,
-                    // but only so much: a host that keeps the link full
-                    // (HTTP/2 streams take no part in tokio's cooperative
-                    // budget) must not keep this loop from dispatching
-                    // events, which would pile up without bound, from
-                    // sending, or from firing deadlines.
-                    let mut drained = 1;
-                    while drained < DRAIN_BATCH {
-                        match futures::FutureExt::now_or_never(stream.next()) {
-                            Some(Some(item)) => take_input(shared, item, heard)?,
-                            Some(None) => return Ok(()),
-                            None => break,
-                        }
-                        drained += 1;
-                    }
-                    if drained == DRAIN_BATCH {
-                        // Let the tasks waiting on what was just dispatched
-                        // run, even on a single-threaded runtime.
-                        shared.dispatch();
-                        tokio::task::yield_now().await;
-                    }
-                }
-                None => return Ok(()),
-            },
-            _ = shared.wake.notified() => {}
-        }
     }
 }

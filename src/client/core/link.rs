@@ -57,7 +57,7 @@ impl ClientCore {
 
     /// Settles `outcome-unknown` every call transmitted and still without a
     /// result: it may or may not have run, and is never retried (CL2).
-    pub(super) fn settle_unanswered(&mut self, why: &str) {
+    fn settle_unanswered(&mut self, why: &str) {
         let unanswered: Vec<u64> = self
             .pending
             .iter()

@@ -46,7 +46,7 @@ impl ClientCore {
     }
 
     /// Whether an envelope with `header` is for this client from its host.
-    pub(super) fn addressed_here(&self, header: &HeaderView<'_>) -> bool {
+    fn addressed_here(&self, header: &HeaderView<'_>) -> bool {
         (header.target.is_empty() || header.target == self.config.peer_id)
             && (self.config.host_id.is_empty() || header.source == self.config.host_id)
             && (self.config.capability.is_empty() || header.capability == self.config.capability)
@@ -172,7 +172,7 @@ impl ClientCore {
         }
     }
 
-    pub(super) fn rearm_result_ahead(&mut self, now: Instant) {
+    fn rearm_result_ahead(&mut self, now: Instant) {
         if self.sync.is_some() || !self.connected {
             return;
         }

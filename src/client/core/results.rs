@@ -80,7 +80,7 @@ impl ClientCore {
     }
 
     /// A result's `value_json`, parsed; a malformed one settles `internal`.
-    pub(super) fn parse_value(json: &str) -> Result<Value, MethodError> {
+    fn parse_value(json: &str) -> Result<Value, MethodError> {
         serde_json::from_str(json)
             .map_err(|e| MethodError::internal(format!("the host sent a malformed value: {e}")))
     }

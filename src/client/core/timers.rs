@@ -68,7 +68,7 @@ impl ClientCore {
         self.silence_due()
     }
 
-    pub(super) fn silence_due(&self) -> Option<Instant> {
+    fn silence_due(&self) -> Option<Instant> {
         let silence = self.config.host_silence?;
         let heard = self.heard_at.filter(|_| self.connected && !self.disposed)?;
         heard.checked_add(silence)

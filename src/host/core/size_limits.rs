@@ -75,7 +75,7 @@ impl HostCore {
     /// Settles the call just run on module `i`, which takes the view's
     /// length from `before` to exactly `after`: refused (and reverted, if
     /// the module can) when that is over `limit` and larger than before.
-    pub(super) fn settle_sized(
+    fn settle_sized(
         &mut self,
         i: usize,
         before: ViewBound,
@@ -108,7 +108,7 @@ impl HostCore {
     }
 
     /// The longest view JSON that still fits one snapshot (spec §15).
-    pub(super) fn view_limit(&self) -> usize {
+    fn view_limit(&self) -> usize {
         self.config
             .limits
             .max_message_bytes

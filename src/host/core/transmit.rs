@@ -26,7 +26,7 @@ impl HostCore {
         HostFrame::snapshot(header, snapshot, view)
     }
 
-    pub(super) fn bookmark_frame(&mut self) -> HostFrame {
+    fn bookmark_frame(&mut self) -> HostFrame {
         if let Some((v, frame)) = &self.bookmark
             && *v == self.version
         {
@@ -45,7 +45,7 @@ impl HostCore {
         frame
     }
 
-    pub(super) fn live_snapshot_frame(&mut self) -> HostFrame {
+    fn live_snapshot_frame(&mut self) -> HostFrame {
         if let Some(frame) = &self.live_snapshot {
             return frame.clone();
         }
@@ -74,7 +74,7 @@ impl HostCore {
     }
 
     /// What [`HostCore::poll_transmit`] hands out next, uncounted.
-    pub(super) fn next_frame(&mut self, peer: PeerKey) -> Option<HostFrame> {
+    fn next_frame(&mut self, peer: PeerKey) -> Option<HostFrame> {
         let version = self.version;
         let mode = self.config.sync;
         let p = self.peers.get_mut(&peer)?;

@@ -1,0 +1,134 @@
+//! Building a [`Host`]: its configuration, sections, token and timing.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+
+use super::{EVENT_BUFFER, Host, Shared, bookmarks};
+use crate::app::App;
+use crate::fast_hash::FastMap;
+use crate::host::busy::Busy;
+use crate::host::core_lock::CoreLock;
+use crate::host::{HostConfig, HostCore, HostLimits, SyncMode, new_epoch};
+
+/// Builds a [`Host`].
+pub struct HostBuilder {
+    pub(super) app: App,
+    pub(super) config: HostConfig,
+    pub(super) epoch: Option<String>,
+    pub(super) bookmark_interval: Option<Duration>,
+    pub(super) method_timing: bool,
+}
+
+impl HostBuilder {
+    /// Publish with this sync mode (default: [`SyncMode::Patch`], as the
+    /// `cosystem-worker host` command: each commit sends its change, so
+    /// publishing costs what the change does; [`SyncMode::Snapshot`] sends
+    /// the whole published view on every commit).
+    pub fn sync(mut self, sync: SyncMode) -> Self {
+        self.config.sync = sync;
+        self
+    }
+
+    /// Publish only these modules' state; the others are private: their
+    /// state is never sent to any client (spec SI2).
+    ///
+    /// Private is about state, not calls: calls still reach every module
+    /// (SI3), and a method's return value goes to its caller as returned
+    /// (SI5). So a private module's methods must not return what clients
+    /// may not see, and must authorise their callers
+    /// ([`Caller`](crate::host::Caller)) if not every client may call them.
+    ///
+    /// A name that is not a module of the app publishes nothing; `build`
+    /// logs a warning for it (a typo would otherwise make a module private
+    /// without a word).
+    pub fn sections<I, S>(mut self, sections: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.sections = Some(sections.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The host's peer id (default `host`).
+    pub fn peer_id(mut self, peer_id: impl Into<String>) -> Self {
+        self.config.peer_id = peer_id.into();
+        self
+    }
+
+    /// The capability token written on everything the host sends.
+    pub fn capability(mut self, token: impl Into<String>) -> Self {
+        self.config.capability = token.into();
+        self
+    }
+
+    /// Limits (see [`HostLimits`] for defaults).
+    pub fn limits(mut self, limits: HostLimits) -> Self {
+        self.config.limits = limits;
+        self
+    }
+
+    /// A fixed epoch instead of a fresh random one (tests, replays).
+    pub fn epoch(mut self, epoch: impl Into<String>) -> Self {
+        self.epoch = Some(epoch.into());
+        self
+    }
+
+    /// Send bookmarks on this interval (default 5 s); `None` disables them.
+    pub fn bookmark_interval(mut self, interval: Option<Duration>) -> Self {
+        self.bookmark_interval = interval;
+        self
+    }
+
+    /// Time every method call into [`HostStats::method_seconds`]
+    /// (default: off). It reads the clock twice per input the core takes,
+    /// ~3% of an in-process call, so it is for hosts whose metrics are
+    /// read; `cosystem-worker host --metrics-listen` turns it on.
+    ///
+    /// [`HostStats::method_seconds`]: crate::host::HostStats::method_seconds
+    pub fn method_timing(mut self, on: bool) -> Self {
+        self.method_timing = on;
+        self
+    }
+
+    /// Starts the host. Bookmarks need a tokio runtime; outside one they are
+    /// not sent.
+    pub fn build(self) -> Host {
+        let epoch = self.epoch.unwrap_or_else(new_epoch);
+        if let Some(sections) = &self.config.sections {
+            let names = self.app.names();
+            for unknown in sections.iter().filter(|s| !names.contains(s)) {
+                tracing::warn!(
+                    section = %unknown,
+                    modules = ?names,
+                    "a published section names no module of the app; it publishes nothing"
+                );
+            }
+        }
+        let mut core = HostCore::new(self.config, self.app, epoch);
+        core.set_method_timing(self.method_timing);
+        let busy = Busy::new(core.stats());
+        let host = Host {
+            shared: Arc::new(Shared {
+                busy,
+                core_id: core.id(),
+                max_message_bytes: core.config().limits.max_message_bytes,
+                core: CoreLock::new(core),
+                wakers: Mutex::new(FastMap::default()),
+                closed: std::sync::atomic::AtomicBool::new(false),
+                shut: watch::Sender::new(false),
+                events: Mutex::new(Some(broadcast::channel(EVENT_BUFFER).0)),
+                observed: std::sync::atomic::AtomicBool::new(false),
+            }),
+        };
+        if let (Some(interval), Ok(runtime)) = (
+            self.bookmark_interval,
+            tokio::runtime::Handle::try_current(),
+        ) {
+            runtime.spawn(bookmarks(Arc::downgrade(&host.shared), interval));
+        }
+        host
+    }
+}
