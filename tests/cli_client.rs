@@ -187,6 +187,34 @@ async fn a_methods_own_permission_denied_is_a_call_error_not_a_refusal() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A call the host has not answered when `--timeout` runs out settles
+/// `deadline-exceeded` on the client: it may have run, so it exits 4, not
+/// 1 (the host's answer) or 3 (the host unreachable).
+#[test]
+fn a_call_still_running_at_the_timeout_exits_4_as_unanswered() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let gate = common::Gate::default();
+    let host = Host::builder(common::app_with_gate("cli-secret", gate.clone())).build();
+    let (addr, stop) = rt.block_on(start(GrpcServer::builder(host)));
+    let output = std::process::Command::new(BIN)
+        .args(["client", "--connect", &format!("http://{addr}")])
+        .args(["--timeout", "1", "call", "slow", "hold"])
+        .output()
+        .unwrap();
+    gate.open();
+    rt.block_on(async move { drop(stop) });
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert!(
+        error_line(&output).starts_with("error: deadline-exceeded: "),
+        "{}",
+        stderr(&output)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_input_gets_one_line_and_exit_2_without_contacting_anyone() {
     // Nothing listens here: every case must fail on its input alone.

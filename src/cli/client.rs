@@ -160,7 +160,7 @@ pub async fn run(args: ClientArgs) -> Result<(), CliError> {
         {
             return Err(CliError::Refused(error));
         }
-        Ok(Err(error)) => return Err(CliError::Call(error)),
+        Ok(Err(error)) => return Err(CliError::settled(error)),
         Err(_) => {
             return Err(CliError::Unreachable {
                 url,
@@ -409,7 +409,7 @@ async fn call(
         // A method's own `permission-denied` (or `unavailable`) is its
         // answer, like any other error code: the host was reached and
         // accepted the credentials.
-        Err(error) => Err(CliError::Call(error)),
+        Err(error) => Err(CliError::settled(error)),
     }
 }
 

@@ -5,7 +5,8 @@
 //! the host could not serve (an address in use, a `--stdio` session that
 //! ended with an error); 2 invalid usage or input (bad flags, bad JSON,
 //! unsupported transport, unreadable files); 3 the host could not be
-//! reached or refused the credentials.
+//! reached or refused the credentials; 4 a call settled without the host's
+//! answer (`deadline-exceeded`, `outcome-unknown`: it may have run).
 
 mod client;
 mod endpoint;
@@ -116,6 +117,11 @@ pub enum CliError {
     /// The host answered a call with an error.
     #[error("{}: {}", .0.code.kebab_name(), .0.message)]
     Call(MethodError),
+    /// The call settled without the host's answer (`outcome-unknown`,
+    /// `deadline-exceeded`: [`ErrorCode::is_local`](cosystem_worker::wire::ErrorCode::is_local)); it may or may not
+    /// have run.
+    #[error("{}: {}", .0.code.kebab_name(), .0.message)]
+    Unanswered(MethodError),
     /// The host's one `--stdio` session ended with an error.
     #[error("the stdio session ended with an error: {0}")]
     Session(InputError),
@@ -125,10 +131,21 @@ pub enum CliError {
 }
 
 impl CliError {
+    /// A call that settled with `error`: the host's answer, or one the
+    /// client gave it without an answer.
+    pub fn settled(error: MethodError) -> Self {
+        if error.code.is_local() {
+            CliError::Unanswered(error)
+        } else {
+            CliError::Call(error)
+        }
+    }
+
     /// The process exit code for this error.
     pub fn exit_code(&self) -> ExitCode {
         match self {
             CliError::Call(_) => ExitCode::from(1),
+            CliError::Unanswered(_) => ExitCode::from(4),
             CliError::Usage(_) | CliError::NotSupported(_) | CliError::ReadFile { .. } => {
                 ExitCode::from(2)
             }

@@ -39,6 +39,19 @@ impl Header {
 }
 
 impl ErrorCode {
+    /// Whether this is one of the codes a client gives its own calls and a
+    /// host never sends (spec §14, 9 to 12): a call settled with one was not
+    /// answered by the host, and may or may not have run.
+    pub fn is_local(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::DeadlineExceeded
+                | ErrorCode::Cancelled
+                | ErrorCode::Disposed
+                | ErrorCode::OutcomeUnknown
+        )
+    }
+
     /// The kebab-case name used in specs, vectors, logs and the CLI.
     pub fn kebab_name(self) -> &'static str {
         match self {
