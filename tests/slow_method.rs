@@ -1,6 +1,6 @@
 //! A method that takes long holds up its own host's sessions (commits are
-//! serialised), but not the other tasks of the runtime the host shares, and
-//! not the host's shutdown.
+//! serialised), but not the other tasks or sockets of the runtime the host
+//! shares, and not the host's shutdown.
 
 mod common;
 
@@ -223,5 +223,57 @@ fn a_session_whose_input_ends_while_the_core_is_held_is_answered_then_ends() {
     assert_eq!(rt.block_on(served).unwrap(), Ok(()));
     assert_eq!(rt.block_on(held).unwrap(), Ok(json!(1)));
     assert_eq!(host.module_state("counter"), Some(json!({"count": 2})));
+    let _ = done.send(());
+}
+
+/// Sockets need the runtime's I/O driver, which a worker blocked in a
+/// method can leave unpolled while the other workers sleep (tokio issue
+/// 4730): with four workers, gRPC calls to another host on the same
+/// runtime never arrived. The method runs off the scheduler, so they do.
+#[test]
+fn a_slow_method_holds_up_no_socket_of_its_runtime() {
+    use cosystem_worker::transport::grpc::{GrpcConnector, GrpcServer};
+    let done = watchdog(Duration::from_secs(60));
+    for workers in [2, 4, 8] {
+        let servers = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .unwrap();
+        let gate = Gate::default();
+        let slow_host = Host::builder(app_with_gate("s", gate.clone())).build();
+        let other_host = Host::builder(demo::app("s")).build();
+        let slow = servers.block_on(common::serve_grpc_on_loopback(GrpcServer::builder(
+            slow_host.clone(),
+        )));
+        let other = servers.block_on(common::serve_grpc_on_loopback(GrpcServer::builder(
+            other_host.clone(),
+        )));
+        let clients = two_workers();
+        let grpc_client = |addr| {
+            let _enter = clients.enter();
+            Client::new(
+                GrpcConnector::new(format!("http://{addr}")).unwrap(),
+                ClientConfig::default(),
+            )
+        };
+        let holder = grpc_client(slow.addr);
+        let bystander = grpc_client(other.addr);
+        ready(&clients, &[&holder, &bystander]);
+        let held = clients.spawn({
+            let c = holder.clone();
+            async move { c.call("slow", "hold", vec![]).await }
+        });
+        gate.wait_entered();
+        for i in 1..=3 {
+            let answered = clients.block_on(bystander.call("counter", "increase", vec![json!(1)]));
+            assert_eq!(answered, Ok(json!(i)), "{workers} workers");
+        }
+        assert!(!held.is_finished());
+        gate.open();
+        assert_eq!(clients.block_on(held).unwrap(), Ok(json!(1)));
+        drop((slow, other));
+        drop(servers);
+    }
     let _ = done.send(());
 }

@@ -18,6 +18,9 @@ pub(super) struct Busy {
     /// Inputs that have taken the core: one that moves while a scrape
     /// waits shows the core busy with many short inputs, not stuck on one.
     inputs: AtomicU64,
+    /// Inputs that have let the core go: one fewer than `inputs` while an
+    /// input holds it.
+    left: AtomicU64,
     last: Mutex<HostStats>,
 }
 
@@ -27,6 +30,7 @@ impl Busy {
             base: Instant::now(),
             since: AtomicU64::new(0),
             inputs: AtomicU64::new(0),
+            left: AtomicU64::new(0),
             last: Mutex::new(first),
         }
     }
@@ -47,6 +51,7 @@ impl Busy {
 
     /// Notes that the input [`enter`](Self::enter) timed has let go.
     pub(super) fn leave(&self, started: Option<Instant>) {
+        self.left.fetch_add(1, Ordering::Relaxed);
         if started.is_some() {
             self.since.store(0, Ordering::Relaxed);
         }
@@ -62,6 +67,14 @@ impl Busy {
                     .saturating_sub(Duration::from_nanos(since - 1)),
             ),
         }
+    }
+
+    /// The number of the input holding the core now, if one is: the same
+    /// number seen twice is one input holding it all along.
+    pub(super) fn holding(&self) -> Option<u64> {
+        let left = self.left.load(Ordering::Relaxed);
+        let inputs = self.inputs.load(Ordering::Relaxed);
+        (inputs > left).then_some(inputs)
     }
 
     /// How many inputs have taken the core so far.

@@ -19,6 +19,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use super::busy::Busy;
 use super::core_lock::CoreLock;
 use super::in_method::{called_back, in_method_of};
+use super::stall_guard;
 use super::{
     HostConfig, HostCore, HostEvent, HostLimits, HostStats, InputError, PeerKey, PeerOptions,
 };
@@ -54,9 +55,36 @@ struct Shared {
     observed: std::sync::atomic::AtomicBool,
     /// The stats [`Host::stats`] answers while the core is held.
     busy: Busy,
+    /// Whether a [`stall_guard`] watches this host.
+    guarded: std::sync::atomic::AtomicBool,
+}
+
+impl stall_guard::Watched for Shared {
+    fn busy(&self) -> &Busy {
+        &self.busy
+    }
+
+    fn closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 impl Shared {
+    /// Starts the [`stall_guard`] of the host on the current runtime, the
+    /// first time the host is used on a multi-threaded one: where its
+    /// methods run.
+    fn guard(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.guarded.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(runtime) = stall_guard::current_runtime()
+            && !self.guarded.swap(true, Ordering::AcqRel)
+        {
+            stall_guard::start(Arc::downgrade(self), runtime);
+        }
+    }
+
     /// The core, locked, waiting as long as it takes (see [`CoreLock::lock`]).
     ///
     /// # Panics
@@ -266,6 +294,7 @@ impl Host {
                 ),
             ));
         }
+        self.shared.guard();
         let mut core = self.shared.core();
         let started = self.shared.busy.enter(core.method_timing());
         let result = core.invoke(module, method, args);
@@ -301,6 +330,7 @@ impl Host {
         {
             return Err(InputError::ShuttingDown);
         }
+        self.shared.guard();
         let key = {
             let mut core = self.shared.core();
             let key = core.connect(options)?;

@@ -15,6 +15,7 @@ mod event;
 mod history;
 mod in_method;
 mod input;
+mod stall_guard;
 mod stats;
 mod timing;
 mod view_depth;
