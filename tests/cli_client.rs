@@ -402,6 +402,24 @@ async fn tls_needs_the_ca_certificate() {
     assert_eq!(output.status.code(), Some(3));
     let line = error_line(&output);
     assert!(line.to_lowercase().contains("certificate"), "{line}");
+
+    // A --ca-cert file that holds no certificate (here, a private key) is
+    // a usage error at once, not a timeout blaming the host's certificate.
+    let key = dir.join("key.pem");
+    std::fs::write(&key, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    let output = cli_client(&[
+        "--connect",
+        &url,
+        "--ca-cert",
+        key.to_str().unwrap(),
+        "--timeout",
+        "30",
+        "state",
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let line = error_line(&output);
+    assert!(line.contains("holds no PEM certificate"), "{line}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -160,11 +160,35 @@ async fn the_host_warns_when_anyone_beyond_this_machine_may_call_it() {
     assert!(next.contains("beyond this machine"), "{next}");
     open.terminate().await;
 
+    // With a token but no TLS, the token crosses the network in plaintext;
+    // and the listening line shows the sections in effect, not as typed.
+    let token = std::env::temp_dir().join(format!("cosystem-plain-token-{}", std::process::id()));
+    std::fs::write(&token, "s3cr3t\n").unwrap();
+    let mut plain = HostProcess::spawn(&[
+        "--listen",
+        "0.0.0.0:0",
+        "--token-file",
+        token.to_str().unwrap(),
+        "--sections",
+        "counter,,todos,",
+    ])
+    .await;
+    let listening = plain.log_until("listening on").await;
+    assert!(listening.contains("sections=counter,todos "), "{listening}");
+    let next = plain.next_line().await;
+    assert!(next.contains("without TLS"), "{next}");
+    plain.terminate().await;
+    let _ = std::fs::remove_file(&token);
+
     // On loopback nothing is warned: the next line is the first client's.
     let (mut local, url) = spawn_host(&[]).await;
     json_line(&cli_client(&["--connect", &url, "state"]).await);
     let next = local.next_line().await;
     assert!(next.contains("client connected"), "{next}");
+    // The client half-closes its stream and waits for the host to end it
+    // before exiting: the host sees an orderly close, not a client gone.
+    let gone = local.log_until("client disconnected").await;
+    assert!(gone.contains("the client closed its stream"), "{gone}");
     local.terminate().await;
 }
 
@@ -404,4 +428,32 @@ async fn options_come_from_the_environment_and_a_flag_wins_over_its_variable() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// `--metrics-listen` on the port `--listen` asks for is refused up front,
+/// naming both: the metrics server bound first, so the gRPC bind failed
+/// with an "address in use" that blamed neither flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_on_the_grpc_port_is_refused_naming_both_flags() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let same = format!("127.0.0.1:{port}");
+    let any = format!("0.0.0.0:{port}");
+    for metrics in [&same, &any] {
+        let output = cli(&["host", "--listen", &same, "--metrics-listen", metrics]).await;
+        assert_eq!(output.status.code(), Some(2), "{metrics}");
+        let text = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            text.contains("--metrics-listen")
+                && text.contains("--listen")
+                && text.contains("share one port"),
+            "{text}"
+        );
+    }
+    let output = cli(&["host", "--metrics-listen", "nowhere"]).await;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--metrics-listen: cannot resolve"));
 }

@@ -235,3 +235,34 @@ async fn stdio_wins_over_the_listen_variable_but_not_over_the_listen_flag() {
         "{text}"
     );
 }
+
+/// A host started by `client --spawn` inherits the environment of a
+/// process that may serve gRPC: with `--stdio`, the gRPC-only options'
+/// variables are ignored, as `COSYSTEM_WORKER_LISTEN` is. On a `tcp:`
+/// listener they are refused, naming the variable, since a token meant to
+/// guard a listener must not be dropped without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_ignores_the_grpc_only_variables_and_tcp_names_them_when_refusing() {
+    let grpc_only = [
+        ("COSYSTEM_WORKER_TOKEN_FILE", "/nonexistent/token"),
+        ("COSYSTEM_WORKER_MAX_CONNECTIONS", "5"),
+    ];
+    let command = format!("{BIN} host --stdio");
+    let output = cli_client_with_env(
+        &grpc_only,
+        &["--spawn", &command, "call", "counter", "increase", "1"],
+    )
+    .await;
+    assert_eq!(json_line(&output), json!({"value": 1, "version": 2}));
+
+    let output = common::cli_with_env(&grpc_only, &["host", "--listen", "tcp://127.0.0.1:0"]).await;
+    assert_eq!(output.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        text.contains("set here by COSYSTEM_WORKER_TOKEN_FILE, COSYSTEM_WORKER_MAX_CONNECTIONS"),
+        "{text}"
+    );
+    // On the command line they are refused with --stdio too.
+    let output = cli(&["host", "--stdio", "--token-file", "/nonexistent/token"]).await;
+    assert_eq!(output.status.code(), Some(2));
+}

@@ -149,7 +149,16 @@ fn no_retry_delay() -> Reconnect {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_without_the_right_token_is_refused_unauthenticated_before_any_state() {
     let host = host_with(HostLimits::default());
-    let (addr, _stop) = start(&host, Some(TOKEN)).await;
+    let server = GrpcServer::builder(host.clone())
+        .token(TOKEN)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    // Refusals are counted for metrics too: failed logins are what an
+    // operator looks for first.
+    let gauge = server.connections();
+    let served = common::serve_grpc(server);
+    let addr = served.addr;
     for authorization in [
         None,
         Some("Bearer wrong-token"),
@@ -165,6 +174,13 @@ async fn a_stream_without_the_right_token_is_refused_unauthenticated_before_any_
         assert!(!status.message().contains("wrong-token"));
     }
     assert_eq!(host.session_count(), 0);
+    assert_eq!(gauge.counts().unauthenticated, 5);
+    assert!(
+        gauge
+            .counts()
+            .to_prometheus()
+            .contains("cosystem_worker_grpc_sessions_unauthenticated_total 5\n")
+    );
 
     let (tx, result) = raw_session(addr, Some(&format!("Bearer {TOKEN}"))).await;
     let mut stream = result.expect("accepted");

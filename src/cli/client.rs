@@ -177,6 +177,8 @@ pub async fn run(args: ClientArgs) -> Result<(), CliError> {
         }
     };
     client.dispose();
+    // The process exits next: let the link close in order first.
+    let _ = tokio::time::timeout(cosystem_worker::client::CLOSE_GRACE * 2, client.closed()).await;
     match result {
         // The reader went away (`| head -1`): nothing left to do.
         Err(CliError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),

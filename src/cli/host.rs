@@ -38,7 +38,8 @@ pub struct HostArgs {
     listen: Endpoint,
     /// Serve one client on stdin/stdout (length-prefixed frames) instead of
     /// listening; exits when stdin closes. It cannot be combined with
-    /// --listen, but overrides COSYSTEM_WORKER_LISTEN.
+    /// --listen, but overrides COSYSTEM_WORKER_LISTEN, and ignores the
+    /// variables of the gRPC-only options (token, TLS, connection limits).
     // Not `conflicts_with = "listen"`: clap would count the variable too,
     // and a shell that exports it for its gRPC hosts could then start no
     // `host --stdio`, nor could `client --spawn`, whose child inherits it.
@@ -123,6 +124,10 @@ pub struct HostArgs {
     /// http://HOST:PORT/metrics (plain HTTP/1.1; default: not served).
     #[arg(long, value_name = "HOST:PORT", env = "COSYSTEM_WORKER_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    /// The environment variables that set gRPC-only options, for the error
+    /// that refuses them on a framed endpoint ([`settle_grpc_only_env`]).
+    #[arg(skip)]
+    grpc_only_env: Vec<&'static str>,
     /// Runtime worker threads, at most 1024; 0 serves everything on one
     /// thread. Default: one per core.
     #[arg(
@@ -155,6 +160,47 @@ pub fn check_stdio(matches: &ArgMatches, command: &mut clap::Command) -> Result<
     Ok(())
 }
 
+/// The options that apply to gRPC only, by argument id, with their
+/// environment variables.
+const GRPC_ONLY: [(&str, &str); 6] = [
+    ("token_file", "COSYSTEM_WORKER_TOKEN_FILE"),
+    ("tls_cert", "COSYSTEM_WORKER_TLS_CERT"),
+    ("tls_key", "COSYSTEM_WORKER_TLS_KEY"),
+    ("tls_client_ca", "COSYSTEM_WORKER_TLS_CLIENT_CA"),
+    ("max_connections", "COSYSTEM_WORKER_MAX_CONNECTIONS"),
+    (
+        "max_connections_per_address",
+        "COSYSTEM_WORKER_MAX_CONNECTIONS_PER_ADDRESS",
+    ),
+];
+
+/// Settles the gRPC-only options the environment set. With `--stdio` they
+/// are ignored, as `COSYSTEM_WORKER_LISTEN` is: a host started by
+/// `client --spawn` inherits the environment of a process that may serve
+/// gRPC, and its one session is the pipe, where none of them means
+/// anything. On a `tcp:` or `unix:` endpoint they are kept, to be refused
+/// naming their variables: a token meant to guard a listener must not be
+/// dropped without a word.
+pub fn settle_grpc_only_env(args: &mut HostArgs, matches: &ArgMatches) {
+    let from_env = GRPC_ONLY
+        .into_iter()
+        .filter(|(id, _)| matches.value_source(id) == Some(ValueSource::EnvVariable));
+    if !args.stdio {
+        args.grpc_only_env = from_env.map(|(_, var)| var).collect();
+        return;
+    }
+    for (id, _) in from_env {
+        match id {
+            "token_file" => args.token_file = None,
+            "tls_cert" => args.tls_cert = None,
+            "tls_key" => args.tls_key = None,
+            "tls_client_ca" => args.tls_client_ca = None,
+            "max_connections" => args.max_connections = None,
+            _ => args.max_connections_per_address = None,
+        }
+    }
+}
+
 /// Runs the host until Ctrl-C or SIGTERM (with `--stdio`, also until stdin
 /// closes). Over gRPC a second signal ends the graceful shutdown's wait.
 pub async fn run(args: HostArgs) -> Result<(), CliError> {
@@ -167,7 +213,18 @@ pub async fn run(args: HostArgs) -> Result<(), CliError> {
     let open_files = open_files::raise();
     let metrics = match &args.metrics_listen {
         Some(authority) => {
-            let listener = bind_metrics(resolve(authority).await?).await?;
+            let addr = resolve(authority)
+                .await
+                .map_err(|e| e.for_flag("--metrics-listen"))?;
+            if let Endpoint::Grpc(grpc) = &endpoint {
+                let listen = resolve(&grpc.authority).await?;
+                if shares_port(addr, listen) {
+                    return Err(CliError::Usage(format!(
+                        "--metrics-listen {addr} and --listen {listen} would share one port"
+                    )));
+                }
+            }
+            let listener = bind_metrics(addr).await?;
             tracing::info!("metrics on http://{}/metrics", listener.local_addr()?);
             Some(listener)
         }
@@ -217,12 +274,16 @@ fn framed_only(args: &HostArgs) -> Result<(), CliError> {
         || args.max_connections.is_some()
         || args.max_connections_per_address.is_some()
     {
-        return Err(CliError::Usage(
+        let from_env = if args.grpc_only_env.is_empty() {
+            String::new()
+        } else {
+            format!(" (set here by {})", args.grpc_only_env.join(", "))
+        };
+        return Err(CliError::Usage(format!(
             "--token-file, --tls-cert, --tls-key, --tls-client-ca and --max-connections(-per-address) \
-             apply to gRPC only; framed transports rely on the socket's own access control \
+             apply to gRPC only{from_env}; framed transports rely on the socket's own access control \
              and hold one session per connection (--max-clients)"
-                .into(),
-        ));
+        )));
     }
     Ok(())
 }
@@ -237,7 +298,13 @@ async fn serve_tcp(
         std::io::Error::new(e.kind(), format!("cannot listen on tcp://{socket}: {e}"))
     })?;
     let local = listener.local_addr()?;
-    tracing::info!(epoch = %host.epoch(), "listening on tcp://{local}");
+    tracing::info!(
+        epoch = %host.epoch(),
+        sync = ?host.config().sync,
+        sections = %published(&host),
+        max_clients = host.limits().max_clients,
+        "listening on tcp://{local}"
+    );
     // As for gRPC without a token, but framed TCP has no token or TLS to
     // ask for: beyond loopback, reaching the port is all it takes.
     if !local.ip().is_loopback() {
@@ -259,7 +326,14 @@ async fn serve_unix(
             format!("cannot listen on unix:{}: {e}", path.display()),
         )
     })?;
-    tracing::info!(epoch = %host.epoch(), "listening on unix:{}", path.display());
+    tracing::info!(
+        epoch = %host.epoch(),
+        sync = ?host.config().sync,
+        sections = %published(&host),
+        max_clients = host.limits().max_clients,
+        "listening on unix:{}",
+        path.display()
+    );
     let serving = framed::serve_unix_listener(host.clone(), listener);
     let result = serve_until_signal(&host, serving, signals).await;
     // The socket file is ours: leave no stale one behind.
@@ -272,7 +346,12 @@ async fn serve_unix(
 /// floods it) is the process's failure: the parent learns it from the exit
 /// status ([`CliError::Session`]), not only from the log.
 async fn serve_stdio(host: Host, signals: &mut ShutdownSignals) -> Result<(), CliError> {
-    tracing::info!(epoch = %host.epoch(), "serving one client on stdin/stdout");
+    tracing::info!(
+        epoch = %host.epoch(),
+        sync = ?host.config().sync,
+        sections = %published(&host),
+        "serving one client on stdin/stdout"
+    );
     let result = tokio::select! {
         result = framed::serve_stdio(host.clone()) => match result {
             Ok(()) => {
@@ -384,7 +463,7 @@ async fn serve_grpc(
     tracing::info!(
         epoch = %host.epoch(),
         sync = ?args.sync,
-        sections = %args.sections.join(","),
+        sections = %published(&host),
         max_clients = host.limits().max_clients,
         max_connections = limits.max().get(),
         max_connections_per_address = limits.max_per_address().map(NonZeroUsize::get),
@@ -397,6 +476,12 @@ async fn serve_grpc(
     if !local.ip().is_loopback() && !server.requires_token() && args.tls_client_ca.is_none() {
         tracing::warn!(
             "listening on {local} beyond this machine with no token or client certificates: anyone who reaches it can call every method"
+        );
+    }
+    // A bearer token sent in plaintext is anyone's who sees the traffic.
+    if !local.ip().is_loopback() && server.requires_token() && scheme == "http" {
+        tracing::warn!(
+            "listening on {local} beyond this machine without TLS: clients send the token in plaintext; serve TLS with --tls-cert and --tls-key"
         );
     }
     // The first signal stops the server gracefully: it waits up to
@@ -459,6 +544,24 @@ async fn resolve(authority: &str) -> Result<SocketAddr, CliError> {
         .map_err(|e| CliError::Usage(format!("cannot resolve {authority}: {e}")))?
         .next()
         .ok_or_else(|| CliError::Usage(format!("{authority} resolves to no address")))
+}
+
+/// The sections `host` publishes, as its startup line shows them: the list
+/// in effect, not as typed.
+fn published(host: &Host) -> String {
+    match host.config().sections {
+        Some(sections) => sections.join(","),
+        None => "all".to_owned(),
+    }
+}
+
+/// Whether listening on both `a` and `b` would take one port twice: the
+/// same port on the same address, or on any address and another. Port 0
+/// asks for a free port each time, so never.
+fn shares_port(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// Binds `addr` for the metrics server, with a usage error that names the

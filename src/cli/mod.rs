@@ -27,7 +27,8 @@ use cosystem_worker::transport::grpc::GrpcError;
 #[derive(Debug, Parser)]
 #[command(name = "cosystem-worker", version, about, propagate_version = true)]
 pub struct Cli {
-    /// More log output on stderr (-v debug, -vv trace); RUST_LOG overrides.
+    /// More log output on stderr (-v: debug; -vv: also the gRPC, HTTP/2
+    /// and TLS libraries' debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
     #[command(subcommand)]
@@ -45,7 +46,7 @@ enum Command {
 impl Cli {
     /// Parses the process's arguments as `Parser::parse` does (printing
     /// usage errors and exiting 2), with the checks clap's attributes cannot
-    /// express: [`host::check_stdio`].
+    /// express: [`host::check_stdio`] and [`host::settle_grpc_only_env`].
     pub fn parse_args() -> Self {
         let mut command = Self::command();
         let matches = command.get_matches_mut();
@@ -56,7 +57,14 @@ impl Cli {
         {
             error.exit();
         }
-        Self::from_arg_matches(&matches).unwrap_or_else(|error| error.format(&mut command).exit())
+        let mut cli = Self::from_arg_matches(&matches)
+            .unwrap_or_else(|error| error.format(&mut command).exit());
+        if let (Command::Host(args), Some(("host", host))) =
+            (&mut cli.command, matches.subcommand())
+        {
+            host::settle_grpc_only_env(args, host);
+        }
+        cli
     }
 
     /// The tokio runtime the command runs on: the host's `--threads`
@@ -131,6 +139,15 @@ pub enum CliError {
 }
 
 impl CliError {
+    /// This error, its message prefixed with the flag whose value caused
+    /// it, when it is a usage error.
+    pub fn for_flag(self, flag: &str) -> Self {
+        match self {
+            CliError::Usage(message) => CliError::Usage(format!("{flag}: {message}")),
+            other => other,
+        }
+    }
+
     /// A call that settled with `error`: the host's answer, or one the
     /// client gave it without an answer.
     pub fn settled(error: MethodError) -> Self {
@@ -158,17 +175,18 @@ impl CliError {
     }
 }
 
-/// Installs the stderr logger: RUST_LOG if set, else info (debug with -v,
-/// trace with -vv) for this crate and warnings for dependencies.
+/// Installs the stderr logger: RUST_LOG if set, else this crate at info
+/// and its libraries at warn; -v: this crate at debug; -vv: the libraries
+/// (tonic, h2, hyper, rustls) at debug too, which shows what happens below
+/// the protocol: TLS handshakes that fail, HTTP/2 connections that reset.
 pub fn init_tracing(cli: &Cli) {
-    let level = match cli.verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
+    let directives = match cli.verbose {
+        0 => "warn,cosystem_worker=info",
+        1 => "warn,cosystem_worker=debug",
+        _ => "debug,cosystem_worker=trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("warn,cosystem_worker={level}"))
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directives));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -29,6 +29,10 @@ use crate::wire::ErrorCode;
 
 use task::stop;
 
+/// How long a disposed client waits, having half-closed its link, for the
+/// host to end it (spec H16: the host first sends what it owes).
+pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What a call settles with.
 pub type CallOutcome = Result<Value, MethodError>;
 
@@ -75,6 +79,8 @@ pub(super) struct Shared {
     /// Why the driver stopped when it was not disposed: what every waiter
     /// and every later call gets.
     terminal: Mutex<Option<MethodError>>,
+    /// Set once the driver task has ended, its link closed.
+    finished: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -311,6 +317,7 @@ impl Client {
             conflicts: broadcast::channel(256).0,
             stopped: AtomicBool::new(false),
             terminal: Mutex::new(None),
+            finished: watch::channel(false).0,
         });
         tokio::spawn(task::run(shared.clone(), Box::new(connector), reconnect));
         Self {
@@ -363,6 +370,19 @@ impl Client {
     /// Where the link to the host stands now, with why it last failed.
     pub fn connection(&self) -> Connection {
         self.shared().connection.borrow().clone()
+    }
+
+    /// Resolves once the client's driver has ended: after
+    /// [`Client::dispose`] (or the last handle dropped, or the transport
+    /// failing for good), when its link is closed. A disposed client
+    /// half-closes its link and gives the host up to [`CLOSE_GRACE`] to
+    /// end it, so that both sides see an orderly close: a process that
+    /// exits right after `dispose` awaits this first, bounded by a timeout
+    /// of its own.
+    pub async fn closed(&self) {
+        let mut finished = self.shared().finished.subscribe();
+        // The sender lives in `Shared`, which this handle keeps alive.
+        let _ = finished.wait_for(|done| *done).await;
     }
 
     /// Follows [`Client::connection`]: the receiver is marked changed on

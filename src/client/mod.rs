@@ -26,7 +26,7 @@ pub use call::{CallFuture, CallOptions, ModuleHandle, VersionedCall};
 pub use config::ClientConfig;
 pub use connection::Connection;
 pub use core::{ClientCore, MAX_EPOCH};
-pub use driver::{CallOutcome, Client, MirrorSnapshot, Settlement};
+pub use driver::{CLOSE_GRACE, CallOutcome, Client, MirrorSnapshot, Settlement};
 pub use event::{CallId, ClientError, ClientEvent, Conflict, ConflictReason, Notice};
 pub use reconnect::{JITTER, Reconnect};
 pub use watch::{Equals, Watch, WatchHandle, WatchOptions};

@@ -95,7 +95,8 @@ pub async fn cli(args: &[&str]) -> Output {
     cli_with_env(&[], args).await
 }
 
-async fn cli_with_env(env: &[(&str, &str)], args: &[&str]) -> Output {
+/// [`cli`] with these environment variables set for it.
+pub async fn cli_with_env(env: &[(&str, &str)], args: &[&str]) -> Output {
     let run = Command::new(BIN)
         .args(args)
         .envs(env.iter().copied())

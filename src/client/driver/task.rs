@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use futures::{SinkExt, StreamExt};
 use tokio::time::Instant;
 
-use super::Shared;
+use super::{CLOSE_GRACE, Shared};
 use crate::app::MethodError;
 use crate::client::connection::Connection;
 use crate::client::core::later;
@@ -160,6 +160,8 @@ struct StopIfAbandoned {
 impl Drop for StopIfAbandoned {
     fn drop(&mut self) {
         let shared = &self.shared;
+        // However the task ended, its link is gone: `Client::closed`.
+        shared.finished.send_replace(true);
         if shared.stopped.load(Ordering::Acquire) {
             return;
         }
@@ -223,6 +225,14 @@ async fn run_link(shared: &Shared, link: ClientLink) -> (Result<(), TransportErr
         && shared.stopped.load(Ordering::Acquire)
     {
         let _ = sink.close().await;
+        // A half-close asks the host to end the session once it has sent
+        // what it owes (H16). Reading on until it does lets both sides see
+        // an orderly close, rather than the host logging a client that
+        // vanished; nothing read now is used.
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            while let Some(Ok(_)) = stream.next().await {}
+        })
+        .await;
     }
     (result, heard)
 }

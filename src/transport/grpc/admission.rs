@@ -102,6 +102,8 @@ struct Counts {
     total: usize,
     refused_total: u64,
     refused_per_address: u64,
+    /// Session streams refused for their credentials (§17.2).
+    unauthenticated: u64,
     /// Only addresses holding connections; empty without a per-address
     /// limit.
     by_address: HashMap<IpAddr, usize>,
@@ -117,6 +119,12 @@ impl Admission {
 
     fn counts(&self) -> MutexGuard<'_, Counts> {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a session stream refused `UNAUTHENTICATED`: failed logins are
+    /// what an operator watching for attacks or broken clients looks for.
+    pub(super) fn note_unauthenticated(&self) {
+        self.counts().unauthenticated += 1;
     }
 
     /// Takes a slot for a connection from `peer`, or says which limit it
@@ -171,6 +179,7 @@ impl ConnectionGauge {
             open: counts.total,
             refused_over_max: counts.refused_total,
             refused_over_per_address: counts.refused_per_address,
+            unauthenticated: counts.unauthenticated,
         }
     }
 }
@@ -187,12 +196,16 @@ pub struct ConnectionCounts {
     /// Connections closed on accept because their address held its
     /// per-address maximum.
     pub refused_over_per_address: u64,
+    /// Session streams refused `UNAUTHENTICATED`: a missing, repeated or
+    /// wrong token.
+    pub unauthenticated: u64,
 }
 
 impl ConnectionCounts {
     /// The counts in the Prometheus text format, named
     /// `cosystem_worker_grpc_connections` and
-    /// `cosystem_worker_grpc_connections_refused_total{limit}`; they
+    /// `cosystem_worker_grpc_connections_refused_total{limit}` and
+    /// `cosystem_worker_grpc_sessions_unauthenticated_total`; they
     /// follow [`HostStats::to_prometheus`](crate::host::HostStats::to_prometheus)
     /// in one exposition.
     pub fn to_prometheus(&self) -> String {
@@ -213,6 +226,13 @@ impl ConnectionCounts {
                 (label("limit", "max"), self.refused_over_max),
                 (label("limit", "per_address"), self.refused_over_per_address),
             ],
+        );
+        family(
+            &mut out,
+            "grpc_sessions_unauthenticated_total",
+            "counter",
+            "Session streams refused UNAUTHENTICATED: a missing, repeated or wrong token.",
+            &plain(self.unauthenticated),
         );
         out
     }
@@ -289,6 +309,7 @@ mod tests {
                 open: 2,
                 refused_over_max: 1,
                 refused_over_per_address: 0,
+                unauthenticated: 0,
             }
         );
         drop(first);

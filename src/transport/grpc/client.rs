@@ -136,13 +136,18 @@ impl GrpcConnector {
         if self.url.starts_with("https://") {
             let mut tls = ClientTlsConfig::new();
             tls = match &self.ca_cert {
-                Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
+                Some(pem) => {
+                    super::pem::certificates(pem, "the CA certificate")?;
+                    tls.ca_certificate(Certificate::from_pem(pem))
+                }
                 None => tls.with_native_roots(),
             };
             if let Some(domain) = &self.domain {
                 tls = tls.domain_name(domain.clone());
             }
             if let Some((cert, key)) = &self.identity {
+                super::pem::certificates(cert, "the client certificate")?;
+                super::pem::private_key(key, "the client's private key")?;
                 tls = tls.identity(Identity::from_pem(cert, key));
             }
             endpoint = endpoint

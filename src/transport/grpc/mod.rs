@@ -33,6 +33,7 @@ pub mod client_codec;
 pub mod codec;
 mod incoming;
 mod opening;
+mod pem;
 mod server;
 mod throttle;
 

@@ -171,7 +171,7 @@ impl GrpcServerBuilder {
             return Err(GrpcError::ConnectionLimitsNotApplied);
         }
         let token = checked_token(self.token)?;
-        Ok(session_service(self.host, token, Arc::default()))
+        Ok(session_service(self.host, token, Arc::default(), None))
     }
 
     /// Requires every connection to present a client certificate issued by
@@ -200,6 +200,11 @@ impl GrpcServerBuilder {
         let token = checked_token(self.token)?;
         let tls = match self.tls {
             Some((cert, key)) => {
+                super::pem::certificates(&cert, "the host's certificate chain")?;
+                super::pem::private_key(&key, "the host's private key")?;
+                if let Some(ca) = &self.client_ca {
+                    super::pem::certificates(ca, "the client CA certificate")?;
+                }
                 // The TLS handshake gets the same deadline as a plaintext
                 // preface: tonic sets none, and the raw-byte deadline of
                 // `incoming` ends with the ClientHello.
@@ -289,7 +294,12 @@ impl GrpcServer {
     ) -> Result<(), GrpcError> {
         let interceptor = self.interceptor;
         let refusals = Arc::new(Throttle::default());
-        let sessions = session_service(self.host.clone(), self.token, refusals.clone());
+        let sessions = session_service(
+            self.host.clone(),
+            self.token,
+            refusals.clone(),
+            Some(self.admission.clone()),
+        );
         let service =
             InterceptedService::new(sessions, move |request: Request<()>| match &interceptor {
                 Some(check) => checked_logged(check, &refusals, request),
@@ -418,12 +428,14 @@ fn session_service(
     host: Host,
     token: Option<Arc<[u8]>>,
     refusals: Arc<Throttle>,
+    admission: Option<Arc<Admission>>,
 ) -> HostServiceServer<SessionService> {
     let limit = host.limits().max_message_bytes;
     HostServiceServer::new(SessionService {
         host,
         token,
         refusals,
+        admission,
     })
     .max_decoding_message_size(limit)
 }
@@ -437,6 +449,9 @@ pub struct SessionService {
     /// counts the others): a client looping on a wrong token is cheap to
     /// run and would otherwise write thousands of lines a second.
     refusals: Arc<Throttle>,
+    /// Where refusals are counted for metrics: the server's, when it
+    /// serves the service itself.
+    admission: Option<Arc<Admission>>,
 }
 
 type FrameStream = Pin<Box<dyn Stream<Item = Result<HostFrame, Status>> + Send>>;
@@ -458,6 +473,9 @@ impl HostService for SessionService {
         {
             let what = "client refused: unauthenticated";
             log_refusal(&self.refusals, &peer, what, status.message());
+            if let Some(admission) = &self.admission {
+                admission.note_unauthenticated();
+            }
             return Err(status);
         }
         let session = self
