@@ -357,17 +357,30 @@ async fn watch(
     // The client may have stopped before this subscription, which sees only
     // later changes: mark the current state as news once.
     connection.mark_changed();
+    // Whether the link was lost and not found again: said once on stderr,
+    // not per attempt, so that a watch that has gone quiet says why.
+    let mut lost = false;
     loop {
         tokio::select! {
             _ = &mut interrupted => return Ok(()),
-            _ = connection.changed() => {
-                if let Connection::Stopped { error: Some(error) } = &*connection.borrow() {
+            _ = connection.changed() => match &*connection.borrow_and_update() {
+                Connection::Stopped { error: Some(error) } => {
                     return Err(CliError::Refused(MethodError::new(
                         error.stop_code(),
                         error.to_string(),
                     )));
                 }
-            }
+                Connection::Retrying { error, .. } if !lost => {
+                    lost = true;
+                    let why = error.as_ref().map_or_else(|| "the host ended the link".to_owned(), ToString::to_string);
+                    tracing::warn!("lost the host ({why}); reconnecting until it is back");
+                }
+                Connection::Connected if lost => {
+                    lost = false;
+                    tracing::info!("reconnected");
+                }
+                _ => {}
+            },
             event = events.recv() => match event {
                 Ok(ClientEvent::StateChanged { .. } | ClientEvent::Ready { .. })
                 | Err(RecvError::Lagged(_)) => print_current(&mut last)?,

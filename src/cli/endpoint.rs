@@ -145,6 +145,12 @@ impl FromStr for Endpoint {
 /// Checks `HOST:PORT` (an IPv6 host in brackets) and returns it.
 fn authority(rest: &str) -> Result<String, String> {
     let rest = rest.strip_suffix('/').unwrap_or(rest);
+    // The service's path is fixed (spec §17.2): an endpoint names no path.
+    if let Some((authority, path)) = rest.split_once('/') {
+        return Err(format!(
+            "{rest:?}: an endpoint has no path (/{path}); give HOST:PORT as {authority:?}"
+        ));
+    }
     let Some((host, port)) = rest.rsplit_once(':') else {
         return Err(format!("{rest:?} is not HOST:PORT"));
     };
@@ -210,6 +216,10 @@ mod tests {
         ] {
             assert!(bad.parse::<Endpoint>().is_err(), "{bad:?} parsed");
         }
+        let with_path = "http://127.0.0.1:1/path".parse::<Endpoint>().unwrap_err();
+        assert!(with_path.contains("no path"), "{with_path}");
+        // A trailing slash alone is not a path.
+        assert!("http://127.0.0.1:1/".parse::<Endpoint>().is_ok());
     }
 
     #[test]

@@ -229,10 +229,20 @@ async fn run_link(shared: &Shared, link: ClientLink) -> (Result<(), TransportErr
         // what it owes (H16). Reading on until it does lets both sides see
         // an orderly close, rather than the host logging a client that
         // vanished; nothing read now is used.
-        let _ = tokio::time::timeout(CLOSE_GRACE, async {
-            while let Some(Ok(_)) = stream.next().await {}
-        })
-        .await;
+        // A host that keeps the link full never lets the stream end, and
+        // a stream always ready never lets a timeout run: the deadline is
+        // checked per envelope, and each yields to the scheduler when the
+        // task's budget runs out.
+        let deadline = Instant::now() + CLOSE_GRACE;
+        let drain = async {
+            while let Some(Ok(_)) = stream.next().await {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                tokio::task::consume_budget().await;
+            }
+        };
+        let _ = tokio::time::timeout_at(deadline, drain).await;
     }
     (result, heard)
 }
