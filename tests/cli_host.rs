@@ -99,11 +99,13 @@ async fn the_host_binary_publishes_the_sections_and_secret_it_is_given() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_binary_refuses_bad_options_with_one_line_and_exit_2() {
-    let cases: [&[&str]; 17] = [
+    let cases: [&[&str]; 19] = [
         &["--sections", "counter,nope"],
         &["--sync", "sometimes"],
         &["--listen", "https://127.0.0.1:0"],
         &["--tls-cert", "/nonexistent.pem"],
+        &["--tls-key", "/dev/null"],
+        &["--tls-client-ca", "/dev/null"],
         &["--tls-cert", "/dev/null", "--tls-key", "/dev/null"],
         &["--token-file", "/dev/null"],
         &["--listen", "tcp://127.0.0.1:0", "--token-file", "/dev/null"],

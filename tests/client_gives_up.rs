@@ -150,3 +150,31 @@ fn a_client_whose_runtime_shut_down_is_stopped_unavailable() {
     assert_eq!(error.code, ErrorCode::Unavailable, "{error}");
     assert!(matches!(client.connection(), Connection::Stopped { .. }));
 }
+
+/// A runtime that shuts down before the client's driver task first runs
+/// drops the task unpolled: the client is stopped all the same, and
+/// `closed()` resolves, since the guard that stops it is made before the
+/// task is spawned.
+#[test]
+fn a_client_whose_runtime_shut_down_before_its_driver_ran_is_stopped() {
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let client = {
+        let _enter = first.enter();
+        Client::new(Never, ClientConfig::default())
+    };
+    drop(first);
+    let second = tokio::runtime::Runtime::new().expect("a runtime");
+    second.block_on(async {
+        // Watchdogs, not timing assertions: without the guard these hang.
+        tokio::time::timeout(Duration::from_secs(60), client.closed())
+            .await
+            .expect("closed() resolved");
+        let ready = tokio::time::timeout(Duration::from_secs(60), client.ready())
+            .await
+            .expect("ready() answered");
+        assert_eq!(ready.unwrap_err().code, ErrorCode::Unavailable);
+    });
+}

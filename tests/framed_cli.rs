@@ -246,6 +246,8 @@ async fn stdio_ignores_the_grpc_only_variables_and_tcp_names_them_when_refusing(
     let grpc_only = [
         ("COSYSTEM_WORKER_TOKEN_FILE", "/nonexistent/token"),
         ("COSYSTEM_WORKER_MAX_CONNECTIONS", "5"),
+        // One of a pair alone: no clap `requires` may refuse it first.
+        ("COSYSTEM_WORKER_TLS_CERT", "/nonexistent/cert.pem"),
     ];
     let command = format!("{BIN} host --stdio");
     let output = cli_client_with_env(
@@ -259,7 +261,7 @@ async fn stdio_ignores_the_grpc_only_variables_and_tcp_names_them_when_refusing(
     assert_eq!(output.status.code(), Some(2));
     let text = String::from_utf8_lossy(&output.stderr);
     assert!(
-        text.contains("set here by COSYSTEM_WORKER_TOKEN_FILE, COSYSTEM_WORKER_MAX_CONNECTIONS"),
+        text.contains("set here by COSYSTEM_WORKER_TOKEN_FILE, COSYSTEM_WORKER_TLS_CERT, COSYSTEM_WORKER_MAX_CONNECTIONS"),
         "{text}"
     );
     // On the command line they are refused with --stdio too.

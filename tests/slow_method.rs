@@ -243,6 +243,13 @@ fn a_slow_method_holds_up_no_socket_of_its_runtime() {
         let gate = Gate::default();
         let slow_host = Host::builder(app_with_gate("s", gate.clone())).build();
         let other_host = Host::builder(demo::app("s")).build();
+        // Used first on another runtime, since shut down: the runtime that
+        // serves it now is guarded all the same.
+        let earlier = two_workers();
+        earlier
+            .block_on(async { slow_host.invoke("counter", "increase", &[json!(1)]) })
+            .unwrap();
+        drop(earlier);
         let slow = servers.block_on(common::serve_grpc_on_loopback(GrpcServer::builder(
             slow_host.clone(),
         )));

@@ -69,29 +69,14 @@ pub struct HostArgs {
     #[arg(long, value_name = "FILE", env = "COSYSTEM_WORKER_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// Serve TLS with this PEM certificate chain (needs --tls-key).
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires = "tls_key",
-        env = "COSYSTEM_WORKER_TLS_CERT"
-    )]
+    #[arg(long, value_name = "FILE", env = "COSYSTEM_WORKER_TLS_CERT")]
     tls_cert: Option<PathBuf>,
     /// The PEM private key of --tls-cert.
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires = "tls_cert",
-        env = "COSYSTEM_WORKER_TLS_KEY"
-    )]
+    #[arg(long, value_name = "FILE", env = "COSYSTEM_WORKER_TLS_KEY")]
     tls_key: Option<PathBuf>,
     /// Require mutual TLS: every client must present a certificate issued
     /// by this PEM CA certificate (needs --tls-cert).
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires = "tls_cert",
-        env = "COSYSTEM_WORKER_TLS_CLIENT_CA"
-    )]
+    #[arg(long, value_name = "FILE", env = "COSYSTEM_WORKER_TLS_CLIENT_CA")]
     tls_client_ca: Option<PathBuf>,
     /// The initial value of the demo's private `secret` module (default:
     /// random).
@@ -424,10 +409,20 @@ async fn serve_grpc(
     metrics: Option<TcpListener>,
     mut signals: ShutdownSignals,
 ) -> Result<(), CliError> {
+    // Checked here rather than by clap, after `settle_grpc_only_env`: with
+    // `--stdio` a variable for one of the pair alone is ignored, not an
+    // error naming a flag nobody typed.
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some((read_file(cert)?, read_file(key)?)),
-        _ => None,
+        (Some(_), None) => return Err(CliError::Usage("--tls-cert needs --tls-key".into())),
+        (None, Some(_)) => return Err(CliError::Usage("--tls-key needs --tls-cert".into())),
+        (None, None) => None,
     };
+    if args.tls_client_ca.is_some() && tls.is_none() {
+        return Err(CliError::Usage(
+            "--tls-client-ca needs --tls-cert and --tls-key".into(),
+        ));
+    }
     match (addr.tls, tls.is_some()) {
         (Some(true), false) => {
             return Err(CliError::Usage(

@@ -319,7 +319,7 @@ impl Client {
             terminal: Mutex::new(None),
             finished: watch::channel(false).0,
         });
-        tokio::spawn(task::run(shared.clone(), Box::new(connector), reconnect));
+        task::spawn(shared.clone(), Box::new(connector), reconnect);
         Self {
             handle: Arc::new(Handle { shared }),
         }

@@ -55,8 +55,8 @@ struct Shared {
     observed: std::sync::atomic::AtomicBool,
     /// The stats [`Host::stats`] answers while the core is held.
     busy: Busy,
-    /// Whether a [`stall_guard`] watches this host.
-    guarded: std::sync::atomic::AtomicBool,
+    /// The runtimes whose [`stall_guard`] watches this host.
+    guarded: Mutex<Vec<tokio::runtime::Id>>,
 }
 
 impl stall_guard::Watched for Shared {
@@ -70,18 +70,18 @@ impl stall_guard::Watched for Shared {
 }
 
 impl Shared {
-    /// Starts the [`stall_guard`] of the host on the current runtime, the
-    /// first time the host is used on a multi-threaded one: where its
-    /// methods run.
+    /// Has the [`stall_guard`] of the current runtime watch this host, the
+    /// first time the host is used on it (sessions opened, `invoke`): where
+    /// its methods run.
     fn guard(self: &Arc<Self>) {
-        use std::sync::atomic::Ordering;
-        if self.guarded.load(Ordering::Acquire) {
+        let Some(runtime) = stall_guard::current_runtime() else {
             return;
-        }
-        if let Some(runtime) = stall_guard::current_runtime()
-            && !self.guarded.swap(true, Ordering::AcqRel)
-        {
-            stall_guard::start(Arc::downgrade(self), runtime);
+        };
+        let mut guarded = self.guarded.lock().unwrap_or_else(|e| e.into_inner());
+        if !guarded.contains(&runtime.id()) {
+            guarded.push(runtime.id());
+            let host: Weak<dyn stall_guard::Watched> = Arc::downgrade(self) as _;
+            stall_guard::watch(host, &runtime);
         }
     }
 

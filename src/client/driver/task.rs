@@ -17,14 +17,19 @@ use crate::transport::{BoxStream, ClientLink, Connector, HostInput, TransportErr
 use crate::wire::ErrorCode;
 use crate::wire::view::HostView;
 
-/// The driver task of the client `shared` belongs to: [`drive`], with the
-/// client stopped should the task end without finishing it.
-pub(super) async fn run(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Reconnect) {
+/// Spawns the driver task of the client `shared` belongs to: [`drive`],
+/// with the client stopped should the task end without finishing it. The
+/// guard is made before the task is spawned, so that it stops the client
+/// even if the task is dropped before it is first polled (its runtime
+/// shutting down at once).
+pub(super) fn spawn(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Reconnect) {
     let guard = StopIfAbandoned {
         shared: shared.clone(),
     };
-    drive(shared, connector, policy).await;
-    drop(guard);
+    tokio::spawn(async move {
+        drive(shared, connector, policy).await;
+        drop(guard);
+    });
 }
 
 async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Reconnect) {
@@ -224,7 +229,13 @@ async fn run_link(shared: &Shared, link: ClientLink) -> (Result<(), TransportErr
         && result.is_ok()
         && shared.stopped.load(Ordering::Acquire)
     {
-        let _ = sink.close().await;
+        let deadline = Instant::now() + CLOSE_GRACE;
+        // A sink the host does not drain (it is held in a method) must not
+        // hold the close past its grace either.
+        let _ = tokio::time::timeout_at(deadline, sink.close()).await;
+        // Dropped, not only closed: on in-process and pipe transports the
+        // host sees the end of its input only once the sender is gone.
+        drop(sink);
         // A half-close asks the host to end the session once it has sent
         // what it owes (H16). Reading on until it does lets both sides see
         // an orderly close, rather than the host logging a client that
@@ -233,7 +244,6 @@ async fn run_link(shared: &Shared, link: ClientLink) -> (Result<(), TransportErr
         // a stream always ready never lets a timeout run: the deadline is
         // checked per envelope, and each yields to the scheduler when the
         // task's budget runs out.
-        let deadline = Instant::now() + CLOSE_GRACE;
         let drain = async {
             while let Some(Ok(_)) = stream.next().await {
                 if Instant::now() >= deadline {
@@ -283,6 +293,15 @@ fn take_input(
     Ok(())
 }
 
+/// Returns once the client is stopped. It takes the driver's wake-ups while
+/// it waits: whatever they were for, the driver looks again when it is done
+/// sending.
+async fn until_stopped(shared: &Shared) {
+    while !shared.stopped.load(Ordering::Acquire) {
+        shared.wake.notified().await;
+    }
+}
+
 /// The most envelopes taken from a link in one turn of [`serve_link`]
 /// before it dispatches, sends and looks at its deadlines again.
 const DRAIN_BATCH: usize = 64;
@@ -295,12 +314,18 @@ async fn serve_link(
     loop {
         // Send everything the core has queued (callers send their own calls
         // while the link has room; see `Outbound`).
-        std::future::poll_fn(|cx| {
+        let send = std::future::poll_fn(|cx| {
             shared
                 .outbound
                 .poll_send(cx, |room| shared.core().poll_transmit_when(room))
-        })
-        .await?;
+        });
+        // A stopped client sends nothing more, and must not wait for room
+        // on a link the host does not drain (it is held in a method).
+        tokio::select! {
+            biased;
+            sent = send => sent?,
+            () = until_stopped(shared) => {}
+        }
         shared.dispatch();
         if shared.stopped.load(Ordering::Acquire) {
             return Ok(());

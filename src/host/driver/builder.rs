@@ -118,7 +118,7 @@ impl HostBuilder {
                 core: CoreLock::new(core),
                 wakers: Mutex::new(FastMap::default()),
                 closed: std::sync::atomic::AtomicBool::new(false),
-                guarded: std::sync::atomic::AtomicBool::new(false),
+                guarded: Mutex::default(),
                 shut: watch::Sender::new(false),
                 events: Mutex::new(Some(broadcast::channel(EVENT_BUFFER).0)),
                 observed: std::sync::atomic::AtomicBool::new(false),
