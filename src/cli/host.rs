@@ -145,17 +145,29 @@ pub fn check_stdio(matches: &ArgMatches, command: &mut clap::Command) -> Result<
     Ok(())
 }
 
-/// The options that apply to gRPC only, by argument id, with their
-/// environment variables.
-const GRPC_ONLY: [(&str, &str); 6] = [
-    ("token_file", "COSYSTEM_WORKER_TOKEN_FILE"),
-    ("tls_cert", "COSYSTEM_WORKER_TLS_CERT"),
-    ("tls_key", "COSYSTEM_WORKER_TLS_KEY"),
-    ("tls_client_ca", "COSYSTEM_WORKER_TLS_CLIENT_CA"),
-    ("max_connections", "COSYSTEM_WORKER_MAX_CONNECTIONS"),
+/// A gRPC-only option: its argument id, its environment variable, and how
+/// to forget its value.
+type GrpcOnly = (&'static str, &'static str, fn(&mut HostArgs));
+
+/// The options that apply to gRPC only.
+const GRPC_ONLY: [GrpcOnly; 6] = [
+    ("token_file", "COSYSTEM_WORKER_TOKEN_FILE", |a| {
+        a.token_file = None
+    }),
+    ("tls_cert", "COSYSTEM_WORKER_TLS_CERT", |a| {
+        a.tls_cert = None
+    }),
+    ("tls_key", "COSYSTEM_WORKER_TLS_KEY", |a| a.tls_key = None),
+    ("tls_client_ca", "COSYSTEM_WORKER_TLS_CLIENT_CA", |a| {
+        a.tls_client_ca = None
+    }),
+    ("max_connections", "COSYSTEM_WORKER_MAX_CONNECTIONS", |a| {
+        a.max_connections = None
+    }),
     (
         "max_connections_per_address",
         "COSYSTEM_WORKER_MAX_CONNECTIONS_PER_ADDRESS",
+        |a| a.max_connections_per_address = None,
     ),
 ];
 
@@ -169,20 +181,13 @@ const GRPC_ONLY: [(&str, &str); 6] = [
 pub fn settle_grpc_only_env(args: &mut HostArgs, matches: &ArgMatches) {
     let from_env = GRPC_ONLY
         .into_iter()
-        .filter(|(id, _)| matches.value_source(id) == Some(ValueSource::EnvVariable));
-    if !args.stdio {
-        args.grpc_only_env = from_env.map(|(_, var)| var).collect();
-        return;
-    }
-    for (id, _) in from_env {
-        match id {
-            "token_file" => args.token_file = None,
-            "tls_cert" => args.tls_cert = None,
-            "tls_key" => args.tls_key = None,
-            "tls_client_ca" => args.tls_client_ca = None,
-            "max_connections" => args.max_connections = None,
-            _ => args.max_connections_per_address = None,
+        .filter(|(id, _, _)| matches.value_source(id) == Some(ValueSource::EnvVariable));
+    if args.stdio {
+        for (_, _, forget) in from_env {
+            forget(args);
         }
+    } else {
+        args.grpc_only_env = from_env.map(|(_, var, _)| var).collect();
     }
 }
 

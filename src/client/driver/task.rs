@@ -239,11 +239,10 @@ async fn run_link(shared: &Shared, link: ClientLink) -> (Result<(), TransportErr
         // A half-close asks the host to end the session once it has sent
         // what it owes (H16). Reading on until it does lets both sides see
         // an orderly close, rather than the host logging a client that
-        // vanished; nothing read now is used.
-        // A host that keeps the link full never lets the stream end, and
-        // a stream always ready never lets a timeout run: the deadline is
-        // checked per envelope, and each yields to the scheduler when the
-        // task's budget runs out.
+        // vanished; nothing read now is used. A host that keeps the link
+        // full never lets the stream end, and a stream always ready never
+        // lets a timeout run: the deadline is checked per envelope, and
+        // the drain yields when the task's budget runs out.
         let drain = async {
             while let Some(Ok(_)) = stream.next().await {
                 if Instant::now() >= deadline {
