@@ -1,7 +1,7 @@
 //! Behaviour of the sans-IO client core, row by row of the client state
-//! machine (spec/PROTOCOL.md §8–§12, /work/notes/design.md "Client state
-//! machine"). Every test drives a `ClientCore` directly with hand-built host
-//! envelopes and a fixed time base; no runtime, no clock.
+//! machine (spec/PROTOCOL.md §8–§12). Every test drives a `ClientCore`
+//! directly with hand-built host envelopes and a fixed time base; no
+//! runtime, no clock.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;

@@ -1,6 +1,5 @@
 //! Behaviour of the sans-IO host core, one test per host duty
-//! (spec/PROTOCOL.md §10, /work/notes/design.md "Host duties"), plus the
-//! demo app's methods. Every test drives a `HostCore` directly with
+//! (spec/PROTOCOL.md §10), plus the demo app's methods. Every test drives a `HostCore` directly with
 //! hand-built client envelopes; no runtime, no clock.
 
 mod common;
