@@ -23,7 +23,7 @@ use cosystem_worker::app::{App, JsonModule, MethodError, TypedModule};
 use cosystem_worker::host::{Host, SyncMode};
 use cosystem_worker::transport::grpc::{
     ConnectionLimits, GrpcServer, GuardedIncoming, KEEPALIVE, MAX_STREAMS_PER_CONNECTION,
-    SERVICE_NAME, SHUTDOWN_GRACE,
+    SERVICE_NAME, SHUTDOWN_GRACE, health_service,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -130,8 +130,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // does what `serve` does: keepalive pings, a bound on streams per
     // connection, guarded accepts (`GuardedIncoming`), health for the
     // host's service, and at the stop NOT_SERVING, the host's shutdown and
-    // a bounded wait for streams that never end (health watches).
-    let (reporter, health) = tonic_health::server::health_reporter();
+    // the end of health watches, and a bounded wait for streams their
+    // clients leave open.
+    let (reporter, health, stop_watches) = health_service();
     for service in ["", SERVICE_NAME] {
         reporter
             .set_service_status(service, tonic_health::ServingStatus::Serving)
@@ -149,6 +150,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .set_service_status(service, tonic_health::ServingStatus::NotServing)
                     .await;
             }
+            stop_watches.cancel();
             host.shutdown();
             let _ = stopped_tx.send(());
         }

@@ -214,12 +214,12 @@ async fn framed_tcp_beyond_loopback_is_warned_as_unauthenticated() {
     local.terminate().await;
 }
 
-/// A health `Watch` never ends by itself, so a stopping gRPC host waits its
-/// grace period for it; a second SIGTERM stops the host at once.
+/// A stream its client never half-closes holds a stopping gRPC host for
+/// its grace period; a second SIGTERM stops the host at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_sigterm_stops_the_host_without_waiting_for_connections() {
     let (mut host, url) = spawn_host(&[]).await;
-    let _watch = common::open_health_watch(url).await;
+    let _reflection = common::open_reflection_stream(url).await;
 
     host.signal_term().await;
     host.log_until("shutting down").await;

@@ -597,7 +597,7 @@ async fn a_host_message_over_the_clients_limit_stops_the_client_instead_of_refet
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_health_watch_left_open_does_not_keep_the_server_from_stopping() {
+async fn a_health_watch_reads_not_serving_then_ends_unavailable_when_the_server_stops() {
     let host = host_with(HostLimits::default());
     let server = GrpcServer::builder(host.clone())
         .bind("127.0.0.1:0".parse().unwrap())
@@ -606,15 +606,53 @@ async fn a_health_watch_left_open_does_not_keep_the_server_from_stopping() {
     let addr = server.local_addr();
     let (stop, stopped) = oneshot::channel::<()>();
     let serving = tokio::spawn(server.serve(until(stopped)));
-    let watch = common::open_health_watch(format!("http://{addr}")).await;
+    let mut watch = common::open_health_watch(format!("http://{addr}")).await;
     drop(stop);
-    // The watch never ends by itself; serve returns after its grace period.
+    // Watchdogs, not timing assertions: tonic-health's own watch never
+    // ends, and this one would then end only when the grace period drops
+    // the connection, without a status.
+    let status = tokio::time::timeout(Duration::from_secs(60), watch.message())
+        .await
+        .expect("a status change")
+        .expect("a status, not an error")
+        .expect("not the end");
+    assert_eq!(
+        status.status,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+    );
+    let end = tokio::time::timeout(Duration::from_secs(60), watch.message())
+        .await
+        .expect("the watch ends")
+        .expect_err("it ends with a status");
+    assert_eq!(end.code(), tonic::Code::Unavailable, "{end:?}");
+    assert!(end.message().contains("stopping"), "{end:?}");
     let ended = tokio::time::timeout(Duration::from_secs(60), serving)
         .await
-        .expect("serve returns although the watch is still open")
+        .expect("serve returns")
         .unwrap();
     assert!(ended.is_ok(), "{ended:?}");
-    drop(watch);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_its_client_leaves_open_does_not_keep_the_server_from_stopping() {
+    let host = host_with(HostLimits::default());
+    let server = GrpcServer::builder(host.clone())
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(until(stopped)));
+    let reflection = common::open_reflection_stream(format!("http://{addr}")).await;
+    drop(stop);
+    // The reflection stream is never half-closed; serve returns after its
+    // grace period all the same.
+    let ended = tokio::time::timeout(Duration::from_secs(60), serving)
+        .await
+        .expect("serve returns although a stream is still open")
+        .unwrap();
+    assert!(ended.is_ok(), "{ended:?}");
+    drop(reflection);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -413,6 +413,41 @@ pub async fn open_health_watch(
     watch
 }
 
+/// A server reflection stream to the server at `url`, answered once and
+/// left open: its client never half-closes it, so it ends only when the
+/// server drops it. Dropping what is returned closes it.
+pub async fn open_reflection_stream(
+    url: String,
+) -> (
+    tokio::sync::mpsc::Sender<tonic_reflection::pb::v1::ServerReflectionRequest>,
+    tonic::Streaming<tonic_reflection::pb::v1::ServerReflectionResponse>,
+) {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .expect("a URL")
+        .connect()
+        .await
+        .expect("a connection");
+    let (requests, queue) = tokio::sync::mpsc::channel(1);
+    requests
+        .send(ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        })
+        .await
+        .expect("the queue is open");
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(queue))
+        .await
+        .expect("a reflection stream")
+        .into_inner();
+    assert!(responses.message().await.expect("an answer").is_some());
+    (requests, responses)
+}
+
 /// A SyncRequest from a client that has `have_version` (0 for nothing
 /// yet), with the reason such a client gives.
 pub fn sync_request(sync_id: u64, have_version: u64) -> cosystem_worker::wire::SyncRequest {

@@ -31,6 +31,7 @@ mod auth;
 mod client;
 pub mod client_codec;
 pub mod codec;
+mod health;
 mod incoming;
 mod opening;
 mod pem;
@@ -40,6 +41,7 @@ mod throttle;
 pub use admission::{ConnectionCounts, ConnectionGauge, ConnectionLimits, DEFAULT_MAX_CONNECTIONS};
 pub use auth::constant_time_eq;
 pub use client::GrpcConnector;
+pub use health::{EndsAtStop, StoppingHealth, health_service};
 pub use incoming::{
     ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN, Accepted, GuardedIncoming, HANDSHAKE_TIMEOUT,
 };

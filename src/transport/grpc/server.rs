@@ -142,11 +142,14 @@ impl GrpcServerBuilder {
     ///   `TcpIncoming` retries a failed accept at once, waits for a silent
     ///   connection for ever and counts none;
     /// - report health for `""` and [`SERVICE_NAME`], and `NOT_SERVING`
-    ///   when stopping;
+    ///   when stopping, then end the health `Watch` streams
+    ///   ([`health_service`](super::health_service): tonic-health's never
+    ///   end by themselves);
     /// - call [`Host::shutdown`] when its server stops, so that every
     ///   session's stream ends (`UNAVAILABLE`) and the server's graceful
-    ///   shutdown does not wait on them, and bound that shutdown (a health
-    ///   `Watch` never ends by itself; `serve` waits [`SHUTDOWN_GRACE`]).
+    ///   shutdown does not wait on them, and bound that shutdown (a stream
+    ///   of another service may stay open; `serve` waits
+    ///   [`SHUTDOWN_GRACE`]).
     ///
     /// Fails with [`GrpcError::InvalidToken`] for an unusable token, with
     /// [`GrpcError::Tls`] if [`GrpcServerBuilder::tls`] was set (TLS
@@ -283,11 +286,12 @@ impl GrpcServer {
     }
 
     /// Serves until `shutdown` resolves or the host is shut down
-    /// ([`Host::shutdown`]). Then health reports `NOT_SERVING`,
-    /// the host shuts down (every session's stream ends `UNAVAILABLE`, new
-    /// ones are refused) and the server waits for connections to close, at
-    /// most [`SHUTDOWN_GRACE`]: a stream that never ends (a health `Watch`)
-    /// does not keep `serve` from returning.
+    /// ([`Host::shutdown`]). Then health reports `NOT_SERVING` and its
+    /// `Watch` streams end `UNAVAILABLE` after delivering it, the host shuts
+    /// down (every session's stream ends `UNAVAILABLE`, new ones are
+    /// refused) and the server waits for connections to close, at most
+    /// [`SHUTDOWN_GRACE`]: a stream the client never ends (a reflection
+    /// stream left open) does not keep `serve` from returning.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -306,7 +310,7 @@ impl GrpcServer {
                 None => Ok(request),
             });
 
-        let (reporter, health) = tonic_health::server::health_reporter();
+        let (reporter, health, stop_watches) = super::health_service();
         reporter
             .set_service_status(SERVICE_NAME, ServingStatus::Serving)
             .await;
@@ -352,6 +356,7 @@ impl GrpcServer {
             reporter
                 .set_service_status("", ServingStatus::NotServing)
                 .await;
+            stop_watches.cancel();
             host.shutdown();
         };
         let incoming = GuardedIncoming::counted(self.listener, self.admission);
