@@ -214,6 +214,31 @@ async fn framed_tcp_beyond_loopback_is_warned_as_unauthenticated() {
     local.terminate().await;
 }
 
+/// Pointed at the other kind of listener, a client is told what it reached:
+/// a framed client at a gRPC host stops at once naming HTTP/2 (it used to
+/// retry until its timeout, reporting a truncated stream), and a framed
+/// host logs a gRPC client as such (it used to log a frame length at debug).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_the_other_transport_is_told_what_the_host_speaks() {
+    let (mut grpc, url) = spawn_host(&[]).await;
+    let framed_url = url.replace("http://", "tcp://");
+    let output = cli_client(&["--connect", &framed_url, "--timeout", "60", "state"]).await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("does not serve this protocol"), "{stderr}");
+    assert!(stderr.contains("as a gRPC host does"), "{stderr}");
+    grpc.terminate().await;
+
+    let mut framed = HostProcess::spawn(&["--listen", "tcp://127.0.0.1:0"]).await;
+    let endpoint = framed.endpoint().await;
+    let grpc_url = endpoint.replace("tcp://", "http://");
+    let output = cli_client(&["--connect", &grpc_url, "--timeout", "1", "state"]).await;
+    assert!(!output.status.success());
+    let line = framed.log_until("speaks another protocol").await;
+    assert!(line.contains("as a gRPC client does"), "{line}");
+    framed.terminate().await;
+}
+
 /// A stream its client never half-closes holds a stopping gRPC host for
 /// its grace period; a second SIGTERM stops the host at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

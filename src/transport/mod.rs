@@ -67,6 +67,7 @@ pub mod bus;
 pub mod framed;
 pub mod grpc;
 pub mod memory;
+mod throttle;
 pub mod worker;
 
 use std::pin::Pin;
@@ -103,7 +104,9 @@ pub enum TransportError {
     /// The host does not serve the protocol as this client speaks it: over
     /// gRPC, status `UNIMPLEMENTED` (no such service or method, such as a
     /// host serving only another protocol version, or an encoding it
-    /// refuses). Every reconnect would be refused the same way.
+    /// refuses); on a framed stream, a peer that answers in another
+    /// protocol, such as a gRPC host (spec FB9). Every reconnect would be
+    /// refused the same way.
     #[error("the host does not serve this protocol: {0}")]
     Unsupported(String),
     /// The connector cannot connect as configured (a bad URL, token or TLS

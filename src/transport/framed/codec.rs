@@ -7,6 +7,7 @@ use bytes::{Bytes, BytesMut};
 use tokio_util::codec::length_delimited::LengthDelimitedCodecError;
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
+use super::sniff::{Foreign, sniff};
 use crate::transport::TransportError;
 
 /// Why a frame could not be read or written.
@@ -14,6 +15,9 @@ use crate::transport::TransportError;
 pub(super) enum CodecError {
     #[error("frame of {size} bytes exceeds the limit of {limit}")]
     TooLarge { size: usize, limit: usize },
+    /// Before any frame, bytes of another protocol.
+    #[error("the peer does not speak length-prefixed frames but {}", .0.describe())]
+    Foreign(Foreign),
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -22,6 +26,8 @@ impl From<CodecError> for TransportError {
     fn from(error: CodecError) -> Self {
         match error {
             CodecError::TooLarge { size, limit } => TransportError::FrameTooLarge { size, limit },
+            // The same peer would answer the same way on every reconnect.
+            error @ CodecError::Foreign(_) => TransportError::Unsupported(error.to_string()),
             CodecError::Io(error) => TransportError::Connection(error.to_string()),
         }
     }
@@ -32,6 +38,13 @@ impl From<CodecError> for TransportError {
 pub(super) struct FrameCodec {
     inner: LengthDelimitedCodec,
     limit: usize,
+    /// Whether a whole frame has been read: from then on the peer is known
+    /// to speak frames, and failures are not sniffed for another protocol.
+    framed: bool,
+    /// The first frame's length prefix, once read: the inner codec consumes
+    /// it, and sniffing a peer that hung up needs the connection's first
+    /// bytes.
+    head: Option<[u8; PREFIX]>,
 }
 
 /// The length prefix's size in bytes.
@@ -48,6 +61,17 @@ impl FrameCodec {
                 .max_frame_length(limit)
                 .new_codec(),
             limit,
+            framed: false,
+            head: None,
+        }
+    }
+
+    /// `error` for bytes that fail as frames, unless they are recognised
+    /// as another protocol before the first frame.
+    fn refused(&self, src: &[u8], ended: bool, error: CodecError) -> CodecError {
+        match sniff(src, ended) {
+            Some(foreign) if !self.framed => CodecError::Foreign(foreign),
+            _ => error,
         }
     }
 }
@@ -57,22 +81,47 @@ impl Decoder for FrameCodec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, CodecError> {
-        self.inner.decode(src).map_err(|error| {
-            if is_length_error(&error) {
+        if !self.framed && self.head.is_none() {
+            self.head = src.get(..PREFIX).and_then(|p| p.try_into().ok());
+        }
+        match self.inner.decode(src) {
+            Ok(frame) => {
+                self.framed |= frame.is_some();
+                Ok(frame)
+            }
+            Err(error) if is_length_error(&error) => {
                 // The codec refuses a length before consuming the prefix, so
                 // the offending length is still at the front of the buffer.
                 let size = src
                     .get(..PREFIX)
                     .and_then(|p| <[u8; PREFIX]>::try_from(p).ok())
                     .map_or(usize::MAX, |p| u32::from_be_bytes(p) as usize);
-                CodecError::TooLarge {
+                let too_large = CodecError::TooLarge {
                     size,
                     limit: self.limit,
-                }
-            } else {
-                CodecError::Io(error)
+                };
+                Err(self.refused(src, false, too_large))
             }
-        })
+            Err(error) => Err(CodecError::Io(error)),
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, CodecError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            // A truncated frame: a lost connection, unless the peer spoke
+            // another protocol and hung up on our frames.
+            None => {
+                let truncated = CodecError::Io(io::Error::other("bytes remaining on stream"));
+                // Before the first frame, its prefix was consumed from
+                // exactly these bytes' front.
+                let mut first = Vec::with_capacity(16);
+                first.extend(self.head.iter().flatten());
+                first.extend(src.iter().take(16));
+                Err(self.refused(&first, true, truncated))
+            }
+        }
     }
 }
 
@@ -128,6 +177,49 @@ mod tests {
         let mut codec = FrameCodec::new(4);
         let mut buffer = BytesMut::from(&[0u8, 0, 0, 4, 9, 9, 9, 9][..]);
         assert_eq!(&codec.decode(&mut buffer).unwrap().unwrap()[..], &[9; 4]);
+    }
+
+    #[test]
+    fn a_grpc_client_before_any_frame_is_named_and_after_one_is_a_size_error() {
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let mut codec = FrameCodec::new(16);
+        let mut buffer = BytesMut::from(&preface[..]);
+        assert!(matches!(
+            codec.decode(&mut buffer),
+            Err(CodecError::Foreign(Foreign::Http2Client))
+        ));
+
+        let mut codec = FrameCodec::new(16);
+        let mut buffer = BytesMut::from(&[0u8, 0, 0, 1, 9][..]);
+        buffer.extend_from_slice(preface);
+        assert!(codec.decode(&mut buffer).unwrap().is_some());
+        assert!(matches!(
+            codec.decode(&mut buffer),
+            Err(CodecError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn a_grpc_host_hanging_up_is_named_and_a_truncated_frame_is_a_lost_connection() {
+        // A server's SETTINGS frame reads as the start of a 4612-byte frame.
+        let settings = [0u8, 0, 0x12, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
+        let mut codec = FrameCodec::new(1 << 20);
+        let mut buffer = BytesMut::from(&settings[..]);
+        assert!(codec.decode(&mut buffer).unwrap().is_none());
+        let error = codec.decode_eof(&mut buffer).unwrap_err();
+        assert!(matches!(error, CodecError::Foreign(Foreign::Http2Server)));
+        assert!(matches!(
+            TransportError::from(error),
+            TransportError::Unsupported(message) if message.contains("gRPC host")
+        ));
+
+        let mut codec = FrameCodec::new(1 << 20);
+        let mut buffer = BytesMut::from(&[0u8, 0, 0, 9, 1, 2][..]);
+        assert!(matches!(
+            codec.decode_eof(&mut buffer),
+            Err(CodecError::Io(_))
+        ));
+        assert!(codec.decode_eof(&mut BytesMut::new()).unwrap().is_none());
     }
 
     #[test]

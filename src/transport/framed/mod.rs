@@ -11,7 +11,10 @@
 //! connection is one session. A connection accepted by [`serve_tcp`] or
 //! [`serve_unix`] becomes a session only once its first frame has arrived,
 //! and is closed if that takes longer than [`FIRST_FRAME_TIMEOUT`] (spec
-//! FB6).
+//! FB6). Bytes of another protocol before the first frame (a gRPC client
+//! or host at the other end) are named as such (spec FB9): a client's link
+//! fails with [`TransportError::Unsupported`], and a host logs the
+//! connection.
 //!
 //! Hosts: [`serve_tcp`], [`serve_unix`], [`serve_stdio`], or [`serve_stream`]
 //! for any other stream. Clients: [`TcpConnector`], [`UnixConnector`],
@@ -20,6 +23,7 @@
 mod codec;
 mod connect;
 mod serve;
+mod sniff;
 
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, Stream, StreamExt};

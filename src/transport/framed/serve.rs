@@ -12,10 +12,17 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::task::AbortHandle;
 use tokio_util::codec::FramedRead;
 
-use super::codec::FrameCodec;
+use super::codec::{CodecError, FrameCodec};
 use super::{FramedConfig, host_link, host_link_over};
 use crate::host::{Host, InputError};
 use crate::transport::TransportError;
+use crate::transport::throttle::Throttle;
+
+/// Limits the log line for a client of another protocol: unlike other
+/// connections that never become sessions (logged at debug, since anyone
+/// can make them), it is most likely an operator's mistake (a gRPC client
+/// pointed at a framed listener), and it retries.
+static FOREIGN_CLIENTS: Throttle = Throttle::new();
 
 /// How long the accept loop pauses after a failed accept (for instance when
 /// the process is out of file descriptors), so it does not spin.
@@ -270,6 +277,17 @@ async fn serve_accepted<S>(
     // connect can make as many as they like.
     let first = match tokio::time::timeout(FIRST_FRAME_TIMEOUT, frames.next()).await {
         Ok(Some(Ok(frame))) => frame,
+        Ok(Some(Err(error @ CodecError::Foreign(_)))) => {
+            if let Some(held_back) = FOREIGN_CLIENTS.admit(std::time::Instant::now()) {
+                tracing::info!(
+                    %peer,
+                    %error,
+                    held_back,
+                    "closing a connection that speaks another protocol: this listener serves framed clients (spec §17.3)"
+                );
+            }
+            return;
+        }
         Ok(Some(Err(error))) => {
             let error = TransportError::from(error);
             tracing::debug!(%peer, %error, "closing a connection before its first frame");

@@ -34,7 +34,7 @@ use tokio::time::{Sleep, sleep};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use super::admission::{Admission, ConnectionGauge, ConnectionLimits, Slot};
-use super::throttle::Throttle;
+use crate::transport::throttle::Throttle;
 
 /// How long a new connection may take to send its first 24 bytes.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

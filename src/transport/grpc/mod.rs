@@ -36,7 +36,6 @@ mod incoming;
 mod opening;
 mod pem;
 mod server;
-mod throttle;
 
 pub use admission::{ConnectionCounts, ConnectionGauge, ConnectionLimits, DEFAULT_MAX_CONNECTIONS};
 pub use auth::constant_time_eq;

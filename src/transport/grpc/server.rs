@@ -20,8 +20,8 @@ use super::admission::{Admission, ConnectionGauge, ConnectionLimits};
 use super::auth::{check_bearer, is_valid_token};
 use super::codec::ClientEnvelope;
 use super::incoming::GuardedIncoming;
-use super::throttle::Throttle;
 use crate::host::{Host, InputError, PeerOptions, Principal, Session};
+use crate::transport::throttle::Throttle;
 use crate::wire::{FILE_DESCRIPTOR_SET, HostFrame};
 
 #[allow(missing_docs, clippy::all)]

@@ -7,11 +7,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How often a throttled warning may be logged.
-pub(super) const INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const INTERVAL: Duration = Duration::from_secs(1);
 
 /// Decides which occurrences of one warning are logged.
 #[derive(Default)]
-pub(super) struct Throttle(Mutex<State>);
+pub(crate) struct Throttle(Mutex<State>);
 
 #[derive(Default)]
 struct State {
@@ -20,10 +20,18 @@ struct State {
 }
 
 impl Throttle {
+    /// A throttle that has logged nothing yet, for a `static`.
+    pub(crate) const fn new() -> Self {
+        Self(Mutex::new(State {
+            last: None,
+            held_back: 0,
+        }))
+    }
+
     /// Whether the occurrence at `now` is logged: `Some(n)` with the number
     /// of occurrences held back since the last one logged, or `None` if it
     /// is held back itself.
-    pub(super) fn admit(&self, now: Instant) -> Option<u64> {
+    pub(crate) fn admit(&self, now: Instant) -> Option<u64> {
         let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
         match state.last {
             Some(last) if now.saturating_duration_since(last) < INTERVAL => {
