@@ -78,6 +78,29 @@ async fn a_stdio_host_exits_cleanly_when_its_stdin_closes() {
 /// parent sees a non-zero status and the reason, not a clean stop.
 #[tokio::test]
 async fn a_stdio_host_whose_session_ends_with_an_error_exits_1() {
+    // A length prefix of 4 GiB - 1: over the 4 MiB frame limit.
+    let text = stdio_host_fed(&[0xff; 4]).await;
+    assert!(
+        text.contains("error: the stdio session ended with an error: message of 4294967295 bytes exceeds the limit"),
+        "{text}"
+    );
+}
+
+/// Bytes of another protocol end a stdio session as an error too, named
+/// (spec FB9), not as stdin closing.
+#[tokio::test]
+async fn a_stdio_host_fed_http_exits_1_naming_the_protocol() {
+    let text = stdio_host_fed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(
+        text.contains("error: the stdio session ended with an error: malformed")
+            && text.contains("but HTTP/1"),
+        "{text}"
+    );
+}
+
+/// The stderr of a stdio host fed `bytes` and then the end of its stdin,
+/// once it has exited 1.
+async fn stdio_host_fed(bytes: &[u8]) -> String {
     let mut child = Command::new(BIN)
         .args(["host", "--stdio"])
         .env("RUST_LOG", "off")
@@ -88,20 +111,16 @@ async fn a_stdio_host_whose_session_ends_with_an_error_exits_1() {
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    // A length prefix of 4 GiB - 1: over the 4 MiB frame limit.
-    stdin.write_all(&[0xff; 4]).await.unwrap();
+    stdin.write_all(bytes).await.unwrap();
     stdin.shutdown().await.unwrap();
     drop(stdin);
     let output = tokio::time::timeout(GUARD, child.wait_with_output())
         .await
         .expect("the host kept running")
         .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let text = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        text.contains("error: the stdio session ended with an error: message of 4294967295 bytes exceeds the limit"),
-        "{text}"
-    );
+    let text = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    text
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,6 +141,50 @@ async fn the_host_binary_serves_a_unix_socket_and_removes_it_on_sigterm() {
 
     assert!(host.terminate().await.success());
     assert!(!path.exists(), "the socket file was left behind");
+}
+
+/// A framed host at its client limit closes a new client's connection
+/// without a word (no envelope says "full", spec FB6), so it says why in
+/// its own log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_framed_host_warns_that_it_refused_a_client() {
+    use cosystem_worker::wire::{ClientMessage, Header, SyncRequest, client_message};
+    use prost::Message;
+    use tokio::io::AsyncReadExt;
+
+    let mut host =
+        HostProcess::spawn(&["--listen", "tcp://127.0.0.1:0", "--max-clients", "1"]).await;
+    let endpoint = host.endpoint().await;
+    let address = endpoint.trim_start_matches("tcp://").to_owned();
+    let sync = ClientMessage {
+        header: Some(Header::v1("", "raw", "")),
+        kind: Some(client_message::Kind::SyncRequest(SyncRequest {
+            sync_id: 1,
+            have_version: 0,
+            reason: 1,
+        })),
+    }
+    .encode_to_vec();
+    let mut frame = (sync.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&sync);
+
+    let mut holder = tokio::net::TcpStream::connect(&address).await.unwrap();
+    holder.write_all(&frame).await.unwrap();
+    host.log_until("client connected").await;
+    let mut refused = tokio::net::TcpStream::connect(&address).await.unwrap();
+    refused.write_all(&frame).await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(GUARD, refused.read_to_end(&mut rest))
+        .await
+        .expect("the refused connection was left open");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?} {rest:?}");
+    let line = host.log_until("refusing a client").await;
+    assert!(
+        line.contains("at its limit of clients") && line.contains("limit=1"),
+        "{line}"
+    );
+    drop(holder);
+    assert!(host.terminate().await.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -375,12 +375,15 @@ async fn connections_that_send_no_frame_do_not_lock_out_a_real_client() {
             .write_all(&[0, 0, 0, 100, 1, 2, 3])
             .await
             .unwrap();
+        // Empty frames are valid (FB2) but carry no envelope.
+        let mut empty_frames = TcpStream::connect(&address).await.unwrap();
+        empty_frames.write_all(&[0; 12]).await.unwrap();
 
         let client = Client::new(TcpConnector::new(address), ClientConfig::default());
         client.ready().await.unwrap();
         // Only the client holds a session, while the others are still open.
         assert_eq!(host.session_count(), 1);
-        for stream in [&silent, &half_prefix, &half_frame] {
+        for stream in [&silent, &half_prefix, &half_frame, &empty_frames] {
             assert!(is_open(stream), "a waiting connection was closed early");
         }
         let value = client
@@ -403,15 +406,20 @@ async fn a_connection_without_a_complete_first_frame_is_closed_after_the_deadlin
     // A body trickled in, but never finished before the deadline.
     let mut trickle = TcpStream::connect(&address).await.unwrap();
     trickle.write_all(&[0, 0, 0, 100]).await.unwrap();
+    // Empty frames, one every quarter deadline: complete frames, but none
+    // carries an envelope, so none opens a session.
+    let mut empty_frames = TcpStream::connect(&address).await.unwrap();
     for _ in 0..3 {
         tokio::time::sleep(FIRST_FRAME_TIMEOUT / 4).await;
         trickle.write_all(&[0]).await.unwrap();
+        empty_frames.write_all(&[0; 4]).await.unwrap();
     }
     // The clock is paused: the guard is virtual time, three deadlines long.
     for (name, stream) in [
         ("silent", &mut silent),
         ("half a prefix", &mut half_prefix),
         ("trickled", &mut trickle),
+        ("empty frames", &mut empty_frames),
     ] {
         assert!(
             closed_within(stream, FIRST_FRAME_TIMEOUT * 3).await,

@@ -1,7 +1,8 @@
 //! A method that stores what a client sent cannot nest the published view
 //! deeper than clients can mirror: such a call is refused and reverted, so
 //! every client can still sync, and no chain of calls can make the host's
-//! own serialisation of the view recurse without bound.
+//! own serialisation of the view recurse without bound. A private module's
+//! state is held to the same depth, since the host walks it as well.
 
 use std::time::Instant;
 
@@ -16,6 +17,11 @@ use serde_json::{Value, json};
 
 /// `kv.set(path, value)` adds `value` at `path` below the section.
 fn kv_host() -> HostCore {
+    kv_host_publishing(None)
+}
+
+/// [`kv_host`] publishing only `sections` (`None`: every module).
+fn kv_host_publishing(sections: Option<Vec<String>>) -> HostCore {
     let app = App::new().with(JsonModule::new("kv", json!({})).method(
         "set",
         |d: &mut Draft<'_>, (path, value): (String, Value)| -> Result<(), MethodError> {
@@ -24,6 +30,7 @@ fn kv_host() -> HostCore {
     ));
     let config = HostConfig {
         sync: SyncMode::Patch,
+        sections,
         ..HostConfig::default()
     };
     HostCore::new(config, app, "e1")
@@ -157,6 +164,38 @@ fn deep_values_at_ever_deeper_paths_never_take_the_host_down() {
     }
     assert_eq!(refused, 299);
     assert!(a_new_client_syncs(&mut host));
+}
+
+#[test]
+fn a_private_modules_state_is_held_to_the_same_depth_so_the_host_survives_it() {
+    // Unpublished, the state is still measured, serialised by typed modules,
+    // and dropped by the host, all recursively: nested 120 levels further
+    // per call, it would overflow the stack (at the drop, at the latest).
+    let mut host = kv_host_publishing(Some(Vec::new()));
+    let peer = session(&mut host, "caller");
+    let chain = |levels: usize| (0..levels).fold(json!({}), |inner, _| json!({ "a": inner }));
+    assert_eq!(
+        set(&mut host, peer, 1, "/x", &chain(120)),
+        Some(ErrorCode::ResourceExhausted)
+    );
+    // Each call hangs a chain below the innermost level the last accepted
+    // one left.
+    let mut innermost = String::new();
+    let mut refused = 0;
+    for id in 2..300 {
+        let path = format!("{innermost}/x");
+        match set(&mut host, peer, id, &path, &chain(40)) {
+            None => innermost = path + &"/a".repeat(40),
+            Some(code) => {
+                assert_eq!(code, ErrorCode::ResourceExhausted);
+                refused += 1;
+            }
+        }
+    }
+    // The first chain of 40 fits (levels 3 to 43); the second would reach 84.
+    assert_eq!(refused, 297);
+    assert!(host.module_state("kv").expect("kv")["x"]["a"].is_object());
+    drop(host);
 }
 
 #[test]

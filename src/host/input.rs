@@ -17,7 +17,7 @@ use crate::wire::{ClientMessage, client_message};
 use prost::Message;
 
 /// One envelope from a client, decoded and sized, with a call's arguments
-/// already parsed.
+/// already parsed if they are at most [`MAX_PREPARSED_ARGS`] bytes long.
 ///
 /// Handing it to [`HostCore::handle_input`](super::HostCore::handle_input)
 /// has exactly the effect of handing its bytes to `handle_bytes` (or its
@@ -35,7 +35,8 @@ pub struct PreparedInput<'a> {
     /// within).
     pub(super) size: Option<usize>,
     /// A call's arguments as `args_json` parses (J4), when the envelope is
-    /// a call within `limit`.
+    /// a call within `limit` whose arguments are at most
+    /// [`MAX_PREPARSED_ARGS`] bytes.
     pub(super) args: Option<Result<Vec<Value>, MethodError>>,
 }
 
@@ -92,10 +93,25 @@ impl PreparedInput<'static> {
     }
 }
 
-/// The arguments of `view` if it is a call.
+/// The longest `args_json` parsed before the core is locked; longer
+/// arguments are parsed by the core, under its lock.
+///
+/// Parsed JSON takes up to ~16× its text (`[0,0,…]`: a 32-byte `Value` per
+/// 2 bytes, and the array's spare capacity), and every session may hold
+/// one prepared input while another session's method has the core. Parsed
+/// ahead without a bound, a 4 MiB call would hold 64 MiB per session that
+/// sends one; bounded, a waiting session holds ~4 MiB at most, about what
+/// its envelope's bytes take anyway. Calls this long are rare, and their
+/// methods are O(arguments) under the lock in any case.
+pub const MAX_PREPARSED_ARGS: usize = 256 * 1024;
+
+/// The arguments of `view` if it is a call whose arguments are short
+/// enough to parse ahead ([`MAX_PREPARSED_ARGS`]).
 fn call_args(view: &ClientView<'_>) -> Option<Result<Vec<Value>, MethodError>> {
     match view.kind {
-        Some(ClientKindView::Call(call)) => Some(parse_args(call.args_json)),
+        Some(ClientKindView::Call(call)) if call.args_json.len() <= MAX_PREPARSED_ARGS => {
+            Some(parse_args(call.args_json))
+        }
         _ => None,
     }
 }
@@ -139,6 +155,42 @@ pub(super) fn size_near_limit(message: &ClientMessage, limit: usize) -> Option<u
         .saturating_add(kind)
         .saturating_add(ENVELOPE_OVERHEAD);
     (bound > limit).then(|| message.encoded_len())
+}
+
+#[cfg(test)]
+mod preparse_tests {
+    use super::{MAX_PREPARSED_ARGS, PreparedInput};
+    use crate::wire::{Call, ClientMessage, Header, client_message};
+    use prost::Message;
+
+    fn call_with_args_of(len: usize) -> Vec<u8> {
+        // `[0,0,…]` of exactly `len` bytes (len odd, at least 3).
+        let args_json = format!("[0{}]", ",0".repeat((len - 3) / 2));
+        assert_eq!(args_json.len(), len);
+        ClientMessage {
+            header: Some(Header::v1("", "c", "")),
+            kind: Some(client_message::Kind::Call(Call {
+                call_id: 1,
+                module: "m".into(),
+                method: "f".into(),
+                args_json,
+            })),
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn arguments_up_to_the_bound_are_parsed_ahead_and_longer_ones_left_to_the_core() {
+        let limit = 4 * 1024 * 1024;
+        let at_bound = call_with_args_of(MAX_PREPARSED_ARGS - 1);
+        let prepared = PreparedInput::decode(&at_bound, limit).expect("a call");
+        assert!(
+            matches!(&prepared.args, Some(Ok(args)) if args.len() == MAX_PREPARSED_ARGS / 2 - 1)
+        );
+        let over = call_with_args_of(MAX_PREPARSED_ARGS + 1);
+        let prepared = PreparedInput::decode(&over, limit).expect("a call");
+        assert!(prepared.args.is_none());
+    }
 }
 
 #[cfg(test)]

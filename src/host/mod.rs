@@ -27,7 +27,7 @@ pub use core::{HostCore, MAX_PEER_ID, PeerKey, PeerOptions};
 pub use driver::{DEFAULT_BOOKMARK_INTERVAL, EVENT_BUFFER, Host, HostBuilder, Session};
 pub use error::InputError;
 pub use event::{CallRecord, HostEvent, RECORDED_NAME};
-pub use input::PreparedInput;
+pub use input::{MAX_PREPARSED_ARGS, PreparedInput};
 pub use stats::HostStats;
 pub use timing::{LatencyHistogram, MethodRun, MethodTiming};
 pub use view_depth::MAX_VIEW_DEPTH;

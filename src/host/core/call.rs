@@ -322,17 +322,23 @@ impl HostCore {
             }
         };
         // A view nested deeper than clients mirror is one no client could
-        // sync to, so such a call is refused like one `accept` refuses.
+        // sync to, so such a call is refused like one `accept` refuses. A
+        // private module is held to the same depth: each call may nest a
+        // stored argument ~127 levels further, and state nested without
+        // bound overflows the host's stack when it is measured, serialised
+        // or dropped, taking every session down with it.
         let refused = accept(&invocation.value).err().or_else(|| {
-            let deep = self.published[i]
-                .then(|| too_deep(&invocation.ops, self.modules[i].state()))
-                .flatten()?;
-            Some(MethodError::new(
-                ErrorCode::ResourceExhausted,
+            let deep = too_deep(&invocation.ops, self.modules[i].state())?;
+            let message = if self.published[i] {
                 format!(
                     "the call would nest the published view {deep} levels deep, deeper than the {MAX_VIEW_DEPTH} every client can mirror; nothing was committed"
-                ),
-            ))
+                )
+            } else {
+                format!(
+                    "the call would nest the state of module {module} {deep} levels deep, deeper than the {MAX_VIEW_DEPTH} the host allows; nothing was committed"
+                )
+            };
+            Some(MethodError::new(ErrorCode::ResourceExhausted, message))
         });
         let ops = (!invocation.ops.is_empty() && self.published[i])
             .then(|| ops_json(&self.prefixes[i], &invocation.ops));

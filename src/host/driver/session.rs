@@ -38,18 +38,29 @@ impl Host {
         link: HostLink,
         principal: Option<Arc<str>>,
     ) -> Result<(), InputError> {
+        let session = self.open_session_as(
+            PeerOptions {
+                peer_id: link.peer_id.clone(),
+                publications: true,
+            },
+            principal,
+        )?;
+        self.serve_session(session, link).await
+    }
+
+    /// [`Host::serve`] for a session already opened for `link`'s peer, so
+    /// that a transport can tell a refused session (the host is full or
+    /// stopping) from one that ran, before it says a client connected.
+    pub(crate) async fn serve_session(
+        &self,
+        session: Session,
+        link: HostLink,
+    ) -> Result<(), InputError> {
         let HostLink {
             peer_id,
             mut sink,
             mut stream,
         } = link;
-        let session = self.open_session_as(
-            PeerOptions {
-                peer_id: peer_id.clone(),
-                publications: true,
-            },
-            principal,
-        )?;
         // Woken by publications, bookmarks and shutdown; this task's own
         // input is followed by its own output pass, not by a notification.
         let mut woken = std::pin::pin!(session.notify.notified());
@@ -353,6 +364,9 @@ fn read_failed(peer_id: &str, error: TransportError) -> Result<(), InputError> {
             InputError::MessageTooLarge { size, limit }
         }
         TransportError::Malformed(reason) => InputError::Malformed(reason),
+        // A framed peer speaking another protocol (spec FB9): its bytes are
+        // no envelopes.
+        TransportError::Unsupported(reason) => InputError::Malformed(reason),
         error => {
             tracing::debug!(peer = %peer_id, %error, "session read failed");
             return Ok(());

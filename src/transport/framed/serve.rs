@@ -14,7 +14,7 @@ use tokio_util::codec::FramedRead;
 
 use super::codec::{CodecError, FrameCodec};
 use super::{FramedConfig, host_link, host_link_over};
-use crate::host::{Host, InputError};
+use crate::host::{Host, InputError, PeerOptions};
 use crate::transport::TransportError;
 use crate::transport::throttle::Throttle;
 
@@ -23,6 +23,10 @@ use crate::transport::throttle::Throttle;
 /// can make them), it is most likely an operator's mistake (a gRPC client
 /// pointed at a framed listener), and it retries.
 static FOREIGN_CLIENTS: Throttle = Throttle::new();
+
+/// Limits the warning for a client refused because the host is full: every
+/// refused client retries.
+static FULL_HOST: Throttle = Throttle::new();
 
 /// How long the accept loop pauses after a failed accept (for instance when
 /// the process is out of file descriptors), so it does not spin.
@@ -275,7 +279,17 @@ async fn serve_accepted<S>(
     let mut frames = FramedRead::new(reader, FrameCodec::new(config.max_frame_bytes));
     // Connections that never become sessions log at debug: anyone who can
     // connect can make as many as they like.
-    let first = match tokio::time::timeout(FIRST_FRAME_TIMEOUT, frames.next()).await {
+    // Empty frames (FB2) do not count: otherwise four zero bytes would open
+    // a session and hold a client slot past the deadline.
+    let first_envelope = async {
+        loop {
+            match frames.next().await {
+                Some(Ok(frame)) if frame.is_empty() => continue,
+                other => break other,
+            }
+        }
+    };
+    let first = match tokio::time::timeout(FIRST_FRAME_TIMEOUT, first_envelope).await {
         Ok(Some(Ok(frame))) => frame,
         Ok(Some(Err(error @ CodecError::Foreign(_)))) => {
             if let Some(held_back) = FOREIGN_CLIENTS.admit(std::time::Instant::now()) {
@@ -314,8 +328,31 @@ async fn serve_accepted<S>(
     // after it that arrived with it are still in `frames`' buffer.
     let frames = futures::stream::iter([Ok(first)]).chain(frames);
     let link = host_link_over(frames, writer, peer.clone(), config);
-    tracing::info!(%peer, sessions = host.session_count() + 1, "client connected");
-    match host.serve(link).await {
+    let session = match host.open_session(PeerOptions {
+        peer_id: peer.clone(),
+        publications: true,
+    }) {
+        Ok(session) => session,
+        // Closed without a word: no envelope says "full", and the client
+        // backs off and retries as after any lost connection (spec FB6).
+        Err(InputError::TooManyClients { limit }) => {
+            if let Some(held_back) = FULL_HOST.admit(std::time::Instant::now()) {
+                tracing::warn!(
+                    %peer,
+                    limit,
+                    held_back,
+                    "refusing a client: the host is at its limit of clients"
+                );
+            }
+            return;
+        }
+        Err(error) => {
+            tracing::debug!(%peer, %error, "refusing a client");
+            return;
+        }
+    };
+    tracing::info!(%peer, sessions = host.session_count(), "client connected");
+    match host.serve_session(session, link).await {
         Ok(()) => tracing::info!(%peer, "client disconnected"),
         // The session logged why it closed (a warning naming the error).
         Err(_) => tracing::info!(%peer, "client disconnected: the host closed the session"),
