@@ -1,12 +1,14 @@
 //! Renders the case catalogues of spec/CONFORMANCE.md from the vectors and
-//! from the host interop cases' table, so the document cannot drift from
-//! them: a test compares the generated text with the file, and
-//! `cosystem-conformance doc --write` rewrites it.
+//! from the host interop cases' table, and its rule coverage from those and
+//! spec/PROTOCOL.md, so the document cannot drift from them: a test compares
+//! the generated text with the file, and `cosystem-conformance doc --write`
+//! rewrites it.
 
 use std::fmt::Write as _;
 
 use serde_json::Value;
 
+use crate::coverage::Spec;
 use crate::vectors::client::{ClientAction, ClientCase, ClientExpect};
 use crate::vectors::host::{HostAction, HostCase};
 use crate::vectors::{Case, CaseInfo, Role};
@@ -21,17 +23,33 @@ pub const BEGIN_GRPC: &str = "<!-- BEGIN GENERATED HOST INTEROP CASES: edit conf
 /// The line after it.
 pub const END_GRPC: &str = "<!-- END GENERATED HOST INTEROP CASES -->";
 
+/// The line before the generated rule coverage.
+pub const BEGIN_COVERAGE: &str = "<!-- BEGIN GENERATED RULE COVERAGE: edit spec/PROTOCOL.md or the cases' spec lists, then run `cargo run -p cosystem-conformance -- doc --write spec/CONFORMANCE.md` -->";
+/// The line after it.
+pub const END_COVERAGE: &str = "<!-- END GENERATED RULE COVERAGE -->";
+
 /// Replaces the text between [`BEGIN`] and [`END`] in `document` with
 /// `catalogue`.
 pub fn splice(document: &str, catalogue: &str) -> Result<String, String> {
     splice_between(document, BEGIN, END, catalogue)
 }
 
-/// Replaces both generated catalogues of `document`: the vectors' and the
-/// host interop cases'.
-pub fn splice_all(document: &str, cases: &[Case]) -> Result<String, String> {
+/// Replaces every generated part of `document`: the vectors' catalogue,
+/// the host interop cases' and the rule coverage of `spec` (the text of
+/// spec/PROTOCOL.md). Fails without changing anything when a case cites an
+/// id `spec` does not define.
+pub fn splice_all(document: &str, cases: &[Case], spec: &str) -> Result<String, String> {
+    let coverage = rule_coverage(cases, spec)?;
     let document = splice(document, &catalogue(cases))?;
-    splice_between(&document, BEGIN_GRPC, END_GRPC, &grpc_catalogue())
+    let document = splice_between(&document, BEGIN_GRPC, END_GRPC, &grpc_catalogue())?;
+    splice_between(&document, BEGIN_COVERAGE, END_COVERAGE, &coverage)
+}
+
+/// The rule coverage of `spec` (the text of spec/PROTOCOL.md) by `cases`
+/// and the host interop cases: see [`crate::coverage::render`].
+pub fn rule_coverage(cases: &[Case], spec: &str) -> Result<String, String> {
+    let spec = Spec::parse(spec).map_err(|e| format!("spec/PROTOCOL.md: {e}"))?;
+    crate::coverage::render(&spec, &crate::coverage::citing_cases(cases))
 }
 
 fn splice_between(document: &str, begin: &str, end: &str, text: &str) -> Result<String, String> {
@@ -68,6 +86,11 @@ pub fn current(document: &str) -> Option<&str> {
 /// The generated host interop catalogue currently in `document`.
 pub fn current_grpc(document: &str) -> Option<&str> {
     between(document, BEGIN_GRPC, END_GRPC)
+}
+
+/// The generated rule coverage currently in `document`.
+pub fn current_coverage(document: &str) -> Option<&str> {
+    between(document, BEGIN_COVERAGE, END_COVERAGE)
 }
 
 /// The host interop catalogue: one entry per case of

@@ -12,6 +12,7 @@
 //! - [`report`]: per-case results and their printing.
 //! - [`wirejson`]: canonical JSON ⇄ wire types.
 //! - [`doc`]: renders spec/CONFORMANCE.md's case catalogue from the vectors.
+//! - [`coverage`]: which cases cite each rule id of spec/PROTOCOL.md.
 //!
 //! The client vectors run through [`adapter::ClientUnderTest`], so the same
 //! runner checks the reference client in process and any client behind an
@@ -19,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod adapter;
+pub mod coverage;
 pub mod doc;
 pub mod grpc;
 pub mod report;

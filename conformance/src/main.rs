@@ -2,7 +2,7 @@
 //!
 //! - `vectors` plays every vector against the reference cores in this
 //!   workspace; `list` prints the catalogue; `doc` prints spec/CONFORMANCE.md's
-//!   generated catalogues.
+//!   generated catalogues and rule coverage.
 //! - `client -- CMD ARGS…` tests a client implementation in any language
 //!   through its adapter program (spec/CONFORMANCE.md §6).
 //! - `host --connect URL` tests a running host implementation in any language
@@ -128,11 +128,18 @@ enum Command {
     /// List every case: role, tier, name, description.
     List,
     /// Print the case catalogues of spec/CONFORMANCE.md, generated from the
-    /// vectors and the host interop cases.
+    /// vectors and the host interop cases, and its rule coverage, which also
+    /// reads the rule ids of spec/PROTOCOL.md. Fails when a case cites an id
+    /// the spec does not define, or the spec defines one twice.
     Doc {
-        /// Rewrite the catalogues inside this file instead of printing them.
+        /// Rewrite the generated parts inside this file instead of printing
+        /// them.
         #[arg(long)]
         write: Option<PathBuf>,
+        /// The spec/PROTOCOL.md to read rule ids from instead of the copy
+        /// built into this binary.
+        #[arg(long, value_name = "FILE")]
+        spec: Option<PathBuf>,
     },
     /// Test a host implementation over gRPC. The host must serve the demo
     /// app (spec §19) and have no other client during the run.
@@ -200,6 +207,16 @@ fn load(dir: Option<PathBuf>) -> Result<Vec<Case>, ExitCode> {
         None => vectors::load_embedded(),
     }
     .map_err(|e| usage(format!("cannot load vectors: {e}")))
+}
+
+/// The text of spec/PROTOCOL.md: the file named, or the built-in copy.
+fn read_spec(path: Option<PathBuf>) -> Result<String, ExitCode> {
+    match path {
+        Some(path) => {
+            std::fs::read_to_string(&path).map_err(|e| usage(format!("{}: {e}", path.display())))
+        }
+        None => Ok(cosystem_conformance::coverage::EMBEDDED_SPEC.to_owned()),
+    }
 }
 
 fn finish(report: &Report, format: Format, mode: &str) -> ExitCode {
@@ -278,16 +295,20 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
             }
             ExitCode::SUCCESS
         }
-        Command::Doc { write } => {
+        Command::Doc { write, spec } => {
             let cases = load(cli.vectors)?;
+            let spec = read_spec(spec)?;
             let Some(path) = write else {
+                let coverage =
+                    cosystem_conformance::doc::rule_coverage(&cases, &spec).map_err(usage)?;
                 print!("{}", cosystem_conformance::doc::catalogue(&cases));
                 print!("{}", cosystem_conformance::doc::grpc_catalogue());
+                print!("{coverage}");
                 return Ok(ExitCode::SUCCESS);
             };
             std::fs::read_to_string(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|doc| cosystem_conformance::doc::splice_all(&doc, &cases))
+                .and_then(|doc| cosystem_conformance::doc::splice_all(&doc, &cases, &spec))
                 .and_then(|doc| std::fs::write(&path, doc).map_err(|e| e.to_string()))
                 .map_err(|e| usage(format!("{}: {e}", path.display())))?;
             ExitCode::SUCCESS

@@ -1,11 +1,24 @@
-//! spec/CONFORMANCE.md must describe exactly the shipped vectors.
+//! spec/CONFORMANCE.md must describe exactly the shipped vectors, and
+//! every case must cite only rules spec/PROTOCOL.md defines.
 
+use cosystem_conformance::coverage::{self, Spec};
 use cosystem_conformance::doc;
 use cosystem_conformance::vectors::{self, Case};
 
-fn document() -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../spec/CONFORMANCE.md");
+fn read(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../spec")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn document() -> String {
+    read("CONFORMANCE.md")
+}
+
+/// spec/PROTOCOL.md from the source tree, read like [`document`].
+fn protocol() -> String {
+    read("PROTOCOL.md")
 }
 
 fn cases() -> Vec<Case> {
@@ -67,4 +80,32 @@ fn every_host_interop_case_is_implemented_and_named_uniquely() {
     }
     let vector_names: Vec<String> = cases().iter().map(|c| c.info().name.clone()).collect();
     assert!(names.iter().all(|n| !vector_names.iter().any(|v| v == n)));
+}
+
+#[test]
+fn protocol_md_defines_each_rule_once() {
+    if let Err(e) = Spec::parse(&protocol()) {
+        panic!("spec/PROTOCOL.md: {e}");
+    }
+}
+
+#[test]
+fn every_rule_a_case_cites_is_defined_in_protocol_md() {
+    let spec = Spec::parse(&protocol()).unwrap_or_else(|e| panic!("{e}"));
+    let cases = cases();
+    let broken = coverage::broken_references(&spec, &coverage::citing_cases(&cases));
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+#[test]
+fn generated_rule_coverage_in_conformance_md_is_current() {
+    let doc = document();
+    let current =
+        doc::current_coverage(&doc).expect("CONFORMANCE.md has the rule coverage markers");
+    let expected = doc::rule_coverage(&cases(), &protocol()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        current == expected.trim(),
+        "spec/CONFORMANCE.md's rule coverage is out of date: run \
+         `cargo run -p cosystem-conformance -- doc --write spec/CONFORMANCE.md`"
+    );
 }
