@@ -148,6 +148,88 @@ fn is_length_error(error: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Decodes `chunks` arriving one after another, then the end of the
+    /// stream: the frames read, and the error that ended it, if any.
+    fn decode_chunks(limit: usize, chunks: &[Vec<u8>]) -> (Vec<BytesMut>, Option<CodecError>) {
+        let mut codec = FrameCodec::new(limit);
+        let mut buffer = BytesMut::new();
+        let mut frames = Vec::new();
+        for chunk in chunks {
+            buffer.extend_from_slice(chunk);
+            loop {
+                match codec.decode(&mut buffer) {
+                    Ok(Some(frame)) => frames.push(frame),
+                    Ok(None) => break,
+                    Err(error) => return (frames, Some(error)),
+                }
+            }
+        }
+        loop {
+            match codec.decode_eof(&mut buffer) {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => return (frames, None),
+                Err(error) => return (frames, Some(error)),
+            }
+        }
+    }
+
+    /// Cuts `bytes` at the given points (each taken modulo the length).
+    fn cut(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        points.extend([0, bytes.len()]);
+        points.sort_unstable();
+        points
+            .windows(2)
+            .map(|w| bytes[w[0]..w[1]].to_vec())
+            .collect()
+    }
+
+    proptest! {
+        /// A peer that speaks frames is never taken for another protocol:
+        /// frames within the limit, whatever their bodies (an HTTP request
+        /// line, a TLS record) and however the bytes are split, read back
+        /// as sent.
+        #[test]
+        fn frames_within_the_limit_read_back_whatever_their_bodies_and_splits(
+            bodies in prop::collection::vec(
+                prop_oneof![
+                    prop::collection::vec(any::<u8>(), 0..64),
+                    Just(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec()),
+                    Just(b"GET / HTTP/1.1\r\n\r\n".to_vec()),
+                    Just(vec![0x16, 3, 1, 0, 5, 1, 2, 3, 4, 5]),
+                    Just(vec![0, 0, 18, 4, 0, 0, 0, 0, 0]),
+                ],
+                0..6,
+            ),
+            cuts in prop::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let mut wire = Vec::new();
+            for body in &bodies {
+                wire.extend_from_slice(&(body.len() as u32).to_be_bytes());
+                wire.extend_from_slice(body);
+            }
+            let (frames, error) = decode_chunks(64, &cut(&wire, &cuts));
+            prop_assert!(error.is_none(), "{:?}", error);
+            let read: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
+            let sent: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+            prop_assert_eq!(read, sent);
+        }
+
+        /// Any bytes at all end in frames, a clean end, or a typed error,
+        /// and another protocol is named only before the first frame.
+        #[test]
+        fn any_bytes_give_frames_or_a_typed_error_and_foreign_only_first(
+            bytes in prop::collection::vec(any::<u8>(), 0..80),
+            cuts in prop::collection::vec(any::<usize>(), 0..6),
+        ) {
+            let (frames, error) = decode_chunks(32, &cut(&bytes, &cuts));
+            if matches!(error, Some(CodecError::Foreign(_))) {
+                prop_assert!(frames.is_empty());
+            }
+        }
+    }
 
     #[test]
     fn a_frame_round_trips_through_the_codec() {
