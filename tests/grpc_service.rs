@@ -596,16 +596,26 @@ async fn a_host_message_over_the_clients_limit_stops_the_client_instead_of_refet
     assert!(error.message.contains("exceeds the limit"), "{error}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_health_watch_reads_not_serving_then_ends_unavailable_when_the_server_stops() {
+/// A `GrpcServer` serving a host, its address, the sender whose drop stops
+/// it, and the task of its `serve`.
+async fn serve_until_stopped() -> (
+    std::net::SocketAddr,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), cosystem_worker::transport::grpc::GrpcError>>,
+) {
     let host = host_with(HostLimits::default());
-    let server = GrpcServer::builder(host.clone())
+    let server = GrpcServer::builder(host)
         .bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let addr = server.local_addr();
     let (stop, stopped) = oneshot::channel::<()>();
-    let serving = tokio::spawn(server.serve(until(stopped)));
+    (addr, stop, tokio::spawn(server.serve(until(stopped))))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_watch_reads_not_serving_then_ends_unavailable_when_the_server_stops() {
+    let (addr, stop, serving) = serve_until_stopped().await;
     let mut watch = common::open_health_watch(format!("http://{addr}")).await;
     drop(stop);
     // Watchdogs, not timing assertions: tonic-health's own watch never
@@ -635,14 +645,7 @@ async fn a_health_watch_reads_not_serving_then_ends_unavailable_when_the_server_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_its_client_leaves_open_does_not_keep_the_server_from_stopping() {
-    let host = host_with(HostLimits::default());
-    let server = GrpcServer::builder(host.clone())
-        .bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let addr = server.local_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let serving = tokio::spawn(server.serve(until(stopped)));
+    let (addr, stop, serving) = serve_until_stopped().await;
     let reflection = common::open_reflection_stream(format!("http://{addr}")).await;
     drop(stop);
     // The reflection stream is never half-closed; serve returns after its
