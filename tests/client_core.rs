@@ -1987,6 +1987,30 @@ fn small_patches_cannot_each_shift_the_whole_per_patch_floor() {
     assert_eq!(c.version(), Some(3));
 }
 
+/// However much credit has built up, one patch may shift no more than the
+/// per-patch limit of §15: max(2^24, 4 × its length) elements.
+#[test]
+fn one_patch_shifts_no_more_than_the_per_patch_limit_whatever_the_credit() {
+    let mut c = new_client();
+    c.handle_message(at(1), snapshot(E1, 1, json!({"a": vec![0; 1 << 20]}), 0));
+    while c.poll_event().is_some() {}
+    // 16 insertions at the front of 2^20 elements: just over 2^24 shifts,
+    // in a patch far too short to raise its own limit. The credit, a
+    // minute after the snapshot, holds far more than that.
+    let ops: Vec<Value> = (0..16)
+        .map(|i| json!({"op": "add", "path": format!("/a/{}", i % 2), "value": 1}))
+        .collect();
+    c.handle_message(at(60_000), patch(E1, 1, 2, Value::Array(ops)));
+    let conflicts: Vec<ConflictReason> = std::iter::from_fn(|| c.poll_event())
+        .filter_map(|e| match e {
+            ClientEvent::Conflict(conflict) => Some(conflict.reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(conflicts, [ConflictReason::PatchApplyFailed]);
+    assert_eq!(c.version(), Some(1), "the mirror is unchanged");
+}
+
 /// A patch that fails after shifting has done that work, and undone it: it
 /// spends the credit as much as one that applies, or a host could stream
 /// failing patches that each shift the whole floor.

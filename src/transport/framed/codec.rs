@@ -305,6 +305,16 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_of_exactly_the_limit_is_written() {
+        let mut codec = FrameCodec::new(3);
+        let mut buffer = BytesMut::new();
+        codec
+            .encode(Bytes::from_static(b"abc"), &mut buffer)
+            .unwrap();
+        assert_eq!(&buffer[..], &[0, 0, 0, 3, b'a', b'b', b'c']);
+    }
+
+    #[test]
     fn an_oversize_frame_is_not_written() {
         let mut codec = FrameCodec::new(2);
         let mut buffer = BytesMut::new();
