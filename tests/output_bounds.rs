@@ -130,31 +130,9 @@ fn a_change_whose_diff_dwarfs_its_section_is_published_as_one_replace_of_the_sec
     assert_eq!(view["nums"].as_array().map(Vec::len), Some(19_999));
 }
 
-fn texts() -> App {
-    App::new().with(
-        JsonModule::new("texts", json!({"items": []}))
-            .method("add", |d: &mut Draft<'_>, (text,): (String,)| {
-                d.push("/items", text)?;
-                Ok(())
-            })
-            .method("clear", |d: &mut Draft<'_>, (): ()| {
-                d.replace("/items", json!([]))?;
-                Ok(())
-            })
-            // Its value can be larger than its call: `text` `times` times.
-            .method(
-                "echo",
-                |d: &mut Draft<'_>, (text, times): (String, usize)| {
-                    d.push("/items", "echoed")?;
-                    Ok(text.repeat(times))
-                },
-            ),
-    )
-}
-
 #[test]
 fn a_resume_longer_than_one_message_is_answered_with_a_snapshot() {
-    let mut h = host(texts(), LIMIT);
+    let mut h = host(common::texts(true), LIMIT);
     let (peer, _) = attach(&mut h);
     // Five 20 KB additions, each cleared again: the view stays tiny, the
     // operations from version 1 add up to over 100 KB.
@@ -188,7 +166,7 @@ fn a_resume_longer_than_one_message_is_answered_with_a_snapshot() {
 
 #[test]
 fn a_value_too_large_for_one_result_is_refused_and_commits_nothing() {
-    let mut h = host(texts(), LIMIT);
+    let mut h = host(common::texts(true), LIMIT);
     let (peer, _) = attach(&mut h);
     call(
         &mut h,
@@ -214,7 +192,7 @@ fn a_value_too_large_for_one_result_is_refused_and_commits_nothing() {
 
 #[test]
 fn an_error_quoting_a_huge_name_is_cut_short() {
-    let mut h = host(texts(), 4 * 1024 * 1024);
+    let mut h = host(common::texts(true), 4 * 1024 * 1024);
     let (peer, _) = attach(&mut h);
     let name = "\u{1}".repeat(1_000_000);
     call(&mut h, peer, 1, &name, "m", json!([]));
@@ -229,7 +207,7 @@ fn an_error_quoting_a_huge_name_is_cut_short() {
 
 #[test]
 fn a_session_that_does_not_read_its_results_is_refused_calls_then_closed() {
-    let mut h = host(texts(), LIMIT);
+    let mut h = host(common::texts(true), LIMIT);
     let (peer, _) = attach(&mut h);
     // Every result is addressed to its call's 1 KB source, so each unread
     // result holds about 1 KB.
@@ -305,7 +283,7 @@ fn error_details_too_large_are_dropped_and_the_message_says_so() {
 
 #[test]
 fn an_envelope_whose_source_is_too_long_to_answer_is_not_processed() {
-    let mut h = host(texts(), LIMIT);
+    let mut h = host(common::texts(true), LIMIT);
     let (peer, _) = attach(&mut h);
     let message = call_envelope(&"s".repeat(2000), 1, "texts", "add", json!(["x"]));
     let refused = h.handle_message(peer, message);

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 /// A hang guard for child processes, not a speed check.
 const GUARD: Duration = Duration::from_secs(60);
 
-use cosystem_worker::app::{App, MethodError, TypedModule};
+use cosystem_worker::app::{App, Draft, JsonModule, MethodError, TypedModule};
 use cosystem_worker::demo;
 
 /// A gate the `slow.hold` method waits at until the test opens it, so a
@@ -494,4 +494,31 @@ pub fn patch_config(max_message_bytes: usize) -> cosystem_worker::host::HostConf
         },
         ..HostConfig::default()
     }
+}
+
+/// A `texts` module: `add(text)` pushes onto `/items`, `clear()` empties
+/// it, and `echo(text, times)` returns `text` repeated, so its value can be
+/// far larger than its call. With `echo_commits`, an echo also pushes
+/// `"echoed"`, so that it commits a change besides answering.
+pub fn texts(echo_commits: bool) -> App {
+    App::new().with(
+        JsonModule::new("texts", serde_json::json!({"items": []}))
+            .method("add", |d: &mut Draft<'_>, (text,): (String,)| {
+                d.push("/items", text)?;
+                Ok(())
+            })
+            .method("clear", |d: &mut Draft<'_>, (): ()| {
+                d.replace("/items", serde_json::json!([]))?;
+                Ok(())
+            })
+            .method(
+                "echo",
+                move |d: &mut Draft<'_>, (text, times): (String, usize)| {
+                    if echo_commits {
+                        d.push("/items", "echoed")?;
+                    }
+                    Ok(text.repeat(times))
+                },
+            ),
+    )
 }
