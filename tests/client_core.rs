@@ -1995,8 +1995,9 @@ fn one_patch_shifts_no_more_than_the_per_patch_limit_whatever_the_credit() {
     c.handle_message(at(1), snapshot(E1, 1, json!({"a": vec![0; 1 << 20]}), 0));
     while c.poll_event().is_some() {}
     // 16 insertions at the front of 2^20 elements: just over 2^24 shifts,
-    // in a patch far too short to raise its own limit. The credit, a
-    // minute after the snapshot, holds far more than that.
+    // in a patch far too short to raise its own limit. A minute after the
+    // snapshot the credit is full, and it and the patch's own allowance
+    // together would cover them: only the per-patch limit refuses.
     let ops: Vec<Value> = (0..16)
         .map(|i| json!({"op": "add", "path": format!("/a/{}", i % 2), "value": 1}))
         .collect();

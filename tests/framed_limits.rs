@@ -539,3 +539,37 @@ async fn a_host_shut_down_by_the_application_stops_its_framed_listener() {
         .expect("the listener task")
         .expect("serve_tcp ended cleanly");
 }
+
+/// A framed client pointed at a gRPC host stops at once, naming HTTP/2
+/// (spec FB9), whatever the length of its first frame: a tonic host reads
+/// only the 24 bytes of the HTTP/2 preface and hangs up, so a longer first
+/// frame is left unread and the hang-up arrives as a reset, not an end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framed_client_at_a_grpc_host_stops_naming_http2_whatever_its_first_frame() {
+    use cosystem_worker::transport::grpc::GrpcServer;
+    let server = GrpcServer::builder(host(HostLimits::default().max_message_bytes))
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let address = server.local_addr().to_string();
+    tokio::spawn(server.serve(std::future::pending()));
+    for peer_id in ["c", "client", "a-client-whose-id-makes-a-long-first-frame"] {
+        let client = Client::new(
+            TcpConnector::new(address.clone()),
+            ClientConfig {
+                peer_id: peer_id.into(),
+                ..ClientConfig::default()
+            },
+        );
+        // A watchdog, not a timing assertion: a client that took the
+        // hang-up for a lost connection would retry until it.
+        let error = tokio::time::timeout(Duration::from_secs(60), client.ready())
+            .await
+            .expect("the client stopped")
+            .expect_err("a gRPC host is no framed host");
+        assert!(
+            error.message.contains("as a gRPC host does"),
+            "{peer_id}: {error}"
+        );
+    }
+}

@@ -10,8 +10,8 @@ use cosystem_worker::app::App;
 use cosystem_worker::demo;
 use cosystem_worker::host::{HostConfig, HostCore, HostLimits, PeerKey, PeerOptions, SyncMode};
 use cosystem_worker::wire::{
-    Call, ClientMessage, Header, HostFrame, SnapshotReason, SyncReason, SyncRequest,
-    client_message, host_message,
+    Call, ClientMessage, ErrorCode, Header, HostFrame, SnapshotReason, SyncReason, SyncRequest,
+    call_result, client_message, host_message,
 };
 use prost::Message;
 use serde_json::json;
@@ -123,6 +123,14 @@ fn a_result_to_a_long_source_still_fits_one_message() {
         "result of {} bytes",
         out[0].message().encoded_len()
     );
+    let host_message::Kind::Result(result) = kind(&out[0]) else {
+        panic!("a result: {out:?}")
+    };
+    assert!(
+        matches!(&result.outcome, Some(call_result::Outcome::Error(e)) if e.code() == ErrorCode::ResourceExhausted),
+        "{:?}",
+        result.outcome
+    );
 }
 
 /// A resume Patch that would not fit one message with the requester's long
@@ -160,6 +168,14 @@ fn a_sync_reply_after_a_bookmark_tick_takes_the_bookmarks_place() {
     h.handle_message(p, sync_env("a", 2, 5)).unwrap();
     let out = frames(&mut h, p);
     assert_eq!(out.len(), 1, "{out:?}");
+    let host_message::Kind::Patch(reply) = kind(&out[0]) else {
+        panic!("a bookmark-shaped reply: {out:?}")
+    };
+    assert_eq!(
+        (reply.sync_id, reply.version),
+        (5, 2),
+        "the reply, not the tick's bookmark"
+    );
 }
 
 /// A sync reply does not overtake a result that is already sendable (H4).

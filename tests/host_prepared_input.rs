@@ -6,7 +6,9 @@
 mod common;
 
 use cosystem_worker::demo;
-use cosystem_worker::host::{HostCore, InputError, PeerKey, PeerOptions, PreparedInput};
+use cosystem_worker::host::{
+    ArgsBudget, HostCore, InputError, MAX_PREPARSED_ARGS, PeerKey, PeerOptions, PreparedInput,
+};
 use cosystem_worker::wire::{Call, ClientMessage, Header, SyncRequest, client_message};
 use proptest::prelude::*;
 use prost::Message;
@@ -182,4 +184,46 @@ fn a_call_over_the_limit_is_answered_unrun_when_prepared_as_a_message() {
         "answered resource-exhausted: {text}"
     );
     assert_eq!(core.version(), 1, "not run");
+}
+
+/// Arguments longer than the unbudgeted bound, parsed ahead within a budget
+/// or left to the core, act the same; the budget's room comes back.
+#[test]
+fn long_arguments_parsed_ahead_or_by_the_core_act_the_same() {
+    let limit = 4 * MAX_PREPARSED_ARGS;
+    let args_json = format!("[1{}]", " ".repeat(MAX_PREPARSED_ARGS));
+    let call = ClientMessage {
+        header: Some(Header::v1(EPOCH, "c1", "")),
+        kind: Some(client_message::Kind::Call(Call {
+            call_id: 1,
+            module: "counter".into(),
+            method: "increase".into(),
+            args_json,
+        })),
+    };
+    let core_with_limit = || {
+        let mut core = HostCore::new(common::patch_config(limit), demo::app("secret"), EPOCH);
+        let peer = core
+            .connect(PeerOptions {
+                peer_id: "c1".into(),
+                publications: true,
+            })
+            .expect("a session");
+        (core, peer)
+    };
+    let bytes = call.encode_to_vec();
+    let budget = ArgsBudget::new(limit);
+    let (mut ahead, a) = core_with_limit();
+    let mut input = PreparedInput::decode(&bytes, limit).expect("a call");
+    input.parse_ahead(&budget);
+    assert!(budget.held() > MAX_PREPARSED_ARGS, "parsed ahead");
+    let got: Effect = (ahead.handle_input(a, &input), output(&mut ahead, a));
+    drop(input);
+    assert_eq!(budget.held(), 0);
+    let (mut by_core, b) = core_with_limit();
+    let input = PreparedInput::decode(&bytes, limit).expect("a call");
+    let want: Effect = (by_core.handle_input(b, &input), output(&mut by_core, b));
+    assert_eq!(got, want);
+    assert_eq!(ahead.view(), by_core.view());
+    assert_eq!(ahead.version(), 2);
 }

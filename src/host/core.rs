@@ -424,6 +424,7 @@ impl HostCore {
             limit: prepared_for,
             size,
             args,
+            ..
         } = input;
         match source {
             Source::View(view) => match *size {

@@ -19,6 +19,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use super::busy::Busy;
 use super::core_lock::CoreLock;
 use super::in_method::{called_back, in_method_of};
+use super::input::ArgsBudget;
 use super::stall_guard;
 use super::{
     HostConfig, HostCore, HostEvent, HostLimits, HostStats, InputError, PeerKey, PeerOptions,
@@ -43,6 +44,8 @@ struct Shared {
     /// The core's message size limit, read once: sessions prepare their
     /// input against it before they lock the core.
     max_message_bytes: usize,
+    /// The room sessions share to parse long arguments before the lock.
+    args_budget: ArgsBudget,
     wakers: Mutex<FastMap<PeerKey, Arc<Notify>>>,
     closed: std::sync::atomic::AtomicBool,
     /// `closed`, for [`Host::closed`] to wait on.

@@ -8,6 +8,9 @@
 //! locks the core for what only the core can do
 //! ([`HostCore::handle_input`](super::HostCore::handle_input)).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use serde_json::Value;
 
 use super::error::InputError;
@@ -36,8 +39,10 @@ pub struct PreparedInput<'a> {
     pub(super) size: Option<usize>,
     /// A call's arguments as `args_json` parses (J4), when the envelope is
     /// a call within `limit` whose arguments are at most
-    /// [`MAX_PREPARSED_ARGS`] bytes.
+    /// [`MAX_PREPARSED_ARGS`] bytes, or were parsed within a budget.
     pub(super) args: Option<Result<Vec<Value>, MethodError>>,
+    /// The budget room longer parsed arguments hold, until this is dropped.
+    reservation: Option<Reservation>,
 }
 
 /// What the envelope was handed over as.
@@ -71,7 +76,32 @@ impl<'a> PreparedInput<'a> {
             source: Source::View(view),
             limit: max_message_bytes,
             size: Some(bytes.len()),
+            reservation: None,
         })
+    }
+}
+
+impl PreparedInput<'_> {
+    /// Parses a call's arguments longer than [`MAX_PREPARSED_ARGS`] now,
+    /// before the core is locked, if `budget` has room for their text; the
+    /// room is held until this input is dropped. Without room, or for
+    /// anything else, it does nothing, and the core parses them under its
+    /// lock. Either way the input's effect is the same.
+    pub fn parse_ahead(&mut self, budget: &ArgsBudget) {
+        if self.args.is_some() || self.size.is_some_and(|size| size > self.limit) {
+            return;
+        }
+        let view = match &self.source {
+            Source::View(view) => *view,
+            Source::Message(message) => ClientView::from(message),
+        };
+        let Some(ClientKindView::Call(call)) = view.kind else {
+            return;
+        };
+        if let Some(reservation) = budget.reserve(call.args_json.len()) {
+            self.args = Some(parse_args(call.args_json));
+            self.reservation = Some(reservation);
+        }
     }
 }
 
@@ -89,24 +119,90 @@ impl PreparedInput<'static> {
             limit: max_message_bytes,
             size,
             args,
+            reservation: None,
         }
     }
 }
 
-/// The longest `args_json` parsed before the core is locked; longer
-/// arguments are parsed by the core, under its lock.
+/// The longest `args_json` that [`PreparedInput::decode`] and
+/// [`PreparedInput::message`] parse on their own; longer arguments are
+/// parsed ahead only within an [`ArgsBudget`]
+/// ([`PreparedInput::parse_ahead`]), and otherwise by the core, under its
+/// lock.
 ///
 /// Parsed JSON takes up to ~16× its text (`[0,0,…]`: a 32-byte `Value` per
 /// 2 bytes, and the array's spare capacity), and every session may hold
 /// one prepared input while another session's method has the core. Parsed
 /// ahead without a bound, a 4 MiB call would hold 64 MiB per session that
-/// sends one; bounded, a waiting session holds ~4 MiB at most, about what
-/// its envelope's bytes take anyway. Calls this long are rare, and their
-/// methods are O(arguments) under the lock in any case.
+/// sends one; up to this length, a waiting session holds ~4 MiB at most,
+/// about what its envelope's bytes take anyway.
 pub const MAX_PREPARSED_ARGS: usize = 256 * 1024;
 
+/// How many bytes of arguments longer than [`MAX_PREPARSED_ARGS`] a host's
+/// sessions may hold parsed ahead at once, in all: 8 MiB of text, at most
+/// ~128 MiB parsed. A few large calls are parsed outside the lock, as
+/// shorter ones are; a flood of them is parsed one at a time under it.
+pub const ARGS_BUDGET_BYTES: usize = 8 * 1024 * 1024;
+
+/// The room a host's sessions share for parsing long arguments ahead of
+/// the lock ([`PreparedInput::parse_ahead`]). Cloning shares the room.
+#[derive(Debug, Clone)]
+pub struct ArgsBudget {
+    held: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+impl ArgsBudget {
+    /// Room for `limit` bytes of argument text at once.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            held: Arc::new(AtomicUsize::new(0)),
+            limit,
+        }
+    }
+
+    /// Bytes of argument text now held parsed within this budget.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Takes `bytes` of the room, if that much is free.
+    fn reserve(&self, bytes: usize) -> Option<Reservation> {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|&total| total <= self.limit)
+            })
+            .ok()?;
+        Some(Reservation {
+            held: self.held.clone(),
+            bytes,
+        })
+    }
+}
+
+impl Default for ArgsBudget {
+    /// [`ARGS_BUDGET_BYTES`].
+    fn default() -> Self {
+        Self::new(ARGS_BUDGET_BYTES)
+    }
+}
+
+/// Room taken in an [`ArgsBudget`], given back when the input holding it
+/// is dropped.
+#[derive(Debug)]
+struct Reservation {
+    held: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
 /// The arguments of `view` if it is a call whose arguments are short
-/// enough to parse ahead ([`MAX_PREPARSED_ARGS`]).
+/// enough to parse ahead unbudgeted ([`MAX_PREPARSED_ARGS`]).
 fn call_args(view: &ClientView<'_>) -> Option<Result<Vec<Value>, MethodError>> {
     match view.kind {
         Some(ClientKindView::Call(call)) if call.args_json.len() <= MAX_PREPARSED_ARGS => {
@@ -159,13 +255,19 @@ pub(super) fn size_near_limit(message: &ClientMessage, limit: usize) -> Option<u
 
 #[cfg(test)]
 mod preparse_tests {
-    use super::{MAX_PREPARSED_ARGS, PreparedInput};
+    use super::{ArgsBudget, MAX_PREPARSED_ARGS, PreparedInput};
     use crate::wire::{Call, ClientMessage, Header, client_message};
     use prost::Message;
 
+    const LIMIT: usize = 4 * 1024 * 1024;
+
+    /// A call whose `args_json` is `[0,0,…]`, padded with spaces to exactly
+    /// `len` bytes (at least 3), encoded.
     fn call_with_args_of(len: usize) -> Vec<u8> {
-        // `[0,0,…]` of exactly `len` bytes (len odd, at least 3).
-        let args_json = format!("[0{}]", ",0".repeat((len - 3) / 2));
+        let zeros = (len - 1) / 2;
+        let mut args_json = format!("[0{}", ",0".repeat(zeros - 1));
+        args_json.push_str(&" ".repeat(len - 1 - args_json.len()));
+        args_json.push(']');
         assert_eq!(args_json.len(), len);
         ClientMessage {
             header: Some(Header::v1("", "c", "")),
@@ -181,15 +283,34 @@ mod preparse_tests {
 
     #[test]
     fn arguments_up_to_the_bound_are_parsed_ahead_and_longer_ones_left_to_the_core() {
-        let limit = 4 * 1024 * 1024;
-        let at_bound = call_with_args_of(MAX_PREPARSED_ARGS - 1);
-        let prepared = PreparedInput::decode(&at_bound, limit).expect("a call");
-        assert!(
-            matches!(&prepared.args, Some(Ok(args)) if args.len() == MAX_PREPARSED_ARGS / 2 - 1)
-        );
+        for len in [MAX_PREPARSED_ARGS - 1, MAX_PREPARSED_ARGS] {
+            let bytes = call_with_args_of(len);
+            let prepared = PreparedInput::decode(&bytes, LIMIT).expect("a call");
+            assert!(matches!(&prepared.args, Some(Ok(_))), "{len}");
+        }
         let over = call_with_args_of(MAX_PREPARSED_ARGS + 1);
-        let prepared = PreparedInput::decode(&over, limit).expect("a call");
+        let prepared = PreparedInput::decode(&over, LIMIT).expect("a call");
         assert!(prepared.args.is_none());
+    }
+
+    #[test]
+    fn longer_arguments_are_parsed_ahead_within_the_budget_and_give_its_room_back() {
+        let long = call_with_args_of(MAX_PREPARSED_ARGS + 1);
+        let budget = ArgsBudget::new(MAX_PREPARSED_ARGS * 3 / 2);
+        let mut first = PreparedInput::decode(&long, LIMIT).expect("a call");
+        first.parse_ahead(&budget);
+        assert!(matches!(&first.args, Some(Ok(_))));
+        assert_eq!(budget.held(), MAX_PREPARSED_ARGS + 1);
+        // No room for a second while the first is held: the core parses it.
+        let mut second = PreparedInput::decode(&long, LIMIT).expect("a call");
+        second.parse_ahead(&budget);
+        assert!(second.args.is_none());
+        drop(first);
+        assert_eq!(budget.held(), 0);
+        second.parse_ahead(&budget);
+        assert!(matches!(&second.args, Some(Ok(_))));
+        drop(second);
+        assert_eq!(budget.held(), 0);
     }
 }
 

@@ -27,10 +27,10 @@ pub use core::{HostCore, MAX_PEER_ID, PeerKey, PeerOptions};
 pub use driver::{DEFAULT_BOOKMARK_INTERVAL, EVENT_BUFFER, Host, HostBuilder, Session};
 pub use error::InputError;
 pub use event::{CallRecord, HostEvent, RECORDED_NAME};
-pub use input::{MAX_PREPARSED_ARGS, PreparedInput};
+pub use input::{ARGS_BUDGET_BYTES, ArgsBudget, MAX_PREPARSED_ARGS, PreparedInput};
 pub use stats::HostStats;
 pub use timing::{LatencyHistogram, MethodRun, MethodTiming};
-pub use view_depth::MAX_VIEW_DEPTH;
+pub use view_depth::{MAX_PRIVATE_DEPTH, MAX_VIEW_DEPTH};
 
 /// A new epoch: 128 bits, hex, different for every call in practice.
 ///

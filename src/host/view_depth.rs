@@ -23,11 +23,32 @@ pub const MAX_VIEW_DEPTH: usize = 64;
 /// shift it elsewhere, so with either the whole section is measured
 /// instead: O(state), but neither built-in module kind emits them.
 pub(super) fn too_deep(ops: &[PatchOperation], state: &Value) -> Option<usize> {
+    too_deep_within(ops, state, MAX_VIEW_DEPTH)
+}
+
+/// How deep a host lets the state of a module it does not publish nest,
+/// the module's state being level 1. No client mirrors it, so it need not
+/// fit [`MAX_VIEW_DEPTH`]; but the host walks it recursively (measuring,
+/// serialising and freeing it), so it must not nest without bound: each
+/// call can nest a value it stores ~127 levels further. 256 levels take a
+/// few hundred KiB of stack at most, within any thread's.
+pub const MAX_PRIVATE_DEPTH: usize = 256;
+
+/// [`too_deep`] for a module the host does not publish: the first level
+/// over [`MAX_PRIVATE_DEPTH`] that `ops` place a value at, counted in the
+/// module's state (its root being level 1).
+pub(super) fn private_too_deep(ops: &[PatchOperation], state: &Value) -> Option<usize> {
+    // A private section is measured as if it sat in a view, one level down.
+    too_deep_within(ops, state, MAX_PRIVATE_DEPTH + 1).map(|level| level - 1)
+}
+
+/// [`too_deep`] against `limit` levels of a view.
+fn too_deep_within(ops: &[PatchOperation], state: &Value, limit: usize) -> Option<usize> {
     if ops
         .iter()
         .any(|op| matches!(op, PatchOperation::Move(_) | PatchOperation::Copy(_)))
     {
-        return section_too_deep(state);
+        return deeper_than(state, limit - 1).map(|depth| 1 + depth);
     }
     for op in ops {
         let (path, value) = match op {
@@ -38,7 +59,7 @@ pub(super) fn too_deep(ops: &[PatchOperation], state: &Value) -> Option<usize> {
         // The containers around the target: the view's object, then one
         // per token of `path`, the section's own state being the first.
         let containers = 1 + path.bytes().filter(|&b| b == b'/').count();
-        let Some(room) = MAX_VIEW_DEPTH.checked_sub(containers) else {
+        let Some(room) = limit.checked_sub(containers) else {
             return Some(containers);
         };
         if let Some(depth) = deeper_than(value, room) {
@@ -92,6 +113,26 @@ mod tests {
             path: PointerBuf::parse(path).expect("pointer"),
             value,
         })
+    }
+
+    #[test]
+    fn a_private_module_is_measured_in_its_own_levels_against_its_own_limit() {
+        // `/x` then a value of depth d: the module's levels are 1 + d.
+        let fits = MAX_PRIVATE_DEPTH - 1;
+        assert_eq!(
+            private_too_deep(&[add("/x", nested(fits))], &json!({})),
+            None
+        );
+        assert_eq!(
+            private_too_deep(&[add("/x", nested(fits + 1))], &json!({})),
+            Some(MAX_PRIVATE_DEPTH + 1)
+        );
+        // Deeper than a view may be, yet within a private module's limit.
+        assert!(too_deep(&[add("/x", nested(100))], &json!({})).is_some());
+        assert_eq!(
+            private_too_deep(&[add("/x", nested(100))], &json!({})),
+            None
+        );
     }
 
     proptest! {

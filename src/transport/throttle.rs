@@ -20,14 +20,6 @@ struct State {
 }
 
 impl Throttle {
-    /// A throttle that has logged nothing yet, for a `static`.
-    pub(crate) const fn new() -> Self {
-        Self(Mutex::new(State {
-            last: None,
-            held_back: 0,
-        }))
-    }
-
     /// Whether the occurrence at `now` is logged: `Some(n)` with the number
     /// of occurrences held back since the last one logged, or `None` if it
     /// is held back itself.

@@ -17,7 +17,7 @@ use crate::host::event::{CallRecord, HostEvent, RECORDED_NAME, cut};
 use crate::host::history::Entry;
 use crate::host::in_method::{CALLED_BACK, CalledBack, InMethod};
 use crate::host::input::parse_args;
-use crate::host::view_depth::{MAX_VIEW_DEPTH, too_deep};
+use crate::host::view_depth::{MAX_PRIVATE_DEPTH, MAX_VIEW_DEPTH, private_too_deep, too_deep};
 use crate::host::view_size::growth_bound;
 use crate::wire::view::{CallView, HeaderView};
 use crate::wire::{
@@ -323,19 +323,21 @@ impl HostCore {
         };
         // A view nested deeper than clients mirror is one no client could
         // sync to, so such a call is refused like one `accept` refuses. A
-        // private module is held to the same depth: each call may nest a
+        // private module has a limit of its own: each call may nest a
         // stored argument ~127 levels further, and state nested without
         // bound overflows the host's stack when it is measured, serialised
         // or dropped, taking every session down with it.
         let refused = accept(&invocation.value).err().or_else(|| {
-            let deep = too_deep(&invocation.ops, self.modules[i].state())?;
+            let state = self.modules[i].state();
             let message = if self.published[i] {
+                let deep = too_deep(&invocation.ops, state)?;
                 format!(
                     "the call would nest the published view {deep} levels deep, deeper than the {MAX_VIEW_DEPTH} every client can mirror; nothing was committed"
                 )
             } else {
+                let deep = private_too_deep(&invocation.ops, state)?;
                 format!(
-                    "the call would nest the state of module {module} {deep} levels deep, deeper than the {MAX_VIEW_DEPTH} the host allows; nothing was committed"
+                    "the call would nest the state of module {module} {deep} levels deep, deeper than the {MAX_PRIVATE_DEPTH} the host allows a module it does not publish; nothing was committed"
                 )
             };
             Some(MethodError::new(ErrorCode::ResourceExhausted, message))

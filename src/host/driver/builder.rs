@@ -8,6 +8,7 @@ use tokio::sync::{broadcast, watch};
 use super::{EVENT_BUFFER, Host, Shared, bookmarks};
 use crate::app::App;
 use crate::fast_hash::FastMap;
+use crate::host::ArgsBudget;
 use crate::host::busy::Busy;
 use crate::host::core_lock::CoreLock;
 use crate::host::{HostConfig, HostCore, HostLimits, SyncMode, new_epoch};
@@ -115,6 +116,7 @@ impl HostBuilder {
                 busy,
                 core_id: core.id(),
                 max_message_bytes: core.config().limits.max_message_bytes,
+                args_budget: ArgsBudget::default(),
                 core: CoreLock::new(core),
                 wakers: Mutex::new(FastMap::default()),
                 closed: std::sync::atomic::AtomicBool::new(false),

@@ -169,7 +169,11 @@ impl Session {
 
     /// Handles one envelope from the client, held to the max message size
     /// as it would be encoded ([`HostCore::handle_message`]). It is sized,
-    /// and a call's arguments parsed, before the core is locked.
+    /// and a call's arguments parsed, before the core is locked; arguments
+    /// over [`MAX_PREPARSED_ARGS`](crate::host::MAX_PREPARSED_ARGS) only
+    /// while the host's sessions hold less than
+    /// [`ARGS_BUDGET_BYTES`](crate::host::ARGS_BUDGET_BYTES) of such
+    /// arguments parsed, and otherwise under the lock.
     pub fn handle(&self, message: ClientMessage) -> Result<(), InputError> {
         // Dropped after the core is let go: freeing large arguments is work
         // too.
@@ -179,7 +183,9 @@ impl Session {
 
     /// `message` made ready for the core without it ([`PreparedInput`]).
     pub(super) fn prepare(&self, message: ClientMessage) -> PreparedInput<'static> {
-        PreparedInput::message(message, self.shared.max_message_bytes)
+        let mut input = PreparedInput::message(message, self.shared.max_message_bytes);
+        input.parse_ahead(&self.shared.args_budget);
+        input
     }
 
     /// Handles the envelope in `input` without waking this session's own
@@ -205,13 +211,15 @@ impl Session {
 
     /// Decodes and handles one encoded envelope from the client
     /// ([`HostCore::handle_bytes`]). It is decoded, and a call's arguments
-    /// parsed, before the core is locked: a session sending megabytes of
-    /// arguments keeps only itself waiting while they are read.
+    /// parsed, before the core is locked, as [`Session::handle`] says: a
+    /// session sending megabytes of arguments keeps only itself waiting
+    /// while they are read, unless many sessions do so at once.
     ///
     /// # Errors
     /// As [`HostCore::handle_bytes`].
     pub fn handle_bytes(&self, bytes: &[u8]) -> Result<(), InputError> {
-        let input = PreparedInput::decode(bytes, self.shared.max_message_bytes)?;
+        let mut input = PreparedInput::decode(bytes, self.shared.max_message_bytes)?;
+        input.parse_ahead(&self.shared.args_budget);
         self.with_core(true, |core| core.handle_input(self.key, &input))
     }
 

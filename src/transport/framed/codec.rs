@@ -74,6 +74,35 @@ impl FrameCodec {
             _ => error,
         }
     }
+
+    /// The connection's first bytes, from the first frame's consumed prefix
+    /// and what is still `buffered`, while no frame has been read.
+    fn first_bytes(&self, buffered: &[u8]) -> Vec<u8> {
+        let mut first = Vec::with_capacity(16);
+        first.extend(self.head.iter().flatten());
+        first.extend(buffered.iter().take(16));
+        first
+    }
+
+    /// `error`, a failed read, as another protocol if the bytes received
+    /// before it name one. A server that refuses a client's preface and
+    /// closes with the client's bytes unread makes the kernel reset the
+    /// connection rather than end it (a tonic host reads exactly the 24
+    /// bytes of the HTTP/2 preface), so its hang-up reaches the reader as
+    /// a reset, not as the end of the stream.
+    pub(super) fn read_failed(&self, buffered: &[u8], error: io::Error) -> CodecError {
+        let reset = matches!(
+            error.kind(),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+        );
+        let first = self.first_bytes(buffered);
+        let io = CodecError::Io(error);
+        if reset {
+            self.refused(&first, true, io)
+        } else {
+            io
+        }
+    }
 }
 
 impl Decoder for FrameCodec {
@@ -114,12 +143,7 @@ impl Decoder for FrameCodec {
             // another protocol and hung up on our frames.
             None => {
                 let truncated = CodecError::Io(io::Error::other("bytes remaining on stream"));
-                // Before the first frame, its prefix was consumed from
-                // exactly these bytes' front.
-                let mut first = Vec::with_capacity(16);
-                first.extend(self.head.iter().flatten());
-                first.extend(src.iter().take(16));
-                Err(self.refused(&first, true, truncated))
+                Err(self.refused(&self.first_bytes(src), true, truncated))
             }
         }
     }
@@ -175,6 +199,16 @@ mod tests {
         }
     }
 
+    /// `bodies` as frames on the wire.
+    fn framed(bodies: &[Vec<u8>]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        for body in bodies {
+            wire.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            wire.extend_from_slice(body);
+        }
+        wire
+    }
+
     /// Cuts `bytes` at the given points (each taken modulo the length).
     fn cut(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
         let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
@@ -187,10 +221,9 @@ mod tests {
     }
 
     proptest! {
-        /// A peer that speaks frames is never taken for another protocol:
-        /// frames within the limit, whatever their bodies (an HTTP request
-        /// line, a TLS record) and however the bytes are split, read back
-        /// as sent.
+        /// Frames within the limit read back as sent, whatever their
+        /// bodies (an HTTP request line, a TLS record) and however the
+        /// bytes are split.
         #[test]
         fn frames_within_the_limit_read_back_whatever_their_bodies_and_splits(
             bodies in prop::collection::vec(
@@ -205,16 +238,35 @@ mod tests {
             ),
             cuts in prop::collection::vec(any::<usize>(), 0..8),
         ) {
-            let mut wire = Vec::new();
-            for body in &bodies {
-                wire.extend_from_slice(&(body.len() as u32).to_be_bytes());
-                wire.extend_from_slice(body);
-            }
+            let wire = framed(&bodies);
             let (frames, error) = decode_chunks(64, &cut(&wire, &cuts));
             prop_assert!(error.is_none(), "{:?}", error);
             let read: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
             let sent: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
             prop_assert_eq!(read, sent);
+        }
+
+        /// A framed peer is never taken for another protocol, even where
+        /// sniffing runs: its stream of envelopes cut off anywhere (as a
+        /// peer that hangs up mid-frame leaves it) or reset is a lost
+        /// connection, never "another protocol".
+        #[test]
+        fn envelopes_cut_off_or_reset_anywhere_are_never_taken_for_another_protocol(
+            envelopes in prop::collection::vec(crate::wire::view::tests::client_message(), 1..4),
+            end in any::<usize>(),
+            cuts in prop::collection::vec(any::<usize>(), 0..4),
+        ) {
+            let bodies: Vec<Vec<u8>> = envelopes.iter().map(prost::Message::encode_to_vec).collect();
+            let wire = framed(&bodies);
+            let wire = &wire[..end % (wire.len() + 1)];
+            let (_, error) = decode_chunks(1 << 22, &cut(wire, &cuts));
+            prop_assert!(!matches!(error, Some(CodecError::Foreign(_))), "{:?}", error);
+            let mut codec = FrameCodec::new(1 << 22);
+            let mut buffer = BytesMut::from(wire);
+            while let Ok(Some(_)) = codec.decode(&mut buffer) {}
+            let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+            let error = codec.read_failed(&buffer, reset);
+            prop_assert!(!matches!(error, CodecError::Foreign(_)), "{:?}", error);
         }
 
         /// Any bytes at all end in frames, a clean end, or a typed error,
@@ -302,6 +354,24 @@ mod tests {
             Err(CodecError::Io(_))
         ));
         assert!(codec.decode_eof(&mut BytesMut::new()).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_reset_after_a_grpc_hosts_settings_names_it_and_other_failures_stay_io() {
+        let settings = [0u8, 0, 0x12, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
+        let mut codec = FrameCodec::new(1 << 20);
+        let mut buffer = BytesMut::from(&settings[..]);
+        assert!(codec.decode(&mut buffer).unwrap().is_none());
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert!(matches!(
+            codec.read_failed(&buffer, reset),
+            CodecError::Foreign(Foreign::Http2Server)
+        ));
+        let timed_out = io::Error::from(io::ErrorKind::TimedOut);
+        assert!(matches!(
+            codec.read_failed(&buffer, timed_out),
+            CodecError::Io(_)
+        ));
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! message size, 4 MiB) is refused with [`TransportError::FrameTooLarge`] and
 //! that connection is closed; the host keeps serving every other one. One
 //! connection is one session. A connection accepted by [`serve_tcp`] or
-//! [`serve_unix`] becomes a session only once its first frame has arrived,
+//! [`serve_unix`] becomes a session only once its first non-empty frame has
+//! arrived,
 //! and is closed if that takes longer than [`FIRST_FRAME_TIMEOUT`] (spec
 //! FB6). Bytes of another protocol before the first frame (a gRPC client
 //! or host at the other end) are named as such (spec FB9): a client's link
@@ -128,10 +129,21 @@ where
         .with(|message: ClientMessage| {
             futures::future::ok::<_, TransportError>(Bytes::from(message.encode_to_vec()))
         });
+    let mut frames = Box::pin(FramedRead::new(reader, FrameCodec::new(limit)));
+    let frames = futures::stream::poll_fn(move |cx| {
+        let item = std::task::ready!(frames.poll_next_unpin(cx));
+        let item = item.map(|read| match read {
+            Err(CodecError::Io(error)) => {
+                Err(frames.decoder().read_failed(frames.read_buffer(), error))
+            }
+            other => other,
+        });
+        std::task::Poll::Ready(item)
+    });
     // Checked here as well as where the client reads them: a spawned
     // child's link must know a frame is an envelope before it counts the
     // child as having spoken (`connect::child_stream`).
-    let stream = FramedRead::new(reader, FrameCodec::new(limit)).map(|item| {
+    let stream = frames.map(|item| {
         let bytes = item?.freeze();
         HostView::decode(&bytes).map_err(|e| TransportError::Malformed(e.to_string()))?;
         Ok(HostInput::Encoded(bytes))

@@ -18,27 +18,32 @@ use crate::host::{Host, InputError, PeerOptions};
 use crate::transport::TransportError;
 use crate::transport::throttle::Throttle;
 
-/// Limits the log line for a client of another protocol: unlike other
-/// connections that never become sessions (logged at debug, since anyone
-/// can make them), it is most likely an operator's mistake (a gRPC client
-/// pointed at a framed listener), and it retries.
-static FOREIGN_CLIENTS: Throttle = Throttle::new();
-
-/// Limits the warning for a client refused because the host is full: every
-/// refused client retries.
-static FULL_HOST: Throttle = Throttle::new();
+/// The throttles of one listener's refusal lines, so that one listener's
+/// refusals do not hide another's.
+#[derive(Default)]
+struct RefusalLogs {
+    /// A client of another protocol: unlike other connections that never
+    /// become sessions (logged at debug, since anyone can make them), it is
+    /// most likely an operator's mistake (a gRPC client pointed at a framed
+    /// listener), and it retries.
+    foreign: Throttle,
+    /// A client refused because the host is full: every refused client
+    /// retries.
+    full: Throttle,
+}
 
 /// How long the accept loop pauses after a failed accept (for instance when
 /// the process is out of file descriptors), so it does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// How long a connection accepted by [`serve_tcp`] or [`serve_unix`] may
-/// take, from being accepted, to deliver its first complete frame; it is
-/// closed if it has not by then (spec FB6).
+/// take, from being accepted, to deliver its first complete frame that is
+/// not empty; it is closed if it has not by then (spec FB6).
 ///
 /// Its session opens only once that frame has arrived, so a connection that
-/// stays silent, or sends part of a length prefix or of a frame and then
-/// nothing, never takes one of the host's client slots
+/// stays silent, sends part of a length prefix or of a frame and then
+/// nothing, or sends only empty frames, never takes one of the host's
+/// client slots
 /// ([`HostLimits::max_clients`](crate::host::HostLimits::max_clients)),
 /// and is gone after this long: without it, `max_clients` such sockets
 /// would lock every real client out for as long as they stayed open (TCP
@@ -186,7 +191,11 @@ pub async fn serve_stdio(host: Host) -> Result<(), InputError> {
 /// The connections of one listener that wait for their first frame,
 /// oldest first, each with the handle that closes it (by ending its task).
 #[derive(Clone, Default)]
-struct WaitingList(Arc<Mutex<Waiting>>);
+struct WaitingList {
+    waiting: Arc<Mutex<Waiting>>,
+    /// The listener's refusal log throttles, carried with its list.
+    logs: Arc<RefusalLogs>,
+}
 
 #[derive(Default)]
 struct Waiting {
@@ -197,7 +206,7 @@ struct Waiting {
 impl WaitingList {
     fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
         // The list stays consistent whatever a panicking holder did.
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -263,7 +272,7 @@ fn spawn_session<S>(
 }
 
 /// Serves a connection accepted from a listener as one session, which opens
-/// only once the peer's first complete frame has arrived within
+/// only once the peer's first complete non-empty frame has arrived within
 /// [`FIRST_FRAME_TIMEOUT`]. A connection that closes, fails or runs out of
 /// time before then is dropped (closed) without ever having had a session.
 async fn serve_accepted<S>(
@@ -275,10 +284,9 @@ async fn serve_accepted<S>(
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
+    let logs = waiting.list.logs.clone();
     let (reader, writer) = tokio::io::split(stream);
     let mut frames = FramedRead::new(reader, FrameCodec::new(config.max_frame_bytes));
-    // Connections that never become sessions log at debug: anyone who can
-    // connect can make as many as they like.
     // Empty frames (FB2) do not count: otherwise four zero bytes would open
     // a session and hold a client slot past the deadline.
     let first_envelope = async {
@@ -289,10 +297,13 @@ async fn serve_accepted<S>(
             }
         }
     };
+    // Connections that never become sessions log at debug, since anyone
+    // who can connect can make as many as they like; only a client of
+    // another protocol, most likely misdirected, is told at info.
     let first = match tokio::time::timeout(FIRST_FRAME_TIMEOUT, first_envelope).await {
         Ok(Some(Ok(frame))) => frame,
         Ok(Some(Err(error @ CodecError::Foreign(_)))) => {
-            if let Some(held_back) = FOREIGN_CLIENTS.admit(std::time::Instant::now()) {
+            if let Some(held_back) = logs.foreign.admit(std::time::Instant::now()) {
                 tracing::info!(
                     %peer,
                     %error,
@@ -336,7 +347,7 @@ async fn serve_accepted<S>(
         // Closed without a word: no envelope says "full", and the client
         // backs off and retries as after any lost connection (spec FB6).
         Err(InputError::TooManyClients { limit }) => {
-            if let Some(held_back) = FULL_HOST.admit(std::time::Instant::now()) {
+            if let Some(held_back) = logs.full.admit(std::time::Instant::now()) {
                 tracing::warn!(
                     %peer,
                     limit,
