@@ -18,7 +18,11 @@ const LIMIT: usize = 600;
 const EPOCH: &str = "e1";
 
 fn core() -> (HostCore, PeerKey) {
-    let mut core = HostCore::new(common::patch_config(LIMIT), demo::app("secret"), EPOCH);
+    core_with_limit(LIMIT)
+}
+
+fn core_with_limit(limit: usize) -> (HostCore, PeerKey) {
+    let mut core = HostCore::new(common::patch_config(limit), demo::app("secret"), EPOCH);
     let peer = core
         .connect(PeerOptions {
             peer_id: "c1".into(),
@@ -201,26 +205,16 @@ fn long_arguments_parsed_ahead_or_by_the_core_act_the_same() {
             args_json,
         })),
     };
-    let core_with_limit = || {
-        let mut core = HostCore::new(common::patch_config(limit), demo::app("secret"), EPOCH);
-        let peer = core
-            .connect(PeerOptions {
-                peer_id: "c1".into(),
-                publications: true,
-            })
-            .expect("a session");
-        (core, peer)
-    };
     let bytes = call.encode_to_vec();
     let budget = ArgsBudget::new(limit);
-    let (mut ahead, a) = core_with_limit();
+    let (mut ahead, a) = core_with_limit(limit);
     let mut input = PreparedInput::decode(&bytes, limit).expect("a call");
     input.parse_ahead(&budget);
     assert!(budget.held() > MAX_PREPARSED_ARGS, "parsed ahead");
     let got: Effect = (ahead.handle_input(a, &input), output(&mut ahead, a));
     drop(input);
     assert_eq!(budget.held(), 0);
-    let (mut by_core, b) = core_with_limit();
+    let (mut by_core, b) = core_with_limit(limit);
     let input = PreparedInput::decode(&bytes, limit).expect("a call");
     let want: Effect = (by_core.handle_input(b, &input), output(&mut by_core, b));
     assert_eq!(got, want);
