@@ -400,3 +400,90 @@ async fn peers_without_an_id_cannot_join_a_bus() {
         Some(BusError::MissingPeerId)
     );
 }
+
+/// SC2: a host MUST ignore client envelopes with an empty `source`.
+#[tokio::test]
+async fn a_call_without_a_source_is_ignored() {
+    within_a_minute(async {
+        let bus = Bus::default();
+        let host = host("host", "");
+        let log = record_hosts(&bus);
+        serve(&host, &bus);
+        let honest = Client::new(
+            bus.connector(&config("honest", "host", "")).unwrap(),
+            config("honest", "host", ""),
+        );
+        honest.ready().await.unwrap();
+        bus.send(BusMessage::Client(Arc::new(ClientMessage {
+            header: Some(Header::v1(host.epoch(), "", "")),
+            kind: Some(client_message::Kind::Call(Call {
+                call_id: 1,
+                module: "counter".to_owned(),
+                method: "increase".to_owned(),
+                args_json: "[100]".to_owned(),
+            })),
+        })));
+        let value = honest
+            .call("counter", "increase", vec![json!(1)])
+            .await
+            .unwrap();
+        assert_eq!(value, json!(1), "a call without a source ran");
+        assert_eq!(host.version(), 2);
+        let log = log.lock().unwrap();
+        assert!(
+            log.iter().all(|m| !matches!(m.kind, Some(host_message::Kind::Result(ref r)) if r.call_id == 1 && m.header.as_ref().unwrap().target.is_empty())),
+            "the host answered a sourceless call to everyone"
+        );
+    })
+    .await
+}
+
+/// The bus link of a client following a host with a token drops host
+/// envelopes from another host (SC6) or without the token (SC7) before the
+/// client sees them (the client core drops them too, so only the link shows it).
+#[tokio::test]
+async fn a_link_drops_host_envelopes_of_another_host_or_token() {
+    within_a_minute(async {
+        let bus = Bus::default();
+        let link = bus
+            .connector(&config("p1", "primary", "tok"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut stream = link.stream;
+        let from = |source: &str, capability: &str| {
+            BusMessage::Host(
+                HostMessage {
+                    header: Some(Header {
+                        capability: capability.to_owned(),
+                        ..Header::v1("e", source, "")
+                    }),
+                    kind: Some(host_message::Kind::Snapshot(Snapshot {
+                        version: 1,
+                        state_json: "{}".to_owned(),
+                        sync_id: 0,
+                        reason: SnapshotReason::Announce as i32,
+                    })),
+                }
+                .into(),
+            )
+        };
+        bus.send(from("standby", "tok"));
+        bus.send(from("primary", ""));
+        bus.send(from("primary", "tok"));
+        let first = stream
+            .next()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_message()
+            .unwrap();
+        let header = first.header.unwrap();
+        assert_eq!(
+            (header.source.as_str(), header.capability.as_str()),
+            ("primary", "tok")
+        );
+    })
+    .await
+}

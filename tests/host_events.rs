@@ -198,3 +198,42 @@ async fn receivers_end_when_the_host_shuts_down() {
     let mut after = host.events();
     assert_eq!(after.recv().await, Err(RecvError::Closed));
 }
+
+/// `CallRecord::module`/`method` keep at most RECORDED_NAME bytes.
+#[test]
+fn a_record_keeps_at_most_recorded_name_bytes_of_an_ascii_name() {
+    let (mut core, peer) = core_with_a_session();
+    core.record_calls(true);
+    let mut call = call_envelope(1);
+    let long = "m".repeat(2 * RECORDED_NAME);
+    if let Some(client_message::Kind::Call(c)) = &mut call.kind {
+        c.module = long.clone();
+        c.method = long;
+    }
+    core.handle_message(peer, call).unwrap();
+    let record = calls_answered(&mut core).pop().expect("recorded");
+    assert_eq!(record.module, "m".repeat(RECORDED_NAME));
+    assert_eq!(record.method.len(), RECORDED_NAME);
+}
+
+/// A name whose RECORDED_NAME-th byte falls inside a character is cut
+/// before that character, never after it.
+#[test]
+fn a_record_cut_inside_a_character_backs_off_to_its_start() {
+    let (mut core, peer) = core_with_a_session();
+    core.record_calls(true);
+    let mut call = call_envelope(1);
+    // "a" then two-byte characters: byte RECORDED_NAME is inside one.
+    let long = format!("a{}", "é".repeat(RECORDED_NAME));
+    if let Some(client_message::Kind::Call(c)) = &mut call.kind {
+        c.module = long.clone();
+        c.method = long;
+    }
+    core.handle_message(peer, call).unwrap();
+    let record = calls_answered(&mut core).pop().expect("recorded");
+    assert_eq!(
+        record.module,
+        format!("a{}", "é".repeat(RECORDED_NAME / 2 - 1))
+    );
+    assert!(record.method.len() <= RECORDED_NAME);
+}

@@ -1127,4 +1127,23 @@ mod tests {
         });
         (value.clone(), value).prop_map(|(a, b)| json!({"s": {"a": a, "b": b}}))
     }
+
+    /// §6.5: integers are equal only when numerically equal; -1 is not 1.
+    #[test]
+    fn test_tells_integers_of_opposite_sign_apart() {
+        let doc = json!({"s": {"n": -1, "p": 1}});
+        refused_unchanged(doc.clone(), r#"[{"op":"test","path":"/s/n","value":1}]"#);
+        refused_unchanged(doc.clone(), r#"[{"op":"test","path":"/s/p","value":-1}]"#);
+        let mut v = doc.clone();
+        apply_patch(&mut v, r#"[{"op":"test","path":"/s/n","value":-1}]"#).unwrap();
+    }
+
+    /// §6.5/J9: non-integers compare as binary64 values; -2.5 is not 2.5.
+    #[test]
+    fn test_tells_non_integers_of_opposite_sign_apart() {
+        let doc = json!({"s": {"f": -2.5}});
+        refused_unchanged(doc.clone(), r#"[{"op":"test","path":"/s/f","value":2.5}]"#);
+        let mut v = doc.clone();
+        apply_patch(&mut v, r#"[{"op":"test","path":"/s/f","value":-2.5}]"#).unwrap();
+    }
 }

@@ -210,4 +210,46 @@ mod tests {
         );
         assert_eq!(h.ops_between(1, 4, 14), None);
     }
+
+    /// H11/§15: the window holds up to its byte bound; it evicts only beyond it.
+    #[test]
+    fn a_window_exactly_at_its_byte_bound_keeps_every_entry() {
+        // Each entry costs 36 + 64 = 100 bytes (H11, ops-only).
+        let mut h = History::new(10, 200);
+        h.push(entry(2, &"x".repeat(36)));
+        h.push(entry(3, &"y".repeat(36)));
+        assert_eq!(h.len(), 2);
+        assert!(h.get(2).is_some());
+        h.push(entry(4, &"z".repeat(36)));
+        assert_eq!(h.len(), 2);
+        assert!(h.get(2).is_none());
+    }
+
+    /// H11: in patch mode a version costs twice its operations' JSON plus 64.
+    #[test]
+    fn a_published_entry_costs_twice_its_operations_plus_64() {
+        let published = |version: u64| {
+            Entry::published(
+                version,
+                HostFrame::new(crate::wire::HostMessage {
+                    header: None,
+                    kind: Some(host_message::Kind::Patch(crate::wire::Patch {
+                        base_version: version - 1,
+                        version,
+                        patch_json: format!("[{}]", "x".repeat(36)),
+                        sync_id: 0,
+                    })),
+                }),
+            )
+        };
+        // Each costs 2 * 36 + 64 = 136 bytes.
+        let mut h = History::new(10, 272);
+        h.push(published(2));
+        h.push(published(3));
+        assert_eq!(h.len(), 2);
+        let mut h = History::new(10, 271);
+        h.push(published(2));
+        h.push(published(3));
+        assert_eq!(h.len(), 1);
+    }
 }
