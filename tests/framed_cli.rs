@@ -148,25 +148,19 @@ async fn the_host_binary_serves_a_unix_socket_and_removes_it_on_sigterm() {
 /// its own log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_framed_host_warns_that_it_refused_a_client() {
-    use cosystem_worker::wire::{ClientMessage, Header, SyncRequest, client_message};
-    use prost::Message;
+    use cosystem_worker::wire::{ClientMessage, Header, client_message};
     use tokio::io::AsyncReadExt;
 
     let mut host =
         HostProcess::spawn(&["--listen", "tcp://127.0.0.1:0", "--max-clients", "1"]).await;
     let endpoint = host.endpoint().await;
     let address = endpoint.trim_start_matches("tcp://").to_owned();
-    let sync = ClientMessage {
+    let frame = common::frame(&ClientMessage {
         header: Some(Header::v1("", "raw", "")),
-        kind: Some(client_message::Kind::SyncRequest(SyncRequest {
-            sync_id: 1,
-            have_version: 0,
-            reason: 1,
-        })),
-    }
-    .encode_to_vec();
-    let mut frame = (sync.len() as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&sync);
+        kind: Some(client_message::Kind::SyncRequest(common::sync_request(
+            1, 0,
+        ))),
+    });
 
     let mut holder = tokio::net::TcpStream::connect(&address).await.unwrap();
     holder.write_all(&frame).await.unwrap();

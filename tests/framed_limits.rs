@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::closed_within;
+use common::{closed_within, frame};
 
 use cosystem_worker::client::{Client, ClientConfig};
 use cosystem_worker::demo;
@@ -327,14 +327,6 @@ fn host_for(max_clients: usize) -> Host {
             ..HostLimits::default()
         })
         .build()
-}
-
-/// `message` as one frame: its length, then its encoding.
-fn frame(message: &ClientMessage) -> Vec<u8> {
-    let body = prost::Message::encode_to_vec(message);
-    let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
-    bytes.extend_from_slice(&body);
-    bytes
 }
 
 /// The next host envelope on `stream` that is not a bookmark or other

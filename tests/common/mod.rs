@@ -448,6 +448,15 @@ pub async fn open_reflection_stream(
     (requests, responses)
 }
 
+/// `message` as one frame of the framed transport (spec FB1): its length,
+/// four bytes big-endian, then its encoding.
+pub fn frame(message: &cosystem_worker::wire::ClientMessage) -> Vec<u8> {
+    let body = prost::Message::encode_to_vec(message);
+    let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
 /// A SyncRequest from a client that has `have_version` (0 for nothing
 /// yet), with the reason such a client gives.
 pub fn sync_request(sync_id: u64, have_version: u64) -> cosystem_worker::wire::SyncRequest {
