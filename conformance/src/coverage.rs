@@ -238,11 +238,11 @@ pub fn citing_cases(cases: &[Case]) -> Vec<Citing<'_>> {
                 spec: c.info().spec.iter().map(String::as_str).collect(),
             })
     });
-    let grpc = crate::grpc::cases::CASES.iter().map(|c| Citing {
+    let interop = crate::interop::cases::CASES.iter().map(|c| Citing {
         name: c.name,
         spec: c.spec.to_vec(),
     });
-    vectors.chain(grpc).collect()
+    vectors.chain(interop).collect()
 }
 
 /// One line per citation of an id `spec` does not define, naming the case.

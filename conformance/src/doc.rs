@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 use crate::coverage::Spec;
+use crate::interop::peer::Transport;
 use crate::vectors::client::{ClientAction, ClientCase, ClientExpect};
 use crate::vectors::host::{HostAction, HostCase};
 use crate::vectors::{Case, CaseInfo, Role};
@@ -19,9 +20,9 @@ pub const BEGIN: &str = "<!-- BEGIN GENERATED CATALOGUE: edit the vectors, then 
 pub const END: &str = "<!-- END GENERATED CATALOGUE -->";
 
 /// The line before the generated host interop catalogue.
-pub const BEGIN_GRPC: &str = "<!-- BEGIN GENERATED HOST INTEROP CASES: edit conformance/src/grpc/cases.rs, then run `cargo run -p cosystem-conformance -- doc --write spec/CONFORMANCE.md` -->";
+pub const BEGIN_INTEROP: &str = "<!-- BEGIN GENERATED HOST INTEROP CASES: edit conformance/src/interop/cases.rs, then run `cargo run -p cosystem-conformance -- doc --write spec/CONFORMANCE.md` -->";
 /// The line after it.
-pub const END_GRPC: &str = "<!-- END GENERATED HOST INTEROP CASES -->";
+pub const END_INTEROP: &str = "<!-- END GENERATED HOST INTEROP CASES -->";
 
 /// The line before the generated rule coverage.
 pub const BEGIN_COVERAGE: &str = "<!-- BEGIN GENERATED RULE COVERAGE: edit spec/PROTOCOL.md or the cases' spec lists, then run `cargo run -p cosystem-conformance -- doc --write spec/CONFORMANCE.md` -->";
@@ -41,7 +42,7 @@ pub fn splice(document: &str, catalogue: &str) -> Result<String, String> {
 pub fn splice_all(document: &str, cases: &[Case], spec: &str) -> Result<String, String> {
     let coverage = rule_coverage(cases, spec)?;
     let document = splice(document, &catalogue(cases))?;
-    let document = splice_between(&document, BEGIN_GRPC, END_GRPC, &grpc_catalogue())?;
+    let document = splice_between(&document, BEGIN_INTEROP, END_INTEROP, &interop_catalogue())?;
     splice_between(&document, BEGIN_COVERAGE, END_COVERAGE, &coverage)
 }
 
@@ -84,8 +85,8 @@ pub fn current(document: &str) -> Option<&str> {
 }
 
 /// The generated host interop catalogue currently in `document`.
-pub fn current_grpc(document: &str) -> Option<&str> {
-    between(document, BEGIN_GRPC, END_GRPC)
+pub fn current_interop(document: &str) -> Option<&str> {
+    between(document, BEGIN_INTEROP, END_INTEROP)
 }
 
 /// The generated rule coverage currently in `document`.
@@ -94,14 +95,24 @@ pub fn current_coverage(document: &str) -> Option<&str> {
 }
 
 /// The host interop catalogue: one entry per case of
-/// [`crate::grpc::cases::CASES`], in the order they run, in the style of
-/// the gRPC interop test descriptions (procedure, then what the host must
-/// have done).
-pub fn grpc_catalogue() -> String {
+/// [`crate::interop::cases::CASES`], in the order they run, with the
+/// transports it runs over, in the style of the gRPC interop test
+/// descriptions (procedure, then what the host must have done).
+pub fn interop_catalogue() -> String {
     let mut out = String::new();
-    for case in crate::grpc::cases::CASES {
+    for case in crate::interop::cases::CASES {
         let _ = writeln!(out, "#### `{}`\n", case.name);
-        let _ = writeln!(out, "{} · spec: {}\n", case.tier, case.spec.join(", "));
+        let over = match case.only {
+            None => "gRPC and framed streams",
+            Some(Transport::Grpc) => "gRPC only",
+            Some(Transport::Framed) => "framed streams only",
+        };
+        let _ = writeln!(
+            out,
+            "{} · {over} · spec: {}\n",
+            case.tier,
+            case.spec.join(", ")
+        );
         let _ = writeln!(out, "{}\n\nProcedure:\n", case.description);
         for (i, step) in case.procedure.iter().enumerate() {
             let _ = writeln!(out, "{}. {step}", i + 1);

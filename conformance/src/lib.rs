@@ -5,8 +5,8 @@
 //! - [`vectors`]: language-neutral test vectors (JSON files under
 //!   `conformance/vectors/`) and a runner that plays them against the
 //!   reference sans-IO cores.
-//! - [`grpc`]: the host interop runner, which tests a host in any language
-//!   over gRPC.
+//! - [`interop`]: the host interop runner, which tests a host in any
+//!   language over gRPC or framed byte streams.
 //! - [`sim`]: a deterministic simulation of one host and several clients over
 //!   faulty channels, with a simulated clock.
 //! - [`report`]: per-case results and their printing.
@@ -22,7 +22,7 @@
 pub mod adapter;
 pub mod coverage;
 pub mod doc;
-pub mod grpc;
+pub mod interop;
 pub mod report;
 pub mod select;
 pub mod sim;

@@ -23,7 +23,7 @@ use clap::{Args, Parser, Subcommand};
 use cosystem_conformance::adapter::process::serve;
 use cosystem_conformance::adapter::reference::{Breakage, ReferenceClient};
 use cosystem_conformance::adapter::runner::{self, ClientRun};
-use cosystem_conformance::grpc::{self, HostRun};
+use cosystem_conformance::interop::{self, HostRun};
 use cosystem_conformance::report::{Format, Report, parse_known_failures};
 use cosystem_conformance::select::Selection;
 use cosystem_conformance::vectors::{self, Case, Tier};
@@ -141,18 +141,21 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         spec: Option<PathBuf>,
     },
-    /// Test a host implementation over gRPC. The host must serve the demo
-    /// app (spec §19) and have no other client during the run.
+    /// Test a host implementation over gRPC or framed byte streams. The
+    /// host must serve the demo app (spec §19) and have no other client
+    /// during the run.
     Host {
-        /// The host's URL, e.g. http://127.0.0.1:50051, or HOST:PORT for
-        /// plain http.
+        /// The host's URL: http://127.0.0.1:50051, or HOST:PORT for plain
+        /// http (gRPC); tcp://HOST:PORT or unix:PATH for a listener of
+        /// length-prefixed frames (spec §17.3). The cases that need one
+        /// transport run only over it.
         #[arg(long, value_name = "URL")]
         connect: String,
         /// Keep trying the first connection for this long, in ms, for a
         /// host started just before the run (default: try once).
         #[arg(long, default_value_t = 0, value_name = "MS")]
         wait_ms: u64,
-        /// A file holding the bearer token the host requires.
+        /// A file holding the bearer token the host requires (gRPC only).
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
         /// A string contained in every token the host's secret module ever
@@ -283,13 +286,13 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
                     )
                 })
                 .chain(
-                    grpc::cases::CASES
+                    interop::cases::CASES
                         .iter()
-                        .map(|c| ("grpc".to_owned(), c.tier, c.name, c.description)),
+                        .map(|c| ("interop".to_owned(), c.tier, c.name, c.description)),
                 );
             for (role, tier, name, description) in lines {
                 // A reader that stops early (`| head`) is not an error.
-                if writeln!(out, "{role:6} {tier:11} {name:40} {description}").is_err() {
+                if writeln!(out, "{role:7} {tier:11} {name:40} {description}").is_err() {
                     break;
                 }
             }
@@ -302,7 +305,7 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
                 let coverage =
                     cosystem_conformance::doc::rule_coverage(&cases, &spec).map_err(usage)?;
                 print!("{}", cosystem_conformance::doc::catalogue(&cases));
-                print!("{}", cosystem_conformance::doc::grpc_catalogue());
+                print!("{}", cosystem_conformance::doc::interop_catalogue());
                 print!("{coverage}");
                 return Ok(ExitCode::SUCCESS);
             };
@@ -352,7 +355,7 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
                         .map_err(|e| usage(format!("{}: {e}", path.display())))
                 })
                 .transpose()?;
-            let mut config = HostRun::new(grpc::host_url(&connect));
+            let mut config = HostRun::new(interop::host_url(&connect));
             config.token = token;
             config.secret_marker = secret_marker;
             config.select = run.select();
@@ -363,7 +366,7 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
             config.step_timeout = Duration::from_millis(step_timeout_ms);
             config.case_timeout = Duration::from_millis(case_timeout_ms);
             config.options.history_window = history_window;
-            grpc::check_names(&config).map_err(|e| {
+            interop::check_names(&config).map_err(|e| {
                 // Names the host runner does not know may be host vectors.
                 let cases = load(cli.vectors.clone()).unwrap_or_default();
                 let names: Vec<&str> = config.select.names.iter().map(String::as_str).collect();
@@ -377,7 +380,7 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
                 .enable_all()
                 .build()
                 .map_err(|e| usage(format!("cannot start the runtime: {e}")))?;
-            let report = runtime.block_on(grpc::run(&config)).map_err(usage)?;
+            let report = runtime.block_on(interop::run(&config)).map_err(usage)?;
             finish_run(&report, &run, "host")?
         }
         Command::Adapter { breakage } => {

@@ -55,9 +55,9 @@ fn generated_catalogue_in_conformance_md_matches_the_vectors() {
 #[test]
 fn generated_host_interop_catalogue_in_conformance_md_matches_the_case_table() {
     let doc = document();
-    let current = doc::current_grpc(&doc).expect("CONFORMANCE.md has the host interop markers");
+    let current = doc::current_interop(&doc).expect("CONFORMANCE.md has the host interop markers");
     assert!(
-        current == doc::grpc_catalogue().trim(),
+        current == doc::interop_catalogue().trim(),
         "spec/CONFORMANCE.md's host interop catalogue is out of date: run \
          `cargo run -p cosystem-conformance -- doc --write spec/CONFORMANCE.md`"
     );
@@ -65,13 +65,22 @@ fn generated_host_interop_catalogue_in_conformance_md_matches_the_case_table() {
 
 #[test]
 fn every_host_interop_case_is_implemented_and_named_uniquely() {
-    let names: std::collections::BTreeSet<&str> = cosystem_conformance::grpc::cases::CASES
+    let names: std::collections::BTreeSet<&str> = cosystem_conformance::interop::cases::CASES
         .iter()
         .map(|c| c.name)
         .collect();
-    assert_eq!(names.len(), cosystem_conformance::grpc::cases::CASES.len());
-    for case in cosystem_conformance::grpc::cases::CASES {
-        assert!(case.name.starts_with("grpc-"), "{}", case.name);
+    assert_eq!(
+        names.len(),
+        cosystem_conformance::interop::cases::CASES.len()
+    );
+    for case in cosystem_conformance::interop::cases::CASES {
+        // The prefix says where a case runs: framed streams alone, or gRPC
+        // (alone or with framed streams, §7).
+        let prefix = match case.only {
+            Some(cosystem_conformance::interop::peer::Transport::Framed) => "framed-",
+            _ => "grpc-",
+        };
+        assert!(case.name.starts_with(prefix), "{}", case.name);
         assert!(
             !case.procedure.is_empty() && !case.asserts.is_empty(),
             "{}",

@@ -1,18 +1,23 @@
 //! The host interop runner (`cosystem-conformance host`) against the
-//! reference host served in process by the reference gRPC transport: the
-//! reference passes every case in both sync modes, and deliberately broken
-//! hosts fail exactly the cases that check what they break.
+//! reference host served in process by the reference gRPC and framed
+//! transports: the reference passes every case in both sync modes, and
+//! deliberately broken hosts fail exactly the cases that check what they
+//! break.
 
 mod support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use cosystem_conformance::grpc::{self, HostRun};
+use cosystem_conformance::interop::peer::Transport;
+use cosystem_conformance::interop::{self, HostRun};
 use cosystem_conformance::report::{Outcome, Report};
 use cosystem_worker::demo;
 use cosystem_worker::host::{Host, SyncMode};
-use support::{HostBreakage, serve_broken, serve_reference};
+use support::{
+    FramedBreakage, HostBreakage, serve_broken, serve_framed_broken, serve_framed_tcp,
+    serve_reference,
+};
 
 const MARKER: &str = "host-interop-secret-marker-41c7";
 
@@ -33,7 +38,15 @@ fn failed(report: &Report) -> BTreeSet<String> {
     report.failures().map(|r| r.name.clone()).collect()
 }
 
-fn assert_all_pass(report: &Report) {
+/// How many cases run over `transport`.
+fn cases_over(transport: Transport) -> usize {
+    interop::cases::CASES
+        .iter()
+        .filter(|c| c.runs_over(transport))
+        .count()
+}
+
+fn assert_all_pass(report: &Report, transport: Transport) {
     let failures: Vec<String> = report
         .results
         .iter()
@@ -41,13 +54,13 @@ fn assert_all_pass(report: &Report) {
         .map(|r| format!("{}: {:?}", r.name, r.outcome))
         .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert_eq!(report.results.len(), grpc::cases::CASES.len());
+    assert_eq!(report.results.len(), cases_over(transport));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reference_host_passes_every_case_in_patch_mode() {
     let served = serve_reference(demo_host(SyncMode::Patch), None).await;
-    let report = grpc::run(&config(&served.url)).await.unwrap();
+    let report = interop::run(&config(&served.url)).await.unwrap();
     print!("{}", report.to_text());
     assert!(failed(&report).is_empty(), "{}", report.to_text());
     // Without a token configured, only the authentication case is skipped.
@@ -66,9 +79,9 @@ async fn reference_host_passes_every_case_in_snapshot_mode_with_a_token() {
     let served = serve_reference(demo_host(SyncMode::Snapshot), Some(token.into())).await;
     let mut run = config(&served.url);
     run.token = Some(token.into());
-    let report = grpc::run(&run).await.unwrap();
+    let report = interop::run(&run).await.unwrap();
     print!("{}", report.to_text());
-    assert_all_pass(&report);
+    assert_all_pass(&report, Transport::Grpc);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,7 +89,7 @@ async fn authentication_case_is_skipped_without_a_token() {
     let served = serve_reference(demo_host(SyncMode::Patch), None).await;
     let mut run = config(&served.url);
     run.select.names = ["grpc-unauthenticated-without-token".to_owned()].into();
-    let report = grpc::run(&run).await.unwrap();
+    let report = interop::run(&run).await.unwrap();
     assert_eq!(
         report.results[0].outcome,
         Outcome::Skip("needs --token-file".into())
@@ -87,7 +100,7 @@ async fn authentication_case_is_skipped_without_a_token() {
 /// the cases that failed and whether the required ones all passed.
 async fn run_broken(breakage: HostBreakage) -> (BTreeSet<String>, bool) {
     let served = serve_broken(demo_host(SyncMode::Patch), breakage).await;
-    let report = grpc::run(&config(&served.url)).await.unwrap();
+    let report = interop::run(&config(&served.url)).await.unwrap();
     print!("{}", report.to_text());
     (failed(&report), report.required_passed())
 }
@@ -116,7 +129,7 @@ async fn a_host_that_ends_the_session_at_a_half_close_fails_exactly_the_half_clo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_that_sends_results_ahead_of_their_publication_fails() {
     let served = serve_broken(demo_host(SyncMode::Patch), HostBreakage::ResultsFirst).await;
-    let report = grpc::run(&config(&served.url)).await.unwrap();
+    let report = interop::run(&config(&served.url)).await.unwrap();
     print!("{}", report.to_text());
     let failed = failed(&report);
     for case in [
@@ -146,7 +159,7 @@ async fn a_host_that_publishes_the_secret_fails_the_isolation_cases() {
         if name == "grpc-private-section-never-sent" {
             run.secret_marker = Some(MARKER.into());
         }
-        let report = grpc::run(&run).await.unwrap();
+        let report = interop::run(&run).await.unwrap();
         assert!(
             matches!(&report.results[0].outcome, Outcome::Fail(_)),
             "{name}: {:?}",
@@ -164,7 +177,7 @@ async fn every_case_fails_rather_than_hangs_when_no_host_answers() {
     run.step_timeout = Duration::from_millis(200);
     run.case_timeout = Duration::from_secs(2);
     run.select.names = ["grpc-versions-are-contiguous".to_owned()].into();
-    let report = grpc::run(&run).await.unwrap();
+    let report = interop::run(&run).await.unwrap();
     assert!(matches!(&report.results[0].outcome, Outcome::Fail(_)));
 }
 
@@ -172,10 +185,10 @@ async fn every_case_fails_rather_than_hangs_when_no_host_answers() {
 async fn unknown_case_names_are_refused_before_running() {
     let mut run = HostRun::new("http://127.0.0.1:1");
     run.select.names = ["grpc-no-such-case".to_owned()].into();
-    assert!(grpc::run(&run).await.is_err());
+    assert!(interop::run(&run).await.is_err());
     let mut run = HostRun::new("http://127.0.0.1:1");
     run.known_failures.insert("grpc-no-such-case".into());
-    assert!(grpc::run(&run).await.is_err());
+    assert!(interop::run(&run).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,7 +198,7 @@ async fn a_url_where_nothing_listens_is_a_run_that_cannot_be_made() {
         .local_addr()
         .unwrap()
         .port();
-    let error = grpc::run(&config(&format!("http://127.0.0.1:{port}")))
+    let error = interop::run(&config(&format!("http://127.0.0.1:{port}")))
         .await
         .unwrap_err();
     assert!(error.contains("cannot connect"), "{error}");
@@ -201,9 +214,9 @@ async fn listed_known_failures_run_and_cases_to_skip_do_not() {
     // Fails on this host: expected. Passes on it: not expected.
     run.known_failures.insert(FENCING.to_owned());
     run.known_failures.insert(HALF_CLOSE.to_owned());
-    let skipped = grpc::cases::CASES[0].name;
+    let skipped = interop::cases::CASES[0].name;
     run.skip.insert(skipped.to_owned());
-    let report = grpc::run(&run).await.unwrap();
+    let report = interop::run(&run).await.unwrap();
     let outcome = |name: &str| {
         report
             .results
@@ -219,4 +232,81 @@ async fn listed_known_failures_run_and_cases_to_skip_do_not() {
     );
     assert!(report.required_passed());
     assert!(!report.succeeded(), "an unexpected pass fails the run");
+}
+
+/// The framed case that waits for the host's first-frame deadline (10 s
+/// for the reference): run once, by the TCP test.
+const FIRST_FRAME: &str = "framed-unfinished-first-frame-is-closed";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_host_passes_every_framed_case_over_tcp_in_patch_mode() {
+    let served = serve_framed_tcp(demo_host(SyncMode::Patch)).await;
+    let report = interop::run(&config(&served.url)).await.unwrap();
+    print!("{}", report.to_text());
+    assert_all_pass(&report, Transport::Framed);
+    let names: BTreeSet<&str> = report.results.iter().map(|r| r.name.as_str()).collect();
+    assert!(names.contains("framed-oversize-frame-closes-only-that-connection"));
+    assert!(names.contains("grpc-malformed-message-disturbs-no-one"));
+    assert!(!names.contains("grpc-half-closed-stream-is-answered"));
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_host_passes_every_framed_case_over_a_unix_socket_in_snapshot_mode() {
+    let dir = std::env::temp_dir().join(format!("cosystem-interop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("host.sock");
+    let served = support::serve_framed_unix(demo_host(SyncMode::Snapshot), &path).await;
+    let mut run = config(&served.url);
+    run.skip.insert(FIRST_FRAME.into());
+    let report = interop::run(&run).await.unwrap();
+    print!("{}", report.to_text());
+    drop(served);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failed(&report).is_empty(), "{}", report.to_text());
+    assert_eq!(report.results.len(), cases_over(Transport::Framed));
+}
+
+/// Runs every framed case but the first-frame deadline's against a framed
+/// host broken as `breakage` says; the cases that failed.
+async fn run_framed_broken(breakage: FramedBreakage) -> BTreeSet<String> {
+    let served = serve_framed_broken(demo_host(SyncMode::Patch), breakage).await;
+    let mut run = config(&served.url);
+    run.skip.insert(FIRST_FRAME.into());
+    run.step_timeout = Duration::from_secs(2);
+    let report = interop::run(&run).await.unwrap();
+    print!("{}", report.to_text());
+    failed(&report)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framed_host_that_waits_for_an_oversize_body_fails_exactly_the_oversize_case() {
+    assert_eq!(
+        run_framed_broken(FramedBreakage::ReadsOversizeBodies).await,
+        BTreeSet::from(["framed-oversize-frame-closes-only-that-connection".to_owned()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framed_host_that_closes_on_an_empty_frame_fails_exactly_the_empty_frame_case() {
+    assert_eq!(
+        run_framed_broken(FramedBreakage::ClosesOnEmptyFrames).await,
+        BTreeSet::from(["framed-empty-frames-are-ignored".to_owned()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framed_run_refuses_a_token_and_cases_of_grpc_alone() {
+    let served = serve_framed_tcp(demo_host(SyncMode::Patch)).await;
+    let mut run = config(&served.url);
+    run.token = Some("a-token".into());
+    let error = interop::run(&run).await.unwrap_err();
+    assert!(error.contains("FB8"), "{error}");
+    let mut run = config(&served.url);
+    run.select.names = ["grpc-unauthenticated-without-token".to_owned()].into();
+    let error = interop::run(&run).await.unwrap_err();
+    assert!(
+        error.contains("does not run over framed streams"),
+        "{error}"
+    );
 }

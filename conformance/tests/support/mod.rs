@@ -2,7 +2,9 @@
 //! the reference gRPC transport ([`serve_reference`]) or, broken on purpose
 //! so tests can show the host runner catching a broken host, through a small
 //! adapter from the generated `HostService` server to `Host::open_session`
-//! ([`serve_broken`]).
+//! ([`serve_broken`]); or over framed streams, by the reference framed
+//! transport ([`serve_framed_tcp`], [`serve_framed_unix`]) or, broken on
+//! purpose, by a small framed server of its own ([`serve_framed_broken`]).
 
 #![allow(dead_code)]
 
@@ -136,7 +138,8 @@ impl HostService for Adapter {
 
 /// A host being served on a loopback port until dropped.
 pub struct Served {
-    /// `http://127.0.0.1:PORT`.
+    /// Where the runner reaches it: `http://127.0.0.1:PORT` (gRPC),
+    /// `tcp://127.0.0.1:PORT` or `unix:PATH` (framed streams).
     pub url: String,
     /// The host itself.
     pub host: Host,
@@ -187,6 +190,114 @@ async fn serve(host: Host, token: Option<String>, breakage: Option<HostBreakage>
             .add_service(service)
             .serve_with_incoming(TcpListenerStream::new(listener))
             .await;
+    });
+    Served { url, host, server }
+}
+
+/// Serves `host` with the reference framed transport on a free loopback
+/// TCP port; the URL is `tcp://127.0.0.1:PORT`.
+pub async fn serve_framed_tcp(host: Host) -> Served {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let url = format!("tcp://{}", listener.local_addr().expect("a local address"));
+    let server = tokio::spawn(cosystem_worker::transport::framed::serve_tcp(
+        host.clone(),
+        listener,
+    ));
+    let server = tokio::spawn(async move {
+        let _ = server.await;
+    });
+    Served { url, host, server }
+}
+
+/// Serves `host` with the reference framed transport on a Unix socket at
+/// `path`; the URL is `unix:PATH`.
+pub async fn serve_framed_unix(host: Host, path: &std::path::Path) -> Served {
+    let listener = cosystem_worker::transport::framed::bind_unix(path)
+        .await
+        .expect("a Unix socket");
+    let url = format!("unix:{}", path.display());
+    let server = tokio::spawn({
+        let host = host.clone();
+        async move {
+            let _ = cosystem_worker::transport::framed::serve_unix_listener(host, listener).await;
+        }
+    });
+    Served { url, host, server }
+}
+
+/// A deliberate defect of a framed host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FramedBreakage {
+    /// Waits for the body of a frame whatever its length prefix says,
+    /// rather than closing the connection (FB4).
+    ReadsOversizeBodies,
+    /// Takes an empty frame for a malformed one and closes the connection
+    /// (FB2).
+    ClosesOnEmptyFrames,
+}
+
+/// Serves `host` over framed TCP, broken as `breakage` says, with a server
+/// of its own: one session per connection, opened at once.
+pub async fn serve_framed_broken(host: Host, breakage: FramedBreakage) -> Served {
+    use prost::Message;
+    use tokio::io::AsyncWriteExt;
+    use tokio_stream::StreamExt;
+    use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let url = format!("tcp://{}", listener.local_addr().expect("a local address"));
+    let served = host.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let Ok(session) = served.open_session(PeerOptions {
+                peer_id: "framed".into(),
+                publications: true,
+            }) else {
+                continue;
+            };
+            let session = Arc::new(session);
+            let (reader, mut writer) = stream.into_split();
+            let limit = match breakage {
+                FramedBreakage::ReadsOversizeBodies => usize::MAX,
+                FramedBreakage::ClosesOnEmptyFrames => 4 << 20,
+            };
+            let codec = LengthDelimitedCodec::builder()
+                .max_frame_length(limit)
+                .new_codec();
+            let mut frames = FramedRead::new(reader, codec);
+            let sender = tokio::spawn({
+                let session = session.clone();
+                async move {
+                    while let Some(frame) = session.next_frame().await {
+                        let body = frame.encoded();
+                        let len = u32::try_from(body.len()).expect("a frame under 4 GiB");
+                        if writer.write_all(&len.to_be_bytes()).await.is_err()
+                            || writer.write_all(&body).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                while let Some(Ok(frame)) = frames.next().await {
+                    if frame.is_empty() && breakage == FramedBreakage::ClosesOnEmptyFrames {
+                        break;
+                    }
+                    let Ok(message) = ClientMessage::decode(frame) else {
+                        break;
+                    };
+                    if session.handle(message).is_err_and(|e| e.is_fatal()) {
+                        break;
+                    }
+                }
+                sender.abort();
+            });
+        }
     });
     Served { url, host, server }
 }

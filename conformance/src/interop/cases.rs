@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 use tonic::Code;
 
-use super::peer::{Peer, Shared, describe, is_bookmark};
+use super::peer::{Peer, Shared, Transport, describe, is_bookmark};
 use crate::vectors::Tier;
 use crate::vectors::matcher::json_eq;
 
@@ -25,6 +25,9 @@ pub struct HostCaseDef {
     pub name: &'static str,
     /// Required or recommended.
     pub tier: Tier,
+    /// The one transport the case runs over, if it needs a particular one
+    /// (`None`: every transport).
+    pub only: Option<Transport>,
     /// Requirement ids of spec/PROTOCOL.md.
     pub spec: &'static [&'static str],
     /// One line saying what the case checks.
@@ -33,6 +36,13 @@ pub struct HostCaseDef {
     pub procedure: &'static [&'static str],
     /// What the host must have done.
     pub asserts: &'static [&'static str],
+}
+
+impl HostCaseDef {
+    /// Whether the case runs over `transport`.
+    pub fn runs_over(&self, transport: Transport) -> bool {
+        self.only.is_none_or(|only| only == transport)
+    }
 }
 
 /// An epoch no host uses: the runner's stand-in for "another host's".
@@ -85,6 +95,7 @@ pub const CASES: &[HostCaseDef] = &[
     HostCaseDef {
         name: "grpc-initial-sync-gets-snapshot",
         tier: Required,
+        only: None,
         spec: &["H1", "H2", "V1", "SI1", "§19"],
         description: "A first SyncRequest (have_version 0) is answered with a SYNC snapshot whose view has exactly the published sections.",
         procedure: &[
@@ -98,6 +109,7 @@ pub const CASES: &[HostCaseDef] = &[
     HostCaseDef {
         name: "grpc-no-publications-before-first-sync",
         tier: Required,
+        only: None,
         spec: &["H3"],
         description: "A stream that has not asked to sync receives no publication; its first envelope is its sync reply.",
         procedure: &[
@@ -110,6 +122,7 @@ pub const CASES: &[HostCaseDef] = &[
     HostCaseDef {
         name: "grpc-versions-are-contiguous",
         tier: Required,
+        only: None,
         spec: &["V2", "H4", "H5", "H6", "H8"],
         description: "A burst of pipelined commits produces one new version each, published in order with base = version − 1.",
         procedure: &[
@@ -125,6 +138,7 @@ pub const CASES: &[HostCaseDef] = &[
     HostCaseDef {
         name: "grpc-results-follow-their-publication",
         tier: Required,
+        only: None,
         spec: &["H8", "RW1", "§3.8"],
         description: "Every result carries a state_version and reaches the caller only, never before the publication of that version.",
         procedure: &[
@@ -140,6 +154,7 @@ pub const CASES: &[HostCaseDef] = &[
     HostCaseDef {
         name: "grpc-sync-reply-only-to-requester",
         tier: Required,
+        only: None,
         spec: &["H1"],
         description: "A sync request is answered with a snapshot on the requesting stream only.",
         procedure: &[
@@ -155,6 +170,7 @@ pub const CASES: &[HostCaseDef] = &[
     HostCaseDef {
         name: "grpc-resume-at-current-version-is-bookmark",
         tier: Required,
+        only: None,
         spec: &["H2", "PA6"],
         description: "A SyncRequest of the host's epoch whose have_version is the current version is answered with an empty patch at that version.",
         procedure: &[
@@ -165,6 +181,7 @@ pub const CASES: &[HostCaseDef] = &[
     HostCaseDef {
         name: "grpc-resume-reaches-current-view",
         tier: Required,
+        only: None,
         spec: &["H2", "PA5"],
         description: "A resume request within the epoch is answered with a patch that rebuilds the current view from have_version, or with a snapshot of it.",
         procedure: &[
@@ -179,6 +196,7 @@ pub const CASES: &[HostCaseDef] = &[
     HostCaseDef {
         name: "grpc-resume-inside-window-is-patch",
         tier: Recommended,
+        only: None,
         spec: &["H2", "H11"],
         description: "A resume from a version a few commits back is answered with a patch (it depends on the host keeping a history window).",
         procedure: &[
@@ -189,6 +207,7 @@ pub const CASES: &[HostCaseDef] = &[
     HostCaseDef {
         name: "grpc-sync-from-other-epoch-gets-snapshot",
         tier: Required,
+        only: None,
         spec: &["E8", "H2"],
         description: "A SyncRequest naming another epoch is not fenced: it is answered with a snapshot of the host's epoch.",
         procedure: &[
@@ -202,6 +221,7 @@ pub const CASES: &[HostCaseDef] = &[
     HostCaseDef {
         name: "grpc-sync-ahead-of-host-gets-snapshot",
         tier: Required,
+        only: None,
         spec: &["H2"],
         description: "A SyncRequest whose have_version is above the host's version is answered with a snapshot.",
         procedure: &[
@@ -213,6 +233,7 @@ pub const CASES: &[HostCaseDef] = &[
     HostCaseDef {
         name: "grpc-sync-outside-history-gets-snapshot",
         tier: Recommended,
+        only: None,
         spec: &["H2", "H11"],
         description: "A resume from a version whose successors have left the history window is answered with a snapshot.",
         procedure: &[
@@ -225,6 +246,7 @@ pub const CASES: &[HostCaseDef] = &[
     HostCaseDef {
         name: "grpc-unknown-module-or-method-is-not-found",
         tier: Required,
+        only: None,
         spec: &["H7", "§19.4"],
         description: "Calls to a module that does not exist, or to a method a module does not declare, are answered NOT_FOUND and commit nothing.",
         procedure: &[
@@ -240,6 +262,7 @@ pub const CASES: &[HostCaseDef] = &[
     HostCaseDef {
         name: "grpc-invalid-arguments-are-invalid",
         tier: Required,
+        only: None,
         spec: &["J4", "H7", "§19"],
         description: "Arguments that are not a JSON array, or of the wrong arity or type, are answered INVALID_ARGUMENT and commit nothing.",
         procedure: &[
@@ -255,6 +278,7 @@ pub const CASES: &[HostCaseDef] = &[
     HostCaseDef {
         name: "grpc-method-failure-is-failed",
         tier: Required,
+        only: None,
         spec: &["V4", "H7", "§19.1"],
         description: "counter.fail answers FAILED with exactly the given message and leaves the state unchanged.",
         procedure: &[
@@ -269,6 +293,7 @@ pub const CASES: &[HostCaseDef] = &[
     HostCaseDef {
         name: "grpc-call-from-other-epoch-is-fenced",
         tier: Required,
+        only: None,
         spec: &["E7", "H7"],
         description: "A call whose header names another epoch is answered FAILED_PRECONDITION and never executed.",
         procedure: &[
@@ -283,6 +308,7 @@ pub const CASES: &[HostCaseDef] = &[
     HostCaseDef {
         name: "grpc-call-id-zero-is-invalid",
         tier: Required,
+        only: None,
         spec: &["H7"],
         description: "A call with call_id 0 is answered INVALID_ARGUMENT with call_id 0 and is not executed.",
         procedure: &[
@@ -297,6 +323,7 @@ pub const CASES: &[HostCaseDef] = &[
     HostCaseDef {
         name: "grpc-no-version-without-published-change",
         tier: Required,
+        only: None,
         spec: &["V6", "§19"],
         description: "Calls that leave the published view unchanged commit no version; their results carry the current version.",
         procedure: &[
@@ -311,6 +338,7 @@ pub const CASES: &[HostCaseDef] = &[
     HostCaseDef {
         name: "grpc-add-many-is-one-version",
         tier: Required,
+        only: None,
         spec: &["V3", "§19.2"],
         description: "todos.add_many commits all its items as one version, returning their ids in order.",
         procedure: &[
@@ -325,6 +353,7 @@ pub const CASES: &[HostCaseDef] = &[
     HostCaseDef {
         name: "grpc-private-section-never-sent",
         tier: Required,
+        only: None,
         spec: &["SI2", "SI4", "V5", "§19.3"],
         description: "The private secret section never reaches a client, and rotating it commits no version (needs --secret-marker).",
         procedure: &[
@@ -339,7 +368,8 @@ pub const CASES: &[HostCaseDef] = &[
     HostCaseDef {
         name: "grpc-malformed-message-disturbs-no-one",
         tier: Required,
-        spec: &["H14", "§17.2"],
+        only: None,
+        spec: &["H14", "§17.2", "FB5"],
         description: "Undecodable bytes on one stream do not disturb other clients: their calls keep working and they keep receiving publications.",
         procedure: &[
             "Attach streams A, B and M (version v).",
@@ -349,12 +379,13 @@ pub const CASES: &[HostCaseDef] = &[
         asserts: &[
             "A's call is answered with state_version v+1 and B's with v+2; each stream is shown both versions.",
             "M receives nothing but (at most) the end of its stream: the host may close it.",
-            "M's stream ends INVALID_ARGUMENT if the host closed it for the bytes, else OK after M's half-close (§17.2).",
+            "On gRPC, M's stream ends INVALID_ARGUMENT if the host closed it for the bytes, else OK after M's half-close (§17.2). On framed streams the bytes are one malformed frame, and the host may close M's connection in any way (FB5).",
         ],
     },
     HostCaseDef {
         name: "grpc-concurrent-clients-converge",
         tier: Required,
+        only: None,
         spec: &["V2", "H4", "H5", "H6", "H8"],
         description: "Several streams calling concurrently all end with the same view and version as the host's latest publication.",
         procedure: &[
@@ -370,6 +401,7 @@ pub const CASES: &[HostCaseDef] = &[
     HostCaseDef {
         name: "grpc-half-closed-stream-is-answered",
         tier: Recommended,
+        only: Some(Transport::Grpc),
         spec: &["H8", "H16", "§17.2"],
         description: "A client that closes its request stream right after sending calls is still sent every result, then the stream ends OK.",
         procedure: &[
@@ -385,6 +417,7 @@ pub const CASES: &[HostCaseDef] = &[
     HostCaseDef {
         name: "grpc-unauthenticated-without-token",
         tier: Required,
+        only: Some(Transport::Grpc),
         spec: &["§17.2"],
         description: "A host configured with a token ends streams without it, or with another, with UNAUTHENTICATED before sending anything (needs --token-file).",
         procedure: &[
@@ -396,6 +429,7 @@ pub const CASES: &[HostCaseDef] = &[
     HostCaseDef {
         name: "grpc-response-headers-before-the-first-message",
         tier: Recommended,
+        only: Some(Transport::Grpc),
         spec: &["§17.2"],
         description: "A host sends its response headers as soon as it accepts a stream, before the client's first envelope, so that a client that waits for them before sending is not left waiting for ever (many gRPC stacks send them only with the first message unless told otherwise).",
         procedure: &[
@@ -410,6 +444,7 @@ pub const CASES: &[HostCaseDef] = &[
     HostCaseDef {
         name: "grpc-view-too-large-for-a-snapshot-is-refused",
         tier: Recommended,
+        only: None,
         spec: &["§15"],
         description: "A call whose commit would make the published view too large to send as one Snapshot is answered RESOURCE_EXHAUSTED and commits nothing (the runner adds 512 KiB texts until one is refused, and skips the case when twelve are taken: a host whose message limit is over about 6 MiB).",
         procedure: &[
@@ -422,6 +457,48 @@ pub const CASES: &[HostCaseDef] = &[
             "B's snapshot, sent after the refusal, shows the same view as A at that version.",
             "`todos.clear()` succeeds with the next version, shown to both streams.",
         ],
+    },
+    HostCaseDef {
+        name: "framed-empty-frames-are-ignored",
+        tier: Required,
+        only: Some(Transport::Framed),
+        spec: &["FB1", "FB2", "H13"],
+        description: "Empty frames (length 0) before and between envelopes are read and ignored: they open nothing and are answered with nothing.",
+        procedure: &[
+            "Open connection A and write two empty frames (`00 00 00 00` twice), then SyncRequest{have_version=0}.",
+            "A writes one more empty frame, then calls `counter.increase(1)`.",
+        ],
+        asserts: &[
+            "A's first envelope is its SYNC snapshot (version v).",
+            "The call is answered with state_version v+1 and A is shown v+1; no result answers anything but the call.",
+        ],
+    },
+    HostCaseDef {
+        name: "framed-oversize-frame-closes-only-that-connection",
+        tier: Required,
+        only: Some(Transport::Framed),
+        spec: &["FB4", "H14"],
+        description: "A length prefix over the host's frame limit makes the host close that connection without waiting for the body, and nothing else is disturbed.",
+        procedure: &[
+            "Attach connections A and M (version v).",
+            "M writes the length prefix `ff ff ff ff` (4 GiB − 1, more than protobuf's 2 GiB largest message, so over every host's limit) followed by 1 KiB of zeros, and nothing more.",
+            "A calls `counter.increase(1)`.",
+        ],
+        asserts: &[
+            "The host closes M's connection within the runner's step timeout, having sent M no result.",
+            "A's call is answered with state_version v+1 and A is shown v+1.",
+        ],
+    },
+    HostCaseDef {
+        name: "framed-unfinished-first-frame-is-closed",
+        tier: Recommended,
+        only: Some(Transport::Framed),
+        spec: &["FB6"],
+        description: "A connection whose first frame does not fully arrive is closed after a deadline, so silent connections cannot hold the host's resources (the runner waits up to 30 s; the reference's deadline is 10 s).",
+        procedure: &[
+            "Open connection M and write the first two bytes of a length prefix (`00 00`), and nothing more.",
+        ],
+        asserts: &["The host closes M's connection within 30 s, having sent it nothing."],
     },
 ];
 
@@ -458,6 +535,9 @@ pub async fn run_case(name: &str, run: &Arc<Shared>, options: CaseOptions) -> Re
         "grpc-unauthenticated-without-token" => unauthenticated(run).await,
         "grpc-response-headers-before-the-first-message" => headers_first(run).await,
         "grpc-view-too-large-for-a-snapshot-is-refused" => view_too_large(run).await,
+        "framed-empty-frames-are-ignored" => empty_frames(run).await,
+        "framed-oversize-frame-closes-only-that-connection" => oversize_frame(run).await,
+        "framed-unfinished-first-frame-is-closed" => unfinished_first_frame(run).await,
         other => Err(Stop::Fail(format!("no implementation for case {other}"))),
     }
 }
@@ -1141,8 +1221,10 @@ async fn malformed(run: &Arc<Shared>) -> Result<(), Stop> {
     }
     // A host that closed M for the bytes ends it INVALID_ARGUMENT (§17.2);
     // one that kept serving it ends it OK after the half-close. gRPC
-    // stacks that decode for the host end it INTERNAL.
+    // stacks that decode for the host end it INTERNAL. A framed connection
+    // has no status: the host may close it however it does (FB5).
     match m.ended() {
+        Some(_) if run.transport() == Transport::Framed => Ok(()),
         Some(None) => Ok(()),
         Some(Some(status)) if status.code() == Code::InvalidArgument => Ok(()),
         Some(Some(status)) => Err(format!(
@@ -1302,4 +1384,64 @@ async fn view_too_large(run: &Arc<Shared>) -> Result<(), Stop> {
         return Err(format!("A received [{}] for the refused call", after.join(", ")).into());
     }
     Ok(())
+}
+
+// ---------------------------------------------------- framed streams only
+
+/// How long a host may take to close a connection whose first frame never
+/// arrives (FB6 names no number; the reference's deadline is 10 s).
+const FIRST_FRAME_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn empty_frames(run: &Arc<Shared>) -> Result<(), Stop> {
+    let mut a = Peer::open(run, "A").await?;
+    a.send_raw(Bytes::from_static(&[0; 8]))?;
+    // The stream's own checks refuse any envelope before the sync reply.
+    let v = a.attach().await?;
+    a.send_raw(Bytes::from_static(&[0; 4]))?;
+    commit_one(&mut a, &mut [], v + 1).await?;
+    Ok(())
+}
+
+async fn oversize_frame(run: &Arc<Shared>) -> Result<(), Stop> {
+    let mut a = attached(run, "A").await?;
+    let mut m = attached(run, "M").await?;
+    let v = version_of(&a)?.max(version_of(&m)?);
+    a.reach(v).await?;
+    let mut bytes = vec![0xff; 4];
+    bytes.resize(4 + 1024, 0);
+    m.send_raw(Bytes::from(bytes))?;
+    let mark = m.mark();
+    while m
+        .next_or_end()
+        .await
+        .map_err(|e| {
+            format!(
+                "{e}: the host kept M's connection open after a length prefix over its limit (FB4)"
+            )
+        })?
+        .is_some()
+    {}
+    if m.since(mark)
+        .iter()
+        .any(|e| matches!(e.kind, Some(host_message::Kind::Result(_))))
+    {
+        return Err("M received a result after an oversize frame".into());
+    }
+    commit_one(&mut a, &mut [], v + 1).await?;
+    Ok(())
+}
+
+async fn unfinished_first_frame(run: &Arc<Shared>) -> Result<(), Stop> {
+    let mut m = Peer::open(run, "M").await?;
+    m.send_raw(Bytes::from_static(&[0, 0]))?;
+    match m.next_or_end_within(FIRST_FRAME_WAIT).await {
+        Ok(None) => Ok(()),
+        Ok(Some(e)) => {
+            Err(format!("M was sent {} before it had sent a frame", describe(&e)).into())
+        }
+        Err(e) => Err(format!(
+            "{e}: the host did not close a connection whose first frame never arrived (FB6)"
+        )
+        .into()),
+    }
 }

@@ -1,12 +1,16 @@
 //! The host interop runner: tests a host implementation, in any language,
-//! over gRPC, as one or more raw clients of its `Session` method.
+//! as one or more raw clients: streams of its gRPC `Session` method
+//! (spec/PROTOCOL.md §17.2), or connections to its framed-stream listener
+//! (§17.3).
 //!
-//! The host under test serves the demo app (spec/PROTOCOL.md §19) and is
-//! started by whoever runs the suite; [`run`] connects to it, plays every
-//! case of [`cases::CASES`] (or one), each within a time limit, and reports.
+//! The host under test serves the demo app (§19) and is started by whoever
+//! runs the suite; [`run`] connects to it, plays every case of
+//! [`cases::CASES`] that applies to the transport (or those selected), each
+//! within a time limit, and reports.
 
 pub mod cases;
 pub mod codec;
+pub mod framed;
 pub mod peer;
 
 use std::collections::BTreeSet;
@@ -16,7 +20,8 @@ use std::time::Duration;
 use tonic::transport::Endpoint;
 
 use self::cases::{CaseOptions, Stop};
-use self::peer::Shared;
+use self::framed::FramedAddress;
+use self::peer::{Shared, Target, Transport};
 use crate::report::{Outcome, Report};
 use crate::select::Selection;
 use crate::vectors::Role;
@@ -24,7 +29,8 @@ use crate::vectors::Role;
 /// How to reach and test a host.
 #[derive(Debug, Clone)]
 pub struct HostRun {
-    /// The host's URL, e.g. `http://127.0.0.1:50051` (see [`host_url`]).
+    /// The host's URL: `http://127.0.0.1:50051` for gRPC (see
+    /// [`host_url`]), `tcp://HOST:PORT` or `unix:PATH` for framed streams.
     pub url: String,
     /// A bearer token to present, if the host requires one.
     pub token: Option<String>,
@@ -71,8 +77,21 @@ impl HostRun {
     }
 }
 
-/// Checks that every name given refers to a host interop case.
+/// Checks that every name given refers to a host interop case that
+/// applies to the run's transport, and that the selection is not empty.
 pub fn check_names(run: &HostRun) -> Result<(), String> {
+    let transport = target(&run.url, run.step_timeout)?.transport();
+    if let Some(name) = run
+        .select
+        .names
+        .iter()
+        .find(|n| cases::find(n).is_some_and(|c| !c.runs_over(transport)))
+    {
+        return Err(format!(
+            "host case {name} does not run over {transport}: {}",
+            run.url
+        ));
+    }
     let unknown: Vec<&String> = run
         .select
         .names
@@ -84,7 +103,7 @@ pub fn check_names(run: &HostRun) -> Result<(), String> {
     if unknown.is_empty() {
         if cases::CASES
             .iter()
-            .any(|c| run.select.includes(c.name, c.tier))
+            .any(|c| c.runs_over(transport) && run.select.includes(c.name, c.tier))
         {
             Ok(())
         } else {
@@ -133,7 +152,7 @@ async fn run_one(
 /// The URL of a host given as a URL or as `HOST:PORT` (read as
 /// `http://HOST:PORT`, as `cosystem-worker client --connect` reads it).
 pub fn host_url(given: &str) -> String {
-    if given.contains("://") {
+    if given.contains("://") || given.starts_with("unix:") {
         given.to_owned()
     } else {
         format!("http://{given}")
@@ -146,42 +165,37 @@ pub fn host_url(given: &str) -> String {
 /// connections at the URL).
 pub async fn run(config: &HostRun) -> Result<Report, String> {
     check_names(config)?;
-    let endpoint = Endpoint::from_shared(config.url.clone())
-        .map_err(|e| format!("{}: {e}", config.url))?
-        .connect_timeout(config.step_timeout)
-        .tcp_nodelay(true);
+    let target = target(&config.url, config.step_timeout)?;
+    if matches!(target, Target::Framed(_)) && config.token.is_some() {
+        return Err(format!(
+            "{}: framed streams carry no token (spec §17.3, FB8); leave out --token-file",
+            config.url
+        ));
+    }
     // One connection first, so that a host that is not there is one clear
     // error (exit 2) with its cause, not every case failing alike. A host
     // started just before the run gets `wait` to start accepting.
     // A wait past what the clock can express is "until it answers".
     let give_up = tokio::time::Instant::now().checked_add(config.wait);
     loop {
-        match endpoint.connect().await {
-            Ok(_) => break,
+        match connect_once(&target).await {
+            Ok(()) => break,
             Err(_) if give_up.is_none_or(|at| tokio::time::Instant::now() < at) => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(e) => {
-                let mut why = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(cause) = source {
-                    why.push_str(": ");
-                    why.push_str(&cause.to_string());
-                    source = cause.source();
-                }
-                return Err(format!("cannot connect to {}: {why}", config.url));
-            }
+            Err(why) => return Err(format!("cannot connect to {}: {why}", config.url)),
         }
     }
+    let transport = target.transport();
     let shared = Arc::new(Shared::new(
-        endpoint,
+        target,
         config.token.clone(),
         config.secret_marker.clone(),
         config.step_timeout,
     ));
     let mut report = Report::default();
     for case in cases::CASES {
-        if !config.select.includes(case.name, case.tier) {
+        if !case.runs_over(transport) || !config.select.includes(case.name, case.tier) {
             continue;
         }
         let outcome = match report.not_to_run(case.name, &config.skip, config.fail_fast) {
@@ -207,4 +221,41 @@ pub async fn run(config: &HostRun) -> Result<Report, String> {
         );
     }
     Ok(report)
+}
+
+/// How the runner reaches the host at `url`: framed streams for
+/// `tcp://HOST:PORT` and `unix:PATH`, gRPC for anything else.
+fn target(url: &str, connect_timeout: Duration) -> Result<Target, String> {
+    if let Some(address) = FramedAddress::parse(url) {
+        return address.map(Target::Framed);
+    }
+    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| format!("{url}: {e}"))?;
+    Ok(Target::Grpc(Box::new(
+        endpoint.connect_timeout(connect_timeout).tcp_nodelay(true),
+    )))
+}
+
+/// Connects once and lets go: whether anything accepts connections there.
+async fn connect_once(target: &Target) -> Result<(), String> {
+    match target {
+        Target::Grpc(endpoint) => endpoint.connect().await.map(drop).map_err(|e| {
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                why.push_str(": ");
+                why.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            why
+        }),
+        Target::Framed(address) => framed::connect(address)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// The transport a run against `url` uses.
+pub fn transport_of(url: &str) -> Result<Transport, String> {
+    target(url, Duration::from_secs(5)).map(|t| t.transport())
 }

@@ -1,7 +1,7 @@
-//! One raw gRPC client of the host under test: a `Session` stream that the
-//! runner writes envelopes (or arbitrary bytes) to and reads host envelopes
-//! from, checking every envelope it reads against the rules that hold for
-//! all of them.
+//! One raw client of the host under test: a gRPC `Session` stream, or a
+//! framed connection, that the runner writes envelopes (or arbitrary bytes)
+//! to and reads host envelopes from, checking every envelope it reads
+//! against the rules that hold for all of them.
 //!
 //! Every envelope read is checked before a case sees it:
 //! - it is a protobuf `HostMessage` of protocol version 1 with a non-empty
@@ -16,7 +16,9 @@
 //! - a result answers a call this stream sent and that has no answer yet,
 //!   carries exactly one outcome, a non-zero `state_version`, no local-only
 //!   error code, and names a version this stream has already been shown
-//!   (H8, H9).
+//!   (H8, H9);
+//! - its header's `target` is this stream's name on a reply and empty on a
+//!   publication (§3.2, FB8).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,19 +35,58 @@ use prost::Message;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::codec::Streaming;
 use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 
 use super::codec::RawCodec;
+use super::framed::{self, FrameReader, FramedAddress};
 
 /// The gRPC method every stream calls (spec/PROTOCOL.md §17.2).
 pub const SESSION_PATH: &str = "/cosystem.worker.v1.HostService/Session";
 
+/// The transports the runner speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// gRPC (spec/PROTOCOL.md §17.2): one `Session` call per stream.
+    Grpc,
+    /// Framed byte streams (§17.3): one connection per stream.
+    Framed,
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Grpc => "gRPC",
+            Self::Framed => "framed streams",
+        })
+    }
+}
+
+/// Where the host under test is, and how to reach it.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A gRPC host.
+    Grpc(Box<Endpoint>),
+    /// A host serving framed streams on a listener.
+    Framed(FramedAddress),
+}
+
+impl Target {
+    /// The transport this target is reached by.
+    pub fn transport(&self) -> Transport {
+        match self {
+            Self::Grpc(_) => Transport::Grpc,
+            Self::Framed(_) => Transport::Framed,
+        }
+    }
+}
+
 /// What every stream of one run shares.
 pub struct Shared {
-    endpoint: Endpoint,
+    target: Target,
     token: Option<String>,
     marker: Option<Vec<u8>>,
     step_timeout: Duration,
@@ -55,17 +96,17 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// A run against `endpoint`, authenticating with `token`, that fails any
-    /// stream receiving `marker`, and waits at most `step_timeout` for any
-    /// single thing.
+    /// A run against `target`, authenticating with `token` (gRPC only),
+    /// that fails any stream receiving `marker`, and waits at most
+    /// `step_timeout` for any single thing.
     pub fn new(
-        endpoint: Endpoint,
+        target: Target,
         token: Option<String>,
         marker: Option<String>,
         step_timeout: Duration,
     ) -> Self {
         Self {
-            endpoint,
+            target,
             token,
             marker: marker.filter(|m| !m.is_empty()).map(String::into_bytes),
             step_timeout,
@@ -78,6 +119,11 @@ impl Shared {
     /// Whether a secret marker was given.
     pub fn has_marker(&self) -> bool {
         self.marker.is_some()
+    }
+
+    /// The transport every stream of the run uses.
+    pub fn transport(&self) -> Transport {
+        self.target.transport()
     }
 
     /// Whether a bearer token was given.
@@ -115,7 +161,11 @@ enum Response {
     Pending(JoinHandle<Result<Streaming<Bytes>, Status>>),
     /// Messages can be read.
     Open(Box<Streaming<Bytes>>),
-    /// The host ended the stream, with this status (`None`: OK).
+    /// Frames can be read (framed streams have no response to wait for).
+    Frames(Box<FrameReader>),
+    /// The host ended the stream, with this status (`None`: OK, or on a
+    /// framed stream the end of the connection; a framed connection that
+    /// breaks ends `UNAVAILABLE`).
     Ended(Option<Status>),
 }
 
@@ -152,13 +202,46 @@ impl Peer {
         Self::open_with(shared, name, token.as_deref()).await
     }
 
-    /// Opens a stream presenting `token` (or none).
+    /// Opens a stream presenting `token` (or none; framed streams carry
+    /// none, FB8).
     pub async fn open_with(
         shared: &Arc<Shared>,
         name: &str,
         token: Option<&str>,
     ) -> Result<Self, String> {
-        let channel = tokio::time::timeout(shared.step_timeout, shared.endpoint.connect())
+        let (tx, response) = match &shared.target {
+            Target::Grpc(endpoint) => Self::open_grpc(shared, endpoint, name, token).await?,
+            Target::Framed(address) => {
+                let (tx, frames) =
+                    tokio::time::timeout(shared.step_timeout, framed::connect(address))
+                        .await
+                        .map_err(|_| format!("stream {name}: connecting timed out"))?
+                        .map_err(|e| format!("stream {name}: cannot connect to {address}: {e}"))?;
+                (tx, Response::Frames(Box::new(frames)))
+            }
+        };
+        Ok(Self {
+            name: name.to_owned(),
+            shared: shared.clone(),
+            tx: Some(tx),
+            response,
+            attached: false,
+            version: None,
+            view: None,
+            outstanding: None,
+            open_calls: BTreeSet::new(),
+            results: BTreeMap::new(),
+            log: Vec::new(),
+        })
+    }
+
+    async fn open_grpc(
+        shared: &Shared,
+        endpoint: &Endpoint,
+        name: &str,
+        token: Option<&str>,
+    ) -> Result<(mpsc::UnboundedSender<Bytes>, Response), String> {
+        let channel = tokio::time::timeout(shared.step_timeout, endpoint.connect())
             .await
             .map_err(|_| format!("stream {name}: connecting timed out"))?
             .map_err(|e| format!("stream {name}: cannot connect: {e}"))?;
@@ -180,19 +263,7 @@ impl Peer {
                 .await
                 .map(tonic::Response::into_inner)
         });
-        Ok(Self {
-            name: name.to_owned(),
-            shared: shared.clone(),
-            tx: Some(tx),
-            response: Response::Pending(task),
-            attached: false,
-            version: None,
-            view: None,
-            outstanding: None,
-            open_calls: BTreeSet::new(),
-            results: BTreeMap::new(),
-            log: Vec::new(),
-        })
+        Ok((tx, Response::Pending(task)))
     }
 
     /// The version of the last state this stream was shown.
@@ -221,8 +292,18 @@ impl Peer {
         self.shared.epoch().unwrap_or_default()
     }
 
-    /// Writes raw bytes as one gRPC message.
+    /// Writes `bytes` as one message: one gRPC message, or one frame.
     pub fn send_bytes(&mut self, bytes: Bytes) -> Result<(), String> {
+        let bytes = match self.shared.transport() {
+            Transport::Grpc => bytes,
+            Transport::Framed => framed::frame(&bytes),
+        };
+        self.send_raw(bytes)
+    }
+
+    /// Writes `bytes` exactly as given: on a framed stream, bytes that need
+    /// not be a frame; on gRPC, one message.
+    pub fn send_raw(&mut self, bytes: Bytes) -> Result<(), String> {
         self.tx
             .as_ref()
             .and_then(|tx| tx.send(bytes).ok())
@@ -381,12 +462,12 @@ impl Peer {
     /// with its response headers (spec §17.2, opening), or to end it; an
     /// error if it has done neither within the step timeout.
     pub async fn answered_before_sending(&mut self) -> Result<(), String> {
-        self.response().await.map(drop)
+        self.response().await
     }
 
-    /// Waits for the response stream to open and returns how it ended if it
-    /// did, without reading any message.
-    async fn response(&mut self) -> Result<Option<&mut Streaming<Bytes>>, String> {
+    /// Waits for a gRPC response stream to open, without reading any
+    /// message.
+    async fn response(&mut self) -> Result<(), String> {
         if let Response::Pending(task) = &mut self.response {
             let opened = tokio::time::timeout(self.shared.step_timeout, task)
                 .await
@@ -403,39 +484,63 @@ impl Peer {
                 Err(status) => Response::Ended(Some(status)),
             };
         }
-        Ok(match &mut self.response {
-            Response::Open(s) => Some(s.as_mut()),
-            _ => None,
-        })
+        Ok(())
+    }
+
+    /// The next message's bytes, or `None` once the stream has ended (how:
+    /// [`Peer::ended`]).
+    async fn next_bytes(&mut self, timeout: Duration) -> Result<Option<Bytes>, String> {
+        self.response().await?;
+        let waited = |_| {
+            format!(
+                "stream {}: nothing received within {} ms",
+                self.name,
+                timeout.as_millis()
+            )
+        };
+        let end = match &mut self.response {
+            Response::Open(streaming) => {
+                match tokio::time::timeout(timeout, streaming.message())
+                    .await
+                    .map_err(waited)?
+                {
+                    Ok(Some(bytes)) => return Ok(Some(bytes)),
+                    Ok(None) => None,
+                    Err(status) => Some(status),
+                }
+            }
+            Response::Frames(frames) => {
+                match tokio::time::timeout(timeout, frames.next())
+                    .await
+                    .map_err(waited)?
+                {
+                    Some(Ok(frame)) => return Ok(Some(frame.freeze())),
+                    None => None,
+                    Some(Err(e)) => Some(Status::unavailable(format!("the connection broke: {e}"))),
+                }
+            }
+            Response::Pending(_) | Response::Ended(_) => return Ok(None),
+        };
+        self.response = Response::Ended(end);
+        Ok(None)
     }
 
     /// Reads the next envelope, or how the stream ended: `Ok(None)` with the
     /// final status in [`Peer::ended`].
     pub async fn next_or_end(&mut self) -> Result<Option<HostMessage>, String> {
-        let timeout = self.shared.step_timeout;
-        let name = self.name.clone();
-        let Some(streaming) = self.response().await? else {
+        self.next_or_end_within(self.shared.step_timeout).await
+    }
+
+    /// [`Peer::next_or_end`], waiting at most `timeout` rather than the
+    /// step timeout.
+    pub async fn next_or_end_within(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<HostMessage>, String> {
+        let Some(bytes) = self.next_bytes(timeout).await? else {
             return Ok(None);
         };
-        let item = tokio::time::timeout(timeout, streaming.message())
-            .await
-            .map_err(|_| {
-                format!(
-                    "stream {name}: nothing received within {} ms",
-                    timeout.as_millis()
-                )
-            })?;
-        let bytes = match item {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => {
-                self.response = Response::Ended(None);
-                return Ok(None);
-            }
-            Err(status) => {
-                self.response = Response::Ended(Some(status));
-                return Ok(None);
-            }
-        };
+        let name = self.name.clone();
         if let Some(marker) = &self.shared.marker
             && contains(&bytes, marker)
         {

@@ -1,0 +1,162 @@
+//! The runner's framed byte-stream connections (spec/PROTOCOL.md §17.3):
+//! one TCP or Unix-socket connection per stream, each envelope one frame of
+//! a 4-byte big-endian length and the envelope's bytes (FB1).
+//!
+//! Frames are written by a task from a channel of bytes that are already
+//! framed, so a case can also write bytes that are not a frame (a bare
+//! oversize length prefix, half a frame) exactly as a broken peer would.
+
+use std::io;
+#[cfg(unix)]
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+
+/// The largest frame the runner reads: above any host's limit that the
+/// cases can meet (the largest snapshot a case provokes is about 6 MiB),
+/// and small enough that a host sending a garbage length cannot make the
+/// runner hold gigabytes.
+const MAX_READ_FRAME: usize = 64 * 1024 * 1024;
+
+/// Where a framed host listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FramedAddress {
+    /// `tcp://HOST:PORT`.
+    Tcp(String),
+    /// `unix:PATH`.
+    #[cfg(unix)]
+    Unix(PathBuf),
+}
+
+impl FramedAddress {
+    /// Reads `tcp://HOST:PORT` or `unix:PATH`, as `cosystem-worker host
+    /// --listen` names a framed listener; `None` for any other URL (gRPC's).
+    pub fn parse(url: &str) -> Option<Result<Self, String>> {
+        if let Some(address) = url.strip_prefix("tcp://") {
+            let address = address.trim_end_matches('/');
+            return Some(
+                if address
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+                {
+                    Ok(Self::Tcp(address.to_owned()))
+                } else {
+                    Err(format!("{url}: expected tcp://HOST:PORT"))
+                },
+            );
+        }
+        let path = url.strip_prefix("unix://").or(url.strip_prefix("unix:"))?;
+        if path.is_empty() {
+            return Some(Err(format!("{url}: expected unix:PATH")));
+        }
+        #[cfg(unix)]
+        return Some(Ok(Self::Unix(PathBuf::from(path))));
+        #[cfg(not(unix))]
+        return Some(Err(format!(
+            "{url}: Unix sockets are not available on this platform"
+        )));
+    }
+}
+
+impl std::fmt::Display for FramedAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(address) => write!(f, "tcp://{address}"),
+            #[cfg(unix)]
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// Reads a connection's frames, each the bytes of one envelope.
+pub type FrameReader = FramedRead<Pin<Box<dyn AsyncRead + Send>>, LengthDelimitedCodec>;
+
+/// One connection to a framed host: what is sent on the channel is written
+/// as it is, and dropping the channel's last sender shuts the connection's
+/// write side down (the host sees the end of its stream).
+pub async fn connect(
+    address: &FramedAddress,
+) -> io::Result<(mpsc::UnboundedSender<Bytes>, FrameReader)> {
+    type Halves = (
+        Pin<Box<dyn AsyncRead + Send>>,
+        Pin<Box<dyn AsyncWrite + Send>>,
+    );
+    let (reader, mut writer): Halves = match address {
+        FramedAddress::Tcp(address) => {
+            let stream = tokio::net::TcpStream::connect(address).await?;
+            stream.set_nodelay(true)?;
+            let (r, w) = stream.into_split();
+            (Box::pin(r), Box::pin(w))
+        }
+        #[cfg(unix)]
+        FramedAddress::Unix(path) => {
+            let (r, w) = tokio::net::UnixStream::connect(path).await?.into_split();
+            (Box::pin(r), Box::pin(w))
+        }
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+    tokio::spawn(async move {
+        while let Some(bytes) = rx.recv().await {
+            // A host that closed the connection makes every later write
+            // fail; what the case reads tells it so.
+            if writer.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    let codec = LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .big_endian()
+        .max_frame_length(MAX_READ_FRAME)
+        .new_codec();
+    Ok((tx, FramedRead::new(reader, codec)))
+}
+
+/// The bytes of one frame holding `envelope` (FB1). An envelope longer than
+/// a length prefix can say is cut to fit: no case sends one.
+pub fn frame(envelope: &[u8]) -> Bytes {
+    let len = u32::try_from(envelope.len()).unwrap_or(u32::MAX);
+    let mut bytes = BytesMut::with_capacity(4 + envelope.len());
+    bytes.put_u32(len);
+    bytes.put_slice(&envelope[..len as usize]);
+    bytes.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framed_urls_are_tcp_or_unix_and_anything_else_is_grpc() {
+        assert_eq!(
+            FramedAddress::parse("tcp://127.0.0.1:4000"),
+            Some(Ok(FramedAddress::Tcp("127.0.0.1:4000".into())))
+        );
+        assert_eq!(
+            FramedAddress::parse("tcp://[::1]:4000/"),
+            Some(Ok(FramedAddress::Tcp("[::1]:4000".into())))
+        );
+        #[cfg(unix)]
+        assert_eq!(
+            FramedAddress::parse("unix:/run/host.sock"),
+            Some(Ok(FramedAddress::Unix("/run/host.sock".into())))
+        );
+        for bad in ["tcp://127.0.0.1", "tcp://:4000", "tcp://host:port", "unix:"] {
+            assert!(matches!(FramedAddress::parse(bad), Some(Err(_))), "{bad}");
+        }
+        for grpc in ["http://127.0.0.1:4000", "https://h:1", "127.0.0.1:4000"] {
+            assert_eq!(FramedAddress::parse(grpc), None, "{grpc}");
+        }
+    }
+
+    #[test]
+    fn a_frame_is_a_big_endian_length_then_the_envelope() {
+        assert_eq!(frame(b"abc").as_ref(), b"\0\0\0\x03abc");
+        assert_eq!(frame(b"").as_ref(), b"\0\0\0\0");
+    }
+}
