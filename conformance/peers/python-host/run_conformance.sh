@@ -10,7 +10,10 @@
 # from proto/, replay the host vectors in process (check_vectors.py), then
 # for each sync mode start server.py on a free loopback port and run
 # `RUNNER host` against it, then the reference client against it
-# (../reference_client_check.sh). Exits non-zero if any step or any case failed,
+# (../reference_client_check.sh), and finally for each sync mode start
+# framed_server.py (framed streams over TCP, PROTOCOL.md §17.3) on a free
+# loopback port and run `RUNNER host --connect tcp://...` against it.
+# Exits non-zero if any step or any case failed,
 # recommended cases included: 2 for a usage error, 3 when the Python packages
 # cannot be installed, 1 otherwise. The server's port is drawn at random from
 # PYTHON_HOST_PORT_MIN..PYTHON_HOST_PORT_MAX (default 20000..60000).
@@ -106,14 +109,16 @@ port_open() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
-# Starts server.py on a random free loopback port; sets SERVER_PID and PORT.
+# Starts SCRIPT (server.py or framed_server.py) with the given arguments on a
+# random free loopback port; sets SERVER_PID and PORT.
 start_server() {
-    local mode=$1 log=$2 attempt
+    local script=$1 mode=$2 log=$3 attempt
+    shift 3
     for attempt in $(seq 20); do
         PORT=$(( ((RANDOM << 15) | RANDOM) % (PORT_MAX - PORT_MIN + 1) + PORT_MIN ))
         port_open "$PORT" && continue
-        "$VENV/bin/python" "$HERE/server.py" --listen "127.0.0.1:$PORT" --sync "$mode" \
-            --token-file "$TOKEN_FILE" --secret-token "$MARKER" >"$log" 2>&1 &
+        "$VENV/bin/python" "$HERE/$script" --listen "127.0.0.1:$PORT" --sync "$mode" \
+            --secret-token "$MARKER" "$@" >"$log" 2>&1 &
         SERVER_PID=$!
         for _ in $(seq 150); do
             if ! kill -0 "$SERVER_PID" 2>/dev/null; then
@@ -136,7 +141,7 @@ for mode in patch snapshot; do
     section "gRPC interop cases, $mode sync mode"
     log=$WORK/server-$mode.log
     report=$WORK/runner-$mode.txt
-    if ! start_server "$mode" "$log"; then
+    if ! start_server server.py "$mode" "$log" --token-file "$TOKEN_FILE"; then
         FAILURES+=("$mode: server did not start")
         continue
     fi
@@ -160,9 +165,37 @@ for mode in patch snapshot; do
     fi
 done
 
+# Framed streams (§17.3) carry no token (FB8): the runner refuses
+# --token-file for a tcp:// URL, and framed_server.py takes none.
+for mode in patch snapshot; do
+    section "Framed-stream interop cases (TCP), $mode sync mode"
+    log=$WORK/framed-server-$mode.log
+    report=$WORK/runner-framed-$mode.txt
+    if ! start_server framed_server.py "$mode" "$log"; then
+        FAILURES+=("framed $mode: server did not start")
+        continue
+    fi
+    status=0
+    "$RUNNER" host --connect "tcp://127.0.0.1:$PORT" \
+        --secret-marker "$MARKER" | tee "$report" || status=$?
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+        FAILURES+=("framed $mode: server exited during the run")
+    fi
+    stop_server
+    if [[ $status -ne 0 ]]; then
+        FAILURES+=("framed $mode: runner exit status $status")
+    elif grep -qE '^(FAIL|XPASS) ' "$report"; then
+        FAILURES+=("framed $mode: recommended case failed")
+    fi
+    if [[ $status -ne 0 ]] || grep -qE '^(FAIL|XPASS) ' "$report"; then
+        echo "---- server log ($log, last 40 lines) ----"
+        tail -n 40 "$log" || true
+    fi
+done
+
 section "Summary ($(( SECONDS - START )) s)"
 if [[ ${#FAILURES[@]} -gt 0 ]]; then
     printf 'FAILED: %s\n' "${FAILURES[@]}"
     exit 1
 fi
-echo "python-host: all host vectors and all gRPC interop cases passed in both sync modes"
+echo "python-host: all host vectors, and all gRPC and framed-stream interop cases, passed in both sync modes"
