@@ -167,6 +167,16 @@ enum Command {
         /// outruns it.
         #[arg(long, default_value_t = 1024, value_name = "N")]
         history_window: u64,
+        /// The host's max message size in bytes (§15), its frame limit on
+        /// framed streams (FB3), for the case that sends a length just over
+        /// it.
+        #[arg(long, default_value_t = 4 * 1024 * 1024, value_name = "BYTES",
+              value_parser = clap::value_parser!(u32).range(1024 * 1024..))]
+        max_message_size: u32,
+        /// How long a framed host may take to close a connection that sends
+        /// no first envelope (FB6), in ms.
+        #[arg(long, default_value_t = 30000, value_name = "MS")]
+        first_frame_wait_ms: u64,
         /// The longest any single wait may last, in ms.
         #[arg(long, default_value_t = 5000, value_name = "MS")]
         step_timeout_ms: u64,
@@ -344,6 +354,8 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
             token_file,
             secret_marker,
             history_window,
+            max_message_size,
+            first_frame_wait_ms,
             step_timeout_ms,
             case_timeout_ms,
             run,
@@ -366,6 +378,8 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
             config.step_timeout = Duration::from_millis(step_timeout_ms);
             config.case_timeout = Duration::from_millis(case_timeout_ms);
             config.options.history_window = history_window;
+            config.options.max_message_size = max_message_size;
+            config.options.first_frame_wait = Duration::from_millis(first_frame_wait_ms);
             interop::check_names(&config).map_err(|e| {
                 // Names the host runner does not know may be host vectors.
                 let cases = load(cli.vectors.clone()).unwrap_or_default();

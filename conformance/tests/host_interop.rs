@@ -236,7 +236,7 @@ async fn listed_known_failures_run_and_cases_to_skip_do_not() {
 
 /// The framed case that waits for the host's first-frame deadline (10 s
 /// for the reference): run once, by the TCP test.
-const FIRST_FRAME: &str = "framed-unfinished-first-frame-is-closed";
+const FIRST_FRAME: &str = "framed-connection-without-a-first-envelope-is-closed";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reference_host_passes_every_framed_case_over_tcp_in_patch_mode() {
@@ -247,7 +247,8 @@ async fn reference_host_passes_every_framed_case_over_tcp_in_patch_mode() {
     let names: BTreeSet<&str> = report.results.iter().map(|r| r.name.as_str()).collect();
     assert!(names.contains("framed-oversize-frame-closes-only-that-connection"));
     assert!(names.contains("grpc-malformed-message-disturbs-no-one"));
-    assert!(!names.contains("grpc-half-closed-stream-is-answered"));
+    assert!(names.contains("grpc-half-closed-stream-is-answered"));
+    assert!(!names.contains("grpc-unauthenticated-without-token"));
 }
 
 #[cfg(unix)]
@@ -279,11 +280,29 @@ async fn run_framed_broken(breakage: FramedBreakage) -> BTreeSet<String> {
     failed(&report)
 }
 
+const OVERSIZE: &str = "framed-oversize-frame-closes-only-that-connection";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_framed_host_that_waits_for_an_oversize_body_fails_exactly_the_oversize_case() {
     assert_eq!(
         run_framed_broken(FramedBreakage::ReadsOversizeBodies).await,
-        BTreeSet::from(["framed-oversize-frame-closes-only-that-connection".to_owned()])
+        BTreeSet::from([OVERSIZE.to_owned()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framed_host_that_measures_lengths_against_2_gib_fails_exactly_the_oversize_case() {
+    assert_eq!(
+        run_framed_broken(FramedBreakage::TwoGiBLimit).await,
+        BTreeSet::from([OVERSIZE.to_owned()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framed_host_that_writes_text_before_closing_fails_exactly_the_oversize_case() {
+    assert_eq!(
+        run_framed_broken(FramedBreakage::WritesTextOnOversize).await,
+        BTreeSet::from([OVERSIZE.to_owned()])
     );
 }
 
@@ -293,6 +312,45 @@ async fn a_framed_host_that_closes_on_an_empty_frame_fails_exactly_the_empty_fra
         run_framed_broken(FramedBreakage::ClosesOnEmptyFrames).await,
         BTreeSet::from(["framed-empty-frames-are-ignored".to_owned()])
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framed_host_that_discards_what_is_owed_at_the_end_of_input_fails_the_half_close_case() {
+    assert_eq!(
+        run_framed_broken(FramedBreakage::EndsSessionAtEndOfInput).await,
+        BTreeSet::from(["grpc-half-closed-stream-is-answered".to_owned()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framed_host_with_a_limit_under_1_mib_fails_exactly_the_1_mib_case() {
+    assert_eq!(
+        run_framed_broken(FramedBreakage::SmallLimit).await,
+        BTreeSet::from(["grpc-message-of-the-smallest-limit-is-accepted".to_owned()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framed_host_that_sends_empty_frames_passes_since_receivers_ignore_them() {
+    assert_eq!(
+        run_framed_broken(FramedBreakage::SendsEmptyFrames).await,
+        BTreeSet::new()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framed_host_without_a_first_frame_deadline_fails_the_deadline_case() {
+    let served =
+        serve_framed_broken(demo_host(SyncMode::Patch), FramedBreakage::SendsEmptyFrames).await;
+    let mut run = config(&served.url);
+    run.select.names = [FIRST_FRAME.to_owned()].into();
+    run.options.first_frame_wait = Duration::from_secs(2);
+    let report = interop::run(&run).await.unwrap();
+    let Outcome::Fail(why) = &report.results[0].outcome else {
+        panic!("{:?}", report.results[0].outcome);
+    };
+    // Both trickling connections are named as still held.
+    assert!(why.contains("E (") && why.contains("U ("), "{why}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,14 +7,19 @@
 //! a case counts on the versions it alone produces.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use cosystem_worker::wire::{CallResult, ErrorCode, HostMessage, call_result, host_message};
+use cosystem_worker::wire::{
+    Call, CallResult, ClientMessage, ErrorCode, Header, HostMessage, call_result, client_message,
+    host_message,
+};
+use prost::Message;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 use tonic::Code;
 
-use super::peer::{Peer, Shared, Transport, describe, is_bookmark};
+use super::peer::{Peer, Read, Shared, Transport, describe, is_bookmark};
 use crate::vectors::Tier;
 use crate::vectors::matcher::json_eq;
 
@@ -78,15 +83,26 @@ pub struct CaseOptions {
     /// The host's history window in versions (H11), for the case that
     /// outruns it.
     pub history_window: u64,
+    /// The host's max message size (§15), its frame limit on framed
+    /// streams (FB3), for the case that sends a length just over it.
+    pub max_message_size: u32,
+    /// How long a framed host may take to close a connection that sends no
+    /// first envelope (FB6).
+    pub first_frame_wait: Duration,
 }
 
 impl Default for CaseOptions {
     fn default() -> Self {
         Self {
             history_window: 1024,
+            max_message_size: 4 * MIB,
+            first_frame_wait: Duration::from_secs(30),
         }
     }
 }
+
+/// One mebibyte: §15's smallest max message size allowed.
+const MIB: u32 = 1024 * 1024;
 
 use Tier::{Recommended, Required};
 
@@ -401,17 +417,17 @@ pub const CASES: &[HostCaseDef] = &[
     HostCaseDef {
         name: "grpc-half-closed-stream-is-answered",
         tier: Recommended,
-        only: Some(Transport::Grpc),
-        spec: &["H8", "H16", "§17.2"],
-        description: "A client that closes its request stream right after sending calls is still sent every result, then the stream ends OK.",
+        only: None,
+        spec: &["H8", "H16", "§17.2", "FB6"],
+        description: "A client that closes its sending side (a gRPC half-close; on a framed stream, the end of its input) right after sending calls is still sent every result, then the stream ends cleanly.",
         procedure: &[
             "Attach stream A.",
-            "A sends 200 `counter.increase(1)` calls without waiting, then closes its request stream (half-close).",
+            "A sends 200 `counter.increase(1)` calls without waiting, then closes its sending side (gRPC: half-close; framed: shuts down its write side).",
             "A reads until its stream ends.",
         ],
         asserts: &[
             "A receives exactly one result per call, each after the publication of its version.",
-            "A's stream then ends with status OK.",
+            "A's stream then ends with status OK (gRPC) or the host closes the connection (framed streams; a reset counts as a close).",
         ],
     },
     HostCaseDef {
@@ -459,11 +475,25 @@ pub const CASES: &[HostCaseDef] = &[
         ],
     },
     HostCaseDef {
+        name: "grpc-message-of-the-smallest-limit-is-accepted",
+        tier: Required,
+        only: None,
+        spec: &["§15", "FB3"],
+        description: "A Call envelope of exactly 1 MiB (1 048 576 bytes encoded: the smallest max message size §15 allows, so every host accepts it) is read and answered.",
+        procedure: &[
+            "Attach stream A (version v).",
+            "A calls `counter.increase(1)` with `args_json` `[1` + spaces + `]`, padded so that the encoded ClientMessage is exactly 1 048 576 bytes.",
+        ],
+        asserts: &[
+            "The call is answered with value `count + 1` and state_version v+1, and A is shown v+1.",
+        ],
+    },
+    HostCaseDef {
         name: "framed-empty-frames-are-ignored",
         tier: Required,
         only: Some(Transport::Framed),
         spec: &["FB1", "FB2", "H13"],
-        description: "Empty frames (length 0) before and between envelopes are read and ignored: they open nothing and are answered with nothing.",
+        description: "Empty frames (length 0) before and between envelopes are read and ignored: nothing answers them, and the session goes on as if they had not been sent.",
         procedure: &[
             "Open connection A and write two empty frames (`00 00 00 00` twice), then SyncRequest{have_version=0}.",
             "A writes one more empty frame, then calls `counter.increase(1)`.",
@@ -477,28 +507,29 @@ pub const CASES: &[HostCaseDef] = &[
         name: "framed-oversize-frame-closes-only-that-connection",
         tier: Required,
         only: Some(Transport::Framed),
-        spec: &["FB4", "H14"],
-        description: "A length prefix over the host's frame limit makes the host close that connection without waiting for the body, and nothing else is disturbed.",
+        spec: &["FB3", "FB4", "H14"],
+        description: "A length prefix over the host's frame limit makes the host close that connection without waiting for the body, and nothing else is disturbed (the limit is --max-message-size, default 4 MiB, §15's default).",
         procedure: &[
-            "Attach connections A and M (version v).",
-            "M writes the length prefix `ff ff ff ff` (4 GiB − 1, more than protobuf's 2 GiB largest message, so over every host's limit) followed by 1 KiB of zeros, and nothing more.",
+            "Attach connections A, M and N (version v).",
+            "M writes a length prefix of the host's limit + 1, N one of `ff ff ff ff` (4 GiB − 1); each then writes 1 KiB of zeros and nothing more.",
             "A calls `counter.increase(1)`.",
         ],
         asserts: &[
-            "The host closes M's connection within the runner's step timeout, having sent M no result.",
+            "The host closes M's and N's connections within the runner's step timeout, having sent them no result and nothing but frames.",
             "A's call is answered with state_version v+1 and A is shown v+1.",
         ],
     },
     HostCaseDef {
-        name: "framed-unfinished-first-frame-is-closed",
+        name: "framed-connection-without-a-first-envelope-is-closed",
         tier: Recommended,
         only: Some(Transport::Framed),
-        spec: &["FB6"],
-        description: "A connection whose first frame does not fully arrive is closed after a deadline, so silent connections cannot hold the host's resources (the runner waits up to 30 s; the reference's deadline is 10 s).",
+        spec: &["FB2", "FB6"],
+        description: "A connection that never completes a non-empty first frame is closed within a deadline of its acceptance, however it trickles bytes (the runner waits --first-frame-wait-ms, default 30 s, FB6's bound; the reference's deadline is 10 s).",
         procedure: &[
-            "Open connection M and write the first two bytes of a length prefix (`00 00`), and nothing more.",
+            "Open connections E and U.",
+            "Once a second, E writes an empty frame (`00 00 00 00`), and U one more byte of a frame whose length prefix says 256 bytes and which it never finishes.",
         ],
-        asserts: &["The host closes M's connection within 30 s, having sent it nothing."],
+        asserts: &["The host closes both connections within the wait, having sent them nothing."],
     },
 ];
 
@@ -536,8 +567,11 @@ pub async fn run_case(name: &str, run: &Arc<Shared>, options: CaseOptions) -> Re
         "grpc-response-headers-before-the-first-message" => headers_first(run).await,
         "grpc-view-too-large-for-a-snapshot-is-refused" => view_too_large(run).await,
         "framed-empty-frames-are-ignored" => empty_frames(run).await,
-        "framed-oversize-frame-closes-only-that-connection" => oversize_frame(run).await,
-        "framed-unfinished-first-frame-is-closed" => unfinished_first_frame(run).await,
+        "framed-oversize-frame-closes-only-that-connection" => oversize_frame(run, options).await,
+        "grpc-message-of-the-smallest-limit-is-accepted" => smallest_limit(run).await,
+        "framed-connection-without-a-first-envelope-is-closed" => {
+            no_first_envelope(run, options).await
+        }
         other => Err(Stop::Fail(format!("no implementation for case {other}"))),
     }
 }
@@ -798,12 +832,19 @@ async fn half_closed(run: &Arc<Shared>) -> Result<(), Stop> {
     }
     // Publications or bookmarks may still come; then the end.
     while a.next_or_end().await?.is_some() {}
-    match a.ended().and_then(|s| s.map(|s| s.code())) {
-        None => Ok(()),
-        Some(code) => Err(format!(
-            "A's stream ended with status {code:?} after its results, expected OK"
+    let clean = match (run.transport(), a.ended()) {
+        (Transport::Grpc, Some(None)) => true,
+        (Transport::Grpc, _) => false,
+        (Transport::Framed, _) => true,
+    };
+    if clean {
+        Ok(())
+    } else {
+        Err(format!(
+            "A's stream ended ({}) after its results, expected status OK",
+            a.ended_status()
         )
-        .into()),
+        .into())
     }
 }
 
@@ -1212,7 +1253,14 @@ async fn malformed(run: &Arc<Shared>) -> Result<(), Stop> {
     // M may have been closed, or may still be served: either way it must
     // not have been sent anything but publications.
     m.close();
-    while m.next_or_end().await?.is_some() {}
+    if run.transport() == Transport::Framed {
+        // A framed host may keep M's session after the bytes (FB5) and,
+        // with nothing owed, need not close it at the end of M's input
+        // (H16): a quiet connection is as good as a closed one.
+        while let Read::Message(_) = m.read_within(run.step_timeout()).await? {}
+    } else {
+        while m.next_or_end().await?.is_some() {}
+    }
     if m.since(mark)
         .iter()
         .any(|e| matches!(e.kind, Some(host_message::Kind::Result(_))))
@@ -1388,10 +1436,6 @@ async fn view_too_large(run: &Arc<Shared>) -> Result<(), Stop> {
 
 // ---------------------------------------------------- framed streams only
 
-/// How long a host may take to close a connection whose first frame never
-/// arrives (FB6 names no number; the reference's deadline is 10 s).
-const FIRST_FRAME_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-
 async fn empty_frames(run: &Arc<Shared>) -> Result<(), Stop> {
     let mut a = Peer::open(run, "A").await?;
     a.send_raw(Bytes::from_static(&[0; 8]))?;
@@ -1402,46 +1446,156 @@ async fn empty_frames(run: &Arc<Shared>) -> Result<(), Stop> {
     Ok(())
 }
 
-async fn oversize_frame(run: &Arc<Shared>) -> Result<(), Stop> {
+async fn oversize_frame(run: &Arc<Shared>, options: CaseOptions) -> Result<(), Stop> {
     let mut a = attached(run, "A").await?;
     let mut m = attached(run, "M").await?;
-    let v = version_of(&a)?.max(version_of(&m)?);
+    let mut n = attached(run, "N").await?;
+    let v = version_of(&a)?.max(version_of(&m)?).max(version_of(&n)?);
     a.reach(v).await?;
-    let mut bytes = vec![0xff; 4];
-    bytes.resize(4 + 1024, 0);
-    m.send_raw(Bytes::from(bytes))?;
-    let mark = m.mark();
-    while m
-        .next_or_end()
-        .await
-        .map_err(|e| {
-            format!(
-                "{e}: the host kept M's connection open after a length prefix over its limit (FB4)"
-            )
-        })?
-        .is_some()
-    {}
-    if m.since(mark)
-        .iter()
-        .any(|e| matches!(e.kind, Some(host_message::Kind::Result(_))))
-    {
-        return Err("M received a result after an oversize frame".into());
+    for (peer, length) in [
+        (&mut m, options.max_message_size.saturating_add(1)),
+        (&mut n, u32::MAX),
+    ] {
+        let mut bytes = length.to_be_bytes().to_vec();
+        bytes.resize(4 + 1024, 0);
+        peer.send_raw(Bytes::from(bytes))?;
+        let mark = peer.mark();
+        while peer
+            .next_or_end()
+            .await
+            .map_err(|e| {
+                format!(
+                    "{e}: the host did not close a connection that sent a length prefix of {length} bytes, over its limit of {} (FB4)",
+                    options.max_message_size
+                )
+            })?
+            .is_some()
+        {}
+        if peer
+            .since(mark)
+            .iter()
+            .any(|e| matches!(e.kind, Some(host_message::Kind::Result(_))))
+        {
+            return Err(format!("{} received a result after an oversize frame", peer.name).into());
+        }
     }
     commit_one(&mut a, &mut [], v + 1).await?;
     Ok(())
 }
 
-async fn unfinished_first_frame(run: &Arc<Shared>) -> Result<(), Stop> {
-    let mut m = Peer::open(run, "M").await?;
-    m.send_raw(Bytes::from_static(&[0, 0]))?;
-    match m.next_or_end_within(FIRST_FRAME_WAIT).await {
-        Ok(None) => Ok(()),
-        Ok(Some(e)) => {
-            Err(format!("M was sent {} before it had sent a frame", describe(&e)).into())
+async fn smallest_limit(run: &Arc<Shared>) -> Result<(), Stop> {
+    const SIZE: usize = MIB as usize;
+    let mut a = attached(run, "A").await?;
+    let v = version_of(&a)?;
+    let count = a
+        .view()
+        .and_then(|view| view.pointer("/counter/count"))
+        .and_then(Value::as_i64)
+        .ok_or("A's view has no integer /counter/count")?;
+    let id = a.fresh_id();
+    let epoch = a.host_epoch();
+    let call = |padding: usize| ClientMessage {
+        header: Some(Header::v1(&epoch, "A", "")),
+        kind: Some(client_message::Kind::Call(Call {
+            call_id: id,
+            module: "counter".into(),
+            method: "increase".into(),
+            args_json: format!("[1{}]", " ".repeat(padding)),
+        })),
+    };
+    // Padding also lengthens the length varints, so a step may overshoot
+    // by a few bytes; near 1 MiB they stay 3 bytes long, and it settles.
+    let mut padding = 0;
+    for _ in 0..8 {
+        let len = call(padding).encoded_len();
+        if len == SIZE {
+            break;
         }
-        Err(e) => Err(format!(
-            "{e}: the host did not close a connection whose first frame never arrived (FB6)"
-        )
-        .into()),
+        padding = (padding + SIZE).saturating_sub(len);
     }
+    let message = call(padding);
+    if message.encoded_len() != SIZE {
+        return Err(format!(
+            "the runner could not make a call of exactly {SIZE} bytes (got {})",
+            message.encoded_len()
+        )
+        .into());
+    }
+    a.send_as_call(&message, id)?;
+    let r = a.result(id).await?;
+    let value = ok_value(&r, "counter.increase of 1 MiB")?;
+    if value != json!(count + 1) {
+        return Err(format!(
+            "counter.increase of 1 MiB answered {value}, expected {}",
+            count + 1
+        )
+        .into());
+    }
+    expect_version(&r, "counter.increase of 1 MiB", v + 1)?;
+    a.reach(v + 1).await?;
+    Ok(())
+}
+
+async fn no_first_envelope(run: &Arc<Shared>, options: CaseOptions) -> Result<(), Stop> {
+    /// What each connection writes: once, then once a second.
+    struct Trickle {
+        peer: Peer,
+        first: &'static [u8],
+        then: &'static [u8],
+        what: &'static str,
+        ended: bool,
+    }
+    let mut trickles = [
+        Trickle {
+            peer: Peer::open(run, "E").await?,
+            first: &[0; 4],
+            then: &[0; 4],
+            what: "only empty frames, one a second (an empty frame does not count as the first)",
+            ended: false,
+        },
+        Trickle {
+            peer: Peer::open(run, "U").await?,
+            // A 256-byte frame, one byte a second: never finished in time.
+            first: &[0, 0, 1, 0],
+            then: &[0],
+            what: "an unfinished first frame, one byte a second",
+            ended: false,
+        },
+    ];
+    let started = tokio::time::Instant::now();
+    let mut round = 0u32;
+    while trickles.iter().any(|t| !t.ended) {
+        if started.elapsed() > options.first_frame_wait {
+            let open: Vec<String> = trickles
+                .iter()
+                .filter(|t| !t.ended)
+                .map(|t| format!("{} ({})", t.peer.name, t.what))
+                .collect();
+            return Err(format!(
+                "after {} s the host still held {}: it SHOULD close a connection whose first envelope has not arrived within a deadline of its acceptance (FB6)",
+                options.first_frame_wait.as_secs(),
+                open.join(" and ")
+            )
+            .into());
+        }
+        for t in trickles.iter_mut().filter(|t| !t.ended) {
+            let bytes = if round == 0 { t.first } else { t.then };
+            // Once the host has closed, writes fail: the read says so.
+            let _ = t.peer.send_raw(Bytes::from_static(bytes));
+            match t.peer.read_within(Duration::from_millis(500)).await? {
+                Read::Quiet => {}
+                Read::Ended => t.ended = true,
+                Read::Message(m) => {
+                    return Err(format!(
+                        "{} was sent {} before it had sent an envelope",
+                        t.peer.name,
+                        describe(&m)
+                    )
+                    .into());
+                }
+            }
+        }
+        round += 1;
+    }
+    Ok(())
 }

@@ -36,6 +36,15 @@ impl FramedAddress {
     /// Reads `tcp://HOST:PORT` or `unix:PATH`, as `cosystem-worker host
     /// --listen` names a framed listener; `None` for any other URL (gRPC's).
     pub fn parse(url: &str) -> Option<Result<Self, String>> {
+        let url = url.trim();
+        // Schemes are case-insensitive (RFC 3986 §3.1).
+        let scheme_end = url.find(':').unwrap_or(0);
+        let lowered = format!(
+            "{}{}",
+            url[..scheme_end].to_ascii_lowercase(),
+            &url[scheme_end..]
+        );
+        let url = lowered.as_str();
         if let Some(address) = url.strip_prefix("tcp://") {
             let address = address.trim_end_matches('/');
             return Some(

@@ -152,7 +152,10 @@ async fn run_one(
 /// The URL of a host given as a URL or as `HOST:PORT` (read as
 /// `http://HOST:PORT`, as `cosystem-worker client --connect` reads it).
 pub fn host_url(given: &str) -> String {
-    if given.contains("://") || given.starts_with("unix:") {
+    let unix = given
+        .get(..5)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("unix:"));
+    if given.contains("://") || unix {
         given.to_owned()
     } else {
         format!("http://{given}")
@@ -178,7 +181,7 @@ pub async fn run(config: &HostRun) -> Result<Report, String> {
     // A wait past what the clock can express is "until it answers".
     let give_up = tokio::time::Instant::now().checked_add(config.wait);
     loop {
-        match connect_once(&target).await {
+        match connect_once(&target, config.step_timeout).await {
             Ok(()) => break,
             Err(_) if give_up.is_none_or(|at| tokio::time::Instant::now() < at) => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -229,14 +232,16 @@ fn target(url: &str, connect_timeout: Duration) -> Result<Target, String> {
     if let Some(address) = FramedAddress::parse(url) {
         return address.map(Target::Framed);
     }
-    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| format!("{url}: {e}"))?;
+    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| {
+        format!("{url}: {e} (a gRPC host is http://HOST:PORT; a framed one tcp://HOST:PORT or unix:PATH)")
+    })?;
     Ok(Target::Grpc(Box::new(
         endpoint.connect_timeout(connect_timeout).tcp_nodelay(true),
     )))
 }
 
 /// Connects once and lets go: whether anything accepts connections there.
-async fn connect_once(target: &Target) -> Result<(), String> {
+async fn connect_once(target: &Target, connect_timeout: Duration) -> Result<(), String> {
     match target {
         Target::Grpc(endpoint) => endpoint.connect().await.map(drop).map_err(|e| {
             let mut why = e.to_string();
@@ -248,8 +253,9 @@ async fn connect_once(target: &Target) -> Result<(), String> {
             }
             why
         }),
-        Target::Framed(address) => framed::connect(address)
+        Target::Framed(address) => tokio::time::timeout(connect_timeout, framed::connect(address))
             .await
+            .map_err(|_| "connecting timed out".to_owned())?
             .map(drop)
             .map_err(|e| e.to_string()),
     }

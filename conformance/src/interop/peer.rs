@@ -21,6 +21,7 @@
 //!   publication (§3.2, FB8).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,6 +44,23 @@ use tonic::{Code, Status};
 
 use super::codec::RawCodec;
 use super::framed::{self, FrameReader, FramedAddress};
+
+/// The message of the status a framed connection that was reset ends with.
+const RESET: &str = "the connection was reset";
+
+/// Long enough to stand for "no time limit" in a wait.
+const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// What one read of a stream brought, within a wait.
+#[derive(Debug)]
+pub enum Read {
+    /// An envelope, checked like every other.
+    Message(Box<HostMessage>),
+    /// The stream ended (how: [`Peer::ended`]).
+    Ended,
+    /// Nothing arrived within the wait.
+    Quiet,
+}
 
 /// The gRPC method every stream calls (spec/PROTOCOL.md §17.2).
 pub const SESSION_PATH: &str = "/cosystem.worker.v1.HostService/Session";
@@ -307,7 +325,14 @@ impl Peer {
         self.tx
             .as_ref()
             .and_then(|tx| tx.send(bytes).ok())
-            .ok_or_else(|| format!("stream {}: the request stream is closed", self.name))
+            .ok_or_else(|| match self.shared.transport() {
+                Transport::Grpc => format!("stream {}: the request stream is closed", self.name),
+                // The writer stops at the first write the host refuses.
+                Transport::Framed => format!(
+                    "stream {}: cannot write: the host closed the connection",
+                    self.name
+                ),
+            })
     }
 
     /// Writes one envelope.
@@ -365,6 +390,14 @@ impl Peer {
                 args_json: args_json.to_owned(),
             })),
         })?;
+        self.open_calls.insert(call_id);
+        Ok(())
+    }
+
+    /// Sends `message`, a Call whose id is `call_id`, exactly as given, and
+    /// expects its result.
+    pub fn send_as_call(&mut self, message: &ClientMessage, call_id: u64) -> Result<(), String> {
+        self.send(message)?;
         self.open_calls.insert(call_id);
         Ok(())
     }
@@ -509,16 +542,38 @@ impl Peer {
                     Err(status) => Some(status),
                 }
             }
-            Response::Frames(frames) => {
+            Response::Frames(frames) => loop {
                 match tokio::time::timeout(timeout, frames.next())
                     .await
                     .map_err(waited)?
                 {
+                    // FB2: a receiver ignores an empty frame.
+                    Some(Ok(frame)) if frame.is_empty() => continue,
                     Some(Ok(frame)) => return Ok(Some(frame.freeze())),
-                    None => None,
-                    Some(Err(e)) => Some(Status::unavailable(format!("the connection broke: {e}"))),
+                    None => break None,
+                    // A host that closes with bytes of ours unread makes
+                    // the kernel reset the connection: a close all the same.
+                    Some(Err(e))
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::ConnectionReset
+                                | io::ErrorKind::ConnectionAborted
+                                | io::ErrorKind::BrokenPipe
+                        ) =>
+                    {
+                        break Some(Status::unavailable(RESET));
+                    }
+                    // A length over the runner's limit, or a stream that
+                    // ends inside a frame: the host wrote something other
+                    // than frames, which no case may take for a close.
+                    Some(Err(e)) => {
+                        return Err(format!(
+                            "stream {}: the host wrote bytes that are not frames of envelopes (FB1): {e}",
+                            self.name
+                        ));
+                    }
                 }
-            }
+            },
             Response::Pending(_) | Response::Ended(_) => return Ok(None),
         };
         self.response = Response::Ended(end);
@@ -564,12 +619,24 @@ impl Peer {
         Ok(Some(message))
     }
 
+    /// Reads for at most `wait`, which passing without anything arriving is
+    /// not an error ([`Read::Quiet`]). Nothing is lost if the wait runs
+    /// out while an envelope is arriving: the stream keeps what it has read.
+    pub async fn read_within(&mut self, wait: Duration) -> Result<Read, String> {
+        match tokio::time::timeout(wait, self.next_or_end_within(FOREVER)).await {
+            Err(_) => Ok(Read::Quiet),
+            Ok(Ok(Some(m))) => Ok(Read::Message(Box::new(m))),
+            Ok(Ok(None)) => Ok(Read::Ended),
+            Ok(Err(e)) => Err(e),
+        }
+    }
+
     /// Reads the next envelope; the stream ending is an error.
     pub async fn next(&mut self) -> Result<HostMessage, String> {
         match self.next_or_end().await? {
             Some(m) => Ok(m),
             None => Err(format!(
-                "stream {}: the host ended the stream ({})",
+                "stream {}: the stream ended ({})",
                 self.name,
                 self.ended_status()
             )),
@@ -584,11 +651,16 @@ impl Peer {
         }
     }
 
-    fn ended_status(&self) -> String {
-        match self.ended() {
-            Some(Some(s)) => format!("status {:?}: {}", s.code(), s.message()),
-            Some(None) => "status OK".to_owned(),
-            None => "still open".to_owned(),
+    /// How the stream ended, in the transport's words.
+    pub fn ended_status(&self) -> String {
+        match (self.ended(), self.shared.transport()) {
+            (Some(Some(s)), Transport::Framed) if s.message() == RESET => {
+                "the host reset the connection".to_owned()
+            }
+            (Some(Some(s)), _) => format!("status {:?}: {}", s.code(), s.message()),
+            (Some(None), Transport::Grpc) => "status OK".to_owned(),
+            (Some(None), Transport::Framed) => "the host closed the connection".to_owned(),
+            (None, _) => "still open".to_owned(),
         }
     }
 

@@ -227,15 +227,31 @@ pub async fn serve_framed_unix(host: Host, path: &std::path::Path) -> Served {
     Served { url, host, server }
 }
 
-/// A deliberate defect of a framed host.
+/// A deliberate defect of a framed host. Whatever its defect, the broken
+/// server has no first-frame deadline (FB6): a session opens with the
+/// connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FramedBreakage {
     /// Waits for the body of a frame whatever its length prefix says,
     /// rather than closing the connection (FB4).
     ReadsOversizeBodies,
+    /// Writes a line of text, not a frame, before closing a connection
+    /// for an oversize length prefix (FB1).
+    WritesTextOnOversize,
     /// Takes an empty frame for a malformed one and closes the connection
     /// (FB2).
     ClosesOnEmptyFrames,
+    /// Discards what a session is owed at the end of its input (H16).
+    EndsSessionAtEndOfInput,
+    /// Reads frames of at most 600 KiB, under the 1 MiB every host must
+    /// accept (FB3, §15).
+    SmallLimit,
+    /// Measures lengths against protobuf's 2 GiB instead of its own limit
+    /// (FB4).
+    TwoGiBLimit,
+    /// Writes an empty frame before every envelope, which FB2 allows: not
+    /// a defect, so such a host passes.
+    SendsEmptyFrames,
 }
 
 /// Serves `host` over framed TCP, broken as `breakage` says, with a server
@@ -245,6 +261,20 @@ pub async fn serve_framed_broken(host: Host, breakage: FramedBreakage) -> Served
     use tokio::io::AsyncWriteExt;
     use tokio_stream::StreamExt;
     use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+
+    /// Writes one envelope's frame, after an empty one if broken so.
+    async fn write(
+        writer: &mut tokio::net::tcp::OwnedWriteHalf,
+        body: &[u8],
+        breakage: FramedBreakage,
+    ) -> std::io::Result<()> {
+        if breakage == FramedBreakage::SendsEmptyFrames {
+            writer.write_all(&[0; 4]).await?;
+        }
+        let len = u32::try_from(body.len()).expect("a frame under 4 GiB");
+        writer.write_all(&len.to_be_bytes()).await?;
+        writer.write_all(body).await
+    }
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -263,20 +293,47 @@ pub async fn serve_framed_broken(host: Host, breakage: FramedBreakage) -> Served
             let (reader, mut writer) = stream.into_split();
             let limit = match breakage {
                 FramedBreakage::ReadsOversizeBodies => usize::MAX,
-                FramedBreakage::ClosesOnEmptyFrames => 4 << 20,
+                FramedBreakage::SmallLimit => 600 * 1024,
+                FramedBreakage::TwoGiBLimit => 2 << 30,
+                _ => 4 << 20,
             };
             let codec = LengthDelimitedCodec::builder()
                 .max_frame_length(limit)
                 .new_codec();
             let mut frames = FramedRead::new(reader, codec);
-            let sender = tokio::spawn({
+            // Sent by the reader at a clean end of input: the writer then
+            // sends what the session is owed (H16) and closes.
+            let (ended, mut end) = tokio::sync::oneshot::channel::<bool>();
+            let writer = tokio::spawn({
                 let session = session.clone();
                 async move {
-                    while let Some(frame) = session.next_frame().await {
-                        let body = frame.encoded();
-                        let len = u32::try_from(body.len()).expect("a frame under 4 GiB");
-                        if writer.write_all(&len.to_be_bytes()).await.is_err()
-                            || writer.write_all(&body).await.is_err()
+                    loop {
+                        let frame = tokio::select! {
+                            biased;
+                            frame = session.next_frame() => frame,
+                            how = &mut end => {
+                                match how {
+                                    // Dropped: the connection failed.
+                                    Err(_) => return,
+                                    Ok(true) => {
+                                        let _ = writer.write_all(b"error: frame too large\n").await;
+                                        return;
+                                    }
+                                    Ok(false) => {}
+                                }
+                                while let Some(frame) = session.next_answer().await {
+                                    if write(&mut writer, &frame.encoded(), breakage).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                let _ = writer.shutdown().await;
+                                return;
+                            }
+                        };
+                        let Some(frame) = frame else { return };
+                        if write(&mut writer, &frame.encoded(), breakage)
+                            .await
+                            .is_err()
                         {
                             return;
                         }
@@ -284,18 +341,39 @@ pub async fn serve_framed_broken(host: Host, breakage: FramedBreakage) -> Served
                 }
             });
             tokio::spawn(async move {
-                while let Some(Ok(frame)) = frames.next().await {
-                    if frame.is_empty() && breakage == FramedBreakage::ClosesOnEmptyFrames {
-                        break;
+                // Whether to hand the writer a clean end or a text to write;
+                // otherwise the connection failed and the writer stops.
+                let how = loop {
+                    match frames.next().await {
+                        Some(Ok(frame)) if frame.is_empty() => {
+                            if breakage == FramedBreakage::ClosesOnEmptyFrames {
+                                break None;
+                            }
+                        }
+                        Some(Ok(frame)) => {
+                            let Ok(message) = ClientMessage::decode(frame) else {
+                                break None;
+                            };
+                            if session.handle(message).is_err_and(|e| e.is_fatal()) {
+                                break None;
+                            }
+                        }
+                        Some(Err(_)) => {
+                            break (breakage == FramedBreakage::WritesTextOnOversize)
+                                .then_some(true);
+                        }
+                        None => {
+                            break (breakage != FramedBreakage::EndsSessionAtEndOfInput)
+                                .then_some(false);
+                        }
                     }
-                    let Ok(message) = ClientMessage::decode(frame) else {
-                        break;
-                    };
-                    if session.handle(message).is_err_and(|e| e.is_fatal()) {
-                        break;
+                };
+                match how {
+                    Some(how) => {
+                        let _ = ended.send(how);
                     }
+                    None => writer.abort(),
                 }
-                sender.abort();
             });
         }
     });
