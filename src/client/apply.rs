@@ -4,7 +4,7 @@ use json_patch::PatchOperation;
 use json_patch::jsonptr::Pointer;
 use serde_json::Value;
 
-use super::ops::{Failure, Shifts, apply_in_place, parse_ops};
+use super::ops::{Failure, Shifts, Undo, apply_in_place, parse_ops};
 
 /// Why a patch could not be applied. The mirror is unchanged in every case.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -304,8 +304,9 @@ pub(crate) struct ReadPatch {
     ops: Result<Vec<PatchOperation>, ApplyError>,
     /// Whether it was applied: its values are then gone.
     spent: bool,
-    /// Once applied: what it replaced or removed, to be freed with it.
-    released: Vec<Value>,
+    /// Once applied: the undo of each step, which holds what it replaced
+    /// or removed, to be freed with it.
+    released: Vec<(usize, Undo)>,
 }
 
 impl ReadPatch {
@@ -480,8 +481,14 @@ mod tests {
             v,
             json!({"s": {"arr": [3], "o": {"k": 2}, "x~y": [1], "x/y": 7}})
         );
+        let released: Vec<Value> = patch
+            .released
+            .iter()
+            .flat_map(|(_, undo)| undo.values())
+            .cloned()
+            .collect();
         assert_eq!(
-            patch.released,
+            released,
             vec![json!({"k": 1}), json!(1), json!(2), json!(6), json!(5)]
         );
     }

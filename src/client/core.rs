@@ -213,7 +213,9 @@ impl ClientCore {
             epoch: self
                 .mirror
                 .as_ref()
-                .map(|m| m.epoch.to_string())
+                // Copied as a str: `Arc<str>::to_string` goes through the
+                // formatter, which grows the string in steps.
+                .map(|m| String::from(&*m.epoch))
                 .unwrap_or_default(),
             source: self.config.peer_id.clone(),
             target: self.config.host_id.clone(),

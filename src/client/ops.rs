@@ -415,6 +415,7 @@ fn run_len(ops: &[PatchOperation]) -> usize {
 
 /// How to take back one applied step. The paths are those of the step's
 /// first operation, which the caller keeps.
+#[derive(Debug)]
 pub(crate) enum Undo {
     /// Nothing changed (a `test`, a `move` onto itself).
     Nothing,
@@ -436,20 +437,20 @@ pub(crate) enum Undo {
 }
 
 impl Undo {
-    /// The values the step took out of the document, if any: what the
-    /// caller frees once the patch holds.
-    fn into_values(self, out: &mut Vec<Value>) {
+    /// The values the step took out of the document, if any.
+    #[cfg(test)]
+    pub(crate) fn values(&self) -> &[Value] {
         match self {
             Undo::MoveBack {
                 replaced: Some(value),
             }
             | Undo::Add(value)
-            | Undo::Replace(value) => out.push(value),
-            Undo::Unremove(_, values) => out.extend(values),
+            | Undo::Replace(value) => std::slice::from_ref(value),
+            Undo::Unremove(_, values) => values,
             Undo::Nothing
             | Undo::MoveBack { replaced: None }
             | Undo::Remove
-            | Undo::Unsplice(..) => {}
+            | Undo::Unsplice(..) => &[],
         }
     }
 }
@@ -648,9 +649,12 @@ fn addable(doc: &mut Value, path: &Pointer) -> Result<(), PatchErrorKind> {
 ///
 /// The values of `add` and `replace` operations are moved into the
 /// document, not copied: whatever the outcome, `ops` is spent and only
-/// good for freeing. Applied, the values the patch took out of the
-/// document (replaced, removed) are appended to `released`, for the caller
-/// to free when it likes.
+/// good for freeing. Each step's undo, with the index of the operation
+/// whose paths it names, goes into `undo` (emptied first). Applied, the
+/// undos stay there: they hold the values the patch took out of the
+/// document (replaced, removed), for the caller to free when it likes.
+/// Kept rather than moved into a list of values, which took an allocation
+/// per patch; failed, they have been taken back and `undo` is empty.
 ///
 /// Equivalent to `json_patch::patch` within the budget, except that a
 /// `test` uses the protocol's equality and a failed `move` changes nothing
@@ -664,10 +668,10 @@ pub(crate) fn apply_in_place(
     shifts: &mut Shifts,
     mut check: impl FnMut(usize, &PatchOperation, &Value) -> Result<(), ApplyError>,
     finish: impl FnOnce(&Value) -> Result<(), ApplyError>,
-    released: &mut Vec<Value>,
+    undo: &mut Vec<(usize, Undo)>,
 ) -> Result<(), (usize, Failure)> {
-    // Each step's undo, with the index of the operation whose paths it names.
-    let mut undo = Vec::with_capacity(ops.len());
+    undo.clear();
+    undo.reserve(ops.len());
     let mut failed = None;
     let mut index = 0;
     while index < ops.len() {
@@ -692,12 +696,9 @@ pub(crate) fn apply_in_place(
         failed = Some((ops.len(), Failure::Refused(refused)));
     }
     let Some(failure) = failed else {
-        for (_, u) in undo {
-            u.into_values(released);
-        }
         return Ok(());
     };
-    for (at, u) in undo.into_iter().rev() {
+    for (at, u) in undo.drain(..).rev() {
         let op = &ops[at];
         let path = path_of(op);
         // Cannot fail (see above); were it to, the caller reports the patch
