@@ -23,6 +23,7 @@ use clap::{Args, Parser, Subcommand};
 use cosystem_conformance::adapter::process::serve;
 use cosystem_conformance::adapter::reference::{Breakage, ReferenceClient};
 use cosystem_conformance::adapter::runner::{self, ClientRun};
+use cosystem_conformance::interop::peer::Transport;
 use cosystem_conformance::interop::{self, HostRun};
 use cosystem_conformance::report::{Format, Report, parse_known_failures};
 use cosystem_conformance::select::Selection;
@@ -395,7 +396,13 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
                 .build()
                 .map_err(|e| usage(format!("cannot start the runtime: {e}")))?;
             let report = runtime.block_on(interop::run(&config)).map_err(usage)?;
-            finish_run(&report, &run, "host")?
+            // A host tested over both transports gets two reports a CI can
+            // tell apart.
+            let mode = match interop::transport_of(&config.url) {
+                Ok(Transport::Framed) => "host-framed",
+                _ => "host",
+            };
+            finish_run(&report, &run, mode)?
         }
         Command::Adapter { breakage } => {
             let mut client = ReferenceClient::new(breakage);

@@ -368,3 +368,26 @@ async fn a_framed_run_refuses_a_token_and_cases_of_grpc_alone() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_names_a_framed_runs_report_apart_from_a_grpc_one() {
+    const BIN: &str = env!("CARGO_BIN_EXE_cosystem-conformance");
+    let framed = serve_framed_tcp(demo_host(SyncMode::Patch)).await;
+    let grpc = serve_reference(demo_host(SyncMode::Patch), None).await;
+    for (url, mode) in [(&framed.url, "host-framed"), (&grpc.url, "host")] {
+        let url = url.clone();
+        let output = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(BIN)
+                .args(["host", "--connect", &url, "--format", "json"])
+                .args(["--case", "grpc-initial-sync-gets-snapshot"])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(report["mode"], mode);
+        assert_eq!(report["passed"], 1);
+    }
+}
