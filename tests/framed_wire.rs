@@ -2,12 +2,13 @@
 
 use std::time::Duration;
 
-use cosystem_worker::client::{Client, ClientConfig};
+use cosystem_worker::client::{Client, ClientConfig, ClientEvent};
 use cosystem_worker::demo;
 use cosystem_worker::host::{Host, SyncMode};
 use cosystem_worker::transport::framed::{self, SpawnConnector, UnixConnector};
 use cosystem_worker::wire::{
-    ClientMessage, Header, HostMessage, SnapshotReason, SyncRequest, client_message, host_message,
+    ClientMessage, Header, HostMessage, Snapshot, SnapshotReason, SyncRequest, client_message,
+    host_message,
 };
 use prost::Message;
 use serde_json::json;
@@ -110,6 +111,59 @@ async fn a_stale_socket_file_is_replaced_and_a_live_one_is_kept() {
                 .unwrap(),
             json!(2)
         );
+        let _ = std::fs::remove_file(&path);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_client_drops_empty_frames_without_a_notice() {
+    within_a_minute(async {
+        let path = socket_path("empty-frames");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let client = Client::new(UnixConnector::new(path.clone()), ClientConfig::default());
+        let mut events = client.events();
+        // A host written from the spec alone, that writes two empty frames
+        // (FB2) before answering the client's sync request.
+        let (mut raw, _) = listener.accept().await.unwrap();
+        let mut prefix = [0u8; 4];
+        raw.read_exact(&mut prefix).await.unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
+        raw.read_exact(&mut body).await.unwrap();
+        let request = ClientMessage::decode(&body[..]).unwrap();
+        let Some(client_message::Kind::SyncRequest(sync)) = request.kind else {
+            panic!("expected a sync request, got {request:?}");
+        };
+        let source = request.header.unwrap().source;
+        let reply = HostMessage {
+            header: Some(Header::v1(
+                "0123456789abcdef0123456789abcdef",
+                "host",
+                source,
+            )),
+            kind: Some(host_message::Kind::Snapshot(Snapshot {
+                version: 1,
+                state_json: r#"{"counter":{"count":0}}"#.into(),
+                sync_id: sync.sync_id,
+                reason: SnapshotReason::Sync as i32,
+            })),
+        }
+        .encode_to_vec();
+        let mut frames = vec![0u8; 8];
+        frames.extend_from_slice(&(reply.len() as u32).to_be_bytes());
+        frames.extend_from_slice(&reply);
+        raw.write_all(&frames).await.unwrap();
+        // Events arrive in order: none before the snapshot's is a notice.
+        loop {
+            match events.recv().await.unwrap() {
+                ClientEvent::Ready { version, .. } => {
+                    assert_eq!(version, 1);
+                    break;
+                }
+                ClientEvent::Notice(notice) => panic!("an empty frame was reported: {notice:?}"),
+                _ => {}
+            }
+        }
         let _ = std::fs::remove_file(&path);
     })
     .await

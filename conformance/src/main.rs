@@ -169,10 +169,11 @@ enum Command {
         #[arg(long, default_value_t = 1024, value_name = "N")]
         history_window: u64,
         /// The host's max message size in bytes (§15), its frame limit on
-        /// framed streams (FB3), for the case that sends a length just over
-        /// it.
+        /// framed streams (FB3), for the cases that send a message of
+        /// exactly that size and a length just over it (below 4 GiB − 1, so
+        /// that a length can be over it).
         #[arg(long, default_value_t = 4 * 1024 * 1024, value_name = "BYTES",
-              value_parser = clap::value_parser!(u32).range(1024 * 1024..))]
+              value_parser = clap::value_parser!(u32).range(1024 * 1024..i64::from(u32::MAX)))]
         max_message_size: u32,
         /// How long a framed host may take to close a connection that sends
         /// no first envelope (FB6), in ms.

@@ -322,11 +322,31 @@ async fn a_framed_host_that_discards_what_is_owed_at_the_end_of_input_fails_the_
     );
 }
 
+const AT_LIMIT: &str = "grpc-messages-up-to-the-limit-are-accepted";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_framed_host_with_a_limit_under_1_mib_fails_exactly_the_1_mib_case() {
+async fn a_framed_host_with_a_limit_under_1_mib_fails_exactly_the_limit_case() {
     assert_eq!(
         run_framed_broken(FramedBreakage::SmallLimit).await,
-        BTreeSet::from(["grpc-message-of-the-smallest-limit-is-accepted".to_owned()])
+        BTreeSet::from([AT_LIMIT.to_owned()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framed_host_that_refuses_a_frame_of_exactly_its_limit_fails_exactly_the_limit_case() {
+    assert_eq!(
+        run_framed_broken(FramedBreakage::OffByOneLimit).await,
+        BTreeSet::from([AT_LIMIT.to_owned()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framed_host_may_keep_a_malformed_session_and_leave_it_open_at_the_end_of_input() {
+    // Only the half-close case, which expects the close that follows what
+    // is owed, fails: the malformed-input case allows both choices.
+    assert_eq!(
+        run_framed_broken(FramedBreakage::KeepsMalformedSessionsAndStaysOpen).await,
+        BTreeSet::from(["grpc-half-closed-stream-is-answered".to_owned()])
     );
 }
 

@@ -394,8 +394,8 @@ pub const CASES: &[HostCaseDef] = &[
         ],
         asserts: &[
             "A's call is answered with state_version v+1 and B's with v+2; each stream is shown both versions.",
-            "M receives nothing but (at most) the end of its stream: the host may close it.",
-            "On gRPC, M's stream ends INVALID_ARGUMENT if the host closed it for the bytes, else OK after M's half-close (§17.2). On framed streams the bytes are one malformed frame, and the host may close M's connection in any way (FB5).",
+            "M receives no result, only (at most) publications, bookmarks and the end of its stream: the host may close it.",
+            "On gRPC, M's stream ends INVALID_ARGUMENT if the host closed it for the bytes, else OK after M's half-close (§17.2). On framed streams the bytes are one malformed frame: the host may close M's connection, or keep it open even after M's end of input (FB5, H16); the runner reads M for one step timeout.",
         ],
     },
     HostCaseDef {
@@ -475,17 +475,18 @@ pub const CASES: &[HostCaseDef] = &[
         ],
     },
     HostCaseDef {
-        name: "grpc-message-of-the-smallest-limit-is-accepted",
+        name: "grpc-messages-up-to-the-limit-are-accepted",
         tier: Required,
         only: None,
         spec: &["§15", "FB3"],
-        description: "A Call envelope of exactly 1 MiB (1 048 576 bytes encoded: the smallest max message size §15 allows, so every host accepts it) is read and answered.",
+        description: "A Call envelope of exactly 1 MiB (the smallest max message size §15 allows, so every host accepts it) and one of exactly the host's max message size (--max-message-size, default 4 MiB) are each read and answered: the limit includes its own size.",
         procedure: &[
             "Attach stream A (version v).",
-            "A calls `counter.increase(1)` with `args_json` `[1` + spaces + `]`, padded so that the encoded ClientMessage is exactly 1 048 576 bytes.",
+            "A calls `counter.increase(1)` with `args_json` `[1` + spaces + `]`, padded so that the encoded ClientMessage is exactly 1 048 576 bytes, and reads the result.",
+            "A does the same with a ClientMessage of exactly the host's max message size.",
         ],
         asserts: &[
-            "The call is answered with value `count + 1` and state_version v+1, and A is shown v+1.",
+            "Each call is answered with value `count + 1` and the next state_version, which A is shown.",
         ],
     },
     HostCaseDef {
@@ -529,7 +530,9 @@ pub const CASES: &[HostCaseDef] = &[
             "Open connections E and U.",
             "Once a second, E writes an empty frame (`00 00 00 00`), and U one more byte of a frame whose length prefix says 256 bytes and which it never finishes.",
         ],
-        asserts: &["The host closes both connections within the wait, having sent them nothing."],
+        asserts: &[
+            "The host closes both connections within the wait (and the step timeout as grace), having sent them nothing.",
+        ],
     },
 ];
 
@@ -568,7 +571,7 @@ pub async fn run_case(name: &str, run: &Arc<Shared>, options: CaseOptions) -> Re
         "grpc-view-too-large-for-a-snapshot-is-refused" => view_too_large(run).await,
         "framed-empty-frames-are-ignored" => empty_frames(run).await,
         "framed-oversize-frame-closes-only-that-connection" => oversize_frame(run, options).await,
-        "grpc-message-of-the-smallest-limit-is-accepted" => smallest_limit(run).await,
+        "grpc-messages-up-to-the-limit-are-accepted" => limit_sized(run, options).await,
         "framed-connection-without-a-first-envelope-is-closed" => {
             no_first_envelope(run, options).await
         }
@@ -1256,8 +1259,19 @@ async fn malformed(run: &Arc<Shared>) -> Result<(), Stop> {
     if run.transport() == Transport::Framed {
         // A framed host may keep M's session after the bytes (FB5) and,
         // with nothing owed, need not close it at the end of M's input
-        // (H16): a quiet connection is as good as a closed one.
-        while let Read::Message(_) = m.read_within(run.step_timeout()).await? {}
+        // (H16): reading for a step's time, publications and bookmarks
+        // included, is enough to see any result it was wrongly sent.
+        let until = tokio::time::Instant::now() + run.step_timeout();
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match m.read_within(left).await? {
+                Read::Message(_) => {}
+                Read::Ended | Read::Quiet => break,
+            }
+        }
     } else {
         while m.next_or_end().await?.is_some() {}
     }
@@ -1272,7 +1286,7 @@ async fn malformed(run: &Arc<Shared>) -> Result<(), Stop> {
     // stacks that decode for the host end it INTERNAL. A framed connection
     // has no status: the host may close it however it does (FB5).
     match m.ended() {
-        Some(_) if run.transport() == Transport::Framed => Ok(()),
+        _ if run.transport() == Transport::Framed => Ok(()),
         Some(None) => Ok(()),
         Some(Some(status)) if status.code() == Code::InvalidArgument => Ok(()),
         Some(Some(status)) => Err(format!(
@@ -1460,17 +1474,21 @@ async fn oversize_frame(run: &Arc<Shared>, options: CaseOptions) -> Result<(), S
         bytes.resize(4 + 1024, 0);
         peer.send_raw(Bytes::from(bytes))?;
         let mark = peer.mark();
-        while peer
-            .next_or_end()
-            .await
-            .map_err(|e| {
-                format!(
-                    "{e}: the host did not close a connection that sent a length prefix of {length} bytes, over its limit of {} (FB4)",
-                    options.max_message_size
-                )
-            })?
-            .is_some()
-        {}
+        loop {
+            match peer.read_within(run.step_timeout()).await? {
+                Read::Message(_) => {}
+                Read::Ended => break,
+                Read::Quiet => {
+                    return Err(format!(
+                        "the host did not close {}'s connection within {} ms of a length prefix of {length} bytes, over its limit of {} (FB4)",
+                        peer.name,
+                        run.step_timeout().as_millis(),
+                        options.max_message_size
+                    )
+                    .into());
+                }
+            }
+        }
         if peer
             .since(mark)
             .iter()
@@ -1483,56 +1501,56 @@ async fn oversize_frame(run: &Arc<Shared>, options: CaseOptions) -> Result<(), S
     Ok(())
 }
 
-async fn smallest_limit(run: &Arc<Shared>) -> Result<(), Stop> {
-    const SIZE: usize = MIB as usize;
+async fn limit_sized(run: &Arc<Shared>, options: CaseOptions) -> Result<(), Stop> {
     let mut a = attached(run, "A").await?;
-    let v = version_of(&a)?;
-    let count = a
-        .view()
-        .and_then(|view| view.pointer("/counter/count"))
-        .and_then(Value::as_i64)
-        .ok_or("A's view has no integer /counter/count")?;
-    let id = a.fresh_id();
-    let epoch = a.host_epoch();
-    let call = |padding: usize| ClientMessage {
-        header: Some(Header::v1(&epoch, "A", "")),
-        kind: Some(client_message::Kind::Call(Call {
-            call_id: id,
-            module: "counter".into(),
-            method: "increase".into(),
-            args_json: format!("[1{}]", " ".repeat(padding)),
-        })),
-    };
-    // Padding also lengthens the length varints, so a step may overshoot
-    // by a few bytes; near 1 MiB they stay 3 bytes long, and it settles.
-    let mut padding = 0;
-    for _ in 0..8 {
-        let len = call(padding).encoded_len();
-        if len == SIZE {
-            break;
+    let mut sizes = vec![MIB as usize, options.max_message_size as usize];
+    sizes.dedup();
+    for size in sizes {
+        let v = version_of(&a)?;
+        let count = a
+            .view()
+            .and_then(|view| view.pointer("/counter/count"))
+            .and_then(Value::as_i64)
+            .ok_or("A's view has no integer /counter/count")?;
+        let id = a.fresh_id();
+        let epoch = a.host_epoch();
+        let call = |padding: usize| ClientMessage {
+            header: Some(Header::v1(&epoch, "A", "")),
+            kind: Some(client_message::Kind::Call(Call {
+                call_id: id,
+                module: "counter".into(),
+                method: "increase".into(),
+                args_json: format!("[1{}]", " ".repeat(padding)),
+            })),
+        };
+        // Padding also lengthens the length varints, so a step may
+        // overshoot by a few bytes; it settles within a few steps unless
+        // the size sits right at a varint's boundary.
+        let mut padding = 0;
+        for _ in 0..8 {
+            let len = call(padding).encoded_len();
+            if len == size {
+                break;
+            }
+            padding = (padding + size).saturating_sub(len);
         }
-        padding = (padding + SIZE).saturating_sub(len);
+        let message = call(padding);
+        if message.encoded_len() != size {
+            return Err(Stop::Skip(format!(
+                "the runner cannot make a call of exactly {size} bytes (got {})",
+                message.encoded_len()
+            )));
+        }
+        let what = format!("counter.increase in a call of {size} bytes");
+        a.send_as_call(&message, id)?;
+        let r = a.result(id).await?;
+        let value = ok_value(&r, &what)?;
+        if value != json!(count + 1) {
+            return Err(format!("{what} answered {value}, expected {}", count + 1).into());
+        }
+        expect_version(&r, &what, v + 1)?;
+        a.reach(v + 1).await?;
     }
-    let message = call(padding);
-    if message.encoded_len() != SIZE {
-        return Err(format!(
-            "the runner could not make a call of exactly {SIZE} bytes (got {})",
-            message.encoded_len()
-        )
-        .into());
-    }
-    a.send_as_call(&message, id)?;
-    let r = a.result(id).await?;
-    let value = ok_value(&r, "counter.increase of 1 MiB")?;
-    if value != json!(count + 1) {
-        return Err(format!(
-            "counter.increase of 1 MiB answered {value}, expected {}",
-            count + 1
-        )
-        .into());
-    }
-    expect_version(&r, "counter.increase of 1 MiB", v + 1)?;
-    a.reach(v + 1).await?;
     Ok(())
 }
 
@@ -1566,13 +1584,32 @@ async fn no_first_envelope(run: &Arc<Shared>, options: CaseOptions) -> Result<()
     let mut round = 0u32;
     while trickles.iter().any(|t| !t.ended) {
         if started.elapsed() > options.first_frame_wait {
+            // A close that came in the last round is read now, with a
+            // step's grace, so that a deadline of exactly the wait passes.
+            for t in trickles.iter_mut().filter(|t| !t.ended) {
+                match t.peer.read_within(run.step_timeout()).await? {
+                    Read::Ended => t.ended = true,
+                    Read::Quiet => {}
+                    Read::Message(m) => {
+                        return Err(format!(
+                            "{} was sent {} before it had sent an envelope",
+                            t.peer.name,
+                            describe(&m)
+                        )
+                        .into());
+                    }
+                }
+            }
             let open: Vec<String> = trickles
                 .iter()
                 .filter(|t| !t.ended)
                 .map(|t| format!("{} ({})", t.peer.name, t.what))
                 .collect();
+            if open.is_empty() {
+                break;
+            }
             return Err(format!(
-                "after {} s the host still held {}: it SHOULD close a connection whose first envelope has not arrived within a deadline of its acceptance (FB6)",
+                "after {} s and a step's grace the host still held {}: it SHOULD close a connection whose first envelope has not arrived within a deadline of its acceptance (FB6)",
                 options.first_frame_wait.as_secs(),
                 open.join(" and ")
             )

@@ -249,8 +249,14 @@ pub enum FramedBreakage {
     /// Measures lengths against protobuf's 2 GiB instead of its own limit
     /// (FB4).
     TwoGiBLimit,
-    /// Writes an empty frame before every envelope, which FB2 allows: not
-    /// a defect, so such a host passes.
+    /// Refuses a frame of exactly its limit, which it must accept (FB3).
+    OffByOneLimit,
+    /// Keeps a session whose client sent a malformed frame (FB5 allows
+    /// it) and never closes a connection whose input has ended (H16 only
+    /// says it MAY end the session then).
+    KeepsMalformedSessionsAndStaysOpen,
+    /// Writes an empty frame before every envelope, which receivers drop
+    /// (FB2): such a host passes.
     SendsEmptyFrames,
 }
 
@@ -295,6 +301,7 @@ pub async fn serve_framed_broken(host: Host, breakage: FramedBreakage) -> Served
                 FramedBreakage::ReadsOversizeBodies => usize::MAX,
                 FramedBreakage::SmallLimit => 600 * 1024,
                 FramedBreakage::TwoGiBLimit => 2 << 30,
+                FramedBreakage::OffByOneLimit => (4 << 20) - 1,
                 _ => 4 << 20,
             };
             let codec = LengthDelimitedCodec::builder()
@@ -352,6 +359,9 @@ pub async fn serve_framed_broken(host: Host, breakage: FramedBreakage) -> Served
                         }
                         Some(Ok(frame)) => {
                             let Ok(message) = ClientMessage::decode(frame) else {
+                                if breakage == FramedBreakage::KeepsMalformedSessionsAndStaysOpen {
+                                    continue;
+                                }
                                 break None;
                             };
                             if session.handle(message).is_err_and(|e| e.is_fatal()) {
@@ -361,6 +371,12 @@ pub async fn serve_framed_broken(host: Host, breakage: FramedBreakage) -> Served
                         Some(Err(_)) => {
                             break (breakage == FramedBreakage::WritesTextOnOversize)
                                 .then_some(true);
+                        }
+                        None if breakage == FramedBreakage::KeepsMalformedSessionsAndStaysOpen => {
+                            // The writer goes on serving the session, and
+                            // the connection stays open, for as long as the
+                            // host runs.
+                            std::future::pending::<()>().await;
                         }
                         None => {
                             break (breakage != FramedBreakage::EndsSessionAtEndOfInput)

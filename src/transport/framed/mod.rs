@@ -131,14 +131,20 @@ where
         });
     let mut frames = Box::pin(FramedRead::new(reader, FrameCodec::new(limit)));
     let frames = futures::stream::poll_fn(move |cx| {
-        let item = std::task::ready!(frames.poll_next_unpin(cx));
-        let item = item.map(|read| match read {
-            Err(CodecError::Io(error)) => {
-                Err(frames.decoder().read_failed(frames.read_buffer(), error))
+        loop {
+            let item = std::task::ready!(frames.poll_next_unpin(cx));
+            let item = item.map(|read| match read {
+                Err(CodecError::Io(error)) => {
+                    Err(frames.decoder().read_failed(frames.read_buffer(), error))
+                }
+                other => other,
+            });
+            // FB2: an empty frame is dropped as if it had not arrived: it is
+            // neither a malformed envelope to report nor the host speaking.
+            if !matches!(&item, Some(Ok(frame)) if frame.is_empty()) {
+                return std::task::Poll::Ready(item);
             }
-            other => other,
-        });
-        std::task::Poll::Ready(item)
+        }
     });
     // Checked here as well as where the client reads them: a spawned
     // child's link must know a frame is an envelope before it counts the

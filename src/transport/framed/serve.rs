@@ -300,7 +300,16 @@ async fn serve_accepted<S>(
     // Connections that never become sessions log at debug, since anyone
     // who can connect can make as many as they like; only a client of
     // another protocol, most likely misdirected, is told at info.
-    let first = match tokio::time::timeout(FIRST_FRAME_TIMEOUT, first_envelope).await {
+    // A stopping host closes every connection (FB6), including those that
+    // would otherwise wait out their deadline.
+    let waited = tokio::select! {
+        waited = tokio::time::timeout(FIRST_FRAME_TIMEOUT, first_envelope) => waited,
+        () = host.closed() => {
+            tracing::debug!(%peer, "closing a connection waiting for its first frame: the host is stopping");
+            return;
+        }
+    };
+    let first = match waited {
         Ok(Some(Ok(frame))) => frame,
         Ok(Some(Err(error @ CodecError::Foreign(_)))) => {
             if let Some(held_back) = logs.foreign.admit(std::time::Instant::now()) {
