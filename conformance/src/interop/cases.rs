@@ -1563,6 +1563,24 @@ async fn no_first_envelope(run: &Arc<Shared>, options: CaseOptions) -> Result<()
         what: &'static str,
         ended: bool,
     }
+    impl Trickle {
+        /// Reads for `wait`: the connection may end, and must not be sent
+        /// anything.
+        async fn read(&mut self, wait: Duration) -> Result<(), String> {
+            match self.peer.read_within(wait).await? {
+                Read::Quiet => Ok(()),
+                Read::Ended => {
+                    self.ended = true;
+                    Ok(())
+                }
+                Read::Message(m) => Err(format!(
+                    "{} was sent {} before it had sent an envelope",
+                    self.peer.name,
+                    describe(&m)
+                )),
+            }
+        }
+    }
     let mut trickles = [
         Trickle {
             peer: Peer::open(run, "E").await?,
@@ -1587,18 +1605,7 @@ async fn no_first_envelope(run: &Arc<Shared>, options: CaseOptions) -> Result<()
             // A close that came in the last round is read now, with a
             // step's grace, so that a deadline of exactly the wait passes.
             for t in trickles.iter_mut().filter(|t| !t.ended) {
-                match t.peer.read_within(run.step_timeout()).await? {
-                    Read::Ended => t.ended = true,
-                    Read::Quiet => {}
-                    Read::Message(m) => {
-                        return Err(format!(
-                            "{} was sent {} before it had sent an envelope",
-                            t.peer.name,
-                            describe(&m)
-                        )
-                        .into());
-                    }
-                }
+                t.read(run.step_timeout()).await?;
             }
             let open: Vec<String> = trickles
                 .iter()
@@ -1619,18 +1626,7 @@ async fn no_first_envelope(run: &Arc<Shared>, options: CaseOptions) -> Result<()
             let bytes = if round == 0 { t.first } else { t.then };
             // Once the host has closed, writes fail: the read says so.
             let _ = t.peer.send_raw(Bytes::from_static(bytes));
-            match t.peer.read_within(Duration::from_millis(500)).await? {
-                Read::Quiet => {}
-                Read::Ended => t.ended = true,
-                Read::Message(m) => {
-                    return Err(format!(
-                        "{} was sent {} before it had sent an envelope",
-                        t.peer.name,
-                        describe(&m)
-                    )
-                    .into());
-                }
-            }
+            t.read(Duration::from_millis(500)).await?;
         }
         round += 1;
     }
