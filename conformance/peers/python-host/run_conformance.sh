@@ -180,6 +180,8 @@ for mode in patch snapshot; do
         --secret-marker "$MARKER" | tee "$report" || status=$?
     if ! kill -0 "$SERVER_PID" 2>/dev/null; then
         FAILURES+=("framed $mode: server exited during the run")
+    elif ! "$HERE/../reference_client_check.sh" "$CLIENT" "tcp://127.0.0.1:$PORT" -; then
+        FAILURES+=("framed $mode: the reference client failed against this host")
     fi
     stop_server
     if [[ $status -ne 0 ]]; then
