@@ -37,6 +37,10 @@
 //! - `host_raw`: the bare client against a real `GrpcServer` serving the
 //!   demo host, synced once, then calling and reading up to each result
 //!   (patch, then result): the whole server side, without the `Client`.
+//! - `link_raw`: `host_raw`'s call envelopes sent through the link a
+//!   `Client` uses (`GrpcConnector`), without a `ClientCore`: what the link
+//!   costs over `host_raw`, and what the client core costs in place under
+//!   `client_inline`.
 //! - `client_inline`: a `ClientCore` driven by the measuring task itself
 //!   over the link a `Client` uses (`GrpcConnector`) to the same server:
 //!   the protocol's client side with no driver task, channel or lock of its
@@ -603,6 +607,60 @@ impl InlineClient {
     }
 }
 
+/// The link a `Client` uses (`GrpcConnector`), driven by the measuring
+/// task with pre-built call envelopes and no `ClientCore`: between
+/// `host_raw`'s bare stream and `client_inline`'s core.
+#[derive(Clone)]
+struct LinkClient {
+    epoch: Arc<str>,
+    link: Arc<Mutex<ClientLink>>,
+}
+
+impl LinkClient {
+    /// A link to the host server at `url`, synced once.
+    fn connect(rt: &Runtime, url: &str) -> Self {
+        rt.block_on(async {
+            let connector = GrpcConnector::new(url.to_owned()).expect("url");
+            let mut link = connector.connect().await.expect("a link");
+            let sync = common::initial_sync("client");
+            link.sink.send(sync).await.expect("the sync is sent");
+            let snapshot = Self::next(&mut link).await;
+            let epoch = snapshot.header.map(|h| h.epoch).unwrap_or_default();
+            Self {
+                epoch: Arc::from(epoch.as_str()),
+                link: Arc::new(Mutex::new(link)),
+            }
+        })
+    }
+
+    /// The link's next envelope, decoded as `host_raw`'s bare client has
+    /// tonic decode it.
+    async fn next(link: &mut ClientLink) -> HostMessage {
+        link.stream
+            .next()
+            .await
+            .expect("open")
+            .expect("an envelope")
+            .into_message()
+            .expect("a HostMessage")
+    }
+
+    /// `n` calls one at a time, each read up to its result.
+    async fn run(self, n: u64) -> Duration {
+        let mut link = self.link.lock().await;
+        let started = Instant::now();
+        for id in 1..=n {
+            let call = call_envelope(&self.epoch, id);
+            link.sink.send(call).await.expect("the call is sent");
+            while !matches!(
+                Self::next(&mut link).await.kind,
+                Some(host_message::Kind::Result(_))
+            ) {}
+        }
+        started.elapsed()
+    }
+}
+
 /// A synced `Client` of the host server at `url`.
 fn grpc_client(rt: &Runtime, url: String) -> Client {
     rt.block_on(async {
@@ -679,6 +737,12 @@ fn measure(c: &mut Criterion, summary: &mut Summary, flavour: Flavour, cores: &C
         let subject = move |n| timed(rt, raw.clone().run_to_results(n));
         one_in_flight_row(&mut group, summary, rt, echo, flavour, row, note, subject);
     }
+    let link = &LinkClient::connect(rt, &host_server(rt));
+    let subject = move |n| timed(rt, link.clone().run(n));
+    let note = "the bare client's call envelopes through the link a Client uses (GrpcConnector), each read up to its result, with no ClientCore: the link's cost is the gap to `host_raw`, the client core's in place the gap to `client_inline`";
+    one_in_flight_row(
+        &mut group, summary, rt, echo, flavour, "link_raw", note, subject,
+    );
     let inline = &InlineClient::connect(rt, &host_server(rt));
     let subject = move |n| timed(rt, inline.clone().run(n));
     let note = "counter.increase(1) from a ClientCore driven by the measuring task itself over the link a Client uses (GrpcConnector), with no driver task: what the Client adds is the gap between this row and `call`";
