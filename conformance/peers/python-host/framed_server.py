@@ -23,14 +23,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import secrets
 import signal
 import sys
 import time
 from collections import OrderedDict
 
 import demo
-from host_core import MiB, HostConfig, HostCore, decode
+from host_core import MiB, HostCore, decode
+from host_options import add_host_arguments, host_config
 
 log = logging.getLogger("framed_server")
 
@@ -329,20 +329,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "(PROTOCOL.md §17.3). Framing carries no authentication (FB8).")
     p.add_argument("--listen", required=True,
                    help="HOST:PORT or tcp://HOST:PORT (TCP), or unix:PATH (a Unix socket)")
-    p.add_argument("--secret-token",
-                   help="initial token of the private `secret` module (§19.3); "
-                        "every later token contains it")
-    p.add_argument("--sync", choices=("patch", "snapshot"), default="patch", help="H5 or H6")
-    p.add_argument("--peer-id", default="host", help="the host's peer id (§2)")
-    p.add_argument("--epoch", help="epoch to use (default: 128 random bits, E1)")
-    p.add_argument("--sections", default=",".join(demo.DEFAULT_SECTIONS),
-                   help="comma-separated published sections (SI1)")
-    p.add_argument("--history-entries", type=int, default=1024, help="history window (H11)")
-    p.add_argument("--max-calls-in-flight", type=int, default=1024, help="per session (H7.4)")
+    add_host_arguments(p)
     p.add_argument("--max-clients", type=int, default=10_000, help="sessions at once (§15)")
     p.add_argument("--max-message-size", type=int, default=4 * MiB,
                    help="bytes; the frame limit (FB3, §15), at least 1 MiB")
-    p.add_argument("--bookmark-interval", type=float, default=5.0, help="seconds (H10, §15)")
     p.add_argument("--first-frame-timeout", type=float, default=10.0,
                    help="seconds a new connection has to send its first frame (FB6)")
     p.add_argument("--max-waiting-connections", type=int, default=256,
@@ -357,13 +347,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    config = HostConfig(
-        epoch=args.epoch or secrets.token_hex(16),                       # E1
-        sync_mode=args.sync,
-        sections=tuple(s for s in args.sections.split(",") if s),
-        peer_id=args.peer_id,
-        history_entries=args.history_entries,
-        max_calls_in_flight=args.max_calls_in_flight,
+    config = host_config(
+        args,
         max_message_size=args.max_message_size,                         # FB3, §15
         max_unread_result_bytes=8 * args.max_message_size,              # §15
         max_clients=args.max_clients,

@@ -16,14 +16,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hmac
-import secrets
 import signal
 import sys
 
 import grpc
 
 import demo
-from host_core import Close, HostConfig, HostCore, decode
+from host_core import Close, HostCore, decode
+from host_options import add_host_arguments, host_config
 
 SESSION_METHOD = "/cosystem.worker.v1.HostService/Session"
 
@@ -132,20 +132,10 @@ class HostService(grpc.GenericRpcHandler):
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="cosystem-worker v1 host serving the demo app over gRPC")
     p.add_argument("--listen", required=True, help="HOST:PORT to listen on (plaintext HTTP/2)")
-    p.add_argument("--secret-token",
-                   help="initial token of the private `secret` module (§19.3); "
-                        "every later token contains it")
     p.add_argument("--token-file",
                    help="file holding the bearer token clients must present (§17.2); "
                         "surrounding whitespace is not part of the token")
-    p.add_argument("--sync", choices=("patch", "snapshot"), default="patch", help="H5 or H6")
-    p.add_argument("--peer-id", default="host", help="the host's peer id (§2)")
-    p.add_argument("--epoch", help="epoch to use (default: 128 random bits, E1)")
-    p.add_argument("--sections", default=",".join(demo.DEFAULT_SECTIONS),
-                   help="comma-separated published sections (SI1)")
-    p.add_argument("--history-entries", type=int, default=1024, help="history window (H11)")
-    p.add_argument("--max-calls-in-flight", type=int, default=1024, help="per session (H7.4)")
-    p.add_argument("--bookmark-interval", type=float, default=5.0, help="seconds (H10, §15)")
+    add_host_arguments(p)
     return p.parse_args(argv)
 
 
@@ -154,14 +144,7 @@ async def serve(args: argparse.Namespace) -> None:
     if args.token_file:
         with open(args.token_file, encoding="utf-8") as f:
             token = f.read().strip()
-    config = HostConfig(
-        epoch=args.epoch or secrets.token_hex(16),                       # E1
-        sync_mode=args.sync,
-        sections=tuple(s for s in args.sections.split(",") if s),
-        peer_id=args.peer_id,
-        history_entries=args.history_entries,
-        max_calls_in_flight=args.max_calls_in_flight,
-    )
+    config = host_config(args)
     core = HostCore(config, demo.demo_modules(args.secret_token))
     service = HostService(core, token)
     server = grpc.aio.server(options=[
