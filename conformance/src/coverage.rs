@@ -1,6 +1,6 @@
 //! Rule coverage: which conformance cases cite each requirement id of
-//! spec/PROTOCOL.md, rendered into spec/CONFORMANCE.md by
-//! `cosystem-conformance doc`.
+//! spec/PROTOCOL.md, and which the host runner checks on every envelope it
+//! reads, rendered into spec/CONFORMANCE.md by `cosystem-conformance doc`.
 //!
 //! The ids are read from the spec itself rather than listed here, so a rule
 //! added to the spec shows up uncited at once, and a case citing an id the
@@ -242,8 +242,20 @@ pub fn citing_cases(cases: &[Case]) -> Vec<Citing<'_>> {
         name: c.name,
         spec: c.spec.to_vec(),
     });
-    vectors.chain(interop).collect()
+    let every_envelope = Citing {
+        name: EVERY_ENVELOPE,
+        spec: crate::interop::peer::CHECKED_ON_EVERY_ENVELOPE.to_vec(),
+    };
+    vectors
+        .chain(interop)
+        .chain(std::iter::once(every_envelope))
+        .collect()
 }
+
+/// The name under which the host runner's checks of every envelope it
+/// reads (spec/CONFORMANCE.md §7.2) cite rules, as if they were one more
+/// case: whichever case is running fails when one of them does.
+pub const EVERY_ENVELOPE: &str = "every envelope";
 
 /// One line per citation of an id `spec` does not define, naming the case.
 pub fn broken_references(spec: &Spec, cases: &[Citing]) -> Vec<String> {
@@ -263,8 +275,12 @@ pub fn broken_references(spec: &Spec, cases: &[Citing]) -> Vec<String> {
         .collect()
 }
 
-/// A case named as its catalogue heading, linked to it.
+/// A case named as its catalogue heading, linked to it; the checks of
+/// every envelope, linked to the section that lists them.
 fn link(name: &str) -> String {
+    if name == EVERY_ENVELOPE {
+        return format!("[{name}](#72-checks-on-every-envelope)");
+    }
     format!("[`{name}`](#{name})")
 }
 
@@ -319,7 +335,7 @@ fn summary(out: &mut String, spec: &Spec, uncited: &[&str]) {
     };
     let _ = writeln!(
         out,
-        "\n{total} rules{of_which}, {} cited by at least one case.",
+        "\n{total} rules{of_which}, {} cited by at least one case or checked on every envelope the host runner reads.",
         total - uncited.len()
     );
     if uncited.is_empty() {
@@ -327,7 +343,7 @@ fn summary(out: &mut String, spec: &Spec, uncited: &[&str]) {
     } else {
         let _ = writeln!(
             out,
-            "\nNot cited by any case ({}): {}.",
+            "\nNeither cited nor checked on every envelope ({}): {}.",
             uncited.len(),
             uncited.join(", ")
         );
@@ -424,7 +440,11 @@ mod tests {
         let text = render(&spec, &cases).unwrap();
         assert!(text.contains("| V1 | §4 | [`a`](#a), [`b`](#b) |\n"));
         assert!(text.contains("| H7.1 | §4 | — |\n"));
-        assert!(text.contains("7 rules (2 of them numbered items of a rule, such as H7.1), 2 cited by at least one case."));
-        assert!(text.contains("Not cited by any case (5): H7, H7.1, H7.2, K2a, Q1."));
+        assert!(text.contains("7 rules (2 of them numbered items of a rule, such as H7.1), 2 cited by at least one case or checked on every envelope the host runner reads."));
+        assert!(
+            text.contains(
+                "Neither cited nor checked on every envelope (5): H7, H7.1, H7.2, K2a, Q1."
+            )
+        );
     }
 }

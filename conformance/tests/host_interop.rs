@@ -142,6 +142,83 @@ async fn a_host_that_sends_results_ahead_of_their_publication_fails() {
     assert!(!report.required_passed());
 }
 
+/// Plays `cases` against the reference host broken as `breakage` says, and
+/// asserts each fails for a reason naming `rule`.
+async fn assert_fail_citing(breakage: HostBreakage, cases: &[&str], rule: &str) {
+    let served = serve_broken(demo_host(SyncMode::Patch), breakage).await;
+    let mut run = config(&served.url);
+    run.select.names = cases.iter().map(|c| (*c).to_owned()).collect();
+    let report = interop::run(&run).await.unwrap();
+    print!("{}", report.to_text());
+    assert_eq!(report.results.len(), cases.len());
+    for result in &report.results {
+        match &result.outcome {
+            Outcome::Fail(reason) if reason.contains(&format!("{rule})")) => {}
+            other => panic!(
+                "{}: {other:?}, expected a failure citing {rule}",
+                result.name
+            ),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_patches_name_the_root_fails_on_its_first_patch() {
+    assert_fail_citing(
+        HostBreakage::PatchesTheRoot,
+        &[
+            "grpc-versions-are-contiguous",
+            "grpc-add-many-is-one-version",
+        ],
+        "PA3",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_patches_name_a_member_beside_the_sections_fails_though_the_view_is_right() {
+    assert_fail_citing(
+        HostBreakage::PatchesOutsideTheSections,
+        &[
+            "grpc-versions-are-contiguous",
+            "grpc-add-many-is-one-version",
+        ],
+        "PA2",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_snapshots_repeat_a_member_fails_though_the_last_one_is_right() {
+    assert_fail_citing(
+        HostBreakage::DuplicatesMembers,
+        &[
+            "grpc-initial-sync-gets-snapshot",
+            "grpc-sync-ahead-of-host-gets-snapshot",
+        ],
+        "J3",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_writes_integers_as_floats_fails_the_exact_integers_case() {
+    let (failed, required_passed) = run_broken(HostBreakage::WritesIntegersAsFloats).await;
+    // Other cases compare values as JSON does, where `2.0` equals `2`;
+    // those that take ids as integers fail too.
+    assert!(
+        failed.contains("grpc-integers-are-kept-exactly"),
+        "{failed:?}"
+    );
+    assert!(!required_passed);
+    assert_fail_citing(
+        HostBreakage::WritesIntegersAsFloats,
+        &["grpc-integers-are-kept-exactly"],
+        "J10",
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_that_publishes_the_secret_fails_the_isolation_cases() {
     let leaky = Host::builder(demo::app(MARKER))

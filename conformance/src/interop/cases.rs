@@ -367,10 +367,25 @@ pub const CASES: &[HostCaseDef] = &[
         ],
     },
     HostCaseDef {
+        name: "grpc-integers-are-kept-exactly",
+        tier: Required,
+        only: None,
+        spec: &["J7", "J8", "J10", "§19.1"],
+        description: "Counts across the whole signed 64-bit range, including integers binary64 cannot hold, come back in results and in publications exactly and written as integers.",
+        procedure: &[
+            "Attach streams A and B; the count is c.",
+            "A moves the count to 2^53+1, 2^63−1, −(2^53+1), −2^63, 0 and back to c with `counter.increase` and `counter.decrease`, one call per move; a move beyond the range of one argument goes through 0 with `decrease(count)`, which for −2^63 is `decrease(−2^63)`.",
+        ],
+        asserts: &[
+            "Each call returns the new count exactly, written as an integer (no fraction part, no exponent), with a state_version one above the last.",
+            "After each call, the count in the view A and B were shown is that integer, exactly and written as an integer.",
+        ],
+    },
+    HostCaseDef {
         name: "grpc-private-section-never-sent",
         tier: Required,
         only: None,
-        spec: &["SI2", "SI4", "V5", "§19.3"],
+        spec: &["SI2", "SI4", "V5", "J5", "§19.3"],
         description: "The private secret section never reaches a client, and rotating it commits no version (needs --secret-marker).",
         procedure: &[
             "Attach streams A and B (version v).",
@@ -562,6 +577,7 @@ pub async fn run_case(name: &str, run: &Arc<Shared>, options: CaseOptions) -> Re
         "grpc-call-id-zero-is-invalid" => call_id_zero(run).await,
         "grpc-no-version-without-published-change" => no_version(run).await,
         "grpc-add-many-is-one-version" => add_many(run).await,
+        "grpc-integers-are-kept-exactly" => exact_integers(run).await,
         "grpc-private-section-never-sent" => private_section(run).await,
         "grpc-malformed-message-disturbs-no-one" => malformed(run).await,
         "grpc-concurrent-clients-converge" => converge(run).await,
@@ -1205,6 +1221,70 @@ async fn add_many(run: &Arc<Shared>) -> Result<(), Stop> {
     Ok(())
 }
 
+/// The calls that take the count from `from` to `to`, each with the count
+/// it leaves: one call when the difference is a valid argument, else
+/// `decrease(from)` to 0 and, unless `to` is 0, `increase(to)`.
+fn moves(from: i64, to: i64) -> Vec<(&'static str, i64, i64)> {
+    match i64::try_from(i128::from(to) - i128::from(from)) {
+        Ok(0) => vec![],
+        Ok(by) => vec![("increase", by, to)],
+        Err(_) if to == 0 => vec![("decrease", from, 0)],
+        Err(_) => vec![("decrease", from, 0), ("increase", to, to)],
+    }
+}
+
+/// Fails unless `value` is the integer `expected`, written as one (J10).
+/// A number with a fraction or an exponent is read as binary64, so
+/// `2.0` and `9007199254740993.0` (which rounds to 2^53) fail alike.
+fn exact_integer(value: &Value, expected: i64, what: &str) -> Result<(), String> {
+    if value.as_i64() == Some(expected) {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} is {value}, not {expected} written as an integer (J8, J10)"
+    ))
+}
+
+async fn exact_integers(run: &Arc<Shared>) -> Result<(), Stop> {
+    const BEYOND_BINARY64: i64 = (1 << 53) + 1;
+    let mut a = attached(run, "A").await?;
+    let mut b = attached(run, "B").await?;
+    let v = version_of(&a)?.max(version_of(&b)?);
+    a.reach(v).await?;
+    b.reach(v).await?;
+    let start = count_of(&view_of(&a)?)?;
+    let mut count = start;
+    let targets = [
+        BEYOND_BINARY64,
+        i64::MAX,
+        -BEYOND_BINARY64,
+        i64::MIN,
+        0,
+        start,
+    ];
+    for target in targets {
+        for (method, by, after) in moves(count, target) {
+            let call = format!("counter.{method}({by}) from {count}");
+            let v = version_of(&a)?;
+            let r = a.invoke("counter", method, json!([by])).await?;
+            exact_integer(&ok_value(&r, &call)?, after, &format!("{call}: the result"))?;
+            expect_version(&r, &call, v + 1)?;
+            b.reach(v + 1).await?;
+            for peer in [&a, &b] {
+                let view = view_of(peer)?;
+                let shown = view.pointer("/counter/count").unwrap_or(&Value::Null);
+                exact_integer(
+                    shown,
+                    after,
+                    &format!("after {call}, the count stream {} was shown", peer.name),
+                )?;
+            }
+            count = after;
+        }
+    }
+    Ok(())
+}
+
 async fn private_section(run: &Arc<Shared>) -> Result<(), Stop> {
     if !run.has_marker() {
         return Err(Stop::Fail(
@@ -1631,4 +1711,40 @@ async fn no_first_envelope(run: &Arc<Shared>, options: CaseOptions) -> Result<()
         round += 1;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn walk(from: i64, to: i64) -> i64 {
+        let mut count = from;
+        for (method, by, after) in moves(from, to) {
+            assert_ne!(by, 0, "a move of 0 commits nothing");
+            let next = match method {
+                "increase" => count.checked_add(by),
+                _ => count.checked_sub(by),
+            };
+            assert_eq!(next, Some(after), "{method}({by}) from {count}");
+            count = after;
+        }
+        count
+    }
+
+    #[test]
+    fn moves_between_the_ends_of_the_range_go_through_zero() {
+        assert_eq!(walk(i64::MIN, 0), 0);
+        assert_eq!(moves(i64::MIN, 0), [("decrease", i64::MIN, 0)]);
+        assert_eq!(walk(i64::MAX, i64::MIN), i64::MIN);
+        assert_eq!(walk(i64::MIN, i64::MAX), i64::MAX);
+        assert!(moves(7, 7).is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn moves_reach_any_count_from_any_count_with_valid_arguments(from: i64, to: i64) {
+            prop_assert_eq!(walk(from, to), to);
+        }
+    }
 }

@@ -11,6 +11,7 @@
 pub mod cases;
 pub mod codec;
 pub mod framed;
+pub mod json_rules;
 pub mod peer;
 
 use std::collections::BTreeSet;

@@ -4,8 +4,8 @@
 //! against the rules that hold for all of them.
 //!
 //! Every envelope read is checked before a case sees it:
-//! - it is a protobuf `HostMessage` of protocol version 1 with a non-empty
-//!   epoch that never changes during the run (E3, C5);
+//! - it is a protobuf `HostMessage` of protocol version 1 with an epoch of
+//!   1 to 1024 bytes that never changes during the run (E2, E3, C5);
 //! - it does not contain the private section's marker (SI2);
 //! - a sync reply answers the request this stream has outstanding (H1);
 //! - no publication arrives before the stream's first sync reply (H3);
@@ -18,7 +18,11 @@
 //!   error code, and names a version this stream has already been shown
 //!   (H8, H9);
 //! - its header's `target` is this stream's name on a reply and empty on a
-//!   publication (§3.2, FB8).
+//!   publication (§3.2, FB8);
+//! - its state, patch and value texts are JSON (J1), and no object in
+//!   them or in an error's details has two members of one name (J3);
+//! - every operation of a patch names a section of the view it applies to,
+//!   and never the root (PA2, PA3).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -44,6 +48,16 @@ use tonic::{Code, Status};
 
 use super::codec::RawCodec;
 use super::framed::{self, FrameReader, FramedAddress};
+use super::json_rules;
+
+/// The rules the checks of every envelope enforce (the list above), which
+/// the rule coverage table shows beside the cases citing them. H15 and H17
+/// are there for the parts of them these checks see: the secret marker and
+/// the sections a patch names (§13), the epoch and version order (§4, §5).
+pub const CHECKED_ON_EVERY_ENVELOPE: &[&str] = &[
+    "C5", "E2", "E3", "V7", "J1", "J3", "PA2", "PA3", "PA4", "PA6", "H1", "H2", "H3", "H5", "H6",
+    "H8", "H9", "H10", "H15", "H17", "SI2", "FB8",
+];
 
 /// The message of the status a framed connection that was reset ends with.
 const RESET: &str = "the connection was reset";
@@ -691,6 +705,12 @@ impl Peer {
         if header.epoch.is_empty() {
             return Err("an empty epoch (E2)".into());
         }
+        if header.epoch.len() > 1024 {
+            return Err(format!(
+                "an epoch of {} bytes, over 1024 (E2)",
+                header.epoch.len()
+            ));
+        }
         {
             let mut epoch = self.shared.epoch.lock().unwrap_or_else(|e| e.into_inner());
             match epoch.as_deref() {
@@ -726,10 +746,12 @@ impl Peer {
         match &m.kind {
             Some(host_message::Kind::Snapshot(s)) => {
                 if s.version == 0 {
-                    return Err("a snapshot of version 0 (§3.5)".into());
+                    return Err("a snapshot of version 0 (V7, §3.5)".into());
                 }
                 let view: Value = serde_json::from_str(&s.state_json)
-                    .map_err(|e| format!("state_json is not JSON: {e}"))?;
+                    .map_err(|e| format!("state_json is not JSON (J1): {e}"))?;
+                json_rules::no_duplicate_members(&s.state_json)
+                    .map_err(|e| format!("state_json: {e}"))?;
                 if !view.is_object() {
                     return Err("state_json is not a JSON object (§3.5)".into());
                 }
@@ -765,8 +787,10 @@ impl Peer {
             }
             Some(host_message::Kind::Patch(p)) => {
                 if p.base_version == 0 || p.version < p.base_version {
-                    return Err("a malformed patch (§3.6)".into());
+                    return Err("a malformed patch (V7, §3.6)".into());
                 }
+                json_rules::no_duplicate_members(&p.patch_json)
+                    .map_err(|e| format!("patch_json: {e}"))?;
                 let bookmark = p.version == p.base_version;
                 if bookmark && !is_empty_array(&p.patch_json) {
                     return Err("a patch with base = version that carries operations (PA6)".into());
@@ -802,6 +826,8 @@ impl Peer {
                     }
                     self.view.take()
                 };
+                let sections = base.as_ref().and_then(json_rules::sections_of);
+                json_rules::patch_names_sections(&p.patch_json, sections.as_ref())?;
                 self.view = match base {
                     Some(mut view) => {
                         apply_patch(&mut view, &p.patch_json).map_err(|e| {
@@ -830,9 +856,13 @@ impl Peer {
                     None => return Err("a result with neither value nor error (§3.8)".into()),
                     Some(call_result::Outcome::ValueJson(v)) => {
                         serde_json::from_str::<Value>(v)
-                            .map_err(|e| format!("value_json is not JSON: {e}"))?;
+                            .map_err(|e| format!("value_json is not JSON (J1): {e}"))?;
+                        json_rules::no_duplicate_members(v)
+                            .map_err(|e| format!("value_json: {e}"))?;
                     }
                     Some(call_result::Outcome::Error(e)) => {
+                        json_rules::no_duplicate_members(&e.details_json)
+                            .map_err(|e| format!("details_json: {e}"))?;
                         let local = matches!(
                             ErrorCode::try_from(e.code),
                             Ok(ErrorCode::Unspecified

@@ -29,6 +29,56 @@ pub enum HostBreakage {
     /// The session ends as soon as the client half-closes, whatever it is
     /// still owed.
     EndOnHalfClose,
+    /// Every live patch starts with a move of the root onto itself: a
+    /// no-op that applies, but names the root (PA3).
+    PatchesTheRoot,
+    /// Every live patch adds a member beside the sections and removes it
+    /// again: the view comes out right, but the patch names a member that
+    /// is no published section (PA2).
+    PatchesOutsideTheSections,
+    /// Every snapshot's state starts with a member `counter` of `null`,
+    /// which the real `counter` later in the text overrides for a reader
+    /// that keeps the last duplicate (J3).
+    DuplicatesMembers,
+    /// Every integer a result returns is written with a fraction part:
+    /// `2.0` for `2` (J10).
+    WritesIntegersAsFloats,
+}
+
+/// `message` as a host broken by `breakage` would write it.
+fn broken(mut message: HostMessage, breakage: Option<HostBreakage>) -> HostMessage {
+    use cosystem_worker::wire::{call_result, host_message};
+    match (breakage, &mut message.kind) {
+        (Some(HostBreakage::PatchesTheRoot), Some(host_message::Kind::Patch(p)))
+            if p.version > p.base_version =>
+        {
+            p.patch_json = p
+                .patch_json
+                .replacen('[', r#"[{"op":"move","from":"","path":""},"#, 1);
+        }
+        (Some(HostBreakage::PatchesOutsideTheSections), Some(host_message::Kind::Patch(p)))
+            if p.version > p.base_version =>
+        {
+            p.patch_json = p.patch_json.replacen(
+                '[',
+                r#"[{"op":"add","path":"/extra","value":0},{"op":"remove","path":"/extra"},"#,
+                1,
+            );
+        }
+        (Some(HostBreakage::DuplicatesMembers), Some(host_message::Kind::Snapshot(s))) => {
+            s.state_json = s.state_json.replacen('{', r#"{"counter":null,"#, 1);
+        }
+        (Some(HostBreakage::WritesIntegersAsFloats), Some(host_message::Kind::Result(r))) => {
+            if let Some(call_result::Outcome::ValueJson(v)) = &mut r.outcome
+                && let Ok(serde_json::Value::Number(n)) = serde_json::from_str(v)
+                && (n.is_i64() || n.is_u64())
+            {
+                *v = format!("{n}.0");
+            }
+        }
+        _ => {}
+    }
+    message
 }
 
 struct Adapter {
@@ -78,7 +128,8 @@ impl HostService for Adapter {
                         drain = &mut end => {
                             if drain.is_ok() {
                                 while let Some(frame) = session.next_answer().await {
-                                    if tx.send(Ok(frame.message().clone())).await.is_err() {
+                                    let message = broken(frame.message().clone(), breakage);
+                                    if tx.send(Ok(message)).await.is_err() {
                                         return;
                                     }
                                 }
@@ -94,7 +145,7 @@ impl HostService for Adapter {
                         out.insert(0, next.message().clone());
                     }
                     for message in out {
-                        if tx.send(Ok(message)).await.is_err() {
+                        if tx.send(Ok(broken(message, breakage))).await.is_err() {
                             return;
                         }
                     }
