@@ -227,7 +227,9 @@ impl Spec {
 }
 
 /// Every case that can cite rules, in the order of spec/CONFORMANCE.md's
-/// catalogues: client vectors, host vectors, then the host interop cases.
+/// catalogues: client vectors, host vectors, then the host interop cases;
+/// and last the host runner's checks of every envelope, as
+/// [`EVERY_ENVELOPE`].
 pub fn citing_cases(cases: &[Case]) -> Vec<Citing<'_>> {
     let vectors = [Role::Client, Role::Host].into_iter().flat_map(|role| {
         cases

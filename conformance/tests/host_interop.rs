@@ -14,6 +14,7 @@ use cosystem_conformance::interop::{self, HostRun};
 use cosystem_conformance::report::{Outcome, Report};
 use cosystem_worker::demo;
 use cosystem_worker::host::{Host, SyncMode};
+use serde_json::json;
 use support::{
     FramedBreakage, HostBreakage, serve_broken, serve_framed_broken, serve_framed_tcp,
     serve_reference,
@@ -142,9 +143,25 @@ async fn a_host_that_sends_results_ahead_of_their_publication_fails() {
     assert!(!report.required_passed());
 }
 
+/// Whether a failure's reason cites `rule` among the ids in parentheses
+/// that close each check's message, as in "(PA3)" or "(J10, §19.1)".
+fn cites(reason: &str, rule: &str) -> bool {
+    reason.split('(').skip(1).any(|part| {
+        part.split(')')
+            .next()
+            .is_some_and(|ids| ids.split(", ").any(|id| id == rule))
+    })
+}
+
 /// Plays `cases` against the reference host broken as `breakage` says, and
-/// asserts each fails for a reason naming `rule`.
-async fn assert_fail_citing(breakage: HostBreakage, cases: &[&str], rule: &str) {
+/// asserts each fails for a reason citing `rule` and containing `saying`;
+/// returns the host, still served.
+async fn assert_fail_citing(
+    breakage: HostBreakage,
+    cases: &[&str],
+    rule: &str,
+    saying: &str,
+) -> support::Served {
     let served = serve_broken(demo_host(SyncMode::Patch), breakage).await;
     let mut run = config(&served.url);
     run.select.names = cases.iter().map(|c| (*c).to_owned()).collect();
@@ -153,13 +170,14 @@ async fn assert_fail_citing(breakage: HostBreakage, cases: &[&str], rule: &str) 
     assert_eq!(report.results.len(), cases.len());
     for result in &report.results {
         match &result.outcome {
-            Outcome::Fail(reason) if reason.contains(&format!("{rule})")) => {}
+            Outcome::Fail(reason) if cites(reason, rule) && reason.contains(saying) => {}
             other => panic!(
-                "{}: {other:?}, expected a failure citing {rule}",
+                "{}: {other:?}, expected a failure citing {rule} and saying {saying:?}",
                 result.name
             ),
         }
     }
+    served
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,6 +189,7 @@ async fn a_host_whose_patches_name_the_root_fails_on_its_first_patch() {
             "grpc-add-many-is-one-version",
         ],
         "PA3",
+        "the root",
     )
     .await;
 }
@@ -184,6 +203,7 @@ async fn a_host_whose_patches_name_a_member_beside_the_sections_fails_though_the
             "grpc-add-many-is-one-version",
         ],
         "PA2",
+        "\"/extra\"",
     )
     .await;
 }
@@ -191,32 +211,103 @@ async fn a_host_whose_patches_name_a_member_beside_the_sections_fails_though_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_whose_snapshots_repeat_a_member_fails_though_the_last_one_is_right() {
     assert_fail_citing(
-        HostBreakage::DuplicatesMembers,
+        HostBreakage::DuplicatesMembersInSnapshots,
         &[
             "grpc-initial-sync-gets-snapshot",
             "grpc-sync-ahead-of-host-gets-snapshot",
         ],
         "J3",
+        "state_json",
     )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_that_writes_integers_as_floats_fails_the_exact_integers_case() {
-    let (failed, required_passed) = run_broken(HostBreakage::WritesIntegersAsFloats).await;
-    // Other cases compare values as JSON does, where `2.0` equals `2`;
-    // those that take ids as integers fail too.
-    assert!(
-        failed.contains("grpc-integers-are-kept-exactly"),
-        "{failed:?}"
-    );
-    assert!(!required_passed);
+async fn a_host_whose_patches_repeat_a_member_fails_on_its_first_patch() {
     assert_fail_citing(
+        HostBreakage::DuplicatesMembersInPatches,
+        &["grpc-versions-are-contiguous"],
+        "J3",
+        "patch_json",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_error_details_repeat_a_member_fails_on_its_first_error() {
+    assert_fail_citing(
+        HostBreakage::DuplicatesMembersInDetails,
+        &["grpc-method-failure-is-failed"],
+        "J3",
+        "details_json",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_with_an_epoch_over_1024_bytes_fails_on_its_first_envelope() {
+    assert_fail_citing(
+        HostBreakage::LongEpoch,
+        &["grpc-initial-sync-gets-snapshot"],
+        "E2",
+        "1025 bytes",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_writes_integers_in_patches_as_floats_fails_the_exact_integers_case() {
+    assert_fail_citing(
+        HostBreakage::WritesPatchIntegersAsFloats,
+        &["grpc-integers-are-kept-exactly"],
+        "J10",
+        "stream A's count was written as",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_writes_returned_integers_as_floats_fails_only_where_they_are_used_as_integers()
+{
+    let served = assert_fail_citing(
         HostBreakage::WritesIntegersAsFloats,
         &["grpc-integers-are-kept-exactly"],
         "J10",
+        "the result was written as 9007199254740993.0: not written as an integer",
     )
     .await;
+    // It failed on its first call, which set the count to 2^53+1; it put
+    // the count back to where it found it.
+    let count = served.host.invoke("counter", "increase", &[json!(0)]);
+    assert_eq!(count, Ok(json!(0)));
+    // Most cases compare values as JSON does, where `2.0` equals `2`. The
+    // resume cases pass a returned id back as an argument, which must be
+    // an integer, and the limit case compares the count it is returned
+    // with the one it expects as written. The integer case puts the count
+    // back where it found it, so the cases after it start from a count
+    // they can add to.
+    let (failed, required_passed) = run_broken(HostBreakage::WritesIntegersAsFloats).await;
+    assert_eq!(
+        failed,
+        BTreeSet::from(
+            [
+                "grpc-integers-are-kept-exactly",
+                "grpc-resume-reaches-current-view",
+                "grpc-resume-inside-window-is-patch",
+                "grpc-messages-up-to-the-limit-are-accepted",
+            ]
+            .map(str::to_owned)
+        )
+    );
+    assert!(!required_passed);
+}
+
+#[test]
+fn a_failure_cites_a_rule_only_inside_its_parentheses() {
+    assert!(cites("x (J10, §19.1)", "J10"));
+    assert!(cites("x (PA3): y", "PA3"));
+    assert!(!cites("x (J10, §19.1)", "J1"));
+    assert!(!cites("J3 in text", "J3"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

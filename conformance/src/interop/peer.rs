@@ -50,10 +50,13 @@ use super::codec::RawCodec;
 use super::framed::{self, FrameReader, FramedAddress};
 use super::json_rules;
 
-/// The rules the checks of every envelope enforce (the list above), which
-/// the rule coverage table shows beside the cases citing them. H15 and H17
-/// are there for the parts of them these checks see: the secret marker and
-/// the sections a patch names (§13), the epoch and version order (§4, §5).
+/// The rules the checks of every envelope enforce, wholly or in part,
+/// which the rule coverage table shows beside the cases citing them: those
+/// the list above names, and V7 (no version 0), H2 (a resume reply starts
+/// at the version asked for), PA6 (a bookmark carries no operations), H15
+/// (the marker and the sections a patch names) and H17 (the epoch and the
+/// order of versions). spec/CONFORMANCE.md §9 says which are checked only
+/// in part.
 pub const CHECKED_ON_EVERY_ENVELOPE: &[&str] = &[
     "C5", "E2", "E3", "V7", "J1", "J3", "PA2", "PA3", "PA4", "PA6", "H1", "H2", "H3", "H5", "H6",
     "H8", "H9", "H10", "H15", "H17", "SI2", "FB8",

@@ -29,20 +29,49 @@ pub enum HostBreakage {
     /// The session ends as soon as the client half-closes, whatever it is
     /// still owed.
     EndOnHalfClose,
-    /// Every live patch starts with a move of the root onto itself: a
-    /// no-op that applies, but names the root (PA3).
+    /// Every patch that carries operations starts with a move of the root
+    /// onto itself: a no-op that applies, but names the root (PA3).
     PatchesTheRoot,
-    /// Every live patch adds a member beside the sections and removes it
-    /// again: the view comes out right, but the patch names a member that
-    /// is no published section (PA2).
+    /// Every patch that carries operations adds a member beside the
+    /// sections and removes it again: the view comes out right, but the
+    /// patch names a member that is no published section (PA2).
     PatchesOutsideTheSections,
     /// Every snapshot's state starts with a member `counter` of `null`,
     /// which the real `counter` later in the text overrides for a reader
     /// that keeps the last duplicate (J3).
-    DuplicatesMembers,
+    DuplicatesMembersInSnapshots,
+    /// Every patch's first operation names `op` twice (J3).
+    DuplicatesMembersInPatches,
+    /// Every error result carries details with a member named twice (J3).
+    DuplicatesMembersInDetails,
     /// Every integer a result returns is written with a fraction part:
     /// `2.0` for `2` (J10).
     WritesIntegersAsFloats,
+    /// Every integer a patch operation sets is written with a fraction
+    /// part; results are written right (J10).
+    WritesPatchIntegersAsFloats,
+    /// Every envelope carries an epoch of 1025 bytes, one over E2's bound.
+    LongEpoch,
+}
+
+/// `patch_json` with each operation's integer `value` written as `N.0`.
+fn float_values(patch_json: &str) -> String {
+    use serde_json::Value;
+    let Ok(Value::Array(ops)) = serde_json::from_str::<Value>(patch_json) else {
+        return patch_json.to_owned();
+    };
+    let ops: Vec<String> = ops
+        .into_iter()
+        .map(|mut op| match op.get("value") {
+            Some(Value::Number(n)) if n.is_i64() || n.is_u64() => {
+                let float = format!("{n}.0");
+                op["value"] = Value::from("float-placeholder");
+                op.to_string().replace(r#""float-placeholder""#, &float)
+            }
+            _ => op.to_string(),
+        })
+        .collect();
+    format!("[{}]", ops.join(","))
 }
 
 /// `message` as a host broken by `breakage` would write it.
@@ -65,8 +94,21 @@ fn broken(mut message: HostMessage, breakage: Option<HostBreakage>) -> HostMessa
                 1,
             );
         }
-        (Some(HostBreakage::DuplicatesMembers), Some(host_message::Kind::Snapshot(s))) => {
+        (
+            Some(HostBreakage::DuplicatesMembersInSnapshots),
+            Some(host_message::Kind::Snapshot(s)),
+        ) => {
             s.state_json = s.state_json.replacen('{', r#"{"counter":null,"#, 1);
+        }
+        (Some(HostBreakage::DuplicatesMembersInPatches), Some(host_message::Kind::Patch(p))) => {
+            p.patch_json = p
+                .patch_json
+                .replacen(r#"{"op":"#, r#"{"op":"replace","op":"#, 1);
+        }
+        (Some(HostBreakage::DuplicatesMembersInDetails), Some(host_message::Kind::Result(r))) => {
+            if let Some(call_result::Outcome::Error(e)) = &mut r.outcome {
+                e.details_json = r#"{"why":1,"why":1}"#.to_owned();
+            }
         }
         (Some(HostBreakage::WritesIntegersAsFloats), Some(host_message::Kind::Result(r))) => {
             if let Some(call_result::Outcome::ValueJson(v)) = &mut r.outcome
@@ -74,6 +116,14 @@ fn broken(mut message: HostMessage, breakage: Option<HostBreakage>) -> HostMessa
                 && (n.is_i64() || n.is_u64())
             {
                 *v = format!("{n}.0");
+            }
+        }
+        (Some(HostBreakage::WritesPatchIntegersAsFloats), Some(host_message::Kind::Patch(p))) => {
+            p.patch_json = float_values(&p.patch_json);
+        }
+        (Some(HostBreakage::LongEpoch), _) => {
+            if let Some(header) = &mut message.header {
+                header.epoch = "e".repeat(1025);
             }
         }
         _ => {}
