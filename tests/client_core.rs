@@ -2339,3 +2339,24 @@ fn bytes_that_are_no_host_message_are_refused_and_change_nothing() {
         [(call, Ok(json!(1)), Some(1))]
     );
 }
+
+proptest! {
+    /// J9, J10: the mirror holds exactly the binary64 value a host wrote,
+    /// in a snapshot and in a patch, for every finite value in the shortest
+    /// form that reads back to it (what JavaScript, Python and Rust write).
+    #[test]
+    fn the_mirror_keeps_every_binary64_value_exactly(
+        first in any::<f64>().prop_filter("finite", |f| f.is_finite()),
+        second in any::<f64>().prop_filter("finite", |f| f.is_finite()),
+    ) {
+        let mut c = new_client();
+        let initial = only_sync(&sent(&mut c));
+        c.handle_message(at(0), snapshot(E1, 1, json!({"m": {"x": first}}), initial.sync_id));
+        let read = |c: &ClientCore| c.state().and_then(|s| s.pointer("/m/x")).and_then(Value::as_f64);
+        prop_assert_eq!(read(&c).map(f64::to_bits), Some(first.to_bits()));
+        let ops = format!(r#"[{{"op":"replace","path":"/m/x","value":{second:?}}}]"#);
+        c.handle_message(at(0), patch_text(E1, 1, 2, &ops, 0));
+        prop_assert_eq!(c.version(), Some(2));
+        prop_assert_eq!(read(&c).map(f64::to_bits), Some(second.to_bits()));
+    }
+}

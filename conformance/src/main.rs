@@ -203,8 +203,8 @@ enum Command {
     /// Serve the adapter protocol on stdin/stdout for the reference client.
     Adapter {
         /// Break the client on purpose (apply-across-gap,
-        /// settle-before-catch-up, ignore-epoch, skip-resync, settled-first),
-        /// to show the suite catches it. Also read from
+        /// settle-before-catch-up, ignore-epoch, skip-resync, settled-first,
+        /// accept-empty-capability), to show the suite catches it. Also read from
         /// COSYSTEM_ADAPTER_BREAK.
         #[arg(long = "break", value_name = "MODE", env = "COSYSTEM_ADAPTER_BREAK")]
         breakage: Option<Breakage>,

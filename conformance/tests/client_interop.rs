@@ -146,6 +146,14 @@ fn ignoring_the_epoch_fails_exactly_the_epoch_cases() {
 }
 
 #[test]
+fn taking_a_missing_capability_for_the_right_one_fails_exactly_the_capability_case() {
+    let (failed, code) = failing_cases(&["--break", "accept-empty-capability"]);
+    assert_eq!(failed, names(&["client-ignores-foreign-capability"]));
+    // A recommended case: reported, but the run passes.
+    assert_eq!(code, Some(0));
+}
+
+#[test]
 fn never_resyncing_fails_every_healing_case() {
     let (failed, code) = failing_cases(&["--break", "skip-resync"]);
     assert_eq!(code, Some(1));

@@ -317,6 +317,7 @@ STATES = [
     '[1,2]',
     '',
     '{"a":-0,"b":1e400}',
+    '{"counter":{"count":985.6906946328695},"m":212.91890726713459}',
     '{"a":NaN}',
     '{"a":"\\ud800"}',
 ]
@@ -332,6 +333,9 @@ PATCHES = [
     '[{"op":"replace","path":"/counter/count","value":1.5e300}]',
     '[{"op":"test","path":"/counter/count","value":0.0},{"op":"replace","path":"/counter/count","value":1}]',
     '[{"op":"test","path":"/counter","value":{"count":false}}]',
+    # Adjacent binary64 values: a parser 1 ulp off reads both alike (J9).
+    '[{"op":"test","path":"/counter/count","value":985.6906946328696},{"op":"replace","path":"/counter/count","value":1}]',
+    '[{"op":"replace","path":"/counter/count","value":441.66130716816645}]',
     '[{"op":"remove","path":"/nothing"}]',
     '[{"op":"replace","path":"","value":[1]}]',
     '[{"op":"move","from":"/nothing","path":"/nothing"}]',
@@ -340,7 +344,7 @@ PATCHES = [
     '{"op":"add"}',
     '',
 ]
-VALUES = ["1", "null", "-0", "[1,2]", "{oops", "", "1e400"]
+VALUES = ["1", "null", "-0", "[1,2]", "{oops", "", "1e400", "985.6906946328695"]
 ERROR_CODE_CHOICES = ["ERROR_CODE_NOT_FOUND", "ERROR_CODE_FAILED", "ERROR_CODE_DEADLINE_EXCEEDED",
                       "ERROR_CODE_UNSPECIFIED", 99]
 FORGED_CALL_IDS = ["0", "4242424242", "18446744073709551615"]

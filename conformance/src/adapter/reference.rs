@@ -38,16 +38,20 @@ pub enum Breakage {
     SkipResync,
     /// Each input's settlements are reported ahead of its other events.
     SettledFirst,
+    /// Envelopes without a capability are taken as carrying the one the
+    /// client is configured with, which SC7 forbids ("empty included").
+    AcceptEmptyCapability,
 }
 
 impl Breakage {
     /// Every breakage, by its command-line name.
-    pub const ALL: [(&'static str, Breakage); 5] = [
+    pub const ALL: [(&'static str, Breakage); 6] = [
         ("apply-across-gap", Breakage::ApplyAcrossGap),
         ("settle-before-catch-up", Breakage::SettleBeforeCatchUp),
         ("ignore-epoch", Breakage::IgnoreEpoch),
         ("skip-resync", Breakage::SkipResync),
         ("settled-first", Breakage::SettledFirst),
+        ("accept-empty-capability", Breakage::AcceptEmptyCapability),
     ];
 }
 
@@ -130,6 +134,13 @@ impl ReferenceClient {
             (Breakage::IgnoreEpoch, _) => {
                 if let Some(h) = message.header.as_mut() {
                     h.epoch = epoch.to_owned();
+                }
+            }
+            (Breakage::AcceptEmptyCapability, _) => {
+                if let Some(h) = message.header.as_mut()
+                    && h.capability.is_empty()
+                {
+                    h.capability = core.config().capability.clone();
                 }
             }
             _ => {}
