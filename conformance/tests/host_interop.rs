@@ -143,8 +143,9 @@ async fn a_host_that_sends_results_ahead_of_their_publication_fails() {
     assert!(!report.required_passed());
 }
 
-/// Whether a failure's reason cites `rule` among the ids in parentheses
-/// that close each check's message, as in "(PA3)" or "(J10, §19.1)".
+/// Whether a failure's reason cites `rule` among the ids of a
+/// parenthesis, as in "… (PA3)" or "… (J10, §19.1)": each check's message
+/// names the rules it enforces so.
 fn cites(reason: &str, rule: &str) -> bool {
     reason.split('(').skip(1).any(|part| {
         part.split(')')
@@ -273,7 +274,7 @@ async fn a_host_that_writes_returned_integers_as_floats_fails_only_where_they_ar
         HostBreakage::WritesIntegersAsFloats,
         &["grpc-integers-are-kept-exactly"],
         "J10",
-        "the result was written as 9007199254740993.0: not written as an integer",
+        "the result was written as 9007199254740993.0, which reads as",
     )
     .await;
     // It failed on its first call, which set the count to 2^53+1; it put

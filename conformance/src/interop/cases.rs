@@ -1235,19 +1235,15 @@ fn moves(from: i64, to: i64) -> Vec<(&'static str, i64, i64)> {
 
 /// Fails unless `value` is the integer `expected`, written as one (J10;
 /// §19.1 makes the count a signed 64-bit integer). `text` is what the host
-/// wrote, quoted in the failure: `value` is the runner's reading of it, in
-/// which a number with a fraction or an exponent is a binary64 value.
+/// wrote, quoted in the failure beside the runner's reading of it, in which
+/// a number with a fraction or an exponent, or an integer beyond 64 bits,
+/// is a binary64 value.
 fn exact_integer(value: &Value, text: &str, expected: i64, what: &str) -> Result<(), String> {
     if value.as_i64() == Some(expected) {
         return Ok(());
     }
-    let form = if value.is_f64() {
-        "not written as an integer"
-    } else {
-        "a different value"
-    };
     Err(format!(
-        "{what} was written as {}: {form}, where {expected} was expected (J10, §19.1)",
+        "{what} was written as {}, which reads as {value}, not as the integer {expected} (J10, §19.1)",
         clip(text)
     ))
 }
@@ -1352,8 +1348,12 @@ async fn restore_count(run: &Arc<Shared>, start: i64) {
         return;
     };
     for (method, by, _) in moves(count, start) {
-        if c.invoke("counter", method, json!([by])).await.is_err() {
-            return;
+        match c.invoke("counter", method, json!([by])).await {
+            Ok(CallResult {
+                outcome: Some(call_result::Outcome::ValueJson(_)),
+                ..
+            }) => {}
+            _ => return,
         }
     }
 }
