@@ -283,10 +283,10 @@ async fn a_host_that_writes_returned_integers_as_floats_fails_only_where_they_ar
     assert_eq!(count, Ok(json!(0)));
     // Most cases compare values as JSON does, where `2.0` equals `2`. The
     // resume cases pass a returned id back as an argument, which must be
-    // an integer, and the limit case compares the count it is returned
-    // with the one it expects as written. The integer case puts the count
-    // back where it found it, so the cases after it start from a count
-    // they can add to.
+    // an integer, and the limit case checks the count it is returned as
+    // the integer case does (J10). The integer case puts the count back
+    // where it found it, so the cases after it start from a count they can
+    // add to.
     let (failed, required_passed) = run_broken(HostBreakage::WritesIntegersAsFloats).await;
     assert_eq!(
         failed,
@@ -301,6 +301,13 @@ async fn a_host_that_writes_returned_integers_as_floats_fails_only_where_they_ar
         )
     );
     assert!(!required_passed);
+    assert_fail_citing(
+        HostBreakage::WritesIntegersAsFloats,
+        &["grpc-messages-up-to-the-limit-are-accepted"],
+        "J10",
+        "which reads as",
+    )
+    .await;
 }
 
 #[test]
