@@ -15,6 +15,7 @@ mod event;
 mod history;
 mod in_method;
 mod input;
+mod shared_channel;
 mod stall_guard;
 mod stats;
 mod timing;
@@ -28,6 +29,7 @@ pub use driver::{DEFAULT_BOOKMARK_INTERVAL, EVENT_BUFFER, Host, HostBuilder, Ses
 pub use error::InputError;
 pub use event::{CallRecord, HostEvent, RECORDED_NAME};
 pub use input::{ARGS_BUDGET_BYTES, ArgsBudget, MAX_PREPARSED_ARGS, PreparedInput};
+pub use shared_channel::{ReplySessions, Unaddressed, admit};
 pub use stats::HostStats;
 pub use timing::{LatencyHistogram, MethodRun, MethodTiming};
 pub use view_depth::{MAX_PRIVATE_DEPTH, MAX_VIEW_DEPTH};

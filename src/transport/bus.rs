@@ -12,7 +12,7 @@
 //!   `source`; its results and sync answers carry `target` = that id, and
 //!   every other client's link drops them unread.
 //! - **Sources are bounded.** A client envelope whose `source` is longer than
-//!   [`MAX_PEER_ID`] is dropped before any session is opened for it: the
+//!   [`MAX_PEER_ID`](crate::host::MAX_PEER_ID) is dropped before any session is opened for it: the
 //!   host would never answer it (spec §2), and a session keyed by it would
 //!   hold the oversized id and take a place among the bounded sessions.
 //! - **Capability token.** A host with a capability ignores client envelopes
@@ -27,12 +27,10 @@
 //!   link reports it ([`TransportError::Lost`]), and the client settles its
 //!   unanswered calls `outcome-unknown` and resyncs at once.
 //!
-//! The host-side capability and target checks live here, not in the host
-//! core: on point-to-point channels the spec requires `capability` and
-//! `target` to be ignored (§3.2), so only the shared-channel adapter knows
-//! they mean anything.
+//! What the host answers and which sessions it keeps are decided by the
+//! sans-IO policy in [`crate::host::admit`] and [`crate::host::ReplySessions`];
+//! this module only moves envelopes and passes the time in.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,7 +43,7 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use super::{ClientLink, Connector, HostInput, TransportError};
 use crate::client::ClientConfig;
-use crate::host::{Host, HostConfig, InputError, MAX_PEER_ID, PeerOptions, Session};
+use crate::host::{Host, HostConfig, InputError, PeerOptions, ReplySessions, Session, admit};
 use crate::wire::{
     ClientMessage, Header, HostFrame, PROTOCOL_VERSION, SnapshotReason, SyncReason, SyncRequest,
     client_message, host_message,
@@ -217,21 +215,14 @@ impl Default for BusHostOptions {
     }
 }
 
-/// A client's reply-only session and when it was last heard from.
-struct ClientSession {
-    session: Session,
-    heard: Instant,
-}
-
 /// The host's end of a bus: one publication session, and reply-only
 /// sessions keyed by client peer id.
 struct BusHost {
     host: Host,
     bus: Bus,
     config: HostConfig,
-    options: BusHostOptions,
     publications: Session,
-    sessions: HashMap<String, ClientSession>,
+    sessions: ReplySessions<Session>,
 }
 
 /// Serves `host` on `bus` until the host shuts down.
@@ -262,12 +253,11 @@ pub async fn serve_host(host: Host, bus: Bus, options: BusHostOptions) -> Result
         host,
         bus,
         config,
-        options,
         publications,
-        sessions: HashMap::new(),
+        sessions: ReplySessions::new(options.idle_timeout, options.max_sessions),
     };
     this.announce()?;
-    let sweep_every = (this.options.idle_timeout / 2).max(Duration::from_millis(1));
+    let sweep_every = (options.idle_timeout / 2).max(Duration::from_millis(1));
     let mut sweep = tokio::time::interval(sweep_every);
     loop {
         tokio::select! {
@@ -288,7 +278,9 @@ pub async fn serve_host(host: Host, bus: Bus, options: BusHostOptions) -> Result
                 }
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },
-            _ = sweep.tick() => this.drop_idle(),
+            _ = sweep.tick() => {
+                this.sessions.expire(Instant::now().into_std());
+            }
         }
     }
 }
@@ -319,48 +311,31 @@ impl BusHost {
     }
 
     fn on_client(&mut self, message: Arc<ClientMessage>) {
-        let Some(header) = &message.header else {
+        let source = match admit(
+            &self.config.peer_id,
+            &self.config.capability,
+            message.header.as_ref(),
+        ) {
+            Ok(source) => source.to_owned(),
+            Err(reason) => {
+                tracing::debug!(%reason, "left a client envelope on the bus unprocessed");
+                return;
+            }
+        };
+        let now = Instant::now().into_std();
+        if self.sessions.heard(&source, now).is_none() && !self.open(&source, now) {
+            return;
+        }
+        let Some(session) = self.sessions.heard(&source, now) else {
             return;
         };
-        if !self.config.capability.is_empty() && header.capability != self.config.capability {
-            return;
-        }
-        if !header.target.is_empty() && header.target != self.config.peer_id {
-            return;
-        }
-        if header.source.is_empty() {
-            // A reply could only be addressed to everyone.
-            tracing::debug!("ignored a client envelope without a source on the bus");
-            return;
-        }
-        if header.source.len() > MAX_PEER_ID {
-            // The core would refuse it unprocessed anyway (spec §2), but only
-            // after a session keyed by the whole `source` had been opened for
-            // it: each such envelope would hold its copy until the idle
-            // timeout and could evict an honest client's session (SC10).
-            tracing::debug!(
-                len = header.source.len(),
-                limit = MAX_PEER_ID,
-                "ignored a client envelope whose source is too long to answer"
-            );
-            return;
-        }
-        let source = header.source.clone();
-        let now = Instant::now();
-        if !self.sessions.contains_key(&source) && !self.open(&source, now) {
-            return;
-        }
-        let Some(entry) = self.sessions.get_mut(&source) else {
-            return;
-        };
-        entry.heard = now;
-        let outcome = entry.session.handle(Arc::unwrap_or_clone(message.clone()));
+        let outcome = session.handle(Arc::unwrap_or_clone(message.clone()));
         // Publications first: a result or sync answer names a version whose
-        // publication must be on the bus ahead of it (H8).
+        // publication must be on the bus ahead of it (SC5).
         while let Some(frame) = self.publications.try_next_frame() {
             self.bus.send(BusMessage::Host(frame));
         }
-        while let Some(frame) = entry.session.try_next_frame() {
+        while let Some(frame) = session.try_next_frame() {
             self.bus.send(BusMessage::Host(frame));
         }
         if let Err(error) = outcome {
@@ -373,9 +348,9 @@ impl BusHost {
 
     /// Opens a session for `source`, making room if needed. Returns whether
     /// it is open.
-    fn open(&mut self, source: &str, now: Instant) -> bool {
-        if self.sessions.len() >= self.options.max_sessions.max(1) {
-            self.drop_least_recent();
+    fn open(&mut self, source: &str, now: std::time::Instant) -> bool {
+        if self.sessions.is_full() {
+            self.sessions.drop_least_recent();
         }
         let options = PeerOptions {
             peer_id: source.to_owned(),
@@ -384,20 +359,14 @@ impl BusHost {
         let session = match self.host.open_session(options.clone()) {
             Err(InputError::TooManyClients { .. }) if !self.sessions.is_empty() => {
                 // Other transports fill the host; give up our oldest session.
-                self.drop_least_recent();
+                self.sessions.drop_least_recent();
                 self.host.open_session(options)
             }
             other => other,
         };
         match session {
             Ok(session) => {
-                self.sessions.insert(
-                    source.to_owned(),
-                    ClientSession {
-                        session,
-                        heard: now,
-                    },
-                );
+                self.sessions.insert(source, session, now);
                 true
             }
             Err(error) => {
@@ -405,23 +374,6 @@ impl BusHost {
                 false
             }
         }
-    }
-
-    fn drop_least_recent(&mut self) {
-        let oldest = self
-            .sessions
-            .iter()
-            .min_by_key(|(_, entry)| entry.heard)
-            .map(|(id, _)| id.clone());
-        if let Some(id) = oldest {
-            self.sessions.remove(&id);
-        }
-    }
-
-    fn drop_idle(&mut self) {
-        let timeout = self.options.idle_timeout;
-        self.sessions
-            .retain(|_, entry| entry.heard.elapsed() < timeout);
     }
 }
 
