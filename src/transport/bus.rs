@@ -11,10 +11,11 @@
 //!   gets a reply-only session of its own (publications off), keyed by its
 //!   `source`; its results and sync answers carry `target` = that id, and
 //!   every other client's link drops them unread.
-//! - **Sources are bounded.** A client envelope whose `source` is longer than
-//!   [`MAX_PEER_ID`](crate::host::MAX_PEER_ID) is dropped before any session is opened for it: the
-//!   host would never answer it (spec §2), and a session keyed by it would
-//!   hold the oversized id and take a place among the bounded sessions.
+//! - **Sources are bounded.** A client envelope whose `source` is longer
+//!   than [`MAX_PEER_ID`](crate::host::MAX_PEER_ID) is dropped before any
+//!   session is opened for it: the host would never answer it (spec §2),
+//!   and a session keyed by it would hold the oversized id and take a place
+//!   among the bounded sessions.
 //! - **Capability token.** A host with a capability ignores client envelopes
 //!   that do not carry it, and a client with one ignores host envelopes that
 //!   do not.
