@@ -204,8 +204,8 @@ enum Command {
     Adapter {
         /// Break the client on purpose (apply-across-gap,
         /// settle-before-catch-up, ignore-epoch, skip-resync, settled-first,
-        /// accept-empty-capability), to show the suite catches it. Also read from
-        /// COSYSTEM_ADAPTER_BREAK.
+        /// accept-empty-capability, reverse-settlements), to show the suite
+        /// catches it. Also read from COSYSTEM_ADAPTER_BREAK.
         #[arg(long = "break", value_name = "MODE", env = "COSYSTEM_ADAPTER_BREAK")]
         breakage: Option<Breakage>,
     },

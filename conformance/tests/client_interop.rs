@@ -135,12 +135,27 @@ fn ignoring_the_epoch_fails_exactly_the_epoch_cases() {
     fails_exactly(
         "ignore-epoch",
         &[
+            "client-calls-settled-together-settle-in-call-order",
             "client-envelope-with-empty-epoch-is-malformed",
             "client-new-epoch-settles-calls-outcome-unknown",
             "client-new-epoch-snapshot-replaces-mirror",
             "client-patch-from-other-epoch-reports-missing-snapshot",
             "client-patch-from-other-epoch-while-resuming-asks-for-snapshot",
             "client-result-from-other-epoch-is-outcome-unknown",
+        ],
+    );
+}
+
+#[test]
+fn reporting_settlements_out_of_order_fails_exactly_the_settlement_order_cases() {
+    fails_exactly(
+        "reverse-settlements",
+        &[
+            "client-calls-settled-together-settle-in-call-order",
+            "client-deadlines-passing-together-settle-in-deadline-order",
+            "client-dispose-settles-every-call",
+            "client-held-results-settle-in-arrival-order",
+            "client-host-silence-comes-after-the-deadlines-due-with-it",
         ],
     );
 }

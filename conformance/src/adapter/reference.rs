@@ -41,17 +41,22 @@ pub enum Breakage {
     /// Envelopes without a capability are taken as carrying the one the
     /// client is configured with, which SC7 forbids ("empty included").
     AcceptEmptyCapability,
+    /// Calls settled by one input are reported in the reverse of the order
+    /// the client settled them, as a client that keeps its calls in a hash
+    /// map might report them.
+    ReverseSettlements,
 }
 
 impl Breakage {
     /// Every breakage, by its command-line name.
-    pub const ALL: [(&'static str, Breakage); 6] = [
+    pub const ALL: [(&'static str, Breakage); 7] = [
         ("apply-across-gap", Breakage::ApplyAcrossGap),
         ("settle-before-catch-up", Breakage::SettleBeforeCatchUp),
         ("ignore-epoch", Breakage::IgnoreEpoch),
         ("skip-resync", Breakage::SkipResync),
         ("settled-first", Breakage::SettledFirst),
         ("accept-empty-capability", Breakage::AcceptEmptyCapability),
+        ("reverse-settlements", Breakage::ReverseSettlements),
     ];
 }
 
@@ -267,6 +272,16 @@ impl ReferenceClient {
             reply
                 .events
                 .sort_by_key(|e| !matches!(e, Event::Settled { .. }));
+        }
+        if self.breakage == Some(Breakage::ReverseSettlements) {
+            // Settlements trade places among themselves; every other event
+            // keeps its place.
+            let slots: Vec<usize> = (0..reply.events.len())
+                .filter(|&i| matches!(reply.events[i], Event::Settled { .. }))
+                .collect();
+            for k in 0..slots.len() / 2 {
+                reply.events.swap(slots[k], slots[slots.len() - 1 - k]);
+            }
         }
         Ok(())
     }
