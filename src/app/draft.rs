@@ -15,7 +15,8 @@ use crate::wire::ErrorCode;
 ///
 /// Each operation costs O(depth of the path + size of the value written), not
 /// O(state). Paths are RFC 6901 pointers relative to the module's root, such
-/// as `/items/3/done`. An operation that does not fit the state (missing
+/// as `/items/3/done`; build one from data with [`pointer`](super::pointer),
+/// which escapes each name. An operation that does not fit the state (missing
 /// parent, index out of range, wrong container) fails with an `internal`
 /// error and changes nothing; when a method fails, every operation it made is
 /// undone.

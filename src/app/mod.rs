@@ -16,6 +16,7 @@ mod error;
 mod json;
 pub(crate) mod json_len;
 mod methods;
+mod pointer;
 mod typed;
 
 use serde_json::Value;
@@ -29,6 +30,7 @@ pub use args::FromArgs;
 pub use draft::{Draft, JsonModule};
 pub use error::MethodError;
 pub use json_patch::PatchOperation;
+pub use pointer::pointer;
 pub use typed::TypedModule;
 
 /// What a successful method invocation produced.

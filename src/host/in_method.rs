@@ -45,11 +45,17 @@ pub(super) fn new_core_id() -> u64 {
 /// method's other panics are not, since their messages may quote data).
 pub(crate) const CALLED_BACK: &str = "a method called back into its own host (Host::view, version, …), which would deadlock; use its Draft or state instead";
 
-/// Panics with [`CALLED_BACK`].
+/// Panics with [`CALLED_BACK`] as its message, so that the panic hook's
+/// log line says what went wrong.
 pub(crate) fn called_back() -> ! {
-    std::panic::panic_any(CalledBack)
+    std::panic::panic_any(CALLED_BACK)
 }
 
-/// The panic payload of [`called_back`].
-#[derive(Debug)]
-pub(crate) struct CalledBack;
+/// Whether a panic's payload is that of [`called_back`]. Judged by its
+/// text: a method that panics with the very same words gets the same
+/// answer, which reveals nothing but those words.
+pub(crate) fn is_called_back(payload: &(dyn std::any::Any + Send)) -> bool {
+    payload
+        .downcast_ref::<&str>()
+        .is_some_and(|message| *message == CALLED_BACK)
+}

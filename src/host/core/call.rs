@@ -15,7 +15,7 @@ use crate::host::encode::ops_json;
 use crate::host::error::InputError;
 use crate::host::event::{CallRecord, HostEvent, RECORDED_NAME, cut};
 use crate::host::history::Entry;
-use crate::host::in_method::{CALLED_BACK, CalledBack, InMethod};
+use crate::host::in_method::{CALLED_BACK, InMethod, is_called_back};
 use crate::host::input::parse_args;
 use crate::host::view_depth::{MAX_PRIVATE_DEPTH, MAX_VIEW_DEPTH, private_too_deep, too_deep};
 use crate::host::view_size::growth_bound;
@@ -56,7 +56,7 @@ impl std::fmt::Debug for Clipped<'_> {
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if payload.is::<CalledBack>() {
+    if is_called_back(payload) {
         CALLED_BACK.to_owned()
     } else if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
@@ -312,7 +312,7 @@ impl HostCore {
                 // panicked; the message goes to the events and the log. A
                 // method calling back into its host is the library's own
                 // message, and says what to fix.
-                return Err(MethodError::internal(if payload.is::<CalledBack>() {
+                return Err(MethodError::internal(if is_called_back(payload.as_ref()) {
                     format!("method {module}.{method} panicked: {message}")
                 } else {
                     format!(
