@@ -102,7 +102,10 @@ async fn the_configured_call_timeout_bounds_calls_without_their_own() {
 
     let started = tokio::time::Instant::now();
     let typed: Result<i64, _> = client.module("counter").call_as("increase", (1,)).await;
-    assert_eq!(typed.unwrap_err().code, ErrorCode::DeadlineExceeded);
+    assert_eq!(
+        typed.unwrap_err().method_error().map(|e| e.code),
+        Some(ErrorCode::DeadlineExceeded)
+    );
     assert_eq!(started.elapsed(), Duration::from_secs(3));
 
     let started = tokio::time::Instant::now();
@@ -113,6 +116,9 @@ async fn the_configured_call_timeout_bounds_calls_without_their_own() {
         .module("counter")
         .call_as_with("increase", (1,), own)
         .await;
-    assert_eq!(typed.unwrap_err().code, ErrorCode::DeadlineExceeded);
+    assert_eq!(
+        typed.unwrap_err().method_error().map(|e| e.code),
+        Some(ErrorCode::DeadlineExceeded)
+    );
     assert_eq!(started.elapsed(), Duration::from_secs(1));
 }

@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cosystem_worker::app::{App, MethodError, TypedModule};
-use cosystem_worker::client::{CallOptions, Client, ClientConfig, ClientEvent, WatchOptions};
+use cosystem_worker::client::{
+    CallAsError, CallOptions, Client, ClientConfig, ClientEvent, WatchOptions,
+};
 use cosystem_worker::demo;
 use cosystem_worker::host::{Host, SyncMode};
 use cosystem_worker::transport::memory;
@@ -265,7 +267,18 @@ async fn typed_module_calls_serialise_tuples_and_deserialise_results() {
     let cleared: usize = todos.call_as("clear", ()).await.unwrap();
     assert_eq!(cleared, 2);
     let wrong = todos.call_as::<_, String>("add", ("c",)).await.unwrap_err();
-    assert_eq!(wrong.code, ErrorCode::InvalidArgument);
+    // The method ran and committed: the error must not read as a refusal.
+    match wrong {
+        CallAsError::UnexpectedValue { value, .. } => assert_eq!(value, json!(3)),
+        other => panic!("expected an unexpected value, got {other:?}"),
+    }
+    let items = client.select(|s| s["todos"]["items"].as_array().map(Vec::len));
+    assert_eq!(items, Some(Some(1)), "the add was committed and mirrored");
+    let refused = todos.call_as::<_, u64>("toggle", (999,)).await.unwrap_err();
+    assert_eq!(
+        refused.method_error().map(|e| e.code),
+        Some(ErrorCode::NotFound)
+    );
 }
 
 /// A call sent at once on a link that has room (not by the driver) must

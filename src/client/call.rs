@@ -154,6 +154,57 @@ impl Drop for CallFuture {
     }
 }
 
+/// Why a typed call ([`ModuleHandle::call_as`]) gave no value of the type
+/// asked for. The variants differ in what happened on the host, which is
+/// what a caller deciding whether to call again needs to know.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallAsError {
+    /// The arguments did not serialise to JSON; nothing was sent.
+    #[error("{module}.{method}: arguments could not be serialised, nothing was sent: {error}")]
+    Arguments {
+        /// The module called.
+        module: String,
+        /// The method called.
+        method: String,
+        /// What serde reported.
+        #[source]
+        error: serde_json::Error,
+    },
+    /// The call settled with an error, exactly as [`Client::call`] reports
+    /// it: its code says whether the method ran (spec §14).
+    #[error(transparent)]
+    Failed(#[from] MethodError),
+    /// The method ran and its changes were committed and are in the mirror,
+    /// but the value it returned does not deserialise as the type asked for.
+    /// Calling again runs the method again.
+    #[error(
+        "{module}.{method} ran and committed, but its value is not of the type expected: {error}"
+    )]
+    UnexpectedValue {
+        /// The module called.
+        module: String,
+        /// The method called.
+        method: String,
+        /// The value the method returned.
+        value: Value,
+        /// What serde reported.
+        #[source]
+        error: serde_json::Error,
+    },
+}
+
+impl CallAsError {
+    /// The error the call settled with, if it settled with one; `None` for
+    /// the local failures on either side of a call that did not.
+    pub fn method_error(&self) -> Option<&MethodError> {
+        match self {
+            Self::Failed(error) => Some(error),
+            Self::Arguments { .. } | Self::UnexpectedValue { .. } => None,
+        }
+    }
+}
+
 /// Calls the methods of one module by name.
 #[derive(Clone)]
 pub struct ModuleHandle {
@@ -180,16 +231,17 @@ impl ModuleHandle {
     }
 
     /// Calls `method` with typed arguments and a typed result: `args` is a
-    /// tuple (serialised as the positional JSON array, `()` for none) and the
-    /// value is deserialised as `R`. A value that does not fit `R` is an
-    /// `invalid-argument` error naming the method.
+    /// tuple (serialised as the positional JSON array, `()` for none; any
+    /// other value is sent as the one argument) and the value is
+    /// deserialised as `R`. A value that does not fit `R` is
+    /// [`CallAsError::UnexpectedValue`]: the method ran and committed.
     ///
     /// ```no_run
-    /// # async fn f(client: cosystem_worker::client::Client) -> Result<(), cosystem_worker::app::MethodError> {
+    /// # async fn f(client: cosystem_worker::client::Client) -> Result<(), cosystem_worker::client::CallAsError> {
     /// let count: i64 = client.module("counter").call_as("increase", (1,)).await?;
     /// # Ok(()) }
     /// ```
-    pub async fn call_as<A, R>(&self, method: &str, args: A) -> Result<R, MethodError>
+    pub async fn call_as<A, R>(&self, method: &str, args: A) -> Result<R, CallAsError>
     where
         A: serde::Serialize,
         R: serde::de::DeserializeOwned,
@@ -204,7 +256,7 @@ impl ModuleHandle {
         method: &str,
         args: A,
         options: CallOptions,
-    ) -> Result<R, MethodError>
+    ) -> Result<R, CallAsError>
     where
         A: serde::Serialize,
         R: serde::de::DeserializeOwned,
@@ -213,14 +265,20 @@ impl ModuleHandle {
             Ok(Value::Array(args)) => args,
             Ok(Value::Null) => Vec::new(),
             Ok(other) => vec![other],
-            Err(e) => return Err(MethodError::invalid_argument(format!("arguments: {e}"))),
+            Err(error) => {
+                return Err(CallAsError::Arguments {
+                    module: self.name.clone(),
+                    method: method.to_owned(),
+                    error,
+                });
+            }
         };
         let value = self.call_with(method, args, options).await?;
-        serde_json::from_value(value).map_err(|e| {
-            MethodError::invalid_argument(format!(
-                "{}.{method} returned an unexpected value: {e}",
-                self.name
-            ))
+        R::deserialize(&value).map_err(|error| CallAsError::UnexpectedValue {
+            module: self.name.clone(),
+            method: method.to_owned(),
+            value,
+            error,
         })
     }
 

@@ -22,7 +22,7 @@ mod shift_credit;
 mod watch;
 
 pub use apply::{ApplyError, MAX_MIRROR_DEPTH, apply_patch, copy_budget, shift_budget};
-pub use call::{CallFuture, CallOptions, ModuleHandle, VersionedCall};
+pub use call::{CallAsError, CallFuture, CallOptions, ModuleHandle, VersionedCall};
 pub use config::ClientConfig;
 pub use connection::Connection;
 pub use core::{ClientCore, MAX_EPOCH};
