@@ -11,7 +11,8 @@
 //! cargo run -- client --connect 127.0.0.1:50061 --token-file token.txt state
 //! ```
 //!
-//! Stops on Ctrl-C or SIGTERM; logs to stderr through `RUST_LOG` (e.g.
+//! Stops on Ctrl-C or SIGTERM, waiting a few seconds for open streams; a
+//! second Ctrl-C or SIGTERM stops it at once, even while a method runs. Logs to stderr through `RUST_LOG` (e.g.
 //! `RUST_LOG=cosystem_worker=debug` for one line per call answered).
 
 use std::io::IsTerminal;
@@ -27,6 +28,7 @@ use cosystem_worker::transport::grpc::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio::sync::oneshot;
 use tonic::transport::Server;
 
 #[derive(Default, Serialize, Deserialize)]
@@ -69,24 +71,47 @@ fn app() -> App {
     App::new().with(tasks).with(log)
 }
 
-/// Resolves on Ctrl-C.
-/// Resolves on Ctrl-C or, on Unix, SIGTERM (what service managers send).
-async fn interrupted() {
-    #[cfg(unix)]
-    let terminated = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => term.recv().await,
-            Err(_) => std::future::pending().await,
+/// The stop signals: `first` resolves at the first Ctrl-C or (on Unix)
+/// SIGTERM, what service managers send, and starts a graceful stop;
+/// `second` resolves at the next one, for an operator who will not wait.
+struct Stop {
+    first: oneshot::Receiver<()>,
+    second: oneshot::Receiver<()>,
+}
+
+/// Listens for stop signals from now on: one listener for the whole run,
+/// so that no signal is missed between two waits and none falls back to
+/// the default action.
+fn listen_for_stop() -> Stop {
+    let (first_tx, first) = oneshot::channel();
+    let (second_tx, second) = oneshot::channel();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        for (n, tx) in [first_tx, second_tx].into_iter().enumerate() {
+            #[cfg(unix)]
+            let terminated = async {
+                match terminate.as_mut() {
+                    Some(term) => term.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let terminated = std::future::pending::<Option<()>>();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminated => {}
+            }
+            if n == 0 {
+                tracing::info!("stopping (again to stop at once)");
+            } else {
+                tracing::warn!("stopping at once");
+            }
+            let _ = tx.send(());
         }
-    };
-    #[cfg(not(unix))]
-    let terminated = std::future::pending::<Option<()>>();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminated => {}
-    }
-    tracing::info!("stopping");
+    });
+    Stop { first, second }
 }
 
 /// A host of the application's own modules over gRPC.
@@ -100,9 +125,18 @@ struct Args {
     embedded: bool,
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    let result = runtime.block_on(run(args));
+    // Without this, dropping the runtime would wait for a method still
+    // running on one of its threads, however long it takes: the process
+    // would outlive the host's stop, and no signal would end it.
+    runtime.shutdown_background();
+    result
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -122,7 +156,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // host down when it stops.
         let server = server.bind(addr).await?;
         tracing::info!("listening on http://{}", server.local_addr());
-        server.serve(interrupted()).await?;
+        let stop = listen_for_stop();
+        let first = async move {
+            let _ = stop.first.await;
+        };
+        tokio::select! {
+            served = server.serve(first) => served?,
+            _ = stop.second => {}
+        }
         return Ok(());
     }
 
@@ -140,11 +181,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!("listening on http://{} (embedded)", listener.local_addr()?);
-    let (stopped_tx, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stopped_tx, stopped) = oneshot::channel::<()>();
+    let Stop { first, second } = listen_for_stop();
     let stopping = {
         let host = host.clone();
         async move {
-            interrupted().await;
+            let _ = first.await;
             for service in ["", SERVICE_NAME] {
                 reporter
                     .set_service_status(service, tonic_health::ServingStatus::NotServing)
@@ -169,8 +211,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::select! {
         ended = &mut serving => ended?,
         _ = stopped => {
-            if let Ok(ended) = tokio::time::timeout(SHUTDOWN_GRACE, serving).await {
-                ended?;
+            tokio::select! {
+                ended = tokio::time::timeout(SHUTDOWN_GRACE, serving) => {
+                    if let Ok(ended) = ended {
+                        ended?;
+                    }
+                }
+                _ = second => {}
             }
         }
     }
