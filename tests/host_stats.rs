@@ -261,3 +261,48 @@ fn stats_asked_for_while_a_method_holds_the_core_are_the_last_taken_and_say_so()
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_never_asked_for_before_a_method_holds_the_core_are_those_of_the_last_bookmark_tick()
+{
+    let (started_tx, started) = std::sync::mpsc::sync_channel(1);
+    let (release, release_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let app = demo::app("s").with(TypedModule::new("slow", 0u8).method(
+        "wait",
+        move |_: &mut u8, (): ()| -> Result<(), MethodError> {
+            let _ = started_tx.send(());
+            let _ = release_rx.recv();
+            Ok(())
+        },
+    ));
+    let host = cosystem_worker::host::Host::builder(app)
+        .bookmark_interval(Some(std::time::Duration::from_millis(10)))
+        .build();
+    let mut events = host.events();
+    for _ in 0..3 {
+        host.invoke("counter", "increase", &[serde_json::json!(1)])
+            .expect("increase");
+    }
+    // A tick after the calls: what it remembers is what stats() answers.
+    loop {
+        match events.recv().await {
+            Ok(cosystem_worker::host::HostEvent::Bookmarked { version, .. }) if version == 4 => {
+                break;
+            }
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(error) => panic!("events ended: {error}"),
+        }
+    }
+    let caller = {
+        let host = host.clone();
+        std::thread::spawn(move || host.invoke("slow", "wait", &[]))
+    };
+    tokio::task::spawn_blocking(move || started.recv().expect("the method started"))
+        .await
+        .expect("waited");
+    let during = host.stats();
+    assert!(during.core_held_for.is_some(), "the method holds the core");
+    assert_eq!(during.version, 4, "not the stats of the host's start");
+    release.send(()).expect("release");
+    caller.join().expect("caller").expect("wait");
+}

@@ -28,7 +28,11 @@ impl std::str::FromStr for SyncMode {
 /// a limit reached by one client never affects another.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostLimits {
-    /// Largest encoded client message accepted, in bytes.
+    /// Largest encoded client message accepted, in bytes. The host also
+    /// keeps its published view small enough to be sent in one message of
+    /// this size, so clients need a limit at least as large
+    /// (`GrpcConnector::max_message_bytes`, `FramedConfig::max_frame_bytes`):
+    /// one with the default 4 MiB stops at the first larger snapshot.
     pub max_message_bytes: usize,
     /// Results one client may have queued and unread before further calls
     /// from it are answered `resource-exhausted` without running.

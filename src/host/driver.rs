@@ -181,6 +181,9 @@ async fn bookmarks(shared: Weak<Shared>, interval: Duration) {
         let mut core = shared.core();
         core.bookmark();
         shared.drain_events(&mut core);
+        // What `stats` answers while a method holds the core: without it,
+        // a host never scraped before would answer its stats at start.
+        shared.busy.remember(&core.stats());
         drop(core);
         shared.wake_all(None);
     }
@@ -263,7 +266,10 @@ impl Host {
     /// session count now: for metrics ([`HostStats::to_prometheus`]).
     ///
     /// Never waits for a method: if one input holds the core throughout a
-    /// short spin, these are the latest stats taken before it, with
+    /// short spin, these are the latest stats taken before it (by an earlier
+    /// call, or at a bookmark tick: at most one bookmark interval, 5 s by
+    /// default, before that input began; with bookmarks off, possibly those
+    /// of the host's start), with
     /// [`HostStats::core_held_for`] saying so (and, with method timing on,
     /// for how long it has held the core). A core merely busy with many
     /// short inputs is waited for.
