@@ -286,7 +286,7 @@ async fn stats_never_asked_for_before_a_method_holds_the_core_are_those_of_the_l
     // A tick after the calls: what it remembers is what stats() answers.
     loop {
         match events.recv().await {
-            Ok(cosystem_worker::host::HostEvent::Bookmarked { version, .. }) if version == 4 => {
+            Ok(cosystem_worker::host::HostEvent::Bookmarked { version: 4, .. }) => {
                 break;
             }
             Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
