@@ -684,9 +684,15 @@ async fn calls_made_while_the_host_is_full_wait_and_run_once_a_slot_frees() {
     // Refused at least once while the first client holds the slot.
     let mut connection = second.connection_changes();
     loop {
-        if let Connection::Retrying { attempt, .. } = &*connection.borrow_and_update()
+        if let Connection::Retrying { attempt, error, .. } = &*connection.borrow_and_update()
             && *attempt >= 2
         {
+            // Typed, so that an application can tell "host full" without
+            // reading the message.
+            assert!(
+                matches!(error, Some(TransportError::HostLimit(m)) if m.contains("too many clients")),
+                "{error:?}"
+            );
             break;
         }
         connection.changed().await.unwrap();

@@ -87,6 +87,14 @@ pub enum TransportError {
     /// The connection broke or could not be made; a reconnect may succeed.
     #[error("connection failed: {0}")]
     Connection(String),
+    /// The host refused or ended the session for one of its limits (gRPC
+    /// status `RESOURCE_EXHAUSTED`, spec §17.2): it serves as many clients
+    /// as it may, or this client sent an envelope over its size limit,
+    /// called while ignoring its results, or left too many results unread.
+    /// The message says which. A reconnect may succeed once the host has
+    /// room, so the client keeps trying.
+    #[error("the host refused the session for its limits: {0}")]
+    HostLimit(String),
     /// A frame exceeded the transport's size limit.
     #[error("frame of {size} bytes exceeds the limit of {limit}")]
     FrameTooLarge {
@@ -136,7 +144,10 @@ pub enum TransportError {
 impl TransportError {
     /// Whether reconnecting may help.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Connection(_) | Self::HostSilent { .. })
+        matches!(
+            self,
+            Self::Connection(_) | Self::HostLimit(_) | Self::HostSilent { .. }
+        )
     }
 
     /// The code a client's calls settle with when this error stops it for

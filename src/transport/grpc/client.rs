@@ -275,6 +275,7 @@ fn status_error(status: Status, limit: usize) -> TransportError {
             TransportError::Unauthenticated(status.message().to_owned())
         }
         Code::Unimplemented => TransportError::Unsupported(status.message().to_owned()),
+        Code::ResourceExhausted => TransportError::HostLimit(status.message().to_owned()),
         Code::OutOfRange => TransportError::FrameTooLarge {
             size: found_bytes(status.message()).unwrap_or(0),
             limit,
@@ -328,6 +329,10 @@ mod tests {
         assert!(!status_error(Status::permission_denied("x"), 1).is_retryable());
         assert!(status_error(Status::unavailable("x"), 1).is_retryable());
         assert!(status_error(Status::resource_exhausted("x"), 1).is_retryable());
+        assert_eq!(
+            status_error(Status::resource_exhausted("too many clients"), 1),
+            TransportError::HostLimit("too many clients".into())
+        );
         assert_eq!(
             status_error(Status::unimplemented("no such method"), 1),
             TransportError::Unsupported("no such method".into())
