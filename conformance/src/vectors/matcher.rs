@@ -13,7 +13,9 @@
 //! Objects must have exactly the pattern's members, except that a member
 //! whose pattern is a default value (`0`, `"0"`, `""`, `false`, an enum
 //! `*_UNSPECIFIED`) also matches its absence, since canonical JSON omits
-//! defaults.
+//! defaults; and that an `error` object's `detailsJson`, which a host may
+//! add to any error (spec §3.9), matches anything when its pattern does not
+//! name it (a pattern that says `"detailsJson": ""` requires none).
 
 use std::collections::BTreeMap;
 
@@ -197,7 +199,8 @@ fn match_at(
             for (k, pv) in p {
                 match_at(&format!("{path}/{k}"), Some(k), pv, a.get(k), vars)?;
             }
-            match a.keys().find(|k| !p.contains_key(*k)) {
+            let optional = |k: &str| key == Some("error") && k == "detailsJson";
+            match a.keys().find(|k| !p.contains_key(*k) && !optional(k)) {
                 Some(extra) => Err(format!(
                     "{path}/{extra}: unexpected member, value {}",
                     a[extra]
@@ -308,5 +311,26 @@ mod tests {
         )
         .unwrap();
         assert!(match_value(&json!({"syncId": "any"}), &actual, &mut vars).is_err());
+    }
+
+    #[test]
+    fn an_errors_details_are_optional_unless_the_pattern_requires_none() {
+        let mut vars = Bindings::default();
+        let with_details = json!({"result": {"error": {
+            "code": "ERROR_CODE_NOT_FOUND", "message": "no", "detailsJson": "{\"id\":7}"
+        }}});
+        let loose =
+            json!({"result": {"error": {"code": "ERROR_CODE_NOT_FOUND", "message": "any"}}});
+        let strict = json!({"result": {"error": {
+            "code": "ERROR_CODE_NOT_FOUND", "message": "any", "detailsJson": ""
+        }}});
+        match_value(&loose, &with_details, &mut vars).unwrap();
+        assert!(match_value(&strict, &with_details, &mut vars).is_err());
+        let without =
+            json!({"result": {"error": {"code": "ERROR_CODE_NOT_FOUND", "message": "no"}}});
+        match_value(&strict, &without, &mut vars).unwrap();
+        // Only an error's details: another object's extra member still fails.
+        let extra = json!({"result": {"detailsJson": "{}", "callId": "1"}});
+        assert!(match_value(&json!({"result": {"callId": "1"}}), &extra, &mut vars).is_err());
     }
 }

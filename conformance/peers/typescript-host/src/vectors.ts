@@ -132,7 +132,10 @@ function match(p: any, a: any, binds: Map<string, any>, key = ""): string | null
       const e = match(p[k], a[k], binds, k);
       if (e) return e;
     }
-    for (const k of Object.keys(a)) if (!(k in p)) return `${key}.${k}: unexpected ${JSON.stringify(a[k])}`;
+    // A host may add details to any error (spec §3.9); a pattern that says
+    // "detailsJson": "" requires none.
+    const optional = (k: string) => key === "error" && k === "detailsJson";
+    for (const k of Object.keys(a)) if (!(k in p) && !optional(k)) return `${key}.${k}: unexpected ${JSON.stringify(a[k])}`;
     return null;
   }
   if (Array.isArray(p)) {
