@@ -424,6 +424,17 @@ async fn tls_needs_the_ca_certificate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_http_client_of_a_tls_host_is_told_to_use_https() {
+    let (url, dir, _stop) = tls_host("plain").await;
+    let plain = url.replace("https://", "http://");
+    let output = cli_client(&["--connect", &plain, "--timeout", "2", "state"]).await;
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let line = error_line(&output);
+    assert!(line.contains("connect with https://"), "{line}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_without_a_ca_certificate_trusts_the_system_store() {
     let (url, dir, _stop) = tls_host("roots").await;
     let store = dir.join("cert.pem");

@@ -286,10 +286,23 @@ fn status_error(status: Status, limit: usize) -> TransportError {
                 message.push_str(": ");
                 message.push_str(&super::error_chain(source));
             }
+            if message.contains(FRAME_SIZE_ERROR) {
+                message.push_str(TLS_HINT);
+            }
             TransportError::Connection(message)
         }
     }
 }
+
+/// What h2 reports when a TLS host answers an `http://` client: the first
+/// bytes of a TLS record read as an HTTP/2 frame header claim a frame of
+/// over a megabyte.
+const FRAME_SIZE_ERROR: &str = "frame with invalid size";
+
+/// Said after [`FRAME_SIZE_ERROR`], which on its own points nowhere near
+/// the usual cause.
+const TLS_HINT: &str = " (a host that serves TLS answers a plain http:// client so: \
+if it does, connect with https://)";
 
 /// The size in tonic's "found N bytes" message, if it says.
 fn found_bytes(message: &str) -> Option<usize> {
