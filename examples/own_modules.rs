@@ -85,23 +85,36 @@ struct Stop {
 fn listen_for_stop() -> Stop {
     let (first_tx, first) = oneshot::channel();
     let (second_tx, second) = oneshot::channel();
+    // Registered here, before anything else runs: a handler registered
+    // later, in the task, would leave a gap in which a signal is lost.
+    #[cfg(unix)]
+    let (mut interrupt, mut terminate) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::terminate()).ok(),
+        )
+    };
     tokio::spawn(async move {
-        #[cfg(unix)]
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         for (n, tx) in [first_tx, second_tx].into_iter().enumerate() {
             #[cfg(unix)]
-            let terminated = async {
-                match terminate.as_mut() {
-                    Some(term) => term.recv().await,
-                    None => std::future::pending().await,
+            {
+                async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
+                    match signal {
+                        Some(signal) => {
+                            signal.recv().await;
+                        }
+                        None => std::future::pending().await,
+                    }
                 }
-            };
+                tokio::select! {
+                    _ = next(&mut interrupt) => {}
+                    _ = next(&mut terminate) => {}
+                }
+            }
             #[cfg(not(unix))]
-            let terminated = std::future::pending::<Option<()>>();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminated => {}
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
             }
             if n == 0 {
                 tracing::info!("stopping (again to stop at once)");

@@ -284,8 +284,10 @@ impl Host {
             None => return busy.last(),
         };
         let stats = core.stats();
-        drop(core);
+        // Under the core's lock, as the bookmark tick does: remembered
+        // after it, these could overwrite a tick's newer stats.
         busy.remember(&stats);
+        drop(core);
         stats
     }
 

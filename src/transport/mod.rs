@@ -43,10 +43,11 @@
 //! - **The sink fails only when the link is dead.** A sink error ends the
 //!   link like a stream error does.
 //! - **Errors map to [`TransportError`] by what the client should do next.**
-//!   Two variants are retried: [`TransportError::Connection`] (refused,
-//!   reset, timed out, a peer that went away) and
-//!   [`TransportError::HostSilent`], which only the client raises (spec
-//!   L10). Every other error, from the link or from
+//!   Three variants are retried: [`TransportError::Connection`] (refused,
+//!   reset, timed out, a peer that went away),
+//!   [`TransportError::HostLimit`] (the host is full, or ended the session
+//!   for another of its limits) and [`TransportError::HostSilent`], which
+//!   only the client raises (spec L10). Every other error, from the link or from
 //!   [`Connector::connect`], stops the client for good and fails its pending
 //!   and later calls: [`TransportError::Closed`] when nothing will ever answer
 //!   again; [`TransportError::FrameTooLarge`] and

@@ -50,8 +50,15 @@ def match(pattern, actual, bindings: dict, key: str = "") -> None:
             bindings[pattern] = actual
         return
     if key.endswith("Json") and isinstance(pattern, str):
-        if not json_util.equal(json_util.loads(pattern), json_util.loads(actual)):
-            raise Mismatch(f"{key}: {actual} != {pattern}")
+        if pattern == "" or actual == "":
+            if pattern != actual:
+                raise Mismatch(f"{key}: {actual!r} != {pattern!r}")
+            return
+        try:
+            if not json_util.equal(json_util.loads(pattern), json_util.loads(actual)):
+                raise Mismatch(f"{key}: {actual} != {pattern}")
+        except json_util.NotJson as e:
+            raise Mismatch(f"{key}: not JSON: {actual!r} ({e})") from None
         return
     if isinstance(pattern, dict):
         if not isinstance(actual, dict):
@@ -66,6 +73,11 @@ def match(pattern, actual, bindings: dict, key: str = "") -> None:
             # A host may add details to any error (spec §3.9); a pattern
             # that says "detailsJson": "" requires none.
             optional = name == "detailsJson" and key == "error"
+            if optional and name not in pattern:
+                try:
+                    json_util.loads(actual[name])
+                except json_util.NotJson as e:
+                    raise Mismatch(f"{key}.{name}: not JSON: {actual[name]!r} ({e})") from None
             if name not in pattern and not optional and not (name == "header" and key == ""):
                 raise Mismatch(f"{key}.{name}: unexpected member {actual[name]!r}")
         return

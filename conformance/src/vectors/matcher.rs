@@ -200,6 +200,17 @@ fn match_at(
                 match_at(&format!("{path}/{k}"), Some(k), pv, a.get(k), vars)?;
             }
             let optional = |k: &str| key == Some("error") && k == "detailsJson";
+            if let Some(details) = a
+                .get("detailsJson")
+                .filter(|_| optional("detailsJson") && !p.contains_key("detailsJson"))
+            {
+                // Any details, but JSON text: J1 holds for them as for
+                // every member named `…Json`.
+                let text = details.as_str().unwrap_or_default();
+                if serde_json::from_str::<Value>(text).is_err() {
+                    return Err(format!("{path}/detailsJson: not JSON text: {details}"));
+                }
+            }
             match a.keys().find(|k| !p.contains_key(*k) && !optional(k)) {
                 Some(extra) => Err(format!(
                     "{path}/{extra}: unexpected member, value {}",
@@ -329,6 +340,10 @@ mod tests {
         let without =
             json!({"result": {"error": {"code": "ERROR_CODE_NOT_FOUND", "message": "no"}}});
         match_value(&strict, &without, &mut vars).unwrap();
+        let not_json = json!({"result": {"error": {
+            "code": "ERROR_CODE_NOT_FOUND", "message": "no", "detailsJson": "NaN"
+        }}});
+        assert!(match_value(&loose, &not_json, &mut vars).is_err());
         // Only an error's details: another object's extra member still fails.
         let extra = json!({"result": {"detailsJson": "{}", "callId": "1"}});
         assert!(match_value(&json!({"result": {"callId": "1"}}), &extra, &mut vars).is_err());

@@ -29,10 +29,13 @@ const CAPACITY: usize = 1024;
 
 /// Connects a [`Client`](crate::client::Client) to a host over gRPC.
 ///
-/// Stream failures are retryable ([`TransportError::Connection`]) except a
+/// Stream failures are retryable ([`TransportError::Connection`], or
+/// [`TransportError::HostLimit`] for a host's `RESOURCE_EXHAUSTED`) except a
 /// refusal of the credentials (`UNAUTHENTICATED` or `PERMISSION_DENIED`),
 /// which is [`TransportError::Unauthenticated`]: the client then stops and
-/// its `ready()` and calls fail `permission-denied`.
+/// its `ready()` and calls fail `permission-denied`; `UNIMPLEMENTED`
+/// ([`TransportError::Unsupported`]); and a host message over this client's
+/// limit ([`TransportError::FrameTooLarge`]).
 #[derive(Debug, Clone)]
 pub struct GrpcConnector {
     url: String,
@@ -166,12 +169,15 @@ impl Connector for GrpcConnector {
             .clone();
         let token = self.token.clone();
         let max = self.max_message_bytes;
+        let plaintext = self.url.starts_with("http://");
         async move {
             let endpoint = endpoint.map_err(TransportError::Setup)?;
-            let channel = endpoint
-                .connect()
-                .await
-                .map_err(|e| TransportError::Connection(super::error_chain(&e)))?;
+            let channel = endpoint.connect().await.map_err(|e| {
+                hint_tls(
+                    TransportError::Connection(super::error_chain(&e)),
+                    plaintext,
+                )
+            })?;
             let mut client = tonic::client::Grpc::new(channel)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max);
@@ -192,7 +198,7 @@ impl Connector for GrpcConnector {
                     let settle = SettleOnDrop(opening.clone());
                     let answer = session(&mut client, request)
                         .await
-                        .map_err(|status| status_error(status, max));
+                        .map_err(|status| hint_tls(status_error(status, max), plaintext));
                     opening.settle(answer.as_ref().map(|_| ()).map_err(Clone::clone));
                     drop(settle);
                     answer.map(Response::into_inner)
@@ -286,23 +292,35 @@ fn status_error(status: Status, limit: usize) -> TransportError {
                 message.push_str(": ");
                 message.push_str(&super::error_chain(source));
             }
-            if message.contains(FRAME_SIZE_ERROR) {
-                message.push_str(TLS_HINT);
-            }
             TransportError::Connection(message)
         }
     }
 }
 
-/// What h2 reports when a TLS host answers an `http://` client: the first
-/// bytes of a TLS record read as an HTTP/2 frame header claim a frame of
-/// over a megabyte.
-const FRAME_SIZE_ERROR: &str = "frame with invalid size";
+/// What a plaintext client sees when the host speaks TLS, depending on
+/// which it meets first: h2 reading the host's TLS alert as an HTTP/2
+/// frame header (a frame of over a megabyte), or the host having hung up
+/// on the client's HTTP/2 preface already.
+const TLS_SYMPTOMS: [&str; 3] = ["frame with invalid size", "broken pipe", "connection reset"];
 
-/// Said after [`FRAME_SIZE_ERROR`], which on its own points nowhere near
-/// the usual cause.
+/// Said after those errors when they end a plaintext stream before the
+/// host answered: on their own they point nowhere near the usual cause.
 const TLS_HINT: &str = " (a host that serves TLS answers a plain http:// client so: \
 if it does, connect with https://)";
+
+/// `error` with [`TLS_HINT`] added if it is one of [`TLS_SYMPTOMS`] and the
+/// stream was `plaintext`.
+fn hint_tls(error: TransportError, plaintext: bool) -> TransportError {
+    match error {
+        TransportError::Connection(mut message)
+            if plaintext && TLS_SYMPTOMS.iter().any(|s| message.contains(s)) =>
+        {
+            message.push_str(TLS_HINT);
+            TransportError::Connection(message)
+        }
+        other => other,
+    }
+}
 
 /// The size in tonic's "found N bytes" message, if it says.
 fn found_bytes(message: &str) -> Option<usize> {
@@ -342,6 +360,14 @@ mod tests {
         assert!(!status_error(Status::permission_denied("x"), 1).is_retryable());
         assert!(status_error(Status::unavailable("x"), 1).is_retryable());
         assert!(status_error(Status::resource_exhausted("x"), 1).is_retryable());
+        for symptom in TLS_SYMPTOMS {
+            let error = TransportError::Connection(format!("Unknown: h2: {symptom}"));
+            let TransportError::Connection(hinted) = hint_tls(error.clone(), true) else {
+                panic!("still a connection error");
+            };
+            assert!(hinted.ends_with("connect with https://)"), "{hinted}");
+            assert!(!hint_tls(error, false).to_string().contains("https"));
+        }
         assert_eq!(
             status_error(Status::resource_exhausted("too many clients"), 1),
             TransportError::HostLimit("too many clients".into())

@@ -135,6 +135,13 @@ function match(p: any, a: any, binds: Map<string, any>, key = ""): string | null
     // A host may add details to any error (spec §3.9); a pattern that says
     // "detailsJson": "" requires none.
     const optional = (k: string) => key === "error" && k === "detailsJson";
+    if (optional("detailsJson") && !("detailsJson" in p) && a.detailsJson !== undefined) {
+      try {
+        parseJson(a.detailsJson);
+      } catch {
+        return `${key}.detailsJson: not JSON ${JSON.stringify(a.detailsJson)}`;
+      }
+    }
     for (const k of Object.keys(a)) if (!(k in p) && !optional(k)) return `${key}.${k}: unexpected ${JSON.stringify(a[k])}`;
     return null;
   }
