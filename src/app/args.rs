@@ -6,9 +6,10 @@ use super::MethodError;
 /// Positional method arguments decoded from the call's JSON array.
 ///
 /// Implemented for `()` and tuples of up to six `DeserializeOwned` types, so
-/// a method is written as `|state, (by,): (i64,)| …`. The arity must match
-/// exactly; a mismatch or a type error is an `invalid-argument` error naming
-/// the argument.
+/// a method is written as `|state, (by,): (i64,)| …`. Trailing arguments of
+/// a type that can be read from `null` (an `Option`) may be left out, and
+/// read as `null`; otherwise the count must match. A wrong count or a type
+/// error is an `invalid-argument` error naming the argument.
 pub trait FromArgs: Sized {
     /// Decodes the arguments.
     fn from_args(args: &[Value]) -> Result<Self, MethodError>;
@@ -18,12 +19,43 @@ fn arity(expected: usize, args: &[Value]) -> Result<(), MethodError> {
     if args.len() == expected {
         Ok(())
     } else {
-        Err(MethodError::invalid_argument(format!(
-            "expected {expected} argument{}, got {}",
-            if expected == 1 { "" } else { "s" },
-            args.len()
-        )))
+        Err(arity_error(expected, expected, args))
     }
+}
+
+fn arity_error(least: usize, most: usize, args: &[Value]) -> MethodError {
+    let expected = if least == most {
+        format!("{most} argument{}", if most == 1 { "" } else { "s" })
+    } else {
+        format!("{least} to {most} arguments")
+    };
+    MethodError::invalid_argument(format!("expected {expected}, got {}", args.len()))
+}
+
+/// Whether an argument of type `T` may be left out (it reads from `null`).
+fn optional<T: DeserializeOwned>() -> bool {
+    T::deserialize(&Value::Null).is_ok()
+}
+
+/// Checks the count of `args` against a tuple of `most` arguments whose
+/// types can each (`optional`) or cannot be left out at the end. Only a
+/// short list pays for asking the types.
+fn counted(
+    most: usize,
+    args: &[Value],
+    optional: impl FnOnce() -> Vec<bool>,
+) -> Result<(), MethodError> {
+    if args.len() == most {
+        return Ok(());
+    }
+    if args.len() > most {
+        return Err(arity_error(most, most, args));
+    }
+    let least = optional().iter().rposition(|o| !o).map_or(0, |i| i + 1);
+    if args.len() < least {
+        return Err(arity_error(least, most, args));
+    }
+    Ok(())
 }
 
 fn arg<T: DeserializeOwned>(args: &[Value], index: usize) -> Result<T, MethodError> {
@@ -49,7 +81,7 @@ macro_rules! tuple_args {
     ($n:expr; $($t:ident $i:tt),+) => {
         impl<$($t: DeserializeOwned),+> FromArgs for ($($t,)+) {
             fn from_args(args: &[Value]) -> Result<Self, MethodError> {
-                arity($n, args)?;
+                counted($n, args, || vec![$(optional::<$t>()),+])?;
                 Ok(($(arg::<$t>(args, $i)?,)+))
             }
         }
@@ -82,6 +114,37 @@ mod tests {
         assert_eq!(err.code, ErrorCode::InvalidArgument);
         assert!(err.message.contains("expected 1 argument, got 0"));
         assert!(<()>::from_args(&[json!(1)]).is_err());
+    }
+
+    #[test]
+    fn trailing_options_may_be_left_out_and_read_as_none() {
+        let (a, b, c): (i64, Option<String>, Option<u8>) =
+            FromArgs::from_args(&[json!(3)]).unwrap();
+        assert_eq!((a, b, c), (3, None, None));
+        let (a, b, c): (i64, Option<String>, Option<u8>) =
+            FromArgs::from_args(&[json!(3), json!("x")]).unwrap();
+        assert_eq!((a, b, c), (3, Some("x".to_owned()), None));
+        let err = <(i64, Option<String>)>::from_args(&[]).unwrap_err();
+        assert!(
+            err.message.contains("expected 1 to 2 arguments, got 0"),
+            "{}",
+            err.message
+        );
+        let err =
+            <(i64, Option<String>)>::from_args(&[json!(1), json!("x"), json!(2)]).unwrap_err();
+        assert!(
+            err.message.contains("expected 2 arguments, got 3"),
+            "{}",
+            err.message
+        );
+        // Only trailing ones: an Option before a required argument is not
+        // optional.
+        let err = <(Option<i64>, i64)>::from_args(&[json!(1)]).unwrap_err();
+        assert!(
+            err.message.contains("expected 2 arguments, got 1"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
