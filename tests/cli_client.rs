@@ -155,12 +155,17 @@ async fn a_methods_own_permission_denied_is_a_call_error_not_a_refusal() {
     use cosystem_worker::wire::ErrorCode;
     #[derive(Default, serde::Serialize, serde::Deserialize)]
     struct Vault {}
-    let vault =
-        TypedModule::new("vault", Vault::default()).method("open", |_: &mut Vault, (): ()| {
+    let vault = TypedModule::new("vault", Vault::default())
+        .method("open", |_: &mut Vault, (): ()| {
             Err::<(), _>(MethodError::new(
                 ErrorCode::PermissionDenied,
                 "only the owner opens the vault",
             ))
+        })
+        .method("withdraw", |_: &mut Vault, (_amount,): (u64,)| {
+            let mut error = MethodError::failed("insufficient funds");
+            error.details = Some(json!({"balance": 10}));
+            Err::<(), _>(error)
         });
     let host = Host::builder(App::new().with(vault)).build();
     let (addr, _stop) = start(GrpcServer::builder(host).token("r1ght")).await;
@@ -183,6 +188,24 @@ async fn a_methods_own_permission_denied_is_a_call_error_not_a_refusal() {
     assert_eq!(
         error_line(&output),
         "error: permission-denied: only the owner opens the vault"
+    );
+
+    // An error's details are part of the answer, printed after it.
+    let output = cli_client(&[
+        "--connect",
+        &format!("http://{addr}"),
+        "--token-file",
+        token.to_str().unwrap(),
+        "call",
+        "vault",
+        "withdraw",
+        "50",
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert_eq!(
+        error_line(&output),
+        r#"error: failed: insufficient funds details: {"balance":10}"#
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -86,6 +86,17 @@ impl Cli {
     }
 }
 
+/// ` details: <JSON>` for an error that carries details, or nothing: the
+/// error's details are part of the host's answer (spec §3.9), such as the
+/// balance a refused withdrawal found.
+fn details_suffix(error: &MethodError) -> String {
+    error
+        .details
+        .as_ref()
+        .map(|details| format!(" details: {details}"))
+        .unwrap_or_default()
+}
+
 /// Why a command failed; each maps to one line on stderr and an exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -122,8 +133,9 @@ pub enum CliError {
     /// that exits with a non-zero status before speaking).
     #[error("{}: {}", .0.code.kebab_name(), .0.message)]
     Refused(MethodError),
-    /// The host answered a call with an error.
-    #[error("{}: {}", .0.code.kebab_name(), .0.message)]
+    /// The host answered a call with an error; its details, if any, follow
+    /// the message as JSON.
+    #[error("{}: {}{}", .0.code.kebab_name(), .0.message, details_suffix(.0))]
     Call(MethodError),
     /// The call settled without the host's answer (`outcome-unknown`,
     /// `deadline-exceeded`: [`ErrorCode::is_local`](cosystem_worker::wire::ErrorCode::is_local)); it may or may not
