@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the host interop cases (spec/CONFORMANCE.md §7) against this host,
-# once per sync mode, then the reference client against it
+# over gRPC and then over framed TCP streams, once per sync mode each, and
+# the reference client against it after each run
 # (../reference_client_check.sh).
 #
 #   run_conformance.sh RUNNER [EXTRA RUNNER ARGS...]
@@ -125,6 +126,46 @@ for MODE in patch snapshot; do
   fi
   if ! "$HERE/../reference_client_check.sh" "$CLIENT" "$URL" "$TOKEN_FILE"; then
     echo "[$MODE] the reference client failed against this host" >&2
+    status=1
+  fi
+  stop_host
+done
+
+# ---- framed streams over TCP (§17.3), one run per sync mode ----
+for MODE in patch snapshot; do
+  OUT="$WORK/framed-$MODE.out"
+  : >"$OUT"
+  node dist/main.js --listen tcp://127.0.0.1:0 --sync "$MODE" \
+    --secret-token "$MARKER-initial" >"$OUT" 2>"$WORK/framed-$MODE.err" &
+  HOST_PID=$!
+  URL=""
+  for _ in $(seq 1 200); do
+    URL=$(grep -o 'tcp://127\.0\.0\.1:[0-9]*' "$OUT" 2>/dev/null | head -n1)
+    [ -n "$URL" ] && break
+    kill -0 "$HOST_PID" 2>/dev/null || break
+    sleep 0.05
+  done
+  if [ -z "$URL" ]; then
+    echo "[framed $MODE] the host did not start:" >&2
+    cat "$WORK/framed-$MODE.err" >&2
+    stop_host
+    status=1
+    continue
+  fi
+  # No --token-file: framing carries no authentication (FB8).
+  echo "== framed, sync $MODE: $RUNNER host --connect $URL --secret-marker $MARKER $*"
+  "$RUNNER" host --connect "$URL" --secret-marker "$MARKER" "$@" &
+  RUNNER_PID=$!
+  wait "$RUNNER_PID"
+  rc=$?
+  RUNNER_PID=""
+  if [ $rc -ne 0 ]; then
+    echo "[framed $MODE] runner exited $rc; host stderr:" >&2
+    tail -n 50 "$WORK/framed-$MODE.err" >&2
+    status=1
+  fi
+  if ! "$HERE/../reference_client_check.sh" "$CLIENT" "$URL" -; then
+    echo "[framed $MODE] the reference client failed against this host" >&2
     status=1
   fi
   stop_host

@@ -25,7 +25,7 @@ export interface ServerOptions {
   log: (line: string) => void;
 }
 
-type Codec = {
+export type Codec = {
   definition: grpc.ServiceDefinition;
   decode: (buf: Buffer) => ClientMessage;
   encode: (m: HostMessage) => Buffer;

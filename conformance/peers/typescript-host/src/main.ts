@@ -1,16 +1,19 @@
 #!/usr/bin/env node
-// cosystem-ts-host: serves the conformance demo app (PROTOCOL.md §19) over gRPC (§17.2).
+// cosystem-ts-host: serves the conformance demo app (PROTOCOL.md §19) over
+// gRPC (§17.2) or framed TCP streams (§17.3).
 
 import * as crypto from "crypto";
 import * as fs from "fs";
 import * as path from "path";
 import { DEFAULTS, HostCore, SyncMode } from "./core";
 import { demoModules } from "./demo";
-import { HostServer } from "./grpc";
+import { FramedServer } from "./framed";
+import { HostServer, loadCodec } from "./grpc";
 
 const USAGE = `Usage: node dist/main.js [OPTIONS]
 
-  --listen HOST:PORT          where to listen (plaintext HTTP/2) [127.0.0.1:50051]; port 0 picks a free one
+  --listen HOST:PORT          where to listen (plaintext HTTP/2) [127.0.0.1:50051]; port 0 picks a free one;
+                              tcp://HOST:PORT serves framed streams (§17.3) instead
   --sync patch|snapshot       how commits are published [patch]
   --sections LIST             published modules, comma-separated [counter,todos]
   --token-file FILE           require "authorization: Bearer <token>" (surrounding whitespace ignored)
@@ -24,7 +27,7 @@ const USAGE = `Usage: node dist/main.js [OPTIONS]
   --bookmark-interval-ms MS   idle interval before a bookmark [5000]
   --proto-dir DIR             directory holding cosystem/worker/v1/worker.proto [../../../proto from here]
 
-Prints "listening on http://HOST:PORT" on stdout once it accepts connections.`;
+Prints "listening on http://HOST:PORT" (or tcp://HOST:PORT) on stdout once it accepts connections.`;
 
 function main(argv: string[]): void {
   const opt = new Map<string, string>();
@@ -91,31 +94,54 @@ function main(argv: string[]): void {
     maxCallsInFlight,
     maxUnreadResultBytes: 8 * maxMessageSize,
   });
-  const server = new HostServer({
-    core,
-    protoDir: opt.get("proto-dir") ?? path.resolve(__dirname, "..", "..", "..", "..", "proto"),
-    token,
-    maxClients: int("max-clients", 10_000),
-    bookmarkIntervalMs: int("bookmark-interval-ms", 5000),
-    log: (l) => console.error(l),
-  });
+  const protoDir = opt.get("proto-dir") ?? path.resolve(__dirname, "..", "..", "..", "..", "proto");
   const listen = opt.get("listen") ?? "127.0.0.1:50051";
-  const address = listen.replace(/^https?:\/\//, "");
-  server.listen(address).then(
-    (port) => {
-      const host = address.slice(0, address.lastIndexOf(":"));
-      console.log(`listening on http://${host}:${port} (sync ${sync}, epoch ${core.epoch})`);
-    },
-    (err) => {
-      console.error(`cannot listen on ${listen}: ${err.message}`);
-      process.exit(1);
-    },
-  );
+  const log = (l: string) => console.error(l);
+  const maxClients = int("max-clients", 10_000);
+  const bookmarkIntervalMs = int("bookmark-interval-ms", 5000);
+  let shutdown: () => Promise<void>;
+  if (listen.startsWith("tcp://")) {
+    if (token !== null) {
+      console.error("--token-file needs gRPC: framed streams carry no authentication (FB8)");
+      process.exit(2);
+    }
+    const address = listen.slice("tcp://".length);
+    const colon = address.lastIndexOf(":");
+    const host = address.slice(0, colon);
+    const port = Number(address.slice(colon + 1));
+    if (colon < 0 || !Number.isSafeInteger(port) || port < 0 || port > 65535) {
+      console.error(`--listen ${listen}: expected tcp://HOST:PORT`);
+      process.exit(2);
+    }
+    const server = new FramedServer({ core, codec: loadCodec(protoDir), maxClients, bookmarkIntervalMs, log });
+    shutdown = () => server.shutdown();
+    server.listen(host, port).then(
+      (bound) => console.log(`listening on tcp://${host}:${bound} (sync ${sync}, epoch ${core.epoch})`),
+      (err) => {
+        console.error(`cannot listen on ${listen}: ${err.message}`);
+        process.exit(1);
+      },
+    );
+  } else {
+    const server = new HostServer({ core, protoDir, token, maxClients, bookmarkIntervalMs, log });
+    shutdown = () => server.shutdown();
+    const address = listen.replace(/^https?:\/\//, "");
+    server.listen(address).then(
+      (port) => {
+        const host = address.slice(0, address.lastIndexOf(":"));
+        console.log(`listening on http://${host}:${port} (sync ${sync}, epoch ${core.epoch})`);
+      },
+      (err) => {
+        console.error(`cannot listen on ${listen}: ${err.message}`);
+        process.exit(1);
+      },
+    );
+  }
   let stopping = false;
   const stop = () => {
     if (stopping) process.exit(1);
     stopping = true;
-    server.shutdown().then(() => process.exit(0));
+    shutdown().then(() => process.exit(0));
   };
   process.on("SIGTERM", stop);
   process.on("SIGINT", stop);
