@@ -364,15 +364,28 @@ fn a_hung_adapter_is_killed_with_everything_its_wrapper_started() {
     let marker = format!("{}", 900_000 + std::process::id() % 99_999);
     std::fs::write(&script, format!("#!/bin/sh\nsleep {marker}\n")).unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let output = conformance(&[
-        "client",
-        "--case",
-        "client-live-patch-applies",
-        "--reply-timeout-ms",
-        "300",
-        "--",
-        script.to_str().unwrap(),
-    ]);
+    // A PATH with `sleep` and no `kill` program, as in slim images: the
+    // group must be killed all the same.
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let sleep = ["/bin/sleep", "/usr/bin/sleep"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("a sleep program");
+    let _ = std::os::unix::fs::symlink(sleep, bin.join("sleep"));
+    let output = Command::new(BIN)
+        .args([
+            "client",
+            "--case",
+            "client-live-patch-applies",
+            "--reply-timeout-ms",
+            "300",
+            "--",
+            script.to_str().unwrap(),
+        ])
+        .env("PATH", &bin)
+        .output()
+        .expect("the conformance binary runs");
     assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
     let left = Command::new("pgrep")
         .args(["-f", &format!("sleep {marker}")])

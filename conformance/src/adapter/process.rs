@@ -179,8 +179,15 @@ impl AdapterProcess {
     fn kill(&mut self) {
         #[cfg(unix)]
         {
-            let _ = Process::new("kill")
-                .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            // The shell's own `kill`, which every POSIX `sh` has and which
+            // takes a negative id as a group: a `kill` program on PATH is
+            // missing from slim images (procps), which would leave a
+            // wrapper's children running. `-s KILL --` is the spelling dash,
+            // bash and procps all accept.
+            let _ = Process::new("/bin/sh")
+                .args(["-c", "kill -s KILL -- \"-$1\"", "sh"])
+                .arg(self.child.id().to_string())
+                .env_clear()
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
