@@ -609,13 +609,23 @@ fn check_state(expect: &ClientExpect, state: &ClientState) -> Result<(), String>
     if let Some(want) = &expect.version {
         let want = optional_u64(want)?;
         if want != state.version {
-            problems.push(format!("version is {:?}, expected {want:?}", state.version));
+            problems.push(format!(
+                "version is {}, expected {}",
+                shown(state.version, "none (no mirror)"),
+                shown(want, "none (no mirror)")
+            ));
         }
     }
     if let Some(want) = &expect.epoch
         && state.epoch.as_deref() != Some(want.as_str())
     {
-        problems.push(format!("epoch is {:?}, expected {want:?}", state.epoch));
+        problems.push(format!(
+            "epoch is {}, expected {want:?}",
+            shown(
+                state.epoch.as_deref().map(|e| format!("{e:?}")),
+                "none (no mirror)"
+            )
+        ));
     }
     // An adapter whose library cannot tell its pending calls or its next
     // timer leaves them out; those checks are then skipped (what the client
@@ -628,7 +638,11 @@ fn check_state(expect: &ClientExpect, state: &ClientState) -> Result<(), String>
     if let (Some(want), Some(got)) = (&expect.timer_ms, state.timer_ms) {
         let want = optional_u64(want)?;
         if got != want {
-            problems.push(format!("timer at {got:?} ms, expected {want:?}"));
+            problems.push(format!(
+                "next timer {}, expected {}",
+                shown(got.map(|ms| format!("at {ms} ms")), "never (null)"),
+                shown(want.map(|ms| format!("at {ms} ms")), "never (null)")
+            ));
         }
     }
     if problems.is_empty() {
@@ -636,4 +650,10 @@ fn check_state(expect: &ClientExpect, state: &ClientState) -> Result<(), String>
     } else {
         Err(problems.join("; "))
     }
+}
+
+/// `value` as a reader expects it, or `none` for its absence: no Rust
+/// `Some(…)` in messages other implementers read.
+fn shown<T: std::fmt::Display>(value: Option<T>, none: &str) -> String {
+    value.map_or_else(|| none.to_owned(), |v| v.to_string())
 }

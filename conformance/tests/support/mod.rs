@@ -195,6 +195,12 @@ impl HostService for Adapter {
                         out.insert(0, next.message().clone());
                     }
                     for message in out {
+                        if breakage == Some(HostBreakage::EndOnHalfClose) {
+                            // Slow, so that answers are still owed at the
+                            // half-close: a fast writer may have sent all of
+                            // them first, like a correct host.
+                            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                        }
                         if tx.send(Ok(broken(message, breakage))).await.is_err() {
                             return;
                         }
@@ -377,6 +383,13 @@ pub async fn serve_framed_broken(host: Host, breakage: FramedBreakage) -> Served
     ) -> std::io::Result<()> {
         if breakage == FramedBreakage::SendsEmptyFrames {
             writer.write_all(&[0; 4]).await?;
+        }
+        if breakage == FramedBreakage::EndsSessionAtEndOfInput {
+            // A slow writer, so that answers are still owed when the input
+            // ends: a fast one may have sent all 400 of the half-close
+            // case's frames before its reader saw the end, and then that
+            // case could not tell this host from a correct one.
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
         let len = u32::try_from(body.len()).expect("a frame under 4 GiB");
         writer.write_all(&len.to_be_bytes()).await?;
