@@ -88,12 +88,36 @@ impl RunArgs {
     }
 
     /// Creates the report files asked for, before any case runs: a run
-    /// is not lost to a path that cannot be written at its end.
-    fn create_report_files(&self) -> Result<(), ExitCode> {
-        for path in [&self.junit_file, &self.json_file].into_iter().flatten() {
-            std::fs::File::create(path).map_err(|e| usage(format!("{}: {e}", path.display())))?;
+    /// is not lost to a path that cannot be written at its end. Each holds
+    /// a report of a run not made until the run's own replaces it.
+    fn create_report_files(&self, mode: &str) -> Result<(), ExitCode> {
+        self.write_not_made(mode, "the run was interrupted before it ended")
+            .map_err(usage)
+    }
+
+    /// Writes a report of a run that could not be made, saying `why`, to
+    /// each report file asked for.
+    fn write_not_made(&self, mode: &str, why: &str) -> Result<(), String> {
+        for (path, format) in self.report_files() {
+            std::fs::write(path, Report::not_made(format, mode, why))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
         }
         Ok(())
+    }
+
+    fn report_files(&self) -> impl Iterator<Item = (&PathBuf, Format)> {
+        [
+            (&self.junit_file, Format::Junit),
+            (&self.json_file, Format::Json),
+        ]
+        .into_iter()
+        .filter_map(|(path, format)| path.as_ref().map(|p| (p, format)))
+    }
+
+    /// [`usage`] for a run whose report files exist: they say `why` too.
+    fn not_made(&self, mode: &str, why: String) -> ExitCode {
+        let _ = self.write_not_made(mode, &why);
+        usage(why)
     }
 
     fn known(&self) -> Result<BTreeSet<String>, ExitCode> {
@@ -337,7 +361,6 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
             let (program, args) = adapter
                 .split_first()
                 .ok_or_else(|| usage("client needs an adapter command after --".into()))?;
-            run.create_report_files()?;
             let config = ClientRun {
                 program: program.clone(),
                 args: args.to_vec(),
@@ -347,7 +370,8 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
                 skip: run.skipped()?,
                 reply_timeout: Duration::from_millis(reply_timeout_ms),
             };
-            let report = runner::run(&cases, &config).map_err(usage)?;
+            run.create_report_files("client")?;
+            let report = runner::run(&cases, &config).map_err(|e| run.not_made("client", e))?;
             finish_run(&report, &run, "client")?
         }
         Command::Host {
@@ -391,18 +415,20 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
                     cosystem_conformance::select::host_vector_hint(&cases, &names)
                 ))
             })?;
-            run.create_report_files()?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| usage(format!("cannot start the runtime: {e}")))?;
-            let report = runtime.block_on(interop::run(&config)).map_err(usage)?;
             // A host tested over both transports gets two reports a CI can
             // tell apart.
             let mode = match interop::transport_of(&config.url) {
                 Ok(Transport::Framed) => "host-framed",
                 _ => "host",
             };
+            run.create_report_files(mode)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| run.not_made(mode, format!("cannot start the runtime: {e}")))?;
+            let report = runtime
+                .block_on(interop::run(&config))
+                .map_err(|e| run.not_made(mode, e))?;
             finish_run(&report, &run, mode)?
         }
         Command::Adapter { breakage } => {

@@ -367,6 +367,46 @@ impl Report {
         out
     }
 
+    /// The report of a run that could not be made (exit status 2), in
+    /// `format`: no case results, and `why` as a JUnit `<error>` or a JSON
+    /// `error` member, so that a CI step that publishes the report files
+    /// whatever happened shows the reason instead of an empty file.
+    pub fn not_made(format: Format, mode: &str, why: &str) -> String {
+        match format {
+            Format::Text => format!("{why}\n"),
+            Format::Json => {
+                let value = json!({
+                    "mode": mode,
+                    "passed": 0,
+                    "failed": 0,
+                    "skipped": 0,
+                    "known_failures": 0,
+                    "unexpected_passes": 0,
+                    "success": false,
+                    "error": why,
+                    "cases": [],
+                });
+                let mut text = serde_json::to_string_pretty(&value)
+                    .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+                text.push('\n');
+                text
+            }
+            Format::Junit => format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+                 <testsuites name=\"cosystem-conformance\" tests=\"1\" failures=\"0\" errors=\"1\">\n\
+                 \x20 <testsuite name=\"{mode}\" tests=\"1\" failures=\"0\" errors=\"1\">\n\
+                 \x20   <testcase classname=\"cosystem-conformance\" name=\"the run\">\n\
+                 \x20     <error type=\"not-made\" message=\"{message}\">{text}</error>\n\
+                 \x20   </testcase>\n\
+                 \x20 </testsuite>\n\
+                 </testsuites>\n",
+                mode = xml_escape(mode),
+                message = xml_escape(&one_line(why)),
+                text = xml_escape(why),
+            ),
+        }
+    }
+
     /// Renders the report in `format`.
     pub fn render(&self, format: Format, mode: &str) -> String {
         match format {
@@ -437,7 +477,11 @@ impl std::str::FromStr for Format {
 /// Reads a known-failures file: one case name per line; blank lines and
 /// everything after a `#` are ignored.
 pub fn parse_known_failures(text: &str) -> BTreeSet<String> {
-    text.lines()
+    // Some editors start a UTF-8 file with a byte-order mark, which would
+    // otherwise be an invisible first character of the first name.
+    text.strip_prefix('\u{feff}')
+        .unwrap_or(text)
+        .lines()
         .map(|line| line.split('#').next().unwrap_or("").trim())
         .filter(|name| !name.is_empty())
         .map(str::to_owned)
@@ -579,5 +623,26 @@ mod tests {
     fn known_failures_ignore_comments_and_blank_lines() {
         let set = parse_known_failures("# header\n\na  # why\n  b\n#c\n");
         assert_eq!(set.into_iter().collect::<Vec<_>>(), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_name() {
+        let set = parse_known_failures("\u{feff}client-live-patch-applies\r\nb\n");
+        assert_eq!(
+            set.into_iter().collect::<Vec<_>>(),
+            ["b", "client-live-patch-applies"]
+        );
+    }
+
+    #[test]
+    fn a_run_not_made_is_a_valid_report_that_says_why() {
+        let json: serde_json::Value =
+            serde_json::from_str(&Report::not_made(Format::Json, "client", "no \"adapter\""))
+                .unwrap();
+        assert_eq!(json["error"], "no \"adapter\"");
+        assert_eq!(json["success"], false);
+        let xml = Report::not_made(Format::Junit, "host", "a <b> & c");
+        assert!(xml.contains("message=\"a &lt;b&gt; &amp; c\""), "{xml}");
+        assert!(xml.contains("errors=\"1\""), "{xml}");
     }
 }

@@ -400,6 +400,37 @@ fn a_hung_adapter_is_killed_with_everything_its_wrapper_started() {
 }
 
 #[test]
+fn the_report_files_of_a_run_not_made_say_why() {
+    let dir = std::env::temp_dir().join(format!("cosystem-not-made-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (junit, json) = (dir.join("r.xml"), dir.join("r.json"));
+    let output = conformance(&[
+        "client",
+        "--junit-file",
+        junit.to_str().unwrap(),
+        "--json-file",
+        json.to_str().unwrap(),
+        "--",
+        "/no/such/adapter",
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["success"], false);
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot start adapter"),
+        "{report}"
+    );
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains("<error type=\"not-made\""), "{xml}");
+    assert!(xml.contains("cannot start adapter"), "{xml}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn a_missing_adapter_is_a_run_that_could_not_be_made() {
     let output = conformance(&["client", "--", "/no/such/adapter"]);
     assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));

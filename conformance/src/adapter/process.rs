@@ -18,6 +18,24 @@ pub(crate) const STDERR_QUOTED: &str = "; adapter stderr: ";
 /// How many lines of the adapter's stderr a failure quotes.
 const STDERR_TAIL: usize = 8;
 
+/// How many bytes of each such line it quotes: an adapter that logs a
+/// whole state on one line must not make every failure, and the report
+/// files, megabytes long.
+const STDERR_LINE_BYTES: usize = 1024;
+
+/// `line` cut to [`STDERR_LINE_BYTES`] on a character boundary, saying
+/// how long it was.
+fn clipped(line: &str) -> String {
+    if line.len() <= STDERR_LINE_BYTES {
+        return line.to_owned();
+    }
+    let mut end = STDERR_LINE_BYTES;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &line[..end], line.len())
+}
+
 /// A running adapter program. Dropping it closes its stdin and, if it does
 /// not exit promptly, kills it.
 pub struct AdapterProcess {
@@ -73,7 +91,7 @@ impl AdapterProcess {
                 if tail.len() == STDERR_TAIL {
                     tail.pop_front();
                 }
-                tail.push_back(line.trim_end().to_owned());
+                tail.push_back(clipped(line.trim_end()));
                 line.clear();
             }
             // Drain anything left that is not valid UTF-8 lines.
@@ -231,4 +249,18 @@ pub fn serve(
         output.flush()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{STDERR_LINE_BYTES, clipped};
+
+    #[test]
+    fn long_stderr_lines_are_clipped_on_a_character_boundary() {
+        assert_eq!(clipped("short"), "short");
+        let long = "é".repeat(STDERR_LINE_BYTES);
+        let cut = clipped(&long);
+        assert!(cut.len() < STDERR_LINE_BYTES + 32, "{}", cut.len());
+        assert!(cut.ends_with(&format!("… ({} bytes)", long.len())), "{cut}");
+    }
 }
