@@ -82,7 +82,7 @@ class Adapter:
     def op_cancel(self, cmd):
         c = self.calls.get(cmd["call"])
         if c is None:
-            return {"error": f"no call labelled {cmd['call']!r}"}
+            return  # a label no call gave: nothing to cancel (CONFORMANCE §6.2)
         self.core.cancel(c)
 
     def op_advance(self, cmd):

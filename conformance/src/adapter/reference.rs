@@ -10,7 +10,7 @@
 //! given or what it sends, so the core itself stays correct and each
 //! breakage models exactly one wrong behaviour.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use cosystem_worker::app::MethodError;
@@ -84,9 +84,6 @@ pub struct ReferenceClient {
     connected: bool,
     labels: BTreeMap<u64, String>,
     ids: BTreeMap<String, CallId>,
-    /// Labels of calls the client refused at once: cancelling one does
-    /// nothing, as cancelling any settled call (§6.2).
-    refused: BTreeSet<String>,
     syncs_sent: usize,
 }
 
@@ -108,7 +105,6 @@ impl ReferenceClient {
             connected: true,
             labels: BTreeMap::new(),
             ids: BTreeMap::new(),
-            refused: BTreeSet::new(),
             syncs_sent: 0,
         }
     }
@@ -191,7 +187,6 @@ impl ReferenceClient {
                         reply.call_id = Some(id.0);
                     }
                     Err(e) => {
-                        self.refused.insert(call.clone());
                         reply
                             .events
                             .push(settled(call.clone(), Err(e.into()), None));
@@ -204,8 +199,9 @@ impl ReferenceClient {
                     core.cancel(*id);
                     Ok(())
                 }
-                None if self.refused.contains(call) => Ok(()),
-                None => Err(format!("no call labelled {call:?}")),
+                // A refused call, or a label no call gave: nothing to
+                // cancel, and nothing reported (CONFORMANCE §6.2).
+                None => Ok(()),
             },
             Command::Advance(ms) => {
                 self.now_ms = self.now_ms.saturating_add(*ms);
@@ -365,4 +361,24 @@ fn translate(event: ClientEvent, labels: &BTreeMap<u64, String>) -> Result<Event
         // rather than hide it.
         other => return Err(format!("the client reported an unknown event {other:?}")),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancelling_a_label_no_call_gave_reports_nothing() {
+        let mut client = ReferenceClient::default();
+        client
+            .command(&Command::Start(AdapterConfig::default()))
+            .expect("started");
+        let reply = client
+            .command(&Command::Cancel("zzz".into()))
+            .expect("a label no call gave is not an error (CONFORMANCE §6.2)");
+        assert!(
+            reply.sent.is_empty() && reply.events.is_empty(),
+            "{reply:?}"
+        );
+    }
 }
