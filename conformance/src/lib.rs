@@ -26,5 +26,6 @@ pub mod interop;
 pub mod report;
 pub mod select;
 pub mod sim;
+pub mod suite;
 pub mod vectors;
 pub mod wirejson;

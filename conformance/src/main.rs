@@ -291,7 +291,20 @@ fn verdict(report: &Report) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `--version` names what this build checks, not just the crate.
+    let version: &'static str = Box::leak(
+        vectors::load_embedded()
+            .map(|cases| cosystem_conformance::suite::describe(&cases))
+            .unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_owned())
+            .into_boxed_str(),
+    );
+    let matches = <Cli as clap::CommandFactory>::command()
+        .version(version)
+        .get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     match run(cli) {
         Ok(code) | Err(code) => code,
     }
@@ -371,7 +384,8 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
                 reply_timeout: Duration::from_millis(reply_timeout_ms),
             };
             run.create_report_files("client")?;
-            let report = runner::run(&cases, &config).map_err(|e| run.not_made("client", e))?;
+            let mut report = runner::run(&cases, &config).map_err(|e| run.not_made("client", e))?;
+            report.suite = Some(cosystem_conformance::suite::describe(&cases));
             finish_run(&report, &run, "client")?
         }
         Command::Host {
@@ -426,9 +440,12 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
                 .enable_all()
                 .build()
                 .map_err(|e| run.not_made(mode, format!("cannot start the runtime: {e}")))?;
-            let report = runtime
+            let mut report = runtime
                 .block_on(interop::run(&config))
                 .map_err(|e| run.not_made(mode, e))?;
+            report.suite = load(cli.vectors.clone())
+                .ok()
+                .map(|cases| cosystem_conformance::suite::describe(&cases));
             finish_run(&report, &run, mode)?
         }
         Command::Adapter { breakage } => {

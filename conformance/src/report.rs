@@ -88,6 +88,9 @@ pub struct CaseResult {
 pub struct Report {
     /// One entry per case.
     pub results: Vec<CaseResult>,
+    /// What suite ran (`suite::describe`), written into the JSON and
+    /// JUnit reports when set.
+    pub suite: Option<String>,
 }
 
 /// Runs `run` and turns a panic into a failure, so one broken case cannot
@@ -293,6 +296,7 @@ impl Report {
             .collect();
         json!({
             "mode": mode,
+            "suite": self.suite,
             "passed": counts.passed,
             "failed": counts.failed,
             "skipped": counts.skipped,
@@ -328,6 +332,13 @@ impl Report {
             "  <testsuite name=\"{}\" tests=\"{total}\" failures=\"{failed}\" skipped=\"{skipped}\">",
             xml_escape(mode)
         );
+        if let Some(suite) = &self.suite {
+            let _ = writeln!(
+                out,
+                "    <properties><property name=\"suite\" value=\"{}\"/></properties>",
+                xml_escape(suite)
+            );
+        }
         for r in &self.results {
             let open = format!(
                 "    <testcase classname=\"{}.{}\" name=\"{}\"",
