@@ -423,10 +423,15 @@ pub fn run_with(case: &ClientCase, client: &mut dyn ClientUnderTest) -> Result<(
         }
         let state = if step.expect.needs_state() {
             let mut reply = client.command(&Command::Report).map_err(&fail)?;
-            let state = reply
-                .state
-                .take()
-                .ok_or_else(|| fail("the reply to report has no state".into()))?;
+            let state = reply.state.take().ok_or_else(|| {
+                fail(format!(
+                    "the reply to report has no state (it had {} sent and {} events: if the \
+                     adapter answered the command before with more than one line, its replies \
+                     are now one behind; print only the reply on stdout, one line per command)",
+                    reply.sent.len(),
+                    reply.events.len()
+                ))
+            })?;
             // A report must not make the client do anything; if it does,
             // that shows up below as unexpected output.
             seen.take(reply);
