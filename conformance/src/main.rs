@@ -91,18 +91,22 @@ impl RunArgs {
     /// is not lost to a path that cannot be written at its end. Each holds
     /// a report of a run not made until the run's own replaces it.
     fn create_report_files(&self, mode: &str) -> Result<(), ExitCode> {
+        // If one cannot be made, those that could say why the run was not.
         self.write_not_made(mode, "the run was interrupted before it ended")
-            .map_err(usage)
+            .map_err(|why| self.not_made(mode, why))
     }
 
     /// Writes a report of a run that could not be made, saying `why`, to
-    /// each report file asked for.
+    /// each report file asked for; the first path that cannot be written
+    /// is the error, after every other has been tried.
     fn write_not_made(&self, mode: &str, why: &str) -> Result<(), String> {
+        let mut failed = None;
         for (path, format) in self.report_files() {
-            std::fs::write(path, Report::not_made(format, mode, why))
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            if let Err(e) = std::fs::write(path, Report::not_made(format, mode, why)) {
+                failed.get_or_insert(format!("{}: {e}", path.display()));
+            }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     fn report_files(&self) -> impl Iterator<Item = (&PathBuf, Format)> {
@@ -269,16 +273,17 @@ fn finish_run(report: &Report, run: &RunArgs, mode: &str) -> Result<ExitCode, Ex
     // The report is printed first: a file that cannot be written now (it
     // was created before the run) still leaves the run's verdict printed.
     let verdict = finish(report, run.format, mode);
-    for (path, format) in [
-        (&run.junit_file, Format::Junit),
-        (&run.json_file, Format::Json),
-    ] {
-        if let Some(path) = path {
-            std::fs::write(path, report.render(format, mode))
-                .map_err(|e| usage(format!("{}: {e}", path.display())))?;
+    // Every file gets the report, even after one that cannot be written.
+    let mut failed = None;
+    for (path, format) in run.report_files() {
+        if let Err(e) = std::fs::write(path, report.render(format, mode)) {
+            failed.get_or_insert(format!("{}: {e}", path.display()));
         }
     }
-    Ok(verdict)
+    match failed {
+        Some(why) => Err(usage(why)),
+        None => Ok(verdict),
+    }
 }
 
 /// The exit status of a run: 0 when it succeeded, 1 otherwise.
@@ -443,9 +448,14 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
             let mut report = runtime
                 .block_on(interop::run(&config))
                 .map_err(|e| run.not_made(mode, e))?;
-            report.suite = load(cli.vectors.clone())
-                .ok()
-                .map(|cases| cosystem_conformance::suite::describe(&cases));
+            // Quietly: the host runner needs no vectors, so vectors that do
+            // not load only leave the report without its suite line.
+            report.suite = match &cli.vectors {
+                Some(dir) => vectors::load_dir(dir),
+                None => vectors::load_embedded(),
+            }
+            .ok()
+            .map(|cases| cosystem_conformance::suite::describe(&cases));
             finish_run(&report, &run, mode)?
         }
         Command::Adapter { breakage } => {

@@ -32,9 +32,36 @@ fn arity_error(least: usize, most: usize, args: &[Value]) -> MethodError {
     MethodError::invalid_argument(format!("expected {expected}, got {}", args.len()))
 }
 
-/// Whether an argument of type `T` may be left out (it reads from `null`).
+/// Whether an argument of type `T` may be left out: it is an `Option`. Asked
+/// with a deserializer that can only say "none", so that types that merely
+/// accept `null` (`Value`, `()`, unit structs) still need their argument.
 fn optional<T: DeserializeOwned>() -> bool {
-    T::deserialize(&Value::Null).is_ok()
+    T::deserialize(OnlyNone).is_ok()
+}
+
+/// A deserializer that answers an `Option` with `None` and refuses
+/// everything else.
+struct OnlyNone;
+
+impl<'de> serde::Deserializer<'de> for OnlyNone {
+    type Error = serde::de::value::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(serde::de::Error::custom("not an option"))
+    }
+
+    fn deserialize_option<V: serde::de::Visitor<'de>>(
+        self,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_none()
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf unit unit_struct newtype_struct seq tuple
+        tuple_struct map struct enum identifier ignored_any
+    }
 }
 
 /// Checks the count of `args` against a tuple of `most` arguments whose
@@ -145,6 +172,15 @@ mod tests {
             "{}",
             err.message
         );
+        // A type that merely accepts null is not an Option: its argument is
+        // still needed.
+        let err = <(String, Value)>::from_args(&[json!("/a")]).unwrap_err();
+        assert!(
+            err.message.contains("expected 2 arguments, got 1"),
+            "{}",
+            err.message
+        );
+        assert!(<(i64, ())>::from_args(&[json!(1)]).is_err());
     }
 
     #[test]

@@ -195,20 +195,15 @@ impl Drop for AdapterProcess {
 impl AdapterProcess {
     /// Kills the adapter and every process of its group.
     fn kill(&mut self) {
+        // The group, by a system call: a `kill` program is missing from
+        // slim images (procps) and a shell from distroless ones, and
+        // without either a wrapper's children would outlive the run.
         #[cfg(unix)]
+        if let Some(group) = i32::try_from(self.child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
         {
-            // The shell's own `kill`, which every POSIX `sh` has and which
-            // takes a negative id as a group: a `kill` program on PATH is
-            // missing from slim images (procps), which would leave a
-            // wrapper's children running. `-s KILL --` is the spelling dash,
-            // bash and procps all accept.
-            let _ = Process::new("/bin/sh")
-                .args(["-c", "kill -s KILL -- \"-$1\"", "sh"])
-                .arg(self.child.id().to_string())
-                .env_clear()
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
         }
         let _ = self.child.kill();
     }

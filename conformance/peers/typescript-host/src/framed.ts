@@ -31,8 +31,11 @@ export interface FramedOptions {
 
 interface Conn {
   socket: net.Socket;
-  /** Bytes read and not yet cut into frames. */
-  pending: Buffer;
+  /** Chunks read and not yet cut into frames, and their total length:
+   * joined once per frame, so a large frame in many chunks costs linear
+   * time, not a copy per chunk. */
+  chunks: Buffer[];
+  buffered: number;
   /** The session, once the first frame has arrived. */
   session: number | null;
   acceptedAt: number;
@@ -47,6 +50,9 @@ export class FramedServer {
   private readonly conns = new Set<Conn>();
   /** Connections still waiting for their first frame, oldest first. */
   private readonly waiting = new Set<Conn>();
+  /** Sockets ending cleanly after a half-close, still flushing: shutdown
+   * destroys them, or a peer that stops reading would hold it up. */
+  private readonly ending = new Set<net.Socket>();
   private timer: NodeJS.Timeout | null = null;
 
   constructor(private readonly opts: FramedOptions) {
@@ -76,6 +82,7 @@ export class FramedServer {
   shutdown(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     for (const c of [...this.conns]) this.close(c);
+    for (const s of this.ending) s.destroy();
     return new Promise((resolve) => this.server.close(() => resolve()));
   }
 
@@ -84,7 +91,8 @@ export class FramedServer {
     socket.setKeepAlive(true, KEEPALIVE_MS);
     const c: Conn = {
       socket,
-      pending: Buffer.alloc(0),
+      chunks: [],
+      buffered: 0,
       session: null,
       acceptedAt: Date.now(),
       deadline: null,
@@ -113,19 +121,25 @@ export class FramedServer {
 
   private received(c: Conn, chunk: Buffer): void {
     if (c.closed) return;
-    c.pending = c.pending.length === 0 ? chunk : Buffer.concat([c.pending, chunk]);
+    c.chunks.push(chunk);
+    c.buffered += chunk.length;
     const limit = this.opts.core.cfg.maxMessageSize;
-    while (!c.closed && c.pending.length >= 4) {
-      const n = c.pending.readUInt32BE(0);
+    while (!c.closed && c.buffered >= 4) {
+      if (c.chunks[0].length < 4) c.chunks = [Buffer.concat(c.chunks, c.buffered)];
+      const n = c.chunks[0].readUInt32BE(0);
       if (n > limit) {
         // FB4: no waiting for the body, nothing more written.
         this.opts.log(`closing a connection: frame of ${n} bytes over the limit of ${limit}`);
         this.close(c);
         return;
       }
-      if (c.pending.length < 4 + n) return;
-      const body = c.pending.subarray(4, 4 + n);
-      c.pending = c.pending.subarray(4 + n);
+      if (c.buffered < 4 + n) break;
+      const all = c.chunks.length === 1 ? c.chunks[0] : Buffer.concat(c.chunks, c.buffered);
+      // A copy, so that the rest of a chunk is not kept alive by the body.
+      const body = Buffer.from(all.subarray(4, 4 + n));
+      const rest = all.subarray(4 + n);
+      c.chunks = rest.length > 0 ? [rest] : [];
+      c.buffered = rest.length;
       // FB2: an empty frame is dropped as if it had not arrived.
       if (n > 0) this.frame(c, body);
     }
@@ -135,7 +149,7 @@ export class FramedServer {
   private frame(c: Conn, body: Buffer): void {
     let msg: ClientMessage;
     try {
-      msg = this.opts.codec.decode(Buffer.from(body));
+      msg = this.opts.codec.decode(body);
     } catch (e) {
       // FB5: a malformed frame closes the connection.
       this.opts.log(`closing a connection: not a ClientMessage: ${(e as Error).message}`);
@@ -165,7 +179,7 @@ export class FramedServer {
   /** The end of the client's input: between frames a half-close (FB6), inside one a break (FB5). */
   private ended(c: Conn): void {
     if (c.closed) return;
-    if (c.pending.length > 0 || c.session === null) {
+    if (c.buffered > 0 || c.session === null) {
       this.close(c);
       return;
     }
@@ -192,6 +206,8 @@ export class FramedServer {
     if (!c.closed && c.halfClosed && core.finished(c.session)) {
       // H16: everything owed has been handed out: close cleanly.
       this.forget(c);
+      this.ending.add(c.socket);
+      c.socket.once("close", () => this.ending.delete(c.socket));
       c.socket.end();
     }
   }

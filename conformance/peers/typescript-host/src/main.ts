@@ -105,18 +105,22 @@ function main(argv: string[]): void {
       console.error("--token-file needs gRPC: framed streams carry no authentication (FB8)");
       process.exit(2);
     }
-    const address = listen.slice("tcp://".length);
-    const colon = address.lastIndexOf(":");
-    const host = address.slice(0, colon);
-    const port = Number(address.slice(colon + 1));
-    if (colon < 0 || !Number.isSafeInteger(port) || port < 0 || port > 65535) {
+    // HOST is a name, an IPv4 address or a bracketed IPv6 one; PORT is
+    // required (0 picks a free one).
+    const m = /^tcp:\/\/(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):([0-9]{1,5})$/.exec(listen);
+    const port = m ? Number(m[2]) : -1;
+    if (!m || port > 65535) {
       console.error(`--listen ${listen}: expected tcp://HOST:PORT`);
       process.exit(2);
     }
+    const host = m[1].replace(/^\[|\]$/g, "");
     const server = new FramedServer({ core, codec: loadCodec(protoDir), maxClients, bookmarkIntervalMs, log });
     shutdown = () => server.shutdown();
     server.listen(host, port).then(
-      (bound) => console.log(`listening on tcp://${host}:${bound} (sync ${sync}, epoch ${core.epoch})`),
+      (bound) => {
+        const shown = host.includes(":") ? `[${host}]` : host;
+        console.log(`listening on tcp://${shown}:${bound} (sync ${sync}, epoch ${core.epoch})`);
+      },
       (err) => {
         console.error(`cannot listen on ${listen}: ${err.message}`);
         process.exit(1);
