@@ -48,6 +48,9 @@ pub struct GrpcConnector {
     /// The endpoint, built at the first connect and reused by every later
     /// one: building it reads and parses the system trust store.
     built: Arc<OnceLock<Result<Endpoint, String>>>,
+    /// Whether the host, reached over plaintext, answered with TLS: probed
+    /// once, at the first failed opening.
+    tls_seen: Arc<OnceLock<bool>>,
 }
 
 impl GrpcConnector {
@@ -64,6 +67,7 @@ impl GrpcConnector {
             connect_timeout: Duration::from_secs(5),
             max_message_bytes: crate::host::HostLimits::default().max_message_bytes,
             built: Arc::default(),
+            tls_seen: Arc::default(),
         })
     }
 
@@ -169,15 +173,22 @@ impl Connector for GrpcConnector {
             .clone();
         let token = self.token.clone();
         let max = self.max_message_bytes;
-        let plaintext = self.url.starts_with("http://");
+        // Where a plaintext opening that fails is checked for a TLS host.
+        let plain = self.url.strip_prefix("http://").map(|rest| {
+            (
+                rest.split('/').next().unwrap_or(rest).to_owned(),
+                self.tls_seen.clone(),
+            )
+        });
         async move {
             let endpoint = endpoint.map_err(TransportError::Setup)?;
-            let channel = endpoint.connect().await.map_err(|e| {
-                hint_tls(
-                    TransportError::Connection(super::error_chain(&e)),
-                    plaintext,
-                )
-            })?;
+            let channel = match endpoint.connect().await {
+                Ok(channel) => channel,
+                Err(e) => {
+                    let error = TransportError::Connection(super::error_chain(&e));
+                    return Err(hint_tls(error, plain.as_ref()).await);
+                }
+            };
             let mut client = tonic::client::Grpc::new(channel)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max);
@@ -196,9 +207,12 @@ impl Connector for GrpcConnector {
                 let opening = opening.clone();
                 async move {
                     let settle = SettleOnDrop(opening.clone());
-                    let answer = session(&mut client, request)
-                        .await
-                        .map_err(|status| hint_tls(status_error(status, max), plaintext));
+                    let answer = match session(&mut client, request).await {
+                        Ok(answer) => Ok(answer),
+                        Err(status) => {
+                            Err(hint_tls(status_error(status, max), plain.as_ref()).await)
+                        }
+                    };
                     opening.settle(answer.as_ref().map(|_| ()).map_err(Clone::clone));
                     drop(settle);
                     answer.map(Response::into_inner)
@@ -297,29 +311,55 @@ fn status_error(status: Status, limit: usize) -> TransportError {
     }
 }
 
-/// What a plaintext client sees when the host speaks TLS, depending on
-/// which it meets first: h2 reading the host's TLS alert as an HTTP/2
-/// frame header (a frame of over a megabyte), or the host having hung up
-/// on the client's HTTP/2 preface already.
-const TLS_SYMPTOMS: [&str; 3] = ["frame with invalid size", "broken pipe", "connection reset"];
+/// Said after an opening that failed on a plaintext stream to a host that
+/// speaks TLS: the error itself (h2's frame-size error, a broken pipe or a
+/// reset, depending on which side acts first) points nowhere near it.
+const TLS_HINT: &str = " (the host answers with TLS: connect with https://)";
 
-/// Said after those errors when they end a plaintext stream before the
-/// host answered: on their own they point nowhere near the usual cause.
-const TLS_HINT: &str = " (a host that serves TLS answers a plain http:// client so: \
-if it does, connect with https://)";
-
-/// `error` with [`TLS_HINT`] added if it is one of [`TLS_SYMPTOMS`] and the
-/// stream was `plaintext`.
-fn hint_tls(error: TransportError, plaintext: bool) -> TransportError {
-    match error {
-        TransportError::Connection(mut message)
-            if plaintext && TLS_SYMPTOMS.iter().any(|s| message.contains(s)) =>
-        {
-            message.push_str(TLS_HINT);
-            TransportError::Connection(message)
+/// `error` with [`TLS_HINT`] added if it is a connection error of a
+/// plaintext opening (`plain`: the host's address, and whether it was
+/// already found to speak TLS) and the host answers the HTTP/2 preface with
+/// a TLS record. The probe, one short connection, runs once per connector.
+async fn hint_tls(
+    error: TransportError,
+    plain: Option<&(String, Arc<OnceLock<bool>>)>,
+) -> TransportError {
+    let (TransportError::Connection(mut message), Some((authority, seen))) = (error.clone(), plain)
+    else {
+        return error;
+    };
+    let tls = match seen.get() {
+        Some(tls) => *tls,
+        None => {
+            let tls = answers_with_tls(authority).await;
+            *seen.get_or_init(|| tls)
         }
-        other => other,
+    };
+    if tls {
+        message.push_str(TLS_HINT);
+        return TransportError::Connection(message);
     }
+    error
+}
+
+/// Whether the host at `authority` (`HOST:PORT`) answers the HTTP/2 client
+/// preface with a TLS record (content type 21 or 22, version 3.x), as a TLS
+/// server does with bytes that are not a handshake.
+async fn answers_with_tls(authority: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(authority).await.ok()?;
+        stream.write_all(PREFACE).await.ok()?;
+        let mut head = [0u8; 2];
+        stream.read_exact(&mut head).await.ok()?;
+        Some(matches!(head, [21 | 22, 3]))
+    };
+    tokio::time::timeout(Duration::from_secs(1), probe)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 /// The size in tonic's "found N bytes" message, if it says.
@@ -333,6 +373,44 @@ fn found_bytes(message: &str) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+
+    /// A one-connection server that reads the client's first bytes and
+    /// answers `reply`.
+    async fn answering(reply: &'static [u8]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            if let Ok((mut socket, _)) = listener.accept().await {
+                let mut preface = [0u8; 24];
+                let _ = socket.read_exact(&mut preface).await;
+                let _ = socket.write_all(reply).await;
+            }
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn a_host_answering_the_preface_with_a_tls_record_is_named_as_tls() {
+        // A TLS alert record, as a TLS server sends for bytes it cannot read.
+        let tls = answering(&[21, 3, 3, 0, 2, 2, 50]).await;
+        assert!(answers_with_tls(&tls).await);
+        let http1 = answering(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+        assert!(!answers_with_tls(&http1).await);
+        assert!(!answers_with_tls("127.0.0.1:1").await, "nothing listening");
+        let seen = Arc::new(OnceLock::new());
+        let tls = answering(&[21, 3, 3, 0, 2, 2, 50]).await;
+        let hinted = hint_tls(
+            TransportError::Connection("Unknown: broken pipe".into()),
+            Some(&(tls, seen.clone())),
+        )
+        .await;
+        assert!(
+            hinted.to_string().ends_with("connect with https://)"),
+            "{hinted}"
+        );
+        assert_eq!(seen.get(), Some(&true), "probed once, remembered");
+    }
     use super::*;
 
     #[test]
@@ -360,14 +438,6 @@ mod tests {
         assert!(!status_error(Status::permission_denied("x"), 1).is_retryable());
         assert!(status_error(Status::unavailable("x"), 1).is_retryable());
         assert!(status_error(Status::resource_exhausted("x"), 1).is_retryable());
-        for symptom in TLS_SYMPTOMS {
-            let error = TransportError::Connection(format!("Unknown: h2: {symptom}"));
-            let TransportError::Connection(hinted) = hint_tls(error.clone(), true) else {
-                panic!("still a connection error");
-            };
-            assert!(hinted.ends_with("connect with https://)"), "{hinted}");
-            assert!(!hint_tls(error, false).to_string().contains("https"));
-        }
         assert_eq!(
             status_error(Status::resource_exhausted("too many clients"), 1),
             TransportError::HostLimit("too many clients".into())
