@@ -48,8 +48,8 @@ pub struct GrpcConnector {
     /// The endpoint, built at the first connect and reused by every later
     /// one: building it reads and parses the system trust store.
     built: Arc<OnceLock<Result<Endpoint, String>>>,
-    /// Whether the host, reached over plaintext, answered with TLS: probed
-    /// once, at the first failed opening.
+    /// Set once the host, reached over plaintext, was found to answer with
+    /// TLS after a failed opening.
     tls_seen: Arc<OnceLock<bool>>,
 }
 
@@ -319,7 +319,8 @@ const TLS_HINT: &str = " (the host answers with TLS: connect with https://)";
 /// `error` with [`TLS_HINT`] added if it is a connection error of a
 /// plaintext opening (`plain`: the host's address, and whether it was
 /// already found to speak TLS) and the host answers the HTTP/2 preface with
-/// a TLS record. The probe, one short connection, runs once per connector.
+/// a TLS record. The probe, one short connection, runs at each such failure
+/// until it finds TLS, which the connector then remembers.
 async fn hint_tls(
     error: TransportError,
     plain: Option<&(String, Arc<OnceLock<bool>>)>,
@@ -328,14 +329,14 @@ async fn hint_tls(
     else {
         return error;
     };
+    // Only a TLS answer is remembered: a host that was down or busy when
+    // probed may be a TLS host all the same.
     let tls = match seen.get() {
         Some(tls) => *tls,
-        None => {
-            let tls = answers_with_tls(authority).await;
-            *seen.get_or_init(|| tls)
-        }
+        None => answers_with_tls(authority).await,
     };
     if tls {
+        let _ = seen.set(true);
         message.push_str(TLS_HINT);
         return TransportError::Connection(message);
     }
