@@ -193,10 +193,10 @@ fn a_session_that_falls_out_of_the_window_is_counted_as_sent_an_overflow_snapsho
     assert_eq!(stats.patches_sent, 3);
 }
 
-/// A host whose `slow.wait()` tells `started` it runs, then holds the core
-/// until `release` says go.
+/// A host, built by `build` from its builder, whose `slow.wait()` tells
+/// `started` it runs, then holds the core until `release` says go.
 fn host_with_a_method_that_waits(
-    timing: bool,
+    build: impl FnOnce(cosystem_worker::host::HostBuilder) -> cosystem_worker::host::HostBuilder,
 ) -> (
     cosystem_worker::host::Host,
     std::sync::mpsc::Receiver<()>,
@@ -212,16 +212,14 @@ fn host_with_a_method_that_waits(
             Ok(())
         },
     ));
-    let host = cosystem_worker::host::Host::builder(app)
-        .method_timing(timing)
-        .build();
+    let host = build(cosystem_worker::host::Host::builder(app)).build();
     (host, started, release)
 }
 
 #[test]
 fn stats_asked_for_while_a_method_holds_the_core_are_the_last_taken_and_say_so() {
     for timing in [false, true] {
-        let (host, started, release) = host_with_a_method_that_waits(timing);
+        let (host, started, release) = host_with_a_method_that_waits(|b| b.method_timing(timing));
         host.invoke("counter", "increase", &[serde_json::json!(1)])
             .expect("increase");
         let before = host.stats();
@@ -265,19 +263,9 @@ fn stats_asked_for_while_a_method_holds_the_core_are_the_last_taken_and_say_so()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_never_asked_for_before_a_method_holds_the_core_are_those_of_the_last_bookmark_tick()
 {
-    let (started_tx, started) = std::sync::mpsc::sync_channel(1);
-    let (release, release_rx) = std::sync::mpsc::sync_channel::<()>(1);
-    let app = demo::app("s").with(TypedModule::new("slow", 0u8).method(
-        "wait",
-        move |_: &mut u8, (): ()| -> Result<(), MethodError> {
-            let _ = started_tx.send(());
-            let _ = release_rx.recv();
-            Ok(())
-        },
-    ));
-    let host = cosystem_worker::host::Host::builder(app)
-        .bookmark_interval(Some(std::time::Duration::from_millis(10)))
-        .build();
+    let (host, started, release) = host_with_a_method_that_waits(|b| {
+        b.bookmark_interval(Some(std::time::Duration::from_millis(10)))
+    });
     let mut events = host.events();
     for _ in 0..3 {
         host.invoke("counter", "increase", &[serde_json::json!(1)])

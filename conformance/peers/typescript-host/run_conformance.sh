@@ -89,25 +89,34 @@ if [ $vrc -ne 0 ]; then
 fi
 
 # ---- one run per sync mode ----
+# start_host NAME URL_PATTERN ARGS...: starts the host with ARGS, its
+# stdout in $WORK/NAME.out and stderr in $WORK/NAME.err, and sets HOST_PID
+# and URL (the first match of URL_PATTERN it prints); URL stays empty, and
+# the status is 1, if it did not start.
+start_host() {
+  local name=$1 pattern=$2
+  shift 2
+  : >"$WORK/$name.out"
+  node dist/main.js "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+  HOST_PID=$!
+  URL=""
+  for _ in $(seq 1 200); do
+    URL=$(grep -o "$pattern" "$WORK/$name.out" 2>/dev/null | head -n1)
+    [ -n "$URL" ] && return 0
+    kill -0 "$HOST_PID" 2>/dev/null || break
+    sleep 0.05
+  done
+  echo "[$name] the host did not start:" >&2
+  cat "$WORK/$name.err" >&2
+  return 1
+}
+
 MARKER="ts-host-secret-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 for MODE in patch snapshot; do
   TOKEN_FILE="$WORK/token-$MODE"
   od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$TOKEN_FILE"
-  OUT="$WORK/host-$MODE.out"
-  : >"$OUT"
-  node dist/main.js --listen 127.0.0.1:0 --sync "$MODE" --token-file "$TOKEN_FILE" \
-    --secret-token "$MARKER-initial" >"$OUT" 2>"$WORK/host-$MODE.err" &
-  HOST_PID=$!
-  URL=""
-  for _ in $(seq 1 200); do
-    URL=$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$OUT" 2>/dev/null | head -n1)
-    [ -n "$URL" ] && break
-    kill -0 "$HOST_PID" 2>/dev/null || break
-    sleep 0.05
-  done
-  if [ -z "$URL" ]; then
-    echo "[$MODE] the host did not start:" >&2
-    cat "$WORK/host-$MODE.err" >&2
+  if ! start_host "host-$MODE" 'http://127\.0\.0\.1:[0-9]*' --listen 127.0.0.1:0 \
+    --sync "$MODE" --token-file "$TOKEN_FILE" --secret-token "$MARKER-initial"; then
     stop_host
     status=1
     continue
@@ -133,21 +142,8 @@ done
 
 # ---- framed streams over TCP (§17.3), one run per sync mode ----
 for MODE in patch snapshot; do
-  OUT="$WORK/framed-$MODE.out"
-  : >"$OUT"
-  node dist/main.js --listen tcp://127.0.0.1:0 --sync "$MODE" \
-    --secret-token "$MARKER-initial" >"$OUT" 2>"$WORK/framed-$MODE.err" &
-  HOST_PID=$!
-  URL=""
-  for _ in $(seq 1 200); do
-    URL=$(grep -o 'tcp://127\.0\.0\.1:[0-9]*' "$OUT" 2>/dev/null | head -n1)
-    [ -n "$URL" ] && break
-    kill -0 "$HOST_PID" 2>/dev/null || break
-    sleep 0.05
-  done
-  if [ -z "$URL" ]; then
-    echo "[framed $MODE] the host did not start:" >&2
-    cat "$WORK/framed-$MODE.err" >&2
+  if ! start_host "framed-$MODE" 'tcp://127\.0\.0\.1:[0-9]*' --listen tcp://127.0.0.1:0 \
+    --sync "$MODE" --secret-token "$MARKER-initial"; then
     stop_host
     status=1
     continue
