@@ -146,6 +146,30 @@ async fn call_errors_print_the_code_and_message_and_exit_non_zero() {
     assert_eq!(host.view()["counter"]["count"], 0);
 }
 
+/// A host's error message is printed on one line whatever it holds: a
+/// newline or an escape sequence in it would let a host forge a second
+/// line (such as `details:`) or drive the terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hosts_error_message_cannot_add_lines_or_escape_sequences() {
+    let host = demo_host();
+    let (addr, _stop) = start(GrpcServer::builder(host)).await;
+    let message = serde_json::to_string("boom\ndetails: {}\u{1b}[2J").unwrap();
+    let output = cli_client(&[
+        "--connect",
+        &format!("http://{addr}"),
+        "call",
+        "counter",
+        "fail",
+        &message,
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert_eq!(
+        error_line(&output),
+        r"error: failed: boom\ndetails: {}\u{1b}[2J"
+    );
+}
+
 /// A method that answers `permission-denied` has been reached with
 /// accepted credentials: that is the call's failure (exit 1), not a host
 /// that refused the client (exit 3).
@@ -190,7 +214,7 @@ async fn a_methods_own_permission_denied_is_a_call_error_not_a_refusal() {
         "error: permission-denied: only the owner opens the vault"
     );
 
-    // An error's details are part of the answer, printed after it.
+    // An error's details are part of the answer, printed on the next line.
     let output = cli_client(&[
         "--connect",
         &format!("http://{addr}"),
@@ -204,8 +228,8 @@ async fn a_methods_own_permission_denied_is_a_call_error_not_a_refusal() {
     .await;
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert_eq!(
-        error_line(&output),
-        r#"error: failed: insufficient funds details: {"balance":10}"#
+        stderr(&output),
+        "error: failed: insufficient funds\ndetails: {\"balance\":10}\n"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

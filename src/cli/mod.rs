@@ -86,14 +86,34 @@ impl Cli {
     }
 }
 
-/// ` details: <JSON>` for an error that carries details, or nothing: the
+/// A message from the host, printed on one line: its control characters
+/// are escaped, so that a host cannot break the error line a script reads
+/// or send escape sequences to the terminal.
+struct OneLine<'a>(&'a str);
+
+impl std::fmt::Display for OneLine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `\ndetails: <JSON>` for an error that carries details, or nothing: the
 /// error's details are part of the host's answer (spec §3.9), such as the
-/// balance a refused withdrawal found.
-fn details_suffix(error: &MethodError) -> String {
+/// balance a refused withdrawal found. They go on a line of their own, so
+/// that no message text can be mistaken for them.
+fn details_line(error: &MethodError) -> String {
     error
         .details
         .as_ref()
-        .map(|details| format!(" details: {details}"))
+        .map(|details| format!("\ndetails: {details}"))
         .unwrap_or_default()
 }
 
@@ -131,16 +151,16 @@ pub enum CliError {
     /// The host refused the connection for good (credentials), or could not
     /// be reached for good (a `--spawn` command that cannot be started, or
     /// that exits with a non-zero status before speaking).
-    #[error("{}: {}", .0.code.kebab_name(), .0.message)]
+    #[error("{}: {}", .0.code.kebab_name(), OneLine(&.0.message))]
     Refused(MethodError),
     /// The host answered a call with an error; its details, if any, follow
-    /// the message as JSON.
-    #[error("{}: {}{}", .0.code.kebab_name(), .0.message, details_suffix(.0))]
+    /// on the next line as JSON.
+    #[error("{}: {}{}", .0.code.kebab_name(), OneLine(&.0.message), details_line(.0))]
     Call(MethodError),
     /// The call settled without the host's answer (`outcome-unknown`,
     /// `deadline-exceeded`: [`ErrorCode::is_local`](cosystem_worker::wire::ErrorCode::is_local)); it may or may not
     /// have run.
-    #[error("{}: {}", .0.code.kebab_name(), .0.message)]
+    #[error("{}: {}", .0.code.kebab_name(), OneLine(&.0.message))]
     Unanswered(MethodError),
     /// The host's one `--stdio` session ended with an error.
     #[error("the stdio session ended with an error: {0}")]
