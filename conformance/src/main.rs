@@ -76,6 +76,10 @@ struct RunArgs {
     /// that crashes or wedges the implementation; reported SKIP.
     #[arg(long, value_name = "FILE")]
     skip: Option<PathBuf>,
+    /// What suite runs ([`suite::describe`](cosystem_conformance::suite::describe)),
+    /// for the reports, including those of a run not made.
+    #[arg(skip)]
+    suite: Option<String>,
 }
 
 impl RunArgs {
@@ -102,7 +106,10 @@ impl RunArgs {
     fn write_not_made(&self, mode: &str, why: &str) -> Result<(), String> {
         let mut failed = None;
         for (path, format) in self.report_files() {
-            if let Err(e) = std::fs::write(path, Report::not_made(format, mode, why)) {
+            if let Err(e) = std::fs::write(
+                path,
+                Report::not_made(format, mode, why, self.suite.as_deref()),
+            ) {
                 failed.get_or_insert(format!("{}: {e}", path.display()));
             }
         }
@@ -322,7 +329,8 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
             let selected = cases
                 .iter()
                 .filter(|c| filter.as_ref().is_none_or(|f| c.info().name.contains(f)));
-            let report = Report::run(selected, Case::run_reference);
+            let mut report = Report::run(selected, Case::run_reference);
+            report.suite = Some(cosystem_conformance::suite::describe(&cases));
             finish(&report, format, "vectors")
         }
         Command::List => {
@@ -376,6 +384,8 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
             adapter,
         } => {
             let cases = load(cli.vectors)?;
+            let mut run = run;
+            run.suite = Some(cosystem_conformance::suite::describe(&cases));
             let (program, args) = adapter
                 .split_first()
                 .ok_or_else(|| usage("client needs an adapter command after --".into()))?;
@@ -390,7 +400,7 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
             };
             run.create_report_files("client")?;
             let mut report = runner::run(&cases, &config).map_err(|e| run.not_made("client", e))?;
-            report.suite = Some(cosystem_conformance::suite::describe(&cases));
+            report.suite = run.suite.clone();
             finish_run(&report, &run, "client")?
         }
         Command::Host {
@@ -403,8 +413,16 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
             first_frame_wait_ms,
             step_timeout_ms,
             case_timeout_ms,
-            run,
+            mut run,
         } => {
+            // Quietly: the host runner needs no vectors, so vectors that do
+            // not load only leave the reports without their suite line.
+            run.suite = match &cli.vectors {
+                Some(dir) => vectors::load_dir(dir),
+                None => vectors::load_embedded(),
+            }
+            .ok()
+            .map(|cases| cosystem_conformance::suite::describe(&cases));
             let token = token_file
                 .map(|path| {
                     std::fs::read_to_string(&path)
@@ -448,14 +466,7 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
             let mut report = runtime
                 .block_on(interop::run(&config))
                 .map_err(|e| run.not_made(mode, e))?;
-            // Quietly: the host runner needs no vectors, so vectors that do
-            // not load only leave the report without its suite line.
-            report.suite = match &cli.vectors {
-                Some(dir) => vectors::load_dir(dir),
-                None => vectors::load_embedded(),
-            }
-            .ok()
-            .map(|cases| cosystem_conformance::suite::describe(&cases));
+            report.suite = run.suite.clone();
             finish_run(&report, &run, mode)?
         }
         Command::Adapter { breakage } => {

@@ -333,11 +333,7 @@ impl Report {
             xml_escape(mode)
         );
         if let Some(suite) = &self.suite {
-            let _ = writeln!(
-                out,
-                "    <properties><property name=\"suite\" value=\"{}\"/></properties>",
-                xml_escape(suite)
-            );
+            out.push_str(&suite_properties(suite));
         }
         for r in &self.results {
             let open = format!(
@@ -381,8 +377,9 @@ impl Report {
     /// The report of a run that could not be made (exit status 2), in
     /// `format`: no case results, and `why` as a JUnit `<error>` or a JSON
     /// `error` member, so that a CI step that publishes the report files
-    /// whatever happened shows the reason instead of an empty file.
-    pub fn not_made(format: Format, mode: &str, why: &str) -> String {
+    /// whatever happened shows the reason instead of an empty file. `suite`
+    /// is written as in a report of a run made.
+    pub fn not_made(format: Format, mode: &str, why: &str, suite: Option<&str>) -> String {
         match format {
             Format::Text => format!("{why}\n"),
             Format::Json => {
@@ -395,6 +392,7 @@ impl Report {
                     "unexpected_passes": 0,
                     "success": false,
                     "error": why,
+                    "suite": suite,
                     "cases": [],
                 });
                 let mut text = serde_json::to_string_pretty(&value)
@@ -406,12 +404,14 @@ impl Report {
                 "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
                  <testsuites name=\"cosystem-conformance\" tests=\"1\" failures=\"0\" errors=\"1\">\n\
                  \x20 <testsuite name=\"{mode}\" tests=\"1\" failures=\"0\" errors=\"1\">\n\
+                 {properties}\
                  \x20   <testcase classname=\"cosystem-conformance\" name=\"the run\">\n\
                  \x20     <error type=\"not-made\" message=\"{message}\">{text}</error>\n\
                  \x20   </testcase>\n\
                  \x20 </testsuite>\n\
                  </testsuites>\n",
                 mode = xml_escape(mode),
+                properties = suite.map_or(String::new(), suite_properties),
                 message = xml_escape(&one_line(why)),
                 text = xml_escape(why),
             ),
@@ -448,6 +448,14 @@ impl CaseResult {
             )),
         }
     }
+}
+
+/// The JUnit `<properties>` line naming the suite that ran.
+fn suite_properties(suite: &str) -> String {
+    format!(
+        "    <properties><property name=\"suite\" value=\"{}\"/></properties>\n",
+        xml_escape(suite)
+    )
 }
 
 /// The reason printed for a case not run because an earlier required case
@@ -647,13 +655,24 @@ mod tests {
 
     #[test]
     fn a_run_not_made_is_a_valid_report_that_says_why() {
-        let json: serde_json::Value =
-            serde_json::from_str(&Report::not_made(Format::Json, "client", "no \"adapter\""))
-                .unwrap();
+        let json: serde_json::Value = serde_json::from_str(&Report::not_made(
+            Format::Json,
+            "client",
+            "no \"adapter\"",
+            Some("0.1 (suite)"),
+        ))
+        .unwrap();
         assert_eq!(json["error"], "no \"adapter\"");
         assert_eq!(json["success"], false);
-        let xml = Report::not_made(Format::Junit, "host", "a <b> & c");
+        assert_eq!(json["suite"], "0.1 (suite)");
+        let xml = Report::not_made(Format::Junit, "host", "a <b> & c", Some("0.1 <s>"));
         assert!(xml.contains("message=\"a &lt;b&gt; &amp; c\""), "{xml}");
         assert!(xml.contains("errors=\"1\""), "{xml}");
+        assert!(
+            xml.contains("<property name=\"suite\" value=\"0.1 &lt;s&gt;\"/>"),
+            "{xml}"
+        );
+        let xml = Report::not_made(Format::Junit, "host", "why", None);
+        assert!(!xml.contains("<properties>"), "{xml}");
     }
 }

@@ -424,9 +424,17 @@ fn the_report_files_of_a_run_not_made_say_why() {
             .contains("cannot start adapter"),
         "{report}"
     );
+    // A CI that keeps only the files still learns which suite it ran.
+    assert!(
+        report["suite"]
+            .as_str()
+            .is_some_and(|s| s.contains("PROTOCOL.md revision")),
+        "{report}"
+    );
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert!(xml.contains("<error type=\"not-made\""), "{xml}");
     assert!(xml.contains("cannot start adapter"), "{xml}");
+    assert!(xml.contains("<property name=\"suite\""), "{xml}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
