@@ -565,3 +565,88 @@ async fn a_framed_client_at_a_grpc_host_stops_naming_http2_whatever_its_first_fr
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_made_while_a_framed_host_is_full_wait_and_run_once_a_slot_frees() {
+    use cosystem_worker::client::{Connection, Reconnect};
+    // A full host closes a connection after its first frame (FB6). A call
+    // sent behind the SyncRequest would settle outcome-unknown though the
+    // host ran nothing: it must wait for the host to speak, stay queued
+    // while refused, and run once the slot frees.
+    let host = host_for(1);
+    let address = serve(&host).await;
+    let first = Client::new(TcpConnector::new(address.clone()), ClientConfig::default());
+    first.ready().await.unwrap();
+    let second = Client::with_reconnect(
+        TcpConnector::new(address),
+        ClientConfig::default(),
+        Reconnect {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(50),
+            ..Reconnect::default()
+        },
+    );
+    let call = tokio::spawn({
+        let second = second.clone();
+        async move { second.call("counter", "increase", vec![json!(5)]).await }
+    });
+    let mut connection = second.connection_changes();
+    loop {
+        if let Connection::Retrying { attempt, .. } = &*connection.borrow_and_update()
+            && *attempt >= 3
+        {
+            break;
+        }
+        connection.changed().await.unwrap();
+    }
+    assert_eq!(host.version(), 1, "the call ran while refused");
+    first.dispose();
+    assert_eq!(call.await.unwrap().expect("the call ran once"), json!(5));
+    assert_eq!(host.version(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_large_frames_cannot_hold_more_than_the_listeners_budget() {
+    use cosystem_worker::transport::framed::PARTIAL_FRAMES_PER_LISTENER;
+    // Each peer opens a session, then sends most of a frame of nearly the
+    // limit and stalls. Without a budget each would hold a frame's worth of
+    // the host's memory for as long as it liked, and together without end.
+    const LIMIT: usize = 1 << 20;
+    const BODY: usize = LIMIT - 8 * 1024;
+    let host = host(LIMIT);
+    let address = serve(&host).await;
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut peers = Vec::new();
+    for _ in 0..PARTIAL_FRAMES_PER_LISTENER + 2 {
+        let mut stream = TcpStream::connect(&address).await.unwrap();
+        let closed_tx = closed_tx.clone();
+        peers.push(tokio::spawn(async move {
+            let mut bytes = frame(&sync_request());
+            bytes.extend_from_slice(&((LIMIT - 100) as u32).to_be_bytes());
+            bytes.resize(bytes.len() + BODY, 0x0a);
+            // A peer closed for the budget may see its write fail.
+            let _ = stream.write_all(&bytes).await;
+            let mut sink = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+            let _ = closed_tx.send(());
+        }));
+    }
+    // Some of them are closed: the budget holds 64 such frames, not 66.
+    tokio::time::timeout(Duration::from_secs(60), closed_rx.recv())
+        .await
+        .expect("no stalled peer was closed");
+    // The host serves everyone else as before.
+    let client = Client::new(TcpConnector::new(address), ClientConfig::default());
+    let value = client
+        .call("counter", "increase", vec![json!(1)])
+        .await
+        .unwrap();
+    assert_eq!(value, json!(1));
+    for peer in peers {
+        peer.abort();
+    }
+}

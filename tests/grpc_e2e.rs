@@ -428,3 +428,60 @@ async fn a_host_shut_down_by_the_application_stops_its_grpc_server() {
     let refused = GrpcConnector::new(&url).unwrap().connect().await;
     assert!(refused.is_err(), "the listener is closed");
 }
+
+/// The `grpc-status` a Session stream ends with after the client sent
+/// `body` on it and half-closed.
+async fn session_status_after(server: &ServedGrpc, body: &'static [u8]) -> String {
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let session = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "{}/cosystem.worker.v1.HostService/Session",
+            server.url()
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut stream) = client.send_request(session, false).unwrap();
+    stream
+        .send_data(bytes::Bytes::from_static(body), true)
+        .unwrap();
+    let mut response = response.await.unwrap().into_body();
+    while let Some(data) = response.data().await {
+        let data = data.unwrap();
+        let _ = response.flow_control().release_capacity(data.len());
+    }
+    let trailers = response.trailers().await.unwrap().unwrap_or_default();
+    trailers
+        .get("grpc-status")
+        .map(|s| s.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn broken_grpc_framing_ends_the_session_invalid_argument_not_internal() {
+    // INTERNAL would blame the host for bytes the client got wrong (§17.2:
+    // bytes that are not a ClientMessage).
+    let server = start(&demo_host(SyncMode::Patch)).await;
+    let cases: [(&str, &'static [u8]); 3] = [
+        (
+            "a compressed flag without grpc-encoding",
+            &[1, 0, 0, 0, 2, 0x0a, 0x00],
+        ),
+        ("a flag byte that is neither 0 nor 1", &[7, 0, 0, 0, 0]),
+        ("a message cut short by the end", &[0, 0, 0, 0, 9, 0x0a]),
+    ];
+    for (what, body) in cases {
+        // 3 is INVALID_ARGUMENT.
+        assert_eq!(session_status_after(&server, body).await, "3", "{what}");
+    }
+    // The host still serves everyone else.
+    let client = client(&server.url());
+    client.ready().await.unwrap();
+    client.dispose();
+    server.stop().await;
+}

@@ -13,7 +13,9 @@ use std::time::Duration;
 use cosystem_worker::client::{Client, ClientConfig, Connection, Reconnect};
 use cosystem_worker::demo;
 use cosystem_worker::host::{Host, HostLimits, SyncMode};
-use cosystem_worker::transport::grpc::{GrpcConnector, GrpcServer, SERVICE_NAME};
+use cosystem_worker::transport::grpc::{
+    GrpcConnector, GrpcServer, MAX_SIDE_SERVICE_MESSAGE_BYTES, SERVICE_NAME,
+};
 use cosystem_worker::transport::{Connector, TransportError};
 use cosystem_worker::wire::host_service_client::HostServiceClient;
 use cosystem_worker::wire::{
@@ -472,6 +474,50 @@ async fn health_reports_serving_for_the_service_and_the_server() {
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
+    // Open to anyone, so it reads no more than a name needs: a large
+    // message would be memory a peer without the token could hold.
+    let oversized = health
+        .check(HealthCheckRequest {
+            service: "x".repeat(MAX_SIDE_SERVICE_MESSAGE_BYTES),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(oversized.code(), Code::OutOfRange, "{oversized:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_reads_no_more_than_a_name_needs() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+
+    let host = host_with(HostLimits::default());
+    let (addr, _stop) = start(&host, Some(TOKEN)).await;
+    let mut reflection = ServerReflectionClient::new(channel(addr).await);
+    let ask = |symbol: String| {
+        futures::stream::iter([ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(symbol)),
+        }])
+    };
+    let mut answers = reflection
+        .server_reflection_info(ask(SERVICE_NAME.to_owned()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        answers.message().await.unwrap().is_some(),
+        "a name is answered"
+    );
+    let mut answers = reflection
+        .server_reflection_info(ask("x".repeat(MAX_SIDE_SERVICE_MESSAGE_BYTES)))
+        .await
+        .unwrap()
+        .into_inner();
+    // tonic-reflection ends the stream on a request it cannot read; an
+    // unknown name it reads is answered with an error instead.
+    let refused = answers.message().await;
+    assert!(matches!(refused, Ok(None)), "{refused:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

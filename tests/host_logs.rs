@@ -226,3 +226,38 @@ async fn a_grpc_client_that_goes_away_without_closing_its_stream_is_logged_as_su
         "{disconnect}"
     );
 }
+
+#[tokio::test]
+async fn a_peer_sending_garbage_again_and_again_cannot_flood_the_log() {
+    use cosystem_worker::transport::framed::{self, FramedConfig};
+    use tokio::io::AsyncWriteExt;
+    const SESSIONS: usize = 30;
+    let captured = Captured::default();
+    // A current-thread test: the sessions log on this thread.
+    let _logging = tracing::subscriber::set_default(captured.subscriber(tracing::Level::INFO));
+    let host = Host::builder(demo::app("s")).build();
+    for n in 0..SESSIONS {
+        let (mut peer, io) = tokio::io::duplex(64);
+        let served = tokio::spawn(framed::serve_stream(
+            host.clone(),
+            io,
+            format!("garbage-{n}"),
+            FramedConfig::default(),
+        ));
+        // A frame of three bytes that are no envelope.
+        peer.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff])
+            .await
+            .unwrap();
+        assert!(served.await.unwrap().is_err());
+    }
+    let log = captured.text();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("closing session"))
+        .count();
+    // The first is logged, naming the peer's mistake; the rest are counted
+    // into a later line rather than each written (one a second).
+    assert!(warnings >= 1, "{log}");
+    assert!(warnings < SESSIONS, "{log}");
+    assert!(log.contains("held_back"), "{log}");
+}

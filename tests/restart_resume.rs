@@ -9,7 +9,7 @@ use cosystem_worker::client::{Client, ClientConfig, ClientEvent, Reconnect};
 use cosystem_worker::demo;
 use cosystem_worker::host::{Host, HostLimits, SyncMode};
 use cosystem_worker::transport::{ClientLink, Connector, HostLink, TransportError, memory};
-use cosystem_worker::wire::{ErrorCode, HostFrame, client_message, host_message};
+use cosystem_worker::wire::{ErrorCode, HostFrame, HostMessage, client_message, host_message};
 use futures::future::BoxFuture;
 use futures::{FutureExt, SinkExt, StreamExt};
 use serde_json::json;
@@ -33,8 +33,10 @@ struct Switch {
     serving: Arc<Mutex<Option<JoinHandle<()>>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
     connects: Arc<AtomicUsize>,
-    /// When set, links are accepted but nobody serves them: whatever the
-    /// client sends is received and never answered.
+    /// When set, links are accepted but nobody serves them: the client's
+    /// first envelope is answered with an envelope of no kind (ignored, but
+    /// the host has spoken, so the client sends what it held back), and
+    /// nothing after it is answered.
     black_hole: Arc<Mutex<Option<Option<JoinHandle<()>>>>>,
     swallowed_calls: Arc<AtomicUsize>,
 }
@@ -87,11 +89,16 @@ impl Connector for Switch {
                 let calls = this.swallowed_calls.clone();
                 *slot = Some(tokio::spawn(async move {
                     let HostLink {
-                        sink: _sink,
+                        mut sink,
                         mut stream,
                         ..
                     } = host_end;
+                    let mut spoken = false;
                     while let Some(Ok(message)) = stream.next().await {
+                        if !spoken {
+                            spoken = true;
+                            let _ = sink.send(HostFrame::new(HostMessage::default())).await;
+                        }
                         if matches!(message.kind, Some(client_message::Kind::Call(_))) {
                             calls.fetch_add(1, Ordering::SeqCst);
                         }
@@ -283,8 +290,8 @@ async fn call_sent_when_the_link_breaks_ends_outcome_unknown_and_is_not_retried(
             .is_some_and(Option::is_some)
     })
     .await;
-    // The black hole never speaks, so the client is not `Connected` on it;
-    // the call goes out on it as soon as its link is attached.
+    // The black hole speaks once, with nothing: the client takes the link
+    // as accepted and sends the call on it.
     let call = c.call("counter", "increase", vec![json!(1)]);
     let id = call.id().unwrap();
     let mut events = c.events();

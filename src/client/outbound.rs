@@ -6,6 +6,13 @@
 //! driver takes over and waits with its own waker. Either way the core's
 //! outbox is drained in order, under one lock, so what goes out and in
 //! which order is the same as when the driver alone sends.
+//!
+//! On a new link only the first envelope (the SyncRequest the core always
+//! queues first, L7) goes out before the host has spoken: a host may still
+//! refuse the link after reading it (a wrong token, its client limit, spec
+//! §17.1), and a Call sent before a refusal would count as sent, and settle
+//! `outcome-unknown`, though the host ran nothing. Held back, it stays
+//! queued in the core, for this link once the host speaks or for the next.
 
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -31,6 +38,20 @@ struct State {
     /// The last attempt left the sink waiting for room: only the driver,
     /// whose waker the sink must hold, sends until it is ready again.
     waiting: bool,
+    /// How much may go out before the host has spoken on the link.
+    hold: Hold,
+}
+
+/// What a link may send before its host has spoken (see the module's doc).
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// Nothing sent yet: the first envelope may go.
+    #[default]
+    BeforeFirst,
+    /// The first envelope went; the rest waits for the host.
+    Held,
+    /// The host has spoken: everything may go.
+    Open,
 }
 
 impl State {
@@ -50,8 +71,9 @@ impl State {
         let Some(sink) = self.sink.as_mut() else {
             return Poll::Ready(Ok(()));
         };
+        let hold = &mut self.hold;
         let result = (|| {
-            loop {
+            while *hold != Hold::Held {
                 let mut readiness = None;
                 let message = next(&mut || {
                     let ready = sink.as_mut().poll_ready(cx);
@@ -60,7 +82,12 @@ impl State {
                     room
                 });
                 match (message, readiness) {
-                    (Some(message), _) => sink.as_mut().start_send(message)?,
+                    (Some(message), _) => {
+                        sink.as_mut().start_send(message)?;
+                        if *hold == Hold::BeforeFirst {
+                            *hold = Hold::Held;
+                        }
+                    }
                     (None, Some(Poll::Ready(Err(error)))) => return Poll::Ready(Err(error)),
                     (None, Some(Poll::Pending)) => return Poll::Pending,
                     // Nothing queued (or a core that took nothing though
@@ -91,6 +118,11 @@ impl Outbound {
         };
     }
 
+    /// The host has spoken on the link: what was held back may go out.
+    pub(super) fn release(&self) {
+        self.state().hold = Hold::Open;
+    }
+
     /// The link is over: its sink, to close or drop.
     pub(super) fn detach(&self) -> Option<BoxSink<ClientMessage>> {
         std::mem::take(&mut *self.state()).sink
@@ -107,8 +139,9 @@ impl Outbound {
     }
 
     /// A caller's send: everything `next` yields if the sink takes it
-    /// without waiting. Returns whether all of it went out; if not (no link,
-    /// the sink is waiting or failed) the driver must be woken to finish.
+    /// without waiting. Returns whether all of it went out or is held until
+    /// the host speaks (the driver sends it then); if not (no link, the sink
+    /// is waiting or failed) the driver must be woken to finish.
     pub(super) fn send_now(
         &self,
         mut next: impl FnMut(&mut dyn FnMut() -> bool) -> Option<ClientMessage>,
@@ -164,13 +197,53 @@ mod tests {
         queue.pop_front()
     }
 
-    fn link(capacity: usize) -> (Outbound, mpsc::Receiver<ClientMessage>) {
+    /// A new link, on which the host has not spoken yet.
+    fn new_link(capacity: usize) -> (Outbound, mpsc::Receiver<ClientMessage>) {
         let (tx, rx) = mpsc::channel(capacity);
         let outbound = Outbound::default();
         outbound.attach(Box::pin(
             PollSender::new(tx).sink_map_err(|_| TransportError::Closed),
         ));
         (outbound, rx)
+    }
+
+    /// A link on which the host has spoken.
+    fn link(capacity: usize) -> (Outbound, mpsc::Receiver<ClientMessage>) {
+        let (outbound, rx) = new_link(capacity);
+        outbound.release();
+        (outbound, rx)
+    }
+
+    #[tokio::test]
+    async fn only_the_first_envelope_goes_before_the_host_speaks() {
+        let (outbound, mut rx) = new_link(8);
+        let mut queue = VecDeque::from([call(1), call(2)]);
+        assert!(outbound.send_now(|room| take_if(&mut queue, room)));
+        queue.push_back(call(3));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(
+            outbound.poll_send(&mut cx, |room| take_if(&mut queue, room)),
+            Poll::Ready(Ok(())),
+            "held, not waiting: the driver goes on reading"
+        );
+        assert_eq!(id(&rx.try_recv().unwrap()), 1);
+        assert!(rx.try_recv().is_err(), "the rest is held");
+        assert_eq!(queue.len(), 2, "and stays queued in the core");
+
+        outbound.release();
+        assert!(outbound.send_now(|room| take_if(&mut queue, room)));
+        assert_eq!(id(&rx.try_recv().unwrap()), 2);
+        assert_eq!(id(&rx.try_recv().unwrap()), 3);
+
+        // A new link holds again.
+        let (tx, mut rx) = mpsc::channel(8);
+        outbound.attach(Box::pin(
+            PollSender::new(tx).sink_map_err(|_| TransportError::Closed),
+        ));
+        let mut queue = VecDeque::from([call(4), call(5)]);
+        assert!(outbound.send_now(|room| take_if(&mut queue, room)));
+        assert_eq!(id(&rx.try_recv().unwrap()), 4);
+        assert!(rx.try_recv().is_err());
     }
 
     #[tokio::test]

@@ -26,6 +26,7 @@ use super::{
 };
 use crate::app::{App, MethodError};
 use crate::fast_hash::FastMap;
+use crate::transport::throttle::SessionLogs;
 use crate::wire::ErrorCode;
 
 pub use builder::HostBuilder;
@@ -46,6 +47,8 @@ struct Shared {
     max_message_bytes: usize,
     /// The room sessions share to parse long arguments before the lock.
     args_budget: ArgsBudget,
+    /// How often the lines each session makes the host write are logged.
+    session_logs: SessionLogs,
     wakers: Mutex<FastMap<PeerKey, Arc<Notify>>>,
     closed: std::sync::atomic::AtomicBool,
     /// `closed`, for [`Host::closed`] to wait on.
@@ -255,6 +258,12 @@ impl Host {
             .store(true, std::sync::atomic::Ordering::Release);
         // Subscribed under the core's lock: no event is drained in between.
         sender.subscribe()
+    }
+
+    /// The throttles of the lines each session makes this host write, for
+    /// every transport serving it.
+    pub(crate) fn session_logs(&self) -> &SessionLogs {
+        &self.shared.session_logs
     }
 
     /// How many sessions are open.

@@ -44,6 +44,14 @@ pub enum InputError {
     /// `failed-precondition`, anything else was ignored.
     #[error("unsupported protocol version {0}")]
     UnsupportedVersion(u32),
+    /// The frame the session was sending would have taken the frames
+    /// still arriving on its listener's connections past their budget; the
+    /// driver closes the session (spec FB6).
+    #[error("frames still arriving would hold more than {limit} bytes on this listener")]
+    ReceiveBudget {
+        /// The listener's budget in bytes.
+        limit: usize,
+    },
     /// The session keeps calling without reading its results; the driver
     /// SHOULD close it. Nothing was executed.
     #[error("session floods the host: {queued} unread answers")]

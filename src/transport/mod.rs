@@ -68,7 +68,7 @@ pub mod bus;
 pub mod framed;
 pub mod grpc;
 pub mod memory;
-mod throttle;
+pub(crate) mod throttle;
 pub mod worker;
 
 use std::pin::Pin;
@@ -96,6 +96,14 @@ pub enum TransportError {
     /// room, so the client keeps trying.
     #[error("the host refused the session for its limits: {0}")]
     HostLimit(String),
+    /// A host's framed connection was closed because the frame it was
+    /// sending would have taken the connections of its listener past the
+    /// bytes they may hold in frames still arriving (spec FB6).
+    #[error("frames still arriving would hold more than {limit} bytes on this listener")]
+    ReceiveBudget {
+        /// The listener's budget in bytes.
+        limit: usize,
+    },
     /// A frame exceeded the transport's size limit.
     #[error("frame of {size} bytes exceeds the limit of {limit}")]
     FrameTooLarge {

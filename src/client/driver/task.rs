@@ -278,8 +278,10 @@ fn take_input(
         Err(error) => return Err(error.clone()),
     };
     if !*heard {
-        // The host has accepted the session: only now is the link up.
+        // The host has accepted the session: only now is the link up, and
+        // what was held behind the SyncRequest may go out.
         *heard = true;
+        shared.outbound.release();
         shared.set_connection(Connection::Connected);
     }
     // A snapshot's state or a patch's operations are parsed, and what they

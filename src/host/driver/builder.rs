@@ -117,6 +117,7 @@ impl HostBuilder {
                 core_id: core.id(),
                 max_message_bytes: core.config().limits.max_message_bytes,
                 args_budget: ArgsBudget::default(),
+                session_logs: Default::default(),
                 core: CoreLock::new(core),
                 wakers: Mutex::new(FastMap::default()),
                 closed: std::sync::atomic::AtomicBool::new(false),

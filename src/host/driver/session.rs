@@ -13,6 +13,7 @@ use super::{Host, Shared, time_method};
 use crate::host::core_lock::Nap;
 use crate::host::input::PreparedInput;
 use crate::host::{HostCore, InputError, PeerKey, PeerOptions};
+use crate::transport::throttle::throttled;
 use crate::transport::{BoxSink, HostLink, TransportError};
 use crate::wire::{ClientMessage, HostFrame};
 
@@ -88,7 +89,7 @@ impl Host {
                                 held = Some(session.prepare(message));
                             }
                             Poll::Ready(Some(Err(error))) => {
-                                return Poll::Ready(read_failed(&peer_id, error));
+                                return Poll::Ready(read_failed(self, &peer_id, error));
                             }
                             Poll::Ready(None) => {
                                 input_ended = true;
@@ -103,7 +104,13 @@ impl Host {
                             break;
                         }
                         Some(Err(error)) if error.is_fatal() => {
-                            tracing::warn!(peer = %peer_id, %error, "closing session");
+                            throttled!(
+                                self.session_logs().closing,
+                                warn,
+                                peer = %peer_id,
+                                %error,
+                                "closing session"
+                            );
                             return Poll::Ready(Err(error));
                         }
                         Some(Err(error)) => {
@@ -366,12 +373,13 @@ impl Drop for Session {
 /// How a session ends when its link fails: what the peer sent wrong is the
 /// session's error (and a warning); a link that just went away is a plain
 /// end.
-fn read_failed(peer_id: &str, error: TransportError) -> Result<(), InputError> {
+fn read_failed(host: &Host, peer_id: &str, error: TransportError) -> Result<(), InputError> {
     let refused = match error {
         TransportError::FrameTooLarge { size, limit } => {
             InputError::MessageTooLarge { size, limit }
         }
         TransportError::Malformed(reason) => InputError::Malformed(reason),
+        TransportError::ReceiveBudget { limit } => InputError::ReceiveBudget { limit },
         // A framed peer speaking another protocol (spec FB9): its bytes are
         // no envelopes.
         TransportError::Unsupported(reason) => InputError::Malformed(reason),
@@ -380,6 +388,12 @@ fn read_failed(peer_id: &str, error: TransportError) -> Result<(), InputError> {
             return Ok(());
         }
     };
-    tracing::warn!(peer = %peer_id, error = %refused, "closing session");
+    throttled!(
+        host.session_logs().closing,
+        warn,
+        peer = %peer_id,
+        error = %refused,
+        "closing session"
+    );
     Err(refused)
 }

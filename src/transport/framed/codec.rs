@@ -2,11 +2,13 @@
 //! protobuf-encoded envelope.
 
 use std::io;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio_util::codec::length_delimited::LengthDelimitedCodecError;
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
+use super::budget::{FREE_BYTES, FrameBudget};
 use super::sniff::{Foreign, sniff};
 use crate::transport::TransportError;
 
@@ -15,6 +17,12 @@ use crate::transport::TransportError;
 pub(super) enum CodecError {
     #[error("frame of {size} bytes exceeds the limit of {limit}")]
     TooLarge { size: usize, limit: usize },
+    /// The frame in progress would take the listener's connections past
+    /// the bytes they may hold in frames still arriving.
+    #[error(
+        "frames still arriving on this listener's connections would hold more than {limit} bytes"
+    )]
+    Budget { limit: usize },
     /// Before any frame, bytes of another protocol.
     #[error("the peer does not speak length-prefixed frames but {}", .0.describe())]
     Foreign(Foreign),
@@ -26,6 +34,7 @@ impl From<CodecError> for TransportError {
     fn from(error: CodecError) -> Self {
         match error {
             CodecError::TooLarge { size, limit } => TransportError::FrameTooLarge { size, limit },
+            CodecError::Budget { limit } => TransportError::ReceiveBudget { limit },
             // The same peer would answer the same way on every reconnect.
             error @ CodecError::Foreign(_) => TransportError::Unsupported(error.to_string()),
             CodecError::Io(error) => TransportError::Connection(error.to_string()),
@@ -45,6 +54,10 @@ pub(super) struct FrameCodec {
     /// it, and sniffing a peer that hung up needs the connection's first
     /// bytes.
     head: Option<[u8; PREFIX]>,
+    /// The listener's budget for frames in progress, on a host's
+    /// connection, and what this one holds of it.
+    budget: Option<Arc<FrameBudget>>,
+    held: usize,
 }
 
 /// The length prefix's size in bytes.
@@ -63,7 +76,38 @@ impl FrameCodec {
             limit,
             framed: false,
             head: None,
+            budget: None,
+            held: 0,
         }
+    }
+
+    /// [`FrameCodec::new`], counting the frame in progress against
+    /// `budget` beyond [`FREE_BYTES`].
+    pub(super) fn with_budget(limit: usize, budget: Arc<FrameBudget>) -> Self {
+        let mut codec = Self::new(limit);
+        codec.budget = Some(budget);
+        codec
+    }
+
+    /// Holds `buffered` bytes of a frame in progress (0 once it is
+    /// complete) against the budget, if any: fails when the budget cannot
+    /// take them.
+    fn hold(&mut self, buffered: usize) -> Result<(), CodecError> {
+        let Some(budget) = &self.budget else {
+            return Ok(());
+        };
+        let want = if buffered > FREE_BYTES { buffered } else { 0 };
+        if want > self.held {
+            if !budget.take(want - self.held) {
+                return Err(CodecError::Budget {
+                    limit: budget.limit(),
+                });
+            }
+        } else {
+            budget.give(self.held - want);
+        }
+        self.held = want;
+        Ok(())
     }
 
     /// `error` for bytes that fail as frames, unless they are recognised
@@ -114,9 +158,16 @@ impl Decoder for FrameCodec {
             self.head = src.get(..PREFIX).and_then(|p| p.try_into().ok());
         }
         match self.inner.decode(src) {
-            Ok(frame) => {
-                self.framed |= frame.is_some();
-                Ok(frame)
+            Ok(Some(frame)) => {
+                self.framed = true;
+                // Whatever follows it is counted when the next decode finds
+                // it incomplete.
+                self.hold(0)?;
+                Ok(Some(frame))
+            }
+            Ok(None) => {
+                self.hold(src.len())?;
+                Ok(None)
             }
             Err(error) if is_length_error(&error) => {
                 // The codec refuses a length before consuming the prefix, so
@@ -149,6 +200,14 @@ impl Decoder for FrameCodec {
     }
 }
 
+impl Drop for FrameCodec {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.give(self.held);
+        }
+    }
+}
+
 impl Encoder<Bytes> for FrameCodec {
     type Error = CodecError;
 
@@ -173,6 +232,49 @@ fn is_length_error(error: &io::Error) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A frame's length prefix for `len` bytes, and `body` bytes of it.
+    fn partial(len: u32, body: usize) -> Vec<u8> {
+        let mut bytes = len.to_be_bytes().to_vec();
+        bytes.resize(PREFIX + body, 0x0a);
+        bytes
+    }
+
+    #[test]
+    fn frames_in_progress_share_their_listeners_budget_and_give_it_back() {
+        let budget = Arc::new(FrameBudget::new(100 * 1024));
+        let (mut a, mut b) = (
+            FrameCodec::with_budget(1 << 20, budget.clone()),
+            FrameCodec::with_budget(1 << 20, budget.clone()),
+        );
+        let mut a_buffer = BytesMut::from(&partial(80 * 1024, 60 * 1024)[..]);
+        assert!(a.decode(&mut a_buffer).unwrap().is_none());
+        assert_eq!(budget.used(), a_buffer.len());
+        // Small frames in progress take nothing.
+        let mut small = FrameCodec::with_budget(1 << 20, budget.clone());
+        let mut small_buffer = BytesMut::from(&partial(16 * 1024, 15 * 1024)[..]);
+        assert!(small.decode(&mut small_buffer).unwrap().is_none());
+        assert_eq!(budget.used(), a_buffer.len());
+        // One more that would pass the budget is refused, holding nothing.
+        let mut b_buffer = BytesMut::from(&partial(80 * 1024, 50 * 1024)[..]);
+        assert!(matches!(
+            b.decode(&mut b_buffer),
+            Err(CodecError::Budget { limit }) if limit == 100 * 1024
+        ));
+        assert_eq!(budget.used(), a_buffer.len());
+        drop(b);
+        assert_eq!(budget.used(), a_buffer.len());
+        // A frame completed gives its part back; a codec dropped mid-frame
+        // gives back what it held.
+        a_buffer.resize(PREFIX + 80 * 1024, 0x0a);
+        assert!(a.decode(&mut a_buffer).unwrap().is_some());
+        assert_eq!(budget.used(), 0);
+        let mut a_buffer = BytesMut::from(&partial(80 * 1024, 70 * 1024)[..]);
+        assert!(a.decode(&mut a_buffer).unwrap().is_none());
+        assert_eq!(budget.used(), a_buffer.len());
+        drop(a);
+        assert_eq!(budget.used(), 0);
+    }
 
     /// Decodes `chunks` arriving one after another, then the end of the
     /// stream: the frames read, and the error that ended it, if any.

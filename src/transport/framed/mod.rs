@@ -21,6 +21,7 @@
 //! for any other stream. Clients: [`TcpConnector`], [`UnixConnector`],
 //! [`SpawnConnector`], or [`client_link`] for any other stream.
 
+mod budget;
 mod codec;
 mod connect;
 mod serve;
@@ -32,6 +33,7 @@ use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
+pub use budget::PARTIAL_FRAMES_PER_LISTENER;
 pub use connect::{PipeConnector, SpawnConnector, TcpConnector, UnixConnector, pipe};
 pub use serve::{
     FIRST_FRAME_TIMEOUT, MAX_WAITING, bind_unix, serve_stdio, serve_stream, serve_tcp, serve_unix,

@@ -12,11 +12,12 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::task::AbortHandle;
 use tokio_util::codec::FramedRead;
 
+use super::budget::{FrameBudget, PARTIAL_FRAMES_PER_LISTENER};
 use super::codec::{CodecError, FrameCodec};
 use super::{FramedConfig, host_link, host_link_over};
 use crate::host::{Host, InputError, PeerOptions};
 use crate::transport::TransportError;
-use crate::transport::throttle::Throttle;
+use crate::transport::throttle::{Throttle, throttled};
 
 /// The throttles of one listener's refusal lines, so that one listener's
 /// refusals do not hide another's.
@@ -52,13 +53,12 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// L7), so the wait costs it nothing. The same 10 s as gRPC's
 /// [`HANDSHAKE_TIMEOUT`](crate::transport::grpc::HANDSHAKE_TIMEOUT).
 ///
-/// Later frames have no deadline. Once a session is open, a peer that
-/// starts a frame and never finishes it holds no more than a client that
-/// connects, syncs and then sends nothing, which the protocol allows for
-/// as long as it likes: its one slot and, at most, one frame's buffer
-/// (`max_frame_bytes`). A deadline would bound nothing an idle client does
-/// not already hold, and would cut off an honest client sending a large
-/// frame over a slow link.
+/// Later frames have no deadline, which would cut off an honest client
+/// sending a large frame over a slow link. What a peer that starts a
+/// large frame and never finishes it holds is bounded instead by its
+/// listener's budget for frames in progress
+/// ([`PARTIAL_FRAMES_PER_LISTENER`](super::PARTIAL_FRAMES_PER_LISTENER)
+/// frames of the limit, shared by every connection it accepted).
 pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How many connections accepted by one [`serve_tcp`] or [`serve_unix`]
@@ -105,7 +105,7 @@ where
 /// session ends only itself.
 pub async fn serve_tcp(host: Host, listener: TcpListener) -> io::Result<()> {
     let config = FramedConfig::for_host(&host);
-    let waiting = WaitingList::default();
+    let waiting = WaitingList::new(config);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -157,7 +157,7 @@ pub async fn serve_unix_listener(host: Host, listener: UnixListener) -> io::Resu
         .ok()
         .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
         .unwrap_or_else(|| "unix".to_owned());
-    let waiting = WaitingList::default();
+    let waiting = WaitingList::new(config);
     // Every client of a Unix socket has the socket's own path for an
     // address: a number per connection tells their sessions apart in logs.
     let mut accepted_count: u64 = 0;
@@ -190,11 +190,14 @@ pub async fn serve_stdio(host: Host) -> Result<(), InputError> {
 
 /// The connections of one listener that wait for their first frame,
 /// oldest first, each with the handle that closes it (by ending its task).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct WaitingList {
     waiting: Arc<Mutex<Waiting>>,
     /// The listener's refusal log throttles, carried with its list.
     logs: Arc<RefusalLogs>,
+    /// What the listener's connections may hold of frames in progress,
+    /// carried with its list too.
+    budget: Arc<FrameBudget>,
 }
 
 #[derive(Default)]
@@ -204,6 +207,19 @@ struct Waiting {
 }
 
 impl WaitingList {
+    /// The list of a listener reading frames of `config`'s size.
+    fn new(config: FramedConfig) -> Self {
+        Self {
+            waiting: Arc::default(),
+            logs: Arc::default(),
+            budget: Arc::new(FrameBudget::new(
+                config
+                    .max_frame_bytes
+                    .saturating_mul(PARTIAL_FRAMES_PER_LISTENER),
+            )),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
         // The list stays consistent whatever a panicking holder did.
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
@@ -286,7 +302,8 @@ async fn serve_accepted<S>(
 {
     let logs = waiting.list.logs.clone();
     let (reader, writer) = tokio::io::split(stream);
-    let mut frames = FramedRead::new(reader, FrameCodec::new(config.max_frame_bytes));
+    let codec = FrameCodec::with_budget(config.max_frame_bytes, waiting.list.budget.clone());
+    let mut frames = FramedRead::new(reader, codec);
     // Empty frames (FB2) do not count: otherwise four zero bytes would open
     // a session and hold a client slot past the deadline.
     let first_envelope = async {
@@ -371,11 +388,17 @@ async fn serve_accepted<S>(
             return;
         }
     };
-    tracing::info!(%peer, sessions = host.session_count(), "client connected");
+    let lines = &host.session_logs().comings_and_goings;
+    throttled!(lines, info, %peer, sessions = host.session_count(), "client connected");
     match host.serve_session(session, link).await {
-        Ok(()) => tracing::info!(%peer, "client disconnected"),
+        Ok(()) => throttled!(lines, info, %peer, "client disconnected"),
         // The session logged why it closed (a warning naming the error).
-        Err(_) => tracing::info!(%peer, "client disconnected: the host closed the session"),
+        Err(_) => throttled!(
+            lines,
+            info,
+            %peer,
+            "client disconnected: the host closed the session"
+        ),
     }
 }
 

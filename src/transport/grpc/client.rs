@@ -19,7 +19,7 @@ use tonic::{Code, GrpcMethod, IntoStreamingRequest, Request, Response, Status};
 
 use super::auth::{AUTHORIZATION, is_valid_token};
 use super::client_codec::HostBytesCodec;
-use super::opening::{AbortOnDrop, HeldSink, Opening, SettleOnDrop};
+use super::opening::AbortOnDrop;
 use super::{GrpcError, SERVICE_NAME};
 use crate::transport::{ClientLink, Connector, HostInput, TransportError};
 use crate::wire::ClientMessage;
@@ -200,22 +200,14 @@ impl Connector for GrpcConnector {
                 })?;
                 request.metadata_mut().insert(AUTHORIZATION, value);
             }
-            // Handed over at once, the first envelope sent before the host
-            // answers, the rest held until it accepts (see `opening`).
-            let opening = Arc::new(Opening::default());
-            let task = tokio::spawn({
-                let opening = opening.clone();
-                async move {
-                    let settle = SettleOnDrop(opening.clone());
-                    let answer = match session(&mut client, request).await {
-                        Ok(answer) => Ok(answer),
-                        Err(status) => {
-                            Err(hint_tls(status_error(status, max), plain.as_ref()).await)
-                        }
-                    };
-                    opening.settle(answer.as_ref().map(|_| ()).map_err(Clone::clone));
-                    drop(settle);
-                    answer.map(Response::into_inner)
+            // Handed over at once: the first envelope goes out before the
+            // host answers (many gRPC stacks send response headers only
+            // with their first message), and the client's driver holds the
+            // rest until the host speaks (see `opening`).
+            let task = tokio::spawn(async move {
+                match session(&mut client, request).await {
+                    Ok(answer) => Ok(answer.into_inner()),
+                    Err(status) => Err(hint_tls(status_error(status, max), plain.as_ref()).await),
                 }
             });
             let stream = stream::once(AbortOnDrop(task))
@@ -229,7 +221,7 @@ impl Connector for GrpcConnector {
             let sink = PollSender::new(to_host)
                 .sink_map_err(|_| TransportError::Connection("the request stream closed".into()));
             Ok(ClientLink {
-                sink: Box::pin(HeldSink::new(Box::pin(sink), opening)),
+                sink: Box::pin(sink),
                 stream: Box::pin(stream),
             })
         }

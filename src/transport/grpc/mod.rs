@@ -45,8 +45,8 @@ pub use incoming::{
     ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN, Accepted, GuardedIncoming, HANDSHAKE_TIMEOUT,
 };
 pub use server::{
-    GrpcServer, GrpcServerBuilder, HostServiceServer, KEEPALIVE, MAX_STREAMS_PER_CONNECTION,
-    SERVICE_NAME, SHUTDOWN_GRACE, SessionService,
+    GrpcServer, GrpcServerBuilder, HostServiceServer, KEEPALIVE, MAX_SIDE_SERVICE_MESSAGE_BYTES,
+    MAX_STREAMS_PER_CONNECTION, SERVICE_NAME, SHUTDOWN_GRACE, SessionService,
 };
 
 /// Why a gRPC server or connector could not be set up or run.

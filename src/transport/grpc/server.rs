@@ -21,7 +21,7 @@ use super::auth::{check_bearer, is_valid_token};
 use super::codec::ClientEnvelope;
 use super::incoming::GuardedIncoming;
 use crate::host::{Host, InputError, PeerOptions, Principal, Session};
-use crate::transport::throttle::Throttle;
+use crate::transport::throttle::{Throttle, throttled};
 use crate::wire::{FILE_DESCRIPTOR_SET, HostFrame};
 
 #[allow(missing_docs, clippy::all)]
@@ -45,6 +45,12 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// can connect (no token is needed for health) could open streams without
 /// end and grow the host's memory with each.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 200;
+
+/// The largest request message the health and reflection services read.
+/// Their requests are a service or symbol name; tonic's default of 4 MiB
+/// let anyone who can connect, token or not, hold 4 MiB per stalled stream
+/// of partial message.
+pub const MAX_SIDE_SERVICE_MESSAGE_BYTES: usize = 16 * 1024;
 
 /// How often an idle HTTP/2 connection is pinged, and how long a ping may
 /// go unanswered, so that a vanished client (no FIN, no RST) is noticed and
@@ -328,7 +334,11 @@ impl GrpcServer {
             .map_err(|e| GrpcError::Reflection(e.to_string()))?;
         let reflection = reflection
             .build_v1()
-            .map_err(|e| GrpcError::Reflection(e.to_string()))?;
+            .map_err(|e| GrpcError::Reflection(e.to_string()))?
+            .max_decoding_message_size(MAX_SIDE_SERVICE_MESSAGE_BYTES);
+        let reflection_v1alpha =
+            reflection_v1alpha.max_decoding_message_size(MAX_SIDE_SERVICE_MESSAGE_BYTES);
+        let health = health.max_decoding_message_size(MAX_SIDE_SERVICE_MESSAGE_BYTES);
 
         let mut server = Server::builder()
             .http2_keepalive_interval(Some(KEEPALIVE))
@@ -499,11 +509,18 @@ impl HostService for SessionService {
                 log_refusal(&self.refusals, &peer, "client refused", &error.to_string());
                 refusal_status(&error)
             })?;
-        tracing::info!(%peer, sessions = self.host.session_count(), "client connected");
+        throttled!(
+            self.host.session_logs().comings_and_goings,
+            info,
+            %peer,
+            sessions = self.host.session_count(),
+            "client connected"
+        );
         let session = Arc::new(session);
         let (end_tx, end_rx) = oneshot::channel();
         let ended = Arc::new(OnceLock::new());
         let reader = tokio::spawn(read_session(
+            self.host.clone(),
             session.clone(),
             request.into_inner(),
             peer.clone(),
@@ -511,6 +528,7 @@ impl HostService for SessionService {
             ended.clone(),
         ));
         let connection = Connection {
+            host: self.host.clone(),
             peer,
             reader,
             ended,
@@ -549,10 +567,16 @@ fn fatal_status(error: &InputError) -> Status {
 
 /// The status a session ends with after its request stream failed. tonic
 /// reports an oversize message as `OUT_OF_RANGE`; the protocol says
-/// `RESOURCE_EXHAUSTED` (spec §15), as other gRPC stacks do.
+/// `RESOURCE_EXHAUSTED` (spec §15), as other gRPC stacks do. It reports
+/// gRPC framing the peer broke (a compressed flag without `grpc-encoding`,
+/// a flag byte other than 0 or 1, a message cut short by the end of the
+/// stream) as `INTERNAL`, which would blame the host: they are bytes that
+/// are not a ClientMessage, `INVALID_ARGUMENT` (§17.2). The stream's bytes
+/// are handed over undecoded, so nothing of the host's own can fail there.
 fn inbound_status(status: Status) -> Status {
     match status.code() {
         Code::OutOfRange => Status::resource_exhausted(status.message().to_owned()),
+        Code::Internal => Status::invalid_argument(status.message().to_owned()),
         _ => status,
     }
 }
@@ -561,6 +585,7 @@ fn inbound_status(status: Status) -> Status {
 /// side, breaks the stream, or sends something fatal. Reports how the
 /// response stream must end: `None` for a plain end, or a status.
 async fn read_session(
+    host: Host,
     session: Arc<Session>,
     mut inbound: Streaming<ClientEnvelope>,
     peer: String,
@@ -575,13 +600,13 @@ async fn read_session(
                 // Decoded here rather than in the codec, so once; the
                 // status is the one §17.2 gives bytes that are no envelope.
                 Err(InputError::Malformed(reason)) => {
-                    tracing::warn!(%peer, %reason, "closing session");
+                    throttled!(host.session_logs().closing, warn, %peer, %reason, "closing session");
                     break Some(Status::invalid_argument(format!(
                         "malformed ClientMessage: {reason}"
                     )));
                 }
                 Err(error) if error.is_fatal() => {
-                    tracing::warn!(%peer, %error, "closing session");
+                    throttled!(host.session_logs().closing, warn, %peer, %error, "closing session");
                     break Some(fatal_status(&error));
                 }
                 Err(error) => tracing::debug!(%peer, %error, "ignored input"),
@@ -613,6 +638,7 @@ async fn read_session(
 /// reason and stops the reader, so the session is closed however the
 /// stream ends.
 struct Connection {
+    host: Host,
     peer: String,
     reader: tokio::task::JoinHandle<()>,
     /// Why the session ended, once known: set by the reader (the client's
@@ -627,7 +653,13 @@ impl Drop for Connection {
             "the client went away without closing its stream (stream reset or connection lost)",
             String::as_str,
         );
-        tracing::info!(peer = %self.peer, reason, "client disconnected");
+        throttled!(
+            self.host.session_logs().comings_and_goings,
+            info,
+            peer = %self.peer,
+            reason,
+            "client disconnected"
+        );
     }
 }
 

@@ -1,0 +1,84 @@
+//! The bytes a listener's connections may hold in frames still arriving.
+//!
+//! A frame is read whole before it is decoded, so a peer that sends a
+//! length prefix and most of a large frame, and then stalls, holds that
+//! much of the host's memory for as long as it keeps the connection open
+//! (it answers TCP keepalive, and an open session has no deadline). One
+//! frame per connection is bounded by the frame limit, but not the sum: at
+//! the default 4 MiB frames and 10 000 clients, 40 GiB. Every connection
+//! accepted by one listener shares one budget; a connection whose frame in
+//! progress would take it past the budget is closed, and releases what it
+//! held. An honest client's frames are read as fast as they arrive, so it
+//! holds part of one only briefly; under a peer that holds the budget, a
+//! large frame is refused rather than the host run out of memory.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// What one connection may hold of a frame in progress without counting
+/// against the budget: the frame codec's read buffer holds about this much
+/// whatever arrives, and small frames never reach it.
+pub(super) const FREE_BYTES: usize = 16 * 1024;
+
+/// How many of the largest frames one listener's connections may hold in
+/// progress at once (the budget is this many times the frame limit).
+pub const PARTIAL_FRAMES_PER_LISTENER: usize = 64;
+
+/// The budget of one listener (see the module's doc).
+#[derive(Debug)]
+pub(super) struct FrameBudget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl FrameBudget {
+    /// A budget of `limit` bytes, none of them used.
+    pub(super) fn new(limit: usize) -> Self {
+        Self {
+            used: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// The budget's size in bytes.
+    pub(super) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Takes `bytes` more, unless that would pass the limit; then takes
+    /// nothing and returns false.
+    pub(super) fn take(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|&sum| sum <= self.limit)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `bytes` taken earlier.
+    pub(super) fn give(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Bytes taken now.
+    #[cfg(test)]
+    pub(super) fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn takes_up_to_the_limit_and_no_further() {
+        let budget = FrameBudget::new(100);
+        assert!(budget.take(60));
+        assert!(!budget.take(41), "past the limit");
+        assert_eq!(budget.used(), 60, "a refusal takes nothing");
+        assert!(budget.take(40));
+        budget.give(100);
+        assert_eq!(budget.used(), 0);
+        assert!(!budget.take(usize::MAX), "no overflow");
+    }
+}
