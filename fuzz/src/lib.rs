@@ -112,6 +112,7 @@ pub fn assert_typed_input_error(error: &InputError) {
                 | InputError::UnknownKind
                 | InputError::UnsupportedVersion(_)
                 | InputError::Flooding { .. }
+                | InputError::Backlog { .. }
                 | InputError::MessageTooLarge { .. }
         ),
         "unexpected error for a connected session's message: {error:?}"
