@@ -344,3 +344,61 @@ async fn envelopes_whose_source_is_too_long_to_answer_open_no_session() {
     })
     .await
 }
+
+#[tokio::test]
+async fn a_lost_first_sync_request_is_retried_though_the_host_has_not_spoken() {
+    use cosystem_worker::transport::{ClientLink, Connector, TransportError};
+    use futures::FutureExt;
+    use futures::future::BoxFuture;
+    /// A bus connector whose links lose the client's first envelope.
+    struct LosesTheFirst(bus::BusConnector);
+    impl Connector for LosesTheFirst {
+        fn connect(&self) -> BoxFuture<'static, Result<ClientLink, TransportError>> {
+            let connecting = self.0.connect();
+            async move {
+                let ClientLink { sink, stream } = connecting.await?;
+                let mut lost = false;
+                let sink = futures::sink::unfold(sink, move |mut sink, message| {
+                    let lose = !std::mem::replace(&mut lost, true);
+                    async move {
+                        if !lose {
+                            futures::SinkExt::send(&mut sink, message).await?;
+                        }
+                        Ok::<_, TransportError>(sink)
+                    }
+                });
+                Ok(ClientLink {
+                    sink: Box::pin(sink),
+                    stream,
+                })
+            }
+            .boxed()
+        }
+    }
+    within_a_minute(async {
+        let bus = Bus::default();
+        // No bookmarks: nothing but the answer to a retry can reach it.
+        let host = Host::builder(demo::app("bus-secret"))
+            .peer_id("host")
+            .bookmark_interval(None)
+            .build();
+        tokio::spawn(bus::serve_host(
+            host.clone(),
+            bus.clone(),
+            BusHostOptions::default(),
+        ));
+        let config = ClientConfig {
+            peer_id: "lossy".to_owned(),
+            host_id: "host".to_owned(),
+            sync_retry: Duration::from_millis(100),
+            ..ClientConfig::default()
+        };
+        let client = Client::new(LosesTheFirst(bus.connector(&config).unwrap()), config);
+        // A call made meanwhile waits for the host, then runs once.
+        let call = client.call("counter", "increase", vec![json!(2)]);
+        client.ready().await.unwrap();
+        assert_eq!(call.await.unwrap(), json!(2));
+        assert_eq!(host.view()["counter"]["count"], 2);
+    })
+    .await
+}

@@ -153,7 +153,7 @@ async fn call_errors_print_the_code_and_message_and_exit_non_zero() {
 async fn a_hosts_error_message_cannot_add_lines_or_escape_sequences() {
     let host = demo_host();
     let (addr, _stop) = start(GrpcServer::builder(host)).await;
-    let message = serde_json::to_string("boom\ndetails: {}\u{1b}[2J").unwrap();
+    let message = serde_json::to_string("boom\ndetails: {}\u{1b}[2J\u{2028}\u{202e}x").unwrap();
     let output = cli_client(&[
         "--connect",
         &format!("http://{addr}"),
@@ -166,7 +166,7 @@ async fn a_hosts_error_message_cannot_add_lines_or_escape_sequences() {
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert_eq!(
         error_line(&output),
-        r"error: failed: boom\ndetails: {}\u{1b}[2J"
+        r"error: failed: boom\ndetails: {}\u{1b}[2J\u{2028}\u{202e}x"
     );
 }
 
@@ -188,7 +188,7 @@ async fn a_methods_own_permission_denied_is_a_call_error_not_a_refusal() {
         })
         .method("withdraw", |_: &mut Vault, (_amount,): (u64,)| {
             let mut error = MethodError::failed("insufficient funds");
-            error.details = Some(json!({"balance": 10}));
+            error.details = Some(json!({"balance": 10, "note": "\u{85}\u{2028}"}));
             Err::<(), _>(error)
         });
     let host = Host::builder(App::new().with(vault)).build();
@@ -229,7 +229,7 @@ async fn a_methods_own_permission_denied_is_a_call_error_not_a_refusal() {
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert_eq!(
         stderr(&output),
-        "error: failed: insufficient funds\ndetails: {\"balance\":10}\n"
+        "error: failed: insufficient funds\ndetails: {\"balance\":10,\"note\":\"\\u0085\\u2028\"}\n"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

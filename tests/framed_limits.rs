@@ -650,3 +650,72 @@ async fn stalled_large_frames_cannot_hold_more_than_the_listeners_budget() {
         peer.abort();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_a_session_cannot_take_the_sessions_frame_budget() {
+    use cosystem_worker::transport::framed::PARTIAL_FRAMES_PER_LISTENER;
+    // Connecting needs nothing: if connections still waiting for their
+    // first frame counted against the sessions' budget, enough of them
+    // stalling on a large first frame would get every session that sends
+    // a large frame closed.
+    const LIMIT: usize = 1 << 20;
+    let host = host(LIMIT);
+    let address = serve(&host).await;
+    let mut honest = TcpStream::connect(&address).await.unwrap();
+    honest.write_all(&frame(&sync_request())).await.unwrap();
+    assert!(matches!(
+        next_reply(&mut honest).await.kind,
+        Some(host_message::Kind::Snapshot(_))
+    ));
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut stalled = Vec::new();
+    for _ in 0..PARTIAL_FRAMES_PER_LISTENER + 2 {
+        let mut stream = TcpStream::connect(&address).await.unwrap();
+        let mut bytes = ((LIMIT - 100) as u32).to_be_bytes().to_vec();
+        bytes.resize(bytes.len() + LIMIT - 1024, 0x0a);
+        let closed_tx = closed_tx.clone();
+        stalled.push(tokio::spawn(async move {
+            let _ = stream.write_all(&bytes).await;
+            // Held open: closed by the host or at the test's end.
+            let _ = read_to_close(&mut stream).await;
+            let _ = closed_tx.send(());
+        }));
+    }
+    // Two closed means every budget they count against is full: with one
+    // budget for all, 64 of these would fill the sessions' room too.
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(60), closed_rx.recv())
+            .await
+            .expect("no stalled connection was closed");
+    }
+    // A large frame from the session is still read: a call with 200 KiB
+    // of arguments the method refuses.
+    let big = ClientMessage {
+        header: Some(Header::v1("", "raw", "")),
+        kind: Some(client_message::Kind::Call(Call {
+            call_id: 1,
+            module: "counter".into(),
+            method: "increase".into(),
+            args_json: format!("[\"{}\"]", "x".repeat(200 * 1024)),
+        })),
+    };
+    honest.write_all(&frame(&big)).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(60), next_reply(&mut honest))
+        .await
+        .expect("no answer");
+    assert!(
+        matches!(
+            &answer.kind,
+            Some(host_message::Kind::Result(CallResult {
+                call_id: 1,
+                outcome: Some(call_result::Outcome::Error(_)),
+                ..
+            }))
+        ),
+        "{answer:?}"
+    );
+    assert_eq!(host.session_count(), 1);
+    for task in stalled {
+        task.abort();
+    }
+}

@@ -259,5 +259,4 @@ async fn a_peer_sending_garbage_again_and_again_cannot_flood_the_log() {
     // into a later line rather than each written (one a second).
     assert!(warnings >= 1, "{log}");
     assert!(warnings < SESSIONS, "{log}");
-    assert!(log.contains("held_back"), "{log}");
 }

@@ -86,16 +86,27 @@ impl Cli {
     }
 }
 
-/// A message from the host, printed on one line: its control characters
-/// are escaped, so that a host cannot break the error line a script reads
-/// or send escape sequences to the terminal.
+/// Whether a host's text must not reach the terminal as it is: control
+/// characters, the line and paragraph separators some readers split lines
+/// on, and the marks that reorder text on screen.
+fn unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// A message from the host, printed on one line: what [`unprintable`]
+/// names is escaped, so that a host cannot break the error line a script
+/// reads or send escape sequences to the terminal.
 struct OneLine<'a>(&'a str);
 
 impl std::fmt::Display for OneLine<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use std::fmt::Write;
         for c in self.0.chars() {
-            if c.is_control() {
+            if unprintable(c) {
                 write!(f, "{}", c.escape_default())?;
             } else {
                 f.write_char(c)?;
@@ -108,13 +119,23 @@ impl std::fmt::Display for OneLine<'_> {
 /// `\ndetails: <JSON>` for an error that carries details, or nothing: the
 /// error's details are part of the host's answer (spec §3.9), such as the
 /// balance a refused withdrawal found. They go on a line of their own, so
-/// that no message text can be mistaken for them.
+/// that no message text can be mistaken for them, with what [`unprintable`]
+/// names written as JSON escapes (serde_json writes DEL, C1 controls and
+/// the separators as they are; they can only stand inside strings, where
+/// `\uXXXX` reads the same).
 fn details_line(error: &MethodError) -> String {
-    error
-        .details
-        .as_ref()
-        .map(|details| format!("\ndetails: {details}"))
-        .unwrap_or_default()
+    let Some(details) = &error.details else {
+        return String::new();
+    };
+    let mut line = String::from("\ndetails: ");
+    for c in details.to_string().chars() {
+        if unprintable(c) {
+            line.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            line.push(c);
+        }
+    }
+    line
 }
 
 /// Why a command failed; each maps to one line on stderr and an exit code.

@@ -259,13 +259,18 @@ impl ClientCore {
     }
 
     /// [`ClientCore::poll_transmit`], taking the message only if there is
-    /// one and `room` (asked only then) says the link can take it now. A
-    /// driver whose link may make it wait sends this way, so that a call the
-    /// link has no room for stays queued rather than counting as sent: if
-    /// the link then ends, the call goes out on the next one instead of
-    /// settling `outcome-unknown` (L6).
-    pub fn poll_transmit_when(&mut self, room: impl FnOnce() -> bool) -> Option<ClientMessage> {
-        if !self.connected || self.outbox.is_empty() || !room() {
+    /// one and `room` (asked only then, shown the message as queued) says
+    /// the link can take it now. A driver whose link may make it wait sends
+    /// this way, so that a call the link has no room for, or that must wait
+    /// for the host to accept the link (spec §17.1), stays queued rather
+    /// than counting as sent: if the link then ends, the call goes out on
+    /// the next one instead of settling `outcome-unknown` (L6).
+    pub fn poll_transmit_when(
+        &mut self,
+        room: impl FnOnce(&ClientMessage) -> bool,
+    ) -> Option<ClientMessage> {
+        let next = self.outbox.front()?;
+        if !self.connected || !room(next) {
             return None;
         }
         self.poll_transmit()

@@ -7,22 +7,26 @@
 //! outbox is drained in order, under one lock, so what goes out and in
 //! which order is the same as when the driver alone sends.
 //!
-//! On a new link only the first envelope (the SyncRequest the core always
-//! queues first, L7) goes out before the host has spoken: a host may still
-//! refuse the link after reading it (a wrong token, its client limit, spec
-//! §17.1), and a Call sent before a refusal would count as sent, and settle
-//! `outcome-unknown`, though the host ran nothing. Held back, it stays
-//! queued in the core, for this link once the host speaks or for the next.
+//! On a new link no Call goes out before the host has spoken: a host may
+//! still refuse the link after reading the client's SyncRequest (a wrong
+//! token, its client limit, spec §17.1), and a Call sent before a refusal
+//! would count as sent, and settle `outcome-unknown`, though the host ran
+//! nothing. Held back, it stays queued in the core, for this link once the
+//! host speaks or for the next. SyncRequests are not held: the first one
+//! is what the host answers, and on a channel that can lose it (a shared
+//! bus) its retries (L5) are what bring the answer.
 
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use crate::transport::{BoxSink, TransportError};
-use crate::wire::ClientMessage;
+use crate::wire::{ClientMessage, client_message};
 
 /// Takes the core's next message if it has one and the check it is handed
-/// (whether the link has room) passes: [`ClientCore::poll_transmit_when`](super::ClientCore::poll_transmit_when).
-pub(super) type Next<'a> = dyn FnMut(&mut dyn FnMut() -> bool) -> Option<ClientMessage> + 'a;
+/// (whether the link may take that message now) passes:
+/// [`ClientCore::poll_transmit_when`](super::ClientCore::poll_transmit_when).
+pub(super) type Next<'a> =
+    dyn FnMut(&mut dyn FnMut(&ClientMessage) -> bool) -> Option<ClientMessage> + 'a;
 
 /// The link's sink while a link is up.
 #[derive(Default)]
@@ -38,20 +42,14 @@ struct State {
     /// The last attempt left the sink waiting for room: only the driver,
     /// whose waker the sink must hold, sends until it is ready again.
     waiting: bool,
-    /// How much may go out before the host has spoken on the link.
-    hold: Hold,
+    /// The host has spoken on the link, so Calls may go out on it (see
+    /// the module's doc).
+    accepted: bool,
 }
 
-/// What a link may send before its host has spoken (see the module's doc).
-#[derive(Default, Clone, Copy, PartialEq, Eq)]
-enum Hold {
-    /// Nothing sent yet: the first envelope may go.
-    #[default]
-    BeforeFirst,
-    /// The first envelope went; the rest waits for the host.
-    Held,
-    /// The host has spoken: everything may go.
-    Open,
+/// Whether `message` waits for the host to accept the link.
+fn waits_for_acceptance(message: &ClientMessage) -> bool {
+    matches!(message.kind, Some(client_message::Kind::Call(_)))
 }
 
 impl State {
@@ -71,27 +69,25 @@ impl State {
         let Some(sink) = self.sink.as_mut() else {
             return Poll::Ready(Ok(()));
         };
-        let hold = &mut self.hold;
+        let accepted = self.accepted;
         let result = (|| {
-            while *hold != Hold::Held {
+            loop {
                 let mut readiness = None;
-                let message = next(&mut || {
+                let message = next(&mut |message| {
+                    if !accepted && waits_for_acceptance(message) {
+                        return false;
+                    }
                     let ready = sink.as_mut().poll_ready(cx);
                     let room = matches!(ready, Poll::Ready(Ok(())));
                     readiness = Some(ready);
                     room
                 });
                 match (message, readiness) {
-                    (Some(message), _) => {
-                        sink.as_mut().start_send(message)?;
-                        if *hold == Hold::BeforeFirst {
-                            *hold = Hold::Held;
-                        }
-                    }
+                    (Some(message), _) => sink.as_mut().start_send(message)?,
                     (None, Some(Poll::Ready(Err(error)))) => return Poll::Ready(Err(error)),
                     (None, Some(Poll::Pending)) => return Poll::Pending,
-                    // Nothing queued (or a core that took nothing though
-                    // there was room): done.
+                    // Nothing queued, a Call held until the host speaks, or
+                    // a core that took nothing though there was room: done.
                     (None, _) => break,
                 }
             }
@@ -118,9 +114,9 @@ impl Outbound {
         };
     }
 
-    /// The host has spoken on the link: what was held back may go out.
+    /// The host has spoken on the link: the Calls held back may go out.
     pub(super) fn release(&self) {
-        self.state().hold = Hold::Open;
+        self.state().accepted = true;
     }
 
     /// The link is over: its sink, to close or drop.
@@ -133,18 +129,18 @@ impl Outbound {
     pub(super) fn poll_send(
         &self,
         cx: &mut Context<'_>,
-        mut next: impl FnMut(&mut dyn FnMut() -> bool) -> Option<ClientMessage>,
+        mut next: impl FnMut(&mut dyn FnMut(&ClientMessage) -> bool) -> Option<ClientMessage>,
     ) -> Poll<Result<(), TransportError>> {
         self.state().poll_send(cx, &mut next)
     }
 
     /// A caller's send: everything `next` yields if the sink takes it
-    /// without waiting. Returns whether all of it went out or is held until
-    /// the host speaks (the driver sends it then); if not (no link, the sink
+    /// without waiting. Returns whether all of it went out or waits for the
+    /// host to speak (the driver sends it then); if not (no link, the sink
     /// is waiting or failed) the driver must be woken to finish.
     pub(super) fn send_now(
         &self,
-        mut next: impl FnMut(&mut dyn FnMut() -> bool) -> Option<ClientMessage>,
+        mut next: impl FnMut(&mut dyn FnMut(&ClientMessage) -> bool) -> Option<ClientMessage>,
     ) -> bool {
         let mut state = self.state();
         if state.waiting || state.sink.is_none() {
@@ -167,7 +163,7 @@ mod tests {
     use tokio_util::sync::PollSender;
 
     use super::*;
-    use crate::wire::{Call, client_message};
+    use crate::wire::{Call, SyncRequest};
 
     fn call(id: u64) -> ClientMessage {
         ClientMessage {
@@ -179,9 +175,23 @@ mod tests {
         }
     }
 
+    /// Sync requests' ids in [`id`], apart from calls'.
+    const SYNC: u64 = 1000;
+
+    fn sync(id: u64) -> ClientMessage {
+        ClientMessage {
+            header: None,
+            kind: Some(client_message::Kind::SyncRequest(SyncRequest {
+                sync_id: id,
+                ..Default::default()
+            })),
+        }
+    }
+
     fn id(message: &ClientMessage) -> u64 {
         match &message.kind {
             Some(client_message::Kind::Call(c)) => c.call_id,
+            Some(client_message::Kind::SyncRequest(r)) => SYNC + r.sync_id,
             _ => 0,
         }
     }
@@ -189,9 +199,9 @@ mod tests {
     /// What the core's `poll_transmit_when` does, over a plain queue.
     fn take_if(
         queue: &mut VecDeque<ClientMessage>,
-        room: &mut dyn FnMut() -> bool,
+        room: &mut dyn FnMut(&ClientMessage) -> bool,
     ) -> Option<ClientMessage> {
-        if queue.is_empty() || !room() {
+        if !room(queue.front()?) {
             return None;
         }
         queue.pop_front()
@@ -215,34 +225,37 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_the_first_envelope_goes_before_the_host_speaks() {
+    async fn calls_wait_for_the_host_to_speak_and_sync_requests_do_not() {
         let (outbound, mut rx) = new_link(8);
-        let mut queue = VecDeque::from([call(1), call(2)]);
+        let mut queue = VecDeque::from([sync(1), call(1), call(2)]);
         assert!(outbound.send_now(|room| take_if(&mut queue, room)));
-        queue.push_back(call(3));
+        assert_eq!(id(&rx.try_recv().unwrap()), SYNC + 1);
+        assert!(rx.try_recv().is_err(), "the calls are held");
+        assert_eq!(queue.len(), 2, "and stay queued in the core");
         let mut cx = Context::from_waker(Waker::noop());
+        // A retried SyncRequest goes ahead of the calls, and out (L5).
+        queue.push_front(sync(2));
         assert_eq!(
             outbound.poll_send(&mut cx, |room| take_if(&mut queue, room)),
             Poll::Ready(Ok(())),
             "held, not waiting: the driver goes on reading"
         );
-        assert_eq!(id(&rx.try_recv().unwrap()), 1);
-        assert!(rx.try_recv().is_err(), "the rest is held");
-        assert_eq!(queue.len(), 2, "and stays queued in the core");
+        assert_eq!(id(&rx.try_recv().unwrap()), SYNC + 2);
+        assert!(rx.try_recv().is_err());
 
         outbound.release();
         assert!(outbound.send_now(|room| take_if(&mut queue, room)));
+        assert_eq!(id(&rx.try_recv().unwrap()), 1);
         assert_eq!(id(&rx.try_recv().unwrap()), 2);
-        assert_eq!(id(&rx.try_recv().unwrap()), 3);
 
         // A new link holds again.
         let (tx, mut rx) = mpsc::channel(8);
         outbound.attach(Box::pin(
             PollSender::new(tx).sink_map_err(|_| TransportError::Closed),
         ));
-        let mut queue = VecDeque::from([call(4), call(5)]);
+        let mut queue = VecDeque::from([sync(3), call(4)]);
         assert!(outbound.send_now(|room| take_if(&mut queue, room)));
-        assert_eq!(id(&rx.try_recv().unwrap()), 4);
+        assert_eq!(id(&rx.try_recv().unwrap()), SYNC + 3);
         assert!(rx.try_recv().is_err());
     }
 
@@ -253,7 +266,9 @@ mod tests {
         let queue = Arc::new(std::sync::Mutex::new(VecDeque::new()));
         let next = {
             let queue = queue.clone();
-            move |room: &mut dyn FnMut() -> bool| take_if(&mut queue.lock().unwrap(), room)
+            move |room: &mut dyn FnMut(&ClientMessage) -> bool| {
+                take_if(&mut queue.lock().unwrap(), room)
+            }
         };
         queue.lock().unwrap().push_back(call(1));
         assert!(

@@ -24,13 +24,15 @@ struct State {
     held_back: u64,
 }
 
-/// Logs an event at `$level` through `$throttle` ([`Throttle::admit`]):
-/// with a `held_back` field when it is admitted, at debug otherwise, so a
-/// line a peer can make the host write at will costs the log a bounded
-/// number a second at the level an operator reads.
+/// Logs an event at `$level` through `$throttle` ([`Throttle::admit`]),
+/// with a `held_back` field when some were held back before it, and at
+/// debug when it is held back itself: a line a peer can make the host
+/// write at will costs the log a bounded number a second at the level an
+/// operator reads.
 macro_rules! throttled {
     ($throttle:expr, $level:ident, $($event:tt)+) => {
         match $throttle.admit(::std::time::Instant::now()) {
+            Some(0) => ::tracing::$level!($($event)+),
             Some(held_back) => ::tracing::$level!(held_back, $($event)+),
             None => ::tracing::debug!($($event)+),
         }

@@ -5,9 +5,10 @@
 //! much of the host's memory for as long as it keeps the connection open
 //! (it answers TCP keepalive, and an open session has no deadline). One
 //! frame per connection is bounded by the frame limit, but not the sum: at
-//! the default 4 MiB frames and 10 000 clients, 40 GiB. Every connection
-//! accepted by one listener shares one budget; a connection whose frame in
-//! progress would take it past the budget is closed, and releases what it
+//! the default 4 MiB frames and 10 000 clients, 40 GiB. The sessions of
+//! one listener share one budget, and its connections still waiting for
+//! their first frame share another; a connection whose frame in progress
+//! would take its budget past the limit is closed, and releases what it
 //! held. An honest client's frames are read as fast as they arrive, so it
 //! holds part of one only briefly; under a peer that holds the budget, a
 //! large frame is refused rather than the host run out of memory.
@@ -19,9 +20,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// whatever arrives, and small frames never reach it.
 pub(super) const FREE_BYTES: usize = 16 * 1024;
 
-/// How many of the largest frames one listener's connections may hold in
+/// How many of the largest frames one listener's sessions may hold in
 /// progress at once (the budget is this many times the frame limit).
 pub const PARTIAL_FRAMES_PER_LISTENER: usize = 64;
+
+/// How many of the largest frames one listener's connections still waiting
+/// for their first frame may hold in progress at once. Apart from the
+/// sessions' budget, so that connections that never become sessions (and
+/// need nothing to connect) cannot take the sessions' room; small, since an
+/// honest first frame is a SyncRequest of a few dozen bytes.
+pub const PARTIAL_FIRST_FRAMES_PER_LISTENER: usize = 4;
 
 /// The budget of one listener (see the module's doc).
 #[derive(Debug)]

@@ -89,6 +89,15 @@ impl FrameCodec {
         codec
     }
 
+    /// Counts the frame in progress against `budget` from now on, giving
+    /// back what it held of the previous one.
+    pub(super) fn set_budget(&mut self, budget: Arc<FrameBudget>) {
+        if let Some(old) = self.budget.replace(budget) {
+            old.give(self.held);
+        }
+        self.held = 0;
+    }
+
     /// Holds `buffered` bytes of a frame in progress (0 once it is
     /// complete) against the budget, if any: fails when the budget cannot
     /// take them.
@@ -274,6 +283,25 @@ mod tests {
         assert_eq!(budget.used(), a_buffer.len());
         drop(a);
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_new_budget_takes_over_from_the_old_one() {
+        let (first, sessions) = (
+            Arc::new(FrameBudget::new(1 << 20)),
+            Arc::new(FrameBudget::new(1 << 20)),
+        );
+        let mut codec = FrameCodec::with_budget(1 << 20, first.clone());
+        let mut buffer = BytesMut::from(&partial(80 * 1024, 60 * 1024)[..]);
+        assert!(codec.decode(&mut buffer).unwrap().is_none());
+        assert_eq!(first.used(), buffer.len());
+        codec.set_budget(sessions.clone());
+        assert_eq!(first.used(), 0, "the old budget is given back");
+        buffer.extend_from_slice(&[0x0a; 1024]);
+        assert!(codec.decode(&mut buffer).unwrap().is_none());
+        assert_eq!(sessions.used(), buffer.len(), "counted anew");
+        drop(codec);
+        assert_eq!((first.used(), sessions.used()), (0, 0));
     }
 
     /// Decodes `chunks` arriving one after another, then the end of the

@@ -33,7 +33,7 @@ use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-pub use budget::PARTIAL_FRAMES_PER_LISTENER;
+pub use budget::{PARTIAL_FIRST_FRAMES_PER_LISTENER, PARTIAL_FRAMES_PER_LISTENER};
 pub use connect::{PipeConnector, SpawnConnector, TcpConnector, UnixConnector, pipe};
 pub use serve::{
     FIRST_FRAME_TIMEOUT, MAX_WAITING, bind_unix, serve_stdio, serve_stream, serve_tcp, serve_unix,

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::task::AbortHandle;
 use tokio_util::codec::FramedRead;
 
-use super::budget::{FrameBudget, PARTIAL_FRAMES_PER_LISTENER};
+use super::budget::{FrameBudget, PARTIAL_FIRST_FRAMES_PER_LISTENER, PARTIAL_FRAMES_PER_LISTENER};
 use super::codec::{CodecError, FrameCodec};
 use super::{FramedConfig, host_link, host_link_over};
 use crate::host::{Host, InputError, PeerOptions};
@@ -195,9 +195,10 @@ struct WaitingList {
     waiting: Arc<Mutex<Waiting>>,
     /// The listener's refusal log throttles, carried with its list.
     logs: Arc<RefusalLogs>,
-    /// What the listener's connections may hold of frames in progress,
-    /// carried with its list too.
+    /// What the listener's sessions, and its connections still waiting
+    /// for their first frame, may hold of frames in progress.
     budget: Arc<FrameBudget>,
+    first_frame_budget: Arc<FrameBudget>,
 }
 
 #[derive(Default)]
@@ -216,6 +217,11 @@ impl WaitingList {
                 config
                     .max_frame_bytes
                     .saturating_mul(PARTIAL_FRAMES_PER_LISTENER),
+            )),
+            first_frame_budget: Arc::new(FrameBudget::new(
+                config
+                    .max_frame_bytes
+                    .saturating_mul(PARTIAL_FIRST_FRAMES_PER_LISTENER),
             )),
         }
     }
@@ -301,8 +307,12 @@ async fn serve_accepted<S>(
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let logs = waiting.list.logs.clone();
+    let session_budget = waiting.list.budget.clone();
     let (reader, writer) = tokio::io::split(stream);
-    let codec = FrameCodec::with_budget(config.max_frame_bytes, waiting.list.budget.clone());
+    let codec = FrameCodec::with_budget(
+        config.max_frame_bytes,
+        waiting.list.first_frame_budget.clone(),
+    );
     let mut frames = FramedRead::new(reader, codec);
     // Empty frames (FB2) do not count: otherwise four zero bytes would open
     // a session and hold a client slot past the deadline.
@@ -361,6 +371,7 @@ async fn serve_accepted<S>(
         tracing::debug!(%peer, "closing a connection closed to make room as its first frame arrived");
         return;
     }
+    frames.decoder_mut().set_budget(session_budget);
     // The frame read goes first, then the rest of the same reader: bytes
     // after it that arrived with it are still in `frames`' buffer.
     let frames = futures::stream::iter([Ok(first)]).chain(frames);
@@ -392,11 +403,13 @@ async fn serve_accepted<S>(
     throttled!(lines, info, %peer, sessions = host.session_count(), "client connected");
     match host.serve_session(session, link).await {
         Ok(()) => throttled!(lines, info, %peer, "client disconnected"),
-        // The session logged why it closed (a warning naming the error).
-        Err(_) => throttled!(
+        // Named here too: the session's own warning is throttled per host,
+        // so another peer's mistakes may have held it back.
+        Err(error) => throttled!(
             lines,
             info,
             %peer,
+            %error,
             "client disconnected: the host closed the session"
         ),
     }

@@ -567,16 +567,11 @@ fn fatal_status(error: &InputError) -> Status {
 
 /// The status a session ends with after its request stream failed. tonic
 /// reports an oversize message as `OUT_OF_RANGE`; the protocol says
-/// `RESOURCE_EXHAUSTED` (spec §15), as other gRPC stacks do. It reports
-/// gRPC framing the peer broke (a compressed flag without `grpc-encoding`,
-/// a flag byte other than 0 or 1, a message cut short by the end of the
-/// stream) as `INTERNAL`, which would blame the host: they are bytes that
-/// are not a ClientMessage, `INVALID_ARGUMENT` (§17.2). The stream's bytes
-/// are handed over undecoded, so nothing of the host's own can fail there.
+/// `RESOURCE_EXHAUSTED` (spec §15), as other gRPC stacks do. Broken gRPC
+/// framing stays `INTERNAL`, as gRPC's own rules have it (§17.2).
 fn inbound_status(status: Status) -> Status {
     match status.code() {
         Code::OutOfRange => Status::resource_exhausted(status.message().to_owned()),
-        Code::Internal => Status::invalid_argument(status.message().to_owned()),
         _ => status,
     }
 }
