@@ -93,7 +93,13 @@ fn unprintable(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+            '\u{061c}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
         )
 }
 
@@ -160,7 +166,7 @@ pub enum CliError {
     #[error("{0}")]
     Grpc(#[from] GrpcError),
     /// The host was not reached in time.
-    #[error("unavailable: no connection to {url} within {seconds}s{}", last.as_deref().map(|l| format!(" ({l})")).unwrap_or_default())]
+    #[error("unavailable: no connection to {url} within {seconds}s{}", last.as_deref().map(|l| format!(" ({})", OneLine(l))).unwrap_or_default())]
     Unreachable {
         /// Where.
         url: String,

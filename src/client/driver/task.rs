@@ -277,11 +277,10 @@ fn take_input(
         }
         Err(error) => return Err(error.clone()),
     };
-    if !*heard {
-        // The host has accepted the session: only now is the link up, and
-        // what was held behind the SyncRequest may go out.
+    let first = !*heard;
+    if first {
+        // The host has accepted the session: only now is the link up.
         *heard = true;
-        shared.outbound.release();
         shared.set_connection(Connection::Connected);
     }
     // A snapshot's state or a patch's operations are parsed, and what they
@@ -291,6 +290,12 @@ fn take_input(
     let ahead = ReadAhead::read(&message, || shared.core().reads_snapshot(&message));
     let released = shared.core().handle_view_parsed(now, message, ahead);
     drop(released);
+    if first {
+        // Only once the host's first envelope is applied may the Calls held
+        // behind the SyncRequest go: a caller sending one before would
+        // stamp it with the epoch of a mirror the envelope may replace.
+        shared.outbound.release();
+    }
     Ok(())
 }
 

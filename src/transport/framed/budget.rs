@@ -15,9 +15,11 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// What one connection may hold of a frame in progress without counting
-/// against the budget: the frame codec's read buffer holds about this much
-/// whatever arrives, and small frames never reach it.
+/// The largest frame in progress a connection holds without counting
+/// against the budget: small frames are most, and each connection's read
+/// buffer is about this size anyway. A larger frame counts from its
+/// prefix on, at the length it announces, since the codec makes room for
+/// all of it as soon as the prefix is read.
 pub(super) const FREE_BYTES: usize = 16 * 1024;
 
 /// How many of the largest frames one listener's sessions may hold in

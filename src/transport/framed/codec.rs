@@ -58,6 +58,9 @@ pub(super) struct FrameCodec {
     /// connection, and what this one holds of it.
     budget: Option<Arc<FrameBudget>>,
     held: usize,
+    /// The length the frame in progress announced, once its prefix is
+    /// read: the inner codec makes room for all of it then.
+    announced: Option<usize>,
 }
 
 /// The length prefix's size in bytes.
@@ -78,6 +81,7 @@ impl FrameCodec {
             head: None,
             budget: None,
             held: 0,
+            announced: None,
         }
     }
 
@@ -98,14 +102,16 @@ impl FrameCodec {
         self.held = 0;
     }
 
-    /// Holds `buffered` bytes of a frame in progress (0 once it is
-    /// complete) against the budget, if any: fails when the budget cannot
-    /// take them.
-    fn hold(&mut self, buffered: usize) -> Result<(), CodecError> {
+    /// Holds the frame in progress against the budget, if any: the length
+    /// it announced, which the inner codec reserves as soon as the prefix
+    /// is read (a stalled prefix costs that much, whatever follows), and
+    /// nothing for a frame of at most [`FREE_BYTES`] or when no frame is in
+    /// progress. Fails when the budget cannot take it.
+    fn hold(&mut self) -> Result<(), CodecError> {
         let Some(budget) = &self.budget else {
             return Ok(());
         };
-        let want = if buffered > FREE_BYTES { buffered } else { 0 };
+        let want = self.announced.filter(|&n| n > FREE_BYTES).unwrap_or(0);
         if want > self.held {
             if !budget.take(want - self.held) {
                 return Err(CodecError::Budget {
@@ -166,16 +172,28 @@ impl Decoder for FrameCodec {
         if !self.framed && self.head.is_none() {
             self.head = src.get(..PREFIX).and_then(|p| p.try_into().ok());
         }
+        // Between frames the buffer starts with the next frame's prefix,
+        // which the inner codec reads (and makes room for) in this call.
+        if self.announced.is_none()
+            && let Some(prefix) = src
+                .get(..PREFIX)
+                .and_then(|p| <[u8; PREFIX]>::try_from(p).ok())
+        {
+            let n = u32::from_be_bytes(prefix) as usize;
+            if n <= self.limit {
+                self.announced = Some(n);
+            }
+        }
         match self.inner.decode(src) {
             Ok(Some(frame)) => {
                 self.framed = true;
-                // Whatever follows it is counted when the next decode finds
-                // it incomplete.
-                self.hold(0)?;
+                // The next frame's prefix is read at the next decode.
+                self.announced = None;
+                self.hold()?;
                 Ok(Some(frame))
             }
             Ok(None) => {
-                self.hold(src.len())?;
+                self.hold()?;
                 Ok(None)
             }
             Err(error) if is_length_error(&error) => {
@@ -258,21 +276,21 @@ mod tests {
         );
         let mut a_buffer = BytesMut::from(&partial(80 * 1024, 60 * 1024)[..]);
         assert!(a.decode(&mut a_buffer).unwrap().is_none());
-        assert_eq!(budget.used(), a_buffer.len());
+        assert_eq!(budget.used(), 80 * 1024);
         // Small frames in progress take nothing.
         let mut small = FrameCodec::with_budget(1 << 20, budget.clone());
         let mut small_buffer = BytesMut::from(&partial(16 * 1024, 15 * 1024)[..]);
         assert!(small.decode(&mut small_buffer).unwrap().is_none());
-        assert_eq!(budget.used(), a_buffer.len());
+        assert_eq!(budget.used(), 80 * 1024);
         // One more that would pass the budget is refused, holding nothing.
         let mut b_buffer = BytesMut::from(&partial(80 * 1024, 50 * 1024)[..]);
         assert!(matches!(
             b.decode(&mut b_buffer),
             Err(CodecError::Budget { limit }) if limit == 100 * 1024
         ));
-        assert_eq!(budget.used(), a_buffer.len());
+        assert_eq!(budget.used(), 80 * 1024);
         drop(b);
-        assert_eq!(budget.used(), a_buffer.len());
+        assert_eq!(budget.used(), 80 * 1024);
         // A frame completed gives its part back; a codec dropped mid-frame
         // gives back what it held.
         a_buffer.resize(PREFIX + 80 * 1024, 0x0a);
@@ -280,9 +298,31 @@ mod tests {
         assert_eq!(budget.used(), 0);
         let mut a_buffer = BytesMut::from(&partial(80 * 1024, 70 * 1024)[..]);
         assert!(a.decode(&mut a_buffer).unwrap().is_none());
-        assert_eq!(budget.used(), a_buffer.len());
+        assert_eq!(budget.used(), 80 * 1024);
         drop(a);
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_stalled_prefix_counts_the_length_it_announces() {
+        // The inner codec makes room for the whole frame on reading the
+        // prefix, so four bytes cost what they announce.
+        let budget = Arc::new(FrameBudget::new(1 << 20));
+        let mut codec = FrameCodec::with_budget(1 << 20, budget.clone());
+        let mut buffer = BytesMut::from(&partial(900 * 1024, 0)[..]);
+        assert!(codec.decode(&mut buffer).unwrap().is_none());
+        assert_eq!(budget.used(), 900 * 1024);
+        let mut other = FrameCodec::with_budget(1 << 20, budget.clone());
+        let mut buffer = BytesMut::from(&partial(900 * 1024, 0)[..]);
+        assert!(matches!(
+            other.decode(&mut buffer),
+            Err(CodecError::Budget { .. })
+        ));
+        // A prefix not yet whole announces nothing.
+        let mut partial_prefix = FrameCodec::with_budget(1 << 20, budget.clone());
+        let mut buffer = BytesMut::from(&[0u8, 0x0e][..]);
+        assert!(partial_prefix.decode(&mut buffer).unwrap().is_none());
+        assert_eq!(budget.used(), 900 * 1024);
     }
 
     #[test]
@@ -294,12 +334,12 @@ mod tests {
         let mut codec = FrameCodec::with_budget(1 << 20, first.clone());
         let mut buffer = BytesMut::from(&partial(80 * 1024, 60 * 1024)[..]);
         assert!(codec.decode(&mut buffer).unwrap().is_none());
-        assert_eq!(first.used(), buffer.len());
+        assert_eq!(first.used(), 80 * 1024);
         codec.set_budget(sessions.clone());
         assert_eq!(first.used(), 0, "the old budget is given back");
         buffer.extend_from_slice(&[0x0a; 1024]);
         assert!(codec.decode(&mut buffer).unwrap().is_none());
-        assert_eq!(sessions.used(), buffer.len(), "counted anew");
+        assert_eq!(sessions.used(), 80 * 1024, "counted anew");
         drop(codec);
         assert_eq!((first.used(), sessions.used()), (0, 0));
     }

@@ -339,14 +339,13 @@ async fn serve_accepted<S>(
     let first = match waited {
         Ok(Some(Ok(frame))) => frame,
         Ok(Some(Err(error @ CodecError::Foreign(_)))) => {
-            if let Some(held_back) = logs.foreign.admit(std::time::Instant::now()) {
-                tracing::info!(
-                    %peer,
-                    %error,
-                    held_back,
-                    "closing a connection that speaks another protocol: this listener serves framed clients (spec §17.3)"
-                );
-            }
+            throttled!(
+                logs.foreign,
+                info,
+                %peer,
+                %error,
+                "closing a connection that speaks another protocol: this listener serves framed clients (spec §17.3)"
+            );
             return;
         }
         Ok(Some(Err(error))) => {
@@ -384,14 +383,13 @@ async fn serve_accepted<S>(
         // Closed without a word: no envelope says "full", and the client
         // backs off and retries as after any lost connection (spec FB6).
         Err(InputError::TooManyClients { limit }) => {
-            if let Some(held_back) = logs.full.admit(std::time::Instant::now()) {
-                tracing::warn!(
-                    %peer,
-                    limit,
-                    held_back,
-                    "refusing a client: the host is at its limit of clients"
-                );
-            }
+            throttled!(
+                logs.full,
+                warn,
+                %peer,
+                limit,
+                "refusing a client: the host is at its limit of clients"
+            );
             return;
         }
         Err(error) => {

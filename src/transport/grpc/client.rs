@@ -200,10 +200,10 @@ impl Connector for GrpcConnector {
                 })?;
                 request.metadata_mut().insert(AUTHORIZATION, value);
             }
-            // Handed over at once: the first envelope goes out before the
-            // host answers (many gRPC stacks send response headers only
-            // with their first message), and the client's driver holds the
-            // rest until the host speaks (see `opening`).
+            // Handed over at once: the SyncRequest goes out before the host
+            // answers (many gRPC stacks send response headers only with
+            // their first message), and the client's driver holds its Calls
+            // until the host speaks (see `opening`).
             let task = tokio::spawn(async move {
                 match session(&mut client, request).await {
                     Ok(answer) => Ok(answer.into_inner()),

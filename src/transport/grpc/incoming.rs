@@ -34,7 +34,7 @@ use tokio::time::{Sleep, sleep};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use super::admission::{Admission, ConnectionGauge, ConnectionLimits, Slot};
-use crate::transport::throttle::Throttle;
+use crate::transport::throttle::{Throttle, throttled};
 
 /// How long a new connection may take to send its first 24 bytes.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -111,14 +111,13 @@ impl Stream for GuardedIncoming {
                         Ok(slot) => slot,
                         Err(refusal) => {
                             // Dropping the stream closes it.
-                            match self.refusals.admit(std::time::Instant::now()) {
-                                Some(held_back) => tracing::warn!(
-                                    %peer, %refusal, held_back, "closing a new connection"
-                                ),
-                                None => {
-                                    tracing::debug!(%peer, %refusal, "closing a new connection")
-                                }
-                            }
+                            throttled!(
+                                self.refusals,
+                                warn,
+                                %peer,
+                                %refusal,
+                                "closing a new connection"
+                            );
                             continue;
                         }
                     };

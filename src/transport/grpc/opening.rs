@@ -5,10 +5,9 @@
 //! a client that waited for the headers before sending would wait for ever.
 //! So the link is handed over at once, and the RPC runs in a task of its
 //! own, so that hyper sends the request and reads the answer whether or not
-//! the link's stream is being polled. What the client sends behind its
-//! SyncRequest is held by its driver until the host speaks
-//! (`client::outbound`), so a refusal (a wrong token, the client limit)
-//! finds no Call sent.
+//! the link's stream is being polled. The client's Calls are held by its
+//! driver until the host speaks (`client::outbound`), so a refusal (a wrong
+//! token, the client limit) finds no Call sent.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -424,10 +424,7 @@ fn checked_logged(
 /// Logs a refused stream: as a warning at most once per throttle interval,
 /// saying how many were held back since; the others at debug.
 fn log_refusal(refusals: &Throttle, peer: &str, what: &str, reason: &str) {
-    match refusals.admit(std::time::Instant::now()) {
-        Some(held_back) => tracing::warn!(%peer, reason, held_back, "{what}"),
-        None => tracing::debug!(%peer, reason, "{what}"),
-    }
+    throttled!(refusals, warn, %peer, reason, "{what}");
 }
 
 /// A token fit to be sent as metadata, as the server compares it.
