@@ -10,7 +10,7 @@ use futures::StreamExt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cosystem_worker::client::{Client, ClientConfig, Connection, Reconnect};
+use cosystem_worker::client::{Client, ClientConfig, Reconnect};
 use cosystem_worker::demo;
 use cosystem_worker::host::{Host, HostLimits, SyncMode};
 use cosystem_worker::transport::grpc::{
@@ -723,30 +723,15 @@ async fn calls_made_while_the_host_is_full_wait_and_run_once_a_slot_frees() {
         ClientConfig::default(),
         no_retry_delay(),
     );
-    let call = tokio::spawn({
-        let second = second.clone();
-        async move { second.call("counter", "increase", vec![json!(5)]).await }
-    });
-    // Refused at least once while the first client holds the slot.
-    let mut connection = second.connection_changes();
-    loop {
-        if let Connection::Retrying { attempt, error, .. } = &*connection.borrow_and_update()
-            && *attempt >= 2
-        {
-            // Typed, so that an application can tell "host full" without
-            // reading the message.
-            assert!(
-                matches!(error, Some(TransportError::HostLimit(m)) if m.contains("too many clients")),
-                "{error:?}"
-            );
-            break;
-        }
-        connection.changed().await.unwrap();
-    }
-    assert_eq!(host.version(), 1, "the call ran while refused");
-    first.dispose();
-    assert_eq!(call.await.unwrap().expect("the call ran once"), json!(5));
-    assert_eq!(host.version(), 2);
+    common::a_call_waits_for_a_free_slot(&host, first, second, 2, |error| {
+        // Typed, so that an application can tell "host full" without
+        // reading the message.
+        assert!(
+            matches!(error, Some(TransportError::HostLimit(m)) if m.contains("too many clients")),
+            "{error:?}"
+        );
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

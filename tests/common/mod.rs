@@ -531,3 +531,44 @@ pub fn texts(echo_commits: bool) -> App {
             ),
     )
 }
+
+/// With `first` holding `host`'s only client slot, makes a call on
+/// `second` (which reconnects quickly), waits until `second` has been
+/// refused `refusals` times, each refusal's error handed to `check`, then
+/// frees the slot. The call must not have run while refused (sent behind
+/// a refused SyncRequest it would settle `outcome-unknown` though the host
+/// ran nothing), and must run exactly once after.
+pub async fn a_call_waits_for_a_free_slot(
+    host: &cosystem_worker::host::Host,
+    first: cosystem_worker::client::Client,
+    second: cosystem_worker::client::Client,
+    refusals: u32,
+    check: impl Fn(&Option<cosystem_worker::transport::TransportError>),
+) {
+    use cosystem_worker::client::Connection;
+    let call = tokio::spawn({
+        let second = second.clone();
+        async move {
+            second
+                .call("counter", "increase", vec![serde_json::json!(5)])
+                .await
+        }
+    });
+    let mut connection = second.connection_changes();
+    loop {
+        if let Connection::Retrying { attempt, error, .. } = &*connection.borrow_and_update()
+            && *attempt >= refusals
+        {
+            check(error);
+            break;
+        }
+        connection.changed().await.unwrap();
+    }
+    assert_eq!(host.version(), 1, "the call ran while refused");
+    first.dispose();
+    assert_eq!(
+        call.await.unwrap().expect("the call ran once"),
+        serde_json::json!(5)
+    );
+    assert_eq!(host.version(), 2);
+}
