@@ -198,16 +198,22 @@ async fn a_methods_own_permission_denied_is_a_call_error_not_a_refusal() {
     let token = dir.join("token");
     std::fs::write(&token, "r1ght\n").unwrap();
 
-    let output = cli_client(&[
-        "--connect",
-        &format!("http://{addr}"),
-        "--token-file",
-        token.to_str().unwrap(),
-        "call",
-        "vault",
-        "open",
-    ])
-    .await;
+    let url = format!("http://{addr}");
+    let token = token.to_str().unwrap();
+    let call = |method_and_args: &'static [&'static str]| {
+        let mut args = vec![
+            "--connect",
+            url.as_str(),
+            "--token-file",
+            token,
+            "call",
+            "vault",
+        ];
+        args.extend_from_slice(method_and_args);
+        async move { cli_client(&args).await }
+    };
+
+    let output = call(&["open"]).await;
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert_eq!(
         error_line(&output),
@@ -215,17 +221,7 @@ async fn a_methods_own_permission_denied_is_a_call_error_not_a_refusal() {
     );
 
     // An error's details are part of the answer, printed on the next line.
-    let output = cli_client(&[
-        "--connect",
-        &format!("http://{addr}"),
-        "--token-file",
-        token.to_str().unwrap(),
-        "call",
-        "vault",
-        "withdraw",
-        "50",
-    ])
-    .await;
+    let output = call(&["withdraw", "50"]).await;
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert_eq!(
         stderr(&output),
