@@ -112,6 +112,30 @@ start_host() {
 }
 
 MARKER="ts-host-secret-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+# Runs the host runner against the host at $URL, then the reference client.
+# $1: label for messages; $2: the host's log name; $3: token file for the
+# reference client (- for none); the rest: runner arguments. Sets status=1
+# on a failure.
+check_host() {
+  label=$1 log=$2 client_token=$3
+  shift 3
+  # In the background, so that a signal to this script is handled at once.
+  "$RUNNER" host --connect "$URL" --secret-marker "$MARKER" "$@" &
+  RUNNER_PID=$!
+  wait "$RUNNER_PID"
+  rc=$?
+  RUNNER_PID=""
+  if [ $rc -ne 0 ]; then
+    echo "[$label] runner exited $rc; host stderr:" >&2
+    tail -n 50 "$WORK/$log.err" >&2
+    status=1
+  fi
+  if ! "$HERE/../reference_client_check.sh" "$CLIENT" "$URL" "$client_token"; then
+    echo "[$label] the reference client failed against this host" >&2
+    status=1
+  fi
+}
+
 for MODE in patch snapshot; do
   TOKEN_FILE="$WORK/token-$MODE"
   od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$TOKEN_FILE"
@@ -122,21 +146,7 @@ for MODE in patch snapshot; do
     continue
   fi
   echo "== sync $MODE: $RUNNER host --connect $URL --token-file $TOKEN_FILE --secret-marker $MARKER $*"
-  # In the background, so that a signal to this script is handled at once.
-  "$RUNNER" host --connect "$URL" --token-file "$TOKEN_FILE" --secret-marker "$MARKER" "$@" &
-  RUNNER_PID=$!
-  wait "$RUNNER_PID"
-  rc=$?
-  RUNNER_PID=""
-  if [ $rc -ne 0 ]; then
-    echo "[$MODE] runner exited $rc; host stderr:" >&2
-    tail -n 50 "$WORK/host-$MODE.err" >&2
-    status=1
-  fi
-  if ! "$HERE/../reference_client_check.sh" "$CLIENT" "$URL" "$TOKEN_FILE"; then
-    echo "[$MODE] the reference client failed against this host" >&2
-    status=1
-  fi
+  check_host "$MODE" "host-$MODE" "$TOKEN_FILE" --token-file "$TOKEN_FILE" "$@"
   stop_host
 done
 
@@ -150,20 +160,7 @@ for MODE in patch snapshot; do
   fi
   # No --token-file: framing carries no authentication (FB8).
   echo "== framed, sync $MODE: $RUNNER host --connect $URL --secret-marker $MARKER $*"
-  "$RUNNER" host --connect "$URL" --secret-marker "$MARKER" "$@" &
-  RUNNER_PID=$!
-  wait "$RUNNER_PID"
-  rc=$?
-  RUNNER_PID=""
-  if [ $rc -ne 0 ]; then
-    echo "[framed $MODE] runner exited $rc; host stderr:" >&2
-    tail -n 50 "$WORK/framed-$MODE.err" >&2
-    status=1
-  fi
-  if ! "$HERE/../reference_client_check.sh" "$CLIENT" "$URL" -; then
-    echo "[framed $MODE] the reference client failed against this host" >&2
-    status=1
-  fi
+  check_host "framed $MODE" "framed-$MODE" - "$@"
   stop_host
 done
 exit $status
