@@ -56,9 +56,11 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Later frames have no deadline, which would cut off an honest client
 /// sending a large frame over a slow link. What a peer that starts a
 /// large frame and never finishes it holds is bounded instead by its
-/// listener's budget for frames in progress
+/// listener's budgets for frames in progress
 /// ([`PARTIAL_FRAMES_PER_LISTENER`](super::PARTIAL_FRAMES_PER_LISTENER)
-/// frames of the limit, shared by every connection it accepted).
+/// frames of the limit shared by its sessions, and
+/// [`PARTIAL_FIRST_FRAMES_PER_LISTENER`](super::PARTIAL_FIRST_FRAMES_PER_LISTENER)
+/// apart, by its connections still waiting for their first frame).
 pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How many connections accepted by one [`serve_tcp`] or [`serve_unix`]
