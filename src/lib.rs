@@ -7,6 +7,14 @@
 //! - [`host`]: the host state machine ([`host::HostCore`]) and its driver.
 //! - [`client`]: the client state machine ([`client::ClientCore`]) and its driver.
 //! - [`demo`]: the demo app every host serves for conformance.
+//! - [`transport`]: links between them: in-process pairs and a shared
+//!   broadcast bus, framed byte streams (TCP, Unix sockets, stdio) and gRPC
+//!   ([`transport::grpc::GrpcServer`], [`transport::grpc::GrpcConnector`]).
+//! - [`metrics_server`] and [`prometheus`]: a host's counters in the
+//!   Prometheus text format, and a small HTTP endpoint serving them.
+//!
+//! The repository's README starts with a quick start: a host and a client
+//! in one process, then modules of your own served over gRPC.
 #![warn(missing_docs)]
 
 pub mod app;

@@ -446,6 +446,14 @@ fn new_epoch_snapshot_replaces_mirror_reports_epoch_change_and_settles_calls_out
             (queued, Err(ErrorCode::OutcomeUnknown), None),
         ]
     );
+    // One code for every call of a vanished epoch (spec §11.2); the message
+    // tells the application which of them never ran.
+    let message = |call| settled_error(&evs, call).message;
+    assert!(message(queued).ends_with("before it was sent; it did not run"));
+    assert!(message(in_flight).ends_with("before its result arrived; it may have run"));
+    assert!(
+        message(held).ends_with("after the host answered it, while the mirror caught up; it ran")
+    );
     assert_eq!(c.epoch(), Some(E2));
     assert_eq!(c.version(), Some(1));
     assert_eq!(c.state(), Some(&view(0)));
@@ -463,6 +471,45 @@ fn new_epoch_snapshot_replaces_mirror_reports_epoch_change_and_settles_calls_out
     assert_eq!(
         settlements(&events(&mut c)),
         vec![(fresh, Ok(json!(1)), Some(1))]
+    );
+}
+
+#[test]
+fn deadlines_and_cancels_say_whether_the_call_was_sent() {
+    let mut c = synced(1, 1);
+    let sent_then_cancelled = sent_call(&mut c);
+    let sent_then_late = c
+        .call("counter", "increase", &[json!(1)], Some(at(10)))
+        .unwrap();
+    sent(&mut c);
+    let queued_then_cancelled = c.call("counter", "increase", &[json!(1)], None).unwrap();
+    let queued_then_late = c
+        .call("counter", "increase", &[json!(1)], Some(at(10)))
+        .unwrap();
+    assert!(c.cancel(sent_then_cancelled));
+    assert!(c.cancel(queued_then_cancelled));
+    c.handle_timeout(at(10));
+    let evs = events(&mut c);
+    let message = |call| settled_error(&evs, call).message;
+    assert_eq!(
+        message(sent_then_cancelled),
+        "the call was cancelled after it was sent and before its result arrived; it may have run"
+    );
+    assert_eq!(
+        message(queued_then_cancelled),
+        "the call was cancelled before it was sent; it did not run"
+    );
+    assert_eq!(
+        message(sent_then_late),
+        "the call's deadline passed after it was sent and before its result arrived; it may have run"
+    );
+    assert_eq!(
+        message(queued_then_late),
+        "the call's deadline passed before it was sent; it did not run"
+    );
+    assert!(
+        sent_calls(&sent(&mut c)).is_empty(),
+        "settled calls are withdrawn"
     );
 }
 

@@ -10,7 +10,7 @@ use cosystem_worker::demo;
 use cosystem_worker::host::Host;
 use cosystem_worker::transport::TransportError;
 use cosystem_worker::transport::grpc::{
-    ConnectionLimits, GrpcConnector, GrpcError, GrpcServer, GuardedIncoming,
+    ConnectionLimits, GrpcConnector, GrpcError, GrpcServer, GuardedIncoming, TokenFault,
 };
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -162,7 +162,13 @@ fn into_service_refuses_tls_and_an_unusable_token() {
         .into_service();
     assert!(matches!(tls, Err(GrpcError::Tls(_))));
     let token = GrpcServer::builder(host).token("has space").into_service();
-    assert!(matches!(token, Err(GrpcError::InvalidToken)));
+    assert!(matches!(
+        token,
+        Err(GrpcError::InvalidToken(TokenFault::Byte {
+            at: 3,
+            byte: b' '
+        }))
+    ));
 }
 
 #[tokio::test]

@@ -226,7 +226,7 @@ impl CliError {
                 ExitCode::from(2)
             }
             CliError::Grpc(
-                GrpcError::InvalidToken | GrpcError::InvalidUrl(_) | GrpcError::Tls(_),
+                GrpcError::InvalidToken(_) | GrpcError::InvalidUrl(_) | GrpcError::Tls(_),
             ) => ExitCode::from(2),
             CliError::Grpc(_) | CliError::Session(_) | CliError::Io(_) => ExitCode::from(1),
             CliError::Unreachable { .. } | CliError::Refused(_) => ExitCode::from(3),

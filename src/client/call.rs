@@ -22,6 +22,12 @@ pub struct CallOptions {
     /// client's [`ClientConfig::call_timeout`](super::ClientConfig::call_timeout).
     /// `Some(Duration::MAX)` (or any timeout past what the clock can
     /// express): no deadline, whatever the client's default.
+    ///
+    /// A call that times out after it was sent may still run on the host
+    /// (spec CL4), however short the timeout: even `Duration::ZERO` leaves
+    /// the call queued until the driver next looks at the clock, and it
+    /// may be sent before then. The error's message says whether it was
+    /// sent.
     pub timeout: Option<Duration>,
 }
 
@@ -235,6 +241,9 @@ impl ModuleHandle {
     /// other value is sent as the one argument) and the value is
     /// deserialised as `R`. A value that does not fit `R` is
     /// [`CallAsError::UnexpectedValue`]: the method ran and committed.
+    ///
+    /// Being an `async fn`, it queues the call when first polled, not when
+    /// called as [`Client::call`] does; from then on the two behave alike.
     ///
     /// ```no_run
     /// # async fn f(client: cosystem_worker::client::Client) -> Result<(), cosystem_worker::client::CallAsError> {

@@ -41,9 +41,12 @@ pub enum Connection {
         /// ended the link without one (a closed stream).
         error: Option<TransportError>,
         /// The wait before the next connect; it doubles up to
-        /// [`Reconnect::max`](super::Reconnect::max) while attempts fail, and
+        /// [`Reconnect::max`](super::Reconnect::max) with each attempt, and
         /// starts again from [`Reconnect::initial`](super::Reconnect::initial)
-        /// once the host speaks on a link.
+        /// only after a link the host spoke on stayed up for at least
+        /// `Reconnect::max` (spec §17.1): a host that accepts and then
+        /// drops each link at once is retried as patiently as one that
+        /// refuses to connect.
         retry_in: Duration,
         /// When the next connect is made: `retry_in` after this state was
         /// set, so that a watcher reading the state later can still tell

@@ -107,6 +107,20 @@ struct Pending {
     held: Option<Held>,
 }
 
+impl Pending {
+    /// How far the call got, in the words a local settlement's message
+    /// adds: the code alone (the spec's) does not tell the application
+    /// whether a call that was never sent, and so never ran, is safe to
+    /// make again.
+    fn progress(&self) -> &'static str {
+        match (self.transmitted, &self.held) {
+            (false, _) => "before it was sent; it did not run",
+            (true, None) => "after it was sent and before its result arrived; it may have run",
+            (true, Some(_)) => "after the host answered it, while the mirror caught up; it ran",
+        }
+    }
+}
+
 #[derive(Debug)]
 struct OutstandingSync {
     sync_id: u64,

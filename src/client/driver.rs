@@ -280,7 +280,12 @@ fn dispose(shared: &Shared) {
 /// A client: a mirror of a host's published view and a proxy for calls.
 ///
 /// Cloning gives another handle to the same client. The client is disposed
-/// when [`Client::dispose`] is called or the last handle is dropped.
+/// when [`Client::dispose`] is called or the last handle is dropped. A
+/// [`ModuleHandle`](super::ModuleHandle), a [`Watch`](super::Watch), a
+/// [`WatchHandle`](super::WatchHandle) and a pending
+/// [`CallFuture`](super::CallFuture) each hold a handle too: while one is
+/// kept, the client stays connected (and reconnecting) even after every
+/// `Client` is dropped.
 #[derive(Clone)]
 pub struct Client {
     handle: Arc<Handle>,
@@ -475,7 +480,20 @@ impl Client {
     /// Calls `module.method` with positional `args` and settles after the
     /// mirror has caught up with the state the call produced.
     ///
-    /// Dropping the future cancels the call.
+    /// Unlike most futures, the call starts when this is called, not when
+    /// the future is first polled: it is queued at once, and sent as soon
+    /// as a link is up and the host has spoken on it. Dropping the future
+    /// cancels the call (it settles `cancelled`); one already sent may
+    /// still run on the host (spec CL4), and its effects then reach the
+    /// mirror like any other change.
+    ///
+    /// While the host cannot be reached, the call waits, for ever unless a
+    /// timeout is set ([`Client::call_with`], or
+    /// [`ClientConfig::call_timeout`](super::ClientConfig::call_timeout)
+    /// for every call). An error that settles it locally says in its
+    /// message how far the call got: a call never sent did not run, even
+    /// when a host restart settles it `outcome-unknown` (spec §11.2 gives
+    /// every call of a vanished epoch that code).
     pub fn call(&self, module: &str, method: &str, args: Vec<Value>) -> CallFuture {
         self.call_with(module, method, args, CallOptions::default())
     }

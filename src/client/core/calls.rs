@@ -79,7 +79,11 @@ impl ClientCore {
     /// Cancels a pending call: it settles `cancelled` now. The host may still
     /// run it; its result will then be ignored. Returns whether it was pending.
     pub fn cancel(&mut self, call: CallId) -> bool {
-        self.settle_local(call.0, ErrorCode::Cancelled, "the call was cancelled")
+        let Some(pending) = self.pending.get(&call.0) else {
+            return false;
+        };
+        let message = format!("the call was cancelled {}", pending.progress());
+        self.settle_local(call.0, ErrorCode::Cancelled, &message)
     }
 
     pub(super) fn settle_local(&mut self, call_id: u64, code: ErrorCode, message: &str) -> bool {

@@ -84,11 +84,14 @@ impl ClientCore {
             .map(|(id, _)| *id)
             .collect();
         for id in orphaned {
-            self.settle_local(
-                id,
-                ErrorCode::OutcomeUnknown,
-                "the host restarted (new epoch) after the call was made; whether it ran is unknown",
-            );
+            // OUTCOME_UNKNOWN even for a call never sent, so that one rule
+            // covers every call of a vanished epoch (spec §11.2); the
+            // message tells the application which it was.
+            let Some(pending) = self.pending.get(&id) else {
+                continue;
+            };
+            let message = format!("the host restarted (new epoch) {}", pending.progress());
+            self.settle_local(id, ErrorCode::OutcomeUnknown, &message);
         }
         if let Some(m) = &self.mirror {
             for pending in self.pending.values_mut() {

@@ -55,10 +55,48 @@ fn strip_bearer(value: &[u8]) -> Option<&[u8]> {
     Some(&value[SCHEME.len()..])
 }
 
-/// Whether `token` can be sent as a metadata value (visible ASCII, no
-/// spaces, non-empty).
-pub fn is_valid_token(token: &str) -> bool {
-    !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic())
+/// Why a token cannot be sent as a metadata value (spec §17.2: one or more
+/// visible ASCII characters, 0x21 to 0x7E).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenFault {
+    /// The token is empty.
+    #[error("the token is empty")]
+    Empty,
+    /// Byte `at` (from 0) of the token is `byte`, which is not visible
+    /// ASCII.
+    #[error("byte {at} of the token is {byte:#04x}, not visible ASCII (0x21 to 0x7e){hint}", hint = whitespace_hint(*byte))]
+    Byte {
+        /// Where in the token.
+        at: usize,
+        /// The byte found there.
+        byte: u8,
+    },
+}
+
+/// Whitespace is the usual culprit: a token read from a file or an
+/// environment variable that kept its newline.
+fn whitespace_hint(byte: u8) -> &'static str {
+    if byte.is_ascii_whitespace() {
+        ": whitespace, as a token read from a file keeps its newline unless trimmed"
+    } else {
+        ""
+    }
+}
+
+/// Checks that `token` can be sent as a metadata value, or says why not.
+pub fn check_token(token: &str) -> Result<(), TokenFault> {
+    if token.is_empty() {
+        return Err(TokenFault::Empty);
+    }
+    match token
+        .bytes()
+        .enumerate()
+        .find(|(_, b)| !b.is_ascii_graphic())
+    {
+        Some((at, byte)) => Err(TokenFault::Byte { at, byte }),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -100,9 +138,15 @@ mod tests {
 
     #[test]
     fn tokens_must_be_visible_ascii() {
-        assert!(is_valid_token("abc-123_XYZ"));
-        assert!(!is_valid_token(""));
-        assert!(!is_valid_token("has space"));
-        assert!(!is_valid_token("new\nline"));
+        assert_eq!(check_token("abc-123_XYZ"), Ok(()));
+        assert_eq!(check_token(""), Err(TokenFault::Empty));
+        assert_eq!(
+            check_token("has space"),
+            Err(TokenFault::Byte { at: 3, byte: b' ' })
+        );
+        assert_eq!(
+            check_token("new\nline"),
+            Err(TokenFault::Byte { at: 3, byte: b'\n' })
+        );
     }
 }

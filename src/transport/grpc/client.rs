@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, GrpcMethod, IntoStreamingRequest, Request, Response, Status};
 
-use super::auth::{AUTHORIZATION, is_valid_token};
+use super::auth::{AUTHORIZATION, check_token};
 use super::client_codec::HostBytesCodec;
 use super::opening::AbortOnDrop;
 use super::{GrpcError, SERVICE_NAME};
@@ -129,10 +129,8 @@ impl GrpcConnector {
     /// stops the client ([`TransportError::Setup`]) rather than being
     /// retried. Calling it first reports such a configuration up front.
     pub fn endpoint(&self) -> Result<Endpoint, GrpcError> {
-        if let Some(token) = &self.token
-            && !is_valid_token(token)
-        {
-            return Err(GrpcError::InvalidToken);
+        if let Some(token) = &self.token {
+            check_token(token)?;
         }
         let mut endpoint = Endpoint::from_shared(self.url.clone())
             .map_err(|e| GrpcError::InvalidUrl(format!("{}: {e}", self.url)))?
@@ -185,7 +183,11 @@ impl Connector for GrpcConnector {
             let channel = match endpoint.connect().await {
                 Ok(channel) => channel,
                 Err(e) => {
-                    let error = TransportError::Connection(super::error_chain(&e));
+                    let error = TransportError::Connection(format!(
+                        "cannot connect to {}: {}",
+                        endpoint.uri(),
+                        super::error_chain(&e)
+                    ));
                     return Err(hint_tls(error, plain.as_ref()).await);
                 }
             };
@@ -259,6 +261,13 @@ fn normalize_url(url: &str) -> Result<String, GrpcError> {
     let full = if url.contains("://") {
         url.to_owned()
     } else {
+        // A URL without a port means the scheme's (80), but a bare address
+        // without one is almost always a port forgotten.
+        if bare_port_missing(url) {
+            return Err(GrpcError::InvalidUrl(format!(
+                "{url}: no port (write HOST:PORT, or a URL such as http://{url}:50051)"
+            )));
+        }
         format!("http://{url}")
     };
     if !(full.starts_with("http://") || full.starts_with("https://")) {
@@ -274,6 +283,20 @@ fn normalize_url(url: &str) -> Result<String, GrpcError> {
     Endpoint::from_shared(full.clone())
         .map_err(|e| GrpcError::InvalidUrl(format!("{url}: {e}")))?;
     Ok(full)
+}
+
+/// Whether a bare `HOST:PORT` address lacks its port: `host`, `1.2.3.4`,
+/// `[::1]` (a bracketed IPv6 address), or an empty port after the colon.
+fn bare_port_missing(address: &str) -> bool {
+    let authority = address.split('/').next().unwrap_or(address);
+    let after_host = match authority.rsplit_once(']') {
+        Some((_, rest)) => rest,
+        None => authority,
+    };
+    match after_host.rsplit_once(':') {
+        Some((_, port)) => port.is_empty(),
+        None => true,
+    }
 }
 
 /// Not retryable: credentials refused; a host that does not serve this
@@ -416,6 +439,17 @@ mod tests {
             normalize_url("https://localhost:1").unwrap(),
             "https://localhost:1"
         );
+    }
+
+    #[test]
+    fn a_bare_address_without_a_port_is_refused() {
+        for address in ["127.0.0.1", "localhost", "[::1]", "localhost:", "host/path"] {
+            let error = normalize_url(address).expect_err(address).to_string();
+            assert!(error.contains("no port"), "{address}: {error}");
+        }
+        for address in ["[::1]:50051", "localhost:1", "http://localhost"] {
+            assert!(normalize_url(address).is_ok(), "{address}");
+        }
     }
 
     #[test]

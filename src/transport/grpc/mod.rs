@@ -38,7 +38,7 @@ mod pem;
 mod server;
 
 pub use admission::{ConnectionCounts, ConnectionGauge, ConnectionLimits, DEFAULT_MAX_CONNECTIONS};
-pub use auth::constant_time_eq;
+pub use auth::{TokenFault, check_token, constant_time_eq};
 pub use client::GrpcConnector;
 pub use health::{EndsAtStop, StoppingHealth, health_service};
 pub use incoming::{
@@ -68,8 +68,8 @@ pub enum GrpcError {
     #[error("TLS configuration: {0}")]
     Tls(String),
     /// The token is empty or not sendable as a metadata value.
-    #[error("the token must be non-empty visible ASCII without spaces")]
-    InvalidToken,
+    #[error("unusable token: {0}")]
+    InvalidToken(#[from] TokenFault),
     /// [`GrpcServerBuilder::into_service`] was asked for with an
     /// interceptor set, which only [`GrpcServer::serve`] applies.
     #[error(

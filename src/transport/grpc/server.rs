@@ -17,7 +17,7 @@ use tonic_health::ServingStatus;
 
 use super::GrpcError;
 use super::admission::{Admission, ConnectionGauge, ConnectionLimits};
-use super::auth::{check_bearer, is_valid_token};
+use super::auth::{check_bearer, check_token};
 use super::codec::ClientEnvelope;
 use super::incoming::GuardedIncoming;
 use crate::host::{Host, InputError, PeerOptions, Principal, Session};
@@ -88,6 +88,11 @@ impl GrpcServerBuilder {
     /// `authorization: Bearer <token>`; others end `UNAUTHENTICATED` before
     /// any state is sent. Health and reflection stay open: they reveal
     /// nothing beyond the public schema and whether the host is up.
+    ///
+    /// With an [`interceptor`](GrpcServerBuilder::interceptor) that reads
+    /// `authorization` itself (API keys, say), set no token: both would
+    /// read the same header, and every stream the interceptor admits with
+    /// its own credential would then fail the token check.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
         self
@@ -107,7 +112,9 @@ impl GrpcServerBuilder {
     /// ([`GrpcServerBuilder::client_ca`]), its certificate chain
     /// (`request.peer_certs()`), so `check` can name a principal from a
     /// verified certificate. It runs once per stream, not per message; health
-    /// and reflection are not checked.
+    /// and reflection are not checked. A stream it admits must still pass
+    /// the token check if a token is set, so an interceptor that reads
+    /// `authorization` replaces the token rather than joining it.
     pub fn interceptor<F>(mut self, check: F) -> Self
     where
         F: Fn(Request<()>) -> Result<Request<()>, Status> + Send + Sync + 'static,
@@ -430,8 +437,11 @@ fn log_refusal(refusals: &Throttle, peer: &str, what: &str, reason: &str) {
 /// A token fit to be sent as metadata, as the server compares it.
 fn checked_token(token: Option<String>) -> Result<Option<Arc<[u8]>>, GrpcError> {
     match token {
-        Some(token) if !is_valid_token(&token) => Err(GrpcError::InvalidToken),
-        token => Ok(token.map(|t| Arc::from(t.into_bytes()))),
+        Some(token) => {
+            check_token(&token)?;
+            Ok(Some(Arc::from(token.into_bytes())))
+        }
+        None => Ok(None),
     }
 }
 
