@@ -400,7 +400,7 @@ pub const CASES: &[HostCaseDef] = &[
         name: "grpc-malformed-message-disturbs-no-one",
         tier: Required,
         only: None,
-        spec: &["H14", "§17.2", "FB5"],
+        spec: &["H14", "G7", "FB5"],
         description: "Undecodable bytes on one stream do not disturb other clients: their calls keep working and they keep receiving publications.",
         procedure: &[
             "Attach streams A, B and M (version v).",
@@ -410,7 +410,7 @@ pub const CASES: &[HostCaseDef] = &[
         asserts: &[
             "A's call is answered with state_version v+1 and B's with v+2; each stream is shown both versions.",
             "M receives no result, only (at most) publications, bookmarks and the end of its stream: the host may close it.",
-            "On gRPC, M's stream ends INVALID_ARGUMENT if the host closed it for the bytes, else OK after M's half-close (§17.2), or stays open (H16 lets the host keep a half-closed session it owes nothing). On framed streams the bytes are one malformed frame: the host may close M's connection, or keep it open even after M's end of input (FB5, H16). The runner reads M for one step timeout.",
+            "On gRPC, M's stream ends INVALID_ARGUMENT if the host closed it for the bytes, else OK after M's half-close (G2), or stays open (H16 lets the host keep a half-closed session it owes nothing). On framed streams the bytes are one malformed frame: the host may close M's connection, or keep it open even after M's end of input (FB5, H16). The runner reads M for one step timeout.",
         ],
     },
     HostCaseDef {
@@ -433,7 +433,7 @@ pub const CASES: &[HostCaseDef] = &[
         name: "grpc-half-closed-stream-is-answered",
         tier: Recommended,
         only: None,
-        spec: &["H8", "H16", "§17.2", "FB6"],
+        spec: &["H8", "H16", "G2", "FB6"],
         description: "A client that closes its sending side (a gRPC half-close; on a framed stream, the end of its input) right after sending calls is still sent every result, then the stream ends cleanly.",
         procedure: &[
             "Attach stream A.",
@@ -449,7 +449,7 @@ pub const CASES: &[HostCaseDef] = &[
         name: "grpc-unauthenticated-without-token",
         tier: Required,
         only: Some(Transport::Grpc),
-        spec: &["§17.2"],
+        spec: &["G5", "G7"],
         description: "A host configured with a token ends streams without it, or with another, with UNAUTHENTICATED before sending anything (needs --token-file).",
         procedure: &[
             "Open a stream without authorization metadata and send SyncRequest{have_version=0}.",
@@ -461,7 +461,7 @@ pub const CASES: &[HostCaseDef] = &[
         name: "grpc-response-headers-before-the-first-message",
         tier: Recommended,
         only: Some(Transport::Grpc),
-        spec: &["§17.2"],
+        spec: &["G4"],
         description: "A host sends its response headers as soon as it accepts a stream, before the client's first envelope, so that a client that waits for them before sending is not left waiting for ever (many gRPC stacks send them only with the first message unless told otherwise).",
         procedure: &[
             "Open stream A and send nothing.",
@@ -493,7 +493,7 @@ pub const CASES: &[HostCaseDef] = &[
         name: "grpc-messages-up-to-the-limit-are-accepted",
         tier: Required,
         only: None,
-        spec: &["§15", "FB3"],
+        spec: &["§15", "G3", "FB3"],
         description: "A Call envelope of exactly 1 MiB (the smallest max message size §15 allows, so every host accepts it) and one of exactly the host's max message size (--max-message-size, default 4 MiB) are each read and answered: the limit includes its own size.",
         procedure: &[
             "Attach stream A (version v).",
@@ -1439,7 +1439,7 @@ async fn malformed(run: &Arc<Shared>) -> Result<(), Stop> {
     {
         return Err("M received a result for bytes that were not a call".into());
     }
-    // A host that closed M for the bytes ends it INVALID_ARGUMENT (§17.2);
+    // A host that closed M for the bytes ends it INVALID_ARGUMENT (G7);
     // one that kept serving it ends it OK after the half-close, or keeps
     // it (H16). gRPC stacks that decode for the host end it INTERNAL. A
     // framed connection has no status: the host may close it however it
@@ -1449,7 +1449,7 @@ async fn malformed(run: &Arc<Shared>) -> Result<(), Stop> {
         None | Some(None) => Ok(()),
         Some(Some(status)) if status.code() == Code::InvalidArgument => Ok(()),
         Some(Some(status)) => Err(format!(
-            "M's stream ended with status {:?} ({}); a host that closes a stream for bytes that are not a ClientMessage ends it INVALID_ARGUMENT (spec §17.2), and one that keeps serving it ends it OK after the half-close",
+            "M's stream ended with status {:?} ({}); a host that closes a stream for bytes that are not a ClientMessage ends it INVALID_ARGUMENT (spec G7), and one that keeps serving it ends it OK after the half-close",
             status.code(),
             status.message()
         )

@@ -59,7 +59,7 @@ use super::json_rules;
 /// in part.
 pub const CHECKED_ON_EVERY_ENVELOPE: &[&str] = &[
     "C5", "E2", "E3", "V7", "J1", "J3", "PA2", "PA3", "PA4", "PA6", "H1", "H2", "H3", "H5", "H6",
-    "H8", "H9", "H10", "H15", "H17", "SI2", "FB8",
+    "H8", "H9", "H10", "H15", "H17", "SI2", "G9", "FB8",
 ];
 
 /// The message of the status a framed connection that was reset ends with.
@@ -509,7 +509,7 @@ impl Peer {
     }
 
     /// Waits, having sent nothing, for the host to answer the Session call
-    /// with its response headers (spec §17.2, opening), or to end it; an
+    /// with its response headers (spec G4), or to end it; an
     /// error if it has done neither within the step timeout.
     pub async fn answered_before_sending(&mut self) -> Result<(), String> {
         self.response().await
