@@ -44,6 +44,10 @@ pub struct Citing<'a> {
     pub name: &'a str,
     /// The ids it cites, as written.
     pub spec: Vec<&'a str>,
+    /// Whether the runner plays it against the reference alone: a host
+    /// vector, which needs a host started afresh for it (§1 of
+    /// CONFORMANCE.md), unlike the interop cases any host is run with.
+    pub reference_only: bool,
 }
 
 /// `id` is a rule id: capitals, digits, and at most one lowercase letter
@@ -235,18 +239,21 @@ pub fn citing_cases(cases: &[Case]) -> Vec<Citing<'_>> {
         cases
             .iter()
             .filter(move |c| c.role() == role)
-            .map(|c| Citing {
+            .map(move |c| Citing {
                 name: &c.info().name,
                 spec: c.info().spec.iter().map(String::as_str).collect(),
+                reference_only: role == Role::Host,
             })
     });
     let interop = crate::interop::cases::CASES.iter().map(|c| Citing {
         name: c.name,
         spec: c.spec.to_vec(),
+        reference_only: false,
     });
     let every_envelope = Citing {
         name: EVERY_ENVELOPE,
         spec: crate::interop::peer::CHECKED_ON_EVERY_ENVELOPE.to_vec(),
+        reference_only: false,
     };
     vectors
         .chain(interop)
@@ -296,14 +303,17 @@ pub fn render(spec: &Spec, cases: &[Citing]) -> Result<String, String> {
     }
     let mut out = String::from("| Rule | Section | Cases |\n|---|---|---|\n");
     let mut uncited = Vec::new();
+    let mut reference_only = Vec::new();
     for rule in &spec.rules {
-        let names: Vec<String> = cases
+        let citing: Vec<&Citing> = cases
             .iter()
             .filter(|c| c.spec.contains(&rule.id.as_str()))
-            .map(|c| link(c.name))
             .collect();
+        let names: Vec<String> = citing.iter().map(|c| link(c.name)).collect();
         if names.is_empty() {
             uncited.push(rule.id.as_str());
+        } else if citing.iter().all(|c| c.reference_only) {
+            reference_only.push(rule.id.as_str());
         }
         let section = rule
             .section
@@ -317,6 +327,14 @@ pub fn render(spec: &Spec, cases: &[Citing]) -> Result<String, String> {
         let _ = writeln!(out, "| {} | {section} | {shown} |", rule.id);
     }
     summary(&mut out, spec, &uncited);
+    if !reference_only.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nCited only by host vectors, which the runner plays against the reference core alone (§1), so no run checks them of another host ({}): {}.",
+            reference_only.len(),
+            reference_only.join(", ")
+        );
+    }
     Ok(out)
 }
 
@@ -421,9 +439,29 @@ mod tests {
         let cases = [Citing {
             name: "some-case",
             spec: vec!["V1", "H7.2", "V9", "§5", "h7"],
+            reference_only: false,
         }];
         assert_eq!(broken_references(&spec, &cases).len(), 3);
         assert!(render(&spec, &cases).unwrap_err().contains("`V9`"));
+    }
+
+    #[test]
+    fn rules_only_host_vectors_cite_are_named_as_unchecked_for_other_hosts() {
+        let spec = Spec::parse(SPEC).unwrap();
+        let cases = [
+            Citing {
+                name: "interop",
+                spec: vec!["V1"],
+                reference_only: false,
+            },
+            Citing {
+                name: "host-vector",
+                spec: vec!["V1", "K1"],
+                reference_only: true,
+            },
+        ];
+        let text = render(&spec, &cases).unwrap();
+        assert!(text.contains("so no run checks them of another host (1): K1.\n"));
     }
 
     #[test]
@@ -433,10 +471,12 @@ mod tests {
             Citing {
                 name: "a",
                 spec: vec!["V1", "K1"],
+                reference_only: false,
             },
             Citing {
                 name: "b",
                 spec: vec!["V1", "4"],
+                reference_only: false,
             },
         ];
         let text = render(&spec, &cases).unwrap();

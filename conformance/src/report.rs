@@ -13,7 +13,7 @@
 //!
 //! A run succeeds when no *required* case failed and no case listed as a
 //! known failure passed; recommended failures are reported and counted but
-//! do not fail it.
+//! do not fail it, unless the report is [`Report::strict`].
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -91,6 +91,10 @@ pub struct Report {
     /// What suite ran (`suite::describe`), written into the JSON and
     /// JUnit reports when set.
     pub suite: Option<String>,
+    /// Whether a recommended case's failure fails the run too (`--strict`),
+    /// for an implementation that means to pass every case: one listed as
+    /// a known failure still does not.
+    pub strict: bool,
 }
 
 /// Runs `run` and turns a panic into a failure, so one broken case cannot
@@ -207,10 +211,13 @@ impl Report {
         self.failures().all(|r| r.tier != Tier::Required)
     }
 
-    /// Whether the run succeeded: no required case failed, and no case
-    /// listed as a known failure passed.
+    /// Whether the run succeeded: no required case failed (no case at
+    /// all, when [`Report::strict`]), and no case listed as a known failure
+    /// passed.
     pub fn succeeded(&self) -> bool {
-        self.required_passed() && self.counts().unexpected_passes == 0
+        let counts = self.counts();
+        let failures_allowed = !self.strict || counts.failed == 0;
+        self.required_passed() && failures_allowed && counts.unexpected_passes == 0
     }
 
     /// One line per case (`PASS name`, `FAIL name: reason`,
@@ -589,6 +596,16 @@ mod tests {
         assert!(xml.contains("tests=\"4\" failures=\"1\" skipped=\"2\""));
         assert!(xml.contains("<failure type=\"recommended\" message=\"x &lt; y\">"));
         assert!(xml.contains("<skipped message=\"known failure: no notice\"/>"));
+    }
+
+    #[test]
+    fn a_strict_run_fails_on_a_recommended_failure_but_not_on_a_known_one() {
+        let mut r = sample();
+        assert!(r.succeeded(), "b, recommended, failed");
+        r.strict = true;
+        assert!(!r.succeeded(), "b fails a strict run");
+        r.results.retain(|c| c.name != "b");
+        assert!(r.succeeded(), "c, a known failure, does not");
     }
 
     #[test]

@@ -229,9 +229,15 @@ def main() -> int:
                 run_case(case)
                 passed += 1
                 print(f"PASS {case['name']}")
-            except (Mismatch, KeyError, TypeError) as exc:
+            except Mismatch as exc:
                 failed += 1
                 print(f"FAIL {case['name']} ({case['tier']}): {exc}")
+            except (KeyError, TypeError) as exc:
+                # What the host did not produce, or produced in another
+                # shape: a bare KeyError prints only the missing key.
+                failed += 1
+                print(f"FAIL {case['name']} ({case['tier']}): the host's output lacks or misshapes "
+                      f"what the vector expects ({type(exc).__name__}: {exc!r})")
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 

@@ -11,7 +11,7 @@ with the session's seed; `--seed SEED --sessions 1` replays it.
                         [--runner PATH] [--reference CMD] [--candidate CMD]
 
 The reference defaults to `cosystem-conformance adapter`, the runner taken
-from --runner, else $COSYSTEM_CONFORMANCE, else target/release/ of the
+from --runner, else $COSYSTEM_CONFORMANCE, else target/release/ (then debug/) of the
 repository, else PATH. The candidate defaults to adapter.py beside this file.
 CMD is a command line, split like a shell's (shlex). Exit status: 0 when no
 session diverged, 1 when one did, 2 on a usage error.
@@ -481,8 +481,10 @@ def run_session(seed: int, steps: int, reference_cmd, candidate_cmd):
 
 
 def default_reference(runner: str | None) -> list[str] | None:
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(HERE, "..", "..", "..", "target")
     candidates = [runner, os.environ.get("COSYSTEM_CONFORMANCE"),
-                  os.path.join(HERE, "..", "..", "..", "target", "release", "cosystem-conformance"),
+                  os.path.join(target, "release", "cosystem-conformance"),
+                  os.path.join(target, "debug", "cosystem-conformance"),
                   shutil.which("cosystem-conformance")]
     for path in candidates:
         if path and os.path.isfile(path):

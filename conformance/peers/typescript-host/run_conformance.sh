@@ -120,7 +120,7 @@ check_host() {
   label=$1 log=$2 client_token=$3
   shift 3
   # In the background, so that a signal to this script is handled at once.
-  "$RUNNER" host --connect "$URL" --secret-marker "$MARKER" "$@" &
+  "$RUNNER" host --strict --connect "$URL" --secret-marker "$MARKER" "$@" &
   RUNNER_PID=$!
   wait "$RUNNER_PID"
   rc=$?

@@ -32,7 +32,7 @@ fi
 npx --no-install tsc -p tsconfig.json || exit 1
 
 status=0
-"$RUNNER" client -- node "$DIR/dist/adapter.js" || status=1
+"$RUNNER" client --strict -- node "$DIR/dist/adapter.js" || status=1
 
 python3 "$DIFFTEST" --runner "$RUNNER" --candidate "node $DIR/dist/adapter.js" \
   --sessions 200 --seed 1 || status=1

@@ -337,6 +337,41 @@ pub const CASES: &[HostCaseDef] = &[
         ],
     },
     HostCaseDef {
+        name: "grpc-call-checks-apply-in-order",
+        tier: Required,
+        only: None,
+        spec: &["H7"],
+        description: "When a call fails several of H7's checks, the first in H7's order decides the answer: call_id 0 before the epoch fence, the fence before the arguments, the arguments before the method lookup.",
+        procedure: &[
+            "Attach stream A (version v, count c).",
+            "A sends `counter.increase(1)` with call_id 0 and header epoch `conformance-other-epoch`.",
+            "A sends `counter.increase` with a fresh id, header epoch `conformance-other-epoch` and args_json `{}`.",
+            "A sends `nosuchmodule.nosuchmethod` with a fresh id, the host's epoch and args_json `{}`.",
+            "A calls `counter.increase(1)`.",
+        ],
+        asserts: &[
+            "The three are answered, in order, INVALID_ARGUMENT (call_id 0), FAILED_PRECONDITION and INVALID_ARGUMENT, each with state_version v.",
+            "The last is answered with state_version v+1 and the count is c+1: none of the three ran.",
+        ],
+    },
+    HostCaseDef {
+        name: "grpc-envelopes-without-a-known-kind-are-ignored",
+        tier: Required,
+        only: None,
+        spec: &["C1", "C2", "H13"],
+        description: "Envelopes a later revision might send are read as v1 allows: one with no kind, or with only a kind this version does not know, is ignored without an answer and the session goes on; a Call carrying fields this version does not know is answered as if they were absent.",
+        procedure: &[
+            "Attach stream A (version v, count c).",
+            "A sends an envelope with a header and no kind, then one whose only kind is field 15 (a length-delimited field no v1 kind has) and whose header also carries an unknown field 15.",
+            "A sends `counter.increase(1)` with an unknown field 15 in the Call and another in the envelope.",
+            "A calls `counter.increase(1)`.",
+        ],
+        asserts: &[
+            "A receives no result for the first two envelopes, and its session is not closed.",
+            "The two calls are answered with state_version v+1 and v+2, and the count is c+2.",
+        ],
+    },
+    HostCaseDef {
         name: "grpc-no-version-without-published-change",
         tier: Required,
         only: None,
@@ -575,6 +610,8 @@ pub async fn run_case(name: &str, run: &Arc<Shared>, options: CaseOptions) -> Re
         "grpc-method-failure-is-failed" => method_failure(run).await,
         "grpc-call-from-other-epoch-is-fenced" => fencing(run).await,
         "grpc-call-id-zero-is-invalid" => call_id_zero(run).await,
+        "grpc-call-checks-apply-in-order" => checks_in_order(run).await,
+        "grpc-envelopes-without-a-known-kind-are-ignored" => unknown_kinds(run).await,
         "grpc-no-version-without-published-change" => no_version(run).await,
         "grpc-add-many-is-one-version" => add_many(run).await,
         "grpc-integers-are-kept-exactly" => exact_integers(run).await,
@@ -1153,6 +1190,127 @@ async fn call_id_zero(run: &Arc<Shared>) -> Result<(), Stop> {
     let r = a.result(0).await?;
     expect_error(&r, "a call with call_id 0", ErrorCode::InvalidArgument, v)?;
     commit_one(&mut a, &mut [], v + 1).await?;
+    Ok(())
+}
+
+async fn checks_in_order(run: &Arc<Shared>) -> Result<(), Stop> {
+    let mut a = attached(run, "A").await?;
+    let (v, c) = (version_of(&a)?, count_of(&view_of(&a)?)?);
+    let epoch = a.host_epoch();
+    // Each pair of checks where the earlier one must decide (H7's steps 2
+    // and 3, 3 and 5, 5 and 6).
+    let (fenced, unknown) = (a.fresh_id(), a.fresh_id());
+    let calls: [(u64, &str, &str, &str, &str, ErrorCode); 3] = [
+        (
+            0,
+            OTHER_EPOCH,
+            "counter",
+            "increase",
+            "[1]",
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            fenced,
+            OTHER_EPOCH,
+            "counter",
+            "increase",
+            "{}",
+            ErrorCode::FailedPrecondition,
+        ),
+        (
+            unknown,
+            &epoch,
+            "nosuchmodule",
+            "nosuchmethod",
+            "{}",
+            ErrorCode::InvalidArgument,
+        ),
+    ];
+    for (id, epoch, module, method, args, _) in &calls {
+        a.send_call(epoch, *id, module, method, args)?;
+    }
+    for (id, epoch, module, method, args, code) in calls {
+        let r = a.result(id).await?;
+        let what = format!(
+            "{module}.{method} with call_id {id}, epoch {epoch:?} and args_json {args} \
+             (H7: the first check that applies decides)"
+        );
+        expect_error(&r, &what, code, v)?;
+    }
+    commit_one(&mut a, &mut [], v + 1).await?;
+    let count = count_of(&view_of(&a)?)?;
+    if count != c + 1 {
+        return Err(format!(
+            "the count is {count}, expected {}: a refused call ran",
+            c + 1
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// An unknown length-delimited field 15 ("hi"), which no v1 message has.
+const UNKNOWN_FIELD: &[u8] = &[0x7a, 0x02, b'h', b'i'];
+
+async fn unknown_kinds(run: &Arc<Shared>) -> Result<(), Stop> {
+    let mut a = attached(run, "A").await?;
+    let (v, c) = (version_of(&a)?, count_of(&view_of(&a)?)?);
+    let epoch = a.host_epoch();
+    let header = Header::v1(&epoch, "A", "");
+    let mark = a.mark();
+    // A header and no kind.
+    a.send(&ClientMessage {
+        header: Some(header.clone()),
+        kind: None,
+    })?;
+    // Field 15 as the only kind, and field 15 in the header too.
+    let mut header_bytes = header.encode_to_vec();
+    header_bytes.extend_from_slice(UNKNOWN_FIELD);
+    let mut envelope = Vec::new();
+    prost::encoding::bytes::encode(1, &header_bytes, &mut envelope);
+    envelope.extend_from_slice(UNKNOWN_FIELD);
+    a.send_bytes(Bytes::from(envelope))?;
+    // A Call with field 15 in the Call and in the envelope.
+    let id = a.fresh_id();
+    let mut call = Call {
+        call_id: id,
+        module: "counter".to_owned(),
+        method: "increase".to_owned(),
+        args_json: "[1]".to_owned(),
+    }
+    .encode_to_vec();
+    call.extend_from_slice(UNKNOWN_FIELD);
+    let mut envelope = ClientMessage {
+        header: Some(header),
+        kind: None,
+    }
+    .encode_to_vec();
+    prost::encoding::bytes::encode(2, &call, &mut envelope);
+    envelope.extend_from_slice(UNKNOWN_FIELD);
+    a.send_bytes_as_call(Bytes::from(envelope), id)?;
+    let r = a.result(id).await?;
+    ok_value(&r, "counter.increase(1) carrying unknown fields (C1)")?;
+    expect_version(
+        &r,
+        "counter.increase(1) carrying unknown fields (C1)",
+        v + 1,
+    )?;
+    commit_one(&mut a, &mut [], v + 2).await?;
+    let results = a
+        .since(mark)
+        .iter()
+        .filter(|e| matches!(e.kind, Some(host_message::Kind::Result(_))))
+        .count();
+    if results != 2 {
+        return Err(format!(
+            "A received {results} results, expected 2: an envelope with no known kind is ignored, not answered (C2, H13)"
+        )
+        .into());
+    }
+    let count = count_of(&view_of(&a)?)?;
+    if count != c + 2 {
+        return Err(format!("the count is {count}, expected {}", c + 2).into());
+    }
     Ok(())
 }
 

@@ -419,6 +419,15 @@ impl Peer {
         Ok(())
     }
 
+    /// Writes `bytes`, the encoding of a Call whose id is `call_id` (with
+    /// whatever else the case added), as one message, and expects its
+    /// result.
+    pub fn send_bytes_as_call(&mut self, bytes: Bytes, call_id: u64) -> Result<(), String> {
+        self.send_bytes(bytes)?;
+        self.open_calls.insert(call_id);
+        Ok(())
+    }
+
     /// A call id no stream of the run has used.
     pub fn fresh_id(&self) -> u64 {
         self.shared.fresh_id()
@@ -740,8 +749,15 @@ impl Peer {
         };
         let expected = if addressed { self.name.as_str() } else { "" };
         if header.target != expected {
+            // A reply whose sync_id was left out reads as a publication
+            // addressed to this stream: say so, as that is the likelier bug.
+            let hint = if !addressed && header.target == self.name && self.outstanding.is_some() {
+                "; a sync reply must carry its request's sync_id (H1, H2), and this one has none"
+            } else {
+                ""
+            };
             return Err(format!(
-                "target {:?} on a {}, expected {expected:?} (§3.2)",
+                "target {:?} on a {}, expected {expected:?} (§3.2){hint}",
                 header.target,
                 if addressed { "reply" } else { "publication" }
             ));

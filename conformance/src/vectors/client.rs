@@ -472,9 +472,13 @@ fn check_settled(
     for (e, (label, outcome, state_version)) in expect.iter().zip(seen) {
         let ctx = |m: String| format!("settled {label}: {m}");
         if &e.call != label {
+            let order = expect
+                .iter()
+                .map(|e| e.call.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
             return Err(format!(
-                "expected call {} to settle, got [{}]",
-                e.call,
+                "expected the calls to settle in the order [{order}], got [{}]",
                 listing()
             ));
         }

@@ -156,8 +156,16 @@ fn match_at(
         }
         if let Some(name) = p.strip_prefix('$') {
             let Some(text) = actual.and_then(scalar_text) else {
+                // An id left at 0 is not written at all in canonical JSON,
+                // so a missing id is most often a zero one.
+                let hint = match (actual, key) {
+                    (None, Some(k)) if k.ends_with("Id") => {
+                        format!(" (an absent {k} is 0, which never names a call or request)")
+                    }
+                    _ => String::new(),
+                };
                 return Err(format!(
-                    "{at}: expected a value for ${name}, got {actual:?}"
+                    "{at}: expected a value for ${name}, got {actual:?}{hint}"
                 ));
             };
             return match vars.get(name) {
