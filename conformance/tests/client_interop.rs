@@ -88,6 +88,7 @@ fn applying_across_a_gap_fails_exactly_the_gap_cases() {
             "client-reply-that-cannot-apply-keeps-request-outstanding",
             "client-result-ahead-while-syncing-sends-nothing-more",
             "client-retry-resumes-from-mirror-version",
+            "client-stale-snapshot-reply-clears-its-request",
             "client-stale-snapshot-reported-while-covered",
             "client-sync-reply-clears-request",
         ],
