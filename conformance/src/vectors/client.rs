@@ -653,8 +653,17 @@ fn check_state(expect: &ClientExpect, state: &ClientState) -> Result<(), String>
     if let (Some(want), Some(got)) = (&expect.timer_ms, state.timer_ms) {
         let want = optional_u64(want)?;
         if got != want {
+            // The timer is the earliest of a call's deadline, the retry of
+            // an outstanding sync request and the host silence (§3.2): a
+            // timer where none is due most often means a request the
+            // client should have cleared (K6).
+            let hint = if want.is_none() && got.is_some() {
+                " (the case expects no call deadline, sync retry or host silence: a sync request left outstanding after its reply, K6, is the usual cause)"
+            } else {
+                ""
+            };
             problems.push(format!(
-                "next timer {}, expected {}",
+                "next timer {}, expected {}{hint}",
                 shown(got.map(|ms| format!("at {ms} ms")), "never (null)"),
                 shown(want.map(|ms| format!("at {ms} ms")), "never (null)")
             ));
