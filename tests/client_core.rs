@@ -514,6 +514,37 @@ fn deadlines_and_cancels_say_whether_the_call_was_sent() {
 }
 
 #[test]
+fn a_held_error_settled_locally_says_the_call_changed_nothing_and_disposal_says_how_far_calls_got()
+{
+    let mut c = synced(3, 3);
+    let refused = sent_call(&mut c);
+    let answered = sent_call(&mut c);
+    c.handle_message(
+        at(0),
+        err_result(E1, refused, 9, ErrorCode::NotFound, "no such method"),
+    );
+    c.handle_message(at(0), ok_result(E1, answered, 9, json!(4)));
+    let queued = c.call("counter", "increase", &[json!(1)], None).unwrap();
+    events(&mut c);
+    assert!(c.cancel(refused));
+    c.dispose();
+    let evs = events(&mut c);
+    let message = |call| settled_error(&evs, call).message;
+    assert_eq!(
+        message(refused),
+        "the call was cancelled after the host refused it, while the mirror caught up; it changed nothing"
+    );
+    assert_eq!(
+        message(answered),
+        "the client was disposed after the host answered it, while the mirror caught up; it ran"
+    );
+    assert_eq!(
+        message(queued),
+        "the client was disposed before it was sent; it did not run"
+    );
+}
+
+#[test]
 fn overflow_snapshot_is_accepted_with_an_overflow_notice() {
     let mut c = synced(2, 2);
     c.handle_message(

@@ -23,13 +23,20 @@ impl Connector for Refusing {
 }
 
 #[tokio::test]
-async fn refused_credentials_fail_ready_and_calls_permission_denied() {
+async fn refused_credentials_fail_ready_and_calls_permission_denied_saying_they_never_ran() {
     let client = Client::new(Refusing, ClientConfig::default());
     let queued = client.call("counter", "increase", vec![json!(1)]);
     let error = client.ready().await.unwrap_err();
     assert_eq!(error.code, ErrorCode::PermissionDenied);
     assert!(error.message.contains("bad token"), "{error}");
-    assert_eq!(queued.await.unwrap_err().code, ErrorCode::PermissionDenied);
+    let queued = queued.await.unwrap_err();
+    assert_eq!(queued.code, ErrorCode::PermissionDenied);
+    assert!(
+        queued
+            .message
+            .ends_with("bad token (settled before it was sent; it did not run)"),
+        "{queued}"
+    );
     let later = client.call("counter", "increase", vec![json!(1)]).await;
     assert_eq!(later.unwrap_err().code, ErrorCode::PermissionDenied);
 }

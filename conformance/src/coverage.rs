@@ -44,10 +44,21 @@ pub struct Citing<'a> {
     pub name: &'a str,
     /// The ids it cites, as written.
     pub spec: Vec<&'a str>,
-    /// Whether the runner plays it against the reference alone: a host
-    /// vector, which needs a host started afresh for it (§1 of
-    /// CONFORMANCE.md), unlike the interop cases any host is run with.
-    pub reference_only: bool,
+    /// What kind of check it is, which says whom the runner checks with it.
+    pub kind: CitingKind,
+}
+
+/// What kind of check cites rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CitingKind {
+    /// A client vector: run against any client, through its adapter.
+    ClientVector,
+    /// A host vector: the runner plays it against the reference core alone,
+    /// since it needs a host started afresh for it (§1 of CONFORMANCE.md).
+    HostVector,
+    /// An interop case, or the checks of every envelope: run against any
+    /// host.
+    HostRunner,
 }
 
 /// `id` is a rule id: capitals, digits, and at most one lowercase letter
@@ -242,18 +253,21 @@ pub fn citing_cases(cases: &[Case]) -> Vec<Citing<'_>> {
             .map(move |c| Citing {
                 name: &c.info().name,
                 spec: c.info().spec.iter().map(String::as_str).collect(),
-                reference_only: role == Role::Host,
+                kind: match role {
+                    Role::Client => CitingKind::ClientVector,
+                    Role::Host => CitingKind::HostVector,
+                },
             })
     });
     let interop = crate::interop::cases::CASES.iter().map(|c| Citing {
         name: c.name,
         spec: c.spec.to_vec(),
-        reference_only: false,
+        kind: CitingKind::HostRunner,
     });
     let every_envelope = Citing {
         name: EVERY_ENVELOPE,
         spec: crate::interop::peer::CHECKED_ON_EVERY_ENVELOPE.to_vec(),
-        reference_only: false,
+        kind: CitingKind::HostRunner,
     };
     vectors
         .chain(interop)
@@ -312,7 +326,9 @@ pub fn render(spec: &Spec, cases: &[Citing]) -> Result<String, String> {
         let names: Vec<String> = citing.iter().map(|c| link(c.name)).collect();
         if names.is_empty() {
             uncited.push(rule.id.as_str());
-        } else if citing.iter().all(|c| c.reference_only) {
+        } else if citing.iter().any(|c| c.kind == CitingKind::HostVector)
+            && !citing.iter().any(|c| c.kind == CitingKind::HostRunner)
+        {
             reference_only.push(rule.id.as_str());
         }
         let section = rule
@@ -330,7 +346,7 @@ pub fn render(spec: &Spec, cases: &[Citing]) -> Result<String, String> {
     if !reference_only.is_empty() {
         let _ = writeln!(
             out,
-            "\nCited only by host vectors, which the runner plays against the reference core alone (§1), so no run checks them of another host ({}): {}.",
+            "\nCited by host vectors but by no interop case or check of every envelope, so the runner checks them of the reference core alone (§1; another host may replay the host vectors against its own core, as this repository's Python and TypeScript hosts do) ({}): {}.",
             reference_only.len(),
             reference_only.join(", ")
         );
@@ -439,7 +455,7 @@ mod tests {
         let cases = [Citing {
             name: "some-case",
             spec: vec!["V1", "H7.2", "V9", "§5", "h7"],
-            reference_only: false,
+            kind: CitingKind::HostRunner,
         }];
         assert_eq!(broken_references(&spec, &cases).len(), 3);
         assert!(render(&spec, &cases).unwrap_err().contains("`V9`"));
@@ -452,16 +468,22 @@ mod tests {
             Citing {
                 name: "interop",
                 spec: vec!["V1"],
-                reference_only: false,
+                kind: CitingKind::HostRunner,
             },
             Citing {
                 name: "host-vector",
-                spec: vec!["V1", "K1"],
-                reference_only: true,
+                spec: vec!["V1", "K1", "Q1"],
+                kind: CitingKind::HostVector,
+            },
+            // A client vector checks clients, not hosts: Q1 stays listed.
+            Citing {
+                name: "client-vector",
+                spec: vec!["Q1"],
+                kind: CitingKind::ClientVector,
             },
         ];
         let text = render(&spec, &cases).unwrap();
-        assert!(text.contains("so no run checks them of another host (1): K1.\n"));
+        assert!(text.contains("do) (2): K1, Q1.\n"), "{text}");
     }
 
     #[test]
@@ -471,12 +493,12 @@ mod tests {
             Citing {
                 name: "a",
                 spec: vec!["V1", "K1"],
-                reference_only: false,
+                kind: CitingKind::HostRunner,
             },
             Citing {
                 name: "b",
                 spec: vec!["V1", "4"],
-                reference_only: false,
+                kind: CitingKind::HostRunner,
             },
         ];
         let text = render(&spec, &cases).unwrap();

@@ -116,7 +116,16 @@ impl Pending {
         match (self.transmitted, &self.held) {
             (false, _) => "before it was sent; it did not run",
             (true, None) => "after it was sent and before its result arrived; it may have run",
-            (true, Some(_)) => "after the host answered it, while the mirror caught up; it ran",
+            (true, Some(Held { outcome: Ok(_), .. })) => {
+                "after the host answered it, while the mirror caught up; it ran"
+            }
+            // A host error commits nothing, whether the method ran or not.
+            (
+                true,
+                Some(Held {
+                    outcome: Err(_), ..
+                }),
+            ) => "after the host refused it, while the mirror caught up; it changed nothing",
         }
     }
 }
@@ -221,6 +230,13 @@ impl ClientCore {
         self.pending.len()
     }
 
+    /// How far a pending call got, as its local settlements say it ("before
+    /// it was sent; it did not run", …), for a driver that settles calls
+    /// itself; `None` for a call that is not pending.
+    pub(crate) fn progress_of(&self, call: crate::client::CallId) -> Option<&'static str> {
+        self.pending.get(&call.0).map(Pending::progress)
+    }
+
     fn header(&self) -> Header {
         Header {
             protocol_version: PROTOCOL_VERSION,
@@ -246,7 +262,11 @@ impl ClientCore {
         self.disposed = true;
         let ids: Vec<u64> = self.pending.keys().copied().collect();
         for id in ids {
-            self.settle_local(id, ErrorCode::Disposed, "the client was disposed");
+            let Some(pending) = self.pending.get(&id) else {
+                continue;
+            };
+            let message = format!("the client was disposed {}", pending.progress());
+            self.settle_local(id, ErrorCode::Disposed, &message);
         }
         self.outbox.clear();
         self.sync = None;

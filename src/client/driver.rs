@@ -194,8 +194,18 @@ impl Shared {
             .drain()
             .collect();
         for (id, sender) in stranded {
+            // The calls sent and unanswered settled outcome-unknown as the
+            // link went down: what is left never left, or holds an answer.
+            let progress = self.core().progress_of(id);
+            let outcome = match progress {
+                Some(progress) => MethodError {
+                    message: format!("{} (settled {progress})", error.message),
+                    ..error.clone()
+                },
+                None => error.clone(),
+            };
             let _ = sender.send(Settlement {
-                outcome: Err(error.clone()),
+                outcome: Err(outcome),
                 state_version: None,
             });
             // Removes it from the core too; its own settlement event finds
@@ -490,10 +500,11 @@ impl Client {
     /// While the host cannot be reached, the call waits, for ever unless a
     /// timeout is set ([`Client::call_with`], or
     /// [`ClientConfig::call_timeout`](super::ClientConfig::call_timeout)
-    /// for every call). An error that settles it locally says in its
-    /// message how far the call got: a call never sent did not run, even
-    /// when a host restart settles it `outcome-unknown` (spec §11.2 gives
-    /// every call of a vanished epoch that code).
+    /// for every call). When a deadline, a cancel, disposal, a host
+    /// restart or the client stopping settles it, the error's message says
+    /// how far the call got: a call never sent did not run, even when a
+    /// host restart settles it `outcome-unknown` (spec §11.2 gives every
+    /// call of a vanished epoch that code).
     pub fn call(&self, module: &str, method: &str, args: Vec<Value>) -> CallFuture {
         self.call_with(module, method, args, CallOptions::default())
     }

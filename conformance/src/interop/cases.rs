@@ -350,7 +350,7 @@ pub const CASES: &[HostCaseDef] = &[
             "A calls `counter.increase(1)`.",
         ],
         asserts: &[
-            "The three are answered, in order, INVALID_ARGUMENT (call_id 0), FAILED_PRECONDITION and INVALID_ARGUMENT, each with state_version v.",
+            "The three are answered INVALID_ARGUMENT (call_id 0), FAILED_PRECONDITION and INVALID_ARGUMENT respectively, each with state_version v.",
             "The last is answered with state_version v+1 and the count is c+1: none of the three ran.",
         ],
     },

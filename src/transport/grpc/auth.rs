@@ -74,13 +74,13 @@ pub enum TokenFault {
     },
 }
 
-/// Whitespace is the usual culprit: a token read from a file or an
+/// A line break is the usual culprit: a token read from a file or an
 /// environment variable that kept its newline.
 fn whitespace_hint(byte: u8) -> &'static str {
-    if byte.is_ascii_whitespace() {
-        ": whitespace, as a token read from a file keeps its newline unless trimmed"
-    } else {
-        ""
+    match byte {
+        b'\n' | b'\r' => ": a line break, which a token read from a file keeps unless trimmed",
+        b' ' | b'\t' => ": whitespace",
+        _ => "",
     }
 }
 

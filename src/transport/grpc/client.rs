@@ -265,7 +265,7 @@ fn normalize_url(url: &str) -> Result<String, GrpcError> {
         // without one is almost always a port forgotten.
         if bare_port_missing(url) {
             return Err(GrpcError::InvalidUrl(format!(
-                "{url}: no port (write HOST:PORT, or a URL such as http://{url}:50051)"
+                "{url}: no port (write HOST:PORT, such as localhost:50051, or an http:// or https:// URL)"
             )));
         }
         format!("http://{url}")
