@@ -258,8 +258,9 @@ async fn session(
 /// `HOST:PORT` means plaintext gRPC; URLs must be `http://` or `https://`.
 fn normalize_url(url: &str) -> Result<String, GrpcError> {
     let url = url.trim();
-    let full = if url.contains("://") {
-        url.to_owned()
+    let full = if let Some((scheme, rest)) = url.split_once("://") {
+        // Schemes are case-insensitive (RFC 3986 §3.1).
+        format!("{}://{rest}", scheme.to_ascii_lowercase())
     } else {
         // A URL without a port means the scheme's (80), but a bare address
         // without one is almost always a port forgotten.
@@ -280,9 +281,33 @@ fn normalize_url(url: &str) -> Result<String, GrpcError> {
         return Err(GrpcError::InvalidUrl(format!("{url}: no host")));
     }
     // Parsed here so that a bad URL is refused at once, not retried.
-    Endpoint::from_shared(full.clone())
+    let endpoint = Endpoint::from_shared(full.clone())
         .map_err(|e| GrpcError::InvalidUrl(format!("{url}: {e}")))?;
+    // The URI grammar lets a port be any digits, or none after the colon;
+    // a connect would then fail, or dial the scheme's port, far from here.
+    if let Some(port) = endpoint
+        .uri()
+        .authority()
+        .and_then(|a| port_text(a.as_str()))
+        && port.parse::<u16>().is_err()
+    {
+        return Err(GrpcError::InvalidUrl(format!(
+            "{url}: the port {port:?} is not a number from 0 to 65535"
+        )));
+    }
     Ok(full)
+}
+
+/// The text after an authority's port colon, if it has one: after any
+/// user information and past a bracketed IPv6 address.
+fn port_text(authority: &str) -> Option<&str> {
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, rest)| rest);
+    let after_host = host_port
+        .rsplit_once(']')
+        .map_or(host_port, |(_, rest)| rest);
+    after_host.rsplit_once(':').map(|(_, port)| port)
 }
 
 /// Whether a bare `HOST:PORT` address lacks its port: `host`, `1.2.3.4`,
@@ -450,6 +475,15 @@ mod tests {
         for address in ["[::1]:50051", "localhost:1", "http://localhost"] {
             assert!(normalize_url(address).is_ok(), "{address}");
         }
+        for address in ["localhost:abc", "http://localhost:99999", "https://[::1]:x"] {
+            let error = normalize_url(address).expect_err(address).to_string();
+            assert!(error.contains("is not a number"), "{address}: {error}");
+        }
+        assert_eq!(
+            normalize_url("HTTPS://localhost:1").unwrap(),
+            "https://localhost:1",
+            "schemes are case-insensitive"
+        );
     }
 
     #[test]
