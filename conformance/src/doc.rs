@@ -222,6 +222,10 @@ fn client_action(action: &ClientAction) -> String {
     match action {
         ClientAction::Start => "Start the client.".into(),
         ClientAction::Deliver(m) => format!("Deliver {}.", envelope(m)),
+        ClientAction::DeliverWithUnknownFields(m) => format!(
+            "Deliver {}, its bytes carrying a field no v1 message has (number 15) in the envelope, in its header and in its kind's message.",
+            envelope(m)
+        ),
         ClientAction::Call(c) => {
             let args = c
                 .args_json

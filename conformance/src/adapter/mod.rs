@@ -82,6 +82,35 @@ pub enum CallArgs {
     Text(String),
 }
 
+/// A length-delimited field 15 (`"v2"`), which no v1 message has: what
+/// [`with_unknown_fields`] adds.
+const UNKNOWN_FIELD: &[u8] = &[0x7a, 0x02, b'v', b'2'];
+
+/// `message` encoded with an unknown field added to the envelope, to its
+/// header and to its kind's message, where a later revision of v1 might add
+/// fields (PROTOCOL.md C4): a receiver skips all three (C1).
+pub fn with_unknown_fields(message: &HostMessage) -> Vec<u8> {
+    use cosystem_worker::wire::host_message::Kind;
+    let mut out = Vec::new();
+    if let Some(header) = &message.header {
+        let mut bytes = header.encode_to_vec();
+        bytes.extend_from_slice(UNKNOWN_FIELD);
+        prost::encoding::bytes::encode(1, &bytes, &mut out);
+    }
+    let kind = match &message.kind {
+        Some(Kind::Snapshot(m)) => Some((2, m.encode_to_vec())),
+        Some(Kind::Patch(m)) => Some((3, m.encode_to_vec())),
+        Some(Kind::Result(m)) => Some((4, m.encode_to_vec())),
+        None => None,
+    };
+    if let Some((field, mut bytes)) = kind {
+        bytes.extend_from_slice(UNKNOWN_FIELD);
+        prost::encoding::bytes::encode(field, &bytes, &mut out);
+    }
+    out.extend_from_slice(UNKNOWN_FIELD);
+    out
+}
+
 /// One command from the runner to the adapter.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
@@ -90,6 +119,11 @@ pub enum Command {
     Start(AdapterConfig),
     /// Hand the client one host envelope.
     Deliver(HostMessage),
+    /// Hand the client one host envelope whose bytes also carry fields no
+    /// v1 message has ([`with_unknown_fields`]), as a later revision may
+    /// add them (PROTOCOL.md C1, C4). Its JSON cannot show them: the
+    /// canonical mapping has no place for unknown fields.
+    DeliverWithUnknownFields(HostMessage),
     /// The application calls a method. `call` labels the call in later
     /// commands and in events.
     Call {
@@ -243,6 +277,11 @@ impl Command {
                 "message": host_message_to_json(m),
                 "bytes": base64::engine::general_purpose::STANDARD.encode(m.encode_to_vec()),
             }),
+            Command::DeliverWithUnknownFields(m) => json!({
+                "op": "deliver",
+                "message": host_message_to_json(m),
+                "bytes": base64::engine::general_purpose::STANDARD.encode(with_unknown_fields(m)),
+            }),
             Command::Call {
                 call,
                 module,
@@ -300,17 +339,29 @@ impl Command {
                 })
             }
             "deliver" => {
-                let message = match (map.get("message"), map.get("bytes")) {
-                    (Some(m), _) => host_message_from_json(m).map_err(|e| e.to_string())?,
-                    (None, Some(Value::String(b))) => {
-                        let bytes = base64::engine::general_purpose::STANDARD
+                let bytes = match map.get("bytes") {
+                    Some(Value::String(b)) => Some(
+                        base64::engine::general_purpose::STANDARD
                             .decode(b)
-                            .map_err(|e| format!("bytes: {e}"))?;
+                            .map_err(|e| format!("bytes: {e}"))?,
+                    ),
+                    _ => None,
+                };
+                let message = match (map.get("message"), &bytes) {
+                    (Some(m), _) => host_message_from_json(m).map_err(|e| e.to_string())?,
+                    (None, Some(bytes)) => {
                         HostMessage::decode(bytes.as_slice()).map_err(|e| e.to_string())?
                     }
                     _ => return Err("deliver needs message or bytes".into()),
                 };
-                Command::Deliver(message)
+                // Bytes that say more than the message are the message
+                // with the fields a later revision might add.
+                match bytes {
+                    Some(bytes) if bytes == with_unknown_fields(&message) => {
+                        Command::DeliverWithUnknownFields(message)
+                    }
+                    _ => Command::Deliver(message),
+                }
             }
             "call" => {
                 let args = match (map.get("args"), map.get("args_json")) {
@@ -597,6 +648,31 @@ mod tests {
             Command::Report,
         ];
         for c in commands {
+            assert_eq!(Command::from_json(&c.to_json()), Ok(c));
+        }
+    }
+
+    #[test]
+    fn an_envelope_with_unknown_fields_decodes_as_itself_and_round_trips_as_such() {
+        use cosystem_worker::wire::{CallResult, call_result, host_message};
+        let message = HostMessage {
+            header: Some(Header::v1("e1", "h", "c1")),
+            kind: Some(host_message::Kind::Result(CallResult {
+                call_id: 7,
+                state_version: 2,
+                outcome: Some(call_result::Outcome::ValueJson("1".into())),
+            })),
+        };
+        let extended = with_unknown_fields(&message);
+        assert_ne!(extended, message.encode_to_vec());
+        assert_eq!(
+            HostMessage::decode(extended.as_slice()),
+            Ok(message.clone())
+        );
+        for c in [
+            Command::Deliver(message.clone()),
+            Command::DeliverWithUnknownFields(message),
+        ] {
             assert_eq!(Command::from_json(&c.to_json()), Ok(c));
         }
     }

@@ -168,6 +168,10 @@ impl ReferenceClient {
                 core.handle_message(now, message);
                 Ok(())
             }
+            // Read as received, by the client's own reader of envelopes.
+            Command::DeliverWithUnknownFields(message) => core
+                .handle_bytes(now, &super::with_unknown_fields(message))
+                .map_err(|e| format!("the envelope did not decode: {e}")),
             Command::Call {
                 call,
                 module,

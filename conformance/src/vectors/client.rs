@@ -82,6 +82,9 @@ pub enum ClientAction {
     Start,
     /// Hand it a host envelope (canonical JSON, `$label`s substituted).
     Deliver(Value),
+    /// The same, with fields no v1 message has added to the envelope, its
+    /// header and its kind's message in the bytes (PROTOCOL.md C1).
+    DeliverWithUnknownFields(Value),
     /// The application makes a call.
     Call(CallSpec),
     /// The application cancels a call, by label.
@@ -184,9 +187,10 @@ pub struct ClientCase {
     pub steps: Vec<ClientStep>,
 }
 
-const ACTIONS: [&str; 9] = [
+const ACTIONS: [&str; 10] = [
     "start",
     "deliver",
+    "deliver_with_unknown_fields",
     "call",
     "cancel",
     "timeout",
@@ -232,6 +236,7 @@ fn parse_step(step: &Value) -> Result<ClientStep, String> {
     let action = match name.as_str() {
         "start" => ClientAction::Start,
         "deliver" => ClientAction::Deliver(body),
+        "deliver_with_unknown_fields" => ClientAction::DeliverWithUnknownFields(body),
         "call" => ClientAction::Call(serde_json::from_value(body).map_err(|e| e.to_string())?),
         "cancel" => {
             ClientAction::Cancel(body.as_str().ok_or("cancel takes a call label")?.to_owned())
@@ -390,11 +395,16 @@ pub fn run_with(case: &ClientCase, client: &mut dyn ClientUnderTest) -> Result<(
         now_ms = ms;
         let command = match &step.action {
             ClientAction::Start => Some(Command::Start(adapter_config(&case.config))),
-            ClientAction::Deliver(message) => {
-                let message = substitute(message, &vars).map_err(&fail)?;
-                let message = host_message_from_json(&message)
+            ClientAction::Deliver(message) | ClientAction::DeliverWithUnknownFields(message) => {
+                let json = substitute(message, &vars).map_err(&fail)?;
+                let message = host_message_from_json(&json)
                     .map_err(|e| fail(format!("vector error: {e}")))?;
-                Some(Command::Deliver(message))
+                Some(match &step.action {
+                    ClientAction::DeliverWithUnknownFields(_) => {
+                        Command::DeliverWithUnknownFields(message)
+                    }
+                    _ => Command::Deliver(message),
+                })
             }
             ClientAction::Call(spec) => {
                 let args = match (&spec.args_json, &spec.args) {
