@@ -247,6 +247,20 @@ pub const CASES: &[HostCaseDef] = &[
         asserts: &["The reply is Snapshot{reason=SYNC, version=v} with A's view."],
     },
     HostCaseDef {
+        name: "grpc-resume-across-the-window-edge-reaches-current-view",
+        tier: Required,
+        only: None,
+        spec: &["H2", "PA5"],
+        description: "Resumes from just outside and just inside the history window are answered with a Snapshot or a resume Patch, whichever the host's window allows, that brings the stream to the host's current view: a host that builds a resume Patch from a history missing its first versions fails here, whatever its window.",
+        procedure: &[
+            "Attach stream A (version v, view W).",
+            "A makes window + 1 commits (`todos.add(\"edge N\")`, 64 in flight at a time; the window is --history-window, default 1024), noting the view W' after the first.",
+            "Stream C sends SyncRequest{epoch=the host's, have_version=v} (its base W); stream D sends SyncRequest{have_version=v+1} (its base W').",
+            "A calls `todos.clear()`.",
+        ],
+        asserts: &["C and D each reach A's version and view, whatever form their replies take."],
+    },
+    HostCaseDef {
         name: "grpc-sync-outside-history-gets-snapshot",
         tier: Recommended,
         only: None,
@@ -605,6 +619,9 @@ pub async fn run_case(name: &str, run: &Arc<Shared>, options: CaseOptions) -> Re
         "grpc-sync-from-other-epoch-gets-snapshot" => snapshot_reply(run, true).await,
         "grpc-sync-ahead-of-host-gets-snapshot" => snapshot_reply(run, false).await,
         "grpc-sync-outside-history-gets-snapshot" => outside_window(run, options).await,
+        "grpc-resume-across-the-window-edge-reaches-current-view" => {
+            window_edge(run, options).await
+        }
         "grpc-unknown-module-or-method-is-not-found" => not_found(run).await,
         "grpc-invalid-arguments-are-invalid" => invalid_arguments(run).await,
         "grpc-method-failure-is-failed" => method_failure(run).await,
@@ -1053,10 +1070,10 @@ async fn snapshot_reply(run: &Arc<Shared>, other_epoch: bool) -> Result<(), Stop
     Ok(())
 }
 
-async fn outside_window(run: &Arc<Shared>, options: CaseOptions) -> Result<(), Stop> {
-    let mut a = attached(run, "A").await?;
-    let (v, base) = (version_of(&a)?, view_of(&a)?);
-    let total = options.history_window + 1;
+/// Makes `total` commits of `counter.increase(1)` from `a`, 64 in flight
+/// at a time, and waits until `a` has seen them all.
+async fn increase_many(a: &mut Peer, total: u64) -> Result<(), String> {
+    let v = version_of(a)?;
     let mut done = 0;
     while done < total {
         let batch = (total - done).min(64);
@@ -1068,7 +1085,55 @@ async fn outside_window(run: &Arc<Shared>, options: CaseOptions) -> Result<(), S
         }
         done += batch;
     }
-    a.reach(v + total).await?;
+    a.reach(v + total).await
+}
+
+async fn window_edge(run: &Arc<Shared>, options: CaseOptions) -> Result<(), Stop> {
+    let mut a = attached(run, "A").await?;
+    let (v, base) = (version_of(&a)?, view_of(&a)?);
+    // Each commit appends an item: unlike replacing a count, a resume
+    // Patch that misses or reorders a version's operations then shows.
+    add_many_singly(&mut a, 1).await?;
+    let next = view_of(&a)?;
+    add_many_singly(&mut a, options.history_window).await?;
+    let epoch = a.host_epoch();
+    for (name, have, view) in [("C", v, base), ("D", v + 1, next)] {
+        let mut peer = Peer::open(run, name).await?;
+        peer.sync(have, &epoch, Some(view))?;
+        peer.await_sync().await?;
+        same_view(&a, &peer).map_err(|e| format!("after a resume from version {have}: {e}"))?;
+    }
+    // The items would otherwise weigh on every later snapshot.
+    ok_value(
+        &a.invoke("todos", "clear", json!([])).await?,
+        "todos.clear()",
+    )?;
+    Ok(())
+}
+
+/// Makes `total` commits of `todos.add`, 64 in flight at a time, and waits
+/// until `a` has seen them all.
+async fn add_many_singly(a: &mut Peer, total: u64) -> Result<(), String> {
+    let v = version_of(a)?;
+    let mut done = 0;
+    while done < total {
+        let batch = (total - done).min(64);
+        let ids = (0..batch)
+            .map(|i| a.call("todos", "add", json!([format!("edge {}", done + i)])))
+            .collect::<Result<Vec<_>, _>>()?;
+        for id in ids {
+            ok_value(&a.result(id).await?, "todos.add")?;
+        }
+        done += batch;
+    }
+    a.reach(v + total).await
+}
+
+async fn outside_window(run: &Arc<Shared>, options: CaseOptions) -> Result<(), Stop> {
+    let mut a = attached(run, "A").await?;
+    let (v, base) = (version_of(&a)?, view_of(&a)?);
+    let total = options.history_window + 1;
+    increase_many(&mut a, total).await?;
     let mut c = Peer::open(run, "C").await?;
     let epoch = a.host_epoch();
     let sync_id = c.sync(v, &epoch, Some(base))?;
