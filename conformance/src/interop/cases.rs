@@ -1070,18 +1070,25 @@ async fn snapshot_reply(run: &Arc<Shared>, other_epoch: bool) -> Result<(), Stop
     Ok(())
 }
 
-/// Makes `total` commits of `counter.increase(1)` from `a`, 64 in flight
-/// at a time, and waits until `a` has seen them all.
-async fn increase_many(a: &mut Peer, total: u64) -> Result<(), String> {
+/// Makes `total` commits from `a`, the `i`th a call of `call(i)` (module,
+/// method, arguments), 64 in flight at a time, and waits until `a` has seen
+/// them all.
+async fn commit_many(
+    a: &mut Peer,
+    total: u64,
+    call: impl Fn(u64) -> (&'static str, &'static str, Value),
+) -> Result<(), String> {
     let v = version_of(a)?;
     let mut done = 0;
     while done < total {
         let batch = (total - done).min(64);
-        let ids = (0..batch)
-            .map(|_| a.call("counter", "increase", json!([1])))
+        let calls: Vec<_> = (done..done + batch).map(&call).collect();
+        let ids = calls
+            .iter()
+            .map(|(module, method, args)| a.call(module, method, args.clone()))
             .collect::<Result<Vec<_>, _>>()?;
-        for id in ids {
-            ok_value(&a.result(id).await?, "counter.increase(1)")?;
+        for ((module, method, _), id) in calls.iter().zip(ids) {
+            ok_value(&a.result(id).await?, &format!("{module}.{method}"))?;
         }
         done += batch;
     }
@@ -1093,9 +1100,10 @@ async fn window_edge(run: &Arc<Shared>, options: CaseOptions) -> Result<(), Stop
     let (v, base) = (version_of(&a)?, view_of(&a)?);
     // Each commit appends an item: unlike replacing a count, a resume
     // Patch that misses or reorders a version's operations then shows.
-    add_many_singly(&mut a, 1).await?;
+    let add = |i: u64| ("todos", "add", json!([format!("edge {i}")]));
+    commit_many(&mut a, 1, add).await?;
     let next = view_of(&a)?;
-    add_many_singly(&mut a, options.history_window).await?;
+    commit_many(&mut a, options.history_window, add).await?;
     let epoch = a.host_epoch();
     for (name, have, view) in [("C", v, base), ("D", v + 1, next)] {
         let mut peer = Peer::open(run, name).await?;
@@ -1111,29 +1119,11 @@ async fn window_edge(run: &Arc<Shared>, options: CaseOptions) -> Result<(), Stop
     Ok(())
 }
 
-/// Makes `total` commits of `todos.add`, 64 in flight at a time, and waits
-/// until `a` has seen them all.
-async fn add_many_singly(a: &mut Peer, total: u64) -> Result<(), String> {
-    let v = version_of(a)?;
-    let mut done = 0;
-    while done < total {
-        let batch = (total - done).min(64);
-        let ids = (0..batch)
-            .map(|i| a.call("todos", "add", json!([format!("edge {}", done + i)])))
-            .collect::<Result<Vec<_>, _>>()?;
-        for id in ids {
-            ok_value(&a.result(id).await?, "todos.add")?;
-        }
-        done += batch;
-    }
-    a.reach(v + total).await
-}
-
 async fn outside_window(run: &Arc<Shared>, options: CaseOptions) -> Result<(), Stop> {
     let mut a = attached(run, "A").await?;
     let (v, base) = (version_of(&a)?, view_of(&a)?);
     let total = options.history_window + 1;
-    increase_many(&mut a, total).await?;
+    commit_many(&mut a, total, |_| ("counter", "increase", json!([1]))).await?;
     let mut c = Peer::open(run, "C").await?;
     let epoch = a.host_epoch();
     let sync_id = c.sync(v, &epoch, Some(base))?;
