@@ -639,8 +639,14 @@ impl Peer {
         let message = HostMessage::decode(bytes.as_ref()).map_err(|e| {
             format!("stream {name}: the host sent bytes that are not a HostMessage: {e}")
         })?;
-        self.track(&message)
-            .map_err(|e| format!("stream {name}: {e}; in {}", describe(&message)))?;
+        // Said, since such a failure ends whichever case is running and
+        // its name may have nothing to do with the rule broken.
+        self.track(&message).map_err(|e| {
+            format!(
+                "stream {name}: {e} (a check made on every envelope, CONFORMANCE.md §7.2, not this case's own); in {}",
+                describe(&message)
+            )
+        })?;
         self.log.push(message.clone());
         Ok(Some(message))
     }
