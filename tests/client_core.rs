@@ -524,12 +524,23 @@ fn a_held_error_settled_locally_says_the_call_changed_nothing_and_disposal_says_
         err_result(E1, refused, 9, ErrorCode::NotFound, "no such method"),
     );
     c.handle_message(at(0), ok_result(E1, answered, 9, json!(4)));
+    // INTERNAL may be a panic the host rolled back or a result this client
+    // could not read: nothing is said of whether it changed anything.
+    let internal = sent_call(&mut c);
+    c.handle_message(
+        at(0),
+        err_result(E1, internal, 9, ErrorCode::Internal, "the method panicked"),
+    );
     let queued = c.call("counter", "increase", &[json!(1)], None).unwrap();
     events(&mut c);
     assert!(c.cancel(refused));
     c.dispose();
     let evs = events(&mut c);
     let message = |call| settled_error(&evs, call).message;
+    assert_eq!(
+        message(internal),
+        "the client was disposed after the host answered it, while the mirror caught up"
+    );
     assert_eq!(
         message(refused),
         "the call was cancelled after the host refused it, while the mirror caught up; it changed nothing"

@@ -119,13 +119,28 @@ impl Pending {
             (true, Some(Held { outcome: Ok(_), .. })) => {
                 "after the host answered it, while the mirror caught up; it ran"
             }
-            // A host error commits nothing, whether the method ran or not.
+            // A host's error commits nothing, whether the method ran or not
+            // (§14); INTERNAL may instead be this client's reading of a result
+            // it could not read, and codes 9–12 no host may send.
             (
                 true,
                 Some(Held {
-                    outcome: Err(_), ..
+                    outcome: Err(e), ..
                 }),
-            ) => "after the host refused it, while the mirror caught up; it changed nothing",
+            ) if matches!(
+                e.code,
+                ErrorCode::NotFound
+                    | ErrorCode::InvalidArgument
+                    | ErrorCode::Failed
+                    | ErrorCode::Unavailable
+                    | ErrorCode::PermissionDenied
+                    | ErrorCode::ResourceExhausted
+                    | ErrorCode::FailedPrecondition
+            ) =>
+            {
+                "after the host refused it, while the mirror caught up; it changed nothing"
+            }
+            (true, Some(_)) => "after the host answered it, while the mirror caught up",
         }
     }
 }

@@ -61,7 +61,7 @@ class Adapter:
             sync_retry_ms=int(config.get("sync_retry_ms", 2000)),
             host_silence_ms=None if config.get("host_silence_ms") is None
             else int(config["host_silence_ms"]),
-            max_call_bytes=int(config.get("max_message_bytes", 4 * 1024 * 1024)),
+            max_call_bytes=int(config.get("max_call_bytes", 4 * 1024 * 1024)),
         )
         self.core.start(self.now)
 

@@ -48,15 +48,15 @@ pub struct AdapterConfig {
     pub sync_retry_ms: u64,
     /// Host silence in milliseconds (L10); `None` for off.
     pub host_silence_ms: Option<u64>,
-    /// The client's max message size (PROTOCOL.md §15): a Call whose
-    /// envelope would be larger is refused `RESOURCE_EXHAUSTED` and never
-    /// sent (L2). Vectors set it far below §15's minimum, so that a call
-    /// over it stays small.
-    pub max_message_bytes: u64,
+    /// The client's max call size (PROTOCOL.md §15, a local limit with no
+    /// normative minimum): a Call whose envelope would be larger is refused
+    /// `RESOURCE_EXHAUSTED` and never sent (L2). A vector may set it to a
+    /// few hundred bytes, so that a call over it stays small.
+    pub max_call_bytes: u64,
 }
 
-/// §15's default max message size.
-pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 4 * 1024 * 1024;
+/// §15's default max call size.
+pub const DEFAULT_MAX_CALL_BYTES: u64 = 4 * 1024 * 1024;
 
 impl Default for AdapterConfig {
     fn default() -> Self {
@@ -67,7 +67,7 @@ impl Default for AdapterConfig {
             max_calls_in_flight: 1024,
             sync_retry_ms: 2000,
             host_silence_ms: None,
-            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_call_bytes: DEFAULT_MAX_CALL_BYTES,
         }
     }
 }
@@ -270,7 +270,7 @@ impl Command {
                 "max_calls_in_flight": c.max_calls_in_flight,
                 "sync_retry_ms": c.sync_retry_ms,
                 "host_silence_ms": c.host_silence_ms,
-                "max_message_bytes": c.max_message_bytes,
+                "max_call_bytes": c.max_call_bytes,
             }}),
             Command::Deliver(m) => json!({
                 "op": "deliver",
@@ -334,8 +334,7 @@ impl Command {
                         .unwrap_or(d.max_calls_in_flight),
                     sync_retry_ms: opt_u64(c, "sync_retry_ms")?.unwrap_or(d.sync_retry_ms),
                     host_silence_ms: opt_u64(c, "host_silence_ms")?,
-                    max_message_bytes: opt_u64(c, "max_message_bytes")?
-                        .unwrap_or(d.max_message_bytes),
+                    max_call_bytes: opt_u64(c, "max_call_bytes")?.unwrap_or(d.max_call_bytes),
                 })
             }
             "deliver" => {

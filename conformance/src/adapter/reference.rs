@@ -304,7 +304,9 @@ fn client_config(c: &AdapterConfig) -> ClientConfig {
         max_calls_in_flight: usize::try_from(c.max_calls_in_flight).unwrap_or(usize::MAX),
         sync_retry: Duration::from_millis(c.sync_retry_ms),
         host_silence: c.host_silence_ms.map(Duration::from_millis),
-        max_message_bytes: usize::try_from(c.max_message_bytes).unwrap_or(usize::MAX),
+        // The reference has one limit for both directions; the vectors'
+        // host envelopes are far smaller than any call-size limit they set.
+        max_message_bytes: usize::try_from(c.max_call_bytes).unwrap_or(usize::MAX),
         ..ClientConfig::default()
     }
 }

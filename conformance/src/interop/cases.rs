@@ -143,12 +143,12 @@ pub const CASES: &[HostCaseDef] = &[
         description: "A burst of pipelined commits produces one new version each, published in order with base = version − 1.",
         procedure: &[
             "Attach stream A (version v, count c).",
-            "A sends 20 `counter.increase(1)` calls without waiting, then reads every result.",
+            "A sends 15 `counter.increase(1)` calls without waiting (under §15's minimum in-flight limit of 16), then reads every result.",
         ],
         asserts: &[
-            "The results' state_versions are exactly v+1 … v+20.",
+            "The results' state_versions are exactly v+1 … v+15.",
             "A's publications are contiguous: each live patch has base = the version last shown and version = base + 1; in snapshot mode each snapshot is newer than the last.",
-            "A reaches version v+20 and its view shows count c+20.",
+            "A reaches version v+15 and its view shows count c+15.",
         ],
     },
     HostCaseDef {
@@ -254,7 +254,7 @@ pub const CASES: &[HostCaseDef] = &[
         description: "Resumes from just outside and just inside the history window are answered with a Snapshot or a resume Patch, whichever the host's window allows, that brings the stream to the host's current view: a host that builds a resume Patch from a history missing its first versions fails here, whatever its window.",
         procedure: &[
             "Attach stream A (version v, view W).",
-            "A makes window + 1 commits (`todos.add(\"edge N\")`, 64 in flight at a time; the window is --history-window, default 1024), noting the view W' after the first.",
+            "A makes window + 1 commits (`todos.add(\"edge N\")`, 15 in flight at a time, under §15's minimum in-flight limit; the window is --history-window, default 1024), noting the view W' after the first.",
             "Stream C sends SyncRequest{epoch=the host's, have_version=v} (its base W); stream D sends SyncRequest{have_version=v+1} (its base W').",
             "A calls `todos.clear()`.",
         ],
@@ -268,7 +268,7 @@ pub const CASES: &[HostCaseDef] = &[
         description: "A resume from a version whose successors have left the history window is answered with a snapshot.",
         procedure: &[
             "Attach stream A (version v, view W).",
-            "A makes window + 1 commits (`counter.increase(1)`, 64 in flight at a time; the window is --history-window, default 1024).",
+            "A makes window + 1 commits (`counter.increase(1)`, 15 in flight at a time, under §15's minimum in-flight limit; the window is --history-window, default 1024).",
             "Stream C sends SyncRequest{epoch=the host's, have_version=v}.",
         ],
         asserts: &["The reply is Snapshot{reason=SYNC} at A's version, with A's view."],
@@ -859,10 +859,15 @@ async fn no_publications_before_sync(run: &Arc<Shared>) -> Result<(), Stop> {
     Ok(())
 }
 
+/// The most calls a case keeps in flight on one stream: under the in-flight
+/// limit's normative minimum of 16 (PROTOCOL.md §15), which a conforming
+/// host may use, refusing the 17th and closing the session at 32.
+const AT_ONCE: u64 = 15;
+
 async fn contiguous(run: &Arc<Shared>) -> Result<(), Stop> {
     let mut a = attached(run, "A").await?;
     let (v, c) = (version_of(&a)?, count_of(&view_of(&a)?)?);
-    let ids = (0..20)
+    let ids = (0..AT_ONCE)
         .map(|_| a.call("counter", "increase", json!([1])))
         .collect::<Result<Vec<_>, _>>()?;
     let mut versions = Vec::new();
@@ -872,18 +877,21 @@ async fn contiguous(run: &Arc<Shared>) -> Result<(), Stop> {
         versions.push(r.state_version);
     }
     versions.sort_unstable();
-    let expected: Vec<u64> = (v + 1..=v + 20).collect();
+    let expected: Vec<u64> = (v + 1..=v + AT_ONCE).collect();
     if versions != expected {
-        return Err(format!("the state_versions are {versions:?}, expected {v}+1 … {v}+20").into());
+        return Err(
+            format!("the state_versions are {versions:?}, expected {v}+1 … {v}+{AT_ONCE}").into(),
+        );
     }
-    a.reach(v + 20).await?;
+    a.reach(v + AT_ONCE).await?;
     let count = count_of(&view_of(&a)?)?;
-    if version_of(&a)? != v + 20 || count != c + 20 {
+    let n = i64::try_from(AT_ONCE).unwrap_or(i64::MAX);
+    if version_of(&a)? != v + AT_ONCE || count != c + n {
         return Err(format!(
             "A is at {} with count {count}, expected {} with count {}",
             version_of(&a)?,
-            v + 20,
-            c + 20
+            v + AT_ONCE,
+            c + n
         )
         .into());
     }
@@ -1071,7 +1079,7 @@ async fn snapshot_reply(run: &Arc<Shared>, other_epoch: bool) -> Result<(), Stop
 }
 
 /// Makes `total` commits from `a`, the `i`th a call of `call(i)` (module,
-/// method, arguments), 64 in flight at a time, and waits until `a` has seen
+/// method, arguments), [`AT_ONCE`] in flight at a time, and waits until `a` has seen
 /// them all.
 async fn commit_many(
     a: &mut Peer,
@@ -1081,7 +1089,7 @@ async fn commit_many(
     let v = version_of(a)?;
     let mut done = 0;
     while done < total {
-        let batch = (total - done).min(64);
+        let batch = (total - done).min(AT_ONCE);
         let calls: Vec<_> = (done..done + batch).map(&call).collect();
         let ids = calls
             .iter()

@@ -45,9 +45,9 @@ pub struct ClientSetup {
     /// Host silence in milliseconds (L10); absent for off.
     #[serde(default)]
     pub host_silence_ms: Option<u64>,
-    /// The client's max message size in bytes (default §15's 4 MiB).
+    /// The client's max call size in bytes (default §15's 4 MiB).
     #[serde(default)]
-    pub max_message_bytes: Option<u64>,
+    pub max_call_bytes: Option<u64>,
 }
 
 fn default_peer() -> String {
@@ -349,9 +349,7 @@ pub fn adapter_config(setup: &ClientSetup) -> AdapterConfig {
             .map_or(defaults.max_calls_in_flight, |n| n as u64),
         sync_retry_ms: setup.sync_retry_ms.unwrap_or(defaults.sync_retry_ms),
         host_silence_ms: setup.host_silence_ms,
-        max_message_bytes: setup
-            .max_message_bytes
-            .unwrap_or(defaults.max_message_bytes),
+        max_call_bytes: setup.max_call_bytes.unwrap_or(defaults.max_call_bytes),
     }
 }
 

@@ -289,7 +289,7 @@ fn normalize_url(url: &str) -> Result<String, GrpcError> {
         .uri()
         .authority()
         .and_then(|a| port_text(a.as_str()))
-        && port.parse::<u16>().is_err()
+        && (!port.bytes().all(|b| b.is_ascii_digit()) || port.parse::<u16>().is_err())
     {
         return Err(GrpcError::InvalidUrl(format!(
             "{url}: the port {port:?} is not a number from 0 to 65535"
@@ -475,7 +475,12 @@ mod tests {
         for address in ["[::1]:50051", "localhost:1", "http://localhost"] {
             assert!(normalize_url(address).is_ok(), "{address}");
         }
-        for address in ["localhost:abc", "http://localhost:99999", "https://[::1]:x"] {
+        for address in [
+            "localhost:abc",
+            "http://localhost:99999",
+            "https://[::1]:x",
+            "localhost:+1",
+        ] {
             let error = normalize_url(address).expect_err(address).to_string();
             assert!(error.contains("is not a number"), "{address}: {error}");
         }

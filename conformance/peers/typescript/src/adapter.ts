@@ -61,7 +61,7 @@ class Adapter {
         maxPendingCalls: num(c.get('max_calls_in_flight'), 1024),
         syncRetryMs: num(c.get('sync_retry_ms'), 2000),
         hostSilenceMs: c.get('host_silence_ms') == null ? null : num(c.get('host_silence_ms'), 0),
-        maxCallSize: num(c.get('max_message_bytes'), 4 * 1024 * 1024),
+        maxCallSize: num(c.get('max_call_bytes'), 4 * 1024 * 1024),
       }, this.now);
       return this.collect({});
     }
