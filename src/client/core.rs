@@ -277,11 +277,7 @@ impl ClientCore {
         self.disposed = true;
         let ids: Vec<u64> = self.pending.keys().copied().collect();
         for id in ids {
-            let Some(pending) = self.pending.get(&id) else {
-                continue;
-            };
-            let message = format!("the client was disposed {}", pending.progress());
-            self.settle_local(id, ErrorCode::Disposed, &message);
+            self.settle_saying_how_far(id, ErrorCode::Disposed, "the client was disposed");
         }
         self.outbox.clear();
         self.sync = None;

@@ -1233,14 +1233,16 @@ async fn fencing(run: &Arc<Shared>) -> Result<(), Stop> {
         ErrorCode::FailedPrecondition,
         v,
     )?;
-    commit_one(&mut a, &mut [], v + 1).await?;
-    let count = count_of(&view_of(&a)?)?;
+    one_commit_and_nothing_else(&mut a, v, c, "the fenced call ran").await
+}
+
+/// Commits `counter.increase(1)` from `a`, at version `v` with count `c`,
+/// and checks that it is the only change: otherwise, `why`.
+async fn one_commit_and_nothing_else(a: &mut Peer, v: u64, c: i64, why: &str) -> Result<(), Stop> {
+    commit_one(a, &mut [], v + 1).await?;
+    let count = count_of(&view_of(a)?)?;
     if count != c + 1 {
-        return Err(format!(
-            "the count is {count}, expected {}: the fenced call ran",
-            c + 1
-        )
-        .into());
+        return Err(format!("the count is {count}, expected {}: {why}", c + 1).into());
     }
     Ok(())
 }
@@ -1300,16 +1302,7 @@ async fn checks_in_order(run: &Arc<Shared>) -> Result<(), Stop> {
         );
         expect_error(&r, &what, code, v)?;
     }
-    commit_one(&mut a, &mut [], v + 1).await?;
-    let count = count_of(&view_of(&a)?)?;
-    if count != c + 1 {
-        return Err(format!(
-            "the count is {count}, expected {}: a refused call ran",
-            c + 1
-        )
-        .into());
-    }
-    Ok(())
+    one_commit_and_nothing_else(&mut a, v, c, "a refused call ran").await
 }
 
 /// An unknown length-delimited field 15 ("hi"), which no v1 message has.

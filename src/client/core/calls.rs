@@ -79,11 +79,24 @@ impl ClientCore {
     /// Cancels a pending call: it settles `cancelled` now. The host may still
     /// run it; its result will then be ignored. Returns whether it was pending.
     pub fn cancel(&mut self, call: CallId) -> bool {
-        let Some(pending) = self.pending.get(&call.0) else {
+        self.settle_saying_how_far(call.0, ErrorCode::Cancelled, "the call was cancelled")
+    }
+
+    /// Settles a pending call locally with `what` happened, followed by how
+    /// far the call got (`Pending::progress`): whether it
+    /// was sent, and whether its answer had arrived. Returns whether it was
+    /// pending.
+    pub(super) fn settle_saying_how_far(
+        &mut self,
+        call_id: u64,
+        code: ErrorCode,
+        what: &str,
+    ) -> bool {
+        let Some(pending) = self.pending.get(&call_id) else {
             return false;
         };
-        let message = format!("the call was cancelled {}", pending.progress());
-        self.settle_local(call.0, ErrorCode::Cancelled, &message)
+        let message = format!("{what} {}", pending.progress());
+        self.settle_local(call_id, code, &message)
     }
 
     pub(super) fn settle_local(&mut self, call_id: u64, code: ErrorCode, message: &str) -> bool {

@@ -87,11 +87,11 @@ impl ClientCore {
             // OUTCOME_UNKNOWN even for a call never sent, so that one rule
             // covers every call of a vanished epoch (spec §11.2); the
             // message tells the application which it was.
-            let Some(pending) = self.pending.get(&id) else {
-                continue;
-            };
-            let message = format!("the host restarted (new epoch) {}", pending.progress());
-            self.settle_local(id, ErrorCode::OutcomeUnknown, &message);
+            self.settle_saying_how_far(
+                id,
+                ErrorCode::OutcomeUnknown,
+                "the host restarted (new epoch)",
+            );
         }
         if let Some(m) = &self.mirror {
             for pending in self.pending.values_mut() {

@@ -25,11 +25,11 @@ impl ClientCore {
             .collect();
         expired.sort_by_key(|(deadline, _)| *deadline);
         for (_, id) in expired {
-            let Some(pending) = self.pending.get(&id) else {
-                continue;
-            };
-            let message = format!("the call's deadline passed {}", pending.progress());
-            self.settle_local(id, ErrorCode::DeadlineExceeded, &message);
+            self.settle_saying_how_far(
+                id,
+                ErrorCode::DeadlineExceeded,
+                "the call's deadline passed",
+            );
         }
         // L5 retries only while connected: a request made while the link is
         // down is never sent, and L7 asks afresh on reconnecting.
