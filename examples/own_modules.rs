@@ -66,8 +66,10 @@ fn app() -> App {
             task.done = true;
             Ok(())
         });
-    let log = JsonModule::new("log", json!({ "lines": [] }))
-        .method("append", |d, (line,): (String,)| d.push("/lines", line));
+    let log =
+        JsonModule::new("log", json!({ "lines": [] })).method("append", |d, (line,): (String,)| {
+            Ok(d.push("/lines", line)?)
+        });
     App::new().with(tasks).with(log)
 }
 

@@ -1766,7 +1766,7 @@ fn a_draft_writing_an_equal_value_publishes_no_version() {
     let app = App::new().with(
         JsonModule::new("flags", json!({"on": true}))
             .method("set", |d: &mut Draft<'_>, (on,): (bool,)| {
-                d.replace("/on", on)
+                Ok(d.replace("/on", on)?)
             }),
     );
     let mut h = HostCore::new(
@@ -1884,7 +1884,7 @@ struct Log {
 fn logs_app() -> App {
     let recording = JsonModule::new("log", json!({"items": []}))
         .method("append", |d: &mut Draft<'_>, (text,): (String,)| {
-            d.push("/items", text)
+            Ok(d.push("/items", text)?)
         })
         .method("pop", |d: &mut Draft<'_>, (): ()| {
             let n = d
@@ -2084,17 +2084,21 @@ fn a_view_already_too_large_still_takes_calls_that_do_not_make_it_larger() {
     // Over the limit from the start (a big initial state).
     let app = App::new()
         .with(
-            JsonModule::new("blob", json!({"s": "x".repeat(3000)}))
-                .method("set", |d: &mut Draft<'_>, (s,): (String,)| {
-                    d.replace("/s", s).map(|_| ())
-                }),
+            JsonModule::new("blob", json!({"s": "x".repeat(3000)})).method(
+                "set",
+                |d: &mut Draft<'_>, (s,): (String,)| {
+                    d.replace("/s", s)?;
+                    Ok(())
+                },
+            ),
         )
-        .with(
-            JsonModule::new("count", json!({"n": 10}))
-                .method("set", |d: &mut Draft<'_>, (n,): (u64,)| {
-                    d.replace("/n", n).map(|_| ())
-                }),
-        );
+        .with(JsonModule::new("count", json!({"n": 10})).method(
+            "set",
+            |d: &mut Draft<'_>, (n,): (u64,)| {
+                d.replace("/n", n)?;
+                Ok(())
+            },
+        ));
     let mut h = HostCore::new(small_limit(SyncMode::Snapshot), app, EPOCH);
     // The same size (10 → 20) is committed, and so is smaller.
     h.invoke("count", "set", &[json!(20)]).unwrap();
@@ -2168,10 +2172,13 @@ fn every_successful_call_is_settled_once_and_a_module_that_cannot_revert_keeps_i
     for can_revert in [true, false] {
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let module = Verdicts {
-            inner: JsonModule::new("v", json!({"s": ""}))
-                .method("set", |d: &mut Draft<'_>, (s,): (String,)| {
-                    d.replace("/s", s).map(|_| ())
-                }),
+            inner: JsonModule::new("v", json!({"s": ""})).method(
+                "set",
+                |d: &mut Draft<'_>, (s,): (String,)| {
+                    d.replace("/s", s)?;
+                    Ok(())
+                },
+            ),
             can_revert,
             log: log.clone(),
         };

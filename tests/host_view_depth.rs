@@ -27,7 +27,7 @@ fn kv_host_publishing(sections: Option<Vec<String>>) -> HostCore {
     let app = App::new().with(JsonModule::new("kv", json!({})).method(
         "set",
         |d: &mut Draft<'_>, (path, value): (String, Value)| -> Result<(), MethodError> {
-            d.add(&path, value)
+            Ok(d.add(&path, value)?)
         },
     ));
     let config = HostConfig {

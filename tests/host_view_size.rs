@@ -80,7 +80,10 @@ struct Text {
 /// `json.set(s)`, `typed.set(s)` and `unreported.set(s)` each set their
 /// section's one string; `counted` is read only.
 fn host(reads: &Arc<AtomicUsize>) -> HostCore {
-    let set = |d: &mut Draft<'_>, (s,): (String,)| d.replace("/text", s).map(|_| ());
+    let set = |d: &mut Draft<'_>, (s,): (String,)| -> Result<(), MethodError> {
+        d.replace("/text", s)?;
+        Ok(())
+    };
     let app = App::new()
         .with(JsonModule::new("json", json!({"text": ""})).method("set", set))
         .with(TypedModule::new("typed", Text::default()).method(
@@ -211,12 +214,13 @@ fn floats_that_are_equal_but_written_apart_keep_the_length_exact() {
                 Ok(())
             },
         ))
-        .with(
-            JsonModule::new("json", json!({"text": ""}))
-                .method("set", |d: &mut Draft<'_>, (s,): (String,)| {
-                    d.replace("/text", s).map(|_| ())
-                }),
-        );
+        .with(JsonModule::new("json", json!({"text": ""})).method(
+            "set",
+            |d: &mut Draft<'_>, (s,): (String,)| {
+                d.replace("/text", s)?;
+                Ok(())
+            },
+        ));
     let mut h = limited(app);
     for _ in 0..20 {
         for x in [-0.0, 1.0, 0.0] {

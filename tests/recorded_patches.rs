@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Once;
 
-use cosystem_worker::app::{App, Draft, JsonModule, MethodError, Module, TypedModule};
+use cosystem_worker::app::{App, Draft, DraftError, JsonModule, MethodError, Module, TypedModule};
 use cosystem_worker::client::apply_patch;
 use cosystem_worker::host::{HostConfig, HostCore, PeerKey, PeerOptions, SyncMode};
 use cosystem_worker::wire::{
@@ -169,7 +169,7 @@ fn run_op(d: &mut Draft<'_>, op: &Op) -> Result<(), MethodError> {
 }
 
 /// An operation that must fail and change nothing.
-fn invalid_op(d: &mut Draft<'_>, kind: u8, all: &[(String, Value)]) -> Result<(), MethodError> {
+fn invalid_op(d: &mut Draft<'_>, kind: u8, all: &[(String, Value)]) -> Result<(), DraftError> {
     let leaf = all
         .iter()
         .find(|(_, v)| !v.is_object() && !v.is_array())

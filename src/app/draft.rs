@@ -4,11 +4,11 @@ use json_patch::{
 use serde::Serialize;
 use serde_json::Value;
 
+use super::draft_error::DraftError;
 use super::json::to_json;
 use super::json_len::{change, joined, json_len, left, member_len, signed};
 use super::methods::Methods;
 use super::{FromArgs, Invocation, MethodError, Module};
-use crate::wire::ErrorCode;
 
 /// A mutable view of a module's JSON state that records every change as an
 /// RFC 6902 operation.
@@ -17,9 +17,9 @@ use crate::wire::ErrorCode;
 /// O(state). Paths are RFC 6901 pointers relative to the module's root, such
 /// as `/items/3/done`; build one from data with [`pointer`](super::pointer),
 /// which escapes each name. An operation that does not fit the state (missing
-/// parent, index out of range, wrong container) fails with an `internal`
-/// error and changes nothing; when a method fails, every operation it made is
-/// undone.
+/// parent, index out of range, wrong container) fails with a [`DraftError`]
+/// saying which, and changes nothing; when a method fails, every operation
+/// it made is undone.
 pub struct Draft<'a> {
     root: &'a mut Value,
     ops: Vec<PatchOperation>,
@@ -30,7 +30,7 @@ pub struct Draft<'a> {
     budget: Option<i64>,
     /// Why an operation was refused for going past `budget`: the call then
     /// fails whatever the method makes of that operation's error.
-    over_budget: Option<MethodError>,
+    over_budget: Option<DraftError>,
 }
 
 enum Undo {
@@ -50,22 +50,28 @@ fn unescape(token: &str) -> String {
     token.replace("~1", "/").replace("~0", "~")
 }
 
-fn bad_path(path: &str, why: &str) -> MethodError {
-    MethodError::internal(format!("draft: {why} at {path:?}"))
+fn pointer(path: &str) -> Result<PointerBuf, DraftError> {
+    PointerBuf::parse(path.to_owned()).map_err(|e| DraftError::InvalidPath {
+        path: path.to_owned(),
+        why: e.to_string(),
+    })
 }
 
-fn pointer(path: &str) -> Result<PointerBuf, MethodError> {
-    PointerBuf::parse(path.to_owned()).map_err(|e| bad_path(path, &e.to_string()))
+/// The value to write, as JSON.
+fn json_of(value: impl Serialize) -> Result<Value, DraftError> {
+    to_json(&value, "the value").map_err(|e| DraftError::NotJson(e.message))
 }
 
 /// The parent of `path` in `root`, and the last token of `path` unescaped.
-fn parent_mut<'v>(root: &'v mut Value, path: &str) -> Result<(&'v mut Value, String), MethodError> {
-    let (parent, last) = path
-        .rsplit_once('/')
-        .ok_or_else(|| bad_path(path, "the root cannot be changed by member operations"))?;
+fn parent_mut<'v>(root: &'v mut Value, path: &str) -> Result<(&'v mut Value, String), DraftError> {
+    let (parent, last) = path.rsplit_once('/').ok_or_else(|| DraftError::Root {
+        path: path.to_owned(),
+    })?;
     let parent = root
         .pointer_mut(parent)
-        .ok_or_else(|| bad_path(path, "no parent"))?;
+        .ok_or_else(|| DraftError::NoParent {
+            path: path.to_owned(),
+        })?;
     Ok((parent, unescape(last)))
 }
 
@@ -104,13 +110,15 @@ impl<'a> Draft<'a> {
 
     /// Replaces the value at `path`, which must exist. Returns the old value.
     /// Writing an equal value records nothing.
-    pub fn replace(&mut self, path: &str, value: impl Serialize) -> Result<Value, MethodError> {
-        let value = to_json(&value, "the value")?;
+    pub fn replace(&mut self, path: &str, value: impl Serialize) -> Result<Value, DraftError> {
+        let value = json_of(value)?;
         let ptr = pointer(path)?;
         let target = self
             .root
             .pointer_mut(path)
-            .ok_or_else(|| bad_path(path, "no value"))?;
+            .ok_or_else(|| DraftError::NoValue {
+                path: path.to_owned(),
+            })?;
         if *target == value {
             // Writing what is already there changes nothing, so it records
             // nothing: a call that changes nothing publishes no version.
@@ -136,8 +144,8 @@ impl<'a> Draft<'a> {
     /// Adds `value` at `path` with RFC 6902 `add` semantics: sets an object
     /// member (replacing any old value) or inserts into an array at an index
     /// (`-` appends).
-    pub fn add(&mut self, path: &str, value: impl Serialize) -> Result<(), MethodError> {
-        let value = to_json(&value, "the value")?;
+    pub fn add(&mut self, path: &str, value: impl Serialize) -> Result<(), DraftError> {
+        let value = json_of(value)?;
         // Checked before anything changes: a failed add must change nothing.
         pointer(path)?;
         let (parent, last) = parent_mut(self.root, path)?;
@@ -161,9 +169,11 @@ impl<'a> Draft<'a> {
                 let at = if last == "-" {
                     items.len()
                 } else {
-                    index(&last)
-                        .filter(|&i| i <= items.len())
-                        .ok_or_else(|| bad_path(path, "array index out of range"))?
+                    index(&last).filter(|&i| i <= items.len()).ok_or_else(|| {
+                        DraftError::IndexOutOfRange {
+                            path: path.to_owned(),
+                        }
+                    })?
                 };
                 charge(size_change, budget, over, joined(value_len, items.len()))?;
                 items.insert(at, value.clone());
@@ -171,7 +181,11 @@ impl<'a> Draft<'a> {
                 let concrete = format!("{prefix}{at}");
                 (concrete.clone(), Undo::Remove(concrete))
             }
-            _ => return Err(bad_path(path, "parent is not a container")),
+            _ => {
+                return Err(DraftError::NotAContainer {
+                    path: path.to_owned(),
+                });
+            }
         };
         self.undo.push(undo);
         self.ops.push(PatchOperation::Add(AddOperation {
@@ -182,17 +196,21 @@ impl<'a> Draft<'a> {
     }
 
     /// Appends `value` to the array at `array_path`. Returns its index.
-    pub fn push(&mut self, array_path: &str, value: impl Serialize) -> Result<usize, MethodError> {
+    pub fn push(&mut self, array_path: &str, value: impl Serialize) -> Result<usize, DraftError> {
         let len = match self.root.pointer(array_path) {
             Some(Value::Array(items)) => items.len(),
-            _ => return Err(bad_path(array_path, "no array")),
+            _ => {
+                return Err(DraftError::NotAnArray {
+                    path: array_path.to_owned(),
+                });
+            }
         };
         self.add(&format!("{array_path}/{len}"), value)?;
         Ok(len)
     }
 
     /// Removes the value at `path`, which must exist. Returns it.
-    pub fn remove(&mut self, path: &str) -> Result<Value, MethodError> {
+    pub fn remove(&mut self, path: &str) -> Result<Value, DraftError> {
         let ptr = pointer(path)?;
         let (parent, last) = parent_mut(self.root, path)?;
         let (old, shrank) = match parent {
@@ -210,7 +228,9 @@ impl<'a> Draft<'a> {
             },
             _ => None,
         }
-        .ok_or_else(|| bad_path(path, "no value"))?;
+        .ok_or_else(|| DraftError::NoValue {
+            path: path.to_owned(),
+        })?;
         self.size_change += shrank;
         self.undo.push(Undo::Reinsert(path.to_owned(), old.clone()));
         self.ops
@@ -236,20 +256,15 @@ impl<'a> Draft<'a> {
 fn charge(
     size_change: &mut i64,
     budget: Option<i64>,
-    over: &mut Option<MethodError>,
+    over: &mut Option<DraftError>,
     grew: i64,
-) -> Result<(), MethodError> {
+) -> Result<(), DraftError> {
     let total = size_change.saturating_add(grew);
     if let Some(budget) = budget
         && grew > 0
         && total > budget
     {
-        let error = MethodError::new(
-            ErrorCode::ResourceExhausted,
-            format!(
-                "the call's changes would grow the published view by more than the {budget} bytes it has room for, too large to send as one snapshot; nothing was committed"
-            ),
-        );
+        let error = DraftError::OverBudget { budget };
         *over = Some(error.clone());
         return Err(error);
     }
@@ -391,7 +406,7 @@ impl Module for JsonModule {
         if let Some(error) = draft.over_budget.take() {
             // The method went on past a refused operation; dropping the
             // draft undoes what it did.
-            return Err(error);
+            return Err(error.into());
         }
         let (ops, undo, size_change) = draft.commit();
         self.last_undo = undo;
@@ -429,6 +444,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::wire::ErrorCode;
 
     fn value() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
@@ -505,7 +521,8 @@ mod tests {
         draft.push("/a", 2).unwrap(); // ,2
         draft.replace("/a/0", 100).unwrap(); // 1 -> 100
         let error = draft.push("/a", 3).unwrap_err();
-        assert_eq!(error.code, ErrorCode::ResourceExhausted);
+        assert_eq!(error, DraftError::OverBudget { budget: 5 });
+        assert_eq!(MethodError::from(error).code, ErrorCode::ResourceExhausted);
         assert_eq!(draft.root(), &json!({"a": [100, 2]}));
         // Shrinking is never refused, and growth within the budget is not
         // either; the refusal stays on record for the call.
@@ -544,5 +561,78 @@ mod tests {
         draft.add("/b", "x").unwrap();
         // ,"b":"x"
         assert_eq!(draft.size_change, 8);
+    }
+
+    #[test]
+    fn each_refused_operation_says_why_and_changes_nothing() {
+        let start = json!({"a": [1, 2], "o": {"k": "v"}, "s": "text"});
+        let mut root = start.clone();
+        let mut draft = Draft::new(&mut root, None);
+        let path = |p: &str| p.to_owned();
+        let refusals = [
+            (
+                draft.replace("no slash", 1).map(drop),
+                DraftError::InvalidPath {
+                    path: path("no slash"),
+                    why: String::new(),
+                },
+            ),
+            (
+                draft.remove("").map(drop),
+                DraftError::Root { path: path("") },
+            ),
+            (
+                draft.add("/missing/child", 1),
+                DraftError::NoParent {
+                    path: path("/missing/child"),
+                },
+            ),
+            (
+                draft.replace("/o/missing", 1).map(drop),
+                DraftError::NoValue {
+                    path: path("/o/missing"),
+                },
+            ),
+            (
+                draft.remove("/a/2").map(drop),
+                DraftError::NoValue { path: path("/a/2") },
+            ),
+            (
+                draft.add("/a/3", 1),
+                DraftError::IndexOutOfRange { path: path("/a/3") },
+            ),
+            (
+                draft.add("/a/01", 1),
+                DraftError::IndexOutOfRange {
+                    path: path("/a/01"),
+                },
+            ),
+            (
+                draft.add("/s/under", 1),
+                DraftError::NotAContainer {
+                    path: path("/s/under"),
+                },
+            ),
+            (
+                draft.push("/o", 1).map(drop),
+                DraftError::NotAnArray { path: path("/o") },
+            ),
+            (
+                draft.add("/o/nan", f64::NAN),
+                DraftError::NotJson(String::new()),
+            ),
+        ];
+        for (got, want) in refusals {
+            let got = got.expect_err("the operation must be refused");
+            assert_eq!(
+                std::mem::discriminant(&got),
+                std::mem::discriminant(&want),
+                "{got:?}"
+            );
+            assert_eq!(got.path(), want.path(), "{got:?}");
+            assert_eq!(MethodError::from(got).code, ErrorCode::Internal);
+        }
+        assert!(draft.ops.is_empty() && draft.undo.is_empty());
+        assert_eq!(draft.root(), &start);
     }
 }

@@ -12,6 +12,7 @@
 mod args;
 mod diff;
 mod draft;
+mod draft_error;
 mod error;
 mod json;
 pub(crate) mod json_len;
@@ -28,6 +29,7 @@ use serde_json::Value;
 pub use crate::wire::ErrorCode;
 pub use args::FromArgs;
 pub use draft::{Draft, JsonModule};
+pub use draft_error::DraftError;
 pub use error::MethodError;
 pub use json_patch::PatchOperation;
 pub use pointer::pointer;
