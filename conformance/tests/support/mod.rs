@@ -386,7 +386,7 @@ pub async fn serve_framed_broken(host: Host, breakage: FramedBreakage) -> Served
         }
         if breakage == FramedBreakage::EndsSessionAtEndOfInput {
             // A slow writer, so that answers are still owed when the input
-            // ends: a fast one may have sent all 400 of the half-close
+            // ends: a fast one may have sent all 30 of the half-close
             // case's frames before its reader saw the end, and then that
             // case could not tell this host from a correct one.
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;

@@ -82,6 +82,15 @@ pub enum GrpcError {
         "into_service counts no connections: bound them in the application's own server or listener"
     )]
     ConnectionLimitsNotApplied,
+    /// The host was built with a shared channel's capability token
+    /// ([`HostBuilder::capability`](crate::host::HostBuilder::capability)),
+    /// which it writes on everything it sends: on gRPC `capability` MUST be
+    /// `""` (spec G9), and serving it would hand the channel's token to
+    /// every gRPC client. Serve gRPC from a host built without one.
+    #[error(
+        "the host carries a shared channel's capability token, which gRPC sessions must not be sent (spec G9): serve gRPC from a host built without one"
+    )]
+    SharedChannelToken,
     /// The URL is not a gRPC URL.
     #[error("invalid URL {0}")]
     InvalidUrl(String),

@@ -164,8 +164,9 @@ impl GrpcServerBuilder {
     ///   of another service may stay open; `serve` waits
     ///   [`SHUTDOWN_GRACE`]).
     ///
-    /// Fails with [`GrpcError::InvalidToken`] for an unusable token, with
-    /// [`GrpcError::Tls`] if [`GrpcServerBuilder::tls`] was set (TLS
+    /// Fails with [`GrpcError::SharedChannelToken`] for a host built with
+    /// a capability token, [`GrpcError::InvalidToken`] for an unusable
+    /// token, with [`GrpcError::Tls`] if [`GrpcServerBuilder::tls`] was set (TLS
     /// belongs to the application's server), and with
     /// [`GrpcError::InterceptorNotApplied`] if
     /// [`GrpcServerBuilder::interceptor`] was set: the application wraps
@@ -186,6 +187,7 @@ impl GrpcServerBuilder {
         if self.connections.is_some() {
             return Err(GrpcError::ConnectionLimitsNotApplied);
         }
+        point_to_point(&self.host)?;
         let token = checked_token(self.token)?;
         Ok(session_service(self.host, token, Arc::default(), None))
     }
@@ -213,6 +215,7 @@ impl GrpcServerBuilder {
 
     /// Like [`GrpcServerBuilder::bind`], on a listener the caller bound.
     pub fn listen(self, listener: TcpListener) -> Result<GrpcServer, GrpcError> {
+        point_to_point(&self.host)?;
         let token = checked_token(self.token)?;
         let tls = match self.tls {
             Some((cert, key)) => {
@@ -435,6 +438,16 @@ fn log_refusal(refusals: &Throttle, peer: &str, what: &str, reason: &str) {
 }
 
 /// A token fit to be sent as metadata, as the server compares it.
+/// Refuses a host that would write a shared channel's token on its gRPC
+/// sessions.
+fn point_to_point(host: &Host) -> Result<(), GrpcError> {
+    if host.config().capability.is_empty() {
+        Ok(())
+    } else {
+        Err(GrpcError::SharedChannelToken)
+    }
+}
+
 fn checked_token(token: Option<String>) -> Result<Option<Arc<[u8]>>, GrpcError> {
     match token {
         Some(token) => {
