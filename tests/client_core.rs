@@ -1434,6 +1434,26 @@ fn poll_timeout_is_the_earliest_of_deadlines_and_sync_retry() {
 }
 
 #[test]
+fn a_sync_retry_interval_under_100_ms_is_taken_as_100_ms() {
+    for retry in [Duration::ZERO, Duration::from_millis(99)] {
+        let mut c = ClientCore::new(
+            ClientConfig {
+                sync_retry: retry,
+                ..config()
+            },
+            at(0),
+        );
+        sent(&mut c);
+        assert_eq!(c.poll_timeout(), Some(at(100)), "{retry:?}");
+        // Nothing is sent again before then.
+        c.handle_timeout(at(99));
+        assert!(sent(&mut c).is_empty(), "{retry:?}");
+        c.handle_timeout(at(100));
+        assert_eq!(sync_requests(&sent(&mut c)).len(), 1, "{retry:?}");
+    }
+}
+
+#[test]
 fn cancel_settles_cancelled_and_an_unsent_call_is_never_sent() {
     let mut c = synced(3, 3);
     let id = c.call("counter", "increase", &[json!(1)], None).unwrap();
@@ -2039,6 +2059,36 @@ fn a_call_too_large_to_send_is_refused_locally_and_nothing_is_sent() {
     assert_eq!(c.pending_calls(), 0);
     // A call that fits still goes out.
     c.call("todos", "add", &[json!("small")], None).unwrap();
+    assert_eq!(sent_calls(&sent(&mut c)).len(), 1);
+}
+
+/// A Call made before the first snapshot leaves with the host's epoch, up
+/// to 1024 bytes the client did not measure: at the default limit, which
+/// equals the host's, it is measured as if it had the longest (L2).
+#[test]
+fn a_call_made_before_the_hosts_epoch_is_known_leaves_room_for_it() {
+    let limit = ClientConfig::default().max_message_bytes;
+    let mut c = new_client();
+    let first = only_sync(&sent(&mut c));
+    // Arguments that bring the Call to about 100 bytes under the limit as
+    // it would be sent now, with no epoch (a few more bytes of length
+    // prefixes come with the longer text).
+    let probe =
+        |c: &mut ClientCore, len: usize| c.call("todos", "add", &[json!("x".repeat(len))], None);
+    let id = probe(&mut c, 1000).unwrap();
+    let one_thousand = sent(&mut c)[0].encoded_len();
+    let len = 1000 + (limit - 100 - one_thousand);
+    let err = probe(&mut c, len).unwrap_err();
+    assert!(
+        matches!(err, ClientError::CallTooLarge { size, limit: l } if l == limit && size > limit),
+        "{err:?}"
+    );
+    assert!(sent(&mut c).is_empty());
+    // Once the epoch is known, the same call is measured as it is sent.
+    c.handle_message(at(1), snapshot(E1, 1, json!({}), first.sync_id));
+    while c.poll_event().is_some() {}
+    assert!(c.cancel(id));
+    probe(&mut c, len).unwrap();
     assert_eq!(sent_calls(&sent(&mut c)).len(), 1);
 }
 

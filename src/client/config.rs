@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+/// The shortest interval between a sync request and its retry (spec §15,
+/// L5): a client MUST NOT retry sooner.
+pub const MIN_SYNC_RETRY: Duration = Duration::from_millis(100);
+
 /// Client settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
@@ -18,9 +22,17 @@ pub struct ClientConfig {
     /// locally without being sent.
     pub max_calls_in_flight: usize,
     /// How long a sync request may go unanswered before it is sent again.
+    /// Never less than [`MIN_SYNC_RETRY`]: a shorter interval is taken as
+    /// that (spec §15), so that a client cannot flood its host with
+    /// requests.
     pub sync_retry: Duration,
     /// Largest encoded call envelope sent; a larger call fails
-    /// `resource-exhausted` locally instead of breaking the transport.
+    /// `resource-exhausted` locally instead of breaking the transport. Set
+    /// it no larger than the host's max message size (4 MiB by default).
+    /// A call made before the client knows the host's epoch is measured as
+    /// if the epoch were [`MAX_EPOCH`](super::MAX_EPOCH) bytes long, since it
+    /// is sent with it, unless that keeps it within the 1 MiB every host
+    /// accepts (spec L2).
     pub max_message_bytes: usize,
     /// How long a link may carry nothing from the host before the client
     /// takes it as lost (spec L10); `None`, the default, never. Set it only

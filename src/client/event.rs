@@ -144,7 +144,9 @@ pub enum ClientError {
     /// accept; it was not sent (a transport would have had to drop it).
     #[error("the call's envelope is {size} bytes; the limit is {limit}")]
     CallTooLarge {
-        /// The encoded size.
+        /// The encoded size. For a call made before the client knew the
+        /// host's epoch, it counts the longest epoch a host may have, which
+        /// the Call is sent with (spec L2).
         size: usize,
         /// The configured maximum.
         limit: usize,

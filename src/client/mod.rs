@@ -23,7 +23,7 @@ mod watch;
 
 pub use apply::{ApplyError, MAX_MIRROR_DEPTH, apply_patch, copy_budget, shift_budget};
 pub use call::{CallAsError, CallFuture, CallOptions, ModuleHandle, VersionedCall};
-pub use config::ClientConfig;
+pub use config::{ClientConfig, MIN_SYNC_RETRY};
 pub use connection::Connection;
 pub use core::{ClientCore, MAX_EPOCH};
 pub use driver::{CLOSE_GRACE, CallOutcome, Client, MirrorSnapshot, Settlement};

@@ -3,12 +3,25 @@
 use std::time::Instant;
 
 use prost::Message;
+use prost::encoding::{encoded_len_varint, key_len};
 use serde_json::Value;
 
-use super::{ClientCore, Pending, withdraw};
+use super::{ClientCore, MAX_EPOCH, Pending, withdraw};
 use crate::app::MethodError;
 use crate::client::event::{CallId, ClientError, ClientEvent};
 use crate::wire::{Call, ClientMessage, ErrorCode, client_message};
+
+/// The max message size every host accepts at least (spec §15).
+const MIN_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// How many bytes longer a ClientMessage whose header encodes to
+/// `header_len` bytes with no epoch gets once the header carries an epoch
+/// of [`MAX_EPOCH`] bytes: the field's key, length and bytes, and what that
+/// adds to the header's own length prefix.
+fn epoch_margin(header_len: usize) -> usize {
+    let epoch = key_len(2) + encoded_len_varint(MAX_EPOCH as u64) + MAX_EPOCH;
+    epoch + encoded_len_varint((header_len + epoch) as u64) - encoded_len_varint(header_len as u64)
+}
 
 impl ClientCore {
     /// Starts a call of `module.method` with positional `args`.
@@ -56,10 +69,20 @@ impl ClientCore {
             })),
         };
         let size = message.encoded_len();
-        if size > self.config.max_message_bytes {
+        // In EMPTY the Call leaves stamped with the host's epoch, which it
+        // is not measured with (L2's margin), so it is also measured with
+        // the longest a host may have. That only matters where the host
+        // could refuse it: every host accepts envelopes of up to the 1 MiB
+        // minimum, so a client limit under it keeps its every call below.
+        let as_sent = match (&self.mirror, &message.header) {
+            (None, Some(header)) => size + epoch_margin(header.encoded_len()),
+            _ => size,
+        };
+        let limit = self.config.max_message_bytes;
+        if size > limit || as_sent > limit.max(MIN_MAX_MESSAGE_BYTES) {
             return Err(ClientError::CallTooLarge {
-                size,
-                limit: self.config.max_message_bytes,
+                size: as_sent,
+                limit,
             });
         }
         self.next_call += 1;
@@ -122,5 +145,45 @@ impl ClientCore {
     /// call must not be sent afterwards.
     pub(super) fn withdraw(&mut self, call_id: u64) {
         withdraw(&mut self.outbox, call_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::{MAX_EPOCH, epoch_margin};
+    use crate::wire::{Call, ClientMessage, Header, client_message};
+
+    fn call_with(source_len: usize, epoch: &str) -> ClientMessage {
+        ClientMessage {
+            header: Some(Header {
+                protocol_version: 1,
+                epoch: epoch.to_owned(),
+                source: "s".repeat(source_len),
+                ..Header::default()
+            }),
+            kind: Some(client_message::Kind::Call(Call {
+                call_id: 7,
+                module: "counter".into(),
+                method: "increase".into(),
+                args_json: "[1]".into(),
+            })),
+        }
+    }
+
+    #[test]
+    fn the_epoch_margin_is_exactly_what_the_longest_epoch_adds() {
+        let longest = "e".repeat(MAX_EPOCH);
+        // Sources across the header length's varint boundaries.
+        for source_len in (0..200).chain(15_000..15_600).chain([100_000]) {
+            let without = call_with(source_len, "");
+            let header_len = without.header.as_ref().map_or(0, Message::encoded_len);
+            assert_eq!(
+                call_with(source_len, &longest).encoded_len(),
+                without.encoded_len() + epoch_margin(header_len),
+                "source of {source_len} bytes"
+            );
+        }
     }
 }

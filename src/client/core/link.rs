@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use super::{ClientCore, OutstandingSync, later};
+use crate::client::config::MIN_SYNC_RETRY;
 use crate::client::event::Notice;
 use crate::wire::{ClientMessage, ErrorCode, SyncReason, SyncRequest, client_message};
 
@@ -91,7 +92,7 @@ impl ClientCore {
         self.sync = Some(OutstandingSync {
             sync_id,
             have_version,
-            deadline: later(now, self.config.sync_retry),
+            deadline: later(now, self.config.sync_retry.max(MIN_SYNC_RETRY)),
         });
         // The request goes ahead of queued calls: it is what unblocks them.
         self.outbox.push_front(ClientMessage {
