@@ -478,6 +478,26 @@ async fn a_plain_http_client_of_a_tls_host_is_told_to_use_https() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_client_of_a_framed_listener_is_told_to_use_tcp() {
+    let host = demo_host();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(cosystem_worker::transport::framed::serve_tcp(
+        host.clone(),
+        listener,
+    ));
+    let url = format!("http://{addr}");
+    let output = cli_client(&["--connect", &url, "--timeout", "2", "state"]).await;
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let line = error_line(&output);
+    assert!(
+        line.contains(&format!("connect with tcp://{addr}")),
+        "{line}"
+    );
+    host.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_without_a_ca_certificate_trusts_the_system_store() {
     let (url, dir, _stop) = tls_host("roots").await;
     let store = dir.join("cert.pem");

@@ -24,6 +24,7 @@
 mod budget;
 mod codec;
 mod connect;
+pub(crate) mod refusal;
 mod serve;
 mod sniff;
 

@@ -14,6 +14,8 @@ use tokio_util::codec::FramedRead;
 
 use super::budget::{FrameBudget, PARTIAL_FIRST_FRAMES_PER_LISTENER, PARTIAL_FRAMES_PER_LISTENER};
 use super::codec::{CodecError, FrameCodec};
+use super::refusal::refuse_http2;
+use super::sniff::Foreign;
 use super::{FramedConfig, host_link, host_link_over};
 use crate::host::{Host, InputError, PeerOptions};
 use crate::transport::TransportError;
@@ -358,7 +360,7 @@ async fn serve_accepted<S>(
     };
     let first = match waited {
         Ok(Some(Ok(frame))) => frame,
-        Ok(Some(Err(error @ CodecError::Foreign(_)))) => {
+        Ok(Some(Err(error @ CodecError::Foreign(foreign)))) => {
             throttled!(
                 logs.foreign,
                 info,
@@ -366,6 +368,9 @@ async fn serve_accepted<S>(
                 %error,
                 "closing a connection that speaks another protocol: this listener serves framed clients (spec §17.3)"
             );
+            if foreign == Foreign::Http2Client {
+                refuse_http2(frames.into_inner(), writer).await;
+            }
             return;
         }
         Ok(Some(Err(error))) => {

@@ -48,9 +48,9 @@ pub struct GrpcConnector {
     /// The endpoint, built at the first connect and reused by every later
     /// one: building it reads and parses the system trust store.
     built: Arc<OnceLock<Result<Endpoint, String>>>,
-    /// Set once the host, reached over plaintext, was found to answer with
-    /// TLS after a failed opening.
-    tls_seen: Arc<OnceLock<bool>>,
+    /// What the host, reached over plaintext, was found to speak instead
+    /// after a failed opening, once found.
+    seen: Arc<OnceLock<super::probe::Speaks>>,
 }
 
 impl GrpcConnector {
@@ -67,7 +67,7 @@ impl GrpcConnector {
             connect_timeout: Duration::from_secs(5),
             max_message_bytes: crate::host::HostLimits::default().max_message_bytes,
             built: Arc::default(),
-            tls_seen: Arc::default(),
+            seen: Arc::default(),
         })
     }
 
@@ -171,11 +171,12 @@ impl Connector for GrpcConnector {
             .clone();
         let token = self.token.clone();
         let max = self.max_message_bytes;
-        // Where a plaintext opening that fails is checked for a TLS host.
+        // Where a plaintext opening that fails is checked for a TLS host
+        // or a framed listener.
         let plain = self.url.strip_prefix("http://").map(|rest| {
             (
                 rest.split('/').next().unwrap_or(rest).to_owned(),
-                self.tls_seen.clone(),
+                self.seen.clone(),
             )
         });
         async move {
@@ -188,7 +189,7 @@ impl Connector for GrpcConnector {
                         endpoint.uri(),
                         super::error_chain(&e)
                     ));
-                    return Err(hint_tls(error, plain.as_ref()).await);
+                    return Err(super::probe::hint(error, plain.as_ref()).await);
                 }
             };
             let mut client = tonic::client::Grpc::new(channel)
@@ -209,7 +210,9 @@ impl Connector for GrpcConnector {
             let task = tokio::spawn(async move {
                 match session(&mut client, request).await {
                     Ok(answer) => Ok(answer.into_inner()),
-                    Err(status) => Err(hint_tls(status_error(status, max), plain.as_ref()).await),
+                    Err(status) => {
+                        Err(super::probe::hint(status_error(status, max), plain.as_ref()).await)
+                    }
                 }
             });
             let stream = stream::once(AbortOnDrop(task))
@@ -351,58 +354,6 @@ fn status_error(status: Status, limit: usize) -> TransportError {
     }
 }
 
-/// Said after an opening that failed on a plaintext stream to a host that
-/// speaks TLS: the error itself (h2's frame-size error, a broken pipe or a
-/// reset, depending on which side acts first) points nowhere near it.
-const TLS_HINT: &str = " (the host answers with TLS: connect with https://)";
-
-/// `error` with [`TLS_HINT`] added if it is a connection error of a
-/// plaintext opening (`plain`: the host's address, and whether it was
-/// already found to speak TLS) and the host answers the HTTP/2 preface with
-/// a TLS record. The probe, one short connection, runs at each such failure
-/// until it finds TLS, which the connector then remembers.
-async fn hint_tls(
-    error: TransportError,
-    plain: Option<&(String, Arc<OnceLock<bool>>)>,
-) -> TransportError {
-    let (TransportError::Connection(mut message), Some((authority, seen))) = (error.clone(), plain)
-    else {
-        return error;
-    };
-    // Only a TLS answer is remembered: a host that was down or busy when
-    // probed may be a TLS host all the same.
-    let tls = match seen.get() {
-        Some(tls) => *tls,
-        None => answers_with_tls(authority).await,
-    };
-    if tls {
-        let _ = seen.set(true);
-        message.push_str(TLS_HINT);
-        return TransportError::Connection(message);
-    }
-    error
-}
-
-/// Whether the host at `authority` (`HOST:PORT`) answers the HTTP/2 client
-/// preface with a TLS record (content type 21 or 22, version 3.x), as a TLS
-/// server does with bytes that are not a handshake.
-async fn answers_with_tls(authority: &str) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let probe = async {
-        let mut stream = tokio::net::TcpStream::connect(authority).await.ok()?;
-        stream.write_all(PREFACE).await.ok()?;
-        let mut head = [0u8; 2];
-        stream.read_exact(&mut head).await.ok()?;
-        Some(matches!(head, [21 | 22, 3]))
-    };
-    tokio::time::timeout(Duration::from_secs(1), probe)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(false)
-}
-
 /// The size in tonic's "found N bytes" message, if it says.
 fn found_bytes(message: &str) -> Option<usize> {
     let rest = &message[message.find("found ")? + "found ".len()..];
@@ -415,43 +366,6 @@ fn found_bytes(message: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
 
-    /// A one-connection server that reads the client's first bytes and
-    /// answers `reply`.
-    async fn answering(reply: &'static [u8]) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        tokio::spawn(async move {
-            if let Ok((mut socket, _)) = listener.accept().await {
-                let mut preface = [0u8; 24];
-                let _ = socket.read_exact(&mut preface).await;
-                let _ = socket.write_all(reply).await;
-            }
-        });
-        address
-    }
-
-    #[tokio::test]
-    async fn a_host_answering_the_preface_with_a_tls_record_is_named_as_tls() {
-        // A TLS alert record, as a TLS server sends for bytes it cannot read.
-        let tls = answering(&[21, 3, 3, 0, 2, 2, 50]).await;
-        assert!(answers_with_tls(&tls).await);
-        let http1 = answering(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
-        assert!(!answers_with_tls(&http1).await);
-        assert!(!answers_with_tls("127.0.0.1:1").await, "nothing listening");
-        let seen = Arc::new(OnceLock::new());
-        let tls = answering(&[21, 3, 3, 0, 2, 2, 50]).await;
-        let hinted = hint_tls(
-            TransportError::Connection("Unknown: broken pipe".into()),
-            Some(&(tls, seen.clone())),
-        )
-        .await;
-        assert!(
-            hinted.to_string().ends_with("connect with https://)"),
-            "{hinted}"
-        );
-        assert_eq!(seen.get(), Some(&true), "probed once, remembered");
-    }
     use super::*;
 
     #[test]

@@ -35,6 +35,7 @@ mod health;
 mod incoming;
 mod opening;
 mod pem;
+mod probe;
 mod server;
 
 pub use admission::{ConnectionCounts, ConnectionGauge, ConnectionLimits, DEFAULT_MAX_CONNECTIONS};
