@@ -617,17 +617,22 @@ proptest! {
 
     /// Arbitrary, valid and damaged encodings from one session never panic
     /// the host, fail only with typed errors, every frame the host answers
-    /// with is well-formed, and a second session keeps correct service.
+    /// with is well-formed, and a second session keeps correct service;
+    /// whether the first receives publications or only replies (a shared
+    /// channel's reply-only session, SC9).
     #[test]
     fn arbitrary_client_bytes_leave_other_sessions_served(
         sync in arb_sync_mode(),
+        reply_only in any::<bool>(),
         inputs in prop::collection::vec((arb_client_bytes(), any::<bool>()), 1..24),
     ) {
         let now = Instant::now();
         let limits = HostLimits { max_calls_in_flight: 4, history_entries: 4, ..HostLimits::default() };
         let mut host = demo_host(sync, limits);
         let mut published = PublishedWatch::default();
-        let (attacker, _) = connect(&mut host, "attacker", now);
+        let attacker = host
+            .connect(PeerOptions { peer_id: "attacker".into(), publications: !reply_only })
+            .expect("the host accepts the session");
         let (peer, mut client) = connect(&mut host, "bystander", now);
         let mut watch = ClientWatch::default();
         pump(&mut host, peer, &mut client, &mut watch, now);

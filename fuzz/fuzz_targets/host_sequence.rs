@@ -1,5 +1,7 @@
 //! Arbitrary calls to the demo app and sync requests from several sessions,
-//! one of which is followed by a well-behaved `ClientCore`.
+//! one of which is followed by a well-behaved `ClientCore`. The last raw
+//! session receives only replies, as a shared channel's per-client session
+//! does.
 //!
 //! Invariants: no panic; refusals are typed; every frame is well-formed;
 //! the view is always an object whose version is 1 + the number of
@@ -12,7 +14,7 @@ use std::time::Instant;
 use cosystem_worker::wire::{Call, ClientMessage, Header, SyncRequest, client_message};
 use fuzz_support::{
     Args, ClientWatch, MethodName, ModuleName, PublishedWatch, Version, assert_typed_input_error,
-    client, connect, demo_host, drain_session, pump, small_limits,
+    client, connect, connect_reply_only, demo_host, drain_session, pump, small_limits,
 };
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
@@ -79,9 +81,15 @@ fuzz_target!(|input: Input| {
     let mut host = demo_host(input.patch_mode, small_limits());
     let host_epoch = host.epoch().to_owned();
     let mut published = PublishedWatch::default();
-    let mut sessions: Vec<_> = (0..SESSIONS)
-        .map(|i| connect(&mut host, &format!("raw-{i}")))
-        .collect();
+    let open = |host: &mut _, i: usize| {
+        let peer = format!("raw-{i}");
+        if i == SESSIONS - 1 {
+            connect_reply_only(host, &peer)
+        } else {
+            connect(host, &peer)
+        }
+    };
+    let mut sessions: Vec<_> = (0..SESSIONS).map(|i| open(&mut host, i)).collect();
     let follower_key = connect(&mut host, "follower");
     let mut follower = client("follower", now);
     let mut watch = ClientWatch::default();
@@ -134,7 +142,7 @@ fuzz_target!(|input: Input| {
             Step::Reconnect { session } => {
                 let i = usize::from(*session) % SESSIONS;
                 host.disconnect(sessions[i]);
-                sessions[i] = connect(&mut host, &format!("raw-{i}"));
+                sessions[i] = open(&mut host, i);
             }
             Step::FollowerCall {
                 module,

@@ -91,6 +91,16 @@ pub fn connect(host: &mut HostCore, peer_id: &str) -> PeerKey {
     .expect("the host accepts a session")
 }
 
+/// Opens a session that receives only replies to what it sends, as a
+/// shared channel's per-client session does (spec SC9).
+pub fn connect_reply_only(host: &mut HostCore, peer_id: &str) -> PeerKey {
+    host.connect(PeerOptions {
+        peer_id: peer_id.into(),
+        publications: false,
+    })
+    .expect("the host accepts a session")
+}
+
 /// A client with the given peer id and default settings.
 pub fn client(peer_id: &str, now: Instant) -> ClientCore {
     ClientCore::new(
