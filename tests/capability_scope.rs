@@ -63,3 +63,35 @@ async fn framed_listeners_refuse_a_host_that_carries_a_capability_token() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn every_point_to_point_session_of_such_a_host_is_refused() {
+    use cosystem_worker::host::InputError;
+    use cosystem_worker::transport::framed::FramedConfig;
+    use cosystem_worker::transport::memory;
+
+    let (host_end, _client_end) = tokio::io::duplex(1024);
+    let served = framed::serve_stream(
+        host_with_token("channel-secret"),
+        host_end,
+        "pipe",
+        FramedConfig::default(),
+    )
+    .await;
+    assert_eq!(served, Err(InputError::SharedChannelToken));
+
+    let (link, _connector) = memory::pair();
+    let served = host_with_token("channel-secret").serve(link).await;
+    assert_eq!(served, Err(InputError::SharedChannelToken));
+}
+
+#[tokio::test]
+async fn grpc_refuses_such_a_host_before_binding_its_address() {
+    // The address is taken: had it been bound first, the error would be
+    // about the address.
+    let taken = TcpListener::bind(loopback()).await.unwrap();
+    let bound = GrpcServer::builder(host_with_token("channel-secret"))
+        .bind(taken.local_addr().unwrap())
+        .await;
+    assert!(matches!(bound, Err(GrpcError::SharedChannelToken)));
+}

@@ -2084,6 +2084,25 @@ fn a_call_made_before_the_hosts_epoch_is_known_leaves_room_for_it() {
         "{err:?}"
     );
     assert!(sent(&mut c).is_empty());
+    // Under the 1 MiB every host accepts, the margin plays no part, and a
+    // call over the limit is told its real size.
+    // (Envelopes under 128 bytes, so that no length prefix grows.)
+    let mut small = ClientCore::new(
+        ClientConfig {
+            max_message_bytes: 80,
+            ..config()
+        },
+        at(0),
+    );
+    sent(&mut small);
+    let first_small = probe(&mut small, 20).unwrap();
+    let real = sent(&mut small)[0].encoded_len() + 40;
+    assert!(small.cancel(first_small));
+    let err = probe(&mut small, 60).unwrap_err();
+    assert!(
+        matches!(err, ClientError::CallTooLarge { size, limit: 80 } if size == real),
+        "{err:?}, expected a size of {real}"
+    );
     // Once the epoch is known, the same call is measured as it is sent.
     c.handle_message(at(1), snapshot(E1, 1, json!({}), first.sync_id));
     while c.poll_event().is_some() {}

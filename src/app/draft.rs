@@ -402,12 +402,14 @@ impl Module for JsonModule {
         let budget = self.growth_limit.take();
         let f = self.methods.get_mut(method)?;
         let mut draft = Draft::new(&mut self.state, budget);
-        let value = f(&mut draft, args)?;
+        let value = f(&mut draft, args);
         if let Some(error) = draft.over_budget.take() {
-            // The method went on past a refused operation; dropping the
-            // draft undoes what it did.
+            // The method went on past a refused operation, or answered it
+            // with an error of its own: either way the call is refused for
+            // its size, and dropping the draft undoes what it did.
             return Err(error.into());
         }
+        let value = value?;
         let (ops, undo, size_change) = draft.commit();
         self.last_undo = undo;
         self.last_size_change = Some(size_change);
@@ -552,6 +554,24 @@ mod tests {
             module.invoke("fill", &[json!(100)]).unwrap().value,
             json!(100)
         );
+    }
+
+    #[test]
+    fn a_call_past_its_budget_fails_for_its_size_whatever_error_the_method_returns() {
+        let mut module = JsonModule::new("m", json!({"items": []})).method(
+            "fill",
+            |d: &mut Draft<'_>, (n,): (usize,)| -> Result<usize, MethodError> {
+                for _ in 0..n {
+                    d.push("/items", "x")
+                        .map_err(|e| MethodError::not_found(e.to_string()))?;
+                }
+                Ok(n)
+            },
+        );
+        module.limit_growth(Some(40));
+        let error = module.invoke("fill", &[json!(1000)]).unwrap_err();
+        assert_eq!(error.code, ErrorCode::ResourceExhausted, "{error}");
+        assert_eq!(module.state(), &json!({"items": []}));
     }
 
     #[test]

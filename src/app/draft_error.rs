@@ -14,6 +14,8 @@ use crate::wire::ErrorCode;
 pub enum DraftError {
     /// The path is not an RFC 6901 JSON pointer (it is not empty and does
     /// not start with `/`, or it has a `~` not followed by `0` or `1`).
+    /// `push` reports any path that names no array as
+    /// [`DraftError::NotAnArray`], well-formed or not.
     #[error("draft: {path:?} is not a JSON pointer: {why}")]
     InvalidPath {
         /// The path given.

@@ -144,9 +144,10 @@ pub enum ClientError {
     /// accept; it was not sent (a transport would have had to drop it).
     #[error("the call's envelope is {size} bytes; the limit is {limit}")]
     CallTooLarge {
-        /// The encoded size. For a call made before the client knew the
-        /// host's epoch, it counts the longest epoch a host may have, which
-        /// the Call is sent with (spec L2).
+        /// The encoded size. For a call refused only for L2's margin (made
+        /// before the client knew the host's epoch, and over the limit once
+        /// the longest epoch a host may have is counted, which the Call is
+        /// sent with), the size counting that epoch.
         size: usize,
         /// The configured maximum.
         limit: usize,

@@ -34,6 +34,15 @@ pub enum InputError {
         /// The longest peer id processed.
         limit: usize,
     },
+    /// The host carries a shared channel's capability token
+    /// ([`HostBuilder::capability`](crate::host::HostBuilder::capability)),
+    /// which it writes on everything it sends, so it opens no
+    /// point-to-point session: there `capability` MUST be `""` (spec §3.2,
+    /// G9, FB8), and the session's client would be handed the token.
+    #[error(
+        "the host carries a shared channel's capability token, which a point-to-point session must not be sent (spec §3.2): serve it from a host built without one"
+    )]
+    SharedChannelToken,
     /// The bytes are not a `ClientMessage`.
     #[error("malformed message: {0}")]
     Malformed(String),

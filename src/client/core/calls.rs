@@ -79,7 +79,10 @@ impl ClientCore {
             _ => size,
         };
         let limit = self.config.max_message_bytes;
-        if size > limit || as_sent > limit.max(MIN_MAX_MESSAGE_BYTES) {
+        if size > limit {
+            return Err(ClientError::CallTooLarge { size, limit });
+        }
+        if as_sent > limit.max(MIN_MAX_MESSAGE_BYTES) {
             return Err(ClientError::CallTooLarge {
                 size: as_sent,
                 limit,

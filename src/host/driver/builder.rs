@@ -61,8 +61,9 @@ impl HostBuilder {
 
     /// The capability token of the shared channel the host serves (spec
     /// SC7), written on everything the host sends. Only a shared channel
-    /// may carry one: the gRPC and framed servers refuse such a host
-    /// (G9, FB8), so that the token never reaches a point-to-point client.
+    /// may carry one: the gRPC and framed servers and [`Host::serve`]
+    /// refuse such a host (§3.2, G9, FB8), so that the token never reaches
+    /// a point-to-point client.
     pub fn capability(mut self, token: impl Into<String>) -> Self {
         self.config.capability = token.into();
         self

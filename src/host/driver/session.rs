@@ -19,7 +19,9 @@ use crate::wire::{ClientMessage, HostFrame};
 
 impl Host {
     /// Serves one session over `link` until either side closes it, the
-    /// session misbehaves beyond recovery, or the host shuts down.
+    /// session misbehaves beyond recovery, or the host shuts down. A host
+    /// built with a capability token serves none: it fails at once with
+    /// [`InputError::SharedChannelToken`].
     ///
     /// One task does both directions, in one pass per wake-up: it reads all
     /// the input there is, then writes all the output the link takes. Input
@@ -39,6 +41,9 @@ impl Host {
         link: HostLink,
         principal: Option<Arc<str>>,
     ) -> Result<(), InputError> {
+        if !self.config().capability.is_empty() {
+            return Err(InputError::SharedChannelToken);
+        }
         let session = self.open_session_as(
             PeerOptions {
                 peer_id: link.peer_id.clone(),

@@ -207,6 +207,7 @@ impl GrpcServerBuilder {
     /// Binds `addr` (port 0 picks a free port) and checks the configuration;
     /// nothing is served until [`GrpcServer::serve`].
     pub async fn bind(self, addr: SocketAddr) -> Result<GrpcServer, GrpcError> {
+        point_to_point(&self.host)?;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| GrpcError::Bind { addr, source })?;
