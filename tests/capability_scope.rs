@@ -95,3 +95,11 @@ async fn grpc_refuses_such_a_host_before_binding_its_address() {
         .await;
     assert!(matches!(bound, Err(GrpcError::SharedChannelToken)));
 }
+
+#[test]
+fn a_worker_refuses_such_a_host_at_start() {
+    use cosystem_worker::transport::worker::{Worker, WorkerError};
+    let started = Worker::start(|| host_with_token("channel-secret"));
+    assert!(matches!(started, Err(WorkerError::SharedChannelToken)));
+    assert!(Worker::start(|| Host::builder(demo::app("demo-secret")).build()).is_ok());
+}

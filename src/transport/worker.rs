@@ -30,6 +30,13 @@ pub enum WorkerError {
     /// The worker thread panicked.
     #[error("the worker thread panicked")]
     Panicked,
+    /// The host carries a shared channel's capability token, which its
+    /// point-to-point sessions must not be sent (spec §3.2): see
+    /// [`InputError::SharedChannelToken`](crate::host::InputError::SharedChannelToken).
+    #[error(
+        "the host carries a shared channel's capability token, which a worker's sessions must not be sent (spec §3.2): build it without one"
+    )]
+    SharedChannelToken,
 }
 
 /// A running worker thread. Dropping it stops the host without waiting for
@@ -83,7 +90,11 @@ impl Worker {
                             link = incoming.recv() => match link {
                                 Some(link) => {
                                     let host = host.clone();
-                                    tokio::spawn(async move { host.serve(link).await });
+                                    tokio::spawn(async move {
+                                        if let Err(error) = host.serve(link).await {
+                                            tracing::debug!(%error, "a worker session ended");
+                                        }
+                                    });
                                 }
                                 None => break,
                             },
@@ -98,6 +109,12 @@ impl Worker {
             let _ = thread.join();
             return Err(WorkerError::BuildPanicked);
         };
+        if !host.config().capability.is_empty() {
+            // Every session would be refused; say why now, not per session.
+            drop((links, stop));
+            let _ = thread.join();
+            return Err(WorkerError::SharedChannelToken);
+        }
         Ok(Self {
             host,
             links,

@@ -65,25 +65,30 @@ where
     let _ = tokio::time::timeout(LINGER, answer).await;
 }
 
-/// Whether `answer`, what a server sent back to the HTTP/2 client preface,
-/// holds a framed listener's refusal: a GOAWAY on stream 0 whose debug data
-/// begins with [`REFUSAL_PREFIX`], after any other whole frames.
-pub(crate) fn is_framed_refusal(answer: &[u8]) -> bool {
-    let mut rest = answer;
-    while let Some(header) = rest.get(..9) {
-        let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
-        let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
-        let Some(payload) = rest.get(9..9 + length) else {
-            return false;
-        };
-        if header[3] == 0x07 && stream == 0 {
-            return payload
-                .get(8..)
-                .is_some_and(|debug| debug.starts_with(REFUSAL_PREFIX));
-        }
-        rest = &rest[9 + length..];
+/// Whether `answer`, the start of what a server sent back to the HTTP/2
+/// client preface, is a framed listener's refusal: `Some(true)` once it
+/// holds the empty SETTINGS frame and a GOAWAY on stream 0 whose debug data
+/// begins with [`REFUSAL_PREFIX`]; `Some(false)` as soon as a byte differs
+/// from that (a gRPC server's own SETTINGS carries settings, so its first
+/// frame tells at once); `None` while more bytes could still make it one.
+pub(crate) fn read_refusal(answer: &[u8]) -> Option<bool> {
+    const SETTINGS: [u8; 9] = [0, 0, 0, 0x04, 0, 0, 0, 0, 0];
+    let head = answer.len().min(SETTINGS.len());
+    if answer[..head] != SETTINGS[..head] {
+        return Some(false);
     }
-    false
+    let goaway = answer.get(9..18)?;
+    let length = u32::from_be_bytes([0, goaway[0], goaway[1], goaway[2]]) as usize;
+    let stream = u32::from_be_bytes([goaway[5], goaway[6], goaway[7], goaway[8]]) & 0x7fff_ffff;
+    if goaway[3] != 0x07 || stream != 0 || length < 8 + REFUSAL_PREFIX.len() {
+        return Some(false);
+    }
+    let debug = answer.get(26..).unwrap_or_default();
+    let seen = debug.len().min(REFUSAL_PREFIX.len());
+    if debug[..seen] != REFUSAL_PREFIX[..seen] {
+        return Some(false);
+    }
+    (seen == REFUSAL_PREFIX.len()).then_some(true)
 }
 
 #[cfg(test)]
@@ -100,23 +105,36 @@ mod tests {
         assert_eq!(bytes[12], 7);
         assert_eq!(bytes.len(), 18 + length);
         assert_eq!(bytes[22..26], PROTOCOL_ERROR.to_be_bytes());
-        assert!(is_framed_refusal(&bytes));
+        assert_eq!(read_refusal(&bytes), Some(true));
+        // Every shorter start of it could still become it.
+        for end in 0..26 + REFUSAL_PREFIX.len() {
+            assert_eq!(read_refusal(&bytes[..end]), None, "{end} bytes");
+        }
     }
 
     #[test]
-    fn other_answers_are_not_a_framed_refusal() {
+    fn other_answers_are_told_apart_at_their_first_difference() {
         let bytes = http2_refusal();
-        // Cut short, so the GOAWAY is incomplete.
-        assert!(!is_framed_refusal(&bytes[..bytes.len() - 1]));
+        // A gRPC server's SETTINGS carries settings: its length byte tells.
+        assert_eq!(read_refusal(&[0, 0, 6]), Some(false));
         // A gRPC server's own GOAWAY, with no such text.
-        assert!(!is_framed_refusal(&[
-            0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1
-        ]));
-        // The text on another stream.
+        assert_eq!(
+            read_refusal(&[
+                0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1
+            ]),
+            Some(false)
+        );
+        // The text on another stream, or other text.
         let mut other_stream = bytes.clone();
         other_stream[17] = 1;
-        assert!(!is_framed_refusal(&other_stream));
-        assert!(!is_framed_refusal(b"HTTP/1.1 400 Bad Request\r\n\r\n"));
-        assert!(!is_framed_refusal(&[]));
+        assert_eq!(read_refusal(&other_stream), Some(false));
+        let mut other_text = bytes.clone();
+        other_text[26] = b'x';
+        assert_eq!(read_refusal(&other_text[..27]), Some(false));
+        assert_eq!(
+            read_refusal(b"HTTP/1.1 400 Bad Request\r\n\r\n"),
+            Some(false)
+        );
+        assert_eq!(read_refusal(&[]), None);
     }
 }

@@ -48,9 +48,6 @@ pub struct GrpcConnector {
     /// The endpoint, built at the first connect and reused by every later
     /// one: building it reads and parses the system trust store.
     built: Arc<OnceLock<Result<Endpoint, String>>>,
-    /// What the host, reached over plaintext, was found to speak instead
-    /// after a failed opening, once found.
-    seen: Arc<OnceLock<super::probe::Speaks>>,
 }
 
 impl GrpcConnector {
@@ -67,7 +64,6 @@ impl GrpcConnector {
             connect_timeout: Duration::from_secs(5),
             max_message_bytes: crate::host::HostLimits::default().max_message_bytes,
             built: Arc::default(),
-            seen: Arc::default(),
         })
     }
 
@@ -173,12 +169,10 @@ impl Connector for GrpcConnector {
         let max = self.max_message_bytes;
         // Where a plaintext opening that fails is checked for a TLS host
         // or a framed listener.
-        let plain = self.url.strip_prefix("http://").map(|rest| {
-            (
-                rest.split('/').next().unwrap_or(rest).to_owned(),
-                self.seen.clone(),
-            )
-        });
+        let plain = self
+            .url
+            .strip_prefix("http://")
+            .map(|rest| rest.split('/').next().unwrap_or(rest).to_owned());
         async move {
             let endpoint = endpoint.map_err(TransportError::Setup)?;
             let channel = match endpoint.connect().await {
@@ -189,7 +183,7 @@ impl Connector for GrpcConnector {
                         endpoint.uri(),
                         super::error_chain(&e)
                     ));
-                    return Err(super::probe::hint(error, plain.as_ref()).await);
+                    return Err(super::probe::hint(error, plain.as_deref()).await);
                 }
             };
             let mut client = tonic::client::Grpc::new(channel)
@@ -211,7 +205,7 @@ impl Connector for GrpcConnector {
                 match session(&mut client, request).await {
                     Ok(answer) => Ok(answer.into_inner()),
                     Err(status) => {
-                        Err(super::probe::hint(status_error(status, max), plain.as_ref()).await)
+                        Err(super::probe::hint(status_error(status, max), plain.as_deref()).await)
                     }
                 }
             });

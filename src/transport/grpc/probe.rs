@@ -8,13 +8,12 @@
 //! reads the answer: a TLS record, or a framed listener's refusal (spec
 //! FB9), and says how to connect instead.
 
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::transport::TransportError;
-use crate::transport::framed::refusal::is_framed_refusal;
+use crate::transport::framed::refusal::read_refusal;
 
 /// What a host reached over plaintext was found to speak instead of gRPC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,32 +29,25 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 const PROBE_BYTES: usize = 1024;
 
 /// `error` with a hint added if it is a connection error of a plaintext
-/// opening (`plain`: the host's `HOST:PORT`, and what it was already found
-/// to speak) and the host answers the HTTP/2 preface with TLS or as a
-/// framed listener. The probe runs at each such failure until it finds
-/// one, which the connector then remembers: a host that was down or busy
-/// when probed may be one all the same.
-pub(super) async fn hint(
-    error: TransportError,
-    plain: Option<&(String, Arc<OnceLock<Speaks>>)>,
-) -> TransportError {
-    let (TransportError::Connection(mut message), Some((authority, seen))) = (error.clone(), plain)
+/// opening to `authority` (`HOST:PORT`; `None` for TLS openings) and the
+/// host answers the HTTP/2 preface with TLS or as a framed listener. The
+/// probe runs at every such failure, so a hint is never stale: the address
+/// may be served by something else by the next one. A gRPC host's answer
+/// tells at its first bytes, so the probe costs a round trip, not its
+/// timeout.
+pub(super) async fn hint(error: TransportError, authority: Option<&str>) -> TransportError {
+    let (TransportError::Connection(mut message), Some(authority)) = (error.clone(), authority)
     else {
         return error;
     };
-    let speaks = match seen.get() {
-        Some(speaks) => Some(*speaks),
-        None => answer_to_preface(authority).await,
-    };
-    let Some(speaks) = speaks else {
-        return error;
-    };
-    let _ = seen.set(speaks);
-    match speaks {
-        Speaks::Tls => message.push_str(" (the host answers with TLS: connect with https://)"),
-        Speaks::Framed => message.push_str(&format!(
+    match answer_to_preface(authority).await {
+        Some(Speaks::Tls) => {
+            message.push_str(" (the host answers with TLS: connect with https://)");
+        }
+        Some(Speaks::Framed) => message.push_str(&format!(
             " (the host serves framed streams, not gRPC: connect with tcp://{authority})"
         )),
+        None => return error,
     }
     TransportError::Connection(message)
 }
@@ -63,6 +55,8 @@ pub(super) async fn hint(
 /// What the host at `authority` answers the HTTP/2 client preface with: a
 /// TLS record (content type 21 or 22, version 3.x), as a TLS server sends
 /// for bytes that are not a handshake, or a framed listener's refusal.
+/// `None` as soon as the answer can be neither, or when none comes within
+/// [`PROBE_TIMEOUT`].
 pub(super) async fn answer_to_preface(authority: &str) -> Option<Speaks> {
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let probe = async {
@@ -73,11 +67,15 @@ pub(super) async fn answer_to_preface(authority: &str) -> Option<Speaks> {
         while answer.len() < PROBE_BYTES {
             let n = stream.read(&mut chunk).await.ok()?;
             answer.extend_from_slice(&chunk[..n]);
-            if matches!(answer[..], [21 | 22, 3, ..]) {
-                return Some(Speaks::Tls);
-            }
-            if is_framed_refusal(&answer) {
-                return Some(Speaks::Framed);
+            match answer[..] {
+                [21 | 22, 3, ..] => return Some(Speaks::Tls),
+                // A TLS record's version may be in the next read.
+                [21 | 22] => {}
+                _ => match read_refusal(&answer) {
+                    Some(true) => return Some(Speaks::Framed),
+                    Some(false) => return None,
+                    None => {}
+                },
             }
             if n == 0 {
                 break;
@@ -122,18 +120,32 @@ mod tests {
             None,
             "nothing listening"
         );
-        let seen = Arc::new(OnceLock::new());
         let tls = answering(&[21, 3, 3, 0, 2, 2, 50]).await;
         let hinted = hint(
             TransportError::Connection("Unknown: broken pipe".into()),
-            Some(&(tls, seen.clone())),
+            Some(&tls),
         )
         .await;
         assert!(
             hinted.to_string().ends_with("connect with https://)"),
             "{hinted}"
         );
-        assert_eq!(seen.get(), Some(&Speaks::Tls), "probed once, remembered");
+    }
+
+    #[tokio::test]
+    async fn a_grpc_host_is_told_apart_by_its_first_frame_without_waiting() {
+        let host = crate::host::Host::builder(crate::demo::app("probe-secret")).build();
+        let server = crate::transport::grpc::GrpcServer::builder(host.clone())
+            .bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let authority = server.local_addr().to_string();
+        tokio::spawn(server.serve(std::future::pending()));
+        // The probe's own timeout would say None too, but only after it:
+        // a shorter one here tells which.
+        let answer = tokio::time::timeout(PROBE_TIMEOUT / 2, answer_to_preface(&authority)).await;
+        assert_eq!(answer, Ok(None));
+        host.shutdown();
     }
 
     #[tokio::test]
@@ -142,10 +154,9 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let authority = listener.local_addr().unwrap().to_string();
         tokio::spawn(crate::transport::framed::serve_tcp(host.clone(), listener));
-        let seen = Arc::new(OnceLock::new());
         let hinted = hint(
             TransportError::Connection("connection closed".into()),
-            Some(&(authority.clone(), seen.clone())),
+            Some(&authority),
         )
         .await;
         assert_eq!(
@@ -154,7 +165,6 @@ mod tests {
                 "connection failed: connection closed (the host serves framed streams, not gRPC: connect with tcp://{authority})"
             )
         );
-        assert_eq!(seen.get(), Some(&Speaks::Framed));
         host.shutdown();
     }
 }
