@@ -218,6 +218,13 @@ impl Host {
         self.shared.core().config().clone()
     }
 
+    /// Whether the host was built with a shared channel's capability token
+    /// ([`HostBuilder::capability`]): it then serves no point-to-point
+    /// session, which would be handed the token (spec §3.2).
+    pub fn carries_capability(&self) -> bool {
+        !self.shared.core().config().capability.is_empty()
+    }
+
     /// The current version of the published view.
     pub fn version(&self) -> u64 {
         self.shared.core().version()

@@ -109,7 +109,7 @@ impl Worker {
             let _ = thread.join();
             return Err(WorkerError::BuildPanicked);
         };
-        if !host.config().capability.is_empty() {
+        if host.carries_capability() {
             // Every session would be refused; say why now, not per session.
             drop((links, stop));
             let _ = thread.join();

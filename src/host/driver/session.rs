@@ -41,7 +41,7 @@ impl Host {
         link: HostLink,
         principal: Option<Arc<str>>,
     ) -> Result<(), InputError> {
-        if !self.config().capability.is_empty() {
+        if self.carries_capability() {
             return Err(InputError::SharedChannelToken);
         }
         let session = self.open_session_as(

@@ -134,7 +134,7 @@ pub async fn serve_tcp(host: Host, listener: TcpListener) -> io::Result<()> {
 /// writes the token on everything it sends, and on a framed stream
 /// `capability` MUST be `""` (spec FB8), so every client would be handed it.
 fn point_to_point(host: &Host) -> io::Result<()> {
-    if host.config().capability.is_empty() {
+    if !host.carries_capability() {
         return Ok(());
     }
     Err(io::Error::new(

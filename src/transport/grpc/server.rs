@@ -442,10 +442,10 @@ fn log_refusal(refusals: &Throttle, peer: &str, what: &str, reason: &str) {
 /// Refuses a host that would write a shared channel's token on its gRPC
 /// sessions.
 fn point_to_point(host: &Host) -> Result<(), GrpcError> {
-    if host.config().capability.is_empty() {
-        Ok(())
-    } else {
+    if host.carries_capability() {
         Err(GrpcError::SharedChannelToken)
+    } else {
+        Ok(())
     }
 }
 
