@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::sniff::http2_frame_header;
+
 /// How a refusal's debug data begins, for a client to recognise it by.
 pub(crate) const REFUSAL_PREFIX: &[u8] = b"cosystem-worker framed listener";
 
@@ -77,10 +79,8 @@ pub(crate) fn read_refusal(answer: &[u8]) -> Option<bool> {
     if answer[..head] != SETTINGS[..head] {
         return Some(false);
     }
-    let goaway = answer.get(9..18)?;
-    let length = u32::from_be_bytes([0, goaway[0], goaway[1], goaway[2]]) as usize;
-    let stream = u32::from_be_bytes([goaway[5], goaway[6], goaway[7], goaway[8]]) & 0x7fff_ffff;
-    if goaway[3] != 0x07 || stream != 0 || length < 8 + REFUSAL_PREFIX.len() {
+    let goaway = http2_frame_header(answer.get(9..)?)?;
+    if goaway.kind != 0x07 || goaway.stream != 0 || goaway.length < 8 + REFUSAL_PREFIX.len() {
         return Some(false);
     }
     let debug = answer.get(26..).unwrap_or_default();

@@ -65,17 +65,38 @@ pub(super) fn sniff(first: &[u8], ended: bool) -> Option<Foreign> {
 /// §6.8), whose length fits its type. A server's connection preface starts
 /// with SETTINGS; a server refusing a client's preface may send GOAWAY.
 fn is_http2_control_frame(first: &[u8]) -> bool {
-    let Some(header) = first.get(..9) else {
+    let Some(header) = http2_frame_header(first) else {
         return false;
     };
-    let length = u32::from_be_bytes([0, header[0], header[1], header[2]]);
-    let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
-    let fits = match header[3] {
-        0x04 => length.is_multiple_of(6) && header[4] & !0x01 == 0,
-        0x07 => length >= 8 && header[4] == 0,
+    let fits = match header.kind {
+        0x04 => header.length.is_multiple_of(6) && header.flags & !0x01 == 0,
+        0x07 => header.length >= 8 && header.flags == 0,
         _ => false,
     };
-    fits && stream == 0
+    fits && header.stream == 0
+}
+
+/// The 9-byte header of an HTTP/2 frame (RFC 9113 §4.1).
+pub(super) struct Http2FrameHeader {
+    /// The payload's length in bytes.
+    pub(super) length: usize,
+    /// The frame type: 0x04 SETTINGS, 0x07 GOAWAY, …
+    pub(super) kind: u8,
+    pub(super) flags: u8,
+    /// The stream id, its reserved bit cleared.
+    pub(super) stream: u32,
+}
+
+/// The header of the HTTP/2 frame `bytes` start with, once all 9 bytes of
+/// it are there.
+pub(super) fn http2_frame_header(bytes: &[u8]) -> Option<Http2FrameHeader> {
+    let header = bytes.get(..9)?;
+    Some(Http2FrameHeader {
+        length: u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize,
+        kind: header[3],
+        flags: header[4],
+        stream: u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff,
+    })
 }
 
 #[cfg(test)]
