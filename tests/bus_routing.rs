@@ -401,6 +401,64 @@ async fn peers_without_an_id_cannot_join_a_bus() {
     );
 }
 
+/// SC2: peer ids are unique on a shared channel. Two clients left at the
+/// default id would otherwise each settle calls with the other's results.
+#[tokio::test]
+async fn a_peer_id_held_on_a_bus_is_refused_to_another_peer_until_released() {
+    within_a_minute(async {
+        let bus = Bus::default();
+        let first = bus.connector(&ClientConfig::default()).unwrap();
+        assert_eq!(
+            bus.connector(&ClientConfig::default()).err(),
+            Some(BusError::PeerIdInUse("client".into()))
+        );
+        // A host may not take a client's id, nor a client a serving host's.
+        assert_eq!(
+            bus::serve_host(host("client", ""), bus.clone(), BusHostOptions::default())
+                .await
+                .err(),
+            Some(BusError::PeerIdInUse("client".into()))
+        );
+        let serving = host("host", "");
+        let served = tokio::spawn(bus::serve_host(
+            serving.clone(),
+            bus.clone(),
+            BusHostOptions::default(),
+        ));
+        let client = Client::new(first, config("client", "host", ""));
+        client.ready().await.unwrap();
+        assert_eq!(
+            bus.connector(&config("host", "", "")).err(),
+            Some(BusError::PeerIdInUse("host".into()))
+        );
+        assert_eq!(
+            bus::serve_host(host("host", ""), bus.clone(), BusHostOptions::default())
+                .await
+                .err(),
+            Some(BusError::PeerIdInUse("host".into()))
+        );
+        // Another bus is another channel.
+        assert!(Bus::default().connector(&ClientConfig::default()).is_ok());
+
+        // A client gives its id back once it has closed.
+        client.dispose();
+        client.closed().await;
+        let again = Client::new(
+            bus.connector(&config("client", "host", "")).unwrap(),
+            config("client", "host", ""),
+        );
+        again
+            .module("counter")
+            .call("increase", vec![json!(1)])
+            .await
+            .unwrap();
+        // And a host once it has shut down.
+        serving.shutdown();
+        assert_eq!(served.await.unwrap(), Ok(()));
+        assert!(bus.connector(&config("host", "", "")).is_ok());
+    })
+    .await
+}
 /// SC2: a host MUST ignore client envelopes with an empty `source`.
 #[tokio::test]
 async fn a_call_without_a_source_is_ignored() {

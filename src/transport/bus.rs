@@ -32,7 +32,8 @@
 //! sans-IO policy in [`crate::host::admit`] and [`crate::host::ReplySessions`];
 //! this module only moves envelopes and passes the time in.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -76,6 +77,11 @@ pub enum BusError {
     /// Peers on a shared channel need an id: replies are addressed by it.
     #[error("a peer on a bus needs a non-empty peer id")]
     MissingPeerId,
+    /// Another connector or host of this process holds the peer id on the
+    /// bus. Two peers sharing an id would each take the other's replies
+    /// (spec SC2): a client would settle its calls with another's results.
+    #[error("peer id {0:?} is already in use on this bus")]
+    PeerIdInUse(String),
     /// The host refused the publication session (shut down, or full).
     #[error("the host refused the bus: {0}")]
     Host(#[from] InputError),
@@ -86,6 +92,22 @@ pub enum BusError {
 #[derive(Clone, Debug)]
 pub struct Bus {
     sender: broadcast::Sender<BusMessage>,
+    peer_ids: Arc<Mutex<HashSet<String>>>,
+}
+
+/// A peer id held on a bus by one connector or host, given back when that
+/// ends.
+#[derive(Debug)]
+struct PeerIdClaim {
+    peer_ids: Arc<Mutex<HashSet<String>>>,
+    peer_id: String,
+}
+
+impl Drop for PeerIdClaim {
+    fn drop(&mut self) {
+        let mut peer_ids = self.peer_ids.lock().unwrap_or_else(|e| e.into_inner());
+        peer_ids.remove(&self.peer_id);
+    }
 }
 
 impl Default for Bus {
@@ -100,7 +122,25 @@ impl Bus {
     pub fn new(capacity: usize) -> Self {
         Self {
             sender: broadcast::channel(capacity.max(1)).0,
+            peer_ids: Arc::default(),
         }
+    }
+
+    /// Holds `peer_id` for one peer of this process until the claim is
+    /// dropped. Envelopes other processes bridge onto the bus are not
+    /// checked: the channel's own peers are all this can see.
+    fn claim(&self, peer_id: &str) -> Result<PeerIdClaim, BusError> {
+        if peer_id.is_empty() {
+            return Err(BusError::MissingPeerId);
+        }
+        let mut peer_ids = self.peer_ids.lock().unwrap_or_else(|e| e.into_inner());
+        if !peer_ids.insert(peer_id.to_owned()) {
+            return Err(BusError::PeerIdInUse(peer_id.to_owned()));
+        }
+        Ok(PeerIdClaim {
+            peer_ids: self.peer_ids.clone(),
+            peer_id: peer_id.to_owned(),
+        })
     }
 
     /// Puts an envelope on the bus for every current subscriber. Nobody
@@ -118,11 +158,18 @@ impl Bus {
     /// A connector for a client configured with `config`: its links deliver
     /// only host envelopes addressed to everyone or to `config.peer_id`, from
     /// `config.host_id` if set, carrying `config.capability` if set.
+    ///
+    /// The connector holds `config.peer_id` on this bus until it is dropped
+    /// (a [`Client`](crate::client::Client) drops it when its driver ends,
+    /// before [`Client::closed`](crate::client::Client::closed) resolves):
+    /// another connector or host asking for the same id meanwhile is
+    /// refused with [`BusError::PeerIdInUse`], since peer ids must be
+    /// unique on a shared channel (spec SC2) and the default
+    /// [`ClientConfig::peer_id`] is the same for every client.
     pub fn connector(&self, config: &ClientConfig) -> Result<BusConnector, BusError> {
-        if config.peer_id.is_empty() {
-            return Err(BusError::MissingPeerId);
-        }
+        let claim = self.claim(&config.peer_id)?;
         Ok(BusConnector {
+            _claim: claim,
             bus: self.clone(),
             filter: Arc::new(ClientFilter {
                 peer_id: config.peer_id.clone(),
@@ -157,6 +204,7 @@ impl ClientFilter {
 /// A client's connector to a [`Bus`]. Every connect subscribes afresh; the
 /// bus never closes while a connector holds it.
 pub struct BusConnector {
+    _claim: PeerIdClaim,
     bus: Bus,
     filter: Arc<ClientFilter>,
 }
@@ -228,8 +276,10 @@ struct BusHost {
 
 /// Serves `host` on `bus` until the host shuts down.
 ///
-/// The host needs a non-empty peer id (its [`crate::host::HostBuilder::peer_id`]);
-/// clients on a bus with more than one host must set
+/// The host needs a non-empty peer id (its [`crate::host::HostBuilder::peer_id`]),
+/// which it holds on the bus while it serves: like a connector's, it is
+/// refused with [`BusError::PeerIdInUse`] if another peer of this process
+/// holds it. Clients on a bus with more than one host must set
 /// [`ClientConfig::host_id`] to the one they follow. On start the host
 /// announces its current view to the whole bus.
 ///
@@ -240,9 +290,7 @@ struct BusHost {
 /// produced, so there is never anything queued in it.
 pub async fn serve_host(host: Host, bus: Bus, options: BusHostOptions) -> Result<(), BusError> {
     let config = host.config();
-    if config.peer_id.is_empty() {
-        return Err(BusError::MissingPeerId);
-    }
+    let _claim = bus.claim(&config.peer_id)?;
     // Subscribe before announcing: a client that hears the announcement and
     // then asks for something must find the host listening.
     let mut receiver = bus.subscribe();
