@@ -42,9 +42,12 @@ struct Shared {
     core: CoreLock,
     /// The core's [`HostCore::id`], read once: checking it must not lock.
     core_id: u64,
-    /// The core's message size limit, read once: sessions prepare their
-    /// input against it before they lock the core.
-    max_message_bytes: usize,
+    /// The core's epoch and configuration, which never change: read
+    /// without the core's lock, so a method may ask for them too, and
+    /// sessions prepare their input against its message size limit before
+    /// they lock the core.
+    epoch: String,
+    config: HostConfig,
     /// The room sessions share to parse long arguments before the lock.
     args_budget: ArgsBudget,
     /// How often the lines each session makes the host write are logged.
@@ -207,22 +210,24 @@ impl Host {
         }
     }
 
-    /// The host's epoch.
+    /// The host's epoch. It never changes, so it is read without waiting
+    /// for the core: a method may ask for it.
     pub fn epoch(&self) -> String {
-        self.shared.core().epoch().to_owned()
+        self.shared.epoch.clone()
     }
 
     /// The host's configuration: its peer id, capability token and limits
     /// (what a transport adapter needs to route and bound its traffic).
+    /// Like the epoch, it never changes and is read without the core.
     pub fn config(&self) -> HostConfig {
-        self.shared.core().config().clone()
+        self.shared.config.clone()
     }
 
     /// Whether the host was built with a shared channel's capability token
     /// ([`HostBuilder::capability`]): it then serves no point-to-point
     /// session, which would be handed the token (spec §3.2).
     pub fn carries_capability(&self) -> bool {
-        !self.shared.core().config().capability.is_empty()
+        !self.shared.config.capability.is_empty()
     }
 
     /// The current version of the published view.
@@ -311,7 +316,12 @@ impl Host {
     ///
     /// Called from inside one of this host's own methods, it returns
     /// `failed-precondition` instead of deadlocking: one call is one
-    /// commit, so a method cannot start another.
+    /// commit, so a method cannot start another. That holds however deep
+    /// the nesting: a method of this host that invokes another host whose
+    /// method invokes this one is refused too. What no check on one thread
+    /// can see is two threads each running a method of one host that
+    /// invokes the other (A's method waiting for B's core while B's waits
+    /// for A's): keep calls between hosts one-way.
     pub fn invoke(&self, module: &str, method: &str, args: &[Value]) -> Result<Value, MethodError> {
         if in_method_of(self.shared.core_id) {
             return Err(MethodError::new(

@@ -6,33 +6,38 @@
 //! knows.
 
 thread_local! {
-    /// The id of the core whose method this thread is running, or 0.
-    static IN_METHOD: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// The ids of the cores whose methods this thread is running, the
+    /// innermost last. All of them, not only the innermost: a method of
+    /// host A that runs a method of host B still holds A's core, so B's
+    /// method calling back into A must be refused as A's own would be.
+    static IN_METHOD: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Hands every core an id of its own, never 0.
 static NEXT_CORE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Marks the current thread as running a method of core `id` until dropped.
-pub(super) struct InMethod(u64);
+pub(super) struct InMethod(());
 
 impl InMethod {
     pub(super) fn enter(id: u64) -> Self {
-        InMethod(IN_METHOD.with(|m| m.replace(id)))
+        IN_METHOD.with(|m| m.borrow_mut().push(id));
+        InMethod(())
     }
 }
 
 impl Drop for InMethod {
     fn drop(&mut self) {
-        IN_METHOD.with(|m| m.set(self.0));
+        IN_METHOD.with(|m| m.borrow_mut().pop());
     }
 }
 
 /// Whether the current thread is running a method of the core with this
-/// `HostCore::id`, and so holds that core: a driver that would lock it
-/// again must refuse instead of deadlocking.
+/// `HostCore::id`, however deeply nested in other hosts' methods, and so
+/// holds that core: a driver that would lock it again must refuse instead
+/// of deadlocking.
 pub(crate) fn in_method_of(id: u64) -> bool {
-    IN_METHOD.with(std::cell::Cell::get) == id
+    IN_METHOD.with(|m| m.borrow().contains(&id))
 }
 
 /// A new core id, never 0 and never handed out twice in the process.

@@ -76,6 +76,16 @@ impl HostBuilder {
     }
 
     /// A fixed epoch instead of a fresh random one (tests, replays).
+    ///
+    /// Never give a host that clients may have followed an epoch it used
+    /// before, such as one fixed per application: spec E1 requires a new
+    /// epoch at every start. A client that kept the old epoch's mirror
+    /// takes the restarted host's versions, which count up from 1 again,
+    /// as ones it has already seen: it ignores their publications and
+    /// settles calls at once against its stale view, silently, for as long
+    /// as it stays connected. Derive a fixed epoch from something that
+    /// changes at every start (a deployment id and a start counter), or
+    /// leave it random.
     pub fn epoch(mut self, epoch: impl Into<String>) -> Self {
         self.epoch = Some(epoch.into());
         self
@@ -119,7 +129,8 @@ impl HostBuilder {
             shared: Arc::new(Shared {
                 busy,
                 core_id: core.id(),
-                max_message_bytes: core.config().limits.max_message_bytes,
+                epoch: core.epoch().to_owned(),
+                config: core.config().clone(),
                 args_budget: ArgsBudget::default(),
                 session_logs: Default::default(),
                 core: CoreLock::new(core),

@@ -195,7 +195,8 @@ impl Session {
 
     /// `message` made ready for the core without it ([`PreparedInput`]).
     pub(super) fn prepare(&self, message: ClientMessage) -> PreparedInput<'static> {
-        let mut input = PreparedInput::message(message, self.shared.max_message_bytes);
+        let mut input =
+            PreparedInput::message(message, self.shared.config.limits.max_message_bytes);
         input.parse_ahead(&self.shared.args_budget);
         input
     }
@@ -230,7 +231,7 @@ impl Session {
     /// # Errors
     /// As [`HostCore::handle_bytes`].
     pub fn handle_bytes(&self, bytes: &[u8]) -> Result<(), InputError> {
-        let mut input = PreparedInput::decode(bytes, self.shared.max_message_bytes)?;
+        let mut input = PreparedInput::decode(bytes, self.shared.config.limits.max_message_bytes)?;
         input.parse_ahead(&self.shared.args_budget);
         self.with_core(true, |core| core.handle_input(self.key, &input))
     }
