@@ -408,6 +408,14 @@ impl Host {
         self.shared.wake_all(None);
     }
 
+    /// Whether [`Host::shutdown`] has been called: the host then opens no
+    /// session again, and the servers refuse to start serving it.
+    pub fn is_shut_down(&self) -> bool {
+        self.shared
+            .closed
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Resolves once the host has shut down ([`Host::shutdown`]), at once
     /// if it already has: what a server or task serving it selects on to
     /// stop with it.

@@ -107,9 +107,9 @@ where
 /// is closed. Runs until the host shuts down ([`Host::shutdown`]) or the
 /// task is dropped; a failed accept is logged and retried, and a failed
 /// session ends only itself. Fails at once, with `InvalidInput`, for a host
-/// built with a capability token (spec FB8).
+/// already shut down or built with a capability token (spec FB8).
 pub async fn serve_tcp(host: Host, listener: TcpListener) -> io::Result<()> {
-    point_to_point(&host)?;
+    servable(&host)?;
     let config = FramedConfig::for_host(&host);
     let waiting = WaitingList::new(config);
     loop {
@@ -130,17 +130,20 @@ pub async fn serve_tcp(host: Host, listener: TcpListener) -> io::Result<()> {
     }
 }
 
-/// Refuses a host built with a shared channel's capability token: it
-/// writes the token on everything it sends, and on a framed stream
-/// `capability` MUST be `""` (spec FB8), so every client would be handed it.
-fn point_to_point(host: &Host) -> io::Result<()> {
-    if !host.carries_capability() {
+/// Refuses a host that has shut down (it opens no session again, and the
+/// listener would end at once), and a host built with a shared channel's
+/// capability token: it writes the token on everything it sends, and on a
+/// framed stream `capability` MUST be `""` (spec FB8), so every client
+/// would be handed it.
+fn servable(host: &Host) -> io::Result<()> {
+    let why = if host.is_shut_down() {
+        "the host has shut down and opens no session again: build a new host to serve"
+    } else if host.carries_capability() {
+        "the host carries a shared channel's capability token, which framed sessions must not be sent (spec FB8): serve framed streams from a host built without one"
+    } else {
         return Ok(());
-    }
-    Err(io::Error::new(
-        io::ErrorKind::InvalidInput,
-        "the host carries a shared channel's capability token, which framed sessions must not be sent (spec FB8): serve framed streams from a host built without one",
-    ))
+    };
+    Err(io::Error::new(io::ErrorKind::InvalidInput, why))
 }
 
 /// How long a TCP session may be silent before the kernel probes it, and
@@ -166,13 +169,13 @@ pub(super) fn tune(stream: &tokio::net::TcpStream) {
 /// like [`serve_tcp`].
 pub async fn serve_unix(host: Host, path: impl AsRef<Path>) -> io::Result<()> {
     // Checked before binding, so that a refusal leaves no socket file.
-    point_to_point(&host)?;
+    servable(&host)?;
     serve_unix_listener(host, bind_unix(path.as_ref()).await?).await
 }
 
 /// Serves connections accepted on an already bound Unix listener.
 pub async fn serve_unix_listener(host: Host, listener: UnixListener) -> io::Result<()> {
-    point_to_point(&host)?;
+    servable(&host)?;
     let config = FramedConfig::for_host(&host);
     let label = listener
         .local_addr()

@@ -92,6 +92,12 @@ pub enum GrpcError {
         "the host carries a shared channel's capability token, which gRPC sessions must not be sent (spec G9): serve gRPC from a host built without one"
     )]
     SharedChannelToken,
+    /// The host has shut down ([`Host::shutdown`](crate::host::Host::shutdown)):
+    /// it opens no session again, so a server of it would answer every
+    /// client `UNAVAILABLE` and `serve` would end at once. Build a new
+    /// `Host` to serve again.
+    #[error("the host has shut down and opens no session again: build a new host to serve")]
+    HostShutDown,
     /// The URL is not a gRPC URL.
     #[error("invalid URL {0}")]
     InvalidUrl(String),

@@ -164,7 +164,8 @@ impl GrpcServerBuilder {
     ///   of another service may stay open; `serve` waits
     ///   [`SHUTDOWN_GRACE`]).
     ///
-    /// Fails with [`GrpcError::SharedChannelToken`] for a host built with
+    /// Fails with [`GrpcError::HostShutDown`] for a host already shut
+    /// down, [`GrpcError::SharedChannelToken`] for a host built with
     /// a capability token, [`GrpcError::InvalidToken`] for an unusable
     /// token, with [`GrpcError::Tls`] if [`GrpcServerBuilder::tls`] was set (TLS
     /// belongs to the application's server), and with
@@ -187,7 +188,7 @@ impl GrpcServerBuilder {
         if self.connections.is_some() {
             return Err(GrpcError::ConnectionLimitsNotApplied);
         }
-        point_to_point(&self.host)?;
+        servable(&self.host)?;
         let token = checked_token(self.token)?;
         Ok(session_service(self.host, token, Arc::default(), None))
     }
@@ -207,7 +208,7 @@ impl GrpcServerBuilder {
     /// Binds `addr` (port 0 picks a free port) and checks the configuration;
     /// nothing is served until [`GrpcServer::serve`].
     pub async fn bind(self, addr: SocketAddr) -> Result<GrpcServer, GrpcError> {
-        point_to_point(&self.host)?;
+        servable(&self.host)?;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| GrpcError::Bind { addr, source })?;
@@ -216,7 +217,7 @@ impl GrpcServerBuilder {
 
     /// Like [`GrpcServerBuilder::bind`], on a listener the caller bound.
     pub fn listen(self, listener: TcpListener) -> Result<GrpcServer, GrpcError> {
-        point_to_point(&self.host)?;
+        servable(&self.host)?;
         let token = checked_token(self.token)?;
         let tls = match self.tls {
             Some((cert, key)) => {
@@ -439,10 +440,12 @@ fn log_refusal(refusals: &Throttle, peer: &str, what: &str, reason: &str) {
 }
 
 /// A token fit to be sent as metadata, as the server compares it.
-/// Refuses a host that would write a shared channel's token on its gRPC
-/// sessions.
-fn point_to_point(host: &Host) -> Result<(), GrpcError> {
-    if host.carries_capability() {
+/// Refuses a host that has shut down, or that would write a shared
+/// channel's token on its gRPC sessions.
+fn servable(host: &Host) -> Result<(), GrpcError> {
+    if host.is_shut_down() {
+        Err(GrpcError::HostShutDown)
+    } else if host.carries_capability() {
         Err(GrpcError::SharedChannelToken)
     } else {
         Ok(())
