@@ -236,10 +236,13 @@ impl ModuleHandle {
         self.client.call(&self.name, method, args)
     }
 
-    /// Calls `method` with typed arguments and a typed result: `args` is a
-    /// tuple (serialised as the positional JSON array, `()` for none; any
-    /// other value is sent as the one argument) and the value is
-    /// deserialised as `R`. A value that does not fit `R` is
+    /// Calls `method` with typed arguments and a typed result: `args` is
+    /// serialised, and what it becomes is the argument list. A tuple, or
+    /// anything else that serialises to a JSON array (a `Vec`, an array, a
+    /// tuple struct), is the positional arguments; `()` or `None` (JSON
+    /// `null`) is none; any other value is the one argument. So a single
+    /// argument that is itself a list or may be `None` goes in a 1-tuple:
+    /// `(items,)`, not `items`. The value is deserialised as `R`. A value that does not fit `R` is
     /// [`CallAsError::UnexpectedValue`]: the method ran and committed.
     ///
     /// Being an `async fn`, it queues the call when first polled, not when

@@ -441,9 +441,13 @@ impl Client {
         self.shared().core().state().map(selector)
     }
 
-    /// Watches `selector`: yields its value each time the mirror changes and
-    /// the value differs from the last one yielded. Dropping the watch
-    /// unsubscribes.
+    /// Watches `selector`: yields its value when the mirror has changed and
+    /// the value differs from the last one yielded. It yields the latest
+    /// value, not every one: changes that land before the watch is read
+    /// again are coalesced (several versions applied in one go, or a reader
+    /// that is busy), as a `tokio::sync::watch` does. To see every change,
+    /// keep it in the state (an append-only log a method pushes to) rather
+    /// than in the values a watch samples. Dropping the watch unsubscribes.
     pub fn watch<T, F>(&self, selector: F) -> Watch<T, F>
     where
         T: PartialEq + Clone,
@@ -462,7 +466,9 @@ impl Client {
     }
 
     /// Calls `listener` with each new value of `selector` on a task of its
-    /// own, until the returned handle is dropped or unsubscribed.
+    /// own, until the returned handle is dropped or unsubscribed. Values are
+    /// coalesced as [`Client::watch`]'s are: the listener sees the latest
+    /// one, not necessarily every one in between.
     pub fn watch_fn<T, F, L>(
         &self,
         selector: F,

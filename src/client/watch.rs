@@ -94,8 +94,9 @@ impl<T: Clone, F: Fn(&Value) -> T> Watch<T, F> {
         self.client.select(&self.selector)
     }
 
-    /// Waits for the selector's next different value. `None` once the client
-    /// is disposed.
+    /// Waits for the selector's next different value: the latest one when
+    /// several changes landed since the last read (they are coalesced).
+    /// `None` once the client is disposed.
     pub async fn changed(&mut self) -> Option<T> {
         if !self.started {
             self.started = true;
