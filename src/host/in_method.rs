@@ -6,29 +6,39 @@
 //! knows.
 
 thread_local! {
-    /// The ids of the cores whose methods this thread is running, the
-    /// innermost last. All of them, not only the innermost: a method of
-    /// host A that runs a method of host B still holds A's core, so B's
-    /// method calling back into A must be refused as A's own would be.
-    static IN_METHOD: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The id of the core whose method this thread is running, or 0.
+    static INNERMOST: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// The cores of the methods that one runs inside, outermost first:
+    /// a method of host A that runs a method of host B still holds A's
+    /// core, so B's method calling back into A must be refused as A's own
+    /// would be. Empty unless methods nest, so that the common checks (no
+    /// method running, or one) never touch it.
+    static OUTER: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Hands every core an id of its own, never 0.
 static NEXT_CORE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-/// Marks the current thread as running a method of core `id` until dropped.
-pub(super) struct InMethod(());
+/// Marks the current thread as running a method of core `id` until
+/// dropped; holds the core it ran inside, or 0.
+pub(super) struct InMethod(u64);
 
 impl InMethod {
     pub(super) fn enter(id: u64) -> Self {
-        IN_METHOD.with(|m| m.borrow_mut().push(id));
-        InMethod(())
+        let outer = INNERMOST.with(|m| m.replace(id));
+        if outer != 0 {
+            OUTER.with(|o| o.borrow_mut().push(outer));
+        }
+        InMethod(outer)
     }
 }
 
 impl Drop for InMethod {
     fn drop(&mut self) {
-        IN_METHOD.with(|m| m.borrow_mut().pop());
+        INNERMOST.with(|m| m.set(self.0));
+        if self.0 != 0 {
+            OUTER.with(|o| o.borrow_mut().pop());
+        }
     }
 }
 
@@ -37,7 +47,8 @@ impl Drop for InMethod {
 /// holds that core: a driver that would lock it again must refuse instead
 /// of deadlocking.
 pub(crate) fn in_method_of(id: u64) -> bool {
-    IN_METHOD.with(|m| m.borrow().contains(&id))
+    let innermost = INNERMOST.with(std::cell::Cell::get);
+    innermost == id || (innermost != 0 && OUTER.with(|o| o.borrow().contains(&id)))
 }
 
 /// A new core id, never 0 and never handed out twice in the process.
