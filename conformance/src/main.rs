@@ -332,9 +332,14 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
     Ok(match cli.command {
         Command::Vectors { filter, format } => {
             let cases = load(cli.vectors)?;
-            let selected = cases
+            let selected: Vec<&Case> = cases
                 .iter()
-                .filter(|c| filter.as_ref().is_none_or(|f| c.info().name.contains(f)));
+                .filter(|c| filter.as_ref().is_none_or(|f| c.info().name.contains(f)))
+                .collect();
+            if selected.is_empty() {
+                // As in the other modes: a mistyped filter must not pass.
+                return Err(usage("no vector matches the selection".into()));
+            }
             let mut report = Report::run(selected, Case::run_reference);
             report.suite = Some(cosystem_conformance::suite::describe(&cases));
             finish(&report, format, "vectors")

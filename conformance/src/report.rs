@@ -51,6 +51,50 @@ impl Outcome {
     }
 }
 
+/// The longest reason a result keeps, in bytes: a peer that answers with
+/// a whole state or thousands of envelopes must not make each failure, and
+/// the report files, megabytes long.
+pub const MAX_REASON_BYTES: usize = 16 * 1024;
+
+impl Outcome {
+    /// This outcome with its reason cut to [`MAX_REASON_BYTES`] in the
+    /// middle, keeping the start (the step and its first difference) and
+    /// the end (the adapter's last words on stderr).
+    fn clipped(self) -> Self {
+        match self {
+            Self::Fail(why) => Self::Fail(clip_middle(why)),
+            Self::Skip(why) => Self::Skip(clip_middle(why)),
+            Self::KnownFailure(why) => Self::KnownFailure(clip_middle(why)),
+            other => other,
+        }
+    }
+}
+
+/// `text` unchanged if it is at most [`MAX_REASON_BYTES`] long, else its
+/// first and last halves of that, on character boundaries, with what was
+/// left out said between them.
+fn clip_middle(text: String) -> String {
+    if text.len() <= MAX_REASON_BYTES {
+        return text;
+    }
+    let half = MAX_REASON_BYTES / 2;
+    let mut head = half;
+    while !text.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = text.len() - half;
+    while !text.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!(
+        "{} … ({} bytes of {} left out) … {}",
+        &text[..head],
+        tail - head,
+        text.len(),
+        &text[tail..]
+    )
+}
+
 /// How many cases ended each way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counts {
@@ -162,7 +206,7 @@ impl Report {
             role,
             spec: spec.iter().map(|s| s.as_ref().to_owned()).collect(),
             description: description.to_owned(),
-            outcome,
+            outcome: outcome.clipped(),
         });
     }
 
@@ -540,6 +584,33 @@ fn xml_escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Any reason, of any characters: at most the bound plus the note,
+        /// its start and end kept, and one within the bound untouched.
+        #[test]
+        fn reasons_are_cut_in_the_middle_to_their_bound(
+            head in "[a-zé]{0,64}",
+            fill in 0usize..40_000,
+            tail in "[a-z😀]{0,64}",
+        ) {
+            let why = format!("{head}{}{tail}", "ü".repeat(fill));
+            let mut report = Report::default();
+            report.push("x", Tier::Required, Role::Client, Outcome::Fail(why.clone()));
+            let Outcome::Fail(kept) = &report.results[0].outcome else {
+                panic!("{:?}", report.results[0].outcome);
+            };
+            if why.len() <= MAX_REASON_BYTES {
+                proptest::prop_assert_eq!(kept, &why);
+            } else {
+                proptest::prop_assert!(kept.len() <= MAX_REASON_BYTES + 64, "{}", kept.len());
+                proptest::prop_assert!(kept.starts_with(&head));
+                proptest::prop_assert!(kept.ends_with(&tail));
+                let note = format!(" bytes of {} left out) … ", why.len());
+                proptest::prop_assert!(kept.contains(&note));
+            }
+        }
+    }
 
     fn sample() -> Report {
         let mut r = Report::default();

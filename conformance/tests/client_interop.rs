@@ -35,14 +35,39 @@ fn failing_cases(adapter_args: &[&str]) -> (BTreeSet<String>, Option<i32>) {
             String::from_utf8_lossy(&output.stderr)
         )
     });
-    let failed = report["cases"]
+    let failures: Vec<&Value> = report["cases"]
         .as_array()
         .expect("cases")
         .iter()
         .filter(|c| c["outcome"] == "fail")
+        .collect();
+    if let ["--break", mode] = adapter_args {
+        let required = failures.iter().filter(|c| c["tier"] == "required");
+        assert_eq!(
+            documented_failures(mode),
+            (failures.len(), required.count()),
+            "CONFORMANCE.md §6.7's counts for --break {mode}"
+        );
+    }
+    let failed = failures
+        .iter()
         .map(|c| c["name"].as_str().expect("a name").to_owned())
         .collect();
     (failed, output.status.code())
+}
+
+/// The cases CONFORMANCE.md §6.7 says `--break mode` fails: all of them,
+/// and how many are required (its "N (R)").
+fn documented_failures(mode: &str) -> (usize, usize) {
+    const DOC: &str = include_str!("../../spec/CONFORMANCE.md");
+    let row = DOC
+        .lines()
+        .find(|l| l.starts_with(&format!("| `{mode}` |")))
+        .unwrap_or_else(|| panic!("§6.7 has no row for {mode}"));
+    let counts = row.rsplit(" | ").next().expect("a last column");
+    let (all, rest) = counts.split_once(" (").expect("N (R)");
+    let required = rest.split_once(')').expect("N (R)").0;
+    (all.parse().expect("N"), required.parse().expect("R"))
 }
 
 fn names(list: &[&str]) -> BTreeSet<String> {
@@ -308,7 +333,7 @@ fn an_adapter_that_exits_fails_the_case_with_its_stderr() {
         "--",
         "sh",
         "-c",
-        "echo adapter gave up >&2; exit 3",
+        "read line || exit 0; echo adapter gave up >&2; exit 3",
     ]);
     let text = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
@@ -354,6 +379,98 @@ fn an_adapter_that_answers_garbage_fails_the_case() {
     assert!(text.contains("sent must be an array"), "{text}");
 }
 
+#[test]
+fn an_adapter_writing_without_a_newline_fails_at_the_line_bound_not_out_of_memory() {
+    let output = conformance(&[
+        "client",
+        "--case",
+        "client-live-patch-applies",
+        "--reply-timeout-ms",
+        "60000",
+        "--",
+        "sh",
+        "-c",
+        "read line || exit 0; exec cat /dev/zero",
+    ]);
+    let text = stdout(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        &text[..text.len().min(4096)]
+    );
+    assert!(
+        text.contains("a reply line longer than 67108864 bytes"),
+        "{}",
+        &text[..text.len().min(4096)]
+    );
+}
+
+/// A mistyped script path given to an interpreter starts the interpreter,
+/// which then fails: every case failing alike would hide that.
+#[test]
+fn an_adapter_that_fails_on_empty_input_is_a_run_that_cannot_be_made() {
+    let output = conformance(&[
+        "client",
+        "--",
+        "sh",
+        "-c",
+        "echo no such adapter script >&2; exit 2",
+    ]);
+    let text = stdout(&output);
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{text}{error}");
+    assert!(!text.contains("FAIL "), "{text}");
+    assert!(
+        error.contains("exited (exit status: 2) when its input ended")
+            && error.contains("no such adapter script"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_huge_reply_is_quoted_cut_to_the_reason_bound() {
+    let output = conformance(&[
+        "client",
+        "--case",
+        "client-live-patch-applies",
+        "--",
+        "sh",
+        "-c",
+        "read line || exit 0; head -c 1000000 /dev/zero | tr '\\0' x; echo; sleep 5",
+    ]);
+    let text = stdout(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        &text[..text.len().min(4096)]
+    );
+    let failure = text.lines().next().unwrap_or_default();
+    assert!(failure.contains("is not JSON"), "{failure:.4096}");
+    assert!(failure.contains("left out"), "{failure:.4096}");
+    assert!(failure.len() < 17 * 1024, "{}", failure.len());
+}
+
+#[test]
+fn an_adapter_that_closes_its_stdout_and_stays_is_told_apart_from_one_that_exited() {
+    let output = conformance(&[
+        "client",
+        "--case",
+        "client-live-patch-applies",
+        "--",
+        "sh",
+        "-c",
+        "read line || exit 0; exec >&-; sleep 30",
+    ]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("closed its stdout before replying to start, and is still running"),
+        "{text}"
+    );
+}
+
 #[cfg(unix)]
 #[test]
 fn a_hung_adapter_is_killed_with_everything_its_wrapper_started() {
@@ -396,6 +513,34 @@ fn a_hung_adapter_is_killed_with_everything_its_wrapper_started() {
     assert!(
         left.stdout.is_empty(),
         "the wrapper's child outlived the run: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+}
+
+/// A wrapper that leaves something running in the background and then
+/// answers every case: what it left is killed with its group when each
+/// case ends, not only when a case times out.
+#[cfg(unix)]
+#[test]
+fn what_a_passing_adapters_wrapper_left_running_is_killed_after_the_case() {
+    let marker = format!("{}", 800_000 + std::process::id() % 99_999);
+    let output = conformance(&[
+        "client",
+        "--case",
+        "client-live-patch-applies",
+        "--",
+        "sh",
+        "-c",
+        &format!("sleep {marker} & exec {BIN} adapter"),
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    let left = Command::new("pgrep")
+        .args(["-f", &format!("sleep {marker}")])
+        .output()
+        .expect("pgrep runs");
+    assert!(
+        left.stdout.is_empty(),
+        "the wrapper's background child outlived the run: {}",
         String::from_utf8_lossy(&left.stdout)
     );
 }

@@ -595,3 +595,41 @@ async fn the_cli_names_a_framed_runs_report_apart_from_a_grpc_one() {
         assert_eq!(report["passed"], 1);
     }
 }
+
+/// §7.3: every wait is bounded by the step timeout. A host that writes
+/// nothing but empty frames (which receivers ignore, FB2) is still a host
+/// that sent nothing, so the wait ends on time rather than at the case's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_sending_only_empty_frames_fails_at_the_step_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("tcp://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                while socket.write_all(&[0, 0, 0, 0]).await.is_ok() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            });
+        }
+    });
+    let mut run = config(&url);
+    run.select.names = ["grpc-initial-sync-gets-snapshot".to_owned()].into();
+    run.step_timeout = Duration::from_millis(300);
+    run.case_timeout = Duration::from_secs(50);
+    let report = interop::run(&run).await.unwrap();
+    let Outcome::Fail(why) = &report.results[0].outcome else {
+        panic!("{:?}", report.results[0].outcome);
+    };
+    assert!(why.contains("nothing received within 300 ms"), "{why}");
+}
+
+/// tonic would connect to any scheme as plain gRPC: a URL of another
+/// scheme is refused before anything is tried, naming what is spoken.
+#[tokio::test]
+async fn a_url_of_a_scheme_the_runner_does_not_speak_is_refused() {
+    for url in ["ftp://127.0.0.1:1", "https://127.0.0.1:1"] {
+        let error = interop::run(&config(url)).await.unwrap_err();
+        assert!(error.contains("the runner speaks plain gRPC"), "{error}");
+    }
+}

@@ -82,3 +82,19 @@ fn the_embedded_vectors_are_the_vector_files() {
         cases().len()
     );
 }
+
+/// §8: a selection that matches no case is a run that cannot be made, in
+/// `vectors` as in the other modes, so a mistyped filter cannot pass a CI.
+#[test]
+fn a_vectors_filter_that_matches_nothing_is_a_run_that_cannot_be_made() {
+    let run = |filter: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cosystem-conformance"))
+            .args(["vectors", "--filter", filter])
+            .output()
+            .expect("the conformance binary runs")
+    };
+    let none = run("no-vector-is-named-this");
+    assert_eq!(none.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no vector matches the selection"));
+    assert_eq!(run("client-live-patch").status.code(), Some(0));
+}

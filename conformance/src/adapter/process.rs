@@ -36,6 +36,41 @@ fn clipped(line: &str) -> String {
     format!("{}… ({} bytes)", &line[..end], line.len())
 }
 
+/// The longest reply line read from an adapter, in bytes. Replies of the
+/// suite's vectors are a few KiB; without a bound, an adapter that writes
+/// without a newline would make the runner buffer until it ran out of
+/// memory.
+pub const MAX_REPLY_LINE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The next line of `reader` without its newline (and a `\r` before it),
+/// `None` at the end of input. A line over [`MAX_REPLY_LINE_BYTES`], or
+/// one that is not UTF-8, is an error, after which nothing more is read.
+fn read_reply_line(reader: &mut impl BufRead) -> std::io::Result<Option<String>> {
+    let mut line = Vec::new();
+    let limit = MAX_REPLY_LINE_BYTES as u64 + 1;
+    let read = reader.by_ref().take(limit).read_until(b'\n', &mut line)?;
+    if read == 0 {
+        return Ok(None);
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+    }
+    if line.len() > MAX_REPLY_LINE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "a reply line longer than {MAX_REPLY_LINE_BYTES} bytes (one JSON object per line, §6.4)"
+            ),
+        ));
+    }
+    String::from_utf8(line)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 /// A running adapter program. Dropping it closes its stdin and, if it does
 /// not exit promptly, kills it.
 pub struct AdapterProcess {
@@ -72,8 +107,15 @@ impl AdapterProcess {
         // Threads, not async: the runner is synchronous, and a reader thread
         // is what lets a blocked adapter be timed out.
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                if tx.send(line).is_err() {
+            let mut stdout = BufReader::new(stdout);
+            loop {
+                let line = match read_reply_line(&mut stdout) {
+                    Ok(Some(line)) => Ok(line),
+                    Ok(None) => return,
+                    Err(error) => Err(error),
+                };
+                let failed = line.is_err();
+                if tx.send(line).is_err() || failed {
                     return;
                 }
             }
@@ -107,6 +149,34 @@ impl AdapterProcess {
         })
     }
 
+    /// Starts `program` with `args` once, sends it nothing and closes its
+    /// stdin at once, as the runner does before any case: a program that
+    /// cannot be started, or that exits with a failure status when its
+    /// input ends (a mistyped script path given to an interpreter), is a
+    /// run that cannot be made rather than every case failing alike. One
+    /// still running after `reply_timeout` (a slow runtime) is killed and
+    /// taken as started.
+    pub fn probe(program: &str, args: &[String], reply_timeout: Duration) -> Result<(), String> {
+        let mut adapter = Self::spawn(program, args, reply_timeout)?;
+        drop(adapter.stdin.take());
+        let deadline = std::time::Instant::now() + reply_timeout;
+        while std::time::Instant::now() < deadline {
+            match adapter.child.try_wait() {
+                Ok(Some(status)) if status.success() => return Ok(()),
+                Ok(Some(status)) => {
+                    let _ = adapter.stderr_done.recv_timeout(Duration::from_secs(2));
+                    return Err(format!(
+                        "adapter {program:?} exited ({status}) when its input ended, before any case ran: an adapter exits cleanly at the end of its input (§6.5){}",
+                        adapter.stderr_tail()
+                    ));
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn stderr_tail(&self) -> String {
         let tail = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
         if tail.is_empty() {
@@ -120,9 +190,16 @@ impl AdapterProcess {
     }
 
     fn gone(&mut self, what: &str) -> String {
-        // The adapter is exiting or has exited: give it, and the thread
-        // collecting its stderr, a moment so the failure can quote its last
-        // words and exit status.
+        let status = self.exit_status();
+        let status = status.map_or_else(String::new, |s| format!(" ({s})"));
+        format!("{what}{status}{}", self.stderr_tail())
+    }
+
+    /// The adapter's exit status, once it has exited, waiting a moment for
+    /// that: it is exiting or has exited, and it and the thread collecting
+    /// its stderr get time for the failure to quote its last words and exit
+    /// status. `None` if it is still running.
+    fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
         let mut status = None;
         for _ in 0..25 {
             status = self.child.try_wait().ok().flatten();
@@ -136,8 +213,7 @@ impl AdapterProcess {
         if status.is_some() {
             let _ = self.stderr_done.recv_timeout(Duration::from_secs(2));
         }
-        let status = status.map_or_else(String::new, |s| format!(" ({s})"));
-        format!("{what}{status}{}", self.stderr_tail())
+        status
     }
 }
 
@@ -170,9 +246,16 @@ impl ClientUnderTest for AdapterProcess {
                     self.stderr_tail()
                 ))
             }
-            Err(RecvTimeoutError::Disconnected) => {
-                Err(self.gone(&format!("the adapter exited before replying to {op}")))
-            }
+            Err(RecvTimeoutError::Disconnected) => match self.exit_status() {
+                Some(status) => Err(format!(
+                    "the adapter exited before replying to {op} ({status}){}",
+                    self.stderr_tail()
+                )),
+                None => Err(format!(
+                    "the adapter closed its stdout before replying to {op}, and is still running{}",
+                    self.stderr_tail()
+                )),
+            },
         }
     }
 }
@@ -183,10 +266,13 @@ impl Drop for AdapterProcess {
         drop(self.stdin.take());
         for _ in 0..50 {
             if self.child.try_wait().ok().flatten().is_some() {
-                return;
+                break;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        // Killed as a group even when it exited: what a wrapper left
+        // running in the background must not outlive the case. The group
+        // keeps its id while any member lives, so this reaches no one else.
         self.kill();
         let _ = self.child.wait();
     }

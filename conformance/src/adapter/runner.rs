@@ -74,11 +74,7 @@ pub fn run(cases: &[Case], config: &ClientRun) -> Result<Report, String> {
     }
     // An adapter that cannot be started at all is a run that cannot be
     // made (exit 2), not every case failing alike.
-    drop(AdapterProcess::spawn(
-        &config.program,
-        &config.args,
-        config.reply_timeout,
-    )?);
+    AdapterProcess::probe(&config.program, &config.args, config.reply_timeout)?;
     if !clients
         .iter()
         .any(|c| config.select.includes(&c.info.name, c.info.tier))

@@ -233,6 +233,14 @@ fn target(url: &str, connect_timeout: Duration) -> Result<Target, String> {
     if let Some(address) = FramedAddress::parse(url) {
         return address.map(Target::Framed);
     }
+    // tonic connects to any scheme as if it were http: a mistyped one
+    // (or https, which the runner does not speak) must not pass for it.
+    let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+    if !scheme.eq_ignore_ascii_case("http") {
+        return Err(format!(
+            "{url}: the runner speaks plain gRPC (http://HOST:PORT) and framed streams (tcp://HOST:PORT, unix:PATH), not {scheme}://"
+        ));
+    }
     let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| {
         format!("{url}: {e} (a gRPC host is http://HOST:PORT; a framed one tcp://HOST:PORT or unix:PATH)")
     })?;

@@ -550,6 +550,7 @@ impl Peer {
     /// [`Peer::ended`]).
     async fn next_bytes(&mut self, timeout: Duration) -> Result<Option<Bytes>, String> {
         self.response().await?;
+        let deadline = tokio::time::Instant::now() + timeout;
         let waited = |_| {
             format!(
                 "stream {}: nothing received within {} ms",
@@ -568,8 +569,10 @@ impl Peer {
                     Err(status) => Some(status),
                 }
             }
+            // One deadline for the whole wait: a host that sends nothing
+            // but empty frames must not keep the wait open for ever.
             Response::Frames(frames) => loop {
-                match tokio::time::timeout(timeout, frames.next())
+                match tokio::time::timeout_at(deadline, frames.next())
                     .await
                     .map_err(waited)?
                 {
