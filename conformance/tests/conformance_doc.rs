@@ -118,3 +118,42 @@ fn generated_rule_coverage_in_conformance_md_is_current() {
          `cargo run -p cosystem-conformance -- doc --write spec/CONFORMANCE.md`"
     );
 }
+
+/// §6.4's first transcript is what the reference adapter says: replayed
+/// line by line, each reply equals the one shown (as JSON values).
+#[test]
+fn the_adapter_transcript_in_conformance_md_is_what_the_reference_adapter_says() {
+    use cosystem_conformance::adapter::process::serve;
+    use cosystem_conformance::adapter::reference::ReferenceClient;
+    let doc = document();
+    let section = &doc[doc.find("### 6.4 A transcript").expect("§6.4")..];
+    let block = &section[section.find("```text\n").expect("a transcript") + 8..];
+    let block = &block[..block.find("```").expect("its end")];
+    let (mut commands, mut replies) = (String::new(), Vec::new());
+    for line in block.lines() {
+        if let Some(command) = line.strip_prefix("→ ") {
+            commands.push_str(command);
+            commands.push('\n');
+        } else if let Some(reply) = line.strip_prefix("← ") {
+            replies.push(reply);
+        }
+    }
+    assert!(replies.len() > 10, "{block}");
+    let mut output = Vec::new();
+    serve(
+        &mut ReferenceClient::new(None),
+        commands.as_bytes(),
+        &mut output,
+    )
+    .unwrap();
+    let said: Vec<&str> = std::str::from_utf8(&output).unwrap().lines().collect();
+    assert_eq!(said.len(), replies.len());
+    for (said, shown) in said.iter().zip(&replies) {
+        let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
+        assert_eq!(
+            parse(said),
+            parse(shown),
+            "§6.4 shows {shown}, the adapter said {said}"
+        );
+    }
+}
