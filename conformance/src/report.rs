@@ -281,11 +281,24 @@ impl Report {
                 Outcome::UnexpectedPass => writeln!(out, "XPASS {} ({UNEXPECTED_PASS})", r.name),
             };
             // A failure says what the case checks and where the spec says
-            // it, on a line of its own under it.
-            if matches!(r.outcome, Outcome::Fail(_))
-                && let Some(about) = r.about()
-            {
-                let _ = writeln!(out, "     {about}");
+            // it, on a line of its own under it, and whether it fails the
+            // run: a recommended case's does only under --strict.
+            if matches!(r.outcome, Outcome::Fail(_)) {
+                let tier = match (r.tier, self.strict) {
+                    (Tier::Required, _) => None,
+                    (Tier::Recommended, true) => Some("recommended"),
+                    (Tier::Recommended, false) => {
+                        Some("recommended, so it fails the run only with --strict")
+                    }
+                };
+                let about = match (tier, r.about()) {
+                    (Some(tier), Some(about)) => Some(format!("{tier}; {about}")),
+                    (Some(tier), None) => Some(tier.to_owned()),
+                    (None, about) => about,
+                };
+                if let Some(about) = about {
+                    let _ = writeln!(out, "     {about}");
+                }
             }
         }
         let _ = writeln!(out, "{}", self.summary());
@@ -640,8 +653,32 @@ mod tests {
     fn text_has_one_line_per_case_and_the_summary_counts_known_failures_and_skips() {
         assert_eq!(
             sample().to_text(),
-            "PASS a\nFAIL b: x < y\nXFAIL c: no notice\nSKIP d (no token given)\n\
+            "PASS a\nFAIL b: x < y\n     recommended, so it fails the run only with --strict\n\
+             XFAIL c: no notice\nSKIP d (no token given)\n\
              1 passed, 1 failed, 1 known failure, 1 skipped\n"
+        );
+        // Under --strict it fails the run, and the line says no more.
+        let mut strict = sample();
+        strict.strict = true;
+        assert!(
+            strict
+                .to_text()
+                .contains("FAIL b: x < y\n     recommended\n")
+        );
+        // A required case's line says what it checks, with no tier.
+        let mut required = Report::default();
+        required.push_described(
+            "r",
+            Tier::Required,
+            Role::Client,
+            &["P7"],
+            "patches apply",
+            Outcome::Fail("no".into()),
+        );
+        assert!(
+            required
+                .to_text()
+                .starts_with("FAIL r: no\n     spec P7: patches apply\n")
         );
         let mut only = Report::default();
         only.push("a", Tier::Required, Role::Host, Outcome::Pass);
