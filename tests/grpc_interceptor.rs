@@ -60,8 +60,13 @@ async fn each_session_runs_as_the_principal_the_interceptor_names() {
 #[tokio::test]
 async fn a_stream_the_interceptor_refuses_stops_its_client_and_spares_the_others() {
     let host = Host::builder(common::whoami_app()).build();
-    let server =
-        serve_grpc_on_loopback(GrpcServer::builder(host.clone()).interceptor(api_keys)).await;
+    let server = GrpcServer::builder(host.clone())
+        .interceptor(api_keys)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let gauge = server.connections();
+    let server = common::serve_grpc(server);
     let member = client(server.addr, Some("key-of-ada"));
     member.ready().await.unwrap();
 
@@ -75,6 +80,16 @@ async fn a_stream_the_interceptor_refuses_stops_its_client_and_spares_the_others
     }
     // Refused before a session opened; the member's session is untouched.
     assert_eq!(host.session_count(), 1);
+    // Counted for metrics, as a refused token is: the interceptor is this
+    // server's login.
+    assert_eq!(gauge.counts().refused_by_interceptor, 1);
+    assert_eq!(gauge.counts().unauthenticated, 0);
+    assert!(
+        gauge
+            .counts()
+            .to_prometheus()
+            .contains("cosystem_worker_grpc_sessions_refused_by_interceptor_total 1\n")
+    );
     let answer = member.module("who").call("ami", vec![]).await.unwrap();
     assert_eq!(answer["principal"], json!("ada"));
     member.dispose();

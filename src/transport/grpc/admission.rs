@@ -104,6 +104,8 @@ struct Counts {
     refused_per_address: u64,
     /// Session streams refused for their credentials (§17.2).
     unauthenticated: u64,
+    /// Session streams the application's interceptor refused.
+    refused_by_interceptor: u64,
     /// Only addresses holding connections; empty without a per-address
     /// limit.
     by_address: HashMap<IpAddr, usize>,
@@ -125,6 +127,12 @@ impl Admission {
     /// what an operator watching for attacks or broken clients looks for.
     pub(super) fn note_unauthenticated(&self) {
         self.counts().unauthenticated += 1;
+    }
+
+    /// Counts a session stream the application's interceptor refused: its
+    /// check is the login there, whatever status it answers.
+    pub(super) fn note_refused_by_interceptor(&self) {
+        self.counts().refused_by_interceptor += 1;
     }
 
     /// Takes a slot for a connection from `peer`, or says which limit it
@@ -180,6 +188,7 @@ impl ConnectionGauge {
             refused_over_max: counts.refused_total,
             refused_over_per_address: counts.refused_per_address,
             unauthenticated: counts.unauthenticated,
+            refused_by_interceptor: counts.refused_by_interceptor,
         }
     }
 }
@@ -199,13 +208,18 @@ pub struct ConnectionCounts {
     /// Session streams refused `UNAUTHENTICATED`: a missing, repeated or
     /// wrong token.
     pub unauthenticated: u64,
+    /// Session streams the interceptor
+    /// ([`GrpcServerBuilder::interceptor`](super::GrpcServerBuilder::interceptor))
+    /// refused, whatever status it answered.
+    pub refused_by_interceptor: u64,
 }
 
 impl ConnectionCounts {
     /// The counts in the Prometheus text format, named
     /// `cosystem_worker_grpc_connections` and
     /// `cosystem_worker_grpc_connections_refused_total{limit}` and
-    /// `cosystem_worker_grpc_sessions_unauthenticated_total`; they
+    /// `cosystem_worker_grpc_sessions_unauthenticated_total` and
+    /// `cosystem_worker_grpc_sessions_refused_by_interceptor_total`; they
     /// follow [`HostStats::to_prometheus`](crate::host::HostStats::to_prometheus)
     /// in one exposition.
     pub fn to_prometheus(&self) -> String {
@@ -233,6 +247,13 @@ impl ConnectionCounts {
             "counter",
             "Session streams refused UNAUTHENTICATED: a missing, repeated or wrong token.",
             &plain(self.unauthenticated),
+        );
+        family(
+            &mut out,
+            "grpc_sessions_refused_by_interceptor_total",
+            "counter",
+            "Session streams the application's interceptor refused, whatever status it answered.",
+            &plain(self.refused_by_interceptor),
         );
         out
     }
@@ -310,6 +331,7 @@ mod tests {
                 refused_over_max: 1,
                 refused_over_per_address: 0,
                 unauthenticated: 0,
+                refused_by_interceptor: 0,
             }
         );
         drop(first);

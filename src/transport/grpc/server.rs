@@ -316,6 +316,7 @@ impl GrpcServer {
     ) -> Result<(), GrpcError> {
         let interceptor = self.interceptor;
         let refusals = Arc::new(Throttle::default());
+        let admission = self.admission.clone();
         let sessions = session_service(
             self.host.clone(),
             self.token,
@@ -324,7 +325,8 @@ impl GrpcServer {
         );
         let service =
             InterceptedService::new(sessions, move |request: Request<()>| match &interceptor {
-                Some(check) => checked_logged(check, &refusals, request),
+                Some(check) => checked_logged(check, &refusals, request)
+                    .inspect_err(|_| admission.note_refused_by_interceptor()),
                 None => Ok(request),
             });
 
