@@ -401,6 +401,49 @@ async fn peers_without_an_id_cannot_join_a_bus() {
     );
 }
 
+/// A bus has no half-close: a link's input ends once its sink is dropped,
+/// so a client that closes is not left draining a bus that never ends
+/// (and holding its peer id while it does).
+#[tokio::test]
+async fn a_bus_links_input_ends_when_its_sink_is_dropped() {
+    within_a_minute(async {
+        let bus = Bus::default();
+        let connector = bus.connector(&ClientConfig::default()).unwrap();
+        let ClientLink { sink, mut stream } = connector.connect().await.unwrap();
+        drop(sink);
+        assert!(stream.next().await.is_none());
+        // Another link of the same connector is unaffected.
+        let ClientLink { sink, mut stream } = connector.connect().await.unwrap();
+        bus.send(BusMessage::Host(
+            HostMessage {
+                header: Some(Header::v1("e1", "host", "")),
+                kind: None,
+            }
+            .into(),
+        ));
+        assert!(stream.next().await.is_some());
+        drop(sink);
+    })
+    .await
+}
+
+/// A host claims its id when `serve_host` is called, so a peer asking for
+/// it before the host's task first runs is the one refused.
+#[tokio::test]
+async fn a_bus_host_holds_its_id_from_the_call_not_the_first_poll() {
+    let bus = Bus::default();
+    let serving = tokio::spawn(bus::serve_host(
+        host("host", ""),
+        bus.clone(),
+        BusHostOptions::default(),
+    ));
+    assert_eq!(
+        bus.connector(&config("host", "", "")).err(),
+        Some(BusError::PeerIdInUse("host".into()))
+    );
+    serving.abort();
+}
+
 /// SC2: peer ids are unique on a shared channel. Two clients left at the
 /// default id would otherwise each settle calls with the other's results.
 #[tokio::test]

@@ -42,6 +42,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_util::sync::CancellationToken;
 
 use super::{ClientLink, Connector, HostInput, TransportError};
 use crate::client::ClientConfig;
@@ -159,13 +160,16 @@ impl Bus {
     /// only host envelopes addressed to everyone or to `config.peer_id`, from
     /// `config.host_id` if set, carrying `config.capability` if set.
     ///
-    /// The connector holds `config.peer_id` on this bus until it is dropped
-    /// (a [`Client`](crate::client::Client) drops it when its driver ends,
-    /// before [`Client::closed`](crate::client::Client::closed) resolves):
+    /// The connector holds `config.peer_id` on this bus until it is dropped:
     /// another connector or host asking for the same id meanwhile is
     /// refused with [`BusError::PeerIdInUse`], since peer ids must be
     /// unique on a shared channel (spec SC2) and the default
-    /// [`ClientConfig::peer_id`] is the same for every client.
+    /// [`ClientConfig::peer_id`] is the same for every client. A
+    /// [`Client`](crate::client::Client) drops its connector when its
+    /// driver ends, which [`Client::closed`](crate::client::Client::closed)
+    /// waits for: a link's input ends as soon as the client closes it,
+    /// so after `dispose` that is a matter of its task running once more.
+    /// To reuse an id, await `closed` first.
     pub fn connector(&self, config: &ClientConfig) -> Result<BusConnector, BusError> {
         let claim = self.claim(&config.peer_id)?;
         Ok(BusConnector {
@@ -215,6 +219,11 @@ impl Connector for BusConnector {
         // first sync request cannot slip past it.
         let receiver = self.bus.subscribe();
         let filter = self.filter.clone();
+        // A bus has no half-close: the link's input ends when its sink is
+        // dropped, as a point-to-point host ends a session its client
+        // closed (H16), so a client that closes is not left draining input
+        // that never ends, holding its connector, and so its peer id.
+        let closed = CancellationToken::new();
         let stream = BroadcastStream::new(receiver).filter_map(move |item| {
             let delivered = match item {
                 // Judged by the header alone: a Snapshot for another peer
@@ -232,9 +241,11 @@ impl Connector for BusConnector {
             };
             futures::future::ready(delivered)
         });
-        let sink = futures::sink::unfold(self.bus.clone(), |bus, message: ClientMessage| {
+        let stream = stream.take_until(closed.clone().cancelled_owned());
+        let state = (self.bus.clone(), closed.drop_guard());
+        let sink = futures::sink::unfold(state, |(bus, closed), message: ClientMessage| {
             bus.send(BusMessage::Client(Arc::new(message)));
-            futures::future::ready(Ok::<_, TransportError>(bus))
+            futures::future::ready(Ok::<_, TransportError>((bus, closed)))
         });
         let link = ClientLink {
             sink: Box::pin(sink),
@@ -288,9 +299,27 @@ struct BusHost {
 /// make room beyond [`BusHostOptions::max_sessions`]. Dropping one loses
 /// nothing: a reply-only session's output is put on the bus as soon as it is
 /// produced, so there is never anything queued in it.
-pub async fn serve_host(host: Host, bus: Bus, options: BusHostOptions) -> Result<(), BusError> {
+///
+/// The peer id is claimed when this is called, not when the future is
+/// first polled: a connector asking for it after `tokio::spawn(serve_host(..))`
+/// is refused, rather than the host's task ending later with nobody told.
+pub fn serve_host(
+    host: Host,
+    bus: Bus,
+    options: BusHostOptions,
+) -> impl Future<Output = Result<(), BusError>> + Send + 'static {
+    let claim = bus.claim(&host.config().peer_id);
+    async move {
+        let claim = claim?;
+        let served = serve_claimed(host, bus, options).await;
+        drop(claim);
+        served
+    }
+}
+
+/// [`serve_host`] once the host's peer id is held.
+async fn serve_claimed(host: Host, bus: Bus, options: BusHostOptions) -> Result<(), BusError> {
     let config = host.config();
-    let _claim = bus.claim(&config.peer_id)?;
     // Subscribe before announcing: a client that hears the announcement and
     // then asks for something must find the host listening.
     let mut receiver = bus.subscribe();
