@@ -74,11 +74,16 @@ impl stall_guard::Watched for Shared {
     }
 
     fn closed(&self) -> bool {
-        self.closed.load(std::sync::atomic::Ordering::Acquire)
+        self.is_shut_down()
     }
 }
 
 impl Shared {
+    /// Whether [`Host::shutdown`] has been called.
+    fn is_shut_down(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Has the [`stall_guard`] of the current runtime watch this host, the
     /// first time the host is used on it (sessions opened, `invoke`): where
     /// its methods run.
@@ -181,7 +186,7 @@ async fn bookmarks(shared: Weak<Shared>, interval: Duration) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        if shared.closed.load(std::sync::atomic::Ordering::Acquire) {
+        if shared.is_shut_down() {
             return;
         }
         let mut core = shared.core();
@@ -360,11 +365,7 @@ impl Host {
         options: PeerOptions,
         principal: Option<Arc<str>>,
     ) -> Result<Session, InputError> {
-        if self
-            .shared
-            .closed
-            .load(std::sync::atomic::Ordering::Acquire)
-        {
+        if self.shared.is_shut_down() {
             return Err(InputError::ShuttingDown);
         }
         self.shared.guard();
@@ -411,9 +412,7 @@ impl Host {
     /// Whether [`Host::shutdown`] has been called: the host then opens no
     /// session again, and the servers refuse to start serving it.
     pub fn is_shut_down(&self) -> bool {
-        self.shared
-            .closed
-            .load(std::sync::atomic::Ordering::Acquire)
+        self.shared.is_shut_down()
     }
 
     /// Resolves once the host has shut down ([`Host::shutdown`]), at once

@@ -217,9 +217,7 @@ impl Session {
     /// Whether the host has shut down: the session will produce nothing
     /// more.
     pub fn is_closed(&self) -> bool {
-        self.shared
-            .closed
-            .load(std::sync::atomic::Ordering::Acquire)
+        self.shared.is_shut_down()
     }
 
     /// Decodes and handles one encoded envelope from the client
@@ -267,11 +265,7 @@ impl Session {
     /// `None` once the host has shut down.
     pub async fn next_frame(&self) -> Option<HostFrame> {
         loop {
-            if self
-                .shared
-                .closed
-                .load(std::sync::atomic::Ordering::Acquire)
-            {
+            if self.shared.is_shut_down() {
                 return None;
             }
             let frame = {

@@ -441,7 +441,6 @@ fn log_refusal(refusals: &Throttle, peer: &str, what: &str, reason: &str) {
     throttled!(refusals, warn, %peer, reason, "{what}");
 }
 
-/// A token fit to be sent as metadata, as the server compares it.
 /// Refuses a host that has shut down, or that would write a shared
 /// channel's token on its gRPC sessions.
 fn servable(host: &Host) -> Result<(), GrpcError> {
@@ -454,6 +453,7 @@ fn servable(host: &Host) -> Result<(), GrpcError> {
     }
 }
 
+/// A token fit to be sent as metadata, as the server compares it.
 fn checked_token(token: Option<String>) -> Result<Option<Arc<[u8]>>, GrpcError> {
     match token {
         Some(token) => {
