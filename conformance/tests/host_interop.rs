@@ -628,7 +628,7 @@ async fn a_host_sending_only_empty_frames_fails_at_the_step_timeout() {
 /// scheme is refused before anything is tried, naming what is spoken.
 #[tokio::test]
 async fn a_url_of_a_scheme_the_runner_does_not_speak_is_refused() {
-    for url in ["ftp://127.0.0.1:1", "https://127.0.0.1:1"] {
+    for url in ["ftp://127.0.0.1:1", "https://127.0.0.1:1", "127.0.0.1:1"] {
         let error = interop::run(&config(url)).await.unwrap_err();
         assert!(error.contains("the runner speaks plain gRPC"), "{error}");
     }

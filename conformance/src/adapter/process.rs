@@ -23,18 +23,58 @@ const STDERR_TAIL: usize = 8;
 /// files, megabytes long.
 const STDERR_LINE_BYTES: usize = 1024;
 
-/// `line` cut to [`STDERR_LINE_BYTES`] on a character boundary, saying
-/// how long it was.
-fn clipped(line: &str) -> String {
-    if line.len() <= STDERR_LINE_BYTES {
-        return line.to_owned();
+/// The next line of `reader` (without its newline), keeping at most
+/// `cap` bytes of it, with the line's whole length; `None` at the end of
+/// input. Bytes past `cap` are read and dropped, so a line without end
+/// costs no memory.
+fn read_capped_line(
+    reader: &mut impl BufRead,
+    cap: usize,
+) -> std::io::Result<Option<(Vec<u8>, usize)>> {
+    let mut kept = Vec::new();
+    let mut total = 0;
+    loop {
+        let buffer = reader.fill_buf()?;
+        if buffer.is_empty() {
+            return Ok((total > 0).then_some((kept, total)));
+        }
+        let newline = buffer.iter().position(|&b| b == b'\n');
+        let line = &buffer[..newline.unwrap_or(buffer.len())];
+        let room = cap.saturating_sub(kept.len());
+        kept.extend_from_slice(&line[..line.len().min(room)]);
+        total += line.len();
+        let used = newline.map_or(buffer.len(), |at| at + 1);
+        reader.consume(used);
+        if newline.is_some() {
+            return Ok(Some((kept, total)));
+        }
     }
-    let mut end = STDERR_LINE_BYTES;
-    while !line.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes)", &line[..end], line.len())
 }
+
+/// A stderr line as a failure quotes it: what was kept of it, as text
+/// (a character cut by the cap is left out), saying how long it was when
+/// that was more than [`STDERR_LINE_BYTES`].
+fn clipped(kept: &[u8], total: usize) -> String {
+    let valid = match std::str::from_utf8(kept) {
+        Ok(_) => kept,
+        // Cut inside a character: the part before it.
+        Err(e) if e.error_len().is_none() && total > kept.len() => &kept[..e.valid_up_to()],
+        Err(_) => kept,
+    };
+    let text = String::from_utf8_lossy(valid);
+    let text = text.trim_end();
+    if total <= STDERR_LINE_BYTES {
+        text.to_owned()
+    } else {
+        format!("{text}… ({total} bytes)")
+    }
+}
+
+/// How long the probe waits for an adapter to end on empty input before
+/// taking it as started: long enough for an interpreter to fail on a
+/// missing script, short of what a runtime that lingers would add to
+/// every run.
+const PROBE_WAIT: Duration = Duration::from_secs(2);
 
 /// The longest reply line read from an adapter, in bytes. Replies of the
 /// suite's vectors are a few KiB; without a bound, an adapter that writes
@@ -127,17 +167,13 @@ impl AdapterProcess {
             // Dropped at the end of this thread: that is the signal.
             let _eof = stderr_eof;
             let mut reader = BufReader::new(stderr_pipe);
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+            while let Ok(Some((kept, total))) = read_capped_line(&mut reader, STDERR_LINE_BYTES) {
                 let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
                 if tail.len() == STDERR_TAIL {
                     tail.pop_front();
                 }
-                tail.push_back(clipped(line.trim_end()));
-                line.clear();
+                tail.push_back(clipped(&kept, total));
             }
-            // Drain anything left that is not valid UTF-8 lines.
-            let _ = reader.read_to_end(&mut Vec::new());
         });
         Ok(Self {
             child,
@@ -154,27 +190,55 @@ impl AdapterProcess {
     /// cannot be started, or that exits with a failure status when its
     /// input ends (a mistyped script path given to an interpreter), is a
     /// run that cannot be made rather than every case failing alike. One
-    /// still running after `reply_timeout` (a slow runtime) is killed and
-    /// taken as started.
+    /// still running after [`PROBE_WAIT`] (a slow runtime, or one that
+    /// lingers) is killed and taken as started.
     pub fn probe(program: &str, args: &[String], reply_timeout: Duration) -> Result<(), String> {
         let mut adapter = Self::spawn(program, args, reply_timeout)?;
         drop(adapter.stdin.take());
-        let deadline = std::time::Instant::now() + reply_timeout;
+        let deadline = std::time::Instant::now() + PROBE_WAIT.min(reply_timeout);
         while std::time::Instant::now() < deadline {
-            match adapter.child.try_wait() {
-                Ok(Some(status)) if status.success() => return Ok(()),
-                Ok(Some(status)) => {
+            match adapter.ended() {
+                Some(Ended::Cleanly) => return Ok(()),
+                Some(ended) => {
                     let _ = adapter.stderr_done.recv_timeout(Duration::from_secs(2));
                     return Err(format!(
-                        "adapter {program:?} exited ({status}) when its input ended, before any case ran: an adapter exits cleanly at the end of its input (§6.5){}",
+                        "adapter {program:?} exited ({ended}) when its input ended, before any case ran: an adapter exits cleanly at the end of its input (§6.5){}",
                         adapter.stderr_tail()
                     ));
                 }
-                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                Err(_) => break,
+                None => std::thread::sleep(Duration::from_millis(10)),
             }
         }
         Ok(())
+    }
+
+    /// How the adapter ended, if it has, without reaping it: until it is
+    /// reaped its pid, and so its process group's id, cannot be reused,
+    /// so killing that group after this reaches nobody else.
+    fn ended(&mut self) -> Option<Ended> {
+        #[cfg(unix)]
+        {
+            use rustix::process::{Pid, WaitId, WaitIdOptions, waitid};
+            let pid = i32::try_from(self.child.id())
+                .ok()
+                .and_then(Pid::from_raw)?;
+            let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+            let status = waitid(WaitId::Pid(pid), options).ok().flatten()?;
+            Some(match (status.exit_status(), status.terminating_signal()) {
+                (Some(0), _) => Ended::Cleanly,
+                (Some(code), _) => Ended::Status(code),
+                (None, Some(signal)) => Ended::Signal(signal),
+                (None, None) => Ended::Status(-1),
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            let status = self.child.try_wait().ok().flatten()?;
+            Some(match status.code() {
+                Some(0) => Ended::Cleanly,
+                code => Ended::Status(code.unwrap_or(-1)),
+            })
+        }
     }
 
     pub(crate) fn stderr_tail(&self) -> String {
@@ -195,14 +259,14 @@ impl AdapterProcess {
         format!("{what}{status}{}", self.stderr_tail())
     }
 
-    /// The adapter's exit status, once it has exited, waiting a moment for
-    /// that: it is exiting or has exited, and it and the thread collecting
-    /// its stderr get time for the failure to quote its last words and exit
+    /// How the adapter ended, once it has, waiting a moment for that: it
+    /// is exiting or has exited, and it and the thread collecting its
+    /// stderr get time for the failure to quote its last words and exit
     /// status. `None` if it is still running.
-    fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+    fn exit_status(&mut self) -> Option<Ended> {
         let mut status = None;
         for _ in 0..25 {
-            status = self.child.try_wait().ok().flatten();
+            status = self.ended();
             if status.is_some() {
                 break;
             }
@@ -214,6 +278,27 @@ impl AdapterProcess {
             let _ = self.stderr_done.recv_timeout(Duration::from_secs(2));
         }
         status
+    }
+}
+
+/// How an adapter process ended, as a failure says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Exit status 0.
+    Cleanly,
+    /// Another exit status.
+    Status(i32),
+    /// Killed by this signal.
+    Signal(i32),
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Cleanly => write!(f, "exit status: 0"),
+            Ended::Status(code) => write!(f, "exit status: {code}"),
+            Ended::Signal(signal) => write!(f, "signal: {signal}"),
+        }
     }
 }
 
@@ -265,14 +350,14 @@ impl Drop for AdapterProcess {
         // End of input is the adapter's signal to exit.
         drop(self.stdin.take());
         for _ in 0..50 {
-            if self.child.try_wait().ok().flatten().is_some() {
+            if self.ended().is_some() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         // Killed as a group even when it exited: what a wrapper left
-        // running in the background must not outlive the case. The group
-        // keeps its id while any member lives, so this reaches no one else.
+        // running in the background must not outlive the case. It is not
+        // reaped until after (see `ended`), so this reaches no one else.
         self.kill();
         let _ = self.child.wait();
     }
@@ -334,14 +419,30 @@ pub fn serve(
 
 #[cfg(test)]
 mod tests {
-    use super::{STDERR_LINE_BYTES, clipped};
+    use super::{STDERR_LINE_BYTES, clipped, read_capped_line};
+
+    fn lines(input: &[u8]) -> Vec<String> {
+        let mut reader = input;
+        let mut out = Vec::new();
+        while let Some((kept, total)) = read_capped_line(&mut reader, STDERR_LINE_BYTES).unwrap() {
+            assert!(kept.len() <= STDERR_LINE_BYTES);
+            out.push(clipped(&kept, total));
+        }
+        out
+    }
 
     #[test]
     fn long_stderr_lines_are_clipped_on_a_character_boundary() {
-        assert_eq!(clipped("short"), "short");
+        assert_eq!(lines(b"short\n\nlast"), ["short", "", "last"]);
         let long = "é".repeat(STDERR_LINE_BYTES);
-        let cut = clipped(&long);
+        let quoted = lines(format!("{long}\nnext\n").as_bytes());
+        let cut = &quoted[0];
         assert!(cut.len() < STDERR_LINE_BYTES + 32, "{}", cut.len());
+        assert!(cut.starts_with("éé"), "{cut}");
+        assert!(!cut.contains('\u{fffd}'), "{cut}");
         assert!(cut.ends_with(&format!("… ({} bytes)", long.len())), "{cut}");
+        assert_eq!(quoted[1], "next");
+        // Bytes that are not UTF-8 are quoted, not a reason to stop.
+        assert_eq!(lines(b"\xff\xfe\nok\n")[1], "ok");
     }
 }

@@ -235,10 +235,14 @@ fn target(url: &str, connect_timeout: Duration) -> Result<Target, String> {
     }
     // tonic connects to any scheme as if it were http: a mistyped one
     // (or https, which the runner does not speak) must not pass for it.
-    let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
-    if !scheme.eq_ignore_ascii_case("http") {
+    let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+    if !scheme.is_some_and(|scheme| scheme.eq_ignore_ascii_case("http")) {
+        let given = scheme.map_or_else(
+            || "a URL without a scheme".to_owned(),
+            |s| format!("{s}://"),
+        );
         return Err(format!(
-            "{url}: the runner speaks plain gRPC (http://HOST:PORT) and framed streams (tcp://HOST:PORT, unix:PATH), not {scheme}://"
+            "{url}: the runner speaks plain gRPC (http://HOST:PORT) and framed streams (tcp://HOST:PORT, unix:PATH), not {given}"
         ));
     }
     let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| {
