@@ -108,8 +108,23 @@ where
 /// task is dropped; a failed accept is logged and retried, and a failed
 /// session ends only itself. Fails at once, with `InvalidInput`, for a host
 /// already shut down or built with a capability token (spec FB8).
-pub async fn serve_tcp(host: Host, listener: TcpListener) -> io::Result<()> {
-    servable(&host)?;
+///
+/// The host is checked when this is called, not when the future is first
+/// polled, so a host shut down after `tokio::spawn(serve_tcp(..))` ends the
+/// listener cleanly however soon.
+pub fn serve_tcp(
+    host: Host,
+    listener: TcpListener,
+) -> impl Future<Output = io::Result<()>> + Send + 'static {
+    let checked = servable(&host);
+    async move {
+        checked?;
+        accept_tcp(host, listener).await
+    }
+}
+
+/// [`serve_tcp`] for a host found servable.
+async fn accept_tcp(host: Host, listener: TcpListener) -> io::Result<()> {
     let config = FramedConfig::for_host(&host);
     let waiting = WaitingList::new(config);
     loop {
@@ -167,15 +182,36 @@ pub(super) fn tune(stream: &tokio::net::TcpStream) {
 
 /// Binds a Unix domain socket at `path` (see [`bind_unix`]) and serves it
 /// like [`serve_tcp`].
-pub async fn serve_unix(host: Host, path: impl AsRef<Path>) -> io::Result<()> {
-    // Checked before binding, so that a refusal leaves no socket file.
-    servable(&host)?;
-    serve_unix_listener(host, bind_unix(path.as_ref()).await?).await
+pub fn serve_unix(
+    host: Host,
+    path: impl AsRef<Path>,
+) -> impl Future<Output = io::Result<()>> + Send + 'static {
+    // Checked before binding, so that a refusal leaves no socket file, and
+    // at the call, as `serve_tcp` is.
+    let checked = servable(&host);
+    let path = path.as_ref().to_owned();
+    async move {
+        checked?;
+        let listener = bind_unix(&path).await?;
+        accept_unix(host, listener).await
+    }
 }
 
 /// Serves connections accepted on an already bound Unix listener.
-pub async fn serve_unix_listener(host: Host, listener: UnixListener) -> io::Result<()> {
-    servable(&host)?;
+/// The host is checked when this is called, as in [`serve_tcp`].
+pub fn serve_unix_listener(
+    host: Host,
+    listener: UnixListener,
+) -> impl Future<Output = io::Result<()>> + Send + 'static {
+    let checked = servable(&host);
+    async move {
+        checked?;
+        accept_unix(host, listener).await
+    }
+}
+
+/// [`serve_unix_listener`] for a host found servable.
+async fn accept_unix(host: Host, listener: UnixListener) -> io::Result<()> {
     let config = FramedConfig::for_host(&host);
     let label = listener
         .local_addr()
