@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// buffer is about this size anyway. A larger frame counts from its
 /// prefix on, at the length it announces, since the codec makes room for
 /// all of it as soon as the prefix is read.
-pub(super) const FREE_BYTES: usize = 16 * 1024;
+pub(crate) const FREE_BYTES: usize = 16 * 1024;
 
 /// How many of the largest frames one listener's sessions may hold in
 /// progress at once (the budget is this many times the frame limit).
@@ -35,14 +35,14 @@ pub const PARTIAL_FIRST_FRAMES_PER_LISTENER: usize = 4;
 
 /// The budget of one listener (see the module's doc).
 #[derive(Debug)]
-pub(super) struct FrameBudget {
+pub(crate) struct FrameBudget {
     used: AtomicUsize,
     limit: usize,
 }
 
 impl FrameBudget {
     /// A budget of `limit` bytes, none of them used.
-    pub(super) fn new(limit: usize) -> Self {
+    pub(crate) fn new(limit: usize) -> Self {
         Self {
             used: AtomicUsize::new(0),
             limit,
@@ -50,13 +50,13 @@ impl FrameBudget {
     }
 
     /// The budget's size in bytes.
-    pub(super) fn limit(&self) -> usize {
+    pub(crate) fn limit(&self) -> usize {
         self.limit
     }
 
     /// Takes `bytes` more, unless that would pass the limit; then takes
     /// nothing and returns false.
-    pub(super) fn take(&self, bytes: usize) -> bool {
+    pub(crate) fn take(&self, bytes: usize) -> bool {
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 used.checked_add(bytes).filter(|&sum| sum <= self.limit)
@@ -65,13 +65,13 @@ impl FrameBudget {
     }
 
     /// Gives back `bytes` taken earlier.
-    pub(super) fn give(&self, bytes: usize) {
+    pub(crate) fn give(&self, bytes: usize) {
         self.used.fetch_sub(bytes, Ordering::AcqRel);
     }
 
     /// Bytes taken now.
     #[cfg(test)]
-    pub(super) fn used(&self) -> usize {
+    pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
     }
 }

@@ -21,7 +21,7 @@
 //! for any other stream. Clients: [`TcpConnector`], [`UnixConnector`],
 //! [`SpawnConnector`], or [`client_link`] for any other stream.
 
-mod budget;
+pub(crate) mod budget;
 mod codec;
 mod connect;
 pub(crate) mod refusal;

@@ -34,6 +34,7 @@ pub mod codec;
 mod health;
 mod incoming;
 mod opening;
+mod partial;
 mod pem;
 mod probe;
 mod server;

@@ -11,6 +11,10 @@ use futures::Stream;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::service::interceptor::InterceptedService;
+
+use super::partial::Budgeted;
+use crate::transport::framed::PARTIAL_FRAMES_PER_LISTENER;
+use crate::transport::framed::budget::FrameBudget;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_health::ServingStatus;
@@ -329,6 +333,14 @@ impl GrpcServer {
                     .inspect_err(|_| admission.note_refused_by_interceptor()),
                 None => Ok(request),
             });
+        // Messages still arriving on every session stream share one bound,
+        // as on a framed listener (spec FB6).
+        let partial_limit = self
+            .host
+            .limits()
+            .max_message_bytes
+            .saturating_mul(PARTIAL_FRAMES_PER_LISTENER);
+        let service = Budgeted::new(service, Arc::new(FrameBudget::new(partial_limit)));
 
         let (reporter, health, stop_watches) = super::health_service();
         reporter

@@ -1,0 +1,147 @@
+//! Messages still arriving on a gRPC server's session streams share one
+//! bound, as frames do on a framed listener: a peer that announces large
+//! messages and stalls cannot make the host hold one max-size message per
+//! stream (spec §15, FB6's budget).
+
+mod common;
+
+use common::serve_grpc;
+
+use cosystem_worker::demo;
+use cosystem_worker::host::{Host, HostLimits};
+use cosystem_worker::transport::framed::PARTIAL_FRAMES_PER_LISTENER;
+use cosystem_worker::transport::grpc::GrpcServer;
+use cosystem_worker::wire::{ClientMessage, Header, SyncRequest, client_message};
+use prost::Message;
+
+const MAX_MESSAGE: usize = 64 * 1024;
+
+/// A gRPC message prefix announcing `len` bytes.
+fn prefix(len: usize) -> bytes::Bytes {
+    let mut prefix = vec![0u8];
+    prefix.extend_from_slice(&u32::try_from(len).unwrap().to_be_bytes());
+    prefix.into()
+}
+
+/// A SyncRequest padded with an unknown field to exactly `len` bytes,
+/// which a host reads as the SyncRequest alone.
+fn padded_sync_request(len: usize) -> Vec<u8> {
+    let mut bytes = ClientMessage {
+        header: Some(Header::v1("", "padded", "")),
+        kind: Some(client_message::Kind::SyncRequest(SyncRequest {
+            sync_id: 1,
+            have_version: 0,
+            reason: 1,
+        })),
+    }
+    .encode_to_vec();
+    // Field 15, length-delimited, with a 3-byte varint length.
+    let pad = len - bytes.len() - 4;
+    bytes.push(15 << 3 | 2);
+    bytes.extend_from_slice(&[
+        (pad as u8) | 0x80,
+        ((pad >> 7) as u8) | 0x80,
+        (pad >> 14) as u8,
+    ]);
+    bytes.resize(len, 0);
+    bytes
+}
+
+/// The `grpc-status` the response ended with, from its headers (a
+/// trailers-only response) or its trailers.
+async fn status_of(response: h2::client::ResponseFuture) -> String {
+    let response = response.await.unwrap();
+    if let Some(status) = response.headers().get("grpc-status") {
+        return status.to_str().unwrap().to_owned();
+    }
+    let mut body = response.into_body();
+    while let Some(data) = body.data().await {
+        let data = data.unwrap();
+        let _ = body.flow_control().release_capacity(data.len());
+    }
+    let trailers = body.trailers().await.unwrap().unwrap_or_default();
+    trailers
+        .get("grpc-status")
+        .map(|s| s.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_announced_and_held_are_bounded_together_and_released_with_their_streams() {
+    let host = Host::builder(demo::app("s"))
+        .limits(HostLimits {
+            max_message_bytes: MAX_MESSAGE,
+            ..HostLimits::default()
+        })
+        .build();
+    let server = GrpcServer::builder(host.clone())
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let served = serve_grpc(server);
+    let tcp = tokio::net::TcpStream::connect(served.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let open = |client: &mut h2::client::SendRequest<bytes::Bytes>| {
+        let session = http::Request::builder()
+            .method("POST")
+            .uri(format!(
+                "{}/cosystem.worker.v1.HostService/Session",
+                served.url()
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        client.send_request(session, false).unwrap()
+    };
+    // One stream more than the budget holds each announce a whole message
+    // (prefix included, the max message size) and send none of it: one of
+    // them, whichever the server reads last, is refused.
+    let announced = MAX_MESSAGE - 5;
+    let mut streams = Vec::new();
+    for _ in 0..=PARTIAL_FRAMES_PER_LISTENER {
+        let (response, mut body) = open(&mut client);
+        body.send_data(prefix(announced), false).unwrap();
+        streams.push((Box::pin(status_of(response)), body));
+    }
+    let watchdog = std::time::Duration::from_secs(60);
+    let (refused, index, _) = tokio::time::timeout(
+        watchdog,
+        futures::future::select_all(streams.iter_mut().map(|(status, _)| status.as_mut())),
+    )
+    .await
+    .expect("the stream past the budget was answered");
+    assert_eq!(refused, "8");
+    drop(streams.remove(index));
+
+    // A stream that goes away gives its room back: a whole message of the
+    // same size is then read and answered. Its room comes back once the
+    // server has seen the reset, so a refusal before that is tried again.
+    let (_, mut gone) = streams.pop().unwrap();
+    gone.send_reset(h2::Reason::CANCEL);
+    let answered = tokio::time::timeout(watchdog, async {
+        loop {
+            let (response, mut body) = open(&mut client);
+            body.send_data(prefix(announced), false).unwrap();
+            body.send_data(padded_sync_request(announced).into(), false)
+                .unwrap();
+            let response = response.await.unwrap();
+            if response.headers().get("grpc-status").is_none() {
+                break (response, body);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a stream fitting the budget again was answered");
+    let (response, mut body) = answered;
+    assert_eq!(response.status(), 200);
+    let mut answer = response.into_body();
+    let snapshot = answer.data().await.expect("a Snapshot").unwrap();
+    assert!(snapshot.len() > 5, "{snapshot:?}");
+    body.send_reset(h2::Reason::CANCEL);
+    drop(streams);
+    served.stop().await;
+}
