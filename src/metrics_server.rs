@@ -7,8 +7,10 @@
 //! and connection deadlines, one request per connection). A scrape never
 //! waits for a method that holds the core (see [`Host::stats`]).
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::host::Host;
@@ -20,11 +22,14 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::task::AbortHandle;
 
-/// Scrapes served at once; more connections are closed on accept. A
-/// scraper makes one request at a time, so this only bounds a peer that
-/// opens connections without end.
+use crate::transport::throttle::{Throttle, throttled};
+
+/// Connections held at once. When all are taken, a new connection takes
+/// the place of the oldest one that has not yet sent its request, so that
+/// silent connections cannot keep a scraper out; it is closed only when
+/// every one held is being answered.
 const MAX_CONNECTIONS: usize = 16;
 
 /// How long a connection may take to send its request headers, so that a
@@ -40,42 +45,87 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// on `listener` until the future is dropped. Another path answers 404,
 /// another method 405.
 pub async fn serve(listener: TcpListener, host: Host, connections: Option<ConnectionGauge>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut held = Held::default();
+    let accept_failures = Throttle::default();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
-                tracing::warn!(%error, "accepting a metrics connection failed");
+                throttled!(accept_failures, warn, %error, "accepting a metrics connection failed");
                 // Out of descriptors, say: wait rather than spin.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "closing a metrics connection: too many open");
+        if !held.make_room() {
+            tracing::debug!(%peer, "closing a metrics connection: every one held is being answered");
             continue;
-        };
+        }
+        let asked = Arc::new(AtomicBool::new(false));
         let host = host.clone();
         let connections = connections.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let response = respond(&host, connections.as_ref(), &request);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), service);
-            // A peer that never reads its answer is not bounded by the
-            // header timeout: the whole exchange is.
-            match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::debug!(%peer, %error, "metrics connection failed"),
-                Err(_) => tracing::debug!(%peer, "metrics connection timed out"),
+        let task = tokio::spawn({
+            let asked = asked.clone();
+            async move {
+                let service = hyper::service::service_fn(move |request| {
+                    asked.store(true, Ordering::Release);
+                    let response = respond(&host, connections.as_ref(), &request);
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(stream), service);
+                // A peer that never reads its answer is not bounded by the
+                // header timeout: the whole exchange is.
+                match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => tracing::debug!(%peer, %error, "metrics connection failed"),
+                    Err(_) => tracing::debug!(%peer, "metrics connection timed out"),
+                }
             }
-            drop(slot);
         });
+        held.connections.push_back(Connection {
+            task: task.abort_handle(),
+            asked,
+        });
+    }
+}
+
+/// One connection the server holds.
+struct Connection {
+    task: AbortHandle,
+    /// Whether its request has arrived (it is being answered).
+    asked: Arc<AtomicBool>,
+}
+
+/// The connections the server holds, oldest first.
+#[derive(Default)]
+struct Held {
+    connections: VecDeque<Connection>,
+}
+
+impl Held {
+    /// Makes room for one more connection: forgets those that ended, and
+    /// when all places are taken closes the oldest that has not asked
+    /// anything. False if every one held is being answered.
+    fn make_room(&mut self) -> bool {
+        self.connections.retain(|c| !c.task.is_finished());
+        if self.connections.len() < MAX_CONNECTIONS {
+            return true;
+        }
+        let silent = self
+            .connections
+            .iter()
+            .position(|c| !c.asked.load(Ordering::Acquire));
+        match silent.and_then(|i| self.connections.remove(i)) {
+            Some(oldest) => {
+                oldest.task.abort();
+                true
+            }
+            None => false,
+        }
     }
 }
 
