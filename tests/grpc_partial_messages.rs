@@ -1,4 +1,4 @@
-//! Messages still arriving on a gRPC server's session streams share one
+//! What a gRPC server's session streams hold in their read buffers shares one
 //! bound, as frames do on a framed listener: a peer that announces large
 //! messages and stalls cannot make the host hold one max-size message per
 //! stream (spec §15, FB6's budget).

@@ -190,6 +190,13 @@ impl Decoder for FrameCodec {
                 // The next frame's prefix is read at the next decode.
                 self.announced = None;
                 self.hold()?;
+                if frame.len() > FREE_BYTES {
+                    // The buffer would keep the room it made for this frame
+                    // for the connection's life, where the budget counts it
+                    // no more: what follows the frame moves to a buffer of
+                    // its own, and the room goes with the frame.
+                    *src = BytesMut::from(&src[..]);
+                }
                 Ok(Some(frame))
             }
             Ok(None) => {
@@ -265,6 +272,19 @@ mod tests {
         let mut bytes = len.to_be_bytes().to_vec();
         bytes.resize(PREFIX + body, 0x0a);
         bytes
+    }
+
+    #[test]
+    fn a_large_frame_leaves_no_room_behind_in_the_read_buffer() {
+        let mut codec = FrameCodec::new(1 << 20);
+        let mut src = BytesMut::new();
+        src.extend_from_slice(&(500_000u32).to_be_bytes());
+        src.resize(PREFIX + 500_000, 7);
+        src.extend_from_slice(&[0, 0, 0, 2, 1]);
+        let frame = codec.decode(&mut src).unwrap().unwrap();
+        assert_eq!(frame.len(), 500_000);
+        assert_eq!(&src[..], &[0, 0, 0, 2, 1]);
+        assert!(src.capacity() < FREE_BYTES, "{}", src.capacity());
     }
 
     #[test]

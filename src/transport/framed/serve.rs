@@ -192,6 +192,10 @@ pub fn serve_unix(
     let path = path.as_ref().to_owned();
     async move {
         checked?;
+        // Shut down since the call: serve nothing, and bind no socket.
+        if host.is_shut_down() {
+            return Ok(());
+        }
         let listener = bind_unix(&path).await?;
         accept_unix(host, listener).await
     }

@@ -1,21 +1,24 @@
-//! The bytes a gRPC server's session streams may hold in messages still
-//! arriving.
+//! The bytes a gRPC server's session streams may hold in their read
+//! buffers.
 //!
-//! tonic reads a request message whole before our codec sees it, so a peer
-//! that announces a large message, sends all of it but the last byte and
-//! stalls holds that much of the host's memory for as long as its stream
-//! stays open. One message per stream is bounded by the max message size,
-//! but not the sum: 100 streams on each of a few connections held 1.25 GB,
-//! and the defaults (10 000 clients, 4 MiB messages) allow 40 GiB. As on
-//! framed listeners (`crate::transport::framed`, spec FB6), the session
-//! streams of one server share one budget of
+//! tonic reads a request message whole before our codec sees it, making
+//! room for all of it as soon as its prefix arrives, and keeps that room
+//! for as long as the stream lasts. So a peer that announces a large
+//! message, sends all of it but the last byte and stalls holds that much
+//! of the host's memory, and so does one that sends a large message whole
+//! and then idles. One stream is bounded by the max message size, but not
+//! the sum: 100 streams on each of a few connections held 1.25 GB, and the
+//! defaults (10 000 clients, 4 MiB messages) allow 40 GiB. As on framed
+//! listeners (`crate::transport::framed`, spec FB6), the session streams of
+//! one server share one budget of
 //! [`PARTIAL_FRAMES_PER_LISTENER`](crate::transport::framed::PARTIAL_FRAMES_PER_LISTENER)
-//! times the max message size; a message larger than
-//! [`FREE_BYTES`] counts at the length its gRPC prefix announces from the
-//! moment the prefix arrives, and a stream whose message would take the
-//! budget past its limit fails `RESOURCE_EXHAUSTED`, which ends its
-//! session and gives back what it held. Messages a stream has finished
-//! receiving count no more: tonic hands them on as they complete.
+//! times the max message size. A stream holds against it the largest
+//! message over [`FREE_BYTES`] it has announced, from the moment that
+//! message's prefix arrives until the stream ends, and a stream whose
+//! message would take the budget past its limit fails `RESOURCE_EXHAUSTED`,
+//! which ends its session and gives back what it held (its client's next
+//! stream starts with nothing held). A message over the max message size
+//! is left to tonic, which refuses it before making room for it.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,18 +38,24 @@ use crate::transport::framed::budget::{FREE_BYTES, FrameBudget};
 /// big-endian length.
 const PREFIX: usize = 5;
 
-/// A service whose request bodies draw on one shared budget for the
-/// messages they hold in progress (see the module's doc).
+/// A service whose request bodies draw on one shared budget for what
+/// their read buffers hold (see the module's doc).
 #[derive(Clone)]
 pub(super) struct Budgeted<S> {
     inner: S,
     budget: Arc<FrameBudget>,
+    max_message: usize,
 }
 
 impl<S> Budgeted<S> {
-    /// `inner`, its request bodies sharing `budget`.
-    pub(super) fn new(inner: S, budget: Arc<FrameBudget>) -> Self {
-        Self { inner, budget }
+    /// `inner`, its request bodies sharing `budget`, for messages of at
+    /// most `max_message` bytes.
+    pub(super) fn new(inner: S, budget: Arc<FrameBudget>, max_message: usize) -> Self {
+        Self {
+            inner,
+            budget,
+            max_message,
+        }
     }
 }
 
@@ -67,9 +76,9 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let budget = self.budget.clone();
+        let framing = Framing::new(self.budget.clone(), self.max_message);
         self.inner
-            .call(request.map(|body| Body::new(BudgetedBody::new(body, budget))))
+            .call(request.map(|body| Body::new(BudgetedBody::new(body, framing))))
     }
 }
 
@@ -82,17 +91,19 @@ enum Reading {
     Message { left: usize },
 }
 
-/// Follows one request body's gRPC framing, holding from the budget what
-/// its message in progress announces.
+/// Follows one request body's gRPC framing, holding from the budget the
+/// largest message it has announced.
 struct Framing {
     reading: Reading,
-    /// Taken from the budget for the message in progress.
+    /// Taken from the budget: the largest message announced so far, prefix
+    /// included, when over [`FREE_BYTES`].
     held: usize,
     budget: Arc<FrameBudget>,
+    max_message: usize,
 }
 
 impl Framing {
-    fn new(budget: Arc<FrameBudget>) -> Self {
+    fn new(budget: Arc<FrameBudget>, max_message: usize) -> Self {
         Self {
             reading: Reading::Prefix {
                 have: 0,
@@ -100,6 +111,7 @@ impl Framing {
             },
             held: 0,
             budget,
+            max_message,
         }
     }
 
@@ -132,13 +144,14 @@ impl Framing {
         Ok(())
     }
 
-    /// A message of `announced` bytes begins.
+    /// A message of `announced` bytes begins: the stream's read buffer
+    /// grows to hold it, and keeps that room.
     fn start(&mut self, announced: usize) -> Result<(), Status> {
-        if announced > FREE_BYTES {
-            let wanted = announced.saturating_add(PREFIX);
-            if !self.budget.take(wanted) {
+        let wanted = announced.saturating_add(PREFIX);
+        if announced > FREE_BYTES && announced <= self.max_message && wanted > self.held {
+            if !self.budget.take(wanted - self.held) {
                 return Err(Status::resource_exhausted(format!(
-                    "a message of {announced} bytes would take the messages still arriving on this server past {} bytes (spec §15)",
+                    "a message of {announced} bytes would take what this server's streams hold in their read buffers past {} bytes (spec §17.2, G3)",
                     self.budget.limit()
                 )));
             }
@@ -151,9 +164,8 @@ impl Framing {
         Ok(())
     }
 
-    /// The message in progress is complete: it no longer counts.
+    /// The message in progress is complete; the room it took stays held.
     fn finish(&mut self) {
-        self.budget.give(std::mem::take(&mut self.held));
         self.reading = Reading::Prefix {
             have: 0,
             bytes: [0; PREFIX],
@@ -176,10 +188,10 @@ struct BudgetedBody {
 }
 
 impl BudgetedBody {
-    fn new(inner: Body, budget: Arc<FrameBudget>) -> Self {
+    fn new(inner: Body, framing: Framing) -> Self {
         Self {
             inner,
-            framing: Framing::new(budget),
+            framing,
             failed: false,
         }
     }
@@ -232,41 +244,52 @@ mod tests {
         message
     }
 
+    const MAX: usize = 1 << 20;
+
     #[test]
-    fn a_large_message_holds_its_announced_size_until_it_completes() {
-        let budget = Arc::new(FrameBudget::new(1 << 20));
-        let mut framing = Framing::new(budget.clone());
+    fn a_stream_holds_the_largest_message_it_announced_until_it_ends() {
+        let budget = Arc::new(FrameBudget::new(4 * MAX));
+        let mut framing = Framing::new(budget.clone(), MAX);
         let message = prefixed(100_000);
         framing.read(&message[..PREFIX + 10]).unwrap();
         assert_eq!(budget.used(), 100_000 + PREFIX);
+        // Complete, it still holds: the read buffer keeps the room.
         framing.read(&message[PREFIX + 10..]).unwrap();
-        assert_eq!(budget.used(), 0);
-        // Small messages never count.
+        assert_eq!(budget.used(), 100_000 + PREFIX);
+        // A smaller one takes nothing more; a larger one the difference.
+        framing.read(&prefixed(50_000)).unwrap();
         framing.read(&prefixed(FREE_BYTES)).unwrap();
+        assert_eq!(budget.used(), 100_000 + PREFIX);
+        framing.read(&prefixed(300_000)).unwrap();
+        assert_eq!(budget.used(), 300_000 + PREFIX);
+        // Over the max message size: tonic refuses it, and it takes nothing.
+        framing.read(&prefixed(MAX + 1)[..PREFIX]).unwrap();
+        assert_eq!(budget.used(), 300_000 + PREFIX);
+        drop(framing);
         assert_eq!(budget.used(), 0);
     }
 
     #[test]
     fn a_message_past_the_budget_is_refused_and_a_dropped_stream_gives_back() {
         let budget = Arc::new(FrameBudget::new(300_000));
-        let mut first = Framing::new(budget.clone());
+        let mut first = Framing::new(budget.clone(), MAX);
         first.read(&prefixed(200_000)[..PREFIX]).unwrap();
-        let mut second = Framing::new(budget.clone());
+        let mut second = Framing::new(budget.clone(), MAX);
         let refused = second.read(&prefixed(200_000)[..PREFIX]).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         assert_eq!(budget.used(), 200_000 + PREFIX);
         drop(first);
         assert_eq!(budget.used(), 0);
-        let mut third = Framing::new(budget.clone());
+        let mut third = Framing::new(budget.clone(), MAX);
         third.read(&prefixed(200_000)[..PREFIX]).unwrap();
     }
 
     proptest! {
         /// However a stream of messages is cut into chunks, the budget
-        /// holds exactly the announced size of the message in progress
-        /// (when it is over the free size), and nothing between messages.
+        /// holds exactly the largest message over the free size whose
+        /// prefix has arrived, and all of it is given back at the end.
         #[test]
-        fn the_budget_follows_the_message_in_progress_across_any_chunking(
+        fn the_budget_follows_the_largest_message_across_any_chunking(
             lengths in prop::collection::vec(
                 prop_oneof![0usize..64, (FREE_BYTES - 2)..(FREE_BYTES + 70_000)],
                 1..6,
@@ -274,12 +297,12 @@ mod tests {
             cuts in prop::collection::vec(1usize..40_000, 1..40),
         ) {
             let budget = Arc::new(FrameBudget::new(usize::MAX));
-            let mut framing = Framing::new(budget.clone());
+            let mut framing = Framing::new(budget.clone(), MAX);
             let mut body = Vec::new();
-            let mut ends = Vec::new();
+            let mut starts = Vec::new();
             for &len in &lengths {
+                starts.push((body.len(), len));
                 body.extend_from_slice(&prefixed(len));
-                ends.push((body.len(), len));
             }
             let mut at = 0;
             let mut cuts = cuts.into_iter().cycle();
@@ -287,15 +310,15 @@ mod tests {
                 let next = (at + cuts.next().unwrap_or(1)).min(body.len());
                 framing.read(&body[at..next]).unwrap();
                 at = next;
-                // The message in progress at `at`, if any: the first whose
-                // end is past it, once its prefix is in.
-                let expected = ends
+                let expected = starts
                     .iter()
-                    .zip(std::iter::once(0).chain(ends.iter().map(|(end, _)| *end)))
-                    .find(|((end, _), start)| at < *end && at >= start + PREFIX)
-                    .map_or(0, |((_, len), _)| if *len > FREE_BYTES { len + PREFIX } else { 0 });
+                    .filter(|(start, len)| at >= start + PREFIX && *len > FREE_BYTES)
+                    .map(|(_, len)| len + PREFIX)
+                    .max()
+                    .unwrap_or(0);
                 prop_assert_eq!(budget.used(), expected);
             }
+            drop(framing);
             prop_assert_eq!(budget.used(), 0);
         }
     }

@@ -333,14 +333,12 @@ impl GrpcServer {
                     .inspect_err(|_| admission.note_refused_by_interceptor()),
                 None => Ok(request),
             });
-        // Messages still arriving on every session stream share one bound,
-        // as on a framed listener (spec FB6).
-        let partial_limit = self
-            .host
-            .limits()
-            .max_message_bytes
-            .saturating_mul(PARTIAL_FRAMES_PER_LISTENER);
-        let service = Budgeted::new(service, Arc::new(FrameBudget::new(partial_limit)));
+        // What every session stream holds in its read buffer shares one
+        // bound, as frames do on a framed listener (spec G3, FB6).
+        let max_message = self.host.limits().max_message_bytes;
+        let partial_limit = max_message.saturating_mul(PARTIAL_FRAMES_PER_LISTENER);
+        let budget = Arc::new(FrameBudget::new(partial_limit));
+        let service = Budgeted::new(service, budget, max_message);
 
         let (reporter, health, stop_watches) = super::health_service();
         reporter
