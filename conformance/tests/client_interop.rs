@@ -70,6 +70,15 @@ fn documented_failures(mode: &str) -> (usize, usize) {
     (all.parse().expect("N"), required.parse().expect("R"))
 }
 
+/// Runs `client-live-patch-applies` alone, with `options`, against an
+/// adapter that is the shell `script`.
+fn one_case_against_shell(script: &str, options: &[&str]) -> Output {
+    let mut args = vec!["client", "--case", "client-live-patch-applies"];
+    args.extend_from_slice(options);
+    args.extend_from_slice(&["--", "sh", "-c", script]);
+    conformance(&args)
+}
+
 fn names(list: &[&str]) -> BTreeSet<String> {
     list.iter().map(|s| (*s).to_owned()).collect()
 }
@@ -326,15 +335,8 @@ fn unknown_case_names_are_usage_errors() {
 
 #[test]
 fn an_adapter_that_exits_fails_the_case_with_its_stderr() {
-    let output = conformance(&[
-        "client",
-        "--case",
-        "client-live-patch-applies",
-        "--",
-        "sh",
-        "-c",
-        "read line || exit 0; echo adapter gave up >&2; exit 3",
-    ]);
+    let output =
+        one_case_against_shell("read line || exit 0; echo adapter gave up >&2; exit 3", &[]);
     let text = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(
@@ -365,15 +367,7 @@ fn an_adapter_that_never_answers_is_timed_out() {
 
 #[test]
 fn an_adapter_that_answers_garbage_fails_the_case() {
-    let output = conformance(&[
-        "client",
-        "--case",
-        "client-live-patch-applies",
-        "--",
-        "sh",
-        "-c",
-        "while read line; do echo '{\"sent\": 5}'; done",
-    ]);
+    let output = one_case_against_shell("while read line; do echo '{\"sent\": 5}'; done", &[]);
     let text = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(text.contains("sent must be an array"), "{text}");
@@ -381,17 +375,10 @@ fn an_adapter_that_answers_garbage_fails_the_case() {
 
 #[test]
 fn an_adapter_writing_without_a_newline_fails_at_the_line_bound_not_out_of_memory() {
-    let output = conformance(&[
-        "client",
-        "--case",
-        "client-live-patch-applies",
-        "--reply-timeout-ms",
-        "60000",
-        "--",
-        "sh",
-        "-c",
+    let output = one_case_against_shell(
         "read line || exit 0; exec cat /dev/zero",
-    ]);
+        &["--reply-timeout-ms", "60000"],
+    );
     let text = stdout(&output);
     assert_eq!(
         output.status.code(),
@@ -430,15 +417,10 @@ fn an_adapter_that_fails_on_empty_input_is_a_run_that_cannot_be_made() {
 
 #[test]
 fn a_huge_reply_is_quoted_cut_to_the_reason_bound() {
-    let output = conformance(&[
-        "client",
-        "--case",
-        "client-live-patch-applies",
-        "--",
-        "sh",
-        "-c",
+    let output = one_case_against_shell(
         "read line || exit 0; head -c 1000000 /dev/zero | tr '\\0' x; echo; sleep 5",
-    ]);
+        &[],
+    );
     let text = stdout(&output);
     assert_eq!(
         output.status.code(),
@@ -454,15 +436,7 @@ fn a_huge_reply_is_quoted_cut_to_the_reason_bound() {
 
 #[test]
 fn an_adapter_that_closes_its_stdout_and_stays_is_told_apart_from_one_that_exited() {
-    let output = conformance(&[
-        "client",
-        "--case",
-        "client-live-patch-applies",
-        "--",
-        "sh",
-        "-c",
-        "read line || exit 0; exec >&-; sleep 30",
-    ]);
+    let output = one_case_against_shell("read line || exit 0; exec >&-; sleep 30", &[]);
     let text = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(
@@ -524,15 +498,7 @@ fn a_hung_adapter_is_killed_with_everything_its_wrapper_started() {
 #[test]
 fn what_a_passing_adapters_wrapper_left_running_is_killed_after_the_case() {
     let marker = format!("{}", 800_000 + std::process::id() % 99_999);
-    let output = conformance(&[
-        "client",
-        "--case",
-        "client-live-patch-applies",
-        "--",
-        "sh",
-        "-c",
-        &format!("sleep {marker} & exec {BIN} adapter"),
-    ]);
+    let output = one_case_against_shell(&format!("sleep {marker} & exec {BIN} adapter"), &[]);
     assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
     let left = Command::new("pgrep")
         .args(["-f", &format!("sleep {marker}")])

@@ -116,11 +116,17 @@ pub fn serve_tcp(
     host: Host,
     listener: TcpListener,
 ) -> impl Future<Output = io::Result<()>> + Send + 'static {
-    let checked = servable(&host);
-    async move {
-        checked?;
-        accept_tcp(host, listener).await
-    }
+    checked_first(servable(&host), accept_tcp(host, listener))
+}
+
+/// `serve`, unless `checked`, the verdict on its host taken when the
+/// listener was asked for, refused it.
+async fn checked_first(
+    checked: io::Result<()>,
+    serve: impl Future<Output = io::Result<()>>,
+) -> io::Result<()> {
+    checked?;
+    serve.await
 }
 
 /// [`serve_tcp`] for a host found servable.
@@ -207,11 +213,7 @@ pub fn serve_unix_listener(
     host: Host,
     listener: UnixListener,
 ) -> impl Future<Output = io::Result<()>> + Send + 'static {
-    let checked = servable(&host);
-    async move {
-        checked?;
-        accept_unix(host, listener).await
-    }
+    checked_first(servable(&host), accept_unix(host, listener))
 }
 
 /// [`serve_unix_listener`] for a host found servable.
