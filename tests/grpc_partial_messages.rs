@@ -99,7 +99,7 @@ async fn messages_announced_and_held_are_bounded_together_and_released_with_thei
     // One stream more than the budget holds each announce a whole message
     // (prefix included, the max message size) and send none of it: one of
     // them, whichever the server reads last, is refused.
-    let announced = MAX_MESSAGE - 5;
+    let announced = MAX_MESSAGE;
     let mut streams = Vec::new();
     for _ in 0..=PARTIAL_FRAMES_PER_LISTENER {
         let (response, mut body) = open(&mut client);

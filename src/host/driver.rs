@@ -251,9 +251,10 @@ impl Host {
     }
 
     /// The limits this host enforces (transports apply the message size
-    /// limit before decoding).
+    /// limit before decoding). Part of the configuration, read without
+    /// the core as [`Host::config`] is.
     pub fn limits(&self) -> HostLimits {
-        self.shared.core().config().limits.clone()
+        self.shared.config.limits.clone()
     }
 
     /// The host's events from now on, in the order they happened: every

@@ -89,3 +89,7 @@ impl InputError {
         )
     }
 }
+
+/// What a server says when asked to serve a host that has shut down.
+pub(crate) const SHUT_DOWN_REFUSAL: &str =
+    "the host has shut down and opens no session again: build a new host to serve";

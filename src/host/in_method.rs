@@ -11,8 +11,8 @@ thread_local! {
     /// The cores of the methods that one runs inside, outermost first:
     /// a method of host A that runs a method of host B still holds A's
     /// core, so B's method calling back into A must be refused as A's own
-    /// would be. Empty unless methods nest, so that the common checks (no
-    /// method running, or one) never touch it.
+    /// would be. Empty unless methods nest, so that the common check (no
+    /// method running, as when a session locks the core) never touches it.
     static OUTER: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 

@@ -27,6 +27,7 @@ pub use config::{HostConfig, HostLimits, SyncMode};
 pub use core::{HostCore, MAX_PEER_ID, PeerKey, PeerOptions};
 pub use driver::{DEFAULT_BOOKMARK_INTERVAL, EVENT_BUFFER, Host, HostBuilder, Session};
 pub use error::InputError;
+pub(crate) use error::SHUT_DOWN_REFUSAL;
 pub use event::{CallRecord, HostEvent, RECORDED_NAME};
 pub use input::{ARGS_BUDGET_BYTES, ArgsBudget, MAX_PREPARSED_ARGS, PreparedInput};
 pub use shared_channel::{ReplySessions, Unaddressed, admit};

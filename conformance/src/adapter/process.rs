@@ -76,6 +76,10 @@ fn clipped(kept: &[u8], total: usize) -> String {
 /// every run.
 const PROBE_WAIT: Duration = Duration::from_secs(2);
 
+/// How long a failure waits for an adapter that stopped answering to
+/// exit, so as to quote its exit status.
+const EXIT_WAIT: Duration = Duration::from_millis(500);
+
 /// The longest reply line read from an adapter, in bytes. Replies of the
 /// suite's vectors are a few KiB; without a bound, an adapter that writes
 /// without a newline would make the runner buffer until it ran out of
@@ -195,21 +199,13 @@ impl AdapterProcess {
     pub fn probe(program: &str, args: &[String], reply_timeout: Duration) -> Result<(), String> {
         let mut adapter = Self::spawn(program, args, reply_timeout)?;
         drop(adapter.stdin.take());
-        let deadline = std::time::Instant::now() + PROBE_WAIT.min(reply_timeout);
-        while std::time::Instant::now() < deadline {
-            match adapter.ended() {
-                Some(Ended::Cleanly) => return Ok(()),
-                Some(ended) => {
-                    let _ = adapter.stderr_done.recv_timeout(Duration::from_secs(2));
-                    return Err(format!(
-                        "adapter {program:?} exited ({ended}) when its input ended, before any case ran: an adapter exits cleanly at the end of its input (§6.5){}",
-                        adapter.stderr_tail()
-                    ));
-                }
-                None => std::thread::sleep(Duration::from_millis(10)),
-            }
+        match adapter.exit_status(PROBE_WAIT.min(reply_timeout)) {
+            Some(Ended::Cleanly) | None => Ok(()),
+            Some(ended) => Err(format!(
+                "adapter {program:?} exited ({ended}) when its input ended, before any case ran: an adapter exits cleanly at the end of its input (§6.5){}",
+                adapter.stderr_tail()
+            )),
         }
-        Ok(())
     }
 
     /// How the adapter ended, if it has, without reaping it: until it is
@@ -254,24 +250,24 @@ impl AdapterProcess {
     }
 
     fn gone(&mut self, what: &str) -> String {
-        let status = self.exit_status();
+        let status = self.exit_status(EXIT_WAIT);
         let status = status.map_or_else(String::new, |s| format!(" ({s})"));
         format!("{what}{status}{}", self.stderr_tail())
     }
 
-    /// How the adapter ended, once it has, waiting a moment for that: it
-    /// is exiting or has exited, and it and the thread collecting its
-    /// stderr get time for the failure to quote its last words and exit
+    /// How the adapter ended, once it has, waiting up to `wait` for that:
+    /// it is exiting or has exited, and it and the thread collecting its
+    /// stderr get time for a failure to quote its last words and exit
     /// status. `None` if it is still running.
-    fn exit_status(&mut self) -> Option<Ended> {
-        let mut status = None;
-        for _ in 0..25 {
-            status = self.ended();
-            if status.is_some() {
-                break;
+    fn exit_status(&mut self, wait: Duration) -> Option<Ended> {
+        let deadline = std::time::Instant::now() + wait;
+        let status = loop {
+            let status = self.ended();
+            if status.is_some() || std::time::Instant::now() >= deadline {
+                break status;
             }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            std::thread::sleep(Duration::from_millis(10));
+        };
         // Once it has exited, its stderr ends too: wait (bounded) for the
         // reader to have taken every line, rather than guessing how long.
         if status.is_some() {
@@ -331,7 +327,7 @@ impl ClientUnderTest for AdapterProcess {
                     self.stderr_tail()
                 ))
             }
-            Err(RecvTimeoutError::Disconnected) => match self.exit_status() {
+            Err(RecvTimeoutError::Disconnected) => match self.exit_status(EXIT_WAIT) {
                 Some(status) => Err(format!(
                     "the adapter exited before replying to {op} ({status}){}",
                     self.stderr_tail()

@@ -49,6 +49,12 @@ impl FrameBudget {
         }
     }
 
+    /// The budget of one listener's sessions for frames (or messages) of
+    /// at most `max_frame` bytes: [`PARTIAL_FRAMES_PER_LISTENER`] of them.
+    pub(crate) fn per_listener(max_frame: usize) -> Self {
+        Self::new(max_frame.saturating_mul(PARTIAL_FRAMES_PER_LISTENER))
+    }
+
     /// The budget's size in bytes.
     pub(crate) fn limit(&self) -> usize {
         self.limit

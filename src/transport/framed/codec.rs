@@ -190,7 +190,7 @@ impl Decoder for FrameCodec {
                 // The next frame's prefix is read at the next decode.
                 self.announced = None;
                 self.hold()?;
-                if frame.len() > FREE_BYTES {
+                if frame.len() > FREE_BYTES && self.budget.is_some() {
                     // The buffer would keep the room it made for this frame
                     // for the connection's life, where the budget counts it
                     // no more: what follows the frame moves to a buffer of
@@ -276,7 +276,8 @@ mod tests {
 
     #[test]
     fn a_large_frame_leaves_no_room_behind_in_the_read_buffer() {
-        let mut codec = FrameCodec::new(1 << 20);
+        // A host's codec, which counts its frames against a budget.
+        let mut codec = FrameCodec::with_budget(1 << 20, Arc::new(FrameBudget::new(1 << 22)));
         let mut src = BytesMut::new();
         src.extend_from_slice(&(500_000u32).to_be_bytes());
         src.resize(PREFIX + 500_000, 7);

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::task::AbortHandle;
 use tokio_util::codec::FramedRead;
 
-use super::budget::{FrameBudget, PARTIAL_FIRST_FRAMES_PER_LISTENER, PARTIAL_FRAMES_PER_LISTENER};
+use super::budget::{FrameBudget, PARTIAL_FIRST_FRAMES_PER_LISTENER};
 use super::codec::{CodecError, FrameCodec};
 use super::refusal::refuse_http2;
 use super::sniff::Foreign;
@@ -158,7 +158,7 @@ async fn accept_tcp(host: Host, listener: TcpListener) -> io::Result<()> {
 /// would be handed it.
 fn servable(host: &Host) -> io::Result<()> {
     let why = if host.is_shut_down() {
-        "the host has shut down and opens no session again: build a new host to serve"
+        crate::host::SHUT_DOWN_REFUSAL
     } else if host.carries_capability() {
         "the host carries a shared channel's capability token, which framed sessions must not be sent (spec FB8): serve framed streams from a host built without one"
     } else {
@@ -280,11 +280,7 @@ impl WaitingList {
         Self {
             waiting: Arc::default(),
             logs: Arc::default(),
-            budget: Arc::new(FrameBudget::new(
-                config
-                    .max_frame_bytes
-                    .saturating_mul(PARTIAL_FRAMES_PER_LISTENER),
-            )),
+            budget: Arc::new(FrameBudget::per_listener(config.max_frame_bytes)),
             first_frame_budget: Arc::new(FrameBudget::new(
                 config
                     .max_frame_bytes

@@ -97,7 +97,7 @@ pub enum GrpcError {
     /// it opens no session again, so a server of it would answer every
     /// client `UNAVAILABLE` and `serve` would end at once. Build a new
     /// `Host` to serve again.
-    #[error("the host has shut down and opens no session again: build a new host to serve")]
+    #[error("{}", crate::host::SHUT_DOWN_REFUSAL)]
     HostShutDown,
     /// The URL is not a gRPC URL.
     #[error("invalid URL {0}")]

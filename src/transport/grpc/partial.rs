@@ -95,8 +95,8 @@ enum Reading {
 /// largest message it has announced.
 struct Framing {
     reading: Reading,
-    /// Taken from the budget: the largest message announced so far, prefix
-    /// included, when over [`FREE_BYTES`].
+    /// Taken from the budget: the length of the largest message announced
+    /// so far, when over [`FREE_BYTES`] (as a framed frame counts).
     held: usize,
     budget: Arc<FrameBudget>,
     max_message: usize,
@@ -147,15 +147,14 @@ impl Framing {
     /// A message of `announced` bytes begins: the stream's read buffer
     /// grows to hold it, and keeps that room.
     fn start(&mut self, announced: usize) -> Result<(), Status> {
-        let wanted = announced.saturating_add(PREFIX);
-        if announced > FREE_BYTES && announced <= self.max_message && wanted > self.held {
-            if !self.budget.take(wanted - self.held) {
+        if announced > FREE_BYTES && announced <= self.max_message && announced > self.held {
+            if !self.budget.take(announced - self.held) {
                 return Err(Status::resource_exhausted(format!(
                     "a message of {announced} bytes would take what this server's streams hold in their read buffers past {} bytes (spec §17.2, G3)",
                     self.budget.limit()
                 )));
             }
-            self.held = wanted;
+            self.held = announced;
         }
         self.reading = Reading::Message { left: announced };
         if announced == 0 {
@@ -252,19 +251,19 @@ mod tests {
         let mut framing = Framing::new(budget.clone(), MAX);
         let message = prefixed(100_000);
         framing.read(&message[..PREFIX + 10]).unwrap();
-        assert_eq!(budget.used(), 100_000 + PREFIX);
+        assert_eq!(budget.used(), 100_000);
         // Complete, it still holds: the read buffer keeps the room.
         framing.read(&message[PREFIX + 10..]).unwrap();
-        assert_eq!(budget.used(), 100_000 + PREFIX);
+        assert_eq!(budget.used(), 100_000);
         // A smaller one takes nothing more; a larger one the difference.
         framing.read(&prefixed(50_000)).unwrap();
         framing.read(&prefixed(FREE_BYTES)).unwrap();
-        assert_eq!(budget.used(), 100_000 + PREFIX);
+        assert_eq!(budget.used(), 100_000);
         framing.read(&prefixed(300_000)).unwrap();
-        assert_eq!(budget.used(), 300_000 + PREFIX);
+        assert_eq!(budget.used(), 300_000);
         // Over the max message size: tonic refuses it, and it takes nothing.
         framing.read(&prefixed(MAX + 1)[..PREFIX]).unwrap();
-        assert_eq!(budget.used(), 300_000 + PREFIX);
+        assert_eq!(budget.used(), 300_000);
         drop(framing);
         assert_eq!(budget.used(), 0);
     }
@@ -277,7 +276,7 @@ mod tests {
         let mut second = Framing::new(budget.clone(), MAX);
         let refused = second.read(&prefixed(200_000)[..PREFIX]).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
-        assert_eq!(budget.used(), 200_000 + PREFIX);
+        assert_eq!(budget.used(), 200_000);
         drop(first);
         assert_eq!(budget.used(), 0);
         let mut third = Framing::new(budget.clone(), MAX);
@@ -313,7 +312,7 @@ mod tests {
                 let expected = starts
                     .iter()
                     .filter(|(start, len)| at >= start + PREFIX && *len > FREE_BYTES)
-                    .map(|(_, len)| len + PREFIX)
+                    .map(|(_, len)| *len)
                     .max()
                     .unwrap_or(0);
                 prop_assert_eq!(budget.used(), expected);

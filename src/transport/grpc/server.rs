@@ -13,7 +13,6 @@ use tokio::sync::oneshot;
 use tonic::service::interceptor::InterceptedService;
 
 use super::partial::Budgeted;
-use crate::transport::framed::PARTIAL_FRAMES_PER_LISTENER;
 use crate::transport::framed::budget::FrameBudget;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -336,8 +335,7 @@ impl GrpcServer {
         // What every session stream holds in its read buffer shares one
         // bound, as frames do on a framed listener (spec G3, FB6).
         let max_message = self.host.limits().max_message_bytes;
-        let partial_limit = max_message.saturating_mul(PARTIAL_FRAMES_PER_LISTENER);
-        let budget = Arc::new(FrameBudget::new(partial_limit));
+        let budget = Arc::new(FrameBudget::per_listener(max_message));
         let service = Budgeted::new(service, budget, max_message);
 
         let (reporter, health, stop_watches) = super::health_service();
