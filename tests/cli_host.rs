@@ -367,6 +367,27 @@ async fn http(addr: &str, method_and_path: &str) -> String {
     tokio::time::timeout(GUARD, exchange).await.expect("hung")
 }
 
+/// The metrics server asks nothing of who connects: served beyond loopback
+/// it is warned, on loopback it is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_beyond_loopback_are_warned_as_unauthenticated() {
+    let mut open =
+        HostProcess::spawn(&["--listen", "127.0.0.1:0", "--metrics-listen", "0.0.0.0:0"]).await;
+    open.log_until("metrics on http://").await;
+    let next = open.next_line().await;
+    assert!(next.contains("WARN"), "{next}");
+    assert!(next.contains("beyond this machine"), "{next}");
+    assert!(next.contains("no authentication"), "{next}");
+    open.terminate().await;
+
+    let mut local =
+        HostProcess::spawn(&["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]).await;
+    local.log_until("metrics on http://").await;
+    let next = local.next_line().await;
+    assert!(next.contains("listening on"), "{next}");
+    local.terminate().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_listen_serves_the_hosts_counters_in_the_prometheus_format() {
     let mut host =

@@ -215,7 +215,15 @@ pub async fn run(args: HostArgs) -> Result<(), CliError> {
                 }
             }
             let listener = bind_metrics(addr).await?;
-            tracing::info!("metrics on http://{}/metrics", listener.local_addr()?);
+            let local = listener.local_addr()?;
+            tracing::info!("metrics on http://{local}/metrics");
+            // The metrics server asks nothing of who connects, and its
+            // counters name the host's methods and show its traffic.
+            if !local.ip().is_loopback() {
+                tracing::warn!(
+                    "metrics on http://{local}/metrics beyond this machine: the metrics server has no authentication or TLS, so anyone who reaches the port reads the host's counters and method names (keep it on loopback, or put a proxy in front)"
+                );
+            }
             Some(listener)
         }
         None => None,

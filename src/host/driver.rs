@@ -20,6 +20,7 @@ use super::busy::Busy;
 use super::core_lock::CoreLock;
 use super::in_method::{called_back, in_method_of};
 use super::input::ArgsBudget;
+use super::session_end::{EndSlot, SessionTally};
 use super::stall_guard;
 use super::{
     HostConfig, HostCore, HostEvent, HostLimits, HostStats, InputError, PeerKey, PeerOptions,
@@ -64,6 +65,8 @@ struct Shared {
     observed: std::sync::atomic::AtomicBool,
     /// The stats [`Host::stats`] answers while the core is held.
     busy: Busy,
+    /// Sessions opened and ended, by end.
+    sessions: SessionTally,
     /// The runtimes whose [`stall_guard`] watches this host.
     guarded: Mutex<Vec<tokio::runtime::Id>>,
 }
@@ -308,13 +311,20 @@ impl Host {
             // Other inputs took the core meanwhile: it is busy, not stuck,
             // and waiting for it is short.
             None if busy.inputs() != inputs => self.shared.core(),
-            None => return busy.last(),
+            None => return self.with_session_counts(busy.last()),
         };
         let stats = core.stats();
         // Under the core's lock, as the bookmark tick does: remembered
         // after it, these could overwrite a tick's newer stats.
         busy.remember(&stats);
         drop(core);
+        self.with_session_counts(stats)
+    }
+
+    /// `stats` with the sessions opened and ended, which the driver counts
+    /// outside the core.
+    fn with_session_counts(&self, mut stats: HostStats) -> HostStats {
+        (stats.sessions_opened, stats.sessions_ended) = self.shared.sessions.read();
         stats
     }
 
@@ -376,6 +386,7 @@ impl Host {
             core.set_principal(key, principal)?;
             key
         };
+        self.shared.sessions.opened();
         let notify = Arc::new(Notify::new());
         self.shared
             .wakers
@@ -386,6 +397,7 @@ impl Host {
             shared: self.shared.clone(),
             key,
             notify,
+            end: EndSlot::default(),
         })
     }
 

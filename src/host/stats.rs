@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::prometheus::{family, heading, label, labels, plain};
 
+use super::session_end::SessionEnd;
 use super::timing::MethodTiming;
 use crate::wire::{ErrorCode, SnapshotReason, host_message};
 
@@ -25,6 +26,16 @@ pub struct HostStats {
     /// publishing session and the reply-only sessions it keeps for peers
     /// that spoke recently.
     pub sessions: usize,
+    /// Sessions opened, the host's own on the bus included. Counted by the
+    /// [`Host`](crate::host::Host) driver: a bare core's stats leave it 0.
+    pub sessions_opened: u64,
+    /// Sessions ended, by how: `client_closed` (the client closed its side
+    /// and was answered), `connection_lost` (a reset, a lost connection, a
+    /// failed write), `refused_input` (the host ended it over what the
+    /// client sent), `host_shutdown`, or `other` (ended by the application
+    /// that opened it, and every session on the shared bus). Only ends that
+    /// occurred are present. Counted by the driver, as `sessions_opened`.
+    pub sessions_ended: BTreeMap<&'static str, u64>,
     /// New sessions refused because `max_clients` were open (on the bus,
     /// also those it then admitted by closing its least recently used
     /// session).
@@ -157,6 +168,8 @@ impl Counters {
             epoch: epoch.to_owned(),
             version,
             sessions,
+            sessions_opened: 0,
+            sessions_ended: BTreeMap::new(),
             sessions_refused: self.sessions_refused,
             calls_answered,
             method_panics: self.method_panics,
@@ -227,6 +240,20 @@ impl HostStats {
             "gauge",
             "Sessions open now.",
             &plain(u64::try_from(self.sessions).unwrap_or(u64::MAX)),
+        );
+        family(
+            &mut out,
+            "sessions_opened_total",
+            "counter",
+            "Sessions opened.",
+            &plain(self.sessions_opened),
+        );
+        family(
+            &mut out,
+            "sessions_ended_total",
+            "counter",
+            "Sessions ended, by how: client_closed, connection_lost, refused_input, host_shutdown or other.",
+            &labelled("reason", &self.sessions_ended, &SessionEnd::labels()),
         );
         family(
             &mut out,

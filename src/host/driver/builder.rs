@@ -133,6 +133,7 @@ impl HostBuilder {
                 config: core.config().clone(),
                 args_budget: ArgsBudget::default(),
                 session_logs: Default::default(),
+                sessions: Default::default(),
                 core: CoreLock::new(core),
                 wakers: Mutex::new(FastMap::default()),
                 closed: std::sync::atomic::AtomicBool::new(false),

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use super::{Host, Shared, time_method};
 use crate::host::core_lock::Nap;
 use crate::host::input::PreparedInput;
+use crate::host::session_end::{EndSlot, SessionEnd};
 use crate::host::{HostCore, InputError, PeerKey, PeerOptions};
 use crate::transport::throttle::throttled;
 use crate::transport::{BoxSink, HostLink, TransportError};
@@ -81,6 +82,7 @@ impl Host {
         std::future::poll_fn(|cx| {
             loop {
                 if session.is_closed() {
+                    session.end_as(SessionEnd::HostShutDown);
                     return Poll::Ready(Ok(()));
                 }
                 let mut busy = false;
@@ -94,7 +96,12 @@ impl Host {
                                 held = Some(session.prepare(message));
                             }
                             Poll::Ready(Some(Err(error))) => {
-                                return Poll::Ready(read_failed(self, &peer_id, error));
+                                let ended = read_failed(self, &peer_id, error);
+                                session.end_as(match ended {
+                                    Ok(()) => SessionEnd::ConnectionLost,
+                                    Err(_) => SessionEnd::RefusedInput,
+                                });
+                                return Poll::Ready(ended);
                             }
                             Poll::Ready(None) => {
                                 input_ended = true;
@@ -116,6 +123,7 @@ impl Host {
                                 %error,
                                 "closing session"
                             );
+                            session.end_as(SessionEnd::RefusedInput);
                             return Poll::Ready(Err(error));
                         }
                         Some(Err(error)) => {
@@ -127,7 +135,10 @@ impl Host {
                 if !busy {
                     match write_ready(&session, &mut sink, cx) {
                         Ok(core_busy) => busy = core_busy,
-                        Err(_) => return Poll::Ready(Ok(())),
+                        Err(_) => {
+                            session.end_as(SessionEnd::ConnectionLost);
+                            return Poll::Ready(Ok(()));
+                        }
                     }
                     if input_ended && !busy {
                         match session.shared.core.now() {
@@ -138,6 +149,7 @@ impl Host {
                                 drop(core);
                                 // Everything owed is in the sink: end once
                                 // it is out.
+                                session.end_as(SessionEnd::ClientClosed);
                                 return sink.as_mut().poll_flush(cx).map(|_| Ok(()));
                             }
                             Some(_) => {}
@@ -145,6 +157,7 @@ impl Host {
                     }
                 } else if let Poll::Ready(Err(_)) = sink.as_mut().poll_flush(cx) {
                     // What the sink already holds needs no core to go out.
+                    session.end_as(SessionEnd::ConnectionLost);
                     return Poll::Ready(Ok(()));
                 }
                 if busy {
@@ -170,6 +183,8 @@ pub struct Session {
     pub(super) shared: Arc<Shared>,
     pub(super) key: PeerKey,
     pub(super) notify: Arc<Notify>,
+    /// How the session ended, as its transport reports it.
+    pub(super) end: EndSlot,
 }
 
 impl Session {
@@ -212,6 +227,12 @@ impl Session {
         let core = self.shared.core.now()?;
         let input = input.take()?;
         Some(self.with_locked(core, false, |core| core.handle_input(self.key, &input)))
+    }
+
+    /// Records how the session ended, for the host's metrics; the first
+    /// end reported is the one counted when the session is dropped.
+    pub(crate) fn end_as(&self, end: SessionEnd) {
+        self.end.report(end);
     }
 
     /// Whether the host has shut down: the session will produce nothing
@@ -362,6 +383,7 @@ fn write_ready(
 impl Drop for Session {
     fn drop(&mut self) {
         self.shared.core.disconnect(self.key);
+        self.shared.sessions.ended(&self.end);
         self.shared
             .wakers
             .lock()

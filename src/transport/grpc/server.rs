@@ -23,7 +23,7 @@ use super::admission::{Admission, ConnectionGauge, ConnectionLimits};
 use super::auth::{check_bearer, check_token};
 use super::codec::ClientEnvelope;
 use super::incoming::GuardedIncoming;
-use crate::host::{Host, InputError, PeerOptions, Principal, Session};
+use crate::host::{Host, InputError, PeerOptions, Principal, Session, SessionEnd};
 use crate::transport::throttle::{Throttle, throttled};
 use crate::wire::{FILE_DESCRIPTOR_SET, HostFrame};
 
@@ -563,6 +563,7 @@ impl HostService for SessionService {
         ));
         let connection = Connection {
             host: self.host.clone(),
+            session: session.clone(),
             peer,
             reader,
             ended,
@@ -647,6 +648,14 @@ async fn read_session(
             }
         }
     };
+    session.end_as(match &outcome {
+        None => SessionEnd::ClientClosed,
+        Some(status) => match status.code() {
+            Code::Unknown | Code::Cancelled => SessionEnd::ConnectionLost,
+            Code::Unavailable => SessionEnd::HostShutDown,
+            _ => SessionEnd::RefusedInput,
+        },
+    });
     let _ = ended.set(match &outcome {
         None => "the client closed its stream".to_owned(),
         // What hyper reports when a client process exits or drops its
@@ -668,6 +677,7 @@ async fn read_session(
 /// stream ends.
 struct Connection {
     host: Host,
+    session: Arc<Session>,
     peer: String,
     reader: tokio::task::JoinHandle<()>,
     /// Why the session ended, once known: set by the reader (the client's
@@ -678,6 +688,8 @@ struct Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.reader.abort();
+        // A stream dropped with no end reported was reset or lost.
+        self.session.end_as(SessionEnd::ConnectionLost);
         let reason = self.ended.get().map_or(
             "the client went away without closing its stream (stream reset or connection lost)",
             String::as_str,
@@ -703,6 +715,7 @@ struct Outbound {
 impl Outbound {
     /// Ends the response stream because the host is shutting down.
     fn shut_down(self) -> Option<(Result<HostFrame, Status>, Option<Outbound>)> {
+        self.session.end_as(SessionEnd::HostShutDown);
         let _ = self
             .connection
             .ended
