@@ -410,6 +410,7 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
                 reply_timeout: Duration::from_millis(reply_timeout_ms),
             };
             run.create_report_files("client")?;
+            cosystem_conformance::adapter::kill_adapters_on_signal();
             let mut report = runner::run(&cases, &config).map_err(|e| run.not_made("client", e))?;
             report.suite = run.suite.clone();
             report.strict = run.strict;

@@ -511,6 +511,77 @@ fn what_a_passing_adapters_wrapper_left_running_is_killed_after_the_case() {
     );
 }
 
+/// A runner stopped by a signal, as a CI job cancelled or an operator's
+/// Ctrl-C stops it, kills the adapter it waits on, and what that adapter
+/// started: their process group is their own, so nothing else would.
+#[cfg(unix)]
+#[test]
+fn a_runner_stopped_by_a_signal_kills_the_adapter_it_waits_on() {
+    use std::time::{Duration, Instant};
+    let marker = format!("{}", 700_000 + std::process::id() % 99_999);
+    let started = std::env::temp_dir().join(format!("cosystem-signal-{}", std::process::id()));
+    let _ = std::fs::remove_file(&started);
+    // Never replies: the case waits on it for the whole reply timeout.
+    let script = format!(
+        "echo $$ >> {}; sleep {marker} & exec sleep {marker}",
+        started.display()
+    );
+    let mut runner = Command::new(BIN)
+        .args([
+            "client",
+            "--case",
+            "client-live-patch-applies",
+            "--reply-timeout-ms",
+            "600000",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the conformance binary runs");
+    // The probe's start, then the case's.
+    let bound = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(&started).map_or(0, |s| s.lines().count()) < 2 {
+        assert!(Instant::now() < bound, "the case's adapter never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let signalled = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", runner.id())])
+        .status()
+        .expect("sh runs");
+    assert!(signalled.success());
+    let status = runner.wait().expect("the runner ends");
+    let _ = std::fs::remove_file(&started);
+    assert_eq!(status.code(), Some(143), "{status:?}");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut runner.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("stopped by a signal; killed 1 adapter(s)"),
+        "{stderr}"
+    );
+    // SIGKILL is sent before the runner exits; the kernel may take a moment
+    // to end the processes.
+    let survivors = || {
+        let left = Command::new("pgrep")
+            .args(["-f", &format!("sleep {marker}")])
+            .output()
+            .expect("pgrep runs");
+        String::from_utf8_lossy(&left.stdout).into_owned()
+    };
+    let bound = Instant::now() + Duration::from_secs(10);
+    while !survivors().is_empty() && Instant::now() < bound {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        survivors().is_empty(),
+        "the adapter outlived the runner: {}",
+        survivors()
+    );
+}
+
 #[test]
 fn the_report_files_of_a_run_not_made_say_why() {
     let dir = std::env::temp_dir().join(format!("cosystem-not-made-{}", std::process::id()));

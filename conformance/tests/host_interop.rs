@@ -624,6 +624,41 @@ async fn a_host_sending_only_empty_frames_fails_at_the_step_timeout() {
     assert!(why.contains("nothing received within 300 ms"), "{why}");
 }
 
+/// A case that runs out of time says what it was waiting for when it was
+/// stopped, and how far its stream had got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_case_timeout_names_the_wait_it_stopped() {
+    // A framed host that accepts and reads, and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("tcp://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut socket, &mut tokio::io::sink()).await;
+            });
+        }
+    });
+    let mut run = config(&url);
+    run.select.names = ["grpc-initial-sync-gets-snapshot".to_owned()].into();
+    run.step_timeout = Duration::from_secs(600);
+    run.case_timeout = Duration::from_millis(500);
+    let report = interop::run(&run).await.unwrap();
+    let Outcome::Fail(why) = &report.results[0].outcome else {
+        panic!("{:?}", report.results[0].outcome);
+    };
+    assert!(
+        why.starts_with("the case did not finish within 500 ms; when it was stopped, stream "),
+        "{why}"
+    );
+    assert!(
+        why.contains(
+            " was waiting for its next envelope, having received 0 envelope(s), with sync request "
+        ),
+        "{why}"
+    );
+    assert!(why.ends_with(" unanswered"), "{why}");
+}
+
 /// tonic would connect to any scheme as plain gRPC: a URL of another
 /// scheme is refused before anything is tried, naming what is spoken.
 #[tokio::test]

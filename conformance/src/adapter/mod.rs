@@ -18,9 +18,12 @@
 //! is in this process ([`reference::ReferenceClient`]) or behind a pipe
 //! ([`process::AdapterProcess`]).
 
+mod groups;
 pub mod process;
 pub mod reference;
 pub mod runner;
+
+pub use groups::kill_adapters_on_signal;
 
 use base64::Engine;
 use cosystem_worker::wire::{ClientMessage, HostMessage};

@@ -141,8 +141,7 @@ impl AdapterProcess {
         // (`go run`, `poetry run`, a shell script) started.
         #[cfg(unix)]
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let mut child = command
-            .spawn()
+        let mut child = super::groups::spawn(&mut command)
             .map_err(|e| format!("cannot start adapter {program:?}: {e}"))?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().ok_or("adapter has no stdout")?;
@@ -355,6 +354,7 @@ impl Drop for AdapterProcess {
         // running in the background must not outlive the case. It is not
         // reaped until after (see `ended`), so this reaches no one else.
         self.kill();
+        super::groups::forget(&self.child);
         let _ = self.child.wait();
     }
 }
@@ -362,16 +362,7 @@ impl Drop for AdapterProcess {
 impl AdapterProcess {
     /// Kills the adapter and every process of its group.
     fn kill(&mut self) {
-        // The group, by a system call: a `kill` program is missing from
-        // slim images (procps) and a shell from distroless ones, and
-        // without either a wrapper's children would outlive the run.
-        #[cfg(unix)]
-        if let Some(group) = i32::try_from(self.child.id())
-            .ok()
-            .and_then(rustix::process::Pid::from_raw)
-        {
-            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-        }
+        super::groups::kill(self.child.id());
         let _ = self.child.kill();
     }
 }

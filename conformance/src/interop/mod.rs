@@ -129,6 +129,8 @@ async fn run_one(
     shared: &Arc<Shared>,
     case: &'static cases::HostCaseDef,
 ) -> Outcome {
+    // What an earlier case waited for is not this one's.
+    let _ = shared.take_waiting();
     let task = tokio::spawn({
         let shared = shared.clone();
         let options = config.options;
@@ -141,9 +143,14 @@ async fn run_one(
         Ok(Ok(Err(Stop::Skip(why)))) => Outcome::Skip(why),
         Ok(Err(e)) => Outcome::Fail(format!("the case panicked: {e}")),
         Err(_) => {
+            // Read before the abort, whose drop of the case forgets it.
+            let waiting = shared
+                .take_waiting()
+                .map(|w| format!("; when it was stopped, {w}"))
+                .unwrap_or_default();
             abort.abort();
             Outcome::Fail(format!(
-                "the case did not finish within {} ms",
+                "the case did not finish within {} ms{waiting}",
                 config.case_timeout.as_millis()
             ))
         }

@@ -128,6 +128,9 @@ pub struct Shared {
     next_id: AtomicU64,
     epoch: Mutex<Option<String>>,
     leak: Mutex<Option<String>>,
+    /// The wait a case began last, for the failure of a case that runs out
+    /// of time: a case timeout says what it was waiting for.
+    waiting: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -148,7 +151,21 @@ impl Shared {
             next_id: AtomicU64::new(1),
             epoch: Mutex::new(None),
             leak: Mutex::new(None),
+            waiting: Mutex::new(None),
         }
+    }
+
+    /// The wait a stream of the run began last (`None` once taken, or if
+    /// none began since), in words.
+    pub fn take_waiting(&self) -> Option<String> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    fn note_waiting(&self, what: String) {
+        *self.waiting.lock().unwrap_or_else(|e| e.into_inner()) = Some(what);
     }
 
     /// Whether a secret marker was given.
@@ -185,6 +202,15 @@ impl Shared {
     /// result delivered to the wrong stream cannot pass for its own.
     fn fresh_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Forgets the wait noted in [`Shared`] when dropped.
+struct Waiting(Arc<Shared>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let _ = self.0.take_waiting();
     }
 }
 
@@ -226,6 +252,9 @@ pub struct Peer {
     results: BTreeMap<u64, CallResult>,
     /// Every envelope received, in order.
     pub log: Vec<HostMessage>,
+    /// What the stream reads for, while [`Peer::result`] or
+    /// [`Peer::reach`] reads: named when a case runs out of time.
+    purpose: Option<String>,
 }
 
 impl Peer {
@@ -267,6 +296,7 @@ impl Peer {
             open_calls: BTreeSet::new(),
             results: BTreeMap::new(),
             log: Vec::new(),
+            purpose: None,
         })
     }
 
@@ -477,17 +507,21 @@ impl Peer {
     /// Reads until the outstanding sync request is answered; returns the
     /// version the stream was shown.
     pub async fn await_sync(&mut self) -> Result<u64, String> {
+        self.purpose = Some("the reply to its sync request".to_owned());
         while self.outstanding.is_some() {
             self.next().await?;
         }
+        self.purpose = None;
         self.version
             .ok_or_else(|| format!("stream {}: no version after the sync reply", self.name))
     }
 
     /// Reads until the result of `call_id` arrives.
     pub async fn result(&mut self, call_id: u64) -> Result<CallResult, String> {
+        self.purpose = Some(format!("the result of call {call_id}"));
         loop {
             if let Some(r) = self.results.remove(&call_id) {
+                self.purpose = None;
                 return Ok(r);
             }
             if !self.open_calls.contains(&call_id) {
@@ -504,11 +538,13 @@ impl Peer {
 
     /// Reads until this stream has been shown `version` (or later).
     pub async fn reach(&mut self, version: u64) -> Result<(), String> {
+        self.purpose = Some(format!("version {version}"));
         while self.version.is_none_or(|v| v < version) {
             self.next()
                 .await
                 .map_err(|e| format!("{e} (waiting to be shown version {version})"))?;
         }
+        self.purpose = None;
         Ok(())
     }
 
@@ -549,6 +585,23 @@ impl Peer {
     /// The next message's bytes, or `None` once the stream has ended (how:
     /// [`Peer::ended`]).
     async fn next_bytes(&mut self, timeout: Duration) -> Result<Option<Bytes>, String> {
+        // Forgotten when the wait ends, however it ends: a case stopped
+        // while doing something else was not waiting for this.
+        let _waiting = Waiting(self.shared.clone());
+        self.shared.note_waiting(format!(
+            "stream {} was waiting for {}, having received {} envelope(s){}{}",
+            self.name,
+            self.purpose.as_deref().unwrap_or("its next envelope"),
+            self.log.len(),
+            self.log
+                .last()
+                .map(|m| format!(", the last {}", headline(m)))
+                .unwrap_or_default(),
+            match &self.outstanding {
+                Some(o) => format!(", with sync request {} unanswered", o.sync_id),
+                None => String::new(),
+            },
+        ));
         self.response().await?;
         let deadline = tokio::time::Instant::now() + timeout;
         let waited = |_| {
@@ -960,6 +1013,25 @@ fn is_empty_array(text: &str) -> bool {
 pub fn is_bookmark(m: &HostMessage) -> bool {
     matches!(&m.kind, Some(host_message::Kind::Patch(p))
         if p.sync_id == 0 && p.base_version == p.version)
+}
+
+/// An envelope's kind and versions, without its ops or value: cheap to
+/// make for every envelope, and short whatever the envelope holds.
+fn headline(m: &HostMessage) -> String {
+    match &m.kind {
+        Some(host_message::Kind::Snapshot(s)) => {
+            format!("Snapshot{{version={}, sync_id={}}}", s.version, s.sync_id)
+        }
+        Some(host_message::Kind::Patch(p)) => format!(
+            "Patch{{base={}, version={}, sync_id={}}}",
+            p.base_version, p.version, p.sync_id
+        ),
+        Some(host_message::Kind::Result(r)) => format!(
+            "CallResult{{call_id={}, state_version={}}}",
+            r.call_id, r.state_version
+        ),
+        None => "an envelope with no known kind".to_owned(),
+    }
 }
 
 /// A short description of an envelope for failure messages.

@@ -1,0 +1,99 @@
+//! The adapters running now, so that a runner stopped by a signal (an
+//! operator's Ctrl-C, a CI job cancelled) does not leave them running. Each
+//! adapter has a process group of its own, which a terminal's Ctrl-C does
+//! not reach and which outlives the runner unless the runner kills it.
+
+use std::process::{Child, Command};
+use std::sync::{Mutex, MutexGuard};
+
+/// The process group of every adapter started and not yet reaped.
+static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn live() -> MutexGuard<'static, Vec<u32>> {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Starts `command`, which must make a process group of its own, and
+/// records the group. Both happen under one lock, so that a signal
+/// handled meanwhile either sees the group or comes before it exists.
+pub(crate) fn spawn(command: &mut Command) -> std::io::Result<Child> {
+    let mut live = live();
+    let child = command.spawn()?;
+    live.push(child.id());
+    Ok(child)
+}
+
+/// Forgets the group of `child`, once it has been killed and before it is
+/// reaped: after reaping, its id may be another process's.
+pub(crate) fn forget(child: &Child) {
+    live().retain(|id| *id != child.id());
+}
+
+/// Kills process group `id` (no-op off Unix). By a system call: a `kill`
+/// program is missing from slim images (procps) and a shell from
+/// distroless ones, and without either a wrapper's children would outlive
+/// the run.
+pub(crate) fn kill(id: u32) {
+    #[cfg(unix)]
+    if let Some(group) = i32::try_from(id)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+    }
+    #[cfg(not(unix))]
+    let _ = id;
+}
+
+/// From now on, SIGINT, SIGTERM and SIGHUP kill every adapter's group and
+/// end the runner with the shell's status for that signal (130, 143, 129).
+/// Call once, early; without it such a signal ends the runner and leaves a
+/// hung adapter running. Does nothing off Unix.
+pub fn kill_adapters_on_signal() {
+    #[cfg(unix)]
+    if let Err(error) = watch() {
+        eprintln!(
+            "cosystem-conformance: cannot watch for signals ({error}); a signal will leave adapters running"
+        );
+    }
+}
+
+#[cfg(unix)]
+fn watch() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    // Listened for before this returns, so that no signal after it takes
+    // the default action.
+    let (mut interrupt, mut terminate, mut hangup) = {
+        let _entered = runtime.enter();
+        (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::hangup())?,
+        )
+    };
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let code = runtime.block_on(async {
+                tokio::select! {
+                    _ = interrupt.recv() => 130,
+                    _ = terminate.recv() => 143,
+                    _ = hangup.recv() => 129,
+                }
+            });
+            // Held until the exit: no adapter starts after the kill.
+            let live = live();
+            for id in live.iter() {
+                kill(*id);
+            }
+            eprintln!(
+                "cosystem-conformance: stopped by a signal; killed {} adapter(s)",
+                live.len()
+            );
+            std::process::exit(code);
+        })?;
+    Ok(())
+}
