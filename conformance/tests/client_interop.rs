@@ -79,6 +79,14 @@ fn one_case_against_shell(script: &str, options: &[&str]) -> Output {
     conformance(&args)
 }
 
+/// The report of a run that must have failed (exit status 1). Quoted cut
+/// to 4 KiB: the adapters that make such runs write megabytes.
+fn failed_run(output: &Output) -> String {
+    let text = stdout(output);
+    assert_eq!(output.status.code(), Some(1), "{text:.4096}");
+    text
+}
+
 fn names(list: &[&str]) -> BTreeSet<String> {
     list.iter().map(|s| (*s).to_owned()).collect()
 }
@@ -379,17 +387,10 @@ fn an_adapter_writing_without_a_newline_fails_at_the_line_bound_not_out_of_memor
         "read line || exit 0; exec cat /dev/zero",
         &["--reply-timeout-ms", "60000"],
     );
-    let text = stdout(&output);
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "{}",
-        &text[..text.len().min(4096)]
-    );
+    let text = failed_run(&output);
     assert!(
         text.contains("a reply line longer than 67108864 bytes"),
-        "{}",
-        &text[..text.len().min(4096)]
+        "{text:.4096}"
     );
 }
 
@@ -421,13 +422,7 @@ fn a_huge_reply_is_quoted_cut_to_the_reason_bound() {
         "read line || exit 0; head -c 1000000 /dev/zero | tr '\\0' x; echo; sleep 5",
         &[],
     );
-    let text = stdout(&output);
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "{}",
-        &text[..text.len().min(4096)]
-    );
+    let text = failed_run(&output);
     let failure = text.lines().next().unwrap_or_default();
     assert!(failure.contains("is not JSON"), "{failure:.4096}");
     assert!(failure.contains("left out"), "{failure:.4096}");
