@@ -253,6 +253,34 @@ async fn a_second_sigterm_stops_the_host_without_waiting_for_connections() {
     host.log_until("a second signal: stopping now").await;
 }
 
+/// A hang-up (a closed terminal, a lost SSH session) stops the host
+/// gracefully, as SIGTERM does, rather than by its default action; a host
+/// started with SIGHUP ignored, as `nohup` starts it, goes on ignoring it.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_stops_the_host_gracefully_unless_started_ignoring_it() {
+    let (mut host, _url) = spawn_host(&[]).await;
+    host.signal("HUP").await;
+    host.log_until("hung up; shutting down").await;
+    let status = host.exited().await;
+    assert!(status.success(), "{status:?}");
+
+    let mut ignoring = spawn_host_under("trap '' HUP", &[]).await;
+    let url = ignoring.endpoint().await;
+    ignoring.signal("HUP").await;
+    let answered =
+        json_line(&cli_client(&["--connect", &url, "call", "counter", "increase", "1"]).await);
+    assert_eq!(answered["value"], json!(1));
+    let status = ignoring.terminate().await;
+    assert!(status.success(), "{status:?}");
+    let log = ignoring.rest_of_log().await;
+    assert!(
+        log.iter().any(|l| l.contains("terminated; shutting down")),
+        "{log:?}"
+    );
+    assert!(!log.iter().any(|l| l.contains("hung up")), "{log:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_closes_a_connection_over_it_and_says_why() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

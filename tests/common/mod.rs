@@ -169,6 +169,18 @@ impl HostProcess {
         .unwrap_or_else(|_| panic!("no log line containing {needle:?}"))
     }
 
+    /// Every line the host logs from now until its log ends (it exited).
+    pub async fn rest_of_log(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Some(line) = tokio::time::timeout(GUARD, self.log.recv())
+            .await
+            .expect("the host's log did not end")
+        {
+            lines.push(line);
+        }
+        lines
+    }
+
     /// The next line the host logs.
     pub async fn next_line(&mut self) -> String {
         tokio::time::timeout(GUARD, self.log.recv())
@@ -194,22 +206,33 @@ impl HostProcess {
 
     /// Sends SIGTERM, without waiting for anything.
     pub async fn signal_term(&mut self) {
+        self.signal("TERM").await;
+    }
+
+    /// Sends `signal` (a name `kill` takes: `HUP`, `TERM`), without waiting
+    /// for anything.
+    pub async fn signal(&mut self, signal: &str) {
         let pid = self.child.id().expect("running").to_string();
         let killed = Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([&format!("-{signal}"), &pid])
             .status()
             .await
             .unwrap();
         assert!(killed.success());
     }
 
+    /// Waits for the host to exit by itself.
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(GUARD, self.child.wait())
+            .await
+            .expect("host did not exit")
+            .unwrap()
+    }
+
     /// Sends SIGTERM and waits for the exit; the log stays readable.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
         self.signal_term().await;
-        tokio::time::timeout(GUARD, self.child.wait())
-            .await
-            .expect("host did not stop on SIGTERM")
-            .unwrap()
+        self.exited().await
     }
 }
 
