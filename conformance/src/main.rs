@@ -220,6 +220,10 @@ enum Command {
         /// no first envelope (FB6), in ms.
         #[arg(long, default_value_t = 30000, value_name = "MS")]
         first_frame_wait_ms: u64,
+        /// The host's bookmark interval (H10, §15), in ms, for the case
+        /// that waits for a bookmark.
+        #[arg(long, default_value_t = 5000, value_name = "MS")]
+        bookmark_interval_ms: u64,
         /// The longest any single wait may last, in ms.
         #[arg(long, default_value_t = 5000, value_name = "MS")]
         step_timeout_ms: u64,
@@ -424,6 +428,7 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
             history_window,
             max_message_size,
             first_frame_wait_ms,
+            bookmark_interval_ms,
             step_timeout_ms,
             case_timeout_ms,
             mut run,
@@ -456,6 +461,7 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
             config.options.history_window = history_window;
             config.options.max_message_size = max_message_size;
             config.options.first_frame_wait = Duration::from_millis(first_frame_wait_ms);
+            config.options.bookmark_interval = Duration::from_millis(bookmark_interval_ms);
             interop::check_names(&config).map_err(|e| {
                 // Names the host runner does not know may be host vectors.
                 let cases = load(cli.vectors.clone()).unwrap_or_default();

@@ -557,6 +557,71 @@ async fn a_framed_host_without_a_first_frame_deadline_fails_the_deadline_case() 
     assert!(why.contains("E (") && why.contains("U ("), "{why}");
 }
 
+/// A host whose deadline ends every connection, sessions included (here a
+/// proxy in front of the reference that closes each connection a second
+/// after accepting it), closes the trickling connections in time, but not
+/// only them: it fails the case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framed_host_whose_deadline_closes_sessions_too_fails_the_deadline_case() {
+    let backend = serve_framed_tcp(demo_host(SyncMode::Patch)).await;
+    let backend_addr = backend.url.trim_start_matches("tcp://").to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("tcp://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let backend_addr = backend_addr.clone();
+            tokio::spawn(async move {
+                let mut upstream = tokio::net::TcpStream::connect(backend_addr).await.unwrap();
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    tokio::io::copy_bidirectional(&mut socket, &mut upstream),
+                )
+                .await;
+            });
+        }
+    });
+    let mut run = config(&url);
+    run.select.names = [FIRST_FRAME.to_owned()].into();
+    run.options.first_frame_wait = Duration::from_secs(3);
+    let report = interop::run(&run).await.unwrap();
+    let Outcome::Fail(why) = &report.results[0].outcome else {
+        panic!("{:?}", report.results[0].outcome);
+    };
+    assert!(why.contains("S sent its first envelope at once"), "{why}");
+}
+
+/// H10 is a SHOULD: a host that sends no bookmarks fails the bookmark
+/// case; one that sends them more often than the interval the run was
+/// told passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_sends_no_bookmarks_fails_the_bookmark_case() {
+    const CASE: &str = "grpc-quiet-session-is-sent-a-bookmark";
+    let silent = Host::builder(demo::app(MARKER))
+        .sections(demo::default_sections())
+        .bookmark_interval(None)
+        .build();
+    let served = serve_reference(silent, None).await;
+    let mut run = config(&served.url);
+    run.select.names = [CASE.to_owned()].into();
+    run.options.bookmark_interval = Duration::from_millis(300);
+    run.step_timeout = Duration::from_millis(300);
+    let report = interop::run(&run).await.unwrap();
+    let Outcome::Fail(why) = &report.results[0].outcome else {
+        panic!("{:?}", report.results[0].outcome);
+    };
+    assert!(why.contains("was sent nothing for 600 ms"), "{why}");
+
+    let frequent = Host::builder(demo::app(MARKER))
+        .sections(demo::default_sections())
+        .bookmark_interval(Some(Duration::from_millis(100)))
+        .build();
+    let served = serve_reference(frequent, None).await;
+    let mut run = config(&served.url);
+    run.select.names = [CASE.to_owned()].into();
+    let report = interop::run(&run).await.unwrap();
+    assert_eq!(report.results[0].outcome, Outcome::Pass);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_framed_run_refuses_a_token_and_cases_of_grpc_alone() {
     let served = serve_framed_tcp(demo_host(SyncMode::Patch)).await;

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 use tonic::Code;
 
-use super::peer::{Peer, Read, Shared, Transport, describe, is_bookmark};
+use super::peer::{Peer, Read, Shared, Transport, describe, is_bookmark, is_empty_array};
 use crate::vectors::Tier;
 use crate::vectors::matcher::json_eq;
 
@@ -89,6 +89,9 @@ pub struct CaseOptions {
     /// How long a framed host may take to close a connection that sends no
     /// first envelope (FB6).
     pub first_frame_wait: Duration,
+    /// The host's bookmark interval (H10, §15), for the case that waits
+    /// for a bookmark.
+    pub bookmark_interval: Duration,
 }
 
 impl Default for CaseOptions {
@@ -97,6 +100,7 @@ impl Default for CaseOptions {
             history_window: 1024,
             max_message_size: 4 * MIB,
             first_frame_wait: Duration::from_secs(30),
+            bookmark_interval: Duration::from_secs(5),
         }
     }
 }
@@ -495,6 +499,20 @@ pub const CASES: &[HostCaseDef] = &[
         ],
     },
     HostCaseDef {
+        name: "grpc-quiet-session-is-sent-a-bookmark",
+        tier: Recommended,
+        only: None,
+        spec: &["H10"],
+        description: "A session that has been sent the current version and nothing since is sent a bookmark within the host's bookmark interval, so that a client that lost a publication can tell (the runner waits --bookmark-interval-ms, default 5000, the reference's interval, and one step timeout's grace).",
+        procedure: &[
+            "Attach stream A, and change nothing.",
+            "A reads for the bookmark interval and a step timeout.",
+        ],
+        asserts: &[
+            "A is sent `Patch{base_version=v, version=v, patch_json=\"[]\", sync_id=0}`, where v is the version A was shown, and nothing else first.",
+        ],
+    },
+    HostCaseDef {
         name: "grpc-unauthenticated-without-token",
         tier: Required,
         only: Some(Transport::Grpc),
@@ -591,11 +609,14 @@ pub const CASES: &[HostCaseDef] = &[
         spec: &["FB2", "FB6"],
         description: "A connection that never completes a non-empty first frame is closed within a deadline of its acceptance, however it trickles bytes (the runner waits --first-frame-wait-ms, default 30 s, FB6's bound; the reference's deadline is 10 s).",
         procedure: &[
+            "Open connection S and attach it (SyncRequest{have 0}, read the reply).",
             "Open connections E and U.",
             "Once a second, E writes an empty frame (`00 00 00 00`), and U one more byte of a frame whose length prefix says 256 bytes and which it never finishes.",
+            "Once both are closed, S sends SyncRequest{have: its version}.",
         ],
         asserts: &[
-            "The host closes both connections within the wait (and the step timeout as grace), having sent them nothing.",
+            "The host closes E and U within the wait (and the step timeout as grace), having sent them nothing.",
+            "S, which sent its first envelope at once and then idled past the deadline, is still served: its request is answered.",
         ],
     },
 ];
@@ -636,6 +657,7 @@ pub async fn run_case(name: &str, run: &Arc<Shared>, options: CaseOptions) -> Re
         "grpc-malformed-message-disturbs-no-one" => malformed(run).await,
         "grpc-concurrent-clients-converge" => converge(run).await,
         "grpc-half-closed-stream-is-answered" => half_closed(run).await,
+        "grpc-quiet-session-is-sent-a-bookmark" => quiet_bookmark(run, options).await,
         "grpc-unauthenticated-without-token" => unauthenticated(run).await,
         "grpc-response-headers-before-the-first-message" => headers_first(run).await,
         "grpc-view-too-large-for-a-snapshot-is-refused" => view_too_large(run).await,
@@ -926,6 +948,39 @@ async fn half_closed(run: &Arc<Shared>) -> Result<(), Stop> {
             a.ended_status()
         )
         .into())
+    }
+}
+
+async fn quiet_bookmark(run: &Arc<Shared>, options: CaseOptions) -> Result<(), Stop> {
+    let mut a = attached(run, "A").await?;
+    let v = version_of(&a)?;
+    let wait = options.bookmark_interval + run.step_timeout();
+    let m = match a.read_within(wait).await? {
+        Read::Message(m) => m,
+        Read::Quiet => {
+            return Err(format!(
+                "A, shown version {v}, was sent nothing for {} ms: a host SHOULD send a session a bookmark once per bookmark interval (H10); give your host's interval with --bookmark-interval-ms",
+                wait.as_millis()
+            )
+            .into());
+        }
+        Read::Ended => {
+            return Err(
+                format!("A's stream ended ({}) while it was quiet", a.ended_status()).into(),
+            );
+        }
+    };
+    match &m.kind {
+        Some(host_message::Kind::Patch(p))
+            if is_bookmark(&m) && p.version == v && is_empty_array(&p.patch_json) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "A, shown version {v} with nothing changed since, was sent {} where a bookmark Patch{{base={v}, version={v}, sync_id=0, ops=[]}} was due (H10)",
+            describe(&m)
+        )
+        .into()),
     }
 }
 
@@ -1956,6 +2011,10 @@ async fn no_first_envelope(run: &Arc<Shared>, options: CaseOptions) -> Result<()
             }
         }
     }
+    // A connection whose first envelope came is a session, which the
+    // deadline does not end: a host closing every connection must not pass.
+    let mut settled = Peer::open(run, "S").await?;
+    settled.attach().await?;
     let mut trickles = [
         Trickle {
             peer: Peer::open(run, "E").await?,
@@ -2005,6 +2064,14 @@ async fn no_first_envelope(run: &Arc<Shared>, options: CaseOptions) -> Result<()
         }
         round += 1;
     }
+    let (version, base) = (settled.version(), settled.view().cloned());
+    let epoch = settled.host_epoch();
+    settled.sync(version.unwrap_or(0), &epoch, base)?;
+    settled.await_sync().await.map_err(|e| {
+        format!(
+            "{e}: S sent its first envelope at once and then idled, so its session SHOULD outlast the first-frame deadline (FB6: such a peer holds its session like any idle client)"
+        )
+    })?;
     Ok(())
 }
 

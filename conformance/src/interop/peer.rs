@@ -1004,7 +1004,8 @@ impl Drop for Peer {
     }
 }
 
-fn is_empty_array(text: &str) -> bool {
+/// Whether `text` is the JSON of an empty array (`[]`, however spaced).
+pub fn is_empty_array(text: &str) -> bool {
     matches!(serde_json::from_str::<Value>(text), Ok(Value::Array(a)) if a.is_empty())
 }
 
