@@ -6,7 +6,6 @@ mod common;
 
 use common::{BIN, HostProcess, cli, cli_client, json_line};
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
@@ -489,21 +488,31 @@ async fn options_come_from_the_environment_and_a_flag_wins_over_its_variable() {
     assert_eq!(state["state"], json!({"counter": {"count": 0}}));
     host.terminate().await;
 
-    // A bad value from the environment is refused like a bad flag.
-    let output = Command::new(BIN)
-        .arg("host")
-        .env("COSYSTEM_WORKER_MAX_CLIENTS", "many")
-        .args(["--listen", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(GUARD, output).await.unwrap().unwrap();
+    // A bad value from the environment is refused like a bad flag, and the
+    // variable is named: the operator never typed the flag.
+    let output = common::cli_with_env(
+        &[("COSYSTEM_WORKER_MAX_CLIENTS", "many")],
+        &["host", "--listen", "127.0.0.1:0"],
+    )
+    .await;
     assert_eq!(output.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("invalid value 'many'"), "{text}");
     assert!(
-        String::from_utf8_lossy(&output.stderr).contains("invalid value 'many'"),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        text.contains("the value came from the environment variable COSYSTEM_WORKER_MAX_CLIENTS"),
+        "{text}"
     );
+
+    // A bad value typed as the flag is the flag's, whatever the variable.
+    let output = common::cli_with_env(
+        &[("COSYSTEM_WORKER_MAX_CLIENTS", "many")],
+        &["host", "--listen", "127.0.0.1:0", "--max-clients=lots"],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("invalid value 'lots'"), "{text}");
+    assert!(!text.contains("environment variable"), "{text}");
 }
 
 /// `--metrics-listen` on the port `--listen` asks for is refused up front,

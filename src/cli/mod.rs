@@ -43,13 +43,56 @@ enum Command {
     Client(client::ClientArgs),
 }
 
+/// `error` with a tip naming the environment variable its bad value came
+/// from, if it came from one: clap names only the flag, which an operator
+/// who never typed it will look for in vain.
+fn from_environment(mut error: clap::Error, command: &clap::Command) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(invalid)) = error.get(ContextKind::InvalidArg) else {
+        return error;
+    };
+    let Some(flag) = invalid
+        .split_whitespace()
+        .next()
+        .and_then(|f| f.strip_prefix("--"))
+    else {
+        return error;
+    };
+    let typed = std::env::args_os().any(|arg| {
+        arg.to_str().is_some_and(|arg| {
+            arg.strip_prefix("--")
+                .is_some_and(|rest| rest == flag || rest.starts_with(&format!("{flag}=")))
+        })
+    });
+    let variable = command
+        .get_subcommands()
+        .chain(std::iter::once(command))
+        .flat_map(|c| c.get_arguments())
+        .find(|arg| arg.get_long() == Some(flag))
+        .and_then(|arg| arg.get_env())
+        .filter(|variable| !typed && std::env::var_os(variable).is_some());
+    if let Some(variable) = variable {
+        let tip = format!(
+            "the value came from the environment variable {}",
+            variable.to_string_lossy()
+        );
+        error.insert(
+            ContextKind::Suggested,
+            ContextValue::StyledStrs(vec![tip.into()]),
+        );
+    }
+    error
+}
+
 impl Cli {
     /// Parses the process's arguments as `Parser::parse` does (printing
     /// usage errors and exiting 2), with the checks clap's attributes cannot
     /// express: [`host::check_stdio`] and [`host::settle_grpc_only_env`].
     pub fn parse_args() -> Self {
         let mut command = Self::command();
-        let matches = command.get_matches_mut();
+        let matches = command
+            .try_get_matches_from_mut(std::env::args_os())
+            .unwrap_or_else(|error| from_environment(error, &command).exit());
         if let Some(("host", host)) = matches.subcommand()
             // Built by `get_matches_mut`: the usage line names the binary.
             && let Some(host_command) = command.find_subcommand_mut("host")
