@@ -724,6 +724,32 @@ async fn a_case_timeout_names_the_wait_it_stopped() {
     assert!(why.ends_with(" unanswered"), "{why}");
 }
 
+/// A framed host that closes a connection inside a frame fails the case
+/// with that named: an unfinished frame is not a close (§7.3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framed_host_closing_inside_a_frame_fails_naming_it() {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("tcp://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            // A 16-byte frame of which 3 bytes come.
+            let _ = socket.write_all(&[0, 0, 0, 16, 1, 2, 3]).await;
+            let _ = socket.shutdown().await;
+        }
+    });
+    let mut run = config(&url);
+    run.select.names = ["grpc-initial-sync-gets-snapshot".to_owned()].into();
+    let report = interop::run(&run).await.unwrap();
+    let Outcome::Fail(why) = &report.results[0].outcome else {
+        panic!("{:?}", report.results[0].outcome);
+    };
+    assert!(
+        why.contains("the host closed the connection inside a frame (the stream ended with 3 byte(s) of an unfinished frame)"),
+        "{why}"
+    );
+}
+
 /// tonic would connect to any scheme as plain gRPC: a URL of another
 /// scheme is refused before anything is tried, naming what is spoken.
 #[tokio::test]

@@ -82,7 +82,35 @@ impl std::fmt::Display for FramedAddress {
 }
 
 /// Reads a connection's frames, each the bytes of one envelope.
-pub type FrameReader = FramedRead<Pin<Box<dyn AsyncRead + Send>>, LengthDelimitedCodec>;
+pub type FrameReader = FramedRead<Pin<Box<dyn AsyncRead + Send>>, Frames>;
+
+/// The 4-byte big-endian length-prefixed frames of FB1. A stream that ends
+/// inside a frame fails with [`io::ErrorKind::UnexpectedEof`], which FB5
+/// makes a connection loss, told apart from bytes that are no frames.
+pub struct Frames(LengthDelimitedCodec);
+
+impl tokio_util::codec::Decoder for Frames {
+    type Item = BytesMut;
+    type Error = io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<BytesMut>> {
+        self.0.decode(src)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> io::Result<Option<BytesMut>> {
+        match self.0.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the stream ended with {} byte(s) of an unfinished frame",
+                    src.len()
+                ),
+            )),
+        }
+    }
+}
 
 /// One connection to a framed host: what is sent on the channel is written
 /// as it is, and dropping the channel's last sender shuts the connection's
@@ -123,7 +151,7 @@ pub async fn connect(
         .big_endian()
         .max_frame_length(MAX_READ_FRAME)
         .new_codec();
-    Ok((tx, FramedRead::new(reader, codec)))
+    Ok((tx, FramedRead::new(reader, Frames(codec))))
 }
 
 /// The bytes of one frame holding `envelope` (FB1). An envelope longer than

@@ -645,9 +645,19 @@ impl Peer {
                     {
                         break Some(Status::unavailable(RESET));
                     }
-                    // A length over the runner's limit, or a stream that
-                    // ends inside a frame: the host wrote something other
-                    // than frames, which no case may take for a close.
+                    // A stream that ends inside a frame: a client takes it
+                    // for a connection loss (FB5), but the host wrote a
+                    // frame it did not finish, which no case may take for
+                    // a close (§7.3).
+                    Some(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        return Err(format!(
+                            "stream {}: the host closed the connection inside a frame ({e}): an unfinished frame is not a close (CONFORMANCE.md §7.3)",
+                            self.name
+                        ));
+                    }
+                    // A length over the runner's limit: the host wrote
+                    // something other than frames, which no case may take
+                    // for a close either.
                     Some(Err(e)) => {
                         return Err(format!(
                             "stream {}: the host wrote bytes that are not frames of envelopes (FB1): {e}",
