@@ -12,6 +12,8 @@
 //!   ([`transport::grpc::GrpcServer`], [`transport::grpc::GrpcConnector`]).
 //! - [`metrics_server`] and [`prometheus`]: a host's counters in the
 //!   Prometheus text format, and a small HTTP endpoint serving them.
+//! - [`inherited_signals`]: which signals the crate's programs were started
+//!   ignoring, so that they keep ignoring them.
 //!
 //! The repository's README starts with a quick start: a host and a client
 //! in one process, then modules of your own served over gRPC.
@@ -22,6 +24,7 @@ pub mod client;
 pub mod demo;
 mod fast_hash;
 pub mod host;
+pub mod inherited_signals;
 pub mod metrics_server;
 pub mod prometheus;
 pub mod transport;

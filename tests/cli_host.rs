@@ -258,11 +258,22 @@ async fn a_second_sigterm_stops_the_host_without_waiting_for_connections() {
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_stops_the_host_gracefully_unless_started_ignoring_it() {
-    let (mut host, _url) = spawn_host(&[]).await;
+    // A stream its client never closes holds the stop in its grace period,
+    // through which a second hang-up (a closed terminal sends two) must not
+    // cut the stop short as a second Ctrl-C or SIGTERM would.
+    let (mut host, url) = spawn_host(&[]).await;
+    let _reflection = common::open_reflection_stream(url).await;
     host.signal("HUP").await;
     host.log_until("hung up; shutting down").await;
+    host.signal("HUP").await;
     let status = host.exited().await;
     assert!(status.success(), "{status:?}");
+    let log = host.rest_of_log().await;
+    assert!(log.iter().any(|l| l.contains("stopped")), "{log:?}");
+    assert!(
+        !log.iter().any(|l| l.contains("a second signal")),
+        "{log:?}"
+    );
 
     let mut ignoring = spawn_host_under("trap '' HUP", &[]).await;
     let url = ignoring.endpoint().await;

@@ -169,6 +169,55 @@ async fn grpc_sessions_are_counted_by_how_they_ended() {
     served.stop().await;
 }
 
+/// Opens a `Session` stream with a bare HTTP/2 client, reads the sync
+/// reply, then resets the stream with `reason`, as a gRPC client cancels
+/// a call (CANCEL) or refuses one (REFUSED_STREAM).
+async fn reset_after_the_reply(addr: std::net::SocketAddr, reason: h2::Reason) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/cosystem.worker.v1.HostService/Session"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut stream) = client.send_request(request, false).unwrap();
+    let message = sync_request().encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    framed.extend_from_slice(&message);
+    stream.send_data(framed.into(), false).unwrap();
+    let mut body = response.await.unwrap().into_body();
+    let reply = body.data().await.expect("the sync reply").unwrap();
+    let _ = body.flow_control().release_capacity(reply.len());
+    stream.send_reset(reason);
+}
+
+/// A stream reset by its client is a lost connection whatever the reset's
+/// code: neither a half-close, though tonic ends a CANCEL as one, nor the
+/// host's refusal or shutdown that other codes map to as statuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_streams_reset_by_their_client_are_lost_connections() {
+    let host = host();
+    let served = serve_grpc_on_loopback(GrpcServer::builder(host.clone())).await;
+    let reasons = [
+        h2::Reason::CANCEL,
+        h2::Reason::REFUSED_STREAM,
+        h2::Reason::INTERNAL_ERROR,
+        h2::Reason::PROTOCOL_ERROR,
+    ];
+    for _ in 0..5 {
+        for reason in reasons {
+            reset_after_the_reply(served.addr, reason).await;
+        }
+    }
+    ended(&host, &[("connection_lost", 20)]).await;
+    served.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn framed_sessions_are_counted_by_how_they_ended() {
     let host = host();

@@ -292,6 +292,7 @@ fn finish_run(report: &Report, run: &RunArgs, mode: &str) -> Result<ExitCode, Ex
     let verdict = finish(report, run.format, mode);
     // Every file gets the report, even after one that cannot be written.
     let mut failed = None;
+    let _reports = cosystem_conformance::adapter::writing_reports();
     for (path, format) in run.report_files() {
         if let Err(e) = std::fs::write(path, report.render(format, mode)) {
             failed.get_or_insert(format!("{}: {e}", path.display()));

@@ -512,16 +512,100 @@ fn what_a_passing_adapters_wrapper_left_running_is_killed_after_the_case() {
 #[cfg(unix)]
 #[test]
 fn a_runner_stopped_by_a_signal_kills_the_adapter_it_waits_on() {
+    let (mut runner, adapter) = runner_waiting_on_a_hung_adapter("", "a");
+    signal(&runner, "TERM");
+    let status = runner.wait().expect("the runner ends");
+    assert_eq!(status.code(), Some(143), "{status:?}");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut runner.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("stopped by a signal; killed 1 adapter(s)"),
+        "{stderr}"
+    );
+    adapter.assert_gone();
+}
+
+/// A runner started ignoring SIGHUP, as `nohup` starts it, goes on
+/// ignoring it; SIGTERM still stops it.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_runner_started_ignoring_sighup_goes_on_ignoring_it() {
+    let (mut runner, adapter) = runner_waiting_on_a_hung_adapter("trap '' HUP; ", "b");
+    signal(&runner, "HUP");
+    // A runner that acted on it would have killed the adapter and exited.
+    let kept = (0..25).all(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        matches!(runner.try_wait(), Ok(None))
+    });
+    signal(&runner, "TERM");
+    let status = runner.wait().expect("the runner ends");
+    assert!(kept, "the runner ended on SIGHUP: {status:?}");
+    assert_eq!(status.code(), Some(143), "{status:?}");
+    adapter.assert_gone();
+}
+
+/// Sends `name` (as `kill` takes it) to `child`.
+#[cfg(unix)]
+fn signal(child: &std::process::Child, name: &str) {
+    let signalled = Command::new("sh")
+        .args(["-c", &format!("kill -{name} {}", child.id())])
+        .status()
+        .expect("sh runs");
+    assert!(signalled.success());
+}
+
+/// The processes of an adapter that never replies, found by the marker
+/// in their command lines.
+#[cfg(unix)]
+struct HungAdapter {
+    marker: String,
+}
+
+#[cfg(unix)]
+impl HungAdapter {
+    /// Asserts that no process of the adapter is left. SIGKILL is sent
+    /// before the runner exits; the kernel may take a moment to end them.
+    fn assert_gone(&self) {
+        use std::time::{Duration, Instant};
+        let survivors = || {
+            let left = Command::new("pgrep")
+                .args(["-f", &format!("sleep {}", self.marker)])
+                .output()
+                .expect("pgrep runs");
+            String::from_utf8_lossy(&left.stdout).into_owned()
+        };
+        let bound = Instant::now() + Duration::from_secs(10);
+        while !survivors().is_empty() && Instant::now() < bound {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            survivors().is_empty(),
+            "the adapter outlived the runner: {}",
+            survivors()
+        );
+    }
+}
+
+/// A client run, started by `sh` after `prefix`, whose adapter (a shell
+/// that leaves a `sleep` in the background and becomes another) never
+/// replies; returned once the case's adapter has started (after the
+/// probe's). `tag` tells apart the markers of tests running at once.
+#[cfg(unix)]
+fn runner_waiting_on_a_hung_adapter(prefix: &str, tag: &str) -> (std::process::Child, HungAdapter) {
     use std::time::{Duration, Instant};
-    let marker = format!("{}", 700_000 + std::process::id() % 99_999);
-    let started = std::env::temp_dir().join(format!("cosystem-signal-{}", std::process::id()));
+    let offset = if tag == "a" { 700_000 } else { 600_000 };
+    let marker = format!("{}", offset + std::process::id() % 99_999);
+    let started =
+        std::env::temp_dir().join(format!("cosystem-signal-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_file(&started);
-    // Never replies: the case waits on it for the whole reply timeout.
     let script = format!(
         "echo $$ >> {}; sleep {marker} & exec sleep {marker}",
         started.display()
     );
-    let mut runner = Command::new(BIN)
+    let runner = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{prefix}exec \"$0\" \"$@\""))
+        .arg(BIN)
         .args([
             "client",
             "--case",
@@ -537,44 +621,13 @@ fn a_runner_stopped_by_a_signal_kills_the_adapter_it_waits_on() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("the conformance binary runs");
-    // The probe's start, then the case's.
     let bound = Instant::now() + Duration::from_secs(60);
     while std::fs::read_to_string(&started).map_or(0, |s| s.lines().count()) < 2 {
         assert!(Instant::now() < bound, "the case's adapter never started");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let signalled = Command::new("sh")
-        .args(["-c", &format!("kill -TERM {}", runner.id())])
-        .status()
-        .expect("sh runs");
-    assert!(signalled.success());
-    let status = runner.wait().expect("the runner ends");
     let _ = std::fs::remove_file(&started);
-    assert_eq!(status.code(), Some(143), "{status:?}");
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut runner.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(
-        stderr.contains("stopped by a signal; killed 1 adapter(s)"),
-        "{stderr}"
-    );
-    // SIGKILL is sent before the runner exits; the kernel may take a moment
-    // to end the processes.
-    let survivors = || {
-        let left = Command::new("pgrep")
-            .args(["-f", &format!("sleep {marker}")])
-            .output()
-            .expect("pgrep runs");
-        String::from_utf8_lossy(&left.stdout).into_owned()
-    };
-    let bound = Instant::now() + Duration::from_secs(10);
-    while !survivors().is_empty() && Instant::now() < bound {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(
-        survivors().is_empty(),
-        "the adapter outlived the runner: {}",
-        survivors()
-    );
+    (runner, HungAdapter { marker })
 }
 
 #[test]

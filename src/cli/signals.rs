@@ -11,56 +11,73 @@ pub struct ShutdownSignals {
     terminate: Option<tokio::signal::unix::Signal>,
     /// A closed terminal or a lost SSH session: left to its default action
     /// (which ends the process at once) it would cut every client off
-    /// without the graceful stop. `None` where it was ignored when the
-    /// host started, as `nohup` leaves it: that must go on holding.
+    /// without the graceful stop.
     #[cfg(unix)]
     hangup: Option<tokio::signal::unix::Signal>,
+    /// Whether SIGHUP still stops the host: only the first signal may be
+    /// one. Closing a terminal sends two (the shell forwards one, and the
+    /// kernel sends the foreground job another), which must not read as an
+    /// operator asking twice.
+    #[cfg(unix)]
+    hangup_stops: bool,
 }
 
 impl ShutdownSignals {
-    /// Starts listening for Ctrl-C and (on Unix) SIGTERM, and SIGHUP unless
-    /// it is ignored ([`hangup_ignored`]). Needs the tokio runtime.
+    /// Starts listening for Ctrl-C, and on Unix for SIGTERM and SIGHUP.
+    /// Ctrl-C and SIGHUP are left alone where the host was started
+    /// ignoring them ([`inherited_signals`]), as `nohup` and background
+    /// jobs start it. Needs the tokio runtime.
+    ///
+    /// [`inherited_signals`]: cosystem_worker::inherited_signals
     pub fn new() -> Self {
         #[cfg(unix)]
         {
+            use cosystem_worker::inherited_signals::{SIGHUP, SIGINT, is_ignored};
             use tokio::signal::unix::{SignalKind, signal};
-            Self {
-                interrupt: signal(SignalKind::interrupt()).ok(),
-                terminate: signal(SignalKind::terminate()).ok(),
-                hangup: if hangup_ignored() {
+            let unless_ignored = |number, kind| {
+                if is_ignored(number) {
                     None
                 } else {
-                    signal(SignalKind::hangup()).ok()
-                },
+                    signal(kind).ok()
+                }
+            };
+            Self {
+                interrupt: unless_ignored(SIGINT, SignalKind::interrupt()),
+                terminate: signal(SignalKind::terminate()).ok(),
+                hangup: unless_ignored(SIGHUP, SignalKind::hangup()),
+                hangup_stops: true,
             }
         }
         #[cfg(not(unix))]
         Self {}
     }
 
-    /// Resolves at the next Ctrl-C, SIGTERM or SIGHUP received since the
-    /// last one.
+    /// Resolves at the next Ctrl-C or SIGTERM received since the last one,
+    /// or at a SIGHUP if no signal came before.
     pub async fn next(&mut self) {
         #[cfg(unix)]
         {
-            async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) {
+            async fn recv(signal: &mut Option<tokio::signal::unix::Signal>, listen: bool) {
                 match signal {
-                    Some(signal) => {
+                    Some(signal) if listen => {
                         signal.recv().await;
                     }
-                    None => std::future::pending().await,
+                    _ => std::future::pending().await,
                 }
             }
             let Self {
                 interrupt,
                 terminate,
                 hangup,
+                hangup_stops,
             } = self;
             tokio::select! {
-                _ = recv(interrupt) => tracing::info!("interrupted; shutting down"),
-                _ = recv(terminate) => tracing::info!("terminated; shutting down"),
-                _ = recv(hangup) => tracing::info!("hung up; shutting down"),
+                _ = recv(interrupt, true) => tracing::info!("interrupted; shutting down"),
+                _ = recv(terminate, true) => tracing::info!("terminated; shutting down"),
+                _ = recv(hangup, *hangup_stops) => tracing::info!("hung up; shutting down"),
             }
+            // Still registered, so later hang-ups are caught and dropped.
+            *hangup_stops = false;
         }
         #[cfg(not(unix))]
         {
@@ -69,37 +86,5 @@ impl ShutdownSignals {
             }
             tracing::info!("interrupted; shutting down");
         }
-    }
-}
-
-/// Whether SIGHUP was ignored when the host started, as `nohup` leaves it:
-/// read from the kernel's mask of ignored signals on Linux. Where that
-/// cannot be read, it is taken as ignored, so that SIGHUP keeps whatever
-/// action the host was started with.
-#[cfg(unix)]
-fn hangup_ignored() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| ignored_mask(&status))
-        .is_none_or(|mask| mask & 1 != 0)
-}
-
-/// The `SigIgn` mask of a `/proc/PID/status` text: bit N-1 is signal N.
-#[cfg(unix)]
-fn ignored_mask(status: &str) -> Option<u64> {
-    let mask = status.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
-    u64::from_str_radix(mask.trim(), 16).ok()
-}
-
-#[cfg(all(test, unix))]
-mod tests {
-    use super::ignored_mask;
-
-    #[test]
-    fn the_ignored_mask_is_read_from_the_status_text() {
-        let status = "Name:\tcosystem-worker\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000001001\nSigCgt:\t0\n";
-        assert_eq!(ignored_mask(status), Some(0x1001));
-        assert_eq!(ignored_mask("Name:\tx\n"), None);
-        assert_eq!(ignored_mask("SigIgn:\tzz\n"), None);
     }
 }

@@ -29,6 +29,13 @@ pub(crate) fn forget(child: &Child) {
     live().retain(|id| *id != child.id());
 }
 
+/// Held while a report file is written, so that a signal does not end the
+/// runner with the file half written.
+pub fn writing_reports() -> MutexGuard<'static, ()> {
+    static REPORTS: Mutex<()> = Mutex::new(());
+    REPORTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Kills process group `id` (no-op off Unix). By a system call: a `kill`
 /// program is missing from slim images (procps) and a shell from
 /// distroless ones, and without either a wrapper's children would outlive
@@ -46,9 +53,12 @@ pub(crate) fn kill(id: u32) {
 }
 
 /// From now on, SIGINT, SIGTERM and SIGHUP kill every adapter's group and
-/// end the runner with the shell's status for that signal (130, 143, 129).
-/// Call once, early; without it such a signal ends the runner and leaves a
-/// hung adapter running. Does nothing off Unix.
+/// end the runner with the shell's status for that signal (130, 143, 129),
+/// once no report file is being written ([`writing_reports`]). SIGINT and
+/// SIGHUP are left alone where the runner was started ignoring them
+/// (`nohup`, a background job). Call once, early; without it such a signal
+/// ends the runner and leaves a hung adapter running. Does nothing off
+/// Unix.
 pub fn kill_adapters_on_signal() {
     #[cfg(unix)]
     if let Err(error) = watch() {
@@ -60,7 +70,23 @@ pub fn kill_adapters_on_signal() {
 
 #[cfg(unix)]
 fn watch() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
+    use cosystem_worker::inherited_signals::{SIGHUP, SIGINT, is_ignored};
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    let unless_ignored = |number, kind| -> std::io::Result<Option<Signal>> {
+        if is_ignored(number) {
+            Ok(None)
+        } else {
+            signal(kind).map(Some)
+        }
+    };
+    async fn recv(signal: &mut Option<Signal>) {
+        match signal {
+            Some(signal) => {
+                signal.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()?;
@@ -69,9 +95,9 @@ fn watch() -> std::io::Result<()> {
     let (mut interrupt, mut terminate, mut hangup) = {
         let _entered = runtime.enter();
         (
-            signal(SignalKind::interrupt())?,
+            unless_ignored(SIGINT, SignalKind::interrupt())?,
             signal(SignalKind::terminate())?,
-            signal(SignalKind::hangup())?,
+            unless_ignored(SIGHUP, SignalKind::hangup())?,
         )
     };
     std::thread::Builder::new()
@@ -79,11 +105,14 @@ fn watch() -> std::io::Result<()> {
         .spawn(move || {
             let code = runtime.block_on(async {
                 tokio::select! {
-                    _ = interrupt.recv() => 130,
+                    () = recv(&mut interrupt) => 130,
                     _ = terminate.recv() => 143,
-                    _ = hangup.recv() => 129,
+                    () = recv(&mut hangup) => 129,
                 }
             });
+            // A report being written is finished first: cut off, it would
+            // replace the placeholder that says the run did not finish.
+            let _reports = writing_reports();
             // Held until the exit: no adapter starts after the kill.
             let live = live();
             for id in live.iter() {

@@ -23,7 +23,7 @@ pub mod process;
 pub mod reference;
 pub mod runner;
 
-pub use groups::kill_adapters_on_signal;
+pub use groups::{kill_adapters_on_signal, writing_reports};
 
 use base64::Engine;
 use cosystem_worker::wire::{ClientMessage, HostMessage};

@@ -128,9 +128,11 @@ pub struct Shared {
     next_id: AtomicU64,
     epoch: Mutex<Option<String>>,
     leak: Mutex<Option<String>>,
-    /// The wait a case began last, for the failure of a case that runs out
-    /// of time: a case timeout says what it was waiting for.
-    waiting: Mutex<Option<String>>,
+    /// The waits under way, by a number of their own, for the failure of a
+    /// case that runs out of time: it says what each stream was waiting
+    /// for (a case may read several streams at once).
+    waiting: Mutex<BTreeMap<u64, String>>,
+    next_wait: AtomicU64,
 }
 
 impl Shared {
@@ -151,21 +153,20 @@ impl Shared {
             next_id: AtomicU64::new(1),
             epoch: Mutex::new(None),
             leak: Mutex::new(None),
-            waiting: Mutex::new(None),
+            waiting: Mutex::default(),
+            next_wait: AtomicU64::new(0),
         }
     }
 
-    /// The wait a stream of the run began last (`None` once taken, or if
-    /// none began since), in words.
+    /// The waits under way, in words, joined by `; ` (`None` if there is
+    /// none); forgets them.
     pub fn take_waiting(&self) -> Option<String> {
-        self.waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
+        let waits = std::mem::take(&mut *self.waits());
+        (!waits.is_empty()).then(|| waits.into_values().collect::<Vec<_>>().join("; "))
     }
 
-    fn note_waiting(&self, what: String) {
-        *self.waiting.lock().unwrap_or_else(|e| e.into_inner()) = Some(what);
+    fn waits(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, String>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether a secret marker was given.
@@ -205,12 +206,26 @@ impl Shared {
     }
 }
 
-/// Forgets the wait noted in [`Shared`] when dropped.
-struct Waiting(Arc<Shared>);
+/// One wait under way, noted in [`Shared`] until dropped.
+struct Waiting {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Waiting {
+    fn begin(shared: &Arc<Shared>, what: String) -> Self {
+        let id = shared.next_wait.fetch_add(1, Ordering::Relaxed);
+        shared.waits().insert(id, what);
+        Self {
+            shared: shared.clone(),
+            id,
+        }
+    }
+}
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        let _ = self.0.take_waiting();
+        self.shared.waits().remove(&self.id);
     }
 }
 
@@ -508,20 +523,31 @@ impl Peer {
     /// version the stream was shown.
     pub async fn await_sync(&mut self) -> Result<u64, String> {
         self.purpose = Some("the reply to its sync request".to_owned());
+        let read = self.read_while_outstanding().await;
+        self.purpose = None;
+        read?;
+        self.version
+            .ok_or_else(|| format!("stream {}: no version after the sync reply", self.name))
+    }
+
+    async fn read_while_outstanding(&mut self) -> Result<(), String> {
         while self.outstanding.is_some() {
             self.next().await?;
         }
-        self.purpose = None;
-        self.version
-            .ok_or_else(|| format!("stream {}: no version after the sync reply", self.name))
+        Ok(())
     }
 
     /// Reads until the result of `call_id` arrives.
     pub async fn result(&mut self, call_id: u64) -> Result<CallResult, String> {
         self.purpose = Some(format!("the result of call {call_id}"));
+        let result = self.read_until_result(call_id).await;
+        self.purpose = None;
+        result
+    }
+
+    async fn read_until_result(&mut self, call_id: u64) -> Result<CallResult, String> {
         loop {
             if let Some(r) = self.results.remove(&call_id) {
-                self.purpose = None;
                 return Ok(r);
             }
             if !self.open_calls.contains(&call_id) {
@@ -539,12 +565,17 @@ impl Peer {
     /// Reads until this stream has been shown `version` (or later).
     pub async fn reach(&mut self, version: u64) -> Result<(), String> {
         self.purpose = Some(format!("version {version}"));
+        let read = self.read_until_version(version).await;
+        self.purpose = None;
+        read
+    }
+
+    async fn read_until_version(&mut self, version: u64) -> Result<(), String> {
         while self.version.is_none_or(|v| v < version) {
             self.next()
                 .await
                 .map_err(|e| format!("{e} (waiting to be shown version {version})"))?;
         }
-        self.purpose = None;
         Ok(())
     }
 
@@ -587,21 +618,23 @@ impl Peer {
     async fn next_bytes(&mut self, timeout: Duration) -> Result<Option<Bytes>, String> {
         // Forgotten when the wait ends, however it ends: a case stopped
         // while doing something else was not waiting for this.
-        let _waiting = Waiting(self.shared.clone());
-        self.shared.note_waiting(format!(
-            "stream {} was waiting for {}, having received {} envelope(s){}{}",
-            self.name,
-            self.purpose.as_deref().unwrap_or("its next envelope"),
-            self.log.len(),
-            self.log
-                .last()
-                .map(|m| format!(", the last {}", headline(m)))
-                .unwrap_or_default(),
-            match &self.outstanding {
-                Some(o) => format!(", with sync request {} unanswered", o.sync_id),
-                None => String::new(),
-            },
-        ));
+        let _waiting = Waiting::begin(
+            &self.shared,
+            format!(
+                "stream {} was waiting for {}, having received {} envelope(s){}{}",
+                self.name,
+                self.purpose.as_deref().unwrap_or("its next envelope"),
+                self.log.len(),
+                self.log
+                    .last()
+                    .map(|m| format!(", the last {}", headline(m)))
+                    .unwrap_or_default(),
+                match &self.outstanding {
+                    Some(o) => format!(", with sync request {} unanswered", o.sync_id),
+                    None => String::new(),
+                },
+            ),
+        );
         self.response().await?;
         let deadline = tokio::time::Instant::now() + timeout;
         let waited = |_| {

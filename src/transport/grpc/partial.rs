@@ -22,6 +22,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -75,10 +76,34 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         let framing = Framing::new(self.budget.clone(), self.max_message);
-        self.inner
-            .call(request.map(|body| Body::new(BudgetedBody::new(body, framing))))
+        let broken = BodyBroken::default();
+        request.extensions_mut().insert(broken.clone());
+        self.inner.call(request.map(|body| {
+            Body::new(BudgetedBody {
+                inner: body,
+                framing,
+                failed: false,
+                broken,
+            })
+        }))
+    }
+}
+
+/// Set once a request body failed on its own, not by this budget's
+/// refusal: the client reset the stream or the connection broke. tonic
+/// hands a stream reset with `CANCEL`, the way gRPC clients cancel, to the
+/// handler as a plain end, so this wrapper, which sees the body first, is
+/// where a half-close can be told from a reset. Found in the request's
+/// extensions.
+#[derive(Debug, Clone, Default)]
+pub(super) struct BodyBroken(Arc<AtomicBool>);
+
+impl BodyBroken {
+    /// Whether the body failed.
+    pub(super) fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
     }
 }
 
@@ -184,16 +209,7 @@ struct BudgetedBody {
     framing: Framing,
     /// Set once the budget refused a message: the body ends with that.
     failed: bool,
-}
-
-impl BudgetedBody {
-    fn new(inner: Body, framing: Framing) -> Self {
-        Self {
-            inner,
-            framing,
-            failed: false,
-        }
-    }
+    broken: BodyBroken,
 }
 
 impl HttpBody for BudgetedBody {
@@ -217,6 +233,10 @@ impl HttpBody for BudgetedBody {
                     return Poll::Ready(Some(Err(status)));
                 }
                 Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(status))) => {
+                this.broken.0.store(true, Ordering::Relaxed);
+                Poll::Ready(Some(Err(status)))
             }
             other => other,
         }

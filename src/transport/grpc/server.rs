@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::service::interceptor::InterceptedService;
 
-use super::partial::Budgeted;
+use super::partial::{BodyBroken, Budgeted};
 use crate::transport::framed::budget::FrameBudget;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -553,10 +553,13 @@ impl HostService for SessionService {
         let session = Arc::new(session);
         let (end_tx, end_rx) = oneshot::channel();
         let ended = Arc::new(OnceLock::new());
+        // Absent where the service is embedded (`into_service`): its
+        // request bodies are not wrapped.
+        let broken = request.extensions().get::<BodyBroken>().cloned();
         let reader = tokio::spawn(read_session(
             self.host.clone(),
             session.clone(),
-            request.into_inner(),
+            (request.into_inner(), broken),
             peer.clone(),
             end_tx,
             ended.clone(),
@@ -617,11 +620,14 @@ fn inbound_status(status: Status) -> Status {
 async fn read_session(
     host: Host,
     session: Arc<Session>,
-    mut inbound: Streaming<ClientEnvelope>,
+    (mut inbound, broken): (Streaming<ClientEnvelope>, Option<BodyBroken>),
     peer: String,
     end: oneshot::Sender<Option<Status>>,
     ended: Arc<OnceLock<String>>,
 ) {
+    // Each end is labelled where it is decided: a status alone cannot tell
+    // the host's refusals from what a client's stream reset maps to.
+    let reset = || broken.as_ref().is_some_and(BodyBroken::get);
     let outcome = loop {
         match inbound.message().await {
             // tonic held the bytes to the max message size already.
@@ -631,31 +637,46 @@ async fn read_session(
                 // status is the one §17.2 gives bytes that are no envelope.
                 Err(InputError::Malformed(reason)) => {
                     throttled!(host.session_logs().closing, warn, %peer, %reason, "closing session");
+                    session.end_as(SessionEnd::RefusedInput);
                     break Some(Status::invalid_argument(format!(
                         "malformed ClientMessage: {reason}"
                     )));
                 }
                 Err(error) if error.is_fatal() => {
                     throttled!(host.session_logs().closing, warn, %peer, %error, "closing session");
+                    session.end_as(match error {
+                        InputError::ShuttingDown | InputError::UnknownPeer => {
+                            SessionEnd::HostShutDown
+                        }
+                        _ => SessionEnd::RefusedInput,
+                    });
                     break Some(fatal_status(&error));
                 }
                 Err(error) => tracing::debug!(%peer, %error, "ignored input"),
             },
+            // A half-close is labelled once what it is owed has gone out
+            // (`outbound`); a reset, which tonic also ends this way, now.
+            Ok(None) if reset() => {
+                session.end_as(SessionEnd::ConnectionLost);
+                break Some(Status::cancelled("the client reset its stream"));
+            }
             Ok(None) => break None,
             Err(status) => {
                 tracing::debug!(%peer, %status, "request stream failed");
+                // tonic's own refusal of an oversize message, and the
+                // budget's of one that would pass it; anything else the
+                // body failed with is the stream's or connection's end.
+                let refused =
+                    !reset() && matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted);
+                session.end_as(if refused {
+                    SessionEnd::RefusedInput
+                } else {
+                    SessionEnd::ConnectionLost
+                });
                 break Some(inbound_status(status));
             }
         }
     };
-    session.end_as(match &outcome {
-        None => SessionEnd::ClientClosed,
-        Some(status) => match status.code() {
-            Code::Unknown | Code::Cancelled => SessionEnd::ConnectionLost,
-            Code::Unavailable => SessionEnd::HostShutDown,
-            _ => SessionEnd::RefusedInput,
-        },
-    });
     let _ = ended.set(match &outcome {
         None => "the client closed its stream".to_owned(),
         // What hyper reports when a client process exits or drops its
@@ -749,7 +770,10 @@ fn outbound(
                 return match state.session.next_answer().await {
                     Some(frame) => Some((Ok(frame), Some(state))),
                     None if state.session.is_closed() => state.shut_down(),
-                    None => None,
+                    None => {
+                        state.session.end_as(SessionEnd::ClientClosed);
+                        None
+                    }
                 };
             }
             let step = tokio::select! {
