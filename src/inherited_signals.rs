@@ -10,15 +10,15 @@ pub const SIGINT: u32 = 2;
 /// SIGHUP's number.
 pub const SIGHUP: u32 = 1;
 
-/// Whether this process ignores signal number `signal` now, read from
-/// Linux's `/proc/self/status` (its `SigIgn` mask). Where that cannot be
-/// read (another system), `true`: taken as ignored, so a caller leaves the
-/// signal with the action it was started with.
-pub fn is_ignored(signal: u32) -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| ignored_mask(&status))
-        .is_none_or(|mask| signal == 0 || signal > 64 || mask & (1 << (signal - 1)) != 0)
+/// Whether this process ignores signal number `signal` (1 to 64) now,
+/// read from Linux's `/proc/self/status` (its `SigIgn` mask); `None` where
+/// that cannot be read (another system) or `signal` is out of range. A
+/// caller decides what not knowing means: the host still handles Ctrl-C,
+/// which a terminal user expects, but leaves SIGHUP alone.
+pub fn is_ignored(signal: u32) -> Option<bool> {
+    let bit = signal.checked_sub(1).filter(|bit| *bit < 64)?;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    ignored_mask(&status).map(|mask| mask & (1 << bit) != 0)
 }
 
 /// The `SigIgn` mask of a `/proc/PID/status` text: bit N-1 is signal N.
@@ -43,6 +43,8 @@ mod tests {
     #[test]
     fn a_signal_this_process_handles_by_default_is_not_ignored() {
         // The test harness leaves SIGTERM at its default action.
-        assert!(!super::is_ignored(15));
+        assert_eq!(super::is_ignored(15), Some(false));
+        assert_eq!(super::is_ignored(0), None);
+        assert_eq!(super::is_ignored(65), None);
     }
 }

@@ -169,27 +169,44 @@ async fn grpc_sessions_are_counted_by_how_they_ended() {
     served.stop().await;
 }
 
-/// Opens a `Session` stream with a bare HTTP/2 client, reads the sync
-/// reply, then resets the stream with `reason`, as a gRPC client cancels
-/// a call (CANCEL) or refuses one (REFUSED_STREAM).
-async fn reset_after_the_reply(addr: std::net::SocketAddr, reason: h2::Reason) {
+/// A `Session` stream opened with a bare HTTP/2 client, and its response.
+async fn bare_session(
+    addr: std::net::SocketAddr,
+) -> (h2::SendStream<bytes::Bytes>, h2::client::ResponseFuture) {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (client, connection) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(connection);
     let mut client = client.ready().await.unwrap();
     let request = http::Request::builder()
         .method("POST")
-        .uri(format!("http://{addr}/cosystem.worker.v1.HostService/Session"))
+        .uri(format!(
+            "http://{addr}/cosystem.worker.v1.HostService/Session"
+        ))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(())
         .unwrap();
-    let (response, mut stream) = client.send_request(request, false).unwrap();
-    let message = sync_request().encode_to_vec();
-    let mut framed = vec![0u8];
+    let (response, stream) = client.send_request(request, false).unwrap();
+    (stream, response)
+}
+
+/// `message` as one gRPC message, its compression flag set as `compressed`.
+fn grpc_message(message: &ClientMessage, compressed: bool) -> bytes::Bytes {
+    let message = message.encode_to_vec();
+    let mut framed = vec![u8::from(compressed)];
     framed.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
     framed.extend_from_slice(&message);
-    stream.send_data(framed.into(), false).unwrap();
+    framed.into()
+}
+
+/// Opens a `Session` stream with a bare HTTP/2 client, reads the sync
+/// reply, then resets the stream with `reason`, as a gRPC client cancels
+/// a call (CANCEL) or refuses one (REFUSED_STREAM).
+async fn reset_after_the_reply(addr: std::net::SocketAddr, reason: h2::Reason) {
+    let (mut stream, response) = bare_session(addr).await;
+    stream
+        .send_data(grpc_message(&sync_request(), false), false)
+        .unwrap();
     let mut body = response.await.unwrap().into_body();
     let reply = body.data().await.expect("the sync reply").unwrap();
     let _ = body.flow_control().release_capacity(reply.len());
@@ -215,6 +232,29 @@ async fn grpc_streams_reset_by_their_client_are_lost_connections() {
         }
     }
     ended(&host, &[("connection_lost", 20)]).await;
+    served.stop().await;
+}
+
+/// gRPC framing that tonic refuses (a compressed message on a stream that
+/// named no encoding) is refused input, though its status is INTERNAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_framing_tonic_refuses_is_refused_input() {
+    let host = host();
+    let served = serve_grpc_on_loopback(GrpcServer::builder(host.clone())).await;
+    let (mut stream, response) = bare_session(served.addr).await;
+    stream
+        .send_data(grpc_message(&sync_request(), true), false)
+        .unwrap();
+    let mut response = response.await.unwrap();
+    while response.body_mut().data().await.is_some() {}
+    let trailers = response
+        .body_mut()
+        .trailers()
+        .await
+        .unwrap()
+        .expect("trailers");
+    assert_eq!(trailers["grpc-status"], "13", "{trailers:?}");
+    ended(&host, &[("refused_input", 1)]).await;
     served.stop().await;
 }
 

@@ -94,7 +94,8 @@ impl Cli {
             .try_get_matches_from_mut(std::env::args_os())
             .unwrap_or_else(|error| from_environment(error, &command).exit());
         if let Some(("host", host)) = matches.subcommand()
-            // Built by `get_matches_mut`: the usage line names the binary.
+            // Built by `try_get_matches_from_mut`: the usage line names the
+            // binary.
             && let Some(host_command) = command.find_subcommand_mut("host")
             && let Err(error) = host::check_stdio(host, host_command)
         {

@@ -25,8 +25,9 @@ pub struct ShutdownSignals {
 impl ShutdownSignals {
     /// Starts listening for Ctrl-C, and on Unix for SIGTERM and SIGHUP.
     /// Ctrl-C and SIGHUP are left alone where the host was started
-    /// ignoring them ([`inherited_signals`]), as `nohup` and background
-    /// jobs start it. Needs the tokio runtime.
+    /// ignoring them ([`inherited_signals`]), as `nohup` and a script's
+    /// background job start it, and SIGHUP off Linux, where that cannot be
+    /// told. Needs the tokio runtime.
     ///
     /// [`inherited_signals`]: cosystem_worker::inherited_signals
     pub fn new() -> Self {
@@ -34,17 +35,14 @@ impl ShutdownSignals {
         {
             use cosystem_worker::inherited_signals::{SIGHUP, SIGINT, is_ignored};
             use tokio::signal::unix::{SignalKind, signal};
-            let unless_ignored = |number, kind| {
-                if is_ignored(number) {
-                    None
-                } else {
-                    signal(kind).ok()
-                }
-            };
+            // Where the kernel does not say, Ctrl-C is handled, as an
+            // operator at a terminal expects, and SIGHUP is left alone:
+            // handling it might undo a `nohup`.
+            let listen = |ignored: bool, kind| (!ignored).then(|| signal(kind).ok()).flatten();
             Self {
-                interrupt: unless_ignored(SIGINT, SignalKind::interrupt()),
+                interrupt: listen(is_ignored(SIGINT).unwrap_or(false), SignalKind::interrupt()),
                 terminate: signal(SignalKind::terminate()).ok(),
-                hangup: unless_ignored(SIGHUP, SignalKind::hangup()),
+                hangup: listen(is_ignored(SIGHUP).unwrap_or(true), SignalKind::hangup()),
                 hangup_stops: true,
             }
         }

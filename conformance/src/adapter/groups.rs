@@ -56,9 +56,9 @@ pub(crate) fn kill(id: u32) {
 /// end the runner with the shell's status for that signal (130, 143, 129),
 /// once no report file is being written ([`writing_reports`]). SIGINT and
 /// SIGHUP are left alone where the runner was started ignoring them
-/// (`nohup`, a background job). Call once, early; without it such a signal
-/// ends the runner and leaves a hung adapter running. Does nothing off
-/// Unix.
+/// (`nohup`, a script's background job), and SIGHUP off Linux, where that
+/// cannot be told. Call once, early; without it such a signal ends the
+/// runner and leaves a hung adapter running. Does nothing off Unix.
 pub fn kill_adapters_on_signal() {
     #[cfg(unix)]
     if let Err(error) = watch() {
@@ -72,8 +72,10 @@ pub fn kill_adapters_on_signal() {
 fn watch() -> std::io::Result<()> {
     use cosystem_worker::inherited_signals::{SIGHUP, SIGINT, is_ignored};
     use tokio::signal::unix::{Signal, SignalKind, signal};
-    let unless_ignored = |number, kind| -> std::io::Result<Option<Signal>> {
-        if is_ignored(number) {
+    // Where the kernel does not say, Ctrl-C is handled and SIGHUP left
+    // alone, as the host does.
+    let listen = |ignored: bool, kind| -> std::io::Result<Option<Signal>> {
+        if ignored {
             Ok(None)
         } else {
             signal(kind).map(Some)
@@ -95,9 +97,9 @@ fn watch() -> std::io::Result<()> {
     let (mut interrupt, mut terminate, mut hangup) = {
         let _entered = runtime.enter();
         (
-            unless_ignored(SIGINT, SignalKind::interrupt())?,
+            listen(is_ignored(SIGINT).unwrap_or(false), SignalKind::interrupt())?,
             signal(SignalKind::terminate())?,
-            unless_ignored(SIGHUP, SignalKind::hangup())?,
+            listen(is_ignored(SIGHUP).unwrap_or(true), SignalKind::hangup())?,
         )
     };
     std::thread::Builder::new()

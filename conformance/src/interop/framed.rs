@@ -11,10 +11,10 @@ use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+use tokio_util::codec::FramedRead;
 
 /// The largest frame the runner reads: above any host's limit that the
 /// cases can meet (the largest snapshot a case provokes is about 6 MiB),
@@ -84,27 +84,50 @@ impl std::fmt::Display for FramedAddress {
 /// Reads a connection's frames, each the bytes of one envelope.
 pub type FrameReader = FramedRead<Pin<Box<dyn AsyncRead + Send>>, Frames>;
 
-/// The 4-byte big-endian length-prefixed frames of FB1. A stream that ends
-/// inside a frame fails with [`io::ErrorKind::UnexpectedEof`], which FB5
-/// makes a connection loss, told apart from bytes that are no frames.
-pub struct Frames(LengthDelimitedCodec);
+/// The 4-byte big-endian length-prefixed frames of FB1, read by hand:
+/// tokio-util's codec consumes a length prefix before its body has come, so
+/// a stream that ends right after a prefix would look like one that ended
+/// between frames. Here a stream that ends with any byte of a frame unread
+/// fails with [`io::ErrorKind::UnexpectedEof`], and a length over the
+/// runner's limit with [`io::ErrorKind::InvalidData`].
+pub struct Frames;
+
+/// A frame's length prefix.
+const PREFIX: usize = 4;
 
 impl tokio_util::codec::Decoder for Frames {
     type Item = BytesMut;
     type Error = io::Error;
 
     fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<BytesMut>> {
-        self.0.decode(src)
+        let Some(prefix) = src.get(..PREFIX) else {
+            return Ok(None);
+        };
+        let mut length = [0u8; PREFIX];
+        length.copy_from_slice(prefix);
+        let length = u32::from_be_bytes(length) as usize;
+        if length > MAX_READ_FRAME {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a frame of {length} bytes, over the runner's limit of {MAX_READ_FRAME}"),
+            ));
+        }
+        if src.len() < PREFIX + length {
+            src.reserve(PREFIX + length - src.len());
+            return Ok(None);
+        }
+        src.advance(PREFIX);
+        Ok(Some(src.split_to(length)))
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> io::Result<Option<BytesMut>> {
-        match self.0.decode(src)? {
+        match self.decode(src)? {
             Some(frame) => Ok(Some(frame)),
             None if src.is_empty() => Ok(None),
             None => Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 format!(
-                    "the stream ended with {} byte(s) of an unfinished frame",
+                    "the stream ended with {} byte(s) of an unfinished frame, its length prefix included",
                     src.len()
                 ),
             )),
@@ -146,12 +169,7 @@ pub async fn connect(
         }
         let _ = writer.shutdown().await;
     });
-    let codec = LengthDelimitedCodec::builder()
-        .length_field_length(4)
-        .big_endian()
-        .max_frame_length(MAX_READ_FRAME)
-        .new_codec();
-    Ok((tx, FramedRead::new(reader, Frames(codec))))
+    Ok((tx, FramedRead::new(reader, Frames)))
 }
 
 /// The bytes of one frame holding `envelope` (FB1). An envelope longer than
@@ -167,6 +185,37 @@ pub fn frame(envelope: &[u8]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_util::codec::Decoder;
+
+    #[test]
+    fn frames_come_whole_however_their_bytes_are_split() {
+        let mut src = BytesMut::new();
+        let mut frames = Vec::new();
+        for byte in [0, 0, 0, 2, 7, 8, 0, 0, 0, 0, 0, 0, 0, 1] {
+            src.put_u8(byte);
+            while let Some(frame) = Frames.decode(&mut src).unwrap() {
+                frames.push(frame.to_vec());
+            }
+        }
+        assert_eq!(frames, [vec![7, 8], vec![]]);
+        // A frame's prefix has come, and nothing of its body.
+        assert_eq!(src.len(), 4);
+        let eof = Frames.decode_eof(&mut src).unwrap_err();
+        assert_eq!(eof.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(eof.to_string().contains("4 byte(s)"), "{eof}");
+        assert_eq!(Frames.decode_eof(&mut BytesMut::new()).unwrap(), None);
+    }
+
+    #[test]
+    fn a_length_over_the_limit_is_refused_before_its_body() {
+        let mut src = BytesMut::new();
+        src.put_u32(u32::try_from(MAX_READ_FRAME + 1).unwrap());
+        let error = Frames.decode(&mut src).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        let mut src = BytesMut::new();
+        src.put_u32(u32::try_from(MAX_READ_FRAME).unwrap());
+        assert_eq!(Frames.decode(&mut src).unwrap(), None);
+    }
 
     #[test]
     fn framed_urls_are_tcp_or_unix_and_anything_else_is_grpc() {

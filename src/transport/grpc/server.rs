@@ -663,11 +663,15 @@ async fn read_session(
             Ok(None) => break None,
             Err(status) => {
                 tracing::debug!(%peer, %status, "request stream failed");
-                // tonic's own refusal of an oversize message, and the
-                // budget's of one that would pass it; anything else the
-                // body failed with is the stream's or connection's end.
-                let refused =
-                    !reset() && matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted);
+                // A body that did not fail was refused by tonic (an
+                // oversize message, a compression flag with no encoding)
+                // or by the budget. Unwrapped (`into_service`), only the
+                // size refusals' codes can tell, and resets may map to
+                // others.
+                let refused = match &broken {
+                    Some(broken) => !broken.get(),
+                    None => matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted),
+                };
                 session.end_as(if refused {
                     SessionEnd::RefusedInput
                 } else {
