@@ -29,6 +29,31 @@ fn demo_host(sync: SyncMode) -> Host {
         .build()
 }
 
+/// A framed host that answers each connection with `serve`; its URL.
+async fn fake_framed_host<F, Fut>(serve: F) -> String
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("tcp://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(serve(socket));
+        }
+    });
+    url
+}
+
+/// Runs the one case `run` selects, which must fail; why it failed.
+async fn the_failure(run: &HostRun) -> String {
+    let report = interop::run(run).await.unwrap();
+    match &report.results[0].outcome {
+        Outcome::Fail(why) => why.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
 fn config(url: &str) -> HostRun {
     let mut run = HostRun::new(url);
     run.secret_marker = Some(MARKER.to_owned());
@@ -549,10 +574,7 @@ async fn a_framed_host_without_a_first_frame_deadline_fails_the_deadline_case() 
     let mut run = config(&served.url);
     run.select.names = [FIRST_FRAME.to_owned()].into();
     run.options.first_frame_wait = Duration::from_secs(2);
-    let report = interop::run(&run).await.unwrap();
-    let Outcome::Fail(why) = &report.results[0].outcome else {
-        panic!("{:?}", report.results[0].outcome);
-    };
+    let why = the_failure(&run).await;
     // Both trickling connections are named as still held.
     assert!(why.contains("E (") && why.contains("U ("), "{why}");
 }
@@ -583,10 +605,7 @@ async fn a_framed_host_whose_deadline_closes_sessions_too_fails_the_deadline_cas
     let mut run = config(&url);
     run.select.names = [FIRST_FRAME.to_owned()].into();
     run.options.first_frame_wait = Duration::from_secs(3);
-    let report = interop::run(&run).await.unwrap();
-    let Outcome::Fail(why) = &report.results[0].outcome else {
-        panic!("{:?}", report.results[0].outcome);
-    };
+    let why = the_failure(&run).await;
     assert!(why.contains("S sent its first envelope at once"), "{why}");
 }
 
@@ -605,10 +624,7 @@ async fn a_host_that_sends_no_bookmarks_fails_the_bookmark_case() {
     run.select.names = [CASE.to_owned()].into();
     run.options.bookmark_interval = Duration::from_millis(300);
     run.step_timeout = Duration::from_millis(300);
-    let report = interop::run(&run).await.unwrap();
-    let Outcome::Fail(why) = &report.results[0].outcome else {
-        panic!("{:?}", report.results[0].outcome);
-    };
+    let why = the_failure(&run).await;
     assert!(why.contains("was sent nothing for 900 ms"), "{why}");
 
     let frequent = Host::builder(demo::app(MARKER))
@@ -667,25 +683,17 @@ async fn the_cli_names_a_framed_runs_report_apart_from_a_grpc_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_sending_only_empty_frames_fails_at_the_step_timeout() {
     use tokio::io::AsyncWriteExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("tcp://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                while socket.write_all(&[0, 0, 0, 0]).await.is_ok() {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            });
+    let url = fake_framed_host(|mut socket| async move {
+        while socket.write_all(&[0, 0, 0, 0]).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    });
+    })
+    .await;
     let mut run = config(&url);
     run.select.names = ["grpc-initial-sync-gets-snapshot".to_owned()].into();
     run.step_timeout = Duration::from_millis(300);
     run.case_timeout = Duration::from_secs(50);
-    let report = interop::run(&run).await.unwrap();
-    let Outcome::Fail(why) = &report.results[0].outcome else {
-        panic!("{:?}", report.results[0].outcome);
-    };
+    let why = the_failure(&run).await;
     assert!(why.contains("nothing received within 300 ms"), "{why}");
 }
 
@@ -694,23 +702,15 @@ async fn a_host_sending_only_empty_frames_fails_at_the_step_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_case_timeout_names_the_wait_it_stopped() {
     // A framed host that accepts and reads, and never answers.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("tcp://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut socket, &mut tokio::io::sink()).await;
-            });
-        }
-    });
+    let url = fake_framed_host(|mut socket| async move {
+        let _ = tokio::io::copy(&mut socket, &mut tokio::io::sink()).await;
+    })
+    .await;
     let mut run = config(&url);
     run.select.names = ["grpc-initial-sync-gets-snapshot".to_owned()].into();
     run.step_timeout = Duration::from_secs(600);
     run.case_timeout = Duration::from_millis(500);
-    let report = interop::run(&run).await.unwrap();
-    let Outcome::Fail(why) = &report.results[0].outcome else {
-        panic!("{:?}", report.results[0].outcome);
-    };
+    let why = the_failure(&run).await;
     assert!(
         why.starts_with("the case did not finish within 500 ms; when it was stopped, stream "),
         "{why}"
@@ -732,20 +732,14 @@ async fn a_framed_host_closing_inside_a_frame_fails_naming_it() {
     // A 16-byte frame of which 3 bytes come; then one of which only the
     // length prefix comes.
     for (written, unread) in [(&[0u8, 0, 0, 16, 1, 2, 3][..], 7), (&[0, 0, 0, 16][..], 4)] {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("tcp://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                let _ = socket.write_all(written).await;
-                let _ = socket.shutdown().await;
-            }
-        });
+        let url = fake_framed_host(move |mut socket| async move {
+            let _ = socket.write_all(written).await;
+            let _ = socket.shutdown().await;
+        })
+        .await;
         let mut run = config(&url);
         run.select.names = ["grpc-initial-sync-gets-snapshot".to_owned()].into();
-        let report = interop::run(&run).await.unwrap();
-        let Outcome::Fail(why) = &report.results[0].outcome else {
-            panic!("{:?}", report.results[0].outcome);
-        };
+        let why = the_failure(&run).await;
         let expected = format!(
             "the host closed the connection inside a frame (the stream ended with {unread} byte(s) of an unfinished frame, its length prefix included)"
         );
