@@ -148,9 +148,15 @@ impl Host {
                             Some(core) if !core.has_answers(session.key) => {
                                 drop(core);
                                 // Everything owed is in the sink: end once
-                                // it is out.
-                                session.end_as(SessionEnd::ClientClosed);
-                                return sink.as_mut().poll_flush(cx).map(|_| Ok(()));
+                                // it is out, and only then was the client
+                                // answered.
+                                return sink.as_mut().poll_flush(cx).map(|flushed| {
+                                    session.end_as(match flushed {
+                                        Ok(()) => SessionEnd::ClientClosed,
+                                        Err(_) => SessionEnd::ConnectionLost,
+                                    });
+                                    Ok(())
+                                });
                             }
                             Some(_) => {}
                         }
