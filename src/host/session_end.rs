@@ -58,7 +58,8 @@ impl SessionEnd {
 }
 
 /// The first end reported for one session; later reports are ignored, so
-/// that a shutdown noticed while a closed client is answered does not
+/// that the stream's teardown after an end already decided (a gRPC
+/// response stream dropped once a closed client was answered) does not
 /// relabel it.
 #[derive(Debug, Default)]
 pub(crate) struct EndSlot(AtomicU8);
