@@ -328,7 +328,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="cosystem-worker v1 host serving the demo app over framed byte streams "
                     "(PROTOCOL.md §17.3). Framing carries no authentication (FB8).")
     p.add_argument("--listen", required=True,
-                   help="HOST:PORT or tcp://HOST:PORT (TCP), or unix:PATH (a Unix socket)")
+                   help="HOST:PORT or tcp://HOST:PORT (TCP; port 0 picks a free one), "
+                        "or unix:PATH (a Unix socket)")
     add_host_arguments(p)
     p.add_argument("--max-clients", type=int, default=10_000, help="sessions at once (§15)")
     p.add_argument("--max-message-size", type=int, default=4 * MiB,
@@ -364,8 +365,17 @@ async def serve(args: argparse.Namespace) -> None:
                                                 reuse_address=True)
     except OSError as e:
         raise SystemExit(f"cannot listen on {args.listen}: {e}")
+    if kind == "unix":
+        bound = f"unix:{address}"
+    else:
+        # With port 0 the system picks a free port; name the one bound, which
+        # run_conformance.sh reads, so no port is ever guessed and raced for.
+        bound_host, bound_port = server.sockets[0].getsockname()[:2]
+        if ":" in bound_host:
+            bound_host = f"[{bound_host}]"
+        bound = f"tcp://{bound_host}:{bound_port}"
     log.info("listening for framed streams on %s, epoch %s, sync %s",
-             args.listen, config.epoch, config.sync_mode)
+             bound, config.epoch, config.sync_mode)
     ticker = asyncio.ensure_future(host.ticker(args.bookmark_interval))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

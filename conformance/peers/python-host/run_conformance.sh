@@ -8,15 +8,14 @@
 # generated stubs, the logs and the bytecode cache; nothing is written to the
 # source tree. Steps: install pinned grpcio into a venv, generate the stubs
 # from proto/, replay the host vectors in process (check_vectors.py), then
-# for each sync mode start server.py on a free loopback port and run
+# for each sync mode start server.py on a loopback port the system picks and run
 # `RUNNER host` against it, then the reference client against it
 # (../reference_client_check.sh), and finally for each sync mode start
-# framed_server.py (framed streams over TCP, PROTOCOL.md §17.3) on a free
-# loopback port and run `RUNNER host --connect tcp://...` against it.
+# framed_server.py (framed streams over TCP, PROTOCOL.md §17.3) on a
+# loopback port the system picks and run `RUNNER host --connect tcp://...` against it.
 # Exits non-zero if any step or any case failed,
 # recommended cases included: 2 for a usage error, 3 when the Python packages
-# cannot be installed, 1 otherwise. The server's port is drawn at random from
-# PYTHON_HOST_PORT_MIN..PYTHON_HOST_PORT_MAX (default 20000..60000).
+# cannot be installed, 1 otherwise.
 set -euo pipefail
 
 GRPCIO_VERSION=1.85.3
@@ -41,8 +40,6 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../../.." && pwd)
 WORK=${2:-$ROOT/target/python-host}
 PYTHON=${PYTHON:-python3}
-PORT_MIN=${PYTHON_HOST_PORT_MIN:-20000}
-PORT_MAX=${PYTHON_HOST_PORT_MAX:-60000}
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 VENV=$WORK/venv
@@ -105,35 +102,31 @@ TOKEN_FILE=$WORK/token
 "$VENV/bin/python" -c 'import secrets; print(secrets.token_hex(16))' >"$TOKEN_FILE"
 MARKER=python-host-secret-$("$VENV/bin/python" -c 'import secrets; print(secrets.token_hex(8))')
 
-port_open() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-# Starts SCRIPT (server.py or framed_server.py) with the given arguments on a
-# random free loopback port; sets SERVER_PID and PORT.
+# Starts SCRIPT (server.py or framed_server.py) with the given arguments on
+# loopback port 0 and reads the address it bound from its log; sets
+# SERVER_PID and URL. The system picks the port: a port chosen here and
+# probed first could be taken between probe and bind, and a probe's own
+# connection can even take it (a loopback connect may be handed the very
+# port it dials, and then connects to itself).
 start_server() {
-    local script=$1 mode=$2 log=$3 attempt
-    shift 3
-    for attempt in $(seq 20); do
-        PORT=$(( ((RANDOM << 15) | RANDOM) % (PORT_MAX - PORT_MIN + 1) + PORT_MIN ))
-        port_open "$PORT" && continue
-        "$VENV/bin/python" "$HERE/$script" --listen "127.0.0.1:$PORT" --sync "$mode" \
-            --secret-token "$MARKER" "$@" >"$log" 2>&1 &
-        SERVER_PID=$!
-        for _ in $(seq 150); do
-            if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-                break  # it exited: most likely the port was taken meanwhile
-            fi
-            if port_open "$PORT"; then
-                echo "server (pid $SERVER_PID) listening on 127.0.0.1:$PORT after attempt $attempt"
-                return 0
-            fi
-            sleep 0.1
-        done
-        stop_server
-        echo "server did not come up on port $PORT (attempt $attempt):" >&2
-        tail -n 20 "$log" >&2 || true
+    local script=$1 mode=$2 log=$3 pattern=$4
+    shift 4
+    "$VENV/bin/python" "$HERE/$script" --listen "127.0.0.1:0" --sync "$mode" \
+        --secret-token "$MARKER" "$@" >"$log" 2>&1 &
+    SERVER_PID=$!
+    URL=
+    for _ in $(seq 300); do
+        URL=$(grep -o "listening.* on $pattern" "$log" 2>/dev/null | head -n1 | grep -o "$pattern" || true)
+        if [[ -n $URL ]]; then
+            echo "server (pid $SERVER_PID) listening on $URL"
+            return 0
+        fi
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.1
     done
+    stop_server
+    echo "server did not start:" >&2
+    tail -n 20 "$log" >&2 || true
     return 1
 }
 
@@ -141,16 +134,17 @@ for mode in patch snapshot; do
     section "gRPC interop cases, $mode sync mode"
     log=$WORK/server-$mode.log
     report=$WORK/runner-$mode.txt
-    if ! start_server server.py "$mode" "$log" --token-file "$TOKEN_FILE"; then
+    if ! start_server server.py "$mode" "$log" 'http://127\.0\.0\.1:[0-9]*' \
+        --token-file "$TOKEN_FILE"; then
         FAILURES+=("$mode: server did not start")
         continue
     fi
     status=0
-    "$RUNNER" host --strict --connect "http://127.0.0.1:$PORT" --token-file "$TOKEN_FILE" \
+    "$RUNNER" host --strict --connect "$URL" --token-file "$TOKEN_FILE" \
         --secret-marker "$MARKER" | tee "$report" || status=$?
     if ! kill -0 "$SERVER_PID" 2>/dev/null; then
         FAILURES+=("$mode: server exited during the run")
-    elif ! "$HERE/../reference_client_check.sh" "$CLIENT" "http://127.0.0.1:$PORT" "$TOKEN_FILE"; then
+    elif ! "$HERE/../reference_client_check.sh" "$CLIENT" "$URL" "$TOKEN_FILE"; then
         FAILURES+=("$mode: the reference client failed against this host")
     fi
     stop_server
@@ -168,16 +162,16 @@ for mode in patch snapshot; do
     section "Framed-stream interop cases (TCP), $mode sync mode"
     log=$WORK/framed-server-$mode.log
     report=$WORK/runner-framed-$mode.txt
-    if ! start_server framed_server.py "$mode" "$log"; then
+    if ! start_server framed_server.py "$mode" "$log" 'tcp://127\.0\.0\.1:[0-9]*'; then
         FAILURES+=("framed $mode: server did not start")
         continue
     fi
     status=0
-    "$RUNNER" host --strict --connect "tcp://127.0.0.1:$PORT" \
+    "$RUNNER" host --strict --connect "$URL" \
         --secret-marker "$MARKER" | tee "$report" || status=$?
     if ! kill -0 "$SERVER_PID" 2>/dev/null; then
         FAILURES+=("framed $mode: server exited during the run")
-    elif ! "$HERE/../reference_client_check.sh" "$CLIENT" "tcp://127.0.0.1:$PORT" -; then
+    elif ! "$HERE/../reference_client_check.sh" "$CLIENT" "$URL" -; then
         FAILURES+=("framed $mode: the reference client failed against this host")
     fi
     stop_server

@@ -131,7 +131,8 @@ class HostService(grpc.GenericRpcHandler):
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="cosystem-worker v1 host serving the demo app over gRPC")
-    p.add_argument("--listen", required=True, help="HOST:PORT to listen on (plaintext HTTP/2)")
+    p.add_argument("--listen", required=True,
+                   help="HOST:PORT to listen on (plaintext HTTP/2); port 0 picks a free one")
     p.add_argument("--token-file",
                    help="file holding the bearer token clients must present (§17.2); "
                         "surrounding whitespace is not part of the token")
@@ -157,10 +158,14 @@ async def serve(args: argparse.Namespace) -> None:
         ("grpc.http2.min_ping_interval_without_data_ms", 30000),
     ])
     server.add_generic_rpc_handlers((service,))
-    if server.add_insecure_port(args.listen) == 0:
+    port = server.add_insecure_port(args.listen)
+    if port == 0:
         raise SystemExit(f"cannot listen on {args.listen}")
     await server.start()
-    print(f"listening on {args.listen}, epoch {config.epoch}, sync {config.sync_mode}",
+    # With port 0 the system picks a free port; the line names the one bound,
+    # which run_conformance.sh reads, so no port is ever guessed and raced for.
+    host = args.listen.rpartition(":")[0]
+    print(f"listening on http://{host}:{port}, epoch {config.epoch}, sync {config.sync_mode}",
           file=sys.stderr, flush=True)
     ticker = asyncio.ensure_future(service.ticker(args.bookmark_interval))
     stop = asyncio.Event()
