@@ -17,6 +17,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -125,6 +126,10 @@ pub struct CaseResult {
     pub description: String,
     /// What became of it.
     pub outcome: Outcome,
+    /// How long it ran, as the runner measured it from the case's start to
+    /// its outcome; zero for a case not run. Reported so that a CI's test
+    /// view shows which cases a run's time went to.
+    pub duration: Duration,
 }
 
 /// The results of a run, in the order the cases were run.
@@ -167,18 +172,28 @@ impl Report {
     ) -> Self {
         let mut report = Self::default();
         for case in cases {
-            report.push_case(case.info(), case.role(), catch(|| run(case)));
+            let started = Instant::now();
+            let outcome = catch(|| run(case));
+            report.push_case(case.info(), case.role(), outcome).duration = started.elapsed();
         }
         report
     }
 
-    /// Records one result, with nothing said about what the case checks.
-    pub fn push(&mut self, name: &str, tier: Tier, role: Role, outcome: Outcome) {
-        self.push_described(name, tier, role, &[] as &[&str], "", outcome);
+    /// Records one result, with nothing said about what the case checks;
+    /// the result, to set its duration.
+    pub fn push(
+        &mut self,
+        name: &str,
+        tier: Tier,
+        role: Role,
+        outcome: Outcome,
+    ) -> &mut CaseResult {
+        self.push_described(name, tier, role, &[] as &[&str], "", outcome)
     }
 
-    /// Records the result of the vector case `info`.
-    pub fn push_case(&mut self, info: &CaseInfo, role: Role, outcome: Outcome) {
+    /// Records the result of the vector case `info`; the result, to set its
+    /// duration.
+    pub fn push_case(&mut self, info: &CaseInfo, role: Role, outcome: Outcome) -> &mut CaseResult {
         self.push_described(
             &info.name,
             info.tier,
@@ -186,11 +201,12 @@ impl Report {
             &info.spec,
             &info.description,
             outcome,
-        );
+        )
     }
 
     /// Records one result with the requirements the case checks and what
-    /// it checks, which a failure is reported with.
+    /// it checks, which a failure is reported with; the result, with a zero
+    /// duration for the caller to set.
     pub fn push_described(
         &mut self,
         name: &str,
@@ -199,7 +215,8 @@ impl Report {
         spec: &[impl AsRef<str>],
         description: &str,
         outcome: Outcome,
-    ) {
+    ) -> &mut CaseResult {
+        let index = self.results.len();
         self.results.push(CaseResult {
             name: name.to_owned(),
             tier,
@@ -207,7 +224,9 @@ impl Report {
             spec: spec.iter().map(|s| s.as_ref().to_owned()).collect(),
             description: description.to_owned(),
             outcome: outcome.clipped(),
+            duration: Duration::ZERO,
         });
+        &mut self.results[index]
     }
 
     /// Why the case `name` is not to be run, if it is not: `skip` lists it,
@@ -345,6 +364,7 @@ impl Report {
                     "role": r.role.to_string(),
                     "tier": r.tier.to_string(),
                     "outcome": outcome,
+                    "seconds": seconds(r.duration),
                 });
                 if let Some(reason) = reason {
                     entry["reason"] = json!(reason);
@@ -391,9 +411,10 @@ impl Report {
             out,
             "<testsuites name=\"cosystem-conformance\" tests=\"{total}\" failures=\"{failed}\" skipped=\"{skipped}\">"
         );
+        let time = junit_time(self.results.iter().map(|r| r.duration).sum());
         let _ = writeln!(
             out,
-            "  <testsuite name=\"{}\" tests=\"{total}\" failures=\"{failed}\" skipped=\"{skipped}\">",
+            "  <testsuite name=\"{}\" tests=\"{total}\" failures=\"{failed}\" skipped=\"{skipped}\" time=\"{time}\">",
             xml_escape(mode)
         );
         if let Some(suite) = &self.suite {
@@ -401,10 +422,11 @@ impl Report {
         }
         for r in &self.results {
             let open = format!(
-                "    <testcase classname=\"{}.{}\" name=\"{}\"",
+                "    <testcase classname=\"{}.{}\" name=\"{}\" time=\"{}\"",
                 r.role,
                 r.tier,
-                xml_escape(&r.name)
+                xml_escape(&r.name),
+                junit_time(r.duration)
             );
             let _ = match &r.outcome {
                 Outcome::Pass => writeln!(out, "{open}/>"),
@@ -571,6 +593,28 @@ pub fn parse_known_failures(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// How long a case that started at `started` ran, given its outcome: zero
+/// if it was not run (skipped), since a skip's own bookkeeping is no case's
+/// time.
+pub fn run_time(outcome: &Outcome, started: Instant) -> Duration {
+    if matches!(outcome, Outcome::Skip(_)) {
+        Duration::ZERO
+    } else {
+        started.elapsed()
+    }
+}
+
+/// `duration` in seconds, to the millisecond, as a JSON number.
+fn seconds(duration: Duration) -> f64 {
+    duration.as_millis() as f64 / 1000.0
+}
+
+/// `duration` in seconds with three decimals, as JUnit's `time` attribute
+/// takes it.
+fn junit_time(duration: Duration) -> String {
+    format!("{:.3}", duration.as_secs_f64())
+}
+
 fn one_line(text: &str) -> String {
     text.replace('\n', " / ")
 }
@@ -627,7 +671,8 @@ mod tests {
 
     fn sample() -> Report {
         let mut r = Report::default();
-        r.push("a", Tier::Required, Role::Client, Outcome::Pass);
+        r.push("a", Tier::Required, Role::Client, Outcome::Pass)
+            .duration = Duration::from_millis(1500);
         r.push(
             "b",
             Tier::Recommended,
@@ -704,6 +749,27 @@ mod tests {
         assert!(xml.contains("tests=\"4\" failures=\"1\" skipped=\"2\""));
         assert!(xml.contains("<failure type=\"recommended\" message=\"x &lt; y\">"));
         assert!(xml.contains("<skipped message=\"known failure: no notice\"/>"));
+    }
+
+    #[test]
+    fn reports_give_each_case_its_duration_and_junit_the_total() {
+        let xml = sample().to_junit("client");
+        assert!(xml.contains("name=\"a\" time=\"1.500\"/>"), "{xml}");
+        assert!(xml.contains("name=\"d\" time=\"0.000\">"), "{xml}");
+        assert!(xml.contains("skipped=\"2\" time=\"1.500\">"), "{xml}");
+        let json = sample().to_json("client");
+        assert_eq!(json["cases"][0]["seconds"], 1.5);
+        assert_eq!(json["cases"][3]["seconds"], 0.0);
+    }
+
+    #[test]
+    fn a_case_not_run_took_no_time() {
+        let started = Instant::now() - Duration::from_secs(1);
+        assert_eq!(
+            run_time(&Outcome::Skip("listed".into()), started),
+            Duration::ZERO
+        );
+        assert!(run_time(&Outcome::Pass, started) >= Duration::from_secs(1));
     }
 
     #[test]

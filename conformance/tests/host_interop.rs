@@ -13,7 +13,7 @@ use cosystem_conformance::interop::peer::Transport;
 use cosystem_conformance::interop::{self, HostRun};
 use cosystem_conformance::report::{Outcome, Report};
 use cosystem_worker::demo;
-use cosystem_worker::host::{Host, SyncMode};
+use cosystem_worker::host::{Host, HostLimits, SyncMode};
 use serde_json::json;
 use support::{
     FramedBreakage, HostBreakage, serve_broken, serve_framed_broken, serve_framed_tcp,
@@ -22,10 +22,27 @@ use support::{
 
 const MARKER: &str = "host-interop-secret-marker-41c7";
 
+/// The bookmark interval of the hosts these tests serve, and what their
+/// runs are told it is: short, so that the bookmark case's wait (twice the
+/// interval) does not dominate every whole-suite run, and so that every
+/// case also meets bookmarks arriving between its own envelopes.
+const BOOKMARK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The history window of the hosts these tests serve, and what their runs
+/// are told it is: the cases that outrun the window make this many commits
+/// and more, which at the default of 1024 were most of a whole-suite run.
+const HISTORY_WINDOW: usize = 64;
+
 fn demo_host(sync: SyncMode) -> Host {
+    let limits = HostLimits {
+        history_entries: HISTORY_WINDOW,
+        ..HostLimits::default()
+    };
     Host::builder(demo::app(MARKER))
         .sync(sync)
         .sections(demo::default_sections())
+        .bookmark_interval(Some(BOOKMARK_INTERVAL))
+        .limits(limits)
         .build()
 }
 
@@ -57,6 +74,8 @@ async fn the_failure(run: &HostRun) -> String {
 fn config(url: &str) -> HostRun {
     let mut run = HostRun::new(url);
     run.secret_marker = Some(MARKER.to_owned());
+    run.options.bookmark_interval = BOOKMARK_INTERVAL;
+    run.options.history_window = HISTORY_WINDOW as u64;
     run
 }
 
@@ -529,6 +548,33 @@ async fn a_framed_host_that_discards_what_is_owed_at_the_end_of_input_fails_the_
         run_framed_broken(FramedBreakage::EndsSessionAtEndOfInput).await,
         BTreeSet::from(["grpc-half-closed-stream-is-answered".to_owned()])
     );
+}
+
+/// A host that never closes what it should, while it sends bookmarks more
+/// often than a step, fails within a step of the moment the close was due,
+/// not at the case timeout: envelopes do not extend a wait for a close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelopes_do_not_extend_the_wait_for_a_close() {
+    for (breakage, case, why) in [
+        (
+            FramedBreakage::TwoGiBLimit,
+            OVERSIZE,
+            "did not close M's connection within 1000 ms",
+        ),
+        (
+            FramedBreakage::KeepsMalformedSessionsAndStaysOpen,
+            "grpc-half-closed-stream-is-answered",
+            "A's stream was not ended within 1000 ms of its last result",
+        ),
+    ] {
+        let served = serve_framed_broken(demo_host(SyncMode::Patch), breakage).await;
+        let mut run = config(&served.url);
+        run.select.names = [case.to_owned()].into();
+        run.step_timeout = Duration::from_secs(1);
+        run.case_timeout = Duration::from_secs(30);
+        let why_it_failed = the_failure(&run).await;
+        assert!(why_it_failed.contains(why), "{case}: {why_it_failed}");
+    }
 }
 
 const AT_LIMIT: &str = "grpc-messages-up-to-the-limit-are-accepted";

@@ -2,11 +2,11 @@
 //! adapter process.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::ClientUnderTest;
 use super::process::{AdapterProcess, STDERR_QUOTED};
-use crate::report::{Outcome, Report, catch};
+use crate::report::{Outcome, Report, catch, run_time};
 use crate::select::Selection;
 use crate::vectors::{Case, Failure, client};
 
@@ -87,6 +87,7 @@ pub fn run(cases: &[Case], config: &ClientRun) -> Result<Report, String> {
         if !config.select.includes(name, case.info.tier) {
             continue;
         }
+        let started = Instant::now();
         let outcome = match report.not_to_run(name, &config.skip, config.fail_fast) {
             Some(why) => Outcome::Skip(why.into()),
             None => {
@@ -114,7 +115,10 @@ pub fn run(cases: &[Case], config: &ClientRun) -> Result<Report, String> {
                 }
             }
         };
-        report.push_case(&case.info, crate::vectors::Role::Client, outcome);
+        let took = run_time(&outcome, started);
+        report
+            .push_case(&case.info, crate::vectors::Role::Client, outcome)
+            .duration = took;
     }
     Ok(report)
 }

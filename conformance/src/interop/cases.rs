@@ -495,7 +495,7 @@ pub const CASES: &[HostCaseDef] = &[
         ],
         asserts: &[
             "A receives exactly one result per call, each after the publication of its version.",
-            "A's stream then ends with status OK (gRPC) or the host closes the connection (framed streams; a reset counts as a close).",
+            "A's stream then ends, within the runner's step timeout of the last result (envelopes sent meanwhile do not extend it), with status OK (gRPC) or the host closes the connection (framed streams; a reset counts as a close).",
         ],
     },
     HostCaseDef {
@@ -598,7 +598,7 @@ pub const CASES: &[HostCaseDef] = &[
             "A calls `counter.increase(1)`.",
         ],
         asserts: &[
-            "The host closes M's and N's connections within the runner's step timeout, having sent them no result and nothing but frames.",
+            "The host closes M's and N's connections within the runner's step timeout of each prefix (envelopes sent meanwhile, bookmarks included, do not extend it), having sent them no result and nothing but frames.",
             "A's call is answered with state_version v+1 and A is shown v+1.",
         ],
     },
@@ -933,8 +933,25 @@ async fn half_closed(run: &Arc<Shared>) -> Result<(), Stop> {
     for id in ids {
         a.result(id).await?;
     }
-    // Publications or bookmarks may still come; then the end.
-    while a.next_or_end().await?.is_some() {}
+    // Publications or bookmarks may still come; then the end, within one
+    // step of the last result in all: a host that keeps the stream open and
+    // sends bookmarks more often than a step must not hold the case until
+    // its own timeout.
+    let until = tokio::time::Instant::now() + run.step_timeout();
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        match a.read_within(left).await? {
+            Read::Message(_) => {}
+            Read::Ended => break,
+            Read::Quiet => {
+                return Err(format!(
+                    "A's stream was not ended within {} ms of its last result after A's half-close (envelopes sent meanwhile do not extend the wait): the host SHOULD end it once what it owes is sent (H16)",
+                    run.step_timeout().as_millis()
+                )
+                .into());
+            }
+        }
+    }
     let clean = match (run.transport(), a.ended()) {
         (Transport::Grpc, Some(None)) => true,
         (Transport::Grpc, _) => false,
@@ -1903,8 +1920,13 @@ async fn oversize_frame(run: &Arc<Shared>, options: CaseOptions) -> Result<(), S
         bytes.resize(4 + 1024, 0);
         peer.send_raw(Bytes::from(bytes))?;
         let mark = peer.mark();
+        // One step in all, not a step per envelope: a host that keeps the
+        // connection open and sends bookmarks more often than a step would
+        // otherwise hold the case until its own timeout.
+        let until = tokio::time::Instant::now() + run.step_timeout();
         loop {
-            match peer.read_within(run.step_timeout()).await? {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            match peer.read_within(left).await? {
                 Read::Message(_) => {}
                 Read::Ended => break,
                 Read::Quiet => {

@@ -16,14 +16,14 @@ pub mod peer;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::transport::Endpoint;
 
 use self::cases::{CaseOptions, Stop};
 use self::framed::FramedAddress;
 use self::peer::{Shared, Target, Transport};
-use crate::report::{Outcome, Report};
+use crate::report::{Outcome, Report, run_time};
 use crate::select::Selection;
 use crate::vectors::Role;
 
@@ -209,6 +209,7 @@ pub async fn run(config: &HostRun) -> Result<Report, String> {
         if !case.runs_over(transport) || !config.select.includes(case.name, case.tier) {
             continue;
         }
+        let started = Instant::now();
         let outcome = match report.not_to_run(case.name, &config.skip, config.fail_fast) {
             Some(why) => Outcome::Skip(why.into()),
             None => {
@@ -222,14 +223,17 @@ pub async fn run(config: &HostRun) -> Result<Report, String> {
                 }
             }
         };
-        report.push_described(
-            case.name,
-            case.tier,
-            Role::Host,
-            case.spec,
-            case.description,
-            outcome,
-        );
+        let took = run_time(&outcome, started);
+        report
+            .push_described(
+                case.name,
+                case.tier,
+                Role::Host,
+                case.spec,
+                case.description,
+                outcome,
+            )
+            .duration = took;
     }
     Ok(report)
 }
