@@ -327,12 +327,7 @@ async fn framed_transports_refuse_grpc_only_options() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_host_fails_after_the_timeout_with_exit_3() {
-    // A port that was just bound and released: nothing listens on it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (_held, port) = common::refusing_port();
     let url = format!("http://127.0.0.1:{port}");
     for command in [
         &["state"][..],

@@ -127,7 +127,8 @@ pub struct CaseResult {
     /// What became of it.
     pub outcome: Outcome,
     /// How long it ran, as the runner measured it from the case's start to
-    /// its outcome; zero for a case not run. Reported so that a CI's test
+    /// its outcome; zero for a skipped case (one not run, or one that
+    /// skipped itself as not applicable). Reported so that a CI's test
     /// view shows which cases a run's time went to.
     pub duration: Duration,
 }
@@ -594,8 +595,8 @@ pub fn parse_known_failures(text: &str) -> BTreeSet<String> {
 }
 
 /// How long a case that started at `started` ran, given its outcome: zero
-/// if it was not run (skipped), since a skip's own bookkeeping is no case's
-/// time.
+/// if it was skipped (not run, or found not applicable), since a skip's own
+/// bookkeeping is no case's time.
 pub fn run_time(outcome: &Outcome, started: Instant) -> Duration {
     if matches!(outcome, Outcome::Skip(_)) {
         Duration::ZERO
@@ -606,7 +607,8 @@ pub fn run_time(outcome: &Outcome, started: Instant) -> Duration {
 
 /// `duration` in seconds, to the millisecond, as a JSON number.
 fn seconds(duration: Duration) -> f64 {
-    duration.as_millis() as f64 / 1000.0
+    // Rounded, not truncated, so that it reads as JUnit's `time` does.
+    (duration.as_secs_f64() * 1000.0).round() / 1000.0
 }
 
 /// `duration` in seconds with three decimals, as JUnit's `time` attribute

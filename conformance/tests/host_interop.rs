@@ -418,11 +418,7 @@ async fn unknown_case_names_are_refused_before_running() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_url_where_nothing_listens_is_a_run_that_cannot_be_made() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (_held, port) = support::refusing_port();
     let error = interop::run(&config(&format!("http://127.0.0.1:{port}")))
         .await
         .unwrap_err();

@@ -111,6 +111,9 @@ MARKER=python-host-secret-$("$VENV/bin/python" -c 'import secrets; print(secrets
 start_server() {
     local script=$1 mode=$2 log=$3 pattern=$4
     shift 4
+    # Emptied first: the loop below may read the log before the server's
+    # redirection truncates it, and must not find an earlier run's address.
+    : >"$log"
     "$VENV/bin/python" "$HERE/$script" --listen "127.0.0.1:0" --sync "$mode" \
         --secret-token "$MARKER" "$@" >"$log" 2>&1 &
     SERVER_PID=$!
@@ -134,7 +137,7 @@ for mode in patch snapshot; do
     section "gRPC interop cases, $mode sync mode"
     log=$WORK/server-$mode.log
     report=$WORK/runner-$mode.txt
-    if ! start_server server.py "$mode" "$log" 'http://127\.0\.0\.1:[0-9]*' \
+    if ! start_server server.py "$mode" "$log" 'http://127\.0\.0\.1:[0-9][0-9]*' \
         --token-file "$TOKEN_FILE"; then
         FAILURES+=("$mode: server did not start")
         continue
@@ -162,7 +165,7 @@ for mode in patch snapshot; do
     section "Framed-stream interop cases (TCP), $mode sync mode"
     log=$WORK/framed-server-$mode.log
     report=$WORK/runner-framed-$mode.txt
-    if ! start_server framed_server.py "$mode" "$log" 'tcp://127\.0\.0\.1:[0-9]*'; then
+    if ! start_server framed_server.py "$mode" "$log" 'tcp://127\.0\.0\.1:[0-9][0-9]*'; then
         FAILURES+=("framed $mode: server did not start")
         continue
     fi

@@ -509,3 +509,17 @@ pub async fn serve_framed_broken(host: Host, breakage: FramedBreakage) -> Served
     });
     Served { url, host, server }
 }
+
+/// A loopback port nothing listens on, held bound (not listening) by the
+/// socket returned, which the caller keeps until it is done: connecting to
+/// it is refused. A port bound and released at once could be handed to
+/// another listener meanwhile, or to a connection's own ephemeral port, which
+/// then connects to itself.
+pub fn refusing_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("an address"))
+        .expect("a loopback port");
+    let port = socket.local_addr().expect("a local address").port();
+    (socket, port)
+}
