@@ -934,23 +934,13 @@ async fn half_closed(run: &Arc<Shared>) -> Result<(), Stop> {
         a.result(id).await?;
     }
     // Publications or bookmarks may still come; then the end, within one
-    // step of the last result in all: a host that keeps the stream open and
-    // sends bookmarks more often than a step must not hold the case until
-    // its own timeout.
-    let until = tokio::time::Instant::now() + run.step_timeout();
-    loop {
-        let left = until.saturating_duration_since(tokio::time::Instant::now());
-        match a.read_within(left).await? {
-            Read::Message(_) => {}
-            Read::Ended => break,
-            Read::Quiet => {
-                return Err(format!(
-                    "A's stream was not ended within {} ms of its last result after A's half-close (envelopes sent meanwhile do not extend the wait): a host MAY end a half-closed session once it has sent what it owes (H16, G2), and this recommended case expects it to, as the reference does",
-                    run.step_timeout().as_millis()
-                )
-                .into());
-            }
-        }
+    // step of the last result in all.
+    if !a.ended_within(run.step_timeout()).await? {
+        return Err(format!(
+            "A's stream was not ended within {} ms of its last result after A's half-close (envelopes sent meanwhile do not extend the wait): a host MAY end a half-closed session once it has sent what it owes (H16, G2), and this recommended case expects it to, as the reference does",
+            run.step_timeout().as_millis()
+        )
+        .into());
     }
     let clean = match (run.transport(), a.ended()) {
         (Transport::Grpc, Some(None)) => true,
@@ -1710,17 +1700,7 @@ async fn malformed(run: &Arc<Shared>) -> Result<(), Stop> {
     // and, with nothing owed, need not end it after M's half-close (H16
     // says MAY): reading for a step's time, publications and bookmarks
     // included, is enough to see any result it was wrongly sent.
-    let until = tokio::time::Instant::now() + run.step_timeout();
-    loop {
-        let left = until.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        match m.read_within(left).await? {
-            Read::Message(_) => {}
-            Read::Ended | Read::Quiet => break,
-        }
-    }
+    m.ended_within(run.step_timeout()).await?;
     if m.since(mark)
         .iter()
         .any(|e| matches!(e.kind, Some(host_message::Kind::Result(_))))
@@ -1920,25 +1900,14 @@ async fn oversize_frame(run: &Arc<Shared>, options: CaseOptions) -> Result<(), S
         bytes.resize(4 + 1024, 0);
         peer.send_raw(Bytes::from(bytes))?;
         let mark = peer.mark();
-        // One step in all, not a step per envelope: a host that keeps the
-        // connection open and sends bookmarks more often than a step would
-        // otherwise hold the case until its own timeout.
-        let until = tokio::time::Instant::now() + run.step_timeout();
-        loop {
-            let left = until.saturating_duration_since(tokio::time::Instant::now());
-            match peer.read_within(left).await? {
-                Read::Message(_) => {}
-                Read::Ended => break,
-                Read::Quiet => {
-                    return Err(format!(
-                        "the host did not close {}'s connection within {} ms of a length prefix of {length} bytes, over its limit of {} (FB4)",
-                        peer.name,
-                        run.step_timeout().as_millis(),
-                        options.max_message_size
-                    )
-                    .into());
-                }
-            }
+        if !peer.ended_within(run.step_timeout()).await? {
+            return Err(format!(
+                "the host did not close {}'s connection within {} ms of a length prefix of {length} bytes, over its limit of {} (FB4)",
+                peer.name,
+                run.step_timeout().as_millis(),
+                options.max_message_size
+            )
+            .into());
         }
         if peer
             .since(mark)

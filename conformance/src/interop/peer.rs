@@ -762,6 +762,24 @@ impl Peer {
         }
     }
 
+    /// Reads envelopes (each checked and kept, as [`Peer::read_within`]
+    /// does) until the stream ends or `wait` has passed in all; whether it
+    /// ended. Envelopes that arrive meanwhile (publications, bookmarks) do
+    /// not extend the wait: it is for a close, which they do not bring
+    /// nearer, and a host sending bookmarks more often than `wait` would
+    /// otherwise hold the case until its own timeout.
+    pub async fn ended_within(&mut self, wait: Duration) -> Result<bool, String> {
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            match self.read_within(left).await? {
+                Read::Message(_) => {}
+                Read::Ended => return Ok(true),
+                Read::Quiet => return Ok(false),
+            }
+        }
+    }
+
     /// Reads the next envelope; the stream ending is an error.
     pub async fn next(&mut self) -> Result<HostMessage, String> {
         match self.next_or_end().await? {
