@@ -328,7 +328,7 @@ impl HostStats {
             out,
             "core_held_seconds",
             "gauge",
-            "How long one input (a method) had held the host's core when these metrics were read, if past a short wait; the other metrics are then from before it. 0 when the core was free.",
+            "How long one input (a method) had held the host's core when these metrics were read, if past a short wait; the other metrics are then from before it. 0 when the core was free, and always 0 without method timing (which reads the clock).",
         );
         let seconds = self.core_held_for.unwrap_or_default().as_secs_f64();
         let _ = writeln!(out, "cosystem_worker_core_held_seconds {seconds}");
