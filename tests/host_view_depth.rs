@@ -17,19 +17,30 @@ use cosystem_worker::wire::{
 use prost::Message;
 use serde_json::{Value, json};
 
-/// `kv.set(path, value)` adds `value` at `path` below the section.
+/// `kv.set(path, value)` adds `value` at `path` below the section;
+/// `kv.echo(n, value)` sets `/echoed` to `n` and returns `value`.
 fn kv_host() -> HostCore {
     kv_host_publishing(None)
 }
 
 /// [`kv_host`] publishing only `sections` (`None`: every module).
 fn kv_host_publishing(sections: Option<Vec<String>>) -> HostCore {
-    let app = App::new().with(JsonModule::new("kv", json!({})).method(
-        "set",
-        |d: &mut Draft<'_>, (path, value): (String, Value)| -> Result<(), MethodError> {
-            Ok(d.add(&path, value)?)
-        },
-    ));
+    let app = App::new().with(
+        JsonModule::new("kv", json!({}))
+            .method(
+                "set",
+                |d: &mut Draft<'_>, (path, value): (String, Value)| -> Result<(), MethodError> {
+                    Ok(d.add(&path, value)?)
+                },
+            )
+            .method(
+                "echo",
+                |d: &mut Draft<'_>, (n, value): (u64, Value)| -> Result<Value, MethodError> {
+                    d.add("/echoed", json!(n))?;
+                    Ok(value)
+                },
+            ),
+    );
     let config = HostConfig {
         sync: SyncMode::Patch,
         sections,
@@ -50,13 +61,24 @@ fn set(
     path: &str,
     value: &Value,
 ) -> Option<ErrorCode> {
+    call(host, peer, id, "set", &json!([path, value]))
+}
+
+/// Sends `kv.<method>(args…)` on `peer`; the result's error code, if any.
+fn call(
+    host: &mut HostCore,
+    peer: PeerKey,
+    id: u64,
+    method: &str,
+    args: &Value,
+) -> Option<ErrorCode> {
     let call = ClientMessage {
         header: Some(Header::v1("", "caller", "")),
         kind: Some(client_message::Kind::Call(Call {
             call_id: id,
             module: "kv".into(),
-            method: "set".into(),
-            args_json: json!([path, value]).to_string(),
+            method: method.into(),
+            args_json: args.to_string(),
         })),
     };
     host.handle_message(peer, call).expect("accepted");
@@ -120,6 +142,41 @@ fn a_value_that_would_nest_the_view_too_deep_is_refused_and_nothing_commits() {
     assert_eq!(host.version(), 2, "a refused call commits nothing");
     assert!(host.module_state("kv").expect("kv").get("j").is_none());
     assert!(a_new_client_syncs(&mut host));
+}
+
+#[test]
+fn a_return_value_is_answered_exactly_when_every_client_can_read_it() {
+    // Clients read `value_json` to the view's depth (spec §15): a deeper
+    // value would settle OK on one client and INTERNAL on another, so the
+    // host refuses it, and the call's change with it.
+    let mut host = kv_host();
+    let peer = session(&mut host, "caller");
+    let mixed = |levels: usize| {
+        (0..levels).fold(json!("x"), |inner, level| {
+            if level % 2 == 0 {
+                json!([inner])
+            } else {
+                json!({ "k": inner })
+            }
+        })
+    };
+    let mut id = 0;
+    // Arguments nest one level deeper than the value, within what the
+    // host parses.
+    for levels in 0..=MAX_VIEW_DEPTH + 32 {
+        for value in [nested(levels), mixed(levels)] {
+            id += 1;
+            let version = host.version();
+            let code = call(&mut host, peer, id, "echo", &json!([id, value]));
+            if levels <= MAX_VIEW_DEPTH {
+                assert_eq!(code, None, "a value of {levels} levels");
+                assert_eq!(host.version(), version + 1);
+            } else {
+                assert_eq!(code, Some(ErrorCode::ResourceExhausted), "{levels}");
+                assert_eq!(host.version(), version, "a refused call commits nothing");
+            }
+        }
+    }
 }
 
 #[test]

@@ -75,6 +75,18 @@ pub(super) fn section_too_deep(state: &Value) -> Option<usize> {
     deeper_than(state, MAX_VIEW_DEPTH - 1).map(|depth| 1 + depth)
 }
 
+/// The nesting depth of a method's return value, its own level being 1,
+/// if it is over [`MAX_VIEW_DEPTH`], which every client reads `value_json`
+/// to (spec §15, "Mirror depth"); `None` if it fits. `text_len` is the
+/// length of its JSON text: a text shorter than two brackets a level
+/// cannot nest that deep, so most values are judged without a walk.
+pub(super) fn value_too_deep(value: &Value, text_len: usize) -> Option<usize> {
+    if text_len <= 2 * MAX_VIEW_DEPTH {
+        return None;
+    }
+    deeper_than(value, MAX_VIEW_DEPTH)
+}
+
 /// `value`'s nesting depth (0 for a scalar, 1 for an array or object of
 /// scalars) if it is more than `room`; `None` if it fits. Iterative, and
 /// stops at the first level past `room`, so no value is too deep to judge.

@@ -17,7 +17,9 @@ use crate::host::event::{CallRecord, HostEvent, RECORDED_NAME, cut};
 use crate::host::history::Entry;
 use crate::host::in_method::{CALLED_BACK, InMethod, is_called_back};
 use crate::host::input::parse_args;
-use crate::host::view_depth::{MAX_PRIVATE_DEPTH, MAX_VIEW_DEPTH, private_too_deep, too_deep};
+use crate::host::view_depth::{
+    MAX_PRIVATE_DEPTH, MAX_VIEW_DEPTH, private_too_deep, too_deep, value_too_deep,
+};
 use crate::host::view_size::growth_bound;
 use crate::wire::view::{CallView, HeaderView};
 use crate::wire::{
@@ -171,6 +173,16 @@ impl HostCore {
                                     "the method's value is {} bytes of JSON, too large for one result within the {}-byte message limit",
                                     text.len(),
                                     max
+                                ),
+                            ));
+                        }
+                        // A value deeper than some client reads would
+                        // settle differently from one client to the next.
+                        if let Some(depth) = value_too_deep(value, text.len()) {
+                            return Err(MethodError::new(
+                                ErrorCode::ResourceExhausted,
+                                format!(
+                                    "the method's value nests {depth} levels, deeper than the {MAX_VIEW_DEPTH} every client reads"
                                 ),
                             ));
                         }
