@@ -318,12 +318,18 @@ async fn a_session_ended_by_bad_input_reports_what_was_wrong() {
 }
 
 /// A host that serves at most `max_clients` sessions, on TCP.
+/// The first-envelope deadline of [`host_for`]'s hosts: shorter than the
+/// default 10 s, so that the tests show the host's own limit is the one
+/// its listeners keep.
+const DEADLINE: Duration = Duration::from_secs(2);
+
 fn host_for(max_clients: usize) -> Host {
     Host::builder(demo::app("framed-secret"))
         .sync(SyncMode::Patch)
         .sections(demo::DEFAULT_SECTIONS)
         .limits(HostLimits {
             max_clients,
+            first_envelope_timeout: DEADLINE,
             ..HostLimits::default()
         })
         .build()
@@ -389,7 +395,6 @@ async fn connections_that_send_no_frame_do_not_lock_out_a_real_client() {
 
 #[tokio::test(start_paused = true)]
 async fn a_connection_without_a_complete_first_frame_is_closed_after_the_deadline() {
-    use framed::FIRST_FRAME_TIMEOUT;
     let host = host_for(10);
     let address = serve(&host).await;
     let mut silent = TcpStream::connect(&address).await.unwrap();
@@ -402,7 +407,7 @@ async fn a_connection_without_a_complete_first_frame_is_closed_after_the_deadlin
     // carries an envelope, so none opens a session.
     let mut empty_frames = TcpStream::connect(&address).await.unwrap();
     for _ in 0..3 {
-        tokio::time::sleep(FIRST_FRAME_TIMEOUT / 4).await;
+        tokio::time::sleep(DEADLINE / 4).await;
         trickle.write_all(&[0]).await.unwrap();
         empty_frames.write_all(&[0; 4]).await.unwrap();
     }
@@ -414,7 +419,7 @@ async fn a_connection_without_a_complete_first_frame_is_closed_after_the_deadlin
         ("empty frames", &mut empty_frames),
     ] {
         assert!(
-            closed_within(stream, FIRST_FRAME_TIMEOUT * 3).await,
+            closed_within(stream, DEADLINE * 3).await,
             "the {name} connection was still open"
         );
     }
@@ -423,7 +428,6 @@ async fn a_connection_without_a_complete_first_frame_is_closed_after_the_deadlin
 
 #[tokio::test(start_paused = true)]
 async fn a_silent_unix_connection_is_closed_after_the_deadline() {
-    use framed::FIRST_FRAME_TIMEOUT;
     let path = std::env::temp_dir().join(format!(
         "cosystem-framed-limits-{}-silent.sock",
         std::process::id()
@@ -433,7 +437,7 @@ async fn a_silent_unix_connection_is_closed_after_the_deadline() {
     tokio::spawn(framed::serve_unix_listener(host.clone(), listener));
     let mut silent = tokio::net::UnixStream::connect(&path).await.unwrap();
     assert!(
-        closed_within(&mut silent, FIRST_FRAME_TIMEOUT * 3).await,
+        closed_within(&mut silent, DEADLINE * 3).await,
         "the silent connection was still open"
     );
     assert_eq!(host.session_count(), 0);
@@ -442,12 +446,11 @@ async fn a_silent_unix_connection_is_closed_after_the_deadline() {
 
 #[tokio::test(start_paused = true)]
 async fn a_connection_whose_first_frame_arrives_in_time_is_served_with_no_later_deadline() {
-    use framed::FIRST_FRAME_TIMEOUT;
     let host = host_for(10);
     let address = serve(&host).await;
     let mut raw = TcpStream::connect(&address).await.unwrap();
     // Just inside the deadline.
-    tokio::time::sleep(FIRST_FRAME_TIMEOUT - Duration::from_secs(1)).await;
+    tokio::time::sleep(DEADLINE - Duration::from_secs(1)).await;
     assert!(is_open(&raw), "closed before the deadline");
     raw.write_all(&frame(&sync_request())).await.unwrap();
     let reply = next_reply(&mut raw).await;
@@ -459,7 +462,7 @@ async fn a_connection_whose_first_frame_arrives_in_time_is_served_with_no_later_
 
     // The deadline was for the first frame only: the session may then be
     // idle, or take its time over a frame, as long as it likes.
-    tokio::time::sleep(FIRST_FRAME_TIMEOUT * 3).await;
+    tokio::time::sleep(DEADLINE * 3).await;
     let call = frame(&ClientMessage {
         header: Some(Header::v1("", "raw", "")),
         kind: Some(client_message::Kind::Call(Call {
@@ -471,7 +474,7 @@ async fn a_connection_whose_first_frame_arrives_in_time_is_served_with_no_later_
     });
     let (start, rest) = call.split_at(6);
     raw.write_all(start).await.unwrap();
-    tokio::time::sleep(FIRST_FRAME_TIMEOUT * 3).await;
+    tokio::time::sleep(DEADLINE * 3).await;
     raw.write_all(rest).await.unwrap();
     let reply = next_reply(&mut raw).await;
     assert!(
@@ -490,7 +493,7 @@ async fn a_connection_whose_first_frame_arrives_in_time_is_served_with_no_later_
 
 #[tokio::test(start_paused = true)]
 async fn a_new_connection_past_the_waiting_bound_closes_the_one_that_waited_longest() {
-    use framed::{FIRST_FRAME_TIMEOUT, MAX_WAITING};
+    use framed::MAX_WAITING;
     let host = host_for(10);
     let address = serve(&host).await;
     let mut silent = Vec::new();
@@ -501,16 +504,16 @@ async fn a_new_connection_past_the_waiting_bound_closes_the_one_that_waited_long
     // client arriving now is still served at once, long before any of them
     // reaches its deadline, and the oldest of them is closed to make room.
     let client = Client::new(TcpConnector::new(address), ClientConfig::default());
-    tokio::time::timeout(FIRST_FRAME_TIMEOUT / 10, client.ready())
+    tokio::time::timeout(DEADLINE / 10, client.ready())
         .await
         .expect("served without waiting for the silent connections' deadline")
         .expect("served");
     assert!(
-        closed_within(&mut silent[0], FIRST_FRAME_TIMEOUT / 10).await,
+        closed_within(&mut silent[0], DEADLINE / 10).await,
         "the connection that waited longest was kept"
     );
     assert!(
-        !closed_within(&mut silent[MAX_WAITING - 1], FIRST_FRAME_TIMEOUT / 10).await,
+        !closed_within(&mut silent[MAX_WAITING - 1], DEADLINE / 10).await,
         "a newer waiting connection was closed"
     );
     drop(silent);

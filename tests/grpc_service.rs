@@ -19,8 +19,8 @@ use cosystem_worker::transport::grpc::{
 use cosystem_worker::transport::{Connector, TransportError};
 use cosystem_worker::wire::host_service_client::HostServiceClient;
 use cosystem_worker::wire::{
-    Call, ClientMessage, ErrorCode, Header, HostMessage, SyncReason, SyncRequest, client_message,
-    host_message,
+    Call, ClientMessage, ErrorCode, Header, HostMessage, SyncReason, SyncRequest, call_result,
+    client_message, host_message,
 };
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
@@ -275,6 +275,53 @@ async fn a_host_at_its_client_limit_refuses_new_streams_resource_exhausted() {
     let (_c_tx, c) = raw_session(addr, None).await;
     assert_eq!(c.unwrap_err().code(), Code::ResourceExhausted);
     assert_eq!(host.session_count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_sends_no_first_envelope_is_ended_and_frees_its_client_slot() {
+    let deadline = Duration::from_millis(300);
+    let host = host_with(HostLimits {
+        max_clients: 2,
+        first_envelope_timeout: deadline,
+        ..HostLimits::default()
+    });
+    let (addr, _stop) = start(&host, None).await;
+    // S speaks at once, then idles past the deadline.
+    let (s_tx, s) = raw_session(addr, None).await;
+    let mut s = s.unwrap();
+    s_tx.send(sync_request()).await.unwrap();
+    let reply = s.message().await.unwrap().expect("the sync reply");
+    assert!(matches!(reply.kind, Some(host_message::Kind::Snapshot(_))));
+    // The silent stream takes the other slot, so a third is refused ...
+    let (_silent_tx, silent) = raw_session(addr, None).await;
+    let silent = silent.expect("accepted: the host is not full yet");
+    let (_refused_tx, refused) = raw_session(addr, None).await;
+    assert_eq!(refused.unwrap_err().code(), Code::ResourceExhausted);
+    // ... until the silent one is ended for not speaking.
+    let status = tokio::time::timeout(Duration::from_secs(30), end_status(silent))
+        .await
+        .expect("the silent stream is ended");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("G2"), "{status:?}");
+    let third = ready_client(addr).await;
+    assert_eq!(increase(&third, 1).await, json!(1));
+    // S had sent its first envelope: its session outlasts the deadline.
+    tokio::time::sleep(deadline * 2).await;
+    s_tx.send(call(7, "counter", "increase", "[2]"))
+        .await
+        .unwrap();
+    let settled = loop {
+        let message = s.message().await.unwrap().expect("S's session is open");
+        if let Some(host_message::Kind::Result(result)) = message.kind {
+            break result;
+        }
+    };
+    assert_eq!(settled.call_id, 7);
+    assert!(
+        matches!(settled.outcome, Some(call_result::Outcome::ValueJson(_))),
+        "{settled:?}"
+    );
+    assert_eq!(host.stats().sessions_ended.get("refused_input"), Some(&1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,9 +33,15 @@ const BOOKMARK_INTERVAL: Duration = Duration::from_millis(250);
 /// and more, which at the default of 1024 were most of a whole-suite run.
 const HISTORY_WINDOW: usize = 64;
 
+/// The first-envelope deadline of the hosts these tests serve: the
+/// framed deadline case waits it out once per whole-suite run, which at
+/// the default 10 s was the longest case of each.
+const FIRST_ENVELOPE_DEADLINE: Duration = Duration::from_secs(1);
+
 fn demo_host(sync: SyncMode) -> Host {
     let limits = HostLimits {
         history_entries: HISTORY_WINDOW,
+        first_envelope_timeout: FIRST_ENVELOPE_DEADLINE,
         ..HostLimits::default()
     };
     Host::builder(demo::app(MARKER))

@@ -1,5 +1,7 @@
 //! Host configuration and limits.
 
+use std::time::Duration;
+
 /// How the host publishes commits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncMode {
@@ -43,6 +45,19 @@ pub struct HostLimits {
     pub history_entries: usize,
     /// Bytes of operations kept for resume and for clients that fall behind.
     pub history_bytes: usize,
+    /// How long a new session may go without sending its first envelope:
+    /// a connection accepted by a framed listener (`framed::serve_tcp`,
+    /// `framed::serve_unix`) is then closed without ever having had a
+    /// session (spec FB6, at most 30 s), and a gRPC session stream is
+    /// ended `DEADLINE_EXCEEDED` (G2). A client sends its SyncRequest as
+    /// soon as its link opens (L7, G4), so the wait costs an honest client
+    /// a round trip; without it, a peer that opens a stream and says
+    /// nothing holds a client slot for as long as it stays connected.
+    /// Sessions opened by the application ([`Host::serve`], the shared
+    /// bus, a framed stream it hands over itself) have no such deadline.
+    ///
+    /// [`Host::serve`]: crate::host::Host::serve
+    pub first_envelope_timeout: Duration,
 }
 
 impl Default for HostLimits {
@@ -53,6 +68,7 @@ impl Default for HostLimits {
             max_clients: 10_000,
             history_entries: 1024,
             history_bytes: 8 * 1024 * 1024,
+            first_envelope_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -17,7 +17,8 @@ pub(crate) enum SessionEnd {
     /// connection, a write that failed.
     ConnectionLost = 2,
     /// The host ended the session over what the client sent: malformed or
-    /// oversize input, a flood, a receive budget passed.
+    /// oversize input, a flood, a receive budget passed; or, over gRPC, no
+    /// first envelope within the host's deadline.
     RefusedInput = 3,
     /// The host shut down.
     HostShutDown = 4,

@@ -32,7 +32,7 @@ pub struct HostStats {
     /// Sessions ended, by how: `client_closed` (the client closed its side
     /// and was answered), `connection_lost` (a reset, a lost connection, a
     /// failed write), `refused_input` (the host ended it over what the
-    /// client sent), `host_shutdown`, or `other` (ended by the application
+    /// client sent, or for sending nothing in time), `host_shutdown`, or `other` (ended by the application
     /// that opened it, and every session on the shared bus). Only ends that
     /// occurred are present. Counted by the driver, as `sessions_opened`.
     pub sessions_ended: BTreeMap<&'static str, u64>,

@@ -607,7 +607,7 @@ pub const CASES: &[HostCaseDef] = &[
         tier: Recommended,
         only: Some(Transport::Framed),
         spec: &["FB2", "FB6"],
-        description: "A connection that never completes a non-empty first frame is closed within a deadline of its acceptance, however it trickles bytes (the runner waits --first-frame-wait-ms, default 30 s, FB6's bound; the reference's deadline is 10 s).",
+        description: "A connection that never completes a non-empty first frame is closed within a deadline of its acceptance, however it trickles bytes (the runner waits --first-frame-wait-ms, default 30 s, FB6's bound; the reference's deadline is 10 s by default).",
         procedure: &[
             "Open connection S and attach it (SyncRequest{have 0}, read the reply).",
             "Open connections E and U.",

@@ -11,8 +11,9 @@
 //! connection is one session. A connection accepted by [`serve_tcp`] or
 //! [`serve_unix`] becomes a session only once its first non-empty frame has
 //! arrived,
-//! and is closed if that takes longer than [`FIRST_FRAME_TIMEOUT`] (spec
-//! FB6). Bytes of another protocol before the first frame (a gRPC client
+//! and is closed if that takes longer than the host's
+//! [`first_envelope_timeout`](crate::host::HostLimits::first_envelope_timeout)
+//! (spec FB6). Bytes of another protocol before the first frame (a gRPC client
 //! or host at the other end) are named as such (spec FB9): a client's link
 //! fails with [`TransportError::Unsupported`], and a host logs the
 //! connection.
@@ -37,8 +38,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 pub use budget::{PARTIAL_FIRST_FRAMES_PER_LISTENER, PARTIAL_FRAMES_PER_LISTENER};
 pub use connect::{PipeConnector, SpawnConnector, TcpConnector, UnixConnector, pipe};
 pub use serve::{
-    FIRST_FRAME_TIMEOUT, MAX_WAITING, bind_unix, serve_stdio, serve_stream, serve_tcp, serve_unix,
-    serve_unix_listener,
+    MAX_WAITING, bind_unix, serve_stdio, serve_stream, serve_tcp, serve_unix, serve_unix_listener,
 };
 
 use self::codec::{CodecError, FrameCodec};

@@ -39,37 +39,11 @@ struct RefusalLogs {
 /// the process is out of file descriptors), so it does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// How long a connection accepted by [`serve_tcp`] or [`serve_unix`] may
-/// take, from being accepted, to deliver its first complete frame that is
-/// not empty; it is closed if it has not by then (spec FB6).
-///
-/// Its session opens only once that frame has arrived, so a connection that
-/// stays silent, sends part of a length prefix or of a frame and then
-/// nothing, or sends only empty frames, never takes one of the host's
-/// client slots
-/// ([`HostLimits::max_clients`](crate::host::HostLimits::max_clients)),
-/// and is gone after this long: without it, `max_clients` such sockets
-/// would lock every real client out for as long as they stayed open (TCP
-/// keepalive probes are answered by the peer's kernel, so they never
-/// end it). A client sends its SyncRequest as soon as it connects (spec
-/// L7), so the wait costs it nothing. The same 10 s as gRPC's
-/// [`HANDSHAKE_TIMEOUT`](crate::transport::grpc::HANDSHAKE_TIMEOUT).
-///
-/// Later frames have no deadline, which would cut off an honest client
-/// sending a large frame over a slow link. What a peer that starts a
-/// large frame and never finishes it holds is bounded instead by its
-/// listener's budgets for frames in progress
-/// ([`PARTIAL_FRAMES_PER_LISTENER`](super::PARTIAL_FRAMES_PER_LISTENER)
-/// frames of the limit shared by its sessions, and
-/// [`PARTIAL_FIRST_FRAMES_PER_LISTENER`](super::PARTIAL_FIRST_FRAMES_PER_LISTENER)
-/// apart, by its connections still waiting for their first frame).
-pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// How many connections accepted by one [`serve_tcp`] or [`serve_unix`]
 /// listener may wait for their first frame at once. Without a bound,
 /// connections that never finish a frame would take memory (each may
 /// buffer up to a frame's length) and file descriptors without end for
-/// [`FIRST_FRAME_TIMEOUT`] each.
+/// the host's [`first_envelope_timeout`](crate::host::HostLimits::first_envelope_timeout) each.
 ///
 /// When one more arrives, the one that has waited longest is closed, not
 /// the newcomer: a client sends its first frame as it connects, so an
@@ -87,7 +61,8 @@ pub const MAX_WAITING: usize = 256;
 /// takes, as suits a stream from a trusted peer (a pipe to a parent or
 /// child process). A connection accepted from a listener is served by
 /// [`serve_tcp`] and [`serve_unix`] instead, which open its session only
-/// once its first frame arrives within [`FIRST_FRAME_TIMEOUT`].
+/// once its first frame arrives within the host's
+/// [`first_envelope_timeout`](crate::host::HostLimits::first_envelope_timeout).
 pub async fn serve_stream<S>(
     host: Host,
     io: S,
@@ -103,8 +78,9 @@ where
 
 /// Accepts TCP connections and serves each as its own session, with frames
 /// up to the host's max message size. A connection's session opens when its
-/// first frame arrives; one that sends none within [`FIRST_FRAME_TIMEOUT`]
-/// is closed. Runs until the host shuts down ([`Host::shutdown`]) or the
+/// first frame arrives; one that sends none within the host's
+/// [`first_envelope_timeout`](crate::host::HostLimits::first_envelope_timeout) (10 s by
+/// default) is closed. Runs until the host shuts down ([`Host::shutdown`]) or the
 /// task is dropped; a failed accept is logged and retried, and a failed
 /// session ends only itself. Fails at once, with `InvalidInput`, for a host
 /// already shut down or built with a capability token (spec FB8).
@@ -358,8 +334,25 @@ fn spawn_session<S>(
 
 /// Serves a connection accepted from a listener as one session, which opens
 /// only once the peer's first complete non-empty frame has arrived within
-/// [`FIRST_FRAME_TIMEOUT`]. A connection that closes, fails or runs out of
-/// time before then is dropped (closed) without ever having had a session.
+/// the host's first-envelope deadline. A connection that closes, fails or
+/// runs out of time before then is dropped (closed) without ever having
+/// had a session (spec FB6).
+///
+/// So a connection that stays silent, sends part of a length prefix or of
+/// a frame and then nothing, or sends only empty frames, never takes one
+/// of the host's client slots, and is gone after the deadline: without it,
+/// `max_clients` such sockets would lock every real client out for as
+/// long as they stayed open (TCP keepalive probes are answered by the
+/// peer's kernel, so they never end it).
+///
+/// Later frames have no deadline, which would cut off an honest client
+/// sending a large frame over a slow link. What a peer that starts a
+/// large frame and never finishes it holds is bounded instead by its
+/// listener's budgets for frames in progress
+/// ([`PARTIAL_FRAMES_PER_LISTENER`](super::PARTIAL_FRAMES_PER_LISTENER)
+/// frames of the limit shared by its sessions, and
+/// [`PARTIAL_FIRST_FRAMES_PER_LISTENER`](super::PARTIAL_FIRST_FRAMES_PER_LISTENER)
+/// apart, by its connections still waiting for their first frame).
 async fn serve_accepted<S>(
     host: Host,
     stream: S,
@@ -370,6 +363,7 @@ async fn serve_accepted<S>(
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let logs = waiting.list.logs.clone();
+    let deadline = host.limits().first_envelope_timeout;
     let session_budget = waiting.list.budget.clone();
     let (reader, writer) = tokio::io::split(stream);
     let codec = FrameCodec::with_budget(
@@ -393,7 +387,7 @@ async fn serve_accepted<S>(
     // A stopping host closes every connection (FB6), including those that
     // would otherwise wait out their deadline.
     let waited = tokio::select! {
-        waited = tokio::time::timeout(FIRST_FRAME_TIMEOUT, first_envelope) => waited,
+        waited = tokio::time::timeout(deadline, first_envelope) => waited,
         () = host.closed() => {
             tracing::debug!(%peer, "closing a connection waiting for its first frame: the host is stopping");
             return;
@@ -426,7 +420,7 @@ async fn serve_accepted<S>(
         Err(_) => {
             tracing::debug!(
                 %peer,
-                timeout = ?FIRST_FRAME_TIMEOUT,
+                timeout = ?deadline,
                 "closing a connection that sent no complete frame in time"
             );
             return;

@@ -628,8 +628,32 @@ async fn read_session(
     // Each end is labelled where it is decided: a status alone cannot tell
     // the host's refusals from what a client's stream reset maps to.
     let reset = || broken.as_ref().is_some_and(BodyBroken::get);
+    // The session holds a client slot from the stream's opening, so a
+    // stream that never speaks is ended (spec G2); an honest client sends
+    // its SyncRequest at once (G4). Only the first envelope has a deadline:
+    // an attached session may idle as long as it likes.
+    let mut first = Some(host.limits().first_envelope_timeout);
     let outcome = loop {
-        match inbound.message().await {
+        let next = match first.take() {
+            Some(deadline) => match tokio::time::timeout(deadline, inbound.message()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    throttled!(
+                        host.session_logs().closing,
+                        warn,
+                        %peer,
+                        timeout = ?deadline,
+                        "closing a session that sent no envelope in time"
+                    );
+                    session.end_as(SessionEnd::RefusedInput);
+                    break Some(Status::deadline_exceeded(format!(
+                        "no envelope arrived within {deadline:?} of the stream opening: a client sends its SyncRequest as soon as it opens the stream, without waiting for response headers (spec G2, G4)"
+                    )));
+                }
+            },
+            None => inbound.message().await,
+        };
+        match next {
             // tonic held the bytes to the max message size already.
             Ok(Some(envelope)) => match session.handle_bytes(envelope.bytes()) {
                 Ok(()) => {}
