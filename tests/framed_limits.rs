@@ -317,12 +317,13 @@ async fn a_session_ended_by_bad_input_reports_what_was_wrong() {
     .await;
 }
 
-/// A host that serves at most `max_clients` sessions, on TCP.
 /// The first-envelope deadline of [`host_for`]'s hosts: shorter than the
 /// default 10 s, so that the tests show the host's own limit is the one
 /// its listeners keep.
 const DEADLINE: Duration = Duration::from_secs(2);
 
+/// A host that serves at most `max_clients` sessions, with a first-envelope
+/// deadline of [`DEADLINE`].
 fn host_for(max_clients: usize) -> Host {
     Host::builder(demo::app("framed-secret"))
         .sync(SyncMode::Patch)

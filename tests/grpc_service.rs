@@ -279,17 +279,22 @@ async fn a_host_at_its_client_limit_refuses_new_streams_resource_exhausted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_sends_no_first_envelope_is_ended_and_frees_its_client_slot() {
-    let deadline = Duration::from_millis(300);
+    let deadline = Duration::from_secs(1);
     let host = host_with(HostLimits {
         max_clients: 2,
         first_envelope_timeout: deadline,
         ..HostLimits::default()
     });
     let (addr, _stop) = start(&host, None).await;
-    // S speaks at once, then idles past the deadline.
-    let (s_tx, s) = raw_session(addr, None).await;
-    let mut s = s.unwrap();
+    // S speaks at once (its SyncRequest goes out with the stream's
+    // opening), then idles past the deadline.
+    let (s_tx, rx) = mpsc::channel(16);
     s_tx.send(sync_request()).await.unwrap();
+    let mut s = HostServiceClient::new(channel(addr).await)
+        .session(Request::new(ReceiverStream::new(rx)))
+        .await
+        .unwrap()
+        .into_inner();
     let reply = s.message().await.unwrap().expect("the sync reply");
     assert!(matches!(reply.kind, Some(host_message::Kind::Snapshot(_))));
     // The silent stream takes the other slot, so a third is refused ...

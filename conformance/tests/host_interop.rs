@@ -464,8 +464,9 @@ async fn listed_known_failures_run_and_cases_to_skip_do_not() {
     assert!(!report.succeeded(), "an unexpected pass fails the run");
 }
 
-/// The framed case that waits for the host's first-frame deadline (10 s
-/// for the reference): run once, by the TCP test.
+/// The framed case that waits for the host's first-frame deadline
+/// ([`FIRST_ENVELOPE_DEADLINE`] for these hosts): run once, by the TCP
+/// test.
 const FIRST_FRAME: &str = "framed-connection-without-a-first-envelope-is-closed";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

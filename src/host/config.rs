@@ -48,11 +48,13 @@ pub struct HostLimits {
     /// How long a new session may go without sending its first envelope:
     /// a connection accepted by a framed listener (`framed::serve_tcp`,
     /// `framed::serve_unix`) is then closed without ever having had a
-    /// session (spec FB6, at most 30 s), and a gRPC session stream is
-    /// ended `DEADLINE_EXCEEDED` (G2). A client sends its SyncRequest as
-    /// soon as its link opens (L7, G4), so the wait costs an honest client
-    /// a round trip; without it, a peer that opens a stream and says
-    /// nothing holds a client slot for as long as it stays connected.
+    /// session (spec FB6), and a gRPC session stream is ended
+    /// `DEADLINE_EXCEEDED` (G2). A client sends its SyncRequest as soon as
+    /// its link opens (L7, G4), so an honest client never meets it;
+    /// without it, a peer that opens a stream and says nothing holds a
+    /// client slot for as long as it stays connected. The spec bounds it
+    /// at 30 s at most for framed listeners and 10 s at least for gRPC, so
+    /// a conforming host keeps it within 10–30 s; shorter is for tests.
     /// Sessions opened by the application ([`Host::serve`], the shared
     /// bus, a framed stream it hands over itself) have no such deadline.
     ///

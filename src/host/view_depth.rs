@@ -75,9 +75,9 @@ pub(super) fn section_too_deep(state: &Value) -> Option<usize> {
     deeper_than(state, MAX_VIEW_DEPTH - 1).map(|depth| 1 + depth)
 }
 
-/// The nesting depth of a method's return value, its own level being 1,
-/// if it is over [`MAX_VIEW_DEPTH`], which every client reads `value_json`
-/// to (spec §15, "Mirror depth"); `None` if it fits. `text_len` is the
+/// The first level over [`MAX_VIEW_DEPTH`] a method's return value
+/// reaches, its own level being 1, if it nests deeper than every client
+/// reads `value_json` (spec §15, "Mirror depth"); `None` if it fits. `text_len` is the
 /// length of its JSON text: a text shorter than two brackets a level
 /// cannot nest that deep, so most values are judged without a walk.
 pub(super) fn value_too_deep(value: &Value, text_len: usize) -> Option<usize> {

@@ -182,7 +182,7 @@ impl HostCore {
                             return Err(MethodError::new(
                                 ErrorCode::ResourceExhausted,
                                 format!(
-                                    "the method's value nests {depth} levels, deeper than the {MAX_VIEW_DEPTH} every client reads"
+                                    "the method's value nests {depth} levels or more, deeper than the {MAX_VIEW_DEPTH} every client reads"
                                 ),
                             ));
                         }
