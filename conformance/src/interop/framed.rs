@@ -16,11 +16,11 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
-/// The largest frame the runner reads: above any host's limit that the
-/// cases can meet (the largest snapshot a case provokes is about 6 MiB),
-/// and small enough that a host sending a garbage length cannot make the
-/// runner hold gigabytes.
-const MAX_READ_FRAME: usize = 64 * 1024 * 1024;
+/// The largest host message the runner reads, as a frame or over gRPC:
+/// above any host's limit that the cases can meet (the largest snapshot a
+/// case provokes is about 6 MiB), and small enough that a host sending a
+/// garbage length cannot make the runner hold gigabytes.
+pub(super) const MAX_READ_FRAME: usize = 64 * 1024 * 1024;
 
 /// Where a framed host listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,9 +88,40 @@ pub type FrameReader = FramedRead<Pin<Box<dyn AsyncRead + Send>>, Frames>;
 /// tokio-util's codec consumes a length prefix before its body has come, so
 /// a stream that ends right after a prefix would look like one that ended
 /// between frames. Here a stream that ends with any byte of a frame unread
-/// fails with [`io::ErrorKind::UnexpectedEof`], and a length over the
-/// runner's limit with [`io::ErrorKind::InvalidData`].
+/// fails with [`io::ErrorKind::UnexpectedEof`] (carrying [`CutBody`] when
+/// the whole prefix had come), and a length over the runner's limit with
+/// [`io::ErrorKind::InvalidData`].
 pub struct Frames;
+
+/// Why a stream ended amid a frame's body: its length prefix had come
+/// whole, and `got` of its `announced` bytes. A host that writes a frame's
+/// prefix and body apart may close between or amid them (FB4 and FB5
+/// leave it open), so this is a close, unlike a stream cut inside a
+/// prefix: no host writes a prefix in pieces.
+#[derive(Debug)]
+pub struct CutBody {
+    /// The frame's length, as its prefix announced it.
+    pub announced: usize,
+    /// The bytes of its body that came.
+    pub got: usize,
+}
+
+impl std::fmt::Display for CutBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the stream ended amid a frame's body, {} of its {} bytes come",
+            self.got, self.announced
+        )
+    }
+}
+
+impl std::error::Error for CutBody {}
+
+/// Whether `error` is a stream that ended amid a frame's body ([`CutBody`]).
+pub fn is_cut_body(error: &io::Error) -> bool {
+    error.get_ref().is_some_and(|inner| inner.is::<CutBody>())
+}
 
 /// A frame's length prefix.
 const PREFIX: usize = 4;
@@ -124,6 +155,17 @@ impl tokio_util::codec::Decoder for Frames {
         match self.decode(src)? {
             Some(frame) => Ok(Some(frame)),
             None if src.is_empty() => Ok(None),
+            None if src.len() >= PREFIX => {
+                let mut length = [0u8; PREFIX];
+                length.copy_from_slice(&src[..PREFIX]);
+                Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    CutBody {
+                        announced: u32::from_be_bytes(length) as usize,
+                        got: src.len() - PREFIX,
+                    },
+                ))
+            }
             None => Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 format!(
@@ -198,11 +240,19 @@ mod tests {
             }
         }
         assert_eq!(frames, [vec![7, 8], vec![]]);
-        // A frame's prefix has come, and nothing of its body.
+        // A frame's prefix has come, and nothing of its body: cut amid it.
         assert_eq!(src.len(), 4);
+        let mut cut = src.clone();
+        let eof = Frames.decode_eof(&mut cut).unwrap_err();
+        assert_eq!(eof.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(is_cut_body(&eof), "{eof}");
+        assert!(eof.to_string().contains("0 of its 1 bytes"), "{eof}");
+        // Cut inside the prefix: not a frame a host was writing.
+        src.truncate(3);
         let eof = Frames.decode_eof(&mut src).unwrap_err();
         assert_eq!(eof.kind(), io::ErrorKind::UnexpectedEof);
-        assert!(eof.to_string().contains("4 byte(s)"), "{eof}");
+        assert!(!is_cut_body(&eof), "{eof}");
+        assert!(eof.to_string().contains("3 byte(s)"), "{eof}");
         assert_eq!(Frames.decode_eof(&mut BytesMut::new()).unwrap(), None);
     }
 

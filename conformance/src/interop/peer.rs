@@ -65,6 +65,10 @@ pub const CHECKED_ON_EVERY_ENVELOPE: &[&str] = &[
 /// The message of the status a framed connection that was reset ends with.
 const RESET: &str = "the connection was reset";
 
+/// The message of the status a framed connection closed amid a frame's
+/// body ends with.
+const CUT: &str = "the connection was closed amid a frame";
+
 /// Long enough to stand for "no time limit" in a wait.
 const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -334,7 +338,11 @@ impl Peer {
             request.metadata_mut().insert("authorization", value);
         }
         let task = tokio::spawn(async move {
-            let mut grpc = tonic::client::Grpc::new(channel);
+            // tonic's default of 4 MiB would end the stream at the first
+            // larger message of a host whose limit is larger (§15 allows
+            // it, and --max-message-size says so), as OUT_OF_RANGE.
+            let mut grpc =
+                tonic::client::Grpc::new(channel).max_decoding_message_size(framed::MAX_READ_FRAME);
             grpc.ready()
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))?;
@@ -678,10 +686,15 @@ impl Peer {
                     {
                         break Some(Status::unavailable(RESET));
                     }
-                    // A stream that ends inside a frame: a client takes it
-                    // for a connection loss (FB5), but the host wrote a
-                    // frame it did not finish, which no case may take for
-                    // a close (§7.3).
+                    // Amid a frame's body: a host that writes a prefix and
+                    // its body apart may close between them (§7.3).
+                    Some(Err(e)) if framed::is_cut_body(&e) => {
+                        break Some(Status::unavailable(CUT));
+                    }
+                    // A stream that ends inside a length prefix: a client
+                    // takes it for a connection loss (FB5), but no host
+                    // writes a prefix in pieces, so it is not a close
+                    // (§7.3).
                     Some(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
                         return Err(format!(
                             "stream {}: the host closed the connection inside a frame ({e}): an unfinished frame is not a close (CONFORMANCE.md §7.3)",
@@ -805,6 +818,9 @@ impl Peer {
         match (self.ended(), self.shared.transport()) {
             (Some(Some(s)), Transport::Framed) if s.message() == RESET => {
                 "the host reset the connection".to_owned()
+            }
+            (Some(Some(s)), Transport::Framed) if s.message() == CUT => {
+                "the host closed the connection amid a frame".to_owned()
             }
             (Some(Some(s)), _) => format!("status {:?}: {}", s.code(), s.message()),
             (Some(None), Transport::Grpc) => "status OK".to_owned(),

@@ -365,6 +365,10 @@ pub enum FramedBreakage {
     /// Writes an empty frame before every envelope, which receivers drop
     /// (FB2): such a host passes.
     SendsEmptyFrames,
+    /// Closes a connection for a malformed or oversize frame amid a frame
+    /// of its own, as a host that writes a prefix and its body apart may
+    /// (FB4, FB5 leave it open): such a host passes.
+    CutsAFrameWhenClosing,
 }
 
 /// Serves `host` over framed TCP, broken as `breakage` says, with a server
@@ -436,6 +440,12 @@ pub async fn serve_framed_broken(host: Host, breakage: FramedBreakage) -> Served
                                 match how {
                                     // Dropped: the connection failed.
                                     Err(_) => return,
+                                    Ok(true) if breakage == FramedBreakage::CutsAFrameWhenClosing => {
+                                        // A prefix announcing 100 bytes, and 10 of them.
+                                        let _ = writer.write_all(&[0, 0, 0, 100]).await;
+                                        let _ = writer.write_all(&[0; 10]).await;
+                                        return;
+                                    }
                                     Ok(true) => {
                                         let _ = writer.write_all(b"error: frame too large\n").await;
                                         return;
@@ -483,8 +493,12 @@ pub async fn serve_framed_broken(host: Host, breakage: FramedBreakage) -> Served
                             }
                         }
                         Some(Err(_)) => {
-                            break (breakage == FramedBreakage::WritesTextOnOversize)
-                                .then_some(true);
+                            break matches!(
+                                breakage,
+                                FramedBreakage::WritesTextOnOversize
+                                    | FramedBreakage::CutsAFrameWhenClosing
+                            )
+                            .then_some(true);
                         }
                         None if breakage == FramedBreakage::KeepsMalformedSessionsAndStaysOpen => {
                             // The writer goes on serving the session, and
@@ -501,6 +515,9 @@ pub async fn serve_framed_broken(host: Host, breakage: FramedBreakage) -> Served
                 match how {
                     Some(how) => {
                         let _ = ended.send(how);
+                    }
+                    None if breakage == FramedBreakage::CutsAFrameWhenClosing => {
+                        let _ = ended.send(true);
                     }
                     None => writer.abort(),
                 }
