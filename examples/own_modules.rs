@@ -3,9 +3,9 @@
 //!
 //! ```sh
 //! cargo run --example own_modules                         # its own gRPC server
-//! cargo run --example own_modules -- --listen 0.0.0.0:7000 # another address
 //! cargo run --example own_modules -- --embedded           # on the app's tonic server
 //! APP_TOKEN=s3cr3t cargo run --example own_modules        # clients must send the token
+//! APP_TOKEN=s3cr3t cargo run --example own_modules -- --listen 0.0.0.0:7000 # beyond loopback
 //! cargo run -- client --connect 127.0.0.1:50061 call tasks add '"write the spec"'
 //! printf s3cr3t > token.txt                                # with APP_TOKEN set:
 //! cargo run -- client --connect 127.0.0.1:50061 --token-file token.txt state
@@ -164,6 +164,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut server = GrpcServer::builder(host.clone());
     if let Ok(token) = std::env::var("APP_TOKEN") {
         server = server.token(token);
+    } else if !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "serving beyond loopback with no token: anyone who reaches the port can call every method (set APP_TOKEN)"
+        );
     }
 
     if !args.embedded {

@@ -13,8 +13,9 @@ use super::{FromArgs, Invocation, MethodError, Module};
 /// A mutable view of a module's JSON state that records every change as an
 /// RFC 6902 operation.
 ///
-/// Each operation costs O(depth of the path + size of the value written), not
-/// O(state). Paths are RFC 6901 pointers relative to the module's root, such
+/// Each operation costs O(depth of the path + size of the value written,
+/// replaced or removed), not O(state); inserting into or removing from an
+/// array also shifts its later elements. Paths are RFC 6901 pointers relative to the module's root, such
 /// as `/items/3/done`; build one from data with [`pointer`](super::pointer),
 /// which escapes each name. An operation that does not fit the state (missing
 /// parent, index out of range, wrong container) fails with a [`DraftError`]
@@ -363,7 +364,8 @@ impl JsonModule {
     }
 
     /// Declares a method. `A` decodes the positional arguments (see
-    /// [`FromArgs`]); the return value is serialised to JSON.
+    /// [`FromArgs`]); the return value is serialised to JSON. A later
+    /// declaration of the same name replaces this one.
     pub fn method<A, R, F>(mut self, name: impl Into<String>, mut f: F) -> Self
     where
         A: FromArgs,

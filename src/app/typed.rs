@@ -74,7 +74,8 @@ where
     }
 
     /// Declares a method. `A` decodes the positional arguments (see
-    /// [`FromArgs`]); the return value is serialised to JSON.
+    /// [`FromArgs`]); the return value is serialised to JSON. A later
+    /// declaration of the same name replaces this one.
     pub fn method<A, R, F>(mut self, name: impl Into<String>, mut f: F) -> Self
     where
         A: FromArgs,
@@ -104,10 +105,12 @@ where
             Err(e) => {
                 let why = format!(
                     "module {} is out of service: its committed state did not read back \
-                     as its type after a failed call ({e})",
+                     as its type after a failed call",
                     self.methods.module_name()
                 );
-                tracing::error!("{why}");
+                // serde's message may quote the state, which callers of a
+                // private module must not see: it goes to the log alone.
+                tracing::error!(error = %e, "{why}");
                 self.broken = Some(why);
             }
         }

@@ -21,8 +21,9 @@ pub struct Caller {
     pub peer_id: Arc<str>,
     /// Who the session's transport authenticated, if the application told
     /// the host: a [`Principal`] in a gRPC `Session` request's extensions
-    /// (put there by the application's layer on its own server:
-    /// `GrpcServer::serve` and its shared token name nobody), or
+    /// (put there by a `GrpcServerBuilder::interceptor`, or by a layer of
+    /// the application's own server; the shared token alone names
+    /// nobody), or
     /// [`Host::serve_as`](super::Host::serve_as) /
     /// [`Host::open_session_as`](super::Host::open_session_as) on other
     /// transports. It is fixed when the session opens and lasts as long as

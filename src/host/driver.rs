@@ -239,16 +239,31 @@ impl Host {
     }
 
     /// The current version of the published view.
+    ///
+    /// # Panics
+    /// When called from inside one of this host's methods (which holds the
+    /// state it reads: waiting would deadlock); the call is then answered
+    /// `internal`. [`Host::epoch`] and [`Host::config`] may be read there.
     pub fn version(&self) -> u64 {
         self.shared.core().version()
     }
 
     /// The published view.
+    ///
+    /// # Panics
+    /// When called from inside one of this host's methods (which holds the
+    /// state it reads: waiting would deadlock); the call is then answered
+    /// `internal`. [`Host::epoch`] and [`Host::config`] may be read there.
     pub fn view(&self) -> Value {
         self.shared.core().view()
     }
 
     /// A module's committed state, published or not.
+    ///
+    /// # Panics
+    /// When called from inside one of this host's methods (which holds the
+    /// state it reads: waiting would deadlock); the call is then answered
+    /// `internal`. [`Host::epoch`] and [`Host::config`] may be read there.
     pub fn module_state(&self, module: &str) -> Option<Value> {
         self.shared.core().module_state(module).cloned()
     }
@@ -267,6 +282,11 @@ impl Host {
     /// behind gets `RecvError::Lagged` and carries on from the oldest kept;
     /// the host never waits for it. Receivers end (`RecvError::Closed`)
     /// when the host shuts down; one asked for after that is already ended.
+    ///
+    /// # Panics
+    /// When called from inside one of this host's methods (which holds the
+    /// state it reads: waiting would deadlock); the call is then answered
+    /// `internal`. [`Host::epoch`] and [`Host::config`] may be read there.
     pub fn events(&self) -> broadcast::Receiver<HostEvent> {
         let mut core = self.shared.core();
         let events = self.shared.events.lock().unwrap_or_else(|e| e.into_inner());
@@ -288,6 +308,11 @@ impl Host {
     }
 
     /// How many sessions are open.
+    ///
+    /// # Panics
+    /// When called from inside one of this host's methods (which holds the
+    /// state it reads: waiting would deadlock); the call is then answered
+    /// `internal`. [`Host::epoch`] and [`Host::config`] may be read there.
     pub fn session_count(&self) -> usize {
         self.shared.core().peer_count()
     }

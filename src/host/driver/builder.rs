@@ -85,7 +85,9 @@ impl HostBuilder {
     /// settles calls at once against its stale view, silently, for as long
     /// as it stays connected. Derive a fixed epoch from something that
     /// changes at every start (a deployment id and a start counter), or
-    /// leave it random.
+    /// leave it random. It must be 1 to
+    /// [`MAX_EPOCH`](crate::client::MAX_EPOCH) bytes (spec E2), or
+    /// [`build`](HostBuilder::build) panics.
     pub fn epoch(mut self, epoch: impl Into<String>) -> Self {
         self.epoch = Some(epoch.into());
         self
@@ -110,6 +112,13 @@ impl HostBuilder {
 
     /// Starts the host. Bookmarks need a tokio runtime; outside one they are
     /// not sent.
+    ///
+    /// # Panics
+    /// As [`HostCore::new`] does, for a configuration no client could
+    /// follow: an epoch of 0 or more than
+    /// [`MAX_EPOCH`](crate::client::MAX_EPOCH) bytes, or a published module
+    /// whose initial state nests the view deeper than every client mirrors
+    /// ([`MAX_VIEW_DEPTH`](crate::host::MAX_VIEW_DEPTH)).
     pub fn build(self) -> Host {
         let epoch = self.epoch.unwrap_or_else(new_epoch);
         if let Some(sections) = &self.config.sections {
