@@ -278,6 +278,24 @@ async fn a_host_at_its_client_limit_refuses_new_streams_resource_exhausted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_host_refuses_a_stream_without_the_token_unauthenticated_not_as_full() {
+    // G4: the token is checked first, so a client without it is told so,
+    // which it takes as final, rather than to come back later.
+    let host = host_with(HostLimits {
+        max_clients: 1,
+        ..HostLimits::default()
+    });
+    let (addr, _stop) = start(&host, Some(TOKEN)).await;
+    let bearer = format!("Bearer {TOKEN}");
+    let (_a_tx, a) = raw_session(addr, Some(&bearer)).await;
+    let _a = a.expect("the one slot");
+    let (_b_tx, b) = raw_session(addr, None).await;
+    assert_eq!(b.unwrap_err().code(), Code::Unauthenticated);
+    let (_c_tx, c) = raw_session(addr, Some(&bearer)).await;
+    assert_eq!(c.unwrap_err().code(), Code::ResourceExhausted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_sends_no_first_envelope_is_ended_and_frees_its_client_slot() {
     let deadline = Duration::from_secs(1);
     let host = host_with(HostLimits {

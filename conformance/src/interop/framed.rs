@@ -88,43 +88,53 @@ pub type FrameReader = FramedRead<Pin<Box<dyn AsyncRead + Send>>, Frames>;
 /// tokio-util's codec consumes a length prefix before its body has come, so
 /// a stream that ends right after a prefix would look like one that ended
 /// between frames. Here a stream that ends with any byte of a frame unread
-/// fails with [`io::ErrorKind::UnexpectedEof`] (carrying [`CutBody`] when
-/// the whole prefix had come), and a length over the runner's limit with
-/// [`io::ErrorKind::InvalidData`].
+/// fails with [`io::ErrorKind::UnexpectedEof`], carrying a [`CutFrame`]
+/// when what came could begin a frame, and a length over the runner's limit
+/// with [`io::ErrorKind::InvalidData`].
 pub struct Frames;
 
-/// Why a stream ended amid a frame's body: its length prefix had come
-/// whole, and `got` of its `announced` bytes. A host that writes a frame's
-/// prefix and body apart may close between or amid them (FB4 and FB5
-/// leave it open), so this is a close, unlike a stream cut inside a
-/// prefix: no host writes a prefix in pieces.
+/// A stream that ended amid a frame: what came of it, length prefix
+/// included, could begin a frame within the runner's limit. A host that
+/// closes a connection may leave a frame it was writing unfinished (FB5):
+/// an abortive close drops what its own buffers still held, wherever that
+/// cuts. Bytes that cannot begin a frame (text, whose first byte alone
+/// announces 512 MiB or more) are no such cut.
 #[derive(Debug)]
-pub struct CutBody {
-    /// The frame's length, as its prefix announced it.
-    pub announced: usize,
-    /// The bytes of its body that came.
-    pub got: usize,
+pub struct CutFrame {
+    /// The bytes of the unfinished frame that came.
+    pub got: BytesMut,
 }
 
-impl std::fmt::Display for CutBody {
+impl std::fmt::Display for CutFrame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "the stream ended amid a frame's body, {} of its {} bytes come",
-            self.got, self.announced
+            "the stream ended amid a frame, {} byte(s) of it come, its length prefix included",
+            self.got.len()
         )
     }
 }
 
-impl std::error::Error for CutBody {}
+impl std::error::Error for CutFrame {}
 
-/// Whether `error` is a stream that ended amid a frame's body ([`CutBody`]).
-pub fn is_cut_body(error: &io::Error) -> bool {
-    error.get_ref().is_some_and(|inner| inner.is::<CutBody>())
+/// The unfinished frame `error` reports, if it is a [`CutFrame`].
+pub fn cut_frame(error: &io::Error) -> Option<&CutFrame> {
+    error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<CutFrame>())
 }
 
 /// A frame's length prefix.
 const PREFIX: usize = 4;
+
+/// The least length a length prefix that begins with `part` can announce.
+fn least_length(part: &[u8]) -> usize {
+    let mut length = [0u8; PREFIX];
+    for (to, from) in length.iter_mut().zip(part) {
+        *to = *from;
+    }
+    u32::from_be_bytes(length) as usize
+}
 
 impl tokio_util::codec::Decoder for Frames {
     type Item = BytesMut;
@@ -155,17 +165,11 @@ impl tokio_util::codec::Decoder for Frames {
         match self.decode(src)? {
             Some(frame) => Ok(Some(frame)),
             None if src.is_empty() => Ok(None),
-            None if src.len() >= PREFIX => {
-                let mut length = [0u8; PREFIX];
-                length.copy_from_slice(&src[..PREFIX]);
-                Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    CutBody {
-                        announced: u32::from_be_bytes(length) as usize,
-                        got: src.len() - PREFIX,
-                    },
-                ))
-            }
+            // A whole prefix was judged by `decode`; a part of one is
+            // judged as the least length it can begin.
+            None if src.len() >= PREFIX || least_length(src) <= MAX_READ_FRAME => Err(
+                io::Error::new(io::ErrorKind::UnexpectedEof, CutFrame { got: src.split() }),
+            ),
             None => Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 format!(
@@ -240,20 +244,30 @@ mod tests {
             }
         }
         assert_eq!(frames, [vec![7, 8], vec![]]);
-        // A frame's prefix has come, and nothing of its body: cut amid it.
+        // A frame's prefix has come, and nothing of its body: a cut frame.
         assert_eq!(src.len(), 4);
-        let mut cut = src.clone();
-        let eof = Frames.decode_eof(&mut cut).unwrap_err();
-        assert_eq!(eof.kind(), io::ErrorKind::UnexpectedEof);
-        assert!(is_cut_body(&eof), "{eof}");
-        assert!(eof.to_string().contains("0 of its 1 bytes"), "{eof}");
-        // Cut inside the prefix: not a frame a host was writing.
-        src.truncate(3);
-        let eof = Frames.decode_eof(&mut src).unwrap_err();
-        assert_eq!(eof.kind(), io::ErrorKind::UnexpectedEof);
-        assert!(!is_cut_body(&eof), "{eof}");
-        assert!(eof.to_string().contains("3 byte(s)"), "{eof}");
+        for cut_at in 1..=4 {
+            let mut cut = BytesMut::from(&src[..cut_at]);
+            let eof = Frames.decode_eof(&mut cut).unwrap_err();
+            assert_eq!(eof.kind(), io::ErrorKind::UnexpectedEof);
+            let cut = cut_frame(&eof).expect("a cut frame");
+            assert_eq!(cut.got.len(), cut_at, "{eof}");
+        }
         assert_eq!(Frames.decode_eof(&mut BytesMut::new()).unwrap(), None);
+    }
+
+    #[test]
+    fn bytes_that_cannot_begin_a_frame_are_no_cut_frame() {
+        // Text: its first byte alone announces far over the limit.
+        for text in [&b"e"[..], b"err", b"\x04\x00\x01"] {
+            let mut src = BytesMut::from(text);
+            let eof = Frames.decode_eof(&mut src).unwrap_err();
+            assert_eq!(eof.kind(), io::ErrorKind::UnexpectedEof);
+            assert!(cut_frame(&eof).is_none(), "{text:?}: {eof}");
+        }
+        // A part of a prefix within the limit is one.
+        let mut src = BytesMut::from(&b"\x04\x00"[..]);
+        assert!(cut_frame(&Frames.decode_eof(&mut src).unwrap_err()).is_some());
     }
 
     #[test]

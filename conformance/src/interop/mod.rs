@@ -198,12 +198,15 @@ pub async fn run(config: &HostRun) -> Result<Report, String> {
         }
     }
     let transport = target.transport();
-    let shared = Arc::new(Shared::new(
-        target,
-        config.token.clone(),
-        config.secret_marker.clone(),
-        config.step_timeout,
-    ));
+    let shared = Arc::new(
+        Shared::new(
+            target,
+            config.token.clone(),
+            config.secret_marker.clone(),
+            config.step_timeout,
+        )
+        .with_max_message(config.options.max_message_size as usize),
+    );
     let mut report = Report::default();
     for case in cases::CASES {
         if !case.runs_over(transport) || !config.select.includes(case.name, case.tier) {

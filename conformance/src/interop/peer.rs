@@ -65,8 +65,8 @@ pub const CHECKED_ON_EVERY_ENVELOPE: &[&str] = &[
 /// The message of the status a framed connection that was reset ends with.
 const RESET: &str = "the connection was reset";
 
-/// The message of the status a framed connection closed amid a frame's
-/// body ends with.
+/// The message of the status a framed connection closed amid a frame
+/// ends with.
 const CUT: &str = "the connection was closed amid a frame";
 
 /// Long enough to stand for "no time limit" in a wait.
@@ -137,6 +137,9 @@ pub struct Shared {
     /// for (a case may read several streams at once).
     waiting: Mutex<BTreeMap<u64, String>>,
     next_wait: AtomicU64,
+    /// The host's max message size: no envelope it sends may be larger
+    /// (PROTOCOL.md §15).
+    max_message: usize,
 }
 
 impl Shared {
@@ -159,7 +162,15 @@ impl Shared {
             leak: Mutex::new(None),
             waiting: Mutex::default(),
             next_wait: AtomicU64::new(0),
+            max_message: framed::MAX_READ_FRAME,
         }
+    }
+
+    /// Fails any stream receiving an envelope over `bytes`, the host's max
+    /// message size (default: only the runner's own read limit, 64 MiB).
+    pub fn with_max_message(mut self, bytes: usize) -> Self {
+        self.max_message = bytes;
+        self
     }
 
     /// The waits under way, in words, joined by `; ` (`None` if there is
@@ -652,6 +663,9 @@ impl Peer {
                 timeout.as_millis()
             )
         };
+        // What came of a frame the host left unfinished, checked for the
+        // marker as whole envelopes are.
+        let mut cut = None;
         let end = match &mut self.response {
             Response::Open(streaming) => {
                 match tokio::time::timeout(timeout, streaming.message())
@@ -686,18 +700,17 @@ impl Peer {
                     {
                         break Some(Status::unavailable(RESET));
                     }
-                    // Amid a frame's body: a host that writes a prefix and
-                    // its body apart may close between them (§7.3).
-                    Some(Err(e)) if framed::is_cut_body(&e) => {
+                    // Amid a frame: a host may leave the frame it was
+                    // writing unfinished when it closes (FB5, §7.3).
+                    Some(Err(e)) if framed::cut_frame(&e).is_some() => {
+                        cut = framed::cut_frame(&e).map(|c| c.got.clone());
                         break Some(Status::unavailable(CUT));
                     }
-                    // A stream that ends inside a length prefix: a client
-                    // takes it for a connection loss (FB5), but no host
-                    // writes a prefix in pieces, so it is not a close
-                    // (§7.3).
+                    // Bytes that cannot begin a frame within the runner's
+                    // limit, such as text, cut short: not a close (§7.3).
                     Some(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
                         return Err(format!(
-                            "stream {}: the host closed the connection inside a frame ({e}): an unfinished frame is not a close (CONFORMANCE.md §7.3)",
+                            "stream {}: the host closed the connection after bytes that cannot begin a frame ({e}): they are not a close (CONFORMANCE.md §7.3)",
                             self.name
                         ));
                     }
@@ -715,7 +728,32 @@ impl Peer {
             Response::Pending(_) | Response::Ended(_) => return Ok(None),
         };
         self.response = Response::Ended(end);
+        if let Some(got) = cut {
+            self.check_marker(&got)?;
+        }
         Ok(None)
+    }
+
+    /// Fails the run, and this read, if `bytes` hold the private section's
+    /// marker (SI2).
+    fn check_marker(&self, bytes: &[u8]) -> Result<(), String> {
+        let Some(marker) = &self.shared.marker else {
+            return Ok(());
+        };
+        if !contains(bytes, marker) {
+            return Ok(());
+        }
+        let leak = format!(
+            "stream {} received the private section's marker (SI2) in {} bytes",
+            self.name,
+            bytes.len()
+        );
+        self.shared
+            .leak
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(|| leak.clone());
+        Err(leak)
     }
 
     /// Reads the next envelope, or how the stream ended: `Ok(None)` with the
@@ -734,19 +772,13 @@ impl Peer {
             return Ok(None);
         };
         let name = self.name.clone();
-        if let Some(marker) = &self.shared.marker
-            && contains(&bytes, marker)
-        {
-            let leak = format!(
-                "stream {name} received the private section's marker (SI2) in {} bytes",
-                bytes.len()
-            );
-            self.shared
-                .leak
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_or_insert_with(|| leak.clone());
-            return Err(leak);
+        self.check_marker(&bytes)?;
+        if bytes.len() > self.shared.max_message {
+            return Err(format!(
+                "stream {name}: the host sent an envelope of {} bytes, over its max message size of {} (--max-message-size): a host MUST NOT send one (PROTOCOL.md §15), since its clients refuse it",
+                bytes.len(),
+                self.shared.max_message
+            ));
         }
         let message = HostMessage::decode(bytes.as_ref()).map_err(|e| {
             format!("stream {name}: the host sent bytes that are not a HostMessage: {e}")
