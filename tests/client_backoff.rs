@@ -69,6 +69,41 @@ impl Connector for Unreachable {
     }
 }
 
+/// [`Unreachable`], counting the attempts.
+struct CountedUnreachable(Arc<AtomicUsize>);
+
+impl Connector for CountedUnreachable {
+    fn connect(&self) -> BoxFuture<'static, Result<ClientLink, TransportError>> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Unreachable.connect()
+    }
+}
+
+/// On the real clock and two threads: a client retrying in a tight loop
+/// would keep a paused clock from ever advancing, so this test would hang
+/// where it must fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_backoff_still_waits_between_attempts() {
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let policy = Reconnect {
+        initial: Duration::ZERO,
+        max: Duration::from_millis(4),
+        jitter: false,
+    };
+    let client = Client::with_reconnect(
+        CountedUnreachable(attempts.clone()),
+        ClientConfig::default(),
+        policy,
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client.dispose();
+    // Attempts at 0 and 0 (the initial wait), then after 1, 2 and 4 ms, and
+    // every 4 ms on: at most 28 within 100 ms, as timers never fire early.
+    // Doubling zero without a floor would make thousands.
+    let attempts = attempts.load(Ordering::SeqCst);
+    assert!((2..=29).contains(&attempts), "{attempts} attempts");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_call_times_out_while_the_host_is_unreachable() {
     let client = Client::new(Unreachable, ClientConfig::default());

@@ -262,6 +262,25 @@ async fn a_connector_that_cannot_be_built_stops_the_client_instead_of_retrying()
     assert!(error.message.contains("as configured"), "{error}");
 }
 
+#[test]
+fn tls_settings_on_a_plaintext_url_are_refused_rather_than_dropped() {
+    // Plaintext would ignore them, and send the token in the clear to a
+    // host the application meant to verify.
+    let url = "http://127.0.0.1:1";
+    let cases = [
+        GrpcConnector::new(url).unwrap().ca_cert(b"pem".to_vec()),
+        GrpcConnector::new(url)
+            .unwrap()
+            .identity(b"cert".to_vec(), b"key".to_vec()),
+        GrpcConnector::new(url).unwrap().domain_name("host.example"),
+    ];
+    for connector in cases {
+        let error = connector.endpoint().unwrap_err().to_string();
+        assert!(error.contains("needs an https:// host"), "{error}");
+    }
+    assert!(GrpcConnector::new(url).unwrap().endpoint().is_ok());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_at_its_client_limit_refuses_new_streams_resource_exhausted() {
     let host = host_with(HostLimits {

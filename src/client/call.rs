@@ -34,7 +34,9 @@ pub struct CallOptions {
 /// A pending call. Resolves to the method's value or error once the mirror
 /// has reached the state the call produced. Dropping it before it resolves
 /// cancels the call (it settles `cancelled`; if it was already sent, the host
-/// may still run it).
+/// may still run it, and if not, it never runs), so there is no fire and
+/// forget: await it, or keep it until it resolves.
+#[must_use = "dropping a CallFuture cancels the call, which may then never run"]
 pub struct CallFuture {
     client: Client,
     id: Option<CallId>,
@@ -138,7 +140,9 @@ impl Future for CallFuture {
 }
 
 /// A pending call that resolves to its [`Settlement`]; see
-/// [`CallFuture::with_version`].
+/// [`CallFuture::with_version`]. Dropping it cancels the call, as dropping
+/// a [`CallFuture`] does.
+#[must_use = "dropping a VersionedCall cancels the call, which may then never run"]
 pub struct VersionedCall(CallFuture);
 
 impl Future for VersionedCall {

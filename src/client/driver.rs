@@ -437,6 +437,11 @@ impl Client {
     }
 
     /// Reads derived state synchronously, without copying the view.
+    ///
+    /// `selector` runs under the client's lock, which every call, every
+    /// arriving envelope and every other read waits for: keep it cheap,
+    /// and never use the client from inside it (a read or a call there
+    /// deadlocks the thread). Copy out what it needs and work on that.
     pub fn select<T>(&self, selector: impl FnOnce(&Value) -> T) -> Option<T> {
         self.shared().core().state().map(selector)
     }
@@ -448,6 +453,8 @@ impl Client {
     /// that is busy), as a `tokio::sync::watch` does. To see every change,
     /// keep it in the state (an append-only log a method pushes to) rather
     /// than in the values a watch samples. Dropping the watch unsubscribes.
+    /// `selector` runs under the client's lock, as [`Client::select`]'s
+    /// does: keep it cheap, and never use the client from inside it.
     pub fn watch<T, F>(&self, selector: F) -> Watch<T, F>
     where
         T: PartialEq + Clone,
@@ -468,7 +475,10 @@ impl Client {
     /// Calls `listener` with each new value of `selector` on a task of its
     /// own, until the returned handle is dropped or unsubscribed. Values are
     /// coalesced as [`Client::watch`]'s are: the listener sees the latest
-    /// one, not necessarily every one in between.
+    /// one, not necessarily every one in between. The listener runs on that
+    /// task, outside the client's lock; `selector` runs under it, as
+    /// [`Client::select`]'s does. Spawns the task with `tokio::spawn`, so
+    /// it must be called within a tokio runtime, or it panics.
     pub fn watch_fn<T, F, L>(
         &self,
         selector: F,

@@ -28,5 +28,5 @@ pub use connection::Connection;
 pub use core::{ClientCore, MAX_EPOCH};
 pub use driver::{CLOSE_GRACE, CallOutcome, Client, MirrorSnapshot, Settlement};
 pub use event::{CallId, ClientError, ClientEvent, Conflict, ConflictReason, Notice};
-pub use reconnect::{JITTER, Reconnect};
+pub use reconnect::{JITTER, MIN_BACKOFF, Reconnect};
 pub use watch::{Equals, Watch, WatchHandle, WatchOptions};

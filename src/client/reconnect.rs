@@ -13,7 +13,10 @@ pub const JITTER: f64 = 0.2;
 pub struct Reconnect {
     /// First wait after a failure.
     pub initial: Duration,
-    /// Longest wait between attempts; the wait doubles up to it.
+    /// Longest wait between attempts; the wait doubles up to it. Waits after
+    /// the first are never shorter than [`MIN_BACKOFF`], whatever these
+    /// say, so a zero `initial` or `max` cannot make the client reconnect
+    /// in a tight loop.
     pub max: Duration,
     /// Whether each wait is spread at random over ±[`JITTER`] of it, so
     /// that the clients of a host that restarts do not all reconnect at the
@@ -31,7 +34,20 @@ impl Default for Reconnect {
     }
 }
 
+/// The shortest wait after the first: a zero backoff would double to zero
+/// for ever.
+pub const MIN_BACKOFF: Duration = Duration::from_millis(1);
+
 impl Reconnect {
+    /// The backoff after `backoff`: doubled, at least [`MIN_BACKOFF`], at
+    /// most [`Reconnect::max`] (or [`MIN_BACKOFF`], if that is more).
+    pub fn next(&self, backoff: Duration) -> Duration {
+        backoff
+            .saturating_mul(2)
+            .max(MIN_BACKOFF)
+            .min(self.max.max(MIN_BACKOFF))
+    }
+
     /// The wait for a given backoff: the backoff itself, or with
     /// [`Reconnect::jitter`] a random duration within ±[`JITTER`] of it,
     /// never more than [`Duration::MAX`].
@@ -58,6 +74,31 @@ fn unit_random() -> f64 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_zero_backoff_grows_from_the_floor_to_the_max() {
+        let zero = Reconnect {
+            initial: Duration::ZERO,
+            max: Duration::from_millis(4),
+            jitter: false,
+        };
+        let mut backoff = zero.initial;
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            backoff = zero.next(backoff);
+            waits.push(backoff.as_millis());
+        }
+        assert_eq!(waits, [1, 2, 4, 4, 4]);
+        let none = Reconnect {
+            max: Duration::ZERO,
+            ..zero
+        };
+        assert_eq!(none.next(Duration::ZERO), MIN_BACKOFF);
+        assert_eq!(
+            Reconnect::default().next(Duration::from_secs(4)),
+            Duration::from_secs(5)
+        );
+    }
 
     proptest! {
         #[test]

@@ -110,7 +110,7 @@ async fn drive(shared: Arc<Shared>, connector: Box<dyn Connector>, policy: Recon
             _ = tokio::time::sleep_until(retry_at) => {}
             _ = keep_time_until_stopped(&shared) => {}
         }
-        backoff = backoff.saturating_mul(2).min(policy.max);
+        backoff = policy.next(backoff);
         attempt = if heard { 1 } else { attempt.saturating_add(1) };
     }
     // No link will come back: whatever is still pending cannot complete.

@@ -113,7 +113,12 @@ impl GrpcConnector {
         self
     }
 
-    /// Largest host message accepted (default: the protocol's 4 MiB).
+    /// Largest message accepted from the host, and sent to it (default:
+    /// the protocol's 4 MiB). Keep it equal to
+    /// [`ClientConfig::max_message_bytes`](crate::client::ClientConfig::max_message_bytes):
+    /// a Call under that limit but over this one is refused by the gRPC
+    /// library as it is encoded, which resets the stream, so every call in
+    /// flight settles `outcome-unknown` and the client reconnects.
     pub fn max_message_bytes(mut self, limit: usize) -> Self {
         self.max_message_bytes = limit;
         self.built = Arc::default();
@@ -127,6 +132,16 @@ impl GrpcConnector {
     pub fn endpoint(&self) -> Result<Endpoint, GrpcError> {
         if let Some(token) = &self.token {
             check_token(token)?;
+        }
+        let tls_options =
+            self.ca_cert.is_some() || self.identity.is_some() || self.domain.is_some();
+        if tls_options && !self.url.starts_with("https://") {
+            // Plaintext would silently drop them, and send the token in
+            // the clear to a host the application meant to verify.
+            return Err(GrpcError::Tls(format!(
+                "a CA certificate, client identity or domain name needs an https:// host, not {}",
+                self.url
+            )));
         }
         let mut endpoint = Endpoint::from_shared(self.url.clone())
             .map_err(|e| GrpcError::InvalidUrl(format!("{}: {e}", self.url)))?
