@@ -12,7 +12,8 @@ use cosystem_worker::demo;
 use cosystem_worker::host::Host;
 use cosystem_worker::transport::{ClientLink, Connector, HostInput, TransportError};
 use cosystem_worker::wire::{
-    ErrorCode, Header, HostMessage, Snapshot, SnapshotReason, client_message, host_message,
+    ClientMessage, ErrorCode, Header, HostMessage, Snapshot, SnapshotReason, client_message,
+    host_message,
 };
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -307,4 +308,52 @@ async fn a_host_program_that_cannot_be_started_stops_the_client_with_why() {
         } => assert!(why.contains("/nonexistent/cosystem-host"), "{why}"),
         other => panic!("expected a setup error, got {other:?}"),
     }
+}
+
+/// A host that speaks once and then never reads: the link's sink takes the
+/// first envelope and no more. The receiver is kept, so the sink waits for
+/// room rather than fails.
+struct NeverDrained(std::sync::Mutex<Vec<futures::channel::mpsc::Receiver<ClientMessage>>>);
+
+impl Connector for NeverDrained {
+    fn connect(&self) -> BoxFuture<'static, Result<ClientLink, TransportError>> {
+        use futures::{SinkExt, StreamExt};
+        // Room for one envelope: the client's SyncRequest.
+        let (tx, rx) = futures::channel::mpsc::channel::<ClientMessage>(0);
+        self.0.lock().unwrap().push(rx);
+        let snapshot = host_says(host_message::Kind::Snapshot(Snapshot {
+            version: 1,
+            state_json: "{}".into(),
+            sync_id: 1,
+            reason: SnapshotReason::Sync as i32,
+        }));
+        let link = ClientLink {
+            sink: Box::pin(tx.sink_map_err(|e| TransportError::Connection(e.to_string()))),
+            stream: Box::pin(futures::stream::iter([snapshot]).chain(futures::stream::pending())),
+        };
+        async move { Ok(link) }.boxed()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_reads_and_times_out_while_the_host_does_not_drain_the_link() {
+    // The call cannot be sent; its deadline must still come due, rather than
+    // wait with the driver for room that never comes.
+    let client = Client::new(
+        NeverDrained(std::sync::Mutex::default()),
+        ClientConfig::default(),
+    );
+    // The SyncRequest filled the link: the host's answer is still read.
+    tokio::time::timeout(Duration::from_secs(60), client.ready())
+        .await
+        .expect("the snapshot was read while the link had no room")
+        .unwrap();
+    let options = cosystem_worker::client::CallOptions {
+        timeout: Some(Duration::from_secs(1)),
+    };
+    let call = client.call_with("m", "f", vec![], options);
+    let outcome = tokio::time::timeout(Duration::from_secs(60), call)
+        .await
+        .expect("the call settled by its own deadline");
+    assert_eq!(outcome.unwrap_err().code, ErrorCode::DeadlineExceeded);
 }

@@ -299,15 +299,6 @@ fn take_input(
     Ok(())
 }
 
-/// Returns once the client is stopped. It takes the driver's wake-ups while
-/// it waits: whatever they were for, the driver looks again when it is done
-/// sending.
-async fn until_stopped(shared: &Shared) {
-    while !shared.stopped.load(Ordering::Acquire) {
-        shared.wake.notified().await;
-    }
-}
-
 /// The most envelopes taken from a link in one turn of [`serve_link`]
 /// before it dispatches, sends and looks at its deadlines again.
 const DRAIN_BATCH: usize = 64;
@@ -325,12 +316,46 @@ async fn serve_link(
                 .outbound
                 .poll_send(cx, |room| shared.core().poll_transmit_when(room))
         });
-        // A stopped client sends nothing more, and must not wait for room
-        // on a link the host does not drain (it is held in a method).
-        tokio::select! {
-            biased;
-            sent = send => sent?,
-            () = until_stopped(shared) => {}
+        // Usually there is room and this is done at once. While there is
+        // none, deadlines (and host silence) still come due and the host
+        // may still speak: a host that does not drain the link (it is held
+        // in a method, or waits to write to us) must not stop either. A
+        // stopped client sends nothing more, and must not wait for room.
+        let mut send = std::pin::pin!(send);
+        if let Some(sent) = futures::FutureExt::now_or_never(send.as_mut()) {
+            sent?;
+        } else {
+            // What the last turn settled goes out before the wait.
+            shared.dispatch();
+            let timer = shared.next_deadline();
+            // Whether to try the send again at once rather than go on to
+            // the wait below, which does not watch for room.
+            let again = tokio::select! {
+                biased;
+                sent = send.as_mut() => {
+                    sent?;
+                    false
+                }
+                // Come due: the timer branch below handles it at once.
+                _ = timer => false,
+                item = stream.next() => match item {
+                    Some(item) => {
+                        take_input(shared, item, heard)?;
+                        true
+                    }
+                    None => return Ok(()),
+                },
+                // A stop, or a call with an earlier deadline (a stopped
+                // client returns below without waiting for room).
+                _ = shared.wake.notified() => true,
+            };
+            if again {
+                shared.dispatch();
+                if shared.stopped.load(Ordering::Acquire) {
+                    return Ok(());
+                }
+                continue;
+            }
         }
         shared.dispatch();
         if shared.stopped.load(Ordering::Acquire) {
