@@ -325,7 +325,7 @@ fn a_client_ca_without_tls_is_refused() {
     });
     assert!(matches!(
         result,
-        Err(cosystem_worker::transport::grpc::GrpcError::Tls(_))
+        Err(cosystem_worker::transport::grpc::GrpcError::ClientCaWithoutTls)
     ));
 }
 

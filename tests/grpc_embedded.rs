@@ -160,7 +160,7 @@ fn into_service_refuses_tls_and_an_unusable_token() {
     let tls = GrpcServer::builder(host.clone())
         .tls("cert", "key")
         .into_service();
-    assert!(matches!(tls, Err(GrpcError::Tls(_))));
+    assert!(matches!(tls, Err(GrpcError::TlsNotApplied)));
     let token = GrpcServer::builder(host).token("has space").into_service();
     assert!(matches!(
         token,

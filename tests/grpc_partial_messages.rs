@@ -145,3 +145,80 @@ async fn messages_announced_and_held_are_bounded_together_and_released_with_thei
     drop(streams);
     served.stop().await;
 }
+
+/// Health and reflection need no token, so what their streams hold is
+/// bounded too: of one request more than `MAX_SIDE_REQUESTS` being read at
+/// once (each announcing a whole message and stalling, on several
+/// connections), one is refused `RESOURCE_EXHAUSTED` unread, and a stream
+/// that goes away makes room for a health check that is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn side_service_requests_being_read_are_bounded_and_released_with_their_streams() {
+    use cosystem_worker::transport::grpc::{
+        MAX_SIDE_REQUESTS, MAX_SIDE_SERVICE_MESSAGE_BYTES, MAX_STREAMS_PER_CONNECTION,
+    };
+    let host = Host::builder(demo::app("s")).build();
+    let server = GrpcServer::builder(host.clone())
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let served = serve_grpc(server);
+    let check = |client: &mut h2::client::SendRequest<bytes::Bytes>| {
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!("{}/grpc.health.v1.Health/Check", served.url()))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        client.send_request(request, false).unwrap()
+    };
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(served.addr).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        client.ready().await.unwrap()
+    };
+    let per_connection = MAX_STREAMS_PER_CONNECTION as usize / 2;
+    let mut clients = Vec::new();
+    let mut streams = Vec::new();
+    for i in 0..=MAX_SIDE_REQUESTS {
+        if i % per_connection == 0 {
+            clients.push(connect().await);
+        }
+        let (response, mut body) = check(clients.last_mut().unwrap());
+        body.send_data(prefix(MAX_SIDE_SERVICE_MESSAGE_BYTES), false)
+            .unwrap();
+        streams.push((Box::pin(status_of(response)), body));
+    }
+    let watchdog = std::time::Duration::from_secs(60);
+    let (refused, index, _) = tokio::time::timeout(
+        watchdog,
+        futures::future::select_all(streams.iter_mut().map(|(status, _)| status.as_mut())),
+    )
+    .await
+    .expect("the request past the bound was answered");
+    assert_eq!(refused, "8");
+    drop(streams.remove(index));
+
+    // A stream that goes away gives its place back once the server has
+    // seen the reset, so a refusal before that is tried again.
+    let (_, mut gone) = streams.pop().unwrap();
+    gone.send_reset(h2::Reason::CANCEL);
+    let mut client = connect().await;
+    let status = tokio::time::timeout(watchdog, async {
+        loop {
+            let (response, mut body) = check(&mut client);
+            body.send_data(prefix(0), true).unwrap();
+            let status = status_of(response).await;
+            if status != "8" {
+                break status;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a health check was answered once a place came free");
+    assert_eq!(status, "0");
+    drop(streams);
+    served.stop().await;
+}

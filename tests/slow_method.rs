@@ -284,3 +284,81 @@ fn a_slow_method_holds_up_no_socket_of_its_runtime() {
     }
     let _ = done.send(());
 }
+
+/// Sessions whose input waits for a core that a slow method holds wait
+/// asleep, not each blocking a thread: with more of them than the runtime
+/// has threads to spare (two workers, four blocking threads), another host
+/// on the same runtime is still served, and every waiting call is answered
+/// once the method returns. Blocking, the waiters would take every thread
+/// and the watchdog would fail the test.
+#[test]
+fn grpc_sessions_waiting_on_a_slow_method_take_no_thread_each() {
+    use cosystem_worker::transport::grpc::{GrpcConnector, GrpcServer};
+    const WAITERS: usize = 16;
+    let done = watchdog(Duration::from_secs(60));
+    let servers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    let gate = Gate::default();
+    let slow_host = Host::builder(app_with_gate("s", gate.clone())).build();
+    let other_host = Host::builder(demo::app("s")).build();
+    let slow = servers.block_on(common::serve_grpc_on_loopback(GrpcServer::builder(
+        slow_host.clone(),
+    )));
+    let other = servers.block_on(common::serve_grpc_on_loopback(GrpcServer::builder(
+        other_host.clone(),
+    )));
+    let clients = two_workers();
+    let grpc_client = |addr| {
+        let _enter = clients.enter();
+        Client::new(
+            GrpcConnector::new(format!("http://{addr}")).unwrap(),
+            ClientConfig::default(),
+        )
+    };
+    let holder = grpc_client(slow.addr);
+    let waiters: Vec<Client> = (0..WAITERS).map(|_| grpc_client(slow.addr)).collect();
+    let bystander = grpc_client(other.addr);
+    let mut everyone: Vec<&Client> = waiters.iter().collect();
+    everyone.extend([&holder, &bystander]);
+    ready(&clients, &everyone);
+
+    let held = clients.spawn({
+        let c = holder.clone();
+        async move { c.call("slow", "hold", vec![]).await }
+    });
+    gate.wait_entered();
+    let waiting: Vec<Call> = waiters
+        .iter()
+        .map(|c| {
+            let c = c.clone();
+            clients.spawn(async move { c.call("counter", "increase", vec![json!(1)]).await })
+        })
+        .collect();
+    // Time for the calls to reach the host over loopback; any still on the
+    // way make the test check less, never fail.
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 1..=3 {
+        let answered = clients.block_on(bystander.call("counter", "increase", vec![json!(1)]));
+        assert_eq!(answered, Ok(json!(i)));
+    }
+    assert!(!held.is_finished());
+
+    gate.open();
+    assert_eq!(clients.block_on(held).unwrap(), Ok(json!(1)));
+    let mut counts: Vec<i64> = waiting
+        .into_iter()
+        .map(|call| {
+            let answer = clients.block_on(call).unwrap().unwrap();
+            answer.as_i64().unwrap()
+        })
+        .collect();
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=WAITERS as i64).collect::<Vec<_>>());
+    drop((slow, other));
+    drop(servers);
+    let _ = done.send(());
+}

@@ -8,7 +8,7 @@ use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args};
 use cosystem_worker::demo;
-use cosystem_worker::host::{Host, HostLimits, SyncMode, new_epoch};
+use cosystem_worker::host::{Host, HostLimits, SyncMode};
 use cosystem_worker::transport::framed;
 use cosystem_worker::transport::grpc::{
     ConnectionGauge, ConnectionLimits, DEFAULT_MAX_CONNECTIONS, GrpcServer,
@@ -379,12 +379,24 @@ async fn serve_until_signal(
     Ok(())
 }
 
+/// 128 bits from the OS, in hex: the marker's only value is that no peer
+/// can guess it, which an epoch (unique, not secret) does not promise.
+fn new_secret() -> Result<String, CliError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(CliError::Randomness)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 fn build_host(args: &HostArgs) -> Result<Host, CliError> {
     if args.secret_token.as_deref() == Some("") {
         // An empty marker would make "the secret never appears" vacuous.
         return Err(CliError::Usage("--secret-token must not be empty".into()));
     }
-    let app = demo::app(args.secret_token.clone().unwrap_or_else(new_epoch));
+    let secret = match &args.secret_token {
+        Some(token) => token.clone(),
+        None => new_secret()?,
+    };
+    let app = demo::app(secret);
     let names = app.names();
     let sections: Vec<String> = args
         .sections

@@ -239,6 +239,9 @@ pub enum CliError {
     /// Writing output or another local I/O step failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The operating system gave no randomness for a default secret.
+    #[error("no randomness for a default --secret-token: {0}")]
+    Randomness(getrandom::Error),
 }
 
 impl CliError {
@@ -270,9 +273,16 @@ impl CliError {
                 ExitCode::from(2)
             }
             CliError::Grpc(
-                GrpcError::InvalidToken(_) | GrpcError::InvalidUrl(_) | GrpcError::Tls(_),
+                GrpcError::InvalidToken(_)
+                | GrpcError::InvalidUrl(_)
+                | GrpcError::Tls(_)
+                | GrpcError::TlsOptionsOnPlaintext { .. }
+                | GrpcError::ClientCaWithoutTls,
             ) => ExitCode::from(2),
-            CliError::Grpc(_) | CliError::Session(_) | CliError::Io(_) => ExitCode::from(1),
+            CliError::Grpc(_)
+            | CliError::Session(_)
+            | CliError::Io(_)
+            | CliError::Randomness(_) => ExitCode::from(1),
             CliError::Unreachable { .. } | CliError::Refused(_) => ExitCode::from(3),
         }
     }

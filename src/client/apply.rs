@@ -274,9 +274,8 @@ fn check_source(
 /// and what its copies and deeper moves measure (each within a budget
 /// below). Every operation, at the root too, is applied in place and
 /// undone on failure (the undo cannot fail), and a result that is not an
-/// object is undone like a failed operation. Nothing copies the mirror: a
-/// patch with a `test`, `move`, `copy` or root operation used to be applied
-/// to a copy, so a host could make every 40-byte patch cost a copy of a
+/// object is undone like a failed operation. Nothing copies the mirror,
+/// whatever the operations, so no patch of a few bytes costs a copy of a
 /// mirror of megabytes.
 ///
 /// Besides RFC 6902's own failures, a patch is refused if it would nest the

@@ -347,7 +347,8 @@ impl ClientCore {
         Some(message)
     }
 
-    /// The next event, if any.
+    /// The next event, if any. Events queue without bound until taken, so
+    /// a driver drains them after each input.
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
         self.events.pop_front()
     }

@@ -33,6 +33,12 @@ use task::stop;
 /// host to end it (spec H16: the host first sends what it owes).
 pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Core events [`Client::events`] holds for its slowest receiver.
+pub const EVENT_BUFFER: usize = 1024;
+
+/// Conflicts [`Client::conflicts`] holds for its slowest receiver.
+pub const CONFLICT_BUFFER: usize = 256;
+
 /// What a call settles with.
 pub type CallOutcome = Result<Value, MethodError>;
 
@@ -328,8 +334,8 @@ impl Client {
             changes: watch::channel(0).0,
             ready: watch::channel(false).0,
             connection: watch::channel(Connection::Connecting { attempt: 1 }).0,
-            events: broadcast::channel(1024).0,
-            conflicts: broadcast::channel(256).0,
+            events: broadcast::channel(EVENT_BUFFER).0,
+            conflicts: broadcast::channel(CONFLICT_BUFFER).0,
             stopped: AtomicBool::new(false),
             terminal: Mutex::new(None),
             finished: watch::channel(false).0,
@@ -541,12 +547,16 @@ impl Client {
         ModuleHandle::new(self.clone(), name)
     }
 
-    /// Sync conflicts as they are detected (each also starts healing).
+    /// Sync conflicts as they are detected (each also starts healing). A
+    /// receiver more than [`CONFLICT_BUFFER`] behind loses the oldest and
+    /// reads `RecvError::Lagged` once; the client itself does not wait.
     pub fn conflicts(&self) -> broadcast::Receiver<Conflict> {
         self.shared().conflicts.subscribe()
     }
 
-    /// Every event of the protocol core (low-level subscription).
+    /// Every event of the protocol core (low-level subscription). A
+    /// receiver more than [`EVENT_BUFFER`] behind loses the oldest and
+    /// reads `RecvError::Lagged` once; the client itself does not wait.
     pub fn events(&self) -> broadcast::Receiver<ClientEvent> {
         self.shared().events.subscribe()
     }

@@ -26,7 +26,9 @@ pub use call::{CallAsError, CallFuture, CallOptions, ModuleHandle, VersionedCall
 pub use config::{ClientConfig, MIN_SYNC_RETRY};
 pub use connection::Connection;
 pub use core::{ClientCore, MAX_EPOCH};
-pub use driver::{CLOSE_GRACE, CallOutcome, Client, MirrorSnapshot, Settlement};
+pub use driver::{
+    CLOSE_GRACE, CONFLICT_BUFFER, CallOutcome, Client, EVENT_BUFFER, MirrorSnapshot, Settlement,
+};
 pub use event::{CallId, ClientError, ClientEvent, Conflict, ConflictReason, Notice};
 pub use reconnect::{JITTER, MIN_BACKOFF, Reconnect};
 pub use watch::{Equals, Watch, WatchHandle, WatchOptions};

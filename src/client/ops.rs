@@ -1,12 +1,15 @@
-//! The per-patch fast path of [`super::apply_patch`]: parsing RFC 6902
-//! operations and applying `add`, `remove` and `replace` in place.
+//! RFC 6902 operations for [`super::apply_patch`]: parsing them, and
+//! applying every kind (`add`, `remove`, `replace`, `move`, `copy`, `test`)
+//! in place, each step with an undo.
 //!
-//! Both do what json-patch does, with the same results and the same errors,
-//! for less: json-patch parses an operation as an internally tagged enum,
-//! which buffers every member before reading it, and resolves pointers with
-//! `serde_json::Value::pointer_mut`, which allocates two strings per token;
-//! together they were most of a small patch's cost on the client. The tests
-//! check both against json-patch on arbitrary input.
+//! Results and errors are json-patch's, with two deliberate differences
+//! (see [`apply_in_place`]): a `test` uses the protocol's equality, and a
+//! failed `move` changes nothing. Both are written here rather than taken
+//! from json-patch because json-patch parses an operation as an internally
+//! tagged enum, which buffers every member before reading it, and resolves
+//! pointers with `serde_json::Value::pointer_mut`, which allocates two
+//! strings per token; together they were most of a small patch's cost on
+//! the client. The tests check both against json-patch on arbitrary input.
 
 use std::fmt;
 
@@ -652,9 +655,9 @@ fn addable(doc: &mut Value, path: &Pointer) -> Result<(), PatchErrorKind> {
 /// good for freeing. Each step's undo, with the index of the operation
 /// whose paths it names, goes into `undo` (emptied first). Applied, the
 /// undos stay there: they hold the values the patch took out of the
-/// document (replaced, removed), for the caller to free when it likes.
-/// Kept rather than moved into a list of values, which took an allocation
-/// per patch; failed, they have been taken back and `undo` is empty.
+/// document (replaced, removed), for the caller to free when it likes
+/// (keeping them costs no allocation per patch); failed, they have been
+/// taken back and `undo` is empty.
 ///
 /// Equivalent to `json_patch::patch` within the budget, except that a
 /// `test` uses the protocol's equality and a failed `move` changes nothing

@@ -37,7 +37,8 @@ pub struct HostLimits {
     /// one with the default 4 MiB stops at the first larger snapshot.
     pub max_message_bytes: usize,
     /// Results one client may have queued and unread before further calls
-    /// from it are answered `resource-exhausted` without running.
+    /// from it are answered `resource-exhausted` without running. A client
+    /// with twice this many queued is flooding, and its session is closed.
     pub max_calls_in_flight: usize,
     /// Sessions a host accepts at once; more are refused.
     pub max_clients: usize,

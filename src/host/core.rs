@@ -338,7 +338,9 @@ impl HostCore {
         self.index.get(module).map(|&i| self.modules[i].state())
     }
 
-    /// Opens a session.
+    /// Opens a session, or refuses it with [`InputError::TooManyClients`]
+    /// (counted in `sessions_refused`) once `max_clients` are open. The
+    /// session is sent nothing until its first SyncRequest attaches it.
     pub fn connect(&mut self, options: PeerOptions) -> Result<PeerKey, InputError> {
         if self.peers.len() >= self.config.limits.max_clients {
             self.stats.sessions_refused += 1;
@@ -567,7 +569,8 @@ impl HostCore {
         self.record_calls = on;
     }
 
-    /// The next event, if any.
+    /// The next event, if any. Events queue without bound until taken, so
+    /// a driver drains them after each input.
     pub fn poll_event(&mut self) -> Option<HostEvent> {
         self.events.pop_front()
     }

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::sync::{Notify, broadcast, watch};
 
 use super::busy::Busy;
-use super::core_lock::CoreLock;
+use super::core_lock::{CoreLock, Nap};
 use super::in_method::{called_back, in_method_of};
 use super::input::ArgsBudget;
 use super::session_end::{EndSlot, SessionTally};
@@ -405,12 +405,43 @@ impl Host {
             return Err(InputError::ShuttingDown);
         }
         self.shared.guard();
-        let key = {
-            let mut core = self.shared.core();
-            let key = core.connect(options)?;
-            core.set_principal(key, principal)?;
-            key
-        };
+        self.open_locked(self.shared.core(), options, principal)
+    }
+
+    /// [`Host::open_session_as`] for a task that must not block: while
+    /// another session's method holds the core, the wait is spent asleep,
+    /// as [`Session::handle_bytes_async`] does, so that clients connecting
+    /// during a slow method do not take a thread each.
+    ///
+    /// # Errors
+    /// As [`Host::open_session_as`].
+    pub async fn open_session_as_async(
+        &self,
+        options: PeerOptions,
+        principal: Option<Arc<str>>,
+    ) -> Result<Session, InputError> {
+        self.shared.guard();
+        let mut nap = Nap::default();
+        loop {
+            if self.shared.is_shut_down() {
+                return Err(InputError::ShuttingDown);
+            }
+            if let Some(core) = self.shared.core.now() {
+                return self.open_locked(core, options, principal);
+            }
+            std::future::poll_fn(|cx| nap.poll(cx)).await;
+        }
+    }
+
+    fn open_locked(
+        &self,
+        mut core: MutexGuard<'_, HostCore>,
+        options: PeerOptions,
+        principal: Option<Arc<str>>,
+    ) -> Result<Session, InputError> {
+        let key = core.connect(options)?;
+        core.set_principal(key, principal)?;
+        drop(core);
         self.shared.sessions.opened();
         let notify = Arc::new(Notify::new());
         self.shared

@@ -12,7 +12,11 @@ use crate::wire::view::{HeaderView, HostKindView, HostView, ViewError};
 use crate::wire::{ErrorCode, HostMessage, PROTOCOL_VERSION, SyncReason};
 
 impl ClientCore {
-    /// Handles one envelope from the host.
+    /// Handles one envelope from the host. It never fails: an envelope
+    /// addressed elsewhere, from another host or with another capability is
+    /// ignored, and one that breaks the protocol (another protocol version,
+    /// a bad epoch, an unreadable payload) changes nothing and is reported
+    /// as a notice event.
     pub fn handle_message(&mut self, now: Instant, message: HostMessage) {
         self.handle_view(now, HostView::from(&message));
     }

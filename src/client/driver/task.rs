@@ -322,44 +322,41 @@ async fn serve_link(
         // in a method, or waits to write to us) must not stop either. A
         // stopped client sends nothing more, and must not wait for room.
         let mut send = std::pin::pin!(send);
+        // Whether to go on to the wait below, which does not watch for room.
+        let mut wait = true;
         if let Some(sent) = futures::FutureExt::now_or_never(send.as_mut()) {
             sent?;
         } else {
             // What the last turn settled goes out before the wait.
             shared.dispatch();
             let timer = shared.next_deadline();
-            // Whether to try the send again at once rather than go on to
-            // the wait below, which does not watch for room.
-            let again = tokio::select! {
+            wait = tokio::select! {
                 biased;
                 sent = send.as_mut() => {
                     sent?;
-                    false
+                    true
                 }
                 // Come due: the timer branch below handles it at once.
-                _ = timer => false,
+                _ = timer => true,
+                // Otherwise the send is tried again at once.
                 item = stream.next() => match item {
                     Some(item) => {
                         take_input(shared, item, heard)?;
-                        true
+                        false
                     }
                     None => return Ok(()),
                 },
                 // A stop, or a call with an earlier deadline (a stopped
                 // client returns below without waiting for room).
-                _ = shared.wake.notified() => true,
+                _ = shared.wake.notified() => false,
             };
-            if again {
-                shared.dispatch();
-                if shared.stopped.load(Ordering::Acquire) {
-                    return Ok(());
-                }
-                continue;
-            }
         }
         shared.dispatch();
         if shared.stopped.load(Ordering::Acquire) {
             return Ok(());
+        }
+        if !wait {
+            continue;
         }
         let timer = shared.next_deadline();
         // Biased: no random branch order to draw on every wake-up. The timer

@@ -261,6 +261,30 @@ impl Session {
         self.with_core(true, |core| core.handle_input(self.key, &input))
     }
 
+    /// [`Session::handle_bytes`] for a task that must not block: while
+    /// another session's method holds the core, the wait is spent asleep
+    /// (naps of 1 ms doubling to 50 ms), not blocking a thread, so any
+    /// number of sessions may wait on a slow method without taking a
+    /// thread each, and the runtime's other tasks run on. Fails with
+    /// [`InputError::ShuttingDown`] if the host shuts down meanwhile.
+    ///
+    /// # Errors
+    /// As [`HostCore::handle_bytes`].
+    pub async fn handle_bytes_async(&self, bytes: &[u8]) -> Result<(), InputError> {
+        let mut input = PreparedInput::decode(bytes, self.shared.config.limits.max_message_bytes)?;
+        input.parse_ahead(&self.shared.args_budget);
+        let mut nap = Nap::default();
+        loop {
+            if self.is_closed() {
+                return Err(InputError::ShuttingDown);
+            }
+            if let Some(core) = self.shared.core.now() {
+                return self.with_locked(core, true, |core| core.handle_input(self.key, &input));
+            }
+            std::future::poll_fn(|cx| nap.poll(cx)).await;
+        }
+    }
+
     fn with_core<T>(&self, wake_self: bool, f: impl FnOnce(&mut HostCore) -> T) -> T {
         self.with_locked(self.shared.core(), wake_self, f)
     }

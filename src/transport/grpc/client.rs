@@ -136,19 +136,18 @@ impl GrpcConnector {
         let tls_options =
             self.ca_cert.is_some() || self.identity.is_some() || self.domain.is_some();
         if tls_options && !self.url.starts_with("https://") {
-            // Plaintext would silently drop them, and send the token in
-            // the clear to a host the application meant to verify.
-            return Err(GrpcError::Tls(format!(
-                "a CA certificate, client identity or domain name needs an https:// host, not {}",
-                self.url
-            )));
+            return Err(GrpcError::TlsOptionsOnPlaintext {
+                url: self.url.clone(),
+            });
         }
         let mut endpoint = Endpoint::from_shared(self.url.clone())
             .map_err(|e| GrpcError::InvalidUrl(format!("{}: {e}", self.url)))?
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(30));
+            // The server's own keepalive, so a vanished host is noticed
+            // as soon as it notices a vanished client.
+            .http2_keep_alive_interval(super::KEEPALIVE)
+            .keep_alive_timeout(super::KEEPALIVE);
         if self.url.starts_with("https://") {
             let mut tls = ClientTlsConfig::new();
             tls = match &self.ca_cert {

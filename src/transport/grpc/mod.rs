@@ -38,6 +38,7 @@ mod partial;
 mod pem;
 mod probe;
 mod server;
+mod side_limit;
 
 pub use admission::{ConnectionCounts, ConnectionGauge, ConnectionLimits, DEFAULT_MAX_CONNECTIONS};
 pub use auth::{TokenFault, check_token, constant_time_eq};
@@ -50,6 +51,7 @@ pub use server::{
     GrpcServer, GrpcServerBuilder, HostServiceServer, KEEPALIVE, MAX_SIDE_SERVICE_MESSAGE_BYTES,
     MAX_STREAMS_PER_CONNECTION, SERVICE_NAME, SHUTDOWN_GRACE, SessionService,
 };
+pub use side_limit::MAX_SIDE_REQUESTS;
 
 /// Why a gRPC server or connector could not be set up or run.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +71,22 @@ pub enum GrpcError {
     /// The certificate, key or CA certificate is unusable.
     #[error("TLS configuration: {0}")]
     Tls(String),
+    /// [`GrpcServerBuilder::into_service`] was asked for with TLS or a
+    /// client CA set, which only [`GrpcServer::serve`] applies.
+    #[error("into_service serves no TLS of its own: configure TLS on the tonic server")]
+    TlsNotApplied,
+    /// A client CA was set on a server without a certificate and key of its
+    /// own: it would verify clients over a connection that is not TLS.
+    #[error("a client CA needs TLS: set the host's certificate and key too")]
+    ClientCaWithoutTls,
+    /// A CA certificate, client identity or domain name was given for a
+    /// plaintext URL: it would be dropped, and a token sent in the clear to
+    /// a host the application meant to verify.
+    #[error("a CA certificate, client identity or domain name needs an https:// host, not {url}")]
+    TlsOptionsOnPlaintext {
+        /// The URL.
+        url: String,
+    },
     /// The token is empty or not sendable as a metadata value.
     #[error("unusable token: {0}")]
     InvalidToken(#[from] TokenFault),

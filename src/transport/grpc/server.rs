@@ -23,6 +23,7 @@ use super::admission::{Admission, ConnectionGauge, ConnectionLimits};
 use super::auth::{check_bearer, check_token};
 use super::codec::ClientEnvelope;
 use super::incoming::GuardedIncoming;
+use super::side_limit::{MAX_SIDE_REQUESTS, SideLimited, SideRequests};
 use crate::host::{Host, InputError, PeerOptions, Principal, Session, SessionEnd};
 use crate::transport::throttle::{Throttle, throttled};
 use crate::wire::{FILE_DESCRIPTOR_SET, HostFrame};
@@ -170,8 +171,9 @@ impl GrpcServerBuilder {
     /// Fails with [`GrpcError::HostShutDown`] for a host already shut
     /// down, [`GrpcError::SharedChannelToken`] for a host built with
     /// a capability token, [`GrpcError::InvalidToken`] for an unusable
-    /// token, with [`GrpcError::Tls`] if [`GrpcServerBuilder::tls`] was set (TLS
-    /// belongs to the application's server), and with
+    /// token, with [`GrpcError::TlsNotApplied`] if [`GrpcServerBuilder::tls`]
+    /// or [`GrpcServerBuilder::client_ca`] was set (TLS belongs to the
+    /// application's server), and with
     /// [`GrpcError::InterceptorNotApplied`] if
     /// [`GrpcServerBuilder::interceptor`] was set: the application wraps
     /// the service in its own (`InterceptedService`), and a check that
@@ -181,9 +183,7 @@ impl GrpcServerBuilder {
     /// the application's server's to count.
     pub fn into_service(self) -> Result<HostServiceServer<SessionService>, GrpcError> {
         if self.tls.is_some() || self.client_ca.is_some() {
-            return Err(GrpcError::Tls(
-                "into_service serves no TLS of its own: configure TLS on the tonic server".into(),
-            ));
+            return Err(GrpcError::TlsNotApplied);
         }
         if self.interceptor.is_some() {
             return Err(GrpcError::InterceptorNotApplied);
@@ -246,9 +246,7 @@ impl GrpcServerBuilder {
                 Some(config)
             }
             None if self.client_ca.is_some() => {
-                return Err(GrpcError::Tls(
-                    "a client CA needs TLS: set the host's certificate and key too".into(),
-                ));
+                return Err(GrpcError::ClientCaWithoutTls);
             }
             None => None,
         };
@@ -361,6 +359,11 @@ impl GrpcServer {
         let reflection_v1alpha =
             reflection_v1alpha.max_decoding_message_size(MAX_SIDE_SERVICE_MESSAGE_BYTES);
         let health = health.max_decoding_message_size(MAX_SIDE_SERVICE_MESSAGE_BYTES);
+        // What they hold is bounded in all, as the sessions' is.
+        let side = SideRequests::default();
+        let health = SideLimited::new(health, side.clone(), MAX_SIDE_REQUESTS);
+        let reflection = SideLimited::new(reflection, side.clone(), MAX_SIDE_REQUESTS);
+        let reflection_v1alpha = SideLimited::new(reflection_v1alpha, side, MAX_SIDE_REQUESTS);
 
         let mut server = Server::builder()
             .http2_keepalive_interval(Some(KEEPALIVE))
@@ -529,13 +532,14 @@ impl HostService for SessionService {
         }
         let session = self
             .host
-            .open_session_as(
+            .open_session_as_async(
                 PeerOptions {
                     peer_id: peer.clone(),
                     publications: true,
                 },
                 principal.map(|Principal(p)| p),
             )
+            .await
             .map_err(|error| {
                 // Throttled as refused tokens are: clients retry a refusal
                 // (the host is full, or shutting down), so there may be
@@ -655,7 +659,9 @@ async fn read_session(
         };
         match next {
             // tonic held the bytes to the max message size already.
-            Ok(Some(envelope)) => match session.handle_bytes(envelope.bytes()) {
+            // Never blocking a thread on a core another session's method
+            // holds: hundreds of sessions may be waiting at once.
+            Ok(Some(envelope)) => match session.handle_bytes_async(envelope.bytes()).await {
                 Ok(()) => {}
                 // Decoded here rather than in the codec, so once; the
                 // status is the one §17.2 gives bytes that are no envelope.
@@ -666,7 +672,9 @@ async fn read_session(
                         "malformed ClientMessage: {reason}"
                     )));
                 }
-                Err(error) if error.is_fatal() => {
+                // A shutdown while the input waited for the core ends the
+                // stream as any shutdown does.
+                Err(error) if error.is_fatal() || matches!(error, InputError::ShuttingDown) => {
                     throttled!(host.session_logs().closing, warn, %peer, %error, "closing session");
                     session.end_as(match error {
                         InputError::ShuttingDown | InputError::UnknownPeer => {
