@@ -239,6 +239,11 @@ enum Command {
         /// The longest the adapter may take to answer one command, in ms.
         #[arg(long, default_value_t = 5000, value_name = "MS")]
         reply_timeout_ms: u64,
+        /// The longest the adapter may take to answer its first command in
+        /// each case, start-up included, in ms (a wrapper such as `go run`
+        /// may build it first); at least the reply timeout.
+        #[arg(long, default_value_t = 30000, value_name = "MS")]
+        start_timeout_ms: u64,
         #[command(flatten)]
         run: RunArgs,
         /// The adapter command and its arguments.
@@ -396,6 +401,7 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
         }
         Command::Client {
             reply_timeout_ms,
+            start_timeout_ms,
             run,
             adapter,
         } => {
@@ -413,6 +419,7 @@ fn run(cli: Cli) -> Result<ExitCode, ExitCode> {
                 known_failures: run.known()?,
                 skip: run.skipped()?,
                 reply_timeout: Duration::from_millis(reply_timeout_ms),
+                start_timeout: Duration::from_millis(start_timeout_ms),
             };
             run.create_report_files("client")?;
             cosystem_conformance::adapter::kill_adapters_on_signal();

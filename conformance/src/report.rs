@@ -325,6 +325,28 @@ impl Report {
         out
     }
 
+    /// Writes the last result's line to stderr as the case ends, so that a
+    /// run its CI cancels, or one that hangs, shows how far it got (the
+    /// report itself comes at the end, on stdout or in its files).
+    pub fn progress(&self) {
+        let Some(r) = self.results.last() else {
+            return;
+        };
+        let word = match &r.outcome {
+            Outcome::Pass => "PASS",
+            Outcome::Fail(_) => "FAIL",
+            Outcome::Skip(_) => "SKIP",
+            Outcome::KnownFailure(_) => "XFAIL",
+            Outcome::UnexpectedPass => "XPASS",
+        };
+        eprintln!(
+            "[{}] {word} {} ({} ms)",
+            self.results.len(),
+            r.name,
+            r.duration.as_millis()
+        );
+    }
+
     /// The closing line of [`Report::to_text`].
     pub fn summary(&self) -> String {
         let counts = self.counts();

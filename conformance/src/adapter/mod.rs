@@ -476,10 +476,12 @@ impl Event {
                 Event::Notice(Value::Object(notice))
             }
             "settled" => {
-                // A member set to null is absent (what a struct without
-                // `omitempty` writes); `ok` may itself be the value null.
-                let error = map.get("error").filter(|e| !e.is_null());
-                let outcome = match (map.get("ok"), error) {
+                // A member set to null, or an `error` set to "", is absent
+                // (what a struct without `omitempty` writes); `ok` may
+                // itself be the value null, unless an error is given.
+                let error = map.get("error").filter(|e| !is_unset(e));
+                let ok = map.get("ok").filter(|v| error.is_none() || !v.is_null());
+                let outcome = match (ok, error) {
                     (Some(v), None) => Settlement::Ok(v.clone()),
                     (None, Some(Value::String(code))) => Settlement::Error {
                         code: code.clone(),
@@ -538,6 +540,12 @@ impl ClientState {
     }
 }
 
+/// An optional member a reply leaves unset: `null`, or the empty string a
+/// struct without `omitempty` writes for a string member.
+fn is_unset(value: &Value) -> bool {
+    value.is_null() || value.as_str() == Some("")
+}
+
 impl Reply {
     /// The reply's JSON line (without the newline). Sent envelopes are
     /// written in canonical JSON.
@@ -562,7 +570,7 @@ impl Reply {
     /// adapter's stdout is not taken for a reply.
     pub fn from_json(value: &Value) -> Result<Self, String> {
         let map = value.as_object().ok_or("a reply must be a JSON object")?;
-        if let Some(error) = map.get("error").filter(|e| !e.is_null()) {
+        if let Some(error) = map.get("error").filter(|e| !is_unset(e)) {
             return Err(format!(
                 "the adapter refused the command: {}",
                 error
@@ -605,7 +613,7 @@ impl Reply {
             sent,
             events,
             call_id: match map.get("call_id") {
-                Some(Value::Null) => None,
+                Some(v) if is_unset(v) => None,
                 _ => opt_u64(map, "call_id")?,
             },
             state: map
@@ -749,6 +757,27 @@ mod tests {
                 outcome: Settlement::Ok(Value::Null),
                 ..
             }
+        ));
+    }
+
+    #[test]
+    fn the_zero_values_of_a_struct_without_omitempty_are_absent() {
+        let reply = Reply::from_json(&json!({
+            "sent": [], "events": [
+                {"type": "settled", "call": "a", "ok": null, "error": "cancelled", "message": ""},
+                {"type": "settled", "call": "b", "ok": 3, "error": ""}
+            ],
+            "error": "", "call_id": ""
+        }))
+        .unwrap();
+        assert_eq!(reply.call_id, None);
+        assert!(matches!(
+            &reply.events[0],
+            Event::Settled { outcome: Settlement::Error { code, .. }, .. } if code == "cancelled"
+        ));
+        assert!(matches!(
+            &reply.events[1],
+            Event::Settled { outcome: Settlement::Ok(v), .. } if *v == json!(3)
         ));
     }
 

@@ -15,8 +15,44 @@ use super::{ClientUnderTest, Command, Reply};
 /// What precedes the adapter's stderr where a failure quotes it.
 pub(crate) const STDERR_QUOTED: &str = "; adapter stderr: ";
 
-/// How many lines of the adapter's stderr a failure quotes.
+/// How many of the adapter's first stderr lines a failure quotes: a
+/// runtime's own crash report (a Go `panic:`, a Python traceback's head)
+/// starts with its cause, before the stack frames that fill the tail.
+const STDERR_HEAD: usize = 4;
+
+/// How many of its last stderr lines a failure quotes.
 const STDERR_TAIL: usize = 8;
+
+/// The adapter's stderr as a failure quotes it: its first and last lines,
+/// and how many fell between.
+#[derive(Default)]
+struct StderrLog {
+    head: Vec<String>,
+    tail: VecDeque<String>,
+    dropped: usize,
+}
+
+impl StderrLog {
+    fn push(&mut self, line: String) {
+        if self.head.len() < STDERR_HEAD {
+            self.head.push(line);
+            return;
+        }
+        if self.tail.len() == STDERR_TAIL {
+            self.tail.pop_front();
+            self.dropped += 1;
+        }
+        self.tail.push_back(line);
+    }
+
+    fn quoted(&self) -> String {
+        let mut lines: Vec<&str> = self.head.iter().map(String::as_str).collect();
+        let gap = (self.dropped > 0).then(|| format!("… {} lines …", self.dropped));
+        lines.extend(gap.as_deref());
+        lines.extend(self.tail.iter().map(String::as_str));
+        lines.join(" | ")
+    }
+}
 
 /// How many bytes of each such line it quotes: an adapter that logs a
 /// whole state on one line must not make every failure, and the report
@@ -121,13 +157,24 @@ pub struct AdapterProcess {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: Receiver<std::io::Result<String>>,
-    stderr: Arc<Mutex<VecDeque<String>>>,
+    stderr: Arc<Mutex<StderrLog>>,
     /// Signalled (by disconnecting) when the stderr reader reaches the end.
     stderr_done: Receiver<()>,
     reply_timeout: Duration,
+    /// The longest the first reply may take, start-up included; spent once
+    /// the adapter has replied.
+    start_timeout: Option<Duration>,
 }
 
 impl AdapterProcess {
+    /// Lets the first reply take `timeout` (start-up included) when that is
+    /// longer than the reply timeout: a wrapper such as `go run` may build
+    /// the adapter first.
+    pub fn with_start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = Some(timeout.max(self.reply_timeout));
+        self
+    }
+
     /// Starts `program` with `args`. Each command must be answered within
     /// `reply_timeout`, or the adapter is killed and the case fails.
     pub fn spawn(program: &str, args: &[String], reply_timeout: Duration) -> Result<Self, String> {
@@ -163,19 +210,16 @@ impl AdapterProcess {
                 }
             }
         });
-        let stderr = Arc::new(Mutex::new(VecDeque::new()));
-        let tail = stderr.clone();
+        let stderr = Arc::new(Mutex::new(StderrLog::default()));
+        let log = stderr.clone();
         let (stderr_eof, stderr_done) = mpsc::channel::<()>();
         std::thread::spawn(move || {
             // Dropped at the end of this thread: that is the signal.
             let _eof = stderr_eof;
             let mut reader = BufReader::new(stderr_pipe);
             while let Ok(Some((kept, total))) = read_capped_line(&mut reader, STDERR_LINE_BYTES) {
-                let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
-                if tail.len() == STDERR_TAIL {
-                    tail.pop_front();
-                }
-                tail.push_back(clipped(&kept, total));
+                let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                log.push(clipped(&kept, total));
             }
         });
         Ok(Self {
@@ -185,6 +229,7 @@ impl AdapterProcess {
             stderr,
             stderr_done,
             reply_timeout,
+            start_timeout: None,
         })
     }
 
@@ -237,14 +282,11 @@ impl AdapterProcess {
     }
 
     pub(crate) fn stderr_tail(&self) -> String {
-        let tail = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
-        if tail.is_empty() {
+        let log = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
+        if log.head.is_empty() {
             String::new()
         } else {
-            format!(
-                "{STDERR_QUOTED}{}",
-                tail.iter().cloned().collect::<Vec<_>>().join(" | ")
-            )
+            format!("{STDERR_QUOTED}{}", log.quoted())
         }
     }
 
@@ -311,7 +353,8 @@ impl ClientUnderTest for AdapterProcess {
         if let Err(e) = written {
             return Err(self.gone(&format!("cannot write {op} to the adapter: {e}")));
         }
-        match self.lines.recv_timeout(self.reply_timeout) {
+        let timeout = self.start_timeout.take().unwrap_or(self.reply_timeout);
+        match self.lines.recv_timeout(timeout) {
             Ok(Ok(text)) => {
                 let value: Value = serde_json::from_str(&text)
                     .map_err(|e| format!("the reply to {op} is not JSON ({e}): {text}"))?;
@@ -322,7 +365,7 @@ impl ClientUnderTest for AdapterProcess {
                 self.kill();
                 Err(format!(
                     "no reply to {op} within {} ms; adapter killed{}",
-                    self.reply_timeout.as_millis(),
+                    timeout.as_millis(),
                     self.stderr_tail()
                 ))
             }
@@ -406,7 +449,7 @@ pub fn serve(
 
 #[cfg(test)]
 mod tests {
-    use super::{STDERR_LINE_BYTES, clipped, read_capped_line};
+    use super::{STDERR_LINE_BYTES, StderrLog, clipped, read_capped_line};
 
     fn lines(input: &[u8]) -> Vec<String> {
         let mut reader = input;
@@ -431,5 +474,24 @@ mod tests {
         assert_eq!(quoted[1], "next");
         // Bytes that are not UTF-8 are quoted, not a reason to stop.
         assert_eq!(lines(b"\xff\xfe\nok\n")[1], "ok");
+    }
+
+    #[test]
+    fn a_crash_report_keeps_its_first_lines_and_its_last() {
+        let mut log = StderrLog::default();
+        for line in ["panic: no such module", "", "goroutine 1 [running]:"] {
+            log.push(line.to_owned());
+        }
+        assert_eq!(
+            log.quoted(),
+            "panic: no such module |  | goroutine 1 [running]:"
+        );
+        for frame in 0..20 {
+            log.push(format!("main.f{frame}()"));
+        }
+        log.push("exit status 2".to_owned());
+        let quoted = log.quoted();
+        assert!(quoted.starts_with("panic: no such module |  | goroutine 1 [running]: | main.f0() | … 12 lines … | main.f13()"), "{quoted}");
+        assert!(quoted.ends_with("main.f19() | exit status 2"), "{quoted}");
     }
 }

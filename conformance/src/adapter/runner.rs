@@ -25,13 +25,17 @@ pub struct ClientRun {
     pub skip: BTreeSet<String>,
     /// The longest the adapter may take to answer one command.
     pub reply_timeout: Duration,
+    /// The longest it may take to answer its first command in a case, from
+    /// its start: what a wrapper that builds it (`go run`) may need.
+    pub start_timeout: Duration,
     /// Stop playing cases once a required one has failed; the rest are
     /// reported SKIP.
     pub fail_fast: bool,
 }
 
 impl ClientRun {
-    /// A run of `program args…` with a 5 s reply timeout and every case.
+    /// A run of `program args…` with a 5 s reply timeout, a 30 s start
+    /// timeout and every case.
     pub fn new(program: impl Into<String>, args: Vec<String>) -> Self {
         Self {
             program: program.into(),
@@ -40,6 +44,7 @@ impl ClientRun {
             known_failures: BTreeSet::new(),
             skip: BTreeSet::new(),
             reply_timeout: Duration::from_secs(5),
+            start_timeout: Duration::from_secs(30),
             fail_fast: false,
         }
     }
@@ -94,7 +99,8 @@ pub fn run(cases: &[Case], config: &ClientRun) -> Result<Report, String> {
                 let outcome = catch(|| {
                     let mut adapter =
                         AdapterProcess::spawn(&config.program, &config.args, config.reply_timeout)
-                            .map_err(Failure::case)?;
+                            .map_err(Failure::case)?
+                            .with_start_timeout(config.start_timeout);
                     client::run_with(case, &mut adapter as &mut dyn ClientUnderTest).map_err(
                         |mut f| {
                             // An adapter that died or stopped answering is
@@ -119,6 +125,7 @@ pub fn run(cases: &[Case], config: &ClientRun) -> Result<Report, String> {
         report
             .push_case(&case.info, crate::vectors::Role::Client, outcome)
             .duration = took;
+        report.progress();
     }
     Ok(report)
 }

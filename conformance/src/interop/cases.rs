@@ -21,7 +21,7 @@ use tonic::Code;
 
 use super::peer::{Peer, Read, Shared, Transport, describe, is_bookmark, is_empty_array};
 use crate::vectors::Tier;
-use crate::vectors::matcher::json_eq;
+use crate::vectors::matcher::{describe_difference, json_eq};
 
 /// What a host interop case checks, for the report and the catalogue.
 #[derive(Debug, Clone, Copy)]
@@ -793,12 +793,20 @@ fn reply_to(peer: &Peer, sync_id: u64) -> Result<HostMessage, String> {
 fn same_view(a: &Peer, b: &Peer) -> Result<(), String> {
     let (va, vb) = (view_of(a)?, view_of(b)?);
     if a.version() != b.version() || !json_eq(&va, &vb) {
+        // Where they differ, not the whole views, which a case that grows
+        // the state would have cut to their ends (CONFORMANCE.md §8).
+        let at =
+            |v: Option<u64>| v.map_or_else(|| "no version".to_owned(), |v| format!("version {v}"));
+        let difference = match describe_difference(&va, &vb) {
+            d if d.is_empty() => "the same view".to_owned(),
+            d => format!("views that differ {d}"),
+        };
         return Err(format!(
-            "stream {} has {va} at {:?}, stream {} has {vb} at {:?}",
+            "streams {} (at {}) and {} (at {}) have {difference}",
             a.name,
-            a.version(),
+            at(a.version()),
             b.name,
-            b.version()
+            at(b.version())
         ));
     }
     Ok(())

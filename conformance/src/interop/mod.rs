@@ -237,6 +237,7 @@ pub async fn run(config: &HostRun) -> Result<Report, String> {
                 outcome,
             )
             .duration = took;
+        report.progress();
     }
     Ok(report)
 }

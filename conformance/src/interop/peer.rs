@@ -700,24 +700,25 @@ impl Peer {
                     {
                         break Some(Status::unavailable(RESET));
                     }
-                    // Amid a frame: a host may leave the frame it was
-                    // writing unfinished when it closes (FB5, §7.3).
-                    Some(Err(e)) if framed::cut_frame(&e).is_some() => {
-                        cut = framed::cut_frame(&e).map(|c| c.got.clone());
-                        break Some(Status::unavailable(CUT));
-                    }
-                    // Bytes that cannot begin a frame within the runner's
-                    // limit, such as text, cut short: not a close (§7.3).
-                    Some(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                        return Err(format!(
-                            "stream {}: the host closed the connection after bytes that cannot begin a frame ({e}): they are not a close (CONFORMANCE.md §7.3)",
-                            self.name
-                        ));
-                    }
-                    // A length over the runner's limit: the host wrote
-                    // something other than frames, which no case may take
-                    // for a close either.
                     Some(Err(e)) => {
+                        // Amid a frame: a host may leave the frame it was
+                        // writing unfinished when it closes (FB5, §7.3).
+                        if let Some(c) = framed::cut_frame(&e) {
+                            cut = Some(c.got.clone());
+                            break Some(Status::unavailable(CUT));
+                        }
+                        // Bytes that cannot begin a frame within the
+                        // runner's limit, such as text, cut short: not a
+                        // close (§7.3).
+                        if e.kind() == io::ErrorKind::UnexpectedEof {
+                            return Err(format!(
+                                "stream {}: the host closed the connection after bytes that cannot begin a frame ({e}): they are not a close (CONFORMANCE.md §7.3)",
+                                self.name
+                            ));
+                        }
+                        // A length over the runner's limit: the host wrote
+                        // something other than frames, which no case may
+                        // take for a close either.
                         return Err(format!(
                             "stream {}: the host wrote bytes that are not frames of envelopes (FB1): {e}",
                             self.name

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
-use super::matcher::{Bindings, json_eq, match_list, substitute};
+use super::matcher::{Bindings, describe_difference, json_eq, match_list, substitute};
 use super::{CaseInfo, Failure, split_step, u64_of};
 use crate::adapter::process::ThroughJson;
 use crate::adapter::reference::ReferenceClient;
@@ -620,8 +620,14 @@ fn check_state(expect: &ClientExpect, state: &ClientState) -> Result<(), String>
             _ => false,
         };
         if !ok {
+            let difference = match &state.mirror {
+                Some(got) if want.is_object() && got.is_object() => {
+                    format!(" (it differs {})", describe_difference(got, want))
+                }
+                _ => String::new(),
+            };
             problems.push(format!(
-                "mirror is {}, expected {want}",
+                "mirror is {}, expected {want}{difference}",
                 state
                     .mirror
                     .as_ref()

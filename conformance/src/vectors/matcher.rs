@@ -115,6 +115,62 @@ pub fn json_eq(a: &Value, b: &Value) -> bool {
     }
 }
 
+/// Where `a` and `b` first differ under [`json_eq`]: the JSON Pointer of
+/// the first differing value, with each side's value there (`None` where a
+/// member is missing), or `None` if they are equal. Members are visited in
+/// `a`'s order, then those only `b` has.
+pub fn first_difference(a: &Value, b: &Value) -> Option<(String, Option<Value>, Option<Value>)> {
+    fn at(
+        path: &mut String,
+        a: &Value,
+        b: &Value,
+    ) -> Option<(String, Option<Value>, Option<Value>)> {
+        let here = |path: &String| Some((path.clone(), Some(a.clone()), Some(b.clone())));
+        let child = |path: &mut String, token: &str, a: Option<&Value>, b: Option<&Value>| {
+            let len = path.len();
+            path.push('/');
+            path.push_str(&token.replace('~', "~0").replace('/', "~1"));
+            let found = match (a, b) {
+                (Some(a), Some(b)) => at(path, a, b),
+                (a, b) => Some((path.clone(), a.cloned(), b.cloned())),
+            };
+            path.truncate(len);
+            found
+        };
+        match (a, b) {
+            (Value::Array(x), Value::Array(y)) => (0..x.len().max(y.len()))
+                .find_map(|i| child(path, &i.to_string(), x.get(i), y.get(i))),
+            (Value::Object(x), Value::Object(y)) => x
+                .iter()
+                .find_map(|(k, v)| child(path, k, Some(v), y.get(k)))
+                .or_else(|| {
+                    y.iter()
+                        .filter(|(k, _)| !x.contains_key(*k))
+                        .find_map(|(k, w)| child(path, k, None, Some(w)))
+                }),
+            _ if json_eq(a, b) => None,
+            _ => here(path),
+        }
+    }
+    at(&mut String::new(), a, b)
+}
+
+/// [`first_difference`] as a failure says it: `at /todos/3: {…} against
+/// {…}`, each side cut to its first 200 bytes; empty if they are equal.
+pub fn describe_difference(a: &Value, b: &Value) -> String {
+    let side = |v: &Option<Value>| {
+        let text = v.as_ref().map_or("nothing".to_owned(), Value::to_string);
+        match text.char_indices().nth(200) {
+            Some((cut, _)) => format!("{}…", &text[..cut]),
+            None => text,
+        }
+    };
+    first_difference(a, b).map_or_else(String::new, |(path, x, y)| {
+        let path = if path.is_empty() { "the root" } else { &path };
+        format!("at {path}: {} against {}", side(&x), side(&y))
+    })
+}
+
 fn scalar_text(value: &Value) -> Option<String> {
     match value {
         Value::String(s) => Some(s.clone()),
@@ -274,6 +330,39 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn the_first_difference_is_named_by_its_pointer() {
+        let a = json!({"todos": [{"id": 1}, {"id": 2, "a/b": 1.0}], "n": 1});
+        assert_eq!(first_difference(&a, &a.clone()), None);
+        // Numbers compare as the protocol's equality does.
+        assert_eq!(
+            first_difference(
+                &a,
+                &json!({"n": 1.0, "todos": [{"id": 1}, {"id": 2, "a/b": 1}]})
+            ),
+            None
+        );
+        let b = json!({"todos": [{"id": 1}, {"id": 2, "a/b": 2}], "n": 1});
+        assert_eq!(
+            describe_difference(&a, &b),
+            "at /todos/1/a~1b: 1.0 against 2"
+        );
+        let shorter = json!({"todos": [{"id": 1}], "n": 1});
+        assert_eq!(
+            first_difference(&a, &shorter).map(|(p, _, y)| (p, y)),
+            Some(("/todos/1".to_owned(), None))
+        );
+        let more = json!({"todos": a["todos"].clone(), "n": 1, "m": true});
+        assert_eq!(
+            describe_difference(&a, &more),
+            "at /m: nothing against true"
+        );
+        assert_eq!(
+            describe_difference(&json!(1), &json!([1])),
+            "at the root: 1 against [1]"
+        );
+    }
 
     #[test]
     fn two_names_cannot_bind_the_same_id_at_the_same_member() {
