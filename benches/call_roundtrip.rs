@@ -23,7 +23,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Summary, interleaved_ratio_of};
+use common::Summary;
 use cosystem_worker::client::{Client, ClientConfig};
 use cosystem_worker::demo;
 use cosystem_worker::host::{Host, SyncMode};
@@ -158,7 +158,7 @@ fn measure(c: &mut Criterion, summary: &mut Summary, flavour: &str) {
             b.iter_custom(subject)
         });
         let name = format!("{flavour}/memory_call/{shape}");
-        let interleaved = interleaved_ratio_of(&name, base, subject);
+        let interleaved = common::pipelined_ratio_of(&name, depth, base, subject);
         summary.time(
             &name,
             Some(&format!("{flavour}/mpsc_pingpong/{shape}")),

@@ -18,7 +18,7 @@
 //! "≥ 0.5× the echo's messages per second" is a time per call of at most
 //! 3× the echo's.
 //!
-//! Between the two, one in flight, five rows split a call's cost:
+//! Between the two, one in flight, six rows split a call's cost:
 //!
 //! - `echo_patch`: the bare server answering each call envelope with a
 //!   patch-sized and a result-sized message (a call's three messages, no
@@ -849,7 +849,7 @@ fn call_rows(
         group.bench_function(BenchmarkId::new("echo", &shape), |b| b.iter_custom(base));
         group.bench_function(BenchmarkId::new("call", &shape), |b| b.iter_custom(subject));
         let name = format!("{SUITE}/call/{shape}");
-        let interleaved = interleaved_ratio_of(&name, base, subject);
+        let interleaved = common::pipelined_ratio_of(&name, depth, base, subject);
         summary.time(
             &name,
             Some(&format!("{SUITE}/echo/{shape}")),

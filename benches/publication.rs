@@ -351,7 +351,7 @@ fn measure(c: &mut Criterion, summary: &mut Summary, shape: &Shape<'_>) {
             b.iter(|| black_box(fixture.publish()));
         });
         let interleaved = match &mut base {
-            _ if common::test_mode() => None,
+            _ if !common::selected(&name("publish", label)) => None,
             Some((b, _)) => Some(interleaved_ratio(
                 |n| b.publish_n(n),
                 |n| fixture.publish_n(n),
@@ -395,7 +395,7 @@ fn measure(c: &mut Criterion, summary: &mut Summary, shape: &Shape<'_>) {
                 );
             });
             let interleaved = match &mut base {
-                _ if common::test_mode() => None,
+                _ if !common::selected(&name("client_apply", label)) => None,
                 Some((_, Some(b))) => {
                     Some(interleaved_ratio(|n| b.apply_n(n), |n| mirror.apply_n(n)))
                 }

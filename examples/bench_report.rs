@@ -1,5 +1,7 @@
 //! Renders the bench summaries in `target/cosystem-bench/*.jsonl` (written
-//! by `cargo bench`, see `benches/README.md`) as markdown tables of ratios.
+//! by `cargo bench`, see `benches/README.md`) as markdown tables: each
+//! figure with its baseline and their ratio, and the fan-out rows as
+//! deliveries per second.
 //!
 //! ```text
 //! cargo run --example bench_report            # every suite
@@ -44,29 +46,100 @@ fn str_of(v: &Value) -> &str {
     v.as_str().unwrap_or("—")
 }
 
+/// A criterion median for humans, in the unit that suits it.
+fn time(ns: &Value) -> String {
+    match ns.as_f64() {
+        None => "—".to_owned(),
+        Some(ns) if ns >= 1e9 => format!("{:.2} s", ns / 1e9),
+        Some(ns) if ns >= 1e6 => format!("{:.2} ms", ns / 1e6),
+        Some(ns) if ns >= 1e3 => format!("{:.2} µs", ns / 1e3),
+        Some(ns) => format!("{ns:.0} ns"),
+    }
+}
+
+/// The verdict on a row with a limit: by the interleaved ratio where there
+/// is one (baseline and subject alternate under the same load), saying so
+/// when the ratio of medians falls on the other side of the limit.
+fn verdict(r: &Value) -> (String, String) {
+    let Some(limit) = r["limit"].as_f64() else {
+        return ("—".to_owned(), String::new());
+    };
+    let target = format!("≤ {limit}×");
+    let interleaved = r["interleaved_ratio"].as_f64();
+    let medians = r["ratio"].as_f64();
+    let word = |x: f64| if x <= limit { "ok" } else { "**over**" };
+    let verdict = match (interleaved, medians) {
+        (Some(i), Some(m)) if word(i) != word(m) => {
+            format!("{} (medians: {})", word(i), word(m).trim_matches('*'))
+        }
+        (Some(x), _) => word(x).to_owned(),
+        (None, Some(m)) => format!("{} (medians only)", word(m)),
+        (None, None) => "not measured".to_owned(),
+    };
+    (target, verdict)
+}
+
 fn time_table(rows: &[&Value]) {
     println!(
-        "| benchmark | state | baseline | ratio of medians | interleaved ratio | target | verdict |"
+        "| benchmark | state | median | baseline | baseline median | ratio of medians | interleaved ratio | target | verdict |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
-        // The verdict uses the interleaved ratio when there is one: it is
-        // measured with baseline and subject alternating under the same load.
-        let judged = r["interleaved_ratio"].as_f64().or(r["ratio"].as_f64());
-        let (target, verdict) = match (r["limit"].as_f64(), judged) {
-            (Some(limit), Some(x)) if x <= limit => (format!("≤ {limit}×"), "ok"),
-            (Some(limit), Some(_)) => (format!("≤ {limit}×"), "**over**"),
-            (Some(limit), None) => (format!("≤ {limit}×"), "not measured"),
-            (None, _) => ("—".to_owned(), ""),
-        };
+        let (target, verdict) = verdict(r);
         println!(
-            "| {} | {} | {} | {} | {} | {target} | {verdict} |",
+            "| {}{} | {} | {} | {} | {} | {} | {} | {target} | {verdict} |",
             str_of(&r["name"]),
+            from_earlier_run(r),
             size(&r["state_bytes"]),
+            time(&r["median_ns"]),
             str_of(&r["baseline"]),
+            time(&r["baseline_median_ns"]),
             opt_ratio(&r["ratio"]),
             opt_ratio(&r["interleaved_ratio"]),
         );
+    }
+}
+
+/// A mark on a row kept from an earlier run than its suite's latest (a
+/// later run's filter left it out), with that run's commit.
+fn from_earlier_run(r: &Value) -> String {
+    match r["from_run"].as_str() {
+        Some(run) => format!(" (from {run})"),
+        None => String::new(),
+    }
+}
+
+/// Deliveries per second of the fan-out rows (`fanout/<server>/<N>`: the
+/// time to deliver one publication to N streams), with the bare server's.
+fn rates_table(rows: &[&Value]) {
+    let rate = |ns: &Value, n: f64| ns.as_f64().map(|ns| n * 1e9 / ns);
+    let per_second = |r: Option<f64>| r.map_or_else(|| "—".to_owned(), |r| format!("{:.0}", r));
+    let mut printed = false;
+    for r in rows {
+        let name = str_of(&r["name"]);
+        let Some(n) = name
+            .strip_prefix("fanout/host/")
+            .and_then(|n| n.parse::<f64>().ok())
+        else {
+            continue;
+        };
+        if !printed {
+            println!("| streams | host deliveries/s | bare tonic deliveries/s | ratio |");
+            println!("|---|---|---|---|");
+            printed = true;
+        }
+        let host = rate(&r["median_ns"], n);
+        let bare = rate(&r["baseline_median_ns"], n);
+        let ratio = host.zip(bare).map(|(h, b)| h / b);
+        println!(
+            "| {n} | {} | {} | {} |",
+            per_second(host),
+            per_second(bare),
+            ratio.map_or_else(|| "—".to_owned(), |r| format!("{r:.2}×"))
+        );
+    }
+    if printed {
+        println!();
     }
 }
 
@@ -153,19 +226,22 @@ fn main() {
         println!("## {suite}\n");
         if let Some(run) = of("run").first() {
             println!(
-                "Machine: {}. Mode: {}. Ratios only: absolute times drift between runs; every baseline was measured in the same run.\n",
+                "Machine: {}. Mode: {}. Run at Unix time {} on commit {}. Absolute times drift between runs (about 1.5× on a shared machine); every baseline was measured in the same run, so compare ratios.\n",
                 str_of(&run["machine"]),
                 if run["quick"] == true {
                     "quick (COSYSTEM_BENCH_QUICK=1)"
                 } else {
                     "full"
                 },
+                run["unix_time"].as_u64().unwrap_or(0),
+                str_of(&run["commit"]),
             );
         }
         let times = of("time");
         if !times.is_empty() {
             time_table(&times);
             println!();
+            rates_table(&times);
         }
         let sizes = of("bytes");
         if !sizes.is_empty() {

@@ -147,9 +147,10 @@ pub fn selected(name: &str) -> bool {
 }
 
 /// Whether criterion will run the benchmark `name` at all (measured, or
-/// once in test mode): the command line's filter, if any, matches it. A
-/// filter is matched as a substring (criterion reads it as a regex; plain
-/// names and name prefixes behave the same), or exactly with `--exact`.
+/// once in test mode): the command line's filter, if any, matches it, read
+/// as criterion reads it: a regular expression, or with `--exact` the
+/// whole name. A filter that is no regular expression matches nothing, as
+/// criterion then runs nothing. `--list` runs nothing either.
 pub fn filtered_in(name: &str) -> bool {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut filter = None;
@@ -163,10 +164,13 @@ pub fn filtered_in(name: &str) -> bool {
             filter = Some(arg.as_str());
         }
     }
+    if args.iter().any(|a| a == "--list") {
+        return false;
+    }
     match filter {
         None => true,
         Some(f) if args.iter().any(|a| a == "--exact") => name == f,
-        Some(f) => name.contains(f),
+        Some(f) => regex::Regex::new(f).is_ok_and(|r| r.is_match(name)),
     }
 }
 
@@ -178,6 +182,20 @@ pub fn interleaved_ratio_of(
     subject: impl FnMut(u64) -> Duration,
 ) -> Option<f64> {
     selected(name).then(|| interleaved_ratio(base, subject))
+}
+
+/// [`interleaved_ratio_of`] for operations run `depth` at a time: each
+/// batch runs at least 32 pipelines' worth, so that filling and draining
+/// the pipeline, which every batch pays once, stays a small part of it
+/// (with 1 ms batches, 64 in flight was a few pipelines per batch, and the
+/// ratio read up to twice the ratio of criterion's medians).
+pub fn pipelined_ratio_of(
+    name: &str,
+    depth: u64,
+    base: impl FnMut(u64) -> Duration,
+    subject: impl FnMut(u64) -> Duration,
+) -> Option<f64> {
+    selected(name).then(|| interleaved_ratio_at_least(32 * depth, base, subject))
 }
 
 /// `n` calls of the demo's `counter.increase(1)` through `client`, with at
@@ -235,6 +253,15 @@ pub const BASE_SIZE: &str = SIZES[0].0;
 /// Batches last about a millisecond (at least one iteration); rounds stop at
 /// a count or a time budget, whichever comes first, after at least three.
 pub fn interleaved_ratio(
+    base: impl FnMut(u64) -> Duration,
+    subject: impl FnMut(u64) -> Duration,
+) -> f64 {
+    interleaved_ratio_at_least(1, base, subject)
+}
+
+/// [`interleaved_ratio`] with batches of at least `min_n` iterations.
+fn interleaved_ratio_at_least(
+    min_n: u64,
     mut base: impl FnMut(u64) -> Duration,
     mut subject: impl FnMut(u64) -> Duration,
 ) -> f64 {
@@ -247,7 +274,7 @@ pub fn interleaved_ratio(
     // calibration must not leave a batch too small to amortise its start
     // (with 64 in flight, a batch of a few calls is all pipeline fill).
     let batch = |f: &mut dyn FnMut(u64) -> Duration| {
-        let mut n = 1;
+        let mut n = min_n.max(1);
         while f(n).min(f(n)) < Duration::from_millis(1) && n < 1 << 20 {
             n *= 2;
         }
@@ -437,9 +464,24 @@ impl Summary {
         let run = json!({
             "kind": "run", "suite": self.suite, "machine": machine(), "quick": quick(),
             "unix_time": self.started.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            "commit": commit(),
         });
         let dir = target_dir().join("cosystem-bench");
         let path = dir.join(format!("{}.jsonl", self.suite));
+        // A row a filter left out of this run keeps what the last run that
+        // measured it found, marked with that run, rather than being lost.
+        let mut earlier = earlier_rows(&path);
+        for line in &mut lines {
+            let kept = line["name"].as_str().and_then(|n| earlier.remove(n));
+            if let Some(kept) = kept
+                && line["kind"] == "time"
+                && line["median_ns"].is_null()
+            {
+                *line = kept;
+            }
+        }
+        // Rows this run did not even name (a filter left out their setup).
+        lines.extend(earlier.into_values());
         let written = fs::create_dir_all(&dir).and_then(|()| {
             let mut file = fs::File::create(&path)?;
             for line in std::iter::once(&run).chain(&lines) {
@@ -454,6 +496,54 @@ impl Summary {
             ),
             Err(e) => eprintln!("cosystem-bench: cannot write {}: {e}", path.display()),
         }
+    }
+}
+
+/// The timed rows a suite's file holds that were measured, by name, each
+/// marked (`from_run`) with the run that measured it.
+fn earlier_rows(path: &std::path::Path) -> std::collections::BTreeMap<String, Value> {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let mut lines = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok());
+    let run = lines.next().unwrap_or_default();
+    let this_run = format!(
+        "commit {} at Unix time {}",
+        run["commit"].as_str().unwrap_or("unknown"),
+        run["unix_time"].as_u64().unwrap_or(0)
+    );
+    lines
+        .filter(|l| l["kind"] == "time" && !l["median_ns"].is_null())
+        .filter_map(|mut l| {
+            if l["from_run"].is_null() {
+                l["from_run"] = json!(this_run);
+            }
+            Some((l["name"].as_str()?.to_owned(), l))
+        })
+        .collect()
+}
+
+/// The commit the bench was built from, `-dirty` with uncommitted changes
+/// to tracked files; `unknown` outside a git checkout.
+fn commit() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(head)
+            if git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty()) =>
+        {
+            format!("{head}-dirty")
+        }
+        Some(head) => head,
+        None => "unknown".to_owned(),
     }
 }
 
