@@ -340,7 +340,8 @@ impl HostCore {
 
     /// Opens a session, or refuses it with [`InputError::TooManyClients`]
     /// (counted in `sessions_refused`) once `max_clients` are open. The
-    /// session is sent nothing until its first SyncRequest attaches it.
+    /// session is sent no publication until a SyncRequest attaches it
+    /// (results of calls it makes before that are still sent).
     pub fn connect(&mut self, options: PeerOptions) -> Result<PeerKey, InputError> {
         if self.peers.len() >= self.config.limits.max_clients {
             self.stats.sessions_refused += 1;

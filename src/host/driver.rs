@@ -116,6 +116,17 @@ impl Shared {
         self.core.lock()
     }
 
+    /// The core if it comes free within a short spin, for a caller that
+    /// naps between attempts. A method calling back into its own host
+    /// panics here as it does in [`Shared::core`]: its own lock would never
+    /// come free.
+    fn core_now(&self) -> Option<MutexGuard<'_, HostCore>> {
+        if in_method_of(self.core_id) {
+            called_back();
+        }
+        self.core.now()
+    }
+
     /// Wakes every session, but `except`.
     fn wake_all(&self, except: Option<PeerKey>) {
         let wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
@@ -426,7 +437,7 @@ impl Host {
             if self.shared.is_shut_down() {
                 return Err(InputError::ShuttingDown);
             }
-            if let Some(core) = self.shared.core.now() {
+            if let Some(core) = self.shared.core_now() {
                 return self.open_locked(core, options, principal);
             }
             std::future::poll_fn(|cx| nap.poll(cx)).await;
@@ -441,6 +452,7 @@ impl Host {
     ) -> Result<Session, InputError> {
         let key = core.connect(options)?;
         core.set_principal(key, principal)?;
+        let opened_among = core.peer_count();
         drop(core);
         self.shared.sessions.opened();
         let notify = Arc::new(Notify::new());
@@ -454,6 +466,7 @@ impl Host {
             key,
             notify,
             end: EndSlot::default(),
+            opened_among,
         })
     }
 

@@ -14,9 +14,9 @@ use crate::wire::{ErrorCode, HostMessage, PROTOCOL_VERSION, SyncReason};
 impl ClientCore {
     /// Handles one envelope from the host. It never fails: an envelope
     /// addressed elsewhere, from another host or with another capability is
-    /// ignored, and one that breaks the protocol (another protocol version,
-    /// a bad epoch, an unreadable payload) changes nothing and is reported
-    /// as a notice event.
+    /// ignored; one of another protocol version or with a bad epoch changes
+    /// nothing and is reported as a notice event; a patch that cannot be
+    /// applied is a conflict, and the client resyncs (§11).
     pub fn handle_message(&mut self, now: Instant, message: HostMessage) {
         self.handle_view(now, HostView::from(&message));
     }

@@ -45,13 +45,15 @@ impl Host {
         if self.carries_capability() {
             return Err(InputError::SharedChannelToken);
         }
-        let session = self.open_session_as(
-            PeerOptions {
-                peer_id: link.peer_id.clone(),
-                publications: true,
-            },
-            principal,
-        )?;
+        let session = self
+            .open_session_as_async(
+                PeerOptions {
+                    peer_id: link.peer_id.clone(),
+                    publications: true,
+                },
+                principal,
+            )
+            .await?;
         self.serve_session(session, link).await
     }
 
@@ -191,9 +193,18 @@ pub struct Session {
     pub(super) notify: Arc<Notify>,
     /// How the session ended, as its transport reports it.
     pub(super) end: EndSlot,
+    /// The host's sessions as this one opened, this one included.
+    pub(super) opened_among: usize,
 }
 
 impl Session {
+    /// How many sessions the host had as this one opened, this one
+    /// included: for a transport's log line, which must not wait for the
+    /// core (as [`Host::session_count`] may) to say it.
+    pub fn sessions_at_open(&self) -> usize {
+        self.opened_among
+    }
+
     /// Records who this session's transport authenticated: every later call
     /// on it runs with this as [`Caller::principal`](crate::host::Caller::principal).
     pub fn set_principal(&self, principal: Option<Arc<str>>) -> Result<(), InputError> {
@@ -278,7 +289,7 @@ impl Session {
             if self.is_closed() {
                 return Err(InputError::ShuttingDown);
             }
-            if let Some(core) = self.shared.core.now() {
+            if let Some(core) = self.shared.core_now() {
                 return self.with_locked(core, true, |core| core.handle_input(self.key, &input));
             }
             std::future::poll_fn(|cx| nap.poll(cx)).await;

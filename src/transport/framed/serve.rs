@@ -435,10 +435,11 @@ async fn serve_accepted<S>(
     // after it that arrived with it are still in `frames`' buffer.
     let frames = futures::stream::iter([Ok(first)]).chain(frames);
     let link = host_link_over(frames, writer, peer.clone(), config);
-    let session = match host.open_session(PeerOptions {
+    let options = PeerOptions {
         peer_id: peer.clone(),
         publications: true,
-    }) {
+    };
+    let session = match host.open_session_as_async(options, None).await {
         Ok(session) => session,
         // Closed without a word: no envelope says "full", and the client
         // backs off and retries as after any lost connection (spec FB6).
@@ -458,7 +459,7 @@ async fn serve_accepted<S>(
         }
     };
     let lines = &host.session_logs().comings_and_goings;
-    throttled!(lines, info, %peer, sessions = host.session_count(), "client connected");
+    throttled!(lines, info, %peer, sessions = session.sessions_at_open(), "client connected");
     match host.serve_session(session, link).await {
         Ok(()) => throttled!(lines, info, %peer, "client disconnected"),
         // Named here too: the session's own warning is throttled per host,

@@ -38,7 +38,6 @@ mod partial;
 mod pem;
 mod probe;
 mod server;
-mod side_limit;
 
 pub use admission::{ConnectionCounts, ConnectionGauge, ConnectionLimits, DEFAULT_MAX_CONNECTIONS};
 pub use auth::{TokenFault, check_token, constant_time_eq};
@@ -49,9 +48,9 @@ pub use incoming::{
 };
 pub use server::{
     GrpcServer, GrpcServerBuilder, HostServiceServer, KEEPALIVE, MAX_SIDE_SERVICE_MESSAGE_BYTES,
-    MAX_STREAMS_PER_CONNECTION, SERVICE_NAME, SHUTDOWN_GRACE, SessionService,
+    MAX_STREAMS_PER_CONNECTION, SERVICE_NAME, SHUTDOWN_GRACE, SIDE_SERVICE_FREE_BYTES,
+    SIDE_SERVICE_READ_BYTES, SessionService,
 };
-pub use side_limit::MAX_SIDE_REQUESTS;
 
 /// Why a gRPC server or connector could not be set up or run.
 #[derive(Debug, thiserror::Error)]

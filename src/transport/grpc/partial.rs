@@ -13,7 +13,7 @@
 //! one server share one budget of
 //! [`PARTIAL_FRAMES_PER_LISTENER`](crate::transport::framed::PARTIAL_FRAMES_PER_LISTENER)
 //! times the max message size. A stream holds against it the largest
-//! message over [`FREE_BYTES`] it has announced, from the moment that
+//! message over [`FREE_BYTES`](crate::transport::framed::budget::FREE_BYTES) it has announced, from the moment that
 //! message's prefix arrives until the stream ends, and a stream whose
 //! message would take the budget past its limit fails `RESOURCE_EXHAUSTED`,
 //! which ends its session and gives back what it held (its client's next
@@ -33,7 +33,7 @@ use tonic::codegen::Service;
 use tonic::codegen::http::Request;
 use tonic::server::NamedService;
 
-use crate::transport::framed::budget::{FREE_BYTES, FrameBudget};
+use crate::transport::framed::budget::FrameBudget;
 
 /// Length of the gRPC message prefix: a compression flag and a 32-bit
 /// big-endian length.
@@ -46,16 +46,18 @@ pub(super) struct Budgeted<S> {
     inner: S,
     budget: Arc<FrameBudget>,
     max_message: usize,
+    free: usize,
 }
 
 impl<S> Budgeted<S> {
     /// `inner`, its request bodies sharing `budget`, for messages of at
-    /// most `max_message` bytes.
-    pub(super) fn new(inner: S, budget: Arc<FrameBudget>, max_message: usize) -> Self {
+    /// most `max_message` bytes, of which those over `free` bytes count.
+    pub(super) fn new(inner: S, budget: Arc<FrameBudget>, max_message: usize, free: usize) -> Self {
         Self {
             inner,
             budget,
             max_message,
+            free,
         }
     }
 }
@@ -77,7 +79,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
-        let framing = Framing::new(self.budget.clone(), self.max_message);
+        let framing = Framing::new(self.budget.clone(), self.max_message, self.free);
         let broken = BodyBroken::default();
         request.extensions_mut().insert(broken.clone());
         self.inner.call(request.map(|body| {
@@ -121,14 +123,17 @@ enum Reading {
 struct Framing {
     reading: Reading,
     /// Taken from the budget: the length of the largest message announced
-    /// so far, when over [`FREE_BYTES`] (as a framed frame counts).
+    /// so far, when over `free` (for sessions [`FREE_BYTES`], as a framed
+    /// frame counts).
     held: usize,
     budget: Arc<FrameBudget>,
     max_message: usize,
+    /// Messages up to this size do not count.
+    free: usize,
 }
 
 impl Framing {
-    fn new(budget: Arc<FrameBudget>, max_message: usize) -> Self {
+    fn new(budget: Arc<FrameBudget>, max_message: usize, free: usize) -> Self {
         Self {
             reading: Reading::Prefix {
                 have: 0,
@@ -137,6 +142,7 @@ impl Framing {
             held: 0,
             budget,
             max_message,
+            free,
         }
     }
 
@@ -172,7 +178,7 @@ impl Framing {
     /// A message of `announced` bytes begins: the stream's read buffer
     /// grows to hold it, and keeps that room.
     fn start(&mut self, announced: usize) -> Result<(), Status> {
-        if announced > FREE_BYTES && announced <= self.max_message && announced > self.held {
+        if announced > self.free && announced <= self.max_message && announced > self.held {
             if !self.budget.take(announced - self.held) {
                 return Err(Status::resource_exhausted(format!(
                     "a message of {announced} bytes would take what this server's streams hold in their read buffers past {} bytes (spec §17.2, G3)",
@@ -254,6 +260,7 @@ impl HttpBody for BudgetedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::framed::budget::FREE_BYTES;
     use proptest::prelude::*;
 
     fn prefixed(len: usize) -> Vec<u8> {
@@ -268,7 +275,7 @@ mod tests {
     #[test]
     fn a_stream_holds_the_largest_message_it_announced_until_it_ends() {
         let budget = Arc::new(FrameBudget::new(4 * MAX));
-        let mut framing = Framing::new(budget.clone(), MAX);
+        let mut framing = Framing::new(budget.clone(), MAX, FREE_BYTES);
         let message = prefixed(100_000);
         framing.read(&message[..PREFIX + 10]).unwrap();
         assert_eq!(budget.used(), 100_000);
@@ -291,15 +298,15 @@ mod tests {
     #[test]
     fn a_message_past_the_budget_is_refused_and_a_dropped_stream_gives_back() {
         let budget = Arc::new(FrameBudget::new(300_000));
-        let mut first = Framing::new(budget.clone(), MAX);
+        let mut first = Framing::new(budget.clone(), MAX, FREE_BYTES);
         first.read(&prefixed(200_000)[..PREFIX]).unwrap();
-        let mut second = Framing::new(budget.clone(), MAX);
+        let mut second = Framing::new(budget.clone(), MAX, FREE_BYTES);
         let refused = second.read(&prefixed(200_000)[..PREFIX]).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         assert_eq!(budget.used(), 200_000);
         drop(first);
         assert_eq!(budget.used(), 0);
-        let mut third = Framing::new(budget.clone(), MAX);
+        let mut third = Framing::new(budget.clone(), MAX, FREE_BYTES);
         third.read(&prefixed(200_000)[..PREFIX]).unwrap();
     }
 
@@ -316,7 +323,7 @@ mod tests {
             cuts in prop::collection::vec(1usize..40_000, 1..40),
         ) {
             let budget = Arc::new(FrameBudget::new(usize::MAX));
-            let mut framing = Framing::new(budget.clone(), MAX);
+            let mut framing = Framing::new(budget.clone(), MAX, FREE_BYTES);
             let mut body = Vec::new();
             let mut starts = Vec::new();
             for &len in &lengths {

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use tonic::service::interceptor::InterceptedService;
 
 use super::partial::{BodyBroken, Budgeted};
-use crate::transport::framed::budget::FrameBudget;
+use crate::transport::framed::budget::{FREE_BYTES, FrameBudget};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_health::ServingStatus;
@@ -23,7 +23,6 @@ use super::admission::{Admission, ConnectionGauge, ConnectionLimits};
 use super::auth::{check_bearer, check_token};
 use super::codec::ClientEnvelope;
 use super::incoming::GuardedIncoming;
-use super::side_limit::{MAX_SIDE_REQUESTS, SideLimited, SideRequests};
 use crate::host::{Host, InputError, PeerOptions, Principal, Session, SessionEnd};
 use crate::transport::throttle::{Throttle, throttled};
 use crate::wire::{FILE_DESCRIPTOR_SET, HostFrame};
@@ -55,6 +54,18 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 200;
 /// let anyone who can connect, token or not, hold 4 MiB per stalled stream
 /// of partial message.
 pub const MAX_SIDE_SERVICE_MESSAGE_BYTES: usize = 16 * 1024;
+
+/// What the health and reflection streams of one server may hold in all in
+/// their read buffers: 1024 stalled messages of
+/// [`MAX_SIDE_SERVICE_MESSAGE_BYTES`]. A message that would pass it fails
+/// its stream `RESOURCE_EXHAUSTED`.
+pub const SIDE_SERVICE_READ_BYTES: usize = 1024 * MAX_SIDE_SERVICE_MESSAGE_BYTES;
+
+/// Health and reflection messages up to this size do not count against
+/// [`SIDE_SERVICE_READ_BYTES`]: a health check or a reflection request for
+/// one symbol is a few dozen bytes, so a peer that holds the bound with
+/// stalled large messages still leaves them answered.
+pub const SIDE_SERVICE_FREE_BYTES: usize = 1024;
 
 /// How often an idle HTTP/2 connection is pinged, and how long a ping may
 /// go unanswered, so that a vanished client (no FIN, no RST) is noticed and
@@ -334,7 +345,7 @@ impl GrpcServer {
         // bound, as frames do on a framed listener (spec G3, FB6).
         let max_message = self.host.limits().max_message_bytes;
         let budget = Arc::new(FrameBudget::per_listener(max_message));
-        let service = Budgeted::new(service, budget, max_message);
+        let service = Budgeted::new(service, budget, max_message, FREE_BYTES);
 
         let (reporter, health, stop_watches) = super::health_service();
         reporter
@@ -359,11 +370,14 @@ impl GrpcServer {
         let reflection_v1alpha =
             reflection_v1alpha.max_decoding_message_size(MAX_SIDE_SERVICE_MESSAGE_BYTES);
         let health = health.max_decoding_message_size(MAX_SIDE_SERVICE_MESSAGE_BYTES);
-        // What they hold is bounded in all, as the sessions' is.
-        let side = SideRequests::default();
-        let health = SideLimited::new(health, side.clone(), MAX_SIDE_REQUESTS);
-        let reflection = SideLimited::new(reflection, side.clone(), MAX_SIDE_REQUESTS);
-        let reflection_v1alpha = SideLimited::new(reflection_v1alpha, side, MAX_SIDE_REQUESTS);
+        // They need no token, so what their streams hold is bounded in all,
+        // as the sessions' is; their ordinary requests are far smaller than
+        // what counts, so a peer holding the bound stops only large ones.
+        let side = Arc::new(FrameBudget::new(SIDE_SERVICE_READ_BYTES));
+        let (max, free) = (MAX_SIDE_SERVICE_MESSAGE_BYTES, SIDE_SERVICE_FREE_BYTES);
+        let health = Budgeted::new(health, side.clone(), max, free);
+        let reflection = Budgeted::new(reflection, side.clone(), max, free);
+        let reflection_v1alpha = Budgeted::new(reflection_v1alpha, side, max, free);
 
         let mut server = Server::builder()
             .http2_keepalive_interval(Some(KEEPALIVE))
@@ -551,7 +565,7 @@ impl HostService for SessionService {
             self.host.session_logs().comings_and_goings,
             info,
             %peer,
-            sessions = self.host.session_count(),
+            sessions = session.sessions_at_open(),
             "client connected"
         );
         let session = Arc::new(session);
