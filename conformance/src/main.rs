@@ -239,9 +239,10 @@ enum Command {
         /// The longest the adapter may take to answer one command, in ms.
         #[arg(long, default_value_t = 5000, value_name = "MS")]
         reply_timeout_ms: u64,
-        /// The longest the adapter may take to answer its first command in
-        /// each case, start-up included, in ms (a wrapper such as `go run`
-        /// may build it first); at least the reply timeout.
+        /// The longest the adapter may take to answer its first command,
+        /// start-up included, in ms, until some case's adapter has answered
+        /// (a wrapper such as `go run` may build it first); at least the
+        /// reply timeout (spec/CONFORMANCE.md §6.5).
         #[arg(long, default_value_t = 30000, value_name = "MS")]
         start_timeout_ms: u64,
         #[command(flatten)]

@@ -29,14 +29,18 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import json
 import os
+import queue
 import random
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 from jsonpatch import json_equal
@@ -238,15 +242,49 @@ def same(a: dict, b: dict) -> bool:
 # Adapters
 # ---------------------------------------------------------------------------
 
+# How long an adapter may take to answer one command (the first includes its
+# start-up); --reply-timeout sets it.
+REPLY_TIMEOUT = 10.0
+
+
 class Adapter:
-    """One adapter process. Knows its sync and call ids by order of first
-    appearance, to translate "$S<n>" / "$C<n>" both ways."""
+    """One adapter process, in a process group of its own. Knows its sync and
+    call ids by order of first appearance, to translate "$S<n>" / "$C<n>" both
+    ways. Its replies are read by a thread, so that one that never answers is
+    timed out rather than hanging the run, and its last stderr lines are kept
+    for the report."""
 
     def __init__(self, argv: list[str]):
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, encoding="utf-8",
-                                     start_new_session=True)
+                                     stderr=subprocess.PIPE, encoding="utf-8",
+                                     errors="replace", start_new_session=True)
         self.ids = {"S": [], "C": []}
+        self.lines: queue.Queue = queue.Queue()
+        self.stderr: collections.deque = collections.deque(maxlen=8)
+        threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines.put),
+                         daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr.append),
+                         daemon=True).start()
+
+    @staticmethod
+    def _pump(stream, sink):
+        for line in stream:
+            sink(line.rstrip("\n"))
+        sink(None)
+
+    def _failed(self, why: str) -> dict:
+        """A reply for an adapter that broke: why, and its last stderr lines
+        (a divergence, unless the other adapter broke the same way)."""
+        self.kill()
+        time.sleep(0.1)
+        return {"error": why, "stderr": [l for l in self.stderr if l is not None]}
+
+    def kill(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+        self.proc.wait()
 
     def _learn(self, tag: str, value):
         if value is not None and str(value) != "0" and str(value) not in self.ids[tag]:
@@ -276,10 +314,18 @@ class Adapter:
         try:
             self.proc.stdin.write(json.dumps(cmd) + "\n")
             self.proc.stdin.flush()
-            line = self.proc.stdout.readline()
+        except OSError as e:
+            return self._failed(f"cannot write {cmd['op']}: {e}")
+        try:
+            line = self.lines.get(timeout=REPLY_TIMEOUT)
+        except queue.Empty:
+            return self._failed(f"no reply to {cmd['op']} within {REPLY_TIMEOUT:g} s")
+        if line is None:
+            return self._failed(f"the adapter exited before replying to {cmd['op']}")
+        try:
             raw = json.loads(line)
-        except (OSError, ValueError):
-            return {"error": True}
+        except ValueError:
+            return self._failed(f"the reply to {cmd['op']} is not JSON: {line[:200]}")
         self._learn("C", raw.get("call_id"))
         reply = normal_reply(raw)
         for env in reply.get("sent", []):
@@ -299,8 +345,9 @@ class Adapter:
             self.proc.stdin.close()
             self.proc.wait(timeout=2)
         except (OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-            self.proc.wait()
+            pass
+        # Whatever a wrapper (go run, a shell script) left running goes too.
+        self.kill()
 
 
 # ---------------------------------------------------------------------------
@@ -503,7 +550,11 @@ def main() -> int:
     parser.add_argument("--candidate", help="candidate adapter command line (default: adapter.py here)")
     parser.add_argument("--context", type=int, default=6,
                         help="commands shown before a divergence (6; 0 for all)")
+    parser.add_argument("--reply-timeout", type=float, default=10.0,
+                        help="seconds an adapter may take to answer one command (10)")
     args = parser.parse_args()
+    global REPLY_TIMEOUT
+    REPLY_TIMEOUT = args.reply_timeout
 
     reference = shlex.split(args.reference) if args.reference else default_reference(args.runner)
     if reference is None:

@@ -253,7 +253,8 @@ fn string_member<'a>(map: &'a Map<String, Value>, key: &str) -> Result<&'a str, 
 
 fn opt_u64(map: &Map<String, Value>, key: &str) -> Result<Option<u64>, String> {
     match map.get(key) {
-        None | Some(Value::Null) => Ok(None),
+        None => Ok(None),
+        Some(v) if is_unset(v) => Ok(None),
         Some(v) => u64_of(v).map(Some).map_err(|e| format!("{key}: {e}")),
     }
 }
@@ -590,6 +591,8 @@ impl Reply {
             None => Err(format!(
                 "a reply must have {k:?} (an array, maybe empty): {value}"
             )),
+            // What a Go slice left nil writes.
+            Some(Value::Null) => Ok(&[][..]),
             Some(Value::Array(items)) => Ok(items.as_slice()),
             Some(_) => Err(format!("{k} must be an array")),
         };
@@ -763,13 +766,14 @@ mod tests {
     #[test]
     fn the_zero_values_of_a_struct_without_omitempty_are_absent() {
         let reply = Reply::from_json(&json!({
-            "sent": [], "events": [
-                {"type": "settled", "call": "a", "ok": null, "error": "cancelled", "message": ""},
+            "sent": null, "events": [
+                {"type": "settled", "call": "a", "ok": null, "error": "cancelled", "message": "", "state_version": ""},
                 {"type": "settled", "call": "b", "ok": 3, "error": ""}
             ],
             "error": "", "call_id": ""
         }))
         .unwrap();
+        assert!(reply.sent.is_empty());
         assert_eq!(reply.call_id, None);
         assert!(matches!(
             &reply.events[0],

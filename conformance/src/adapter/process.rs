@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdin, Command as Process, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -24,29 +24,65 @@ const STDERR_HEAD: usize = 4;
 const STDERR_TAIL: usize = 8;
 
 /// The adapter's stderr as a failure quotes it: its first and last lines,
-/// and how many fell between.
+/// how many fell between, and the first line between them that starts a
+/// runtime's crash report (an adapter that logs each command fills the
+/// head with its own lines, and a long stack trace the tail).
 #[derive(Default)]
 struct StderrLog {
     head: Vec<String>,
     tail: VecDeque<String>,
     dropped: usize,
+    /// The first crash line past the head, if it fell out of the tail.
+    cause: Option<String>,
+    /// The first crash line past the head, while still in the tail.
+    cause_in_tail: Option<usize>,
+    pushed: usize,
+}
+
+/// Whether `line` starts a runtime's crash report: Go, Rust, Python, Node
+/// and the JVM begin theirs so.
+fn starts_crash_report(line: &str) -> bool {
+    [
+        "panic:",
+        "fatal error:",
+        "Traceback (most recent call last)",
+        "Uncaught ",
+        "Exception in thread",
+    ]
+    .iter()
+    .any(|p| line.starts_with(p))
+        || (line.starts_with("thread '") && line.contains("panicked at"))
 }
 
 impl StderrLog {
     fn push(&mut self, line: String) {
+        self.pushed += 1;
         if self.head.len() < STDERR_HEAD {
             self.head.push(line);
             return;
         }
-        if self.tail.len() == STDERR_TAIL {
-            self.tail.pop_front();
-            self.dropped += 1;
+        let crash =
+            self.cause.is_none() && self.cause_in_tail.is_none() && starts_crash_report(&line);
+        if crash {
+            self.cause_in_tail = Some(self.pushed);
+        }
+        if self.tail.len() == STDERR_TAIL
+            && let Some(popped) = self.tail.pop_front()
+        {
+            if self.cause_in_tail == Some(self.pushed - STDERR_TAIL) {
+                // Quoted apart, so not among the lines left out.
+                self.cause_in_tail = None;
+                self.cause = Some(popped);
+            } else {
+                self.dropped += 1;
+            }
         }
         self.tail.push_back(line);
     }
 
     fn quoted(&self) -> String {
         let mut lines: Vec<&str> = self.head.iter().map(String::as_str).collect();
+        lines.extend(self.cause.as_deref());
         let gap = (self.dropped > 0).then(|| format!("… {} lines …", self.dropped));
         lines.extend(gap.as_deref());
         lines.extend(self.tail.iter().map(String::as_str));
@@ -164,6 +200,20 @@ pub struct AdapterProcess {
     /// The longest the first reply may take, start-up included; spent once
     /// the adapter has replied.
     start_timeout: Option<Duration>,
+    /// When the process was started.
+    spawned: Instant,
+    /// How the first command went: answered after this long from the
+    /// start, or not answered in time.
+    first: Option<Started>,
+}
+
+/// How an adapter's first command went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    /// Answered, this long after the process was started.
+    Answered(Duration),
+    /// Not answered within its timeout.
+    TimedOut,
 }
 
 impl AdapterProcess {
@@ -173,6 +223,11 @@ impl AdapterProcess {
     pub fn with_start_timeout(mut self, timeout: Duration) -> Self {
         self.start_timeout = Some(timeout.max(self.reply_timeout));
         self
+    }
+
+    /// How the first command went, once one was sent.
+    pub fn started(&self) -> Option<Started> {
+        self.first
     }
 
     /// Starts `program` with `args`. Each command must be answered within
@@ -230,6 +285,8 @@ impl AdapterProcess {
             stderr_done,
             reply_timeout,
             start_timeout: None,
+            spawned: Instant::now(),
+            first: None,
         })
     }
 
@@ -354,7 +411,14 @@ impl ClientUnderTest for AdapterProcess {
             return Err(self.gone(&format!("cannot write {op} to the adapter: {e}")));
         }
         let timeout = self.start_timeout.take().unwrap_or(self.reply_timeout);
-        match self.lines.recv_timeout(timeout) {
+        let received = self.lines.recv_timeout(timeout);
+        if self.first.is_none() {
+            self.first = Some(match &received {
+                Err(RecvTimeoutError::Timeout) => Started::TimedOut,
+                _ => Started::Answered(self.spawned.elapsed()),
+            });
+        }
+        match received {
             Ok(Ok(text)) => {
                 let value: Value = serde_json::from_str(&text)
                     .map_err(|e| format!("the reply to {op} is not JSON ({e}): {text}"))?;
@@ -493,5 +557,23 @@ mod tests {
         let quoted = log.quoted();
         assert!(quoted.starts_with("panic: no such module |  | goroutine 1 [running]: | main.f0() | … 12 lines … | main.f13()"), "{quoted}");
         assert!(quoted.ends_with("main.f19() | exit status 2"), "{quoted}");
+    }
+
+    #[test]
+    fn a_crash_report_after_the_head_keeps_its_first_line() {
+        let mut log = StderrLog::default();
+        for command in 0..10 {
+            log.push(format!("handled command {command}"));
+        }
+        log.push("panic: runtime error: index out of range".to_owned());
+        for frame in 0..30 {
+            log.push(format!("main.f{frame}()"));
+        }
+        let quoted = log.quoted();
+        assert!(
+            quoted.starts_with("handled command 0 | handled command 1 | handled command 2 | handled command 3 | panic: runtime error: index out of range | … 28 lines … | main.f22()"),
+            "{quoted}"
+        );
+        assert!(quoted.ends_with("main.f29()"), "{quoted}");
     }
 }

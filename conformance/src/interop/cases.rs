@@ -1181,22 +1181,30 @@ async fn window_edge(run: &Arc<Shared>, options: CaseOptions) -> Result<(), Stop
     // Each commit appends an item: unlike replacing a count, a resume
     // Patch that misses or reorders a version's operations then shows.
     let add = |i: u64| ("todos", "add", json!([format!("edge {i}")]));
-    commit_many(&mut a, 1, add).await?;
-    let next = view_of(&a)?;
-    commit_many(&mut a, options.history_window, add).await?;
-    let epoch = a.host_epoch();
-    for (name, have, view) in [("C", v, base), ("D", v + 1, next)] {
-        let mut peer = Peer::open(run, name).await?;
-        peer.sync(have, &epoch, Some(view))?;
-        peer.await_sync().await?;
-        same_view(&a, &peer).map_err(|e| format!("after a resume from version {have}: {e}"))?;
+    let checked = async {
+        commit_many(&mut a, 1, add).await?;
+        let next = view_of(&a)?;
+        commit_many(&mut a, options.history_window, add).await?;
+        let epoch = a.host_epoch();
+        for (name, have, view) in [("C", v, base), ("D", v + 1, next)] {
+            let mut peer = Peer::open(run, name).await?;
+            peer.sync(have, &epoch, Some(view))?;
+            peer.await_sync().await?;
+            same_view(&a, &peer).map_err(|e| format!("after a resume from version {have}: {e}"))?;
+        }
+        Ok::<(), Stop>(())
     }
-    // The items would otherwise weigh on every later snapshot.
-    ok_value(
-        &a.invoke("todos", "clear", json!([])).await?,
-        "todos.clear()",
-    )?;
-    Ok(())
+    .await;
+    // The items would otherwise weigh on every later snapshot, and on
+    // every later case if this one failed partway.
+    let cleared: Result<(), Stop> = match a.invoke("todos", "clear", json!([])).await {
+        Ok(result) => ok_value(&result, "todos.clear()")
+            .map(drop)
+            .map_err(Stop::from),
+        Err(error) => Err(Stop::from(error)),
+    };
+    checked?;
+    cleared
 }
 
 async fn outside_window(run: &Arc<Shared>, options: CaseOptions) -> Result<(), Stop> {
@@ -1264,7 +1272,11 @@ async fn invalid_arguments(run: &Arc<Shared>) -> Result<(), Stop> {
     let mut expected = before;
     expected["counter"]["count"] = json!(count_of(&expected)? + 1);
     if !json_eq(&expected, &view_of(&a)?) {
-        return Err(format!("the view is {}, expected {expected}", view_of(&a)?).into());
+        let view = view_of(&a)?;
+        let difference = describe_difference(&view, &expected);
+        return Err(
+            format!("the view differs {difference}: it is {view}, expected {expected}").into(),
+        );
     }
     Ok(())
 }
@@ -1288,7 +1300,11 @@ async fn method_failure(run: &Arc<Shared>) -> Result<(), Stop> {
     let mut expected = before;
     expected["counter"]["count"] = json!(count_of(&expected)? + 1);
     if !json_eq(&expected, &view_of(&a)?) {
-        return Err(format!("the view is {}, expected {expected}", view_of(&a)?).into());
+        let view = view_of(&a)?;
+        let difference = describe_difference(&view, &expected);
+        return Err(
+            format!("the view differs {difference}: it is {view}, expected {expected}").into(),
+        );
     }
     Ok(())
 }

@@ -620,14 +620,16 @@ fn check_state(expect: &ClientExpect, state: &ClientState) -> Result<(), String>
             _ => false,
         };
         if !ok {
+            // Where they differ first: the whole documents after it may be
+            // cut from a long report (CONFORMANCE.md §8).
             let difference = match &state.mirror {
                 Some(got) if want.is_object() && got.is_object() => {
-                    format!(" (it differs {})", describe_difference(got, want))
+                    format!("differs {}: ", describe_difference(got, want))
                 }
                 _ => String::new(),
             };
             problems.push(format!(
-                "mirror is {}, expected {want}{difference}",
+                "mirror {difference}is {}, expected {want}",
                 state
                     .mirror
                     .as_ref()

@@ -24,7 +24,7 @@ use prost::Message;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::matcher::{Bindings, json_eq, match_list};
+use super::matcher::{Bindings, describe_difference, json_eq, match_list};
 use super::{CaseInfo, Failure, split_step, u64_of};
 use crate::wirejson::{client_message_from_json, host_message_to_json};
 
@@ -438,7 +438,8 @@ pub fn run(case: &HostCase) -> Result<(), Failure> {
                 Some((v, view)) if *v == want_version && json_eq(view, &want.view) => {}
                 Some((v, view)) => {
                     return Err(fail(format!(
-                        "session {label}'s mirror is {view} at {v}, expected {} at {want_version}",
+                        "session {label}'s mirror (differing {}) is {view} at {v}, expected {} at {want_version}",
+                        describe_difference(view, &want.view),
                         want.view
                     )));
                 }
