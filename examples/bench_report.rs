@@ -132,7 +132,8 @@ fn rates_table(rows: &[&Value]) {
         let bare = rate(&r["baseline_median_ns"], n);
         let ratio = host.zip(bare).map(|(h, b)| h / b);
         println!(
-            "| {n} | {} | {} | {} |",
+            "| {n}{} | {} | {} | {} |",
+            from_earlier_run(r),
             per_second(host),
             per_second(bare),
             ratio.map_or_else(|| "—".to_owned(), |r| format!("{r:.2}×"))

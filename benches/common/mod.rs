@@ -118,7 +118,11 @@ pub fn test_mode() -> bool {
 
 /// Criterion's options that take a value, so that [`selected`] can tell a
 /// filter from an option's value.
-const VALUED_OPTIONS: [&str; 16] = [
+const VALUED_OPTIONS: [&str; 20] = [
+    "-s",
+    "-b",
+    "-c",
+    "--colour",
     "--color",
     "--save-baseline",
     "--baseline",
@@ -143,34 +147,40 @@ const VALUED_OPTIONS: [&str; 16] = [
 /// for benchmarks that are not selected.
 pub fn selected(name: &str) -> bool {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    !test_mode() && !args.iter().any(|a| a.starts_with("--profile-time")) && filtered_in(name)
+    // `--list` and `--ignored` measure nothing (criterion lists, or runs
+    // no benchmark).
+    let measuring = !args
+        .iter()
+        .any(|a| a.starts_with("--profile-time") || a == "--list" || a == "--ignored");
+    !test_mode() && measuring && filtered_in(name)
 }
 
-/// Whether criterion will run the benchmark `name` at all (measured, or
-/// once in test mode): the command line's filter, if any, matches it, read
-/// as criterion reads it: a regular expression, or with `--exact` the
-/// whole name. A filter that is no regular expression matches nothing, as
-/// criterion then runs nothing. `--list` runs nothing either.
-pub fn filtered_in(name: &str) -> bool {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut filter = None;
+/// The command line's filter, if any: its first argument that is neither
+/// an option nor an option's value.
+pub fn filter() -> Option<String> {
     let mut skip_value = false;
-    for arg in &args {
+    for arg in std::env::args().skip(1) {
         if skip_value {
             skip_value = false;
-        } else if arg.starts_with("--") {
+        } else if arg.starts_with('-') {
             skip_value = VALUED_OPTIONS.contains(&arg.as_str());
-        } else if filter.is_none() {
-            filter = Some(arg.as_str());
+        } else {
+            return Some(arg);
         }
     }
-    if args.iter().any(|a| a == "--list") {
-        return false;
-    }
-    match filter {
+    None
+}
+
+/// Whether criterion will run (or list) the benchmark `name` at all
+/// (measured, or once in test mode): the command line's [`filter`], if
+/// any, matches it, read as criterion reads it: a regular expression, or
+/// with `--exact` the whole name.
+pub fn filtered_in(name: &str) -> bool {
+    let exact = std::env::args().any(|a| a == "--exact");
+    match filter() {
         None => true,
-        Some(f) if args.iter().any(|a| a == "--exact") => name == f,
-        Some(f) => regex::Regex::new(f).is_ok_and(|r| r.is_match(name)),
+        Some(f) if exact => name == f,
+        Some(f) => regex::Regex::new(&f).is_ok_and(|r| r.is_match(name)),
     }
 }
 
@@ -195,7 +205,17 @@ pub fn pipelined_ratio_of(
     base: impl FnMut(u64) -> Duration,
     subject: impl FnMut(u64) -> Duration,
 ) -> Option<f64> {
-    selected(name).then(|| interleaved_ratio_at_least(32 * depth, base, subject))
+    batched_ratio_of(name, 32 * depth, base, subject)
+}
+
+/// [`interleaved_ratio_of`] with batches of at least `min_n` iterations.
+pub fn batched_ratio_of(
+    name: &str,
+    min_n: u64,
+    base: impl FnMut(u64) -> Duration,
+    subject: impl FnMut(u64) -> Duration,
+) -> Option<f64> {
+    selected(name).then(|| interleaved_ratio_at_least(min_n, base, subject))
 }
 
 /// `n` calls of the demo's `counter.increase(1)` through `client`, with at
@@ -343,6 +363,8 @@ pub struct BytesRow<'a> {
 pub struct Summary {
     suite: String,
     started: SystemTime,
+    /// The commit built, read as the run starts.
+    commit: String,
     rows: Vec<Row>,
 }
 
@@ -353,6 +375,7 @@ impl Summary {
         Self {
             suite: suite.to_owned(),
             started: SystemTime::now(),
+            commit: commit(),
             rows: Vec::new(),
         }
     }
@@ -464,7 +487,7 @@ impl Summary {
         let run = json!({
             "kind": "run", "suite": self.suite, "machine": machine(), "quick": quick(),
             "unix_time": self.started.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-            "commit": commit(),
+            "commit": self.commit,
         });
         let dir = target_dir().join("cosystem-bench");
         let path = dir.join(format!("{}.jsonl", self.suite));
@@ -480,8 +503,12 @@ impl Summary {
                 *line = kept;
             }
         }
-        // Rows this run did not even name (a filter left out their setup).
-        lines.extend(earlier.into_values());
+        // Rows a filtered run did not even name (it left out their setup).
+        // A run without a filter names every row there is: what it did not
+        // name was renamed or removed, and goes.
+        if filter().is_some() {
+            lines.extend(earlier.into_values());
+        }
         let written = fs::create_dir_all(&dir).and_then(|()| {
             let mut file = fs::File::create(&path)?;
             for line in std::iter::once(&run).chain(&lines) {
@@ -523,8 +550,9 @@ fn earlier_rows(path: &std::path::Path) -> std::collections::BTreeMap<String, Va
         .collect()
 }
 
-/// The commit the bench was built from, `-dirty` with uncommitted changes
-/// to tracked files; `unknown` outside a git checkout.
+/// The commit checked out as the bench starts, `-dirty` with uncommitted
+/// changes to tracked files (or if that cannot be told); `unknown` outside
+/// a git checkout.
 fn commit() -> String {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
@@ -538,7 +566,7 @@ fn commit() -> String {
     match git(&["rev-parse", "--short", "HEAD"]) {
         Some(head)
             if git(&["status", "--porcelain", "--untracked-files=no"])
-                .is_some_and(|s| !s.is_empty()) =>
+                .is_none_or(|s| !s.is_empty()) =>
         {
             format!("{head}-dirty")
         }
