@@ -212,3 +212,46 @@ async fn side_service_messages_held_are_bounded_and_small_ones_still_answered() 
     drop(streams);
     served.stop().await;
 }
+
+/// A health stream that opens and sends nothing would hold tonic's read
+/// buffer for as long as its connection lasts: it is ended
+/// `DEADLINE_EXCEEDED` after the host's first-envelope deadline, as a
+/// session stream is, while one that sends its message is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_side_service_stream_that_sends_no_message_is_ended() {
+    let host = Host::builder(demo::app("s"))
+        .limits(HostLimits {
+            first_envelope_timeout: std::time::Duration::from_secs(1),
+            ..HostLimits::default()
+        })
+        .build();
+    let server = GrpcServer::builder(host.clone())
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let served = serve_grpc(server);
+    let tcp = tokio::net::TcpStream::connect(served.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let mut check = || {
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!("{}/grpc.health.v1.Health/Check", served.url()))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        client.send_request(request, false).unwrap()
+    };
+    let (silent, _held) = check();
+    let (answered, mut body) = check();
+    body.send_data(prefix(0), true).unwrap();
+    assert_eq!(status_of(answered).await, "0");
+    let watchdog = std::time::Duration::from_secs(30);
+    let status = tokio::time::timeout(watchdog, status_of(silent))
+        .await
+        .expect("the silent stream was ended");
+    assert_eq!(status, "4");
+    served.stop().await;
+}

@@ -56,7 +56,8 @@ pub struct HostLimits {
     /// client slot for as long as it stays connected. The spec bounds it
     /// at 30 s at most for framed listeners and 10 s at least for gRPC, so
     /// a conforming host keeps it within 10–30 s; shorter is for tests.
-    /// Sessions opened by the application ([`Host::serve`], the shared
+    /// A `GrpcServer`'s health and reflection streams get the same time for
+    /// their first message. Sessions opened by the application ([`Host::serve`], the shared
     /// bus, a framed stream it hands over itself) have no such deadline.
     ///
     /// [`Host::serve`]: crate::host::Host::serve

@@ -277,7 +277,9 @@ class Adapter:
         (a divergence, unless the other adapter broke the same way)."""
         self.kill()
         time.sleep(0.1)
-        return {"error": why, "stderr": [l for l in self.stderr if l is not None]}
+        # list() copies the deque in one step; iterating it while the pump
+        # thread appends could raise.
+        return {"error": why, "stderr": [l for l in list(self.stderr) if l is not None]}
 
     def kill(self):
         try:

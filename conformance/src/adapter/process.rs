@@ -39,14 +39,14 @@ struct StderrLog {
     pushed: usize,
 }
 
-/// Whether `line` starts a runtime's crash report: Go, Rust, Python, Node
-/// and the JVM begin theirs so.
+/// Whether `line` starts a runtime's crash report: Go, Rust, Python and
+/// the JVM begin theirs so (Node begins with the file and line, which no
+/// prefix tells from an adapter's own logging).
 fn starts_crash_report(line: &str) -> bool {
     [
         "panic:",
         "fatal error:",
         "Traceback (most recent call last)",
-        "Uncaught ",
         "Exception in thread",
     ]
     .iter()
@@ -214,6 +214,8 @@ pub enum Started {
     Answered(Duration),
     /// Not answered within its timeout.
     TimedOut,
+    /// The adapter exited, or its output broke, before it answered.
+    Broke,
 }
 
 impl AdapterProcess {
@@ -414,8 +416,9 @@ impl ClientUnderTest for AdapterProcess {
         let received = self.lines.recv_timeout(timeout);
         if self.first.is_none() {
             self.first = Some(match &received {
+                Ok(Ok(_)) => Started::Answered(self.spawned.elapsed()),
                 Err(RecvTimeoutError::Timeout) => Started::TimedOut,
-                _ => Started::Answered(self.spawned.elapsed()),
+                _ => Started::Broke,
             });
         }
         match received {

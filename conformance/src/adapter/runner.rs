@@ -25,8 +25,9 @@ pub struct ClientRun {
     pub skip: BTreeSet<String>,
     /// The longest the adapter may take to answer one command.
     pub reply_timeout: Duration,
-    /// The longest it may take to answer its first command in a case, from
-    /// its start: what a wrapper that builds it (`go run`) may need.
+    /// The longest it may take to answer its first command, from its start,
+    /// until some case's adapter has answered one: what a wrapper that
+    /// builds it (`go run`) may need (see `StartWindow`).
     pub start_timeout: Duration,
     /// Stop playing cases once a required one has failed; the rest are
     /// reported SKIP.

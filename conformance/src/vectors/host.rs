@@ -437,9 +437,12 @@ pub fn run(case: &HostCase) -> Result<(), Failure> {
             match &sessions[label].mirror {
                 Some((v, view)) if *v == want_version && json_eq(view, &want.view) => {}
                 Some((v, view)) => {
+                    let difference = match describe_difference(view, &want.view) {
+                        d if d.is_empty() => String::new(),
+                        d => format!(" (differing {d})"),
+                    };
                     return Err(fail(format!(
-                        "session {label}'s mirror (differing {}) is {view} at {v}, expected {} at {want_version}",
-                        describe_difference(view, &want.view),
+                        "session {label}'s mirror{difference} is {view} at {v}, expected {} at {want_version}",
                         want.view
                     )));
                 }

@@ -352,7 +352,7 @@ impl Session {
             if self.is_closed() {
                 return None;
             }
-            if let Some(core) = self.shared.core.now() {
+            if let Some(core) = self.shared.core_now() {
                 return Some(core);
             }
             // A wake-up consumed here is not lost: the caller looks for

@@ -24,6 +24,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -47,6 +48,7 @@ pub(super) struct Budgeted<S> {
     budget: Arc<FrameBudget>,
     max_message: usize,
     free: usize,
+    first_message: Option<Duration>,
 }
 
 impl<S> Budgeted<S> {
@@ -58,7 +60,17 @@ impl<S> Budgeted<S> {
             budget,
             max_message,
             free,
+            first_message: None,
         }
+    }
+
+    /// Fails a request body with `DEADLINE_EXCEEDED` if its first whole
+    /// message has not arrived `within` of the stream's opening: tonic
+    /// makes room to read a stream as it opens, so one that never sends
+    /// would hold that room for as long as its connection lasts.
+    pub(super) fn first_message_within(mut self, within: Duration) -> Self {
+        self.first_message = Some(within);
+        self
     }
 }
 
@@ -82,12 +94,16 @@ where
         let framing = Framing::new(self.budget.clone(), self.max_message, self.free);
         let broken = BodyBroken::default();
         request.extensions_mut().insert(broken.clone());
+        let deadline = self
+            .first_message
+            .map(|within| (within, Box::pin(tokio::time::sleep(within))));
         self.inner.call(request.map(|body| {
             Body::new(BudgetedBody {
                 inner: body,
                 framing,
                 failed: false,
                 broken,
+                deadline,
             })
         }))
     }
@@ -130,6 +146,8 @@ struct Framing {
     max_message: usize,
     /// Messages up to this size do not count.
     free: usize,
+    /// Whole messages read so far.
+    messages: u64,
 }
 
 impl Framing {
@@ -143,6 +161,7 @@ impl Framing {
             budget,
             max_message,
             free,
+            messages: 0,
         }
     }
 
@@ -196,6 +215,7 @@ impl Framing {
 
     /// The message in progress is complete; the room it took stays held.
     fn finish(&mut self) {
+        self.messages += 1;
         self.reading = Reading::Prefix {
             have: 0,
             bytes: [0; PREFIX],
@@ -216,6 +236,9 @@ struct BudgetedBody {
     /// Set once the budget refused a message: the body ends with that.
     failed: bool,
     broken: BodyBroken,
+    /// Until the first whole message: how long it may take, and when that
+    /// runs out.
+    deadline: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
 }
 
 impl HttpBody for BudgetedBody {
@@ -238,11 +261,27 @@ impl HttpBody for BudgetedBody {
                     this.failed = true;
                     return Poll::Ready(Some(Err(status)));
                 }
+                if this.framing.messages > 0 {
+                    this.deadline = None;
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(status))) => {
                 this.broken.0.store(true, Ordering::Relaxed);
                 Poll::Ready(Some(Err(status)))
+            }
+            Poll::Pending => {
+                let Some((within, sleep)) = &mut this.deadline else {
+                    return Poll::Pending;
+                };
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let within = *within;
+                this.failed = true;
+                Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
+                    "no whole message arrived within {within:?} of the stream opening"
+                )))))
             }
             other => other,
         }

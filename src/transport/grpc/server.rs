@@ -373,11 +373,16 @@ impl GrpcServer {
         // They need no token, so what their streams hold is bounded in all,
         // as the sessions' is; their ordinary requests are far smaller than
         // what counts, so a peer holding the bound stops only large ones.
+        // A stream that sends no message at all holds tonic's read buffer
+        // until the first-envelope deadline ends it, as a session's does.
         let side = Arc::new(FrameBudget::new(SIDE_SERVICE_READ_BYTES));
         let (max, free) = (MAX_SIDE_SERVICE_MESSAGE_BYTES, SIDE_SERVICE_FREE_BYTES);
-        let health = Budgeted::new(health, side.clone(), max, free);
-        let reflection = Budgeted::new(reflection, side.clone(), max, free);
-        let reflection_v1alpha = Budgeted::new(reflection_v1alpha, side, max, free);
+        let first = self.host.limits().first_envelope_timeout;
+        let health = Budgeted::new(health, side.clone(), max, free).first_message_within(first);
+        let reflection =
+            Budgeted::new(reflection, side.clone(), max, free).first_message_within(first);
+        let reflection_v1alpha =
+            Budgeted::new(reflection_v1alpha, side, max, free).first_message_within(first);
 
         let mut server = Server::builder()
             .http2_keepalive_interval(Some(KEEPALIVE))
