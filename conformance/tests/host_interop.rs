@@ -164,6 +164,44 @@ async fn a_host_with_a_message_limit_over_4_mib_passes_the_view_size_case() {
     );
 }
 
+/// A host that sends a resume Patch over the max message size fails the
+/// oversize-resume case. The reference, given a 16 MiB limit while the
+/// runner is told 4 MiB, is such a host: the Patch fits its own limit.
+/// Told 16 MiB, the runner passes it, the reference then answering with
+/// a Snapshot for its size. Its window is widened so that it holds every
+/// operation either way: the default window (8 MiB, which counts a
+/// published operation twice) lets the oldest go first, and the Snapshot
+/// would then be the window's doing, not the size rule's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_resumes_with_a_patch_over_the_limit_fails_the_oversize_resume_case() {
+    let limit = 16 * 1024 * 1024;
+    let host = Host::builder(demo::app(MARKER))
+        .sync(SyncMode::Patch)
+        .sections(demo::default_sections())
+        .limits(HostLimits {
+            max_message_bytes: limit,
+            history_bytes: 8 * limit,
+            ..HostLimits::default()
+        })
+        .build();
+    let served = serve_reference(host, None).await;
+    let mut run = config(&served.url);
+    run.select.names = ["grpc-resume-over-the-message-size-is-a-snapshot".to_owned()].into();
+    run.options.max_message_size = 4 * 1024 * 1024;
+    let why = the_failure(&run).await;
+    assert!(
+        why.contains("--max-message-size") || why.contains("expected a snapshot"),
+        "{why}"
+    );
+    run.options.max_message_size = limit as u32;
+    let report = interop::run(&run).await.unwrap();
+    assert!(
+        matches!(report.results[0].outcome, Outcome::Pass),
+        "{}",
+        report.to_text()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reference_host_passes_every_case_in_snapshot_mode_with_a_token() {
     let token = "host-interop-token";
@@ -622,11 +660,17 @@ async fn envelopes_do_not_extend_the_wait_for_a_close() {
 
 const AT_LIMIT: &str = "grpc-messages-up-to-the-limit-are-accepted";
 
+/// Besides the limit case, the oversize-resume case fails it too: its
+/// calls carry a quarter of the limit the runner was told (4 MiB), which
+/// such a host refuses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_framed_host_with_a_limit_under_1_mib_fails_exactly_the_limit_case() {
+async fn a_framed_host_with_a_limit_under_1_mib_fails_exactly_the_cases_that_send_that_much() {
     assert_eq!(
         run_framed_broken(FramedBreakage::SmallLimit).await,
-        BTreeSet::from([AT_LIMIT.to_owned()])
+        BTreeSet::from([
+            AT_LIMIT.to_owned(),
+            "grpc-resume-over-the-message-size-is-a-snapshot".to_owned()
+        ])
     );
 }
 

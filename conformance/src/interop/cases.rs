@@ -265,6 +265,22 @@ pub const CASES: &[HostCaseDef] = &[
         asserts: &["C and D each reach A's version and view, whatever form their replies take."],
     },
     HostCaseDef {
+        name: "grpc-resume-over-the-message-size-is-a-snapshot",
+        tier: Required,
+        only: None,
+        spec: &["H2", "§15"],
+        description: "A resume whose Patch would be over the max message size is answered with a Snapshot, though the view is small: a host that sends such a Patch ends the session, and every later resume from there would end it again.",
+        procedure: &[
+            "Attach stream A (version v, view W).",
+            "A makes 10 commits, `todos.add(T)` and `todos.clear()` in turn, where T is a quarter of --max-message-size long (default 4 194 304): the operations since v come to more than the max message size, while the view stays small.",
+            "Stream C sends SyncRequest{epoch=the host's, have_version=v} (its base W).",
+        ],
+        asserts: &[
+            "C's reply is a Snapshot, and C reaches A's version and view.",
+            "No envelope is over the max message size (as in every case).",
+        ],
+    },
+    HostCaseDef {
         name: "grpc-sync-outside-history-gets-snapshot",
         tier: Recommended,
         only: None,
@@ -640,6 +656,7 @@ pub async fn run_case(name: &str, run: &Arc<Shared>, options: CaseOptions) -> Re
         "grpc-sync-from-other-epoch-gets-snapshot" => snapshot_reply(run, true).await,
         "grpc-sync-ahead-of-host-gets-snapshot" => snapshot_reply(run, false).await,
         "grpc-sync-outside-history-gets-snapshot" => outside_window(run, options).await,
+        "grpc-resume-over-the-message-size-is-a-snapshot" => oversize_resume(run, options).await,
         "grpc-resume-across-the-window-edge-reaches-current-view" => {
             window_edge(run, options).await
         }
@@ -1205,6 +1222,33 @@ async fn window_edge(run: &Arc<Shared>, options: CaseOptions) -> Result<(), Stop
     };
     checked?;
     cleared
+}
+
+async fn oversize_resume(run: &Arc<Shared>, options: CaseOptions) -> Result<(), Stop> {
+    let mut a = attached(run, "A").await?;
+    let (v, base) = (version_of(&a)?, view_of(&a)?);
+    // Added and cleared again at once: each add's operation is a quarter
+    // of the limit, so five of them pass it, while the view stays small
+    // and each Call and publication stays well within it.
+    let text = Value::String("r".repeat(options.max_message_size as usize / 4));
+    let call = |i: u64| match i % 2 {
+        0 => ("todos", "add", json!([text])),
+        _ => ("todos", "clear", json!([])),
+    };
+    commit_many(&mut a, 10, call).await?;
+    let mut c = Peer::open(run, "C").await?;
+    let sync_id = c.sync(v, &a.host_epoch(), Some(base))?;
+    c.await_sync().await?;
+    let reply = reply_to(&c, sync_id)?;
+    if !matches!(&reply.kind, Some(host_message::Kind::Snapshot(_))) {
+        return Err(format!(
+            "the reply to a resume whose operations are over the max message size is {}, expected a snapshot",
+            describe(&reply)
+        )
+        .into());
+    }
+    same_view(&a, &c)?;
+    Ok(())
 }
 
 async fn outside_window(run: &Arc<Shared>, options: CaseOptions) -> Result<(), Stop> {
