@@ -66,36 +66,69 @@ async fn status_of(response: h2::client::ResponseFuture) -> String {
         .unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn messages_announced_and_held_are_bounded_together_and_released_with_their_streams() {
-    let host = Host::builder(demo::app("s"))
-        .limits(HostLimits {
-            max_message_bytes: MAX_MESSAGE,
-            ..HostLimits::default()
-        })
-        .build();
-    let server = GrpcServer::builder(host.clone())
+/// A served host for `limits`, listening on loopback.
+async fn serve_with(limits: HostLimits) -> common::ServedGrpc {
+    let host = Host::builder(demo::app("s")).limits(limits).build();
+    let server = GrpcServer::builder(host)
         .bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let served = serve_grpc(server);
+    serve_grpc(server)
+}
+
+/// A raw HTTP/2 connection to `served`, ready for requests.
+async fn connect(served: &common::ServedGrpc) -> h2::client::SendRequest<bytes::Bytes> {
     let tcp = tokio::net::TcpStream::connect(served.addr).await.unwrap();
     let (client, connection) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
-    let open = |client: &mut h2::client::SendRequest<bytes::Bytes>| {
-        let session = http::Request::builder()
-            .method("POST")
-            .uri(format!(
-                "{}/cosystem.worker.v1.HostService/Session",
-                served.url()
-            ))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
-        client.send_request(session, false).unwrap()
-    };
+    client.ready().await.unwrap()
+}
+
+/// Opens a gRPC request to `method` (`/package.Service/Method`) on
+/// `client`, its body left open for the caller to write.
+fn open(
+    client: &mut h2::client::SendRequest<bytes::Bytes>,
+    served: &common::ServedGrpc,
+    method: &str,
+) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("{}{method}", served.url()))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    client.send_request(request, false).unwrap()
+}
+
+/// Waits for the stream of `streams` the server refuses, whichever it
+/// reads last, checks it was refused `RESOURCE_EXHAUSTED`, and drops it.
+async fn drop_the_refused<F: std::future::Future<Output = String>>(
+    streams: &mut Vec<(std::pin::Pin<Box<F>>, h2::SendStream<bytes::Bytes>)>,
+) {
+    let watchdog = std::time::Duration::from_secs(60);
+    let (refused, index, _) = tokio::time::timeout(
+        watchdog,
+        futures::future::select_all(streams.iter_mut().map(|(status, _)| status.as_mut())),
+    )
+    .await
+    .expect("the stream past the bound was answered");
+    assert_eq!(refused, "8");
+    drop(streams.remove(index));
+}
+
+const SESSION: &str = "/cosystem.worker.v1.HostService/Session";
+const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_announced_and_held_are_bounded_together_and_released_with_their_streams() {
+    let served = serve_with(HostLimits {
+        max_message_bytes: MAX_MESSAGE,
+        ..HostLimits::default()
+    })
+    .await;
+    let mut client = connect(&served).await;
+    let open = |client: &mut h2::client::SendRequest<bytes::Bytes>| open(client, &served, SESSION);
     // One stream more than the budget holds each announce a whole message
     // (prefix included, the max message size) and send none of it: one of
     // them, whichever the server reads last, is refused.
@@ -106,15 +139,8 @@ async fn messages_announced_and_held_are_bounded_together_and_released_with_thei
         body.send_data(prefix(announced), false).unwrap();
         streams.push((Box::pin(status_of(response)), body));
     }
+    drop_the_refused(&mut streams).await;
     let watchdog = std::time::Duration::from_secs(60);
-    let (refused, index, _) = tokio::time::timeout(
-        watchdog,
-        futures::future::select_all(streams.iter_mut().map(|(status, _)| status.as_mut())),
-    )
-    .await
-    .expect("the stream past the budget was answered");
-    assert_eq!(refused, "8");
-    drop(streams.remove(index));
 
     // A stream that goes away gives its room back: a whole message of the
     // same size is then read and answered. Its room comes back once the
@@ -156,53 +182,27 @@ async fn side_service_messages_held_are_bounded_and_small_ones_still_answered() 
     use cosystem_worker::transport::grpc::{
         MAX_SIDE_SERVICE_MESSAGE_BYTES, MAX_STREAMS_PER_CONNECTION, SIDE_SERVICE_READ_BYTES,
     };
-    let host = Host::builder(demo::app("s")).build();
-    let server = GrpcServer::builder(host.clone())
-        .bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let served = serve_grpc(server);
-    let check = |client: &mut h2::client::SendRequest<bytes::Bytes>| {
-        let request = http::Request::builder()
-            .method("POST")
-            .uri(format!("{}/grpc.health.v1.Health/Check", served.url()))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
-        client.send_request(request, false).unwrap()
-    };
-    let connect = || async {
-        let tcp = tokio::net::TcpStream::connect(served.addr).await.unwrap();
-        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-        tokio::spawn(connection);
-        client.ready().await.unwrap()
-    };
+    let served = serve_with(HostLimits::default()).await;
+    let check =
+        |client: &mut h2::client::SendRequest<bytes::Bytes>| open(client, &served, HEALTH_CHECK);
     let stalled = SIDE_SERVICE_READ_BYTES / MAX_SIDE_SERVICE_MESSAGE_BYTES + 1;
     let per_connection = MAX_STREAMS_PER_CONNECTION as usize / 2;
     let mut clients = Vec::new();
     let mut streams = Vec::new();
     for i in 0..stalled {
         if i % per_connection == 0 {
-            clients.push(connect().await);
+            clients.push(connect(&served).await);
         }
         let (response, mut body) = check(clients.last_mut().unwrap());
         body.send_data(prefix(MAX_SIDE_SERVICE_MESSAGE_BYTES), false)
             .unwrap();
         streams.push((Box::pin(status_of(response)), body));
     }
+    drop_the_refused(&mut streams).await;
     let watchdog = std::time::Duration::from_secs(60);
-    let (refused, index, _) = tokio::time::timeout(
-        watchdog,
-        futures::future::select_all(streams.iter_mut().map(|(status, _)| status.as_mut())),
-    )
-    .await
-    .expect("the message past the bound was answered");
-    assert_eq!(refused, "8");
-    drop(streams.remove(index));
 
     // The bound is full; a health check of a few bytes does not count.
-    let mut client = connect().await;
+    let mut client = connect(&served).await;
     let (response, mut body) = check(&mut client);
     body.send_data(prefix(0), true).unwrap();
     let status = tokio::time::timeout(watchdog, status_of(response))
@@ -219,31 +219,13 @@ async fn side_service_messages_held_are_bounded_and_small_ones_still_answered() 
 /// session stream is, while one that sends its message is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_side_service_stream_that_sends_no_message_is_ended() {
-    let host = Host::builder(demo::app("s"))
-        .limits(HostLimits {
-            first_envelope_timeout: std::time::Duration::from_secs(1),
-            ..HostLimits::default()
-        })
-        .build();
-    let server = GrpcServer::builder(host.clone())
-        .bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let served = serve_grpc(server);
-    let tcp = tokio::net::TcpStream::connect(served.addr).await.unwrap();
-    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
-    let mut check = || {
-        let request = http::Request::builder()
-            .method("POST")
-            .uri(format!("{}/grpc.health.v1.Health/Check", served.url()))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
-        client.send_request(request, false).unwrap()
-    };
+    let served = serve_with(HostLimits {
+        first_envelope_timeout: std::time::Duration::from_secs(1),
+        ..HostLimits::default()
+    })
+    .await;
+    let mut client = connect(&served).await;
+    let mut check = || open(&mut client, &served, HEALTH_CHECK);
     let (silent, _held) = check();
     let (answered, mut body) = check();
     body.send_data(prefix(0), true).unwrap();

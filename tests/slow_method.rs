@@ -52,6 +52,24 @@ fn hold_and_wait(
     (held, waiting)
 }
 
+/// A client of the gRPC host at `addr`, driven on `rt`.
+fn grpc_client_on(rt: &tokio::runtime::Runtime, addr: std::net::SocketAddr) -> Client {
+    use cosystem_worker::transport::grpc::GrpcConnector;
+    let _enter = rt.enter();
+    Client::new(
+        GrpcConnector::new(format!("http://{addr}")).unwrap(),
+        ClientConfig::default(),
+    )
+}
+
+/// `host` served over gRPC on loopback, on `rt`.
+fn serve_on(rt: &tokio::runtime::Runtime, host: &Host) -> common::ServedGrpc {
+    use cosystem_worker::transport::grpc::GrpcServer;
+    rt.block_on(common::serve_grpc_on_loopback(GrpcServer::builder(
+        host.clone(),
+    )))
+}
+
 type Call = tokio::task::JoinHandle<Result<serde_json::Value, cosystem_worker::app::MethodError>>;
 
 /// Readies every client.
@@ -232,7 +250,6 @@ fn a_session_whose_input_ends_while_the_core_is_held_is_answered_then_ends() {
 /// runtime never arrived. The method runs off the scheduler, so they do.
 #[test]
 fn a_slow_method_holds_up_no_socket_of_its_runtime() {
-    use cosystem_worker::transport::grpc::{GrpcConnector, GrpcServer};
     let done = watchdog(Duration::from_secs(60));
     for workers in [2, 4, 8] {
         let servers = tokio::runtime::Builder::new_multi_thread()
@@ -250,20 +267,10 @@ fn a_slow_method_holds_up_no_socket_of_its_runtime() {
             .block_on(async { slow_host.invoke("counter", "increase", &[json!(1)]) })
             .unwrap();
         drop(earlier);
-        let slow = servers.block_on(common::serve_grpc_on_loopback(GrpcServer::builder(
-            slow_host.clone(),
-        )));
-        let other = servers.block_on(common::serve_grpc_on_loopback(GrpcServer::builder(
-            other_host.clone(),
-        )));
+        let slow = serve_on(&servers, &slow_host);
+        let other = serve_on(&servers, &other_host);
         let clients = two_workers();
-        let grpc_client = |addr| {
-            let _enter = clients.enter();
-            Client::new(
-                GrpcConnector::new(format!("http://{addr}")).unwrap(),
-                ClientConfig::default(),
-            )
-        };
+        let grpc_client = |addr| grpc_client_on(&clients, addr);
         let holder = grpc_client(slow.addr);
         let bystander = grpc_client(other.addr);
         ready(&clients, &[&holder, &bystander]);
@@ -293,7 +300,6 @@ fn a_slow_method_holds_up_no_socket_of_its_runtime() {
 /// and the watchdog would fail the test.
 #[test]
 fn grpc_sessions_waiting_on_a_slow_method_take_no_thread_each() {
-    use cosystem_worker::transport::grpc::{GrpcConnector, GrpcServer};
     const WAITERS: usize = 16;
     let done = watchdog(Duration::from_secs(60));
     let servers = tokio::runtime::Builder::new_multi_thread()
@@ -305,20 +311,10 @@ fn grpc_sessions_waiting_on_a_slow_method_take_no_thread_each() {
     let gate = Gate::default();
     let slow_host = Host::builder(app_with_gate("s", gate.clone())).build();
     let other_host = Host::builder(demo::app("s")).build();
-    let slow = servers.block_on(common::serve_grpc_on_loopback(GrpcServer::builder(
-        slow_host.clone(),
-    )));
-    let other = servers.block_on(common::serve_grpc_on_loopback(GrpcServer::builder(
-        other_host.clone(),
-    )));
+    let slow = serve_on(&servers, &slow_host);
+    let other = serve_on(&servers, &other_host);
     let clients = two_workers();
-    let grpc_client = |addr| {
-        let _enter = clients.enter();
-        Client::new(
-            GrpcConnector::new(format!("http://{addr}")).unwrap(),
-            ClientConfig::default(),
-        )
-    };
+    let grpc_client = |addr| grpc_client_on(&clients, addr);
     let holder = grpc_client(slow.addr);
     let waiters: Vec<Client> = (0..WAITERS).map(|_| grpc_client(slow.addr)).collect();
     let bystander = grpc_client(other.addr);
