@@ -213,12 +213,13 @@ async fn side_service_messages_held_are_bounded_and_small_ones_still_answered() 
     served.stop().await;
 }
 
-/// A health stream that opens and sends nothing would hold tonic's read
-/// buffer for as long as its connection lasts: it is ended
-/// `DEADLINE_EXCEEDED` after the host's first-envelope deadline, as a
-/// session stream is, while one that sends its message is answered.
+/// A health stream that opens and sends nothing, or sends its one message
+/// and never ends, would hold tonic's read buffer for as long as its
+/// connection lasts: each is ended `DEADLINE_EXCEEDED` after the host's
+/// first-envelope deadline, as a session stream is, while one that sends
+/// its message and ends is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_side_service_stream_that_sends_no_message_is_ended() {
+async fn a_health_stream_that_does_not_end_its_request_is_ended() {
     let served = serve_with(HostLimits {
         first_envelope_timeout: std::time::Duration::from_secs(1),
         ..HostLimits::default()
@@ -227,13 +228,20 @@ async fn a_side_service_stream_that_sends_no_message_is_ended() {
     let mut client = connect(&served).await;
     let mut check = || open(&mut client, &served, HEALTH_CHECK);
     let (silent, _held) = check();
+    let (unended, mut unended_body) = check();
+    unended_body.send_data(prefix(0), false).unwrap();
     let (answered, mut body) = check();
     body.send_data(prefix(0), true).unwrap();
     assert_eq!(status_of(answered).await, "0");
     let watchdog = std::time::Duration::from_secs(30);
-    let status = tokio::time::timeout(watchdog, status_of(silent))
-        .await
-        .expect("the silent stream was ended");
-    assert_eq!(status, "4");
+    for (stream, what) in [
+        (silent, "the silent stream"),
+        (unended, "the unended request"),
+    ] {
+        let status = tokio::time::timeout(watchdog, status_of(stream))
+            .await
+            .unwrap_or_else(|_| panic!("{what} was not ended"));
+        assert_eq!(status, "4", "{what}");
+    }
     served.stop().await;
 }

@@ -48,7 +48,17 @@ pub(super) struct Budgeted<S> {
     budget: Arc<FrameBudget>,
     max_message: usize,
     free: usize,
-    first_message: Option<Duration>,
+    deadline: Option<(Duration, Until)>,
+}
+
+/// What a request body must have done by its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Until {
+    /// Sent its first whole message (a stream that may idle after it).
+    FirstMessage,
+    /// Ended (a method that takes one message: unary or server-streaming,
+    /// which tonic reads to the body's end before it answers).
+    End,
 }
 
 impl<S> Budgeted<S> {
@@ -60,16 +70,17 @@ impl<S> Budgeted<S> {
             budget,
             max_message,
             free,
-            first_message: None,
+            deadline: None,
         }
     }
 
-    /// Fails a request body with `DEADLINE_EXCEEDED` if its first whole
-    /// message has not arrived `within` of the stream's opening: tonic
-    /// makes room to read a stream as it opens, so one that never sends
-    /// would hold that room for as long as its connection lasts.
-    pub(super) fn first_message_within(mut self, within: Duration) -> Self {
-        self.first_message = Some(within);
+    /// Fails a request body with `DEADLINE_EXCEEDED` if it has not done
+    /// `what` `within` of the stream's opening: tonic makes room to read a
+    /// stream as it opens, so one that never sends, or sends a message and
+    /// never ends where one message is all there is, would hold that room
+    /// for as long as its connection lasts.
+    pub(super) fn deadline(mut self, within: Duration, what: Until) -> Self {
+        self.deadline = Some((within, what));
         self
     }
 }
@@ -95,8 +106,8 @@ where
         let broken = BodyBroken::default();
         request.extensions_mut().insert(broken.clone());
         let deadline = self
-            .first_message
-            .map(|within| (within, Box::pin(tokio::time::sleep(within))));
+            .deadline
+            .map(|(within, until)| (within, until, Box::pin(tokio::time::sleep(within))));
         self.inner.call(request.map(|body| {
             Body::new(BudgetedBody {
                 inner: body,
@@ -236,9 +247,9 @@ struct BudgetedBody {
     /// Set once the budget refused a message: the body ends with that.
     failed: bool,
     broken: BodyBroken,
-    /// Until the first whole message: how long it may take, and when that
-    /// runs out.
-    deadline: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
+    /// Until the body has done what it must: how long it may take, what
+    /// it must do, and when that runs out.
+    deadline: Option<(Duration, Until, Pin<Box<tokio::time::Sleep>>)>,
 }
 
 impl HttpBody for BudgetedBody {
@@ -261,7 +272,9 @@ impl HttpBody for BudgetedBody {
                     this.failed = true;
                     return Poll::Ready(Some(Err(status)));
                 }
-                if this.framing.messages > 0 {
+                if this.framing.messages > 0
+                    && matches!(this.deadline, Some((_, Until::FirstMessage, _)))
+                {
                     this.deadline = None;
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -271,16 +284,20 @@ impl HttpBody for BudgetedBody {
                 Poll::Ready(Some(Err(status)))
             }
             Poll::Pending => {
-                let Some((within, sleep)) = &mut this.deadline else {
+                let Some((within, until, sleep)) = &mut this.deadline else {
                     return Poll::Pending;
                 };
                 if sleep.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                let within = *within;
+                let (within, until) = (*within, *until);
                 this.failed = true;
+                let what = match until {
+                    Until::FirstMessage => "no whole message arrived",
+                    Until::End => "the request did not end",
+                };
                 Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
-                    "no whole message arrived within {within:?} of the stream opening"
+                    "{what} within {within:?} of the stream opening"
                 )))))
             }
             other => other,

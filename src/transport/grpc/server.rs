@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::service::interceptor::InterceptedService;
 
-use super::partial::{BodyBroken, Budgeted};
+use super::partial::{BodyBroken, Budgeted, Until};
 use crate::transport::framed::budget::{FREE_BYTES, FrameBudget};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -373,16 +373,18 @@ impl GrpcServer {
         // They need no token, so what their streams hold is bounded in all,
         // as the sessions' is; their ordinary requests are far smaller than
         // what counts, so a peer holding the bound stops only large ones.
-        // A stream that sends no message at all holds tonic's read buffer
-        // until the first-envelope deadline ends it, as a session's does.
+        // A stream holds tonic's read buffer from its opening, so one that
+        // sends nothing is ended at the first-envelope deadline, as a
+        // session's is; a health request, one message, must also have
+        // ended by then (a reflection stream may idle between requests).
         let side = Arc::new(FrameBudget::new(SIDE_SERVICE_READ_BYTES));
         let (max, free) = (MAX_SIDE_SERVICE_MESSAGE_BYTES, SIDE_SERVICE_FREE_BYTES);
         let first = self.host.limits().first_envelope_timeout;
-        let health = Budgeted::new(health, side.clone(), max, free).first_message_within(first);
+        let health = Budgeted::new(health, side.clone(), max, free).deadline(first, Until::End);
         let reflection =
-            Budgeted::new(reflection, side.clone(), max, free).first_message_within(first);
+            Budgeted::new(reflection, side.clone(), max, free).deadline(first, Until::FirstMessage);
         let reflection_v1alpha =
-            Budgeted::new(reflection_v1alpha, side, max, free).first_message_within(first);
+            Budgeted::new(reflection_v1alpha, side, max, free).deadline(first, Until::FirstMessage);
 
         let mut server = Server::builder()
             .http2_keepalive_interval(Some(KEEPALIVE))
