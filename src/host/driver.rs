@@ -127,6 +127,23 @@ impl Shared {
         self.core.now()
     }
 
+    /// The core, for a task that must not block: while another input
+    /// holds it (a slow method), the wait is spent asleep, in naps of 1 ms
+    /// doubling to 50 ms, so any number of tasks may wait without taking a
+    /// thread each; `None` once the host has shut down.
+    async fn core_napping(&self) -> Option<MutexGuard<'_, HostCore>> {
+        let mut nap = Nap::default();
+        loop {
+            if self.is_shut_down() {
+                return None;
+            }
+            if let Some(core) = self.core_now() {
+                return Some(core);
+            }
+            std::future::poll_fn(|cx| nap.poll(cx)).await;
+        }
+    }
+
     /// Wakes every session, but `except`.
     fn wake_all(&self, except: Option<PeerKey>) {
         let wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
@@ -432,16 +449,12 @@ impl Host {
         principal: Option<Arc<str>>,
     ) -> Result<Session, InputError> {
         self.shared.guard();
-        let mut nap = Nap::default();
-        loop {
-            if self.shared.is_shut_down() {
-                return Err(InputError::ShuttingDown);
-            }
-            if let Some(core) = self.shared.core_now() {
-                return self.open_locked(core, options, principal);
-            }
-            std::future::poll_fn(|cx| nap.poll(cx)).await;
-        }
+        let core = self
+            .shared
+            .core_napping()
+            .await
+            .ok_or(InputError::ShuttingDown)?;
+        self.open_locked(core, options, principal)
     }
 
     fn open_locked(

@@ -284,16 +284,12 @@ impl Session {
     pub async fn handle_bytes_async(&self, bytes: &[u8]) -> Result<(), InputError> {
         let mut input = PreparedInput::decode(bytes, self.shared.config.limits.max_message_bytes)?;
         input.parse_ahead(&self.shared.args_budget);
-        let mut nap = Nap::default();
-        loop {
-            if self.is_closed() {
-                return Err(InputError::ShuttingDown);
-            }
-            if let Some(core) = self.shared.core_now() {
-                return self.with_locked(core, true, |core| core.handle_input(self.key, &input));
-            }
-            std::future::poll_fn(|cx| nap.poll(cx)).await;
-        }
+        let core = self
+            .shared
+            .core_napping()
+            .await
+            .ok_or(InputError::ShuttingDown)?;
+        self.with_locked(core, true, |core| core.handle_input(self.key, &input))
     }
 
     fn with_core<T>(&self, wake_self: bool, f: impl FnOnce(&mut HostCore) -> T) -> T {
