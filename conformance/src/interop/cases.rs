@@ -1236,18 +1236,39 @@ async fn oversize_resume(run: &Arc<Shared>, options: CaseOptions) -> Result<(), 
         _ => ("todos", "clear", json!([])),
     };
     commit_many(&mut a, 10, call).await?;
+    resumed_with_a_snapshot(
+        run,
+        &mut a,
+        v,
+        base,
+        "whose operations are over the max message size",
+    )
+    .await
+}
+
+/// A new stream C resumes from `v` (its base `base`) and must be answered
+/// with a Snapshot that brings it to `a`'s version and view; `what` says
+/// which resume it was, for the failure. (`a` is borrowed mutably because a
+/// shared `&Peer` would not be `Send` across the awaits.)
+async fn resumed_with_a_snapshot(
+    run: &Arc<Shared>,
+    a: &mut Peer,
+    v: u64,
+    base: Value,
+    what: &str,
+) -> Result<(), Stop> {
     let mut c = Peer::open(run, "C").await?;
     let sync_id = c.sync(v, &a.host_epoch(), Some(base))?;
     c.await_sync().await?;
     let reply = reply_to(&c, sync_id)?;
     if !matches!(&reply.kind, Some(host_message::Kind::Snapshot(_))) {
         return Err(format!(
-            "the reply to a resume whose operations are over the max message size is {}, expected a snapshot",
+            "the reply to a resume {what} is {}, expected a snapshot",
             describe(&reply)
         )
         .into());
     }
-    same_view(&a, &c)?;
+    same_view(a, &c)?;
     Ok(())
 }
 
@@ -1256,20 +1277,8 @@ async fn outside_window(run: &Arc<Shared>, options: CaseOptions) -> Result<(), S
     let (v, base) = (version_of(&a)?, view_of(&a)?);
     let total = options.history_window + 1;
     commit_many(&mut a, total, |_| ("counter", "increase", json!([1]))).await?;
-    let mut c = Peer::open(run, "C").await?;
-    let epoch = a.host_epoch();
-    let sync_id = c.sync(v, &epoch, Some(base))?;
-    c.await_sync().await?;
-    let reply = reply_to(&c, sync_id)?;
-    if !matches!(&reply.kind, Some(host_message::Kind::Snapshot(_))) {
-        return Err(format!(
-            "the reply to a resume from {total} versions back is {}, expected a snapshot",
-            describe(&reply)
-        )
-        .into());
-    }
-    same_view(&a, &c)?;
-    Ok(())
+    let what = format!("from {total} versions back");
+    resumed_with_a_snapshot(run, &mut a, v, base, &what).await
 }
 
 async fn not_found(run: &Arc<Shared>) -> Result<(), Stop> {
