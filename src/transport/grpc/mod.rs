@@ -28,6 +28,7 @@
 
 mod admission;
 mod auth;
+mod builder;
 mod client;
 pub mod client_codec;
 pub mod codec;
@@ -38,19 +39,21 @@ mod partial;
 mod pem;
 mod probe;
 mod server;
+mod session_service;
 
 pub use admission::{ConnectionCounts, ConnectionGauge, ConnectionLimits, DEFAULT_MAX_CONNECTIONS};
 pub use auth::{TokenFault, check_token, constant_time_eq};
+pub use builder::GrpcServerBuilder;
 pub use client::GrpcConnector;
 pub use health::{EndsAtStop, StoppingHealth, health_service};
 pub use incoming::{
     ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN, Accepted, GuardedIncoming, HANDSHAKE_TIMEOUT,
 };
 pub use server::{
-    GrpcServer, GrpcServerBuilder, HostServiceServer, KEEPALIVE, MAX_SIDE_SERVICE_MESSAGE_BYTES,
-    MAX_STREAMS_PER_CONNECTION, SERVICE_NAME, SHUTDOWN_GRACE, SIDE_SERVICE_FREE_BYTES,
-    SIDE_SERVICE_READ_BYTES, SessionService,
+    GrpcServer, KEEPALIVE, MAX_SIDE_SERVICE_MESSAGE_BYTES, MAX_STREAMS_PER_CONNECTION,
+    SHUTDOWN_GRACE, SIDE_SERVICE_FREE_BYTES, SIDE_SERVICE_READ_BYTES,
 };
+pub use session_service::{HostServiceServer, SERVICE_NAME, SessionService};
 
 /// Why a gRPC server or connector could not be set up or run.
 #[derive(Debug, thiserror::Error)]
