@@ -281,6 +281,26 @@ async fn typed_module_calls_serialise_tuples_and_deserialise_results() {
     );
 }
 
+#[tokio::test]
+async fn typed_call_arguments_with_no_json_form_are_refused_unsent() {
+    let host = demo_host(SyncMode::Patch);
+    let client = connect(&host);
+    let counter = client.module("counter");
+    for number in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        // serde_json alone would send `[null]`, which the method reads as
+        // another argument than the one given.
+        let refused = counter
+            .call_as::<_, i64>("increase", (Some(number),))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, CallAsError::Arguments { .. }),
+            "{number}: {refused:?}"
+        );
+    }
+    assert_eq!(host.version(), 1, "no call reached the host");
+}
+
 /// A call sent at once on a link that has room (not by the driver) must
 /// still have its deadline enforced.
 #[tokio::test(start_paused = true)]

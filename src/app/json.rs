@@ -23,9 +23,15 @@ pub(super) fn to_json<T: Serialize + ?Sized>(value: &T, what: &str) -> Result<Va
         .map_err(|e| MethodError::internal(format!("{what} does not serialise: {e}")))
 }
 
+/// Whether `value` serialises without a non-finite number, which
+/// `serde_json` would write as `null`.
+pub(crate) fn check_finite<T: Serialize + ?Sized>(value: &T) -> Result<(), NotJson> {
+    value.serialize(&mut Finite)
+}
+
 /// Why a value is not JSON.
 #[derive(Debug)]
-pub(super) struct NotJson(String);
+pub(crate) struct NotJson(String);
 
 impl fmt::Display for NotJson {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -15,6 +15,7 @@ mod draft;
 mod draft_error;
 mod error;
 mod json;
+pub(crate) use json::check_finite;
 pub(crate) mod json_len;
 mod methods;
 mod pointer;

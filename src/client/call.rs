@@ -170,7 +170,8 @@ impl Drop for CallFuture {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CallAsError {
-    /// The arguments did not serialise to JSON; nothing was sent.
+    /// The arguments did not serialise to JSON, or held a number JSON has no
+    /// form for (NaN, an infinity); nothing was sent.
     #[error("{module}.{method}: arguments could not be serialised, nothing was sent: {error}")]
     Arguments {
         /// The module called.
@@ -277,7 +278,12 @@ impl ModuleHandle {
         A: serde::Serialize,
         R: serde::de::DeserializeOwned,
     {
-        let args = match serde_json::to_value(args) {
+        // serde_json writes a NaN or an infinity as `null`: the method would
+        // run with another argument than the one given.
+        let converted = crate::app::check_finite(&args)
+            .map_err(<serde_json::Error as serde::ser::Error>::custom)
+            .and_then(|()| serde_json::to_value(args));
+        let args = match converted {
             Ok(Value::Array(args)) => args,
             Ok(Value::Null) => Vec::new(),
             Ok(other) => vec![other],
