@@ -182,3 +182,13 @@ async fn a_client_that_stops_sending_is_still_answered_then_the_session_ends() {
     assert_eq!(serving.await.unwrap(), Ok(()));
     assert_eq!(host.session_count(), 0);
 }
+
+#[test]
+#[should_panic(expected = "bookmark interval must be longer than zero")]
+fn a_zero_bookmark_interval_is_refused_when_the_host_is_built() {
+    // tokio's interval would panic on it inside the bookmark task, and the
+    // host would go on without bookmarks, unnoticed.
+    let _ = Host::builder(demo::app("s"))
+        .bookmark_interval(Some(Duration::ZERO))
+        .build();
+}

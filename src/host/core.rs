@@ -185,7 +185,9 @@ impl HostCore {
     /// # Panics
     /// If a published module's initial state nests the view deeper than
     /// [`MAX_VIEW_DEPTH`] (a programming error found at start-up): no client
-    /// could mirror it. Likewise if `epoch` is empty or longer than
+    /// could mirror it. Likewise if the initial published view is too large
+    /// to send as one snapshot within `config.limits.max_message_bytes`
+    /// (spec §15), or if `epoch` is empty or longer than
     /// [`MAX_EPOCH`](crate::client::MAX_EPOCH) bytes (spec E2): every
     /// client would ignore the host.
     pub fn new(config: HostConfig, app: App, epoch: impl Into<String>) -> Self {
@@ -260,6 +262,13 @@ impl HostCore {
             size: host.published_view_len(),
             exact: true,
         };
+        let limit = host.view_limit();
+        assert!(
+            host.view_bound.size <= limit,
+            "the initial published view is {} bytes of JSON, too large to send as one snapshot within the {}-byte message limit: no client could sync",
+            host.view_bound.size,
+            host.config.limits.max_message_bytes
+        );
         host
     }
 

@@ -355,16 +355,27 @@ impl Host {
     /// of the host's start), with
     /// [`HostStats::core_held_for`] saying so (and, with method timing on,
     /// for how long it has held the core). A core merely busy with many
-    /// short inputs is waited for.
+    /// short inputs is tried again, a bounded number of times, before the
+    /// latest stats are returned the same way.
     pub fn stats(&self) -> HostStats {
+        // Each try is a short spin; a core that changes hands throughout
+        // them all is busy, and the latest stats are recent enough.
+        const TRIES: usize = 16;
         let busy = &self.shared.busy;
-        let inputs = busy.inputs();
-        let core = match self.shared.core.now() {
-            Some(core) => core,
-            // Other inputs took the core meanwhile: it is busy, not stuck,
-            // and waiting for it is short.
-            None if busy.inputs() != inputs => self.shared.core(),
-            None => return self.with_session_counts(busy.last()),
+        let mut inputs = busy.inputs();
+        let mut core = None;
+        for _ in 0..TRIES {
+            core = self.shared.core.now();
+            let now = busy.inputs();
+            // One input held the core throughout: a method running long,
+            // which a blocking wait here would wait out.
+            if core.is_some() || now == inputs {
+                break;
+            }
+            inputs = now;
+        }
+        let Some(core) = core else {
+            return self.with_session_counts(busy.last());
         };
         let stats = core.stats();
         // Under the core's lock, as the bookmark tick does: remembered

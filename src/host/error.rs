@@ -81,7 +81,17 @@ pub enum InputError {
 }
 
 impl InputError {
-    /// Whether the driver should end the session.
+    /// Whether the session cannot go on whatever carries it: it floods the
+    /// host, leaves its results unread, or is gone. Every driver ends the
+    /// session on these. Others are ignored, or ended by the transport's
+    /// own rules: a gRPC stream also ends on a
+    /// [`Malformed`](InputError::Malformed) envelope (spec §17.2) and on
+    /// [`ShuttingDown`](InputError::ShuttingDown); a session served over a
+    /// link ([`Host::serve`](crate::host::Host::serve)) ends when the link
+    /// cannot read a frame, reported as
+    /// [`MessageTooLarge`](InputError::MessageTooLarge),
+    /// [`Malformed`](InputError::Malformed) or
+    /// [`ReceiveBudget`](InputError::ReceiveBudget) (spec FB6).
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,

@@ -108,7 +108,7 @@ impl HostCore {
     }
 
     /// The longest view JSON that still fits one snapshot (spec §15).
-    fn view_limit(&self) -> usize {
+    pub(super) fn view_limit(&self) -> usize {
         self.config
             .limits
             .max_message_bytes

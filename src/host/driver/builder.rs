@@ -94,6 +94,14 @@ impl HostBuilder {
     }
 
     /// Send bookmarks on this interval (default 5 s); `None` disables them.
+    /// Bookmarks are sent by a task on the tokio runtime that
+    /// [`build`](HostBuilder::build) runs on; a host built outside one sends
+    /// none, and says so in a warning. Clients that watch for a silent host
+    /// (`ClientConfig::host_silence`) then drop their link every interval.
+    ///
+    /// # Panics
+    /// [`build`](HostBuilder::build) panics for `Some(Duration::ZERO)`:
+    /// there is no interval that short.
     pub fn bookmark_interval(mut self, interval: Option<Duration>) -> Self {
         self.bookmark_interval = interval;
         self
@@ -118,8 +126,13 @@ impl HostBuilder {
     /// follow: an epoch of 0 or more than
     /// [`MAX_EPOCH`](crate::client::MAX_EPOCH) bytes, or a published module
     /// whose initial state nests the view deeper than every client mirrors
-    /// ([`MAX_VIEW_DEPTH`](crate::host::MAX_VIEW_DEPTH)).
+    /// ([`MAX_VIEW_DEPTH`](crate::host::MAX_VIEW_DEPTH)) or makes it too
+    /// large to send as one snapshot; and for a bookmark interval of zero.
     pub fn build(self) -> Host {
+        assert!(
+            self.bookmark_interval != Some(Duration::ZERO),
+            "a bookmark interval must be longer than zero (None sends no bookmarks)"
+        );
         let epoch = self.epoch.unwrap_or_else(new_epoch);
         if let Some(sections) = &self.config.sections {
             let names = self.app.names();
@@ -152,11 +165,16 @@ impl HostBuilder {
                 observed: std::sync::atomic::AtomicBool::new(false),
             }),
         };
-        if let (Some(interval), Ok(runtime)) = (
-            self.bookmark_interval,
-            tokio::runtime::Handle::try_current(),
-        ) {
-            runtime.spawn(bookmarks(Arc::downgrade(&host.shared), interval));
+        if let Some(interval) = self.bookmark_interval {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(bookmarks(Arc::downgrade(&host.shared), interval));
+                }
+                Err(_) => tracing::warn!(
+                    ?interval,
+                    "host built outside a tokio runtime: it sends no bookmarks (build it inside one, or set bookmark_interval(None) to say none are wanted)"
+                ),
+            }
         }
         host
     }
