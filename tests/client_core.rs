@@ -235,6 +235,7 @@ fn settlements(events: &[ClientEvent]) -> Vec<Settlement> {
                 call,
                 outcome,
                 state_version,
+                ..
             } => Some((
                 *call,
                 outcome.clone().map_err(|e: MethodError| e.code),
@@ -276,6 +277,28 @@ fn sent_call(c: &mut ClientCore) -> CallId {
     let calls = sent_calls(&sent(c));
     assert!(calls.iter().any(|call| call.call_id == id.0));
     id
+}
+
+/// Whether a call may have run is not in its code: a call cancelled before
+/// it left never ran, one cancelled after may have.
+#[test]
+fn a_local_settlement_says_whether_the_call_had_been_sent() {
+    let mut c = synced(3, 3);
+    let kept = c.call("counter", "increase", &[json!(1)], None).unwrap();
+    assert_eq!(c.was_sent(kept), Some(false));
+    assert!(c.cancel(kept));
+    let gone = sent_call(&mut c);
+    assert_eq!(c.was_sent(gone), Some(true));
+    assert!(c.cancel(gone));
+    assert_eq!(c.was_sent(gone), None, "settled calls are not pending");
+    let sent_flags: Vec<(CallId, bool)> = events(&mut c)
+        .into_iter()
+        .filter_map(|e| match e {
+            ClientEvent::Settled { call, sent, .. } => Some((call, sent)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent_flags, vec![(kept, false), (gone, true)]);
 }
 
 // ---- start and snapshots -------------------------------------------------
@@ -1144,7 +1167,8 @@ fn result_ahead_of_the_mirror_is_held_requests_sync_and_settles_when_mirror_reac
             ClientEvent::Settled {
                 call: id,
                 outcome: Ok(json!(5)),
-                state_version: Some(5)
+                state_version: Some(5),
+                sent: true,
             }
         ],
         "the state change is visible before the call settles"

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use cosystem_worker::client::{CallOptions, Client, ClientConfig, Connection, Reconnect};
+use cosystem_worker::client::{
+    CallOptions, Client, ClientConfig, ClientEvent, Connection, Reconnect,
+};
 use cosystem_worker::demo;
 use cosystem_worker::host::Host;
 use cosystem_worker::transport::{ClientLink, Connector, TransportError, memory};
@@ -25,18 +27,35 @@ impl Connector for Refusing {
 #[tokio::test]
 async fn refused_credentials_fail_ready_and_calls_permission_denied_saying_they_never_ran() {
     let client = Client::new(Refusing, ClientConfig::default());
+    let mut events = client.events();
     let queued = client.call("counter", "increase", vec![json!(1)]);
+    let id = queued.id().unwrap();
     let error = client.ready().await.unwrap_err();
     assert_eq!(error.code, ErrorCode::PermissionDenied);
     assert!(error.message.contains("bad token"), "{error}");
-    let queued = queued.await.unwrap_err();
+    let settled = queued.with_version().await;
+    assert!(!settled.sent, "it never left, so making it again is safe");
+    let queued = settled.outcome.unwrap_err();
     assert_eq!(queued.code, ErrorCode::PermissionDenied);
     assert!(
         queued
             .message
-            .ends_with("bad token (settled before it was sent; it did not run)"),
+            .ends_with("bad token; settled before it was sent; it did not run"),
         "{queued}"
     );
+    // The events say what the call's future was told, once (spec §11.1).
+    let told: Vec<_> = std::iter::from_fn(|| events.try_recv().ok())
+        .filter_map(|event| match event {
+            ClientEvent::Settled {
+                call,
+                outcome,
+                sent,
+                ..
+            } if call == id => Some((outcome.map_err(|e| e.code), sent)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told, vec![(Err(ErrorCode::PermissionDenied), false)]);
     let later = client.call("counter", "increase", vec![json!(1)]).await;
     assert_eq!(later.unwrap_err().code, ErrorCode::PermissionDenied);
 }

@@ -105,6 +105,7 @@ fn host_silence_takes_the_link_down_and_settles_the_calls_it_carried() {
                 call: settled,
                 outcome: Err(error),
                 state_version: None,
+                sent: true,
             },
         ] => {
             assert_eq!(*settled, call);

@@ -64,7 +64,7 @@ fn patch_mode_call_settles_after_mirror_catches_up() {
         .unwrap();
     pump(&mut host, peer, &mut client, now);
     let events: Vec<_> = std::iter::from_fn(|| client.poll_event()).collect();
-    assert!(events.iter().any(|e| matches!(e, ClientEvent::Settled { call, outcome: Ok(v), state_version: Some(2) } if *call == id && *v == json!(2))), "{events:#?}");
+    assert!(events.iter().any(|e| matches!(e, ClientEvent::Settled { call, outcome: Ok(v), state_version: Some(2), sent: true } if *call == id && *v == json!(2))), "{events:#?}");
     assert_eq!(client.version(), Some(3));
     assert_eq!(
         client.state().unwrap()["todos"]["items"][1],

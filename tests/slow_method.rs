@@ -44,11 +44,18 @@ fn hold_and_wait(
         async move { c.call("slow", "hold", vec![]).await }
     });
     gate.wait_entered();
-    let waiting = rt.spawn({
-        let c = waiter.clone();
-        async move { c.call("counter", "increase", vec![json!(1)]).await }
-    });
-    std::thread::sleep(Duration::from_millis(50));
+    let call = {
+        let _enter = rt.enter();
+        waiter.call("counter", "increase", vec![json!(1)])
+    };
+    let id = call.id().expect("the call was made");
+    let waiting = rt.spawn(call);
+    // Sent, the call is the host's to answer: a shutdown then leaves its
+    // outcome unknown, where an unsent one would never have run. The
+    // watchdog bounds the wait.
+    while waiter.call_sent(id) == Some(false) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     (held, waiting)
 }
 

@@ -623,6 +623,7 @@ fn check_exactly_one_outcome(sys: &System, model: &Model, quiesced: bool) -> Res
                 call,
                 outcome,
                 state_version,
+                ..
             } = e
             {
                 let entry = outcomes.entry((c, *call)).or_insert((0, None, None));

@@ -26,8 +26,7 @@ pub struct CallOptions {
     /// A call that times out after it was sent may still run on the host
     /// (spec CL4), however short the timeout: even `Duration::ZERO` leaves
     /// the call queued until the driver next looks at the clock, and it
-    /// may be sent before then. The error's message says whether it was
-    /// sent.
+    /// may be sent before then. [`Settlement::sent`] says whether it was.
     pub timeout: Option<Duration>,
 }
 
@@ -106,12 +105,14 @@ impl CallFuture {
             return Poll::Ready(Settlement {
                 outcome: Err(error),
                 state_version: None,
+                sent: false,
             });
         }
         let Some(receiver) = self.receiver.as_mut() else {
             return Poll::Ready(Settlement {
                 outcome: Err(MethodError::internal("call future polled after completion")),
                 state_version: None,
+                sent: false,
             });
         };
         match Pin::new(receiver).poll(cx) {
@@ -125,6 +126,9 @@ impl CallFuture {
                         "the client was disposed",
                     )),
                     state_version: None,
+                    // Not known any more: said the way that cannot lead
+                    // to a call run twice.
+                    sent: true,
                 }))
             }
         }

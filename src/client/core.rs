@@ -245,11 +245,12 @@ impl ClientCore {
         self.pending.len()
     }
 
-    /// How far a pending call got, as its local settlements say it ("before
-    /// it was sent; it did not run", …), for a driver that settles calls
-    /// itself; `None` for a call that is not pending.
-    pub(crate) fn progress_of(&self, call: crate::client::CallId) -> Option<&'static str> {
-        self.pending.get(&call.0).map(Pending::progress)
+    /// Whether a pending call has left through
+    /// [`poll_transmit`](ClientCore::poll_transmit): once it has, the host
+    /// may run it whatever happens to the client. `None` for a call that is
+    /// not pending.
+    pub fn was_sent(&self, call: crate::client::CallId) -> Option<bool> {
+        self.pending.get(&call.0).map(|p| p.transmitted)
     }
 
     fn header(&self) -> Header {

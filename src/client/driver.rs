@@ -52,6 +52,11 @@ pub struct Settlement {
     /// The state version the host's result named; `None` when the call
     /// settled without an answer (cancelled, timed out, connection lost…).
     pub state_version: Option<u64>,
+    /// Whether the call had left through the link when it settled. A call
+    /// never sent never ran: making it again is safe whatever the error's
+    /// code. One sent and settled without an answer (`state_version` is
+    /// `None`) may have run.
+    pub sent: bool,
 }
 
 /// Atomically read parts of the mirror: its epoch, version and view.
@@ -114,6 +119,7 @@ impl Shared {
                     call,
                     outcome,
                     state_version,
+                    sent,
                 } => {
                     let sender = self
                         .calls
@@ -123,6 +129,7 @@ impl Shared {
                     let settlement = |outcome| Settlement {
                         outcome,
                         state_version,
+                        sent,
                     };
                     let outcome = match sender {
                         Some(sender) if !observed => {
@@ -139,6 +146,7 @@ impl Shared {
                         call,
                         outcome,
                         state_version,
+                        sent,
                     }
                 }
                 other => {
@@ -193,32 +201,40 @@ impl Shared {
             return;
         }
         let error = self.terminal_error();
-        let stranded: Vec<(CallId, oneshot::Sender<Settlement>)> = self
+        let stranded: Vec<CallId> = self
+            .calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        {
+            // The calls sent and unanswered settled outcome-unknown as the
+            // link went down: what is left never left, or holds an answer.
+            // Settled by the core, so that the events say what the calls'
+            // futures are told.
+            let what = format!("{}; settled", error.message);
+            let mut core = self.core();
+            for id in stranded {
+                core.settle_stopped(id, error.code, &what);
+            }
+        }
+        self.dispatch();
+        // A future the core no longer knew of still gets the stop's error.
+        let orphans: Vec<oneshot::Sender<Settlement>> = self
             .calls
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .drain()
+            .map(|(_, sender)| sender)
             .collect();
-        for (id, sender) in stranded {
-            // The calls sent and unanswered settled outcome-unknown as the
-            // link went down: what is left never left, or holds an answer.
-            let progress = self.core().progress_of(id);
-            let outcome = match progress {
-                Some(progress) => MethodError {
-                    message: format!("{} (settled {progress})", error.message),
-                    ..error.clone()
-                },
-                None => error.clone(),
-            };
+        for sender in orphans {
             let _ = sender.send(Settlement {
-                outcome: Err(outcome),
+                outcome: Err(error.clone()),
                 state_version: None,
+                sent: true,
             });
-            // Removes it from the core too; its own settlement event finds
-            // no receiver any more and is only broadcast.
-            self.core().cancel(id);
         }
-        self.dispatch();
     }
 
     /// Publishes a transition of the link; nothing follows `Stopped`.
@@ -416,6 +432,13 @@ impl Client {
         self.shared().connection.subscribe()
     }
 
+    /// Whether a pending call (see [`CallFuture::id`]) has been handed to
+    /// the link: once it has, the host may run it whatever happens to this
+    /// client. `None` once it has settled.
+    pub fn call_sent(&self, call: CallId) -> Option<bool> {
+        self.shared().core().was_sent(call)
+    }
+
     /// The mirror's version (`None` before the first snapshot).
     pub fn version(&self) -> Option<u64> {
         self.shared().core().version()
@@ -523,10 +546,11 @@ impl Client {
     /// timeout is set ([`Client::call_with`], or
     /// [`ClientConfig::call_timeout`](super::ClientConfig::call_timeout)
     /// for every call). When a deadline, a cancel, disposal, a host
-    /// restart or the client stopping settles it, the error's message says
-    /// how far the call got: a call never sent did not run, even when a
-    /// host restart settles it `outcome-unknown` (spec §11.2 gives every
-    /// call of a vanished epoch that code).
+    /// restart or the client stopping settles it, [`Settlement::sent`]
+    /// ([`CallFuture::with_version`]) says whether it had been sent, and the
+    /// error's message how far it got: a call never sent did not run, even
+    /// when a host restart settles it `outcome-unknown` (spec §11.2 gives
+    /// every call of a vanished epoch that code).
     pub fn call(&self, module: &str, method: &str, args: Vec<Value>) -> CallFuture {
         self.call_with(module, method, args, CallOptions::default())
     }

@@ -121,6 +121,10 @@ pub enum ClientEvent {
         outcome: Result<Value, MethodError>,
         /// The state version the result observed, when the host answered.
         state_version: Option<u64>,
+        /// Whether the call had left through the link when it settled. One
+        /// never sent never ran, so making it again is safe whatever its
+        /// code; one sent and settled without an answer may have run.
+        sent: bool,
     },
 }
 

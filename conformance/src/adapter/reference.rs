@@ -357,6 +357,7 @@ fn translate(event: ClientEvent, labels: &BTreeMap<u64, String>) -> Result<Event
             call,
             outcome,
             state_version,
+            ..
         } => {
             let label = labels
                 .get(&call.0)

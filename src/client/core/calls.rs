@@ -108,6 +108,14 @@ impl ClientCore {
         self.settle_saying_how_far(call.0, ErrorCode::Cancelled, "the call was cancelled")
     }
 
+    /// Settles a pending call locally with `code`, for a driver whose
+    /// transport ended for good: a stopped client settles what is pending
+    /// with the stop's code (spec §11.1), its message `what` happened
+    /// followed by how far the call got. Returns whether it was pending.
+    pub fn settle_stopped(&mut self, call: CallId, code: ErrorCode, what: &str) -> bool {
+        self.settle_saying_how_far(call.0, code, what)
+    }
+
     /// Settles a pending call locally with `what` happened, followed by how
     /// far the call got (`Pending::progress`): whether it
     /// was sent, and whether its answer had arrived. Returns whether it was
@@ -140,6 +148,7 @@ impl ClientCore {
             call: CallId(call_id),
             outcome: Err(MethodError::new(code, message)),
             state_version: None,
+            sent: pending.transmitted,
         });
         true
     }

@@ -58,6 +58,7 @@ impl ClientCore {
                 call: CallId(call_id),
                 outcome: outcome.and_then(Self::parse_value),
                 state_version: Some(result.state_version),
+                sent: true,
             });
             return;
         }
@@ -118,6 +119,7 @@ impl ClientCore {
                 call: CallId(id),
                 outcome: h.outcome.and_then(|json| Self::parse_value(&json)),
                 state_version: Some(h.state_version),
+                sent: transmitted,
             });
         }
         !caught_up.is_empty()
