@@ -54,6 +54,9 @@ fn log_of_build(sections: &[&str]) -> String {
         drop(
             Host::builder(demo::app("s"))
                 .sections(sections.to_vec())
+                // Built outside a runtime, where bookmarks cannot be sent
+                // (a warning of its own, checked below).
+                .bookmark_interval(None)
                 .build(),
         );
     })
@@ -71,6 +74,46 @@ fn a_section_that_names_no_module_is_warned_about() {
 #[test]
 fn sections_that_all_name_modules_are_not_warned_about() {
     assert_eq!(log_of_build(&["counter", "todos"]), "");
+}
+
+#[test]
+fn a_host_whose_initial_view_no_snapshot_can_carry_is_warned_about() {
+    let limits = cosystem_worker::host::HostLimits {
+        max_message_bytes: 4096,
+        ..Default::default()
+    };
+    let big =
+        cosystem_worker::app::JsonModule::new("big", serde_json::json!({"s": "b".repeat(5000)}));
+    let log = log_of(|| {
+        drop(
+            Host::builder(cosystem_worker::app::App::new().with(big))
+                .limits(limits)
+                .bookmark_interval(None)
+                .build(),
+        )
+    });
+    assert!(log.contains("WARN"), "{log}");
+    assert!(log.contains("too large to send as one snapshot"), "{log}");
+    assert!(
+        log_of_build(&["counter"]).is_empty(),
+        "a view that fits is not"
+    );
+}
+
+#[test]
+fn a_host_built_outside_a_runtime_warns_that_it_sends_no_bookmarks() {
+    let log = log_of(|| drop(Host::builder(demo::app("s")).build()));
+    assert!(log.contains("WARN"), "{log}");
+    assert!(log.contains("sends no bookmarks"), "{log}");
+    let log = log_of(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _enter = rt.enter();
+        drop(Host::builder(demo::app("s")).build());
+    });
+    assert!(!log.contains("bookmarks"), "{log}");
 }
 
 #[test]
@@ -129,9 +172,14 @@ async fn disconnect_line(
     serving: tokio::task::JoinHandle<Result<(), cosystem_worker::transport::grpc::GrpcError>>,
     captured: &Captured,
 ) -> String {
-    while host.session_count() > 0 {
-        tokio::task::yield_now().await;
-    }
+    // A hang guard, not a speed check.
+    tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while host.session_count() > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("a session never ended");
     let _ = stop.send(());
     serving.await.unwrap().unwrap();
     let log = captured.text();
@@ -216,9 +264,13 @@ async fn a_grpc_client_that_goes_away_without_closing_its_stream_is_logged_as_su
             std::mem::forget(raw);
         });
     });
-    while !client.is_finished() {
-        tokio::task::yield_now().await;
-    }
+    tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while !client.is_finished() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the client's thread never finished");
     client.join().unwrap();
     let disconnect = disconnect_line(&host, stop, serving, &captured).await;
     assert!(

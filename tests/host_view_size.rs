@@ -280,11 +280,3 @@ proptest::proptest! {
         }
     }
 }
-
-#[test]
-#[should_panic(expected = "too large to send as one snapshot")]
-fn a_host_whose_initial_view_no_snapshot_can_carry_does_not_start() {
-    // Every client would have to sync with a snapshot over the limit, and
-    // none could: the host refuses to start rather than serve nobody.
-    limited(App::new().with(JsonModule::new("big", json!({"s": "b".repeat(LIMIT)}))));
-}

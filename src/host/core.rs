@@ -185,9 +185,7 @@ impl HostCore {
     /// # Panics
     /// If a published module's initial state nests the view deeper than
     /// [`MAX_VIEW_DEPTH`] (a programming error found at start-up): no client
-    /// could mirror it. Likewise if the initial published view is too large
-    /// to send as one snapshot within `config.limits.max_message_bytes`
-    /// (spec §15), or if `epoch` is empty or longer than
+    /// could mirror it. Likewise if `epoch` is empty or longer than
     /// [`MAX_EPOCH`](crate::client::MAX_EPOCH) bytes (spec E2): every
     /// client would ignore the host.
     pub fn new(config: HostConfig, app: App, epoch: impl Into<String>) -> Self {
@@ -262,14 +260,16 @@ impl HostCore {
             size: host.published_view_len(),
             exact: true,
         };
-        let limit = host.view_limit();
-        assert!(
-            host.view_bound.size <= limit,
-            "the initial published view is {} bytes of JSON, too large to send as one snapshot within the {}-byte message limit: no client could sync",
-            host.view_bound.size,
-            host.config.limits.max_message_bytes
-        );
         host
+    }
+
+    /// The published view's JSON length, when it is known to be too large
+    /// to send as one snapshot within the message limit (spec §15): no
+    /// client can sync until calls shrink it. Only a view that started so,
+    /// or a module that could not revert a refused call, gets there.
+    pub(crate) fn view_over_limit(&self) -> Option<usize> {
+        (self.view_bound.exact && self.view_bound.size > self.view_limit())
+            .then_some(self.view_bound.size)
     }
 
     /// The host's epoch.

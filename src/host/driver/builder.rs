@@ -126,8 +126,10 @@ impl HostBuilder {
     /// follow: an epoch of 0 or more than
     /// [`MAX_EPOCH`](crate::client::MAX_EPOCH) bytes, or a published module
     /// whose initial state nests the view deeper than every client mirrors
-    /// ([`MAX_VIEW_DEPTH`](crate::host::MAX_VIEW_DEPTH)) or makes it too
-    /// large to send as one snapshot; and for a bookmark interval of zero.
+    /// ([`MAX_VIEW_DEPTH`](crate::host::MAX_VIEW_DEPTH)); and for a
+    /// bookmark interval of zero. An initial view too large to send as one
+    /// snapshot is warned about: no client can sync until calls (such as
+    /// [`Host::invoke`]) shrink it.
     pub fn build(self) -> Host {
         assert!(
             self.bookmark_interval != Some(Duration::ZERO),
@@ -145,6 +147,13 @@ impl HostBuilder {
             }
         }
         let mut core = HostCore::new(self.config, self.app, epoch);
+        if let Some(size) = core.view_over_limit() {
+            tracing::warn!(
+                view_bytes = size,
+                max_message_bytes = core.config().limits.max_message_bytes,
+                "the initial published view is too large to send as one snapshot: no client can sync until calls shrink it"
+            );
+        }
         core.set_method_timing(self.method_timing);
         let busy = Busy::new(core.stats());
         let host = Host {
