@@ -231,7 +231,7 @@ async fn a_client_of_the_other_transport_is_told_what_the_host_speaks() {
     let mut framed = HostProcess::spawn(&["--listen", "tcp://127.0.0.1:0"]).await;
     let endpoint = framed.endpoint().await;
     let grpc_url = endpoint.replace("tcp://", "http://");
-    let output = cli_client(&["--connect", &grpc_url, "--timeout", "1", "state"]).await;
+    let output = cli_client(&["--connect", &grpc_url, "--timeout", "3", "state"]).await;
     assert!(!output.status.success());
     let line = framed.log_until("speaks another protocol").await;
     assert!(line.contains("as a gRPC client does"), "{line}");

@@ -583,7 +583,17 @@ async fn run_framed_broken(breakage: FramedBreakage) -> BTreeSet<String> {
     let served = serve_framed_broken(demo_host(SyncMode::Patch), breakage).await;
     let mut run = config(&served.url);
     run.skip.insert(FIRST_FRAME.into());
-    run.step_timeout = Duration::from_secs(2);
+    // Where the expected failure is a wait that never ends, it ends sooner;
+    // every other run keeps the default, so that a loaded machine cannot
+    // fail a case the broken host should pass.
+    if matches!(
+        breakage,
+        FramedBreakage::ReadsOversizeBodies
+            | FramedBreakage::TwoGiBLimit
+            | FramedBreakage::KeepsMalformedSessionsAndStaysOpen
+    ) {
+        run.step_timeout = Duration::from_secs(2);
+    }
     let report = interop::run(&run).await.unwrap();
     print!("{}", report.to_text());
     failed(&report)
