@@ -1115,12 +1115,22 @@ fn retry_of_a_snapshot_request_keeps_asking_for_version_zero() {
     assert_eq!(reason(&retry), SyncReason::Retry);
 }
 
+/// L5: a request a driver still holds (no link yet) has gone unsent, not
+/// unanswered: it goes out as it stands once it can, INITIAL included.
 #[test]
-fn retry_withdraws_the_request_it_replaces_when_still_unsent() {
+fn a_request_still_unsent_is_not_retried_and_goes_out_as_it_stands() {
     let mut c = new_client();
     c.handle_timeout(at(2_000));
+    let waits = c.poll_timeout().expect("its interval starts again");
+    assert!(waits > at(2_000), "no deadline already passed: {waits:?}");
     let request = only_sync(&sent(&mut c));
-    assert_eq!(reason(&request), SyncReason::Retry);
+    assert_eq!(reason(&request), SyncReason::Initial);
+    assert_eq!(request.sync_id, 1);
+    // Sent and unanswered for the interval, it is retried.
+    c.handle_timeout(waits);
+    let retry = only_sync(&sent(&mut c));
+    assert_eq!(reason(&retry), SyncReason::Retry);
+    assert_ne!(retry.sync_id, request.sync_id);
 }
 
 // ---- results and read-your-writes ----------------------------------------

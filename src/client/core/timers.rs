@@ -2,14 +2,17 @@
 
 use std::time::Instant;
 
-use super::ClientCore;
+use super::{ClientCore, later};
+use crate::client::config::MIN_SYNC_RETRY;
 use crate::client::event::Notice;
-use crate::wire::{ErrorCode, SyncReason};
+use crate::wire::{ErrorCode, SyncReason, client_message};
 
 impl ClientCore {
     /// Fires whatever is due at `now`: call deadlines (settled
     /// `deadline-exceeded`, earliest deadline first); while connected, an
-    /// unanswered sync request (sent again); and host silence (L10): the
+    /// `deadline-exceeded`, earliest deadline first); while connected, a
+    /// sync request sent and unanswered (sent again; one still queued waits
+    /// its turn); and host silence (L10): the
     /// link is then taken as lost, as by [`ClientCore::connection_lost`],
     /// and [`ClientCore::is_host_silent`] tells the driver to close it.
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -32,8 +35,22 @@ impl ClientCore {
             );
         }
         // L5 retries only while connected: a request made while the link is
-        // down is never sent, and L7 asks afresh on reconnecting.
+        // down is never sent, and L7 asks afresh on reconnecting. Nor is a
+        // request still queued retried (a driver waiting for its first link
+        // holds it): it has not gone unanswered, only unsent, and goes out
+        // as it is, INITIAL included.
+        let queued = self.sync.as_ref().is_some_and(|s| {
+            self.outbox.iter().any(|m| {
+                matches!(&m.kind, Some(client_message::Kind::SyncRequest(r)) if r.sync_id == s.sync_id)
+            })
+        });
         if self.connected
+            && queued
+            && let Some(s) = &mut self.sync
+            && s.deadline <= now
+        {
+            s.deadline = later(now, self.config.sync_retry.max(MIN_SYNC_RETRY));
+        } else if self.connected
             && let Some(s) = &self.sync
             && s.deadline <= now
         {
