@@ -152,6 +152,7 @@ fn settling_before_catching_up_fails_exactly_the_read_your_writes_cases() {
             "client-result-ahead-is-held-until-mirror-catches-up",
             "client-result-ahead-while-syncing-sends-nothing-more",
             "client-result-beyond-a-later-sync-reply-is-internal",
+            "client-result-value-out-of-range-or-nan-is-internal",
         ],
     );
 }
@@ -168,6 +169,7 @@ fn reporting_settlements_before_state_changed_fails_exactly_the_held_result_case
             "client-reported-loss-keeps-held-results-and-an-outstanding-sync",
             "client-result-ahead-is-held-until-mirror-catches-up",
             "client-result-ahead-while-syncing-sends-nothing-more",
+            "client-result-value-out-of-range-or-nan-is-internal",
             "client-result-waits-while-empty",
         ],
     );
@@ -181,6 +183,7 @@ fn ignoring_the_epoch_fails_exactly_the_epoch_cases() {
             "client-calls-settled-together-settle-in-call-order",
             "client-envelope-with-empty-epoch-is-malformed",
             "client-new-epoch-settles-calls-outcome-unknown",
+            "client-new-epoch-settles-queued-call-and-never-sends-it",
             "client-new-epoch-snapshot-replaces-mirror",
             "client-patch-from-other-epoch-reports-missing-snapshot",
             "client-patch-from-other-epoch-while-resuming-asks-for-snapshot",

@@ -16,8 +16,8 @@ use cosystem_worker::demo;
 use cosystem_worker::host::{Host, HostLimits, SyncMode};
 use serde_json::json;
 use support::{
-    FramedBreakage, HostBreakage, serve_broken, serve_framed_broken, serve_framed_tcp,
-    serve_reference,
+    FramedBreakage, HostBreakage, serve_broken, serve_broken_with_token, serve_framed_broken,
+    serve_framed_tcp, serve_reference,
 };
 
 const MARKER: &str = "host-interop-secret-marker-41c7";
@@ -164,6 +164,29 @@ async fn a_host_with_a_message_limit_over_4_mib_passes_the_view_size_case() {
     );
 }
 
+/// A host that refuses a call whose view would still fit the max message
+/// size the runner is told fails the view-size case: the reference with a
+/// 2 MiB limit, the runner told 4 MiB. Before, a host refusing every call
+/// passed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_refuses_a_view_that_fits_fails_the_view_size_case() {
+    let host = Host::builder(demo::app(MARKER))
+        .sections(demo::default_sections())
+        .limits(HostLimits {
+            max_message_bytes: 2 * 1024 * 1024,
+            ..HostLimits::default()
+        })
+        .build();
+    let served = serve_reference(host, None).await;
+    let mut run = config(&served.url);
+    run.select.names = ["grpc-view-too-large-for-a-snapshot-is-refused".to_owned()].into();
+    let why = the_failure(&run).await;
+    assert!(
+        why.contains("was refused") && why.contains("fits the 4194304-byte"),
+        "{why}"
+    );
+}
+
 /// A host that sends a resume Patch over the max message size fails the
 /// oversize-resume case. The reference, given a 16 MiB limit while the
 /// runner is told 4 MiB, is such a host: the Patch fits its own limit.
@@ -211,6 +234,25 @@ async fn reference_host_passes_every_case_in_snapshot_mode_with_a_token() {
     let report = interop::run(&run).await.unwrap();
     print!("{}", report.to_text());
     assert_all_pass(&report, Transport::Grpc);
+}
+
+/// A host whose token check reads one entry and one spelling of the
+/// scheme, or that refuses after sending response headers, fails the
+/// authentication case, naming the rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_checks_tokens_loosely_or_late_fails_the_authentication_case() {
+    let token = "host-interop-token";
+    for (breakage, rule) in [
+        (HostBreakage::ReadsOneTokenEntryCaseSensitively, "G5"),
+        (HostBreakage::RefusesTokensAfterHeaders, "G4"),
+    ] {
+        let served = serve_broken_with_token(demo_host(SyncMode::Patch), token, breakage).await;
+        let mut run = config(&served.url);
+        run.token = Some(token.into());
+        run.select.names = ["grpc-unauthenticated-without-token".to_owned()].into();
+        let why = the_failure(&run).await;
+        assert!(why.contains(rule), "{breakage:?}: {why}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,8 +458,9 @@ async fn a_host_that_writes_returned_integers_as_floats_fails_only_where_they_ar
     assert_eq!(count, Ok(json!(0)));
     // Most cases compare values as JSON does, where `2.0` equals `2`. The
     // resume cases pass a returned id back as an argument, which must be
-    // an integer, and the limit case checks the count it is returned as
-    // the integer case does (J10). The integer case puts the count back
+    // an integer, the limit case checks the count it is returned as the
+    // integer case does (J10), and the add_many case requires its ids to
+    // be integers (§19). The integer case puts the count back
     // where it found it, so the cases after it start from a count they can
     // add to.
     let (failed, required_passed) = run_broken(HostBreakage::WritesIntegersAsFloats).await;
@@ -429,6 +472,7 @@ async fn a_host_that_writes_returned_integers_as_floats_fails_only_where_they_ar
                 "grpc-resume-reaches-current-view",
                 "grpc-resume-inside-window-is-patch",
                 "grpc-messages-up-to-the-limit-are-accepted",
+                "grpc-add-many-is-one-version",
             ]
             .map(str::to_owned)
         )

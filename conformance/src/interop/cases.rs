@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cosystem_worker::wire::{
-    Call, CallResult, ClientMessage, ErrorCode, Header, HostMessage, call_result, client_message,
-    host_message,
+    Call, CallResult, ClientMessage, ErrorCode, Header, HostMessage, SyncReason, SyncRequest,
+    call_result, client_message, host_message,
 };
 use prost::Message;
 use serde_json::{Value, json};
@@ -229,13 +229,14 @@ pub const CASES: &[HostCaseDef] = &[
         tier: Required,
         only: None,
         spec: &["E8", "H2"],
-        description: "A SyncRequest naming another epoch is not fenced: it is answered with a snapshot of the host's epoch.",
+        description: "A SyncRequest naming another epoch, or none, is not fenced: it is answered with a snapshot of the host's epoch, even when its version is the host's.",
         procedure: &[
             "Attach stream A (version v).",
             "Stream C sends SyncRequest{epoch=\"conformance-other-epoch\", have_version=1}.",
+            "Stream D sends SyncRequest{epoch=\"\", have_version=v}.",
         ],
         asserts: &[
-            "The reply is Snapshot{reason=SYNC, version=v} in the host's epoch, with A's view.",
+            "Each reply is Snapshot{reason=SYNC, version=v} in the host's epoch, with A's view.",
         ],
     },
     HostCaseDef {
@@ -313,15 +314,15 @@ pub const CASES: &[HostCaseDef] = &[
         name: "grpc-invalid-arguments-are-invalid",
         tier: Required,
         only: None,
-        spec: &["J4", "H7", "§19"],
-        description: "Arguments that are not a JSON array, or of the wrong arity or type, are answered INVALID_ARGUMENT and commit nothing.",
+        spec: &["J2", "J4", "H7", "§19"],
+        description: "Arguments that are not a JSON array, or of the wrong arity, type or range, or holding an escaped lone surrogate, are answered INVALID_ARGUMENT and commit nothing.",
         procedure: &[
             "Attach stream A (version v, view W).",
-            "A calls `counter.increase` with args_json `not json`, `{}`, `[]`, `[1,2]`, `[\"1\"]`, `[1.5]`, `[true]`; `todos.add` with `[]`; `todos.add_many` with `[[\"a\",1]]`.",
+            "A calls `counter.increase` with args_json `not json`, `{}`, `[]`, `[1,2]`, `[\"1\"]`, `[1.5]`, `[true]`, `[1.0]`, `[1e0]`, `[-0]` and ` ` (one space); `counter.decrease` with `[9223372036854775808]`; `todos.add` with `[]`; `todos.add_many` with `[[\"a\",1]]`; `todos.add` with `[\"\\ud800\"]` (an escaped lone surrogate).",
             "A calls `counter.increase(1)`.",
         ],
         asserts: &[
-            "Each of the nine is answered INVALID_ARGUMENT with state_version v.",
+            "Each of the fifteen is answered INVALID_ARGUMENT with state_version v.",
             "The last is answered with state_version v+1 and the view is W with the count one higher.",
         ],
     },
@@ -345,14 +346,14 @@ pub const CASES: &[HostCaseDef] = &[
         tier: Required,
         only: None,
         spec: &["E7", "H7"],
-        description: "A call whose header names another epoch is answered FAILED_PRECONDITION and never executed.",
+        description: "A call whose header names another epoch is answered FAILED_PRECONDITION and never executed; one whose header epoch is empty is not fenced.",
         procedure: &[
             "Attach stream A (version v, count c).",
-            "A sends `counter.increase(1)` with header epoch `conformance-other-epoch`, then `counter.increase(1)` with the host's epoch.",
+            "A sends `counter.increase(1)` with header epoch `conformance-other-epoch`, then `counter.increase(1)` with an empty header epoch, then `counter.increase(1)` with the host's epoch.",
         ],
         asserts: &[
             "The first is answered FAILED_PRECONDITION with state_version v.",
-            "The second is answered with state_version v+1 and the count is c+1: the fenced call never ran.",
+            "The second is answered with state_version v+1; the third with v+2, and the count is c+2: the fenced call never ran.",
         ],
     },
     HostCaseDef {
@@ -406,6 +407,24 @@ pub const CASES: &[HostCaseDef] = &[
         ],
     },
     HostCaseDef {
+        name: "grpc-other-protocol-versions-are-refused-or-ignored",
+        tier: Required,
+        only: None,
+        spec: &["H7", "H13", "§3.2"],
+        description: "A Call of another protocol version, or with no header at all (version 0), is answered FAILED_PRECONDITION in a v1 envelope and not executed; a SyncRequest of another version is ignored.",
+        procedure: &[
+            "Attach stream A (version v, count c).",
+            "A sends `counter.increase(1)` with header protocol_version 2, then `counter.increase(1)` with no header.",
+            "A sends SyncRequest{have_version=0} with header protocol_version 2.",
+            "A calls `counter.increase(1)`.",
+        ],
+        asserts: &[
+            "The first two are answered FAILED_PRECONDITION with their call ids and state_version v, in envelopes of protocol_version 1.",
+            "Nothing answers the SyncRequest.",
+            "The last call is answered with state_version v+1 and the count is c+1: neither refused call ran.",
+        ],
+    },
+    HostCaseDef {
         name: "grpc-no-version-without-published-change",
         tier: Required,
         only: None,
@@ -425,14 +444,16 @@ pub const CASES: &[HostCaseDef] = &[
         tier: Required,
         only: None,
         spec: &["V3", "§19.2"],
-        description: "todos.add_many commits all its items as one version, returning their ids in order.",
+        description: "todos.add_many commits all its items as one version, returning their ids in order; ids are never reused, not even after remove or clear.",
         procedure: &[
             "Attach streams A and B at version v; B has n items.",
             "A calls `todos.add_many([\"x\", \"y\", \"z\"])`.",
+            "A calls `todos.remove` of z's id, then `todos.add(\"w\")`; then `todos.clear()` and `todos.add(\"w\")`; then `todos.clear()`.",
         ],
         asserts: &[
             "The result is an array of three strictly increasing integer ids, state_version v+1.",
             "B receives exactly one publication for it, at v+1, after which its view has n+3 items ending with `{id, text: x|y|z, done: false}` in order.",
+            "Each `todos.add` returns an id larger than every id returned before it.",
         ],
     },
     HostCaseDef {
@@ -532,13 +553,18 @@ pub const CASES: &[HostCaseDef] = &[
         name: "grpc-unauthenticated-without-token",
         tier: Required,
         only: Some(Transport::Grpc),
-        spec: &["G5", "G7"],
-        description: "A host configured with a token ends streams without it, or with another, with UNAUTHENTICATED before sending anything (needs --token-file).",
+        spec: &["G4", "G5", "G7"],
+        description: "A host configured with a token ends streams without it, or with another, with UNAUTHENTICATED before sending anything, response headers included (needs --token-file).",
         procedure: &[
             "Open a stream without authorization metadata and send SyncRequest{have_version=0}.",
             "Open a stream with `authorization: Bearer conformance-wrong-token` and do the same.",
+            "Open a stream with two `authorization` entries, each `Bearer <the token>`, and do the same.",
+            "Open a stream with `authorization: bearer <the token>` and attach it.",
         ],
-        asserts: &["Each stream ends with status UNAUTHENTICATED and receives no envelope."],
+        asserts: &[
+            "Each of the first three streams ends with status UNAUTHENTICATED, is sent no response headers (the status is the whole response) and receives no envelope.",
+            "The fourth is answered as any stream with the token is: the scheme name is case-insensitive.",
+        ],
     },
     HostCaseDef {
         name: "grpc-response-headers-before-the-first-message",
@@ -560,14 +586,14 @@ pub const CASES: &[HostCaseDef] = &[
         tier: Recommended,
         only: None,
         spec: &["§15"],
-        description: "A call whose commit would make the published view too large to send as one Snapshot is answered RESOURCE_EXHAUSTED and commits nothing (the runner adds 512 KiB texts until one is refused, and skips the case when twelve are taken: a host whose message limit is over about 6 MiB).",
+        description: "A call whose commit would make the published view too large to send as one Snapshot is answered RESOURCE_EXHAUSTED and commits nothing, while one whose view still fits is taken (the runner adds 512 KiB texts until one is refused; it needs the host's max message size, `--max-message-size`).",
         procedure: &[
             "Attach stream A (version v).",
-            "A calls `todos.add(t)` with a 512 KiB text t, again and again, until a call is refused or 12 have succeeded.",
+            "A calls `todos.add(t)` with a 512 KiB text t, again and again, until a call is refused or the view A mirrors is over the max message size M.",
             "Stream B attaches; then A calls `todos.clear()` and B reads until it is shown that version.",
         ],
         asserts: &[
-            "Each accepted call is answered with the next version; the refused one RESOURCE_EXHAUSTED with the version of the last accepted call, and no publication follows it.",
+            "Each accepted call is answered with the next version, and the view it makes is at most M bytes of JSON; no call is refused whose view would be more than 16 KiB under M; the refused one is answered RESOURCE_EXHAUSTED with the version of the last accepted call, and no publication follows it.",
             "B's snapshot, sent after the refusal, shows the same view as A at that version.",
             "`todos.clear()` succeeds with the next version, shown to both streams.",
         ],
@@ -667,6 +693,7 @@ pub async fn run_case(name: &str, run: &Arc<Shared>, options: CaseOptions) -> Re
         "grpc-call-id-zero-is-invalid" => call_id_zero(run).await,
         "grpc-call-checks-apply-in-order" => checks_in_order(run).await,
         "grpc-envelopes-without-a-known-kind-are-ignored" => unknown_kinds(run).await,
+        "grpc-other-protocol-versions-are-refused-or-ignored" => other_versions(run).await,
         "grpc-no-version-without-published-change" => no_version(run).await,
         "grpc-add-many-is-one-version" => add_many(run).await,
         "grpc-integers-are-kept-exactly" => exact_integers(run).await,
@@ -677,7 +704,7 @@ pub async fn run_case(name: &str, run: &Arc<Shared>, options: CaseOptions) -> Re
         "grpc-quiet-session-is-sent-a-bookmark" => quiet_bookmark(run, options).await,
         "grpc-unauthenticated-without-token" => unauthenticated(run).await,
         "grpc-response-headers-before-the-first-message" => headers_first(run).await,
-        "grpc-view-too-large-for-a-snapshot-is-refused" => view_too_large(run).await,
+        "grpc-view-too-large-for-a-snapshot-is-refused" => view_too_large(run, &options).await,
         "framed-empty-frames-are-ignored" => empty_frames(run).await,
         "framed-oversize-frame-closes-only-that-connection" => oversize_frame(run, options).await,
         "grpc-messages-up-to-the-limit-are-accepted" => limit_sized(run, options).await,
@@ -1164,6 +1191,22 @@ async fn snapshot_reply(run: &Arc<Shared>, other_epoch: bool) -> Result<(), Stop
         .into());
     }
     same_view(&a, &c)?;
+    if other_epoch {
+        // A version names a state only together with its epoch: with none,
+        // the host cannot tell v from another epoch's v (H2).
+        let mut d = Peer::open(run, "D").await?;
+        let sync_id = d.sync(v, "", None)?;
+        d.await_sync().await?;
+        let reply = reply_to(&d, sync_id)?;
+        if !matches!(&reply.kind, Some(host_message::Kind::Snapshot(s)) if s.version == v) {
+            return Err(format!(
+                "the reply to SyncRequest{{epoch=\"\", have_version={v}}} is {}, expected Snapshot{{version={v}}}: a request naming no epoch is answered with a snapshot whatever its version (H2)",
+                describe(&reply)
+            )
+            .into());
+        }
+        same_view(&a, &d)?;
+    }
     Ok(())
 }
 
@@ -1308,8 +1351,18 @@ async fn invalid_arguments(run: &Arc<Shared>) -> Result<(), Stop> {
         ("counter", "increase", "[\"1\"]"),
         ("counter", "increase", "[1.5]"),
         ("counter", "increase", "[true]"),
+        // Integral values not written as integers (§19).
+        ("counter", "increase", "[1.0]"),
+        ("counter", "increase", "[1e0]"),
+        ("counter", "increase", "[-0]"),
+        // Whitespace is no JSON text, unlike "" (J4).
+        ("counter", "increase", " "),
+        // Outside `by`'s range, whatever the count (§19).
+        ("counter", "decrease", "[9223372036854775808]"),
         ("todos", "add", "[]"),
         ("todos", "add_many", "[[\"a\",1]]"),
+        // An escaped lone surrogate is not text a host may store (J2).
+        ("todos", "add", "[\"\\ud800\"]"),
     ];
     for (module, method, args) in calls {
         let id = a.call_text(module, method, args)?;
@@ -1374,7 +1427,17 @@ async fn fencing(run: &Arc<Shared>) -> Result<(), Stop> {
         ErrorCode::FailedPrecondition,
         v,
     )?;
-    one_commit_and_nothing_else(&mut a, v, c, "the fenced call ran").await
+    // A client with no mirror yet names no epoch: not another one (E7).
+    let id = a.fresh_id();
+    a.send_call("", id, "counter", "increase", "[1]")?;
+    let r = a.result(id).await?;
+    ok_value(
+        &r,
+        "counter.increase(1) with an empty header epoch (E7: not fenced)",
+    )?;
+    expect_version(&r, "counter.increase(1) with an empty header epoch", v + 1)?;
+    a.reach(v + 1).await?;
+    one_commit_and_nothing_else(&mut a, v + 1, c + 1, "the fenced call ran").await
 }
 
 /// Commits `counter.increase(1)` from `a`, at version `v` with count `c`,
@@ -1448,6 +1511,72 @@ async fn checks_in_order(run: &Arc<Shared>) -> Result<(), Stop> {
 
 /// An unknown length-delimited field 15 ("hi"), which no v1 message has.
 const UNKNOWN_FIELD: &[u8] = &[0x7a, 0x02, b'h', b'i'];
+
+async fn other_versions(run: &Arc<Shared>) -> Result<(), Stop> {
+    let mut a = attached(run, "A").await?;
+    let (v, c) = (version_of(&a)?, count_of(&view_of(&a)?)?);
+    let mut v2 = Header::v1(a.host_epoch(), "A", "");
+    v2.protocol_version = 2;
+    let increase = |call_id| {
+        Some(client_message::Kind::Call(Call {
+            call_id,
+            module: "counter".to_owned(),
+            method: "increase".to_owned(),
+            args_json: "[1]".to_owned(),
+        }))
+    };
+    let mark = a.mark();
+    for (header, what) in [
+        (
+            Some(v2.clone()),
+            "counter.increase(1) of protocol_version 2",
+        ),
+        (
+            None,
+            "counter.increase(1) with no header (protocol_version 0, §3.2)",
+        ),
+    ] {
+        let id = a.fresh_id();
+        a.send_as_call(
+            &ClientMessage {
+                header,
+                kind: increase(id),
+            },
+            id,
+        )?;
+        let r = a.result(id).await?;
+        expect_error(&r, what, ErrorCode::FailedPrecondition, v)
+            .map_err(|e| format!("{e} (H7.1)"))?;
+    }
+    let sync_id = a.fresh_id();
+    a.send(&ClientMessage {
+        header: Some(v2),
+        kind: Some(client_message::Kind::SyncRequest(SyncRequest {
+            sync_id,
+            have_version: 0,
+            reason: SyncReason::Initial as i32,
+        })),
+    })?;
+    one_commit_and_nothing_else(&mut a, v, c, "a refused call ran").await?;
+    let answered: Vec<String> = a
+        .since(mark)
+        .iter()
+        .filter(|m| match &m.kind {
+            Some(host_message::Kind::Snapshot(s)) => s.sync_id == sync_id,
+            Some(host_message::Kind::Patch(p)) => p.sync_id == sync_id,
+            _ => false,
+        })
+        .map(describe)
+        .collect();
+    if !answered.is_empty() {
+        return Err(format!(
+            "the SyncRequest of protocol_version 2 was answered with [{}]: a host ignores SyncRequests of another version (H13)",
+            answered.join(", ")
+        )
+        .into());
+    }
+    Ok(())
+}
 
 async fn unknown_kinds(run: &Arc<Shared>) -> Result<(), Stop> {
     let mut a = attached(run, "A").await?;
@@ -1543,14 +1672,20 @@ async fn add_many(run: &Arc<Shared>) -> Result<(), Stop> {
         .await?;
     let ids = ok_value(&r, "todos.add_many")?;
     expect_version(&r, "todos.add_many", v + 1)?;
+    let returned = ids.clone();
     let ids: Vec<u64> = ids
         .as_array()
-        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .map(|a| a.iter().map_while(Value::as_u64).collect())
         .unwrap_or_default();
-    if ids.len() != 3 || !ids.windows(2).all(|w| w[0] < w[1]) {
-        return Err(
-            format!("todos.add_many returned {ids:?}, expected three increasing ids").into(),
-        );
+    if ids.len() != 3
+        || returned.as_array().map(Vec::len) != Some(3)
+        || !ids.windows(2).all(|w| w[0] < w[1])
+    {
+        return Err(format!(
+            "todos.add_many returned {}, expected an array of three strictly increasing ids, each a JSON integer (§19: ids are integers, written as integers)",
+            what(&r)
+        )
+        .into());
     }
     b.reach(v + 1).await?;
     let got = significant(&b, mark);
@@ -1573,6 +1708,30 @@ async fn add_many(run: &Arc<Shared>) -> Result<(), Stop> {
     {
         return Err(format!("B's items are {items:?}, expected {n} items then {tail:?}").into());
     }
+    // Ids are never reused within an epoch, not even after remove or clear
+    // (§19.2): a host counting items, or taking the largest id, reuses them.
+    let mut last = ids[2];
+    let r = a.invoke("todos", "remove", json!([last])).await?;
+    ok_value(&r, "todos.remove of the last id")?;
+    for then in ["remove", "clear"] {
+        if then == "clear" {
+            let r = a.invoke("todos", "clear", json!([])).await?;
+            ok_value(&r, "todos.clear")?;
+        }
+        let r = a.invoke("todos", "add", json!(["w"])).await?;
+        let id = ok_value(&r, "todos.add")?;
+        match id.as_u64() {
+            Some(id) if id > last => last = id,
+            _ => {
+                return Err(format!(
+                    "after a {then}, todos.add returned id {id}, expected one larger than {last}: ids are never reused within an epoch, not even after remove or clear (§19.2)"
+                )
+                .into());
+            }
+        }
+    }
+    let r = a.invoke("todos", "clear", json!([])).await?;
+    ok_value(&r, "todos.clear")?;
     Ok(())
 }
 
@@ -1874,13 +2033,40 @@ async fn unauthenticated(run: &Arc<Shared>) -> Result<(), Stop> {
     ] {
         let mut peer = Peer::open_with(run, name, token).await?;
         peer.sync(0, "", None)?;
+        let headers = peer.sent_headers().await?;
         let code = peer.end_code().await?;
         if code != Code::Unauthenticated {
             return Err(
                 format!("stream {name} ended with {code:?}, expected Unauthenticated").into(),
             );
         }
+        if headers {
+            return Err(format!(
+                "stream {name} was sent response headers, then ended Unauthenticated: a host sends headers only once the token and client-limit checks have passed, so that headers always mean the stream is accepted; a refusal is the call's status alone (G4)"
+            )
+            .into());
+        }
     }
+    let token = run.token().unwrap_or_default();
+    // Two entries, the right token in each: which one a host reads is
+    // not to be left to its metadata library (G5).
+    let twice = [format!("Bearer {token}"), format!("Bearer {token}")];
+    let mut peer = Peer::open_authorized(run, "two-entries", &twice).await?;
+    peer.sync(0, "", None)?;
+    let code = peer
+        .end_code()
+        .await
+        .map_err(|e| format!("{e}; it had two authorization entries, which a host refuses (G5)"))?;
+    if code != Code::Unauthenticated {
+        return Err(format!(
+            "stream two-entries, with two authorization entries, ended with {code:?}, expected Unauthenticated (G5: a request with more than one authorization entry is refused)"
+        )
+        .into());
+    }
+    let mut peer = Peer::open_authorized(run, "lowercase", &[format!("bearer {token}")]).await?;
+    peer.attach().await.map_err(|e| {
+        format!("{e}; its authorization was `bearer <the token>`: the scheme name is case-insensitive (G5)")
+    })?;
     Ok(())
 }
 
@@ -1891,16 +2077,30 @@ async fn headers_first(run: &Arc<Shared>) -> Result<(), Stop> {
     Ok(())
 }
 
-async fn view_too_large(run: &Arc<Shared>) -> Result<(), Stop> {
+async fn view_too_large(run: &Arc<Shared>, options: &CaseOptions) -> Result<(), Stop> {
     const TEXT_BYTES: usize = 512 * 1024;
-    const MAX_CALLS: u64 = 12;
+    // Room for the snapshot's own fields and an item's members: a refusal
+    // within this much of the limit is the host's to make.
+    const SLACK: usize = 16 * 1024;
+    let max = options.max_message_size as usize;
     let mut a = attached(run, "A").await?;
     let text = "t".repeat(TEXT_BYTES);
     let mut v = version_of(&a)?;
     let mut refused = None;
-    for _ in 0..MAX_CALLS {
+    // Enough texts to pass the limit: a host taking them all publishes a
+    // view no snapshot within it can carry.
+    for _ in 0..=max / TEXT_BYTES + 1 {
+        let before = view_of(&a)?.to_string().len();
         let r = a.invoke("todos", "add", json!([text])).await?;
         if let Some(call_result::Outcome::Error(_)) = &r.outcome {
+            if before + TEXT_BYTES + SLACK < max {
+                let _ = a.invoke("todos", "clear", json!([])).await;
+                return Err(format!(
+                    "todos.add of a {TEXT_BYTES}-byte text was refused with the view at {before} bytes, though the view it makes fits the {max}-byte max message size (§15 refuses only a view that does not fit; §19): {}",
+                    what(&r)
+                )
+                .into());
+            }
             refused = Some(r);
             break;
         }
@@ -1908,13 +2108,19 @@ async fn view_too_large(run: &Arc<Shared>) -> Result<(), Stop> {
         expect_version(&r, "todos.add", v + 1)?;
         v += 1;
         a.reach(v).await?;
+        let after = view_of(&a)?.to_string().len();
+        if after > max {
+            let _ = a.invoke("todos", "clear", json!([])).await;
+            return Err(format!(
+                "the host committed a view of {after} bytes of JSON, too large for one snapshot within the {max}-byte max message size (§15, H7.8: the call must be refused RESOURCE_EXHAUSTED; if the host's limit is larger, give it to the runner with --max-message-size)"
+            )
+            .into());
+        }
     }
     let Some(r) = refused else {
-        // Clean up: later cases' snapshots must stay small.
-        let _ = a.invoke("todos", "clear", json!([])).await;
-        return Err(Stop::Skip(format!(
-            "the host took {MAX_CALLS} texts of {TEXT_BYTES} bytes: its message limit is over what this case reaches"
-        )));
+        return Err(Stop::Fail(
+            "unreachable: the loop passes the limit or returns".to_owned(),
+        ));
     };
     expect_error(
         &r,

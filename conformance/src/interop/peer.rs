@@ -199,6 +199,11 @@ impl Shared {
         self.token.is_some()
     }
 
+    /// The bearer token given, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     /// The first leak of the marker seen on any stream of the run, if any.
     pub fn leak(&self) -> Option<String> {
         self.leak.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -279,6 +284,9 @@ pub struct Peer {
     view: Option<Value>,
     outstanding: Option<Outstanding>,
     open_calls: BTreeSet<u64>,
+    /// Calls sent with a `source` other than the stream's name (none, for
+    /// a header-less one): their results are addressed to that source.
+    foreign_sources: BTreeMap<u64, String>,
     results: BTreeMap<u64, CallResult>,
     /// Every envelope received, in order.
     pub log: Vec<HostMessage>,
@@ -303,8 +311,22 @@ impl Peer {
         name: &str,
         token: Option<&str>,
     ) -> Result<Self, String> {
+        let bearer = token.map(|token| format!("Bearer {token}"));
+        Self::open_authorized(shared, name, bearer.as_slice()).await
+    }
+
+    /// Opens a stream whose request carries each of `authorization` as an
+    /// `authorization` metadata entry, in order (framed streams carry
+    /// none, FB8).
+    pub async fn open_authorized(
+        shared: &Arc<Shared>,
+        name: &str,
+        authorization: &[String],
+    ) -> Result<Self, String> {
         let (tx, response) = match &shared.target {
-            Target::Grpc(endpoint) => Self::open_grpc(shared, endpoint, name, token).await?,
+            Target::Grpc(endpoint) => {
+                Self::open_grpc(shared, endpoint, name, authorization).await?
+            }
             Target::Framed(address) => {
                 let (tx, frames) =
                     tokio::time::timeout(shared.step_timeout, framed::connect(address))
@@ -324,6 +346,7 @@ impl Peer {
             view: None,
             outstanding: None,
             open_calls: BTreeSet::new(),
+            foreign_sources: BTreeMap::new(),
             results: BTreeMap::new(),
             log: Vec::new(),
             purpose: None,
@@ -334,7 +357,7 @@ impl Peer {
         shared: &Shared,
         endpoint: &Endpoint,
         name: &str,
-        token: Option<&str>,
+        authorization: &[String],
     ) -> Result<(mpsc::UnboundedSender<Bytes>, Response), String> {
         let channel = tokio::time::timeout(shared.step_timeout, endpoint.connect())
             .await
@@ -342,11 +365,11 @@ impl Peer {
             .map_err(|e| format!("stream {name}: cannot connect: {e}"))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let mut request = tonic::Request::new(UnboundedReceiverStream::new(rx));
-        if let Some(token) = token {
-            let value = format!("Bearer {token}")
+        for value in authorization {
+            let value = value
                 .parse()
                 .map_err(|e| format!("the token cannot be sent as metadata: {e}"))?;
-            request.metadata_mut().insert("authorization", value);
+            request.metadata_mut().append("authorization", value);
         }
         let task = tokio::spawn(async move {
             // tonic's default of 4 MiB would end the stream at the first
@@ -480,6 +503,10 @@ impl Peer {
     pub fn send_as_call(&mut self, message: &ClientMessage, call_id: u64) -> Result<(), String> {
         self.send(message)?;
         self.open_calls.insert(call_id);
+        let source = message.header.as_ref().map_or("", |h| h.source.as_str());
+        if source != self.name {
+            self.foreign_sources.insert(call_id, source.to_owned());
+        }
         Ok(())
     }
 
@@ -550,8 +577,12 @@ impl Peer {
     }
 
     async fn read_while_outstanding(&mut self) -> Result<(), String> {
-        while self.outstanding.is_some() {
-            self.next().await?;
+        while let Some(o) = &self.outstanding {
+            let waiting = format!(
+                " (waiting for the reply to SyncRequest{{sync_id={}, have_version={}}}: a host answers every SyncRequest, echoing its sync_id, H1)",
+                o.sync_id, o.have
+            );
+            self.next().await.map_err(|e| format!("{e}{waiting}"))?;
         }
         Ok(())
     }
@@ -608,6 +639,14 @@ impl Peer {
     /// error if it has done neither within the step timeout.
     pub async fn answered_before_sending(&mut self) -> Result<(), String> {
         self.response().await
+    }
+
+    /// Waits for the host's answer to the Session call: whether it sent
+    /// response headers (accepted the stream) rather than end the call at
+    /// once with a status (a refusal in trailers only).
+    pub async fn sent_headers(&mut self) -> Result<bool, String> {
+        self.response().await?;
+        Ok(matches!(self.response, Response::Open(_)))
     }
 
     /// Waits for a gRPC response stream to open, without reading any
@@ -919,7 +958,14 @@ impl Peer {
             Some(host_message::Kind::Result(_)) => true,
             None => false,
         };
-        let expected = if addressed { self.name.as_str() } else { "" };
+        let expected = match &m.kind {
+            Some(host_message::Kind::Result(r)) => self
+                .foreign_sources
+                .get(&r.call_id)
+                .map_or(self.name.as_str(), String::as_str),
+            _ if addressed => self.name.as_str(),
+            _ => "",
+        };
         if header.target != expected {
             // A reply whose sync_id was left out reads as a publication
             // addressed to this stream: say so, as that is the likelier bug.
@@ -954,7 +1000,10 @@ impl Peer {
                     }
                 } else {
                     if !self.attached {
-                        return Err("a publication before the first sync reply (H3)".into());
+                        return Err(format!(
+                            "a publication before the first sync reply (H3){}",
+                            unlabelled_reply_hint(self.outstanding.is_some())
+                        ));
                     }
                     if !matches!(
                         reason,
@@ -962,7 +1011,10 @@ impl Peer {
                     ) {
                         return Err(format!(
                             "a snapshot publication with reason {} (§3.5)",
-                            s.reason
+                            reason.map_or_else(
+                                || s.reason.to_string(),
+                                |r| r.as_str_name().to_owned()
+                            )
                         ));
                     }
                     if self.version.is_some_and(|v| s.version <= v) {
@@ -1000,7 +1052,10 @@ impl Peer {
                     base
                 } else {
                     if !self.attached {
-                        return Err("a publication before the first sync reply (H3)".into());
+                        return Err(format!(
+                            "a publication before the first sync reply (H3){}",
+                            unlabelled_reply_hint(self.outstanding.is_some())
+                        ));
                     }
                     let shown = self.version.unwrap_or(0);
                     if bookmark && p.version != shown {
@@ -1036,7 +1091,7 @@ impl Peer {
             Some(host_message::Kind::Result(r)) => {
                 if !self.open_calls.remove(&r.call_id) {
                     return Err(format!(
-                        "a result for call {}, which this stream did not send or was already answered (H8)",
+                        "a result for call {}, which this stream did not send as a Call or had been answered already: a host answers each Call once (H8) and nothing but Calls (an envelope with no known kind is ignored, H13)",
                         r.call_id
                     ));
                 }
@@ -1177,4 +1232,15 @@ pub fn describe(m: &HostMessage) -> String {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// What to add when a stream still waiting for its sync reply is sent a
+/// publication: a reply without its sync_id and target reads as one, and
+/// is the likelier bug.
+fn unlabelled_reply_hint(waiting: bool) -> &'static str {
+    if waiting {
+        "; if it was meant as the reply to this stream's SyncRequest, a reply carries the request's sync_id (H1) and targets the stream (§3.2)"
+    } else {
+        ""
+    }
 }

@@ -52,6 +52,11 @@ pub enum HostBreakage {
     WritesPatchIntegersAsFloats,
     /// Every envelope carries an epoch of 1025 bytes, one over E2's bound.
     LongEpoch,
+    /// Reads the first `authorization` entry alone and wants the scheme
+    /// spelt `Bearer` exactly (G5: case-insensitive, one entry).
+    ReadsOneTokenEntryCaseSensitively,
+    /// Sends response headers before it refuses a stream's token (G4).
+    RefusesTokensAfterHeaders,
 }
 
 /// `patch_json` with each operation's integer `value` written as `N.0`.
@@ -146,12 +151,29 @@ impl HostService for Adapter {
         request: Request<Streaming<ClientMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         if let Some(token) = &self.token {
-            let presented = request
+            let entries: Vec<&str> = request
                 .metadata()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok());
-            if presented != Some(format!("Bearer {token}").as_str()) {
-                return Err(Status::unauthenticated("a valid bearer token is required"));
+                .get_all("authorization")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let admitted = match (self.breakage, entries.as_slice()) {
+                (Some(HostBreakage::ReadsOneTokenEntryCaseSensitively), [first, ..]) => {
+                    *first == format!("Bearer {token}")
+                }
+                (_, [only]) => only.split_at_checked(7).is_some_and(|(scheme, rest)| {
+                    scheme.eq_ignore_ascii_case("bearer ") && rest == token
+                }),
+                _ => false,
+            };
+            if !admitted {
+                let refusal = Status::unauthenticated("a valid bearer token is required");
+                if self.breakage == Some(HostBreakage::RefusesTokensAfterHeaders) {
+                    let (tx, rx) = mpsc::channel(1);
+                    let _ = tx.send(Err(refusal)).await;
+                    return Ok(Response::new(ReceiverStream::new(rx)));
+                }
+                return Err(refusal);
             }
         }
         let session = self
@@ -280,6 +302,12 @@ pub async fn serve_reference(host: Host, token: Option<String>) -> Served {
 /// Serves `host`, broken as `breakage` says, on a free loopback port.
 pub async fn serve_broken(host: Host, breakage: HostBreakage) -> Served {
     serve(host, None, Some(breakage)).await
+}
+
+/// [`serve_broken`], requiring `token` (checked as G5 says unless the
+/// breakage is in the check).
+pub async fn serve_broken_with_token(host: Host, token: &str, breakage: HostBreakage) -> Served {
+    serve(host, Some(token.to_owned()), Some(breakage)).await
 }
 
 async fn serve(host: Host, token: Option<String>, breakage: Option<HostBreakage>) -> Served {
