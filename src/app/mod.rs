@@ -8,6 +8,12 @@
 //!   costs O(module size) per call.
 //! - [`JsonModule`]: state is a JSON tree mutated through a [`Draft`] that
 //!   records RFC 6902 operations as it goes, so publishing costs O(change).
+//!
+//! A method that panics commits nothing and its call is answered
+//! `internal`, because the host catches the unwind. That needs the binary
+//! to unwind on panic: built with `panic = "abort"`, a panicking method
+//! (or one that calls a `Host` method documented to panic inside a
+//! method) ends the whole process.
 
 mod args;
 mod diff;
@@ -74,7 +80,11 @@ pub trait Module: Send + 'static {
     /// to send as one snapshot, spec §15). Returns whether the state now
     /// matches the verdict. The default keeps everything and cannot revert:
     /// it returns `false` for `keep == false`, and the host then lets the
-    /// commit stand.
+    /// commit stand, answering the call `resource-exhausted` all the same.
+    /// A published view then too large for one snapshot leaves every client
+    /// that needs one unable to sync until a later call shrinks it, so a
+    /// module whose calls can grow its state should implement this (both
+    /// built-in kinds do).
     fn settle(&mut self, keep: bool) -> bool {
         keep
     }
@@ -123,7 +133,9 @@ impl App {
         Self::default()
     }
 
-    /// Adds a module. A later module with the same name replaces the earlier one.
+    /// Adds a module. A later module with the same name replaces the
+    /// earlier one, silently: give each module a name of its own (the
+    /// names are the published sections' and the calls' module names).
     pub fn with(mut self, module: impl Module) -> Self {
         self.add(Box::new(module));
         self

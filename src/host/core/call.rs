@@ -373,7 +373,7 @@ impl HostCore {
             }
             return Err(error);
         }
-        match &ops {
+        let kept_anyway = match &ops {
             Some(text) => self.admit(i, growth_bound(&invocation.ops, text.len()))?,
             None => {
                 // No operation, yet the text may have changed: equal values
@@ -386,13 +386,17 @@ impl HostCore {
                         self.view_bound.size.saturating_add_signed(clamp(change));
                 }
                 self.modules[i].settle(true);
+                None
             }
-        }
+        };
         let ops = ops.map(|ops| self.publishable(i, ops));
         if let Some(ops) = ops {
             self.commit(ops);
         }
-        Ok(invocation.value)
+        match kept_anyway {
+            Some(error) => Err(error),
+            None => Ok(invocation.value),
+        }
     }
 
     /// Publishes a new version made by `ops`, a JSON array of operations.

@@ -30,7 +30,8 @@ impl HostCore {
     /// `growth` bytes (`None`: unknown): kept if the view stays small enough
     /// to send as one snapshot or the call does not make it larger;
     /// otherwise reverted and refused (spec §15), unless the module cannot
-    /// revert, when it is kept.
+    /// revert, when it is kept and the error to answer it with is returned
+    /// (`Ok(Some)`: the commit stands, and the call's error says so).
     ///
     /// While the view's length is known exactly and the module reports its
     /// call's exact size change (both built-in kinds do), the length stays
@@ -38,7 +39,11 @@ impl HostCore {
     /// Otherwise the host keeps an upper bound and measures the view
     /// (O(state)) only when that bound reaches the limit, after which the
     /// length is exact again.
-    pub(super) fn admit(&mut self, i: usize, growth: Option<usize>) -> Result<(), MethodError> {
+    pub(super) fn admit(
+        &mut self,
+        i: usize,
+        growth: Option<usize>,
+    ) -> Result<Option<MethodError>, MethodError> {
         let max = self.config.limits.max_message_bytes;
         let limit = self.view_limit();
         let before = self.view_bound;
@@ -55,7 +60,7 @@ impl HostCore {
                     exact: false,
                 };
                 self.modules[i].settle(true);
-                return Ok(());
+                return Ok(None);
             }
         }
         let after = self.published_view_len();
@@ -82,19 +87,20 @@ impl HostCore {
         after: usize,
         limit: usize,
         max: usize,
-    ) -> Result<(), MethodError> {
+    ) -> Result<Option<MethodError>, MethodError> {
         // An inexact bound is only ever kept within the limit, so the view
         // before this call fitted; an exact one (the view is over the limit
         // already) says whether this call makes it larger. A call that does
         // not make the view larger is never refused.
         let grows_past = after > limit && (!before.exact || after > before.size);
+        let too_large = format!(
+            "the call would make the published view {after} bytes of JSON, too large to send as one snapshot within the {max}-byte message limit"
+        );
         if grows_past && self.modules[i].settle(false) {
             self.view_bound = before;
             return Err(MethodError::new(
                 ErrorCode::ResourceExhausted,
-                format!(
-                    "the call would make the published view {after} bytes of JSON, too large to send as one snapshot within the {max}-byte message limit; nothing was committed"
-                ),
+                format!("{too_large}; nothing was committed"),
             ));
         }
         if !grows_past {
@@ -104,7 +110,16 @@ impl HostCore {
             size: after,
             exact: true,
         };
-        Ok(())
+        // A module that cannot revert keeps its change; the caller is told
+        // (spec §15), as for a view nested too deep.
+        Ok(grows_past.then(|| {
+            MethodError::new(
+                ErrorCode::ResourceExhausted,
+                format!(
+                    "{too_large}; the module could not revert the call, so its change was committed"
+                ),
+            )
+        }))
     }
 
     /// The longest view JSON that still fits one snapshot (spec §15).
