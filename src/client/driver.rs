@@ -55,7 +55,8 @@ pub struct Settlement {
     /// Whether the call had left through the link when it settled. A call
     /// never sent never ran: making it again is safe whatever the error's
     /// code. One sent and settled without an answer (`state_version` is
-    /// `None`) may have run.
+    /// `None`) may have run. Where the client can no longer tell (a future
+    /// that outlived its client), it says `true`: never a call run twice.
     pub sent: bool,
 }
 
@@ -201,40 +202,30 @@ impl Shared {
             return;
         }
         let error = self.terminal_error();
-        let stranded: Vec<CallId> = self
-            .calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .copied()
-            .collect();
         {
-            // The calls sent and unanswered settled outcome-unknown as the
-            // link went down: what is left never left, or holds an answer.
-            // Settled by the core, so that the events say what the calls'
-            // futures are told.
-            let what = format!("{}; settled", error.message);
             let mut core = self.core();
+            // A driver that stopped with a link up (it panicked, or its
+            // runtime went away) lost that link too: the calls sent on it
+            // and unanswered may have run (L6), whatever the stop's code.
+            core.connection_lost();
+            // Taken under the core's lock, which every call registers
+            // under: a call made after this sees the stop and settles
+            // itself.
+            let stranded: Vec<CallId> = self
+                .calls
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .copied()
+                .collect();
+            // What is left never left, or holds an answer. Settled by the
+            // core, so that the events say what the calls' futures are told.
+            let what = format!("{}; settled", error.message);
             for id in stranded {
                 core.settle_stopped(id, error.code, &what);
             }
         }
         self.dispatch();
-        // A future the core no longer knew of still gets the stop's error.
-        let orphans: Vec<oneshot::Sender<Settlement>> = self
-            .calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .map(|(_, sender)| sender)
-            .collect();
-        for sender in orphans {
-            let _ = sender.send(Settlement {
-                outcome: Err(error.clone()),
-                state_version: None,
-                sent: true,
-            });
-        }
     }
 
     /// Publishes a transition of the link; nothing follows `Stopped`.
@@ -449,7 +440,12 @@ impl Client {
         self.shared().core().epoch().map(str::to_owned)
     }
 
-    /// A copy of the mirrored view (`None` before the first snapshot).
+    /// A copy of the mirrored view (`None` before the first snapshot). It is
+    /// the last view the client mirrored, which may be stale: while the
+    /// link is down ([`Connection::Retrying`]) it is the view when it went
+    /// down, and after a host restart the old epoch's until the resync
+    /// lands ([`Client::version`] and [`Client::epoch`] say which). The
+    /// same holds for [`Client::select`], [`Client::mirror`] and watches.
     pub fn state(&self) -> Option<Value> {
         self.shared().core().state().cloned()
     }

@@ -12,7 +12,8 @@ use crate::wire::ErrorCode;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CallId(pub u64);
 
-/// The seed's four sync anomalies.
+/// Why the mirror could not take an envelope as it came: the four sync
+/// conflicts of spec §8. Each is reported, then healed by a resync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConflictReason {
     /// A message older than the mirror arrived; it was ignored.

@@ -96,7 +96,7 @@ impl<T: Clone, F: Fn(&Value) -> T> Watch<T, F> {
 
     /// Waits for the selector's next different value: the latest one when
     /// several changes landed since the last read (they are coalesced).
-    /// `None` once the client is disposed.
+    /// `None` once the client is disposed or has stopped for good.
     pub async fn changed(&mut self) -> Option<T> {
         if !self.started {
             self.started = true;

@@ -284,7 +284,12 @@ class ClientCore:
         # L5 runs only while connected; a request queued while disconnected
         # is replaced by L7 instead (L6).
         if s is not None and self.connected and now >= s.since + self.sync_retry_ms:
-            self._request(0 if s.have == 0 else self.version, "RETRY", now)
+            if not s.sent:
+                # L5: a request still queued went unsent, not unanswered: it
+                # goes out as it stands, and its interval starts again.
+                s.since = now
+            else:
+                self._request(0 if s.have == 0 else self.version, "RETRY", now)
         silence = self._silence_due()
         if silence is not None and now >= silence:
             # L10: the link is taken as lost; the driver closes it.

@@ -9,7 +9,6 @@ use crate::wire::{ErrorCode, SyncReason, client_message};
 
 impl ClientCore {
     /// Fires whatever is due at `now`: call deadlines (settled
-    /// `deadline-exceeded`, earliest deadline first); while connected, an
     /// `deadline-exceeded`, earliest deadline first); while connected, a
     /// sync request sent and unanswered (sent again; one still queued waits
     /// its turn); and host silence (L10): the
@@ -39,29 +38,28 @@ impl ClientCore {
         // request still queued retried (a driver waiting for its first link
         // holds it): it has not gone unanswered, only unsent, and goes out
         // as it is, INITIAL included.
-        let queued = self.sync.as_ref().is_some_and(|s| {
-            self.outbox.iter().any(|m| {
-                matches!(&m.kind, Some(client_message::Kind::SyncRequest(r)) if r.sync_id == s.sync_id)
-            })
-        });
         if self.connected
-            && queued
-            && let Some(s) = &mut self.sync
-            && s.deadline <= now
-        {
-            s.deadline = later(now, self.config.sync_retry.max(MIN_SYNC_RETRY));
-        } else if self.connected
             && let Some(s) = &self.sync
             && s.deadline <= now
         {
-            // Resume from where the mirror is now: applicable patches may
-            // have moved it on since the request was made.
-            let have = if s.have_version == 0 {
-                0
+            let sync_id = s.sync_id;
+            let queued = self.outbox.iter().any(|m| {
+                matches!(&m.kind, Some(client_message::Kind::SyncRequest(r)) if r.sync_id == sync_id)
+            });
+            if queued {
+                if let Some(s) = &mut self.sync {
+                    s.deadline = later(now, self.config.sync_retry.max(MIN_SYNC_RETRY));
+                }
             } else {
-                self.version().unwrap_or(0)
-            };
-            self.request_sync(now, have, SyncReason::Retry);
+                // Resume from where the mirror is now: applicable patches
+                // may have moved it on since the request was made.
+                let have = if s.have_version == 0 {
+                    0
+                } else {
+                    self.version().unwrap_or(0)
+                };
+                self.request_sync(now, have, SyncReason::Retry);
+            }
         }
         if let Some(due) = self.silence_due()
             && due <= now

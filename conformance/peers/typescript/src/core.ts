@@ -239,8 +239,14 @@ export class ClientCore {
     }
     const o = this.outstanding;
     if (this.connected && o && now - o.since >= this.config.syncRetryMs) {
-      const have = o.have === 0n ? 0n : (this.mirror ? this.version : 0n);
-      this.requestSync(have, SyncReason.RETRY, now);
+      if (o.unsent) {
+        // L5: a request still queued went unsent, not unanswered: it goes
+        // out as it stands, and its interval starts again.
+        o.since = now;
+      } else {
+        const have = o.have === 0n ? 0n : (this.mirror ? this.version : 0n);
+        this.requestSync(have, SyncReason.RETRY, now);
+      }
     }
     const s = this.silenceDue();
     if (s !== null && now >= s) {
