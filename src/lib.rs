@@ -6,7 +6,8 @@
 //! - [`app`]: modules, declared methods, typed and recording state.
 //! - [`host`]: the host state machine ([`host::HostCore`]) and its driver.
 //! - [`client`]: the client state machine ([`client::ClientCore`]) and its driver.
-//! - [`demo`]: the demo app every host serves for conformance.
+//! - [`demo`]: the demo app the conformance suite runs against, and that
+//!   `cosystem-worker host` serves.
 //! - [`transport`]: links between them: in-process pairs and a shared
 //!   broadcast bus, framed byte streams (TCP, Unix sockets, stdio) and gRPC
 //!   ([`transport::grpc::GrpcServer`], [`transport::grpc::GrpcConnector`]).

@@ -21,7 +21,7 @@ pub enum HostEvent {
         module: String,
         /// The method.
         method: String,
-        /// The panic payload, when it was a string.
+        /// The panic payload when it was a string, else `"panic"`.
         message: String,
     },
     /// [`HostCore::bookmark`](super::HostCore::bookmark) was called at `version`: every idle session

@@ -43,9 +43,9 @@ impl ErrorCode {
     /// host never sends (spec §14, 9 to 12): a call settled with one was not
     /// answered by the host, and may or may not have run. The converse does
     /// not hold: a client also settles calls locally with `unavailable`,
-    /// `permission-denied`, `resource-exhausted`, `invalid-argument` and
-    /// `internal` (spec §14's "local" codes). Whether the host answered is
-    /// whether the settlement carries a state version.
+    /// `permission-denied`, `resource-exhausted` and `internal` (spec §14's
+    /// codes that are "also local"). Whether the host answered is whether
+    /// the settlement carries a state version.
     pub fn is_local(self) -> bool {
         matches!(
             self,

@@ -97,7 +97,8 @@ impl HostBuilder {
     /// Bookmarks are sent by a task on the tokio runtime that
     /// [`build`](HostBuilder::build) runs on; a host built outside one sends
     /// none, and says so in a warning. Clients that watch for a silent host
-    /// (`ClientConfig::host_silence`) then drop their link every interval.
+    /// (`ClientConfig::host_silence`) then drop their link whenever nothing
+    /// else has arrived for that long.
     ///
     /// # Panics
     /// [`build`](HostBuilder::build) panics for `Some(Duration::ZERO)`:

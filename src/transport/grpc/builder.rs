@@ -57,7 +57,8 @@ impl GrpcServerBuilder {
 
     /// Requires every `Session` stream to carry
     /// `authorization: Bearer <token>`; others end `UNAUTHENTICATED` before
-    /// any state is sent. Health and reflection stay open: they reveal
+    /// any state is sent. Without [`tls`](GrpcServerBuilder::tls) the token
+    /// crosses the network in the clear: beyond loopback, serve TLS. Health and reflection stay open: they reveal
     /// nothing beyond the public schema and whether the host is up.
     ///
     /// With an [`interceptor`](GrpcServerBuilder::interceptor) that reads

@@ -72,7 +72,9 @@ impl GrpcConnector {
         &self.url
     }
 
-    /// Sends `authorization: Bearer <token>` on every stream.
+    /// Sends `authorization: Bearer <token>` on every stream. Over an
+    /// `http://` URL the token crosses the network in the clear, readable
+    /// by anyone on the path: beyond loopback, connect with `https://`.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
         self.built = Arc::default();

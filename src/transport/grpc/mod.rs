@@ -69,7 +69,7 @@ pub enum GrpcError {
     },
     /// Another socket error.
     #[error("socket error: {0}")]
-    Io(std::io::Error),
+    Io(#[source] std::io::Error),
     /// The certificate, key or CA certificate is unusable.
     #[error("TLS configuration: {0}")]
     Tls(String),
