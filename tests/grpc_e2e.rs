@@ -162,7 +162,7 @@ async fn a_call_from_one_client_is_reflected_in_every_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_dropped_mid_call_leaves_the_others_unaffected() {
+async fn a_client_dropped_with_a_call_sent_leaves_the_others_unaffected() {
     let host = demo_host(SyncMode::Patch);
     let server = start(&host).await;
     let stays = client(&server.url());
@@ -172,11 +172,17 @@ async fn a_client_dropped_mid_call_leaves_the_others_unaffected() {
         let leaves = client(&server.url());
         leaves.ready().await.unwrap();
         // Start a call, let it go out, then drop everything about the client.
-        let pending = tokio::spawn({
-            let leaves = leaves.clone();
-            async move { leaves.call("todos", "add", vec![json!("orphan")]).await }
-        });
-        tokio::task::yield_now().await;
+        let call = leaves.call("todos", "add", vec![json!("orphan")]);
+        let id = call.id().expect("the call was made");
+        let pending = tokio::spawn(call);
+        // A hang guard, not a speed check.
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while leaves.call_sent(id) == Some(false) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the call was sent");
         pending.abort();
         leaves.dispose();
         drop(leaves);

@@ -139,4 +139,34 @@ mod tests {
         assert_eq!(commas(3, 1), -2);
         assert_eq!(commas(1, 0), 0);
     }
+
+    /// Any JSON value: every kind of number serde_json keeps apart (u64,
+    /// negative i64, f64), strings that need escapes, nested containers.
+    fn any_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("JSON numbers are finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            any::<String>().prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(any::<String>(), inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_value_s_length_is_that_of_its_compact_text(value in any_value()) {
+            proptest::prop_assert_eq!(json_len(&value), value.to_string().len());
+        }
+    }
 }

@@ -108,6 +108,23 @@ mod tests {
             prop_assert!(wait >= backoff.mul_f64(1.0 - JITTER));
             prop_assert!(wait <= backoff.mul_f64(1.0 + JITTER));
         }
+
+        #[test]
+        fn the_next_backoff_never_shrinks_and_stays_between_the_floor_and_the_max(
+            backoff_ms in 0u64..10_000_000,
+            max_ms in 0u64..10_000_000,
+        ) {
+            let policy = Reconnect {
+                initial: Duration::ZERO,
+                max: Duration::from_millis(max_ms),
+                jitter: false,
+            };
+            let backoff = Duration::from_millis(backoff_ms);
+            let next = policy.next(backoff);
+            let ceiling = policy.max.max(MIN_BACKOFF);
+            prop_assert!(next >= MIN_BACKOFF && next <= ceiling, "{next:?}");
+            prop_assert!(next >= backoff.min(ceiling), "{backoff:?} -> {next:?}");
+        }
     }
 
     #[test]

@@ -117,6 +117,18 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn constant_time_eq_matches_slice_equality_for_any_bytes(
+            a in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8),
+            b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8),
+        ) {
+            // Short vectors over all bytes make equal pairs likely too.
+            proptest::prop_assert_eq!(constant_time_eq(&a, &b), a == b);
+            proptest::prop_assert!(constant_time_eq(&a, &a));
+        }
+    }
+
     #[test]
     fn bearer_scheme_is_case_insensitive_and_required() {
         assert_eq!(strip_bearer(b"Bearer t0k"), Some(&b"t0k"[..]));
