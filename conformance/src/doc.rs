@@ -204,7 +204,14 @@ fn fields(value: &Value) -> String {
                             .trim_start_matches("SNAPSHOT_REASON_")
                             .trim_start_matches("SYNC_REASON_")
                             .trim_start_matches("ERROR_CODE_");
-                        s.to_owned()
+                        // A text with edge whitespace or control characters
+                        // is shown as a JSON string, so that it stays on
+                        // its line and its edges show.
+                        if s.trim() != s || s.chars().any(char::is_control) {
+                            Value::from(s).to_string()
+                        } else {
+                            s.to_owned()
+                        }
                     }
                     Value::Object(_) => format!("{{{}}}", fields(v)),
                     other => other.to_string(),

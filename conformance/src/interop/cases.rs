@@ -410,7 +410,7 @@ pub const CASES: &[HostCaseDef] = &[
         name: "grpc-other-protocol-versions-are-refused-or-ignored",
         tier: Required,
         only: None,
-        spec: &["H7", "H13", "§3.2"],
+        spec: &["H7", "H7.1", "H13", "C6", "§3.2"],
         description: "A Call of another protocol version, or with no header at all (version 0), is answered FAILED_PRECONDITION in a v1 envelope and not executed; a SyncRequest of another version is ignored.",
         procedure: &[
             "Attach stream A (version v, count c).",
@@ -2096,7 +2096,7 @@ async fn view_too_large(run: &Arc<Shared>, options: &CaseOptions) -> Result<(), 
             if before + TEXT_BYTES + SLACK < max {
                 let _ = a.invoke("todos", "clear", json!([])).await;
                 return Err(format!(
-                    "todos.add of a {TEXT_BYTES}-byte text was refused with the view at {before} bytes, though the view it makes fits the {max}-byte max message size (§15 refuses only a view that does not fit; §19): {}",
+                    "todos.add of a {TEXT_BYTES}-byte text was refused with the view at {before} bytes, though the view it makes fits the {max}-byte max message size (§15 refuses only a view that does not fit; §19; if the host's limit is smaller, give it to the runner with --max-message-size): {}",
                     what(&r)
                 )
                 .into());
