@@ -121,7 +121,9 @@ impl Pending {
             }
             // A host's error commits nothing, whether the method ran or not
             // (§14); INTERNAL may instead be this client's reading of a result
-            // it could not read, and codes 9–12 no host may send.
+            // it could not read, codes 9–12 no host may send, and
+            // RESOURCE_EXHAUSTED may answer a change a module could not
+            // revert (§3.8).
             (
                 true,
                 Some(Held {
@@ -134,7 +136,6 @@ impl Pending {
                     | ErrorCode::Failed
                     | ErrorCode::Unavailable
                     | ErrorCode::PermissionDenied
-                    | ErrorCode::ResourceExhausted
                     | ErrorCode::FailedPrecondition
             ) =>
             {

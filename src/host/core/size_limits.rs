@@ -93,14 +93,16 @@ impl HostCore {
         // already) says whether this call makes it larger. A call that does
         // not make the view larger is never refused.
         let grows_past = after > limit && (!before.exact || after > before.size);
-        let too_large = format!(
-            "the call would make the published view {after} bytes of JSON, too large to send as one snapshot within the {max}-byte message limit"
-        );
+        let too_large = || {
+            format!(
+                "the call would make the published view {after} bytes of JSON, too large to send as one snapshot within the {max}-byte message limit"
+            )
+        };
         if grows_past && self.modules[i].settle(false) {
             self.view_bound = before;
             return Err(MethodError::new(
                 ErrorCode::ResourceExhausted,
-                format!("{too_large}; nothing was committed"),
+                format!("{}; nothing was committed", too_large()),
             ));
         }
         if !grows_past {
@@ -116,7 +118,8 @@ impl HostCore {
             MethodError::new(
                 ErrorCode::ResourceExhausted,
                 format!(
-                    "{too_large}; the module could not revert the call, so its change was committed"
+                    "{}; the module could not revert the call, so its change was committed",
+                    too_large()
                 ),
             )
         }))
