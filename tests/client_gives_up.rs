@@ -58,6 +58,11 @@ async fn refused_credentials_fail_ready_and_calls_permission_denied_saying_they_
     assert_eq!(told, vec![(Err(ErrorCode::PermissionDenied), false)]);
     let later = client.call("counter", "increase", vec![json!(1)]).await;
     assert_eq!(later.unwrap_err().code, ErrorCode::PermissionDenied);
+    // A watch made after the stop ends at once, rather than wait for a
+    // change that never comes (a hang guard, not a speed check).
+    let mut late = client.watch(|view| view.clone());
+    let ended = tokio::time::timeout(Duration::from_secs(60), late.changed()).await;
+    assert_eq!(ended.expect("a watch made after the stop ends"), None);
 }
 
 #[tokio::test]
@@ -130,8 +135,15 @@ async fn waits_past_what_the_clock_can_express_wait_for_ever() {
             Connection::Retrying {
                 attempt: 1,
                 retry_in,
+                retry_at,
                 ..
-            } => assert!(retry_in >= Duration::MAX / 2, "{retry_in:?}"),
+            } => {
+                assert!(retry_in >= Duration::MAX / 2, "{retry_in:?}");
+                // The next connect's time too: an overflow there is "now".
+                let year = Duration::from_secs(365 * 24 * 3600);
+                let now = tokio::time::Instant::now().into_std();
+                assert!(retry_at > now + year, "{retry_at:?}");
+            }
             other => panic!("{other:?}"),
         }
         client.dispose();

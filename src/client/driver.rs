@@ -55,8 +55,8 @@ pub struct Settlement {
     /// Whether the call had left through the link when it settled. A call
     /// never sent never ran: making it again is safe whatever the error's
     /// code. One sent and settled without an answer (`state_version` is
-    /// `None`) may have run. Where the client can no longer tell (a future
-    /// that outlived its client), it says `true`: never a call run twice.
+    /// `None`) may have run. Where the client cannot tell, it says `true`,
+    /// so that no call is made twice on its word.
     pub sent: bool,
 }
 

@@ -107,6 +107,11 @@ impl<T: Clone, F: Fn(&Value) -> T> Watch<T, F> {
             }
         }
         loop {
+            // Looked at first: a watch made after the stop would otherwise
+            // wait for a change that never comes.
+            if self.client.shared_stopped() {
+                return None;
+            }
             self.changes.changed().await.ok()?;
             if self.client.shared_stopped() {
                 return None;

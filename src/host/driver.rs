@@ -198,14 +198,17 @@ impl Shared {
 /// # Blocking
 /// Every session, and every method that reads the host's state
 /// ([`Host::version`], [`Host::view`], [`Host::module_state`],
-/// [`Host::events`], [`Host::session_count`], [`Host::invoke`]), takes the
-/// host's one core, which a method holds while it runs. Those methods wait
-/// for it: on a multi-threaded tokio runtime the waiting worker first hands
-/// its other tasks to another (`block_in_place`); on a current-thread
-/// runtime, or a thread of its own, the thread blocks. Where a method may
-/// run long, call them from `spawn_blocking`. The transports never block
-/// a thread this way, and [`Host::stats`], [`Host::epoch`] and
-/// [`Host::config`] never wait for a method.
+/// [`Host::events`], [`Host::session_count`], [`Host::invoke`]) or opens
+/// and feeds a session by hand ([`Host::open_session`],
+/// [`Host::open_session_as`], [`Session::handle`], [`Session::handle_bytes`],
+/// [`Session::try_next_frame`]), takes the host's one core, which a method
+/// holds while it runs. Those methods wait for it: on a multi-threaded
+/// tokio runtime the waiting worker first hands its other tasks to another
+/// (`block_in_place`); on a current-thread runtime, or a thread of its own,
+/// the thread blocks. Where a method may run long, call them from
+/// `spawn_blocking`. The gRPC and framed transports and [`Host::serve`]
+/// never block a thread this way (the shared bus does); [`Host::stats`],
+/// [`Host::epoch`] and [`Host::config`] never wait for a method.
 #[derive(Clone)]
 pub struct Host {
     shared: Arc<Shared>,
