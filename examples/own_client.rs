@@ -7,6 +7,7 @@
 //! cargo run --example own_modules                       # the host, in one shell
 //! cargo run --example own_client                        # this client, in another
 //! APP_TOKEN=s3cr3t cargo run --example own_client      # when the host wants a token
+//! # a host served with TLS (not own_modules, which serves plaintext):
 //! cargo run --example own_client -- --connect https://tasks.internal:50061 --ca-cert ca.pem
 //! ```
 
@@ -75,11 +76,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Conflicts heal by themselves (a resync); they are worth a log line.
     let mut conflicts = client.conflicts();
     tokio::spawn(async move {
-        while let Ok(conflict) = conflicts.recv().await {
-            eprintln!("sync conflict, healing: {conflict:?}");
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match conflicts.recv().await {
+                Ok(conflict) => eprintln!("sync conflict, healing: {conflict:?}"),
+                Err(RecvError::Lagged(missed)) => eprintln!("{missed} conflicts not shown"),
+                Err(RecvError::Closed) => break,
+            }
         }
     });
 
+    let outcome = run(&client).await;
+    // Stop, however the work ended: pending calls settle `disposed`,
+    // watches end, and the link is closed in order before the process
+    // exits (bounded: a host that stopped reading must not hold us).
+    client.dispose();
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.closed()).await;
+    outcome
+}
+
+/// The service's work with the host.
+async fn run(client: &Client) -> Result<(), Box<dyn std::error::Error>> {
     // Ready: the mirror holds the host's view. A refused token fails here
     // for good (permission-denied); an unreachable host is retried.
     tokio::time::timeout(Duration::from_secs(30), client.ready())
@@ -88,7 +105,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("open tasks: {:?}", client.select(open_tasks).flatten());
 
     let mut open = client.watch(open_tasks);
-    let watching = tokio::spawn(async move {
+    tokio::spawn(async move {
         while let Some(count) = open.changed().await {
             println!("open tasks now: {count:?}");
         }
@@ -96,7 +113,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let tasks = client.module("tasks");
     // Typed in, typed out. The call settles once the mirror has the
-    // change it made (read-your-writes): `select` below sees the task.
+    // change it made (read-your-writes), so the mirror shows the task,
+    // unless something newer (a host restart) has replaced it since.
     let id: u64 = match tasks.call_as("add", ("write the spec",)).await {
         Ok(id) => id,
         Err(CallAsError::Failed(error)) => {
@@ -104,30 +122,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Err(other) => return Err(other.into()),
     };
-    assert!(
-        client
-            .select(|view| view["tasks"]["items"]
-                .as_array()
-                .is_some_and(|items| items.iter().any(|t| t["id"] == json!(id))))
-            .unwrap_or(false)
-    );
+    let shown = client.select(|view| {
+        view["tasks"]["items"]
+            .as_array()
+            .is_some_and(|items| items.iter().any(|t| t["id"] == json!(id)))
+    });
+    println!("task {id} added; in the mirror: {shown:?}");
 
-    // Whether a failed call may be made again is `sent`, not the code:
-    // one never sent never ran.
+    // Whether a failed call may be made again is `sent` and
+    // `state_version`, not the code: one never sent never ran, and one the
+    // host answered has a known outcome.
     let settled = tasks
         .call_with("finish", vec![json!(id)], CallOptions::default())
         .with_version()
         .await;
-    match settled.outcome {
-        Ok(_) => println!("finished task {id} at version {:?}", settled.state_version),
-        Err(error) if !settled.sent => println!("not sent, safe to retry: {error}"),
-        Err(error) => println!("may or may not have run: {error}"),
+    match (settled.outcome, settled.state_version) {
+        (Ok(_), version) => println!("finished task {id} at version {version:?}"),
+        (Err(error), Some(version)) => println!("the host refused it at {version}: {error}"),
+        (Err(error), None) if !settled.sent => println!("not sent, safe to retry: {error}"),
+        (Err(error), None) => println!("may or may not have run: {error}"),
     }
-
-    // Stop: pending calls settle `disposed`, watches end, and the link is
-    // closed in order before the process exits.
-    client.dispose();
-    client.closed().await;
-    watching.await?;
     Ok(())
 }

@@ -5,7 +5,9 @@
 use std::time::Instant;
 
 use cosystem_worker::client::{ClientConfig, ClientCore, ClientEvent, ConflictReason};
-use cosystem_worker::wire::{Header, HostMessage, Patch, Snapshot, SnapshotReason, host_message};
+use cosystem_worker::wire::{
+    Header, HostMessage, Patch, Snapshot, SnapshotReason, SyncRequest, client_message, host_message,
+};
 
 fn patch(base: u64, version: u64, ops: &str) -> HostMessage {
     HostMessage {
@@ -52,6 +54,7 @@ fn bookmark_shaped_patch_with_operations_fails_and_keeps_the_mirror() {
         ),
     );
     assert_eq!(c.state().cloned(), before);
+    assert_eq!(c.version(), Some(1), "the version stays too");
     assert!(std::iter::from_fn(|| c.poll_event()).any(|e| matches!(
         e,
         ClientEvent::Conflict(c) if c.reason == ConflictReason::PatchApplyFailed
@@ -59,6 +62,17 @@ fn bookmark_shaped_patch_with_operations_fails_and_keeps_the_mirror() {
     assert!(
         c.is_syncing(),
         "the failure is healed with a snapshot request"
+    );
+    let resync = c.poll_transmit().expect("the client asks to resync");
+    assert!(
+        matches!(
+            resync.kind,
+            Some(client_message::Kind::SyncRequest(SyncRequest {
+                have_version: 0,
+                ..
+            }))
+        ),
+        "{resync:?}"
     );
 }
 

@@ -120,12 +120,19 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn constant_time_eq_matches_slice_equality_for_any_bytes(
-            a in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8),
-            b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8),
+            a in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            flip in 1u8..=255,
         ) {
-            // Short vectors over all bytes make equal pairs likely too.
             proptest::prop_assert_eq!(constant_time_eq(&a, &b), a == b);
             proptest::prop_assert!(constant_time_eq(&a, &a));
+            // The same bytes but one, wherever it is.
+            if !a.is_empty() {
+                let mut c = a.clone();
+                c[at.index(a.len())] ^= flip;
+                proptest::prop_assert!(!constant_time_eq(&a, &c));
+            }
         }
     }
 
