@@ -1174,40 +1174,46 @@ async fn resume(run: &Arc<Shared>, require_patch: bool) -> Result<(), Stop> {
 async fn snapshot_reply(run: &Arc<Shared>, other_epoch: bool) -> Result<(), Stop> {
     let a = attached(run, "A").await?;
     let v = version_of(&a)?;
-    let mut c = Peer::open(run, "C").await?;
-    let sync_id = if other_epoch {
-        c.sync(1, OTHER_EPOCH, None)?
+    let (have, epoch) = if other_epoch {
+        (1, OTHER_EPOCH.to_owned())
     } else {
-        let epoch = a.host_epoch();
-        c.sync(v + 1000, &epoch, None)?
+        (v + 1000, a.host_epoch())
     };
-    c.await_sync().await?;
-    let reply = reply_to(&c, sync_id)?;
-    if !matches!(&reply.kind, Some(host_message::Kind::Snapshot(s)) if s.version == v) {
-        return Err(format!(
-            "the reply is {}, expected Snapshot{{version={v}}}",
-            describe(&reply)
-        )
-        .into());
-    }
+    let c = snapshot_reply_to(run, v, "C", (have, &epoch), "").await?;
     same_view(&a, &c)?;
     if other_epoch {
         // A version names a state only together with its epoch: with none,
         // the host cannot tell v from another epoch's v (H2).
-        let mut d = Peer::open(run, "D").await?;
-        let sync_id = d.sync(v, "", None)?;
-        d.await_sync().await?;
-        let reply = reply_to(&d, sync_id)?;
-        if !matches!(&reply.kind, Some(host_message::Kind::Snapshot(s)) if s.version == v) {
-            return Err(format!(
-                "the reply to SyncRequest{{epoch=\"\", have_version={v}}} is {}, expected Snapshot{{version={v}}}: a request naming no epoch is answered with a snapshot whatever its version (H2)",
-                describe(&reply)
-            )
-            .into());
-        }
+        let why =
+            ": a request naming no epoch is answered with a snapshot whatever its version (H2)";
+        let d = snapshot_reply_to(run, v, "D", (v, ""), why).await?;
         same_view(&a, &d)?;
     }
     Ok(())
+}
+
+/// Opens stream `name`, sends SyncRequest{have_version, epoch} and checks
+/// the reply is a Snapshot at version `v`; `why` ends the failure. The
+/// stream, for its view.
+async fn snapshot_reply_to(
+    run: &Arc<Shared>,
+    v: u64,
+    name: &str,
+    (have, epoch): (u64, &str),
+    why: &str,
+) -> Result<Peer, Stop> {
+    let mut peer = Peer::open(run, name).await?;
+    let sync_id = peer.sync(have, epoch, None)?;
+    peer.await_sync().await?;
+    let reply = reply_to(&peer, sync_id)?;
+    if !matches!(&reply.kind, Some(host_message::Kind::Snapshot(s)) if s.version == v) {
+        return Err(format!(
+            "the reply to SyncRequest{{epoch={epoch:?}, have_version={have}}} is {}, expected Snapshot{{version={v}}}{why}",
+            describe(&reply)
+        )
+        .into());
+    }
+    Ok(peer)
 }
 
 /// Makes `total` commits from `a`, the `i`th a call of `call(i)` (module,
