@@ -341,18 +341,9 @@ async fn one_connection_may_hold_only_a_bounded_number_of_streams() {
     // Without a bound, a client needing no token (health is open) could
     // open streams on one connection without end.
     let server = start(&demo_host(SyncMode::Patch)).await;
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
-    let check = http::Request::builder()
-        .method("POST")
-        .uri(format!("{}/grpc.health.v1.Health/Check", server.url()))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    let (response, mut body) = client.send_request(check, false).unwrap();
+    let mut client = common::h2_client(server.addr).await;
+    let (response, mut body) =
+        common::open_grpc(&mut client, server.addr, "/grpc.health.v1.Health/Check");
     // One empty HealthCheckRequest: uncompressed, zero bytes long.
     body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
         .unwrap();
@@ -438,21 +429,12 @@ async fn a_host_shut_down_by_the_application_stops_its_grpc_server() {
 /// The `grpc-status` a Session stream ends with after the client sent
 /// `body` on it and half-closed.
 async fn session_status_after(server: &ServedGrpc, body: &'static [u8]) -> String {
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
-    let session = http::Request::builder()
-        .method("POST")
-        .uri(format!(
-            "{}/cosystem.worker.v1.HostService/Session",
-            server.url()
-        ))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    let (response, mut stream) = client.send_request(session, false).unwrap();
+    let mut client = common::h2_client(server.addr).await;
+    let (response, mut stream) = common::open_grpc(
+        &mut client,
+        server.addr,
+        "/cosystem.worker.v1.HostService/Session",
+    );
     stream
         .send_data(bytes::Bytes::from_static(body), true)
         .unwrap();

@@ -76,31 +76,6 @@ async fn serve_with(limits: HostLimits) -> common::ServedGrpc {
     serve_grpc(server)
 }
 
-/// A raw HTTP/2 connection to `served`, ready for requests.
-async fn connect(served: &common::ServedGrpc) -> h2::client::SendRequest<bytes::Bytes> {
-    let tcp = tokio::net::TcpStream::connect(served.addr).await.unwrap();
-    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(connection);
-    client.ready().await.unwrap()
-}
-
-/// Opens a gRPC request to `method` (`/package.Service/Method`) on
-/// `client`, its body left open for the caller to write.
-fn open(
-    client: &mut h2::client::SendRequest<bytes::Bytes>,
-    served: &common::ServedGrpc,
-    method: &str,
-) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
-    let request = http::Request::builder()
-        .method("POST")
-        .uri(format!("{}{method}", served.url()))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    client.send_request(request, false).unwrap()
-}
-
 /// Waits for the stream of `streams` the server refuses, whichever it
 /// reads last, checks it was refused `RESOURCE_EXHAUSTED`, and drops it.
 async fn drop_the_refused<F: std::future::Future<Output = String>>(
@@ -127,8 +102,10 @@ async fn messages_announced_and_held_are_bounded_together_and_released_with_thei
         ..HostLimits::default()
     })
     .await;
-    let mut client = connect(&served).await;
-    let open = |client: &mut h2::client::SendRequest<bytes::Bytes>| open(client, &served, SESSION);
+    let mut client = common::h2_client(served.addr).await;
+    let open = |client: &mut h2::client::SendRequest<bytes::Bytes>| {
+        common::open_grpc(client, served.addr, SESSION)
+    };
     // One stream more than the budget holds each announce a whole message
     // (prefix included, the max message size) and send none of it: one of
     // them, whichever the server reads last, is refused.
@@ -183,15 +160,16 @@ async fn side_service_messages_held_are_bounded_and_small_ones_still_answered() 
         MAX_SIDE_SERVICE_MESSAGE_BYTES, MAX_STREAMS_PER_CONNECTION, SIDE_SERVICE_READ_BYTES,
     };
     let served = serve_with(HostLimits::default()).await;
-    let check =
-        |client: &mut h2::client::SendRequest<bytes::Bytes>| open(client, &served, HEALTH_CHECK);
+    let check = |client: &mut h2::client::SendRequest<bytes::Bytes>| {
+        common::open_grpc(client, served.addr, HEALTH_CHECK)
+    };
     let stalled = SIDE_SERVICE_READ_BYTES / MAX_SIDE_SERVICE_MESSAGE_BYTES + 1;
     let per_connection = MAX_STREAMS_PER_CONNECTION as usize / 2;
     let mut clients = Vec::new();
     let mut streams = Vec::new();
     for i in 0..stalled {
         if i % per_connection == 0 {
-            clients.push(connect(&served).await);
+            clients.push(common::h2_client(served.addr).await);
         }
         let (response, mut body) = check(clients.last_mut().unwrap());
         body.send_data(prefix(MAX_SIDE_SERVICE_MESSAGE_BYTES), false)
@@ -202,7 +180,7 @@ async fn side_service_messages_held_are_bounded_and_small_ones_still_answered() 
     let watchdog = std::time::Duration::from_secs(60);
 
     // The bound is full; a health check of a few bytes does not count.
-    let mut client = connect(&served).await;
+    let mut client = common::h2_client(served.addr).await;
     let (response, mut body) = check(&mut client);
     body.send_data(prefix(0), true).unwrap();
     let status = tokio::time::timeout(watchdog, status_of(response))
@@ -225,8 +203,8 @@ async fn a_health_stream_that_does_not_end_its_request_is_ended() {
         ..HostLimits::default()
     })
     .await;
-    let mut client = connect(&served).await;
-    let mut check = || open(&mut client, &served, HEALTH_CHECK);
+    let mut client = common::h2_client(served.addr).await;
+    let mut check = || common::open_grpc(&mut client, served.addr, HEALTH_CHECK);
     let (silent, _held) = check();
     let (unended, mut unended_body) = check();
     unended_body.send_data(prefix(0), false).unwrap();

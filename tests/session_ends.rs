@@ -173,20 +173,9 @@ async fn grpc_sessions_are_counted_by_how_they_ended() {
 async fn bare_session(
     addr: std::net::SocketAddr,
 ) -> (h2::SendStream<bytes::Bytes>, h2::client::ResponseFuture) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
-    let request = http::Request::builder()
-        .method("POST")
-        .uri(format!(
-            "http://{addr}/cosystem.worker.v1.HostService/Session"
-        ))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    let (response, stream) = client.send_request(request, false).unwrap();
+    let mut client = common::h2_client(addr).await;
+    let (response, stream) =
+        common::open_grpc(&mut client, addr, "/cosystem.worker.v1.HostService/Session");
     (stream, response)
 }
 

@@ -22,6 +22,8 @@ use support::{
 
 const MARKER: &str = "host-interop-secret-marker-41c7";
 
+const VIEW_SIZE: &str = "grpc-view-too-large-for-a-snapshot-is-refused";
+
 /// The bookmark interval of the hosts these tests serve, and what their
 /// runs are told it is: short, so that the bookmark case's wait (twice the
 /// interval) does not dominate every whole-suite run, and so that every
@@ -85,6 +87,24 @@ fn config(url: &str) -> HostRun {
     run
 }
 
+/// The reference demo host in `sync` mode with `limits`, served over
+/// gRPC, and a run of the one case `case` against it.
+async fn limited_reference(
+    sync: SyncMode,
+    limits: HostLimits,
+    case: &str,
+) -> (support::Served, HostRun) {
+    let host = Host::builder(demo::app(MARKER))
+        .sync(sync)
+        .sections(demo::default_sections())
+        .limits(limits)
+        .build();
+    let served = serve_reference(host, None).await;
+    let mut run = config(&served.url);
+    run.select.names = [case.to_owned()].into();
+    (served, run)
+}
+
 fn failed(report: &Report) -> BTreeSet<String> {
     report.failures().map(|r| r.name.clone()).collect()
 }
@@ -131,18 +151,12 @@ async fn reference_host_passes_every_case_in_patch_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_with_a_message_limit_over_4_mib_passes_the_view_size_case() {
     let limit = 5 * 1024 * 1024;
-    let host = Host::builder(demo::app(MARKER))
-        .sync(SyncMode::Snapshot)
-        .sections(demo::default_sections())
-        .limits(HostLimits {
-            max_message_bytes: limit,
-            ..HostLimits::default()
-        })
-        .build();
-    let served = serve_reference(host, None).await;
-    let mut run = config(&served.url);
+    let limits = HostLimits {
+        max_message_bytes: limit,
+        ..HostLimits::default()
+    };
+    let (_served, mut run) = limited_reference(SyncMode::Snapshot, limits, VIEW_SIZE).await;
     run.options.max_message_size = limit as u32;
-    run.select.names = ["grpc-view-too-large-for-a-snapshot-is-refused".to_owned()].into();
     let report = interop::run(&run).await.unwrap();
     assert!(
         report.required_passed() && failed(&report).is_empty(),
@@ -170,16 +184,11 @@ async fn a_host_with_a_message_limit_over_4_mib_passes_the_view_size_case() {
 /// passed it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_that_refuses_a_view_that_fits_fails_the_view_size_case() {
-    let host = Host::builder(demo::app(MARKER))
-        .sections(demo::default_sections())
-        .limits(HostLimits {
-            max_message_bytes: 2 * 1024 * 1024,
-            ..HostLimits::default()
-        })
-        .build();
-    let served = serve_reference(host, None).await;
-    let mut run = config(&served.url);
-    run.select.names = ["grpc-view-too-large-for-a-snapshot-is-refused".to_owned()].into();
+    let limits = HostLimits {
+        max_message_bytes: 2 * 1024 * 1024,
+        ..HostLimits::default()
+    };
+    let (_served, run) = limited_reference(SyncMode::Patch, limits, VIEW_SIZE).await;
     let why = the_failure(&run).await;
     assert!(
         why.contains("was refused") && why.contains("fits the 4194304-byte"),
@@ -198,18 +207,13 @@ async fn a_host_that_refuses_a_view_that_fits_fails_the_view_size_case() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_that_resumes_with_a_patch_over_the_limit_fails_the_oversize_resume_case() {
     let limit = 16 * 1024 * 1024;
-    let host = Host::builder(demo::app(MARKER))
-        .sync(SyncMode::Patch)
-        .sections(demo::default_sections())
-        .limits(HostLimits {
-            max_message_bytes: limit,
-            history_bytes: 8 * limit,
-            ..HostLimits::default()
-        })
-        .build();
-    let served = serve_reference(host, None).await;
-    let mut run = config(&served.url);
-    run.select.names = ["grpc-resume-over-the-message-size-is-a-snapshot".to_owned()].into();
+    let limits = HostLimits {
+        max_message_bytes: limit,
+        history_bytes: 8 * limit,
+        ..HostLimits::default()
+    };
+    let case = "grpc-resume-over-the-message-size-is-a-snapshot";
+    let (_served, mut run) = limited_reference(SyncMode::Patch, limits, case).await;
     run.options.max_message_size = 4 * 1024 * 1024;
     let why = the_failure(&run).await;
     assert!(
